@@ -1,0 +1,384 @@
+/*
+ * core.c - one emu_core per machine: the engine handle it shares with the
+ * Python binding, host-backed guest memory, instruction bitmaps for the
+ * virtual clock, task contexts and the event ring.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "core.h"
+
+#ifndef EMU_BUILD_STAMP
+#define EMU_BUILD_STAMP "unknown"
+#endif
+
+#define PAGE 4096ULL
+
+const char *emu_build_stamp(void)
+{
+    return EMU_BUILD_STAMP;
+}
+
+/* emu/core.py compares this with the binding's own uc_hook_add: if they
+ * differ, two copies of libunicorn are loaded and handles do not match. */
+uintptr_t emu_uc_hook_add_address(void)
+{
+    return (uintptr_t)&uc_hook_add;
+}
+
+int emu_last_uc_error(struct emu_core *c)
+{
+    return c ? (int)c->last_err : 0;
+}
+
+static bool hook_invalid(uc_engine *uc, uc_mem_type type, uint64_t addr, int size,
+                         int64_t value, void *ud)
+{
+    struct emu_core *c = ud;
+    int kind;
+    uint64_t rip = 0;
+
+    switch (type) {
+    case UC_MEM_READ_UNMAPPED:  kind = EMU_FAULT_UNMAPPED_READ; break;
+    case UC_MEM_WRITE_UNMAPPED: kind = EMU_FAULT_UNMAPPED_WRITE; break;
+    case UC_MEM_FETCH_UNMAPPED: kind = EMU_FAULT_UNMAPPED_FETCH; break;
+    case UC_MEM_READ_PROT:      kind = EMU_FAULT_PROT_READ; break;
+    case UC_MEM_WRITE_PROT:     kind = EMU_FAULT_PROT_WRITE; break;
+    case UC_MEM_FETCH_PROT:     kind = EMU_FAULT_PROT_FETCH; break;
+    default:                    kind = EMU_FAULT_OTHER; break;
+    }
+    uc_reg_read(uc, UC_X86_REG_RIP, &rip);
+    __emu_fault(c, kind, rip, addr, 0);
+    return false;   /* not handled: uc_emu_start returns the error */
+}
+
+struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity)
+{
+    struct emu_core *c;
+
+    if (!uch || event_capacity < 64)
+        return NULL;
+    c = calloc(1, sizeof(*c));
+    if (!c)
+        return NULL;
+    c->uc = (uc_engine *)uch;
+    c->flags = flags;
+    c->cur = -1;
+    c->ev_cap = event_capacity;
+    c->ev = calloc((size_t)event_capacity, sizeof(*c->ev));
+    if (!c->ev)
+        goto fail;
+    if (flags & EMU_FLAG_FAST_MEMORY) {
+        if (__emu_tlb_install(c))
+            goto fail;
+    }
+    if (uc_hook_add(c->uc, &c->h_invalid, UC_HOOK_MEM_INVALID, (void *)hook_invalid, c, 1, 0))
+        goto fail;
+    if (__emu_slicer_install(c) || __emu_redirect_install(c))
+        goto fail;
+    return c;
+fail:
+    emu_core_free(c);
+    return NULL;
+}
+
+void emu_core_free(struct emu_core *c)
+{
+    int i;
+
+    if (!c)
+        return;
+    /* The engine may outlive the core (the binding owns it): take every
+     * hook away so none fires with a dangling user-data pointer. */
+    if (c->h_invalid) uc_hook_del(c->uc, c->h_invalid);
+    if (c->h_block) uc_hook_del(c->uc, c->h_block);
+    if (c->h_syscall) uc_hook_del(c->uc, c->h_syscall);
+    if (c->h_intr) uc_hook_del(c->uc, c->h_intr);
+    if (c->h_tramp) uc_hook_del(c->uc, c->h_tramp);
+    if (c->h_tlb) uc_hook_del(c->uc, c->h_tlb);
+    __emu_redirect_free(c);
+    for (i = 0; i < c->nregions; i++) {
+        uc_mem_unmap(c->uc, c->regions[i].addr, c->regions[i].size);
+        free(c->regions[i].alloc);
+    }
+    for (i = 0; i < c->ncode; i++)
+        free(c->code[i].bits);
+    for (i = 0; i < c->ntasks; i++)
+        if (c->ctx[i])
+            uc_context_free(c->ctx[i]);
+    free(c->ctx);
+    free(c->state);
+    free(c->ev);
+    free(c);
+}
+
+/* ---- memory ---------------------------------------------------------- */
+
+int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
+{
+    struct emu_region *r;
+    void *mem;
+    uc_err err;
+
+    if (!c || (addr | size) & (PAGE - 1) || !size || addr + size < addr || (prot & ~7))
+        return EMU_EINVAL;
+    if (c->nregions == EMU_MAX_REGIONS)
+        return EMU_EFULL;
+    if (posix_memalign(&mem, PAGE, size))
+        return EMU_ENOMEM;
+    memset(mem, 0, size);
+    err = uc_mem_map_ptr(c->uc, addr, size, (uint32_t)prot, mem);
+    if (err) {
+        free(mem);
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    r = &c->regions[c->nregions++];
+    r->addr = addr;
+    r->size = size;
+    r->host = mem;
+    r->alloc = mem;
+    r->prot = prot;
+    return EMU_OK;
+}
+
+struct emu_region *__emu_region_of(struct emu_core *c, uint64_t addr, uint64_t size)
+{
+    int i;
+
+    for (i = 0; i < c->nregions; i++) {
+        struct emu_region *r = &c->regions[i];
+        if (addr >= r->addr && addr - r->addr < r->size && size <= r->size - (addr - r->addr))
+            return r;
+    }
+    return NULL;
+}
+
+uint8_t *__emu_ptr(struct emu_core *c, uint64_t addr, uint64_t size)
+{
+    struct emu_region *r = __emu_region_of(c, addr, size);
+    return r ? r->host + (addr - r->addr) : NULL;
+}
+
+uint8_t *emu_host_ptr(struct emu_core *c, uint64_t addr, uint64_t size)
+{
+    return c ? __emu_ptr(c, addr, size) : NULL;
+}
+
+/* ---- instruction bitmaps ------------------------------------------------ */
+
+int emu_add_code(struct emu_core *c, uint64_t base, uint64_t size, const uint8_t *bitmap)
+{
+    struct emu_code *k;
+    size_t words;
+
+    if (!c || !size || !bitmap || base + size < base)
+        return EMU_EINVAL;
+    if (c->ncode == EMU_MAX_CODE)
+        return EMU_EFULL;
+    words = (size + 63) / 64;
+    k = &c->code[c->ncode];
+    k->bits = calloc(words, sizeof(uint64_t));
+    if (!k->bits)
+        return EMU_ENOMEM;
+    /* bitmap is little-endian bytes, bit i of byte j = address base + 8j + i */
+    memcpy(k->bits, bitmap, (size + 7) / 8);
+    k->base = base;
+    k->size = size;
+    c->ncode++;
+    return EMU_OK;
+}
+
+static struct emu_code *code_of(struct emu_core *c, uint64_t addr)
+{
+    int i;
+
+    for (i = 0; i < c->ncode; i++)
+        if (addr >= c->code[i].base && addr - c->code[i].base < c->code[i].size)
+            return &c->code[i];
+    return NULL;
+}
+
+static uint64_t popcount_range(const uint64_t *bits, uint64_t from, uint64_t to)
+{
+    uint64_t n = 0;
+
+    while (from < to) {
+        uint64_t w = from / 64, b = from % 64;
+        uint64_t take = 64 - b;
+        uint64_t word = bits[w] >> b;
+
+        if (take > to - from) {
+            take = to - from;
+            word &= (1ULL << take) - 1;
+        }
+        n += (uint64_t)__builtin_popcountll(word);
+        from += take;
+    }
+    return n;
+}
+
+/* Instructions that start in [addr, addr + size): a block's length in
+ * virtual time. Never 0, so that every block moves the clock. */
+uint64_t __emu_icount(struct emu_core *c, uint64_t addr, uint64_t size)
+{
+    struct emu_code *k = code_of(c, addr);
+    uint64_t off, end, n;
+
+    if (!k)
+        return 1;
+    off = addr - k->base;
+    end = off + size;
+    if (end > k->size)
+        end = k->size;
+    n = popcount_range(k->bits, off, end);
+    return n ? n : 1;
+}
+
+/* Address of the instruction that comes after the first n instructions of
+ * [addr, addr + size), or 0 when there is no such instruction. */
+uint64_t __emu_nth_insn(struct emu_core *c, uint64_t addr, uint64_t size, uint64_t n)
+{
+    struct emu_code *k = code_of(c, addr);
+    uint64_t off, end;
+
+    if (!k)
+        return 0;
+    off = addr - k->base;
+    end = off + size;
+    if (end > k->size)
+        end = k->size;
+    for (; off < end; off++) {
+        if (k->bits[off / 64] >> (off % 64) & 1) {
+            if (n == 0)
+                return k->base + off;
+            n--;
+        }
+    }
+    return 0;
+}
+
+/* ---- tasks ---------------------------------------------------------------- */
+
+int emu_tasks_init(struct emu_core *c, int ntasks)
+{
+    int i;
+
+    if (!c || ntasks <= 0 || c->ntasks)
+        return EMU_EINVAL;
+    c->ctx = calloc((size_t)ntasks, sizeof(*c->ctx));
+    c->state = malloc((size_t)ntasks);
+    if (!c->ctx || !c->state)
+        return EMU_ENOMEM;
+    memset(c->state, EMU_UNDEFINED, (size_t)ntasks);
+    c->ntasks = ntasks;
+    for (i = 0; i < ntasks; i++) {
+        uc_err err = uc_context_alloc(c->uc, &c->ctx[i]);
+        if (!err)
+            err = uc_context_save(c->uc, c->ctx[i]);
+        if (err) {
+            c->last_err = err;
+            return EMU_EUC;
+        }
+    }
+    return EMU_OK;
+}
+
+int emu_switch(struct emu_core *c, int tid)
+{
+    uc_err err;
+
+    if (!c || tid < 0 || tid >= c->ntasks)
+        return EMU_EINVAL;
+    if (tid == c->cur)
+        return EMU_OK;
+    if (c->cur >= 0) {
+        err = uc_context_save(c->uc, c->ctx[c->cur]);
+        if (err) {
+            c->last_err = err;
+            return EMU_EUC;
+        }
+    }
+    err = uc_context_restore(c->uc, c->ctx[tid]);
+    if (err) {
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    c->cur = tid;
+    return EMU_OK;
+}
+
+int emu_current(struct emu_core *c)
+{
+    return c ? c->cur : -1;
+}
+
+int emu_task_set_state(struct emu_core *c, int tid, int state)
+{
+    if (!c || tid < 0 || tid >= c->ntasks || state < EMU_UNDEFINED || state > EMU_PATCHED)
+        return EMU_EINVAL;
+    c->state[tid] = (int8_t)state;
+    return EMU_OK;
+}
+
+/* ---- events ---------------------------------------------------------------- */
+
+int __emu_event(struct emu_core *c, int kind, int task, int64_t a, int64_t b, uint64_t cval,
+                uint64_t clock)
+{
+    struct emu_event *e;
+
+    if (c->ev_n == c->ev_cap)
+        return EMU_EFULL;
+    e = &c->ev[c->ev_n++];
+    e->clock = clock;
+    e->kind = kind;
+    e->task = task;
+    e->a = a;
+    e->b = b;
+    e->c = cval;
+    /* Stop the run while a few slots are still free: the instruction that
+     * is running may add one or two more before the stop takes effect. */
+    if (c->ev_n >= c->ev_cap - 8 && c->stop && !c->stop->reason) {
+        c->stop->reason = EMU_STOP_EVENTS_FULL;
+        uc_emu_stop(c->uc);
+    }
+    return EMU_OK;
+}
+
+int emu_event_push(struct emu_core *c, int kind, int task, int64_t a, int64_t b, uint64_t cval,
+                   uint64_t clock)
+{
+    if (!c)
+        return EMU_EINVAL;
+    return __emu_event(c, kind, task, a, b, cval, clock);
+}
+
+int emu_events_take(struct emu_core *c, struct emu_event *out, int max)
+{
+    int n;
+
+    if (!c || !out || max < 0)
+        return EMU_EINVAL;
+    n = c->ev_n < max ? c->ev_n : max;
+    memcpy(out, c->ev, (size_t)n * sizeof(*out));
+    if (n < c->ev_n)
+        memmove(c->ev, c->ev + n, (size_t)(c->ev_n - n) * sizeof(*out));
+    c->ev_n -= n;
+    return n;
+}
+
+int emu_events_pending(struct emu_core *c)
+{
+    return c ? c->ev_n : 0;
+}
+
+void __emu_fault(struct emu_core *c, int kind, uint64_t rip, uint64_t addr, int intno)
+{
+    if (!c->stop || c->stop->reason == EMU_STOP_FAULT)
+        return;     /* keep the first fault */
+    c->stop->reason = EMU_STOP_FAULT;
+    c->stop->fault_kind = kind;
+    c->stop->rip = rip;
+    c->stop->addr = addr;
+    c->stop->intno = intno;
+}

@@ -1,0 +1,108 @@
+/*
+ * core.h - the C core's internal state, shared by core.c, slicer.c,
+ * redirect.c, text.c and tlb.c. Not part of the cffi API (that is emu.h).
+ */
+#ifndef EMU_CORE_H
+#define EMU_CORE_H
+
+#include <stdbool.h>
+#include <unicorn/unicorn.h>
+#include "emu.h"
+
+#define EMU_MAX_REGIONS 256
+#define EMU_MAX_CODE    64
+#define EMU_MAX_SITES   4096
+
+/* Guest memory backed by host memory the core owns (uc_mem_map_ptr). */
+struct emu_region {
+    uint64_t addr;
+    uint64_t size;
+    uint8_t *host;      /* page aligned */
+    void *alloc;        /* what to free */
+    int prot;
+};
+
+/* An executable range with one bit per byte: set where an instruction starts. */
+struct emu_code {
+    uint64_t base;
+    uint64_t size;
+    uint64_t *bits;
+};
+
+struct emu_core;
+
+struct emu_site {
+    struct emu_core *core;  /* hooks get the site as user data */
+    uint64_t addr;
+    int32_t func_id;
+    int32_t n;              /* entries in use */
+    int32_t poke;           /* EMU_POKE_*: the instruction a text_poke_bp is writing */
+    uc_hook watch;
+    struct emu_entry entries[EMU_SITE_MAX_ENTRIES];
+};
+
+struct emu_core {
+    uc_engine *uc;
+    int flags;
+    uc_err last_err;
+
+    struct emu_region regions[EMU_MAX_REGIONS];
+    int nregions;
+    struct emu_code code[EMU_MAX_CODE];
+    int ncode;
+
+    /* tasks */
+    uc_context **ctx;
+    int8_t *state;          /* per-task patch state, EMU_UNDEFINED/UNPATCHED/PATCHED */
+    int ntasks;
+    int cur;                /* loaded task, -1 for none */
+
+    /* sites, and the same pointers sorted by address for lookups */
+    struct emu_site *sites[EMU_MAX_SITES];
+    struct emu_site *by_addr[EMU_MAX_SITES];
+    int nsites;
+    uint64_t tramp;
+
+    uc_hook h_block, h_syscall, h_intr, h_invalid, h_tramp, h_tlb;
+
+    /* events */
+    struct emu_event *ev;
+    int ev_cap;
+    int ev_n;
+
+    /* run state: the clock counts retired instructions; during emu_run it
+     * is clock + executed, and the current block is [blk_addr, +blk_size)
+     * with blk_n instructions, counted when it was entered. */
+    uint64_t clock;
+    uint64_t budget;
+    uint64_t executed;
+    int precise;
+    uint64_t blk_addr;
+    uint32_t blk_size;
+    uint64_t blk_n;
+    int cut;                /* the budget ran out at the entry of block blk_* */
+    int partial;            /* re-running a cut block: count partial_n, once */
+    uint64_t partial_n;
+    struct emu_stop *stop;  /* where the stop reason goes during emu_run */
+};
+
+/* core.c */
+struct emu_region *__emu_region_of(struct emu_core *c, uint64_t addr, uint64_t size);
+uint8_t *__emu_ptr(struct emu_core *c, uint64_t addr, uint64_t size);
+uint64_t __emu_icount(struct emu_core *c, uint64_t addr, uint64_t size);
+uint64_t __emu_nth_insn(struct emu_core *c, uint64_t addr, uint64_t size, uint64_t n);
+int __emu_event(struct emu_core *c, int kind, int task, int64_t a, int64_t b, uint64_t cval, uint64_t clock);
+void __emu_fault(struct emu_core *c, int kind, uint64_t rip, uint64_t addr, int intno);
+
+/* slicer.c */
+int __emu_slicer_install(struct emu_core *c);
+
+/* redirect.c */
+int __emu_redirect_install(struct emu_core *c);
+struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr);
+void __emu_redirect_free(struct emu_core *c);
+
+/* tlb.c */
+int __emu_tlb_install(struct emu_core *c);
+
+#endif

@@ -1,0 +1,219 @@
+/*
+ * emu.h - the C core's API. This file is also the cffi cdef (build_ext.py
+ * strips the preprocessor lines), so it holds only plain declarations: no
+ * macros with arguments, no inline functions, no includes besides stdint.
+ *
+ * Conventions: every function returns EMU_OK (0) or a negative EMU_E* code;
+ * emu/core.py maps the codes to exceptions in one place. Nothing here calls
+ * back into Python, so no exception can cross C.
+ */
+#ifndef EMU_H
+#define EMU_H
+
+#include <stdint.h>
+#include <stddef.h>
+
+/* ---- error codes (negative) ------------------------------------------ */
+#define EMU_OK       0
+#define EMU_ENOMEM  -1
+#define EMU_EINVAL  -2
+#define EMU_EUC     -3   /* unicorn refused; see emu_last_uc_error() */
+#define EMU_ENOENT  -4
+#define EMU_EFULL   -5
+#define EMU_ERANGE  -6
+
+/* ---- core flags ------------------------------------------------------ */
+#define EMU_FLAG_ACCEL_C     1  /* redirect, site watch and int3 hooks run in C */
+#define EMU_FLAG_FAST_MEMORY 2  /* virtual TLB with a C fill hook */
+
+/* ---- memory permissions (as unicorn's UC_PROT_*) ----------------------- */
+#define EMU_PROT_READ  1
+#define EMU_PROT_WRITE 2
+#define EMU_PROT_EXEC  4
+
+/* ---- stop reasons of emu_run ------------------------------------------- */
+#define EMU_STOP_BUDGET      1  /* the instruction budget is spent */
+#define EMU_STOP_HYPERCALL   2  /* the guest made a hypercall other than observe */
+#define EMU_STOP_FAULT       3  /* the guest faulted; see fault_kind/addr */
+#define EMU_STOP_EVENTS_FULL 4  /* the event ring is full: drain and go on */
+#define EMU_STOP_REQUESTED   5  /* emu_request_stop() from a Python hook */
+
+/* fault kinds */
+#define EMU_FAULT_UNMAPPED_READ   1
+#define EMU_FAULT_UNMAPPED_WRITE  2
+#define EMU_FAULT_UNMAPPED_FETCH  3
+#define EMU_FAULT_PROT_READ       4
+#define EMU_FAULT_PROT_WRITE      5
+#define EMU_FAULT_PROT_FETCH      6
+#define EMU_FAULT_INVALID_INSN    7
+#define EMU_FAULT_INTERRUPT       8  /* an exception the guest raised (#DE, int3 off a site, ...) */
+#define EMU_FAULT_BAD_TRAMPOLINE  9  /* the trampoline was reached from no known site */
+#define EMU_FAULT_OTHER          10
+
+/* ---- events (appended to a ring; Python drains them in bulk) ---------- */
+#define EMU_EV_ENTRY   1  /* a = function id, b = version (0 original), c = rsp at entry */
+#define EMU_EV_OBSERVE 2  /* a = key, b = value, c = 0 */
+#define EMU_EV_TORN    3  /* a = function id, b = 0, c = rip: a site executed mid-write */
+
+struct emu_event {
+    uint64_t clock;
+    int32_t kind;
+    int32_t task;
+    int64_t a;
+    int64_t b;
+    uint64_t c;
+};
+
+struct emu_stop {
+    int32_t reason;      /* EMU_STOP_* */
+    int32_t uc_err;      /* unicorn's error for faults, else 0 */
+    int32_t fault_kind;  /* EMU_FAULT_* */
+    int32_t intno;       /* interrupt number for EMU_FAULT_INTERRUPT */
+    uint64_t executed;   /* instructions retired in this run */
+    uint64_t rip;        /* where the task stopped (the faulting RIP for faults) */
+    uint64_t addr;       /* faulting data address */
+    int64_t hc_nr;       /* hypercall number (rax) */
+    int64_t hc_args[3];  /* rdi, rsi, rdx */
+};
+
+/* ---- redirect tables ------------------------------------------------------
+ * A site is a function's 5-byte fentry NOP. Its stack of entries is ordered
+ * newest first, as the kernel's klp_ops func_stack. The choice for the current
+ * task follows klp_ftrace_handler: take the newest entry; if it is in
+ * transition and the task's patch state is UNPATCHED, take the next older one
+ * (the original when there is none); a nop entry means the original.
+ */
+#define EMU_UNDEFINED -1
+#define EMU_UNPATCHED  0
+#define EMU_PATCHED    1
+
+#define EMU_SITE_MAX_ENTRIES 16
+
+struct emu_entry {
+    uint64_t target;     /* where the handler sends the task */
+    int32_t version;     /* reported in EMU_EV_ENTRY; 0 is the original */
+    uint8_t nop;         /* atomic-replace nop: run the original */
+    uint8_t transition;  /* the patch of this entry is in transition */
+    uint16_t pad;
+};
+
+/* What the 5 bytes at a site are meant to be while a text_poke_bp runs. */
+#define EMU_POKE_NONE    0
+#define EMU_POKE_TO_CALL 1
+#define EMU_POKE_TO_NOP  2
+
+/* ---- stack walks ----------------------------------------------------------
+ * Pure functions over host memory that mirrors the guest range [lo, hi).
+ * They never read outside it and always terminate.
+ */
+#define EMU_WALK_OK              0
+#define EMU_WALK_OFF_STACK       1  /* a frame or slot lies outside the stack, or is misaligned */
+#define EMU_WALK_BAD_RET         2  /* a return address is zero or outside known text */
+#define EMU_WALK_TOO_DEEP        3  /* more entries than the caller allowed */
+#define EMU_WALK_PREEMPTED       4  /* frame pointers and a task stopped mid-function */
+#define EMU_WALK_NO_END          5  /* the walk did not end at the task's entry frame */
+#define EMU_WALK_NO_ORC          6  /* no ORC entry, or an undefined one, for an address */
+#define EMU_WALK_NOT_PROGRESSING 7  /* a frame does not lie above the previous one */
+
+#define EMU_ORC_REG_UNDEFINED 0
+#define EMU_ORC_REG_SP        1
+#define EMU_ORC_REG_BP        2
+
+#define EMU_ORC_TYPE_CALL      0
+#define EMU_ORC_TYPE_UNDEFINED 1
+
+struct emu_range {
+    uint64_t start;  /* inclusive */
+    uint64_t end;    /* exclusive */
+};
+
+/* One ORC entry covers [ip, next entry's ip). The CFA is the value of rsp
+ * before the call that created the frame, so the return address is at
+ * CFA - 8. bp_reg is EMU_ORC_REG_BP when the caller's rbp is saved at
+ * CFA + bp_offset, EMU_ORC_REG_UNDEFINED when rbp still holds it. */
+struct emu_orc_entry {
+    int32_t sp_offset;
+    int32_t bp_offset;
+    uint8_t sp_reg;
+    uint8_t bp_reg;
+    uint8_t type;
+    uint8_t pad;
+};
+
+struct emu_walk_in {
+    uint64_t rip;
+    uint64_t rsp;
+    uint64_t rbp;
+    int32_t preempted;   /* stopped at an arbitrary instruction, not at a switch point */
+    int32_t max_entries; /* capacity of out[]; one more entry makes the walk TOO_DEEP */
+    uint64_t end_ret;    /* return address of the task's entry frame */
+    uint64_t end_slot;   /* stack address that must hold end_ret */
+};
+
+int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
+                const struct emu_range *text, int ntext,
+                const struct emu_walk_in *in, uint64_t *out, int *nout);
+
+int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
+                 const struct emu_range *text, int ntext,
+                 const uint64_t *orc_ip, const struct emu_orc_entry *orc, int norc,
+                 const struct emu_walk_in *in, uint64_t *out, int *nout);
+
+/* Index of the first address that lies in one of the sorted, disjoint
+ * ranges, or -1. */
+int emu_ranges_hit(const uint64_t *addrs, int n, const struct emu_range *ranges, int nranges);
+
+/* Ksplice-style conservative scan: the first 8-byte aligned stack word in
+ * [sp, hi) whose value lies in one of the ranges; its address in *where.
+ * Returns 1 on a hit, 0 on none, EMU_EINVAL on bad arguments. */
+int emu_stack_scan(const uint8_t *stack, uint64_t lo, uint64_t hi, uint64_t sp,
+                   const struct emu_range *ranges, int nranges, uint64_t *where,
+                   uint64_t *value);
+
+/* ---- the core: one per machine -------------------------------------------- */
+struct emu_core;
+
+const char *emu_build_stamp(void);
+uintptr_t emu_uc_hook_add_address(void);
+int emu_last_uc_error(struct emu_core *core);
+
+struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity);
+void emu_core_free(struct emu_core *core);
+
+/* Host-backed guest memory, owned by the core (freed with it). */
+int emu_map(struct emu_core *core, uint64_t addr, uint64_t size, int prot);
+uint8_t *emu_host_ptr(struct emu_core *core, uint64_t addr, uint64_t size);
+
+/* Executable region and its instruction-start bitmap (bit i: an instruction
+ * starts at base + i). Virtual time counts instructions with it. */
+int emu_add_code(struct emu_core *core, uint64_t base, uint64_t size, const uint8_t *bitmap);
+
+/* Tasks: one saved CPU context each. */
+int emu_tasks_init(struct emu_core *core, int ntasks);
+int emu_switch(struct emu_core *core, int tid);  /* save the loaded task, load tid */
+int emu_current(struct emu_core *core);
+int emu_task_set_state(struct emu_core *core, int tid, int state);
+
+/* Sites and their stacks of replacements. */
+int emu_site_add(struct emu_core *core, uint64_t addr, int func_id);
+int emu_site_set_entries(struct emu_core *core, int site, const struct emu_entry *entries, int n);
+int emu_site_set_poke(struct emu_core *core, int site, int poke);
+int emu_set_trampoline(struct emu_core *core, uint64_t addr);
+
+/* Writes to text also drop the translated code of that range. */
+int emu_text_write(struct emu_core *core, uint64_t addr, const uint8_t *data, size_t len);
+
+/* Running. */
+uint64_t emu_clock(struct emu_core *core);
+uint64_t emu_now(struct emu_core *core, uint64_t addr);  /* clock at an instruction of the current block */
+void emu_set_clock(struct emu_core *core, uint64_t clock);
+int emu_run(struct emu_core *core, uint64_t budget, int precise, struct emu_stop *stop);
+void emu_request_stop(struct emu_core *core);
+
+/* Events. */
+int emu_event_push(struct emu_core *core, int kind, int task, int64_t a, int64_t b, uint64_t c,
+                   uint64_t clock);
+int emu_events_take(struct emu_core *core, struct emu_event *out, int max);
+int emu_events_pending(struct emu_core *core);
+
+#endif /* EMU_H */

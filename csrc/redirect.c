@@ -1,0 +1,239 @@
+/*
+ * redirect.c - the ftrace-style redirect at fentry sites.
+ *
+ * An enabled site is `call <trampoline>`. A code hook on the trampoline plays
+ * the part of ftrace_regs_caller plus klp_ftrace_handler: it finds the site
+ * from the return address, picks the target from the site's stack of
+ * entries, the transition flag and the current task's patch state, pops the
+ * return address and sets RIP, so the chosen function starts with the stack
+ * exactly as at the original's entry and returns straight to the caller.
+ *
+ * Every site also has a watch hook, which reports entries into functions
+ * whose site is still a NOP (the original running untraced), and notices a
+ * CPU executing a site whose five bytes are half written (a torn
+ * instruction). A CPU that meets the int3 of a text_poke_bp is diverted by
+ * the interrupt hook, which emulates the instruction being written.
+ *
+ * emu/ftrace.py has the pure-Python twin of all three hooks.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "core.h"
+
+static const uint8_t fentry_nop[5] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
+
+struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr)
+{
+    int lo = 0, hi = c->nsites - 1;
+
+    while (lo <= hi) {
+        int mid = (lo + hi) / 2;
+        struct emu_site *s = c->by_addr[mid];
+        if (s->addr == addr)
+            return s;
+        if (s->addr < addr)
+            lo = mid + 1;
+        else
+            hi = mid - 1;
+    }
+    return NULL;
+}
+
+/* klp_ftrace_handler's choice; the original is the site + 5. */
+static uint64_t choose(struct emu_core *c, struct emu_site *s, int32_t *version)
+{
+    int i = 0;
+
+    if (s->n == 0)
+        goto original;
+    if (s->entries[0].transition && c->cur >= 0 && c->state[c->cur] == EMU_UNPATCHED)
+        i = 1;
+    if (i >= s->n || s->entries[i].nop)
+        goto original;
+    *version = s->entries[i].version;
+    return s->entries[i].target;
+original:
+    *version = 0;
+    return s->addr + 5;
+}
+
+static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t clock)
+{
+    int32_t version;
+    uint64_t target = choose(c, s, &version);
+
+    uc_reg_write(c->uc, UC_X86_REG_RSP, &rsp);
+    uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
+    __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, version, rsp, clock);
+}
+
+static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    struct emu_core *c = ud;
+    struct emu_site *s = NULL;
+    uint64_t rsp = 0, ret = 0;
+    uint8_t *p;
+
+    uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
+    p = __emu_ptr(c, rsp, 8);
+    if (p) {
+        memcpy(&ret, p, 8);
+        s = __emu_site_at(c, ret - 5);
+    }
+    if (!s) {
+        __emu_fault(c, EMU_FAULT_BAD_TRAMPOLINE, addr, ret, 0);
+        uc_emu_stop(uc);
+        return;
+    }
+    enter(c, s, rsp + 8, emu_now(c, addr));
+}
+
+static int is_call_to(const uint8_t *p, uint64_t site, uint64_t target)
+{
+    int32_t rel;
+
+    if (p[0] != 0xe8)
+        return 0;
+    memcpy(&rel, p + 1, 4);
+    return site + 5 + (uint64_t)(int64_t)rel == target;
+}
+
+static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    struct emu_site *s = ud;
+    struct emu_core *c = s->core;
+    uint8_t *p = __emu_ptr(c, addr, 5);
+    uint64_t rsp = 0;
+
+    if (!p)
+        return;
+    if (!memcmp(p, fentry_nop, 5)) {
+        uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
+        __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, 0, rsp, emu_now(c, addr));
+    } else if (p[0] != 0xcc && !is_call_to(p, addr, c->tramp)) {
+        __emu_event(c, EMU_EV_TORN, c->cur, s->func_id, 0, addr, emu_now(c, addr));
+    }
+    /* int3: the interrupt hook reports; call: the trampoline reports. */
+}
+
+static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
+{
+    struct emu_core *c = ud;
+    uint64_t rip = 0, rsp = 0;
+    struct emu_site *s;
+
+    uc_reg_read(uc, UC_X86_REG_RIP, &rip);
+    if (intno == 3) {
+        s = __emu_site_at(c, rip - 1);
+        if (s && s->poke != EMU_POKE_NONE) {
+            if (!(c->flags & EMU_FLAG_ACCEL_C))
+                return;     /* the Python twin's hook handles it */
+            uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
+            if (s->poke == EMU_POKE_TO_CALL) {
+                enter(c, s, rsp, emu_now(c, rip - 1));
+            } else {
+                uint64_t next = s->addr + 5;
+                uc_reg_write(uc, UC_X86_REG_RIP, &next);
+                __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, 0, rsp, emu_now(c, rip - 1));
+            }
+            return;
+        }
+        rip -= 1;   /* report the int3 itself */
+    }
+    __emu_fault(c, EMU_FAULT_INTERRUPT, rip, 0, (int)intno);
+    uc_emu_stop(uc);
+}
+
+int __emu_redirect_install(struct emu_core *c)
+{
+    uc_err err = uc_hook_add(c->uc, &c->h_intr, UC_HOOK_INTR, (void *)hook_intr, c, 1, 0);
+
+    if (err) {
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    return EMU_OK;
+}
+
+void __emu_redirect_free(struct emu_core *c)
+{
+    int i;
+
+    for (i = 0; i < c->nsites; i++) {
+        if (c->sites[i]->watch)
+            uc_hook_del(c->uc, c->sites[i]->watch);
+        free(c->sites[i]);
+    }
+    c->nsites = 0;
+}
+
+int emu_site_add(struct emu_core *c, uint64_t addr, int func_id)
+{
+    struct emu_site *s;
+    int i;
+
+    if (!c || !addr)
+        return EMU_EINVAL;
+    if (c->nsites == EMU_MAX_SITES)
+        return EMU_EFULL;
+    if (__emu_site_at(c, addr))
+        return EMU_EINVAL;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return EMU_ENOMEM;
+    s->core = c;
+    s->addr = addr;
+    s->func_id = func_id;
+    if (c->flags & EMU_FLAG_ACCEL_C) {
+        uc_err err = uc_hook_add(c->uc, &s->watch, UC_HOOK_CODE, (void *)hook_watch, s, addr, addr);
+        if (err) {
+            free(s);
+            c->last_err = err;
+            return EMU_EUC;
+        }
+        /* A hook added after its code was translated does not fire until
+         * the translation is dropped. */
+        uc_ctl_remove_cache(c->uc, addr, addr + 1);
+    }
+    for (i = c->nsites; i > 0 && c->by_addr[i - 1]->addr > addr; i--)
+        c->by_addr[i] = c->by_addr[i - 1];
+    c->by_addr[i] = s;
+    c->sites[c->nsites] = s;
+    return c->nsites++;
+}
+
+int emu_site_set_entries(struct emu_core *c, int site, const struct emu_entry *entries, int n)
+{
+    if (!c || site < 0 || site >= c->nsites || n < 0 || n > EMU_SITE_MAX_ENTRIES || (n && !entries))
+        return EMU_EINVAL;
+    if (n)
+        memcpy(c->sites[site]->entries, entries, (size_t)n * sizeof(*entries));
+    c->sites[site]->n = n;
+    return EMU_OK;
+}
+
+int emu_site_set_poke(struct emu_core *c, int site, int poke)
+{
+    if (!c || site < 0 || site >= c->nsites || poke < EMU_POKE_NONE || poke > EMU_POKE_TO_NOP)
+        return EMU_EINVAL;
+    c->sites[site]->poke = poke;
+    return EMU_OK;
+}
+
+int emu_set_trampoline(struct emu_core *c, uint64_t addr)
+{
+    uc_err err;
+
+    if (!c || !addr || c->tramp)
+        return EMU_EINVAL;
+    c->tramp = addr;
+    if (!(c->flags & EMU_FLAG_ACCEL_C))
+        return EMU_OK;
+    err = uc_hook_add(c->uc, &c->h_tramp, UC_HOOK_CODE, (void *)hook_tramp, c, addr, addr);
+    if (err) {
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    uc_ctl_remove_cache(c->uc, addr, addr + 1);
+    return EMU_OK;
+}

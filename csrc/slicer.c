@@ -1,0 +1,214 @@
+/*
+ * slicer.c - run the loaded task for a budget of instructions.
+ *
+ * A UC_HOOK_BLOCK hook counts each block's instructions (from the bitmaps of
+ * core.c) when the block is entered and calls uc_emu_stop before a block
+ * that would overrun the budget; a stopped block does not execute, so the
+ * task's RIP is at its start. This is 2-3.5x cheaper than
+ * uc_emu_start(count=), which hooks every instruction and flushes the whole
+ * translation cache when it is switched on and off (shared/UNICORN.md).
+ *
+ * Precise runs end at exactly `budget` instructions: the cut block is run
+ * once more with a one-shot code hook on the instruction that must not run,
+ * and its translation is dropped before and after so the hook lives only
+ * for that one run.
+ */
+#include <string.h>
+#include "core.h"
+
+/* Must agree with LPEMU_HC_OBSERVE in emu/include/lpemu.h. */
+#define HC_OBSERVE 5
+
+static uint64_t now_at(struct emu_core *c, uint64_t addr)
+{
+    uint64_t t = c->clock + c->executed;
+
+    if (c->blk_n && addr >= c->blk_addr && addr - c->blk_addr < c->blk_size) {
+        uint64_t before = addr == c->blk_addr ? 0 : __emu_icount(c, c->blk_addr, addr - c->blk_addr);
+        if (before < c->blk_n)
+            t -= c->blk_n - before;
+    }
+    return t;
+}
+
+uint64_t emu_now(struct emu_core *c, uint64_t addr)
+{
+    return c ? now_at(c, addr) : 0;
+}
+
+uint64_t emu_clock(struct emu_core *c)
+{
+    return c ? c->clock + c->executed : 0;
+}
+
+void emu_set_clock(struct emu_core *c, uint64_t clock)
+{
+    if (c && !c->stop)
+        c->clock = clock;
+}
+
+static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    struct emu_core *c = ud;
+    uint64_t n;
+
+    if (c->partial) {
+        c->partial = 0;
+        n = c->partial_n;
+    } else {
+        n = __emu_icount(c, addr, size);
+        /* Without precision the first block of a run always executes, so
+         * that every run makes progress. */
+        if (c->executed + n > c->budget && (c->precise || c->executed)) {
+            if (!c->stop->reason)
+                c->stop->reason = EMU_STOP_BUDGET;
+            c->cut = 1;
+            c->blk_addr = addr;
+            c->blk_size = size;
+            c->blk_n = 0;
+            uc_emu_stop(uc);
+            return;
+        }
+    }
+    c->executed += n;
+    c->blk_addr = addr;
+    c->blk_size = size;
+    c->blk_n = n;
+}
+
+static void hook_cut(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    struct emu_core *c = ud;
+
+    if (!c->stop->reason)
+        c->stop->reason = EMU_STOP_BUDGET;
+    uc_emu_stop(uc);
+}
+
+static void hook_syscall(uc_engine *uc, void *ud)
+{
+    struct emu_core *c = ud;
+    int64_t nr, a, b, d;
+    uint64_t rip;
+
+    uc_reg_read(uc, UC_X86_REG_RAX, &nr);
+    uc_reg_read(uc, UC_X86_REG_RDI, &a);
+    uc_reg_read(uc, UC_X86_REG_RSI, &b);
+    if (nr == HC_OBSERVE) {
+        /* Observations are frequent and need no decision: record and go on. */
+        int64_t zero = 0;
+        uc_reg_read(uc, UC_X86_REG_RIP, &rip);
+        __emu_event(c, EMU_EV_OBSERVE, c->cur, a, b, 0, now_at(c, rip));
+        uc_reg_write(uc, UC_X86_REG_RAX, &zero);
+        return;
+    }
+    uc_reg_read(uc, UC_X86_REG_RDX, &d);
+    if (c->stop->reason)
+        return;
+    c->stop->reason = EMU_STOP_HYPERCALL;
+    c->stop->hc_nr = nr;
+    c->stop->hc_args[0] = a;
+    c->stop->hc_args[1] = b;
+    c->stop->hc_args[2] = d;
+    uc_emu_stop(uc);
+}
+
+int __emu_slicer_install(struct emu_core *c)
+{
+    uc_err err;
+
+    err = uc_hook_add(c->uc, &c->h_block, UC_HOOK_BLOCK, (void *)hook_block, c, 1, 0);
+    if (!err)
+        err = uc_hook_add(c->uc, &c->h_syscall, UC_HOOK_INSN, (void *)hook_syscall, c, 1, 0,
+                          UC_X86_INS_SYSCALL);
+    if (err) {
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    return EMU_OK;
+}
+
+static void start(struct emu_core *c, uint64_t from)
+{
+    uc_err err = uc_emu_start(c->uc, from, 0, 0, 0);
+
+    if (err) {
+        c->stop->uc_err = (int32_t)err;
+        if (c->stop->reason != EMU_STOP_FAULT) {
+            uint64_t rip = 0;
+            uc_reg_read(c->uc, UC_X86_REG_RIP, &rip);
+            c->stop->reason = 0;
+            __emu_fault(c, err == UC_ERR_INSN_INVALID ? EMU_FAULT_INVALID_INSN : EMU_FAULT_OTHER,
+                        rip, 0, 0);
+        }
+    }
+}
+
+/* Run the cut block again up to exactly c->budget instructions. */
+static void finish_precisely(struct emu_core *c)
+{
+    uint64_t r = c->budget - c->executed;
+    uint64_t at = __emu_nth_insn(c, c->blk_addr, c->blk_size, r);
+    uint64_t lo = c->blk_addr, hi = c->blk_addr + c->blk_size;
+    uc_hook h;
+
+    if (!at || uc_hook_add(c->uc, &h, UC_HOOK_CODE, (void *)hook_cut, c, at, at))
+        return;     /* stays a block-granular stop: still correct, less exact */
+    uc_ctl_remove_cache(c->uc, lo, hi);
+    c->partial = 1;
+    c->partial_n = r;
+    c->cut = 0;
+    c->stop->reason = 0;
+    start(c, lo);
+    if (!c->stop->reason)
+        c->stop->reason = EMU_STOP_BUDGET;
+    c->partial = 0;
+    uc_hook_del(c->uc, h);
+    uc_ctl_remove_cache(c->uc, lo, hi);
+}
+
+int emu_run(struct emu_core *c, uint64_t budget, int precise, struct emu_stop *stop)
+{
+    uint64_t rip = 0;
+
+    if (!c || !stop || c->cur < 0 || c->stop)
+        return EMU_EINVAL;
+    memset(stop, 0, sizeof(*stop));
+    c->stop = stop;
+    c->budget = budget;
+    c->executed = 0;
+    c->precise = precise;
+    c->cut = 0;
+    c->partial = 0;
+    c->blk_n = 0;
+    if (budget == 0) {
+        stop->reason = EMU_STOP_BUDGET;
+    } else {
+        uc_reg_read(c->uc, UC_X86_REG_RIP, &rip);
+        start(c, rip);
+        if (stop->reason == EMU_STOP_BUDGET && c->cut && precise && c->executed < budget)
+            finish_precisely(c);
+        if (!stop->reason) {
+            /* uc_emu_start came back on its own (hlt, for one). */
+            uc_reg_read(c->uc, UC_X86_REG_RIP, &rip);
+            __emu_fault(c, EMU_FAULT_OTHER, rip, 0, 0);
+        }
+    }
+    if (stop->reason != EMU_STOP_FAULT)
+        uc_reg_read(c->uc, UC_X86_REG_RIP, &stop->rip);
+    stop->executed = c->executed;
+    c->clock += c->executed;
+    c->executed = 0;
+    c->blk_n = 0;
+    c->stop = NULL;
+    return EMU_OK;
+}
+
+void emu_request_stop(struct emu_core *c)
+{
+    if (c && c->stop) {
+        if (!c->stop->reason)
+            c->stop->reason = EMU_STOP_REQUESTED;
+        uc_emu_stop(c->uc);
+    }
+}

@@ -1,0 +1,383 @@
+"""The engine: a Unicorn instance shared with the C core.
+
+This is the only module that touches the cffi ``ffi``/``lib`` of the C core;
+no cdata leaves it. C functions return codes, and ``_check`` turns them into
+exceptions in this one place.
+"""
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import struct
+import weakref
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import unicorn  # must come before the extension: one libunicorn for both
+from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
+from unicorn.unicorn_py3 import unicorn as _binding
+
+from .errors import CoreError, StaleBuild
+
+try:
+    from ._core_c import ffi, lib
+except ImportError as exc:  # pragma: no cover - depends on the build
+    raise StaleBuild(f"the C core is not built ({exc}); run `make build`") from None
+
+__all__ = ["Engine", "Stop", "Ranges", "walk_fp", "walk_orc", "ranges_hit", "stack_scan"]
+
+# ---- build checks ---------------------------------------------------------
+
+
+def _expected_stamp() -> tuple[str, str | None]:
+    """Package version, and the hash of csrc/ when running from a source tree."""
+    try:
+        version = metadata.version("livepatch-emu")
+    except metadata.PackageNotFoundError:  # pragma: no cover
+        version = None
+    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    digest = None
+    if csrc.is_dir():
+        h = hashlib.sha256()
+        for path in sorted(csrc.glob("*.[ch]")):
+            h.update(path.name.encode() + b"\0" + path.read_bytes())
+        digest = h.hexdigest()[:12]
+    return version, digest
+
+
+def _check_build() -> None:
+    stamp = ffi.string(lib.emu_build_stamp()).decode()
+    built_version, _, built_digest = stamp.partition("+")
+    version, digest = _expected_stamp()
+    if (version and built_version != version) or (digest and built_digest != digest):
+        raise StaleBuild(
+            f"the C core was built from other sources (built {stamp}, expected "
+            f"{version}+{digest}); rebuild it with `make build`")
+    ours = lib.emu_uc_hook_add_address()
+    theirs = ctypes.cast(_binding.uclib.uc_hook_add, ctypes.c_void_p).value
+    if ours != theirs:
+        raise StaleBuild("the C core and the unicorn binding loaded two different libunicorn "
+                         "copies; reinstall with `make build`")
+
+
+_check_build()
+
+# ---- constants mirrored from emu.h ------------------------------------------
+
+STOP_BUDGET = lib.EMU_STOP_BUDGET
+STOP_HYPERCALL = lib.EMU_STOP_HYPERCALL
+STOP_FAULT = lib.EMU_STOP_FAULT
+STOP_EVENTS_FULL = lib.EMU_STOP_EVENTS_FULL
+STOP_REQUESTED = lib.EMU_STOP_REQUESTED
+
+EV_ENTRY = lib.EMU_EV_ENTRY
+EV_OBSERVE = lib.EMU_EV_OBSERVE
+EV_TORN = lib.EMU_EV_TORN
+
+POKE_NONE = lib.EMU_POKE_NONE
+POKE_TO_CALL = lib.EMU_POKE_TO_CALL
+POKE_TO_NOP = lib.EMU_POKE_TO_NOP
+
+SITE_MAX_ENTRIES = lib.EMU_SITE_MAX_ENTRIES
+FAULT_INTERRUPT = lib.EMU_FAULT_INTERRUPT
+
+FAULT_NAMES = {
+    lib.EMU_FAULT_UNMAPPED_READ: "read of unmapped memory",
+    lib.EMU_FAULT_UNMAPPED_WRITE: "write to unmapped memory",
+    lib.EMU_FAULT_UNMAPPED_FETCH: "fetch from unmapped memory",
+    lib.EMU_FAULT_PROT_READ: "read of protected memory",
+    lib.EMU_FAULT_PROT_WRITE: "write to protected memory",
+    lib.EMU_FAULT_PROT_FETCH: "fetch from non-executable memory",
+    lib.EMU_FAULT_INVALID_INSN: "invalid instruction",
+    lib.EMU_FAULT_INTERRUPT: "exception",
+    lib.EMU_FAULT_BAD_TRAMPOLINE: "trampoline entered from no fentry site",
+    lib.EMU_FAULT_OTHER: "emulation stopped",
+}
+
+_ERRORS = {
+    lib.EMU_ENOMEM: "out of memory",
+    lib.EMU_EINVAL: "invalid argument",
+    lib.EMU_EUC: "unicorn refused",
+    lib.EMU_ENOENT: "not found",
+    lib.EMU_EFULL: "table full",
+    lib.EMU_ERANGE: "out of range",
+}
+
+_EVENT = struct.Struct("<QiiqqQ")
+assert _EVENT.size == ffi.sizeof("struct emu_event")
+
+
+def _check(rc: int, what: str, core=None) -> int:
+    """Map a negative C return code to CoreError; return rc otherwise."""
+    if rc >= 0:
+        return rc
+    msg = _ERRORS.get(rc, f"error {rc}")
+    if rc == lib.EMU_EUC and core is not None:
+        err = lib.emu_last_uc_error(core)
+        msg += f": {unicorn.UcError(err)}"
+    raise CoreError(f"{what}: {msg}")
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    """Why emu_run came back (EMU_STOP_*), with what the reason carries."""
+    reason: int
+    executed: int
+    rip: int
+    fault_kind: int = 0
+    uc_err: int = 0
+    intno: int = 0
+    addr: int = 0
+    hc_nr: int = 0
+    hc_args: tuple[int, int, int] = (0, 0, 0)
+
+
+class Engine:
+    """One Unicorn engine and the C core that drives it.
+
+    accel="c" puts the redirect, the site watch and the int3 handling in C;
+    accel="python" leaves them to the pure-Python twins (emu/ftrace.py),
+    which hook the same engine through the binding.
+    """
+
+    def __init__(self, *, accel: str = "c", fast_memory: bool = True, event_capacity: int = 1 << 16):
+        if accel not in ("c", "python"):
+            raise ValueError(f"accel must be 'c' or 'python', not {accel!r}")
+        self.accel = accel
+        self.fast_memory = fast_memory
+        self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
+        flags = (lib.EMU_FLAG_ACCEL_C if accel == "c" else 0) | (lib.EMU_FLAG_FAST_MEMORY if fast_memory else 0)
+        core = lib.emu_core_new(self.uc._uch.value, flags, event_capacity)
+        if core == ffi.NULL:
+            raise CoreError("could not create the C core (out of memory or unicorn refused its hooks)")
+        self._core = core
+        # The core must go before the Uc it hooks: the finalizer holds both.
+        self._finalizer = weakref.finalize(self, Engine._free, core, self.uc)
+        self._stop = ffi.new("struct emu_stop *")
+        self._ev_cap = 4096
+        self._ev_buf = ffi.new("struct emu_event[]", self._ev_cap)
+        self._entry_buf = ffi.new("struct emu_entry[]", SITE_MAX_ENTRIES)
+        self.trampoline = 0
+
+    @staticmethod
+    def _free(core, uc):
+        lib.emu_core_free(core)
+
+    def close(self) -> None:
+        """Free the C core now (also done when the Engine is collected)."""
+        self._finalizer()
+
+    # -- memory ------------------------------------------------------------
+    def map(self, addr: int, size: int, prot: int) -> memoryview:
+        """Map host-backed guest memory; return a writable view of it."""
+        _check(lib.emu_map(self._core, addr, size, prot), f"map {addr:#x}+{size:#x}", self._core)
+        return self.view(addr, size)
+
+    def view(self, addr: int, size: int) -> memoryview:
+        """A writable view of mapped guest memory [addr, addr+size)."""
+        ptr = lib.emu_host_ptr(self._core, addr, size)
+        if ptr == ffi.NULL:
+            raise CoreError(f"no host memory at {addr:#x}+{size:#x}")
+        return memoryview(ffi.buffer(ptr, size))
+
+    def add_code(self, base: int, size: int, starts) -> None:
+        """Register executable [base, base+size) and its instruction starts."""
+        bitmap = bytearray((size + 7) // 8)
+        for a in starts:
+            off = a - base
+            if 0 <= off < size:
+                bitmap[off >> 3] |= 1 << (off & 7)
+        _check(lib.emu_add_code(self._core, base, size, ffi.from_buffer(bitmap)), "add code")
+
+    # -- tasks ----------------------------------------------------------------
+    def init_tasks(self, n: int) -> None:
+        _check(lib.emu_tasks_init(self._core, n), "init tasks", self._core)
+
+    def switch(self, tid: int) -> None:
+        """Save the loaded task's CPU context and load task tid's."""
+        _check(lib.emu_switch(self._core, tid), f"switch to task {tid}", self._core)
+
+    @property
+    def current(self) -> int:
+        return lib.emu_current(self._core)
+
+    def set_task_state(self, tid: int, state: int) -> None:
+        _check(lib.emu_task_set_state(self._core, tid, state), f"patch state of task {tid}")
+
+    # -- sites -------------------------------------------------------------------
+    def add_site(self, addr: int, func_id: int) -> int:
+        return _check(lib.emu_site_add(self._core, addr, func_id), f"site at {addr:#x}", self._core)
+
+    def set_site_entries(self, site: int, entries) -> None:
+        """entries: newest first, each (target, version, nop, transition)."""
+        if len(entries) > SITE_MAX_ENTRIES:
+            raise CoreError(f"more than {SITE_MAX_ENTRIES} replacements stacked on one function")
+        buf = self._entry_buf
+        for i, (target, version, nop, transition) in enumerate(entries):
+            buf[i].target = target
+            buf[i].version = version
+            buf[i].nop = 1 if nop else 0
+            buf[i].transition = 1 if transition else 0
+        _check(lib.emu_site_set_entries(self._core, site, buf, len(entries)), "site entries")
+
+    def set_site_poke(self, site: int, poke: int) -> None:
+        _check(lib.emu_site_set_poke(self._core, site, poke), "site poke")
+
+    def set_trampoline(self, addr: int) -> None:
+        _check(lib.emu_set_trampoline(self._core, addr), "trampoline", self._core)
+        self.trampoline = addr
+
+    def text_write(self, addr: int, data: bytes) -> None:
+        """Write guest code and drop its translations (C fast path; the
+        twin is emu/text.py)."""
+        _check(lib.emu_text_write(self._core, addr, data, len(data)), f"text write at {addr:#x}", self._core)
+
+    # -- time and running -----------------------------------------------------
+    @property
+    def clock(self) -> int:
+        return lib.emu_clock(self._core)
+
+    @clock.setter
+    def clock(self, value: int) -> None:
+        lib.emu_set_clock(self._core, value)
+
+    def now(self, addr: int) -> int:
+        """The clock at instruction addr of the block being run."""
+        return lib.emu_now(self._core, addr)
+
+    def run(self, budget: int, precise: bool = False) -> Stop:
+        """Run the loaded task for at most budget instructions."""
+        s = self._stop
+        _check(lib.emu_run(self._core, budget, 1 if precise else 0, s), "run")
+        return Stop(s.reason, s.executed, s.rip, s.fault_kind, s.uc_err, s.intno, s.addr,
+                    s.hc_nr, (s.hc_args[0], s.hc_args[1], s.hc_args[2]))
+
+    def request_stop(self) -> None:
+        lib.emu_request_stop(self._core)
+
+    # -- events -----------------------------------------------------------------
+    def push_event(self, kind: int, task: int, a: int, b: int, c: int, clock: int | None = None) -> None:
+        """Append an event; clock defaults to now."""
+        if clock is None:
+            clock = lib.emu_clock(self._core)
+        _check(lib.emu_event_push(self._core, kind, task, a, b, c, clock), "event push")
+
+    def take_events(self) -> list[tuple[int, int, int, int, int, int]]:
+        """Drain the ring: (clock, kind, task, a, b, c) tuples in order."""
+        out = []
+        while True:
+            n = lib.emu_events_take(self._core, self._ev_buf, self._ev_cap)
+            if n <= 0:
+                return out
+            out.extend(_EVENT.iter_unpack(ffi.buffer(self._ev_buf, n * _EVENT.size)))
+            if n < self._ev_cap:
+                return out
+
+    # -- stacks -------------------------------------------------------------------
+    def walk(self, kind: str, lo: int, hi: int, text: "Ranges", rip: int, rsp: int, rbp: int, *,
+             preempted: bool, max_entries: int, end_ret: int, end_slot: int,
+             orc: "OrcArrays | None" = None) -> tuple[int, tuple[int, ...]]:
+        """Walk a task's stack in place (host memory, no copy)."""
+        ptr = lib.emu_host_ptr(self._core, lo, hi - lo)
+        if ptr == ffi.NULL:
+            raise CoreError(f"no host memory for the stack {lo:#x}-{hi:#x}")
+        return _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc)
+
+
+# ---- stack walks: C entry points for emu/unwind.py's twins ----------------------
+
+
+class Ranges:
+    """Sorted, merged [start, end) ranges, prepared once for the C core."""
+
+    def __init__(self, ranges):
+        merged: list[list[int]] = []
+        for start, end in sorted((int(s), int(e)) for s, e in ranges if e > s):
+            if merged and start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], end)
+            else:
+                merged.append([start, end])
+        self.ranges = tuple((s, e) for s, e in merged)
+        self._c = ffi.new("struct emu_range[]", max(1, len(self.ranges)))
+        for i, (s, e) in enumerate(self.ranges):
+            self._c[i].start = s
+            self._c[i].end = e
+
+    def __len__(self):
+        return len(self.ranges)
+
+
+class OrcArrays:
+    """An ORC table (sorted ips and entries) prepared once for the C core."""
+
+    def __init__(self, ips, entries):
+        n = len(ips)
+        self.n = n
+        self._ip = ffi.new("uint64_t[]", max(1, n))
+        self._e = ffi.new("struct emu_orc_entry[]", max(1, n))
+        for i, (ip, e) in enumerate(zip(ips, entries)):
+            self._ip[i] = ip
+            self._e[i].sp_offset = e.sp_offset
+            self._e[i].bp_offset = e.bp_offset
+            self._e[i].sp_reg = e.sp_reg
+            self._e[i].bp_reg = e.bp_reg
+            self._e[i].type = e.type
+
+
+_WALK_OUT_MAX = 4096
+
+
+def _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc):
+    if not 0 <= max_entries <= _WALK_OUT_MAX:
+        raise ValueError(f"max_entries must be within 0..{_WALK_OUT_MAX}")
+    win = ffi.new("struct emu_walk_in *", {
+        "rip": rip, "rsp": rsp, "rbp": rbp, "preempted": 1 if preempted else 0,
+        "max_entries": max_entries, "end_ret": end_ret, "end_slot": end_slot})
+    out = ffi.new("uint64_t[]", max(1, max_entries))
+    nout = ffi.new("int *")
+    if kind == "fp":
+        code = lib.emu_walk_fp(ptr, lo, hi, text._c, len(text), win, out, nout)
+    elif kind == "orc":
+        if orc is None:
+            raise ValueError("an ORC walk needs an ORC table")
+        code = lib.emu_walk_orc(ptr, lo, hi, text._c, len(text), orc._ip, orc._e, orc.n, win, out, nout)
+    else:
+        raise ValueError(f"unknown unwinder {kind!r}")
+    _check(code, f"{kind} stack walk")
+    return code, tuple(out[0:nout[0]])
+
+
+def walk_fp(stack: bytes, lo: int, hi: int, text: Ranges, rip: int, rsp: int, rbp: int, *,
+            preempted: bool = False, max_entries: int = 100, end_ret: int = 0, end_slot: int = 0):
+    """C frame-pointer walk over a copy of stack memory [lo, hi) -> (EMU_WALK_*, entries)."""
+    if len(stack) != hi - lo:
+        raise ValueError("stack bytes must cover [lo, hi) exactly")
+    return _walk("fp", ffi.from_buffer(stack), lo, hi, text, rip, rsp, rbp, preempted,
+                 max_entries, end_ret, end_slot, None)
+
+
+def walk_orc(stack: bytes, lo: int, hi: int, text: Ranges, orc: OrcArrays, rip: int, rsp: int, rbp: int, *,
+             preempted: bool = False, max_entries: int = 100, end_ret: int = 0, end_slot: int = 0):
+    """C ORC walk over a copy of stack memory [lo, hi) -> (EMU_WALK_*, entries)."""
+    if len(stack) != hi - lo:
+        raise ValueError("stack bytes must cover [lo, hi) exactly")
+    return _walk("orc", ffi.from_buffer(stack), lo, hi, text, rip, rsp, rbp, preempted,
+                 max_entries, end_ret, end_slot, orc)
+
+
+def ranges_hit(addrs, ranges: Ranges) -> int:
+    """Index of the first address inside one of the ranges, or -1 (C)."""
+    arr = ffi.new("uint64_t[]", list(addrs) or [0])
+    return lib.emu_ranges_hit(arr, len(addrs), ranges._c, len(ranges))
+
+
+def stack_scan(stack: bytes, lo: int, hi: int, sp: int, ranges: Ranges):
+    """Ksplice-style scan (C): (address, value) of the first word in a range, or None."""
+    if len(stack) != hi - lo:
+        raise ValueError("stack bytes must cover [lo, hi) exactly")
+    where = ffi.new("uint64_t *")
+    value = ffi.new("uint64_t *")
+    rc = _check(lib.emu_stack_scan(ffi.from_buffer(stack), lo, hi, sp, ranges._c, len(ranges), where, value),
+                "stack scan")
+    return (where[0], value[0]) if rc == 1 else None

@@ -1,0 +1,81 @@
+/*
+ * lpemu.h - hypercalls for guest code run by livepatch-emu.
+ *
+ * Every scenario compile has this header on its include path. A hypercall is a
+ * `syscall` instruction with the call number in rax and arguments in rdi, rsi,
+ * rdx; the result comes back in rax. The numbers must agree with
+ * emu/hypercall.py.
+ */
+#ifndef LPEMU_H
+#define LPEMU_H
+
+#define LPEMU_HC_EXIT            0
+#define LPEMU_HC_SLEEP           1
+#define LPEMU_HC_YIELD           2
+#define LPEMU_HC_RETURN_TO_USER  3
+#define LPEMU_HC_SAFE_POINT      4
+#define LPEMU_HC_OBSERVE         5
+#define LPEMU_HC_SHADOW_ALLOC    6
+#define LPEMU_HC_SHADOW_GET      7
+#define LPEMU_HC_SHADOW_GET_OR_ALLOC 8
+#define LPEMU_HC_SHADOW_FREE     9
+#define LPEMU_HC_SHADOW_FREE_ALL 10
+
+static inline __attribute__((always_inline)) long
+__lpemu_hypercall(long nr, long a, long b, long c)
+{
+	long ret;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "a"(nr), "D"(a), "S"(b), "d"(c)
+			 : "rcx", "r11", "memory");
+	return ret;
+}
+
+/* Sleep for `ticks` ticks of virtual time (interruptible: a fake signal ends
+ * it early). Returns the ticks left, 0 when the whole sleep passed. */
+static inline __attribute__((always_inline)) long lpemu_sleep(long ticks)
+{ return __lpemu_hypercall(LPEMU_HC_SLEEP, ticks, 0, 0); }
+
+/* A cond_resched() point: the scheduler may switch tasks here. */
+static inline __attribute__((always_inline)) void lpemu_yield(void)
+{ __lpemu_hypercall(LPEMU_HC_YIELD, 0, 0, 0); }
+
+/* A kernel exit: the task passes through user space and comes back. */
+static inline __attribute__((always_inline)) void lpemu_return_to_user(void)
+{ __lpemu_hypercall(LPEMU_HC_RETURN_TO_USER, 0, 0, 0); }
+
+/* A kthread safe point (kGraft's try_to_freeze()). */
+static inline __attribute__((always_inline)) void lpemu_safe_point(void)
+{ __lpemu_hypercall(LPEMU_HC_SAFE_POINT, 0, 0, 0); }
+
+/* Record (key, value) for the oracle's value assertions. */
+static inline __attribute__((always_inline)) void lpemu_observe(long key, long value)
+{ __lpemu_hypercall(LPEMU_HC_OBSERVE, key, value, 0); }
+
+/* End this task with `code`. */
+static inline __attribute__((always_inline, noreturn)) void lpemu_exit(long code)
+{ __lpemu_hypercall(LPEMU_HC_EXIT, code, 0, 0); __builtin_unreachable(); }
+
+/* Shadow variables (upstream klp_shadow_* semantics, without constructors). */
+static inline __attribute__((always_inline)) void *
+lpemu_shadow_alloc(void *obj, unsigned long id, unsigned long size)
+{ return (void *)__lpemu_hypercall(LPEMU_HC_SHADOW_ALLOC, (long)obj, (long)id, (long)size); }
+
+static inline __attribute__((always_inline)) void *
+lpemu_shadow_get(void *obj, unsigned long id)
+{ return (void *)__lpemu_hypercall(LPEMU_HC_SHADOW_GET, (long)obj, (long)id, 0); }
+
+static inline __attribute__((always_inline)) void *
+lpemu_shadow_get_or_alloc(void *obj, unsigned long id, unsigned long size)
+{ return (void *)__lpemu_hypercall(LPEMU_HC_SHADOW_GET_OR_ALLOC, (long)obj, (long)id, (long)size); }
+
+static inline __attribute__((always_inline)) void
+lpemu_shadow_free(void *obj, unsigned long id)
+{ __lpemu_hypercall(LPEMU_HC_SHADOW_FREE, (long)obj, (long)id, 0); }
+
+static inline __attribute__((always_inline)) void
+lpemu_shadow_free_all(unsigned long id)
+{ __lpemu_hypercall(LPEMU_HC_SHADOW_FREE_ALL, (long)id, 0, 0); }
+
+#endif /* LPEMU_H */

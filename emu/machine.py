@@ -1,0 +1,792 @@
+"""The emulated machine: memory layout, images, CPUs, tasks, virtual time.
+
+One Unicorn engine runs every CPU: the machine interleaves them, one slice
+of at most `quantum` instructions per CPU per round. Virtual time is retired
+instructions (the C core counts them exactly); when every CPU is idle it
+jumps to the next timer. Kernel-side work (a transition, a text_poke, the
+livepatch work item) runs between slices as Python generators ("works"),
+which can wait for a sync (every CPU has ended a slice), for a point in
+time, or for stop_machine (every CPU parked at a scheduling point).
+
+Models hang off the machine through listeners (on_kernel_exit,
+on_safe_point, on_cond_resched, on_idle); the machine knows nothing of them.
+"""
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_right
+from dataclasses import dataclass
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RIP,
+                               UC_X86_REG_RSP)
+
+from . import core, hypercall, runtime, unwind
+from .errors import GuestFault, UserError
+from .image import PROT_R, PROT_W, PROT_X, Image
+from .orc import OrcTable, build_table
+from .task import PATCHED, UNDEFINED, UNPATCHED, Cpu, Kind, RunState, Task
+
+# ---- memory layout -----------------------------------------------------------
+RUNTIME_BASE = 0x0010_0000
+BASE_IMAGE = 0x0040_0000
+MODULE_BASE = 0x0100_0000
+MODULE_ALIGN = 0x0010_0000
+STACK_BASE = 0x1000_0000
+STACK_SIZE = 0x4000          # THREAD_SIZE on x86-64
+GUARD = 0x1000               # an unmapped page below every stack
+HEAP_BASE = 0x2000_0000
+HEAP_SIZE = 0x0010_0000
+
+PREEMPT_MODES = ("none", "voluntary", "full")
+UNWINDERS = ("orc", "fp")
+
+# ---- events the machine adds to the C core's ring (C's own kinds are < 16) ----
+EV_KERNEL_EXIT = 16   # task returned to user
+EV_SAFE_POINT = 17    # kthread safe point
+EV_SLEEP = 18         # a = wake time or -1
+EV_WAKE = 19          # a = 1 if woken early (signal)
+EV_PATCH_STATE = 20   # a = new patch state
+EV_YIELD = 21
+EV_EXIT = 22          # a = exit code
+EV_SCHED_IN = 23      # a = cpu
+EV_TRANSITION = 24    # a = transition event code (emu.log), b = patch index
+EV_STOP_MACHINE = 25  # a = 1 when every CPU stopped, 0 when released
+
+EVENT_NAMES = {
+    core.EV_ENTRY: "entry", core.EV_OBSERVE: "observe", core.EV_TORN: "torn",
+    EV_KERNEL_EXIT: "kernel_exit", EV_SAFE_POINT: "safe_point", EV_SLEEP: "sleep", EV_WAKE: "wake",
+    EV_PATCH_STATE: "patch_state", EV_YIELD: "yield", EV_EXIT: "exit", EV_SCHED_IN: "sched_in",
+    EV_TRANSITION: "transition", EV_STOP_MACHINE: "stop_machine",
+}
+
+
+@dataclass(frozen=True)
+class FunctionRef:
+    """A function of a loaded image, with the machine-wide id events use."""
+    id: int
+    name: str
+    image: str
+    start: int
+    end: int
+    site: int | None
+
+
+# ---- what works wait for ------------------------------------------------------------
+@dataclass(frozen=True)
+class Sync:
+    """Wait until every CPU has ended its current slice (text_poke_bp's sync)."""
+
+
+@dataclass(frozen=True)
+class Delay:
+    """Wait `instructions` of virtual time."""
+    instructions: int
+
+
+@dataclass(frozen=True)
+class StopMachine:
+    """Wait until every CPU has parked at a scheduling point; the work then
+    runs with every CPU stopped, until it yields Release()."""
+
+
+@dataclass(frozen=True)
+class Release:
+    """End the stop_machine section."""
+
+
+class Machine:
+    """Real x86-64 code on emulated CPUs and tasks.
+
+    Raises UserError for bad configuration and GuestFault when guest code
+    faults; the host process never dies of what the guest does.
+    """
+
+    def __init__(self, image: Image, *, cpus: int = 1, quantum: int = 1000, preempt: str = "voluntary",
+                 tick: int = 1000, hz: int = 100, unwinder: str = "orc", accel: str = "c",
+                 fast_memory: bool = True, policy=None, lockup_ticks: int = 2000, name: str = "machine"):
+        if cpus < 1:
+            raise UserError(f"machine.cpus must be at least 1, not {cpus}")
+        if quantum < 1 or tick < 1 or hz < 1:
+            raise UserError("machine.quantum, machine.tick and hz must be positive")
+        if preempt not in PREEMPT_MODES:
+            raise UserError(f"machine.preempt must be one of {', '.join(PREEMPT_MODES)}, not {preempt!r}")
+        if unwinder not in UNWINDERS:
+            raise UserError(f"machine.unwinder must be one of {', '.join(UNWINDERS)}, not {unwinder!r}")
+        from .sched import RoundRobin
+
+        self.name = name
+        self.quantum = quantum
+        self.preempt = preempt
+        self.tick = tick
+        self.hz = hz
+        self.unwinder = unwinder
+        self.accel = accel
+        self.lockup = lockup_ticks * tick
+        self.policy = policy or RoundRobin()
+        self.engine = core.Engine(accel=accel, fast_memory=fast_memory)
+        self.images: list[Image] = []
+        self.functions: list[FunctionRef] = []
+        self.by_name: dict[str, FunctionRef] = {}
+        self._starts: list[int] = []          # sorted function starts, for symbolize
+        self._by_start: list[FunctionRef] = []
+        self._sites: dict[int, int] = {}      # function id -> site index in the C core
+        self._site_funcs: dict[int, FunctionRef] = {}   # site index -> function
+        self._orc_tables: list[OrcTable] = []
+        self._text: list[tuple[int, int]] = []
+        self.cpus = [Cpu(i, Task(-1 - i, f"swapper/{i}", Kind.IDLE, i)) for i in range(cpus)]
+        for cpu in self.cpus:
+            cpu.idle.state = RunState.RUNNABLE
+        self.tasks: list[Task] = []
+        self.listeners: list = []
+        self.hypercalls: dict[int, object] = {}   # extra handlers: nr -> fn(machine, task, args) -> rax
+        self.trace: list[tuple[int, int, int, int, int, int]] = []
+        self.log: list[tuple[int, str]] = []      # kernel messages (time, text)
+        self._timers: list = []
+        self._seq = 0
+        self._works: list = []
+        self._sm: _StopState | None = None          # stop_machine in progress
+        self.started = False
+        self.next_module = MODULE_BASE
+        self.last_stop_machine: tuple[int, int, int] | None = None
+
+        self.runtime = runtime.build(RUNTIME_BASE)
+        self.engine.map(RUNTIME_BASE, _page_up(self.runtime.size), PROT_R | PROT_X)[:self.runtime.size] = \
+            self.runtime.code
+        self.engine.add_code(RUNTIME_BASE, _page_up(self.runtime.size), self.runtime.insn_starts)
+        self.engine.set_trampoline(self.runtime.trampoline)
+        self._twin = None
+        if accel == "python":
+            from .redirect import PyRedirect
+            self._twin = PyRedirect(self)
+        self._text.append((RUNTIME_BASE, RUNTIME_BASE + self.runtime.size))
+        self.heap = self.engine.map(HEAP_BASE, HEAP_SIZE, PROT_R | PROT_W)
+        self.load(image)
+        self.base = image
+
+    # ---- images --------------------------------------------------------------------
+    def load(self, image: Image) -> None:
+        """Map an image (the base image or a module) and index its functions."""
+        for other in self.images:
+            if image.lo < other.hi and other.lo < image.hi:
+                raise UserError(f"image '{image.name}' ({image.lo:#x}-{image.hi:#x}) overlaps "
+                                f"image '{other.name}' ({other.lo:#x}-{other.hi:#x})")
+        for seg in image.segments:
+            size = _page_up(len(seg.data)) or 0x1000
+            view = self.engine.map(seg.addr, size, seg.prot)
+            view[:len(seg.data)] = seg.data
+            if seg.prot & PROT_X:
+                self.engine.add_code(seg.addr, size, [a for a in image.insn_starts()
+                                                      if seg.addr <= a < seg.addr + size])
+        self.images.append(image)
+        for fn in sorted(image.functions.values(), key=lambda f: f.start):
+            ref = FunctionRef(len(self.functions), fn.name, image.name, fn.start, fn.end, fn.site)
+            self.functions.append(ref)
+            if image is self.images[0] or fn.name not in self.by_name:
+                self.by_name.setdefault(fn.name, ref)
+            self.by_name[f"{image.name}:{fn.name}"] = ref
+            i = bisect_right(self._starts, fn.start)
+            self._starts.insert(i, fn.start)
+            self._by_start.insert(i, ref)
+            self._text.append((fn.start, fn.end))
+        code = {seg.addr: seg.data for seg in image.segments if seg.prot & PROT_X}
+        for addr, data in code.items():
+            fns = [(f.name, f.start, f.end) for f in image.functions.values() if addr <= f.start < addr + len(data)]
+            self._orc_tables.append(build_table(data, addr, fns))
+        self._orc = OrcTable.merge(*self._orc_tables)
+        self._orc_c = core.OrcArrays(self._orc.ips, self._orc.entries)
+        self._ranges = core.Ranges(self._text)
+        self.next_module = max(self.next_module, _align_up(image.hi, MODULE_ALIGN))
+
+    def module_base(self) -> int:
+        """Where the next module image should be linked."""
+        return self.next_module
+
+    def function(self, name: str) -> FunctionRef:
+        """A function by name ('f' or 'image:f'); UserError naming it if unknown."""
+        ref = self.by_name.get(name)
+        if ref is None:
+            raise UserError(f"no function '{name}' in the loaded images")
+        return ref
+
+    def function_at(self, addr: int) -> FunctionRef | None:
+        i = bisect_right(self._starts, addr) - 1
+        if i >= 0 and self._by_start[i].start <= addr < self._by_start[i].end:
+            return self._by_start[i]
+        return None
+
+    def symbolize(self, addr: int) -> str:
+        fn = self.function_at(addr)
+        if fn:
+            return f"{fn.name}+{addr - fn.start:#x}"
+        if self.runtime.contains(addr):
+            names = [("task_user", self.runtime.task_user), ("task_kthread", self.runtime.task_kthread),
+                     ("ftrace_trampoline", self.runtime.trampoline)]
+            name, start = max((n for n in names if n[1] <= addr), key=lambda n: n[1])
+            return f"{name}+{addr - start:#x}"
+        return f"{addr:#x}"
+
+    @property
+    def text_ranges(self) -> core.Ranges:
+        return self._ranges
+
+    @property
+    def orc(self) -> OrcTable:
+        return self._orc
+
+    # ---- sites (ftrace.py drives them) --------------------------------------------------
+    def site(self, fn: FunctionRef) -> int:
+        """The C core's index of fn's fentry site, registering it on first use."""
+        idx = self._sites.get(fn.id)
+        if idx is None:
+            if fn.site is None:
+                from .errors import PatchError
+                raise PatchError(f"function '{fn.name}' has no fentry site (not compiled with -mfentry, "
+                                 f"or notrace): it cannot be patched")
+            idx = self.engine.add_site(fn.site, fn.id)
+            if self._twin is not None:
+                self._twin.add_site(idx, fn.site, fn.id)
+            self._sites[fn.id] = idx
+            self._site_funcs[idx] = fn
+        return idx
+
+    def set_entries(self, fn: FunctionRef, entries) -> None:
+        """fn's stack of replacements, newest first: (target, version, nop, transition)."""
+        idx = self.site(fn)
+        entries = [tuple(e) for e in entries]
+        self.engine.set_site_entries(idx, entries)
+        if self._twin is not None:
+            self._twin.entries[idx] = entries
+
+    def set_poke(self, fn: FunctionRef, poke: int) -> None:
+        """The instruction a text_poke_bp is writing at fn's site (core.POKE_*)."""
+        idx = self.site(fn)
+        self.engine.set_site_poke(idx, poke)
+        if self._twin is not None:
+            self._twin.poke[idx] = poke
+
+    def text_write(self, addr: int, data: bytes) -> None:
+        """The one way to change guest code: also drops stale translations."""
+        if self._twin is None:
+            self.engine.text_write(addr, data)
+        else:
+            from . import text
+            text.write(self.engine.uc, addr, data)
+
+    def watch(self, fn: FunctionRef) -> None:
+        """Report every entry into fn (its site's watch hook) in the trace."""
+        self.site(fn)
+
+    # ---- tasks -------------------------------------------------------------------
+    def add_task(self, name: str, entry: str, args=(), *, kind: str = "user", cpu: int | None = None) -> Task:
+        if self.started:
+            raise UserError("tasks must be added before the machine starts")
+        if kind not in ("user", "kthread"):
+            raise UserError(f"task '{name}': kind must be 'user' or 'kthread', not {kind!r}")
+        if len(args) > 6:
+            raise UserError(f"task '{name}': at most 6 arguments")
+        fn = self.function(entry)
+        if cpu is None:
+            cpu = len(self.tasks) % len(self.cpus)
+        if not 0 <= cpu < len(self.cpus):
+            raise UserError(f"task '{name}': no CPU {cpu}")
+        task = Task(len(self.tasks), name, Kind(kind), cpu, entry=fn.name, args=tuple(int(a) for a in args))
+        task.extra["entry_addr"] = fn.start
+        self.tasks.append(task)
+        return task
+
+    def start(self) -> None:
+        """Give every task its stack and initial registers."""
+        if self.started:
+            return
+        if not self.tasks:
+            raise UserError("the machine has no tasks")
+        self.started = True
+        self.engine.init_tasks(len(self.tasks))
+        for task in self.tasks:
+            lo = STACK_BASE + task.tid * (STACK_SIZE + GUARD) + GUARD
+            hi = lo + STACK_SIZE
+            view = self.engine.map(lo, STACK_SIZE, PROT_R | PROT_W)
+            block = [task.extra["entry_addr"], *task.args, *([0] * (6 - len(task.args)))]
+            off = STACK_SIZE - runtime.TASK_BLOCK
+            view[off:off + 56] = b"".join(v.to_bytes(8, "little", signed=v < 0) for v in block)
+            rsp = hi - runtime.FRAME_GAP
+            task.stack_lo, task.stack_hi = lo, hi
+            task.end_slot = rsp - 8
+            task.end_ret = self.runtime.user_ret if task.kind is Kind.USER else self.runtime.kthread_ret
+            self.engine.switch(task.tid)
+            uc = self.engine.uc
+            uc.reg_write(UC_X86_REG_RIP, self.runtime.task_user if task.kind is Kind.USER
+                         else self.runtime.task_kthread)
+            uc.reg_write(UC_X86_REG_RSP, rsp)
+            uc.reg_write(UC_X86_REG_RBP, 0)
+            uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
+            self.cpus[task.cpu].runqueue.append(task)
+
+    # ---- time, timers, works ----------------------------------------------------------
+    @property
+    def now(self) -> int:
+        return self.engine.clock
+
+    def ticks(self, n: float) -> int:
+        return int(n * self.tick)
+
+    def seconds(self, s: float) -> int:
+        """Virtual instructions in s seconds (hz ticks a second)."""
+        return int(s * self.hz * self.tick)
+
+    def at(self, when: int, fn) -> None:
+        """Call fn() when the clock reaches `when` (in order of registration for ties)."""
+        self._seq += 1
+        heapq.heappush(self._timers, (max(when, self.now), self._seq, fn))
+
+    def spawn(self, work) -> None:
+        """Start a kernel work (a generator); it runs now until its first wait."""
+        self._works.append(_Work(work))
+        self._advance_works()
+
+    def _next_timer(self) -> int | None:
+        return self._timers[0][0] if self._timers else None
+
+    def _fire_due(self) -> None:
+        while self._timers and self._timers[0][0] <= self.now:
+            _, _, fn = heapq.heappop(self._timers)
+            fn()
+        self._advance_works()
+
+    def _advance_works(self) -> None:
+        progressed = True
+        while progressed:
+            progressed = False
+            for w in list(self._works):
+                if w.ready(self):
+                    progressed = True
+                    try:
+                        wait = w.gen.send(None)
+                    except StopIteration:
+                        self._works.remove(w)
+                        if self._sm is not None and self._sm.work is w:
+                            self._release_stop_machine()
+                        continue
+                    self._wait(w, wait)
+
+    def _wait(self, w: "_Work", wait) -> None:
+        if isinstance(wait, Sync) or wait is None:
+            w.kind, w.arg = "sync", tuple(c.slices for c in self.cpus)
+        elif isinstance(wait, Delay):
+            w.kind, w.arg = "time", self.now + max(0, wait.instructions)
+            self.at(w.arg, lambda: None)
+        elif isinstance(wait, StopMachine):
+            if self._sm is not None:
+                raise RuntimeError("nested stop_machine")
+            self._sm = _StopState(w, self.now)
+            w.kind, w.arg = "stop", None
+        elif isinstance(wait, Release):
+            self._release_stop_machine()
+            w.kind, w.arg = "now", None
+        else:
+            raise TypeError(f"a work yielded {wait!r}")
+
+    def _release_stop_machine(self) -> None:
+        """End stop_machine; the CPUs resume where they stopped."""
+        sm, self._sm = self._sm, None
+        if sm is not None and sm.stopped_at is not None:
+            self.emit(EV_STOP_MACHINE, -1, 0)
+            self.last_stop_machine = (sm.requested_at, sm.stopped_at, self.now)
+
+    # ---- events and log ----------------------------------------------------------------
+    def emit(self, kind: int, task: int, a: int = 0, b: int = 0, c: int = 0) -> None:
+        self.engine.push_event(kind, task, a, b, c)
+
+    def printk(self, text: str) -> None:
+        """A kernel message, kept in order with the time it was printed."""
+        self.log.append((self.now, text))
+
+    def drain(self) -> list:
+        """Move the C core's events into self.trace; return the new ones."""
+        new = self.engine.take_events()
+        self.trace.extend(new)
+        return new
+
+    # ---- running ---------------------------------------------------------------------
+    def runnable(self, cpu: Cpu) -> list[Task]:
+        return [t for t in cpu.runqueue if t.state is RunState.RUNNABLE]
+
+    def run(self, until: int | None = None, *, stop_when=None) -> None:
+        """Run until virtual time `until`, until every task has exited, or until
+        stop_when() is true (checked between slices). Raises GuestFault."""
+        self.start()
+        try:
+            while True:
+                self._fire_due()
+                if stop_when is not None and stop_when():
+                    return
+                if until is not None and self.now >= until:
+                    return
+                if all(t.state is RunState.EXITED for t in self.tasks):
+                    return
+                ran = False
+                for cpu in self.cpus:
+                    ran |= self._slice(cpu, until)
+                if not ran:
+                    if not self._idle_jump(until):
+                        return
+        finally:
+            self.drain()
+
+    def _idle_jump(self, until) -> bool:
+        """Every CPU is idle: move time to the next timer. False when nothing can happen."""
+        nxt = self._next_timer()
+        if nxt is None:
+            if self._sm is not None and not self.all_stopped:
+                return True   # the next round parks the CPUs
+            sleepers = [t for t in self.tasks if t.state is RunState.SLEEPING]
+            if sleepers:
+                names = ", ".join(t.name for t in sleepers)
+                raise GuestFault(f"every task is asleep with nothing to wake it: {names}", kind="hang")
+            return False
+        if until is not None and nxt > until:
+            self.engine.clock = until
+            return True
+        self.engine.clock = max(self.now, nxt)
+        return True
+
+    def _pick(self, cpu: Cpu) -> Task | None:
+        cur = cpu.current
+        if cur is not None and cur.state is RunState.RUNNABLE and not cur.need_resched:
+            return cur
+        cands = self.runnable(cpu)
+        if not cands:
+            return None
+        if cur is not None and cur.state is RunState.RUNNABLE and cur.need_resched and len(cands) > 1:
+            others = [t for t in cands if t is not cur]
+            task = self.policy.pick(cpu, others, self.now)
+        else:
+            task = self.policy.pick(cpu, cands, self.now)
+        if cur is not None and cur is not task:
+            self._requeue(cpu, cur)
+        if task is not cpu.current:
+            cpu.current = task
+            self.emit(EV_SCHED_IN, task.tid, cpu.index)
+        task.need_resched = False
+        return task
+
+    def _requeue(self, cpu: Cpu, task: Task) -> None:
+        if task in cpu.runqueue:
+            cpu.runqueue.remove(task)
+            cpu.runqueue.append(task)
+
+    def _schedule_out(self, cpu: Cpu, task: Task, *, preempted: bool) -> None:
+        task.preempted = preempted
+        task.since_schedule = 0
+        if cpu.current is task:
+            cpu.current = None
+        self._requeue(cpu, task)
+
+    def _slice(self, cpu: Cpu, until) -> bool:
+        """Run one slice on cpu. Returns whether guest code ran."""
+        if self._sm is not None:
+            return self._park(cpu, until)
+        task = self._pick(cpu)
+        if task is None:
+            cpu.current = None
+            for listener in self.listeners:
+                listener.on_idle(cpu, cpu.idle)
+            cpu.slices += 1
+            return False
+        return self._run_task(cpu, task, until)
+
+    def _run_task(self, cpu: Cpu, task: Task, until) -> bool:
+        remaining = self.quantum
+        ran = False
+        while remaining > 0 and cpu.current is task and task.state is RunState.RUNNABLE:
+            limit = self._next_timer()
+            if until is not None:
+                limit = until if limit is None else min(limit, until)
+            budget, precise = remaining, False
+            if limit is not None and limit - self.now < remaining:
+                budget, precise = limit - self.now, True
+            if budget <= 0:
+                if until is not None and self.now >= until:
+                    break
+                self._fire_due()
+                if self._sm is not None:
+                    break
+                continue
+            self.engine.switch(task.tid)
+            stop = self.engine.run(budget, precise)
+            ran = True
+            task.preempted = True       # until a scheduling point says otherwise
+            remaining -= stop.executed
+            task.since_schedule += stop.executed
+            if self._twin is not None and self._twin.error is not None:
+                err, self._twin.error = self._twin.error, None
+                raise err
+            if stop.reason == core.STOP_HYPERCALL:
+                self._hypercall(cpu, task, stop)
+            elif stop.reason == core.STOP_FAULT:
+                self._fault(cpu, task, stop)
+            elif stop.reason == core.STOP_EVENTS_FULL:
+                self.drain()
+            elif stop.reason == core.STOP_BUDGET and remaining > 0:
+                self._fire_due()        # cut by a timer or a work's deadline
+                if self._sm is not None:
+                    break
+            if task.since_schedule > self.lockup:
+                self._fault(cpu, task, None, soft_lockup=True)
+        if remaining <= 0 and cpu.current is task and task.state is RunState.RUNNABLE \
+                and self.runnable(cpu) != [task]:
+            if self.preempt == "full":
+                self._schedule_out(cpu, task, preempted=True)
+            else:
+                task.need_resched = True
+        cpu.slices += 1
+        return ran
+
+    def _park(self, cpu: Cpu, until) -> bool:
+        """stop_machine: a CPU stops at its next scheduling point. With full
+        preemption the stopper thread preempts the task at once; otherwise the
+        task runs on until it sleeps, yields, returns to user or exits."""
+        sm = self._sm
+        cpu.slices += 1
+        if cpu.index in sm.parked:
+            return False
+        cur = cpu.current
+        if cur is None or cur.state is not RunState.RUNNABLE or self.preempt == "full":
+            sm.parked.add(cpu.index)
+            if len(sm.parked) == len(self.cpus):
+                sm.stopped_at = self.now
+                self.emit(EV_STOP_MACHINE, -1, 1)
+            return False
+        cpu.slices -= 1
+        return self._run_task(cpu, cur, until)
+
+    @property
+    def all_stopped(self) -> bool:
+        return self._sm is not None and len(self._sm.parked) == len(self.cpus)
+
+    # ---- hypercalls ---------------------------------------------------------------------
+    def _hypercall(self, cpu: Cpu, task: Task, stop: core.Stop) -> None:
+        nr, (a, b, c) = stop.hc_nr, stop.hc_args
+        uc = self.engine.uc
+        if nr == hypercall.SLEEP:
+            wake = None if a < 0 else self.now + a * self.tick
+            task.state = RunState.SLEEPING
+            task.wake_at = wake
+            task.interruptible = True
+            self.emit(EV_SLEEP, task.tid, -1 if wake is None else wake)
+            self._schedule_out(cpu, task, preempted=False)
+            if wake is not None:
+                self.at(wake, lambda t=task, w=wake: self._wake_timer(t, w))
+        elif nr == hypercall.YIELD:
+            self.emit(EV_YIELD, task.tid)
+            task.preempted = False
+            for listener in self.listeners:
+                listener.on_cond_resched(task)
+            task.since_schedule = 0
+            if task.need_resched or self._sm is not None:
+                self._schedule_out(cpu, task, preempted=False)
+        elif nr == hypercall.RETURN_TO_USER:
+            if task.kind is not Kind.USER:
+                self._fault(cpu, task, stop, message="a kthread returned to user")
+            task.kernel_entries += 1
+            task.preempted = False
+            self.emit(EV_KERNEL_EXIT, task.tid)
+            for listener in self.listeners:
+                listener.on_kernel_exit(task)
+            task.since_schedule = 0
+            if task.need_resched or self._sm is not None:
+                self._schedule_out(cpu, task, preempted=False)
+        elif nr == hypercall.SAFE_POINT:
+            task.preempted = False
+            task.kernel_entries += 1
+            self.emit(EV_SAFE_POINT, task.tid)
+            for listener in self.listeners:
+                listener.on_safe_point(task)
+        elif nr == hypercall.EXIT:
+            task.state = RunState.EXITED
+            task.exit_code = a
+            self.emit(EV_EXIT, task.tid, a)
+            self._schedule_out(cpu, task, preempted=False)
+            if task in cpu.runqueue:
+                cpu.runqueue.remove(task)
+        elif nr in self.hypercalls:
+            uc.reg_write(UC_X86_REG_RAX, self.hypercalls[nr](self, task, (a, b, c)) & (2**64 - 1))
+        else:
+            self._fault(cpu, task, stop, message=f"unknown hypercall {nr}")
+
+    def _wake_timer(self, task: Task, wake: int) -> None:
+        if task.state is RunState.SLEEPING and task.wake_at == wake:
+            self.wake(task, early=False)
+
+    def wake(self, task: Task, *, early: bool) -> None:
+        """Wake a sleeping task; its sleep returns the ticks it had left."""
+        if task.state is not RunState.SLEEPING:
+            return
+        left = 0
+        if early:
+            left = -1 if task.wake_at is None else max(0, -(-(task.wake_at - self.now) // self.tick))
+        self.engine.switch(task.tid)
+        self.engine.uc.reg_write(UC_X86_REG_RAX, left & (2**64 - 1))
+        task.state = RunState.RUNNABLE
+        task.wake_at = None
+        self.emit(EV_WAKE, task.tid, 1 if early else 0)
+
+    def signal(self, task: Task) -> None:
+        """A fake signal: wakes an interruptible sleeper (it then runs to its
+        kernel exit sooner). Running tasks pass a kernel exit anyway."""
+        if task.state is RunState.SLEEPING and task.interruptible:
+            self.wake(task, early=True)
+
+    def set_patch_state(self, task: Task, state: int) -> None:
+        """Set a task's patch state in Python and in the C core."""
+        if task.patch_state == state:
+            return
+        task.patch_state = state
+        if not task.is_idle:
+            self.engine.set_task_state(task.tid, state)
+        self.emit(EV_PATCH_STATE, task.tid, state)
+
+    # ---- stacks ---------------------------------------------------------------------------
+    def regs(self, task: Task) -> tuple[int, int, int]:
+        """(rip, rsp, rbp) of a task that is not running."""
+        self.engine.switch(task.tid)
+        uc = self.engine.uc
+        return uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_RSP), uc.reg_read(UC_X86_REG_RBP)
+
+    def stack(self, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
+              accel: str | None = None) -> tuple[int, tuple[int, ...]]:
+        """Walk a task's stack: (unwind.WALK_* code, return addresses with the
+        current RIP first). A task in its runtime loop (between kernel entries)
+        has an empty kernel stack: reliable, just its RIP."""
+        if task.is_idle or task.state is RunState.EXITED:
+            return unwind.WALK_OK, ()
+        rip, rsp, rbp = self.regs(task)
+        if self.runtime.contains(rip):
+            return unwind.WALK_OK, (rip,)
+        kind = unwinder or self.unwinder
+        accel = accel or self.accel
+        lo, hi = task.stack_lo, task.stack_hi
+        if accel == "c":
+            return self.engine.walk(kind, lo, hi, self._ranges, rip, rsp, rbp, preempted=task.preempted,
+                                    max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot,
+                                    orc=self._orc_c)
+        mem = bytes(self.engine.view(lo, hi - lo))
+        text = list(self._ranges.ranges)
+        if kind == "fp":
+            return unwind.walk_fp(mem, lo, hi, text, rip, rsp, rbp, preempted=task.preempted,
+                                  max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot)
+        return unwind.walk_orc(mem, lo, hi, text, self._orc.ips, self._orc.entries, rip, rsp, rbp,
+                               preempted=task.preempted, max_entries=max_entries, end_ret=task.end_ret,
+                               end_slot=task.end_slot)
+
+    def backtrace(self, task: Task) -> list[str]:
+        code, entries = self.stack(task, unwinder="orc")
+        lines = [self.symbolize(a) for a in entries]
+        if code != unwind.WALK_OK:
+            lines.append(f"(unreliable: {unwind.REASONS.get(code, code)})")
+        return lines
+
+    # ---- faults ----------------------------------------------------------------------------
+    def disassemble(self, addr: int) -> str:
+        try:
+            data = bytes(self.engine.view(addr, 16))
+        except Exception:
+            return "(no code mapped there)"
+        for insn in Cs(CS_ARCH_X86, CS_MODE_64).disasm(data, addr, count=1):
+            return f"{insn.mnemonic} {insn.op_str}".strip()
+        return "(undecodable: " + data[:8].hex(" ") + ")"
+
+    def _fault(self, cpu: Cpu, task: Task, stop: core.Stop | None, *, message: str | None = None,
+               soft_lockup: bool = False):
+        self.drain()
+        task.state = RunState.EXITED
+        rip = self.regs(task)[0] if stop is None else stop.rip
+        if soft_lockup:
+            what = (f"soft lockup: {task.since_schedule} instructions without a scheduling point "
+                    f"(limit {self.lockup})")
+            kind = "lockup"
+        elif message is not None:
+            what, kind = message, "hypercall"
+        else:
+            what = core.FAULT_NAMES.get(stop.fault_kind, "fault")
+            if stop.fault_kind == core.FAULT_INTERRUPT:
+                what += f" {stop.intno} ({_VECTORS.get(stop.intno, 'vector')})"
+            elif stop.addr:
+                what += f" at {stop.addr:#x}"
+            kind = "fault"
+            if stop.addr and _in_guard(stop.addr, task):
+                what += " (stack overflow into the guard page)"
+                kind = "stack-overflow"
+        try:
+            bt = self._raw_backtrace(task, rip)
+        except Exception:  # the stack may be what broke
+            bt = []
+        lines = [f"guest fault in task '{task.name}' (tid {task.tid}) on CPU {cpu.index}: {what}",
+                 f"  RIP {rip:#x} <{self.symbolize(rip)}>: {self.disassemble(rip)}", "  backtrace:"]
+        lines += [f"    {line}" for line in bt] or ["    (none)"]
+        raise GuestFault("\n".join(lines), task=task.name, cpu=cpu.index, rip=rip, kind=kind, backtrace=bt)
+
+    def _raw_backtrace(self, task: Task, rip: int) -> list[str]:
+        self.engine.switch(task.tid)
+        uc = self.engine.uc
+        rsp, rbp = uc.reg_read(UC_X86_REG_RSP), uc.reg_read(UC_X86_REG_RBP)
+        lo, hi = task.stack_lo, task.stack_hi
+        if not lo <= rsp <= hi:
+            return [f"{self.symbolize(rip)}", f"(rsp {rsp:#x} is outside the stack {lo:#x}-{hi:#x})"]
+        code, entries = self.engine.walk("orc", lo, hi, self._ranges, rip, rsp, rbp, preempted=True,
+                                         max_entries=64, end_ret=task.end_ret, end_slot=task.end_slot,
+                                         orc=self._orc_c)
+        out = [self.symbolize(a) for a in entries] or [self.symbolize(rip)]
+        if code != unwind.WALK_OK:
+            out.append(f"(walk ended: {unwind.REASONS.get(code, code)})")
+        return out
+
+
+@dataclass(eq=False)
+class _StopState:
+    """stop_machine in progress: which CPUs have parked, and when."""
+    work: "_Work"
+    requested_at: int
+    parked: set = None
+    stopped_at: int | None = None
+
+    def __post_init__(self):
+        self.parked = set()
+
+
+class _Work:
+    """A kernel work item: a generator and what it waits for."""
+
+    def __init__(self, gen):
+        self.gen = gen
+        self.kind = "now"
+        self.arg = None
+        self.extra: dict = {}
+
+    def ready(self, m: Machine) -> bool:
+        if self.kind == "now":
+            return True
+        if self.kind == "time":
+            return m.now >= self.arg
+        if self.kind == "sync":
+            return all(c.slices > s for c, s in zip(m.cpus, self.arg))
+        if self.kind == "stop":
+            return m.all_stopped
+        return False
+
+
+_VECTORS = {0: "#DE divide error", 1: "#DB", 3: "#BP int3", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
+            8: "#DF", 13: "#GP general protection", 14: "#PF page fault", 17: "#AC", 18: "#MC"}
+
+
+def _in_guard(addr: int, task: Task) -> bool:
+    return task.stack_lo - GUARD <= addr < task.stack_lo
+
+
+def _page_up(n: int) -> int:
+    return (n + 0xfff) & ~0xfff
+
+
+def _align_up(n: int, a: int) -> int:
+    return (n + a - 1) // a * a

@@ -1,0 +1,82 @@
+"""The runtime page: the guest code every machine has besides its images.
+
+- `task_user`: a user task's loop: enter the kernel, call the entry function
+  with its arguments, return to user (the RETURN_TO_USER hypercall), again.
+- `task_kthread`: a kthread calls its entry function once; if it returns,
+  the kthread exits with the returned value.
+- `ftrace_trampoline`: where enabled fentry sites call; the redirect hook
+  (C or its Python twin) always moves RIP away before the `ud2` could run.
+
+r12 points at the task block at the top of the task's stack: the entry
+address and six argument words. It is callee-saved, so it survives the call.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from . import hypercall
+
+SOURCE = f"""
+task_user:
+    mov rdi, qword ptr [r12 + 8]
+    mov rsi, qword ptr [r12 + 16]
+    mov rdx, qword ptr [r12 + 24]
+    mov rcx, qword ptr [r12 + 32]
+    mov r8, qword ptr [r12 + 40]
+    mov r9, qword ptr [r12 + 48]
+    call qword ptr [r12]
+    mov eax, {hypercall.RETURN_TO_USER}
+    syscall
+    jmp task_user
+task_kthread:
+    mov rdi, qword ptr [r12 + 8]
+    mov rsi, qword ptr [r12 + 16]
+    mov rdx, qword ptr [r12 + 24]
+    mov rcx, qword ptr [r12 + 32]
+    mov r8, qword ptr [r12 + 40]
+    mov r9, qword ptr [r12 + 48]
+    call qword ptr [r12]
+    mov rdi, rax
+    mov eax, {hypercall.EXIT}
+    syscall
+    ud2
+ftrace_trampoline:
+    ud2
+"""
+
+TASK_BLOCK = 64      # bytes at the top of a stack: entry + 6 args, padded
+FRAME_GAP = 128      # initial rsp = stack top - FRAME_GAP (16-byte aligned)
+
+
+@dataclass(frozen=True)
+class Runtime:
+    base: int
+    size: int
+    code: bytes
+    insn_starts: tuple[int, ...]
+    task_user: int
+    task_kthread: int
+    user_ret: int       # return address of a user task's entry frame
+    kthread_ret: int
+    trampoline: int
+
+    def contains(self, addr: int) -> bool:
+        return self.base <= addr < self.base + len(self.code)
+
+
+def build(base: int) -> Runtime:
+    """Assemble the runtime page at base (every instruction checked by capstone)."""
+    from .asm import assemble
+
+    image = assemble(SOURCE, base=base, name="runtime", source="<runtime>")
+    code = b"".join(seg.data for seg in image.segments)
+    starts = tuple(image.insn_starts())
+    sym = image.symbols
+
+    def after_call(label):
+        # the instruction after the entry call: its return address
+        call_at = [a for a in starts if a >= sym[label] and code[a - base:a - base + 2] == b"\x41\xff"][0]
+        return starts[starts.index(call_at) + 1]
+
+    return Runtime(base, len(code), code, starts, sym["task_user"], sym["task_kthread"],
+                   after_call("task_user"), after_call("task_kthread"), sym["ftrace_trampoline"])
