@@ -147,6 +147,9 @@ class Machine:
         self._works: list = []
         self._sm: _StopState | None = None          # stop_machine in progress
         self.started = False
+        self._rr = 0                 # the CPU whose slice comes next
+        self._round_ran = False      # whether guest code ran in this round
+        self._slice_left = 0         # quantum left of a slice cut by run(until=...)
         self.next_module = MODULE_BASE
         self.last_stop_machine: tuple[int, int, int] | None = None
 
@@ -189,10 +192,13 @@ class Machine:
             self._starts.insert(i, fn.start)
             self._by_start.insert(i, ref)
             self._text.append((fn.start, fn.end))
-        code = {seg.addr: seg.data for seg in image.segments if seg.prot & PROT_X}
-        for addr, data in code.items():
-            fns = [(f.name, f.start, f.end) for f in image.functions.values() if addr <= f.start < addr + len(data)]
-            self._orc_tables.append(build_table(data, addr, fns))
+        # Jump tables live in read-only data: the ORC analysis follows them.
+        data = [(seg.addr, seg.data) for seg in image.segments if not seg.prot & PROT_X]
+        for seg in image.segments:
+            if seg.prot & PROT_X:
+                fns = [(f.name, f.start, f.end) for f in image.functions.values()
+                       if seg.addr <= f.start < seg.addr + len(seg.data)]
+                self._orc_tables.append(build_table(seg.data, seg.addr, fns, data=data))
         self._orc = OrcTable.merge(*self._orc_tables)
         self._orc_c = core.OrcArrays(self._orc.ips, self._orc.entries)
         self._ranges = core.Ranges(self._text)
@@ -414,7 +420,8 @@ class Machine:
 
     def run(self, until: int | None = None, *, stop_when=None) -> None:
         """Run until virtual time `until`, until every task has exited, or until
-        stop_when() is true (checked between slices). Raises GuestFault."""
+        stop_when() is true (checked between slices). Stopping and running on
+        gives the same run as running straight through. Raises GuestFault."""
         self.start()
         try:
             while True:
@@ -425,11 +432,14 @@ class Machine:
                     return
                 if all(t.state is RunState.EXITED for t in self.tasks):
                     return
-                ran = False
-                for cpu in self.cpus:
-                    ran |= self._slice(cpu, until)
-                if not ran:
-                    if not self._idle_jump(until):
+                cpu = self.cpus[self._rr]
+                self._round_ran |= self._slice(cpu, until)
+                if self._slice_left:
+                    continue          # cut by `until`: resume this slice next time
+                self._rr = (self._rr + 1) % len(self.cpus)
+                if self._rr == 0:
+                    idle, self._round_ran = not self._round_ran, False
+                    if idle and not self._idle_jump(until):
                         return
         finally:
             self.drain()
@@ -497,7 +507,7 @@ class Machine:
         return self._run_task(cpu, task, until)
 
     def _run_task(self, cpu: Cpu, task: Task, until) -> bool:
-        remaining = self.quantum
+        remaining, self._slice_left = self._slice_left or self.quantum, 0
         ran = False
         while remaining > 0 and cpu.current is task and task.state is RunState.RUNNABLE:
             limit = self._next_timer()
@@ -508,7 +518,8 @@ class Machine:
                 budget, precise = limit - self.now, True
             if budget <= 0:
                 if until is not None and self.now >= until:
-                    break
+                    self._slice_left = remaining
+                    return ran
                 self._fire_due()
                 if self._sm is not None:
                     break
@@ -712,7 +723,7 @@ class Machine:
             what = core.FAULT_NAMES.get(stop.fault_kind, "fault")
             if stop.fault_kind == core.FAULT_INTERRUPT:
                 what += f" {stop.intno} ({_VECTORS.get(stop.intno, 'vector')})"
-            elif stop.addr:
+            elif stop.fault_kind in core.DATA_FAULTS:
                 what += f" at {stop.addr:#x}"
             kind = "fault"
             if stop.addr and _in_guard(stop.addr, task):

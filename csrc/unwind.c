@@ -1,0 +1,254 @@
+/*
+ * unwind.c - stack walks for reliable-stack checks, and the range checks
+ * that kpatch (return addresses) and Ksplice (every stack word) use.
+ *
+ * The walkers follow the kernel's frame-pointer unwinder (as used by
+ * arch_stack_walk_reliable) and its ORC unwinder, reduced to what the
+ * emulated tasks need. emu/unwind.py is the pure-Python twin: any change in
+ * the semantics here must be made there too, and tests/test_unwind.py holds
+ * the two to identical results on ordinary and hostile stacks.
+ *
+ * Nothing read from the stack is trusted: every read lies wholly inside
+ * [lo, hi), every address computation is checked before it could wrap, and
+ * every step moves strictly up the stack, so a walk always terminates.
+ */
+#include <string.h>
+#include "emu.h"
+
+/* True when a lies in one of the n sorted, disjoint ranges. */
+static int __emu_in_ranges(const struct emu_range *r, int n, uint64_t a)
+{
+    int lo = 0, hi = n;
+
+    /* lo ends as the number of ranges starting at or below a */
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+
+        if (r[mid].start <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo > 0 && a < r[lo - 1].end;
+}
+
+/* True when the 8-byte word at a is aligned and lies wholly in [lo, hi).
+ * Written as a > hi - 8 so that an a near 2^64 cannot wrap into range. */
+static int __emu_word_ok(uint64_t lo, uint64_t hi, uint64_t a)
+{
+    return a % 8 == 0 && a >= lo && hi >= 8 && a <= hi - 8;
+}
+
+/* The little-endian word at guest address a; the caller checked a. */
+static uint64_t __emu_load(const uint8_t *stack, uint64_t lo, uint64_t a)
+{
+    const uint8_t *p = stack + (a - lo);
+    uint64_t v = 0;
+    int i;
+
+    for (i = 7; i >= 0; i--)
+        v = v << 8 | p[i];
+    return v;
+}
+
+/* Index of the last ORC entry with orc_ip <= ip, or -1. */
+static int __emu_orc_find(const uint64_t *orc_ip, int norc, uint64_t ip)
+{
+    int lo = 0, hi = norc;
+
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+
+        if (orc_ip[mid] <= ip)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo - 1;
+}
+
+static int __emu_walk_args_ok(const uint8_t *stack, uint64_t lo, uint64_t hi,
+                              const struct emu_range *text, int ntext,
+                              const struct emu_walk_in *in, const uint64_t *out,
+                              const int *nout)
+{
+    if (!in || !nout || lo > hi || (!stack && lo != hi))
+        return 0;
+    if (ntext < 0 || (!text && ntext > 0))
+        return 0;
+    if (in->max_entries < 0 || (!out && in->max_entries > 0))
+        return 0;
+    return 1;
+}
+
+/* Append v to the trace, or end the walk as too deep when out[] is full. */
+#define EMU_PUSH(v)                             \
+    do {                                        \
+        if (n == in->max_entries) {             \
+            rc = EMU_WALK_TOO_DEEP;             \
+            goto done;                          \
+        }                                       \
+        out[n++] = (v);                         \
+    } while (0)
+
+#define EMU_END(code)                           \
+    do {                                        \
+        rc = (code);                            \
+        goto done;                              \
+    } while (0)
+
+int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
+                const struct emu_range *text, int ntext,
+                const struct emu_walk_in *in, uint64_t *out, int *nout)
+{
+    uint64_t bp, frame, ret, next;
+    int n = 0, rc;
+
+    if (!__emu_walk_args_ok(stack, lo, hi, text, ntext, in, out, nout)) {
+        if (nout)
+            *nout = 0;
+        return EMU_EINVAL;
+    }
+
+    EMU_PUSH(in->rip);
+    if (!__emu_in_ranges(text, ntext, in->rip))
+        EMU_END(EMU_WALK_BAD_RET);
+
+    for (bp = in->rbp;;) {
+        if (bp == 0)
+            EMU_END(EMU_WALK_NO_END);
+        frame = bp;
+        /* A frame is [saved rbp][return address]; it must lie above rsp. */
+        if (frame % 8 || frame < lo || hi < 16 || frame > hi - 16 || frame < in->rsp)
+            EMU_END(EMU_WALK_OFF_STACK);
+        ret = __emu_load(stack, lo, frame + 8);
+        if (ret == in->end_ret && frame + 8 == in->end_slot) {
+            /* The entry frame: a complete trace. A task stopped at an
+             * arbitrary instruction may not have its frame set up yet, so
+             * frame pointers cannot vouch for it (the kernel sees the
+             * interrupt's register frame and reports unreliable). */
+            EMU_PUSH(ret);
+            EMU_END(in->preempted ? EMU_WALK_PREEMPTED : EMU_WALK_OK);
+        }
+        if (ret == 0 || !__emu_in_ranges(text, ntext, ret))
+            EMU_END(EMU_WALK_BAD_RET);
+        EMU_PUSH(ret);
+        next = __emu_load(stack, lo, frame);
+        if (next != 0 && next <= frame)
+            EMU_END(EMU_WALK_NOT_PROGRESSING);
+        bp = next;
+    }
+done:
+    *nout = n;
+    return rc;
+}
+
+int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
+                 const struct emu_range *text, int ntext,
+                 const uint64_t *orc_ip, const struct emu_orc_entry *orc, int norc,
+                 const struct emu_walk_in *in, uint64_t *out, int *nout)
+{
+    const struct emu_orc_entry *e;
+    uint64_t ip, sp, bp, look, cfa, slot, ret, a;
+    int n = 0, rc, first = 1, i;
+
+    if (!__emu_walk_args_ok(stack, lo, hi, text, ntext, in, out, nout) ||
+        norc < 0 || (norc > 0 && (!orc_ip || !orc))) {
+        if (nout)
+            *nout = 0;
+        return EMU_EINVAL;
+    }
+
+    ip = in->rip;
+    sp = in->rsp;
+    bp = in->rbp;
+    EMU_PUSH(ip);
+    if (!__emu_in_ranges(text, ntext, ip))
+        EMU_END(EMU_WALK_BAD_RET);
+
+    for (;;) {
+        /* A return address points after its call, which may be the last
+         * instruction of the function: look the call itself up. */
+        look = first ? ip : ip - 1;
+        i = __emu_orc_find(orc_ip, norc, look);
+        if (i < 0)
+            EMU_END(EMU_WALK_NO_ORC);
+        e = &orc[i];
+        if (e->type == EMU_ORC_TYPE_UNDEFINED ||
+            (e->sp_reg != EMU_ORC_REG_SP && e->sp_reg != EMU_ORC_REG_BP))
+            EMU_END(EMU_WALK_NO_ORC);
+
+        /* Offsets are signed; unsigned arithmetic wraps as intended and
+         * the bounds checks below reject whatever wrapped. */
+        cfa = (e->sp_reg == EMU_ORC_REG_SP ? sp : bp) + (uint64_t)(int64_t)e->sp_offset;
+        slot = cfa - 8;
+        if (!__emu_word_ok(lo, hi, slot))
+            EMU_END(EMU_WALK_OFF_STACK);
+        /* slot <= hi - 8 <= 2^64 - 9, so cfa == slot + 8 did not wrap. */
+        if (cfa <= sp)
+            EMU_END(EMU_WALK_NOT_PROGRESSING);
+        ret = __emu_load(stack, lo, slot);
+
+        if (e->bp_reg == EMU_ORC_REG_BP) {
+            a = cfa + (uint64_t)(int64_t)e->bp_offset;
+            if (!__emu_word_ok(lo, hi, a))
+                EMU_END(EMU_WALK_OFF_STACK);
+            bp = __emu_load(stack, lo, a);
+        } else if (e->bp_reg != EMU_ORC_REG_UNDEFINED) {
+            EMU_END(EMU_WALK_NO_ORC);
+        }
+        sp = cfa;
+
+        /* ORC knows every instruction's frame, preempted or not. */
+        if (ret == in->end_ret && slot == in->end_slot) {
+            EMU_PUSH(ret);
+            EMU_END(EMU_WALK_OK);
+        }
+        if (ret == 0 || !__emu_in_ranges(text, ntext, ret))
+            EMU_END(EMU_WALK_BAD_RET);
+        EMU_PUSH(ret);
+        ip = ret;
+        first = 0;
+    }
+done:
+    *nout = n;
+    return rc;
+}
+
+int emu_ranges_hit(const uint64_t *addrs, int n, const struct emu_range *ranges, int nranges)
+{
+    int i;
+
+    if (n < 0 || nranges < 0 || (!addrs && n > 0) || (!ranges && nranges > 0))
+        return EMU_EINVAL;
+    for (i = 0; i < n; i++)
+        if (__emu_in_ranges(ranges, nranges, addrs[i]))
+            return i;
+    return -1;
+}
+
+int emu_stack_scan(const uint8_t *stack, uint64_t lo, uint64_t hi, uint64_t sp,
+                   const struct emu_range *ranges, int nranges, uint64_t *where,
+                   uint64_t *value)
+{
+    uint64_t a = sp > lo ? sp : lo, v;
+
+    if (lo > hi || (!stack && lo != hi) || nranges < 0 || (!ranges && nranges > 0) ||
+        !where || !value)
+        return EMU_EINVAL;
+    if (a % 8) {
+        if (a > UINT64_MAX - 7)
+            return 0;
+        a = (a + 7) & ~(uint64_t)7;
+    }
+    /* a <= hi - 8 <= 2^64 - 9 inside the loop, so a += 8 cannot wrap. */
+    for (; hi >= 8 && a <= hi - 8; a += 8) {
+        v = __emu_load(stack, lo, a);
+        if (__emu_in_ranges(ranges, nranges, v)) {
+            *where = a;
+            *value = v;
+            return 1;
+        }
+    }
+    return 0;
+}

@@ -1,0 +1,209 @@
+"""Stack walks for reliable-stack checks: the pure-Python reference.
+
+csrc/unwind.c is the fast path (reached through emu/core.py) with exactly the
+same results; tests/test_unwind.py holds the two together. Change the
+semantics in both places or in neither.
+
+A stack is given as bytes mirroring the guest range [lo, hi). Nothing read
+from it is trusted: a read must lie wholly inside [lo, hi), and every step of
+a walk moves strictly up the stack, so a walk always ends. A walk returns
+(code, entries): one of the WALK_* codes and the addresses collected, the
+task's rip first, then one return address per frame.
+"""
+from __future__ import annotations
+
+import struct
+from bisect import bisect_right
+
+__all__ = [
+    "WALK_OK", "WALK_OFF_STACK", "WALK_BAD_RET", "WALK_TOO_DEEP", "WALK_PREEMPTED",
+    "WALK_NO_END", "WALK_NO_ORC", "WALK_NOT_PROGRESSING", "REASONS",
+    "walk_fp", "walk_orc", "ranges_hit", "stack_scan",
+]
+
+# As EMU_WALK_* in csrc/emu.h.
+(WALK_OK, WALK_OFF_STACK, WALK_BAD_RET, WALK_TOO_DEEP, WALK_PREEMPTED,
+ WALK_NO_END, WALK_NO_ORC, WALK_NOT_PROGRESSING) = range(8)
+
+REASONS = {
+    WALK_OK: "reliable",
+    WALK_OFF_STACK: "frame outside the task's stack",
+    WALK_BAD_RET: "return address outside known text",
+    WALK_TOO_DEEP: "stack deeper than the walk allows",
+    WALK_PREEMPTED: "preempted task: frame pointers cannot vouch for its frame",
+    WALK_NO_END: "walk did not reach the task's entry frame",
+    WALK_NO_ORC: "no ORC data for an address",
+    WALK_NOT_PROGRESSING: "frame does not lie above the previous one",
+}
+
+# As EMU_ORC_REG_* and EMU_ORC_TYPE_* in csrc/emu.h (and emu/orc.py).
+_REG_UNDEFINED, _REG_SP, _REG_BP = 0, 1, 2
+_TYPE_UNDEFINED = 1
+
+_MASK = (1 << 64) - 1
+_WORD = struct.Struct("<Q")
+
+
+class _Ranges:
+    """Membership in sorted, disjoint [start, end) ranges by binary search."""
+
+    __slots__ = ("starts", "ends")
+
+    def __init__(self, ranges):
+        self.starts = [s for s, _ in ranges]
+        self.ends = [e for _, e in ranges]
+
+    def __contains__(self, a: int) -> bool:
+        i = bisect_right(self.starts, a) - 1
+        return i >= 0 and a < self.ends[i]
+
+
+def _check_stack(stack, lo: int, hi: int) -> None:
+    if not 0 <= lo <= hi or len(stack) != hi - lo:
+        raise ValueError(f"stack bytes must cover [lo, hi) exactly ({lo:#x}-{hi:#x}, {len(stack)} bytes)")
+
+
+def _word(stack, lo: int, hi: int, a: int) -> int | None:
+    """The word at guest address a, or None when a is misaligned or the word
+    is not wholly inside [lo, hi)."""
+    if a % 8 or a < lo or a + 8 > hi:
+        return None
+    return _WORD.unpack_from(stack, a - lo)[0]
+
+
+def _push(out: list, max_entries: int, value: int) -> bool:
+    """Append value unless out is full (the walk is then too deep)."""
+    if len(out) == max_entries:
+        return False
+    out.append(value)
+    return True
+
+
+def walk_fp(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, preempted: bool = False,
+            max_entries: int = 100, end_ret: int = 0, end_slot: int = 0) -> tuple[int, tuple[int, ...]]:
+    """Frame-pointer walk, as the kernel's reliable unwinder -> (WALK_*, entries).
+
+    text: sorted, disjoint (start, end) ranges of known code. The walk is
+    complete when it finds end_ret at end_slot (the task's entry frame); a
+    preempted task then gives WALK_PREEMPTED, since its innermost frame may
+    not be set up yet. Raises ValueError when stack does not cover [lo, hi)
+    or max_entries is negative.
+    """
+    _check_stack(stack, lo, hi)
+    if max_entries < 0:
+        raise ValueError("max_entries must not be negative")
+    text = _Ranges(text)
+    out: list[int] = []
+
+    def end(code):
+        return code, tuple(out)
+
+    if not _push(out, max_entries, rip):
+        return end(WALK_TOO_DEEP)
+    if rip not in text:
+        return end(WALK_BAD_RET)
+    frame = rbp
+    while True:
+        if frame == 0:
+            return end(WALK_NO_END)
+        # A frame is [saved rbp][return address]; it must lie above rsp.
+        if frame % 8 or frame < lo or frame + 16 > hi or frame < rsp:
+            return end(WALK_OFF_STACK)
+        ret = _word(stack, lo, hi, frame + 8)
+        if ret == end_ret and frame + 8 == end_slot:
+            if not _push(out, max_entries, ret):
+                return end(WALK_TOO_DEEP)
+            return end(WALK_PREEMPTED if preempted else WALK_OK)
+        if ret == 0 or ret not in text:
+            return end(WALK_BAD_RET)
+        if not _push(out, max_entries, ret):
+            return end(WALK_TOO_DEEP)
+        nxt = _word(stack, lo, hi, frame)
+        if nxt and nxt <= frame:
+            return end(WALK_NOT_PROGRESSING)
+        frame = nxt
+
+
+def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp: int, rbp: int, *,
+             preempted: bool = False, max_entries: int = 100, end_ret: int = 0,
+             end_slot: int = 0) -> tuple[int, tuple[int, ...]]:
+    """ORC walk -> (WALK_*, entries).
+
+    orc_ips: sorted ascending; orc_entries[i] (with sp_reg, sp_offset,
+    bp_reg, bp_offset, type, as emu/orc.py's OrcEntry) covers
+    [orc_ips[i], orc_ips[i + 1]). ORC knows the frame at every instruction,
+    so a preempted task is as reliable as any other (preempted is accepted
+    for symmetry with walk_fp and ignored). Raises ValueError as walk_fp.
+    """
+    _check_stack(stack, lo, hi)
+    if max_entries < 0:
+        raise ValueError("max_entries must not be negative")
+    text = _Ranges(text)
+    out: list[int] = []
+
+    def end(code):
+        return code, tuple(out)
+
+    if not _push(out, max_entries, rip):
+        return end(WALK_TOO_DEEP)
+    if rip not in text:
+        return end(WALK_BAD_RET)
+    ip, sp, bp, first = rip, rsp, rbp, True
+    while True:
+        # A return address points after its call, which may be the last
+        # instruction of the function: look the call itself up.
+        i = bisect_right(orc_ips, ip if first else (ip - 1) & _MASK) - 1
+        if i < 0:
+            return end(WALK_NO_ORC)
+        e = orc_entries[i]
+        if e.type == _TYPE_UNDEFINED or e.sp_reg not in (_REG_SP, _REG_BP):
+            return end(WALK_NO_ORC)
+        cfa = ((sp if e.sp_reg == _REG_SP else bp) + e.sp_offset) & _MASK
+        slot = (cfa - 8) & _MASK
+        ret = _word(stack, lo, hi, slot)
+        if ret is None:
+            return end(WALK_OFF_STACK)
+        if cfa <= sp:
+            return end(WALK_NOT_PROGRESSING)
+        if e.bp_reg == _REG_BP:
+            bp = _word(stack, lo, hi, (cfa + e.bp_offset) & _MASK)
+            if bp is None:
+                return end(WALK_OFF_STACK)
+        elif e.bp_reg != _REG_UNDEFINED:
+            return end(WALK_NO_ORC)
+        sp = cfa
+        if ret == end_ret and slot == end_slot:
+            if not _push(out, max_entries, ret):
+                return end(WALK_TOO_DEEP)
+            return end(WALK_OK)
+        if ret == 0 or ret not in text:
+            return end(WALK_BAD_RET)
+        if not _push(out, max_entries, ret):
+            return end(WALK_TOO_DEEP)
+        ip, first = ret, False
+
+
+def ranges_hit(addrs, ranges) -> int:
+    """Index of the first address that lies in one of the sorted, disjoint
+    (start, end) ranges, or -1."""
+    ranges = _Ranges(ranges)
+    for i, a in enumerate(addrs):
+        if a in ranges:
+            return i
+    return -1
+
+
+def stack_scan(stack, lo: int, hi: int, sp: int, ranges) -> tuple[int, int] | None:
+    """Ksplice's conservative check: (address, value) of the first 8-byte
+    aligned word at or above sp whose value lies in one of the ranges, or
+    None. Raises ValueError when stack does not cover [lo, hi)."""
+    _check_stack(stack, lo, hi)
+    start = -(-max(sp, lo) // 8) * 8
+    count = (hi - start) // 8
+    if count <= 0:
+        return None
+    ranges = _Ranges(ranges)
+    for i, value in enumerate(struct.unpack_from(f"<{count}Q", stack, start - lo)):
+        if value in ranges:
+            return start + 8 * i, value
+    return None

@@ -1,0 +1,20 @@
+"""Shared helpers: tests build their own small programs from C text."""
+import textwrap
+
+import pytest
+
+from emu.image import build_c
+
+
+@pytest.fixture
+def compile_c(tmp_path):
+    """compile_c(source_text, name="base", base=0x400000, **build_c kwargs) -> Image"""
+    counter = [0]
+
+    def _compile(text, *, name="base", base=0x400000, **kw):
+        counter[0] += 1
+        src = tmp_path / f"{name}_{counter[0]}.c"
+        src.write_text('#include "lpemu.h"\n' + textwrap.dedent(text))
+        return build_c([src], base=base, name=name, **kw)
+
+    return _compile

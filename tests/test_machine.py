@@ -1,0 +1,192 @@
+"""The machine: real gcc code on tasks and CPUs, redirects, time, faults."""
+import re
+
+import pytest
+
+from emu import core, hypercall
+from emu.errors import GuestFault, UserError
+from emu.ftrace import Ftrace, Ops
+from emu.machine import EV_KERNEL_EXIT, Machine, Sync
+
+SEED = """
+long counter;
+volatile long zero;   /* keeps gcc from treating bar() as const and hoisting it out of loops */
+__attribute__((noinline)) long bar(void) { return 1 + zero; }
+__attribute__((noinline)) void something_else(long x) { if (x & 1) lpemu_sleep(2); else lpemu_yield(); }
+__attribute__((noinline)) long baz(long f) { lpemu_observe(1, f); return f + 1; }
+long foo(long x) { long f = bar(); something_else(x); return baz(f); }   /* tail call to baz */
+long user_entry(long x) { counter += x; return foo(x) + counter; }
+long kthread_entry(long x) { for (;;) { foo(x); lpemu_safe_point(); lpemu_sleep(1); } }
+"""
+
+PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long bar(void) { return 100 + zero; }
+__attribute__((noinline)) long baz(long f) { lpemu_observe(2, f); return f / 100 + 1; }
+"""
+
+
+def redirect(m, ftrace, patch_image, names, version=1):
+    """Send every call of each named function to the patch's version."""
+    ops = Ops("test", ipmodify=True)
+    fns = [m.function(n) for n in names]
+    for fn in fns:
+        m.set_entries(fn, [(patch_image.functions[fn.name].start, version, False, False)])
+    m.spawn(ftrace.register(ops, fns))
+    return ops
+
+
+def observations(m):
+    return [(e[2], e[3], e[4]) for e in m.trace if e[1] == core.EV_OBSERVE]
+
+
+def seed_machine(compile_c, *, accel="c", fast_memory=True, cpus=2, tasks=8):
+    base = compile_c(SEED)
+    m = Machine(base, cpus=cpus, quantum=300, accel=accel, fast_memory=fast_memory)
+    for i in range(tasks - 1):
+        m.add_task(f"user{i}", "user_entry", (i,))
+    m.add_task("kthread", "kthread_entry", (1,), kind="kthread")
+    patch = compile_c(PATCH, name="patch", base=m.module_base(), link_against=base, keep={"bar", "baz"})
+    m.load(patch)
+    return m, patch
+
+
+def test_hypercall_numbers_match_the_guest_header():
+    header = dict(re.findall(r"#define LPEMU_HC_(\w+)\s+(\d+)", hypercall.HEADER.read_text()))
+    assert {k: int(v) for k, v in header.items()} == {
+        name.upper(): nr for nr, name in hypercall.NAMES.items()}
+
+
+@pytest.mark.parametrize("accel", ["c", "python"])
+def test_eight_tasks_on_two_cpus_run_the_redirected_code(compile_c, accel):
+    m, patch = seed_machine(compile_c, accel=accel)
+    ft = Ftrace(m)
+    m.run(until=20_000)
+    before = observations(m)
+    assert before and all(key == 1 and f == 1 for _, key, f in before)   # old bar -> old baz
+    redirect(m, ft, patch, ["bar", "baz"])
+    m.run(until=400_000)
+    after = observations(m)[len(before):]
+    # every task, the kthread included, keeps running and now runs the new pair
+    assert {t for t, _, _ in after} == set(range(8))
+    tail = after[-16:]
+    assert all(key == 2 and f == 100 for _, key, f in tail)
+    assert ft.site_bytes(m.function("bar"))[0] == 0xE8
+    # user tasks went through their kernel exits
+    assert all(t.kernel_entries > 3 for t in m.tasks[:7])
+
+
+def test_c_and_python_twins_give_the_same_event_trace(compile_c):
+    traces = []
+    for accel in ("c", "python"):
+        m, patch = seed_machine(compile_c, accel=accel)
+        ft = Ftrace(m)
+        m.at(7_777, lambda m=m, ft=ft, patch=patch: redirect(m, ft, patch, ["bar", "baz"]))
+        m.run(until=150_000)
+        traces.append(m.trace)
+    assert len(traces[0]) > 1000
+    assert traces[0] == traces[1]
+
+
+def test_fast_memory_does_not_change_the_run(compile_c):
+    traces = []
+    for fast in (True, False):
+        m, patch = seed_machine(compile_c, fast_memory=fast)
+        m.at(5_000, lambda m=m, patch=patch: redirect(m, Ftrace(m), patch, ["bar"]))
+        m.run(until=60_000)
+        traces.append(m.trace)
+    assert traces[0] == traces[1]
+
+
+def test_two_machines_in_one_process_do_not_interfere(compile_c):
+    alone, _ = seed_machine(compile_c)
+    alone.run(until=50_000)
+    a, pa = seed_machine(compile_c)
+    b, _ = seed_machine(compile_c)
+    redirect(a, Ftrace(a), pa, ["bar", "baz"])
+    for t in range(10_000, 50_001, 10_000):   # interleave their runs
+        a.run(until=t)
+        b.run(until=t)
+    assert b.trace == alone.trace
+    assert observations(a) != observations(b)
+    assert all(key == 2 for _, key, _ in observations(a)[-8:])
+
+
+def test_timers_fire_at_exact_instruction_counts(compile_c):
+    m, _ = seed_machine(compile_c, tasks=3)
+    seen = []
+    for t in (1, 2, 3, 17, 1000, 1001, 33_333):
+        m.at(t, lambda t=t: seen.append((t, m.now)))
+    m.run(until=40_000)
+    assert seen == [(t, t) for t in (1, 2, 3, 17, 1000, 1001, 33_333)]
+
+
+def test_sync_waits_for_every_cpu_to_end_a_slice(compile_c):
+    m, _ = seed_machine(compile_c, cpus=2, tasks=4)
+    marks = []
+
+    def work():
+        marks.append(tuple(c.slices for c in m.cpus))
+        yield Sync()
+        marks.append(tuple(c.slices for c in m.cpus))
+
+    m.at(1000, lambda: m.spawn(work()))
+    m.run(until=20_000)
+    assert len(marks) == 2 and all(b > a for a, b in zip(*marks))
+
+
+def test_text_writes_drop_stale_translations(compile_c):
+    for accel in ("c", "python"):
+        m, _ = seed_machine(compile_c, accel=accel, tasks=1, cpus=1)
+        m.run(until=5_000)
+        bar = m.function("bar")
+        # make bar return 7 right after its fentry nop: `mov eax, 7; ret`
+        m.text_write(bar.site + 5, bytes.fromhex("b807000000c3"))
+        n = len(observations(m))
+        m.run(until=40_000)
+        new = [f for _, _, f in observations(m)[n:]]
+        # a call of baz already under way carries bar's old value; then only 7
+        assert new[-3:] == [7, 7, 7] and set(new) <= {1, 7}, accel
+
+
+def test_kernel_exits_are_events_in_order(compile_c):
+    m, _ = seed_machine(compile_c, tasks=2, cpus=1)
+    m.run(until=30_000)
+    exits = [e for e in m.trace if e[1] == EV_KERNEL_EXIT]
+    assert exits and [e[0] for e in m.trace] == sorted(e[0] for e in m.trace)
+
+
+FAULTS = {
+    "null": ("long *p; long entry(long x) { return *(volatile long *)x; }", "read of unmapped memory at 0x0"),
+    "ud2": ("long entry(long x) { __builtin_trap(); }", "invalid"),
+    "recursion": ("""
+        __attribute__((noinline)) long deep(long x) { volatile char pad[512]; pad[0] = x;
+                                                      return deep(x + 1) + pad[0]; }
+        long entry(long x) { return deep(x); }""", "guard page"),
+    "lockup": ("long entry(long x) { for (;;) __asm__ volatile(\"\"); }", "soft lockup"),
+    "hang": ("long entry(long x) { lpemu_sleep(-1); return 0; }", "asleep"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FAULTS))
+def test_guest_faults_end_the_run_with_a_report(compile_c, case):
+    src, expect = FAULTS[case]
+    img = compile_c(src)
+    m = Machine(img, cpus=2, lockup_ticks=50)
+    m.add_task("victim", "entry", (0,))
+    with pytest.raises(GuestFault) as info:
+        m.run(until=10_000_000)
+    text = str(info.value)
+    assert expect in text
+    if case != "hang":
+        assert "task 'victim'" in text and "CPU " in text and "RIP 0x" in text and "backtrace" in text
+        assert "<entry+" in text or "<deep+" in text
+
+
+def test_bad_configuration_is_a_user_error(compile_c):
+    img = compile_c("long entry(long x) { return x; }")
+    with pytest.raises(UserError, match="preempt"):
+        Machine(img, preempt="sometimes")
+    m = Machine(img)
+    with pytest.raises(UserError, match="no function 'nope'"):
+        m.add_task("t", "nope")

@@ -1,0 +1,524 @@
+"""Stack walks: hand-made stacks for each outcome, and the C fast path held to
+the pure-Python reference (emu/unwind.py) on hostile inputs."""
+from __future__ import annotations
+
+import struct
+from collections import namedtuple
+
+import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
+
+from emu import core, unwind
+from emu.unwind import (WALK_BAD_RET, WALK_NO_END, WALK_NO_ORC, WALK_NOT_PROGRESSING, WALK_OFF_STACK,
+                        WALK_OK, WALK_PREEMPTED, WALK_TOO_DEEP)
+
+# Same fields as emu/orc.py's OrcEntry; local so these tests stand alone.
+Orc = namedtuple("Orc", "sp_reg sp_offset bp_reg bp_offset type")
+UNDEF, SP, BP = 0, 1, 2
+CALL, UNDEFINED = 0, 1
+
+TOP = 2**64 - 1
+
+
+def sp_frame(size):
+    """A function whose CFA is rsp + size and that leaves rbp alone."""
+    return Orc(SP, size, UNDEF, 0, CALL)
+
+
+BP_FRAME = Orc(BP, 16, BP, -16, CALL)  # push %rbp; mov %rsp, %rbp
+
+
+class Stack:
+    """Guest stack memory [lo, hi) as bytes."""
+
+    def __init__(self, lo, hi):
+        self.lo, self.hi = lo, hi
+        self.buf = bytearray(hi - lo)
+
+    def put(self, addr, *words):
+        for i, w in enumerate(words):
+            struct.pack_into("<Q", self.buf, addr - self.lo + 8 * i, w)
+        return self
+
+    def bytes(self):
+        return bytes(self.buf)
+
+
+def fp_both(stack, lo, hi, text, rip, rsp, rbp, **kw):
+    """Walk with both twins; they must agree. Returns the common result."""
+    data = bytes(stack)
+    ranges = core.Ranges(text)
+    c = core.walk_fp(data, lo, hi, ranges, rip, rsp, rbp, **kw)
+    py = unwind.walk_fp(data, lo, hi, ranges.ranges, rip, rsp, rbp, **kw)
+    assert c == py, (c, py)
+    check_shape(py, rip, kw.get("max_entries", 100))
+    return py
+
+
+def orc_both(stack, lo, hi, text, ips, entries, rip, rsp, rbp, **kw):
+    data = bytes(stack)
+    ranges = core.Ranges(text)
+    c = core.walk_orc(data, lo, hi, ranges, core.OrcArrays(ips, entries), rip, rsp, rbp, **kw)
+    py = unwind.walk_orc(data, lo, hi, ranges.ranges, ips, entries, rip, rsp, rbp, **kw)
+    assert c == py, (c, py)
+    check_shape(py, rip, kw.get("max_entries", 100))
+    return py
+
+
+def check_shape(result, rip, max_entries):
+    code, entries = result
+    assert code in unwind.REASONS
+    assert len(entries) <= max_entries
+    assert entries[:1] == ((rip,) if max_entries else ())
+    if code in (WALK_OK, WALK_PREEMPTED):
+        assert len(entries) >= 2
+
+
+# ---- frame pointers, by hand ---------------------------------------------------
+
+TEXT = [(0x1000, 0x2000)]
+LO, HI = 0x10000, 0x11000
+END_RET = 0x7000_0000  # the entry frame's return address (to user space, not text)
+RIP, RSP = 0x1100, 0x10F00
+A, B, C = 0x10F10, 0x10F40, 0x10F80  # frames, innermost first
+
+
+def fp_stack():
+    """rip in one function, three frames above it, the last the entry frame."""
+    s = Stack(LO, HI)
+    s.put(A, B, 0x1210)
+    s.put(B, C, 0x1310)
+    s.put(C, 0, END_RET)
+    return s
+
+
+def fp(s, rip=RIP, rsp=RSP, rbp=A, **kw):
+    kw.setdefault("end_ret", END_RET)
+    kw.setdefault("end_slot", C + 8)
+    return fp_both(s.bytes(), s.lo, s.hi, TEXT, rip, rsp, rbp, **kw)
+
+
+FULL = (RIP, 0x1210, 0x1310, END_RET)
+
+
+def test_fp_reaches_entry_frame():
+    assert fp(fp_stack()) == (WALK_OK, FULL)
+
+
+def test_fp_preempted_is_unreliable_but_complete():
+    assert fp(fp_stack(), preempted=True) == (WALK_PREEMPTED, FULL)
+
+
+def test_fp_preempted_other_failure_wins():
+    assert fp(fp_stack().put(B + 8, 0), preempted=True) == (WALK_BAD_RET, (RIP, 0x1210))
+
+
+@pytest.mark.parametrize("rbp", [0x20000, LO - 0x10, A + 4, HI - 8, RSP - 0x10, TOP - 7])
+def test_fp_frame_off_stack(rbp):
+    assert fp(fp_stack(), rbp=rbp) == (WALK_OFF_STACK, (RIP,))
+
+
+def test_fp_saved_frame_off_stack():
+    assert fp(fp_stack().put(B, 0x30000)) == (WALK_OFF_STACK, (RIP, 0x1210, 0x1310))
+
+
+def test_fp_cycle():
+    assert fp(fp_stack().put(B, A)) == (WALK_NOT_PROGRESSING, (RIP, 0x1210, 0x1310))
+    assert fp(fp_stack().put(B, B)) == (WALK_NOT_PROGRESSING, (RIP, 0x1210, 0x1310))
+
+
+def test_fp_zero_return_address():
+    assert fp(fp_stack().put(B + 8, 0)) == (WALK_BAD_RET, (RIP, 0x1210))
+
+
+def test_fp_return_address_outside_text():
+    assert fp(fp_stack().put(B + 8, 0x5000)) == (WALK_BAD_RET, (RIP, 0x1210))
+
+
+def test_fp_rip_outside_text():
+    assert fp(fp_stack(), rip=0x900) == (WALK_BAD_RET, (0x900,))
+
+
+def test_fp_too_deep():
+    s = Stack(LO, HI)
+    frames = [LO + 16 * i for i in range(50)]
+    for f, nxt in zip(frames, frames[1:] + [0]):
+        s.put(f, nxt, 0x1400)
+    assert fp(s, rsp=LO, rbp=LO, max_entries=5) == (WALK_TOO_DEEP, (RIP,) + (0x1400,) * 4)
+    assert fp(s, rsp=LO, rbp=LO, max_entries=0) == (WALK_TOO_DEEP, ())
+    assert fp(s, rsp=LO, rbp=LO, max_entries=51) == (WALK_NO_END, (RIP,) + (0x1400,) * 50)
+
+
+def test_fp_capacity_is_exact():
+    assert fp(fp_stack(), max_entries=4) == (WALK_OK, FULL)
+    assert fp(fp_stack(), max_entries=3) == (WALK_TOO_DEEP, FULL[:3])
+
+
+def test_fp_no_end():
+    # the chain ends (saved rbp 0) without passing the entry frame
+    assert fp(fp_stack().put(C + 8, 0x1410)) == (WALK_NO_END, FULL[:3] + (0x1410,))
+    # the entry frame's return address, but in another slot
+    assert fp(fp_stack(), end_slot=C)[0] == WALK_BAD_RET
+    assert fp(fp_stack(), rbp=0) == (WALK_NO_END, (RIP,))
+
+
+def test_fp_near_the_top_of_the_address_space():
+    lo = TOP + 1 - 0x100
+    s = Stack(lo, TOP)  # hi is at most 2**64 - 1
+    s.put(lo + 0x10, lo + 0x40, 0x1210)
+    s.put(lo + 0x40, 0, END_RET)
+    assert fp_both(s.bytes(), lo, TOP, TEXT, RIP, lo, lo + 0x10, end_ret=END_RET,
+                   end_slot=lo + 0x48) == (WALK_OK, (RIP, 0x1210, END_RET))
+    # the last whole word is at lo + 0xf0; a frame at lo + 0xf0 would need 16 bytes
+    assert fp_both(s.bytes(), lo, TOP, TEXT, RIP, lo, lo + 0xF0)[0] == WALK_OFF_STACK
+
+
+# ---- ORC, by hand ----------------------------------------------------------------
+# f (0x1000) keeps a 0x18-byte frame; g (0x1100) and h (0x1200) use rbp; 0x1300..
+# is code without ORC data; 0x800..0x1000 is text below the first ORC entry.
+
+ORC_TEXT = [(0x800, 0x1400)]
+ORC_IPS = [0x1000, 0x1100, 0x1200, 0x1300]
+ORC_ENTRIES = [sp_frame(0x20), BP_FRAME, BP_FRAME, Orc(UNDEF, 0, UNDEF, 0, UNDEFINED)]
+O_RIP, O_RSP = 0x1010, 0x10E00
+G_BP, H_BP = 0x10E30, 0x10E50  # where g and h saved the caller's rbp
+H_SLOT = H_BP + 8
+
+
+def orc_stack():
+    s = Stack(LO, HI)
+    s.put(O_RSP + 0x18, 0x1150)  # f returns into g
+    s.put(G_BP, H_BP, 0x1250)  # g: saved rbp, returns into h
+    s.put(H_BP, 0x4321, END_RET)  # h is the entry frame
+    return s
+
+
+def orc(s, rip=O_RIP, rsp=O_RSP, rbp=G_BP, ips=ORC_IPS, entries=ORC_ENTRIES, **kw):
+    kw.setdefault("end_ret", END_RET)
+    kw.setdefault("end_slot", H_SLOT)
+    return orc_both(s.bytes(), s.lo, s.hi, ORC_TEXT, ips, entries, rip, rsp, rbp, **kw)
+
+
+O_FULL = (O_RIP, 0x1150, 0x1250, END_RET)
+
+
+def test_orc_reaches_entry_frame():
+    assert orc(orc_stack()) == (WALK_OK, O_FULL)
+
+
+def test_orc_preempted_is_reliable():
+    assert orc(orc_stack(), preempted=True) == (WALK_OK, O_FULL)
+
+
+def test_orc_restores_rbp_from_the_stack():
+    # h's CFA comes from the rbp that g saved: break it and h's frame moves
+    assert orc(orc_stack().put(G_BP, H_BP + 0x100))[0] == WALK_BAD_RET
+    assert orc(orc_stack().put(G_BP, 0x50000)) == (WALK_OFF_STACK, O_FULL[:3])
+
+
+def test_orc_return_address_looks_up_the_call():
+    # f's call is its last instruction, so it returns to g's first byte: f's
+    # caller frame must still be found with g's entry (ret - 1 lies in f)
+    s = Stack(LO, HI)
+    s.put(O_RSP + 0x18, 0x1100)   # g returns to 0x1100, the call at the end of f
+    s.put(O_RSP + 0x20 + 0x18, END_RET)  # f's frame above g's
+    entries = [sp_frame(0x20), sp_frame(0x20), BP_FRAME, ORC_ENTRIES[3]]
+    assert orc(s, rip=0x1110, end_slot=O_RSP + 0x38, entries=entries) == (WALK_OK, (0x1110, 0x1100, END_RET))
+
+
+def test_orc_missing_entry():
+    assert orc(orc_stack(), rip=0x900) == (WALK_NO_ORC, (0x900,))
+    assert orc(orc_stack(), ips=[], entries=[]) == (WALK_NO_ORC, (O_RIP,))
+
+
+def test_orc_undefined_entry():
+    assert orc(orc_stack().put(G_BP + 8, 0x1350)) == (WALK_NO_ORC, (O_RIP, 0x1150, 0x1350))
+
+
+@pytest.mark.parametrize("entry", [Orc(7, 0x20, UNDEF, 0, CALL), Orc(UNDEF, 0x20, UNDEF, 0, CALL),
+                                   Orc(SP, 0x20, 9, 0, CALL)])
+def test_orc_bad_registers(entry):
+    assert orc(orc_stack(), entries=[entry] + ORC_ENTRIES[1:]) == (WALK_NO_ORC, (O_RIP,))
+
+
+@pytest.mark.parametrize("entry", [sp_frame(0x2000), sp_frame(-0x20000), sp_frame(0x1c),
+                                   Orc(SP, 0x20, BP, 0x4000, CALL), Orc(SP, 0x20, BP, -0x40000, CALL),
+                                   Orc(SP, 0x20, BP, 4, CALL)])
+def test_orc_off_stack(entry):
+    assert orc(orc_stack(), entries=[entry] + ORC_ENTRIES[1:]) == (WALK_OFF_STACK, (O_RIP,))
+
+
+def test_orc_bp_cfa_off_stack():
+    assert orc(orc_stack(), rbp=TOP - 15) == (WALK_OFF_STACK, (O_RIP, 0x1150))
+
+
+@pytest.mark.parametrize("entry", [sp_frame(0), sp_frame(-8)])
+def test_orc_not_progressing(entry):
+    assert orc(orc_stack(), entries=[entry] + ORC_ENTRIES[1:]) == (WALK_NOT_PROGRESSING, (O_RIP,))
+
+
+def test_orc_bp_below_sp_is_not_progressing():
+    assert orc(orc_stack(), rbp=O_RSP + 0x10) == (WALK_NOT_PROGRESSING, (O_RIP, 0x1150))
+
+
+def test_orc_zero_and_outside_return_addresses():
+    assert orc(orc_stack().put(G_BP + 8, 0)) == (WALK_BAD_RET, (O_RIP, 0x1150))
+    assert orc(orc_stack().put(G_BP + 8, 0x5000)) == (WALK_BAD_RET, (O_RIP, 0x1150))
+    assert orc(orc_stack(), rip=0x5000) == (WALK_BAD_RET, (0x5000,))
+
+
+def test_orc_too_deep_and_capacity():
+    s = Stack(LO, HI)
+    for i in range(60):  # f calls itself
+        s.put(LO + 0x18 + 0x20 * i, 0x1050)
+    assert orc(s, rsp=LO, max_entries=7) == (WALK_TOO_DEEP, (O_RIP,) + (0x1050,) * 6)
+    assert orc(orc_stack(), max_entries=4) == (WALK_OK, O_FULL)
+    assert orc(orc_stack(), max_entries=3) == (WALK_TOO_DEEP, O_FULL[:3])
+    assert orc(orc_stack(), max_entries=0) == (WALK_TOO_DEEP, ())
+
+
+def test_orc_without_entry_frame_runs_off_the_stack():
+    assert orc(orc_stack(), end_slot=0)[0] == WALK_BAD_RET
+    s = orc_stack().put(H_BP + 8, 0x1050)  # h "returns" into f, whose frame reaches past hi
+    s.put(H_BP, HI - 0x10)
+    assert orc(s)[0] in (WALK_OFF_STACK, WALK_BAD_RET)
+
+
+# ---- ranges and the conservative scan, by hand --------------------------------------
+
+
+def test_ranges_hit():
+    r = core.Ranges([(0x2000, 0x2100), (0x1000, 0x1010)])
+    for impl, ranges in ((core.ranges_hit, r), (unwind.ranges_hit, r.ranges)):
+        assert impl([0x10, 0x2100, 0x100F, 0x2000], ranges) == 2
+        assert impl([0xFFF, 0x1010, 0x20FF + 1], ranges) == -1
+        assert impl([], ranges) == -1
+    assert core.ranges_hit([5], core.Ranges([])) == -1 == unwind.ranges_hit([5], [])
+
+
+def test_stack_scan():
+    s = Stack(LO, LO + 0x40).put(LO + 0x10, 0x1234, 0x1500, 0x1600)
+    r = core.Ranges([(0x1500, 0x1501), (0x1600, 0x1700)])
+    for sp, want in ((LO, (LO + 0x18, 0x1500)), (LO + 0x19, (LO + 0x20, 0x1600)), (LO + 0x28, None)):
+        assert core.stack_scan(s.bytes(), LO, LO + 0x40, sp, r) == want
+        assert unwind.stack_scan(s.bytes(), LO, LO + 0x40, sp, r.ranges) == want
+
+
+def test_python_twin_rejects_bad_arguments():
+    with pytest.raises(ValueError):
+        unwind.walk_fp(b"", 0x10, 0x8, TEXT, RIP, 0, 0)
+    with pytest.raises(ValueError):
+        unwind.walk_orc(bytes(8), 0, 16, TEXT, [], [], RIP, 0, 0)
+    with pytest.raises(ValueError):
+        unwind.walk_fp(bytes(16), 0, 16, TEXT, RIP, 0, 0, max_entries=-1)
+    with pytest.raises(ValueError):
+        unwind.stack_scan(bytes(7), 0, 8, 0, [])
+
+
+# ---- hostile inputs: C == Python -------------------------------------------------------
+
+HOSTILE = settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+def u64(lo, hi):
+    return st.integers(max(0, lo), min(TOP, hi))
+
+
+@st.composite
+def stack_range(draw, size):
+    """[lo, hi) of the given size, near 0, in the middle or against 2**64 - 1."""
+    where = draw(st.sampled_from(["low", "mid", "top"]))
+    if where == "low":
+        lo = draw(u64(0, 40))
+    elif where == "mid":
+        lo = 0x7FFF_F000 + draw(st.integers(0, 8)) * 8 + draw(st.sampled_from([0, 0, 0, 3]))
+    else:
+        lo = TOP - size - draw(u64(0, 40))
+    return lo, lo + size
+
+
+def texts(draw):
+    """0..4 ranges, mostly near 0x1000, sometimes anywhere."""
+    out = []
+    for _ in range(draw(st.sampled_from([0, 1, 1, 2, 3, 4]))):
+        start = draw(st.one_of(u64(0x1000, 0x3000), u64(0, TOP), u64(TOP - 0x100, TOP)))
+        out.append((start, min(TOP, start + draw(st.integers(1, 0x1000)))))
+    return core.Ranges(out)
+
+
+def values(lo, hi, text):
+    """Words a hostile stack (or register) might hold."""
+    choices = [u64(lo - 16, hi + 16), u64(lo // 8, (hi + 8) // 8).map(lambda w: min(TOP, w * 8) & ~7),
+               u64(0, 64), u64(TOP - 64, TOP), st.integers(1, 4).map(lambda k: 2**64 - 8 * k),
+               u64(0, TOP), st.just(0)]
+    if text.ranges:
+        choices += [st.sampled_from(text.ranges).flatmap(lambda r: u64(r[0] - 1, r[1]))] * 4
+    return st.one_of(choices)
+
+
+def int32s():
+    return st.one_of(st.integers(-64, 64).map(lambda x: x * 8), st.integers(-2**31, 2**31 - 1),
+                     st.sampled_from([-2**31, 2**31 - 1, 0, 8, 16, -16]))
+
+
+def orc_entries():
+    return st.builds(Orc, st.one_of(st.sampled_from([UNDEF, SP, BP, SP, BP]), st.integers(0, 255)), int32s(),
+                     st.one_of(st.sampled_from([UNDEF, BP, BP]), st.integers(0, 255)), int32s(),
+                     st.one_of(st.sampled_from([CALL, CALL, UNDEFINED]), st.integers(0, 255)))
+
+
+Scene = namedtuple("Scene", "stack lo hi text ips entries rip rsp rbp kw")
+
+
+@st.composite
+def random_scenes(draw):
+    """Random stack words, tables and registers."""
+    size = draw(st.integers(0, 48)) * 8 + draw(st.sampled_from([0, 0, 0, 5]))
+    lo, hi = draw(stack_range(size))
+    text = texts(draw)
+    val = values(lo, hi, text)
+    words = draw(st.lists(val, min_size=size // 8, max_size=size // 8))
+    buf = bytearray(struct.pack(f"<{len(words)}Q", *words).ljust(size, b"\xa5"))
+    ips = sorted(set(draw(st.lists(val, max_size=8))))
+    entries = [draw(orc_entries()) for _ in ips]
+    end_ret, end_slot = draw(val), draw(val)
+    if size >= 8 and draw(st.booleans()):  # plant the entry frame
+        end_slot = lo + draw(st.integers(0, size // 8 - 1)) * 8
+        struct.pack_into("<Q", buf, end_slot - lo, end_ret)
+    kw = dict(preempted=draw(st.booleans()), max_entries=draw(st.one_of(st.integers(0, 120), st.just(100))),
+              end_ret=end_ret, end_slot=end_slot)
+    in_text = st.sampled_from(text.ranges).flatmap(lambda r: u64(r[0], r[1] - 1)) if text.ranges else val
+    in_stack = u64(lo, hi).map(lambda a: a & ~7)
+    rip = draw(st.one_of(in_text, val))
+    rsp, rbp = draw(st.one_of(in_stack, val)), draw(st.one_of(in_stack, val))
+    return Scene(bytes(buf), lo, hi, text, ips, entries, rip, rsp, rbp, kw)
+
+
+@st.composite
+def built_scenes(draw):
+    """A consistent call chain (ORC table, frames, saved rbps), then damaged a little."""
+    nfunc = draw(st.integers(1, 6))
+    sizes = [draw(st.integers(0, 4)) for _ in range(nfunc)]
+    uses_bp = [draw(st.booleans()) for _ in range(nfunc)]
+    if draw(st.booleans()):
+        uses_bp = [True] * nfunc  # a clean frame-pointer chain as well
+    sizes = [max(s, 1) if b else s for s, b in zip(sizes, uses_bp)]
+    base = draw(st.sampled_from([0x1000, 0x40_0000, TOP - 0x1000]))
+    chain = draw(st.lists(st.integers(0, nfunc - 1), min_size=1, max_size=30))
+
+    # offsets from lo: frame k's return slot, the rsp above it
+    sp0 = 8 * draw(st.integers(0, 3))
+    slots, sp = [], sp0
+    for j in chain:
+        slots.append(sp + 8 * sizes[j])
+        sp = slots[-1] + 8
+    size = sp + 8 * draw(st.integers(0, 3))
+    lo = draw(st.sampled_from([0x10000, 0x7FFF_0000, TOP + 1 - size - 64]))
+    hi = lo + size
+
+    text = core.Ranges([(base, base + 0x100 * nfunc)])
+    ips = [base + 0x100 * j for j in range(nfunc)]
+    entries = [BP_FRAME if b else sp_frame(8 * s + 8) for s, b in zip(sizes, uses_bp)]
+    words = [0] * (size // 8)
+    end_ret = draw(st.sampled_from([0x7000_0000, base + 0x50]))
+    for k, slot in enumerate(slots):
+        words[slot // 8] = (base + 0x100 * chain[k + 1] + draw(st.integers(1, 0xFF))
+                            if k + 1 < len(chain) else end_ret)
+    bp = 0  # rbp as each frame sees it, from the outermost in
+    for j, slot in reversed(list(zip(chain, slots))):
+        if uses_bp[j]:
+            words[slot // 8 - 1] = bp and lo + bp
+            bp = slot - 8
+    rbp = bp and lo + bp
+    rip = base + 0x100 * chain[0] + draw(st.integers(0, 0xFF))
+    rsp = lo + sp0
+
+    val = values(lo, hi, text)
+    for _ in range(draw(st.integers(0, 3))):
+        words[draw(st.integers(0, len(words) - 1))] = draw(val)
+    if draw(st.integers(0, 3)) == 0:
+        entries[draw(st.integers(0, nfunc - 1))] = draw(orc_entries())
+    if draw(st.integers(0, 4)) == 0:
+        rip, rsp, rbp = draw(st.sampled_from([(draw(val), rsp, rbp), (rip, draw(val), rbp), (rip, rsp, draw(val))]))
+    end_slot = lo + slots[-1] if draw(st.integers(0, 5)) else draw(val)
+    max_entries = draw(st.one_of(st.integers(0, 120), st.integers(len(chain) - 1, len(chain) + 2)))
+    kw = dict(preempted=draw(st.booleans()), max_entries=max(0, max_entries), end_ret=end_ret, end_slot=end_slot)
+    return Scene(struct.pack(f"<{len(words)}Q", *words), lo, hi, text, ips, entries, rip, rsp, rbp, kw)
+
+
+def run_both(s: Scene):
+    fp_res = fp_both(s.stack, s.lo, s.hi, s.text.ranges, s.rip, s.rsp, s.rbp, **s.kw)
+    orc_res = orc_both(s.stack, s.lo, s.hi, s.text.ranges, s.ips, s.entries, s.rip, s.rsp, s.rbp, **s.kw)
+    for kind, (code, entries) in (("fp", fp_res), ("orc", orc_res)):
+        event(f"{kind}: {unwind.REASONS[code]}")
+        event(f"{kind}: {'deep' if len(entries) > 3 else 'shallow'}")
+    return fp_res, orc_res
+
+
+@HOSTILE
+@given(random_scenes())
+def test_hostile_random_stacks_agree(scene):
+    run_both(scene)
+
+
+@HOSTILE
+@given(built_scenes())
+def test_hostile_built_chains_agree(scene):
+    run_both(scene)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.integers(1, 8), min_size=1, max_size=25), st.booleans())
+def test_built_chains_walk_completely(sizes, preempted):
+    """An undamaged chain of frame-pointer functions: both unwinders see every frame."""
+    lo, ips, entries, words, frames = LO, [], [], [], []
+    for i, size in enumerate(sizes):
+        ips.append(0x1000 + 0x100 * i)
+        entries.append(BP_FRAME)
+        words += [0xDEAD] * (size - 1)  # locals
+        frames.append(lo + 8 * len(words))  # the saved rbp, the return address above it
+        words += [0, 0x1000 + 0x100 * (i + 1) + 5]
+    hi = lo + 8 * len(words)
+    for f, nxt in zip(frames, frames[1:] + [0]):
+        words[(f - lo) // 8] = nxt
+    words[-1] = END_RET
+    text = [(0x1000, 0x1000 + 0x100 * len(sizes))]
+    stack = struct.pack(f"<{len(words)}Q", *words)
+    kw = dict(preempted=preempted, end_ret=END_RET, end_slot=frames[-1] + 8)
+    want = (0x1010,) + tuple(0x1000 + 0x100 * i + 5 for i in range(1, len(sizes))) + (END_RET,)
+    assert fp_both(stack, lo, hi, text, 0x1010, lo, frames[0], **kw) == (
+        WALK_PREEMPTED if preempted else WALK_OK, want)
+    assert orc_both(stack, lo, hi, text, ips, entries, 0x1010, lo, frames[0], **kw) == (WALK_OK, want)
+
+
+@HOSTILE
+@given(st.data())
+def test_hostile_ranges_hit_agree(data):
+    text = texts(data.draw)
+    addrs = data.draw(st.lists(values(0, 0x100, text), max_size=20))
+    want = next((i for i, a in enumerate(addrs) if any(s <= a < e for s, e in text.ranges)), -1)
+    assert core.ranges_hit(addrs, text) == unwind.ranges_hit(addrs, text.ranges) == want
+
+
+@HOSTILE
+@given(st.data())
+def test_hostile_stack_scan_agree(data):
+    size = data.draw(st.integers(0, 40)) * 8 + data.draw(st.sampled_from([0, 0, 3]))
+    lo, hi = data.draw(stack_range(size))
+    text = texts(data.draw)
+    stack = data.draw(st.binary(min_size=size, max_size=size))
+    if size >= 8 and text.ranges and data.draw(st.booleans()):
+        off = data.draw(st.integers(0, size - 8))
+        stack = stack[:off] + struct.pack("<Q", data.draw(values(lo, hi, text))) + stack[off + 8:]
+    sp = data.draw(values(lo, hi, text))
+    c = core.stack_scan(stack, lo, hi, sp, text)
+    assert c == unwind.stack_scan(stack, lo, hi, sp, text.ranges)
+    want = None
+    for a in range(lo, hi - 7):
+        if a % 8 == 0 and a >= sp:
+            v = struct.unpack_from("<Q", stack, a - lo)[0]
+            if any(s <= v < e for s, e in text.ranges):
+                want = (a, v)
+                break
+    assert c == want
