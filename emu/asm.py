@@ -21,6 +21,9 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
+
 from emu.errors import BuildError
 from emu.image import FENTRY_NOP, PAGE, PROT_R, PROT_X, Function, Image, Segment
 
@@ -156,12 +159,6 @@ def _check(stmt: _Stmt, insn, source: str) -> None:
                          + f"): {problem}")
 
 
-def _keystone():
-    from keystone import KS_ARCH_X86, KS_MODE_64, Ks
-
-    return Ks(KS_ARCH_X86, KS_MODE_64)
-
-
 def _asm_one(ks, stmt: _Stmt, addr: int, labels: list[str]) -> bytes:
     """stmt alone at addr; every label is defined (after it) so references assemble."""
     enc, _ = ks.asm("\n".join([stmt.text, *(f"{name}:" for name in labels)]), addr)
@@ -174,9 +171,6 @@ def assemble(text: str, *, base: int, name: str = "asm", source: str = "<asm>") 
 
     Raises BuildError naming source and line for text keystone rejects or encodes
     as something else than what the line says."""
-    from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-    from keystone import KsError
-
     if base < 0 or base % PAGE:
         raise BuildError(f"{source}: image base {base:#x} is not page aligned ({PAGE:#x})")
     items = _parse(text, source)
@@ -186,7 +180,7 @@ def assemble(text: str, *, base: int, name: str = "asm", source: str = "<asm>") 
 
     # Assemble the whole text at once so that keystone lays out labels and picks
     # short or near jumps itself.
-    ks = _keystone()
+    ks = Ks(KS_ARCH_X86, KS_MODE_64)
     program = "\n".join(f"{i.name}:" if isinstance(i, _Label) else i.text for i in items)
     try:
         enc, _ = ks.asm(program, base)

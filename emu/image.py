@@ -24,6 +24,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.elffile import ELFFile
@@ -118,6 +119,8 @@ class Image:
     shadowed: tuple[Function, ...] = ()
 
     def __post_init__(self):
+        if not self.global_symbols and not self.statics:
+            self.global_symbols = dict(self.symbols)  # an image made by hand: all global
         self._by_start = sorted([*self.functions.values(), *self.shadowed],
                                 key=lambda f: (f.start, f.end))
         self._starts = [f.start for f in self._by_start]
@@ -166,9 +169,7 @@ class Image:
         function's end, otherwise the function holds data or bytes capstone cannot
         decode and per-instruction tables would be wrong (BuildError)."""
         if self._insn_starts is None:
-            import capstone
-
-            md = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+            md = Cs(CS_ARCH_X86, CS_MODE_64)
             starts: set[int] = set()
             for f in self._by_start:
                 end = f.start

@@ -446,6 +446,8 @@ class Machine:
 
     def _idle_jump(self, until) -> bool:
         """Every CPU is idle: move time to the next timer. False when nothing can happen."""
+        if any(w.ready(self) for w in self._works):
+            return True       # e.g. stop_machine just parked the last CPU
         nxt = self._next_timer()
         if nxt is None:
             if self._sm is not None and not self.all_stopped:
@@ -690,6 +692,18 @@ class Machine:
         return unwind.walk_orc(mem, lo, hi, text, self._orc.ips, self._orc.entries, rip, rsp, rbp,
                                preempted=task.preempted, max_entries=max_entries, end_ret=task.end_ret,
                                end_slot=task.end_slot)
+
+    def scan_stack(self, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:
+        """Ksplice's conservative check: (rip, rsp, (address, value) of the
+        first stack word above rsp that lies in one of ranges, or None)."""
+        rip, rsp, _ = self.regs(task)
+        lo, hi = task.stack_lo, task.stack_hi
+        mem = bytes(self.engine.view(lo, hi - lo))
+        if self.accel == "c":
+            hit = core.stack_scan(mem, lo, hi, rsp, core.Ranges(ranges))
+        else:
+            hit = unwind.stack_scan(mem, lo, hi, rsp, sorted(core.Ranges(ranges).ranges))
+        return rip, rsp, hit
 
     def backtrace(self, task: Task) -> list[str]:
         code, entries = self.stack(task, unwinder="orc")

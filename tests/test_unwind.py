@@ -439,11 +439,14 @@ def built_scenes(draw):
         words[draw(st.integers(0, len(words) - 1))] = draw(val)
     if draw(st.integers(0, 3)) == 0:
         entries[draw(st.integers(0, nfunc - 1))] = draw(orc_entries())
+    regs = [rip, rsp, rbp]
     if draw(st.integers(0, 4)) == 0:
-        rip, rsp, rbp = draw(st.sampled_from([(draw(val), rsp, rbp), (rip, draw(val), rbp), (rip, rsp, draw(val))]))
+        regs[draw(st.integers(0, 2))] = draw(val)
+    rip, rsp, rbp = regs
     end_slot = lo + slots[-1] if draw(st.integers(0, 5)) else draw(val)
     max_entries = draw(st.one_of(st.integers(0, 120), st.integers(len(chain) - 1, len(chain) + 2)))
-    kw = dict(preempted=draw(st.booleans()), max_entries=max(0, max_entries), end_ret=end_ret, end_slot=end_slot)
+    kw = dict(preempted=draw(st.booleans()), max_entries=max(0, max_entries),
+              end_ret=end_ret, end_slot=end_slot)
     return Scene(struct.pack(f"<{len(words)}Q", *words), lo, hi, text, ips, entries, rip, rsp, rbp, kw)
 
 

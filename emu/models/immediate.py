@@ -1,0 +1,40 @@
+"""No consistency: every task runs the new code as soon as the ftrace sites
+are enabled (the first version of kernel live patching, and what a naive
+ftrace redirect gives)."""
+from __future__ import annotations
+
+from ..patch import Patch
+from ..task import PATCHED, UNPATCHED
+from .base import Model
+
+
+class Immediate(Model):
+    name = "immediate"
+
+    def enable(self, patch: Patch) -> None:
+        self.add(patch)
+        self.busy_check(patch)
+        t = self.record(patch, PATCHED)
+        updates = self.push_all(patch, self.loaded_funcs(patch))
+        for obj in patch.objects:
+            obj.patched = True
+        patch.enabled = True
+        self.m.spawn(self._finish(t, updates))
+
+    def disable(self, patch: Patch) -> None:
+        self.busy_check(patch)
+        t = self.record(patch, UNPATCHED)
+        updates = [self.pop(patch, f) for f in self.loaded_funcs(patch)]
+        for obj in patch.objects:
+            obj.patched = False
+        patch.enabled = False
+        self.m.spawn(self._finish(t, updates))
+
+    def force(self) -> None:
+        """Nothing to force: there is no transition to wait for."""
+
+    def _finish(self, t, updates):
+        t.started_at = self.m.now
+        for update in updates:
+            yield from update
+        self.finish(t, "completed")

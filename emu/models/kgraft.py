@@ -1,0 +1,114 @@
+"""kGraft: lazy migration between two universes, per task.
+
+Every task starts flagged "old universe"; the handler sends a flagged task
+to the old code and the others to the new code (inverted when reverting).
+A task migrates at its kernel/user boundary, a kthread at its safe point
+(kGraft's try_to_freeze()), an idle task in its idle loop. There are no
+stack checks at all: a whole system call runs in one universe, which is why
+the seed's mix of an old bar and a new baz cannot happen here. Completion is
+checked every `check_interval` seconds; a task that sleeps in the kernel and
+never crosses the boundary stalls the transition (visibly: pending tasks
+stay in status()) unless `wake_after` seconds of fake signals and kthread
+wake-ups are enabled.
+
+kGraft's per-task flag is the machine's patch_state: a flagged task has the
+state opposite to the target, exactly as livepatch's init gives it, so the
+redirect's choice is the same code for both models.
+"""
+from __future__ import annotations
+
+from ..machine import Delay
+from ..patch import Patch
+from ..task import PATCHED, UNDEFINED, UNPATCHED, Kind, RunState, Task
+from .base import Model
+
+
+class KGraft(Model):
+    name = "kgraft"
+
+    def __init__(self, machine, *, check_interval: float = 1.0, wake_after: float | None = None, **kw):
+        super().__init__(machine, **kw)
+        self.check_interval = check_interval
+        self.wake_after = wake_after
+        self.target = UNDEFINED
+        self.current: Patch | None = None
+
+    def enable(self, patch: Patch) -> None:
+        self.add(patch)
+        self.busy_check(patch)
+        funcs = self.loaded_funcs(patch)
+        for f in funcs:
+            f.transition = True
+        updates = self.push_all(patch, funcs)
+        self._start(patch, PATCHED, updates)
+
+    def disable(self, patch: Patch) -> None:
+        self.busy_check(patch)
+        for f in self.loaded_funcs(patch):
+            f.transition = True
+            self.sync(f)
+        self._start(patch, UNPATCHED, [])
+
+    def force(self) -> None:
+        """kGraft's forced unmark: migrate every task now."""
+        for task in self.all_tasks():
+            self._migrate(task)
+
+    def _start(self, patch: Patch, target: int, updates) -> None:
+        t = self.record(patch, target)
+        self.current, self.target = patch, target
+        for task in self.all_tasks():
+            if task.state is not RunState.EXITED:
+                self.m.set_patch_state(task, UNPATCHED if target == PATCHED else PATCHED)
+                task.pending = True
+        self.m.spawn(self._work(t, patch, target, updates))
+
+    def _migrate(self, task: Task) -> None:
+        if task.pending and self.current is not None:
+            task.pending = False
+            self.m.set_patch_state(task, self.target)
+
+    def on_kernel_exit(self, task: Task) -> None:
+        self._migrate(task)
+
+    def on_safe_point(self, task: Task) -> None:
+        self._migrate(task)
+
+    def on_idle(self, cpu, idle: Task) -> None:
+        self._migrate(idle)
+
+    def _work(self, t, patch: Patch, target: int, updates):
+        t.started_at = self.m.now
+        for update in updates:
+            yield from update
+        step = self.m.seconds(self.check_interval)
+        while True:
+            t.attempts += 1
+            # An idle task runs no patched code: it crosses its idle loop
+            # as soon as its CPU idles, and a busy CPU is not running it.
+            for cpu in self.m.cpus:
+                self._migrate(cpu.idle)
+            left = [x for x in self.all_tasks() if x.pending and x.state is not RunState.EXITED]
+            if not left:
+                break
+            t.blockers = [(x.name, self.m.backtrace(x) if not x.is_idle else []) for x in left]
+            if self.wake_after is not None and self.m.now - t.started_at >= self.m.seconds(self.wake_after):
+                for x in left:
+                    if not x.is_idle:
+                        self.m.signal(x)
+            yield Delay(step)
+        for f in self.loaded_funcs(patch):
+            f.transition = False
+            self.sync(f)
+        if target == UNPATCHED:
+            for update in [self.pop(patch, f) for f in self.loaded_funcs(patch)]:
+                yield from update
+        for task in self.all_tasks():
+            self.m.set_patch_state(task, UNDEFINED)
+            task.pending = False
+        for obj in patch.objects:
+            obj.patched = target == PATCHED
+        patch.enabled = target == PATCHED
+        t.blockers = []
+        self.current, self.target = None, UNDEFINED
+        self.finish(t, "completed")

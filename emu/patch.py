@@ -1,0 +1,135 @@
+"""Live patches: functions (old -> new), objects, callbacks, states.
+
+A Patch is what a patch module carries, as `struct klp_patch` does: objects
+(the base image "vmlinux" or a module), each with functions and optional
+callbacks; a replace flag (atomic replace); system states (id, version).
+New functions live in the patch's image, linked against the base image.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+from .errors import PatchError
+from .image import Image
+from .machine import FunctionRef, Machine
+
+VMLINUX = "vmlinux"
+CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")
+
+
+@dataclass(eq=False)
+class PatchFunc:
+    """One replaced function. new is None for an atomic-replace nop."""
+    name: str
+    object: str
+    new: FunctionRef | None
+    force: bool = False          # kpatch: not checked for activeness
+    old: FunctionRef | None = None   # resolved while the object is loaded
+    transition: bool = False
+    patched: bool = False
+
+    @property
+    def nop(self) -> bool:
+        return self.new is None
+
+    def __repr__(self):
+        return f"<PatchFunc {self.object}:{self.name}{' nop' if self.nop else ''}>"
+
+
+@dataclass(eq=False)
+class PatchObject:
+    name: str
+    funcs: list[PatchFunc] = field(default_factory=list)
+    callbacks: dict[str, Callable] = field(default_factory=dict)
+    patched: bool = False
+    callbacks_enabled: bool = False   # pre_patch succeeded: the others may run
+
+
+@dataclass(frozen=True)
+class State:
+    id: int
+    version: int
+
+
+@dataclass(eq=False)
+class Patch:
+    name: str
+    objects: list[PatchObject]
+    image: Image | None = None
+    replace: bool = False
+    states: tuple[State, ...] = ()
+    index: int = 0                  # version number in events (1, 2, ... in load order)
+    enabled: bool = False
+    forced: bool = False
+    stack_order: int = 0
+
+    def funcs(self):
+        for obj in self.objects:
+            yield from ((obj, f) for f in obj.funcs)
+
+    def object(self, name: str) -> PatchObject | None:
+        return next((o for o in self.objects if o.name == name), None)
+
+    def state(self, sid: int) -> State | None:
+        return next((s for s in self.states if s.id == sid), None)
+
+    def __repr__(self):
+        return f"<Patch {self.name}>"
+
+
+def make_patch(machine: Machine, name: str, image: Image | None, functions, *, replace: bool = False,
+               callbacks: dict | None = None, states=(), force=()) -> Patch:
+    """A patch whose new functions are image's functions of the same names.
+
+    functions: names of old functions ("f" for the base image, "module:f" for a
+    module's). callbacks: {object name: {callback name: fn(machine, patch, obj) -> int}}.
+    Raises PatchError naming what is missing."""
+    objects: dict[str, PatchObject] = {}
+    for spec in functions:
+        obj_name, _, fname = spec.rpartition(":")
+        obj_name = obj_name or VMLINUX
+        if image is None or fname not in image.functions:
+            raise PatchError(f"patch '{name}': no new version of '{fname}' in "
+                             f"{'its sources' if image is not None else 'the patch (it has no image)'}")
+        new = machine.by_name.get(f"{image.name}:{fname}")
+        if new is None:
+            raise PatchError(f"patch '{name}': load its image before making it")
+        objects.setdefault(obj_name, PatchObject(obj_name)).funcs.append(
+            PatchFunc(fname, obj_name, new, force=spec in force or fname in force))
+    for obj_name, cbs in (callbacks or {}).items():
+        obj = objects.setdefault(obj_name, PatchObject(obj_name))
+        for cb_name, fn in cbs.items():
+            if cb_name not in CALLBACKS:
+                raise PatchError(f"patch '{name}': unknown callback '{cb_name}' (one of {', '.join(CALLBACKS)})")
+            obj.callbacks[cb_name] = fn
+    patch = Patch(name, list(objects.values()), image, replace, tuple(State(*s) for s in states))
+    resolve(machine, patch)
+    return patch
+
+
+def loaded_objects(machine: Machine) -> set[str]:
+    names = {VMLINUX}
+    names.update(img.name for img in machine.images[1:] if not getattr(img, "unloaded", False))
+    return names
+
+
+def resolve(machine: Machine, patch: Patch) -> None:
+    """Bind each function of a loaded object to the old function it replaces."""
+    loaded = loaded_objects(machine)
+    for obj, f in patch.funcs():
+        if obj.name not in loaded:
+            f.old = None
+            continue
+        key = f.name if obj.name == VMLINUX else f"{obj.name}:{f.name}"
+        ref = machine.by_name.get(key) if obj.name != VMLINUX else _base_function(machine, f.name)
+        if ref is None:
+            raise PatchError(f"patch '{patch.name}': no function '{f.name}' in {obj.name}")
+        if ref.site is None:
+            raise PatchError(f"patch '{patch.name}': function '{f.name}' has no fentry site, "
+                             f"so it cannot be patched")
+        f.old = ref
+
+
+def _base_function(machine: Machine, name: str) -> FunctionRef | None:
+    return machine.by_name.get(f"{machine.base.name}:{name}")

@@ -1,0 +1,130 @@
+"""immediate, stop_machine (kpatch), ksplice and kgraft on the cases issue
+#3 names: a task sleeping inside a patched function, and one that is not."""
+import pytest
+
+from emu import core
+from emu.errors import Busy
+from emu.machine import Machine
+from emu.models import make_model
+from emu.patch import make_patch
+
+BASE = """
+volatile long zero;
+__attribute__((noinline)) long busy(long t) { lpemu_sleep(t); return 1 + zero; }
+__attribute__((noinline)) long quick(void) { return 10 + zero; }
+__attribute__((noinline)) void nap(long t) { lpemu_sleep(t); }
+long sleeper_entry(long t) { long v = busy(t); lpemu_observe(1, v); return v; }
+long napper_entry(long t) { nap(t); lpemu_observe(2, quick()); return 0; }
+long worker_entry(long x) { lpemu_observe(3, quick()); lpemu_yield(); return 0; }
+"""
+PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long busy(long t) { lpemu_sleep(t); return 2 + zero; }
+__attribute__((noinline)) long quick(void) { return 20 + zero; }
+"""
+
+
+def setup(compile_c, model, entry="sleeper_entry", sleep=3000, **opts):
+    base = compile_c(BASE)
+    m = Machine(base, cpus=2, quantum=400)
+    m.add_task("sleeper", entry, (sleep,))
+    for i in range(3):
+        m.add_task(f"worker{i}", "worker_entry", (i,))
+    img = compile_c(PATCH, name="patch", base=m.module_base(), link_against=base, keep={"busy", "quick"})
+    m.load(img)
+    model = make_model(model, m, **opts)
+    patch = make_patch(m, "p1", img, ["busy", "quick"])
+    model.add(patch)
+    return m, model, patch
+
+
+def enable_at(m, model, patch, when):
+    m.at(when, lambda: model.enable(patch))
+
+
+def observed(m, key):
+    return [e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key]
+
+
+def test_immediate_switches_every_task_at_once(compile_c):
+    m, model, patch = setup(compile_c, "immediate", sleep=1000)
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(40))
+    t = model.transitions[0]
+    assert t.result == "completed" and t.latency < m.seconds(0.1)
+    # the sleeper was inside the old busy(), woke in it, and went on into the new code after
+    assert observed(m, 1)[0] == 1 and observed(m, 1)[-1] == 2
+    assert observed(m, 3)[-1] == 20
+
+
+def test_stop_machine_fails_with_ebusy_after_its_retries_and_names_the_task(compile_c):
+    m, model, patch = setup(compile_c, "stop_machine", sleep=100_000)
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(30))
+    t = model.transitions[0]
+    assert t.result == "failed" and t.error == "-EBUSY" and t.attempts == 5
+    log = [text for _, text in m.log]
+    assert log.count("kpatch: activeness safety check failed for busy") == 5
+    assert "kpatch:   task sleeper (tid 0):" in log
+    assert any(line.startswith("kpatch:     busy+0x") for line in log)
+    assert t.blockers[0][0] == "sleeper"
+    assert len(t.pauses) == 5 and all(end > start for start, end in t.pauses)
+    # 4 waits of 2 s between the 5 attempts
+    assert t.pauses[-1][0] - t.pauses[0][0] >= m.seconds(8)
+    assert observed(m, 3)[-1] == 10          # nothing was switched
+    assert model.ftrace.site_bytes(patch.objects[0].funcs[0].old) == bytes.fromhex("0f1f440000")
+
+
+def test_stop_machine_switches_when_no_task_is_inside(compile_c):
+    m, model, patch = setup(compile_c, "stop_machine", entry="napper_entry", sleep=100_000)
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(5))
+    t = model.transitions[0]
+    assert t.result == "completed" and t.attempts == 1
+    assert ("kpatch: loaded patch module 'p1'") in [x for _, x in m.log]
+    start, end = t.pauses[0]
+    assert end - start >= model.cost_per_task * 4   # the check cost, with every CPU stopped
+    assert observed(m, 3)[-1] == 20
+
+
+def test_ksplice_scan_also_refuses_a_sleeper_inside(compile_c):
+    m, model, patch = setup(compile_c, "ksplice", sleep=100_000)
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(10))
+    t = model.transitions[0]
+    assert t.result == "failed" and t.attempts == 5
+    assert "ksplice: activeness safety check failed for busy" in [x for _, x in m.log]
+
+
+def test_kgraft_completes_once_the_sleeper_crosses_a_kernel_exit(compile_c):
+    m, model, patch = setup(compile_c, "kgraft", sleep=1500)      # 15 s
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(40))
+    t = model.transitions[0]
+    assert t.result == "completed"
+    assert m.seconds(14) < t.completed_at < m.seconds(18)
+    # the sleeper ran one whole old system call, then the new code
+    assert observed(m, 1)[:1] == [1] and observed(m, 1)[-1] == 2
+
+
+def test_kgraft_stalls_on_a_kthread_that_never_reaches_a_safe_point(compile_c):
+    base = compile_c(BASE + "long kt_entry(long x) { for (;;) { lpemu_observe(4, quick()); lpemu_yield(); } }")
+    m = Machine(base, cpus=1)
+    m.add_task("kt", "kt_entry", (0,), kind="kthread")
+    img = compile_c(PATCH, name="patch", base=m.module_base(), link_against=base, keep={"quick"})
+    m.load(img)
+    model = make_model("kgraft", m)
+    patch = model.add(make_patch(m, "p1", img, ["quick"]))
+    enable_at(m, model, patch, 2_000)
+    m.run(until=m.seconds(20))
+    t = model.transitions[0]
+    assert t.result == "pending" and t.blockers[0][0] == "kt"
+    assert set(observed(m, 4)) == {10}        # it keeps running the old universe
+    assert model.status()["tasks"][0]["pending"] is True
+
+
+def test_one_transition_at_a_time(compile_c):
+    m, model, patch = setup(compile_c, "kgraft", sleep=100_000)
+    model.enable(patch)
+    with pytest.raises(Busy):
+        model.disable(patch)
