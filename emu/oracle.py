@@ -1,0 +1,142 @@
+"""The consistency oracle: did a task run a mix of old and new code inside
+one unit of work?
+
+A unit is one system call of a task (from kernel entry to kernel exit; for a
+kthread, from one safe point to the next) or each activation of a named
+function. Every entry into a patched function is in the trace with the
+version that ran (0 = the original, k = the k-th patch). The system passes
+through configurations (which version each function resolves to, before
+and after each transition); a unit is consistent when one configuration
+explains every entry in it. A unit that mixes, say, an old bar and a new
+baz, is inconsistent: that is the seed's bug.
+
+Function units end when the task's stack unwinds past the activation (a
+later entry with the same or a higher rsp) or at the task's next unit
+boundary; an untraced function that calls a traced one after the
+activation returned can be misattributed, so name traced functions.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from . import core
+from .machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+from .patch import Patch
+from .task import PATCHED
+
+
+@dataclass(frozen=True)
+class Entry:
+    clock: int
+    function: str
+    version: int
+
+
+@dataclass
+class Inconsistency:
+    task: str
+    unit: str                 # "syscall #n" or "foo #n"
+    start: int
+    end: int
+    entries: list[Entry] = field(default_factory=list)
+
+    def __str__(self):
+        runs = ", ".join(f"{e.function} v{e.version} at {e.clock}" for e in self.entries)
+        return f"task {self.task}, {self.unit} (t={self.start}..{self.end}): {runs}"
+
+    def to_json(self):
+        return {"task": self.task, "unit": self.unit, "start": self.start, "end": self.end,
+                "entries": [{"function": e.function, "version": e.version, "clock": e.clock}
+                            for e in self.entries]}
+
+
+def configurations(patches: list[Patch], transitions) -> list[dict[int, int]]:
+    """Function id -> version, for every configuration the system passes through."""
+    by_name = {p.name: p for p in patches}
+
+    def resolve(enabled):
+        conf: dict[int, int] = {}
+        for p in enabled:
+            for _, f in p.funcs():
+                if f.old is not None:
+                    conf[f.old.id] = 0 if f.nop else p.index
+        return conf
+
+    enabled: list[Patch] = []
+    out = [resolve(enabled)]
+    for t in transitions:
+        p = by_name[t.patch]
+        if t.target == PATCHED:
+            nxt = [p] if p.replace else [q for q in enabled if q is not p] + [p]
+        else:
+            nxt = [q for q in enabled if q is not p]
+        out.append(resolve(nxt))
+        if t.result == "completed":
+            enabled = nxt
+    return out
+
+
+def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "syscall",
+          functions: set[int] | None = None) -> list[Inconsistency]:
+    """Inconsistent units of a finished run (machine.trace)."""
+    if functions is None:
+        functions = {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
+    confs = configurations(patches, transitions)
+    names = {fid: machine.functions[fid].name for fid in functions}
+    tasks = machine.tasks
+    bad: list[Inconsistency] = []
+
+    def judge(task, label, start, end, entries):
+        if len({e.version for e in entries}) < 2 and _explained(entries, confs, names):
+            return
+        if not _explained(entries, confs, names):
+            bad.append(Inconsistency(tasks[task].name, label, start, end, entries))
+
+    if unit == "syscall":
+        open_units: dict[int, list] = {}
+        count: dict[int, int] = {}
+        starts: dict[int, int] = {}
+        for clock, kind, task, a, b, c in machine.trace:
+            if kind == core.EV_ENTRY and a in functions:
+                open_units.setdefault(task, []).append(Entry(clock, names[a], b))
+                starts.setdefault(task, clock)
+            elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT) and task >= 0:
+                n = count.get(task, 0) + 1
+                count[task] = n
+                entries = open_units.pop(task, [])
+                if entries:
+                    judge(task, f"syscall #{n}", starts.pop(task), clock, entries)
+                starts.pop(task, None)
+        for task, entries in open_units.items():
+            judge(task, f"syscall #{count.get(task, 0) + 1} (unfinished)", starts[task], entries[-1].clock, entries)
+        return bad
+
+    target = next((f for f in machine.functions if f.name == unit), None)
+    if target is None:
+        raise ValueError(f"check.unit: no function '{unit}'")
+    active: dict[int, list] = {}        # task -> [rsp, start, entries, n]
+    count = {}
+    for clock, kind, task, a, b, c in machine.trace:
+        act = active.get(task)
+        if kind == core.EV_ENTRY:
+            if act is not None and c >= act[0]:
+                judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
+                active.pop(task)
+                act = None
+            if a == target.id:
+                count[task] = count.get(task, 0) + 1
+                act = active[task] = [c, clock, [], count[task]]
+            if act is not None and a in functions | {target.id}:
+                act[2].append(Entry(clock, names.get(a, target.name), b))
+        elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT) and act is not None:
+            judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
+            active.pop(task)
+    return bad
+
+
+def _explained(entries, confs, names) -> bool:
+    by_name = {v: k for k, v in names.items()}
+    for conf in confs:
+        if all(conf.get(by_name.get(e.function), 0) == e.version for e in entries):
+            return True
+    return False
