@@ -592,24 +592,12 @@ class Machine:
             if wake is not None:
                 self.at(wake, lambda t=task, w=wake: self._wake_timer(t, w))
         elif nr == hypercall.YIELD:
-            self.emit(EV_YIELD, task.tid)
-            task.preempted = False
-            for listener in self.listeners:
-                listener.on_cond_resched(task)
-            task.since_schedule = 0
-            if task.need_resched or self._sm is not None:
-                self._schedule_out(cpu, task, preempted=False)
+            self._switch_point(cpu, task, EV_YIELD, "on_cond_resched")
         elif nr == hypercall.RETURN_TO_USER:
             if task.kind is not Kind.USER:
                 self._fault(cpu, task, stop, message="a kthread returned to user")
             task.kernel_entries += 1
-            task.preempted = False
-            self.emit(EV_KERNEL_EXIT, task.tid)
-            for listener in self.listeners:
-                listener.on_kernel_exit(task)
-            task.since_schedule = 0
-            if task.need_resched or self._sm is not None:
-                self._schedule_out(cpu, task, preempted=False)
+            self._switch_point(cpu, task, EV_KERNEL_EXIT, "on_kernel_exit")
         elif nr == hypercall.SAFE_POINT:
             task.preempted = False
             task.kernel_entries += 1
@@ -627,6 +615,17 @@ class Machine:
             uc.reg_write(UC_X86_REG_RAX, self.hypercalls[nr](self, task, (a, b, c)) & (2**64 - 1))
         else:
             self._fault(cpu, task, stop, message=f"unknown hypercall {nr}")
+
+    def _switch_point(self, cpu: Cpu, task: Task, event: int, hook: str) -> None:
+        """cond_resched() or a kernel exit: listeners run, and the task leaves
+        the CPU if it should reschedule or stop_machine is waiting for it."""
+        self.emit(event, task.tid)
+        task.preempted = False
+        for listener in self.listeners:
+            getattr(listener, hook)(task)
+        task.since_schedule = 0
+        if task.need_resched or self._sm is not None:
+            self._schedule_out(cpu, task, preempted=False)
 
     def _wake_timer(self, task: Task, wake: int) -> None:
         if task.state is RunState.SLEEPING and task.wake_at == wake:

@@ -89,19 +89,13 @@ def walk_fp(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, pree
     not be set up yet. Raises ValueError when stack does not cover [lo, hi)
     or max_entries is negative.
     """
-    _check_stack(stack, lo, hi)
-    if max_entries < 0:
-        raise ValueError("max_entries must not be negative")
-    text = _Ranges(text)
-    out: list[int] = []
+    text, out, first = _begin(stack, lo, hi, text, rip, max_entries)
+    if first is not None:
+        return first, tuple(out)
 
     def end(code):
         return code, tuple(out)
 
-    if not _push(out, max_entries, rip):
-        return end(WALK_TOO_DEEP)
-    if rip not in text:
-        return end(WALK_BAD_RET)
     frame = rbp
     while True:
         if frame == 0:
@@ -124,6 +118,21 @@ def walk_fp(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, pree
         frame = nxt
 
 
+def _begin(stack, lo, hi, text, rip, max_entries):
+    """Argument checks and entry 0 (rip), shared by both walks: (text ranges,
+    entries, a final code when the walk already ends at rip, else None)."""
+    _check_stack(stack, lo, hi)
+    if max_entries < 0:
+        raise ValueError("max_entries must not be negative")
+    text = _Ranges(text)
+    out: list[int] = []
+    if not _push(out, max_entries, rip):
+        return text, out, WALK_TOO_DEEP
+    if rip not in text:
+        return text, out, WALK_BAD_RET
+    return text, out, None
+
+
 def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp: int, rbp: int, *,
              preempted: bool = False, max_entries: int = 100, end_ret: int = 0,
              end_slot: int = 0) -> tuple[int, tuple[int, ...]]:
@@ -135,19 +144,13 @@ def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp:
     so a preempted task is as reliable as any other (preempted is accepted
     for symmetry with walk_fp and ignored). Raises ValueError as walk_fp.
     """
-    _check_stack(stack, lo, hi)
-    if max_entries < 0:
-        raise ValueError("max_entries must not be negative")
-    text = _Ranges(text)
-    out: list[int] = []
+    text, out, first = _begin(stack, lo, hi, text, rip, max_entries)
+    if first is not None:
+        return first, tuple(out)
 
     def end(code):
         return code, tuple(out)
 
-    if not _push(out, max_entries, rip):
-        return end(WALK_TOO_DEEP)
-    if rip not in text:
-        return end(WALK_BAD_RET)
     ip, sp, bp, first = rip, rsp, rbp, True
     while True:
         # A return address points after its call, which may be the last
