@@ -190,3 +190,17 @@ def test_bad_configuration_is_a_user_error(compile_c):
     m = Machine(img)
     with pytest.raises(UserError, match="no function 'nope'"):
         m.add_task("t", "nope")
+
+
+def test_orc_tables_of_built_images_agree_with_eh_frame(compile_c):
+    from emu.orc import build_table, check_eh_frame
+    from emu.demo import SEED as SEED_DIR
+    from emu.image import build_c
+
+    for img in (compile_c(SEED), build_c([SEED_DIR / "base.c"], base=0x400000)):
+        seg = next(s for s in img.segments if s.prot & 4)
+        fns = [(f.name, f.start, f.end) for f in img.functions.values()]
+        data = [(s.addr, s.data) for s in img.segments if not s.prot & 4]
+        table = build_table(seg.data, seg.addr, fns, data=data)
+        report = check_eh_frame(img.elf, table, fns, seg.data, seg.addr)
+        assert list(report) == [] and report.checked > 50
