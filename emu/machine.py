@@ -204,6 +204,14 @@ class Machine:
         self._ranges = core.Ranges(self._text)
         self.next_module = max(self.next_module, _align_up(image.hi, MODULE_ALIGN))
 
+    def unload(self, image: Image) -> None:
+        """Mark a module gone: its functions can no longer be found by name
+        (emu.patch.loaded_objects skips it). Its memory stays mapped, so a
+        stale pointer into it does not fault the host."""
+        image.unloaded = True
+        for key in [k for k, ref in self.by_name.items() if ref.image == image.name]:
+            del self.by_name[key]
+
     def module_base(self) -> int:
         """Where the next module image should be linked."""
         return self.next_module

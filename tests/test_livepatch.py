@@ -1,0 +1,1361 @@
+"""Upstream livepatch (emu/models/livepatch.py): the kernel's own selftests
+(tools/testing/selftests/livepatch) as golden transcripts, and the
+consistency rules they do not show: who blocks a transition, where tasks
+switch, what force does."""
+import errno
+import os
+from pathlib import Path
+from string import Template
+from textwrap import dedent
+
+import pytest
+
+from emu import core
+from emu.errors import Busy
+from emu.ftrace import FENTRY_NOP, Ops
+from emu.image import build_c
+from emu.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, Machine
+from emu.models.livepatch import Livepatch, PatchRefused
+from emu.patch import VMLINUX, make_patch
+from emu.task import PATCHED, UNDEFINED, UNPATCHED
+
+LP = Path(__file__).resolve().parent / "lp"
+
+# Where each module of the selftests is linked (they may load in any order).
+SLOTS = ["test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_mod",
+         "test_klp_callbacks_busy", "test_klp_callbacks_demo", "patch2", "patch3"]
+
+MOD_LIVEPATCH = "test_klp_livepatch"
+MOD_REPLACE = "test_klp_atomic_replace"
+MOD_DEMO = "test_klp_callbacks_demo"
+MOD_DEMO2 = "test_klp_callbacks_demo2"
+MOD_TARGET = "test_klp_callbacks_mod"
+MOD_TARGET_BUSY = "test_klp_callbacks_busy"
+
+SAY = 32   # the busy module's message hypercall
+SAID = {1: f"{MOD_TARGET_BUSY}: busymod_work_func enter", 2: f"{MOD_TARGET_BUSY}: busymod_work_func exit",
+        3: f"{MOD_DEMO}: patched_work_func"}
+
+MODULE_STATE = {"LIVE": "[MODULE_STATE_LIVE] Normal state",
+                "COMING": "[MODULE_STATE_COMING] Full formed, running module_init",
+                "GOING": "[MODULE_STATE_GOING] Going away"}
+
+
+def transcript(text: str, **names) -> list[str]:
+    """A check_result() text of the selftests, its $MOD_* names filled in."""
+    names = {"MOD_LIVEPATCH": MOD_LIVEPATCH, "MOD_REPLACE": MOD_REPLACE, "MOD_TARGET": MOD_TARGET,
+             "MOD_TARGET_BUSY": MOD_TARGET_BUSY, **names}
+    return Template(dedent(text).strip("\n")).substitute(names).splitlines()
+
+
+class Selftest:
+    """functions.sh in the emulator: a machine with the selftests' kernel,
+    commands logged as '% ...', loads that wait for the transition as
+    load_lp does, and the error lines modprobe/insmod print."""
+
+    def __init__(self, *, cpus: int = 2):
+        self.base = build_c([LP / "vmlinux.c"], base=0x400000, name="vmlinux")
+        self.m = Machine(self.base, cpus=cpus, quantum=500)
+        self.m.add_task("cat", "cat_entry")
+        self.m.add_task("kworker/0:1", "kworker", kind="kthread")
+        self.m.hypercalls[SAY] = lambda m, task, args: m.printk(SAID[args[0]]) or 0
+        self.lp = Livepatch(self.m)
+        self.m.run(until=self.m.seconds(0.1))
+
+    # ---- images -----------------------------------------------------------------------
+    def image(self, name: str, *, source: str | None = None, keep=None):
+        at = MODULE_BASE + SLOTS.index(name) * MODULE_ALIGN
+        return build_c([LP / f"{source or name}.c"], base=at, name=name, link_against=self.base, keep=keep)
+
+    def patch(self, name, functions, *, source=None, **kw):
+        img = None
+        if functions:
+            img = self.image(name, source=source, keep={f.rpartition(":")[2] for f in functions})
+            self.m.load(img)
+        return make_patch(self.m, name, img, functions, **kw)
+
+    # ---- the shell -------------------------------------------------------------------------
+    def cmd(self, text: str) -> None:
+        self.m.printk(f"% {text}")
+
+    def run(self, seconds: float = 0.05, *, until=None) -> None:
+        self.m.run(until=self.m.now + self.m.seconds(seconds), stop_when=until)
+
+    def wait_transition(self) -> None:
+        self.run(60, until=lambda: self.lp.transition_patch is None)
+        assert self.lp.transition_patch is None, self.lp.status()["transition"]
+
+    def wait_logged(self, line: str) -> None:
+        self.run(10, until=lambda: any(text == line for _, text in self.m.log))
+        assert any(text == line for _, text in self.m.log), line
+
+    def error(self, tool: str, name: str, exc) -> None:
+        err = exc.errno if isinstance(exc, PatchRefused) else Busy.errno
+        if tool == "insmod":
+            self.m.printk(f"insmod: ERROR: could not insert module test_modules/{name}.ko: {os.strerror(err)}")
+        else:
+            self.m.printk(f"modprobe: ERROR: could not insert '{name}': {os.strerror(err)}")
+
+    def load_lp(self, patch, args: str = "", *, tool: str = "modprobe", wait: bool = True) -> None:
+        self.cmd(f"{tool} {'test_modules/' + patch.name + '.ko' if tool == 'insmod' else patch.name}{args}")
+        self.lp.enable(patch)
+        if wait:
+            self.wait_transition()
+
+    def load_failing_lp(self, patch, args: str = "", *, tool: str = "modprobe") -> Exception:
+        with pytest.raises((Busy, PatchRefused)) as info:
+            self.load_lp(patch, args, tool=tool)
+        self.error(tool, patch.name, info.value)
+        return info.value
+
+    def disable_lp(self, patch) -> None:
+        self.cmd(f"echo 0 > /sys/kernel/livepatch/{patch.name}/enabled")
+        self.lp.disable(patch)
+        self.wait_transition()
+
+    def unload_lp(self, patch) -> None:
+        self.cmd(f"rmmod {patch.name}")
+        self.lp.remove(patch)
+
+    def load_mod(self, image, args: str = "", *, init=None) -> None:
+        self.cmd(f"modprobe {image.name}{args}")
+        self.lp.load_module(image, init=init or (lambda: self.m.printk(f"{image.name}: {image.name}_init")))
+
+    def load_failing_mod(self, image) -> None:
+        with pytest.raises((Busy, PatchRefused)) as info:
+            self.load_mod(image)
+        self.error("modprobe", image.name, info.value)
+
+    def unload_mod(self, image, *, exit=None) -> None:
+        self.cmd(f"rmmod {image.name}")
+        self.lp.unload_module(image, exit=exit or (lambda: self.m.printk(f"{image.name}: {image.name}_exit")))
+
+    # ---- what the tests look at --------------------------------------------------------------
+    def grep_live_patched(self) -> None:
+        """grep 'live patched' /proc/cmdline /proc/meminfo > /dev/kmsg"""
+        since = self.m.now
+        self.run(0.05)
+        last = {}
+        for e in self.m.trace:
+            if e[1] == core.EV_OBSERVE and e[0] >= since:
+                last[e[3]] = e[4]
+        assert set(last) == {1, 2}, "the reader did not run"
+        if last[1] == 1:
+            self.m.printk(f"{MOD_LIVEPATCH}: this has been live patched")
+        if last[2] == 2:
+            self.m.printk(f"{MOD_REPLACE}: this has been live patched")
+
+    def log(self) -> list[str]:
+        return [text for _, text in self.m.log]
+
+    def write(self, image, symbol: str, value: int) -> None:
+        self.m.engine.view(image.symbols[symbol], 8)[:] = value.to_bytes(8, "little")
+
+
+# ---- test-livepatch.sh --------------------------------------------------------------------------
+def test_basic_function_patching():
+    st = Selftest()
+    patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    st.load_lp(patch)
+    st.grep_live_patched()
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    st.grep_live_patched()
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        $MOD_LIVEPATCH: this has been live patched
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """)
+    # the last patch of the function gone, its site is a NOP again
+    assert st.lp.ftrace.site_bytes(st.m.function("cmdline_proc_show")) == FENTRY_NOP
+    assert [t.result for t in st.lp.transitions] == ["completed", "completed"]
+
+
+def test_multiple_livepatches():
+    st = Selftest()
+    p1 = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    p2 = st.patch(MOD_REPLACE, ["meminfo_proc_show"])
+    st.load_lp(p1)
+    st.grep_live_patched()
+    st.load_lp(p2, " replace=0")
+    st.grep_live_patched()
+    st.disable_lp(p2)
+    st.unload_lp(p2)
+    st.grep_live_patched()
+    st.disable_lp(p1)
+    st.unload_lp(p1)
+    st.grep_live_patched()
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        $MOD_LIVEPATCH: this has been live patched
+        % modprobe $MOD_REPLACE replace=0
+        livepatch: enabling patch '$MOD_REPLACE'
+        livepatch: '$MOD_REPLACE': initializing patching transition
+        livepatch: '$MOD_REPLACE': starting patching transition
+        livepatch: '$MOD_REPLACE': completing patching transition
+        livepatch: '$MOD_REPLACE': patching complete
+        $MOD_LIVEPATCH: this has been live patched
+        $MOD_REPLACE: this has been live patched
+        % echo 0 > /sys/kernel/livepatch/$MOD_REPLACE/enabled
+        livepatch: '$MOD_REPLACE': initializing unpatching transition
+        livepatch: '$MOD_REPLACE': starting unpatching transition
+        livepatch: '$MOD_REPLACE': completing unpatching transition
+        livepatch: '$MOD_REPLACE': unpatching complete
+        % rmmod $MOD_REPLACE
+        $MOD_LIVEPATCH: this has been live patched
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """)
+
+
+def test_atomic_replace_livepatch():
+    st = Selftest()
+    p1 = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    p2 = st.patch(MOD_REPLACE, ["meminfo_proc_show"], replace=True)
+    st.load_lp(p1)
+    st.grep_live_patched()
+    st.load_lp(p2, " replace=1")
+    st.grep_live_patched()
+    cmdline = st.m.function("cmdline_proc_show")
+    # the nop that sent cmdline_proc_show back to the original is gone, and
+    # with it the last user of the site
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP and not st.lp.stacks.get(cmdline.id)
+    assert [f.name for _, f in p2.funcs()] == ["meminfo_proc_show"]
+    assert not p1.enabled and [p.name for p in st.lp.installed] == [MOD_REPLACE]
+    st.unload_lp(p1)
+    st.grep_live_patched()
+    st.disable_lp(p2)
+    st.unload_lp(p2)
+    st.grep_live_patched()
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        $MOD_LIVEPATCH: this has been live patched
+        % modprobe $MOD_REPLACE replace=1
+        livepatch: enabling patch '$MOD_REPLACE'
+        livepatch: '$MOD_REPLACE': initializing patching transition
+        livepatch: '$MOD_REPLACE': starting patching transition
+        livepatch: '$MOD_REPLACE': completing patching transition
+        livepatch: '$MOD_REPLACE': patching complete
+        $MOD_REPLACE: this has been live patched
+        % rmmod $MOD_LIVEPATCH
+        $MOD_REPLACE: this has been live patched
+        % echo 0 > /sys/kernel/livepatch/$MOD_REPLACE/enabled
+        livepatch: '$MOD_REPLACE': initializing unpatching transition
+        livepatch: '$MOD_REPLACE': starting unpatching transition
+        livepatch: '$MOD_REPLACE': completing unpatching transition
+        livepatch: '$MOD_REPLACE': unpatching complete
+        % rmmod $MOD_REPLACE
+        """)
+
+
+# ---- test-callbacks.sh ----------------------------------------------------------------------------
+class Callbacks:
+    """test_klp_callbacks_demo{,2}'s callbacks: each prints its name and the
+    object with its module state; pre_patch returns pre_patch_ret."""
+
+    def __init__(self, st: Selftest, modname: str):
+        self.st, self.modname = st, modname
+        self.pre_patch_ret = 0
+
+    def info(self, callback, obj):
+        state = self.st.lp.module_state(obj.name)
+        what = "vmlinux" if state is None else f"{obj.name} -> {MODULE_STATE[state]}"
+        self.st.m.printk(f"{self.modname}: {callback}: {what}")
+
+    def table(self):
+        def pre_patch(m, patch, obj):
+            self.info("pre_patch_callback", obj)
+            return self.pre_patch_ret
+        return {"pre_patch": pre_patch,
+                "post_patch": lambda m, p, obj: self.info("post_patch_callback", obj),
+                "pre_unpatch": lambda m, p, obj: self.info("pre_unpatch_callback", obj),
+                "post_unpatch": lambda m, p, obj: self.info("post_unpatch_callback", obj)}
+
+
+def demo_patch(st: Selftest, name: str = MOD_DEMO, *, replace: bool = False):
+    """test_klp_callbacks_demo: vmlinux, the plain module and the busy one
+    (whose work function it replaces), all with callbacks. demo2 has only
+    vmlinux."""
+    cbs = Callbacks(st, name)
+    objects = [VMLINUX, MOD_TARGET, MOD_TARGET_BUSY] if name == MOD_DEMO else [VMLINUX]
+    funcs = [f"{MOD_TARGET_BUSY}:busymod_work_func"] if name == MOD_DEMO else []
+    patch = st.patch(name, funcs, replace=replace, callbacks={o: cbs.table() for o in objects})
+    patch.objects.sort(key=lambda o: objects.index(o.name))
+    return patch, cbs
+
+
+def busy_module(st: Selftest):
+    image = st.image(MOD_TARGET_BUSY)
+
+    def load(block: bool):
+        def init():
+            st.m.printk(f"{MOD_TARGET_BUSY}: {MOD_TARGET_BUSY}_init")
+            st.write(image, "block_transition", int(block))
+            st.write(st.base, "pending_work", image.functions["busymod_work_func"].start)   # schedule_work
+            st.wait_logged(SAID[1])                                                       # ...started
+            if not block:
+                st.wait_logged(SAID[2])                                                   # flush_work
+        st.load_mod(image, f" block_transition={'Y' if block else 'N'}", init=init)
+
+    def unload():
+        def exit_():
+            st.write(image, "block_transition", 0)
+            st.wait_logged(SAID[2])
+            st.m.printk(f"{MOD_TARGET_BUSY}: {MOD_TARGET_BUSY}_exit")
+        st.unload_mod(image, exit=exit_)
+
+    return load, unload
+
+
+def test_callbacks_target_module_before_livepatch():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, _ = demo_patch(st)
+    st.load_mod(target)
+    st.load_lp(patch)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    st.unload_mod(target)
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        """, MOD_LIVEPATCH=MOD_DEMO)
+
+
+def test_callbacks_module_coming_notifier():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, _ = demo_patch(st)
+    st.load_lp(patch)
+    st.load_mod(target)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    st.unload_mod(target)
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        """, MOD_LIVEPATCH=MOD_DEMO)
+
+
+def test_callbacks_module_going_notifier():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, _ = demo_patch(st)
+    st.load_mod(target)
+    st.load_lp(patch)
+    st.unload_mod(target)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """, MOD_LIVEPATCH=MOD_DEMO)
+
+
+def test_callbacks_module_coming_and_going_notifiers():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, _ = demo_patch(st)
+    st.load_lp(patch)
+    st.load_mod(target)
+    st.unload_mod(target)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """, MOD_LIVEPATCH=MOD_DEMO)
+
+
+def test_callbacks_target_module_not_present():
+    st = Selftest()
+    patch, _ = demo_patch(st)
+    st.load_lp(patch)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """, MOD_LIVEPATCH=MOD_DEMO)
+
+
+def test_callbacks_pre_patch_callback_enodev():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, cbs = demo_patch(st)
+    cbs.pre_patch_ret = -errno.ENODEV
+    st.load_mod(target)
+    exc = st.load_failing_lp(patch, " pre_patch_ret=-19")
+    st.unload_mod(target)
+    assert isinstance(exc, PatchRefused) and exc.errno == errno.ENODEV
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % modprobe $MOD_LIVEPATCH pre_patch_ret=-19
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        test_klp_callbacks_demo: pre_patch_callback: vmlinux
+        livepatch: pre-patch callback failed for object 'vmlinux'
+        livepatch: failed to enable patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': canceling patching transition, going to unpatch
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        modprobe: ERROR: could not insert '$MOD_LIVEPATCH': No such device
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.installed == [] and st.lp.transitions[-1].result == "cancelled"
+    assert all(t.patch_state == UNDEFINED for t in st.lp.all_tasks())
+
+
+def test_callbacks_module_coming_pre_patch_callback_enodev():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, cbs = demo_patch(st)
+    st.load_lp(patch)
+    st.cmd(f"echo -19 > /sys/module/{MOD_DEMO}/parameters/pre_patch_ret")
+    cbs.pre_patch_ret = -errno.ENODEV
+    st.load_failing_mod(target)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % echo -19 > /sys/module/$MOD_LIVEPATCH/parameters/pre_patch_ret
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: pre-patch callback failed for object '$MOD_TARGET'
+        livepatch: patch '$MOD_LIVEPATCH' failed for module '$MOD_TARGET', refusing to load module '$MOD_TARGET'
+        modprobe: ERROR: could not insert '$MOD_TARGET': No such device
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.module_state(MOD_TARGET) is None      # refused: not loaded
+
+
+def test_callbacks_multiple_target_modules():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    load_busy, unload_busy = busy_module(st)
+    patch, _ = demo_patch(st)
+    load_busy(block=False)
+    st.load_lp(patch)
+    st.load_mod(target)
+    st.unload_mod(target)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    unload_busy()
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET_BUSY block_transition=N
+        $MOD_TARGET_BUSY: ${MOD_TARGET_BUSY}_init
+        $MOD_TARGET_BUSY: busymod_work_func enter
+        $MOD_TARGET_BUSY: busymod_work_func exit
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        % rmmod $MOD_TARGET_BUSY
+        $MOD_TARGET_BUSY: ${MOD_TARGET_BUSY}_exit
+        """, MOD_LIVEPATCH=MOD_DEMO)
+
+
+def test_callbacks_busy_target_module():
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    load_busy, unload_busy = busy_module(st)
+    patch, _ = demo_patch(st)
+    load_busy(block=True)
+    st.load_lp(patch, wait=False)
+    # loop_until 'grep -q ^1$ /sys/kernel/livepatch/$MOD_LIVEPATCH/transition'
+    st.run(3)
+    status = st.lp.status()
+    assert status["patches"][0]["transition"] and status["transition"]["attempts"] >= 3
+    (blocker, stack), = [(b["task"], b["stack"]) for b in status["transition"]["blockers"]]
+    assert blocker == "kworker/0:1" and stack[-1] == "(sleeping on function busymod_work_func)"
+    assert any(line.startswith("busymod_work_func+") for line in stack)
+    st.load_mod(target)
+    st.unload_mod(target)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    unload_busy()
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET_BUSY block_transition=Y
+        $MOD_TARGET_BUSY: ${MOD_TARGET_BUSY}_init
+        $MOD_TARGET_BUSY: busymod_work_func enter
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': reversing transition from patching to unpatching
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        % rmmod $MOD_TARGET_BUSY
+        $MOD_TARGET_BUSY: busymod_work_func exit
+        $MOD_TARGET_BUSY: ${MOD_TARGET_BUSY}_exit
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert [t.result for t in st.lp.transitions] == ["reversed", "completed"]
+    # the worker never ran the patched work function
+    assert SAID[3] not in st.log()
+
+
+def test_callbacks_multiple_livepatches():
+    st = Selftest()
+    p1, _ = demo_patch(st)
+    p2, _ = demo_patch(st, MOD_DEMO2)
+    st.load_lp(p1)
+    st.load_lp(p2)
+    st.disable_lp(p2)
+    st.disable_lp(p1)
+    st.unload_lp(p2)
+    st.unload_lp(p1)
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % modprobe $MOD_LIVEPATCH2
+        livepatch: enabling patch '$MOD_LIVEPATCH2'
+        livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+        $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': starting patching transition
+        livepatch: '$MOD_LIVEPATCH2': completing patching transition
+        $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+        livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+        $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+        $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': unpatching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH2
+        % rmmod $MOD_LIVEPATCH
+        """, MOD_LIVEPATCH=MOD_DEMO, MOD_LIVEPATCH2=MOD_DEMO2)
+
+
+def test_callbacks_atomic_replace():
+    st = Selftest()
+    p1, _ = demo_patch(st)
+    p2, _ = demo_patch(st, MOD_DEMO2, replace=True)
+    st.load_lp(p1)
+    st.load_lp(p2, " replace=1")
+    st.disable_lp(p2)
+    st.unload_lp(p2)
+    st.unload_lp(p1)
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % modprobe $MOD_LIVEPATCH2 replace=1
+        livepatch: enabling patch '$MOD_LIVEPATCH2'
+        livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+        $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': starting patching transition
+        livepatch: '$MOD_LIVEPATCH2': completing patching transition
+        $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+        livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+        $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+        $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH2': unpatching complete
+        % rmmod $MOD_LIVEPATCH2
+        % rmmod $MOD_LIVEPATCH
+        """, MOD_LIVEPATCH=MOD_DEMO, MOD_LIVEPATCH2=MOD_DEMO2)
+
+
+# ---- test-state.sh ------------------------------------------------------------------------------
+CONSOLE_LOGLEVEL_STATE = 1
+CONSOLE_LOGLEVEL_DEFAULT, CONSOLE_LOGLEVEL_MOTORMOUTH = 7, 15
+
+
+class Console:
+    """console_loglevel and the klp_state data of test_klp_state{,2,3}."""
+
+    def __init__(self):
+        self.loglevel = CONSOLE_LOGLEVEL_DEFAULT
+        self.data = {}          # State -> the saved loglevel (its klp_state->data)
+
+
+def state_patch(st: Selftest, console: Console, name: str, version: int):
+    """test_klp_state (version 1) and test_klp_state2/3 (version 2, which
+    take the change over from an older patch): replace patches with only
+    vmlinux callbacks and one system state."""
+    lp, takes_over = st.lp, version >= 2
+
+    def say(text):
+        st.m.printk(f"{name}: {text}")
+
+    def prev():
+        return lp.get_prev_state(CONSOLE_LOGLEVEL_STATE) if takes_over else None
+
+    def pre_patch(m, patch, obj):
+        say("pre_patch_callback: vmlinux")
+        if prev():
+            say("allocate_loglevel_state: space to store console_loglevel already allocated")
+            return 0
+        state = lp.get_state(patch, CONSOLE_LOGLEVEL_STATE)
+        if state is None:
+            return -errno.EINVAL
+        console.data[state] = None
+        say("allocate_loglevel_state: allocating space to store console_loglevel")
+        return 0
+
+    def post_patch(m, patch, obj):
+        say("post_patch_callback: vmlinux")
+        state = lp.get_state(patch, CONSOLE_LOGLEVEL_STATE)
+        if prev():
+            say("fix_console_loglevel: taking over the console_loglevel change")
+            console.data[state] = console.data[prev()]
+            return
+        say("fix_console_loglevel: fixing console_loglevel")
+        console.data[state] = console.loglevel
+        console.loglevel = CONSOLE_LOGLEVEL_MOTORMOUTH
+
+    def pre_unpatch(m, patch, obj):
+        say("pre_unpatch_callback: vmlinux")
+        if prev():
+            say("restore_console_loglevel: passing the console_loglevel change back to the old livepatch")
+            return
+        say("restore_console_loglevel: restoring console_loglevel")
+        console.loglevel = console.data[lp.get_state(patch, CONSOLE_LOGLEVEL_STATE)]
+
+    def post_unpatch(m, patch, obj):
+        say("post_unpatch_callback: vmlinux")
+        if prev():
+            say("free_loglevel_state: keeping space to store console_loglevel")
+            return
+        say("free_loglevel_state: freeing space for the stored console_loglevel")
+        console.data.pop(lp.get_state(patch, CONSOLE_LOGLEVEL_STATE))
+
+    cbs = {"pre_patch": pre_patch, "post_patch": post_patch, "pre_unpatch": pre_unpatch,
+           "post_unpatch": post_unpatch}
+    return make_patch(st.m, name, None, [], replace=True, callbacks={VMLINUX: cbs},
+                      states=[(CONSOLE_LOGLEVEL_STATE, version)])
+
+
+STATE_NAMES = {"MOD_LIVEPATCH": "test_klp_state", "MOD_LIVEPATCH2": "test_klp_state2",
+               "MOD_LIVEPATCH3": "test_klp_state3"}
+
+
+def test_state_system_state_modification():
+    st, console = Selftest(), Console()
+    patch = state_patch(st, console, "test_klp_state", 1)
+    st.load_lp(patch)
+    assert console.loglevel == CONSOLE_LOGLEVEL_MOTORMOUTH
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert console.loglevel == CONSOLE_LOGLEVEL_DEFAULT and console.data == {}
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: allocate_loglevel_state: allocating space to store console_loglevel
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH: fix_console_loglevel: fixing console_loglevel
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        $MOD_LIVEPATCH: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: restore_console_loglevel: restoring console_loglevel
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: free_loglevel_state: freeing space for the stored console_loglevel
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """, **STATE_NAMES)
+
+
+def test_state_taking_over_system_state_modification():
+    st, console = Selftest(), Console()
+    p1 = state_patch(st, console, "test_klp_state", 1)
+    p2 = state_patch(st, console, "test_klp_state2", 2)
+    st.load_lp(p1)
+    st.load_lp(p2)
+    st.unload_lp(p1)
+    st.disable_lp(p2)
+    st.unload_lp(p2)
+    assert console.loglevel == CONSOLE_LOGLEVEL_DEFAULT
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: allocate_loglevel_state: allocating space to store console_loglevel
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH: fix_console_loglevel: fixing console_loglevel
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % modprobe $MOD_LIVEPATCH2
+        livepatch: enabling patch '$MOD_LIVEPATCH2'
+        livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+        $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: allocate_loglevel_state: space to store console_loglevel already allocated
+        livepatch: '$MOD_LIVEPATCH2': starting patching transition
+        livepatch: '$MOD_LIVEPATCH2': completing patching transition
+        $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: fix_console_loglevel: taking over the console_loglevel change
+        livepatch: '$MOD_LIVEPATCH2': patching complete
+        % rmmod $MOD_LIVEPATCH
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+        livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+        $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH2: restore_console_loglevel: restoring console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+        $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH2: free_loglevel_state: freeing space for the stored console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': unpatching complete
+        % rmmod $MOD_LIVEPATCH2
+        """, **STATE_NAMES)
+
+
+def test_state_compatible_cumulative_livepatches():
+    st, console = Selftest(), Console()
+    p2 = state_patch(st, console, "test_klp_state2", 2)
+    p3 = state_patch(st, console, "test_klp_state3", 2)
+    st.load_lp(p2)
+    st.load_lp(p3)
+    st.unload_lp(p2)
+    st.load_lp(p2)          # the module loaded again: a fresh patch
+    st.disable_lp(p2)
+    st.unload_lp(p2)
+    st.unload_lp(p3)
+    assert console.loglevel == CONSOLE_LOGLEVEL_DEFAULT
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH2
+        livepatch: enabling patch '$MOD_LIVEPATCH2'
+        livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+        $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: allocate_loglevel_state: allocating space to store console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': starting patching transition
+        livepatch: '$MOD_LIVEPATCH2': completing patching transition
+        $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: fix_console_loglevel: fixing console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': patching complete
+        % modprobe $MOD_LIVEPATCH3
+        livepatch: enabling patch '$MOD_LIVEPATCH3'
+        livepatch: '$MOD_LIVEPATCH3': initializing patching transition
+        $MOD_LIVEPATCH3: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH3: allocate_loglevel_state: space to store console_loglevel already allocated
+        livepatch: '$MOD_LIVEPATCH3': starting patching transition
+        livepatch: '$MOD_LIVEPATCH3': completing patching transition
+        $MOD_LIVEPATCH3: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH3: fix_console_loglevel: taking over the console_loglevel change
+        livepatch: '$MOD_LIVEPATCH3': patching complete
+        % rmmod $MOD_LIVEPATCH2
+        % modprobe $MOD_LIVEPATCH2
+        livepatch: enabling patch '$MOD_LIVEPATCH2'
+        livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+        $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: allocate_loglevel_state: space to store console_loglevel already allocated
+        livepatch: '$MOD_LIVEPATCH2': starting patching transition
+        livepatch: '$MOD_LIVEPATCH2': completing patching transition
+        $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: fix_console_loglevel: taking over the console_loglevel change
+        livepatch: '$MOD_LIVEPATCH2': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+        livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+        $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH2: restore_console_loglevel: restoring console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+        $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH2: free_loglevel_state: freeing space for the stored console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': unpatching complete
+        % rmmod $MOD_LIVEPATCH2
+        % rmmod $MOD_LIVEPATCH3
+        """, **STATE_NAMES)
+
+
+def test_state_incompatible_cumulative_livepatches():
+    st, console = Selftest(), Console()
+    p2 = state_patch(st, console, "test_klp_state2", 2)
+    p1 = state_patch(st, console, "test_klp_state", 1)
+    st.load_lp(p2)
+    exc = st.load_failing_lp(p1)
+    st.disable_lp(p2)
+    st.unload_lp(p2)
+    assert isinstance(exc, PatchRefused) and exc.errno == errno.EINVAL
+    assert st.log() == transcript("""
+        % modprobe $MOD_LIVEPATCH2
+        livepatch: enabling patch '$MOD_LIVEPATCH2'
+        livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+        $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: allocate_loglevel_state: allocating space to store console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': starting patching transition
+        livepatch: '$MOD_LIVEPATCH2': completing patching transition
+        $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH2: fix_console_loglevel: fixing console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': patching complete
+        % modprobe $MOD_LIVEPATCH
+        livepatch: Livepatch patch ($MOD_LIVEPATCH) is not compatible with the already installed livepatches.
+        modprobe: ERROR: could not insert '$MOD_LIVEPATCH': Invalid argument
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+        livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+        $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH2: restore_console_loglevel: restoring console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+        $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH2: free_loglevel_state: freeing space for the stored console_loglevel
+        livepatch: '$MOD_LIVEPATCH2': unpatching complete
+        % rmmod $MOD_LIVEPATCH2
+        """, **STATE_NAMES)
+
+
+def test_state_a_patch_without_replace_may_leave_a_state_out():
+    st, console = Selftest(), Console()
+    p2 = state_patch(st, console, "test_klp_state2", 2)
+    st.load_lp(p2)
+    plain = make_patch(st.m, "plain", None, [])                 # no states, no replace: fine
+    st.load_lp(plain)
+    older = make_patch(st.m, "older", None, [], states=[(CONSOLE_LOGLEVEL_STATE, 1)])
+    st.load_failing_lp(older)                                  # carries the state, but older
+    assert [p.name for p in st.lp.installed] == ["test_klp_state2", "plain"]
+
+
+# ---- test-kprobe.sh: another IPMODIFY user of the function ---------------------------------------------
+@pytest.mark.parametrize("post_handler", [True, False])
+def test_kprobe_with_post_handler_refuses_the_livepatch(post_handler):
+    st = Selftest()
+    patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    cmdline = st.m.function("cmdline_proc_show")
+    # a kprobe with a post handler needs to change the IP: IPMODIFY
+    kprobe = Ops("test_klp_kprobe", ipmodify=post_handler)
+    st.cmd(f"insmod test_modules/test_klp_kprobe.ko has_post_handler={str(post_handler).lower()}")
+    st.m.spawn(st.lp.ftrace.register(kprobe, [cmdline]))
+    st.run(0.01)
+    if post_handler:
+        exc = st.load_failing_lp(patch, tool="insmod")
+        assert isinstance(exc, Busy)
+        assert st.lp.ftrace.users[cmdline.id] == [kprobe]
+        st.cmd("rmmod test_klp_kprobe")
+        st.m.spawn(st.lp.ftrace.unregister(kprobe))
+        expected = """
+            % insmod test_modules/test_klp_kprobe.ko has_post_handler=true
+            % insmod test_modules/$MOD_LIVEPATCH.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH'
+            livepatch: '$MOD_LIVEPATCH': initializing patching transition
+            livepatch: failed to register ftrace handler for function 'cmdline_proc_show' (-16)
+            livepatch: failed to patch object 'vmlinux'
+            livepatch: failed to enable patch '$MOD_LIVEPATCH'
+            livepatch: '$MOD_LIVEPATCH': canceling patching transition, going to unpatch
+            livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': unpatching complete
+            insmod: ERROR: could not insert module test_modules/$MOD_LIVEPATCH.ko: Device or resource busy
+            % rmmod test_klp_kprobe
+            """
+    else:
+        st.load_lp(patch, tool="insmod")
+        st.grep_live_patched()                 # the probe does not get in the way
+        st.cmd("rmmod test_klp_kprobe")
+        st.m.spawn(st.lp.ftrace.unregister(kprobe))
+        st.disable_lp(patch)
+        st.unload_lp(patch)
+        expected = """
+            % insmod test_modules/test_klp_kprobe.ko has_post_handler=false
+            % insmod test_modules/$MOD_LIVEPATCH.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH'
+            livepatch: '$MOD_LIVEPATCH': initializing patching transition
+            livepatch: '$MOD_LIVEPATCH': starting patching transition
+            livepatch: '$MOD_LIVEPATCH': completing patching transition
+            livepatch: '$MOD_LIVEPATCH': patching complete
+            $MOD_LIVEPATCH: this has been live patched
+            % rmmod test_klp_kprobe
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+            livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': unpatching complete
+            % rmmod $MOD_LIVEPATCH
+            """
+    st.run(0.01)
+    assert st.log() == transcript(expected)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+
+
+# ---- the consistency model itself ------------------------------------------------------------------------
+BASE = """
+volatile long zero;
+__attribute__((noinline)) long slow(long t) { lpemu_sleep(t); return 1 + zero; }
+__attribute__((noinline)) long stuck(void) { lpemu_sleep(-1); return 1 + zero; }
+__attribute__((noinline)) long quick(void) { return 1 + zero; }
+__attribute__((noinline)) void spin(long n) { for (long i = 0; i < n; i++) __asm__ volatile(""); }
+long sleeper(long t) { lpemu_observe(1, slow(t)); return 0; }
+long stuck_kthread(long x) { for (;;) lpemu_observe(2, stuck()); }
+long worker(long x) { lpemu_observe(3, quick()); lpemu_sleep(1); return 0; }
+long spinner(long n) { for (;;) spin(n); }
+long yielder(long n) { for (;;) { spin(n); lpemu_yield(); } }
+long hammer(long n) { for (long i = 0; i < n; i++) lpemu_observe(4, quick()); return 0; }
+__attribute__((noinline)) long deep(long n)
+{
+    if (n == 0)
+        return lpemu_sleep(-1) + zero;
+    long r = deep(n - 1);
+    __asm__ volatile("" : "+r"(r));     /* no tail recursion: one frame per level */
+    return r + 1;
+}
+long deep_kthread(long n) { for (;;) lpemu_observe(5, deep(n)); }
+"""
+PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long slow(long t) { lpemu_sleep(t); return 2 + zero; }
+__attribute__((noinline)) long stuck(void) { lpemu_sleep(-1); return 2 + zero; }
+__attribute__((noinline)) long quick(void) { return 2 + zero; }
+"""
+PATCH3 = """
+extern volatile long zero;
+__attribute__((noinline)) long slow(long t) { lpemu_sleep(t); return 3 + zero; }
+__attribute__((noinline)) long quick(void) { return 3 + zero; }
+"""
+
+
+def machine(compile_c, tasks, *, cpus=2, **kw):
+    base = compile_c(BASE)
+    m = Machine(base, cpus=cpus, quantum=400, **kw)
+    for name, entry, args, kind in tasks:
+        m.add_task(name, entry, args, kind=kind)
+    lp = Livepatch(m)
+    return m, lp, base
+
+
+def load_patch(compile_c, m, base, name, functions, source=PATCH, **kw):
+    img = compile_c(source, name=name, base=m.module_base(), link_against=base, keep=set(functions))
+    m.load(img)
+    return make_patch(m, name, img, functions, **kw)
+
+
+def observed(m, key, since=0):
+    return [(e[2], e[4]) for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key and e[0] >= since]
+
+
+def lines(m):
+    return [text for _, text in m.log]
+
+
+def test_a_task_sleeping_in_a_patched_function_blocks_until_it_leaves(compile_c):
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (300,), "user"),
+                                      ("worker", "worker", (0,), "user")])
+    patch = load_patch(compile_c, m, base, "p", ["slow", "quick"])
+    m.at(m.seconds(0.1), lambda: lp.enable(patch))
+    m.run(until=m.seconds(2.5))
+    t = lp.transitions[0]
+    assert t.result == "pending" and t.attempts == 3
+    (name, stack), = t.blockers
+    assert name == "sleeper" and stack[-1] == "(sleeping on function slow)"
+    assert stack[0].startswith("slow+") and stack[1].startswith("sleeper+")
+    tasks = {x["name"]: x for x in lp.status()["tasks"]}
+    assert tasks["sleeper"] == {"name": "sleeper", "tid": 0, "patch_state": UNPATCHED, "pending": True}
+    assert tasks["worker"]["patch_state"] == PATCHED and not tasks["worker"]["pending"]
+    # the worker already runs the new quick(); the sleeper is still in the old slow()
+    assert observed(m, 3)[-1] == (1, 2)
+    m.run(until=m.seconds(6.5))
+    assert t.result == "completed" and m.seconds(3) < t.completed_at < m.seconds(4.2)
+    # it left slow() at its wake-up at 3 s and switched on its way to user space
+    assert [(who, how) for _, who, _, how in lp.switches if who == "sleeper"] == [("sleeper", "kernel_exit")]
+    values = [v for _, v in observed(m, 1)]
+    assert values[0] == 1 and values[-1] == 2
+
+
+def test_force_finishes_a_transition_that_a_kthread_blocks_forever(compile_c):
+    m, lp, base = machine(compile_c, [("stuck", "stuck_kthread", (), "kthread"),
+                                      ("worker", "worker", (0,), "user")])
+    patch = load_patch(compile_c, m, base, "p", ["stuck", "quick"])
+    start = m.seconds(0.1)
+    m.at(start, lambda: lp.enable(patch))
+    m.run(until=m.seconds(33))
+    t = lp.transitions[0]
+    assert t.result == "pending" and t.attempts == 33
+    # fake signals from the 16th attempt (15 s), again at the 31st; the
+    # kthread wakes, goes round its loop and sleeps in stuck() again
+    assert lines(m).count("livepatch: signaling remaining tasks") == 1
+    stuck = m.tasks[0]
+    wakes = [e[0] for e in m.trace if e[1] == EV_WAKE and e[2] == stuck.tid]
+    assert len(wakes) == 2 and [round((w - start) / m.seconds(1)) for w in wakes] == [15, 30]
+    lp.force()
+    assert stuck.patch_state == PATCHED and not stuck.pending
+    m.run(until=m.seconds(35))
+    assert t.result == "completed"
+    assert lines(m)[-3:] == ["livepatch: forcing remaining tasks to the patched state",
+                             "livepatch: 'p': completing patching transition",
+                             "livepatch: 'p': patching complete"]
+    assert not patch.forced          # nothing is being removed: the patch stays removable
+    # Now make the kthread sleep in the new stuck(), and disable: it blocks
+    # the unpatching; forcing that marks the patch forced for good.
+    m.wake(stuck, early=True)
+    m.run(until=m.seconds(36))
+    lp.disable(patch)
+    m.run(until=m.seconds(39))
+    assert lp.transitions[-1].result == "pending"
+    assert lp.transitions[-1].blockers[0][1][-1] == "(sleeping on function stuck)"
+    lp.force()
+    m.run(until=m.seconds(41))
+    assert lp.transitions[-1].result == "completed" and patch.forced
+    with pytest.raises(Busy, match="forced"):
+        lp.remove(patch)
+
+
+@pytest.mark.parametrize("unwinder", ["orc", "fp"])
+def test_a_preempted_task_is_unreliable_with_frame_pointers(compile_c, unwinder):
+    m, lp, base = machine(compile_c, [("spinner", "spinner", (100_000,), "kthread"),
+                                      ("yielder", "yielder", (50,), "kthread"),
+                                      ("worker", "worker", (0,), "user")],
+                          cpus=1, preempt="full", unwinder=unwinder, lockup_ticks=10**9)
+    patch = load_patch(compile_c, m, base, "p", ["quick"])
+    m.at(m.seconds(0.1), lambda: lp.enable(patch))
+    m.run(until=m.seconds(5))
+    t = lp.transitions[0]
+    how = {who: how for _, who, _, how in lp.switches}
+    if unwinder == "orc":
+        # ORC vouches for a frame at any instruction: the first attempt switches it
+        assert t.result == "completed" and how["spinner"] == "stack"
+        return
+    # fp: preempted mid-function, its frame cannot be trusted; nothing else
+    # would switch this kthread (it never sleeps, yields or leaves the kernel)
+    assert t.result == "pending" and t.attempts == 5
+    assert [name for name, _ in t.blockers] == ["spinner"]
+    assert t.blockers[0][1][-1] == "(unreliable stack: preempted task: frame pointers cannot vouch for its frame)"
+    # the kthread at cond_resched() checks its own stack, not preempted there
+    assert how["yielder"] == "cond_resched" and how["worker"] in ("stack", "kernel_exit")
+    lp.force()
+    m.run(until=m.seconds(6.5))
+    assert t.result == "completed"
+
+
+def test_many_user_tasks_hammering_a_patched_function_switch_at_kernel_exit(compile_c):
+    tasks = [(f"user{i}", "hammer", (40,), "user") for i in range(12)]
+    m, lp, base = machine(compile_c, tasks, cpus=3, unwinder="fp")
+    patch = load_patch(compile_c, m, base, "p", ["quick"])
+    quick = m.function("quick")
+    m.watch(quick)
+    m.at(m.seconds(0.05), lambda: lp.enable(patch))
+    m.run(until=m.seconds(3))
+    t = lp.transitions[0]
+    assert t.result == "completed" and t.latency < m.seconds(1.1)
+    users = {f"user{i}" for i in range(12)}
+    assert {who for _, who, _, how in lp.switches if how == "kernel_exit"} == users
+    # per task: every call before its switch ran the old quick(), every call after it the new one
+    switched = {e[2]: e[0] for e in m.trace if e[1] == EV_PATCH_STATE and e[3] == PATCHED and e[2] >= 0}
+    for task in m.tasks:
+        calls = [(e[0], e[4]) for e in m.trace if e[1] == core.EV_ENTRY and e[2] == task.tid and e[3] == quick.id]
+        assert {v for when, v in calls if when < switched[task.tid]} == {0}
+        assert {v for when, v in calls if when > switched[task.tid]} == {patch.index}
+    assert {v for _, v in observed(m, 4, since=t.completed_at)} == {2}
+
+
+def test_stacked_patches_check_the_previous_patch_and_fall_back_to_it(compile_c):
+    m, lp, base = machine(compile_c, [("early", "sleeper", (3000,), "user"),
+                                      ("caller", "sleeper", (1,), "user"),
+                                      ("late", "sleeper", (250,), "user")])
+    p1 = load_patch(compile_c, m, base, "p1", ["slow"])
+    p2 = load_patch(compile_c, m, base, "p2", ["slow"], source=PATCH3)
+    m.run(until=m.seconds(0.02))
+    lp.enable(p1)
+    m.run(until=m.seconds(1.1))
+    # 'early' and 'late' sleep in the original slow(): they block p1
+    assert [name for name, _ in lp.transitions[0].blockers] == ["early", "late"]
+    lp.force()
+    m.run(until=m.seconds(3.5))
+    assert lp.transitions[0].result == "completed"
+    # 'late' called slow() again at 2.5 s: it now sleeps in p1's slow(), which
+    # is what p2 checks; 'early', still in the original, no longer matters
+    lp.enable(p2)
+    m.run(until=m.seconds(4.6))
+    t2 = lp.transitions[1]
+    assert t2.result == "pending" and [name for name, _ in t2.blockers] == ["late"]
+    p1_slow = m.function("p1:slow")
+    _, entries = m.stack(m.tasks[2])
+    assert any(p1_slow.start <= a < p1_slow.end for a in entries)
+    m.run(until=m.seconds(6))
+    assert t2.result == "completed"
+    assert {v for task, v in observed(m, 1, since=t2.completed_at) if task == 1} == {3}
+    # disabling p2 falls back to p1's version, not to the original
+    lp.disable(p2)
+    m.run(until=m.seconds(9))
+    t3 = lp.transitions[2]
+    assert t3.result == "completed" and t3.completed_at > m.seconds(7.5)    # 'late' left p2's slow()
+    m.run(until=m.seconds(9.5))
+    assert {v for task, v in observed(m, 1, since=t3.completed_at) if task == 1} == {2}
+    assert [p.name for p in lp.installed] == ["p1"]
+
+
+def test_disable_during_unpatching_reverses_to_patching(compile_c):
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (100,), "user"),
+                                      ("worker", "worker", (0,), "user")])
+    patch = load_patch(compile_c, m, base, "p", ["slow", "quick"])
+    m.run(until=m.seconds(0.05))
+    lp.enable(patch)
+    m.run(until=m.seconds(2.05))       # done; the sleeper is in the new slow() again
+    assert lp.transitions[0].result == "completed"
+    n = len(m.log)
+    lp.disable(patch)
+    m.run(until=m.seconds(2.3))
+    with pytest.raises(PatchRefused):
+        lp.disable(patch)               # already being disabled
+    lp.enable(patch)                    # echo 1 > enabled: reverse
+    m.run(until=m.seconds(4))
+    assert lines(m)[n:] == [
+        "livepatch: 'p': initializing unpatching transition",
+        "livepatch: 'p': starting unpatching transition",
+        "livepatch: 'p': reversing transition from unpatching to patching",
+        "livepatch: 'p': starting patching transition",
+        "livepatch: 'p': completing patching transition",
+        "livepatch: 'p': patching complete",
+    ]
+    assert [t.result for t in lp.transitions] == ["completed", "reversed", "completed"]
+    assert patch.enabled and lp.installed == [patch]
+
+
+def test_only_one_transition_at_a_time(compile_c):
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (500,), "user")])
+    p1 = load_patch(compile_c, m, base, "p1", ["slow"])
+    p2 = load_patch(compile_c, m, base, "p2", ["quick"], source=PATCH3)
+    p3 = load_patch(compile_c, m, base, "p3", ["quick"])
+    m.run(until=m.seconds(0.05))
+    lp.enable(p2)
+    m.run(until=m.seconds(1.5))
+    assert p2.enabled and lp.transition_patch is None
+    lp.enable(p1)                          # the sleeper holds it up
+    with pytest.raises(Busy, match="ftrace sites"):
+        lp.disable(p2)                     # klp_mutex: slow()'s site is being enabled
+    m.run(until=m.seconds(1.6))
+    before = list(m.log)
+    with pytest.raises(Busy):
+        lp.enable(p3)
+    with pytest.raises(Busy):
+        lp.disable(p2)
+    with pytest.raises(PatchRefused):
+        lp.force(p2)                       # p2 is not the patch in transition
+    with pytest.raises(PatchRefused):
+        lp.enable(p2)                      # already enabled
+    assert m.log == before                 # all refused before any message
+    status = lp.status()
+    assert [(p["name"], p["enabled"], p["transition"], p["stack_order"]) for p in status["patches"]] == \
+        [("p2", True, False, 1), ("p1", True, True, 2)]
+    assert status["patches"][1]["objects"]["vmlinux"]["patched"]
+    assert status["transition"]["patch"] == "p1" and status["transition"]["target"] == "patching"
+
+
+def test_a_stack_of_max_stack_entries_is_unreliable(compile_c):
+    # 3 entries besides deep()'s frames: the RIP, deep_kthread, the task's entry frame
+    m, lp, base = machine(compile_c, [("deep96", "deep_kthread", (96,), "kthread"),
+                                      ("deep97", "deep_kthread", (97,), "kthread"),
+                                      ("worker", "worker", (0,), "user")])
+    patch = load_patch(compile_c, m, base, "p", ["quick"])
+    m.run(until=m.seconds(0.05))
+    assert [len(m.stack(t, max_entries=1000)[1]) for t in m.tasks[:2]] == [99, 100]
+    lp.enable(patch)
+    m.run(until=m.seconds(3))
+    t = lp.transitions[0]
+    assert t.result == "pending"
+    (name, stack), = t.blockers
+    assert name == "deep97" and stack[-1] == "(unreliable stack: stack deeper than the walk allows)"
+    assert [(who, how) for _, who, _, how in lp.switches if who.startswith("deep")] == [("deep96", "stack")]
