@@ -682,6 +682,27 @@ def test_callbacks_busy_target_module():
     assert SAID[3] not in st.log()
 
 
+def test_a_module_loaded_after_the_patch_runs_the_new_function():
+    st = Selftest()
+    patch, _ = demo_patch(st)
+    st.load_lp(patch)
+    busy = st.image(MOD_TARGET_BUSY)
+    work = busy.functions["busymod_work_func"].start
+
+    def init():           # runs once the module's patched site is enabled
+        assert st.lp.module_state(MOD_TARGET_BUSY) == "COMING"
+        st.write(st.base, "pending_work", work)
+
+    st.load_mod(busy, init=init)
+    st.wait_logged(SAID[3])
+    assert st.lp.ftrace.site_bytes(st.m.function(f"{MOD_TARGET_BUSY}:busymod_work_func"))[0] == 0xE8
+    assert SAID[1] not in st.log() and st.lp.module_state(MOD_TARGET_BUSY) == "LIVE"
+    st.disable_lp(patch)
+    st.write(st.base, "pending_work", work)
+    st.wait_logged(SAID[2])          # the original again, after the patch left the module
+    assert st.log()[-3:] == [f"livepatch: '{MOD_DEMO}': unpatching complete", SAID[1], SAID[2]]
+
+
 def test_callbacks_multiple_livepatches():
     st = Selftest()
     p1, _ = demo_patch(st)

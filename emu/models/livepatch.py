@@ -88,7 +88,9 @@ class Livepatch(Model):
         self._t = None                 # the Transition record of the transition in progress
         self._gen = 0                  # bumped by every init: a work of an older transition stops
         self._locked = False           # klp_mutex held across text modification
-        self._dynamic: dict[int, list[tuple[PatchObject, list[PatchFunc]]]] = {}   # id(patch) -> nops
+        # per patch, the nops atomic replace added: (object, its nops), or
+        # (object, None) for an object made only to hold nops
+        self._dynamic: dict[Patch, list[tuple[PatchObject, list[PatchFunc] | None]]] = {}
 
     # ---- user operations ---------------------------------------------------------------
     def enable(self, patch: Patch) -> None:
@@ -192,8 +194,10 @@ class Livepatch(Model):
     def load_module(self, image, *, init=None) -> None:
         """Load a module (mapping it unless it is mapped already) and apply
         the installed patches to it (klp_module_coming); then call init()
-        (its module_init). Raises Busy / PatchRefused when a patch refuses
-        it; the module is then not loaded."""
+        (its module_init): at once, or, when patched sites of the module
+        must first be enabled, from a machine work once they are (init must
+        then not run the machine itself). Raises Busy / PatchRefused when a
+        patch refuses the module; it is then not loaded."""
         self._check_unlocked(None)
         if image not in self.m.images:
             self.m.load(image)
@@ -238,7 +242,10 @@ class Livepatch(Model):
             self.module_states.pop(name, None)
             self.m.unload(image)
             raise _refusal(f"module '{name}' refused by patch '{patch.name}'", err)
-        self._spawn_text(updates)
+        if updates:
+            # module_init runs once the module's patched sites are ready
+            self.m.spawn(self._coming_work(name, updates, init))
+            return
         if init is not None:
             init()
         self.module_states.pop(name, None)
@@ -287,13 +294,17 @@ class Livepatch(Model):
                 f.patched = f.transition = False
         if patch.replace:
             self._add_nops(patch)
-        resolve(self.m, patch)
+        try:
+            resolve(self.m, patch)
+        except PatchError:
+            self._drop_dynamic(patch)
+            raise
         self.installed.append(patch)
 
     def _add_nops(self, patch: Patch) -> None:
         """A nop for every function of an installed patch that patch leaves
         out: the handler runs the original for it."""
-        added: list[tuple[PatchObject, list[PatchFunc]]] = []
+        added: list[tuple[PatchObject, list[PatchFunc] | None]] = []
         for old in self.installed:
             for old_obj in old.objects:
                 obj = patch.object(old_obj.name)
@@ -309,11 +320,11 @@ class Livepatch(Model):
                     obj.funcs.append(nop)
                     nops.append(nop)
                 added.append((obj, nops) if not dynamic else (obj, None))
-        self._dynamic[id(patch)] = added
+        self._dynamic[patch] = added
 
-    def _drop_dynamic(self, patch: Patch, *, keep_objects: bool = False) -> None:
+    def _drop_dynamic(self, patch: Patch) -> None:
         """Remove a patch's nops (and the objects made only for them)."""
-        for obj, nops in self._dynamic.pop(id(patch), []):
+        for obj, nops in self._dynamic.pop(patch, []):
             if nops is None:
                 if obj in patch.objects:
                     patch.objects.remove(obj)
@@ -558,6 +569,9 @@ class Livepatch(Model):
         for f in obj.funcs:
             if f.old is None:
                 continue
+            # init set every function in transition; a module unloaded and
+            # loaded again during the transition must not lose that
+            f.transition = patch is self.transition_patch
             try:
                 updates.append(self.push(patch, f))
             except Busy:
@@ -587,7 +601,7 @@ class Livepatch(Model):
     def _discard_nops(self, patch: Patch) -> list:
         """klp_discard_nops: after a replace completes, its nops go."""
         updates = []
-        for obj, nops in self._dynamic.get(id(patch), []):
+        for obj, nops in self._dynamic.get(patch, []):
             updates += self._unpatch_object(patch, obj, nops_only=nops is not None)
         self._drop_dynamic(patch)
         return updates
@@ -645,6 +659,12 @@ class Livepatch(Model):
                 yield from update
         finally:
             self._locked = False
+
+    def _coming_work(self, name: str, updates, init):
+        yield from self._text(updates)
+        if init is not None:
+            init()
+        self.module_states.pop(name, None)
 
     def _spawn_text(self, updates) -> None:
         if updates:
