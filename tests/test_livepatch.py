@@ -1045,7 +1045,9 @@ def test_state_a_patch_without_replace_may_leave_a_state_out():
 
 # ---- test-kprobe.sh: another IPMODIFY user of the function ---------------------------------------------
 @pytest.mark.parametrize("post_handler", [True, False])
-def test_kprobe_with_post_handler_refuses_the_livepatch(post_handler):
+def test_kprobe_on_the_patched_function(post_handler):
+    """test-kprobe.sh: a kprobe with a post handler modifies the IP, so the
+    livepatch is refused (-EBUSY); without one they coexist."""
     st = Selftest()
     patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
     cmdline = st.m.function("cmdline_proc_show")
