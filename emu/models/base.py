@@ -163,13 +163,20 @@ class Model:
         if t is not None:
             raise Busy(f"patch '{patch.name}': another transition ('{t.patch}') is in progress (-EBUSY)")
 
-    def active(self, func: PatchFunc) -> tuple[int, int]:
-        """The range of the code a task runs for func's old function now:
-        the top of its stack that is not func itself, or the original."""
-        for p, f in self.stacks.get(func.old.id, []):
-            if f is not func and not f.nop:
-                return f.new.start, f.new.end
-        return func.old.start, func.old.end
+    def replaced_range(self, func: PatchFunc) -> tuple[int, int]:
+        """The code func replaces: the entry directly below it on its old
+        function's stack (the top one while func is not pushed yet), or the
+        original when there is none or that entry is a nop."""
+        stack = [f for _, f in self.stacks.get(func.old.id, [])]
+        below = stack[stack.index(func) + 1:] if func in stack else stack
+        if not below or below[0].nop:
+            return func.old.start, func.old.end
+        return below[0].new.start, below[0].new.end
+
+    @staticmethod
+    def own_range(func: PatchFunc) -> tuple[int, int]:
+        """The code func sends tasks to (a nop's is the original)."""
+        return (func.old.start, func.old.end) if func.nop else (func.new.start, func.new.end)
 
     # ---- stacks of tasks ----------------------------------------------------------------
     def all_tasks(self) -> list[Task]:

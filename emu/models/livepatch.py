@@ -509,14 +509,7 @@ class Livepatch(Model):
         """What a task must not be in to switch for f: when unpatching, f's
         new code (a nop's is the original); when patching, the code f
         replaces: the next older patch's version, or the original."""
-        if self.target == UNPATCHED:
-            return (f.old.start, f.old.end) if f.nop else (f.new.start, f.new.end)
-        stack = [g for _, g in self.stacks.get(f.old.id, [])]
-        i = stack.index(f) if f in stack else len(stack)
-        if i + 1 >= len(stack):
-            return f.old.start, f.old.end
-        prev = stack[i + 1]
-        return (prev.old.start, prev.old.end) if prev.nop else (prev.new.start, prev.new.end)
+        return self.own_range(f) if self.target == UNPATCHED else self.replaced_range(f)
 
     def _switch(self, task: Task, how: str) -> None:
         task.pending = False

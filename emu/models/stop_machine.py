@@ -76,10 +76,8 @@ class StopMachine(Model):
         for f in funcs:
             if f.force:
                 continue
-            if target == PATCHED:
-                lo, hi = self.active(f)          # the original, or the version being repatched
-            else:
-                lo, hi = (f.new.start, f.new.end) if not f.nop else (f.old.start, f.old.end)
+            # patching: the original, or the version being repatched
+            lo, hi = self.replaced_range(f) if target == PATCHED else self.own_range(f)
             out.append((lo, hi, f.name))
         if patch.replace and target == PATCHED:
             for other in self.patches:
