@@ -128,3 +128,72 @@ def test_one_transition_at_a_time(compile_c):
     model.enable(patch)
     with pytest.raises(Busy):
         model.disable(patch)
+
+
+def test_livepatch_stays_pending_while_the_sleeper_is_inside_and_force_finishes_it(compile_c):
+    m, model, patch = setup(compile_c, "livepatch", sleep=100_000)
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(12))      # before the fake signals (from the 15th attempt)
+    t = model.transitions[0]
+    assert t.result == "pending" and [name for name, _ in t.blockers] == ["sleeper"]
+    assert any(line.startswith("busy+0x") for line in t.blockers[0][1])
+    assert observed(m, 3)[-1] == 20           # the workers switched at their kernel exits
+    model.force(patch)
+    m.run(until=m.seconds(13))
+    assert t.result == "completed"
+    log = [text for _, text in m.log]
+    assert "livepatch: 'p1': patching complete" in log
+
+
+def test_livepatch_completes_once_the_sleeper_leaves_the_function(compile_c):
+    m, model, patch = setup(compile_c, "livepatch", sleep=1500)     # 15 s in busy()
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(40))
+    t = model.transitions[0]
+    assert t.result == "completed" and t.completed_at > m.seconds(15)
+
+
+HAMMER = """
+volatile long zero;
+__attribute__((noinline)) long hot(void) { return 1 + zero; }
+long hammer(long x) { long s = 0; for (int i = 0; i < 50; i++) s += hot(); lpemu_observe(1, s); return s; }
+"""
+HOT_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long hot(void) { return 2 + zero; }
+"""
+
+
+def hammered(compile_c, protocol, seed):
+    from emu.ftrace import Ftrace
+    base = compile_c(HAMMER)
+    m = Machine(base, cpus=4, quantum=7 + seed)
+    for i in range(4):
+        m.add_task(f"h{i}", "hammer", (i,))
+    img = compile_c(HOT_PATCH, name="patch", base=m.module_base(), link_against=base, keep={"hot"})
+    m.load(img)
+    model = make_model("immediate", m, ftrace=Ftrace(m, protocol=protocol))
+    patch = model.add(make_patch(m, "p1", img, ["hot"]))
+    enable_at(m, model, patch, 3_000 + 13 * seed)
+    fault = None
+    try:
+        m.run(until=60_000)
+    except Exception as e:      # a torn call lands anywhere
+        fault = e
+    torn = [e for e in m.trace if e[1] == core.EV_TORN]
+    return m, torn, fault
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_text_poke_bp_never_lets_a_cpu_run_a_torn_instruction(compile_c, seed):
+    m, torn, fault = hammered(compile_c, "text_poke_bp", seed)
+    assert fault is None and torn == []
+    assert observed(m, 1)[-1] == 100          # and every CPU ends up in the new hot()
+
+
+def test_bytewise_writes_let_a_cpu_run_a_torn_instruction(compile_c):
+    from emu.errors import GuestFault
+    for seed in range(3):
+        m, torn, fault = hammered(compile_c, "bytewise", seed)
+        # a CPU met the site half written: the torn call jumps into nowhere
+        assert len(torn) == 1 and isinstance(fault, GuestFault)
