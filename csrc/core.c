@@ -64,6 +64,7 @@ struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity)
     c->flags = flags;
     c->cur = -1;
     c->ev_cap = event_capacity;
+    c->ev_mask = ~0ULL;
     c->ev = calloc((size_t)event_capacity, sizeof(*c->ev));
     if (!c->ev)
         goto fail;
@@ -100,6 +101,7 @@ void emu_core_free(struct emu_core *c)
         uc_mem_unmap(c->uc, c->regions[i].addr, c->regions[i].size);
         free(c->regions[i].alloc);
     }
+    free(c->regions);
     for (i = 0; i < c->ncode; i++)
         free(c->code[i].bits);
     for (i = 0; i < c->ntasks; i++)
@@ -113,26 +115,57 @@ void emu_core_free(struct emu_core *c)
 
 /* ---- memory ---------------------------------------------------------- */
 
+/* Index of the last region that starts at or below addr, or -1. */
+static int region_floor(const struct emu_core *c, uint64_t addr)
+{
+    int lo = 0, hi = c->nregions;
+
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+
+        if (c->regions[mid].addr <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo - 1;
+}
+
 int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
 {
     struct emu_region *r;
     void *mem;
     uc_err err;
+    int i;
 
     if (!c || (addr | size) & (PAGE - 1) || !size || addr + size < addr || (prot & ~7))
         return EMU_EINVAL;
     if (c->nregions == EMU_MAX_REGIONS)
         return EMU_EFULL;
+    if (c->nregions == c->cap_regions) {
+        int cap = c->cap_regions ? 2 * c->cap_regions : 32;
+        struct emu_region *grown = realloc(c->regions, (size_t)cap * sizeof(*grown));
+
+        if (!grown)
+            return EMU_ENOMEM;
+        c->regions = grown;
+        c->cap_regions = cap;
+    }
     if (posix_memalign(&mem, PAGE, size))
         return EMU_ENOMEM;
     memset(mem, 0, size);
+    /* Unicorn refuses overlapping maps, so the table stays disjoint. */
     err = uc_mem_map_ptr(c->uc, addr, size, (uint32_t)prot, mem);
     if (err) {
         free(mem);
         c->last_err = err;
         return EMU_EUC;
     }
-    r = &c->regions[c->nregions++];
+    i = region_floor(c, addr) + 1;
+    memmove(&c->regions[i + 1], &c->regions[i], (size_t)(c->nregions - i) * sizeof(*r));
+    c->nregions++;
+    c->last_region = 0;
+    r = &c->regions[i];
     r->addr = addr;
     r->size = size;
     r->host = mem;
@@ -141,16 +174,24 @@ int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
     return EMU_OK;
 }
 
+static inline int region_holds(const struct emu_region *r, uint64_t addr, uint64_t size)
+{
+    return addr >= r->addr && addr - r->addr < r->size && size <= r->size - (addr - r->addr);
+}
+
 struct emu_region *__emu_region_of(struct emu_core *c, uint64_t addr, uint64_t size)
 {
     int i;
 
-    for (i = 0; i < c->nregions; i++) {
-        struct emu_region *r = &c->regions[i];
-        if (addr >= r->addr && addr - r->addr < r->size && size <= r->size - (addr - r->addr))
-            return r;
-    }
-    return NULL;
+    if (!c->nregions)
+        return NULL;
+    if (region_holds(&c->regions[c->last_region], addr, size))
+        return &c->regions[c->last_region];
+    i = region_floor(c, addr);
+    if (i < 0 || !region_holds(&c->regions[i], addr, size))
+        return NULL;
+    c->last_region = i;
+    return &c->regions[i];
 }
 
 uint8_t *__emu_ptr(struct emu_core *c, uint64_t addr, uint64_t size)
@@ -188,13 +229,24 @@ int emu_add_code(struct emu_core *c, uint64_t base, uint64_t size, const uint8_t
     return EMU_OK;
 }
 
+/* The block hook asks for every block: remember the last hit. */
 static struct emu_code *code_of(struct emu_core *c, uint64_t addr)
 {
+    struct emu_code *k;
     int i;
 
-    for (i = 0; i < c->ncode; i++)
-        if (addr >= c->code[i].base && addr - c->code[i].base < c->code[i].size)
-            return &c->code[i];
+    if (!c->ncode)
+        return NULL;
+    k = &c->code[c->last_code];
+    if (addr >= k->base && addr - k->base < k->size)
+        return k;
+    for (i = 0; i < c->ncode; i++) {
+        k = &c->code[i];
+        if (addr >= k->base && addr - k->base < k->size) {
+            c->last_code = i;
+            return k;
+        }
+    }
     return NULL;
 }
 
@@ -327,6 +379,10 @@ int __emu_event(struct emu_core *c, int kind, int task, int64_t a, int64_t b, ui
 {
     struct emu_event *e;
 
+    if (kind >= 0 && kind < 64 && !(c->ev_mask >> kind & 1)) {
+        c->ev_dropped++;
+        return EMU_OK;
+    }
     if (c->ev_n == c->ev_cap)
         return EMU_EFULL;
     e = &c->ev[c->ev_n++];
@@ -370,6 +426,22 @@ int emu_events_take(struct emu_core *c, struct emu_event *out, int max)
 int emu_events_pending(struct emu_core *c)
 {
     return c ? c->ev_n : 0;
+}
+
+uint64_t emu_set_event_mask(struct emu_core *c, uint64_t mask)
+{
+    uint64_t old;
+
+    if (!c)
+        return 0;
+    old = c->ev_mask;
+    c->ev_mask = mask;
+    return old;
+}
+
+uint64_t emu_events_dropped(struct emu_core *c)
+{
+    return c ? c->ev_dropped : 0;
 }
 
 void __emu_fault(struct emu_core *c, int kind, uint64_t rip, uint64_t addr, int intno)

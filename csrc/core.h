@@ -9,7 +9,11 @@
 #include <unicorn/unicorn.h>
 #include "emu.h"
 
-#define EMU_MAX_REGIONS 256
+/* Guest memory regions: every task stack is one, so a machine with many
+ * tasks has many. They are kept sorted by address in a growing array and
+ * looked up by binary search (with a one-entry cache for the hooks, which
+ * tend to hit the same region again). */
+#define EMU_MAX_REGIONS 65536
 #define EMU_MAX_CODE    64
 #define EMU_MAX_SITES   4096
 
@@ -46,10 +50,13 @@ struct emu_core {
     int flags;
     uc_err last_err;
 
-    struct emu_region regions[EMU_MAX_REGIONS];
+    struct emu_region *regions;     /* sorted by addr, disjoint */
     int nregions;
+    int cap_regions;
+    int last_region;                /* index of the last lookup's hit */
     struct emu_code code[EMU_MAX_CODE];
     int ncode;
+    int last_code;          /* index of the last code_of hit */
 
     /* tasks */
     uc_context **ctx;
@@ -69,6 +76,8 @@ struct emu_core {
     struct emu_event *ev;
     int ev_cap;
     int ev_n;
+    uint64_t ev_mask;       /* bit k set: events of kind k are recorded */
+    uint64_t ev_dropped;    /* events left out by the mask */
 
     /* run state: the clock counts retired instructions; during emu_run it
      * is clock + executed, and the current block is [blk_addr, +blk_size)

@@ -216,4 +216,10 @@ int emu_event_push(struct emu_core *core, int kind, int task, int64_t a, int64_t
 int emu_events_take(struct emu_core *core, struct emu_event *out, int max);
 int emu_events_pending(struct emu_core *core);
 
+/* Only events whose kind k (0..63) has bit k set in the mask are recorded
+ * (kinds from 64 on always are); the others are only counted. Every kind is
+ * recorded by default. Returns the previous mask. */
+uint64_t emu_set_event_mask(struct emu_core *core, uint64_t mask);
+uint64_t emu_events_dropped(struct emu_core *core);
+
 #endif /* EMU_H */

@@ -126,6 +126,7 @@ class Machine:
         self.policy = policy or RoundRobin()
         self.engine = core.Engine(accel=accel, fast_memory=fast_memory)
         self.images: list[Image] = []
+        self.unloaded: set[str] = set()         # names of modules unloaded (still mapped)
         self.functions: list[FunctionRef] = []
         self.by_name: dict[str, FunctionRef] = {}
         self._starts: list[int] = []          # sorted function starts, for symbolize
@@ -152,6 +153,7 @@ class Machine:
         self._slice_left = 0         # quantum left of a slice cut by run(until=...)
         self.next_module = MODULE_BASE
         self.last_stop_machine: tuple[int, int, int] | None = None
+        self.preemptions = 0         # a runnable task switched out for another (slice end, cond_resched)
 
         self.runtime = runtime.build(RUNTIME_BASE)
         self.engine.map(RUNTIME_BASE, _page_up(self.runtime.size), PROT_R | PROT_X)[:self.runtime.size] = \
@@ -169,7 +171,16 @@ class Machine:
 
     # ---- images --------------------------------------------------------------------
     def load(self, image: Image) -> None:
-        """Map an image (the base image or a module) and index its functions."""
+        """Map an image (the base image or a module) and index its functions.
+        Loading a module that was unloaded makes its functions known again."""
+        if image in self.images:
+            if image.name in self.unloaded:
+                self.unloaded.discard(image.name)
+                for ref in self.functions:
+                    if ref.image == image.name:
+                        self.by_name.setdefault(ref.name, ref)
+                        self.by_name[f"{image.name}:{ref.name}"] = ref
+            return
         for other in self.images:
             if image.lo < other.hi and other.lo < image.hi:
                 raise UserError(f"image '{image.name}' ({image.lo:#x}-{image.hi:#x}) overlaps "
@@ -208,7 +219,7 @@ class Machine:
         """Mark a module gone: its functions can no longer be found by name
         (emu.patch.loaded_objects skips it). Its memory stays mapped, so a
         stale pointer into it does not fault the host."""
-        image.unloaded = True
+        self.unloaded.add(image.name)
         for key in [k for k, ref in self.by_name.items() if ref.image == image.name]:
             del self.by_name[key]
 
@@ -485,6 +496,7 @@ class Machine:
             task = self.policy.pick(cpu, cands, self.now)
         if cur is not None and cur is not task:
             self._requeue(cpu, cur)
+            self.preemptions += cur.state is RunState.RUNNABLE
         if task is not cpu.current:
             cpu.current = task
             self.emit(EV_SCHED_IN, task.tid, cpu.index)
@@ -559,6 +571,7 @@ class Machine:
                 and self.runnable(cpu) != [task]:
             if self.preempt == "full":
                 self._schedule_out(cpu, task, preempted=True)
+                self.preemptions += 1
             else:
                 task.need_resched = True
         cpu.slices += 1

@@ -110,7 +110,7 @@ def make_patch(machine: Machine, name: str, image: Image | None, functions, *, r
 
 def loaded_objects(machine: Machine) -> set[str]:
     names = {VMLINUX}
-    names.update(img.name for img in machine.images[1:] if not getattr(img, "unloaded", False))
+    names.update(img.name for img in machine.images[1:] if img.name not in machine.unloaded)
     return names
 
 

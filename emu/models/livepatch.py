@@ -188,7 +188,7 @@ class Livepatch(Model):
             raise Busy(f"Module {patch.name} is in use (the patch is enabled or in transition)")
         if patch.forced:
             raise Busy(f"Module {patch.name} is in use (the patch was forced: tasks may still run its code)")
-        if patch.image is not None and not getattr(patch.image, "unloaded", False):
+        if patch.image is not None and patch.image.name not in self.m.unloaded:
             self.m.unload(patch.image)
 
     def load_module(self, image, *, init=None) -> None:
@@ -199,8 +199,7 @@ class Livepatch(Model):
         then not run the machine itself). Raises Busy / PatchRefused when a
         patch refuses the module; it is then not loaded."""
         self._check_unlocked(None)
-        if image not in self.m.images:
-            self.m.load(image)
+        self.m.load(image)          # maps it, or makes an unloaded module known again
         name = image.name
         self.module_states[name] = MODULE_COMING
         updates: list = []

@@ -1,0 +1,243 @@
+"""Fuzz campaigns: many runs over worker processes, streamed to JSONL.
+
+A campaign is the list of (model, seed) runs of a scenario. Workers each
+receive the compiled program once (not once per run) and run batches of
+seeds; every finished run is appended to DIR/runs.jsonl and flushed at
+once, so an interrupted campaign keeps every finished run, and `--resume`
+runs exactly the ones missing. A worker that dies (killed, out of memory)
+takes its batch with it: the batch is re-run one seed at a time in a fresh
+pool, and a seed that kills its worker again is recorded as a `crash`.
+
+The summary is computed from the records sorted by (model, seed), so it is
+the same whatever the number of workers or interruptions.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import statistics
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import EmuError, UserError
+from .fuzz import Runner
+from .scenario import Program
+
+RUNS_FILE = "runs.jsonl"
+META_FILE = "campaign.json"
+SUMMARY_FILE = "summary.json"
+
+
+@dataclass
+class Plan:
+    scenario: str
+    models: list[str]
+    seeds: list[int]
+    strategy: str
+
+    def runs(self) -> list[tuple[str, int]]:
+        return [(m, s) for m in self.models for s in self.seeds]
+
+    def to_json(self) -> dict:
+        return {"scenario": self.scenario, "models": self.models, "seeds": [self.seeds[0], len(self.seeds)],
+                "strategy": self.strategy}
+
+
+# ---- workers ----------------------------------------------------------------------------------
+def _init_worker() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+
+
+def _run_batch(program: Program, cycle: int, strategy: str, runs_hint: int,
+               batch: list[tuple[str, int]]) -> list[dict]:
+    """One batch in a worker: the program travels with the batch (tens of
+    runs), not with each run."""
+    runner = Runner(program, cycle=cycle)
+    return [run_record(runner, strategy, runs_hint, model, seed) for model, seed in batch]
+
+
+def run_record(runner: Runner, strategy: str, runs_hint: int, model: str, seed: int) -> dict:
+    spec = runner.plan(model, seed, strategy=strategy, runs=runs_hint)
+    try:
+        return runner.execute(spec).to_json()
+    except EmuError as exc:        # a run that cannot be set up (e.g. a patch refused by the model)
+        return {"model": model, "seed": seed, "strategy": strategy, "start": spec.start,
+                "spec": spec.to_json(), "outcome": "error", "error": str(exc), "inconsistent": False,
+                "violation_count": 0, "latency": None, "pause": None}
+
+
+# ---- the campaign -----------------------------------------------------------------------------
+class Campaign:
+    def __init__(self, program: Program, plan: Plan, *, jobs: int = 1, out: Path | None = None,
+                 resume: bool = False, force: bool = False, batch: int | None = None):
+        self.program = program
+        self.plan = plan
+        self.jobs = max(1, jobs)
+        self.out = Path(out) if out is not None else None
+        self.batch = batch
+        self.records: dict[tuple[str, int], dict] = {}
+        self.crashes: list[dict] = []
+        self._file = None
+        if self.out is not None:
+            self._open(resume, force)
+
+    def _open(self, resume: bool, force: bool) -> None:
+        out, meta = self.out, self.plan.to_json()
+        if out.exists() and not out.is_dir():
+            raise UserError(f"--out {out}: exists and is not a directory")
+        runs = out / RUNS_FILE
+        if out.exists() and any(out.iterdir()) and not (resume or force):
+            raise UserError(f"--out {out}: the directory exists; continue it with --resume or "
+                            f"replace its results with --force")
+        out.mkdir(parents=True, exist_ok=True)
+        if resume and (out / META_FILE).exists():
+            old = json.loads((out / META_FILE).read_text())
+            if {k: v for k, v in old.items() if k != "seeds"} != {k: v for k, v in meta.items() if k != "seeds"}:
+                raise UserError(f"--resume {out}: it holds a different campaign ({old}); "
+                                f"use another --out or --force")
+        if force and not resume:
+            for name in (RUNS_FILE, SUMMARY_FILE):
+                (out / name).unlink(missing_ok=True)
+        elif runs.exists():
+            self.records = read_records(runs)
+        (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
+        self._file = open(runs, "a", encoding="utf-8")
+
+    def todo(self) -> list[tuple[str, int]]:
+        return [r for r in self.plan.runs() if r not in self.records]
+
+    def _record(self, rec: dict) -> None:
+        self.records[(rec["model"], rec["seed"])] = rec
+        if self._file is not None:
+            self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
+            self._file.flush()
+
+    def run(self, progress=None) -> None:
+        """Run what is missing. progress(n) is called as runs finish. An
+        interrupt (Ctrl-C, SIGTERM) stops it with every finished run kept."""
+        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            todo = self.todo()
+            runner = Runner(self.program)
+            runs_hint = len(self.plan.seeds)
+            if self.jobs == 1:
+                for model, seed in todo:
+                    self._record(run_record(runner, self.plan.strategy, runs_hint, model, seed))
+                    if progress:
+                        progress(1)
+            else:
+                self._parallel(todo, runner.cycle(), runs_hint, progress)
+        finally:
+            signal.signal(signal.SIGTERM, old_term)
+            if self._file is not None:
+                self._file.flush()
+
+    def _parallel(self, todo, cycle: int, runs_hint: int, progress) -> None:
+        size = self.batch or max(1, min(64, len(todo) // (self.jobs * 8) or 1))
+        batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+        suspects: list[list[tuple[str, int]]] = []
+        while batches:
+            batches, lost = self._pool(batches, cycle, runs_hint, progress)
+            # a worker died: re-run what it held one seed at a time
+            suspects += [[run] for b in lost for run in b if run not in self.records]
+            if suspects and not batches:
+                batches, suspects = suspects, []
+                retry, dead = self._pool(batches, cycle, runs_hint, progress)
+                batches = retry
+                for b in dead:
+                    for model, seed in b:
+                        self._crash(model, seed)
+
+    def _pool(self, batches, cycle, runs_hint, progress):
+        """Run batches in one pool; returns (not started, lost with a dead worker)."""
+        lost: list = []
+        ex = ProcessPoolExecutor(self.jobs, initializer=_init_worker)
+        pending = {}
+        queue = list(batches)
+        try:
+            while queue or pending:
+                while queue and len(pending) < self.jobs * 2:
+                    b = queue.pop(0)
+                    pending[ex.submit(_run_batch, self.program, cycle, self.plan.strategy, runs_hint, b)] = b
+                done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    b = pending.pop(fut)
+                    try:
+                        recs = fut.result()
+                    except BrokenProcessPool:
+                        lost.append(b)
+                        continue
+                    for rec in recs:
+                        self._record(rec)
+                    if progress:
+                        progress(len(recs))
+                if lost:
+                    lost += list(pending.values())
+                    return queue, lost
+            return [], []
+        finally:
+            ex.shutdown(wait=not lost, cancel_futures=True)
+
+    def _crash(self, model: str, seed: int) -> None:
+        rec = {"model": model, "seed": seed, "strategy": self.plan.strategy, "outcome": "crash",
+               "error": f"the worker running seed {seed} under {model} died (twice)",
+               "inconsistent": False, "violation_count": 0, "latency": None, "pause": None}
+        self.crashes.append(rec)
+        self._record(rec)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def summary(self) -> dict:
+        out = summarize(self.plan, self.records)
+        if self.out is not None:
+            (self.out / SUMMARY_FILE).write_text(json.dumps(out, indent=1) + "\n")
+        return out
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def read_records(path: Path) -> dict[tuple[str, int], dict]:
+    """Records of a runs.jsonl; a line cut short by an interruption is dropped."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+                out[(rec["model"], rec["seed"])] = rec
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+    return out
+
+
+def summarize(plan: Plan, records: dict) -> dict:
+    models = []
+    for model in plan.models:
+        recs = [records[(model, s)] for s in plan.seeds if (model, s) in records]
+        lat = [r["latency"] for r in recs if r.get("latency") is not None]
+        pause = [r["pause"] for r in recs if r.get("pause") is not None]
+        failing = [r["seed"] for r in recs if r.get("inconsistent") or r.get("violation_count")]
+        count = {k: sum(r.get("outcome") == k for r in recs) for k in
+                 ("completed", "failed", "stalled", "fault", "error", "crash")}
+        models.append({
+            "model": model, "runs": len(recs),
+            "inconsistent": sum(bool(r.get("inconsistent")) for r in recs),
+            "bad_values": sum(bool(r.get("violation_count")) for r in recs),
+            **count,
+            "latency_median": statistics.median(lat) if lat else None, "latency_max": max(lat) if lat else None,
+            "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,
+            "first_failing_seed": min(failing) if failing else None,
+        })
+    return {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
+            "models": models}
+
+
+def default_jobs() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

@@ -1,0 +1,410 @@
+"""Runs of a scenario, the transition-timing fuzzer, replay and shrinking.
+
+A run is fully described by a RunSpec: the model, the time at which the
+first action fires (`start`; the others keep their distance to it), the
+schedule (round robin, seeded random, or PCT priorities with d-1 change
+points), the preemption mode and the tasks that take part. plan() derives
+the RunSpec of (scenario, model, seed) for a strategy:
+
+- exhaustive: seed i starts the transition at the i-th point of the window,
+  every instruction when the window has no more points than runs, every
+  k-th otherwise (k = ceil(window / runs)); round-robin schedule;
+- random: a start point drawn from the window, a seeded random schedule;
+- pct: a start point drawn from the window, PCT priorities of depth d.
+
+The window is [first action, first action + W): W is `[fuzz] window` or one
+cycle of the tasks (the longest gap between two unit boundaries of a task,
+measured by an unpatched probe run), so a campaign tries every phase of
+every task's loop. The same RunSpec gives the same run, event for event;
+Result.trace_hash says so.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+from dataclasses import asdict, dataclass, field, replace
+
+from . import core, oracle
+from .errors import EmuError, GuestFault, UserError
+from .machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+from .models import make_model
+from .patch import make_patch
+from .scenario import Program
+from .sched import make_policy
+from .task import PATCHED
+
+SCHEDULES = ("rr", "random", "pct")
+MAX_REPORTED = 20          # inconsistencies / violations kept per run
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    model: str
+    seed: int
+    strategy: str
+    start: int                      # virtual time of the first action
+    schedule: str = "rr"            # rr | random | pct
+    sched_seed: int = 0
+    depth: int = 3                  # pct: d-1 priority change points
+    preempt: str | None = None      # None: the scenario's
+    tasks: tuple[str, ...] | None = None    # task instances that take part (None: all)
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["tasks"] = list(self.tasks) if self.tasks is not None else None
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "RunSpec":
+        d = dict(d)
+        if d.get("tasks") is not None:
+            d["tasks"] = tuple(d["tasks"])
+        return cls(**d)
+
+
+@dataclass
+class Result:
+    spec: RunSpec
+    outcome: str                    # completed | failed | stalled | fault | idle (no transition)
+    end: int = 0
+    transitions: list = field(default_factory=list)
+    inconsistencies: list = field(default_factory=list)
+    inconsistent_units: int = 0
+    violations: list = field(default_factory=list)
+    violation_count: int = 0
+    errors: list = field(default_factory=list)     # refused actions: (time, action, message)
+    fault: str | None = None
+    preemptions: int = 0
+    trace_hash: str = ""
+    events: int = 0
+
+    @property
+    def inconsistent(self) -> bool:
+        return bool(self.inconsistencies)
+
+    @property
+    def failing(self) -> bool:
+        """What the fuzzer hunts: a unit that mixed versions, or a broken assertion."""
+        return bool(self.inconsistencies or self.violations)
+
+    @property
+    def latency(self) -> int | None:
+        lat = [t["latency"] for t in self.transitions if t["latency"] is not None]
+        return max(lat) if lat else None
+
+    @property
+    def pause(self) -> int | None:
+        """Longest stop_machine pause of the run (virtual time with every CPU stopped)."""
+        p = [end - start for t in self.transitions for start, end in t["pauses"]]
+        return max(p) if p else None
+
+    def to_json(self) -> dict:
+        return {"model": self.spec.model, "seed": self.spec.seed, "strategy": self.spec.strategy,
+                "start": self.spec.start, "spec": self.spec.to_json(), "outcome": self.outcome,
+                "inconsistent": self.inconsistent, "inconsistent_units": self.inconsistent_units,
+                "inconsistencies": self.inconsistencies, "violations": self.violations,
+                "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault,
+                "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
+                "preemptions": self.preemptions, "end": self.end, "events": self.events,
+                "trace_hash": self.trace_hash}
+
+
+class Runner:
+    """Runs RunSpecs of one compiled scenario. Holds no machine between runs."""
+
+    def __init__(self, program: Program, *, cycle: int | None = None):
+        self.program = program
+        self.scn = program.scenario
+        self._cycle = cycle
+
+    # ---- planning -----------------------------------------------------------------------------
+    @property
+    def first_at(self) -> int:
+        return self.scn.actions[0].at if self.scn.actions else 0
+
+    def cycle(self) -> int:
+        """One cycle of the tasks' loops: the longest gap between two unit
+        boundaries (kernel exits, safe points) of one task, from an unpatched
+        run past the first action. At least 100 instructions."""
+        if self._cycle is None:
+            m = self.machine(RunSpec("immediate", 0, "exhaustive", self.first_at))
+            marks: dict[int, list[int]] = {}
+            at = self.first_at
+
+            def enough():
+                m.drain()
+                for clock, kind, task, *_ in m.trace[enough.seen:]:
+                    if kind in (EV_KERNEL_EXIT, EV_SAFE_POINT) and clock >= at:
+                        marks.setdefault(task, []).append(clock)
+                enough.seen = len(m.trace)
+                return len(marks) == len(m.tasks) and all(len(v) >= 4 for v in marks.values())
+            enough.seen = 0
+            try:
+                m.run(until=at + m.seconds(2), stop_when=enough)
+            except GuestFault:
+                pass
+            finally:
+                m.engine.close()
+            gaps = [b - a for v in marks.values() for a, b in zip(v, v[1:])]
+            self._cycle = max([100, *gaps]) if gaps else m.seconds(1)
+        return self._cycle
+
+    def window(self) -> int:
+        return self.scn.fuzz.window or self.cycle()
+
+    def slots(self, runs: int) -> tuple[int, int]:
+        """(step, number of start points) of the exhaustive strategy for runs runs."""
+        w = self.window()
+        step = max(1, math.ceil(w / max(1, runs)))
+        return step, math.ceil(w / step)
+
+    def plan(self, model: str, seed: int, *, strategy: str | None = None, runs: int | None = None) -> RunSpec:
+        fz = self.scn.fuzz
+        strategy = strategy or fz.strategy
+        if strategy == "exhaustive":
+            step, n = self.slots(runs or fz.runs)
+            return RunSpec(model, seed, strategy, self.first_at + ((seed - fz.seed) % n) * step,
+                           self.scn.machine.get("policy", "rr"), seed)
+        rng = random.Random(f"{seed}:{strategy}")
+        start = self.first_at + rng.randrange(self.window())
+        return RunSpec(model, seed, strategy, start, "random" if strategy == "random" else "pct",
+                       rng.randrange(2 ** 32), fz.depth)
+
+    # ---- one run ------------------------------------------------------------------------------
+    def machine(self, spec: RunSpec) -> Machine:
+        scn, prog = self.scn, self.program
+        opts = {k: v for k, v in scn.machine.items() if k != "policy"}
+        if spec.preempt:
+            opts["preempt"] = spec.preempt
+        names = [(t, inst) for t in scn.tasks for inst in t.instances()]
+        if spec.tasks is not None:
+            names = [(t, inst) for t, inst in names if inst in spec.tasks]
+        policy = make_policy(spec.schedule, spec.sched_seed, len(names), depth=spec.depth) \
+            if spec.schedule == "pct" else make_policy(spec.schedule, spec.sched_seed)
+        m = Machine(prog.base, policy=policy, name=scn.name, **opts)
+        for t, inst in names:
+            m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
+        return m
+
+    def execute(self, spec: RunSpec, *, keep: bool = False) -> "Result | tuple[Result, Machine, object]":
+        """Run one RunSpec. With keep, also return the machine and the model
+        (the caller closes machine.engine)."""
+        scn, prog = self.scn, self.program
+        m = self.machine(spec)
+        try:
+            for mod in scn.modules:
+                if mod.loaded:
+                    m.load(prog.modules[mod.name])
+            model = make_model(spec.model, m)
+            patches = {}
+            for p in scn.patches:
+                img, funcs = prog.patches[p.name]
+                m.load(img)
+                patches[p.name] = model.add(make_patch(m, p.name, img, funcs, replace=p.replace,
+                                                       states=p.states, force=p.force))
+                for _, f in patches[p.name].funcs():
+                    if f.old is not None:
+                        m.watch(f.old)
+            res = Result(spec, "idle")
+            shift = spec.start - self.first_at
+            for a in scn.actions:
+                m.at(a.at + shift, lambda a=a: self._act(m, model, patches, a, res))
+            last = (scn.actions[-1].at + shift) if scn.actions else spec.start
+            settle = 2 * self.cycle()
+
+            def done():
+                if m.now < last:
+                    return False
+                ts = model.transitions
+                if any(t.result == "pending" for t in ts):
+                    return False
+                ends = [t.completed_at or t.requested_at for t in ts] or [last]
+                return m.now >= max(ends) + settle
+
+            try:
+                m.run(until=last + m.seconds(scn.fuzz.horizon), stop_when=done)
+            except GuestFault as exc:
+                res.fault = str(exc)
+            self._judge(m, model, list(patches.values()), res)
+        except BaseException:
+            m.engine.close()
+            raise
+        if keep:
+            return res, m, model
+        m.engine.close()
+        return res
+
+    def _act(self, m: Machine, model, patches, a, res: Result) -> None:
+        prog = self.program
+        try:
+            if a.do == "enable":
+                model.enable(patches[a.target])
+            elif a.do == "disable":
+                model.disable(patches[a.target])
+            elif a.do == "force":
+                if a.target and _takes_patch(model.force):
+                    model.force(patches[a.target])
+                else:
+                    model.force()
+            elif a.do == "load":
+                img = prog.modules[a.target]
+                model.load_module(img) if hasattr(model, "load_module") else m.load(img)
+                for p in patches.values():
+                    _rebind(m, p)
+            elif a.do == "unload":
+                img = prog.modules[a.target]
+                model.unload_module(img) if hasattr(model, "unload_module") else m.unload(img)
+        except EmuError as exc:
+            res.errors.append({"time": m.now, "action": f"{a.do} {a.target}".strip(), "error": str(exc)})
+            m.printk(f"lpemu: {a.do} {a.target}: {exc}")
+
+    def _judge(self, m: Machine, model, patches, res: Result) -> None:
+        m.drain()
+        res.end = m.now
+        res.preemptions = m.preemptions
+        res.events = len(m.trace)
+        res.trace_hash = trace_hash(m)
+        res.transitions = [{"patch": t.patch, "target": "patched" if t.target == PATCHED else "unpatched",
+                            "requested_at": t.requested_at, "completed_at": t.completed_at,
+                            "result": t.result, "error": t.error, "attempts": t.attempts,
+                            "latency": t.latency, "pauses": [list(p) for p in t.pauses],
+                            "blockers": [{"task": n, "stack": list(s)} for n, s in t.blockers]}
+                           for t in model.transitions]
+        results = {t.result for t in model.transitions}
+        if res.fault:
+            res.outcome = "fault"
+        elif "failed" in results or res.errors:
+            res.outcome = "failed"
+        elif "pending" in results:
+            res.outcome = "stalled"
+        elif results:
+            res.outcome = "completed"
+        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit)
+        res.inconsistent_units = len(bad)
+        res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
+        self._assertions(m, res)
+
+    def _assertions(self, m: Machine, res: Result) -> None:
+        checks = self.scn.assertions
+        if not checks:
+            return
+        tasks = m.tasks
+        for clock, kind, task, key, value, _ in m.trace:
+            if kind != core.EV_OBSERVE:
+                continue
+            t = tasks[task] if 0 <= task < len(tasks) else None
+            env = {"key": key, "value": value, "time": clock, "task": t.name if t else "?",
+                   "kind": t.kind.value if t else "?"}
+            for a in checks:
+                if a.key is not None and a.key != key:
+                    continue
+                try:
+                    ok, why = a.holds(env), None
+                except Exception as exc:      # the user's expression failed on this record
+                    ok, why = False, f"{type(exc).__name__}: {exc}"
+                if not ok:
+                    res.violation_count += 1
+                    if len(res.violations) < MAX_REPORTED:
+                        res.violations.append({"assert": a.text, "line": a.line, "task": env["task"],
+                                               "time": clock, "key": key, "value": value, "error": why})
+
+
+def _takes_patch(fn) -> bool:
+    import inspect
+    return len(inspect.signature(fn).parameters) > 0
+
+
+def _rebind(m: Machine, patch) -> None:
+    """A module came: bind the patch's functions for it (models without
+    module notifiers see them at their next enable)."""
+    from .patch import resolve
+    try:
+        resolve(m, patch)
+    except UserError:
+        pass
+
+
+def trace_hash(m: Machine) -> str:
+    h = hashlib.sha256()
+    for ev in m.trace:
+        h.update(repr(ev).encode())
+    for t, text in m.log:
+        h.update(f"{t}:{text}".encode())
+    return h.hexdigest()[:16]
+
+
+# ---- shrinking -------------------------------------------------------------------------------
+
+def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -> tuple[RunSpec, Result, int]:
+    """The smallest failing variant of a failing run: fewest tasks, the
+    simplest schedule with the fewest preemptions, then the latest start
+    point that still fails. Returns (spec, its result, runs tried)."""
+    tried = 0
+
+    def fails(s: RunSpec):
+        nonlocal tried
+        tried += 1
+        if progress:
+            progress()
+        r = runner.execute(s)
+        return r if r.failing else None
+
+    best = fails(spec)
+    if best is None:
+        raise UserError(f"seed {spec.seed} under {spec.model} does not fail: nothing to shrink")
+    cur = spec
+    # 1. fewer tasks: drop one at a time while the run still fails
+    names = list(cur.tasks or [i for t in runner.scn.tasks for i in t.instances()])
+    changed = True
+    while changed and len(names) > 1 and tried < budget:
+        changed = False
+        for name in list(names):
+            cand = replace(cur, tasks=tuple(n for n in names if n != name))
+            r = fails(cand)
+            if r is not None:
+                cur, best, names, changed = cand, r, [n for n in names if n != name], True
+                break
+    # 2. simpler schedules, fewer preemptions
+    for simplify in _SIMPLIFY:
+        cand = simplify(cur, runner.scn.machine.get("preempt", "voluntary"))
+        if cand is None or tried >= budget:
+            continue
+        r = fails(cand)
+        if r is not None and r.preemptions <= best.preemptions:
+            cur, best = cand, r
+    # 3. the latest start point that still fails: gallop, then bisect
+    lo, step, hi = cur.start, 1, None
+    limit = cur.start + runner.window()
+    while tried < budget and lo + step <= limit:
+        r = fails(replace(cur, start=lo + step))
+        if r is None:
+            hi = lo + step
+            break
+        lo, best, step = lo + step, r, step * 2
+    if hi is not None:
+        while hi - lo > 1 and tried < budget:
+            mid = (lo + hi) // 2
+            r = fails(replace(cur, start=mid))
+            if r is None:
+                hi = mid
+            else:
+                lo, best = mid, r
+    cur = replace(cur, start=lo)
+    return cur, best, tried
+
+
+def _round_robin(spec: RunSpec, _preempt):
+    return replace(spec, schedule="rr", sched_seed=0) if spec.schedule != "rr" else None
+
+
+def _shallower(spec: RunSpec, _preempt):
+    return replace(spec, depth=1) if spec.schedule == "pct" and spec.depth > 1 else None
+
+
+def _less_preemptive(spec: RunSpec, preempt: str):
+    current = spec.preempt or preempt
+    return replace(spec, preempt="voluntary") if current == "full" else None
+
+
+_SIMPLIFY = (_round_robin, _shallower, _less_preemptive)

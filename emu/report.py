@@ -1,0 +1,487 @@
+"""What people look at after one run: spans of patched-function activations,
+a Chrome trace-event file for ui.perfetto.dev, and a timeline picture.
+
+Everything here reads a finished run: the machine's trace (machine.trace),
+its kernel log (machine.log) and the model's Transition records. Nothing
+changes the machine.
+
+Activations (the same rule as emu/oracle.py's function units): an entry
+event carries the task's rsp at the fentry site. An activation ends at the
+first later event of the same task that proves it returned: an entry (of
+any traced function) with an rsp at or above the activation's, which means
+the stack unwound past its frame, or the task's next kernel exit, safe
+point or exit. If none comes, it ends with the trace (machine.now, and the
+span is marked unfinished). A task sleeping inside a function emits no
+such event, so the span stays open across the sleep. Only entries are
+traced, so an end is the first proof of a return, not the return itself:
+a span also covers untraced code its caller ran afterwards.
+
+Time: both outputs show the machine's virtual time, whose unit is the
+retired instruction. One virtual second is machine.seconds(1) = hz * tick
+instructions (the unit of the livepatch retry period and of kpatch's
+retries). The trace file's timestamps are virtual microseconds; the exact
+instruction counts are in each span's args.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import core
+from .errors import UserError
+from .machine import EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SLEEP, EV_TRANSITION, \
+    EV_WAKE, Machine
+from .models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
+from .task import PATCHED, UNDEFINED, UNPATCHED
+
+# Events that end every activation of the task (the oracle's unit boundaries).
+_BOUNDARIES = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
+
+# ---- colours ---------------------------------------------------------------------
+# Chrome's trace viewer accepts only its reserved colour names in "cname"
+# (catapult tracing/base/color_scheme.html); the picture uses the same RGB
+# values, so both outputs agree. Version 0 (the original) is blue, patches
+# cycle through green, orange, red and yellow.
+_VERSION_CNAMES = ("rail_response", "rail_load", "rail_idle", "rail_animation", "startup")
+_CNAME_RGB = {
+    "rail_response": "#4387fd", "rail_load": "#0da861", "rail_idle": "#ee8e00",
+    "rail_animation": "#f44a3f", "startup": "#e6e600", "good": "#007d00", "bad": "#b47d00",
+    "terrible": "#b40000", "grey": "#dddddd", "olive": "#646400", "yellow": "#ffff00",
+    "generic_work": "#7d7d7d",
+}
+#: colour of each kind of transition moment (Chrome reserved names)
+MOMENT_CNAMES = {"requested": "generic_work", "started": "rail_response", "completed": "good",
+                 "failed": "terrible", "reversed": "bad", "cancelled": "bad"}
+SLEEP_CNAME = "grey"
+PAUSE_CNAME = "terrible"
+PATCH_STATE_CNAME = "olive"
+
+_STATE_NAMES = {UNDEFINED: "undefined", UNPATCHED: "unpatched", PATCHED: "patched"}
+_RESULT_CODES = {"failed": T_FAIL, "reversed": T_REVERSE, "cancelled": T_CANCEL}
+
+
+def version_name(version: int) -> str:
+    """'original' for version 0, 'patch k' for the k-th patch (its index)."""
+    return "original" if version == 0 else f"patch {version}"
+
+
+def version_cname(version: int) -> str:
+    """The Chrome reserved colour name of a version: blue for the original,
+    then green, orange, red, yellow for patches 1, 2, 3, 4, 5, 6, ..."""
+    if version <= 0:
+        return _VERSION_CNAMES[0]
+    return _VERSION_CNAMES[1 + (version - 1) % (len(_VERSION_CNAMES) - 1)]
+
+
+def version_colour(version: int) -> str:
+    """The RGB hex colour of a version, the same as version_cname's."""
+    return _CNAME_RGB[version_cname(version)]
+
+
+def patched_functions(patches) -> set[int]:
+    """The old function ids a list of patches replaces (as emu.oracle.check's default)."""
+    return {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
+
+
+def virtual_seconds(machine: Machine, clock: int) -> float:
+    """A clock value (retired instructions) in virtual seconds."""
+    return clock / machine.seconds(1)
+
+
+def _us(machine: Machine, clock: int) -> float:
+    """A clock value in virtual microseconds, rounded to the nanosecond."""
+    return round(clock * 1_000_000 / machine.seconds(1), 3)
+
+
+# ---- what happened ------------------------------------------------------------------
+@dataclass(frozen=True)
+class Span:
+    """One activation of a traced function by a task.
+
+    version is the entry event's (0 = original, k = the k-th patch's index);
+    depth counts the shown activations of the task still open when it began
+    (0 = outermost); finished is False when the trace ended first."""
+    task: int
+    task_name: str
+    function: str
+    version: int
+    start: int
+    end: int
+    depth: int
+    finished: bool = True
+
+    @property
+    def duration(self) -> int:
+        return self.end - self.start
+
+
+@dataclass(frozen=True)
+class Interval:
+    """A stretch of virtual time of one task (task -1: the whole machine)."""
+    task: int
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class Moment:
+    """A point of a transition: kind is requested, started, completed,
+    failed, reversed or cancelled."""
+    clock: int
+    kind: str
+    patch: str
+    target: int
+
+    @property
+    def label(self) -> str:
+        verb = "patching" if self.target == PATCHED else "unpatching"
+        return f"{self.patch}: {verb} {self.kind}"
+
+
+def activations(machine: Machine, functions: set[int] | None = None) -> list[Span]:
+    """Activations of the functions with ids in `functions` (machine.functions
+    indices; None: every traced function), per task, by the rule in the
+    module docstring. An entry event names the old function's id and the
+    version that ran, so pass the patched functions' old ids (see
+    patched_functions). Sorted by start, then depth, then task."""
+    tasks = machine.tasks
+    open_: dict[int, list[tuple[int, int, int, int]]] = {}     # task -> [(rsp, fid, version, start)]
+    spans: list[Span] = []
+
+    def close(task: int, act, end: int, finished: bool = True) -> None:
+        depth = len(open_[task])
+        rsp, fid, version, start = act
+        spans.append(Span(task, tasks[task].name, machine.functions[fid].name, version, start, end, depth,
+                          finished))
+
+    for clock, kind, task, a, b, c in machine.trace:
+        if not 0 <= task < len(tasks):
+            continue        # idle tasks and machine-wide events
+        stack = open_.setdefault(task, [])
+        if kind == core.EV_ENTRY:
+            while stack and c >= stack[-1][0]:
+                close(task, stack.pop(), clock)
+            if functions is None or a in functions:
+                stack.append((c, a, b, clock))
+        elif kind in _BOUNDARIES:
+            while stack:
+                close(task, stack.pop(), clock)
+    for task, stack in open_.items():
+        while stack:
+            close(task, stack.pop(), machine.now, finished=False)
+    spans.sort(key=lambda s: (s.start, s.depth, s.task))
+    return spans
+
+
+def sleeps(machine: Machine) -> list[Interval]:
+    """Each task's sleeps: from its sleep event to its wake event (or the
+    end of the trace). Sorted by start."""
+    asleep: dict[int, int] = {}
+    out: list[Interval] = []
+    for clock, kind, task, *_ in machine.trace:
+        if task < 0:
+            continue
+        if kind == EV_SLEEP:
+            asleep[task] = clock
+        elif kind == EV_WAKE and task in asleep:
+            out.append(Interval(task, asleep.pop(task), clock))
+    out += [Interval(task, start, machine.now) for task, start in asleep.items()]
+    out.sort(key=lambda i: (i.start, i.task))
+    return out
+
+
+def pauses(transitions) -> list[Interval]:
+    """stop_machine pauses of the transitions (every CPU stopped), task -1."""
+    return sorted((Interval(-1, start, end) for t in transitions for start, end in t.pauses),
+                  key=lambda i: i.start)
+
+
+def moments(machine: Machine, transitions: list[Transition]) -> list[Moment]:
+    """The points of every transition, sorted by time (see _per_transition)."""
+    return sorted((mo for found in _per_transition(machine, transitions) for mo in found),
+                  key=lambda mo: mo.clock)
+
+
+def _per_transition(machine: Machine, transitions: list[Transition]) -> list[list[Moment]]:
+    """The points of each transition, in its order.
+
+    requested, started and completed come from the records. A failed,
+    reversed or cancelled record keeps no time of its own: it is the time of
+    the model's EV_TRANSITION event with that result, matched in order (one
+    transition runs at a time, so the n-th failed record is the n-th failure
+    event). Pass the model's whole list of transitions for the match to hold."""
+    ends: dict[int, list[int]] = {}
+    for clock, kind, _task, a, *_ in machine.trace:
+        if kind == EV_TRANSITION:
+            ends.setdefault(a, []).append(clock)
+    out = []
+    for t in transitions:
+        found = [Moment(t.requested_at, "requested", t.patch, t.target)]
+        if t.started_at is not None:
+            found.append(Moment(t.started_at, "started", t.patch, t.target))
+        if t.completed_at is not None:
+            found.append(Moment(t.completed_at, "completed", t.patch, t.target))
+        elif t.result in _RESULT_CODES and ends.get(_RESULT_CODES[t.result]):
+            found.append(Moment(ends[_RESULT_CODES[t.result]].pop(0), t.result, t.patch, t.target))
+        out.append(found)
+    return out
+
+
+# ---- Chrome trace-event JSON (ui.perfetto.dev) ------------------------------------------
+PID = 1
+
+
+def perfetto(machine: Machine, transitions: list[Transition], functions: set[int] | None) -> dict:
+    """The run as a Chrome trace-event JSON object that ui.perfetto.dev and
+    chrome://tracing open.
+
+    One process "lpemu <machine.name>"; one thread per task (tid = task
+    index + 1) holding its activations as complete events "bar v0",
+    "bar v1" (cname by version), its sleeps ("sleep") and its patch-state
+    switches (instants); after the tasks, a "transitions" track (each
+    transition as a span from request to its end, and machine-wide instants
+    for its moments), a "stop_machine" track (the pauses) and a "printk"
+    track (kernel messages, lines printed at one time grouped in one event).
+    ts and dur are virtual microseconds (module docstring); events are
+    sorted by ts, metadata first."""
+    n = len(machine.tasks)
+    tracks = {"transitions": n + 1, "stop_machine": n + 2, "printk": n + 3}
+    events = _metadata(machine, tracks)
+    events += _activation_events(machine, functions)
+    events += _task_events(machine)
+    events += _transition_events(machine, transitions, tracks)
+    events += _log_events(machine, tracks["printk"])
+    events.sort(key=lambda e: (e["ph"] != "M", e["ts"], -e.get("dur", 0)))
+    return {
+        "traceEvents": events,
+        "displayTimeUnit": "ns",
+        "otherData": {
+            "machine": machine.name,
+            "time": f"virtual time: 1 s = {machine.seconds(1)} retired instructions, ts in virtual us",
+            "instructions_per_second": machine.seconds(1),
+            "cpus": len(machine.cpus),
+            "end_clock": machine.now,
+        },
+    }
+
+
+def write_perfetto(path, machine: Machine, transitions: list[Transition], functions: set[int] | None, *,
+                   force: bool = False) -> Path:
+    """Write perfetto()'s object to path as JSON; returns the path.
+    Raises UserError if the file exists and force is False."""
+    path = _writable(path, force)
+    data = perfetto(machine, transitions, functions)
+    with path.open("w") as f:
+        json.dump(data, f, separators=(",", ":"))
+    return path
+
+
+def _metadata(machine: Machine, tracks: dict[str, int]) -> list[dict]:
+    def meta(name, tid, args):
+        return {"name": name, "ph": "M", "ts": 0, "pid": PID, "tid": tid, "args": args}
+
+    out = [meta("process_name", 0, {"name": f"lpemu {machine.name}"})]
+    named = [(t.name, t.tid + 1) for t in machine.tasks] + list(tracks.items())
+    for i, (name, tid) in enumerate(named):
+        out.append(meta("thread_name", tid, {"name": name}))
+        out.append(meta("thread_sort_index", tid, {"sort_index": i}))
+    return out
+
+
+def _complete(machine: Machine, name: str, tid: int, start: int, end: int, cname: str, cat: str,
+              args: dict) -> dict:
+    ts = _us(machine, start)
+    return {"name": name, "cat": cat, "ph": "X", "ts": ts, "dur": max(0.0, round(_us(machine, end) - ts, 3)),
+            "pid": PID, "tid": tid, "cname": cname, "args": {**args, "start_insn": start, "end_insn": end}}
+
+
+def _instant(machine: Machine, name: str, tid: int, clock: int, cname: str, cat: str, args: dict, *,
+             scope: str = "t") -> dict:
+    return {"name": name, "cat": cat, "ph": "i", "s": scope, "ts": _us(machine, clock), "pid": PID,
+            "tid": tid, "cname": cname, "args": {**args, "clock": clock}}
+
+
+def _activation_events(machine: Machine, functions) -> list[dict]:
+    return [_complete(machine, f"{s.function} v{s.version}", s.task + 1, s.start, s.end,
+                      version_cname(s.version), "function",
+                      {"function": s.function, "version": s.version, "task": s.task_name, "depth": s.depth,
+                       "finished": s.finished})
+            for s in activations(machine, functions)]
+
+
+def _task_events(machine: Machine) -> list[dict]:
+    """Sleeps (spans) and patch-state switches (instants) on the task tracks."""
+    out = [_complete(machine, "sleep", s.task + 1, s.start, s.end, SLEEP_CNAME, "sched",
+                     {"task": machine.tasks[s.task].name})
+           for s in sleeps(machine)]
+    for clock, kind, task, a, *_ in machine.trace:
+        if kind == EV_PATCH_STATE and 0 <= task < len(machine.tasks):
+            state = _STATE_NAMES.get(a, str(a))
+            out.append(_instant(machine, f"patch state: {state}", task + 1, clock, PATCH_STATE_CNAME,
+                                "patch_state", {"task": machine.tasks[task].name, "state": state}))
+    return out
+
+
+def _transition_events(machine: Machine, transitions, tracks) -> list[dict]:
+    """Each transition as a span from its request to its end (completion,
+    failure, reversal, cancellation; the end of the trace while pending),
+    its moments as machine-wide instants, and the stop_machine pauses."""
+    out = []
+    for t, found in zip(transitions, _per_transition(machine, transitions)):
+        verb = "patching" if t.target == PATCHED else "unpatching"
+        cname = {"completed": "good", "pending": "yellow"}.get(t.result, "terrible")
+        end = found[-1].clock if found[-1].kind not in ("requested", "started") else machine.now
+        out.append(_complete(machine, f"{t.patch}: {verb}", tracks["transitions"], t.requested_at, end, cname,
+                             "transition", {"patch": t.patch, "result": t.result, "error": t.error or "",
+                                            "attempts": t.attempts}))
+        out += [_instant(machine, mo.label, tracks["transitions"], mo.clock, MOMENT_CNAMES[mo.kind],
+                         "transition", {"patch": mo.patch, "kind": mo.kind}, scope="g") for mo in found]
+    for p in pauses(transitions):
+        out.append(_complete(machine, "stop_machine", tracks["stop_machine"], p.start, p.end, PAUSE_CNAME,
+                             "stop_machine", {"instructions": p.end - p.start}))
+    return out
+
+
+def _log_events(machine: Machine, tid: int) -> list[dict]:
+    """Kernel messages: one instant per time at which lines were printed."""
+    grouped: dict[int, list[str]] = {}
+    for clock, text in machine.log:
+        grouped.setdefault(clock, []).append(text)
+    return [_instant(machine, lines[0], tid, clock, "generic_work", "printk", {"lines": lines})
+            for clock, lines in grouped.items()]
+
+
+# ---- the picture -------------------------------------------------------------------
+_FORMATS = {".png": "png", ".svg": "svg"}
+_MOMENT_STYLE = {"requested": ":", "started": "--", "completed": "-", "failed": "-", "reversed": "-.",
+                 "cancelled": "-."}
+
+
+def timeline(machine: Machine, transitions: list[Transition], functions: set[int] | None, path, *,
+             title: str | None = None, force: bool = False) -> Path:
+    """Draw the run to path (.png or .svg, by its suffix); returns the path.
+
+    One row per task (top to bottom in task order): activations as bars
+    coloured by version (legend "original", "patch 1", ...), nested ones
+    thinner and on top so a callee shows inside its caller, sleeps as a thin
+    grey strip at the bottom of the row; vertical lines for each transition
+    moment (dotted: requested, dashed: started, solid green: completed,
+    solid red: failed, dash-dot: reversed/cancelled), stop_machine pauses
+    shaded red. The x axis is virtual time in seconds (or milliseconds for
+    runs shorter than one virtual second). Drawn on a Figure with the Agg
+    canvas, no pyplot state. Raises UserError for another suffix, or if the
+    file exists and force is False."""
+    fmt = _FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UserError(f"timeline: cannot write '{Path(path).suffix or '(no suffix)'}' files "
+                        f"({path}); use .png or .svg")
+    path = _writable(path, force)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    n = max(1, len(machine.tasks))
+    fig = Figure(figsize=(12, max(3.0, 1.4 + 0.55 * n)), layout="constrained")
+    FigureCanvasAgg(fig)
+    try:
+        ax = fig.add_subplot()
+        scale, unit = _axis_scale(machine)
+        spans = activations(machine, functions)
+        _draw_spans(ax, spans, scale)
+        _label_spans(ax, spans, machine.now, scale)
+        _draw_sleeps(ax, machine, scale)
+        _draw_transitions(ax, machine, transitions, scale)
+        _decorate(ax, machine, {s.version for s in spans}, bool(pauses(transitions)), scale, unit, title)
+        fig.savefig(path, format=fmt, dpi=120)
+    finally:
+        fig.clear()
+    return path
+
+
+def _axis_scale(machine: Machine) -> tuple[float, str]:
+    """Axis units per instruction, and the axis label."""
+    per_s = machine.seconds(1)
+    if machine.now >= per_s:
+        return 1 / per_s, f"virtual time (s; 1 s = {per_s} instructions)"
+    return 1000 / per_s, f"virtual time (ms; 1 ms = {per_s / 1000:g} instructions)"
+
+
+_ROW = 0.8          # height of a depth-0 bar
+_SHRINK = 0.6       # each nesting level is this much thinner
+
+
+def _draw_spans(ax, spans: list[Span], scale: float) -> None:
+    """Bars of the activations, one broken_barh per (depth, version, task),
+    deeper ones thinner and on top."""
+    groups: dict[tuple[int, int, int], list[tuple[float, float]]] = {}
+    for s in spans:
+        groups.setdefault((s.depth, s.version, s.task), []).append((s.start * scale, s.duration * scale))
+    for (depth, version, task), bars in sorted(groups.items()):
+        height = _ROW * _SHRINK ** depth
+        ax.broken_barh(bars, (task - height / 2, height), facecolors=version_colour(version),
+                       edgecolor="black", linewidth=0.4, zorder=2 + depth)
+
+
+def _label_spans(ax, spans: list[Span], now: int, scale: float) -> None:
+    """Function names on the outermost bars wide enough (4% of the run) to hold them."""
+    wide = max(now, 1) * 0.04
+    for s in spans:
+        if s.depth == 0 and s.duration >= wide:
+            ax.text((s.start + s.duration / 2) * scale, s.task - _ROW / 2 + 0.02, s.function, ha="center",
+                    va="top", fontsize=7, zorder=20, clip_on=True)
+
+
+def _draw_sleeps(ax, machine: Machine, scale: float) -> None:
+    """A thin grey strip under each task's row while it sleeps."""
+    by_task: dict[int, list[tuple[float, float]]] = {}
+    for s in sleeps(machine):
+        by_task.setdefault(s.task, []).append((s.start * scale, (s.end - s.start) * scale))
+    for task, bars in by_task.items():
+        ax.broken_barh(bars, (task + _ROW / 2 + 0.02, 0.08), facecolors="#999999", zorder=1)
+
+
+def _draw_transitions(ax, machine: Machine, transitions, scale: float) -> None:
+    """Shaded stop_machine pauses, and one vertical line per time at which
+    transition moments happened, labelled with them (the last kind at that
+    time decides the line's colour and style)."""
+    for p in pauses(transitions):
+        ax.axvspan(p.start * scale, p.end * scale, color=_CNAME_RGB[PAUSE_CNAME], alpha=0.25, linewidth=1,
+                   zorder=0)
+    by_clock: dict[int, list[Moment]] = {}
+    for mo in moments(machine, transitions):
+        by_clock.setdefault(mo.clock, []).append(mo)
+    for clock, items in by_clock.items():
+        last = items[-1]
+        ax.axvline(clock * scale, color=_CNAME_RGB[MOMENT_CNAMES[last.kind]],
+                   linestyle=_MOMENT_STYLE[last.kind], linewidth=1.2, zorder=8)
+        label = f"{last.patch}: " + ", ".join(dict.fromkeys(mo.kind for mo in items))
+        ax.text(clock * scale, 0.99, label, transform=ax.get_xaxis_transform(), rotation=90, va="top",
+                ha="right", fontsize=7, zorder=21, clip_on=True,
+                bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+
+
+def _decorate(ax, machine: Machine, versions: set[int], paused: bool, scale: float, unit: str,
+              title: str | None) -> None:
+    from matplotlib.patches import Patch as LegendPatch
+
+    n = len(machine.tasks)
+    ax.set_yticks(range(n), [t.name for t in machine.tasks])
+    ax.set_ylim(n - 0.4, -0.6)
+    ax.set_xlim(0, max(machine.now, 1) * scale)
+    ax.set_xlabel(unit)
+    ax.grid(axis="x", linewidth=0.3, alpha=0.5)
+    handles = [LegendPatch(facecolor=version_colour(v), edgecolor="black", label=version_name(v))
+               for v in sorted(versions)]
+    handles.append(LegendPatch(facecolor="#999999", label="sleep"))
+    if paused:
+        handles.append(LegendPatch(facecolor=_CNAME_RGB[PAUSE_CNAME], alpha=0.25, label="stop_machine"))
+    ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    ax.set_title(title or f"lpemu {machine.name}")
+
+
+def _writable(path, force: bool) -> Path:
+    """path as a Path; UserError if it exists and force is False."""
+    path = Path(path)
+    if path.exists() and not force:
+        raise UserError(f"{path} already exists; remove it or pass force=True (--force) to overwrite it")
+    return path

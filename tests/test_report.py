@@ -1,0 +1,214 @@
+"""emu.report on real runs: activation spans, the Chrome trace-event file,
+the timeline picture."""
+import json
+
+import pytest
+
+from emu import core
+from emu.errors import UserError
+from emu.machine import Machine
+from emu.models import make_model
+from emu.patch import make_patch
+from emu import report
+
+# foo() { f = bar(); something_else(); baz(f); } without a tail call to baz,
+# so bar and baz run nested inside foo's activation.
+BASE = """
+volatile long zero;
+__attribute__((noinline)) long bar(void) { return 5 + zero; }
+__attribute__((noinline)) void something_else(long t) { lpemu_sleep(t); }
+__attribute__((noinline)) long baz(long f) { lpemu_observe(1, f); return f + zero; }
+__attribute__((noinline)) long foo(long t) { long f = bar(); something_else(t); long r = baz(f); return r + zero; }
+long user_entry(long t) { return foo(t) + zero; }
+"""
+PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long bar(void) { return 5000 + zero; }
+__attribute__((noinline)) long baz(long f) { lpemu_observe(2, f); return f + zero; }
+"""
+SHOWN = ("foo", "bar", "baz")
+
+
+def run(compile_c, model_name, *, sleep=1, until=3.0, enable_at=20_000):
+    """Three user tasks on two CPUs, a bar+baz patch enabled at enable_at."""
+    base = compile_c(BASE)
+    m = Machine(base, cpus=2, quantum=300, name="report-test")
+    for i in range(3):
+        m.add_task(f"user{i}", "user_entry", (sleep,))
+    img = compile_c(PATCH, name="patch", base=m.module_base(), link_against=base, keep={"bar", "baz"})
+    m.load(img)
+    model = make_model(model_name, m)
+    patch = model.add(make_patch(m, "p1", img, ["bar", "baz"]))
+    for name in SHOWN:
+        m.watch(m.function(name))
+    m.at(enable_at, lambda: model.enable(patch))
+    m.run(until=m.seconds(until))
+    functions = {m.function(name).id for name in SHOWN}
+    return m, model, functions
+
+
+@pytest.fixture
+def livepatch_run(compile_c):
+    return run(compile_c, "livepatch")
+
+
+def test_activations_nest_and_carry_the_entry_version(livepatch_run):
+    m, model, functions = livepatch_run
+    assert model.transitions[0].result == "completed"
+    spans = report.activations(m, functions)
+    assert spans and {s.function for s in spans} == set(SHOWN)
+    entries = {(e[2], e[0]): e for e in m.trace if e[1] == core.EV_ENTRY}
+    for s in spans:
+        entry = entries[(s.task, s.start)]
+        assert m.functions[entry[3]].name == s.function and entry[4] == s.version
+        assert s.start <= s.end <= m.now and s.task_name == m.tasks[s.task].name
+        # foo is outermost; bar and baz run inside a foo of the same task that covers them
+        if s.function == "foo":
+            assert s.depth == 0 and s.version == 0          # foo is traced, not patched
+        else:
+            assert s.depth == 1
+            outer = [o for o in spans if o.task == s.task and o.function == "foo"
+                     and o.start <= s.start and s.end <= o.end]
+            assert len(outer) == 1
+    # bar's activation lasts across the sleep in something_else: its end is baz's entry
+    bar = next(s for s in spans if s.function == "bar" and s.finished)
+    baz = next(s for s in spans if s.function == "baz" and s.task == bar.task and s.start >= bar.end)
+    assert bar.end == baz.start
+    assert {s.version for s in spans if s.function in ("bar", "baz")} == {0, 1}
+
+
+def test_activations_end_at_kernel_exit_and_at_the_end_of_the_trace(compile_c):
+    m, model, functions = run(compile_c, "livepatch", sleep=100_000, until=1.0)
+    spans = report.activations(m, functions)
+    exits = {(e[2], e[0]) for e in m.trace if e[1] == report.EV_KERNEL_EXIT}
+    assert exits == set()       # every task sleeps in its first call
+    unfinished = [s for s in spans if not s.finished]
+    # each task is asleep inside foo, with bar's span still open below it
+    assert {(s.task, s.function) for s in unfinished} == {(t, f) for t in range(3) for f in ("foo", "bar")}
+    assert all(s.end == m.now for s in unfinished)
+
+
+def _check_event(e):
+    for key in ("ph", "ts", "pid", "tid", "name"):
+        assert key in e, (key, e)
+    assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0
+    if e["ph"] == "X":
+        assert e["dur"] >= 0
+    elif e["ph"] == "i":
+        assert e["s"] in ("g", "p", "t")
+    else:
+        assert e["ph"] == "M" and "name" in e["args"] or "sort_index" in e["args"]
+
+
+def test_perfetto_object_is_valid_trace_event_json(livepatch_run):
+    m, model, functions = livepatch_run
+    data = json.loads(json.dumps(report.perfetto(m, model.transitions, functions)))
+    assert data["displayTimeUnit"] == "ns" and data["otherData"]["instructions_per_second"] == m.seconds(1)
+    events = data["traceEvents"]
+    for e in events:
+        _check_event(e)
+    ts = [e["ts"] for e in events if e["ph"] != "M"]
+    assert ts == sorted(ts)
+    process = [e for e in events if e["name"] == "process_name"]
+    assert [e["args"]["name"] for e in process] == ["lpemu report-test"]
+    threads = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    for task in m.tasks:
+        assert list(threads.values()).count(task.name) == 1
+    spans = [e for e in events if e["ph"] == "X" and e.get("cat") == "function"]
+    assert {e["name"] for e in spans} >= {"foo v0", "bar v0", "bar v1", "baz v0", "baz v1"}
+    for e in spans:
+        assert e["args"]["function"] + f" v{e['args']['version']}" == e["name"]
+        assert threads[e["tid"]] == e["args"]["task"]
+        assert e["cname"] == report.version_cname(e["args"]["version"])
+    assert {e["cname"] for e in spans} == {"rail_response", "rail_load"}
+    # virtual time: 1 s = seconds(1) instructions = 1e6 us
+    first = min(spans, key=lambda e: e["ts"])
+    assert first["ts"] == pytest.approx(first["args"]["start_insn"] * 1e6 / m.seconds(1))
+    kinds = {e["args"]["kind"] for e in events if e["ph"] == "i" and e.get("cat") == "transition"}
+    assert kinds == {"requested", "started", "completed"}
+    assert any(e.get("cat") == "patch_state" for e in events)
+    assert any(e["name"] == "sleep" and e["ph"] == "X" for e in events)
+    assert any(e.get("cat") == "printk" and "patching complete" in e["args"]["lines"][-1] for e in events)
+
+
+def test_stop_machine_pauses_are_spans_on_their_own_track(compile_c):
+    m, model, functions = run(compile_c, "stop_machine", until=1.0)
+    t = model.transitions[0]
+    assert t.result == "completed" and t.pauses
+    data = report.perfetto(m, model.transitions, functions)
+    threads = {e["args"]["name"]: e["tid"] for e in data["traceEvents"] if e["name"] == "thread_name"}
+    pauses = [e for e in data["traceEvents"] if e["tid"] == threads["stop_machine"] and e["ph"] == "X"]
+    assert [(e["args"]["start_insn"], e["args"]["end_insn"]) for e in pauses] == t.pauses
+    assert all(e["cname"] == "terrible" for e in pauses)
+
+
+SLEEPY = """
+volatile long zero;
+__attribute__((noinline)) long bar(long t) { lpemu_sleep(t); return 5 + zero; }
+long user_entry(long t) { return bar(t) + zero; }
+"""
+SLEEPY_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long bar(long t) { lpemu_sleep(t); return 5000 + zero; }
+"""
+
+
+def sleeper_in_bar(compile_c):
+    """kpatch fails: its one task sleeps inside bar through both attempts."""
+    base = compile_c(SLEEPY)
+    m = Machine(base, cpus=1, quantum=300)
+    m.add_task("sleeper", "user_entry", (100_000,))
+    img = compile_c(SLEEPY_PATCH, name="patch", base=m.module_base(), link_against=base, keep={"bar"})
+    m.load(img)
+    model = make_model("stop_machine", m, retries=2, retry_delay=0.5)
+    patch = model.add(make_patch(m, "p1", img, ["bar"]))
+    m.watch(m.function("bar"))
+    m.at(5_000, lambda: model.enable(patch))
+    m.run(until=m.seconds(1))
+    return m, model, report.patched_functions([patch])
+
+
+def test_a_failed_transition_takes_its_time_from_the_trace(compile_c, tmp_path):
+    m, model, functions = sleeper_in_bar(compile_c)
+    t = model.transitions[0]
+    assert t.result == "failed" and len(t.pauses) == 2
+    found = report.moments(m, model.transitions)
+    assert [mo.kind for mo in found] == ["requested", "started", "failed"]
+    assert found[-1].clock >= t.pauses[-1][1] and found[-1].label == "p1: patching failed"
+    data = report.perfetto(m, model.transitions, functions)
+    window = next(e for e in data["traceEvents"] if e.get("cat") == "transition" and e["ph"] == "X")
+    assert window["args"]["end_insn"] == found[-1].clock and window["args"]["result"] == "failed"
+    assert report.timeline(m, model.transitions, functions, tmp_path / "failed.png").stat().st_size > 0
+
+
+def test_timeline_writes_png_and_svg_and_guards_files(livepatch_run, tmp_path):
+    m, model, functions = livepatch_run
+    png = report.timeline(m, model.transitions, functions, tmp_path / "run.png", title="seed")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+    svg = report.timeline(m, model.transitions, functions, tmp_path / "run.svg")
+    head = svg.read_text()[:400]
+    assert "<svg" in head or "<?xml" in head
+    assert "<svg" in svg.read_text()
+    with pytest.raises(UserError, match="run.png"):
+        report.timeline(m, model.transitions, functions, png)
+    assert report.timeline(m, model.transitions, functions, png, force=True) == png
+    with pytest.raises(UserError, match=r"\.txt"):
+        report.timeline(m, model.transitions, functions, tmp_path / "run.txt")
+    assert not (tmp_path / "run.txt").exists()
+
+
+def test_write_perfetto_refuses_to_overwrite(livepatch_run, tmp_path):
+    m, model, functions = livepatch_run
+    path = report.write_perfetto(tmp_path / "run.json", m, model.transitions, functions)
+    data = json.loads(path.read_text())
+    assert data["traceEvents"]
+    with pytest.raises(UserError, match="run.json"):
+        report.write_perfetto(path, m, model.transitions, functions)
+    report.write_perfetto(path, m, model.transitions, functions, force=True)
+
+
+def test_version_names_and_colours():
+    assert report.version_name(0) == "original" and report.version_name(2) == "patch 2"
+    assert report.version_cname(0) != report.version_cname(1)
+    assert report.version_cname(1) == report.version_cname(5)
+    assert report.version_colour(0).startswith("#")
