@@ -1,0 +1,115 @@
+"""Runs, replay, shrinking and campaigns on the seed scenario."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from emu import campaign, cli, scenario
+from emu.fuzz import RunSpec, Runner, shrink
+
+SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "scenario.toml"
+
+
+@pytest.fixture(scope="module")
+def runner():
+    return Runner(scenario.build(scenario.load(SEED)))
+
+
+def test_the_same_spec_gives_the_same_run_event_for_event(runner):
+    for strategy in ("exhaustive", "random", "pct"):
+        spec = runner.plan("livepatch", 7, strategy=strategy)
+        a, b = runner.execute(spec), runner.execute(spec)
+        assert a.trace_hash == b.trace_hash and a.events == b.events and a.to_json() == b.to_json()
+    assert RunSpec.from_json(spec.to_json()) == spec
+
+
+def test_strategies_spread_start_points_over_one_cycle(runner):
+    w, at = runner.window(), runner.first_at
+    starts = [runner.plan("kgraft", s, strategy="exhaustive", runs=w).start for s in range(w)]
+    assert starts == list(range(at, at + w))                  # every instruction
+    step, n = runner.slots(10)
+    assert [runner.plan("kgraft", s, strategy="exhaustive", runs=10).start for s in range(3)] == \
+        [at, at + step, at + 2 * step]
+    rnd = {runner.plan("kgraft", s, strategy="random").start for s in range(50)}
+    assert len(rnd) > 40 and all(at <= x < at + w for x in rnd)
+    pct = runner.plan("kgraft", 3, strategy="pct")
+    assert pct.schedule == "pct" and pct.depth == 3
+
+
+def test_replay_reproduces_the_failing_seed_and_shrink_makes_it_smaller(runner):
+    spec = next(s for s in (runner.plan("stop_machine", i, strategy="random") for i in range(40))
+                if runner.execute(s).inconsistent)
+    first = runner.execute(spec)
+    again = runner.execute(spec)
+    assert again.inconsistencies == first.inconsistencies and again.trace_hash == first.trace_hash
+    small, res, tried = shrink(runner, spec, budget=80)
+    assert res.inconsistent and tried <= 80
+    assert small.start >= spec.start
+    ntasks = lambda s: len(s.tasks) if s.tasks is not None else 3      # noqa: E731
+    assert (ntasks(small), small.schedule == "rr", -small.start) < (ntasks(spec), spec.schedule == "rr", -spec.start)
+    # the shrunk start is the latest: one instruction later the run is consistent
+    assert not runner.execute(replace(small, start=small.start + 1)).failing
+    assert runner.execute(small).trace_hash == res.trace_hash
+
+
+def test_shrinking_a_passing_run_is_an_error(runner):
+    spec = runner.plan("kgraft", 0)
+    with pytest.raises(Exception, match="does not fail"):
+        shrink(runner, spec)
+
+
+def test_campaign_summary_does_not_depend_on_workers_or_interruptions(tmp_path):
+    prog = scenario.build(scenario.load(SEED))
+    plan = campaign.Plan(str(SEED), ["stop_machine", "kgraft"], list(range(12)), "random")
+    one = campaign.Campaign(prog, plan, jobs=1)
+    one.run()
+    two = campaign.Campaign(prog, plan, jobs=2, out=tmp_path / "c", batch=3)
+    two.run()
+    two.close()
+    assert two.summary() == one.summary()
+    lines = (tmp_path / "c" / "runs.jsonl").read_text().splitlines()
+    assert len(lines) == 24 and all(json.loads(x)["outcome"] for x in lines)
+    # an interrupted campaign: keep half the lines (and a torn one), then resume
+    part = tmp_path / "p"
+    part.mkdir()
+    (part / "runs.jsonl").write_text("\n".join(lines[:10]) + "\n" + lines[10][:20])
+    (part / "campaign.json").write_text(json.dumps(plan.to_json()))
+    with pytest.raises(Exception, match="--resume"):
+        campaign.Campaign(prog, plan, out=part)
+    res = campaign.Campaign(prog, plan, jobs=2, out=part, resume=True)
+    assert len(res.todo()) == 14
+    res.run()
+    res.close()
+    assert res.summary() == one.summary()
+    summary = one.summary()
+    sm = next(m for m in summary["models"] if m["model"] == "stop_machine")
+    kg = next(m for m in summary["models"] if m["model"] == "kgraft")
+    assert sm["inconsistent"] > 0 and sm["first_failing_seed"] is not None and sm["pause_max"] > 0
+    assert kg["inconsistent"] == 0 and kg["latency_median"] > 0
+
+
+def test_cli_run_replay_fuzz_json(tmp_path, capsys):
+    assert cli.main(["run", str(SEED), "--model", "livepatch", "--at", "20633", "--json"]) == 0
+    run = json.loads(capsys.readouterr().out)
+    assert run["inconsistent"] and run["outcome"] == "completed"
+    assert any("patching complete" in text for _, text in run["log"])
+    assert cli.main(["replay", str(SEED), "--model", "livepatch", "--seed", "3", "--strategy", "exhaustive",
+                     "--shrink", "--budget", "40", "--json"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    assert rep["inconsistent"] and rep["shrunk_from"]["seed"] == 3 and rep["command"].startswith("lpemu run")
+    out = tmp_path / "camp"
+    assert cli.main(["fuzz", str(SEED), "--model", "kgraft", "--runs", "4", "--jobs", "1",
+                     "--out", str(out), "--json"]) == 0
+    summ = json.loads(capsys.readouterr().out)
+    assert summ["models"][0]["runs"] == 4 and (out / "summary.json").exists()
+    assert cli.main(["fuzz", str(SEED), "--runs", "4", "--out", str(out)]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def test_cli_bad_scenario_exits_2_with_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[program]\nsources = ['x.c']\n")
+    assert cli.main(["run", str(bad), "--model", "kgraft"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "bad.toml:2: program.sources: no such file: x.c" in err

@@ -1,0 +1,139 @@
+"""Scenario files: every mistake named by file, line and key; builds check names against the code."""
+import shutil
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from emu import scenario
+from emu.errors import ScenarioError, UserError
+
+SEED = Path(__file__).resolve().parent.parent / "examples" / "seed"
+
+GOOD = """
+[program]
+sources = ["base.c"]
+
+[machine]
+cpus = 2
+quantum = 500
+
+[[task]]
+name = "user"
+entry = "user_entry"
+args = [0]
+count = 2
+
+[[patch]]
+name = "p"
+sources = ["patch.c"]
+functions = ["bar", "baz"]
+
+[[action]]
+at = 20000
+do = "enable"
+patch = "p"
+
+[check]
+unit = "syscall"
+observe = { 2 = "value >= 1000" }
+
+[fuzz]
+runs = 5
+"""
+
+
+@pytest.fixture
+def scn_dir(tmp_path):
+    for name in ("base.c", "patch.c", "patch_foo.c"):
+        shutil.copy(SEED / name, tmp_path / name)
+    return tmp_path
+
+
+def write(d: Path, text: str) -> Path:
+    p = d / "s.toml"
+    p.write_text(textwrap.dedent(text))
+    return p
+
+
+def error_of(d: Path, text: str, *, build=False) -> str:
+    with pytest.raises(UserError) as info:
+        scn = scenario.load(write(d, text))
+        if build:
+            scenario.build(scn)
+    return str(info.value)
+
+
+def test_a_good_scenario_loads_with_its_defaults(scn_dir):
+    scn = scenario.load(write(scn_dir, GOOD))
+    assert [t.instances() for t in scn.tasks] == [["user0", "user1"]]
+    assert scn.machine == {"cpus": 2, "quantum": 500}
+    assert scn.actions[0].at == 20000 and scn.actions[0].target == "p"
+    assert scn.fuzz.runs == 5 and scn.fuzz.strategy == "random" and scn.fuzz.horizon >= 10
+    assert scn.assertions[0].key == 2 and scn.assertions[0].holds({"value": 5000})
+
+
+def line_of(text: str, needle: str) -> int:
+    return next(i for i, line in enumerate(textwrap.dedent(text).splitlines(), 1) if needle in line)
+
+
+@pytest.mark.parametrize("old,new,words", [
+    ("quantum = 500", "quantum = 500\nspeed = 3", ["machine.speed", "unknown key"]),
+    ('entry = "user_entry"', 'entry = "user_entry"\nprio = 1', ["task[0].prio", "unknown key"]),
+    ("cpus = 2", 'cpus = "two"', ["machine.cpus", "must be an integer", "string"]),
+    ("count = 2", "count = 0", ["task[0].count", "at least 1"]),
+    ('do = "enable"', 'do = "apply"', ["action[0].do", "enable, disable, force, load, unload"]),
+    ('patch = "p"', 'patch = "q"', ["action[0].patch", "no patch named 'q'"]),
+    ("runs = 5", 'runs = 5\nmodels = ["kpatch"]', ["fuzz.models", "unknown model 'kpatch'"]),
+    ("runs = 5", 'runs = 5\nstrategy = "smart"', ["fuzz.strategy"]),
+    ('observe = { 2 = "value >= 1000" }', 'observe = { 2 = "value >=" }', ["check.observe", "not a Python expression"]),
+    ('sources = ["patch.c"]', 'sources = ["nope.c"]', ["patch[0].sources", "no such file: nope.c"]),
+])
+def test_mistakes_name_the_file_line_and_key(scn_dir, old, new, words):
+    text = GOOD.replace(old, new, 1)
+    msg = error_of(scn_dir, text)
+    for w in words:
+        assert w in msg, msg
+    assert f"s.toml:{line_of(text, new.splitlines()[-1])}:" in msg, msg
+
+
+def test_not_toml_names_the_line(scn_dir):
+    text = GOOD.replace("cpus = 2", "cpus = = 2")
+    msg = error_of(scn_dir, text)
+    assert "not valid TOML" in msg and f"line {line_of(text, 'cpus')}" in msg
+
+
+def test_missing_keys_and_tables(scn_dir):
+    assert "missing table [program]" in error_of(scn_dir, GOOD.replace("[program]", "[programme]"))
+    msg = error_of(scn_dir, GOOD.replace('entry = "user_entry"\n', ""))
+    assert "task[0]" in msg and "missing key 'entry'" in msg
+    with pytest.raises(ScenarioError, match="no such scenario file"):
+        scenario.load(scn_dir / "absent.toml")
+
+
+def test_two_transitions_at_once_are_refused(scn_dir):
+    text = GOOD.replace('[[action]]', '[[patch]]\nname = "q"\nsources = ["patch.c"]\nfunctions = ["bar"]\n\n'
+                        '[[action]]\nat = 20000\ndo = "enable"\npatch = "q"\n\n[[action]]', 1)
+    assert "one transition at a time" in error_of(scn_dir, text)
+
+
+def test_names_are_checked_against_the_built_program(scn_dir):
+    msg = error_of(scn_dir, GOOD.replace('entry = "user_entry"', 'entry = "user_main"'), build=True)
+    assert "task[user].entry" in msg and "no function 'user_main'" in msg
+    msg = error_of(scn_dir, GOOD.replace('functions = ["bar", "baz"]', 'functions = ["bar", "qux"]'), build=True)
+    assert "patch[p].functions" in msg and "'qux'" in msg
+    msg = error_of(scn_dir, GOOD.replace('unit = "syscall"', 'unit = "fooo"'), build=True)
+    assert "check.unit" in msg and "fooo" in msg
+
+
+def test_a_function_without_a_fentry_site_cannot_be_patched(scn_dir):
+    (scn_dir / "base.c").write_text((scn_dir / "base.c").read_text().replace(
+        "__attribute__((noinline)) long bar(void)", "__attribute__((noinline, no_instrument_function)) long bar(void)"))
+    msg = error_of(scn_dir, GOOD, build=True)
+    assert "'bar' has no fentry site" in msg
+
+
+def test_the_seed_examples_build():
+    for name in ("scenario.toml", "scenario-foo.toml"):
+        prog = scenario.build(scenario.load(SEED / name))
+        assert set(prog.patches) and all(funcs for _, funcs in prog.patches.values())
