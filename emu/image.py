@@ -125,6 +125,7 @@ class Image:
                                 key=lambda f: (f.start, f.end))
         self._starts = [f.start for f in self._by_start]
         self._insn_starts: list[int] | None = None
+        self._orc_tables: list | None = None
 
     # -- lookups ---------------------------------------------------------------
 
@@ -161,6 +162,21 @@ class Image:
     def read(self, addr: int, size: int) -> bytes:
         """size bytes of the image at addr; BuildError if they are not all mapped."""
         return _read(self.segments, addr, size, self.name)
+
+    def orc_tables(self) -> list:
+        """The ORC-style tables of the image's code segments (emu/orc.py),
+        computed once per image: every machine that loads it shares them."""
+        if self._orc_tables is None:
+            from .orc import build_table
+            data = [(seg.addr, seg.data) for seg in self.segments if not seg.prot & PROT_X]
+            tables = []
+            for seg in self.segments:
+                if seg.prot & PROT_X:
+                    fns = [(f.name, f.start, f.end) for f in self.functions.values()
+                           if seg.addr <= f.start < seg.addr + len(seg.data)]
+                    tables.append(build_table(seg.data, seg.addr, fns, data=data))
+            self._orc_tables = tables
+        return self._orc_tables
 
     def insn_starts(self) -> list[int]:
         """Sorted start address of every instruction of every function.

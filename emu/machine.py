@@ -24,7 +24,7 @@ from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, U
 from . import core, hypercall, runtime, unwind
 from .errors import GuestFault, UserError
 from .image import PROT_R, PROT_W, PROT_X, Image
-from .orc import OrcTable, build_table
+from .orc import OrcTable
 from .task import PATCHED, UNDEFINED, UNPATCHED, Cpu, Kind, RunState, Task
 
 # ---- memory layout -----------------------------------------------------------
@@ -203,13 +203,7 @@ class Machine:
             self._starts.insert(i, fn.start)
             self._by_start.insert(i, ref)
             self._text.append((fn.start, fn.end))
-        # Jump tables live in read-only data: the ORC analysis follows them.
-        data = [(seg.addr, seg.data) for seg in image.segments if not seg.prot & PROT_X]
-        for seg in image.segments:
-            if seg.prot & PROT_X:
-                fns = [(f.name, f.start, f.end) for f in image.functions.values()
-                       if seg.addr <= f.start < seg.addr + len(seg.data)]
-                self._orc_tables.append(build_table(seg.data, seg.addr, fns, data=data))
+        self._orc_tables += image.orc_tables()
         self._orc = OrcTable.merge(*self._orc_tables)
         self._orc_c = core.OrcArrays(self._orc.ips, self._orc.entries)
         self._ranges = core.Ranges(self._text)

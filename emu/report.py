@@ -84,11 +84,6 @@ def patched_functions(patches) -> set[int]:
     return {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
 
 
-def virtual_seconds(machine: Machine, clock: int) -> float:
-    """A clock value (retired instructions) in virtual seconds."""
-    return clock / machine.seconds(1)
-
-
 def _us(machine: Machine, clock: int) -> float:
     """A clock value in virtual microseconds, rounded to the nanosecond."""
     return round(clock * 1_000_000 / machine.seconds(1), 3)
@@ -151,7 +146,7 @@ def activations(machine: Machine, functions: set[int] | None = None) -> list[Spa
 
     def close(task: int, act, end: int, finished: bool = True) -> None:
         depth = len(open_[task])
-        rsp, fid, version, start = act
+        _rsp, fid, version, start = act
         spans.append(Span(task, tasks[task].name, machine.functions[fid].name, version, start, end, depth,
                           finished))
 
@@ -243,8 +238,13 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
     transition as a span from request to its end, and machine-wide instants
     for its moments), a "stop_machine" track (the pauses) and a "printk"
     track (kernel messages, lines printed at one time grouped in one event).
-    ts and dur are virtual microseconds (module docstring); events are
-    sorted by ts, metadata first."""
+    Idle tasks run no guest code and get no track; kernel exits and other
+    scheduling events are left out to keep the file small. ts and dur are
+    virtual microseconds (module docstring); the exact instruction counts
+    are in args (start_insn/end_insn, clock). Events are sorted by ts,
+    metadata first, a longer span before a shorter one starting with it.
+    cname colours follow the trace viewer's reserved names (ui.perfetto.dev
+    colours slices by name instead, so "bar v0" and "bar v1" still differ)."""
     n = len(machine.tasks)
     tracks = {"transitions": n + 1, "stop_machine": n + 2, "printk": n + 3}
     events = _metadata(machine, tracks)
@@ -454,10 +454,17 @@ def _draw_transitions(ax, machine: Machine, transitions, scale: float) -> None:
         last = items[-1]
         ax.axvline(clock * scale, color=_CNAME_RGB[MOMENT_CNAMES[last.kind]],
                    linestyle=_MOMENT_STYLE[last.kind], linewidth=1.2, zorder=8)
-        label = f"{last.patch}: " + ", ".join(dict.fromkeys(mo.kind for mo in items))
-        ax.text(clock * scale, 0.99, label, transform=ax.get_xaxis_transform(), rotation=90, va="top",
+        ax.text(clock * scale, 0.99, _moment_label(items), transform=ax.get_xaxis_transform(), rotation=90, va="top",
                 ha="right", fontsize=7, zorder=21, clip_on=True,
                 bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+
+
+def _moment_label(items: list[Moment]) -> str:
+    """'p1: requested, started' (moments of one time; '; ' between patches)."""
+    kinds: dict[str, list[str]] = {}
+    for mo in items:
+        kinds.setdefault(mo.patch, []).append(mo.kind)
+    return "; ".join(f"{patch}: {', '.join(dict.fromkeys(k))}" for patch, k in kinds.items())
 
 
 def _decorate(ax, machine: Machine, versions: set[int], paused: bool, scale: float, unit: str,

@@ -12,6 +12,7 @@ address and six argument words. It is callee-saved, so it survives the call.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import hypercall
@@ -64,8 +65,10 @@ class Runtime:
         return self.base <= addr < self.base + len(self.code)
 
 
+@functools.lru_cache(maxsize=4)
 def build(base: int) -> Runtime:
-    """Assemble the runtime page at base (every instruction checked by capstone)."""
+    """Assemble the runtime page at base (every instruction checked by capstone).
+    A pure function of base, so machines share the result (Runtime is frozen)."""
     from .asm import assemble
 
     image = assemble(SOURCE, base=base, name="runtime", source="<runtime>")

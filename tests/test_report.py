@@ -4,12 +4,11 @@ import json
 
 import pytest
 
-from emu import core
+from emu import core, report
 from emu.errors import UserError
-from emu.machine import Machine
+from emu.machine import EV_KERNEL_EXIT, Machine
 from emu.models import make_model
 from emu.patch import make_patch
-from emu import report
 
 # foo() { f = bar(); something_else(); baz(f); } without a tail call to baz,
 # so bar and baz run nested inside foo's activation.
@@ -75,12 +74,15 @@ def test_activations_nest_and_carry_the_entry_version(livepatch_run):
     baz = next(s for s in spans if s.function == "baz" and s.task == bar.task and s.start >= bar.end)
     assert bar.end == baz.start
     assert {s.version for s in spans if s.function in ("bar", "baz")} == {0, 1}
+    # a finished foo ended at its task's next kernel exit (user_entry is not traced)
+    exits = {(e[2], e[0]) for e in m.trace if e[1] == EV_KERNEL_EXIT}
+    assert all((s.task, s.end) in exits for s in spans if s.function == "foo" and s.finished)
 
 
-def test_activations_end_at_kernel_exit_and_at_the_end_of_the_trace(compile_c):
+def test_activations_open_when_the_trace_ends_end_with_it(compile_c):
     m, model, functions = run(compile_c, "livepatch", sleep=100_000, until=1.0)
     spans = report.activations(m, functions)
-    exits = {(e[2], e[0]) for e in m.trace if e[1] == report.EV_KERNEL_EXIT}
+    exits = {(e[2], e[0]) for e in m.trace if e[1] == EV_KERNEL_EXIT}
     assert exits == set()       # every task sleeps in its first call
     unfinished = [s for s in spans if not s.finished]
     # each task is asleep inside foo, with bar's span still open below it
@@ -97,7 +99,21 @@ def _check_event(e):
     elif e["ph"] == "i":
         assert e["s"] in ("g", "p", "t")
     else:
-        assert e["ph"] == "M" and "name" in e["args"] or "sort_index" in e["args"]
+        assert e["ph"] == "M" and ("name" in e["args"] or "sort_index" in e["args"])
+
+
+def _nested(events):
+    """Complete events of one track either nest or follow each other, as
+    Perfetto's JSON importer requires."""
+    ends = []
+    for e in events:
+        while ends and ends[-1] <= e["ts"]:
+            ends.pop()
+        end = e["ts"] + e["dur"]
+        if ends and end > ends[-1] + 1e-6:
+            return False
+        ends.append(end)
+    return True
 
 
 def test_perfetto_object_is_valid_trace_event_json(livepatch_run):
@@ -121,6 +137,8 @@ def test_perfetto_object_is_valid_trace_event_json(livepatch_run):
         assert threads[e["tid"]] == e["args"]["task"]
         assert e["cname"] == report.version_cname(e["args"]["version"])
     assert {e["cname"] for e in spans} == {"rail_response", "rail_load"}
+    for tid in threads:
+        assert _nested([e for e in events if e["ph"] == "X" and e["tid"] == tid])
     # virtual time: 1 s = seconds(1) instructions = 1e6 us
     first = min(spans, key=lambda e: e["ts"])
     assert first["ts"] == pytest.approx(first["args"]["start_insn"] * 1e6 / m.seconds(1))
