@@ -30,10 +30,28 @@ demo: build
 
 test: build
 	$(PY) -m pytest -q tests
+	$(MAKE) --no-print-directory asan
 
 bench: build
 	$(PY) -m pytest -q benchmarks --benchmark-only
 	$(VENV)/bin/lpemu bench
+
+# The C core built with AddressSanitizer and UndefinedBehaviorSanitizer (in
+# build/asan, next to a copy of the package), running the tests that feed it
+# hostile stacks, tables and guest code.
+ASAN_DIR   := build/asan
+ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
+ASAN_TESTS := tests/test_unwind.py tests/test_machine.py tests/test_models.py
+asan: $(STAMP)
+	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r emu $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/emu/_core_c* \
+	  && ln -s $(CURDIR)/csrc $(ASAN_DIR)/csrc
+	# capstone dlopens with RTLD_DEEPBIND, which the sanitizer runtime refuses
+	echo 'import os; os.__dict__.pop("RTLD_DEEPBIND", None)' > $(ASAN_DIR)/sitecustomize.py
+	EMU_CFLAGS="$(ASAN_FLAGS)" EMU_LDFLAGS="-fsanitize=address,undefined" $(PY) build_ext.py $(ASAN_DIR) >/dev/null
+	cd $(ASAN_DIR) && ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
+	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
+	  $(addprefix $(CURDIR)/,$(ASAN_TESTS)) --rootdir=$(CURDIR)
 
 clean:
 	rm -rf build emu/_core_c*.so emu/.core_built emu/_core_c.c

@@ -57,4 +57,8 @@ ffibuilder.set_source(
 )
 
 if __name__ == "__main__":
-    ffibuilder.compile(verbose=False)
+    # `python build_ext.py [DIR]`: build into DIR (default: here), e.g. the
+    # sanitizer build of `make asan`, which must not replace the normal one.
+    import sys
+    os.chdir(HERE)
+    ffibuilder.compile(tmpdir=sys.argv[1] if len(sys.argv) > 1 else ".", verbose=False)
