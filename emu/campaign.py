@@ -112,8 +112,12 @@ class Campaign:
     def _record(self, rec: dict) -> None:
         self.records[(rec["model"], rec["seed"])] = rec
         if self._file is not None:
-            self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
-            self._file.flush()
+            try:
+                self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
+                self._file.flush()
+            except OSError as exc:     # e.g. a full disk: what was written stays; a torn line is dropped on resume
+                raise UserError(f"{self.out / RUNS_FILE}: cannot write ({exc.strerror}); the runs written "
+                                f"so far are kept: continue with --resume --out {self.out}") from None
 
     def run(self, progress=None) -> None:
         """Run what is missing. progress(n) is called as runs finish. An
@@ -138,28 +142,27 @@ class Campaign:
     def _parallel(self, todo, cycle: int, runs_hint: int, progress) -> None:
         size = self.batch or max(1, min(64, len(todo) // (self.jobs * 8) or 1))
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-        suspects: list[list[tuple[str, int]]] = []
         while batches:
-            batches, lost = self._pool(batches, cycle, runs_hint, progress)
-            # a worker died: re-run what it held one seed at a time
-            suspects += [[run] for b in lost for run in b if run not in self.records]
-            if suspects and not batches:
-                batches, suspects = suspects, []
-                retry, dead = self._pool(batches, cycle, runs_hint, progress)
-                batches = retry
-                for b in dead:
-                    for model, seed in b:
-                        self._crash(model, seed)
+            batches, lost = self._pool(batches, cycle, runs_hint, progress, self.jobs, self.jobs * 2)
+            # A worker died: re-run what was in flight one seed at a time on one
+            # worker, so the seed that kills it again is known.
+            suspects = [run for b in lost for run in b if run not in self.records]
+            while suspects:
+                rest, dead = self._pool([[r] for r in suspects], cycle, runs_hint, progress, 1, 1)
+                if dead:
+                    self._crash(*dead[0][0])
+                suspects = [r for b in dead[1:] + rest for r in b if r not in self.records]
 
-    def _pool(self, batches, cycle, runs_hint, progress):
-        """Run batches in one pool; returns (not started, lost with a dead worker)."""
+    def _pool(self, batches, cycle, runs_hint, progress, workers: int, inflight: int):
+        """Run batches in one pool, at most inflight at a time. Returns (not
+        started, lost with a dead worker: the first one lost first)."""
         lost: list = []
-        ex = ProcessPoolExecutor(self.jobs, initializer=_init_worker)
+        ex = ProcessPoolExecutor(workers, initializer=_init_worker)
         pending = {}
         queue = list(batches)
         try:
             while queue or pending:
-                while queue and len(pending) < self.jobs * 2:
+                while queue and len(pending) < inflight:
                     b = queue.pop(0)
                     pending[ex.submit(_run_batch, self.program, cycle, self.plan.strategy, runs_hint, b)] = b
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
