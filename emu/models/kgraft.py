@@ -18,7 +18,7 @@ redirect's choice is the same code for both models.
 from __future__ import annotations
 
 from ..machine import Delay
-from ..patch import Patch
+from ..patch import Patch, PatchFunc
 from ..task import PATCHED, UNDEFINED, UNPATCHED, Kind, RunState, Task
 from .base import Model
 
@@ -32,15 +32,34 @@ class KGraft(Model):
         self.wake_after = wake_after
         self.target = UNDEFINED
         self.current: Patch | None = None
+        self.immutable = False       # kgr_immutable: no migration while the code is being changed
+        self.nops: dict[str, list[PatchFunc]] = {}   # a replace patch's nops, by patch name
 
     def enable(self, patch: Patch) -> None:
         self.add(patch)
         self.busy_check(patch)
-        funcs = self.loaded_funcs(patch)
+        funcs = self.loaded_funcs(patch) + self._replace_nops(patch)
         for f in funcs:
             f.transition = True
         updates = self.push_all(patch, funcs)
         self._start(patch, PATCHED, updates)
+
+    def _replace_nops(self, patch: Patch) -> list[PatchFunc]:
+        """Atomic replace: the functions of the patches it replaces that it
+        does not carry get a nop (the new universe runs the original)."""
+        if not patch.replace:
+            return []
+        carried = {f.old.id for f in self.loaded_funcs(patch)}
+        nops, seen = [], set()
+        for other in self.patches:
+            if other is patch or not other.enabled:
+                continue
+            for g in self.loaded_funcs(other):
+                if g.old.id not in carried and g.old.id not in seen:
+                    seen.add(g.old.id)
+                    nops.append(PatchFunc(g.name, g.object, None, old=g.old))
+        self.nops[patch.name] = nops
+        return nops
 
     def disable(self, patch: Patch) -> None:
         self.busy_check(patch)
@@ -64,7 +83,7 @@ class KGraft(Model):
         self.m.spawn(self._work(t, patch, target, updates))
 
     def _migrate(self, task: Task) -> None:
-        if task.pending and self.current is not None:
+        if task.pending and self.current is not None and not self.immutable:
             task.pending = False
             self.m.set_patch_state(task, self.target)
 
@@ -79,8 +98,10 @@ class KGraft(Model):
 
     def _work(self, t, patch: Patch, target: int, updates):
         t.started_at = self.m.now
+        self.immutable = True
         for update in updates:
             yield from update
+        self.immutable = False
         step = self.m.seconds(self.check_interval)
         while True:
             t.attempts += 1
@@ -97,11 +118,23 @@ class KGraft(Model):
                     if not x.is_idle:
                         self.m.signal(x)
             yield Delay(step)
-        for f in self.loaded_funcs(patch):
+        nops = self.nops.pop(patch.name, []) if target == PATCHED else []
+        for f in self.loaded_funcs(patch) + nops:
             f.transition = False
             self.sync(f)
         if target == UNPATCHED:
             for update in [self.pop(patch, f) for f in self.loaded_funcs(patch)]:
+                yield from update
+        elif patch.replace:
+            # the replaced patches and the nops go; sites left with nothing to
+            # redirect go back to NOPs
+            gone = [(other, g) for other in self.patches if other is not patch and other.enabled
+                    for g in self.loaded_funcs(other)]
+            for other, _ in gone:
+                other.enabled = False
+                for obj in other.objects:
+                    obj.patched = False
+            for update in [self.pop(other, g) for other, g in gone] + [self.pop(patch, f) for f in nops]:
                 yield from update
         for task in self.all_tasks():
             self.m.set_patch_state(task, UNDEFINED)

@@ -122,6 +122,7 @@ class StopMachine(Model):
                     for f in funcs:
                         yield from self.release_ops(f)
                 self.forcing = False
+                t.blockers = []         # earlier attempts' blockers are history now
                 self.printk(f"{self.prefix}{'loaded' if target == PATCHED else 'unloaded'} "
                             f"patch module '{patch.name}'")
                 self.finish(t, "completed")
