@@ -318,6 +318,8 @@ def _diff(args) -> int:
         print(f"{kind}: {', '.join(names) if names else '(none)'}")
     for name, why in sorted(d.reasons.items()):
         print(f"  {name}: {why}")
+    for warning in d.warnings:
+        print(f"warning: {warning}")
     return 0
 
 

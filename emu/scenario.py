@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import ScenarioError
+from .errors import PatchError, ScenarioError
 
 MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
 STRATEGIES = ("exhaustive", "random", "pct")
@@ -433,9 +434,10 @@ def build(scn: Scenario) -> Program:
         raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")
     for p in scn.patches:
-        functions, reasons = p.functions, {}
-        if functions is None:
-            functions, reasons = _differing(scn, p, base)
+        # the diff refuses data changes (PatchError) even when functions are listed
+        functions, reasons = _differing(scn, p, base, listed=p.functions is not None)
+        if p.functions is not None:
+            functions = p.functions
         for name in functions:
             obj, _, fname = name.rpartition(":")
             owner = prog.modules.get(obj) if obj else base
@@ -465,20 +467,22 @@ def build(scn: Scenario) -> Program:
     return prog
 
 
-def _differing(scn: Scenario, p: PatchSpec, base) -> tuple[list[str], dict]:
+def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list[str], dict]:
     """The functions a patch without a `functions` list carries: those its
-    sources define differently from the program (emu/diff.py)."""
+    sources define differently from the program (emu/diff.py). Raises
+    PatchError when the patch changes existing data."""
+    from .diff import patch_plan
+
     try:
-        from .diff import patch_plan
-    except ImportError:      # pragma: no cover - emu/diff.py is part of the package
-        patch_plan = None
-    if patch_plan is None:
-        raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: give `functions`")
-    plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)
+        plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)
+    except PatchError as exc:
+        raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
     functions = [f for f in plan.changed if f in base.functions]
-    if not functions:
+    for warning in plan.warnings:
+        print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {warning}", file=sys.stderr)
+    if not functions and not listed:
         raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: its sources change no function "
                             f"of the program")
     reasons = {f: plan.reasons.get(f, "differs") for f in functions}
-    reasons["_new"] = list(plan.new)
+    reasons["_new"] = list(plan.carry)
     return functions, reasons

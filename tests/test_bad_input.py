@@ -121,6 +121,13 @@ def test_a_patch_using_a_symbol_the_base_lacks(d, capsys):
     assert code == 2 and "nowhere" in err
 
 
+def test_a_patch_that_changes_data_is_refused(d, capsys):
+    (d / "patch.c").write_text((d / "patch.c").read_text().replace("extern long total;", "long total = 7;"))
+    code, err = run(d, capsys, SCENARIO)
+    assert code == 2 and "patch[p]" in err and "'total' changes its initial value" in err
+    assert "shadow variable" in err
+
+
 def test_an_elf_that_is_not_x86_64(d, capsys):
     import subprocess
     subprocess.run(["gcc", "-c", "-o", str(d / "base.o"), str(d / "base.c"), "-I",

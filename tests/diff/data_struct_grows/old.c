@@ -1,0 +1,13 @@
+/* A struct gains a field. */
+#include "lpemu.h"
+
+struct stats {
+	long hits;
+};
+
+struct stats stats;
+
+__attribute__((noinline)) void hit(void)
+{
+	stats.hits++;
+}

@@ -1,0 +1,12 @@
+/* Two files, each with its own static helper(). */
+#include "lpemu.h"
+
+static __attribute__((noinline)) long helper(long x)
+{
+	return x + 10;
+}
+
+long a_entry(long x)
+{
+	return helper(x) * 2;
+}
