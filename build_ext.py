@@ -47,6 +47,7 @@ ffibuilder.set_source(
     "emu._core_c",
     '#include "emu.h"\n',
     sources=[str(p.relative_to(HERE)) for p in SOURCES],
+    depends=[str(p.relative_to(HERE)) for p in sorted(CSRC.glob("*.h"))],
     include_dirs=[str(CSRC), str(UNICORN_DIR / "include")],
     library_dirs=[str(UNICORN_DIR / "lib")],
     libraries=[":libunicorn.so.2"],

@@ -185,8 +185,14 @@ struct emu_region *__emu_region_of(struct emu_core *c, uint64_t addr, uint64_t s
 
     if (!c->nregions)
         return NULL;
-    if (region_holds(&c->regions[c->last_region], addr, size))
-        return &c->regions[c->last_region];
+    i = c->last_region;
+    if (region_holds(&c->regions[i], addr, size))
+        return &c->regions[i];
+    /* Task stacks are mapped one after another and checked in that order. */
+    if (i + 1 < c->nregions && region_holds(&c->regions[i + 1], addr, size)) {
+        c->last_region = i + 1;
+        return &c->regions[i + 1];
+    }
     i = region_floor(c, addr);
     if (i < 0 || !region_holds(&c->regions[i], addr, size))
         return NULL;
@@ -226,6 +232,7 @@ int emu_add_code(struct emu_core *c, uint64_t base, uint64_t size, const uint8_t
     k->base = base;
     k->size = size;
     c->ncode++;
+    memset(c->icache, 0, sizeof(c->icache));
     return EMU_OK;
 }
 
@@ -284,6 +291,26 @@ uint64_t __emu_icount(struct emu_core *c, uint64_t addr, uint64_t size)
         end = k->size;
     n = popcount_range(k->bits, off, end);
     return n ? n : 1;
+}
+
+/* __emu_icount of a translated block, remembered: the block hook asks for
+ * every block that runs, and a loop runs the same few blocks over and over.
+ * An entry is only good while the bitmaps stay as they were (emu_add_code
+ * forgets them all). */
+uint64_t __emu_block_icount(struct emu_core *c, uint64_t addr, uint32_t size)
+{
+    /* Fibonacci hashing: code of several images at 1 MiB-aligned bases
+     * must not fall into the same few slots. */
+    struct emu_icache *e = &c->icache[(addr * 0x9e3779b97f4a7c15ULL) >> (64 - EMU_ICACHE_BITS)];
+    uint64_t n;
+
+    if (e->addr == addr && e->size == size && size)
+        return e->n;
+    n = __emu_icount(c, addr, size);
+    e->addr = addr;
+    e->size = size;
+    e->n = (uint32_t)n;     /* n <= size */
+    return n;
 }
 
 /* Address of the instruction that comes after the first n instructions of

@@ -16,6 +16,8 @@
 #define EMU_MAX_REGIONS 65536
 #define EMU_MAX_CODE    64
 #define EMU_MAX_SITES   4096
+#define EMU_ICACHE_BITS 10
+#define EMU_ICACHE      (1 << EMU_ICACHE_BITS)  /* blocks whose instruction count is remembered */
 
 /* Guest memory backed by host memory the core owns (uc_mem_map_ptr). */
 struct emu_region {
@@ -41,6 +43,7 @@ struct emu_site {
     int32_t func_id;
     int32_t n;              /* entries in use */
     int32_t poke;           /* EMU_POKE_*: the instruction a text_poke_bp is writing */
+    const uint8_t *code;    /* host address of the site's 5 bytes (NULL: look it up) */
     uc_hook watch;
     struct emu_entry entries[EMU_SITE_MAX_ENTRIES];
 };
@@ -57,6 +60,11 @@ struct emu_core {
     struct emu_code code[EMU_MAX_CODE];
     int ncode;
     int last_code;          /* index of the last code_of hit */
+    struct emu_icache {     /* instructions per block, for the block hook */
+        uint64_t addr;
+        uint32_t size;
+        uint32_t n;
+    } icache[EMU_ICACHE];
 
     /* tasks */
     uc_context **ctx;
@@ -69,6 +77,8 @@ struct emu_core {
     struct emu_site *by_addr[EMU_MAX_SITES];
     int nsites;
     uint64_t tramp;
+    uint8_t *tramp_slot;    /* host address of the trampoline's jump slot, or NULL */
+    uint64_t tramp_bad;     /* what the slot held at first: where a stray jump goes */
 
     uc_hook h_block, h_syscall, h_intr, h_invalid, h_tramp, h_tlb;
 
@@ -99,6 +109,7 @@ struct emu_core {
 struct emu_region *__emu_region_of(struct emu_core *c, uint64_t addr, uint64_t size);
 uint8_t *__emu_ptr(struct emu_core *c, uint64_t addr, uint64_t size);
 uint64_t __emu_icount(struct emu_core *c, uint64_t addr, uint64_t size);
+uint64_t __emu_block_icount(struct emu_core *c, uint64_t addr, uint32_t size);
 uint64_t __emu_nth_insn(struct emu_core *c, uint64_t addr, uint64_t size, uint64_t n);
 int __emu_event(struct emu_core *c, int kind, int task, int64_t a, int64_t b, uint64_t cval, uint64_t clock);
 void __emu_fault(struct emu_core *c, int kind, uint64_t rip, uint64_t addr, int intno);

@@ -198,6 +198,10 @@ int emu_task_set_state(struct emu_core *core, int tid, int state);
 int emu_site_add(struct emu_core *core, uint64_t addr, int func_id);
 int emu_site_set_entries(struct emu_core *core, int site, const struct emu_entry *entries, int n);
 int emu_site_set_poke(struct emu_core *core, int site, int poke);
+/* The trampoline every enabled site calls. When its instruction is
+ * `jmp qword ptr [rip + d]` (mapped by emu_map), the redirect stores the
+ * target in that slot and lets the jump run, far cheaper than writing RIP
+ * from a hook (csrc/redirect.c); any other instruction is never run. */
 int emu_set_trampoline(struct emu_core *core, uint64_t addr);
 
 /* Writes to text also drop the translated code of that range. */
@@ -221,5 +225,64 @@ int emu_events_pending(struct emu_core *core);
  * recorded by default. Returns the previous mask. */
 uint64_t emu_set_event_mask(struct emu_core *core, uint64_t mask);
 uint64_t emu_events_dropped(struct emu_core *core);
+
+/* ---- stack checks of many tasks in one call --------------------------------
+ * What a consistency model asks of each task's stack: walk it (or, for
+ * Ksplice, scan it) and find the first entry that lies in the ranges being
+ * checked. emu_check_stacks does it for many tasks in one call, reading each
+ * task's rip/rsp/rbp from its saved context (from the engine for the loaded
+ * task) and its stack from host memory, so the cost of crossing cffi is paid
+ * once per batch rather than once per task. emu/unwind.py check_stack() is
+ * the twin of one task's check.
+ */
+#define EMU_UNWIND_FP   0
+#define EMU_UNWIND_ORC  1
+#define EMU_UNWIND_SCAN 2   /* entries: rip, then the first word at or above rsp in a checked range */
+
+struct emu_stack_task {
+    int32_t tid;
+    int32_t preempted;
+    uint64_t lo;         /* the task's stack [lo, hi): one mapped region */
+    uint64_t hi;
+    uint64_t end_ret;    /* the entry frame, as in struct emu_walk_in */
+    uint64_t end_slot;
+};
+
+struct emu_stack_cfg {
+    int32_t kind;                    /* EMU_UNWIND_* */
+    int32_t max_entries;             /* entries per task (>= 1, >= 2 to scan) */
+    const struct emu_range *text;    /* sorted, disjoint: known code */
+    int32_t ntext;
+    int32_t norc;
+    const uint64_t *orc_ip;
+    const struct emu_orc_entry *orc;
+    uint64_t empty_lo;               /* a walk whose rip lies in [empty_lo, empty_hi) */
+    uint64_t empty_hi;               /* has no kernel frame: (WALK_OK, rip) */
+    const struct emu_range *check;   /* sorted, disjoint: what must not be on the stack */
+    int32_t ncheck;
+    int32_t reliable;                /* an unreliable walk fails the check too */
+};
+
+struct emu_stack_result {
+    int32_t code;    /* EMU_WALK_*, or a negative EMU_E* for this task alone */
+    int32_t off;     /* this task's entries are entries[off .. off + n) */
+    int32_t n;
+    int32_t hit;     /* index of the first entry in a checked range, or -1 */
+    uint64_t rip;
+    uint64_t rsp;
+    uint64_t rbp;
+    uint64_t where;  /* scan: stack address of the word that hit, else 0 */
+};
+
+/* Check tasks[0..n). entries has room for n * cfg->max_entries words; the
+ * tasks' entries are packed one after the other in task order. A task fails
+ * the check when an entry lies in a checked range, when its walk was too
+ * deep, when (cfg->reliable) its code is not EMU_WALK_OK, or when it got a
+ * negative code (a bad tid: EMU_EINVAL; a stack that is not one mapped
+ * region: EMU_ENOENT). Returns how many tasks failed, or EMU_EINVAL for a
+ * bad cfg (nothing is written then). */
+int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
+                     const struct emu_stack_task *tasks, int n,
+                     uint64_t *entries, struct emu_stack_result *out);
 
 #endif /* EMU_H */

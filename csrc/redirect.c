@@ -5,8 +5,17 @@
  * the part of ftrace_regs_caller plus klp_ftrace_handler: it finds the site
  * from the return address, picks the target from the site's stack of
  * entries, the transition flag and the current task's patch state, pops the
- * return address and sets RIP, so the chosen function starts with the stack
- * exactly as at the original's entry and returns straight to the caller.
+ * return address and sends the task to the target, so the chosen function
+ * starts with the stack exactly as at the original's entry and returns
+ * straight to the caller.
+ *
+ * How it sends the task there: when the trampoline instruction is
+ * `jmp qword ptr [rip + d]` (emu/runtime.py), the hook writes the target
+ * into that slot and lets the jump run. Writing RIP from a hook instead
+ * makes Unicorn leave its translated code and come back, which costs more
+ * than the rest of the redirect together (shared/UNICORN.md: +52-64 ns a
+ * call); it remains the way for the int3 of a text_poke_bp, for a run that
+ * must stop inside the hook, and for any other trampoline.
  *
  * Every site also has a watch hook, which reports entries into functions
  * whose site is still a NOP (the original running untraced), and notices a
@@ -57,14 +66,24 @@ original:
     return s->addr + 5;
 }
 
-static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t clock)
+/* Send the task at a site's entry to the chosen function, stack as at the
+ * original's entry. by_slot: the task is at the trampoline's jump, which
+ * may take the target from its slot. */
+static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t clock, int by_slot)
 {
     int32_t version;
     uint64_t target = choose(c, s, &version);
 
     uc_reg_write(c->uc, UC_X86_REG_RSP, &rsp);
-    uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
     __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, version, rsp, clock);
+    /* A stop asked for in the hook (the event ring filling up) takes
+     * effect before the jump runs: RIP must then hold the target already,
+     * or the task would resume at the trampoline with its return address
+     * popped. */
+    if (by_slot && c->tramp_slot && !(c->stop && c->stop->reason))
+        memcpy(c->tramp_slot, &target, 8);
+    else
+        uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
 }
 
 static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
@@ -82,13 +101,15 @@ static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     }
     if (!s) {
         __emu_fault(c, EMU_FAULT_BAD_TRAMPOLINE, addr, ret, 0);
+        if (c->tramp_slot)
+            memcpy(c->tramp_slot, &c->tramp_bad, 8);
         uc_emu_stop(uc);
         return;
     }
-    enter(c, s, rsp + 8, emu_now(c, addr));
+    enter(c, s, rsp + 8, emu_now(c, addr), 1);
 }
 
-static int is_call_to(const uint8_t *p, uint64_t site, uint64_t target)
+static inline int is_call_to(const uint8_t *p, uint64_t site, uint64_t target)
 {
     int32_t rel;
 
@@ -102,7 +123,7 @@ static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
 {
     struct emu_site *s = ud;
     struct emu_core *c = s->core;
-    uint8_t *p = __emu_ptr(c, addr, 5);
+    const uint8_t *p = s->code ? s->code : __emu_ptr(c, addr, 5);
     uint64_t rsp = 0;
 
     if (!p)
@@ -130,7 +151,7 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
                 return;     /* the Python twin's hook handles it */
             uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
             if (s->poke == EMU_POKE_TO_CALL) {
-                enter(c, s, rsp, emu_now(c, rip - 1));
+                enter(c, s, rsp, emu_now(c, rip - 1), 0);
             } else {
                 uint64_t next = s->addr + 5;
                 uc_reg_write(uc, UC_X86_REG_RIP, &next);
@@ -184,6 +205,9 @@ int emu_site_add(struct emu_core *c, uint64_t addr, int func_id)
     s->core = c;
     s->addr = addr;
     s->func_id = func_id;
+    /* Regions never move their host memory: the watch hook reads the
+     * site's bytes through this pointer without a lookup. */
+    s->code = __emu_ptr(c, addr, 5);
     if (c->flags & EMU_FLAG_ACCEL_C) {
         uc_err err = uc_hook_add(c->uc, &s->watch, UC_HOOK_CODE, (void *)hook_watch, s, addr, addr);
         if (err) {
@@ -224,11 +248,24 @@ int emu_set_trampoline(struct emu_core *c, uint64_t addr)
 {
     uc_err err;
 
+    const uint8_t *p;
+    uint64_t slot;
+    int32_t disp;
+
     if (!c || !addr || c->tramp)
         return EMU_EINVAL;
     c->tramp = addr;
     if (!(c->flags & EMU_FLAG_ACCEL_C))
         return EMU_OK;
+    /* jmp qword ptr [rip + disp32]: ff 25 disp32, the slot at addr + 6 + disp */
+    p = __emu_ptr(c, addr, 6);
+    if (p && p[0] == 0xff && p[1] == 0x25) {
+        memcpy(&disp, p + 2, 4);
+        slot = addr + 6 + (uint64_t)(int64_t)disp;
+        c->tramp_slot = __emu_ptr(c, slot, 8);
+        if (c->tramp_slot)
+            memcpy(&c->tramp_bad, c->tramp_slot, 8);
+    }
     err = uc_hook_add(c->uc, &c->h_tramp, UC_HOOK_CODE, (void *)hook_tramp, c, addr, addr);
     if (err) {
         c->last_err = err;

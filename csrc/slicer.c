@@ -56,7 +56,7 @@ static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
         c->partial = 0;
         n = c->partial_n;
     } else {
-        n = __emu_icount(c, addr, size);
+        n = __emu_block_icount(c, addr, size);
         /* Without precision the first block of a run always executes, so
          * that every run makes progress. */
         if (c->executed + n > c->budget && (c->precise || c->executed)) {

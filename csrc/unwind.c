@@ -32,6 +32,30 @@ static int __emu_in_ranges(const struct emu_range *r, int n, uint64_t a)
     return lo > 0 && a < r[lo - 1].end;
 }
 
+/* __emu_in_ranges, trying the range that held the last address first
+ * (*last, -1 for none; updated on a hit): return addresses of a recursion
+ * or of one function's calls keep landing in the same range. */
+static inline int __emu_in_ranges_near(const struct emu_range *r, int n, uint64_t a, int *last)
+{
+    int lo = 0, hi = n;
+
+    if (*last >= 0 && a >= r[*last].start && a < r[*last].end)
+        return 1;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+
+        if (r[mid].start <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo > 0 && a < r[lo - 1].end) {
+        *last = lo - 1;
+        return 1;
+    }
+    return 0;
+}
+
 /* True when the 8-byte word at a is aligned and lies wholly in [lo, hi).
  * Written as a > hi - 8 so that an a near 2^64 cannot wrap into range. */
 static int __emu_word_ok(uint64_t lo, uint64_t hi, uint64_t a)
@@ -40,14 +64,14 @@ static int __emu_word_ok(uint64_t lo, uint64_t hi, uint64_t a)
 }
 
 /* The little-endian word at guest address a; the caller checked a. */
-static uint64_t __emu_load(const uint8_t *stack, uint64_t lo, uint64_t a)
+static inline uint64_t __emu_load(const uint8_t *stack, uint64_t lo, uint64_t a)
 {
-    const uint8_t *p = stack + (a - lo);
-    uint64_t v = 0;
-    int i;
+    uint64_t v;
 
-    for (i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
+    memcpy(&v, stack + (a - lo), 8);
+#if __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
@@ -67,6 +91,15 @@ static int __emu_orc_find(const uint64_t *orc_ip, int norc, uint64_t ip)
     return lo - 1;
 }
 
+/* __emu_orc_find, trying the entry found last first: the frames of a
+ * recursion, or of a loop of calls, keep hitting the same entry. */
+static inline int __emu_orc_find_near(const uint64_t *orc_ip, int norc, uint64_t ip, int last)
+{
+    if (last >= 0 && orc_ip[last] <= ip && (last + 1 == norc || ip < orc_ip[last + 1]))
+        return last;
+    return __emu_orc_find(orc_ip, norc, ip);
+}
+
 static int __emu_walk_args_ok(const uint8_t *stack, uint64_t lo, uint64_t hi,
                               const struct emu_range *text, int ntext,
                               const struct emu_walk_in *in, const uint64_t *out,
@@ -84,7 +117,7 @@ static int __emu_walk_args_ok(const uint8_t *stack, uint64_t lo, uint64_t hi,
 /* Append v to the trace, or end the walk as too deep when out[] is full. */
 #define EMU_PUSH(v)                             \
     do {                                        \
-        if (n == in->max_entries) {             \
+        if (n == max) {                         \
             rc = EMU_WALK_TOO_DEEP;             \
             goto done;                          \
         }                                       \
@@ -101,14 +134,19 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
                 const struct emu_range *text, int ntext,
                 const struct emu_walk_in *in, uint64_t *out, int *nout)
 {
-    uint64_t bp, frame, ret, next;
-    int n = 0, rc;
+    uint64_t bp, frame, ret, next, rsp, end_ret, end_slot;
+    int n = 0, rc, max, ti = -1;
 
     if (!__emu_walk_args_ok(stack, lo, hi, text, ntext, in, out, nout)) {
         if (nout)
             *nout = 0;
         return EMU_EINVAL;
     }
+    /* Locals, not in->: stores to out[] could alias them otherwise. */
+    max = in->max_entries;
+    rsp = in->rsp;
+    end_ret = in->end_ret;
+    end_slot = in->end_slot;
 
     EMU_PUSH(in->rip);
     if (!__emu_in_ranges(text, ntext, in->rip))
@@ -119,10 +157,10 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
             EMU_END(EMU_WALK_NO_END);
         frame = bp;
         /* A frame is [saved rbp][return address]; it must lie above rsp. */
-        if (frame % 8 || frame < lo || hi < 16 || frame > hi - 16 || frame < in->rsp)
+        if (frame % 8 || frame < lo || hi < 16 || frame > hi - 16 || frame < rsp)
             EMU_END(EMU_WALK_OFF_STACK);
         ret = __emu_load(stack, lo, frame + 8);
-        if (ret == in->end_ret && frame + 8 == in->end_slot) {
+        if (ret == end_ret && frame + 8 == end_slot) {
             /* The entry frame: a complete trace. A task stopped at an
              * arbitrary instruction may not have its frame set up yet, so
              * frame pointers cannot vouch for it (the kernel sees the
@@ -130,7 +168,10 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
             EMU_PUSH(ret);
             EMU_END(in->preempted ? EMU_WALK_PREEMPTED : EMU_WALK_OK);
         }
-        if (ret == 0 || !__emu_in_ranges(text, ntext, ret))
+        /* ret - 1: the call itself, which may be the last instruction of
+         * its function (a call of a noreturn function), with ret already
+         * past the function's end. */
+        if (ret == 0 || !__emu_in_ranges_near(text, ntext, ret - 1, &ti))
             EMU_END(EMU_WALK_BAD_RET);
         EMU_PUSH(ret);
         next = __emu_load(stack, lo, frame);
@@ -149,8 +190,8 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
                  const struct emu_walk_in *in, uint64_t *out, int *nout)
 {
     const struct emu_orc_entry *e;
-    uint64_t ip, sp, bp, look, cfa, slot, ret, a;
-    int n = 0, rc, first = 1, i;
+    uint64_t ip, sp, bp, look, cfa, slot, ret, a, end_ret, end_slot;
+    int n = 0, rc, first = 1, i = -1, max, ti = -1;
 
     if (!__emu_walk_args_ok(stack, lo, hi, text, ntext, in, out, nout) ||
         norc < 0 || (norc > 0 && (!orc_ip || !orc))) {
@@ -159,6 +200,10 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
         return EMU_EINVAL;
     }
 
+    /* Locals, not in->: stores to out[] could alias them otherwise. */
+    max = in->max_entries;
+    end_ret = in->end_ret;
+    end_slot = in->end_slot;
     ip = in->rip;
     sp = in->rsp;
     bp = in->rbp;
@@ -170,7 +215,7 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
         /* A return address points after its call, which may be the last
          * instruction of the function: look the call itself up. */
         look = first ? ip : ip - 1;
-        i = __emu_orc_find(orc_ip, norc, look);
+        i = __emu_orc_find_near(orc_ip, norc, look, i);
         if (i < 0)
             EMU_END(EMU_WALK_NO_ORC);
         e = &orc[i];
@@ -200,11 +245,14 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
         sp = cfa;
 
         /* ORC knows every instruction's frame, preempted or not. */
-        if (ret == in->end_ret && slot == in->end_slot) {
+        if (ret == end_ret && slot == end_slot) {
             EMU_PUSH(ret);
             EMU_END(EMU_WALK_OK);
         }
-        if (ret == 0 || !__emu_in_ranges(text, ntext, ret))
+        /* ret - 1: the call itself, which may be the last instruction of
+         * its function (a call of a noreturn function), with ret already
+         * past the function's end. */
+        if (ret == 0 || !__emu_in_ranges_near(text, ntext, ret - 1, &ti))
             EMU_END(EMU_WALK_BAD_RET);
         EMU_PUSH(ret);
         ip = ret;
@@ -217,12 +265,17 @@ done:
 
 int emu_ranges_hit(const uint64_t *addrs, int n, const struct emu_range *ranges, int nranges)
 {
+    uint64_t lo, hi;
     int i;
 
     if (n < 0 || nranges < 0 || (!addrs && n > 0) || (!ranges && nranges > 0))
         return EMU_EINVAL;
+    if (!nranges)
+        return -1;
+    lo = ranges[0].start;
+    hi = ranges[nranges - 1].end;
     for (i = 0; i < n; i++)
-        if (__emu_in_ranges(ranges, nranges, addrs[i]))
+        if (addrs[i] >= lo && addrs[i] < hi && __emu_in_ranges(ranges, nranges, addrs[i]))
             return i;
     return -1;
 }

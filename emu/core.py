@@ -7,25 +7,30 @@ exceptions in this one place.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import struct
 import weakref
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import unicorn  # must come before the extension: one libunicorn for both
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
 from unicorn.unicorn_py3 import unicorn as _binding
 
 from .errors import CoreError, StaleBuild
+from . import unwind
+from .unwind import UNWINDERS, StackCheck
 
 try:
     from ._core_c import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise StaleBuild(f"the C core is not built ({exc}); run `make build`") from None
 
-__all__ = ["Engine", "Stop", "Ranges", "walk_fp", "walk_orc", "ranges_hit", "stack_scan"]
+__all__ = ["Engine", "Stop", "EventLog", "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp",
+           "walk_orc", "ranges_hit", "stack_scan"]
 
 # ---- build checks ---------------------------------------------------------
 
@@ -109,6 +114,12 @@ _ERRORS = {
 
 _EVENT = struct.Struct("<QiiqqQ")
 assert _EVENT.size == ffi.sizeof("struct emu_event")
+_STACK_TASK = struct.Struct("<iiQQQQ")       # struct emu_stack_task
+assert _STACK_TASK.size == ffi.sizeof("struct emu_stack_task")
+_STACK_RESULT = struct.Struct("<iiiiQQQQ")   # struct emu_stack_result
+assert _STACK_RESULT.size == ffi.sizeof("struct emu_stack_result")
+for _kind, _value in (("fp", lib.EMU_UNWIND_FP), ("orc", lib.EMU_UNWIND_ORC), ("scan", lib.EMU_UNWIND_SCAN)):
+    assert UNWINDERS[_kind] == _value, "emu/unwind.py UNWINDERS disagrees with csrc/emu.h"
 
 
 def _check(rc: int, what: str, core=None) -> int:
@@ -122,9 +133,9 @@ def _check(rc: int, what: str, core=None) -> int:
     raise CoreError(f"{what}: {msg}")
 
 
-@dataclass(frozen=True, slots=True)
-class Stop:
-    """Why emu_run came back (EMU_STOP_*), with what the reason carries."""
+class Stop(NamedTuple):
+    """Why emu_run came back (EMU_STOP_*), with what the reason carries.
+    (A named tuple: the machine makes one per slice, and it must be cheap.)"""
     reason: int
     executed: int
     rip: int
@@ -134,6 +145,10 @@ class Stop:
     addr: int = 0
     hc_nr: int = 0
     hc_args: tuple[int, int, int] = (0, 0, 0)
+
+
+_STOP = struct.Struct("<iiiiQQQq3q")      # struct emu_stop
+assert _STOP.size == ffi.sizeof("struct emu_stop")
 
 
 class Engine:
@@ -163,6 +178,7 @@ class Engine:
         # The core must go before the Uc it hooks: the finalizer holds both.
         self._finalizer = weakref.finalize(self, Engine._free, core, self.uc)
         self._stop = ffi.new("struct emu_stop *")
+        self._stop_buf = ffi.buffer(self._stop)
         self._ev_cap = 4096
         self._ev_buf = ffi.new("struct emu_event[]", self._ev_cap)
         self._entry_buf = ffi.new("struct emu_entry[]", SITE_MAX_ENTRIES)
@@ -171,6 +187,12 @@ class Engine:
     @staticmethod
     def _free(core, uc):
         lib.emu_core_free(core)
+        # Close the engine now rather than when a reference cycle is collected:
+        # each one holds its translation cache (megabytes). The binding's own
+        # finalizer runs at most once, so this is the only uc_close.
+        release = getattr(uc, "_Uc__finalizer", None)
+        if release is not None:
+            release()
 
     def close(self) -> None:
         """Free the C core now (also done when the Engine is collected)."""
@@ -204,14 +226,18 @@ class Engine:
 
     def switch(self, tid: int) -> None:
         """Save the loaded task's CPU context and load task tid's."""
-        _check(lib.emu_switch(self._core, tid), f"switch to task {tid}", self._core)
+        rc = lib.emu_switch(self._core, tid)
+        if rc:      # the message is only made on failure: this runs once a slice
+            _check(rc, f"switch to task {tid}", self._core)
 
     @property
     def current(self) -> int:
         return lib.emu_current(self._core)
 
     def set_task_state(self, tid: int, state: int) -> None:
-        _check(lib.emu_task_set_state(self._core, tid, state), f"patch state of task {tid}")
+        rc = lib.emu_task_set_state(self._core, tid, state)
+        if rc:
+            _check(rc, f"patch state of task {tid}")
 
     # -- sites -------------------------------------------------------------------
     def add_site(self, addr: int, func_id: int) -> int:
@@ -256,10 +282,12 @@ class Engine:
 
     def run(self, budget: int, precise: bool = False) -> Stop:
         """Run the loaded task for at most budget instructions."""
-        s = self._stop
-        _check(lib.emu_run(self._core, budget, 1 if precise else 0, s), "run")
-        return Stop(s.reason, s.executed, s.rip, s.fault_kind, s.uc_err, s.intno, s.addr,
-                    s.hc_nr, (s.hc_args[0], s.hc_args[1], s.hc_args[2]))
+        rc = lib.emu_run(self._core, budget, 1 if precise else 0, self._stop)
+        if rc:
+            _check(rc, "run")
+        reason, uc_err, fault_kind, intno, executed, rip, addr, hc_nr, a, b, c = \
+            _STOP.unpack(self._stop_buf)
+        return Stop(reason, executed, rip, fault_kind, uc_err, intno, addr, hc_nr, (a, b, c))
 
     def request_stop(self) -> None:
         lib.emu_request_stop(self._core)
@@ -269,7 +297,40 @@ class Engine:
         """Append an event; clock defaults to now."""
         if clock is None:
             clock = lib.emu_clock(self._core)
-        _check(lib.emu_event_push(self._core, kind, task, a, b, c, clock), "event push")
+        rc = lib.emu_event_push(self._core, kind, task, a, b, c, clock)
+        if rc:
+            _check(rc, "event push")
+
+    def set_event_mask(self, kinds=None) -> None:
+        """Record only events of these kinds (None: every kind, the default).
+        Kinds from 64 on are always recorded. Events left out are counted in
+        events_dropped. Turning EV_ENTRY off takes the per-call event (and
+        Python's cost of draining it) off redirected calls."""
+        mask = (1 << 64) - 1
+        if kinds is not None:
+            mask = 0
+            for k in kinds:
+                if not 0 <= k < 64:
+                    raise ValueError(f"event kind {k} is always recorded (only kinds 0..63 can be masked)")
+                mask |= 1 << k
+        lib.emu_set_event_mask(self._core, mask)
+
+    @property
+    def events_dropped(self) -> int:
+        """Events the mask left out so far."""
+        return lib.emu_events_dropped(self._core)
+
+    def take_events_raw(self) -> bytes:
+        """Drain the ring as packed struct emu_event records (EventLog keeps
+        them so: the trace then costs a copy, not a tuple per event)."""
+        n = lib.emu_events_pending(self._core)
+        if n <= 0:
+            return b""
+        if n > self._ev_cap:
+            self._ev_cap = n
+            self._ev_buf = ffi.new("struct emu_event[]", n)
+        got = lib.emu_events_take(self._core, self._ev_buf, n)
+        return ffi.buffer(self._ev_buf, got * _EVENT.size)[:]
 
     def take_events(self) -> list[tuple[int, int, int, int, int, int]]:
         """Drain the ring: (clock, kind, task, a, b, c) tuples in order."""
@@ -291,6 +352,73 @@ class Engine:
         if ptr == ffi.NULL:
             raise CoreError(f"no host memory for the stack {lo:#x}-{hi:#x}")
         return _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc)
+
+
+    def stack_checker(self, kind: str, text: "Ranges", *, orc: "OrcArrays | None" = None,
+                      empty: tuple[int, int] = (0, 0), max_entries: int = 100,
+                      reliable: bool = True) -> "StackChecker":
+        """A prepared check of many tasks' stacks in one C call (see StackChecker)."""
+        return StackChecker(self, kind, text, orc=orc, empty=empty, max_entries=max_entries,
+                            reliable=reliable)
+
+
+# ---- the trace, kept packed ----------------------------------------------------------
+
+
+class EventLog(Sequence):
+    """A trace of (clock, kind, task, a, b, c) events that takes the C
+    core's records packed (extend_raw, from Engine.take_events_raw) and
+    makes tuples of them only when someone reads the trace, once: a run
+    whose trace nobody reads does not pay a tuple per event (150-200 ns
+    each, more than a redirected call costs in C).
+
+    It reads like a list of tuples (len, indexing, slicing to a list,
+    iteration, == with any sequence); append/extend take tuples. An
+    iteration sees the events that were in the log when it started."""
+
+    __slots__ = ("_list", "_tail")
+
+    def __init__(self, events=()):
+        self._list: list = []
+        self._tail = bytearray()
+        self.extend(events)
+
+    def _sync(self) -> list:
+        if self._tail:
+            self._list.extend(_EVENT.iter_unpack(self._tail))
+            self._tail = bytearray()
+        return self._list
+
+    def extend_raw(self, raw) -> None:
+        """Append packed struct emu_event records."""
+        if len(raw) % _EVENT.size:
+            raise ValueError("not a whole number of events")
+        self._tail += raw
+
+    def append(self, event) -> None:
+        self._sync().append(tuple(event))
+
+    def extend(self, events) -> None:
+        self._sync().extend(tuple(e) for e in events)
+
+    def __len__(self) -> int:
+        return len(self._list) + len(self._tail) // _EVENT.size
+
+    def __getitem__(self, i):
+        return self._sync()[i]
+
+    def __iter__(self):
+        return iter(self._sync()[:])
+
+    def __eq__(self, other) -> bool:
+        if isinstance(other, EventLog):
+            return self._sync() == other._sync()
+        if isinstance(other, Sequence) and not isinstance(other, (str, bytes, bytearray)):
+            return self._sync() == [tuple(e) for e in other]
+        return NotImplemented
+
+    def __repr__(self) -> str:
+        return f"<EventLog of {len(self)} events>"
 
 
 # ---- stack walks: C entry points for emu/unwind.py's twins ----------------------
@@ -389,3 +517,170 @@ def stack_scan(stack: bytes, lo: int, hi: int, sp: int, ranges: Ranges):
     rc = _check(lib.emu_stack_scan(ffi.from_buffer(stack), lo, hi, sp, ranges._c, len(ranges), where, value),
                 "stack scan")
     return (where[0], value[0]) if rc == 1 else None
+
+
+# ---- many tasks' stack checks in one call (csrc/stacks.c) ---------------------------
+
+
+class StackTasks:
+    """Tasks whose stacks to check, packed once for the C core.
+
+    tasks: (tid, preempted, lo, hi, end_ret, end_slot) each; tid indexes the
+    core's task contexts, [lo, hi) is the task's stack. Only the preempted
+    flags change between checks: set_preempted."""
+
+    def __init__(self, tasks):
+        rows = [tuple(int(v) for v in t) for t in tasks]
+        self.n = len(rows)
+        self._buf = bytearray(_STACK_TASK.size * max(1, self.n))
+        for i, row in enumerate(rows):
+            if len(row) != 6:
+                raise ValueError("a task is (tid, preempted, lo, hi, end_ret, end_slot)")
+            tid, pre, lo, hi, end_ret, end_slot = row
+            _STACK_TASK.pack_into(self._buf, i * _STACK_TASK.size, tid, 1 if pre else 0, lo, hi,
+                                  end_ret & _MASK64, end_slot & _MASK64)
+        self._c = ffi.from_buffer("struct emu_stack_task[]", self._buf)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def set_preempted(self, i: int, preempted: bool) -> None:
+        if not 0 <= i < self.n:
+            raise IndexError(i)
+        struct.pack_into("<i", self._buf, i * _STACK_TASK.size + 4, 1 if preempted else 0)
+
+
+_MASK64 = (1 << 64) - 1
+_USED = struct.Struct("<4xii")      # off, n of a struct emu_stack_result
+
+
+@functools.lru_cache(maxsize=32)
+def _summary_struct(n: int) -> struct.Struct:
+    """code and hit of each of n struct emu_stack_result, in one unpack."""
+    return struct.Struct("<" + "i8xi32x" * n)
+
+
+class StackChecker:
+    """Walk (or scan) many tasks' stacks and look for checked ranges on them,
+    in one C call: emu_check_stacks. Each task's result equals
+    emu.unwind.check_stack() on the same registers and memory.
+
+    kind: "fp", "orc" (needs orc) or "scan" (Ksplice's word scan). text:
+    known code. empty: a rip in this range has no kernel frame (the trace is
+    just rip; ignored by "scan"). max_entries: per task, at least 1 (2 for a
+    scan). reliable: a walk that is not WALK_OK fails the check (livepatch);
+    otherwise only a hit or a walk too deep does (kpatch). Raises ValueError
+    for bad arguments."""
+
+    def __init__(self, engine: Engine, kind: str, text: "Ranges", *, orc: "OrcArrays | None" = None,
+                 empty: tuple[int, int] = (0, 0), max_entries: int = 100, reliable: bool = True):
+        if kind not in UNWINDERS:
+            raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
+        if kind == "orc" and orc is None:
+            raise ValueError("an ORC walk needs an ORC table")
+        if not (2 if kind == "scan" else 1) <= max_entries <= _WALK_OUT_MAX:
+            raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{_WALK_OUT_MAX}")
+        self.engine = engine
+        self.kind = kind
+        self.max_entries = max_entries
+        self.reliable = reliable
+        self._keep = (text, orc)          # the cfg points into them
+        cfg = ffi.new("struct emu_stack_cfg *")
+        cfg.kind = UNWINDERS[kind]
+        cfg.max_entries = max_entries
+        cfg.text = text._c
+        cfg.ntext = len(text)
+        if orc is not None:
+            cfg.orc_ip, cfg.orc, cfg.norc = orc._ip, orc._e, orc.n
+        cfg.empty_lo, cfg.empty_hi = empty
+        cfg.reliable = 1 if reliable else 0
+        self._cfg = cfg
+        self._last_check = None
+        self._cap = 0
+        self._grow(16)
+
+    def _grow(self, n: int) -> None:
+        if n > self._cap:
+            self._cap = max(n, 2 * self._cap)
+            self._entries = ffi.new("uint64_t[]", self._cap * self.max_entries)
+            self._out = ffi.new("struct emu_stack_result[]", self._cap)
+            self._ebuf = ffi.buffer(self._entries)
+            self._obuf = ffi.buffer(self._out)
+
+    def check(self, tasks: StackTasks, check: "Ranges") -> "StackResults":
+        """Check every task of tasks against the ranges in check. Raises
+        CoreError when a task's id or stack is not the core's."""
+        n = tasks.n
+        if n > self._cap:
+            self._grow(n)
+        cfg = self._cfg
+        if check is not self._last_check:
+            cfg.check = check._c
+            cfg.ncheck = len(check)
+            self._last_check = check
+        failed = _check(lib.emu_check_stacks(self.engine._core, cfg, tasks._c, n, self._entries, self._out),
+                        "stack check")
+        rows = self._obuf[0:n * _STACK_RESULT.size]
+        res = StackResults(rows, b"", failed, self.reliable)
+        if failed:
+            for i, code in enumerate(res.codes):
+                if code < 0:
+                    _check(code, f"stack check of task #{i} (tid {self._tid(tasks, i)})", self.engine._core)
+        used = sum(_USED.unpack_from(rows, (n - 1) * _STACK_RESULT.size)) if n else 0
+        res._entries = self._ebuf[0:used * 8]
+        return res
+
+    @staticmethod
+    def _tid(tasks: StackTasks, i: int) -> int:
+        return struct.unpack_from("<i", tasks._buf, i * _STACK_TASK.size)[0]
+
+
+class StackResults:
+    """The results of one StackChecker.check, in task order. failed (how
+    many tasks failed the check) is known at once, failing() and the bulk
+    views (codes, hits) cost little, and a task's StackCheck is decoded when
+    asked for."""
+
+    __slots__ = ("_rows", "_entries", "_summary", "failed", "reliable")
+
+    def __init__(self, rows: bytes, entries: bytes, failed: int, reliable: bool = True):
+        self._rows = rows
+        self._entries = entries
+        self._summary = None
+        self.failed = failed
+        self.reliable = reliable
+
+    def failing(self) -> list[int]:
+        """Indices of the tasks that failed the check (as counted in failed)."""
+        if not self.failed:
+            return []
+        ok = unwind.WALK_OK
+        return [i for i, (code, hit) in enumerate(zip(self.codes, self.hits))
+                if code < 0 or hit >= 0 or code == unwind.WALK_TOO_DEEP or (self.reliable and code != ok)]
+
+    def __len__(self) -> int:
+        return len(self._rows) // _STACK_RESULT.size
+
+    def _pairs(self) -> tuple:
+        if self._summary is None:
+            self._summary = _summary_struct(len(self)).unpack(self._rows)
+        return self._summary
+
+    @property
+    def codes(self) -> tuple[int, ...]:
+        """Each task's EMU_WALK_* code."""
+        return self._pairs()[0::2]
+
+    @property
+    def hits(self) -> tuple[int, ...]:
+        """Each task's index of its first entry in a checked range, or -1."""
+        return self._pairs()[1::2]
+
+    def __getitem__(self, i: int) -> StackCheck:
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        code, off, n, hit, rip, rsp, rbp, where = _STACK_RESULT.unpack_from(self._rows, i * _STACK_RESULT.size)
+        return StackCheck(code, struct.unpack_from(f"<{n}Q", self._entries, off * 8), hit, where, rip, rsp, rbp)
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))

@@ -141,7 +141,9 @@ class Machine:
         self.tasks: list[Task] = []
         self.listeners: list = []
         self.hypercalls: dict[int, object] = {}   # extra handlers: nr -> fn(machine, task, args) -> rax
-        self.trace: list[tuple[int, int, int, int, int, int]] = []
+        # (clock, kind, task, a, b, c) events; records from the C core stay packed
+        # until someone reads them
+        self.trace = core.EventLog()
         self.log: list[tuple[int, str]] = []      # kernel messages (time, text)
         self._timers: list = []
         self._seq = 0
@@ -421,11 +423,10 @@ class Machine:
         """A kernel message, kept in order with the time it was printed."""
         self.log.append((self.now, text))
 
-    def drain(self) -> list:
-        """Move the C core's events into self.trace; return the new ones."""
-        new = self.engine.take_events()
-        self.trace.extend(new)
-        return new
+    def drain(self) -> None:
+        """Move the C core's events into self.trace (packed: no tuple is made
+        until the trace is read)."""
+        self.trace.extend_raw(self.engine.take_events_raw())
 
     # ---- running ---------------------------------------------------------------------
     def runnable(self, cpu: Cpu) -> list[Task]:

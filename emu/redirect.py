@@ -2,10 +2,14 @@
 Unicorn binding (the trampoline, the site watch, the int3 of a text_poke_bp),
 the same choice of target and the same events.
 
-It runs when a machine is built with accel="python". Exceptions never
-propagate out of a hook: the first one is kept, the run is stopped, and the
-machine raises it (the binding's own re-raise lives in Uc.emu_start, which
-the C core does not use).
+It runs when a machine is built with accel="python". Where the C hook stores
+the target in the trampoline's jump slot and lets the jump run, this twin
+writes RIP through the binding (the jump never runs): the trampoline is one
+instruction of virtual time either way, so the traces are the same.
+
+Exceptions never propagate out of a hook: the first one is kept, the run is
+stopped, and the machine raises it (the binding's own re-raise lives in
+Uc.emu_start, which the C core does not use).
 """
 from __future__ import annotations
 

@@ -4,8 +4,13 @@
   with its arguments, return to user (the RETURN_TO_USER hypercall), again.
 - `task_kthread`: a kthread calls its entry function once; if it returns,
   the kthread exits with the returned value.
-- `ftrace_trampoline`: where enabled fentry sites call; the redirect hook
-  (C or its Python twin) always moves RIP away before the `ud2` could run.
+- `ftrace_trampoline`: where enabled fentry sites call. The redirect hook
+  (C or its Python twin) runs at its first instruction. The C hook writes the
+  chosen function into `ftrace_target` and lets the indirect jump take the
+  task there (much cheaper than writing RIP from a hook, see
+  csrc/redirect.c); the Python twin writes RIP. Either way it is one
+  instruction of virtual time. A jump the hook did not prepare lands on
+  the `ud2`.
 
 r12 points at the task block at the top of the task's stack: the entry
 address and six argument words. It is callee-saved, so it survives the call.
@@ -42,7 +47,11 @@ task_kthread:
     syscall
     ud2
 ftrace_trampoline:
+    jmp qword ptr [rip + ftrace_target]
+.Lftrace_stray:
     ud2
+ftrace_target:
+    .quad .Lftrace_stray
 """
 
 TASK_BLOCK = 64      # bytes at the top of a stack: entry + 6 args, padded

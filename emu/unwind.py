@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import struct
 from bisect import bisect_right
+from typing import NamedTuple
 
 __all__ = [
     "WALK_OK", "WALK_OFF_STACK", "WALK_BAD_RET", "WALK_TOO_DEEP", "WALK_PREEMPTED",
     "WALK_NO_END", "WALK_NO_ORC", "WALK_NOT_PROGRESSING", "REASONS",
-    "walk_fp", "walk_orc", "ranges_hit", "stack_scan",
+    "walk_fp", "walk_orc", "ranges_hit", "stack_scan", "StackCheck", "check_stack", "UNWINDERS",
 ]
 
 # As EMU_WALK_* in csrc/emu.h.
@@ -108,7 +109,9 @@ def walk_fp(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, pree
             if not _push(out, max_entries, ret):
                 return end(WALK_TOO_DEEP)
             return end(WALK_PREEMPTED if preempted else WALK_OK)
-        if ret == 0 or ret not in text:
+        # ret - 1: the call itself, which may end its function (a call of a
+        # noreturn function), with ret already past the function's end.
+        if ret == 0 or ret - 1 not in text:
             return end(WALK_BAD_RET)
         if not _push(out, max_entries, ret):
             return end(WALK_TOO_DEEP)
@@ -179,7 +182,9 @@ def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp:
             if not _push(out, max_entries, ret):
                 return end(WALK_TOO_DEEP)
             return end(WALK_OK)
-        if ret == 0 or ret not in text:
+        # ret - 1: the call itself, which may end its function (a call of a
+        # noreturn function), with ret already past the function's end.
+        if ret == 0 or ret - 1 not in text:
             return end(WALK_BAD_RET)
         if not _push(out, max_entries, ret):
             return end(WALK_TOO_DEEP)
@@ -210,3 +215,62 @@ def stack_scan(stack, lo: int, hi: int, sp: int, ranges) -> tuple[int, int] | No
         if value in ranges:
             return start + 8 * i, value
     return None
+
+
+# ---- one task's stack check (twin of csrc/stacks.c) -------------------------------------
+
+#: As EMU_UNWIND_* in csrc/emu.h: how check_stack reads a stack.
+UNWINDERS = {"fp": 0, "orc": 1, "scan": 2}
+
+
+class StackCheck(NamedTuple):
+    """One task's stack check: the walk's code and entries (rip first), the
+    index of the first entry in a checked range (-1 for none), and for a scan
+    the stack address of the word that hit (else 0); the registers the check
+    started from."""
+    code: int
+    entries: tuple[int, ...]
+    hit: int
+    where: int
+    rip: int
+    rsp: int
+    rbp: int
+
+
+def check_stack(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, kind: str = "orc",
+                orc_ips=(), orc_entries=(), preempted: bool = False, max_entries: int = 100,
+                end_ret: int = 0, end_slot: int = 0, empty: tuple[int, int] = (0, 0),
+                check=()) -> StackCheck:
+    """What a consistency model asks of a task's stack, as emu_check_stacks
+    does it for each task (csrc/stacks.c).
+
+    kind "fp" or "orc": walk the stack, except when rip lies in empty (the
+    runtime between kernel entries: no kernel frame, the trace is just rip).
+    kind "scan" (Ksplice): the entries are rip and, unless rip is in a checked
+    range, the first word at or above rsp that is (its address in where).
+    text and check are sorted, disjoint (start, end) ranges. Raises
+    ValueError for an unknown kind, a stack that does not cover [lo, hi), or
+    max_entries below 1 (below 2 for a scan)."""
+    if kind not in UNWINDERS:
+        raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
+    if max_entries < (2 if kind == "scan" else 1):
+        raise ValueError("max_entries must be at least 1 (2 for a scan)")
+    _check_stack(stack, lo, hi)
+    where = 0
+    if kind == "scan":
+        code, entries = WALK_OK, (rip,)
+        if ranges_hit(entries, check) < 0:
+            found = stack_scan(stack, lo, hi, rsp, check)
+            if found is not None:
+                where, value = found
+                entries = (rip, value)
+    elif empty[0] <= rip < empty[1]:
+        code, entries = WALK_OK, (rip,)
+    elif kind == "fp":
+        code, entries = walk_fp(stack, lo, hi, text, rip, rsp, rbp, preempted=preempted,
+                                max_entries=max_entries, end_ret=end_ret, end_slot=end_slot)
+    else:
+        code, entries = walk_orc(stack, lo, hi, text, orc_ips, orc_entries, rip, rsp, rbp,
+                                 preempted=preempted, max_entries=max_entries, end_ret=end_ret,
+                                 end_slot=end_slot)
+    return StackCheck(code, entries, ranges_hit(entries, check), where, rip, rsp, rbp)

@@ -525,3 +525,247 @@ def test_hostile_stack_scan_agree(data):
                 want = (a, v)
                 break
     assert c == want
+
+
+# ---- many tasks' stack checks in one C call (csrc/stacks.c) == check_stack --------------------
+
+from unicorn.x86_const import UC_X86_REG_RBP, UC_X86_REG_RIP, UC_X86_REG_RSP  # noqa: E402
+
+from emu.errors import CoreError  # noqa: E402
+
+ENGINE_STACKS = 0x7000_0000    # task i's stack: [ENGINE_STACKS + i * 0x3000, + 0x2000)
+STACK_BYTES = 0x2000
+
+
+class TaskStacks:
+    """An Engine with n tasks: each a mapped stack and saved registers."""
+
+    def __init__(self, n):
+        self.engine = core.Engine()
+        self.engine.init_tasks(n)
+        self.n = n
+        self.regs = [(0, 0, 0)] * n
+        for i in range(n):
+            self.engine.map(self.lo(i), STACK_BYTES, 3)
+
+    def lo(self, i):
+        return ENGINE_STACKS + i * 0x3000
+
+    def fill(self, i, data: bytes, rip, rsp, rbp):
+        view = self.engine.view(self.lo(i), STACK_BYTES)
+        view[:] = data.ljust(STACK_BYTES, b"\0")[:STACK_BYTES]
+        self.engine.switch(i)
+        uc = self.engine.uc
+        for reg, v in ((UC_X86_REG_RIP, rip), (UC_X86_REG_RSP, rsp), (UC_X86_REG_RBP, rbp)):
+            uc.reg_write(reg, v)
+        self.regs[i] = (rip, rsp, rbp)
+
+    def twin(self, i, kind, text, ips, entries, *, check, empty, max_entries, preempted, end_ret, end_slot):
+        rip, rsp, rbp = self.regs[i]
+        lo = self.lo(i)
+        return unwind.check_stack(bytes(self.engine.view(lo, STACK_BYTES)), lo, lo + STACK_BYTES,
+                                  text.ranges, rip, rsp, rbp, kind=kind, orc_ips=ips, orc_entries=entries,
+                                  preempted=preempted, max_entries=max_entries, end_ret=end_ret,
+                                  end_slot=end_slot, empty=empty, check=check.ranges)
+
+
+def checker_for(ts, kind, text, ips, entries, **kw):
+    return ts.engine.stack_checker(kind, text, orc=core.OrcArrays(ips, entries), **kw)
+
+
+def test_check_stacks_by_hand():
+    """Frame-pointer chains in three tasks: one reliable, one with the
+    checked function on it, one between kernel entries."""
+    ts = TaskStacks(3)
+    text = core.Ranges([(0x1000, 0x2000), (0x9000, 0x9100)])
+    empty = (0x9000, 0x9100)
+    for i, ret in enumerate((0x1210, 0x1510, 0x1210)):
+        lo = ts.lo(i)
+        s = Stack(lo, lo + STACK_BYTES)
+        a, b = lo + 0x1000, lo + 0x1040
+        s.put(a, b, ret)
+        s.put(b, 0, END_RET)
+        ts.fill(i, s.bytes(), 0x9010 if i == 2 else 0x1100, lo + 0xF00, a)
+    ts.engine.switch(1)              # task 1's registers are live in the engine
+    check = core.Ranges([(0x1500, 0x1600)])
+    tasks = core.StackTasks([(i, False, ts.lo(i), ts.lo(i) + STACK_BYTES, END_RET, ts.lo(i) + 0x1048)
+                             for i in range(3)])
+    res = ts.engine.stack_checker("fp", text, empty=empty, max_entries=10).check(tasks, check)
+    assert len(res) == 3 and res.failed == 1 and res.failing() == [1]
+    assert res.codes == (WALK_OK, WALK_OK, WALK_OK) and res.hits == (-1, 1, -1)
+    assert res[0].entries == (0x1100, 0x1210, END_RET)
+    assert res[1].entries == (0x1100, 0x1510, END_RET) and res[1].rsp == ts.lo(1) + 0xF00
+    assert res[2].entries == (0x9010,)
+    for i in range(3):
+        assert res[i] == ts.twin(i, "fp", text, [], [], check=check, empty=empty, max_entries=10,
+                                 preempted=False, end_ret=END_RET, end_slot=ts.lo(i) + 0x1048)
+    # a preempted task: unreliable under frame pointers, fine for a kpatch-style check
+    tasks.set_preempted(0, True)
+    assert ts.engine.stack_checker("fp", text, max_entries=10).check(tasks, check).failing() == [0, 1]
+    assert ts.engine.stack_checker("fp", text, max_entries=10, reliable=False).check(tasks, check).failing() == [1]
+    # Ksplice's scan finds the checked function's address among the words
+    scan = ts.engine.stack_checker("scan", text, max_entries=2).check(tasks, check)
+    assert scan.hits == (-1, 1, -1) and scan[1].entries == (0x1100, 0x1510)
+    assert scan[1].where == ts.lo(1) + 0x1048 - 0x40
+    ts.engine.close()
+
+
+def test_check_stacks_refuses_bad_arguments():
+    ts = TaskStacks(1)
+    text = core.Ranges([(0x1000, 0x2000)])
+    with pytest.raises(ValueError):
+        ts.engine.stack_checker("fp", text, max_entries=0)
+    with pytest.raises(ValueError):
+        ts.engine.stack_checker("scan", text, max_entries=1)
+    with pytest.raises(ValueError):
+        ts.engine.stack_checker("orc", text)          # no ORC table
+    with pytest.raises(ValueError):
+        ts.engine.stack_checker("dwarf", text)
+    with pytest.raises(ValueError):
+        unwind.check_stack(b"", 0, 0, [], 0, 0, 0, kind="scan", max_entries=1)
+    checker = ts.engine.stack_checker("fp", text)
+    with pytest.raises(CoreError, match="tid 5"):
+        checker.check(core.StackTasks([(5, False, ts.lo(0), ts.lo(0) + STACK_BYTES, 0, 0)]), text)
+    with pytest.raises(CoreError, match="not found"):   # a stack that is not mapped
+        checker.check(core.StackTasks([(0, False, 0x10000, 0x12000, 0, 0)]), text)
+    assert len(checker.check(core.StackTasks([]), text)) == 0
+    ts.engine.close()
+
+
+@st.composite
+def engine_scenes(draw):
+    """Up to four tasks with hostile stacks and registers, one set of
+    tables, checked ranges and an empty range."""
+    text = texts(draw)
+    ips = sorted(set(draw(st.lists(values(0x1000, 0x3000, text), max_size=8))))
+    entries = [draw(orc_entries()) for _ in ips]
+    n = draw(st.integers(1, 4))
+    tasks = []
+    for i in range(n):
+        lo = ENGINE_STACKS + i * 0x3000
+        hi = lo + STACK_BYTES
+        val = values(lo, hi, text)
+        words = draw(st.lists(val, min_size=0, max_size=64))
+        top = hi - 8 * len(words)                   # the words sit at the top of the stack
+        in_stack = u64(top, hi).map(lambda a: a & ~7)
+        rip = draw(st.one_of(st.sampled_from(text.ranges).flatmap(lambda r: u64(r[0], r[1] - 1))
+                             if text.ranges else val, val))
+        rsp, rbp = draw(st.one_of(in_stack, val)), draw(st.one_of(in_stack, val))
+        end_ret = draw(val)
+        end_slot = top + 8 * draw(st.integers(0, max(0, len(words) - 1))) if words else draw(val)
+        if words and draw(st.booleans()):
+            words[(end_slot - top) // 8] = end_ret
+        data = bytes(STACK_BYTES - 8 * len(words)) + struct.pack(f"<{len(words)}Q", *words)
+        tasks.append((data, rip, rsp, rbp, draw(st.booleans()), end_ret, end_slot))
+    check = core.Ranges(draw(st.lists(st.tuples(u64(0, TOP), st.integers(1, 0x400))
+                                      .map(lambda t: (t[0], min(TOP, t[0] + t[1]))), max_size=3))
+                        + ([draw(st.sampled_from(text.ranges))] if text.ranges and draw(st.booleans()) else []))
+    empty = draw(st.one_of(st.just((0, 0)), st.sampled_from(text.ranges) if text.ranges else st.just((0, 0))))
+    kind = draw(st.sampled_from(["fp", "orc", "scan"]))
+    max_entries = draw(st.integers(2 if kind == "scan" else 1, 120))
+    current = draw(st.integers(-1, n - 1))
+    reliable = draw(st.booleans())
+    return text, ips, entries, tasks, check, empty, kind, max_entries, current, reliable
+
+
+# The walks themselves are held to their twins above with more examples; these
+# hold the batch's plumbing (registers from contexts, regions, packing, hits).
+ENGINE_HOSTILE = settings(max_examples=250, deadline=None, suppress_health_check=list(HealthCheck))
+
+
+@pytest.fixture(scope="module")
+def four_stacks():
+    ts = TaskStacks(4)
+    yield ts
+    ts.engine.close()
+
+
+@ENGINE_HOSTILE
+@given(engine_scenes())
+def test_hostile_check_stacks_agree(four_stacks, scene):
+    text, ips, entries, tasks, check, empty, kind, max_entries, current, reliable = scene
+    ts = four_stacks
+    for i, (data, rip, rsp, rbp, *_rest) in enumerate(tasks):
+        ts.fill(i, data, rip, rsp, rbp)
+    if current >= 0:
+        ts.engine.switch(current)     # that task's registers are the engine's, the others saved
+    spec = core.StackTasks([(i, pre, ts.lo(i), ts.lo(i) + STACK_BYTES, end_ret, end_slot)
+                            for i, (_, _, _, _, pre, end_ret, end_slot) in enumerate(tasks)])
+    res = checker_for(ts, kind, text, ips, entries, empty=empty, max_entries=max_entries,
+                      reliable=reliable).check(spec, check)
+    twins = [ts.twin(i, kind, text, ips, entries, check=check, empty=empty, max_entries=max_entries,
+                     preempted=pre, end_ret=end_ret, end_slot=end_slot)
+             for i, (_, _, _, _, pre, end_ret, end_slot) in enumerate(tasks)]
+    assert list(res) == twins
+    assert res.codes == tuple(t.code for t in twins) and res.hits == tuple(t.hit for t in twins)
+    failing = [i for i, t in enumerate(twins)
+               if t.hit >= 0 or t.code == WALK_TOO_DEEP or (reliable and t.code != WALK_OK)]
+    assert res.failed == len(failing) and res.failing() == failing
+    for t in twins:
+        event(f"{kind}: {unwind.REASONS[t.code]}{', hit' if t.hit >= 0 else ''}")
+
+
+@pytest.fixture(scope="module")
+def chain_engine():
+    """One task whose stack may lie where built_scenes() puts it."""
+    e = core.Engine()
+    e.init_tasks(1)
+    for base in (0x10000, 0x7FFF_0000):
+        e.map(base, 0x10000, 3)
+    yield e
+    e.close()
+
+
+@ENGINE_HOSTILE
+@given(built_scenes().filter(lambda s: s.lo in (0x10000, 0x7FFF_0000)), st.sampled_from(["fp", "orc"]),
+       st.data())
+def test_hostile_built_chains_check_stacks_agree(chain_engine, scene, kind, data):
+    """Deep, mostly sound call chains (then damaged) checked in the engine."""
+    e = chain_engine
+    e.view(scene.lo, scene.hi - scene.lo)[:] = scene.stack
+    e.switch(0)
+    for reg, v in ((UC_X86_REG_RIP, scene.rip), (UC_X86_REG_RSP, scene.rsp), (UC_X86_REG_RBP, scene.rbp)):
+        e.uc.reg_write(reg, v)
+    kw = dict(scene.kw)
+    kw["max_entries"] = max(1, kw["max_entries"])
+    check = core.Ranges(data.draw(st.lists(st.sampled_from(scene.text.ranges).flatmap(
+        lambda r: st.tuples(u64(r[0], r[1] - 1), st.integers(1, 0x80))).map(
+        lambda t: (t[0], t[0] + t[1])), max_size=2)))
+    spec = core.StackTasks([(0, kw["preempted"], scene.lo, scene.hi, kw["end_ret"], kw["end_slot"])])
+    res = e.stack_checker(kind, scene.text, orc=core.OrcArrays(scene.ips, scene.entries),
+                          max_entries=kw["max_entries"]).check(spec, check)
+    twin = unwind.check_stack(scene.stack, scene.lo, scene.hi, scene.text.ranges, scene.rip, scene.rsp,
+                              scene.rbp, kind=kind, orc_ips=scene.ips, orc_entries=scene.entries,
+                              check=check.ranges, **kw)
+    assert res[0] == twin
+    event(f"{kind}: {unwind.REASONS[twin.code]}{', hit' if twin.hit >= 0 else ''}")
+
+
+# ---- a call that ends its function (noreturn) -----------------------------------------------
+
+def test_return_address_just_past_its_function_is_text():
+    """gcc ends a function with the call of a noreturn function: the return
+    address is the first byte after it, maybe not text at all. The walks
+    check ret - 1, the call itself, as the kernel's ORC lookup does."""
+    s = fp_stack().put(A + 8, 0x2000)          # text is [0x1000, 0x2000)
+    assert fp(s) == (WALK_OK, (RIP, 0x2000, 0x1310, END_RET))
+    s = fp_stack().put(A + 8, 0x1000)          # ret - 1 lies before all text
+    assert fp(s) == (WALK_BAD_RET, (RIP,))
+
+
+def test_a_task_asleep_below_a_noreturn_call_is_reliable(compile_c):
+    from emu.machine import Machine
+    from emu.task import RunState
+
+    img = compile_c("""
+        __attribute__((noinline, noreturn)) void block(long x) { for (;;) lpemu_sleep(-1); }
+        long entry(long x) { block(x); }
+    """)
+    entry = img.functions["entry"]
+    m = Machine(img)
+    t = m.add_task("blocked", "entry", (0,), kind="kthread")
+    m.run(stop_when=lambda: t.state is RunState.SLEEPING)
+    for unwinder in ("orc", "fp"):
+        code, entries = m.stack(t, unwinder=unwinder)
+        assert code == WALK_OK and entries[1] == entry.end, unwinder   # returns past entry()'s end
+    m.engine.close()

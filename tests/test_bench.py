@@ -1,0 +1,66 @@
+"""`lpemu bench` smoke tests: the whole run in quick mode gives one JSON-able
+object with every key, the table renders, the plot is written. No timing
+is asserted here: figures come from `lpemu bench` and benchmarks/."""
+import json
+
+import pytest
+
+from emu import bench
+
+
+@pytest.fixture(scope="module")
+def quick():
+    return bench.run_bench(quick=True)
+
+
+def test_quick_run_has_every_key_and_is_json(quick):
+    data = json.loads(json.dumps(quick))
+    for key in bench.TARGETS:
+        assert key in data
+    for key in ("redirect_ratio", "unwind_ratio", "throughput_ratio"):
+        assert isinstance(data[key], float) and data[key] > 0
+    assert data["fuzz_runs_per_s"] is None and data["rss_growth"] is None   # the campaign runner's
+    assert set(data["meets"]) == set(bench.TARGETS)
+    assert data["redirect"]["c"]["state"] == "completed"
+    assert data["redirect"]["c"]["added_instructions_per_call"] == 2      # call + trampoline + new NOP - old NOP
+    assert data["throughput"]["machine"]["transition_pending"] is True
+    assert data["unwind"]["orc"]["entries_per_stack"] == 17                # rip, 15 returns into sink_down, the entry
+
+
+def test_models_section_has_each_phase(quick):
+    models = quick["models"]
+    assert set(models) == {"immediate", "stop_machine", "kgraft", "livepatch"}
+    assert set(models["immediate"]) == {"after"}
+    for name in ("stop_machine", "kgraft", "livepatch"):
+        assert models[name]["during"]["state"] == "during"
+        assert models[name]["after"]["state"] == "completed"
+    # kpatch's handler skips the new function's own fentry NOP: one instruction less
+    assert models["stop_machine"]["after"]["added_instructions_per_call"] == 1
+
+
+def test_scaling_tables_cover_their_points(quick):
+    sc = quick["scaling"]
+    assert [r["tasks"] for r in sc["by_tasks"]] == list(bench.Sizes.quick().scaling_tasks)
+    assert [r["depth"] for r in sc["by_depth"]] == list(bench.Sizes.quick().scaling_depths)
+    pauses = [r["stop_machine_pause"] for r in sc["by_tasks"]]
+    assert all(p and p > 0 for p in pauses) and pauses == sorted(pauses)
+
+
+def test_format_and_plot(quick, tmp_path):
+    text = bench.format_bench(quick)
+    for word in ("redirect_ratio", "unwind_ratio", "throughput_ratio", "livepatch", "Scaling"):
+        assert word in text
+    for suffix in (".png", ".svg"):
+        path = bench.write_scaling_plot(quick, tmp_path / f"scaling{suffix}")
+        assert path.stat().st_size > 1000
+    with pytest.raises(ValueError):
+        bench.write_scaling_plot(quick, tmp_path / "scaling.pdf")
+    with pytest.raises(ValueError):
+        bench.write_scaling_plot({}, tmp_path / "none.png")
+
+
+def test_sections_can_be_chosen():
+    with pytest.raises(ValueError, match="unknown bench section"):
+        bench.run_bench(quick=True, sections=["nope"])
+    r = bench.run_bench(quick=True, sections=["campaign"])
+    assert r["redirect_ratio"] is None and r["meets"]["redirect_ratio"] is None

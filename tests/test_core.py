@@ -1,0 +1,159 @@
+"""The C core's tables and fast paths that the machine tests do not reach:
+many memory regions, the event mask, the redirect's jump slot."""
+import random
+
+import pytest
+
+from emu import core
+from emu.errors import CoreError, GuestFault
+from emu.machine import Machine
+from emu.models import make_model
+from emu.patch import make_patch
+
+
+def test_many_regions_in_any_order_are_all_found():
+    e = core.Engine()
+    addrs = [0x1000_0000 + i * 0x3000 for i in range(600)]
+    random.Random(5).shuffle(addrs)
+    for i, a in enumerate(addrs):
+        e.map(a, 0x2000, 3)[:8] = i.to_bytes(8, "little")
+    for i, a in enumerate(addrs):
+        assert int.from_bytes(e.view(a, 8), "little") == i
+        assert bytes(e.view(a + 0x1FF8, 8)) == bytes(8)
+    for bad in (addrs[0] + 0x2000, addrs[0] - 1, 0x2000_0000, 0):
+        with pytest.raises(CoreError):
+            e.view(bad, 8)
+    with pytest.raises(CoreError):            # straddles two regions
+        e.view(0x1000_0000 + 0x1FF8, 0x10)
+    with pytest.raises(CoreError):            # unicorn refuses an overlap; the table stays as it was
+        e.map(addrs[3], 0x1000, 3)
+    assert int.from_bytes(e.view(addrs[3], 8), "little") == 3
+    e.close()
+
+
+def test_a_machine_with_300_tasks_runs_them_all(compile_c):
+    img = compile_c("long entry(long x) { lpemu_observe(1, x); return x; }")
+    m = Machine(img, cpus=2, quantum=200)
+    for i in range(300):
+        m.add_task(f"t{i}", "entry", (i,))
+    seen = set()
+
+    def all_seen():
+        m.drain()
+        seen.update(e[4] for e in m.trace[all_seen.read:] if e[1] == core.EV_OBSERVE)
+        all_seen.read = len(m.trace)
+        return len(seen) == 300
+    all_seen.read = 0
+
+    m.run(until=2_000_000, stop_when=all_seen)
+    assert seen == set(range(300))
+    assert all(m.stack(t)[0] == 0 for t in m.tasks)
+    m.engine.close()
+
+
+def test_the_event_mask_drops_and_counts():
+    e = core.Engine()
+    e.set_event_mask([core.EV_OBSERVE])
+    e.push_event(core.EV_OBSERVE, 1, 2, 3, 4, clock=10)
+    e.push_event(core.EV_ENTRY, 1, 2, 3, 4, clock=11)
+    e.push_event(70, 1, 2, 3, 4, clock=12)              # from 64 on: always recorded
+    assert e.take_events() == [(10, core.EV_OBSERVE, 1, 2, 3, 4), (12, 70, 1, 2, 3, 4)]
+    assert e.events_dropped == 1
+    e.set_event_mask(None)
+    e.push_event(core.EV_ENTRY, 1, 2, 3, 4, clock=13)
+    assert e.take_events() == [(13, core.EV_ENTRY, 1, 2, 3, 4)]
+    with pytest.raises(ValueError):
+        e.set_event_mask([64])
+    e.close()
+
+
+CALLS = """
+volatile long zero;
+__attribute__((noinline)) long target(long x) { return x + zero; }
+long entry(long n)
+{
+    long acc = 0;
+    lpemu_sleep(5);
+    for (long i = 0; i < n; i++)
+        acc += target(i);
+    lpemu_observe(1, acc);
+    lpemu_exit(0);
+}
+"""
+CALLS_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long target(long x) { return 2 * x + zero; }
+"""
+
+
+def patched_caller(compile_c, n, **machine_kw):
+    base = compile_c(CALLS)
+    m = Machine(base, cpus=1, quantum=10**7, lockup_ticks=10**6, **machine_kw)
+    caller = m.add_task("caller", "entry", (n,), kind="kthread")
+    img = compile_c(CALLS_PATCH, name="patch", base=m.module_base(), link_against=base, keep={"target"})
+    m.load(img)
+    model = make_model("immediate", m)
+    model.enable(model.add(make_patch(m, "p", img, ["target"])))
+    return m, caller
+
+
+def test_redirects_survive_a_full_event_ring(compile_c):
+    """Every redirected call adds an event; when the ring fills inside the
+    redirect the run stops there, and must resume in the new function with
+    the stack as it was, not at the trampoline."""
+    n = 150_000                        # more than twice the ring (1 << 16)
+    m, caller = patched_caller(compile_c, n)
+    m.run(until=10_000_000)
+    assert caller.state.value == "exited"
+    target = m.function("target").id
+    assert [e[4] for e in m.trace if e[1] == core.EV_OBSERVE] == [n * (n - 1)]
+    entries = [e for e in m.trace if e[1] == core.EV_ENTRY and e[3] == target]
+    assert len(entries) == n and {e[4] for e in entries} == {1}
+    m.engine.close()
+
+
+def test_entry_events_off_changes_nothing_else(compile_c):
+    traces = []
+    for mask in (None, [k for k in range(64) if k != core.EV_ENTRY]):
+        m, caller = patched_caller(compile_c, 5000)
+        m.engine.set_event_mask(mask)
+        m.run(until=1_000_000)
+        traces.append([e for e in m.trace if e[1] != core.EV_ENTRY])
+        assert m.engine.events_dropped == (0 if mask is None else 5000)
+        m.engine.close()
+    assert traces[0] == traces[1]
+
+
+@pytest.mark.parametrize("accel", ["c", "python"])
+def test_a_call_of_the_trampoline_from_no_site_is_a_fault(compile_c, accel):
+    img = compile_c("long entry(long t) { ((void (*)(void))t)(); return 0; }")
+    m = Machine(img, accel=accel)
+    m.add_task("stray", "entry", (m.runtime.trampoline,))
+    with pytest.raises((GuestFault, CoreError), match="trampoline"):
+        m.run(until=100_000)
+    m.engine.close()
+
+
+def test_stop_is_a_named_tuple():
+    s = core.Stop(core.STOP_BUDGET, 10, 0x1000)
+    assert (s.reason, s.executed, s.rip, s.hc_args) == (core.STOP_BUDGET, 10, 0x1000, (0, 0, 0))
+    with pytest.raises(AttributeError):
+        s.reason = 2
+
+
+def test_event_log_reads_like_a_list():
+    events = [(1, 2, 3, 4, -5, 6), (7, 8, 9, 10, 11, 12)]
+    log = core.EventLog(events[:1])
+    e = core.Engine()
+    e.push_event(*events[1][1:], clock=events[1][0])
+    log.extend_raw(e.take_events_raw())
+    assert len(log) == 2 and log == events and list(log) == events and log[-1] == events[1]
+    assert log[1:] == events[1:] and log != events[:1] and log == core.EventLog(events)
+    seen = []
+    for ev in log:                  # an iteration sees the log as it was when it started
+        seen.append(ev)
+        log.append((0, 0, 0, 0, 0, 0))
+    assert seen == events and len(log) == 4
+    with pytest.raises(ValueError):
+        log.extend_raw(b"\0" * 7)
+    e.close()
