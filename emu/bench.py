@@ -728,12 +728,12 @@ def _campaign(result: dict, ctx: Context) -> None:
     """fuzz_runs_per_s: runs per second on one core of the seed scenario
     (its four models in turn, the runner a campaign worker uses, one
     process); rss_growth: resident memory after `many` runs in that process
-    over after `few` (100 000 over 1 000; quick: 2 000 over 200)."""
+    over after `few` (100 000 over 1 000; quick: 500 over 100)."""
     from . import demo, scenario
     from .fuzz import Runner
     runner = Runner(scenario.build(scenario.load(demo.VARIANTS["bar+baz"])))
     runner.cycle()
-    few, many = (200, 2_000) if ctx.quick else (1_000, 100_000)
+    few, many = (100, 500) if ctx.quick else (1_000, 100_000)
     models = demo.DEMO_MODELS
     rss_few = None
     t0 = time.perf_counter()
