@@ -148,33 +148,13 @@ def _emit_json(obj) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 def _run(args) -> int:
-    from .fuzz import Runner
-    prog = _load(args.scenario)
-    runner = Runner(prog)
-    spec = _spec_from_args(runner, args)
-    res, m, model = runner.execute(spec, keep=True)
-    try:
-        written = _outputs(args, m, model, res)
-        if args.json:
-            out = res.to_json() | {"log": [[t, text] for t, text in m.log], "status": model.status(),
-                                   "files": written}
-            _emit_json(out)
-        else:
-            _print_result(res, m, model, title=Path(args.scenario).name)
-            for kind, path in written.items():
-                print(f"{kind}: {path}")
-    finally:
-        m.engine.close()
-    return 0
-
-
-def _replay(args) -> int:
+    """`lpemu run` and `lpemu replay [--shrink]`: one run, printed."""
     from .fuzz import Runner, shrink
     prog = _load(args.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
-    if args.shrink:
+    if getattr(args, "shrink", False):
         bar, task = _progress(args.budget, not args.json, "shrinking")
         with bar:
             small, _, tried = shrink(runner, spec, budget=args.budget, progress=lambda: bar.advance(task))
@@ -184,14 +164,16 @@ def _replay(args) -> int:
     try:
         written = _outputs(args, m, model, res)
         if args.json:
-            out = res.to_json() | {"log": [[t, text] for t, text in m.log], "files": written,
+            out = res.to_json() | {"log": [[t, text] for t, text in m.log], "status": model.status(),
+                                   "files": written,
                                    "command": _command_line(args, spec)}
             if shrunk:
                 out["shrunk_from"] = shrunk[0].to_json()
                 out["shrink_runs"] = shrunk[2]
             _emit_json(out)
             return 0
-        _print_result(res, m, model, title=("shrunk " if shrunk else "replay of ") + Path(args.scenario).name)
+        what = "shrunk " if shrunk else "replay of " if args.command == "replay" else ""
+        _print_result(res, m, model, title=what + Path(args.scenario).name)
         if shrunk:
             orig = shrunk[0]
             ntasks = sum(t.count for t in runner.scn.tasks)
@@ -357,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     one_run(rp)
     rp.add_argument("--shrink", action="store_true", help="find the smallest failing variant")
     rp.add_argument("--budget", type=int, default=200, help="runs the shrinker may spend")
-    rp.set_defaults(func=_replay)
+    rp.set_defaults(func=_run)
 
     f = sub.add_parser("fuzz", help="a transition-timing campaign")
     f.add_argument("scenario")
