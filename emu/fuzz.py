@@ -6,9 +6,12 @@ schedule (round robin, seeded random, or PCT priorities with d-1 change
 points), the preemption mode and the tasks that take part. plan() derives
 the RunSpec of (scenario, model, seed) for a strategy:
 
-- exhaustive: seed i starts the transition at the i-th point of the window,
-  every instruction when the window has no more points than runs, every
-  k-th otherwise (k = ceil(window / runs)); round-robin schedule;
+- exhaustive: seed i starts the transition at point bitreverse(i) of the
+  window (scaled from the next power of two): the first n seeds spread over
+  the window every ~window/n instructions, each further doubling halves the
+  step, and the first 2^ceil(log2 window) seeds reach every instruction. A
+  seed's start point does not depend on how many runs a campaign has, so
+  `lpemu replay --seed S` needs no run count; round-robin schedule;
 - random: a start point drawn from the window, a seeded random schedule;
 - pct: a start point drawn from the window, PCT priorities of depth d.
 
@@ -21,7 +24,6 @@ Result.trace_hash says so.
 from __future__ import annotations
 
 import hashlib
-import math
 import random
 from dataclasses import asdict, dataclass, field, replace
 
@@ -153,18 +155,25 @@ class Runner:
     def window(self) -> int:
         return self.scn.fuzz.window or self.cycle()
 
-    def slots(self, runs: int) -> tuple[int, int]:
-        """(step, number of start points) of the exhaustive strategy for runs runs."""
+    def exhaustive_start(self, index: int) -> int:
+        """The start point of the index-th exhaustive run (see the module doc)."""
         w = self.window()
-        step = max(1, math.ceil(w / max(1, runs)))
-        return step, math.ceil(w / step)
+        bits = (w - 1).bit_length()
+        size = 1 << bits
+        j = int(format(index % size, f"0{bits}b")[::-1], 2) if bits else 0
+        return self.first_at + j * w // size
+
+    def exhaustive_runs(self) -> int:
+        """Runs after which the exhaustive strategy has tried every instruction."""
+        return 1 << (self.window() - 1).bit_length()
 
     def plan(self, model: str, seed: int, *, strategy: str | None = None, runs: int | None = None) -> RunSpec:
+        """The RunSpec of (model, seed) under strategy (default: the scenario's).
+        runs is not used (start points do not depend on a campaign's size)."""
         fz = self.scn.fuzz
         strategy = strategy or fz.strategy
         if strategy == "exhaustive":
-            step, n = self.slots(runs or fz.runs)
-            return RunSpec(model, seed, strategy, self.first_at + ((seed - fz.seed) % n) * step,
+            return RunSpec(model, seed, strategy, self.exhaustive_start(seed - fz.seed),
                            self.scn.machine.get("policy", "rr"), seed)
         rng = random.Random(f"{seed}:{strategy}")
         start = self.first_at + rng.randrange(self.window())
