@@ -51,16 +51,15 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
 
 
-def _run_batch(program: Program, cycle: int, strategy: str, runs_hint: int,
-               batch: list[tuple[str, int]]) -> list[dict]:
+def _run_batch(program: Program, cycle: int, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
     """One batch in a worker: the program travels with the batch (tens of
     runs), not with each run."""
     runner = Runner(program, cycle=cycle)
-    return [run_record(runner, strategy, runs_hint, model, seed) for model, seed in batch]
+    return [run_record(runner, strategy, model, seed) for model, seed in batch]
 
 
-def run_record(runner: Runner, strategy: str, runs_hint: int, model: str, seed: int) -> dict:
-    spec = runner.plan(model, seed, strategy=strategy, runs=runs_hint)
+def run_record(runner: Runner, strategy: str, model: str, seed: int) -> dict:
+    spec = runner.plan(model, seed, strategy=strategy)
     try:
         return runner.execute(spec).to_json()
     except EmuError as exc:        # a run that cannot be set up (e.g. a patch refused by the model)
@@ -72,8 +71,10 @@ def run_record(runner: Runner, strategy: str, runs_hint: int, model: str, seed: 
 # ---- the campaign -----------------------------------------------------------------------------
 class Campaign:
     def __init__(self, program: Program, plan: Plan, *, jobs: int = 1, out: Path | None = None,
-                 resume: bool = False, force: bool = False, batch: int | None = None):
+                 resume: bool = False, force: bool = False, batch: int | None = None,
+                 scheduler: str | None = None):
         self.program = program
+        self.scheduler = scheduler     # a Dask scheduler address: run the batches there (emu.distributed)
         self.plan = plan
         self.jobs = max(1, jobs)
         self.out = Path(out) if out is not None else None
@@ -119,41 +120,52 @@ class Campaign:
                 raise UserError(f"{self.out / RUNS_FILE}: cannot write ({exc.strerror}); the runs written "
                                 f"so far are kept: continue with --resume --out {self.out}") from None
 
-    def run(self, progress=None) -> None:
+    def run(self, progress=None, *, client=None) -> None:
         """Run what is missing. progress(n) is called as runs finish. An
-        interrupt (Ctrl-C, SIGTERM) stops it with every finished run kept."""
+        interrupt (Ctrl-C, SIGTERM) stops it with every finished run kept.
+        With client (a dask.distributed Client) or a scheduler address given
+        to the Campaign, the batches run on that Dask cluster."""
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        own = None
         try:
             todo = self.todo()
             runner = Runner(self.program)
-            runs_hint = len(self.plan.seeds)
-            if self.jobs == 1:
+            if client is None and self.scheduler is not None:
+                from . import distributed
+                client = own = distributed.connect(self.scheduler)
+            if client is not None:
+                from . import distributed
+                if todo:
+                    distributed.run(self, client, todo, runner.cycle(), progress)
+            elif self.jobs == 1:
                 for model, seed in todo:
-                    self._record(run_record(runner, self.plan.strategy, runs_hint, model, seed))
+                    self._record(run_record(runner, self.plan.strategy, model, seed))
                     if progress:
                         progress(1)
             else:
-                self._parallel(todo, runner.cycle(), runs_hint, progress)
+                self._parallel(todo, runner.cycle(), progress)
         finally:
             signal.signal(signal.SIGTERM, old_term)
+            if own is not None:
+                own.close()
             if self._file is not None:
                 self._file.flush()
 
-    def _parallel(self, todo, cycle: int, runs_hint: int, progress) -> None:
+    def _parallel(self, todo, cycle: int, progress) -> None:
         size = self.batch or max(1, min(64, len(todo) // (self.jobs * 8) or 1))
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         while batches:
-            batches, lost = self._pool(batches, cycle, runs_hint, progress, self.jobs, self.jobs * 2)
+            batches, lost = self._pool(batches, cycle, progress, self.jobs, self.jobs * 2)
             # A worker died: re-run what was in flight one seed at a time on one
             # worker, so the seed that kills it again is known.
             suspects = [run for b in lost for run in b if run not in self.records]
             while suspects:
-                rest, dead = self._pool([[r] for r in suspects], cycle, runs_hint, progress, 1, 1)
+                rest, dead = self._pool([[r] for r in suspects], cycle, progress, 1, 1)
                 if dead:
                     self._crash(*dead[0][0])
                 suspects = [r for b in dead[1:] + rest for r in b if r not in self.records]
 
-    def _pool(self, batches, cycle, runs_hint, progress, workers: int, inflight: int):
+    def _pool(self, batches, cycle, progress, workers: int, inflight: int):
         """Run batches in one pool, at most inflight at a time. Returns (not
         started, lost with a dead worker: the first one lost first)."""
         lost: list = []
@@ -164,7 +176,7 @@ class Campaign:
             while queue or pending:
                 while queue and len(pending) < inflight:
                     b = queue.pop(0)
-                    pending[ex.submit(_run_batch, self.program, cycle, self.plan.strategy, runs_hint, b)] = b
+                    pending[ex.submit(_run_batch, self.program, cycle, self.plan.strategy, b)] = b
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     b = pending.pop(fut)

@@ -205,19 +205,30 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force exclude each other")
     if (args.resume or args.force) and not args.out:
         raise UserError("--resume and --force need --out DIR")
+    client = None
+    if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
+        from . import distributed
+        client = distributed.connect(args.scheduler)
     plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + runs)), strategy)
-    camp = campaign.Campaign(prog, plan, jobs=args.jobs or campaign.default_jobs(),
-                             out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
+    try:
+        camp = campaign.Campaign(prog, plan, jobs=args.jobs or campaign.default_jobs(),
+                                 out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     todo = len(camp.todo())
     bar, task = _progress(todo, not args.json, "fuzzing")
     interrupted = False
     try:
         with bar:
-            camp.run(progress=lambda n: bar.advance(task, n))
+            camp.run(progress=lambda n: bar.advance(task, n), client=client)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         camp.close()
+        if client is not None:
+            client.close()
     summary = camp.summary()
     summary["interrupted"] = interrupted
     if args.out:
@@ -351,6 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", help="directory for runs.jsonl, summary.json, campaign.json")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     f.add_argument("--force", action="store_true", help="replace the results in --out")
+    f.add_argument("--scheduler", metavar="ADDRESS",
+                   help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=_fuzz)
 

@@ -67,7 +67,7 @@ def run_demo(*, runs: int = 24, models=DEMO_MODELS, progress=None) -> list[Summa
         for model in models:
             s = Summary(model, variant)
             for seed in range(runs):
-                s.add(runner.execute(runner.plan(model, seed, strategy="exhaustive", runs=runs)))
+                s.add(runner.execute(runner.plan(model, seed, strategy="exhaustive")))
                 if progress:
                     progress()
             results.append(s)

@@ -167,9 +167,8 @@ class Runner:
         """Runs after which the exhaustive strategy has tried every instruction."""
         return 1 << (self.window() - 1).bit_length()
 
-    def plan(self, model: str, seed: int, *, strategy: str | None = None, runs: int | None = None) -> RunSpec:
-        """The RunSpec of (model, seed) under strategy (default: the scenario's).
-        runs is not used (start points do not depend on a campaign's size)."""
+    def plan(self, model: str, seed: int, *, strategy: str | None = None) -> RunSpec:
+        """The RunSpec of (model, seed) under strategy (default: the scenario's)."""
         fz = self.scn.fuzz
         strategy = strategy or fz.strategy
         if strategy == "exhaustive":

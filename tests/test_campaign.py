@@ -54,10 +54,10 @@ def test_a_worker_that_dies_is_reported_with_its_seed(tmp_path, monkeypatch):
     prog = scenario.build(scenario.load(SEED))
     real = campaign.run_record
 
-    def deadly(runner, strategy, runs_hint, model, seed):
+    def deadly(runner, strategy, model, seed):
         if seed == 5:
             os._exit(9)                 # the worker dies as if killed
-        return real(runner, strategy, runs_hint, model, seed)
+        return real(runner, strategy, model, seed)
 
     monkeypatch.setattr(campaign, "run_record", deadly)
     plan = campaign.Plan(str(SEED), ["kgraft"], list(range(12)), "random")

@@ -1,0 +1,97 @@
+"""Fuzz campaigns on a Dask distributed cluster (the optional `dask` extra).
+
+`Campaign(..., scheduler="tcp://HOST:PORT")` (or `lpemu fuzz --scheduler`)
+sends the campaign's runs in batches to a Dask cluster instead of the local
+process pool. The compiled program is scattered once to every worker
+(`client.scatter(..., broadcast=True)`) and each batch task receives its
+future, so it travels once per worker, not once per run or batch.
+
+The guarantees are the local ones: every finished batch is written to
+runs.jsonl as it completes (`distributed.as_completed`); Dask re-runs the
+tasks of a worker that is lost; a batch Dask gives up on (KilledWorker:
+it killed workers again and again) is re-run one seed at a time, and a seed
+that kills its worker again is recorded as a `crash`. `--resume` is
+file-based, so a campaign may be started locally and finished on a cluster.
+
+Dask is imported here only, and only when used.
+"""
+from __future__ import annotations
+
+from .errors import UserError
+
+INSTALL_HINT = "pip install 'livepatch-emu[dask]'"
+RETRIES = 2                        # re-runs of a batch whose task raised (on top of Dask's lost-worker re-runs)
+CONNECT_TIMEOUT = "10s"
+
+
+def _import():
+    try:
+        import distributed
+    except ImportError:
+        raise UserError(f"--scheduler needs Dask distributed, which is not installed: {INSTALL_HINT}") from None
+    return distributed
+
+
+def connect(address: str):
+    """A Client of the scheduler at address (tcp://HOST:PORT)."""
+    distributed = _import()
+    try:
+        return distributed.Client(address, timeout=CONNECT_TIMEOUT)
+    except (OSError, TimeoutError, ValueError) as exc:
+        raise UserError(f"--scheduler {address}: cannot connect ({exc})") from None
+
+
+def workers(client) -> int:
+    """Threads (task slots) over the cluster's workers, at least 1."""
+    return max(1, sum(client.nthreads().values()))
+
+
+def run(camp, client, todo, cycle: int, progress) -> None:
+    """Run the (model, seed) pairs todo of Campaign camp on client, recording
+    each batch as it finishes."""
+    distributed = _import()
+    from .campaign import _run_batch
+    killed = getattr(distributed, "KilledWorker", None) or distributed.scheduler.KilledWorker
+    size = camp.batch or max(1, min(64, len(todo) // (workers(client) * 8) or 1))
+    batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+    if not batches:
+        return
+    program = client.scatter(camp.program, broadcast=True, hash=False)
+    strategy = camp.plan.strategy
+
+    def submit(batch):
+        return client.submit(_run_batch, program, cycle, strategy, batch,
+                             pure=False, retries=RETRIES)
+
+    pending = {}
+    ac = distributed.as_completed()
+    for b in batches:
+        fut = submit(b)
+        pending[fut.key] = (b, fut)
+        ac.add(fut)
+    try:
+        for fut in ac:
+            batch, _ = pending.pop(fut.key)
+            try:
+                recs = fut.result()
+            except killed:
+                if len(batch) == 1:       # this very seed kills its worker, again and again
+                    camp._crash(*batch[0])
+                    if progress:
+                        progress(1)
+                    continue
+                for run_ in batch:        # find the seed that kills workers: one seed per task
+                    f = submit([run_])
+                    pending[f.key] = ([run_], f)
+                    ac.add(f)
+                continue
+            finally:
+                fut.release()
+            for rec in recs:
+                camp._record(rec)
+            if progress:
+                progress(len(recs))
+    finally:
+        if pending:                       # interrupted: stop what is left on the cluster
+            client.cancel([f for _, f in pending.values()])
+        client.cancel([program])
