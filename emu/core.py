@@ -195,8 +195,13 @@ class Engine:
             release()
 
     def close(self) -> None:
-        """Free the C core now (also done when the Engine is collected)."""
+        """Free the C core and the engine now (also done when the Engine is
+        collected). A closed Engine refuses further use instead of touching
+        freed memory: the C functions get NULL (and check it), the binding's
+        engine is gone."""
         self._finalizer()
+        self._core = ffi.NULL
+        self.uc = None
 
     # -- memory ------------------------------------------------------------
     def map(self, addr: int, size: int, prot: int) -> memoryview:
