@@ -130,6 +130,29 @@ def _operands_agree(mnem: str, ours: list[str], theirs: list[str]) -> bool:
     return False
 
 
+_NUMBER = re.compile(r"\b(0x[0-9a-f]+|\d+)\b")
+_SCALE = re.compile(r"\*\s*\d+")
+_IDENT = re.compile(r"[a-z_.$][a-z0-9_.$]*")
+_REGISTER = re.compile(r"^([re]?[a-d]x|[re]?[sd]il?|[re]?[sb]pl?|[a-d][lh]|r\d+[dwb]?|[re]?ip)$")
+
+
+def _displacements_agree(ours: list[str], theirs: list[str]) -> bool:
+    """The numbers inside [...] of each memory operand are the ones the source
+    wrote (when it wrote only registers and numbers there): keystone has been
+    seen to read decimal displacements as hexadecimal."""
+    for a, b in zip(ours, theirs):
+        if "[" not in a or "[" not in b:
+            continue
+        inner_a, inner_b = a[a.index("["):], b[b.index("["):]
+        if any(not _REGISTER.match(w) and w not in ("ptr",) for w in _IDENT.findall(inner_a)):
+            continue        # a label or symbol: its value is the linker's business
+        nums_a = sorted(n for n in (int(x, 0) for x in _NUMBER.findall(_SCALE.sub("", inner_a))) if n)
+        nums_b = sorted(n for n in (int(x, 0) for x in _NUMBER.findall(_SCALE.sub("", inner_b))) if n)
+        if nums_a != nums_b:
+            return False
+    return True
+
+
 def _opcode(code: bytes) -> bytes:
     i = 0
     while i < len(code) and code[i] in _PREFIX_BYTES:
@@ -153,6 +176,8 @@ def _check(stmt: _Stmt, insn, source: str) -> None:
     elif ours in ("pushf", "popf") and bytes(insn.bytes)[:1] == b"\x66":
         # keystone makes `pushf` the 16-bit form; in 64-bit code it means pushfq.
         problem = "the 16-bit form; write pushfq/popfq"
+    elif not _displacements_agree(our_ops, their_ops):
+        problem = "another displacement"
     if problem:
         raise BuildError(f"{source}: line {stmt.line}: {stmt.source!r} was encoded as "
                          f"{bytes(insn.bytes).hex(' ')} ({insn.mnemonic} {insn.op_str}".rstrip()

@@ -24,23 +24,23 @@ from . import hypercall
 
 SOURCE = f"""
 task_user:
-    mov rdi, qword ptr [r12 + 8]
-    mov rsi, qword ptr [r12 + 16]
-    mov rdx, qword ptr [r12 + 24]
-    mov rcx, qword ptr [r12 + 32]
-    mov r8, qword ptr [r12 + 40]
-    mov r9, qword ptr [r12 + 48]
+    mov rdi, qword ptr [r12 + 0x8]
+    mov rsi, qword ptr [r12 + 0x10]
+    mov rdx, qword ptr [r12 + 0x18]
+    mov rcx, qword ptr [r12 + 0x20]
+    mov r8, qword ptr [r12 + 0x28]
+    mov r9, qword ptr [r12 + 0x30]
     call qword ptr [r12]
     mov eax, {hypercall.RETURN_TO_USER}
     syscall
     jmp task_user
 task_kthread:
-    mov rdi, qword ptr [r12 + 8]
-    mov rsi, qword ptr [r12 + 16]
-    mov rdx, qword ptr [r12 + 24]
-    mov rcx, qword ptr [r12 + 32]
-    mov r8, qword ptr [r12 + 40]
-    mov r9, qword ptr [r12 + 48]
+    mov rdi, qword ptr [r12 + 0x8]
+    mov rsi, qword ptr [r12 + 0x10]
+    mov rdx, qword ptr [r12 + 0x18]
+    mov rcx, qword ptr [r12 + 0x20]
+    mov r8, qword ptr [r12 + 0x28]
+    mov r9, qword ptr [r12 + 0x30]
     call qword ptr [r12]
     mov rdi, rax
     mov eax, {hypercall.EXIT}

@@ -87,3 +87,12 @@ def test_other_checks():
     # Labels sharing a line with an instruction, comments with ';' inside strings.
     image = assemble('g: fentry\n    ret\nmsg: .ascii "a;b"\n', base=BASE)
     assert image.functions["g"].site == BASE and image.read(image.symbols["msg"], 3) == b"a;b"
+
+
+def test_displacements_are_checked_against_the_source():
+    from emu.asm import _displacements_agree
+    assert _displacements_agree(["r8", "qword ptr [r12 + 40]"], ["r8", "qword ptr [r12 + 0x28]"])
+    assert _displacements_agree(["dword ptr [rax+rax*1+0]"], ["dword ptr [rax + rax]"])
+    assert _displacements_agree(["rax", "[rip + label]"], ["rax", "[rip + 0x1234]"])
+    # decimal 40 read as hexadecimal: the bytes say 0x40
+    assert not _displacements_agree(["r8", "qword ptr [r12 + 40]"], ["r8", "qword ptr [r12 + 0x40]"])
