@@ -43,15 +43,15 @@ def _progress(total: int, enabled: bool, label: str):
 
 def _spec_from_args(runner, args):
     from dataclasses import replace
-    spec = runner.plan(args.model, args.seed, strategy=getattr(args, "strategy", None))
-    if getattr(args, "at", None) is not None:
+    spec = runner.plan(args.model, args.seed, strategy=args.strategy)
+    if args.at is not None:
         spec = replace(spec, start=args.at)
-    if getattr(args, "schedule", None):
+    if args.schedule:
         spec = replace(spec, schedule=args.schedule, sched_seed=args.sched_seed
                        if args.sched_seed is not None else spec.sched_seed)
-    if getattr(args, "preempt", None):
+    if args.preempt:
         spec = replace(spec, preempt=args.preempt)
-    if getattr(args, "tasks", None):
+    if args.tasks:
         names = [n for n in args.tasks.split(",") if n]
         known = {i for t in runner.scn.tasks for i in t.instances()}
         unknown = [n for n in names if n not in known]
@@ -76,7 +76,7 @@ def _command_line(args, spec) -> str:
 def _outputs(args, machine, model, result) -> dict:
     """--trace FILE (Perfetto JSON) and --timeline FILE (PNG/SVG) of a kept run."""
     written = {}
-    if not (getattr(args, "trace", None) or getattr(args, "timeline", None)):
+    if not (args.trace or args.timeline):
         return written
     from . import report
     functions = {f.old.id for p in model.patches for _, f in p.funcs() if f.old is not None}
@@ -154,7 +154,7 @@ def _run(args) -> int:
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
-    if getattr(args, "shrink", False):
+    if args.shrink:
         bar, task = _progress(args.budget, not args.json, "shrinking")
         with bar:
             small, _, tried = shrink(runner, spec, budget=args.budget, progress=lambda: bar.advance(task))
@@ -344,7 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="one deterministic run")
     one_run(r)
-    r.set_defaults(func=_run)
+    r.set_defaults(func=_run, shrink=False)
 
     rp = sub.add_parser("replay", help="re-run one run of a campaign exactly; --shrink minimizes it")
     one_run(rp)

@@ -11,10 +11,11 @@ baz must receive thousandths).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from . import scenario
+from .campaign import Plan, summarize
 from .fuzz import Runner
 
 SEED = Path(__file__).resolve().parent / "seed"
@@ -24,6 +25,8 @@ VARIANTS = {"bar+baz": SEED / "scenario.toml", "foo+bar+baz": SEED / "scenario-f
 
 @dataclass
 class Summary:
+    """One row of the table: a model under one variant of the patch (the
+    counts are campaign.summarize's)."""
     model: str
     variant: str
     runs: int = 0
@@ -33,46 +36,39 @@ class Summary:
     stalled: int = 0
     bad_values: int = 0
     first_failing_seed: int | None = None
+    latency_median: float | None = None
+    latency_max: int | None = None
     example: str | None = None
-    latencies: list = field(default_factory=list)
 
-    def add(self, res) -> None:
-        self.runs += 1
-        self.inconsistent += res.inconsistent
-        self.bad_values += bool(res.violations)
-        self.completed += res.outcome == "completed"
-        self.failed += res.outcome == "failed"
-        self.stalled += res.outcome == "stalled"
-        if res.latency is not None:
-            self.latencies.append(res.latency)
-        if res.inconsistent and self.first_failing_seed is None:
-            self.first_failing_seed = res.spec.seed
-            bad = res.inconsistencies[0]
-            runs = ", ".join(f"{e['function']} v{e['version']} at {e['clock']}" for e in bad["entries"])
-            self.example = f"task {bad['task']}, {bad['unit']} (t={bad['start']}..{bad['end']}): {runs}"
-
-    def to_json(self):
-        lat = sorted(self.latencies)
-        return {"model": self.model, "variant": self.variant, "runs": self.runs,
-                "inconsistent": self.inconsistent, "completed": self.completed, "failed": self.failed,
-                "stalled": self.stalled, "bad_values": self.bad_values,
-                "first_failing_seed": self.first_failing_seed, "example": self.example,
-                "latency_median": lat[len(lat) // 2] if lat else None, "latency_max": lat[-1] if lat else None}
+    def to_json(self) -> dict:
+        return asdict(self)
 
 
 def run_demo(*, runs: int = 24, models=DEMO_MODELS, progress=None) -> list[Summary]:
     results = []
     for variant, path in VARIANTS.items():
         runner = Runner(scenario.build(scenario.load(path)))
-        for model in models:
-            s = Summary(model, variant)
-            for seed in range(runs):
-                s.add(runner.execute(runner.plan(model, seed, strategy="exhaustive")))
-                if progress:
-                    progress()
-            results.append(s)
+        plan = Plan(str(path), list(models), list(range(runs)), "exhaustive")
+        records = {}
+        for model, seed in plan.runs():
+            records[model, seed] = runner.execute(runner.plan(model, seed, strategy="exhaustive")).to_json()
+            if progress:
+                progress()
+        for row in summarize(plan, records)["models"]:
+            keep = {k: row[k] for k in (f.name for f in fields(Summary)) if k in row}
+            results.append(Summary(**keep, variant=variant, example=_example(plan, records, row["model"])))
     order = {m: i for i, m in enumerate(models)}
     return sorted(results, key=lambda s: (order[s.model], s.variant != "bar+baz"))
+
+
+def _example(plan: Plan, records: dict, model: str) -> str | None:
+    """The first inconsistent unit of the model's first inconsistent run."""
+    for seed in plan.seeds:
+        bad = records[model, seed]["inconsistencies"]
+        if bad:
+            runs = ", ".join(f"{e['function']} v{e['version']} at {e['clock']}" for e in bad[0]["entries"])
+            return f"task {bad[0]['task']}, {bad[0]['unit']} (t={bad[0]['start']}..{bad[0]['end']}): {runs}"
+    return None
 
 
 def table(results) -> str:

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 from . import core, oracle
 from .errors import EmuError, GuestFault, UserError
-from .machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+from .machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from .models import make_model
 from .patch import make_patch
 from .scenario import Program
@@ -251,10 +251,7 @@ class Runner:
             elif a.do == "disable":
                 model.disable(patches[a.target])
             elif a.do == "force":
-                if a.target and _takes_patch(model.force):
-                    model.force(patches[a.target])
-                else:
-                    model.force()
+                model.force(patches.get(a.target))
             elif a.do == "load":
                 img = prog.modules[a.target]
                 model.load_module(img) if hasattr(model, "load_module") else m.load(img)
@@ -316,11 +313,6 @@ class Runner:
                     if len(res.violations) < MAX_REPORTED:
                         res.violations.append({"assert": a.text, "line": a.line, "task": env["task"],
                                                "time": clock, "key": key, "value": value, "error": why})
-
-
-def _takes_patch(fn) -> bool:
-    import inspect
-    return len(inspect.signature(fn).parameters) > 0
 
 
 def _rebind(m: Machine, patch) -> None:

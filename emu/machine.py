@@ -25,7 +25,7 @@ from . import core, hypercall, runtime, unwind
 from .errors import GuestFault, UserError
 from .image import PROT_R, PROT_W, PROT_X, Image
 from .orc import OrcTable
-from .task import PATCHED, UNDEFINED, UNPATCHED, Cpu, Kind, RunState, Task
+from .task import Cpu, Kind, RunState, Task
 
 # ---- memory layout -----------------------------------------------------------
 RUNTIME_BASE = 0x0010_0000

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from . import hypercall
 
-SOURCE = f"""
-task_user:
+# The entry function called with the six argument words of the task block.
+_CALL_ENTRY = """\
     mov rdi, qword ptr [r12 + 0x8]
     mov rsi, qword ptr [r12 + 0x10]
     mov rdx, qword ptr [r12 + 0x18]
@@ -31,18 +31,15 @@ task_user:
     mov r8, qword ptr [r12 + 0x28]
     mov r9, qword ptr [r12 + 0x30]
     call qword ptr [r12]
-    mov eax, {hypercall.RETURN_TO_USER}
+"""
+
+SOURCE = f"""
+task_user:
+{_CALL_ENTRY}    mov eax, {hypercall.RETURN_TO_USER}
     syscall
     jmp task_user
 task_kthread:
-    mov rdi, qword ptr [r12 + 0x8]
-    mov rsi, qword ptr [r12 + 0x10]
-    mov rdx, qword ptr [r12 + 0x18]
-    mov rcx, qword ptr [r12 + 0x20]
-    mov r8, qword ptr [r12 + 0x28]
-    mov r9, qword ptr [r12 + 0x30]
-    call qword ptr [r12]
-    mov rdi, rax
+{_CALL_ENTRY}    mov rdi, rax
     mov eax, {hypercall.EXIT}
     syscall
     ud2

@@ -116,9 +116,6 @@ class Scenario:
     assertions: list[Assertion] = field(default_factory=list)
     fuzz: FuzzSpec = field(default_factory=FuzzSpec)
 
-    def patch(self, name: str) -> PatchSpec:
-        return next(p for p in self.patches if p.name == name)
-
     @property
     def name(self) -> str:
         return self.path.stem if self.path.stem != "scenario" else self.path.parent.name

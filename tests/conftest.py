@@ -1,5 +1,7 @@
 """Shared helpers: tests build their own small programs from C text."""
+import shutil
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -18,3 +20,14 @@ def compile_c(tmp_path):
         return build_c([src], base=base, name=name, **kw)
 
     return _compile
+
+
+SEED = Path(__file__).resolve().parent.parent / "emu" / "seed"
+
+
+@pytest.fixture
+def seed_copy(tmp_path):
+    """A directory holding copies of the seed's C files, to change at will."""
+    for name in ("base.c", "patch.c", "patch_foo.c"):
+        shutil.copy(SEED / name, tmp_path / name)
+    return tmp_path

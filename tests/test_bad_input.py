@@ -2,7 +2,6 @@
 status 2; no traceback; nothing the user had is overwritten.
 
 Each case here is one row of the table in docs/bad-input.md."""
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -34,10 +33,8 @@ patch = "p"
 
 
 @pytest.fixture
-def d(tmp_path):
-    for name in ("base.c", "patch.c"):
-        shutil.copy(SEED / name, tmp_path / name)
-    return tmp_path
+def d(seed_copy):
+    return seed_copy
 
 
 def lpemu(capsys, *argv) -> tuple[int, str]:

@@ -1,5 +1,4 @@
 """Scenario files: every mistake named by file, line and key; builds check names against the code."""
-import shutil
 import textwrap
 from pathlib import Path
 
@@ -44,10 +43,8 @@ runs = 5
 
 
 @pytest.fixture
-def scn_dir(tmp_path):
-    for name in ("base.c", "patch.c", "patch_foo.c"):
-        shutil.copy(SEED / name, tmp_path / name)
-    return tmp_path
+def scn_dir(seed_copy):
+    return seed_copy
 
 
 def write(d: Path, text: str) -> Path:

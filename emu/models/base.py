@@ -15,7 +15,7 @@ from ..errors import Busy
 from ..ftrace import Ftrace, Ops
 from ..machine import EV_TRANSITION, Machine
 from ..patch import Patch, PatchFunc
-from ..task import PATCHED, UNPATCHED, Task
+from ..task import Task
 
 # transition event codes (EV_TRANSITION's a)
 T_START, T_COMPLETE, T_FAIL, T_REVERSE, T_CANCEL, T_STALL = range(6)
@@ -43,7 +43,8 @@ class Transition:
 
 
 class Model:
-    """Base class: override enable/disable; call the helpers below."""
+    """Base class: override enable(patch), disable(patch) and force(patch=None)
+    (force acts on the transition in progress); call the helpers below."""
     name = "base"
     #: kpatch's handler skips the new function's own fentry NOP
     skip_fentry = False

@@ -37,7 +37,7 @@ class Immediate(Model):
         patch.enabled = False
         self.m.spawn(self._finish(t, updates))
 
-    def force(self) -> None:
+    def force(self, patch: Patch | None = None) -> None:
         """Nothing to force: there is no transition to wait for."""
 
     def _finish(self, t, updates):

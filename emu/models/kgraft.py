@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from ..machine import Delay
 from ..patch import Patch, PatchFunc
-from ..task import PATCHED, UNDEFINED, UNPATCHED, Kind, RunState, Task
+from ..task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
 from .base import Model
 
 
@@ -68,7 +68,7 @@ class KGraft(Model):
             self.sync(f)
         self._start(patch, UNPATCHED, [])
 
-    def force(self) -> None:
+    def force(self, patch: Patch | None = None) -> None:
         """kGraft's forced unmark: migrate every task now."""
         for task in self.all_tasks():
             self._migrate(task)

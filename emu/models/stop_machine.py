@@ -65,7 +65,7 @@ class StopMachine(Model):
         t = self.record(patch, UNPATCHED)
         self.m.spawn(self._run(t, patch, UNPATCHED, self.loaded_funcs(patch), []))
 
-    def force(self) -> None:
+    def force(self, patch: Patch | None = None) -> None:
         """Skip the activeness check at the next attempt (as if every function
         were marked force)."""
         self.forcing = True
