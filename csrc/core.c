@@ -109,6 +109,7 @@ void emu_core_free(struct emu_core *c)
             uc_context_free(c->ctx[i]);
     free(c->ctx);
     free(c->state);
+    free(c->sched);
     free(c->ev);
     free(c);
 }

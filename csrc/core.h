@@ -103,6 +103,10 @@ struct emu_core {
     int partial;            /* re-running a cut block: count partial_n, once */
     uint64_t partial_n;
     struct emu_stop *stop;  /* where the stop reason goes during emu_run */
+
+    /* scheduler state (sched.c), shared with Python */
+    int64_t *sched;
+    int sched_n;
 };
 
 /* core.c */

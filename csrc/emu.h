@@ -285,4 +285,111 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
                      const struct emu_stack_task *tasks, int n,
                      uint64_t *entries, struct emu_stack_result *out);
 
+/* ---- the scheduler (sched.c; its Python twin is emu/pysched.py) -----------
+ * Scheduling state is one int64 array shared with Python (a memoryview of
+ * it): NG globals, then one record of NTF fields per task and per CPU's idle
+ * task (idle records at ntasks + cpu), then NCF fields per CPU, then each
+ * CPU's run queue (ntasks slots of task ids). emu_sched_run runs slices
+ * until Python has something to do and says what (EMU_SR_*). */
+#define EMU_EV_KERNEL_EXIT  16   /* task returned to user */
+#define EMU_EV_SAFE_POINT   17   /* kthread safe point */
+#define EMU_EV_SLEEP        18   /* a = wake time or -1 */
+#define EMU_EV_WAKE         19   /* a = 1 if woken early (signal) */
+#define EMU_EV_PATCH_STATE  20   /* a = new patch state */
+#define EMU_EV_YIELD        21
+#define EMU_EV_EXIT         22   /* a = exit code */
+#define EMU_EV_SCHED_IN     23   /* a = cpu */
+#define EMU_EV_TRANSITION   24   /* a = transition event code, b = patch index */
+#define EMU_EV_STOP_MACHINE 25   /* a = 1 when every CPU stopped, 0 when released */
+
+#define EMU_HC_EXIT           0  /* must agree with emu/include/lpemu.h */
+#define EMU_HC_SLEEP          1
+#define EMU_HC_YIELD          2
+#define EMU_HC_RETURN_TO_USER 3
+#define EMU_HC_SAFE_POINT     4
+
+#define EMU_SG_NTASKS       0
+#define EMU_SG_NCPUS        1
+#define EMU_SG_QUANTUM      2
+#define EMU_SG_PREEMPT      3   /* 0 none, 1 voluntary, 2 full */
+#define EMU_SG_TICK         4
+#define EMU_SG_LOCKUP       5
+#define EMU_SG_POLICY_RR    6   /* 1: pick the first runnable task here; 0: ask (EMU_SR_PICK) */
+#define EMU_SG_NOTIFY_ALL   7   /* every switch point and idle slice goes to Python */
+#define EMU_SG_EACH_SLICE   8   /* come back after every slice */
+#define EMU_SG_SM           9   /* stop_machine in progress: Python's scheduler runs */
+#define EMU_SG_RR          10   /* the CPU whose slice comes next */
+#define EMU_SG_ROUND_RAN   11   /* guest code ran in this round */
+#define EMU_SG_SLICE_LEFT  12   /* budget of a slice cut by `until` */
+#define EMU_SG_INSLICE     13   /* a slice is in progress on CPU rr ... */
+#define EMU_SG_STASK       14   /* ... for this task ... */
+#define EMU_SG_REMAIN      15   /* ... with this much budget left */
+#define EMU_SG_PICK        16   /* the task Python picked (EMU_SR_PICK), or -1 */
+#define EMU_SG_NEXT_WAKE   17   /* no sleeper wakes before this (-1: none) */
+#define EMU_SG_CHECK_SM    18   /* resuming after timers: leave the slice if stop_machine began */
+#define EMU_SG_AFTER       19   /* a slice ended: the round step is due */
+#define EMU_SG_PREEMPTIONS 20
+#define EMU_SG_RTASK       21   /* what a return is about */
+#define EMU_SG_RCPU        22
+#define EMU_SG_LIVE        23   /* tasks not exited */
+#define EMU_SG_COUNT       32
+
+#define EMU_TF_STATE          0   /* EMU_TS_* */
+#define EMU_TF_KIND           1   /* EMU_TK_* */
+#define EMU_TF_CPU            2
+#define EMU_TF_WAKE_AT        3   /* -1: until woken */
+#define EMU_TF_INTERRUPTIBLE  4
+#define EMU_TF_PREEMPTED      5
+#define EMU_TF_NEED_RESCHED   6
+#define EMU_TF_NOTIFY         7   /* TIF_PATCH_PENDING: its switch points go to Python */
+#define EMU_TF_KERNEL_ENTRIES 8
+#define EMU_TF_SINCE          9   /* instructions since the last scheduling point */
+#define EMU_TF_EXIT_CODE     10
+#define EMU_TF_EXITED        11   /* exit code set */
+#define EMU_TF_COUNT         12
+
+#define EMU_TS_RUNNABLE 0
+#define EMU_TS_SLEEPING 1
+#define EMU_TS_EXITED   2
+#define EMU_TK_USER     0
+#define EMU_TK_KTHREAD  1
+
+#define EMU_CF_CURRENT 0   /* -1: idle */
+#define EMU_CF_SLICES  1
+#define EMU_CF_RQLEN   2
+#define EMU_CF_COUNT   4
+
+#define EMU_SR_TIMER         1   /* a Python timer is due */
+#define EMU_SR_UNTIL         2   /* the clock reached `until` */
+#define EMU_SR_DONE          3   /* every task has exited */
+#define EMU_SR_KERNEL_EXIT   4   /* rtask returned to user: hooks, then the switch tail */
+#define EMU_SR_COND_RESCHED  5   /* rtask yielded: hooks, then the switch tail */
+#define EMU_SR_SAFE_POINT    6   /* rtask passed a safe point: hooks */
+#define EMU_SR_IDLE          7   /* rcpu ran an idle slice: hooks */
+#define EMU_SR_HYPERCALL     8   /* rtask made a hypercall the scheduler does not know */
+#define EMU_SR_FAULT         9   /* rtask faulted (the stop says how) */
+#define EMU_SR_KTHREAD_RET  10   /* kthread rtask returned to user */
+#define EMU_SR_LOCKUP       11   /* rtask ran too long without a scheduling point */
+#define EMU_SR_EVENTS       12   /* the event ring is full */
+#define EMU_SR_PICK         13   /* choose among rcpu's runnable tasks (not rtask) */
+#define EMU_SR_SLICE        14   /* a slice ended (EMU_SG_EACH_SLICE) */
+#define EMU_SR_IDLE_ROUND   15   /* a round ran no guest code (EMU_SG_EACH_SLICE): Python moves time */
+#define EMU_SR_HANG         16   /* every task asleep with nothing to wake it */
+#define EMU_SR_END          17   /* nothing can happen any more */
+#define EMU_SR_SM           18   /* stop_machine: Python's scheduler must run */
+
+int emu_sched_init(struct emu_core *core, int ntasks, int ncpus);
+int64_t *emu_sched_state(struct emu_core *core);
+int emu_sched_size(struct emu_core *core);
+int emu_sched_run(struct emu_core *core, int64_t until, int64_t deadline, struct emu_stop *stop);
+
+/* ---- snapshots (snapshot.c) ------------------------------------------------
+ * Memory, task contexts, patch states, scheduler state, clock and site
+ * entries. Restore refuses (EMU_ERANGE) when regions or tasks were added
+ * since; sites added since are removed. Pending events are dropped. */
+struct emu_snapshot;
+struct emu_snapshot *emu_snapshot_take(struct emu_core *core);
+int emu_snapshot_restore(struct emu_core *core, const struct emu_snapshot *snap);
+void emu_snapshot_free(struct emu_snapshot *snap);
+
 #endif /* EMU_H */

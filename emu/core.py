@@ -80,6 +80,22 @@ EV_ENTRY = lib.EMU_EV_ENTRY
 EV_OBSERVE = lib.EMU_EV_OBSERVE
 EV_TORN = lib.EMU_EV_TORN
 
+# The scheduler's shared state (csrc/sched.c, emu/pysched.py): every
+# EMU_SG_*, EMU_TF_*, EMU_TS_*, EMU_TK_*, EMU_CF_*, EMU_SR_*, EMU_EV_* and
+# EMU_HC_* constant, without the EMU_ prefix, in SCHED.
+SCHED = {name[4:]: getattr(lib, name) for name in dir(lib)
+         if name.startswith(("EMU_SG_", "EMU_TF_", "EMU_TS_", "EMU_TK_", "EMU_CF_", "EMU_SR_", "EMU_HC_"))}
+EV_KERNEL_EXIT = lib.EMU_EV_KERNEL_EXIT
+EV_SAFE_POINT = lib.EMU_EV_SAFE_POINT
+EV_SLEEP = lib.EMU_EV_SLEEP
+EV_WAKE = lib.EMU_EV_WAKE
+EV_PATCH_STATE = lib.EMU_EV_PATCH_STATE
+EV_YIELD = lib.EMU_EV_YIELD
+EV_EXIT = lib.EMU_EV_EXIT
+EV_SCHED_IN = lib.EMU_EV_SCHED_IN
+EV_TRANSITION = lib.EMU_EV_TRANSITION
+EV_STOP_MACHINE = lib.EMU_EV_STOP_MACHINE
+
 POKE_NONE = lib.EMU_POKE_NONE
 POKE_TO_CALL = lib.EMU_POKE_TO_CALL
 POKE_TO_NOP = lib.EMU_POKE_TO_NOP
@@ -169,6 +185,7 @@ class Engine:
             raise ValueError(f"accel must be 'c' or 'python', not {accel!r}")
         self.accel = accel
         self.fast_memory = fast_memory
+        self.event_capacity = event_capacity
         self.uc = Uc(UC_ARCH_X86, UC_MODE_64)
         flags = (lib.EMU_FLAG_ACCEL_C if accel == "c" else 0) | (lib.EMU_FLAG_FAST_MEMORY if fast_memory else 0)
         core = lib.emu_core_new(self.uc._uch.value, flags, event_capacity)
@@ -294,6 +311,29 @@ class Engine:
             _STOP.unpack(self._stop_buf)
         return Stop(reason, executed, rip, fault_kind, uc_err, intno, addr, hc_nr, (a, b, c))
 
+    @property
+    def last_stop(self) -> Stop:
+        """The stop of the last emu_run (also the one the scheduler made)."""
+        reason, uc_err, fault_kind, intno, executed, rip, addr, hc_nr, a, b, c = \
+            _STOP.unpack(self._stop_buf)
+        return Stop(reason, executed, rip, fault_kind, uc_err, intno, addr, hc_nr, (a, b, c))
+
+    # -- the scheduler (csrc/sched.c) ---------------------------------------------
+    def sched_init(self, ntasks: int, ncpus: int) -> memoryview:
+        """Allocate the scheduler state; return it as a writable int64 view
+        (layout in csrc/emu.h; the core owns the memory)."""
+        _check(lib.emu_sched_init(self._core, ntasks, ncpus), "scheduler state")
+        n = lib.emu_sched_size(self._core)
+        return memoryview(ffi.buffer(lib.emu_sched_state(self._core), 8 * n)).cast("q")
+
+    def sched_run(self, until: int, deadline: int) -> int:
+        """Run slices until Python is needed (-1: no until / no deadline);
+        return the EMU_SR_* reason."""
+        rc = lib.emu_sched_run(self._core, until, deadline, self._stop)
+        if rc < 0:
+            _check(rc, "scheduler", self._core)
+        return rc
+
     def request_stop(self) -> None:
         lib.emu_request_stop(self._core)
 
@@ -324,6 +364,22 @@ class Engine:
     def events_dropped(self) -> int:
         """Events the mask left out so far."""
         return lib.emu_events_dropped(self._core)
+
+    def events_pending(self) -> int:
+        return lib.emu_events_pending(self._core)
+
+    # -- snapshots ----------------------------------------------------------------
+    def snapshot(self):
+        """Take the core's state (see csrc/snapshot.c); freed when collected."""
+        snap = lib.emu_snapshot_take(self._core)
+        if snap == ffi.NULL:
+            raise CoreError("snapshot: out of memory or unicorn refused")
+        return ffi.gc(snap, lib.emu_snapshot_free)
+
+    def restore(self, snap) -> None:
+        """Put a snapshot of this engine back. CoreError when the machine
+        mapped memory or added tasks since."""
+        _check(lib.emu_snapshot_restore(self._core, snap), "restore", self._core)
 
     def take_events_raw(self) -> bytes:
         """Drain the ring as packed struct emu_event records (EventLog keeps
@@ -371,43 +427,55 @@ class Engine:
 
 
 class EventLog(Sequence):
-    """A trace of (clock, kind, task, a, b, c) events that takes the C
-    core's records packed (extend_raw, from Engine.take_events_raw) and
-    makes tuples of them only when someone reads the trace, once: a run
-    whose trace nobody reads does not pay a tuple per event (150-200 ns
-    each, more than a redirected call costs in C).
+    """A trace of (clock, kind, task, a, b, c) events, kept packed as the C
+    core's struct emu_event records (extend_raw takes them as they come from
+    Engine.take_events_raw) and unpacked into tuples only when someone
+    reads the trace, once: a run whose trace nobody reads does not pay a
+    tuple per event (150-200 ns each, more than a redirected call costs in
+    C), and a hash of the trace is a hash of bytes (raw()).
 
     It reads like a list of tuples (len, indexing, slicing to a list,
     iteration, == with any sequence); append/extend take tuples. An
     iteration sees the events that were in the log when it started."""
 
-    __slots__ = ("_list", "_tail")
+    __slots__ = ("_raw", "_list")
 
     def __init__(self, events=()):
-        self._list: list = []
-        self._tail = bytearray()
+        self._raw = bytearray()
+        self._list: list = []      # the first len(_list) events, unpacked
         self.extend(events)
 
     def _sync(self) -> list:
-        if self._tail:
-            self._list.extend(_EVENT.iter_unpack(self._tail))
-            self._tail = bytearray()
+        done = len(self._list) * _EVENT.size
+        if done < len(self._raw):
+            self._list.extend(_EVENT.iter_unpack(memoryview(self._raw)[done:]))
         return self._list
+
+    def copy(self) -> "EventLog":
+        log = EventLog()
+        log._raw = bytearray(self._raw)
+        log._list = list(self._list)
+        return log
+
+    def raw(self) -> bytes:
+        """Every event, packed."""
+        return bytes(self._raw)
 
     def extend_raw(self, raw) -> None:
         """Append packed struct emu_event records."""
         if len(raw) % _EVENT.size:
             raise ValueError("not a whole number of events")
-        self._tail += raw
+        self._raw += raw
 
     def append(self, event) -> None:
-        self._sync().append(tuple(event))
+        self._raw += _EVENT.pack(*event)
 
     def extend(self, events) -> None:
-        self._sync().extend(tuple(e) for e in events)
+        for e in events:
+            self._raw += _EVENT.pack(*e)
 
     def __len__(self) -> int:
-        return len(self._list) + len(self._tail) // _EVENT.size
+        return len(self._raw) // _EVENT.size
 
     def __getitem__(self, i):
         return self._sync()[i]
@@ -417,7 +485,7 @@ class EventLog(Sequence):
 
     def __eq__(self, other) -> bool:
         if isinstance(other, EventLog):
-            return self._sync() == other._sync()
+            return self._raw == other._raw
         if isinstance(other, Sequence) and not isinstance(other, (str, bytes, bytearray)):
             return self._sync() == [tuple(e) for e in other]
         return NotImplemented

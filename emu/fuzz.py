@@ -38,6 +38,7 @@ from .task import PATCHED
 
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
+POOL = 4                   # machines a runner keeps, each with its snapshot
 
 
 @dataclass(frozen=True)
@@ -113,12 +114,14 @@ class Result:
 
 
 class Runner:
-    """Runs RunSpecs of one compiled scenario. Holds no machine between runs."""
+    """Runs RunSpecs of one compiled scenario. Keeps a few machines between
+    runs, each restored from a snapshot of the prefix runs share."""
 
     def __init__(self, program: Program, *, cycle: int | None = None):
         self.program = program
         self.scn = program.scenario
         self._cycle = cycle
+        self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
 
     # ---- planning -----------------------------------------------------------------------------
     @property
@@ -143,7 +146,7 @@ class Runner:
                 return len(marks) == len(m.tasks) and all(len(v) >= 4 for v in marks.values())
             enough.seen = 0
             try:
-                m.run(until=at + m.seconds(2), stop_when=enough)
+                m.run(until=at + m.seconds(2), stop_when=enough, every_slice=False)
             except GuestFault:
                 pass
             finally:
@@ -188,60 +191,112 @@ class Runner:
         names = [(t, inst) for t in scn.tasks for inst in t.instances()]
         if spec.tasks is not None:
             names = [(t, inst) for t, inst in names if inst in spec.tasks]
-        policy = make_policy(spec.schedule, spec.sched_seed, len(names), depth=spec.depth) \
-            if spec.schedule == "pct" else make_policy(spec.schedule, spec.sched_seed)
-        m = Machine(prog.base, policy=policy, name=scn.name, **opts)
+        m = Machine(prog.base, policy=self._policy(spec), name=scn.name, **opts)
         for t, inst in names:
             m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
         return m
 
-    def execute(self, spec: RunSpec, *, keep: bool = False) -> "Result | tuple[Result, Machine, object]":
-        """Run one RunSpec. With keep, also return the machine and the model
-        (the caller closes machine.engine)."""
+    def _prepared(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
+        """A machine for spec at the end of the prefix every run shares: its
+        images loaded, the patched functions watched, and (round robin) run
+        up to the first action, or just started (seeded schedules). With
+        pooled, the machine is kept with a snapshot of that point and
+        restored for the next run of the same kind. Returns (machine, the
+        fault report if the prefix faulted)."""
         scn, prog = self.scn, self.program
+        stop_at = self.first_at if spec.schedule == "rr" and spec.start >= self.first_at else 0
+        key = (stop_at, spec.schedule == "rr", spec.preempt, spec.tasks)
+        if pooled and key in self._pool:
+            m, snap = self._pool.pop(key)
+            self._pool[key] = (m, snap)          # most recently used last
+            m.restore(snap)
+            m.policy = self._policy(spec)
+            return m, None
         m = self.machine(spec)
         try:
             for mod in scn.modules:
                 if mod.loaded:
                     m.load(prog.modules[mod.name])
+            for p in scn.patches:
+                img, funcs = prog.patches[p.name]
+                m.load(img)
+                for _, f in make_patch(m, p.name, img, funcs).funcs():
+                    if f.old is not None:
+                        m.watch(f.old)
+            m.start()
+            if stop_at:
+                m.run(until=stop_at)
+        except GuestFault as exc:
+            return m, str(exc)
+        except BaseException:
+            m.engine.close()
+            raise
+        if pooled:
+            if len(self._pool) >= POOL:
+                old, _ = self._pool.pop(next(iter(self._pool)))
+                old.engine.close()
+            self._pool[key] = (m, m.snapshot())
+        return m, None
+
+    def close(self) -> None:
+        """Free the pooled machines (also done when the runner is collected)."""
+        for m, _ in self._pool.values():
+            m.engine.close()
+        self._pool.clear()
+
+    def execute(self, spec: RunSpec, *, keep: bool = False) -> "Result | tuple[Result, Machine, object]":
+        """Run one RunSpec. With keep, also return the machine and the model
+        (the caller closes machine.engine); without, the machine goes back
+        to the runner's pool."""
+        scn, prog = self.scn, self.program
+        m, fault = self._prepared(spec, pooled=not keep)
+        try:
             model = make_model(spec.model, m)
             patches = {}
             for p in scn.patches:
                 img, funcs = prog.patches[p.name]
-                m.load(img)
                 patches[p.name] = model.add(make_patch(m, p.name, img, funcs, replace=p.replace,
                                                        states=p.states, force=p.force))
-                for _, f in patches[p.name].funcs():
-                    if f.old is not None:
-                        m.watch(f.old)
             res = Result(spec, "idle")
+            res.fault = fault
             shift = spec.start - self.first_at
             for a in scn.actions:
                 m.at(a.at + shift, lambda a=a: self._act(m, model, patches, a, res))
             last = (scn.actions[-1].at + shift) if scn.actions else spec.start
-            settle = 2 * self.cycle()
+            end = last + m.seconds(scn.fuzz.horizon)
 
-            def done():
-                if m.now < last:
-                    return False
-                ts = model.transitions
-                if any(t.result == "pending" for t in ts):
-                    return False
-                ends = [t.completed_at or t.requested_at for t in ts] or [last]
-                return m.now >= max(ends) + settle
+            def settled():
+                return m.now >= last and all(t.result != "pending" for t in model.transitions)
 
             try:
-                m.run(until=last + m.seconds(scn.fuzz.horizon), stop_when=done)
+                # until the last transition ends (checked whenever kernel work
+                # runs, so the scheduler stays in C), then `settle` more
+                if fault is None:
+                    m.run(until=end, stop_when=settled, every_slice=False)
+                    ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
+                    m.run(until=min(end, max(ends) + 2 * self.cycle()))
             except GuestFault as exc:
                 res.fault = str(exc)
             self._judge(m, model, list(patches.values()), res)
         except BaseException:
-            m.engine.close()
+            self._discard(m)
             raise
         if keep:
             return res, m, model
-        m.engine.close()
+        if fault is not None:
+            self._discard(m)
         return res
+
+    def _discard(self, m: Machine) -> None:
+        for key, (pm, _) in list(self._pool.items()):
+            if pm is m:
+                del self._pool[key]
+        m.engine.close()
+
+    def _policy(self, spec: RunSpec):
+        n = len(spec.tasks) if spec.tasks is not None else sum(len(t.instances()) for t in self.scn.tasks)
+        return make_policy(spec.schedule, spec.sched_seed, n, depth=spec.depth) \
+            if spec.schedule == "pct" else make_policy(spec.schedule, spec.sched_seed)
 
     def _act(self, m: Machine, model, patches, a, res: Result) -> None:
         prog = self.program
@@ -326,11 +381,10 @@ def _rebind(m: Machine, patch) -> None:
 
 
 def trace_hash(m: Machine) -> str:
-    h = hashlib.sha256()
-    for ev in m.trace:
-        h.update(repr(ev).encode())
+    """A digest of the run: every event (packed) and every kernel message."""
+    h = hashlib.sha256(m.trace.raw())
     for t, text in m.log:
-        h.update(f"{t}:{text}".encode())
+        h.update(f"{t}:{text}\n".encode())
     return h.hexdigest()[:16]
 
 

@@ -22,6 +22,10 @@ from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, U
                                UC_X86_REG_RSP)
 
 from . import core, hypercall, runtime, unwind
+# events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
+from .core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
+                   EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
+from .core import SCHED as K
 from .errors import GuestFault, UserError
 from .image import PROT_R, PROT_W, PROT_X, Image
 from .orc import OrcTable
@@ -41,17 +45,10 @@ HEAP_SIZE = 0x0010_0000
 PREEMPT_MODES = ("none", "voluntary", "full")
 UNWINDERS = ("orc", "fp")
 
-# ---- events the machine adds to the C core's ring (C's own kinds are < 16) ----
-EV_KERNEL_EXIT = 16   # task returned to user
-EV_SAFE_POINT = 17    # kthread safe point
-EV_SLEEP = 18         # a = wake time or -1
-EV_WAKE = 19          # a = 1 if woken early (signal)
-EV_PATCH_STATE = 20   # a = new patch state
-EV_YIELD = 21
-EV_EXIT = 22          # a = exit code
-EV_SCHED_IN = 23      # a = cpu
-EV_TRANSITION = 24    # a = transition event code (emu.log), b = patch index
-EV_STOP_MACHINE = 25  # a = 1 when every CPU stopped, 0 when released
+_SR = {name[3:]: v for name, v in K.items() if name.startswith("SR_")}
+_SR_DONE = _SR["DONE"]          # reasons up to this one need nothing done
+_HOOKS = {_SR["KERNEL_EXIT"]: "on_kernel_exit", _SR["COND_RESCHED"]: "on_cond_resched",
+          _SR["SAFE_POINT"]: "on_safe_point"}
 
 EVENT_NAMES = {
     core.EV_ENTRY: "entry", core.EV_OBSERVE: "observe", core.EV_TORN: "torn",
@@ -104,7 +101,8 @@ class Machine:
 
     def __init__(self, image: Image, *, cpus: int = 1, quantum: int = 1000, preempt: str = "voluntary",
                  tick: int = 1000, hz: int = 100, unwinder: str = "orc", accel: str = "c",
-                 fast_memory: bool = False, policy=None, lockup_ticks: int = 2000, name: str = "machine"):
+                 fast_memory: bool = False, policy=None, lockup_ticks: int = 2000, name: str = "machine",
+                 sched: str | None = None):
         if cpus < 1:
             raise UserError(f"machine.cpus must be at least 1, not {cpus}")
         if quantum < 1 or tick < 1 or hz < 1:
@@ -114,8 +112,12 @@ class Machine:
         if unwinder not in UNWINDERS:
             raise UserError(f"machine.unwinder must be one of {', '.join(UNWINDERS)}, not {unwinder!r}")
         from .sched import RoundRobin
+        sched = sched or accel
+        if sched not in ("c", "python") or (sched == "c" and accel != "c"):
+            raise UserError(f"sched must be 'c' (with accel 'c') or 'python', not {sched!r}")
 
         self.name = name
+        self.sched = sched
         self.quantum = quantum
         self.preempt = preempt
         self.tick = tick
@@ -150,12 +152,10 @@ class Machine:
         self._works: list = []
         self._sm: _StopState | None = None          # stop_machine in progress
         self.started = False
-        self._rr = 0                 # the CPU whose slice comes next
-        self._round_ran = False      # whether guest code ran in this round
-        self._slice_left = 0         # quantum left of a slice cut by run(until=...)
+        self.sched_state: memoryview | None = None    # the scheduler's (csrc/emu.h), from start()
+        self._py = None              # the scheduler's Python twin (emu/pysched.py)
         self.next_module = MODULE_BASE
         self.last_stop_machine: tuple[int, int, int] | None = None
-        self.preemptions = 0         # a runnable task switched out for another (slice end, cond_resched)
 
         self.runtime = runtime.build(RUNTIME_BASE)
         self.engine.map(RUNTIME_BASE, _page_up(self.runtime.size), PROT_R | PROT_X)[:self.runtime.size] = \
@@ -342,7 +342,27 @@ class Machine:
             uc.reg_write(UC_X86_REG_RSP, rsp)
             uc.reg_write(UC_X86_REG_RBP, 0)
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
-            self.cpus[task.cpu].runqueue.append(task)
+            self.cpus[task.cpu]._queue.append(task)
+        n, ncpus = len(self.tasks), len(self.cpus)
+        st = self.sched_state = self.engine.sched_init(n, ncpus)
+        t0 = K["SG_COUNT"]
+        c0 = t0 + (n + ncpus) * K["TF_COUNT"]
+        q0 = c0 + ncpus * K["CF_COUNT"]
+        for task in self.tasks:
+            task.bind(st, t0 + task.tid * K["TF_COUNT"])
+        for cpu in self.cpus:
+            cpu.idle.bind(st, t0 + (n + cpu.index) * K["TF_COUNT"])
+            cpu.bind(st, c0 + cpu.index * K["CF_COUNT"], q0 + cpu.index * n, self.tasks)
+        st[K["SG_QUANTUM"]] = self.quantum
+        st[K["SG_PREEMPT"]] = PREEMPT_MODES.index(self.preempt)
+        st[K["SG_TICK"]] = self.tick
+        st[K["SG_LOCKUP"]] = self.lockup
+        st[K["SG_PICK"]] = -1
+        st[K["SG_NEXT_WAKE"]] = -1
+        st[K["SG_LIVE"]] = sum(t.state is not RunState.EXITED for t in self.tasks)
+        st[K["SG_SM"]] = self._sm is not None
+        from .pysched import PyScheduler
+        self._py = PyScheduler(self)
 
     # ---- time, timers, works ----------------------------------------------------------
     @property
@@ -401,6 +421,8 @@ class Machine:
             if self._sm is not None:
                 raise RuntimeError("nested stop_machine")
             self._sm = _StopState(w, self.now)
+            if self.sched_state is not None:
+                self.sched_state[K["SG_SM"]] = 1
             w.kind, w.arg = "stop", None
         elif isinstance(wait, Release):
             self._release_stop_machine()
@@ -411,9 +433,52 @@ class Machine:
     def _release_stop_machine(self) -> None:
         """End stop_machine; the CPUs resume where they stopped."""
         sm, self._sm = self._sm, None
+        if self.sched_state is not None:
+            self.sched_state[K["SG_SM"]] = 0
         if sm is not None and sm.stopped_at is not None:
             self.emit(EV_STOP_MACHINE, -1, 0)
             self.last_stop_machine = (sm.requested_at, sm.stopped_at, self.now)
+
+    # ---- snapshots -------------------------------------------------------------------
+    def snapshot(self) -> "Snapshot":
+        """The machine's whole state, to restore() before each of many runs
+        from the same point. Only between runs of a started machine with the
+        C scheduler, no model listening, no kernel work and no stop_machine."""
+        if not self.started or self.sched != "c" or self.listeners or self._works or self._sm is not None:
+            raise RuntimeError("snapshot: only of a started machine with the C scheduler, "
+                               "between runs, with no model, work or stop_machine")
+        self.drain()
+        import copy
+        everyone = self.tasks + [c.idle for c in self.cpus]
+        return Snapshot(
+            core=self.engine.snapshot(), images=len(self.images), unloaded=set(self.unloaded),
+            by_name=dict(self.by_name), sites=dict(self._sites), site_funcs=dict(self._site_funcs),
+            patch_states=[t.patch_state for t in everyone], extra=[dict(t.extra) for t in everyone],
+            hypercalls=dict(self.hypercalls), trace=self.trace.copy(), log=list(self.log),
+            timers=list(self._timers), seq=self._seq, last_stop_machine=self.last_stop_machine,
+            policy=copy.deepcopy(self.policy))
+
+    def restore(self, snap: "Snapshot") -> None:
+        """Put a snapshot of this machine back: the next run is the same, event
+        for event, as the first run from that point. Listeners go (models are
+        made anew per run). RuntimeError when images were loaded since."""
+        import copy
+        if len(self.images) != snap.images or self._sm is not None:
+            raise RuntimeError("restore: images were loaded since the snapshot")
+        self.engine.restore(snap.core)
+        self.unloaded = set(snap.unloaded)
+        self.by_name = dict(snap.by_name)
+        self._sites, self._site_funcs = dict(snap.sites), dict(snap.site_funcs)
+        for t, ps, extra in zip(self.tasks + [c.idle for c in self.cpus], snap.patch_states, snap.extra):
+            t.patch_state, t.extra = ps, dict(extra)
+        self.hypercalls = dict(snap.hypercalls)
+        self.trace = snap.trace.copy()
+        self.log = list(snap.log)
+        self._timers, self._seq = list(snap.timers), snap.seq
+        self._works = []
+        self.listeners = []
+        self.last_stop_machine = snap.last_stop_machine
+        self.policy = copy.deepcopy(snap.policy)
 
     # ---- events and log ----------------------------------------------------------------
     def emit(self, kind: int, task: int, a: int = 0, b: int = 0, c: int = 0) -> None:
@@ -432,11 +497,25 @@ class Machine:
     def runnable(self, cpu: Cpu) -> list[Task]:
         return [t for t in cpu.runqueue if t.state is RunState.RUNNABLE]
 
-    def run(self, until: int | None = None, *, stop_when=None) -> None:
+    @property
+    def preemptions(self) -> int:
+        """Runnable tasks switched out for another (slice end, cond_resched)."""
+        return 0 if self.sched_state is None else self.sched_state[K["SG_PREEMPTIONS"]]
+
+    def run(self, until: int | None = None, *, stop_when=None, every_slice: bool = True) -> None:
         """Run until virtual time `until`, until every task has exited, or until
-        stop_when() is true (checked between slices). Stopping and running on
-        gives the same run as running straight through. Raises GuestFault."""
+        stop_when() is true. stop_when is checked between slices, or with
+        every_slice=False only when the machine comes back to Python for
+        kernel work (a timer or work item, a switch point a model watches, a
+        hypercall of its own), which lets the scheduler stay in C. Stopping
+        and running on gives the same run as running straight through.
+        Raises GuestFault."""
         self.start()
+        st = self.sched_state
+        st[K["SG_POLICY_RR"]] = self.policy.name == "rr"
+        st[K["SG_NOTIFY_ALL"]] = any(not getattr(lst, "pending_only", False) for lst in self.listeners)
+        each = stop_when is not None and every_slice
+        until_c = -1 if until is None else until
         try:
             while True:
                 self._fire_due()
@@ -444,208 +523,83 @@ class Machine:
                     return
                 if until is not None and self.now >= until:
                     return
-                if all(t.state is RunState.EXITED for t in self.tasks):
+                if st[K["SG_LIVE"]] <= 0:
                     return
-                cpu = self.cpus[self._rr]
-                self._round_ran |= self._slice(cpu, until)
-                if self._slice_left:
-                    continue          # cut by `until`: resume this slice next time
-                self._rr = (self._rr + 1) % len(self.cpus)
-                if self._rr == 0:
-                    idle, self._round_ran = not self._round_ran, False
-                    if idle and not self._idle_jump(until):
-                        return
+                st[K["SG_EACH_SLICE"]] = each or any(w.kind in ("sync", "stop") for w in self._works)
+                deadline = self._timers[0][0] if self._timers else -1
+                if self._sm is None and self.sched == "c":
+                    reason = self.engine.sched_run(until_c, deadline)
+                else:
+                    reason = self._py.run(until_c, deadline)
+                if reason > _SR_DONE and not self._returned(reason, until_c, deadline):
+                    return
         finally:
             self.drain()
 
-    def _idle_jump(self, until) -> bool:
-        """Every CPU is idle: move time to the next timer. False when nothing can happen."""
-        if any(w.ready(self) for w in self._works):
-            return True       # e.g. stop_machine just parked the last CPU
-        nxt = self._next_timer()
-        if nxt is None:
-            if self._sm is not None and not self.all_stopped:
-                return True   # the next round parks the CPUs
-            sleepers = [t for t in self.tasks if t.state is RunState.SLEEPING]
-            if sleepers:
-                names = ", ".join(t.name for t in sleepers)
-                raise GuestFault(f"every task is asleep with nothing to wake it: {names}", kind="hang")
-            return False
-        if until is not None and nxt > until:
-            self.engine.clock = until
-            return True
-        self.engine.clock = max(self.now, nxt)
-        return True
-
-    def _pick(self, cpu: Cpu) -> Task | None:
-        cur = cpu.current
-        if cur is not None and cur.state is RunState.RUNNABLE and not cur.need_resched:
-            return cur
-        cands = self.runnable(cpu)
-        if not cands:
-            return None
-        if cur is not None and cur.state is RunState.RUNNABLE and cur.need_resched and len(cands) > 1:
-            others = [t for t in cands if t is not cur]
-            task = self.policy.pick(cpu, others, self.now)
-        else:
-            task = self.policy.pick(cpu, cands, self.now)
-        if cur is not None and cur is not task:
-            self._requeue(cpu, cur)
-            self.preemptions += cur.state is RunState.RUNNABLE
-        if task is not cpu.current:
-            cpu.current = task
-            self.emit(EV_SCHED_IN, task.tid, cpu.index)
-        task.need_resched = False
-        return task
-
-    def _requeue(self, cpu: Cpu, task: Task) -> None:
-        if task in cpu.runqueue:
-            cpu.runqueue.remove(task)
-            cpu.runqueue.append(task)
-
-    def _schedule_out(self, cpu: Cpu, task: Task, *, preempted: bool) -> None:
-        task.preempted = preempted
-        task.since_schedule = 0
-        if cpu.current is task:
-            cpu.current = None
-        self._requeue(cpu, task)
-
-    def _slice(self, cpu: Cpu, until) -> bool:
-        """Run one slice on cpu. Returns whether guest code ran."""
-        if self._sm is not None:
-            return self._park(cpu, until)
-        task = self._pick(cpu)
-        if task is None:
-            cpu.current = None
+    def _returned(self, reason: int, until: int, deadline: int) -> bool:
+        """Do what the scheduler came back for; False when the run is over."""
+        st = self.sched_state
+        if reason in _HOOKS:
+            task = self.tasks[st[K["SG_RTASK"]]]
+            hook = _HOOKS[reason]
+            for listener in self.listeners:
+                getattr(listener, hook)(task)
+            if reason != _SR["SAFE_POINT"]:      # the switch tail
+                task.since_schedule = 0
+                if task.need_resched or self._sm is not None:
+                    self._py.schedule_out(st[K["SG_RCPU"]], task.tid, False)
+        elif reason == _SR["IDLE"]:
+            cpu = self.cpus[st[K["SG_RCPU"]]]
             for listener in self.listeners:
                 listener.on_idle(cpu, cpu.idle)
-            cpu.slices += 1
+        elif reason == _SR["PICK"]:
+            cpu, skip = self.cpus[st[K["SG_RCPU"]]], st[K["SG_RTASK"]]
+            cands = [t for t in cpu.runqueue if t.state is RunState.RUNNABLE and t.tid != skip]
+            st[K["SG_PICK"]] = self.policy.pick(cpu, cands, self.now).tid
+        elif reason == _SR["EVENTS"]:
+            self.drain()
+        elif reason == _SR["IDLE_ROUND"]:
+            return self._idle_round(until, deadline)
+        elif reason == _SR["END"]:
             return False
-        return self._run_task(cpu, task, until)
+        elif reason == _SR["HANG"]:
+            names = ", ".join(t.name for t in self.tasks if t.state is RunState.SLEEPING)
+            raise GuestFault(f"every task is asleep with nothing to wake it: {names}", kind="hang")
+        elif reason in (_SR["HYPERCALL"], _SR["FAULT"], _SR["KTHREAD_RET"], _SR["LOCKUP"]):
+            self._trouble(reason)
+        return True
 
-    def _run_task(self, cpu: Cpu, task: Task, until) -> bool:
-        remaining, self._slice_left = self._slice_left or self.quantum, 0
-        ran = False
-        while remaining > 0 and cpu.current is task and task.state is RunState.RUNNABLE:
-            limit = self._next_timer()
-            if until is not None:
-                limit = until if limit is None else min(limit, until)
-            budget, precise = remaining, False
-            if limit is not None and limit - self.now < remaining:
-                budget, precise = limit - self.now, True
-            if budget <= 0:
-                if until is not None and self.now >= until:
-                    self._slice_left = remaining
-                    return ran
-                self._fire_due()
-                if self._sm is not None:
-                    break
-                continue
+    def _trouble(self, reason: int) -> None:
+        """A hypercall the scheduler does not handle, or a task gone wrong."""
+        st = self.sched_state
+        task, cpu = self.tasks[st[K["SG_RTASK"]]], self.cpus[st[K["SG_RCPU"]]]
+        stop = self.engine.last_stop
+        if reason == _SR["FAULT"]:
+            self._fault(cpu, task, stop)
+        elif reason == _SR["LOCKUP"]:
+            self._fault(cpu, task, None, soft_lockup=True)
+        elif reason == _SR["KTHREAD_RET"]:
+            self._fault(cpu, task, stop, message="a kthread returned to user")
+        elif stop.hc_nr in self.hypercalls:
+            rax = self.hypercalls[stop.hc_nr](self, task, stop.hc_args)
             self.engine.switch(task.tid)
-            stop = self.engine.run(budget, precise)
-            ran = True
-            task.preempted = True       # until a scheduling point says otherwise
-            remaining -= stop.executed
-            task.since_schedule += stop.executed
-            if self._twin is not None and self._twin.error is not None:
-                err, self._twin.error = self._twin.error, None
-                raise err
-            if stop.reason == core.STOP_HYPERCALL:
-                self._hypercall(cpu, task, stop)
-            elif stop.reason == core.STOP_FAULT:
-                self._fault(cpu, task, stop)
-            elif stop.reason == core.STOP_EVENTS_FULL:
-                self.drain()
-            elif stop.reason == core.STOP_BUDGET and remaining > 0:
-                self._fire_due()        # cut by a timer or a work's deadline
-                if self._sm is not None:
-                    break
-            if task.since_schedule > self.lockup:
-                self._fault(cpu, task, None, soft_lockup=True)
-        if remaining <= 0 and cpu.current is task and task.state is RunState.RUNNABLE \
-                and self.runnable(cpu) != [task]:
-            if self.preempt == "full":
-                self._schedule_out(cpu, task, preempted=True)
-                self.preemptions += 1
-            else:
-                task.need_resched = True
-        cpu.slices += 1
-        return ran
+            self.engine.uc.reg_write(UC_X86_REG_RAX, rax & (2**64 - 1))
+        else:
+            self._fault(cpu, task, stop, message=f"unknown hypercall {stop.hc_nr}")
 
-    def _park(self, cpu: Cpu, until) -> bool:
-        """stop_machine: a CPU stops at its next scheduling point. With full
-        preemption the stopper thread preempts the task at once; otherwise the
-        task runs on until it sleeps, yields, returns to user or exits."""
-        sm = self._sm
-        cpu.slices += 1
-        if cpu.index in sm.parked:
-            return False
-        cur = cpu.current
-        if cur is None or cur.state is not RunState.RUNNABLE or self.preempt == "full":
-            sm.parked.add(cpu.index)
-            if len(sm.parked) == len(self.cpus):
-                sm.stopped_at = self.now
-                self.emit(EV_STOP_MACHINE, -1, 1)
-            return False
-        cpu.slices -= 1
-        return self._run_task(cpu, cur, until)
+    def _idle_round(self, until: int, deadline: int) -> bool:
+        """Every CPU idled through a round (stepping slice by slice): move
+        time to the next wake or timer. False when nothing can happen."""
+        if any(w.kind in ("sync", "stop") or w.ready(self) for w in self._works):
+            return True       # idle CPUs end their slices and park without time passing
+        reason = self._py.idle_jump(until, deadline)
+        if reason:
+            return self._returned(reason, until, deadline)
+        return True
 
     @property
     def all_stopped(self) -> bool:
         return self._sm is not None and len(self._sm.parked) == len(self.cpus)
-
-    # ---- hypercalls ---------------------------------------------------------------------
-    def _hypercall(self, cpu: Cpu, task: Task, stop: core.Stop) -> None:
-        nr, (a, b, c) = stop.hc_nr, stop.hc_args
-        uc = self.engine.uc
-        if nr == hypercall.SLEEP:
-            wake = None if a < 0 else self.now + a * self.tick
-            task.state = RunState.SLEEPING
-            task.wake_at = wake
-            task.interruptible = True
-            self.emit(EV_SLEEP, task.tid, -1 if wake is None else wake)
-            self._schedule_out(cpu, task, preempted=False)
-            if wake is not None:
-                self.at(wake, lambda t=task, w=wake: self._wake_timer(t, w))
-        elif nr == hypercall.YIELD:
-            self._switch_point(cpu, task, EV_YIELD, "on_cond_resched")
-        elif nr == hypercall.RETURN_TO_USER:
-            if task.kind is not Kind.USER:
-                self._fault(cpu, task, stop, message="a kthread returned to user")
-            task.kernel_entries += 1
-            self._switch_point(cpu, task, EV_KERNEL_EXIT, "on_kernel_exit")
-        elif nr == hypercall.SAFE_POINT:
-            task.preempted = False
-            task.kernel_entries += 1
-            self.emit(EV_SAFE_POINT, task.tid)
-            for listener in self.listeners:
-                listener.on_safe_point(task)
-        elif nr == hypercall.EXIT:
-            task.state = RunState.EXITED
-            task.exit_code = a
-            self.emit(EV_EXIT, task.tid, a)
-            self._schedule_out(cpu, task, preempted=False)
-            if task in cpu.runqueue:
-                cpu.runqueue.remove(task)
-        elif nr in self.hypercalls:
-            uc.reg_write(UC_X86_REG_RAX, self.hypercalls[nr](self, task, (a, b, c)) & (2**64 - 1))
-        else:
-            self._fault(cpu, task, stop, message=f"unknown hypercall {nr}")
-
-    def _switch_point(self, cpu: Cpu, task: Task, event: int, hook: str) -> None:
-        """cond_resched() or a kernel exit: listeners run, and the task leaves
-        the CPU if it should reschedule or stop_machine is waiting for it."""
-        self.emit(event, task.tid)
-        task.preempted = False
-        for listener in self.listeners:
-            getattr(listener, hook)(task)
-        task.since_schedule = 0
-        if task.need_resched or self._sm is not None:
-            self._schedule_out(cpu, task, preempted=False)
-
-    def _wake_timer(self, task: Task, wake: int) -> None:
-        if task.state is RunState.SLEEPING and task.wake_at == wake:
-            self.wake(task, early=False)
 
     def wake(self, task: Task, *, early: bool) -> None:
         """Wake a sleeping task; its sleep returns the ticks it had left."""
@@ -781,6 +735,26 @@ class Machine:
         if code != unwind.WALK_OK:
             out.append(f"(walk ended: {unwind.REASONS.get(code, code)})")
         return out
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """What Machine.snapshot took: the C core's part and the Python part."""
+    core: object
+    images: int
+    unloaded: set
+    by_name: dict
+    sites: dict
+    site_funcs: dict
+    patch_states: list
+    extra: list
+    hypercalls: dict
+    trace: core.EventLog
+    log: list
+    timers: list
+    seq: int
+    last_stop_machine: tuple | None
+    policy: object
 
 
 @dataclass(eq=False)

@@ -85,35 +85,40 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     names = {fid: machine.functions[fid].name for fid in functions}
     tasks = machine.tasks
     bad: list[Inconsistency] = []
+    memo: dict[frozenset, bool] = {}     # units repeat: (function, version) sets judged once
+    ends = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
 
     def judge(task, label, start, end, entries):
-        if len({e.version for e in entries}) < 2 and _explained(entries, confs, names):
-            return
-        if not _explained(entries, confs, names):
-            bad.append(Inconsistency(tasks[task].name, label, start, end, entries))
+        """entries: (clock, function id, version) in order."""
+        key = frozenset((fid, v) for _, fid, v in entries)
+        ok = memo.get(key)
+        if ok is None:
+            ok = memo[key] = any(all(conf.get(fid, 0) == v for fid, v in key) for conf in confs)
+        if not ok:
+            bad.append(Inconsistency(tasks[task].name, label, start, end,
+                                     [Entry(c, names[fid], v) for c, fid, v in entries]))
 
     if unit == "syscall":
         open_units: dict[int, list] = {}
         count: dict[int, int] = {}
-        starts: dict[int, int] = {}
         for clock, kind, task, a, b, c in machine.trace:
-            if kind == core.EV_ENTRY and a in functions:
-                open_units.setdefault(task, []).append(Entry(clock, names[a], b))
-                starts.setdefault(task, clock)
-            elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT) and task >= 0:
-                n = count.get(task, 0) + 1
-                count[task] = n
-                entries = open_units.pop(task, [])
+            if kind == core.EV_ENTRY:
+                if a in functions:
+                    open_units.setdefault(task, []).append((clock, a, b))
+            elif kind in ends and task >= 0:
+                n = count[task] = count.get(task, 0) + 1
+                entries = open_units.pop(task, None)
                 if entries:
-                    judge(task, f"syscall #{n}", starts.pop(task), clock, entries)
-                starts.pop(task, None)
+                    judge(task, f"syscall #{n}", entries[0][0], clock, entries)
         for task, entries in open_units.items():
-            judge(task, f"syscall #{count.get(task, 0) + 1} (unfinished)", starts[task], entries[-1].clock, entries)
+            judge(task, f"syscall #{count.get(task, 0) + 1} (unfinished)", entries[0][0], entries[-1][0], entries)
         return bad
 
     target = next((f for f in machine.functions if f.name == unit), None)
     if target is None:
         raise ValueError(f"check.unit: no function '{unit}'")
+    names.setdefault(target.id, target.name)
+    traced = functions | {target.id}
     active: dict[int, list] = {}        # task -> [rsp, start, entries, n]
     count = {}
     for clock, kind, task, a, b, c in machine.trace:
@@ -126,17 +131,9 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
             if a == target.id:
                 count[task] = count.get(task, 0) + 1
                 act = active[task] = [c, clock, [], count[task]]
-            if act is not None and a in functions | {target.id}:
-                act[2].append(Entry(clock, names.get(a, target.name), b))
-        elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT) and act is not None:
+            if act is not None and a in traced:
+                act[2].append((clock, a, b))
+        elif kind in ends and act is not None:
             judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
             active.pop(task)
     return bad
-
-
-def _explained(entries, confs, names) -> bool:
-    by_name = {v: k for k, v in names.items()}
-    for conf in confs:
-        if all(conf.get(by_name.get(e.function), 0) == e.version for e in entries):
-            return True
-    return False

@@ -48,6 +48,9 @@ class Model:
     name = "base"
     #: kpatch's handler skips the new function's own fentry NOP
     skip_fentry = False
+    #: The machine calls the switch-point hooks only for tasks with `pending`
+    #: set (TIF_PATCH_PENDING), so the scheduler stays in C otherwise.
+    pending_only = True
 
     def __init__(self, machine: Machine, *, ftrace: Ftrace | None = None):
         self.m = machine

@@ -1,0 +1,197 @@
+/*
+ * snapshot.c - take a machine's state and put it back.
+ *
+ * A fuzzing campaign runs one scenario thousands of times from the same
+ * prefix. Building a machine costs more than most runs after it (a Unicorn
+ * engine, its memory, its hooks), so a runner builds one, runs it to the
+ * first action, takes a snapshot, and restores it before every run.
+ *
+ * A snapshot holds every region's bytes, every task's saved CPU context,
+ * the patch states, the scheduler state, the clock and the sites' entries.
+ * Guest memory is host-mapped, so restoring it is a compare and copy per
+ * page; a code page that differs also loses its translations (Unicorn does
+ * not notice writes to mapped memory). Regions mapped after the snapshot
+ * make it unusable (EMU_ERANGE); sites added after it are removed.
+ */
+#include <stdlib.h>
+#include <string.h>
+#include "core.h"
+
+#define PAGE 4096
+
+struct emu_site_state {
+    int32_t n;
+    int32_t poke;
+    struct emu_entry entries[EMU_SITE_MAX_ENTRIES];
+};
+
+struct emu_snapshot {
+    int nregions;
+    uint8_t **mem;              /* a copy of each region */
+    int ntasks;
+    uc_context **ctx;
+    int8_t *state;
+    int64_t *sched;
+    int sched_n;
+    uint64_t clock;
+    uint64_t ev_mask;
+    uint64_t ev_dropped;
+    int nsites;
+    struct emu_site_state *sites;
+};
+
+void emu_snapshot_free(struct emu_snapshot *s)
+{
+    int i;
+
+    if (!s)
+        return;
+    if (s->mem)
+        for (i = 0; i < s->nregions; i++)
+            free(s->mem[i]);
+    free(s->mem);
+    if (s->ctx)
+        for (i = 0; i < s->ntasks; i++)
+            if (s->ctx[i])
+                uc_context_free(s->ctx[i]);
+    free(s->ctx);
+    free(s->state);
+    free(s->sched);
+    free(s->sites);
+    free(s);
+}
+
+/* Save the loaded task's registers into its context, so that contexts are
+ * the whole truth. */
+static int sync_loaded(struct emu_core *c)
+{
+    uc_err err;
+
+    if (c->cur < 0)
+        return EMU_OK;
+    err = uc_context_save(c->uc, c->ctx[c->cur]);
+    if (err) {
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    return EMU_OK;
+}
+
+struct emu_snapshot *emu_snapshot_take(struct emu_core *c)
+{
+    struct emu_snapshot *s;
+    int i;
+
+    if (!c || c->stop || sync_loaded(c))
+        return NULL;
+    s = calloc(1, sizeof(*s));
+    if (!s)
+        return NULL;
+    s->nregions = c->nregions;
+    s->mem = calloc((size_t)c->nregions + 1, sizeof(*s->mem));
+    s->ntasks = c->ntasks;
+    s->ctx = calloc((size_t)c->ntasks + 1, sizeof(*s->ctx));
+    s->state = malloc((size_t)c->ntasks + 1);
+    s->sched_n = c->sched_n;
+    s->sched = malloc(((size_t)c->sched_n + 1) * sizeof(int64_t));
+    s->nsites = c->nsites;
+    s->sites = calloc((size_t)c->nsites + 1, sizeof(*s->sites));
+    if (!s->mem || !s->ctx || !s->state || !s->sched || !s->sites)
+        goto fail;
+    for (i = 0; i < c->nregions; i++) {
+        s->mem[i] = malloc(c->regions[i].size);
+        if (!s->mem[i])
+            goto fail;
+        memcpy(s->mem[i], c->regions[i].host, c->regions[i].size);
+    }
+    for (i = 0; i < c->ntasks; i++) {
+        /* a context is only copied through the CPU: load it, save it */
+        if (uc_context_alloc(c->uc, &s->ctx[i]) || uc_context_restore(c->uc, c->ctx[i])
+            || uc_context_save(c->uc, s->ctx[i]))
+            goto fail;
+    }
+    if (c->ntasks) {
+        memcpy(s->state, c->state, (size_t)c->ntasks);
+        c->cur = -1;        /* the CPU holds the last task copied, not the loaded one */
+    }
+    if (c->sched_n)
+        memcpy(s->sched, c->sched, (size_t)c->sched_n * sizeof(int64_t));
+    for (i = 0; i < c->nsites; i++) {
+        s->sites[i].n = c->sites[i]->n;
+        s->sites[i].poke = c->sites[i]->poke;
+        memcpy(s->sites[i].entries, c->sites[i]->entries, sizeof(s->sites[i].entries));
+    }
+    s->clock = c->clock;
+    s->ev_mask = c->ev_mask;
+    s->ev_dropped = c->ev_dropped;
+    return s;
+fail:
+    emu_snapshot_free(s);
+    return NULL;
+}
+
+/* Remove the sites added after the snapshot (the newest are last). */
+static void drop_sites(struct emu_core *c, int keep)
+{
+    int i, j;
+
+    while (c->nsites > keep) {
+        struct emu_site *site = c->sites[--c->nsites];
+        for (i = j = 0; i <= c->nsites; i++)
+            if (c->by_addr[i] != site)
+                c->by_addr[j++] = c->by_addr[i];
+        if (site->watch) {
+            uc_hook_del(c->uc, site->watch);
+            uc_ctl_remove_cache(c->uc, site->addr, site->addr + 1);
+        }
+        free(site);
+    }
+}
+
+int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
+{
+    int i;
+    uint64_t off;
+
+    if (!c || !s || c->stop)
+        return EMU_EINVAL;
+    if (c->nregions != s->nregions || c->ntasks != s->ntasks || c->sched_n != s->sched_n
+        || c->nsites < s->nsites)
+        return EMU_ERANGE;
+    for (i = 0; i < c->nregions; i++) {
+        struct emu_region *r = &c->regions[i];
+        for (off = 0; off < r->size; off += PAGE) {
+            uint64_t n = r->size - off < PAGE ? r->size - off : PAGE;
+            if (!memcmp(r->host + off, s->mem[i] + off, n))
+                continue;
+            memcpy(r->host + off, s->mem[i] + off, n);
+            if (r->prot & EMU_PROT_EXEC)
+                uc_ctl_remove_cache(c->uc, r->addr + off, r->addr + off + n);
+        }
+    }
+    for (i = 0; i < c->ntasks; i++) {
+        uc_err err = uc_context_restore(c->uc, s->ctx[i]);
+        if (!err)
+            err = uc_context_save(c->uc, c->ctx[i]);
+        if (err) {
+            c->last_err = err;
+            return EMU_EUC;
+        }
+    }
+    c->cur = -1;
+    if (c->ntasks)
+        memcpy(c->state, s->state, (size_t)c->ntasks);
+    if (c->sched_n)
+        memcpy(c->sched, s->sched, (size_t)c->sched_n * sizeof(int64_t));
+    drop_sites(c, s->nsites);
+    for (i = 0; i < s->nsites; i++) {
+        c->sites[i]->n = s->sites[i].n;
+        c->sites[i]->poke = s->sites[i].poke;
+        memcpy(c->sites[i]->entries, s->sites[i].entries, sizeof(s->sites[i].entries));
+    }
+    c->clock = s->clock;
+    c->ev_mask = s->ev_mask;
+    c->ev_dropped = s->ev_dropped;
+    c->ev_n = 0;
+    return EMU_OK;
+}
