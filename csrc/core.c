@@ -68,6 +68,11 @@ struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity)
     c->ev = calloc((size_t)event_capacity, sizeof(*c->ev));
     if (!c->ev)
         goto fail;
+    /* Unicorn's default translation buffer is 1 GiB, and translations of
+     * dropped code (text writes, restored snapshots) are only reclaimed when
+     * it fills: a process running many runs grows by what it retranslates.
+     * Guest programs here are small; a small buffer bounds that growth. */
+    uc_ctl_set_tcg_buffer_size(c->uc, EMU_TCG_BUFFER);
     if (flags & EMU_FLAG_FAST_MEMORY) {
         if (__emu_tlb_install(c))
             goto fail;

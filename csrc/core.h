@@ -16,6 +16,7 @@
 #define EMU_MAX_REGIONS 65536
 #define EMU_MAX_CODE    64
 #define EMU_MAX_SITES   4096
+#define EMU_TCG_BUFFER  (4u << 20)   /* bytes of translated code before Unicorn flushes it */
 #define EMU_ICACHE_BITS 10
 #define EMU_ICACHE      (1 << EMU_ICACHE_BITS)  /* blocks whose instruction count is remembered */
 

@@ -148,6 +148,31 @@ static void drop_sites(struct emu_core *c, int keep)
     }
 }
 
+/* A code page differs: put back each run of changed bytes (runs closer
+ * than 16 bytes merged) and drop only the translations that cover it, so
+ * that a restore retranslates a patched site's block, not the page. */
+static void restore_code(struct emu_core *c, struct emu_region *r, const uint8_t *saved,
+                         uint64_t off, uint64_t n)
+{
+    uint64_t k = 0, from, to;
+
+    while (k < n) {
+        if (r->host[off + k] == saved[off + k]) {
+            k++;
+            continue;
+        }
+        from = to = k;
+        while (k < n && k - to <= 16) {
+            if (r->host[off + k] != saved[off + k])
+                to = k;
+            k++;
+        }
+        memcpy(r->host + off + from, saved + off + from, to - from + 1);
+        uc_ctl_remove_cache(c->uc, r->addr + off + from, r->addr + off + to + 1);
+        k = to + 1;
+    }
+}
+
 int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
 {
     int i;
@@ -164,9 +189,10 @@ int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
             uint64_t n = r->size - off < PAGE ? r->size - off : PAGE;
             if (!memcmp(r->host + off, s->mem[i] + off, n))
                 continue;
-            memcpy(r->host + off, s->mem[i] + off, n);
             if (r->prot & EMU_PROT_EXEC)
-                uc_ctl_remove_cache(c->uc, r->addr + off, r->addr + off + n);
+                restore_code(c, r, s->mem[i], off, n);
+            else
+                memcpy(r->host + off, s->mem[i] + off, n);
         }
     }
     for (i = 0; i < c->ntasks; i++) {

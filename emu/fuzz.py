@@ -117,8 +117,9 @@ class Runner:
     """Runs RunSpecs of one compiled scenario. Keeps a few machines between
     runs, each restored from a snapshot of the prefix runs share."""
 
-    def __init__(self, program: Program, *, cycle: int | None = None):
+    def __init__(self, program: Program, *, cycle: int | None = None, sched: str = "c"):
         self.program = program
+        self.sched = sched          # "python": the scheduler's twin (no pool: snapshots need C's)
         self.scn = program.scenario
         self._cycle = cycle
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
@@ -191,7 +192,7 @@ class Runner:
         names = [(t, inst) for t in scn.tasks for inst in t.instances()]
         if spec.tasks is not None:
             names = [(t, inst) for t, inst in names if inst in spec.tasks]
-        m = Machine(prog.base, policy=self._policy(spec), name=scn.name, **opts)
+        m = Machine(prog.base, policy=self._policy(spec), name=scn.name, sched=self.sched, **opts)
         for t, inst in names:
             m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
         return m
@@ -249,7 +250,7 @@ class Runner:
         (the caller closes machine.engine); without, the machine goes back
         to the runner's pool."""
         scn, prog = self.scn, self.program
-        m, fault = self._prepared(spec, pooled=not keep)
+        m, fault = self._prepared(spec, pooled=not keep and self.sched == "c")
         try:
             model = make_model(spec.model, m)
             patches = {}

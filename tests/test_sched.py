@@ -1,0 +1,229 @@
+"""The scheduler loop in C and its Python twin give the same runs, on the
+models' scenarios and on hostile task mixes; snapshots restore a machine to
+the same run."""
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from emu import demo, scenario
+from emu.errors import GuestFault
+from emu.fuzz import Runner, RunSpec
+from emu.machine import Machine
+from emu.sched import make_policy
+from emu.task import RunState
+
+# Each task follows a script drawn from its seed: sleeps of every length
+# (negative: until woken), yields, busy loops without a scheduling point,
+# safe points, observations, a rare exit; sometimes a fault.
+HOSTILE = """
+volatile long sink;
+static unsigned long next(unsigned long *s) { *s = *s * 6364136223846793005UL + 1442695040888963407UL; return *s >> 33; }
+__attribute__((noinline)) void spin(long n) { for (long i = 0; i < n; i++) sink += i; }
+__attribute__((noinline)) long step(unsigned long *s, long faults)
+{
+    unsigned long r = next(s);
+    switch (r % 8) {
+    case 0: return lpemu_sleep((long)(r >> 4) % 6 - 1);
+    case 1: lpemu_yield(); return 0;
+    case 2: spin((long)(r >> 4) % 400); return 0;
+    case 3: lpemu_safe_point(); return 0;
+    case 4: lpemu_observe(1, (long)r); return 0;
+    case 5: if ((r >> 4) % 64 == 0) lpemu_exit((long)(r >> 10) % 5); return 0;
+    case 6: if (faults && (r >> 4) % 97 == 0) return *(volatile long *)8; return 0;
+    default: spin(3); return 0;
+    }
+}
+long user_entry(long seed, long faults)
+{
+    static unsigned long state[64];
+    unsigned long *s = &state[seed & 63];
+    if (!*s) *s = (unsigned long)seed * 2654435761UL + 1;
+    for (int i = (int)(next(s) % 4); i >= 0; i--)
+        step(s, faults);
+    return 0;
+}
+long kthread_entry(long seed, long faults)
+{
+    unsigned long s = (unsigned long)seed * 40503UL + 7;
+    for (;;)
+        step(&s, faults);
+}
+"""
+
+
+class Watcher:
+    """A model-like listener: hooks only for pending tasks, and it clears a
+    pending flag now and then (as a task switches)."""
+    pending_only = True
+
+    def __init__(self, m, log):
+        self.m, self.log = m, log
+
+    def _hook(self, what, task):
+        self.log.append((self.m.now, what, task.tid))
+        if (self.m.now + task.tid) % 3 == 0:
+            task.pending = False
+
+    def on_kernel_exit(self, task):
+        self._hook("exit", task)
+
+    def on_safe_point(self, task):
+        self._hook("safe", task)
+
+    def on_cond_resched(self, task):
+        self._hook("resched", task)
+
+    def on_idle(self, cpu, idle):
+        self._hook("idle", idle)
+
+
+class Everything(Watcher):
+    """A listener that wants every switch point."""
+    pending_only = False
+
+
+def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, watcher, timers, until,
+            stop_every):
+    m = Machine(image, cpus=cpus, quantum=quantum, tick=tick, preempt=preempt, sched=sched,
+                lockup_ticks=50, policy=make_policy(policy, seed, len(tasks)))
+    for k, (kind, tseed) in enumerate(tasks):
+        m.add_task(f"t{k}", f"{kind}_entry", [tseed, seed & 1], kind=kind)
+    log = []
+    if watcher:
+        m.listeners.append((Everything if watcher == "all" else Watcher)(m, log))
+    for when, k, what in timers:
+        task = m.tasks[k % len(m.tasks)]
+
+        def fire(task=task, what=what):
+            log.append((m.now, "timer", what, task.tid))
+            if what == "pend":
+                task.pending = True
+            elif what == "idle":
+                m.cpus[task.tid % cpus].idle.pending = True
+            elif what == "signal":
+                m.signal(task)
+        m.at(when, fire)
+    out = None
+    try:
+        if stop_every:
+            left = [stop_every]
+            while m.now < until and any(t.state is not RunState.EXITED for t in m.tasks):
+                before = m.now
+
+                def enough():
+                    left[0] -= 1
+                    return left[0] <= 0
+                left[0] = stop_every
+                m.run(until=until, stop_when=enough)
+                if m.now == before and left[0] > 0:
+                    break
+        else:
+            m.run(until=until)
+    except GuestFault as exc:
+        out = str(exc)
+    m.drain()
+    result = (m.trace.raw(), m.log, log, out, m.now, m.preemptions,
+              [(t.state, t.wake_at, t.kernel_entries, t.exit_code, t.preempted, t.need_resched)
+               for t in m.tasks], [(c.slices, c.current and c.current.tid) for c in m.cpus])
+    m.engine.close()
+    return result
+
+
+@pytest.fixture(scope="module")
+def hostile(tmp_path_factory):
+    from emu.image import build_c
+    src = tmp_path_factory.mktemp("hostile") / "hostile.c"
+    src.write_text('#include "lpemu.h"\n' + HOSTILE)
+    return build_c([src], base=0x400000, name="hostile")
+
+
+mixes = st.fixed_dictionaries({
+    "tasks": st.lists(st.tuples(st.sampled_from(["user", "kthread"]), st.integers(0, 2**31)),
+                      min_size=1, max_size=6),
+    "cpus": st.integers(1, 3),
+    "quantum": st.sampled_from([1, 7, 50, 333, 1000]),
+    "tick": st.sampled_from([1, 100, 1000]),
+    "preempt": st.sampled_from(["none", "voluntary", "full"]),
+    "policy": st.sampled_from(["rr", "random", "pct"]),
+    "seed": st.integers(0, 2**16),
+    "watcher": st.sampled_from([None, "pending", "all"]),
+    "timers": st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 5),
+                                 st.sampled_from(["pend", "idle", "signal"])), max_size=6),
+    "until": st.integers(1, 80_000),
+    "stop_every": st.sampled_from([0, 0, 3]),
+})
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mix=mixes)
+def test_c_scheduler_and_python_twin_agree_on_hostile_mixes(hostile, mix):
+    c = run_mix(hostile, "c", **mix)
+    py = run_mix(hostile, "python", **mix)
+    assert c[0] == py[0]          # every event, packed
+    assert c[1:] == py[1:]
+
+
+@pytest.mark.parametrize("model", demo.DEMO_MODELS)
+@pytest.mark.parametrize("strategy", ["exhaustive", "random", "pct"])
+def test_twins_agree_on_the_seed_under_every_model(model, strategy):
+    prog = scenario.build(scenario.load(demo.VARIANTS["bar+baz"]))
+    runs = {}
+    for sched in ("c", "python"):
+        runner = Runner(prog, sched=sched)
+        runs[sched] = [runner.execute(runner.plan(model, seed, strategy=strategy)).to_json()
+                       for seed in range(3)]
+        runner.close()
+    assert runs["c"] == runs["python"]
+
+
+def test_pooled_runs_equal_fresh_runs():
+    """A run from a restored snapshot is the run a fresh machine makes."""
+    prog = scenario.build(scenario.load(demo.VARIANTS["bar+baz"]))
+    pooled = Runner(prog)
+    specs = [pooled.plan(model, seed, strategy=strategy) for model in demo.DEMO_MODELS
+             for seed in range(4) for strategy in ("exhaustive", "pct")]
+    specs.append(RunSpec("livepatch", 9, "exhaustive", pooled.first_at + 7, tasks=("user0", "kthread")))
+    for spec in specs + specs[::-1]:
+        res, m, _ = Runner(prog).execute(spec, keep=True)
+        m.engine.close()
+        assert pooled.execute(spec).to_json() == res.to_json(), spec
+    assert 1 <= len(pooled._pool) <= 4
+    pooled.close()
+
+
+def test_restore_puts_memory_contexts_and_sites_back(compile_c):
+    img = compile_c("""
+        long counter;
+        __attribute__((noinline)) long bar(void) { return ++counter; }
+        __attribute__((noinline)) long other(void) { return counter += 2; }
+        long user_entry(long x) { bar(); other(); lpemu_sleep(1); return 0; }
+    """)
+    m = Machine(img, cpus=2, quantum=100)
+    for k in range(3):
+        m.add_task(f"t{k}", "user_entry", [k])
+    m.watch(m.function("bar"))
+    m.run(until=5_000)
+    snap = m.snapshot()
+    m.run(until=20_000)
+    first = (m.trace.raw(), m.now)
+    m.restore(snap)
+    m.watch(m.function("other"))          # a site added after the snapshot ...
+    m.run(until=20_000)
+    assert m.trace.raw() != first[0]      # ... reports entries
+    m.restore(snap)                       # and is gone after a restore
+    m.run(until=20_000)
+    assert (m.trace.raw(), m.now) == first
+    m.load(compile_c("long f(void) { return 1; }", name="mod", base=0x1000000))
+    with pytest.raises(RuntimeError, match="images were loaded"):
+        m.restore(snap)
+    m.engine.close()
+
+
+def test_snapshot_refuses_a_machine_with_a_model_or_the_python_scheduler(compile_c):
+    img = compile_c("long user_entry(long x) { lpemu_sleep(1); return 0; }")
+    m = Machine(img, sched="python")
+    m.add_task("t", "user_entry")
+    m.run(until=1000)
+    with pytest.raises(RuntimeError):
+        m.snapshot()
+    m.engine.close()
