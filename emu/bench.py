@@ -744,6 +744,7 @@ def _campaign(result: dict, ctx: Context) -> None:
             rss_few, t_few = _rss_kib(), time.perf_counter() - t0
     elapsed = time.perf_counter() - t0
     rss_many = _rss_kib()
+    runner.close()
     result["fuzz_runs_per_s"] = round(many / elapsed, 1)
     result["rss_growth"] = round(rss_many / rss_few, 3)
     result["campaign"] = {"scenario": "examples/seed/scenario.toml", "models": list(models),

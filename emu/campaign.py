@@ -54,8 +54,8 @@ def _init_worker() -> None:
 def _run_batch(program: Program, cycle: int, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
     """One batch in a worker: the program travels with the batch (tens of
     runs), not with each run."""
-    runner = Runner(program, cycle=cycle)
-    return [run_record(runner, strategy, model, seed) for model, seed in batch]
+    with Runner(program, cycle=cycle) as runner:
+        return [run_record(runner, strategy, model, seed) for model, seed in batch]
 
 
 def run_record(runner: Runner, strategy: str, model: str, seed: int) -> dict:
@@ -127,9 +127,9 @@ class Campaign:
         to the Campaign, the batches run on that Dask cluster."""
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         own = None
+        runner = Runner(self.program)
         try:
             todo = self.todo()
-            runner = Runner(self.program)
             if client is None and self.scheduler is not None:
                 from . import distributed
                 client = own = distributed.connect(self.scheduler)
@@ -145,6 +145,7 @@ class Campaign:
             else:
                 self._parallel(todo, runner.cycle(), progress)
         finally:
+            runner.close()
             signal.signal(signal.SIGTERM, old_term)
             if own is not None:
                 own.close()

@@ -186,6 +186,7 @@ def _run(args) -> int:
             print(f"{kind}: {path}")
     finally:
         m.engine.close()
+        runner.close()
     return 0
 
 

@@ -47,13 +47,13 @@ class Summary:
 def run_demo(*, runs: int = 24, models=DEMO_MODELS, progress=None) -> list[Summary]:
     results = []
     for variant, path in VARIANTS.items():
-        runner = Runner(scenario.build(scenario.load(path)))
         plan = Plan(str(path), list(models), list(range(runs)), "exhaustive")
         records = {}
-        for model, seed in plan.runs():
-            records[model, seed] = runner.execute(runner.plan(model, seed, strategy="exhaustive")).to_json()
-            if progress:
-                progress()
+        with Runner(scenario.build(scenario.load(path))) as runner:
+            for model, seed in plan.runs():
+                records[model, seed] = runner.execute(runner.plan(model, seed, strategy="exhaustive")).to_json()
+                if progress:
+                    progress()
         for row in summarize(plan, records)["models"]:
             keep = {k: row[k] for k in (f.name for f in fields(Summary)) if k in row}
             results.append(Summary(**keep, variant=variant, example=_example(plan, records, row["model"])))

@@ -240,10 +240,16 @@ class Runner:
         return m, None
 
     def close(self) -> None:
-        """Free the pooled machines (also done when the runner is collected)."""
+        """Free the pooled machines now (else when they are collected)."""
         for m, _ in self._pool.values():
             m.engine.close()
         self._pool.clear()
+
+    def __enter__(self) -> "Runner":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def execute(self, spec: RunSpec, *, keep: bool = False) -> "Result | tuple[Result, Machine, object]":
         """Run one RunSpec. With keep, also return the machine and the model

@@ -3,13 +3,22 @@
 One Unicorn engine runs every CPU: the machine interleaves them, one slice
 of at most `quantum` instructions per CPU per round. Virtual time is retired
 instructions (the C core counts them exactly); when every CPU is idle it
-jumps to the next timer. Kernel-side work (a transition, a text_poke, the
-livepatch work item) runs between slices as Python generators ("works"),
-which can wait for a sync (every CPU has ended a slice), for a point in
-time, or for stop_machine (every CPU parked at a scheduling point).
+jumps to the next wake-up or timer. The rounds, sleeps, wake-ups, yields,
+kernel exits and safe points run in C (csrc/sched.c; its Python twin is
+emu/pysched.py, and both work on one shared state array); the loop comes
+back to Python only for kernel work. That work (a transition, a text_poke,
+the livepatch work item) runs as Python generators ("works"), which can wait
+for a sync (every CPU has ended a slice), for a point in time, or for
+stop_machine (every CPU parked at a scheduling point).
 
 Models hang off the machine through listeners (on_kernel_exit,
-on_safe_point, on_cond_resched, on_idle); the machine knows nothing of them.
+on_safe_point, on_cond_resched, on_idle). A listener with `pending_only`
+set (the models) hears only of tasks whose `pending` flag is set
+(TIF_PATCH_PENDING), so a machine with no transition in progress runs in C
+from one timer to the next; the machine knows nothing else of them.
+
+snapshot() and restore() put a machine back to an earlier point: a fuzzing
+runner restores the prefix its runs share instead of building a machine.
 """
 from __future__ import annotations
 
