@@ -669,6 +669,7 @@ class StackChecker:
         cfg.reliable = 1 if reliable else 0
         self._cfg = cfg
         self._last_check = None
+        self._last_results = None     # weak reference to the results still reading our buffers
         self._cap = 0
         self._grow(16)
 
@@ -677,13 +678,18 @@ class StackChecker:
             self._cap = max(n, 2 * self._cap)
             self._entries = ffi.new("uint64_t[]", self._cap * self.max_entries)
             self._out = ffi.new("struct emu_stack_result[]", self._cap)
-            self._ebuf = ffi.buffer(self._entries)
-            self._obuf = ffi.buffer(self._out)
+            self._ebuf = memoryview(ffi.buffer(self._entries))
+            self._obuf = memoryview(ffi.buffer(self._out))
 
     def check(self, tasks: StackTasks, check: "Ranges") -> "StackResults":
         """Check every task of tasks against the ranges in check. Raises
         CoreError when a task's id or stack is not the core's."""
         n = tasks.n
+        # The last results read our buffers in place until this moment: they
+        # take their copy now, if anyone still holds them.
+        last = self._last_results() if self._last_results is not None else None
+        if last is not None:
+            last._detach()
         if n > self._cap:
             self._grow(n)
         cfg = self._cfg
@@ -693,14 +699,12 @@ class StackChecker:
             self._last_check = check
         failed = _check(lib.emu_check_stacks(self.engine._core, cfg, tasks._c, n, self._entries, self._out),
                         "stack check")
-        rows = self._obuf[0:n * _STACK_RESULT.size]
-        res = StackResults(rows, b"", failed, self.reliable)
+        res = StackResults(self._obuf[0:n * _STACK_RESULT.size], self._ebuf, failed, self.reliable)
+        self._last_results = weakref.ref(res)
         if failed:
             for i, code in enumerate(res.codes):
                 if code < 0:
                     _check(code, f"stack check of task #{i} (tid {self._tid(tasks, i)})", self.engine._core)
-        used = sum(_USED.unpack_from(rows, (n - 1) * _STACK_RESULT.size)) if n else 0
-        res._entries = self._ebuf[0:used * 8]
         return res
 
     @staticmethod
@@ -714,14 +718,22 @@ class StackResults:
     views (codes, hits) cost little, and a task's StackCheck is decoded when
     asked for."""
 
-    __slots__ = ("_rows", "_entries", "_summary", "failed", "reliable")
+    __slots__ = ("_rows", "_entries", "_summary", "failed", "reliable", "__weakref__")
 
-    def __init__(self, rows: bytes, entries: bytes, failed: int, reliable: bool = True):
-        self._rows = rows
+    def __init__(self, rows, entries, failed: int, reliable: bool = True):
+        self._rows = rows           # the checker's buffers until _detach()
         self._entries = entries
         self._summary = None
         self.failed = failed
         self.reliable = reliable
+
+    def _detach(self) -> None:
+        """Copy what is still in the checker's buffers (it is about to reuse them)."""
+        if isinstance(self._rows, memoryview):
+            n = len(self)
+            used = sum(_USED.unpack_from(self._rows, (n - 1) * _STACK_RESULT.size)) if n else 0
+            self._rows = bytes(self._rows)
+            self._entries = bytes(self._entries[0:used * 8])
 
     def failing(self) -> list[int]:
         """Indices of the tasks that failed the check (as counted in failed)."""
