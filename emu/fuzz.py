@@ -207,6 +207,8 @@ class Runner:
         scn, prog = self.scn, self.program
         stop_at = self.first_at if spec.schedule == "rr" and spec.start >= self.first_at else 0
         key = (stop_at, spec.schedule == "rr", spec.preempt, spec.tasks)
+        # a module loaded during a run maps memory a snapshot cannot take back
+        pooled = pooled and not any(a.do == "load" for a in scn.actions)
         if pooled and key in self._pool:
             m, snap = self._pool.pop(key)
             self._pool[key] = (m, snap)          # most recently used last

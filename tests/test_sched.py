@@ -227,3 +227,49 @@ def test_snapshot_refuses_a_machine_with_a_model_or_the_python_scheduler(compile
     with pytest.raises(RuntimeError):
         m.snapshot()
     m.engine.close()
+
+
+def test_a_scenario_that_loads_a_module_runs_on_fresh_machines(tmp_path):
+    """A module load maps memory: such runs are not pooled, and a pooled
+    runner gives the same results as fresh machines."""
+    (tmp_path / "base.c").write_text('#include "lpemu.h"\nvolatile long zero;\n'
+                                     '__attribute__((noinline)) long bar(void) { return 5 + zero; }\n'
+                                     'long user_entry(long i) { lpemu_observe(1, bar()); lpemu_sleep(1); return 0; }\n')
+    (tmp_path / "mod.c").write_text('#include "lpemu.h"\nlong helper(long x) { return x + 1; }\n')
+    (tmp_path / "patch.c").write_text('#include "lpemu.h"\nextern volatile long zero;\n'
+                                      '__attribute__((noinline)) long bar(void) { return 5000 + zero; }\n')
+    (tmp_path / "scenario.toml").write_text('''
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+[[task]]
+name = "user"
+entry = "user_entry"
+count = 2
+[[module]]
+name = "mod"
+sources = ["mod.c"]
+loaded = false
+[[patch]]
+name = "p"
+sources = ["patch.c"]
+[[action]]
+at = 5000
+do = "load"
+module = "mod"
+[[action]]
+at = 6000
+do = "enable"
+patch = "p"
+''')
+    prog = scenario.build(scenario.load(tmp_path / "scenario.toml"))
+    with Runner(prog) as pooled:
+        for model in demo.DEMO_MODELS:
+            for seed in range(2):
+                spec = pooled.plan(model, seed, strategy="exhaustive")
+                res, m, _ = Runner(prog).execute(spec, keep=True)
+                assert "mod" in {img.name for img in m.images}
+                m.engine.close()
+                assert pooled.execute(spec).to_json() == res.to_json()
+        assert not pooled._pool
