@@ -80,8 +80,9 @@ static int runnable(const struct sched *s, int64_t tid)
     return T(tid, STATE) == EMU_TS_RUNNABLE;
 }
 
-/* Move tid to the tail of CPU i's queue, if it is there. */
-static void requeue(struct sched *s, int i, int64_t tid)
+/* Take tid out of CPU i's queue (and, with again, put it back at the
+ * tail). Nothing happens when it is not there. */
+static void unqueue(struct sched *s, int i, int64_t tid, int again)
 {
     int64_t *q = RQ(i), n = C(i, RQLEN), k;
 
@@ -90,19 +91,15 @@ static void requeue(struct sched *s, int i, int64_t tid)
     if (k == n)
         return;
     memmove(q + k, q + k + 1, (size_t)(n - k - 1) * sizeof(*q));
-    q[n - 1] = tid;
+    if (again)
+        q[n - 1] = tid;
+    else
+        C(i, RQLEN) = n - 1;
 }
 
-static void dequeue(struct sched *s, int i, int64_t tid)
+static void requeue(struct sched *s, int i, int64_t tid)
 {
-    int64_t *q = RQ(i), n = C(i, RQLEN), k;
-
-    for (k = 0; k < n && q[k] != tid; k++)
-        ;
-    if (k == n)
-        return;
-    memmove(q + k, q + k + 1, (size_t)(n - k - 1) * sizeof(*q));
-    C(i, RQLEN) = n - 1;
+    unqueue(s, i, tid, 1);
 }
 
 static void schedule_out(struct sched *s, int i, int64_t tid, int preempted)
@@ -267,7 +264,7 @@ static int hypercall(struct sched *s, int i, int64_t tid)
         G(LIVE)--;
         emit(s, EMU_EV_EXIT, (int)tid, a);
         schedule_out(s, i, tid, 0);
-        dequeue(s, i, tid);
+        unqueue(s, i, tid, 0);
         return 0;
     default:
         return EMU_SR_HYPERCALL;

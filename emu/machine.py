@@ -22,6 +22,7 @@ runner restores the prefix its runs share instead of building a machine.
 """
 from __future__ import annotations
 
+import copy
 import heapq
 from bisect import bisect_right
 from dataclasses import dataclass
@@ -30,7 +31,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RIP,
                                UC_X86_REG_RSP)
 
-from . import core, hypercall, runtime, unwind
+from . import core, runtime, unwind
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
 from .core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
                    EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
@@ -351,7 +352,7 @@ class Machine:
             uc.reg_write(UC_X86_REG_RSP, rsp)
             uc.reg_write(UC_X86_REG_RBP, 0)
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
-            self.cpus[task.cpu]._queue.append(task)
+            self.cpus[task.cpu].enqueue(task)
         n, ncpus = len(self.tasks), len(self.cpus)
         st = self.sched_state = self.engine.sched_init(n, ncpus)
         t0 = K["SG_COUNT"]
@@ -394,9 +395,6 @@ class Machine:
         """Start a kernel work (a generator); it runs now until its first wait."""
         self._works.append(_Work(work))
         self._advance_works()
-
-    def _next_timer(self) -> int | None:
-        return self._timers[0][0] if self._timers else None
 
     def _fire_due(self) -> None:
         while self._timers and self._timers[0][0] <= self.now:
@@ -457,7 +455,6 @@ class Machine:
             raise RuntimeError("snapshot: only of a started machine with the C scheduler, "
                                "between runs, with no model, work or stop_machine")
         self.drain()
-        import copy
         everyone = self.tasks + [c.idle for c in self.cpus]
         return Snapshot(
             core=self.engine.snapshot(), images=len(self.images), unloaded=set(self.unloaded),
@@ -471,7 +468,6 @@ class Machine:
         """Put a snapshot of this machine back: the next run is the same, event
         for event, as the first run from that point. Listeners go (models are
         made anew per run). RuntimeError when images were loaded since."""
-        import copy
         if len(self.images) != snap.images or self._sm is not None:
             raise RuntimeError("restore: images were loaded since the snapshot")
         self.engine.restore(snap.core)

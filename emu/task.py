@@ -140,6 +140,12 @@ class Cpu:
         self._o = 0
         self._q = 0
 
+    def enqueue(self, task: Task) -> None:
+        """Put a task on the run queue (before the machine starts)."""
+        if self._s is not None:
+            raise RuntimeError("the run queue is the scheduler's once the machine has started")
+        self._queue.append(task)
+
     def bind(self, state: memoryview, offset: int, queue: int, tasks: list[Task]) -> None:
         self._s, self._o, self._q, self._tasks = state, offset, queue, tasks
         state[offset + SCHED["CF_CURRENT"]] = -1
