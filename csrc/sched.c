@@ -390,6 +390,26 @@ static int idle_jump(struct sched *s, int64_t until, int64_t deadline)
     return 0;
 }
 
+/* The state is Python's to write too: check every index the loop follows. */
+static int state_ok(const struct sched *s)
+{
+    int i;
+    int64_t k;
+
+    if (G(TICK) <= 0 || G(RR) < 0 || G(RR) >= s->ncpus || G(PICK) < -1 || G(PICK) >= s->ntasks)
+        return 0;
+    if (G(INSLICE) && (G(STASK) < 0 || G(STASK) >= s->ntasks))
+        return 0;
+    for (i = 0; i < s->ncpus; i++) {
+        if (C(i, RQLEN) < 0 || C(i, RQLEN) > s->ntasks || C(i, CURRENT) < -1 || C(i, CURRENT) >= s->ntasks)
+            return 0;
+        for (k = 0; k < C(i, RQLEN); k++)
+            if (RQ(i)[k] < 0 || RQ(i)[k] >= s->ntasks)
+                return 0;
+    }
+    return 1;
+}
+
 int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct emu_stop *stop)
 {
     struct sched st, *s = &st;
@@ -406,7 +426,7 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
     s->rq = s->cpu + (size_t)s->ncpus * EMU_CF_COUNT;
     s->stop = stop;
     memset(stop, 0, sizeof(*stop));
-    if (G(TICK) <= 0 || G(RR) < 0 || G(RR) >= s->ncpus)
+    if (!state_ok(s))
         return EMU_EINVAL;
     for (;;) {
         if (!G(INSLICE) && !G(AFTER)) {

@@ -273,3 +273,23 @@ patch = "p"
                 m.engine.close()
                 assert pooled.execute(spec).to_json() == res.to_json()
         assert not pooled._pool
+
+
+def test_the_c_loop_refuses_a_broken_state_instead_of_following_it(compile_c):
+    from emu.core import SCHED, CoreError
+    img = compile_c("long user_entry(long x) { lpemu_sleep(1); return 0; }")
+    m = Machine(img, cpus=2)
+    m.add_task("t", "user_entry")
+    m.run(until=1000)
+    st = m.sched_state
+    t0 = SCHED["SG_COUNT"]
+    q0 = t0 + 3 * SCHED["TF_COUNT"] + 2 * SCHED["CF_COUNT"]
+    for index, value in ((SCHED["SG_RR"], 7), (SCHED["SG_PICK"], 99), (q0, 5),
+                         (t0 + 3 * SCHED["TF_COUNT"] + SCHED["CF_RQLEN"], 1 << 40)):
+        saved, st[index] = st[index], value
+        with pytest.raises(CoreError, match="scheduler"):
+            m.engine.sched_run(5000, -1)
+        st[index] = saved
+    m.run(until=5000)
+    assert m.now == 5000
+    m.engine.close()
