@@ -271,6 +271,22 @@ static int hypercall(struct sched *s, int i, int64_t tid)
     }
 }
 
+/* Mid-slice, time reached a wake-up or Python's deadline: wake the
+ * sleepers, and come back for Python's timers (the slice goes on after
+ * them, unless they started stop_machine). */
+static int due(struct sched *s, int64_t deadline)
+{
+    int rc = fire_wakes(s);
+
+    if (rc)
+        return rc;
+    if (deadline >= 0 && (int64_t)now(s) >= deadline) {
+        G(CHECK_SM) = 1;
+        return EMU_SR_TIMER;
+    }
+    return 0;
+}
+
 /* The slice in progress on CPU rr: run until its budget is spent, the task
  * leaves the CPU, or Python is needed. 0 when the slice ended. */
 static int run_slice(struct sched *s, int64_t until, int64_t deadline)
@@ -310,12 +326,8 @@ static int run_slice(struct sched *s, int64_t until, int64_t deadline)
                 G(INSLICE) = 0;
                 return EMU_SR_UNTIL;
             }
-            if ((rc = fire_wakes(s)))
+            if ((rc = due(s, deadline)))
                 return rc;
-            if (deadline >= 0 && (int64_t)now(s) >= deadline) {
-                G(CHECK_SM) = 1;
-                return EMU_SR_TIMER;
-            }
             continue;
         }
         if (emu_switch(s->c, (int)tid))
@@ -338,14 +350,8 @@ static int run_slice(struct sched *s, int64_t until, int64_t deadline)
         case EMU_STOP_EVENTS_FULL:
             return EMU_SR_EVENTS;
         case EMU_STOP_BUDGET:
-            if (G(REMAIN) > 0) {
-                if ((rc = fire_wakes(s)))
-                    return rc;
-                if (deadline >= 0 && (int64_t)now(s) >= deadline) {
-                    G(CHECK_SM) = 1;
-                    return EMU_SR_TIMER;
-                }
-            }
+            if (G(REMAIN) > 0 && (rc = due(s, deadline)))
+                return rc;
             break;
         default:
             break;

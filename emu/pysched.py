@@ -196,6 +196,14 @@ class PyScheduler:
         return SR["HYPERCALL"]
 
     # ---- the slice in progress ------------------------------------------------------
+    def due(self, deadline: int) -> int:
+        """Mid-slice, time reached a wake-up or Python's deadline."""
+        self.fire_wakes()
+        if deadline >= 0 and self.now() >= deadline:
+            self.s[SG_CHECK_SM] = 1
+            return SR["TIMER"]
+        return 0
+
     def run_slice(self, until: int, deadline: int) -> int:
         s, eng, m = self.s, self.engine, self.m
         i, tid = s[SG_RR], s[SG_STASK]
@@ -221,10 +229,9 @@ class PyScheduler:
                     s[SG_SLICE_LEFT] = s[SG_REMAIN]
                     s[SG_INSLICE] = 0
                     return SR["UNTIL"]
-                self.fire_wakes()
-                if deadline >= 0 and self.now() >= deadline:
-                    s[SG_CHECK_SM] = 1
-                    return SR["TIMER"]
+                rc = self.due(deadline)
+                if rc:
+                    return rc
                 continue
             eng.switch(tid)
             stop = eng.run(budget, precise)
@@ -246,10 +253,9 @@ class PyScheduler:
             elif stop.reason == core.STOP_EVENTS_FULL:
                 return SR["EVENTS"]
             elif stop.reason == core.STOP_BUDGET and s[SG_REMAIN] > 0:
-                self.fire_wakes()
-                if deadline >= 0 and self.now() >= deadline:
-                    s[SG_CHECK_SM] = 1
-                    return SR["TIMER"]
+                rc = self.due(deadline)
+                if rc:
+                    return rc
         if s[SG_REMAIN] <= 0 and s[self.c(i, CF_CURRENT)] == tid and self.runnable(tid):
             if any(q != tid and self.runnable(q) for q in self.queue(i)):
                 if s[SG_PREEMPT] == 2:
