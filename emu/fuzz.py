@@ -192,7 +192,7 @@ class Runner:
         names = [(t, inst) for t in scn.tasks for inst in t.instances()]
         if spec.tasks is not None:
             names = [(t, inst) for t, inst in names if inst in spec.tasks]
-        m = Machine(prog.base, policy=self._policy(spec), name=scn.name, sched=self.sched, **opts)
+        m = Machine(prog.base, policy=self._policy(spec, len(names)), name=scn.name, sched=self.sched, **opts)
         for t, inst in names:
             m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
         return m
@@ -213,7 +213,7 @@ class Runner:
             m, snap = self._pool.pop(key)
             self._pool[key] = (m, snap)          # most recently used last
             m.restore(snap)
-            m.policy = self._policy(spec)
+            m.policy = self._policy(spec, len(m.tasks))
             return m, None
         m = self.machine(spec)
         try:
@@ -302,8 +302,9 @@ class Runner:
                 del self._pool[key]
         m.engine.close()
 
-    def _policy(self, spec: RunSpec):
-        n = len(spec.tasks) if spec.tasks is not None else sum(len(t.instances()) for t in self.scn.tasks)
+    @staticmethod
+    def _policy(spec: RunSpec, n: int):
+        """The schedule of spec for n tasks."""
         return make_policy(spec.schedule, spec.sched_seed, n, depth=spec.depth) \
             if spec.schedule == "pct" else make_policy(spec.schedule, spec.sched_seed)
 

@@ -353,16 +353,15 @@ class Machine:
             uc.reg_write(UC_X86_REG_RBP, 0)
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
             self.cpus[task.cpu].enqueue(task)
-        n, ncpus = len(self.tasks), len(self.cpus)
-        st = self.sched_state = self.engine.sched_init(n, ncpus)
-        t0 = K["SG_COUNT"]
-        c0 = t0 + (n + ncpus) * K["TF_COUNT"]
-        q0 = c0 + ncpus * K["CF_COUNT"]
+        n = len(self.tasks)
+        st = self.sched_state = self.engine.sched_init(n, len(self.cpus))
+        from .pysched import PyScheduler
+        py = self._py = PyScheduler(self)        # also knows the state's layout
         for task in self.tasks:
-            task.bind(st, t0 + task.tid * K["TF_COUNT"])
+            task.bind(st, py.t(task.tid, 0))
         for cpu in self.cpus:
-            cpu.idle.bind(st, t0 + (n + cpu.index) * K["TF_COUNT"])
-            cpu.bind(st, c0 + cpu.index * K["CF_COUNT"], q0 + cpu.index * n, self.tasks)
+            cpu.idle.bind(st, py.t(n + cpu.index, 0))
+            cpu.bind(st, py.c(cpu.index, 0), py.Q + cpu.index * n, self.tasks)
         st[K["SG_QUANTUM"]] = self.quantum
         st[K["SG_PREEMPT"]] = PREEMPT_MODES.index(self.preempt)
         st[K["SG_TICK"]] = self.tick
@@ -371,8 +370,6 @@ class Machine:
         st[K["SG_NEXT_WAKE"]] = -1
         st[K["SG_LIVE"]] = sum(t.state is not RunState.EXITED for t in self.tasks)
         st[K["SG_SM"]] = self._sm is not None
-        from .pysched import PyScheduler
-        self._py = PyScheduler(self)
 
     # ---- time, timers, works ----------------------------------------------------------
     @property
@@ -549,17 +546,15 @@ class Machine:
             hook = _HOOKS[reason]
             for listener in self.listeners:
                 getattr(listener, hook)(task)
-            if reason != _SR["SAFE_POINT"]:      # the switch tail
-                task.since_schedule = 0
-                if task.need_resched or self._sm is not None:
-                    self._py.schedule_out(st[K["SG_RCPU"]], task.tid, False)
+            if reason != _SR["SAFE_POINT"]:
+                self._py.switch_tail(st[K["SG_RCPU"]], task.tid)
         elif reason == _SR["IDLE"]:
             cpu = self.cpus[st[K["SG_RCPU"]]]
             for listener in self.listeners:
                 listener.on_idle(cpu, cpu.idle)
         elif reason == _SR["PICK"]:
             cpu, skip = self.cpus[st[K["SG_RCPU"]]], st[K["SG_RTASK"]]
-            cands = [t for t in cpu.runqueue if t.state is RunState.RUNNABLE and t.tid != skip]
+            cands = [t for t in self.runnable(cpu) if t.tid != skip]
             st[K["SG_PICK"]] = self.policy.pick(cpu, cands, self.now).tid
         elif reason == _SR["EVENTS"]:
             self.drain()

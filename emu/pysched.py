@@ -8,8 +8,6 @@ once every CPU has parked.
 """
 from __future__ import annotations
 
-from unicorn.x86_const import UC_X86_REG_RAX
-
 from . import core
 from .core import SCHED as K
 
@@ -93,13 +91,6 @@ class PyScheduler:
             s[self.c(i, CF_CURRENT)] = -1
         self.requeue(i, tid)
 
-    def wake(self, tid: int) -> None:
-        self.engine.switch(tid)
-        self.engine.uc.reg_write(UC_X86_REG_RAX, 0)
-        self.s[self.t(tid, TF_STATE)] = RUNNABLE
-        self.s[self.t(tid, TF_WAKE_AT)] = -1
-        self.emit(core.EV_WAKE, tid, 0)
-
     def fire_wakes(self) -> None:
         s = self.s
         if s[SG_NEXT_WAKE] < 0 or self.now() < s[SG_NEXT_WAKE]:
@@ -110,7 +101,7 @@ class PyScheduler:
             if s[self.t(tid, TF_STATE)] != SLEEPING or w < 0:
                 continue
             if w <= self.now():
-                self.wake(tid)
+                self.m.wake(self.m.tasks[tid], early=False)
             elif nxt < 0 or w < nxt:
                 nxt = w
         s[SG_NEXT_WAKE] = nxt
@@ -152,10 +143,16 @@ class PyScheduler:
         if s[self.t(tid, TF_NOTIFY)] or s[SG_NOTIFY_ALL]:
             s[SG_RTASK], s[SG_RCPU] = tid, i
             return reason
-        s[self.t(tid, TF_SINCE)] = 0
-        if s[self.t(tid, TF_NEED_RESCHED)] or s[SG_SM]:
-            self.schedule_out(i, tid, False)
+        self.switch_tail(i, tid)
         return 0
+
+    def switch_tail(self, i: int, tid: int) -> None:
+        """After a switch point's hooks: the task leaves the CPU if it should
+        reschedule or stop_machine waits for it (Machine.run calls this
+        after the models' hooks)."""
+        self.s[self.t(tid, TF_SINCE)] = 0
+        if self.s[self.t(tid, TF_NEED_RESCHED)] or self.s[SG_SM]:
+            self.schedule_out(i, tid, False)
 
     def hypercall(self, i: int, tid: int, stop: core.Stop) -> int:
         s = self.s
