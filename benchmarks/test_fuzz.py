@@ -4,8 +4,9 @@ fresh machine (another). extra_info holds the runs and the virtual
 instructions they covered."""
 import pytest
 
-from emu import demo, scenario
-from emu.fuzz import Runner
+from emu.app import demo
+from emu.runs import scenario
+from emu.runs.fuzz import Runner
 
 
 @pytest.fixture(scope="module")

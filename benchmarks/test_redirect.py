@@ -5,8 +5,8 @@ the same loop with no patch, the baseline both are compared with, and the C
 path with the per-call entry event switched off."""
 import pytest
 
-from emu import bench
-from emu.task import RunState
+from emu.app import bench
+from emu.machine.task import RunState
 
 CALLS = {"c": 100_000, "python": 5_000}
 

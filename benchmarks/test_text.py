@@ -2,8 +2,8 @@
 the translations of the range: csrc/text.c against emu/text.py."""
 import pytest
 
-from emu import text
-from emu.machine import Machine
+from emu.engine import text
+from emu.machine.machine import Machine
 
 NOP = bytes.fromhex("0f1f440000")
 

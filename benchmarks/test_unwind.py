@@ -1,10 +1,12 @@
 """A reliable-stack check at depth 16 (walk, then the checked ranges, as the
 livepatch model does it) of 64 sleeping tasks: one emu_check_stacks call
 against the Python twin (registers through the binding, the stack copied,
-emu.unwind.check_stack) task by task."""
+emu.engine.unwind.check_stack) task by task."""
 import pytest
 
-from emu import bench, core, unwind
+from emu.app import bench
+from emu.engine import core
+from emu.engine import unwind
 
 TASKS, DEPTH = 64, 16
 

@@ -3,9 +3,9 @@
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
-from emu.asm import assemble
+from emu.images.asm import assemble
 from emu.errors import BuildError, PatchError
-from emu.image import FENTRY_NOP, PAGE, PROT_R, PROT_X
+from emu.images.image import FENTRY_NOP, PAGE, PROT_R, PROT_X
 
 BASE = 0x10000
 
@@ -90,7 +90,7 @@ def test_other_checks():
 
 
 def test_displacements_are_checked_against_the_source():
-    from emu.asm import _displacements_agree
+    from emu.images.asm import _displacements_agree
     assert _displacements_agree(["r8", "qword ptr [r12 + 40]"], ["r8", "qword ptr [r12 + 0x28]"])
     assert _displacements_agree(["dword ptr [rax+rax*1+0]"], ["dword ptr [rax + rax]"])
     assert _displacements_agree(["rax", "[rip + label]"], ["rax", "[rip + 0x1234]"])

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from emu import cli
+from emu.app import cli
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed"
 
@@ -127,8 +127,9 @@ def test_a_patch_that_changes_data_is_refused(d, capsys):
 
 def test_an_elf_that_is_not_x86_64(d, capsys):
     import subprocess
+    from emu.images.image import INCLUDE_DIR
     subprocess.run(["gcc", "-c", "-o", str(d / "base.o"), str(d / "base.c"), "-I",
-                    str(Path(cli.__file__).parent / "include")], check=True)
+                    str(INCLUDE_DIR)], check=True)
     data = bytearray((d / "base.o").read_bytes())
     data[18:20] = (40).to_bytes(2, "little")       # e_machine = EM_ARM
     (d / "base.o").write_bytes(bytes(data))
@@ -138,8 +139,8 @@ def test_an_elf_that_is_not_x86_64(d, capsys):
 
 def test_images_that_overlap_are_refused(d):
     from emu.errors import UserError
-    from emu.image import build_c
-    from emu.machine import Machine
+    from emu.images.image import build_c
+    from emu.machine.machine import Machine
     base = build_c([d / "base.c"], base=0x400000)
     other = build_c([d / "base.c"], base=0x400000, name="again")
     m = Machine(base)

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from emu import bench
+from emu.app import bench
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from emu import campaign, scenario
+from emu.runs import campaign
+from emu.runs import scenario
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "scenario.toml"
 

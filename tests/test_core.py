@@ -4,11 +4,11 @@ import random
 
 import pytest
 
-from emu import core
+from emu.engine import core
 from emu.errors import CoreError, GuestFault
-from emu.machine import Machine
+from emu.machine.machine import Machine
 from emu.models import make_model
-from emu.patch import make_patch
+from emu.kernel.patch import make_patch
 
 
 def test_many_regions_in_any_order_are_all_found():

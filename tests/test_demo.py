@@ -1,7 +1,8 @@
 """The seed question, answered by running it (the `lpemu demo` table)."""
 import json
 
-from emu import cli, demo
+from emu.app import cli
+from emu.app import demo
 
 
 def test_demo_finds_the_seed_bug_where_it_exists_and_only_there():

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from emu import core
-from emu.diff import Diff, diff_sources, patch_plan
+from emu.engine import core
+from emu.images.diff import Diff, diff_sources, patch_plan
 from emu.errors import BuildError, PatchError
-from emu.image import build_c
-from emu.machine import Machine
+from emu.images.image import build_c
+from emu.machine.machine import Machine
 from emu.models import make_model
-from emu.patch import make_patch
+from emu.kernel.patch import make_patch
 
 CASES = Path(__file__).parent / "diff"
 
@@ -244,7 +244,7 @@ def test_debug_info_does_not_change_the_code_that_is_compared(case, tmp_path):
     # The comparison compiles with -g (for DWARF's inlining facts) while build_c
     # builds the patch without: the conclusions hold only if gcc's code is the same.
     from elftools.elf.elffile import ELFFile
-    from emu.image import _compile
+    from emu.images.image import _compile
 
     def code(obj):
         with open(obj, "rb") as f:

@@ -13,7 +13,9 @@ import pytest
 
 distributed = pytest.importorskip("distributed")
 
-from emu import campaign, cli, scenario  # noqa: E402
+from emu.runs import campaign
+from emu.app import cli
+from emu.runs import scenario  # noqa: E402
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "scenario.toml"
 MODELS = ["stop_machine", "livepatch"]

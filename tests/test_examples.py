@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
-from emu import cli, core, scenario
-from emu.fuzz import Runner
-from emu.machine import EV_KERNEL_EXIT
+from emu.app import cli
+from emu.engine import core
+from emu.runs import scenario
+from emu.runs.fuzz import Runner
+from emu.machine.machine import EV_KERNEL_EXIT
 
 EX = Path(__file__).resolve().parent.parent / "examples"
 SECOND = 100_000            # instructions in one virtual second (default tick 1000, 100 Hz)

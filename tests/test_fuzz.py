@@ -5,8 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from emu import campaign, cli, scenario
-from emu.fuzz import RunSpec, Runner, shrink
+from emu.runs import campaign
+from emu.app import cli
+from emu.runs import scenario
+from emu.runs.fuzz import RunSpec, Runner, shrink
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "scenario.toml"
 

@@ -11,7 +11,7 @@ from elftools.dwarf.callframe import FDE
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError, ToolMissing
-from emu.image import (FENTRY_NOP, INCLUDE_DIR, PAGE, PROT_R, PROT_W, PROT_X, REQUIRED_CFLAGS,
+from emu.images.image import (FENTRY_NOP, INCLUDE_DIR, PAGE, PROT_R, PROT_W, PROT_X, REQUIRED_CFLAGS,
                        DEFAULT_CFLAGS, build_c, load_elf)
 
 C = Path(__file__).parent / "c"

@@ -10,14 +10,14 @@ from textwrap import dedent
 
 import pytest
 
-from emu import core
+from emu.engine import core
 from emu.errors import Busy
-from emu.ftrace import FENTRY_NOP, Ops
-from emu.image import build_c
-from emu.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, Machine
+from emu.kernel.ftrace import FENTRY_NOP, Ops
+from emu.images.image import build_c
+from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, Machine
 from emu.models.livepatch import Livepatch, PatchRefused
-from emu.patch import VMLINUX, make_patch
-from emu.task import PATCHED, UNDEFINED, UNPATCHED
+from emu.kernel.patch import VMLINUX, make_patch
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
 
 LP = Path(__file__).resolve().parent / "lp"
 

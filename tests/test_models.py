@@ -2,11 +2,11 @@
 #3 names: a task sleeping inside a patched function, and one that is not."""
 import pytest
 
-from emu import core
+from emu.engine import core
 from emu.errors import Busy
-from emu.machine import Machine
+from emu.machine.machine import Machine
 from emu.models import make_model
-from emu.patch import make_patch
+from emu.kernel.patch import make_patch
 
 BASE = """
 volatile long zero;
@@ -165,7 +165,7 @@ __attribute__((noinline)) long hot(void) { return 2 + zero; }
 
 
 def hammered(compile_c, protocol, seed):
-    from emu.ftrace import Ftrace
+    from emu.kernel.ftrace import Ftrace
     base = compile_c(HAMMER)
     m = Machine(base, cpus=4, quantum=7 + seed)
     for i in range(4):

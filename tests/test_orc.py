@@ -15,8 +15,8 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from hypothesis import given, settings, strategies as st
 
-from emu import orc
-from emu.orc import (REG_BP, REG_SP, REG_UNDEFINED, TYPE_UNDEFINED, OrcEntry, OrcTable,
+from emu.images import orc
+from emu.images.orc import (REG_BP, REG_SP, REG_UNDEFINED, TYPE_UNDEFINED, OrcEntry, OrcTable,
                      analyze_function, build_table, check_eh_frame, eh_frame_rows)
 
 C_DIR = pathlib.Path(__file__).parent / "orc_c"

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from emu import scenario
-from emu.fuzz import Runner
+from emu.runs import scenario
+from emu.runs.fuzz import Runner
 
 ROOT = Path(__file__).resolve().parent.parent
 PINNED = Path(__file__).resolve().parent / "data" / "trace_hashes.json"

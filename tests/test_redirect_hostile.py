@@ -5,9 +5,9 @@ and the host process survives."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu import core
+from emu.engine import core
 from emu.errors import GuestFault
-from emu.machine import Machine
+from emu.machine.machine import Machine
 
 SRC = """
 volatile long zero;

@@ -1,14 +1,15 @@
-"""emu.report on real runs: activation spans, the Chrome trace-event file,
+"""emu.app.report on real runs: activation spans, the Chrome trace-event file,
 the timeline picture."""
 import json
 
 import pytest
 
-from emu import core, report
+from emu.engine import core
+from emu.app import report
 from emu.errors import UserError
-from emu.machine import EV_KERNEL_EXIT, Machine
+from emu.machine.machine import EV_KERNEL_EXIT, Machine
 from emu.models import make_model
-from emu.patch import make_patch
+from emu.kernel.patch import make_patch
 
 # foo() { f = bar(); something_else(); baz(f); } without a tail call to baz,
 # so bar and baz run nested inside foo's activation.

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from emu import scenario
+from emu.runs import scenario
 from emu.errors import ScenarioError, UserError
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed"

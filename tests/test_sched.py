@@ -5,12 +5,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from emu import demo, scenario
+from emu.app import demo
+from emu.runs import scenario
 from emu.errors import GuestFault
-from emu.fuzz import Runner, RunSpec
-from emu.machine import Machine
-from emu.sched import make_policy
-from emu.task import RunState
+from emu.runs.fuzz import Runner, RunSpec
+from emu.machine.machine import Machine
+from emu.machine.policy import make_policy
+from emu.machine.task import RunState
 
 # Each task follows a script drawn from its seed: sleeps of every length
 # (negative: until woken), yields, busy loops without a scheduling point,
@@ -131,7 +132,7 @@ def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    from emu.image import build_c
+    from emu.images.image import build_c
     src = tmp_path_factory.mktemp("hostile") / "hostile.c"
     src.write_text('#include "lpemu.h"\n' + HOSTILE)
     return build_c([src], base=0x400000, name="hostile")
@@ -276,7 +277,7 @@ patch = "p"
 
 
 def test_the_c_loop_refuses_a_broken_state_instead_of_following_it(compile_c):
-    from emu.core import SCHED, CoreError
+    from emu.engine.core import SCHED, CoreError
     img = compile_c("long user_entry(long x) { lpemu_sleep(1); return 0; }")
     m = Machine(img, cpus=2)
     m.add_task("t", "user_entry")

@@ -4,11 +4,11 @@ from textwrap import dedent
 
 import pytest
 
-from emu import core
-from emu.machine import HEAP_BASE, Machine
+from emu.engine import core
+from emu.machine.machine import HEAP_BASE, Machine
 from emu.models.livepatch import Livepatch
-from emu.patch import VMLINUX, make_patch
-from emu.shadow import Heap, ShadowVars
+from emu.kernel.patch import VMLINUX, make_patch
+from emu.kernel.shadow import Heap, ShadowVars
 
 MOD_TEST = "test_klp_shadow_vars"
 

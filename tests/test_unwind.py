@@ -9,8 +9,9 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from emu import core, unwind
-from emu.unwind import (WALK_BAD_RET, WALK_NO_END, WALK_NO_ORC, WALK_NOT_PROGRESSING, WALK_OFF_STACK,
+from emu.engine import core
+from emu.engine import unwind
+from emu.engine.unwind import (WALK_BAD_RET, WALK_NO_END, WALK_NO_ORC, WALK_NOT_PROGRESSING, WALK_OFF_STACK,
                         WALK_OK, WALK_PREEMPTED, WALK_TOO_DEEP)
 
 # Same fields as emu/orc.py's OrcEntry; local so these tests stand alone.
@@ -754,8 +755,8 @@ def test_return_address_just_past_its_function_is_text():
 
 
 def test_a_task_asleep_below_a_noreturn_call_is_reliable(compile_c):
-    from emu.machine import Machine
-    from emu.task import RunState
+    from emu.machine.machine import Machine
+    from emu.machine.task import RunState
 
     img = compile_c("""
         __attribute__((noinline, noreturn)) void block(long x) { for (;;) lpemu_sleep(-1); }

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .. import unwind
-from ..errors import Busy
-from ..ftrace import Ftrace, Ops
-from ..machine import EV_TRANSITION, Machine
-from ..patch import Patch, PatchFunc
-from ..task import Task
+from emu.engine import unwind
+from emu.errors import Busy
+from emu.kernel.ftrace import Ftrace, Ops
+from emu.machine.machine import EV_TRANSITION, Machine
+from emu.kernel.patch import Patch, PatchFunc
+from emu.machine.task import Task
 
 # transition event codes (EV_TRANSITION's a)
 T_START, T_COMPLETE, T_FAIL, T_REVERSE, T_CANCEL, T_STALL = range(6)

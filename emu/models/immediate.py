@@ -3,9 +3,9 @@ are enabled (the first version of kernel live patching, and what a naive
 ftrace redirect gives)."""
 from __future__ import annotations
 
-from ..patch import Patch
-from ..task import PATCHED, UNPATCHED
-from .base import Model
+from emu.kernel.patch import Patch
+from emu.machine.task import PATCHED, UNPATCHED
+from emu.models.base import Model
 
 
 class Immediate(Model):

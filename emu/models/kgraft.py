@@ -17,10 +17,10 @@ redirect's choice is the same code for both models.
 """
 from __future__ import annotations
 
-from ..machine import Delay
-from ..patch import Patch, PatchFunc
-from ..task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
-from .base import Model
+from emu.machine.machine import Delay
+from emu.kernel.patch import Patch, PatchFunc
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
+from emu.models.base import Model
 
 
 class KGraft(Model):

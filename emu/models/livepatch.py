@@ -37,14 +37,14 @@ import errno as _errno
 import os
 from collections import Counter
 
-from .. import state as klp_state
-from .. import unwind
-from ..errors import Busy, PatchError
-from ..machine import Delay, Sync
-from ..patch import VMLINUX, Patch, PatchFunc, PatchObject, loaded_objects, resolve
-from ..shadow import ShadowVars
-from ..task import PATCHED, UNDEFINED, UNPATCHED, Kind, RunState, Task
-from .base import Model
+from emu.kernel import state as klp_state
+from emu.engine import unwind
+from emu.errors import Busy, PatchError
+from emu.machine.machine import Delay, Sync
+from emu.kernel.patch import VMLINUX, Patch, PatchFunc, PatchObject, loaded_objects, resolve
+from emu.kernel.shadow import ShadowVars
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, Kind, RunState, Task
+from emu.models.base import Model
 
 MAX_STACK_ENTRIES = 100      # a reliable trace of this many entries counts as failure
 SIGNALS_TIMEOUT = 15         # retries between two rounds of fake signals

@@ -24,12 +24,12 @@ here it shares the ftrace redirect, which changes nothing the check sees.
 """
 from __future__ import annotations
 
-from .. import unwind
-from ..machine import Delay, Release
-from ..machine import StopMachine as _Stop
-from ..patch import Patch
-from ..task import PATCHED, UNPATCHED, RunState
-from .base import Model, walk_ranges
+from emu.engine import unwind
+from emu.machine.machine import Delay, Release
+from emu.machine.machine import StopMachine as _Stop
+from emu.kernel.patch import Patch
+from emu.machine.task import PATCHED, UNPATCHED, RunState
+from emu.models.base import Model, walk_ranges
 
 
 class StopMachine(Model):

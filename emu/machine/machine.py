@@ -31,15 +31,17 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RIP,
                                UC_X86_REG_RSP)
 
-from . import core, runtime, unwind
+from emu.engine import core
+from emu.machine import runtime
+from emu.engine import unwind
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
-from .core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
+from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
                    EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
-from .core import SCHED as K
-from .errors import GuestFault, UserError
-from .image import PROT_R, PROT_W, PROT_X, Image
-from .orc import OrcTable
-from .task import Cpu, Kind, RunState, Task
+from emu.engine.core import SCHED as K
+from emu.errors import GuestFault, UserError
+from emu.images.image import PROT_R, PROT_W, PROT_X, Image
+from emu.images.orc import OrcTable
+from emu.machine.task import Cpu, Kind, RunState, Task
 
 # ---- memory layout -----------------------------------------------------------
 RUNTIME_BASE = 0x0010_0000
@@ -121,7 +123,7 @@ class Machine:
             raise UserError(f"machine.preempt must be one of {', '.join(PREEMPT_MODES)}, not {preempt!r}")
         if unwinder not in UNWINDERS:
             raise UserError(f"machine.unwinder must be one of {', '.join(UNWINDERS)}, not {unwinder!r}")
-        from .sched import RoundRobin
+        from emu.machine.policy import RoundRobin
         sched = sched or accel
         if sched not in ("c", "python") or (sched == "c" and accel != "c"):
             raise UserError(f"sched must be 'c' (with accel 'c') or 'python', not {sched!r}")
@@ -174,7 +176,7 @@ class Machine:
         self.engine.set_trampoline(self.runtime.trampoline)
         self._twin = None
         if accel == "python":
-            from .redirect import PyRedirect
+            from emu.engine.redirect import PyRedirect
             self._twin = PyRedirect(self)
         self._text.append((RUNTIME_BASE, RUNTIME_BASE + self.runtime.size))
         self.heap = self.engine.map(HEAP_BASE, HEAP_SIZE, PROT_R | PROT_W)
@@ -223,7 +225,7 @@ class Machine:
 
     def unload(self, image: Image) -> None:
         """Mark a module gone: its functions can no longer be found by name
-        (emu.patch.loaded_objects skips it). Its memory stays mapped, so a
+        (emu.kernel.patch.loaded_objects skips it). Its memory stays mapped, so a
         stale pointer into it does not fault the host."""
         self.unloaded.add(image.name)
         for key in [k for k, ref in self.by_name.items() if ref.image == image.name]:
@@ -271,7 +273,7 @@ class Machine:
         idx = self._sites.get(fn.id)
         if idx is None:
             if fn.site is None:
-                from .errors import PatchError
+                from emu.errors import PatchError
                 raise PatchError(f"function '{fn.name}' has no fentry site (not compiled with -mfentry, "
                                  f"or notrace): it cannot be patched")
             idx = self.engine.add_site(fn.site, fn.id)
@@ -301,7 +303,7 @@ class Machine:
         if self._twin is None:
             self.engine.text_write(addr, data)
         else:
-            from . import text
+            from emu.engine import text
             text.write(self.engine.uc, addr, data)
 
     def watch(self, fn: FunctionRef) -> None:
@@ -355,7 +357,7 @@ class Machine:
             self.cpus[task.cpu].enqueue(task)
         n = len(self.tasks)
         st = self.sched_state = self.engine.sched_init(n, len(self.cpus))
-        from .pysched import PyScheduler
+        from emu.engine.sched import PyScheduler
         py = self._py = PyScheduler(self)        # also knows the state's layout
         for task in self.tasks:
             task.bind(st, py.t(task.tid, 0))

@@ -20,7 +20,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
-from . import hypercall
+from emu.machine import hypercall
 
 # The entry function called with the six argument words of the task block.
 _CALL_ENTRY = """\
@@ -75,7 +75,7 @@ class Runtime:
 def build(base: int) -> Runtime:
     """Assemble the runtime page at base (every instruction checked by capstone).
     A pure function of base, so machines share the result (Runtime is frozen)."""
-    from .asm import assemble
+    from emu.images.asm import assemble
 
     image = assemble(SOURCE, base=base, name="runtime", source="<runtime>")
     code = b"".join(seg.data for seg in image.segments)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 from bisect import insort
 
-from . import hypercall
-from .machine import HEAP_BASE, HEAP_SIZE, Machine
+from emu.machine import hypercall
+from emu.machine.machine import HEAP_BASE, HEAP_SIZE, Machine
 
 ALIGN = 16
 

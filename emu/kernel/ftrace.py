@@ -19,9 +19,9 @@ text with its syncs.
 """
 from __future__ import annotations
 
-from . import core
-from .errors import Busy
-from .machine import FunctionRef, Machine, Sync
+from emu.engine import core
+from emu.errors import Busy
+from emu.machine.machine import FunctionRef, Machine, Sync
 
 FENTRY_NOP = bytes.fromhex("0f1f440000")
 PROTOCOLS = ("text_poke_bp", "bytewise")

@@ -25,7 +25,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
 
 from emu.errors import BuildError
-from emu.image import FENTRY_NOP, PAGE, PROT_R, PROT_X, Function, Image, Segment
+from emu.images.image import FENTRY_NOP, PAGE, PROT_R, PROT_X, Function, Image, Segment
 
 __all__ = ["assemble"]
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .errors import PatchError
-from .image import Image
-from .machine import FunctionRef, Machine
+from emu.errors import PatchError
+from emu.images.image import Image
+from emu.machine.machine import FunctionRef, Machine
 
 VMLINUX = "vmlinux"
 CALLBACKS = ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")

@@ -53,7 +53,7 @@ DEFAULT_CFLAGS = ["-O2", "-fno-omit-frame-pointer", "-ffreestanding", "-fno-buil
                   "-mgeneral-regs-only", "-fasynchronous-unwind-tables"]
 
 # lpemu.h lives here; it is on the include path of every compile.
-INCLUDE_DIR = Path(__file__).parent / "include"
+INCLUDE_DIR = Path(__file__).resolve().parent.parent / "include"
 
 _INSTALL_HINT = "apt-get install gcc binutils"
 
@@ -167,7 +167,7 @@ class Image:
         """The ORC-style tables of the image's code segments (emu/orc.py),
         computed once per image: every machine that loads it shares them."""
         if self._orc_tables is None:
-            from .orc import build_table
+            from emu.images.orc import build_table
             data = [(seg.addr, seg.data) for seg in self.segments if not seg.prot & PROT_X]
             tables = []
             for seg in self.segments:

@@ -29,10 +29,12 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__, core, unwind
-from .image import build_c
-from .machine import Machine
-from .task import PATCHED, RunState
+from emu import __version__
+from emu.engine import core
+from emu.engine import unwind
+from emu.images.image import build_c
+from emu.machine.machine import Machine
+from emu.machine.task import PATCHED, RunState
 
 __all__ = ["run_bench", "format_bench", "write_scaling_plot", "TARGETS", "SECTIONS"]
 
@@ -283,8 +285,8 @@ def _calls_machine(ctx: Context, *, accel: str, model: str | None, blocker: bool
     switches the patch, then calls target() `calls` times and exits. With
     blocker, a second kthread sleeps inside the patched hold(), so the
     transition stays pending. Returns (machine, model object, caller)."""
-    from .models import make_model
-    from .patch import make_patch
+    from emu.models import make_model
+    from emu.kernel.patch import make_patch
 
     base, patch_img, funcs = ctx.work.get("calls")
     m = Machine(base, cpus=1, quantum=10_000_000, tick=1000, accel=accel, lockup_ticks=10**7)
@@ -366,7 +368,7 @@ def _in_guest_trampoline(ctx: Context) -> dict:
     task's patch state from guest memory and jumps to the old or the new
     code. Raw Unicorn, no hooks at all (so no virtual time either); added ns
     per call against the same loop with the NOP site."""
-    from .asm import assemble
+    from emu.images.asm import assemble
 
     base, patch_img, _ = ctx.work.get("calls")
     target, new, loop = base.functions["target"], patch_img.functions["target"], base.functions["call_loop"]
@@ -453,7 +455,7 @@ def bench_unwind(result: dict, ctx: Context) -> None:
     the check of every entry against the patched ranges, as the livepatch
     model does it), per task: C (all tasks in one emu_check_stacks call,
     registers from the saved contexts) / the Python twin (registers through
-    the binding, the stack copied, emu.unwind.check_stack)."""
+    the binding, the stack copied, emu.engine.unwind.check_stack)."""
     s = ctx.sizes
     depth = 16
     ctx.say(f"stack checks: {s.unwind_tasks} tasks at depth {depth}")
@@ -523,7 +525,7 @@ def _raw_loop(ctx: Context, outer: int, *, count: bool = False) -> tuple[float, 
     from unicorn import UC_ARCH_X86, UC_HOOK_CODE, UC_MODE_64, Uc
     from unicorn.x86_const import UC_X86_REG_RSP
 
-    from .asm import assemble
+    from emu.images.asm import assemble
 
     base, _, _ = ctx.work.get("loop")
     driver = assemble(f"""
@@ -556,8 +558,8 @@ driver:
 def _throughput_machine(ctx: Context, *, trace_entries: bool, quantum: int):
     """8 user tasks running bench_entry(100) on 2 CPUs, a kthread asleep in
     the patched hold(): the livepatch transition stays pending."""
-    from .models import make_model
-    from .patch import make_patch
+    from emu.models import make_model
+    from emu.kernel.patch import make_patch
 
     base, patch_img, funcs = ctx.work.get("loop")
     m = Machine(base, cpus=2, quantum=quantum, tick=1000)
@@ -641,9 +643,9 @@ def _scale_run(ctx: Context, model: str, tasks: int, depth: int, at: int) -> dic
     """One transition of the leaf() patch under model, enabled at `at`, with
     `tasks` user tasks `depth` frames deep: its figures in virtual
     instructions."""
-    from .machine import EV_PATCH_STATE
-    from .models import make_model
-    from .patch import make_patch
+    from emu.machine.machine import EV_PATCH_STATE
+    from emu.models import make_model
+    from emu.kernel.patch import make_patch
 
     base, patch_img, funcs = ctx.work.get("depth")
     m = Machine(base, cpus=2, quantum=1000, tick=1000)
@@ -729,8 +731,9 @@ def _campaign(result: dict, ctx: Context) -> None:
     (its four models in turn, the runner a campaign worker uses, one
     process); rss_growth: resident memory after `many` runs in that process
     over after `few` (100 000 over 1 000; quick: 500 over 100)."""
-    from . import demo, scenario
-    from .fuzz import Runner
+    from emu.app import demo
+    from emu.runs import scenario
+    from emu.runs.fuzz import Runner
     runner = Runner(scenario.build(scenario.load(demo.VARIANTS["bar+baz"])))
     runner.cycle()
     few, many = (100, 500) if ctx.quick else (1_000, 100_000)

@@ -27,14 +27,15 @@ import hashlib
 import random
 from dataclasses import asdict, dataclass, field, replace
 
-from . import core, oracle
-from .errors import EmuError, GuestFault, UserError
-from .machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
-from .models import make_model
-from .patch import make_patch
-from .scenario import Program
-from .sched import make_policy
-from .task import PATCHED
+from emu.engine import core
+from emu.runs import oracle
+from emu.errors import EmuError, GuestFault, UserError
+from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+from emu.models import make_model
+from emu.kernel.patch import make_patch
+from emu.runs.scenario import Program
+from emu.machine.policy import make_policy
+from emu.machine.task import PATCHED
 
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
@@ -383,7 +384,7 @@ class Runner:
 def _rebind(m: Machine, patch) -> None:
     """A module came: bind the patch's functions for it (models without
     module notifiers see them at their next enable)."""
-    from .patch import resolve
+    from emu.kernel.patch import resolve
     try:
         resolve(m, patch)
     except UserError:

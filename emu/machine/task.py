@@ -11,9 +11,8 @@ from __future__ import annotations
 
 from enum import Enum
 
-from .core import SCHED
+from emu.engine.core import PATCHED, SCHED, UNDEFINED, UNPATCHED  # noqa: F401 (the patch states live in the C header)
 
-UNDEFINED, UNPATCHED, PATCHED = -1, 0, 1
 
 
 class Kind(str, Enum):

@@ -16,8 +16,8 @@ from __future__ import annotations
 from unicorn import UC_HOOK_CODE, UC_HOOK_INTR
 from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_RSP
 
-from . import core
-from .task import UNPATCHED
+from emu.engine import core
+from emu.engine.core import UNPATCHED
 
 FENTRY_NOP = bytes.fromhex("0f1f440000")
 

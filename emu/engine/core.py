@@ -20,12 +20,12 @@ import unicorn  # must come before the extension: one libunicorn for both
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
 from unicorn.unicorn_py3 import unicorn as _binding
 
-from .errors import CoreError, StaleBuild
-from . import unwind
-from .unwind import UNWINDERS, StackCheck
+from emu.errors import CoreError, StaleBuild
+from emu.engine import unwind
+from emu.engine.unwind import UNWINDERS, StackCheck
 
 try:
-    from ._core_c import ffi, lib
+    from emu._core_c import ffi, lib
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise StaleBuild(f"the C core is not built ({exc}); run `make build`") from None
 
@@ -41,7 +41,7 @@ def _expected_stamp() -> tuple[str, str | None]:
         version = metadata.version("livepatch-emu")
     except metadata.PackageNotFoundError:  # pragma: no cover
         version = None
-    csrc = Path(__file__).resolve().parent.parent / "csrc"
+    csrc = Path(__file__).resolve().parent.parent.parent / "csrc"
     digest = None
     if csrc.is_dir():
         h = hashlib.sha256()
@@ -69,6 +69,9 @@ def _check_build() -> None:
 _check_build()
 
 # ---- constants mirrored from emu.h ------------------------------------------
+
+# a task's patch state (klp_patch_state)
+UNDEFINED, UNPATCHED, PATCHED = lib.EMU_UNDEFINED, lib.EMU_UNPATCHED, lib.EMU_PATCHED
 
 STOP_BUDGET = lib.EMU_STOP_BUDGET
 STOP_HYPERCALL = lib.EMU_STOP_HYPERCALL
@@ -636,7 +639,7 @@ def _summary_struct(n: int) -> struct.Struct:
 class StackChecker:
     """Walk (or scan) many tasks' stacks and look for checked ranges on them,
     in one C call: emu_check_stacks. Each task's result equals
-    emu.unwind.check_stack() on the same registers and memory.
+    emu.engine.unwind.check_stack() on the same registers and memory.
 
     kind: "fp", "orc" (needs orc) or "scan" (Ksplice's word scan). text:
     known code. empty: a rip in this range has no kernel frame (the trace is

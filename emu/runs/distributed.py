@@ -17,7 +17,7 @@ Dask is imported here only, and only when used.
 """
 from __future__ import annotations
 
-from .errors import UserError
+from emu.errors import UserError
 
 INSTALL_HINT = "pip install 'livepatch-emu[dask]'"
 RETRIES = 2                        # re-runs of a batch whose task raised (on top of Dask's lost-worker re-runs)
@@ -50,7 +50,7 @@ def run(camp, client, todo, cycle: int, progress) -> None:
     """Run the (model, seed) pairs todo of Campaign camp on client, recording
     each batch as it finishes."""
     distributed = _import()
-    from .campaign import _run_batch
+    from emu.runs.campaign import _run_batch
     killed = getattr(distributed, "KilledWorker", None) or distributed.scheduler.KilledWorker
     size = camp.batch or max(1, min(64, len(todo) // (workers(client) * 8) or 1))
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]

@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import GuestFault, UserError
-from .scenario import MODELS, STRATEGIES
+from emu.errors import GuestFault, UserError
+from emu.runs.scenario import MODELS, STRATEGIES
 
 VERSION_NAMES = {0: "old", 1: "new"}
 
@@ -27,7 +27,7 @@ def _console(stderr: bool = False):
 
 
 def _load(path: str):
-    from . import scenario
+    from emu.runs import scenario
     scn = scenario.load(path)
     return scenario.build(scn)
 
@@ -78,7 +78,7 @@ def _outputs(args, machine, model, result) -> dict:
     written = {}
     if not (args.trace or args.timeline):
         return written
-    from . import report
+    from emu.app import report
     functions = {f.old.id for p in model.patches for _, f in p.funcs() if f.old is not None}
     if args.trace:
         report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force)
@@ -149,7 +149,7 @@ def _emit_json(obj) -> None:
 # ---- commands -----------------------------------------------------------------------------------
 def _run(args) -> int:
     """`lpemu run` and `lpemu replay [--shrink]`: one run, printed."""
-    from .fuzz import Runner, shrink
+    from emu.runs.fuzz import Runner, shrink
     prog = _load(args.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
@@ -191,7 +191,7 @@ def _run(args) -> int:
 
 
 def _fuzz(args) -> int:
-    from . import campaign
+    from emu.runs import campaign
     prog = _load(args.scenario)
     fz = prog.scenario.fuzz
     models = args.model or fz.models
@@ -208,7 +208,7 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force need --out DIR")
     client = None
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
-        from . import distributed
+        from emu.runs import distributed
         client = distributed.connect(args.scheduler)
     plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + runs)), strategy)
     try:
@@ -270,7 +270,7 @@ def _print_summary(summary: dict, *, title: str) -> None:
 
 
 def _demo(args) -> int:
-    from . import demo
+    from emu.app import demo
     if args.runs < 1:
         raise UserError("--runs must be at least 1")
     bar, task = _progress(args.runs * len(demo.DEMO_MODELS) * len(demo.VARIANTS), not args.json, "demo")
@@ -290,7 +290,7 @@ def _demo(args) -> int:
 
 
 def _bench(args) -> int:
-    from . import bench
+    from emu.app import bench
     result = bench.run_bench(quick=args.quick)
     if args.json:
         _emit_json(result)
@@ -302,7 +302,7 @@ def _bench(args) -> int:
 
 
 def _diff(args) -> int:
-    from . import diff
+    from emu.images import diff
     d = diff.diff_sources(args.old, args.new, cflags=args.cflags.split() if args.cflags else ())
     if args.json:
         _emit_json(d.to_json())

@@ -15,7 +15,7 @@ transition (the kernel's klp_patches), oldest first.
 """
 from __future__ import annotations
 
-from .patch import Patch, State
+from emu.kernel.patch import Patch, State
 
 
 def get_state(patch: Patch, sid: int) -> State | None:

@@ -28,12 +28,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import core
-from .errors import UserError
-from .machine import EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SLEEP, EV_TRANSITION, \
+from emu.engine import core
+from emu.errors import UserError
+from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SLEEP, EV_TRANSITION, \
     EV_WAKE, Machine
-from .models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
-from .task import PATCHED, UNDEFINED, UNPATCHED
+from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
 
 # Events that end every activation of the task (the oracle's unit boundaries).
 _BOUNDARIES = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
@@ -80,7 +80,7 @@ def version_colour(version: int) -> str:
 
 
 def patched_functions(patches) -> set[int]:
-    """The old function ids a list of patches replaces (as emu.oracle.check's default)."""
+    """The old function ids a list of patches replaces (as emu.runs.oracle.check's default)."""
     return {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
 
 

@@ -50,7 +50,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
-from emu.image import FENTRY_NOP, _compile, _require_tools, _safe_stem
+from emu.images.image import FENTRY_NOP, _compile, _require_tools, _safe_stem
 
 __all__ = ["Diff", "diff_sources", "patch_plan"]
 

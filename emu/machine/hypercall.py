@@ -16,4 +16,4 @@ SHADOW_FREE_ALL = 10
 
 NAMES = {v: k.lower() for k, v in dict(globals()).items() if k.isupper() and isinstance(v, int)}
 
-HEADER = Path(__file__).resolve().parent / "include" / "lpemu.h"
+HEADER = Path(__file__).resolve().parent.parent / "include" / "lpemu.h"

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from . import core
-from .machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
-from .patch import Patch
-from .task import PATCHED
+from emu.engine import core
+from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+from emu.kernel.patch import Patch
+from emu.machine.task import PATCHED
 
 
 @dataclass(frozen=True)

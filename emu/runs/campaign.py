@@ -22,9 +22,9 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EmuError, UserError
-from .fuzz import Runner
-from .scenario import Program
+from emu.errors import EmuError, UserError
+from emu.runs.fuzz import Runner
+from emu.runs.scenario import Program
 
 RUNS_FILE = "runs.jsonl"
 META_FILE = "campaign.json"
@@ -74,7 +74,7 @@ class Campaign:
                  resume: bool = False, force: bool = False, batch: int | None = None,
                  scheduler: str | None = None):
         self.program = program
-        self.scheduler = scheduler     # a Dask scheduler address: run the batches there (emu.distributed)
+        self.scheduler = scheduler     # a Dask scheduler address: run the batches there (emu.runs.distributed)
         self.plan = plan
         self.jobs = max(1, jobs)
         self.out = Path(out) if out is not None else None
@@ -131,10 +131,10 @@ class Campaign:
         try:
             todo = self.todo()
             if client is None and self.scheduler is not None:
-                from . import distributed
+                from emu.runs import distributed
                 client = own = distributed.connect(self.scheduler)
             if client is not None:
-                from . import distributed
+                from emu.runs import distributed
                 if todo:
                     distributed.run(self, client, todo, runner.cycle(), progress)
             elif self.jobs == 1:

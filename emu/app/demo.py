@@ -14,11 +14,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from . import scenario
-from .campaign import Plan, summarize
-from .fuzz import Runner
+from emu.runs import scenario
+from emu.runs.campaign import Plan, summarize
+from emu.runs.fuzz import Runner
 
-SEED = Path(__file__).resolve().parent / "seed"
+SEED = Path(__file__).resolve().parent.parent / "seed"
 DEMO_MODELS = ("immediate", "stop_machine", "kgraft", "livepatch")
 VARIANTS = {"bar+baz": SEED / "scenario.toml", "foo+bar+baz": SEED / "scenario-foo.toml"}
 

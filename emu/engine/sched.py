@@ -8,8 +8,8 @@ once every CPU has parked.
 """
 from __future__ import annotations
 
-from . import core
-from .core import SCHED as K
+from emu.engine import core
+from emu.engine.core import SCHED as K
 
 FOREVER = 1 << 62
 NTF, NCF = K["TF_COUNT"], K["CF_COUNT"]

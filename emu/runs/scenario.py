@@ -23,7 +23,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import PatchError, ScenarioError
+from emu.errors import PatchError, ScenarioError
 
 MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
 STRATEGIES = ("exhaustive", "random", "pct")
@@ -410,8 +410,8 @@ class Program:
 def build(scn: Scenario) -> Program:
     """Compile the program, its modules and patches; check every name the
     scenario uses against the code. Raises ScenarioError, BuildError, PatchError."""
-    from .image import build_c
-    from .machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, _align_up
+    from emu.images.image import build_c
+    from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, _align_up
 
     base = build_c(scn.sources, base=BASE_IMAGE, name="vmlinux", cflags=scn.cflags)
     prog = Program(scn, base)
@@ -468,7 +468,7 @@ def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list
     """The functions a patch without a `functions` list carries: those its
     sources define differently from the program (emu/diff.py). Raises
     PatchError when the patch changes existing data."""
-    from .diff import patch_plan
+    from emu.images.diff import patch_plan
 
     try:
         plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)

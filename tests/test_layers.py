@@ -1,0 +1,59 @@
+"""The tree shows the layers: each subpackage of emu imports only from the
+layers below it (the order is emu/__init__.py's docstring). Imports inside
+functions count too."""
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parent.parent / "emu"
+LAYERS = ["errors", "images", "engine", "machine", "kernel", "models", "runs", "app"]
+
+
+def module_of(path: Path) -> str:
+    parts = path.relative_to(PKG.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def layer(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 and parts[0] == "emu" and parts[1] in LAYERS else None
+
+
+def imports(path: Path):
+    """(line, absolute module) of every import of an emu module in path."""
+    me = module_of(path)
+    is_pkg = path.name == "__init__.py"
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            for a in node.names:
+                yield node.lineno, a.name
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = me.split(".") if is_pkg else me.split(".")[:-1]
+                base = base[: len(base) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module
+            if target == "emu":       # from emu import x: x is a module or a name of emu
+                for a in node.names:
+                    yield node.lineno, f"emu.{a.name}"
+            else:
+                yield node.lineno, target
+
+
+SOURCES = sorted(p for p in PKG.rglob("*.py") if layer(module_of(p)))
+
+
+@pytest.mark.parametrize("path", SOURCES, ids=lambda p: str(p.relative_to(PKG)))
+def test_imports_go_down_the_layers(path):
+    mine = LAYERS.index(layer(module_of(path)))
+    wrong = [f"{path.relative_to(PKG)}:{line} imports {target}"
+             for line, target in imports(path)
+             if layer(target) is not None and LAYERS.index(layer(target)) > mine]
+    assert not wrong
+
+
+def test_every_module_is_in_a_layer():
+    loose = [p.name for p in PKG.glob("*.py") if p.stem not in ("__init__", "__main__", "errors")]
+    assert not loose
