@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CSRC   := $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: all install build demo test bench asan clean
+.PHONY: all install build demo test bench asan soak clean
 
 all: build
 
@@ -52,6 +52,12 @@ asan: $(STAMP)
 	  LD_PRELOAD="$$(gcc -print-file-name=libasan.so) $$(gcc -print-file-name=libubsan.so)" \
 	  PYTHONPATH=$(CURDIR)/$(ASAN_DIR) $(CURDIR)/$(PY) -m pytest -q -p no:cacheprovider \
 	  $(addprefix $(CURDIR)/,$(ASAN_TESTS)) --rootdir=$(CURDIR)
+
+# Thousands of generated scenarios under every model, each run held to the
+# emulator's own promises (emu/runs/soak.py); SCENARIOS=N to choose how many.
+SCENARIOS ?= 10000
+soak: build
+	$(PY) -m emu.runs.soak --scenarios $(SCENARIOS) --jobs $$(nproc)
 
 clean:
 	rm -rf build emu/_core_c*.so emu/.core_built emu/_core_c.c
