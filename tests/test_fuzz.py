@@ -94,12 +94,12 @@ def test_campaign_summary_does_not_depend_on_workers_or_interruptions(tmp_path):
 
 
 def test_cli_run_replay_fuzz_json(tmp_path, capsys):
-    assert cli.main(["run", str(SEED), "--model", "livepatch", "--at", "20633", "--json"]) == 0
+    assert cli.main(["run", str(SEED), "--model", "livepatch", "--at", "20633", "--json"]) == 1     # a finding
     run = json.loads(capsys.readouterr().out)
     assert run["inconsistent"] and run["outcome"] == "completed"
     assert any("patching complete" in text for _, text in run["log"])
     assert cli.main(["replay", str(SEED), "--model", "livepatch", "--seed", "4", "--strategy", "exhaustive",
-                     "--shrink", "--budget", "40", "--json"]) == 0
+                     "--shrink", "--budget", "40", "--json"]) == 1
     rep = json.loads(capsys.readouterr().out)
     assert rep["inconsistent"] and rep["shrunk_from"]["seed"] == 4 and rep["command"].startswith("lpemu run")
     out = tmp_path / "camp"

@@ -1,29 +1,44 @@
 """The `lpemu` command (also `python -m emu`).
 
-User errors print one message and exit with status 2, never a traceback.
+Exit status (EXIT_*): 0 no finding, 1 findings (run, replay: a finding of a
+kind --fail-on counts; fuzz: a model whose campaign breaks its [expect], or
+without one has a finding --fail-on counts; demo: a model that does not
+answer the seed question as expected, emu/app/demo.py EXPECTED), 2 usage or input
+error (one message on stderr, never a traceback), 130 interrupted.
 With --json a command prints one JSON object on stdout and nothing else there
-(progress goes to stderr).
+(progress and warnings go to stderr).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
+from emu import __version__
 from emu.errors import GuestFault, UserError
+from emu.runs import expect
 from emu.runs.scenario import MODELS, STRATEGIES
+
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 VERSION_NAMES = {0: "old", 1: "new"}
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
 def _console(stderr: bool = False):
+    """rich on a terminal; piped, lines are not wrapped or padded to a width."""
     from rich.console import Console
     con = Console(stderr=stderr, highlight=False)
     if not con.is_terminal:
-        con = Console(stderr=stderr, highlight=False, width=160)
+        con = Console(stderr=stderr, highlight=False, width=100_000, soft_wrap=True)
     return con
+
+
+def _table(headers, rows) -> str:
+    from emu.app.tables import format_table, width_of
+    return format_table(headers, rows, width=width_of(sys.stdout))
 
 
 def _load(path: str):
@@ -32,13 +47,17 @@ def _load(path: str):
     return scenario.build(scn)
 
 
-def _progress(total: int, enabled: bool, label: str):
-    """A rich progress bar on stderr (only when stderr is a terminal)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-    console = _console(stderr=True)
-    bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
-                   console=console, disable=not (enabled and console.is_terminal), transient=True)
-    return bar, bar.add_task(label, total=total)
+def _progress(label: str, totals: dict[str, int], args):
+    """Progress on stderr (emu/app/progress.py); --quiet turns it off."""
+    from emu.app.progress import Progress
+    return Progress(label, totals, enabled=not getattr(args, "quiet", False))
+
+
+def _fail_on(args) -> tuple[str, ...]:
+    try:
+        return expect.parse_fail_on(args.fail_on) if args.fail_on is not None else expect.DEFAULT_FAIL_ON
+    except ValueError as exc:
+        raise UserError(f"--fail-on: {exc}") from None
 
 
 def _spec_from_args(runner, args):
@@ -91,7 +110,6 @@ def _outputs(args, machine, model, result) -> dict:
 
 
 def _print_result(res, machine, model, *, title: str) -> None:
-    from rich.table import Table
     con = _console()
     spec = res.spec
     verdict = ("[bold red]INCONSISTENT[/]" if res.inconsistent else
@@ -106,21 +124,22 @@ def _print_result(res, machine, model, *, title: str) -> None:
         for t, text in machine.log:
             con.print(f"  [{t:>10}] {text}", markup=False)
     if res.transitions:
-        tab = Table(title="transitions", title_justify="left")
-        for col in ("patch", "target", "requested", "completed", "result", "attempts", "latency", "pause"):
-            tab.add_column(col)
+        rows = []
         for t in res.transitions:
             pause = max((e - s for s, e in t["pauses"]), default=None)
-            tab.add_row(t["patch"], t["target"], str(t["requested_at"]), str(t["completed_at"] or "-"),
-                        t["result"] + (f" ({t['error']})" if t["error"] else ""), str(t["attempts"]),
-                        str(t["latency"] if t["latency"] is not None else "-"),
-                        str(pause if pause is not None else "-"))
-        con.print(tab)
+            rows.append([t["patch"], t["target"], t["requested_at"], t["completed_at"] or "-",
+                         t["result"] + (f" ({t['error']})" if t["error"] else ""), t["attempts"],
+                         t["latency"] if t["latency"] is not None else "-", pause if pause is not None else "-"])
+        print("\ntransitions")
+        print(_table(("patch", "target", "requested", "completed", "result", "attempts", "latency", "pause"),
+                     rows))
         for t in res.transitions:
-            for b in t["blockers"]:
-                con.print(f"  blocked by task {b['task']}:", markup=False)
-                for line in b["stack"]:
-                    con.print(f"      {line}", markup=False)
+            for attempt in t.get("attempt_log", []):
+                for b in attempt["blockers"]:
+                    print(f"  {t['patch']}: attempt {attempt['attempt']} at t={attempt['clock']}: "
+                          f"blocked by task {b['task']}:")
+                    for line in b["stack"]:
+                        print(f"      {line}")
     for e in res.errors:
         con.print(f"  refused at t={e['time']}: {e['action']}: {e['error']}", markup=False)
     if res.fault:
@@ -148,57 +167,63 @@ def _emit_json(obj) -> None:
 
 # ---- commands -----------------------------------------------------------------------------------
 def _run(args) -> int:
-    """`lpemu run` and `lpemu replay [--shrink]`: one run, printed."""
+    """`lpemu run` and `lpemu replay [--shrink]`: one run, printed. Exit 1
+    when the run has a finding --fail-on counts."""
     from emu.runs.fuzz import Runner, shrink
+    fail_on = _fail_on(args)
     prog = _load(args.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
     if args.shrink:
-        bar, task = _progress(args.budget, not args.json, "shrinking")
-        with bar:
-            small, _, tried = shrink(runner, spec, budget=args.budget, progress=lambda: bar.advance(task))
+        with _progress("shrinking", {spec.model: args.budget}, args) as bar:
+            small, _, tried = shrink(runner, spec, budget=args.budget, progress=lambda: bar.advance(spec.model))
         shrunk = (spec, small, tried)
         spec = small
     res, m, model = runner.execute(spec, keep=True)
     try:
         written = _outputs(args, m, model, res)
+        record = res.to_json()
+        failing = expect.failing(record, fail_on)
         if args.json:
-            out = res.to_json() | {"log": [[t, text] for t, text in m.log], "status": model.status(),
-                                   "files": written,
-                                   "command": _command_line(args, spec)}
+            out = record | {"log": [[t, text] for t, text in m.log], "status": model.status(),
+                            "files": written, "findings": expect.findings(record), "fail_on": list(fail_on),
+                            "failing": failing, "command": _command_line(args, spec)}
             if shrunk:
                 out["shrunk_from"] = shrunk[0].to_json()
                 out["shrink_runs"] = shrunk[2]
             _emit_json(out)
-            return 0
-        what = "shrunk " if shrunk else "replay of " if args.command == "replay" else ""
-        _print_result(res, m, model, title=what + Path(args.scenario).name)
-        if shrunk:
-            orig = shrunk[0]
-            ntasks = sum(t.count for t in runner.scn.tasks)
-            print(f"\nshrunk in {shrunk[2]} runs: first action at {spec.start} (was {orig.start}), "
-                  f"{len(spec.tasks) if spec.tasks is not None else ntasks} tasks (was "
-                  f"{len(orig.tasks) if orig.tasks is not None else ntasks}), schedule {spec.schedule} "
-                  f"(was {orig.schedule}), {res.preemptions} preemptions")
-        print(f"\nreproduce: {_command_line(args, spec)}")
-        for kind, path in written.items():
-            print(f"{kind}: {path}")
+        else:
+            what = "shrunk " if shrunk else "replay of " if args.command == "replay" else ""
+            _print_result(res, m, model, title=what + Path(args.scenario).name)
+            if shrunk:
+                orig = shrunk[0]
+                ntasks = sum(t.count for t in runner.scn.tasks)
+                print(f"\nshrunk in {shrunk[2]} runs: first action at {spec.start} (was {orig.start}), "
+                      f"{len(spec.tasks) if spec.tasks is not None else ntasks} tasks (was "
+                      f"{len(orig.tasks) if orig.tasks is not None else ntasks}), schedule {spec.schedule} "
+                      f"(was {orig.schedule}), {res.preemptions} preemptions")
+            print(f"\nreproduce: {_command_line(args, spec)}")
+            for kind, path in written.items():
+                print(f"{kind}: {path}")
+            print(f"findings: {', '.join(expect.findings(record)) or 'none'}"
+                  f" (--fail-on {','.join(fail_on) or 'none'}: {'fail' if failing else 'pass'})")
     finally:
         m.engine.close()
         runner.close()
-    return 0
+    return EXIT_FINDINGS if failing else EXIT_OK
 
 
 def _fuzz(args) -> int:
     from emu.runs import campaign
+    fail_on = _fail_on(args)
     prog = _load(args.scenario)
     fz = prog.scenario.fuzz
-    models = args.model or fz.models
+    models = list(dict.fromkeys(args.model or fz.models))
     runs = args.runs or fz.runs
     strategy = args.strategy or fz.strategy
     seed = fz.seed if args.seed is None else args.seed
-    if runs < 1:
+    if args.runs is not None and args.runs < 1:
         raise UserError("--runs must be at least 1")
     if args.jobs is not None and args.jobs < 1:
         raise UserError("--jobs must be at least 1")
@@ -210,7 +235,7 @@ def _fuzz(args) -> int:
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
         client = distributed.connect(args.scheduler)
-    plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + runs)), strategy)
+    plan = campaign.Plan(str(Path(args.scenario).resolve()), models, list(range(seed, seed + runs)), strategy)
     try:
         camp = campaign.Campaign(prog, plan, jobs=args.jobs or campaign.default_jobs(),
                                  out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
@@ -218,22 +243,43 @@ def _fuzz(args) -> int:
         if client is not None:
             client.close()
         raise
-    todo = len(camp.todo())
-    bar, task = _progress(todo, not args.json, "fuzzing")
+    todo = camp.todo()
+    totals = {mo: sum(1 for m_, _ in todo if m_ == mo) for mo in models}
     interrupted = False
+    seen = len(camp.records)
+    started = time.monotonic()
+
+    def advance(bar, n):
+        nonlocal seen
+        recs = list(camp.records.values())[seen:]
+        seen = len(camp.records)
+        for r in recs:
+            bar.advance(r["model"], 1, 1 if expect.failing(r, fail_on) else 0)
+
     try:
-        with bar:
-            camp.run(progress=lambda n: bar.advance(task, n), client=client)
+        with _progress("fuzzing", totals, args) as bar:
+            camp.run(progress=lambda n: advance(bar, n), client=client)
     except KeyboardInterrupt:
         interrupted = True
     finally:
         camp.close()
         if client is not None:
             client.close()
+    seconds = time.monotonic() - started
     summary = camp.summary()
+    verdicts = [expect.judge(mo, prog.scenario.expect.get(mo, ()), fail_on,
+                             [r for (m_, _), r in camp.records.items() if m_ == mo and _ in plan.seeds])
+                for mo in models]
     summary["interrupted"] = interrupted
+    summary["fail_on"] = list(fail_on)
+    summary["verdicts"] = [v.to_json() for v in verdicts]
+    summary["ok"] = all(v.ok for v in verdicts)
     if args.out:
         summary["out"] = str(args.out)
+    replay = {v.model: _replay_command(args, v.model, v.seed, strategy) for v in verdicts if v.seed is not None}
+    if args.junit:
+        _write_junit(args.junit, prog, verdicts, camp.records, replay, seconds)
+        summary["junit"] = str(args.junit)
     if args.json:
         _emit_json(summary)
     else:
@@ -241,52 +287,96 @@ def _fuzz(args) -> int:
         if interrupted:
             print(f"interrupted: {len(camp.records)} runs kept" +
                   (f"; continue with --resume --out {args.out}" if args.out else ""))
-        for s in summary["models"]:
-            if s["first_failing_seed"] is not None:
-                print(f"{s['model']}: first failing seed {s['first_failing_seed']}: "
-                      f"lpemu replay {args.scenario} --model {s['model']} --seed {s['first_failing_seed']} "
-                      f"--strategy {strategy} --shrink")
-    return 130 if interrupted else 0
+        print()
+        for v in verdicts:
+            mark = "ok  " if v.ok else "FAIL"
+            print(f"{mark} {v.why}")
+            if v.model in replay:
+                print(f"     replay: {replay[v.model]}")
+        if args.junit:
+            print(f"junit: {args.junit}")
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_OK if summary["ok"] else EXIT_FINDINGS
+
+
+def _replay_command(args, model: str, seed: int, strategy: str) -> str:
+    return f"lpemu replay {args.scenario} --model {model} --seed {seed} --strategy {strategy} --shrink"
+
+
+def _write_junit(path, prog, verdicts, records, replay, seconds: float) -> None:
+    """One test case per model of the campaign (emu/app/junit.py)."""
+    from emu.app import junit
+    name = prog.scenario.name
+    total = max(1, len(records))
+    cases = []
+    for v in verdicts:
+        recs = [r for (m_, _), r in records.items() if m_ == v.model]
+        details = []
+        if v.seed is not None:
+            first = next(r for r in recs if r["seed"] == v.seed)
+            details += [f"first failing seed: {v.seed}", f"summary: {expect.summary_line(first)}",
+                        *(f"  {_describe_inconsistency(b)}" for b in first.get("inconsistencies", [])[:3]),
+                        *(f"  assertion failed: {x['assert']!r} on observe({x['key']}, {x['value']}) by task "
+                          f"{x['task']} at t={x['time']}" for x in first.get("violations", [])[:3]),
+                        f"replay: {replay[v.model]}"]
+        cases.append(junit.Case(name, v.model, v.ok, v.why, details, seconds * len(recs) / total,
+                                "surprise" if v.expected else "finding"))
+    junit.write(path, {name: cases})
+
+
+def _describe_inconsistency(bad: dict) -> str:
+    runs = ", ".join(f"{e['function']} v{e['version']} at {e['clock']}" for e in bad["entries"])
+    return f"inconsistent: task {bad['task']}, {bad['unit']} (t={bad['start']}..{bad['end']}): {runs}"
+
+
+SUMMARY_COLUMNS = (("model", "model"), ("runs", "runs"), ("inconsistent", "inconsistent"),
+                   ("bad_values", "bad values"), ("completed", "completed"), ("failed", "failed"),
+                   ("stalled", "stalled"), ("faults", "faults"), ("latency_median", "latency median"),
+                   ("latency_max", "latency max"), ("pause_median", "pause median"), ("pause_max", "pause max"),
+                   ("first_failing_seed", "first failing seed"))
 
 
 def _print_summary(summary: dict, *, title: str) -> None:
-    from rich.table import Table
-    tab = Table(title=title, title_justify="left")
-    cols = ("model", "runs", "inconsistent", "bad values", "completed", "failed", "stalled", "faults",
-            "latency median", "latency max", "pause median", "pause max", "first failing seed")
-    for c in cols:
-        tab.add_column(c, justify="left" if c == "model" else "right")
-
     def f(v):
         return "-" if v is None else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+    rows = []
     for s in summary["models"]:
-        tab.add_row(s["model"], f(s["runs"]), f(s["inconsistent"]), f(s["bad_values"]), f(s["completed"]),
-                    f(s["failed"]), f(s["stalled"]), f(s["fault"] + s["error"] + s["crash"]),
-                    f(s["latency_median"]), f(s["latency_max"]), f(s["pause_median"]), f(s["pause_max"]),
-                    f(s["first_failing_seed"]))
-    _console().print(tab)
+        s = s | {"faults": s["fault"] + s["error"] + s["crash"]}
+        rows.append([f(s[key]) for key, _ in SUMMARY_COLUMNS])
+    print(title)
+    print(_table([head for _, head in SUMMARY_COLUMNS], rows))
     print("times in virtual instructions (1 s = 100 ticks); latency: from the request to completion; "
           "pause: every CPU stopped")
 
 
 def _demo(args) -> int:
     from emu.app import demo
+    from emu.app.tables import width_of
     if args.runs < 1:
         raise UserError("--runs must be at least 1")
-    bar, task = _progress(args.runs * len(demo.DEMO_MODELS) * len(demo.VARIANTS), not args.json, "demo")
-    with bar:
-        results = demo.run_demo(runs=args.runs, progress=lambda: bar.advance(task))
+    totals = {f"{m}/{v}": args.runs for v in demo.VARIANTS for m in demo.DEMO_MODELS}
+    with _progress("demo", totals, args) as bar:
+        results = demo.run_demo(runs=args.runs,
+                                progress=lambda model, variant, bad: bar.advance(f"{model}/{variant}", 1, bad))
+    surprises = [s for s in results if s.surprise]
     if args.json:
-        _emit_json({"results": [s.to_json() for s in results]})
-        return 0
+        _emit_json({"results": [s.to_json() for s in results], "ok": not surprises})
+        return EXIT_FINDINGS if surprises else EXIT_OK
     print("Is the seed patch safe? foo() { f = bar(); something_else(); baz(f); },\n"
           "the patch changes what bar() returns and patches baz() to match.\n"
           f"{args.runs} transition start points per row, each run checked by the oracle.\n")
-    print(demo.table(results))
+    print(demo.table(results, width=width_of(sys.stdout)))
     for s in results:
         if s.example:
             print(f"\n{s.model} / {s.variant}, first inconsistent run (seed {s.first_failing_seed}):\n  {s.example}")
-    return 0
+    print()
+    for s in results:
+        if s.surprise:
+            print(f"FAIL {s.variant}: {s.surprise}")
+    if not surprises:
+        print("every model answered the seed question as expected")
+    return EXIT_FINDINGS if surprises else EXIT_OK
 
 
 def _bench(args) -> int:
@@ -318,87 +408,138 @@ def _diff(args) -> int:
 
 
 # ---- the parser -----------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lpemu", description="live-patching laboratory: real x86-64 code in "
-                                "Unicorn under every kernel live-patching consistency model")
-    sub = p.add_subparsers(dest="command", required=True)
+EPILOGS = {
+    "demo": "example:\n  lpemu demo --runs 48",
+    "run": "examples:\n  lpemu run examples/seed/scenario.toml --model livepatch --seed 4\n"
+           "  lpemu run examples/seed/scenario.toml --model livepatch --seed 4 --trace /tmp/seed.json "
+           "--timeline /tmp/seed.png",
+    "replay": "example:\n  lpemu replay examples/seed/scenario.toml --model stop_machine --seed 0 --shrink",
+    "fuzz": "examples:\n  lpemu fuzz examples/seed/scenario.toml --runs 200 --out /tmp/seed-runs\n"
+            "  lpemu fuzz examples/seed/scenario.toml --model livepatch --junit /tmp/lpemu.xml",
+    "bench": "example:\n  lpemu bench --quick --plot /tmp/scaling.png",
+    "diff": "example:\n  lpemu diff examples/seed/base.c examples/seed/patch.c",
+}
+EXIT_HELP = ("exit status: 0 no finding, 1 findings (see --fail-on and [expect]), 2 usage or input error, "
+             "130 interrupted")
+FAIL_ON_HELP = (f"comma-separated finding kinds that fail the command: {', '.join(expect.FINDINGS)}, "
+                f"or all, or none (default: {','.join(expect.DEFAULT_FAIL_ON)})")
 
-    d = sub.add_parser("demo", help="run the seed scenario under every model and print the comparison")
-    d.add_argument("--runs", type=int, default=24, help="transition start points per model and variant")
-    d.add_argument("--json", action="store_true", help="print one JSON object")
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    p = argparse.ArgumentParser(prog="lpemu", formatter_class=fmt, epilog=EXIT_HELP,
+                                description="live-patching laboratory: real x86-64 code in "
+                                "Unicorn under every kernel live-patching consistency model")
+    p.add_argument("--version", action="version", version=f"lpemu {__version__}",
+                   help="print the version and exit")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+
+    def command(name, help_):
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"{EPILOGS[name]}\n\n{EXIT_HELP}",
+                              formatter_class=fmt)
+
+    def json_flag(sp):
+        sp.add_argument("--json", action="store_true", help="print one JSON object on stdout and nothing else")
+
+    def quiet_flag(sp):
+        sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
+
+    d = command("demo", "run the seed scenario under every model and print the comparison")
+    d.add_argument("--runs", type=int, default=24, help="transition start points per model and variant "
+                   "(default: 24)")
+    json_flag(d)
+    quiet_flag(d)
     d.set_defaults(func=_demo)
 
-    def one_run(sp, *, model_required=True):
+    def one_run(sp):
         sp.add_argument("scenario", help="scenario file (TOML)")
-        sp.add_argument("--model", required=model_required, choices=MODELS)
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--strategy", choices=STRATEGIES, help="how the seed picks the run (default: [fuzz])")
+        sp.add_argument("--model", required=True, choices=MODELS, help="consistency model")
+        sp.add_argument("--seed", type=int, default=0, help="run seed: picks the start point and schedule "
+                        "(default: 0)")
+        sp.add_argument("--strategy", choices=STRATEGIES, help="how the seed picks the run (default: [fuzz] "
+                        "strategy)")
         sp.add_argument("--at", type=int, help="virtual time of the first action (overrides the seed's)")
-        sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy")
+        sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy (overrides "
+                        "the seed's)")
         sp.add_argument("--sched-seed", type=int, help="seed of a random or pct schedule")
-        sp.add_argument("--preempt", choices=("none", "voluntary", "full"))
+        sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
+                        "(default: [machine] preempt)")
         sp.add_argument("--tasks", help="comma-separated task names that take part (default: all)")
-        sp.add_argument("--trace", help="write a Perfetto/Chrome trace (JSON) of the run")
-        sp.add_argument("--timeline", help="write a timeline picture (.png or .svg) of the run")
+        sp.add_argument("--trace", metavar="FILE", help="write a Perfetto/Chrome trace (JSON) of the run")
+        sp.add_argument("--timeline", metavar="FILE", help="write a timeline picture (.png or .svg) of the run")
+        sp.add_argument("--window", metavar="START:END", help="the timeline's span of virtual time, in "
+                        "instructions (default: around the first finding; 'all' for the whole run)")
         sp.add_argument("--force", action="store_true", help="overwrite --trace/--timeline files")
-        sp.add_argument("--json", action="store_true", help="print one JSON object")
+        sp.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP)
+        json_flag(sp)
 
-    r = sub.add_parser("run", help="one deterministic run")
+    r = command("run", "one deterministic run")
     one_run(r)
     r.set_defaults(func=_run, shrink=False)
 
-    rp = sub.add_parser("replay", help="re-run one run of a campaign exactly; --shrink minimizes it")
+    rp = command("replay", "re-run one run of a campaign exactly; --shrink minimizes it")
     one_run(rp)
     rp.add_argument("--shrink", action="store_true", help="find the smallest failing variant")
-    rp.add_argument("--budget", type=int, default=200, help="runs the shrinker may spend")
+    rp.add_argument("--budget", type=int, default=200, help="runs the shrinker may spend (default: 200)")
+    quiet_flag(rp)
     rp.set_defaults(func=_run)
 
-    f = sub.add_parser("fuzz", help="a transition-timing campaign")
-    f.add_argument("scenario")
+    f = command("fuzz", "a transition-timing campaign; [expect] or --fail-on decides the exit status")
+    f.add_argument("scenario", help="scenario file (TOML)")
     f.add_argument("--model", action="append", choices=MODELS, help="model (repeatable; default: [fuzz] models)")
     f.add_argument("--runs", type=int, help="runs per model (default: [fuzz] runs)")
     f.add_argument("--jobs", type=int, help="worker processes (default: every core)")
-    f.add_argument("--strategy", choices=STRATEGIES)
+    f.add_argument("--strategy", choices=STRATEGIES, help="how seeds pick runs (default: [fuzz] strategy)")
     f.add_argument("--seed", type=int, help="first seed (default: [fuzz] seed)")
-    f.add_argument("--out", help="directory for runs.jsonl, summary.json, campaign.json")
+    f.add_argument("--out", metavar="DIR", help="directory for runs.jsonl, summary.json, campaign.json "
+                   "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     f.add_argument("--force", action="store_true", help="replace the results in --out")
     f.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
-    f.add_argument("--json", action="store_true")
+    f.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP + "; a model with an [expect] entry is "
+                   "judged by it instead")
+    f.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per model (replaced "
+                   "if it exists)")
+    json_flag(f)
+    quiet_flag(f)
     f.set_defaults(func=_fuzz)
 
-    b = sub.add_parser("bench", help="what a patch switch costs, and what the emulator costs")
+    b = command("bench", "what a patch switch costs, and what the emulator costs")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
-    b.add_argument("--plot", help="write the scaling plot (.png or .svg)")
-    b.add_argument("--json", action="store_true")
+    b.add_argument("--plot", metavar="FILE", help="write the scaling plot (.png or .svg)")
+    json_flag(b)
     b.set_defaults(func=_bench)
 
-    df = sub.add_parser("diff", help="the functions a patch must carry (OLD.c -> NEW.c)")
-    df.add_argument("old")
-    df.add_argument("new")
-    df.add_argument("--cflags", help="extra compiler flags")
-    df.add_argument("--json", action="store_true")
+    df = command("diff", "the functions a patch must carry (OLD.c -> NEW.c)")
+    df.add_argument("old", help="the original source or object file")
+    df.add_argument("new", help="the patched source or object file")
+    df.add_argument("--cflags", help="extra compiler flags (one string, split at spaces)")
+    json_flag(df)
     df.set_defaults(func=_diff)
     return p
 
 
 def main(argv=None) -> int:
+    """Run the command line; returns the exit status (module docstring)."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_OK
     try:
         return args.func(args)
     except UserError as exc:
         print(f"lpemu: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     except GuestFault as exc:
         print(f"lpemu: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_FINDINGS
     except KeyboardInterrupt:
         print("lpemu: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     except BrokenPipeError:
-        return 0
+        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover

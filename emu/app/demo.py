@@ -7,20 +7,33 @@ or foo+bar+baz (scenario-foo.toml). Under each model a transition starts at
 `runs` points spread over one cycle of the tasks (the exhaustive strategy),
 and each run is checked by the oracle (a system call that ran an old bar and
 a new baz is inconsistent) and by the scenario's value assertion (the new
-baz must receive thousandths).
+baz must receive thousandths). Each row is judged by EXPECTED (the words of
+emu/runs/expect.py): a model that does not answer the seed question as
+expected is a surprise.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from emu.runs import scenario
+from emu.app.tables import format_table
+from emu.runs import expect, scenario
 from emu.runs.campaign import Plan, summarize
 from emu.runs.fuzz import Runner
 
 SEED = Path(__file__).resolve().parent.parent / "seed"
 DEMO_MODELS = ("immediate", "stop_machine", "kgraft", "livepatch")
 VARIANTS = {"bar+baz": SEED / "scenario.toml", "foo+bar+baz": SEED / "scenario-foo.toml"}
+#: the seed question's answer, per variant and model (emu/runs/expect.py's words): neither
+#: stop_machine nor livepatch looks for foo on a stack unless foo is in the patch; kGraft runs a
+#: whole system call in one universe; kpatch may give up (-EBUSY) while a task sleeps in foo.
+#: The scenario files carry no [expect], so `lpemu fuzz` on them reports what it finds.
+EXPECTED = {
+    "bar+baz": {"immediate": ("unsafe",), "stop_machine": ("unsafe",), "kgraft": ("safe", "completes"),
+                "livepatch": ("unsafe",)},
+    "foo+bar+baz": {"immediate": ("unsafe",), "stop_machine": ("safe",), "kgraft": ("safe", "completes"),
+                    "livepatch": ("safe", "completes")},
+}
 
 
 @dataclass
@@ -39,24 +52,32 @@ class Summary:
     latency_median: float | None = None
     latency_max: int | None = None
     example: str | None = None
+    expected: tuple[str, ...] = ()
+    surprise: str | None = None        # why the row breaks its [expect], if it does
 
     def to_json(self) -> dict:
         return asdict(self)
 
 
 def run_demo(*, runs: int = 24, models=DEMO_MODELS, progress=None) -> list[Summary]:
+    """Every model under both variants; progress(model, variant, failing)
+    after each run (failing: 1 if it has a finding of the default kinds)."""
     results = []
     for variant, path in VARIANTS.items():
         plan = Plan(str(path), list(models), list(range(runs)), "exhaustive")
         records = {}
-        with Runner(scenario.build(scenario.load(path))) as runner:
+        prog = scenario.build(scenario.load(path))
+        with Runner(prog) as runner:
             for model, seed in plan.runs():
-                records[model, seed] = runner.execute(runner.plan(model, seed, strategy="exhaustive")).to_json()
+                rec = records[model, seed] = runner.execute(runner.plan(model, seed, strategy="exhaustive")).to_json()
                 if progress:
-                    progress()
+                    progress(model, variant, 1 if expect.failing(rec, expect.DEFAULT_FAIL_ON) else 0)
         for row in summarize(plan, records)["models"]:
             keep = {k: row[k] for k in (f.name for f in fields(Summary)) if k in row}
-            results.append(Summary(**keep, variant=variant, example=_example(plan, records, row["model"])))
+            wanted = EXPECTED[variant].get(row["model"], ())
+            verdict = expect.judge_expectations(row["model"], wanted, [records[row["model"], s] for s in plan.seeds])
+            results.append(Summary(**keep, variant=variant, example=_example(plan, records, row["model"]),
+                                   expected=wanted, surprise=None if verdict.ok else verdict.why))
     order = {m: i for i, m in enumerate(models)}
     return sorted(results, key=lambda s: (order[s.model], s.variant != "bar+baz"))
 
@@ -71,11 +92,9 @@ def _example(plan: Plan, records: dict, model: str) -> str | None:
     return None
 
 
-def table(results) -> str:
-    head = f"{'model':<13} {'patch':<12} {'runs':>5} {'inconsistent':>12} {'bad values':>10} " \
-           f"{'completed':>9} {'failed':>6} {'stalled':>7}"
-    lines = [head, "-" * len(head)]
-    for s in results:
-        lines.append(f"{s.model:<13} {s.variant:<12} {s.runs:>5} {s.inconsistent:>12} {s.bad_values:>10} "
-                     f"{s.completed:>9} {s.failed:>6} {s.stalled:>7}")
-    return "\n".join(lines)
+def table(results, *, width: int | None = None) -> str:
+    """The comparison (emu/app/tables.py: fitted to width when given)."""
+    heads = ("model", "patch", "runs", "inconsistent", "bad values", "completed", "failed", "stalled", "expected")
+    rows = [[s.model, s.variant, s.runs, s.inconsistent, s.bad_values, s.completed, s.failed, s.stalled,
+             ("" if not s.expected else ",".join(s.expected) + (" (NO)" if s.surprise else ""))] for s in results]
+    return format_table(heads, rows, width=width, right=[False, False] + [True] * 6 + [False])

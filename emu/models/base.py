@@ -21,6 +21,15 @@ from emu.machine.task import Task
 T_START, T_COMPLETE, T_FAIL, T_REVERSE, T_CANCEL, T_STALL = range(6)
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """One try of a transition that did not complete: the attempt's number,
+    when it ran and the tasks that blocked it with their symbolized stacks."""
+    attempt: int
+    clock: int
+    blockers: tuple[tuple[str, tuple[str, ...]], ...]
+
+
 @dataclass
 class Transition:
     """One patching or unpatching operation, as the fuzzer and reports see it."""
@@ -33,7 +42,14 @@ class Transition:
     error: str | None = None
     attempts: int = 0
     pauses: list[tuple[int, int]] = field(default_factory=list)   # stop_machine (stopped, released)
-    blockers: list[tuple[str, list[str]]] = field(default_factory=list)
+    blockers: list[tuple[str, list[str]]] = field(default_factory=list)    # the current attempt's
+    history: list[Attempt] = field(default_factory=list)                   # every blocked attempt's
+
+    def block(self, clock: int, blockers) -> None:
+        """The attempt in progress is blocked by blockers ([(task, stack)]):
+        they become the current blockers and stay in history."""
+        self.blockers = blockers
+        self.history.append(Attempt(self.attempts, clock, tuple((n, tuple(s)) for n, s in blockers)))
 
     @property
     def latency(self) -> int | None:

@@ -112,7 +112,7 @@ class KGraft(Model):
             left = [x for x in self.all_tasks() if x.pending and x.state is not RunState.EXITED]
             if not left:
                 break
-            t.blockers = [(x.name, self.m.backtrace(x) if not x.is_idle else []) for x in left]
+            t.block(self.m.now, [(x.name, self.m.backtrace(x) if not x.is_idle else []) for x in left])
             if self.wake_after is not None and self.m.now - t.started_at >= self.m.seconds(self.wake_after):
                 for x in left:
                     if not x.is_idle:

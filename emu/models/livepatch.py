@@ -415,7 +415,7 @@ class Livepatch(Model):
             if not ok:
                 blockers.append((cpu.idle.name, [f"({why})"]))
         if blockers:
-            t.blockers = blockers
+            t.block(self.m.now, blockers)
             if self.signals_cnt and self.signals_cnt % SIGNALS_TIMEOUT == 0:
                 self._send_signals()
             self.signals_cnt += 1

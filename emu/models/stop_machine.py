@@ -143,7 +143,7 @@ class StopMachine(Model):
 
     def _report(self, t, task, what, entries) -> None:
         stack = self.describe_stack(task, entries)
-        t.blockers = [(task.name, stack)]
+        t.block(self.m.now, [(task.name, stack)])
         if what in unwind.REASONS.values():
             self.printk(f"{self.prefix}more than {self.max_entries + 1} trace entries!"
                         if "entries" in what else f"{self.prefix}stack of {task.name} unusable: {what}")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from emu.errors import EmuError, UserError
+from emu.runs.expect import FINDINGS, findings
 from emu.runs.fuzz import Runner
 from emu.runs.scenario import Program
 
@@ -250,6 +251,7 @@ def summarize(plan: Plan, records: dict) -> dict:
             "latency_median": statistics.median(lat) if lat else None, "latency_max": max(lat) if lat else None,
             "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,
             "first_failing_seed": min(failing) if failing else None,
+            "findings": {k: sum(k in findings(r) for r in recs) for k in FINDINGS},
         })
     return {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
             "models": models}

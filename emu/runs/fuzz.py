@@ -340,7 +340,8 @@ class Runner:
                             "requested_at": t.requested_at, "completed_at": t.completed_at,
                             "result": t.result, "error": t.error, "attempts": t.attempts,
                             "latency": t.latency, "pauses": [list(p) for p in t.pauses],
-                            "blockers": [{"task": n, "stack": list(s)} for n, s in t.blockers]}
+                            "blockers": [{"task": n, "stack": list(s)} for n, s in t.blockers],
+                            "attempt_log": _attempt_log(t.history)}
                            for t in model.transitions]
         results = {t.result for t in model.transitions}
         if res.fault:
@@ -379,6 +380,14 @@ class Runner:
                     if len(res.violations) < MAX_REPORTED:
                         res.violations.append({"assert": a.text, "line": a.line, "task": env["task"],
                                                "time": clock, "key": key, "value": value, "error": why})
+
+
+def _attempt_log(history) -> list[dict]:
+    """Blocked attempts of a transition as JSON: the first MAX_REPORTED - 1
+    and the last (a kGraft check that runs every few ticks blocks often)."""
+    kept = history if len(history) <= MAX_REPORTED else [*history[:MAX_REPORTED - 1], history[-1]]
+    return [{"attempt": a.attempt, "clock": a.clock,
+             "blockers": [{"task": n, "stack": list(s)} for n, s in a.blockers]} for a in kept]
 
 
 def _rebind(m: Machine, patch) -> None:

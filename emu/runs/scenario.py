@@ -8,6 +8,7 @@
     [[action]]  at, do (enable|disable|force|load|unload), patch | module
     [check]     unit, assert, observe
     [fuzz]      models, runs, strategy, seed, horizon, window, depth
+    [expect]    MODEL = "safe" | ["safe", "completes"] ...  (emu/runs/expect.py)
 
 Paths are relative to the scenario file. Every mistake is a ScenarioError
 naming the file, the line and the key; unknown keys are mistakes too.
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.errors import PatchError, ScenarioError
+from emu.runs.expect import EXPECTATIONS
 
 MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
 STRATEGIES = ("exhaustive", "random", "pct")
@@ -115,10 +117,12 @@ class Scenario:
     unit: str = "syscall"
     assertions: list[Assertion] = field(default_factory=list)
     fuzz: FuzzSpec = field(default_factory=FuzzSpec)
+    expect: dict[str, tuple[str, ...]] = field(default_factory=dict)    # model -> expectations
 
     @property
     def name(self) -> str:
-        return self.path.stem if self.path.stem != "scenario" else self.path.parent.name
+        stem = self.path.name.removesuffix(".toml").removesuffix(".lpemu")
+        return stem if stem != "scenario" else self.path.parent.name
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -381,8 +385,28 @@ def load(path) -> Scenario:
         raise fz.error("depth", "must be at least 1")
     fz.finish()
     scn.fuzz = f
+    scn.expect = _expectations(table("expect"))
     top.finish()
     return scn
+
+
+def _expectations(r: _Reader) -> dict[str, tuple[str, ...]]:
+    """[expect]: model = "word" or ["word", ...] (words of emu/runs/expect.py)."""
+    out = {}
+    for model in list(r.data):
+        if model not in MODELS:
+            raise r.error(model, f"unknown model '{model}' (one of {', '.join(MODELS)})")
+        words = r.str_list(model)
+        if not words:
+            raise r.error(model, "names no expectation")
+        for w in words:
+            if w not in EXPECTATIONS:
+                raise r.error(model, f"unknown expectation {w!r} (one of {', '.join(EXPECTATIONS)})")
+        if {"safe", "unsafe"} <= set(words):
+            raise r.error(model, "cannot be both safe and unsafe")
+        out[model] = tuple(dict.fromkeys(words))
+    r.finish()
+    return out
 
 
 def _assertion(r: _Reader, key: str, text: str, obs_key: int | None) -> Assertion:

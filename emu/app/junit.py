@@ -1,0 +1,65 @@
+"""JUnit XML of campaigns, for CI: one test case per (scenario, model).
+
+The layout is the one CI servers read (Jenkins' junit.xsd, which GitLab and
+GitHub reporters follow): <testsuites> holding one <testsuite> per scenario
+with name, tests, failures, errors, skipped and time; each <testcase> has
+name (the model), classname (the scenario) and time, and a failed one holds
+one <failure message=... type=...> whose text gives the first failing seed,
+what that run found and the command that replays it.
+"""
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from emu.errors import UserError
+
+
+@dataclass
+class Case:
+    """One (scenario, model): its verdict and, when it failed, the replay."""
+    scenario: str
+    model: str
+    ok: bool
+    message: str
+    details: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    kind: str = "finding"          # failure type: finding, or surprise (an [expect] not met)
+
+
+def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
+    """suites: scenario name -> its cases, as a JUnit XML tree."""
+    root = ET.Element("testsuites", name="lpemu")
+    totals = {"tests": 0, "failures": 0}
+    for name, cases in suites.items():
+        failures = sum(not c.ok for c in cases)
+        suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(cases)), failures=str(failures),
+                              errors="0", skipped="0", time=f"{sum(c.seconds for c in cases):.3f}")
+        for c in cases:
+            case = ET.SubElement(suite, "testcase", name=c.model, classname=c.scenario, time=f"{c.seconds:.3f}")
+            if not c.ok:
+                failure = ET.SubElement(case, "failure", message=c.message, type=c.kind)
+                failure.text = "\n".join([c.message, *c.details])
+            else:
+                out = ET.SubElement(case, "system-out")
+                out.text = c.message
+        totals["tests"] += len(cases)
+        totals["failures"] += failures
+    root.set("tests", str(totals["tests"]))
+    root.set("failures", str(totals["failures"]))
+    root.set("errors", "0")
+    tree = ET.ElementTree(root)
+    ET.indent(tree)
+    return tree
+
+
+def write(path, suites: dict[str, list[Case]]) -> Path:
+    """Write document(suites) to path (replacing it: a CI report is rewritten
+    on every run); returns the path. Raises UserError when it cannot be written."""
+    path = Path(path)
+    try:
+        document(suites).write(path, encoding="utf-8", xml_declaration=True)
+    except OSError as exc:
+        raise UserError(f"--junit {path}: cannot write it ({exc.strerror})") from None
+    return path
