@@ -176,5 +176,5 @@ def test_guest_faults_are_results_not_crashes(d, capsys):
     out = capsys.readouterr()
     import json
     res = json.loads(out.out)
-    assert code == 0 and res["outcome"] == "fault"
+    assert code == 1 and res["outcome"] == "fault" and res["failing"] == ["fault"]   # a finding
     assert "unmapped" in res["fault"] and "bar+0x" in res["fault"] and "task 'user'" in res["fault"]
