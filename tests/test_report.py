@@ -7,7 +7,8 @@ import pytest
 from emu.engine import core
 from emu.app import report
 from emu.errors import UserError
-from emu.machine.machine import EV_KERNEL_EXIT, Machine
+from emu.machine.machine import EV_KERNEL_EXIT, EV_PATCH_STATE, Machine
+from emu.machine.task import PATCHED
 from emu.models import make_model
 from emu.kernel.patch import make_patch
 
@@ -91,21 +92,45 @@ def test_activations_open_when_the_trace_ends_end_with_it(compile_c):
     assert all(s.end == m.now for s in unfinished)
 
 
-def _check_event(e):
-    for key in ("ph", "ts", "pid", "tid", "name"):
-        assert key in e, (key, e)
-    assert isinstance(e["ts"], (int, float)) and e["ts"] >= 0
-    if e["ph"] == "X":
-        assert e["dur"] >= 0
-    elif e["ph"] == "i":
-        assert e["s"] in ("g", "p", "t")
-    else:
-        assert e["ph"] == "M" and ("name" in e["args"] or "sort_index" in e["args"])
+# The trace-event format (the JSON object form that ui.perfetto.dev and
+# chrome://tracing read): the fields each phase requires, and the names
+# metadata events may have.
+_REQUIRED = {"X": ("name", "ph", "ts", "dur", "pid", "tid"), "i": ("name", "ph", "ts", "pid", "tid", "s"),
+             "C": ("name", "ph", "ts", "pid", "args"), "M": ("name", "ph", "pid", "args")}
+_METADATA = {"process_name": "name", "process_sort_index": "sort_index", "thread_name": "name",
+             "thread_sort_index": "sort_index"}
+_TOP = {"traceEvents", "displayTimeUnit", "otherData", "systemTraceEvents", "stackFrames", "samples"}
+
+
+def check_trace_event_format(data) -> None:
+    """Fails unless data is a valid trace-event JSON object."""
+    assert isinstance(data, dict) and isinstance(data["traceEvents"], list) and set(data) <= _TOP
+    assert data.get("displayTimeUnit", "ms") in ("ms", "ns")
+    for e in data["traceEvents"]:
+        assert e["ph"] in _REQUIRED, e
+        for key in _REQUIRED[e["ph"]]:
+            assert key in e, (key, e)
+        assert isinstance(e["name"], str) and isinstance(e["pid"], int) and isinstance(e.get("tid", 0), int)
+        assert isinstance(e.get("ts", 0), (int, float)) and e.get("ts", 0) >= 0
+        if e["ph"] == "X":
+            assert isinstance(e["dur"], (int, float)) and e["dur"] >= 0
+        elif e["ph"] == "i":
+            assert e["s"] in ("g", "p", "t")
+        elif e["ph"] == "C":
+            assert e["args"] and all(isinstance(v, (int, float)) for v in e["args"].values())
+        else:
+            assert e["name"] in _METADATA and _METADATA[e["name"]] in e["args"]
+    # complete events of one track (pid, tid) nest or follow each other, as Perfetto's importer requires
+    tracks = {}
+    for e in data["traceEvents"]:
+        if e["ph"] == "X":
+            tracks.setdefault((e["pid"], e["tid"]), []).append(e)
+    for events in tracks.values():
+        assert _nested(events)
 
 
 def _nested(events):
-    """Complete events of one track either nest or follow each other, as
-    Perfetto's JSON importer requires."""
+    """Complete events of one track either nest or follow each other."""
     ends = []
     for e in events:
         while ends and ends[-1] <= e["ts"]:
@@ -120,15 +145,14 @@ def _nested(events):
 def test_perfetto_object_is_valid_trace_event_json(livepatch_run):
     m, model, functions = livepatch_run
     data = json.loads(json.dumps(report.perfetto(m, model.transitions, functions)))
-    assert data["displayTimeUnit"] == "ns" and data["otherData"]["instructions_per_second"] == m.seconds(1)
+    check_trace_event_format(data)
+    assert data["displayTimeUnit"] == "ms" and data["otherData"]["instructions_per_second"] == m.seconds(1)
     events = data["traceEvents"]
-    for e in events:
-        _check_event(e)
     ts = [e["ts"] for e in events if e["ph"] != "M"]
     assert ts == sorted(ts)
-    process = [e for e in events if e["name"] == "process_name"]
-    assert [e["args"]["name"] for e in process] == ["lpemu report-test"]
-    threads = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name"}
+    process = {e["pid"]: e["args"]["name"] for e in events if e["name"] == "process_name"}
+    assert process == {report.PID: "lpemu report-test", report.CPU_PID: "CPUs"}
+    threads = {e["tid"]: e["args"]["name"] for e in events if e["name"] == "thread_name" and e["pid"] == report.PID}
     for task in m.tasks:
         assert list(threads.values()).count(task.name) == 1
     spans = [e for e in events if e["ph"] == "X" and e.get("cat") == "function"]
@@ -138,16 +162,37 @@ def test_perfetto_object_is_valid_trace_event_json(livepatch_run):
         assert threads[e["tid"]] == e["args"]["task"]
         assert e["cname"] == report.version_cname(e["args"]["version"])
     assert {e["cname"] for e in spans} == {"rail_response", "rail_load"}
-    for tid in threads:
-        assert _nested([e for e in events if e["ph"] == "X" and e["tid"] == tid])
     # virtual time: 1 s = seconds(1) instructions = 1e6 us
     first = min(spans, key=lambda e: e["ts"])
     assert first["ts"] == pytest.approx(first["args"]["start_insn"] * 1e6 / m.seconds(1))
     kinds = {e["args"]["kind"] for e in events if e["ph"] == "i" and e.get("cat") == "transition"}
     assert kinds == {"requested", "started", "completed"}
-    assert any(e.get("cat") == "patch_state" for e in events)
+    # each task's switch to the patched state is an instant on its own track, at the trace's time
+    switches = {(e["tid"] - 1, e["args"]["clock"]) for e in events if e["name"] == "switched to patched"}
+    assert switches == {(e[2], e[0]) for e in m.trace if e[1] == EV_PATCH_STATE and e[3] == PATCHED
+                        and 0 <= e[2] < len(m.tasks)}
     assert any(e["name"] == "sleep" and e["ph"] == "X" for e in events)
     assert any(e.get("cat") == "printk" and "patching complete" in e["args"]["lines"][-1] for e in events)
+
+
+def test_cpu_tracks_show_what_ran_where(livepatch_run):
+    m, model, functions = livepatch_run
+    occ = report.occupancy(m, model.transitions)
+    assert {o.cpu for o in occ} == {0, 1} and all(o.start < o.end for o in occ)
+    for cpu in (0, 1):
+        mine = [o for o in occ if o.cpu == cpu]
+        assert all(a.end <= b.start for a, b in zip(mine, mine[1:]))         # one task at a time
+    for task in range(len(m.tasks)):
+        mine = sorted((o for o in occ if o.task == task), key=lambda o: o.start)
+        assert all(a.end <= b.start for a, b in zip(mine, mine[1:]))         # on one CPU at a time
+    # a task enters a function only while it runs on some CPU
+    for clock, kind, task, *_ in m.trace:
+        if kind == core.EV_ENTRY and 0 <= task < len(m.tasks):
+            assert any(o.task == task and o.start <= clock <= o.end for o in occ), (task, clock)
+    data = report.perfetto(m, model.transitions, functions)
+    cpu_spans = [e for e in data["traceEvents"] if e["ph"] == "X" and e["pid"] == report.CPU_PID]
+    assert sorted((e["tid"] - 1, e["args"]["start_insn"], e["args"]["task"]) for e in cpu_spans) == \
+        sorted((o.cpu, o.start, m.tasks[o.task].name) for o in occ)
 
 
 def test_stop_machine_pauses_are_spans_on_their_own_track(compile_c):
@@ -155,10 +200,18 @@ def test_stop_machine_pauses_are_spans_on_their_own_track(compile_c):
     t = model.transitions[0]
     assert t.result == "completed" and t.pauses
     data = report.perfetto(m, model.transitions, functions)
-    threads = {e["args"]["name"]: e["tid"] for e in data["traceEvents"] if e["name"] == "thread_name"}
-    pauses = [e for e in data["traceEvents"] if e["tid"] == threads["stop_machine"] and e["ph"] == "X"]
+    check_trace_event_format(data)
+    threads = {e["args"]["name"]: e["tid"] for e in data["traceEvents"] if e["name"] == "thread_name"
+               and e["pid"] == report.PID}
+    pauses = [e for e in data["traceEvents"] if e["tid"] == threads["stop_machine"] and e["ph"] == "X"
+              and e["pid"] == report.PID]
     assert [(e["args"]["start_insn"], e["args"]["end_insn"]) for e in pauses] == t.pauses
     assert all(e["cname"] == "terrible" for e in pauses)
+    # the stopper occupies every CPU for each pause, and nothing else runs there meanwhile
+    occ = report.occupancy(m, model.transitions)
+    for start, end in t.pauses:
+        assert sorted(o.cpu for o in occ if o.task == -1 and (o.start, o.end) == (start, end)) == [0, 1]
+        assert not any(o.task >= 0 and o.start < end and start < o.end for o in occ)
 
 
 SLEEPY = """
@@ -185,6 +238,41 @@ def sleeper_in_bar(compile_c):
     m.at(5_000, lambda: model.enable(patch))
     m.run(until=m.seconds(1))
     return m, model, report.patched_functions([patch])
+
+
+def test_pending_tasks_counter_and_blocked_attempts(compile_c):
+    """livepatch with one task asleep in bar for 1.5 s: the attempts at 0 s
+    and 1 s find it there, the one at 2 s completes."""
+    base = compile_c(SLEEPY)
+    m = Machine(base, cpus=1, quantum=300)
+    m.add_task("sleeper", "user_entry", (m.seconds(1.5) // m.tick,))
+    img = compile_c(SLEEPY_PATCH, name="patch", base=m.module_base(), link_against=base, keep={"bar"})
+    m.load(img)
+    model = make_model("livepatch", m)
+    patch = model.add(make_patch(m, "p1", img, ["bar"]))
+    m.watch(m.function("bar"))
+    m.at(5_000, lambda: model.enable(patch))
+    m.run(until=m.seconds(4))
+    t = model.transitions[0]
+    assert t.result == "completed" and t.attempts == len(t.history) + 1 >= 2 and t.blockers == []
+    for a in t.history:       # every blocked attempt keeps the sleeper with bar on its stack
+        (name, stack), *idle = a.blockers
+        assert name == "sleeper" and any(line.startswith("bar") for line in stack)
+    data = report.perfetto(m, model.transitions, report.patched_functions([patch]))
+    check_trace_event_format(data)
+    attempts = [e for e in data["traceEvents"] if e.get("cat") == "attempt"]
+    assert [(e["args"]["attempt"], e["args"]["clock"]) for e in attempts] == [(a.attempt, a.clock) for a in t.history]
+    for e, a in zip(attempts, t.history):
+        assert e["args"]["blockers"] == {name: list(stack) for name, stack in a.blockers}
+        assert e["name"].startswith(f"p1: attempt {a.attempt} blocked by sleeper")
+    # the sleeper stays pending from the start until it switches; 0 once the transition completed
+    counts = report.pending_counts(m, model.transitions)
+    switched = next(e[0] for e in m.trace if e[1] == EV_PATCH_STATE and e[2] == 0 and e[3] == PATCHED)
+    assert t.started_at < switched <= t.completed_at
+    assert any(c >= 1 and clock < switched for clock, c in counts)
+    assert counts[-1] == (switched, 0)         # the last task switched: nothing pending
+    counter = [(e["args"]["pending"]) for e in data["traceEvents"] if e["ph"] == "C"]
+    assert counter == [c for _, c in counts]
 
 
 def test_a_failed_transition_takes_its_time_from_the_trace(compile_c, tmp_path):

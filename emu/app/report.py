@@ -19,8 +19,14 @@ a span also covers untraced code its caller ran afterwards.
 Time: both outputs show the machine's virtual time, whose unit is the
 retired instruction. One virtual second is machine.seconds(1) = hz * tick
 instructions (the unit of the livepatch retry period and of kpatch's
-retries). The trace file's timestamps are virtual microseconds; the exact
-instruction counts are in each span's args.
+retries). The trace file's timestamps are virtual microseconds (the
+trace-event format's unit), shown in milliseconds (displayTimeUnit "ms");
+the exact instruction counts are in each event's args.
+
+CPU occupancy: a task runs on a CPU from its EV_SCHED_IN there until the
+CPU's next EV_SCHED_IN or the task's sleep or exit (the CPU idles then);
+a stop_machine pause occupies every CPU (its stopper thread) and cuts the
+task that was running there.
 """
 from __future__ import annotations
 
@@ -30,8 +36,8 @@ from pathlib import Path
 
 from emu.engine import core
 from emu.errors import UserError
-from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SLEEP, EV_TRANSITION, \
-    EV_WAKE, Machine
+from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP, \
+    EV_TRANSITION, EV_WAKE, Machine
 from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
 
@@ -192,6 +198,88 @@ def pauses(transitions) -> list[Interval]:
                   key=lambda i: i.start)
 
 
+@dataclass(frozen=True)
+class Occupancy:
+    """A stretch of virtual time during which cpu ran task (a task index;
+    -1: the stop_machine stopper, the kernel's own work)."""
+    cpu: int
+    task: int
+    start: int
+    end: int
+
+
+def occupancy(machine: Machine, transitions: list[Transition]) -> list[Occupancy]:
+    """What ran on each CPU, by the rule in the module docstring. Sorted by
+    cpu, then start."""
+    n = len(machine.tasks)
+    running: dict[int, tuple[int, int]] = {}     # cpu -> (task, since)
+    where: dict[int, int] = {}                   # task -> the cpu it runs on
+    raw: list[Occupancy] = []
+
+    def stop(cpu: int, clock: int) -> None:
+        if cpu in running:
+            task, since = running.pop(cpu)
+            where.pop(task, None)
+            if clock > since:
+                raw.append(Occupancy(cpu, task, since, clock))
+
+    for clock, kind, task, a, *_ in machine.trace:
+        if kind == EV_SCHED_IN and 0 <= task < n:
+            stop(a, clock)
+            if task in where:
+                stop(where[task], clock)
+            running[a], where[task] = (task, clock), a
+        elif kind in (EV_SLEEP, EV_EXIT) and task in where:
+            stop(where[task], clock)
+    for cpu in list(running):
+        stop(cpu, machine.now)
+    # a pause occupies every CPU: cut what ran there around it
+    out: list[Occupancy] = []
+    stops = pauses(transitions)
+    for occ in raw:
+        start = occ.start
+        for p in stops:
+            if p.end <= start or p.start >= occ.end:
+                continue
+            if p.start > start:
+                out.append(Occupancy(occ.cpu, occ.task, start, p.start))
+            start = max(start, p.end)
+        if start < occ.end:
+            out.append(Occupancy(occ.cpu, occ.task, start, occ.end))
+    out += [Occupancy(cpu, -1, p.start, p.end) for p in stops for cpu in range(len(machine.cpus))]
+    out.sort(key=lambda o: (o.cpu, o.start))
+    return out
+
+
+def pending_counts(machine: Machine, transitions: list[Transition]) -> list[tuple[int, int]]:
+    """(clock, tasks still pending) whenever the count changes: during a
+    transition, the tasks (idle tasks included) whose patch state is still
+    the one it started from; 0 when no transition is in progress."""
+    targets = sorted((t.requested_at, t.target) for t in transitions)
+    state: dict[int, int] = {}
+    out: list[tuple[int, int]] = []
+
+    def target_at(clock: int):
+        current = None
+        for at, target in targets:
+            if at <= clock:
+                current = target
+        return current
+
+    for clock, kind, task, a, *_ in machine.trace:
+        if kind != EV_PATCH_STATE:
+            continue
+        state[task] = a
+        target = target_at(clock)
+        initial = UNPATCHED if target == PATCHED else PATCHED
+        count = sum(1 for v in state.values() if v == initial) if target is not None else 0
+        if out and out[-1][0] == clock:
+            out[-1] = (clock, count)
+        elif not out or out[-1][1] != count:
+            out.append((clock, count))
+    return out
+
+
 def moments(machine: Machine, transitions: list[Transition]) -> list[Moment]:
     """The points of every transition, sorted by time (see _per_transition)."""
     return sorted((mo for found in _per_transition(machine, transitions) for mo in found),
@@ -231,31 +319,38 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
     """The run as a Chrome trace-event JSON object that ui.perfetto.dev and
     chrome://tracing open.
 
-    One process "lpemu <machine.name>"; one thread per task (tid = task
+    Process 1, "lpemu <machine.name>": one thread per task (tid = task
     index + 1) holding its activations as complete events "bar v0",
-    "bar v1" (cname by version), its sleeps ("sleep") and its patch-state
-    switches (instants); after the tasks, a "transitions" track (each
-    transition as a span from request to its end, and machine-wide instants
-    for its moments), a "stop_machine" track (the pauses) and a "printk"
-    track (kernel messages, lines printed at one time grouped in one event).
-    Idle tasks run no guest code and get no track; kernel exits and other
-    scheduling events are left out to keep the file small. ts and dur are
-    virtual microseconds (module docstring); the exact instruction counts
-    are in args (start_insn/end_insn, clock). Events are sorted by ts,
-    metadata first, a longer span before a shorter one starting with it.
-    cname colours follow the trace viewer's reserved names (ui.perfetto.dev
-    colours slices by name instead, so "bar v0" and "bar v1" still differ)."""
+    "bar v1" (cname by version), its sleeps ("sleep") and the moments its
+    patch state changed ("switched to patched", ...); after the tasks, a
+    "transitions" track (each transition as a span from request to its end,
+    machine-wide instants for its moments, and one instant per blocked
+    attempt naming its blockers, their stacks in args), a "stop_machine"
+    track (the pauses), a "printk" track (kernel messages, lines printed at
+    one time grouped in one event) and a "pending tasks" counter.
+    Process 2, "CPUs": one thread per CPU with what ran there (the task's
+    name, "stop_machine" for the kernel's stopper; gaps are idle).
+    Kernel exits and other scheduling events are left out to keep the file
+    small. ts and dur are virtual microseconds (module docstring); the exact
+    instruction counts are in args (start_insn/end_insn, clock). Events are
+    sorted by ts, metadata first, a longer span before a shorter one
+    starting with it. cname colours follow the trace viewer's reserved names
+    (ui.perfetto.dev colours slices by name instead, so "bar v0" and
+    "bar v1" still differ)."""
     n = len(machine.tasks)
     tracks = {"transitions": n + 1, "stop_machine": n + 2, "printk": n + 3}
     events = _metadata(machine, tracks)
     events += _activation_events(machine, functions)
     events += _task_events(machine)
     events += _transition_events(machine, transitions, tracks)
+    events += _attempt_events(machine, transitions, tracks["transitions"])
     events += _log_events(machine, tracks["printk"])
+    events += _pending_events(machine, transitions)
+    events += _cpu_events(machine, transitions)
     events.sort(key=lambda e: (e["ph"] != "M", e["ts"], -e.get("dur", 0)))
     return {
         "traceEvents": events,
-        "displayTimeUnit": "ns",
+        "displayTimeUnit": "ms",
         "otherData": {
             "machine": machine.name,
             "time": f"virtual time: 1 s = {machine.seconds(1)} retired instructions, ts in virtual us",
@@ -277,23 +372,31 @@ def write_perfetto(path, machine: Machine, transitions: list[Transition], functi
     return path
 
 
-def _metadata(machine: Machine, tracks: dict[str, int]) -> list[dict]:
-    def meta(name, tid, args):
-        return {"name": name, "ph": "M", "ts": 0, "pid": PID, "tid": tid, "args": args}
+CPU_PID = 2
 
-    out = [meta("process_name", 0, {"name": f"lpemu {machine.name}"})]
+
+def _metadata(machine: Machine, tracks: dict[str, int]) -> list[dict]:
+    def meta(name, tid, args, pid=PID):
+        return {"name": name, "ph": "M", "ts": 0, "pid": pid, "tid": tid, "args": args}
+
+    out = [meta("process_name", 0, {"name": f"lpemu {machine.name}"}),
+           meta("process_sort_index", 0, {"sort_index": 0}),
+           meta("process_name", 0, {"name": "CPUs"}, CPU_PID), meta("process_sort_index", 0, {"sort_index": 1}, CPU_PID)]
     named = [(t.name, t.tid + 1) for t in machine.tasks] + list(tracks.items())
     for i, (name, tid) in enumerate(named):
         out.append(meta("thread_name", tid, {"name": name}))
         out.append(meta("thread_sort_index", tid, {"sort_index": i}))
+    for cpu in machine.cpus:
+        out.append(meta("thread_name", cpu.index + 1, {"name": f"cpu {cpu.index}"}, CPU_PID))
+        out.append(meta("thread_sort_index", cpu.index + 1, {"sort_index": cpu.index}, CPU_PID))
     return out
 
 
 def _complete(machine: Machine, name: str, tid: int, start: int, end: int, cname: str, cat: str,
-              args: dict) -> dict:
+              args: dict, *, pid: int = PID) -> dict:
     ts = _us(machine, start)
     return {"name": name, "cat": cat, "ph": "X", "ts": ts, "dur": max(0.0, round(_us(machine, end) - ts, 3)),
-            "pid": PID, "tid": tid, "cname": cname, "args": {**args, "start_insn": start, "end_insn": end}}
+            "pid": pid, "tid": tid, "cname": cname, "args": {**args, "start_insn": start, "end_insn": end}}
 
 
 def _instant(machine: Machine, name: str, tid: int, clock: int, cname: str, cat: str, args: dict, *,
@@ -318,8 +421,43 @@ def _task_events(machine: Machine) -> list[dict]:
     for clock, kind, task, a, *_ in machine.trace:
         if kind == EV_PATCH_STATE and 0 <= task < len(machine.tasks):
             state = _STATE_NAMES.get(a, str(a))
-            out.append(_instant(machine, f"patch state: {state}", task + 1, clock, PATCH_STATE_CNAME,
+            name = f"switched to {state}" if a in (PATCHED, UNPATCHED) else f"patch state: {state}"
+            out.append(_instant(machine, name, task + 1, clock, PATCH_STATE_CNAME,
                                 "patch_state", {"task": machine.tasks[task].name, "state": state}))
+    return out
+
+
+def _attempt_events(machine: Machine, transitions, tid: int) -> list[dict]:
+    """One instant per blocked attempt of a transition: its blockers by name,
+    their symbolized stacks in args."""
+    out = []
+    for t in transitions:
+        for a in t.history:
+            names = ", ".join(name for name, _ in a.blockers)
+            out.append(_instant(machine, f"{t.patch}: attempt {a.attempt} blocked by {names}", tid, a.clock,
+                                "bad", "attempt", {"patch": t.patch, "attempt": a.attempt,
+                                                   "blockers": {name: list(stack) for name, stack in a.blockers}}))
+    return out
+
+
+def _pending_events(machine: Machine, transitions) -> list[dict]:
+    """The "pending tasks" counter (pending_counts)."""
+    return [{"name": "pending tasks", "ph": "C", "ts": _us(machine, clock), "pid": PID, "tid": 0,
+             "cat": "transition", "args": {"pending": count}}
+            for clock, count in pending_counts(machine, transitions)]
+
+
+def _cpu_events(machine: Machine, transitions) -> list[dict]:
+    """What ran on each CPU (occupancy), on the CPUs process's tracks."""
+    out = []
+    for o in occupancy(machine, transitions):
+        if o.task < 0:
+            out.append(_complete(machine, "stop_machine", o.cpu + 1, o.start, o.end, PAUSE_CNAME, "cpu",
+                                 {"cpu": o.cpu, "task": "stop_machine"}, pid=CPU_PID))
+        else:
+            name = machine.tasks[o.task].name
+            out.append(_complete(machine, name, o.cpu + 1, o.start, o.end, "generic_work", "cpu",
+                                 {"cpu": o.cpu, "task": name}, pid=CPU_PID))
     return out
 
 
