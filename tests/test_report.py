@@ -319,3 +319,52 @@ def test_version_names_and_colours():
     assert report.version_cname(0) != report.version_cname(1)
     assert report.version_cname(1) == report.version_cname(5)
     assert report.version_colour(0).startswith("#")
+
+
+def test_timeline_marks_findings_and_opens_around_the_first(compile_c):
+    m, model, functions = run(compile_c, "stop_machine", until=1.0)
+    # a unit of user1 and an assertion of user0, as a result record has them
+    record = {"inconsistencies": [{"task": "user1", "unit": "syscall #3", "start": 30_000, "end": 31_000,
+                                   "entries": [{"function": "bar", "version": 0, "clock": 30_000},
+                                               {"function": "baz", "version": 1, "clock": 30_900}]}],
+              "violations": [{"assert": "value >= 1000", "line": 3, "task": "user0", "time": 29_000, "key": 2,
+                              "value": 5, "error": None}, {"assert": "x", "line": 3, "task": "nobody",
+                                                           "time": 1, "key": 2, "value": 5, "error": None}]}
+    marks = report.marks_of(m, record)
+    assert [(mk.kind, mk.task, mk.start, mk.end) for mk in marks] == \
+        [("assertion", 0, 29_000, 29_000), ("inconsistent", 1, 30_000, 31_000)]
+    assert "bar v0, baz v1" in marks[1].label
+    lo, hi = report.default_window(m, marks)
+    assert lo < 29_000 and hi > 29_000 and hi - lo >= 2 * m.seconds(0.02)
+    assert report.default_window(m, []) == (0, m.now)
+    assert report.parse_window("all", m, marks) == (0, m.now)
+    assert report.parse_window("100:", m, marks) == (100, m.now)
+    assert report.parse_window(None, m, marks) == (lo, hi)
+    for bad in ("100", "5:2", "a:b", "-3:4"):
+        with pytest.raises(UserError, match="--window"):
+            report.parse_window(bad, m, marks)
+
+    fig = report.timeline_figure(m, model.transitions, functions, marks=marks, window=(0, m.now),
+                                 patch_names={1: "p1"})
+    try:
+        ax = fig.axes[0]
+        labels = [t.get_text() for t in ax.get_legend().get_texts()]
+        assert labels[:2] == ["original", "patch 1 (p1)"] and {"inconsistent unit", "failed assertion"} <= set(labels)
+        renderer = fig.canvas.get_renderer()
+        texts = {}
+        for t in ax.texts:
+            texts.setdefault(t.get_gid(), []).append(t)
+        names = texts["function"]
+        assert {t.get_text() for t in names} >= {"foo"}
+        assert {t.get_text() for t in texts["finding"]} == {mk.label for mk in marks}
+        for kind in ("function", "moment"):
+            boxes = [t.get_window_extent(renderer) for t in texts.get(kind, [])]
+            assert boxes and not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:]), kind
+        # a function's name lies inside a bar of that function
+        spans = report.activations(m, functions)
+        per = 1 / m.seconds(1) if m.now >= m.seconds(1) else 1000 / m.seconds(1)     # axis units per instruction
+        for t in names:
+            x0, x1 = (ax.transData.inverted().transform((x, 0))[0] for x in t.get_window_extent(renderer).intervalx)
+            assert any(s.function == t.get_text() and s.start * per <= x0 and x1 <= s.end * per for s in spans)
+    finally:
+        fig.clear()

@@ -103,8 +103,11 @@ def _outputs(args, machine, model, result) -> dict:
         report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force)
         written["trace"] = args.trace
     if args.timeline:
+        marks = report.marks_of(machine, result.to_json())
         report.timeline(machine, model.transitions, functions, args.timeline, force=args.force,
-                        title=f"{machine.name} under {model.name}, seed {result.spec.seed}")
+                        title=f"{machine.name} under {model.name}, seed {result.spec.seed}", marks=marks,
+                        window=report.parse_window(args.window, machine, marks),
+                        patch_names={p.index: p.name for p in model.patches})
         written["timeline"] = args.timeline
     return written
 

@@ -494,52 +494,134 @@ def _log_events(machine: Machine, tid: int) -> list[dict]:
 _FORMATS = {".png": "png", ".svg": "svg"}
 _MOMENT_STYLE = {"requested": ":", "started": "--", "completed": "-", "failed": "-", "reversed": "-.",
                  "cancelled": "-."}
+FINDING_COLOUR = "#d00000"
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A finding to mark on the timeline: kind 'inconsistent' (a unit of
+    task from start to end) or 'assertion' (at start; end == start); label
+    says what it was."""
+    kind: str
+    task: int
+    start: int
+    end: int
+    label: str
+
+
+def marks_of(machine: Machine, result: dict) -> list[Mark]:
+    """The inconsistent units and failed assertions of a result record
+    (Result.to_json()) as Marks, by time. Findings of tasks the machine does
+    not have are left out."""
+    index = {t.name: i for i, t in enumerate(machine.tasks)}
+    out = []
+    for bad in result.get("inconsistencies", []):
+        if bad["task"] in index:
+            runs = ", ".join(f"{e['function']} v{e['version']}" for e in bad["entries"])
+            out.append(Mark("inconsistent", index[bad["task"]], bad["start"], bad["end"],
+                            f"inconsistent {bad['unit']}: {runs}"))
+    for v in result.get("violations", []):
+        if v["task"] in index:
+            out.append(Mark("assertion", index[v["task"]], v["time"], v["time"],
+                            f"assert {v['assert']} failed: value {v['value']}"))
+    out.sort(key=lambda mk: (mk.start, mk.task))
+    return out
+
+
+def default_window(machine: Machine, marks: list[Mark]) -> tuple[int, int]:
+    """Around the first finding: its span and as much again on each side,
+    at least 2% of a virtual second (a few quanta) each side; the whole run
+    when there is no finding."""
+    if not marks:
+        return 0, max(machine.now, 1)
+    first = marks[0]
+    margin = max(first.end - first.start, machine.seconds(0.02))
+    return max(0, first.start - margin), min(max(machine.now, 1), first.end + margin)
+
+
+def parse_window(text: str, machine: Machine, marks: list[Mark]) -> tuple[int, int]:
+    """--window: 'START:END' in instructions (either may be empty: the run's
+    start or end), 'all', or None for default_window. Raises UserError."""
+    if text is None:
+        return default_window(machine, marks)
+    if text == "all":
+        return 0, max(machine.now, 1)
+    lo, sep, hi = text.partition(":")
+    try:
+        start = int(lo) if lo.strip() else 0
+        end = int(hi) if hi.strip() else max(machine.now, 1)
+    except ValueError:
+        start = end = None
+    if not sep or start is None or not 0 <= start < end:
+        raise UserError(f"--window {text!r}: use START:END in instructions with START < END (e.g. 20000:30000), "
+                        f"or 'all'")
+    return start, end
 
 
 def timeline(machine: Machine, transitions: list[Transition], functions: set[int] | None, path, *,
-             title: str | None = None, force: bool = False) -> Path:
+             title: str | None = None, force: bool = False, marks: list[Mark] = (),
+             window: tuple[int, int] | None = None, patch_names: dict[int, str] | None = None) -> Path:
     """Draw the run to path (.png or .svg, by its suffix); returns the path.
 
     One row per task (top to bottom in task order): activations as bars
-    coloured by version (legend "original", "patch 1", ...), nested ones
-    thinner and on top so a callee shows inside its caller, sleeps as a thin
-    grey strip at the bottom of the row; vertical lines for each transition
-    moment (dotted: requested, dashed: started, solid green: completed,
-    solid red: failed, dash-dot: reversed/cancelled), stop_machine pauses
-    shaded red. The x axis is virtual time in seconds (or milliseconds for
-    runs shorter than one virtual second). Drawn on a Figure with the Agg
-    canvas, no pyplot state. Raises UserError for another suffix, or if the
-    file exists and force is False."""
+    coloured by version (legend "original", "patch 1 (NAME)", ...), nested
+    ones thinner and on top so a callee shows inside its caller, each bar
+    named by its function where the name fits inside it; sleeps as a thin
+    grey strip at the bottom of the row; findings (marks) in red: an
+    inconsistent unit as a hatched box around its stretch of the row, a
+    failed assertion as a cross, each with its label; vertical lines for
+    each transition moment (dotted: requested, dashed: started, solid green:
+    completed, solid red: failed, dash-dot: reversed/cancelled), moments too
+    close to label apart sharing one label; stop_machine pauses shaded red.
+    window (start, end) in instructions: the stretch shown (default: the
+    whole run). The x axis is virtual time in seconds or milliseconds.
+    Drawn on a Figure with the Agg canvas, no pyplot state. Raises
+    UserError for another suffix, or if the file exists and force is False."""
     fmt = _FORMATS.get(Path(path).suffix.lower())
     if fmt is None:
         raise UserError(f"timeline: cannot write '{Path(path).suffix or '(no suffix)'}' files "
                         f"({path}); use .png or .svg")
     path = _writable(path, force)
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    n = max(1, len(machine.tasks))
-    fig = Figure(figsize=(12, max(3.0, 1.4 + 0.55 * n)), layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = timeline_figure(machine, transitions, functions, title=title, marks=marks, window=window,
+                          patch_names=patch_names)
     try:
-        ax = fig.add_subplot()
-        scale, unit = _axis_scale(machine)
-        spans = activations(machine, functions)
-        _draw_spans(ax, spans, scale)
-        _label_spans(ax, spans, machine.now, scale)
-        _draw_sleeps(ax, machine, scale)
-        _draw_transitions(ax, machine, transitions, scale)
-        _decorate(ax, machine, {s.version for s in spans}, bool(pauses(transitions)), scale, unit, title)
-        fig.savefig(path, format=fmt, dpi=120)
+        fig.savefig(path, format=fmt, dpi=110)
     finally:
         fig.clear()
     return path
 
 
-def _axis_scale(machine: Machine) -> tuple[float, str]:
-    """Axis units per instruction, and the axis label."""
-    per_s = machine.seconds(1)
-    if machine.now >= per_s:
+def timeline_figure(machine: Machine, transitions: list[Transition], functions: set[int] | None, *,
+                    title: str | None = None, marks: list[Mark] = (), window: tuple[int, int] | None = None,
+                    patch_names: dict[int, str] | None = None):
+    """The drawn matplotlib Figure of timeline() (Agg canvas, no pyplot
+    state); its labels are placed, so their extents can be measured."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    lo, hi = window or (0, max(machine.now, 1))
+    n = max(1, len(machine.tasks))
+    fig = Figure(figsize=(13, max(3.0, 1.6 + 0.7 * n)), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    scale, unit = _axis_scale(hi - lo, machine.seconds(1))
+    spans = [s for s in activations(machine, functions) if s.end >= lo and s.start <= hi]
+    _draw_spans(ax, spans, scale)
+    _draw_sleeps(ax, machine, scale)
+    _draw_marks(ax, marks, scale)
+    groups = _draw_transitions(ax, machine, transitions, scale, (lo, hi))
+    _decorate(ax, machine, {s.version for s in spans}, bool(pauses(transitions)), scale, unit, title,
+              (lo, hi), patch_names or {}, {mk.kind for mk in marks if mk.end >= lo and mk.start <= hi})
+    fig.canvas.draw()           # sizes known: place only the labels that fit and do not collide
+    _label_spans(ax, spans, scale, fig.canvas.get_renderer())
+    _label_moments(ax, groups, scale, fig.canvas.get_renderer())
+    fig.canvas.draw()
+    return fig
+
+
+def _axis_scale(width: int, per_s: int) -> tuple[float, str]:
+    """Axis units per instruction, and the axis label, for a window width."""
+    if width >= per_s:
         return 1 / per_s, f"virtual time (s; 1 s = {per_s} instructions)"
     return 1000 / per_s, f"virtual time (ms; 1 ms = {per_s / 1000:g} instructions)"
 
@@ -560,13 +642,25 @@ def _draw_spans(ax, spans: list[Span], scale: float) -> None:
                        edgecolor="black", linewidth=0.4, zorder=2 + depth)
 
 
-def _label_spans(ax, spans: list[Span], now: int, scale: float) -> None:
-    """Function names on the outermost bars wide enough (4% of the run) to hold them."""
-    wide = max(now, 1) * 0.04
-    for s in spans:
-        if s.depth == 0 and s.duration >= wide:
-            ax.text((s.start + s.duration / 2) * scale, s.task - _ROW / 2 + 0.02, s.function, ha="center",
-                    va="top", fontsize=7, zorder=20, clip_on=True)
+def _label_spans(ax, spans: list[Span], scale: float, renderer) -> None:
+    """Function names inside the bars they fit in (measured in pixels), the
+    innermost first; a label that would overlap one already placed is left out."""
+    placed = []
+    x_lo, x_hi = ax.get_xlim()
+    for s in sorted(spans, key=lambda s: -s.depth):
+        a, b = max(s.start * scale, x_lo), min(s.end * scale, x_hi)
+        if b <= a:
+            continue
+        height = _ROW * _SHRINK ** s.depth
+        y = s.task - height / 2 + 0.03 if s.depth == 0 else s.task
+        text = ax.text((a + b) / 2, y, s.function, ha="center", va="top" if s.depth == 0 else "center",
+                       fontsize=7, zorder=30, clip_on=True, gid="function")
+        box = text.get_window_extent(renderer)
+        left, right = (ax.transData.transform((a, 0))[0], ax.transData.transform((b, 0))[0])
+        if box.width > right - left - 2 or any(box.overlaps(other) for other in placed):
+            text.remove()
+        else:
+            placed.append(box)
 
 
 def _draw_sleeps(ax, machine: Machine, scale: float) -> None:
@@ -578,27 +672,70 @@ def _draw_sleeps(ax, machine: Machine, scale: float) -> None:
         ax.broken_barh(bars, (task + _ROW / 2 + 0.02, 0.08), facecolors="#999999", zorder=1)
 
 
-def _draw_transitions(ax, machine: Machine, transitions, scale: float) -> None:
-    """Shaded stop_machine pauses, and one vertical line per time at which
-    transition moments happened, labelled with them (the last kind at that
-    time decides the line's colour and style)."""
+def _draw_marks(ax, marks: list[Mark], scale: float) -> None:
+    """Findings in red: hatched boxes for inconsistent units, crosses for
+    failed assertions; the first of each row labelled under it."""
+    from matplotlib.patches import Rectangle
+    labelled: set[int] = set()
+    for mk in marks:
+        if mk.kind == "inconsistent":
+            ax.add_patch(Rectangle((mk.start * scale, mk.task - 0.5), (mk.end - mk.start) * scale, 1.0,
+                                   fill=False, hatch="///", edgecolor=FINDING_COLOUR, linewidth=1.5, zorder=25))
+        else:
+            ax.plot([mk.start * scale], [mk.task], marker="X", markersize=11, color=FINDING_COLOUR,
+                    markeredgecolor="white", zorder=26, linestyle="none")
+        if mk.task not in labelled:
+            labelled.add(mk.task)
+            ax.annotate(mk.label, (mk.start * scale, mk.task + _ROW / 2), xytext=(3, -1), textcoords="offset points",
+                        va="bottom", fontsize=7, color=FINDING_COLOUR, zorder=31, clip_on=True, gid="finding",
+                        bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
+
+
+def _draw_transitions(ax, machine: Machine, transitions, scale: float, window: tuple[int, int]) -> list:
+    """Shaded stop_machine pauses, and one vertical line per transition
+    moment in the window. Returns the moments grouped for labels: those
+    closer than 2% of the window share one."""
     for p in pauses(transitions):
         ax.axvspan(p.start * scale, p.end * scale, color=_CNAME_RGB[PAUSE_CNAME], alpha=0.25, linewidth=1,
                    zorder=0)
-    by_clock: dict[int, list[Moment]] = {}
+    lo, hi = window
+    close = (hi - lo) * 0.02
+    groups: list[list[Moment]] = []
     for mo in moments(machine, transitions):
-        by_clock.setdefault(mo.clock, []).append(mo)
-    for clock, items in by_clock.items():
-        last = items[-1]
-        ax.axvline(clock * scale, color=_CNAME_RGB[MOMENT_CNAMES[last.kind]],
-                   linestyle=_MOMENT_STYLE[last.kind], linewidth=1.2, zorder=8)
-        ax.text(clock * scale, 0.99, _moment_label(items), transform=ax.get_xaxis_transform(), rotation=90, va="top",
-                ha="right", fontsize=7, zorder=21, clip_on=True,
-                bbox={"facecolor": "white", "alpha": 0.7, "linewidth": 0, "pad": 1})
+        if not lo <= mo.clock <= hi:
+            continue
+        ax.axvline(mo.clock * scale, color=_CNAME_RGB[MOMENT_CNAMES[mo.kind]], linestyle=_MOMENT_STYLE[mo.kind],
+                   linewidth=1.2, zorder=8)
+        if groups and mo.clock - groups[-1][0].clock <= close:
+            groups[-1].append(mo)
+        else:
+            groups.append([mo])
+    return groups
+
+
+_LEVELS = 3         # rows of moment labels above the plot
+
+
+def _label_moments(ax, groups: list[list[Moment]], scale: float, renderer) -> None:
+    """Each group's label above the plot at its line, on the lowest of
+    _LEVELS rows where it overlaps no label already placed (left out when
+    none is free)."""
+    placed: list = []
+    for items in groups:
+        for level in range(_LEVELS):
+            text = ax.annotate(_moment_label(items), (items[0].clock * scale, 1.0), xycoords=("data", "axes fraction"),
+                               xytext=(1, 2 + 11 * level), textcoords="offset points", va="bottom", ha="left",
+                               fontsize=7, zorder=21, annotation_clip=False, gid="moment",
+                               bbox={"facecolor": "white", "alpha": 0.8, "linewidth": 0, "pad": 1})
+            box = text.get_window_extent(renderer)
+            if not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            text.remove()
 
 
 def _moment_label(items: list[Moment]) -> str:
-    """'p1: requested, started' (moments of one time; '; ' between patches)."""
+    """'p1: requested, started' (moments close together; '; ' between patches)."""
     kinds: dict[str, list[str]] = {}
     for mo in items:
         kinds.setdefault(mo.patch, []).append(mo.kind)
@@ -606,22 +743,29 @@ def _moment_label(items: list[Moment]) -> str:
 
 
 def _decorate(ax, machine: Machine, versions: set[int], paused: bool, scale: float, unit: str,
-              title: str | None) -> None:
+              title: str | None, window: tuple[int, int], patch_names: dict[int, str], found: set[str]) -> None:
+    from matplotlib.lines import Line2D
     from matplotlib.patches import Patch as LegendPatch
 
     n = len(machine.tasks)
     ax.set_yticks(range(n), [t.name for t in machine.tasks])
     ax.set_ylim(n - 0.4, -0.6)
-    ax.set_xlim(0, max(machine.now, 1) * scale)
+    ax.set_xlim(window[0] * scale, window[1] * scale)
     ax.set_xlabel(unit)
     ax.grid(axis="x", linewidth=0.3, alpha=0.5)
-    handles = [LegendPatch(facecolor=version_colour(v), edgecolor="black", label=version_name(v))
+    handles = [LegendPatch(facecolor=version_colour(v), edgecolor="black",
+                           label=version_name(v) + (f" ({patch_names[v]})" if v in patch_names else ""))
                for v in sorted(versions)]
     handles.append(LegendPatch(facecolor="#999999", label="sleep"))
     if paused:
         handles.append(LegendPatch(facecolor=_CNAME_RGB[PAUSE_CNAME], alpha=0.25, label="stop_machine"))
+    if "inconsistent" in found:
+        handles.append(LegendPatch(fill=False, hatch="///", edgecolor=FINDING_COLOUR, label="inconsistent unit"))
+    if "assertion" in found:
+        handles.append(Line2D([], [], marker="X", color=FINDING_COLOUR, linestyle="none", label="failed assertion"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    ax.set_title(title or f"lpemu {machine.name}")
+    shown = "" if window == (0, max(machine.now, 1)) else f" (t={window[0]}..{window[1]} of {machine.now})"
+    ax.set_title((title or f"lpemu {machine.name}") + shown, pad=8 + 11 * _LEVELS)
 
 
 def _writable(path, force: bool) -> Path:
