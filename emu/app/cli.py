@@ -349,8 +349,8 @@ def _print_summary(summary: dict, *, title: str) -> None:
         rows.append([f(s[key]) for key, _ in SUMMARY_COLUMNS])
     print(title)
     print(_table([head for _, head in SUMMARY_COLUMNS], rows))
-    print("times in virtual instructions (1 s = 100 ticks); latency: from the request to completion; "
-          "pause: every CPU stopped")
+    print("times in virtual instructions (1 s = 100 ticks)\n"
+          "latency: from the request to completion; pause: every CPU stopped")
 
 
 def _demo(args) -> int:

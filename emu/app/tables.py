@@ -2,10 +2,10 @@
 
 A table is a list of headers and rows of strings. On a terminal of a given
 width, a table too wide first wraps its headers at spaces (each column then
-needs only its longest word or cell), then shortens the cells of the first
-column (names, with a '~' where text was cut), and, if it is still too
-wide, is printed as several tables one under the other, each repeating the
-first column. Numbers are never shortened: a cell is only cut in the first
+needs only its longest word or cell); if it is still too wide, it is printed
+as several tables one under the other, each repeating the first column
+(the names); names are shortened (a '~' where text was cut) only when even
+one column beside them would not fit. Numbers are never shortened: a cell is only cut in the first
 column, and only when it is not a number. Without a width (output to a
 pipe or a file) the table is as wide as its content: one header line, no
 padding after the last column.
@@ -84,16 +84,17 @@ def format_table(headers, rows, *, width: int | None = None, right=None) -> str:
     if width is None or total(widths) <= width:
         return "\n".join(_render(headers, rows, right, widths, False))
     widths = [natural(i, True) for i in range(len(headers))]
-    if total(widths) > width and headers:
-        # shorten the names in the first column, down to MIN_NAME
-        spare = total(widths) - width
-        first = max(min(widths[0], MIN_NAME), widths[0] - spare)
-        first = max(first, max((len(w) for w in headers[0].split()), default=0))
-        rows = [[_shorten(r[0], first), *r[1:]] for r in rows]
-        widths[0] = max([len(r[0]) for r in rows] + [min(widths[0], first)])
-    if total(widths) <= width or len(headers) <= 2:
+    if total(widths) <= width or len(headers) <= 1:
         return "\n".join(_render(headers, rows, right, widths, True))
-    # still too wide: several tables, each with the first column
+    # shorten the names in the first column only as far as the widest column beside it needs
+    need = width - GAP - max(widths[1:])
+    if widths[0] > need:
+        first = max(need, MIN_NAME, max((len(w) for w in headers[0].split()), default=0))
+        rows = [[_shorten(r[0], first), *r[1:]] for r in rows]
+        widths[0] = max([len(r[0]) for r in rows] + [max((len(w) for w in headers[0].split()), default=0)])
+    if total(widths) <= width:
+        return "\n".join(_render(headers, rows, right, widths, True))
+    # several tables, each with the first column
     blocks, cols = [], list(range(1, len(headers)))
     while cols:
         take = [0]
