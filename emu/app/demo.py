@@ -97,4 +97,4 @@ def table(results, *, width: int | None = None) -> str:
     heads = ("model", "patch", "runs", "inconsistent", "bad values", "completed", "failed", "stalled", "expected")
     rows = [[s.model, s.variant, s.runs, s.inconsistent, s.bad_values, s.completed, s.failed, s.stalled,
              ("" if not s.expected else ",".join(s.expected) + (" (NO)" if s.surprise else ""))] for s in results]
-    return format_table(heads, rows, width=width, right=[False, False] + [True] * 6 + [False])
+    return format_table(heads, rows, width=width)

@@ -68,10 +68,12 @@ def _render(headers, rows, right, widths, wrap: bool) -> list[str]:
 
 def format_table(headers, rows, *, width: int | None = None, right=None) -> str:
     """The table as text (see the module docstring). right[i] says whether
-    column i is right-aligned (default: every column but the first)."""
+    column i is right-aligned (default: the columns of numbers and '-')."""
     headers = [str(h) for h in headers]
     rows = [[str(c) for c in r] for r in rows]
-    right = list(right) if right is not None else [False] + [True] * (len(headers) - 1)
+    if right is None:
+        right = [bool(rows) and all(_NUMBER.match(r[i]) for r in rows) for i in range(len(headers))]
+    right = list(right)
 
     def natural(col, wrap):
         head = max((len(w) for w in headers[col].split()), default=0) if wrap else len(headers[col])
