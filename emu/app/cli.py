@@ -137,12 +137,7 @@ def _print_result(res, machine, model, *, title: str) -> None:
         print(_table(("patch", "target", "requested", "completed", "result", "attempts", "latency", "pause"),
                      rows))
         for t in res.transitions:
-            for attempt in t.get("attempt_log", []):
-                for b in attempt["blockers"]:
-                    print(f"  {t['patch']}: attempt {attempt['attempt']} at t={attempt['clock']}: "
-                          f"blocked by task {b['task']}:")
-                    for line in b["stack"]:
-                        print(f"      {line}")
+            _print_attempts(t)
     for e in res.errors:
         con.print(f"  refused at t={e['time']}: {e['action']}: {e['error']}", markup=False)
     if res.fault:
@@ -162,6 +157,29 @@ def _print_result(res, machine, model, *, title: str) -> None:
         pending = [t["name"] for t in st["tasks"] if t["pending"]]
         if pending:
             con.print(f"\ntasks still pending: {', '.join(pending)}")
+
+
+def _print_attempts(t: dict) -> None:
+    """Each blocked attempt of a transition with its blockers' stacks;
+    consecutive attempts blocked the same way are printed once."""
+    log = t.get("attempt_log", [])
+    i = 0
+    while i < len(log):
+        j = i
+        while j + 1 < len(log) and log[j + 1]["blockers"] == log[i]["blockers"]:
+            j += 1
+        first, last = log[i], log[j]
+        which = (f"attempt {first['attempt']} at t={first['clock']}" if i == j else
+                 f"attempts {first['attempt']}..{last['attempt']} at t={first['clock']}..{last['clock']}")
+        print(f"\n{t['patch']}: {which} blocked by {', '.join(b['task'] for b in first['blockers'])}")
+        for b in first["blockers"]:
+            if b["stack"]:
+                print(f"  {b['task']}:")
+                for line in b["stack"]:
+                    print(f"      {line}")
+        i = j + 1
+    if t["attempts"] - (t["result"] == "completed") > len(log) and log:
+        print(f"  (the first {len(log) - 1} blocked attempts and the last are kept)")
 
 
 def _emit_json(obj) -> None:
