@@ -283,3 +283,20 @@ def test_progress_line_and_per_model_eta():
     assert p.eta() == pytest.approx(5 * 0.1 + 8 * 1.0)
     assert p.line() == "fuzzing: 7/20 runs, 2.8 runs/s, 5 with findings, ETA 0:08"
     assert sink.text.splitlines()[-1] == p.line()
+
+
+def test_run_keeps_the_blockers_of_every_attempt_after_completion(capsys):
+    """kpatch's first try finds user0 asleep inside foo; the retry 2 s later completes,
+    and the first try's blocker stays in the record."""
+    argv = ["run", str(SEED / "scenario-foo.toml"), "--model", "stop_machine", "--seed", "1",
+            "--strategy", "exhaustive"]
+    assert cli.main(argv + ["--json"]) == 0
+    (t,) = json.loads(capsys.readouterr().out)["transitions"]
+    assert t["result"] == "completed" and t["attempts"] == 2 and t["blockers"] == []
+    (attempt,) = t["attempt_log"]
+    assert attempt["attempt"] == 1 and attempt["clock"] < t["completed_at"]
+    (blocker,) = attempt["blockers"]
+    assert blocker["task"] == "user0" and any(line.startswith("foo+") for line in blocker["stack"])
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"seed_patch_foo: attempt 1 at t={attempt['clock']} blocked by user0" in out
