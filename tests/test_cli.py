@@ -11,6 +11,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from emu import __version__
 from emu.app import cli
@@ -300,3 +301,28 @@ def test_run_keeps_the_blockers_of_every_attempt_after_completion(capsys):
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert f"seed_patch_foo: attempt 1 at t={attempt['clock']} blocked by user0" in out
+
+
+_words = st.text(alphabet="abcdefghij_-", min_size=1, max_size=14)
+
+
+@settings(max_examples=150, deadline=None)
+@given(heads=st.lists(st.lists(_words, min_size=1, max_size=3).map(" ".join), min_size=2, max_size=9),
+       data=st.data(), width=st.integers(min_value=24, max_value=120))
+def test_any_table_fits_and_keeps_every_number(heads, data, width):
+    n = len(heads)
+    number = st.one_of(st.integers(-10**9, 10**12).map(str), st.floats(0, 1e6, allow_nan=False).map(
+        lambda f: f"{f:.1f}"), st.just("-"))
+    rows = data.draw(st.lists(st.tuples(_words, *[number] * (n - 1)).map(list), min_size=1, max_size=6))
+    text = format_table(heads, rows, width=width)
+    # fits whenever the widest number and a shortened name fit side by side
+    widest = max(max(len(w) for w in h.split()) for h in heads[1:])
+    widest = max([widest] + [len(c) for r in rows for c in r[1:]])
+    if widest + 2 + max(8, max(len(w) for w in heads[0].split())) <= width:
+        assert all(len(line) <= width for line in text.splitlines())
+    cells = text.split()
+    for r in rows:
+        for c in r[1:]:
+            assert c in cells                     # every number whole, as its own cell
+    piped = format_table(heads, rows)
+    assert len(piped.splitlines()) == len(rows) + 2 and all(l == l.rstrip() for l in piped.splitlines())
