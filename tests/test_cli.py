@@ -326,3 +326,32 @@ def test_any_table_fits_and_keeps_every_number(heads, data, width):
             assert c in cells                     # every number whole, as its own cell
     piped = format_table(heads, rows)
     assert len(piped.splitlines()) == len(rows) + 2 and all(l == l.rstrip() for l in piped.splitlines())
+
+
+_record = st.fixed_dictionaries({
+    "inconsistent": st.booleans(), "violation_count": st.integers(0, 3),
+    "handovers": st.lists(st.just({"value": 7}), max_size=1),
+    "outcome": st.sampled_from(["completed", "failed", "stalled", "fault", "error", "crash", "idle"])})
+
+
+@given(st.lists(_record, max_size=8), st.lists(st.sampled_from(list(expect.EXPECTATIONS)), min_size=1, max_size=3,
+                                               unique=True))
+def test_expectations_hold_exactly_as_defined(records, words):
+    records = [r | {"seed": i} for i, r in enumerate(records)]
+    unsafe = [r["inconsistent"] or r["violation_count"] > 0 or bool(r["handovers"]) for r in records]
+    outcome = [r["outcome"] for r in records]
+    holds = {
+        "safe": not any(unsafe),
+        "unsafe": any(unsafe),
+        "completes": not any(o in ("failed", "error", "stalled", "fault", "crash") for o in outcome),
+        "stalls": "stalled" in outcome,
+        "fails": any(o in ("failed", "error") for o in outcome),
+        "faults": any(o in ("fault", "crash") for o in outcome),
+    }
+    verdict = expect.judge("livepatch", tuple(words), (), records)
+    assert verdict.ok == all(holds[w] for w in words)
+    if not verdict.ok and verdict.seed is not None:       # the seed named is a run that breaks it
+        broken = next(w for w in words if not holds[w])
+        assert broken in ("safe", "completes")
+        r = records[verdict.seed]
+        assert (unsafe[verdict.seed] if broken == "safe" else r["outcome"] != "completed")
