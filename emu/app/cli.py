@@ -11,6 +11,7 @@ With --json a command prints one JSON object on stdout and nothing else there
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -265,16 +266,17 @@ def _fuzz(args) -> int:
             client.close()
         raise
     todo = camp.todo()
-    totals = {mo: sum(1 for m_, _ in todo if m_ == mo) for mo in models}
+    totals = {mo: sum(1 for model, _seed in todo if model == mo) for mo in models}
     interrupted = False
     seen = len(camp.records)
     started = time.monotonic()
 
     def advance(bar, n):
+        """The records added since the last call are the newest ones (a
+        dict keeps insertion order): read them from the end."""
         nonlocal seen
-        recs = list(camp.records.values())[seen:]
-        seen = len(camp.records)
-        for r in recs:
+        new, seen = len(camp.records) - seen, len(camp.records)
+        for r in itertools.islice(reversed(camp.records.values()), new):
             bar.advance(r["model"], 1, 1 if expect.failing(r, fail_on) else 0)
 
     try:
@@ -288,9 +290,9 @@ def _fuzz(args) -> int:
             client.close()
     seconds = time.monotonic() - started
     summary = camp.summary()
-    verdicts = [expect.judge(mo, prog.scenario.expect.get(mo, ()), fail_on,
-                             [r for (m_, _), r in camp.records.items() if m_ == mo and _ in plan.seeds])
-                for mo in models]
+    seeds = set(plan.seeds)
+    by_model = {mo: [r for (model, s), r in camp.records.items() if model == mo and s in seeds] for mo in models}
+    verdicts = [expect.judge(mo, prog.scenario.expect.get(mo, ()), fail_on, by_model[mo]) for mo in models]
     summary["interrupted"] = interrupted
     summary["fail_on"] = list(fail_on)
     summary["verdicts"] = [v.to_json() for v in verdicts]
@@ -299,7 +301,7 @@ def _fuzz(args) -> int:
         summary["out"] = str(args.out)
     replay = {v.model: _replay_command(args, v.model, v.seed, strategy) for v in verdicts if v.seed is not None}
     if args.junit:
-        _write_junit(args.junit, prog, verdicts, camp.records, replay, seconds)
+        _write_junit(args.junit, prog, verdicts, by_model, replay, seconds)
         summary["junit"] = str(args.junit)
     if args.json:
         _emit_json(summary)
@@ -325,14 +327,15 @@ def _replay_command(args, model: str, seed: int, strategy: str) -> str:
     return f"lpemu replay {args.scenario} --model {model} --seed {seed} --strategy {strategy} --shrink"
 
 
-def _write_junit(path, prog, verdicts, records, replay, seconds: float) -> None:
-    """One test case per model of the campaign (emu/app/junit.py)."""
+def _write_junit(path, prog, verdicts, by_model: dict, replay, seconds: float) -> None:
+    """One test case per model of the campaign (emu/app/junit.py); a case's
+    time is its share of the campaign's by runs."""
     from emu.app import junit
     name = prog.scenario.name
-    total = max(1, len(records))
+    total = max(1, sum(len(recs) for recs in by_model.values()))
     cases = []
     for v in verdicts:
-        recs = [r for (m_, _), r in records.items() if m_ == v.model]
+        recs = by_model[v.model]
         details = []
         if v.seed is not None:
             first = next(r for r in recs if r["seed"] == v.seed)
