@@ -355,3 +355,15 @@ def test_expectations_hold_exactly_as_defined(records, words):
         assert broken in ("safe", "completes")
         r = records[verdict.seed]
         assert (unsafe[verdict.seed] if broken == "safe" else r["outcome"] != "completed")
+
+
+def test_demo_exits_1_when_a_model_answers_the_seed_question_unexpectedly(capsys, monkeypatch):
+    from emu.app import demo
+    assert cli.main(["demo", "--runs", "4", "--quiet"]) == 0
+    assert "every model answered the seed question as expected" in capsys.readouterr().out
+    wrong = {variant: dict(models) for variant, models in demo.EXPECTED.items()}
+    wrong["bar+baz"]["livepatch"] = ("safe",)          # the seed's bug: livepatch is not safe without foo
+    monkeypatch.setattr(demo, "EXPECTED", wrong)
+    assert cli.main(["demo", "--runs", "4", "--quiet"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL bar+baz: livepatch: expected safe, but 3 of 4 runs were not (first: seed 0: inconsistent" in out
