@@ -15,11 +15,22 @@ the RunSpec of (scenario, model, seed) for a strategy:
 - random: a start point drawn from the window, a seeded random schedule;
 - pct: a start point drawn from the window, PCT priorities of depth d.
 
+- directed (the default): the first seeds start the transition at the
+  points the probe (emu/runs/probe.py) chose so that every state it saw of
+  every task is met by some run, the most new states first (round robin,
+  whose prefix is the probe's run); the seeds after them draw a start point
+  from everything the probe ran through and alternate seeded random and
+  PCT schedules.
+
 The window is [first action, first action + W): W is `[fuzz] window` or one
 cycle of the tasks (the longest gap between two unit boundaries of a task,
 measured by an unpatched probe run), so a campaign tries every phase of
 every task's loop. The same RunSpec gives the same run, event for event;
 Result.trace_hash says so.
+
+Every run records in Result.met the state (emu/runs/states.py) in which the
+transition first met each task: observed in the run itself, from the first
+action until every task has been seen off its CPU.
 """
 from __future__ import annotations
 
@@ -28,7 +39,8 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 
 from emu.engine import core
-from emu.runs import oracle
+from emu.runs import oracle, states
+from emu.runs.probe import Probe, run_probe
 from emu.errors import EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
@@ -82,6 +94,7 @@ class Result:
     preemptions: int = 0
     trace_hash: str = ""
     events: int = 0
+    met: dict = field(default_factory=dict)        # task -> the state the transition first met it in
 
     @property
     def inconsistent(self) -> bool:
@@ -111,18 +124,22 @@ class Result:
                 "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault,
                 "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
                 "preemptions": self.preemptions, "end": self.end, "events": self.events,
-                "trace_hash": self.trace_hash}
+                "trace_hash": self.trace_hash, "met": self.met}
 
 
 class Runner:
     """Runs RunSpecs of one compiled scenario. Keeps a few machines between
     runs, each restored from a snapshot of the prefix runs share."""
 
-    def __init__(self, program: Program, *, cycle: int | None = None, sched: str = "c"):
+    def __init__(self, program: Program, *, cycle: int | None = None, probe: Probe | None = None,
+                 sched: str = "c", stacks: states.StackSource | None = None):
         self.program = program
         self.sched = sched          # "python": the scheduler's twin (no pool: snapshots need C's)
         self.scn = program.scenario
+        self.stacks = stacks or states.UnwinderStacks()
         self._cycle = cycle
+        self._probe = probe
+        self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
 
     # ---- planning -----------------------------------------------------------------------------
@@ -160,6 +177,34 @@ class Runner:
     def window(self) -> int:
         return self.scn.fuzz.window or self.cycle()
 
+    def probe(self) -> Probe:
+        """The states of every task, from an unpatched run (emu/runs/probe.py)."""
+        if self._probe is None:
+            spec = RunSpec("immediate", 0, "directed", self.first_at)
+            m, fault = self.prepare(spec, pooled=False)
+            try:
+                patched = sorted({f.rpartition(":")[2] for _, funcs in self.program.patches.values()
+                                  for f in funcs})
+                if fault is not None:
+                    self._probe = Probe(self.first_at, end=m.now, fault=fault, patched=patched)
+                else:
+                    self._probe = run_probe(m, first_at=self.first_at, cycle=self.cycle(),
+                                            bound=m.seconds(self.scn.fuzz.probe), patched=patched,
+                                            stacks=self.stacks)
+            finally:
+                m.engine.close()
+        return self._probe
+
+    def known(self) -> dict:
+        """What workers need to plan like this runner (keyword arguments of Runner)."""
+        return {"cycle": self.cycle(), "probe": self.probe()}
+
+    def cover_points(self) -> list[int]:
+        """The directed strategy's first start points (Probe.cover)."""
+        if self._cover is None:
+            self._cover = self.probe().cover()
+        return self._cover
+
     def exhaustive_start(self, index: int) -> int:
         """The start point of the index-th exhaustive run (see the module doc)."""
         w = self.window()
@@ -179,10 +224,22 @@ class Runner:
         if strategy == "exhaustive":
             return RunSpec(model, seed, strategy, self.exhaustive_start(seed - fz.seed),
                            self.scn.machine.get("policy", "rr"), seed)
+        if strategy == "directed":
+            return self._directed(model, seed)
         rng = random.Random(f"{seed}:{strategy}")
         start = self.first_at + rng.randrange(self.window())
         return RunSpec(model, seed, strategy, start, "random" if strategy == "random" else "pct",
                        rng.randrange(2 ** 32), fz.depth)
+
+    def _directed(self, model: str, seed: int) -> RunSpec:
+        points, i = self.cover_points(), seed - self.scn.fuzz.seed
+        if 0 <= i < len(points):
+            return RunSpec(model, seed, "directed", points[i], "rr", 0)
+        rng = random.Random(f"{seed}:directed")
+        span = max(self.window(), self.probe().end - self.first_at)
+        schedule = "pct" if seed % 2 else "random"
+        return RunSpec(model, seed, "directed", self.first_at + rng.randrange(span), schedule,
+                       rng.randrange(2 ** 32), self.scn.fuzz.depth)
 
     # ---- one run ------------------------------------------------------------------------------
     def machine(self, spec: RunSpec) -> Machine:
@@ -198,7 +255,7 @@ class Runner:
             m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
         return m
 
-    def _prepared(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
+    def prepare(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
         """A machine for spec at the end of the prefix every run shares: its
         images loaded, the patched functions watched, and (round robin) run
         up to the first action, or just started (seeded schedules). With
@@ -259,7 +316,7 @@ class Runner:
         (the caller closes machine.engine); without, the machine goes back
         to the runner's pool."""
         scn, prog = self.scn, self.program
-        m, fault = self._prepared(spec, pooled=not keep and self.sched == "c")
+        m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
         try:
             model = make_model(spec.model, m)
             patches = {}
@@ -279,9 +336,13 @@ class Runner:
                 return m.now >= last and all(t.result != "pending" for t in model.transitions)
 
             try:
+                # up to the first action; then slice by slice until every task
+                # was seen off its CPU (the states the transition met); then
                 # until the last transition ends (checked whenever kernel work
                 # runs, so the scheduler stays in C), then `settle` more
                 if fault is None:
+                    m.run(until=spec.start)
+                    self._observe(m, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
                     ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
                     m.run(until=min(end, max(ends) + 2 * self.cycle()))
@@ -296,6 +357,16 @@ class Runner:
         if fault is not None:
             self._discard(m)
         return res
+
+    def _observe(self, m: Machine, res: Result, settled, end: int) -> None:
+        """Fill res.met: each task's first state off its CPU from now on."""
+        want = sum(1 for t in m.tasks if not t.is_idle)
+
+        def look():
+            for task, st in states.observe(m, self.stacks, skip=res.met).items():
+                res.met[task] = st
+            return len(res.met) >= want or settled()
+        m.run(until=end, stop_when=look, every_slice=True)
 
     def _discard(self, m: Machine) -> None:
         for key, (pm, _) in list(self._pool.items()):
