@@ -342,7 +342,7 @@ class Runner:
                 # runs, so the scheduler stays in C), then `settle` more
                 if fault is None:
                     m.run(until=spec.start)
-                    self._observe(m, res, settled, end)
+                    self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
                     ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
                     m.run(until=min(end, max(ends) + 2 * self.cycle()))
@@ -358,11 +358,18 @@ class Runner:
             self._discard(m)
         return res
 
-    def _observe(self, m: Machine, res: Result, settled, end: int) -> None:
-        """Fill res.met: each task's first state off its CPU from now on."""
+    def _observe(self, m: Machine, model, res: Result, settled, end: int) -> None:
+        """Fill res.met: each task's first state off its CPU once the first
+        transition has started (livepatch: its first check; stop_machine:
+        its CPUs stopping), slice by slice until every task was seen, or
+        until nothing is in transition."""
         want = sum(1 for t in m.tasks if not t.is_idle)
 
         def look():
+            if not model.transitions:
+                return True                   # the action was refused: nothing met anything
+            if model.transitions[0].started_at is None:
+                return settled()
             for task, st in states.observe(m, self.stacks, skip=res.met).items():
                 res.met[task] = st
             return len(res.met) >= want or settled()

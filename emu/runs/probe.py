@@ -19,7 +19,9 @@ cover() turns the timeline into start points: a transition started at t
 meets each task in the first state observed at or after t (off its CPU at t:
 its state then; running: its state at its next stop, where stop_machine
 parks its CPU and livepatch first looks at it). Greedy set cover picks
-points until every (task, state) is met by one of them.
+points until every (task, state) is met by one of them. A run records what
+its transition really met (Result.met, from the model's start on), and
+coverage is counted from that, not from this prediction.
 """
 from __future__ import annotations
 
@@ -41,8 +43,8 @@ class Probe:
     saturated: bool = False         # True: stopped after a long stretch with nothing new; False: the bound
     fault: str | None = None        # the unpatched run faulted (the probe stopped there)
     states: dict[str, list[str]] = field(default_factory=dict)     # task -> states, first seen first
-    # task -> [(time of the last observation of a run of equal states, index into states[task])]
-    timeline: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # task -> [(last observation of a run of equal states, its first, index into states[task])]
+    timeline: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     patched: list[str] = field(default_factory=list)               # the patched functions (by name)
 
     @property
@@ -53,8 +55,8 @@ class Probe:
         """The state a transition started at t first meets in task (None:
         the probe never saw the task off its CPU after t)."""
         tl = self.timeline.get(task, [])
-        i = bisect_left(tl, (t, -1))
-        return self.states[task][tl[i][1]] if i < len(tl) else None
+        i = bisect_left(tl, (t, -1, -1))
+        return self.states[task][tl[i][2]] if i < len(tl) else None
 
     def met_all(self, t: int) -> dict[str, str]:
         out = {}
@@ -67,10 +69,12 @@ class Probe:
     def cover(self) -> list[int]:
         """Start points such that every (task, state) the probe saw is met
         first by one of them; the point meeting the most new pairs first
-        (ties: the earliest). Lazy greedy set cover over the ends of the
-        timeline's runs (for intervals on a line an optimal choice of points
-        is among their right ends)."""
-        points = sorted({t for tl in self.timeline.values() for t, _ in tl})
+        (ties: the earliest). Lazy greedy set cover over the first
+        observations of the timeline's runs: a model looks at the tasks a
+        little after the request (livepatch after its setup, stop_machine
+        when the CPUs have stopped), and a run's first observation leaves
+        the state the longest time to be met in."""
+        points = sorted({t for tl in self.timeline.values() for _, t, _ in tl})
         sets = [frozenset(self.met_all(t).items()) for t in points]
         heap = [(-len(s), i) for i, s in enumerate(sets)]
         heapq.heapify(heap)
@@ -113,10 +117,10 @@ def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[s
                 pr.states.setdefault(task, []).append(st)
                 pr.last_new = now
             tl = pr.timeline.setdefault(task, [])
-            if tl and tl[-1][1] == k:
-                tl[-1] = (now, k)
+            if tl and tl[-1][2] == k:
+                tl[-1] = (now, tl[-1][1], k)
             else:
-                tl.append((now, k))
+                tl.append((now, now, k))
         quiet = now - pr.last_new
         if quiet >= max(stale, 2 * (pr.last_new - first_at)):
             pr.saturated = True
