@@ -149,7 +149,8 @@ def _emit_json(obj) -> None:
 # ---- commands -----------------------------------------------------------------------------------
 def _run(args) -> int:
     """`lpemu run` and `lpemu replay [--shrink]`: one run, printed."""
-    from emu.runs.fuzz import Runner, shrink
+    from emu.runs.fuzz import Runner
+    from emu.runs.shrink import shrink
     prog = _load(args.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)

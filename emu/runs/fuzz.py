@@ -91,6 +91,7 @@ class Result:
     violation_count: int = 0
     errors: list = field(default_factory=list)     # refused actions: (time, action, message)
     fault: str | None = None
+    fault_task: str | None = None                 # the task that faulted (None: unknown or none)
     preemptions: int = 0
     trace_hash: str = ""
     events: int = 0
@@ -121,7 +122,7 @@ class Result:
                 "start": self.spec.start, "spec": self.spec.to_json(), "outcome": self.outcome,
                 "inconsistent": self.inconsistent, "inconsistent_units": self.inconsistent_units,
                 "inconsistencies": self.inconsistencies, "violations": self.violations,
-                "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault,
+                "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault, "fault_task": self.fault_task,
                 "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
                 "preemptions": self.preemptions, "end": self.end, "events": self.events,
                 "trace_hash": self.trace_hash, "met": self.met}
@@ -347,7 +348,7 @@ class Runner:
                     ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
                     m.run(until=min(end, max(ends) + 2 * self.cycle()))
             except GuestFault as exc:
-                res.fault = str(exc)
+                res.fault, res.fault_task = str(exc), exc.task
             self._judge(m, model, list(patches.values()), res)
         except BaseException:
             self._discard(m)
@@ -364,13 +365,14 @@ class Runner:
         its CPUs stopping), slice by slice until every task was seen, or
         until nothing is in transition."""
         want = sum(1 for t in m.tasks if not t.is_idle)
+        obs = states.Observer(m, self.stacks)
 
         def look():
             if not model.transitions:
                 return True                   # the action was refused: nothing met anything
             if model.transitions[0].started_at is None:
                 return settled()
-            for task, st in states.observe(m, self.stacks, skip=res.met).items():
+            for task, st in obs.observe(skip=res.met).items():
                 res.met[task] = st
             return len(res.met) >= want or settled()
         m.run(until=end, stop_when=look, every_slice=True)
@@ -475,79 +477,3 @@ def trace_hash(m: Machine) -> str:
     for t, text in m.log:
         h.update(f"{t}:{text}\n".encode())
     return h.hexdigest()[:16]
-
-
-# ---- shrinking -------------------------------------------------------------------------------
-
-def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -> tuple[RunSpec, Result, int]:
-    """The smallest failing variant of a failing run: fewest tasks, the
-    simplest schedule with the fewest preemptions, then the latest start
-    point that still fails. Returns (spec, its result, runs tried)."""
-    tried = 0
-
-    def fails(s: RunSpec):
-        nonlocal tried
-        tried += 1
-        if progress:
-            progress()
-        r = runner.execute(s)
-        return r if r.failing else None
-
-    best = fails(spec)
-    if best is None:
-        raise UserError(f"seed {spec.seed} under {spec.model} does not fail: nothing to shrink")
-    cur = spec
-    # 1. fewer tasks: drop one at a time while the run still fails
-    names = list(cur.tasks or [i for t in runner.scn.tasks for i in t.instances()])
-    changed = True
-    while changed and len(names) > 1 and tried < budget:
-        changed = False
-        for name in list(names):
-            cand = replace(cur, tasks=tuple(n for n in names if n != name))
-            r = fails(cand)
-            if r is not None:
-                cur, best, names, changed = cand, r, [n for n in names if n != name], True
-                break
-    # 2. simpler schedules, fewer preemptions
-    for simplify in _SIMPLIFY:
-        cand = simplify(cur, runner.scn.machine.get("preempt", "voluntary"))
-        if cand is None or tried >= budget:
-            continue
-        r = fails(cand)
-        if r is not None and r.preemptions <= best.preemptions:
-            cur, best = cand, r
-    # 3. the latest start point that still fails: gallop, then bisect
-    lo, step, hi = cur.start, 1, None
-    limit = cur.start + runner.window()
-    while tried < budget and lo + step <= limit:
-        r = fails(replace(cur, start=lo + step))
-        if r is None:
-            hi = lo + step
-            break
-        lo, best, step = lo + step, r, step * 2
-    if hi is not None:
-        while hi - lo > 1 and tried < budget:
-            mid = (lo + hi) // 2
-            r = fails(replace(cur, start=mid))
-            if r is None:
-                hi = mid
-            else:
-                lo, best = mid, r
-    cur = replace(cur, start=lo)
-    return cur, best, tried
-
-
-def _round_robin(spec: RunSpec, _preempt):
-    return replace(spec, schedule="rr", sched_seed=0) if spec.schedule != "rr" else None
-
-
-def _shallower(spec: RunSpec, _preempt):
-    return replace(spec, depth=1) if spec.schedule == "pct" and spec.depth > 1 else None
-
-
-def _less_preemptive(spec: RunSpec, preempt: str):
-    current = spec.preempt or preempt
-    return replace(spec, preempt="voluntary") if current == "full" else None
-
-
-_SIMPLIFY = (_round_robin, _shallower, _less_preemptive)

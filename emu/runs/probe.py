@@ -106,10 +106,11 @@ def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[s
     pr = Probe(first_at, last_new=first_at, patched=sorted(patched))
     index: dict[str, dict[str, int]] = {}
     stale = STALE_CYCLES * cycle
+    obs = states.Observer(machine, stacks)
 
     def look() -> bool:
         now = machine.now
-        for task, st in states.observe(machine, stacks).items():
+        for task, st in obs.observe().items():
             known = index.setdefault(task, {})
             k = known.get(st)
             if k is None:
@@ -133,3 +134,30 @@ def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[s
         pr.fault = str(exc)
     pr.end = machine.now
     return pr
+
+
+def find_state(machine, state: str, *, tasks=None, until: int, count: int,
+               stacks: states.StackSource | None = None) -> list[int]:
+    """First observations (times) of up to count runs in which one of tasks
+    (names; None: any) is off its CPU in state, from a prepared machine up
+    to until. The shrinker uses it to find where a smaller variant of a run
+    meets the state that failed. The caller closes the machine."""
+    stacks = stacks or states.UnwinderStacks()
+    found: list[int] = []
+    inside = False
+    obs = states.Observer(machine, stacks)
+
+    def look() -> bool:
+        nonlocal inside
+        seen = obs.observe()
+        hit = any(s == state for t, s in seen.items() if tasks is None or t in tasks)
+        if hit and not inside:
+            found.append(machine.now)
+        inside = hit
+        return len(found) >= count
+
+    try:
+        machine.run(until=until, stop_when=look, every_slice=True)
+    except GuestFault:
+        pass
+    return found

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from emu.engine import unwind
-from emu.machine.machine import Machine
+from emu.machine.machine import EV_SCHED_IN, Machine
 from emu.machine.task import Kind, RunState, Task
 
 STOPPED, PREEMPTED, USER, EXITED = "stopped", "preempted", "user", "exited"
@@ -99,9 +99,39 @@ def state_of(machine: Machine, task: Task, stacks: StackSource) -> str:
     return key(PREEMPTED if task.state is RunState.RUNNABLE and task.preempted else STOPPED, stack)
 
 
-def observe(machine: Machine, stacks: StackSource, *, skip=frozenset()) -> dict[str, str]:
-    """Task name -> state, for every task (no idle task) that is off its CPU
-    and whose name is not in skip."""
-    on = running(machine)
-    return {t.name: state_of(machine, t, stacks) for t in machine.tasks
-            if t.kind is not Kind.IDLE and t.tid not in on and t.name not in skip}
+class Observer:
+    """Observes a machine's tasks between slices (observe() on every call),
+    walking again only the stacks of tasks that ran since the last call
+    (their EV_SCHED_IN in the trace, or on a CPU then): a task's stack
+    changes only while it runs."""
+
+    def __init__(self, machine: Machine, stacks: StackSource):
+        self.m = machine
+        self.stacks = stacks
+        self._seen = 0                     # events of machine.trace already read
+        self._known: dict[int, str] = {}   # tid -> state, while the task has not run since
+        self._was_on: set[int] = set()
+
+    def observe(self, *, skip=frozenset()) -> dict[str, str]:
+        """Task name -> state, for every task (no idle task) that is off its
+        CPU and whose name is not in skip."""
+        m = self.m
+        m.drain()
+        trace = m.trace
+        if len(trace) > self._seen:
+            for ev in trace[self._seen:]:
+                if ev[1] == EV_SCHED_IN:
+                    self._known.pop(ev[2], None)
+            self._seen = len(trace)
+        for tid in self._was_on:
+            self._known.pop(tid, None)
+        on = self._was_on = running(m)
+        out = {}
+        for t in m.tasks:
+            if t.kind is Kind.IDLE or t.tid in on or t.name in skip:
+                continue
+            st = self._known.get(t.tid)
+            if st is None:
+                st = self._known[t.tid] = state_of(m, t, self.stacks)
+            out[t.name] = st
+        return out
