@@ -15,6 +15,9 @@ from emu.errors import GuestFault, UserError
 from emu.runs.scenario import MODELS, STRATEGIES
 
 VERSION_NAMES = {0: "old", 1: "new"}
+UNTIL_COVERED_RUNS = 1000     # --until-covered without --runs: at most this many runs per model
+UNTIL_COVERED_STEP = 16       # runs per model between two looks at the coverage
+MISSED_SHOWN = 10
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
@@ -192,12 +195,12 @@ def _run(args) -> int:
 
 
 def _fuzz(args) -> int:
-    from emu.runs import campaign
+    from emu.runs import campaign, coverage
     prog = _load(args.scenario)
     fz = prog.scenario.fuzz
     models = args.model or fz.models
-    runs = args.runs or fz.runs
     strategy = args.strategy or fz.strategy
+    runs = args.runs or (UNTIL_COVERED_RUNS if args.until_covered else fz.runs)
     seed = fz.seed if args.seed is None else args.seed
     if runs < 1:
         raise UserError("--runs must be at least 1")
@@ -211,20 +214,30 @@ def _fuzz(args) -> int:
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
         client = distributed.connect(args.scheduler)
-    plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + runs)), strategy)
+    jobs = args.jobs or campaign.default_jobs()
+    # --until-covered: rounds of runs until every model met every state, at most `runs`
+    step = min(runs, max(UNTIL_COVERED_STEP, 4 * jobs)) if args.until_covered else runs
+    plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + step)), strategy)
     try:
-        camp = campaign.Campaign(prog, plan, jobs=args.jobs or campaign.default_jobs(),
+        camp = campaign.Campaign(prog, plan, jobs=jobs,
                                  out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
     except BaseException:
         if client is not None:
             client.close()
         raise
-    todo = len(camp.todo())
-    bar, task = _progress(todo, not args.json, "fuzzing")
+    bar, task = _progress(runs * len(models), not args.json, "fuzzing")
+    bar.advance(task, len(camp.records))
     interrupted = False
     try:
         with bar:
-            camp.run(progress=lambda n: bar.advance(task, n), client=client)
+            while True:
+                camp.run(progress=lambda n: bar.advance(task, n), client=client)
+                if not args.until_covered or len(plan.seeds) >= runs:
+                    break
+                if all(m["coverage"]["complete"] for m in camp.summary()["models"]):
+                    break
+                more = min(step, runs - len(plan.seeds))
+                plan.seeds.extend(range(plan.seeds[-1] + 1, plan.seeds[-1] + 1 + more))
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -235,10 +248,12 @@ def _fuzz(args) -> int:
     summary["interrupted"] = interrupted
     if args.out:
         summary["out"] = str(args.out)
+    last = plan.seeds[-1]
     if args.json:
         _emit_json(summary)
     else:
-        _print_summary(summary, title=f"{Path(args.scenario).name}: {strategy}, seeds {seed}..{seed + runs - 1}")
+        _print_summary(summary, title=f"{Path(args.scenario).name}: {strategy}, seeds {seed}..{last}")
+        _print_coverage(summary, coverage)
         if interrupted:
             print(f"interrupted: {len(camp.records)} runs kept" +
                   (f"; continue with --resume --out {args.out}" if args.out else ""))
@@ -247,7 +262,46 @@ def _fuzz(args) -> int:
                 print(f"{s['model']}: first failing seed {s['first_failing_seed']}: "
                       f"lpemu replay {args.scenario} --model {s['model']} --seed {s['first_failing_seed']} "
                       f"--strategy {strategy} --shrink")
+            if s.get("first_fault_seed") is not None:
+                print(f"{s['model']}: first faulting seed {s['first_fault_seed']}: "
+                      f"lpemu replay {args.scenario} --model {s['model']} --seed {s['first_fault_seed']} "
+                      f"--strategy {strategy} --shrink\n  " + str(s["first_fault"]).replace("\n", "\n  "))
     return 130 if interrupted else 0
+
+
+def _print_coverage(summary: dict, coverage) -> None:
+    """Per model: states met at transition start over the probe's; the never-met ones."""
+    shown = False
+    for s in summary["models"]:
+        cov = s.get("coverage")
+        if cov is None:
+            continue
+        if not shown:
+            print(coverage.probe_line(cov))
+            shown = True
+        print(f"{s['model']}: {coverage.line(cov)}")
+        missed = [(t["task"], m) for t in cov["tasks"] for m in t["missed"]]
+        for task, m in missed[:MISSED_SHOWN]:
+            opened = f" (patched open: {', '.join(m['open'])})" if m["open"] else ""
+            print(f"  never met: {task}: {m['state']}{opened}")
+        if len(missed) > MISSED_SHOWN:
+            print(f"  ... {len(missed) - MISSED_SHOWN} more never met (--json lists them)")
+
+
+def _first_failure(args) -> int:
+    from emu.runs import first_failure
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    for path in args.scenario:
+        _load(path)                    # a bad scenario is a UserError before anything runs
+    strategies = args.strategy or list(first_failure.STRATEGIES)
+    rows = first_failure.compare(args.scenario, models=args.model, strategies=strategies, limit=args.limit)
+    if args.json:
+        _emit_json({"limit": args.limit, "rows": [r.to_json() for r in rows]})
+    else:
+        print(f"runs to the first failing run (seeds in order; >{args.limit}: none within {args.limit})\n")
+        print(first_failure.table(rows, args.limit))
+    return 0
 
 
 def _print_summary(summary: dict, *, title: str) -> None:
@@ -366,8 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--force", action="store_true", help="replace the results in --out")
     f.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
+    f.add_argument("--until-covered", action="store_true",
+                   help="run until every state of every task was met at a transition start "
+                        f"(at most --runs runs per model, default {UNTIL_COVERED_RUNS})")
     f.add_argument("--json", action="store_true")
     f.set_defaults(func=_fuzz)
+
+    ff = sub.add_parser("first-failure", help="runs to the first failure under each strategy (a table)")
+    ff.add_argument("scenario", nargs="+")
+    ff.add_argument("--model", action="append", choices=MODELS, help="model (repeatable; default: [fuzz] models)")
+    ff.add_argument("--strategy", action="append", choices=STRATEGIES,
+                    help="strategy (repeatable; default: directed, exhaustive, random)")
+    ff.add_argument("--limit", type=int, default=200, help="runs tried per model and strategy")
+    ff.add_argument("--json", action="store_true")
+    ff.set_defaults(func=_first_failure)
 
     b = sub.add_parser("bench", help="what a patch switch costs, and what the emulator costs")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
