@@ -183,9 +183,10 @@ sources = ["@SEED@/base.c"]
 cpus = 4
 quantum = 500
 [[task]]
-name = "user"
-entry = "user_entry"
+name = "worker"
+entry = "kthread_entry"
 args = [0]
+kind = "kthread"
 count = 64
 [[patch]]
 name = "p"
@@ -201,6 +202,10 @@ observe = { 2 = "value >= 1000" }
 
 
 def test_64_identical_tasks_shrink_to_one_or_two(tmp_path):
+    """64 kthreads in lockstep: dropping any one moves the others in time and
+    the run passes at its old start point (a shrinker that keeps the start
+    point stops at 11 tasks); looking for the failed state in the smaller
+    variant goes on."""
     prog = scenario.build(scenario.load(_scenario(tmp_path, LOCKSTEP)))
     with Runner(prog) as r:
         spec = next(s for s in (r.plan("livepatch", i) for i in range(20)) if r.execute(s).failing)
@@ -228,12 +233,13 @@ __attribute__((noinline)) long baz(long f)
 def test_a_faulting_run_is_a_finding_and_shrinks(tmp_path, capsys):
     (tmp_path / "patch.c").write_text(FAULTY_PATCH)
     body = LOCKSTEP.replace("count = 64", "count = 6").replace('"@SEED@/patch.c"', '"patch.c"')
-    path = _scenario(tmp_path, body.replace("[check]\nobserve = { 2 = \"value >= 1000\" }\n", ""))
+    # units of one bar() each: nothing can mix versions, the fault is the only finding
+    path = _scenario(tmp_path, body.replace('observe = { 2 = "value >= 1000" }', 'unit = "bar"'))
     prog = scenario.build(scenario.load(path))
     with Runner(prog) as r:
         spec = next(s for s in (r.plan("livepatch", i) for i in range(20)) if r.execute(s).outcome == "fault")
         res = r.execute(spec)
-        assert not res.failing and res.fault_task.startswith("user") and "guest fault" in res.fault
+        assert not res.failing and res.fault_task.startswith("worker") and "guest fault" in res.fault
         small, sres, tried = shrink(r, spec, budget=120)
         assert sres.outcome == "fault" and len(small.tasks) < 6
     plan = campaign.Plan(str(path), ["livepatch"], list(range(spec.seed + 1)), "directed")
@@ -245,6 +251,11 @@ def test_a_faulting_run_is_a_finding_and_shrinks(tmp_path, capsys):
                      "--shrink", "--budget", "60", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["outcome"] == "fault" and out["shrunk_from"]["seed"] == spec.seed
+
+
+def test_directed_is_the_default_strategy(rare):
+    assert rare.scn.fuzz.strategy == "directed"
+    assert rare.plan("kgraft", 0) == rare.plan("kgraft", 0, strategy="directed")
 
 
 def test_the_probe_key_is_checked(tmp_path):
