@@ -6,10 +6,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from emu.app import cli
 from emu.runs import campaign, coverage, first_failure, scenario, states
 from emu.runs.fuzz import Runner, RunSpec, trace_hash
+from emu.runs.probe import Probe
 from emu.runs.shrink import shrink
 
 EX = Path(__file__).resolve().parent.parent / "examples"
@@ -262,3 +264,55 @@ def test_the_probe_key_is_checked(tmp_path):
     body = LOCKSTEP.replace("count = 64", "count = 1") + "[fuzz]\nprobe = -1\n"
     with pytest.raises(Exception, match="fuzz.probe"):
         scenario.load(_scenario(tmp_path, body))
+
+
+# ---- the cover, on generated timelines ----------------------------------------------------------
+@st.composite
+def probes(draw):
+    """A probe's timelines: per task, runs of equal states at increasing times."""
+    pr = Probe(first_at=draw(st.integers(0, 50)))
+    for n in range(draw(st.integers(1, 4))):
+        task = f"t{n}"
+        names = [f"stopped: f{k}" for k in range(draw(st.integers(1, 4)))]
+        t, prev, tl = pr.first_at, None, []
+        for _ in range(draw(st.integers(1, 12))):
+            t += draw(st.integers(1, 40))
+            first = t
+            t += draw(st.integers(0, 30))
+            k = draw(st.integers(0, len(names) - 1).filter(lambda k: k != prev) if len(names) > 1
+                     else st.just(0))
+            if k == prev:
+                continue
+            tl.append((t, first, k))
+            prev = k
+        used = sorted({k for _, _, k in tl})
+        remap = {k: i for i, k in enumerate(used)}
+        pr.states[task] = [names[k] for k in used]
+        pr.timeline[task] = [(a, b, remap[k]) for a, b, k in tl]
+    return pr
+
+
+@given(probes(), st.integers(0, 700))
+@settings(max_examples=200, deadline=None)
+def test_met_is_the_first_run_of_states_not_over_before_t(pr, t):
+    for task, tl in pr.timeline.items():
+        want = next((pr.states[task][k] for last, _, k in tl if last >= t), None)
+        assert pr.met(task, t) == want
+
+
+@given(probes())
+@settings(max_examples=200, deadline=None)
+def test_the_cover_meets_every_state_of_every_task(pr):
+    points = pr.cover()
+    met = {(task, s) for t in points for task, s in pr.met_all(t).items()}
+    assert met == {(task, s) for task, seen in pr.states.items() for s in seen}
+    assert len(points) == len(set(points)) <= pr.total
+    # the greedy order: no later point meets more new pairs than an earlier one did
+    seen, gains = set(), []
+    for t in points:
+        new = set(pr.met_all(t).items()) - seen
+        assert new
+        gains.append(len(new))
+        seen |= new
+    assert gains == sorted(gains, reverse=True)
+    assert pr.cover() == points
