@@ -166,7 +166,7 @@ def test_version_and_help():
 def test_every_subcommand_and_option_has_help_and_each_command_an_example():
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]
-    assert set(sub.choices) == {"demo", "run", "replay", "fuzz", "bench", "diff"}
+    assert set(sub.choices) == {"demo", "run", "replay", "fuzz", "first-failure", "bench", "diff"}
     helps = {a.dest: a.help for a in sub._choices_actions}
     for name, command in sub.choices.items():
         assert helps[name], name

@@ -8,7 +8,8 @@ import pytest
 from emu.runs import campaign
 from emu.app import cli
 from emu.runs import scenario
-from emu.runs.fuzz import RunSpec, Runner, shrink
+from emu.runs.fuzz import RunSpec, Runner
+from emu.runs.shrink import shrink
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed" / "scenario.toml"
 

@@ -66,7 +66,7 @@ def test_a_good_scenario_loads_with_its_defaults(scn_dir):
     assert [t.instances() for t in scn.tasks] == [["user0", "user1"]]
     assert scn.machine == {"cpus": 2, "quantum": 500}
     assert scn.actions[0].at == 20000 and scn.actions[0].target == "p"
-    assert scn.fuzz.runs == 5 and scn.fuzz.strategy == "random" and scn.fuzz.horizon >= 10
+    assert scn.fuzz.runs == 5 and scn.fuzz.strategy == "directed" and scn.fuzz.horizon >= 10
     assert scn.assertions[0].key == 2 and scn.assertions[0].holds({"value": 5000})
 
 

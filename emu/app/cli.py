@@ -25,6 +25,9 @@ from emu.runs.scenario import MODELS, STRATEGIES
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
 VERSION_NAMES = {0: "old", 1: "new"}
+UNTIL_COVERED_RUNS = 1000     # --until-covered without --runs: at most this many runs per model
+UNTIL_COVERED_STEP = 16       # runs per model between two looks at the coverage
+MISSED_SHOWN = 10
 
 
 # ---- shared pieces ------------------------------------------------------------------------------
@@ -191,7 +194,8 @@ def _emit_json(obj) -> None:
 def _run(args) -> int:
     """`lpemu run` and `lpemu replay [--shrink]`: one run, printed. Exit 1
     when the run has a finding --fail-on counts."""
-    from emu.runs.fuzz import Runner, shrink
+    from emu.runs.fuzz import Runner
+    from emu.runs.shrink import shrink
     fail_on = _fail_on(args)
     prog = _load(args.scenario)
     runner = Runner(prog)
@@ -237,13 +241,13 @@ def _run(args) -> int:
 
 
 def _fuzz(args) -> int:
-    from emu.runs import campaign
+    from emu.runs import campaign, coverage
     fail_on = _fail_on(args)
     prog = _load(args.scenario)
     fz = prog.scenario.fuzz
     models = list(dict.fromkeys(args.model or fz.models))
-    runs = args.runs or fz.runs
     strategy = args.strategy or fz.strategy
+    runs = args.runs or (UNTIL_COVERED_RUNS if args.until_covered else fz.runs)
     seed = fz.seed if args.seed is None else args.seed
     if args.runs is not None and args.runs < 1:
         raise UserError("--runs must be at least 1")
@@ -257,9 +261,12 @@ def _fuzz(args) -> int:
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
         client = distributed.connect(args.scheduler)
-    plan = campaign.Plan(str(Path(args.scenario).resolve()), models, list(range(seed, seed + runs)), strategy)
+    jobs = args.jobs or campaign.default_jobs()
+    # --until-covered: rounds of runs until every model met every state, at most `runs`
+    step = min(runs, max(UNTIL_COVERED_STEP, 4 * jobs)) if args.until_covered else runs
+    plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + step)), strategy)
     try:
-        camp = campaign.Campaign(prog, plan, jobs=args.jobs or campaign.default_jobs(),
+        camp = campaign.Campaign(prog, plan, jobs=jobs,
                                  out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
     except BaseException:
         if client is not None:
@@ -267,6 +274,8 @@ def _fuzz(args) -> int:
         raise
     todo = camp.todo()
     totals = {mo: sum(1 for model, _seed in todo if model == mo) for mo in models}
+    if args.until_covered:
+        totals = {mo: runs - (step - totals[mo]) for mo in models}
     interrupted = False
     seen = len(camp.records)
     started = time.monotonic()
@@ -281,7 +290,14 @@ def _fuzz(args) -> int:
 
     try:
         with _progress("fuzzing", totals, args) as bar:
-            camp.run(progress=lambda n: advance(bar, n), client=client)
+            while True:
+                camp.run(progress=lambda n: advance(bar, n), client=client)
+                if not args.until_covered or len(plan.seeds) >= runs:
+                    break
+                if all(m["coverage"]["complete"] for m in camp.summary()["models"]):
+                    break
+                more = min(step, runs - len(plan.seeds))
+                plan.seeds.extend(range(plan.seeds[-1] + 1, plan.seeds[-1] + 1 + more))
     except KeyboardInterrupt:
         interrupted = True
     finally:
@@ -303,10 +319,12 @@ def _fuzz(args) -> int:
     if args.junit:
         _write_junit(args.junit, prog, verdicts, by_model, replay, seconds)
         summary["junit"] = str(args.junit)
+    last = plan.seeds[-1]
     if args.json:
         _emit_json(summary)
     else:
-        _print_summary(summary, title=f"{Path(args.scenario).name}: {strategy}, seeds {seed}..{seed + runs - 1}")
+        _print_summary(summary, title=f"{Path(args.scenario).name}: {strategy}, seeds {seed}..{last}")
+        _print_coverage(summary, coverage)
         if interrupted:
             print(f"interrupted: {len(camp.records)} runs kept" +
                   (f"; continue with --resume --out {args.out}" if args.out else ""))
@@ -316,6 +334,11 @@ def _fuzz(args) -> int:
             print(f"{mark} {v.why}")
             if v.model in replay:
                 print(f"     replay: {replay[v.model]}")
+        for s in summary["models"]:
+            if s.get("first_fault_seed") is not None:
+                print(f"{s['model']}: first faulting seed {s['first_fault_seed']}: "
+                      f"{_replay_command(args, s['model'], s['first_fault_seed'], strategy)}\n  "
+                      + str(s["first_fault"]).replace("\n", "\n  "))
         if args.junit:
             print(f"junit: {args.junit}")
     if interrupted:
@@ -359,6 +382,41 @@ SUMMARY_COLUMNS = (("model", "model"), ("runs", "runs"), ("inconsistent", "incon
                    ("stalled", "stalled"), ("faults", "faults"), ("latency_median", "latency median"),
                    ("latency_max", "latency max"), ("pause_median", "pause median"), ("pause_max", "pause max"),
                    ("first_failing_seed", "first failing seed"))
+
+
+def _print_coverage(summary: dict, coverage) -> None:
+    """Per model: states met at transition start over the probe's; the never-met ones."""
+    shown = False
+    for s in summary["models"]:
+        cov = s.get("coverage")
+        if cov is None:
+            continue
+        if not shown:
+            print(coverage.probe_line(cov))
+            shown = True
+        print(f"{s['model']}: {coverage.line(cov)}")
+        missed = [(t["task"], m) for t in cov["tasks"] for m in t["missed"]]
+        for task, m in missed[:MISSED_SHOWN]:
+            opened = f" (patched open: {', '.join(m['open'])})" if m["open"] else ""
+            print(f"  never met: {task}: {m['state']}{opened}")
+        if len(missed) > MISSED_SHOWN:
+            print(f"  ... {len(missed) - MISSED_SHOWN} more never met (--json lists them)")
+
+
+def _first_failure(args) -> int:
+    from emu.runs import first_failure
+    if args.limit < 1:
+        raise UserError("--limit must be at least 1")
+    for path in args.scenario:
+        _load(path)                    # a bad scenario is a UserError before anything runs
+    strategies = args.strategy or list(first_failure.STRATEGIES)
+    rows = first_failure.compare(args.scenario, models=args.model, strategies=strategies, limit=args.limit)
+    if args.json:
+        _emit_json({"limit": args.limit, "rows": [r.to_json() for r in rows]})
+    else:
+        print(f"runs to the first failing run (seeds in order; >{args.limit}: none within {args.limit})\n")
+        print(first_failure.table(rows, args.limit))
+    return 0
 
 
 def _print_summary(summary: dict, *, title: str) -> None:
@@ -440,6 +498,7 @@ EPILOGS = {
     "replay": "example:\n  lpemu replay examples/seed/scenario.toml --model stop_machine --seed 0 --shrink",
     "fuzz": "examples:\n  lpemu fuzz examples/seed/scenario.toml --runs 200 --out /tmp/seed-runs\n"
             "  lpemu fuzz examples/seed/scenario.toml --model livepatch --junit /tmp/lpemu.xml",
+    "first-failure": "example:\n  lpemu first-failure examples/rare/scenario.toml --limit 100",
     "bench": "example:\n  lpemu bench --quick --plot /tmp/scaling.png",
     "diff": "example:\n  lpemu diff examples/seed/base.c examples/seed/patch.c",
 }
@@ -525,9 +584,21 @@ def build_parser() -> argparse.ArgumentParser:
                    "judged by it instead")
     f.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per model (replaced "
                    "if it exists)")
+    f.add_argument("--until-covered", action="store_true",
+                   help="run until every state of every task was met at a transition start "
+                        f"(at most --runs runs per model, default {UNTIL_COVERED_RUNS})")
     json_flag(f)
     quiet_flag(f)
     f.set_defaults(func=_fuzz)
+
+    ff = command("first-failure", "runs to the first failure under each strategy (a table)")
+    ff.add_argument("scenario", nargs="+", help="scenario files (TOML)")
+    ff.add_argument("--model", action="append", choices=MODELS, help="model (repeatable; default: [fuzz] models)")
+    ff.add_argument("--strategy", action="append", choices=STRATEGIES,
+                    help="strategy (repeatable; default: directed, exhaustive, random)")
+    ff.add_argument("--limit", type=int, default=200, help="runs tried per model and strategy (default: 200)")
+    json_flag(ff)
+    ff.set_defaults(func=_first_failure)
 
     b = command("bench", "what a patch switch costs, and what the emulator costs")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")

@@ -24,6 +24,7 @@ from pathlib import Path
 
 from emu.errors import EmuError, UserError
 from emu.runs.expect import FINDINGS, findings
+from emu.runs import coverage
 from emu.runs.fuzz import Runner
 from emu.runs.scenario import Program
 
@@ -52,10 +53,11 @@ def _init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
 
 
-def _run_batch(program: Program, cycle: int, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
-    """One batch in a worker: the program travels with the batch (tens of
-    runs), not with each run."""
-    with Runner(program, cycle=cycle) as runner:
+def _run_batch(program: Program, known: dict, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
+    """One batch in a worker: the program and what the parent's runner
+    learned (Runner.known: the cycle, the probe) travel with the batch (tens
+    of runs), not with each run."""
+    with Runner(program, **known) as runner:
         return [run_record(runner, strategy, model, seed) for model, seed in batch]
 
 
@@ -82,6 +84,7 @@ class Campaign:
         self.batch = batch
         self.records: dict[tuple[str, int], dict] = {}
         self.crashes: list[dict] = []
+        self.known: dict | None = None     # Runner.known() of this campaign's program
         self._file = None
         if self.out is not None:
             self._open(resume, force)
@@ -128,23 +131,24 @@ class Campaign:
         to the Campaign, the batches run on that Dask cluster."""
         old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
         own = None
-        runner = Runner(self.program)
+        runner = Runner(self.program, **(self.known or {}))
         try:
             todo = self.todo()
+            known = self.known = runner.known()
             if client is None and self.scheduler is not None:
                 from emu.runs import distributed
                 client = own = distributed.connect(self.scheduler)
             if client is not None:
                 from emu.runs import distributed
                 if todo:
-                    distributed.run(self, client, todo, runner.cycle(), progress)
+                    distributed.run(self, client, todo, known, progress)
             elif self.jobs == 1:
                 for model, seed in todo:
                     self._record(run_record(runner, self.plan.strategy, model, seed))
                     if progress:
                         progress(1)
             else:
-                self._parallel(todo, runner.cycle(), progress)
+                self._parallel(todo, known, progress)
         finally:
             runner.close()
             signal.signal(signal.SIGTERM, old_term)
@@ -153,21 +157,21 @@ class Campaign:
             if self._file is not None:
                 self._file.flush()
 
-    def _parallel(self, todo, cycle: int, progress) -> None:
+    def _parallel(self, todo, known: dict, progress) -> None:
         size = self.batch or max(1, min(64, len(todo) // (self.jobs * 8) or 1))
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         while batches:
-            batches, lost = self._pool(batches, cycle, progress, self.jobs, self.jobs * 2)
+            batches, lost = self._pool(batches, known, progress, self.jobs, self.jobs * 2)
             # A worker died: re-run what was in flight one seed at a time on one
             # worker, so the seed that kills it again is known.
             suspects = [run for b in lost for run in b if run not in self.records]
             while suspects:
-                rest, dead = self._pool([[r] for r in suspects], cycle, progress, 1, 1)
+                rest, dead = self._pool([[r] for r in suspects], known, progress, 1, 1)
                 if dead:
                     self._crash(*dead[0][0])
                 suspects = [r for b in dead[1:] + rest for r in b if r not in self.records]
 
-    def _pool(self, batches, cycle, progress, workers: int, inflight: int):
+    def _pool(self, batches, known, progress, workers: int, inflight: int):
         """Run batches in one pool, at most inflight at a time. Returns (not
         started, lost with a dead worker: the first one lost first)."""
         lost: list = []
@@ -178,7 +182,7 @@ class Campaign:
             while queue or pending:
                 while queue and len(pending) < inflight:
                     b = queue.pop(0)
-                    pending[ex.submit(_run_batch, self.program, cycle, self.plan.strategy, b)] = b
+                    pending[ex.submit(_run_batch, self.program, known, self.plan.strategy, b)] = b
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     b = pending.pop(fut)
@@ -211,7 +215,10 @@ class Campaign:
             self._file = None
 
     def summary(self) -> dict:
-        out = summarize(self.plan, self.records)
+        if self.known is None:
+            with Runner(self.program) as runner:
+                self.known = runner.known()
+        out = summarize(self.plan, self.records, probe=self.known["probe"])
         if self.out is not None:
             (self.out / SUMMARY_FILE).write_text(json.dumps(out, indent=1) + "\n")
         return out
@@ -234,13 +241,16 @@ def read_records(path: Path) -> dict[tuple[str, int], dict]:
     return out
 
 
-def summarize(plan: Plan, records: dict) -> dict:
+def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
+    """Per model: counts, latencies, the first failing and faulting seeds,
+    and (given the probe) the states the runs met (emu/runs/coverage.py)."""
     models = []
     for model in plan.models:
         recs = [records[(model, s)] for s in plan.seeds if (model, s) in records]
         lat = [r["latency"] for r in recs if r.get("latency") is not None]
         pause = [r["pause"] for r in recs if r.get("pause") is not None]
         failing = [r["seed"] for r in recs if r.get("inconsistent") or r.get("violation_count")]
+        faults = [r for r in recs if r.get("outcome") in ("fault", "crash")]
         count = {k: sum(r.get("outcome") == k for r in recs) for k in
                  ("completed", "failed", "stalled", "fault", "error", "crash")}
         models.append({
@@ -252,7 +262,11 @@ def summarize(plan: Plan, records: dict) -> dict:
             "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,
             "first_failing_seed": min(failing) if failing else None,
             "findings": {k: sum(k in findings(r) for r in recs) for k in FINDINGS},
+            "first_fault_seed": faults[0]["seed"] if faults else None,
+            "first_fault": (faults[0].get("fault") or faults[0].get("error")) if faults else None,
         })
+        if probe is not None:
+            models[-1]["coverage"] = coverage.coverage(probe, recs)
     return {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
             "models": models}
 

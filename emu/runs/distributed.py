@@ -46,9 +46,9 @@ def workers(client) -> int:
     return max(1, sum(client.nthreads().values()))
 
 
-def run(camp, client, todo, cycle: int, progress) -> None:
+def run(camp, client, todo, known: dict, progress) -> None:
     """Run the (model, seed) pairs todo of Campaign camp on client, recording
-    each batch as it finishes."""
+    each batch as it finishes. known: Runner.known() of the parent."""
     distributed = _import()
     from emu.runs.campaign import _run_batch
     killed = getattr(distributed, "KilledWorker", None) or distributed.scheduler.KilledWorker
@@ -60,7 +60,7 @@ def run(camp, client, todo, cycle: int, progress) -> None:
     strategy = camp.plan.strategy
 
     def submit(batch):
-        return client.submit(_run_batch, program, cycle, strategy, batch,
+        return client.submit(_run_batch, program, known, strategy, batch,
                              pure=False, retries=RETRIES)
 
     pending = {}

@@ -15,11 +15,22 @@ the RunSpec of (scenario, model, seed) for a strategy:
 - random: a start point drawn from the window, a seeded random schedule;
 - pct: a start point drawn from the window, PCT priorities of depth d.
 
+- directed (the default): the first seeds start the transition at the
+  points the probe (emu/runs/probe.py) chose so that every state it saw of
+  every task is met by some run, the most new states first (round robin,
+  whose prefix is the probe's run); the seeds after them draw a start point
+  from everything the probe ran through and alternate seeded random and
+  PCT schedules.
+
 The window is [first action, first action + W): W is `[fuzz] window` or one
 cycle of the tasks (the longest gap between two unit boundaries of a task,
 measured by an unpatched probe run), so a campaign tries every phase of
 every task's loop. The same RunSpec gives the same run, event for event;
 Result.trace_hash says so.
+
+Every run records in Result.met the state (emu/runs/states.py) in which the
+transition first met each task: observed in the run itself, from the first
+action until every task has been seen off its CPU.
 """
 from __future__ import annotations
 
@@ -28,7 +39,8 @@ import random
 from dataclasses import asdict, dataclass, field, replace
 
 from emu.engine import core
-from emu.runs import oracle
+from emu.runs import oracle, states
+from emu.runs.probe import Probe, run_probe
 from emu.errors import EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
@@ -79,9 +91,11 @@ class Result:
     violation_count: int = 0
     errors: list = field(default_factory=list)     # refused actions: (time, action, message)
     fault: str | None = None
+    fault_task: str | None = None                 # the task that faulted (None: unknown or none)
     preemptions: int = 0
     trace_hash: str = ""
     events: int = 0
+    met: dict = field(default_factory=dict)        # task -> the state the transition first met it in
 
     @property
     def inconsistent(self) -> bool:
@@ -108,21 +122,25 @@ class Result:
                 "start": self.spec.start, "spec": self.spec.to_json(), "outcome": self.outcome,
                 "inconsistent": self.inconsistent, "inconsistent_units": self.inconsistent_units,
                 "inconsistencies": self.inconsistencies, "violations": self.violations,
-                "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault,
+                "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault, "fault_task": self.fault_task,
                 "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
                 "preemptions": self.preemptions, "end": self.end, "events": self.events,
-                "trace_hash": self.trace_hash}
+                "trace_hash": self.trace_hash, "met": self.met}
 
 
 class Runner:
     """Runs RunSpecs of one compiled scenario. Keeps a few machines between
     runs, each restored from a snapshot of the prefix runs share."""
 
-    def __init__(self, program: Program, *, cycle: int | None = None, sched: str = "c"):
+    def __init__(self, program: Program, *, cycle: int | None = None, probe: Probe | None = None,
+                 sched: str = "c", stacks: states.StackSource | None = None):
         self.program = program
         self.sched = sched          # "python": the scheduler's twin (no pool: snapshots need C's)
         self.scn = program.scenario
+        self.stacks = stacks or states.UnwinderStacks()
         self._cycle = cycle
+        self._probe = probe
+        self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
 
     # ---- planning -----------------------------------------------------------------------------
@@ -160,6 +178,34 @@ class Runner:
     def window(self) -> int:
         return self.scn.fuzz.window or self.cycle()
 
+    def probe(self) -> Probe:
+        """The states of every task, from an unpatched run (emu/runs/probe.py)."""
+        if self._probe is None:
+            spec = RunSpec("immediate", 0, "directed", self.first_at)
+            m, fault = self.prepare(spec, pooled=False)
+            try:
+                patched = sorted({f.rpartition(":")[2] for _, funcs in self.program.patches.values()
+                                  for f in funcs})
+                if fault is not None:
+                    self._probe = Probe(self.first_at, end=m.now, fault=fault, patched=patched)
+                else:
+                    self._probe = run_probe(m, first_at=self.first_at, cycle=self.cycle(),
+                                            bound=m.seconds(self.scn.fuzz.probe), patched=patched,
+                                            stacks=self.stacks)
+            finally:
+                m.engine.close()
+        return self._probe
+
+    def known(self) -> dict:
+        """What workers need to plan like this runner (keyword arguments of Runner)."""
+        return {"cycle": self.cycle(), "probe": self.probe()}
+
+    def cover_points(self) -> list[int]:
+        """The directed strategy's first start points (Probe.cover)."""
+        if self._cover is None:
+            self._cover = self.probe().cover()
+        return self._cover
+
     def exhaustive_start(self, index: int) -> int:
         """The start point of the index-th exhaustive run (see the module doc)."""
         w = self.window()
@@ -179,10 +225,22 @@ class Runner:
         if strategy == "exhaustive":
             return RunSpec(model, seed, strategy, self.exhaustive_start(seed - fz.seed),
                            self.scn.machine.get("policy", "rr"), seed)
+        if strategy == "directed":
+            return self._directed(model, seed)
         rng = random.Random(f"{seed}:{strategy}")
         start = self.first_at + rng.randrange(self.window())
         return RunSpec(model, seed, strategy, start, "random" if strategy == "random" else "pct",
                        rng.randrange(2 ** 32), fz.depth)
+
+    def _directed(self, model: str, seed: int) -> RunSpec:
+        points, i = self.cover_points(), seed - self.scn.fuzz.seed
+        if 0 <= i < len(points):
+            return RunSpec(model, seed, "directed", points[i], "rr", 0)
+        rng = random.Random(f"{seed}:directed")
+        span = max(self.window(), self.probe().end - self.first_at)
+        schedule = "pct" if seed % 2 else "random"
+        return RunSpec(model, seed, "directed", self.first_at + rng.randrange(span), schedule,
+                       rng.randrange(2 ** 32), self.scn.fuzz.depth)
 
     # ---- one run ------------------------------------------------------------------------------
     def machine(self, spec: RunSpec) -> Machine:
@@ -198,7 +256,7 @@ class Runner:
             m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
         return m
 
-    def _prepared(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
+    def prepare(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
         """A machine for spec at the end of the prefix every run shares: its
         images loaded, the patched functions watched, and (round robin) run
         up to the first action, or just started (seeded schedules). With
@@ -259,7 +317,7 @@ class Runner:
         (the caller closes machine.engine); without, the machine goes back
         to the runner's pool."""
         scn, prog = self.scn, self.program
-        m, fault = self._prepared(spec, pooled=not keep and self.sched == "c")
+        m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
         try:
             model = make_model(spec.model, m)
             patches = {}
@@ -279,14 +337,18 @@ class Runner:
                 return m.now >= last and all(t.result != "pending" for t in model.transitions)
 
             try:
+                # up to the first action; then slice by slice until every task
+                # was seen off its CPU (the states the transition met); then
                 # until the last transition ends (checked whenever kernel work
                 # runs, so the scheduler stays in C), then `settle` more
                 if fault is None:
+                    m.run(until=spec.start)
+                    self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
                     ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
                     m.run(until=min(end, max(ends) + 2 * self.cycle()))
             except GuestFault as exc:
-                res.fault = str(exc)
+                res.fault, res.fault_task = str(exc), exc.task
             self._judge(m, model, list(patches.values()), res)
         except BaseException:
             self._discard(m)
@@ -296,6 +358,24 @@ class Runner:
         if fault is not None:
             self._discard(m)
         return res
+
+    def _observe(self, m: Machine, model, res: Result, settled, end: int) -> None:
+        """Fill res.met: each task's first state off its CPU once the first
+        transition has started (livepatch: its first check; stop_machine:
+        its CPUs stopping), slice by slice until every task was seen, or
+        until nothing is in transition."""
+        want = sum(1 for t in m.tasks if not t.is_idle)
+        obs = states.Observer(m, self.stacks)
+
+        def look():
+            if not model.transitions:
+                return True                   # the action was refused: nothing met anything
+            if model.transitions[0].started_at is None:
+                return settled()
+            for task, st in obs.observe(skip=res.met).items():
+                res.met[task] = st
+            return len(res.met) >= want or settled()
+        m.run(until=end, stop_when=look, every_slice=True)
 
     def _discard(self, m: Machine) -> None:
         for key, (pm, _) in list(self._pool.items()):
@@ -406,79 +486,3 @@ def trace_hash(m: Machine) -> str:
     for t, text in m.log:
         h.update(f"{t}:{text}\n".encode())
     return h.hexdigest()[:16]
-
-
-# ---- shrinking -------------------------------------------------------------------------------
-
-def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -> tuple[RunSpec, Result, int]:
-    """The smallest failing variant of a failing run: fewest tasks, the
-    simplest schedule with the fewest preemptions, then the latest start
-    point that still fails. Returns (spec, its result, runs tried)."""
-    tried = 0
-
-    def fails(s: RunSpec):
-        nonlocal tried
-        tried += 1
-        if progress:
-            progress()
-        r = runner.execute(s)
-        return r if r.failing else None
-
-    best = fails(spec)
-    if best is None:
-        raise UserError(f"seed {spec.seed} under {spec.model} does not fail: nothing to shrink")
-    cur = spec
-    # 1. fewer tasks: drop one at a time while the run still fails
-    names = list(cur.tasks or [i for t in runner.scn.tasks for i in t.instances()])
-    changed = True
-    while changed and len(names) > 1 and tried < budget:
-        changed = False
-        for name in list(names):
-            cand = replace(cur, tasks=tuple(n for n in names if n != name))
-            r = fails(cand)
-            if r is not None:
-                cur, best, names, changed = cand, r, [n for n in names if n != name], True
-                break
-    # 2. simpler schedules, fewer preemptions
-    for simplify in _SIMPLIFY:
-        cand = simplify(cur, runner.scn.machine.get("preempt", "voluntary"))
-        if cand is None or tried >= budget:
-            continue
-        r = fails(cand)
-        if r is not None and r.preemptions <= best.preemptions:
-            cur, best = cand, r
-    # 3. the latest start point that still fails: gallop, then bisect
-    lo, step, hi = cur.start, 1, None
-    limit = cur.start + runner.window()
-    while tried < budget and lo + step <= limit:
-        r = fails(replace(cur, start=lo + step))
-        if r is None:
-            hi = lo + step
-            break
-        lo, best, step = lo + step, r, step * 2
-    if hi is not None:
-        while hi - lo > 1 and tried < budget:
-            mid = (lo + hi) // 2
-            r = fails(replace(cur, start=mid))
-            if r is None:
-                hi = mid
-            else:
-                lo, best = mid, r
-    cur = replace(cur, start=lo)
-    return cur, best, tried
-
-
-def _round_robin(spec: RunSpec, _preempt):
-    return replace(spec, schedule="rr", sched_seed=0) if spec.schedule != "rr" else None
-
-
-def _shallower(spec: RunSpec, _preempt):
-    return replace(spec, depth=1) if spec.schedule == "pct" and spec.depth > 1 else None
-
-
-def _less_preemptive(spec: RunSpec, preempt: str):
-    current = spec.preempt or preempt
-    return replace(spec, preempt="voluntary") if current == "full" else None
-
-
-_SIMPLIFY = (_round_robin, _shallower, _less_preemptive)

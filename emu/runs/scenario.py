@@ -7,7 +7,7 @@
     [[patch]]   name, sources, functions, replace, states, force
     [[action]]  at, do (enable|disable|force|load|unload), patch | module
     [check]     unit, assert, observe
-    [fuzz]      models, runs, strategy, seed, horizon, window, depth
+    [fuzz]      models, runs, strategy, seed, horizon, window, depth, probe
     [expect]    MODEL = "safe" | ["safe", "completes"] ...  (emu/runs/expect.py)
 
 Paths are relative to the scenario file. Every mistake is a ScenarioError
@@ -28,7 +28,7 @@ from emu.errors import PatchError, ScenarioError
 from emu.runs.expect import EXPECTATIONS
 
 MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
-STRATEGIES = ("exhaustive", "random", "pct")
+STRATEGIES = ("directed", "exhaustive", "random", "pct")
 ACTIONS = ("enable", "disable", "force", "load", "unload")
 SAFE_BUILTINS = {"abs": abs, "min": min, "max": max, "len": len, "all": all, "any": any,
                  "sum": sum, "int": int, "bool": bool, "True": True, "False": False, "None": None}
@@ -97,11 +97,12 @@ def _recompiled(text: str, key, line: int) -> Assertion:
 class FuzzSpec:
     models: list[str] = field(default_factory=lambda: ["immediate", "stop_machine", "kgraft", "livepatch"])
     runs: int = 100
-    strategy: str = "random"
+    strategy: str = "directed"
     seed: int = 0
     horizon: float = 20.0       # seconds of virtual time after the last action
     window: int | None = None   # instructions over which start points vary (None: one cycle of the tasks)
     depth: int = 3              # PCT: d-1 priority change points
+    probe: float = 10.0         # seconds of virtual time the probe may run (emu/runs/probe.py)
 
 
 @dataclass
@@ -375,6 +376,9 @@ def load(path) -> Scenario:
     f.horizon = float(fz.get("horizon", (int, float), f.horizon))
     f.window = fz.get("window", int, None)
     f.depth = fz.get("depth", int, f.depth)
+    f.probe = float(fz.get("probe", (int, float), f.probe))
+    if not math.isfinite(f.probe) or f.probe <= 0:
+        raise fz.error("probe", "must be a positive number of seconds")
     if f.runs < 1:
         raise fz.error("runs", f"must be at least 1, not {f.runs}")
     if not math.isfinite(f.horizon) or f.horizon <= 0:

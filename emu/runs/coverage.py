@@ -1,0 +1,53 @@
+"""What a campaign covered: the states its transitions met, over the states
+the probe saw.
+
+Every run records the state in which its transition first met each task
+(Result.met, emu/runs/fuzz.py); the probe (emu/runs/probe.py) lists each
+task's states. Coverage is, per task and in total, how many of the probe's
+states some run met, and which were never met (as function stacks, with the
+patched functions open there). A run may also meet a state the probe did
+not see (the probe stopped before it, or the transition itself changed the
+schedule): those are counted apart, as `unforeseen`.
+"""
+from __future__ import annotations
+
+from emu.runs import states as st
+from emu.runs.probe import Probe
+
+
+def coverage(probe: Probe, records) -> dict:
+    """The coverage of records (run records, as Result.to_json gives them)."""
+    met: dict[str, set[str]] = {}
+    for rec in records:
+        for task, state in (rec.get("met") or {}).items():
+            met.setdefault(task, set()).add(state)
+    patched = set(probe.patched)
+    tasks, total, hit, extra = [], 0, 0, 0
+    for task, seen in probe.states.items():
+        got = met.get(task, set())
+        missed = [s for s in seen if s not in got]
+        unforeseen = sorted(got - set(seen))
+        total += len(seen)
+        hit += len(seen) - len(missed)
+        extra += len(unforeseen)
+        tasks.append({"task": task, "states": len(seen), "met": len(seen) - len(missed),
+                      "missed": [{"state": s, "open": st.open_functions(s, patched)} for s in missed],
+                      "unforeseen": unforeseen})
+    return {"states": total, "met": hit, "complete": hit == total, "unforeseen": extra, "tasks": tasks,
+            "probe": {"end": probe.end, "last_new": probe.last_new, "saturated": probe.saturated,
+                      "fault": probe.fault}}
+
+
+def line(cov: dict) -> str:
+    """One line: 'coverage 8/8 states (web 2/2, db 2/2, ...)'."""
+    per = ", ".join(f"{t['task']} {t['met']}/{t['states']}" for t in cov["tasks"])
+    return f"coverage {cov['met']}/{cov['states']} states ({per})"
+
+
+def probe_line(cov: dict) -> str:
+    p = cov["probe"]
+    if p["fault"]:
+        return f"probe: the unpatched run faulted at t={p['end']}; states seen up to there"
+    how = ("no new state after t={last_new} up to t={end}" if p["saturated"] else
+           "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe")
+    return "probe: " + how.format(**p)

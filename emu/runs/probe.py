@@ -1,0 +1,163 @@
+"""The probe: every state each task passes through, and when.
+
+A probe is a run without the patch (the patch images loaded, nothing
+enabled), round robin, from the first action on: exactly the prefix every
+round-robin run of the campaign shares, so a start point t of such a run
+meets at t what the probe saw at t. Between slices it observes every task
+that is off its CPU (emu/runs/states.py) and keeps, per task, the distinct
+states in the order they first appeared and a timeline of runs of equal
+states.
+
+It runs until no new state has appeared for a long stretch: at least
+STALE_CYCLES cycles of the tasks and twice the time it took to see the last
+new state (a path taken once in n requests shows up within about n cycles;
+if the last one took that long, another as rare may be as far again), or
+until its bound (`[fuzz] probe`, seconds of virtual time). `saturated` says
+which of the two ended it.
+
+cover() turns the timeline into start points: a transition started at t
+meets each task in the first state observed at or after t (off its CPU at t:
+its state then; running: its state at its next stop, where stop_machine
+parks its CPU and livepatch first looks at it). Greedy set cover picks
+points until every (task, state) is met by one of them. A run records what
+its transition really met (Result.met, from the model's start on), and
+coverage is counted from that, not from this prediction.
+"""
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from dataclasses import dataclass, field
+
+from emu.errors import GuestFault
+from emu.runs import states
+
+STALE_CYCLES = 64
+
+
+@dataclass
+class Probe:
+    first_at: int
+    end: int = 0                    # virtual time at which the probe stopped
+    last_new: int = 0               # virtual time at which the last new state appeared
+    saturated: bool = False         # True: stopped after a long stretch with nothing new; False: the bound
+    fault: str | None = None        # the unpatched run faulted (the probe stopped there)
+    states: dict[str, list[str]] = field(default_factory=dict)     # task -> states, first seen first
+    # task -> [(last observation of a run of equal states, its first, index into states[task])]
+    timeline: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    patched: list[str] = field(default_factory=list)               # the patched functions (by name)
+
+    @property
+    def total(self) -> int:
+        return sum(len(v) for v in self.states.values())
+
+    def met(self, task: str, t: int) -> str | None:
+        """The state a transition started at t first meets in task (None:
+        the probe never saw the task off its CPU after t)."""
+        tl = self.timeline.get(task, [])
+        i = bisect_left(tl, (t, -1, -1))
+        return self.states[task][tl[i][2]] if i < len(tl) else None
+
+    def met_all(self, t: int) -> dict[str, str]:
+        out = {}
+        for task in self.states:
+            s = self.met(task, t)
+            if s is not None:
+                out[task] = s
+        return out
+
+    def cover(self) -> list[int]:
+        """Start points such that every (task, state) the probe saw is met
+        first by one of them; the point meeting the most new pairs first
+        (ties: the earliest). Lazy greedy set cover over the first
+        observations of the timeline's runs: a model looks at the tasks a
+        little after the request (livepatch after its setup, stop_machine
+        when the CPUs have stopped), and a run's first observation leaves
+        the state the longest time to be met in."""
+        points = sorted({t for tl in self.timeline.values() for _, t, _ in tl})
+        sets = [frozenset(self.met_all(t).items()) for t in points]
+        heap = [(-len(s), i) for i, s in enumerate(sets)]
+        heapq.heapify(heap)
+        covered: set = set()
+        out = []
+        while heap and len(covered) < self.total:
+            neg, i = heapq.heappop(heap)
+            gain = len(sets[i] - covered)
+            if gain == 0:
+                continue
+            if -neg != gain:                  # stale count: re-queue with the true one
+                heapq.heappush(heap, (-gain, i))
+                continue
+            covered |= sets[i]
+            out.append(points[i])
+        return out
+
+    def to_json(self) -> dict:
+        return {"first_at": self.first_at, "end": self.end, "last_new": self.last_new,
+                "saturated": self.saturated, "fault": self.fault, "states": self.states,
+                "patched": self.patched}
+
+
+def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[str],
+              stacks: states.StackSource | None = None) -> Probe:
+    """Probe a prepared machine (at first_at, nothing enabled) until
+    saturation or first_at + bound. The caller closes the machine."""
+    stacks = stacks or states.UnwinderStacks()
+    pr = Probe(first_at, last_new=first_at, patched=sorted(patched))
+    index: dict[str, dict[str, int]] = {}
+    stale = STALE_CYCLES * cycle
+    obs = states.Observer(machine, stacks)
+
+    def look() -> bool:
+        now = machine.now
+        for task, st in obs.observe().items():
+            known = index.setdefault(task, {})
+            k = known.get(st)
+            if k is None:
+                k = known[st] = len(known)
+                pr.states.setdefault(task, []).append(st)
+                pr.last_new = now
+            tl = pr.timeline.setdefault(task, [])
+            if tl and tl[-1][2] == k:
+                tl[-1] = (now, tl[-1][1], k)
+            else:
+                tl.append((now, now, k))
+        quiet = now - pr.last_new
+        if quiet >= max(stale, 2 * (pr.last_new - first_at)):
+            pr.saturated = True
+            return True
+        return False
+
+    try:
+        machine.run(until=first_at + bound, stop_when=look, every_slice=True)
+    except GuestFault as exc:
+        pr.fault = str(exc)
+    pr.end = machine.now
+    return pr
+
+
+def find_state(machine, state: str, *, tasks=None, until: int, count: int,
+               stacks: states.StackSource | None = None) -> list[int]:
+    """First observations (times) of up to count runs in which one of tasks
+    (names; None: any) is off its CPU in state, from a prepared machine up
+    to until. The shrinker uses it to find where a smaller variant of a run
+    meets the state that failed. The caller closes the machine."""
+    stacks = stacks or states.UnwinderStacks()
+    found: list[int] = []
+    inside = False
+    obs = states.Observer(machine, stacks)
+
+    def look() -> bool:
+        nonlocal inside
+        seen = obs.observe()
+        hit = any(s == state for t, s in seen.items() if tasks is None or t in tasks)
+        if hit and not inside:
+            found.append(machine.now)
+        inside = hit
+        return len(found) >= count
+
+    try:
+        machine.run(until=until, stop_when=look, every_slice=True)
+    except GuestFault:
+        pass
+    return found

@@ -1,0 +1,137 @@
+"""Transition-relevant task states: what a transition can meet in a task.
+
+What a transition does to a task depends on the task's state at the moments
+the model looks at it: which functions are on its stack and whether it is
+stopped at a scheduling point of its own (a sleep, cond_resched; asleep or
+woken and not yet running again: the same place in its code), preempted at
+an arbitrary instruction, or back in user mode between system calls. A state
+is that pair, written as one string so that it can be stored, compared and
+printed:
+
+    stopped: user_entry > foo > something_else
+
+the stack outermost first, as functions. A stack walk that did not reach the
+task's entry frame ends in " > ?".
+
+The stack comes from a StackSource. UnwinderStacks walks the stack with the
+ORC unwinder; a source built on exact function exits (the function-graph
+return stack) can replace it without changing anything else here: it only
+has to name, outermost first, the functions a not-running task is inside.
+
+Observations are made between slices, only of tasks that are not on a CPU:
+a running task is met by a transition at its next stop, which is observed
+then. Observing reads registers and stack memory; it changes nothing in the
+run (the trace hash of an observed run is the hash of the same run
+unobserved; tests/test_coverage.py holds it to that).
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+from emu.engine import unwind
+from emu.machine.machine import EV_SCHED_IN, Machine
+from emu.machine.task import Kind, RunState, Task
+
+STOPPED, PREEMPTED, USER, EXITED = "stopped", "preempted", "user", "exited"
+UNRELIABLE = "?"
+
+
+class StackSource(Protocol):
+    def __call__(self, machine: Machine, task: Task) -> tuple[str, ...]:
+        """The functions a task that is off its CPU is inside, outermost first
+        (UNRELIABLE last when the walk could not reach the entry frame); ()
+        when it has no kernel stack (between system calls)."""
+
+
+class UnwinderStacks:
+    """Stacks from the ORC unwinder (the walk livepatch's checks use)."""
+
+    def __call__(self, machine: Machine, task: Task) -> tuple[str, ...]:
+        code, entries = machine.stack(task, unwinder="orc")
+        if len(entries) == 1 and machine.runtime.contains(entries[0]):
+            return ()
+        names = []
+        for k, addr in enumerate(entries):
+            # a return address may sit just past its call at a function's end
+            fn = machine.function_at(addr if k == 0 else addr - 1)
+            if fn is not None:
+                names.append(fn.name)
+            elif not machine.runtime.contains(addr):
+                names.append(f"{addr:#x}")
+        names.reverse()
+        if code != unwind.WALK_OK:
+            names.append(UNRELIABLE)
+        return tuple(names)
+
+
+def key(where: str, stack: tuple[str, ...]) -> str:
+    return f"{where}: {' > '.join(stack)}" if stack else where
+
+
+def stack_of(state: str) -> list[str]:
+    """The functions of a state's stack, outermost first."""
+    _, _, rest = state.partition(": ")
+    return [f for f in rest.split(" > ") if f] if rest else []
+
+
+def open_functions(state: str, functions: set[str]) -> list[str]:
+    """Which of functions (the patched ones) are open on a state's stack."""
+    return [f for f in stack_of(state) if f in functions]
+
+
+def running(machine: Machine) -> set[int]:
+    """Tids of the tasks on a CPU now."""
+    out = set()
+    for cpu in machine.cpus:
+        t = cpu.current
+        if t is not None:
+            out.add(t.tid)
+    return out
+
+
+def state_of(machine: Machine, task: Task, stacks: StackSource) -> str:
+    """The state of a task that is off its CPU."""
+    if task.state is RunState.EXITED:
+        return EXITED
+    stack = stacks(machine, task)
+    if not stack:
+        return USER
+    return key(PREEMPTED if task.state is RunState.RUNNABLE and task.preempted else STOPPED, stack)
+
+
+class Observer:
+    """Observes a machine's tasks between slices (observe() on every call),
+    walking again only the stacks of tasks that ran since the last call
+    (their EV_SCHED_IN in the trace, or on a CPU then): a task's stack
+    changes only while it runs."""
+
+    def __init__(self, machine: Machine, stacks: StackSource):
+        self.m = machine
+        self.stacks = stacks
+        self._seen = 0                     # events of machine.trace already read
+        self._known: dict[int, str] = {}   # tid -> state, while the task has not run since
+        self._was_on: set[int] = set()
+
+    def observe(self, *, skip=frozenset()) -> dict[str, str]:
+        """Task name -> state, for every task (no idle task) that is off its
+        CPU and whose name is not in skip."""
+        m = self.m
+        m.drain()
+        trace = m.trace
+        if len(trace) > self._seen:
+            for ev in trace[self._seen:]:
+                if ev[1] == EV_SCHED_IN:
+                    self._known.pop(ev[2], None)
+            self._seen = len(trace)
+        for tid in self._was_on:
+            self._known.pop(tid, None)
+        on = self._was_on = running(m)
+        out = {}
+        for t in m.tasks:
+            if t.kind is Kind.IDLE or t.tid in on or t.name in skip:
+                continue
+            st = self._known.get(t.tid)
+            if st is None:
+                st = self._known[t.tid] = state_of(m, t, self.stacks)
+            out[t.name] = st
+        return out

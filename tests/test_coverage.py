@@ -1,0 +1,318 @@
+"""Task states, the probe, the directed strategy, coverage and shrinking
+through lockstep: on the seed, on the rare-path example, and on scenarios
+built here."""
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from emu.app import cli
+from emu.runs import campaign, coverage, first_failure, scenario, states
+from emu.runs.fuzz import Runner, RunSpec, trace_hash
+from emu.runs.probe import Probe
+from emu.runs.shrink import shrink
+
+EX = Path(__file__).resolve().parent.parent / "examples"
+SEED = EX / "seed" / "scenario.toml"
+RARE = EX / "rare" / "scenario.toml"
+BUGGY = ("immediate", "stop_machine", "ksplice", "livepatch")
+FLUSH = "user_entry > handle > flush_log"
+
+
+@pytest.fixture(scope="module")
+def rare():
+    with Runner(scenario.build(scenario.load(RARE))) as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def seed():
+    with Runner(scenario.build(scenario.load(SEED))) as r:
+        yield r
+
+
+def _scenario(tmp_path, body: str, name="s.toml") -> Path:
+    path = tmp_path / name
+    path.write_text(body.replace("@SEED@", str(EX / "seed")))
+    return path
+
+
+# ---- observing ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", [SEED, RARE], ids=["seed", "rare"])
+def test_the_observer_sees_what_a_fresh_walk_sees_and_changes_nothing(path):
+    """Observer skips the walks of tasks that did not run: at every slice its
+    answer must be a fresh walk's; and a run observed slice by slice is the
+    same run as one left alone."""
+    with Runner(scenario.build(scenario.load(path))) as r:
+        spec = RunSpec("immediate", 0, "directed", r.first_at)
+        plain, _ = r.prepare(spec, pooled=False)
+        watched, _ = r.prepare(spec, pooled=False)
+        stacks = states.UnwinderStacks()
+        obs = states.Observer(watched, stacks)
+        checked = []
+
+        def look():
+            got = obs.observe()
+            on = states.running(watched)
+            fresh = {t.name: states.state_of(watched, t, stacks) for t in watched.tasks if t.tid not in on}
+            assert got == fresh
+            checked.append(len(got))
+            return False
+        end = r.first_at + 60_000
+        watched.run(until=end, stop_when=look, every_slice=True)
+        plain.run(until=end)
+        assert len(checked) > 50 and sum(checked) > 0
+        assert trace_hash(watched) == trace_hash(plain)
+        plain.engine.close()
+        watched.engine.close()
+
+
+def test_states_name_the_stack_and_the_patched_functions_open_there():
+    s = states.key(states.STOPPED, ("user_entry", "handle", "bar"))
+    assert s == "stopped: user_entry > handle > bar"
+    assert states.stack_of(s) == ["user_entry", "handle", "bar"]
+    assert states.open_functions(s, {"bar", "baz"}) == ["bar"]
+    assert states.stack_of(states.USER) == []
+
+
+# ---- the probe and the directed strategy --------------------------------------------------------
+def test_the_probe_sees_the_rare_sleep_of_every_task_and_says_where_it_stopped(rare):
+    pr = rare.probe()
+    assert set(pr.states) == {"web", "db", "cache", "flusher"}
+    for task, seen in pr.states.items():
+        assert any(s.endswith("handle > flush_log") for s in seen), (task, seen)
+    assert pr.saturated and pr.first_at < pr.last_new < pr.end
+    # it ran at least STALE_CYCLES cycles and twice the time to the last new state past it
+    assert pr.end - pr.last_new >= max(64 * rare.cycle(), 2 * (pr.last_new - pr.first_at))
+    # the rare sleep is rarer than one cycle: a window of one cycle cannot meet it for every task
+    assert pr.last_new - pr.first_at > 4 * rare.window()
+
+
+def test_directed_points_cover_every_state_then_random_and_pct(rare):
+    pr, points = rare.probe(), rare.cover_points()
+    met = {(task, s) for t in points for task, s in pr.met_all(t).items()}
+    assert met == {(task, s) for task, seen in pr.states.items() for s in seen}
+    assert len(points) <= pr.total
+    for i, t in enumerate(points):
+        spec = rare.plan("livepatch", i, strategy="directed")
+        assert (spec.start, spec.schedule) == (t, "rr")
+    later = [rare.plan("livepatch", len(points) + i, strategy="directed") for i in range(40)]
+    assert {s.schedule for s in later} == {"random", "pct"}
+    assert all(rare.first_at <= s.start < pr.end for s in later)
+    assert max(s.start for s in later) - rare.first_at > rare.window()       # beyond one cycle
+    assert later == [rare.plan("livepatch", len(points) + i, strategy="directed") for i in range(40)]
+
+
+def test_a_run_records_the_states_its_transition_met(rare):
+    """A run started where the probe saw db asleep in flush_log meets db there,
+    and under livepatch db then gets the new baz() with the old bar()'s count."""
+    pr = rare.probe()
+    t = next(t for t in rare.cover_points() if pr.met("db", t) == f"stopped: {FLUSH}")
+    res = rare.execute(replace(rare.plan("livepatch", 0, strategy="directed"), start=t))
+    assert res.met["db"] == f"stopped: {FLUSH}"
+    assert res.failing and any(v["task"] == "db" for v in res.violations)
+
+
+def test_the_rare_bug_is_found_within_100_runs_without_a_window_and_never_under_kgraft(rare):
+    assert rare.scn.fuzz.window is None
+    for model in BUGGY:
+        n = first_failure.runs_to_first_failure(rare, model, "directed", 100)
+        assert n is not None and n <= 100, model
+    assert first_failure.runs_to_first_failure(rare, "kgraft", "directed", 100) is None
+
+
+def test_one_cycle_windows_miss_the_rare_bug_where_directed_finds_it(rare):
+    """The baseline the directed strategy exists for: exhaustive and random
+    start points over one cycle never meet the flush under livepatch."""
+    for strategy in ("exhaustive", "random"):
+        assert first_failure.runs_to_first_failure(rare, "livepatch", strategy, 60) is None
+    assert first_failure.runs_to_first_failure(rare, "livepatch", "directed", 60) <= len(rare.cover_points())
+
+
+# ---- coverage -----------------------------------------------------------------------------------
+def test_the_seed_campaign_covers_every_state_within_its_default_runs():
+    prog = scenario.build(scenario.load(SEED))
+    fz = prog.scenario.fuzz
+    plan = campaign.Plan(str(SEED), fz.models, list(range(fz.seed, fz.seed + fz.runs)), "directed")
+    camp = campaign.Campaign(prog, plan, jobs=1)
+    camp.run()
+    for m in camp.summary()["models"]:
+        cov = m["coverage"]
+        assert cov["complete"] and cov["met"] == cov["states"] > 0, m["model"]
+        assert all(t["met"] == t["states"] and not t["missed"] for t in cov["tasks"])
+
+
+def test_coverage_counts_met_states_and_names_the_missed_ones(rare):
+    pr = rare.probe()
+    recs = [rare.execute(rare.plan("kgraft", 0, strategy="directed")).to_json()]
+    cov = coverage.coverage(pr, recs)
+    assert cov["states"] == pr.total and 0 < cov["met"] < cov["states"] and not cov["complete"]
+    missed = [m for t in cov["tasks"] for m in t["missed"]]
+    assert missed and len(missed) == cov["states"] - cov["met"]
+    assert all(m["state"] in pr.states[t["task"]] for t in cov["tasks"] for m in t["missed"])
+    # the patched functions open there: none (flush_log is between bar and baz)
+    assert all(m["open"] == [] for m in missed)
+    assert coverage.line(cov).startswith(f"coverage {cov['met']}/{cov['states']} states (web ")
+
+
+def test_cli_until_covered_stops_when_every_state_was_met(capsys):
+    assert cli.main(["fuzz", str(RARE), "--model", "kgraft", "--until-covered", "--jobs", "1", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    m = out["models"][0]
+    assert m["coverage"]["complete"] and m["inconsistent"] == 0
+    assert m["runs"] < 100               # one round was enough: the directed points come first
+    assert cli.main(["fuzz", str(RARE), "--model", "kgraft", "--runs", "3", "--jobs", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "probe: no new state after" in text and "kgraft: coverage " in text and "never met: " in text
+
+
+def test_cli_first_failure_table(capsys):
+    assert cli.main(["first-failure", str(RARE), "--model", "livepatch", "--model", "kgraft",
+                     "--limit", "8", "--json"]) == 0
+    rows = {r["model"]: r["runs"] for r in json.loads(capsys.readouterr().out)["rows"]}
+    assert rows["kgraft"] == {"directed": None, "exhaustive": None, "random": None}
+    assert rows["livepatch"]["directed"] <= 8 and rows["livepatch"]["exhaustive"] is None
+    assert cli.main(["first-failure", str(RARE), "--limit", "0"]) == 2
+
+
+# ---- shrinking ----------------------------------------------------------------------------------
+LOCKSTEP = """
+[program]
+sources = ["@SEED@/base.c"]
+[machine]
+cpus = 4
+quantum = 500
+[[task]]
+name = "worker"
+entry = "kthread_entry"
+args = [0]
+kind = "kthread"
+count = 64
+[[patch]]
+name = "p"
+sources = ["@SEED@/patch.c"]
+functions = ["bar", "baz"]
+[[action]]
+at = 20000
+do = "enable"
+patch = "p"
+[check]
+observe = { 2 = "value >= 1000" }
+"""
+
+
+def test_64_identical_tasks_shrink_to_one_or_two(tmp_path):
+    """64 kthreads in lockstep: dropping any one moves the others in time and
+    the run passes at its old start point (a shrinker that keeps the start
+    point stops at 11 tasks); looking for the failed state in the smaller
+    variant goes on."""
+    prog = scenario.build(scenario.load(_scenario(tmp_path, LOCKSTEP)))
+    with Runner(prog) as r:
+        spec = next(s for s in (r.plan("livepatch", i) for i in range(20)) if r.execute(s).failing)
+        small, res, tried = shrink(r, spec, budget=200)
+        assert res.failing and tried <= 200
+        assert len(small.tasks) <= 2
+        assert r.execute(small).trace_hash == res.trace_hash
+
+
+FAULTY_PATCH = """
+#include "lpemu.h"
+extern volatile long zero;
+extern long total;
+__attribute__((noinline)) long bar(void) { return 5000 + zero; }
+__attribute__((noinline)) long baz(long f)
+{
+	if (f < 1000)                     /* an old count: the new baz() trusts its input */
+		*(volatile long *)(f * 8) = 1;
+	total += f / 1000;
+	return 0;
+}
+"""
+
+
+def test_a_faulting_run_is_a_finding_and_shrinks(tmp_path, capsys):
+    (tmp_path / "patch.c").write_text(FAULTY_PATCH)
+    body = LOCKSTEP.replace("count = 64", "count = 6").replace('"@SEED@/patch.c"', '"patch.c"')
+    # units of one bar() each: nothing can mix versions, the fault is the only finding
+    path = _scenario(tmp_path, body.replace('observe = { 2 = "value >= 1000" }', 'unit = "bar"'))
+    prog = scenario.build(scenario.load(path))
+    with Runner(prog) as r:
+        spec = next(s for s in (r.plan("livepatch", i) for i in range(20)) if r.execute(s).outcome == "fault")
+        res = r.execute(spec)
+        assert not res.failing and res.fault_task.startswith("worker") and "guest fault" in res.fault
+        small, sres, tried = shrink(r, spec, budget=120)
+        assert sres.outcome == "fault" and len(small.tasks) < 6
+    plan = campaign.Plan(str(path), ["livepatch"], list(range(spec.seed + 1)), "directed")
+    camp = campaign.Campaign(prog, plan, jobs=1)
+    camp.run()
+    m = camp.summary()["models"][0]
+    assert m["first_fault_seed"] == spec.seed and "guest fault in task" in m["first_fault"]
+    assert cli.main(["replay", str(path), "--model", "livepatch", "--seed", str(spec.seed),
+                     "--shrink", "--budget", "60", "--json"]) == 1      # a fault is a finding
+    out = json.loads(capsys.readouterr().out)
+    assert out["outcome"] == "fault" and out["shrunk_from"]["seed"] == spec.seed and out["failing"] == ["fault"]
+
+
+def test_directed_is_the_default_strategy(rare):
+    assert rare.scn.fuzz.strategy == "directed"
+    assert rare.plan("kgraft", 0) == rare.plan("kgraft", 0, strategy="directed")
+
+
+def test_the_probe_key_is_checked(tmp_path):
+    body = LOCKSTEP.replace("count = 64", "count = 1") + "[fuzz]\nprobe = -1\n"
+    with pytest.raises(Exception, match="fuzz.probe"):
+        scenario.load(_scenario(tmp_path, body))
+
+
+# ---- the cover, on generated timelines ----------------------------------------------------------
+@st.composite
+def probes(draw):
+    """A probe's timelines: per task, runs of equal states at increasing times."""
+    pr = Probe(first_at=draw(st.integers(0, 50)))
+    for n in range(draw(st.integers(1, 4))):
+        task = f"t{n}"
+        names = [f"stopped: f{k}" for k in range(draw(st.integers(1, 4)))]
+        t, prev, tl = pr.first_at, None, []
+        for _ in range(draw(st.integers(1, 12))):
+            t += draw(st.integers(1, 40))
+            first = t
+            t += draw(st.integers(0, 30))
+            k = draw(st.integers(0, len(names) - 1).filter(lambda k: k != prev) if len(names) > 1
+                     else st.just(0))
+            if k == prev:
+                continue
+            tl.append((t, first, k))
+            prev = k
+        used = sorted({k for _, _, k in tl})
+        remap = {k: i for i, k in enumerate(used)}
+        pr.states[task] = [names[k] for k in used]
+        pr.timeline[task] = [(a, b, remap[k]) for a, b, k in tl]
+    return pr
+
+
+@given(probes(), st.integers(0, 700))
+@settings(max_examples=200, deadline=None)
+def test_met_is_the_first_run_of_states_not_over_before_t(pr, t):
+    for task, tl in pr.timeline.items():
+        want = next((pr.states[task][k] for last, _, k in tl if last >= t), None)
+        assert pr.met(task, t) == want
+
+
+@given(probes())
+@settings(max_examples=200, deadline=None)
+def test_the_cover_meets_every_state_of_every_task(pr):
+    points = pr.cover()
+    met = {(task, s) for t in points for task, s in pr.met_all(t).items()}
+    assert met == {(task, s) for task, seen in pr.states.items() for s in seen}
+    assert len(points) == len(set(points)) <= pr.total
+    # the greedy order: no later point meets more new pairs than an earlier one did
+    seen, gains = set(), []
+    for t in points:
+        new = set(pr.met_all(t).items()) - seen
+        assert new
+        gains.append(len(new))
+        seen |= new
+    assert gains == sorted(gains, reverse=True)
+    assert pr.cover() == points
