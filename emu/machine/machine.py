@@ -32,7 +32,7 @@ from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, U
                                UC_X86_REG_RSP)
 
 from emu.engine import core, sysinsn
-from emu.machine import runtime
+from emu.machine import faults, runtime
 from emu.engine import unwind
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
 from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
@@ -735,15 +735,7 @@ class Machine:
         elif message is not None:
             what, kind = message, "hypercall"
         else:
-            what = core.FAULT_NAMES.get(stop.fault_kind, "fault")
-            if stop.fault_kind == core.FAULT_INTERRUPT:
-                what += f" {stop.intno} ({_VECTORS.get(stop.intno, 'vector')})"
-            elif stop.fault_kind in core.DATA_FAULTS:
-                what += f" at {stop.addr:#x}"
-            kind = "fault"
-            if stop.addr and _in_guard(stop.addr, task):
-                what += " (stack overflow into the guard page)"
-                kind = "stack-overflow"
+            what, kind, rip = faults.describe(self, task, stop)
         try:
             bt = self._raw_backtrace(task, rip)
         except Exception:  # the stack may be what broke
@@ -752,6 +744,11 @@ class Machine:
                  f"  RIP {rip:#x} <{self.symbolize(rip)}>: {self.disassemble(rip)}", "  backtrace:"]
         lines += [f"    {line}" for line in bt] or ["    (none)"]
         raise GuestFault("\n".join(lines), task=task.name, cpu=cpu.index, rip=rip, kind=kind, backtrace=bt)
+
+    @staticmethod
+    def in_guard(addr: int, task: Task) -> bool:
+        """Whether addr lies in the guard page below task's stack."""
+        return task.stack_lo - GUARD <= addr < task.stack_lo
 
     def _raw_backtrace(self, task: Task, rip: int) -> list[str]:
         self.engine.switch(task.tid)
@@ -822,12 +819,6 @@ class _Work:
         return False
 
 
-_VECTORS = {0: "#DE divide error", 1: "#DB", 3: "#BP int3", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
-            8: "#DF", 13: "#GP general protection", 14: "#PF page fault", 17: "#AC", 18: "#MC"}
-
-
-def _in_guard(addr: int, task: Task) -> bool:
-    return task.stack_lo - GUARD <= addr < task.stack_lo
 
 
 def _page_up(n: int) -> int:

@@ -260,6 +260,9 @@ class Runner:
         to the runner's pool."""
         scn, prog = self.scn, self.program
         m, fault = self._prepared(spec, pooled=not keep and self.sched == "c")
+        # rdrand and rdseed draw from the run's seed from here on (pooled
+        # and fresh machines alike: both are at the end of the prefix)
+        m.seed_random(spec.seed)
         try:
             model = make_model(spec.model, m)
             patches = {}
