@@ -65,6 +65,8 @@ def _random_dest(code: bytes) -> tuple[str, int] | None:
     while i < len(code) and code[i] in _LEGACY_PREFIXES:
         if code[i] == 0x66:
             width = 2
+        elif code[i] in (0xf2, 0xf3):
+            return None         # another instruction (f3 0f c7 /7 is rdpid) or #UD
         i += 1
     if i < len(code) and 0x40 <= code[i] <= 0x4f:
         rex = code[i]
@@ -94,6 +96,11 @@ def _moves_rsp_far(mnemonic: str, op_str: str, guard: int) -> bool:
     ops = [o.strip() for o in op_str.split(",")] if op_str else []
     if not ops:
         return False
+    if mnemonic == "enter":
+        imm = _imm(ops[0])
+        return imm is None or imm >= guard
+    if mnemonic == "pop" and ops[0] in _RSP_NAMES:
+        return True             # rsp from memory: anywhere
     if mnemonic in ("xchg", "xadd", "cmpxchg"):
         if not _RSP_NAMES.intersection(ops):
             return False
