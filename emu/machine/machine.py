@@ -198,6 +198,11 @@ class Machine:
                         self.by_name[f"{image.name}:{ref.name}"] = ref
             return
         for other in self.images:
+            if other.name == image.name:
+                # "image:function" names would resolve to either, and a patch
+                # named like its target would patch itself
+                raise UserError(f"a second image named '{image.name}': the program, its modules and "
+                                f"its patches each need a name of their own")
             if image.lo < other.hi and other.lo < image.hi:
                 raise UserError(f"image '{image.name}' ({image.lo:#x}-{image.hi:#x}) overlaps "
                                 f"image '{other.name}' ({other.lo:#x}-{other.hi:#x})")
