@@ -236,6 +236,7 @@ def read_records(path: Path) -> dict[tuple[str, int], dict]:
 
 def summarize(plan: Plan, records: dict) -> dict:
     models = []
+    warnings = []
     for model in plan.models:
         recs = [records[(model, s)] for s in plan.seeds if (model, s) in records]
         lat = [r["latency"] for r in recs if r.get("latency") is not None]
@@ -252,9 +253,14 @@ def summarize(plan: Plan, records: dict) -> dict:
             "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,
             "first_failing_seed": min(failing) if failing else None,
             "findings": {k: sum(k in findings(r) for r in recs) for k in FINDINGS},
+            "units": sum(r.get("units", 0) for r in recs),
         })
+        # a model whose runs saw no unit at all checked nothing: say so
+        said = [w for r in recs for w in r.get("warnings", ())]
+        if recs and not models[-1]["units"] and said:
+            warnings.append(f"{model}: {said[0]}")
     return {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
-            "models": models}
+            "models": models, "warnings": warnings}
 
 
 def default_jobs() -> int:
