@@ -135,9 +135,9 @@ def classify(md, code: bytes, base: int, *, guard: int) -> list[SysInsn]:
             out.append(SysInsn(addr, size, core.SI_RDTSCP, 0, mnemonic))
         elif mnemonic in ("rdrand", "rdseed"):
             dest = _random_dest(raw)
-            if dest is None:        # not a register form: #UD on hardware too
-                out.append(SysInsn(addr, size, core.SI_PRIVILEGED, 0, mnemonic))
-            else:
+            # other forms (a memory operand, an f2/f3 prefix) are #UD on
+            # hardware, and in Unicorn too: nothing to answer
+            if dest is not None:
                 out.append(SysInsn(addr, size, core.SI_RDRAND if dest[0] == "rdrand" else core.SI_RDSEED,
                                    dest[1], mnemonic))
         elif mnemonic in PRIVILEGED or (mnemonic == "mov" and any(
