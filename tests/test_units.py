@@ -123,3 +123,12 @@ def test_unit_tracing_does_not_change_when_patches_carry_the_unit(tmp_path, unit
     a = runner.execute(runner.plan("stop_machine", 3, strategy="random"))
     b = runner.execute(runner.plan("stop_machine", 3, strategy="random"))
     assert a.trace_hash == b.trace_hash and a.units == b.units
+
+
+def test_a_unit_function_that_cannot_be_traced_is_refused(tmp_path, capsys):
+    path = unit_scenario(tmp_path, "unit")
+    (tmp_path / "base.c").write_text(BASE.replace("__attribute__((noinline)) long unit(void)",
+                                                  "__attribute__((noinline, no_instrument_function)) long unit(void)"))
+    assert cli.main(["run", str(path), "--model", "livepatch"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "check.unit: 'unit' has no fentry site" in err

@@ -467,6 +467,11 @@ def build(scn: Scenario) -> Program:
     if scn.unit != "syscall" and scn.unit not in known:
         raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")
+    if scn.unit != "syscall":
+        obj, _, fname = scn.unit.rpartition(":")
+        if (prog.modules[obj] if obj else base).functions[fname].site is None:
+            raise ScenarioError(f"{scn.path}: check.unit: '{scn.unit}' has no fentry site, so its units "
+                                f"cannot be traced (was it built with -mfentry, or is it notrace?)")
     for p in scn.patches:
         # the diff refuses data changes (PatchError) even when functions are listed
         functions, reasons = _differing(scn, p, base, listed=p.functions is not None)
