@@ -79,7 +79,7 @@ struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity)
     }
     if (uc_hook_add(c->uc, &c->h_invalid, UC_HOOK_MEM_INVALID, (void *)hook_invalid, c, 1, 0))
         goto fail;
-    if (__emu_slicer_install(c) || __emu_redirect_install(c))
+    if (__emu_slicer_install(c) || __emu_redirect_install(c) || __emu_sysinsn_install(c))
         goto fail;
     return c;
 fail:
@@ -102,6 +102,7 @@ void emu_core_free(struct emu_core *c)
     if (c->h_tramp) uc_hook_del(c->uc, c->h_tramp);
     if (c->h_tlb) uc_hook_del(c->uc, c->h_tlb);
     __emu_redirect_free(c);
+    __emu_sysinsn_free(c);
     for (i = 0; i < c->nregions; i++) {
         uc_mem_unmap(c->uc, c->regions[i].addr, c->regions[i].size);
         free(c->regions[i].alloc);

@@ -1,6 +1,6 @@
 /*
  * core.h - the C core's internal state, shared by core.c, slicer.c,
- * redirect.c, text.c and tlb.c. Not part of the cffi API (that is emu.h).
+ * redirect.c, sysinsn.c, text.c and tlb.c. Not part of the cffi API (that is emu.h).
  */
 #ifndef EMU_CORE_H
 #define EMU_CORE_H
@@ -108,6 +108,14 @@ struct emu_core {
     /* scheduler state (sched.c), shared with Python */
     int64_t *sched;
     int sched_n;
+
+    /* instructions the emulator answers or refuses (sysinsn.c) */
+    uint64_t rng;                   /* rdrand/rdseed: splitmix64 state */
+    struct emu_sysinsn **sysinsn;
+    int nsysinsn;
+    int cap_sysinsn;
+    uint64_t *stk_lo, *stk_hi;      /* each task's stack, for the stack checks */
+    uc_hook h_cpuid;
 };
 
 /* core.c */
@@ -126,6 +134,11 @@ int __emu_slicer_install(struct emu_core *c);
 int __emu_redirect_install(struct emu_core *c);
 struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr);
 void __emu_redirect_free(struct emu_core *c);
+
+/* sysinsn.c */
+int __emu_sysinsn_install(struct emu_core *c);
+void __emu_sysinsn_free(struct emu_core *c);
+uint64_t __emu_rng_next(struct emu_core *c);
 
 /* tlb.c */
 int __emu_tlb_install(struct emu_core *c);

@@ -49,6 +49,9 @@
 #define EMU_FAULT_INTERRUPT       8  /* an exception the guest raised (#DE, int3 off a site, ...) */
 #define EMU_FAULT_BAD_TRAMPOLINE  9  /* the trampoline was reached from no known site */
 #define EMU_FAULT_OTHER          10
+#define EMU_FAULT_PRIVILEGED     11  /* a privileged instruction (sysinsn.c); it did not run */
+#define EMU_FAULT_STACK_OVERFLOW 12  /* rsp left the task's stack at rip; addr = rsp */
+#define EMU_FAULT_NULL_CALL      13  /* execution reached address 0 */
 
 /* ---- events (appended to a ring; Python drains them in bulk) ---------- */
 #define EMU_EV_ENTRY   1  /* a = function id, b = version (0 original), c = rsp at entry */
@@ -206,6 +209,30 @@ int emu_set_trampoline(struct emu_core *core, uint64_t addr);
 
 /* Writes to text also drop the translated code of that range. */
 int emu_text_write(struct emu_core *core, uint64_t addr, const uint8_t *data, size_t len);
+
+/* Instructions whose answer is not the guest's (sysinsn.c; the twin is
+ * emu/engine/sysinsn.py). emu_sysinsn_add hooks the instruction of len
+ * bytes at addr: rdtsc/rdtscp answer the virtual clock, rdrand/rdseed the
+ * core's random state (arg = register number 0..15 | operand bytes << 8),
+ * a privileged one faults, a stack check (placed after an instruction that
+ * moves rsp far) faults when rsp leaves the task's stack. Without
+ * EMU_FLAG_ACCEL_C it hooks nothing (the twin does). */
+#define EMU_SI_RDTSC       1
+#define EMU_SI_RDTSCP      2
+#define EMU_SI_RDRAND      3
+#define EMU_SI_RDSEED      4
+#define EMU_SI_PRIVILEGED  5
+#define EMU_SI_STACK_CHECK 6
+int emu_sysinsn_add(struct emu_core *core, uint64_t addr, uint32_t len, int kind, int arg);
+int emu_task_set_stack(struct emu_core *core, int tid, uint64_t lo, uint64_t hi);
+void emu_rng_seed(struct emu_core *core, uint64_t seed);
+uint64_t emu_rng_state(struct emu_core *core);
+void emu_cpuid(uint32_t leaf, uint32_t sub, uint32_t cpu, uint32_t out[4]);
+/* During a run: the instruction at addr retired and the task goes on at next
+ * (the rest of its block is taken off the clock). */
+int emu_skip_insn(struct emu_core *core, uint64_t addr, uint64_t next);
+/* During a run: a fault found by a Python hook (kind EMU_FAULT_*); stops the run. */
+int emu_report_fault(struct emu_core *core, int kind, uint64_t rip, uint64_t addr);
 
 /* Running. */
 uint64_t emu_clock(struct emu_core *core);

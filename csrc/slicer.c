@@ -189,9 +189,11 @@ int emu_run(struct emu_core *c, uint64_t budget, int precise, struct emu_stop *s
         if (stop->reason == EMU_STOP_BUDGET && c->cut && precise && c->executed < budget)
             finish_precisely(c);
         if (!stop->reason) {
-            /* uc_emu_start came back on its own (hlt, for one). */
+            /* uc_emu_start came back on its own: at address 0, which is
+             * the `until` it was given (a call through a NULL pointer), or
+             * for another reason (hlt, for one). */
             uc_reg_read(c->uc, UC_X86_REG_RIP, &rip);
-            __emu_fault(c, EMU_FAULT_OTHER, rip, 0, 0);
+            __emu_fault(c, rip ? EMU_FAULT_OTHER : EMU_FAULT_NULL_CALL, rip, 0, 0);
         }
     }
     if (stop->reason != EMU_STOP_FAULT)

@@ -34,6 +34,7 @@ struct emu_snapshot {
     int64_t *sched;
     int sched_n;
     uint64_t clock;
+    uint64_t rng;
     uint64_t ev_mask;
     uint64_t ev_dropped;
     int nsites;
@@ -122,6 +123,7 @@ struct emu_snapshot *emu_snapshot_take(struct emu_core *c)
         memcpy(s->sites[i].entries, c->sites[i]->entries, sizeof(s->sites[i].entries));
     }
     s->clock = c->clock;
+    s->rng = c->rng;
     s->ev_mask = c->ev_mask;
     s->ev_dropped = c->ev_dropped;
     return s;
@@ -216,6 +218,7 @@ int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
         memcpy(c->sites[i]->entries, s->sites[i].entries, sizeof(s->sites[i].entries));
     }
     c->clock = s->clock;
+    c->rng = s->rng;
     c->ev_mask = s->ev_mask;
     c->ev_dropped = s->ev_dropped;
     c->ev_n = 0;

@@ -144,6 +144,8 @@ def _print_result(res, machine, model, *, title: str) -> None:
             _print_attempts(t)
     for e in res.errors:
         con.print(f"  refused at t={e['time']}: {e['action']}: {e['error']}", markup=False)
+    for warning in res.warnings:
+        con.print(f"[bold yellow]warning[/]: {warning}", markup=True)
     if res.fault:
         con.print(f"\n[bold red]guest fault[/]\n{res.fault}")
     for bad in res.inconsistencies:
@@ -320,6 +322,8 @@ def _fuzz(args) -> int:
         _write_junit(args.junit, prog, verdicts, by_model, replay, seconds)
         summary["junit"] = str(args.junit)
     last = plan.seeds[-1]
+    for warning in summary.get("warnings", ()):
+        print(f"lpemu: warning: {warning}", file=sys.stderr)
     if args.json:
         _emit_json(summary)
     else:

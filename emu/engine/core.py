@@ -105,6 +105,15 @@ POKE_TO_NOP = lib.EMU_POKE_TO_NOP
 
 SITE_MAX_ENTRIES = lib.EMU_SITE_MAX_ENTRIES
 FAULT_INTERRUPT = lib.EMU_FAULT_INTERRUPT
+FAULT_INVALID_INSN = lib.EMU_FAULT_INVALID_INSN
+FAULT_PRIVILEGED = lib.EMU_FAULT_PRIVILEGED
+FAULT_STACK_OVERFLOW = lib.EMU_FAULT_STACK_OVERFLOW
+FAULT_NULL_CALL = lib.EMU_FAULT_NULL_CALL
+FAULT_UNMAPPED_FETCH = lib.EMU_FAULT_UNMAPPED_FETCH
+
+# instructions whose answer is not the guest's (csrc/sysinsn.c, emu/engine/sysinsn.py)
+SI_RDTSC, SI_RDTSCP, SI_RDRAND, SI_RDSEED = lib.EMU_SI_RDTSC, lib.EMU_SI_RDTSCP, lib.EMU_SI_RDRAND, lib.EMU_SI_RDSEED
+SI_PRIVILEGED, SI_STACK_CHECK = lib.EMU_SI_PRIVILEGED, lib.EMU_SI_STACK_CHECK
 DATA_FAULTS = frozenset({lib.EMU_FAULT_UNMAPPED_READ, lib.EMU_FAULT_UNMAPPED_WRITE,
                          lib.EMU_FAULT_UNMAPPED_FETCH, lib.EMU_FAULT_PROT_READ,
                          lib.EMU_FAULT_PROT_WRITE, lib.EMU_FAULT_PROT_FETCH})
@@ -120,6 +129,9 @@ FAULT_NAMES = {
     lib.EMU_FAULT_INTERRUPT: "exception",
     lib.EMU_FAULT_BAD_TRAMPOLINE: "trampoline entered from no fentry site",
     lib.EMU_FAULT_OTHER: "emulation stopped",
+    lib.EMU_FAULT_PRIVILEGED: "privileged instruction",
+    lib.EMU_FAULT_STACK_OVERFLOW: "stack overflow",
+    lib.EMU_FAULT_NULL_CALL: "call to address 0",
 }
 
 _ERRORS = {
@@ -291,6 +303,39 @@ class Engine:
         """Write guest code and drop its translations (C fast path; the
         twin is emu/text.py)."""
         _check(lib.emu_text_write(self._core, addr, data, len(data)), f"text write at {addr:#x}", self._core)
+
+    # -- instructions whose answer is not the guest's (csrc/sysinsn.c) ----------
+    def add_sysinsn(self, addr: int, size: int, kind: int, arg: int = 0) -> None:
+        """Hook the instruction at addr (core.SI_*; see csrc/emu.h)."""
+        _check(lib.emu_sysinsn_add(self._core, addr, size, kind, arg), f"instruction at {addr:#x}", self._core)
+
+    def set_task_stack(self, tid: int, lo: int, hi: int) -> None:
+        """Task tid's stack [lo, hi], for the stack checks."""
+        _check(lib.emu_task_set_stack(self._core, tid, lo, hi), f"stack of task {tid}")
+
+    @property
+    def rng(self) -> int:
+        """The state rdrand and rdseed draw from (kept in snapshots)."""
+        return lib.emu_rng_state(self._core)
+
+    @rng.setter
+    def rng(self, value: int) -> None:
+        lib.emu_rng_seed(self._core, value & _MASK64)
+
+    @staticmethod
+    def cpuid(leaf: int, sub: int = 0, cpu: int = 0) -> tuple[int, int, int, int]:
+        """(eax, ebx, ecx, edx) of the emulated CPU model (C)."""
+        out = ffi.new("uint32_t[4]")
+        lib.emu_cpuid(leaf & 0xffffffff, sub & 0xffffffff, cpu & 0xffffffff, out)
+        return out[0], out[1], out[2], out[3]
+
+    def skip_insn(self, addr: int, next_addr: int) -> None:
+        """In a hook during a run: the instruction at addr retired, go on at next_addr."""
+        _check(lib.emu_skip_insn(self._core, addr, next_addr), "skip instruction")
+
+    def report_fault(self, kind: int, rip: int, addr: int = 0) -> None:
+        """In a hook during a run: record a fault (core.FAULT_*) and stop."""
+        _check(lib.emu_report_fault(self._core, kind, rip, addr), "report fault")
 
     # -- time and running -----------------------------------------------------
     @property

@@ -31,8 +31,8 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RIP,
                                UC_X86_REG_RSP)
 
-from emu.engine import core
-from emu.machine import runtime
+from emu.engine import core, sysinsn
+from emu.machine import faults, runtime
 from emu.engine import unwind
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
 from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
@@ -175,9 +175,11 @@ class Machine:
         self.engine.add_code(RUNTIME_BASE, _page_up(self.runtime.size), self.runtime.insn_starts)
         self.engine.set_trampoline(self.runtime.trampoline)
         self._twin = None
+        self._sysinsn = None        # the Python twin of csrc/sysinsn.c
         if accel == "python":
             from emu.engine.redirect import PyRedirect
             self._twin = PyRedirect(self)
+            self._sysinsn = sysinsn.PySysInsn(self.engine, self._current_cpu, self._stack_of, self._twin)
         self._text.append((RUNTIME_BASE, RUNTIME_BASE + self.runtime.size))
         self.heap = self.engine.map(HEAP_BASE, HEAP_SIZE, PROT_R | PROT_W)
         self.load(image)
@@ -196,6 +198,11 @@ class Machine:
                         self.by_name[f"{image.name}:{ref.name}"] = ref
             return
         for other in self.images:
+            if other.name == image.name:
+                # "image:function" names would resolve to either, and a patch
+                # named like its target would patch itself
+                raise UserError(f"a second image named '{image.name}': the program, its modules and "
+                                f"its patches each need a name of their own")
             if image.lo < other.hi and other.lo < image.hi:
                 raise UserError(f"image '{image.name}' ({image.lo:#x}-{image.hi:#x}) overlaps "
                                 f"image '{other.name}' ({other.lo:#x}-{other.hi:#x})")
@@ -217,11 +224,38 @@ class Machine:
             self._starts.insert(i, fn.start)
             self._by_start.insert(i, ref)
             self._text.append((fn.start, fn.end))
+        self._hook_sysinsns(image)
         self._orc_tables += image.orc_tables()
         self._orc = OrcTable.merge(*self._orc_tables)
         self._orc_c = core.OrcArrays(self._orc.ips, self._orc.entries)
         self._ranges = core.Ranges(self._text)
         self.next_module = max(self.next_module, _align_up(image.hi, MODULE_ALIGN))
+
+    # ---- instructions whose answer is not the guest's (csrc/sysinsn.c) ---------------
+    def _hook_sysinsns(self, image: Image) -> None:
+        """Answer or refuse image's time stamps, random numbers and
+        privileged instructions, and check rsp after far moves of it."""
+        md = Cs(CS_ARCH_X86, CS_MODE_64)
+        for fn in image.functions.values():
+            for s in sysinsn.classify(md, image.read(fn.start, fn.end - fn.start), fn.start, guard=GUARD):
+                self.engine.add_sysinsn(s.addr, s.size, s.kind, s.arg)
+                if self._sysinsn is not None:
+                    self._sysinsn.add(s)
+
+    def seed_random(self, seed: int) -> None:
+        """Seed what rdrand and rdseed return from here on (a run's seed)."""
+        self.engine.rng = seed
+        if self._sysinsn is not None:
+            self._sysinsn.rng = seed & (2**64 - 1)
+
+    def _current_cpu(self) -> int:
+        tid = self.engine.current
+        return self.tasks[tid].cpu if 0 <= tid < len(self.tasks) else 0
+
+    def _stack_of(self, tid: int) -> tuple[int, int] | None:
+        if 0 <= tid < len(self.tasks) and self.tasks[tid].stack_hi:
+            return self.tasks[tid].stack_lo, self.tasks[tid].stack_hi
+        return None
 
     def unload(self, image: Image) -> None:
         """Mark a module gone: its functions can no longer be found by name
@@ -345,6 +379,7 @@ class Machine:
             view[off:off + 56] = b"".join(v.to_bytes(8, "little", signed=v < 0) for v in block)
             rsp = hi - runtime.FRAME_GAP
             task.stack_lo, task.stack_hi = lo, hi
+            self.engine.set_task_stack(task.tid, lo, hi)
             task.end_slot = rsp - 8
             task.end_ret = self.runtime.user_ret if task.kind is Kind.USER else self.runtime.kthread_ret
             self.engine.switch(task.tid)
@@ -705,15 +740,7 @@ class Machine:
         elif message is not None:
             what, kind = message, "hypercall"
         else:
-            what = core.FAULT_NAMES.get(stop.fault_kind, "fault")
-            if stop.fault_kind == core.FAULT_INTERRUPT:
-                what += f" {stop.intno} ({_VECTORS.get(stop.intno, 'vector')})"
-            elif stop.fault_kind in core.DATA_FAULTS:
-                what += f" at {stop.addr:#x}"
-            kind = "fault"
-            if stop.addr and _in_guard(stop.addr, task):
-                what += " (stack overflow into the guard page)"
-                kind = "stack-overflow"
+            what, kind, rip = faults.describe(self, task, stop)
         try:
             bt = self._raw_backtrace(task, rip)
         except Exception:  # the stack may be what broke
@@ -722,6 +749,11 @@ class Machine:
                  f"  RIP {rip:#x} <{self.symbolize(rip)}>: {self.disassemble(rip)}", "  backtrace:"]
         lines += [f"    {line}" for line in bt] or ["    (none)"]
         raise GuestFault("\n".join(lines), task=task.name, cpu=cpu.index, rip=rip, kind=kind, backtrace=bt)
+
+    @staticmethod
+    def in_guard(addr: int, task: Task) -> bool:
+        """Whether addr lies in the guard page below task's stack."""
+        return task.stack_lo - GUARD <= addr < task.stack_lo
 
     def _raw_backtrace(self, task: Task, rip: int) -> list[str]:
         self.engine.switch(task.tid)
@@ -792,12 +824,6 @@ class _Work:
         return False
 
 
-_VECTORS = {0: "#DE divide error", 1: "#DB", 3: "#BP int3", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
-            8: "#DF", 13: "#GP general protection", 14: "#PF page fault", 17: "#AC", 18: "#MC"}
-
-
-def _in_guard(addr: int, task: Task) -> bool:
-    return task.stack_lo - GUARD <= addr < task.stack_lo
 
 
 def _page_up(n: int) -> int:

@@ -245,6 +245,7 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
     """Per model: counts, latencies, the first failing and faulting seeds,
     and (given the probe) the states the runs met (emu/runs/coverage.py)."""
     models = []
+    warnings = []
     for model in plan.models:
         recs = [records[(model, s)] for s in plan.seeds if (model, s) in records]
         lat = [r["latency"] for r in recs if r.get("latency") is not None]
@@ -264,11 +265,16 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
             "findings": {k: sum(k in findings(r) for r in recs) for k in FINDINGS},
             "first_fault_seed": faults[0]["seed"] if faults else None,
             "first_fault": (faults[0].get("fault") or faults[0].get("error")) if faults else None,
+            "units": sum(r.get("units", 0) for r in recs),
         })
         if probe is not None:
             models[-1]["coverage"] = coverage.coverage(probe, recs)
+        # a model whose runs saw no unit at all checked nothing: say so
+        said = [w for r in recs for w in r.get("warnings", ())]
+        if recs and not models[-1]["units"] and said:
+            warnings.append(f"{model}: {said[0]}")
     return {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
-            "models": models}
+            "models": models, "warnings": warnings}
 
 
 def default_jobs() -> int:

@@ -96,6 +96,8 @@ class Result:
     trace_hash: str = ""
     events: int = 0
     met: dict = field(default_factory=dict)        # task -> the state the transition first met it in
+    units: int = 0                  # units the consistency check saw
+    warnings: list = field(default_factory=list)
 
     @property
     def inconsistent(self) -> bool:
@@ -125,7 +127,13 @@ class Result:
                 "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault, "fault_task": self.fault_task,
                 "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
                 "preemptions": self.preemptions, "end": self.end, "events": self.events,
-                "trace_hash": self.trace_hash, "met": self.met}
+                "trace_hash": self.trace_hash, "met": self.met, "units": self.units, "warnings": self.warnings}
+
+
+def no_units_warning(unit: str) -> str:
+    """What a run (or campaign) that saw no unit of its check says."""
+    what = "system call or safe point" if unit == "syscall" else f"call of {unit}()"
+    return f"check.unit = \"{unit}\": no {what} was observed, so the consistency check checked nothing"
 
 
 class Runner:
@@ -285,6 +293,7 @@ class Runner:
                 for _, f in make_patch(m, p.name, img, funcs).funcs():
                     if f.old is not None:
                         m.watch(f.old)
+            oracle.trace_units(m, scn.unit)
             m.start()
             if stop_at:
                 m.run(until=stop_at)
@@ -318,6 +327,9 @@ class Runner:
         to the runner's pool."""
         scn, prog = self.scn, self.program
         m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
+        # rdrand and rdseed draw from the run's seed from here on (pooled
+        # and fresh machines alike: both are at the end of the prefix)
+        m.seed_random(spec.seed)
         try:
             model = make_model(spec.model, m)
             patches = {}
@@ -401,6 +413,7 @@ class Runner:
             elif a.do == "load":
                 img = prog.modules[a.target]
                 model.load_module(img) if hasattr(model, "load_module") else m.load(img)
+                oracle.trace_units(m, self.scn.unit)
                 for p in patches.values():
                     _rebind(m, p)
             elif a.do == "unload":
@@ -432,7 +445,11 @@ class Runner:
             res.outcome = "stalled"
         elif results:
             res.outcome = "completed"
-        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit)
+        stats: dict = {}
+        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats)
+        res.units = stats["units"]
+        if not res.units:
+            res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
         self._assertions(m, res)

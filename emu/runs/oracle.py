@@ -76,9 +76,20 @@ def configurations(patches: list[Patch], transitions) -> list[dict[int, int]]:
     return out
 
 
+def trace_units(machine: Machine, unit: str) -> None:
+    """Trace every entry into the unit function (an observing op, as the
+    function tracer's), whatever the patches carry: a unit nobody traces is
+    a unit nobody checks. Nothing to do for "syscall" units, or while the
+    unit's module is not loaded."""
+    if unit != "syscall" and unit in machine.by_name:
+        machine.watch(machine.function(unit))
+
+
 def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "syscall",
-          functions: set[int] | None = None) -> list[Inconsistency]:
-    """Inconsistent units of a finished run (machine.trace)."""
+          functions: set[int] | None = None, stats: dict | None = None) -> list[Inconsistency]:
+    """Inconsistent units of a finished run (machine.trace). stats, when
+    given, gets "units": how many units the run had (0: the check checked
+    nothing)."""
     if functions is None:
         functions = {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
     confs = configurations(patches, transitions)
@@ -112,6 +123,8 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
                     judge(task, f"syscall #{n}", entries[0][0], clock, entries)
         for task, entries in open_units.items():
             judge(task, f"syscall #{count.get(task, 0) + 1} (unfinished)", entries[0][0], entries[-1][0], entries)
+        if stats is not None:
+            stats["units"] = sum(count.values()) + len(open_units)
         return bad
 
     target = next((f for f in machine.functions if f.name == unit), None)
@@ -136,4 +149,6 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
         elif kind in ends and act is not None:
             judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
             active.pop(task)
+    if stats is not None:
+        stats["units"] = sum(count.values())
     return bad

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.errors import PatchError, ScenarioError
+from emu.kernel.patch import VMLINUX
 from emu.runs.expect import EXPECTATIONS
 
 MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
@@ -305,14 +306,28 @@ def load(path) -> Scenario:
     if sum(t.count for t in scn.tasks) > 1000:
         raise ScenarioError(f"{path}: at most 1000 tasks")
 
+    # One namespace for the program (VMLINUX), its modules and patches: an
+    # image is found by name ("module:function"), and a patch named like the
+    # image it patches would resolve its old functions to its new ones.
+    images = {VMLINUX: "the program's image"}
+
+    def image_name(r: _Reader, what: str) -> str:
+        name = r.get("name", str, required=True)
+        if not name or ":" in name:
+            raise r.error("name", f"{name!r} is not a {what} name (non-empty, no ':')")
+        if name in images:
+            raise r.error("name", f"'{name}' is already the name of {images[name]}: the program, its "
+                                  f"modules and its patches each need a name of their own")
+        images[name] = f"{what} '{name}'"
+        return name
+
     for r in array("module"):
-        mod = ModuleSpec(r.get("name", str, required=True), files(r, "sources"), r.get("loaded", bool, False),
-                         r.line())
+        mod = ModuleSpec(image_name(r, "module"), files(r, "sources"), r.get("loaded", bool, False), r.line())
         r.finish()
         scn.modules.append(mod)
 
     for r in array("patch"):
-        p = PatchSpec(r.get("name", str, required=True), files(r, "sources"), r.str_list("functions"),
+        p = PatchSpec(image_name(r, "patch"), files(r, "sources"), r.str_list("functions"),
                       r.get("replace", bool, False), line=r.line())
         if p.functions is not None and not p.functions:
             raise r.error("functions", "is empty (leave it out to patch every function that differs)")
@@ -322,8 +337,6 @@ def load(path) -> Scenario:
             p.states.append((st["id"], int(st.get("version", 0))))
         p.force = r.str_list("force", [])
         r.finish()
-        if any(q.name == p.name for q in scn.patches):
-            raise r.error("name", f"a second patch named '{p.name}'")
         scn.patches.append(p)
 
     targets = {p.name: "patch" for p in scn.patches} | {mo.name: "module" for mo in scn.modules}
@@ -441,7 +454,7 @@ def build(scn: Scenario) -> Program:
     from emu.images.image import build_c
     from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, _align_up
 
-    base = build_c(scn.sources, base=BASE_IMAGE, name="vmlinux", cflags=scn.cflags)
+    base = build_c(scn.sources, base=BASE_IMAGE, name=VMLINUX, cflags=scn.cflags)
     prog = Program(scn, base)
     at = MODULE_BASE
     for mod in scn.modules:
@@ -458,6 +471,11 @@ def build(scn: Scenario) -> Program:
     if scn.unit != "syscall" and scn.unit not in known:
         raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")
+    if scn.unit != "syscall":
+        obj, _, fname = scn.unit.rpartition(":")
+        if (prog.modules[obj] if obj else base).functions[fname].site is None:
+            raise ScenarioError(f"{scn.path}: check.unit: '{scn.unit}' has no fentry site, so its units "
+                                f"cannot be traced (was it built with -mfentry, or is it notrace?)")
     for p in scn.patches:
         # the diff refuses data changes (PatchError) even when functions are listed
         functions, reasons = _differing(scn, p, base, listed=p.functions is not None)

@@ -1,0 +1,152 @@
+"""What a guest fault was, said exactly: the reports of Machine._fault.
+
+Unicorn gives a faulting data address cut to 52 bits (0xffffffff81000000
+arrives as 0xfffff81000000) and does not check that an address is
+canonical. The report recomputes the address the instruction used from its
+operands and registers (capstone), so it is the full 64-bit one, and a
+non-canonical address is what the hardware makes of it: a general
+protection fault (#GP), not a page fault.
+"""
+from __future__ import annotations
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone.x86 import X86_OP_MEM, X86_REG_RIP
+from unicorn import x86_const
+
+from emu.engine import core
+
+__all__ = ["exact_address", "canonical", "describe"]
+
+_M64 = (1 << 64) - 1
+_M52 = (1 << 52) - 1         # what Unicorn keeps of a virtual address
+_PUSHES = frozenset({"push", "call", "pushfq", "enter"})
+_POPS = frozenset({"pop", "ret", "popfq", "leave", "iretq"})
+_STRINGS = ("movs", "stos", "lods", "cmps", "scas", "ins", "outs")
+
+
+def canonical(addr: int) -> bool:
+    """Bits 63..47 all equal (48-bit virtual addresses)."""
+    top = (addr & _M64) >> 47
+    return top in (0, (1 << 17) - 1)
+
+
+def _reg(uc, md_insn, reg: int) -> int:
+    name = md_insn.reg_name(reg).upper()
+    return uc.reg_read(getattr(x86_const, f"UC_X86_REG_{name}"))
+
+
+def _candidates(uc, insn) -> list[int]:
+    """Addresses the instruction may access: its memory operands, then the
+    implicit ones (the stack, the string registers)."""
+    out = []
+    for op in insn.operands:
+        if op.type != X86_OP_MEM:
+            continue
+        mem = op.mem
+        ea = mem.disp
+        if mem.base == X86_REG_RIP:
+            ea += insn.address + insn.size
+        elif mem.base:
+            ea += _reg(uc, insn, mem.base)
+        if mem.index:
+            ea += _reg(uc, insn, mem.index) * mem.scale
+        out.append(ea & _M64)
+    rsp = uc.reg_read(x86_const.UC_X86_REG_RSP)
+    mnemonic = insn.mnemonic.split()[-1]
+    if mnemonic in _PUSHES:
+        out.append((rsp - 8) & _M64)
+    if mnemonic in _POPS:
+        out.append(rsp)
+    if mnemonic.startswith(_STRINGS):
+        out += [uc.reg_read(x86_const.UC_X86_REG_RDI), uc.reg_read(x86_const.UC_X86_REG_RSI)]
+    return out
+
+
+def exact_address(uc, code: bytes, rip: int, reported: int) -> int:
+    """The full address behind a fault Unicorn reported as `reported`, by
+    the instruction at rip (its bytes in code); `reported` when no operand
+    of the instruction explains it."""
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    md.detail = True
+    for insn in md.disasm(code, rip, count=1):
+        for ea in _candidates(uc, insn):
+            off = (reported - ea) & _M52
+            if off < 64:        # the access may cross into the faulting page
+                return (ea + off) & _M64
+    return reported
+
+
+def describe(m, task, stop) -> tuple[str, str, int]:
+    """(what happened, kind, rip to report) of a fault stop of task."""
+    kind = "fault"
+    rip = stop.rip
+    fk = stop.fault_kind
+    what = core.FAULT_NAMES.get(fk, "fault")
+    if fk == core.FAULT_INTERRUPT:
+        what += f" {stop.intno} ({_VECTORS.get(stop.intno, 'vector')})"
+    elif fk == core.FAULT_PRIVILEGED:
+        what = (f"privileged instruction '{m.disassemble(rip)}' "
+                f"(#GP: the emulated kernel lets no guest code change the machine's state)")
+        kind = "privileged"
+    elif fk == core.FAULT_INVALID_INSN:
+        what += f" '{m.disassemble(rip)}' (#UD)"
+    elif fk == core.FAULT_STACK_OVERFLOW:
+        what = (f"stack overflow: rsp {stop.addr:#x} left the task's stack "
+                f"{task.stack_lo:#x}-{task.stack_hi:#x} after this instruction")
+        kind = "stack-overflow"
+    elif fk == core.FAULT_NULL_CALL:
+        what = "call to address 0 (a NULL function pointer)"
+        caller = _caller(m, task)
+        if caller is not None:
+            what += f", called from {caller:#x} <{m.symbolize(caller)}>"
+        kind = "null-call"
+    elif fk in core.DATA_FAULTS:
+        addr = stop.addr
+        if fk == core.FAULT_UNMAPPED_FETCH and (rip & _M52) == (addr & _M52):
+            addr = rip
+        else:
+            try:
+                code = bytes(m.engine.view(rip, 16))
+            except Exception:  # noqa: BLE001 - the code itself may be what is gone
+                code = b""
+            m.engine.switch(task.tid)
+            addr = exact_address(m.engine.uc, code, rip, addr)
+        if not canonical(addr):
+            what = f"general protection fault (#GP): non-canonical address {addr:#018x}"
+            kind = "gp"
+        else:
+            what += f" at {addr:#x}"
+            if m.in_guard(addr, task):
+                what += " (stack overflow into the guard page)"
+                kind = "stack-overflow"
+    return what, kind, rip
+
+
+def _caller(m, task) -> int | None:
+    """The call instruction that sent task to address 0, from the return
+    address it pushed (None for a jump)."""
+    m.engine.switch(task.tid)
+    rsp = m.engine.uc.reg_read(x86_const.UC_X86_REG_RSP)
+    try:
+        ret = int.from_bytes(bytes(m.engine.view(rsp, 8)), "little")
+    except Exception:  # noqa: BLE001 - rsp may point anywhere
+        return None
+    if m.function_at(ret) is None:
+        return None
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    for back in range(2, 16):
+        try:
+            code = bytes(m.engine.view(ret - back, back))
+        except Exception:  # noqa: BLE001
+            continue
+        insns = list(md.disasm(code, ret - back))
+        if len(insns) == 1 and insns[0].mnemonic == "call" and insns[0].address + insns[0].size == ret:
+            target = insns[0].op_str
+            # a direct call to anywhere but 0 did not come here: a jump did
+            if not target.startswith("0x") or int(target, 16) == 0:
+                return ret - back
+    return None
+
+
+_VECTORS = {0: "#DE divide error", 1: "#DB", 3: "#BP int3", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
+            8: "#DF", 13: "#GP general protection", 14: "#PF page fault", 17: "#AC", 18: "#MC"}
