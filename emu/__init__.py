@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 
 #: public name -> the module that defines it
 _PUBLIC = {
-    "build_c": "emu.images.image",
+    "build_c": "emu.images.build",
     "Image": "emu.images.image",
     "Machine": "emu.machine.machine",
     "make_model": "emu.models",

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.images.image import build_c
+from emu.images.build import build_c
 
 
 @pytest.fixture

@@ -127,7 +127,7 @@ def test_a_patch_that_changes_data_is_refused(d, capsys):
 
 def test_an_elf_that_is_not_x86_64(d, capsys):
     import subprocess
-    from emu.images.image import INCLUDE_DIR
+    from emu.images.toolchain import INCLUDE_DIR
     subprocess.run(["gcc", "-c", "-o", str(d / "base.o"), str(d / "base.c"), "-I",
                     str(INCLUDE_DIR)], check=True)
     data = bytearray((d / "base.o").read_bytes())
@@ -139,7 +139,7 @@ def test_an_elf_that_is_not_x86_64(d, capsys):
 
 def test_images_that_overlap_are_refused(d):
     from emu.errors import UserError
-    from emu.images.image import build_c
+    from emu.images.build import build_c
     from emu.machine.machine import Machine
     base = build_c([d / "base.c"], base=0x400000)
     other = build_c([d / "base.c"], base=0x400000, name="again")

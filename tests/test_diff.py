@@ -7,7 +7,7 @@ import pytest
 from emu.engine import core
 from emu.images.diff import Diff, diff_sources, patch_plan
 from emu.errors import BuildError, PatchError
-from emu.images.image import build_c
+from emu.images.build import build_c
 from emu.machine.machine import Machine
 from emu.models import make_model
 from emu.kernel.patch import make_patch
@@ -244,7 +244,7 @@ def test_debug_info_does_not_change_the_code_that_is_compared(case, tmp_path):
     # The comparison compiles with -g (for DWARF's inlining facts) while build_c
     # builds the patch without: the conclusions hold only if gcc's code is the same.
     from elftools.elf.elffile import ELFFile
-    from emu.images.image import _compile
+    from emu.images.toolchain import compile_c
 
     def code(obj):
         with open(obj, "rb") as f:
@@ -252,6 +252,6 @@ def test_debug_info_does_not_change_the_code_that_is_compared(case, tmp_path):
             return {s.name: s.data() for s in elf.iter_sections() if s["sh_flags"] & 4}   # SHF_EXECINSTR
 
     src = CASES / case / "new.c"
-    _compile(src, tmp_path / "plain.o", [], tmp_path)
-    _compile(src, tmp_path / "debug.o", ["-g"], tmp_path)
+    compile_c(src, tmp_path / "plain.o", [], tmp_path)
+    compile_c(src, tmp_path / "debug.o", ["-g"], tmp_path)
     assert code(tmp_path / "plain.o") == code(tmp_path / "debug.o")

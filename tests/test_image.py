@@ -11,8 +11,9 @@ from elftools.dwarf.callframe import FDE
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError, ToolMissing
-from emu.images.image import (FENTRY_NOP, INCLUDE_DIR, PAGE, PROT_R, PROT_W, PROT_X, REQUIRED_CFLAGS,
-                       DEFAULT_CFLAGS, build_c, load_elf)
+from emu.images.build import build_c, load_elf
+from emu.images.image import FENTRY_NOP, PAGE, PROT_R, PROT_W, PROT_X
+from emu.images.toolchain import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
 
 C = Path(__file__).parent / "c"
 BASE, PATCH = 0x400000, 0x800000

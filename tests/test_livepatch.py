@@ -13,7 +13,7 @@ import pytest
 from emu.engine import core
 from emu.errors import Busy
 from emu.kernel.ftrace import FENTRY_NOP, Ops
-from emu.images.image import build_c
+from emu.images.build import build_c
 from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, Machine
 from emu.models.livepatch import Livepatch, PatchRefused
 from emu.kernel.patch import VMLINUX, make_patch

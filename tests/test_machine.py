@@ -196,7 +196,7 @@ def test_bad_configuration_is_a_user_error(compile_c):
 def test_orc_tables_of_built_images_agree_with_eh_frame(compile_c):
     from emu.images.orc import build_table, check_eh_frame
     from emu.app.demo import SEED as SEED_DIR
-    from emu.images.image import build_c
+    from emu.images.build import build_c
 
     for img in (compile_c(SEED), build_c([SEED_DIR / "base.c"], base=0x400000)):
         seg = next(s for s in img.segments if s.prot & 4)

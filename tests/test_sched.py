@@ -132,7 +132,7 @@ def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, 
 
 @pytest.fixture(scope="module")
 def hostile(tmp_path_factory):
-    from emu.images.image import build_c
+    from emu.images.build import build_c
     src = tmp_path_factory.mktemp("hostile") / "hostile.c"
     src.write_text('#include "lpemu.h"\n' + HOSTILE)
     return build_c([src], base=0x400000, name="hostile")

@@ -33,7 +33,7 @@ from pathlib import Path
 from emu import __version__
 from emu.engine import core
 from emu.engine import unwind
-from emu.images.image import build_c
+from emu.images.build import build_c
 from emu.machine.machine import Machine
 from emu.machine.task import PATCHED, RunState
 

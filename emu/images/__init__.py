@@ -1,6 +1,8 @@
-"""Code to run: images built from C (gcc + ld), assembly (keystone, checked
-by capstone) or ELF files; ORC unwind tables; the diff that says which
-functions a patch must carry."""
-from emu.images.image import build_c
+"""Code to run: the image model (image), the gcc/ld toolchain (toolchain),
+ELF reading (elf), binding modules to a base image (binding), building images
+from C and objects (build), kernel objects made runnable (kobject), assembly
+(asm), ORC unwind tables (orc), and the diff that says which functions a patch
+must carry (diff, with the kernel tools' rules for objects in kdiff_rules)."""
+from emu.images.build import build_c, load_elf
 
-__all__ = ["build_c"]
+__all__ = ["build_c", "load_elf"]

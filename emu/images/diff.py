@@ -50,7 +50,8 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
-from emu.images.image import FENTRY_NOP, _compile, _require_tools, _safe_stem
+from emu.images.image import FENTRY_NOP
+from emu.images.toolchain import compile_c, require_tools, safe_stem
 
 __all__ = ["Diff", "diff_sources", "patch_plan"]
 
@@ -148,7 +149,7 @@ def patch_plan(base_sources, patch_sources, *, cflags=()) -> Diff:
 
 def _diff(old, new, cflags, *, partial: bool) -> Diff:
     old_paths, new_paths = _source_paths(old, "old"), _source_paths(new, "new")
-    _require_tools("gcc", "as")
+    require_tools("gcc", "as")
     cflags = list(cflags)
     with tempfile.TemporaryDirectory(prefix="lpemu-diff-") as d:
         tmp = Path(d)
@@ -178,8 +179,8 @@ def _compile_all(paths: list[Path], cflags: list[str], extra, tmp: Path, tag: st
     """[(source basename, object bytes)], compiled as build_c compiles, plus extra."""
     objs = []
     for i, src in enumerate(paths):
-        obj = tmp / f"{tag}_{i}_{_safe_stem(src)}.o"
-        _compile(src.resolve(), obj, [*cflags, *extra], tmp)
+        obj = tmp / f"{tag}_{i}_{safe_stem(src)}.o"
+        compile_c(src.resolve(), obj, [*cflags, *extra], tmp)
         objs.append((src.name, obj.read_bytes()))
     return objs
 

@@ -451,7 +451,7 @@ class Program:
 def build(scn: Scenario) -> Program:
     """Compile the program, its modules and patches; check every name the
     scenario uses against the code. Raises ScenarioError, BuildError, PatchError."""
-    from emu.images.image import build_c
+    from emu.images.build import build_c
     from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, _align_up
 
     base = build_c(scn.sources, base=BASE_IMAGE, name=VMLINUX, cflags=scn.cflags)

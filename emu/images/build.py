@@ -1,0 +1,116 @@
+"""Building images: C sources compiled with gcc, ELF objects and executables,
+linked at a base address; with link_against, as a module bound to a base image.
+
+The public entry points: build_c and load_elf.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from emu.errors import BuildError, PatchError
+from emu.images.binding import bind_to_base
+from emu.images.elf import ET_DYN, ET_EXEC, ET_REL, check_x86_64_elf, image_from_elf
+from emu.images.image import Image, check_base
+from emu.images.toolchain import compile_c, link, require_tools, safe_stem
+
+__all__ = ["build_c", "load_elf"]
+
+
+def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, base: int, name: str,
+                        kind: str, sources: tuple[Path, ...], link_against: Image | None,
+                        keep: set[str] | None) -> Image:
+    if keep is not None and link_against is None:
+        raise PatchError(f"{name}: keep needs link_against (the image the kept functions replace)")
+    if link_against is None:
+        return image_from_elf(link(objs, tmp, base), name=name, kind=kind, sources=sources)
+    require_tools("objcopy")
+    defsyms, roots, imports = bind_to_base(objs, basenames, link_against,
+                                            set(keep) if keep is not None else None, tmp)
+    elf = link(objs, tmp, base, defsyms=defsyms, roots=roots)
+    return image_from_elf(elf, name=name, kind=kind, sources=sources, imports=imports)
+
+
+def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: Image | None = None,
+            keep: set[str] | None = None) -> Image:
+    """Compile C sources with gcc and link them at base with ld.
+
+    cflags come after DEFAULT_CFLAGS and before REQUIRED_CFLAGS. With link_against,
+    the image is a module: what it references but does not carry binds to
+    link_against's addresses, existing data is never carried, and with keep only
+    those functions (and new helpers they use) are carried. Sources that are
+    already ELF objects are linked as they are.
+
+    Raises ToolMissing (no gcc/ld), BuildError (compile or link errors, with the
+    tools' own output), PatchError (keep/binding problems)."""
+    check_base(base)
+    paths = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if not paths:
+        raise BuildError(f"{name}: no sources")
+    for p in paths:
+        if not p.is_file():
+            raise BuildError(f"{p}: no such file")
+    require_tools("gcc", "as", "ld")
+    with tempfile.TemporaryDirectory(prefix="lpemu-") as d:
+        tmp = Path(d)
+        objs = []
+        for i, src in enumerate(paths):
+            obj = tmp / f"{i}_{safe_stem(src)}.o"
+            head = src.read_bytes()[:4]
+            if head == b"\x7fELF":
+                _check_object(src)
+                shutil.copyfile(src, obj)
+            else:
+                compile_c(src.resolve(), obj, list(cflags), tmp)
+            objs.append(obj)
+        return _build_from_objects(objs, [p.name for p in paths], tmp, base=base, name=name,
+                                   kind="c", sources=tuple(paths), link_against=link_against,
+                                   keep=keep)
+
+
+def _check_object(path: Path) -> None:
+    if check_x86_64_elf(path.read_bytes(), path) != ET_REL:
+        raise BuildError(f"{path}: not a relocatable object (.o); only objects can be linked")
+
+
+def load_elf(path, *, base: int | None = None, name: str | None = None,
+             link_against: Image | None = None, keep: set[str] | None = None) -> Image:
+    """An image from a prebuilt ELF64 x86-64 file.
+
+    An object (ET_REL) is linked at base exactly as build_c links its objects
+    (link_against and keep included). An executable (ET_EXEC) is taken at its own
+    addresses: base must be None or its lowest address.
+
+    Raises BuildError naming the file and what it is when it is not ELF64 x86-64."""
+    path = Path(path)
+    if not path.is_file():
+        raise BuildError(f"{path}: no such file")
+    data = path.read_bytes()
+    e_type = check_x86_64_elf(data, path)
+    name = name or path.stem
+    if e_type == ET_REL:
+        if base is None:
+            raise BuildError(f"{path}: an object file needs a base address to be linked at")
+        check_base(base)
+        require_tools("ld")
+        with tempfile.TemporaryDirectory(prefix="lpemu-") as d:
+            tmp = Path(d)
+            obj = tmp / f"0_{safe_stem(path)}.o"
+            obj.write_bytes(data)
+            return _build_from_objects([obj], [path.name], tmp, base=base, name=name, kind="elf",
+                                       sources=(path,), link_against=link_against, keep=keep)
+    if e_type == ET_DYN:
+        raise BuildError(f"{path}: position-independent executable or shared object (ET_DYN); "
+                         "link it with -no-pie or give the object file")
+    if e_type != ET_EXEC:
+        raise BuildError(f"{path}: ELF type {e_type} is neither an object nor an executable")
+    if link_against is not None or keep is not None:
+        raise PatchError(f"{path}: an executable is already linked; give its object file to "
+                         "link it against another image")
+    image = image_from_elf(data, name=name, kind="elf", sources=(path,))
+    if base is not None and base != image.lo:
+        raise BuildError(f"{path}: the executable is linked at {image.lo:#x}, not at {base:#x}")
+    return image
+

@@ -1,0 +1,127 @@
+"""The toolchain: gcc compiles C with the flags that make code patchable, ld
+links objects with our own linker script (code, read-only data, data, each
+page aligned). Every call to an external tool goes through here, so that a
+missing tool or a failed compile is one clear error with the tool's output.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+from emu.errors import BuildError, ToolMissing
+from emu.images.image import PAGE
+
+__all__ = ["REQUIRED_CFLAGS", "DEFAULT_CFLAGS", "INCLUDE_DIR", "require_tools", "run_tool",
+           "safe_stem", "compile_c", "link"]
+
+# Flags that make the code patchable and the image linkable the way we link it:
+# fentry NOPs recorded in __mcount_loc, absolute (non-PIE) code, and one section
+# per function and per object so that a patch module can drop what it does not
+# carry (--gc-sections) and rebind it to the base image.
+REQUIRED_CFLAGS = ["-pg", "-mfentry", "-mnop-mcount", "-mrecord-mcount", "-fno-PIE", "-fno-pic",
+                   "-ffunction-sections", "-fdata-sections"]
+# Kernel-like code: no libc, no red zone (the machine may push on any stack), frame
+# pointers for the fp unwinder and .eh_frame for checking our ORC tables.
+DEFAULT_CFLAGS = ["-O2", "-fno-omit-frame-pointer", "-ffreestanding", "-fno-builtin",
+                  "-fno-stack-protector", "-fcf-protection=none", "-mno-red-zone",
+                  "-mgeneral-regs-only", "-fasynchronous-unwind-tables"]
+
+# lpemu.h lives here; it is on the include path of every compile.
+INCLUDE_DIR = Path(__file__).resolve().parent.parent / "include"
+
+_INSTALL_HINT = "apt-get install gcc binutils"
+_PF_X, _PF_W, _PF_R = 1, 2, 4
+
+
+def require_tools(*tools: str) -> None:
+    """ToolMissing naming the first of tools that is not on PATH."""
+    for tool in tools:
+        if shutil.which(tool) is None:
+            raise ToolMissing(f"{tool} not found on PATH: building images needs gcc and "
+                              f"binutils ({_INSTALL_HINT})")
+
+
+def run_tool(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
+    """Run argv in cwd, output captured; ToolMissing when the tool is gone."""
+    try:
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+    except FileNotFoundError:  # removed between the which() check and now
+        raise ToolMissing(f"{argv[0]} not found: {_INSTALL_HINT}") from None
+
+
+def safe_stem(path: Path) -> str:
+    """path's stem in plain characters (object names go into the linker script)."""
+    # Object names appear inside the linker script: keep them to plain characters.
+    return re.sub(r"[^A-Za-z0-9_]", "_", path.stem) or "src"
+
+
+def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
+    """gcc -c src -o obj with DEFAULT_CFLAGS, cflags, REQUIRED_CFLAGS and lpemu.h's
+    folder on the include path; BuildError with gcc's output when it fails."""
+    argv = ["gcc", "-c", *DEFAULT_CFLAGS, *cflags, *REQUIRED_CFLAGS, "-I", str(INCLUDE_DIR),
+            str(src), "-o", str(obj)]
+    r = run_tool(argv, tmp)
+    if r.returncode != 0:
+        raise BuildError(f"compiling {src} failed:\n{r.stderr.rstrip()}")
+
+
+# -- linking ----------------------------------------------------------------------
+
+
+def _linker_script(base: int, *, keep_mcount: bool, roots: list[tuple[str, str]]) -> str:
+    """Code at base, then read-only data, then data and bss, each page aligned.
+
+    .eh_frame and __mcount_loc are linked and loaded with the read-only data: ld
+    resolves .eh_frame's PC-relative FDE ranges against its final address, so they
+    are exact absolute ranges of the linked code. A patch module (keep_mcount False)
+    cannot keep __mcount_loc: it references every function of the object and would
+    make --gc-sections keep them all; its sites are found by their bytes instead.
+    roots: (object, section) pairs that --gc-sections must keep."""
+    keep_roots = "".join(f"    KEEP({obj}({sec}))\n" for obj, sec in roots)
+    mcount = "KEEP(*(__mcount_loc))" if keep_mcount else "*(__mcount_loc)"
+    return f"""\
+PHDRS {{
+  text PT_LOAD FLAGS({_PF_R | _PF_X});
+  rodata PT_LOAD FLAGS({_PF_R});
+  data PT_LOAD FLAGS({_PF_R | _PF_W});
+}}
+SECTIONS {{
+  . = {base:#x};
+  .text : {{
+{keep_roots}    *(.text .text.*)
+  }} :text
+  . = ALIGN({PAGE});
+  .rodata : {{ *(.rodata .rodata.*) }} :rodata
+  .eh_frame : {{ KEEP(*(.eh_frame)) }} :rodata
+  __mcount_loc : {{ {mcount} }} :rodata
+  . = ALIGN({PAGE});
+  .data : {{ *(.data .data.*) }} :data
+  . = ALIGN({PAGE});
+  .bss : {{ *(.bss .bss.* COMMON) }} :data
+  /DISCARD/ : {{ *(.note.GNU-stack) *(.note.gnu.property) *(.comment) }}
+}}
+"""
+
+
+def link(objs: list[Path], tmp: Path, base: int, *, defsyms: dict[str, int] | None = None,
+          roots: list[tuple[str, str]] | None = None) -> bytes:
+    """Link objs (inside tmp) at base; with roots, as a module (--gc-sections)."""
+    module = roots is not None
+    script = tmp / "image.ld"
+    script.write_text(_linker_script(base, keep_mcount=not module, roots=roots or []))
+    argv = ["ld", "-T", script.name, "-nostdlib", "-static", "-e", "0", "-z", "max-page-size=4096",
+            "-z", "noexecstack", "--build-id=none", "-o", "image.elf"]
+    if module:
+        argv.append("--gc-sections")
+    argv += [f"--defsym={name}={addr:#x}" for name, addr in (defsyms or {}).items()]
+    argv += [o.name for o in objs]
+    r = run_tool(argv, tmp)
+    if r.returncode != 0:
+        undefined = sorted(set(re.findall(r"undefined reference to `([^']+)'", r.stderr)))
+        what = f" (undefined symbols: {', '.join(undefined)})" if undefined else ""
+        raise BuildError(f"linking failed{what}:\n{r.stderr.rstrip()}")
+    return (tmp / "image.elf").read_bytes()
+
