@@ -479,7 +479,7 @@ def _bench(args) -> int:
 
 def _diff(args) -> int:
     from emu.images import diff
-    d = diff.diff_sources(args.old, args.new, cflags=args.cflags.split() if args.cflags else ())
+    d = diff.diff_files(args.old, args.new, cflags=args.cflags.split() if args.cflags else ())
     if args.json:
         _emit_json(d.to_json())
         return 0
@@ -610,7 +610,8 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(b)
     b.set_defaults(func=_bench)
 
-    df = command("diff", "the functions a patch must carry (OLD.c -> NEW.c)")
+    df = command("diff", "the functions a patch must carry (OLD.c -> NEW.c, or ORIG.o -> PATCHED.o "
+                 "as kpatch-build and klp-build compare them)")
     df.add_argument("old", help="the original source or object file")
     df.add_argument("new", help="the patched source or object file")
     df.add_argument("--cflags", help="extra compiler flags (one string, split at spaces)")

@@ -45,15 +45,16 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
+from emu.images import kernel_rules
+from emu.images.elf import ET_REL, check_x86_64_elf
 from emu.images.image import FENTRY_NOP
 from emu.images.toolchain import compile_c, require_tools, safe_stem
 
-__all__ = ["Diff", "diff_sources", "patch_plan"]
+__all__ = ["Diff", "diff_sources", "diff_objects", "diff_files", "patch_plan"]
 
 # Flags added to build_c's for the comparison compile (DWARF says what was
 # inlined where) and for the compile that shows each function's own code.
@@ -66,11 +67,14 @@ _PC_RELATIVE = frozenset({2, 4, 9, 13, 15, 24, 41, 42})
 # Objects gcc makes, not the program: their contents belong to the code using them.
 _GENERATED = re.compile(r"^(CSWTCH|__func__|__FUNCTION__|__PRETTY_FUNCTION__)\.\d+$")
 _STATIC_LOCAL = re.compile(r"^(?P<base>[A-Za-z_]\w*)\.\d+$")
-_COLD = re.compile(r"^(?P<parent>.+)\.cold(\.\d+)?$")
+# Parts gcc splits off a function: foo.cold (unlikely paths), foo.part.0 (a
+# partial inline); both go with their parent (create-diff-object's children).
+_COLD = re.compile(r"^(?P<parent>.+?)(\.cold(\.\d+)?|\.part\.\d+)$")
 _NUMBERS = re.compile(r"\.\d+")
 _DW_OP_ADDR = 0x03
 _MEMBER_PLACE = ("DW_AT_data_member_location", "DW_AT_data_bit_offset", "DW_AT_bit_size")
 _CALL_OR_JMP = (0xE8, 0xE9)
+_ENDBR64 = bytes.fromhex("f30f1efa")
 
 _NO_DATA_CHANGE = "a live patch cannot change existing data; use a shadow variable"
 _NO_LAYOUT_CHANGE = ("a live patch cannot change the layout of existing data; "
@@ -144,6 +148,152 @@ def patch_plan(base_sources, patch_sources, *, cflags=()) -> Diff:
     return _diff(base_sources, patch_sources, cflags, partial=True)
 
 
+def diff_files(old, new, *, cflags=()) -> Diff:
+    """diff_objects when old and new are ELF objects, diff_sources when they are
+    C sources (what `lpemu diff` runs). Raises BuildError for a mix of the two
+    or for cflags given with objects (they are already compiled)."""
+    kinds = {_is_elf(p) for p in _as_list(old) + _as_list(new)}
+    if kinds == {True}:
+        if cflags:
+            raise BuildError("diff: --cflags applies to C sources; the objects are already compiled")
+        return diff_objects(old, new)
+    if kinds == {False}:
+        return diff_sources(old, new, cflags=cflags)
+    raise BuildError(f"diff: {old} and {new} mix C sources and object files; give two objects "
+                     "(the original and the patched build) or two sources")
+
+
+def _as_list(paths) -> list[Path]:
+    return [Path(s) for s in ([paths] if isinstance(paths, (str, Path)) else paths)]
+
+
+def _is_elf(path: Path) -> bool:
+    if not path.is_file():
+        raise BuildError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        return f.read(4) == b"\x7fELF"
+
+
+def diff_objects(old, new) -> Diff:
+    """Compare two x86-64 relocatable objects (or lists of them, in the same
+    order) as kpatch-build's create-diff-object and klp-build compare the
+    objects of the original and the patched build.
+
+    changed: functions of both whose code, relocations or alternatives differ
+    by more than the kernel_rules allow (moved __LINE__ arguments, special
+    statics, tables the kernel tools rebuild), under the original object's
+    names (a renumbered clone keeps its old name); a .cold or .part child's
+    change is its parent's. new: functions only the patched object has that
+    the patch carries (global, or used by a changed or carried function).
+    removed: functions only the original has.
+
+    Refused with PatchError (one line per problem, the kernel tools' reasons):
+    changed init code; a changed function without an fentry call (notrace);
+    changed existing data; no changed function at all (only moved lines or
+    renumbered ids: the patch would be empty). Functions named by
+    KPATCH_IGNORE_FUNCTION and sections named by KPATCH_IGNORE_SECTION are
+    not compared.
+
+    Raises BuildError when a file is missing or not an x86-64 object."""
+    old_side = _Side(_read_objects(old, "old"), dwarf=False)
+    new_side = _Side(_read_objects(new, "new"), dwarf=False)
+    pair = _Pair(old_side, new_side)
+    _refuse_data_changes(pair)
+    return _report_objects(pair)
+
+
+def _read_objects(objects, side: str) -> list[tuple[str, bytes]]:
+    paths = [Path(s) for s in ([objects] if isinstance(objects, (str, Path)) else objects)]
+    if not paths:
+        raise BuildError(f"diff: no {side} objects")
+    out = []
+    for p in paths:
+        if not p.is_file():
+            raise BuildError(f"{p}: no such file")
+        data = p.read_bytes()
+        if check_x86_64_elf(data, p) != ET_REL:
+            raise BuildError(f"{p}: not a relocatable object (.o); the diff compares the objects "
+                             "of the original and the patched build")
+        out.append((p.name, data))
+    return out
+
+
+def _report_objects(pair: "_Pair") -> Diff:
+    diff = Diff()
+    refusals = []
+    ignored = pair.new.ignored_functions | pair.old.ignored_functions
+    changed_syms = []
+    for sym in pair.new.listed("func"):
+        old = pair.counterpart(sym)
+        if old is None or sym.name in ignored or old.name in ignored:
+            continue
+        if pair.differs(old, sym):
+            why = "; ".join(_code_notes(pair, old, sym))
+        elif kernel_rules.subsection(old.section) != kernel_rules.subsection(sym.section):
+            why = f"moves from {old.section} to {sym.section}"
+        else:
+            continue
+        if kernel_rules.is_init_section(old.section) or kernel_rules.is_init_section(sym.section):
+            refusals.append(f"{sym.file}: changed function {old.name} is init code ({old.section}): "
+                            "it has already run and been freed; a live patch cannot change it")
+        elif not old.fentry:
+            refusals.append(f"{sym.file}: function {old.name} changed but has no fentry call "
+                            "(notrace?): it cannot be patched; patch its callers")
+        else:
+            changed_syms.append(sym)
+            diff.changed.append(old.name)
+            diff.reasons[old.name] = why
+    new_funcs = {s.handle: s for s in pair.new.listed("func") if pair.counterpart(s) is None
+                 and not kernel_rules.is_init_section(s.section)}
+    carried = _reached(changed_syms + [s for s in new_funcs.values() if not s.local], pair.new)
+    diff.new = sorted({s.name for h, s in new_funcs.items() if h in carried})
+    diff.removed = sorted(s.name for s in pair.old.listed("func") if s.ident not in pair.matched_old)
+    diff.new_data = sorted(s.label for s in pair.new.listed("data") if pair.counterpart(s) is None)
+    for sym in pair.new.syms.values():
+        old = pair.counterpart(sym)
+        if old is not None and old.name != sym.name and sym.parent is None:
+            diff.renamed[sym.name] = old.name
+    if not refusals and not diff.changed and not any(not new_funcs[h].local for h in carried
+                                                       if h in new_funcs):
+        refusals.append("no changed functions were found: the objects differ only in moved lines, "
+                        "renumbered names or metadata; there is nothing to patch")
+    if refusals:
+        raise PatchError("\n".join(refusals))
+    diff.changed.sort()
+    return diff
+
+
+def _reached(roots, side: "_Side") -> set:
+    """Handles of the functions and data of side that roots use, transitively
+    (their .cold and .part children included), roots too."""
+    seen = {r.handle for r in roots}
+    todo = list(roots)
+    while todo:
+        sym = todo.pop()
+        for part in [sym, *sym.children]:
+            for handle in _target_handles(part.relocs, part.extras):
+                target = side.syms.get(handle)
+                if target is not None and handle not in seen:
+                    seen.add(handle)
+                    todo.append(target)
+    return seen
+
+
+def _target_handles(relocs, extras=()):
+    for _, _, t in relocs:
+        yield from _handles_of(t)
+    for _, t in extras:
+        yield from _handles_of(t)
+
+
+def _handles_of(target: tuple):
+    if target[0] == "sym":
+        yield target[1]
+    elif target[0] == "content":
+        for _, _, t in target[3]:
+            yield from _handles_of(t)
+
+
 # -- driving the comparison ---------------------------------------------------------
 
 
@@ -170,8 +320,8 @@ def _source_paths(sources, side: str) -> list[Path]:
         if not p.is_file():
             raise BuildError(f"{p}: no such file")
         if p.read_bytes()[:4] == b"\x7fELF":
-            raise BuildError(f"{p}: an ELF file; the diff needs the C sources (it compiles "
-                             "them with -g and -fno-inline itself)")
+            raise BuildError(f"{p}: an ELF file; compare objects with diff_objects (or "
+                             "`lpemu diff ORIG.o PATCHED.o`), sources with diff_sources")
     return paths
 
 
@@ -373,17 +523,22 @@ class _Sym:
     loose: str = ""          # second-chance identity: ident without gcc's numbers
     label: str = ""          # "global 'limit'", "static local 'count' in function f"
     shared_name: bool = False  # another file of the same side has a static of this name
-    children: list = field(default_factory=list)   # .cold parts of a function
+    children: list = field(default_factory=list)   # .cold and .part parts of a function
     parent: "_Sym | None" = None
+    section: str = ""        # the ELF section that holds it
+    fentry: bool = False     # starts with the fentry NOP or `call __fentry__`
+    extras: tuple = ()       # alternatives that replace its instructions: ((offset, target), ...)
 
 
 class _Side:
     """The functions and data objects of one side's objects, with identities."""
 
-    def __init__(self, objects):
+    def __init__(self, objects, *, dwarf: bool = True):
         self.syms: dict[tuple, _Sym] = {}
         self.dwarf = _Dwarf()
-        readers = [_ObjectReader(data, name, i) for i, (name, data) in enumerate(objects)]
+        readers = [_ObjectReader(data, name, i, dwarf=dwarf) for i, (name, data) in enumerate(objects)]
+        # KPATCH_IGNORE_FUNCTION: functions that are never compared
+        self.ignored_functions = frozenset().union(*(r.ignored_functions for r in readers))
         for r in readers:
             for sym in r.symbols():
                 self.syms[sym.handle] = sym
@@ -515,17 +670,33 @@ class _Pair:
             return handle[1]
         return self.match.get(sym.ident, "+" + sym.ident)
 
-    def signature(self, sym: _Sym, side: str) -> tuple:
+    def own(self, sym: _Sym, side: str) -> tuple:
+        """(code, relocations, alternatives) of sym itself, targets in old-side identities."""
         norm = self.old.norm if side == "old" else self.new_norm
-        own = (sym.body, tuple((o, t, norm(x)) for o, t, x in sym.relocs))
+        return (sym.body, tuple((o, t, norm(x)) for o, t, x in sym.relocs),
+                tuple((o, norm(x)) for o, x in sym.extras))
+
+    def signature(self, sym: _Sym, side: str) -> tuple:
         children = tuple(self.signature(c, side) for c in sorted(sym.children, key=lambda c: c.loose))
-        return own, children
+        return self.own(sym, side), children
+
+    def own_differs(self, old: _Sym, new: _Sym) -> bool:
+        """True when the code of old and new differs by more than a moved __LINE__
+        (kernel_rules.line_macro_change_only)."""
+        a, b = self.own(old, "old"), self.own(new, "new")
+        if a == b:
+            return False
+        if a[1:] != b[1:] or a[0] is None or b[0] is None:
+            return True
+        return not kernel_rules.line_macro_change_only(a[0], b[0], [(o, x) for o, _, x in b[1]])
 
     def differs(self, old: _Sym, new: _Sym) -> bool:
-        return self.signature(old, "old") != self.signature(new, "new")
+        return self.own_differs(old, new) or self.children_differ(old, new)
 
     def children_differ(self, old: _Sym, new: _Sym) -> bool:
-        return self.signature(old, "old")[1] != self.signature(new, "new")[1]
+        olds = sorted(old.children, key=lambda c: c.loose)
+        news = sorted(new.children, key=lambda c: c.loose)
+        return len(olds) != len(news) or any(self.differs(o, n) for o, n in zip(olds, news))
 
     def same_code(self, ident: str) -> bool:
         """True when the function called ident exists on both sides and does not differ."""
@@ -609,7 +780,7 @@ class _Pair:
 class _ObjectReader:
     """The functions and data objects of one relocatable object, with resolved relocations."""
 
-    def __init__(self, data: bytes, file: str, index: int):
+    def __init__(self, data: bytes, file: str, index: int, *, dwarf: bool = True):
         self.file, self.index = file, index
         self.elf = ELFFile(io.BytesIO(data))
         self.sections = list(self.elf.iter_sections())
@@ -629,7 +800,62 @@ class _ObjectReader:
             if named and isinstance(s["st_shndx"], int):
                 self.by_section.setdefault(s["st_shndx"], []).append(s)
         self._insns: dict[int, list[tuple[int, int]]] = {}
-        self.dwarf = _read_dwarf(self.elf)
+        self.dwarf = _read_dwarf(self.elf) if dwarf else _Dwarf()
+        self.ignored_sections = self._named_by(kernel_rules.IGNORE_SECTIONS_SECTION, strings=True)
+        self.ignored_functions = self._named_by(kernel_rules.IGNORE_FUNCTIONS_SECTION, strings=False)
+        self.alternatives = self._alternatives()
+
+    def _named_by(self, marker: str, *, strings: bool) -> frozenset:
+        """Section names (the strings) or symbol names a marker section refers to
+        (KPATCH_IGNORE_SECTION, KPATCH_IGNORE_FUNCTION)."""
+        names = set()
+        for shndx, sec in enumerate(self.sections):
+            if sec.name != marker:
+                continue
+            for _, _, symidx, addend in self.relocs.get(shndx, ()):
+                s = self.symtab[symidx]
+                target = s["st_shndx"]
+                if strings and isinstance(target, int):
+                    data = self.sections[target].data()
+                    where = s["st_value"] + addend
+                    end = data.find(b"\0", where)
+                    names.add(data[where:end if end >= 0 else len(data)].decode(errors="replace"))
+                elif not strings:
+                    sym = self._covering(target, s["st_value"] + addend) if (
+                        s["st_info"]["type"] == "STT_SECTION" and isinstance(target, int)) else s
+                    if sym is not None and sym.name:
+                        names.add(sym.name)
+        return frozenset(names)
+
+    def _alternatives(self) -> dict[int, list[tuple[int, int, int]]]:
+        """Text section index -> [(offset of the original instruction, start and
+        end of its replacement in .altinstr_replacement)], from the
+        relocations of .altinstructions (each entry: instruction, then
+        replacement; a replacement ends where the next one starts)."""
+        alt = next((i for i, s in enumerate(self.sections) if s.name == ".altinstructions"), None)
+        repl = next((i for i, s in enumerate(self.sections) if s.name == ".altinstr_replacement"), None)
+        if alt is None or repl is None:
+            return {}
+        pairs = []
+        pending = None
+        for _, _, symidx, addend in self.relocs.get(alt, ()):
+            s = self.symtab[symidx]
+            shndx = s["st_shndx"]
+            if not isinstance(shndx, int):
+                pending = None
+                continue
+            where = s["st_value"] + addend
+            if shndx == repl and pending is not None:
+                pairs.append((pending[0], pending[1], where))
+                pending = None
+            elif shndx != repl:
+                pending = (shndx, where)
+        starts = sorted({r for _, _, r in pairs} | {self.sections[repl]["sh_size"]})
+        out: dict[int, list[tuple[int, int, int]]] = {}
+        for shndx, where, r in pairs:
+            end = next(x for x in starts if x > r) if any(x > r for x in starts) else r
+            out.setdefault(shndx, []).append((where, r, end))
+        return out
 
     def symbols(self) -> list[_Sym]:
         out = []
@@ -646,6 +872,11 @@ class _ObjectReader:
         typ, shndx, size = s["st_info"]["type"], s["st_shndx"], s["st_size"]
         if not s.name or _GENERATED.match(s.name):
             return None
+        section = self.sections[shndx].name if isinstance(shndx, int) else ""
+        if section and (kernel_rules.is_ignored_section(section, self.ignored_sections)
+                        or (typ == "STT_OBJECT" and (kernel_rules.special_section_kind(section)
+                                                     or kernel_rules.special_static_kind(s.name, section)))):
+            return None     # metadata, markers and special statics: never compared as data
         local = s["st_info"]["bind"] == "STB_LOCAL"
         if shndx == "SHN_COMMON" and typ == "STT_OBJECT":
             return _Sym(self._handle(s), self.index, s.name, self.file, local, "data", None, size, (),
@@ -664,8 +895,32 @@ class _ObjectReader:
         start = s["st_value"]
         body = None if sec["sh_type"] == "SHT_NOBITS" else sec.data()[start:start + size]
         relocs = self._relocs_in(shndx, start, start + size, frozenset({shndx}))
+        extras = ()
+        if kind == "func":
+            extras = tuple(self._replacement(where - start, r, end)
+                           for where, r, end in self.alternatives.get(shndx, ()) if start <= where < start + size)
         return _Sym(self._handle(s), self.index, s.name, self.file, local, kind, body, size, relocs,
-                    writable=bool(flags & SH_FLAGS.SHF_WRITE))
+                    writable=bool(flags & SH_FLAGS.SHF_WRITE), section=sec.name,
+                    fentry=kind == "func" and self._has_fentry(body or b"", relocs), extras=extras)
+
+    def _replacement(self, offset: int, lo: int, hi: int) -> tuple:
+        """An alternative of the instruction at offset: its replacement's code and relocations."""
+        repl = next(i for i, s in enumerate(self.sections) if s.name == ".altinstr_replacement")
+        return (offset, self._content(repl, lo, hi, lo, frozenset()))
+
+    @staticmethod
+    def _has_fentry(body: bytes, relocs: tuple) -> bool:
+        """The fentry NOP, or `call __fentry__`, first (after an endbr64)."""
+        for at in (0, 4):
+            if at and body[:4] != _ENDBR64:
+                break
+            if body[at:at + len(FENTRY_NOP)] == FENTRY_NOP:
+                return True
+            if body[at:at + 1] == b"\xe8" and any(
+                    off == at + 1 and t[0] == "sym" and t[1][1] in kernel_rules.FENTRY_CALL_TARGETS
+                    for off, _, t in relocs):
+                return True
+        return False
 
     def _relocs_in(self, shndx: int, start: int, end: int, seen: frozenset) -> tuple:
         """((offset from start, type, target), ...) for the relocations in [start, end)."""
@@ -683,8 +938,7 @@ class _ObjectReader:
             return 0
         insns = self._insns.get(shndx)
         if insns is None:
-            md = Cs(CS_ARCH_X86, CS_MODE_64)
-            insns = [(a, a + n) for a, n, _, _ in md.disasm_lite(self.sections[shndx].data(), 0)]
+            insns = kernel_rules.decode(self.sections[shndx].data())
             self._insns[shndx] = insns
         for a, b in insns:
             if a <= off < b:
@@ -692,9 +946,25 @@ class _ObjectReader:
         raise BuildError(f"{self.file}: cannot decode the instruction holding the relocation at "
                          f"{self.sections[shndx].name}+{off:#x}")
 
+    def _special(self, name: str, shndx) -> tuple | None:
+        """("special", kind) for a special static or a table the kernel tools
+        rebuild: equal to any other of its kind, whatever its number or contents."""
+        if not isinstance(shndx, int):
+            return None
+        section = self.sections[shndx].name
+        if section == kernel_rules.ALTINSTR_AUX:
+            return ("special", section)
+        kind = kernel_rules.special_static_kind(name, section) if name else None
+        if kind is None and not self.sections[shndx]["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
+            kind = kernel_rules.special_section_kind(section)
+        return ("special", kind) if kind else None
+
     def _target(self, symidx: int, where: int, seen: frozenset) -> tuple:
         s = self.symtab[symidx]
         shndx = s["st_shndx"]
+        special = self._special("" if s["st_info"]["type"] == "STT_SECTION" else s.name, shndx)
+        if special is not None:
+            return special
         if s["st_info"]["type"] == "STT_SECTION":
             return self._section_target(shndx, where, seen)
         if not isinstance(shndx, int) or not _GENERATED.match(s.name):
@@ -705,6 +975,9 @@ class _ObjectReader:
         """What section + where denotes: a symbol there, a string, or anonymous contents."""
         sec = self.sections[shndx]
         sym = self._covering(shndx, where)
+        special = self._special(sym.name, shndx) if sym is not None else None
+        if special is not None:
+            return special
         if sym is not None:
             if _GENERATED.match(sym.name):
                 lo = sym["st_value"]

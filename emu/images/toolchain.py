@@ -14,8 +14,8 @@ from pathlib import Path
 from emu.errors import BuildError, ToolMissing
 from emu.images.image import PAGE
 
-__all__ = ["REQUIRED_CFLAGS", "DEFAULT_CFLAGS", "INCLUDE_DIR", "require_tools", "run_tool",
-           "safe_stem", "compile_c", "link"]
+__all__ = ["REQUIRED_CFLAGS", "DEFAULT_CFLAGS", "KERNEL_CFLAGS", "INCLUDE_DIR", "require_tools",
+           "run_tool", "safe_stem", "compile_c", "compile_kernel_object", "link"]
 
 # Flags that make the code patchable and the image linkable the way we link it:
 # fentry NOPs recorded in __mcount_loc, absolute (non-PIE) code, and one section
@@ -28,6 +28,17 @@ REQUIRED_CFLAGS = ["-pg", "-mfentry", "-mnop-mcount", "-mrecord-mcount", "-fno-P
 DEFAULT_CFLAGS = ["-O2", "-fno-omit-frame-pointer", "-ffreestanding", "-fno-builtin",
                   "-fno-stack-protector", "-fcf-protection=none", "-mno-red-zone",
                   "-mgeneral-regs-only", "-fasynchronous-unwind-tables"]
+
+# What the kernel's build passes for x86-64 objects that a live patch is built
+# from (kpatch-build and klp-build compile with these, original and patched):
+# `call __fentry__` recorded in __mcount_loc (no -mnop-mcount: the kernel turns
+# the calls into NOPs itself), one section per function and per object, the
+# kernel code model, no red zone, no SSE.
+KERNEL_CFLAGS = ["-O2", "-pg", "-mfentry", "-mrecord-mcount", "-ffunction-sections",
+                 "-fdata-sections", "-fno-PIE", "-fno-pic", "-mcmodel=kernel", "-mno-red-zone",
+                 "-ffreestanding", "-fno-builtin", "-fno-common", "-fno-stack-protector",
+                 "-fcf-protection=none", "-fno-omit-frame-pointer", "-mgeneral-regs-only",
+                 "-fno-asynchronous-unwind-tables"]
 
 # lpemu.h lives here; it is on the include path of every compile.
 INCLUDE_DIR = Path(__file__).resolve().parent.parent / "include"
@@ -125,3 +136,17 @@ def link(objs: list[Path], tmp: Path, base: int, *, defsyms: dict[str, int] | No
         raise BuildError(f"linking failed{what}:\n{r.stderr.rstrip()}")
     return (tmp / "image.elf").read_bytes()
 
+
+
+def compile_kernel_object(src: Path, obj: Path, cflags=(), *, cwd: Path | None = None) -> None:
+    """gcc -c src -o obj with KERNEL_CFLAGS then cflags, as the kernel's build
+    makes the objects kpatch-build and klp-build compare, in cwd (default: the
+    folder of obj; src relative to it is what __FILE__ says); BuildError with
+    gcc's output when it fails."""
+    require_tools("gcc", "as")
+    # src as given, relative to cwd: __FILE__ is what the kernel's build passes
+    # (a path relative to the tree), the same for the original and the patched build
+    argv = ["gcc", "-c", *KERNEL_CFLAGS, *cflags, str(src), "-o", str(Path(obj).resolve())]
+    r = run_tool(argv, cwd or Path(obj).resolve().parent)
+    if r.returncode != 0:
+        raise BuildError(f"compiling {src} failed:\n{r.stderr.rstrip()}")

@@ -1,0 +1,197 @@
+"""The rules the kernel's patch builders apply when they compare two objects.
+
+kpatch-build's create-diff-object and klp-build's `objtool klp diff` compare an
+original and a patched object compiled with -ffunction-sections
+-fdata-sections. Real kernel objects carry things that change with every
+edit of the file without changing what any function does; these rules say
+which, so that emu/images/diff.py compares what matters:
+
+- Special static locals (`is_special_static` in create-diff-object,
+  `is_uncorrelated_static_local` in klp-diff): lockdep keys, WARN flags,
+  `__func__`, ratelimit states, printk-index entries, dynamic-debug
+  descriptors, everything in `.data..once` and `__dyndbg`. Their names carry
+  gcc's counters and their contents carry line numbers; a reference to one is
+  equal to a reference to another of the same kind, and they are never
+  refused as changed data nor counted as new data.
+- Special sections: tables that describe code (bug table, exception table,
+  jump labels, static calls, alternatives, printk index, mcount and patchable
+  entry records, return/call sites, ORC, .discard.*). The kernel tools rebuild
+  them from the functions they carry; their contents are never compared and
+  their objects are never data a patch changes. References into
+  `.altinstr_aux` compare equal whatever their offset (create-diff-object's
+  rela_equal).
+- A function whose only difference is the immediate loaded into %esi or %edx
+  (the `__LINE__` argument) before a call to a WARN or might_sleep helper did
+  not change (create-diff-object's kpatch_line_macro_change_only).
+- Both fentry forms: `call __fentry__` (with its relocation) as gcc emits it
+  with -mrecord-mcount and without -mnop-mcount, and the 5-byte NOP the
+  kernel turns it into at boot.
+- Init code (`.init.text`, `__init`) has run and been freed: a change to it
+  cannot be patched. Functions named by KPATCH_IGNORE_FUNCTION and sections
+  named by KPATCH_IGNORE_SECTION are not compared.
+"""
+
+from __future__ import annotations
+
+import re
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+__all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "special_section_kind",
+           "is_init_section", "is_ignored_section", "subsection", "line_macro_change_only",
+           "decode", "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
+
+FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
+
+# Helpers whose arguments include __LINE__ (create-diff-object's list, with the
+# names newer kernels use: _printk since 5.15, __might_resched since 5.16).
+WARN_FUNCTIONS = frozenset({"__warn_printk", "__might_sleep", "___might_sleep", "__might_resched",
+                            "__might_fault", "printk", "_printk", "lockdep_rcu_suspicious"})
+_WARN_PREFIX = "warn_slowpath_"
+
+# Static locals that are never correlated: name (gcc: "name.N", clang:
+# "function.name") -> what they are.
+_SPECIAL_STATICS = ("__key", "__warned", "__already_done", "__func__", "__FUNCTION__", "_rs",
+                    "_entry", "_entry_ptr", "descriptor")
+_UNIQUE_DDEBUG = re.compile(r"^__UNIQUE_ID_ddebug\d+(\.\d+)?$")
+
+# Sections whose objects are special whatever their names.
+_SPECIAL_DATA_SECTIONS = {"__dyndbg": "dynamic-debug descriptor", "__verbose": "dynamic-debug descriptor",
+                          ".data..once": "once flag", ".data.once": "once flag",
+                          ".data.unlikely": "once flag"}
+_UBSAN = re.compile(r"^\.data\.\.L(ubsan|__unnamed)")
+
+# Tables that describe code: rebuilt by the kernel tools, never compared.
+_SPECIAL_SECTIONS = frozenset({
+    "__bug_table", "__ex_table", "__jump_table", ".static_call_sites", ".static_call_tramp_key",
+    ".altinstructions", ".altinstr_replacement", ".altinstr_aux", ".smp_locks", ".parainstructions",
+    ".printk_index", "__mcount_loc", "__patchable_function_entries", ".return_sites", ".call_sites",
+    ".retpoline_sites", ".ibt_endbr_seal", ".orc_unwind", ".orc_unwind_ip", "__tracepoints_ptrs",
+    "__tracepoints_strings", ".fixup", ".kcfi_traps", ".cfi_sites", ".modinfo", "__versions",
+    ".gnu.linkonce.this_module", "__ksymtab_strings", ".export_symbol", "__param", "__modver",
+    ".note.gnu.property", ".note.GNU-stack", ".comment", ".eh_frame", ".llvm_addrsig",
+})
+_SPECIAL_PREFIXES = (".discard", ".kpatch", "__ksymtab", "___ksymtab", ".initcall", "__setup",
+                     ".con_initcall", ".debug_", ".rela", ".note", ".BTF", "__ex_table",
+                     ".klp.", "__klp")
+ALTINSTR_AUX = ".altinstr_aux"
+IGNORE_FUNCTIONS_SECTION = ".kpatch.ignore.functions"
+IGNORE_SECTIONS_SECTION = ".kpatch.ignore.sections"
+
+_INIT_SECTIONS = re.compile(r"^\.(init|exit)\.(text|data|rodata|setup)|^\.(init|exit)\.|^\.meminit\.|^\.head\.text")
+
+# x86 mov imm32 into %edx / %esi (opcode byte after any REX prefix)
+_MOV_IMM_LINE = (0xBA, 0xBE)
+
+
+def special_static_kind(name: str, section: str) -> str | None:
+    """What a special static local is ("__already_done", "dynamic-debug
+    descriptor", ...), or None for an ordinary symbol."""
+    kind = _SPECIAL_DATA_SECTIONS.get(section)
+    if kind is not None:
+        return kind
+    if _UBSAN.match(section):
+        return "UBSAN data"
+    if _UNIQUE_DDEBUG.match(name):
+        return "dynamic-debug descriptor"
+    head, dot, tail = name.partition(".")
+    if dot:
+        if head in _SPECIAL_STATICS and (not tail or tail.isdigit()):
+            return head
+        last = name.rsplit(".", 1)[-1]
+        if last in _SPECIAL_STATICS:           # clang: function.__key
+            return last
+    return None
+
+
+def special_section_kind(section: str) -> str | None:
+    """The section's name when it is one of the tables the kernel tools
+    rebuild rather than compare (or data that is not a patch's concern), else None."""
+    if section in _SPECIAL_SECTIONS or section.startswith(_SPECIAL_PREFIXES):
+        return section
+    if _UBSAN.match(section):
+        return "UBSAN data"
+    return None
+
+
+def is_init_section(section: str) -> bool:
+    """True for code and data that the kernel frees after boot (or never keeps)."""
+    return bool(_INIT_SECTIONS.match(section))
+
+
+def is_ignored_section(section: str, ignored: frozenset) -> bool:
+    """True when the section is .discard.* or named by KPATCH_IGNORE_SECTION."""
+    return section.startswith(".discard") or section in ignored
+
+
+def subsection(section: str) -> str:
+    """"unlikely", "hot" or "normal": moving between them is a change to kpatch."""
+    if section.startswith(".text.unlikely.") or section == ".text.unlikely":
+        return "unlikely"
+    if section.startswith(".text.hot.") or section == ".text.hot":
+        return "hot"
+    return "normal"
+
+
+def decode(code: bytes) -> list[tuple[int, int]]:
+    """[(start, end)] of each instruction; bytes capstone cannot decode are
+    stepped over one at a time (data in text, a torn table) so that the
+    instructions after them are still found."""
+    md = Cs(CS_ARCH_X86, CS_MODE_64)
+    out: list[tuple[int, int]] = []
+    pos = 0
+    while pos < len(code):
+        end = pos
+        for addr, size, _, _ in md.disasm_lite(code[pos:], pos):
+            out.append((addr, addr + size))
+            end = addr + size
+        pos = end + 1 if end < len(code) else end
+    return out
+
+
+def _is_warn_call(target: tuple) -> bool:
+    if target[0] != "sym":
+        return False
+    name = target[1]
+    return name in WARN_FUNCTIONS or name.startswith(_WARN_PREFIX)
+
+
+def _skippable(target: tuple) -> bool:
+    """A string or a WARN flag may sit between the line number and the call."""
+    if target[0] in ("str", "content"):
+        return True
+    return target[0] == "special" and target[1] in ("__warned", "__already_done", "once flag")
+
+
+def line_macro_change_only(old_body: bytes, new_body: bytes, relocs: list[tuple[int, tuple]]) -> bool:
+    """True when old_body and new_body differ only in `mov $imm, %esi/%edx`
+    instructions each followed (after strings and WARN flags) by a relocation
+    to a WARN or might_sleep helper: a __LINE__ that moved.
+
+    relocs: [(offset, target)] of the function, identical on both sides (the
+    caller checked), targets as diff.py normalizes them ("sym" targets by name)."""
+    if len(old_body) != len(new_body) or old_body == new_body:
+        return False
+    old_insns, new_insns = decode(old_body), decode(new_body)
+    if old_insns != new_insns:
+        return False
+    changed = False
+    for start, end in new_insns:
+        if old_body[start:end] == new_body[start:end]:
+            continue
+        op = start + 1 if 0x40 <= new_body[start] <= 0x4F else start
+        if op >= end or new_body[op] not in _MOV_IMM_LINE or old_body[op] != new_body[op]:
+            return False
+        found = False
+        for off, target in relocs:
+            if off < end:
+                continue
+            if _is_warn_call(target):
+                found = True
+                break
+            if not _skippable(target):
+                return False
+        if not found:
+            return False
+        changed = True
+    return changed

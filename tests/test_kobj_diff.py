@@ -1,0 +1,108 @@
+"""`lpemu diff` on kernel objects: tests/kobj/driver.c compiled with the
+kernel's flags, original and patched (tests/kobj/cases.toml), compared the way
+create-diff-object compares them."""
+import json
+import shutil
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from emu.app import cli
+from emu.errors import BuildError, PatchError
+from emu.images.diff import diff_objects
+from emu.images.kernel_rules import line_macro_change_only
+from emu.images.toolchain import compile_kernel_object
+
+KOBJ = Path(__file__).parent / "kobj"
+CASES = tomllib.loads((KOBJ / "cases.toml").read_text())["case"]
+
+
+def build(tmp: Path, side: str, text: str, cflags=()) -> Path:
+    """driver.c as text, compiled as the kernel's build does, in tmp/side."""
+    d = tmp / side
+    d.mkdir()
+    shutil.copy(KOBJ / "kernel.h", d)
+    (d / "driver.c").write_text(text)
+    compile_kernel_object(Path("driver.c"), d / "driver.o", cflags, cwd=d)
+    return d / "driver.o"
+
+
+def patched(case: dict) -> str:
+    text = (KOBJ / "driver.c").read_text()
+    text = text.replace('#include "kernel.h"\n', '#include "kernel.h"\n' + "\n" * case.get("shift", 0), 1)
+    for find, replace in case.get("edits", []):
+        assert text.count(find) == 1, f"{case['name']}: {find!r} occurs {text.count(find)} times"
+        text = text.replace(find, replace)
+    return text
+
+
+def pair(tmp_path, case) -> tuple[Path, Path]:
+    cflags = case.get("cflags", [])
+    return (build(tmp_path, "orig", (KOBJ / "driver.c").read_text(), cflags),
+            build(tmp_path, "patched", patched(case), cflags))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
+def test_kernel_object_pairs_agree_with_create_diff_object(case, tmp_path):
+    old, new = pair(tmp_path, case)
+    if "refused" in case:
+        with pytest.raises(PatchError, match=case["refused"].replace("(", r"\(").replace(")", r"\)")):
+            diff_objects(old, new)
+        return
+    d = diff_objects(old, new)
+    assert (d.changed, d.new) == (case.get("changed", []), case.get("new", []))
+    assert set(d.reasons) == set(d.changed)
+
+
+def test_the_line_rule_is_what_hides_moved_lines(tmp_path):
+    # Without the rule the moved __LINE__ would show: the bytes do differ.
+    from elftools.elf.elffile import ELFFile
+    case = {"name": "shift", "shift": 3}
+    old, new = pair(tmp_path, case)
+
+    def text(path, name):
+        with open(path, "rb") as f:
+            return ELFFile(f).get_section_by_name(name).data()
+    assert text(old, ".text.dev_wait") != text(new, ".text.dev_wait")
+    assert text(old, ".text.dev_write") != text(new, ".text.dev_write")
+    assert text(old, "__bug_table") != text(new, "__bug_table")
+
+
+def test_a_moved_immediate_that_feeds_no_warn_helper_is_a_change():
+    # mov $0x10, %esi; call foo  vs  mov $0x11, %esi; call foo
+    old = bytes.fromhex("be10000000e800000000c3")
+    new = bytes.fromhex("be11000000e800000000c3")
+    warn = [(6, ("sym", "__might_sleep", 0))]
+    other = [(6, ("sym", "foo", 0))]
+    assert line_macro_change_only(old, new, warn)
+    assert not line_macro_change_only(old, new, other)
+    # another register (%ecx) is a real change even before a WARN helper
+    assert not line_macro_change_only(bytes.fromhex("b910000000e800000000c3"),
+                                      bytes.fromhex("b911000000e800000000c3"), warn)
+    assert not line_macro_change_only(old, old, warn)
+
+
+def test_the_cli_prints_the_same_answer_as_json(tmp_path, capsys):
+    case = next(c for c in CASES if c["name"] == "new_global_function_called")
+    old, new = pair(tmp_path, case)
+    assert cli.main(["diff", str(old), str(new), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["changed"] == ["dev_call"] and out["new"] == ["dev_double"]
+    assert set(out) == {"changed", "new", "removed", "reasons"}
+
+
+def test_the_cli_refuses_with_exit_2_and_the_reason(tmp_path, capsys):
+    case = next(c for c in CASES if c["name"] == "init_code_changes")
+    old, new = pair(tmp_path, case)
+    assert cli.main(["diff", str(old), str(new), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "init code" in err and "Traceback" not in err
+
+
+def test_objects_and_sources_are_not_mixed_and_bad_files_are_named(tmp_path):
+    old = build(tmp_path, "orig", (KOBJ / "driver.c").read_text())
+    with pytest.raises(BuildError, match="not an ELF file"):
+        diff_objects(old, KOBJ / "driver.c")
+    with pytest.raises(BuildError, match="nope.o: no such file"):
+        diff_objects(old, tmp_path / "nope.o")
