@@ -10,7 +10,10 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from elftools.elf.elffile import ELFFile
+
 from emu.errors import BuildError, PatchError
+from emu.images import kobject
 from emu.images.binding import bind_to_base
 from emu.images.elf import ET_DYN, ET_EXEC, ET_REL, check_x86_64_elf, image_from_elf
 from emu.images.image import Image, check_base
@@ -21,16 +24,43 @@ __all__ = ["build_c", "load_elf"]
 
 def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, base: int, name: str,
                         kind: str, sources: tuple[Path, ...], link_against: Image | None,
-                        keep: set[str] | None) -> Image:
+                        keep: set[str] | None, kernel: list[int] = ()) -> Image:
+    """Link objs; those at the indexes in kernel are kernel objects (kobject.prepare)."""
     if keep is not None and link_against is None:
         raise PatchError(f"{name}: keep needs link_against (the image the kept functions replace)")
+    stubs: tuple[str, ...] = ()
+    if kernel:
+        found = [kobject.prepare(objs[i], basenames[i]) for i in kernel]
+        others = set()
+        for i, obj in enumerate(objs):
+            if i not in kernel:
+                others |= _defined(obj)
+        if link_against is not None:
+            others |= set(link_against.global_symbols)
+        stub_obj, stubs = kobject.write_stubs(found, others, tmp, safe_stem(Path(name)))
+        if stub_obj is not None:
+            objs = [*objs, stub_obj]
+            basenames = [*basenames, stub_obj.name]
     if link_against is None:
-        return image_from_elf(link(objs, tmp, base), name=name, kind=kind, sources=sources)
-    require_tools("objcopy")
-    defsyms, roots, imports = bind_to_base(objs, basenames, link_against,
-                                            set(keep) if keep is not None else None, tmp)
-    elf = link(objs, tmp, base, defsyms=defsyms, roots=roots)
-    return image_from_elf(elf, name=name, kind=kind, sources=sources, imports=imports)
+        image = image_from_elf(link(objs, tmp, base), name=name, kind=kind, sources=sources)
+    else:
+        require_tools("objcopy")
+        defsyms, roots, imports = bind_to_base(objs, basenames, link_against,
+                                               set(keep) if keep is not None else None, tmp)
+        elf = link(objs, tmp, base, defsyms=defsyms, roots=roots)
+        image = image_from_elf(elf, name=name, kind=kind, sources=sources, imports=imports)
+    if kernel:
+        image.stubs = stubs
+        image.alternatives = kobject.ALTERNATIVES_CHOICE
+    return image
+
+
+def _defined(obj: Path) -> set[str]:
+    """Global symbols obj defines."""
+    with open(obj, "rb") as f:
+        symtab = ELFFile(f).get_section_by_name(".symtab")
+        return {s.name for s in (symtab.iter_symbols() if symtab else ())
+                if s.name and isinstance(s["st_shndx"], int) and s["st_info"]["bind"] != "STB_LOCAL"}
 
 
 def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: Image | None = None,
@@ -55,19 +85,20 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
     require_tools("gcc", "as", "ld")
     with tempfile.TemporaryDirectory(prefix="lpemu-") as d:
         tmp = Path(d)
-        objs = []
+        objs, kernel = [], []
         for i, src in enumerate(paths):
             obj = tmp / f"{i}_{safe_stem(src)}.o"
             head = src.read_bytes()[:4]
             if head == b"\x7fELF":
                 _check_object(src)
                 shutil.copyfile(src, obj)
+                kernel.append(i)
             else:
                 compile_c(src.resolve(), obj, list(cflags), tmp)
             objs.append(obj)
         return _build_from_objects(objs, [p.name for p in paths], tmp, base=base, name=name,
                                    kind="c", sources=tuple(paths), link_against=link_against,
-                                   keep=keep)
+                                   keep=keep, kernel=kernel)
 
 
 def _check_object(path: Path) -> None:
@@ -100,7 +131,8 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
             obj = tmp / f"0_{safe_stem(path)}.o"
             obj.write_bytes(data)
             return _build_from_objects([obj], [path.name], tmp, base=base, name=name, kind="elf",
-                                       sources=(path,), link_against=link_against, keep=keep)
+                                       sources=(path,), link_against=link_against, keep=keep,
+                                       kernel=[0])
     if e_type == ET_DYN:
         raise BuildError(f"{path}: position-independent executable or shared object (ET_DYN); "
                          "link it with -no-pie or give the object file")

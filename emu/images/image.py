@@ -74,6 +74,10 @@ class Image:
     # Functions whose name another function already took (statics of the same name
     # in several files): not reachable by name, but function_at finds them.
     shadowed: tuple[Function, ...] = ()
+    # Kernel objects (emu/images/kobject.py): the symbols bound to generated
+    # stubs, and how alternatives were treated ("original": not applied).
+    stubs: tuple[str, ...] = ()
+    alternatives: str | None = None
 
     def __post_init__(self):
         if not self.global_symbols and not self.statics:

@@ -82,6 +82,16 @@ def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
 # -- linking ----------------------------------------------------------------------
 
 
+# The tables kernel objects carry beside their code (what describes code, never
+# code itself: an alternative's replacement is data until applied), and the
+# writable ones (jump labels, dynamic-debug descriptors, once flags).
+_KERNEL_RODATA = (".altinstr_replacement .altinstr_aux .altinstructions __bug_table __ex_table "
+                  ".static_call_sites .smp_locks .parainstructions .printk_index .return_sites "
+                  ".call_sites .retpoline_sites __tracepoints_ptrs __tracepoints_strings __param "
+                  ".orc_unwind .orc_unwind_ip")
+_KERNEL_DATA = "__jump_table __dyndbg __verbose __tracepoints"
+
+
 def _linker_script(base: int, *, keep_mcount: bool, roots: list[tuple[str, str]]) -> str:
     """Code at base, then read-only data, then data and bss, each page aligned.
 
@@ -102,17 +112,18 @@ PHDRS {{
 SECTIONS {{
   . = {base:#x};
   .text : {{
-{keep_roots}    *(.text .text.*)
+{keep_roots}    *(.text .text.* .init.text .exit.text .noinstr.text .entry.text .sched.text .ref.text)
   }} :text
   . = ALIGN({PAGE});
   .rodata : {{ *(.rodata .rodata.*) }} :rodata
+  .kernel_tables : {{ *({_KERNEL_RODATA}) }} :rodata
   .eh_frame : {{ KEEP(*(.eh_frame)) }} :rodata
   __mcount_loc : {{ {mcount} }} :rodata
   . = ALIGN({PAGE});
-  .data : {{ *(.data .data.*) }} :data
+  .data : {{ *(.data .data.* .init.data .ref.data {_KERNEL_DATA}) }} :data
   . = ALIGN({PAGE});
   .bss : {{ *(.bss .bss.* COMMON) }} :data
-  /DISCARD/ : {{ *(.note.GNU-stack) *(.note.gnu.property) *(.comment) }}
+  /DISCARD/ : {{ *(.note.GNU-stack) *(.note.gnu.property) *(.comment) *(.discard .discard.*) *(.modinfo) *(.kpatch.*) }}
 }}
 """
 

@@ -1,0 +1,164 @@
+"""Kernel objects made runnable: what the kernel does to an object at boot or
+module load, done before linking it into an image.
+
+- `call __fentry__` (gcc -pg -mfentry -mrecord-mcount without -mnop-mcount)
+  becomes the 5-byte NOP, as ftrace_init does at boot; its relocation is
+  dropped (R_X86_64_NONE).
+- Undefined kernel symbols are bound to stubs generated here: a function
+  stub returns 0; a symbol that is only read or addressed (never called)
+  gets 64 zeroed bytes. The user's own C (`[program] stubs`) is linked first
+  and wins. Retpoline thunks (`__x86_indirect_thunk_<reg>`) are the plain
+  `jmp *%reg`, the return thunk is `ret`, and a static-call trampoline
+  `__SCT__<name>` jumps to the function <name> when the image has it (the
+  static call bound to its target) and returns 0 otherwise.
+- Alternatives are left as the original instructions (the choice is recorded
+  on the image); jump labels keep the compiler's default (the key's initial
+  branch); the tables that describe code (bug table, jump table, ...) are
+  placed as read-only or writable data by the linker script, never as code.
+- Code that reads %gs (per-CPU data, the stack protector's canary) is refused
+  with an error naming the function: the emulator provides no per-CPU area.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elftools.elf.constants import SH_FLAGS
+from elftools.elf.elffile import ELFFile
+
+from emu.errors import BuildError
+from emu.images.image import FENTRY_NOP
+from emu.images.kernel_rules import FENTRY_CALL_TARGETS, decode
+from emu.images.toolchain import run_tool
+
+__all__ = ["KernelObject", "prepare", "write_stubs", "ALTERNATIVES_CHOICE"]
+
+ALTERNATIVES_CHOICE = "original"   # alternatives are not applied (no CPU feature is claimed)
+
+_R_X86_64_NONE = 0
+_CALL_OR_JMP = (0xE8, 0xE9)
+_PREFIXES = frozenset({0x26, 0x2E, 0x36, 0x3E, 0x64, 0x65, 0x66, 0x67, 0xF0, 0xF2, 0xF3})
+_GS = 0x65
+_THUNK = "__x86_indirect_thunk_"
+_REGISTERS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12",
+              "r13", "r14", "r15")
+_STATIC_CALL = "__SCT__"
+_DATA_STUB_SIZE = 64
+
+
+@dataclass
+class KernelObject:
+    """What prepare found in one object: fentry calls turned into NOPs, the
+    symbols it defines and the undefined ones it calls or only reads."""
+
+    path: Path
+    fentry_calls: int = 0
+    defined: set[str] = field(default_factory=set)
+    called: set[str] = field(default_factory=set)
+    read: set[str] = field(default_factory=set)
+
+
+def prepare(path: Path, label: str) -> KernelObject:
+    """Rewrite the object at path in place: every `call __fentry__` becomes the
+    fentry NOP. Returns what it found. Raises BuildError naming label and the
+    function when code reads %gs."""
+    data = bytearray(path.read_bytes())
+    elf = ELFFile(io.BytesIO(bytes(data)))
+    sections = list(elf.iter_sections())
+    symtab = elf.get_section_by_name(".symtab")
+    if symtab is None:
+        raise BuildError(f"{label}: the object has no symbol table")
+    syms = list(symtab.iter_symbols())
+    found = KernelObject(path)
+    for s in syms:
+        if s.name and isinstance(s["st_shndx"], int) and s["st_info"]["type"] != "STT_SECTION":
+            if s["st_info"]["bind"] != "STB_LOCAL":
+                found.defined.add(s.name)
+    for index, sec in enumerate(sections):
+        if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and sec["sh_type"] == "SHT_PROGBITS":
+            _refuse_gs(sec, index, syms, label)
+    for rel in sections:
+        if rel["sh_type"] != "SHT_RELA":
+            continue
+        target = sections[rel["sh_info"]]
+        code = bool(target["sh_flags"] & SH_FLAGS.SHF_EXECINSTR)
+        base = target["sh_offset"]
+        for n, r in enumerate(rel.iter_relocations()):
+            s = syms[r["r_info_sym"]]
+            if s["st_shndx"] != "SHN_UNDEF" or not s.name:
+                continue
+            at = r["r_offset"]
+            is_call = code and at >= 1 and data[base + at - 1] in _CALL_OR_JMP
+            if s.name in FENTRY_CALL_TARGETS and is_call and data[base + at - 1] == 0xE8:
+                data[base + at - 1: base + at + 4] = FENTRY_NOP
+                off = rel["sh_offset"] + n * rel["sh_entsize"] + 8      # Elf64_Rela.r_info
+                data[off: off + 8] = struct.pack("<Q", _R_X86_64_NONE)   # no symbol, no effect
+                found.fentry_calls += 1
+            elif is_call:
+                found.called.add(s.name)
+            else:
+                found.read.add(s.name)
+    path.write_bytes(bytes(data))
+    return found
+
+
+def _refuse_gs(sec, index: int, syms, label: str) -> None:
+    code = sec.data()
+    for start, end in decode(code):
+        i = start
+        while i < end and code[i] in _PREFIXES:
+            if code[i] == _GS:
+                raise BuildError(f"{label}: {_where(sec, index, syms, start)} reads %gs (per-CPU data or the "
+                                 "stack protector's canary); the emulator provides no per-CPU area: "
+                                 "build it with -fno-stack-protector and without per-CPU accesses")
+            i += 1
+
+
+def _where(sec, index: int, syms, offset: int) -> str:
+    for s in syms:
+        if (s["st_info"]["type"] == "STT_FUNC" and s["st_shndx"] == index
+                and s["st_value"] <= offset < s["st_value"] + max(s["st_size"], 1)):
+            return f"{s.name}+{offset - s['st_value']:#x}"
+    return f"{sec.name}+{offset:#x}"
+
+
+def write_stubs(objects: list[KernelObject], defined_elsewhere: set[str], tmp: Path,
+                name: str) -> tuple[Path | None, tuple[str, ...]]:
+    """An object defining a stub for every symbol the kernel objects use that
+    nothing defines (defined_elsewhere: the user's stubs, the other sources,
+    the base image a module binds to). Returns (the object or None, the stub
+    names, sorted)."""
+    defined = set(defined_elsewhere)
+    for o in objects:
+        defined |= o.defined
+    called = set().union(*(o.called for o in objects)) - defined - FENTRY_CALL_TARGETS
+    read = set().union(*(o.read for o in objects)) - defined - called - FENTRY_CALL_TARGETS
+    if not called and not read:
+        return None, ()
+    lines = ['.section .text.__lpemu_kernel_stubs,"ax",@progbits']
+    for sym in sorted(called):
+        lines += [f".globl {sym}", f".type {sym},@function", f"{sym}:"]
+        if sym.startswith(_THUNK) and sym[len(_THUNK):] in _REGISTERS:
+            lines.append(f"\tjmp *%{sym[len(_THUNK):]}")
+        elif sym == "__x86_return_thunk":
+            lines.append("\tret")
+        elif sym.startswith(_STATIC_CALL) and sym[len(_STATIC_CALL):] in defined:
+            lines.append(f"\tjmp {sym[len(_STATIC_CALL):]}")
+        else:
+            lines += ["\txorl %eax, %eax", "\tret"]
+        lines.append(f".size {sym}, .-{sym}")
+    if read:
+        lines.append('.section .bss.__lpemu_kernel_stubs,"aw",@nobits')
+        for sym in sorted(read):
+            lines += [".balign 8", f".globl {sym}", f".type {sym},@object", f"{sym}:",
+                      f"\t.zero {_DATA_STUB_SIZE}", f".size {sym}, {_DATA_STUB_SIZE}"]
+    src = tmp / f"{name}_kernel_stubs.s"
+    src.write_text("\n".join(lines) + "\n")
+    obj = tmp / f"{name}_kernel_stubs.o"
+    r = run_tool(["gcc", "-c", src.name, "-o", obj.name], tmp)
+    if r.returncode != 0:
+        raise BuildError(f"{name}: assembling the kernel stubs failed:\n{r.stderr.rstrip()}")
+    return obj, tuple(sorted(called | read))

@@ -1,0 +1,82 @@
+"""A kernel object runs: tests/kobj/counter.c compiled with the kernel's flags
+(`call __fentry__`, undefined kernel symbols) is loaded with stubs and the
+test's own kstubs.c, and live-patched from its patched object under every
+model."""
+import shutil
+from pathlib import Path
+
+import pytest
+
+from emu.engine import core
+from emu.errors import BuildError
+from emu.images.build import build_c
+from emu.images.diff import diff_objects
+from emu.images.image import FENTRY_NOP
+from emu.images.toolchain import compile_kernel_object
+from emu.kernel.patch import make_patch
+from emu.machine.machine import Machine
+from emu.models import MODELS, make_model
+
+KOBJ = Path(__file__).parent / "kobj"
+
+
+def kernel_object(tmp: Path, side: str, source: str, cflags=()) -> Path:
+    d = tmp / side
+    d.mkdir()
+    shutil.copy(KOBJ / "kernel.h", d)
+    shutil.copy(KOBJ / source, d / "counter.c")
+    compile_kernel_object(Path("counter.c"), d / "counter.o", cflags, cwd=d)
+    return d / "counter.o"
+
+
+@pytest.fixture(scope="module")
+def objects(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kobj")
+    return kernel_object(tmp, "orig", "counter.c"), kernel_object(tmp, "patched", "counter_patched.c")
+
+
+def observed(m, key):
+    return [e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key]
+
+
+def test_the_object_loads_with_stubs_and_fentry_nops(objects):
+    orig, _ = objects
+    raw = orig.read_bytes()
+    assert b"\xe8\x00\x00\x00\x00" in raw            # straight from the compiler: call __fentry__
+    base = build_c([orig, KOBJ / "kstubs.c"], base=0x400000)
+    f = base.require_site("counter_next")
+    assert base.read(f.start, 5) == FENTRY_NOP
+    assert base.stubs == ("__might_sleep", "mutex_lock", "mutex_unlock")
+    assert "counter_source" not in base.stubs       # kstubs.c implements it
+    assert base.alternatives == "original"
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_a_kernel_object_is_live_patched_from_its_patched_object(objects, model_name):
+    orig, new = objects
+    d = diff_objects(orig, new)
+    assert d.changed == ["counter_next"] and d.new == []
+    base = build_c([orig, KOBJ / "kstubs.c"], base=0x400000, name="vmlinux")
+    m = Machine(base, cpus=2, quantum=500)
+    m.add_task("user", "user_entry", (0,))
+    image = build_c([new], base=m.module_base(), name="patch", link_against=base, keep=d.carry)
+    m.load(image)
+    model = make_model(model_name, m)
+    patch = model.add(make_patch(m, "p1", image, d.changed))
+    m.at(20_000, lambda: model.enable(patch))
+    m.run(until=m.seconds(30))
+    assert model.transitions[0].result == "completed"
+    values = observed(m, 1)
+    # the old counter_next returns the value before the increment, the new one after
+    assert values[:3] == [0, 1, 2]
+    switch = next(i for i, v in enumerate(values) if v != i)
+    assert switch > 2 and all(v == i + 1 for i, v in enumerate(values[switch:], switch))
+
+
+def test_code_that_reads_gs_is_refused_with_the_function_named(tmp_path):
+    src = tmp_path / "gs.c"
+    src.write_text("long percpu_read(void) { long v; asm(\"mov %%gs:0x28, %0\" : \"=r\"(v)); return v; }\n")
+    obj = tmp_path / "gs.o"
+    compile_kernel_object(Path("gs.c"), obj, cwd=tmp_path)
+    with pytest.raises(BuildError, match=r"gs.o: percpu_read\+0x[0-9a-f]+ reads %gs"):
+        build_c([obj], base=0x400000)
