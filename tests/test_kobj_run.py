@@ -80,3 +80,34 @@ def test_code_that_reads_gs_is_refused_with_the_function_named(tmp_path):
     compile_kernel_object(Path("gs.c"), obj, cwd=tmp_path)
     with pytest.raises(BuildError, match=r"gs.o: percpu_read\+0x[0-9a-f]+ reads %gs"):
         build_c([obj], base=0x400000)
+
+
+def test_a_scenario_names_kernel_objects_and_its_stubs(objects, tmp_path, capsys):
+    import json
+    from emu.app import cli
+    orig, new = objects
+    shutil.copy(orig, tmp_path / "counter.o")
+    shutil.copy(new, tmp_path / "counter_patched.o")
+    shutil.copy(KOBJ / "kstubs.c", tmp_path)
+    (tmp_path / "scenario.toml").write_text('''
+[program]
+sources = ["counter.o"]
+stubs = ["kstubs.c"]
+
+[[task]]
+name = "user"
+entry = "user_entry"
+args = [0]
+
+[[patch]]
+name = "fix"
+sources = ["counter_patched.o"]
+
+[[action]]
+at = 20000
+do = "enable"
+patch = "fix"
+''')
+    assert cli.main(["run", str(tmp_path / "scenario.toml"), "--model", "livepatch", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert "completed" in json.dumps(out)

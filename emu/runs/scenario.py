@@ -1,6 +1,6 @@
 """Scenario files (TOML): what to run, what to patch, when, and what to check.
 
-    [program]   sources, cflags
+    [program]   sources, stubs, cflags
     [machine]   cpus, quantum, preempt, tick, unwinder, policy
     [[task]]    name, entry, args, count, kind, cpu
     [[module]]  name, sources, loaded              (images loaded/unloaded at run time)
@@ -258,7 +258,10 @@ def load(path) -> Scenario:
     prog = table("program")
     if "program" not in data:
         raise ScenarioError(f"{path}: missing table [program]")
-    scn = Scenario(path, files(prog, "sources"), prog.str_list("cflags", []))
+    # stubs: C implementations of kernel symbols that kernel objects in sources
+    # call (emu/images/kobject.py stubs the rest); linked with the sources
+    scn = Scenario(path, files(prog, "sources") + files(prog, "stubs", required=False),
+                   prog.str_list("cflags", []))
     prog.finish()
 
     mach = table("machine")
@@ -514,10 +517,14 @@ def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list
     """The functions a patch without a `functions` list carries: those its
     sources define differently from the program (emu/diff.py). Raises
     PatchError when the patch changes existing data."""
-    from emu.images.diff import patch_plan
+    from emu.images.diff import diff_objects, patch_plan
 
     try:
-        plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)
+        objects = [f for f in p.sources if f.read_bytes()[:4] == b"\x7fELF"]
+        if objects and len(objects) == len(p.sources):   # kernel objects: compared with the program's
+            plan = diff_objects([f for f in scn.sources if f.read_bytes()[:4] == b"\x7fELF"], objects)
+        else:
+            plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)
     except PatchError as exc:
         raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
     functions = [f for f in plan.changed if f in base.functions]
