@@ -41,11 +41,13 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.constants import SH_FLAGS
+from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
@@ -195,11 +197,22 @@ def diff_objects(old, new) -> Diff:
     not compared.
 
     Raises BuildError when a file is missing or not an x86-64 object."""
-    old_side = _Side(_read_objects(old, "old"), dwarf=False)
-    new_side = _Side(_read_objects(new, "new"), dwarf=False)
+    old_side = _read_side(old, "old")
+    new_side = _read_side(new, "new")
     pair = _Pair(old_side, new_side)
     _refuse_data_changes(pair)
     return _report_objects(pair)
+
+
+def _read_side(objects, side: str) -> "_Side":
+    """One side's objects read; an object pyelftools cannot parse (truncated,
+    corrupt) is a BuildError naming it."""
+    objs = _read_objects(objects, side)
+    try:
+        return _Side(objs, dwarf=False)
+    except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
+        names = ", ".join(name for name, _ in objs)
+        raise BuildError(f"{names}: cannot read the {side} object: {exc}") from None
 
 
 def _read_objects(objects, side: str) -> list[tuple[str, bytes]]:
@@ -877,6 +890,8 @@ class _ObjectReader:
                         or (typ == "STT_OBJECT" and (kernel_rules.special_section_kind(section)
                                                      or kernel_rules.special_static_kind(s.name, section)))):
             return None     # metadata, markers and special statics: never compared as data
+        if typ == "STT_FUNC" and kernel_rules.is_prefix_function(s.name):
+            return None     # padding in front of a function, part of no function
         local = s["st_info"]["bind"] == "STB_LOCAL"
         if shndx == "SHN_COMMON" and typ == "STT_OBJECT":
             return _Sym(self._handle(s), self.index, s.name, self.file, local, "data", None, size, (),

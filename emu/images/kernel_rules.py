@@ -39,7 +39,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 __all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "special_section_kind",
            "is_init_section", "is_ignored_section", "subsection", "line_macro_change_only",
-           "decode", "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
+           "decode", "is_prefix_function", "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
 
 FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
 
@@ -70,6 +70,8 @@ _SPECIAL_SECTIONS = frozenset({
     "__tracepoints_strings", ".fixup", ".kcfi_traps", ".cfi_sites", ".modinfo", "__versions",
     ".gnu.linkonce.this_module", "__ksymtab_strings", ".export_symbol", "__param", "__modver",
     ".note.gnu.property", ".note.GNU-stack", ".comment", ".eh_frame", ".llvm_addrsig",
+    "_ftrace_events", "_ftrace_eval_map", "__bpf_raw_tp_map", "__kcrctab", "__kcrctab_gpl",
+    ".static_call.text", "__ex_table", "__dbe_table", ".kunit_test_suites",
 })
 _SPECIAL_PREFIXES = (".discard", ".kpatch", "__ksymtab", "___ksymtab", ".initcall", "__setup",
                      ".con_initcall", ".debug_", ".rela", ".note", ".BTF", "__ex_table",
@@ -77,6 +79,10 @@ _SPECIAL_PREFIXES = (".discard", ".kpatch", "__ksymtab", "___ksymtab", ".initcal
 ALTINSTR_AUX = ".altinstr_aux"
 IGNORE_FUNCTIONS_SECTION = ".kpatch.ignore.functions"
 IGNORE_SECTIONS_SECTION = ".kpatch.ignore.sections"
+
+# Padding and CFI prefixes in front of functions (CONFIG_CALL_PADDING,
+# CONFIG_CFI_CLANG): not functions of their own (klp-diff's is_prefix_func).
+_PREFIX_FUNCTIONS = ("__pfx_", "__cfi_")
 
 _INIT_SECTIONS = re.compile(r"^\.(init|exit)\.(text|data|rodata|setup)|^\.(init|exit)\.|^\.meminit\.|^\.head\.text")
 
@@ -122,6 +128,11 @@ def is_init_section(section: str) -> bool:
 def is_ignored_section(section: str, ignored: frozenset) -> bool:
     """True when the section is .discard.* or named by KPATCH_IGNORE_SECTION."""
     return section.startswith(".discard") or section in ignored
+
+
+def is_prefix_function(name: str) -> bool:
+    """True for __pfx_foo and __cfi_foo, the padding in front of foo."""
+    return name.startswith(_PREFIX_FUNCTIONS)
 
 
 def subsection(section: str) -> str:
