@@ -803,7 +803,9 @@ class _ObjectReader:
         self.symtab = list(symtab.iter_symbols())
         self.relocs: dict[int, list[tuple[int, int, int, int]]] = {}
         for sec in self.sections:
-            if sec["sh_type"] == "SHT_RELA":
+            # relocations of debug info are never compared (and are most of a -g object's)
+            if sec["sh_type"] == "SHT_RELA" and (
+                    dwarf or self.sections[sec["sh_info"]]["sh_flags"] & SH_FLAGS.SHF_ALLOC):
                 self.relocs[sec["sh_info"]] = sorted(
                     (r["r_offset"], r["r_info_type"], r["r_info_sym"], r["r_addend"])
                     for r in sec.iter_relocations())
@@ -811,7 +813,8 @@ class _ObjectReader:
         for s in self.symtab:
             named = s.name and s["st_info"]["type"] in ("STT_FUNC", "STT_OBJECT")
             if named and isinstance(s["st_shndx"], int):
-                self.by_section.setdefault(s["st_shndx"], []).append(s)
+                self.by_section.setdefault(s["st_shndx"], []).append(
+                    (s["st_value"], s["st_value"] + s["st_size"], s))
         self._insns: dict[int, list[tuple[int, int]]] = {}
         self.dwarf = _read_dwarf(self.elf) if dwarf else _Dwarf()
         self.ignored_sections = self._named_by(kernel_rules.IGNORE_SECTIONS_SECTION, strings=True)
@@ -969,7 +972,7 @@ class _ObjectReader:
         section = self.sections[shndx].name
         if section == kernel_rules.ALTINSTR_AUX:
             return ("special", section)
-        kind = kernel_rules.special_static_kind(name, section) if name else None
+        kind = kernel_rules.special_static_kind(name, section)
         if kind is None and not self.sections[shndx]["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
             kind = kernel_rules.special_section_kind(section)
         return ("special", kind) if kind else None
@@ -1011,8 +1014,8 @@ class _ObjectReader:
     def _covering(self, shndx: int, where: int):
         """The symbol of the section that holds offset where (or ends there)."""
         syms = self.by_section.get(shndx, [])
-        inside = [s for s in syms if s["st_value"] <= where < s["st_value"] + max(s["st_size"], 1)]
-        inside = inside or [s for s in syms if s["st_value"] + s["st_size"] == where]
+        inside = [s for lo, hi, s in syms if lo <= where < max(hi, lo + 1)]
+        inside = inside or [s for _, hi, s in syms if hi == where]
         inside.sort(key=lambda s: (bool(_GENERATED.match(s.name)), s["st_info"]["bind"] == "STB_LOCAL",
                                    "." in s.name, s.name))
         return inside[0] if inside else None
