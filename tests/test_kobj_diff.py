@@ -7,11 +7,12 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from emu.app import cli
 from emu.errors import BuildError, PatchError
 from emu.images.diff import diff_objects
-from emu.images.kernel_rules import line_macro_change_only
+from emu.images.kernel_rules import decode, line_macro_change_only
 from emu.images.toolchain import compile_kernel_object
 
 KOBJ = Path(__file__).parent / "kobj"
@@ -106,3 +107,43 @@ def test_objects_and_sources_are_not_mixed_and_bad_files_are_named(tmp_path):
         diff_objects(old, KOBJ / "driver.c")
     with pytest.raises(BuildError, match="nope.o: no such file"):
         diff_objects(old, tmp_path / "nope.o")
+
+
+_REG = st.sampled_from([b"\xba", b"\xbe", b"\x41\xba", b"\x41\xbe"])
+_WARN = st.sampled_from(["warn_slowpath_fmt", "__warn_printk", "__might_sleep", "__might_fault",
+                         "_printk", "printk", "lockdep_rcu_suspicious", "__might_resched"])
+
+
+@settings(max_examples=200, deadline=None)
+@given(reg=_REG, old_line=st.integers(0, 2**31 - 1), new_line=st.integers(0, 2**31 - 1),
+       helper=_WARN, strings=st.integers(0, 3), other=st.booleans())
+def test_a_moved_line_number_is_ignored_only_before_a_warn_helper(reg, old_line, new_line, helper,
+                                                                   strings, other):
+    # mov $line, %esi/%edx; then `strings` mov $str, %rdi (R_X86_64_32S); then call helper
+    def body(line):
+        code = reg + line.to_bytes(4, "little")
+        code += b"\x48\xc7\xc7\x00\x00\x00\x00" * strings
+        return code + b"\xe8\x00\x00\x00\x00\xc3"
+    head = len(reg) + 4
+    relocs = [(head + 7 * i + 3, ("str", b"file.c")) for i in range(strings)]
+    call = head + 7 * strings + 1
+    relocs.append((call, ("sym", "some_function" if other else helper, 0)))
+    expected = old_line != new_line and not other
+    assert line_macro_change_only(body(old_line), body(new_line), relocs) == expected
+
+
+@settings(max_examples=200, deadline=None)
+@given(code=st.binary(min_size=1, max_size=40), at=st.integers(0, 39), byte=st.integers(0, 255))
+def test_any_other_changed_byte_is_a_change(code, at, byte):
+    # hostile bytes: whatever the code, a change outside a mov-imm before a WARN call is never hidden
+    at %= len(code)
+    new = bytearray(code)
+    new[at] = byte
+    relocs = [(len(code), ("sym", "__warn_printk", 0))]
+    result = line_macro_change_only(code, bytes(new), relocs)
+    if bytes(new) == code:
+        assert not result
+    elif result:   # only when the changed byte is the immediate of a mov into %edx/%esi
+        insn = next((a, b) for a, b in decode(bytes(new)) if a <= at < b)
+        op = insn[0] + (1 if 0x40 <= new[insn[0]] <= 0x4F else 0)
+        assert new[op] in (0xBA, 0xBE) and at > op
