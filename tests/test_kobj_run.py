@@ -73,12 +73,12 @@ def test_a_kernel_object_is_live_patched_from_its_patched_object(objects, model_
     assert switch > 2 and all(v == i + 1 for i, v in enumerate(values[switch:], switch))
 
 
-def test_code_that_reads_gs_is_refused_with_the_function_named(tmp_path):
+def test_code_that_reads_gs_elsewhere_is_refused_with_the_function_named(tmp_path):
     src = tmp_path / "gs.c"
-    src.write_text("long percpu_read(void) { long v; asm(\"mov %%gs:0x28, %0\" : \"=r\"(v)); return v; }\n")
+    src.write_text("long percpu_read(void) { long v; asm(\"mov %%gs:0x30, %0\" : \"=r\"(v)); return v; }\n")
     obj = tmp_path / "gs.o"
     compile_kernel_object(Path("gs.c"), obj, cwd=tmp_path)
-    with pytest.raises(BuildError, match=r"gs.o: percpu_read\+0x[0-9a-f]+ reads %gs"):
+    with pytest.raises(BuildError, match=r"gs.o: percpu_read\+0x[0-9a-f]+ reads %gs at 0x30"):
         build_c([obj], base=0x400000)
 
 
@@ -111,3 +111,33 @@ patch = "fix"
     assert cli.main(["run", str(tmp_path / "scenario.toml"), "--model", "livepatch", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert "completed" in json.dumps(out)
+
+
+def test_kernel_code_reads_current_and_the_canary_behind_gs(tmp_path):
+    obj = tmp_path / "percpu.o"
+    shutil.copy(KOBJ / "kernel.h", tmp_path)
+    shutil.copy(KOBJ / "percpu.c", tmp_path)
+    compile_kernel_object(Path("percpu.c"), obj, ["-fstack-protector-all"], cwd=tmp_path)
+    assert b"\x65" in obj.read_bytes()
+    base = build_c([obj, KOBJ / "percpu_tasks.c"], base=0x400000)
+    assert "pcpu_hot" not in base.stubs
+    m = Machine(base, cpus=2, quantum=500)
+    m.add_task("a", "user_entry", (0,), cpu=0)
+    m.add_task("b", "user_entry", (0,), cpu=1)
+    m.add_task("c", "user_entry", (1,), cpu=1)
+    m.run(until=m.seconds(1))
+    currents = observed(m, 1)
+    assert len(currents) == 3 and len(set(currents)) == 3 and 0 not in currents   # each task is current
+    assert sorted(observed(m, 2)) == [0, 1, 1]                                    # its CPU's number
+    assert observed(m, 3)[:2] == [7, 7] and observed(m, 9) == [1]   # only the overflow trips the canary
+
+
+def test_an_unknown_per_cpu_variable_is_refused_by_name(tmp_path):
+    src = tmp_path / "pcpu.c"
+    src.write_text("extern int softirq_pending;\n"
+                   "int pending(void) { int v; asm(\"movl %%gs:%c1, %0\" : \"=r\"(v) : \"i\"(&softirq_pending));"
+                   " return v; }\n")
+    compile_kernel_object(Path("pcpu.c"), tmp_path / "pcpu.o", cwd=tmp_path)
+    with pytest.raises(BuildError, match=r"pcpu.o: pending\+0x[0-9a-f]+ uses the per-CPU variable "
+                                         r"softirq_pending, which the emulator does not provide"):
+        build_c([tmp_path / "pcpu.o"], base=0x400000)

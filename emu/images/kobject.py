@@ -15,8 +15,11 @@ module load, done before linking it into an image.
   on the image); jump labels keep the compiler's default (the key's initial
   branch); the tables that describe code (bug table, jump table, ...) are
   placed as read-only or writable data by the linker script, never as code.
-- Code that reads %gs (per-CPU data, the stack protector's canary) is refused
-  with an error naming the function: the emulator provides no per-CPU area.
+- %gs reads the per-CPU area of emu/images/percpu.py: the stack protector's
+  canary (%gs:0x28, __stack_chk_guard) and pcpu_hot/current_task (current,
+  preempt_count, cpu_number), bound to their absolute offsets. Code that uses
+  any other per-CPU variable is refused with an error naming the function
+  and the variable: the emulator does not provide it.
 """
 
 from __future__ import annotations
@@ -26,10 +29,13 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+from capstone.x86 import X86_OP_MEM, X86_REG_GS
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError
+from emu.images import percpu
 from emu.images.image import FENTRY_NOP
 from emu.images.kernel_rules import FENTRY_CALL_TARGETS, decode
 from emu.images.toolchain import run_tool
@@ -59,6 +65,7 @@ class KernelObject:
     defined: set[str] = field(default_factory=set)
     called: set[str] = field(default_factory=set)
     read: set[str] = field(default_factory=set)
+    percpu: set[str] = field(default_factory=set)    # per-CPU symbols it reads through %gs
 
 
 def prepare(path: Path, label: str) -> KernelObject:
@@ -77,9 +84,14 @@ def prepare(path: Path, label: str) -> KernelObject:
         if s.name and isinstance(s["st_shndx"], int) and s["st_info"]["type"] != "STT_SECTION":
             if s["st_info"]["bind"] != "STB_LOCAL":
                 found.defined.add(s.name)
+    relocs_of = {}
+    for rel in sections:
+        if rel["sh_type"] == "SHT_RELA":
+            relocs_of[rel["sh_info"]] = [(r["r_offset"], syms[r["r_info_sym"]].name)
+                                         for r in rel.iter_relocations()]
     for index, sec in enumerate(sections):
         if sec["sh_flags"] & SH_FLAGS.SHF_EXECINSTR and sec["sh_type"] == "SHT_PROGBITS":
-            _refuse_gs(sec, index, syms, label)
+            found.percpu |= _check_gs(sec, index, syms, relocs_of.get(index, []), label)
     for rel in sections:
         if rel["sh_type"] != "SHT_RELA":
             continue
@@ -105,16 +117,39 @@ def prepare(path: Path, label: str) -> KernelObject:
     return found
 
 
-def _refuse_gs(sec, index: int, syms, label: str) -> None:
+def _check_gs(sec, index: int, syms, relocs: list[tuple[int, str]], label: str) -> set[str]:
+    """The per-CPU symbols the section's %gs accesses use; BuildError for an
+    access to anything percpu.py does not provide."""
     code = sec.data()
+    used = set()
+    md = None
     for start, end in decode(code):
         i = start
-        while i < end and code[i] in _PREFIXES:
-            if code[i] == _GS:
-                raise BuildError(f"{label}: {_where(sec, index, syms, start)} reads %gs (per-CPU data or the "
-                                 "stack protector's canary); the emulator provides no per-CPU area: "
-                                 "build it with -fno-stack-protector and without per-CPU accesses")
+        while i < end and code[i] in _PREFIXES and code[i] != _GS:
             i += 1
+        if i >= end or code[i] != _GS:
+            continue
+        names = [name for off, name in relocs if start <= off < end]
+        if names:
+            unknown = [n for n in names if n not in percpu.SYMBOLS]
+            if unknown:
+                raise BuildError(f"{label}: {_where(sec, index, syms, start)} uses the per-CPU variable "
+                                 f"{unknown[0]}, which the emulator does not provide (it has "
+                                 f"{', '.join(sorted(percpu.SYMBOLS))})")
+            used |= set(names)
+            continue
+        if md is None:
+            md = Cs(CS_ARCH_X86, CS_MODE_64)
+            md.detail = True
+        insn = next(md.disasm(code[start:end], start), None)
+        mems = [op.mem.disp for op in (insn.operands if insn is not None else ())
+                if op.type == X86_OP_MEM and op.mem.segment == X86_REG_GS]
+        if mems != [percpu.CANARY]:
+            raise BuildError(f"{label}: {_where(sec, index, syms, start)} reads %gs at "
+                             f"{', '.join(hex(d) for d in mems) or 'an unknown offset'}; the emulator's "
+                             f"per-CPU area has only the canary ({percpu.CANARY:#x}) and "
+                             f"{', '.join(sorted(percpu.SYMBOLS))}")
+    return used
 
 
 def _where(sec, index: int, syms, offset: int) -> str:
@@ -134,11 +169,13 @@ def write_stubs(objects: list[KernelObject], defined_elsewhere: set[str], tmp: P
     defined = set(defined_elsewhere)
     for o in objects:
         defined |= o.defined
-    called = set().union(*(o.called for o in objects)) - defined - FENTRY_CALL_TARGETS
-    read = set().union(*(o.read for o in objects)) - defined - called - FENTRY_CALL_TARGETS
-    if not called and not read:
+    pcpu = set().union(*(o.percpu for o in objects)) - defined
+    called = set().union(*(o.called for o in objects)) - defined - FENTRY_CALL_TARGETS - pcpu
+    read = set().union(*(o.read for o in objects)) - defined - called - FENTRY_CALL_TARGETS - pcpu
+    if not called and not read and not pcpu:
         return None, ()
-    lines = ['.section .text.__lpemu_kernel_stubs,"ax",@progbits']
+    lines = [f".globl {sym}\n.set {sym}, {percpu.SYMBOLS[sym]:#x}" for sym in sorted(pcpu)]
+    lines.append('.section .text.__lpemu_kernel_stubs,"ax",@progbits')
     for sym in sorted(called):
         lines += [f".globl {sym}", f".type {sym},@function", f"{sym}:"]
         if sym.startswith(_THUNK) and sym[len(_THUNK):] in _REGISTERS:

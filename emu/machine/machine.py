@@ -28,8 +28,8 @@ from bisect import bisect_right
 from dataclasses import dataclass
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
-from unicorn.x86_const import (UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP, UC_X86_REG_RIP,
-                               UC_X86_REG_RSP)
+from unicorn.x86_const import (UC_X86_REG_GS_BASE, UC_X86_REG_R12, UC_X86_REG_RAX, UC_X86_REG_RBP,
+                               UC_X86_REG_RIP, UC_X86_REG_RSP)
 
 from emu.engine import core, sysinsn
 from emu.machine import faults, runtime
@@ -39,6 +39,7 @@ from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_PO
                    EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
 from emu.engine.core import SCHED as K
 from emu.errors import GuestFault, UserError
+from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
 from emu.machine.task import Cpu, Kind, RunState, Task
@@ -53,6 +54,7 @@ STACK_SIZE = 0x4000          # THREAD_SIZE on x86-64
 GUARD = 0x1000               # an unmapped page below every stack
 HEAP_BASE = 0x2000_0000
 HEAP_SIZE = 0x0010_0000
+PERCPU_BASE = 0x3000_0000    # one per-CPU area per task (emu/images/percpu.py), behind %gs
 
 PREEMPT_MODES = ("none", "voluntary", "full")
 UNWINDERS = ("orc", "fp")
@@ -389,6 +391,7 @@ class Machine:
             uc.reg_write(UC_X86_REG_RSP, rsp)
             uc.reg_write(UC_X86_REG_RBP, 0)
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
+            self._install_percpu(task)
             self.cpus[task.cpu].enqueue(task)
         n = len(self.tasks)
         st = self.sched_state = self.engine.sched_init(n, len(self.cpus))
@@ -407,6 +410,13 @@ class Machine:
         st[K["SG_NEXT_WAKE"]] = -1
         st[K["SG_LIVE"]] = sum(t.state is not RunState.EXITED for t in self.tasks)
         st[K["SG_SM"]] = self._sm is not None
+
+    def _install_percpu(self, task: Task) -> None:
+        """Map the task's view of its CPU's per-CPU area and point %gs at it
+        (the loaded context is the task's: the base is saved with it)."""
+        at = PERCPU_BASE + task.tid * percpu.AREA_SIZE
+        self.engine.map(at, percpu.AREA_SIZE, PROT_R | PROT_W)[:] = percpu.area(task.cpu, at)
+        self.engine.uc.reg_write(UC_X86_REG_GS_BASE, at)
 
     # ---- time, timers, works ----------------------------------------------------------
     @property
