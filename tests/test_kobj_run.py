@@ -48,7 +48,7 @@ def test_the_object_loads_with_stubs_and_fentry_nops(objects):
     assert base.read(f.start, 5) == FENTRY_NOP
     assert base.stubs == ("__might_sleep", "mutex_lock", "mutex_unlock")
     assert "counter_source" not in base.stubs       # kstubs.c implements it
-    assert base.alternatives == "original"
+    assert base.alternatives == "original (0 alternatives not applied)"
 
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
@@ -141,3 +141,50 @@ def test_an_unknown_per_cpu_variable_is_refused_by_name(tmp_path):
     with pytest.raises(BuildError, match=r"pcpu.o: pending\+0x[0-9a-f]+ uses the per-CPU variable "
                                          r"softirq_pending, which the emulator does not provide"):
         build_c([tmp_path / "pcpu.o"], base=0x400000)
+
+
+X86_FEATURE_ERMS = 9 * 32 + 9
+
+
+@pytest.mark.parametrize("features, mode", [(None, 1), (set(), 1), ({X86_FEATURE_ERMS}, 2)])
+def test_alternatives_static_calls_and_jump_labels_run_as_the_kernel_sets_them(tmp_path, features, mode):
+    shutil.copy(KOBJ / "kernel.h", tmp_path)
+    shutil.copy(KOBJ / "driver.c", tmp_path)
+    compile_kernel_object(Path("driver.c"), tmp_path / "driver.o", cwd=tmp_path)
+    base = build_c([tmp_path / "driver.o", KOBJ / "driver_tasks.c"], base=0x400000, cpu_features=features)
+    if features is None:
+        assert base.alternatives == "original (2 alternatives not applied)"
+    else:
+        assert base.alternatives.endswith(f"{2 * (mode - 1)} of 2 alternatives")
+    assert {"_printk", "__warn_printk", "__might_sleep", "warn_slowpath_fmt"} <= set(base.stubs)
+    assert "__SCT__dev_hook" in base.stubs and "dev_hook" not in base.stubs
+    m = Machine(base, cpus=1)
+    m.add_task("t", "user_entry", (0,))
+    m.run(until=m.seconds(1))
+    assert [observed(m, k) for k in (1, 2, 3, 4, 5)] == [[mode], [51], [7], [42], [10 * mode]]
+
+
+def test_a_scenario_sets_the_cpu_features_and_a_bad_value_is_named(tmp_path, capsys):
+    from emu.app import cli
+    shutil.copy(KOBJ / "kernel.h", tmp_path)
+    shutil.copy(KOBJ / "driver.c", tmp_path)
+    compile_kernel_object(Path("driver.c"), tmp_path / "driver.o", cwd=tmp_path)
+    shutil.copy(KOBJ / "driver_tasks.c", tmp_path)
+    text = '''
+[program]
+sources = ["driver.o"]
+stubs = ["driver_tasks.c"]
+cpu_features = FEATURES
+
+[[task]]
+name = "t"
+entry = "user_entry"
+args = [0]
+'''
+    (tmp_path / "s.toml").write_text(text.replace("FEATURES", f"[{X86_FEATURE_ERMS}]"))
+    from emu.runs.scenario import load
+    scn = load(tmp_path / "s.toml")
+    assert scn.cpu_features == [X86_FEATURE_ERMS]
+    (tmp_path / "s.toml").write_text(text.replace("FEATURES", '["erms"]'))
+    assert cli.main(["run", str(tmp_path / "s.toml"), "--model", "livepatch"]) == 2
+    assert "cpu_features: must be a list of integers" in capsys.readouterr().err

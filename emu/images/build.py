@@ -24,7 +24,8 @@ __all__ = ["build_c", "load_elf"]
 
 def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, base: int, name: str,
                         kind: str, sources: tuple[Path, ...], link_against: Image | None,
-                        keep: set[str] | None, kernel: list[int] = ()) -> Image:
+                        keep: set[str] | None, kernel: list[int] = (),
+                        cpu_features=None) -> Image:
     """Link objs; those at the indexes in kernel are kernel objects (kobject.prepare)."""
     if keep is not None and link_against is None:
         raise PatchError(f"{name}: keep needs link_against (the image the kept functions replace)")
@@ -50,8 +51,8 @@ def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, ba
         elf = link(objs, tmp, base, defsyms=defsyms, roots=roots)
         image = image_from_elf(elf, name=name, kind=kind, sources=sources, imports=imports)
     if kernel:
+        image = kobject.apply_alternatives(image, cpu_features)
         image.stubs = stubs
-        image.alternatives = kobject.ALTERNATIVES_CHOICE
     return image
 
 
@@ -64,14 +65,16 @@ def _defined(obj: Path) -> set[str]:
 
 
 def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: Image | None = None,
-            keep: set[str] | None = None) -> Image:
+            keep: set[str] | None = None, cpu_features=None) -> Image:
     """Compile C sources with gcc and link them at base with ld.
 
     cflags come after DEFAULT_CFLAGS and before REQUIRED_CFLAGS. With link_against,
     the image is a module: what it references but does not carry binds to
     link_against's addresses, existing data is never carried, and with keep only
     those functions (and new helpers they use) are carried. Sources that are
-    already ELF objects are linked as they are.
+    already ELF objects are linked as kernel objects (emu/images/kobject.py):
+    their alternatives are applied for cpu_features (X86_FEATURE_* numbers, as
+    in the kernel's cpufeatures.h) or left original when it is None.
 
     Raises ToolMissing (no gcc/ld), BuildError (compile or link errors, with the
     tools' own output), PatchError (keep/binding problems)."""
@@ -98,7 +101,7 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
             objs.append(obj)
         return _build_from_objects(objs, [p.name for p in paths], tmp, base=base, name=name,
                                    kind="c", sources=tuple(paths), link_against=link_against,
-                                   keep=keep, kernel=kernel)
+                                   keep=keep, kernel=kernel, cpu_features=cpu_features)
 
 
 def _check_object(path: Path) -> None:
@@ -107,7 +110,8 @@ def _check_object(path: Path) -> None:
 
 
 def load_elf(path, *, base: int | None = None, name: str | None = None,
-             link_against: Image | None = None, keep: set[str] | None = None) -> Image:
+             link_against: Image | None = None, keep: set[str] | None = None,
+             cpu_features=None) -> Image:
     """An image from a prebuilt ELF64 x86-64 file.
 
     An object (ET_REL) is linked at base exactly as build_c links its objects
@@ -132,7 +136,7 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
             obj.write_bytes(data)
             return _build_from_objects([obj], [path.name], tmp, base=base, name=name, kind="elf",
                                        sources=(path,), link_against=link_against, keep=keep,
-                                       kernel=[0])
+                                       kernel=[0], cpu_features=cpu_features)
     if e_type == ET_DYN:
         raise BuildError(f"{path}: position-independent executable or shared object (ET_DYN); "
                          "link it with -no-pie or give the object file")

@@ -11,10 +11,12 @@ module load, done before linking it into an image.
   `jmp *%reg`, the return thunk is `ret`, and a static-call trampoline
   `__SCT__<name>` jumps to the function <name> when the image has it (the
   static call bound to its target) and returns 0 otherwise.
-- Alternatives are left as the original instructions (the choice is recorded
-  on the image); jump labels keep the compiler's default (the key's initial
-  branch); the tables that describe code (bug table, jump table, ...) are
-  placed as read-only or writable data by the linker script, never as code.
+- Alternatives are applied for a configured CPU feature set, as
+  apply_alternatives does at boot (the replacement copied over the original,
+  NOP-padded, its rel32 calls and jumps re-aimed), or left original; the
+  choice is recorded on the image. Jump labels keep the compiler's default
+  (the key's initial branch); the tables that describe code (bug table, jump
+  table, ...) are placed as data by the linker script, never as code.
 - %gs reads the per-CPU area of emu/images/percpu.py: the stack protector's
   canary (%gs:0x28, __stack_chk_guard) and pcpu_hot/current_task (current,
   preempt_count, cpu_number), bound to their absolute offsets. Code that uses
@@ -36,13 +38,18 @@ from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError
 from emu.images import percpu
-from emu.images.image import FENTRY_NOP
+from emu.images.image import FENTRY_NOP, Segment
 from emu.images.kernel_rules import FENTRY_CALL_TARGETS, decode
 from emu.images.toolchain import run_tool
 
-__all__ = ["KernelObject", "prepare", "write_stubs", "ALTERNATIVES_CHOICE"]
+__all__ = ["KernelObject", "prepare", "write_stubs", "apply_alternatives", "ALT_ENTRY_SIZE"]
 
-ALTERNATIVES_CHOICE = "original"   # alternatives are not applied (no CPU feature is claimed)
+# struct alt_instr (Linux 6.3+): s32 instr_offset, s32 repl_offset, u32 ft_flags
+# (feature in the low 16 bits, ALT_FLAG_NOT in bit 16), u8 instrlen, u8 replacementlen
+ALT_ENTRY_SIZE = 14
+_ALT_FLAG_NOT = 1 << 16
+_NOPS = {1: b"\x90", 2: b"\x66\x90", 3: b"\x0f\x1f\x00", 4: b"\x0f\x1f\x40\x00",
+         5: b"\x0f\x1f\x44\x00\x00"}
 
 _R_X86_64_NONE = 0
 _CALL_OR_JMP = (0xE8, 0xE9)
@@ -199,3 +206,74 @@ def write_stubs(objects: list[KernelObject], defined_elsewhere: set[str], tmp: P
     if r.returncode != 0:
         raise BuildError(f"{name}: assembling the kernel stubs failed:\n{r.stderr.rstrip()}")
     return obj, tuple(sorted(called | read))
+
+
+def apply_alternatives(image, features):
+    """image with its alternatives applied for features (a set of X86_FEATURE_*
+    numbers), or unchanged when features is None; image.alternatives says
+    which. The table is the linked .altinstructions between the linker
+    script's __alt_instructions and __alt_instructions_end."""
+    lo = image.symbols.get("__alt_instructions")
+    hi = image.symbols.get("__alt_instructions_end")
+    entries = (hi - lo) // ALT_ENTRY_SIZE if lo is not None and hi is not None else 0
+    if features is None:
+        image.alternatives = f"original ({entries} alternatives not applied)"
+        return image
+    features = set(features)
+    patches = []
+    for i in range(entries):
+        at = lo + i * ALT_ENTRY_SIZE
+        instr_off, repl_off, flags, instrlen, repllen = struct.unpack(
+            "<iiIBB", image.read(at, ALT_ENTRY_SIZE))
+        instr, repl = at + instr_off, at + 4 + repl_off
+        wanted = (flags & 0xFFFF) in features
+        if flags & _ALT_FLAG_NOT:
+            wanted = not wanted
+        if not wanted:
+            continue
+        if repllen > instrlen:
+            raise BuildError(f"{image.name}: the alternative at {instr:#x} is longer ({repllen} bytes) "
+                             f"than the instructions it replaces ({instrlen})")
+        code = bytearray(image.read(repl, repllen))
+        _reaim(code, repl, instr)
+        code += _nops(instrlen - repllen)
+        patches.append((instr, bytes(code)))
+    segments = list(image.segments)
+    for addr, code in patches:
+        for n, seg in enumerate(segments):
+            if seg.addr <= addr and addr + len(code) <= seg.end:
+                data = bytearray(seg.data)
+                data[addr - seg.addr: addr - seg.addr + len(code)] = code
+                segments[n] = Segment(seg.addr, bytes(data), seg.prot, seg.name)
+                break
+    image.segments = segments
+    image.alternatives = (f"applied for features {sorted(features)}: "
+                          f"{len(patches)} of {entries} alternatives")
+    return image
+
+
+def _reaim(code: bytearray, src: int, dst: int) -> None:
+    """Re-aim the rel32 calls and jumps of code moved from src to dst at their
+    targets outside it (the kernel's apply_relocation)."""
+    for start, end in decode(bytes(code)):
+        op = code[start]
+        if op in (0xE8, 0xE9) and end - start == 5:
+            field = start + 1
+        elif op == 0x0F and end - start == 6 and 0x80 <= code[start + 1] <= 0x8F:
+            field = start + 2
+        else:
+            continue
+        disp = struct.unpack_from("<i", code, field)[0]
+        target = src + end + disp
+        if src <= target < src + len(code):
+            continue
+        struct.pack_into("<i", code, field, target - (dst + end))
+
+
+def _nops(n: int) -> bytes:
+    out = b""
+    while n > 0:
+        k = min(n, 5)
+        out += _NOPS[k]
+        n -= k
+    return out

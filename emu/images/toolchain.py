@@ -85,7 +85,7 @@ def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
 # The tables kernel objects carry beside their code (what describes code, never
 # code itself: an alternative's replacement is data until applied), and the
 # writable ones (jump labels, dynamic-debug descriptors, once flags).
-_KERNEL_RODATA = (".altinstr_replacement .altinstr_aux .altinstructions __bug_table __ex_table "
+_KERNEL_RODATA = (".altinstr_replacement .altinstr_aux __bug_table __ex_table "
                   ".static_call_sites .smp_locks .parainstructions .printk_index .return_sites "
                   ".call_sites .retpoline_sites __tracepoints_ptrs __tracepoints_strings __param "
                   ".orc_unwind .orc_unwind_ip")
@@ -116,7 +116,10 @@ SECTIONS {{
   }} :text
   . = ALIGN({PAGE});
   .rodata : {{ *(.rodata .rodata.*) }} :rodata
-  .kernel_tables : {{ *({_KERNEL_RODATA}) }} :rodata
+  .kernel_tables : {{
+    __alt_instructions = .; *(.altinstructions) __alt_instructions_end = .;
+    *({_KERNEL_RODATA})
+  }} :rodata
   .eh_frame : {{ KEEP(*(.eh_frame)) }} :rodata
   __mcount_loc : {{ {mcount} }} :rodata
   . = ALIGN({PAGE});

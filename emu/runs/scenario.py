@@ -1,6 +1,6 @@
 """Scenario files (TOML): what to run, what to patch, when, and what to check.
 
-    [program]   sources, stubs, cflags
+    [program]   sources, stubs, cpu_features, cflags
     [machine]   cpus, quantum, preempt, tick, unwinder, policy
     [[task]]    name, entry, args, count, kind, cpu
     [[module]]  name, sources, loaded              (images loaded/unloaded at run time)
@@ -111,6 +111,7 @@ class Scenario:
     path: Path
     sources: list[Path]
     cflags: list[str] = field(default_factory=list)
+    cpu_features: list[int] | None = None
     machine: dict = field(default_factory=dict)
     tasks: list[TaskSpec] = field(default_factory=list)
     modules: list[ModuleSpec] = field(default_factory=list)
@@ -262,6 +263,12 @@ def load(path) -> Scenario:
     # call (emu/images/kobject.py stubs the rest); linked with the sources
     scn = Scenario(path, files(prog, "sources") + files(prog, "stubs", required=False),
                    prog.str_list("cflags", []))
+    # cpu_features: X86_FEATURE_* numbers the CPU has; kernel objects' alternatives
+    # are applied for them (absent: left original)
+    features = prog.get("cpu_features", list)
+    if features is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in features):
+        raise prog.error("cpu_features", "must be a list of integers (X86_FEATURE_* numbers)")
+    scn.cpu_features = features
     prog.finish()
 
     mach = table("machine")
@@ -457,7 +464,8 @@ def build(scn: Scenario) -> Program:
     from emu.images.build import build_c
     from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, _align_up
 
-    base = build_c(scn.sources, base=BASE_IMAGE, name=VMLINUX, cflags=scn.cflags)
+    base = build_c(scn.sources, base=BASE_IMAGE, name=VMLINUX, cflags=scn.cflags,
+                   cpu_features=scn.cpu_features)
     prog = Program(scn, base)
     at = MODULE_BASE
     for mod in scn.modules:
@@ -501,7 +509,8 @@ def build(scn: Scenario) -> Program:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].force: '{f}' is not one of "
                                     f"its functions")
         keep = {name.rpartition(":")[2] for name in functions} | set(reasons.get("_new", ()))
-        img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags, link_against=base, keep=keep)
+        img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags, link_against=base, keep=keep,
+                      cpu_features=scn.cpu_features)
         missing = sorted(name for name in functions if name.rpartition(":")[2] not in img.functions)
         if missing:
             raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: its sources have no new version "

@@ -77,6 +77,25 @@ int dev_copy_mode(void)
 	return mode;
 }
 
+noinline int dev_copy_slow(void)
+{
+	return 10;
+}
+
+noinline int dev_copy_fast(void)
+{
+	return 20;
+}
+
+/* an alternative whose replacement calls: moved into place, its call is re-aimed */
+int dev_copy(void)
+{
+	int r;
+	asm volatile(ALTERNATIVE("call dev_copy_slow", "call dev_copy_fast", X86_FEATURE_ERMS)
+		     : "=a" (r) : : "memory", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11");
+	return r;
+}
+
 int dev_traced(int x)
 {
 	if (static_branch_unlikely(&dev_tracing))
