@@ -147,3 +147,26 @@ def test_any_other_changed_byte_is_a_change(code, at, byte):
         insn = next((a, b) for a, b in decode(bytes(new)) if a <= at < b)
         op = insn[0] + (1 if 0x40 <= new[insn[0]] <= 0x4F else 0)
         assert new[op] in (0xBA, 0xBE) and at > op
+
+
+@pytest.fixture(scope="module")
+def driver_object(tmp_path_factory):
+    return build(tmp_path_factory.mktemp("hostile"), "orig", (KOBJ / "driver.c").read_text()).read_bytes()
+
+
+@settings(max_examples=150, deadline=None)
+@given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                 max_size=8))
+def test_a_corrupt_object_is_a_clear_error_never_a_traceback(driver_object, tmp_path_factory, cut, flips):
+    data = bytearray(driver_object)
+    for at, byte in flips:
+        data[64 + at % (len(data) - 64)] = byte        # the ELF header itself stays intact
+    data = data[:64 + cut % len(data)]
+    tmp = tmp_path_factory.mktemp("bad")
+    good, bad = tmp / "good.o", tmp / "bad.o"
+    good.write_bytes(driver_object)
+    bad.write_bytes(bytes(data))
+    try:
+        diff_objects(good, bad)
+    except (BuildError, PatchError) as exc:
+        assert str(exc)
