@@ -190,7 +190,9 @@ def diff_objects(old, new) -> Diff:
     removed: functions only the original has.
 
     Refused with PatchError (one line per problem, the kernel tools' reasons):
-    changed init code; a changed function without an fentry call (notrace);
+    changed init code; a changed function in a section shared with other code
+    (.sched.text, .noinstr.text, .text); a changed function without an fentry
+    call (notrace);
     changed existing data; no changed function at all (only moved lines or
     renumbered ids: the patch would be empty). Functions named by
     KPATCH_IGNORE_FUNCTION and sections named by KPATCH_IGNORE_SECTION are
@@ -249,6 +251,11 @@ def _report_objects(pair: "_Pair") -> Diff:
         if kernel_rules.is_init_section(old.section) or kernel_rules.is_init_section(sym.section):
             refusals.append(f"{sym.file}: changed function {old.name} is init code ({old.section}): "
                             "it has already run and been freed; a live patch cannot change it")
+        elif not all(kernel_rules.own_section(s.name, s.section) for s in (old, sym)):
+            shared = sym.section if not kernel_rules.own_section(sym.name, sym.section) else old.section
+            refusals.append(f"{sym.file}: changed section {shared} not selected for inclusion: "
+                            f"{old.name} shares it with other code, so it cannot be carried alone "
+                            "(build with -ffunction-sections; kpatch cannot patch it)")
         elif not old.fentry:
             refusals.append(f"{sym.file}: function {old.name} changed but has no fentry call "
                             "(notrace?): it cannot be patched; patch its callers")

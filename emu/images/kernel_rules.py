@@ -39,7 +39,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 __all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "special_section_kind",
            "is_init_section", "is_ignored_section", "subsection", "line_macro_change_only",
-           "decode", "is_prefix_function", "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
+           "decode", "is_prefix_function", "own_section", "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
 
 FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
 
@@ -133,6 +133,21 @@ def is_ignored_section(section: str, ignored: frozenset) -> bool:
 def is_prefix_function(name: str) -> bool:
     """True for __pfx_foo and __cfi_foo, the padding in front of foo."""
     return name.startswith(_PREFIX_FUNCTIONS)
+
+
+def own_section(name: str, section: str) -> bool:
+    """True when a function has a section of its own (.text.NAME, or its
+    .text.unlikely./.text.hot. variant; a .cold child may sit in its parent's
+    .text.unlikely.PARENT): what -ffunction-sections gives. A function in a
+    shared section (.sched.text, .noinstr.text, .text) cannot be carried alone:
+    create-diff-object refuses its change ("changed section ... not selected
+    for inclusion")."""
+    for prefix in (".text.", ".text.unlikely.", ".text.hot."):
+        if section.startswith(prefix):
+            rest = section[len(prefix):]
+            if rest == name or (".cold" in name and name.startswith(rest)):
+                return True
+    return False
 
 
 def subsection(section: str) -> str:

@@ -154,6 +154,11 @@ int dev_mask(int bits)
 	return 1 << bits;
 }
 
+void __sched dev_schedule(struct dev *d)
+{
+	d->flags &= ~1;
+}
+
 notrace int dev_fast(int x)
 {
 	return x * 2;

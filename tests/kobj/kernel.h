@@ -11,6 +11,7 @@
 #define __init __attribute__((__section__(".init.text"), __cold__, __noinline__))
 #define __exit __attribute__((__section__(".exit.text"), __cold__, __noinline__))
 #define notrace __attribute__((__no_instrument_function__))
+#define __sched __attribute__((__section__(".sched.text")))
 #define noinline __attribute__((__noinline__))
 #define __used __attribute__((__used__))
 #define likely(x) __builtin_expect(!!(x), 1)
