@@ -6,9 +6,10 @@ import shutil
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from emu.engine import core
-from emu.errors import BuildError
+from emu.errors import BuildError, PatchError
 from emu.images.build import build_c
 from emu.images.diff import diff_objects
 from emu.images.image import FENTRY_NOP
@@ -188,3 +189,19 @@ args = [0]
     (tmp_path / "s.toml").write_text(text.replace("FEATURES", '["erms"]'))
     assert cli.main(["run", str(tmp_path / "s.toml"), "--model", "livepatch"]) == 2
     assert "cpu_features: must be a list of integers" in capsys.readouterr().err
+
+
+@settings(max_examples=60, deadline=None)
+@given(cut=st.integers(0, 10**6), flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)),
+                                                 max_size=6))
+def test_a_corrupt_kernel_object_is_a_build_error(objects, tmp_path_factory, cut, flips):
+    data = bytearray(objects[0].read_bytes())
+    for at, byte in flips:
+        data[64 + at % (len(data) - 64)] = byte
+    data = data[:64 + cut % len(data)]
+    bad = tmp_path_factory.mktemp("bad") / "bad.o"
+    bad.write_bytes(bytes(data))
+    try:
+        build_c([bad, KOBJ / "kstubs.c"], base=0x400000)
+    except (BuildError, PatchError) as exc:
+        assert str(exc)

@@ -7,9 +7,11 @@ The public entry points: build_c and load_elf.
 from __future__ import annotations
 
 import shutil
+import struct
 import tempfile
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
@@ -31,7 +33,7 @@ def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, ba
         raise PatchError(f"{name}: keep needs link_against (the image the kept functions replace)")
     stubs: tuple[str, ...] = ()
     if kernel:
-        found = [kobject.prepare(objs[i], basenames[i]) for i in kernel]
+        found = [_prepare(objs[i], basenames[i]) for i in kernel]
         others = set()
         for i, obj in enumerate(objs):
             if i not in kernel:
@@ -54,6 +56,14 @@ def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, ba
         image = kobject.apply_alternatives(image, cpu_features)
         image.stubs = stubs
     return image
+
+
+def _prepare(obj: Path, label: str) -> kobject.KernelObject:
+    """kobject.prepare, with an object pyelftools cannot parse as a BuildError naming it."""
+    try:
+        return kobject.prepare(obj, label)
+    except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
+        raise BuildError(f"{label}: cannot read the object: {exc}") from None
 
 
 def _defined(obj: Path) -> set[str]:

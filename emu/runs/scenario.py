@@ -466,6 +466,9 @@ def build(scn: Scenario) -> Program:
 
     base = build_c(scn.sources, base=BASE_IMAGE, name=VMLINUX, cflags=scn.cflags,
                    cpu_features=scn.cpu_features)
+    if base.stubs:   # kernel symbols nobody implements: said, never silent
+        print(f"lpemu: note: {scn.path}: {len(base.stubs)} kernel symbols bound to stubs "
+              f"(functions return 0, data is zeroed): {', '.join(base.stubs)}", file=sys.stderr)
     prog = Program(scn, base)
     at = MODULE_BASE
     for mod in scn.modules:
