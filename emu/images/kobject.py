@@ -149,13 +149,13 @@ def _check_gs(sec, index: int, syms, relocs: list[tuple[int, str]], label: str) 
             md = Cs(CS_ARCH_X86, CS_MODE_64)
             md.detail = True
         insn = next(md.disasm(code[start:end], start), None)
-        mems = [op.mem.disp for op in (insn.operands if insn is not None else ())
+        mems = [op.mem for op in (insn.operands if insn is not None else ())
                 if op.type == X86_OP_MEM and op.mem.segment == X86_REG_GS]
-        if mems != [percpu.CANARY]:
-            raise BuildError(f"{label}: {_where(sec, index, syms, start)} reads %gs at "
-                             f"{', '.join(hex(d) for d in mems) or 'an unknown offset'}; the emulator's "
-                             f"per-CPU area has only the canary ({percpu.CANARY:#x}) and "
-                             f"{', '.join(sorted(percpu.SYMBOLS))}")
+        if len(mems) != 1 or mems[0].base or mems[0].index or mems[0].disp != percpu.CANARY:
+            text = f"{insn.mnemonic} {insn.op_str}" if insn is not None else "an undecodable instruction"
+            raise BuildError(f"{label}: {_where(sec, index, syms, start)} accesses per-CPU memory the "
+                             f"emulator does not provide ({text}); its per-CPU area has only the "
+                             f"canary ({percpu.CANARY:#x}) and {', '.join(sorted(percpu.SYMBOLS))}")
     return used
 
 
