@@ -83,7 +83,7 @@ def line_of(text: str, needle: str) -> int:
     ('patch = "p"', 'patch = "q"', ["action[0].patch", "no patch named 'q'"]),
     ("runs = 5", 'runs = 5\nmodels = ["kpatch"]', ["fuzz.models", "unknown model 'kpatch'"]),
     ("runs = 5", 'runs = 5\nstrategy = "smart"', ["fuzz.strategy"]),
-    ('observe = { 2 = "value >= 1000" }', 'observe = { 2 = "value >=" }', ["check.observe", "not a Python expression"]),
+    ('observe = { 2 = "value >= 1000" }', 'observe = { 2 = "value >=" }', ["check.observe", "not an expression"]),
     ('sources = ["patch.c"]', 'sources = ["nope.c"]', ["patch[0].sources", "no such file: nope.c"]),
 ])
 def test_mistakes_name_the_file_line_and_key(scn_dir, old, new, words):

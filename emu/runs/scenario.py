@@ -26,13 +26,33 @@ from pathlib import Path
 
 from emu.errors import PatchError, ScenarioError
 from emu.kernel.patch import VMLINUX
+from emu.runs.assertion import Assertion, AssertionSyntax
 from emu.runs.expect import EXPECTATIONS
 
 MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
 STRATEGIES = ("directed", "exhaustive", "random", "pct")
 ACTIONS = ("enable", "disable", "force", "load", "unload")
-SAFE_BUILTINS = {"abs": abs, "min": min, "max": max, "len": len, "all": all, "any": any,
-                 "sum": sum, "int": int, "bool": bool, "True": True, "False": False, "None": None}
+
+# Bounds of what a scenario may ask for. Each keeps a run finite in memory and
+# time; a value past one is an error naming the key and the bound (README,
+# "Limits").
+MAX_FILE = 1 << 20              # bytes of a scenario file
+MAX_STRING = 4096               # characters of a name, a path, a flag
+MAX_LIST = 4096                 # elements of any list (sources, cflags, functions, args...)
+MAX_CFLAGS = 64 * 1024          # characters of all cflags together
+HZ = 100                        # ticks a virtual second (the Machine's default)
+DEFAULT_TICK = 1000             # the Machine's default tick
+MAX_TIME = 10 ** 10             # virtual instructions a run may reach (`at`, the horizon, `window`)
+MAX_TICK = 10 ** 6              # instructions per tick (1 s = 100 ticks)
+MAX_QUANTUM = 10 ** 9
+MAX_CPUS = 64
+MAX_TASKS = 1000
+MAX_RUNS = 10 ** 6              # runs of one campaign (runs x models)
+MAX_IMAGES = 60                 # patches + modules: the C core holds 64 code regions (csrc/core.h
+                                # EMU_MAX_CODE): the base, the runtime page, and one per image
+MAX_SITES = 4096                # distinct patched functions: csrc/core.h EMU_MAX_SITES
+MAX_IMAGE_BYTES = 256 << 20     # bytes an image maps (text, data, bss)
+INT64 = (-(1 << 63), (1 << 64) - 1)     # a register value (signed or unsigned)
 
 
 @dataclass
@@ -74,24 +94,6 @@ class ActionSpec:
     do: str
     target: str                 # patch or module name
     line: int = 0
-
-
-@dataclass
-class Assertion:
-    text: str
-    key: int | None             # None: every observation
-    code: object = None
-    line: int = 0
-
-    def __reduce__(self):          # code objects do not pickle: recompile in the worker
-        return (_recompiled, (self.text, self.key, self.line))
-
-    def holds(self, env: dict) -> bool:
-        return bool(eval(self.code, {"__builtins__": SAFE_BUILTINS}, env))   # noqa: S307 - compiled, no builtins
-
-
-def _recompiled(text: str, key, line: int) -> Assertion:
-    return Assertion(text, key, compile(text, f"<check line {line}>", "eval"), line)
 
 
 @dataclass
@@ -187,7 +189,31 @@ class _Reader:
         value = self.data[key]
         ok = isinstance(value, kind) and not (kind in (int, (int, float)) and isinstance(value, bool))
         if not ok:
-            raise self.error(key, f"must be {_kind_name(kind)}, not {_toml_type(value)} {value!r}")
+            raise self.error(key, f"must be {_kind_name(kind)}, not {_toml_type(value)} {_short(value)}")
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            raise self.error(key, f"a string of {len(value)} characters (at most {MAX_STRING})")
+        if isinstance(value, list) and len(value) > MAX_LIST:
+            raise self.error(key, f"a list of {len(value)} elements (at most {MAX_LIST})")
+        return value
+
+    def integer(self, key: str, lo: int, hi: int, default=None, *, required: bool = False, what: str = ""):
+        """An integer in [lo, hi] (hi None: no upper bound), or default."""
+        value = self.get(key, int, default, required=required)
+        if value is None or value is default:
+            return value
+        if value < lo:
+            raise self.error(key, f"must be at least {lo}{what}, not {value}")
+        if hi is not None and value > hi:
+            raise self.error(key, f"must be at most {hi:_}{what}, not {_short(value)}")
+        return value
+
+    def number(self, key: str, lo: float, hi: float, default=None):
+        """A finite number in (lo, hi], or default."""
+        value = self.get(key, (int, float), default)
+        if value is not None and value is not default:
+            if not (math.isfinite(value) and lo < value <= hi):
+                raise self.error(key, f"must be a number above {lo:g} and at most {hi:g}, not {value!r}")
+            value = float(value)
         return value
 
     def str_list(self, key: str, default=None, *, required: bool = False) -> list[str] | None:
@@ -195,8 +221,19 @@ class _Reader:
         if isinstance(value, str):
             value = [value]
         if value is not None and not all(isinstance(v, str) for v in value):
-            raise self.error(key, "must be a list of strings")
+            bad = next(v for v in value if not isinstance(v, str))
+            raise self.error(key, f"must be a list of strings, not one holding {_toml_type(bad)} {_short(bad)}")
+        if value is not None and any(len(v) > MAX_STRING for v in value):
+            raise self.error(key, f"holds a string longer than {MAX_STRING} characters")
         return value
+
+    def table(self, key: str, label: str) -> "_Reader":
+        """A reader of the inline table at key (a TOML table nested in this one)."""
+        value = self.data[key]
+        if not isinstance(value, dict):
+            raise self.error(key, f"must be a table, not {_toml_type(value)} {_short(value)}")
+        return _Reader(self.path, {(self.table + (key,), None): self.line(key)}, self.table + (key,), value,
+                       label)
 
     def finish(self) -> None:
         for key in self.data:
@@ -212,6 +249,12 @@ def _kind_name(kind) -> str:
     return names.get(kind, kind.__name__)
 
 
+def _short(value) -> str:
+    """repr(value), cut to a readable length."""
+    text = repr(value) if not isinstance(value, (list, dict)) else ("[...]" if isinstance(value, list) else "{...}")
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _toml_type(value) -> str:
     return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
             dict: "table"}.get(type(value), type(value).__name__)
@@ -220,16 +263,13 @@ def _toml_type(value) -> str:
 def load(path) -> Scenario:
     """Read and check a scenario file. Raises ScenarioError."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ScenarioError(f"{path}: no such scenario file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ScenarioError(f"{path}: cannot read it: {exc}") from None
+    text = _read(path)
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ScenarioError(f"{path}: not valid TOML: {exc}") from None
+    except (RecursionError, MemoryError):
+        raise ScenarioError(f"{path}: arrays or tables nested too deeply") from None
     lines = _key_lines(text)
     top = _Reader(path, lines, (), data, "scenario")
     here = path.parent
@@ -240,9 +280,14 @@ def load(path) -> Scenario:
             raise r.error(key, "names no file")
         out = []
         for name in names:
-            p = (here / name).resolve()
+            try:
+                p = (here / name).resolve(strict=True)
+            except FileNotFoundError:
+                raise r.error(key, f"no such file: {name}") from None
+            except (OSError, RuntimeError) as exc:     # a symlink loop, a name too long, ...
+                raise r.error(key, f"{name}: {getattr(exc, 'strerror', None) or exc}") from None
             if not p.is_file():
-                raise r.error(key, f"no such file: {name}")
+                raise r.error(key, f"not a regular file: {name}")
             out.append(p)
         return out
 
@@ -266,27 +311,28 @@ def load(path) -> Scenario:
     # cpu_features: X86_FEATURE_* numbers the CPU has; kernel objects' alternatives
     # are applied for them (absent: left original)
     features = prog.get("cpu_features", list)
-    if features is not None and not all(isinstance(v, int) and not isinstance(v, bool) for v in features):
+    if features is not None and not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 1 << 16
+                                        for v in features):
         raise prog.error("cpu_features", "must be a list of integers (X86_FEATURE_* numbers)")
     scn.cpu_features = features
+    if sum(len(f) for f in scn.cflags) > MAX_CFLAGS:
+        raise prog.error("cflags", f"{sum(len(f) for f in scn.cflags)} characters of flags (at most {MAX_CFLAGS})")
     prog.finish()
 
     mach = table("machine")
     m = {}
-    for key, kind in (("cpus", int), ("quantum", int), ("tick", int), ("preempt", str), ("unwinder", str),
-                      ("policy", str)):
-        value = mach.get(key, kind)
+    for key, lo, hi in (("cpus", 1, MAX_CPUS), ("quantum", 1, MAX_QUANTUM), ("tick", 1, MAX_TICK)):
+        value = mach.integer(key, lo, hi)
         if value is not None:
             m[key] = value
-    for key, lo in (("cpus", 1), ("quantum", 1), ("tick", 1)):
-        if key in m and m[key] < lo:
-            raise mach.error(key, f"must be at least {lo}, not {m[key]}")
-    if m.get("cpus", 1) > 64:
-        raise mach.error("cpus", f"at most 64 CPUs, not {m['cpus']}")
+    for key in ("preempt", "unwinder", "policy"):
+        value = mach.get(key, str)
+        if value is not None:
+            m[key] = value
     for key, allowed in (("preempt", ("none", "voluntary", "full")), ("unwinder", ("orc", "fp")),
                          ("policy", ("rr", "random", "pct"))):
         if key in m and m[key] not in allowed:
-            raise mach.error(key, f"must be one of {', '.join(allowed)}, not {m[key]!r}")
+            raise mach.error(key, f"must be one of {', '.join(allowed)}, not {_short(m[key])}")
     mach.finish()
     scn.machine = m
 
@@ -294,17 +340,15 @@ def load(path) -> Scenario:
     for r in array("task"):
         name = r.get("name", str, required=True)
         t = TaskSpec(name, r.get("entry", str, required=True), tuple(r.get("args", list, [])),
-                     r.get("count", int, 1), r.get("kind", str, "user"), r.get("cpu", int), r.line())
-        if not all(isinstance(a, int) and not isinstance(a, bool) for a in t.args):
-            raise r.error("args", "must be a list of integers")
+                     r.integer("count", 1, MAX_TASKS, 1), r.get("kind", str, "user"),
+                     r.integer("cpu", 0, m.get("cpus", 1) - 1, what=f" (the machine has {m.get('cpus', 1)} CPUs)"),
+                     r.line())
+        if not all(isinstance(a, int) and not isinstance(a, bool) and INT64[0] <= a <= INT64[1] for a in t.args):
+            raise r.error("args", "must be a list of 64-bit integers")
         if len(t.args) > 6:
             raise r.error("args", "at most 6 arguments")
         if t.kind not in ("user", "kthread"):
             raise r.error("kind", f"must be user or kthread, not {t.kind!r}")
-        if t.count < 1:
-            raise r.error("count", f"must be at least 1, not {t.count}")
-        if t.cpu is not None and not 0 <= t.cpu < m.get("cpus", 1):
-            raise r.error("cpu", f"no CPU {t.cpu} (the machine has {m.get('cpus', 1)})")
         for inst in t.instances():
             if inst in names:
                 raise r.error("name", f"a second task named '{inst}'")
@@ -313,8 +357,8 @@ def load(path) -> Scenario:
         scn.tasks.append(t)
     if not scn.tasks:
         raise ScenarioError(f"{path}: no [[task]]: the machine needs at least one task")
-    if sum(t.count for t in scn.tasks) > 1000:
-        raise ScenarioError(f"{path}: at most 1000 tasks")
+    if sum(t.count for t in scn.tasks) > MAX_TASKS:
+        raise ScenarioError(f"{path}: {sum(t.count for t in scn.tasks)} tasks (at most {MAX_TASKS})")
 
     # One namespace for the program (VMLINUX), its modules and patches: an
     # image is found by name ("module:function"), and a patch named like the
@@ -341,19 +385,23 @@ def load(path) -> Scenario:
                       r.get("replace", bool, False), line=r.line())
         if p.functions is not None and not p.functions:
             raise r.error("functions", "is empty (leave it out to patch every function that differs)")
-        for st in r.get("states", list, []):
-            if not (isinstance(st, dict) and set(st) <= {"id", "version"} and isinstance(st.get("id"), int)):
-                raise r.error("states", "each state is { id = N, version = V }")
-            p.states.append((st["id"], int(st.get("version", 0))))
+        for j, st in enumerate(r.get("states", list, [])):
+            if not isinstance(st, dict):
+                raise r.error("states", f"each state is {{ id = N, version = V }}, not {_toml_type(st)} {_short(st)}")
+            sr = _Reader(path, {((), None): r.line("states")}, (), st, f"{r.label}.states[{j}]")
+            p.states.append((sr.integer("id", 0, INT64[1] >> 1, required=True),
+                             sr.integer("version", 0, INT64[1] >> 1, 0)))
+            sr.finish()
         p.force = r.str_list("force", [])
         r.finish()
         scn.patches.append(p)
+    if len(scn.patches) + len(scn.modules) > MAX_IMAGES:
+        raise ScenarioError(f"{path}: {len(scn.patches)} patches and {len(scn.modules)} modules: at most "
+                            f"{MAX_IMAGES} together (the C core maps at most 64 code regions)")
 
     targets = {p.name: "patch" for p in scn.patches} | {mo.name: "module" for mo in scn.modules}
     for r in array("action"):
-        at = r.get("at", int, required=True)
-        if at < 0:
-            raise r.error("at", f"must not be negative, not {at}")
+        at = r.integer("at", 0, MAX_TIME, required=True, what=" instructions")
         do = r.get("do", str, required=True)
         if do not in ACTIONS:
             raise r.error("do", f"must be one of {', '.join(ACTIONS)}, not {do!r}")
@@ -380,36 +428,39 @@ def load(path) -> Scenario:
         scn.assertions.append(_assertion(chk, "assert", text, None))
     observe = chk.get("observe", dict, {})
     for key, text in observe.items():
-        if not re.fullmatch(r"-?\d+", key) or not isinstance(text, str):
-            raise chk.error("observe", f"entries are KEY = \"expression\" with an integer key, not {key!r}")
+        if not re.fullmatch(r"-?\d{1,20}", key) or not INT64[0] <= int(key) <= INT64[1]:
+            raise chk.error("observe", f"entries are KEY = \"expression\" with a 64-bit integer key, "
+                                       f"not {_short(key)}")
+        if not isinstance(text, str):
+            raise chk.error("observe", f"{key} = must be a string expression, not {_toml_type(text)} {_short(text)}")
         scn.assertions.append(_assertion(chk, "observe", text, int(key)))
     chk.finish()
 
     fz = table("fuzz")
     f = FuzzSpec()
     f.models = fz.str_list("models", f.models)
+    if not f.models:
+        raise fz.error("models", f"names no model (one or more of {', '.join(MODELS)})")
     for name in f.models:
         if name not in MODELS:
-            raise fz.error("models", f"unknown model '{name}' (one of {', '.join(MODELS)})")
-    f.runs = fz.get("runs", int, f.runs)
+            raise fz.error("models", f"unknown model '{_short(name)[1:-1]}' (one of {', '.join(MODELS)})")
+    if len(set(f.models)) != len(f.models):
+        raise fz.error("models", "names a model twice")
+    f.runs = fz.integer("runs", 1, MAX_RUNS // len(f.models), f.runs, what=" per model")
     f.strategy = fz.get("strategy", str, f.strategy)
     if f.strategy not in STRATEGIES:
         raise fz.error("strategy", f"must be one of {', '.join(STRATEGIES)}, not {f.strategy!r}")
-    f.seed = fz.get("seed", int, f.seed)
-    f.horizon = float(fz.get("horizon", (int, float), f.horizon))
-    f.window = fz.get("window", int, None)
-    f.depth = fz.get("depth", int, f.depth)
-    f.probe = float(fz.get("probe", (int, float), f.probe))
-    if not math.isfinite(f.probe) or f.probe <= 0:
-        raise fz.error("probe", "must be a positive number of seconds")
-    if f.runs < 1:
-        raise fz.error("runs", f"must be at least 1, not {f.runs}")
-    if not math.isfinite(f.horizon) or f.horizon <= 0:
-        raise fz.error("horizon", "must be a positive number of seconds")
-    if f.window is not None and f.window < 1:
-        raise fz.error("window", "must be at least 1 instruction")
-    if f.depth < 1:
-        raise fz.error("depth", "must be at least 1")
+    f.seed = fz.integer("seed", 0, INT64[1] >> 1, f.seed)
+    second = HZ * m.get("tick", DEFAULT_TICK)
+    last = scn.actions[-1].at if scn.actions else 0
+    room = (MAX_TIME - last) / second
+    f.horizon = fz.number("horizon", 0, max(room, 1e-9), f.horizon)
+    if last + f.horizon * second > MAX_TIME:
+        raise fz.error("horizon", f"{f.horizon:g} s after the last action at {last} ends past the "
+                                  f"{MAX_TIME:_} instructions a run may reach")
+    f.window = fz.integer("window", 1, MAX_TIME, None, what=" instructions")
+    f.depth = fz.integer("depth", 1, 1000, f.depth)
+    f.probe = fz.number("probe", 0, MAX_TIME / second, f.probe, what=" seconds")
     fz.finish()
     scn.fuzz = f
     scn.expect = _expectations(table("expect"))
@@ -438,13 +489,28 @@ def _expectations(r: _Reader) -> dict[str, tuple[str, ...]]:
 
 def _assertion(r: _Reader, key: str, text: str, obs_key: int | None) -> Assertion:
     try:
-        code = compile(text, f"{r.path}:{r.line(key)}", "eval")
-    except SyntaxError as exc:
-        raise r.error(key, f"not a Python expression: {text!r} ({exc.msg})") from None
-    bad = [n for n in code.co_names if n.startswith("__")]
-    if bad:
-        raise r.error(key, f"{text!r} uses {bad[0]}: expressions see only key, value, task, time, kind")
-    return Assertion(text, obs_key, code, r.line(key))
+        return Assertion(text, obs_key, r.line(key))
+    except AssertionSyntax as exc:
+        raise r.error(key, f"{_short(text)}: {exc}") from None
+
+
+def _read(path: Path) -> str:
+    """The text of a scenario file, at most MAX_FILE bytes of UTF-8."""
+    try:
+        if path.is_dir():
+            raise ScenarioError(f"{path}: is a directory, not a scenario file")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_FILE + 1)
+    except FileNotFoundError:
+        raise ScenarioError(f"{path}: no such scenario file") from None
+    except (OSError, RuntimeError) as exc:
+        raise ScenarioError(f"{path}: cannot read it: {getattr(exc, 'strerror', None) or exc}") from None
+    if len(raw) > MAX_FILE:
+        raise ScenarioError(f"{path}: larger than {MAX_FILE} bytes: not a scenario file")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ScenarioError(f"{path}: not UTF-8 text (byte {exc.start})") from None
 
 
 @dataclass
