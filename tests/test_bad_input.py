@@ -93,9 +93,7 @@ def test_no_fentry_site(d, capsys):
 
 def test_unknown_model_on_the_command_line(d, capsys):
     (d / "s.toml").write_text(SCENARIO)
-    with pytest.raises(SystemExit) as info:
-        cli.main(["run", str(d / "s.toml"), "--model", "kpatch"])
-    assert info.value.code == 2
+    assert cli.main(["run", str(d / "s.toml"), "--model", "kpatch"]) == 2
     assert "invalid choice: 'kpatch'" in capsys.readouterr().err
 
 

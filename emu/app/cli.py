@@ -20,7 +20,7 @@ from pathlib import Path
 from emu import __version__
 from emu.errors import GuestFault, UserError
 from emu.runs import expect
-from emu.runs.scenario import MODELS, STRATEGIES
+from emu.runs.scenario import MAX_RUNS, MAX_TIME, MODELS, SEED_MAX, STRATEGIES
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -43,6 +43,36 @@ def _console(stderr: bool = False):
 def _table(headers, rows) -> str:
     from emu.app.tables import format_table, width_of
     return format_table(headers, rows, width=width_of(sys.stdout))
+
+
+def _int_in(lo: int, hi: int):
+    """An argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text[:40]!r}") from None
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{text[:40]} is outside {lo}..{hi:_}")
+        return value
+    parse.__name__ = "integer"
+    return parse
+
+
+def _output(option: str, path, force: bool) -> None:
+    """Check before the run that path can be written: its directory exists and
+    is writable, and it is not a directory (an existing file needs --force)."""
+    import os
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{option} {path}: is a directory")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"{option} {path}: no such directory: {parent}")
+    if p.exists() and not force:
+        raise UserError(f"{option} {path}: already exists; remove it or pass --force to overwrite it")
+    if not os.access(p if p.exists() else parent, os.W_OK):
+        raise UserError(f"{option} {path}: not writable (permission denied or a read-only file system)")
 
 
 def _load(path: str):
@@ -103,16 +133,21 @@ def _outputs(args, machine, model, result) -> dict:
         return written
     from emu.app import report
     functions = {f.old.id for p in model.patches for _, f in p.funcs() if f.old is not None}
-    if args.trace:
-        report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force)
-        written["trace"] = args.trace
-    if args.timeline:
-        marks = report.marks_of(machine, result.to_json())
-        report.timeline(machine, model.transitions, functions, args.timeline, force=args.force,
-                        title=f"{machine.name} under {model.name}, seed {result.spec.seed}", marks=marks,
-                        window=report.parse_window(args.window, machine, marks),
-                        patch_names={p.index: p.name for p in model.patches})
-        written["timeline"] = args.timeline
+    option = "--trace"
+    try:
+        if args.trace:
+            report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force)
+            written["trace"] = args.trace
+        option = "--timeline"
+        if args.timeline:
+            marks = report.marks_of(machine, result.to_json())
+            report.timeline(machine, model.transitions, functions, args.timeline, force=args.force,
+                            title=f"{machine.name} under {model.name}, seed {result.spec.seed}", marks=marks,
+                            window=report.parse_window(args.window, machine, marks),
+                            patch_names={p.index: p.name for p in model.patches})
+            written["timeline"] = args.timeline
+    except OSError as exc:
+        raise UserError(f"{option} {getattr(args, option[2:])}: cannot write it ({exc.strerror or exc})") from None
     return written
 
 
@@ -199,6 +234,9 @@ def _run(args) -> int:
     from emu.runs.fuzz import Runner
     from emu.runs.shrink import shrink
     fail_on = _fail_on(args)
+    for option in ("trace", "timeline"):
+        if getattr(args, option):
+            _output(f"--{option}", getattr(args, option), args.force)
     prog = _load(args.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
@@ -251,10 +289,14 @@ def _fuzz(args) -> int:
     strategy = args.strategy or fz.strategy
     runs = args.runs or (UNTIL_COVERED_RUNS if args.until_covered else fz.runs)
     seed = fz.seed if args.seed is None else args.seed
-    if args.runs is not None and args.runs < 1:
-        raise UserError("--runs must be at least 1")
-    if args.jobs is not None and args.jobs < 1:
-        raise UserError("--jobs must be at least 1")
+    if runs * len(models) > MAX_RUNS:
+        raise UserError(f"--runs {runs} under {len(models)} models: a campaign has at most {MAX_RUNS:_} runs "
+                        f"(split it with --seed)")
+    jobs = args.jobs or campaign.default_jobs()
+    if jobs > campaign.default_jobs():
+        print(f"lpemu: warning: --jobs {jobs} is more than the {campaign.default_jobs()} cores this process "
+              f"may use: {campaign.default_jobs()} workers", file=sys.stderr)
+        jobs = campaign.default_jobs()
     if args.resume and args.force:
         raise UserError("--resume and --force exclude each other")
     if (args.resume or args.force) and not args.out:
@@ -263,10 +305,11 @@ def _fuzz(args) -> int:
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
         client = distributed.connect(args.scheduler)
-    jobs = args.jobs or campaign.default_jobs()
     # --until-covered: rounds of runs until every model met every state, at most `runs`
     step = min(runs, max(UNTIL_COVERED_STEP, 4 * jobs)) if args.until_covered else runs
-    plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models), list(range(seed, seed + step)), strategy)
+    seeds = range(seed, seed + step)             # --until-covered extends its list round by round
+    plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models),
+                         list(seeds) if args.until_covered else seeds, strategy)
     try:
         camp = campaign.Campaign(prog, plan, jobs=jobs,
                                  out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
@@ -274,6 +317,8 @@ def _fuzz(args) -> int:
         if client is not None:
             client.close()
         raise
+    for note in camp.notes:
+        print(f"lpemu: {note}", file=sys.stderr)
     todo = camp.todo()
     totals = {mo: sum(1 for model, _seed in todo if model == mo) for mo in models}
     if args.until_covered:
@@ -303,11 +348,13 @@ def _fuzz(args) -> int:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        camp.close()
         if client is not None:
             client.close()
     seconds = time.monotonic() - started
-    summary = camp.summary()
+    try:
+        summary = camp.summary()
+    finally:
+        camp.close()
     seeds = set(plan.seeds)
     by_model = {mo: [r for (model, s), r in camp.records.items() if model == mo and s in seeds] for mo in models}
     verdicts = [expect.judge(mo, prog.scenario.expect.get(mo, ()), fail_on, by_model[mo]) for mo in models]
@@ -467,13 +514,18 @@ def _demo(args) -> int:
 
 def _bench(args) -> int:
     from emu.app import bench
+    if args.plot:
+        _output("--plot", args.plot, True)
     result = bench.run_bench(quick=args.quick)
     if args.json:
         _emit_json(result)
     else:
         print(bench.format_bench(result))
     if args.plot:
-        bench.write_scaling_plot(result, args.plot)
+        try:
+            bench.write_scaling_plot(result, args.plot)
+        except OSError as exc:
+            raise UserError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc})") from None
     return 0
 
 
@@ -532,7 +584,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
     d = command("demo", "run the seed scenario under every model and print the comparison")
-    d.add_argument("--runs", type=int, default=24, help="transition start points per model and variant "
+    d.add_argument("--runs", type=_int_in(1, 100_000), default=24, help="transition start points per model and variant "
                    "(default: 24)")
     json_flag(d)
     quiet_flag(d)
@@ -541,14 +593,14 @@ def build_parser() -> argparse.ArgumentParser:
     def one_run(sp):
         sp.add_argument("scenario", help="scenario file (TOML)")
         sp.add_argument("--model", required=True, choices=MODELS, help="consistency model")
-        sp.add_argument("--seed", type=int, default=0, help="run seed: picks the start point and schedule "
+        sp.add_argument("--seed", type=_int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
                         "(default: 0)")
         sp.add_argument("--strategy", choices=STRATEGIES, help="how the seed picks the run (default: [fuzz] "
                         "strategy)")
-        sp.add_argument("--at", type=int, help="virtual time of the first action (overrides the seed's)")
+        sp.add_argument("--at", type=_int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
         sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy (overrides "
                         "the seed's)")
-        sp.add_argument("--sched-seed", type=int, help="seed of a random or pct schedule")
+        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule")
         sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
                         "(default: [machine] preempt)")
         sp.add_argument("--tasks", help="comma-separated task names that take part (default: all)")
@@ -567,17 +619,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp = command("replay", "re-run one run of a campaign exactly; --shrink minimizes it")
     one_run(rp)
     rp.add_argument("--shrink", action="store_true", help="find the smallest failing variant")
-    rp.add_argument("--budget", type=int, default=200, help="runs the shrinker may spend (default: 200)")
+    rp.add_argument("--budget", type=_int_in(1, 100_000), default=200, help="runs the shrinker may spend (default: 200)")
     quiet_flag(rp)
     rp.set_defaults(func=_run)
 
     f = command("fuzz", "a transition-timing campaign; [expect] or --fail-on decides the exit status")
     f.add_argument("scenario", help="scenario file (TOML)")
     f.add_argument("--model", action="append", choices=MODELS, help="model (repeatable; default: [fuzz] models)")
-    f.add_argument("--runs", type=int, help="runs per model (default: [fuzz] runs)")
-    f.add_argument("--jobs", type=int, help="worker processes (default: every core)")
+    f.add_argument("--runs", type=_int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
+    f.add_argument("--jobs", type=_int_in(1, 4096), help="worker processes (default: every core)")
     f.add_argument("--strategy", choices=STRATEGIES, help="how seeds pick runs (default: [fuzz] strategy)")
-    f.add_argument("--seed", type=int, help="first seed (default: [fuzz] seed)")
+    f.add_argument("--seed", type=_int_in(0, SEED_MAX), help="first seed (default: [fuzz] seed)")
     f.add_argument("--out", metavar="DIR", help="directory for runs.jsonl, summary.json, campaign.json "
                    "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
@@ -623,7 +675,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (module docstring)."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:          # a usage error (argparse printed it: status 2) or --help (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_OK

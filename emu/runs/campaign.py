@@ -10,15 +10,38 @@ pool, and a seed that kills its worker again is recorded as a `crash`.
 
 The summary is computed from the records sorted by (model, seed), so it is
 the same whatever the number of workers or interruptions.
+
+A campaign directory belongs to one campaign at a time and to one program:
+- a lock (fcntl, on DIR/lock, holding the owner's pid) keeps a second
+  `lpemu fuzz` out of a directory in use;
+- campaign.json holds the plan and a fingerprint of everything that decides
+  a run (the scenario text, every source file, the flags, the compiler and
+  linker versions, the tool's version); `--resume` of a different program is
+  refused, naming what changed;
+- `--resume` reads runs.jsonl line by line: a torn last line (an interrupted
+  write) and unreadable lines (not UTF-8, not JSON, nested beyond reason, not
+  a record) are moved to DIR/rejected.txt, whose header says what they are,
+  and their runs are run again; Campaign.notes says what was repaired;
+- a record is counted only once written whole: a failed write (a full disk)
+  is cut back to the last whole line and stops the campaign with one message;
+- workers die with their parent (PR_SET_PDEATHSIG, and a check of the parent
+  pid when they start), even when the parent is killed with SIGKILL.
 """
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import signal
 import statistics
+import subprocess
+import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,13 +54,18 @@ from emu.runs.scenario import Program
 RUNS_FILE = "runs.jsonl"
 META_FILE = "campaign.json"
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = "lock"
+REJECTED_FILE = "rejected.txt"
+MAX_LINE = 1 << 20         # bytes of one record; a longer line is damage, not a record
+MAX_NESTING = 64           # JSON nesting of a record (records are a few levels deep)
+PR_SET_PDEATHSIG = 1       # prctl(2)
 
 
 @dataclass
 class Plan:
     scenario: str
     models: list[str]
-    seeds: list[int]
+    seeds: Sequence[int]         # a range or a list
     strategy: str
 
     def runs(self) -> list[tuple[str, int]]:
@@ -49,12 +77,21 @@ class Plan:
 
 
 # ---- workers ----------------------------------------------------------------------------------
-def _init_worker() -> None:
+def _init_worker(parent: int) -> None:
+    """In each pool worker: die with the parent, leave Ctrl-C to it."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    except (OSError, AttributeError):      # not Linux: the parent-pid check below still holds
+        pass
+    if os.getppid() != parent:             # the parent died before prctl took effect
+        os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
 
 
-def _run_batch(program: Program, known: dict, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
-    """One batch in a worker: the program and what the parent's runner
+def run_batch(program: Program, known: dict, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
+    """The records of one batch of (model, seed) runs, in a worker (a pool
+    process or a Dask worker): the program and what the parent's runner
     learned (Runner.known: the cycle, the probe) travel with the batch (tens
     of runs), not with each run."""
     with Runner(program, **known) as runner:
@@ -62,13 +99,19 @@ def _run_batch(program: Program, known: dict, strategy: str, batch: list[tuple[s
 
 
 def run_record(runner: Runner, strategy: str, model: str, seed: int) -> dict:
+    """The record of one run. A run that ends badly is a record, never the
+    end of the campaign: a run that cannot be set up or hits a bound (an
+    EmuError) and an unexpected failure alike are `error` records that say why."""
     spec = runner.plan(model, seed, strategy=strategy)
     try:
         return runner.execute(spec).to_json()
     except EmuError as exc:        # a run that cannot be set up (e.g. a patch refused by the model)
-        return {"model": model, "seed": seed, "strategy": strategy, "start": spec.start,
-                "spec": spec.to_json(), "outcome": "error", "error": str(exc), "inconsistent": False,
-                "violation_count": 0, "latency": None, "pause": None}
+        error = str(exc)
+    except (MemoryError, RecursionError, RuntimeError, ValueError, OverflowError) as exc:
+        error = f"internal error: {type(exc).__name__}: {exc}"
+    return {"model": model, "seed": seed, "strategy": strategy, "start": spec.start,
+            "spec": spec.to_json(), "outcome": "error", "error": error, "inconsistent": False,
+            "violation_count": 0, "latency": None, "pause": None}
 
 
 # ---- the campaign -----------------------------------------------------------------------------
@@ -85,44 +128,121 @@ class Campaign:
         self.records: dict[tuple[str, int], dict] = {}
         self.crashes: list[dict] = []
         self.known: dict | None = None     # Runner.known() of this campaign's program
-        self._file = None
+        self.notes: list[str] = []       # what opening the directory repaired, for the user
+        self._fd: int | None = None       # runs.jsonl, appended to
+        self._lock: int | None = None
         if self.out is not None:
-            self._open(resume, force)
+            try:
+                self._open(resume, force)
+            except BaseException:
+                self.close()
+                raise
 
     def _open(self, resume: bool, force: bool) -> None:
         out, meta = self.out, self.plan.to_json()
-        if out.exists() and not out.is_dir():
-            raise UserError(f"--out {out}: exists and is not a directory")
-        runs = out / RUNS_FILE
-        if out.exists() and any(out.iterdir()) and not (resume or force):
-            raise UserError(f"--out {out}: the directory exists; continue it with --resume or "
-                            f"replace its results with --force")
-        out.mkdir(parents=True, exist_ok=True)
-        if resume and (out / META_FILE).exists():
-            old = json.loads((out / META_FILE).read_text())
-            if {k: v for k, v in old.items() if k != "seeds"} != {k: v for k, v in meta.items() if k != "seeds"}:
-                raise UserError(f"--resume {out}: it holds a different campaign ({old}); "
-                                f"use another --out or --force")
-        if force and not resume:
-            for name in (RUNS_FILE, SUMMARY_FILE):
-                (out / name).unlink(missing_ok=True)
-        elif runs.exists():
-            self.records = read_records(runs)
-        (out / META_FILE).write_text(json.dumps(meta, indent=1) + "\n")
-        self._file = open(runs, "a", encoding="utf-8")
+        try:
+            if out.exists() and not out.is_dir():
+                raise UserError(f"--out {out}: exists and is not a directory")
+            if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (resume or force):
+                raise UserError(f"--out {out}: the directory exists; continue it with --resume or "
+                                f"replace its results with --force")
+            out.mkdir(parents=True, exist_ok=True)
+            self._lock = _lock(out / LOCK_FILE)
+            meta["fingerprint"] = fingerprint(self.program)
+            if resume and (out / META_FILE).exists():
+                self._check_same(meta)
+            runs = out / RUNS_FILE
+            if force and not resume:
+                for name in (RUNS_FILE, SUMMARY_FILE, REJECTED_FILE):
+                    (out / name).unlink(missing_ok=True)
+            elif runs.exists():
+                self.records = self._repair(runs)
+            _write_atomic(out / META_FILE, json.dumps(meta, indent=1) + "\n")
+            self._fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise UserError(f"--out {out}: {exc.strerror or exc}"
+                            f"{' (' + exc.filename + ')' if isinstance(exc.filename, str) else ''}") from None
+
+    def _check_same(self, meta: dict) -> None:
+        """UserError unless campaign.json describes the campaign meta describes."""
+        out = self.out
+        try:
+            old = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+            if not isinstance(old, dict):
+                raise ValueError("not an object")
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            raise UserError(f"--resume {out}: {META_FILE} is unreadable ({exc}); start over with --force") from None
+        changed = [k for k in ("scenario", "models", "strategy") if old.get(k) != meta[k]]
+        if changed:
+            raise UserError(f"--resume {out}: it holds a different campaign ({', '.join(f'{k} {old.get(k)!r}' for k in changed)}); "
+                            f"use another --out, or --force to start over")
+        what = fingerprint_changes(old.get("fingerprint"), meta["fingerprint"])
+        if what:
+            raise UserError(f"--resume {out}: the program changed since the campaign started ({'; '.join(what)}); "
+                            f"its records would mix two programs: use another --out, or --force to start over")
+
+    def _repair(self, runs: Path) -> dict:
+        """The records of runs.jsonl; damaged lines are moved to REJECTED_FILE
+        and the file is rewritten without them (see the module doc)."""
+        records, bad, torn, dup = read_lines(runs)
+        if not (bad or torn or dup):
+            return records
+        when = time.strftime("%Y-%m-%d %H:%M:%S")
+        if bad or torn:
+            with open(self.out / REJECTED_FILE, "ab") as f:
+                f.write(f"# {when}: lines of {RUNS_FILE} that lpemu fuzz --resume could not read (cut short "
+                        f"by an interruption, or damaged); their runs were run again. Raw bytes, one a "
+                        f"line, as found:\n".encode())
+                for no, raw, why in bad + ([torn] if torn else []):
+                    f.write(f"# line {no}: {why}\n".encode() + raw.rstrip(b"\n") + b"\n")
+        body = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records.values())
+        _write_atomic(runs, body)
+        parts = []
+        if torn:
+            parts.append(f"a last line cut short (line {torn[0]})")
+        if bad:
+            parts.append(f"{len(bad)} unreadable line{'s' if len(bad) > 1 else ''} "
+                         f"(line {', '.join(str(b[0]) for b in bad[:5])}{', ...' if len(bad) > 5 else ''})")
+        if dup:
+            parts.append(f"{dup} record{'s' if dup > 1 else ''} written twice (kept once)")
+        self.notes.append(f"{runs}: repaired: {' and '.join(parts)}"
+                          + (f"; set aside in {self.out / REJECTED_FILE}; their runs are run again"
+                             if bad or torn else ""))
+        return records
 
     def todo(self) -> list[tuple[str, int]]:
         return [r for r in self.plan.runs() if r not in self.records]
 
-    def _record(self, rec: dict) -> None:
-        self.records[(rec["model"], rec["seed"])] = rec
-        if self._file is not None:
+    def record(self, rec: dict) -> None:
+        """Keep one finished run: appended whole to runs.jsonl (flushed), then
+        counted. A write that fails (a full disk) is cut back to the last
+        whole line and raises UserError; the record is not counted."""
+        if self._fd is not None:
+            data = (json.dumps(rec, separators=(",", ":")) + "\n").encode()
+            end = os.lseek(self._fd, 0, os.SEEK_END)
             try:
-                self._file.write(json.dumps(rec, separators=(",", ":")) + "\n")
-                self._file.flush()
-            except OSError as exc:     # e.g. a full disk: what was written stays; a torn line is dropped on resume
-                raise UserError(f"{self.out / RUNS_FILE}: cannot write ({exc.strerror}); the runs written "
-                                f"so far are kept: continue with --resume --out {self.out}") from None
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            except OSError as exc:
+                try:
+                    os.ftruncate(self._fd, end)
+                except OSError:
+                    pass                  # the torn line is set aside by the next --resume
+                os.close(self._fd)
+                self._fd = None
+                raise UserError(f"{self.out / RUNS_FILE}: cannot write ({exc.strerror or exc}); the "
+                                f"{len(self.records)} runs written so far are kept: free space, then continue "
+                                f"with --resume --out {self.out}") from None
+        self.records[(rec["model"], rec["seed"])] = rec
+
+    def record_crash(self, model: str, seed: int) -> None:
+        """Record that the run (model, seed) killed its worker, again."""
+        rec = {"model": model, "seed": seed, "strategy": self.plan.strategy, "outcome": "crash",
+               "error": f"the worker running seed {seed} under {model} died (twice)",
+               "inconsistent": False, "violation_count": 0, "latency": None, "pause": None}
+        self.crashes.append(rec)
+        self.record(rec)
 
     def run(self, progress=None, *, client=None) -> None:
         """Run what is missing. progress(n) is called as runs finish. An
@@ -144,7 +264,7 @@ class Campaign:
                     distributed.run(self, client, todo, known, progress)
             elif self.jobs == 1:
                 for model, seed in todo:
-                    self._record(run_record(runner, self.plan.strategy, model, seed))
+                    self.record(run_record(runner, self.plan.strategy, model, seed))
                     if progress:
                         progress(1)
             else:
@@ -154,8 +274,6 @@ class Campaign:
             signal.signal(signal.SIGTERM, old_term)
             if own is not None:
                 own.close()
-            if self._file is not None:
-                self._file.flush()
 
     def _parallel(self, todo, known: dict, progress) -> None:
         size = self.batch or max(1, min(64, len(todo) // (self.jobs * 8) or 1))
@@ -168,21 +286,21 @@ class Campaign:
             while suspects:
                 rest, dead = self._pool([[r] for r in suspects], known, progress, 1, 1)
                 if dead:
-                    self._crash(*dead[0][0])
+                    self.record_crash(*dead[0][0])
                 suspects = [r for b in dead[1:] + rest for r in b if r not in self.records]
 
     def _pool(self, batches, known, progress, workers: int, inflight: int):
         """Run batches in one pool, at most inflight at a time. Returns (not
         started, lost with a dead worker: the first one lost first)."""
         lost: list = []
-        ex = ProcessPoolExecutor(workers, initializer=_init_worker)
+        ex = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
         pending = {}
         queue = list(batches)
         try:
             while queue or pending:
                 while queue and len(pending) < inflight:
                     b = queue.pop(0)
-                    pending[ex.submit(_run_batch, self.program, known, self.plan.strategy, b)] = b
+                    pending[ex.submit(run_batch, self.program, known, self.plan.strategy, b)] = b
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     b = pending.pop(fut)
@@ -192,7 +310,7 @@ class Campaign:
                         lost.append(b)
                         continue
                     for rec in recs:
-                        self._record(rec)
+                        self.record(rec)
                     if progress:
                         progress(len(recs))
                 if lost:
@@ -202,25 +320,28 @@ class Campaign:
         finally:
             ex.shutdown(wait=not lost, cancel_futures=True)
 
-    def _crash(self, model: str, seed: int) -> None:
-        rec = {"model": model, "seed": seed, "strategy": self.plan.strategy, "outcome": "crash",
-               "error": f"the worker running seed {seed} under {model} died (twice)",
-               "inconsistent": False, "violation_count": 0, "latency": None, "pause": None}
-        self.crashes.append(rec)
-        self._record(rec)
-
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = None
+        """Close runs.jsonl and give the directory up (the lock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock is not None:
+            os.close(self._lock)           # closing the descriptor drops the fcntl lock
+            self._lock = None
 
     def summary(self) -> dict:
+        """The summary of the records (summarize()); also written to
+        summary.json. Raises UserError when it cannot be written."""
         if self.known is None:
             with Runner(self.program) as runner:
                 self.known = runner.known()
         out = summarize(self.plan, self.records, probe=self.known["probe"])
         if self.out is not None:
-            (self.out / SUMMARY_FILE).write_text(json.dumps(out, indent=1) + "\n")
+            try:
+                _write_atomic(self.out / SUMMARY_FILE, json.dumps(out, indent=1) + "\n")
+            except OSError as exc:
+                raise UserError(f"{self.out / SUMMARY_FILE}: cannot write ({exc.strerror or exc}); the runs "
+                                f"are kept in {self.out / RUNS_FILE}") from None
         return out
 
 
@@ -229,16 +350,173 @@ def _raise_interrupt(signum, frame):
 
 
 def read_records(path: Path) -> dict[tuple[str, int], dict]:
-    """Records of a runs.jsonl; a line cut short by an interruption is dropped."""
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            try:
-                rec = json.loads(line)
-                out[(rec["model"], rec["seed"])] = rec
-            except (json.JSONDecodeError, KeyError, TypeError):
+    """Records of a runs.jsonl; lines that are not whole records are skipped."""
+    return read_lines(path)[0]
+
+
+def read_lines(path: Path):
+    """(records by (model, seed), bad lines, the torn last line or None,
+    records seen twice) of a runs.jsonl. A bad line is (line number, raw
+    bytes, why); the torn line is a last line without its newline."""
+    records: dict = {}
+    bad: list = []
+    torn = None
+    dup = 0
+    with open(path, "rb") as f:
+        no = 0
+        while True:
+            raw = f.readline(MAX_LINE + 1)
+            if not raw:
+                break
+            no += 1
+            if len(raw) > MAX_LINE and not raw.endswith(b"\n"):
+                rest = 0
+                while True:                     # skip the rest of an absurdly long line
+                    more = f.readline(MAX_LINE)
+                    rest += len(more)
+                    if not more or more.endswith(b"\n"):
+                        break
+                bad.append((no, raw[:200] + b"...", f"longer than {MAX_LINE} bytes ({len(raw) + rest} bytes)"))
                 continue
+            if not raw.endswith(b"\n"):
+                torn = (no, raw, "cut short (no newline at its end)")
+                break
+            rec, why = _parse_record(raw)
+            if rec is None:
+                bad.append((no, raw, why))
+                continue
+            key = (rec["model"], rec["seed"])
+            dup += key in records
+            records[key] = rec
+    return records, bad, torn, dup
+
+
+def _parse_record(raw: bytes):
+    """(record, None) or (None, why the line is not a record)."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return None, f"not UTF-8 (byte {exc.start})"
+    depth = 0
+    deepest = 0
+    in_string = escaped = False
+    for ch in text:                      # json.loads recurses: bound the nesting before it does
+        if in_string:
+            if escaped:
+                escaped = False
+            elif ch == "\\":
+                escaped = True
+            elif ch == '"':
+                in_string = False
+        elif ch == '"':
+            in_string = True
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_NESTING:
+                return None, f"nested more than {MAX_NESTING} levels"
+        elif ch in "]}":
+            depth -= 1
+    try:
+        rec = json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        return None, f"not JSON ({exc})"
+    if not (isinstance(rec, dict) and isinstance(rec.get("model"), str) and type(rec.get("seed")) is int
+            and isinstance(rec.get("outcome"), str)):
+        return None, "not a run record (model, seed, outcome)"
+    return rec, None
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    """Replace path with text: written aside, then renamed, so that an
+    interruption or a full disk leaves the old file whole."""
+    tmp = path.with_name(path.name + ".tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _lock(path: Path) -> int:
+    """Take the campaign lock at path (fcntl; released when the process
+    ends, however it ends). UserError naming the holder when it is taken."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            raise UserError(f"--out {path.parent}: another lpemu fuzz (pid {holder}) is running in this "
+                            f"directory; wait for it or use another --out") from None
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def fingerprint(program: Program) -> dict:
+    """What decides the runs of program, as digests: the scenario text, each
+    source file (program, modules, patches, lpemu.h), the compiler flags, the
+    compiler and linker versions, and the tool's version."""
+    from emu import __version__
+    from emu.images.image import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
+    scn = program.scenario
+    files = [*scn.sources, *(p for m in scn.modules for p in m.sources),
+             *(p for pt in scn.patches for p in pt.sources)]
+    here = scn.path.resolve().parent
+    sources = {os.path.relpath(p, here): _digest(Path(p)) for p in files}
+    sources["<lpemu.h>"] = _digest(Path(INCLUDE_DIR) / "lpemu.h")
+    return {"scenario": _digest(scn.path), "sources": sources,
+            "cflags": [*DEFAULT_CFLAGS, *scn.cflags, *REQUIRED_CFLAGS],
+            "compiler": _tool_version("gcc"), "linker": _tool_version("ld"), "version": __version__}
+
+
+def fingerprint_changes(old, new: dict) -> list[str]:
+    """What differs between two fingerprints, in words (empty: the same program)."""
+    if not isinstance(old, dict):
+        return ["the campaign was started without a fingerprint"]
+    out = []
+    if old.get("scenario") != new["scenario"]:
+        out.append("the scenario file changed")
+    olds = old.get("sources") if isinstance(old.get("sources"), dict) else {}
+    for name, digest in new["sources"].items():
+        if name not in olds:
+            out.append(f"{name} is new")
+        elif olds[name] != digest:
+            out.append(f"{name} changed")
+    out += [f"{name} is gone" for name in olds if name not in new["sources"]]
+    for key, what in (("cflags", "the compiler flags"), ("compiler", "the compiler"), ("linker", "the linker"),
+                      ("version", "lpemu")):
+        if old.get(key) != new[key]:
+            out.append(f"{what} changed ({_short(old.get(key))} -> {_short(new[key])})")
     return out
+
+
+def _short(value) -> str:
+    text = " ".join(value) if isinstance(value, list) else str(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:32]
+
+
+def _tool_version(tool: str) -> str:
+    try:
+        out = subprocess.run([tool, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        return "absent"
+    return out.splitlines()[0].strip() if out else "unknown"
 
 
 def summarize(plan: Plan, records: dict, *, probe=None) -> dict:

@@ -50,7 +50,7 @@ def run(camp, client, todo, known: dict, progress) -> None:
     """Run the (model, seed) pairs todo of Campaign camp on client, recording
     each batch as it finishes. known: Runner.known() of the parent."""
     distributed = _import()
-    from emu.runs.campaign import _run_batch
+    from emu.runs.campaign import run_batch
     killed = getattr(distributed, "KilledWorker", None) or distributed.scheduler.KilledWorker
     size = camp.batch or max(1, min(64, len(todo) // (workers(client) * 8) or 1))
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
@@ -60,7 +60,7 @@ def run(camp, client, todo, known: dict, progress) -> None:
     strategy = camp.plan.strategy
 
     def submit(batch):
-        return client.submit(_run_batch, program, known, strategy, batch,
+        return client.submit(run_batch, program, known, strategy, batch,
                              pure=False, retries=RETRIES)
 
     pending = {}
@@ -76,7 +76,7 @@ def run(camp, client, todo, known: dict, progress) -> None:
                 recs = fut.result()
             except killed:
                 if len(batch) == 1:       # this very seed kills its worker, again and again
-                    camp._crash(*batch[0])
+                    camp.record_crash(*batch[0])
                     if progress:
                         progress(1)
                     continue
@@ -88,7 +88,7 @@ def run(camp, client, todo, known: dict, progress) -> None:
             finally:
                 fut.release()
             for rec in recs:
-                camp._record(rec)
+                camp.record(rec)
             if progress:
                 progress(len(recs))
     finally:

@@ -52,6 +52,7 @@ from emu.machine.task import PATCHED
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
+MAX_EVENTS = 2_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
 
 
 @dataclass(frozen=True)
@@ -166,13 +167,14 @@ class Runner:
             at = self.first_at
 
             def enough():
+                # the probe reads each drained batch once and drops it, so its
+                # memory does not grow with the time before the first action
                 m.drain()
-                for clock, kind, task, *_ in m.trace[enough.seen:]:
+                for clock, kind, task, *_ in m.trace:
                     if kind in (EV_KERNEL_EXIT, EV_SAFE_POINT) and clock >= at:
                         marks.setdefault(task, []).append(clock)
-                enough.seen = len(m.trace)
+                m.trace = core.EventLog()
                 return len(marks) == len(m.tasks) and all(len(v) >= 4 for v in marks.values())
-            enough.seen = 0
             try:
                 m.run(until=at + m.seconds(2), stop_when=enough, every_slice=False)
             except GuestFault:
@@ -278,10 +280,16 @@ class Runner:
         pooled = pooled and not any(a.do == "load" for a in scn.actions)
         if pooled and key in self._pool:
             m, snap = self._pool.pop(key)
-            self._pool[key] = (m, snap)          # most recently used last
-            m.restore(snap)
-            m.policy = self._policy(spec, len(m.tasks))
-            return m, None
+            try:
+                m.restore(snap)
+            except RuntimeError:
+                # the last run left what a snapshot cannot take back (a
+                # stop_machine still in progress, ...): drop it, build anew
+                m.engine.close()
+            else:
+                self._pool[key] = (m, snap)          # most recently used last
+                m.policy = self._policy(spec, len(m.tasks))
+                return m, None
         m = self.machine(spec)
         try:
             for mod in scn.modules:
@@ -296,7 +304,8 @@ class Runner:
             oracle.trace_units(m, scn.unit)
             m.start()
             if stop_at:
-                m.run(until=stop_at)
+                m.run(until=stop_at, stop_when=lambda: _bounded(m), every_slice=False)
+                _bounded(m, raising=True)
         except GuestFault as exc:
             return m, str(exc)
         except BaseException:
@@ -346,7 +355,7 @@ class Runner:
             end = last + m.seconds(scn.fuzz.horizon)
 
             def settled():
-                return m.now >= last and all(t.result != "pending" for t in model.transitions)
+                return _bounded(m) or (m.now >= last and all(t.result != "pending" for t in model.transitions))
 
             try:
                 # up to the first action; then slice by slice until every task
@@ -358,7 +367,9 @@ class Runner:
                     self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
                     ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
-                    m.run(until=min(end, max(ends) + 2 * self.cycle()))
+                    m.run(until=min(end, max(ends) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
+                          every_slice=False)
+                    _bounded(m, raising=True)
             except GuestFault as exc:
                 res.fault, res.fault_task = str(exc), exc.task
             self._judge(m, model, list(patches.values()), res)
@@ -367,8 +378,8 @@ class Runner:
             raise
         if keep:
             return res, m, model
-        if fault is not None:
-            self._discard(m)
+        if fault is not None or res.fault is not None:
+            self._discard(m)       # a faulted machine does not go back to the pool
         return res
 
     def _observe(self, m: Machine, model, res: Result, settled, end: int) -> None:
@@ -485,6 +496,19 @@ def _attempt_log(history) -> list[dict]:
     kept = history if len(history) <= MAX_REPORTED else [*history[:MAX_REPORTED - 1], history[-1]]
     return [{"attempt": a.attempt, "clock": a.clock,
              "blockers": [{"task": n, "stack": list(s)} for n, s in a.blockers]} for a in kept]
+
+
+def _bounded(m: Machine, *, raising: bool = False) -> bool:
+    """Whether m's run has kept MAX_EVENTS events (checked whenever it comes
+    back to Python, at the latest when the C core's event buffer is full).
+    With raising, a UserError that says which bound was hit."""
+    if len(m.trace) < MAX_EVENTS:
+        return False
+    if raising:
+        raise UserError(f"the run reached {len(m.trace):_} events by t={m.now} (a run keeps at most "
+                        f"{MAX_EVENTS:_} events in memory): start the actions earlier or shorten "
+                        f"[fuzz] horizon")
+    return True
 
 
 def _rebind(m: Machine, patch) -> None:

@@ -42,8 +42,8 @@ MAX_LIST = 4096                 # elements of any list (sources, cflags, functio
 MAX_CFLAGS = 64 * 1024          # characters of all cflags together
 HZ = 100                        # ticks a virtual second (the Machine's default)
 DEFAULT_TICK = 1000             # the Machine's default tick
-MAX_TIME = 10 ** 10             # virtual instructions a run may reach (`at`, the horizon, `window`)
-MAX_TICK = 10 ** 6              # instructions per tick (1 s = 100 ticks)
+MAX_TIME = 10 ** 9              # virtual instructions a run may reach (`at`, the horizon, `window`)
+MAX_TICK = 10 ** 5              # instructions per tick (1 s = 100 ticks)
 MAX_QUANTUM = 10 ** 9
 MAX_CPUS = 64
 MAX_TASKS = 1000
@@ -53,6 +53,7 @@ MAX_IMAGES = 60                 # patches + modules: the C core holds 64 code re
 MAX_SITES = 4096                # distinct patched functions: csrc/core.h EMU_MAX_SITES
 MAX_IMAGE_BYTES = 256 << 20     # bytes an image maps (text, data, bss)
 INT64 = (-(1 << 63), (1 << 64) - 1)     # a register value (signed or unsigned)
+SEED_MAX = (1 << 63) - 1        # seeds, state ids and versions
 
 
 @dataclass
@@ -207,12 +208,12 @@ class _Reader:
             raise self.error(key, f"must be at most {hi:_}{what}, not {_short(value)}")
         return value
 
-    def number(self, key: str, lo: float, hi: float, default=None):
+    def number(self, key: str, lo: float, hi: float, default=None, *, what: str = ""):
         """A finite number in (lo, hi], or default."""
         value = self.get(key, (int, float), default)
         if value is not None and value is not default:
             if not (math.isfinite(value) and lo < value <= hi):
-                raise self.error(key, f"must be a number above {lo:g} and at most {hi:g}, not {value!r}")
+                raise self.error(key, f"must be above {lo:g} and at most {hi:g}{what}, not {value!r}")
             value = float(value)
         return value
 
@@ -389,8 +390,8 @@ def load(path) -> Scenario:
             if not isinstance(st, dict):
                 raise r.error("states", f"each state is {{ id = N, version = V }}, not {_toml_type(st)} {_short(st)}")
             sr = _Reader(path, {((), None): r.line("states")}, (), st, f"{r.label}.states[{j}]")
-            p.states.append((sr.integer("id", 0, INT64[1] >> 1, required=True),
-                             sr.integer("version", 0, INT64[1] >> 1, 0)))
+            p.states.append((sr.integer("id", 0, SEED_MAX, required=True),
+                             sr.integer("version", 0, SEED_MAX, 0)))
             sr.finish()
         p.force = r.str_list("force", [])
         r.finish()
@@ -450,14 +451,12 @@ def load(path) -> Scenario:
     f.strategy = fz.get("strategy", str, f.strategy)
     if f.strategy not in STRATEGIES:
         raise fz.error("strategy", f"must be one of {', '.join(STRATEGIES)}, not {f.strategy!r}")
-    f.seed = fz.integer("seed", 0, INT64[1] >> 1, f.seed)
+    f.seed = fz.integer("seed", 0, SEED_MAX - MAX_RUNS, f.seed)
     second = HZ * m.get("tick", DEFAULT_TICK)
     last = scn.actions[-1].at if scn.actions else 0
     room = (MAX_TIME - last) / second
-    f.horizon = fz.number("horizon", 0, max(room, 1e-9), f.horizon)
-    if last + f.horizon * second > MAX_TIME:
-        raise fz.error("horizon", f"{f.horizon:g} s after the last action at {last} ends past the "
-                                  f"{MAX_TIME:_} instructions a run may reach")
+    f.horizon = fz.number("horizon", 0, math.floor(room), f.horizon,
+                          what=f" seconds (a run ends by {MAX_TIME:_} instructions)")
     f.window = fz.integer("window", 1, MAX_TIME, None, what=" instructions")
     f.depth = fz.integer("depth", 1, 1000, f.depth)
     f.probe = fz.number("probe", 0, MAX_TIME / second, f.probe, what=" seconds")
