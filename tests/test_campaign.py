@@ -2,12 +2,16 @@
 worker that dies is reported with its seed and the campaign goes on."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
+
+from emu.app import cli
 from emu.runs import campaign
 from emu.runs import scenario
 
@@ -71,3 +75,298 @@ def test_a_worker_that_dies_is_reported_with_its_seed(tmp_path, monkeypatch):
     recs = campaign.read_records(tmp_path / "c" / "runs.jsonl")
     assert recs[("kgraft", 5)]["outcome"] == "crash" and "seed 5" in recs[("kgraft", 5)]["error"]
     assert all(recs[("kgraft", s)]["outcome"] == "completed" for s in range(12) if s != 5)
+
+
+# ---- a run that ends badly does not end the campaign ------------------------------------------
+STALL_BASE = """\
+#include "lpemu.h"
+volatile long sink;
+__attribute__((noinline)) long work(long n) { return n + 1; }
+__attribute__((noinline)) void spin(long n) { for (long i = 0; i < n; i++) sink += i; }
+void user_entry(long a) { sink += work(a); lpemu_sleep(1); }
+void hog_entry(long n) { for (;;) spin(n); }
+"""
+STALL_PATCH = '#include "lpemu.h"\n__attribute__((noinline)) long work(long n) { return n + 2; }\n'
+STALL = """\
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+preempt = "none"
+[[task]]
+name = "user"
+entry = "user_entry"
+[[task]]
+name = "hog"
+entry = "hog_entry"
+args = [1000000000]
+kind = "kthread"
+cpu = 1
+[[patch]]
+name = "p"
+sources = ["patch.c"]
+functions = ["work"]
+[[action]]
+at = 20000
+do = "enable"
+patch = "p"
+[fuzz]
+models = ["stop_machine"]
+horizon = 3
+window = 1000
+strategy = "exhaustive"
+"""
+
+
+def stall_program(d: Path):
+    """A kthread spins without a scheduling point under preempt=none, so
+    stop_machine never gets its CPU: every run ends with stop_machine still
+    waiting (stalled), before the soft-lockup detector would fire."""
+    d.mkdir(exist_ok=True)
+    (d / "base.c").write_text(STALL_BASE)
+    (d / "patch.c").write_text(STALL_PATCH)
+    (d / "s.toml").write_text(STALL)
+    return scenario.build(scenario.load(d / "s.toml"))
+
+
+def test_a_run_left_mid_stop_machine_does_not_poison_the_pool(tmp_path):
+    from emu.runs.fuzz import Runner
+    prog = stall_program(tmp_path / "stall")
+    pooled = Runner(prog)
+    results = [pooled.execute(pooled.plan("stop_machine", s)) for s in range(4)]
+    assert [r.outcome for r in results] == ["stalled"] * 4
+    for seed in (1, 3):                     # a dropped machine built anew gives the same run
+        with Runner(prog) as fresh:
+            assert fresh.execute(fresh.plan("stop_machine", seed)).trace_hash == results[seed].trace_hash
+    pooled.close()
+
+
+def test_a_campaign_of_stalled_runs_finishes(tmp_path):
+    prog = stall_program(tmp_path / "stall")
+    plan = campaign.Plan(str(tmp_path / "stall" / "s.toml"), ["stop_machine"], range(6), "exhaustive")
+    camp = campaign.Campaign(prog, plan, jobs=1, out=tmp_path / "c")
+    camp.run()
+    camp.close()
+    assert camp.summary()["models"][0]["stalled"] == 6
+
+
+# ---- nothing lost, nothing twice ---------------------------------------------------------------
+SMALL = dict(models=["kgraft"], runs=6)
+
+
+def small_campaign(out: Path, *extra):
+    return cli.main(["fuzz", str(SEED), "--model", "kgraft", "--runs", "6", "--jobs", "1", "--json",
+                     "--out", str(out), *map(str, extra)])
+
+
+def summary_of(capsys) -> dict:
+    out = json.loads(capsys.readouterr().out)
+    out.pop("out", None)
+    return out
+
+
+def lines_of(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_bytes().decode().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def clean(tmp_path_factory):
+    """The summary and the records of the small campaign run without trouble."""
+    out = tmp_path_factory.mktemp("clean") / "c"
+    assert small_campaign(out) == 0
+    return out
+
+
+DAMAGE = {
+    # name: (how the file is damaged, how many lines must be set aside)
+    "torn last line": (lambda lines: lines[:-1] + [lines[-1][:len(lines[-1]) // 2].rstrip(b"\n")], 1),
+    "not UTF-8 in the middle": (lambda lines: lines[:2] + [b"\xff\xfe{\"model\": \x80}\n"] + lines[2:], 1),
+    "absurdly nested in the middle": (lambda lines: lines[:3] + [b"[" * 100_000 + b"]" * 100_000 + b"\n"] + lines[3:], 1),
+    "a record cut in the middle": (lambda lines: lines[:1] + [lines[1][:40] + b"\n"] + lines[2:], 1),
+    "JSON that is not a record": (lambda lines: [b'{"model": "kgraft", "seed": "3"}\n', b"[1, 2]\n"] + lines, 2),
+    "a record twice": (lambda lines: lines + lines[2:3], 0),
+    "an endless line": (lambda lines: lines[:2] + [b"x" * (3 << 20) + b"\n"] + lines[2:], 1),
+    "everything at once": (lambda lines: [b"\x00\x01\n"] + lines[:2] + lines[1:2] + [b"{" * 5000 + b"\n"]
+                           + lines[3:-1] + [lines[-1][:10]], 3),
+}
+
+
+@pytest.mark.parametrize("name", DAMAGE)
+def test_resume_repairs_a_damaged_runs_file(tmp_path, capsys, clean, name):
+    damage, rejected = DAMAGE[name]
+    expected = json.loads((clean / "summary.json").read_text())
+    part = tmp_path / "c"
+    shutil.copytree(clean, part)
+    (part / "summary.json").unlink()
+    lines = (part / "runs.jsonl").read_bytes().splitlines(keepends=True)
+    (part / "runs.jsonl").write_bytes(b"".join(damage(lines)))
+
+    assert small_campaign(part, "--resume") == 0
+    err = capsys.readouterr()
+    assert "Traceback" not in err.err
+    assert json.loads(err.out) | {"out": None} == expected | {"out": None, "interrupted": False}
+    recs = lines_of(part / "runs.jsonl")           # every line whole, every run once
+    assert sorted(r["seed"] for r in recs) == list(range(6))
+    if rejected:
+        assert "set aside" in err.err and "run again" in err.err and "Traceback" not in err.err
+        text = (part / "rejected.txt").read_bytes()
+        assert text.startswith(b"# ") and b"could not read" in text
+        assert text.count(b"\n# line ") + text.startswith(b"# line ") == rejected
+    else:
+        assert "written twice" in err.err and not (part / "rejected.txt").exists()
+
+
+def test_a_full_disk_loses_no_record_and_says_so(tmp_path, clean):
+    """A file-size limit makes the writes of runs.jsonl fail midway, as a full
+    disk does: one message, exit 2, only whole lines kept; --resume finishes."""
+    out = tmp_path / "c"
+    limit = len((clean / "runs.jsonl").read_bytes()) // 2
+
+    # the limit is set once the program is built (gcc's own files stay below no limit)
+    driver = ("import resource, signal, sys\n"
+              "from emu.app import cli\nfrom emu.runs import scenario\n"
+              "build = scenario.build\n"
+              "def limited(scn):\n"
+              "    prog = build(scn)\n"
+              "    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of the signal\n"
+              f"    resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+              "    return prog\n"
+              "scenario.build = limited\n"
+              "sys.exit(cli.main(sys.argv[1:]))\n")
+    p = subprocess.Popen([sys.executable, "-c", driver, "fuzz", str(SEED), "--model", "kgraft", "--runs", "6",
+                          "--jobs", "1", "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True)
+    _, err = p.communicate(timeout=300)
+    assert p.returncode == 2, err
+    assert "Traceback" not in err and err.count("lpemu: error:") == 1 and "cannot write" in err
+    assert "--resume" in err
+    kept = lines_of(out / "runs.jsonl")                      # whole lines only
+    assert 0 < len(kept) < 6
+    p = lpemu("fuzz", SEED, "--model", "kgraft", "--runs", "6", "--jobs", "1", "--out", out, "--resume",
+              "--json")
+    got, err = p.communicate(timeout=300)
+    assert p.returncode == 0, err
+    assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(6))
+    expected = json.loads((clean / "summary.json").read_text())
+    assert json.loads(got)["models"] == expected["models"]
+
+
+# ---- one campaign per directory ----------------------------------------------------------------
+def test_a_second_campaign_in_a_directory_in_use_exits_2_naming_the_holder(tmp_path, capsys):
+    out = tmp_path / "c"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time\nfrom emu.runs import campaign, scenario\n"
+         "prog = scenario.build(scenario.load(sys.argv[1]))\n"
+         "c = campaign.Campaign(prog, campaign.Plan(sys.argv[1], ['kgraft'], range(6), 'exhaustive'), out=sys.argv[2])\n"
+         "print('ready', flush=True)\ntime.sleep(120)", str(SEED.resolve()), str(out)],
+        stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ready"
+        for extra in (["--resume"], ["--force"]):
+            assert small_campaign(out, *extra) == 2
+            err = capsys.readouterr().err
+            assert f"pid {holder.pid}" in err and "Traceback" not in err and err.count("\n") == 1
+        assert not (out / "runs.jsonl").read_bytes()         # the second one wrote nothing
+    finally:
+        holder.kill()
+        holder.wait()
+    assert small_campaign(out, "--resume") == 0              # the lock went with its holder
+    assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(6))
+
+
+# ---- a campaign is the program it started with -------------------------------------------------
+def test_resume_refuses_a_changed_program_and_says_what_changed(tmp_path, capsys, seed_copy):
+    scn = seed_copy / "scenario.toml"
+    shutil.copy(SEED, scn)
+    out = tmp_path / "c"
+
+    def fuzz(*extra):
+        return cli.main(["fuzz", str(scn), "--model", "kgraft", "--runs", "3", "--jobs", "1", "--out", str(out),
+                         *extra])
+    assert fuzz() == 0
+    capsys.readouterr()
+    before = (out / "runs.jsonl").read_bytes()
+    (seed_copy / "base.c").write_text((seed_copy / "base.c").read_text() + "\n/* a change */\n")
+    assert fuzz("--resume") == 2
+    err = capsys.readouterr().err
+    assert "base.c changed" in err and "--force" in err and "Traceback" not in err
+    scn.write_text(scn.read_text().replace("quantum = 500", "quantum = 400"))
+    assert fuzz("--resume") == 2
+    err = capsys.readouterr().err
+    assert "the scenario file changed" in err and "base.c changed" in err
+    assert (out / "runs.jsonl").read_bytes() == before       # nothing of the old campaign was touched
+    assert fuzz("--force") == 0                              # starting over is allowed
+    capsys.readouterr()
+    assert fuzz("--resume") == 0                             # and is the new program's campaign
+    assert len(lines_of(out / "runs.jsonl")) == 3
+
+
+# ---- no orphans --------------------------------------------------------------------------------
+def children(pid: int) -> set[int]:
+    out = set()
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.add(int(d.name))
+    return out
+
+
+def alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_workers_die_with_a_parent_killed_with_sigkill(tmp_path):
+    """Batches of slow runs: a worker that outlived its parent would go on
+    for many seconds; one that dies with it is gone at once."""
+    stall_program(tmp_path / "stall")
+    p = subprocess.Popen([sys.executable, "-m", "emu", "fuzz", str(tmp_path / "stall" / "s.toml"), "--runs", "400",
+                          "--jobs", "2", "--out", str(tmp_path / "c")],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        runs = tmp_path / "c" / "runs.jsonl"
+        deadline = time.time() + 120
+        while time.time() < deadline and not (runs.exists() and runs.stat().st_size):
+            time.sleep(0.05)
+        workers = children(p.pid)
+        assert len(workers) >= 2
+    finally:
+        p.kill()
+        p.wait()
+    deadline = time.time() + 5
+    while time.time() < deadline and any(alive(w) for w in workers):
+        time.sleep(0.05)
+    left = [w for w in workers if alive(w)]
+    for w in left:                   # do not leave them behind when the test fails
+        os.kill(w, signal.SIGKILL)
+    assert not left
+
+
+def test_jobs_beyond_the_cores_are_capped_with_a_warning(capsys, tmp_path):
+    assert cli.main(["fuzz", str(SEED), "--model", "kgraft", "--runs", "2", "--jobs", "4000", "--json"]) == 0
+    err = capsys.readouterr().err
+    assert "--jobs 4000" in err and f"{campaign.default_jobs()} workers" in err
+
+
+# ---- faults are findings -----------------------------------------------------------------------
+def test_the_summary_names_the_first_fault_and_its_seed(tmp_path, seed_copy, capsys):
+    base = seed_copy / "base.c"
+    base.write_text(base.read_text().replace("return 5 + zero;", "return 5 + *(volatile long *)0x10;"))
+    scn = seed_copy / "scenario.toml"
+    shutil.copy(SEED, scn)
+    assert cli.main(["fuzz", str(scn), "--model", "kgraft", "--runs", "3", "--jobs", "1", "--seed", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "kgraft: first fault at seed 4" in out and "unmapped" in out
+    assert "lpemu replay" in out
+    plan = campaign.Plan(str(scn), ["kgraft"], range(4, 7), "random")
+    recs = {("kgraft", s): {"model": "kgraft", "seed": s, "outcome": "fault" if s != 4 else "completed",
+                            "fault": f"report {s}"} for s in range(4, 7)}
+    row = campaign.summarize(plan, recs)["models"][0]
+    assert row["first_fault_seed"] == 5 and row["first_fault"] == "report 5" and row["fault"] == 2

@@ -174,7 +174,8 @@ class Campaign:
             raise UserError(f"--resume {out}: {META_FILE} is unreadable ({exc}); start over with --force") from None
         changed = [k for k in ("scenario", "models", "strategy") if old.get(k) != meta[k]]
         if changed:
-            raise UserError(f"--resume {out}: it holds a different campaign ({', '.join(f'{k} {old.get(k)!r}' for k in changed)}); "
+            what = ", ".join(f"{k} {_short(old.get(k))!r}, now {_short(meta[k])!r}" for k in changed)
+            raise UserError(f"--resume {out}: it holds a different campaign ({what}); "
                             f"use another --out, or --force to start over")
         what = fingerprint_changes(old.get("fingerprint"), meta["fingerprint"])
         if what:
