@@ -52,7 +52,7 @@ from emu.machine.task import PATCHED
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
-MAX_EVENTS = 2_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
+MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ MAX_LIST = 4096                 # elements of any list (sources, cflags, functio
 MAX_CFLAGS = 64 * 1024          # characters of all cflags together
 HZ = 100                        # ticks a virtual second (the Machine's default)
 DEFAULT_TICK = 1000             # the Machine's default tick
-MAX_TIME = 10 ** 9              # virtual instructions a run may reach (`at`, the horizon, `window`)
+MAX_TIME = 10 ** 8              # virtual instructions a run may reach (`at`, the horizon, `window`)
 MAX_TICK = 10 ** 5              # instructions per tick (1 s = 100 ticks)
 MAX_QUANTUM = 10 ** 9
 MAX_CPUS = 64
@@ -454,9 +454,14 @@ def load(path) -> Scenario:
     f.seed = fz.integer("seed", 0, SEED_MAX - MAX_RUNS, f.seed)
     second = HZ * m.get("tick", DEFAULT_TICK)
     last = scn.actions[-1].at if scn.actions else 0
-    room = (MAX_TIME - last) / second
-    f.horizon = fz.number("horizon", 0, math.floor(room), f.horizon,
-                          what=f" seconds (a run ends by {MAX_TIME:_} instructions)")
+    f.horizon = fz.number("horizon", 0, MAX_TIME / second, f.horizon, what=" seconds")
+    if last + f.horizon * second > MAX_TIME:
+        where = fz if "horizon" in fz.data else (top if not scn.actions else None)
+        text = (f"the last action at {last:_} plus a horizon of {f.horizon:g} s ({int(f.horizon * second):_} "
+                f"instructions) ends past the {MAX_TIME:_} instructions a run may reach: start the actions "
+                f"earlier or shorten [fuzz] horizon")
+        raise fz.error("horizon", text) if where is fz else ScenarioError(f"{path}:{scn.actions[-1].line}: "
+                                                                          f"action.at: {text}")
     f.window = fz.integer("window", 1, MAX_TIME, None, what=" instructions")
     f.depth = fz.integer("depth", 1, 1000, f.depth)
     f.probe = fz.number("probe", 0, MAX_TIME / second, f.probe, what=" seconds")
@@ -527,10 +532,19 @@ def build(scn: Scenario) -> Program:
     """Compile the program, its modules and patches; check every name the
     scenario uses against the code. Raises ScenarioError, BuildError, PatchError."""
     from emu.images.build import build_c
-    from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, _align_up
+    from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, STACK_BASE, _align_up
+
+    def fits(img, limit: int, what: str) -> None:
+        """The image ends below limit (the next region of the machine's layout)."""
+        size = img.hi - img.lo
+        if img.hi > limit or size > MAX_IMAGE_BYTES:
+            room = min(limit - img.lo, MAX_IMAGE_BYTES)
+            raise ScenarioError(f"{scn.path}: {what}: its image maps {size:_} bytes (text, data and bss), "
+                                f"more than the {room:_} it has room for")
 
     base = build_c(scn.sources, base=BASE_IMAGE, name=VMLINUX, cflags=scn.cflags,
                    cpu_features=scn.cpu_features)
+    fits(base, MODULE_BASE, "program.sources")
     if base.stubs:   # kernel symbols nobody implements: said, never silent
         print(f"lpemu: note: {scn.path}: {len(base.stubs)} kernel symbols bound to stubs "
               f"(functions return 0, data is zeroed): {', '.join(base.stubs)}", file=sys.stderr)
@@ -538,6 +552,7 @@ def build(scn: Scenario) -> Program:
     at = MODULE_BASE
     for mod in scn.modules:
         img = build_c(mod.sources, base=at, name=mod.name, cflags=scn.cflags, link_against=base)
+        fits(img, STACK_BASE, f"module[{mod.name}]")
         prog.modules[mod.name] = img
         at = _align_up(img.hi, MODULE_ALIGN)
     known = set(base.functions)
@@ -555,6 +570,7 @@ def build(scn: Scenario) -> Program:
         if (prog.modules[obj] if obj else base).functions[fname].site is None:
             raise ScenarioError(f"{scn.path}: check.unit: '{scn.unit}' has no fentry site, so its units "
                                 f"cannot be traced (was it built with -mfentry, or is it notrace?)")
+    patched: set[str] = set()
     for p in scn.patches:
         # the diff refuses data changes (PatchError) even when functions are listed
         functions, reasons = _differing(scn, p, base, listed=p.functions is not None)
@@ -577,8 +593,14 @@ def build(scn: Scenario) -> Program:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].force: '{f}' is not one of "
                                     f"its functions")
         keep = {name.rpartition(":")[2] for name in functions} | set(reasons.get("_new", ()))
+        patched |= set(functions)
+        if len(patched) >= MAX_SITES:
+            raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: {len(patched)} patched functions: at most "
+                                f"{MAX_SITES - 1} (the C core holds {MAX_SITES} fentry sites, one kept for "
+                                f"[check] unit)")
         img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags, link_against=base, keep=keep,
                       cpu_features=scn.cpu_features)
+        fits(img, STACK_BASE, f"patch[{p.name}]")
         missing = sorted(name for name in functions if name.rpartition(":")[2] not in img.functions)
         if missing:
             raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: its sources have no new version "
