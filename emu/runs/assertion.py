@@ -27,13 +27,15 @@ import operator
 from dataclasses import dataclass, field
 
 NAMES = {"key": int, "value": int, "time": int, "task": str, "kind": str}
+_INT_ONLY = (ast.BitAnd, ast.BitOr, ast.BitXor, ast.LShift, ast.RShift)
 FUNCTIONS = {"abs": (abs, 1, 1), "min": (min, 2, 16), "max": (max, 2, 16)}
 MAX_TEXT = 1000
 MAX_NODES = 200
 MAX_DEPTH = 32
 MAX_SHIFT = 64
 
-NUM, STR, ANY = "number", "string", "any"
+INT, FLOAT, STR, ANY = "integer", "number", "string", "any"
+NUMBERS = (INT, FLOAT)
 
 _ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.BitAnd: operator.and_,
@@ -117,12 +119,22 @@ def _literal(node):
 
 
 def _type_of(value) -> str:
-    return STR if isinstance(value, str) else NUM
+    return STR if isinstance(value, str) else FLOAT if isinstance(value, float) else INT
 
 
 def _need(kind: str, want: str, node, what: str) -> None:
-    if kind not in (want, ANY):
-        raise AssertionSyntax(f"{_describe(node)}: {what} takes {'a ' + want}, not a {kind}")
+    """kind must be want (FLOAT: any number; INT: an integer)."""
+    ok = kind == ANY or kind == want or (want == FLOAT and kind == INT)
+    if not ok:
+        wanted = "an integer" if want == INT else "a string" if want == STR else "a number"
+        raise AssertionSyntax(f"{_describe(node)}: {what} takes {wanted}, not a{'n' if kind == INT else ''} {kind}")
+
+
+def _join(a: str, b: str) -> str:
+    """The type of a value that is either an a or a b."""
+    if a == b:
+        return a
+    return FLOAT if a in NUMBERS and b in NUMBERS else ANY
 
 
 def _compile(node, depth):
@@ -133,34 +145,34 @@ def _compile(node, depth):
     if isinstance(node, ast.Constant):
         v = node.value
         if isinstance(v, bool):
-            return (lambda env: v), NUM
+            return (lambda env: v), INT
         if type(v) in (int, float, str):
             return (lambda env: v), _type_of(v)
         raise AssertionSyntax(f"{_describe(node)}: not a number or string")
     if isinstance(node, ast.Name):
         name = node.id
         if name in ("True", "true"):
-            return (lambda env: True), NUM
+            return (lambda env: True), INT
         if name in ("False", "false"):
-            return (lambda env: False), NUM
+            return (lambda env: False), INT
         if name not in NAMES:
             raise AssertionSyntax(f"unknown name '{name}' (names: {', '.join(NAMES)})")
-        return (lambda env: env[name]), (STR if NAMES[name] is str else NUM)
+        return (lambda env: env[name]), (STR if NAMES[name] is str else INT)
     if isinstance(node, ast.UnaryOp):
         inner, kind = _compile(node.operand, d)
         if isinstance(node.op, ast.Not):
-            return (lambda env: not inner(env)), NUM
+            return (lambda env: not inner(env)), INT
         if isinstance(node.op, (ast.USub, ast.UAdd, ast.Invert)):
-            _need(kind, NUM, node, "a sign")
+            _need(kind, INT if isinstance(node.op, ast.Invert) else FLOAT, node, "a sign")
             op = {ast.USub: operator.neg, ast.UAdd: operator.pos, ast.Invert: operator.invert}[type(node.op)]
-            return (lambda env: op(inner(env))), NUM
+            return (lambda env: op(inner(env))), (INT if kind == INT else FLOAT if kind == FLOAT else ANY)
     if isinstance(node, ast.BinOp):
         left, lk = _compile(node.left, d)
         right, rk = _compile(node.right, d)
         sym = _SYMBOL.get(type(node.op), type(node.op).__name__)
         if isinstance(node.op, (ast.LShift, ast.RShift)):
-            _need(lk, NUM, node, f"'{sym}'")
-            _need(rk, NUM, node, f"'{sym}'")
+            _need(lk, INT, node, f"'{sym}'")
+            _need(rk, INT, node, f"'{sym}'")
             shift = operator.lshift if isinstance(node.op, ast.LShift) else operator.rshift
 
             def shifted(env):
@@ -168,18 +180,21 @@ def _compile(node, depth):
                 if not 0 <= n <= MAX_SHIFT:
                     raise ValueError(f"shift count {n} outside 0..{MAX_SHIFT}")
                 return shift(left(env), n)
-            return shifted, NUM
+            return shifted, INT
         op = _ARITH.get(type(node.op))
         if op is None:
             raise AssertionSyntax(f"{_describe(node)}: the operator '{sym}' is not in the language")
-        _need(lk, NUM, node, f"'{sym}'")
-        _need(rk, NUM, node, f"'{sym}'")
-        return (lambda env: op(left(env), right(env))), NUM
+        want = INT if isinstance(node.op, _INT_ONLY) else FLOAT
+        _need(lk, want, node, f"'{sym}'")
+        _need(rk, want, node, f"'{sym}'")
+        kind = FLOAT if isinstance(node.op, ast.Div) else _join(lk, rk)
+        return (lambda env: op(left(env), right(env))), kind
     if isinstance(node, ast.BoolOp):
         parts = [_compile(v, d) for v in node.values]
         fns = [f for f, _ in parts]
-        kinds = {k for _, k in parts}
-        kind = kinds.pop() if len(kinds) == 1 else ANY
+        kind = parts[0][1]
+        for _, k in parts[1:]:
+            kind = _join(kind, k)
         if isinstance(node.op, ast.And):
             def all_of(env):
                 v = True
@@ -199,25 +214,29 @@ def _compile(node, depth):
             return v
         return any_of, kind
     if isinstance(node, ast.Compare):
-        return _comparison(node, d), NUM
+        return _comparison(node, d), INT
     if isinstance(node, ast.IfExp):
         test, _ = _compile(node.test, d)
         yes, yk = _compile(node.body, d)
         no, nk = _compile(node.orelse, d)
-        return (lambda env: yes(env) if test(env) else no(env)), (yk if yk == nk else ANY)
+        return (lambda env: yes(env) if test(env) else no(env)), _join(yk, nk)
     if isinstance(node, ast.Call):
-        if not isinstance(node.func, ast.Name) or node.func.id not in FUNCTIONS:
-            what = node.func.id if isinstance(node.func, ast.Name) else _describe(node.func)
-            raise AssertionSyntax(f"unknown function '{what}' (functions: {', '.join(FUNCTIONS)})")
+        if not isinstance(node.func, ast.Name):
+            _compile(node.func, d)           # names the construct (an attribute, a lambda, ...)
+            raise AssertionSyntax(f"{_describe(node.func)}: only abs, min and max can be called")
+        if node.func.id not in FUNCTIONS:
+            raise AssertionSyntax(f"unknown function '{node.func.id}' (functions: {', '.join(FUNCTIONS)})")
         fn, lo, hi = FUNCTIONS[node.func.id]
         if node.keywords or not lo <= len(node.args) <= hi:
             raise AssertionSyntax(f"{_describe(node)}: {node.func.id} takes "
                                   f"{lo if lo == hi else f'{lo} to {hi}'} argument{'s' if hi > 1 else ''}")
         args = [_compile(a, d) for a in node.args]
+        kind = args[0][1]
         for (_, k), a in zip(args, node.args):
-            _need(k, NUM, a, node.func.id)
+            _need(k, FLOAT, a, node.func.id)
+            kind = _join(kind, k)
         fns = [f for f, _ in args]
-        return (lambda env: fn(*[f(env) for f in fns])), NUM
+        return (lambda env: fn(*[f(env) for f in fns])), kind
     raise AssertionSyntax(f"{_describe(node)}: a {_construct(node)} is not in the language "
                           f"(see [check] assert in the README)")
 
@@ -242,8 +261,9 @@ def _comparison(node: ast.Compare, depth: int):
                 raise AssertionSyntax(f"{_describe(node)}: `in` takes a tuple of literals, like (1, 2, 3)")
             items = [_literal(e) for e in right_node.elts]
             for item in items:
-                if _type_of(item) != kind and kind != ANY:
-                    raise AssertionSyntax(f"{_describe(node)}: compares a {kind} with {item!r}")
+                if kind != ANY and (_type_of(item) == STR) != (kind == STR):
+                    raise AssertionSyntax(f"{_describe(node)}: compares a{'' if kind == STR else ' number'}"
+                                          f"{' string' if kind == STR else ''} with {item!r}")
             members = frozenset(items)
             negate = isinstance(op, ast.NotIn)
             steps.append((lambda a, b, members=members, negate=negate: (a in members) != negate, None))
@@ -252,8 +272,8 @@ def _comparison(node: ast.Compare, depth: int):
         if fn is None:                       # `is`, `is not`
             raise AssertionSyntax(f"{_describe(node)}: use == or != (`is` is not in the language)")
         right, rk = _compile(right_node, depth)
-        if ANY not in (kind, rk) and kind != rk:
-            raise AssertionSyntax(f"{_describe(node)}: compares a {kind} with a {rk}")
+        if ANY not in (kind, rk) and (STR in (kind, rk)) and kind != rk:
+            raise AssertionSyntax(f"{_describe(node)}: compares a string with a number")
         steps.append((fn, right))
         kind = rk
 
