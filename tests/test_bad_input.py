@@ -1,7 +1,18 @@
 """Bad input: one clear message naming the file, line, key or function; exit
 status 2; no traceback; nothing the user had is overwritten.
 
-Each case here is one row of the table in docs/bad-input.md."""
+Each case of CASES and ROWS is one row of the table in docs/bad-input.md,
+which is generated from real runs of these very cases:
+
+    .venv/bin/python tests/test_bad_input.py > docs/bad-input.md
+
+and test_the_table_is_the_one_these_cases_print holds the file to them."""
+import contextlib
+import io
+import os
+import re
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -83,56 +94,282 @@ def test_bad_scenarios(d, capsys, case, change, words):
     assert err.startswith("lpemu: error: ")
 
 
-def test_no_fentry_site(d, capsys):
-    src = d / "base.c"
-    src.write_text(src.read_text().replace("__attribute__((noinline)) long baz(",
-                                           "__attribute__((noinline, no_instrument_function)) long baz("))
-    code, err = run(d, capsys, SCENARIO)
-    assert code == 2 and "patch[p].functions: 'baz' has no fentry site, so it cannot be patched" in err
+
+# ---- rows: every other class of bad input -------------------------------------------------------
+# (label, setup(d) -> argv, words the message must contain). setup writes what it
+# needs into d, a copy of the seed's C files, and returns the lpemu command line.
+def scn(d: Path, text: str, *extra, command="run", model=True) -> list:
+    (d / "s.toml").write_text(text)
+    return [command, d / "s.toml", *(["--model", "livepatch"] if model and command != "fuzz" else []), *extra]
 
 
-def test_unknown_model_on_the_command_line(d, capsys):
-    (d / "s.toml").write_text(SCENARIO)
-    assert cli.main(["run", str(d / "s.toml"), "--model", "kpatch"]) == 2
-    assert "invalid choice: 'kpatch'" in capsys.readouterr().err
+def edit(d: Path, name: str, old: str, new: str) -> None:
+    text = (d / name).read_text()
+    assert old in text, old
+    (d / name).write_text(text.replace(old, new))
 
 
-def test_compile_error_shows_the_compiler_output(d, capsys):
+def no_fentry(d):
+    edit(d, "base.c", "__attribute__((noinline)) long baz(", "__attribute__((noinline, no_instrument_function)) long baz(")
+    return scn(d, SCENARIO)
+
+
+def compile_error(d):
     (d / "patch.c").write_text((d / "patch.c").read_text() + "\nint broken( {\n")
-    code, err = run(d, capsys, SCENARIO)
-    assert code == 2 and "patch.c" in err and "error:" in err
+    return scn(d, SCENARIO)
 
 
-def test_gcc_missing_says_what_to_install(d, capsys, monkeypatch, tmp_path):
-    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    code, err = run(d, capsys, SCENARIO)
-    assert code == 2 and "gcc not found on PATH" in err and "install" in err
+@contextlib.contextmanager
+def no_gcc(d):
+    old = os.environ["PATH"]
+    os.environ["PATH"] = str(d / "empty")
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
 
 
-def test_a_patch_using_a_symbol_the_base_lacks(d, capsys):
-    (d / "patch.c").write_text((d / "patch.c").read_text().replace(
-        "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();"))
-    code, err = run(d, capsys, SCENARIO)
-    assert code == 2 and "nowhere" in err
+def missing_symbol(d):
+    edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
+    return scn(d, SCENARIO)
 
 
-def test_a_patch_that_changes_data_is_refused(d, capsys):
-    (d / "patch.c").write_text((d / "patch.c").read_text().replace("extern long total;", "long total = 7;"))
-    code, err = run(d, capsys, SCENARIO)
-    assert code == 2 and "patch[p]" in err and "'total' changes its initial value" in err
-    assert "shadow variable" in err
+def data_change(d):
+    edit(d, "patch.c", "extern long total;", "long total = 7;")
+    return scn(d, SCENARIO)
 
 
-def test_an_elf_that_is_not_x86_64(d, capsys):
-    import subprocess
+def not_x86(d):
     from emu.images.toolchain import INCLUDE_DIR
-    subprocess.run(["gcc", "-c", "-o", str(d / "base.o"), str(d / "base.c"), "-I",
-                    str(INCLUDE_DIR)], check=True)
+    subprocess.run(["gcc", "-c", "-o", str(d / "base.o"), str(d / "base.c"), "-I", str(INCLUDE_DIR)], check=True)
     data = bytearray((d / "base.o").read_bytes())
     data[18:20] = (40).to_bytes(2, "little")       # e_machine = EM_ARM
     (d / "base.o").write_bytes(bytes(data))
-    code, err = run(d, capsys, SCENARIO.replace('["base.c"]', '["base.o"]'))
-    assert code == 2 and "base.o" in err and "x86-64" in err
+    return scn(d, SCENARIO.replace('["base.c"]', '["base.o"]'))
+
+
+def trace_exists(d):
+    (d / "t.json").write_text("mine")
+    return scn(d, SCENARIO, "--trace", d / "t.json")
+
+
+def out_exists(d):
+    (d / "out").mkdir()
+    (d / "out" / "runs.jsonl").write_text("mine\n")
+    return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "out", command="fuzz")
+
+
+def symlink_loop(d):
+    os.symlink("loop2.c", d / "loop1.c")
+    os.symlink("loop1.c", d / "loop2.c")
+    return scn(d, SCENARIO.replace('["base.c"]', '["loop1.c"]'))
+
+
+def changed_program(d):
+    assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "2", "--jobs", "1", "--out", str(d / "c")]) == 0
+    edit(d, "base.c", "return 5 + zero;", "return 6 + zero;")
+    return ["fuzz", d / "s.toml", "--runs", "2", "--jobs", "1", "--out", d / "c", "--resume"]
+
+
+def big_bss(d):
+    (d / "base.c").write_text((d / "base.c").read_text() + "\nchar big_buffer[300 << 20];\n")
+    return scn(d, SCENARIO)
+
+
+def patches(n):
+    return SCENARIO + "".join(f'\n[[patch]]\nname = "p{i}"\nsources = ["patch.c"]\nfunctions = ["bar"]\n'
+                              for i in range(n))
+
+
+FUZZ = '\n[fuzz]\nmodels = ["kgraft"]\n'
+ROWS = [
+    ("patched function without a fentry site", no_fentry,
+     ["s.toml:9: patch[p].functions: 'baz' has no fentry site, so it cannot be patched"]),
+    ("compile error", compile_error, ["compiling", "patch.c", "error:"]),
+    ("gcc missing", lambda d: scn(d, SCENARIO),
+     ["gcc not found on PATH", "install"]),
+    ("patch uses a symbol the base lacks", missing_symbol, ["linking failed", "nowhere"]),
+    ("patch changes existing data", data_change,
+     ["patch[p]", "'total' changes its initial value", "shadow variable"]),
+    ("ELF that is not x86-64", not_x86, ["base.o", "not x86-64"]),
+    ("unknown model on the command line", lambda d: scn(d, SCENARIO, model=False) + ["--model", "kpatch"],
+     ["invalid choice: 'kpatch'"]),
+    ("scenario file absent", lambda d: ["run", d / "absent.toml", "--model", "kgraft"],
+     ["absent.toml: no such scenario file"]),
+    ("scenario is a directory", lambda d: ["run", d, "--model", "kgraft"], ["is a directory"]),
+    ("scenario is /dev/zero", lambda d: ["run", "/dev/zero", "--model", "kgraft"],
+     ["/dev/zero: larger than 1048576 bytes"]),
+    ("scenario not UTF-8", lambda d: (d.joinpath("s.toml").write_bytes(b"[program]\nsources = [\"\xff\"]\n"),
+                                      ["run", d / "s.toml", "--model", "kgraft"])[1], ["not UTF-8 text"]),
+    ("--trace file exists", trace_exists, ["t.json: already exists", "--force"]),
+    ("--trace into a missing directory", lambda d: scn(d, SCENARIO, "--trace", d / "no" / "t.json"),
+     ["--trace", "no such directory"]),
+    ("--trace into a directory", lambda d: scn(d, SCENARIO, "--trace", d), ["--trace", "is a directory"]),
+    ("--trace to /dev/full", lambda d: scn(d, SCENARIO, "--trace", "/dev/full", "--force"),
+     ["--trace /dev/full: cannot write it (No space left on device)"]),
+    ("--trace where nothing can be written", lambda d: scn(d, SCENARIO, "--trace", "/sys/t.json"),
+     ["--trace /sys/t.json"]),
+    ("--timeline into a missing directory", lambda d: scn(d, SCENARIO, "--timeline", d / "no" / "t.svg"),
+     ["--timeline", "no such directory"]),
+    ("--out directory exists", out_exists, ["the directory exists", "--resume", "--force"]),
+    ("--out where nothing can be written",
+     lambda d: scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", "/sys/lpemu-c", command="fuzz"),
+     ["--out /sys/lpemu-c"]),
+    ("--resume of a changed program", lambda d: (scn(d, SCENARIO + FUZZ), changed_program(d))[1],
+     ["the program changed", "base.c changed", "--force"]),
+    ("huge number (tick = 2^62)", lambda d: scn(d, SCENARIO.replace("[[task]]", "[machine]\ntick = 4611686018427387904\n\n[[task]]", 1)),
+     ["s.toml:5: machine.tick: must be at most 100_000, not 4611686018427387904"]),
+    ("huge number (horizon = 1e30)", lambda d: scn(d, SCENARIO + "\n[fuzz]\nhorizon = 1e30\n"),
+     ["fuzz.horizon: must be above 0", "not 1e+30"]),
+    ("huge number (at = 2^63-1)", lambda d: scn(d, SCENARIO.replace("at = 20000", "at = 9223372036854775807")),
+     ["s.toml:15: action[0].at: must be at most 100_000_000 instructions"]),
+    ("first action far in the future (at = 10^13)", lambda d: scn(d, SCENARIO.replace("at = 20000", "at = 10000000000000")),
+     ["action[0].at: must be at most 100_000_000 instructions"]),
+    ("last action plus horizon past the bound", lambda d: scn(d, SCENARIO.replace("at = 20000", "at = 99999000")),
+     ["plus a horizon of 20 s", "100_000_000 instructions a run may reach"]),
+    ("--at 10**30", lambda d: scn(d, SCENARIO, "--at", str(10**30)), ["argument --at", "outside 0..100_000_000"]),
+    ("state version a string", lambda d: scn(d, SCENARIO.replace('functions = ["bar", "baz"]', 'functions = ["bar", "baz"]\nstates = [{id = 1, version = "x"}]')),
+     ["patch[0].states[0].version: must be an integer, not string 'x'"]),
+    ("state version 1.9", lambda d: scn(d, SCENARIO.replace('functions = ["bar", "baz"]', 'functions = ["bar", "baz"]\nstates = [{id = 1, version = 1.9}]')),
+     ["patch[0].states[0].version: must be an integer, not float 1.9"]),
+    ("state id = true", lambda d: scn(d, SCENARIO.replace('functions = ["bar", "baz"]', 'functions = ["bar", "baz"]\nstates = [{id = true}]')),
+     ["patch[0].states[0].id: must be an integer, not boolean True"]),
+    ("10^5-deep array", lambda d: scn(d, SCENARIO + "\n[check]\nassert = " + "[" * 100_000 + "]" * 100_000 + "\n"),
+     ["nested too deeply"]),
+    ("10^5-deep inline tables", lambda d: scn(d, SCENARIO + "\n[fuzz]\nx = " + "{a=" * 100_000 + "1" + "}" * 100_000 + "\n"),
+     ["nested too deeply"]),
+    ("sources symlink loop", symlink_loop, ["s.toml:2: program.sources: loop1.c:", "ymlink loop"]),
+    ("3 MB cflags", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["' + "-O2 " * 750_000 + '"]')),
+     ["larger than 1048576 bytes"]),
+    ("100 kB of cflags", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = [' + ", ".join(['"' + "-O2 " * 1000 + '"'] * 25) + ']')),
+     ["program.cflags: 100000 characters of flags (at most 65536)"]),
+    ("assert of 5000 unary minuses", lambda d: scn(d, SCENARIO + '\n[check]\nassert = ["' + "-" * 5000 + 'value > 0"]\n'),
+     ["check.assert: holds a string longer than 4096 characters"]),
+    ("assert of 3000 unary minuses", lambda d: scn(d, SCENARIO + '\n[check]\nassert = ["' + "-" * 3000 + 'value > 0"]\n'),
+     ["s.toml:20: check.assert:", "an assertion has at most 1000"]),
+    ("assert that walks to os.system", lambda d: scn(d, SCENARIO + "\n[check]\nassert = [\"(lambda: 0).__globals__['os'].system('true')\"]\n"),
+     ["s.toml:20: check.assert:", "attribute is not in the language"]),
+    ("assert with a misspelt name", lambda d: scn(d, SCENARIO + '\n[check]\nobserve = { 2 = "vlaue >= 1000" }\n'),
+     ["s.toml:20: check.observe: 'vlaue >= 1000': unknown name 'vlaue'"]),
+    ("fuzz --runs 10**12", lambda d: scn(d, SCENARIO, "--runs", str(10**12), command="fuzz"),
+     ["argument --runs", "outside 1..1_000_000"]),
+    ("demo --runs 10**11", lambda d: ["demo", "--runs", str(10**11)], ["argument --runs", "outside 1..100_000"]),
+    ("300 MiB .bss", big_bss, ["program.sources: its image maps", "more than the 12_582_912"]),
+    ("70 patches", lambda d: scn(d, patches(70)), ["71 patches and 0 modules: at most 60 together"]),
+    ("a patch listing 4100 functions", lambda d: scn(d, SCENARIO.replace('["bar", "baz"]', "[" + ", ".join(f'"f{i}"' for i in range(4100)) + "]")),
+     ["patch[0].functions: a list of 4100 elements (at most 4096)"]),
+    ("models = []", lambda d: scn(d, SCENARIO + "\n[fuzz]\nmodels = []\n", command="fuzz"),
+     ["s.toml:20: fuzz.models: names no model"]),
+    ("args beyond 64 bits", lambda d: scn(d, SCENARIO.replace("args = [0]", "args = [18446744073709551616]")),
+     ["task[0].args: must be a list of 64-bit integers"]),
+]
+
+
+def run_row(d: Path, capsys, label, setup) -> tuple[int, str]:
+    ctx = no_gcc(d) if label == "gcc missing" else contextlib.nullcontext()
+    argv = setup(d)
+    capsys.readouterr()
+    with ctx:
+        code = cli.main([str(a) for a in argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err.strip()
+
+
+@pytest.mark.parametrize("label,setup,words", ROWS, ids=[r[0] for r in ROWS])
+def test_bad_input_rows(d, capsys, label, setup, words):
+    code, out, err = run_row(d, capsys, label, setup)
+    assert code == 2, err
+    assert "Traceback" not in err and out == ""
+    for w in words:
+        assert w in err, err
+    if not err.startswith("usage:"):           # argparse's own usage errors are two lines
+        assert err.startswith("lpemu: error: ") and err.count("lpemu: error:") == 1, err
+
+
+def test_an_existing_output_is_not_overwritten(d, capsys):
+    code, _, err = run_row(d, capsys, "trace", trace_exists)
+    assert code == 2 and (d / "t.json").read_text() == "mine"
+    code, _, err = run_row(d, capsys, "out", out_exists)
+    assert code == 2 and (d / "out" / "runs.jsonl").read_text() == "mine\n"
+
+
+def shorten(text: str, d: Path) -> str:
+    text = text.replace(str(d) + "/", "").replace(str(d), "DIR")
+    text = re.sub(r"/\S*/emu/seed/", "", text)
+    if text.startswith("usage: "):             # argparse: its usage line, shortened, then its message
+        lines = text.splitlines()
+        text = " ".join(lines[0].split()[:3]) + " …\n" + lines[-1]
+    text = text.replace("\n", " ⏎ ").replace("|", "\\|")
+    return text if len(text) <= 300 else text[:297] + "…"
+
+
+HEADER = """\
+# Bad input and the answers it gets
+
+Every row is a case of `tests/test_bad_input.py` (CASES and ROWS), and this file is what those
+cases print when run (`.venv/bin/python tests/test_bad_input.py > docs/bad-input.md`; a test holds
+the file to them). Each row is one message on stderr, exit status 2, no traceback, and nothing on
+stdout; the command is `lpemu run s.toml --model livepatch` on a copy of the seed scenario with the
+one change named in the first column, unless the first column names another command. Paths are
+shortened (DIR is the scenario's directory); `⏎` marks a line break inside the message (the
+compiler's and linker's own output, argparse's usage line).
+
+| bad input | exit | message |
+|---|---|---|
+"""
+
+FOOTER = """
+Limits (each keeps a run finite in memory and time; README, "Limits"): a scenario file of at most
+1 MiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
+virtual time (`at`, `window`, the last action plus `horizon`) up to 10^8 instructions; a run keeps at
+most 10^6 events (a run past it is an error record in a campaign, exit 2 for `lpemu run`); at most
+64 CPUs, 1,000 tasks, a tick of 100,000 instructions; at most 60 patches and modules together (the
+C core maps 64 code regions) and 4,095 patched functions (4,096 fentry sites); the program's image
+fits in 12 MiB, a module's or patch's in the 240 MiB above it; a campaign has at most 10^6 runs.
+
+Guest faults are not input errors: a run whose guest code faults (unmapped access, invalid
+opcode, stack overflow into the guard page, a soft lockup past the instruction budget, every task
+asleep forever) ends with outcome `fault` and a report naming the task, the CPU, the symbol and
+offset, the instruction and the backtrace; a campaign records it as a result, counts it, names the
+first one and its seed in its summary, and goes on.
+"""
+
+
+def table() -> str:
+    """The document: each case run for real, its message as printed."""
+    import shutil
+    import tempfile
+    rows = []
+
+    class Capture:
+        def __init__(self):
+            self.out, self.err = io.StringIO(), io.StringIO()
+
+        def readouterr(self):
+            o, e = self.out.getvalue(), self.err.getvalue()
+            self.out.seek(0), self.out.truncate(), self.err.seek(0), self.err.truncate()
+            return type("Out", (), {"out": o, "err": e})()
+    cases = [(c, (lambda change: lambda d: scn(d, change(SCENARIO)))(change)) for c, change, _ in CASES]
+    for label, setup in cases + [(r[0], r[1]) for r in ROWS]:
+        d = Path(tempfile.mkdtemp(prefix="lpemu-bad-"))
+        for name in ("base.c", "patch.c", "patch_foo.c"):
+            shutil.copy(SEED / name, d / name)
+        cap = Capture()
+        with contextlib.redirect_stdout(cap.out), contextlib.redirect_stderr(cap.err):
+            code, _, err = run_row(d, cap, label, setup)
+        rows.append(f"| {label} | {code} | `{shorten(err, d)}` |")
+        shutil.rmtree(d, ignore_errors=True)
+    return HEADER + "\n".join(rows) + "\n" + FOOTER
+
+
+def test_the_table_is_the_one_these_cases_print():
+    """docs/bad-input.md has a row for every case, with the words the case checks."""
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "bad-input.md").read_text()
+    rows = {line.split(" | ")[0][2:]: line for line in doc.splitlines() if line.startswith("| ") and " | 2 | " in line}
+    for label, _, words in list(CASES) + list(ROWS):
+        assert label in rows, f"docs/bad-input.md has no row '{label}': regenerate it"
+        for w in words:
+            assert w.replace("|", "\\|") in rows[label], (label, w)
 
 
 def test_images_that_overlap_are_refused(d):
@@ -146,26 +383,6 @@ def test_images_that_overlap_are_refused(d):
         m.load(other)
 
 
-def test_an_existing_output_is_not_overwritten(d, capsys, tmp_path):
-    (d / "s.toml").write_text(SCENARIO)
-    trace = tmp_path / "trace.json"
-    trace.write_text("mine")
-    code, err = lpemu(capsys, "run", d / "s.toml", "--model", "kgraft", "--trace", trace)
-    assert code == 2 and str(trace) in err and trace.read_text() == "mine"
-    out = tmp_path / "campaign"
-    out.mkdir()
-    (out / "runs.jsonl").write_text("mine\n")
-    code, err = lpemu(capsys, "fuzz", d / "s.toml", "--runs", "2", "--jobs", "1", "--out", out)
-    assert code == 2 and "--resume" in err and (out / "runs.jsonl").read_text() == "mine\n"
-
-
-def test_a_scenario_that_is_a_directory_or_absent(d, capsys):
-    code, err = lpemu(capsys, "run", d / "absent.toml", "--model", "kgraft")
-    assert code == 2 and "absent.toml: no such scenario file" in err
-    code, err = lpemu(capsys, "run", d, "--model", "kgraft")
-    assert code == 2 and str(d) in err
-
-
 def test_guest_faults_are_results_not_crashes(d, capsys):
     (d / "base.c").write_text(textwrap.dedent((d / "base.c").read_text()).replace(
         "return 5 + zero;", "return 5 + *(volatile long *)0x10;"))
@@ -176,3 +393,7 @@ def test_guest_faults_are_results_not_crashes(d, capsys):
     res = json.loads(out.out)
     assert code == 1 and res["outcome"] == "fault" and res["failing"] == ["fault"]   # a finding
     assert "unmapped" in res["fault"] and "bar+0x" in res["fault"] and "task 'user'" in res["fault"]
+
+
+if __name__ == "__main__":
+    sys.stdout.write(table())

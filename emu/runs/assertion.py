@@ -237,8 +237,9 @@ def _compile(node, depth):
             kind = _join(kind, k)
         fns = [f for f, _ in args]
         return (lambda env: fn(*[f(env) for f in fns])), kind
-    raise AssertionSyntax(f"{_describe(node)}: a {_construct(node)} is not in the language "
-                          f"(see [check] assert in the README)")
+    what = _construct(node)
+    raise AssertionSyntax(f"{_describe(node)}: a{'n' if what[0] in 'aeiou' else ''} {what} is not in the "
+                          f"language (see [check] assert in the README)")
 
 
 def _construct(node) -> str:
