@@ -200,7 +200,7 @@ class _Reader:
     def integer(self, key: str, lo: int, hi: int, default=None, *, required: bool = False, what: str = ""):
         """An integer in [lo, hi] (hi None: no upper bound), or default."""
         value = self.get(key, int, default, required=required)
-        if value is None or value is default:
+        if key not in self.data:
             return value
         if value < lo:
             raise self.error(key, f"must be at least {lo}{what}, not {value}")
@@ -211,7 +211,7 @@ class _Reader:
     def number(self, key: str, lo: float, hi: float, default=None, *, what: str = ""):
         """A finite number in (lo, hi], or default."""
         value = self.get(key, (int, float), default)
-        if value is not None and value is not default:
+        if key in self.data:
             if not (math.isfinite(value) and lo < value <= hi):
                 raise self.error(key, f"must be above {lo:g} and at most {hi:g}{what}, not {value!r}")
             value = float(value)
