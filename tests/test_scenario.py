@@ -1,4 +1,5 @@
 """Scenario files: every mistake named by file, line and key; builds check names against the code."""
+import json
 import textwrap
 from pathlib import Path
 
@@ -134,3 +135,51 @@ def test_the_seed_examples_build():
     for name in ("scenario.toml", "scenario-foo.toml"):
         prog = scenario.build(scenario.load(SEED / name))
         assert set(prog.patches) and all(funcs for _, funcs in prog.patches.values())
+
+
+# ---- one validated number type: every numeric key, any number ----------------------------------
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+NUMERIC = {
+    # key: (the line of GOOD it replaces, the line with the value, how to read it back, lowest, highest)
+    "machine.cpus": ("cpus = 2", "cpus = {}", lambda s: s.machine.get("cpus"), 1, scenario.MAX_CPUS),
+    "machine.quantum": ("quantum = 500", "quantum = {}", lambda s: s.machine.get("quantum"), 1, scenario.MAX_QUANTUM),
+    "task.count": ("count = 2", "count = {}", lambda s: s.tasks[0].count, 1, scenario.MAX_TASKS),
+    "action.at": ("at = 20000", "at = {}", lambda s: s.actions[0].at, 0, scenario.MAX_TIME - 2_000_000),
+    "fuzz.runs": ("runs = 5", "runs = {}", lambda s: s.fuzz.runs, 1, scenario.MAX_RUNS // 4),
+    "fuzz.depth": ("runs = 5", "runs = 5\ndepth = {}", lambda s: s.fuzz.depth, 1, 1000),
+    "fuzz.window": ("runs = 5", "runs = 5\nwindow = {}", lambda s: s.fuzz.window, 1, scenario.MAX_TIME),
+    "fuzz.seed": ("runs = 5", "runs = 5\nseed = {}", lambda s: s.fuzz.seed, 0, scenario.SEED_MAX - scenario.MAX_RUNS),
+    "states.version": ('functions = ["bar", "baz"]', 'functions = ["bar", "baz"]\nstates = [{{ id = 1, version = {} }}]',
+                       lambda s: s.patches[0].states[0][1], 0, scenario.SEED_MAX),
+}
+
+values = st.one_of(st.integers(), st.integers(-5, 70), st.sampled_from([2**31, 2**63 - 1, 2**63, -(2**63), 2**64]),
+                   st.floats(allow_nan=True), st.booleans(), st.text("ab 9-", max_size=5))
+
+
+def toml_number(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, float):
+        return "nan" if v != v else ("inf" if v > 0 else "-inf") if v in (float("inf"), float("-inf")) else repr(v)
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    return str(v)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(key=st.sampled_from(sorted(NUMERIC)), value=values)
+def test_every_number_is_read_in_its_range_or_refused_by_name(scn_dir, key, value):
+    old, new, read, lo, hi = NUMERIC[key]
+    text = GOOD.replace(old, new.format(toml_number(value)), 1)
+    try:
+        got = read(scenario.load(write(scn_dir, text)))
+    except ScenarioError as exc:
+        assert key.split(".")[-1] in str(exc) and str(exc).startswith(str(scn_dir / "s.toml")), str(exc)
+        assert "\n" not in str(exc)
+        ok = type(value) is int and lo <= value <= hi
+        assert not ok, f"{key} = {value!r} is in range but refused: {exc}"
+        return
+    assert type(value) is int and lo <= value <= hi and got == value, (key, value, got)
