@@ -162,6 +162,8 @@ def mutate(doc: dict, kind, where, value, n) -> dict:
         box[key]
     except (KeyError, IndexError, TypeError):
         return doc                                   # an earlier mutation removed it
+    if not isinstance(box, (dict, list)):
+        return doc                                   # ... or replaced its container
     if kind == "drop":
         del box[key]
     elif kind == "rename" and isinstance(box, dict):
