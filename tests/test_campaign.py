@@ -364,7 +364,7 @@ def test_the_summary_names_the_first_fault_and_its_seed(tmp_path, seed_copy, cap
     shutil.copy(SEED, scn)
     assert cli.main(["fuzz", str(scn), "--model", "kgraft", "--runs", "3", "--jobs", "1", "--seed", "4"]) == 1   # a finding
     out = capsys.readouterr().out
-    assert "kgraft: first fault at seed 4" in out and "unmapped" in out
+    assert "kgraft: first faulting seed 4" in out and "unmapped" in out
     assert "lpemu replay" in out
     plan = campaign.Plan(str(scn), ["kgraft"], range(4, 7), "random")
     recs = {("kgraft", s): {"model": "kgraft", "seed": s, "outcome": "fault" if s != 4 else "completed",
