@@ -466,7 +466,7 @@ def fingerprint(program: Program) -> dict:
     source file (program, modules, patches, lpemu.h), the compiler flags, the
     compiler and linker versions, and the tool's version."""
     from emu import __version__
-    from emu.images.image import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
+    from emu.images.toolchain import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
     scn = program.scenario
     files = [*scn.sources, *(p for m in scn.modules for p in m.sources),
              *(p for pt in scn.patches for p in pt.sources)]
