@@ -38,3 +38,23 @@ def test_the_generator_varies_what_it_promises():
         assert {getattr(s, knob) for s in shapes} == values, knob
     assert {a for s in shapes for a in s.actions} == {"enable", "disable", "force"}
     assert any(s.kthreads for s in shapes) and any(s.users >= 16 for s in shapes)
+
+
+# ---- what generated scenarios found, kept as plain regression tests ---------------------------
+
+def test_a_stop_machine_run_left_pending_does_not_break_the_next_run():
+    """Generated seed 1080: stop_machine keeps failing -EBUSY (a kthread is
+    always in a patched function) and the run ends with the transition
+    pending; the pooled machine must not poison the next run of the
+    same spec (it raised 'images were loaded since the snapshot')."""
+    result = check_scenario(1080, twins=False)
+    assert result["outcomes"]["stop_machine"] == "failed"
+    assert result["breaches"] == []
+
+
+def test_a_forced_kgraft_transition_is_not_held_to_one_universe_per_unit():
+    """Generated seed 1167: a forced unmark switches tasks mid-syscall, so
+    their units mix universes by the user's choice, not the model's fault."""
+    result = check_scenario(1167, twins=False)
+    assert "force" in result["shape"]["actions"]
+    assert result["breaches"] == []
