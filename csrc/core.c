@@ -115,7 +115,6 @@ void emu_core_free(struct emu_core *c)
             uc_context_free(c->ctx[i]);
     free(c->ctx);
     free(c->state);
-    free(c->sched);
     free(c->ev);
     free(c);
 }
@@ -138,10 +137,10 @@ static int region_floor(const struct emu_core *c, uint64_t addr)
     return lo - 1;
 }
 
-int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
+static int map_region(struct emu_core *c, uint64_t addr, uint64_t size, int prot, uint8_t *host)
 {
     struct emu_region *r;
-    void *mem;
+    void *mem = host;
     uc_err err;
     int i;
 
@@ -158,13 +157,16 @@ int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
         c->regions = grown;
         c->cap_regions = cap;
     }
-    if (posix_memalign(&mem, PAGE, size))
-        return EMU_ENOMEM;
-    memset(mem, 0, size);
+    if (!host) {
+        if (posix_memalign(&mem, PAGE, size))
+            return EMU_ENOMEM;
+        memset(mem, 0, size);
+    }
     /* Unicorn refuses overlapping maps, so the table stays disjoint. */
     err = uc_mem_map_ptr(c->uc, addr, size, (uint32_t)prot, mem);
     if (err) {
-        free(mem);
+        if (!host)
+            free(mem);
         c->last_err = err;
         return EMU_EUC;
     }
@@ -176,9 +178,21 @@ int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
     r->addr = addr;
     r->size = size;
     r->host = mem;
-    r->alloc = mem;
+    r->alloc = host ? NULL : mem;
     r->prot = prot;
     return EMU_OK;
+}
+
+int emu_map(struct emu_core *c, uint64_t addr, uint64_t size, int prot)
+{
+    return map_region(c, addr, size, prot, NULL);
+}
+
+int emu_map_host(struct emu_core *c, uint64_t addr, uint64_t size, int prot, uint8_t *host)
+{
+    if (!host || (uintptr_t)host & (PAGE - 1))
+        return EMU_EINVAL;
+    return map_region(c, addr, size, prot, host);
 }
 
 static inline int region_holds(const struct emu_region *r, uint64_t addr, uint64_t size)

@@ -105,9 +105,11 @@ struct emu_core {
     uint64_t partial_n;
     struct emu_stop *stop;  /* where the stop reason goes during emu_run */
 
-    /* scheduler state (sched.c), shared with Python */
-    int64_t *sched;
-    int sched_n;
+    /* scheduler state (sched.c), shared with Python: the block the caller
+     * gave emu_sched_init (NULL before), and where its parts lie */
+    void *sched_mem;
+    size_t sched_bytes;
+    struct emu_sched sched;
 
     /* instructions the emulator answers or refuses (sysinsn.c) */
     uint64_t rng;                   /* rdrand/rdseed: splitmix64 state */

@@ -183,8 +183,11 @@ int emu_last_uc_error(struct emu_core *core);
 struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity);
 void emu_core_free(struct emu_core *core);
 
-/* Host-backed guest memory, owned by the core (freed with it). */
+/* Host-backed guest memory, owned by the core (freed with it); or, with
+ * emu_map_host, memory the caller owns (page aligned, size bytes, kept
+ * alive until after emu_core_free: the core never frees it). */
 int emu_map(struct emu_core *core, uint64_t addr, uint64_t size, int prot);
+int emu_map_host(struct emu_core *core, uint64_t addr, uint64_t size, int prot, uint8_t *host);
 uint8_t *emu_host_ptr(struct emu_core *core, uint64_t addr, uint64_t size);
 
 /* Executable region and its instruction-start bitmap (bit i: an instruction
@@ -312,12 +315,17 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
                      const struct emu_stack_task *tasks, int n,
                      uint64_t *entries, struct emu_stack_result *out);
 
-/* ---- the scheduler (sched.c; its Python twin is emu/pysched.py) -----------
- * Scheduling state is one int64 array shared with Python (a memoryview of
- * it): NG globals, then one record of NTF fields per task and per CPU's idle
- * task (idle records at ntasks + cpu), then NCF fields per CPU, then each
- * CPU's run queue (ntasks slots of task ids). emu_sched_run runs slices
- * until Python has something to do and says what (EMU_SR_*). */
+/* ---- the scheduler (sched.c; its Python twin is emu/engine/sched.py) -------
+ * The scheduling state is shared with Python as the structs below: the
+ * globals, one record per task and per CPU's idle task (the idle task of
+ * CPU i is record ntasks + i), one record per CPU, and each CPU's run queue
+ * (ntasks slots of task ids). They live in one block the caller provides
+ * (emu_sched_bytes() long, 8-byte aligned; it must outlive the core, which
+ * never frees it); emu/engine/core.py reads them by field name. Python
+ * changes them only through emu_sched_set_*, which check every value
+ * (index ranges, states, CPU numbers) and return EMU_EINVAL for a bad one,
+ * so the loop never follows a bad index. emu_sched_run runs slices until
+ * Python has something to do and says what (EMU_SR_*). */
 #define EMU_EV_KERNEL_EXIT  16   /* task returned to user */
 #define EMU_EV_SAFE_POINT   17   /* kthread safe point */
 #define EMU_EV_SLEEP        18   /* a = wake time or -1 */
@@ -329,62 +337,117 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_EV_TRANSITION   24   /* a = transition event code, b = patch index */
 #define EMU_EV_STOP_MACHINE 25   /* a = 1 when every CPU stopped, 0 when released */
 
-#define EMU_HC_EXIT           0  /* must agree with emu/include/lpemu.h */
+/* The hypercalls the scheduler handles. Their one home is the guest's
+ * header emu/include/lpemu.h (LPEMU_HC_*); tests/test_machine.py holds
+ * these copies to it. */
+#define EMU_HC_EXIT           0
 #define EMU_HC_SLEEP          1
 #define EMU_HC_YIELD          2
 #define EMU_HC_RETURN_TO_USER 3
 #define EMU_HC_SAFE_POINT     4
 
-#define EMU_SG_NTASKS       0
-#define EMU_SG_NCPUS        1
+struct emu_sched_globals {
+    int64_t ntasks;       /* fixed by emu_sched_init */
+    int64_t ncpus;        /* fixed by emu_sched_init */
+    int64_t quantum;      /* > 0 */
+    int64_t preempt;      /* 0 none, 1 voluntary, 2 full */
+    int64_t tick;         /* > 0 */
+    int64_t lockup;       /* >= 0 */
+    int64_t policy_rr;    /* 1: pick the first runnable task here; 0: ask (EMU_SR_PICK) */
+    int64_t notify_all;   /* every switch point and idle slice goes to Python */
+    int64_t each_slice;   /* come back after every slice */
+    int64_t sm;           /* stop_machine in progress: Python's scheduler runs */
+    int64_t rr;           /* the CPU whose slice comes next */
+    int64_t round_ran;    /* guest code ran in this round */
+    int64_t slice_left;   /* budget of a slice cut by `until` */
+    int64_t inslice;      /* a slice is in progress on CPU rr ... */
+    int64_t stask;        /* ... for this task ... */
+    int64_t remain;       /* ... with this much budget left */
+    int64_t pick;         /* the task Python picked (EMU_SR_PICK), or -1 */
+    int64_t next_wake;    /* no sleeper wakes before this (-1: none) */
+    int64_t check_sm;     /* resuming after timers: leave the slice if stop_machine began */
+    int64_t after;        /* a slice ended: the round step is due */
+    int64_t preemptions;
+    int64_t rtask;        /* what a return is about (-1: none) */
+    int64_t rcpu;
+    int64_t live;         /* tasks not exited */
+};
+
+struct emu_sched_task {
+    int64_t state;          /* EMU_TS_* */
+    int64_t kind;           /* EMU_TK_* */
+    int64_t cpu;
+    int64_t wake_at;        /* -1: until woken */
+    int64_t interruptible;
+    int64_t preempted;
+    int64_t need_resched;
+    int64_t notify;         /* TIF_PATCH_PENDING: its switch points go to Python */
+    int64_t kernel_entries;
+    int64_t since;          /* instructions since the last scheduling point */
+    int64_t exit_code;
+    int64_t exited;         /* exit code set */
+};
+
+struct emu_sched_cpu {
+    int64_t current;        /* -1: idle */
+    int64_t slices;
+    int64_t rqlen;          /* set with the queue (emu_sched_set_queue) */
+    int64_t pad;
+};
+
+/* Where the parts of the block lie. */
+struct emu_sched {
+    struct emu_sched_globals *g;
+    struct emu_sched_task *tasks;   /* ntasks + ncpus */
+    struct emu_sched_cpu *cpus;     /* ncpus */
+    int64_t *rq;                    /* CPU i's queue is rq[i * ntasks ...] */
+};
+
+/* Field numbers for emu_sched_set_global / emu_sched_set_task / emu_sched_set_cpu. */
 #define EMU_SG_QUANTUM      2
-#define EMU_SG_PREEMPT      3   /* 0 none, 1 voluntary, 2 full */
+#define EMU_SG_PREEMPT      3
 #define EMU_SG_TICK         4
 #define EMU_SG_LOCKUP       5
-#define EMU_SG_POLICY_RR    6   /* 1: pick the first runnable task here; 0: ask (EMU_SR_PICK) */
-#define EMU_SG_NOTIFY_ALL   7   /* every switch point and idle slice goes to Python */
-#define EMU_SG_EACH_SLICE   8   /* come back after every slice */
-#define EMU_SG_SM           9   /* stop_machine in progress: Python's scheduler runs */
-#define EMU_SG_RR          10   /* the CPU whose slice comes next */
-#define EMU_SG_ROUND_RAN   11   /* guest code ran in this round */
-#define EMU_SG_SLICE_LEFT  12   /* budget of a slice cut by `until` */
-#define EMU_SG_INSLICE     13   /* a slice is in progress on CPU rr ... */
-#define EMU_SG_STASK       14   /* ... for this task ... */
-#define EMU_SG_REMAIN      15   /* ... with this much budget left */
-#define EMU_SG_PICK        16   /* the task Python picked (EMU_SR_PICK), or -1 */
-#define EMU_SG_NEXT_WAKE   17   /* no sleeper wakes before this (-1: none) */
-#define EMU_SG_CHECK_SM    18   /* resuming after timers: leave the slice if stop_machine began */
-#define EMU_SG_AFTER       19   /* a slice ended: the round step is due */
+#define EMU_SG_POLICY_RR    6
+#define EMU_SG_NOTIFY_ALL   7
+#define EMU_SG_EACH_SLICE   8
+#define EMU_SG_SM           9
+#define EMU_SG_RR          10
+#define EMU_SG_ROUND_RAN   11
+#define EMU_SG_SLICE_LEFT  12
+#define EMU_SG_INSLICE     13
+#define EMU_SG_STASK       14
+#define EMU_SG_REMAIN      15
+#define EMU_SG_PICK        16
+#define EMU_SG_NEXT_WAKE   17
+#define EMU_SG_CHECK_SM    18
+#define EMU_SG_AFTER       19
 #define EMU_SG_PREEMPTIONS 20
-#define EMU_SG_RTASK       21   /* what a return is about */
+#define EMU_SG_RTASK       21
 #define EMU_SG_RCPU        22
-#define EMU_SG_LIVE        23   /* tasks not exited */
-#define EMU_SG_COUNT       32
+#define EMU_SG_LIVE        23
 
-#define EMU_TF_STATE          0   /* EMU_TS_* */
-#define EMU_TF_KIND           1   /* EMU_TK_* */
+#define EMU_TF_STATE          0
+#define EMU_TF_KIND           1
 #define EMU_TF_CPU            2
-#define EMU_TF_WAKE_AT        3   /* -1: until woken */
+#define EMU_TF_WAKE_AT        3
 #define EMU_TF_INTERRUPTIBLE  4
 #define EMU_TF_PREEMPTED      5
 #define EMU_TF_NEED_RESCHED   6
-#define EMU_TF_NOTIFY         7   /* TIF_PATCH_PENDING: its switch points go to Python */
+#define EMU_TF_NOTIFY         7
 #define EMU_TF_KERNEL_ENTRIES 8
-#define EMU_TF_SINCE          9   /* instructions since the last scheduling point */
+#define EMU_TF_SINCE          9
 #define EMU_TF_EXIT_CODE     10
-#define EMU_TF_EXITED        11   /* exit code set */
-#define EMU_TF_COUNT         12
+#define EMU_TF_EXITED        11
+
+#define EMU_CF_CURRENT 0
+#define EMU_CF_SLICES  1
 
 #define EMU_TS_RUNNABLE 0
 #define EMU_TS_SLEEPING 1
 #define EMU_TS_EXITED   2
 #define EMU_TK_USER     0
 #define EMU_TK_KTHREAD  1
-
-#define EMU_CF_CURRENT 0   /* -1: idle */
-#define EMU_CF_SLICES  1
-#define EMU_CF_RQLEN   2
-#define EMU_CF_COUNT   4
 
 #define EMU_SR_TIMER         1   /* a Python timer is due */
 #define EMU_SR_UNTIL         2   /* the clock reached `until` */
@@ -399,21 +462,27 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_SR_LOCKUP       11   /* rtask ran too long without a scheduling point */
 #define EMU_SR_EVENTS       12   /* the event ring is full */
 #define EMU_SR_PICK         13   /* choose among rcpu's runnable tasks (not rtask) */
-#define EMU_SR_SLICE        14   /* a slice ended (EMU_SG_EACH_SLICE) */
-#define EMU_SR_IDLE_ROUND   15   /* a round ran no guest code (EMU_SG_EACH_SLICE): Python moves time */
+#define EMU_SR_SLICE        14   /* a slice ended (each_slice) */
+#define EMU_SR_IDLE_ROUND   15   /* a round ran no guest code (each_slice): Python moves time */
 #define EMU_SR_HANG         16   /* every task asleep with nothing to wake it */
 #define EMU_SR_END          17   /* nothing can happen any more */
 #define EMU_SR_SM           18   /* stop_machine: Python's scheduler must run */
 
-int emu_sched_init(struct emu_core *core, int ntasks, int ncpus);
-int64_t *emu_sched_state(struct emu_core *core);
-int emu_sched_size(struct emu_core *core);
+size_t emu_sched_bytes(int ntasks, int ncpus);   /* 0 for bad counts */
+int emu_sched_init(struct emu_core *core, int ntasks, int ncpus, void *mem, size_t size);
+int emu_sched_layout(struct emu_core *core, struct emu_sched *out);
+int emu_sched_set_global(struct emu_core *core, int field, int64_t value);
+int emu_sched_set_task(struct emu_core *core, int tid, int field, int64_t value);
+int emu_sched_set_cpu(struct emu_core *core, int cpu, int field, int64_t value);
+/* CPU cpu's run queue: n distinct task ids (not idle tasks) in order. */
+int emu_sched_set_queue(struct emu_core *core, int cpu, const int64_t *tids, int n);
 int emu_sched_run(struct emu_core *core, int64_t until, int64_t deadline, struct emu_stop *stop);
 
 /* ---- snapshots (snapshot.c) ------------------------------------------------
  * Memory, task contexts, patch states, scheduler state, clock and site
- * entries. Restore refuses (EMU_ERANGE) when regions or tasks were added
- * since; sites added since are removed. Pending events are dropped. */
+ * entries. Restore refuses (EMU_ERANGE) a snapshot of another layout:
+ * other regions (address, size, permissions), tasks or scheduler counts;
+ * sites added since are removed. Pending events are dropped. */
 struct emu_snapshot;
 struct emu_snapshot *emu_snapshot_take(struct emu_core *core);
 int emu_snapshot_restore(struct emu_core *core, const struct emu_snapshot *snap);

@@ -8,13 +8,15 @@
  * when their time comes and jumps idle time, and returns to Python only when
  * Python has work: a timer of its own is due, a task whose switch points a
  * model watches (TIF_PATCH_PENDING) reached one, a fault, a pick for a
- * seeded policy, or the end. emu/pysched.py is its pure-Python twin; both
- * work on the same state array, so Machine.run can hand a run from one to
- * the other at any return (it does so during stop_machine).
+ * seeded policy, or the end. emu/engine/sched.py is its pure-Python twin;
+ * both work on the same state (struct emu_sched, emu.h), so the machine
+ * can hand a run from one to the other at any return (it does so during
+ * stop_machine). Python changes that state only through the setters here,
+ * which check every value.
  *
  * Every return leaves the state resumable: a slice interrupted by a return
- * goes on at the next call (EMU_SG_INSLICE), an ended slice whose round step
- * is still due takes it first (EMU_SG_AFTER).
+ * goes on at the next call (inslice), an ended slice whose round step is
+ * still due takes it first (after).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,45 +26,174 @@
 
 struct sched {
     struct emu_core *c;
-    int64_t *g;         /* globals */
-    int64_t *t;         /* task records */
-    int64_t *cpu;       /* CPU records */
-    int64_t *rq;        /* run queues */
+    struct emu_sched_globals *g;
+    struct emu_sched_task *t;     /* task records, then the idle tasks' */
+    struct emu_sched_cpu *cpu;
+    int64_t *rq;                  /* run queues */
     int ntasks;
     int ncpus;
     struct emu_stop *stop;
 };
 
-#define G(k)      (s->g[EMU_SG_##k])
-#define T(tid, k) (s->t[(size_t)(tid) * EMU_TF_COUNT + EMU_TF_##k])
-#define C(i, k)   (s->cpu[(size_t)(i) * EMU_CF_COUNT + EMU_CF_##k])
+#define G(k)      (s->g->k)
+#define T(tid, k) (s->t[tid].k)
+#define C(i, k)   (s->cpu[i].k)
 #define RQ(i)     (s->rq + (size_t)(i) * s->ntasks)
 
-int emu_sched_init(struct emu_core *c, int ntasks, int ncpus)
+static size_t align8(size_t n)
 {
-    size_t n;
+    return (n + 7) & ~(size_t)7;
+}
 
-    if (!c || ntasks <= 0 || ncpus <= 0 || ntasks > 1 << 20 || ncpus > 4096 || c->sched)
+size_t emu_sched_bytes(int ntasks, int ncpus)
+{
+    if (ntasks <= 0 || ncpus <= 0 || ntasks > 1 << 20 || ncpus > 4096)
+        return 0;
+    return align8(sizeof(struct emu_sched_globals))
+           + (size_t)(ntasks + ncpus) * sizeof(struct emu_sched_task)
+           + (size_t)ncpus * sizeof(struct emu_sched_cpu)
+           + (size_t)ncpus * (size_t)ntasks * sizeof(int64_t);
+}
+
+int emu_sched_init(struct emu_core *c, int ntasks, int ncpus, void *mem, size_t size)
+{
+    size_t n = emu_sched_bytes(ntasks, ncpus);
+    uint8_t *p = mem;
+
+    if (!c || !n || !mem || size != n || (uintptr_t)mem & 7 || c->sched_mem)
         return EMU_EINVAL;
-    n = EMU_SG_COUNT + (size_t)(ntasks + ncpus) * EMU_TF_COUNT + (size_t)ncpus * EMU_CF_COUNT
-        + (size_t)ncpus * ntasks;
-    c->sched = calloc(n, sizeof(int64_t));
-    if (!c->sched)
-        return EMU_ENOMEM;
-    c->sched_n = (int)n;
-    c->sched[EMU_SG_NTASKS] = ntasks;
-    c->sched[EMU_SG_NCPUS] = ncpus;
+    memset(mem, 0, n);
+    c->sched_mem = mem;
+    c->sched_bytes = n;
+    c->sched.g = (struct emu_sched_globals *)p;
+    p += align8(sizeof(struct emu_sched_globals));
+    c->sched.tasks = (struct emu_sched_task *)p;
+    p += (size_t)(ntasks + ncpus) * sizeof(struct emu_sched_task);
+    c->sched.cpus = (struct emu_sched_cpu *)p;
+    p += (size_t)ncpus * sizeof(struct emu_sched_cpu);
+    c->sched.rq = (int64_t *)p;
+    c->sched.g->ntasks = ntasks;
+    c->sched.g->ncpus = ncpus;
+    c->sched.g->pick = -1;
+    c->sched.g->next_wake = -1;
+    c->sched.g->rtask = -1;
     return EMU_OK;
 }
 
-int64_t *emu_sched_state(struct emu_core *c)
+int emu_sched_layout(struct emu_core *c, struct emu_sched *out)
 {
-    return c ? c->sched : NULL;
+    if (!c || !c->sched_mem || !out)
+        return EMU_EINVAL;
+    *out = c->sched;
+    return EMU_OK;
 }
 
-int emu_sched_size(struct emu_core *c)
+/* ---- the setters: every value Python gives is checked here ------------- */
+
+static int in(int64_t v, int64_t lo, int64_t hi)   /* lo <= v < hi */
 {
-    return c ? c->sched_n : 0;
+    return v >= lo && v < hi;
+}
+
+int emu_sched_set_global(struct emu_core *c, int field, int64_t v)
+{
+    struct emu_sched_globals *g;
+    int64_t nt, nc;
+
+    if (!c || !c->sched_mem)
+        return EMU_EINVAL;
+    g = c->sched.g;
+    nt = g->ntasks;
+    nc = g->ncpus;
+    switch (field) {
+    case EMU_SG_QUANTUM:     if (v <= 0) return EMU_EINVAL; g->quantum = v; break;
+    case EMU_SG_PREEMPT:     if (!in(v, 0, 3)) return EMU_EINVAL; g->preempt = v; break;
+    case EMU_SG_TICK:        if (v <= 0) return EMU_EINVAL; g->tick = v; break;
+    case EMU_SG_LOCKUP:      if (v < 0) return EMU_EINVAL; g->lockup = v; break;
+    case EMU_SG_POLICY_RR:   if (!in(v, 0, 2)) return EMU_EINVAL; g->policy_rr = v; break;
+    case EMU_SG_NOTIFY_ALL:  if (!in(v, 0, 2)) return EMU_EINVAL; g->notify_all = v; break;
+    case EMU_SG_EACH_SLICE:  if (!in(v, 0, 2)) return EMU_EINVAL; g->each_slice = v; break;
+    case EMU_SG_SM:          if (!in(v, 0, 2)) return EMU_EINVAL; g->sm = v; break;
+    case EMU_SG_RR:          if (!in(v, 0, nc)) return EMU_EINVAL; g->rr = v; break;
+    case EMU_SG_ROUND_RAN:   if (!in(v, 0, 2)) return EMU_EINVAL; g->round_ran = v; break;
+    case EMU_SG_SLICE_LEFT:  if (v < 0) return EMU_EINVAL; g->slice_left = v; break;
+    case EMU_SG_INSLICE:     if (!in(v, 0, 2)) return EMU_EINVAL; g->inslice = v; break;
+    case EMU_SG_STASK:       if (!in(v, 0, nt)) return EMU_EINVAL; g->stask = v; break;
+    case EMU_SG_REMAIN:      g->remain = v; break;
+    case EMU_SG_PICK:        if (!in(v, -1, nt)) return EMU_EINVAL; g->pick = v; break;
+    case EMU_SG_NEXT_WAKE:   if (v < -1) return EMU_EINVAL; g->next_wake = v; break;
+    case EMU_SG_CHECK_SM:    if (!in(v, 0, 2)) return EMU_EINVAL; g->check_sm = v; break;
+    case EMU_SG_AFTER:       if (!in(v, 0, 2)) return EMU_EINVAL; g->after = v; break;
+    case EMU_SG_PREEMPTIONS: if (v < 0) return EMU_EINVAL; g->preemptions = v; break;
+    case EMU_SG_RTASK:       if (!in(v, -1, nt)) return EMU_EINVAL; g->rtask = v; break;
+    case EMU_SG_RCPU:        if (!in(v, 0, nc)) return EMU_EINVAL; g->rcpu = v; break;
+    case EMU_SG_LIVE:        if (!in(v, 0, nt + 1)) return EMU_EINVAL; g->live = v; break;
+    default:                 return EMU_EINVAL;
+    }
+    return EMU_OK;
+}
+
+int emu_sched_set_task(struct emu_core *c, int tid, int field, int64_t v)
+{
+    struct emu_sched_task *t;
+
+    if (!c || !c->sched_mem || !in(tid, 0, c->sched.g->ntasks + c->sched.g->ncpus))
+        return EMU_EINVAL;
+    t = &c->sched.tasks[tid];
+    switch (field) {
+    case EMU_TF_STATE:          if (!in(v, EMU_TS_RUNNABLE, EMU_TS_EXITED + 1)) return EMU_EINVAL; t->state = v; break;
+    case EMU_TF_KIND:           if (!in(v, EMU_TK_USER, EMU_TK_KTHREAD + 1)) return EMU_EINVAL; t->kind = v; break;
+    case EMU_TF_CPU:            if (!in(v, 0, c->sched.g->ncpus)) return EMU_EINVAL; t->cpu = v; break;
+    case EMU_TF_WAKE_AT:        if (v < -1) return EMU_EINVAL; t->wake_at = v; break;
+    case EMU_TF_INTERRUPTIBLE:  if (!in(v, 0, 2)) return EMU_EINVAL; t->interruptible = v; break;
+    case EMU_TF_PREEMPTED:      if (!in(v, 0, 2)) return EMU_EINVAL; t->preempted = v; break;
+    case EMU_TF_NEED_RESCHED:   if (!in(v, 0, 2)) return EMU_EINVAL; t->need_resched = v; break;
+    case EMU_TF_NOTIFY:         if (!in(v, 0, 2)) return EMU_EINVAL; t->notify = v; break;
+    case EMU_TF_KERNEL_ENTRIES: if (v < 0) return EMU_EINVAL; t->kernel_entries = v; break;
+    case EMU_TF_SINCE:          if (v < 0) return EMU_EINVAL; t->since = v; break;
+    case EMU_TF_EXIT_CODE:      t->exit_code = v; break;
+    case EMU_TF_EXITED:         if (!in(v, 0, 2)) return EMU_EINVAL; t->exited = v; break;
+    default:                    return EMU_EINVAL;
+    }
+    return EMU_OK;
+}
+
+int emu_sched_set_cpu(struct emu_core *c, int cpu, int field, int64_t v)
+{
+    struct emu_sched_cpu *p;
+
+    if (!c || !c->sched_mem || !in(cpu, 0, c->sched.g->ncpus))
+        return EMU_EINVAL;
+    p = &c->sched.cpus[cpu];
+    switch (field) {
+    case EMU_CF_CURRENT: if (!in(v, -1, c->sched.g->ntasks)) return EMU_EINVAL; p->current = v; break;
+    case EMU_CF_SLICES:  if (v < 0) return EMU_EINVAL; p->slices = v; break;
+    default:             return EMU_EINVAL;
+    }
+    return EMU_OK;
+}
+
+int emu_sched_set_queue(struct emu_core *c, int cpu, const int64_t *tids, int n)
+{
+    int64_t nt;
+    int i, j;
+
+    if (!c || !c->sched_mem || !in(cpu, 0, c->sched.g->ncpus) || n < 0 || (n && !tids))
+        return EMU_EINVAL;
+    nt = c->sched.g->ntasks;
+    if (n > nt)
+        return EMU_EINVAL;
+    for (i = 0; i < n; i++) {
+        if (!in(tids[i], 0, nt))
+            return EMU_EINVAL;
+        for (j = 0; j < i; j++)
+            if (tids[j] == tids[i])
+                return EMU_EINVAL;
+    }
+    if (n)
+        memmove(c->sched.rq + (size_t)cpu * (size_t)nt, tids, (size_t)n * sizeof(*tids));
+    c->sched.cpus[cpu].rqlen = n;
+    return EMU_OK;
 }
 
 static uint64_t now(const struct sched *s)
@@ -77,14 +208,14 @@ static void emit(struct sched *s, int kind, int tid, int64_t a)
 
 static int runnable(const struct sched *s, int64_t tid)
 {
-    return T(tid, STATE) == EMU_TS_RUNNABLE;
+    return T(tid, state) == EMU_TS_RUNNABLE;
 }
 
 /* Take tid out of CPU i's queue (and, with again, put it back at the
  * tail). Nothing happens when it is not there. */
 static void unqueue(struct sched *s, int i, int64_t tid, int again)
 {
-    int64_t *q = RQ(i), n = C(i, RQLEN), k;
+    int64_t *q = RQ(i), n = C(i, rqlen), k;
 
     for (k = 0; k < n && q[k] != tid; k++)
         ;
@@ -94,7 +225,7 @@ static void unqueue(struct sched *s, int i, int64_t tid, int again)
     if (again)
         q[n - 1] = tid;
     else
-        C(i, RQLEN) = n - 1;
+        C(i, rqlen) = n - 1;
 }
 
 static void requeue(struct sched *s, int i, int64_t tid)
@@ -104,10 +235,10 @@ static void requeue(struct sched *s, int i, int64_t tid)
 
 static void schedule_out(struct sched *s, int i, int64_t tid, int preempted)
 {
-    T(tid, PREEMPTED) = preempted;
-    T(tid, SINCE) = 0;
-    if (C(i, CURRENT) == tid)
-        C(i, CURRENT) = -1;
+    T(tid, preempted) = preempted;
+    T(tid, since) = 0;
+    if (C(i, current) == tid)
+        C(i, current) = -1;
     requeue(s, i, tid);
 }
 
@@ -118,8 +249,8 @@ static int wake(struct sched *s, int64_t tid)
 
     if (emu_switch(s->c, (int)tid) || uc_reg_write(s->c->uc, UC_X86_REG_RAX, &zero))
         return EMU_EUC;
-    T(tid, STATE) = EMU_TS_RUNNABLE;
-    T(tid, WAKE_AT) = -1;
+    T(tid, state) = EMU_TS_RUNNABLE;
+    T(tid, wake_at) = -1;
     emit(s, EMU_EV_WAKE, (int)tid, 0);
     return 0;
 }
@@ -130,10 +261,10 @@ static int fire_wakes(struct sched *s)
     int64_t next = -1, w;
     int tid, rc;
 
-    if (G(NEXT_WAKE) < 0 || (int64_t)now(s) < G(NEXT_WAKE))
+    if (G(next_wake) < 0 || (int64_t)now(s) < G(next_wake))
         return 0;
     for (tid = 0; tid < s->ntasks; tid++) {
-        if (T(tid, STATE) != EMU_TS_SLEEPING || (w = T(tid, WAKE_AT)) < 0)
+        if (T(tid, state) != EMU_TS_SLEEPING || (w = T(tid, wake_at)) < 0)
             continue;
         if (w <= (int64_t)now(s)) {
             if ((rc = wake(s, tid)))
@@ -142,7 +273,7 @@ static int fire_wakes(struct sched *s)
             next = w;
         }
     }
-    G(NEXT_WAKE) = next;
+    G(next_wake) = next;
     return 0;
 }
 
@@ -165,9 +296,9 @@ static int64_t lower(int64_t a, int64_t b)
 /* The task CPU i runs next (-1: none), or EMU_SR_PICK when Python must choose. */
 static int pick(struct sched *s, int i, int64_t *out)
 {
-    int64_t cur = C(i, CURRENT), *q = RQ(i), n = C(i, RQLEN), k, task = -1, cands = 0, skip = -1;
+    int64_t cur = C(i, current), *q = RQ(i), n = C(i, rqlen), k, task = -1, cands = 0, skip = -1;
 
-    if (cur >= 0 && runnable(s, cur) && !T(cur, NEED_RESCHED)) {
+    if (cur >= 0 && runnable(s, cur) && !T(cur, need_resched)) {
         *out = cur;
         return 0;
     }
@@ -177,33 +308,33 @@ static int pick(struct sched *s, int i, int64_t *out)
         *out = -1;
         return 0;
     }
-    if (cur >= 0 && runnable(s, cur) && T(cur, NEED_RESCHED) && cands > 1)
+    if (cur >= 0 && runnable(s, cur) && T(cur, need_resched) && cands > 1)
         skip = cur;
-    if (G(POLICY_RR)) {
+    if (G(policy_rr)) {
         for (k = 0; k < n && task < 0; k++)
             if (runnable(s, q[k]) && q[k] != skip)
                 task = q[k];
-    } else if (G(PICK) >= 0) {
-        task = G(PICK);
-        G(PICK) = -1;
+    } else if (G(pick) >= 0) {
+        task = G(pick);
+        G(pick) = -1;
         for (k = 0; k < n && q[k] != task; k++)
             ;
         if (k == n || !runnable(s, task) || task == skip)
             return EMU_EINVAL;
     } else {
-        G(RCPU) = i;
-        G(RTASK) = skip;
+        G(rcpu) = i;
+        G(rtask) = skip;
         return EMU_SR_PICK;
     }
     if (cur >= 0 && cur != task) {
         requeue(s, i, cur);
-        G(PREEMPTIONS) += runnable(s, cur);
+        G(preemptions) += runnable(s, cur);
     }
-    if (task != C(i, CURRENT)) {
-        C(i, CURRENT) = task;
+    if (task != C(i, current)) {
+        C(i, current) = task;
         emit(s, EMU_EV_SCHED_IN, (int)task, i);
     }
-    T(task, NEED_RESCHED) = 0;
+    T(task, need_resched) = 0;
     *out = task;
     return 0;
 }
@@ -213,14 +344,14 @@ static int pick(struct sched *s, int i, int64_t *out)
 static int switch_point(struct sched *s, int i, int64_t tid, int event, int reason)
 {
     emit(s, event, (int)tid, 0);
-    T(tid, PREEMPTED) = 0;
-    if (T(tid, NOTIFY) || G(NOTIFY_ALL)) {
-        G(RTASK) = tid;
-        G(RCPU) = i;
+    T(tid, preempted) = 0;
+    if (T(tid, notify) || G(notify_all)) {
+        G(rtask) = tid;
+        G(rcpu) = i;
         return reason;
     }
-    T(tid, SINCE) = 0;
-    if (T(tid, NEED_RESCHED) || G(SM))
+    T(tid, since) = 0;
+    if (T(tid, need_resched) || G(sm))
         schedule_out(s, i, tid, 0);
     return 0;
 }
@@ -229,39 +360,39 @@ static int hypercall(struct sched *s, int i, int64_t tid)
 {
     int64_t a = s->stop->hc_args[0];
 
-    G(RTASK) = tid;
-    G(RCPU) = i;
+    G(rtask) = tid;
+    G(rcpu) = i;
     switch (s->stop->hc_nr) {
     case EMU_HC_SLEEP: {
         int64_t t = (int64_t)now(s), wake_at = -1;
         if (a >= 0)
-            wake_at = a > (FOREVER - t) / G(TICK) ? FOREVER : t + a * G(TICK);
-        T(tid, STATE) = EMU_TS_SLEEPING;
-        T(tid, WAKE_AT) = wake_at;
-        T(tid, INTERRUPTIBLE) = 1;
+            wake_at = a > (FOREVER - t) / G(tick) ? FOREVER : t + a * G(tick);
+        T(tid, state) = EMU_TS_SLEEPING;
+        T(tid, wake_at) = wake_at;
+        T(tid, interruptible) = 1;
         emit(s, EMU_EV_SLEEP, (int)tid, wake_at);
         schedule_out(s, i, tid, 0);
         if (wake_at >= 0)
-            G(NEXT_WAKE) = lower(G(NEXT_WAKE), wake_at);
+            G(next_wake) = lower(G(next_wake), wake_at);
         return 0;
     }
     case EMU_HC_YIELD:
         return switch_point(s, i, tid, EMU_EV_YIELD, EMU_SR_COND_RESCHED);
     case EMU_HC_RETURN_TO_USER:
-        if (T(tid, KIND) != EMU_TK_USER)
+        if (T(tid, kind) != EMU_TK_USER)
             return EMU_SR_KTHREAD_RET;
-        T(tid, KERNEL_ENTRIES)++;
+        T(tid, kernel_entries)++;
         return switch_point(s, i, tid, EMU_EV_KERNEL_EXIT, EMU_SR_KERNEL_EXIT);
     case EMU_HC_SAFE_POINT:
-        T(tid, PREEMPTED) = 0;
-        T(tid, KERNEL_ENTRIES)++;
+        T(tid, preempted) = 0;
+        T(tid, kernel_entries)++;
         emit(s, EMU_EV_SAFE_POINT, (int)tid, 0);
-        return T(tid, NOTIFY) || G(NOTIFY_ALL) ? EMU_SR_SAFE_POINT : 0;
+        return T(tid, notify) || G(notify_all) ? EMU_SR_SAFE_POINT : 0;
     case EMU_HC_EXIT:
-        T(tid, STATE) = EMU_TS_EXITED;
-        T(tid, EXIT_CODE) = a;
-        T(tid, EXITED) = 1;
-        G(LIVE)--;
+        T(tid, state) = EMU_TS_EXITED;
+        T(tid, exit_code) = a;
+        T(tid, exited) = 1;
+        G(live)--;
         emit(s, EMU_EV_EXIT, (int)tid, a);
         schedule_out(s, i, tid, 0);
         unqueue(s, i, tid, 0);
@@ -281,7 +412,7 @@ static int due(struct sched *s, int64_t deadline)
     if (rc)
         return rc;
     if (deadline >= 0 && (int64_t)now(s) >= deadline) {
-        G(CHECK_SM) = 1;
+        G(check_sm) = 1;
         return EMU_SR_TIMER;
     }
     return 0;
@@ -291,12 +422,12 @@ static int due(struct sched *s, int64_t deadline)
  * leaves the CPU, or Python is needed. 0 when the slice ended. */
 static int run_slice(struct sched *s, int64_t until, int64_t deadline)
 {
-    int i = (int)G(RR), rc;
-    int64_t tid = G(STASK);
+    int i = (int)G(rr), rc;
+    int64_t tid = G(stask);
 
-    if (G(CHECK_SM)) {
-        G(CHECK_SM) = 0;
-        if (G(SM))
+    if (G(check_sm)) {
+        G(check_sm) = 0;
+        if (G(sm))
             goto ended;
     }
     for (;;) {
@@ -306,24 +437,24 @@ static int run_slice(struct sched *s, int64_t until, int64_t deadline)
         if (ring_full(s))
             return EMU_SR_EVENTS;
         /* at the top, so that a resumed slice checks what its last run did */
-        if (T(tid, SINCE) > G(LOCKUP)) {
-            G(RTASK) = tid;
-            G(RCPU) = i;
+        if (T(tid, since) > G(lockup)) {
+            G(rtask) = tid;
+            G(rcpu) = i;
             return EMU_SR_LOCKUP;
         }
-        if (!(G(REMAIN) > 0 && C(i, CURRENT) == tid && runnable(s, tid)))
+        if (!(G(remain) > 0 && C(i, current) == tid && runnable(s, tid)))
             break;
         t = (int64_t)now(s);
-        limit = lower(lower(deadline, until), G(NEXT_WAKE));
-        budget = G(REMAIN);
+        limit = lower(lower(deadline, until), G(next_wake));
+        budget = G(remain);
         if (limit >= 0 && limit - t < budget) {
             budget = limit - t;
             precise = 1;
         }
         if (budget <= 0) {
             if (until >= 0 && t >= until) {
-                G(SLICE_LEFT) = G(REMAIN);
-                G(INSLICE) = 0;
+                G(slice_left) = G(remain);
+                G(inslice) = 0;
                 return EMU_SR_UNTIL;
             }
             if ((rc = due(s, deadline)))
@@ -334,23 +465,23 @@ static int run_slice(struct sched *s, int64_t until, int64_t deadline)
             return EMU_EUC;
         if ((rc = emu_run(s->c, (uint64_t)budget, precise, s->stop)))
             return rc;
-        G(ROUND_RAN) = 1;
-        T(tid, PREEMPTED) = 1;
-        G(REMAIN) -= (int64_t)s->stop->executed;
-        T(tid, SINCE) += (int64_t)s->stop->executed;
+        G(round_ran) = 1;
+        T(tid, preempted) = 1;
+        G(remain) -= (int64_t)s->stop->executed;
+        T(tid, since) += (int64_t)s->stop->executed;
         switch (s->stop->reason) {
         case EMU_STOP_HYPERCALL:
             if ((rc = hypercall(s, i, tid)))
                 return rc;
             break;
         case EMU_STOP_FAULT:
-            G(RTASK) = tid;
-            G(RCPU) = i;
+            G(rtask) = tid;
+            G(rcpu) = i;
             return EMU_SR_FAULT;
         case EMU_STOP_EVENTS_FULL:
             return EMU_SR_EVENTS;
         case EMU_STOP_BUDGET:
-            if (G(REMAIN) > 0 && (rc = due(s, deadline)))
+            if (G(remain) > 0 && (rc = due(s, deadline)))
                 return rc;
             break;
         default:
@@ -358,34 +489,34 @@ static int run_slice(struct sched *s, int64_t until, int64_t deadline)
         }
     }
 ended:
-    if (G(REMAIN) <= 0 && C(i, CURRENT) == tid && runnable(s, tid)) {
-        int64_t *q = RQ(i), n = C(i, RQLEN), k, others = 0;
+    if (G(remain) <= 0 && C(i, current) == tid && runnable(s, tid)) {
+        int64_t *q = RQ(i), n = C(i, rqlen), k, others = 0;
         for (k = 0; k < n; k++)
             others += q[k] != tid && runnable(s, q[k]);
         if (others) {
-            if (G(PREEMPT) == 2) {
+            if (G(preempt) == 2) {
                 schedule_out(s, i, tid, 1);
-                G(PREEMPTIONS)++;
+                G(preemptions)++;
             } else {
-                T(tid, NEED_RESCHED) = 1;
+                T(tid, need_resched) = 1;
             }
         }
     }
-    C(i, SLICES)++;
-    G(INSLICE) = 0;
-    G(AFTER) = 1;
+    C(i, slices)++;
+    G(inslice) = 0;
+    G(after) = 1;
     return 0;
 }
 
 /* Every CPU idled through a round: move time to the next wake or timer. */
 static int idle_jump(struct sched *s, int64_t until, int64_t deadline)
 {
-    int64_t nxt = lower(G(NEXT_WAKE), deadline);
+    int64_t nxt = lower(G(next_wake), deadline);
     int tid;
 
     if (nxt < 0) {
         for (tid = 0; tid < s->ntasks; tid++)
-            if (T(tid, STATE) == EMU_TS_SLEEPING)
+            if (T(tid, state) == EMU_TS_SLEEPING)
                 return EMU_SR_HANG;
         return EMU_SR_END;
     }
@@ -396,20 +527,21 @@ static int idle_jump(struct sched *s, int64_t until, int64_t deadline)
     return 0;
 }
 
-/* The state is Python's to write too: check every index the loop follows. */
+/* The setters keep every index in range; this checks once more, so that
+ * the loop never follows a bad one whatever happened to the block. */
 static int state_ok(const struct sched *s)
 {
     int i;
     int64_t k;
 
-    if (G(TICK) <= 0 || G(RR) < 0 || G(RR) >= s->ncpus || G(PICK) < -1 || G(PICK) >= s->ntasks)
+    if (G(tick) <= 0 || G(rr) < 0 || G(rr) >= s->ncpus || G(pick) < -1 || G(pick) >= s->ntasks)
         return 0;
-    if (G(INSLICE) && (G(STASK) < 0 || G(STASK) >= s->ntasks))
+    if (G(inslice) && (G(stask) < 0 || G(stask) >= s->ntasks))
         return 0;
     for (i = 0; i < s->ncpus; i++) {
-        if (C(i, RQLEN) < 0 || C(i, RQLEN) > s->ntasks || C(i, CURRENT) < -1 || C(i, CURRENT) >= s->ntasks)
+        if (C(i, rqlen) < 0 || C(i, rqlen) > s->ntasks || C(i, current) < -1 || C(i, current) >= s->ntasks)
             return 0;
-        for (k = 0; k < C(i, RQLEN); k++)
+        for (k = 0; k < C(i, rqlen); k++)
             if (RQ(i)[k] < 0 || RQ(i)[k] >= s->ntasks)
                 return 0;
     }
@@ -421,22 +553,22 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
     struct sched st, *s = &st;
     int rc;
 
-    if (!c || !c->sched || !stop || c->stop || c->ntasks != c->sched[EMU_SG_NTASKS])
+    if (!c || !c->sched_mem || !stop || c->stop || c->ntasks != c->sched.g->ntasks)
         return EMU_EINVAL;
     s->c = c;
-    s->g = c->sched;
-    s->ntasks = (int)s->g[EMU_SG_NTASKS];
-    s->ncpus = (int)s->g[EMU_SG_NCPUS];
-    s->t = s->g + EMU_SG_COUNT;
-    s->cpu = s->t + (size_t)(s->ntasks + s->ncpus) * EMU_TF_COUNT;
-    s->rq = s->cpu + (size_t)s->ncpus * EMU_CF_COUNT;
+    s->g = c->sched.g;
+    s->ntasks = (int)s->g->ntasks;
+    s->ncpus = (int)s->g->ncpus;
+    s->t = c->sched.tasks;
+    s->cpu = c->sched.cpus;
+    s->rq = c->sched.rq;
     s->stop = stop;
     memset(stop, 0, sizeof(*stop));
     if (!state_ok(s))
         return EMU_EINVAL;
     for (;;) {
-        if (!G(INSLICE) && !G(AFTER)) {
-            int i = (int)G(RR);
+        if (!G(inslice) && !G(after)) {
+            int i = (int)G(rr);
             int64_t task;
 
             if (ring_full(s))
@@ -447,44 +579,44 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
                 return EMU_SR_TIMER;
             if (until >= 0 && (int64_t)now(s) >= until)
                 return EMU_SR_UNTIL;
-            if (G(LIVE) <= 0)
+            if (G(live) <= 0)
                 return EMU_SR_DONE;
-            if (G(SM))
+            if (G(sm))
                 return EMU_SR_SM;
             if ((rc = pick(s, i, &task)))
                 return rc;
             if (task < 0) {
-                C(i, CURRENT) = -1;
-                C(i, SLICES)++;
-                G(AFTER) = 1;
-                if (T(s->ntasks + i, NOTIFY) || G(NOTIFY_ALL)) {
-                    G(RCPU) = i;
+                C(i, current) = -1;
+                C(i, slices)++;
+                G(after) = 1;
+                if (T(s->ntasks + i, notify) || G(notify_all)) {
+                    G(rcpu) = i;
                     return EMU_SR_IDLE;
                 }
             } else {
-                G(REMAIN) = G(SLICE_LEFT) ? G(SLICE_LEFT) : G(QUANTUM);
-                G(SLICE_LEFT) = 0;
-                G(STASK) = task;
-                G(INSLICE) = 1;
-                G(CHECK_SM) = 0;
+                G(remain) = G(slice_left) ? G(slice_left) : G(quantum);
+                G(slice_left) = 0;
+                G(stask) = task;
+                G(inslice) = 1;
+                G(check_sm) = 0;
             }
         }
-        if (G(INSLICE) && (rc = run_slice(s, until, deadline)))
+        if (G(inslice) && (rc = run_slice(s, until, deadline)))
             return rc;
         /* the round step */
-        G(AFTER) = 0;
-        G(RR) = (G(RR) + 1) % s->ncpus;
-        if (G(RR) == 0) {
-            int idle = !G(ROUND_RAN);
-            G(ROUND_RAN) = 0;
+        G(after) = 0;
+        G(rr) = (G(rr) + 1) % s->ncpus;
+        if (G(rr) == 0) {
+            int idle = !G(round_ran);
+            G(round_ran) = 0;
             if (idle) {
-                if (G(EACH_SLICE))
+                if (G(each_slice))
                     return EMU_SR_IDLE_ROUND;
                 if ((rc = idle_jump(s, until, deadline)))
                     return rc;
             }
         }
-        if (G(EACH_SLICE))
+        if (G(each_slice))
             return EMU_SR_SLICE;
     }
 }

@@ -10,8 +10,9 @@
  * the patch states, the scheduler state, the clock and the sites' entries.
  * Guest memory is host-mapped, so restoring it is a compare and copy per
  * page; a code page that differs also loses its translations (Unicorn does
- * not notice writes to mapped memory). Regions mapped after the snapshot
- * make it unusable (EMU_ERANGE); sites added after it are removed.
+ * not notice writes to mapped memory). A snapshot restores only into the
+ * layout it was taken of (same_layout: regions mapped since, or another
+ * machine's regions, make it EMU_ERANGE); sites added after it are removed.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@
 #define PAGE 4096
 
 struct emu_site_state {
+    uint64_t addr;
     int32_t n;
     int32_t poke;
     struct emu_entry entries[EMU_SITE_MAX_ENTRIES];
@@ -27,12 +29,14 @@ struct emu_site_state {
 
 struct emu_snapshot {
     int nregions;
+    struct emu_range *layout;   /* each region's [addr, addr + size) ... */
+    int *prot;                  /* ... and permissions: restore checks them */
     uint8_t **mem;              /* a copy of each region */
     int ntasks;
     uc_context **ctx;
     int8_t *state;
-    int64_t *sched;
-    int sched_n;
+    uint8_t *sched;             /* the scheduler's block */
+    size_t sched_bytes;
     uint64_t clock;
     uint64_t rng;
     uint64_t ev_mask;
@@ -51,6 +55,8 @@ void emu_snapshot_free(struct emu_snapshot *s)
         for (i = 0; i < s->nregions; i++)
             free(s->mem[i]);
     free(s->mem);
+    free(s->layout);
+    free(s->prot);
     if (s->ctx)
         for (i = 0; i < s->ntasks; i++)
             if (s->ctx[i])
@@ -90,16 +96,21 @@ struct emu_snapshot *emu_snapshot_take(struct emu_core *c)
         return NULL;
     s->nregions = c->nregions;
     s->mem = calloc((size_t)c->nregions + 1, sizeof(*s->mem));
+    s->layout = calloc((size_t)c->nregions + 1, sizeof(*s->layout));
+    s->prot = calloc((size_t)c->nregions + 1, sizeof(*s->prot));
     s->ntasks = c->ntasks;
     s->ctx = calloc((size_t)c->ntasks + 1, sizeof(*s->ctx));
     s->state = malloc((size_t)c->ntasks + 1);
-    s->sched_n = c->sched_n;
-    s->sched = malloc(((size_t)c->sched_n + 1) * sizeof(int64_t));
+    s->sched_bytes = c->sched_bytes;
+    s->sched = malloc(c->sched_bytes + 1);
     s->nsites = c->nsites;
     s->sites = calloc((size_t)c->nsites + 1, sizeof(*s->sites));
-    if (!s->mem || !s->ctx || !s->state || !s->sched || !s->sites)
+    if (!s->mem || !s->layout || !s->prot || !s->ctx || !s->state || !s->sched || !s->sites)
         goto fail;
     for (i = 0; i < c->nregions; i++) {
+        s->layout[i].start = c->regions[i].addr;
+        s->layout[i].end = c->regions[i].addr + c->regions[i].size;
+        s->prot[i] = c->regions[i].prot;
         s->mem[i] = malloc(c->regions[i].size);
         if (!s->mem[i])
             goto fail;
@@ -115,9 +126,10 @@ struct emu_snapshot *emu_snapshot_take(struct emu_core *c)
         memcpy(s->state, c->state, (size_t)c->ntasks);
         c->cur = -1;        /* the CPU holds the last task copied, not the loaded one */
     }
-    if (c->sched_n)
-        memcpy(s->sched, c->sched, (size_t)c->sched_n * sizeof(int64_t));
+    if (c->sched_bytes)
+        memcpy(s->sched, c->sched_mem, c->sched_bytes);
     for (i = 0; i < c->nsites; i++) {
+        s->sites[i].addr = c->sites[i]->addr;
         s->sites[i].n = c->sites[i]->n;
         s->sites[i].poke = c->sites[i]->poke;
         memcpy(s->sites[i].entries, c->sites[i]->entries, sizeof(s->sites[i].entries));
@@ -175,6 +187,33 @@ static void restore_code(struct emu_core *c, struct emu_region *r, const uint8_t
     }
 }
 
+/* A snapshot goes back only into the layout it was taken of: the same
+ * regions (address, size, permissions), the same tasks, the same scheduler
+ * counts, and no fewer sites. Anything else would copy past the end of a
+ * region or of a table. */
+static int same_layout(const struct emu_core *c, const struct emu_snapshot *s)
+{
+    int i;
+
+    if (c->nregions != s->nregions || c->ntasks != s->ntasks || c->sched_bytes != s->sched_bytes
+        || c->nsites < s->nsites)
+        return 0;
+    for (i = 0; i < c->nregions; i++)
+        if (c->regions[i].addr != s->layout[i].start
+            || c->regions[i].addr + c->regions[i].size != s->layout[i].end
+            || c->regions[i].prot != s->prot[i])
+            return 0;
+    if (c->sched_bytes) {
+        const struct emu_sched_globals *g = (const struct emu_sched_globals *)(const void *)s->sched;
+        if (g->ntasks != c->sched.g->ntasks || g->ncpus != c->sched.g->ncpus)
+            return 0;
+    }
+    for (i = 0; i < s->nsites; i++)
+        if (c->sites[i]->addr != s->sites[i].addr)
+            return 0;
+    return 1;
+}
+
 int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
 {
     int i;
@@ -182,8 +221,7 @@ int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
 
     if (!c || !s || c->stop)
         return EMU_EINVAL;
-    if (c->nregions != s->nregions || c->ntasks != s->ntasks || c->sched_n != s->sched_n
-        || c->nsites < s->nsites)
+    if (!same_layout(c, s))
         return EMU_ERANGE;
     for (i = 0; i < c->nregions; i++) {
         struct emu_region *r = &c->regions[i];
@@ -209,8 +247,8 @@ int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
     c->cur = -1;
     if (c->ntasks)
         memcpy(c->state, s->state, (size_t)c->ntasks);
-    if (c->sched_n)
-        memcpy(c->sched, s->sched, (size_t)c->sched_n * sizeof(int64_t));
+    if (c->sched_bytes)
+        memcpy(c->sched_mem, s->sched, c->sched_bytes);
     drop_sites(c, s->nsites);
     for (i = 0; i < s->nsites; i++) {
         c->sites[i]->n = s->sites[i].n;

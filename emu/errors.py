@@ -34,6 +34,14 @@ class CoreError(EmuError):
     """The C core reported a failure (mapped from its negative error codes)."""
 
 
+class EngineClosed(CoreError):
+    """An engine was used after Engine.close()."""
+
+
+class EngineBusy(CoreError):
+    """An engine (a machine) was used from a second thread while one ran it."""
+
+
 class StaleBuild(EmuError):
     """The compiled C core does not match the installed package."""
 

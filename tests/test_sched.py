@@ -276,21 +276,91 @@ patch = "p"
         assert not pooled._pool
 
 
-def test_the_c_loop_refuses_a_broken_state_instead_of_following_it(compile_c):
-    from emu.engine.core import SCHED, CoreError
+def _sched_machine(compile_c, cpus=2):
     img = compile_c("long user_entry(long x) { lpemu_sleep(1); return 0; }")
-    m = Machine(img, cpus=2)
+    m = Machine(img, cpus=cpus)
     m.add_task("t", "user_entry")
     m.run(until=1000)
-    st = m.sched_state
-    t0 = SCHED["SG_COUNT"]
-    q0 = t0 + 3 * SCHED["TF_COUNT"] + 2 * SCHED["CF_COUNT"]
-    for index, value in ((SCHED["SG_RR"], 7), (SCHED["SG_PICK"], 99), (q0, 5),
-                         (t0 + 3 * SCHED["TF_COUNT"] + SCHED["CF_RQLEN"], 1 << 40)):
-        saved, st[index] = st[index], value
-        with pytest.raises(CoreError, match="scheduler"):
-            m.engine.sched_run(5000, -1)
-        st[index] = saved
+    return m
+
+
+# (record, field, value) that C must refuse: an index out of range, a state or
+# kind that does not exist, a CPU the machine does not have, a flag not 0/1.
+BAD_FIELDS = [
+    ("g", "rr", 2), ("g", "rr", -1), ("g", "pick", 1), ("g", "pick", -2), ("g", "tick", 0),
+    ("g", "quantum", 0), ("g", "preempt", 3), ("g", "live", 2), ("g", "live", -1), ("g", "stask", 1),
+    ("g", "stask", -1), ("g", "next_wake", -2), ("g", "sm", 2), ("g", "rtask", 1), ("g", "rcpu", 2),
+    ("g", "slice_left", -1), ("g", "lockup", -1), ("g", "each_slice", -1), ("g", "inslice", 1 << 40),
+    ("t0", "state", 3), ("t0", "state", -1), ("t0", "kind", 2), ("t0", "cpu", 2), ("t0", "cpu", -1),
+    ("t0", "wake_at", -5), ("t0", "notify", 2), ("t0", "since", -1), ("t0", "exit_code", 1 << 70),
+    ("t2", "kind", 7), ("c0", "current", 1), ("c0", "current", -2), ("c1", "slices", -1),
+    ("c0", "queue", [1]), ("c0", "queue", [-1]), ("c0", "queue", [0, 0]), ("c1", "queue", [0, 0, 0]),
+    ("g", "quantum", "many"),
+]
+
+
+def _record(st, which):
+    return {"g": st, "t": None, "c": None}.get(which) or (
+        st.tasks[int(which[1:])] if which[0] == "t" else st.cpus[int(which[1:])])
+
+
+@pytest.mark.parametrize("which,field,value", BAD_FIELDS)
+def test_c_refuses_every_field_set_out_of_range(compile_c, which, field, value):
+    from emu.errors import CoreError
+    m = _sched_machine(compile_c)
+    rec = _record(m.sched_state, which)
+    before = getattr(rec, field)
+    with pytest.raises(CoreError, match="scheduler"):
+        setattr(rec, field, value)
+    assert getattr(rec, field) == before
     m.run(until=5000)
     assert m.now == 5000
+    m.engine.close()
+
+
+def test_fixed_fields_of_the_scheduler_state_are_read_only(compile_c):
+    m = _sched_machine(compile_c)
+    st = m.sched_state
+    for rec, field in ((st, "ntasks"), (st, "ncpus"), (st.cpus[0], "rqlen")):
+        with pytest.raises(AttributeError):
+            setattr(rec, field, 1)
+    assert (st.ntasks, st.ncpus, st.cpus[0].rqlen + st.cpus[1].rqlen) == (1, 2, 1)
+
+
+_GLOBALS = ("quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all", "each_slice", "sm", "rr",
+            "round_ran", "slice_left", "inslice", "stask", "remain", "pick", "next_wake", "check_sm", "after",
+            "preemptions", "rtask", "rcpu", "live")
+_TASK_FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
+                "kernel_entries", "since", "exit_code", "exited")
+_int64 = st.one_of(st.integers(-3, 5), st.integers(-(1 << 63), (1 << 63) - 1), st.integers(1 << 63, 1 << 80))
+_writes = st.lists(st.one_of(
+    st.tuples(st.just("g"), st.sampled_from(_GLOBALS), _int64),
+    st.tuples(st.sampled_from(["t0", "t1", "t2", "t3"]), st.sampled_from(_TASK_FIELDS), _int64),
+    st.tuples(st.sampled_from(["c0", "c1"]), st.sampled_from(["current", "slices"]), _int64),
+    st.tuples(st.sampled_from(["c0", "c1"]), st.just("queue"), st.lists(st.integers(-2, 3), max_size=4))),
+    max_size=12)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(writes=_writes)
+def test_whatever_python_writes_the_c_loop_never_leaves_its_state(compile_c, writes):
+    """Hostile writes: each is taken or refused with CoreError, and running
+    on afterwards ends in a run or an EmuError, never in a crash (make asan
+    runs this)."""
+    from emu.errors import CoreError, EmuError
+    img = compile_c("long user_entry(long x) { lpemu_sleep(1); lpemu_yield(); return 0; }")
+    m = Machine(img, cpus=2)
+    m.add_task("a", "user_entry")
+    m.add_task("b", "user_entry")
+    m.run(until=500)
+    st_ = m.sched_state
+    for which, field, value in writes:
+        try:
+            setattr(_record(st_, which), field, value)
+        except CoreError:
+            pass
+    try:
+        m.run(until=m.now + 3000)
+    except EmuError:
+        pass
     m.engine.close()

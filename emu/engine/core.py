@@ -9,8 +9,11 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import operator
 import struct
+import threading
 import weakref
+from enum import IntEnum
 from importlib import metadata
 from pathlib import Path
 from collections.abc import Sequence
@@ -20,7 +23,7 @@ import unicorn  # must come before the extension: one libunicorn for both
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
 from unicorn.unicorn_py3 import unicorn as _binding
 
-from emu.errors import CoreError, StaleBuild
+from emu.errors import CoreError, EngineBusy, EngineClosed, StaleBuild
 from emu.engine import unwind
 from emu.engine.unwind import UNWINDERS, StackCheck
 
@@ -29,8 +32,9 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the build
     raise StaleBuild(f"the C core is not built ({exc}); run `make build`") from None
 
-__all__ = ["Engine", "Stop", "EventLog", "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp",
-           "walk_orc", "ranges_hit", "stack_scan"]
+__all__ = ["Engine", "Stop", "Event", "EventLog", "Snapshot", "SchedState", "TaskRecord", "CpuRecord",
+           "StopReason", "FaultKind", "EventKind", "TaskState", "TaskKind", "SchedReturn", "Poke",
+           "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp", "walk_orc", "ranges_hit", "stack_scan"]
 
 # ---- build checks ---------------------------------------------------------
 
@@ -68,7 +72,25 @@ def _check_build() -> None:
 
 _check_build()
 
-# ---- constants mirrored from emu.h ------------------------------------------
+# ---- constants of emu.h -----------------------------------------------------------
+
+
+def _enum(name: str, prefix: str, doc: str) -> type[IntEnum]:
+    """An IntEnum of every lib constant named prefix + MEMBER (as brotlicffi's
+    _api.py does): the header stays the one home of the numbers."""
+    members = {k[len(prefix):]: getattr(lib, k) for k in sorted(dir(lib)) if k.startswith(prefix)}
+    enum = IntEnum(name, members, module=__name__)
+    enum.__doc__ = doc
+    return enum
+
+
+StopReason = _enum("StopReason", "EMU_STOP_", "Why emu_run came back (EMU_STOP_*).")
+FaultKind = _enum("FaultKind", "EMU_FAULT_", "What a guest fault was (EMU_FAULT_*).")
+EventKind = _enum("EventKind", "EMU_EV_", "What an event of the trace records (EMU_EV_*).")
+TaskState = _enum("TaskState", "EMU_TS_", "A task's run state in the scheduler (EMU_TS_*).")
+TaskKind = _enum("TaskKind", "EMU_TK_", "A task's kind in the scheduler (EMU_TK_*).")
+SchedReturn = _enum("SchedReturn", "EMU_SR_", "Why the scheduler loop came back to Python (EMU_SR_*).")
+Poke = _enum("Poke", "EMU_POKE_", "The instruction a text_poke_bp is writing at a site (EMU_POKE_*).")
 
 # a task's patch state (klp_patch_state)
 UNDEFINED, UNPATCHED, PATCHED = lib.EMU_UNDEFINED, lib.EMU_UNPATCHED, lib.EMU_PATCHED
@@ -82,12 +104,6 @@ STOP_REQUESTED = lib.EMU_STOP_REQUESTED
 EV_ENTRY = lib.EMU_EV_ENTRY
 EV_OBSERVE = lib.EMU_EV_OBSERVE
 EV_TORN = lib.EMU_EV_TORN
-
-# The scheduler's shared state (csrc/sched.c, emu/pysched.py): every
-# EMU_SG_*, EMU_TF_*, EMU_TS_*, EMU_TK_*, EMU_CF_*, EMU_SR_*, EMU_EV_* and
-# EMU_HC_* constant, without the EMU_ prefix, in SCHED.
-SCHED = {name[4:]: getattr(lib, name) for name in dir(lib)
-         if name.startswith(("EMU_SG_", "EMU_TF_", "EMU_TS_", "EMU_TK_", "EMU_CF_", "EMU_SR_", "EMU_HC_"))}
 EV_KERNEL_EXIT = lib.EMU_EV_KERNEL_EXIT
 EV_SAFE_POINT = lib.EMU_EV_SAFE_POINT
 EV_SLEEP = lib.EMU_EV_SLEEP
@@ -98,6 +114,10 @@ EV_EXIT = lib.EMU_EV_EXIT
 EV_SCHED_IN = lib.EMU_EV_SCHED_IN
 EV_TRANSITION = lib.EMU_EV_TRANSITION
 EV_STOP_MACHINE = lib.EMU_EV_STOP_MACHINE
+
+# The hypercalls the C scheduler handles itself (copies of emu/include/lpemu.h,
+# held to it by tests/test_machine.py).
+SCHED_HYPERCALLS = {k[len("EMU_HC_"):]: getattr(lib, k) for k in dir(lib) if k.startswith("EMU_HC_")}
 
 POKE_NONE = lib.EMU_POKE_NONE
 POKE_TO_CALL = lib.EMU_POKE_TO_CALL
@@ -164,6 +184,43 @@ def _check(rc: int, what: str, core=None) -> int:
     raise CoreError(f"{what}: {msg}")
 
 
+_PAGE = 0x1000
+
+
+def _hold(memory, _ptr) -> None:
+    """The destructor of a view's pointer: it does nothing, but holding it
+    keeps the engine's memory alive as long as the view lives."""
+
+
+class _Hold:
+    """Engine.hold(): the engine's lock, taken without waiting."""
+
+    __slots__ = ("_lock", "_engine")
+
+    def __init__(self, engine):
+        self._engine = engine
+        self._lock = engine._lock
+
+    def __enter__(self):
+        if not self._lock.acquire(False):
+            raise self._engine._busy("machine")
+        return self._engine
+
+    def __exit__(self, *exc):
+        self._lock.release()
+        return False
+
+
+class Snapshot:
+    """A snapshot of an engine's core (csrc/snapshot.c), opaque outside this
+    module; freed when collected."""
+
+    __slots__ = ("_c",)
+
+    def __init__(self, c):
+        self._c = c
+
+
 class Stop(NamedTuple):
     """Why emu_run came back (EMU_STOP_*), with what the reason carries.
     (A named tuple: the machine makes one per slice, and it must be cheap.)"""
@@ -186,13 +243,23 @@ class Engine:
     """One Unicorn engine and the C core that drives it.
 
     accel="c" puts the redirect, the site watch and the int3 handling in C;
-    accel="python" leaves them to the pure-Python twins (emu/redirect.py),
+    accel="python" leaves them to the pure-Python twins (emu/engine/redirect.py),
     which hook the same engine through the binding.
 
     fast_memory=True selects Unicorn's virtual TLB with a C fill hook. With
     this engine's host-mapped memory it measured no faster than the default
     CPU TLB (111-114 vs 120-121 M instructions/s on a call- and store-heavy
     loop), so it is off by default; the tests keep both modes equal.
+
+    Lifetimes: the guest memory and the scheduler state are Python-owned
+    buffers the core works on; a view of them (map(), view(),
+    sched_state()) keeps them alive, so a view used after close() or after
+    the engine was collected reads memory that is no longer the guest's but
+    never freed memory. Every call after close() raises EngineClosed.
+
+    Threads: one thread at a time. A call from a second thread while one
+    is inside run(), sched_run() or a hold() section raises EngineBusy
+    (close() included) instead of racing the C core.
     """
 
     def __init__(self, *, accel: str = "c", fast_memory: bool = False, event_capacity: int = 1 << 16):
@@ -207,8 +274,12 @@ class Engine:
         if core == ffi.NULL:
             raise CoreError("could not create the C core (out of memory or unicorn refused its hooks)")
         self._core = core
-        # The core must go before the Uc it hooks: the finalizer holds both.
-        self._finalizer = weakref.finalize(self, Engine._free, core, self.uc)
+        self._memory: list = []     # buffers the core works on (guest memory, scheduler state)
+        self._keep = functools.partial(_hold, self._memory)
+        self._lock = threading.RLock()
+        # The core must go before the Uc it hooks, and the memory after both:
+        # the finalizer holds all three.
+        self._finalizer = weakref.finalize(self, Engine._free, core, self.uc, self._memory)
         self._stop = ffi.new("struct emu_stop *")
         self._stop_buf = ffi.buffer(self._stop)
         self._ev_cap = 4096
@@ -217,7 +288,7 @@ class Engine:
         self.trampoline = 0
 
     @staticmethod
-    def _free(core, uc):
+    def _free(core, uc, memory):
         lib.emu_core_free(core)
         # Close the engine now rather than when a reference cycle is collected:
         # each one holds its translation cache (megabytes). The binding's own
@@ -228,25 +299,63 @@ class Engine:
 
     def close(self) -> None:
         """Free the C core and the engine now (also done when the Engine is
-        collected). A closed Engine refuses further use instead of touching
-        freed memory: the C functions get NULL (and check it), the binding's
-        engine is gone."""
-        self._finalizer()
-        self._core = ffi.NULL
-        self.uc = None
+        collected). A closed Engine refuses further use (EngineClosed); views
+        keep their memory. EngineBusy when another thread is running it."""
+        if not self._lock.acquire(False):
+            raise EngineBusy("close: another thread is running this engine")
+        try:
+            self._finalizer()
+            self._core = ffi.NULL
+            self.uc = None
+        finally:
+            self._lock.release()
+
+    @property
+    def closed(self) -> bool:
+        return self._core == ffi.NULL
+
+    def hold(self):
+        """A context in which this thread alone uses the engine: another
+        thread's call raises EngineBusy (Machine.run holds it)."""
+        return _Hold(self)
+
+    def _busy(self, what: str) -> EngineBusy:
+        return EngineBusy(f"{what}: another thread is using this engine")
+
+    def _check(self, rc: int, what: str) -> int:
+        """_check, naming a closed engine as such."""
+        if rc >= 0:
+            return rc
+        if self._core == ffi.NULL:
+            raise EngineClosed(f"{what}: the engine is closed")
+        return _check(rc, what, self._core)
 
     # -- memory ------------------------------------------------------------
     def map(self, addr: int, size: int, prot: int) -> memoryview:
-        """Map host-backed guest memory; return a writable view of it."""
-        _check(lib.emu_map(self._core, addr, size, prot), f"map {addr:#x}+{size:#x}", self._core)
-        return self.view(addr, size)
+        """Map guest memory [addr, addr+size), backed by a buffer this engine
+        owns; return a writable view of it (which keeps the buffer alive)."""
+        if not (isinstance(size, int) and 0 < size < 1 << 40 and size % _PAGE == 0):
+            raise CoreError(f"map {addr:#x}+{size:#x}: invalid argument")
+        if not self._lock.acquire(False):
+            raise self._busy("map")
+        try:
+            buf = ffi.new("uint8_t[]", size + _PAGE)
+            pad = -int(ffi.cast("uintptr_t", buf)) & (_PAGE - 1)
+            self._check(lib.emu_map_host(self._core, addr, size, prot, buf + pad), f"map {addr:#x}+{size:#x}")
+            self._memory.append(buf)
+        finally:
+            self._lock.release()
+        return memoryview(ffi.buffer(buf))[pad:pad + size]
 
     def view(self, addr: int, size: int) -> memoryview:
-        """A writable view of mapped guest memory [addr, addr+size)."""
+        """A writable view of mapped guest memory [addr, addr+size) (it keeps
+        the engine's memory alive)."""
+        if self._core == ffi.NULL:
+            raise EngineClosed(f"view of {addr:#x}+{size:#x}: the engine is closed")
         ptr = lib.emu_host_ptr(self._core, addr, size)
         if ptr == ffi.NULL:
             raise CoreError(f"no host memory at {addr:#x}+{size:#x}")
-        return memoryview(ffi.buffer(ptr, size))
+        return memoryview(ffi.buffer(ffi.gc(ptr, self._keep), size))
 
     def add_code(self, base: int, size: int, starts) -> None:
         """Register executable [base, base+size) and its instruction starts."""
@@ -255,17 +364,23 @@ class Engine:
             off = a - base
             if 0 <= off < size:
                 bitmap[off >> 3] |= 1 << (off & 7)
-        _check(lib.emu_add_code(self._core, base, size, ffi.from_buffer(bitmap)), "add code")
+        self._check(lib.emu_add_code(self._core, base, size, ffi.from_buffer(bitmap)), "add code")
 
     # -- tasks ----------------------------------------------------------------
     def init_tasks(self, n: int) -> None:
-        _check(lib.emu_tasks_init(self._core, n), "init tasks", self._core)
+        with self.hold():
+            self._check(lib.emu_tasks_init(self._core, n), "init tasks")
 
     def switch(self, tid: int) -> None:
         """Save the loaded task's CPU context and load task tid's."""
-        rc = lib.emu_switch(self._core, tid)
+        if not self._lock.acquire(False):
+            raise self._busy("switch")
+        try:
+            rc = lib.emu_switch(self._core, tid)
+        finally:
+            self._lock.release()
         if rc:      # the message is only made on failure: this runs once a slice
-            _check(rc, f"switch to task {tid}", self._core)
+            self._check(rc, f"switch to task {tid}")
 
     @property
     def current(self) -> int:
@@ -274,11 +389,12 @@ class Engine:
     def set_task_state(self, tid: int, state: int) -> None:
         rc = lib.emu_task_set_state(self._core, tid, state)
         if rc:
-            _check(rc, f"patch state of task {tid}")
+            self._check(rc, f"patch state of task {tid}")
 
     # -- sites -------------------------------------------------------------------
     def add_site(self, addr: int, func_id: int) -> int:
-        return _check(lib.emu_site_add(self._core, addr, func_id), f"site at {addr:#x}", self._core)
+        with self.hold():
+            return self._check(lib.emu_site_add(self._core, addr, func_id), f"site at {addr:#x}")
 
     def set_site_entries(self, site: int, entries) -> None:
         """entries: newest first, each (target, version, nop, transition)."""
@@ -290,19 +406,21 @@ class Engine:
             buf[i].version = version
             buf[i].nop = 1 if nop else 0
             buf[i].transition = 1 if transition else 0
-        _check(lib.emu_site_set_entries(self._core, site, buf, len(entries)), "site entries")
+        with self.hold():
+            self._check(lib.emu_site_set_entries(self._core, site, buf, len(entries)), "site entries")
 
     def set_site_poke(self, site: int, poke: int) -> None:
-        _check(lib.emu_site_set_poke(self._core, site, poke), "site poke")
+        self._check(lib.emu_site_set_poke(self._core, site, poke), "site poke")
 
     def set_trampoline(self, addr: int) -> None:
-        _check(lib.emu_set_trampoline(self._core, addr), "trampoline", self._core)
+        self._check(lib.emu_set_trampoline(self._core, addr), "trampoline")
         self.trampoline = addr
 
     def text_write(self, addr: int, data: bytes) -> None:
         """Write guest code and drop its translations (C fast path; the
-        twin is emu/text.py)."""
-        _check(lib.emu_text_write(self._core, addr, data, len(data)), f"text write at {addr:#x}", self._core)
+        twin is emu/engine/text.py)."""
+        with self.hold():
+            self._check(lib.emu_text_write(self._core, addr, data, len(data)), f"text write at {addr:#x}")
 
     # -- instructions whose answer is not the guest's (csrc/sysinsn.c) ----------
     def add_sysinsn(self, addr: int, size: int, kind: int, arg: int = 0) -> None:
@@ -352,9 +470,14 @@ class Engine:
 
     def run(self, budget: int, precise: bool = False) -> Stop:
         """Run the loaded task for at most budget instructions."""
-        rc = lib.emu_run(self._core, budget, 1 if precise else 0, self._stop)
+        if not self._lock.acquire(False):
+            raise self._busy("run")
+        try:
+            rc = lib.emu_run(self._core, budget, 1 if precise else 0, self._stop)
+        finally:
+            self._lock.release()
         if rc:
-            _check(rc, "run")
+            self._check(rc, "run")
         reason, uc_err, fault_kind, intno, executed, rip, addr, hc_nr, a, b, c = \
             _STOP.unpack(self._stop_buf)
         return Stop(reason, executed, rip, fault_kind, uc_err, intno, addr, hc_nr, (a, b, c))
@@ -367,19 +490,31 @@ class Engine:
         return Stop(reason, executed, rip, fault_kind, uc_err, intno, addr, hc_nr, (a, b, c))
 
     # -- the scheduler (csrc/sched.c) ---------------------------------------------
-    def sched_init(self, ntasks: int, ncpus: int) -> memoryview:
-        """Allocate the scheduler state; return it as a writable int64 view
-        (layout in csrc/emu.h; the core owns the memory)."""
-        _check(lib.emu_sched_init(self._core, ntasks, ncpus), "scheduler state")
-        n = lib.emu_sched_size(self._core)
-        return memoryview(ffi.buffer(lib.emu_sched_state(self._core), 8 * n)).cast("q")
+    def sched_init(self, ntasks: int, ncpus: int) -> "SchedState":
+        """Allocate the scheduler state (struct emu_sched, csrc/emu.h) and
+        return it: fields read by name, changed through C's checked setters."""
+        n = lib.emu_sched_bytes(ntasks, ncpus)
+        if not n:
+            raise CoreError(f"scheduler state: {ntasks} tasks on {ncpus} CPUs is out of range")
+        mem = ffi.new("int64_t[]", n // 8)
+        layout = ffi.new("struct emu_sched *")
+        with self.hold():
+            self._check(lib.emu_sched_init(self._core, ntasks, ncpus, mem, n), "scheduler state")
+            self._memory.append(mem)
+            self._check(lib.emu_sched_layout(self._core, layout), "scheduler state")
+        return SchedState(self, mem, layout)
 
     def sched_run(self, until: int, deadline: int) -> int:
         """Run slices until Python is needed (-1: no until / no deadline);
-        return the EMU_SR_* reason."""
-        rc = lib.emu_sched_run(self._core, until, deadline, self._stop)
+        return the SchedReturn (EMU_SR_*) reason, as an int."""
+        if not self._lock.acquire(False):
+            raise self._busy("scheduler")
+        try:
+            rc = lib.emu_sched_run(self._core, until, deadline, self._stop)
+        finally:
+            self._lock.release()
         if rc < 0:
-            _check(rc, "scheduler", self._core)
+            self._check(rc, "scheduler")
         return rc
 
     def request_stop(self) -> None:
@@ -390,9 +525,14 @@ class Engine:
         """Append an event; clock defaults to now."""
         if clock is None:
             clock = lib.emu_clock(self._core)
-        rc = lib.emu_event_push(self._core, kind, task, a, b, c, clock)
+        if not self._lock.acquire(False):
+            raise self._busy("event push")
+        try:
+            rc = lib.emu_event_push(self._core, kind, task, a, b, c, clock)
+        finally:
+            self._lock.release()
         if rc:
-            _check(rc, "event push")
+            self._check(rc, "event push")
 
     def set_event_mask(self, kinds=None) -> None:
         """Record only events of these kinds (None: every kind, the default).
@@ -417,17 +557,28 @@ class Engine:
         return lib.emu_events_pending(self._core)
 
     # -- snapshots ----------------------------------------------------------------
-    def snapshot(self):
+    def snapshot(self) -> "Snapshot":
         """Take the core's state (see csrc/snapshot.c); freed when collected."""
-        snap = lib.emu_snapshot_take(self._core)
+        if self._core == ffi.NULL:
+            raise EngineClosed("snapshot: the engine is closed")
+        with self.hold():
+            snap = lib.emu_snapshot_take(self._core)
         if snap == ffi.NULL:
             raise CoreError("snapshot: out of memory or unicorn refused")
-        return ffi.gc(snap, lib.emu_snapshot_free)
+        return Snapshot(ffi.gc(snap, lib.emu_snapshot_free))
 
-    def restore(self, snap) -> None:
-        """Put a snapshot of this engine back. CoreError when the machine
-        mapped memory or added tasks since."""
-        _check(lib.emu_snapshot_restore(self._core, snap), "restore", self._core)
+    def restore(self, snap: "Snapshot") -> None:
+        """Put a snapshot back. CoreError when it was taken of another layout
+        (the machine mapped memory or added tasks since, or it is another
+        machine's), TypeError when it is not a Snapshot."""
+        if not isinstance(snap, Snapshot):
+            raise TypeError(f"restore: not an engine snapshot: {type(snap).__name__}")
+        with self.hold():
+            rc = lib.emu_snapshot_restore(self._core, snap._c)
+        if rc == lib.EMU_ERANGE:
+            raise CoreError("restore: the snapshot was taken of another layout (other memory regions, "
+                            "tasks or CPUs)")
+        self._check(rc, "restore")
 
     def take_events_raw(self) -> bytes:
         """Drain the ring as packed struct emu_event records (EventLog keeps
@@ -457,6 +608,8 @@ class Engine:
              preempted: bool, max_entries: int, end_ret: int, end_slot: int,
              orc: "OrcArrays | None" = None) -> tuple[int, tuple[int, ...]]:
         """Walk a task's stack in place (host memory, no copy)."""
+        if self._core == ffi.NULL:
+            raise EngineClosed("stack walk: the engine is closed")
         ptr = lib.emu_host_ptr(self._core, lo, hi - lo)
         if ptr == ffi.NULL:
             raise CoreError(f"no host memory for the stack {lo:#x}-{hi:#x}")
@@ -469,6 +622,115 @@ class Engine:
         """A prepared check of many tasks' stacks in one C call (see StackChecker)."""
         return StackChecker(self, kind, text, orc=orc, empty=empty, max_entries=max_entries,
                             reliable=reliable)
+
+
+# ---- the scheduler's state (struct emu_sched) --------------------------------------
+
+
+def _field(name: str, setter, field_id: int | None):
+    """A property over cdata field `name` of self._p; writable through the C
+    setter (which checks the value) when field_id is given."""
+    get = operator.attrgetter("_p." + name)
+    if field_id is None:
+        return property(get, doc=f"{name} (read-only)")
+
+    def set(self, value) -> None:
+        try:
+            rc = setter(self._engine._core, self._i, field_id, value)
+        except (OverflowError, TypeError):
+            rc = lib.EMU_EINVAL
+        if rc:
+            self._engine._check(rc, f"scheduler: {type(self).__name__} {self._i}: {name} = {value!r}")
+    return property(get, set, doc=name)
+
+
+def _global(name: str, field_id: int | None):
+    get = operator.attrgetter("_g." + name)
+    if field_id is None:
+        return property(get, doc=f"{name} (read-only)")
+
+    def set(self, value) -> None:
+        try:
+            rc = lib.emu_sched_set_global(self._engine._core, field_id, value)
+        except (OverflowError, TypeError):
+            rc = lib.EMU_EINVAL
+        if rc:
+            self._engine._check(rc, f"scheduler: {name} = {value!r}")
+    return property(get, set, doc=name)
+
+
+class TaskRecord:
+    """One task's record in the scheduler state (struct emu_sched_task): the
+    fields by name; each assignment goes through emu_sched_set_task, which
+    refuses a value out of range (CoreError)."""
+
+    __slots__ = ("_engine", "_p", "_i", "_mem")
+    FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
+              "kernel_entries", "since", "exit_code", "exited")
+
+    def __init__(self, engine, p, i: int, mem):
+        self._engine, self._p, self._i, self._mem = engine, p, i, mem
+
+    def __repr__(self) -> str:
+        return f"<TaskRecord {self._i} " + " ".join(f"{f}={getattr(self, f)}" for f in self.FIELDS) + ">"
+
+
+for _name in TaskRecord.FIELDS:
+    setattr(TaskRecord, _name, _field(_name, lib.emu_sched_set_task, getattr(lib, "EMU_TF_" + _name.upper())))
+
+
+class CpuRecord:
+    """One CPU's record (struct emu_sched_cpu) and its run queue; changed
+    through emu_sched_set_cpu and emu_sched_set_queue, which check them."""
+
+    __slots__ = ("_engine", "_p", "_i", "_rq", "_mem")
+
+    def __init__(self, engine, p, i: int, rq, mem):
+        self._engine, self._p, self._i, self._rq, self._mem = engine, p, i, rq, mem
+
+    current = _field("current", lib.emu_sched_set_cpu, lib.EMU_CF_CURRENT)
+    slices = _field("slices", lib.emu_sched_set_cpu, lib.EMU_CF_SLICES)
+    rqlen = _field("rqlen", None, None)
+
+    @property
+    def queue(self) -> list[int]:
+        """The run queue's task ids, in order (a copy)."""
+        return ffi.unpack(self._rq, self._p.rqlen)
+
+    @queue.setter
+    def queue(self, tids) -> None:
+        tids = list(tids)
+        try:
+            rc = lib.emu_sched_set_queue(self._engine._core, self._i, tids, len(tids))
+        except (OverflowError, TypeError):
+            rc = lib.EMU_EINVAL
+        if rc:
+            self._engine._check(rc, f"scheduler: run queue of CPU {self._i} = {tids!r}")
+
+
+class SchedState:
+    """The scheduler's state, shared by csrc/sched.c and its Python twin
+    (emu/engine/sched.py): the globals as attributes, `tasks` (one
+    TaskRecord per task, then one per CPU's idle task) and `cpus` (one
+    CpuRecord each). Reads are field reads; every assignment is checked by
+    C, so nothing Python sets can send the C loop out of bounds. The block
+    is owned here: reading it after the engine closed reads the last state."""
+
+    GLOBALS = ("ntasks", "ncpus", "quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all",
+               "each_slice", "sm", "rr", "round_ran", "slice_left", "inslice", "stask", "remain", "pick",
+               "next_wake", "check_sm", "after", "preemptions", "rtask", "rcpu", "live")
+
+    def __init__(self, engine: Engine, mem, layout):
+        self._engine = engine
+        self._mem = mem
+        self._g = layout.g
+        nt, nc = layout.g.ntasks, layout.g.ncpus
+        self.tasks = tuple(TaskRecord(engine, layout.tasks + i, i, mem) for i in range(nt + nc))
+        self.cpus = tuple(CpuRecord(engine, layout.cpus + i, i, layout.rq + i * nt, mem) for i in range(nc))
+
+
+for _name in SchedState.GLOBALS:
+    setattr(SchedState, _name, _global(_name, getattr(lib, "EMU_SG_" + _name.upper(), None)))
 
 
 # ---- the trace, kept packed ----------------------------------------------------------
@@ -745,8 +1007,9 @@ class StackChecker:
             cfg.check = check._c
             cfg.ncheck = len(check)
             self._last_check = check
-        failed = _check(lib.emu_check_stacks(self.engine._core, cfg, tasks._c, n, self._entries, self._out),
-                        "stack check")
+        with self.engine.hold():
+            failed = self.engine._check(lib.emu_check_stacks(self.engine._core, cfg, tasks._c, n, self._entries,
+                                                             self._out), "stack check")
         res = StackResults(self._obuf[0:n * _STACK_RESULT.size], self._ebuf, failed, self.reliable)
         self._last_results = weakref.ref(res)
         if failed:

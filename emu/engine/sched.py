@@ -1,63 +1,55 @@
-"""The pure-Python twin of csrc/sched.c: the same loop over the same shared
-state (a memoryview of the C core's array), returning at the same points
-with the same reasons. tests/test_sched.py holds the two to the same traces.
+"""The pure-Python twin of csrc/sched.c: the same loop over the same state
+(core.SchedState, the C core's struct emu_sched, read by field name and
+changed through the same checked setters), returning at the same points with
+the same reasons. tests/test_sched.py holds the two to the same traces.
 
 It also runs stop_machine sections, which the C loop hands back
 (SR_SM): a CPU parks at its next scheduling point, and the section starts
 once every CPU has parked.
+
+What it needs of the machine is passed in by name (PyScheduler's wake,
+hook_error and stop_state): it knows nothing else of it.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Protocol
+
 from emu.engine import core
-from emu.engine.core import SCHED as K
+from emu.engine.core import SCHED_HYPERCALLS as HC, SchedReturn as SR, TaskKind, TaskState
 
 FOREVER = 1 << 62
-NTF, NCF = K["TF_COUNT"], K["CF_COUNT"]
-(SG_NTASKS, SG_NCPUS, SG_QUANTUM, SG_PREEMPT, SG_TICK, SG_LOCKUP, SG_POLICY_RR, SG_NOTIFY_ALL,
- SG_EACH_SLICE, SG_SM, SG_RR, SG_ROUND_RAN, SG_SLICE_LEFT, SG_INSLICE, SG_STASK, SG_REMAIN, SG_PICK,
- SG_NEXT_WAKE, SG_CHECK_SM, SG_AFTER, SG_PREEMPTIONS, SG_RTASK, SG_RCPU, SG_LIVE) = (
-    K[f"SG_{n}"] for n in ("NTASKS", "NCPUS", "QUANTUM", "PREEMPT", "TICK", "LOCKUP", "POLICY_RR",
-                           "NOTIFY_ALL", "EACH_SLICE", "SM", "RR", "ROUND_RAN", "SLICE_LEFT", "INSLICE",
-                           "STASK", "REMAIN", "PICK", "NEXT_WAKE", "CHECK_SM", "AFTER", "PREEMPTIONS",
-                           "RTASK", "RCPU", "LIVE"))
-(TF_STATE, TF_KIND, TF_WAKE_AT, TF_INTERRUPTIBLE, TF_PREEMPTED, TF_NEED_RESCHED, TF_NOTIFY,
- TF_KERNEL_ENTRIES, TF_SINCE, TF_EXIT_CODE, TF_EXITED) = (
-    K[f"TF_{n}"] for n in ("STATE", "KIND", "WAKE_AT", "INTERRUPTIBLE", "PREEMPTED", "NEED_RESCHED",
-                           "NOTIFY", "KERNEL_ENTRIES", "SINCE", "EXIT_CODE", "EXITED"))
-CF_CURRENT, CF_SLICES, CF_RQLEN = K["CF_CURRENT"], K["CF_SLICES"], K["CF_RQLEN"]
-RUNNABLE, SLEEPING, EXITED = K["TS_RUNNABLE"], K["TS_SLEEPING"], K["TS_EXITED"]
-SR = {name[3:]: v for name, v in K.items() if name.startswith("SR_")}
+RUNNABLE, SLEEPING, EXITED = TaskState.RUNNABLE, TaskState.SLEEPING, TaskState.EXITED
+
+
+class StopState(Protocol):
+    """stop_machine in progress, as the twin sees it: which CPUs have parked,
+    and when the last one did."""
+    parked: set
+    stopped_at: int | None
 
 
 class PyScheduler:
-    """run(until, deadline) -> SR_* reason, like Engine.sched_run."""
+    """run(until, deadline) -> SR_* reason, like Engine.sched_run.
 
-    def __init__(self, machine):
-        self.m = machine
-        self.engine = machine.engine
-        s = self.s = machine.sched_state
-        self.ntasks, self.ncpus = s[SG_NTASKS], s[SG_NCPUS]
-        self.T = K["SG_COUNT"]
-        self.C = self.T + (self.ntasks + self.ncpus) * NTF
-        self.Q = self.C + self.ncpus * NCF
+    engine: the machine's core.Engine; state: its core.SchedState.
+    wake(tid): wake a sleeper whose time came (its sleep returns 0).
+    hook_error(): the exception a Python hook kept during the last run
+    (taken, so it is raised once), or None.
+    stop_state(): the stop_machine in progress (StopState), or None."""
+
+    def __init__(self, engine: core.Engine, state: core.SchedState, *, wake: Callable[[int], None],
+                 hook_error: Callable[[], BaseException | None], stop_state: Callable[[], StopState | None]):
+        self.engine = engine
+        self.s = state
+        self.task = state.tasks
+        self.cpu = state.cpus
+        self.ntasks, self.ncpus = state.ntasks, state.ncpus
+        self._wake = wake
+        self._hook_error = hook_error
+        self._stop_state = stop_state
 
     # ---- helpers (csrc/sched.c has one of each) ----------------------------------------
-    def t(self, tid: int, f: int) -> int:
-        return self.T + tid * NTF + f
-
-    def c(self, i: int, f: int) -> int:
-        return self.C + i * NCF + f
-
-    def queue(self, i: int) -> list[int]:
-        q = self.Q + i * self.ntasks
-        return list(self.s[q:q + self.s[self.c(i, CF_RQLEN)]])
-
-    def _set_queue(self, i: int, tids: list[int]) -> None:
-        q = self.Q + i * self.ntasks
-        for k, tid in enumerate(tids):
-            self.s[q + k] = tid
-        self.s[self.c(i, CF_RQLEN)] = len(tids)
-
     def ring_full(self) -> bool:
         return self.engine.events_pending() + self.ntasks + 64 > self.engine.event_capacity
 
@@ -68,210 +60,212 @@ class PyScheduler:
         self.engine.push_event(kind, tid, a, 0, 0)
 
     def runnable(self, tid: int) -> bool:
-        return self.s[self.t(tid, TF_STATE)] == RUNNABLE
+        return self.task[tid].state == RUNNABLE
 
     def requeue(self, i: int, tid: int) -> None:
-        q = self.queue(i)
+        q = self.cpu[i].queue
         if tid in q:
             q.remove(tid)
             q.append(tid)
-            self._set_queue(i, q)
+            self.cpu[i].queue = q
 
     def dequeue(self, i: int, tid: int) -> None:
-        q = self.queue(i)
+        q = self.cpu[i].queue
         if tid in q:
             q.remove(tid)
-            self._set_queue(i, q)
+            self.cpu[i].queue = q
 
     def schedule_out(self, i: int, tid: int, preempted: bool) -> None:
-        s = self.s
-        s[self.t(tid, TF_PREEMPTED)] = int(preempted)
-        s[self.t(tid, TF_SINCE)] = 0
-        if s[self.c(i, CF_CURRENT)] == tid:
-            s[self.c(i, CF_CURRENT)] = -1
+        t, cpu = self.task[tid], self.cpu[i]
+        t.preempted = int(preempted)
+        t.since = 0
+        if cpu.current == tid:
+            cpu.current = -1
         self.requeue(i, tid)
 
     def fire_wakes(self) -> None:
         s = self.s
-        if s[SG_NEXT_WAKE] < 0 or self.now() < s[SG_NEXT_WAKE]:
+        if s.next_wake < 0 or self.now() < s.next_wake:
             return
         nxt = -1
         for tid in range(self.ntasks):
-            w = s[self.t(tid, TF_WAKE_AT)]
-            if s[self.t(tid, TF_STATE)] != SLEEPING or w < 0:
+            t = self.task[tid]
+            w = t.wake_at
+            if t.state != SLEEPING or w < 0:
                 continue
             if w <= self.now():
-                self.m.wake(self.m.tasks[tid], early=False)
+                self._wake(tid)
             elif nxt < 0 or w < nxt:
                 nxt = w
-        s[SG_NEXT_WAKE] = nxt
+        s.next_wake = nxt
 
     def pick(self, i: int):
         """(reason, task): reason 0 and the task (-1: none), or SR_PICK."""
-        s = self.s
-        cur = s[self.c(i, CF_CURRENT)]
-        if cur >= 0 and self.runnable(cur) and not s[self.t(cur, TF_NEED_RESCHED)]:
+        s, cpu = self.s, self.cpu[i]
+        cur = cpu.current
+        if cur >= 0 and self.runnable(cur) and not self.task[cur].need_resched:
             return 0, cur
-        q = self.queue(i)
-        cands = [tid for tid in q if self.runnable(tid)]
+        cands = [tid for tid in cpu.queue if self.runnable(tid)]
         if not cands:
             return 0, -1
-        skip = cur if cur >= 0 and self.runnable(cur) and s[self.t(cur, TF_NEED_RESCHED)] and len(cands) > 1 \
+        skip = cur if cur >= 0 and self.runnable(cur) and self.task[cur].need_resched and len(cands) > 1 \
             else -1
-        if s[SG_POLICY_RR]:
+        if s.policy_rr:
             task = next(tid for tid in cands if tid != skip)
-        elif s[SG_PICK] >= 0:
-            task, s[SG_PICK] = s[SG_PICK], -1
+        elif s.pick >= 0:
+            task = s.pick
+            s.pick = -1
             if task not in cands or task == skip:
                 raise core.CoreError("scheduler: invalid argument")
         else:
-            s[SG_RCPU], s[SG_RTASK] = i, skip
-            return SR["PICK"], -1
+            s.rcpu, s.rtask = i, skip
+            return SR.PICK, -1
         if cur >= 0 and cur != task:
             self.requeue(i, cur)
-            s[SG_PREEMPTIONS] += self.runnable(cur)
-        if task != s[self.c(i, CF_CURRENT)]:
-            s[self.c(i, CF_CURRENT)] = task
+            s.preemptions += self.runnable(cur)
+        if task != cpu.current:
+            cpu.current = task
             self.emit(core.EV_SCHED_IN, task, i)
-        s[self.t(task, TF_NEED_RESCHED)] = 0
+        self.task[task].need_resched = 0
         return 0, task
 
     def switch_point(self, i: int, tid: int, event: int, reason: int) -> int:
         s = self.s
         self.emit(event, tid)
-        s[self.t(tid, TF_PREEMPTED)] = 0
-        if s[self.t(tid, TF_NOTIFY)] or s[SG_NOTIFY_ALL]:
-            s[SG_RTASK], s[SG_RCPU] = tid, i
+        self.task[tid].preempted = 0
+        if self.task[tid].notify or s.notify_all:
+            s.rtask, s.rcpu = tid, i
             return reason
         self.switch_tail(i, tid)
         return 0
 
     def switch_tail(self, i: int, tid: int) -> None:
         """After a switch point's hooks: the task leaves the CPU if it should
-        reschedule or stop_machine waits for it (Machine.run calls this
+        reschedule or stop_machine waits for it (the machine calls this
         after the models' hooks)."""
-        self.s[self.t(tid, TF_SINCE)] = 0
-        if self.s[self.t(tid, TF_NEED_RESCHED)] or self.s[SG_SM]:
+        t = self.task[tid]
+        t.since = 0
+        if t.need_resched or self.s.sm:
             self.schedule_out(i, tid, False)
 
     def hypercall(self, i: int, tid: int, stop: core.Stop) -> int:
-        s = self.s
+        s, t = self.s, self.task[tid]
         a = stop.hc_args[0]
-        s[SG_RTASK], s[SG_RCPU] = tid, i
+        s.rtask, s.rcpu = tid, i
         nr = stop.hc_nr
-        if nr == K["HC_SLEEP"]:
-            wake_at = -1 if a < 0 else min(self.now() + a * s[SG_TICK], FOREVER)
-            s[self.t(tid, TF_STATE)] = SLEEPING
-            s[self.t(tid, TF_WAKE_AT)] = wake_at
-            s[self.t(tid, TF_INTERRUPTIBLE)] = 1
+        if nr == HC["SLEEP"]:
+            wake_at = -1 if a < 0 else min(self.now() + a * s.tick, FOREVER)
+            t.state = SLEEPING
+            t.wake_at = wake_at
+            t.interruptible = 1
             self.emit(core.EV_SLEEP, tid, wake_at)
             self.schedule_out(i, tid, False)
             if wake_at >= 0:
-                s[SG_NEXT_WAKE] = wake_at if s[SG_NEXT_WAKE] < 0 else min(s[SG_NEXT_WAKE], wake_at)
+                s.next_wake = wake_at if s.next_wake < 0 else min(s.next_wake, wake_at)
             return 0
-        if nr == K["HC_YIELD"]:
-            return self.switch_point(i, tid, core.EV_YIELD, SR["COND_RESCHED"])
-        if nr == K["HC_RETURN_TO_USER"]:
-            if s[self.t(tid, TF_KIND)] != K["TK_USER"]:
-                return SR["KTHREAD_RET"]
-            s[self.t(tid, TF_KERNEL_ENTRIES)] += 1
-            return self.switch_point(i, tid, core.EV_KERNEL_EXIT, SR["KERNEL_EXIT"])
-        if nr == K["HC_SAFE_POINT"]:
-            s[self.t(tid, TF_PREEMPTED)] = 0
-            s[self.t(tid, TF_KERNEL_ENTRIES)] += 1
+        if nr == HC["YIELD"]:
+            return self.switch_point(i, tid, core.EV_YIELD, SR.COND_RESCHED)
+        if nr == HC["RETURN_TO_USER"]:
+            if t.kind != TaskKind.USER:
+                return SR.KTHREAD_RET
+            t.kernel_entries += 1
+            return self.switch_point(i, tid, core.EV_KERNEL_EXIT, SR.KERNEL_EXIT)
+        if nr == HC["SAFE_POINT"]:
+            t.preempted = 0
+            t.kernel_entries += 1
             self.emit(core.EV_SAFE_POINT, tid)
-            return SR["SAFE_POINT"] if s[self.t(tid, TF_NOTIFY)] or s[SG_NOTIFY_ALL] else 0
-        if nr == K["HC_EXIT"]:
-            s[self.t(tid, TF_STATE)] = EXITED
-            s[self.t(tid, TF_EXIT_CODE)] = a
-            s[self.t(tid, TF_EXITED)] = 1
-            s[SG_LIVE] -= 1
+            return SR.SAFE_POINT if t.notify or s.notify_all else 0
+        if nr == HC["EXIT"]:
+            t.state = EXITED
+            t.exit_code = a
+            t.exited = 1
+            s.live -= 1
             self.emit(core.EV_EXIT, tid, a)
             self.schedule_out(i, tid, False)
             self.dequeue(i, tid)
             return 0
-        return SR["HYPERCALL"]
+        return SR.HYPERCALL
 
     # ---- the slice in progress ------------------------------------------------------
     def due(self, deadline: int) -> int:
         """Mid-slice, time reached a wake-up or Python's deadline."""
         self.fire_wakes()
         if deadline >= 0 and self.now() >= deadline:
-            self.s[SG_CHECK_SM] = 1
-            return SR["TIMER"]
+            self.s.check_sm = 1
+            return SR.TIMER
         return 0
 
     def run_slice(self, until: int, deadline: int) -> int:
-        s, eng, m = self.s, self.engine, self.m
-        i, tid = s[SG_RR], s[SG_STASK]
+        s, eng = self.s, self.engine
+        i, tid = s.rr, s.stask
+        t, cpu = self.task[tid], self.cpu[i]
         broke = False
-        if s[SG_CHECK_SM]:
-            s[SG_CHECK_SM] = 0
-            broke = bool(s[SG_SM])
+        if s.check_sm:
+            s.check_sm = 0
+            broke = bool(s.sm)
         while not broke:
             if self.ring_full():
-                return SR["EVENTS"]
-            if s[self.t(tid, TF_SINCE)] > s[SG_LOCKUP]:
-                s[SG_RTASK], s[SG_RCPU] = tid, i
-                return SR["LOCKUP"]
-            if not (s[SG_REMAIN] > 0 and s[self.c(i, CF_CURRENT)] == tid and self.runnable(tid)):
+                return SR.EVENTS
+            if t.since > s.lockup:
+                s.rtask, s.rcpu = tid, i
+                return SR.LOCKUP
+            if not (s.remain > 0 and cpu.current == tid and self.runnable(tid)):
                 break
-            t = self.now()
-            limit = _lower(_lower(deadline, until), s[SG_NEXT_WAKE])
-            budget, precise = s[SG_REMAIN], False
-            if limit >= 0 and limit - t < budget:
-                budget, precise = limit - t, True
+            now = self.now()
+            limit = _lower(_lower(deadline, until), s.next_wake)
+            budget, precise = s.remain, False
+            if limit >= 0 and limit - now < budget:
+                budget, precise = limit - now, True
             if budget <= 0:
-                if until >= 0 and t >= until:
-                    s[SG_SLICE_LEFT] = s[SG_REMAIN]
-                    s[SG_INSLICE] = 0
-                    return SR["UNTIL"]
+                if until >= 0 and now >= until:
+                    s.slice_left = s.remain
+                    s.inslice = 0
+                    return SR.UNTIL
                 rc = self.due(deadline)
                 if rc:
                     return rc
                 continue
             eng.switch(tid)
             stop = eng.run(budget, precise)
-            s[SG_ROUND_RAN] = 1
-            s[self.t(tid, TF_PREEMPTED)] = 1
-            s[SG_REMAIN] -= stop.executed
-            s[self.t(tid, TF_SINCE)] += stop.executed
-            twin = m._twin
-            if twin is not None and twin.error is not None:
-                err, twin.error = twin.error, None
+            s.round_ran = 1
+            t.preempted = 1
+            s.remain -= stop.executed
+            t.since += stop.executed
+            err = self._hook_error()
+            if err is not None:
                 raise err
             if stop.reason == core.STOP_HYPERCALL:
                 rc = self.hypercall(i, tid, stop)
                 if rc:
                     return rc
             elif stop.reason == core.STOP_FAULT:
-                s[SG_RTASK], s[SG_RCPU] = tid, i
-                return SR["FAULT"]
+                s.rtask, s.rcpu = tid, i
+                return SR.FAULT
             elif stop.reason == core.STOP_EVENTS_FULL:
-                return SR["EVENTS"]
-            elif stop.reason == core.STOP_BUDGET and s[SG_REMAIN] > 0:
+                return SR.EVENTS
+            elif stop.reason == core.STOP_BUDGET and s.remain > 0:
                 rc = self.due(deadline)
                 if rc:
                     return rc
-        if s[SG_REMAIN] <= 0 and s[self.c(i, CF_CURRENT)] == tid and self.runnable(tid):
-            if any(q != tid and self.runnable(q) for q in self.queue(i)):
-                if s[SG_PREEMPT] == 2:
+        if s.remain <= 0 and cpu.current == tid and self.runnable(tid):
+            if any(q != tid and self.runnable(q) for q in cpu.queue):
+                if s.preempt == 2:
                     self.schedule_out(i, tid, True)
-                    s[SG_PREEMPTIONS] += 1
+                    s.preemptions += 1
                 else:
-                    s[self.t(tid, TF_NEED_RESCHED)] = 1
-        s[self.c(i, CF_SLICES)] += 1
-        s[SG_INSLICE] = 0
-        s[SG_AFTER] = 1
+                    t.need_resched = 1
+        cpu.slices += 1
+        s.inslice = 0
+        s.after = 1
         return 0
 
     def idle_jump(self, until: int, deadline: int) -> int:
         s = self.s
-        nxt = _lower(s[SG_NEXT_WAKE], deadline)
+        nxt = _lower(s.next_wake, deadline)
         if nxt < 0:
-            if any(s[self.t(tid, TF_STATE)] == SLEEPING for tid in range(self.ntasks)):
-                return SR["HANG"]
-            return SR["END"]
+            if any(self.task[tid].state == SLEEPING for tid in range(self.ntasks)):
+                return SR.HANG
+            return SR.END
         if until >= 0 and nxt > until:
             self.engine.clock = until
         elif nxt > self.now():
@@ -282,16 +276,16 @@ class PyScheduler:
         """stop_machine: CPU i stops at its next scheduling point. With full
         preemption the stopper thread preempts the task at once; otherwise
         the task runs on until it sleeps, yields, returns to user or exits."""
-        s, m = self.s, self.m
-        sm = m._sm
+        s, cpu = self.s, self.cpu[i]
+        sm = self._stop_state()
         if i in sm.parked:
-            s[self.c(i, CF_SLICES)] += 1
-            s[SG_AFTER] = 1
+            cpu.slices += 1
+            s.after = 1
             return
-        cur = s[self.c(i, CF_CURRENT)]
-        if cur < 0 or not self.runnable(cur) or s[SG_PREEMPT] == 2:
-            s[self.c(i, CF_SLICES)] += 1
-            s[SG_AFTER] = 1
+        cur = cpu.current
+        if cur < 0 or not self.runnable(cur) or s.preempt == 2:
+            cpu.slices += 1
+            s.after = 1
             sm.parked.add(i)
             if len(sm.parked) == self.ncpus:
                 sm.stopped_at = self.now()
@@ -301,59 +295,60 @@ class PyScheduler:
 
     def _begin(self, tid: int) -> None:
         s = self.s
-        s[SG_REMAIN] = s[SG_SLICE_LEFT] or s[SG_QUANTUM]
-        s[SG_SLICE_LEFT] = 0
-        s[SG_STASK] = tid
-        s[SG_INSLICE] = 1
-        s[SG_CHECK_SM] = 0
+        s.remain = s.slice_left or s.quantum
+        s.slice_left = 0
+        s.stask = tid
+        s.inslice = 1
+        s.check_sm = 0
 
     # ---- the loop ----------------------------------------------------------------
     def run(self, until: int, deadline: int) -> int:
         s = self.s
         while True:
-            if not s[SG_INSLICE] and not s[SG_AFTER]:
-                i = s[SG_RR]
+            if not s.inslice and not s.after:
+                i = s.rr
                 if self.ring_full():
-                    return SR["EVENTS"]
+                    return SR.EVENTS
                 self.fire_wakes()
                 if deadline >= 0 and self.now() >= deadline:
-                    return SR["TIMER"]
+                    return SR.TIMER
                 if until >= 0 and self.now() >= until:
-                    return SR["UNTIL"]
-                if s[SG_LIVE] <= 0:
-                    return SR["DONE"]
-                if s[SG_SM]:
+                    return SR.UNTIL
+                if s.live <= 0:
+                    return SR.DONE
+                if s.sm:
                     self._park(i)
                 else:
                     rc, task = self.pick(i)
                     if rc:
                         return rc
                     if task < 0:
-                        s[self.c(i, CF_CURRENT)] = -1
-                        s[self.c(i, CF_SLICES)] += 1
-                        s[SG_AFTER] = 1
-                        if s[self.t(self.ntasks + i, TF_NOTIFY)] or s[SG_NOTIFY_ALL]:
-                            s[SG_RCPU] = i
-                            return SR["IDLE"]
+                        cpu = self.cpu[i]
+                        cpu.current = -1
+                        cpu.slices += 1
+                        s.after = 1
+                        if self.task[self.ntasks + i].notify or s.notify_all:
+                            s.rcpu = i
+                            return SR.IDLE
                     else:
                         self._begin(task)
-            if s[SG_INSLICE]:
+            if s.inslice:
                 rc = self.run_slice(until, deadline)
                 if rc:
                     return rc
-            s[SG_AFTER] = 0
-            s[SG_RR] = (s[SG_RR] + 1) % self.ncpus
-            if s[SG_RR] == 0:
-                idle = not s[SG_ROUND_RAN]
-                s[SG_ROUND_RAN] = 0
+            s.after = 0
+            s.rr = (s.rr + 1) % self.ncpus
+            if s.rr == 0:
+                idle = not s.round_ran
+                s.round_ran = 0
                 if idle:
-                    if s[SG_EACH_SLICE]:
-                        return SR["IDLE_ROUND"]
+                    if s.each_slice:
+                        return SR.IDLE_ROUND
                     rc = self.idle_jump(until, deadline)
                     if rc:
                         return rc
-            if s[SG_EACH_SLICE]:
-                return SR["SLICE"]
+            if s.each_slice:
+                return SR.SLICE
 
 
 def _lower(a: int, b: int) -> int:

@@ -37,7 +37,7 @@ from emu.engine import unwind
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
 from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP,
                    EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
-from emu.engine.core import SCHED as K
+from emu.engine.core import SchedReturn as SR
 from emu.errors import GuestFault, UserError
 from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
@@ -59,10 +59,8 @@ PERCPU_BASE = 0x3000_0000    # one per-CPU area per task (emu/images/percpu.py),
 PREEMPT_MODES = ("none", "voluntary", "full")
 UNWINDERS = ("orc", "fp")
 
-_SR = {name[3:]: v for name, v in K.items() if name.startswith("SR_")}
-_SR_DONE = _SR["DONE"]          # reasons up to this one need nothing done
-_HOOKS = {_SR["KERNEL_EXIT"]: "on_kernel_exit", _SR["COND_RESCHED"]: "on_cond_resched",
-          _SR["SAFE_POINT"]: "on_safe_point"}
+_SR_DONE = SR.DONE          # reasons up to this one need nothing done
+_HOOKS = {SR.KERNEL_EXIT: "on_kernel_exit", SR.COND_RESCHED: "on_cond_resched", SR.SAFE_POINT: "on_safe_point"}
 
 EVENT_NAMES = {
     core.EV_ENTRY: "entry", core.EV_OBSERVE: "observe", core.EV_TORN: "torn",
@@ -360,7 +358,7 @@ class Machine:
         if not 0 <= cpu < len(self.cpus):
             raise UserError(f"task '{name}': no CPU {cpu}")
         task = Task(len(self.tasks), name, Kind(kind), cpu, entry=fn.name, args=tuple(int(a) for a in args))
-        task.extra["entry_addr"] = fn.start
+        task.entry_addr = fn.start
         self.tasks.append(task)
         return task
 
@@ -376,7 +374,7 @@ class Machine:
             lo = STACK_BASE + task.tid * (STACK_SIZE + GUARD) + GUARD
             hi = lo + STACK_SIZE
             view = self.engine.map(lo, STACK_SIZE, PROT_R | PROT_W)
-            block = [task.extra["entry_addr"], *task.args, *([0] * (6 - len(task.args)))]
+            block = [task.entry_addr, *task.args, *([0] * (6 - len(task.args)))]
             off = STACK_SIZE - runtime.TASK_BLOCK
             view[off:off + 56] = b"".join(v.to_bytes(8, "little", signed=v < 0) for v in block)
             rsp = hi - runtime.FRAME_GAP
@@ -396,20 +394,21 @@ class Machine:
         n = len(self.tasks)
         st = self.sched_state = self.engine.sched_init(n, len(self.cpus))
         from emu.engine.sched import PyScheduler
-        py = self._py = PyScheduler(self)        # also knows the state's layout
+        self._py = PyScheduler(self.engine, st, wake=self._wake_due, hook_error=self._hook_error,
+                               stop_state=lambda: self._sm)
         for task in self.tasks:
-            task.bind(st, py.t(task.tid, 0))
+            task.bind(st.tasks[task.tid], st)
         for cpu in self.cpus:
-            cpu.idle.bind(st, py.t(n + cpu.index, 0))
-            cpu.bind(st, py.c(cpu.index, 0), py.Q + cpu.index * n, self.tasks)
-        st[K["SG_QUANTUM"]] = self.quantum
-        st[K["SG_PREEMPT"]] = PREEMPT_MODES.index(self.preempt)
-        st[K["SG_TICK"]] = self.tick
-        st[K["SG_LOCKUP"]] = self.lockup
-        st[K["SG_PICK"]] = -1
-        st[K["SG_NEXT_WAKE"]] = -1
-        st[K["SG_LIVE"]] = sum(t.state is not RunState.EXITED for t in self.tasks)
-        st[K["SG_SM"]] = self._sm is not None
+            cpu.idle.bind(st.tasks[n + cpu.index])
+            cpu.bind(st.cpus[cpu.index], self.tasks)
+        st.quantum = self.quantum
+        st.preempt = PREEMPT_MODES.index(self.preempt)
+        st.tick = self.tick
+        st.lockup = self.lockup
+        st.pick = -1
+        st.next_wake = -1
+        st.live = sum(t.state is not RunState.EXITED for t in self.tasks)
+        st.sm = self._sm is not None
 
     def _install_percpu(self, task: Task) -> None:
         """Map the task's view of its CPU's per-CPU area and point %gs at it
@@ -473,7 +472,7 @@ class Machine:
                 raise RuntimeError("nested stop_machine")
             self._sm = _StopState(w, self.now)
             if self.sched_state is not None:
-                self.sched_state[K["SG_SM"]] = 1
+                self.sched_state.sm = 1
             w.kind, w.arg = "stop", None
         elif isinstance(wait, Release):
             self._release_stop_machine()
@@ -485,7 +484,7 @@ class Machine:
         """End stop_machine; the CPUs resume where they stopped."""
         sm, self._sm = self._sm, None
         if self.sched_state is not None:
-            self.sched_state[K["SG_SM"]] = 0
+            self.sched_state.sm = 0
         if sm is not None and sm.stopped_at is not None:
             self.emit(EV_STOP_MACHINE, -1, 0)
             self.last_stop_machine = (sm.requested_at, sm.stopped_at, self.now)
@@ -503,7 +502,7 @@ class Machine:
         return Snapshot(
             core=self.engine.snapshot(), images=len(self.images), unloaded=set(self.unloaded),
             by_name=dict(self.by_name), sites=dict(self._sites), site_funcs=dict(self._site_funcs),
-            patch_states=[t.patch_state for t in everyone], extra=[dict(t.extra) for t in everyone],
+            patch_states=[t.patch_state for t in everyone],
             hypercalls=dict(self.hypercalls), trace=self.trace.copy(), log=list(self.log),
             timers=list(self._timers), seq=self._seq, last_stop_machine=self.last_stop_machine,
             policy=copy.deepcopy(self.policy))
@@ -518,8 +517,8 @@ class Machine:
         self.unloaded = set(snap.unloaded)
         self.by_name = dict(snap.by_name)
         self._sites, self._site_funcs = dict(snap.sites), dict(snap.site_funcs)
-        for t, ps, extra in zip(self.tasks + [c.idle for c in self.cpus], snap.patch_states, snap.extra):
-            t.patch_state, t.extra = ps, dict(extra)
+        for t, ps in zip(self.tasks + [c.idle for c in self.cpus], snap.patch_states):
+            t.patch_state = ps
         self.hypercalls = dict(snap.hypercalls)
         self.trace = snap.trace.copy()
         self.log = list(snap.log)
@@ -549,7 +548,7 @@ class Machine:
     @property
     def preemptions(self) -> int:
         """Runnable tasks switched out for another (slice end, cond_resched)."""
-        return 0 if self.sched_state is None else self.sched_state[K["SG_PREEMPTIONS"]]
+        return 0 if self.sched_state is None else self.sched_state.preemptions
 
     def run(self, until: int | None = None, *, stop_when=None, every_slice: bool = True) -> None:
         """Run until virtual time `until`, until every task has exited, or until
@@ -560,9 +559,13 @@ class Machine:
         and running on gives the same run as running straight through.
         Raises GuestFault."""
         self.start()
+        with self.engine.hold():
+            self._run(until, stop_when, every_slice)
+
+    def _run(self, until, stop_when, every_slice) -> None:
         st = self.sched_state
-        st[K["SG_POLICY_RR"]] = self.policy.name == "rr"
-        st[K["SG_NOTIFY_ALL"]] = any(not getattr(lst, "pending_only", False) for lst in self.listeners)
+        st.policy_rr = self.policy.name == "rr"
+        st.notify_all = any(not getattr(lst, "pending_only", False) for lst in self.listeners)
         each = stop_when is not None and every_slice
         until_c = -1 if until is None else until
         try:
@@ -572,9 +575,9 @@ class Machine:
                     return
                 if until is not None and self.now >= until:
                     return
-                if st[K["SG_LIVE"]] <= 0:
+                if st.live <= 0:
                     return
-                st[K["SG_EACH_SLICE"]] = each or any(w.kind in ("sync", "stop") for w in self._works)
+                st.each_slice = each or any(w.kind in ("sync", "stop") for w in self._works)
                 deadline = self._timers[0][0] if self._timers else -1
                 if self._sm is None and self.sched == "c":
                     reason = self.engine.sched_run(until_c, deadline)
@@ -589,43 +592,43 @@ class Machine:
         """Do what the scheduler came back for; False when the run is over."""
         st = self.sched_state
         if reason in _HOOKS:
-            task = self.tasks[st[K["SG_RTASK"]]]
+            task = self.tasks[st.rtask]
             hook = _HOOKS[reason]
             for listener in self.listeners:
                 getattr(listener, hook)(task)
-            if reason != _SR["SAFE_POINT"]:
-                self._py.switch_tail(st[K["SG_RCPU"]], task.tid)
-        elif reason == _SR["IDLE"]:
-            cpu = self.cpus[st[K["SG_RCPU"]]]
+            if reason != SR.SAFE_POINT:
+                self._py.switch_tail(st.rcpu, task.tid)
+        elif reason == SR.IDLE:
+            cpu = self.cpus[st.rcpu]
             for listener in self.listeners:
                 listener.on_idle(cpu, cpu.idle)
-        elif reason == _SR["PICK"]:
-            cpu, skip = self.cpus[st[K["SG_RCPU"]]], st[K["SG_RTASK"]]
+        elif reason == SR.PICK:
+            cpu, skip = self.cpus[st.rcpu], st.rtask
             cands = [t for t in self.runnable(cpu) if t.tid != skip]
-            st[K["SG_PICK"]] = self.policy.pick(cpu, cands, self.now).tid
-        elif reason == _SR["EVENTS"]:
+            st.pick = self.policy.pick(cpu, cands, self.now).tid
+        elif reason == SR.EVENTS:
             self.drain()
-        elif reason == _SR["IDLE_ROUND"]:
+        elif reason == SR.IDLE_ROUND:
             return self._idle_round(until, deadline)
-        elif reason == _SR["END"]:
+        elif reason == SR.END:
             return False
-        elif reason == _SR["HANG"]:
+        elif reason == SR.HANG:
             names = ", ".join(t.name for t in self.tasks if t.state is RunState.SLEEPING)
             raise GuestFault(f"every task is asleep with nothing to wake it: {names}", kind="hang")
-        elif reason in (_SR["HYPERCALL"], _SR["FAULT"], _SR["KTHREAD_RET"], _SR["LOCKUP"]):
+        elif reason in (SR.HYPERCALL, SR.FAULT, SR.KTHREAD_RET, SR.LOCKUP):
             self._trouble(reason)
         return True
 
     def _trouble(self, reason: int) -> None:
         """A hypercall the scheduler does not handle, or a task gone wrong."""
         st = self.sched_state
-        task, cpu = self.tasks[st[K["SG_RTASK"]]], self.cpus[st[K["SG_RCPU"]]]
+        task, cpu = self.tasks[st.rtask], self.cpus[st.rcpu]
         stop = self.engine.last_stop
-        if reason == _SR["FAULT"]:
+        if reason == SR.FAULT:
             self._fault(cpu, task, stop)
-        elif reason == _SR["LOCKUP"]:
+        elif reason == SR.LOCKUP:
             self._fault(cpu, task, None, soft_lockup=True)
-        elif reason == _SR["KTHREAD_RET"]:
+        elif reason == SR.KTHREAD_RET:
             self._fault(cpu, task, stop, message="a kthread returned to user")
         elif stop.hc_nr in self.hypercalls:
             rax = self.hypercalls[stop.hc_nr](self, task, stop.hc_args)
@@ -660,6 +663,16 @@ class Machine:
         task.state = RunState.RUNNABLE
         task.wake_at = None
         self.emit(EV_WAKE, task.tid, 1 if early else 0)
+
+    def _wake_due(self, tid: int) -> None:
+        self.wake(self.tasks[tid], early=False)
+
+    def _hook_error(self) -> BaseException | None:
+        twin = self._twin
+        if twin is None or twin.error is None:
+            return None
+        err, twin.error = twin.error, None
+        return err
 
     def signal(self, task: Task) -> None:
         """A fake signal: wakes an interruptible sleeper (it then runs to its
@@ -791,7 +804,6 @@ class Snapshot:
     sites: dict
     site_funcs: dict
     patch_states: list
-    extra: list
     hypercalls: dict
     trace: core.EventLog
     log: list
@@ -820,7 +832,6 @@ class _Work:
         self.gen = gen
         self.kind = "now"
         self.arg = None
-        self.extra: dict = {}
 
     def ready(self, m: Machine) -> bool:
         if self.kind == "now":

@@ -9,10 +9,11 @@ uses the same field.
 """
 from __future__ import annotations
 
+import operator
 from enum import Enum
 
-from emu.engine.core import PATCHED, SCHED, UNDEFINED, UNPATCHED  # noqa: F401 (the patch states live in the C header)
-
+from emu.engine.core import PATCHED, UNDEFINED, UNPATCHED  # noqa: F401 (the patch states live in the C header)
+from emu.engine.core import TaskKind, TaskRecord, TaskState
 
 
 class Kind(str, Enum):
@@ -27,28 +28,40 @@ class RunState(str, Enum):
     EXITED = "exited"
 
 
-# Scheduling fields live in the scheduler's shared state (csrc/emu.h) once
-# the machine starts; before that, in a list of the same layout.
-_F = {k: v for k, v in SCHED.items() if k.startswith("TF_")}
-_NTF = SCHED["TF_COUNT"]
-_STATES = {SCHED["TS_RUNNABLE"]: "runnable", SCHED["TS_SLEEPING"]: "sleeping", SCHED["TS_EXITED"]: "exited"}
-_LIVE = SCHED["SG_LIVE"]
+_STATES = {TaskState.RUNNABLE: RunState.RUNNABLE, TaskState.SLEEPING: RunState.SLEEPING,
+           TaskState.EXITED: RunState.EXITED}
+_STATE_CODES = {v: int(k) for k, v in _STATES.items()}
+_RUN_STATES = tuple(_STATES[TaskState(i)] for i in range(len(_STATES)))
+
+
+class _Record:
+    """A task's scheduling fields before the machine starts (the same names
+    as core.TaskRecord, which holds them afterwards)."""
+
+    __slots__ = TaskRecord.FIELDS
+
+    def __init__(self, kind: int, cpu: int):
+        for f in self.__slots__:
+            setattr(self, f, 0)
+        self.kind, self.cpu, self.wake_at, self.interruptible = kind, cpu, -1, 1
 
 
 def _field(name: str, conv=int, doc: str = ""):
-    k = _F["TF_" + name]
+    name = name.lower()
+    get = operator.attrgetter("_r." + name)
 
-    def get(self):
-        return conv(self._s[self._o + k])
+    def getter(self):
+        return conv(get(self))
 
-    def set(self, value):
-        self._s[self._o + k] = int(value)
-    return property(get, set, doc=doc)
+    def setter(self, value):
+        setattr(self._r, name, int(value))
+    return property(getter, setter, doc=doc)
 
 
 class Task:
-    """A task: identity and stack in attributes, scheduling state in the
-    scheduler's shared array (see _field)."""
+    """A task: identity and stack in attributes, scheduling state in its
+    record of the scheduler's state (core.TaskRecord once the machine has
+    started, a _Record of the same fields before)."""
 
     def __init__(self, tid: int, name: str, kind: Kind, cpu: int, entry: str | None = None,
                  args: tuple[int, ...] = ()):
@@ -57,56 +70,54 @@ class Task:
         self.kind = kind
         self.cpu = cpu                # the CPU whose run queue holds the task
         self.entry = entry
+        self.entry_addr = 0           # address of the entry function
         self.args = args
         self.stack_lo = self.stack_hi = 0
         self.end_ret = 0              # return address of the entry frame
         self.end_slot = 0             # where that return address sits
         self.patch_state = UNDEFINED
-        self.extra: dict = {}
-        self._s: "list | memoryview" = [0] * _NTF
-        self._o = 0
-        self._s[_F["TF_KIND"]] = SCHED["TK_KTHREAD"] if kind is Kind.KTHREAD else SCHED["TK_USER"]
-        self._s[_F["TF_CPU"]] = cpu
-        self._s[_F["TF_WAKE_AT"]] = -1
-        self._s[_F["TF_INTERRUPTIBLE"]] = 1
+        self._r: "_Record | TaskRecord" = _Record(TaskKind.KTHREAD if kind is Kind.KTHREAD else TaskKind.USER, cpu)
+        self._live = None             # the scheduler state, whose count of live tasks this one is in
 
-    def bind(self, state: memoryview, offset: int) -> None:
-        """Move the scheduling fields into the shared state at offset."""
-        for k in range(_NTF):
-            state[offset + k] = self._s[self._o + k]
-        self._s, self._o = state, offset
+    def bind(self, record: TaskRecord, sched=None) -> None:
+        """Move the scheduling fields into the scheduler's record; a task
+        (not an idle task) is then counted in sched.live."""
+        for f in TaskRecord.FIELDS:
+            setattr(record, f, getattr(self._r, f))
+        self._r = record
+        self._live = None if self.is_idle else sched
 
     @property
     def state(self) -> RunState:
-        return RunState(_STATES[self._s[self._o]])
+        return _RUN_STATES[self._r.state]
 
     @state.setter
     def state(self, value: RunState) -> None:
         new = _STATE_CODES[RunState(value)]
-        old = self._s[self._o]
-        if isinstance(self._s, memoryview) and not self.is_idle:
-            exited = SCHED["TS_EXITED"]
-            self._s[_LIVE] += (old == exited) - (new == exited)
-        self._s[self._o] = new
+        old = self._r.state
+        if self._live is not None:
+            exited = TaskState.EXITED
+            self._live.live += (old == exited) - (new == exited)
+        self._r.state = new
 
     @property
     def wake_at(self) -> int | None:
         """Virtual time of the wake-up, None = until woken."""
-        w = self._s[self._o + _F["TF_WAKE_AT"]]
+        w = self._r.wake_at
         return None if w < 0 else w
 
     @wake_at.setter
     def wake_at(self, value: int | None) -> None:
-        self._s[self._o + _F["TF_WAKE_AT"]] = -1 if value is None else value
+        self._r.wake_at = -1 if value is None else value
 
     @property
     def exit_code(self) -> int | None:
-        return self._s[self._o + _F["TF_EXIT_CODE"]] if self._s[self._o + _F["TF_EXITED"]] else None
+        return self._r.exit_code if self._r.exited else None
 
     @exit_code.setter
     def exit_code(self, value: int | None) -> None:
-        self._s[self._o + _F["TF_EXITED"]] = value is not None
-        self._s[self._o + _F["TF_EXIT_CODE"]] = value or 0
+        self._r.exited = value is not None
+        self._r.exit_code = value or 0
 
     interruptible = _field("INTERRUPTIBLE", bool)
     preempted = _field("PREEMPTED", bool, "stopped at an arbitrary instruction, not at a switch point")
@@ -123,11 +134,9 @@ class Task:
         return f"<Task {self.tid} {self.name} {self.kind.value} {self.state.value}>"
 
 
-_STATE_CODES = {RunState(v): k for k, v in _STATES.items()}
-
 
 class Cpu:
-    """A CPU: its idle task, and (in the shared state once the machine
+    """A CPU: its idle task, and (in the scheduler's state once the machine
     starts) the task it runs, its run queue and its slice count."""
 
     def __init__(self, index: int, idle: Task):
@@ -135,40 +144,37 @@ class Cpu:
         self.idle = idle
         self._tasks: list[Task] = []
         self._queue: list[Task] = []    # before the machine starts
-        self._s = None
-        self._o = 0
-        self._q = 0
+        self._r = None                  # its core.CpuRecord, once bound
 
     def enqueue(self, task: Task) -> None:
         """Put a task on the run queue (before the machine starts)."""
-        if self._s is not None:
+        if self._r is not None:
             raise RuntimeError("the run queue is the scheduler's once the machine has started")
         self._queue.append(task)
 
-    def bind(self, state: memoryview, offset: int, queue: int, tasks: list[Task]) -> None:
-        self._s, self._o, self._q, self._tasks = state, offset, queue, tasks
-        state[offset + SCHED["CF_CURRENT"]] = -1
-        state[offset + SCHED["CF_RQLEN"]] = len(self._queue)
-        for k, t in enumerate(self._queue):
-            state[queue + k] = t.tid
+    def bind(self, record, tasks: list[Task]) -> None:
+        """Move the run queue into the scheduler's record for this CPU."""
+        self._tasks = tasks
+        record.current = -1
+        record.queue = [t.tid for t in self._queue]
+        self._r = record
 
     @property
     def current(self) -> Task | None:
         """The task the CPU runs (None: idle)."""
-        if self._s is None:
+        if self._r is None:
             return None
-        tid = self._s[self._o]
+        tid = self._r.current
         return None if tid < 0 else self._tasks[tid]
 
     @property
     def runqueue(self) -> list[Task]:
         """The run queue in order (a copy)."""
-        if self._s is None:
+        if self._r is None:
             return list(self._queue)
-        n = self._s[self._o + SCHED["CF_RQLEN"]]
-        return [self._tasks[t] for t in self._s[self._q:self._q + n]]
+        return [self._tasks[t] for t in self._r.queue]
 
     @property
     def slices(self) -> int:
         """Slices ended, for sync."""
-        return 0 if self._s is None else self._s[self._o + SCHED["CF_SLICES"]]
+        return 0 if self._r is None else self._r.slices
