@@ -26,7 +26,7 @@ def test_check_stacks_c(benchmark, sleepers, kind):
     m, checked, empty = sleepers
     tasks = core.StackTasks([(t.tid, t.preempted, t.stack_lo, t.stack_hi, t.end_ret, t.end_slot)
                              for t in m.tasks])
-    checker = m.engine.stack_checker(kind, m.text_ranges, orc=m._orc_c, empty=empty, max_entries=99)
+    checker = m.engine.stack_checker(kind, m.text_ranges, orc=m.orc_arrays, empty=empty, max_entries=99)
 
     def run():
         return checker.check(tasks, checked).failed

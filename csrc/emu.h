@@ -337,7 +337,7 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_EV_TRANSITION   24   /* a = transition event code, b = patch index */
 #define EMU_EV_STOP_MACHINE 25   /* a = 1 when every CPU stopped, 0 when released */
 
-/* The hypercalls the scheduler handles. Their one home is the guest's
+/* The hypercalls the C core handles. Their one home is the guest's
  * header emu/include/lpemu.h (LPEMU_HC_*); tests/test_machine.py holds
  * these copies to it. */
 #define EMU_HC_EXIT           0
@@ -345,6 +345,7 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_HC_YIELD          2
 #define EMU_HC_RETURN_TO_USER 3
 #define EMU_HC_SAFE_POINT     4
+#define EMU_HC_OBSERVE        5   /* handled in the slicer (csrc/slicer.c): an EMU_EV_OBSERVE */
 
 struct emu_sched_globals {
     int64_t ntasks;       /* fixed by emu_sched_init */

@@ -16,8 +16,6 @@
 #include <string.h>
 #include "core.h"
 
-/* Must agree with LPEMU_HC_OBSERVE in emu/include/lpemu.h. */
-#define HC_OBSERVE 5
 
 static uint64_t now_at(struct emu_core *c, uint64_t addr)
 {
@@ -94,7 +92,7 @@ static void hook_syscall(uc_engine *uc, void *ud)
     uc_reg_read(uc, UC_X86_REG_RAX, &nr);
     uc_reg_read(uc, UC_X86_REG_RDI, &a);
     uc_reg_read(uc, UC_X86_REG_RSI, &b);
-    if (nr == HC_OBSERVE) {
+    if (nr == EMU_HC_OBSERVE) {
         /* Observations are frequent and need no decision: record and go on. */
         int64_t zero = 0;
         uc_reg_read(uc, UC_X86_REG_RIP, &rip);

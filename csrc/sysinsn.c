@@ -109,9 +109,9 @@ static uint32_t cur_cpu(struct emu_core *c)
 {
     int64_t v;
 
-    if (!c->sched || c->cur < 0 || EMU_SG_COUNT + (int64_t)(c->cur + 1) * EMU_TF_COUNT > c->sched_n)
+    if (!c->sched_mem || c->cur < 0 || c->cur >= c->sched.g->ntasks)
         return 0;
-    v = c->sched[EMU_SG_COUNT + c->cur * EMU_TF_COUNT + EMU_TF_CPU];
+    v = c->sched.tasks[c->cur].cpu;
     return v >= 0 && v < 256 ? (uint32_t)v : 0;
 }
 

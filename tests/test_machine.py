@@ -1,5 +1,6 @@
 """The machine: real gcc code on tasks and CPUs, redirects, time, faults."""
 import re
+from pathlib import Path
 
 import pytest
 
@@ -52,10 +53,16 @@ def seed_machine(compile_c, *, accel="c", fast_memory=True, cpus=2, tasks=8):
     return m, patch
 
 
-def test_hypercall_numbers_match_the_guest_header():
-    header = dict(re.findall(r"#define LPEMU_HC_(\w+)\s+(\d+)", hypercall.HEADER.read_text()))
-    assert {k: int(v) for k, v in header.items()} == {
-        name.upper(): nr for nr, name in hypercall.NAMES.items()}
+def test_hypercall_numbers_have_one_home_the_guest_header():
+    """emu/include/lpemu.h is the home; Python reads it, and the C core's
+    copies (EMU_HC_* in csrc/emu.h) must equal it."""
+    header = {k: int(v) for k, v in re.findall(r"#define LPEMU_HC_(\w+)\s+(\d+)", hypercall.HEADER.read_text())}
+    assert header == {name.upper(): nr for nr, name in hypercall.NAMES.items()}
+    assert header == {h.name: int(h) for h in hypercall.Hypercall}
+    c_copies = core.SCHED_HYPERCALLS
+    assert c_copies and all(header[name] == nr for name, nr in c_copies.items())
+    emu_h = (Path(__file__).resolve().parent.parent / "csrc" / "emu.h").read_text()
+    assert {k: int(v) for k, v in re.findall(r"#define EMU_HC_(\w+)\s+(\d+)", emu_h)} == c_copies
 
 
 @pytest.mark.parametrize("accel", ["c", "python"])

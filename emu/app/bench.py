@@ -468,7 +468,7 @@ def bench_unwind(result: dict, ctx: Context) -> None:
                                  for t in m.tasks])
         out = {"depth": depth, "tasks_per_call": len(m.tasks)}
         for kind in ("orc", "fp"):
-            checker = m.engine.stack_checker(kind, m.text_ranges, orc=m._orc_c, empty=empty, max_entries=99)
+            checker = m.engine.stack_checker(kind, m.text_ranges, orc=m.orc_arrays, empty=empty, max_entries=99)
             res = checker.check(tasks, checked)
             twin = [_py_check(m, t, kind, checked, empty) for t in m.tasks]
             if list(res) != twin:

@@ -115,7 +115,7 @@ EV_SCHED_IN = lib.EMU_EV_SCHED_IN
 EV_TRANSITION = lib.EMU_EV_TRANSITION
 EV_STOP_MACHINE = lib.EMU_EV_STOP_MACHINE
 
-# The hypercalls the C scheduler handles itself (copies of emu/include/lpemu.h,
+# The hypercalls the C core handles itself (copies of emu/include/lpemu.h,
 # held to it by tests/test_machine.py).
 SCHED_HYPERCALLS = {k[len("EMU_HC_"):]: getattr(lib, k) for k in dir(lib) if k.startswith("EMU_HC_")}
 

@@ -1,4 +1,7 @@
-"""What a guest fault was, said exactly: the reports of Machine._fault.
+"""Fault reports: what a task did wrong (a guest fault, a soft lockup, a
+hypercall nobody handles), where (RIP, the instruction, the backtrace), as
+one GuestFault (report()); the task is marked exited, the host never dies of
+it. What a guest fault was is said exactly (describe()):
 
 Unicorn gives a faulting data address cut to 52 bits (0xffffffff81000000
 arrives as 0xfffff81000000) and does not check that an address is
@@ -14,8 +17,12 @@ from capstone.x86 import X86_OP_MEM, X86_REG_RIP
 from unicorn import x86_const
 
 from emu.engine import core
+from emu.errors import GuestFault
+from emu.machine import stacks
+from emu.machine.layout import in_guard
+from emu.machine.task import Cpu, RunState, Task
 
-__all__ = ["exact_address", "canonical", "describe"]
+__all__ = ["exact_address", "canonical", "describe", "disassemble", "report"]
 
 _M64 = (1 << 64) - 1
 _M52 = (1 << 52) - 1         # what Unicorn keeps of a virtual address
@@ -85,11 +92,11 @@ def describe(m, task, stop) -> tuple[str, str, int]:
     if fk == core.FAULT_INTERRUPT:
         what += f" {stop.intno} ({_VECTORS.get(stop.intno, 'vector')})"
     elif fk == core.FAULT_PRIVILEGED:
-        what = (f"privileged instruction '{m.disassemble(rip)}' "
+        what = (f"privileged instruction '{disassemble(m.engine, rip)}' "
                 f"(#GP: the emulated kernel lets no guest code change the machine's state)")
         kind = "privileged"
     elif fk == core.FAULT_INVALID_INSN:
-        what += f" '{m.disassemble(rip)}' (#UD)"
+        what += f" '{disassemble(m.engine, rip)}' (#UD)"
     elif fk == core.FAULT_STACK_OVERFLOW:
         what = (f"stack overflow: rsp {stop.addr:#x} left the task's stack "
                 f"{task.stack_lo:#x}-{task.stack_hi:#x} after this instruction")
@@ -116,7 +123,7 @@ def describe(m, task, stop) -> tuple[str, str, int]:
             kind = "gp"
         else:
             what += f" at {addr:#x}"
-            if m.in_guard(addr, task):
+            if in_guard(addr, task.stack_lo):
                 what += " (stack overflow into the guard page)"
                 kind = "stack-overflow"
     return what, kind, rip
@@ -150,3 +157,38 @@ def _caller(m, task) -> int | None:
 
 _VECTORS = {0: "#DE divide error", 1: "#DB", 3: "#BP int3", 4: "#OF", 5: "#BR", 6: "#UD invalid opcode",
             8: "#DF", 13: "#GP general protection", 14: "#PF page fault", 17: "#AC", 18: "#MC"}
+
+
+def disassemble(engine: core.Engine, addr: int) -> str:
+    try:
+        data = bytes(engine.view(addr, 16))
+    except Exception:
+        return "(no code mapped there)"
+    for insn in Cs(CS_ARCH_X86, CS_MODE_64).disasm(data, addr, count=1):
+        return f"{insn.mnemonic} {insn.op_str}".strip()
+    return "(undecodable: " + data[:8].hex(" ") + ")"
+
+
+def report(m, cpu: Cpu, task: Task, stop: core.Stop | None, *, message: str | None = None,
+           soft_lockup: bool = False) -> GuestFault:
+    """The GuestFault for task on cpu (stop: how the core stopped, None for
+    a soft lockup); the task is marked exited and the trace drained first."""
+    m.drain()
+    task.state = RunState.EXITED
+    rip = stacks.regs(m, task)[0] if stop is None else stop.rip
+    if soft_lockup:
+        what = (f"soft lockup: {task.since_schedule} instructions without a scheduling point "
+                f"(limit {m.lockup})")
+        kind = "lockup"
+    elif message is not None:
+        what, kind = message, "hypercall"
+    else:
+        what, kind, rip = describe(m, task, stop)
+    try:
+        bt = stacks.fault_backtrace(m, task, rip)
+    except Exception:  # the stack may be what broke
+        bt = []
+    lines = [f"guest fault in task '{task.name}' (tid {task.tid}) on CPU {cpu.index}: {what}",
+             f"  RIP {rip:#x} <{m.symbolize(rip)}>: {disassemble(m.engine, rip)}", "  backtrace:"]
+    lines += [f"    {line}" for line in bt] or ["    (none)"]
+    return GuestFault("\n".join(lines), task=task.name, cpu=cpu.index, rip=rip, kind=kind, backtrace=bt)

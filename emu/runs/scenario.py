@@ -532,7 +532,7 @@ def build(scn: Scenario) -> Program:
     """Compile the program, its modules and patches; check every name the
     scenario uses against the code. Raises ScenarioError, BuildError, PatchError."""
     from emu.images.build import build_c
-    from emu.machine.machine import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, STACK_BASE, _align_up
+    from emu.machine.layout import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, STACK_BASE, align_up
 
     def fits(img, limit: int, what: str) -> None:
         """The image ends below limit (the next region of the machine's layout)."""
@@ -554,7 +554,7 @@ def build(scn: Scenario) -> Program:
         img = build_c(mod.sources, base=at, name=mod.name, cflags=scn.cflags, link_against=base)
         fits(img, STACK_BASE, f"module[{mod.name}]")
         prog.modules[mod.name] = img
-        at = _align_up(img.hi, MODULE_ALIGN)
+        at = align_up(img.hi, MODULE_ALIGN)
     known = set(base.functions)
     for mod_name, img in prog.modules.items():
         known |= {f"{mod_name}:{f}" for f in img.functions}
@@ -608,7 +608,7 @@ def build(scn: Scenario) -> Program:
         reasons.pop("_new", None)
         prog.patches[p.name] = (img, list(functions))
         prog.reasons[p.name] = reasons
-        at = _align_up(img.hi, MODULE_ALIGN)
+        at = align_up(img.hi, MODULE_ALIGN)
     return prog
 
 

@@ -1,0 +1,139 @@
+"""The scheduler binding: a machine's tasks and CPUs bound to the C core's
+scheduler state (core.SchedState), and the run loop that hands the rounds to
+the C loop (csrc/sched.c) or its Python twin (emu/engine/sched.py; always
+during stop_machine) and does in Python what they come back for: timers and
+work items, the models' hooks at switch points, a seeded policy's pick, a
+hypercall of the machine's own, a fault."""
+from __future__ import annotations
+
+from unicorn.x86_const import UC_X86_REG_RAX
+
+from emu.engine.core import SchedReturn as SR
+from emu.engine.sched import PyScheduler
+from emu.errors import GuestFault
+from emu.machine import faults
+from emu.machine.task import RunState
+
+PREEMPT_MODES = ("none", "voluntary", "full")
+
+_HOOKS = {SR.KERNEL_EXIT: "on_kernel_exit", SR.COND_RESCHED: "on_cond_resched", SR.SAFE_POINT: "on_safe_point"}
+
+
+class Scheduling:
+    """The binding of one machine (m) to its scheduler state, made when the
+    machine starts (bind)."""
+
+    def __init__(self, m):
+        self.m = m
+        self.state = None          # core.SchedState, from bind()
+        self.twin: PyScheduler | None = None
+
+    def bind(self) -> None:
+        """Create the scheduler state and move the tasks' and CPUs' scheduling
+        fields into it."""
+        m = self.m
+        n = len(m.tasks)
+        st = self.state = m.engine.sched_init(n, len(m.cpus))
+        self.twin = PyScheduler(m.engine, st, wake=self._wake_due, hook_error=m.sites.hook_error,
+                                stop_state=lambda: m.works.stop)
+        for task in m.tasks:
+            task.bind(st.tasks[task.tid], st)
+        for cpu in m.cpus:
+            cpu.idle.bind(st.tasks[n + cpu.index])
+            cpu.bind(st.cpus[cpu.index], m.tasks)
+        st.quantum = m.quantum
+        st.preempt = PREEMPT_MODES.index(m.preempt)
+        st.tick = m.tick
+        st.lockup = m.lockup
+        st.pick = -1
+        st.next_wake = -1
+        st.live = sum(t.state is not RunState.EXITED for t in m.tasks)
+        st.sm = m.works.stop is not None
+
+    def _wake_due(self, tid: int) -> None:
+        self.m.wake(self.m.tasks[tid], early=False)
+
+    def run(self, until: int | None, stop_when, every_slice: bool) -> None:
+        m, st, works = self.m, self.state, self.m.works
+        st.policy_rr = m.policy.name == "rr"
+        st.notify_all = any(not getattr(lst, "pending_only", False) for lst in m.listeners)
+        each = stop_when is not None and every_slice
+        until_c = -1 if until is None else until
+        try:
+            while True:
+                works.fire_due()
+                if stop_when is not None and stop_when():
+                    return
+                if until is not None and m.now >= until:
+                    return
+                if st.live <= 0:
+                    return
+                st.each_slice = each or works.per_slice()
+                deadline = works.next_timer
+                if works.stop is None and m.sched == "c":
+                    reason = m.engine.sched_run(until_c, deadline)
+                else:
+                    reason = self.twin.run(until_c, deadline)
+                if reason > SR.DONE and not self._returned(reason, until_c, deadline):
+                    return
+        finally:
+            m.drain()
+
+    def _returned(self, reason: int, until: int, deadline: int) -> bool:
+        """Do what the scheduler came back for; False when the run is over."""
+        m, st = self.m, self.state
+        if reason in _HOOKS:
+            task = m.tasks[st.rtask]
+            hook = _HOOKS[reason]
+            for listener in m.listeners:
+                getattr(listener, hook)(task)
+            if reason != SR.SAFE_POINT:
+                self.twin.switch_tail(st.rcpu, task.tid)
+        elif reason == SR.IDLE:
+            cpu = m.cpus[st.rcpu]
+            for listener in m.listeners:
+                listener.on_idle(cpu, cpu.idle)
+        elif reason == SR.PICK:
+            cpu, skip = m.cpus[st.rcpu], st.rtask
+            cands = [t for t in m.runnable(cpu) if t.tid != skip]
+            st.pick = m.policy.pick(cpu, cands, m.now).tid
+        elif reason == SR.EVENTS:
+            m.drain()
+        elif reason == SR.IDLE_ROUND:
+            return self._idle_round(until, deadline)
+        elif reason == SR.END:
+            return False
+        elif reason == SR.HANG:
+            names = ", ".join(t.name for t in m.tasks if t.state is RunState.SLEEPING)
+            raise GuestFault(f"every task is asleep with nothing to wake it: {names}", kind="hang")
+        elif reason in (SR.HYPERCALL, SR.FAULT, SR.KTHREAD_RET, SR.LOCKUP):
+            self._trouble(reason)
+        return True
+
+    def _trouble(self, reason: int) -> None:
+        """A hypercall the scheduler does not handle, or a task gone wrong."""
+        m, st = self.m, self.state
+        task, cpu = m.tasks[st.rtask], m.cpus[st.rcpu]
+        stop = m.engine.last_stop
+        if reason == SR.FAULT:
+            raise faults.report(m, cpu, task, stop)
+        if reason == SR.LOCKUP:
+            raise faults.report(m, cpu, task, None, soft_lockup=True)
+        if reason == SR.KTHREAD_RET:
+            raise faults.report(m, cpu, task, stop, message="a kthread returned to user")
+        if stop.hc_nr in m.hypercalls:
+            rax = m.hypercalls[stop.hc_nr](m, task, stop.hc_args)
+            m.engine.switch(task.tid)
+            m.engine.uc.reg_write(UC_X86_REG_RAX, rax & (2**64 - 1))
+        else:
+            raise faults.report(m, cpu, task, stop, message=f"unknown hypercall {stop.hc_nr}")
+
+    def _idle_round(self, until: int, deadline: int) -> bool:
+        """Every CPU idled through a round (stepping slice by slice): move
+        time to the next wake or timer. False when nothing can happen."""
+        if self.m.works.any_ready():
+            return True       # idle CPUs end their slices and park without time passing
+        reason = self.twin.idle_jump(until, deadline)
+        if reason:
+            return self._returned(reason, until, deadline)
+        return True

@@ -1,0 +1,74 @@
+"""Snapshots of a machine: take its whole state between runs and put it
+back, so that a fuzzing runner restores the prefix its runs share instead of
+building a machine. The C core's part is csrc/snapshot.c (memory, task
+contexts, patch states, scheduler state, clock, sites); this is the Python
+part that must agree with it."""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from emu.engine import core
+
+
+@dataclass(eq=False)
+class Snapshot:
+    """What take() took: the C core's part and the Python part."""
+    core: core.Snapshot
+    images: int
+    unloaded: set
+    by_name: dict
+    sites: tuple
+    patch_states: list
+    hypercalls: dict
+    trace: core.EventLog
+    log: list
+    timers: list
+    seq: int
+    last_stop_machine: tuple | None
+    policy: object
+
+
+def take(m) -> Snapshot:
+    """The machine's whole state. Only between runs of a started machine
+    with the C scheduler, no model listening, no kernel work and no
+    stop_machine."""
+    works = m.works
+    if not m.started or m.sched != "c" or m.listeners or works.items or works.stop is not None:
+        raise RuntimeError("snapshot: only of a started machine with the C scheduler, "
+                           "between runs, with no model, work or stop_machine")
+    m.drain()
+    everyone = m.tasks + [c.idle for c in m.cpus]
+    return Snapshot(
+        core=m.engine.snapshot(), images=len(m.images), unloaded=set(m.symbols.unloaded),
+        by_name=dict(m.symbols.by_name), sites=m.sites.state(),
+        patch_states=[t.patch_state for t in everyone],
+        hypercalls=dict(m.hypercalls), trace=m.trace.copy(), log=list(m.log),
+        timers=list(works.timers), seq=works.seq, last_stop_machine=works.last_stop_machine,
+        policy=copy.deepcopy(m.policy))
+
+
+def restore(m, snap: Snapshot) -> None:
+    """Put a snapshot of this machine back: the next run is the same, event
+    for event, as the first run from that point. Listeners go (models are
+    made anew per run). RuntimeError when images were loaded since;
+    CoreError when the snapshot is of another machine's layout."""
+    if not isinstance(snap, Snapshot):
+        raise TypeError(f"restore: not a machine snapshot: {type(snap).__name__}")
+    works = m.works
+    if len(m.images) != snap.images or works.stop is not None:
+        raise RuntimeError("restore: images were loaded since the snapshot")
+    m.engine.restore(snap.core)
+    m.symbols.unloaded = set(snap.unloaded)
+    m.symbols.by_name = dict(snap.by_name)
+    m.sites.set_state(snap.sites)
+    for t, ps in zip(m.tasks + [c.idle for c in m.cpus], snap.patch_states):
+        t.patch_state = ps
+    m.hypercalls = dict(snap.hypercalls)
+    m.trace = snap.trace.copy()
+    m.log = list(snap.log)
+    works.timers, works.seq = list(snap.timers), snap.seq
+    works.items = []
+    m.listeners = []
+    works.last_stop_machine = snap.last_stop_machine
+    m.policy = copy.deepcopy(snap.policy)

@@ -1,0 +1,84 @@
+"""A machine's task stacks: a stopped task's registers, walking its stack
+(ORC or frame pointers, in C or in the Python twins of emu/engine/unwind.py),
+Ksplice's conservative scan, and backtraces for people."""
+from __future__ import annotations
+
+from unicorn.x86_const import UC_X86_REG_RBP, UC_X86_REG_RIP, UC_X86_REG_RSP
+
+from emu.engine import core, unwind
+from emu.machine.task import RunState, Task
+
+
+def regs(m, task: Task) -> tuple[int, int, int]:
+    """(rip, rsp, rbp) of a task that is not running."""
+    m.engine.switch(task.tid)
+    uc = m.engine.uc
+    return uc.reg_read(UC_X86_REG_RIP), uc.reg_read(UC_X86_REG_RSP), uc.reg_read(UC_X86_REG_RBP)
+
+
+def walk(m, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
+         accel: str | None = None) -> tuple[int, tuple[int, ...]]:
+    """Walk a task's stack: (unwind.WALK_* code, return addresses with the
+    current RIP first). A task in its runtime loop (between kernel entries)
+    has an empty kernel stack: reliable, just its RIP."""
+    if task.is_idle or task.state is RunState.EXITED:
+        return unwind.WALK_OK, ()
+    rip, rsp, rbp = regs(m, task)
+    if m.runtime.contains(rip):
+        return unwind.WALK_OK, (rip,)
+    kind = unwinder or m.unwinder
+    accel = accel or m.accel
+    lo, hi = task.stack_lo, task.stack_hi
+    sym = m.symbols
+    if accel == "c":
+        return m.engine.walk(kind, lo, hi, sym.text_ranges, rip, rsp, rbp, preempted=task.preempted,
+                             max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot,
+                             orc=sym.orc_arrays)
+    mem = bytes(m.engine.view(lo, hi - lo))
+    text = list(sym.text_ranges.ranges)
+    if kind == "fp":
+        return unwind.walk_fp(mem, lo, hi, text, rip, rsp, rbp, preempted=task.preempted,
+                              max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot)
+    return unwind.walk_orc(mem, lo, hi, text, sym.orc.ips, sym.orc.entries, rip, rsp, rbp,
+                           preempted=task.preempted, max_entries=max_entries, end_ret=task.end_ret,
+                           end_slot=task.end_slot)
+
+
+def scan(m, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:
+    """Ksplice's conservative check: (rip, rsp, (address, value) of the
+    first stack word above rsp that lies in one of ranges, or None)."""
+    rip, rsp, _ = regs(m, task)
+    lo, hi = task.stack_lo, task.stack_hi
+    mem = bytes(m.engine.view(lo, hi - lo))
+    if m.accel == "c":
+        hit = core.stack_scan(mem, lo, hi, rsp, core.Ranges(ranges))
+    else:
+        hit = unwind.stack_scan(mem, lo, hi, rsp, sorted(core.Ranges(ranges).ranges))
+    return rip, rsp, hit
+
+
+def backtrace(m, task: Task) -> list[str]:
+    code, entries = walk(m, task, unwinder="orc")
+    lines = [m.symbols.symbolize(a) for a in entries]
+    if code != unwind.WALK_OK:
+        lines.append(f"(unreliable: {unwind.REASONS.get(code, code)})")
+    return lines
+
+
+def fault_backtrace(m, task: Task, rip: int) -> list[str]:
+    """The backtrace of a task stopped at an arbitrary instruction (a fault),
+    saying where the walk ended if it did not end well."""
+    m.engine.switch(task.tid)
+    uc = m.engine.uc
+    rsp, rbp = uc.reg_read(UC_X86_REG_RSP), uc.reg_read(UC_X86_REG_RBP)
+    lo, hi = task.stack_lo, task.stack_hi
+    sym = m.symbols
+    if not lo <= rsp <= hi:
+        return [f"{sym.symbolize(rip)}", f"(rsp {rsp:#x} is outside the stack {lo:#x}-{hi:#x})"]
+    code, entries = m.engine.walk("orc", lo, hi, sym.text_ranges, rip, rsp, rbp, preempted=True,
+                                  max_entries=64, end_ret=task.end_ret, end_slot=task.end_slot,
+                                  orc=sym.orc_arrays)
+    out = [sym.symbolize(a) for a in entries] or [sym.symbolize(rip)]
+    if code != unwind.WALK_OK:
+        out.append(f"(walk ended: {unwind.REASONS.get(code, code)})")
+    return out
