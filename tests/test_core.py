@@ -3,6 +3,8 @@ many memory regions, the event mask, the redirect's jump slot."""
 import random
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from emu.engine import core
 from emu.errors import CoreError, GuestFault
@@ -40,7 +42,7 @@ def test_a_machine_with_300_tasks_runs_them_all(compile_c):
 
     def all_seen():
         m.drain()
-        seen.update(e[4] for e in m.trace[all_seen.read:] if e[1] == core.EV_OBSERVE)
+        seen.update(e.value for e in m.trace[all_seen.read:] if e.kind == core.EV_OBSERVE)
         all_seen.read = len(m.trace)
         return len(seen) == 300
     all_seen.read = 0
@@ -106,9 +108,9 @@ def test_redirects_survive_a_full_event_ring(compile_c):
     m.run(until=10_000_000)
     assert caller.state.value == "exited"
     target = m.function("target").id
-    assert [e[4] for e in m.trace if e[1] == core.EV_OBSERVE] == [n * (n - 1)]
-    entries = [e for e in m.trace if e[1] == core.EV_ENTRY and e[3] == target]
-    assert len(entries) == n and {e[4] for e in entries} == {1}
+    assert [e.value for e in m.trace if e.kind == core.EV_OBSERVE] == [n * (n - 1)]
+    entries = [e for e in m.trace if e.kind == core.EV_ENTRY and e.func == target]
+    assert len(entries) == n and {e.version for e in entries} == {1}
     m.engine.close()
 
 
@@ -118,7 +120,7 @@ def test_entry_events_off_changes_nothing_else(compile_c):
         m, caller = patched_caller(compile_c, 5000)
         m.engine.set_event_mask(mask)
         m.run(until=1_000_000)
-        traces.append([e for e in m.trace if e[1] != core.EV_ENTRY])
+        traces.append([e for e in m.trace if e.kind != core.EV_ENTRY])
         assert m.engine.events_dropped == (0 if mask is None else 5000)
         m.engine.close()
     assert traces[0] == traces[1]
@@ -157,3 +159,18 @@ def test_event_log_reads_like_a_list():
     with pytest.raises(ValueError):
         log.extend_raw(b"\0" * 7)
     e.close()
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.sampled_from(list(core.EventKind)),
+                          st.integers(-2**31, 2**31 - 1), st.integers(-2**63, 2**63 - 1),
+                          st.integers(-2**63, 2**63 - 1), st.integers(0, 2**64 - 1)), max_size=20))
+def test_events_read_by_name_are_the_same_as_by_position(events):
+    log = core.EventLog(events)
+    assert log.records() == events and list(log) == events
+    for ev, raw in zip(log, events):
+        assert isinstance(ev, core.Event)
+        assert (ev.clock, ev.kind, ev.task, ev.a, ev.b, ev.c) == raw
+        assert (ev.key, ev.value, ev.func, ev.version) == (raw[3], raw[4], raw[3], raw[4])
+        assert core.EventKind(ev.kind).value == raw[1]
+    assert log.records(len(events) // 2) == events[len(events) // 2:]
+    assert log[len(events) // 2:] == events[len(events) // 2:]

@@ -189,7 +189,7 @@ def test_a_compile_error_shows_gccs_message(tmp_path):
 
 
 def observed(m, key):
-    return [e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key]
+    return [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
 
 
 @pytest.mark.parametrize("model_name", ["livepatch", "immediate"])

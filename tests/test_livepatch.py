@@ -137,8 +137,8 @@ class Selftest:
         self.run(0.05)
         last = {}
         for e in self.m.trace:
-            if e[1] == core.EV_OBSERVE and e[0] >= since:
-                last[e[3]] = e[4]
+            if e.kind == core.EV_OBSERVE and e.clock >= since:
+                last[e.key] = e.value
         assert set(last) == {1, 2}, "the reader did not run"
         if last[1] == 1:
             self.m.printk(f"{MOD_LIVEPATCH}: this has been live patched")
@@ -1157,7 +1157,7 @@ def load_patch(compile_c, m, base, name, functions, source=PATCH, **kw):
 
 
 def observed(m, key, since=0):
-    return [(e[2], e[4]) for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key and e[0] >= since]
+    return [(e.task, e.value) for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key and e.clock >= since]
 
 
 def lines(m):
@@ -1201,7 +1201,7 @@ def test_force_finishes_a_transition_that_a_kthread_blocks_forever(compile_c):
     # kthread wakes, goes round its loop and sleeps in stuck() again
     assert lines(m).count("livepatch: signaling remaining tasks") == 1
     stuck = m.tasks[0]
-    wakes = [e[0] for e in m.trace if e[1] == EV_WAKE and e[2] == stuck.tid]
+    wakes = [e.clock for e in m.trace if e.kind == EV_WAKE and e.task == stuck.tid]
     assert len(wakes) == 2 and [round((w - start) / m.seconds(1)) for w in wakes] == [15, 30]
     lp.force()
     assert stuck.patch_state == PATCHED and not stuck.pending
@@ -1266,9 +1266,10 @@ def test_many_user_tasks_hammering_a_patched_function_switch_at_kernel_exit(comp
     users = {f"user{i}" for i in range(12)}
     assert {who for _, who, _, how in lp.switches if how == "kernel_exit"} == users
     # per task: every call before its switch ran the old quick(), every call after it the new one
-    switched = {e[2]: e[0] for e in m.trace if e[1] == EV_PATCH_STATE and e[3] == PATCHED and e[2] >= 0}
+    switched = {e.task: e.clock for e in m.trace if e.kind == EV_PATCH_STATE and e.a == PATCHED and e.task >= 0}
     for task in m.tasks:
-        calls = [(e[0], e[4]) for e in m.trace if e[1] == core.EV_ENTRY and e[2] == task.tid and e[3] == quick.id]
+        calls = [(e.clock, e.version) for e in m.trace
+                 if e.kind == core.EV_ENTRY and e.task == task.tid and e.func == quick.id]
         assert {v for when, v in calls if when < switched[task.tid]} == {0}
         assert {v for when, v in calls if when > switched[task.tid]} == {patch.index}
     assert {v for _, v in observed(m, 4, since=t.completed_at)} == {2}

@@ -39,7 +39,7 @@ def redirect(m, ftrace, patch_image, names, version=1):
 
 
 def observations(m):
-    return [(e[2], e[3], e[4]) for e in m.trace if e[1] == core.EV_OBSERVE]
+    return [(e.task, e.key, e.value) for e in m.trace if e.kind == core.EV_OBSERVE]
 
 
 def seed_machine(compile_c, *, accel="c", fast_memory=True, cpus=2, tasks=8):
@@ -160,8 +160,8 @@ def test_text_writes_drop_stale_translations(compile_c):
 def test_kernel_exits_are_events_in_order(compile_c):
     m, _ = seed_machine(compile_c, tasks=2, cpus=1)
     m.run(until=30_000)
-    exits = [e for e in m.trace if e[1] == EV_KERNEL_EXIT]
-    assert exits and [e[0] for e in m.trace] == sorted(e[0] for e in m.trace)
+    exits = [e for e in m.trace if e.kind == EV_KERNEL_EXIT]
+    assert exits and [e.clock for e in m.trace] == sorted(e.clock for e in m.trace)
 
 
 FAULTS = {

@@ -43,7 +43,7 @@ def enable_at(m, model, patch, when):
 
 
 def observed(m, key):
-    return [e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key]
+    return [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
 
 
 def test_immediate_switches_every_task_at_once(compile_c):
@@ -180,7 +180,7 @@ def hammered(compile_c, protocol, seed):
         m.run(until=60_000)
     except Exception as e:      # a torn call lands anywhere
         fault = e
-    torn = [e for e in m.trace if e[1] == core.EV_TORN]
+    torn = [e for e in m.trace if e.kind == core.EV_TORN]
     return m, torn, fault
 
 

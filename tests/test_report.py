@@ -58,7 +58,7 @@ def test_activations_nest_and_carry_the_entry_version(livepatch_run):
     assert model.transitions[0].result == "completed"
     spans = report.activations(m, functions)
     assert spans and {s.function for s in spans} == set(SHOWN)
-    entries = {(e[2], e[0]): e for e in m.trace if e[1] == core.EV_ENTRY}
+    entries = {(e.task, e.clock): e for e in m.trace if e.kind == core.EV_ENTRY}
     for s in spans:
         entry = entries[(s.task, s.start)]
         assert m.functions[entry[3]].name == s.function and entry[4] == s.version
@@ -77,14 +77,14 @@ def test_activations_nest_and_carry_the_entry_version(livepatch_run):
     assert bar.end == baz.start
     assert {s.version for s in spans if s.function in ("bar", "baz")} == {0, 1}
     # a finished foo ended at its task's next kernel exit (user_entry is not traced)
-    exits = {(e[2], e[0]) for e in m.trace if e[1] == EV_KERNEL_EXIT}
+    exits = {(e.task, e.clock) for e in m.trace if e.kind == EV_KERNEL_EXIT}
     assert all((s.task, s.end) in exits for s in spans if s.function == "foo" and s.finished)
 
 
 def test_activations_open_when_the_trace_ends_end_with_it(compile_c):
     m, model, functions = run(compile_c, "livepatch", sleep=100_000, until=1.0)
     spans = report.activations(m, functions)
-    exits = {(e[2], e[0]) for e in m.trace if e[1] == EV_KERNEL_EXIT}
+    exits = {(e.task, e.clock) for e in m.trace if e.kind == EV_KERNEL_EXIT}
     assert exits == set()       # every task sleeps in its first call
     unfinished = [s for s in spans if not s.finished]
     # each task is asleep inside foo, with bar's span still open below it

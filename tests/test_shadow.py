@@ -278,11 +278,11 @@ def test_patched_guest_code_keeps_a_new_field_in_a_shadow_variable(compile_c):
     conns = {base.symbols["conns"] + 16 * i for i in range(4)}
     assert {obj for obj, sid in lp.shadow.vars} == conns
     # each connection's counter counts that connection's calls, in guest memory
-    events = [e for e in m.trace if e[1] == core.EV_OBSERVE and e[3] in (2, 3, 4)]
-    assert not [e for e in events if e[3] == 4]
+    events = [e for e in m.trace if e.kind == core.EV_OBSERVE and e.key in (2, 3, 4)]
+    assert not [e for e in events if e.key == 4]
     last = {}
     for task in m.tasks:
-        mine = [e for e in events if e[2] == task.tid]
+        mine = [e for e in events if e.task == task.tid]
         for obj_event, count_event in zip(mine[::2], mine[1::2]):
             assert (obj_event[3], count_event[3]) == (2, 3)
             obj, count = obj_event[4], count_event[4]

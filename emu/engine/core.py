@@ -592,14 +592,14 @@ class Engine:
         got = lib.emu_events_take(self._core, self._ev_buf, n)
         return ffi.buffer(self._ev_buf, got * _EVENT.size)[:]
 
-    def take_events(self) -> list[tuple[int, int, int, int, int, int]]:
-        """Drain the ring: (clock, kind, task, a, b, c) tuples in order."""
+    def take_events(self) -> list[Event]:
+        """Drain the ring: Events in order."""
         out = []
         while True:
             n = lib.emu_events_take(self._core, self._ev_buf, self._ev_cap)
             if n <= 0:
                 return out
-            out.extend(_EVENT.iter_unpack(ffi.buffer(self._ev_buf, n * _EVENT.size)))
+            out.extend(map(_make_event, _EVENT.iter_unpack(ffi.buffer(self._ev_buf, n * _EVENT.size))))
             if n < self._ev_cap:
                 return out
 
@@ -683,10 +683,15 @@ class CpuRecord:
     """One CPU's record (struct emu_sched_cpu) and its run queue; changed
     through emu_sched_set_cpu and emu_sched_set_queue, which check them."""
 
-    __slots__ = ("_engine", "_p", "_i", "_rq", "_mem")
+    __slots__ = ("_engine", "_p", "_i", "_rq", "_tasks", "_mem")
 
-    def __init__(self, engine, p, i: int, rq, mem):
-        self._engine, self._p, self._i, self._rq, self._mem = engine, p, i, rq, mem
+    def __init__(self, engine, p, i: int, rq, tasks, mem):
+        self._engine, self._p, self._i, self._rq, self._tasks, self._mem = engine, p, i, rq, tasks, mem
+
+    def runnable(self, skip: int = -1) -> list[int]:
+        """The runnable tasks of the run queue in order, but skip (a task id)."""
+        tasks = self._tasks
+        return [t for t in ffi.unpack(self._rq, self._p.rqlen) if tasks[t].state == lib.EMU_TS_RUNNABLE and t != skip]
 
     current = _field("current", lib.emu_sched_set_cpu, lib.EMU_CF_CURRENT)
     slices = _field("slices", lib.emu_sched_set_cpu, lib.EMU_CF_SLICES)
@@ -726,7 +731,8 @@ class SchedState:
         self._g = layout.g
         nt, nc = layout.g.ntasks, layout.g.ncpus
         self.tasks = tuple(TaskRecord(engine, layout.tasks + i, i, mem) for i in range(nt + nc))
-        self.cpus = tuple(CpuRecord(engine, layout.cpus + i, i, layout.rq + i * nt, mem) for i in range(nc))
+        self.cpus = tuple(CpuRecord(engine, layout.cpus + i, i, layout.rq + i * nt, layout.tasks, mem)
+                          for i in range(nc))
 
 
 for _name in SchedState.GLOBALS:
@@ -736,17 +742,54 @@ for _name in SchedState.GLOBALS:
 # ---- the trace, kept packed ----------------------------------------------------------
 
 
-class EventLog(Sequence):
-    """A trace of (clock, kind, task, a, b, c) events, kept packed as the C
-    core's struct emu_event records (extend_raw takes them as they come from
-    Engine.take_events_raw) and unpacked into tuples only when someone
-    reads the trace, once: a run whose trace nobody reads does not pay a
-    tuple per event (150-200 ns each, more than a redirected call costs in
-    C), and a hash of the trace is a hash of bytes (raw()).
+class Event(NamedTuple):
+    """One event of the trace (struct emu_event), read by name. What a and b
+    mean depends on the kind (csrc/emu.h says it for each EMU_EV_*); key,
+    value, func and version name them for observations and entries."""
+    clock: int
+    kind: int
+    task: int
+    a: int
+    b: int
+    c: int
 
-    It reads like a list of tuples (len, indexing, slicing to a list,
-    iteration, == with any sequence); append/extend take tuples. An
-    iteration sees the events that were in the log when it started."""
+    @property
+    def key(self) -> int:
+        """EV_OBSERVE: the key observed."""
+        return self[3]
+
+    @property
+    def value(self) -> int:
+        """EV_OBSERVE: the value observed."""
+        return self[4]
+
+    @property
+    def func(self) -> int:
+        """EV_ENTRY, EV_TORN: the function id."""
+        return self[3]
+
+    @property
+    def version(self) -> int:
+        """EV_ENTRY: the version entered (0: the original)."""
+        return self[4]
+
+
+_make_event = Event._make
+
+
+class EventLog(Sequence):
+    """A trace of Events (clock, kind, task, a, b, c), kept packed as the C
+    core's struct emu_event records (extend_raw takes them as they come from
+    Engine.take_events_raw) and unpacked only when someone reads the trace,
+    once: a run whose trace nobody reads does not pay a tuple per event
+    (150-200 ns each, more than a redirected call costs in C), and a hash of
+    the trace is a hash of bytes (raw()). Reading it by index or iteration
+    gives Events; records() gives the plain tuples, for hot loops.
+
+    It reads like a list of Events (len, indexing, slicing to a list,
+    iteration, == with any sequence of 6-tuples); append/extend take
+    tuples. An iteration sees the events that were in the log when it
+    started."""
 
     __slots__ = ("_raw", "_list")
 
@@ -787,11 +830,19 @@ class EventLog(Sequence):
     def __len__(self) -> int:
         return len(self._raw) // _EVENT.size
 
+    def records(self, start: int = 0) -> list[tuple[int, int, int, int, int, int]]:
+        """The events from start on as plain (clock, kind, task, a, b, c)
+        tuples: for loops that unpack every event of a run (an Event costs
+        about 200 ns more a piece)."""
+        return self._sync()[start:]
+
     def __getitem__(self, i):
-        return self._sync()[i]
+        if isinstance(i, slice):
+            return list(map(_make_event, self._sync()[i]))
+        return _make_event(self._sync()[i])
 
     def __iter__(self):
-        return iter(self._sync()[:])
+        return map(_make_event, self._sync()[:])
 
     def __eq__(self, other) -> bool:
         if isinstance(other, EventLog):

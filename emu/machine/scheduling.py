@@ -68,7 +68,9 @@ class Scheduling:
                     return
                 if st.live <= 0:
                     return
-                st.each_slice = each or works.per_slice()
+                want = 1 if each or works.per_slice() else 0
+                if st.each_slice != want:
+                    st.each_slice = want
                 deadline = works.next_timer
                 if works.stop is None and m.sched == "c":
                     reason = m.engine.sched_run(until_c, deadline)
@@ -94,8 +96,9 @@ class Scheduling:
             for listener in m.listeners:
                 listener.on_idle(cpu, cpu.idle)
         elif reason == SR.PICK:
-            cpu, skip = m.cpus[st.rcpu], st.rtask
-            cands = [t for t in m.runnable(cpu) if t.tid != skip]
+            i = st.rcpu
+            cpu, tasks = m.cpus[i], m.tasks
+            cands = [tasks[tid] for tid in st.cpus[i].runnable(st.rtask)]
             st.pick = m.policy.pick(cpu, cands, m.now).tid
         elif reason == SR.EVENTS:
             m.drain()

@@ -170,7 +170,7 @@ class Runner:
                 # the probe reads each drained batch once and drops it, so its
                 # memory does not grow with the time before the first action
                 m.drain()
-                for clock, kind, task, *_ in m.trace:
+                for clock, kind, task, *_ in m.trace.records():
                     if kind in (EV_KERNEL_EXIT, EV_SAFE_POINT) and clock >= at:
                         marks.setdefault(task, []).append(clock)
                 m.trace = core.EventLog()
@@ -470,7 +470,7 @@ class Runner:
         if not checks:
             return
         tasks = m.tasks
-        for clock, kind, task, key, value, _ in m.trace:
+        for clock, kind, task, key, value, _ in m.trace.records():
             if kind != core.EV_OBSERVE:
                 continue
             t = tasks[task] if 0 <= task < len(tasks) else None

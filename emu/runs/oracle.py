@@ -112,7 +112,7 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     if unit == "syscall":
         open_units: dict[int, list] = {}
         count: dict[int, int] = {}
-        for clock, kind, task, a, b, c in machine.trace:
+        for clock, kind, task, a, b, c in machine.trace.records():
             if kind == core.EV_ENTRY:
                 if a in functions:
                     open_units.setdefault(task, []).append((clock, a, b))
@@ -134,7 +134,7 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     traced = functions | {target.id}
     active: dict[int, list] = {}        # task -> [rsp, start, entries, n]
     count = {}
-    for clock, kind, task, a, b, c in machine.trace:
+    for clock, kind, task, a, b, c in machine.trace.records():
         act = active.get(task)
         if kind == core.EV_ENTRY:
             if act is not None and c >= act[0]:
