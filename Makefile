@@ -38,7 +38,9 @@ bench: build
 
 # The C core built with AddressSanitizer and UndefinedBehaviorSanitizer (in
 # build/asan, next to a copy of the package), running the tests that feed it
-# hostile stacks, tables and guest code.
+# hostile stacks, tables and guest code, and misuse of the Python API (views
+# after close, snapshots of another layout, scheduler fields out of range, a
+# machine used from two threads: tests/test_machine.py, tests/test_sched.py).
 ASAN_DIR   := build/asan
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
 ASAN_TESTS := tests/test_core.py tests/test_unwind.py tests/test_redirect_hostile.py tests/test_machine.py tests/test_models.py tests/test_sched.py tests/test_guest.py

@@ -18,7 +18,7 @@ const char *emu_build_stamp(void)
     return EMU_BUILD_STAMP;
 }
 
-/* emu/core.py compares this with the binding's own uc_hook_add: if they
+/* emu/engine/core.py compares this with the binding's own uc_hook_add: if they
  * differ, two copies of libunicorn are loaded and handles do not match. */
 uintptr_t emu_uc_hook_add_address(void)
 {

@@ -4,7 +4,7 @@
  * macros with arguments, no inline functions, no includes besides stdint.
  *
  * Conventions: every function returns EMU_OK (0) or a negative EMU_E* code;
- * emu/core.py maps the codes to exceptions in one place. Nothing here calls
+ * emu/engine/core.py maps the codes to exceptions in one place. Nothing here calls
  * back into Python, so no exception can cross C.
  */
 #ifndef EMU_H
@@ -262,7 +262,7 @@ uint64_t emu_events_dropped(struct emu_core *core);
  * checked. emu_check_stacks does it for many tasks in one call, reading each
  * task's rip/rsp/rbp from its saved context (from the engine for the loaded
  * task) and its stack from host memory, so the cost of crossing cffi is paid
- * once per batch rather than once per task. emu/unwind.py check_stack() is
+ * once per batch rather than once per task. emu/engine/unwind.py check_stack() is
  * the twin of one task's check.
  */
 #define EMU_UNWIND_FP   0

@@ -212,3 +212,102 @@ def test_orc_tables_of_built_images_agree_with_eh_frame(compile_c):
         table = build_table(seg.data, seg.addr, fns, data=data)
         report = check_eh_frame(img.elf, table, fns, seg.data, seg.addr)
         assert list(report) == [] and report.checked > 50
+
+
+# ---- the Python API never kills the process (make asan runs these) ----------------------
+
+
+def test_memory_views_outlive_their_engine_without_touching_freed_memory(compile_c):
+    """A view keeps the engine's memory alive: used after close() or after
+    the machine is collected it reads the last bytes; the engine itself
+    refuses every call with EngineClosed."""
+    import gc
+    from emu.errors import EngineClosed
+    m, _ = seed_machine(compile_c, tasks=2)
+    m.run(until=5000)
+    heap, stack = m.heap, m.engine.view(m.tasks[0].stack_lo, 64)
+    part = heap[16:48]
+    heap[0:4] = b"abcd"
+    st = m.sched_state
+    m.engine.close()
+    heap[4:8] = b"efgh"
+    assert bytes(heap[:8]) == b"abcdefgh" and len(bytes(stack)) == 64 and len(bytes(part)) == 32
+    assert st.ntasks == 2 and st.live >= 0          # the last state, still readable
+    for call in (lambda: m.engine.view(0x2000_0000, 8), lambda: m.run(until=10_000), lambda: m.stack(m.tasks[0]),
+                 lambda: m.snapshot(), lambda: setattr(st, "pick", -1), lambda: m.engine.map(0x7000_0000, 4096, 3),
+                 lambda: m.emit(core.EV_OBSERVE, 0, 1, 2)):
+        with pytest.raises(EngineClosed):
+            call()
+    m.engine.close()                                # twice is fine
+    m2, _ = seed_machine(compile_c, tasks=2)
+    m2.run(until=3000)
+    views = [m2.heap, m2.engine.view(m2.tasks[1].stack_lo, 128)]
+    del m2
+    gc.collect()
+    views[0][100:104] = b"wxyz"
+    assert bytes(views[0][100:104]) == b"wxyz" and len(bytes(views[1])) == 128
+
+
+def _other_machine(compile_c, src, *, tasks=2, cpus=2):
+    m = Machine(compile_c(src), cpus=cpus)
+    for i in range(tasks):
+        m.add_task(f"t{i}", "user_entry", (i,))
+    m.run(until=2000)
+    return m
+
+
+OTHER = "long user_entry(long x) { lpemu_sleep(1); return x; }"
+BIGGER = "char big[3 << 12];\nlong user_entry(long x) { big[x] = 1; lpemu_sleep(1); return x; }"
+
+
+@pytest.mark.parametrize("src,tasks,cpus", [(BIGGER, 2, 2), (OTHER, 3, 2), (OTHER, 2, 3)])
+def test_a_snapshot_restored_into_another_layout_raises(compile_c, src, tasks, cpus):
+    from emu.errors import CoreError
+    m = _other_machine(compile_c, OTHER)
+    snap = m.snapshot()
+    other = _other_machine(compile_c, src, tasks=tasks, cpus=cpus)
+    before = (other.now, bytes(other.heap[:64]))
+    with pytest.raises(CoreError, match="another layout"):
+        other.engine.restore(snap.core)
+    with pytest.raises(CoreError, match="another layout"):
+        other.restore(snap)
+    assert (other.now, bytes(other.heap[:64])) == before
+    other.run(until=6000)
+    m.restore(snap)                         # its own machine takes it
+    m.run(until=6000)
+    with pytest.raises(TypeError):
+        m.engine.restore(object())
+    with pytest.raises(TypeError):
+        m.restore("snapshot")
+
+
+def test_a_machine_used_from_a_second_thread_while_it_runs_raises(compile_c):
+    """While one thread is inside run(), another thread's close(), run(),
+    snapshot() or stack walk raises EngineBusy; the run then goes on."""
+    import threading
+    from emu.errors import EngineBusy
+    m, _ = seed_machine(compile_c, tasks=3)
+    inside, done = threading.Event(), threading.Event()
+    tries: list = []
+
+    def stop_when():
+        if m.now > 3000 and not inside.is_set():
+            inside.set()
+            done.wait(30)
+        return False
+
+    runner = threading.Thread(target=lambda: m.run(until=20_000, stop_when=stop_when))
+    runner.start()
+    try:
+        assert inside.wait(30)
+        for call in (m.engine.close, lambda: m.run(until=30_000), m.snapshot, lambda: m.stack(m.tasks[0]),
+                     lambda: m.engine.sched_run(-1, -1)):
+            with pytest.raises(EngineBusy) as err:
+                call()
+            tries.append(str(err.value))
+    finally:
+        done.set()
+        runner.join(60)
+    assert len(tries) == 5 and not runner.is_alive()
+    assert m.now == 20_000
+    m.engine.close()

@@ -170,7 +170,7 @@ assert _STACK_TASK.size == ffi.sizeof("struct emu_stack_task")
 _STACK_RESULT = struct.Struct("<iiiiQQQQ")   # struct emu_stack_result
 assert _STACK_RESULT.size == ffi.sizeof("struct emu_stack_result")
 for _kind, _value in (("fp", lib.EMU_UNWIND_FP), ("orc", lib.EMU_UNWIND_ORC), ("scan", lib.EMU_UNWIND_SCAN)):
-    assert UNWINDERS[_kind] == _value, "emu/unwind.py UNWINDERS disagrees with csrc/emu.h"
+    assert UNWINDERS[_kind] == _value, "emu/engine/unwind.py UNWINDERS disagrees with csrc/emu.h"
 
 
 def _check(rc: int, what: str, core=None) -> int:
@@ -253,7 +253,7 @@ class Engine:
 
     Lifetimes: the guest memory and the scheduler state are Python-owned
     buffers the core works on; a view of them (map(), view(),
-    sched_state()) keeps them alive, so a view used after close() or after
+    sched_init()) keeps them alive, so a view used after close() or after
     the engine was collected reads memory that is no longer the guest's but
     never freed memory. Every call after close() raises EngineClosed.
 
@@ -855,7 +855,7 @@ class EventLog(Sequence):
         return f"<EventLog of {len(self)} events>"
 
 
-# ---- stack walks: C entry points for emu/unwind.py's twins ----------------------
+# ---- stack walks: C entry points for emu/engine/unwind.py's twins ----------------------
 
 
 class Ranges:
