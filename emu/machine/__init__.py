@@ -1,5 +1,7 @@
-"""The machine: memory layout, CPUs, tasks, the virtual clock, scheduling
-policies, hypercalls and the runtime page the emulator writes itself."""
+"""The machine: memory layout, images and symbols, CPUs and tasks, the
+scheduler binding, virtual time and kernel work, stacks, fault reports,
+snapshots, scheduling policies, hypercalls and the runtime page the emulator
+writes itself (one module each; machine.py is the facade)."""
 from emu.machine.machine import Machine
 
 __all__ = ["Machine"]
