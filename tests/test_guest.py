@@ -39,7 +39,7 @@ long kthread_entry(long x) { for (;;) { sample(x); lpemu_safe_point(); lpemu_sle
 
 
 def observed(m):
-    return [(e[2], e[3], e[4] & M64) for e in m.trace if e[1] == core.EV_OBSERVE]
+    return [(e.task, e.key, e.value & M64) for e in m.trace if e.kind == core.EV_OBSERVE]
 
 
 def run_host_answered(img, accel, seed=5, until=30000):
@@ -74,7 +74,7 @@ def test_host_answered_instructions_replay_exactly_under_both_twins(host_image):
     assert {v for _, v in by_key[8]} == {3}
     assert len({v for _, v in by_key[5]}) == len(by_key[5])
     # time stamps are the virtual clock: each one before the observation that reports it
-    for (clock, kind, task, key, value, _) in [e for e in runs[0].trace if e[1] == core.EV_OBSERVE and e[3] == 1]:
+    for (clock, kind, task, key, value, _) in [e for e in runs[0].trace if e.kind == core.EV_OBSERVE and e.key == 1]:
         assert 0 < value < clock
 
 
@@ -133,8 +133,8 @@ def test_rdtsc_counts_retired_instructions(accel):
     same = Machine(assemble(RDTSC_GAP.replace("rdtsc", "nop"), base=0x400000, name="base"), accel=accel)
     same.add_task("t", "user_entry")
     same.run(until=2000)
-    assert [e[0] for e in m.trace if e[1] == core.EV_OBSERVE] == \
-        [e[0] for e in same.trace if e[1] == core.EV_OBSERVE]
+    assert [e.clock for e in m.trace if e.kind == core.EV_OBSERVE] == \
+        [e.clock for e in same.trace if e.kind == core.EV_OBSERVE]
 
 
 @pytest.mark.parametrize("accel", ACCELS)

@@ -169,8 +169,8 @@ def test_perfetto_object_is_valid_trace_event_json(livepatch_run):
     assert kinds == {"requested", "started", "completed"}
     # each task's switch to the patched state is an instant on its own track, at the trace's time
     switches = {(e["tid"] - 1, e["args"]["clock"]) for e in events if e["name"] == "switched to patched"}
-    assert switches == {(e[2], e[0]) for e in m.trace if e[1] == EV_PATCH_STATE and e[3] == PATCHED
-                        and 0 <= e[2] < len(m.tasks)}
+    assert switches == {(e.task, e.clock) for e in m.trace if e.kind == EV_PATCH_STATE and e.a == PATCHED
+                        and 0 <= e.task < len(m.tasks)}
     assert any(e["name"] == "sleep" and e["ph"] == "X" for e in events)
     assert any(e.get("cat") == "printk" and "patching complete" in e["args"]["lines"][-1] for e in events)
 
@@ -267,7 +267,7 @@ def test_pending_tasks_counter_and_blocked_attempts(compile_c):
         assert e["name"].startswith(f"p1: attempt {a.attempt} blocked by sleeper")
     # the sleeper stays pending from the start until it switches; 0 once the transition completed
     counts = report.pending_counts(m, model.transitions)
-    switched = next(e[0] for e in m.trace if e[1] == EV_PATCH_STATE and e[2] == 0 and e[3] == PATCHED)
+    switched = next(e.clock for e in m.trace if e.kind == EV_PATCH_STATE and e.task == 0 and e.a == PATCHED)
     assert t.started_at < switched <= t.completed_at
     assert any(c >= 1 and clock < switched for clock, c in counts)
     assert counts[-1] == (switched, 0)         # the last task switched: nothing pending

@@ -119,7 +119,7 @@ class Observer:
         m.drain()
         trace = m.trace
         if len(trace) > self._seen:
-            for ev in trace[self._seen:]:
+            for ev in trace.records(self._seen):
                 if ev[1] == EV_SCHED_IN:
                     self._known.pop(ev[2], None)
             self._seen = len(trace)
