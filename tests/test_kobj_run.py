@@ -37,7 +37,7 @@ def objects(tmp_path_factory):
 
 
 def observed(m, key):
-    return [e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == key]
+    return [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
 
 
 def test_the_object_loads_with_stubs_and_fentry_nops(objects):
