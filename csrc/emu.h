@@ -393,7 +393,7 @@ struct emu_sched_cpu {
     int64_t current;        /* -1: idle */
     int64_t slices;
     int64_t rqlen;          /* set with the queue (emu_sched_set_queue) */
-    int64_t pad;
+    int64_t work;           /* a kernel thread waits for this CPU (EMU_SR_WORK when it gets it) */
 };
 
 /* Where the parts of the block lie. */
@@ -443,6 +443,7 @@ struct emu_sched {
 
 #define EMU_CF_CURRENT 0
 #define EMU_CF_SLICES  1
+#define EMU_CF_WORK    2
 
 #define EMU_TS_RUNNABLE 0
 #define EMU_TS_SLEEPING 1
@@ -468,6 +469,7 @@ struct emu_sched {
 #define EMU_SR_HANG         16   /* every task asleep with nothing to wake it */
 #define EMU_SR_END          17   /* nothing can happen any more */
 #define EMU_SR_SM           18   /* stop_machine: Python's scheduler must run */
+#define EMU_SR_WORK         19   /* rcpu is free for the kernel thread waiting for it */
 
 size_t emu_sched_bytes(int ntasks, int ncpus);   /* 0 for bad counts */
 int emu_sched_init(struct emu_core *core, int ntasks, int ncpus, void *mem, size_t size);

@@ -168,6 +168,7 @@ int emu_sched_set_cpu(struct emu_core *c, int cpu, int field, int64_t v)
     switch (field) {
     case EMU_CF_CURRENT: if (!in(v, -1, c->sched.g->ntasks)) return EMU_EINVAL; p->current = v; break;
     case EMU_CF_SLICES:  if (v < 0) return EMU_EINVAL; p->slices = v; break;
+    case EMU_CF_WORK:    if (!in(v, 0, 2)) return EMU_EINVAL; p->work = v; break;
     default:             return EMU_EINVAL;
     }
     return EMU_OK;
@@ -298,7 +299,9 @@ static int pick(struct sched *s, int i, int64_t *out)
 {
     int64_t cur = C(i, current), *q = RQ(i), n = C(i, rqlen), k, task = -1, cands = 0, skip = -1;
 
-    if (cur >= 0 && runnable(s, cur) && !T(cur, need_resched)) {
+    /* Without full preemption a task leaves its CPU only at a scheduling
+     * point (switch_point, a sleep, its exit); need_resched waits for it. */
+    if (cur >= 0 && runnable(s, cur) && (!T(cur, need_resched) || G(preempt) != 2)) {
         *out = cur;
         return 0;
     }
@@ -339,6 +342,35 @@ static int pick(struct sched *s, int i, int64_t *out)
     return 0;
 }
 
+/* A kernel thread (Python's work) takes CPU i, which it waited for
+ * (C(i, work)): the task it displaces, if any, goes back to the queue as it
+ * stands (preempted only if it was stopped between two instructions, which
+ * only full preemption allows). */
+static int grant(struct sched *s, int i)
+{
+    int64_t cur = C(i, current);
+
+    if (cur >= 0 && runnable(s, cur)) {
+        schedule_out(s, i, cur, T(cur, preempted));
+        G(preemptions)++;
+    }
+    C(i, current) = -1;
+    C(i, work) = 0;
+    G(round_ran) = 1;
+    G(rcpu) = i;
+    G(rtask) = -1;
+    return EMU_SR_WORK;
+}
+
+/* Whether the kernel thread waiting for CPU i can have it now: the CPU has
+ * no task on it, or full preemption lets it preempt the task anywhere. */
+static int grantable(struct sched *s, int i)
+{
+    int64_t cur = C(i, current);
+
+    return C(i, work) && (cur < 0 || !runnable(s, cur) || G(preempt) == 2);
+}
+
 /* cond_resched() or a kernel exit. Without a watcher the switch tail runs
  * here; otherwise Python runs the hooks, then the tail. */
 static int switch_point(struct sched *s, int i, int64_t tid, int event, int reason)
@@ -351,7 +383,7 @@ static int switch_point(struct sched *s, int i, int64_t tid, int event, int reas
         return reason;
     }
     T(tid, since) = 0;
-    if (T(tid, need_resched) || G(sm))
+    if (T(tid, need_resched) || G(sm) || C(i, work))
         schedule_out(s, i, tid, 0);
     return 0;
 }
@@ -427,7 +459,7 @@ static int run_slice(struct sched *s, int64_t until, int64_t deadline)
 
     if (G(check_sm)) {
         G(check_sm) = 0;
-        if (G(sm))
+        if (G(sm) || grantable(s, i))
             goto ended;
     }
     for (;;) {
@@ -505,14 +537,18 @@ ended:
     C(i, slices)++;
     G(inslice) = 0;
     G(after) = 1;
-    return 0;
+    return grantable(s, i) ? grant(s, i) : 0;
 }
 
 /* Every CPU idled through a round: move time to the next wake or timer. */
 static int idle_jump(struct sched *s, int64_t until, int64_t deadline)
 {
     int64_t nxt = lower(G(next_wake), deadline);
-    int tid;
+    int tid, i;
+
+    for (i = 0; i < s->ncpus; i++)
+        if (C(i, work))
+            return 0;       /* a kernel thread gets its CPU at the CPU's next turn */
 
     if (nxt < 0) {
         for (tid = 0; tid < s->ntasks; tid++)
@@ -583,7 +619,14 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
                 return EMU_SR_DONE;
             if (G(sm))
                 return EMU_SR_SM;
-            if ((rc = pick(s, i, &task)))
+            if (grantable(s, i)) {
+                C(i, slices)++;
+                G(after) = 1;
+                return grant(s, i);
+            }
+            if (C(i, work))
+                task = C(i, current);     /* it runs on to its next scheduling point */
+            else if ((rc = pick(s, i, &task)))
                 return rc;
             if (task < 0) {
                 C(i, current) = -1;

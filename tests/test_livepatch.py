@@ -1264,7 +1264,11 @@ def test_many_user_tasks_hammering_a_patched_function_switch_at_kernel_exit(comp
     t = lp.transitions[0]
     assert t.result == "completed" and t.latency < m.seconds(1.1)
     users = {f"user{i}" for i in range(12)}
-    assert {who for _, who, _, how in lp.switches if how == "kernel_exit"} == users
+    # a task switches at its kernel exit, or, waiting off its CPU after one
+    # (voluntary preemption: it left the CPU there), by the stack check
+    how = {who: h for _, who, _, h in lp.switches if who in users}
+    assert set(how) == users and set(how.values()) <= {"kernel_exit", "stack"}
+    assert "kernel_exit" in how.values()
     # per task: every call before its switch ran the old quick(), every call after it the new one
     switched = {e.task: e.clock for e in m.trace if e.kind == EV_PATCH_STATE and e.a == PATCHED and e.task >= 0}
     for task in m.tasks:

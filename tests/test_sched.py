@@ -10,6 +10,7 @@ from emu.runs import scenario
 from emu.errors import GuestFault
 from emu.runs.fuzz import Runner, RunSpec
 from emu.machine.machine import Machine
+from emu.machine.works import Delay, Release, StopMachine, Sync
 from emu.machine.policy import make_policy
 from emu.machine.task import RunState
 
@@ -83,8 +84,32 @@ class Everything(Watcher):
     pending_only = False
 
 
+def hostile_work(m, log, plan):
+    """Kernel work with waits drawn by hypothesis; each step records the CPU
+    it occupies and what every CPU runs, and checks the rules of where
+    kernel work runs (works.py): the CPUs it holds run no task, and without
+    full preemption no task off its CPU was stopped between two
+    instructions."""
+    for wait in plan:
+        held = [c for c in m.cpus if m.works.occupies(c.index)]
+        log.append((m.now, "work", m.works.cpu, tuple(-1 if c.current is None else c.current.tid for c in m.cpus)))
+        assert held and all(c.current is None for c in held), "kernel work shares its CPU with a task"
+        if m.preempt != "full":
+            assert not [t for t in m.tasks if t.preempted and all(c.current is not t for c in m.cpus)], \
+                "a task was preempted in kernel code without full preemption"
+        if wait == "sync":
+            yield Sync()
+        elif wait == "stop":
+            yield StopMachine()
+            log.append((m.now, "stopped", tuple(-1 if c.current is None else c.current.tid for c in m.cpus)))
+            yield Delay(30)
+            yield Release()
+        else:
+            yield Delay(wait)
+
+
 def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, watcher, timers, until,
-            stop_every):
+            stop_every, works=()):
     m = Machine(image, cpus=cpus, quantum=quantum, tick=tick, preempt=preempt, sched=sched,
                 lockup_ticks=50, policy=make_policy(policy, seed, len(tasks)))
     for k, (kind, tseed) in enumerate(tasks):
@@ -104,6 +129,8 @@ def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, 
             elif what == "signal":
                 m.signal(task)
         m.at(when, fire)
+    for when, plan in works:
+        m.at(when, lambda plan=plan: m.spawn(hostile_work(m, log, plan)))
     out = None
     try:
         if stop_every:
@@ -152,6 +179,9 @@ mixes = st.fixed_dictionaries({
                                  st.sampled_from(["pend", "idle", "signal"])), max_size=6),
     "until": st.integers(1, 80_000),
     "stop_every": st.sampled_from([0, 0, 3]),
+    "works": st.lists(st.tuples(st.integers(0, 60_000),
+                                st.lists(st.sampled_from([0, 1, 700, 5_000, "sync", "stop"]), max_size=4)),
+                      max_size=3),
 })
 
 
@@ -295,7 +325,7 @@ BAD_FIELDS = [
     ("t0", "wake_at", -5), ("t0", "notify", 2), ("t0", "since", -1), ("t0", "exit_code", 1 << 70),
     ("t2", "kind", 7), ("c0", "current", 1), ("c0", "current", -2), ("c1", "slices", -1),
     ("c0", "queue", [1]), ("c0", "queue", [-1]), ("c0", "queue", [0, 0]), ("c1", "queue", [0, 0, 0]),
-    ("g", "quantum", "many"),
+    ("g", "quantum", "many"), ("c0", "work", 2), ("c1", "work", -1),
 ]
 
 
@@ -336,7 +366,7 @@ _int64 = st.one_of(st.integers(-3, 5), st.integers(-(1 << 63), (1 << 63) - 1), s
 _writes = st.lists(st.one_of(
     st.tuples(st.just("g"), st.sampled_from(_GLOBALS), _int64),
     st.tuples(st.sampled_from(["t0", "t1", "t2", "t3"]), st.sampled_from(_TASK_FIELDS), _int64),
-    st.tuples(st.sampled_from(["c0", "c1"]), st.sampled_from(["current", "slices"]), _int64),
+    st.tuples(st.sampled_from(["c0", "c1"]), st.sampled_from(["current", "slices", "work"]), _int64),
     st.tuples(st.sampled_from(["c0", "c1"]), st.just("queue"), st.lists(st.integers(-2, 3), max_size=4))),
     max_size=12)
 

@@ -564,9 +564,10 @@ def _throughput_machine(ctx: Context, *, trace_entries: bool, quantum: int):
 
     base, patch_img, funcs = ctx.work.get("loop")
     m = Machine(base, cpus=2, quantum=quantum, tick=1000)
+    # the blocker first: it is asleep in hold() before the transition starts
+    m.add_task("blocker", "blocker_entry", (0,), kind="kthread")
     for i in range(8):
         m.add_task(f"worker{i}", "bench_entry", (_ITERS,))
-    m.add_task("blocker", "blocker_entry", (0,), kind="kthread")
     m.load(patch_img)
     if not trace_entries:
         m.engine.set_event_mask([k for k in range(64) if k != core.EV_ENTRY])

@@ -695,6 +695,7 @@ class CpuRecord:
 
     current = _field("current", lib.emu_sched_set_cpu, lib.EMU_CF_CURRENT)
     slices = _field("slices", lib.emu_sched_set_cpu, lib.EMU_CF_SLICES)
+    work = _field("work", lib.emu_sched_set_cpu, lib.EMU_CF_WORK)
     rqlen = _field("rqlen", None, None)
 
     @property

@@ -103,7 +103,9 @@ class PyScheduler:
         """(reason, task): reason 0 and the task (-1: none), or SR_PICK."""
         s, cpu = self.s, self.cpu[i]
         cur = cpu.current
-        if cur >= 0 and self.runnable(cur) and not self.task[cur].need_resched:
+        # Without full preemption a task leaves its CPU only at a scheduling
+        # point (a switch point, a sleep, its exit); need_resched waits for it.
+        if cur >= 0 and self.runnable(cur) and (not self.task[cur].need_resched or s.preempt != 2):
             return 0, cur
         cands = [tid for tid in cpu.queue if self.runnable(tid)]
         if not cands:
@@ -129,6 +131,29 @@ class PyScheduler:
         self.task[task].need_resched = 0
         return 0, task
 
+    def grant(self, i: int) -> int:
+        """A kernel thread (a work of the machine) takes CPU i, which it
+        waited for (cpu.work): the task it displaces goes back to the queue
+        as it stands (preempted only if stopped between two instructions,
+        which only full preemption allows)."""
+        s, cpu = self.s, self.cpu[i]
+        cur = cpu.current
+        if cur >= 0 and self.runnable(cur):
+            self.schedule_out(i, cur, bool(self.task[cur].preempted))
+            s.preemptions += 1
+        cpu.current = -1
+        cpu.work = 0
+        s.round_ran = 1
+        s.rcpu, s.rtask = i, -1
+        return SR.WORK
+
+    def grantable(self, i: int) -> bool:
+        """Whether the kernel thread waiting for CPU i can have it now: no
+        task is on it, or full preemption lets it preempt the task anywhere."""
+        cpu = self.cpu[i]
+        cur = cpu.current
+        return bool(cpu.work) and (cur < 0 or not self.runnable(cur) or self.s.preempt == 2)
+
     def switch_point(self, i: int, tid: int, event: int, reason: int) -> int:
         s = self.s
         self.emit(event, tid)
@@ -145,7 +170,7 @@ class PyScheduler:
         after the models' hooks)."""
         t = self.task[tid]
         t.since = 0
-        if t.need_resched or self.s.sm:
+        if t.need_resched or self.s.sm or self.cpu[i].work:
             self.schedule_out(i, tid, False)
 
     def hypercall(self, i: int, tid: int, stop: core.Stop) -> int:
@@ -202,7 +227,7 @@ class PyScheduler:
         broke = False
         if s.check_sm:
             s.check_sm = 0
-            broke = bool(s.sm)
+            broke = bool(s.sm) or self.grantable(i)
         while not broke:
             if self.ring_full():
                 return SR.EVENTS
@@ -257,10 +282,12 @@ class PyScheduler:
         cpu.slices += 1
         s.inslice = 0
         s.after = 1
-        return 0
+        return self.grant(i) if self.grantable(i) else 0
 
     def idle_jump(self, until: int, deadline: int) -> int:
         s = self.s
+        if any(cpu.work for cpu in self.cpu):
+            return 0        # a kernel thread gets its CPU at the CPU's next turn
         nxt = _lower(s.next_wake, deadline)
         if nxt < 0:
             if any(self.task[tid].state == SLEEPING for tid in range(self.ntasks)):
@@ -284,6 +311,10 @@ class PyScheduler:
             return
         cur = cpu.current
         if cur < 0 or not self.runnable(cur) or s.preempt == 2:
+            if cur >= 0 and self.runnable(cur):
+                # full preemption: the stopper thread preempts the task where it stands
+                self.schedule_out(i, cur, bool(self.task[cur].preempted))
+                s.preemptions += 1
             cpu.slices += 1
             s.after = 1
             sm.parked.add(i)
@@ -318,8 +349,12 @@ class PyScheduler:
                     return SR.DONE
                 if s.sm:
                     self._park(i)
+                elif self.grantable(i):
+                    self.cpu[i].slices += 1
+                    s.after = 1
+                    return self.grant(i)
                 else:
-                    rc, task = self.pick(i)
+                    rc, task = (0, self.cpu[i].current) if self.cpu[i].work else self.pick(i)
                     if rc:
                         return rc
                     if task < 0:

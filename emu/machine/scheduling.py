@@ -3,7 +3,8 @@ scheduler state (core.SchedState), and the run loop that hands the rounds to
 the C loop (csrc/sched.c) or its Python twin (emu/engine/sched.py; always
 during stop_machine) and does in Python what they come back for: timers and
 work items, the models' hooks at switch points, a seeded policy's pick, a
-hypercall of the machine's own, a fault."""
+hypercall of the machine's own, a fault, a CPU given to kernel work
+(SR.WORK: works.py says where kernel work runs)."""
 from __future__ import annotations
 
 from unicorn.x86_const import UC_X86_REG_RAX
@@ -49,6 +50,8 @@ class Scheduling:
         st.next_wake = -1
         st.live = sum(t.state is not RunState.EXITED for t in m.tasks)
         st.sm = m.works.stop is not None
+        for index in m.works.claims():
+            st.cpus[index].work = 1
 
     def _wake_due(self, tid: int) -> None:
         self.m.wake(self.m.tasks[tid], early=False)
@@ -91,6 +94,8 @@ class Scheduling:
                 getattr(listener, hook)(task)
             if reason != SR.SAFE_POINT:
                 self.twin.switch_tail(st.rcpu, task.tid)
+        elif reason == SR.WORK:
+            m.works.granted(st.rcpu)
         elif reason == SR.IDLE:
             cpu = m.cpus[st.rcpu]
             for listener in m.listeners:

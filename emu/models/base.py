@@ -203,10 +203,14 @@ class Model:
         return list(self.m.tasks) + [c.idle for c in self.m.cpus]
 
     def running(self, task: Task) -> bool:
-        """On a CPU right now, from the point of view of kernel work: the
-        current task of any CPU whose slice was not cut for the work."""
-        return any(c.current is task for c in self.m.cpus) and task.preempted is False \
-            and not task.is_idle and task.state.value == "runnable"
+        """task_curr(): on a CPU right now, as the kernel work in progress
+        sees it (emu/machine/works.py). The work occupies its CPU, so the
+        task it displaced is not running; a task on any other CPU is. An
+        idle task runs when its CPU has no task and no kernel work on it."""
+        if task.is_idle:
+            cpu = self.m.cpus[-1 - task.tid]
+            return cpu.current is None and not self.m.works.occupies(cpu.index)
+        return any(c.current is task for c in self.m.cpus)
 
     def describe_stack(self, task: Task, entries) -> list[str]:
         return [self.m.symbolize(a) for a in entries]

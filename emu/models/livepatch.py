@@ -136,6 +136,7 @@ class Livepatch(Model):
             self._cancel()
             self._free_patch(patch)
             raise _refusal(f"patch '{patch.name}' could not be enabled", err)
+        self._locked = bool(updates)       # the writer holds klp_mutex until its text is done
         self.m.spawn(self._transition_work(self._gen, updates))
 
     def disable(self, patch: Patch) -> None:
@@ -473,7 +474,7 @@ class Livepatch(Model):
         if task.patch_state == self.target:
             return True, None, ()
         if task.is_idle:
-            if self.m.cpus[-1 - task.tid].current is None:
+            if self.running(task):
                 # The idle task is what its CPU runs: it switches in its idle loop.
                 return False, "idle task is running", ()
         elif self.running(task):
