@@ -14,6 +14,14 @@
  * stop_machine). Python changes that state only through the setters here,
  * which check every value.
  *
+ * Kernel work runs on CPUs too (emu/machine/works.py): a CPU whose work
+ * flag is set goes to the kernel thread waiting for it (EMU_SR_WORK) when no
+ * task is on it, or at once with full preemption; otherwise its task runs
+ * on to its next scheduling point (a yield, a kernel exit, a sleep, its
+ * exit), which takes it off the CPU. Without full preemption a task never
+ * leaves its CPU between two instructions: a slice end only sets
+ * need_resched, which its next scheduling point acts on.
+ *
  * Every return leaves the state resumable: a slice interrupted by a return
  * goes on at the next call (inslice), an ended slice whose round step is
  * still due takes it first (after).

@@ -3,9 +3,16 @@
 changed through the same checked setters), returning at the same points with
 the same reasons. tests/test_sched.py holds the two to the same traces.
 
+A CPU that kernel work waits for (cpu.work) goes to it (SR_WORK) when no
+task is on it, or at once with full preemption; otherwise its task runs on
+to its next scheduling point, which takes it off the CPU. Without full
+preemption a task never leaves its CPU between two instructions: a slice
+end only sets need_resched, which its next scheduling point acts on.
+
 It also runs stop_machine sections, which the C loop hands back
-(SR_SM): a CPU parks at its next scheduling point, and the section starts
-once every CPU has parked.
+(SR_SM): a CPU parks at its next scheduling point (with full preemption at
+once, its task preempted where it stands), and the section starts once
+every CPU has parked.
 
 What it needs of the machine is passed in by name (PyScheduler's wake,
 hook_error and stop_state): it knows nothing else of it.

@@ -7,9 +7,11 @@ jumps to the next wake-up or timer. The rounds, sleeps, wake-ups, yields,
 kernel exits and safe points run in C (csrc/sched.c; its Python twin is
 emu/engine/sched.py, and both work on one shared state, core.SchedState); the loop comes
 back to Python only for kernel work. That work (a transition, a text_poke,
-the livepatch work item) runs as Python generators ("works"), which can wait
-for a sync (every CPU has ended a slice), for a point in time, or for
-stop_machine (every CPU parked at a scheduling point).
+the livepatch work item) runs as Python generators ("works"), each step on
+a CPU it gets from the scheduler at a point the preemption mode allows
+(works.py says where kernel work runs, and what "running" means); between
+steps it can wait for a sync (every CPU has ended a slice), for a point in
+time, or for stop_machine (every CPU parked at a scheduling point).
 
 Models hang off the machine through listeners (on_kernel_exit,
 on_safe_point, on_cond_resched, on_idle). A listener with `pending_only`
