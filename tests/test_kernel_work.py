@@ -17,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emu.engine import core
 from emu.kernel.patch import make_patch
 from emu.machine.machine import Machine
 from emu.machine.task import PATCHED
@@ -177,3 +178,51 @@ def test_no_task_is_switched_by_another_cpus_check_while_on_its_cpu(compile_c, n
     m.at(at, lambda: mod.enable(patch))
     m.run(until=at + m.seconds(4))
     assert not [s for s in seen if s[1]], seen
+
+
+KG_BASE = """
+volatile long sink;
+__attribute__((noinline)) long f(long x) { return x + sink; }
+__attribute__((noinline)) long g(long x) { return x * 2 + sink; }
+__attribute__((noinline)) void spin(long n) { for (long i = 0; i < n; i++) sink += i; }
+long looper_entry(long n) { spin(n); return 0; }
+long caller_entry(long n) { long a = f(n); spin(50); return g(a); }
+"""
+KG_PATCH = """
+extern volatile long sink;
+__attribute__((noinline)) long f(long x) { return x + sink + 1; }
+__attribute__((noinline)) long g(long x) { return x * 2 + sink + 1; }
+"""
+
+
+@pytest.mark.parametrize("preempt", ["none", "full"])
+def test_kgraft_tasks_do_not_migrate_before_the_work_has_its_cpu(compile_c, preempt):
+    """Regression (generated scenario 157): kGraft's write makes every task
+    migrate only after the text is done, even when the work that changes the
+    text waits for its CPU; every system call runs in one universe."""
+    base = compile_c(KG_BASE)
+    m = Machine(base, cpus=2, quantum=1000, preempt=preempt, tick=1000, hz=100)
+    img = compile_c(KG_PATCH, name="patch", base=m.module_base(), link_against=base, keep={"f", "g"})
+    m.load(img)
+    m.add_task("looper", "looper_entry", (4_000,), cpu=0)
+    caller = m.add_task("caller", "caller_entry", (3,), cpu=1)
+    mod = make_model("kgraft", m)
+    patch = mod.add(make_patch(m, "p", img, ["f", "g"]))
+    fns = {m.function("f").id: "f", m.function("g").id: "g"}
+    for fid in fns:
+        m.watch(next(fn for fn in m.functions if fn.id == fid))
+    m.at(30_000, lambda: mod.enable(patch))
+    m.run(until=m.seconds(8))
+    assert mod.transitions[0].result == "completed"
+    units, unit = [], []
+    for e in m.trace:
+        if e.task != caller.tid:
+            continue
+        if e.kind == core.EV_ENTRY and e.func in fns:
+            unit.append(e.version)
+        elif e.kind == core.EV_KERNEL_EXIT:
+            units.append(unit)
+            unit = []
+    assert len(units) > 20
+    assert [u for u in units if len(set(u)) > 1] == []
+    assert units[0] == [0, 0] and units[-1] == [patch.index, patch.index]

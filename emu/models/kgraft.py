@@ -80,6 +80,7 @@ class KGraft(Model):
             if task.state is not RunState.EXITED:
                 self.m.set_patch_state(task, UNPATCHED if target == PATCHED else PATCHED)
                 task.pending = True
+        self.immutable = True      # from the write on, until the work's text is done
         self.m.spawn(self._work(t, patch, target, updates))
 
     def _migrate(self, task: Task) -> None:
