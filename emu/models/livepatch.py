@@ -244,6 +244,7 @@ class Livepatch(Model):
             raise _refusal(f"module '{name}' refused by patch '{patch.name}'", err)
         if updates:
             # module_init runs once the module's patched sites are ready
+            self._locked = True            # the loader holds klp_mutex until its text is done
             self.m.spawn(self._coming_work(name, updates, init))
             return
         if init is not None:
@@ -661,6 +662,7 @@ class Livepatch(Model):
 
     def _spawn_text(self, updates) -> None:
         if updates:
+            self._locked = True            # klp_mutex, until the work's text is done
             self.m.spawn(self._text(updates))
 
     def _check_unlocked(self, patch: Patch | None) -> None:
