@@ -289,7 +289,7 @@ def test_progress_line_and_per_model_eta():
 def test_run_keeps_the_blockers_of_every_attempt_after_completion(capsys):
     """kpatch's first try finds user0 asleep inside foo; the retry 2 s later completes,
     and the first try's blocker stays in the record."""
-    argv = ["run", str(SEED / "scenario-foo.toml"), "--model", "stop_machine", "--seed", "1",
+    argv = ["run", str(SEED / "scenario-foo.toml"), "--model", "stop_machine", "--seed", "2",
             "--strategy", "exhaustive"]
     assert cli.main(argv + ["--json"]) == 0
     (t,) = json.loads(capsys.readouterr().out)["transitions"]
