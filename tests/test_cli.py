@@ -366,4 +366,4 @@ def test_demo_exits_1_when_a_model_answers_the_seed_question_unexpectedly(capsys
     monkeypatch.setattr(demo, "EXPECTED", wrong)
     assert cli.main(["demo", "--runs", "4", "--quiet"]) == 1
     out = capsys.readouterr().out
-    assert "FAIL bar+baz: livepatch: expected safe, but 3 of 4 runs were not (first: seed 0: inconsistent" in out
+    assert "FAIL bar+baz: livepatch: expected safe, but 4 of 4 runs were not (first: seed 0: inconsistent" in out
