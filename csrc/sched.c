@@ -554,7 +554,7 @@ static int idle_jump(struct sched *s, int64_t until, int64_t deadline)
     int64_t nxt = lower(G(next_wake), deadline);
     int tid, i;
 
-    for (i = 0; i < s->ncpus; i++)
+    for (i = 0; i < s->ncpus && !G(sm); i++)
         if (C(i, work))
             return 0;       /* a kernel thread gets its CPU at the CPU's next turn */
 

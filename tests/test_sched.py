@@ -394,3 +394,14 @@ def test_whatever_python_writes_the_c_loop_never_leaves_its_state(compile_c, wri
     except EmuError:
         pass
     m.engine.close()
+
+
+def test_a_stop_machine_section_waits_out_its_delay_while_another_work_waits_for_a_cpu(hostile):
+    """Regression: during stop_machine no CPU goes to a waiting work, so an
+    idle machine must still move time to the section's own Delay."""
+    mix = dict(tasks=[("user", 5)], cpus=2, quantum=50, tick=100, preempt="none", policy="rr", seed=1,
+               watcher=None, timers=[], until=20_000, stop_every=0, works=[(1000, ["stop"]), (1000, [1, 1])])
+    c, py = run_mix(hostile, "c", **mix), run_mix(hostile, "python", **mix)
+    assert c == py
+    steps = [e for e in c[2] if e[1] == "work"]
+    assert len(steps) == 3

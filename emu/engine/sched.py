@@ -293,8 +293,8 @@ class PyScheduler:
 
     def idle_jump(self, until: int, deadline: int) -> int:
         s = self.s
-        if any(cpu.work for cpu in self.cpu):
-            return 0        # a kernel thread gets its CPU at the CPU's next turn
+        if not s.sm and any(cpu.work for cpu in self.cpu):
+            return 0        # a kernel thread gets its CPU at the CPU's next turn (not in stop_machine)
         nxt = _lower(s.next_wake, deadline)
         if nxt < 0:
             if any(self.task[tid].state == SLEEPING for tid in range(self.ntasks)):

@@ -135,7 +135,7 @@ class Works:
         return any(w.kind in ("sync", "stop") for w in self.items)
 
     def any_ready(self) -> bool:
-        return any(w.kind in ("sync", "stop", "cpu") or w.ready(self.m) for w in self.items)
+        return any(w.kind in ("sync", "stop") or w.ready(self.m) for w in self.items)
 
     def at(self, when: int, fn) -> None:
         """Call fn() when the clock reaches `when` (in order of registration
