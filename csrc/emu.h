@@ -271,7 +271,7 @@ uint64_t emu_events_dropped(struct emu_core *core);
 
 struct emu_stack_task {
     int32_t tid;
-    int32_t preempted;
+    int32_t preempted;   /* 0 or 1; negative: the scheduler's record of it (struct emu_sched_task) */
     uint64_t lo;         /* the task's stack [lo, hi): one mapped region */
     uint64_t hi;
     uint64_t end_ret;    /* the entry frame, as in struct emu_walk_in */
@@ -308,7 +308,8 @@ struct emu_stack_result {
  * tasks' entries are packed one after the other in task order. A task fails
  * the check when an entry lies in a checked range, when its walk was too
  * deep, when (cfg->reliable) its code is not EMU_WALK_OK, or when it got a
- * negative code (a bad tid: EMU_EINVAL; a stack that is not one mapped
+ * negative code (a bad tid, or a preempted flag to read from the scheduler
+ * before emu_sched_init: EMU_EINVAL; a stack that is not one mapped
  * region: EMU_ENOENT). Returns how many tasks failed, or EMU_EINVAL for a
  * bad cfg (nothing is written then). */
 int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,

@@ -39,6 +39,20 @@ static int read_regs(struct emu_core *c, int tid, uint64_t r[3])
     return EMU_OK;
 }
 
+/* A task's preempted flag: its own (0 or 1), or, when negative, what the
+ * scheduler's record of the task says (struct emu_sched_task.preempted,
+ * sched.c), so that a caller checking the same tasks again need not pack
+ * them again. -1 when there is no such record (before emu_sched_init, or a
+ * tid the scheduler does not hold). */
+static int preempted_of(const struct emu_core *c, const struct emu_stack_task *t)
+{
+    if (t->preempted >= 0)
+        return t->preempted != 0;
+    if (!c->sched_mem || t->tid < 0 || (int64_t)t->tid >= c->sched.g->ntasks + c->sched.g->ncpus)
+        return -1;
+    return c->sched.tasks[t->tid].preempted != 0;
+}
+
 /* One task's check into *res and out[0..max_entries). */
 static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
                       const struct emu_stack_task *t, uint64_t *out, struct emu_stack_result *res)
@@ -46,13 +60,18 @@ static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
     struct emu_walk_in in;
     const uint8_t *stack;
     uint64_t r[3], where = 0, value = 0;
-    int n = 0, rc, i;
+    int n = 0, rc, i, preempted;
 
     res->code = 0;
     res->n = 0;
     res->hit = -1;
     res->rip = res->rsp = res->rbp = res->where = 0;
     if (t->tid < 0 || t->tid >= c->ntasks || t->lo > t->hi) {
+        res->code = EMU_EINVAL;
+        return;
+    }
+    preempted = preempted_of(c, t);
+    if (preempted < 0) {
         res->code = EMU_EINVAL;
         return;
     }
@@ -86,7 +105,7 @@ static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
         in.rip = r[0];
         in.rsp = r[1];
         in.rbp = r[2];
-        in.preempted = t->preempted ? 1 : 0;
+        in.preempted = preempted;
         in.max_entries = g->max_entries;
         in.end_ret = t->end_ret;
         in.end_slot = t->end_slot;

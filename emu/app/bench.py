@@ -452,43 +452,46 @@ def _sleepers(ctx: Context, n: int, depth: int) -> Machine:
 
 
 def bench_unwind(result: dict, ctx: Context) -> None:
-    """unwind_ratio: a reliable-stack check of a task at depth 16 (walk, then
-    the check of every entry against the patched ranges, as the livepatch
-    model does it), per task: C (all tasks in one emu_check_stacks call,
-    registers from the saved contexts) / the Python twin (registers through
-    the binding, the stack copied, emu.engine.unwind.check_stack)."""
+    """unwind_ratio: a reliable-stack check of a task at depth 16, per task,
+    on the path the models take (emu.models.stacks, as livepatch's
+    try-complete pass and stop_machine's activeness check make it: the walk,
+    then the check of every entry against the patched ranges): C (every task
+    in one emu_check_stacks call, registers from the saved contexts) / the
+    Python twin (registers through the binding, the stack copied,
+    emu.engine.unwind.check_stack per task)."""
+    from emu.models.stacks import StackChecks
+
     s = ctx.sizes
     depth = 16
     ctx.say(f"stack checks: {s.unwind_tasks} tasks at depth {depth}")
     m = _sleepers(ctx, s.unwind_tasks, depth)
     try:
-        checked = core.Ranges([(m.function("leaf").start, m.function("leaf").end)])
-        empty = (m.runtime.base, m.runtime.base + m.runtime.size)
-        tasks = core.StackTasks([(t.tid, t.preempted, t.stack_lo, t.stack_hi, t.end_ret, t.end_slot)
-                                 for t in m.tasks])
+        checked = ((m.function("leaf").start, m.function("leaf").end),)
+        checks = StackChecks(m)
         out = {"depth": depth, "tasks_per_call": len(m.tasks)}
         for kind in ("orc", "fp"):
-            checker = m.engine.stack_checker(kind, m.text_ranges, orc=m.orc_arrays, empty=empty, max_entries=99)
-            res = checker.check(tasks, checked)
-            twin = [_py_check(m, t, kind, checked, empty) for t in m.tasks]
-            if list(res) != twin:
-                raise RuntimeError(f"{kind}: the C stack check and its Python twin disagree")
-            if any(r.code != unwind.WALK_OK for r in twin):
-                raise RuntimeError(f"{kind}: a bench stack is not reliable: {twin[0]}")
+            def check(accel, kind=kind):
+                return checks.check(checked, kind=kind, max_entries=99, reliable=True, accel=accel)
 
-            def c_run(checker=checker):
+            res, twin = check("c"), check("python")
+            if [res[i] for i in range(len(res))] != twin.checks:
+                raise RuntimeError(f"{kind}: the C stack check and its Python twin disagree")
+            if res.failed or twin.failed:
+                raise RuntimeError(f"{kind}: a bench stack failed its check: {twin.checks[0]}")
+
+            def c_run(check=check):
                 def go():
                     for _ in range(s.unwind_reps_c):
-                        # what a model needs: how many failed (failing() only then)
-                        if checker.check(tasks, checked).failed:
+                        # what a model reads: how many failed (failing() only then)
+                        if check("c").failed:
                             raise RuntimeError("a bench stack failed its check")
                 return _timed(go) / (s.unwind_reps_c * len(m.tasks))
 
-            def py_run(kind=kind):
+            def py_run(check=check):
                 def go():
                     for _ in range(s.unwind_reps_py):
-                        for t in m.tasks:
-                            _py_check(m, t, kind, checked, empty)
+                        if check("python").failed:
+                            raise RuntimeError("a bench stack failed its check")
                 return _timed(go) / (s.unwind_reps_py * len(m.tasks))
 
             c_s = py_s = math.inf
@@ -502,16 +505,6 @@ def bench_unwind(result: dict, ctx: Context) -> None:
         result["unwind_ratio"] = out[m.unwinder]["ratio"]
     finally:
         m.engine.close()
-
-
-def _py_check(m: Machine, task, kind: str, checked: core.Ranges, empty) -> unwind.StackCheck:
-    """One task's check by the Python twin, from the machine's state."""
-    rip, rsp, rbp = m.regs(task)
-    mem = bytes(m.engine.view(task.stack_lo, task.stack_hi - task.stack_lo))
-    return unwind.check_stack(mem, task.stack_lo, task.stack_hi, m.text_ranges.ranges, rip, rsp, rbp,
-                              kind=kind, orc_ips=m.orc.ips, orc_entries=m.orc.entries,
-                              preempted=task.preempted, max_entries=99, end_ret=task.end_ret,
-                              end_slot=task.end_slot, empty=empty, check=checked.ranges)
 
 
 # ---- throughput: the Machine against raw Unicorn -----------------------------------------------

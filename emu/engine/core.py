@@ -962,27 +962,33 @@ class StackTasks:
 
     tasks: (tid, preempted, lo, hi, end_ret, end_slot) each; tid indexes the
     core's task contexts, [lo, hi) is the task's stack. Only the preempted
-    flags change between checks: set_preempted."""
+    flags change between checks: set_preempted, or preempted None, which
+    reads the flag from the scheduler's state at each check."""
 
     def __init__(self, tasks):
-        rows = [tuple(int(v) for v in t) for t in tasks]
+        rows = [tuple(v if v is None else int(v) for v in t) for t in tasks]
         self.n = len(rows)
         self._buf = bytearray(_STACK_TASK.size * max(1, self.n))
         for i, row in enumerate(rows):
             if len(row) != 6:
                 raise ValueError("a task is (tid, preempted, lo, hi, end_ret, end_slot)")
             tid, pre, lo, hi, end_ret, end_slot = row
-            _STACK_TASK.pack_into(self._buf, i * _STACK_TASK.size, tid, 1 if pre else 0, lo, hi,
+            _STACK_TASK.pack_into(self._buf, i * _STACK_TASK.size, tid, _preempted(pre), lo, hi,
                                   end_ret & _MASK64, end_slot & _MASK64)
         self._c = ffi.from_buffer("struct emu_stack_task[]", self._buf)
 
     def __len__(self) -> int:
         return self.n
 
-    def set_preempted(self, i: int, preempted: bool) -> None:
+    def set_preempted(self, i: int, preempted: bool | None) -> None:
         if not 0 <= i < self.n:
             raise IndexError(i)
-        struct.pack_into("<i", self._buf, i * _STACK_TASK.size + 4, 1 if preempted else 0)
+        struct.pack_into("<i", self._buf, i * _STACK_TASK.size + 4, _preempted(preempted))
+
+
+def _preempted(flag: bool | None) -> int:
+    """struct emu_stack_task's preempted: -1 reads the scheduler's record."""
+    return -1 if flag is None else 1 if flag else 0
 
 
 _MASK64 = (1 << 64) - 1

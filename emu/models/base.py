@@ -16,6 +16,7 @@ from emu.kernel.ftrace import Ftrace, Ops
 from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc
 from emu.machine.task import Task
+from emu.models.stacks import StackChecks
 
 # transition event codes (EV_TRANSITION's a)
 T_START, T_COMPLETE, T_FAIL, T_REVERSE, T_CANCEL, T_STALL = range(6)
@@ -75,6 +76,7 @@ class Model:
         self.stacks: dict[int, list[tuple[Patch, PatchFunc]]] = {}   # old function id -> newest first
         self.ops: dict[int, Ops] = {}
         self.transitions: list[Transition] = []
+        self.stack_checks = StackChecks(machine)
         machine.listeners.append(self)
 
     # ---- patches ---------------------------------------------------------------
@@ -244,17 +246,13 @@ class Model:
         }
 
 
-def walk_ranges(machine: Machine, task: Task, ranges, *, max_entries: int, reliable: bool):
-    """Walk task's stack and check it against ranges.
-
-    Returns (ok, reason, entries): ok is False when an entry lies in a range
-    (reason names the function) or, with reliable=True, when the walk is not
-    reliable (reason from unwind.REASONS)."""
-    code, entries = machine.stack(task, max_entries=max_entries)
-    if code == unwind.WALK_TOO_DEEP or (reliable and code != unwind.WALK_OK):
-        return False, unwind.REASONS.get(code, str(code)), entries
+def first_hit(code: int, entries, ranges) -> str | None:
+    """kpatch's verdict on a walk: the reason it fails (a trace too deep),
+    the name of the range its first entry in a range lies in, or None."""
+    if code == unwind.WALK_TOO_DEEP:
+        return unwind.REASONS[code]
     for addr in entries:
         for lo, hi, name in ranges:
             if lo <= addr < hi:
-                return False, name, entries
-    return True, None, entries
+                return name
+    return None

@@ -402,14 +402,22 @@ class Livepatch(Model):
 
     def _try_complete(self):
         """klp_try_complete_transition (a generator: completing may change
-        text). Returns whether the transition completed."""
+        text). Returns whether the transition completed. The stacks of the
+        tasks that need a check are checked in one call (emu.models.stacks)
+        when the first of them comes up; a switch changes no stack."""
         t = self._t
         t.attempts += 1
         blockers = []
-        for task in self.m.tasks:
+        checked = None
+        for i, task in enumerate(self.m.tasks):
             if task.state is RunState.EXITED:
                 continue
-            ok, why, entries = self._try_switch_task(task)
+            if self._needs_check(task):
+                if checked is None:
+                    checked = self._check_stacks()
+                ok, why, entries = self._try_switch_checked(task, checked, i)
+            else:
+                ok, why, entries = self._try_switch_task(task)
             if not ok:
                 blockers.append((task.name, self.describe_stack(task, entries) + [f"({why})"]))
         for cpu in self.m.cpus:
@@ -486,25 +494,53 @@ class Livepatch(Model):
         self._switch(task, "stack")
         return True, None, entries
 
+    def _needs_check(self, task: Task) -> bool:
+        """Whether klp_try_switch_task walks this (not idle) task's stack."""
+        return task.patch_state != self.target and not self.running(task) and self.m.started
+
+    def _check_stacks(self):
+        """klp_check_stack of every task at once (emu.models.stacks) ->
+        (results, indices of the tasks that failed)."""
+        results = self.stack_checks.check(tuple((lo, hi) for lo, hi, _ in self._checked()),
+                                          kind=self.m.unwinder, max_entries=MAX_STACK_ENTRIES - 1, reliable=True)
+        return results, set(results.failing()) if results.failed else ()
+
+    def _try_switch_checked(self, task: Task, checked, i: int):
+        """klp_try_switch_task of a task that _needs_check, from its result
+        in checked (from _check_stacks)."""
+        results, failing = checked
+        if i in failing:
+            r = results[i]
+            _, why = self._verdict(r.code, r.entries)
+            return False, why, r.entries
+        self._switch(task, "stack")
+        return True, None, ()
+
     def _check_stack(self, task: Task):
-        """klp_check_stack -> (0 or -errno, why, entries): -EINVAL for an
-        unreliable stack, -EADDRINUSE when a checked function is on it."""
+        """klp_check_stack of one task -> (0 or -errno, why, entries)."""
         if self.m.started:
             code, entries = self.m.stack(task, max_entries=MAX_STACK_ENTRIES - 1)
         else:
             code, entries = unwind.WALK_OK, ()      # not running yet: no kernel frame at all
+        err, why = self._verdict(code, entries)
+        return err, why, entries
+
+    def _verdict(self, code: int, entries):
+        """klp_check_stack's verdict on a walk -> (0 or -errno, why):
+        -EINVAL for an unreliable stack, -EADDRINUSE when a checked function
+        is on it."""
         if code != unwind.WALK_OK:
-            return -_errno.EINVAL, f"unreliable stack: {unwind.REASONS.get(code, code)}", entries
-        for obj in self.transition_patch.objects:
-            if not obj.patched:
-                continue
-            for f in obj.funcs:
-                if not f.patched:
-                    continue
-                lo, hi = self._checked_range(f)
-                if any(lo <= a < hi for a in entries):
-                    return -_errno.EADDRINUSE, f"sleeping on function {f.name}", entries
-        return 0, None, entries
+            return -_errno.EINVAL, f"unreliable stack: {unwind.REASONS.get(code, code)}"
+        for lo, hi, name in self._checked():
+            if any(lo <= a < hi for a in entries):
+                return -_errno.EADDRINUSE, f"sleeping on function {name}"
+        return 0, None
+
+    def _checked(self) -> list[tuple[int, int, str]]:
+        """The code no task may be in to switch, in the kernel's order:
+        every patched function of every patched object of the patch."""
+        return [(*self._checked_range(f), f.name) for obj in self.transition_patch.objects if obj.patched
+                for f in obj.funcs if f.patched]
 
     def _checked_range(self, f: PatchFunc) -> tuple[int, int]:
         """What a task must not be in to switch for f: when unpatching, f's

@@ -29,7 +29,8 @@ from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel.patch import Patch
 from emu.machine.task import PATCHED, UNPATCHED, RunState
-from emu.models.base import Model, walk_ranges
+from emu.models.base import Model, first_hit
+from emu.models.stacks import passed
 
 
 class StopMachine(Model):
@@ -87,10 +88,17 @@ class StopMachine(Model):
                             out.append((g.new.start, g.new.end, g.name))
         return out
 
-    def check_task(self, task, ranges):
-        """(ok, what hit or why, entries walked, frames of work) for one task."""
-        ok, what, entries = walk_ranges(self.m, task, ranges, max_entries=self.max_entries, reliable=False)
-        return ok, what, entries, len(entries)
+    def check_tasks(self, ranges):
+        """The activeness check of every task in one call (see
+        emu.models.stacks); check_task reads one task's verdict from it."""
+        return self.stack_checks.check(tuple((lo, hi) for lo, hi, _ in ranges), kind=self.m.unwinder,
+                                       max_entries=self.max_entries, reliable=False)
+
+    def check_task(self, task, result, ranges):
+        """(ok, what hit or why, entries walked, frames of work) for one task
+        from its stack check."""
+        what = first_hit(result.code, result.entries, ranges)
+        return what is None, what, result.entries, len(result.entries)
 
     def _run(self, t, patch: Patch, target: int, funcs, updates):
         m = self.m
@@ -105,10 +113,11 @@ class StopMachine(Model):
             cost = 0
             if not self.forcing:
                 ranges = self.ranges(patch, target, funcs)
-                for task in m.tasks:
+                results = self.check_tasks(ranges)
+                for i, task in enumerate(m.tasks):
                     if task.state is RunState.EXITED:
                         continue
-                    ok, what, entries, work = self.check_task(task, ranges)
+                    ok, what, entries, work = self.check_task(task, results[i], ranges)
                     cost += self.cost_per_task + self.cost_per_frame * work
                     if not ok:
                         blocker = (task, what, entries)
@@ -187,14 +196,22 @@ class Ksplice(StopMachine):
     retry_delay = 1.0
     prefix = "ksplice: "
 
-    def check_task(self, task, ranges):
+    def check_tasks(self, ranges):
+        return self.stack_checks.check(tuple((lo, hi) for lo, hi, _ in ranges), kind="scan", max_entries=2,
+                                       reliable=False)
+
+    def check_task(self, task, result, ranges):
         """Every saved IP and every stack word, not an unwind (a word scan
-        costs an eighth of a frame walk)."""
-        rip, rsp, hit = self.m.scan_stack(task, [(lo, hi) for lo, hi, _ in ranges])
-        work = (task.stack_hi - rsp) // 64
+        costs an eighth of a frame walk). The scan stops at the rip when that
+        is in a range; a task that fails is scanned again whole, so that the
+        report names the first range (in order) that the rip or the word hit."""
+        work = (task.stack_hi - result.rsp) // 64
+        if passed(result, reliable=False):
+            return True, None, [result.rip], work
+        rip, _, hit = self.m.scan_stack(task, [(lo, hi) for lo, hi, _ in ranges])
         for lo, hi, name in ranges:
             if lo <= rip < hi:
                 return False, name, [rip], work
             if hit is not None and lo <= hit[1] < hi:
                 return False, name, [rip, hit[1]], work
-        return True, None, [rip], work
+        raise AssertionError("the stack check and the scan disagree")
