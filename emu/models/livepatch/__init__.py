@@ -1,0 +1,17 @@
+"""Upstream livepatch: the hybrid per-task consistency model, split as
+kernel/livepatch/ is:
+
+- core.py        the Livepatch model: sysfs and module operations, installed
+                 patches, atomic replace's nops, the mutex (core.c)
+- patch.py       a patch's functions on the per-function stacks (patch.c)
+- transition.py  the per-task transition and its switch points (transition.c)
+- callbacks.py   the per-object pre/post (un)patch callbacks (core.h)
+- notifiers.py   modules coming and going under installed patches (core.c)
+- refusals.py    the -errno of a refused operation, as exceptions
+
+make_model("livepatch", machine) builds a Livepatch (emu/models/__init__.py).
+"""
+from emu.models.livepatch.core import Livepatch
+from emu.models.livepatch.refusals import PatchRefused
+
+__all__ = ["Livepatch", "PatchRefused"]

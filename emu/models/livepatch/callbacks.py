@@ -1,0 +1,40 @@
+"""The four per-object callbacks of a live patch (the kernel's
+klp_pre_patch_callback and its siblings, kernel/livepatch/core.h).
+
+A callback is fn(machine, patch, object) from the scenario's [[patch]]
+table (emu.kernel.patch); pre_patch may refuse with a negative errno. Who
+calls them, and when, must agree with the kernel's order: core.py (enable,
+disable), transition.py (at completion) and notifiers.py (module loads and
+unloads).
+"""
+from __future__ import annotations
+
+from emu.kernel.patch import Patch, PatchObject
+
+
+def pre_patch(machine, patch: Patch, obj: PatchObject) -> int:
+    """Run obj's pre_patch callback -> 0 or its -errno. post_unpatch runs
+    later only after a pre_patch that did not refuse."""
+    fn = obj.callbacks.get("pre_patch")
+    ret = int(fn(machine, patch, obj) or 0) if fn else 0
+    obj.callbacks_enabled = not ret
+    return ret
+
+
+def post_patch(machine, patch: Patch, obj: PatchObject) -> None:
+    fn = obj.callbacks.get("post_patch")
+    if fn:
+        fn(machine, patch, obj)
+
+
+def pre_unpatch(machine, patch: Patch, obj: PatchObject) -> None:
+    fn = obj.callbacks.get("pre_unpatch")
+    if fn:
+        fn(machine, patch, obj)
+
+
+def post_unpatch(machine, patch: Patch, obj: PatchObject) -> None:
+    fn = obj.callbacks.get("post_unpatch")
+    if fn and obj.callbacks_enabled:
+        fn(machine, patch, obj)
+    obj.callbacks_enabled = False

@@ -1,0 +1,347 @@
+"""Upstream livepatch's interface and bookkeeping (kernel/livepatch/core.c):
+the Livepatch model object, the patches it has installed, and the
+operations people and modules perform on it.
+
+The operations follow the sysfs and module interfaces: enable() is loading
+the patch module (klp_enable_patch) or writing 1 to `enabled` during an
+unpatching transition (a reversal); disable() is writing 0; force() is
+writing 1 to `force`; remove() is unloading the patch module;
+load_module()/unload_module() are the module notifiers of a patched module
+(notifiers.py). Errors the kernel returns from those writes raise at once
+(refusals.py): Busy (-EBUSY) and PatchRefused (-EINVAL, -ENODEV, ...), after
+the same log lines as the kernel. The log lines are the kernel's, with its
+"livepatch: " prefix, so the selftests' transcripts compare line by line.
+
+The model's klp_mutex is only visible where a work has to wait for text
+modification (the ftrace sites of a patch being enabled, of functions whose
+last patch goes away): an operation requested then raises Busy instead of
+blocking (change_text holds it).
+
+The transition itself is transition.py's; the state it shares with this
+module (transition_patch, target, signals_cnt, gen, switches) lives on the
+Livepatch object, as the kernel's globals do, and the functions of this
+class that transition.py and notifiers.py call (change_text, locked,
+is_loaded, unpatch_replaced, discard_nops, free_patch, free_replaced) are
+their interface to it.
+"""
+from __future__ import annotations
+
+import errno
+from collections import Counter
+
+from emu.errors import Busy, PatchError
+from emu.kernel import state as klp_state
+from emu.kernel.patch import VMLINUX, Patch, PatchFunc, PatchObject, loaded_objects, resolve
+from emu.kernel.shadow import ShadowVars
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, Task
+from emu.models.base import Model
+from emu.models.livepatch import callbacks, notifiers, transition
+from emu.models.livepatch.patch import patch_object, unpatch_object, unpatch_objects
+from emu.models.livepatch.refusals import refusal
+
+
+class Livepatch(Model):
+    name = "livepatch"
+    prefix = "livepatch: "
+
+    def __init__(self, machine, *, retry_period: float = 1.0, **kw):
+        super().__init__(machine, **kw)
+        self.retry_period = retry_period
+        self.installed: list[Patch] = []          # klp_patches: enabled or in transition, oldest first
+        self.transition_patch: Patch | None = None
+        self.target = UNDEFINED
+        self.signals_cnt = 0
+        self.gen = 0                   # bumped by every transition init: a work of an older one stops
+        self.module_states: dict[str, str] = {}   # modules between their notifiers (COMING, GOING)
+        self.switches: list[tuple[int, str, int, str]] = []   # (time, task, state, how)
+        self.shadow = ShadowVars.for_machine(machine)
+        self._locked = False           # klp_mutex held across text modification
+        # per patch, the nops atomic replace added: (object, its nops), or
+        # (object, None) for an object made only to hold nops
+        self._dynamic: dict[Patch, list[tuple[PatchObject, list[PatchFunc] | None]]] = {}
+
+    # ---- user operations ---------------------------------------------------------------
+    def enable(self, patch: Patch) -> None:
+        """Load the patch (klp_enable_patch), or reverse its unpatching
+        transition. Raises Busy or PatchRefused as the kernel fails."""
+        self._check_unlocked(patch)
+        if patch is self.transition_patch:
+            if self.target == PATCHED:
+                raise refusal(f"patch '{patch.name}' is already being enabled", errno.EINVAL)
+            transition.reverse(self)
+            return
+        if patch in self.installed:
+            raise refusal(f"patch '{patch.name}' is already enabled", errno.EINVAL)
+        self.add(patch)
+        if not klp_state.is_patch_compatible(self.installed, patch):
+            self.printk(f"{self.prefix}Livepatch patch ({patch.name}) is not compatible with the "
+                        f"already installed livepatches.")
+            raise refusal(f"patch '{patch.name}': its system states do not fit the installed patches",
+                          errno.EINVAL)
+        if self.transition_patch is not None:
+            raise refusal(f"patch '{patch.name}': '{self.transition_patch.name}' is in transition",
+                          errno.EBUSY)
+        self._init_patch(patch)
+        self.printk(f"{self.prefix}enabling patch '{patch.name}'")
+        transition.init(self, patch, PATCHED)
+        updates, err = [], 0
+        for obj in patch.objects:
+            if not self.is_loaded(obj):
+                continue
+            err = callbacks.pre_patch(self.m, patch, obj)
+            if err:
+                self.printk(f"{self.prefix}pre-patch callback failed for object '{obj.name}'")
+                break
+            try:
+                updates += patch_object(self, patch, obj)
+            except Busy:
+                self.printk(f"{self.prefix}failed to patch object '{obj.name}'")
+                err = -errno.EBUSY
+                break
+        if err:
+            # Nothing of the text was changed yet: the updates are dropped.
+            self.printk(f"{self.prefix}failed to enable patch '{patch.name}'")
+            transition.cancel(self)
+            self.free_patch(patch)
+            raise refusal(f"patch '{patch.name}' could not be enabled", err)
+        self._locked = bool(updates)       # the writer holds klp_mutex until its text is done
+        self.m.spawn(transition.work(self, self.gen, updates))
+
+    def disable(self, patch: Patch) -> None:
+        """Write 0 to the patch's `enabled`: an unpatching transition, or the
+        reversal of its patching transition. Raises Busy while another patch
+        is in transition, PatchRefused (-EINVAL) when it is not enabled."""
+        self._check_unlocked(patch)
+        if patch is self.transition_patch:
+            if self.target == UNPATCHED:
+                raise refusal(f"patch '{patch.name}' is already being disabled", errno.EINVAL)
+            transition.reverse(self)
+            return
+        if patch not in self.installed or not patch.enabled:
+            raise refusal(f"patch '{patch.name}' is not enabled", errno.EINVAL)
+        if self.transition_patch is not None:
+            raise refusal(f"patch '{patch.name}': '{self.transition_patch.name}' is in transition",
+                          errno.EBUSY)
+        transition.init(self, patch, UNPATCHED)
+        for obj in patch.objects:
+            if obj.patched:
+                callbacks.pre_unpatch(self.m, patch, obj)
+        self.m.spawn(transition.work(self, self.gen, []))
+
+    def force(self, patch: Patch | None = None) -> None:
+        """Write 1 to `force` of the patch in transition: every task gets the
+        target state now, checked or not (the next retry completes the
+        transition). The patches this removes (the patch itself when
+        unpatching, the replaced ones with atomic replace) are marked
+        forced: their modules can never be removed, since a task may still
+        run their code. PatchRefused (-EINVAL) when no such transition."""
+        tp = self.transition_patch
+        if tp is None or (patch is not None and patch is not tp):
+            what = f"patch '{patch.name}' is" if patch is not None else "no patch is"
+            raise refusal(f"{what} not in transition", errno.EINVAL)
+        self._check_unlocked(tp)
+        transition.force(self)
+        if self.target == UNPATCHED:
+            tp.forced = True
+        elif tp.replace:
+            for p in self.installed:
+                if p is not tp:
+                    p.forced = True
+
+    def remove(self, patch: Patch) -> None:
+        """Unload the patch module (rmmod): Busy while the patch is enabled
+        or in transition, or forever once it was forced."""
+        if patch in self.installed:
+            raise Busy(f"Module {patch.name} is in use (the patch is enabled or in transition)")
+        if patch.forced:
+            raise Busy(f"Module {patch.name} is in use (the patch was forced: tasks may still run its code)")
+        if patch.image is not None and patch.image.name not in self.m.unloaded:
+            self.m.unload(patch.image)
+
+    def load_module(self, image, *, init=None) -> None:
+        """Load a module (mapping it unless it is mapped already) and apply
+        the installed patches to it (klp_module_coming); then call init()
+        (its module_init): at once, or, when patched sites of the module
+        must first be enabled, from a machine work once they are (init must
+        then not run the machine itself). Raises Busy / PatchRefused when a
+        patch refuses the module; it is then not loaded."""
+        self._check_unlocked(None)
+        notifiers.module_coming(self, image, init)
+
+    def unload_module(self, image, *, exit=None) -> None:
+        """Unload a module: exit() (its module_exit), then revert every
+        patch from it (klp_module_going), then unmap it by name."""
+        self._check_unlocked(None)
+        notifiers.module_going(self, image, exit)
+
+    # ---- what callbacks may ask -----------------------------------------------------------
+    def module_state(self, name: str) -> str | None:
+        """A module's state as its callbacks see it: "COMING" or "GOING"
+        inside the notifiers, "LIVE" otherwise; None for vmlinux and for
+        modules that are not loaded."""
+        if name == VMLINUX or name not in loaded_objects(self.m) and name not in self.module_states:
+            return None
+        return self.module_states.get(name, notifiers.MODULE_LIVE)
+
+    def get_state(self, patch: Patch, sid: int):
+        return klp_state.get_state(patch, sid)
+
+    def get_prev_state(self, sid: int):
+        """klp_get_prev_state: the state as the installed patches before the
+        one in transition carry it (None outside transitions)."""
+        return klp_state.get_prev_state(self.installed, self.transition_patch, sid)
+
+    # ---- patches: init, nops, free ---------------------------------------------------------
+    def _init_patch(self, patch: Patch) -> None:
+        """klp_init_patch: a fresh patch (a module loaded again starts over),
+        its functions bound, and nops for atomic replace."""
+        self._drop_dynamic(patch)
+        patch.enabled = False
+        patch.forced = False
+        for obj in patch.objects:
+            obj.patched = False
+            obj.callbacks_enabled = False
+            for f in obj.funcs:
+                f.patched = f.transition = False
+        if patch.replace:
+            self._add_nops(patch)
+        try:
+            resolve(self.m, patch)
+        except PatchError:
+            self._drop_dynamic(patch)
+            raise
+        self.installed.append(patch)
+
+    def _add_nops(self, patch: Patch) -> None:
+        """klp_add_nops: a nop for every function of an installed patch that
+        patch leaves out: the handler runs the original for it."""
+        added: list[tuple[PatchObject, list[PatchFunc] | None]] = []
+        for old in self.installed:
+            for old_obj in old.objects:
+                obj = patch.object(old_obj.name)
+                dynamic = obj is None
+                if dynamic:
+                    obj = PatchObject(old_obj.name)
+                    patch.objects.append(obj)
+                nops = []
+                for old_f in old_obj.funcs:
+                    if any(f.name == old_f.name for f in obj.funcs):
+                        continue
+                    nop = PatchFunc(old_f.name, obj.name, None)
+                    obj.funcs.append(nop)
+                    nops.append(nop)
+                added.append((obj, nops) if not dynamic else (obj, None))
+        self._dynamic[patch] = added
+
+    def _drop_dynamic(self, patch: Patch) -> None:
+        """Remove a patch's nops (and the objects made only for them)."""
+        for obj, nops in self._dynamic.pop(patch, []):
+            if nops is None:
+                if obj in patch.objects:
+                    patch.objects.remove(obj)
+            else:
+                obj.funcs[:] = [f for f in obj.funcs if f not in nops]
+
+    def discard_nops(self, patch: Patch) -> list:
+        """klp_discard_nops: after a replace completes, its nops go. Returns
+        text updates."""
+        updates = []
+        for obj, nops in self._dynamic.get(patch, []):
+            updates += unpatch_object(self, patch, obj, nops_only=nops is not None)
+        self._drop_dynamic(patch)
+        return updates
+
+    def unpatch_replaced(self, patch: Patch) -> list:
+        """klp_unpatch_replaced_patches: every patch installed before the
+        replace patch is disabled and unpatched. Returns text updates."""
+        updates = []
+        for old in self.replaced(patch):
+            old.enabled = False
+            updates += unpatch_objects(self, old)
+        return updates
+
+    def replaced(self, patch: Patch) -> list[Patch]:
+        """The patches an atomic replace by patch takes over: the ones
+        installed before it."""
+        return self.installed[:self.installed.index(patch)] if patch in self.installed else list(self.installed)
+
+    def free_patch(self, patch: Patch) -> None:
+        """klp_free_patch_start: off the installed list, nops gone."""
+        if patch in self.installed:
+            self.installed.remove(patch)
+        self._drop_dynamic(patch)
+
+    def free_replaced(self, patch: Patch) -> None:
+        """klp_free_replaced_patches_async: free the patches patch replaced."""
+        for old in self.replaced(patch):
+            self.free_patch(old)
+
+    def is_loaded(self, obj: PatchObject) -> bool:
+        """klp_is_object_loaded: vmlinux, or a module that is loaded."""
+        return obj.name == VMLINUX or obj.name in loaded_objects(self.m)
+
+    # ---- text modification under the mutex --------------------------------------------------
+    def change_text(self, updates):
+        """Run text updates (generators) holding klp_mutex: operations
+        requested meanwhile raise Busy."""
+        updates = list(updates)
+        if not updates:
+            return
+        self._locked = True
+        try:
+            for update in updates:
+                yield from update
+        finally:
+            self._locked = False
+
+    def hold_mutex(self) -> None:
+        """Take klp_mutex now, at the write: the work that changes the text
+        may wait for a CPU, and its change_text releases the mutex once the
+        text is done."""
+        self._locked = True
+
+    @property
+    def locked(self) -> bool:
+        """Whether klp_mutex is held for text modification."""
+        return self._locked
+
+    def _check_unlocked(self, patch: Patch | None) -> None:
+        if self._locked:
+            what = f"patch '{patch.name}'" if patch is not None else "livepatch"
+            raise Busy(f"{what}: the livepatch core is changing ftrace sites; try again (-EBUSY)")
+
+    # ---- listener hooks: the switch points ------------------------------------------------------
+    def on_kernel_exit(self, task: Task) -> None:
+        transition.update_patch_state(self, task, "kernel_exit")
+
+    def on_idle(self, cpu, idle: Task) -> None:
+        transition.update_patch_state(self, idle, "idle")
+
+    def on_cond_resched(self, task: Task) -> None:
+        transition.cond_resched(self, task)
+
+    # ---- status -----------------------------------------------------------------------------------------
+    def status(self) -> dict:
+        """What /sys/kernel/livepatch shows (per patch: enabled, transition,
+        forced, replace, stack_order, per object patched), per task its
+        patch_state and pending flag, and the transition in progress with
+        the tasks that block it and their stacks."""
+        tp = self.transition_patch
+        t = self.transition
+        return {
+            "model": self.name,
+            "patches": [{
+                "name": p.name, "enabled": p.enabled, "transition": p is tp, "force": p.forced,
+                "replace": p.replace, "stack_order": i + 1,
+                "objects": {o.name: {"patched": o.patched,
+                                     "functions": {f.name: {"patched": f.patched, "transition": f.transition,
+                                                            "nop": f.nop} for f in o.funcs}}
+                            for o in p.objects},
+            } for i, p in enumerate(self.installed)],
+            "tasks": [{"name": x.name, "tid": x.tid, "patch_state": x.patch_state, "pending": x.pending}
+                      for x in self.all_tasks()],
+            "transition": None if t is None else {
+                "patch": t.patch, "target": transition.verb(t.target), "attempts": t.attempts,
+                "blockers": [{"task": name, "stack": stack} for name, stack in t.blockers]},
+            "switches": dict(Counter(how for _, _, _, how in self.switches)),
+        }
