@@ -144,24 +144,31 @@ class Model:
         self.stacks.pop(fid, None)
         return self.ftrace.unregister(self.ops.pop(fid))
 
-    def push(self, patch: Patch, func: PatchFunc):
-        """klp_patch_func: put func on top of its old function's stack,
-        registering the ops on first use (Busy as ensure_ops). Returns the
-        text-update generator."""
-        update = self.ensure_ops(func)
+    def link(self, patch: Patch, func: PatchFunc) -> None:
+        """Put func on top of its old function's stack (its ops registered)."""
         self.stacks.setdefault(func.old.id, []).insert(0, (patch, func))
         func.patched = True
         self.sync(func)
-        return update
 
-    def pop(self, patch: Patch, func: PatchFunc):
-        """klp_unpatch_func: take func off its stack; the last one unregisters
-        the ops (the site goes back to a NOP). Returns the text-update generator."""
+    def unlink(self, func: PatchFunc) -> None:
+        """Take func off its old function's stack (its ops stay)."""
         stack = self.stacks.get(func.old.id, [])
         stack[:] = [(p, f) for p, f in stack if f is not func]
         func.patched = False
         func.transition = False
         self.sync(func)
+
+    def push(self, patch: Patch, func: PatchFunc):
+        """klp_patch_func: link func, registering the ops on first use (Busy
+        as ensure_ops). Returns the text-update generator."""
+        update = self.ensure_ops(func)
+        self.link(patch, func)
+        return update
+
+    def pop(self, patch: Patch, func: PatchFunc):
+        """klp_unpatch_func: unlink func; the last one unregisters the ops
+        (the site goes back to a NOP). Returns the text-update generator."""
+        self.unlink(func)
         return self.release_ops(func)
 
     def push_all(self, patch: Patch, funcs) -> list:
@@ -179,6 +186,19 @@ class Model:
 
     def loaded_funcs(self, patch: Patch) -> list[PatchFunc]:
         return [f for _, f in patch.funcs() if f.old is not None]
+
+    # ---- atomic replace ------------------------------------------------------------------
+    def replaced(self, patch: Patch) -> list[Patch]:
+        """The patches an atomic replace by patch takes over: every other
+        enabled one, oldest first (livepatch's override: the patches
+        installed before it)."""
+        return [p for p in self.patches if p is not patch and p.enabled]
+
+    def retire(self, patch: Patch) -> None:
+        """A patch that was replaced is off: disabled, its objects unpatched."""
+        patch.enabled = False
+        for obj in patch.objects:
+            obj.patched = False
 
     def busy_check(self, patch: Patch) -> None:
         t = self.transition

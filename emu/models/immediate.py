@@ -17,12 +17,9 @@ class Immediate(Model):
         t = self.record(patch, PATCHED)
         updates = self.push_all(patch, self.loaded_funcs(patch))
         if patch.replace:       # the replaced patches go at once
-            for other in self.patches:
-                if other is not patch and other.enabled:
-                    updates += [self.pop(other, g) for g in self.loaded_funcs(other)]
-                    other.enabled = False
-                    for obj in other.objects:
-                        obj.patched = False
+            for other in self.replaced(patch):
+                updates += [self.pop(other, g) for g in self.loaded_funcs(other)]
+                self.retire(other)
         for obj in patch.objects:
             obj.patched = True
         patch.enabled = True

@@ -51,9 +51,7 @@ class KGraft(Model):
             return []
         carried = {f.old.id for f in self.loaded_funcs(patch)}
         nops, seen = [], set()
-        for other in self.patches:
-            if other is patch or not other.enabled:
-                continue
+        for other in self.replaced(patch):
             for g in self.loaded_funcs(other):
                 if g.old.id not in carried and g.old.id not in seen:
                     seen.add(g.old.id)
@@ -129,12 +127,10 @@ class KGraft(Model):
         elif patch.replace:
             # the replaced patches and the nops go; sites left with nothing to
             # redirect go back to NOPs
-            gone = [(other, g) for other in self.patches if other is not patch and other.enabled
-                    for g in self.loaded_funcs(other)]
-            for other, _ in gone:
-                other.enabled = False
-                for obj in other.objects:
-                    obj.patched = False
+            replaced = self.replaced(patch)
+            gone = [(other, g) for other in replaced for g in self.loaded_funcs(other)]
+            for other in replaced:
+                self.retire(other)
             for update in [self.pop(other, g) for other, g in gone] + [self.pop(patch, f) for f in nops]:
                 yield from update
         for task in self.all_tasks():

@@ -81,11 +81,10 @@ class StopMachine(Model):
             lo, hi = self.replaced_range(f) if target == PATCHED else self.own_range(f)
             out.append((lo, hi, f.name))
         if patch.replace and target == PATCHED:
-            for other in self.patches:
-                if other is not patch and other.enabled:
-                    for g in self.loaded_funcs(other):
-                        if not g.nop:
-                            out.append((g.new.start, g.new.end, g.name))
+            for other in self.replaced(patch):
+                for g in self.loaded_funcs(other):
+                    if not g.nop:
+                        out.append((g.new.start, g.new.end, g.name))
         return out
 
     def check_tasks(self, ranges):
@@ -166,24 +165,15 @@ class StopMachine(Model):
         """Inside stop_machine: insert into (or remove from) the handler's hash."""
         if target == PATCHED:
             for f in funcs:
-                self.stacks.setdefault(f.old.id, []).insert(0, (patch, f))
-                f.patched = True
-                self.sync(f)
+                self.link(patch, f)
             if patch.replace:
-                for other in self.patches:
-                    if other is not patch and other.enabled:
-                        for g in self.loaded_funcs(other):
-                            stack = self.stacks.get(g.old.id, [])
-                            stack[:] = [(p, x) for p, x in stack if x is not g]
-                            g.patched = False
-                            self.sync(g)
-                        other.enabled = False
+                for other in self.replaced(patch):
+                    for g in self.loaded_funcs(other):
+                        self.unlink(g)
+                    self.retire(other)
         else:
             for f in funcs:
-                stack = self.stacks.get(f.old.id, [])
-                stack[:] = [(p, x) for p, x in stack if x is not f]
-                f.patched = False
-                self.sync(f)
+                self.unlink(f)
         for obj in patch.objects:
             obj.patched = target == PATCHED
         patch.enabled = target == PATCHED
