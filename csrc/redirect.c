@@ -29,6 +29,7 @@
 #include <string.h>
 #include "core.h"
 
+/* Must agree with emu/images/image.py FENTRY_NOP (tests/test_layers.py holds them). */
 static const uint8_t fentry_nop[5] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
 
 struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr)

@@ -57,3 +57,24 @@ def test_imports_go_down_the_layers(path):
 def test_every_module_is_in_a_layer():
     loose = [p.name for p in PKG.glob("*.py") if p.stem not in ("__init__", "__main__", "errors")]
     assert not loose
+
+
+# ---- one home for each fact, and the copies other languages need -------------------------
+
+def test_the_c_fentry_nop_is_the_images_one():
+    """csrc/redirect.c cannot import Python: its copy of the fentry NOP is
+    held to emu.images.image.FENTRY_NOP here."""
+    import re
+
+    from emu.images.image import FENTRY_NOP
+    text = (PKG.parent / "csrc" / "redirect.c").read_text()
+    m = re.search(r"fentry_nop\[5\]\s*=\s*\{([^}]*)\}", text)
+    assert m is not None
+    assert bytes(int(b, 16) for b in m.group(1).split(",")) == FENTRY_NOP
+
+
+def test_no_module_writes_the_fentry_nop_bytes_itself():
+    """Every Python module takes the fentry NOP from emu/images/image.py."""
+    copies = [str(p.relative_to(PKG)) for p in SOURCES
+              if p.name != "image.py" and ("0f1f440000" in p.read_text() or "0f 1f 44 00 00\")" in p.read_text())]
+    assert not copies

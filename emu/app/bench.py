@@ -36,6 +36,7 @@ from emu.engine import unwind
 from emu.images.build import build_c
 from emu.machine.machine import Machine
 from emu.machine.task import PATCHED, RunState
+from emu.models import DEFAULT_MODELS
 
 __all__ = ["run_bench", "format_bench", "write_scaling_plot", "TARGETS", "SECTIONS"]
 
@@ -276,7 +277,6 @@ def _timed(fn) -> float:
 
 # ---- redirect: C fast path and Python twin --------------------------------------------------
 
-_MODELS = ("immediate", "stop_machine", "kgraft", "livepatch")
 _SLEEP1, _SLEEP2 = 50, 300          # ticks before the safe point, and before the loop
 
 
@@ -425,7 +425,7 @@ def bench_models(result: dict, ctx: Context) -> None:
     kthread sleeps inside a patched function) and after it completed.
     Immediate has no `during`: it completes at once."""
     out = {}
-    for model in _MODELS:
+    for model in DEFAULT_MODELS:
         row = {}
         for phase, blocker in (("during", True), ("after", False)):
             if model == "immediate" and phase == "during":

@@ -19,8 +19,9 @@ from pathlib import Path
 
 from emu import __version__
 from emu.errors import GuestFault, UserError
+from emu.models import MODEL_NAMES
 from emu.runs import expect
-from emu.runs.scenario import MAX_RUNS, MAX_TIME, MODELS, SEED_MAX, STRATEGIES
+from emu.runs.scenario import MAX_RUNS, MAX_TIME, SEED_MAX, STRATEGIES
 
 EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -592,7 +593,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def one_run(sp):
         sp.add_argument("scenario", help="scenario file (TOML)")
-        sp.add_argument("--model", required=True, choices=MODELS, help="consistency model")
+        sp.add_argument("--model", required=True, choices=MODEL_NAMES, help="consistency model")
         sp.add_argument("--seed", type=_int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
                         "(default: 0)")
         sp.add_argument("--strategy", choices=STRATEGIES, help="how the seed picks the run (default: [fuzz] "
@@ -625,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     f = command("fuzz", "a transition-timing campaign; [expect] or --fail-on decides the exit status")
     f.add_argument("scenario", help="scenario file (TOML)")
-    f.add_argument("--model", action="append", choices=MODELS, help="model (repeatable; default: [fuzz] models)")
+    f.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     f.add_argument("--runs", type=_int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
     f.add_argument("--jobs", type=_int_in(1, 4096), help="worker processes (default: every core)")
     f.add_argument("--strategy", choices=STRATEGIES, help="how seeds pick runs (default: [fuzz] strategy)")

@@ -17,12 +17,13 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from emu.app.tables import format_table
+from emu.models import DEFAULT_MODELS
 from emu.runs import expect, scenario
 from emu.runs.campaign import Plan, summarize
 from emu.runs.fuzz import Runner
 
 SEED = Path(__file__).resolve().parent.parent / "seed"
-DEMO_MODELS = ("immediate", "stop_machine", "kgraft", "livepatch")
+DEMO_MODELS = DEFAULT_MODELS
 VARIANTS = {"bar+baz": SEED / "scenario.toml", "foo+bar+baz": SEED / "scenario-foo.toml"}
 #: the seed question's answer, per variant and model (emu/runs/expect.py's words): neither
 #: stop_machine nor livepatch looks for foo on a stack unless foo is in the patch; kGraft runs a

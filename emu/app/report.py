@@ -5,13 +5,12 @@ Everything here reads a finished run: the machine's trace (machine.trace),
 its kernel log (machine.log) and the model's Transition records. Nothing
 changes the machine.
 
-Activations (the same rule as emu/oracle.py's function units): an entry
-event carries the task's rsp at the fentry site. An activation ends at the
-first later event of the same task that proves it returned: an entry (of
-any traced function) with an rsp at or above the activation's, which means
-the stack unwound past its frame, or the task's next kernel exit, safe
-point or exit. If none comes, it ends with the trace (machine.now, and the
-span is marked unfinished). A task sleeping inside a function emits no
+Activations end by the rule of emu/runs/oracle.py's function units (its
+returned() and UNIT_ENDS, the one home of the rule): at the first later
+event of the same task that proves the activation returned, an entry (of
+any traced function) whose rsp shows the stack unwound past its frame, or
+the task's next kernel exit, safe point or exit. If none comes, it ends
+with the trace (machine.now, and the span is marked unfinished). A task sleeping inside a function emits no
 such event, so the span stays open across the sleep. Only entries are
 traced, so an end is the first proof of a return, not the return itself:
 a span also covers untraced code its caller ran afterwards.
@@ -36,13 +35,11 @@ from pathlib import Path
 
 from emu.engine import core
 from emu.errors import UserError
-from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN, EV_SLEEP, \
-    EV_TRANSITION, EV_WAKE, Machine
+from emu.machine.machine import EV_EXIT, EV_PATCH_STATE, EV_SCHED_IN, EV_SLEEP, EV_TRANSITION, EV_WAKE, Machine
 from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
+from emu.runs.oracle import UNIT_ENDS, returned
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
 
-# Events that end every activation of the task (the oracle's unit boundaries).
-_BOUNDARIES = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
 
 # ---- colours ---------------------------------------------------------------------
 # Chrome's trace viewer accepts only its reserved colour names in "cname"
@@ -161,11 +158,11 @@ def activations(machine: Machine, functions: set[int] | None = None) -> list[Spa
             continue        # idle tasks and machine-wide events
         stack = open_.setdefault(task, [])
         if kind == core.EV_ENTRY:
-            while stack and c >= stack[-1][0]:
+            while stack and returned(c, stack[-1][0]):
                 close(task, stack.pop(), clock)
             if functions is None or a in functions:
                 stack.append((c, a, b, clock))
-        elif kind in _BOUNDARIES:
+        elif kind in UNIT_ENDS:
             while stack:
                 close(task, stack.pop(), clock)
     for task, stack in open_.items():

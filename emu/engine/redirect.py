@@ -18,8 +18,7 @@ from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_RSP
 
 from emu.engine import core
 from emu.engine.core import UNPATCHED
-
-FENTRY_NOP = bytes.fromhex("0f1f440000")
+from emu.images.image import FENTRY_NOP
 
 
 class PyRedirect:

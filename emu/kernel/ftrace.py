@@ -21,9 +21,9 @@ from __future__ import annotations
 
 from emu.engine import core
 from emu.errors import Busy
+from emu.images.image import FENTRY_NOP
 from emu.machine.machine import FunctionRef, Machine, Sync
 
-FENTRY_NOP = bytes.fromhex("0f1f440000")
 PROTOCOLS = ("text_poke_bp", "bytewise")
 
 

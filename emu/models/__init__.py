@@ -1,4 +1,10 @@
-"""Consistency models, one module each, one interface (emu/models/base.py)."""
+"""The consistency models, one module (or package) each, one interface
+(emu/models/base.py), and the one list of their names.
+
+Every place that names models takes them from here: scenario validation
+and the CLI's choices (MODEL_NAMES), the default of a scenario's [fuzz]
+models, the demo's table and the bench (DEFAULT_MODELS).
+"""
 from importlib import import_module
 
 #: model name -> (module, class)
@@ -9,6 +15,13 @@ MODELS = {
     "kgraft": ("kgraft", "KGraft"),
     "livepatch": ("livepatch", "Livepatch"),
 }
+
+#: Every model's name, in the order tables list them.
+MODEL_NAMES = tuple(MODELS)
+
+#: The models compared when nobody says which: one of each family (Ksplice
+#: is kpatch's stop_machine with a stack scan).
+DEFAULT_MODELS = ("immediate", "stop_machine", "kgraft", "livepatch")
 
 
 def model_class(name: str):
@@ -21,4 +34,5 @@ def model_class(name: str):
 
 
 def make_model(name: str, machine, **options):
+    """A model by name on machine (ValueError as model_class)."""
     return model_class(name)(machine, **options)

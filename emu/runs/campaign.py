@@ -77,6 +77,12 @@ class Plan:
 
 
 # ---- workers ----------------------------------------------------------------------------------
+def batch_size(todo: int, workers: int, batch: int | None = None) -> int:
+    """Runs per batch, for the local pool and a Dask cluster alike: the one
+    asked for, or about eight batches per worker of at most 64 runs."""
+    return batch or max(1, min(64, todo // (workers * 8) or 1))
+
+
 def _init_worker(parent: int) -> None:
     """In each pool worker: die with the parent, leave Ctrl-C to it."""
     try:
@@ -277,7 +283,7 @@ class Campaign:
                 own.close()
 
     def _parallel(self, todo, known: dict, progress) -> None:
-        size = self.batch or max(1, min(64, len(todo) // (self.jobs * 8) or 1))
+        size = batch_size(len(todo), self.jobs, self.batch)
         batches = [todo[i:i + size] for i in range(0, len(todo), size)]
         while batches:
             batches, lost = self._pool(batches, known, progress, self.jobs, self.jobs * 2)

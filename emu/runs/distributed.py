@@ -50,9 +50,9 @@ def run(camp, client, todo, known: dict, progress) -> None:
     """Run the (model, seed) pairs todo of Campaign camp on client, recording
     each batch as it finishes. known: Runner.known() of the parent."""
     distributed = _import()
-    from emu.runs.campaign import run_batch
+    from emu.runs.campaign import batch_size, run_batch
     killed = getattr(distributed, "KilledWorker", None) or distributed.scheduler.KilledWorker
-    size = camp.batch or max(1, min(64, len(todo) // (workers(client) * 8) or 1))
+    size = batch_size(len(todo), workers(client), camp.batch)
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     if not batches:
         return

@@ -11,9 +11,11 @@ explains every entry in it. A unit that mixes, say, an old bar and a new
 baz, is inconsistent: that is the seed's bug.
 
 Function units end when the task's stack unwinds past the activation (a
-later entry with the same or a higher rsp) or at the task's next unit
-boundary; an untraced function that calls a traced one after the
-activation returned can be misattributed, so name traced functions.
+later entry with the same or a higher rsp: returned()) or at the task's
+next unit boundary (UNIT_ENDS); an untraced function that calls a traced
+one after the activation returned can be misattributed, so name traced
+functions. This is the one home of that rule: emu/app/report.py's spans
+use it too.
 """
 from __future__ import annotations
 
@@ -23,6 +25,17 @@ from emu.engine import core
 from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.kernel.patch import Patch
 from emu.machine.task import PATCHED
+
+
+#: Events that end every unit of a task: its kernel exit, safe point, or exit.
+UNIT_ENDS = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
+
+
+def returned(entry_rsp: int, activation_rsp: int) -> bool:
+    """Whether a later entry event of the same task, at entry_rsp, proves
+    that an activation entered at activation_rsp has returned: the stack
+    unwound past its frame (entry events carry the rsp at the fentry site)."""
+    return entry_rsp >= activation_rsp
 
 
 @dataclass(frozen=True)
@@ -97,7 +110,7 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     tasks = machine.tasks
     bad: list[Inconsistency] = []
     memo: dict[frozenset, bool] = {}     # units repeat: (function, version) sets judged once
-    ends = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
+    ends = UNIT_ENDS
 
     def judge(task, label, start, end, entries):
         """entries: (clock, function id, version) in order."""
@@ -137,7 +150,7 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     for clock, kind, task, a, b, c in machine.trace.records():
         act = active.get(task)
         if kind == core.EV_ENTRY:
-            if act is not None and c >= act[0]:
+            if act is not None and returned(c, act[0]):
                 judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
                 active.pop(task)
                 act = None

@@ -26,10 +26,11 @@ from pathlib import Path
 
 from emu.errors import PatchError, ScenarioError
 from emu.kernel.patch import VMLINUX
+from emu.models import DEFAULT_MODELS, MODEL_NAMES
 from emu.runs.assertion import Assertion, AssertionSyntax
 from emu.runs.expect import EXPECTATIONS
 
-MODELS = ("immediate", "stop_machine", "ksplice", "kgraft", "livepatch")
+MODELS = MODEL_NAMES        # emu/models/__init__.py is their home
 STRATEGIES = ("directed", "exhaustive", "random", "pct")
 ACTIONS = ("enable", "disable", "force", "load", "unload")
 
@@ -99,7 +100,7 @@ class ActionSpec:
 
 @dataclass
 class FuzzSpec:
-    models: list[str] = field(default_factory=lambda: ["immediate", "stop_machine", "kgraft", "livepatch"])
+    models: list[str] = field(default_factory=lambda: list(DEFAULT_MODELS))
     runs: int = 100
     strategy: str = "directed"
     seed: int = 0
