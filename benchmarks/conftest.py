@@ -3,7 +3,7 @@ in one group each. Run with `make bench` or
 `.venv/bin/python -m pytest -q benchmarks --benchmark-only`; the normal test
 run (testpaths = tests) does not collect them.
 
-The workloads are emu.app.bench's: the figures `lpemu bench` prints come from the
+The workloads are emu/app/bench/workloads.py's: the figures `lpemu bench` prints come from the
 same programs, measured as ratios in one run."""
 import pytest
 

@@ -5,7 +5,7 @@ the same loop with no patch, the baseline both are compared with, and the C
 path with the per-call entry event switched off."""
 import pytest
 
-from emu.app import bench
+from emu.app.bench.redirect import SLEEP1, SLEEP2, calls_machine
 from emu.machine.task import RunState
 
 CALLS = {"c": 100_000, "python": 5_000}
@@ -18,9 +18,9 @@ def _rounds(benchmark, ctx, *, accel, model, trace_entries=True):
     def setup():
         while live:
             live.pop().engine.close()
-        m, _, caller = bench._calls_machine(ctx, accel=accel, model=model, blocker=False, calls=calls,
-                                            trace_entries=trace_entries)
-        m.run(until=(bench._SLEEP1 + bench._SLEEP2 - 20) * m.tick)
+        m, _, caller = calls_machine(ctx, accel=accel, model=model, blocker=False, calls=calls,
+                                     trace_entries=trace_entries)
+        m.run(until=(SLEEP1 + SLEEP2 - 20) * m.tick)
         live.append(m)
         return (m, caller, m.now), {}
 

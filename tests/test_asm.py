@@ -90,9 +90,27 @@ def test_other_checks():
 
 
 def test_displacements_are_checked_against_the_source():
-    from emu.images.asm import _displacements_agree
-    assert _displacements_agree(["r8", "qword ptr [r12 + 40]"], ["r8", "qword ptr [r12 + 0x28]"])
-    assert _displacements_agree(["dword ptr [rax+rax*1+0]"], ["dword ptr [rax + rax]"])
-    assert _displacements_agree(["rax", "[rip + label]"], ["rax", "[rip + 0x1234]"])
-    # decimal 40 read as hexadecimal: the bytes say 0x40
-    assert not _displacements_agree(["r8", "qword ptr [r12 + 40]"], ["r8", "qword ptr [r12 + 0x40]"])
+    """Displacements written in decimal, with a scale of 1 and a zero, or as
+    a label, agree with what capstone prints back."""
+    for insn in ("mov r8, qword ptr [r12 + 40]", "mov eax, dword ptr [rax+rax*1+0]",
+                 "mov rax, qword ptr [rbp - 24]", "lea rax, [rip + f]"):
+        assemble(f"f:\n    {insn}\n    ret\n", base=BASE)
+
+
+def test_a_displacement_keystone_misreads_is_refused(monkeypatch):
+    """keystone has been seen to read a decimal displacement as hexadecimal:
+    a keystone that does (this one, made to) gets the line refused, naming
+    the displacement."""
+    import re
+
+    from emu.images import asm
+    from keystone import Ks
+
+    class Misreading(Ks):
+        def asm(self, text, *args, **kw):
+            return super().asm(re.sub(r"\+ (\d+)\]", r"+ 0x\1]", text), *args, **kw)
+
+    monkeypatch.setattr(asm, "Ks", Misreading)
+    with pytest.raises(BuildError, match=r"line 2: .*\[r12 \+ 40\].*another displacement"):
+        assemble("f:\n    mov r8, qword ptr [r12 + 40]\n    ret\n", base=BASE)
+    assemble("f:\n    mov r8, qword ptr [r12 + 0x40]\n    ret\n", base=BASE)     # hexadecimal was meant

@@ -1,0 +1,77 @@
+"""How `lpemu bench` measures: how much work each measurement does
+(Sizes), what the sections share (Context), host time with the cyclic GC
+held off (timed) and the ratios the targets are stated in (ratio).
+
+Host times are the best of a few repeats (the least disturbed by the rest
+of the system), each side of a ratio measured the same way, interleaved:
+absolute host times vary by +-15 % between runs on these machines, ratios
+much less.
+"""
+from __future__ import annotations
+
+import gc
+import time
+from dataclasses import dataclass, field
+
+from emu.app.bench.workloads import Workloads
+
+
+@dataclass
+class Sizes:
+    """How much work each measurement does (quick: a smoke run, not figures to quote)."""
+    repeats: int = 5
+    redirect_calls_c: int = 400_000
+    redirect_calls_py: int = 20_000
+    model_calls: int = 200_000
+    unwind_tasks: int = 64
+    unwind_reps_c: int = 400
+    unwind_reps_py: int = 2
+    throughput_instructions: int = 40_000_000
+    raw_outer: int = 4_000
+    scaling_tasks: tuple = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+    scaling_depths: tuple = (1, 2, 4, 8, 16, 32)
+    scaling_depth_tasks: int = 8
+    scaling_offsets: tuple = (0, 1777, 3511, 5333, 7919)   # the patch is enabled at these offsets
+
+    @classmethod
+    def quick(cls) -> "Sizes":
+        return cls(repeats=1, redirect_calls_c=20_000, redirect_calls_py=2_000, model_calls=10_000,
+                   unwind_tasks=8, unwind_reps_c=20, unwind_reps_py=1, throughput_instructions=1_000_000,
+                   raw_outer=100, scaling_tasks=(1, 4, 16), scaling_depths=(1, 8), scaling_depth_tasks=2,
+                   scaling_offsets=(0,))
+
+
+@dataclass
+class Context:
+    """What the sections share: sizes, compiled workloads, progress reports."""
+    quick: bool
+    sizes: Sizes
+    work: Workloads
+    progress: object = None
+    notes: list = field(default_factory=list)
+
+    def say(self, text: str) -> None:
+        if self.progress is not None:
+            self.progress(text)
+
+
+def timed(fn) -> float:
+    """Host seconds fn() takes, with the cyclic GC held off (its pauses land
+    on whichever side of a ratio happens to allocate the millionth tuple)."""
+    gc_was = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    try:
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+    finally:
+        if gc_was:
+            gc.enable()
+
+
+def ratio(a, b) -> float | None:
+    """a / b rounded, None when either is missing or b is 0."""
+    if a is None or b is None or b == 0:
+        return None
+    return round(a / b, 6)

@@ -1,0 +1,87 @@
+"""The bench result as plain-text tables (what `lpemu bench` prints)."""
+from __future__ import annotations
+
+from emu.app.bench.run import TARGETS
+
+
+def fmt(v, unit: str = "") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "NO"
+    if isinstance(v, float):
+        text = f"{v:.4g}" if abs(v) < 1000 else f"{v:,.0f}"
+    elif isinstance(v, int):
+        text = f"{v:,}"
+    else:
+        text = str(v)
+    return f"{text} {unit}".rstrip()
+
+
+def format_bench(result: dict, *, width: int = 110) -> str:
+    """The bench result as plain-text tables (rich, no colour)."""
+    import io
+
+    from rich.console import Console
+    from rich.table import Table
+
+    buf = io.StringIO()
+    con = Console(file=buf, width=width, color_system=None, force_terminal=False)
+
+    t = Table(title="Targets (ratios measured in this run)", title_justify="left")
+    for col in ("figure", "value", "target", "met", "measured from"):
+        t.add_column(col)
+    red, unw, thr = result.get("redirect", {}), result.get("unwind", {}), result.get("throughput", {})
+    basis = {
+        "redirect_ratio": red and f"C {fmt(red['c']['added_ns_per_call'], 'ns')} / Python twin "
+                                  f"{fmt(red['python']['added_ns_per_call'], 'ns')} added per call",
+        "unwind_ratio": unw and (lambda u: f"{unw['unwinder']}, depth {unw['depth']}: C "
+                                           f"{fmt(u['c_ns_per_stack'], 'ns')} / Python "
+                                           f"{fmt(u['python_ns_per_stack'], 'ns')} per stack")(unw[unw["unwinder"]]),
+        "throughput_ratio": thr and f"Machine {fmt(thr['machine']['instructions_per_s'] / 1e6)} M/s / raw "
+                                    f"{fmt(thr['raw_instructions_per_s'] / 1e6)} M/s",
+    }
+    for name, (op, bound) in TARGETS.items():
+        t.add_row(name, fmt(result.get(name)), f"{op} {bound}", fmt(result.get("meets", {}).get(name)),
+                  basis.get(name) or "")
+    con.print(t)
+
+    if red:
+        con.print(f"redirect, entry events off: C {fmt(red['c_untraced']['added_ns_per_call'], 'ns')} added "
+                  f"per call; in-guest `jmp` trampoline (raw Unicorn): "
+                  f"{fmt(red['in_guest_trampoline']['added_ns_per_call'], 'ns')}")
+    if thr:
+        q = thr["machine_traced"]
+        con.print(f"throughput with every entry traced: {fmt(q['instructions_per_s'] / 1e6)} M/s "
+                  f"(ratio {fmt(q['ratio'])}); config {thr['config']}")
+
+    models = result.get("models")
+    if models:
+        t = Table(title="Redirect cost of a patched function, per call (C fast path)", title_justify="left")
+        for col in ("model", "phase", "added instructions", "added host ns", "ns, entry events off", "state"):
+            t.add_column(col)
+        for model, phases in models.items():
+            for phase, r in phases.items():
+                t.add_row(model, phase, fmt(r["added_instructions_per_call"]), fmt(r["added_ns_per_call"]),
+                          fmt(r.get("added_ns_per_call_untraced")), r["state"])
+        con.print(t)
+
+    sc = result.get("scaling")
+    if sc:
+        for key, label in (("by_tasks", "tasks (depth 8)"), ("by_depth", "stack depth")):
+            rows = sc[key]
+            if not rows:
+                continue
+            t = Table(title=f"Scaling with {label}, virtual instructions (1 s = "
+                            f"{sc['instructions_per_second']:,})", title_justify="left")
+            for col in ("tasks", "depth", "stop_machine pause", "wait for stop", "livepatch latency",
+                        "last switch", "kgraft latency", "last migration"):
+                t.add_column(col, justify="right")
+            for r in rows:
+                t.add_row(str(r["tasks"]), str(r["depth"]), fmt(r["stop_machine_pause"]),
+                          fmt(r["stop_machine_wait"]), fmt(r["livepatch_latency"]),
+                          fmt(r["livepatch_last_switch"]), fmt(r["kgraft_latency"]),
+                          fmt(r["kgraft_last_switch"]))
+            con.print(t)
+    con.print(f"({result.get('seconds', '?')} s{', quick run: not figures to quote' if result.get('quick') else ''})")
+    return buf.getvalue().rstrip() + "\n"
