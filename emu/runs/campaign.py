@@ -34,6 +34,7 @@ import errno
 import fcntl
 import hashlib
 import json
+import multiprocessing
 import os
 import signal
 import statistics
@@ -81,6 +82,14 @@ def batch_size(todo: int, workers: int, batch: int | None = None) -> int:
     """Runs per batch, for the local pool and a Dask cluster alike: the one
     asked for, or about eight batches per worker of at most 64 runs."""
     return batch or max(1, min(64, todo // (workers * 8) or 1))
+
+
+#: How workers start, said once rather than left to the Python version's
+#: default (fork up to 3.13, forkserver from 3.14): forked from the campaign
+#: process, which _init_worker needs (a worker dies with its parent: prctl
+#: and the parent's pid). Nothing else a worker needs comes from the fork:
+#: the program and the record function travel with each batch.
+POOL_CONTEXT = multiprocessing.get_context("fork")
 
 
 def _init_worker(parent: int) -> None:
@@ -300,7 +309,8 @@ class Campaign:
         """Run batches in one pool, at most inflight at a time. Returns (not
         started, lost with a dead worker: the first one lost first)."""
         lost: list = []
-        ex = ProcessPoolExecutor(workers, initializer=_init_worker, initargs=(os.getpid(),))
+        ex = ProcessPoolExecutor(workers, mp_context=POOL_CONTEXT, initializer=_init_worker,
+                                 initargs=(os.getpid(),))
         pending = {}
         queue = list(batches)
         try:
