@@ -21,7 +21,7 @@ SOURCES = sorted(CSRC.glob("*.c"))
 
 
 def build_stamp():
-    """Package version + hash of the C sources; emu/core.py checks it at import."""
+    """Package version + hash of the C sources; emu/engine/core.py checks it at import."""
     version = tomllib.loads((HERE / "pyproject.toml").read_text())["project"]["version"]
     digest = hashlib.sha256()
     for path in sorted(CSRC.glob("*.[ch]")):

@@ -1,5 +1,5 @@
 """A write to guest code (the five bytes of an fentry site) that also drops
-the translations of the range: csrc/text.c against emu/text.py."""
+the translations of the range: csrc/text.c against emu/engine/text.py."""
 import pytest
 
 from emu.engine import text

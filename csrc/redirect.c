@@ -10,7 +10,7 @@
  * straight to the caller.
  *
  * How it sends the task there: when the trampoline instruction is
- * `jmp qword ptr [rip + d]` (emu/runtime.py), the hook writes the target
+ * `jmp qword ptr [rip + d]` (emu/machine/runtime.py), the hook writes the target
  * into that slot and lets the jump run. Writing RIP from a hook instead
  * makes Unicorn leave its translated code and come back, which costs more
  * than the rest of the redirect together (shared/UNICORN.md: +52-64 ns a
@@ -23,7 +23,7 @@
  * instruction). A CPU that meets the int3 of a text_poke_bp is diverted by
  * the interrupt hook, which emulates the instruction being written.
  *
- * emu/ftrace.py has the pure-Python twin of all three hooks.
+ * emu/kernel/ftrace.py has the pure-Python twin of all three hooks.
  */
 #include <stdlib.h>
 #include <string.h>

@@ -5,7 +5,7 @@
  * search of the trace for the first entry in the checked ranges. The
  * registers come from the task's saved context (the engine's own for the
  * loaded task), the stack straight from the host memory that backs it.
- * emu/unwind.py check_stack() is the twin of one task's check; tests hold
+ * emu/engine/unwind.py check_stack() is the twin of one task's check; tests hold
  * emu_check_stacks to it on ordinary and hostile stacks.
  */
 #include "core.h"

@@ -4,7 +4,7 @@
  *
  * The walkers follow the kernel's frame-pointer unwinder (as used by
  * arch_stack_walk_reliable) and its ORC unwinder, reduced to what the
- * emulated tasks need. emu/unwind.py is the pure-Python twin: any change in
+ * emulated tasks need. emu/engine/unwind.py is the pure-Python twin: any change in
  * the semantics here must be made there too, and tests/test_unwind.py holds
  * the two to identical results on ordinary and hostile stacks.
  *

@@ -1,4 +1,4 @@
-"""emu/diff.py on real C pairs (tests/diff/<case>/old.c and new.c) compiled by gcc:
+"""emu/images/diff.py on real C pairs (tests/diff/<case>/old.c and new.c) compiled by gcc:
 what a patch from old to new must carry, and which changes it must refuse."""
 from pathlib import Path
 

@@ -1,4 +1,4 @@
-"""Upstream livepatch (emu/models/livepatch.py): the kernel's own selftests
+"""Upstream livepatch (emu/models/livepatch/): the kernel's own selftests
 (tools/testing/selftests/livepatch) as golden transcripts, and the
 consistency rules they do not show: who blocks a transition, where tasks
 switch, what force does."""

@@ -1,4 +1,4 @@
-"""emu/orc.py: ORC tables by static analysis, held to gcc's .eh_frame.
+"""emu/images/orc.py: ORC tables by static analysis, held to gcc's .eh_frame.
 
 Hand-made byte sequences pin down each rule; the C files in tests/orc_c/ are
 compiled with the project's flags at -O0, -O1, -O2 and once without frame

@@ -1,4 +1,4 @@
-"""Shadow variables (emu/shadow.py): test-shadow-vars.sh's transcript, the
+"""Shadow variables (emu/kernel/shadow.py): test-shadow-vars.sh's transcript, the
 API's edge cases, and patched guest code that keeps a new field in one."""
 from textwrap import dedent
 

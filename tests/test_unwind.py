@@ -1,5 +1,5 @@
 """Stack walks: hand-made stacks for each outcome, and the C fast path held to
-the pure-Python reference (emu/unwind.py) on hostile inputs."""
+the pure-Python reference (emu/engine/unwind.py) on hostile inputs."""
 from __future__ import annotations
 
 import struct
@@ -14,7 +14,7 @@ from emu.engine import unwind
 from emu.engine.unwind import (WALK_BAD_RET, WALK_NO_END, WALK_NO_ORC, WALK_NOT_PROGRESSING, WALK_OFF_STACK,
                         WALK_OK, WALK_PREEMPTED, WALK_TOO_DEEP)
 
-# Same fields as emu/orc.py's OrcEntry; local so these tests stand alone.
+# Same fields as emu/images/orc.py's OrcEntry; local so these tests stand alone.
 Orc = namedtuple("Orc", "sp_reg sp_offset bp_reg bp_offset type")
 UNDEF, SP, BP = 0, 1, 2
 CALL, UNDEFINED = 0, 1

@@ -1,6 +1,6 @@
 """Stack walks for reliable-stack checks: the pure-Python reference.
 
-csrc/unwind.c is the fast path (reached through emu/core.py) with exactly the
+csrc/unwind.c is the fast path (reached through emu/engine/core.py) with exactly the
 same results; tests/test_unwind.py holds the two together. Change the
 semantics in both places or in neither.
 
@@ -37,7 +37,7 @@ REASONS = {
     WALK_NOT_PROGRESSING: "frame does not lie above the previous one",
 }
 
-# As EMU_ORC_REG_* and EMU_ORC_TYPE_* in csrc/emu.h (and emu/orc.py).
+# As EMU_ORC_REG_* and EMU_ORC_TYPE_* in csrc/emu.h (and emu/images/orc.py).
 _REG_UNDEFINED, _REG_SP, _REG_BP = 0, 1, 2
 _TYPE_UNDEFINED = 1
 
@@ -142,7 +142,7 @@ def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp:
     """ORC walk -> (WALK_*, entries).
 
     orc_ips: sorted ascending; orc_entries[i] (with sp_reg, sp_offset,
-    bp_reg, bp_offset, type, as emu/orc.py's OrcEntry) covers
+    bp_reg, bp_offset, type, as emu/images/orc.py's OrcEntry) covers
     [orc_ips[i], orc_ips[i + 1]). ORC knows the frame at every instruction,
     so a preempted task is as reliable as any other (preempted is accepted
     for symmetry with walk_fp and ignored). Raises ValueError as walk_fp.

@@ -4,7 +4,7 @@
  * Every scenario compile has this header on its include path. A hypercall is a
  * `syscall` instruction with the call number in rax and arguments in rdi, rsi,
  * rdx; the result comes back in rax. The numbers must agree with
- * emu/hypercall.py.
+ * emu/machine/hypercall.py.
  */
 #ifndef LPEMU_H
 #define LPEMU_H

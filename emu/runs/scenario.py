@@ -12,8 +12,8 @@
 
 Paths are relative to the scenario file. Every mistake is a ScenarioError
 naming the file, the line and the key; unknown keys are mistakes too.
-load() only reads and checks; build() compiles (emu/image.py) and decides
-which functions each patch carries (emu/diff.py when `functions` is absent).
+load() only reads and checks; build() compiles (emu/images/image.py) and decides
+which functions each patch carries (emu/images/diff.py when `functions` is absent).
 """
 from __future__ import annotations
 
@@ -83,7 +83,7 @@ class ModuleSpec:
 class PatchSpec:
     name: str
     sources: list[Path]
-    functions: list[str] | None = None      # None: every function that differs (emu/diff.py)
+    functions: list[str] | None = None      # None: every function that differs (emu/images/diff.py)
     replace: bool = False
     states: list[tuple[int, int]] = field(default_factory=list)
     force: list[str] = field(default_factory=list)
@@ -615,7 +615,7 @@ def build(scn: Scenario) -> Program:
 
 def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list[str], dict]:
     """The functions a patch without a `functions` list carries: those its
-    sources define differently from the program (emu/diff.py). Raises
+    sources define differently from the program (emu/images/diff.py). Raises
     PatchError when the patch changes existing data."""
     from emu.images.diff import diff_objects, patch_plan
 
