@@ -3,7 +3,7 @@
  *
  * In 2.1.4 every guest store takes a slow path with the default CPU TLB;
  * UC_TLB_VIRTUAL with an identity fill hook made store- and call-heavy code
- * several times faster (shared/UNICORN.md), while self-modifying-code
+ * several times faster (measured), while self-modifying-code
  * detection and faults keep working. The page permissions are the region's.
  */
 #include "core.h"

@@ -1,5 +1,6 @@
-"""immediate, stop_machine (kpatch), ksplice and kgraft on the cases issue
-#3 names: a task sleeping inside a patched function, and one that is not."""
+"""immediate, stop_machine (kpatch), ksplice and kgraft on the two cases
+that tell them apart: a task sleeping inside a patched function, and one
+that is not (upstream livepatch has its own selftests: test_livepatch.py)."""
 import pytest
 
 from emu.engine import core

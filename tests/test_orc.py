@@ -22,7 +22,7 @@ from emu.images.orc import (REG_BP, REG_SP, REG_UNDEFINED, TYPE_UNDEFINED, OrcEn
 C_DIR = pathlib.Path(__file__).parent / "orc_c"
 EXAMPLES = sorted(p.stem for p in C_DIR.glob("*.c"))
 
-# The project's compile flags (see DESIGN.md, "Guest conventions").
+# The guest compile flags (as emu.images.image's REQUIRED_CFLAGS and DEFAULT_CFLAGS).
 COMMON = ["-ffreestanding", "-fno-builtin", "-fno-stack-protector", "-fcf-protection=none",
           "-mno-red-zone", "-mgeneral-regs-only", "-fasynchronous-unwind-tables",
           "-fno-PIE", "-fno-pic", "-ffunction-sections", "-fdata-sections"]

@@ -16,6 +16,10 @@ as a `torn` event) - the fuzzer uses it to show why the protocol exists.
 register()/unregister() check and book-keep at once (raising Busy) and
 return a generator that the caller's work runs (`yield from`) to change the
 text with its syncs.
+
+What must agree with this module: the C core's redirect (csrc/redirect.c,
+its twin emu/engine/redirect.py) emulates the instruction the POKE_* state
+says is being written, and the NOP is emu/images/image.py's FENTRY_NOP.
 """
 from __future__ import annotations
 

@@ -4,6 +4,10 @@ A Patch is what a patch module carries, as `struct klp_patch` does: objects
 (the base image "vmlinux" or a module), each with functions and optional
 callbacks; a replace flag (atomic replace); system states (id, version).
 New functions live in the patch's image, linked against the base image.
+
+The models (emu/models/) change the flags of these objects (enabled,
+patched, transition, forced) as the kernel does; emu/runs/oracle.py reads
+the patches' functions and indices to know which version is which.
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ patch without `replace` may leave states out: the older patches that carry
 them stay installed.
 
 `installed` is always the ordered list of patches that are enabled or in
-transition (the kernel's klp_patches), oldest first.
+transition (the kernel's klp_patches), oldest first: the livepatch model's
+Livepatch.installed (emu/models/livepatch/core.py).
 """
 from __future__ import annotations
 

@@ -5,6 +5,12 @@ each transition, and the listener hooks the machine calls.
 A model is one object per machine. enable()/disable() start the operation
 as a machine work and return at once; errors that the kernel returns from
 the sysfs write or the module load (-EBUSY, -EINVAL) raise at once.
+
+What must agree with this module: entries() is the layout of a site's
+stack of replacements that Machine.set_entries hands to the redirect
+(csrc/redirect.c and its twin); the listener hooks are the ones the machine
+calls (emu/machine/machine.py); T_* are the codes of EV_TRANSITION events
+that emu/app/report.py reads.
 """
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """No consistency: every task runs the new code as soon as the ftrace sites
 are enabled (the first version of kernel live patching, and what a naive
-ftrace redirect gives)."""
+ftrace redirect gives). The oracle (emu/runs/oracle.py) finds the mixes
+this allows; nothing else needs to agree with it."""
 from __future__ import annotations
 
 from emu.kernel.patch import Patch

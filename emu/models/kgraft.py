@@ -12,8 +12,9 @@ stay in status()) unless `wake_after` seconds of fake signals and kthread
 wake-ups are enabled.
 
 kGraft's per-task flag is the machine's patch_state: a flagged task has the
-state opposite to the target, exactly as livepatch's init gives it, so the
-redirect's choice is the same code for both models.
+state opposite to the target, exactly as livepatch's init gives it
+(emu/models/livepatch/transition.py), so the redirect's choice
+(csrc/redirect.c) is the same code for both models.
 """
 from __future__ import annotations
 

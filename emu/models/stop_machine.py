@@ -21,6 +21,10 @@ Ksplice: up to 5 stop_machine attempts 1 s apart; its check scans every word
 of every kernel stack and each saved IP (a scan, not an unwind) against the
 replaced functions. Ksplice wrote a jmp over the old function's first bytes;
 here it shares the ftrace redirect, which changes nothing the check sees.
+
+Both check every task in one call (emu/models/stacks.py); the pause they
+report is what `lpemu bench`'s scaling section (emu/app/bench/scaling.py)
+and the README's scaling table show.
 """
 from __future__ import annotations
 
