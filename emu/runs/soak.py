@@ -31,6 +31,7 @@ from pathlib import Path
 
 from emu.errors import EmuError
 from emu.runs import scenario
+from emu.runs.campaign import POOL_CONTEXT
 from emu.runs.fuzz import Runner
 from emu.runs.generate import generate
 
@@ -111,7 +112,7 @@ def main(argv=None) -> int:
     seeds = range(args.seed, args.seed + args.scenarios)
     t0 = time.monotonic()
     results = []
-    with ProcessPoolExecutor(args.jobs) as pool:
+    with ProcessPoolExecutor(args.jobs, mp_context=POOL_CONTEXT) as pool:
         futures = [pool.submit(check_scenario, s, twins=not args.no_twins) for s in seeds]
         for i, f in enumerate(futures, 1):
             results.append(f.result())
