@@ -220,7 +220,7 @@ def test_pooled_runs_equal_fresh_runs():
         res, m, _ = Runner(prog).execute(spec, keep=True)
         m.engine.close()
         assert pooled.execute(spec).to_json() == res.to_json(), spec
-    assert 1 <= len(pooled._pool) <= 4
+    assert 1 <= pooled.pooled <= 4
     pooled.close()
 
 
@@ -305,7 +305,7 @@ patch = "p"
                 assert "mod" in {img.name for img in m.images}
                 m.engine.close()
                 assert pooled.execute(spec).to_json() == res.to_json()
-        assert not pooled._pool
+        assert not pooled.pooled
 
 
 def _sched_machine(compile_c, cpus=2):

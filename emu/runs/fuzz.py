@@ -318,6 +318,11 @@ class Runner:
             self._pool[key] = (m, m.snapshot())
         return m, None
 
+    @property
+    def pooled(self) -> int:
+        """How many machines the runner keeps to restore runs from."""
+        return len(self._pool)
+
     def close(self) -> None:
         """Free the pooled machines now (else when they are collected)."""
         for m, _ in self._pool.values():
