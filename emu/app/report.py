@@ -10,10 +10,11 @@ returned() and UNIT_ENDS, the one home of the rule): at the first later
 event of the same task that proves the activation returned, an entry (of
 any traced function) whose rsp shows the stack unwound past its frame, or
 the task's next kernel exit, safe point or exit. If none comes, it ends
-with the trace (machine.now, and the span is marked unfinished). A task sleeping inside a function emits no
-such event, so the span stays open across the sleep. Only entries are
-traced, so an end is the first proof of a return, not the return itself:
-a span also covers untraced code its caller ran afterwards.
+with the trace (machine.now, and the span is marked unfinished). A task
+sleeping inside a function emits no such event, so the span stays open
+across the sleep. Only entries are traced, so an end is the first proof of
+a return, not the return itself: a span also covers untraced code its
+caller ran afterwards.
 
 Time: both outputs show the machine's virtual time, whose unit is the
 retired instruction. One virtual second is machine.seconds(1) = hz * tick
