@@ -650,7 +650,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     ff = command("first-failure", "runs to the first failure under each strategy (a table)")
     ff.add_argument("scenario", nargs="+", help="scenario files (TOML)")
-    ff.add_argument("--model", action="append", choices=MODELS, help="model (repeatable; default: [fuzz] models)")
+    ff.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     ff.add_argument("--strategy", action="append", choices=STRATEGIES,
                     help="strategy (repeatable; default: directed, exhaustive, random)")
     ff.add_argument("--limit", type=int, default=200, help="runs tried per model and strategy (default: 200)")
