@@ -193,7 +193,7 @@ def test_random_step_decoding_agrees_with_capstone(prefixes, rex, modrm):
     code = bytes(prefixes) + (bytes([rex]) if rex is not None else b"") + bytes([0x0f, 0xc7, modrm]) + b"\0" * 8
     md = Cs(CS_ARCH_X86, CS_MODE_64)
     insn = next(iter(md.disasm(code, 0x1000, count=1)), None)
-    dest = sysinsn._random_dest(code)
+    dest = sysinsn.random_dest(code)
     if insn is None or insn.mnemonic not in ("rdrand", "rdseed"):
         assert dest is None or insn is None
         return
@@ -404,7 +404,7 @@ def test_a_frame_that_skips_the_guard_is_blamed_on_its_task_not_its_victim(accel
     ("leave", "", False), ("mov", "rax, rsp", False), ("cmp", "rsp, rax", False), ("enter", "0x8000, 0", True), ("enter", "0x20, 0", False),
 ])
 def test_far_moves_of_rsp_are_the_ones_checked(mnemonic, op_str, far):
-    assert sysinsn._moves_rsp_far(mnemonic, op_str, GUARD) is far
+    assert sysinsn.moves_rsp_far(mnemonic, op_str, GUARD) is far
 
 
 @pytest.mark.parametrize("accel", ACCELS)

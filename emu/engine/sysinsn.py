@@ -58,7 +58,7 @@ _RSP_NAMES = frozenset({"rsp", "esp", "sp", "spl"})
 _SMALL_MOVES = frozenset({"push", "pop", "pushfq", "popfq", "pushf", "popf", "call", "ret", "leave"})
 
 
-def _random_dest(code: bytes) -> tuple[str, int] | None:
+def random_dest(code: bytes) -> tuple[str, int] | None:
     """('rdrand' or 'rdseed', register | bytes << 8) of `0f c7 /6` or `/7`
     with a register operand, else None."""
     i, width, rex = 0, 4, 0
@@ -90,7 +90,7 @@ def _imm(text: str) -> int | None:
     return v - (1 << 64) if v >= 1 << 63 else v
 
 
-def _moves_rsp_far(mnemonic: str, op_str: str, guard: int) -> bool:
+def moves_rsp_far(mnemonic: str, op_str: str, guard: int) -> bool:
     """Whether an instruction may move rsp by a guard page or more (so that
     a write through it could skip the guard below the stack)."""
     ops = [o.strip() for o in op_str.split(",")] if op_str else []
@@ -134,7 +134,7 @@ def classify(md, code: bytes, base: int, *, guard: int) -> list[SysInsn]:
         elif mnemonic == "rdtscp":
             out.append(SysInsn(addr, size, core.SI_RDTSCP, 0, mnemonic))
         elif mnemonic in ("rdrand", "rdseed"):
-            dest = _random_dest(raw)
+            dest = random_dest(raw)
             # other forms (a memory operand, an f2/f3 prefix) are #UD on
             # hardware, and in Unicorn too: nothing to answer
             if dest is not None:
@@ -143,7 +143,7 @@ def classify(md, code: bytes, base: int, *, guard: int) -> list[SysInsn]:
         elif mnemonic in PRIVILEGED or (mnemonic == "mov" and any(
                 o.strip()[:2] in ("cr", "dr") and o.strip()[2:].isdigit() for o in op_str.split(","))):
             out.append(SysInsn(addr, size, core.SI_PRIVILEGED, 0, mnemonic))
-        elif _moves_rsp_far(mnemonic, op_str, guard):
+        elif moves_rsp_far(mnemonic, op_str, guard):
             out.append(SysInsn(addr, size, core.SI_STACK_CHECK, 0, mnemonic))
     return out
 
