@@ -37,7 +37,7 @@ long kentry(long d) { for (;;) { down(d, d); lpemu_safe_point(); } }
 @pytest.fixture(scope="module")
 def image(tmp_path_factory):
     import textwrap
-    from emu.images.image import build_c
+    from emu.images.build import build_c
     d = tmp_path_factory.mktemp("stacks")
     (d / "base.c").write_text('#include "lpemu.h"\n' + textwrap.dedent(BASE))
     return build_c([d / "base.c"], base=0x400000, name="vmlinux")
