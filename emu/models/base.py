@@ -20,7 +20,8 @@ from emu.engine import unwind
 from emu.errors import Busy
 from emu.kernel.ftrace import Ftrace, Ops
 from emu.machine.machine import EV_TRANSITION, Machine
-from emu.kernel.patch import Patch, PatchFunc
+from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
+from emu.kernel.shadow import ShadowVars
 from emu.machine.task import Task
 from emu.models.stacks import StackChecks
 
@@ -83,11 +84,16 @@ class Model:
         self.ops: dict[int, Ops] = {}
         self.transitions: list[Transition] = []
         self.stack_checks = StackChecks(machine)
+        # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
+        # had the same idea as kpatch_shadow_*; upstream's semantics serve all
+        self.shadow = ShadowVars.for_machine(machine)
         machine.listeners.append(self)
 
     # ---- patches ---------------------------------------------------------------
     def add(self, patch: Patch) -> Patch:
-        """Make a patch known to the model (as loading its module does)."""
+        """Make a patch known to the model (as loading its module does): its
+        functions bound to the objects loaded now (PatchError as resolve)."""
+        resolve(self.m, patch)
         if patch not in self.patches:
             self.patches.append(patch)
             patch.index = patch.index or len(self.patches)
@@ -192,6 +198,87 @@ class Model:
 
     def loaded_funcs(self, patch: Patch) -> list[PatchFunc]:
         return [f for _, f in patch.funcs() if f.old is not None]
+
+    # ---- modules coming and going ----------------------------------------------------------
+    def load_module(self, image, *, init=None) -> None:
+        """Load a module (mapping it unless it is mapped already) and link
+        into it every patch that covers it, as the model's system does
+        (module_coming); then call init() (its module_init): at once, or,
+        when sites of the module must first be enabled, from a machine work
+        once they are. PatchError (the module is then not loaded) when a
+        patch names a function the module lacks."""
+        self.m.load(image)
+        updates: list = []
+        linked: list[tuple[Patch, PatchFunc]] = []
+        try:
+            for patch in self.module_patches():
+                obj = patch.object(image.name)
+                if obj is None:
+                    continue
+                resolve(self.m, patch)
+                funcs = [f for f in obj.funcs if f.old is not None]
+                updates += self.module_coming(patch, obj, funcs)
+                linked += [(patch, f) for f in funcs]
+        except BaseException:
+            for patch, f in linked:
+                if f.patched:
+                    self.pop(patch, f)
+            self.m.unload(image)
+            raise
+        if updates:
+            self.m.spawn(self._module_work(updates, init))
+        elif init is not None:
+            init()
+
+    def unload_module(self, image, *, exit=None) -> None:
+        """Unload a module: exit() (its module_exit), then take every patch
+        out of it (module_going), then unmap it by name."""
+        if exit is not None:
+            exit()
+        updates = []
+        for patch in self.module_patches():
+            obj = patch.object(image.name)
+            if obj is None:
+                continue
+            for f in obj.funcs:
+                if f.old is not None:
+                    updates.append(self.pop(patch, f) if f.patched else self.release_ops(f))
+                    f.old = None
+            obj.patched = False
+        self.m.unload(image)
+        if updates:
+            self.m.spawn(self._module_work(updates, None))
+
+    def mark_objects(self, patch: Patch, patched: bool) -> None:
+        """The objects' `patched` after a switch: the loaded ones follow it,
+        a module that is not loaded is never patched."""
+        loaded = loaded_objects(self.m)
+        for obj in patch.objects:
+            obj.patched = patched and obj.name in loaded
+
+    def module_patches(self) -> list[Patch]:
+        """The patches a coming or going module concerns: the enabled ones
+        and the one in transition, oldest first."""
+        t = self.transition
+        return [p for p in self.patches if p.enabled or (t is not None and t.patch == p.name)]
+
+    def module_coming(self, patch: Patch, obj: PatchObject, funcs: list[PatchFunc]) -> list:
+        """Link patch's funcs of a coming module (their old functions just
+        bound); returns text updates. Default: an enabled patch is linked at
+        once (immediate; kpatch's module notifier); a patch in transition
+        is linked by the transition itself (kpatch's switch takes every
+        object loaded by then)."""
+        if not patch.enabled:
+            return []
+        updates = self.push_all(patch, funcs)
+        obj.patched = True
+        return updates
+
+    def _module_work(self, updates, init):
+        for update in updates:
+            yield from update
+        if init is not None:
+            init()
 
     # ---- atomic replace ------------------------------------------------------------------
     def replaced(self, patch: Patch) -> list[Patch]:

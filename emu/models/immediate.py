@@ -21,8 +21,7 @@ class Immediate(Model):
             for other in self.replaced(patch):
                 updates += [self.pop(other, g) for g in self.loaded_funcs(other)]
                 self.retire(other)
-        for obj in patch.objects:
-            obj.patched = True
+        self.mark_objects(patch, True)
         patch.enabled = True
         self.m.spawn(self._finish(t, updates))
 
@@ -30,8 +29,7 @@ class Immediate(Model):
         self.busy_check(patch)
         t = self.record(patch, UNPATCHED)
         updates = [self.pop(patch, f) for f in self.loaded_funcs(patch)]
-        for obj in patch.objects:
-            obj.patched = False
+        self.mark_objects(patch, False)
         patch.enabled = False
         self.m.spawn(self._finish(t, updates))
 

@@ -72,6 +72,20 @@ class KGraft(Model):
         for task in self.all_tasks():
             self._migrate(task)
 
+    def module_coming(self, patch: Patch, obj, funcs) -> list:
+        """kGraft's module hook: a coming module's functions of an applied
+        patch are patched at once; during a transition they take the
+        per-universe path like the patch's other functions (a task still
+        flagged runs the old code), and the transition's end settles them."""
+        in_transition = patch is self.current
+        if not (patch.enabled or in_transition):
+            return []
+        for f in funcs:
+            f.transition = in_transition
+        updates = self.push_all(patch, funcs)
+        obj.patched = True
+        return updates
+
     def _start(self, patch: Patch, target: int, updates) -> None:
         t = self.record(patch, target)
         self.current, self.target = patch, target
@@ -137,8 +151,7 @@ class KGraft(Model):
         for task in self.all_tasks():
             self.m.set_patch_state(task, UNDEFINED)
             task.pending = False
-        for obj in patch.objects:
-            obj.patched = target == PATCHED
+        self.mark_objects(patch, target == PATCHED)
         patch.enabled = target == PATCHED
         t.blockers = []
         self.current, self.target = None, UNDEFINED

@@ -29,6 +29,7 @@ and the README's scaling table show.
 from __future__ import annotations
 
 from emu.engine import unwind
+from emu.errors import Busy
 from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel.patch import Patch
@@ -110,6 +111,20 @@ class StopMachine(Model):
             yield from update
         while True:
             t.attempts += 1
+            # kpatch links every object loaded by now: a module that came
+            # since the last attempt has its functions bound (Model.load_module)
+            funcs = self.loaded_funcs(patch)
+            if target == PATCHED:
+                try:
+                    fresh = [self.ensure_ops(f) for f in funcs]
+                except Busy as exc:
+                    self.printk(f"{self.prefix}failed to register ftrace handler: {exc}")
+                    for f in funcs:
+                        yield from self.release_ops(f)
+                    self.finish(t, "failed", "-EBUSY")
+                    return
+                for update in fresh:
+                    yield from update
             yield _Stop()
             stopped = m.now
             blocker = None
@@ -178,8 +193,7 @@ class StopMachine(Model):
         else:
             for f in funcs:
                 self.unlink(f)
-        for obj in patch.objects:
-            obj.patched = target == PATCHED
+        self.mark_objects(patch, target == PATCHED)
         patch.enabled = target == PATCHED
 
 

@@ -428,13 +428,13 @@ class Runner:
                 model.force(patches.get(a.target))
             elif a.do == "load":
                 img = prog.modules[a.target]
-                model.load_module(img) if hasattr(model, "load_module") else m.load(img)
+                model.load_module(img)
                 oracle.trace_units(m, self.scn.unit)
                 for p in patches.values():
                     _rebind(m, p)
             elif a.do == "unload":
                 img = prog.modules[a.target]
-                model.unload_module(img) if hasattr(model, "unload_module") else m.unload(img)
+                model.unload_module(img)
         except EmuError as exc:
             res.errors.append({"time": m.now, "action": f"{a.do} {a.target}".strip(), "error": str(exc)})
             m.printk(f"lpemu: {a.do} {a.target}: {exc}")
@@ -517,8 +517,9 @@ def _bounded(m: Machine, *, raising: bool = False) -> bool:
 
 
 def _rebind(m: Machine, patch) -> None:
-    """A module came: bind the patch's functions for it (models without
-    module notifiers see them at their next enable)."""
+    """A module came: bind the functions of every patch for it (the patches
+    it concerns were linked by the model's load_module; the others see it
+    at their next enable)."""
     from emu.kernel.patch import resolve
     try:
         resolve(m, patch)

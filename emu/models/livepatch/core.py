@@ -32,7 +32,6 @@ from collections import Counter
 from emu.errors import Busy, PatchError
 from emu.kernel import state as klp_state
 from emu.kernel.patch import VMLINUX, Patch, PatchFunc, PatchObject, loaded_objects, resolve
-from emu.kernel.shadow import ShadowVars
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, Task
 from emu.models.base import Model
 from emu.models.livepatch import callbacks, notifiers, transition
@@ -54,7 +53,6 @@ class Livepatch(Model):
         self.gen = 0                   # bumped by every transition init: a work of an older one stops
         self.module_states: dict[str, str] = {}   # modules between their notifiers (COMING, GOING)
         self.switches: list[tuple[int, str, int, str]] = []   # (time, task, state, how)
-        self.shadow = ShadowVars.for_machine(machine)
         self._locked = False           # klp_mutex held across text modification
         # per patch, the nops atomic replace added: (object, its nops), or
         # (object, None) for an object made only to hold nops
@@ -64,6 +62,7 @@ class Livepatch(Model):
     def enable(self, patch: Patch) -> None:
         """Load the patch (klp_enable_patch), or reverse its unpatching
         transition. Raises Busy or PatchRefused as the kernel fails."""
+        self.m.start()      # tasks get their contexts (and patch states) now
         self._check_unlocked(patch)
         if patch is self.transition_patch:
             if self.target == PATCHED:

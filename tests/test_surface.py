@@ -1,0 +1,176 @@
+"""Modules and shadow variables under every model, written from what each
+system does: a module loaded before, during or after a transition ends up
+patched (upstream's klp_module_coming, kpatch's module notifier and its
+retry that links every object loaded by then, kGraft's module hook,
+immediate at once), its functions are called by base code through an ops
+pointer the module registers, and module code calls base code; the shadow
+variable hypercalls of lpemu.h work whatever the model."""
+import pytest
+
+from emu.engine import core
+from emu.kernel.patch import make_patch
+from emu.machine.machine import Machine
+from emu.models import MODEL_NAMES, make_model
+
+BASE = """
+long (*mod_ops)(long);                 /* the module registers its function here */
+__attribute__((noinline)) long helper(long x) { return x + 1; }
+__attribute__((noinline)) long call_ops(long x) { long (*f)(long) = mod_ops; return f ? f(x) : -1; }
+__attribute__((noinline)) long slow(long t) { lpemu_sleep(t); return t; }
+long user(long id) {
+    for (;;) {
+        lpemu_observe(1, call_ops(id));
+        lpemu_return_to_user();
+        lpemu_sleep(1);             /* most of its time outside the module */
+    }
+}
+long kth(long t) {
+    for (;;) { slow(t); lpemu_sleep(t); lpemu_safe_point(); }
+}
+"""
+MODULE = """
+long helper(long);
+__attribute__((noinline)) long mod_fn(long x) { return helper(x) * 10; }
+"""
+PATCH = """
+long helper(long);
+__attribute__((noinline)) long mod_fn(long x) { return helper(x) * 10 + 5; }
+__attribute__((noinline)) long slow(long t) { lpemu_sleep(t); return t + 0; }
+"""
+
+
+def build(compile_c, model_name, *, kthread=True):
+    base = compile_c(BASE)
+    m = Machine(base, cpus=2, quantum=300)
+    for i in range(3):
+        m.add_task(f"user{i}", "user", (i,))
+    if kthread:
+        m.add_task("kth", "kth", (30,), kind="kthread")      # sleeps of 0.3 s
+    model = make_model(model_name, m)
+    mod = compile_c(MODULE, name="mod", base=m.module_base(), link_against=base)
+    patch_img = compile_c(PATCH, name="fix", base=mod.hi + 0x10000 & ~0xfff, link_against=base,
+                          keep={"mod_fn", "slow"})
+    m.load(patch_img)
+    patch = make_patch(m, "fix", patch_img, ["mod:mod_fn", "slow"])
+    return m, model, base, mod, patch
+
+
+def registrar(m, base, mod):
+    """The module's init: register mod_fn into the base's ops pointer (as a
+    module_init registering its ops table does)."""
+    def init():
+        m.engine.view(base.symbols["mod_ops"], 8)[:] = mod.functions["mod_fn"].start.to_bytes(8, "little")
+    return init
+
+
+def values_after(m, when):
+    return [(e[0], e[4]) for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == 1 and e[0] >= when]
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+@pytest.mark.parametrize("when", ["before", "during", "after"])
+def test_a_module_loaded_before_during_or_after_a_transition_ends_up_patched(compile_c, model_name, when):
+    m, model, base, mod, patch = build(compile_c, model_name)
+    m.run(until=m.seconds(0.1))
+    if when == "before":
+        model.load_module(mod, init=registrar(m, base, mod))
+        m.run(until=m.now + m.seconds(0.1))
+    model.enable(patch)
+    if when == "during":
+        m.run(until=m.now + m.ticks(5))
+        if model_name != "immediate":
+            assert model.transition is not None, "the load is meant to come mid-transition"
+        model.load_module(mod, init=registrar(m, base, mod))
+    m.run(until=m.now + m.seconds(12))
+    assert model.transitions[0].result == "completed"
+    if when == "after":
+        model.load_module(mod, init=registrar(m, base, mod))
+    m.run(until=m.now + m.seconds(1))
+    settled = m.now - m.seconds(0.5)
+    late = values_after(m, settled)
+    assert late, "the tasks kept observing"
+    # the module's function is called through the base's ops pointer and
+    # calls the base's helper: every late call runs the patched version
+    assert {v for _, v in late} == {i * 10 + 15 for i in range(3)}
+    assert patch.object("mod").patched and patch.enabled
+    # before the module came, nothing was registered
+    first = values_after(m, 0)[0][1]
+    assert first == -1
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_module_unloaded_and_loaded_again_is_patched_again(compile_c, model_name):
+    m, model, base, mod, patch = build(compile_c, model_name, kthread=False)
+    model.load_module(mod, init=registrar(m, base, mod))
+    model.enable(patch)
+    m.run(until=m.seconds(5))
+    assert model.transitions[0].result == "completed"
+
+    def unregister():
+        m.engine.view(base.symbols["mod_ops"], 8)[:] = bytes(8)
+    model.unload_module(mod, exit=unregister)
+    assert not patch.object("mod").patched
+    m.run(until=m.now + m.seconds(0.5))
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.2))} == {-1}
+    model.load_module(mod, init=registrar(m, base, mod))
+    m.run(until=m.now + m.seconds(1))
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.5))} == {i * 10 + 15 for i in range(3)}
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_module_loaded_after_the_patch_went_away_runs_its_own_code(compile_c, model_name):
+    m, model, base, mod, patch = build(compile_c, model_name, kthread=False)
+    model.enable(patch)
+    m.run(until=m.seconds(5))
+    model.disable(patch)
+    m.run(until=m.now + m.seconds(5))
+    assert [t.result for t in model.transitions] == ["completed", "completed"]
+    model.load_module(mod, init=registrar(m, base, mod))
+    m.run(until=m.now + m.seconds(1))
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.5))} == {i * 10 + 10 for i in range(3)}
+    assert not patch.object("mod").patched
+
+
+SHADOW_BASE = """
+struct conn { long id; long pad; } conns[2];
+__attribute__((noinline)) long account(struct conn *c) { return c->id; }
+long user(long i) {
+    for (;;) { lpemu_observe(1, account(&conns[i])); lpemu_return_to_user(); }
+}
+"""
+SHADOW_PATCH = """
+#include "lpemu.h"
+struct conn { long id; long pad; };
+__attribute__((noinline)) long account(struct conn *c)
+{
+    long *count = lpemu_shadow_get(c, 7);      /* missing on a connection seen first */
+    if (!count)
+        count = lpemu_shadow_alloc(c, 7, sizeof(long));
+    if (!count)
+        return -1000;
+    *count += 1;
+    return 100 + *count;
+}
+"""
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_shadow_variable_hypercalls_work_under_every_model(compile_c, model_name):
+    base = compile_c(SHADOW_BASE)
+    m = Machine(base, cpus=2, quantum=300)
+    for i in range(2):
+        m.add_task(f"user{i}", "user", (i,))
+    model = make_model(model_name, m)
+    img = compile_c(SHADOW_PATCH, name="shadow_fix", base=m.module_base(), link_against=base, keep={"account"})
+    m.load(img)
+    patch = make_patch(m, "shadow_fix", img, ["account"])
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)
+    m.run(until=m.seconds(5))      # a fault would raise here
+    assert model.transitions[0].result == "completed"
+    conns = {base.symbols["conns"] + 16 * i for i in range(2)}
+    assert {obj for obj, sid in model.shadow.vars} == conns
+    values = [e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == 1]
+    assert -1000 not in values and max(values) > 101
+    for obj in conns:     # each connection's counter in guest memory: its own calls
+        assert model.shadow.read_word(model.shadow.get(obj, 7)) >= 1
