@@ -51,7 +51,7 @@ def build(compile_c, model_name, *, kthread=True):
     patch_img = compile_c(PATCH, name="fix", base=mod.hi + 0x10000 & ~0xfff, link_against=base,
                           keep={"mod_fn", "slow"})
     m.load(patch_img)
-    patch = make_patch(m, "fix", patch_img, ["mod:mod_fn", "slow"])
+    patch = make_patch(m, "fix", patch_img, ["slow", "mod:mod_fn"])
     return m, model, base, mod, patch
 
 
@@ -174,3 +174,50 @@ def test_shadow_variable_hypercalls_work_under_every_model(compile_c, model_name
     assert -1000 not in values and max(values) > 101
     for obj in conns:     # each connection's counter in guest memory: its own calls
         assert model.shadow.read_word(model.shadow.get(obj, 7)) >= 1
+
+
+def test_kpatch_callbacks_run_inside_stop_machine_around_the_switch(compile_c):
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    calls = []
+
+    def recorder(name, ret=0):
+        def cb(machine, p, obj):
+            calls.append((name, obj.name, machine.all_stopped, patch.enabled))
+            return ret
+        return cb
+    for obj in patch.objects:
+        obj.callbacks = {n: recorder(n) for n in ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")}
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)          # the module is not loaded: vmlinux's callbacks only
+    m.run(until=m.seconds(3))
+    assert model.transitions[0].result == "completed"
+    assert calls == [("pre_patch", "vmlinux", True, False), ("post_patch", "vmlinux", True, True)]
+    calls.clear()
+    model.load_module(mod, init=registrar(m, base, mod))       # the module notifier
+    assert calls == [("pre_patch", "mod", False, True), ("post_patch", "mod", False, True)]
+    assert "kpatch: patching newly loaded module 'mod'" in [text for _, text in m.log]
+    calls.clear()
+    model.disable(patch)
+    m.run(until=m.seconds(6))
+    assert model.transitions[1].result == "completed"
+    assert calls == [("pre_unpatch", "vmlinux", True, True), ("pre_unpatch", "mod", True, True),
+                     ("post_unpatch", "vmlinux", True, False), ("post_unpatch", "mod", True, False)]
+
+
+def test_a_kpatch_pre_patch_refusal_fails_the_load_and_undoes_the_others(compile_c):
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    m.run(until=m.seconds(0.05))
+    model.load_module(mod, init=registrar(m, base, mod))
+    calls = []
+    patch.object("vmlinux").callbacks = {
+        "pre_patch": lambda machine, p, obj: calls.append("pre vmlinux") or 0,
+        "post_unpatch": lambda machine, p, obj: calls.append("post_unpatch vmlinux")}
+    patch.object("mod").callbacks = {"pre_patch": lambda machine, p, obj: calls.append("pre mod") or -22}
+    model.enable(patch)
+    m.run(until=m.seconds(3))
+    assert model.transitions[0].result == "failed"
+    assert calls == ["pre vmlinux", "pre mod", "post_unpatch vmlinux"]
+    assert "kpatch: pre-patch callback failed!" in [text for _, text in m.log]
+    assert not patch.enabled
+    # nothing was switched: the module's own code runs
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.5))} == {i * 10 + 10 for i in range(3)}

@@ -238,13 +238,8 @@ class Model:
         updates = []
         for patch in self.module_patches():
             obj = patch.object(image.name)
-            if obj is None:
-                continue
-            for f in obj.funcs:
-                if f.old is not None:
-                    updates.append(self.pop(patch, f) if f.patched else self.release_ops(f))
-                    f.old = None
-            obj.patched = False
+            if obj is not None:
+                updates += self.module_going(patch, obj)
         self.m.unload(image)
         if updates:
             self.m.spawn(self._module_work(updates, None))
@@ -272,6 +267,18 @@ class Model:
             return []
         updates = self.push_all(patch, funcs)
         obj.patched = True
+        return updates
+
+    def module_going(self, patch: Patch, obj: PatchObject) -> list:
+        """Take patch's object for a going module off its functions (their
+        ftrace ops released when nothing else patches them); returns text
+        updates."""
+        updates = []
+        for f in obj.funcs:
+            if f.old is not None:
+                updates.append(self.pop(patch, f) if f.patched else self.release_ops(f))
+                f.old = None
+        obj.patched = False
         return updates
 
     def _module_work(self, updates, init):

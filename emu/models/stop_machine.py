@@ -32,7 +32,8 @@ from emu.engine import unwind
 from emu.errors import Busy
 from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
-from emu.kernel.patch import Patch
+from emu.kernel import callbacks
+from emu.kernel.patch import Patch, loaded_objects
 from emu.machine.task import PATCHED, UNPATCHED, RunState
 from emu.models.base import Model, first_hit
 from emu.models.stacks import passed
@@ -141,8 +142,18 @@ class StopMachine(Model):
                         blocker = (task, what, entries)
                         break
             yield Delay(cost)
+            if blocker is None and target == PATCHED and not self._pre_patch(patch):
+                yield Release()
+                t.pauses.append((stopped, m.now))
+                for f in funcs:
+                    yield from self.release_ops(f)
+                self.finish(t, "failed", "pre-patch callback")
+                return
             if blocker is None:
+                if target == UNPATCHED:
+                    self._each_loaded(patch, callbacks.pre_unpatch)
                 self._switch(patch, target, funcs)
+                self._each_loaded(patch, callbacks.post_patch if target == PATCHED else callbacks.post_unpatch)
                 yield Release()
                 t.pauses.append((stopped, m.now))
                 if target == UNPATCHED:
@@ -167,6 +178,54 @@ class StopMachine(Model):
                 self.finish(t, "failed", "-EBUSY")
                 return
             yield Delay(m.seconds(self.retry_delay))
+
+    # ---- kpatch's callbacks: inside stop_machine, around the switch -------------------
+    def _each_loaded(self, patch: Patch, callback) -> None:
+        loaded = loaded_objects(self.m)
+        for obj in patch.objects:
+            if obj.name in loaded:
+                callback(self.m, patch, obj)
+
+    def _pre_patch(self, patch: Patch) -> bool:
+        """kpatch_apply_patch after the activeness check: every loaded
+        object's pre_patch; one refusal undoes the others with their
+        post_unpatch and fails the load."""
+        done = []
+        for obj in patch.objects:
+            if obj.name not in loaded_objects(self.m):
+                continue
+            if callbacks.pre_patch(self.m, patch, obj):
+                self.printk(f"{self.prefix}pre-patch callback failed!")
+                for other in done:
+                    callbacks.post_unpatch(self.m, patch, other)
+                return False
+            done.append(obj)
+        return True
+
+    def module_coming(self, patch: Patch, obj, funcs) -> list:
+        """kpatch_module_notify: an applied patch's object for the coming
+        module is linked, its pre_patch callback runs (a refusal leaves the
+        module unpatched: a notifier cannot stop the load), its functions
+        go into the handler's hash, then post_patch."""
+        if not patch.enabled:
+            return []
+        if callbacks.pre_patch(self.m, patch, obj):
+            self.printk(f"{self.prefix}pre-patch callback failed!")
+            return []
+        updates = self.push_all(patch, funcs)
+        self.printk(f"{self.prefix}patching newly loaded module '{obj.name}'")
+        obj.patched = True
+        callbacks.post_patch(self.m, patch, obj)
+        return updates
+
+    def module_going(self, patch: Patch, obj) -> list:
+        """kpatch's going notifier: pre_unpatch, the object unlinked, then
+        post_unpatch (only after a pre_patch that did not refuse)."""
+        if obj.patched:
+            callbacks.pre_unpatch(self.m, patch, obj)
+        updates = super().module_going(patch, obj)
+        callbacks.post_unpatch(self.m, patch, obj)
+        return updates
 
     def _report(self, t, task, what, entries) -> None:
         stack = self.describe_stack(task, entries)

@@ -5,7 +5,6 @@ kernel/livepatch/ is:
                  patches, atomic replace's nops, the mutex (core.c)
 - patch.py       a patch's functions on the per-function stacks (patch.c)
 - transition.py  the per-task transition and its switch points (transition.c)
-- callbacks.py   the per-object pre/post (un)patch callbacks (core.h)
 - notifiers.py   modules coming and going under installed patches (core.c)
 - refusals.py    the -errno of a refused operation, as exceptions
 

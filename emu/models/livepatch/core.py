@@ -34,7 +34,8 @@ from emu.kernel import state as klp_state
 from emu.kernel.patch import VMLINUX, Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, Task
 from emu.models.base import Model
-from emu.models.livepatch import callbacks, notifiers, transition
+from emu.kernel import callbacks
+from emu.models.livepatch import notifiers, transition
 from emu.models.livepatch.patch import patch_object, unpatch_object, unpatch_objects
 from emu.models.livepatch.refusals import refusal
 

@@ -16,7 +16,7 @@ import errno
 
 from emu.errors import Busy, PatchError
 from emu.kernel.patch import Patch, resolve
-from emu.models.livepatch import callbacks
+from emu.kernel import callbacks
 from emu.models.livepatch.patch import patch_object, unpatch_object
 from emu.models.livepatch.refusals import refusal
 

@@ -39,7 +39,7 @@ from emu.engine import unwind
 from emu.kernel.patch import Patch, PatchFunc
 from emu.machine.machine import Delay, Sync
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, Kind, RunState, Task
-from emu.models.livepatch import callbacks
+from emu.kernel import callbacks
 from emu.models.livepatch.patch import unpatch_objects
 
 MAX_STACK_ENTRIES = 100      # a reliable trace of this many entries counts as failure

@@ -1,11 +1,14 @@
 """The four per-object callbacks of a live patch (the kernel's
-klp_pre_patch_callback and its siblings, kernel/livepatch/core.h).
+klp_pre_patch_callback and its siblings, kernel/livepatch/core.h; kpatch's
+KPATCH_PRE_PATCH_CALLBACK and friends have the same four with the same
+post_unpatch rule).
 
 A callback is fn(machine, patch, object) from the scenario's [[patch]]
 table (emu.kernel.patch); pre_patch may refuse with a negative errno. Who
-calls them, and when, must agree with the kernel's order: core.py (enable,
-disable), transition.py (at completion) and notifiers.py (module loads and
-unloads).
+calls them, and when, is each model's: upstream livepatch's order is in
+emu/models/livepatch (core.py at enable and disable, transition.py at
+completion, notifiers.py at module loads and unloads); kpatch's is in
+emu/models/stop_machine.py (inside stop_machine, around the switch).
 """
 from __future__ import annotations
 
