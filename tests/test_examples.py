@@ -316,3 +316,42 @@ def test_tailcall_with_the_caller_in_the_patch_mixes_only_under_immediate(capsys
     # stop_machine pays with -EBUSY when some task is in handler() at all five checks
     assert s["stop_machine"]["completed"] + s["stop_machine"]["failed"] == 40
     assert s["stop_machine"]["completed"] > 0 and s["stop_machine"]["failed"] > 0
+
+
+# ---- kernel-versions: cond_resched() as a switch point, by kernel version ------------------------
+
+VERSIONS = "kernel-versions/scenario.toml"
+
+
+def on_kernel(version: str) -> Runner:
+    scn = scenario.load(EX / VERSIONS)
+    scn.machine["kernel"] = version
+    return Runner(scenario.build(scn))
+
+
+def test_a_cpu_bound_kthread_switches_at_cond_resched_on_6_8():
+    run = execute(on_kernel("6.8"), "livepatch")
+    (t,) = run.t
+    assert run.res.outcome == "completed" and t["latency"] < 2 * SECOND
+    assert [h for _, n, _, h in run.switches if n == "worker"] == ["cond_resched"]
+    assert run.status["kernel"] == "6.8"
+    assert run.res.inconsistent_units == 0
+
+
+@pytest.mark.parametrize("version", ["4.18", "6.16", "6.19"])
+def test_cond_resched_is_no_switch_point_before_6_4_and_from_6_16(version):
+    run = execute(on_kernel(version), "livepatch")
+    assert run.status["kernel"] == version
+    assert "cond_resched" not in [h for _, n, _, h in run.switches if n == "worker"]
+    assert run.res.inconsistent_units == 0
+
+
+@pytest.mark.xfail(reason="the periodic check must find the kthread running on its CPU: that needs the "
+                          "transition work to occupy the spare CPU (kernel work on CPUs)", strict=False)
+@pytest.mark.parametrize("version", ["4.18", "6.16"])
+def test_a_cpu_bound_kthread_stalls_where_cond_resched_is_no_switch_point(version):
+    run = execute(on_kernel(version), "livepatch")
+    (t,) = run.t
+    assert run.res.outcome == "stalled" and t["result"] == "pending"
+    assert [b["task"] for b in t["blockers"]] == ["worker"]
+    assert not [s for s in run.switches if s[1] == "worker"]

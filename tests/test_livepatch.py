@@ -1141,12 +1141,12 @@ __attribute__((noinline)) long quick(void) { return 3 + zero; }
 """
 
 
-def machine(compile_c, tasks, *, cpus=2, **kw):
+def machine(compile_c, tasks, *, cpus=2, kernel=None, **kw):
     base = compile_c(BASE)
     m = Machine(base, cpus=cpus, quantum=400, **kw)
     for name, entry, args, kind in tasks:
         m.add_task(name, entry, args, kind=kind)
-    lp = Livepatch(m)
+    lp = Livepatch(m, kernel=kernel)
     return m, lp, base
 
 
@@ -1231,7 +1231,8 @@ def test_a_preempted_task_is_unreliable_with_frame_pointers(compile_c, unwinder)
     m, lp, base = machine(compile_c, [("spinner", "spinner", (100_000,), "kthread"),
                                       ("yielder", "yielder", (50,), "kthread"),
                                       ("worker", "worker", (0,), "user")],
-                          cpus=1, preempt="full", unwinder=unwinder, lockup_ticks=10**9)
+                          cpus=1, preempt="full", unwinder=unwinder, lockup_ticks=10**9,
+                          kernel="6.8")      # a kernel whose cond_resched() switches
     patch = load_patch(compile_c, m, base, "p", ["quick"])
     m.at(m.seconds(0.1), lambda: lp.enable(patch))
     m.run(until=m.seconds(5))

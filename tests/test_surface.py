@@ -9,6 +9,7 @@ import pytest
 
 from emu.engine import core
 from emu.kernel.patch import make_patch
+from emu.machine import hypercall
 from emu.machine.machine import Machine
 from emu.models import MODEL_NAMES, make_model
 
@@ -221,3 +222,68 @@ def test_a_kpatch_pre_patch_refusal_fails_the_load_and_undoes_the_others(compile
     assert not patch.enabled
     # nothing was switched: the module's own code runs
     assert {v for _, v in values_after(m, m.now - m.seconds(0.5))} == {i * 10 + 10 for i in range(3)}
+
+
+FREEZABLE = """
+volatile long zero;
+__attribute__((noinline)) long work(long n) { lpemu_observe(1, 0 + zero); return n; }
+long kth(long n) { for (;;) { work(n); lpemu_sleep_freezable(3); } }
+"""
+FREEZABLE_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long work(long n) { lpemu_observe(1, 1 + zero); return n; }
+"""
+
+
+def freezable(compile_c, model_name, kernel):
+    base = compile_c(FREEZABLE)
+    m = Machine(base, cpus=2, quantum=300)
+    m.add_task("kth", "kth", (1,), kind="kthread")
+    model = make_model(model_name, m, kernel=kernel)
+    img = compile_c(FREEZABLE_PATCH, name="fix", base=m.module_base(), link_against=base, keep={"work"})
+    m.load(img)
+    return m, model, make_patch(m, "fix", img, ["work"])
+
+
+@pytest.mark.parametrize("kernel,switches", [("6.16", True), ("6.19", True), ("6.8", False), ("4.18", False)])
+def test_a_freezable_sleep_is_a_switch_point_from_6_16(compile_c, kernel, switches):
+    m, model, patch = freezable(compile_c, "livepatch", kernel)
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)
+    task = m.tasks[0]
+    # the scheduler sees the kthread go to a freezable sleep, its stack clear
+    # (still pending, as a task the first check did not switch)
+    m.set_patch_state(task, 0)
+    task.pending = True
+    m.hypercalls[hypercall.SLEEP_FREEZABLE](m, task, ())
+    assert (task.patch_state == 1) == switches
+    assert ("freezable_sleep" in [h for _, n, _, h in model.switches if n == "kth"]) == switches
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_freezable_sleep_sleeps_under_every_model(compile_c, model_name):
+    m, model, patch = freezable(compile_c, model_name, None)
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)
+    m.run(until=m.seconds(3))
+    assert model.transitions[0].result == "completed"
+    seen = [e[4] for e in m.trace if e[1] == core.EV_OBSERVE]
+    assert seen[-1] == 1 and 10 < len(seen) < 200       # about one call every 3 ticks
+
+
+@pytest.mark.parametrize("kernel,fields", [("5.14", set()), ("6.11", {"replace"}),
+                                           ("6.14", {"replace", "stack_order"})])
+def test_sysfs_shows_replace_from_6_11_and_stack_order_from_6_14(compile_c, kernel, fields):
+    m, model, patch = freezable(compile_c, "livepatch", kernel)
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)
+    (p,) = model.status()["patches"]
+    assert {"replace", "stack_order"} & set(p) == fields
+
+
+@pytest.mark.parametrize("bad", ["4.17", "6.20", "7.0", "5.20", "6", "six.eight", ""])
+def test_unknown_kernel_versions_are_refused(compile_c, bad):
+    base = compile_c(FREEZABLE)
+    m = Machine(base)
+    with pytest.raises(ValueError, match="kernel version"):
+        make_model("livepatch", m, kernel=bad)

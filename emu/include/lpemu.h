@@ -20,6 +20,7 @@
 #define LPEMU_HC_SHADOW_GET_OR_ALLOC 8
 #define LPEMU_HC_SHADOW_FREE     9
 #define LPEMU_HC_SHADOW_FREE_ALL 10
+#define LPEMU_HC_SLEEP_FREEZABLE 11
 
 static inline __attribute__((always_inline)) long
 __lpemu_hypercall(long nr, long a, long b, long c)
@@ -36,6 +37,16 @@ __lpemu_hypercall(long nr, long a, long b, long c)
  * it early). Returns the ticks left, 0 when the whole sleep passed. */
 static inline __attribute__((always_inline)) long lpemu_sleep(long ticks)
 { return __lpemu_hypercall(LPEMU_HC_SLEEP, ticks, 0, 0); }
+
+/* A freezable sleep (wait_event_freezable()): the scheduler sees the task
+ * go to a TASK_FREEZABLE sleep (from Linux 6.16 a pending livepatch task
+ * tries to switch there, checking its own stack; kGraft migrates a
+ * freezable kthread there), then it sleeps as lpemu_sleep(). */
+static inline __attribute__((always_inline)) long lpemu_sleep_freezable(long ticks)
+{
+	__lpemu_hypercall(LPEMU_HC_SLEEP_FREEZABLE, 0, 0, 0);
+	return __lpemu_hypercall(LPEMU_HC_SLEEP, ticks, 0, 0);
+}
 
 /* A cond_resched() point: the scheduler may switch tasks here. */
 static inline __attribute__((always_inline)) void lpemu_yield(void)

@@ -32,5 +32,6 @@ SHADOW_GET = Hypercall.SHADOW_GET
 SHADOW_GET_OR_ALLOC = Hypercall.SHADOW_GET_OR_ALLOC
 SHADOW_FREE = Hypercall.SHADOW_FREE
 SHADOW_FREE_ALL = Hypercall.SHADOW_FREE_ALL
+SLEEP_FREEZABLE = Hypercall.SLEEP_FREEZABLE
 
 NAMES = {int(h): h.name.lower() for h in Hypercall}

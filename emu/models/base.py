@@ -21,7 +21,9 @@ from emu.errors import Busy
 from emu.kernel.ftrace import Ftrace, Ops
 from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
+from emu.kernel import versions
 from emu.kernel.shadow import ShadowVars
+from emu.machine import hypercall
 from emu.machine.task import Task
 from emu.models.stacks import StackChecks
 
@@ -76,8 +78,10 @@ class Model:
     #: set (TIF_PATCH_PENDING), so the scheduler stays in C otherwise.
     pending_only = True
 
-    def __init__(self, machine: Machine, *, ftrace: Ftrace | None = None):
+    def __init__(self, machine: Machine, *, ftrace: Ftrace | None = None, kernel: str | None = None):
         self.m = machine
+        #: the kernel version whose livepatch semantics apply (emu/kernel/versions.py)
+        self.kernel = versions.kernel(kernel)
         self.ftrace = ftrace or Ftrace(machine)
         self.patches: list[Patch] = []
         self.stacks: dict[int, list[tuple[Patch, PatchFunc]]] = {}   # old function id -> newest first
@@ -87,6 +91,7 @@ class Model:
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve all
         self.shadow = ShadowVars.for_machine(machine)
+        machine.hypercalls[hypercall.SLEEP_FREEZABLE] = self._hc_sleep_freezable
         machine.listeners.append(self)
 
     # ---- patches ---------------------------------------------------------------
@@ -349,6 +354,14 @@ class Model:
 
     def on_idle(self, cpu, idle: Task) -> None:
         pass
+
+    def on_freezable_sleep(self, task: Task) -> None:
+        """A pending task is about to go to a freezable sleep."""
+
+    def _hc_sleep_freezable(self, machine, task: Task, args) -> int:
+        if task.pending:
+            self.on_freezable_sleep(task)
+        return 0
 
     # ---- status ---------------------------------------------------------------------------------
     def status(self) -> dict:

@@ -110,6 +110,10 @@ class KGraft(Model):
     def on_idle(self, cpu, idle: Task) -> None:
         self._migrate(idle)
 
+    def on_freezable_sleep(self, task: Task) -> None:
+        """A freezable wait passes try_to_freeze(): a kthread's safe point."""
+        self._migrate(task)
+
     def _work(self, t, patch: Patch, target: int, updates):
         t.started_at = self.m.now
         self.immutable = True

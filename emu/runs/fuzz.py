@@ -255,7 +255,7 @@ class Runner:
     # ---- one run ------------------------------------------------------------------------------
     def machine(self, spec: RunSpec) -> Machine:
         scn, prog = self.scn, self.program
-        opts = {k: v for k, v in scn.machine.items() if k != "policy"}
+        opts = {k: v for k, v in scn.machine.items() if k not in ("policy", "kernel")}
         if spec.preempt:
             opts["preempt"] = spec.preempt
         names = [(t, inst) for t in scn.tasks for inst in t.instances()]
@@ -345,7 +345,7 @@ class Runner:
         # and fresh machines alike: both are at the end of the prefix)
         m.seed_random(spec.seed)
         try:
-            model = make_model(spec.model, m)
+            model = make_model(spec.model, m, kernel=scn.machine.get("kernel"))
             patches = {}
             for p in scn.patches:
                 img, funcs = prog.patches[p.name]

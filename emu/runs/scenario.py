@@ -1,7 +1,7 @@
 """Scenario files (TOML): what to run, what to patch, when, and what to check.
 
     [program]   sources, stubs, cpu_features, cflags
-    [machine]   cpus, quantum, preempt, tick, unwinder, policy
+    [machine]   cpus, quantum, preempt, tick, unwinder, policy, kernel
     [[task]]    name, entry, args, count, kind, cpu
     [[module]]  name, sources, loaded              (images loaded/unloaded at run time)
     [[patch]]   name, sources, functions, replace, states, force
@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.errors import PatchError, ScenarioError
+from emu.kernel import versions
 from emu.kernel.patch import VMLINUX
 from emu.models import DEFAULT_MODELS, MODEL_NAMES
 from emu.runs.assertion import Assertion, AssertionSyntax
@@ -327,7 +328,7 @@ def load(path) -> Scenario:
         value = mach.integer(key, lo, hi)
         if value is not None:
             m[key] = value
-    for key in ("preempt", "unwinder", "policy"):
+    for key in ("preempt", "unwinder", "policy", "kernel"):
         value = mach.get(key, str)
         if value is not None:
             m[key] = value
@@ -335,6 +336,11 @@ def load(path) -> Scenario:
                          ("policy", ("rr", "random", "pct"))):
         if key in m and m[key] not in allowed:
             raise mach.error(key, f"must be one of {', '.join(allowed)}, not {_short(m[key])}")
+    if "kernel" in m:
+        try:
+            versions.kernel(m["kernel"])
+        except ValueError as exc:
+            raise mach.error("kernel", str(exc)) from None
     mach.finish()
     scn.machine = m
 

@@ -318,7 +318,12 @@ class Livepatch(Model):
         transition.update_patch_state(self, idle, "idle")
 
     def on_cond_resched(self, task: Task) -> None:
-        transition.cond_resched(self, task)
+        if self.kernel.cond_resched_switch:          # klp_cond_resched, 6.4 to 6.15
+            transition.cond_resched(self, task, "cond_resched")
+
+    def on_freezable_sleep(self, task: Task) -> None:
+        if self.kernel.freezable_sleep_switch:       # klp_sched_try_switch in __schedule, 6.16+
+            transition.cond_resched(self, task, "freezable_sleep")
 
     # ---- status -----------------------------------------------------------------------------------------
     def status(self) -> dict:
@@ -330,9 +335,11 @@ class Livepatch(Model):
         t = self.transition
         return {
             "model": self.name,
+            "kernel": self.kernel.name,
             "patches": [{
                 "name": p.name, "enabled": p.enabled, "transition": p is tp, "force": p.forced,
-                "replace": p.replace, "stack_order": i + 1,
+                **({"replace": p.replace} if self.kernel.sysfs_replace else {}),
+                **({"stack_order": i + 1} if self.kernel.sysfs_stack_order else {}),
                 "objects": {o.name: {"patched": o.patched,
                                      "functions": {f.name: {"patched": f.patched, "transition": f.transition,
                                                             "nop": f.nop} for f in o.funcs}}

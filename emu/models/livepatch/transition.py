@@ -283,12 +283,13 @@ def update_patch_state(lp, task: Task, how: str) -> None:
         _switch(lp, task, how)
 
 
-def cond_resched(lp, task: Task) -> None:
-    """__klp_sched_try_switch: the task checks its own stack (no -EBUSY)."""
+def cond_resched(lp, task: Task, how: str = "cond_resched") -> None:
+    """__klp_sched_try_switch: the task checks its own stack (no -EBUSY).
+    Where it is called depends on the kernel version (core.py)."""
     if not task.pending or lp.transition_patch is None or task.patch_state == lp.target:
         return
     if _check_stack(lp, task)[0] == 0:
-        _switch(lp, task, "cond_resched")
+        _switch(lp, task, how)
 
 
 def force(lp) -> None:

@@ -1,0 +1,79 @@
+"""The upstream livepatch semantics of each kernel version: the one home of
+the facts a patch author targeting a particular kernel depends on
+(kernel/livepatch/transition.c, core.c and sched/core.c across releases).
+
+- before 6.4: a pending task switches only at the periodic stack check,
+  kernel exit, the idle loop and fake signals; cond_resched() is not a
+  switch point, so a CPU-bound kthread that is always on its CPU blocks a
+  transition;
+- 6.4 to 6.15 (klp_cond_resched): cond_resched() of a pending task tries a
+  switch with a check of its own stack;
+- from 6.16: the switch moved into __schedule() (klp_sched_try_switch) for
+  a task going to a freezable sleep; a plain cond_resched() no longer
+  switches;
+- 6.10 renamed KLP_UNDEFINED to KLP_TRANSITION_IDLE (names only);
+- sysfs shows `replace` from 6.11 and `stack_order` from 6.14.
+
+Distribution kernels: RHEL 8 4.18, RHEL 9 5.14, SLES 15 SP6 6.4, Ubuntu
+24.04 6.8, RHEL 10 6.12.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: The newest version known; the default.
+NEWEST = (6, 19)
+OLDEST = (4, 18)
+#: The last minor release of each major line this table covers.
+LAST_MINOR = {4: 20, 5: 19, 6: NEWEST[1]}
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One kernel version's livepatch facts."""
+    version: tuple[int, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.version[0]}.{self.version[1]}"
+
+    @property
+    def cond_resched_switch(self) -> bool:
+        """cond_resched() of a pending task tries to switch it (6.4-6.15)."""
+        return (6, 4) <= self.version < (6, 16)
+
+    @property
+    def freezable_sleep_switch(self) -> bool:
+        """__schedule() tries to switch a task going to a freezable sleep (6.16+)."""
+        return self.version >= (6, 16)
+
+    @property
+    def sysfs_replace(self) -> bool:
+        return self.version >= (6, 11)
+
+    @property
+    def sysfs_stack_order(self) -> bool:
+        return self.version >= (6, 14)
+
+    @property
+    def idle_state_name(self) -> str:
+        """The name of patch_state -1 (a rename only)."""
+        return "KLP_TRANSITION_IDLE" if self.version >= (6, 10) else "KLP_UNDEFINED"
+
+
+def kernel(name: str | None = None) -> Kernel:
+    """The Kernel of a version string ("4.18", "6.8", ...); None gives the
+    newest. ValueError naming the accepted range otherwise."""
+    if name is None:
+        return Kernel(NEWEST)
+    try:
+        major, minor = (int(x) for x in str(name).split("."))
+    except ValueError:
+        raise ValueError(f"kernel version {name!r} is not MAJOR.MINOR (one of {accepted()})") from None
+    if not (OLDEST <= (major, minor) <= NEWEST and minor <= LAST_MINOR.get(major, -1)):
+        raise ValueError(f"kernel version {name!r} is not one this emulator knows ({accepted()})")
+    return Kernel((major, minor))
+
+
+def accepted() -> str:
+    return f"{OLDEST[0]}.{OLDEST[1]} to {NEWEST[0]}.{NEWEST[1]}"
