@@ -287,3 +287,82 @@ def test_unknown_kernel_versions_are_refused(compile_c, bad):
     m = Machine(base)
     with pytest.raises(ValueError, match="kernel version"):
         make_model("livepatch", m, kernel=bad)
+
+
+def scenario_files(tmp_path, kernel=None):
+    (tmp_path / "base.c").write_text('#include "lpemu.h"\n' + BASE)
+    (tmp_path / "mod.c").write_text(MODULE)
+    (tmp_path / "fix.c").write_text('#include "lpemu.h"\n' + PATCH)
+    (tmp_path / "s.toml").write_text(f"""
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+quantum = 300
+{f'kernel = "{kernel}"' if kernel else ''}
+[[task]]
+name = "user"
+entry = "user"
+args = [0]
+[[task]]
+name = "kth"
+entry = "kth"
+args = [30]
+kind = "kthread"
+[[module]]
+name = "mod"
+sources = ["mod.c"]
+[[patch]]
+name = "fix"
+sources = ["fix.c"]
+functions = ["slow", "mod:mod_fn"]
+[[action]]
+at = 20000
+do = "enable"
+patch = "fix"
+[[action]]
+at = 20500
+do = "load"
+module = "mod"
+[fuzz]
+horizon = 12.0
+""")
+    return tmp_path / "s.toml"
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_scenario_loading_a_module_mid_transition_patches_it_under_every_model(tmp_path, model_name):
+    from emu.runs import scenario
+    from emu.runs.fuzz import Runner
+    r = Runner(scenario.build(scenario.load(scenario_files(tmp_path))))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.errors
+        assert res.outcome == "completed"
+        loaded = m.by_name["mod:mod_fn"]
+        assert [p.object("mod").patched for p in model.patches] == [True]
+        # the module loads without an init here: its function is patched in the redirect
+        assert any(f.old is loaded and f.patched for p in model.patches for _, f in p.funcs())
+    finally:
+        m.engine.close()
+        r.close()
+
+
+def test_a_scenario_names_its_kernel_and_a_wrong_one_is_refused(tmp_path):
+    from emu.errors import ScenarioError
+    from emu.runs import scenario
+    assert scenario.load(scenario_files(tmp_path, "5.14")).machine["kernel"] == "5.14"
+    with pytest.raises(ScenarioError, match=r"kernel.*'6\.42'"):
+        scenario.load(scenario_files(tmp_path, "6.42"))
+
+
+def test_run_kernel_option_selects_the_version(tmp_path, capsys):
+    import json as _json
+
+    from emu.app import cli
+    path = scenario_files(tmp_path)
+    cli.main(["run", str(path), "--model", "livepatch", "--kernel", "5.14", "--json"])
+    out = _json.loads(capsys.readouterr().out)
+    assert out["status"]["kernel"] == "5.14" and "--kernel 5.14" in out["command"]
+    assert cli.main(["run", str(path), "--model", "livepatch", "--kernel", "3.10"]) == 2
+    assert "--kernel" in capsys.readouterr().err

@@ -76,9 +76,17 @@ def _output(option: str, path, force: bool) -> None:
         raise UserError(f"{option} {path}: not writable (permission denied or a read-only file system)")
 
 
-def _load(path: str):
+def _load(path: str, kernel: str | None = None):
+    """Load and build a scenario; kernel (--kernel) replaces its [machine] kernel."""
+    from emu.kernel import versions
     from emu.runs import scenario
     scn = scenario.load(path)
+    if kernel is not None:
+        try:
+            versions.kernel(kernel)
+        except ValueError as exc:
+            raise UserError(f"--kernel: {exc}") from None
+        scn.machine["kernel"] = kernel
     return scenario.build(scn)
 
 
@@ -124,6 +132,8 @@ def _command_line(args, spec) -> str:
         parts += ["--preempt", spec.preempt]
     if spec.tasks is not None:
         parts += ["--tasks", ",".join(spec.tasks)]
+    if getattr(args, "kernel", None):
+        parts += ["--kernel", args.kernel]
     return " ".join(parts)
 
 
@@ -238,7 +248,7 @@ def _run(args) -> int:
     for option in ("trace", "timeline"):
         if getattr(args, option):
             _output(f"--{option}", getattr(args, option), args.force)
-    prog = _load(args.scenario)
+    prog = _load(args.scenario, args.kernel)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
@@ -605,6 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
                         "(default: [machine] preempt)")
         sp.add_argument("--tasks", help="comma-separated task names that take part (default: all)")
+        sp.add_argument("--kernel", metavar="VERSION", help="the kernel whose livepatch semantics apply, "
+                        "4.18 to 6.19 (default: [machine] kernel, else the newest)")
         sp.add_argument("--trace", metavar="FILE", help="write a Perfetto/Chrome trace (JSON) of the run")
         sp.add_argument("--timeline", metavar="FILE", help="write a timeline picture (.png or .svg) of the run")
         sp.add_argument("--window", metavar="START:END", help="the timeline's span of virtual time, in "
