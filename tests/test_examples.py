@@ -346,8 +346,6 @@ def test_cond_resched_is_no_switch_point_before_6_4_and_from_6_16(version):
     assert run.res.inconsistent_units == 0
 
 
-@pytest.mark.xfail(reason="the periodic check must find the kthread running on its CPU: that needs the "
-                          "transition work to occupy the spare CPU (kernel work on CPUs)", strict=False)
 @pytest.mark.parametrize("version", ["4.18", "6.16"])
 def test_a_cpu_bound_kthread_stalls_where_cond_resched_is_no_switch_point(version):
     run = execute(on_kernel(version), "livepatch")

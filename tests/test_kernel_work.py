@@ -5,7 +5,8 @@ semantics (kernel/livepatch/transition.c, kernel/stop_machine.c):
   preemption, a task in a long kernel loop on another CPU is "running" at
   every attempt and is never stack-checked or switched in the middle of it;
 - a CPU-bound kthread that calls cond_resched() outside the patched code
-  switches itself there (klp_cond_resched), never by another CPU's check;
+  switches itself there (klp_cond_resched, kernels 6.4 to 6.15), never by
+  another CPU's check;
 - an idle CPU's idle task is running: the first attempt cannot switch it,
   wake_up_if_idle() sends it through the idle loop, which switches it, and
   the transition completes at a later attempt;
@@ -22,6 +23,7 @@ from emu.kernel.patch import make_patch
 from emu.machine.machine import Machine
 from emu.machine.task import PATCHED
 from emu.models import make_model
+from emu.models.livepatch import transition
 
 BASE = """
 volatile long sink;
@@ -78,7 +80,7 @@ def test_a_task_in_a_long_kernel_loop_on_another_cpu_is_running_at_every_attempt
 
 
 @pytest.mark.parametrize("preempt", ["none", "voluntary"])
-def test_tasks_are_checked_only_off_their_cpus(compile_c, preempt):
+def test_tasks_are_checked_only_off_their_cpus(compile_c, preempt, monkeypatch):
     """Every stack check livepatch makes is of a task that is not on a CPU
     (asleep, or displaced at a scheduling point by the work itself)."""
     m, img = machine(compile_c, preempt=preempt, cpus=2)
@@ -87,12 +89,23 @@ def test_tasks_are_checked_only_off_their_cpus(compile_c, preempt):
     m.add_task("sleeper", "sleeper_entry", (3,), cpu=0)
     mod, patch = add_patch(m, img, "livepatch")
     checked = []
-    real = mod._check_stack
+    real_needs, real_check = transition.needs_check, transition.check_stack
 
-    def spy(task):
+    def seen(task):
         checked.append((task.name, any(c.current is task for c in m.cpus), task.preempted))
-        return real(task)
-    mod._check_stack = spy
+
+    def needs_spy(lp, task):
+        # try_complete checks the stacks of the tasks that need it in one batch
+        needed = real_needs(lp, task)
+        if needed:
+            seen(task)
+        return needed
+
+    def check_spy(lp, task):
+        seen(task)
+        return real_check(lp, task)
+    monkeypatch.setattr(transition, "needs_check", needs_spy)
+    monkeypatch.setattr(transition, "check_stack", check_spy)
     m.at(m.seconds(0.2), lambda: mod.enable(patch))
     m.run(until=m.seconds(8))
     assert mod.transitions[0].result == "completed"
@@ -105,7 +118,7 @@ def test_tasks_are_checked_only_off_their_cpus(compile_c, preempt):
 def test_a_cpu_bound_kthread_switches_at_its_cond_resched_with_a_spare_cpu(compile_c):
     m, img = machine(compile_c, preempt="voluntary", funcs=("work",))
     k = m.add_task("cpubound", "cpubound_entry", (3_000,), kind="kthread", cpu=1)
-    mod, patch = add_patch(m, img, "livepatch", funcs=("work",))
+    mod, patch = add_patch(m, img, "livepatch", funcs=("work",), kernel="6.8")   # klp_cond_resched: 6.4 to 6.15
     m.at(m.seconds(0.2), lambda: mod.enable(patch))
     m.run(until=m.seconds(5))
     t = mod.transitions[0]

@@ -25,6 +25,8 @@ The interface, as transition.h's (lp is the core.Livepatch model):
     force(lp)                          klp_force_transition
     update_patch_state(lp, task, how)  klp_update_patch_state
     cond_resched(lp, task)             __klp_sched_try_switch
+    needs_check(lp, task)              whether klp_try_switch_task walks task's stack
+    check_stack(lp, task)              klp_check_stack of one task
 The transition's state lives on lp, as the kernel's globals: transition_patch
 (klp_transition_patch), target (klp_target_state), signals_cnt, gen (bumped
 by every init: a work of an older transition stops) and switches. What
@@ -135,7 +137,7 @@ def try_complete(lp):
     for i, task in enumerate(lp.m.tasks):
         if task.state is RunState.EXITED:
             continue
-        if _needs_check(lp, task):
+        if needs_check(lp, task):
             if checked is None:
                 checked = _check_stacks(lp)
             ok, why, entries = _try_switch_checked(lp, task, checked, i)
@@ -205,14 +207,14 @@ def _try_switch_task(lp, task: Task):
             return False, "idle task is running", ()
     elif lp.running(task):
         return False, "running", ()
-    err, why, entries = _check_stack(lp, task)
+    err, why, entries = check_stack(lp, task)
     if err:
         return False, why, entries
     _switch(lp, task, "stack")
     return True, None, entries
 
 
-def _needs_check(lp, task: Task) -> bool:
+def needs_check(lp, task: Task) -> bool:
     """Whether _try_switch_task would walk this (not idle) task's stack."""
     return task.patch_state != lp.target and not lp.running(task) and lp.m.started
 
@@ -226,7 +228,7 @@ def _check_stacks(lp):
 
 
 def _try_switch_checked(lp, task: Task, checked, i: int):
-    """_try_switch_task of a task that _needs_check, from its result in
+    """_try_switch_task of a task that needs_check, from its result in
     checked (from _check_stacks)."""
     results, failing = checked
     if i in failing:
@@ -237,7 +239,7 @@ def _try_switch_checked(lp, task: Task, checked, i: int):
     return True, None, ()
 
 
-def _check_stack(lp, task: Task):
+def check_stack(lp, task: Task):
     """klp_check_stack of one task -> (0 or -errno, why, entries)."""
     if lp.m.started:
         code, entries = lp.m.stack(task, max_entries=MAX_STACK_ENTRIES - 1)
@@ -288,7 +290,7 @@ def cond_resched(lp, task: Task, how: str = "cond_resched") -> None:
     Where it is called depends on the kernel version (core.py)."""
     if not task.pending or lp.transition_patch is None or task.patch_state == lp.target:
         return
-    if _check_stack(lp, task)[0] == 0:
+    if check_stack(lp, task)[0] == 0:
         _switch(lp, task, how)
 
 
