@@ -44,7 +44,8 @@ from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
 from emu.machine import faults, runtime, snapshot, stacks
-from emu.machine.layout import (BASE_IMAGE, GUARD, HEAP_BASE, HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,  # noqa: F401
+from emu.machine.layout import (BASE_IMAGE, GRAPH_BASE, GRAPH_STRIDE, GUARD, HEAP_BASE,  # noqa: F401
+                                HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
                                 PERCPU_BASE, RUNTIME_BASE, STACK_BASE, STACK_SIZE, align_up, in_guard, page_up, stack_of)
 from emu.machine.scheduling import PREEMPT_MODES, Scheduling
 from emu.machine.sites import Sites
@@ -262,6 +263,10 @@ class Machine:
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
             self._install_percpu(task)
             self.cpus[task.cpu].enqueue(task)
+        self.engine.map(GRAPH_BASE, len(self.tasks) * GRAPH_STRIDE, PROT_R | PROT_W)
+        self.engine.graph_init(self.runtime.ret_trampoline, GRAPH_BASE, GRAPH_STRIDE)
+        if self.sites.twin is not None:
+            self.sites.twin.graph_init()
         self.scheduling.bind()
 
     def _install_percpu(self, task: Task) -> None:
