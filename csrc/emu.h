@@ -349,6 +349,7 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_EV_SCHED_IN     23   /* a = cpu */
 #define EMU_EV_TRANSITION   24   /* a = transition event code, b = patch index */
 #define EMU_EV_STOP_MACHINE 25   /* a = 1 when every CPU stopped, 0 when released */
+#define EMU_EV_SCHED_OUT    26   /* a = cpu, b = 1 if preempted: the task left the CPU */
 
 /* The hypercalls the C core handles. Their one home is the guest's
  * header emu/include/lpemu.h (LPEMU_HC_*); tests/test_machine.py holds
@@ -534,6 +535,11 @@ void emu_snapshot_free(struct emu_snapshot *snap);
 #define EMU_EV_RETURN       4
 #define EMU_EV_UNWOUND      5
 #define EMU_EV_RET_UNTRACED 6
+/* EMU_EV_ARGS, EMU_EV_ARGS_HI: right after every EMU_EV_ENTRY (same task,
+ * same clock), the six argument registers at the function's entry: rdi, rsi,
+ * rdx (a, b, c) then rcx, r8, r9 (a, b, c; a and b as int64 bit patterns). */
+#define EMU_EV_ARGS         7
+#define EMU_EV_ARGS_HI      8
 #define EMU_FAULT_BAD_RETURN 11
 
 #define EMU_GRAPH_HEADER 16

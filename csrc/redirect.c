@@ -129,6 +129,22 @@ static void graph_push(struct emu_core *c, int32_t func, int32_t version, uint64
     st64(retp, c->graph_ret);
 }
 
+/* A traced entry: the event, the argument registers, the return diverted. */
+static void entry_event(struct emu_core *c, int32_t func, int32_t version, uint64_t rsp, uint64_t clock)
+{
+    static const int regs[6] = {UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_RDX,
+                                UC_X86_REG_RCX, UC_X86_REG_R8, UC_X86_REG_R9};
+    uint64_t v[6] = {0};
+    int i;
+
+    __emu_event(c, EMU_EV_ENTRY, c->cur, func, version, rsp, clock);
+    for (i = 0; i < 6; i++)
+        uc_reg_read(c->uc, regs[i], &v[i]);
+    __emu_event(c, EMU_EV_ARGS, c->cur, (int64_t)v[0], (int64_t)v[1], v[2], clock);
+    __emu_event(c, EMU_EV_ARGS_HI, c->cur, (int64_t)v[3], (int64_t)v[4], v[5], clock);
+    graph_push(c, func, version, rsp, clock);
+}
+
 /* Send the task at a site's entry to the chosen function, stack as at the
  * original's entry. by_slot: the task is at the trampoline's jump, which
  * may take the target from its slot. */
@@ -138,8 +154,7 @@ static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t
     uint64_t target = choose(c, s, &version);
 
     uc_reg_write(c->uc, UC_X86_REG_RSP, &rsp);
-    __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, version, rsp, clock);
-    graph_push(c, s->func_id, version, rsp, clock);
+    entry_event(c, s->func_id, version, rsp, clock);
     /* A stop asked for in the hook (the event ring filling up) takes
      * effect before the jump runs: RIP must then hold the target already,
      * or the task would resume at the trampoline with its return address
@@ -241,8 +256,7 @@ static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
         uint64_t now = emu_now(c, addr);
 
         uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
-        __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, 0, rsp, now);
-        graph_push(c, s->func_id, 0, rsp, now);
+        entry_event(c, s->func_id, 0, rsp, now);
     } else if (p[0] != 0xcc && !is_call_to(p, addr, c->tramp)) {
         __emu_event(c, EMU_EV_TORN, c->cur, s->func_id, 0, addr, emu_now(c, addr));
     }
@@ -267,8 +281,7 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
             } else {
                 uint64_t next = s->addr + 5, now = emu_now(c, rip - 1);
                 uc_reg_write(uc, UC_X86_REG_RIP, &next);
-                __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, 0, rsp, now);
-                graph_push(c, s->func_id, 0, rsp, now);
+                entry_event(c, s->func_id, 0, rsp, now);
             }
             return;
         }

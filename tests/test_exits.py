@@ -40,7 +40,8 @@ long entry(long depth) {
 }
 """
 TRACED = ("leaf", "rec", "tail", "deep_jump", "jumper", "entry")
-EXIT_KINDS = (core.EV_ENTRY, core.EV_RETURN, core.EV_UNWOUND, core.EV_RET_UNTRACED, core.EV_OBSERVE)
+EXIT_KINDS = (core.EV_ENTRY, core.EV_RETURN, core.EV_UNWOUND, core.EV_RET_UNTRACED, core.EV_OBSERVE,
+              core.EV_ARGS, core.EV_ARGS_HI)
 
 
 def machine(image, accel, depths, *, quantum=97, trampoline=("leaf",), exits=True):

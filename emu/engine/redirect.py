@@ -18,7 +18,8 @@ from __future__ import annotations
 from unicorn import UC_HOOK_CODE, UC_HOOK_INTR
 import struct
 
-from unicorn.x86_const import UC_X86_REG_RAX, UC_X86_REG_RIP, UC_X86_REG_RSP
+from unicorn.x86_const import (UC_X86_REG_R8, UC_X86_REG_R9, UC_X86_REG_RAX, UC_X86_REG_RCX, UC_X86_REG_RDI,
+                               UC_X86_REG_RDX, UC_X86_REG_RIP, UC_X86_REG_RSI, UC_X86_REG_RSP)
 
 from emu.engine import core
 from emu.engine.core import UNPATCHED
@@ -143,8 +144,17 @@ class PyRedirect:
         target, version = self.choose(idx)
         self.uc.reg_write(UC_X86_REG_RSP, rsp)
         self.uc.reg_write(UC_X86_REG_RIP, target)
-        self.engine.push_event(core.EV_ENTRY, self.engine.current, self.func[idx], version, rsp, clock)
-        self._graph_push(self.func[idx], version, rsp, clock)
+        self._entry(self.func[idx], version, rsp, clock)
+
+    def _entry(self, func: int, version: int, rsp: int, clock: int) -> None:
+        """A traced entry, as entry_event() in csrc/redirect.c: the event,
+        the argument registers (EV_ARGS, EV_ARGS_HI), the return diverted."""
+        cur = self.engine.current
+        self.engine.push_event(core.EV_ENTRY, cur, func, version, rsp, clock)
+        rdi, rsi, rdx, rcx, r8, r9 = (self.uc.reg_read(r) for r in _ARG_REGS)
+        self.engine.push_event(core.EV_ARGS, cur, _signed(rdi), _signed(rsi), rdx, clock)
+        self.engine.push_event(core.EV_ARGS_HI, cur, _signed(rcx), _signed(r8), r9, clock)
+        self._graph_push(func, version, rsp, clock)
 
     def _tramp(self, uc, addr, size, _):
         try:
@@ -162,8 +172,7 @@ class PyRedirect:
             code = bytes(self.engine.view(addr, 5))
             if code == FENTRY_NOP:
                 rsp, now = uc.reg_read(UC_X86_REG_RSP), self.engine.now(addr)
-                self.engine.push_event(core.EV_ENTRY, self.engine.current, self.func[idx], 0, rsp, now)
-                self._graph_push(self.func[idx], 0, rsp, now)
+                self._entry(self.func[idx], 0, rsp, now)
             elif code[0] != 0xCC and not _is_call_to(code, addr, self.m.runtime.trampoline):
                 self.engine.push_event(core.EV_TORN, self.engine.current, self.func[idx], 0, addr,
                                        self.engine.now(addr))
@@ -184,13 +193,18 @@ class PyRedirect:
             else:
                 uc.reg_write(UC_X86_REG_RIP, rip - 1 + 5)
                 now = self.engine.now(rip - 1)
-                self.engine.push_event(core.EV_ENTRY, self.engine.current, self.func[idx], 0, rsp, now)
-                self._graph_push(self.func[idx], 0, rsp, now)
+                self._entry(self.func[idx], 0, rsp, now)
         except BaseException as exc:  # noqa: BLE001
             self._fail(exc)
 
 
 _MASK = (1 << 64) - 1
+_ARG_REGS = (UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_RDX, UC_X86_REG_RCX, UC_X86_REG_R8, UC_X86_REG_R9)
+
+
+def _signed(v: int) -> int:
+    """A register as the int64 bit pattern events carry in a and b."""
+    return v - (1 << 64) if v >> 63 else v
 
 
 def _is_call_to(code: bytes, site: int, target: int) -> bool:

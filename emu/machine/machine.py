@@ -51,7 +51,7 @@ from emu.machine.scheduling import PREEMPT_MODES, Scheduling
 from emu.machine.sites import Sites
 from emu.machine.symbols import FunctionRef, Symbols
 from emu.machine.sysinsns import SysInsns
-from emu.machine.task import Cpu, Kind, RunState, Task
+from emu.machine.task import ROUTES, Cpu, Kind, RunState, Task
 from emu.machine.works import Delay, Release, StopMachine, Sync, Works  # noqa: F401 (what works yield)
 
 UNWINDERS = ("orc", "fp")
@@ -379,14 +379,15 @@ class Machine:
         if task.state is RunState.SLEEPING and task.interruptible:
             self.wake(task, early=True)
 
-    def set_patch_state(self, task: Task, state: int) -> None:
-        """Set a task's patch state in Python and in the C core."""
+    def set_patch_state(self, task: Task, state: int, route: str = "init") -> None:
+        """Set a task's patch state in Python and in the C core; route (one
+        of task.ROUTES) says how, in the trace."""
         if task.patch_state == state:
             return
         task.patch_state = state
         if not task.is_idle:
             self.engine.set_task_state(task.tid, state)
-        self.emit(EV_PATCH_STATE, task.tid, state)
+        self.emit(EV_PATCH_STATE, task.tid, state, ROUTES.index(route))
 
     # ---- stacks (stacks.py) ---------------------------------------------------------------
     def regs(self, task: Task) -> tuple[int, int, int]:

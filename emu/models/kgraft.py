@@ -71,7 +71,7 @@ class KGraft(Model):
     def force(self, patch: Patch | None = None) -> None:
         """kGraft's forced unmark: migrate every task now."""
         for task in self.all_tasks():
-            self._migrate(task)
+            self._migrate(task, "force")
 
     def _start(self, patch: Patch, target: int, updates) -> None:
         t = self.record(patch, target)
@@ -83,19 +83,19 @@ class KGraft(Model):
         self.immutable = True      # from the write on, until the work's text is done
         self.m.spawn(self._work(t, patch, target, updates))
 
-    def _migrate(self, task: Task) -> None:
+    def _migrate(self, task: Task, route: str) -> None:
         if task.pending and self.current is not None and not self.immutable:
             task.pending = False
-            self.m.set_patch_state(task, self.target)
+            self.m.set_patch_state(task, self.target, route)
 
     def on_kernel_exit(self, task: Task) -> None:
-        self._migrate(task)
+        self._migrate(task, "kernel_exit")
 
     def on_safe_point(self, task: Task) -> None:
-        self._migrate(task)
+        self._migrate(task, "safe_point")
 
     def on_idle(self, cpu, idle: Task) -> None:
-        self._migrate(idle)
+        self._migrate(idle, "idle")
 
     def _work(self, t, patch: Patch, target: int, updates):
         t.started_at = self.m.now
@@ -109,7 +109,7 @@ class KGraft(Model):
             # An idle task runs no patched code: it crosses its idle loop
             # as soon as its CPU idles, and a busy CPU is not running it.
             for cpu in self.m.cpus:
-                self._migrate(cpu.idle)
+                self._migrate(cpu.idle, "idle")
             left = [x for x in self.all_tasks() if x.pending and x.state is not RunState.EXITED]
             if not left:
                 break
@@ -138,7 +138,7 @@ class KGraft(Model):
             for update in [self.pop(other, g) for other, g in gone] + [self.pop(patch, f) for f in nops]:
                 yield from update
         for task in self.all_tasks():
-            self.m.set_patch_state(task, UNDEFINED)
+            self.m.set_patch_state(task, UNDEFINED, "complete")
             task.pending = False
         for obj in patch.objects:
             obj.patched = target == PATCHED

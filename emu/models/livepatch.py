@@ -449,7 +449,7 @@ class Livepatch(Model):
                 self.sync(f)
         for task in self._live_tasks(all_tasks=True):
             task.pending = False
-            self.m.set_patch_state(task, UNDEFINED)
+            self.m.set_patch_state(task, UNDEFINED, "complete")
         for obj in patch.objects:
             if not self._is_loaded(obj):
                 continue
@@ -514,7 +514,7 @@ class Livepatch(Model):
 
     def _switch(self, task: Task, how: str) -> None:
         task.pending = False
-        self.m.set_patch_state(task, self.target)
+        self.m.set_patch_state(task, self.target, how)
         self.switches.append((self.m.now, task.name, self.target, how))
 
     def _update_patch_state(self, task: Task, how: str) -> None:

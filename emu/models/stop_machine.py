@@ -29,7 +29,8 @@ from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel.patch import Patch
 from emu.machine.task import PATCHED, UNPATCHED, RunState
-from emu.models.base import Model, walk_ranges
+from emu.machine.machine import EV_TRANSITION
+from emu.models.base import T_SWITCH, Model, walk_ranges
 
 
 class StopMachine(Model):
@@ -115,6 +116,7 @@ class StopMachine(Model):
                         break
             yield Delay(cost)
             if blocker is None:
+                m.emit(EV_TRANSITION, -1, T_SWITCH, patch.index, int(self.forcing))
                 self._switch(patch, target, funcs)
                 yield Release()
                 t.pauses.append((stopped, m.now))
