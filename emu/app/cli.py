@@ -193,6 +193,13 @@ def _print_result(res, machine, model, *, title: str) -> None:
     for v in res.violations:
         con.print(f"\n[red]assertion failed[/]: {v['assert']!r} (line {v['line']}) on observe({v['key']}, "
                   f"{v['value']}) by task {v['task']} at t={v['time']}" + (f": {v['error']}" if v["error"] else ""))
+    for h in res.handovers:
+        con.print(f"\n[red]value handover[/]: {h['text']}", markup=True)
+    if res.handover_count > len(res.handovers):
+        con.print(f"  ... {res.handover_count - len(res.handovers)} more value handovers")
+    for b in res.promise:
+        con.print(f"\n[bold magenta]emulator error[/] (the model broke its own promise; this run says "
+                  f"nothing about the patch): {b['text']}")
     if model is not None and res.transitions:
         st = model.status()
         pending = [t["name"] for t in st["tasks"] if t["pending"]]
