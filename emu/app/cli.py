@@ -136,7 +136,8 @@ def _outputs(args, machine, model, result) -> dict:
     option = "--trace"
     try:
         if args.trace:
-            report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force)
+            report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force,
+                                  handovers=result.handovers)
             written["trace"] = args.trace
         option = "--timeline"
         if args.timeline:
