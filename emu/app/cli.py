@@ -388,6 +388,10 @@ def _fuzz(args) -> int:
             print(f"interrupted: {len(camp.records)} runs kept" +
                   (f"; continue with --resume --out {args.out}" if args.out else ""))
         print()
+        for s in summary["models"]:
+            if s.get("emulator_errors"):
+                print(f"{s['model']}: emulator error in {s['emulator_errors']} runs (the model broke its own "
+                      f"promise; those runs say nothing about the patch): {s['first_emulator_error']}")
         for v in verdicts:
             mark = "ok  " if v.ok else "FAIL"
             print(f"{mark} {v.why}")
