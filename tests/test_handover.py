@@ -165,3 +165,30 @@ def test_real_runs_keep_their_promise_and_planted_breaches_are_found(seed_copy, 
     finally:
         m.engine.close()
         r.close()
+
+
+def test_hostile_traces_never_crash_the_oracles(seed_copy):
+    """Any sequence of events (kinds the oracles read, hostile fields) is
+    judged without an exception: they read a trace, never trust it."""
+    from emu.runs import handover
+    r, m, mod = _run(seed_copy, "livepatch")
+    kinds = [core.EV_ENTRY, core.EV_ARGS, core.EV_ARGS_HI, core.EV_RETURN, core.EV_UNWOUND, core.EV_RET_UNTRACED,
+             EV_PATCH_STATE, EV_SCHED_IN, core.EV_SCHED_OUT, EV_STOP_MACHINE, core.EV_TRANSITION,
+             core.EV_KERNEL_EXIT, core.EV_SAFE_POINT, core.EV_EXIT]
+    small = st.integers(-3, 12)
+    word = st.one_of(small, st.integers(-2**63, 2**63 - 1))
+    event = st.tuples(st.integers(0, 2**40), st.sampled_from(kinds), st.integers(-4, 6), word, word,
+                      st.integers(0, 2**64 - 1))
+    try:
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(event, max_size=60), st.sampled_from(scenario.MODELS))
+        def check(trace, model):
+            for b in _judged(m, mod, trace, model):
+                assert str(b) and b.to_json()
+            fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine)
+            for h in handover.find(fake, mod.patches):
+                assert str(h)
+        check()
+    finally:
+        m.engine.close()
+        r.close()

@@ -58,6 +58,7 @@ from dataclasses import dataclass
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from emu.engine import core
+from emu.errors import EmuError
 from emu.machine.machine import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_STOP_MACHINE,
                                  EV_TRANSITION, Machine)
 from emu.machine.task import PATCHED, ROUTES, UNDEFINED, UNPATCHED
@@ -138,9 +139,13 @@ class _Oracle:
                 f = next((f for _, f in p.funcs() if f.old is not None and f.old.id == fid and f.new), None)
                 if f is not None:
                     lo, hi = f.new.start, f.new.end
-            self._tails[key] = lo is None or any(
+            try:
+                code = bytes(self.m.engine.view(lo, hi - lo)) if lo is not None else None
+            except EmuError:
+                code = None         # unloaded since: its frames cannot be judged either
+            self._tails[key] = code is None or any(
                 i.mnemonic == "jmp" and i.op_str.startswith("0x") and not lo <= int(i.op_str, 16) < hi
-                for i in _CS.disasm(bytes(self.m.engine.view(lo, hi - lo)), lo))
+                for i in _CS.disasm(code, lo))
         return self._tails[key]
 
     def checked(self, live: list[int], idx: int, target: int, frames, *, forced_ok: bool):
@@ -148,14 +153,12 @@ class _Oracle:
         target checks, or None. Frames of tail callers are not judged."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
-        frames = [fr for fr in frames if not self.tail_caller(*fr)]
         for fid, version in frames:
             if fid in carried:
-                if forced_ok and carried[fid]:
-                    continue
-                if (target == PATCHED) == (version != idx):
-                    return fid, version
-            elif replace and target == PATCHED and version != 0 and version != idx:
+                hit = not (forced_ok and carried[fid]) and (target == PATCHED) == (version != idx)
+            else:
+                hit = replace and target == PATCHED and version != 0 and version != idx and fid in self.patched
+            if hit and not self.tail_caller(fid, version):
                 return fid, version
         return None
 
