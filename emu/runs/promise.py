@@ -34,7 +34,8 @@ The promises (rule names in brackets):
   (idle tasks: not followed, see below);
 - kGraft [route]: kernel exit, safe point (kthreads), idle loop or force;
   [universe]: every unit (a system call; a kthread's stretch between safe
-  points) runs each patch's functions in one universe;
+  points) runs each patch's functions in one universe, unless a force
+  migrated the task inside it (a forced unmark gives that up);
 - stop_machine and Ksplice [stopped]: at the switch instant every CPU is
   stopped; [stack]: no task has a checked function (P's unforced ones, as
   above) on its stack, unless the switch was forced;
@@ -104,6 +105,7 @@ class _Oracle:
         self.patched = set().union(*self.carries.values()) if self.carries else set()
         self.breaches: list[Breach] = []
         self._tails: dict[tuple[int, int], bool] = {}
+        self.forced: set[int] = set()         # kGraft: tasks a force migrated inside their current unit
 
     def name(self, tid: int) -> str:
         tasks = self.m.tasks
@@ -200,6 +202,7 @@ class _Oracle:
                     stacks[tid] = []
                     lost.discard(tid)
                 units.pop(tid, None)
+                self.forced.discard(tid)
             elif kind == core.EV_SCHED_IN:
                 cpu_of = {t: cpu for t, cpu in cpu_of.items() if cpu != a}
                 cpu_of[tid] = a
@@ -211,6 +214,8 @@ class _Oracle:
             elif kind == EV_PATCH_STATE:
                 state[tid] = a
                 route = ROUTES[b] if 0 <= b < len(ROUTES) else str(b)
+                if route == "force":
+                    self.forced.add(tid)      # a forced unmark gives up the unit's one universe
                 if route in ("init", "complete") or trans is None:
                     continue
                 self.switch(clock, tid, route, trans, live, stacks.get(tid, []), tid in lost, cpu_of)
@@ -262,7 +267,7 @@ class _Oracle:
             if version == idx and st != PATCHED:
                 self.breach(clock, "early", tid, f"{self.fname(fid)} ran v{version} of patch "
                                                  f"{self._pname(idx)} in the {_STATES[st]} state")
-            if model == "kgraft":
+            if model == "kgraft" and tid not in self.forced:
                 seen = units.setdefault(tid, {}).setdefault(idx, set())
                 seen.add(version == idx)
                 if len(seen) == 2:
