@@ -80,4 +80,6 @@ def test_a_forced_kgraft_transition_is_not_held_to_one_universe_per_unit():
     their units mix universes by the user's choice, not the model's fault."""
     result = check_scenario(1167, twins=False)
     assert "force" in result["shape"]["actions"]
-    assert result["breaches"] == []
+    assert [b for b in result["breaches"] if b["model"] == "kgraft"] == []
+    # the scenario's immediate run shows the known 'together' breach (KNOWN above), nothing else
+    assert all(b["what"] == "promise" and set(b["rules"]) <= set(KNOWN) for b in result["breaches"])
