@@ -39,10 +39,6 @@ def test_models_section_has_each_phase(quick):
     assert models["stop_machine"]["after"]["added_instructions_per_call"] == 1
 
 
-@pytest.mark.xfail(reason="#14 item 1: kernel work does not occupy a CPU, so stop_machine checks tasks "
-                          "stopped mid-slice; since a task in the ftrace trampoline is walked into the "
-                          "traced function (item 2), the 16-task run meets leaf() on stacks and fails, "
-                          "and its last pause is no longer the longest", strict=False)
 def test_scaling_tables_cover_their_points(quick):
     sc = quick["scaling"]
     assert [r["tasks"] for r in sc["by_tasks"]] == list(bench.Sizes.quick().scaling_tasks)
