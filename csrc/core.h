@@ -83,6 +83,15 @@ struct emu_core {
 
     uc_hook h_block, h_syscall, h_intr, h_invalid, h_tramp, h_tlb;
 
+    /* function exits (redirect.c): the return trampoline, its jump slot,
+     * and each task's return stack (host address, stride bytes) */
+    uint64_t graph_ret;
+    uint8_t *graph_slot;
+    uint64_t graph_bad;
+    uint64_t graph_stride;
+    uint8_t **graph_host;
+    uc_hook h_graph;
+
     /* events */
     struct emu_event *ev;
     int ev_cap;
@@ -136,6 +145,7 @@ int __emu_slicer_install(struct emu_core *c);
 int __emu_redirect_install(struct emu_core *c);
 struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr);
 void __emu_redirect_free(struct emu_core *c);
+void __emu_graph_of(struct emu_core *c, int tid, struct emu_graph *g);
 
 /* sysinsn.c */
 int __emu_sysinsn_install(struct emu_core *c);

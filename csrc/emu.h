@@ -143,6 +143,16 @@ struct emu_orc_entry {
     uint8_t pad;
 };
 
+/* A task's function-graph return stack, for the unwinders (see "function
+ * exits" below): ret is the return trampoline (0: exits are not traced, no
+ * address is translated), stack/size the task's return stack as the guest
+ * holds it (NULL/0: none). */
+struct emu_graph {
+    uint64_t ret;
+    const uint8_t *stack;
+    uint64_t size;
+};
+
 struct emu_walk_in {
     uint64_t rip;
     uint64_t rsp;
@@ -151,6 +161,7 @@ struct emu_walk_in {
     int32_t max_entries; /* capacity of out[]; one more entry makes the walk TOO_DEEP */
     uint64_t end_ret;    /* return address of the task's entry frame */
     uint64_t end_slot;   /* stack address that must hold end_ret */
+    struct emu_graph graph;  /* the task's return stack: see "function exits" below */
 };
 
 int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
@@ -171,7 +182,7 @@ int emu_ranges_hit(const uint64_t *addrs, int n, const struct emu_range *ranges,
  * Returns 1 on a hit, 0 on none, EMU_EINVAL on bad arguments. */
 int emu_stack_scan(const uint8_t *stack, uint64_t lo, uint64_t hi, uint64_t sp,
                    const struct emu_range *ranges, int nranges, uint64_t *where,
-                   uint64_t *value);
+                   uint64_t *value, const struct emu_graph *graph);
 
 /* ---- the core: one per machine -------------------------------------------- */
 struct emu_core;
@@ -291,6 +302,8 @@ struct emu_stack_cfg {
     const struct emu_range *check;   /* sorted, disjoint: what must not be on the stack */
     int32_t ncheck;
     int32_t reliable;                /* an unreliable walk fails the check too */
+    uint64_t regs_lo;                /* a rip in [regs_lo, regs_hi) is at a register frame */
+    uint64_t regs_hi;                /* (the ftrace trampoline): fp walks are PREEMPTED there */
 };
 
 struct emu_stack_result {
@@ -337,6 +350,7 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_EV_SCHED_IN     23   /* a = cpu */
 #define EMU_EV_TRANSITION   24   /* a = transition event code, b = patch index */
 #define EMU_EV_STOP_MACHINE 25   /* a = 1 when every CPU stopped, 0 when released */
+#define EMU_EV_SCHED_OUT    26   /* a = cpu, b = 1 if preempted: the task left the CPU */
 
 /* The hypercalls the C core handles. Their one home is the guest's
  * header emu/include/lpemu.h (LPEMU_HC_*); tests/test_machine.py holds
@@ -491,5 +505,57 @@ struct emu_snapshot;
 struct emu_snapshot *emu_snapshot_take(struct emu_core *core);
 int emu_snapshot_restore(struct emu_core *core, const struct emu_snapshot *snap);
 void emu_snapshot_free(struct emu_snapshot *snap);
+
+/* ---- function exits (the function-graph tracer; redirect.c, unwind.c) ------
+ * Every traced entry (an EMU_EV_ENTRY with its rsp) also diverts the
+ * function's return address, at rsp, to the return trampoline and keeps the
+ * real one on the task's return stack, as the kernel's function-graph tracer
+ * does with return_to_handler and current->ret_stack. The return trampoline
+ * records EMU_EV_RETURN and goes on at the real address; it takes no virtual
+ * time (the slicer counts its block as no instruction and never stops
+ * there), so a run's entries, clocks and schedule are the same with exits
+ * traced or not. Unwinders translate a diverted slot back with the return
+ * stack (emu_graph_ret_addr, as ftrace_graph_ret_addr), and an address they
+ * cannot translate is no return address at all (unreliable).
+ *
+ * A task's return stack lives in guest memory (so snapshots keep it), at
+ * base + tid * stride: a header of EMU_GRAPH_HEADER bytes (word 0: depth,
+ * word 1: calls left untraced because it was full), then depth records of
+ * EMU_GRAPH_RECORD bytes: slot (stack address of the diverted return
+ * address), ret (the real one), function id, version. Everything read from
+ * it is checked: a depth beyond what the stride holds is treated as full
+ * and translates nothing.
+ */
+/* EMU_EV_RETURN: the function returned (a = function id, b = version, c = rax).
+ * EMU_EV_UNWOUND: its frame was left without a return, by a longjmp-like
+ * stack switch past it (a, b as above, c = its slot).
+ * EMU_EV_RET_UNTRACED: the return stack was full, this call's return is not
+ * traced; its entry is (a, b as above, c = rsp at entry).
+ * EMU_FAULT_BAD_RETURN: the return trampoline was reached with no return
+ * stack record for the slot it returned from. */
+#define EMU_EV_RETURN       4
+#define EMU_EV_UNWOUND      5
+#define EMU_EV_RET_UNTRACED 6
+/* EMU_EV_ARGS, EMU_EV_ARGS_HI: right after every EMU_EV_ENTRY (same task,
+ * same clock), the six argument registers at the function's entry: rdi, rsi,
+ * rdx (a, b, c) then rcx, r8, r9 (a, b, c; a and b as int64 bit patterns). */
+#define EMU_EV_ARGS         7
+#define EMU_EV_ARGS_HI      8
+#define EMU_FAULT_BAD_RETURN 11
+
+#define EMU_GRAPH_HEADER 16
+#define EMU_GRAPH_RECORD 32
+
+/* Turn exits on: ret is the return trampoline (its instruction a
+ * `jmp qword ptr [rip + d]` in memory mapped by emu_map), the return stacks
+ * are at base + tid * stride for every task of emu_tasks_init (mapped
+ * already). Call once, after emu_tasks_init. */
+int emu_graph_init(struct emu_core *core, uint64_t ret, uint64_t base, uint64_t stride);
+
+/* ftrace_graph_ret_addr: the real return address for the word value read at
+ * stack address slot: value itself unless it is graph->ret; else the newest
+ * record for slot whose ret is not the trampoline (a tail call leaves one
+ * that is), or 0 when there is none. */
+uint64_t emu_graph_ret_addr(const struct emu_graph *graph, uint64_t value, uint64_t slot);
 
 #endif /* EMU_H */

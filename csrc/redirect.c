@@ -23,7 +23,14 @@
  * instruction). A CPU that meets the int3 of a text_poke_bp is diverted by
  * the interrupt hook, which emulates the instruction being written.
  *
- * emu/kernel/ftrace.py has the pure-Python twin of all three hooks.
+ * Function exits, the function-graph tracer's way: every entry these hooks
+ * report also diverts the function's return address to the return
+ * trampoline and keeps the real one on the task's return stack (graph_push);
+ * the return trampoline's hook (hook_graph) pops it, records the exit with
+ * rax and lets its jump go to the real address, through a slot as the
+ * trampoline does. Layout and rules in emu.h ("function exits").
+ *
+ * emu/engine/redirect.py has the pure-Python twin of all four hooks.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -67,6 +74,78 @@ original:
     return s->addr + 5;
 }
 
+static inline uint64_t ld64(const uint8_t *p)
+{
+    uint64_t v;
+
+    memcpy(&v, p, 8);
+    return v;
+}
+
+static inline void st64(uint8_t *p, uint64_t v)
+{
+    memcpy(p, &v, 8);
+}
+
+/* The current task's return stack, or NULL when exits are off or the task
+ * is none of the core's (an idle CPU). */
+static uint8_t *graph_stack(struct emu_core *c)
+{
+    if (!c->graph_host || c->cur < 0 || c->cur >= c->ntasks ||
+        !(c->ev_mask >> EMU_EV_RETURN & 1))
+        return NULL;
+    return c->graph_host[c->cur];
+}
+
+void __emu_graph_of(struct emu_core *c, int tid, struct emu_graph *g)
+{
+    g->ret = c->graph_ret;
+    g->stack = c->graph_host && tid >= 0 && tid < c->ntasks ? c->graph_host[tid] : NULL;
+    g->size = g->stack ? c->graph_stride : 0;
+}
+
+/* prepare_ftrace_return: divert the return address at rsp of the function
+ * just entered. A full return stack leaves the return untraced (the kernel
+ * gives up on the call the same way) and says so in the trace. */
+static void graph_push(struct emu_core *c, int32_t func, int32_t version, uint64_t rsp, uint64_t clock)
+{
+    uint8_t *g = graph_stack(c), *retp, *rec;
+    uint64_t depth, cap;
+
+    if (!g || !(retp = __emu_ptr(c, rsp, 8)))
+        return;
+    cap = (c->graph_stride - EMU_GRAPH_HEADER) / EMU_GRAPH_RECORD;
+    depth = ld64(g);
+    if (depth >= cap) {
+        st64(g + 8, ld64(g + 8) + 1);
+        __emu_event(c, EMU_EV_RET_UNTRACED, c->cur, func, version, rsp, clock);
+        return;
+    }
+    rec = g + EMU_GRAPH_HEADER + depth * EMU_GRAPH_RECORD;
+    st64(rec, rsp);
+    memcpy(rec + 8, retp, 8);
+    st64(rec + 16, (uint64_t)(int64_t)func);
+    st64(rec + 24, (uint64_t)(int64_t)version);
+    st64(g, depth + 1);
+    st64(retp, c->graph_ret);
+}
+
+/* A traced entry: the event, the argument registers, the return diverted. */
+static void entry_event(struct emu_core *c, int32_t func, int32_t version, uint64_t rsp, uint64_t clock)
+{
+    static const int regs[6] = {UC_X86_REG_RDI, UC_X86_REG_RSI, UC_X86_REG_RDX,
+                                UC_X86_REG_RCX, UC_X86_REG_R8, UC_X86_REG_R9};
+    uint64_t v[6] = {0};
+    int i;
+
+    __emu_event(c, EMU_EV_ENTRY, c->cur, func, version, rsp, clock);
+    for (i = 0; i < 6; i++)
+        uc_reg_read(c->uc, regs[i], &v[i]);
+    __emu_event(c, EMU_EV_ARGS, c->cur, (int64_t)v[0], (int64_t)v[1], v[2], clock);
+    __emu_event(c, EMU_EV_ARGS_HI, c->cur, (int64_t)v[3], (int64_t)v[4], v[5], clock);
+    graph_push(c, func, version, rsp, clock);
+}
+
 /* Send the task at a site's entry to the chosen function, stack as at the
  * original's entry. by_slot: the task is at the trampoline's jump, which
  * may take the target from its slot. */
@@ -76,7 +155,7 @@ static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t
     uint64_t target = choose(c, s, &version);
 
     uc_reg_write(c->uc, UC_X86_REG_RSP, &rsp);
-    __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, version, rsp, clock);
+    entry_event(c, s->func_id, version, rsp, clock);
     /* A stop asked for in the hook (the event ring filling up) takes
      * effect before the jump runs: RIP must then hold the target already,
      * or the task would resume at the trampoline with its return address
@@ -110,6 +189,51 @@ static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     enter(c, s, rsp + 8, emu_now(c, addr), 1);
 }
 
+/* return_to_handler: the function whose return address was diverted to
+ * slot (rsp - 8 now that its ret popped it) has returned. Records newer
+ * than the slot belong to frames a stack switch left without returning:
+ * they are dropped, each reported. No record for the slot is a fault. */
+static void hook_graph(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    struct emu_core *c = ud;
+    uint8_t *g = c->cur >= 0 && c->cur < c->ntasks ? c->graph_host[c->cur] : NULL, *rec;
+    uint64_t rsp = 0, rax = 0, slot, depth, cap, now = emu_now(c, addr), real;
+
+    uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
+    slot = rsp - 8;
+    if (g) {
+        cap = (c->graph_stride - EMU_GRAPH_HEADER) / EMU_GRAPH_RECORD;
+        depth = ld64(g);
+        if (depth > cap)
+            depth = 0;      /* overwritten by the guest: nothing in it can be trusted */
+        for (; depth > 0; depth--) {
+            rec = g + EMU_GRAPH_HEADER + (depth - 1) * EMU_GRAPH_RECORD;
+            if (ld64(rec) >= slot)
+                break;
+            __emu_event(c, EMU_EV_UNWOUND, c->cur, (int64_t)ld64(rec + 16), (int64_t)ld64(rec + 24),
+                        ld64(rec), now);
+        }
+        st64(g, depth);
+        rec = depth > 0 ? g + EMU_GRAPH_HEADER + (depth - 1) * EMU_GRAPH_RECORD : NULL;
+        if (rec && ld64(rec) == slot) {
+            real = ld64(rec + 8);
+            st64(g, depth - 1);
+            uc_reg_read(uc, UC_X86_REG_RAX, &rax);
+            __emu_event(c, EMU_EV_RETURN, c->cur, (int64_t)ld64(rec + 16), (int64_t)ld64(rec + 24),
+                        rax, now);
+            if (c->graph_slot && !(c->stop && c->stop->reason))
+                memcpy(c->graph_slot, &real, 8);
+            else
+                uc_reg_write(uc, UC_X86_REG_RIP, &real);
+            return;
+        }
+    }
+    __emu_fault(c, EMU_FAULT_BAD_RETURN, addr, slot, 0);
+    if (c->graph_slot)
+        memcpy(c->graph_slot, &c->graph_bad, 8);
+    uc_emu_stop(uc);
+}
+
 static inline int is_call_to(const uint8_t *p, uint64_t site, uint64_t target)
 {
     int32_t rel;
@@ -130,8 +254,10 @@ static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     if (!p)
         return;
     if (!memcmp(p, fentry_nop, 5)) {
+        uint64_t now = emu_now(c, addr);
+
         uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
-        __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, 0, rsp, emu_now(c, addr));
+        entry_event(c, s->func_id, 0, rsp, now);
     } else if (p[0] != 0xcc && !is_call_to(p, addr, c->tramp)) {
         __emu_event(c, EMU_EV_TORN, c->cur, s->func_id, 0, addr, emu_now(c, addr));
     }
@@ -154,9 +280,9 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
             if (s->poke == EMU_POKE_TO_CALL) {
                 enter(c, s, rsp, emu_now(c, rip - 1), 0);
             } else {
-                uint64_t next = s->addr + 5;
+                uint64_t next = s->addr + 5, now = emu_now(c, rip - 1);
                 uc_reg_write(uc, UC_X86_REG_RIP, &next);
-                __emu_event(c, EMU_EV_ENTRY, c->cur, s->func_id, 0, rsp, emu_now(c, rip - 1));
+                entry_event(c, s->func_id, 0, rsp, now);
             }
             return;
         }
@@ -181,6 +307,8 @@ void __emu_redirect_free(struct emu_core *c)
 {
     int i;
 
+    free(c->graph_host);
+    c->graph_host = NULL;
     for (i = 0; i < c->nsites; i++) {
         if (c->sites[i]->watch)
             uc_hook_del(c->uc, c->sites[i]->watch);
@@ -273,5 +401,55 @@ int emu_set_trampoline(struct emu_core *c, uint64_t addr)
         return EMU_EUC;
     }
     uc_ctl_remove_cache(c->uc, addr, addr + 1);
+    return EMU_OK;
+}
+
+/* The jump slot of a `jmp qword ptr [rip + disp32]` at addr (ff 25 disp32,
+ * the slot at addr + 6 + disp), or NULL; *bad gets what it holds. */
+static uint8_t *jump_slot(struct emu_core *c, uint64_t addr, uint64_t *bad)
+{
+    const uint8_t *p = __emu_ptr(c, addr, 6);
+    uint8_t *slot;
+    int32_t disp;
+
+    if (!p || p[0] != 0xff || p[1] != 0x25)
+        return NULL;
+    memcpy(&disp, p + 2, 4);
+    slot = __emu_ptr(c, addr + 6 + (uint64_t)(int64_t)disp, 8);
+    if (slot)
+        memcpy(bad, slot, 8);
+    return slot;
+}
+
+int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t stride)
+{
+    uc_err err;
+    int i;
+
+    if (!c || !ret || c->graph_ret || c->ntasks <= 0 ||
+        stride < EMU_GRAPH_HEADER + EMU_GRAPH_RECORD || stride > (1u << 20))
+        return EMU_EINVAL;
+    c->graph_host = calloc((size_t)c->ntasks, sizeof(*c->graph_host));
+    if (!c->graph_host)
+        return EMU_ENOMEM;
+    for (i = 0; i < c->ntasks; i++) {
+        c->graph_host[i] = __emu_ptr(c, base + (uint64_t)i * stride, stride);
+        if (!c->graph_host[i]) {
+            free(c->graph_host);
+            c->graph_host = NULL;
+            return EMU_ENOENT;
+        }
+    }
+    c->graph_ret = ret;
+    c->graph_stride = stride;
+    if (!(c->flags & EMU_FLAG_ACCEL_C))
+        return EMU_OK;      /* the Python twin hooks the return trampoline */
+    c->graph_slot = jump_slot(c, ret, &c->graph_bad);
+    err = uc_hook_add(c->uc, &c->h_graph, UC_HOOK_CODE, (void *)hook_graph, c, ret, ret);
+    if (err) {
+        c->last_err = err;
+        return EMU_EUC;
+    }
+    uc_ctl_remove_cache(c->uc, ret, ret + 1);
     return EMU_OK;
 }

@@ -246,8 +246,10 @@ static void schedule_out(struct sched *s, int i, int64_t tid, int preempted)
 {
     T(tid, preempted) = preempted;
     T(tid, since) = 0;
-    if (C(i, current) == tid)
+    if (C(i, current) == tid) {
         C(i, current) = -1;
+        __emu_event(s->c, EMU_EV_SCHED_OUT, (int)tid, i, preempted, 0, now(s));
+    }
     requeue(s, i, tid);
 }
 

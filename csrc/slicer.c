@@ -53,6 +53,11 @@ static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     if (c->partial) {
         c->partial = 0;
         n = c->partial_n;
+    } else if (addr == c->graph_ret && addr) {
+        /* The return trampoline takes no virtual time and is no place to
+         * stop (emu.h, "function exits"): runs are the same with exits
+         * traced or not. */
+        n = 0;
     } else {
         n = __emu_block_icount(c, addr, size);
         /* Without precision the first block of a run always executes, so

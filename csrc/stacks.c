@@ -58,6 +58,7 @@ static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
                       const struct emu_stack_task *t, uint64_t *out, struct emu_stack_result *res)
 {
     struct emu_walk_in in;
+    struct emu_graph graph;
     const uint8_t *stack;
     uint64_t r[3], where = 0, value = 0;
     int n = 0, rc, i, preempted;
@@ -89,11 +90,14 @@ static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
         return;
     }
 
+    __emu_graph_of(c, t->tid, &graph);
+
     if (g->kind == EMU_UNWIND_SCAN) {
         out[n++] = r[0];
         rc = EMU_WALK_OK;
         if (emu_ranges_hit(&r[0], 1, g->check, g->ncheck) < 0 &&
-            emu_stack_scan(stack, t->lo, t->hi, r[1], g->check, g->ncheck, &where, &value) == 1) {
+            emu_stack_scan(stack, t->lo, t->hi, r[1], g->check, g->ncheck, &where, &value,
+                           &graph) == 1) {
             out[n++] = value;
             res->where = where;
         }
@@ -105,10 +109,14 @@ static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
         in.rip = r[0];
         in.rsp = r[1];
         in.rbp = r[2];
-        in.preempted = preempted;
+        /* A task at a register frame (the ftrace trampoline) may be
+         * anywhere in the frame it interrupted: frame pointers cannot
+         * vouch for it (ORC has the trampoline's unwind hints). */
+        in.preempted = (preempted || (r[0] >= g->regs_lo && r[0] < g->regs_hi)) ? 1 : 0;
         in.max_entries = g->max_entries;
         in.end_ret = t->end_ret;
         in.end_slot = t->end_slot;
+        in.graph = graph;
         if (g->kind == EMU_UNWIND_FP)
             rc = emu_walk_fp(stack, t->lo, t->hi, g->text, g->ntext, &in, out, &n);
         else

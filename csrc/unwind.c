@@ -100,6 +100,28 @@ static inline int __emu_orc_find_near(const uint64_t *orc_ip, int norc, uint64_t
     return __emu_orc_find(orc_ip, norc, ip);
 }
 
+uint64_t emu_graph_ret_addr(const struct emu_graph *g, uint64_t value, uint64_t slot)
+{
+    uint64_t depth, cap, i, rec[2];
+
+    if (!g || !g->ret || value != g->ret)
+        return value;
+    if (!g->stack || g->size < EMU_GRAPH_HEADER)
+        return 0;
+    cap = (g->size - EMU_GRAPH_HEADER) / EMU_GRAPH_RECORD;
+    memcpy(&depth, g->stack, 8);
+    if (depth > cap)
+        return 0;
+    /* Newest first: a tail call leaves a record whose ret is the trampoline
+     * itself over its caller's, both for the same slot. */
+    for (i = depth; i-- > 0;) {
+        memcpy(rec, g->stack + EMU_GRAPH_HEADER + i * EMU_GRAPH_RECORD, 16);
+        if (rec[0] == slot && rec[1] != g->ret)
+            return rec[1];
+    }
+    return 0;
+}
+
 static int __emu_walk_args_ok(const uint8_t *stack, uint64_t lo, uint64_t hi,
                               const struct emu_range *text, int ntext,
                               const struct emu_walk_in *in, const uint64_t *out,
@@ -135,6 +157,7 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
                 const struct emu_walk_in *in, uint64_t *out, int *nout)
 {
     uint64_t bp, frame, ret, next, rsp, end_ret, end_slot;
+    struct emu_graph graph;
     int n = 0, rc, max, ti = -1;
 
     if (!__emu_walk_args_ok(stack, lo, hi, text, ntext, in, out, nout)) {
@@ -147,6 +170,7 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
     rsp = in->rsp;
     end_ret = in->end_ret;
     end_slot = in->end_slot;
+    graph = in->graph;
 
     EMU_PUSH(in->rip);
     if (!__emu_in_ranges(text, ntext, in->rip))
@@ -159,7 +183,7 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
         /* A frame is [saved rbp][return address]; it must lie above rsp. */
         if (frame % 8 || frame < lo || hi < 16 || frame > hi - 16 || frame < rsp)
             EMU_END(EMU_WALK_OFF_STACK);
-        ret = __emu_load(stack, lo, frame + 8);
+        ret = emu_graph_ret_addr(&graph, __emu_load(stack, lo, frame + 8), frame + 8);
         if (ret == end_ret && frame + 8 == end_slot) {
             /* The entry frame: a complete trace. A task stopped at an
              * arbitrary instruction may not have its frame set up yet, so
@@ -191,6 +215,7 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
 {
     const struct emu_orc_entry *e;
     uint64_t ip, sp, bp, look, cfa, slot, ret, a, end_ret, end_slot;
+    struct emu_graph graph;
     int n = 0, rc, first = 1, i = -1, max, ti = -1;
 
     if (!__emu_walk_args_ok(stack, lo, hi, text, ntext, in, out, nout) ||
@@ -204,6 +229,7 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
     max = in->max_entries;
     end_ret = in->end_ret;
     end_slot = in->end_slot;
+    graph = in->graph;
     ip = in->rip;
     sp = in->rsp;
     bp = in->rbp;
@@ -232,7 +258,7 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
         /* slot <= hi - 8 <= 2^64 - 9, so cfa == slot + 8 did not wrap. */
         if (cfa <= sp)
             EMU_END(EMU_WALK_NOT_PROGRESSING);
-        ret = __emu_load(stack, lo, slot);
+        ret = emu_graph_ret_addr(&graph, __emu_load(stack, lo, slot), slot);
 
         if (e->bp_reg == EMU_ORC_REG_BP) {
             a = cfa + (uint64_t)(int64_t)e->bp_offset;
@@ -282,7 +308,7 @@ int emu_ranges_hit(const uint64_t *addrs, int n, const struct emu_range *ranges,
 
 int emu_stack_scan(const uint8_t *stack, uint64_t lo, uint64_t hi, uint64_t sp,
                    const struct emu_range *ranges, int nranges, uint64_t *where,
-                   uint64_t *value)
+                   uint64_t *value, const struct emu_graph *graph)
 {
     uint64_t a = sp > lo ? sp : lo, v;
 
@@ -296,7 +322,8 @@ int emu_stack_scan(const uint8_t *stack, uint64_t lo, uint64_t hi, uint64_t sp,
     }
     /* a <= hi - 8 <= 2^64 - 9 inside the loop, so a += 8 cannot wrap. */
     for (; hi >= 8 && a <= hi - 8; a += 8) {
-        v = __emu_load(stack, lo, a);
+        /* A diverted return address is the real one to a scan as well. */
+        v = emu_graph_ret_addr(graph, __emu_load(stack, lo, a), a);
         if (__emu_in_ranges(ranges, nranges, v)) {
             *where = a;
             *value = v;

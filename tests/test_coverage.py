@@ -235,13 +235,17 @@ __attribute__((noinline)) long baz(long f)
 def test_a_faulting_run_is_a_finding_and_shrinks(tmp_path, capsys):
     (tmp_path / "patch.c").write_text(FAULTY_PATCH)
     body = LOCKSTEP.replace("count = 64", "count = 6").replace('"@SEED@/patch.c"', '"patch.c"')
-    # units of one bar() each: nothing can mix versions, the fault is the only finding
+    # units of one bar() each: nothing can mix versions; the fault's cause, bar v0's count handed
+    # to baz v1, is the other finding (a value handover needs no unit)
     path = _scenario(tmp_path, body.replace('observe = { 2 = "value >= 1000" }', 'unit = "bar"'))
     prog = scenario.build(scenario.load(path))
     with Runner(prog) as r:
         spec = next(s for s in (r.plan("livepatch", i) for i in range(20)) if r.execute(s).outcome == "fault")
         res = r.execute(spec)
-        assert not res.failing and res.fault_task.startswith("worker") and "guest fault" in res.fault
+        assert not res.inconsistencies and not res.violations
+        assert res.fault_task.startswith("worker") and "guest fault" in res.fault
+        assert any(h["producer"] == "bar" and h["producer_version"] == 0 and h["consumer"] == "baz"
+                   and h["consumer_version"] == 1 for h in res.handovers)
         small, sres, tried = shrink(r, spec, budget=120)
         assert sres.outcome == "fault" and len(small.tasks) < 6
     plan = campaign.Plan(str(path), ["livepatch"], list(range(spec.seed + 1)), "directed")
@@ -252,7 +256,7 @@ def test_a_faulting_run_is_a_finding_and_shrinks(tmp_path, capsys):
     assert cli.main(["replay", str(path), "--model", "livepatch", "--seed", str(spec.seed),
                      "--shrink", "--budget", "60", "--json"]) == 1      # a fault is a finding
     out = json.loads(capsys.readouterr().out)
-    assert out["outcome"] == "fault" and out["shrunk_from"]["seed"] == spec.seed and out["failing"] == ["fault"]
+    assert out["outcome"] == "fault" and out["shrunk_from"]["seed"] == spec.seed and out["failing"] == ["handover", "fault"]
 
 
 def test_directed_is_the_default_strategy(rare):

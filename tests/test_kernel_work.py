@@ -183,10 +183,10 @@ def test_no_task_is_switched_by_another_cpus_check_while_on_its_cpu(compile_c, n
     seen = []
     real = m.set_patch_state
 
-    def spy(task, state):
+    def spy(task, state, route="init"):
         if state == PATCHED and task.patch_state != state and not task.is_idle and m.works.cpu is not None:
             seen.append((task.name, any(c.current is task for c in m.cpus)))
-        return real(task, state)
+        return real(task, state, route)
     m.set_patch_state = spy
     m.at(at, lambda: mod.enable(patch))
     m.run(until=at + m.seconds(4))

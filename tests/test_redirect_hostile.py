@@ -42,7 +42,8 @@ def run(image, accel, entries, states, site_bytes, trampoline_call):
         m.run(until=30_000)
     except GuestFault as exc:
         fault = (exc.task, exc.kind, exc.rip)
-    trace = [e for e in m.trace if e.kind in (core.EV_ENTRY, core.EV_OBSERVE, core.EV_TORN)]
+    trace = [e for e in m.trace if e.kind in (core.EV_ENTRY, core.EV_OBSERVE, core.EV_TORN, core.EV_RETURN,
+                                              core.EV_UNWOUND, core.EV_RET_UNTRACED)]
     m.engine.close()
     return trace, fault
 

@@ -71,14 +71,71 @@ def test_activations_nest_and_carry_the_entry_version(livepatch_run):
             outer = [o for o in spans if o.task == s.task and o.function == "foo"
                      and o.start <= s.start and s.end <= o.end]
             assert len(outer) == 1
-    # bar's activation lasts across the sleep in something_else: its end is baz's entry
+    # bar returns before the sleep in something_else: its span ends at its
+    # exit, well before baz's entry (not at it, as a rule from entries gave)
     bar = next(s for s in spans if s.function == "bar" and s.finished)
     baz = next(s for s in spans if s.function == "baz" and s.task == bar.task and s.start >= bar.end)
-    assert bar.end == baz.start
+    assert bar.end < baz.start
     assert {s.version for s in spans if s.function in ("bar", "baz")} == {0, 1}
-    # a finished foo ended at its task's next kernel exit (user_entry is not traced)
+    # every finished span ends at its function's exit, a finished foo at or before its kernel exit
+    assert all(s.end in exit_clocks(m, s) for s in spans if s.finished)
     exits = {(e.task, e.clock) for e in m.trace if e.kind == EV_KERNEL_EXIT}
-    assert all((s.task, s.end) in exits for s in spans if s.function == "foo" and s.finished)
+    for s in spans:
+        if s.function == "foo" and s.finished:
+            assert any(t == s.task and s.end <= c for t, c in exits)
+
+
+@pytest.mark.parametrize("model_name", ["livepatch", "stop_machine"])
+def test_a_handed_over_value_is_a_flow_from_its_producer_to_its_consumer(compile_c, model_name):
+    from emu.runs import handover
+    m, model, functions = run(compile_c, model_name)
+    handed = handover.find(m, model.patches)
+    assert handed, "the run hands no value over"
+    trace = report.perfetto(m, model.transitions, functions, handed)
+    check_trace_event_format(trace)
+    flows = [e for e in trace["traceEvents"] if e["ph"] in ("s", "f")]
+    assert len(flows) == 2 * len(handed)
+    slices = [e for e in trace["traceEvents"] if e["ph"] == "X" and e["cat"] == "function"]
+    for h in handed:
+        start = next(e for e in flows if e["ph"] == "s" and e["args"]["text"] == str(h))
+        end = next(e for e in flows if e["ph"] == "f" and e["id"] == start["id"])
+        tid = m.tasks[[t.name for t in m.tasks].index(h.task)].tid + 1
+        assert start["tid"] == end["tid"] == tid
+        # the arrow leaves the producer's slice where it returned, enters the consumer's where it begins
+        assert any(e["tid"] == tid and e["name"] == f"{h.producer} v{h.producer_version}"
+                   and e["args"]["end_insn"] == h.produced_at for e in slices)
+        assert any(e["tid"] == tid and e["name"] == f"{h.consumer} v{h.consumer_version}"
+                   and e["args"]["start_insn"] == h.at and e["ts"] == end["ts"] for e in slices)
+
+
+def exit_clocks(m, span):
+    """Clocks of the task's exits (EV_RETURN, EV_UNWOUND) of span's function and version."""
+    fid = m.function(span.function).id
+    return {e.clock for e in m.trace if e.kind in (core.EV_RETURN, core.EV_UNWOUND) and e.task == span.task
+            and e.a == fid and e.b == span.version}
+
+
+def test_spans_end_where_the_functions_return(livepatch_run):
+    """Each activation, in the spans and in the Perfetto file, ends at the
+    clock of the exit event that closes its entry (entries and exits
+    replayed as a stack per task, independently of report.py)."""
+    m, model, functions = livepatch_run
+    want = set()
+    stacks = {}
+    for clock, kind, task, a, b, c in m.trace:
+        if kind == core.EV_ENTRY:
+            stacks.setdefault(task, []).append((a, b, clock))
+        elif kind in (core.EV_RETURN, core.EV_UNWOUND):
+            fid, version, start = stacks[task].pop()
+            assert (fid, version) == (a, b)
+            if fid in functions:
+                want.add((task, m.functions[fid].name, version, start, clock))
+    got = {(s.task, s.function, s.version, s.start, s.end) for s in report.activations(m, functions) if s.finished}
+    assert got == want and len(want) > 10
+    trace = report.perfetto(m, model.transitions, functions)
+    spans = {(e["tid"] - 1, e["args"]["function"], e["args"]["version"], e["args"]["start_insn"], e["args"]["end_insn"])
+             for e in trace["traceEvents"] if e.get("cat") == "function" and e["args"]["finished"]}
+    assert spans == want
 
 
 def test_activations_open_when_the_trace_ends_end_with_it(compile_c):
@@ -87,8 +144,9 @@ def test_activations_open_when_the_trace_ends_end_with_it(compile_c):
     exits = {(e.task, e.clock) for e in m.trace if e.kind == EV_KERNEL_EXIT}
     assert exits == set()       # every task sleeps in its first call
     unfinished = [s for s in spans if not s.finished]
-    # each task is asleep inside foo, with bar's span still open below it
-    assert {(s.task, s.function) for s in unfinished} == {(t, f) for t in range(3) for f in ("foo", "bar")}
+    # each task is asleep inside foo (in something_else: bar has returned)
+    assert {(s.task, s.function) for s in unfinished} == {(t, "foo") for t in range(3)}
+    assert {(s.task, s.function) for s in spans if s.finished} == {(t, "bar") for t in range(3)}
     assert all(s.end == m.now for s in unfinished)
 
 
@@ -96,7 +154,8 @@ def test_activations_open_when_the_trace_ends_end_with_it(compile_c):
 # chrome://tracing read): the fields each phase requires, and the names
 # metadata events may have.
 _REQUIRED = {"X": ("name", "ph", "ts", "dur", "pid", "tid"), "i": ("name", "ph", "ts", "pid", "tid", "s"),
-             "C": ("name", "ph", "ts", "pid", "args"), "M": ("name", "ph", "pid", "args")}
+             "C": ("name", "ph", "ts", "pid", "args"), "M": ("name", "ph", "pid", "args"),
+             "s": ("name", "ph", "ts", "pid", "tid", "id"), "f": ("name", "ph", "ts", "pid", "tid", "id")}
 _METADATA = {"process_name": "name", "process_sort_index": "sort_index", "thread_name": "name",
              "thread_sort_index": "sort_index"}
 _TOP = {"traceEvents", "displayTimeUnit", "otherData", "systemTraceEvents", "stackFrames", "samples"}
@@ -116,6 +175,8 @@ def check_trace_event_format(data) -> None:
             assert isinstance(e["dur"], (int, float)) and e["dur"] >= 0
         elif e["ph"] == "i":
             assert e["s"] in ("g", "p", "t")
+        elif e["ph"] in ("s", "f"):     # flow events: an id pairs them, "e" binds the end to its slice
+            assert isinstance(e["id"], int) and e.get("bp", "e") == "e"
         elif e["ph"] == "C":
             assert e["args"] and all(isinstance(v, (int, float)) for v in e["args"].values())
         else:

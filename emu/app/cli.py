@@ -147,7 +147,8 @@ def _outputs(args, machine, model, result) -> dict:
     option = "--trace"
     try:
         if args.trace:
-            report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force)
+            report.write_perfetto(args.trace, machine, model.transitions, functions, force=args.force,
+                                  handovers=result.handovers)
             written["trace"] = args.trace
         option = "--timeline"
         if args.timeline:
@@ -204,6 +205,13 @@ def _print_result(res, machine, model, *, title: str) -> None:
     for v in res.violations:
         con.print(f"\n[red]assertion failed[/]: {v['assert']!r} (line {v['line']}) on observe({v['key']}, "
                   f"{v['value']}) by task {v['task']} at t={v['time']}" + (f": {v['error']}" if v["error"] else ""))
+    for h in res.handovers:
+        con.print(f"\n[red]value handover[/]: {h['text']}", markup=True)
+    if res.handover_count > len(res.handovers):
+        con.print(f"  ... {res.handover_count - len(res.handovers)} more value handovers")
+    for b in res.promise:
+        con.print(f"\n[bold magenta]emulator error[/] (the model broke its own promise; this run says "
+                  f"nothing about the patch): {b['text']}")
     if model is not None and res.transitions:
         st = model.status()
         pending = [t["name"] for t in st["tasks"] if t["pending"]]
@@ -391,6 +399,10 @@ def _fuzz(args) -> int:
             print(f"interrupted: {len(camp.records)} runs kept" +
                   (f"; continue with --resume --out {args.out}" if args.out else ""))
         print()
+        for s in summary["models"]:
+            if s.get("emulator_errors"):
+                print(f"{s['model']}: emulator error in {s['emulator_errors']} runs (the model broke its own "
+                      f"promise; those runs say nothing about the patch): {s['first_emulator_error']}")
         for v in verdicts:
             mark = "ok  " if v.ok else "FAIL"
             print(f"{mark} {v.why}")

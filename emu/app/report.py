@@ -5,16 +5,12 @@ Everything here reads a finished run: the machine's trace (machine.trace),
 its kernel log (machine.log) and the model's Transition records. Nothing
 changes the machine.
 
-Activations end by the rule of emu/runs/oracle.py's function units (its
-returned() and UNIT_ENDS, the one home of the rule): at the first later
-event of the same task that proves the activation returned, an entry (of
-any traced function) whose rsp shows the stack unwound past its frame, or
-the task's next kernel exit, safe point or exit. If none comes, it ends
-with the trace (machine.now, and the span is marked unfinished). A task
-sleeping inside a function emits no such event, so the span stays open
-across the sleep. Only entries are traced, so an end is the first proof of
-a return, not the return itself: a span also covers untraced code its
-caller ran afterwards.
+Activations (the rule of emu/runs/oracle.py's function units, one home:
+oracle.activations): an activation ends where the function returns, at its
+exit event (EV_RETURN; EV_UNWOUND when a stack switch left it). If the
+trace ends first, it ends with the trace (machine.now, and the span is
+marked unfinished). A task sleeping inside a function stays inside it, so
+the span stays open across the sleep.
 
 Time: both outputs show the machine's virtual time, whose unit is the
 retired instruction. One virtual second is machine.seconds(1) = hz * tick
@@ -37,10 +33,9 @@ from pathlib import Path
 from emu.engine import core
 from emu.errors import UserError
 from emu.machine.machine import EV_EXIT, EV_PATCH_STATE, EV_SCHED_IN, EV_SLEEP, EV_TRANSITION, EV_WAKE, Machine
+from emu.runs import oracle
 from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
-from emu.runs.oracle import UNIT_ENDS, returned
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
-
 
 # ---- colours ---------------------------------------------------------------------
 # Chrome's trace viewer accepts only its reserved colour names in "cname"
@@ -145,30 +140,17 @@ def activations(machine: Machine, functions: set[int] | None = None) -> list[Spa
     version that ran, so pass the patched functions' old ids (see
     patched_functions). Sorted by start, then depth, then task."""
     tasks = machine.tasks
-    open_: dict[int, list[tuple[int, int, int, int]]] = {}     # task -> [(rsp, fid, version, start)]
     spans: list[Span] = []
-
-    def close(task: int, act, end: int, finished: bool = True) -> None:
-        depth = len(open_[task])
-        _rsp, fid, version, start = act
-        spans.append(Span(task, tasks[task].name, machine.functions[fid].name, version, start, end, depth,
-                          finished))
-
-    for clock, kind, task, a, b, c in machine.trace:
-        if not 0 <= task < len(tasks):
-            continue        # idle tasks and machine-wide events
-        stack = open_.setdefault(task, [])
-        if kind == core.EV_ENTRY:
-            while stack and returned(c, stack[-1][0]):
-                close(task, stack.pop(), clock)
-            if functions is None or a in functions:
-                stack.append((c, a, b, clock))
-        elif kind in UNIT_ENDS:
-            while stack:
-                close(task, stack.pop(), clock)
-    for task, stack in open_.items():
-        while stack:
-            close(task, stack.pop(), machine.now, finished=False)
+    open_: dict[int, list[int]] = {}     # task -> exit indices of its shown activations still open
+    for act in oracle.activations(machine.trace, machine.now):
+        if not 0 <= act.task < len(tasks) or (functions is not None and act.function not in functions):
+            continue
+        stack = open_.setdefault(act.task, [])
+        while stack and stack[-1] <= act.entry:
+            stack.pop()
+        spans.append(Span(act.task, tasks[act.task].name, machine.functions[act.function].name, act.version,
+                          act.start, act.end, len(stack), act.finished))
+        stack.append(act.exit)
     spans.sort(key=lambda s: (s.start, s.depth, s.task))
     return spans
 
@@ -313,7 +295,8 @@ def _per_transition(machine: Machine, transitions: list[Transition]) -> list[lis
 PID = 1
 
 
-def perfetto(machine: Machine, transitions: list[Transition], functions: set[int] | None) -> dict:
+def perfetto(machine: Machine, transitions: list[Transition], functions: set[int] | None,
+             handovers=()) -> dict:
     """The run as a Chrome trace-event JSON object that ui.perfetto.dev and
     chrome://tracing open.
 
@@ -334,7 +317,9 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
     sorted by ts, metadata first, a longer span before a shorter one
     starting with it. cname colours follow the trace viewer's reserved names
     (ui.perfetto.dev colours slices by name instead, so "bar v0" and
-    "bar v1" still differ)."""
+    "bar v1" still differ). handovers (emu/runs/handover.py, as objects or
+    their JSON) become flow arrows from the producer's return to the
+    consumer's entry."""
     n = len(machine.tasks)
     tracks = {"transitions": n + 1, "stop_machine": n + 2, "printk": n + 3}
     events = _metadata(machine, tracks)
@@ -345,6 +330,7 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
     events += _log_events(machine, tracks["printk"])
     events += _pending_events(machine, transitions)
     events += _cpu_events(machine, transitions)
+    events += _handover_flows(machine, handovers)
     events.sort(key=lambda e: (e["ph"] != "M", e["ts"], -e.get("dur", 0)))
     return {
         "traceEvents": events,
@@ -360,11 +346,11 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
 
 
 def write_perfetto(path, machine: Machine, transitions: list[Transition], functions: set[int] | None, *,
-                   force: bool = False) -> Path:
+                   force: bool = False, handovers=()) -> Path:
     """Write perfetto()'s object to path as JSON; returns the path.
     Raises UserError if the file exists and force is False."""
     path = _writable(path, force)
-    data = perfetto(machine, transitions, functions)
+    data = perfetto(machine, transitions, functions, handovers)
     with path.open("w") as f:
         json.dump(data, f, separators=(",", ":"))
     return path
@@ -409,6 +395,24 @@ def _activation_events(machine: Machine, functions) -> list[dict]:
                       {"function": s.function, "version": s.version, "task": s.task_name, "depth": s.depth,
                        "finished": s.finished})
             for s in activations(machine, functions)]
+
+
+def _handover_flows(machine: Machine, handovers) -> list[dict]:
+    """A flow arrow per value handover: it starts in the producer's slice
+    (ph "s" at its return) and ends in the consumer's (ph "f" at its entry,
+    bound to the slice that starts there), both on the task's track."""
+    tids = {t.name: t.tid + 1 for t in machine.tasks}
+    out = []
+    for i, h in enumerate(handovers, 1):
+        h = h if isinstance(h, dict) else h.to_json()
+        tid = tids.get(h["task"])
+        if tid is None:
+            continue
+        args = {"text": h["text"], "value": h["value"]}
+        common = {"name": "value handover", "cat": "handover", "id": i, "pid": PID, "tid": tid}
+        out.append({**common, "ph": "s", "ts": _us(machine, h["produced_at"]), "args": args})
+        out.append({**common, "ph": "f", "bp": "e", "ts": _us(machine, h["at"]), "args": args})
+    return out
 
 
 def _task_events(machine: Machine) -> list[dict]:

@@ -104,6 +104,13 @@ STOP_REQUESTED = lib.EMU_STOP_REQUESTED
 EV_ENTRY = lib.EMU_EV_ENTRY
 EV_OBSERVE = lib.EMU_EV_OBSERVE
 EV_TORN = lib.EMU_EV_TORN
+EV_RETURN = lib.EMU_EV_RETURN
+EV_UNWOUND = lib.EMU_EV_UNWOUND
+EV_RET_UNTRACED = lib.EMU_EV_RET_UNTRACED
+EV_ARGS = lib.EMU_EV_ARGS
+EV_ARGS_HI = lib.EMU_EV_ARGS_HI
+GRAPH_HEADER = lib.EMU_GRAPH_HEADER
+GRAPH_RECORD = lib.EMU_GRAPH_RECORD
 EV_KERNEL_EXIT = lib.EMU_EV_KERNEL_EXIT
 EV_SAFE_POINT = lib.EMU_EV_SAFE_POINT
 EV_SLEEP = lib.EMU_EV_SLEEP
@@ -112,6 +119,7 @@ EV_PATCH_STATE = lib.EMU_EV_PATCH_STATE
 EV_YIELD = lib.EMU_EV_YIELD
 EV_EXIT = lib.EMU_EV_EXIT
 EV_SCHED_IN = lib.EMU_EV_SCHED_IN
+EV_SCHED_OUT = lib.EMU_EV_SCHED_OUT
 EV_TRANSITION = lib.EMU_EV_TRANSITION
 EV_STOP_MACHINE = lib.EMU_EV_STOP_MACHINE
 
@@ -148,6 +156,7 @@ FAULT_NAMES = {
     lib.EMU_FAULT_INVALID_INSN: "invalid instruction",
     lib.EMU_FAULT_INTERRUPT: "exception",
     lib.EMU_FAULT_BAD_TRAMPOLINE: "trampoline entered from no fentry site",
+    lib.EMU_FAULT_BAD_RETURN: "return trampoline reached with no return stack record for its slot",
     lib.EMU_FAULT_OTHER: "emulation stopped",
     lib.EMU_FAULT_PRIVILEGED: "privileged instruction",
     lib.EMU_FAULT_STACK_OVERFLOW: "stack overflow",
@@ -286,6 +295,8 @@ class Engine:
         self._ev_buf = ffi.new("struct emu_event[]", self._ev_cap)
         self._entry_buf = ffi.new("struct emu_entry[]", SITE_MAX_ENTRIES)
         self.trampoline = 0
+        self.graph = (0, 0, 0)        # (return trampoline, base, stride): see graph_init
+        self._ev_mask = (1 << 64) - 1
 
     @staticmethod
     def _free(core, uc, memory):
@@ -415,6 +426,21 @@ class Engine:
     def set_trampoline(self, addr: int) -> None:
         self._check(lib.emu_set_trampoline(self._core, addr), "trampoline")
         self.trampoline = addr
+
+    def graph_init(self, ret: int, base: int, stride: int) -> None:
+        """Trace function exits (csrc/emu.h, "function exits"): ret is the
+        return trampoline, every task's return stack is at base + tid *
+        stride (mapped). After init_tasks; once."""
+        with self.hold():
+            self._check(lib.emu_graph_init(self._core, ret, base, stride), "function exits")
+        self.graph = (ret, base, stride)
+
+    def graph_of(self, tid: int) -> "Graph":
+        """Task tid's return stack as the unwinders take it (read in place)."""
+        ret, base, stride = self.graph
+        if not ret:
+            return Graph()
+        return Graph(ret, self.view(base + tid * stride, stride))
 
     def text_write(self, addr: int, data: bytes) -> None:
         """Write guest code and drop its translations (C fast path; the
@@ -547,6 +573,11 @@ class Engine:
                     raise ValueError(f"event kind {k} is always recorded (only kinds 0..63 can be masked)")
                 mask |= 1 << k
         lib.emu_set_event_mask(self._core, mask)
+        self._ev_mask = mask
+
+    def records(self, kind: int) -> bool:
+        """Whether events of this kind are recorded (the mask lets them in)."""
+        return kind >= 64 or bool(self._ev_mask >> kind & 1)
 
     @property
     def events_dropped(self) -> int:
@@ -606,21 +637,23 @@ class Engine:
     # -- stacks -------------------------------------------------------------------
     def walk(self, kind: str, lo: int, hi: int, text: "Ranges", rip: int, rsp: int, rbp: int, *,
              preempted: bool, max_entries: int, end_ret: int, end_slot: int,
-             orc: "OrcArrays | None" = None) -> tuple[int, tuple[int, ...]]:
-        """Walk a task's stack in place (host memory, no copy)."""
+             orc: "OrcArrays | None" = None, graph: "Graph | None" = None) -> tuple[int, tuple[int, ...]]:
+        """Walk a task's stack in place (host memory, no copy); graph: its
+        return stack (Engine.graph_of)."""
         if self._core == ffi.NULL:
             raise EngineClosed("stack walk: the engine is closed")
         ptr = lib.emu_host_ptr(self._core, lo, hi - lo)
         if ptr == ffi.NULL:
             raise CoreError(f"no host memory for the stack {lo:#x}-{hi:#x}")
-        return _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc)
+        return _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc,
+                     graph)
 
 
     def stack_checker(self, kind: str, text: "Ranges", *, orc: "OrcArrays | None" = None,
-                      empty: tuple[int, int] = (0, 0), max_entries: int = 100,
-                      reliable: bool = True) -> "StackChecker":
+                      empty: tuple[int, int] = (0, 0), regs: tuple[int, int] = (0, 0),
+                      max_entries: int = 100, reliable: bool = True) -> "StackChecker":
         """A prepared check of many tasks' stacks in one C call (see StackChecker)."""
-        return StackChecker(self, kind, text, orc=orc, empty=empty, max_entries=max_entries,
+        return StackChecker(self, kind, text, orc=orc, empty=empty, regs=regs, max_entries=max_entries,
                             reliable=reliable)
 
 
@@ -896,15 +929,32 @@ class OrcArrays:
             self._e[i].type = e.type
 
 
+class Graph:
+    """A task's function-graph return stack for the C unwinders: the return
+    trampoline and the stack's bytes (guest layout, csrc/emu.h "function
+    exits"). Graph() translates nothing."""
+
+    __slots__ = ("ret", "data", "_c", "_keep")
+
+    def __init__(self, ret: int = 0, data=b""):
+        self.ret = ret
+        self.data = data
+        self._keep = ffi.from_buffer(data) if len(data) else ffi.NULL
+        self._c = ffi.new("struct emu_graph *", {"ret": ret, "stack": self._keep, "size": len(data)})
+
+
+_NO_GRAPH = Graph()
 _WALK_OUT_MAX = 4096
 
 
-def _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc):
+def _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc, graph=None):
     if not 0 <= max_entries <= _WALK_OUT_MAX:
         raise ValueError(f"max_entries must be within 0..{_WALK_OUT_MAX}")
+    g = graph or _NO_GRAPH
     win = ffi.new("struct emu_walk_in *", {
         "rip": rip, "rsp": rsp, "rbp": rbp, "preempted": 1 if preempted else 0,
-        "max_entries": max_entries, "end_ret": end_ret, "end_slot": end_slot})
+        "max_entries": max_entries, "end_ret": end_ret, "end_slot": end_slot,
+        "graph": {"ret": g.ret, "stack": g._keep, "size": len(g.data)}})
     out = ffi.new("uint64_t[]", max(1, max_entries))
     nout = ffi.new("int *")
     if kind == "fp":
@@ -920,21 +970,28 @@ def _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_re
 
 
 def walk_fp(stack: bytes, lo: int, hi: int, text: Ranges, rip: int, rsp: int, rbp: int, *,
-            preempted: bool = False, max_entries: int = 100, end_ret: int = 0, end_slot: int = 0):
+            preempted: bool = False, max_entries: int = 100, end_ret: int = 0, end_slot: int = 0,
+            graph: Graph | None = None):
     """C frame-pointer walk over a copy of stack memory [lo, hi) -> (EMU_WALK_*, entries)."""
     if len(stack) != hi - lo:
         raise ValueError("stack bytes must cover [lo, hi) exactly")
     return _walk("fp", ffi.from_buffer(stack), lo, hi, text, rip, rsp, rbp, preempted,
-                 max_entries, end_ret, end_slot, None)
+                 max_entries, end_ret, end_slot, None, graph)
 
 
 def walk_orc(stack: bytes, lo: int, hi: int, text: Ranges, orc: OrcArrays, rip: int, rsp: int, rbp: int, *,
-             preempted: bool = False, max_entries: int = 100, end_ret: int = 0, end_slot: int = 0):
+             preempted: bool = False, max_entries: int = 100, end_ret: int = 0, end_slot: int = 0,
+             graph: Graph | None = None):
     """C ORC walk over a copy of stack memory [lo, hi) -> (EMU_WALK_*, entries)."""
     if len(stack) != hi - lo:
         raise ValueError("stack bytes must cover [lo, hi) exactly")
     return _walk("orc", ffi.from_buffer(stack), lo, hi, text, rip, rsp, rbp, preempted,
-                 max_entries, end_ret, end_slot, orc)
+                 max_entries, end_ret, end_slot, orc, graph)
+
+
+def graph_ret_addr(graph: Graph, value: int, slot: int) -> int:
+    """ftrace_graph_ret_addr (C): the real return address for value read at slot, 0 if none."""
+    return lib.emu_graph_ret_addr(graph._c, value, slot)
 
 
 def ranges_hit(addrs, ranges: Ranges) -> int:
@@ -943,13 +1000,15 @@ def ranges_hit(addrs, ranges: Ranges) -> int:
     return lib.emu_ranges_hit(arr, len(addrs), ranges._c, len(ranges))
 
 
-def stack_scan(stack: bytes, lo: int, hi: int, sp: int, ranges: Ranges):
-    """Ksplice-style scan (C): (address, value) of the first word in a range, or None."""
+def stack_scan(stack: bytes, lo: int, hi: int, sp: int, ranges: Ranges, graph: Graph | None = None):
+    """Ksplice-style scan (C): (address, value) of the first word in a range
+    (a diverted return address read as the real one), or None."""
     if len(stack) != hi - lo:
         raise ValueError("stack bytes must cover [lo, hi) exactly")
     where = ffi.new("uint64_t *")
     value = ffi.new("uint64_t *")
-    rc = _check(lib.emu_stack_scan(ffi.from_buffer(stack), lo, hi, sp, ranges._c, len(ranges), where, value),
+    rc = _check(lib.emu_stack_scan(ffi.from_buffer(stack), lo, hi, sp, ranges._c, len(ranges), where, value,
+                                   (graph or _NO_GRAPH)._c),
                 "stack scan")
     return (where[0], value[0]) if rc == 1 else None
 
@@ -1008,13 +1067,16 @@ class StackChecker:
 
     kind: "fp", "orc" (needs orc) or "scan" (Ksplice's word scan). text:
     known code. empty: a rip in this range has no kernel frame (the trace is
-    just rip; ignored by "scan"). max_entries: per task, at least 1 (2 for a
+    just rip; ignored by "scan"). regs: a rip in this range is at a register
+    frame (fp walks give WALK_PREEMPTED). Function exits: each task's return
+    stack is the core's own (Engine.graph_init). max_entries: per task, at least 1 (2 for a
     scan). reliable: a walk that is not WALK_OK fails the check (livepatch);
     otherwise only a hit or a walk too deep does (kpatch). Raises ValueError
     for bad arguments."""
 
     def __init__(self, engine: Engine, kind: str, text: "Ranges", *, orc: "OrcArrays | None" = None,
-                 empty: tuple[int, int] = (0, 0), max_entries: int = 100, reliable: bool = True):
+                 empty: tuple[int, int] = (0, 0), regs: tuple[int, int] = (0, 0), max_entries: int = 100,
+                 reliable: bool = True):
         if kind not in UNWINDERS:
             raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
         if kind == "orc" and orc is None:
@@ -1034,6 +1096,7 @@ class StackChecker:
         if orc is not None:
             cfg.orc_ip, cfg.orc, cfg.norc = orc._ip, orc._e, orc.n
         cfg.empty_lo, cfg.empty_hi = empty
+        cfg.regs_lo, cfg.regs_hi = regs
         cfg.reliable = 1 if reliable else 0
         self._cfg = cfg
         self._last_check = None

@@ -88,6 +88,7 @@ class PyScheduler:
         t.since = 0
         if cpu.current == tid:
             cpu.current = -1
+            self.engine.push_event(core.EV_SCHED_OUT, tid, i, int(preempted), 0)
         self.requeue(i, tid)
 
     def fire_wakes(self) -> None:

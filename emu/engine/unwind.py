@@ -20,6 +20,7 @@ __all__ = [
     "WALK_OK", "WALK_OFF_STACK", "WALK_BAD_RET", "WALK_TOO_DEEP", "WALK_PREEMPTED",
     "WALK_NO_END", "WALK_NO_ORC", "WALK_NOT_PROGRESSING", "REASONS",
     "walk_fp", "walk_orc", "ranges_hit", "stack_scan", "StackCheck", "check_stack", "UNWINDERS",
+    "graph_ret_addr", "GRAPH_HEADER", "GRAPH_RECORD",
 ]
 
 # As EMU_WALK_* in csrc/emu.h.
@@ -59,6 +60,32 @@ class _Ranges:
         return i >= 0 and a < self.ends[i]
 
 
+# As EMU_GRAPH_HEADER and EMU_GRAPH_RECORD in csrc/emu.h ("function exits").
+GRAPH_HEADER, GRAPH_RECORD = 16, 32
+
+
+def graph_ret_addr(graph, value: int, slot: int) -> int:
+    """ftrace_graph_ret_addr, as emu_graph_ret_addr: graph is (return
+    trampoline, the task's return stack bytes) or None. The real return
+    address for the word value read at stack address slot: value itself
+    unless it is the trampoline; else the newest record for slot whose ret
+    is not the trampoline (a tail call leaves one that is), or 0 when there
+    is none (or the return stack's depth is beyond what it can hold)."""
+    if not graph or not graph[0] or value != graph[0]:
+        return value
+    ret, data = graph
+    if len(data) < GRAPH_HEADER:
+        return 0
+    depth = _WORD.unpack_from(data, 0)[0]
+    if depth > (len(data) - GRAPH_HEADER) // GRAPH_RECORD:
+        return 0
+    for i in range(depth - 1, -1, -1):
+        rec_slot, rec_ret = struct.unpack_from("<QQ", data, GRAPH_HEADER + i * GRAPH_RECORD)
+        if rec_slot == slot and rec_ret != ret:
+            return rec_ret
+    return 0
+
+
 def _check_stack(stack, lo: int, hi: int) -> None:
     if not 0 <= lo <= hi or len(stack) != hi - lo:
         raise ValueError(f"stack bytes must cover [lo, hi) exactly ({lo:#x}-{hi:#x}, {len(stack)} bytes)")
@@ -81,14 +108,17 @@ def _push(out: list, max_entries: int, value: int) -> bool:
 
 
 def walk_fp(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, preempted: bool = False,
-            max_entries: int = 100, end_ret: int = 0, end_slot: int = 0) -> tuple[int, tuple[int, ...]]:
+            max_entries: int = 100, end_ret: int = 0, end_slot: int = 0,
+            graph=None) -> tuple[int, tuple[int, ...]]:
     """Frame-pointer walk, as the kernel's reliable unwinder -> (WALK_*, entries).
 
     text: sorted, disjoint (start, end) ranges of known code. The walk is
     complete when it finds end_ret at end_slot (the task's entry frame); a
     preempted task then gives WALK_PREEMPTED, since its innermost frame may
-    not be set up yet. Raises ValueError when stack does not cover [lo, hi)
-    or max_entries is negative.
+    not be set up yet. graph: (return trampoline, return stack bytes) of
+    the task, to read diverted return addresses back (graph_ret_addr).
+    Raises ValueError when stack does not cover [lo, hi) or max_entries is
+    negative.
     """
     text, out, first = _begin(stack, lo, hi, text, rip, max_entries)
     if first is not None:
@@ -104,7 +134,7 @@ def walk_fp(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, pree
         # A frame is [saved rbp][return address]; it must lie above rsp.
         if frame % 8 or frame < lo or frame + 16 > hi or frame < rsp:
             return end(WALK_OFF_STACK)
-        ret = _word(stack, lo, hi, frame + 8)
+        ret = graph_ret_addr(graph, _word(stack, lo, hi, frame + 8), frame + 8)
         if ret == end_ret and frame + 8 == end_slot:
             if not _push(out, max_entries, ret):
                 return end(WALK_TOO_DEEP)
@@ -138,7 +168,7 @@ def _begin(stack, lo, hi, text, rip, max_entries):
 
 def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp: int, rbp: int, *,
              preempted: bool = False, max_entries: int = 100, end_ret: int = 0,
-             end_slot: int = 0) -> tuple[int, tuple[int, ...]]:
+             end_slot: int = 0, graph=None) -> tuple[int, tuple[int, ...]]:
     """ORC walk -> (WALK_*, entries).
 
     orc_ips: sorted ascending; orc_entries[i] (with sp_reg, sp_offset,
@@ -169,6 +199,7 @@ def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp:
         ret = _word(stack, lo, hi, slot)
         if ret is None:
             return end(WALK_OFF_STACK)
+        ret = graph_ret_addr(graph, ret, slot)
         if cfa <= sp:
             return end(WALK_NOT_PROGRESSING)
         if e.bp_reg == _REG_BP:
@@ -201,10 +232,11 @@ def ranges_hit(addrs, ranges) -> int:
     return -1
 
 
-def stack_scan(stack, lo: int, hi: int, sp: int, ranges) -> tuple[int, int] | None:
+def stack_scan(stack, lo: int, hi: int, sp: int, ranges, *, graph=None) -> tuple[int, int] | None:
     """Ksplice's conservative check: (address, value) of the first 8-byte
     aligned word at or above sp whose value lies in one of the ranges, or
-    None. Raises ValueError when stack does not cover [lo, hi)."""
+    None; a diverted return address counts as the real one (graph as in
+    walk_fp). Raises ValueError when stack does not cover [lo, hi)."""
     _check_stack(stack, lo, hi)
     start = -(-max(sp, lo) // 8) * 8
     count = (hi - start) // 8
@@ -212,6 +244,7 @@ def stack_scan(stack, lo: int, hi: int, sp: int, ranges) -> tuple[int, int] | No
         return None
     ranges = _Ranges(ranges)
     for i, value in enumerate(struct.unpack_from(f"<{count}Q", stack, start - lo)):
+        value = graph_ret_addr(graph, value, start + 8 * i)
         if value in ranges:
             return start + 8 * i, value
     return None
@@ -240,12 +273,14 @@ class StackCheck(NamedTuple):
 def check_stack(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, kind: str = "orc",
                 orc_ips=(), orc_entries=(), preempted: bool = False, max_entries: int = 100,
                 end_ret: int = 0, end_slot: int = 0, empty: tuple[int, int] = (0, 0),
-                check=()) -> StackCheck:
+                regs: tuple[int, int] = (0, 0), check=(), graph=None) -> StackCheck:
     """What a consistency model asks of a task's stack, as emu_check_stacks
     does it for each task (csrc/stacks.c).
 
     kind "fp" or "orc": walk the stack, except when rip lies in empty (the
-    runtime between kernel entries: no kernel frame, the trace is just rip).
+    runtime between kernel entries: no kernel frame, the trace is just rip);
+    a rip in regs is at a register frame (the ftrace trampoline), which fp
+    walks treat as preempted. graph: the task's return stack (walk_fp).
     kind "scan" (Ksplice): the entries are rip and, unless rip is in a checked
     range, the first word at or above rsp that is (its address in where).
     text and check are sorted, disjoint (start, end) ranges. Raises
@@ -260,17 +295,18 @@ def check_stack(stack, lo: int, hi: int, text, rip: int, rsp: int, rbp: int, *, 
     if kind == "scan":
         code, entries = WALK_OK, (rip,)
         if ranges_hit(entries, check) < 0:
-            found = stack_scan(stack, lo, hi, rsp, check)
+            found = stack_scan(stack, lo, hi, rsp, check, graph=graph)
             if found is not None:
                 where, value = found
                 entries = (rip, value)
     elif empty[0] <= rip < empty[1]:
         code, entries = WALK_OK, (rip,)
     elif kind == "fp":
-        code, entries = walk_fp(stack, lo, hi, text, rip, rsp, rbp, preempted=preempted,
-                                max_entries=max_entries, end_ret=end_ret, end_slot=end_slot)
+        code, entries = walk_fp(stack, lo, hi, text, rip, rsp, rbp,
+                                preempted=preempted or regs[0] <= rip < regs[1],
+                                max_entries=max_entries, end_ret=end_ret, end_slot=end_slot, graph=graph)
     else:
         code, entries = walk_orc(stack, lo, hi, text, orc_ips, orc_entries, rip, rsp, rbp,
                                  preempted=preempted, max_entries=max_entries, end_ret=end_ret,
-                                 end_slot=end_slot)
+                                 end_slot=end_slot, graph=graph)
     return StackCheck(code, entries, ranges_hit(entries, check), where, rip, rsp, rbp)

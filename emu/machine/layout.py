@@ -1,5 +1,5 @@
 """The machine's guest memory layout: where the runtime page, the base
-image, modules, task stacks and the heap lie. The images are linked at these
+image, modules, task stacks, the heap and the tasks' return stacks lie. The images are linked at these
 addresses (emu/runs/scenario.py places modules with MODULE_BASE and
 MODULE_ALIGN), so they must agree with it."""
 from __future__ import annotations
@@ -14,6 +14,8 @@ GUARD = 0x1000               # an unmapped page below every stack
 HEAP_BASE = 0x2000_0000
 HEAP_SIZE = 0x0010_0000
 PERCPU_BASE = 0x3000_0000    # one per-CPU area per task (emu/images/percpu.py), behind %gs
+GRAPH_BASE = 0x4000_0000     # each task's function-graph return stack (csrc/emu.h, "function exits")
+GRAPH_STRIDE = 0x1000        # one page: 127 records
 
 
 def stack_of(tid: int) -> tuple[int, int]:

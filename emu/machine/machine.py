@@ -44,13 +44,14 @@ from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
 from emu.machine import faults, runtime, snapshot, stacks
-from emu.machine.layout import (BASE_IMAGE, GUARD, HEAP_BASE, HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,  # noqa: F401
+from emu.machine.layout import (BASE_IMAGE, GRAPH_BASE, GRAPH_STRIDE, GUARD, HEAP_BASE,  # noqa: F401
+                                HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
                                 PERCPU_BASE, RUNTIME_BASE, STACK_BASE, STACK_SIZE, align_up, in_guard, page_up, stack_of)
 from emu.machine.scheduling import PREEMPT_MODES, Scheduling
 from emu.machine.sites import Sites
 from emu.machine.symbols import FunctionRef, Symbols
 from emu.machine.sysinsns import SysInsns
-from emu.machine.task import Cpu, Kind, RunState, Task
+from emu.machine.task import ROUTES, Cpu, Kind, RunState, Task
 from emu.machine.works import Delay, Release, StopMachine, Sync, Works  # noqa: F401 (what works yield)
 
 UNWINDERS = ("orc", "fp")
@@ -262,6 +263,10 @@ class Machine:
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
             self._install_percpu(task)
             self.cpus[task.cpu].enqueue(task)
+        self.engine.map(GRAPH_BASE, len(self.tasks) * GRAPH_STRIDE, PROT_R | PROT_W)
+        self.engine.graph_init(self.runtime.ret_trampoline, GRAPH_BASE, GRAPH_STRIDE)
+        if self.sites.twin is not None:
+            self.sites.twin.graph_init()
         self.scheduling.bind()
 
     def _install_percpu(self, task: Task) -> None:
@@ -374,14 +379,15 @@ class Machine:
         if task.state is RunState.SLEEPING and task.interruptible:
             self.wake(task, early=True)
 
-    def set_patch_state(self, task: Task, state: int) -> None:
-        """Set a task's patch state in Python and in the C core."""
+    def set_patch_state(self, task: Task, state: int, route: str = "init") -> None:
+        """Set a task's patch state in Python and in the C core; route (one
+        of task.ROUTES) says how, in the trace."""
         if task.patch_state == state:
             return
         task.patch_state = state
         if not task.is_idle:
             self.engine.set_task_state(task.tid, state)
-        self.emit(EV_PATCH_STATE, task.tid, state)
+        self.emit(EV_PATCH_STATE, task.tid, state, ROUTES.index(route))
 
     # ---- stacks (stacks.py) ---------------------------------------------------------------
     def regs(self, task: Task) -> tuple[int, int, int]:

@@ -11,6 +11,21 @@
   csrc/redirect.c); the Python twin writes RIP. Either way it is one
   instruction of virtual time. A jump the hook did not prepare lands on
   the `ud2`.
+- `ftrace_return`: the return trampoline (the kernel's return_to_handler).
+  A traced function's return address is diverted here at its entry; the
+  hook at this jump (C, or its Python twin) records the exit and sends the
+  task to the real return address, kept on the task's return stack
+  (csrc/emu.h, "function exits"). It takes no virtual time.
+
+Unwind information, as the kernel gives its own assembly (ORC_TABLE):
+between kernel entries (the task loops) a task has no kernel frame at all
+(`empty`); the trampoline is entered by the fentry call, so its frame is
+CFA = rsp + 8 with rbp untouched, and a walk goes on into the traced
+function at its first instruction (as ftrace_regs_caller's unwind hints
+let the kernel's ORC unwinder do); the return trampoline runs after the
+function's frame is gone and before the caller's is found again: its unwind
+information is undefined (as return_to_handler's UNWIND_HINT_UNDEFINED),
+so a walk from there is unreliable. A task never stops there anyway.
 
 r12 points at the task block at the top of the task's stack: the entry
 address and six argument words. It is callee-saved, so it survives the call.
@@ -20,6 +35,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 
+from emu.images.orc import REG_SP, REG_UNDEFINED, TYPE_CALL, TYPE_UNDEFINED, OrcEntry, OrcTable
 from emu.machine import hypercall
 
 # The entry function called with the six argument words of the task block.
@@ -49,6 +65,12 @@ ftrace_trampoline:
     ud2
 ftrace_target:
     .quad .Lftrace_stray
+ftrace_return:
+    jmp qword ptr [rip + ftrace_return_target]
+.Lreturn_stray:
+    ud2
+ftrace_return_target:
+    .quad .Lreturn_stray
 """
 
 TASK_BLOCK = 64      # bytes at the top of a stack: entry + 6 args, padded
@@ -66,6 +88,10 @@ class Runtime:
     user_ret: int       # return address of a user task's entry frame
     kthread_ret: int
     trampoline: int
+    ret_trampoline: int     # the return trampoline (return_to_handler)
+    empty: tuple[int, int]  # the task loops: a rip here has no kernel frame
+    regs: tuple[int, int]   # the trampoline: a register frame (fp walks cannot vouch for it)
+    orc: OrcTable           # unwind information of the whole page
 
     def contains(self, addr: int) -> bool:
         return self.base <= addr < self.base + len(self.code)
@@ -87,5 +113,13 @@ def build(base: int) -> Runtime:
         call_at = [a for a in starts if a >= sym[label] and code[a - base:a - base + 2] == b"\x41\xff"][0]
         return starts[starts.index(call_at) + 1]
 
+    tramp, ret = sym["ftrace_trampoline"], sym["ftrace_return"]
+    after_jmp = starts[starts.index(tramp) + 1]
+    # ORC_TABLE: every instruction of the page undefined but the
+    # trampoline's jump (CFA = rsp + 8, rbp unchanged).
+    undefined = OrcEntry(REG_UNDEFINED, 0, REG_UNDEFINED, 0, TYPE_UNDEFINED)
+    orc = OrcTable([base, tramp, after_jmp, base + len(code)],
+                   [undefined, OrcEntry(REG_SP, 8, REG_UNDEFINED, 0, TYPE_CALL), undefined, undefined])
     return Runtime(base, len(code), code, starts, sym["task_user"], sym["task_kthread"],
-                   after_call("task_user"), after_call("task_kthread"), sym["ftrace_trampoline"])
+                   after_call("task_user"), after_call("task_kthread"), tramp, ret,
+                   (base, tramp), (tramp, after_jmp), orc)

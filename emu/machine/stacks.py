@@ -20,28 +20,37 @@ def walk(m, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
          accel: str | None = None) -> tuple[int, tuple[int, ...]]:
     """Walk a task's stack: (unwind.WALK_* code, return addresses with the
     current RIP first). A task in its runtime loop (between kernel entries)
-    has an empty kernel stack: reliable, just its RIP."""
+    has an empty kernel stack: reliable, just its RIP. Elsewhere in the
+    runtime page the walk follows its unwind information (emu/machine/
+    runtime.py): a task in the ftrace trampoline is at a register frame
+    (unreliable to frame pointers), diverted return addresses are read
+    back from the task's return stack."""
     if task.is_idle or task.state is RunState.EXITED:
         return unwind.WALK_OK, ()
     rip, rsp, rbp = regs(m, task)
-    if m.runtime.contains(rip):
+    rt = m.runtime
+    if rt.empty[0] <= rip < rt.empty[1]:
         return unwind.WALK_OK, (rip,)
     kind = unwinder or m.unwinder
     accel = accel or m.accel
     lo, hi = task.stack_lo, task.stack_hi
     sym = m.symbols
+    preempted = task.preempted or rt.regs[0] <= rip < rt.regs[1]
+    graph = m.engine.graph_of(task.tid)
     if accel == "c":
-        return m.engine.walk(kind, lo, hi, sym.text_ranges, rip, rsp, rbp, preempted=task.preempted,
+        return m.engine.walk(kind, lo, hi, sym.text_ranges, rip, rsp, rbp, preempted=preempted,
                              max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot,
-                             orc=sym.orc_arrays)
+                             orc=sym.orc_arrays, graph=graph)
     mem = bytes(m.engine.view(lo, hi - lo))
     text = list(sym.text_ranges.ranges)
+    pygraph = (graph.ret, bytes(graph.data))
     if kind == "fp":
-        return unwind.walk_fp(mem, lo, hi, text, rip, rsp, rbp, preempted=task.preempted,
-                              max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot)
+        return unwind.walk_fp(mem, lo, hi, text, rip, rsp, rbp, preempted=preempted,
+                              max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot,
+                              graph=pygraph)
     return unwind.walk_orc(mem, lo, hi, text, sym.orc.ips, sym.orc.entries, rip, rsp, rbp,
-                           preempted=task.preempted, max_entries=max_entries, end_ret=task.end_ret,
-                           end_slot=task.end_slot)
+                           preempted=preempted, max_entries=max_entries, end_ret=task.end_ret,
+                           end_slot=task.end_slot, graph=pygraph)
 
 
 def scan(m, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:
@@ -50,10 +59,12 @@ def scan(m, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:
     rip, rsp, _ = regs(m, task)
     lo, hi = task.stack_lo, task.stack_hi
     mem = bytes(m.engine.view(lo, hi - lo))
+    graph = m.engine.graph_of(task.tid)
     if m.accel == "c":
-        hit = core.stack_scan(mem, lo, hi, rsp, core.Ranges(ranges))
+        hit = core.stack_scan(mem, lo, hi, rsp, core.Ranges(ranges), graph)
     else:
-        hit = unwind.stack_scan(mem, lo, hi, rsp, sorted(core.Ranges(ranges).ranges))
+        hit = unwind.stack_scan(mem, lo, hi, rsp, sorted(core.Ranges(ranges).ranges),
+                                graph=(graph.ret, bytes(graph.data)))
     return rip, rsp, hit
 
 
@@ -77,7 +88,7 @@ def fault_backtrace(m, task: Task, rip: int) -> list[str]:
         return [f"{sym.symbolize(rip)}", f"(rsp {rsp:#x} is outside the stack {lo:#x}-{hi:#x})"]
     code, entries = m.engine.walk("orc", lo, hi, sym.text_ranges, rip, rsp, rbp, preempted=True,
                                   max_entries=64, end_ret=task.end_ret, end_slot=task.end_slot,
-                                  orc=sym.orc_arrays)
+                                  orc=sym.orc_arrays, graph=m.engine.graph_of(task.tid))
     out = [sym.symbolize(a) for a in entries] or [sym.symbolize(rip)]
     if code != unwind.WALK_OK:
         out.append(f"(walk ended: {unwind.REASONS.get(code, code)})")

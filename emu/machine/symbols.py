@@ -38,9 +38,9 @@ class Symbols:
         self.by_name: dict[str, FunctionRef] = {}
         self._starts: list[int] = []            # sorted function starts, for function_at
         self._by_start: list[FunctionRef] = []
-        self._orc_tables: list[OrcTable] = []
+        self._orc_tables: list[OrcTable] = [runtime.orc]   # the runtime page's own
         self._text: list[tuple[int, int]] = [(runtime.base, runtime.base + runtime.size)]
-        self.orc = OrcTable.merge()
+        self.orc = OrcTable.merge(*self._orc_tables)
         self.orc_arrays = core.OrcArrays(self.orc.ips, self.orc.entries)
         self.text_ranges = core.Ranges(self._text)
 
@@ -112,7 +112,7 @@ class Symbols:
         rt = self.runtime
         if rt.contains(addr):
             names = [("task_user", rt.task_user), ("task_kthread", rt.task_kthread),
-                     ("ftrace_trampoline", rt.trampoline)]
+                     ("ftrace_trampoline", rt.trampoline), ("ftrace_return", rt.ret_trampoline)]
             name, start = max((n for n in names if n[1] <= addr), key=lambda n: n[1])
             return f"{name}+{addr - start:#x}"
         return f"{addr:#x}"

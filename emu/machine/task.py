@@ -15,6 +15,13 @@ from enum import Enum
 from emu.engine.core import PATCHED, UNDEFINED, UNPATCHED  # noqa: F401 (the patch states live in the C header)
 from emu.engine.core import TaskKind, TaskRecord, TaskState
 
+#: How a task's patch state changed, the b of its EV_PATCH_STATE event (the
+#: index here): set by a transition's start or end ("init", "complete"), or
+#: a task switched by one of the routes the kernels allow. The promise
+#: oracle (emu/runs/promise.py) reads it; keep the codes stable.
+ROUTES = ("init", "complete", "stack", "kernel_exit", "idle", "cond_resched", "force", "signal",
+          "safe_point", "freezable_sleep")
+
 
 class Kind(str, Enum):
     USER = "user"

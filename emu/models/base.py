@@ -28,7 +28,9 @@ from emu.machine.task import Task
 from emu.models.stacks import StackChecks
 
 # transition event codes (EV_TRANSITION's a)
-T_START, T_COMPLETE, T_FAIL, T_REVERSE, T_CANCEL, T_STALL = range(6)
+# (b = patch index, c = target patch state); T_SWITCH: stop_machine's switch
+# instant, inside the stop (c = 1 when the activeness check was skipped by force)
+T_START, T_COMPLETE, T_FAIL, T_REVERSE, T_CANCEL, T_STALL, T_SWITCH = range(7)
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,7 @@ class Model:
         self.m.start()      # tasks get their contexts (and patch states) now
         t = Transition(patch.name, target, self.m.now)
         self.transitions.append(t)
+        self.m.emit(EV_TRANSITION, -1, T_START, self._index(patch.name), target)
         return t
 
     def finish(self, t: Transition, result: str, error: str | None = None) -> None:
@@ -122,7 +125,7 @@ class Model:
             t.completed_at = self.m.now
         code = {"completed": T_COMPLETE, "failed": T_FAIL, "reversed": T_REVERSE,
                 "cancelled": T_CANCEL}.get(result, T_STALL)
-        self.m.emit(EV_TRANSITION, -1, code, self._index(t.patch))
+        self.m.emit(EV_TRANSITION, -1, code, self._index(t.patch), t.target)
 
     def _index(self, name: str) -> int:
         return next((p.index for p in self.patches if p.name == name), 0)

@@ -70,7 +70,7 @@ class KGraft(Model):
     def force(self, patch: Patch | None = None) -> None:
         """kGraft's forced unmark: migrate every task now."""
         for task in self.all_tasks():
-            self._migrate(task)
+            self._migrate(task, "force")
 
     def module_coming(self, patch: Patch, obj, funcs) -> list:
         """kGraft's module hook: a coming module's functions of an applied
@@ -96,23 +96,25 @@ class KGraft(Model):
         self.immutable = True      # from the write on, until the work's text is done
         self.m.spawn(self._work(t, patch, target, updates))
 
-    def _migrate(self, task: Task) -> None:
+    def _migrate(self, task: Task, route: str) -> None:
         if task.pending and self.current is not None and not self.immutable:
             task.pending = False
-            self.m.set_patch_state(task, self.target)
+            self.m.set_patch_state(task, self.target, route)
 
     def on_kernel_exit(self, task: Task) -> None:
-        self._migrate(task)
+        self._migrate(task, "kernel_exit")
 
     def on_safe_point(self, task: Task) -> None:
-        self._migrate(task)
+        self._migrate(task, "safe_point")
 
     def on_idle(self, cpu, idle: Task) -> None:
-        self._migrate(idle)
+        self._migrate(idle, "idle")
 
     def on_freezable_sleep(self, task: Task) -> None:
-        """A freezable wait passes try_to_freeze(): a kthread's safe point."""
-        self._migrate(task)
+        """A freezable wait passes try_to_freeze(): a kthread's safe point.
+        A user task migrates only at its kernel/user boundary."""
+        if task.kind.value == "kthread":
+            self._migrate(task, "safe_point")
 
     def _work(self, t, patch: Patch, target: int, updates):
         t.started_at = self.m.now
@@ -126,7 +128,7 @@ class KGraft(Model):
             # An idle task runs no patched code: it crosses its idle loop
             # as soon as its CPU idles, and a busy CPU is not running it.
             for cpu in self.m.cpus:
-                self._migrate(cpu.idle)
+                self._migrate(cpu.idle, "idle")
             left = [x for x in self.all_tasks() if x.pending and x.state is not RunState.EXITED]
             if not left:
                 break
@@ -153,7 +155,7 @@ class KGraft(Model):
             for update in [self.pop(other, g) for other, g in gone] + [self.pop(patch, f) for f in nops]:
                 yield from update
         for task in self.all_tasks():
-            self.m.set_patch_state(task, UNDEFINED)
+            self.m.set_patch_state(task, UNDEFINED, "complete")
             task.pending = False
         self.mark_objects(patch, target == PATCHED)
         patch.enabled = target == PATCHED

@@ -35,7 +35,8 @@ from emu.machine.machine import StopMachine as _Stop
 from emu.kernel import callbacks
 from emu.kernel.patch import Patch, loaded_objects
 from emu.machine.task import PATCHED, UNPATCHED, RunState
-from emu.models.base import Model, first_hit
+from emu.machine.machine import EV_TRANSITION
+from emu.models.base import T_SWITCH, Model, first_hit
 from emu.models.stacks import passed
 
 
@@ -152,6 +153,7 @@ class StopMachine(Model):
             if blocker is None:
                 if target == UNPATCHED:
                     self._each_loaded(patch, callbacks.pre_unpatch)
+                m.emit(EV_TRANSITION, -1, T_SWITCH, patch.index, int(self.forcing))
                 self._switch(patch, target, funcs)
                 self._each_loaded(patch, callbacks.post_patch if target == PATCHED else callbacks.post_unpatch)
                 yield Release()

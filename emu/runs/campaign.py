@@ -545,7 +545,9 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
         recs = [records[(model, s)] for s in plan.seeds if (model, s) in records]
         lat = [r["latency"] for r in recs if r.get("latency") is not None]
         pause = [r["pause"] for r in recs if r.get("pause") is not None]
-        failing = [r["seed"] for r in recs if r.get("inconsistent") or r.get("violation_count")]
+        failing = [r["seed"] for r in recs if r.get("inconsistent") or r.get("violation_count")
+                   or r.get("handover_count")]
+        broken = [r for r in recs if r.get("promise_breaches")]
         faults = [r for r in recs if r.get("outcome") in ("fault", "crash")]
         count = {k: sum(r.get("outcome") == k for r in recs) for k in
                  ("completed", "failed", "stalled", "fault", "error", "crash")}
@@ -553,6 +555,11 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
             "model": model, "runs": len(recs),
             "inconsistent": sum(bool(r.get("inconsistent")) for r in recs),
             "bad_values": sum(bool(r.get("violation_count")) for r in recs),
+            "handovers": sum(bool(r.get("handover_count")) for r in recs),
+            # the emulator's own errors (emu/runs/promise.py): these runs say nothing about the patch
+            "emulator_errors": len(broken),
+            "first_emulator_error": (f"seed {broken[0]['seed']}: {broken[0]['promise'][0]['text']}"
+                                     if broken else None),
             **count,
             "latency_median": statistics.median(lat) if lat else None, "latency_max": max(lat) if lat else None,
             "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,

@@ -41,6 +41,7 @@ from dataclasses import asdict, dataclass, field, replace
 from emu.engine import core
 from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
+from emu.runs.verdicts import verdicts
 from emu.errors import EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
@@ -93,6 +94,10 @@ class Result:
     errors: list = field(default_factory=list)     # refused actions: (time, action, message)
     fault: str | None = None
     fault_task: str | None = None                 # the task that faulted (None: unknown or none)
+    promise: list = field(default_factory=list)    # the emulator's own errors (emu/runs/promise.py)
+    promise_breaches: int = 0
+    handovers: list = field(default_factory=list)  # values handed across versions (emu/runs/handover.py)
+    handover_count: int = 0
     preemptions: int = 0
     trace_hash: str = ""
     events: int = 0
@@ -107,7 +112,12 @@ class Result:
     @property
     def failing(self) -> bool:
         """What the fuzzer hunts: a unit that mixed versions, or a broken assertion."""
-        return bool(self.inconsistencies or self.violations)
+        return bool(self.inconsistencies or self.violations or self.handovers)
+
+    @property
+    def emulator_error(self) -> bool:
+        """The model broke its own promise: the run says nothing about the patch."""
+        return bool(self.promise)
 
     @property
     def latency(self) -> int | None:
@@ -126,6 +136,8 @@ class Result:
                 "inconsistent": self.inconsistent, "inconsistent_units": self.inconsistent_units,
                 "inconsistencies": self.inconsistencies, "violations": self.violations,
                 "violation_count": self.violation_count, "errors": self.errors, "fault": self.fault, "fault_task": self.fault_task,
+                "promise": self.promise, "promise_breaches": self.promise_breaches,
+                "handovers": self.handovers, "handover_count": self.handover_count,
                 "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
                 "preemptions": self.preemptions, "end": self.end, "events": self.events,
                 "trace_hash": self.trace_hash, "met": self.met, "units": self.units, "warnings": self.warnings}
@@ -468,6 +480,9 @@ class Runner:
             res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
+        checked = verdicts(m, patches, spec_model=res.spec.model)
+        res.promise_breaches, res.promise = checked.breaches, checked.promise
+        res.handover_count, res.handovers = checked.handover_count, checked.handovers
         self._assertions(m, res)
 
     def _assertions(self, m: Machine, res: Result) -> None:

@@ -10,12 +10,14 @@ and after each transition); a unit is consistent when one configuration
 explains every entry in it. A unit that mixes, say, an old bar and a new
 baz, is inconsistent: that is the seed's bug.
 
-Function units end when the task's stack unwinds past the activation (a
-later entry with the same or a higher rsp: returned()) or at the task's
-next unit boundary (UNIT_ENDS); an untraced function that calls a traced
-one after the activation returned can be misattributed, so name traced
-functions. This is the one home of that rule: emu/app/report.py's spans
-use it too.
+Function units are activations of the named function, which end where
+the function returns: its EV_RETURN, or its EV_UNWOUND when a stack switch
+left it (the function exits, csrc/emu.h). activations() is the one home of
+that rule (emu/app/report.py draws its spans with it). An activation whose
+return the full return stack left untraced (EV_RET_UNTRACED) ends at the
+first proof that it returned: a later entry of the task at the same or a
+higher rsp, the return of a function that called it, or the task's kernel
+exit or exit.
 """
 from __future__ import annotations
 
@@ -145,23 +147,72 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
         raise ValueError(f"check.unit: no function '{unit}'")
     names.setdefault(target.id, target.name)
     traced = functions | {target.id}
-    active: dict[int, list] = {}        # task -> [rsp, start, entries, n]
-    count = {}
-    for clock, kind, task, a, b, c in machine.trace.records():
-        act = active.get(task)
-        if kind == core.EV_ENTRY:
-            if act is not None and returned(c, act[0]):
-                judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
-                active.pop(task)
-                act = None
-            if a == target.id:
-                count[task] = count.get(task, 0) + 1
-                act = active[task] = [c, clock, [], count[task]]
-            if act is not None and a in traced:
-                act[2].append((clock, a, b))
-        elif kind in ends and act is not None:
-            judge(task, f"{unit} #{act[3]}", act[1], clock, act[2])
-            active.pop(task)
+    records = machine.trace.records()
+    count: dict[int, int] = {}
+    for act in activations(machine.trace, machine.now):
+        if act.function != target.id:
+            continue
+        n = count[act.task] = count.get(act.task, 0) + 1
+        if not act.finished:
+            continue
+        entries = [(clock, a, b) for clock, kind, task, a, b, _ in records[act.entry:act.exit]
+                   if kind == core.EV_ENTRY and task == act.task and a in traced]
+        judge(act.task, f"{unit} #{n}", act.start, act.end, entries)
     if stats is not None:
         stats["units"] = sum(count.values())
     return bad
+
+
+@dataclass(frozen=True)
+class Activation:
+    """One activation of a traced function by a task: entry and exit are
+    indices into the trace (the entry event; the event that ended it, or
+    len(trace) when the trace ended first), start and end their clocks."""
+    task: int
+    function: int
+    version: int
+    rsp: int
+    start: int
+    end: int
+    entry: int
+    exit: int
+    finished: bool = True
+
+
+def activations(trace, now: int) -> list[Activation]:
+    """Every activation in trace (a machine's core.EventLog; now: its end
+    clock), ended by the rule in the module docstring, in the order of their
+    entries."""
+    out: list[Activation] = []
+    open_: dict[int, list[list]] = {}    # task -> [[fid, version, rsp, start, index, exit traced]]
+
+    def close(task, fr, end, index, finished=True):
+        fid, version, rsp, start, entry, _ = fr
+        out.append(Activation(task, fid, version, rsp, start, end, entry, index, finished))
+
+    records = trace.records()
+    for i, (clock, kind, task, a, b, c) in enumerate(records):
+        if kind == core.EV_ENTRY:
+            stack = open_.setdefault(task, [])
+            while stack and not stack[-1][5] and c >= stack[-1][2]:
+                close(task, stack.pop(), clock, i)
+            stack.append([a, b, c, clock, i, True])
+        elif kind == core.EV_RET_UNTRACED:
+            stack = open_.get(task)
+            if stack:
+                stack[-1][5] = False
+        elif kind == core.EV_RETURN or kind == core.EV_UNWOUND:
+            stack = open_.get(task)
+            while stack and not stack[-1][5]:       # deeper calls with untraced returns are over
+                close(task, stack.pop(), clock, i)
+            if stack:
+                close(task, stack.pop(), clock, i)
+        elif kind == EV_KERNEL_EXIT or kind == EV_EXIT:
+            stack = open_.get(task)
+            while stack:
+                close(task, stack.pop(), clock, i)
+    for task, stack in open_.items():
+        while stack:
+            close(task, stack.pop(), now, len(records), finished=False)
+    out.sort(key=lambda x: x.entry)
+    return out

@@ -9,9 +9,11 @@ For each scenario and model, one run of the scenario's default strategy:
   any other fault of a well-formed program is a breach;
 - the same RunSpec run again gives the same trace hash (determinism), and so
   does the scheduler's Python twin (emu/engine/sched.py against sched.c);
-- kGraft runs every unit (a system call; a kthread's stretch between safe
-  points) in one universe: it never has an inconsistent unit, unless the
-  scenario forces the transition (a forced unmark gives that up).
+- the model kept its own promise (emu/runs/promise.py, from the trace: no
+  task switched early, while running or with a checked function on its
+  stack, kGraft's units in one universe, stop_machine's switch with every
+  CPU stopped, no task left behind, ...; a force gives up what it must:
+  kGraft's universe of the unit it cuts, stop_machine's stack check).
 
 `python -m emu.runs.soak --scenarios N` runs N scenarios on the cores and
 prints what it tried (the knobs the generator chose, counted) and every
@@ -56,7 +58,6 @@ def check_scenario(seed: int, *, twins: bool = True, workdir: Path | None = None
         def breach(model, what, detail):
             breaches.append({"model": model, "what": what, "detail": detail})
 
-        forced = any(a.do == "force" for a in prog.scenario.actions)     # force gives up every promise
         with Runner(prog) as runner:
             twin = Runner(prog, cycle=runner.cycle(), sched="python") if twins else None
             for model in scenario.MODELS:
@@ -79,9 +80,10 @@ def check_scenario(seed: int, *, twins: bool = True, workdir: Path | None = None
                     runs += 1
                     if py.trace_hash != first.trace_hash:
                         breach(model, "twin", f"C {first.trace_hash}, Python {py.trace_hash}")
-                if model == "kgraft" and first.inconsistent_units and not forced:
-                    breach(model, "promise", f"{first.inconsistent_units} units mixed universes: "
-                                             f"{first.inconsistencies[0]}")
+                if first.promise_breaches:
+                    breach(model, "promise", f"{first.promise_breaches} breaches of the model's promise: "
+                                             f"{first.promise[0]['text']}")
+                    breaches[-1]["rules"] = sorted({b["rule"] for b in first.promise})
                 for b in breaches:
                     b.setdefault("spec", spec.to_json())
         return {"seed": seed, "shape": asdict(shape), "runs": runs, "outcomes": outcomes, "breaches": breaches}

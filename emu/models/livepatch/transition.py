@@ -179,7 +179,7 @@ def _complete(lp, *, run_text: bool = True, result: str = "completed"):
             lp.sync(f)
     for task in lp.all_tasks():
         task.pending = False
-        lp.m.set_patch_state(task, UNDEFINED)
+        lp.m.set_patch_state(task, UNDEFINED, "complete")
     for obj in patch.objects:
         if not lp.is_loaded(obj):
             continue
@@ -275,7 +275,7 @@ def _checked_range(lp, f: PatchFunc) -> tuple[int, int]:
 
 def _switch(lp, task: Task, how: str) -> None:
     task.pending = False
-    lp.m.set_patch_state(task, lp.target)
+    lp.m.set_patch_state(task, lp.target, how)
     lp.switches.append((lp.m.now, task.name, lp.target, how))
 
 

@@ -1,0 +1,110 @@
+"""Value handovers: a value produced by one version of a patched function
+reaches a function of the same patch in another version, in the same task.
+
+The seed's bug without an assertion: `foo() { f = bar(); ...; baz(f); }`,
+bar v0 returns 5, the task switches, baz v1 receives the 5 it reads as
+thousandths. From the trace alone: every return of a patched function
+carries rax (EV_RETURN), every traced entry its six argument registers
+(EV_ARGS, EV_ARGS_HI). A returned value stays live in the task until its
+next unit boundary (kernel exit, safe point, exit): in between it may sit
+in any register or stack slot of the caller. An entry of a patched function
+whose argument equals a live value returned by a function that one patch
+carries together with it, where exactly one of the two ran that patch's
+version, is a handover:
+
+    baz v1 received 5 in its 1st argument, returned by bar v0 at t=20731
+
+What it cannot see: a value that went through memory the caller does not
+pass along (the heap, a global), or was transformed on the way (`baz(f+1)`,
+`baz(f*1000)`): only the very bit pattern returned is followed. What it may
+see that is not there: an argument register the function does not take can
+hold a stale copy of the value, and two unrelated values can be equal; the
+lowest matching argument register is reported. Since the producer and the
+consumer run in one unit, a handover is always also an inconsistent unit
+(emu/runs/oracle.py); it says which value crossed.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from emu.engine import core
+from emu.kernel.patch import Patch
+from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+
+_MASK = (1 << 64) - 1
+_ORDINALS = ("1st", "2nd", "3rd", "4th", "5th", "6th")
+
+
+@dataclass(frozen=True)
+class Handover:
+    task: str
+    consumer: str
+    consumer_version: int
+    arg: int                  # 0-based argument register (rdi, rsi, rdx, rcx, r8, r9)
+    value: int
+    producer: str
+    producer_version: int
+    produced_at: int          # clock of the producer's return
+    at: int                   # clock of the consumer's entry
+
+    def __str__(self):
+        v = self.value - (1 << 64) if self.value >> 63 else self.value
+        return (f"{self.consumer} v{self.consumer_version} received {v} in its {_ORDINALS[self.arg]} argument, "
+                f"returned by {self.producer} v{self.producer_version} at t={self.produced_at} "
+                f"(task {self.task}, t={self.at})")
+
+    def to_json(self) -> dict:
+        return {"task": self.task, "consumer": self.consumer, "consumer_version": self.consumer_version,
+                "arg": self.arg + 1, "value": self.value, "producer": self.producer,
+                "producer_version": self.producer_version, "produced_at": self.produced_at, "at": self.at,
+                "text": str(self)}
+
+
+def find(machine: Machine, patches: list[Patch]) -> list[Handover]:
+    """Every value handover of machine's finished run, in trace order."""
+    # function id -> {patch index} of the patches that carry it
+    carriers: dict[int, set[int]] = {}
+    for p in patches:
+        for _, f in p.funcs():
+            if f.old is not None and not f.nop:
+                carriers.setdefault(f.old.id, set()).add(p.index)
+    names = {fid: machine.functions[fid].name for fid in carriers}
+    tasks = machine.tasks
+    live: dict[int, dict[int, tuple[int, int, int]]] = {}    # task -> value -> (fid, version, clock)
+    pending: dict[int, tuple[int, int, int, list[int]]] = {}  # task -> entry awaiting its arguments
+    out: list[Handover] = []
+
+    def judge(task, clock, fid, version, args):
+        values = live.get(task)
+        if not values:
+            return
+        for k, v in enumerate(args):
+            hit = values.get(v)
+            if hit is None:
+                continue
+            pfid, pver, pclock = hit
+            shared = carriers[fid] & carriers[pfid]
+            if any((pver == idx) != (version == idx) for idx in shared):
+                name = tasks[task].name if 0 <= task < len(tasks) else str(task)
+                out.append(Handover(name, names[fid], version, k, v, names[pfid], pver, pclock, clock))
+                return
+
+    for clock, kind, task, a, b, c in machine.trace:
+        if kind == core.EV_ENTRY:
+            pending.pop(task, None)
+            if a in carriers:
+                pending[task] = (clock, a, b, [])
+        elif kind == core.EV_ARGS or kind == core.EV_ARGS_HI:
+            p = pending.get(task)
+            if p is None:
+                continue
+            p[3].extend((a & _MASK, b & _MASK, c & _MASK))
+            if kind == core.EV_ARGS_HI:
+                del pending[task]
+                judge(task, p[0], p[1], p[2], p[3][:6])
+        elif kind == core.EV_RETURN:
+            if a in carriers:
+                live.setdefault(task, {})[c & _MASK] = (a, b, clock)
+        elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT):
+            live.pop(task, None)
+    return out

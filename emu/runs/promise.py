@@ -1,0 +1,307 @@
+"""The promise oracle: did the model that ran keep its own promise?
+
+An independent check of a finished run, read from the trace alone (entries,
+exits, patch-state events with their route, transition events, the
+scheduler's sched in/out, stop_machine) and the patches' definitions (which
+functions each carries, its index, force flags), never from the model's own
+bookkeeping. A breach is the emulator's error, never a finding about the
+patch: the run's answer about the patch cannot be trusted.
+
+What the trace gives: each task's call stack of traced functions at every
+instant (an entry pushes, its EV_RETURN or EV_UNWOUND pops; a kernel exit
+empties it), each task's patch state and how it got it (task.ROUTES), which
+task each CPU runs (EV_SCHED_IN, EV_SCHED_OUT), whether every CPU is
+stopped (EV_STOP_MACHINE), each transition's start and end (EV_TRANSITION
+with patch index and target) and stop_machine's switch instant (T_SWITCH).
+
+The promises (rule names in brackets):
+- every model [left-behind]: outside transitions, every entry of a patched
+  function runs the version the completed transitions give it (the newest
+  enabled patch that carries it, else the original): enable then disable
+  leaves every task on the original, a completed transition leaves no task
+  behind. stop_machine and Ksplice change versions at their switch instant,
+  so the rule holds for them during the transition too;
+- livepatch and kGraft [early]: during a transition of patch P, a task
+  runs P's version of a function only in the patched state (after its own
+  switch when patching, before it when unpatching);
+- livepatch [route]: a task switches by the stack check, a kernel exit
+  (user tasks; a fake signal ends in one), its idle loop (idle tasks),
+  cond_resched, or force; [stack]: at a stack-check, cond_resched or kernel
+  exit switch no function the transition checks is on its stack (patching:
+  a version other than P's of a function P carries, and with atomic
+  replace any replaced patch's version; unpatching: P's version);
+  [running]: a task switched by another CPU's stack check was not on a CPU
+  (idle tasks: not followed, see below);
+- kGraft [route]: kernel exit, safe point (kthreads), idle loop or force;
+  [universe]: every unit (a system call; a kthread's stretch between safe
+  points) runs each patch's functions in one universe, unless a force
+  migrated the task inside it (a forced unmark gives that up);
+- stop_machine and Ksplice [stopped]: at the switch instant every CPU is
+  stopped; [stack]: no task has a checked function (P's unforced ones, as
+  above) on its stack, unless the switch was forced;
+- immediate [together]: a patch's sites change together: once a task ran
+  the new version of one of its functions, no task runs the old version of
+  any of them.
+
+What it cannot see: frames of functions that are not traced (the Runner
+traces every patched function from the start); the end of an activation
+that left by a tail call to an untraced function (its exit comes when the
+callee returns), so frames of functions with a tail call are not judged by
+the stack rules; a call whose return the full return stack left untraced
+(that task's stack checks are skipped until its stack is empty again);
+the idle tasks' occupancy of their CPU; which routes a given kernel
+version allows (every route of the newest kernel is allowed).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from capstone import CS_ARCH_X86, CS_MODE_64, Cs
+
+from emu.engine import core
+from emu.errors import EmuError
+from emu.machine.machine import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_STOP_MACHINE,
+                                 EV_TRANSITION, Machine)
+from emu.machine.task import PATCHED, ROUTES, UNDEFINED, UNPATCHED
+from emu.models.base import T_COMPLETE, T_START, T_SWITCH
+from emu.kernel.patch import Patch
+
+#: the routes by which each model may switch a task (besides a transition's own init and completion)
+ALLOWED_ROUTES = {
+    "livepatch": {"stack", "kernel_exit", "idle", "cond_resched", "freezable_sleep", "force", "signal"},
+    "kgraft": {"kernel_exit", "safe_point", "idle", "force"},
+}
+#: routes after which the task's stack must hold no checked function
+CHECKED_ROUTES = {"stack", "cond_resched", "freezable_sleep", "kernel_exit"}
+STOP_MODELS = ("stop_machine", "ksplice")
+
+
+@dataclass(frozen=True)
+class Breach:
+    clock: int
+    rule: str
+    task: str
+    detail: str
+
+    def __str__(self):
+        return f"t={self.clock} [{self.rule}] {self.task}: {self.detail}"
+
+    def to_json(self) -> dict:
+        return {"clock": self.clock, "rule": self.rule, "task": self.task, "detail": self.detail}
+
+
+def check(machine: Machine, patches: list[Patch], model: str) -> list[Breach]:
+    """Every breach of model's promise in machine's finished run, in trace order."""
+    return _Oracle(machine, patches, model).run()
+
+
+class _Oracle:
+    def __init__(self, m: Machine, patches: list[Patch], model: str):
+        self.m, self.model = m, model
+        self.by_index = {p.index: p for p in patches}
+        # patch index -> {function id: force flag} of the functions it carries (nops left out)
+        self.carries = {p.index: {f.old.id: bool(f.force) for _, f in p.funcs() if f.old is not None and not f.nop}
+                        for p in patches}
+        self.patched = set().union(*self.carries.values()) if self.carries else set()
+        self.breaches: list[Breach] = []
+        self._tails: dict[tuple[int, int], bool] = {}
+        self.forced: set[int] = set()         # kGraft: tasks a force migrated inside their current unit
+
+    def name(self, tid: int) -> str:
+        tasks = self.m.tasks
+        if 0 <= tid < len(tasks):
+            return tasks[tid].name
+        return f"swapper/{-1 - tid}" if tid < 0 else f"task {tid}"
+
+    def fname(self, fid: int) -> str:
+        return self.m.functions[fid].name if 0 <= fid < len(self.m.functions) else f"#{fid}"
+
+    def breach(self, clock, rule, tid, detail):
+        self.breaches.append(Breach(clock, rule, self.name(tid), detail))
+
+    def expected(self, live: list[int], fid: int) -> int:
+        """The version fid resolves to with live (patch indexes, oldest first) enabled."""
+        for idx in reversed(live):
+            if fid in self.carries.get(idx, {}):
+                return idx
+        return 0
+
+    def tail_caller(self, fid: int, version: int) -> bool:
+        """Whether the version of fid that ran can leave by a tail call (a
+        jmp out of its own code): its frame may then belong to an untraced
+        callee, and the trace cannot tell when its own activation ended."""
+        key = (fid, version)
+        if key not in self._tails:
+            lo = hi = None
+            p = self.by_index.get(version)
+            if version == 0 or p is None:
+                fn = self.m.functions[fid]
+                lo, hi = fn.start, fn.end
+            else:
+                f = next((f for _, f in p.funcs() if f.old is not None and f.old.id == fid and f.new), None)
+                if f is not None:
+                    lo, hi = f.new.start, f.new.end
+            try:
+                code = bytes(self.m.engine.view(lo, hi - lo)) if lo is not None else None
+            except EmuError:
+                code = None         # unloaded since: its frames cannot be judged either
+            self._tails[key] = code is None or any(
+                i.mnemonic == "jmp" and i.op_str.startswith("0x") and not lo <= int(i.op_str, 16) < hi
+                for i in _CS.disasm(code, lo))
+        return self._tails[key]
+
+    def checked(self, live: list[int], idx: int, target: int, frames, *, forced_ok: bool):
+        """The first frame (fid, version) the transition of patch idx to
+        target checks, or None. Frames of tail callers are not judged."""
+        carried = self.carries.get(idx, {})
+        replace = self.by_index[idx].replace if idx in self.by_index else False
+        for fid, version in frames:
+            if fid in carried:
+                hit = not (forced_ok and carried[fid]) and (target == PATCHED) == (version != idx)
+            else:
+                hit = replace and target == PATCHED and version != 0 and version != idx and fid in self.patched
+            if hit and not self.tail_caller(fid, version):
+                return fid, version
+        return None
+
+    def run(self) -> list[Breach]:
+        model = self.model
+        stacks: dict[int, list[tuple[int, int]]] = {}
+        lost: set[int] = set()                # tasks with a call whose return is not traced
+        state: dict[int, int] = {}
+        cpu_of: dict[int, int] = {}           # task -> the CPU it is on
+        stopped = False
+        live: list[int] = []                  # enabled patch indexes, oldest first
+        trans: tuple[int, int] | None = None  # (patch index, target) in progress
+        seen_new = False                      # immediate: a new version ran in this transition
+        units: dict[int, dict[int, set[bool]]] = {}   # kGraft: task -> patch -> universes seen
+        stop_model = model in STOP_MODELS
+        for clock, kind, tid, a, b, c in self.m.trace:
+            if kind == core.EV_ENTRY:
+                stacks.setdefault(tid, []).append((a, b))
+                if a in self.patched:
+                    self.entry(clock, tid, a, b, live, trans, state, units)
+                    if model == "immediate" and trans is not None:
+                        idx, target = trans
+                        if a in self.carries.get(idx, {}):
+                            new = (b == idx) == (target == PATCHED)
+                            if new:
+                                seen_new = True
+                            elif seen_new:
+                                self.breach(clock, "together", tid,
+                                            f"{self.fname(a)} v{b} ran after another function of "
+                                            f"patch {self.by_index[idx].name} ran its new version")
+            elif kind in (core.EV_RETURN, core.EV_UNWOUND):
+                st = stacks.get(tid)
+                if st:
+                    st.pop()
+            elif kind == core.EV_RET_UNTRACED:
+                lost.add(tid)
+            elif kind in (EV_KERNEL_EXIT, EV_EXIT, EV_SAFE_POINT):
+                if kind != EV_SAFE_POINT:
+                    stacks[tid] = []
+                    lost.discard(tid)
+                units.pop(tid, None)
+                self.forced.discard(tid)
+            elif kind == core.EV_SCHED_IN:
+                cpu_of = {t: cpu for t, cpu in cpu_of.items() if cpu != a}
+                cpu_of[tid] = a
+            elif kind == core.EV_SCHED_OUT:
+                if cpu_of.get(tid) == a:
+                    del cpu_of[tid]
+            elif kind == EV_STOP_MACHINE:
+                stopped = bool(a)
+            elif kind == EV_PATCH_STATE:
+                state[tid] = a
+                route = ROUTES[b] if 0 <= b < len(ROUTES) else str(b)
+                if route == "force":
+                    self.forced.add(tid)      # a forced unmark gives up the unit's one universe
+                if route in ("init", "complete") or trans is None:
+                    continue
+                self.switch(clock, tid, route, trans, live, stacks.get(tid, []), tid in lost, cpu_of)
+            elif kind == EV_TRANSITION and tid < 0:
+                if a == T_START:
+                    trans, seen_new = (b, c), False
+                elif a == T_SWITCH:
+                    if not stopped:
+                        self.breach(clock, "stopped", -1, f"patch {self._pname(b)} switched while CPUs ran")
+                    if not c:
+                        for t, frames in sorted(stacks.items()):
+                            if t in lost:
+                                continue
+                            hit = self.checked(live, b, trans[1] if trans else PATCHED, frames,
+                                               forced_ok=True)
+                            if hit:
+                                self.breach(clock, "stack", t, f"patch {self._pname(b)} switched with "
+                                            f"{self.fname(hit[0])} v{hit[1]} on the stack")
+                    live = self.apply(live, b, trans[1] if trans else PATCHED)
+                else:
+                    if a == T_COMPLETE and not stop_model:
+                        live = self.apply(live, b, c)
+                    trans = None
+        return self.breaches
+
+    def _pname(self, idx: int) -> str:
+        p = self.by_index.get(idx)
+        return p.name if p else f"#{idx}"
+
+    def apply(self, live: list[int], idx: int, target: int) -> list[int]:
+        if target == PATCHED:
+            p = self.by_index.get(idx)
+            return [idx] if p is not None and p.replace else [i for i in live if i != idx] + [idx]
+        return [i for i in live if i != idx]
+
+    def entry(self, clock, tid, fid, version, live, trans, state, units):
+        model = self.model
+        if trans is None or model in STOP_MODELS:
+            want = self.expected(live, fid)
+            if version != want:
+                self.breach(clock, "left-behind", tid, f"{self.fname(fid)} ran v{version}, the enabled "
+                                                       f"patches give v{want}")
+            return
+        idx, _ = trans
+        if fid not in self.carries.get(idx, {}):
+            return
+        if model in ("livepatch", "kgraft") and tid >= 0:
+            st = state.get(tid, UNDEFINED)
+            if version == idx and st != PATCHED:
+                self.breach(clock, "early", tid, f"{self.fname(fid)} ran v{version} of patch "
+                                                 f"{self._pname(idx)} in the {_STATES[st]} state")
+            if model == "kgraft" and tid not in self.forced:
+                seen = units.setdefault(tid, {}).setdefault(idx, set())
+                seen.add(version == idx)
+                if len(seen) == 2:
+                    self.breach(clock, "universe", tid, f"{self.fname(fid)} v{version} ran in a unit that "
+                                                        f"ran the other universe of {self._pname(idx)}")
+                    seen.clear()
+                    seen.add(version == idx)
+
+    def switch(self, clock, tid, route, trans, live, frames, lost, cpu_of):
+        allowed = ALLOWED_ROUTES.get(self.model)
+        if allowed is None:
+            self.breach(clock, "route", tid, f"switched by {route}: {self.model} switches no task")
+            return
+        if route not in allowed:
+            self.breach(clock, "route", tid, f"switched by {route}, which {self.model} does not allow")
+            return
+        tasks = self.m.tasks
+        kind = tasks[tid].kind.value if 0 <= tid < len(tasks) else "idle"
+        # an idle task switches in its idle loop, by a stack check (not while
+        # its CPU idles) or by force; only a user task exits to user space
+        if (route == "idle") != (kind == "idle") and not (kind == "idle" and route in ("stack", "force")) \
+                or (route == "kernel_exit" and kind != "user") or (route == "safe_point" and kind != "kthread"):
+            self.breach(clock, "route", tid, f"a {kind} task switched by {route}")
+        if self.model != "livepatch":
+            return
+        if route in CHECKED_ROUTES and not lost:
+            hit = self.checked(live, trans[0], trans[1], frames, forced_ok=False)
+            if hit:
+                self.breach(clock, "stack", tid, f"switched by {route} with {self.fname(hit[0])} "
+                                                 f"v{hit[1]} on its stack")
+        if route == "stack" and tid in cpu_of:
+            self.breach(clock, "running", tid, f"switched by another CPU's stack check while running "
+                                               f"on cpu {cpu_of[tid]}")
+
+
+_CS = Cs(CS_ARCH_X86, CS_MODE_64)
+_STATES = {UNDEFINED: "undefined", UNPATCHED: "unpatched", PATCHED: "patched"}

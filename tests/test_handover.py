@@ -1,0 +1,194 @@
+"""Value handovers (emu/runs/handover.py) and the promise oracle
+(emu/runs/promise.py), both from the trace alone.
+
+The seed's bug is reported as a value handover with no assertion in the
+scenario: under stop_machine and livepatch (foo is not in the patch) a task
+that called bar v0 hands its 5 to baz v1; never under kGraft, and never
+once the patch carries foo. The argument registers the trace records are
+the ones the function received (C and Python twins alike). The oracle holds
+real runs of every model, and finds the breaches planted in their traces."""
+import types
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from emu.engine import core
+from emu.machine.machine import EV_PATCH_STATE, EV_SCHED_IN, EV_STOP_MACHINE, Machine
+from emu.machine.task import ROUTES
+from emu.runs import promise, scenario
+from emu.runs.fuzz import Runner
+
+SCENARIO = """
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+quantum = 500
+[[task]]
+name = "user"
+entry = "user_entry"
+args = [0]
+count = 2
+[[task]]
+name = "kthread"
+entry = "kthread_entry"
+args = [2]
+kind = "kthread"
+[[patch]]
+name = "seed_patch"
+sources = ["{patch}"]
+functions = [{functions}]
+[[action]]
+at = 20000
+do = "enable"
+patch = "seed_patch"
+[fuzz]
+runs = 8
+strategy = "exhaustive"
+"""
+
+
+def runner(seed_copy, patch="patch.c", functions='"bar", "baz"'):
+    path = seed_copy / "scenario.toml"
+    path.write_text(SCENARIO.format(patch=patch, functions=functions))
+    scn = scenario.load(path)
+    assert not scn.assertions          # nothing asserted: the handover is found by itself
+    return Runner(scenario.build(scn))
+
+
+@pytest.mark.parametrize("model", ["stop_machine", "livepatch"])
+def test_the_seed_bug_is_a_value_handover_without_any_assertion(seed_copy, model):
+    with runner(seed_copy) as r:
+        results = [r.execute(r.plan(model, s)) for s in range(8)]
+    handed = [h for res in results for h in res.handovers]
+    assert handed, "no run handed bar v0's value to baz v1"
+    for h in handed:
+        assert (h["consumer"], h["consumer_version"], h["producer"], h["producer_version"]) == ("baz", 1, "bar", 0)
+        assert h["value"] == 5 and h["arg"] == 1 and h["produced_at"] < h["at"]
+        assert h["text"].startswith(f"baz v1 received 5 in its 1st argument, returned by bar v0 at t={h['produced_at']}")
+    for res in results:
+        assert res.handover_count == len(res.handovers)
+        # a handover happens inside one unit, which then mixed versions too
+        assert not res.handovers or res.inconsistent_units
+        assert res.promise == [], res.promise
+
+
+def test_kgraft_and_a_patch_that_carries_foo_hand_nothing_over(seed_copy):
+    with runner(seed_copy) as r:
+        assert not any(r.execute(r.plan("kgraft", s)).handovers for s in range(8))
+    with runner(seed_copy, "patch_foo.c", '"foo", "bar", "baz"') as r:
+        for model in ("stop_machine", "livepatch"):
+            assert not any(r.execute(r.plan(model, s)).handovers for s in range(8))
+
+
+ARGS_SRC = """
+volatile long sink;
+__attribute__((noinline)) long six(long a, long b, long c, long d, long e, long f)
+{ sink = a ^ b ^ c ^ d ^ e ^ f; return sink; }
+long entry(long a, long b, long c, long d, long e, long f)
+{ for (;;) { six(a, b, c, d, e, f); six(f, e, d, c, b, a); lpemu_yield(); } }
+"""
+
+
+def test_entries_carry_the_six_argument_registers_in_both_twins(compile_c):
+    image = compile_c(ARGS_SRC, cflags=["-O2"])
+    word = st.integers(0, 2**64 - 1)
+
+    @settings(max_examples=10, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(word, min_size=6, max_size=6))
+    def check(args):
+        got = {}
+        for accel in ("c", "python"):
+            m = Machine(image, cpus=1, quantum=50, accel=accel)
+            m.add_task("t", "entry", tuple(a - (1 << 64) if a >> 63 else a for a in args))
+            m.start()
+            m.watch(m.function("six"))
+            m.run(until=3000)
+            trace = list(m.trace)
+            m.engine.close()
+            regs = []
+            for i, e in enumerate(trace):
+                if e[1] == core.EV_ENTRY:
+                    lo, hi = trace[i + 1], trace[i + 2]
+                    assert (lo[1], hi[1]) == (core.EV_ARGS, core.EV_ARGS_HI)
+                    assert lo[0] == hi[0] == e[0] and lo[2] == hi[2] == e[2]
+                    regs.append(tuple(v & (2**64 - 1) for v in (*lo[3:], *hi[3:])))
+            assert regs[:2] == [tuple(args), tuple(reversed(args))]
+            got[accel] = trace
+        assert got["c"] == got["python"]
+    check()
+
+
+def _run(seed_copy, model, seed=0):
+    r = runner(seed_copy)
+    res, m, mod = r.execute(r.plan(model, seed), keep=True)
+    return r, m, mod
+
+
+def _judged(m, mod, trace, model):
+    fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine)
+    return promise.check(fake, mod.patches, model)
+
+
+@pytest.mark.parametrize("model", scenario.MODELS)
+def test_real_runs_keep_their_promise_and_planted_breaches_are_found(seed_copy, model):
+    r, m, mod = _run(seed_copy, model)
+    try:
+        trace = list(m.trace)
+        assert _judged(m, mod, trace, model) == []
+        bar = m.function("bar").id
+        first_entry = next(i for i, e in enumerate(trace) if e[1] == core.EV_ENTRY and e[3] == bar and e[4] == 1)
+        # every model: a new version before any transition started is a task left behind / early
+        planted = [e for e in trace[:first_entry]]
+        early = next(i for i, e in enumerate(planted) if e[1] == core.EV_ENTRY and e[3] == bar)
+        clock, kind, task, a, b, c = planted[early]
+        planted[early] = (clock, kind, task, a, 1, c)
+        rules = {b.rule for b in _judged(m, mod, planted, model)}
+        assert rules & {"left-behind", "together", "early"}, rules
+        if model in ("stop_machine", "ksplice"):
+            # the switch instant with CPUs running
+            no_stop = [e for e in trace if not (e[1] == EV_STOP_MACHINE and e[3] == 1)]
+            assert "stopped" in {b.rule for b in _judged(m, mod, no_stop, model)}
+        if model in ("livepatch", "kgraft"):
+            # a switch by a route the model does not take
+            other = "safe_point" if model == "livepatch" else "stack"
+            swapped = [(e[0], e[1], e[2], e[3], ROUTES.index(other), e[5])
+                       if e[1] == EV_PATCH_STATE and ROUTES[e[4]] not in ("init", "complete") else e for e in trace]
+            assert "route" in {b.rule for b in _judged(m, mod, swapped, model)}
+        if model == "livepatch":
+            # a stack-check switch of a task that a CPU runs
+            i = next(i for i, e in enumerate(trace)
+                     if e[1] == EV_PATCH_STATE and ROUTES[e[4]] == "stack" and e[2] >= 0)
+            running = trace[:i] + [(trace[i][0], EV_SCHED_IN, trace[i][2], 0, 0, 0)] + trace[i:]
+            assert "running" in {b.rule for b in _judged(m, mod, running, model)}
+    finally:
+        m.engine.close()
+        r.close()
+
+
+def test_hostile_traces_never_crash_the_oracles(seed_copy):
+    """Any sequence of events (kinds the oracles read, hostile fields) is
+    judged without an exception: they read a trace, never trust it."""
+    from emu.runs import handover
+    r, m, mod = _run(seed_copy, "livepatch")
+    kinds = [core.EV_ENTRY, core.EV_ARGS, core.EV_ARGS_HI, core.EV_RETURN, core.EV_UNWOUND, core.EV_RET_UNTRACED,
+             EV_PATCH_STATE, EV_SCHED_IN, core.EV_SCHED_OUT, EV_STOP_MACHINE, core.EV_TRANSITION,
+             core.EV_KERNEL_EXIT, core.EV_SAFE_POINT, core.EV_EXIT]
+    small = st.integers(-3, 12)
+    word = st.one_of(small, st.integers(-2**63, 2**63 - 1))
+    event = st.tuples(st.integers(0, 2**40), st.sampled_from(kinds), st.integers(-4, 6), word, word,
+                      st.integers(0, 2**64 - 1))
+    try:
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(event, max_size=60), st.sampled_from(scenario.MODELS))
+        def check(trace, model):
+            for b in _judged(m, mod, trace, model):
+                assert str(b) and b.to_json()
+            fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine)
+            for h in handover.find(fake, mod.patches):
+                assert str(h)
+        check()
+    finally:
+        m.engine.close()
+        r.close()
