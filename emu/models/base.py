@@ -204,6 +204,22 @@ class Model:
             raise
         return updates
 
+    @staticmethod
+    def together(updates):
+        """Run text-update generators in lockstep: every one to its next
+        wait, then one wait for all, so that their sites change in the same
+        syncs (one batch, as ftrace_replace_code does for one ops)."""
+        live = [iter(u) for u in updates]
+        while live:
+            waits = []
+            for u in list(live):
+                try:
+                    waits.append(next(u))
+                except StopIteration:
+                    live.remove(u)
+            if waits:
+                yield waits[0]
+
     def loaded_funcs(self, patch: Patch) -> list[PatchFunc]:
         return [f for _, f in patch.funcs() if f.old is not None]
 

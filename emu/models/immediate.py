@@ -37,7 +37,7 @@ class Immediate(Model):
         """Nothing to force: there is no transition to wait for."""
 
     def _finish(self, t, updates):
+        """A patch's sites change together: one batch, the same syncs."""
         t.started_at = self.m.now
-        for update in updates:
-            yield from update
+        yield from self.together(updates)
         self.finish(t, "completed")
