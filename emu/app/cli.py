@@ -579,7 +579,7 @@ EPILOGS = {
             "  lpemu fuzz examples/seed/scenario.toml --model livepatch --junit /tmp/lpemu.xml",
     "first-failure": "example:\n  lpemu first-failure examples/rare/scenario.toml --limit 100",
     "bench": "example:\n  lpemu bench --quick --plot /tmp/scaling.png",
-    "diff": "example:\n  lpemu diff examples/seed/base.c examples/seed/patch.c",
+    "diff": "example:\n  lpemu diff tests/diff/inline/old.c tests/diff/inline/new.c",
 }
 EXIT_HELP = ("exit status: 0 no finding, 1 findings (see --fail-on and [expect]), 2 usage or input error, "
              "130 interrupted")
