@@ -14,6 +14,7 @@ that emu/app/report.py reads.
 """
 from __future__ import annotations
 
+import errno
 from dataclasses import dataclass, field
 
 from emu.engine import unwind
@@ -25,6 +26,7 @@ from emu.kernel import versions
 from emu.kernel.shadow import ShadowVars
 from emu.machine import hypercall
 from emu.machine.task import Task
+from emu.models.refusals import refusal
 from emu.models.stacks import StackChecks
 
 # transition event codes (EV_TRANSITION's a)
@@ -328,6 +330,15 @@ class Model:
         t = self.transition
         if t is not None:
             raise Busy(f"patch '{patch.name}': another transition ('{t.patch}') is in progress (-EBUSY)")
+
+    def disable_check(self, patch: Patch) -> None:
+        """What every model checks before disabling: no transition in
+        progress (Busy), and the patch enabled (PatchRefused, -EINVAL: a
+        patch module that never loaded, or was unloaded, cannot be
+        unloaded; livepatch's sysfs write of 0 to `enabled` refuses the same)."""
+        self.busy_check(patch)
+        if patch not in self.patches or not patch.enabled:
+            raise refusal(f"patch '{patch.name}' is not enabled", errno.EINVAL)
 
     def replaced_range(self, func: PatchFunc) -> tuple[int, int]:
         """The code func replaces: the entry directly below it on its old

@@ -26,7 +26,7 @@ class Immediate(Model):
         self.m.spawn(self._finish(t, updates))
 
     def disable(self, patch: Patch) -> None:
-        self.busy_check(patch)
+        self.disable_check(patch)
         t = self.record(patch, UNPATCHED)
         updates = [self.pop(patch, f) for f in self.loaded_funcs(patch)]
         self.mark_objects(patch, False)

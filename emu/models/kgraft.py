@@ -61,7 +61,7 @@ class KGraft(Model):
         return nops
 
     def disable(self, patch: Patch) -> None:
-        self.busy_check(patch)
+        self.disable_check(patch)
         for f in self.loaded_funcs(patch):
             f.transition = True
             self.sync(f)

@@ -69,7 +69,7 @@ class StopMachine(Model):
         self.m.spawn(self._run(t, patch, PATCHED, funcs, updates))
 
     def disable(self, patch: Patch) -> None:
-        self.busy_check(patch)
+        self.disable_check(patch)
         t = self.record(patch, UNPATCHED)
         self.m.spawn(self._run(t, patch, UNPATCHED, self.loaded_funcs(patch), []))
 

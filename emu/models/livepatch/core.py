@@ -37,7 +37,7 @@ from emu.models.base import Model
 from emu.kernel import callbacks
 from emu.models.livepatch import notifiers, transition
 from emu.models.livepatch.patch import patch_object, unpatch_object, unpatch_objects
-from emu.models.livepatch.refusals import refusal
+from emu.models.refusals import refusal
 
 
 class Livepatch(Model):

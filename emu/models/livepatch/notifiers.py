@@ -18,7 +18,7 @@ from emu.errors import Busy, PatchError
 from emu.kernel.patch import Patch, resolve
 from emu.kernel import callbacks
 from emu.models.livepatch.patch import patch_object, unpatch_object
-from emu.models.livepatch.refusals import refusal
+from emu.models.refusals import refusal
 
 MODULE_COMING, MODULE_LIVE, MODULE_GOING = "COMING", "LIVE", "GOING"
 

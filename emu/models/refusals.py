@@ -1,7 +1,8 @@
-"""How the livepatch interface refuses: the -errno the kernel returns from
-a sysfs write or a module load, raised as an exception with the kernel's
-errno name in its message. core.py (sysfs, rmmod) and notifiers.py
-(module loads) raise these; runs and tests catch Busy and PatchRefused.
+"""How a model's interface refuses: the -errno the kernel returns from a
+sysfs write, a module load or unload, raised as an exception with the
+kernel's errno name in its message. Every model raises these (livepatch's
+core.py and notifiers.py, base.Model's checks); runs and tests catch Busy
+and PatchRefused.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from emu.errors import Busy, PatchError
 
 
 class PatchRefused(PatchError):
-    """A livepatch operation refused with -errno (EINVAL, ENODEV, ...)."""
+    """An operation refused with -errno (EINVAL, ENODEV, ...)."""
 
     def __init__(self, message: str, errno: int):
         super().__init__(message)

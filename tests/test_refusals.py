@@ -1,0 +1,82 @@
+"""What every model refuses, written from what each system does: a patch
+that is not enabled cannot be disabled (livepatch's sysfs write of 0 to
+`enabled` returns -EINVAL; a kpatch, Ksplice or kGraft patch module that
+never loaded, or was already unloaded, cannot be unloaded), and nothing of
+the machine changes when it is refused."""
+import pytest
+
+from emu.engine import core
+from emu.errors import Busy
+from emu.kernel.patch import make_patch
+from emu.machine.machine import Machine
+from emu.models import MODEL_NAMES, make_model
+from emu.models.refusals import PatchRefused
+
+BASE = """
+__attribute__((noipa)) long f(long x) { return x + 1; }   /* called on every pass */
+long user(long id) {
+    for (;;) { lpemu_observe(1, f(id)); lpemu_return_to_user(); lpemu_sleep(1); }
+}
+"""
+PATCH = """
+__attribute__((noinline)) long f(long x) { return x + 2; }
+"""
+
+
+def build(compile_c, model_name):
+    base = compile_c(BASE)
+    m = Machine(base, cpus=2, quantum=300)
+    for i in range(3):
+        m.add_task(f"user{i}", "user", (i,))
+    model = make_model(model_name, m)
+    img = compile_c(PATCH, name="fix", base=base.hi + 0x10000 & ~0xfff, link_against=base)
+    m.load(img)
+    return m, model, make_patch(m, "fix", img, ["f"])
+
+
+def observed(m, since):
+    return {e[4] for e in m.trace if e[1] == core.EV_OBSERVE and e[3] == 1 and e[0] >= since}
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_disabling_a_patch_never_enabled_is_refused(compile_c, model_name):
+    m, model, patch = build(compile_c, model_name)
+    m.run(until=m.seconds(0.1))
+    with pytest.raises(PatchRefused, match="'fix' is not enabled.*EINVAL"):
+        model.disable(patch)
+    assert model.transition is None and not model.transitions
+    m.run(until=m.now + m.seconds(0.5))
+    assert observed(m, m.now - m.seconds(0.3)) == {1, 2, 3}       # the original f
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_disabling_twice_is_refused_the_second_time(compile_c, model_name):
+    m, model, patch = build(compile_c, model_name)
+    model.enable(patch)
+    m.run(until=m.seconds(8))
+    assert model.transitions[-1].result == "completed"
+    assert observed(m, m.now - m.seconds(0.3)) == {2, 3, 4}       # the patched f
+    model.disable(patch)
+    m.run(until=m.now + m.seconds(8))
+    assert model.transitions[-1].result == "completed" and not patch.enabled
+    with pytest.raises(PatchRefused, match="not enabled"):
+        model.disable(patch)
+    assert len(model.transitions) == 2
+    m.run(until=m.now + m.seconds(0.5))
+    assert observed(m, m.now - m.seconds(0.3)) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("model_name", [n for n in MODEL_NAMES if n != "immediate"])
+def test_disabling_while_another_transition_runs_is_busy_or_a_reversal(compile_c, model_name):
+    m, model, patch = build(compile_c, model_name)
+    model.enable(patch)
+    if model_name not in ("stop_machine", "ksplice"):      # their switch is one stop_machine away
+        m.run(until=m.now + m.ticks(3))   # the enable's text changes are done
+    assert model.transition is not None, "meant to come mid-transition"
+    if model_name == "livepatch":
+        model.disable(patch)              # livepatch reverses the transition in progress
+        m.run(until=m.now + m.seconds(8))
+        assert not patch.enabled
+    else:
+        with pytest.raises(Busy):
+            model.disable(patch)
