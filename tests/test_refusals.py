@@ -80,3 +80,76 @@ def test_disabling_while_another_transition_runs_is_busy_or_a_reversal(compile_c
     else:
         with pytest.raises(Busy):
             model.disable(patch)
+
+
+MOD_BASE = """
+long (*mod_ops)(long);
+__attribute__((noipa)) long helper(long x) { return x + 1; }
+__attribute__((noipa)) long call_ops(long x) { long (*g)(long) = mod_ops; return g ? g(x) : -1; }
+long user(long id) {
+    for (;;) { lpemu_observe(1, call_ops(id)); lpemu_return_to_user(); lpemu_sleep(1); }
+}
+"""
+MOD = """
+long helper(long);
+__attribute__((noinline)) long mod_fn(long x) { return helper(x) * 10; }
+"""
+MOD_FIX = """
+long helper(long);
+__attribute__((noinline)) long mod_fn(long x) { return helper(x) * 10 + 5; }
+__attribute__((noinline)) long helper(long x) { return x + 1; }
+"""
+
+
+def module_scenario(tmp_path, load_at):
+    for name, text in (("base.c", MOD_BASE), ("mod.c", MOD), ("fix.c", MOD_FIX)):
+        (tmp_path / name).write_text('#include "lpemu.h"\n' + text)
+    (tmp_path / "s.toml").write_text(f"""
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+quantum = 300
+[[task]]
+name = "user"
+entry = "user"
+args = [0]
+count = 3
+[[module]]
+name = "mod"
+sources = ["mod.c"]
+[[patch]]
+name = "fix"
+sources = ["fix.c"]
+functions = ["helper", "mod:mod_fn"]
+[[action]]
+at = 20000
+do = "enable"
+patch = "fix"
+[[action]]
+at = {load_at}
+do = "load"
+module = "mod"
+[fuzz]
+horizon = 5.0
+""")
+    return tmp_path / "s.toml"
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+@pytest.mark.parametrize("delay", [1, 30, 200, 600])
+def test_a_module_load_while_the_core_changes_text_waits_and_is_patched(tmp_path, model_name, delay):
+    """insmod right after the write to `enabled`: the kernel's load blocks
+    on klp_mutex (klp_module_coming) while the patch's ftrace sites change,
+    then loads and is patched; it is never refused for it."""
+    from emu.runs import scenario
+    from emu.runs.fuzz import Runner
+    r = Runner(scenario.build(scenario.load(module_scenario(tmp_path, 20000 + delay))))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.errors, res.errors
+        assert res.outcome == "completed"
+        assert model.patches[0].object("mod").patched
+    finally:
+        m.engine.close()
+        r.close()

@@ -91,6 +91,7 @@ class Model:
         self.stacks: dict[int, list[tuple[Patch, PatchFunc]]] = {}   # old function id -> newest first
         self.ops: dict[int, Ops] = {}
         self.transitions: list[Transition] = []
+        self.unlock_waiters: list = []     # writers blocked on the mutex (after_unlock)
         self.stack_checks = StackChecks(machine)
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve all
@@ -107,6 +108,30 @@ class Model:
             self.patches.append(patch)
             patch.index = patch.index or len(self.patches)
         return patch
+
+    # ---- the mutex of the patching core ----------------------------------------------
+    @property
+    def locked(self) -> bool:
+        """Whether the core's mutex is held where a writer would block on it
+        (livepatch's klp_mutex across text changes; the other models take
+        theirs only inside one step of kernel work)."""
+        return False
+
+    def after_unlock(self, fn) -> None:
+        """Call fn() when the mutex is free: at once, or, as a writer
+        blocked in mutex_lock(), once the holder released it (at the next
+        instruction boundary after the release)."""
+        if not self.locked:
+            fn()
+        else:
+            self.unlock_waiters.append(fn)
+
+    def unlocked(self) -> None:
+        """The holder released the mutex: the blocked writers go on, in
+        the order they came."""
+        waiters, self.unlock_waiters = self.unlock_waiters, []
+        for fn in waiters:
+            self.m.at(self.m.now, fn)
 
     @property
     def transition(self) -> Transition | None:

@@ -430,6 +430,12 @@ class Runner:
             if spec.schedule == "pct" else make_policy(spec.schedule, spec.sched_seed)
 
     def _act(self, m: Machine, model, patches, a, res: Result) -> None:
+        """One action, as its writer makes it: a sysfs write, insmod or
+        rmmod blocks on the core's mutex while the core changes text (the
+        kernel's mutex_lock(&klp_mutex)), and goes on once it is free."""
+        if model.locked:
+            model.after_unlock(lambda: self._act(m, model, patches, a, res))
+            return
         prog = self.program
         try:
             if a.do == "enable":

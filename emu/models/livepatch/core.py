@@ -283,7 +283,8 @@ class Livepatch(Model):
     # ---- text modification under the mutex --------------------------------------------------
     def change_text(self, updates):
         """Run text updates (generators) holding klp_mutex: operations
-        requested meanwhile raise Busy."""
+        requested meanwhile raise Busy (a scenario's actions wait for the
+        mutex instead, through after_unlock, as a blocked writer does)."""
         updates = list(updates)
         if not updates:
             return
@@ -291,8 +292,15 @@ class Livepatch(Model):
         try:
             for update in updates:
                 yield from update
-        finally:
+        except GeneratorExit:
+            # the run ended (or its machine went away) mid-change: nobody
+            # may be woken on a machine that has moved on
+            raise
+        except BaseException:
             self._locked = False
+            raise
+        self._locked = False
+        self.unlocked()
 
     def hold_mutex(self) -> None:
         """Take klp_mutex now, at the write: the work that changes the text
