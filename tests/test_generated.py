@@ -66,3 +66,13 @@ def test_immediate_changes_a_patchs_sites_in_one_batch():
     of the patch had run its new version (the promise oracle's 'together')."""
     result = check_scenario(2, twins=False)
     assert result["breaches"] == []
+
+
+def test_immediate_switches_a_stacked_patchs_functions_at_one_instant():
+    """Generated seeds 282 and 445: p1 patches f0 (a NOP site) and f1 (live
+    since p0 patched it). f1's new version went onto its stack at the write
+    to `enabled`, f0's site only when the work had a CPU, so a task ran p1's
+    f1 and then the original f0 (the promise oracle's 'together')."""
+    for seed in (282, 445):
+        result = check_scenario(seed, twins=False)
+        assert result["breaches"] == [], seed

@@ -4,6 +4,7 @@ ftrace redirect gives). The oracle (emu/runs/oracle.py) finds the mixes
 this allows; nothing else needs to agree with it."""
 from __future__ import annotations
 
+from emu.errors import Busy
 from emu.kernel.patch import Patch
 from emu.machine.task import PATCHED, UNPATCHED
 from emu.models.base import Model
@@ -15,15 +16,17 @@ class Immediate(Model):
     def enable(self, patch: Patch) -> None:
         self.add(patch)
         self.busy_check(patch)
+        funcs = self.loaded_funcs(patch)
+        updates = []
+        try:
+            for f in funcs:
+                updates.append(self.ensure_ops(f))     # Busy on an IPMODIFY conflict
+        except Busy:
+            for f in funcs:
+                self.release_ops(f)
+            raise
         t = self.record(patch, PATCHED)
-        updates = self.push_all(patch, self.loaded_funcs(patch))
-        if patch.replace:       # the replaced patches go at once
-            for other in self.replaced(patch):
-                updates += [self.pop(other, g) for g in self.loaded_funcs(other)]
-                self.retire(other)
-        self.mark_objects(patch, True)
-        patch.enabled = True
-        self.m.spawn(self._finish(t, updates))
+        self.m.spawn(self._switch_in(t, patch, funcs, updates))
 
     def disable(self, patch: Patch) -> None:
         self.disable_check(patch)
@@ -35,6 +38,26 @@ class Immediate(Model):
 
     def force(self, patch: Patch | None = None) -> None:
         """Nothing to force: there is no transition to wait for."""
+
+    def _switch_in(self, t, patch: Patch, funcs, updates):
+        """A patch's functions change together, in the first step of its
+        work (once it has a CPU): every function goes onto its stack and
+        the sites it needs that were NOPs get their int3 (text_poke_bp's
+        first write, which already sends callers to the trampoline) at one
+        instant, a function whose site was already live (patched by a patch
+        below) included; with atomic replace the replaced patches come off
+        at that instant too. The rest of the text change is one batch."""
+        t.started_at = self.m.now
+        for f in funcs:
+            self.link(patch, f)
+        if patch.replace:
+            for other in self.replaced(patch):
+                updates += [self.pop(other, g) for g in self.loaded_funcs(other)]
+                self.retire(other)
+        self.mark_objects(patch, True)
+        patch.enabled = True
+        yield from self.together(updates)
+        self.finish(t, "completed")
 
     def _finish(self, t, updates):
         """A patch's sites change together: one batch, the same syncs."""
