@@ -14,8 +14,10 @@ from emu.engine import core
 from emu.errors import Busy
 from emu.kernel.ftrace import FENTRY_NOP, Ops
 from emu.images.build import build_c
-from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, Machine
+from emu.images import percpu
+from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, PERCPU_BASE, Machine
 from emu.models.livepatch import Livepatch, PatchRefused
+from emu.kernel import versions
 from emu.kernel.patch import VMLINUX, make_patch
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
 
@@ -23,7 +25,12 @@ LP = Path(__file__).resolve().parent / "lp"
 
 # Where each module of the selftests is linked (they may load in any order).
 SLOTS = ["test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_mod",
-         "test_klp_callbacks_busy", "test_klp_callbacks_demo", "patch2", "patch3"]
+         "test_klp_callbacks_busy", "test_klp_callbacks_demo", "patch2", "patch3", "test_klp_syscall"]
+# The new_func of each klp_func whose name differs from its old_name.
+NEW_NAMES = {"cmdline_proc_show": "livepatch_cmdline_proc_show",
+             "meminfo_proc_show": "livepatch_meminfo_proc_show",
+             "__x64_sys_getpid": "lp_sys_getpid"}
+PID_BASE = 1000     # task tid -> the pid its fork gave it
 
 MOD_LIVEPATCH = "test_klp_livepatch"
 MOD_REPLACE = "test_klp_atomic_replace"
@@ -53,14 +60,24 @@ class Selftest:
     commands logged as '% ...', loads that wait for the transition as
     load_lp does, and the error lines modprobe/insmod print."""
 
-    def __init__(self, *, cpus: int = 2):
+    def __init__(self, *, cpus: int = 2, kernel: str | None = None, tasks=()):
         self.base = build_c([LP / "vmlinux.c"], base=0x400000, name="vmlinux")
         self.m = Machine(self.base, cpus=cpus, quantum=500)
         self.m.add_task("cat", "cat_entry")
         self.m.add_task("kworker/0:1", "kworker", kind="kthread")
+        for name, entry, args, kind, cpu in tasks:
+            self.m.add_task(name, entry, args, kind=kind, cpu=cpu)
         self.m.hypercalls[SAY] = lambda m, task, args: m.printk(SAID[args[0]]) or 0
-        self.lp = Livepatch(self.m)
+        self.lp = Livepatch(self.m, kernel=kernel)
+        self.m.start()
+        for task in self.m.tasks:        # fork: current->pid (vmlinux.c's task_struct)
+            at = PERCPU_BASE + task.tid * percpu.AREA_SIZE + percpu.TASK_BLOCK
+            self.m.engine.view(at, 8)[:] = self.pid(task).to_bytes(8, "little")
         self.m.run(until=self.m.seconds(0.1))
+
+    @staticmethod
+    def pid(task) -> int:
+        return PID_BASE + task.tid
 
     # ---- images -----------------------------------------------------------------------
     def image(self, name: str, *, source: str | None = None, keep=None):
@@ -70,9 +87,10 @@ class Selftest:
     def patch(self, name, functions, *, source=None, **kw):
         img = None
         if functions:
-            img = self.image(name, source=source, keep={f.rpartition(":")[2] for f in functions})
+            olds = {f.rpartition(":")[2] for f in functions}
+            img = self.image(name, source=source, keep={NEW_NAMES.get(f, f) for f in olds})
             self.m.load(img)
-        return make_patch(self.m, name, img, functions, **kw)
+        return make_patch(self.m, name, img, functions, new_names=NEW_NAMES, **kw)
 
     # ---- the shell -------------------------------------------------------------------------
     def cmd(self, text: str) -> None:
@@ -98,6 +116,8 @@ class Selftest:
 
     def load_lp(self, patch, args: str = "", *, tool: str = "modprobe", wait: bool = True) -> None:
         self.cmd(f"{tool} {'test_modules/' + patch.name + '.ko' if tool == 'insmod' else patch.name}{args}")
+        if patch.image is not None and patch.image.name in self.m.unloaded:
+            self.m.load(patch.image)          # the module again, as it was
         self.lp.enable(patch)
         if wait:
             self.wait_transition()
@@ -117,8 +137,9 @@ class Selftest:
         self.cmd(f"rmmod {patch.name}")
         self.lp.remove(patch)
 
-    def load_mod(self, image, args: str = "", *, init=None) -> None:
-        self.cmd(f"modprobe {image.name}{args}")
+    def load_mod(self, image, args: str = "", *, init=None, tool: str = "modprobe") -> None:
+        self.cmd(f"modprobe {image.name}{args}" if tool == "modprobe" else
+                 f"insmod test_modules/{image.name}.ko{args}")
         self.lp.load_module(image, init=init or (lambda: self.m.printk(f"{image.name}: {image.name}_init")))
 
     def load_failing_mod(self, image) -> None:
@@ -147,6 +168,21 @@ class Selftest:
 
     def log(self) -> list[str]:
         return [text for _, text in self.m.log]
+
+    def since(self, n: int) -> list[str]:
+        """check_result: the lines logged after the first n (start_test)."""
+        return self.log()[n:]
+
+    def does_sysfs_exist(self, mod: str, rel: str) -> bool:
+        return f"{mod}/{rel}" in self.lp.sysfs()
+
+    def check_sysfs_rights(self, mod: str, rel: str, rights: str) -> None:
+        entry = self.lp.sysfs()[f"{mod}/{rel}".rstrip("/")]
+        assert entry["mode"] == rights, (mod, rel, entry)
+
+    def check_sysfs_value(self, mod: str, rel: str, value: str) -> None:
+        entry = self.lp.sysfs()[f"{mod}/{rel}"]
+        assert entry["value"] == value, (mod, rel, entry)
 
     def write(self, image, symbol: str, value: int) -> None:
         self.m.engine.view(image.symbols[symbol], 8)[:] = value.to_bytes(8, "little")
@@ -1103,6 +1139,197 @@ def test_kprobe_on_the_patched_function(post_handler):
     st.run(0.01)
     assert st.log() == transcript(expected)
     assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+
+
+# ---- test-sysfs.sh (6.1; its replace and stack_order parts where the kernel has them) ---------------
+MOD_LIVEPATCH2 = MOD_DEMO
+MOD_LIVEPATCH3 = "test_klp_syscall"
+
+
+def syscall_patch(st: Selftest):
+    return st.patch(MOD_LIVEPATCH3, ["__x64_sys_getpid"])
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.14", "6.1", "6.8", "6.11", "6.14", "6.19"])
+def test_sysfs(kernel):
+    """test-sysfs.sh as the newest script runs it: each part that needs an
+    attribute runs only where the kernel has it (does_sysfs_exist)."""
+    k = versions.kernel(kernel)
+    st = Selftest(kernel=kernel)
+    lp1 = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+
+    # ---- sysfs test
+    n = len(st.log())
+    st.load_lp(lp1, tool="insmod")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "", "drwxr-xr-x")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "enabled", "-rw-r--r--")
+    st.check_sysfs_value(MOD_LIVEPATCH, "enabled", "1")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "force", "--w-------")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "transition", "-r--r--r--")
+    st.check_sysfs_value(MOD_LIVEPATCH, "transition", "0")
+    has_patch = st.does_sysfs_exist(f"{MOD_LIVEPATCH}/vmlinux", "patched")
+    if has_patch:
+        st.check_sysfs_rights(MOD_LIVEPATCH, "vmlinux/patched", "-r--r--r--")
+        st.check_sysfs_value(MOD_LIVEPATCH, "vmlinux/patched", "1")
+    has_replace = st.does_sysfs_exist(MOD_LIVEPATCH, "replace")
+    if has_replace:
+        st.check_sysfs_rights(MOD_LIVEPATCH, "replace", "-r--r--r--")
+    has_stack_order = st.does_sysfs_exist(MOD_LIVEPATCH, "stack_order")
+    if has_stack_order:
+        st.check_sysfs_rights(MOD_LIVEPATCH, "stack_order", "-r--r--r--")
+        st.check_sysfs_value(MOD_LIVEPATCH, "stack_order", "1")
+    # the attributes each version has, and no other
+    assert (has_patch, has_replace, has_stack_order) == (k.version >= (6, 1), k.version >= (6, 11),
+                                                         k.version >= (6, 14))
+    assert st.does_sysfs_exist(MOD_LIVEPATCH, "signal") == (k.version < (5, 1))
+    assert st.does_sysfs_exist(MOD_LIVEPATCH, "vmlinux/cmdline_proc_show,1")
+    st.disable_lp(lp1)
+    assert not st.does_sysfs_exist(MOD_LIVEPATCH, "")     # gone with the patch
+    st.unload_lp(lp1)
+    assert st.since(n) == transcript("""
+        % insmod test_modules/$MOD_LIVEPATCH.ko
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """)
+
+    lp2, _ = demo_patch(st)
+    if has_patch:
+        # ---- sysfs test object/patched: the file follows the target module
+        n = len(st.log())
+        target = st.image(MOD_TARGET)
+        st.load_lp(lp2, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH2, f"{MOD_TARGET}/patched", "0")
+        st.load_mod(target, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH2, f"{MOD_TARGET}/patched", "1")
+        st.unload_mod(target)
+        st.check_sysfs_value(MOD_LIVEPATCH2, f"{MOD_TARGET}/patched", "0")
+        st.disable_lp(lp2)
+        st.unload_lp(lp2)
+        assert st.since(n) == transcript("""
+            % insmod test_modules/$MOD_LIVEPATCH2.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH2'
+            livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+            $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting patching transition
+            livepatch: '$MOD_LIVEPATCH2': completing patching transition
+            $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': patching complete
+            % insmod test_modules/$MOD_TARGET.ko
+            livepatch: applying patch '$MOD_LIVEPATCH2' to loading module '$MOD_TARGET'
+            $MOD_LIVEPATCH2: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+            $MOD_LIVEPATCH2: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+            $MOD_TARGET: test_klp_callbacks_mod_init
+            % rmmod $MOD_TARGET
+            $MOD_TARGET: test_klp_callbacks_mod_exit
+            $MOD_LIVEPATCH2: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+            livepatch: reverting patch '$MOD_LIVEPATCH2' on unloading module '$MOD_TARGET'
+            $MOD_LIVEPATCH2: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+            livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+            $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+            $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': unpatching complete
+            % rmmod $MOD_LIVEPATCH2
+            """, MOD_LIVEPATCH2=MOD_LIVEPATCH2)
+
+    if has_replace:
+        # ---- sysfs test replace enabled / replace disabled
+        for replace in (1, 0):
+            n = len(st.log())
+            patch = st.patch(MOD_REPLACE, ["meminfo_proc_show"], replace=bool(replace)) if replace else patch
+            patch.replace = bool(replace)              # the module parameter
+            st.load_lp(patch, f" replace={replace}", tool="insmod")
+            st.check_sysfs_rights(MOD_REPLACE, "replace", "-r--r--r--")
+            st.check_sysfs_value(MOD_REPLACE, "replace", str(replace))
+            st.disable_lp(patch)
+            st.unload_lp(patch)
+            assert st.since(n) == transcript(f"""
+                % insmod test_modules/$MOD_REPLACE.ko replace={replace}
+                livepatch: enabling patch '$MOD_REPLACE'
+                livepatch: '$MOD_REPLACE': initializing patching transition
+                livepatch: '$MOD_REPLACE': starting patching transition
+                livepatch: '$MOD_REPLACE': completing patching transition
+                livepatch: '$MOD_REPLACE': patching complete
+                % echo 0 > /sys/kernel/livepatch/$MOD_REPLACE/enabled
+                livepatch: '$MOD_REPLACE': initializing unpatching transition
+                livepatch: '$MOD_REPLACE': starting unpatching transition
+                livepatch: '$MOD_REPLACE': completing unpatching transition
+                livepatch: '$MOD_REPLACE': unpatching complete
+                % rmmod $MOD_REPLACE
+                """)
+
+    if has_stack_order:
+        # ---- sysfs test stack_order value: renumbered when the middle one goes
+        n = len(st.log())
+        lp3 = syscall_patch(st)
+        st.load_lp(lp1, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH, "stack_order", "1")
+        st.load_lp(lp2, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH2, "stack_order", "2")
+        st.load_lp(lp3, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH3, "stack_order", "3")
+        st.disable_lp(lp2)
+        st.unload_lp(lp2)
+        st.check_sysfs_value(MOD_LIVEPATCH, "stack_order", "1")
+        st.check_sysfs_value(MOD_LIVEPATCH3, "stack_order", "2")
+        st.disable_lp(lp3)
+        st.unload_lp(lp3)
+        st.disable_lp(lp1)
+        st.unload_lp(lp1)
+        assert st.since(n) == transcript("""
+            % insmod test_modules/$MOD_LIVEPATCH.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH'
+            livepatch: '$MOD_LIVEPATCH': initializing patching transition
+            livepatch: '$MOD_LIVEPATCH': starting patching transition
+            livepatch: '$MOD_LIVEPATCH': completing patching transition
+            livepatch: '$MOD_LIVEPATCH': patching complete
+            % insmod test_modules/$MOD_LIVEPATCH2.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH2'
+            livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+            $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting patching transition
+            livepatch: '$MOD_LIVEPATCH2': completing patching transition
+            $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': patching complete
+            % insmod test_modules/$MOD_LIVEPATCH3.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH3'
+            livepatch: '$MOD_LIVEPATCH3': initializing patching transition
+            livepatch: '$MOD_LIVEPATCH3': starting patching transition
+            livepatch: '$MOD_LIVEPATCH3': completing patching transition
+            livepatch: '$MOD_LIVEPATCH3': patching complete
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+            livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+            $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+            $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': unpatching complete
+            % rmmod $MOD_LIVEPATCH2
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH3/enabled
+            livepatch: '$MOD_LIVEPATCH3': initializing unpatching transition
+            livepatch: '$MOD_LIVEPATCH3': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH3': completing unpatching transition
+            livepatch: '$MOD_LIVEPATCH3': unpatching complete
+            % rmmod $MOD_LIVEPATCH3
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+            livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': unpatching complete
+            % rmmod $MOD_LIVEPATCH
+            """, MOD_LIVEPATCH2=MOD_LIVEPATCH2, MOD_LIVEPATCH3=MOD_LIVEPATCH3)
+    assert not st.lp.sysfs()
 
 
 # ---- the consistency model itself ------------------------------------------------------------------------

@@ -39,6 +39,9 @@ from emu.models.livepatch import notifiers, transition
 from emu.models.livepatch.patch import patch_object, unpatch_object, unpatch_objects
 from emu.models.refusals import refusal
 
+# sysfs modes as `stat --format %A` prints them (__ATTR_RW, __ATTR_RO, __ATTR_WO, kobject dirs)
+DIR, RW, RO, WO = "drwxr-xr-x", "-rw-r--r--", "-r--r--r--", "--w-------"
+
 
 class Livepatch(Model):
     name = "livepatch"
@@ -58,6 +61,11 @@ class Livepatch(Model):
         # per patch, the nops atomic replace added: (object, its nops), or
         # (object, None) for an object made only to hold nops
         self._dynamic: dict[Patch, list[tuple[PatchObject, list[PatchFunc] | None]]] = {}
+
+    @property
+    def permanent_ops(self) -> bool:
+        """klp_ops are FTRACE_OPS_FL_PERMANENT from 5.5 (versions.py)."""
+        return self.kernel.ftrace_permanent
 
     # ---- user operations ---------------------------------------------------------------
     def enable(self, patch: Patch) -> None:
@@ -334,11 +342,46 @@ class Livepatch(Model):
             transition.cond_resched(self, task, "freezable_sleep")
 
     # ---- status -----------------------------------------------------------------------------------------
+    def sysfs(self) -> dict[str, dict]:
+        """/sys/kernel/livepatch as this kernel version shows it (core.c's
+        sysfs interface; versions.py says which attribute came when): per
+        path relative to it, {"mode": what `stat --format %A` prints,
+        "value": what `cat` reads, None for directories and write-only
+        attributes}. A patch is there from its enable until it is freed
+        (disabled, replaced, or refused); each object has a directory,
+        loaded or not, and each function one named "<name>,<sympos>"."""
+        k = self.kernel
+        out: dict[str, dict] = {}
+
+        def put(path, mode, value=None):
+            out[path] = {"mode": mode, "value": value}
+
+        for i, p in enumerate(self.installed):
+            put(p.name, DIR)
+            put(f"{p.name}/enabled", RW, str(int(p.enabled)))
+            put(f"{p.name}/transition", RO, str(int(p is self.transition_patch)))
+            put(f"{p.name}/force", WO)
+            if k.sysfs_signal:
+                put(f"{p.name}/signal", WO)
+            if k.sysfs_replace:
+                put(f"{p.name}/replace", RO, str(int(p.replace)))
+            if k.sysfs_stack_order:
+                # stack_order_show: the patch's place in klp_patches, counted from 1
+                put(f"{p.name}/stack_order", RO, str(i + 1))
+            for obj in p.objects:
+                put(f"{p.name}/{obj.name}", DIR)
+                if k.sysfs_object_patched:
+                    put(f"{p.name}/{obj.name}/patched", RO, str(int(obj.patched)))
+                for f in obj.funcs:
+                    put(f"{p.name}/{obj.name}/{f.name},1", DIR)
+        return out
+
     def status(self) -> dict:
-        """What /sys/kernel/livepatch shows (per patch: enabled, transition,
-        forced, replace, stack_order, per object patched), per task its
-        patch_state and pending flag, and the transition in progress with
-        the tasks that block it and their stacks."""
+        """The model's state: per installed patch its flags (enabled,
+        transition, forced, replace and stack_order where the kernel shows
+        them) and objects, per task its patch_state and pending flag, the
+        transition in progress with the tasks that block it and their
+        stacks, and "sysfs": what /sys/kernel/livepatch shows (sysfs())."""
         tp = self.transition_patch
         t = self.transition
         return {
@@ -359,4 +402,5 @@ class Livepatch(Model):
                 "patch": t.patch, "target": transition.verb(t.target), "attempts": t.attempts,
                 "blockers": [{"task": name, "stack": stack} for name, stack in t.blockers]},
             "switches": dict(Counter(how for _, _, _, how in self.switches)),
+            "sysfs": self.sysfs(),
         }
