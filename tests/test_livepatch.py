@@ -19,7 +19,7 @@ from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BA
 from emu.models.livepatch import Livepatch, PatchRefused
 from emu.kernel import versions
 from emu.kernel.patch import VMLINUX, make_patch
-from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState
 
 LP = Path(__file__).resolve().parent / "lp"
 
@@ -1330,6 +1330,76 @@ def test_sysfs(kernel):
             % rmmod $MOD_LIVEPATCH
             """, MOD_LIVEPATCH2=MOD_LIVEPATCH2, MOD_LIVEPATCH3=MOD_LIVEPATCH3)
     assert not st.lp.sysfs()
+
+
+# ---- test-syscall.sh ----------------------------------------------------------------------------------------
+MOD_SYSCALL = MOD_LIVEPATCH3
+
+
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_syscall_patch_getpid_while_being_heavily_hammered(cpus):
+    """test-syscall.sh: one test_klp-call_getpid process per CPU calls
+    getpid() in a tight loop; the patch counts down the processes it was
+    given as each calls the new getpid(). Every one of them gets there:
+    each passes a kernel exit after every call."""
+    procs = [(f"test_klp-call_getpid/{i}", "call_getpid", (i,), "user", i) for i in range(min(cpus, 128))]
+    st = Selftest(cpus=cpus, tasks=procs)
+    getpid_tasks = [t for t in st.m.tasks if t.entry == "call_getpid"]
+    pids = [st.pid(t) for t in getpid_tasks]
+    pid_list = ",".join(map(str, pids))
+    patch = syscall_patch(st)
+    img = patch.image
+
+    def word(symbol, i=0):
+        return st.m.engine.view(img.symbols[symbol] + 4 * i, 4)
+
+    def npids() -> int:              # cat /sys/kernel/test_klp_syscall/npids (npids_pending)
+        return int.from_bytes(word("npids_pending"), "little")
+
+    # insmod ... klp_pids=$pid_list sets the array and its count, then
+    # livepatch_init() keeps the count before klp_enable_patch()
+    for i, pid in enumerate(pids):
+        word("klp_pids", i)[:] = pid.to_bytes(4, "little")
+    word("npids_pending")[:] = word("npids")[:] = len(pids).to_bytes(4, "little")
+    n = len(st.log())
+    st.load_lp(patch, f" klp_pids={pid_list}", tool="insmod")
+    st.run(60, until=lambda: npids() == 0)       # loop_until 'grep -q ^0$ .../npids'
+    st.m.printk(f"{MOD_SYSCALL}: Remaining not livepatched processes: {npids()}")
+    killed = st.m.engine.view(st.base.symbols["killed"], 8 * len(getpid_tasks))
+    for i in range(len(getpid_tasks)):           # kill $pid
+        killed[8 * i:8 * i + 8] = (1).to_bytes(8, "little")
+    st.run(5, until=lambda: all(t.state is RunState.EXITED for t in getpid_tasks))
+    assert all(t.state is RunState.EXITED for t in getpid_tasks)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript("""
+        % insmod test_modules/$MOD_SYSCALL.ko klp_pids=$pid_list
+        livepatch: enabling patch '$MOD_SYSCALL'
+        livepatch: '$MOD_SYSCALL': initializing patching transition
+        livepatch: '$MOD_SYSCALL': starting patching transition
+        livepatch: '$MOD_SYSCALL': completing patching transition
+        livepatch: '$MOD_SYSCALL': patching complete
+        $MOD_SYSCALL: Remaining not livepatched processes: 0
+        % echo 0 > /sys/kernel/livepatch/$MOD_SYSCALL/enabled
+        livepatch: '$MOD_SYSCALL': initializing unpatching transition
+        livepatch: '$MOD_SYSCALL': starting unpatching transition
+        livepatch: '$MOD_SYSCALL': completing unpatching transition
+        livepatch: '$MOD_SYSCALL': unpatching complete
+        % rmmod $MOD_SYSCALL
+        """, MOD_SYSCALL=MOD_SYSCALL, pid_list=pid_list)
+    # How they got there: the first attempt cannot check a process that is
+    # on its CPU ("running"); it switches at the kernel exit after its
+    # getpid(). One the attempt found off its CPU (in user space, its CPU
+    # taken by the work or another task) passes the stack check.
+    names = {t.name for t in getpid_tasks}
+    how = {who: h for _, who, state, h in st.lp.switches if state == PATCHED and who in names}
+    first = st.lp.transitions[0].history[0] if st.lp.transitions[0].history else None
+    running = {who for who, stack in (first.blockers if first else ()) if stack == ("(running)",)}
+    assert set(how) == names
+    assert {who for who, h in how.items() if h == "kernel_exit"} == running & names
+    assert {who for who, h in how.items() if h == "stack"} == names - running
+    if cpus > 2:      # a CPU to each process, and two more than cat and the kworker need
+        assert len(running & names) >= cpus - 1
 
 
 # ---- the consistency model itself ------------------------------------------------------------------------
