@@ -4,6 +4,7 @@ consistency rules they do not show: who blocks a transition, where tasks
 switch, what force does."""
 import errno
 import os
+import re
 from pathlib import Path
 from string import Template
 from textwrap import dedent
@@ -13,6 +14,7 @@ import pytest
 from emu.engine import core
 from emu.errors import Busy
 from emu.kernel.ftrace import FENTRY_NOP, Ops
+from emu.kernel.tracer import FunctionTracer
 from emu.images.build import build_c
 from emu.images import percpu
 from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, PERCPU_BASE, Machine
@@ -1400,6 +1402,208 @@ def test_syscall_patch_getpid_while_being_heavily_hammered(cpus):
     assert {who for who, h in how.items() if h == "stack"} == names - running
     if cpus > 2:      # a CPU to each process, and two more than cat and the kworker need
         assert len(running & names) >= cpus - 1
+
+
+# ---- test-ftrace.sh ------------------------------------------------------------------------------------------
+class Tracing:
+    """functions.sh's ftrace helpers and the sysctl, on the patch model's ftrace."""
+
+    def __init__(self, st: Selftest):
+        self.st = st
+        self.tracer = FunctionTracer(st.m, st.lp.ftrace)
+
+    def set_ftrace_enabled(self, value: int, *, can_fail: bool = False) -> None:
+        try:
+            self.st.m.spawn(self.st.lp.ftrace.set_enabled(bool(value)))
+        except Busy:
+            assert can_fail, "failed to set kernel.ftrace_enabled"
+            self.st.m.printk(f'livepatch: sysctl: setting key "kernel.ftrace_enabled": {os.strerror(errno.EBUSY)}')
+            return
+        self.st.run(0.01)
+        self.st.m.printk(f"livepatch: kernel.ftrace_enabled = {int(self.st.lp.ftrace.enabled)}")
+
+    def cleanup_tracing(self) -> None:
+        self.tracer.stop_tracing()
+        self.st.m.spawn(self.tracer.stop())
+        self.tracer.clear()
+        self.st.run(0.01)
+
+    def trace_function(self, name: str) -> None:
+        self.cleanup_tracing()
+        self.st.m.spawn(self.tracer.start([self.st.m.function(name)]))
+        self.st.run(0.01)
+
+    def check_traced_functions(self, *names: str) -> None:
+        lines = self.tracer.trace()
+        for name in names:       # grep -Fw: a whole word
+            assert any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", line) for line in lines), \
+                f"Function ({name}) did not appear in the trace"
+        self.cleanup_tracing()
+
+
+def cat_cmdline(st: Selftest) -> str:
+    """cat /proc/cmdline: what the reader's last cmdline_proc_show() said."""
+    since = st.m.now
+    st.run(0.05)
+    seen = [e.value for e in st.m.trace if e.kind == core.EV_OBSERVE and e.key == 1 and e.clock >= since]
+    assert seen, "the reader did not run"
+    return f"{MOD_LIVEPATCH}: this has been live patched" if seen[-1] == 1 else "BOOT_IMAGE=/vmlinuz"
+
+
+LIVEPATCHED = f"{MOD_LIVEPATCH}: this has been live patched"
+FTRACE_SESSION = """
+    % insmod test_modules/$MOD_LIVEPATCH.ko
+    livepatch: enabling patch '$MOD_LIVEPATCH'
+    livepatch: '$MOD_LIVEPATCH': initializing patching transition
+    livepatch: '$MOD_LIVEPATCH': starting patching transition
+    livepatch: '$MOD_LIVEPATCH': completing patching transition
+    livepatch: '$MOD_LIVEPATCH': patching complete
+    livepatch: ok
+    % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+    livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+    livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+    livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+    livepatch: '$MOD_LIVEPATCH': unpatching complete
+    % rmmod $MOD_LIVEPATCH
+    """
+
+
+def test_ftrace():
+    """test-ftrace.sh: the ftrace_enabled sysctl against a live patch (5.5+:
+    livepatch's ftrace ops is PERMANENT), a tracer on a live patch's new
+    function, and a live patch on a traced function."""
+    st = Selftest()
+    tr = Tracing(st)
+    patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    cmdline = st.m.function("cmdline_proc_show")
+
+    # ---- livepatch interaction with ftrace_enabled sysctl
+    n = len(st.log())
+    tr.set_ftrace_enabled(0)
+    st.load_failing_lp(patch, tool="insmod")
+    tr.set_ftrace_enabled(1)
+    st.load_lp(patch, tool="insmod")
+    assert cat_cmdline(st) == LIVEPATCHED
+    tr.set_ftrace_enabled(0, can_fail=True)    # ftrace could not get disabled
+    assert cat_cmdline(st) == LIVEPATCHED and st.lp.ftrace.enabled
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript("""
+        livepatch: kernel.ftrace_enabled = 0
+        % insmod test_modules/$MOD_LIVEPATCH.ko
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: failed to register ftrace handler for function 'cmdline_proc_show' (-16)
+        livepatch: failed to patch object 'vmlinux'
+        livepatch: failed to enable patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': canceling patching transition, going to unpatch
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        insmod: ERROR: could not insert module test_modules/$MOD_LIVEPATCH.ko: Device or resource busy
+        livepatch: kernel.ftrace_enabled = 1
+        % insmod test_modules/$MOD_LIVEPATCH.ko
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        livepatch: sysctl: setting key "kernel.ftrace_enabled": Device or resource busy
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+
+    # ---- trace livepatched function and check that the live patch remains in effect
+    n = len(st.log())
+    st.load_lp(patch, tool="insmod")
+    tr.trace_function("livepatch_cmdline_proc_show")
+    new = st.m.function("livepatch_cmdline_proc_show")
+    if cat_cmdline(st) == LIVEPATCHED:
+        st.m.printk("livepatch: ok")
+    lines = tr.tracer.trace()
+    # the calls the patch sent to the new function, and none to the original
+    assert lines and all(line.endswith(": livepatch_cmdline_proc_show") for line in lines)
+    assert {line.split()[0] for line in lines} == {"cat-0"}
+    tr.check_traced_functions("livepatch_cmdline_proc_show")
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript(FTRACE_SESSION)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+    assert st.lp.ftrace.site_bytes(new) == FENTRY_NOP
+
+    # ---- livepatch a traced function and check that the live patch remains in effect
+    n = len(st.log())
+    tr.trace_function("cmdline_proc_show")
+    st.load_lp(patch, tool="insmod")
+    # both ops on the one site: the tracer's records, livepatch's redirects
+    assert {o.name for o in st.lp.ftrace.users[cmdline.id]} == {"function", "livepatch:cmdline_proc_show"}
+    if cat_cmdline(st) == LIVEPATCHED:
+        st.m.printk("livepatch: ok")
+    lines = tr.tracer.trace()
+    assert lines and all(line.endswith(": cmdline_proc_show") for line in lines)
+    tr.check_traced_functions("cmdline_proc_show")
+    assert st.lp.ftrace.site_bytes(cmdline) != FENTRY_NOP       # the patch still uses it
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript(FTRACE_SESSION)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.4"])
+def test_ftrace_enabled_off_silently_stops_a_patch_before_5_5(kernel):
+    """Before 5.5 livepatch's ops was not PERMANENT: with ftrace_enabled off
+    the patch loads and completes but is not in effect (no handler is
+    called); turning it off under a loaded patch sends every call back to
+    the original. The reason test-ftrace.sh exists."""
+    st = Selftest(kernel=kernel)
+    tr = Tracing(st)
+    patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    cmdline = st.m.function("cmdline_proc_show")
+    tr.set_ftrace_enabled(0)
+    st.load_lp(patch, tool="insmod")
+    assert patch.enabled and st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+    assert cat_cmdline(st) != LIVEPATCHED
+    tr.set_ftrace_enabled(1)
+    assert cat_cmdline(st) == LIVEPATCHED
+    tr.set_ftrace_enabled(0, can_fail=True)
+    assert not st.lp.ftrace.enabled and cat_cmdline(st) != LIVEPATCHED
+    assert st.log()[-1] == "livepatch: kernel.ftrace_enabled = 0"
+
+
+def test_the_tracer_records_only_while_ftrace_calls_it():
+    """A tracer records the calls made while it is registered, ftrace is
+    enabled and tracing is on: none before, none while ftrace_enabled is
+    off (its site is a NOP again), none after tracing_on goes to 0."""
+    st = Selftest()
+    tr = Tracing(st)
+    meminfo = st.m.function("meminfo_proc_show")
+    st.run(0.2)
+    assert tr.tracer.trace() == []
+    tr.trace_function("meminfo_proc_show")
+    t0 = st.m.now
+    st.run(0.1)
+    first = tr.tracer.trace()
+    assert len(first) >= 5
+    tr.set_ftrace_enabled(0)
+    assert st.lp.ftrace.site_bytes(meminfo) == FENTRY_NOP
+    st.run(0.1)
+    assert tr.tracer.trace() == first
+    tr.set_ftrace_enabled(1)
+    st.run(0.1)
+    second = tr.tracer.trace()
+    assert len(second) >= 2 * len(first) - 2
+    tr.tracer.stop_tracing()
+    st.run(0.1)
+    assert tr.tracer.trace() == second
+    # one line per call of the reader's (one a tick), in order
+    calls = [e.clock for e in st.m.trace if e.kind == core.EV_ENTRY and e.a == meminfo.id and e.clock >= t0]
+    assert len(calls) > len(second)
+    tr.cleanup_tracing()
+    assert st.lp.ftrace.site_bytes(meminfo) == FENTRY_NOP and tr.tracer.trace() == []
 
 
 # ---- the consistency model itself ------------------------------------------------------------------------
