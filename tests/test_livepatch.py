@@ -1468,11 +1468,12 @@ FTRACE_SESSION = """
     """
 
 
-def test_ftrace():
+@pytest.mark.parametrize("kernel", ["5.5", "6.19"])
+def test_ftrace(kernel):
     """test-ftrace.sh: the ftrace_enabled sysctl against a live patch (5.5+:
     livepatch's ftrace ops is PERMANENT), a tracer on a live patch's new
     function, and a live patch on a traced function."""
-    st = Selftest()
+    st = Selftest(kernel=kernel)
     tr = Tracing(st)
     patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
     cmdline = st.m.function("cmdline_proc_show")
