@@ -1890,3 +1890,35 @@ def test_a_stack_of_max_stack_entries_is_unreliable(compile_c):
     (name, stack), = t.blockers
     assert name == "deep97" and stack[-1] == "(unreliable stack: stack deeper than the walk allows)"
     assert [(who, how) for _, who, _, how in lp.switches if who.startswith("deep")] == [("deep96", "stack")]
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.0", "5.1", "6.19"])
+def test_fake_signals_are_periodic_from_5_1_and_asked_for_before(compile_c, kernel):
+    """Before 5.1 a transition sent no fake signal by itself: the
+    administrator wrote `signal`. From 5.1 it sends them from the 15th
+    retry on, and the attribute is gone."""
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (4000,), "user")], kernel=kernel)
+    patch = load_patch(compile_c, m, base, "p", ["slow"])
+    m.run(until=m.seconds(0.05))
+    lp.enable(patch)
+    m.run(until=m.seconds(18))
+    t = lp.transitions[0]
+    sleeper = m.tasks[0]
+    periodic = versions.kernel(kernel).periodic_signals
+    assert ("livepatch: signaling remaining tasks" in lines(m)) == periodic
+    assert (t.result == "completed") == periodic        # the signal ended its sleep: kernel exit
+    assert ("p/signal" in lp.sysfs()) == (not periodic)
+    if periodic:
+        assert [h for _, who, _, h in lp.switches if who == "sleeper"] == ["kernel_exit"]
+        with pytest.raises(PatchRefused, match="EACCES"):
+            lp.signal()
+        return
+    assert sleeper.state is RunState.SLEEPING and t.attempts >= 17
+    with pytest.raises(PatchRefused, match="EINVAL"):
+        lp.signal(make_patch(m, "other", None, []))         # not the patch in transition
+    n = len(lines(m))
+    lp.signal()                                               # echo 1 > /sys/kernel/livepatch/p/signal
+    assert lines(m)[n:] == ["livepatch: signaling remaining tasks"]
+    m.run(until=m.seconds(20))
+    assert t.result == "completed"
+    assert [h for _, who, _, h in lp.switches if who == "sleeper"] == ["kernel_exit"]

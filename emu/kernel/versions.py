@@ -12,6 +12,9 @@ the facts a patch author targeting a particular kernel depends on
   a task going to a freezable sleep; a plain cond_resched() no longer
   switches;
 - 6.10 renamed KLP_UNDEFINED to KLP_TRANSITION_IDLE (names only);
+- fake signals: from 5.1 a transition sends them by itself (from the 15th
+  retry on, every 15 retries); before, only the administrator did, by
+  writing the patch's `signal` attribute;
 - sysfs (/sys/kernel/livepatch/<patch>/...): `enabled`, `transition` and
   the write-only `force` everywhere; the write-only `signal` only before
   5.1 (5.1 sends the fake signals by itself and removed it); each object's
@@ -56,9 +59,16 @@ class Kernel:
         return self.version >= (6, 16)
 
     @property
+    def periodic_signals(self) -> bool:
+        """A transition sends its fake signals by itself, from the 15th retry
+        on, every 15 (5.1); before, the administrator sent them by writing
+        the patch's write-only `signal` attribute, which 5.1 removed."""
+        return self.version >= (5, 1)
+
+    @property
     def sysfs_signal(self) -> bool:
-        """The write-only `signal` attribute (removed in 5.1)."""
-        return self.version < (5, 1)
+        """The write-only `signal` attribute (before 5.1: see periodic_signals)."""
+        return not self.periodic_signals
 
     @property
     def sysfs_object_patched(self) -> bool:

@@ -5,7 +5,8 @@ operations people and modules perform on it.
 The operations follow the sysfs and module interfaces: enable() is loading
 the patch module (klp_enable_patch) or writing 1 to `enabled` during an
 unpatching transition (a reversal); disable() is writing 0; force() is
-writing 1 to `force`; remove() is unloading the patch module;
+writing 1 to `force`; signal() is writing 1 to `signal` (before 5.1);
+remove() is unloading the patch module;
 load_module()/unload_module() are the module notifiers of a patched module
 (notifiers.py). Errors the kernel returns from those writes raise at once
 (refusals.py): Busy (-EBUSY) and PatchRefused (-EINVAL, -ENODEV, ...), after
@@ -155,6 +156,22 @@ class Livepatch(Model):
             for p in self.installed:
                 if p is not tp:
                     p.forced = True
+
+    def signal(self, patch: Patch | None = None) -> None:
+        """Write 1 to `signal` of the patch in transition (kernels before
+        5.1): a fake signal now to every pending user task, a wake-up to
+        every pending kthread asleep interruptibly. PatchRefused: -EACCES on
+        a kernel without the attribute (the shell cannot create a sysfs
+        file), -EINVAL when no such transition."""
+        if not self.kernel.sysfs_signal:
+            raise refusal(f"kernel {self.kernel.name} has no 'signal' attribute: it sends fake "
+                          f"signals by itself (5.1)", errno.EACCES)
+        tp = self.transition_patch
+        if tp is None or (patch is not None and patch is not tp):
+            what = f"patch '{patch.name}' is" if patch is not None else "no patch is"
+            raise refusal(f"{what} not in transition", errno.EINVAL)
+        self._check_unlocked(tp)
+        transition.send_signals(self)
 
     def remove(self, patch: Patch) -> None:
         """Unload the patch module (rmmod): Busy while the patch is enabled
