@@ -87,7 +87,7 @@ class Ftrace:
         return bool(self.users.get(fn.id))
 
     def registered(self) -> list[Ops]:
-        """Every ops with a function, in order of registration of its first."""
+        """Every ops that uses a function now (each once)."""
         seen: dict[int, Ops] = {}
         for users in self.users.values():
             for o in users:
