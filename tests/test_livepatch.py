@@ -4,6 +4,7 @@ consistency rules they do not show: who blocks a transition, where tasks
 switch, what force does."""
 import errno
 import os
+import re
 from pathlib import Path
 from string import Template
 from textwrap import dedent
@@ -13,17 +14,25 @@ import pytest
 from emu.engine import core
 from emu.errors import Busy
 from emu.kernel.ftrace import FENTRY_NOP, Ops
+from emu.kernel.tracer import FunctionTracer
 from emu.images.build import build_c
-from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, Machine
+from emu.images import percpu
+from emu.machine.machine import EV_PATCH_STATE, EV_WAKE, MODULE_ALIGN, MODULE_BASE, PERCPU_BASE, Machine
 from emu.models.livepatch import Livepatch, PatchRefused
+from emu.kernel import versions
 from emu.kernel.patch import VMLINUX, make_patch
-from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState
 
 LP = Path(__file__).resolve().parent / "lp"
 
 # Where each module of the selftests is linked (they may load in any order).
 SLOTS = ["test_klp_livepatch", "test_klp_atomic_replace", "test_klp_callbacks_mod",
-         "test_klp_callbacks_busy", "test_klp_callbacks_demo", "patch2", "patch3"]
+         "test_klp_callbacks_busy", "test_klp_callbacks_demo", "patch2", "patch3", "test_klp_syscall"]
+# The new_func of each klp_func whose name differs from its old_name.
+NEW_NAMES = {"cmdline_proc_show": "livepatch_cmdline_proc_show",
+             "meminfo_proc_show": "livepatch_meminfo_proc_show",
+             "__x64_sys_getpid": "lp_sys_getpid"}
+PID_BASE = 1000     # task tid -> the pid its fork gave it
 
 MOD_LIVEPATCH = "test_klp_livepatch"
 MOD_REPLACE = "test_klp_atomic_replace"
@@ -53,14 +62,24 @@ class Selftest:
     commands logged as '% ...', loads that wait for the transition as
     load_lp does, and the error lines modprobe/insmod print."""
 
-    def __init__(self, *, cpus: int = 2):
+    def __init__(self, *, cpus: int = 2, kernel: str | None = None, tasks=()):
         self.base = build_c([LP / "vmlinux.c"], base=0x400000, name="vmlinux")
         self.m = Machine(self.base, cpus=cpus, quantum=500)
         self.m.add_task("cat", "cat_entry")
         self.m.add_task("kworker/0:1", "kworker", kind="kthread")
+        for name, entry, args, kind, cpu in tasks:
+            self.m.add_task(name, entry, args, kind=kind, cpu=cpu)
         self.m.hypercalls[SAY] = lambda m, task, args: m.printk(SAID[args[0]]) or 0
-        self.lp = Livepatch(self.m)
+        self.lp = Livepatch(self.m, kernel=kernel)
+        self.m.start()
+        for task in self.m.tasks:        # fork: current->pid (vmlinux.c's task_struct)
+            at = PERCPU_BASE + task.tid * percpu.AREA_SIZE + percpu.TASK_BLOCK
+            self.m.engine.view(at, 8)[:] = self.pid(task).to_bytes(8, "little")
         self.m.run(until=self.m.seconds(0.1))
+
+    @staticmethod
+    def pid(task) -> int:
+        return PID_BASE + task.tid
 
     # ---- images -----------------------------------------------------------------------
     def image(self, name: str, *, source: str | None = None, keep=None):
@@ -70,9 +89,10 @@ class Selftest:
     def patch(self, name, functions, *, source=None, **kw):
         img = None
         if functions:
-            img = self.image(name, source=source, keep={f.rpartition(":")[2] for f in functions})
+            olds = {f.rpartition(":")[2] for f in functions}
+            img = self.image(name, source=source, keep={NEW_NAMES.get(f, f) for f in olds})
             self.m.load(img)
-        return make_patch(self.m, name, img, functions, **kw)
+        return make_patch(self.m, name, img, functions, new_names=NEW_NAMES, **kw)
 
     # ---- the shell -------------------------------------------------------------------------
     def cmd(self, text: str) -> None:
@@ -98,6 +118,8 @@ class Selftest:
 
     def load_lp(self, patch, args: str = "", *, tool: str = "modprobe", wait: bool = True) -> None:
         self.cmd(f"{tool} {'test_modules/' + patch.name + '.ko' if tool == 'insmod' else patch.name}{args}")
+        if patch.image is not None and patch.image.name in self.m.unloaded:
+            self.m.load(patch.image)          # the module again, as it was
         self.lp.enable(patch)
         if wait:
             self.wait_transition()
@@ -117,8 +139,9 @@ class Selftest:
         self.cmd(f"rmmod {patch.name}")
         self.lp.remove(patch)
 
-    def load_mod(self, image, args: str = "", *, init=None) -> None:
-        self.cmd(f"modprobe {image.name}{args}")
+    def load_mod(self, image, args: str = "", *, init=None, tool: str = "modprobe") -> None:
+        self.cmd(f"modprobe {image.name}{args}" if tool == "modprobe" else
+                 f"insmod test_modules/{image.name}.ko{args}")
         self.lp.load_module(image, init=init or (lambda: self.m.printk(f"{image.name}: {image.name}_init")))
 
     def load_failing_mod(self, image) -> None:
@@ -147,6 +170,21 @@ class Selftest:
 
     def log(self) -> list[str]:
         return [text for _, text in self.m.log]
+
+    def since(self, n: int) -> list[str]:
+        """check_result: the lines logged after the first n (start_test)."""
+        return self.log()[n:]
+
+    def does_sysfs_exist(self, mod: str, rel: str) -> bool:
+        return f"{mod}/{rel}" in self.lp.sysfs()
+
+    def check_sysfs_rights(self, mod: str, rel: str, rights: str) -> None:
+        entry = self.lp.sysfs()[f"{mod}/{rel}".rstrip("/")]
+        assert entry["mode"] == rights, (mod, rel, entry)
+
+    def check_sysfs_value(self, mod: str, rel: str, value: str) -> None:
+        entry = self.lp.sysfs()[f"{mod}/{rel}"]
+        assert entry["value"] == value, (mod, rel, entry)
 
     def write(self, image, symbol: str, value: int) -> None:
         self.m.engine.view(image.symbols[symbol], 8)[:] = value.to_bytes(8, "little")
@@ -1105,6 +1143,470 @@ def test_kprobe_on_the_patched_function(post_handler):
     assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
 
 
+# ---- test-sysfs.sh (6.1; its replace and stack_order parts where the kernel has them) ---------------
+MOD_LIVEPATCH2 = MOD_DEMO
+MOD_LIVEPATCH3 = "test_klp_syscall"
+
+
+def syscall_patch(st: Selftest):
+    return st.patch(MOD_LIVEPATCH3, ["__x64_sys_getpid"])
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.14", "6.1", "6.8", "6.11", "6.14", "6.19"])
+def test_sysfs(kernel):
+    """test-sysfs.sh as the newest script runs it: each part that needs an
+    attribute runs only where the kernel has it (does_sysfs_exist)."""
+    k = versions.kernel(kernel)
+    st = Selftest(kernel=kernel)
+    lp1 = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+
+    # ---- sysfs test
+    n = len(st.log())
+    st.load_lp(lp1, tool="insmod")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "", "drwxr-xr-x")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "enabled", "-rw-r--r--")
+    st.check_sysfs_value(MOD_LIVEPATCH, "enabled", "1")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "force", "--w-------")
+    st.check_sysfs_rights(MOD_LIVEPATCH, "transition", "-r--r--r--")
+    st.check_sysfs_value(MOD_LIVEPATCH, "transition", "0")
+    has_patch = st.does_sysfs_exist(f"{MOD_LIVEPATCH}/vmlinux", "patched")
+    if has_patch:
+        st.check_sysfs_rights(MOD_LIVEPATCH, "vmlinux/patched", "-r--r--r--")
+        st.check_sysfs_value(MOD_LIVEPATCH, "vmlinux/patched", "1")
+    has_replace = st.does_sysfs_exist(MOD_LIVEPATCH, "replace")
+    if has_replace:
+        st.check_sysfs_rights(MOD_LIVEPATCH, "replace", "-r--r--r--")
+    has_stack_order = st.does_sysfs_exist(MOD_LIVEPATCH, "stack_order")
+    if has_stack_order:
+        st.check_sysfs_rights(MOD_LIVEPATCH, "stack_order", "-r--r--r--")
+        st.check_sysfs_value(MOD_LIVEPATCH, "stack_order", "1")
+    # the attributes each version has, and no other
+    assert (has_patch, has_replace, has_stack_order) == (k.version >= (6, 1), k.version >= (6, 11),
+                                                         k.version >= (6, 14))
+    assert st.does_sysfs_exist(MOD_LIVEPATCH, "signal") == (k.version < (5, 1))
+    assert st.does_sysfs_exist(MOD_LIVEPATCH, "vmlinux/cmdline_proc_show,1")
+    st.disable_lp(lp1)
+    assert not st.does_sysfs_exist(MOD_LIVEPATCH, "")     # gone with the patch
+    st.unload_lp(lp1)
+    assert st.since(n) == transcript("""
+        % insmod test_modules/$MOD_LIVEPATCH.ko
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """)
+
+    lp2, _ = demo_patch(st)
+    if has_patch:
+        # ---- sysfs test object/patched: the file follows the target module
+        n = len(st.log())
+        target = st.image(MOD_TARGET)
+        st.load_lp(lp2, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH2, f"{MOD_TARGET}/patched", "0")
+        st.load_mod(target, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH2, f"{MOD_TARGET}/patched", "1")
+        st.unload_mod(target)
+        st.check_sysfs_value(MOD_LIVEPATCH2, f"{MOD_TARGET}/patched", "0")
+        st.disable_lp(lp2)
+        st.unload_lp(lp2)
+        assert st.since(n) == transcript("""
+            % insmod test_modules/$MOD_LIVEPATCH2.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH2'
+            livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+            $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting patching transition
+            livepatch: '$MOD_LIVEPATCH2': completing patching transition
+            $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': patching complete
+            % insmod test_modules/$MOD_TARGET.ko
+            livepatch: applying patch '$MOD_LIVEPATCH2' to loading module '$MOD_TARGET'
+            $MOD_LIVEPATCH2: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+            $MOD_LIVEPATCH2: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+            $MOD_TARGET: test_klp_callbacks_mod_init
+            % rmmod $MOD_TARGET
+            $MOD_TARGET: test_klp_callbacks_mod_exit
+            $MOD_LIVEPATCH2: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+            livepatch: reverting patch '$MOD_LIVEPATCH2' on unloading module '$MOD_TARGET'
+            $MOD_LIVEPATCH2: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+            livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+            $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+            $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': unpatching complete
+            % rmmod $MOD_LIVEPATCH2
+            """, MOD_LIVEPATCH2=MOD_LIVEPATCH2)
+
+    if has_replace:
+        # ---- sysfs test replace enabled / replace disabled
+        for replace in (1, 0):
+            n = len(st.log())
+            patch = st.patch(MOD_REPLACE, ["meminfo_proc_show"], replace=bool(replace)) if replace else patch
+            patch.replace = bool(replace)              # the module parameter
+            st.load_lp(patch, f" replace={replace}", tool="insmod")
+            st.check_sysfs_rights(MOD_REPLACE, "replace", "-r--r--r--")
+            st.check_sysfs_value(MOD_REPLACE, "replace", str(replace))
+            st.disable_lp(patch)
+            st.unload_lp(patch)
+            assert st.since(n) == transcript(f"""
+                % insmod test_modules/$MOD_REPLACE.ko replace={replace}
+                livepatch: enabling patch '$MOD_REPLACE'
+                livepatch: '$MOD_REPLACE': initializing patching transition
+                livepatch: '$MOD_REPLACE': starting patching transition
+                livepatch: '$MOD_REPLACE': completing patching transition
+                livepatch: '$MOD_REPLACE': patching complete
+                % echo 0 > /sys/kernel/livepatch/$MOD_REPLACE/enabled
+                livepatch: '$MOD_REPLACE': initializing unpatching transition
+                livepatch: '$MOD_REPLACE': starting unpatching transition
+                livepatch: '$MOD_REPLACE': completing unpatching transition
+                livepatch: '$MOD_REPLACE': unpatching complete
+                % rmmod $MOD_REPLACE
+                """)
+
+    if has_stack_order:
+        # ---- sysfs test stack_order value: renumbered when the middle one goes
+        n = len(st.log())
+        lp3 = syscall_patch(st)
+        st.load_lp(lp1, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH, "stack_order", "1")
+        st.load_lp(lp2, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH2, "stack_order", "2")
+        st.load_lp(lp3, tool="insmod")
+        st.check_sysfs_value(MOD_LIVEPATCH3, "stack_order", "3")
+        st.disable_lp(lp2)
+        st.unload_lp(lp2)
+        st.check_sysfs_value(MOD_LIVEPATCH, "stack_order", "1")
+        st.check_sysfs_value(MOD_LIVEPATCH3, "stack_order", "2")
+        st.disable_lp(lp3)
+        st.unload_lp(lp3)
+        st.disable_lp(lp1)
+        st.unload_lp(lp1)
+        assert st.since(n) == transcript("""
+            % insmod test_modules/$MOD_LIVEPATCH.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH'
+            livepatch: '$MOD_LIVEPATCH': initializing patching transition
+            livepatch: '$MOD_LIVEPATCH': starting patching transition
+            livepatch: '$MOD_LIVEPATCH': completing patching transition
+            livepatch: '$MOD_LIVEPATCH': patching complete
+            % insmod test_modules/$MOD_LIVEPATCH2.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH2'
+            livepatch: '$MOD_LIVEPATCH2': initializing patching transition
+            $MOD_LIVEPATCH2: pre_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting patching transition
+            livepatch: '$MOD_LIVEPATCH2': completing patching transition
+            $MOD_LIVEPATCH2: post_patch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': patching complete
+            % insmod test_modules/$MOD_LIVEPATCH3.ko
+            livepatch: enabling patch '$MOD_LIVEPATCH3'
+            livepatch: '$MOD_LIVEPATCH3': initializing patching transition
+            livepatch: '$MOD_LIVEPATCH3': starting patching transition
+            livepatch: '$MOD_LIVEPATCH3': completing patching transition
+            livepatch: '$MOD_LIVEPATCH3': patching complete
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH2/enabled
+            livepatch: '$MOD_LIVEPATCH2': initializing unpatching transition
+            $MOD_LIVEPATCH2: pre_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH2': completing unpatching transition
+            $MOD_LIVEPATCH2: post_unpatch_callback: vmlinux
+            livepatch: '$MOD_LIVEPATCH2': unpatching complete
+            % rmmod $MOD_LIVEPATCH2
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH3/enabled
+            livepatch: '$MOD_LIVEPATCH3': initializing unpatching transition
+            livepatch: '$MOD_LIVEPATCH3': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH3': completing unpatching transition
+            livepatch: '$MOD_LIVEPATCH3': unpatching complete
+            % rmmod $MOD_LIVEPATCH3
+            % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+            livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+            livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+            livepatch: '$MOD_LIVEPATCH': unpatching complete
+            % rmmod $MOD_LIVEPATCH
+            """, MOD_LIVEPATCH2=MOD_LIVEPATCH2, MOD_LIVEPATCH3=MOD_LIVEPATCH3)
+    assert not st.lp.sysfs()
+
+
+# ---- test-syscall.sh ----------------------------------------------------------------------------------------
+MOD_SYSCALL = MOD_LIVEPATCH3
+
+
+@pytest.mark.parametrize("cpus", [2, 4])
+def test_syscall_patch_getpid_while_being_heavily_hammered(cpus):
+    """test-syscall.sh: one test_klp-call_getpid process per CPU calls
+    getpid() in a tight loop; the patch counts down the processes it was
+    given as each calls the new getpid(). Every one of them gets there:
+    each passes a kernel exit after every call."""
+    procs = [(f"test_klp-call_getpid/{i}", "call_getpid", (i,), "user", i) for i in range(min(cpus, 128))]
+    st = Selftest(cpus=cpus, tasks=procs)
+    getpid_tasks = [t for t in st.m.tasks if t.entry == "call_getpid"]
+    pids = [st.pid(t) for t in getpid_tasks]
+    pid_list = ",".join(map(str, pids))
+    patch = syscall_patch(st)
+    img = patch.image
+
+    def word(symbol, i=0):
+        return st.m.engine.view(img.symbols[symbol] + 4 * i, 4)
+
+    def npids() -> int:              # cat /sys/kernel/test_klp_syscall/npids (npids_pending)
+        return int.from_bytes(word("npids_pending"), "little")
+
+    # insmod ... klp_pids=$pid_list sets the array and its count, then
+    # livepatch_init() keeps the count before klp_enable_patch()
+    for i, pid in enumerate(pids):
+        word("klp_pids", i)[:] = pid.to_bytes(4, "little")
+    word("npids_pending")[:] = word("npids")[:] = len(pids).to_bytes(4, "little")
+    n = len(st.log())
+    st.load_lp(patch, f" klp_pids={pid_list}", tool="insmod")
+    st.run(60, until=lambda: npids() == 0)       # loop_until 'grep -q ^0$ .../npids'
+    st.m.printk(f"{MOD_SYSCALL}: Remaining not livepatched processes: {npids()}")
+    killed = st.m.engine.view(st.base.symbols["killed"], 8 * len(getpid_tasks))
+    for i in range(len(getpid_tasks)):           # kill $pid
+        killed[8 * i:8 * i + 8] = (1).to_bytes(8, "little")
+    st.run(5, until=lambda: all(t.state is RunState.EXITED for t in getpid_tasks))
+    assert all(t.state is RunState.EXITED for t in getpid_tasks)
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript("""
+        % insmod test_modules/$MOD_SYSCALL.ko klp_pids=$pid_list
+        livepatch: enabling patch '$MOD_SYSCALL'
+        livepatch: '$MOD_SYSCALL': initializing patching transition
+        livepatch: '$MOD_SYSCALL': starting patching transition
+        livepatch: '$MOD_SYSCALL': completing patching transition
+        livepatch: '$MOD_SYSCALL': patching complete
+        $MOD_SYSCALL: Remaining not livepatched processes: 0
+        % echo 0 > /sys/kernel/livepatch/$MOD_SYSCALL/enabled
+        livepatch: '$MOD_SYSCALL': initializing unpatching transition
+        livepatch: '$MOD_SYSCALL': starting unpatching transition
+        livepatch: '$MOD_SYSCALL': completing unpatching transition
+        livepatch: '$MOD_SYSCALL': unpatching complete
+        % rmmod $MOD_SYSCALL
+        """, MOD_SYSCALL=MOD_SYSCALL, pid_list=pid_list)
+    # How they got there: the first attempt cannot check a process that is
+    # on its CPU ("running"); it switches at the kernel exit after its
+    # getpid(). One the attempt found off its CPU (in user space, its CPU
+    # taken by the work or another task) passes the stack check.
+    names = {t.name for t in getpid_tasks}
+    how = {who: h for _, who, state, h in st.lp.switches if state == PATCHED and who in names}
+    first = st.lp.transitions[0].history[0] if st.lp.transitions[0].history else None
+    running = {who for who, stack in (first.blockers if first else ()) if stack == ("(running)",)}
+    assert set(how) == names
+    assert {who for who, h in how.items() if h == "kernel_exit"} == running & names
+    assert {who for who, h in how.items() if h == "stack"} == names - running
+    if cpus > 2:      # a CPU to each process, and two more than cat and the kworker need
+        assert len(running & names) >= cpus - 1
+
+
+# ---- test-ftrace.sh ------------------------------------------------------------------------------------------
+class Tracing:
+    """functions.sh's ftrace helpers and the sysctl, on the patch model's ftrace."""
+
+    def __init__(self, st: Selftest):
+        self.st = st
+        self.tracer = FunctionTracer(st.m, st.lp.ftrace)
+
+    def set_ftrace_enabled(self, value: int, *, can_fail: bool = False) -> None:
+        try:
+            self.st.m.spawn(self.st.lp.ftrace.set_enabled(bool(value)))
+        except Busy:
+            assert can_fail, "failed to set kernel.ftrace_enabled"
+            self.st.m.printk(f'livepatch: sysctl: setting key "kernel.ftrace_enabled": {os.strerror(errno.EBUSY)}')
+            return
+        self.st.run(0.01)
+        self.st.m.printk(f"livepatch: kernel.ftrace_enabled = {int(self.st.lp.ftrace.enabled)}")
+
+    def cleanup_tracing(self) -> None:
+        self.tracer.stop_tracing()
+        self.st.m.spawn(self.tracer.stop())
+        self.tracer.clear()
+        self.st.run(0.01)
+
+    def trace_function(self, name: str) -> None:
+        self.cleanup_tracing()
+        self.st.m.spawn(self.tracer.start([self.st.m.function(name)]))
+        self.st.run(0.01)
+
+    def check_traced_functions(self, *names: str) -> None:
+        lines = self.tracer.trace()
+        for name in names:       # grep -Fw: a whole word
+            assert any(re.search(rf"(?<!\w){re.escape(name)}(?!\w)", line) for line in lines), \
+                f"Function ({name}) did not appear in the trace"
+        self.cleanup_tracing()
+
+
+def cat_cmdline(st: Selftest) -> str:
+    """cat /proc/cmdline: what the reader's last cmdline_proc_show() said."""
+    since = st.m.now
+    st.run(0.05)
+    seen = [e.value for e in st.m.trace if e.kind == core.EV_OBSERVE and e.key == 1 and e.clock >= since]
+    assert seen, "the reader did not run"
+    return f"{MOD_LIVEPATCH}: this has been live patched" if seen[-1] == 1 else "BOOT_IMAGE=/vmlinuz"
+
+
+LIVEPATCHED = f"{MOD_LIVEPATCH}: this has been live patched"
+FTRACE_SESSION = """
+    % insmod test_modules/$MOD_LIVEPATCH.ko
+    livepatch: enabling patch '$MOD_LIVEPATCH'
+    livepatch: '$MOD_LIVEPATCH': initializing patching transition
+    livepatch: '$MOD_LIVEPATCH': starting patching transition
+    livepatch: '$MOD_LIVEPATCH': completing patching transition
+    livepatch: '$MOD_LIVEPATCH': patching complete
+    livepatch: ok
+    % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+    livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+    livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+    livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+    livepatch: '$MOD_LIVEPATCH': unpatching complete
+    % rmmod $MOD_LIVEPATCH
+    """
+
+
+@pytest.mark.parametrize("kernel", ["5.5", "6.19"])
+def test_ftrace(kernel):
+    """test-ftrace.sh: the ftrace_enabled sysctl against a live patch (5.5+:
+    livepatch's ftrace ops is PERMANENT), a tracer on a live patch's new
+    function, and a live patch on a traced function."""
+    st = Selftest(kernel=kernel)
+    tr = Tracing(st)
+    patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    cmdline = st.m.function("cmdline_proc_show")
+
+    # ---- livepatch interaction with ftrace_enabled sysctl
+    n = len(st.log())
+    tr.set_ftrace_enabled(0)
+    st.load_failing_lp(patch, tool="insmod")
+    tr.set_ftrace_enabled(1)
+    st.load_lp(patch, tool="insmod")
+    assert cat_cmdline(st) == LIVEPATCHED
+    tr.set_ftrace_enabled(0, can_fail=True)    # ftrace could not get disabled
+    assert cat_cmdline(st) == LIVEPATCHED and st.lp.ftrace.enabled
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript("""
+        livepatch: kernel.ftrace_enabled = 0
+        % insmod test_modules/$MOD_LIVEPATCH.ko
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: failed to register ftrace handler for function 'cmdline_proc_show' (-16)
+        livepatch: failed to patch object 'vmlinux'
+        livepatch: failed to enable patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': canceling patching transition, going to unpatch
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        insmod: ERROR: could not insert module test_modules/$MOD_LIVEPATCH.ko: Device or resource busy
+        livepatch: kernel.ftrace_enabled = 1
+        % insmod test_modules/$MOD_LIVEPATCH.ko
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        livepatch: sysctl: setting key "kernel.ftrace_enabled": Device or resource busy
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': initializing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        % rmmod $MOD_LIVEPATCH
+        """)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+
+    # ---- trace livepatched function and check that the live patch remains in effect
+    n = len(st.log())
+    st.load_lp(patch, tool="insmod")
+    tr.trace_function("livepatch_cmdline_proc_show")
+    new = st.m.function("livepatch_cmdline_proc_show")
+    if cat_cmdline(st) == LIVEPATCHED:
+        st.m.printk("livepatch: ok")
+    lines = tr.tracer.trace()
+    # the calls the patch sent to the new function, and none to the original
+    assert lines and all(line.endswith(": livepatch_cmdline_proc_show") for line in lines)
+    assert {line.split()[0] for line in lines} == {"cat-0"}
+    tr.check_traced_functions("livepatch_cmdline_proc_show")
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript(FTRACE_SESSION)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+    assert st.lp.ftrace.site_bytes(new) == FENTRY_NOP
+
+    # ---- livepatch a traced function and check that the live patch remains in effect
+    n = len(st.log())
+    tr.trace_function("cmdline_proc_show")
+    st.load_lp(patch, tool="insmod")
+    # both ops on the one site: the tracer's records, livepatch's redirects
+    assert {o.name for o in st.lp.ftrace.users[cmdline.id]} == {"function", "livepatch:cmdline_proc_show"}
+    if cat_cmdline(st) == LIVEPATCHED:
+        st.m.printk("livepatch: ok")
+    lines = tr.tracer.trace()
+    assert lines and all(line.endswith(": cmdline_proc_show") for line in lines)
+    tr.check_traced_functions("cmdline_proc_show")
+    assert st.lp.ftrace.site_bytes(cmdline) != FENTRY_NOP       # the patch still uses it
+    st.disable_lp(patch)
+    st.unload_lp(patch)
+    assert st.since(n) == transcript(FTRACE_SESSION)
+    assert st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.4"])
+def test_ftrace_enabled_off_silently_stops_a_patch_before_5_5(kernel):
+    """Before 5.5 livepatch's ops was not PERMANENT: with ftrace_enabled off
+    the patch loads and completes but is not in effect (no handler is
+    called); turning it off under a loaded patch sends every call back to
+    the original. The reason test-ftrace.sh exists."""
+    st = Selftest(kernel=kernel)
+    tr = Tracing(st)
+    patch = st.patch(MOD_LIVEPATCH, ["cmdline_proc_show"])
+    cmdline = st.m.function("cmdline_proc_show")
+    tr.set_ftrace_enabled(0)
+    st.load_lp(patch, tool="insmod")
+    assert patch.enabled and st.lp.ftrace.site_bytes(cmdline) == FENTRY_NOP
+    assert cat_cmdline(st) != LIVEPATCHED
+    tr.set_ftrace_enabled(1)
+    assert cat_cmdline(st) == LIVEPATCHED
+    tr.set_ftrace_enabled(0, can_fail=True)
+    assert not st.lp.ftrace.enabled and cat_cmdline(st) != LIVEPATCHED
+    assert st.log()[-1] == "livepatch: kernel.ftrace_enabled = 0"
+
+
+def test_the_tracer_records_only_while_ftrace_calls_it():
+    """A tracer records the calls made while it is registered, ftrace is
+    enabled and tracing is on: none before, none while ftrace_enabled is
+    off (its site is a NOP again), none after tracing_on goes to 0."""
+    st = Selftest()
+    tr = Tracing(st)
+    meminfo = st.m.function("meminfo_proc_show")
+    st.run(0.2)
+    assert tr.tracer.trace() == []
+    tr.trace_function("meminfo_proc_show")
+    t0 = st.m.now
+    st.run(0.1)
+    first = tr.tracer.trace()
+    assert len(first) >= 5
+    tr.set_ftrace_enabled(0)
+    assert st.lp.ftrace.site_bytes(meminfo) == FENTRY_NOP
+    st.run(0.1)
+    assert tr.tracer.trace() == first
+    tr.set_ftrace_enabled(1)
+    st.run(0.1)
+    second = tr.tracer.trace()
+    assert len(second) >= 2 * len(first) - 2
+    tr.tracer.stop_tracing()
+    st.run(0.1)
+    assert tr.tracer.trace() == second
+    # one line per call of the reader's (one a tick), in order
+    calls = [e.clock for e in st.m.trace if e.kind == core.EV_ENTRY and e.a == meminfo.id and e.clock >= t0]
+    assert len(calls) > len(second)
+    tr.cleanup_tracing()
+    assert st.lp.ftrace.site_bytes(meminfo) == FENTRY_NOP and tr.tracer.trace() == []
+
+
 # ---- the consistency model itself ------------------------------------------------------------------------
 BASE = """
 volatile long zero;
@@ -1388,3 +1890,35 @@ def test_a_stack_of_max_stack_entries_is_unreliable(compile_c):
     (name, stack), = t.blockers
     assert name == "deep97" and stack[-1] == "(unreliable stack: stack deeper than the walk allows)"
     assert [(who, how) for _, who, _, how in lp.switches if who.startswith("deep")] == [("deep96", "stack")]
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.0", "5.1", "6.19"])
+def test_fake_signals_are_periodic_from_5_1_and_asked_for_before(compile_c, kernel):
+    """Before 5.1 a transition sent no fake signal by itself: the
+    administrator wrote `signal`. From 5.1 it sends them from the 15th
+    retry on, and the attribute is gone."""
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (4000,), "user")], kernel=kernel)
+    patch = load_patch(compile_c, m, base, "p", ["slow"])
+    m.run(until=m.seconds(0.05))
+    lp.enable(patch)
+    m.run(until=m.seconds(18))
+    t = lp.transitions[0]
+    sleeper = m.tasks[0]
+    periodic = versions.kernel(kernel).periodic_signals
+    assert ("livepatch: signaling remaining tasks" in lines(m)) == periodic
+    assert (t.result == "completed") == periodic        # the signal ended its sleep: kernel exit
+    assert ("p/signal" in lp.sysfs()) == (not periodic)
+    if periodic:
+        assert [h for _, who, _, h in lp.switches if who == "sleeper"] == ["kernel_exit"]
+        with pytest.raises(PatchRefused, match="EACCES"):
+            lp.signal()
+        return
+    assert sleeper.state is RunState.SLEEPING and t.attempts >= 17
+    with pytest.raises(PatchRefused, match="EINVAL"):
+        lp.signal(make_patch(m, "other", None, []))         # not the patch in transition
+    n = len(lines(m))
+    lp.signal()                                               # echo 1 > /sys/kernel/livepatch/p/signal
+    assert lines(m)[n:] == ["livepatch: signaling remaining tasks"]
+    m.run(until=m.seconds(20))
+    assert t.result == "completed"
+    assert [h for _, who, _, h in lp.switches if who == "sleeper"] == ["kernel_exit"]

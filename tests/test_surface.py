@@ -366,3 +366,20 @@ def test_run_kernel_option_selects_the_version(tmp_path, capsys):
     assert out["status"]["kernel"] == "5.14" and "--kernel 5.14" in out["command"]
     assert cli.main(["run", str(path), "--model", "livepatch", "--kernel", "3.10"]) == 2
     assert "--kernel" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kernel", ["5.14", "6.14"])
+def test_run_json_shows_sysfs_as_the_kernel_has_it(tmp_path, capsys, kernel):
+    import json as _json
+
+    from emu.app import cli
+    cli.main(["run", str(scenario_files(tmp_path)), "--model", "livepatch", "--kernel", kernel, "--json"])
+    sysfs = _json.loads(capsys.readouterr().out)["status"]["sysfs"]
+    assert sysfs["fix/enabled"] == {"mode": "-rw-r--r--", "value": "1"}
+    assert sysfs["fix/transition"] == {"mode": "-r--r--r--", "value": "0"}
+    assert sysfs["fix/force"] == {"mode": "--w-------", "value": None}
+    assert sysfs["fix/mod/mod_fn,1"]["mode"] == "drwxr-xr-x"
+    new = kernel == "6.14"
+    # the module loaded mid-transition is patched; 5.14 has no file that says so
+    assert sysfs.get("fix/mod/patched") == ({"mode": "-r--r--r--", "value": "1"} if new else None)
+    assert ("fix/stack_order" in sysfs, "fix/replace" in sysfs) == (new, new)

@@ -1,2 +1,3 @@
-"""The kernel pieces the models share: ftrace (sites, ops, text_poke_bp),
-patch objects, shadow variables and system states."""
+"""The kernel pieces the models share: ftrace (sites, ops, text_poke_bp, the
+ftrace_enabled sysctl), the function tracer, patch objects, shadow
+variables, system states and the facts of each kernel version."""

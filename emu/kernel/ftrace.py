@@ -17,6 +17,14 @@ register()/unregister() check and book-keep at once (raising Busy) and
 return a generator that the caller's work runs (`yield from`) to change the
 text with its syncs.
 
+The `kernel.ftrace_enabled` sysctl (set_enabled): off, ftrace calls no
+handler and every site is a NOP again (ftrace_shutdown_sysctl); ops still
+register, but their sites stay NOPs until it is on again. An ops marked
+PERMANENT (livepatch's, from Linux 5.5) cannot register while it is off,
+and while one is registered it cannot be turned off: both -EBUSY.
+Each ops keeps the windows of virtual time in which ftrace called its
+handler (registered, and ftrace enabled): what a tracer recorded.
+
 What must agree with this module: the C core's redirect (csrc/redirect.c,
 its twin emu/engine/redirect.py) emulates the instruction the POKE_* state
 says is being written, and the NOP is emu/images/image.py's FENTRY_NOP.
@@ -32,15 +40,29 @@ PROTOCOLS = ("text_poke_bp", "bytewise")
 
 
 class Ops:
-    """An ftrace_ops: a name, whether it modifies the IP, and its functions."""
+    """An ftrace_ops: a name, whether it modifies the IP, whether it is
+    PERMANENT (ftrace_enabled must stay on while it is registered), its
+    functions, and the [start, end) windows of virtual time in which ftrace
+    called its handler (end None: still calling)."""
 
-    def __init__(self, name: str, *, ipmodify: bool = False):
+    def __init__(self, name: str, *, ipmodify: bool = False, permanent: bool = False):
         self.name = name
         self.ipmodify = ipmodify
+        self.permanent = permanent
         self.functions: set[int] = set()
+        self.windows: list[list] = []
+
+    @property
+    def calling(self) -> bool:
+        return bool(self.windows) and self.windows[-1][1] is None
+
+    def called_at(self, clock: int) -> bool:
+        """Whether ftrace called this ops' handler at virtual time clock."""
+        return any(start <= clock and (end is None or clock < end) for start, end in self.windows)
 
     def __repr__(self):
-        return f"<Ops {self.name}{' IPMODIFY' if self.ipmodify else ''}>"
+        flags = (" IPMODIFY" if self.ipmodify else "") + (" PERMANENT" if self.permanent else "")
+        return f"<Ops {self.name}{flags}>"
 
 
 class Ftrace:
@@ -50,6 +72,7 @@ class Ftrace:
         self.m = machine
         self.protocol = protocol
         self.users: dict[int, list[Ops]] = {}
+        self.enabled = True     # the kernel.ftrace_enabled sysctl
         self.pokes = 0          # site updates done, for the benchmarks
 
     def call_bytes(self, fn: FunctionRef) -> bytes:
@@ -63,11 +86,22 @@ class Ftrace:
     def is_enabled(self, fn: FunctionRef) -> bool:
         return bool(self.users.get(fn.id))
 
+    def registered(self) -> list[Ops]:
+        """Every ops that uses a function now (each once)."""
+        seen: dict[int, Ops] = {}
+        for users in self.users.values():
+            for o in users:
+                seen.setdefault(id(o), o)
+        return list(seen.values())
+
     def register(self, ops: Ops, functions):
         """Add ops to functions. Raises Busy (nothing changed) if one of them
-        already has an IPMODIFY owner and ops modifies the IP too. Returns
-        the text-update generator."""
+        already has an IPMODIFY owner and ops modifies the IP too, or if ops
+        is PERMANENT and ftrace_enabled is off. Returns the text-update
+        generator (nothing to change while ftrace_enabled is off)."""
         functions = list(functions)
+        if ops.permanent and not self.enabled:
+            raise Busy(f"{ops.name}: kernel.ftrace_enabled is 0, a permanent ftrace ops cannot register")
         for fn in functions:
             self.m.site(fn)         # PatchError if fn has no fentry site
             if ops.ipmodify and self.owner(fn) not in (None, ops):
@@ -82,7 +116,9 @@ class Ftrace:
                 start.append(fn)
             users.append(ops)
             ops.functions.add(fn.id)
-        return self._update(start, on=True)
+        if self.enabled and not ops.calling:
+            ops.windows.append([self.m.now, None])
+        return self._update(start if self.enabled else [], on=True)
 
     def unregister(self, ops: Ops, functions=None):
         """Remove ops from functions (all of its functions by default);
@@ -96,7 +132,30 @@ class Ftrace:
                 ops.functions.discard(fid)
                 if not users:
                     stop.append(self.m.functions[fid])
-        return self._update(stop, on=False)
+        if not ops.functions and ops.calling:
+            ops.windows[-1][1] = self.m.now
+        return self._update(stop if self.enabled else [], on=False)
+
+    def set_enabled(self, value: bool):
+        """Write the kernel.ftrace_enabled sysctl (ftrace_enable_sysctl).
+        Raises Busy (nothing changed) when turning it off while a PERMANENT
+        ops is registered. Off: no handler is called from now on and every
+        used site goes back to a NOP; on: they call the trampoline again.
+        Returns the text-update generator."""
+        value = bool(value)
+        if value == self.enabled:
+            return self._update([], on=value)
+        ops = self.registered()
+        if not value and any(o.permanent for o in ops):
+            raise Busy("kernel.ftrace_enabled: a permanent ftrace ops is registered (livepatch)")
+        self.enabled = value
+        for o in ops:
+            if value:
+                o.windows.append([self.m.now, None])
+            elif o.calling:
+                o.windows[-1][1] = self.m.now
+        used = [self.m.functions[fid] for fid in sorted(self.users) if self.users[fid]]
+        return self._update(used, on=value)
 
     def _update(self, functions: list[FunctionRef], *, on: bool):
         """Rewrite the sites of functions (a batch, as ftrace_replace_code)."""

@@ -83,20 +83,26 @@ class Patch:
 
 
 def make_patch(machine: Machine, name: str, image: Image | None, functions, *, replace: bool = False,
-               callbacks: dict | None = None, states=(), force=()) -> Patch:
-    """A patch whose new functions are image's functions of the same names.
+               callbacks: dict | None = None, states=(), force=(), new_names: dict | None = None) -> Patch:
+    """A patch whose new functions are image's functions of the same names,
+    or of the names new_names gives ({old name: new name}, as a klp_func's
+    old_name and new_func may differ: livepatch_cmdline_proc_show replaces
+    cmdline_proc_show).
 
     functions: names of old functions ("f" for the base image, "module:f" for a
     module's). callbacks: {object name: {callback name: fn(machine, patch, obj) -> int}}.
     Raises PatchError naming what is missing."""
     objects: dict[str, PatchObject] = {}
+    new_names = new_names or {}
     for spec in functions:
         obj_name, _, fname = spec.rpartition(":")
         obj_name = obj_name or VMLINUX
-        if image is None or fname not in image.functions:
-            raise PatchError(f"patch '{name}': no new version of '{fname}' in "
+        new_name = new_names.get(fname, fname)
+        if image is None or new_name not in image.functions:
+            raise PatchError(f"patch '{name}': no new version of '{fname}'"
+                             f"{f' ({new_name})' if new_name != fname else ''} in "
                              f"{'its sources' if image is not None else 'the patch (it has no image)'}")
-        new = machine.by_name.get(f"{image.name}:{fname}")
+        new = machine.by_name.get(f"{image.name}:{new_name}")
         if new is None:
             raise PatchError(f"patch '{name}': load its image before making it")
         objects.setdefault(obj_name, PatchObject(obj_name)).funcs.append(

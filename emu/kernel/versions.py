@@ -12,7 +12,18 @@ the facts a patch author targeting a particular kernel depends on
   a task going to a freezable sleep; a plain cond_resched() no longer
   switches;
 - 6.10 renamed KLP_UNDEFINED to KLP_TRANSITION_IDLE (names only);
-- sysfs shows `replace` from 6.11 and `stack_order` from 6.14.
+- fake signals: from 5.1 a transition sends them by itself (from the 15th
+  retry on, every 15 retries); before, only the administrator did, by
+  writing the patch's `signal` attribute;
+- sysfs (/sys/kernel/livepatch/<patch>/...): `enabled`, `transition` and
+  the write-only `force` everywhere; the write-only `signal` only before
+  5.1 (5.1 sends the fake signals by itself and removed it); each object's
+  `patched` from 6.1; `replace` from 6.11; `stack_order` from 6.14;
+- 5.5 marked livepatch's ftrace ops PERMANENT (FTRACE_OPS_FL_PERMANENT):
+  the `kernel.ftrace_enabled` sysctl cannot be turned off while a patch is
+  registered (-EBUSY), and a patch cannot register while it is off (-EBUSY,
+  "failed to register ftrace handler"); before, turning it off silently
+  stopped every patch (test-ftrace.sh checks the new behaviour).
 
 Distribution kernels: RHEL 8 4.18, RHEL 9 5.14, SLES 15 SP6 6.4, Ubuntu
 24.04 6.8, RHEL 10 6.12.
@@ -48,12 +59,34 @@ class Kernel:
         return self.version >= (6, 16)
 
     @property
+    def periodic_signals(self) -> bool:
+        """A transition sends its fake signals by itself, from the 15th retry
+        on, every 15 (5.1); before, the administrator sent them by writing
+        the patch's write-only `signal` attribute, which 5.1 removed."""
+        return self.version >= (5, 1)
+
+    @property
+    def sysfs_signal(self) -> bool:
+        """The write-only `signal` attribute (before 5.1: see periodic_signals)."""
+        return not self.periodic_signals
+
+    @property
+    def sysfs_object_patched(self) -> bool:
+        """Each object's `patched` attribute (6.1)."""
+        return self.version >= (6, 1)
+
+    @property
     def sysfs_replace(self) -> bool:
         return self.version >= (6, 11)
 
     @property
     def sysfs_stack_order(self) -> bool:
         return self.version >= (6, 14)
+
+    @property
+    def ftrace_permanent(self) -> bool:
+        """Livepatch's ftrace ops is PERMANENT (5.5): ftrace_enabled stays on."""
+        return self.version >= (5, 5)
 
     @property
     def idle_state_name(self) -> str:

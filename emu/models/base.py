@@ -78,6 +78,8 @@ class Model:
     name = "base"
     #: kpatch's handler skips the new function's own fentry NOP
     skip_fentry = False
+    #: whether the model's ftrace ops are PERMANENT (ftrace_enabled must stay on)
+    permanent_ops = False
     #: The machine calls the switch-point hooks only for tasks with `pending`
     #: set (TIF_PATCH_PENDING), so the scheduler stays in C otherwise.
     pending_only = True
@@ -178,7 +180,7 @@ class Model:
         fid = func.old.id
         if fid in self.ops:
             return iter(())
-        ops = Ops(f"{self.name}:{func.old.name}", ipmodify=True)
+        ops = Ops(f"{self.name}:{func.old.name}", ipmodify=True, permanent=self.permanent_ops)
         update = self.ftrace.register(ops, [func.old])
         self.ops[fid] = ops
         return update

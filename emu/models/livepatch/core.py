@@ -5,7 +5,8 @@ operations people and modules perform on it.
 The operations follow the sysfs and module interfaces: enable() is loading
 the patch module (klp_enable_patch) or writing 1 to `enabled` during an
 unpatching transition (a reversal); disable() is writing 0; force() is
-writing 1 to `force`; remove() is unloading the patch module;
+writing 1 to `force`; signal() is writing 1 to `signal` (before 5.1);
+remove() is unloading the patch module;
 load_module()/unload_module() are the module notifiers of a patched module
 (notifiers.py). Errors the kernel returns from those writes raise at once
 (refusals.py): Busy (-EBUSY) and PatchRefused (-EINVAL, -ENODEV, ...), after
@@ -39,6 +40,9 @@ from emu.models.livepatch import notifiers, transition
 from emu.models.livepatch.patch import patch_object, unpatch_object, unpatch_objects
 from emu.models.refusals import refusal
 
+# sysfs modes as `stat --format %A` prints them (__ATTR_RW, __ATTR_RO, __ATTR_WO, kobject dirs)
+DIR, RW, RO, WO = "drwxr-xr-x", "-rw-r--r--", "-r--r--r--", "--w-------"
+
 
 class Livepatch(Model):
     name = "livepatch"
@@ -58,6 +62,11 @@ class Livepatch(Model):
         # per patch, the nops atomic replace added: (object, its nops), or
         # (object, None) for an object made only to hold nops
         self._dynamic: dict[Patch, list[tuple[PatchObject, list[PatchFunc] | None]]] = {}
+
+    @property
+    def permanent_ops(self) -> bool:
+        """klp_ops are FTRACE_OPS_FL_PERMANENT from 5.5 (versions.py)."""
+        return self.kernel.ftrace_permanent
 
     # ---- user operations ---------------------------------------------------------------
     def enable(self, patch: Patch) -> None:
@@ -147,6 +156,22 @@ class Livepatch(Model):
             for p in self.installed:
                 if p is not tp:
                     p.forced = True
+
+    def signal(self, patch: Patch | None = None) -> None:
+        """Write 1 to `signal` of the patch in transition (kernels before
+        5.1): a fake signal now to every pending user task, a wake-up to
+        every pending kthread asleep interruptibly. PatchRefused: -EACCES on
+        a kernel without the attribute (the shell cannot create a sysfs
+        file), -EINVAL when no such transition."""
+        if not self.kernel.sysfs_signal:
+            raise refusal(f"kernel {self.kernel.name} has no 'signal' attribute: it sends fake "
+                          f"signals by itself (5.1)", errno.EACCES)
+        tp = self.transition_patch
+        if tp is None or (patch is not None and patch is not tp):
+            what = f"patch '{patch.name}' is" if patch is not None else "no patch is"
+            raise refusal(f"{what} not in transition", errno.EINVAL)
+        self._check_unlocked(tp)
+        transition.send_signals(self)
 
     def remove(self, patch: Patch) -> None:
         """Unload the patch module (rmmod): Busy while the patch is enabled
@@ -334,11 +359,46 @@ class Livepatch(Model):
             transition.cond_resched(self, task, "freezable_sleep")
 
     # ---- status -----------------------------------------------------------------------------------------
+    def sysfs(self) -> dict[str, dict]:
+        """/sys/kernel/livepatch as this kernel version shows it (core.c's
+        sysfs interface; versions.py says which attribute came when): per
+        path relative to it, {"mode": what `stat --format %A` prints,
+        "value": what `cat` reads, None for directories and write-only
+        attributes}. A patch is there from its enable until it is freed
+        (disabled, replaced, or refused); each object has a directory,
+        loaded or not, and each function one named "<name>,<sympos>"."""
+        k = self.kernel
+        out: dict[str, dict] = {}
+
+        def put(path, mode, value=None):
+            out[path] = {"mode": mode, "value": value}
+
+        for i, p in enumerate(self.installed):
+            put(p.name, DIR)
+            put(f"{p.name}/enabled", RW, str(int(p.enabled)))
+            put(f"{p.name}/transition", RO, str(int(p is self.transition_patch)))
+            put(f"{p.name}/force", WO)
+            if k.sysfs_signal:
+                put(f"{p.name}/signal", WO)
+            if k.sysfs_replace:
+                put(f"{p.name}/replace", RO, str(int(p.replace)))
+            if k.sysfs_stack_order:
+                # stack_order_show: the patch's place in klp_patches, counted from 1
+                put(f"{p.name}/stack_order", RO, str(i + 1))
+            for obj in p.objects:
+                put(f"{p.name}/{obj.name}", DIR)
+                if k.sysfs_object_patched:
+                    put(f"{p.name}/{obj.name}/patched", RO, str(int(obj.patched)))
+                for f in obj.funcs:
+                    put(f"{p.name}/{obj.name}/{f.name},1", DIR)
+        return out
+
     def status(self) -> dict:
-        """What /sys/kernel/livepatch shows (per patch: enabled, transition,
-        forced, replace, stack_order, per object patched), per task its
-        patch_state and pending flag, and the transition in progress with
-        the tasks that block it and their stacks."""
+        """The model's state: per installed patch its flags (enabled,
+        transition, forced, replace and stack_order where the kernel shows
+        them) and objects, per task its patch_state and pending flag, the
+        transition in progress with the tasks that block it and their
+        stacks, and "sysfs": what /sys/kernel/livepatch shows (sysfs())."""
         tp = self.transition_patch
         t = self.transition
         return {
@@ -359,4 +419,5 @@ class Livepatch(Model):
                 "patch": t.patch, "target": transition.verb(t.target), "attempts": t.attempts,
                 "blockers": [{"task": name, "stack": stack} for name, stack in t.blockers]},
             "switches": dict(Counter(how for _, _, _, how in self.switches)),
+            "sysfs": self.sysfs(),
         }

@@ -13,7 +13,8 @@ so each task sees one consistent set of functions. A task switches
   CPU-bound kthreads get patched).
 A task running on a CPU cannot be checked; from the 15th retry on, every 15
 retries, the tasks still pending get a fake signal (user tasks) or a
-wake-up (kthreads). When every task has switched, the transition completes.
+wake-up (kthreads) (from 5.1; before, only when the administrator writes
+the patch's `signal` attribute). When every task has switched, the transition completes.
 
 The interface, as transition.h's (lp is the core.Livepatch model):
     init(lp, patch, target)            klp_init_transition
@@ -23,6 +24,7 @@ The interface, as transition.h's (lp is the core.Livepatch model):
     try_complete(lp)                   klp_try_complete_transition (a generator)
     reverse(lp)                        klp_reverse_transition
     force(lp)                          klp_force_transition
+    send_signals(lp)                   klp_send_signals
     update_patch_state(lp, task, how)  klp_update_patch_state
     cond_resched(lp, task)             __klp_sched_try_switch
     needs_check(lp, task)              whether klp_try_switch_task walks task's stack
@@ -151,8 +153,10 @@ def try_complete(lp):
             blockers.append((cpu.idle.name, [f"({why})"]))
     if blockers:
         t.block(lp.m.now, blockers)
-        if lp.signals_cnt and lp.signals_cnt % SIGNALS_TIMEOUT == 0:
-            _send_signals(lp)
+        # 5.1 on: fake signals from the 15th retry on, every 15 retries;
+        # before, only when the administrator writes `signal` (core.py)
+        if lp.kernel.periodic_signals and lp.signals_cnt and lp.signals_cnt % SIGNALS_TIMEOUT == 0:
+            send_signals(lp)
         lp.signals_cnt += 1
         return False
     t.blockers = []
@@ -302,10 +306,12 @@ def force(lp) -> None:
         update_patch_state(lp, task, "force")
 
 
-def _send_signals(lp) -> None:
+def send_signals(lp) -> None:
     """klp_send_signals: a fake signal to pending user tasks, a wake-up to
-    pending kthreads asleep interruptibly."""
-    if lp.signals_cnt == SIGNALS_TIMEOUT:
+    pending kthreads asleep interruptibly. It says so the first time a
+    transition sends them periodically (5.1 on), or at each request of the
+    administrator's (before 5.1)."""
+    if lp.signals_cnt == SIGNALS_TIMEOUT or not lp.kernel.periodic_signals:
         lp.printk(f"{lp.prefix}signaling remaining tasks")
     for task in lp.m.tasks:
         if not task.pending or task.state is RunState.EXITED:
