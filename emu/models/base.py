@@ -388,10 +388,13 @@ class Model:
         """task_curr(): on a CPU right now, as the kernel work in progress
         sees it (emu/machine/works.py). The work occupies its CPU, so the
         task it displaced is not running; a task on any other CPU is. An
-        idle task runs when its CPU has no task and no kernel work on it."""
+        idle task runs when its CPU has no task, no kernel work on it and
+        nothing runnable in its run queue: a CPU between two of its tasks
+        (the last one went to sleep, the next is about to be picked) is in
+        the scheduler, which switches to the next task, not to idle."""
         if task.is_idle:
             cpu = self.m.cpus[-1 - task.tid]
-            return cpu.current is None and not self.m.works.occupies(cpu.index)
+            return cpu.current is None and not self.m.works.occupies(cpu.index) and not self.m.runnable(cpu)
         return any(c.current is task for c in self.m.cpus)
 
     def describe_stack(self, task: Task, entries) -> list[str]:

@@ -1,0 +1,44 @@
+"""Held-out scenarios (tests/data/heldout/), written from the kernel's
+semantics before the tool ran them: each scenario's header says what every
+model must give and why (kernel/livepatch/transition.c, core.c, shadow.c;
+kpatch's kmod/core/core.c; the kGraft series; Ksplice). The tests hold the
+emulator to those answers, and the regressions below are the places where it
+once gave another."""
+import pytest
+
+from emu.kernel.patch import make_patch
+from emu.machine.machine import Machine
+from emu.models import make_model
+
+# ---- regressions ---------------------------------------------------------------------
+
+BUSY = """
+volatile long sink;
+__attribute__((noinline)) long f(long x) { return x + sink; }
+long user_entry(long t) { for (long i = 0; i < 20; i++) sink += i; sink += f(t); lpemu_sleep(t); return 0; }
+"""
+BUSY_PATCH = """
+extern volatile long sink;
+__attribute__((noinline)) long f(long x) { return x + sink + 1; }
+"""
+
+
+def test_a_busy_cpus_idle_task_is_not_running_and_switches_by_its_stack(compile_c):
+    """klp_try_complete_transition() tries every CPU's idle task with
+    klp_try_switch_task(), which refuses only task_curr(). A CPU whose run
+    queue always holds a runnable task never runs its idle task: the idle
+    task sleeps in schedule() and passes the stack check. A CPU that is
+    merely between two tasks of its queue (the previous one went to sleep)
+    is in the scheduler, not idle; taking it for idle made every check
+    miss that idle task and the transition stalled forever."""
+    base = compile_c(BUSY)
+    m = Machine(base, cpus=4, quantum=300)
+    for i in range(32):                          # more work than four CPUs do
+        m.add_task(f"u{i}", "user_entry", (1 + (i & 3),), cpu=i % 4)
+    img = compile_c(BUSY_PATCH, name="p", base=m.module_base(), link_against=base, keep={"f"})
+    m.load(img)
+    lp = make_model("livepatch", m)
+    patch = lp.add(make_patch(m, "p", img, ["f"]))
+    m.at(60_000, lambda: lp.enable(patch))
+    m.run(until=m.seconds(4))
+    assert lp.transitions[0].result == "completed", lp.transitions[0].blockers
