@@ -42,3 +42,47 @@ def test_a_busy_cpus_idle_task_is_not_running_and_switches_by_its_stack(compile_
     m.at(60_000, lambda: lp.enable(patch))
     m.run(until=m.seconds(4))
     assert lp.transitions[0].result == "completed", lp.transitions[0].blockers
+
+
+FREEZER = """
+volatile long sink;
+__attribute__((noinline)) long scan(long n) { return n + sink; }
+long freezer(long t) { for (;;) { sink += scan(t); lpemu_sleep_freezable(t); } }
+"""
+
+
+def test_a_freezable_sleep_works_before_any_model_is_attached(compile_c):
+    """wait_event_freezable() is the kernel's own primitive: a kthread
+    sleeping freezably before any patch exists (a scenario's prefix, the
+    window probe) sleeps; it faulted with "unknown hypercall 11" because
+    only a model registered its handler."""
+    m = Machine(compile_c(FREEZER), cpus=1)
+    m.add_task("freezer", "freezer", (2,), kind="kthread")
+    m.run(until=m.seconds(0.5))                  # a fault would raise here
+    assert m.now >= m.seconds(0.5)
+
+
+FREEZER_PATCH = """
+extern volatile long sink;
+__attribute__((noinline)) long scan(long n) { return n + sink + 1; }
+"""
+
+
+def test_kgraft_migrating_a_kthread_at_its_freezable_sleep_keeps_its_promise(compile_c):
+    """wait_event_freezable() passes try_to_freeze(), kGraft's kthread safe
+    point: the kthread migrates there, and its unit ends there. The promise
+    oracle saw no unit end and reported scan v0 and scan v1 in one unit as
+    the model's breach."""
+    from emu.runs.verdicts import verdicts
+    base = compile_c(FREEZER)
+    m = Machine(base, cpus=1)
+    m.add_task("freezer", "freezer", (2,), kind="kthread")
+    img = compile_c(FREEZER_PATCH, name="p", base=m.module_base(), link_against=base, keep={"scan"})
+    m.load(img)
+    kg = make_model("kgraft", m)
+    patch = kg.add(make_patch(m, "p", img, ["scan"]))
+    m.at(m.seconds(0.1), lambda: kg.enable(patch))
+    m.run(until=m.seconds(3))
+    assert kg.transitions[0].result == "completed"
+    checked = verdicts(m, [patch], spec_model="kgraft")
+    assert checked.breaches == 0, checked.promise

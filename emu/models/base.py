@@ -24,7 +24,6 @@ from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.kernel import versions
 from emu.kernel.shadow import ShadowVars
-from emu.machine import hypercall
 from emu.machine.task import Task
 from emu.models.refusals import refusal
 from emu.models.stacks import StackChecks
@@ -96,7 +95,6 @@ class Model:
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve all
         self.shadow = ShadowVars.for_machine(machine)
-        machine.hypercalls[hypercall.SLEEP_FREEZABLE] = self._hc_sleep_freezable
         machine.listeners.append(self)
 
     # ---- patches ---------------------------------------------------------------
@@ -415,11 +413,6 @@ class Model:
 
     def on_freezable_sleep(self, task: Task) -> None:
         """A pending task is about to go to a freezable sleep."""
-
-    def _hc_sleep_freezable(self, machine, task: Task, args) -> int:
-        if task.pending:
-            self.on_freezable_sleep(task)
-        return 0
 
     # ---- status ---------------------------------------------------------------------------------
     def status(self) -> dict:
