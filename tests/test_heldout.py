@@ -86,3 +86,302 @@ def test_kgraft_migrating_a_kthread_at_its_freezable_sleep_keeps_its_promise(com
     assert kg.transitions[0].result == "completed"
     checked = verdicts(m, [patch], spec_model="kgraft")
     assert checked.breaches == 0, checked.promise
+
+
+# ---- the held-out scenarios, per model -------------------------------------------------
+
+import functools                                   # noqa: E402
+from dataclasses import replace                    # noqa: E402
+from pathlib import Path                           # noqa: E402
+
+from emu.engine import core                        # noqa: E402
+from emu.models import MODEL_NAMES                 # noqa: E402
+from emu.runs import scenario                      # noqa: E402
+from emu.runs.fuzz import Runner                   # noqa: E402
+
+HELD = Path(__file__).resolve().parent / "data" / "heldout"
+
+
+@functools.cache
+def runner(rel: str, kernel: str | None = None, cpus: int | None = None, entry: str | None = None) -> Runner:
+    scn = scenario.load(HELD / rel)
+    if kernel:
+        scn.machine["kernel"] = kernel
+    if cpus:
+        scn.machine["cpus"] = cpus
+    if entry:
+        scn.tasks = [replace(t, entry=entry) for t in scn.tasks]
+    return Runner(scenario.build(scn))
+
+
+def run(rel: str, model: str, seed: int = 0, *, preempt=None, **variant):
+    """One run: (result, log lines, {(task, key): values in order}, status)."""
+    r = runner(rel, **variant)
+    spec = r.plan(model, seed)
+    if preempt:
+        spec = replace(spec, preempt=preempt)
+    res, m, mod = r.execute(spec, keep=True)
+    try:
+        values: dict = {}
+        for clock, kind, task, key, value, _ in m.trace.records():
+            if kind == core.EV_OBSERVE:
+                values.setdefault((m.tasks[task].name, key), []).append(value)
+        return res, [line for _, line in m.log], values, mod.status()
+    finally:
+        m.engine.close()
+
+
+def collapse(seq):
+    out = []
+    for v in seq:
+        if not out or out[-1] != v:
+            out.append(v)
+    return out
+
+
+def kernel_safe(res) -> bool:
+    """Safe as the kernel's semantics define it: no unit mixed versions, no
+    assertion broke (value handovers are judged separately below)."""
+    return res.inconsistent_units == 0 and res.violation_count == 0
+
+
+def sound(res) -> None:
+    assert res.promise_breaches == 0, res.promise
+    assert not res.warnings, res.warnings
+
+
+OUTSIDE = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
+           "kgraft": "stalled", "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_cond_resched_outside_patched_code(model):
+    res, *_ = run("cond-resched-outside/scenario.toml", model)
+    assert res.outcome == OUTSIDE[model] and kernel_safe(res)
+    sound(res)
+
+
+@pytest.mark.parametrize("kernel,outcome", [("4.18", "stalled"), ("5.14", "stalled"), ("6.4", "completed"),
+                                            ("6.15", "completed"), ("6.16", "stalled"), ("6.19", "stalled")])
+def test_cond_resched_outside_per_kernel_version(kernel, outcome):
+    res, log, _, _ = run("cond-resched-outside/scenario.toml", "livepatch", kernel=kernel)
+    assert res.outcome == outcome and kernel_safe(res)
+    sound(res)
+    if outcome == "stalled":      # the kthread is on its CPU at every check
+        assert res.transitions[0]["blockers"][0]["stack"][-1] == "(running)"
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "6.19"])
+def test_cond_resched_outside_on_one_cpu_the_kworker_takes_the_cpu_at_cond_resched(kernel):
+    """With one CPU the kworker runs only when the kthread schedules out at
+    cond_resched(): then it is not task_curr() and crunch() is off its
+    stack, so the periodic check switches it on every kernel version."""
+    res, *_ = run("cond-resched-outside/scenario.toml", "livepatch", kernel=kernel, cpus=1)
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "6.8", "6.19"])
+def test_a_kthread_that_sleeps_freezably_switches_on_every_kernel(kernel):
+    """Asleep between crunches, the kthread is not task_curr() when the
+    periodic check finds it there (every version); from 6.16 it also tries
+    its own switch in __schedule() as it goes to the freezable sleep."""
+    res, *_ = run("cond-resched-outside/scenario.toml", "livepatch", kernel=kernel, entry="kthread_freezable")
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+
+
+INSIDE = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+          "kgraft": "stalled", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_cond_resched_inside_patched_code(model):
+    res, log, values, _ = run("cond-resched-inside/scenario.toml", model)
+    assert res.outcome == INSIDE[model] and kernel_safe(res)
+    sound(res)
+    # the kthread never re-enters work_loop(): it runs the old one forever
+    assert collapse(values[("looper", 1)]) == [0]
+
+
+@pytest.mark.parametrize("kernel", ["4.18", "6.8"])
+def test_cond_resched_inside_stalls_livepatch_on_every_kernel(kernel):
+    res, *_ = run("cond-resched-inside/scenario.toml", "livepatch", kernel=kernel)
+    assert res.outcome == "stalled"
+    sound(res)
+
+
+@pytest.mark.parametrize("model", ["kgraft", "livepatch"])
+def test_force_completes_what_cond_resched_inside_stalled(model):
+    res, log, values, _ = run("cond-resched-inside/scenario-force.toml", model)
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+    assert collapse(values[("looper", 1)]) == [0]
+    if model == "livepatch":
+        assert any("forcing remaining tasks" in line for line in log)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_shadow_variables_present_and_missing(model):
+    res, _, values, _ = run("shadow-present-missing/scenario.toml", model)
+    assert res.outcome == "completed" and res.fault is None and res.violation_count == 0
+    sound(res)
+    seen = {v for (t, k), vs in values.items() if k == 1 for v in vs}
+    assert -1 not in seen and any(v > 1000 for v in seen)       # the patch ran, NULL was handled
+    if model in ("kgraft", "livepatch"):
+        assert kernel_safe(res)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_missing_shadow_variable_dereferenced_faults_under_every_model(model):
+    res, *_ = run("shadow-unchecked/scenario.toml", model)
+    assert res.outcome == "fault" and "conn_account" in res.fault and "0x0" in res.fault
+
+
+MANY = {"immediate": False, "stop_machine": True, "ksplice": True, "kgraft": True, "livepatch": True}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_64_tasks_on_4_cpus(model):
+    res, *_ = run("many-tasks/scenario.toml", model)
+    assert res.outcome == "completed"
+    assert kernel_safe(res) == MANY[model]
+    sound(res)
+
+
+SLEEP_USER = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+              "kgraft": "stalled", "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_user_task_asleep_in_a_patched_function(model):
+    res, log, *_ = run("sleep-in-patched/scenario-user.toml", model)
+    assert res.outcome == SLEEP_USER[model] and kernel_safe(res)
+    sound(res)
+    if model == "livepatch":     # switched after the fake signal of the 15th retry
+        assert any("signaling remaining tasks" in line for line in log)
+        assert res.latency > 14 * 100_000
+
+
+SLEEP_KTHREAD = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+                 "kgraft": "completed", "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_kthread_that_never_leaves_a_patched_function_needs_force(model):
+    res, log, values, _ = run("sleep-in-patched/scenario-kthread.toml", model)
+    assert res.outcome == SLEEP_KTHREAD[model] and kernel_safe(res)
+    sound(res)
+    if model in ("kgraft", "livepatch"):
+        assert 24 * 100_000 < res.latency < 26 * 100_000          # completed by the force at 25 s
+    assert collapse(values[("poller", 2)]) == [0]                # it never left the old loop
+
+
+@pytest.mark.parametrize("model,attempts", [("stop_machine", 3), ("ksplice", 4), ("livepatch", None),
+                                            ("kgraft", None), ("immediate", None)])
+def test_stop_machine_refuses_while_flush_is_on_a_stack_and_retries(model, attempts):
+    res, log, *_ = run("stop-machine-retry/scenario.toml", model)
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+    if attempts:
+        assert res.transitions[0]["attempts"] == attempts
+    if model == "stop_machine":
+        assert any("activeness safety check failed for flush" in line for line in log)
+
+
+@pytest.mark.parametrize("model,seed,safe", [("immediate", 0, False), ("stop_machine", 2, False),
+                                             ("ksplice", 2, False), ("livepatch", 2, False),
+                                             ("kgraft", 0, True), ("kgraft", 2, True)])
+def test_a_lock_protocol_change_without_its_caller(model, seed, safe):
+    res, *_ = run("lock-protocol/scenario.toml", model, seed)
+    assert kernel_safe(res) == safe
+    sound(res)
+
+
+@pytest.mark.parametrize("model,seed,safe", [("immediate", 0, False), ("stop_machine", 2, True),
+                                             ("ksplice", 2, True), ("livepatch", 2, True), ("kgraft", 2, True)])
+def test_a_lock_protocol_change_with_its_caller(model, seed, safe):
+    res, *_ = run("lock-protocol/scenario-caller.toml", model, seed)
+    assert kernel_safe(res) == safe
+    sound(res)
+
+
+def test_disable_mid_transition_reverses_under_livepatch():
+    res, log, values, status = run("disable-mid-transition/scenario.toml", "livepatch")
+    assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "reversed"),
+                                                                     ("unpatched", "completed")]
+    assert "livepatch: 'fix': reversing transition from patching to unpatching" in log
+    assert "livepatch: 'fix': unpatching complete" in log
+    assert {vs[-1] for vs in values.values()} == {0}
+    assert all(t["patch_state"] == -1 for t in status["tasks"])
+    sound(res)
+
+
+@pytest.mark.parametrize("model,final", [("kgraft", 1), ("stop_machine", 0), ("ksplice", 0), ("immediate", 0)])
+def test_disable_mid_transition_elsewhere(model, final):
+    """kGraft and kpatch refuse a second operation while one is in progress
+    (-EBUSY); kpatch's enable then fails its five attempts; immediate has
+    no transition to be in."""
+    res, _, values, _ = run("disable-mid-transition/scenario.toml", model)
+    assert {vs[-1] for vs in values.values()} == {final}
+    assert bool(res.errors) == (model != "immediate")
+    sound(res)
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_stacked_patches_then_disable_the_newest(model):
+    res, _, values, _ = run("stacked-disable/scenario.toml", model)
+    assert res.outcome == "completed" and res.violation_count == 0
+    sound(res)
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2, 1]
+        assert collapse(values[(f"user{i}", 2)]) == [0, 2, 0]
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_atomic_replace_then_disable_leaves_every_task_on_the_original(model):
+    res, _, values, status = run("replace-then-disable/scenario.toml", model)
+    assert res.outcome == "completed"
+    sound(res)
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 0]
+        assert collapse(values[(f"user{i}", 2)]) == [0, 1, 2, 0]
+    assert not any(p["enabled"] for p in status["patches"])
+
+
+KG = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
+      "kgraft": "stalled", "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_kthreads_with_and_without_safe_points(model):
+    res, _, values, _ = run("kgraft-safepoints/scenario.toml", model)
+    assert res.outcome == KG[model] and kernel_safe(res)
+    sound(res)
+    if model == "kgraft":
+        assert [b["task"] for b in res.transitions[0]["blockers"]] == ["plain"]
+        assert collapse(values[("plain", 1)]) == [0]
+        assert values[("safe", 1)][-1] == values[("freezer", 1)][-1] == 1
+
+
+@pytest.mark.parametrize("model", ["kgraft", "livepatch"])
+def test_kthreads_with_safe_points_only(model):
+    res, *_ = run("kgraft-safepoints/scenario-safe.toml", model)
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+
+
+@pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_preemption_modes(model, preempt):
+    res, *_ = run("preempt-modes/scenario.toml", model, preempt=preempt)
+    assert kernel_safe(res)
+    sound(res)
+    if model == "kgraft":
+        assert res.outcome == "stalled"
+    elif preempt != "full":
+        assert res.outcome == "completed"
+        if model == "livepatch":
+            assert res.transitions[0]["attempts"] == 1
+    else:
+        assert res.outcome in ("completed", "failed", "stalled")
