@@ -398,3 +398,75 @@ def test_no_handover_where_no_value_crosses(rel):
     its '5th argument'."""
     res, *_ = run(rel, "livepatch")
     assert res.handover_count == 0, res.handovers[:1]
+
+
+# ---- a module loaded mid-transition (driven from Python: see its README) ----------------
+
+def module_run(model_name: str):
+    """(model, patch, machine, values per (task, key) with times, load time)."""
+    from emu.images.build import build_c
+    d = HELD / "module-mid-transition"
+    base = build_c([d / "base.c"], base=0x400000, name="vmlinux")
+    m = Machine(base, cpus=2, quantum=300)
+    for i in range(3):
+        m.add_task(f"fast{i}", "fast_user", (100 + i,))
+    m.add_task("waiter", "waiter", (50,))                     # 0.5 s asleep in slow()
+    model = make_model(model_name, m)
+    mod = build_c([d / "mod.c"], name="mod", base=m.module_base(), link_against=base)
+    img = build_c([d / "patch.c"], name="fix", base=mod.hi + 0x10000 & ~0xfff, link_against=base,
+                  keep={"mod_fn", "slow"})
+    m.load(img)
+    patch = model.add(make_patch(m, "fix", img, ["slow", "mod:mod_fn"]))
+    m.watch(m.function("slow"))     # an observing op from the start, as lpemu's runs have
+
+    def init():      # module_init: register mod_fn into the base's ops pointer
+        m.engine.view(base.symbols["mod_ops"], 8)[:] = mod.functions["mod_fn"].start.to_bytes(8, "little")
+    m.run(until=m.seconds(0.1) + 3000)                          # the waiter is asleep in slow()
+    model.enable(patch)
+    m.run(until=m.now + m.seconds(0.2))
+    loaded = m.now
+    model.load_module(mod, init=init)
+    m.run(until=m.now + m.seconds(14))
+    values: dict = {}
+    for clock, kind, task, key, value, _ in m.trace.records():
+        if kind == core.EV_OBSERVE:
+            values.setdefault((m.tasks[task].name, key), []).append((clock, value))
+    return model, patch, m, values, loaded
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_module_loaded_mid_transition(model_name):
+    from emu.runs import oracle
+    from emu.runs.verdicts import verdicts
+    model, patch, m, values, loaded = module_run(model_name)
+    try:
+        t = model.transitions[0]
+        if model_name != "immediate":
+            assert t.requested_at < loaded and (t.completed_at is None or t.completed_at > loaded), \
+                "the load is meant to come mid-transition"
+        # the waiter's first call through the module after the load, and the
+        # version of slow() it woke up in
+        first = next(v for c, v in values[("waiter", 2)] if c > loaded)
+        if model_name in ("livepatch", "kgraft"):
+            assert first == 1010                                  # its own (old) universe
+            fast = [v for c, v in values[("fast0", 1)] if loaded < c < loaded + m.seconds(0.1)]
+            assert fast and set(fast) == {1015}                   # switched tasks: the new mod_fn
+        elif model_name == "immediate":
+            assert first == 1015                                  # the mix the model allows
+        checked = verdicts(m, [patch], spec_model=model_name)
+        assert checked.breaches == 0, checked.promise
+        bad = oracle.check(m, [patch], model.transitions, unit="syscall", stats={})
+        assert (len(bad) > 0) == (model_name == "immediate")
+        if t.result == "completed":
+            late = [v for (task, key), vs in values.items() if key in (1, 2)
+                    for c, v in vs if c > t.completed_at + m.seconds(1)]
+            assert late and all(v % 10 == 5 for v in late)        # every call: the patched mod_fn
+            assert patch.object("mod").patched
+        else:
+            assert model_name in ("stop_machine", "ksplice") and t.result == "failed"
+            assert not patch.object("mod").patched
+        # the module's function is traced: its entries are in the trace
+        fid = m.by_name["mod:mod_fn"].id
+        assert any(k == core.EV_ENTRY and a == fid for _, k, _, a, _, _ in m.trace.records())
+    finally:
+        m.engine.close()
