@@ -470,3 +470,66 @@ def test_a_module_loaded_mid_transition(model_name):
         assert any(k == core.EV_ENTRY and a == fid for _, k, _, a, _, _ in m.trace.records())
     finally:
         m.engine.close()
+
+
+# ---- the robustness contract on held-out scenarios ----------------------------------------
+
+import json                                        # noqa: E402
+import shutil                                      # noqa: E402
+
+from emu.app import cli                            # noqa: E402
+
+
+def copy(tmp_path, rel: str) -> Path:
+    src = HELD / rel
+    for f in src.parent.iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    return tmp_path / src.name
+
+
+@pytest.mark.parametrize("change,needle", [
+    (("cpus = 2", "cpus = 2\nturbo = 1"), "machine.turbo: unknown key"),
+    (('sources = ["patch.c"]', 'sources = ["gone.c"]'), "patch[0].sources: no such file: gone.c"),
+    (('name = "flush_fix"', 'name = "vmlinux"'), "patch[0].name: 'vmlinux' is already the name of the program"),
+    (('horizon = 12.0', 'horizon = "long"'), "fuzz.horizon"),
+])
+def test_hostile_variants_exit_2_with_one_message(tmp_path, capsys, change, needle):
+    path = copy(tmp_path, "stop-machine-retry/scenario.toml")
+    path.write_text(path.read_text().replace(*change, 1))
+    assert cli.main(["run", str(path), "--model", "livepatch"]) == 2
+    out, err = capsys.readouterr()
+    assert out == "" and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert err.startswith("lpemu: error: ") and "scenario.toml" in err and needle in err
+
+
+RANDOM_FLUSH = """#include "lpemu.h"
+volatile long zero;
+long calls;
+__attribute__((noinline)) long flush(long first)
+{
+	unsigned long lo, hi, r;
+	__asm__ volatile("rdtsc" : "=a"(lo), "=d"(hi));
+	__asm__ volatile("rdrand %0" : "=r"(r));
+	lpemu_observe(1, (long)((hi << 32 | lo) ^ r) + zero);
+	return 0;
+}
+long user_entry(long n) { flush(calls++ == 0); lpemu_sleep(2); return 0; }
+"""
+
+
+def test_rdtsc_and_rdrand_in_guest_code_replay_to_the_same_hash(tmp_path, capsys):
+    path = copy(tmp_path, "stop-machine-retry/scenario.toml")
+    (tmp_path / "base.c").write_text(RANDOM_FLUSH)
+    hashes = []
+    for cmd in ("run", "replay", "replay"):
+        rc = cli.main([cmd, str(path), "--model", "kgraft", "--seed", "3", "--json"])
+        out = json.loads(capsys.readouterr().out)
+        assert rc == 0 and out["outcome"] == "completed"
+        hashes.append(out["trace_hash"])
+    assert len(set(hashes)) == 1
+
+
+def test_a_fault_is_a_finding(capsys):
+    rc = cli.main(["run", str(HELD / "shadow-unchecked/scenario.toml"), "--model", "kgraft", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 1 and out["outcome"] == "fault" and "conn_account" in out["fault"]
