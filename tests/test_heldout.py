@@ -531,3 +531,13 @@ def test_a_fault_is_a_finding(capsys):
     rc = cli.main(["run", str(HELD / "shadow-unchecked/scenario.toml"), "--model", "kgraft", "--json"])
     out = json.loads(capsys.readouterr().out)
     assert rc == 1 and out["outcome"] == "fault" and "conn_account" in out["fault"]
+
+
+def test_a_probe_that_never_saw_a_task_off_its_cpu_says_so(capsys):
+    """A CPU-bound kthread is on its CPU whenever the probe looks: the probe
+    sees no state, and said 'a new state still appeared at t=20000: raise
+    [fuzz] probe' next to 'coverage 0/0 states'."""
+    cli.main(["fuzz", str(HELD / "cond-resched-outside/scenario.toml"), "--model", "immediate", "--runs", "1",
+              "--jobs", "1", "--quiet"])
+    out = capsys.readouterr().out
+    assert "probe: no task was ever seen off its CPU" in out and "raise [fuzz] probe" not in out
