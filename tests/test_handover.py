@@ -185,7 +185,8 @@ def test_hostile_traces_never_crash_the_oracles(seed_copy):
         def check(trace, model):
             for b in _judged(m, mod, trace, model):
                 assert str(b) and b.to_json()
-            fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine)
+            fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine,
+                                         images=m.images, function_at=m.function_at)
             for h in handover.find(fake, mod.patches):
                 assert str(h)
         check()

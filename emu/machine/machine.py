@@ -43,7 +43,7 @@ from emu.errors import UserError
 from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
-from emu.machine import faults, runtime, snapshot, stacks
+from emu.machine import faults, hypercall, runtime, snapshot, stacks
 from emu.machine.layout import (BASE_IMAGE, GRAPH_BASE, GRAPH_STRIDE, GUARD, HEAP_BASE,  # noqa: F401
                                 HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
                                 PERCPU_BASE, RUNTIME_BASE, STACK_BASE, STACK_SIZE, align_up, in_guard, page_up, stack_of)
@@ -99,6 +99,9 @@ class Machine:
         self.tasks: list[Task] = []
         self.listeners: list = []
         self.hypercalls: dict[int, object] = {}   # extra handlers: nr -> fn(machine, task, args) -> rax
+        # a freezable sleep is the kernel's own primitive: it works whether
+        # or not a model listens (the probe and a run's prefix have none)
+        self.hypercalls[hypercall.SLEEP_FREEZABLE] = _freezable_sleep
         # (clock, kind, task, a, b, c) events; records from the C core stay packed
         # until someone reads them
         self.trace = core.EventLog()
@@ -417,3 +420,21 @@ class Machine:
     def in_guard(addr: int, task: Task) -> bool:
         """Whether addr lies in the guard page below task's stack."""
         return in_guard(addr, task.stack_lo)
+
+
+def _freezable_sleep(machine: Machine, task: Task, args) -> int:
+    """The first half of lpemu_sleep_freezable(): the task goes to a
+    TASK_FREEZABLE sleep (its second hypercall sleeps). A pending task's
+    listeners see it (livepatch from 6.16 tries a switch there, kGraft
+    migrates a kthread). For a kthread, wait_event_freezable() passes
+    try_to_freeze(): a safe point, which ends its unit (EV_SAFE_POINT) as
+    lpemu_safe_point() does; without it a kthread migrated there by kGraft
+    ran one unit in two universes in the oracles' eyes."""
+    if task.kind is Kind.KTHREAD:
+        machine.emit(EV_SAFE_POINT, task.tid)
+    if task.pending:
+        for listener in machine.listeners:
+            hook = getattr(listener, "on_freezable_sleep", None)
+            if hook is not None:
+                hook(task)
+    return 0

@@ -24,7 +24,6 @@ from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.kernel import versions
 from emu.kernel.shadow import ShadowVars
-from emu.machine import hypercall
 from emu.machine.task import Task
 from emu.models.refusals import refusal
 from emu.models.stacks import StackChecks
@@ -98,7 +97,6 @@ class Model:
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve all
         self.shadow = ShadowVars.for_machine(machine)
-        machine.hypercalls[hypercall.SLEEP_FREEZABLE] = self._hc_sleep_freezable
         machine.listeners.append(self)
 
     # ---- patches ---------------------------------------------------------------
@@ -390,10 +388,13 @@ class Model:
         """task_curr(): on a CPU right now, as the kernel work in progress
         sees it (emu/machine/works.py). The work occupies its CPU, so the
         task it displaced is not running; a task on any other CPU is. An
-        idle task runs when its CPU has no task and no kernel work on it."""
+        idle task runs when its CPU has no task, no kernel work on it and
+        nothing runnable in its run queue: a CPU between two of its tasks
+        (the last one went to sleep, the next is about to be picked) is in
+        the scheduler, which switches to the next task, not to idle."""
         if task.is_idle:
             cpu = self.m.cpus[-1 - task.tid]
-            return cpu.current is None and not self.m.works.occupies(cpu.index)
+            return cpu.current is None and not self.m.works.occupies(cpu.index) and not self.m.runnable(cpu)
         return any(c.current is task for c in self.m.cpus)
 
     def describe_stack(self, task: Task, entries) -> list[str]:
@@ -414,11 +415,6 @@ class Model:
 
     def on_freezable_sleep(self, task: Task) -> None:
         """A pending task is about to go to a freezable sleep."""
-
-    def _hc_sleep_freezable(self, machine, task: Task, args) -> int:
-        if task.pending:
-            self.on_freezable_sleep(task)
-        return 0
 
     # ---- status ---------------------------------------------------------------------------------
     def status(self) -> dict:

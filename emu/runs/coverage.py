@@ -48,6 +48,10 @@ def probe_line(cov: dict) -> str:
     p = cov["probe"]
     if p["fault"]:
         return f"probe: the unpatched run faulted at t={p['end']}; states seen up to there"
+    if not cov["states"]:
+        # every task stayed on its CPU whenever the probe looked (a CPU-bound
+        # kthread without a sleep): no state to cover, nothing to raise
+        return "probe: no task was ever seen off its CPU up to t={end}: no state to cover".format(**p)
     how = ("no new state after t={last_new} up to t={end}" if p["saturated"] else
            "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe")
     return "probe: " + how.format(**p)

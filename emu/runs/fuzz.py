@@ -163,6 +163,7 @@ class Runner:
         self._probe = probe
         self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
+        self._arity: dict = {}      # which argument registers each function takes (handover.find)
 
     # ---- planning -----------------------------------------------------------------------------
     @property
@@ -486,7 +487,7 @@ class Runner:
             res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
-        checked = verdicts(m, patches, spec_model=res.spec.model)
+        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity)
         res.promise_breaches, res.promise = checked.breaches, checked.promise
         res.handover_count, res.handovers = checked.handover_count, checked.handovers
         self._assertions(m, res)

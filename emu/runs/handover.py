@@ -16,10 +16,12 @@ version, is a handover:
 
 What it cannot see: a value that went through memory the caller does not
 pass along (the heap, a global), or was transformed on the way (`baz(f+1)`,
-`baz(f*1000)`): only the very bit pattern returned is followed. What it may
-see that is not there: an argument register the function does not take can
-hold a stale copy of the value, and two unrelated values can be equal; the
-lowest matching argument register is reported. Since the producer and the
+`baz(f*1000)`): only the very bit pattern returned is followed. Only the
+argument registers the consumer's code takes count (emu/images/argregs.py:
+those live at its entry), so a stale copy of the value in a register it does
+not take is not an argument it received. What it may still see that is not
+there: two unrelated values can be equal; the lowest matching argument
+register is reported. Since the producer and the
 consumer run in one unit, a handover is always also an inconsistent unit
 (emu/runs/oracle.py); it says which value crossed.
 """
@@ -28,6 +30,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from emu.engine import core
+from emu.errors import BuildError
+from emu.images import argregs
 from emu.kernel.patch import Patch
 from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 
@@ -60,14 +64,20 @@ class Handover:
                 "text": str(self)}
 
 
-def find(machine: Machine, patches: list[Patch]) -> list[Handover]:
-    """Every value handover of machine's finished run, in trace order."""
+def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None) -> list[Handover]:
+    """Every value handover of machine's finished run, in trace order.
+    arity caches which argument registers each function's code takes
+    (keyed by image and address: valid for every machine of one program)."""
     # function id -> {patch index} of the patches that carry it
     carriers: dict[int, set[int]] = {}
+    code: dict[tuple[int, int], object] = {}     # (function id, version) -> the FunctionRef that ran
     for p in patches:
         for _, f in p.funcs():
             if f.old is not None and not f.nop:
                 carriers.setdefault(f.old.id, set()).add(p.index)
+                code[(f.old.id, p.index)] = f.new
+                code[(f.old.id, 0)] = f.old
+    taken = _Arity(machine, {} if arity is None else arity)
     names = {fid: machine.functions[fid].name for fid in carriers}
     tasks = machine.tasks
     live: dict[int, dict[int, tuple[int, int, int]]] = {}    # task -> value -> (fid, version, clock)
@@ -78,7 +88,10 @@ def find(machine: Machine, patches: list[Patch]) -> list[Handover]:
         values = live.get(task)
         if not values:
             return
+        regs = taken.of(code.get((fid, version)))
         for k, v in enumerate(args):
+            if k not in regs:
+                continue
             hit = values.get(v)
             if hit is None:
                 continue
@@ -108,3 +121,34 @@ def find(machine: Machine, patches: list[Patch]) -> list[Handover]:
         elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT):
             live.pop(task, None)
     return out
+
+
+class _Arity:
+    """Which argument registers a function's code takes (argregs), through
+    the functions it calls, memoized in cache."""
+
+    def __init__(self, machine: Machine, cache: dict):
+        self.m, self.cache = machine, cache
+        self.images = {img.name: img for img in machine.images}
+
+    def of(self, fn) -> frozenset:
+        if fn is None:
+            return argregs.ALL
+        key = (fn.image, fn.start)
+        got = self.cache.get(key)
+        if got is None:
+            img = self.images.get(fn.image)
+            if img is None:
+                return argregs.ALL
+            self.cache[key] = argregs.ALL            # while in progress: recursion takes all
+            try:
+                code = img.read(fn.start, fn.end - fn.start)
+            except BuildError:                       # not all mapped: nothing to analyse
+                return argregs.ALL
+            got = argregs.live_arguments(code, fn.start, fn.end, callee=self._callee)
+            self.cache[key] = got
+        return got
+
+    def _callee(self, addr: int) -> frozenset | None:
+        fn = self.m.function_at(addr)
+        return self.of(fn) if fn is not None and fn.start == addr else None

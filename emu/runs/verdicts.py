@@ -21,9 +21,10 @@ class Verdicts:
     handovers: list = field(default_factory=list)     # the first MAX_REPORTED handovers, as JSON
 
 
-def verdicts(m: Machine, patches: list[Patch], *, spec_model: str) -> Verdicts:
-    """The promise breaches and value handovers of m's finished run under spec_model."""
+def verdicts(m: Machine, patches: list[Patch], *, spec_model: str, arity: dict | None = None) -> Verdicts:
+    """The promise breaches and value handovers of m's finished run under
+    spec_model (arity: handover.find's cache, kept by whoever runs many)."""
     bad = promise.check(m, patches, spec_model)
-    handed = handover.find(m, patches)
+    handed = handover.find(m, patches, arity=arity)
     return Verdicts(len(bad), [b.to_json() | {"text": str(b)} for b in bad[:MAX_REPORTED]],
                     len(handed), [h.to_json() for h in handed[:MAX_REPORTED]])

@@ -1,0 +1,31 @@
+#include "lpemu.h"
+
+struct conn { long id; long bytes; };
+
+#define SV_COUNT 7
+
+__attribute__((noinline)) void conn_open(struct conn *c, long id)
+{
+	long *count;
+
+	c->id = id;
+	c->bytes = 0;
+	count = lpemu_shadow_alloc(c, SV_COUNT, sizeof(long));
+	if (count)
+		*count = 0;
+}
+
+/* The bug: assumes every connection got its shadow in the new conn_open(). */
+__attribute__((noinline)) long conn_account(struct conn *c, long bytes)
+{
+	long *count = lpemu_shadow_get(c, SV_COUNT);
+
+	c->bytes += bytes;
+	return 1000 + ++*count;
+}
+
+__attribute__((noinline)) void conn_close(struct conn *c)
+{
+	c->bytes = -1;
+	lpemu_shadow_free(c, SV_COUNT);
+}

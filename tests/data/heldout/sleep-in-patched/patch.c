@@ -1,0 +1,20 @@
+#include "lpemu.h"
+
+extern volatile long zero;
+
+__attribute__((noinline)) long wait_io(long ticks)
+{
+	long left = lpemu_sleep(ticks);
+
+	lpemu_observe(1, 1 + zero);
+	return left;
+}
+
+__attribute__((noinline)) long poll_loop(long ticks)
+{
+	for (;;) {
+		lpemu_observe(2, 1 + zero);
+		lpemu_sleep(ticks);
+	}
+	return 0;
+}

@@ -1,0 +1,4 @@
+#include "lpemu.h"
+extern volatile long zero;
+__attribute__((noinline)) long f(void) { lpemu_observe(1, 2 + zero); return 0; }
+__attribute__((noinline)) long g(void) { lpemu_observe(2, 2 + zero); return 0; }
