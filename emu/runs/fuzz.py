@@ -28,6 +28,18 @@ measured by an unpatched probe run), so a campaign tries every phase of
 every task's loop. The same RunSpec gives the same run, event for event;
 Result.trace_hash says so.
 
+When a run ends ([fuzz] until; Runner.execute applies it):
+- "transitions" (the default): once every transition has ended (completed,
+  failed, reversed or cancelled) and two cycles of the tasks more, so that
+  the units running across the switch finish; at the latest the horizon
+  after the last action, where a transition still pending counts as
+  stalled. A run with no transition (no patch action, or every action
+  refused) ends two cycles after its last action;
+- "horizon": the horizon after the last action, whatever happens;
+- "exit": when every task has exited, at the latest the horizon after the
+  last action (the run then warns that tasks were still running).
+Every run also ends when every task has exited: nothing is left to run.
+
 Every run records in Result.met the state (emu/runs/states.py) in which the
 transition first met each task: observed in the run itself, from the first
 action until every task has been seen off its CPU.
@@ -48,7 +60,7 @@ from emu.models import make_model
 from emu.kernel.patch import make_patch
 from emu.runs.scenario import Program
 from emu.machine.policy import make_policy
-from emu.machine.task import PATCHED
+from emu.machine.task import PATCHED, RunState
 
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
@@ -270,12 +282,12 @@ class Runner:
         opts = {k: v for k, v in scn.machine.items() if k not in ("policy", "kernel")}
         if spec.preempt:
             opts["preempt"] = spec.preempt
-        names = [(t, inst) for t in scn.tasks for inst in t.instances()]
+        names = [(t, inst, t.instance_args(i)) for t in scn.tasks for i, inst in enumerate(t.instances())]
         if spec.tasks is not None:
-            names = [(t, inst) for t, inst in names if inst in spec.tasks]
+            names = [(t, inst, args) for t, inst, args in names if inst in spec.tasks]
         m = Machine(prog.base, policy=self._policy(spec, len(names)), name=scn.name, sched=self.sched, **opts)
-        for t, inst in names:
-            m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
+        for t, inst, args in names:
+            m.add_task(inst, t.entry, args, kind=t.kind, cpu=t.cpu)
         return m
 
     def prepare(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
@@ -370,23 +382,33 @@ class Runner:
                 m.at(a.at + shift, lambda a=a: self._act(m, model, patches, a, res))
             last = (scn.actions[-1].at + shift) if scn.actions else spec.start
             end = last + m.seconds(scn.fuzz.horizon)
+            until = scn.fuzz.until
 
             def settled():
-                return _bounded(m) or (m.now >= last and all(t.result != "pending" for t in model.transitions))
+                return _bounded(m) or (until == "transitions" and m.now >= last
+                                       and all(t.result != "pending" for t in model.transitions))
 
             try:
                 # up to the first action; then slice by slice until every task
                 # was seen off its CPU (the states the transition met); then
-                # until the last transition ends (checked whenever kernel work
-                # runs, so the scheduler stays in C), then `settle` more
+                # to the run's end ([fuzz] until, see the module doc): with
+                # "transitions", until the last transition ends (checked
+                # whenever kernel work runs, so the scheduler stays in C),
+                # then two cycles of the tasks more
                 if fault is None:
                     m.run(until=spec.start)
                     self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
-                    ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
-                    m.run(until=min(end, max(ends) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
-                          every_slice=False)
+                    if until == "transitions":
+                        ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
+                        m.run(until=min(end, max(ends) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
+                              every_slice=False)
                     _bounded(m, raising=True)
+                    running = [t.name for t in m.tasks if t.state is not RunState.EXITED]
+                    if until == "exit" and running:
+                        res.warnings.append(f"[fuzz] until = \"exit\": {len(running)} tasks still running at "
+                                            f"the horizon ({', '.join(running[:5])}"
+                                            f"{', ...' if len(running) > 5 else ''}): the run ended there")
             except GuestFault as exc:
                 res.fault, res.fault_task = str(exc), exc.task
             self._judge(m, model, list(patches.values()), res)
