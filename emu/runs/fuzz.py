@@ -79,10 +79,13 @@ class RunSpec:
     depth: int = 3                  # pct: d-1 priority change points
     preempt: str | None = None      # None: the scenario's
     tasks: tuple[str, ...] | None = None    # task instances that take part (None: all)
+    kernel: str | None = None       # the kernel whose livepatch semantics apply (None: the scenario's)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
+        if self.kernel is None:
+            del d["kernel"]         # a run of the scenario's own kernel: its record as it always was
         return d
 
     @classmethod
@@ -143,7 +146,8 @@ class Result:
         return max(p) if p else None
 
     def to_json(self) -> dict:
-        return {"model": self.spec.model, "seed": self.spec.seed, "strategy": self.spec.strategy,
+        kernel = {"kernel": self.spec.kernel} if self.spec.kernel is not None else {}
+        return {"model": self.spec.model, **kernel, "seed": self.spec.seed, "strategy": self.spec.strategy,
                 "start": self.spec.start, "spec": self.spec.to_json(), "outcome": self.outcome,
                 "inconsistent": self.inconsistent, "inconsistent_units": self.inconsistent_units,
                 "inconsistencies": self.inconsistencies, "violations": self.violations,
@@ -252,8 +256,15 @@ class Runner:
         """Runs after which the exhaustive strategy has tried every instruction."""
         return 1 << (self.window() - 1).bit_length()
 
-    def plan(self, model: str, seed: int, *, strategy: str | None = None) -> RunSpec:
-        """The RunSpec of (model, seed) under strategy (default: the scenario's)."""
+    def plan(self, model: str, seed: int, *, strategy: str | None = None, kernel: str | None = None) -> RunSpec:
+        """The RunSpec of (model, seed) under strategy (default: the
+        scenario's), on kernel (default: the scenario's [machine] kernel).
+        The start point and schedule do not depend on the kernel: the same
+        seed is the same timing on every kernel compared."""
+        spec = self._plan(model, seed, strategy)
+        return replace(spec, kernel=kernel) if kernel is not None else spec
+
+    def _plan(self, model: str, seed: int, strategy: str | None) -> RunSpec:
         fz = self.scn.fuzz
         strategy = strategy or fz.strategy
         if strategy == "exhaustive":
@@ -369,7 +380,7 @@ class Runner:
         # and fresh machines alike: both are at the end of the prefix)
         m.seed_random(spec.seed)
         try:
-            model = make_model(spec.model, m, kernel=scn.machine.get("kernel"))
+            model = make_model(spec.model, m, kernel=spec.kernel or scn.machine.get("kernel"))
             patches = {}
             for p in scn.patches:
                 img, funcs = prog.patches[p.name]
