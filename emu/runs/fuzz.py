@@ -33,8 +33,9 @@ When a run ends ([fuzz] until; Runner.execute applies it):
   failed, reversed or cancelled) and two cycles of the tasks more, so that
   the units running across the switch finish; at the latest the horizon
   after the last action, where a transition still pending counts as
-  stalled. A run with no transition (no patch action, or every action
-  refused) ends two cycles after its last action;
+  stalled; never before the last action. A run with no transition (no
+  patch action, or every action refused) ends two cycles after its last
+  action;
 - "horizon": the horizon after the last action, whatever happens;
 - "exit": when every task has exited, at the latest the horizon after the
   last action (the run then warns that tasks were still running).
@@ -54,7 +55,7 @@ from emu.engine import core
 from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
 from emu.runs.verdicts import verdicts
-from emu.errors import EmuError, GuestFault, UserError
+from emu.errors import Busy, EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
 from emu.kernel.patch import make_patch
@@ -202,7 +203,8 @@ class Runner:
                     if kind in (EV_KERNEL_EXIT, EV_SAFE_POINT) and clock >= at:
                         marks.setdefault(task, []).append(clock)
                 m.trace = core.EventLog()
-                return len(marks) == len(m.tasks) and all(len(v) >= 4 for v in marks.values())
+                return (len(marks) == sum(not t.unborn for t in m.tasks)
+                        and all(len(v) >= 4 for v in marks.values()))
             try:
                 m.run(until=at + m.seconds(2), stop_when=enough, every_slice=False)
             except GuestFault:
@@ -297,8 +299,18 @@ class Runner:
         if spec.tasks is not None:
             names = [(t, inst, args) for t, inst, args in names if inst in spec.tasks]
         m = Machine(prog.base, policy=self._policy(spec, len(names)), name=scn.name, sched=self.sched, **opts)
+        # modules loaded from the start come first: a task may start in one ("module:f")
+        for mod in scn.modules:
+            if mod.loaded:
+                m.load(prog.modules[mod.name])
         for t, inst, args in names:
             m.add_task(inst, t.entry, args, kind=t.kind, cpu=t.cpu)
+        # a module's init and exit run in loader tasks, born at the action
+        # (insmod, rmmod: user processes in their system call)
+        for mod in scn.modules:
+            for key, what in (("init", "insmod"), ("exit", "rmmod")):
+                if getattr(mod, key) is not None:
+                    m.add_unborn(mod.loader(what))
         return m
 
     def prepare(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
@@ -311,8 +323,10 @@ class Runner:
         scn, prog = self.scn, self.program
         stop_at = self.first_at if spec.schedule == "rr" and spec.start >= self.first_at else 0
         key = (stop_at, spec.schedule == "rr", spec.preempt, spec.tasks)
-        # a module loaded during a run maps memory a snapshot cannot take back
-        pooled = pooled and not any(a.do == "load" for a in scn.actions)
+        # a module loaded during a run maps memory a snapshot cannot take back;
+        # a loader task born during a run holds a callback a snapshot does not
+        pooled = pooled and not any(a.do == "load" for a in scn.actions) \
+            and not any(mo.init or mo.exit for mo in scn.modules)
         if pooled and key in self._pool:
             m, snap = self._pool.pop(key)
             try:
@@ -327,9 +341,6 @@ class Runner:
                 return m, None
         m = self.machine(spec)
         try:
-            for mod in scn.modules:
-                if mod.loaded:
-                    m.load(prog.modules[mod.name])
             for p in scn.patches:
                 img, funcs = prog.patches[p.name]
                 m.load(img)
@@ -479,16 +490,51 @@ class Runner:
                 model.force(patches.get(a.target))
             elif a.do == "load":
                 img = prog.modules[a.target]
-                model.load_module(img)
+                model.load_module(img, init=self._loader(m, model, res, a, "init"))
                 oracle.trace_units(m, self.scn.unit)
                 for p in patches.values():
                     _rebind(m, p)
             elif a.do == "unload":
                 img = prog.modules[a.target]
-                model.unload_module(img)
+                exit_ = self._loader(m, model, res, a, "exit")
+                if exit_ is None:
+                    model.unload_module(img)
+                else:
+                    exit_()              # the module goes when its exit function returns
         except EmuError as exc:
             res.errors.append({"time": m.now, "action": f"{a.do} {a.target}".strip(), "error": str(exc)})
             m.printk(f"lpemu: {a.do} {a.target}: {exc}")
+
+    def _loader(self, m: Machine, model, res: Result, a, key: str):
+        """The start of module a.target's init (key "init") or exit ("exit")
+        as guest code in its loader task (insmod-M, rmmod-M; Machine.fork),
+        or None when the module has none. init: the kernel's do_init_module
+        after the coming notifier; a non-zero result fails the load, and the
+        module goes (the going notifier, as the kernel's failure path).
+        exit: delete_module's call of the module's exit; the going notifier
+        runs when it returns. Raises Busy when the loader is still running
+        (a module still coming cannot be removed: -EBUSY)."""
+        spec = next(mo for mo in self.scn.modules if mo.name == a.target)
+        fname = getattr(spec, key)
+        if fname is None:
+            return None
+        img = self.program.modules[spec.name]
+        task = next(t for t in m.tasks if t.name == spec.loader("insmod" if key == "init" else "rmmod"))
+        busy = [t.name for t in m.tasks if t.unborn and t.name.endswith(f"-{spec.name}")
+                and t.state is not RunState.EXITED]
+        if busy:
+            raise Busy(f"module '{spec.name}': {busy[0]} is still running (-EBUSY)")
+        entry = img.functions[fname].start
+
+        def done(task, rc: int) -> None:
+            if key == "exit":
+                model.unload_module(img)
+            elif rc != 0:
+                res.errors.append({"time": m.now, "action": f"load {spec.name}",
+                                   "error": f"{fname}() returned {rc}: the module is unloaded"})
+                m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
+                model.unload_module(img)
+        return lambda: m.fork(task, entry, done=done)
 
     def _judge(self, m: Machine, model, patches, res: Result) -> None:
         m.drain()

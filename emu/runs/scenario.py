@@ -3,7 +3,8 @@
     [program]   sources, stubs, cpu_features, cflags
     [machine]   cpus, quantum, preempt, tick, unwinder, policy, kernel
     [[task]]    name, entry, args, count, kind, cpu   (args: per instance, see instance_args)
-    [[module]]  name, sources, loaded              (images loaded/unloaded at run time)
+    [[module]]  name, sources, loaded, init, exit  (images loaded/unloaded at run time; init
+                                                and exit run as guest code in loader tasks)
     [[patch]]   name, sources, functions, replace, states, force
     [[action]]  at, do (enable|disable|force|load|unload), patch | module
     [check]     unit, assert, observe
@@ -92,6 +93,12 @@ class ModuleSpec:
     sources: list[Path]
     loaded: bool = False
     line: int = 0
+    init: str | None = None     # its module_init: runs in its loader task, insmod-NAME (LOADER)
+    exit: str | None = None     # its module_exit: runs in rmmod-NAME before it goes
+
+    def loader(self, what: str) -> str:
+        """The name of its loader task: what = "insmod" (init) or "rmmod" (exit)."""
+        return f"{what}-{self.name}"
 
 
 @dataclass
@@ -399,7 +406,11 @@ def load(path) -> Scenario:
         return name
 
     for r in array("module"):
-        mod = ModuleSpec(image_name(r, "module"), files(r, "sources"), r.get("loaded", bool, False), r.line())
+        mod = ModuleSpec(image_name(r, "module"), files(r, "sources"), r.get("loaded", bool, False), r.line(),
+                         r.get("init", str), r.get("exit", str))
+        for key, what in (("init", "insmod"), ("exit", "rmmod")):
+            if getattr(mod, key) is not None and mod.loader(what) in names:
+                raise r.error(key, f"its loader task '{mod.loader(what)}' is the name of a [[task]]: rename it")
         r.finish()
         scn.modules.append(mod)
 
@@ -664,10 +675,22 @@ def build(scn: Scenario) -> Program:
     known = set(base.functions)
     for mod_name, img in prog.modules.items():
         known |= {f"{mod_name}:{f}" for f in img.functions}
+    for mod in scn.modules:
+        for key in ("init", "exit"):
+            name = getattr(mod, key)
+            if name is not None and name not in prog.modules[mod.name].functions:
+                raise ScenarioError(f"{scn.path}:{mod.line}: module[{mod.name}].{key}: no function '{name}' "
+                                    f"in the module")
+    loaded = {mod.name: mod.loaded for mod in scn.modules}
     for t in scn.tasks:
-        if t.entry not in base.functions:
-            raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: no function '{t.entry}' "
-                                f"in the program")
+        obj, _, fname = t.entry.rpartition(":")
+        if obj and not loaded.get(obj):
+            why = "no module" if obj not in loaded else "the task starts before the module loads: no module"
+            raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: {why} '{obj}' with loaded = true "
+                                f"(a task may start in a module loaded from the start)")
+        if fname not in (prog.modules[obj] if obj else base).functions:
+            raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: no function '{fname}' "
+                                f"in {'module ' + obj if obj else 'the program'}")
     if scn.unit != "syscall" and scn.unit not in known:
         raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")
