@@ -268,7 +268,8 @@ class Machine:
     def _function_done(self, machine, task: Task, args) -> int:
         done = self._done.pop(task.tid, None)
         if done is not None:
-            done(task, args[0] - (1 << 64) if args[0] >> 63 else args[0])
+            value = args[0] & ((1 << 64) - 1)
+            done(task, value - (1 << 64) if value >> 63 else value)
         return 0
 
     def add_task(self, name: str, entry: str, args=(), *, kind: str = "user", cpu: int | None = None) -> Task:

@@ -526,7 +526,8 @@ class Runner:
             raise Busy(f"module '{spec.name}': {busy[0]} is still running (-EBUSY)")
         entry = img.functions[fname].start
 
-        def done(task, rc: int) -> None:
+        def done(task, result: int) -> None:
+            rc = (result & 0xffffffff) - ((result & 0x80000000) << 1)     # int (*init)(void)
             if key == "exit":
                 model.unload_module(img)
             elif rc != 0:
