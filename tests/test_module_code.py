@@ -206,3 +206,27 @@ def test_module_mistakes_are_named(tmp_path, tasks, module, words):
     from emu.errors import ScenarioError
     with pytest.raises(ScenarioError, match=words):
         scenario.build(scenario.load(write(tmp_path, tasks=tasks, module=module)))
+
+
+@pytest.mark.parametrize("model_name", ["livepatch", "stop_machine", "kgraft"])
+def test_the_schedulers_twin_runs_the_loaders_the_same(model_name):
+    prog = scenario.build(scenario.load(EXAMPLE))
+    with Runner(prog) as c, Runner(prog, sched="python") as py:
+        assert c.execute(c.plan(model_name, 1)).trace_hash == py.execute(py.plan(model_name, 1)).trace_hash
+
+
+def test_an_unload_while_the_init_runs_is_refused(tmp_path):
+    # m_init_slow sleeps in its init: the unload 100 instructions after the
+    # load finds insmod-m still running (a module still coming: -EBUSY)
+    path = write(tmp_path, module='init = "m_init_slow"\nexit = "m_init"',
+                 actions=LOAD + '\n[[action]]\nat = 20600\ndo = "unload"\nmodule = "m"')
+    path.with_name("m.c").write_text(MODULE + "long m_init_slow(void) { lpemu_sleep(50); hook = m_work; return 0; }\n")
+    r = Runner(scenario.build(scenario.load(path)))
+    res, m, model = r.execute(r.plan("livepatch", 0), keep=True)
+    try:
+        assert [e["action"] for e in res.errors] == ["unload m"]
+        assert "module 'm' is still coming: its insmod-m has not finished (-EBUSY)" in res.errors[0]["error"]
+        assert "m" not in m.unloaded
+    finally:
+        m.engine.close()
+        r.close()

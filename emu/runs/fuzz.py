@@ -180,6 +180,7 @@ class Runner:
         self._probe = probe
         self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
+        self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
     @property
@@ -387,6 +388,7 @@ class Runner:
         to the runner's pool."""
         scn, prog = self.scn, self.program
         m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
+        self._coming_going: dict[str, str] = {}     # module -> "coming" or "going" while its loader runs
         # rdrand and rdseed draw from the run's seed from here on (pooled
         # and fresh machines alike: both are at the end of the prefix)
         m.seed_random(spec.seed)
@@ -520,21 +522,28 @@ class Runner:
             return None
         img = self.program.modules[spec.name]
         task = next(t for t in m.tasks if t.name == spec.loader("insmod" if key == "init" else "rmmod"))
-        busy = [t.name for t in m.tasks if t.unborn and t.name.endswith(f"-{spec.name}")
-                and t.state is not RunState.EXITED]
-        if busy:
-            raise Busy(f"module '{spec.name}': {busy[0]} is still running (-EBUSY)")
+        busy = self._coming_going.get(spec.name)
+        if busy is not None:
+            raise Busy(f"module '{spec.name}' is still {busy}: its {spec.loader('insmod' if busy == 'coming' else 'rmmod')} "
+                       f"has not finished (-EBUSY)")
+        self._coming_going[spec.name] = "coming" if key == "init" else "going"
         entry = img.functions[fname].start
+        action = f"{'load' if key == 'init' else 'unload'} {spec.name}"
 
         def done(task, result: int) -> None:
             rc = (result & 0xffffffff) - ((result & 0x80000000) << 1)     # int (*init)(void)
-            if key == "exit":
-                model.unload_module(img)
-            elif rc != 0:
-                res.errors.append({"time": m.now, "action": f"load {spec.name}",
-                                   "error": f"{fname}() returned {rc}: the module is unloaded"})
-                m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
-                model.unload_module(img)
+            self._coming_going.pop(spec.name, None)
+            try:
+                if key == "exit":
+                    model.unload_module(img)
+                elif rc != 0:
+                    res.errors.append({"time": m.now, "action": action,
+                                       "error": f"{fname}() returned {rc}: the module is unloaded"})
+                    m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
+                    model.unload_module(img)
+            except EmuError as exc:
+                res.errors.append({"time": m.now, "action": action, "error": str(exc)})
+                m.printk(f"lpemu: {action}: {exc}")
         return lambda: m.fork(task, entry, done=done)
 
     def _judge(self, m: Machine, model, patches, res: Result) -> None:
