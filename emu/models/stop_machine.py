@@ -62,7 +62,6 @@ class StopMachine(Model):
         # a module coming meanwhile waits in its notifier (kpatch_module_notify
         # takes the mutex) and sees the patch as the attempt left it
         self.registering = False
-        self.waiting_modules: list = []         # (image, init) of loads waiting for the mutex
 
     # ---- operations ----------------------------------------------------------
     def enable(self, patch: Patch) -> None:
@@ -196,23 +195,27 @@ class StopMachine(Model):
 
     def _unlock(self) -> None:
         """The attempt releases kpatch_mutex: the modules that came meanwhile
-        go through the notifier now (linked when the patch is applied)."""
+        go through the notifier now (Model.unlocked; linked when the patch
+        is applied)."""
         self.registering = False
-        waiting, self.waiting_modules = self.waiting_modules, []
-        for image, init in waiting:
-            try:
-                super().load_module(image, init=init)
-            except EmuError as exc:
-                self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.unlocked()
 
     def load_module(self, image, *, init=None) -> None:
         """A module coming while an attempt holds kpatch_mutex waits for it
         (its notifier blocks; so does its init, which comes after); else
-        Model.load_module."""
-        if self.registering:
-            self.waiting_modules.append((image, init))
+        Model.load_module. (Only the notifier waits: the mutex is not
+        `locked` for the scenario's other actions, which kpatch's sysfs
+        and the kpatch tool take between attempts.)"""
+        if not self.registering:
+            super().load_module(image, init=init)
             return
-        super().load_module(image, init=init)
+
+        def coming() -> None:
+            try:
+                super(StopMachine, self).load_module(image, init=init)
+            except EmuError as exc:            # refused by a patch: the load fails, the run goes on
+                self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.unlock_waiters.append(coming)
 
     # ---- kpatch's callbacks: inside stop_machine, around the switch -------------------
     def _each_loaded(self, patch: Patch, callback) -> None:

@@ -533,18 +533,23 @@ class Runner:
         def done(task, result: int) -> None:
             rc = (result & 0xffffffff) - ((result & 0x80000000) << 1)     # int (*init)(void)
             self._coming_going.pop(spec.name, None)
-            try:
-                if key == "exit":
-                    model.unload_module(img)
-                elif rc != 0:
-                    res.errors.append({"time": m.now, "action": action,
-                                       "error": f"{fname}() returned {rc}: the module is unloaded"})
-                    m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
-                    model.unload_module(img)
-            except EmuError as exc:
-                res.errors.append({"time": m.now, "action": action, "error": str(exc)})
-                m.printk(f"lpemu: {action}: {exc}")
+            if key == "init" and rc != 0:
+                res.errors.append({"time": m.now, "action": action,
+                                   "error": f"{fname}() returned {rc}: the module is unloaded"})
+                m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
+            if key == "exit" or rc != 0:
+                # the going notifier, in the loader's context: it waits for
+                # the core's mutex as the rmmod does (Model.after_unlock)
+                model.after_unlock(lambda: self._going(m, model, img, res, action))
         return lambda: m.fork(task, entry, done=done)
+
+    @staticmethod
+    def _going(m: Machine, model, img, res: Result, action: str) -> None:
+        try:
+            model.unload_module(img)
+        except EmuError as exc:
+            res.errors.append({"time": m.now, "action": action, "error": str(exc)})
+            m.printk(f"lpemu: {action}: {exc}")
 
     def _judge(self, m: Machine, model, patches, res: Result) -> None:
         m.drain()
