@@ -261,7 +261,12 @@ ROWS = [
     ("models = []", lambda d: scn(d, SCENARIO + "\n[fuzz]\nmodels = []\n", command="fuzz"),
      ["s.toml:20: fuzz.models: names no model"]),
     ("args beyond 64 bits", lambda d: scn(d, SCENARIO.replace("args = [0]", "args = [18446744073709551616]")),
-     ["task[0].args: must be a list of 64-bit integers"]),
+     ["task[0].args: task 'user': must be a list of 64-bit integers"]),
+    ("an argument template with a name other than {i}",
+     lambda d: scn(d, SCENARIO.replace("args = [0]", 'args = ["{n} * 2"]')),
+     ["task[0].args: task 'user': '{n} * 2' is not an argument template (unknown placeholder {n}"]),
+    ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
+     ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
 ]
 
 

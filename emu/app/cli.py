@@ -78,14 +78,10 @@ def _output(option: str, path, force: bool) -> None:
 
 def _load(path: str, kernel: str | None = None):
     """Load and build a scenario; kernel (--kernel) replaces its [machine] kernel."""
-    from emu.kernel import versions
     from emu.runs import scenario
     scn = scenario.load(path)
     if kernel is not None:
-        try:
-            versions.kernel(kernel)
-        except ValueError as exc:
-            raise UserError(f"--kernel: {exc}") from None
+        _check_kernel(kernel)
         scn.machine["kernel"] = kernel
     return scenario.build(scn)
 
@@ -302,15 +298,21 @@ def _run(args) -> int:
 def _fuzz(args) -> int:
     from emu.runs import campaign, coverage
     fail_on = _fail_on(args)
-    prog = _load(args.scenario)
+    kernels = list(dict.fromkeys(args.kernel or ()))
+    for k in kernels:
+        _check_kernel(k)
+    # one --kernel: the scenario's kernel replaced; more: compared, every run on each
+    prog = _load(args.scenario, kernels[0] if len(kernels) == 1 else None)
+    if len(kernels) < 2:
+        kernels = []
     fz = prog.scenario.fuzz
     models = list(dict.fromkeys(args.model or fz.models))
     strategy = args.strategy or fz.strategy
     runs = args.runs or (UNTIL_COVERED_RUNS if args.until_covered else fz.runs)
     seed = fz.seed if args.seed is None else args.seed
-    if runs * len(models) > MAX_RUNS:
-        raise UserError(f"--runs {runs} under {len(models)} models: a campaign has at most {MAX_RUNS:_} runs "
-                        f"(split it with --seed)")
+    if runs * len(models) * max(1, len(kernels)) > MAX_RUNS:
+        raise UserError(f"--runs {runs} under {len(models)} models{f' on {len(kernels)} kernels' if kernels else ''}: "
+                        f"a campaign has at most {MAX_RUNS:_} runs (split it with --seed)")
     jobs = args.jobs or campaign.default_jobs()
     if jobs > campaign.default_jobs():
         print(f"lpemu: warning: --jobs {jobs} is more than the {campaign.default_jobs()} cores this process "
@@ -328,7 +330,7 @@ def _fuzz(args) -> int:
     step = min(runs, max(UNTIL_COVERED_STEP, 4 * jobs)) if args.until_covered else runs
     seeds = range(seed, seed + step)             # --until-covered extends its list round by round
     plan = campaign.Plan(str(Path(args.scenario).resolve()), list(models),
-                         list(seeds) if args.until_covered else seeds, strategy)
+                         list(seeds) if args.until_covered else seeds, strategy, kernels)
     try:
         camp = campaign.Campaign(prog, plan, jobs=jobs,
                                  out=Path(args.out) if args.out else None, resume=args.resume, force=args.force)
@@ -339,9 +341,11 @@ def _fuzz(args) -> int:
     for note in camp.notes:
         print(f"lpemu: {note}", file=sys.stderr)
     todo = camp.todo()
-    totals = {mo: sum(1 for model, _seed in todo if model == mo) for mo in models}
+    groups = plan.groups()
+    totals = {_label(k, mo): sum(1 for run in todo if run[0] == mo and run[2:3] == ((k,) if k else ()))
+              for k, mo in groups}
     if args.until_covered:
-        totals = {mo: runs - (step - totals[mo]) for mo in models}
+        totals = {label: runs - (step - n) for label, n in totals.items()}
     interrupted = False
     seen = len(camp.records)
     started = time.monotonic()
@@ -352,7 +356,7 @@ def _fuzz(args) -> int:
         nonlocal seen
         new, seen = len(camp.records) - seen, len(camp.records)
         for r in itertools.islice(reversed(camp.records.values()), new):
-            bar.advance(r["model"], 1, 1 if expect.failing(r, fail_on) else 0)
+            bar.advance(_label(r.get("kernel"), r["model"]), 1, 1 if expect.failing(r, fail_on) else 0)
 
     try:
         with _progress("fuzzing", totals, args) as bar:
@@ -374,16 +378,20 @@ def _fuzz(args) -> int:
         summary = camp.summary()
     finally:
         camp.close()
-    seeds = set(plan.seeds)
-    by_model = {mo: [r for (model, s), r in camp.records.items() if model == mo and s in seeds] for mo in models}
-    verdicts = [expect.judge(mo, prog.scenario.expect.get(mo, ()), fail_on, by_model[mo]) for mo in models]
+    keys = set(plan.runs())
+    by_model = {_label(k, mo): [r for key, r in camp.records.items() if key in keys and key[0] == mo
+                                and key[2:3] == ((k,) if k else ())] for k, mo in groups}
+    verdicts = [expect.judge(_label(k, mo), prog.scenario.expect.get(mo, ()), fail_on, by_model[_label(k, mo)])
+                for k, mo in groups]
     summary["interrupted"] = interrupted
     summary["fail_on"] = list(fail_on)
-    summary["verdicts"] = [v.to_json() for v in verdicts]
+    summary["verdicts"] = [v.to_json() | ({"model": mo, "kernel": k} if k else {})
+                           for v, (k, mo) in zip(verdicts, groups)]
     summary["ok"] = all(v.ok for v in verdicts)
     if args.out:
         summary["out"] = str(args.out)
-    replay = {v.model: _replay_command(args, v.model, v.seed, strategy) for v in verdicts if v.seed is not None}
+    replay = {v.model: _replay_command(args, mo, v.seed, strategy, k)
+              for v, (k, mo) in zip(verdicts, groups) if v.seed is not None}
     if args.junit:
         _write_junit(args.junit, prog, verdicts, by_model, replay, seconds)
         summary["junit"] = str(args.junit)
@@ -401,8 +409,9 @@ def _fuzz(args) -> int:
         print()
         for s in summary["models"]:
             if s.get("emulator_errors"):
-                print(f"{s['model']}: emulator error in {s['emulator_errors']} runs (the model broke its own "
-                      f"promise; those runs say nothing about the patch): {s['first_emulator_error']}")
+                print(f"{_label(s.get('kernel'), s['model'])}: emulator error in {s['emulator_errors']} runs (the "
+                      f"model broke its own promise; those runs say nothing about the patch): "
+                      f"{s['first_emulator_error']}")
         for v in verdicts:
             mark = "ok  " if v.ok else "FAIL"
             print(f"{mark} {v.why}")
@@ -410,8 +419,8 @@ def _fuzz(args) -> int:
                 print(f"     replay: {replay[v.model]}")
         for s in summary["models"]:
             if s.get("first_fault_seed") is not None:
-                print(f"{s['model']}: first faulting seed {s['first_fault_seed']}: "
-                      f"{_replay_command(args, s['model'], s['first_fault_seed'], strategy)}\n  "
+                print(f"{_label(s.get('kernel'), s['model'])}: first faulting seed {s['first_fault_seed']}: "
+                      f"{_replay_command(args, s['model'], s['first_fault_seed'], strategy, s.get('kernel'))}\n  "
                       + str(s["first_fault"]).replace("\n", "\n  "))
         if args.junit:
             print(f"junit: {args.junit}")
@@ -420,8 +429,24 @@ def _fuzz(args) -> int:
     return EXIT_OK if summary["ok"] else EXIT_FINDINGS
 
 
-def _replay_command(args, model: str, seed: int, strategy: str) -> str:
-    return f"lpemu replay {args.scenario} --model {model} --seed {seed} --strategy {strategy} --shrink"
+def _replay_command(args, model: str, seed: int, strategy: str, kernel: str | None = None) -> str:
+    kernel = kernel or (args.kernel[0] if getattr(args, "kernel", None) else None)
+    return (f"lpemu replay {args.scenario} --model {model} --seed {seed} --strategy {strategy}"
+            f"{f' --kernel {kernel}' if kernel else ''} --shrink")
+
+
+def _label(kernel: str | None, model: str) -> str:
+    """How a campaign names a model's runs: 'livepatch', or 'livepatch on 6.8'
+    when kernels are compared."""
+    return f"{model} on {kernel}" if kernel else model
+
+
+def _check_kernel(kernel: str) -> None:
+    from emu.kernel import versions
+    try:
+        versions.kernel(kernel)
+    except ValueError as exc:
+        raise UserError(f"--kernel: {exc}") from None
 
 
 def _write_junit(path, prog, verdicts, by_model: dict, replay, seconds: float) -> None:
@@ -468,7 +493,7 @@ def _print_coverage(summary: dict, coverage) -> None:
         if not shown:
             print(coverage.probe_line(cov))
             shown = True
-        print(f"{s['model']}: {coverage.line(cov)}")
+        print(f"{_label(s.get('kernel'), s['model'])}: {coverage.line(cov)}")
         missed = [(t["task"], m) for t in cov["tasks"] for m in t["missed"]]
         for task, m in missed[:MISSED_SHOWN]:
             opened = f" (patched open: {', '.join(m['open'])})" if m["open"] else ""
@@ -497,11 +522,12 @@ def _print_summary(summary: dict, *, title: str) -> None:
     def f(v):
         return "-" if v is None else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
     rows = []
+    columns = ((("kernel", "kernel"),) if summary.get("kernels") else ()) + SUMMARY_COLUMNS
     for s in summary["models"]:
         s = s | {"faults": s["fault"] + s["error"] + s["crash"]}
-        rows.append([f(s[key]) for key, _ in SUMMARY_COLUMNS])
+        rows.append([f(s.get(key)) for key, _ in columns])
     print(title)
-    print(_table([head for _, head in SUMMARY_COLUMNS], rows))
+    print(_table([head for _, head in columns], rows))
     print("times in virtual instructions (1 s = 100 ticks)\n"
           "latency: from the request to completion; pause: every CPU stopped")
 
@@ -576,7 +602,8 @@ EPILOGS = {
            "--timeline /tmp/seed.png",
     "replay": "example:\n  lpemu replay examples/seed/scenario.toml --model stop_machine --seed 0 --shrink",
     "fuzz": "examples:\n  lpemu fuzz examples/seed/scenario.toml --runs 200 --out /tmp/seed-runs\n"
-            "  lpemu fuzz examples/seed/scenario.toml --model livepatch --junit /tmp/lpemu.xml",
+            "  lpemu fuzz examples/seed/scenario.toml --model livepatch --junit /tmp/lpemu.xml\n"
+            "  lpemu fuzz examples/kernel-versions/scenario.toml --kernel 4.18 --kernel 6.8 --kernel 6.19",
     "first-failure": "example:\n  lpemu first-failure examples/rare/scenario.toml --limit 100",
     "bench": "example:\n  lpemu bench --quick --plot /tmp/scaling.png",
     "diff": "example:\n  lpemu diff tests/diff/inline/old.c tests/diff/inline/new.c",
@@ -665,6 +692,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "judged by it instead")
     f.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per model (replaced "
                    "if it exists)")
+    f.add_argument("--kernel", metavar="VERSION", action="append",
+                   help="the kernel whose livepatch semantics apply, 4.18 to 6.19 (default: [machine] kernel, "
+                        "else the newest); repeat it to compare kernels: every run on each, the summary per "
+                        "kernel and model")
     f.add_argument("--until-covered", action="store_true",
                    help="run until every state of every task was met at a transition start "
                         f"(at most --runs runs per model, default {UNTIL_COVERED_RUNS})")

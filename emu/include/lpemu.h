@@ -21,6 +21,9 @@
 #define LPEMU_HC_SHADOW_FREE     9
 #define LPEMU_HC_SHADOW_FREE_ALL 10
 #define LPEMU_HC_SLEEP_FREEZABLE 11
+/* The runtime's own: a task born to run one function (a module's init or
+ * exit in its loader task) reports the function's result. Not for guest code. */
+#define LPEMU_HC_FUNCTION_DONE   12
 
 static inline __attribute__((always_inline)) long
 __lpemu_hypercall(long nr, long a, long b, long c)

@@ -44,6 +44,7 @@ from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
 from emu.machine import faults, hypercall, runtime, snapshot, stacks
+from emu.machine.hypercall import FUNCTION_DONE
 from emu.machine.layout import (BASE_IMAGE, GRAPH_BASE, GRAPH_STRIDE, GUARD, HEAP_BASE,  # noqa: F401
                                 HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
                                 PERCPU_BASE, RUNTIME_BASE, STACK_BASE, STACK_SIZE, align_up, in_guard, page_up, stack_of)
@@ -110,6 +111,7 @@ class Machine:
         self.scheduling = Scheduling(self)
         self.started = False
         self.next_module = MODULE_BASE
+        self._done: dict[int, object] = {}     # tid -> done callback of a forked task (fork)
 
         self.runtime = runtime.build(RUNTIME_BASE)
         self.engine.map(RUNTIME_BASE, page_up(self.runtime.size), PROT_R | PROT_X)[:self.runtime.size] = \
@@ -220,6 +222,59 @@ class Machine:
         self.sites.site(fn)
 
     # ---- tasks -------------------------------------------------------------------
+    def add_unborn(self, name: str, *, cpu: int | None = None) -> Task:
+        """A user task that exists only from fork() on (a module's loader,
+        insmod or rmmod): until then, and after each exit, it is exited."""
+        if self.started:
+            raise UserError("tasks must be added before the machine starts")
+        if cpu is None:
+            cpu = len(self.tasks) % len(self.cpus)
+        if not 0 <= cpu < len(self.cpus):
+            raise UserError(f"task '{name}': no CPU {cpu}")
+        task = Task(len(self.tasks), name, Kind.USER, cpu)
+        task.unborn = True
+        self.tasks.append(task)
+        return task
+
+    def fork(self, task: Task, entry: int, args=(), *, done=None) -> None:
+        """Start an unborn (or exited) task of add_unborn: it calls the
+        function at entry with args once (the runtime's task_once), then
+        done(task, result) is called (from the FUNCTION_DONE hypercall, in
+        that task's context), and it returns to user and exits. The
+        listeners' on_fork(task) give it its patch state first."""
+        if not task.unborn or task.state is not RunState.EXITED:
+            raise UserError(f"task '{task.name}' is not an unborn or exited loader task")
+        self.start()
+        lo, hi = task.stack_lo, task.stack_hi
+        block = [entry, *args, *([0] * (6 - len(args)))]
+        off = STACK_SIZE - runtime.TASK_BLOCK
+        self.engine.view(lo, STACK_SIZE)[off:off + 56] = b"".join(
+            v.to_bytes(8, "little", signed=v < 0) for v in block)
+        self.engine.switch(task.tid)
+        uc = self.engine.uc
+        uc.reg_write(UC_X86_REG_RIP, self.runtime.task_once)
+        uc.reg_write(UC_X86_REG_RSP, hi - runtime.FRAME_GAP)
+        uc.reg_write(UC_X86_REG_RBP, 0)
+        uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
+        task.entry_addr = entry
+        task.args = tuple(args)
+        task.exit_code = None
+        task.preempted = False
+        task.state = RunState.RUNNABLE
+        self.cpus[task.cpu].requeue(task)
+        self._done[task.tid] = done
+        self.hypercalls[FUNCTION_DONE] = self._function_done
+        for listener in self.listeners:
+            getattr(listener, "on_fork", lambda t: None)(task)
+        self.emit(EV_WAKE, task.tid, 0)
+
+    def _function_done(self, machine, task: Task, args) -> int:
+        done = self._done.pop(task.tid, None)
+        if done is not None:
+            value = args[0] & ((1 << 64) - 1)
+            done(task, value - (1 << 64) if value >> 63 else value)
+        return 0
+
     def add_task(self, name: str, entry: str, args=(), *, kind: str = "user", cpu: int | None = None) -> Task:
         if self.started:
             raise UserError("tasks must be added before the machine starts")
@@ -256,7 +311,8 @@ class Machine:
             task.stack_lo, task.stack_hi = lo, hi
             self.engine.set_task_stack(task.tid, lo, hi)
             task.end_slot = rsp - 8
-            task.end_ret = self.runtime.user_ret if task.kind is Kind.USER else self.runtime.kthread_ret
+            task.end_ret = (self.runtime.once_ret if task.unborn else
+                            self.runtime.user_ret if task.kind is Kind.USER else self.runtime.kthread_ret)
             self.engine.switch(task.tid)
             uc = self.engine.uc
             uc.reg_write(UC_X86_REG_RIP, self.runtime.task_user if task.kind is Kind.USER
@@ -265,7 +321,10 @@ class Machine:
             uc.reg_write(UC_X86_REG_RBP, 0)
             uc.reg_write(UC_X86_REG_R12, hi - runtime.TASK_BLOCK)
             self._install_percpu(task)
-            self.cpus[task.cpu].enqueue(task)
+            if task.unborn:
+                task.state = RunState.EXITED        # until fork()
+            else:
+                self.cpus[task.cpu].enqueue(task)
         self.engine.map(GRAPH_BASE, len(self.tasks) * GRAPH_STRIDE, PROT_R | PROT_W)
         self.engine.graph_init(self.runtime.ret_trampoline, GRAPH_BASE, GRAPH_STRIDE)
         if self.sites.twin is not None:

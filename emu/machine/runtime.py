@@ -4,6 +4,10 @@
   with its arguments, return to user (the RETURN_TO_USER hypercall), again.
 - `task_kthread`: a kthread calls its entry function once; if it returns,
   the kthread exits with the returned value.
+- `task_once`: a user task born to make one system call (a module's
+  loader: insmod or rmmod, Machine.fork): it calls its entry function (the
+  module's init or exit) once, reports the result (FUNCTION_DONE), returns
+  to user (a kernel exit) and exits with the result.
 - `ftrace_trampoline`: where enabled fentry sites call. The redirect hook
   (C or its Python twin) runs at its first instruction. The C hook writes the
   chosen function into `ftrace_target` and lets the indirect jump take the
@@ -59,6 +63,17 @@ task_kthread:
     mov eax, {hypercall.EXIT}
     syscall
     ud2
+task_once:
+{_CALL_ENTRY}    mov rbx, rax
+    mov rdi, rax
+    mov eax, {hypercall.FUNCTION_DONE}
+    syscall
+    mov eax, {hypercall.RETURN_TO_USER}
+    syscall
+    mov rdi, rbx
+    mov eax, {hypercall.EXIT}
+    syscall
+    ud2
 ftrace_trampoline:
     jmp qword ptr [rip + ftrace_target]
 .Lftrace_stray:
@@ -85,8 +100,10 @@ class Runtime:
     insn_starts: tuple[int, ...]
     task_user: int
     task_kthread: int
+    task_once: int
     user_ret: int       # return address of a user task's entry frame
     kthread_ret: int
+    once_ret: int
     trampoline: int
     ret_trampoline: int     # the return trampoline (return_to_handler)
     empty: tuple[int, int]  # the task loops: a rip here has no kernel frame
@@ -120,6 +137,6 @@ def build(base: int) -> Runtime:
     undefined = OrcEntry(REG_UNDEFINED, 0, REG_UNDEFINED, 0, TYPE_UNDEFINED)
     orc = OrcTable([base, tramp, after_jmp, base + len(code)],
                    [undefined, OrcEntry(REG_SP, 8, REG_UNDEFINED, 0, TYPE_CALL), undefined, undefined])
-    return Runtime(base, len(code), code, starts, sym["task_user"], sym["task_kthread"],
-                   after_call("task_user"), after_call("task_kthread"), tramp, ret,
+    return Runtime(base, len(code), code, starts, sym["task_user"], sym["task_kthread"], sym["task_once"],
+                   after_call("task_user"), after_call("task_kthread"), after_call("task_once"), tramp, ret,
                    (base, tramp), (tramp, after_jmp), orc)

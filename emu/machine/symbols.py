@@ -111,7 +111,7 @@ class Symbols:
             return f"{fn.name}+{addr - fn.start:#x}"
         rt = self.runtime
         if rt.contains(addr):
-            names = [("task_user", rt.task_user), ("task_kthread", rt.task_kthread),
+            names = [("task_user", rt.task_user), ("task_kthread", rt.task_kthread), ("task_once", rt.task_once),
                      ("ftrace_trampoline", rt.trampoline), ("ftrace_return", rt.ret_trampoline)]
             name, start = max((n for n in names if n[1] <= addr), key=lambda n: n[1])
             return f"{name}+{addr - start:#x}"

@@ -83,6 +83,7 @@ class Task:
         self.end_ret = 0              # return address of the entry frame
         self.end_slot = 0             # where that return address sits
         self.patch_state = UNDEFINED
+        self.unborn = False           # a loader task of Machine.add_unborn: exists from fork() on
         self._r: "_Record | TaskRecord" = _Record(TaskKind.KTHREAD if kind is Kind.KTHREAD else TaskKind.USER, cpu)
         self._live = None             # the scheduler state, whose count of live tasks this one is in
 
@@ -165,6 +166,13 @@ class Cpu:
         record.current = -1
         record.queue = [t.tid for t in self._queue]
         self._r = record
+
+    def requeue(self, task: Task) -> None:
+        """Put a task born (Machine.fork) at the end of the run queue."""
+        if self._r is None:
+            self._queue.append(task)
+        elif task.tid not in self._r.queue:
+            self._r.queue = [*self._r.queue, task.tid]
 
     @property
     def current(self) -> Task | None:

@@ -24,7 +24,7 @@ from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.kernel import versions
 from emu.kernel.shadow import ShadowVars
-from emu.machine.task import Task
+from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
 from emu.models.refusals import refusal
 from emu.models.stacks import StackChecks
 
@@ -415,6 +415,30 @@ class Model:
 
     def on_freezable_sleep(self, task: Task) -> None:
         """A pending task is about to go to a freezable sleep."""
+
+    def on_fork(self, task: Task) -> None:
+        """A task is born (a module's loader, Machine.fork). The kernel gives
+        a child its parent's patch state and pending flag (klp_copy_process;
+        kGraft copied the universe flag the same way), and the child returns
+        to user from fork and again from exec before its first system call
+        (init_module): it is what a task that has just passed a kernel exit
+        is. So it starts as every task did when the transition in progress
+        began, then passes a kernel exit; outside a transition it has the
+        state the other tasks have."""
+        target = self.fork_target()
+        others = [x.patch_state for x in self.m.tasks if x is not task and x.state is not RunState.EXITED]
+        if target is None:
+            self.m.set_patch_state(task, others[0] if others else UNDEFINED, "init")
+            task.pending = False
+            return
+        self.m.set_patch_state(task, UNPATCHED if target == PATCHED else PATCHED, "init")
+        task.pending = True
+        self.on_kernel_exit(task)
+
+    def fork_target(self) -> int | None:
+        """The target state of a per-task transition in progress (None: no
+        transition, or a model without per-task states)."""
+        return None
 
     # ---- status ---------------------------------------------------------------------------------
     def status(self) -> dict:

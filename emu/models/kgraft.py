@@ -101,6 +101,9 @@ class KGraft(Model):
             task.pending = False
             self.m.set_patch_state(task, self.target, route)
 
+    def fork_target(self) -> int | None:
+        return self.target if self.current is not None else None
+
     def on_kernel_exit(self, task: Task) -> None:
         self._migrate(task, "kernel_exit")
 

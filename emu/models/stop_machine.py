@@ -29,7 +29,7 @@ and the README's scaling table show.
 from __future__ import annotations
 
 from emu.engine import unwind
-from emu.errors import Busy
+from emu.errors import Busy, EmuError
 from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel import callbacks
@@ -58,6 +58,10 @@ class StopMachine(Model):
         self.cost_per_task = cost_per_task
         self.cost_per_frame = cost_per_frame
         self.forcing = False
+        # kpatch_mutex, held by each attempt of kpatch_register/unregister:
+        # a module coming meanwhile waits in its notifier (kpatch_module_notify
+        # takes the mutex) and sees the patch as the attempt left it
+        self.registering = False
 
     # ---- operations ----------------------------------------------------------
     def enable(self, patch: Patch) -> None:
@@ -66,11 +70,13 @@ class StopMachine(Model):
         funcs = self.loaded_funcs(patch)
         updates = [self.ensure_ops(f) for f in funcs]       # Busy on an IPMODIFY conflict
         t = self.record(patch, PATCHED)
+        self.registering = True         # from the write on (kpatch_register)
         self.m.spawn(self._run(t, patch, PATCHED, funcs, updates))
 
     def disable(self, patch: Patch) -> None:
         self.disable_check(patch)
         t = self.record(patch, UNPATCHED)
+        self.registering = True         # kpatch_unregister
         self.m.spawn(self._run(t, patch, UNPATCHED, self.loaded_funcs(patch), []))
 
     def force(self, patch: Patch | None = None) -> None:
@@ -113,6 +119,7 @@ class StopMachine(Model):
             yield from update
         while True:
             t.attempts += 1
+            self.registering = True
             # kpatch links every object loaded by now: a module that came
             # since the last attempt has its functions bound (Model.load_module)
             funcs = self.loaded_funcs(patch)
@@ -124,6 +131,7 @@ class StopMachine(Model):
                     for f in funcs:
                         yield from self.release_ops(f)
                     self.finish(t, "failed", "-EBUSY")
+                    self._unlock()
                     return
                 for update in fresh:
                     yield from update
@@ -149,6 +157,7 @@ class StopMachine(Model):
                 for f in funcs:
                     yield from self.release_ops(f)
                 self.finish(t, "failed", "pre-patch callback")
+                self._unlock()
                 return
             if blocker is None:
                 if target == UNPATCHED:
@@ -166,6 +175,7 @@ class StopMachine(Model):
                 self.printk(f"{self.prefix}{'loaded' if target == PATCHED else 'unloaded'} "
                             f"patch module '{patch.name}'")
                 self.finish(t, "completed")
+                self._unlock()
                 return
             task, what, entries = blocker
             self._report(t, task, what, entries)
@@ -178,8 +188,34 @@ class StopMachine(Model):
                 self.printk(f"{self.prefix}failed to {'load' if target == PATCHED else 'unload'} "
                             f"patch module '{patch.name}' after {t.attempts} attempts (-16)")
                 self.finish(t, "failed", "-EBUSY")
+                self._unlock()
                 return
+            self._unlock()
             yield Delay(m.seconds(self.retry_delay))
+
+    def _unlock(self) -> None:
+        """The attempt releases kpatch_mutex: the modules that came meanwhile
+        go through the notifier now (Model.unlocked; linked when the patch
+        is applied)."""
+        self.registering = False
+        self.unlocked()
+
+    def load_module(self, image, *, init=None) -> None:
+        """A module coming while an attempt holds kpatch_mutex waits for it
+        (its notifier blocks; so does its init, which comes after); else
+        Model.load_module. (Only the notifier waits: the mutex is not
+        `locked` for the scenario's other actions, which kpatch's sysfs
+        and the kpatch tool take between attempts.)"""
+        if not self.registering:
+            super().load_module(image, init=init)
+            return
+
+        def coming() -> None:
+            try:
+                super(StopMachine, self).load_module(image, init=init)
+            except EmuError as exc:            # refused by a patch: the load fails, the run goes on
+                self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.unlock_waiters.append(coming)
 
     # ---- kpatch's callbacks: inside stop_machine, around the switch -------------------
     def _each_loaded(self, patch: Patch, callback) -> None:

@@ -1,6 +1,7 @@
 """Fuzz campaigns: many runs over worker processes, streamed to JSONL.
 
-A campaign is the list of (model, seed) runs of a scenario. Workers each
+A campaign is the list of (model, seed) runs of a scenario, on each kernel
+compared when `--kernel` is given more than once (Plan). Workers each
 receive the compiled program once (not once per run) and run batches of
 seeds; every finished run is appended to DIR/runs.jsonl and flushed at
 once, so an interrupted campaign keeps every finished run, and `--resume`
@@ -8,7 +9,7 @@ runs exactly the ones missing. A worker that dies (killed, out of memory)
 takes its batch with it: the batch is re-run one seed at a time in a fresh
 pool, and a seed that kills its worker again is recorded as a `crash`.
 
-The summary is computed from the records sorted by (model, seed), so it is
+The summary is computed from the records sorted by (kernel, model, seed), so it is
 the same whatever the number of workers or interruptions.
 
 A campaign directory belongs to one campaign at a time and to one program:
@@ -43,7 +44,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.errors import EmuError, UserError
@@ -64,17 +65,41 @@ PR_SET_PDEATHSIG = 1       # prctl(2)
 
 @dataclass
 class Plan:
+    """The runs of a campaign: every model and seed, and, when kernels are
+    compared (`lpemu fuzz --kernel A --kernel B`), on every kernel. A run is
+    (model, seed), or (model, seed, kernel) when kernels are compared; the
+    records are keyed the same way (run_key)."""
     scenario: str
     models: list[str]
     seeds: Sequence[int]         # a range or a list
     strategy: str
+    kernels: list[str] = field(default_factory=list)    # empty: the scenario's [machine] kernel
 
-    def runs(self) -> list[tuple[str, int]]:
+    def runs(self) -> list[tuple]:
+        if self.kernels:
+            return [(m, s, k) for k in self.kernels for m in self.models for s in self.seeds]
         return [(m, s) for m in self.models for s in self.seeds]
 
+    def groups(self) -> list[tuple[str | None, str]]:
+        """(kernel, model) of each row of the summary (kernel None: the scenario's)."""
+        return [(k, m) for k in (self.kernels or [None]) for m in self.models]
+
     def to_json(self) -> dict:
-        return {"scenario": self.scenario, "models": self.models, "seeds": [self.seeds[0], len(self.seeds)],
-                "strategy": self.strategy}
+        out = {"scenario": self.scenario, "models": self.models, "seeds": [self.seeds[0], len(self.seeds)],
+               "strategy": self.strategy}
+        if self.kernels:
+            out["kernels"] = list(self.kernels)
+        return out
+
+
+def run_key(model: str, seed: int, kernel: str | None = None) -> tuple:
+    """The key of a run and of its record: (model, seed), with the kernel
+    when kernels are compared."""
+    return (model, seed) if kernel is None else (model, seed, kernel)
+
+
+def record_key(rec: dict) -> tuple:
+    return run_key(rec["model"], rec["seed"], rec.get("kernel"))
 
 
 # ---- workers ----------------------------------------------------------------------------------
@@ -104,29 +129,30 @@ def _init_worker(parent: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
 
 
-def run_batch(program: Program, known: dict, strategy: str, batch: list[tuple[str, int]]) -> list[dict]:
-    """The records of one batch of (model, seed) runs, in a worker (a pool
-    process or a Dask worker): the program and what the parent's runner
-    learned (Runner.known: the cycle, the probe) travel with the batch (tens
-    of runs), not with each run."""
+def run_batch(program: Program, known: dict, strategy: str, batch: list[tuple]) -> list[dict]:
+    """The records of one batch of runs ((model, seed) or (model, seed,
+    kernel), Plan.runs), in a worker (a pool process or a Dask worker): the
+    program and what the parent's runner learned (Runner.known: the cycle,
+    the probe) travel with the batch (tens of runs), not with each run."""
     with Runner(program, **known) as runner:
-        return [run_record(runner, strategy, model, seed) for model, seed in batch]
+        return [run_record(runner, strategy, *run) for run in batch]
 
 
-def run_record(runner: Runner, strategy: str, model: str, seed: int) -> dict:
-    """The record of one run. A run that ends badly is a record, never the
-    end of the campaign: a run that cannot be set up or hits a bound (an
-    EmuError) and an unexpected failure alike are `error` records that say why."""
-    spec = runner.plan(model, seed, strategy=strategy)
+def run_record(runner: Runner, strategy: str, model: str, seed: int, kernel: str | None = None) -> dict:
+    """The record of one run (on kernel: None is the scenario's). A run that
+    ends badly is a record, never the end of the campaign: a run that cannot
+    be set up or hits a bound (an EmuError) and an unexpected failure alike
+    are `error` records that say why."""
+    spec = runner.plan(model, seed, strategy=strategy, kernel=kernel)
     try:
         return runner.execute(spec).to_json()
     except EmuError as exc:        # a run that cannot be set up (e.g. a patch refused by the model)
         error = str(exc)
     except (MemoryError, RecursionError, RuntimeError, ValueError, OverflowError) as exc:
         error = f"internal error: {type(exc).__name__}: {exc}"
-    return {"model": model, "seed": seed, "strategy": strategy, "start": spec.start,
-            "spec": spec.to_json(), "outcome": "error", "error": error, "inconsistent": False,
-            "violation_count": 0, "latency": None, "pause": None}
+    return {"model": model, **({"kernel": kernel} if kernel is not None else {}), "seed": seed,
+            "strategy": strategy, "start": spec.start, "spec": spec.to_json(), "outcome": "error",
+            "error": error, "inconsistent": False, "violation_count": 0, "latency": None, "pause": None}
 
 
 # ---- the campaign -----------------------------------------------------------------------------
@@ -140,7 +166,7 @@ class Campaign:
         self.jobs = max(1, jobs)
         self.out = Path(out) if out is not None else None
         self.batch = batch
-        self.records: dict[tuple[str, int], dict] = {}
+        self.records: dict[tuple, dict] = {}     # run_key -> record
         self.crashes: list[dict] = []
         self.known: dict | None = None     # Runner.known() of this campaign's program
         self.notes: list[str] = []       # what opening the directory repaired, for the user
@@ -187,9 +213,9 @@ class Campaign:
                 raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise UserError(f"--resume {out}: {META_FILE} is unreadable ({exc}); start over with --force") from None
-        changed = [k for k in ("scenario", "models", "strategy") if old.get(k) != meta[k]]
+        changed = [k for k in ("scenario", "models", "strategy", "kernels") if old.get(k) != meta.get(k)]
         if changed:
-            what = ", ".join(f"{k} {_short(old.get(k))!r}, now {_short(meta[k])!r}" for k in changed)
+            what = ", ".join(f"{k} {_short(old.get(k))!r}, now {_short(meta.get(k))!r}" for k in changed)
             raise UserError(f"--resume {out}: it holds a different campaign ({what}); "
                             f"use another --out, or --force to start over")
         what = fingerprint_changes(old.get("fingerprint"), meta["fingerprint"])
@@ -226,7 +252,7 @@ class Campaign:
                              if bad or torn else ""))
         return records
 
-    def todo(self) -> list[tuple[str, int]]:
+    def todo(self) -> list[tuple]:
         return [r for r in self.plan.runs() if r not in self.records]
 
     def record(self, rec: dict) -> None:
@@ -250,12 +276,14 @@ class Campaign:
                 raise UserError(f"{self.out / RUNS_FILE}: cannot write ({exc.strerror or exc}); the "
                                 f"{len(self.records)} runs written so far are kept: free space, then continue "
                                 f"with --resume --out {self.out}") from None
-        self.records[(rec["model"], rec["seed"])] = rec
+        self.records[record_key(rec)] = rec
 
-    def record_crash(self, model: str, seed: int) -> None:
-        """Record that the run (model, seed) killed its worker, again."""
-        rec = {"model": model, "seed": seed, "strategy": self.plan.strategy, "outcome": "crash",
-               "error": f"the worker running seed {seed} under {model} died (twice)",
+    def record_crash(self, model: str, seed: int, kernel: str | None = None) -> None:
+        """Record that the run (model, seed[, kernel]) killed its worker, again."""
+        on = f" on kernel {kernel}" if kernel is not None else ""
+        rec = {"model": model, **({"kernel": kernel} if kernel is not None else {}), "seed": seed,
+               "strategy": self.plan.strategy, "outcome": "crash",
+               "error": f"the worker running seed {seed} under {model}{on} died (twice)",
                "inconsistent": False, "violation_count": 0, "latency": None, "pause": None}
         self.crashes.append(rec)
         self.record(rec)
@@ -279,8 +307,8 @@ class Campaign:
                 if todo:
                     distributed.run(self, client, todo, known, progress)
             elif self.jobs == 1:
-                for model, seed in todo:
-                    self.record(run_record(runner, self.plan.strategy, model, seed))
+                for run in todo:
+                    self.record(run_record(runner, self.plan.strategy, *run))
                     if progress:
                         progress(1)
             else:
@@ -366,13 +394,13 @@ def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt
 
 
-def read_records(path: Path) -> dict[tuple[str, int], dict]:
+def read_records(path: Path) -> dict[tuple, dict]:
     """Records of a runs.jsonl; lines that are not whole records are skipped."""
     return read_lines(path)[0]
 
 
 def read_lines(path: Path):
-    """(records by (model, seed), bad lines, the torn last line or None,
+    """(records by run_key, bad lines, the torn last line or None,
     records seen twice) of a runs.jsonl. A bad line is (line number, raw
     bytes, why); the torn line is a last line without its newline."""
     records: dict = {}
@@ -402,7 +430,7 @@ def read_lines(path: Path):
             if rec is None:
                 bad.append((no, raw, why))
                 continue
-            key = (rec["model"], rec["seed"])
+            key = record_key(rec)
             dup += key in records
             records[key] = rec
     return records, bad, torn, dup
@@ -439,7 +467,7 @@ def _parse_record(raw: bytes):
     except (ValueError, RecursionError) as exc:
         return None, f"not JSON ({exc})"
     if not (isinstance(rec, dict) and isinstance(rec.get("model"), str) and type(rec.get("seed")) is int
-            and isinstance(rec.get("outcome"), str)):
+            and isinstance(rec.get("outcome"), str) and isinstance(rec.get("kernel", ""), str)):
         return None, "not a run record (model, seed, outcome)"
     return rec, None
 
@@ -537,12 +565,15 @@ def _tool_version(tool: str) -> str:
 
 
 def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
-    """Per model: counts, latencies, the first failing and faulting seeds,
-    and (given the probe) the states the runs met (emu/runs/coverage.py)."""
+    """Per model (per kernel and model when kernels are compared: each row
+    then names its kernel): counts, latencies, the first failing and
+    faulting seeds, and (given the probe) the states the runs met
+    (emu/runs/coverage.py)."""
     models = []
     warnings = []
-    for model in plan.models:
-        recs = [records[(model, s)] for s in plan.seeds if (model, s) in records]
+    for kernel, model in plan.groups():
+        keys = [run_key(model, s, kernel) for s in plan.seeds]
+        recs = [records[k] for k in keys if k in records]
         lat = [r["latency"] for r in recs if r.get("latency") is not None]
         pause = [r["pause"] for r in recs if r.get("pause") is not None]
         failing = [r["seed"] for r in recs if r.get("inconsistent") or r.get("violation_count")
@@ -552,7 +583,7 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
         count = {k: sum(r.get("outcome") == k for r in recs) for k in
                  ("completed", "failed", "stalled", "fault", "error", "crash")}
         models.append({
-            "model": model, "runs": len(recs),
+            "model": model, **({"kernel": kernel} if kernel is not None else {}), "runs": len(recs),
             "inconsistent": sum(bool(r.get("inconsistent")) for r in recs),
             "bad_values": sum(bool(r.get("violation_count")) for r in recs),
             "handovers": sum(bool(r.get("handover_count")) for r in recs),
@@ -574,9 +605,12 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
         # a model whose runs saw no unit at all checked nothing: say so
         said = [w for r in recs for w in r.get("warnings", ())]
         if recs and not models[-1]["units"] and said:
-            warnings.append(f"{model}: {said[0]}")
-    return {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
-            "models": models, "warnings": warnings}
+            warnings.append(f"{model}{f' on kernel {kernel}' if kernel else ''}: {said[0]}")
+    out = {"scenario": plan.scenario, "strategy": plan.strategy, "seeds": [plan.seeds[0], len(plan.seeds)],
+           "models": models, "warnings": warnings}
+    if plan.kernels:
+        out["kernels"] = list(plan.kernels)
+    return out
 
 
 def default_jobs() -> int:

@@ -47,7 +47,7 @@ def workers(client) -> int:
 
 
 def run(camp, client, todo, known: dict, progress) -> None:
-    """Run the (model, seed) pairs todo of Campaign camp on client, recording
+    """Run the runs todo (Plan.runs) of Campaign camp on client, recording
     each batch as it finishes. known: Runner.known() of the parent."""
     distributed = _import()
     from emu.runs.campaign import batch_size, run_batch

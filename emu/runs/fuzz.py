@@ -28,6 +28,19 @@ measured by an unpatched probe run), so a campaign tries every phase of
 every task's loop. The same RunSpec gives the same run, event for event;
 Result.trace_hash says so.
 
+When a run ends ([fuzz] until; Runner.execute applies it):
+- "transitions" (the default): once every transition has ended (completed,
+  failed, reversed or cancelled) and two cycles of the tasks more, so that
+  the units running across the switch finish; at the latest the horizon
+  after the last action, where a transition still pending counts as
+  stalled; never before the last action. A run with no transition (no
+  patch action, or every action refused) ends two cycles after its last
+  action;
+- "horizon": the horizon after the last action, whatever happens;
+- "exit": when every task has exited, at the latest the horizon after the
+  last action (the run then warns that tasks were still running).
+Every run also ends when every task has exited: nothing is left to run.
+
 Every run records in Result.met the state (emu/runs/states.py) in which the
 transition first met each task: observed in the run itself, from the first
 action until every task has been seen off its CPU.
@@ -42,13 +55,13 @@ from emu.engine import core
 from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
 from emu.runs.verdicts import verdicts
-from emu.errors import EmuError, GuestFault, UserError
+from emu.errors import Busy, EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
 from emu.kernel.patch import make_patch
 from emu.runs.scenario import Program
 from emu.machine.policy import make_policy
-from emu.machine.task import PATCHED
+from emu.machine.task import PATCHED, RunState
 
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
@@ -67,10 +80,13 @@ class RunSpec:
     depth: int = 3                  # pct: d-1 priority change points
     preempt: str | None = None      # None: the scenario's
     tasks: tuple[str, ...] | None = None    # task instances that take part (None: all)
+    kernel: str | None = None       # the kernel whose livepatch semantics apply (None: the scenario's)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
+        if self.kernel is None:
+            del d["kernel"]         # a run of the scenario's own kernel: its record as it always was
         return d
 
     @classmethod
@@ -131,7 +147,8 @@ class Result:
         return max(p) if p else None
 
     def to_json(self) -> dict:
-        return {"model": self.spec.model, "seed": self.spec.seed, "strategy": self.spec.strategy,
+        kernel = {"kernel": self.spec.kernel} if self.spec.kernel is not None else {}
+        return {"model": self.spec.model, **kernel, "seed": self.spec.seed, "strategy": self.spec.strategy,
                 "start": self.spec.start, "spec": self.spec.to_json(), "outcome": self.outcome,
                 "inconsistent": self.inconsistent, "inconsistent_units": self.inconsistent_units,
                 "inconsistencies": self.inconsistencies, "violations": self.violations,
@@ -164,6 +181,7 @@ class Runner:
         self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
         self._arity: dict = {}      # which argument registers each function takes (handover.find)
+        self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
     @property
@@ -187,7 +205,8 @@ class Runner:
                     if kind in (EV_KERNEL_EXIT, EV_SAFE_POINT) and clock >= at:
                         marks.setdefault(task, []).append(clock)
                 m.trace = core.EventLog()
-                return len(marks) == len(m.tasks) and all(len(v) >= 4 for v in marks.values())
+                return (len(marks) == sum(not t.unborn for t in m.tasks)
+                        and all(len(v) >= 4 for v in marks.values()))
             try:
                 m.run(until=at + m.seconds(2), stop_when=enough, every_slice=False)
             except GuestFault:
@@ -241,8 +260,15 @@ class Runner:
         """Runs after which the exhaustive strategy has tried every instruction."""
         return 1 << (self.window() - 1).bit_length()
 
-    def plan(self, model: str, seed: int, *, strategy: str | None = None) -> RunSpec:
-        """The RunSpec of (model, seed) under strategy (default: the scenario's)."""
+    def plan(self, model: str, seed: int, *, strategy: str | None = None, kernel: str | None = None) -> RunSpec:
+        """The RunSpec of (model, seed) under strategy (default: the
+        scenario's), on kernel (default: the scenario's [machine] kernel).
+        The start point and schedule do not depend on the kernel: the same
+        seed is the same timing on every kernel compared."""
+        spec = self._plan(model, seed, strategy)
+        return replace(spec, kernel=kernel) if kernel is not None else spec
+
+    def _plan(self, model: str, seed: int, strategy: str | None) -> RunSpec:
         fz = self.scn.fuzz
         strategy = strategy or fz.strategy
         if strategy == "exhaustive":
@@ -271,12 +297,22 @@ class Runner:
         opts = {k: v for k, v in scn.machine.items() if k not in ("policy", "kernel")}
         if spec.preempt:
             opts["preempt"] = spec.preempt
-        names = [(t, inst) for t in scn.tasks for inst in t.instances()]
+        names = [(t, inst, t.instance_args(i)) for t in scn.tasks for i, inst in enumerate(t.instances())]
         if spec.tasks is not None:
-            names = [(t, inst) for t, inst in names if inst in spec.tasks]
+            names = [(t, inst, args) for t, inst, args in names if inst in spec.tasks]
         m = Machine(prog.base, policy=self._policy(spec, len(names)), name=scn.name, sched=self.sched, **opts)
-        for t, inst in names:
-            m.add_task(inst, t.entry, t.args, kind=t.kind, cpu=t.cpu)
+        # modules loaded from the start come first: a task may start in one ("module:f")
+        for mod in scn.modules:
+            if mod.loaded:
+                m.load(prog.modules[mod.name])
+        for t, inst, args in names:
+            m.add_task(inst, t.entry, args, kind=t.kind, cpu=t.cpu)
+        # a module's init and exit run in loader tasks, born at the action
+        # (insmod, rmmod: user processes in their system call)
+        for mod in scn.modules:
+            for key, what in (("init", "insmod"), ("exit", "rmmod")):
+                if getattr(mod, key) is not None:
+                    m.add_unborn(mod.loader(what))
         return m
 
     def prepare(self, spec: RunSpec, *, pooled: bool) -> tuple[Machine, str | None]:
@@ -289,8 +325,10 @@ class Runner:
         scn, prog = self.scn, self.program
         stop_at = self.first_at if spec.schedule == "rr" and spec.start >= self.first_at else 0
         key = (stop_at, spec.schedule == "rr", spec.preempt, spec.tasks)
-        # a module loaded during a run maps memory a snapshot cannot take back
-        pooled = pooled and not any(a.do == "load" for a in scn.actions)
+        # a module loaded during a run maps memory a snapshot cannot take back;
+        # a loader task born during a run holds a callback a snapshot does not
+        pooled = pooled and not any(a.do == "load" for a in scn.actions) \
+            and not any(mo.init or mo.exit for mo in scn.modules)
         if pooled and key in self._pool:
             m, snap = self._pool.pop(key)
             try:
@@ -305,9 +343,6 @@ class Runner:
                 return m, None
         m = self.machine(spec)
         try:
-            for mod in scn.modules:
-                if mod.loaded:
-                    m.load(prog.modules[mod.name])
             for p in scn.patches:
                 img, funcs = prog.patches[p.name]
                 m.load(img)
@@ -354,11 +389,12 @@ class Runner:
         to the runner's pool."""
         scn, prog = self.scn, self.program
         m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
+        self._coming_going: dict[str, str] = {}     # module -> "coming" or "going" while its loader runs
         # rdrand and rdseed draw from the run's seed from here on (pooled
         # and fresh machines alike: both are at the end of the prefix)
         m.seed_random(spec.seed)
         try:
-            model = make_model(spec.model, m, kernel=scn.machine.get("kernel"))
+            model = make_model(spec.model, m, kernel=spec.kernel or scn.machine.get("kernel"))
             patches = {}
             for p in scn.patches:
                 img, funcs = prog.patches[p.name]
@@ -371,23 +407,33 @@ class Runner:
                 m.at(a.at + shift, lambda a=a: self._act(m, model, patches, a, res))
             last = (scn.actions[-1].at + shift) if scn.actions else spec.start
             end = last + m.seconds(scn.fuzz.horizon)
+            until = scn.fuzz.until
 
             def settled():
-                return _bounded(m) or (m.now >= last and all(t.result != "pending" for t in model.transitions))
+                return _bounded(m) or (until == "transitions" and m.now >= last
+                                       and all(t.result != "pending" for t in model.transitions))
 
             try:
                 # up to the first action; then slice by slice until every task
                 # was seen off its CPU (the states the transition met); then
-                # until the last transition ends (checked whenever kernel work
-                # runs, so the scheduler stays in C), then `settle` more
+                # to the run's end ([fuzz] until, see the module doc): with
+                # "transitions", until the last transition ends (checked
+                # whenever kernel work runs, so the scheduler stays in C),
+                # then two cycles of the tasks more
                 if fault is None:
                     m.run(until=spec.start)
                     self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
-                    ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
-                    m.run(until=min(end, max(ends) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
-                          every_slice=False)
+                    if until == "transitions":
+                        ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
+                        m.run(until=min(end, max(ends) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
+                              every_slice=False)
                     _bounded(m, raising=True)
+                    running = [t.name for t in m.tasks if t.state is not RunState.EXITED]
+                    if until == "exit" and running:
+                        res.warnings.append(f"[fuzz] until = \"exit\": {len(running)} tasks still running at "
+                                            f"the horizon ({', '.join(running[:5])}"
+                                            f"{', ...' if len(running) > 5 else ''}): the run ended there")
             except GuestFault as exc:
                 res.fault, res.fault_task = str(exc), exc.task
             self._judge(m, model, list(patches.values()), res)
@@ -447,16 +493,64 @@ class Runner:
                 model.force(patches.get(a.target))
             elif a.do == "load":
                 img = prog.modules[a.target]
-                model.load_module(img)
+                model.load_module(img, init=self._loader(m, model, res, a, "init"))
                 oracle.trace_units(m, self.scn.unit)
                 for p in patches.values():
                     _rebind(m, p)
             elif a.do == "unload":
                 img = prog.modules[a.target]
-                model.unload_module(img)
+                exit_ = self._loader(m, model, res, a, "exit")
+                if exit_ is None:
+                    model.unload_module(img)
+                else:
+                    exit_()              # the module goes when its exit function returns
         except EmuError as exc:
             res.errors.append({"time": m.now, "action": f"{a.do} {a.target}".strip(), "error": str(exc)})
             m.printk(f"lpemu: {a.do} {a.target}: {exc}")
+
+    def _loader(self, m: Machine, model, res: Result, a, key: str):
+        """The start of module a.target's init (key "init") or exit ("exit")
+        as guest code in its loader task (insmod-M, rmmod-M; Machine.fork),
+        or None when the module has none. init: the kernel's do_init_module
+        after the coming notifier; a non-zero result fails the load, and the
+        module goes (the going notifier, as the kernel's failure path).
+        exit: delete_module's call of the module's exit; the going notifier
+        runs when it returns. Raises Busy when the loader is still running
+        (a module still coming cannot be removed: -EBUSY)."""
+        spec = next(mo for mo in self.scn.modules if mo.name == a.target)
+        fname = getattr(spec, key)
+        if fname is None:
+            return None
+        img = self.program.modules[spec.name]
+        task = next(t for t in m.tasks if t.name == spec.loader("insmod" if key == "init" else "rmmod"))
+        busy = self._coming_going.get(spec.name)
+        if busy is not None:
+            raise Busy(f"module '{spec.name}' is still {busy}: its {spec.loader('insmod' if busy == 'coming' else 'rmmod')} "
+                       f"has not finished (-EBUSY)")
+        self._coming_going[spec.name] = "coming" if key == "init" else "going"
+        entry = img.functions[fname].start
+        action = f"{'load' if key == 'init' else 'unload'} {spec.name}"
+
+        def done(task, result: int) -> None:
+            rc = (result & 0xffffffff) - ((result & 0x80000000) << 1)     # int (*init)(void)
+            self._coming_going.pop(spec.name, None)
+            if key == "init" and rc != 0:
+                res.errors.append({"time": m.now, "action": action,
+                                   "error": f"{fname}() returned {rc}: the module is unloaded"})
+                m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
+            if key == "exit" or rc != 0:
+                # the going notifier, in the loader's context: it waits for
+                # the core's mutex as the rmmod does (Model.after_unlock)
+                model.after_unlock(lambda: self._going(m, model, img, res, action))
+        return lambda: m.fork(task, entry, done=done)
+
+    @staticmethod
+    def _going(m: Machine, model, img, res: Result, action: str) -> None:
+        try:
+            model.unload_module(img)
+        except EmuError as exc:
+            res.errors.append({"time": m.now, "action": action, "error": str(exc)})
+            m.printk(f"lpemu: {action}: {exc}")
 
     def _judge(self, m: Machine, model, patches, res: Result) -> None:
         m.drain()

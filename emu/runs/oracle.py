@@ -142,7 +142,9 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
             stats["units"] = sum(count.values()) + len(open_units)
         return bad
 
-    target = next((f for f in machine.functions if f.name == unit), None)
+    # "f" or a module's "module:f" (found even after the module went)
+    obj, _, fname = unit.rpartition(":")
+    target = next((f for f in machine.functions if f.name == fname and (not obj or f.image == obj)), None)
     if target is None:
         raise ValueError(f"check.unit: no function '{unit}'")
     names.setdefault(target.id, target.name)

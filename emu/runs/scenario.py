@@ -2,12 +2,13 @@
 
     [program]   sources, stubs, cpu_features, cflags
     [machine]   cpus, quantum, preempt, tick, unwinder, policy, kernel
-    [[task]]    name, entry, args, count, kind, cpu
-    [[module]]  name, sources, loaded              (images loaded/unloaded at run time)
+    [[task]]    name, entry, args, count, kind, cpu   (args: per instance, see instance_args)
+    [[module]]  name, sources, loaded, init, exit  (images loaded/unloaded at run time; init
+                                                and exit run as guest code in loader tasks)
     [[patch]]   name, sources, functions, replace, states, force
     [[action]]  at, do (enable|disable|force|load|unload), patch | module
     [check]     unit, assert, observe
-    [fuzz]      models, runs, strategy, seed, horizon, window, depth, probe
+    [fuzz]      models, runs, strategy, seed, horizon, until, window, depth, probe
     [expect]    MODEL = "safe" | ["safe", "completes"] ...  (emu/runs/expect.py)
 
 Paths are relative to the scenario file. Every mistake is a ScenarioError
@@ -34,6 +35,13 @@ from emu.runs.expect import EXPECTATIONS
 MODELS = MODEL_NAMES        # emu/models/__init__.py is their home
 STRATEGIES = ("directed", "exhaustive", "random", "pct")
 ACTIONS = ("enable", "disable", "force", "load", "unload")
+#: [fuzz] until: when a run ends (emu/runs/fuzz.py, Runner.execute, applies it):
+#: transitions: once every transition has ended (and two cycles of the tasks
+#: more), at the latest the horizon after the last action; horizon: the
+#: horizon after the last action; exit: when every task has exited, at the
+#: latest the horizon after the last action (a run says when tasks were
+#: still running then). Any run ends when every task has exited.
+UNTIL = ("transitions", "horizon", "exit")
 
 # Bounds of what a scenario may ask for. Each keeps a run finite in memory and
 # time; a value past one is an error naming the key and the bound (README,
@@ -67,9 +75,16 @@ class TaskSpec:
     kind: str = "user"
     cpu: int | None = None
     line: int = 0
+    #: each instance's arguments (None: every instance gets args); from a
+    #: template with {i} or a list of argument lists (instance_args)
+    per_instance: tuple[tuple[int, ...], ...] | None = None
 
     def instances(self) -> list[str]:
         return [self.name] if self.count == 1 else [f"{self.name}{i}" for i in range(self.count)]
+
+    def instance_args(self, index: int) -> tuple[int, ...]:
+        """The arguments of instance index (0..count-1)."""
+        return self.per_instance[index] if self.per_instance is not None else self.args
 
 
 @dataclass
@@ -78,6 +93,12 @@ class ModuleSpec:
     sources: list[Path]
     loaded: bool = False
     line: int = 0
+    init: str | None = None     # its module_init: runs in its loader task, insmod-NAME (LOADER)
+    exit: str | None = None     # its module_exit: runs in rmmod-NAME before it goes
+
+    def loader(self, what: str) -> str:
+        """The name of its loader task: what = "insmod" (init) or "rmmod" (exit)."""
+        return f"{what}-{self.name}"
 
 
 @dataclass
@@ -106,6 +127,7 @@ class FuzzSpec:
     strategy: str = "directed"
     seed: int = 0
     horizon: float = 20.0       # seconds of virtual time after the last action
+    until: str = "transitions"  # when a run ends (UNTIL; emu/runs/fuzz.py, Runner.execute)
     window: int | None = None   # instructions over which start points vary (None: one cycle of the tasks)
     depth: int = 3              # PCT: d-1 priority change points
     probe: float = 10.0         # seconds of virtual time the probe may run (emu/runs/probe.py)
@@ -347,14 +369,14 @@ def load(path) -> Scenario:
     names: set[str] = set()
     for r in array("task"):
         name = r.get("name", str, required=True)
-        t = TaskSpec(name, r.get("entry", str, required=True), tuple(r.get("args", list, [])),
+        t = TaskSpec(name, r.get("entry", str, required=True), (),
                      r.integer("count", 1, MAX_TASKS, 1), r.get("kind", str, "user"),
                      r.integer("cpu", 0, m.get("cpus", 1) - 1, what=f" (the machine has {m.get('cpus', 1)} CPUs)"),
                      r.line())
-        if not all(isinstance(a, int) and not isinstance(a, bool) and INT64[0] <= a <= INT64[1] for a in t.args):
-            raise r.error("args", "must be a list of 64-bit integers")
-        if len(t.args) > 6:
-            raise r.error("args", "at most 6 arguments")
+        per = _task_args(r, name, r.get("args", list, []), t.count)
+        t.args = per[0]
+        if any(a != per[0] for a in per):
+            t.per_instance = tuple(per)
         if t.kind not in ("user", "kthread"):
             raise r.error("kind", f"must be user or kthread, not {t.kind!r}")
         for inst in t.instances():
@@ -384,7 +406,11 @@ def load(path) -> Scenario:
         return name
 
     for r in array("module"):
-        mod = ModuleSpec(image_name(r, "module"), files(r, "sources"), r.get("loaded", bool, False), r.line())
+        mod = ModuleSpec(image_name(r, "module"), files(r, "sources"), r.get("loaded", bool, False), r.line(),
+                         r.get("init", str), r.get("exit", str))
+        for key, what in (("init", "insmod"), ("exit", "rmmod")):
+            if getattr(mod, key) is not None and mod.loader(what) in names:
+                raise r.error(key, f"its loader task '{mod.loader(what)}' is the name of a [[task]]: rename it")
         r.finish()
         scn.modules.append(mod)
 
@@ -469,6 +495,9 @@ def load(path) -> Scenario:
                 f"earlier or shorten [fuzz] horizon")
         raise fz.error("horizon", text) if where is fz else ScenarioError(f"{path}:{scn.actions[-1].line}: "
                                                                           f"action.at: {text}")
+    f.until = fz.get("until", str, f.until)
+    if f.until not in UNTIL:
+        raise fz.error("until", f"must be one of {', '.join(UNTIL)}, not {_short(f.until)}")
     f.window = fz.integer("window", 1, MAX_TIME, None, what=" instructions")
     f.depth = fz.integer("depth", 1, 1000, f.depth)
     f.probe = fz.number("probe", 0, MAX_TIME / second, f.probe, what=" seconds")
@@ -477,6 +506,87 @@ def load(path) -> Scenario:
     scn.expect = _expectations(table("expect"))
     top.finish()
     return scn
+
+
+def _task_args(r: _Reader, name: str, raw: list, count: int) -> list[tuple[int, ...]]:
+    """The arguments of each of count instances of task `name` from its
+    `args`: a list of integers and templates (strings in which {i} is the
+    instance index: "{i}", "{i} * 100 + 1", with + - * // % and
+    parentheses), the same list for every instance; or a list of count
+    argument lists, one per instance. ScenarioError naming the task."""
+    if raw and all(isinstance(a, list) for a in raw):
+        if len(raw) != count:
+            raise r.error("args", f"task '{name}': {len(raw)} argument lists for count = {count} (one list "
+                                  f"per instance, or one list of integers and \"{{i}}\" templates for all)")
+        return [_one_args(r, name, a, None) for a in raw]
+    if any(isinstance(a, list) for a in raw):
+        raise r.error("args", f"task '{name}': mixes lists and single arguments (either one list of "
+                              f"arguments, or one list of arguments per instance)")
+    return [_one_args(r, name, raw, i) for i in range(count)]
+
+
+def _one_args(r: _Reader, name: str, raw: list, index: int | None) -> tuple[int, ...]:
+    """One instance's arguments; templates are evaluated for instance index
+    (None: templates are not allowed, the list is one instance's own)."""
+    if len(raw) > 6:
+        raise r.error("args", f"task '{name}': at most 6 arguments, not {len(raw)}")
+    out = []
+    for a in raw:
+        if isinstance(a, str) and index is not None:
+            a = _template(r, name, a, index)
+        if not (isinstance(a, int) and not isinstance(a, bool) and INT64[0] <= a <= INT64[1]):
+            what = "64-bit integers" + (" or \"{i}\" templates" if index is not None else "")
+            raise r.error("args", f"task '{name}': must be a list of {what}, not one holding "
+                                  f"{_toml_type(a)} {_short(a)}")
+        out.append(a)
+    return tuple(out)
+
+
+def _template(r: _Reader, name: str, text: str, index: int) -> int:
+    """The value of argument template text for instance index: an integer
+    expression over {i} (see _task_args)."""
+    import ast
+    import operator
+    ops = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+           ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod}
+
+    def bad(why: str) -> ScenarioError:
+        return r.error("args", f"task '{name}': {_short(text)} is not an argument template ({why}; "
+                               f"write an integer expression over {{i}}, the instance index: \"{{i}}\", "
+                               f"\"{{i}} * 100 + 1\")")
+    if len(text) > 200:
+        raise bad("longer than 200 characters")
+    other = re.search(r"\{[^}]*\}", text.replace("{i}", ""))
+    if other:
+        raise bad(f"unknown placeholder {other.group()}: the only one is {{i}}")
+    stray = re.search(r"[^0-9\s+\-*/%()]", text.replace("{i}", ""))
+    if stray:
+        raise bad(f"unexpected {stray.group()!r}")
+    if "{i}" not in text:
+        raise bad("no {i} in it: write a plain integer instead")
+    try:
+        tree = ast.parse(text.replace("{i}", "i"), mode="eval")
+    except SyntaxError:
+        raise bad("not an expression") from None
+
+    def value(node) -> int:
+        if isinstance(node, ast.Constant) and type(node.value) is int:
+            return node.value
+        if isinstance(node, ast.Name) and node.id == "i":
+            return index
+        if isinstance(node, ast.UnaryOp) and isinstance(node.op, (ast.USub, ast.UAdd)):
+            v = value(node.operand)
+            return -v if isinstance(node.op, ast.USub) else v
+        if isinstance(node, ast.BinOp) and type(node.op) in ops:
+            a, b = value(node.left), value(node.right)
+            if isinstance(node.op, (ast.FloorDiv, ast.Mod)) and b == 0:
+                raise bad(f"division by zero for i = {index}")
+            v = ops[type(node.op)](a, b)
+            if not INT64[0] <= v <= INT64[1]:
+                raise bad(f"{v} for i = {index} does not fit in 64 bits")
+            return v
+        raise bad("only integers, {i}, + - * // % and parentheses")
+    return value(tree.body)
 
 
 def _expectations(r: _Reader) -> dict[str, tuple[str, ...]]:
@@ -565,10 +675,22 @@ def build(scn: Scenario) -> Program:
     known = set(base.functions)
     for mod_name, img in prog.modules.items():
         known |= {f"{mod_name}:{f}" for f in img.functions}
+    for mod in scn.modules:
+        for key in ("init", "exit"):
+            name = getattr(mod, key)
+            if name is not None and name not in prog.modules[mod.name].functions:
+                raise ScenarioError(f"{scn.path}:{mod.line}: module[{mod.name}].{key}: no function '{name}' "
+                                    f"in the module")
+    loaded = {mod.name: mod.loaded for mod in scn.modules}
     for t in scn.tasks:
-        if t.entry not in base.functions:
-            raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: no function '{t.entry}' "
-                                f"in the program")
+        obj, _, fname = t.entry.rpartition(":")
+        if obj and not loaded.get(obj):
+            why = "no module" if obj not in loaded else "the task starts before the module loads: no module"
+            raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: {why} '{obj}' with loaded = true "
+                                f"(a task may start in a module loaded from the start)")
+        if fname not in (prog.modules[obj] if obj else base).functions:
+            raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: no function '{fname}' "
+                                f"in {'module ' + obj if obj else 'the program'}")
     if scn.unit != "syscall" and scn.unit not in known:
         raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")

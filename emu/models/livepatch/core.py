@@ -344,6 +344,9 @@ class Livepatch(Model):
             raise Busy(f"{what}: the livepatch core is changing ftrace sites; try again (-EBUSY)")
 
     # ---- listener hooks: the switch points ------------------------------------------------------
+    def fork_target(self) -> int | None:
+        return self.target if self.transition_patch is not None else None
+
     def on_kernel_exit(self, task: Task) -> None:
         transition.update_patch_state(self, task, "kernel_exit")
 

@@ -1,0 +1,232 @@
+"""Modules are real modules: a module's init (gcc-compiled C) runs as guest
+code when it loads, in its loader task (insmod-M, a user process in its
+init_module system call), and registers an ops table into base data; base
+code reaches the module only through it, module code calls base code, and
+the module's exit runs in rmmod-M before the going notifier takes patches
+out of it. Under every model the coming module is patched; the loader has
+the patch state a new process has (its parent's, klp_copy_process, then
+its kernel exits from fork and exec). Tasks may start in a module loaded
+from the start, and the probe and the oracle see module functions.
+
+Written from the kernel's order (kernel/module/main.c: load_module ->
+prepare_coming_module (the notifiers: klp_module_coming) -> do_init_module
+-> mod->init; a failing init goes through the going notifier and the
+module is freed; delete_module -> mod->exit -> the going notifier)."""
+from pathlib import Path
+
+import pytest
+
+from emu.engine import core
+from emu.machine.task import PATCHED, ROUTES, RunState
+from emu.models import MODEL_NAMES
+from emu.runs import scenario
+from emu.runs.fuzz import Runner
+
+EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "modules" / "scenario.toml"
+
+
+def observations(m):
+    """[(clock, task name, key, value)] of every lpemu_observe."""
+    return [(c, m.tasks[t].name, k, v) for c, kind, t, k, v, _ in m.trace.records() if kind == core.EV_OBSERVE]
+
+
+@pytest.fixture(scope="module")
+def example():
+    r = Runner(scenario.build(scenario.load(EXAMPLE)))
+    yield r
+    r.close()
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_the_init_registers_the_ops_the_base_calls_through_and_the_exit_takes_them_out(example, model_name):
+    res, m, model = example.execute(example.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.errors and not res.promise
+        assert res.outcome == "completed"
+        obs = observations(m)
+        # the init ran once, as guest code of the loader task, after the load action
+        (init,) = [o for o in obs if o[2] == 2 and o[3] == 1]
+        assert init[1] == "insmod-codec" and init[0] >= 20500
+        (exit_,) = [o for o in obs if o[2] == 2 and o[3] == 0]
+        assert exit_[1] == "rmmod-codec" and exit_[0] >= 2_000_000
+        # before the init, requests are dropped; between init and exit each
+        # client gets its own id back through the module's code ({i})
+        requests = [o for o in obs if o[2] == 1]
+        assert all(v == -1 for c, _, _, v in requests if c < init[0])
+        served = {(n, v) for c, n, _, v in requests if init[0] < c < exit_[0] and v != -1}
+        assert served == {(f"client{i}", i) for i in range(4)}
+        assert all(v == -1 for c, _, _, v in requests if c > exit_[0] + 1000)
+        # the coming module was patched: once the transition is over, every
+        # encode runs version 1, until the module goes
+        done = res.transitions[0]["completed_at"]
+        late = {v for c, _, k, v in obs if k == 3 and done + 10_000 < c < exit_[0]}
+        assert late == {1}
+        assert not model.patches[0].object("codec").patched      # gone with the module
+        # both loaders ran their function and exited again
+        loaders = {t.name: t for t in m.tasks if t.unborn}
+        assert set(loaders) == {"insmod-codec", "rmmod-codec"}
+        assert all(t.state is RunState.EXITED and t.exit_code == 0 for t in loaders.values())
+    finally:
+        m.engine.close()
+
+
+@pytest.mark.parametrize("model_name", ["livepatch", "kgraft"])
+def test_a_loader_born_mid_transition_has_passed_kernel_exits_and_is_patched(example, model_name):
+    res, m, model = example.execute(example.plan(model_name, 0), keep=True)
+    try:
+        loader = next(t for t in m.tasks if t.name == "insmod-codec")
+        states = [(a, ROUTES[b]) for c, kind, t, a, b, _ in m.trace.records()
+                  if kind == core.EV_PATCH_STATE and t == loader.tid]
+        # born like every task at the transition's start, then switched at the
+        # kernel exits of fork and exec, before its init_module
+        assert states[:2] == [(0, "init"), (PATCHED, "kernel_exit")]
+        assert not res.promise
+    finally:
+        m.engine.close()
+
+
+MODULE_SCENARIO = """
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+quantum = 300
+{tasks}
+[[module]]
+name = "m"
+sources = ["m.c"]
+{module}
+[[patch]]
+name = "p"
+sources = ["p.c"]
+functions = ["m:m_work"]
+[[action]]
+at = 20000
+do = "enable"
+patch = "p"
+{actions}
+[check]
+unit = "{unit}"
+[fuzz]
+horizon = 5.0
+"""
+BASE = """
+#include "lpemu.h"
+long (*hook)(long);
+__attribute__((noinline)) long base_double(long x) { return 2 * x; }
+long user(long id) { long (*f)(long) = hook; lpemu_observe(1, f ? f(id) : -1); lpemu_sleep(1); return 0; }
+"""
+MODULE = """
+#include "lpemu.h"
+extern long (*hook)(long);
+long base_double(long x);
+__attribute__((noinline)) long m_work(long x) { return base_double(x) + 1; }
+__attribute__((noinline)) long m_wait(long t) { return lpemu_sleep(t); }
+long m_thread(long t) { for (;;) { lpemu_observe(2, m_work(t)); m_wait(t); lpemu_safe_point(); } }
+long m_init(void) { hook = m_work; return 0; }
+long m_init_fails(void) { return -12; }
+"""
+PATCH = """
+#include "lpemu.h"
+long base_double(long x);
+__attribute__((noinline)) long m_work(long x) { return base_double(x) + 3; }
+"""
+
+
+def write(tmp_path, *, tasks='[[task]]\nname = "u"\nentry = "user"\nargs = [5]', module="", actions="",
+          unit="syscall"):
+    (tmp_path / "base.c").write_text(BASE)
+    (tmp_path / "m.c").write_text(MODULE)
+    (tmp_path / "p.c").write_text(PATCH)
+    path = tmp_path / "s.toml"
+    path.write_text(MODULE_SCENARIO.format(tasks=tasks, module=module, actions=actions, unit=unit))
+    return path
+
+
+LOAD = '[[action]]\nat = 20500\ndo = "load"\nmodule = "m"'
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_failing_init_unloads_the_module_and_fails_the_load(tmp_path, model_name):
+    r = Runner(scenario.build(scenario.load(write(tmp_path, module='init = "m_init_fails"', actions=LOAD))))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert [e["action"] for e in res.errors] == ["load m"]
+        assert "m_init_fails() returned -12" in res.errors[0]["error"]
+        assert res.outcome == "failed"
+        assert "m" in m.unloaded and not model.patches[0].object("m").patched
+        assert {v for _, _, k, v in observations(m) if k == 1} == {-1}
+    finally:
+        m.engine.close()
+        r.close()
+
+
+KTHREAD_IN_MODULE = '[[task]]\nname = "k"\nentry = "m:m_thread"\nargs = [4]\nkind = "kthread"'
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_task_starts_in_a_module_and_the_oracle_counts_units_of_a_module_function(tmp_path, model_name):
+    path = write(tmp_path, tasks=KTHREAD_IN_MODULE, module="loaded = true", unit="m:m_work")
+    r = Runner(scenario.build(scenario.load(path)))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.promise
+        assert res.units > 0 and res.outcome == "completed"
+        # the module's m_work runs in the kthread and calls the base: 2 * 4 + 1,
+        # then the patched 2 * 4 + 3
+        values = [v for _, n, k, v in observations(m) if k == 2 and n == "k"]
+        assert values[0] == 9 and values[-1] == 11 and set(values) == {9, 11}
+        assert {m.symbolize(f.old.start) for p in model.patches for _, f in p.funcs()} == {"m_work+0x0"}
+    finally:
+        m.engine.close()
+        r.close()
+
+
+def test_the_probe_sees_a_task_asleep_in_module_functions(tmp_path):
+    path = write(tmp_path, tasks=KTHREAD_IN_MODULE, module="loaded = true")
+    r = Runner(scenario.build(scenario.load(path)))
+    try:
+        probe = r.probe()
+        assert probe.patched == ["m_work"]
+        assert any("m_thread > m_wait" in s for s in probe.states["k"])
+    finally:
+        r.close()
+
+
+@pytest.mark.parametrize("tasks, module, words", [
+    ('[[task]]\nname = "k"\nentry = "m:m_thread"', "", r"task\[k\]\.entry: .*no module 'm' with loaded = true"),
+    ('[[task]]\nname = "k"\nentry = "m:nothing"', "loaded = true", r"task\[k\]\.entry: no function 'nothing' "
+                                                                   r"in module m"),
+    ('[[task]]\nname = "u"\nentry = "user"', 'init = "m_nope"', r"module\[m\]\.init: no function 'm_nope' in "
+                                                                 r"the module"),
+    ('[[task]]\nname = "insmod-m"\nentry = "user"', 'init = "m_init"', r"module\[0\]\.init: its loader task "
+                                                                        r"'insmod-m' is the name of a \[\[task\]\]"),
+])
+def test_module_mistakes_are_named(tmp_path, tasks, module, words):
+    from emu.errors import ScenarioError
+    with pytest.raises(ScenarioError, match=words):
+        scenario.build(scenario.load(write(tmp_path, tasks=tasks, module=module)))
+
+
+@pytest.mark.parametrize("model_name", ["livepatch", "stop_machine", "kgraft"])
+def test_the_schedulers_twin_runs_the_loaders_the_same(model_name):
+    prog = scenario.build(scenario.load(EXAMPLE))
+    with Runner(prog) as c, Runner(prog, sched="python") as py:
+        assert c.execute(c.plan(model_name, 1)).trace_hash == py.execute(py.plan(model_name, 1)).trace_hash
+
+
+def test_an_unload_while_the_init_runs_is_refused(tmp_path):
+    # m_init_slow sleeps in its init: the unload 100 instructions after the
+    # load finds insmod-m still running (a module still coming: -EBUSY)
+    path = write(tmp_path, module='init = "m_init_slow"\nexit = "m_init"',
+                 actions=LOAD + '\n[[action]]\nat = 20600\ndo = "unload"\nmodule = "m"')
+    path.with_name("m.c").write_text(MODULE + "long m_init_slow(void) { lpemu_sleep(50); hook = m_work; return 0; }\n")
+    r = Runner(scenario.build(scenario.load(path)))
+    res, m, model = r.execute(r.plan("livepatch", 0), keep=True)
+    try:
+        assert [e["action"] for e in res.errors] == ["unload m"]
+        assert "module 'm' is still coming: its insmod-m has not finished (-EBUSY)" in res.errors[0]["error"]
+        assert "m" not in m.unloaded
+    finally:
+        m.engine.close()
+        r.close()
