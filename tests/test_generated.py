@@ -76,3 +76,14 @@ def test_immediate_switches_a_stacked_patchs_functions_at_one_instant():
     for seed in (282, 445):
         result = check_scenario(seed, twins=False)
         assert result["breaches"] == [], seed
+
+
+def test_a_task_preempted_at_the_trampoline_is_not_between_kernel_entries():
+    """Generated seed 1369 (fp, full preemption): a task preempted at
+    ftrace_trampoline+0, called from f3's fentry inside f0, passed the
+    batched stack check as a task between kernel entries (the whole runtime
+    page was taken for the task loops), so livepatch switched it with f0 on
+    its stack. kpatch's frame-pointer check misses the same two frames in
+    the kernel: the promise oracle holds stop_machine to what it can see."""
+    result = check_scenario(1369, twins=False)
+    assert result["breaches"] == []

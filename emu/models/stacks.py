@@ -91,9 +91,10 @@ class StackChecks:
         return checked
 
     def _empty(self) -> tuple[int, int]:
-        """The runtime's code: a task there is between kernel entries."""
-        rt = self.m.runtime
-        return rt.base, rt.base + rt.size
+        """The task loops of the runtime: a task there is between kernel
+        entries. (Not the whole page: a task at the ftrace trampoline is in
+        a traced function's call, and its walk goes on from there.)"""
+        return self.m.runtime.empty
 
     def _twin(self, ranges, kind: str, max_entries: int, reliable: bool) -> TwinResults:
         m = self.m

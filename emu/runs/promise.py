@@ -50,7 +50,11 @@ callee returns), so frames of functions with a tail call are not judged by
 the stack rules; a call whose return the full return stack left untraced
 (that task's stack checks are skipped until its stack is empty again);
 the idle tasks' occupancy of their CPU; which routes a given kernel
-version allows (every route of the newest kernel is allowed).
+version allows (every route of the newest kernel is allowed). And what
+kpatch's own check cannot see: with frame pointers, the innermost two
+frames of a task preempted before its innermost frame was set up (kpatch
+follows the frame-pointer chain); a switch with one of those on the stack
+is kpatch's, and shows as what it does to the units.
 """
 from __future__ import annotations
 
@@ -176,6 +180,13 @@ class _Oracle:
         seen_new = False                      # immediate: a new version ran in this transition
         units: dict[int, dict[int, set[bool]]] = {}   # kGraft: task -> patch -> universes seen
         stop_model = model in STOP_MODELS
+        # kpatch's check follows the frame-pointer chain (dump_trace with
+        # print_context_stack_bp): of a task preempted where its innermost
+        # frame is not set up (a prologue, an epilogue, the trampoline's
+        # first instruction) it misses the innermost two return addresses,
+        # as kpatch does. Ksplice scans every word and misses nothing.
+        bp_blind = model == "stop_machine" and self.m.unwinder == "fp"
+        preempted: set[int] = set()           # tasks whose last sched-out was a preemption
         for clock, kind, tid, a, b, c in self.m.trace:
             if kind == core.EV_ENTRY:
                 stacks.setdefault(tid, []).append((a, b))
@@ -209,6 +220,10 @@ class _Oracle:
             elif kind == core.EV_SCHED_OUT:
                 if cpu_of.get(tid) == a:
                     del cpu_of[tid]
+                if b:
+                    preempted.add(tid)
+                else:
+                    preempted.discard(tid)
             elif kind == EV_STOP_MACHINE:
                 stopped = bool(a)
             elif kind == EV_PATCH_STATE:
@@ -229,6 +244,8 @@ class _Oracle:
                         for t, frames in sorted(stacks.items()):
                             if t in lost:
                                 continue
+                            if bp_blind and t in preempted:
+                                frames = frames[:-2]
                             hit = self.checked(live, b, trans[1] if trans else PATCHED, frames,
                                                forced_ok=True)
                             if hit:
