@@ -387,6 +387,8 @@ struct emu_sched_globals {
     int64_t rtask;        /* what a return is about (-1: none) */
     int64_t rcpu;
     int64_t live;         /* tasks not exited */
+    int64_t jitter;       /* 1: a slice's length is drawn from jstate in 1..quantum */
+    int64_t jstate;       /* the draw's generator (64-bit LCG), seeded by the run */
 };
 
 struct emu_sched_task {
@@ -442,6 +444,8 @@ struct emu_sched {
 #define EMU_SG_RTASK       21
 #define EMU_SG_RCPU        22
 #define EMU_SG_LIVE        23
+#define EMU_SG_JITTER      24
+#define EMU_SG_JSTATE      25
 
 #define EMU_TF_STATE          0
 #define EMU_TF_KIND           1

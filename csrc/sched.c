@@ -103,6 +103,21 @@ static int in(int64_t v, int64_t lo, int64_t hi)   /* lo <= v < hi */
     return v >= lo && v < hi;
 }
 
+/* A slice's length: the quantum, or with jitter a draw in 1..quantum from
+ * the run's generator (Knuth's MMIX LCG; its high bits), so that where
+ * the CPUs stand when kernel work runs is not fixed by how the quantum
+ * aligns with the tasks' loops. The twin: Sched._length in sched.py. */
+static int64_t slice_length(struct sched *s)
+{
+    uint64_t x;
+
+    if (!G(jitter))
+        return G(quantum);
+    x = (uint64_t)G(jstate) * 6364136223846793005ULL + 1442695040888963407ULL;
+    G(jstate) = (int64_t)x;
+    return 1 + (int64_t)((x >> 33) % (uint64_t)G(quantum));
+}
+
 int emu_sched_set_global(struct emu_core *c, int field, int64_t v)
 {
     struct emu_sched_globals *g;
@@ -136,6 +151,8 @@ int emu_sched_set_global(struct emu_core *c, int field, int64_t v)
     case EMU_SG_RTASK:       if (!in(v, -1, nt)) return EMU_EINVAL; g->rtask = v; break;
     case EMU_SG_RCPU:        if (!in(v, 0, nc)) return EMU_EINVAL; g->rcpu = v; break;
     case EMU_SG_LIVE:        if (!in(v, 0, nt + 1)) return EMU_EINVAL; g->live = v; break;
+    case EMU_SG_JITTER:      if (!in(v, 0, 2)) return EMU_EINVAL; g->jitter = v; break;
+    case EMU_SG_JSTATE:      g->jstate = v; break;
     default:                 return EMU_EINVAL;
     }
     return EMU_OK;
@@ -647,7 +664,7 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
                     return EMU_SR_IDLE;
                 }
             } else {
-                G(remain) = G(slice_left) ? G(slice_left) : G(quantum);
+                G(remain) = G(slice_left) ? G(slice_left) : slice_length(s);
                 G(slice_left) = 0;
                 G(stask) = task;
                 G(inslice) = 1;

@@ -109,12 +109,14 @@ def hostile_work(m, log, plan):
 
 
 def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, watcher, timers, until,
-            stop_every, works=()):
+            stop_every, works=(), jitter=None):
     m = Machine(image, cpus=cpus, quantum=quantum, tick=tick, preempt=preempt, sched=sched,
                 lockup_ticks=50, policy=make_policy(policy, seed, len(tasks)))
     for k, (kind, tseed) in enumerate(tasks):
         m.add_task(f"t{k}", f"{kind}_entry", [tseed, seed & 1], kind=kind)
     log = []
+    if jitter is not None:          # seeded slice lengths (Machine.vary_slices) from the first timer on
+        m.at(0, lambda: m.vary_slices(jitter))
     if watcher:
         m.listeners.append((Everything if watcher == "all" else Watcher)(m, log))
     for when, k, what in timers:
@@ -184,6 +186,7 @@ mixes = st.fixed_dictionaries({
     "works": st.lists(st.tuples(st.integers(0, 60_000),
                                 st.lists(st.sampled_from([0, 1, 700, 5_000, "sync", "stop"]), max_size=4)),
                       max_size=3),
+    "jitter": st.one_of(st.none(), st.integers(0, 2**64)),
 })
 
 
@@ -361,7 +364,7 @@ def test_fixed_fields_of_the_scheduler_state_are_read_only(compile_c):
 
 _GLOBALS = ("quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all", "each_slice", "sm", "rr",
             "round_ran", "slice_left", "inslice", "stask", "remain", "pick", "next_wake", "check_sm", "after",
-            "preemptions", "rtask", "rcpu", "live")
+            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate")
 _TASK_FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
                 "kernel_entries", "since", "exit_code", "exited")
 _int64 = st.one_of(st.integers(-3, 5), st.integers(-(1 << 63), (1 << 63) - 1), st.integers(1 << 63, 1 << 80))

@@ -332,9 +332,19 @@ class PyScheduler:
             return
         self._begin(cur)
 
+    def _length(self) -> int:
+        """A slice's length: the quantum, or with jitter a draw in
+        1..quantum from the run's generator (sched.c's slice_length)."""
+        s = self.s
+        if not s.jitter:
+            return s.quantum
+        x = (s.jstate * 6364136223846793005 + 1442695040888963407) & 0xFFFFFFFFFFFFFFFF
+        s.jstate = x - (1 << 64) if x >= 1 << 63 else x
+        return 1 + (x >> 33) % s.quantum
+
     def _begin(self, tid: int) -> None:
         s = self.s
-        s.remain = s.slice_left or s.quantum
+        s.remain = s.slice_left or self._length()
         s.slice_left = 0
         s.stask = tid
         s.inslice = 1

@@ -151,6 +151,18 @@ class Machine:
         """Seed what rdrand and rdseed return from here on (a run's seed)."""
         self.sysinsns.seed(seed)
 
+    def vary_slices(self, seed: int) -> None:
+        """From here on, draw each slice's length in 1..quantum from seed
+        (csrc/sched.c's slice_length, and its twin): where the other CPUs
+        stand when kernel work runs (a text change's IPIs, stop_machine, a
+        stack check) then varies from run to run, as interrupts land
+        anywhere, instead of being fixed by how the quantum aligns with
+        the tasks' loops. Needs a started machine."""
+        st = self.sched_state
+        mixed = (seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF
+        st.jstate = mixed - (1 << 64) if mixed >= 1 << 63 else mixed
+        st.jitter = 1
+
     def unload(self, image: Image) -> None:
         """Mark a module gone: its functions can no longer be found by name
         (emu.kernel.patch.loaded_objects skips it). Its memory stays mapped, so a

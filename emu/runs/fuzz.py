@@ -393,6 +393,9 @@ class Runner:
         # rdrand and rdseed draw from the run's seed from here on (pooled
         # and fresh machines alike: both are at the end of the prefix)
         m.seed_random(spec.seed)
+        # and so do the slices' lengths: which point of its loop each CPU
+        # is at when kernel work runs is the run's, not the quantum's
+        m.vary_slices(spec.seed)
         try:
             model = make_model(spec.model, m, kernel=spec.kernel or scn.machine.get("kernel"))
             patches = {}
