@@ -127,7 +127,8 @@ def _run(seed_copy, model, seed=0):
 
 
 def _judged(m, mod, trace, model):
-    fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine)
+    fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine,
+                                 unwinder=m.unwinder)
     return promise.check(fake, mod.patches, model)
 
 
