@@ -18,7 +18,7 @@ def scale_start(tasks: int) -> int:
     return 20_000 + 1500 * tasks
 
 
-def scale_run(ctx: Context, model: str, tasks: int, depth: int, at: int) -> dict:
+def scale_run(ctx: Context, model: str, tasks: int, depth: int, at: int, cpus: int = 2) -> dict:
     """One transition of the leaf() patch under model, enabled at `at`, with
     `tasks` user tasks `depth` frames deep: its figures in virtual
     instructions."""
@@ -27,7 +27,7 @@ def scale_run(ctx: Context, model: str, tasks: int, depth: int, at: int) -> dict
     from emu.kernel.patch import make_patch
 
     base, patch_img, funcs = ctx.work.get("depth")
-    m = Machine(base, cpus=2, quantum=1000, tick=1000)
+    m = Machine(base, cpus=cpus, quantum=1000, tick=1000)
     try:
         for i in range(tasks):
             m.add_task(f"t{i}", "scale_entry", (depth,))
