@@ -139,8 +139,11 @@ static void entry_event(struct emu_core *c, int32_t func, int32_t version, uint6
     void *vals[6] = {&v[0], &v[1], &v[2], &v[3], &v[4], &v[5]};
 
     __emu_event(c, EMU_EV_ENTRY, c->cur, func, version, rsp, clock);
-    /* One call for the six: each uc_reg_read is a library call of its own. */
-    uc_reg_read_batch(c->uc, regs, vals, 6);
+    /* One call for the six (each register read costs tens of instructions
+     * in Unicorn), and none when both kinds are masked: masked events are
+     * only counted, their values go nowhere. */
+    if ((c->ev_mask >> EMU_EV_ARGS | c->ev_mask >> EMU_EV_ARGS_HI) & 1)
+        uc_reg_read_batch(c->uc, regs, vals, 6);
     __emu_event(c, EMU_EV_ARGS, c->cur, (int64_t)v[0], (int64_t)v[1], v[2], clock);
     __emu_event(c, EMU_EV_ARGS_HI, c->cur, (int64_t)v[3], (int64_t)v[4], v[5], clock);
     graph_push(c, func, version, rsp, clock);
