@@ -37,7 +37,8 @@ class Sizes:
     scaling_offsets: tuple = (0, 1777, 3511, 5333, 7919)   # the patch is enabled at these offsets
     scaling_one_start: int = 1024           # from this many tasks on, one start offset
     scale_tasks: int = 4096                 # scale_throughput_ratio: this many tasks over 8
-    scale_per_task: int = 50_000            # instructions each task runs there
+    scale_per_task: int = 50_000            # instructions each task runs there, per round
+    scale_rounds: int = 3
 
     @classmethod
     def quick(cls) -> "Sizes":
@@ -45,7 +46,7 @@ class Sizes:
                    unwind_tasks=8, unwind_reps_c=20, unwind_reps_py=1, throughput_instructions=1_000_000,
                    raw_outer=100, scaling_tasks=(1, 4, 16), scaling_cpus=4, scaling_cpu_counts=(1, 4),
                    scaling_cpus_tasks=8, scaling_depths=(1, 8), scaling_depth_tasks=2, scaling_offsets=(0,),
-                   scale_tasks=64, scale_per_task=5_000)
+                   scale_tasks=64, scale_per_task=5_000, scale_rounds=1)
 
 
 @dataclass
