@@ -183,7 +183,9 @@ int emu_walk_fp(const uint8_t *stack, uint64_t lo, uint64_t hi,
         /* A frame is [saved rbp][return address]; it must lie above rsp. */
         if (frame % 8 || frame < lo || hi < 16 || frame > hi - 16 || frame < rsp)
             EMU_END(EMU_WALK_OFF_STACK);
-        ret = emu_graph_ret_addr(&graph, __emu_load(stack, lo, frame + 8), frame + 8);
+        ret = __emu_load(stack, lo, frame + 8);
+        if (ret == graph.ret && ret)        /* emu_graph_ret_addr's case, tested inline */
+            ret = emu_graph_ret_addr(&graph, ret, frame + 8);
         if (ret == end_ret && frame + 8 == end_slot) {
             /* The entry frame: a complete trace. A task stopped at an
              * arbitrary instruction may not have its frame set up yet, so
@@ -258,7 +260,9 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
         /* slot <= hi - 8 <= 2^64 - 9, so cfa == slot + 8 did not wrap. */
         if (cfa <= sp)
             EMU_END(EMU_WALK_NOT_PROGRESSING);
-        ret = emu_graph_ret_addr(&graph, __emu_load(stack, lo, slot), slot);
+        ret = __emu_load(stack, lo, slot);
+        if (ret == graph.ret && ret)        /* emu_graph_ret_addr's case, tested inline */
+            ret = emu_graph_ret_addr(&graph, ret, slot);
 
         if (e->bp_reg == EMU_ORC_REG_BP) {
             a = cfa + (uint64_t)(int64_t)e->bp_offset;

@@ -65,3 +65,18 @@ def test_sections_can_be_chosen():
         bench.run_bench(quick=True, sections=["nope"])
     r = bench.run_bench(quick=True, sections=["campaign"])
     assert r["redirect_ratio"] is None and r["meets"]["redirect_ratio"] is None
+
+
+def test_scale_figures_and_tables(quick):
+    assert isinstance(quick["redirect_floor_ratio"], float)
+    assert quick["redirect"]["c_redirect_only"]["call_events"] == "off"
+    assert quick["redirect"]["c_redirect_only"]["added_instructions_per_call"] == 2   # the events change no run
+    s = bench.Sizes.quick()
+    assert isinstance(quick["scale_throughput_ratio"], float) and quick["scale_rss_mib"] > 0
+    assert quick["scale"]["large"]["tasks"] == s.scale_tasks and quick["scale"]["large"]["cpus"] == s.scaling_cpus
+    sc = quick["scaling"]
+    assert [r["cpus"] for r in sc["by_cpus"]] == list(s.scaling_cpu_counts)
+    assert all(r["tasks"] == s.scaling_cpus_tasks for r in sc["by_cpus"])
+    assert all(r["cpus"] == s.scaling_cpus for r in sc["by_tasks"])
+    for r in sc["by_tasks"] + sc["by_cpus"]:
+        assert r["livepatch_results"] == ["completed"] and r["stop_machine_results"] == ["completed"]

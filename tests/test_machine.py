@@ -166,6 +166,9 @@ def test_kernel_exits_are_events_in_order(compile_c):
 
 FAULTS = {
     "null": ("long *p; long entry(long x) { return *(volatile long *)x; }", "read of unmapped memory at 0x0"),
+    # add [rax + riz], al: a SIB byte with no index register (capstone names it riz)
+    "riz": ("long entry(long x) { __asm__ volatile(\".byte 0x00, 0x04, 0x20\" :: \"a\"(x) : \"memory\");"
+            " return 0; }", "unmapped memory at 0x0"),
     "ud2": ("long entry(long x) { __builtin_trap(); }", "invalid"),
     "recursion": ("""
         __attribute__((noinline)) long deep(long x) { volatile char pad[512]; pad[0] = x;

@@ -39,6 +39,8 @@ def canonical(addr: int) -> bool:
 
 def _reg(uc, md_insn, reg: int) -> int:
     name = md_insn.reg_name(reg).upper()
+    if name in ("RIZ", "EIZ"):
+        return 0        # capstone's name for a SIB byte with no index: no register
     return uc.reg_read(getattr(x86_const, f"UC_X86_REG_{name}"))
 
 

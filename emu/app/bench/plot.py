@@ -7,7 +7,7 @@ from pathlib import Path
 
 
 def write_scaling_plot(result: dict, path) -> Path:
-    """Draw the scaling tables (two panels: against tasks, against depth) to
+    """Draw the scaling tables (three panels: against tasks, CPUs, depth) to
     path; the suffix (.png or .svg) picks the format. Returns the path.
     Raises ValueError when the result has no scaling tables."""
     path = Path(path)
@@ -54,12 +54,14 @@ def scaling_figure(result: dict):
               ("kgraft_latency", "kGraft latency", "tab:green", "-"),
               ("kgraft_last_switch", "kGraft: last task migrated", "tab:green", ":"))
     second = sc["instructions_per_second"]
-    fig = Figure(figsize=(11, 4.6), layout="constrained")
+    fig = Figure(figsize=(16, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
-    axes = fig.subplots(1, 2)
+    axes = fig.subplots(1, 3)
     spread = False
-    for ax, key, xname, label in ((axes[0], "by_tasks", "tasks", "tasks (stack depth 8)"),
-                                  (axes[1], "by_depth", "depth", "stack depth (frames)")):
+    on = f" on {sc['cpus']} CPUs" if sc.get("cpus") else ""
+    for ax, key, xname, label in ((axes[0], "by_tasks", "tasks", f"tasks{on} (stack depth 8)"),
+                                  (axes[1], "by_cpus", "cpus", f"CPUs ({sc.get('cpus_tasks', '?')} tasks, depth 8)"),
+                                  (axes[2], "by_depth", "depth", "stack depth (frames)")):
         rows = sc.get(key) or []
         xs = [r[xname] for r in rows]
         for field_, name, colour, style in series:

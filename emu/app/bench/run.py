@@ -23,6 +23,9 @@ TARGETS = {
     "throughput_ratio": (">=", 0.5),
     "fuzz_runs_per_s": (">=", 1000.0),
     "rss_growth": ("<=", 1.10),
+    "redirect_floor_ratio": ("<=", 3.0),
+    "scale_throughput_ratio": (">=", 0.5),
+    "scale_rss_mib": ("<=", 2048.0),
 }
 
 
@@ -71,6 +74,10 @@ def run_bench(*, quick: bool = False, sections=None, progress=None) -> dict:
         # Filled by the campaign runner's section (campaign.py).
         "fuzz_runs_per_s": None,
         "rss_growth": None,
+        # Filled by the redirect and scaling sections.
+        "redirect_floor_ratio": None,
+        "scale_throughput_ratio": None,
+        "scale_rss_mib": None,
     }
     t = time.perf_counter()
     try:

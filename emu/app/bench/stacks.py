@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 
-from emu.app.bench.measure import Context, ratio, timed
+from emu.app.bench.measure import Context, cpu_time, ratio, timed
 from emu.machine.machine import Machine
 from emu.machine.task import RunState
 from emu.models.stacks import StackChecks
@@ -57,14 +57,14 @@ def bench_unwind(result: dict, ctx: Context) -> None:
                         # what a model reads: how many failed (failing() only then)
                         if check("c").failed:
                             raise RuntimeError("a bench stack failed its check")
-                return timed(go) / (s.unwind_reps_c * len(m.tasks))
+                return timed(go, cpu_time) / (s.unwind_reps_c * len(m.tasks))
 
             def py_run(check=check):
                 def go():
                     for _ in range(s.unwind_reps_py):
                         if check("python").failed:
                             raise RuntimeError("a bench stack failed its check")
-                return timed(go) / (s.unwind_reps_py * len(m.tasks))
+                return timed(go, cpu_time) / (s.unwind_reps_py * len(m.tasks))
 
             c_s = py_s = math.inf
             for _ in range(s.repeats):

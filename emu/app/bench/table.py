@@ -40,6 +40,15 @@ def format_bench(result: dict, *, width: int = 110) -> str:
                                            f"{fmt(u['python_ns_per_stack'], 'ns')} per stack")(unw[unw["unwinder"]]),
         "throughput_ratio": thr and f"Machine {fmt(thr['machine']['instructions_per_s'] / 1e6)} M/s / raw "
                                     f"{fmt(thr['raw_instructions_per_s'] / 1e6)} M/s",
+        "redirect_floor_ratio": red and red.get("in_guest_trampoline") and
+        f"C {fmt(red['c']['added_ns_per_call'], 'ns')} / in-guest `jmp` trampoline "
+        f"{fmt(red['in_guest_trampoline']['added_ns_per_call'], 'ns')} added per call",
+        "scale_throughput_ratio": result.get("scale") and (lambda sc: (
+            f"{sc['large']['tasks']:,} tasks {fmt(sc['large']['instructions_per_s'] / 1e6)} M/s / 8 tasks "
+            f"{fmt(sc['small']['instructions_per_s'] / 1e6)} M/s, {sc['large']['cpus']} CPUs"))(result["scale"]),
+        "scale_rss_mib": result.get("scale") and
+        f"process RSS with the {result['scale']['large']['tasks']:,}-task machine alive "
+        f"(started in {fmt(result['scale']['large']['start_s'])} s)",
     }
     for name, (op, bound) in TARGETS.items():
         t.add_row(name, fmt(result.get(name)), f"{op} {bound}", fmt(result.get("meets", {}).get(name)),
@@ -68,17 +77,19 @@ def format_bench(result: dict, *, width: int = 110) -> str:
 
     sc = result.get("scaling")
     if sc:
-        for key, label in (("by_tasks", "tasks (depth 8)"), ("by_depth", "stack depth")):
-            rows = sc[key]
+        for key, label in (("by_tasks", f"tasks (depth 8, {sc.get('cpus', 2)} CPUs)"),
+                           ("by_cpus", f"CPUs ({sc.get('cpus_tasks')} tasks, depth 8)"),
+                           ("by_depth", "stack depth")):
+            rows = sc.get(key)
             if not rows:
                 continue
             t = Table(title=f"Scaling with {label}, virtual instructions (1 s = "
                             f"{sc['instructions_per_second']:,})", title_justify="left")
-            for col in ("tasks", "depth", "stop_machine pause", "wait for stop", "livepatch latency",
+            for col in ("tasks", "CPUs", "depth", "stop_machine pause", "wait for stop", "livepatch latency",
                         "last switch", "kgraft latency", "last migration"):
                 t.add_column(col, justify="right")
             for r in rows:
-                t.add_row(str(r["tasks"]), str(r["depth"]), fmt(r["stop_machine_pause"]),
+                t.add_row(str(r["tasks"]), str(r.get("cpus", "")), str(r["depth"]), fmt(r["stop_machine_pause"]),
                           fmt(r["stop_machine_wait"]), fmt(r["livepatch_latency"]),
                           fmt(r["livepatch_last_switch"]), fmt(r["kgraft_latency"]),
                           fmt(r["kgraft_last_switch"]))
