@@ -103,6 +103,8 @@ struct emu_core {
      * is clock + executed, and the current block is [blk_addr, +blk_size)
      * with blk_n instructions, counted when it was entered. */
     uint64_t clock;
+    uint64_t retired;       /* instructions every emu_run of this engine executed (idle jumps and
+                             * clock settings left out); snapshots do not restore it */
     uint64_t budget;
     uint64_t executed;
     int precise;

@@ -252,6 +252,7 @@ int emu_report_fault(struct emu_core *core, int kind, uint64_t rip, uint64_t add
 uint64_t emu_clock(struct emu_core *core);
 uint64_t emu_now(struct emu_core *core, uint64_t addr);  /* clock at an instruction of the current block */
 void emu_set_clock(struct emu_core *core, uint64_t clock);
+uint64_t emu_retired(struct emu_core *core);             /* instructions executed by every emu_run so far */
 int emu_run(struct emu_core *core, uint64_t budget, int precise, struct emu_stop *stop);
 void emu_request_stop(struct emu_core *core);
 

@@ -39,6 +39,11 @@ uint64_t emu_clock(struct emu_core *c)
     return c ? c->clock + c->executed : 0;
 }
 
+uint64_t emu_retired(struct emu_core *c)
+{
+    return c ? c->retired + c->executed : 0;
+}
+
 void emu_set_clock(struct emu_core *c, uint64_t clock)
 {
     if (c && !c->stop)
@@ -203,6 +208,7 @@ int emu_run(struct emu_core *c, uint64_t budget, int precise, struct emu_stop *s
         uc_reg_read(c->uc, UC_X86_REG_RIP, &stop->rip);
     stop->executed = c->executed;
     c->clock += c->executed;
+    c->retired += c->executed;
     c->executed = 0;
     c->blk_n = 0;
     c->stop = NULL;

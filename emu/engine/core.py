@@ -490,6 +490,13 @@ class Engine:
     def clock(self, value: int) -> None:
         lib.emu_set_clock(self._core, value)
 
+    @property
+    def retired(self) -> int:
+        """Guest instructions every run of this engine executed so far: the
+        clock without the idle time it jumped or was set over (a snapshot's
+        restore does not take it back)."""
+        return lib.emu_retired(self._core)
+
     def now(self, addr: int) -> int:
         """The clock at instruction addr of the block being run."""
         return lib.emu_now(self._core, addr)

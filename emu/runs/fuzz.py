@@ -117,6 +117,7 @@ class Result:
     preemptions: int = 0
     trace_hash: str = ""
     events: int = 0
+    executed: int = 0               # guest instructions the run executed (idle time jumped left out)
     met: dict = field(default_factory=dict)        # task -> the state the transition first met it in
     units: int = 0                  # units the consistency check saw
     warnings: list = field(default_factory=list)
@@ -157,6 +158,7 @@ class Result:
                 "handovers": self.handovers, "handover_count": self.handover_count,
                 "latency": self.latency, "pause": self.pause, "transitions": self.transitions,
                 "preemptions": self.preemptions, "end": self.end, "events": self.events,
+                "executed": self.executed,
                 "trace_hash": self.trace_hash, "met": self.met, "units": self.units, "warnings": self.warnings}
 
 
@@ -396,6 +398,7 @@ class Runner:
         # and so do the slices' lengths: which point of its loop each CPU
         # is at when kernel work runs is the run's, not the quantum's
         m.vary_slices(spec.seed)
+        retired = m.engine.retired
         try:
             model = make_model(spec.model, m, kernel=spec.kernel or scn.machine.get("kernel"))
             patches = {}
@@ -439,6 +442,7 @@ class Runner:
                                             f"{', ...' if len(running) > 5 else ''}): the run ended there")
             except GuestFault as exc:
                 res.fault, res.fault_task = str(exc), exc.task
+            res.executed = m.engine.retired - retired
             self._judge(m, model, list(patches.values()), res)
         except BaseException:
             self._discard(m)

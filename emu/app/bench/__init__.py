@@ -15,7 +15,7 @@ One concept per module:
 - stacks.py      unwind_ratio: the models' stack checks, C / Python twin
 - throughput.py  throughput_ratio: the Machine / raw Unicorn
 - scaling.py     pause and latency as tasks and depth grow
-- campaign.py    fuzz_runs_per_s and rss_growth of the campaign runner
+- campaign.py    fuzz_runs_per_s, rss_growth, fuzz_floor_ratio, campaign_scaling
 - run.py         the targets, the sections in order, run_bench
 - table.py       format_bench
 - plot.py        scaling_figure, write_scaling_plot

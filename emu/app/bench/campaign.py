@@ -1,12 +1,42 @@
-"""The campaign section: fuzz_runs_per_s and rss_growth, the figures of the
-campaign runner (emu.runs.fuzz.Runner as a campaign worker uses it) on the
-seed scenario."""
+"""The campaign section: what a fuzzing run costs, on the seed scenario
+(emu/seed/scenario.toml, the bar+baz variant), its four models in turn.
+
+- fuzz_runs_per_s: runs per second of the runner a campaign worker uses
+  (emu.runs.fuzz.Runner: a pooled machine restored from its snapshot,
+  the model set up, the run, every check of the finished run, the
+  Result), one process, one core; `many` runs (100 000; quick: 500).
+- rss_growth: that process's resident memory after `many` runs over after
+  `few` (1 000; quick: 100).
+- fuzz_floor_ratio: host time per run (the same runs) over the time raw
+  Unicorn takes to execute as many guest instructions as a run really
+  executed. A run's instructions are Result.executed: what its emu_run
+  calls retired (Engine.retired), so neither the virtual time jumped while
+  every CPU idled nor the shared prefix its machine was restored to (the
+  snapshot's state at the first action) count. The floor is the binding's
+  Uc, no hook, no patch, executing workloads.LOOP_C's bench_entry from a
+  driver loop (throughput.raw_loop), sized to the instructions of 1 000
+  runs, best of `repeats`, in this process. The loop is compiled C as the
+  seed's functions are; it runs from translated blocks that stay hot, so
+  the floor is the cheapest way Unicorn has to execute that many
+  instructions.
+- campaign_scaling: runs per second of a real campaign
+  (emu.runs.campaign.Campaign, no output directory) with two local worker
+  processes over one: the same plan (the four models, `campaign_runs`
+  seeds each, the scenario's strategy), the runner's cycle and probe
+  computed once beforehand and given to both. One worker is what `lpemu
+  fuzz --jobs 1` does: the runs in the campaign's own process. Two
+  workers is the process pool of `--jobs 2`, batches of at most 64 runs,
+  each batch a fresh Runner (its machines built and run to the first
+  action again). The figure needs two idle cores: `campaign.cores` says
+  how many this process could use, `campaign.load` the load average when
+  it started.
+"""
 from __future__ import annotations
 
 import os
 import time
 
-from emu.app.bench.measure import Context
+from emu.app.bench.measure import Context, ratio, timed
 
 
 def rss_kib() -> int:
@@ -14,31 +44,106 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def bench_campaign(result: dict, ctx: Context) -> None:
-    """fuzz_runs_per_s: runs per second on one core of the seed scenario
-    (its four models in turn, the runner a campaign worker uses, one
-    process); rss_growth: resident memory after `many` runs in that process
-    over after `few` (100 000 over 1 000; quick: 500 over 100)."""
+def seed_runner():
+    """The Runner of the seed scenario (bar+baz), its cycle known."""
     from emu.app import demo
     from emu.runs import scenario
     from emu.runs.fuzz import Runner
     runner = Runner(scenario.build(scenario.load(demo.VARIANTS["bar+baz"])))
     runner.cycle()
+    return runner
+
+
+def floor_seconds(ctx: Context, instructions: int) -> tuple[float, dict]:
+    """Host seconds raw Unicorn takes for `instructions` guest instructions
+    (best of the repeats), and the figures behind it."""
+    from emu.app.bench.throughput import ITERS, raw_loop
+    _, one = raw_loop(ctx, 1, count=True)
+    _, two = raw_loop(ctx, 2, count=True)
+    per_outer = two - one                     # the driver's own few instructions cancel
+    outer = max(1, round(instructions / per_outer))
+    best = None
+    for _ in range(ctx.sizes.repeats):
+        host, _ = raw_loop(ctx, outer)
+        best = host if best is None else min(best, host)
+    rate = outer * per_outer / best
+    return instructions / rate, {"instructions_per_s": round(rate), "loop_iterations": outer * ITERS,
+                                 "instructions": outer * per_outer, "host_s": round(best, 6)}
+
+
+def bench_campaign(result: dict, ctx: Context) -> None:
+    """fuzz_runs_per_s, rss_growth, fuzz_floor_ratio, campaign_scaling (the
+    module docstring says what each measures)."""
+    from emu.app import demo
+    runner = seed_runner()
     few, many = (100, 500) if ctx.quick else (1_000, 100_000)
     models = demo.DEMO_MODELS
     rss_few = None
+    executed = 0
+    ctx.say(f"campaign: {many} runs")
     t0 = time.perf_counter()
     t_few = 0.0
-    for i in range(many):
-        runner.execute(runner.plan(models[i % len(models)], i))
-        if i + 1 == few:
-            rss_few, t_few = rss_kib(), time.perf_counter() - t0
-    elapsed = time.perf_counter() - t0
-    rss_many = rss_kib()
-    runner.close()
+    try:
+        for i in range(many):
+            executed += runner.execute(runner.plan(models[i % len(models)], i)).executed
+            if i + 1 == few:
+                rss_few, t_few = rss_kib(), time.perf_counter() - t0
+        elapsed = time.perf_counter() - t0
+        rss_many = rss_kib()
+        known = runner.known()
+        program = runner.program
+    finally:
+        runner.close()
+    per_run = elapsed / many
+    per_run_insns = executed / many
+    ctx.say("campaign: raw Unicorn, the floor")
+    floor, raw = floor_seconds(ctx, round(per_run_insns * min(many, 1_000)))
+    floor_per_run = floor / min(many, 1_000)
     result["fuzz_runs_per_s"] = round(many / elapsed, 1)
     result["rss_growth"] = round(rss_many / rss_few, 3)
-    result["campaign"] = {"scenario": "examples/seed/scenario.toml", "models": list(models),
+    result["fuzz_floor_ratio"] = ratio(per_run, floor_per_run)
+    result["campaign"] = {"scenario": "emu/seed/scenario.toml", "models": list(models),
                           "runs": many, "seconds": round(elapsed, 2),
                           "runs_per_s_first": round(few / t_few, 1) if t_few else None,
-                          "rss_kib_after": {str(few): rss_few, str(many): rss_many}}
+                          "rss_kib_after": {str(few): rss_few, str(many): rss_many},
+                          "us_per_run": round(per_run * 1e6, 1),
+                          "instructions_per_run": round(per_run_insns, 1),
+                          "floor_us_per_run": round(floor_per_run * 1e6, 3),
+                          "raw_unicorn": raw}
+    bench_scaling_of_workers(result, ctx, program, known)
+
+
+def campaign_rate(program, known: dict, plan, jobs: int) -> float:
+    """Runs per second of a Campaign of plan with jobs local workers."""
+    from emu.runs.campaign import Campaign
+    camp = Campaign(program, plan, jobs=jobs)
+    camp.known = known
+    try:
+        host = timed(camp.run)
+    finally:
+        camp.close()
+    if len(camp.records) != len(plan.runs()):
+        raise RuntimeError(f"the campaign of {jobs} workers recorded {len(camp.records)} of "
+                           f"{len(plan.runs())} runs")
+    return len(camp.records) / host
+
+
+def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -> None:
+    from emu.app import demo
+    from emu.runs.campaign import Plan
+    seeds = 25 if ctx.quick else 500
+    plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(seeds),
+                program.scenario.fuzz.strategy)
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+    rates = {1: None, 2: None}
+    for _ in range(1 if ctx.quick else 2):
+        for jobs in (1, 2):
+            ctx.say(f"campaign: {len(plan.runs())} runs on {jobs} worker{'s' if jobs > 1 else ''}")
+            r = campaign_rate(program, known, plan, jobs)
+            rates[jobs] = r if rates[jobs] is None else max(rates[jobs], r)
+    result["campaign_scaling"] = ratio(rates[2], rates[1])
+    result["campaign"]["workers"] = {
+        "runs": len(plan.runs()), "strategy": plan.strategy,
+        "runs_per_s": {str(k): round(v, 1) for k, v in rates.items()},
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "load": round(load, 2) if load is not None else None}

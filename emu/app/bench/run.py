@@ -21,8 +21,10 @@ TARGETS = {
     "redirect_ratio": ("<=", 0.05),
     "unwind_ratio": ("<=", 0.005),
     "throughput_ratio": (">=", 0.5),
-    "fuzz_runs_per_s": (">=", 1000.0),
+    "fuzz_runs_per_s": (">=", 5000.0),
+    "fuzz_floor_ratio": ("<=", 3.0),
     "rss_growth": ("<=", 1.10),
+    "campaign_scaling": (">=", 1.8),
     "redirect_floor_ratio": ("<=", 3.0),
     "scale_throughput_ratio": (">=", 0.5),
     "scale_rss_mib": ("<=", 2048.0),
@@ -73,7 +75,9 @@ def run_bench(*, quick: bool = False, sections=None, progress=None) -> dict:
         "throughput_ratio": None,
         # Filled by the campaign runner's section (campaign.py).
         "fuzz_runs_per_s": None,
+        "fuzz_floor_ratio": None,
         "rss_growth": None,
+        "campaign_scaling": None,
         # Filled by the redirect and scaling sections.
         "redirect_floor_ratio": None,
         "scale_throughput_ratio": None,
