@@ -102,23 +102,25 @@ def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None) -
                 out.append(Handover(name, names[fid], version, k, v, names[pfid], pver, pclock, clock))
                 return
 
-    for clock, kind, task, a, b, c in machine.trace:
-        if kind == core.EV_ENTRY:
+    ev_entry, ev_args, ev_args_hi, ev_return = core.EV_ENTRY, core.EV_ARGS, core.EV_ARGS_HI, core.EV_RETURN
+    unit_ends = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
+    for clock, kind, task, a, b, c in machine.trace.records():
+        if kind == ev_entry:
             pending.pop(task, None)
             if a in carriers:
                 pending[task] = (clock, a, b, [])
-        elif kind == core.EV_ARGS or kind == core.EV_ARGS_HI:
+        elif kind == ev_args or kind == ev_args_hi:
             p = pending.get(task)
             if p is None:
                 continue
             p[3].extend((a & _MASK, b & _MASK, c & _MASK))
-            if kind == core.EV_ARGS_HI:
+            if kind == ev_args_hi:
                 del pending[task]
                 judge(task, p[0], p[1], p[2], p[3][:6])
-        elif kind == core.EV_RETURN:
+        elif kind == ev_return:
             if a in carriers:
                 live.setdefault(task, {})[c & _MASK] = (a, b, clock)
-        elif kind in (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT):
+        elif kind in unit_ends:
             live.pop(task, None)
     return out
 

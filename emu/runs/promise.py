@@ -187,14 +187,24 @@ class _Oracle:
         # as kpatch does. Ksplice scans every word and misses nothing.
         bp_blind = model == "stop_machine" and self.m.unwinder == "fp"
         preempted: set[int] = set()           # tasks whose last sched-out was a preemption
-        for clock, kind, tid, a, b, c in self.m.trace:
-            if kind == core.EV_ENTRY:
-                stacks.setdefault(tid, []).append((a, b))
-                if a in self.patched:
+        immediate = model == "immediate"
+        patched, carries = self.patched, self.carries
+        # the kinds as locals: the loop sees every event of the run
+        ev_entry, ev_return, ev_unwound, ev_untraced = core.EV_ENTRY, core.EV_RETURN, core.EV_UNWOUND, \
+            core.EV_RET_UNTRACED
+        ev_sched_in, ev_sched_out = core.EV_SCHED_IN, core.EV_SCHED_OUT
+        unit_ends = (EV_KERNEL_EXIT, EV_EXIT, EV_SAFE_POINT)
+        for clock, kind, tid, a, b, c in self.m.trace.records():
+            if kind == ev_entry:
+                st = stacks.get(tid)
+                if st is None:
+                    st = stacks[tid] = []
+                st.append((a, b))
+                if a in patched:
                     self.entry(clock, tid, a, b, live, trans, state, units)
-                    if model == "immediate" and trans is not None:
+                    if immediate and trans is not None:
                         idx, target = trans
-                        if a in self.carries.get(idx, {}):
+                        if a in carries.get(idx, {}):
                             new = (b == idx) == (target == PATCHED)
                             if new:
                                 seen_new = True
@@ -202,22 +212,22 @@ class _Oracle:
                                 self.breach(clock, "together", tid,
                                             f"{self.fname(a)} v{b} ran after another function of "
                                             f"patch {self.by_index[idx].name} ran its new version")
-            elif kind in (core.EV_RETURN, core.EV_UNWOUND):
+            elif kind == ev_return or kind == ev_unwound:
                 st = stacks.get(tid)
                 if st:
                     st.pop()
-            elif kind == core.EV_RET_UNTRACED:
+            elif kind == ev_untraced:
                 lost.add(tid)
-            elif kind in (EV_KERNEL_EXIT, EV_EXIT, EV_SAFE_POINT):
+            elif kind in unit_ends:
                 if kind != EV_SAFE_POINT:
                     stacks[tid] = []
                     lost.discard(tid)
                 units.pop(tid, None)
                 self.forced.discard(tid)
-            elif kind == core.EV_SCHED_IN:
+            elif kind == ev_sched_in:
                 cpu_of = {t: cpu for t, cpu in cpu_of.items() if cpu != a}
                 cpu_of[tid] = a
-            elif kind == core.EV_SCHED_OUT:
+            elif kind == ev_sched_out:
                 if cpu_of.get(tid) == a:
                     del cpu_of[tid]
                 if b:
