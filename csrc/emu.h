@@ -563,4 +563,42 @@ int emu_graph_init(struct emu_core *core, uint64_t ret, uint64_t base, uint64_t 
  * that is), or 0 when there is none. */
 uint64_t emu_graph_ret_addr(const struct emu_graph *graph, uint64_t value, uint64_t slot);
 
+
+/* ---- judging a finished trace (handover.c, units.c) -------------------- */
+/* Passes over a run's events (struct emu_event, as drained) that judge it;
+ * each is the fast path of a module of emu/runs with the same results,
+ * whatever the events hold (a damaged trace included). */
+
+/* A value handover (emu/runs/handover.py): the consumer's entry (task,
+ * clock, fid, version) received `value` in argument register `arg`,
+ * returned by (pfid, pversion) at produced_at in the same task and unit. */
+struct emu_handover {
+    uint64_t clock;
+    uint64_t produced_at;
+    uint64_t value;
+    int64_t fid;
+    int64_t version;
+    int64_t pfid;
+    int64_t pversion;
+    int32_t task;
+    int32_t arg;
+};
+
+/* The argument registers a version of a function takes (bit k: register
+ * k of rdi, rsi, rdx, rcx, r8, r9; emu/images/argregs.py). */
+struct emu_hregs {
+    int64_t fid;
+    int64_t version;
+    int64_t mask;
+};
+
+/* Every handover of ev[0..n): carriers are the pairs (cfid[i], cidx[i]),
+ * function id and the index of a patch that carries it, sorted; regs
+ * (sorted by fid, version) the registers each version takes, all six for
+ * a version it does not name. Writes the first min(*found, cap) into out,
+ * *found = how many there are. */
+int emu_handover_find(const struct emu_event *ev, size_t n, const int64_t *cfid, const int64_t *cidx,
+                      size_t ncar, const struct emu_hregs *regs, size_t nregs, struct emu_handover *out,
+                      size_t cap, size_t *found);
+
 #endif /* EMU_H */

@@ -126,9 +126,14 @@ def _run(seed_copy, model, seed=0):
     return r, m, mod
 
 
+def _fake(m, trace):
+    """m with another trace (a machine's trace is a core.EventLog)."""
+    return types.SimpleNamespace(trace=core.EventLog(trace), tasks=m.tasks, functions=m.functions, engine=m.engine,
+                                 images=m.images, function_at=m.function_at, unwinder=m.unwinder)
+
+
 def _judged(m, mod, trace, model):
-    fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine,
-                                 unwinder=m.unwinder)
+    fake = _fake(m, trace)
     return promise.check(fake, mod.patches, model)
 
 
@@ -186,11 +191,52 @@ def test_hostile_traces_never_crash_the_oracles(seed_copy):
         def check(trace, model):
             for b in _judged(m, mod, trace, model):
                 assert str(b) and b.to_json()
-            fake = types.SimpleNamespace(trace=trace, tasks=m.tasks, functions=m.functions, engine=m.engine,
-                                         images=m.images, function_at=m.function_at)
+            fake = _fake(m, trace)
             for h in handover.find(fake, mod.patches):
                 assert str(h)
         check()
     finally:
         m.engine.close()
+        r.close()
+
+
+def test_handover_finder_c_and_python_twins_agree(seed_copy):
+    """csrc/handover.c and handover.scan give the same handovers on real
+    traces of every model and on generated ones: entries, argument events
+    and returns of carried and other functions, values that repeat (a value
+    returned twice, an argument that equals several returns), unit ends,
+    damaged fields (any task id, any kind, arguments without an entry)."""
+    from emu.runs import handover
+    r = runner(seed_copy)
+    try:
+        for i, model in enumerate(scenario.MODELS):
+            res, m, mod = r.execute(r.plan(model, i), keep=True)
+            try:
+                fast, slow = handover.find(m, mod.patches), handover.find(m, mod.patches, fast=False)
+                assert fast == slow
+                assert len(fast) == res.handover_count
+            finally:
+                m.engine.close()
+        carriers = handover.carriers_of(mod.patches)
+        fids = sorted(carriers) + [max(carriers) + 1, -1]
+        kinds = [core.EV_ENTRY, core.EV_ARGS, core.EV_ARGS_HI, core.EV_RETURN, core.EV_KERNEL_EXIT,
+                 core.EV_SAFE_POINT, core.EV_EXIT, core.EV_OBSERVE, 99, -7]
+        value = st.one_of(st.integers(0, 3), st.sampled_from([2**64 - 1, 2**63]))     # rax, rdx, r9
+        word = st.one_of(st.integers(0, 3), st.sampled_from([-1, -2**63]), st.integers(-2**63, 2**63 - 1))
+        task = st.one_of(st.integers(-2, 3), st.integers(-2**31, 2**31 - 1))
+        event = st.tuples(st.integers(0, 2**64 - 1), st.sampled_from(kinds), task,
+                          st.one_of(st.sampled_from(fids), word), st.one_of(st.integers(0, 3), word), value)
+
+        @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.lists(event, max_size=80), st.dictionaries(st.sampled_from(fids[:-2] + [fids[-2]]),
+                                                             st.sets(st.integers(0, 3), min_size=1), max_size=4),
+               st.dictionaries(st.tuples(st.sampled_from(fids), st.integers(0, 3)),
+                               st.frozensets(st.integers(0, 5)), max_size=6))
+        def check(trace, carry, regs):
+            log = core.EventLog(trace)
+            pairs = [(f, i) for f, s in carry.items() for i in s]
+            masks = [(f, v, sum(1 << k for k in taken)) for (f, v), taken in regs.items()]
+            assert core.handover_find(log, pairs, masks) == handover.scan(log.records(), carry, regs)
+        check()
+    finally:
         r.close()

@@ -34,7 +34,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 __all__ = ["Engine", "Stop", "Event", "EventLog", "Snapshot", "SchedState", "TaskRecord", "CpuRecord",
            "StopReason", "FaultKind", "EventKind", "TaskState", "TaskKind", "SchedReturn", "Poke",
-           "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp", "walk_orc", "ranges_hit", "stack_scan"]
+           "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp", "walk_orc", "ranges_hit", "stack_scan",
+           "handover_find"]
 
 # ---- build checks ---------------------------------------------------------
 
@@ -894,6 +895,41 @@ class EventLog(Sequence):
 
     def __repr__(self) -> str:
         return f"<EventLog of {len(self)} events>"
+
+
+# ---- judging a finished trace (csrc/handover.c) ---------------------------------------
+
+
+def _events(log: EventLog):
+    """log's packed events as a struct emu_event array (no copy), and how many."""
+    n = len(log)
+    return (ffi.from_buffer("struct emu_event[]", log._raw) if n else ffi.NULL), n
+
+
+def handover_find(log: EventLog, carriers, regs=()) -> list[tuple[int, int, int, int, int, int, int, int, int]]:
+    """Every value handover of log (emu/runs/handover.py's rule, csrc/handover.c):
+    (task, clock, fid, version, arg, value, producer fid, producer version,
+    produced_at) tuples in trace order. carriers: (function id, patch index)
+    pairs, each function with the index of every patch that carries it;
+    regs: (function id, version, mask) triples, the argument registers
+    (bit k: register k) that version takes (others: all six)."""
+    pairs = sorted(set((int(f), int(i)) for f, i in carriers))
+    masks = sorted({(int(f), int(v)): int(m) & 0x3F for f, v, m in regs}.items())
+    cfid = ffi.new("int64_t[]", [f for f, _ in pairs] or [0])
+    cidx = ffi.new("int64_t[]", [i for _, i in pairs] or [0])
+    c_regs = ffi.new("struct emu_hregs[]", [(f, v, m) for (f, v), m in masks] or [(0, 0, 0)])
+    ev, n = _events(log)
+    found = ffi.new("size_t *")
+    cap = 16
+    while True:
+        out = ffi.new("struct emu_handover[]", cap)
+        _check(lib.emu_handover_find(ev, n, cfid, cidx, len(pairs), c_regs, len(masks), out, cap, found),
+               "find handovers")
+        if found[0] <= cap:
+            break
+        cap = found[0]
+    return [(h.task, h.clock, h.fid, h.version, h.arg, h.value, h.pfid, h.pversion, h.produced_at)
+            for h in out[0:found[0]]]
 
 
 # ---- stack walks: C entry points for emu/engine/unwind.py's twins ----------------------

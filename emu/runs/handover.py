@@ -64,33 +64,61 @@ class Handover:
                 "text": str(self)}
 
 
-def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None) -> list[Handover]:
-    """Every value handover of machine's finished run, in trace order.
-    arity caches which argument registers each function's code takes
-    (keyed by image and address: valid for every machine of one program)."""
-    # function id -> {patch index} of the patches that carry it
+def carriers_of(patches: list[Patch]) -> dict[int, set[int]]:
+    """Function id -> {index of each patch that carries it} (nops left out)."""
     carriers: dict[int, set[int]] = {}
-    code: dict[tuple[int, int], object] = {}     # (function id, version) -> the FunctionRef that ran
     for p in patches:
         for _, f in p.funcs():
             if f.old is not None and not f.nop:
                 carriers.setdefault(f.old.id, set()).add(p.index)
+    return carriers
+
+
+def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, fast: bool = True) -> list[Handover]:
+    """Every value handover of machine's finished run, in trace order: found
+    by the C core (csrc/handover.c), or with fast=False by scan(), its twin.
+    arity caches which argument registers each function's code takes
+    (keyed by image and address: valid for every machine of one program)."""
+    carriers = carriers_of(patches)
+    code: dict[tuple[int, int], object] = {}     # (function id, version) -> the FunctionRef that ran
+    for p in patches:
+        for _, f in p.funcs():
+            if f.old is not None and not f.nop:
                 code[(f.old.id, p.index)] = f.new
                 code[(f.old.id, 0)] = f.old
     taken = _Arity(machine, {} if arity is None else arity)
+    # the registers each version that can run takes (any other version: all six)
+    regs = {key: taken.of(fn) for key, fn in code.items()}
+    if fast:
+        found = core.handover_find(machine.trace, [(fid, idx) for fid, s in carriers.items() for idx in s],
+                                   [(fid, v, sum(1 << k for k in taken)) for (fid, v), taken in regs.items()])
+    else:
+        found = scan(machine.trace.records(), carriers, regs)
     names = {fid: machine.functions[fid].name for fid in carriers}
     tasks = machine.tasks
+    return [Handover(tasks[task].name if 0 <= task < len(tasks) else str(task), names[fid], version, k, v,
+                     names[pfid], pver, pclock, clock)
+            for task, clock, fid, version, k, v, pfid, pver, pclock in found]
+
+
+def scan(records, carriers: dict[int, set[int]], regs: dict[tuple[int, int], frozenset]) \
+        -> list[tuple[int, int, int, int, int, int, int, int, int]]:
+    """The handovers of records ((clock, kind, task, a, b, c) tuples) as
+    (task, clock, fid, version, arg, value, producer fid, producer version,
+    produced_at), in trace order: the pure-Python twin of csrc/handover.c.
+    carriers: carriers_of(patches); regs: (fid, version) -> the argument
+    registers (0-5) that version takes (a version not in it: all six)."""
     live: dict[int, dict[int, tuple[int, int, int]]] = {}    # task -> value -> (fid, version, clock)
     pending: dict[int, tuple[int, int, int, list[int]]] = {}  # task -> entry awaiting its arguments
-    out: list[Handover] = []
+    out: list[tuple] = []
 
     def judge(task, clock, fid, version, args):
         values = live.get(task)
         if not values:
             return
-        regs = taken.of(code.get((fid, version)))
+        taken = regs.get((fid, version), argregs.ALL)
         for k, v in enumerate(args):
-            if k not in regs:
+            if k not in taken:
                 continue
             hit = values.get(v)
             if hit is None:
@@ -98,13 +126,12 @@ def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None) -
             pfid, pver, pclock = hit
             shared = carriers[fid] & carriers[pfid]
             if any((pver == idx) != (version == idx) for idx in shared):
-                name = tasks[task].name if 0 <= task < len(tasks) else str(task)
-                out.append(Handover(name, names[fid], version, k, v, names[pfid], pver, pclock, clock))
+                out.append((task, clock, fid, version, k, v, pfid, pver, pclock))
                 return
 
     ev_entry, ev_args, ev_args_hi, ev_return = core.EV_ENTRY, core.EV_ARGS, core.EV_ARGS_HI, core.EV_RETURN
     unit_ends = (EV_KERNEL_EXIT, EV_SAFE_POINT, EV_EXIT)
-    for clock, kind, task, a, b, c in machine.trace.records():
+    for clock, kind, task, a, b, c in records:
         if kind == ev_entry:
             pending.pop(task, None)
             if a in carriers:
