@@ -601,4 +601,29 @@ int emu_handover_find(const struct emu_event *ev, size_t n, const int64_t *cfid,
                       size_t ncar, const struct emu_hregs *regs, size_t nregs, struct emu_handover *out,
                       size_t cap, size_t *found);
 
+/* A unit of a task (emu/runs/oracle.py, "syscall" units) that no
+ * configuration explains: its number among the task's units, whether the
+ * trace ended inside it, the clocks of its first entry and of its end, and
+ * its entries: idx[first .. first + count) are their event indexes. */
+struct emu_unit {
+    uint64_t start;
+    uint64_t end;
+    int64_t number;
+    uint64_t first;
+    uint64_t count;
+    int32_t task;
+    int32_t unfinished;
+};
+
+/* The inconsistent system-call units of ev[0..n): entries of the functions
+ * fids[0..nfids) (sorted) between a task's unit ends, judged against the
+ * configurations: configuration k maps conf_fid[i] to conf_ver[i] for i in
+ * [conf_off[k], conf_off[k + 1]) (fids sorted within one), other functions
+ * to 0. Writes the first min(*found, cap) units into out and their entries'
+ * indexes into idx (room for n), *found = how many, *units = how many units
+ * the trace has. */
+int emu_units_check(const struct emu_event *ev, size_t n, const int64_t *fids, size_t nfids,
+                    const int64_t *conf_fid, const int64_t *conf_ver, const size_t *conf_off, size_t nconfs,
+                    struct emu_unit *out, size_t cap, uint64_t *idx, size_t *found, uint64_t *units);
+
 #endif /* EMU_H */

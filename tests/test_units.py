@@ -133,3 +133,45 @@ def test_a_unit_function_that_cannot_be_traced_is_refused(tmp_path, capsys):
     assert cli.main(["run", str(path), "--model", "livepatch"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "check.unit: 'unit' has no fentry site" in err
+
+
+def test_syscall_unit_checks_c_and_python_twins_agree(tmp_path):
+    """csrc/units.c and oracle.scan_syscall_units give the same units on real
+    traces of every model and on generated ones: entries of checked and other
+    functions, unit ends of every kind, idle tasks (negative ids, whose units
+    never end), damaged fields (any task id, any kind), units left open,
+    configurations that explain some units and not others."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from emu.engine import core
+    from emu.runs import oracle
+
+    with Runner(scenario.build(scenario.load(seed_scenario(tmp_path, "syscall")))) as r:
+        for i, model in enumerate(scenario.MODELS):
+            res, m, mod = r.execute(r.plan(model, i), keep=True)
+            try:
+                patches = list(mod.patches)
+                fast_stats, slow_stats = {}, {}
+                fast = oracle.check(m, patches, mod.transitions, stats=fast_stats)
+                slow = oracle.check(m, patches, mod.transitions, stats=slow_stats, fast=False)
+                assert fast == slow and fast_stats == slow_stats
+                assert (len(fast), fast_stats["units"]) == (res.inconsistent_units, res.units)
+            finally:
+                m.engine.close()
+
+    kinds = [core.EV_ENTRY] * 4 + [core.EV_KERNEL_EXIT, core.EV_SAFE_POINT, core.EV_EXIT, core.EV_RETURN,
+                                   core.EV_OBSERVE, 99, -7]
+    fid = st.integers(-1, 3)
+    word = st.one_of(st.integers(0, 2), st.integers(-2**63, 2**63 - 1))
+    task = st.one_of(st.integers(-2, 3), st.integers(-2**31, 2**31 - 1))
+    event = st.tuples(st.integers(0, 2**64 - 1), st.sampled_from(kinds), task, st.one_of(fid, fid, word),
+                      st.one_of(st.integers(0, 2), word), st.integers(0, 2**64 - 1))
+    conf = st.dictionaries(fid, st.integers(0, 2), max_size=5)
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(st.lists(event, max_size=80), st.sets(fid, max_size=5), st.lists(conf, max_size=4))
+    def check(trace, functions, confs):
+        log = core.EventLog(trace)
+        assert core.units_check(log, functions, confs) == oracle.scan_syscall_units(log.records(), functions, confs)
+    check()

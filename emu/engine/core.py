@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 __all__ = ["Engine", "Stop", "Event", "EventLog", "Snapshot", "SchedState", "TaskRecord", "CpuRecord",
            "StopReason", "FaultKind", "EventKind", "TaskState", "TaskKind", "SchedReturn", "Poke",
            "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp", "walk_orc", "ranges_hit", "stack_scan",
-           "handover_find"]
+           "handover_find", "units_check"]
 
 # ---- build checks ---------------------------------------------------------
 
@@ -930,6 +930,43 @@ def handover_find(log: EventLog, carriers, regs=()) -> list[tuple[int, int, int,
         cap = found[0]
     return [(h.task, h.clock, h.fid, h.version, h.arg, h.value, h.pfid, h.pversion, h.produced_at)
             for h in out[0:found[0]]]
+
+
+def units_check(log: EventLog, functions, confs) -> tuple[int, list[tuple]]:
+    """The system-call units of log that no configuration explains
+    (emu/runs/oracle.py's rule, csrc/units.c): (how many units the trace
+    has, [(task, number, unfinished, start, end, [(clock, fid, version) of
+    each entry]) in the order the oracle judges them]). functions: the
+    checked function ids; confs: dicts function id -> version."""
+    fids = sorted(set(int(f) for f in functions))
+    cf, cv, off = [], [], [0]
+    for conf in confs:
+        for fid in sorted(conf):
+            cf.append(int(fid))
+            cv.append(int(conf[fid]))
+        off.append(len(cf))
+    ev, n = _events(log)
+    c_fids = ffi.new("int64_t[]", fids or [0])
+    c_cf, c_cv = ffi.new("int64_t[]", cf or [0]), ffi.new("int64_t[]", cv or [0])
+    c_off = ffi.new("size_t[]", off)
+    idx = ffi.new("uint64_t[]", max(1, n))
+    found, units = ffi.new("size_t *"), ffi.new("uint64_t *")
+    cap = 16
+    while True:
+        out = ffi.new("struct emu_unit[]", cap)
+        _check(lib.emu_units_check(ev, n, c_fids, len(fids), c_cf, c_cv, c_off, len(confs), out, cap, idx,
+                                   found, units), "check units")
+        if found[0] <= cap:
+            break
+        cap = found[0]
+    bad = []
+    for u in out[0:found[0]]:
+        entries = []
+        for i in idx[u.first:u.first + u.count]:
+            e = ev[i]
+            entries.append((e.clock, e.a, e.b))
+        bad.append((u.task, u.number, bool(u.unfinished), u.start, u.end, entries))
+    return units[0], bad
 
 
 # ---- stack walks: C entry points for emu/engine/unwind.py's twins ----------------------

@@ -101,10 +101,11 @@ def trace_units(machine: Machine, unit: str) -> None:
 
 
 def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "syscall",
-          functions: set[int] | None = None, stats: dict | None = None) -> list[Inconsistency]:
+          functions: set[int] | None = None, stats: dict | None = None, fast: bool = True) -> list[Inconsistency]:
     """Inconsistent units of a finished run (machine.trace). stats, when
     given, gets "units": how many units the run had (0: the check checked
-    nothing)."""
+    nothing). System-call units are judged by the C core (csrc/units.c), or
+    with fast=False by scan_syscall_units(), its twin."""
     if functions is None:
         functions = {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
     confs = configurations(patches, transitions)
@@ -112,7 +113,6 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     tasks = machine.tasks
     bad: list[Inconsistency] = []
     memo: dict[frozenset, bool] = {}     # units repeat: (function, version) sets judged once
-    ends = UNIT_ENDS
 
     def judge(task, label, start, end, entries):
         """entries: (clock, function id, version) in order."""
@@ -125,21 +125,16 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
                                      [Entry(c, names[fid], v) for c, fid, v in entries]))
 
     if unit == "syscall":
-        open_units: dict[int, list] = {}
-        count: dict[int, int] = {}
-        for clock, kind, task, a, b, c in machine.trace.records():
-            if kind == core.EV_ENTRY:
-                if a in functions:
-                    open_units.setdefault(task, []).append((clock, a, b))
-            elif kind in ends and task >= 0:
-                n = count[task] = count.get(task, 0) + 1
-                entries = open_units.pop(task, None)
-                if entries:
-                    judge(task, f"syscall #{n}", entries[0][0], clock, entries)
-        for task, entries in open_units.items():
-            judge(task, f"syscall #{count.get(task, 0) + 1} (unfinished)", entries[0][0], entries[-1][0], entries)
+        if fast:
+            units, found = core.units_check(machine.trace, functions, confs)
+        else:
+            units, found = scan_syscall_units(machine.trace.records(), functions, confs)
+        for task, n, unfinished, start, end, entries in found:
+            label = f"syscall #{n} (unfinished)" if unfinished else f"syscall #{n}"
+            bad.append(Inconsistency(tasks[task].name, label, start, end,
+                                     [Entry(c, names[fid], v) for c, fid, v in entries]))
         if stats is not None:
-            stats["units"] = sum(count.values()) + len(open_units)
+            stats["units"] = units
         return bad
 
     # "f" or a module's "module:f" (found even after the module went)
@@ -163,6 +158,40 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     if stats is not None:
         stats["units"] = sum(count.values())
     return bad
+
+
+def scan_syscall_units(records, functions: set[int], confs: list[dict[int, int]]) -> tuple[int, list[tuple]]:
+    """The system-call units of records ((clock, kind, task, a, b, c)
+    tuples) that no configuration of confs explains: (how many units there
+    are, [(task, number, unfinished, start, end, [(clock, fid, version)])]),
+    finished units in the order they end, then the unfinished ones in the
+    order they began. The pure-Python twin of csrc/units.c."""
+    memo: dict[frozenset, bool] = {}     # units repeat: (function, version) sets judged once
+    bad: list[tuple] = []
+
+    def judge(task, n, unfinished, start, end, entries):
+        key = frozenset((fid, v) for _, fid, v in entries)
+        ok = memo.get(key)
+        if ok is None:
+            ok = memo[key] = any(all(conf.get(fid, 0) == v for fid, v in key) for conf in confs)
+        if not ok:
+            bad.append((task, n, unfinished, start, end, entries))
+
+    open_units: dict[int, list] = {}
+    count: dict[int, int] = {}
+    ev_entry, ends = core.EV_ENTRY, UNIT_ENDS
+    for clock, kind, task, a, b, c in records:
+        if kind == ev_entry:
+            if a in functions:
+                open_units.setdefault(task, []).append((clock, a, b))
+        elif kind in ends and task >= 0:
+            n = count[task] = count.get(task, 0) + 1
+            entries = open_units.pop(task, None)
+            if entries:
+                judge(task, n, False, entries[0][0], clock, entries)
+    for task, entries in open_units.items():
+        judge(task, count.get(task, 0) + 1, True, entries[0][0], entries[-1][0], entries)
+    return sum(count.values()) + len(open_units), bad
 
 
 @dataclass(frozen=True)
