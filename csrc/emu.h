@@ -626,4 +626,87 @@ int emu_units_check(const struct emu_event *ev, size_t n, const int64_t *fids, s
                     const int64_t *conf_fid, const int64_t *conf_ver, const size_t *conf_off, size_t nconfs,
                     struct emu_unit *out, size_t cap, uint64_t *idx, size_t *found, uint64_t *units);
 
+/* The promise oracle (emu/runs/promise.py, whose docstring has the rules).
+ * Models (EMU_PM_*), the flags of a route (the b of EMU_EV_PATCH_STATE,
+ * an index into emu/machine/task.py's ROUTES: routes[b]) and a breach, as
+ * a record (clock, code, task, fid, version, x, y) whose codes and fields
+ * promise.py's B_* describe. */
+#define EMU_PM_IMMEDIATE 1
+#define EMU_PM_STOP      2      /* stop_machine, Ksplice */
+#define EMU_PM_LIVEPATCH 3
+#define EMU_PM_KGRAFT    4
+#define EMU_PR_INIT        1    /* init or complete: no switch */
+#define EMU_PR_FORCE       2
+#define EMU_PR_ALLOWED     4    /* the model allows it */
+#define EMU_PR_CHECKED     8    /* the stack holds no checked function after it */
+#define EMU_PR_IDLE       16
+#define EMU_PR_KERNEL_EXIT 32
+#define EMU_PR_SAFE_POINT 64
+#define EMU_PR_STACK     128
+/* breach codes: x, y say what each names (promise.py's describe()) */
+#define EMU_PB_TOGETHER      1   /* x = patch */
+#define EMU_PB_LEFT_BEHIND   2   /* x = the version the enabled patches give */
+#define EMU_PB_EARLY         3   /* x = patch, y = the task's patch state */
+#define EMU_PB_UNIVERSE      4   /* x = patch */
+#define EMU_PB_STOPPED       5   /* x = patch */
+#define EMU_PB_SWITCHED_WITH 6   /* x = patch; fid, version: the frame found */
+#define EMU_PB_NO_SWITCHES   7   /* x = route */
+#define EMU_PB_ROUTE         8   /* x = route */
+#define EMU_PB_KIND          9   /* x = route */
+#define EMU_PB_STACK        10   /* x = route; fid, version: the frame found */
+#define EMU_PB_RUNNING      11   /* x = cpu */
+
+struct emu_breach {
+    uint64_t clock;
+    int64_t fid;
+    int64_t version;
+    int64_t x;
+    int64_t y;
+    int32_t code;
+    int32_t task;
+};
+
+/* What the oracle knows besides the trace: the model, the transition
+ * event codes (emu/models/base.py's T_*), the functions each patch carries
+ * (idx, fid, force; sorted by idx then fid), each patch's replace flag
+ * (sorted by idx), the routes' flags, each task's kind (0 user, 1 kthread,
+ * other: idle), and which versions of functions can leave by a tail call
+ * (fid, version, tail; sorted). */
+struct emu_pcarry {
+    int64_t idx;
+    int64_t fid;
+    int64_t force;
+};
+struct emu_ppatch {
+    int64_t idx;
+    int64_t replace;
+};
+struct emu_ptail {
+    int64_t fid;
+    int64_t version;
+    int64_t tail;
+};
+struct emu_promise {
+    int32_t model;
+    int32_t t_start;
+    int32_t t_complete;
+    int32_t t_switch;
+    const struct emu_pcarry *carry;
+    size_t ncarry;
+    const struct emu_ppatch *patch;
+    size_t npatch;
+    const uint8_t *routes;
+    size_t nroutes;
+    const uint8_t *kinds;
+    size_t ntasks;
+    const struct emu_ptail *tail;
+    size_t ntail;
+};
+
+/* Every breach of ev[0..n): the first min(*found, cap) into out, *found =
+ * how many. EMU_ENOENT when a check needs a tail flag the table lacks:
+ * need[0], need[1] = its fid and version (run again with it). */
+int emu_promise_scan(const struct emu_event *ev, size_t n, const struct emu_promise *p, struct emu_breach *out,
+                     size_t cap, size_t *found, int64_t *need);
+
 #endif /* EMU_H */

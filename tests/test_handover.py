@@ -240,3 +240,115 @@ def test_handover_finder_c_and_python_twins_agree(seed_copy):
         check()
     finally:
         r.close()
+
+
+def test_promise_oracle_c_and_python_twins_agree(seed_copy):
+    """csrc/promise.c and the oracle's Python pass (promise.check with
+    fast=False) find the same breaches: on real traces of every model, on
+    real traces edited at random (events dropped, repeated, moved to another
+    task, fields changed: the planted breaches of the test above and their
+    kin) and on generated traces of every kind the oracle reads, with damaged
+    fields (unknown routes, tasks, transition codes)."""
+    from emu.models.base import T_COMPLETE, T_START, T_SWITCH
+    models = list(scenario.MODELS) + ["unknown-model"]
+    r = runner(seed_copy)
+    runs = []
+    try:
+        for i, model in enumerate(scenario.MODELS):
+            res, m, mod = r.execute(r.plan(model, i), keep=True)
+            runs.append((model, m, mod, list(m.trace.records())))
+            assert promise.check(m, mod.patches, model) == promise.check(m, mod.patches, model, fast=False) == []
+        _, m, mod, _ = runs[-1]
+        fids = sorted({f.old.id for p in mod.patches for _, f in p.funcs() if f.old is not None})
+        kinds = [core.EV_ENTRY, core.EV_RETURN, core.EV_UNWOUND, core.EV_RET_UNTRACED, EV_PATCH_STATE, EV_SCHED_IN,
+                 core.EV_SCHED_OUT, EV_STOP_MACHINE, core.EV_TRANSITION, core.EV_KERNEL_EXIT, core.EV_SAFE_POINT,
+                 core.EV_EXIT, core.EV_ARGS, 99]
+        # small domains, so that events meet: a few tasks and CPUs, the patched
+        # functions, versions and patch indexes 0-2, every route, the
+        # transition codes; now and then any value
+        small_a = st.sampled_from(sorted(set(fids + [fids[-1] + 1, -1, 0, 1, 2, 5, T_START, T_COMPLETE, T_SWITCH])))
+        word = st.integers(-2**63, 2**63 - 1)
+        a = st.one_of(small_a, small_a, small_a, word)
+        b = st.one_of(st.integers(-1, len(ROUTES) + 1), st.integers(-1, len(ROUTES) + 1), word)
+        task = st.one_of(st.integers(-2, 3), st.integers(-2, 3), st.integers(-2**31, 2**31 - 1))
+        event = st.tuples(st.integers(0, 2**20), st.sampled_from(kinds), task, a, b,
+                          st.one_of(st.integers(0, 2), st.integers(0, 2), st.integers(0, 2**64 - 1)))
+        transition = st.tuples(st.integers(0, 2**20), st.just(core.EV_TRANSITION), st.sampled_from([-1, -2]),
+                               st.sampled_from([T_START, T_COMPLETE, T_SWITCH, 3]), st.integers(0, 2),
+                               st.integers(0, 1))
+
+        @st.composite
+        def dense(draw):
+            """An event whose fields fit its kind, among two tasks and an idle one."""
+            kind = draw(st.sampled_from(kinds))
+            task = draw(st.sampled_from([-1, 0, 1]))
+            a, b, c = 0, 0, draw(st.integers(0, 1))
+            if kind in (core.EV_ENTRY, core.EV_RETURN, core.EV_UNWOUND, core.EV_RET_UNTRACED):
+                a, b = draw(st.sampled_from(fids)), draw(st.integers(0, 2))
+            elif kind == EV_PATCH_STATE:
+                a, b = draw(st.sampled_from([-1, 0, 1, 5])), draw(st.integers(0, len(ROUTES)))
+            elif kind in (EV_SCHED_IN, core.EV_SCHED_OUT, EV_STOP_MACHINE):
+                a = draw(st.integers(0, 1))
+            elif kind == core.EV_TRANSITION:
+                task, a, b = -1, draw(st.sampled_from([T_START, T_COMPLETE, T_SWITCH])), draw(st.integers(1, 2))
+            return (draw(st.integers(0, 2**20)), kind, task, a, b, c)
+
+        event = st.one_of(event, transition, dense(), dense(), dense(), dense())
+        edit = st.tuples(st.sampled_from(["drop", "repeat", "task", "a", "b", "c", "insert"]),
+                         st.integers(0, 10**6), st.integers(-3, 3), event)
+
+        def edited(trace, edits):
+            out = list(trace)
+            for what, at, v, ev in edits:
+                if not out:
+                    break
+                i = at % len(out)
+                e = list(out[i])
+                if what == "drop":
+                    del out[i]
+                elif what == "repeat":
+                    out.insert(i, out[i])
+                elif what == "insert":
+                    out.insert(i, ev)
+                else:
+                    k = {"task": 2, "a": 3, "b": 4, "c": 5}[what]
+                    e[k] = e[k] + v if k != 5 else abs(e[k] + v) % 2**64
+                    e[2] = max(-2**31, min(2**31 - 1, e[2]))
+                    e[3] = max(-2**63, min(2**63 - 1, e[3]))
+                    e[4] = max(-2**63, min(2**63 - 1, e[4]))
+                    out[i] = tuple(e)
+            return out
+
+        # a few that random traces meet seldom: each rule's breach, at least once
+        bar = m.function("bar").id
+        start = (0, core.EV_TRANSITION, -1, T_START, 1, 1)
+        stack, idle = ROUTES.index("stack"), ROUTES.index("idle")
+        cases = [
+            ("kgraft", [start, (1, core.EV_ENTRY, 0, bar, 0, 0), (2, core.EV_ENTRY, 0, bar, 1, 0)]),
+            ("livepatch", [start, (1, EV_PATCH_STATE, 0, 5, 0, 0), (2, core.EV_ENTRY, 0, bar, 1, 0)]),
+            ("livepatch", [(0, EV_SCHED_IN, 0, 0, 0, 0), (1, EV_SCHED_IN, 1, 0, 0, 0), start,
+                           (2, EV_PATCH_STATE, 0, 1, stack, 0), (3, EV_PATCH_STATE, 1, 1, stack, 0)]),
+            ("livepatch", [start, (1, core.EV_ENTRY, 0, bar, 0, 0), (2, EV_PATCH_STATE, 0, 1, stack, 0),
+                           (3, EV_PATCH_STATE, -1, 1, idle, 0), (4, EV_PATCH_STATE, 0, 1, idle, 0)]),
+            ("immediate", [start, (1, core.EV_ENTRY, 0, bar, 1, 0), (2, core.EV_ENTRY, 1, bar, 0, 0)]),
+            ("stop_machine", [(0, core.EV_ENTRY, 0, bar, 0, 0), start, (1, core.EV_TRANSITION, -1, T_SWITCH, 1, 0),
+                              (2, core.EV_ENTRY, 1, bar, 0, 0)]),
+        ]
+        for model, trace in cases:
+            fake = _fake(m, trace)
+            found = promise.check(fake, mod.patches, model)
+            assert found and found == promise.check(fake, mod.patches, model, fast=False), (model, found)
+
+        @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(st.integers(0, len(runs) - 1), st.sampled_from(models + ["livepatch", "kgraft"] * 2),
+               st.lists(edit, max_size=8),
+               st.lists(event, max_size=100), st.booleans())
+        def check(which, model, edits, generated, use_generated):
+            _, m, mod, trace = runs[which]
+            fake = _fake(m, generated if use_generated else edited(trace, edits))
+            assert promise.check(fake, mod.patches, model) == promise.check(fake, mod.patches, model, fast=False)
+        check()
+    finally:
+        for _, m, _, _ in runs:
+            m.engine.close()
+        r.close()

@@ -35,7 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 __all__ = ["Engine", "Stop", "Event", "EventLog", "Snapshot", "SchedState", "TaskRecord", "CpuRecord",
            "StopReason", "FaultKind", "EventKind", "TaskState", "TaskKind", "SchedReturn", "Poke",
            "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp", "walk_orc", "ranges_hit", "stack_scan",
-           "handover_find", "units_check"]
+           "handover_find", "units_check", "promise_scan"]
 
 # ---- build checks ---------------------------------------------------------
 
@@ -967,6 +967,50 @@ def units_check(log: EventLog, functions, confs) -> tuple[int, list[tuple]]:
             entries.append((e.clock, e.a, e.b))
         bad.append((u.task, u.number, bool(u.unfinished), u.start, u.end, entries))
     return units[0], bad
+
+
+#: csrc/emu.h's codes for the promise oracle: models, route flags, breaches (names without EMU_)
+PROMISE = {k[len("EMU_"):]: getattr(lib, k) for k in dir(lib) if k.startswith(("EMU_PM_", "EMU_PR_", "EMU_PB_"))}
+
+
+def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], carried, replace, routes, kinds,
+                 tails: dict) -> tuple[list[tuple], tuple[int, int] | None]:
+    """The promise oracle's pass over log (csrc/promise.c; emu/runs/promise.py
+    has the rules and the twin): (breach records (clock, code, task, fid,
+    version, x, y) in trace order, None), or ([], (fid, version)) when a
+    check needs to know whether that version can leave by a tail call, which
+    tails (dict (fid, version) -> bool) lacks. model: an EMU_PM_* code;
+    transitions: the T_START, T_COMPLETE and T_SWITCH event codes; carried:
+    (patch index, fid, force) triples; replace: (patch index, replace flag)
+    pairs; routes: each route's EMU_PR_* flags; kinds: each task's kind (0
+    user, 1 kthread, else idle)."""
+    carried = sorted(set((int(i), int(f), 1 if force else 0) for i, f, force in carried))
+    replace = sorted((int(i), 1 if r else 0) for i, r in replace)
+    tail = sorted((int(f), int(v), 1 if t else 0) for (f, v), t in tails.items())
+    c_carry = ffi.new("struct emu_pcarry[]", carried or [(0, 0, 0)])
+    c_patch = ffi.new("struct emu_ppatch[]", replace or [(0, 0)])
+    c_tail = ffi.new("struct emu_ptail[]", tail or [(0, 0, 0)])
+    c_routes = ffi.new("uint8_t[]", [int(r) & 0xFF for r in routes] or [0])
+    c_kinds = ffi.new("uint8_t[]", [int(k) & 0xFF for k in kinds] or [0])
+    t_start, t_complete, t_switch = transitions
+    conf = ffi.new("struct emu_promise *", {
+        "model": model, "t_start": t_start, "t_complete": t_complete, "t_switch": t_switch,
+        "carry": c_carry, "ncarry": len(carried), "patch": c_patch, "npatch": len(replace),
+        "routes": c_routes, "nroutes": len(routes), "kinds": c_kinds, "ntasks": len(kinds),
+        "tail": c_tail, "ntail": len(tail)})
+    ev, n = _events(log)
+    found, need = ffi.new("size_t *"), ffi.new("int64_t[2]")
+    cap = 16
+    while True:
+        out = ffi.new("struct emu_breach[]", cap)
+        rc = lib.emu_promise_scan(ev, n, conf, out, cap, found, need)
+        if rc == lib.EMU_ENOENT:
+            return [], (need[0], need[1])
+        _check(rc, "check the promise")
+        if found[0] <= cap:
+            break
+        cap = found[0]
+    return [(b.clock, b.code, b.task, b.fid, b.version, b.x, b.y) for b in out[0:found[0]]], None
 
 
 # ---- stack walks: C entry points for emu/engine/unwind.py's twins ----------------------

@@ -94,9 +94,31 @@ class Breach:
         return {"clock": self.clock, "rule": self.rule, "task": self.task, "detail": self.detail}
 
 
-def check(machine: Machine, patches: list[Patch], model: str) -> list[Breach]:
-    """Every breach of model's promise in machine's finished run, in trace order."""
-    return _Oracle(machine, patches, model).run()
+#: What a breach is, as the C core (csrc/promise.c) and scan() report it:
+#: a record (clock, code, task, fid, version, x, y), described by describe()
+#: (the codes are csrc/emu.h's EMU_PB_*, which says what x and y name).
+_P = core.PROMISE
+B_TOGETHER, B_LEFT_BEHIND, B_EARLY, B_UNIVERSE = _P["PB_TOGETHER"], _P["PB_LEFT_BEHIND"], _P["PB_EARLY"], \
+    _P["PB_UNIVERSE"]
+B_STOPPED, B_SWITCHED_WITH, B_NO_SWITCHES, B_ROUTE = _P["PB_STOPPED"], _P["PB_SWITCHED_WITH"], \
+    _P["PB_NO_SWITCHES"], _P["PB_ROUTE"]
+B_KIND, B_STACK, B_RUNNING = _P["PB_KIND"], _P["PB_STACK"], _P["PB_RUNNING"]
+#: model -> its code for the C core
+MODEL_CODES = {"immediate": _P["PM_IMMEDIATE"], "stop_machine": _P["PM_STOP"], "ksplice": _P["PM_STOP"],
+               "livepatch": _P["PM_LIVEPATCH"], "kgraft": _P["PM_KGRAFT"]}
+#: the flag of each route property the C core reads, and the routes that have it
+_ROUTE_FLAGS = (("PR_INIT", ("init", "complete")), ("PR_FORCE", ("force",)), ("PR_IDLE", ("idle",)),
+                ("PR_KERNEL_EXIT", ("kernel_exit",)), ("PR_SAFE_POINT", ("safe_point",)),
+                ("PR_STACK", ("stack",)), ("PR_CHECKED", tuple(CHECKED_ROUTES)))
+
+
+def check(machine: Machine, patches: list[Patch], model: str, *, fast: bool = True) -> list[Breach]:
+    """Every breach of model's promise in machine's finished run, in trace
+    order: found by the C core (csrc/promise.c), or with fast=False by
+    scan(), its pure-Python twin."""
+    o = _Oracle(machine, patches, model)
+    found = o.scan_fast() if fast else o.scan(machine.trace.records())
+    return [o.describe(r) for r in found]
 
 
 class _Oracle:
@@ -107,7 +129,7 @@ class _Oracle:
         self.carries = {p.index: {f.old.id: bool(f.force) for _, f in p.funcs() if f.old is not None and not f.nop}
                         for p in patches}
         self.patched = set().union(*self.carries.values()) if self.carries else set()
-        self.breaches: list[Breach] = []
+        self.found: list[tuple] = []
         self._tails: dict[tuple[int, int], bool] = {}
         self.forced: set[int] = set()         # kGraft: tasks a force migrated inside their current unit
 
@@ -120,8 +142,32 @@ class _Oracle:
     def fname(self, fid: int) -> str:
         return self.m.functions[fid].name if 0 <= fid < len(self.m.functions) else f"#{fid}"
 
-    def breach(self, clock, rule, tid, detail):
-        self.breaches.append(Breach(clock, rule, self.name(tid), detail))
+    def kind(self, tid: int) -> str:
+        tasks = self.m.tasks
+        return tasks[tid].kind.value if 0 <= tid < len(tasks) else "idle"
+
+    def breach(self, clock, code, tid, fid=0, version=0, x=0, y=0):
+        self.found.append((clock, code, tid, fid, version, x, y))
+
+    def describe(self, r) -> Breach:
+        """The Breach a record (clock, code, task, fid, version, x, y) stands for."""
+        clock, code, tid, fid, version, x, y = r
+        f, p, model = self.fname(fid), self._pname(x), self.model
+        rule, detail = {
+            B_TOGETHER: ("together", lambda: f"{f} v{version} ran after another function of patch {p} ran "
+                                             f"its new version"),
+            B_LEFT_BEHIND: ("left-behind", lambda: f"{f} ran v{version}, the enabled patches give v{x}"),
+            B_EARLY: ("early", lambda: f"{f} ran v{version} of patch {p} in the {_STATES.get(y, y)} state"),
+            B_UNIVERSE: ("universe", lambda: f"{f} v{version} ran in a unit that ran the other universe of {p}"),
+            B_STOPPED: ("stopped", lambda: f"patch {p} switched while CPUs ran"),
+            B_SWITCHED_WITH: ("stack", lambda: f"patch {p} switched with {f} v{version} on the stack"),
+            B_NO_SWITCHES: ("route", lambda: f"switched by {_route(x)}: {model} switches no task"),
+            B_ROUTE: ("route", lambda: f"switched by {_route(x)}, which {model} does not allow"),
+            B_KIND: ("route", lambda: f"a {self.kind(tid)} task switched by {_route(x)}"),
+            B_STACK: ("stack", lambda: f"switched by {_route(x)} with {f} v{version} on its stack"),
+            B_RUNNING: ("running", lambda: f"switched by another CPU's stack check while running on cpu {x}"),
+        }[code]
+        return Breach(clock, rule, self.name(tid), detail())
 
     def expected(self, live: list[int], fid: int) -> int:
         """The version fid resolves to with live (patch indexes, oldest first) enabled."""
@@ -154,6 +200,24 @@ class _Oracle:
                 for i in _CS.disasm(code, lo))
         return self._tails[key]
 
+    def scan_fast(self) -> list[tuple]:
+        """scan() by the C core: the patches, routes and task kinds as
+        tables; the tail callers it asks for (rarely: only frames that a
+        check would find) are found here and the pass is run again."""
+        allowed = ALLOWED_ROUTES.get(self.model, ())
+        flags = [sum(_P[flag] for flag, names in _ROUTE_FLAGS if r in names) + (_P["PR_ALLOWED"] if r in allowed else 0)
+                 for r in ROUTES]
+        kinds = [{"user": 0, "kthread": 1}.get(t.kind.value, 2) for t in self.m.tasks]
+        carried = [(idx, fid, force) for idx, funcs in self.carries.items() for fid, force in funcs.items()]
+        replace = [(idx, bool(p.replace)) for idx, p in self.by_index.items()]
+        while True:
+            found, need = core.promise_scan(self.m.trace, MODEL_CODES.get(self.model, 0),
+                                            (T_START, T_COMPLETE, T_SWITCH), carried, replace, flags, kinds,
+                                            self._tails)
+            if need is None:
+                return found
+            self.tail_caller(*need)
+
     def checked(self, live: list[int], idx: int, target: int, frames, *, forced_ok: bool):
         """The first frame (fid, version) the transition of patch idx to
         target checks, or None. Frames of tail callers are not judged."""
@@ -168,7 +232,10 @@ class _Oracle:
                 return fid, version
         return None
 
-    def run(self) -> list[Breach]:
+    def scan(self, records) -> list[tuple]:
+        """The breaches of records ((clock, kind, task, a, b, c) tuples) as
+        (clock, code, task, fid, version, x, y) records, in trace order: the
+        pure-Python twin of csrc/promise.c."""
         model = self.model
         stacks: dict[int, list[tuple[int, int]]] = {}
         lost: set[int] = set()                # tasks with a call whose return is not traced
@@ -194,7 +261,7 @@ class _Oracle:
             core.EV_RET_UNTRACED
         ev_sched_in, ev_sched_out = core.EV_SCHED_IN, core.EV_SCHED_OUT
         unit_ends = (EV_KERNEL_EXIT, EV_EXIT, EV_SAFE_POINT)
-        for clock, kind, tid, a, b, c in self.m.trace.records():
+        for clock, kind, tid, a, b, c in records:
             if kind == ev_entry:
                 st = stacks.get(tid)
                 if st is None:
@@ -209,9 +276,7 @@ class _Oracle:
                             if new:
                                 seen_new = True
                             elif seen_new:
-                                self.breach(clock, "together", tid,
-                                            f"{self.fname(a)} v{b} ran after another function of "
-                                            f"patch {self.by_index[idx].name} ran its new version")
+                                self.breach(clock, B_TOGETHER, tid, a, b, idx)
             elif kind == ev_return or kind == ev_unwound:
                 st = stacks.get(tid)
                 if st:
@@ -243,13 +308,13 @@ class _Oracle:
                     self.forced.add(tid)      # a forced unmark gives up the unit's one universe
                 if route in ("init", "complete") or trans is None:
                     continue
-                self.switch(clock, tid, route, trans, live, stacks.get(tid, []), tid in lost, cpu_of)
+                self.switch(clock, tid, b, route, trans, live, stacks.get(tid, []), tid in lost, cpu_of)
             elif kind == EV_TRANSITION and tid < 0:
                 if a == T_START:
                     trans, seen_new = (b, c), False
                 elif a == T_SWITCH:
                     if not stopped:
-                        self.breach(clock, "stopped", -1, f"patch {self._pname(b)} switched while CPUs ran")
+                        self.breach(clock, B_STOPPED, -1, x=b)
                     if not c:
                         for t, frames in sorted(stacks.items()):
                             if t in lost:
@@ -259,14 +324,13 @@ class _Oracle:
                             hit = self.checked(live, b, trans[1] if trans else PATCHED, frames,
                                                forced_ok=True)
                             if hit:
-                                self.breach(clock, "stack", t, f"patch {self._pname(b)} switched with "
-                                            f"{self.fname(hit[0])} v{hit[1]} on the stack")
+                                self.breach(clock, B_SWITCHED_WITH, t, hit[0], hit[1], b)
                     live = self.apply(live, b, trans[1] if trans else PATCHED)
                 else:
                     if a == T_COMPLETE and not stop_model:
                         live = self.apply(live, b, c)
                     trans = None
-        return self.breaches
+        return self.found
 
     def _pname(self, idx: int) -> str:
         p = self.by_index.get(idx)
@@ -283,8 +347,7 @@ class _Oracle:
         if trans is None or model in STOP_MODELS:
             want = self.expected(live, fid)
             if version != want:
-                self.breach(clock, "left-behind", tid, f"{self.fname(fid)} ran v{version}, the enabled "
-                                                       f"patches give v{want}")
+                self.breach(clock, B_LEFT_BEHIND, tid, fid, version, want)
             return
         idx, _ = trans
         if fid not in self.carries.get(idx, {}):
@@ -292,42 +355,41 @@ class _Oracle:
         if model in ("livepatch", "kgraft") and tid >= 0:
             st = state.get(tid, UNDEFINED)
             if version == idx and st != PATCHED:
-                self.breach(clock, "early", tid, f"{self.fname(fid)} ran v{version} of patch "
-                                                 f"{self._pname(idx)} in the {_STATES[st]} state")
+                self.breach(clock, B_EARLY, tid, fid, version, idx, st)
             if model == "kgraft" and tid not in self.forced:
                 seen = units.setdefault(tid, {}).setdefault(idx, set())
                 seen.add(version == idx)
                 if len(seen) == 2:
-                    self.breach(clock, "universe", tid, f"{self.fname(fid)} v{version} ran in a unit that "
-                                                        f"ran the other universe of {self._pname(idx)}")
+                    self.breach(clock, B_UNIVERSE, tid, fid, version, idx)
                     seen.clear()
                     seen.add(version == idx)
 
-    def switch(self, clock, tid, route, trans, live, frames, lost, cpu_of):
+    def switch(self, clock, tid, code, route, trans, live, frames, lost, cpu_of):
         allowed = ALLOWED_ROUTES.get(self.model)
         if allowed is None:
-            self.breach(clock, "route", tid, f"switched by {route}: {self.model} switches no task")
+            self.breach(clock, B_NO_SWITCHES, tid, x=code)
             return
         if route not in allowed:
-            self.breach(clock, "route", tid, f"switched by {route}, which {self.model} does not allow")
+            self.breach(clock, B_ROUTE, tid, x=code)
             return
-        tasks = self.m.tasks
-        kind = tasks[tid].kind.value if 0 <= tid < len(tasks) else "idle"
+        kind = self.kind(tid)
         # an idle task switches in its idle loop, by a stack check (not while
         # its CPU idles) or by force; only a user task exits to user space
         if (route == "idle") != (kind == "idle") and not (kind == "idle" and route in ("stack", "force")) \
                 or (route == "kernel_exit" and kind != "user") or (route == "safe_point" and kind != "kthread"):
-            self.breach(clock, "route", tid, f"a {kind} task switched by {route}")
+            self.breach(clock, B_KIND, tid, x=code)
         if self.model != "livepatch":
             return
         if route in CHECKED_ROUTES and not lost:
             hit = self.checked(live, trans[0], trans[1], frames, forced_ok=False)
             if hit:
-                self.breach(clock, "stack", tid, f"switched by {route} with {self.fname(hit[0])} "
-                                                 f"v{hit[1]} on its stack")
+                self.breach(clock, B_STACK, tid, hit[0], hit[1], code)
         if route == "stack" and tid in cpu_of:
-            self.breach(clock, "running", tid, f"switched by another CPU's stack check while running "
-                                               f"on cpu {cpu_of[tid]}")
+            self.breach(clock, B_RUNNING, tid, x=cpu_of[tid])
+
+
+def _route(code: int) -> str:
+    return ROUTES[code] if 0 <= code < len(ROUTES) else str(code)
 
 
 _CS = Cs(CS_ARCH_X86, CS_MODE_64)
