@@ -457,6 +457,19 @@ int emu_event_push(struct emu_core *c, int kind, int task, int64_t a, int64_t b,
     return __emu_event(c, kind, task, a, b, cval, clock);
 }
 
+int emu_events_of_kind(const struct emu_event *ev, size_t n, int32_t kind, uint64_t *idx, size_t *count)
+{
+    size_t i, k = 0;
+
+    if (!count || (n && (!ev || !idx)))
+        return EMU_EINVAL;
+    for (i = 0; i < n; i++)
+        if (ev[i].kind == kind)
+            idx[k++] = i;
+    *count = k;
+    return EMU_OK;
+}
+
 int emu_events_take(struct emu_core *c, struct emu_event *out, int max)
 {
     int n;

@@ -174,3 +174,16 @@ def test_events_read_by_name_are_the_same_as_by_position(events):
         assert core.EventKind(ev.kind).value == raw[1]
     assert log.records(len(events) // 2) == events[len(events) // 2:]
     assert log[len(events) // 2:] == events[len(events) // 2:]
+
+
+@given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.sampled_from([1, 2, 3, 16, -1, 2**31 - 1]),
+                          st.integers(-2**31, 2**31 - 1), st.integers(-2**63, 2**63 - 1),
+                          st.integers(-2**63, 2**63 - 1), st.integers(0, 2**64 - 1)), max_size=40),
+       st.sampled_from([1, 2, 16, -1, 7]), st.booleans(), st.integers(-2, 45))
+def test_events_of_one_kind_are_the_records_of_that_kind(events, kind, unpacked, start):
+    """EventLog.of_kind (the C core selects, packed or unpacked) and a
+    filter of records() give the same events, from any start."""
+    log = core.EventLog(events)
+    if unpacked:
+        log.records()
+    assert log.of_kind(kind, start) == [e for e in events[max(0, start):] if e[1] == kind]

@@ -878,6 +878,22 @@ class EventLog(Sequence):
         about 200 ns more a piece)."""
         return self._sync()[start:]
 
+    def of_kind(self, kind: int, start: int = 0) -> list[tuple[int, int, int, int, int, int]]:
+        """The events of one kind from start on, as plain tuples in order,
+        the others left packed (the C core finds them; a filter of the
+        records when they are unpacked already)."""
+        n = len(self)
+        start = max(0, min(start, n))
+        if len(self._list) * _EVENT.size == len(self._raw):
+            return [r for r in self._list[start:] if r[1] == kind]
+        if start == n:
+            return []
+        idx, count = ffi.new("uint64_t[]", n - start), ffi.new("size_t *")
+        ev = ffi.from_buffer("struct emu_event[]", self._raw) + start
+        _check(lib.emu_events_of_kind(ev, n - start, kind, idx, count), "select events")
+        raw, unpack, size = self._raw, _EVENT.unpack_from, _EVENT.size
+        return [unpack(raw, (start + i) * size) for i in idx[0:count[0]]]
+
     def __getitem__(self, i):
         if isinstance(i, slice):
             return list(map(_make_event, self._sync()[i]))

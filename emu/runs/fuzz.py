@@ -598,9 +598,7 @@ class Runner:
         if not checks:
             return
         tasks = m.tasks
-        for clock, kind, task, key, value, _ in m.trace.records():
-            if kind != core.EV_OBSERVE:
-                continue
+        for clock, kind, task, key, value, _ in m.trace.of_kind(core.EV_OBSERVE):
             t = tasks[task] if 0 <= task < len(tasks) else None
             env = {"key": key, "value": value, "time": clock, "task": t.name if t else "?",
                    "kind": t.kind.value if t else "?"}

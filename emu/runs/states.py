@@ -119,9 +119,8 @@ class Observer:
         m.drain()
         trace = m.trace
         if len(trace) > self._seen:
-            for ev in trace.records(self._seen):
-                if ev[1] == EV_SCHED_IN:
-                    self._known.pop(ev[2], None)
+            for ev in trace.of_kind(EV_SCHED_IN, self._seen):
+                self._known.pop(ev[2], None)
             self._seen = len(trace)
         for tid in self._was_on:
             self._known.pop(tid, None)
