@@ -112,13 +112,24 @@ def batch_size(todo: int, workers: int, batch: int | None = None) -> int:
 #: How workers start, said once rather than left to the Python version's
 #: default (fork up to 3.13, forkserver from 3.14): forked from the campaign
 #: process, which _init_worker needs (a worker dies with its parent: prctl
-#: and the parent's pid). Nothing else a worker needs comes from the fork:
-#: the program and the record function travel with each batch.
+#: and the parent's pid). The program and what the parent's runner learned
+#: go to each worker once, as the initializer's arguments.
 POOL_CONTEXT = multiprocessing.get_context("fork")
 
 
-def _init_worker(parent: int) -> None:
-    """In each pool worker: die with the parent, leave Ctrl-C to it."""
+class _PoolWorker:
+    """The runner of a local pool's worker process, made by _init_worker in
+    that process and kept for every batch it runs: building a runner's
+    machines and running them to the first action again for each batch
+    cost about half of a 64-run batch (measured on the seed scenario), which
+    kept two workers from doubling the rate of one. The campaign's own
+    process never makes one."""
+    runner: Runner | None = None
+
+
+def _init_worker(parent: int, program: Program | None = None, known: dict | None = None) -> None:
+    """In each pool worker: die with the parent, leave Ctrl-C to it, and
+    (given the program) make the runner its batches use."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -127,13 +138,24 @@ def _init_worker(parent: int) -> None:
     if os.getppid() != parent:             # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+    if program is not None:
+        _PoolWorker.runner = Runner(program, **(known or {}))
+
+
+def run_pool_batch(strategy: str, batch: list[tuple]) -> list[dict]:
+    """The records of one batch of runs (Plan.runs), in a local pool's
+    worker, by its runner."""
+    runner = _PoolWorker.runner
+    if runner is None:
+        raise RuntimeError("run_pool_batch: not in a campaign's pool worker")
+    return [run_record(runner, strategy, *run) for run in batch]
 
 
 def run_batch(program: Program, known: dict, strategy: str, batch: list[tuple]) -> list[dict]:
     """The records of one batch of runs ((model, seed) or (model, seed,
-    kernel), Plan.runs), in a worker (a pool process or a Dask worker): the
-    program and what the parent's runner learned (Runner.known: the cycle,
-    the probe) travel with the batch (tens of runs), not with each run."""
+    kernel), Plan.runs), in a worker of a Dask cluster: the program and what
+    the parent's runner learned (Runner.known: the cycle, the probe) travel
+    with the batch (tens of runs), not with each run."""
     with Runner(program, **known) as runner:
         return [run_record(runner, strategy, *run) for run in batch]
 
@@ -338,14 +360,14 @@ class Campaign:
         started, lost with a dead worker: the first one lost first)."""
         lost: list = []
         ex = ProcessPoolExecutor(workers, mp_context=POOL_CONTEXT, initializer=_init_worker,
-                                 initargs=(os.getpid(),))
+                                 initargs=(os.getpid(), self.program, known))
         pending = {}
         queue = list(batches)
         try:
             while queue or pending:
                 while queue and len(pending) < inflight:
                     b = queue.pop(0)
-                    pending[ex.submit(run_batch, self.program, known, self.plan.strategy, b)] = b
+                    pending[ex.submit(run_pool_batch, self.plan.strategy, b)] = b
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     b = pending.pop(fut)
