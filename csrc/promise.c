@@ -419,7 +419,8 @@ int emu_promise_scan(const struct emu_event *ev, size_t n, const struct emu_prom
                     for (k = 0; k < map.n; k++)
                         if (ts[k].nframes && !ts[k].lost)
                             order[m++] = &ts[k];
-                    qsort(order, m, sizeof(*order), by_task);
+                    if (m)
+                        qsort(order, m, sizeof(*order), by_task);
                     for (k = 0; k < m; k++) {
                         struct frame hit;
                         int r = checked(&s, e->b, target, order[k], 1, &hit);

@@ -181,7 +181,8 @@ int emu_units_check(const struct emu_event *ev, size_t n, const int64_t *fids, s
     for (i = 0; i < map.n; i++)
         if (ts[i].nent)
             open[nopen++] = &ts[i];
-    qsort(open, nopen, sizeof(*open), by_first_entry);
+    if (nopen)
+        qsort(open, nopen, sizeof(*open), by_first_entry);
     for (i = 0; i < nopen; i++)
         judge(&j, open[i], open[i]->count + 1, 1, ev[open[i]->ent[open[i]->nent - 1]].clock);
     *found = j.found;
