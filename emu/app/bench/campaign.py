@@ -21,15 +21,17 @@
   instructions.
 - campaign_scaling: runs per second of a real campaign
   (emu.runs.campaign.Campaign, no output directory) with two local worker
-  processes over one: the same plan (the four models, `campaign_runs`
-  seeds each, the scenario's strategy), the runner's cycle and probe
+  processes over one: the same plan (the four models, 500 seeds
+  each, quick: 25; the scenario's strategy), the runner's cycle and probe
   computed once beforehand and given to both. One worker is what `lpemu
   fuzz --jobs 1` does: the runs in the campaign's own process. Two
   workers is the process pool of `--jobs 2`, batches of at most 64 runs,
-  each batch a fresh Runner (its machines built and run to the first
-  action again). The figure needs two idle cores: `campaign.cores` says
-  how many this process could use, `campaign.load` the load average when
-  it started.
+  each worker with one runner for all its batches (made when the worker
+  starts: its machines are built and run to the first action once per
+  worker). The figure needs two idle cores: `campaign.workers.cores` says
+  how many this process could use, `campaign.workers.load` the load
+  average when it started, `campaign.workers.cpu_s` the CPU seconds (the
+  process and its workers) behind each rate.
 """
 from __future__ import annotations
 
@@ -113,19 +115,23 @@ def bench_campaign(result: dict, ctx: Context) -> None:
     bench_scaling_of_workers(result, ctx, program, known)
 
 
-def campaign_rate(program, known: dict, plan, jobs: int) -> float:
-    """Runs per second of a Campaign of plan with jobs local workers."""
+def campaign_rate(program, known: dict, plan, jobs: int) -> tuple[float, float]:
+    """(runs per second, host CPU seconds of the campaign's process and its
+    workers) of a Campaign of plan with jobs local workers."""
     from emu.runs.campaign import Campaign
     camp = Campaign(program, plan, jobs=jobs)
     camp.known = known
+    before = os.times()
     try:
         host = timed(camp.run)
     finally:
         camp.close()
+    after = os.times()
+    cpu = sum(getattr(after, k) - getattr(before, k) for k in ("user", "system", "children_user", "children_system"))
     if len(camp.records) != len(plan.runs()):
         raise RuntimeError(f"the campaign of {jobs} workers recorded {len(camp.records)} of "
                            f"{len(plan.runs())} runs")
-    return len(camp.records) / host
+    return len(camp.records) / host, cpu
 
 
 def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -> None:
@@ -135,15 +141,21 @@ def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -
     plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(seeds),
                 program.scenario.fuzz.strategy)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    rates = {1: None, 2: None}
+    rates: dict = {1: None, 2: None}
+    cpus: dict = {1: None, 2: None}
     for _ in range(1 if ctx.quick else 2):
         for jobs in (1, 2):
             ctx.say(f"campaign: {len(plan.runs())} runs on {jobs} worker{'s' if jobs > 1 else ''}")
-            r = campaign_rate(program, known, plan, jobs)
-            rates[jobs] = r if rates[jobs] is None else max(rates[jobs], r)
+            r, cpu = campaign_rate(program, known, plan, jobs)
+            if rates[jobs] is None or r > rates[jobs]:
+                rates[jobs], cpus[jobs] = r, cpu
     result["campaign_scaling"] = ratio(rates[2], rates[1])
     result["campaign"]["workers"] = {
         "runs": len(plan.runs()), "strategy": plan.strategy,
         "runs_per_s": {str(k): round(v, 1) for k, v in rates.items()},
+        # CPU seconds (the process and its workers) of the runs behind each
+        # rate: when the two workers get less than two cores, the rates say
+        # so and these do not
+        "cpu_s": {str(k): round(v, 2) for k, v in cpus.items()},
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load": round(load, 2) if load is not None else None}
