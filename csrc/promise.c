@@ -31,6 +31,7 @@ struct universe {
 struct ptask {
     int32_t task;
     int lost;
+    int preempted;          /* its last sched-out was a preemption */
     int has_state;
     int64_t state;
     int on_cpu;
@@ -360,6 +361,7 @@ int emu_promise_scan(const struct emu_event *ev, size_t n, const struct emu_prom
         case EMU_EV_SCHED_OUT:
             if (t->on_cpu && t->cpu == e->a)
                 t->on_cpu = 0;
+            t->preempted = e->b != 0;
             break;
         case EMU_EV_PATCH_STATE: {
             /* _Oracle.switch */
@@ -423,7 +425,12 @@ int emu_promise_scan(const struct emu_event *ev, size_t n, const struct emu_prom
                         qsort(order, m, sizeof(*order), by_task);
                     for (k = 0; k < m; k++) {
                         struct frame hit;
-                        int r = checked(&s, e->b, target, order[k], 1, &hit);
+                        struct ptask view = *order[k];
+                        int r;
+                        /* promise.py's scan: kpatch's frame-pointer check (bp_blind) */
+                        if (p->bp_blind && view.preempted)
+                            view.nframes = view.nframes > 2 ? view.nframes - 2 : 0;
+                        r = checked(&s, e->b, target, &view, 1, &hit);
                         if (r < 0) {
                             rc = r;
                             goto done;

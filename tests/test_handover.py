@@ -126,10 +126,10 @@ def _run(seed_copy, model, seed=0):
     return r, m, mod
 
 
-def _fake(m, trace):
-    """m with another trace (a machine's trace is a core.EventLog)."""
+def _fake(m, trace, unwinder=None):
+    """m with another trace (a machine's trace is a core.EventLog), and unwinder."""
     return types.SimpleNamespace(trace=core.EventLog(trace), tasks=m.tasks, functions=m.functions, engine=m.engine,
-                                 images=m.images, function_at=m.function_at, unwinder=m.unwinder)
+                                 images=m.images, function_at=m.function_at, unwinder=unwinder or m.unwinder)
 
 
 def _judged(m, mod, trace, model):
@@ -288,7 +288,7 @@ def test_promise_oracle_c_and_python_twins_agree(seed_copy):
             elif kind == EV_PATCH_STATE:
                 a, b = draw(st.sampled_from([-1, 0, 1, 5])), draw(st.integers(0, len(ROUTES)))
             elif kind in (EV_SCHED_IN, core.EV_SCHED_OUT, EV_STOP_MACHINE):
-                a = draw(st.integers(0, 1))
+                a, b = draw(st.integers(0, 1)), draw(st.integers(0, 1))
             elif kind == core.EV_TRANSITION:
                 task, a, b = -1, draw(st.sampled_from([T_START, T_COMPLETE, T_SWITCH])), draw(st.integers(1, 2))
             return (draw(st.integers(0, 2**20)), kind, task, a, b, c)
@@ -334,18 +334,28 @@ def test_promise_oracle_c_and_python_twins_agree(seed_copy):
             ("stop_machine", [(0, core.EV_ENTRY, 0, bar, 0, 0), start, (1, core.EV_TRANSITION, -1, T_SWITCH, 1, 0),
                               (2, core.EV_ENTRY, 1, bar, 0, 0)]),
         ]
+        # kpatch's frame-pointer check: a preempted task's innermost two frames are not seen
+        blind = [(0, core.EV_ENTRY, 0, bar, 0, 0), (1, core.EV_ENTRY, 0, bar, 0, 0),
+                 (3, core.EV_SCHED_OUT, 0, 0, 1, 0), (4, EV_STOP_MACHINE, -1, 1, 0, 0), start,
+                 (5, core.EV_TRANSITION, -1, T_SWITCH, 1, 0)]
+        cases.append(("stop_machine", blind))
         for model, trace in cases:
             fake = _fake(m, trace)
             found = promise.check(fake, mod.patches, model)
             assert found and found == promise.check(fake, mod.patches, model, fast=False), (model, found)
+        fp = _fake(m, blind, "fp")
+        assert promise.check(fp, mod.patches, "stop_machine") == promise.check(fp, mod.patches, "stop_machine",
+                                                                               fast=False)
+        assert len(promise.check(fp, mod.patches, "stop_machine")) < len(promise.check(_fake(m, blind, "orc"),
+                                                                                   mod.patches, "stop_machine"))
 
         @settings(max_examples=600, deadline=None, suppress_health_check=list(HealthCheck))
         @given(st.integers(0, len(runs) - 1), st.sampled_from(models + ["livepatch", "kgraft"] * 2),
                st.lists(edit, max_size=8),
-               st.lists(event, max_size=100), st.booleans())
-        def check(which, model, edits, generated, use_generated):
+               st.lists(event, max_size=100), st.booleans(), st.sampled_from(["orc", "fp"]))
+        def check(which, model, edits, generated, use_generated, unwinder):
             _, m, mod, trace = runs[which]
-            fake = _fake(m, generated if use_generated else edited(trace, edits))
+            fake = _fake(m, generated if use_generated else edited(trace, edits), unwinder)
             assert promise.check(fake, mod.patches, model) == promise.check(fake, mod.patches, model, fast=False)
         check()
     finally:

@@ -990,7 +990,7 @@ PROMISE = {k[len("EMU_"):]: getattr(lib, k) for k in dir(lib) if k.startswith(("
 
 
 def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], carried, replace, routes, kinds,
-                 tails: dict) -> tuple[list[tuple], tuple[int, int] | None]:
+                 tails: dict, *, bp_blind: bool = False) -> tuple[list[tuple], tuple[int, int] | None]:
     """The promise oracle's pass over log (csrc/promise.c; emu/runs/promise.py
     has the rules and the twin): (breach records (clock, code, task, fid,
     version, x, y) in trace order, None), or ([], (fid, version)) when a
@@ -999,7 +999,9 @@ def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], c
     transitions: the T_START, T_COMPLETE and T_SWITCH event codes; carried:
     (patch index, fid, force) triples; replace: (patch index, replace flag)
     pairs; routes: each route's EMU_PR_* flags; kinds: each task's kind (0
-    user, 1 kthread, else idle)."""
+    user, 1 kthread, else idle); bp_blind: at a stop_machine switch, a
+    preempted task's innermost two frames are not seen (kpatch's
+    frame-pointer check)."""
     carried = sorted(set((int(i), int(f), 1 if force else 0) for i, f, force in carried))
     replace = sorted((int(i), 1 if r else 0) for i, r in replace)
     tail = sorted((int(f), int(v), 1 if t else 0) for (f, v), t in tails.items())
@@ -1011,6 +1013,7 @@ def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], c
     t_start, t_complete, t_switch = transitions
     conf = ffi.new("struct emu_promise *", {
         "model": model, "t_start": t_start, "t_complete": t_complete, "t_switch": t_switch,
+        "bp_blind": 1 if bp_blind else 0,
         "carry": c_carry, "ncarry": len(carried), "patch": c_patch, "npatch": len(replace),
         "routes": c_routes, "nroutes": len(routes), "kinds": c_kinds, "ntasks": len(kinds),
         "tail": c_tail, "ntail": len(tail)})

@@ -213,7 +213,8 @@ class _Oracle:
         while True:
             found, need = core.promise_scan(self.m.trace, MODEL_CODES.get(self.model, 0),
                                             (T_START, T_COMPLETE, T_SWITCH), carried, replace, flags, kinds,
-                                            self._tails)
+                                            self._tails,
+                                            bp_blind=self.model == "stop_machine" and self.m.unwinder == "fp")
             if need is None:
                 return found
             self.tail_caller(*need)
