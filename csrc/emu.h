@@ -599,11 +599,13 @@ struct emu_hregs {
 /* Every handover of ev[0..n): carriers are the pairs (cfid[i], cidx[i]),
  * function id and the index of a patch that carries it, sorted; regs
  * (sorted by fid, version) the registers each version takes, all six for
- * a version it does not name. Writes the first min(*found, cap) into out,
+ * a version it does not name; stack[0..nstack) the indexes of the patches
+ * that stack on older ones (a version of theirs ran with every older patch
+ * that carries it applied). Writes the first min(*found, cap) into out,
  * *found = how many there are. */
 int emu_handover_find(const struct emu_event *ev, size_t n, const int64_t *cfid, const int64_t *cidx,
-                      size_t ncar, const struct emu_hregs *regs, size_t nregs, struct emu_handover *out,
-                      size_t cap, size_t *found);
+                      size_t ncar, const struct emu_hregs *regs, size_t nregs, const int64_t *stack,
+                      size_t nstack, struct emu_handover *out, size_t cap, size_t *found);
 
 /* A unit of a task (emu/runs/oracle.py, "syscall" units) that no
  * configuration explains: its number among the task's units, whether the

@@ -42,6 +42,8 @@ struct carriers {
     size_t n;
     const struct emu_hregs *regs;
     size_t nregs;
+    const int64_t *stack;     /* the patches that stack on older ones (not atomic replace) */
+    size_t nstack;
 };
 
 /* The argument registers (fid, version) takes: all six unless regs names it. */
@@ -87,14 +89,31 @@ static int carries(const struct carriers *c, int64_t fid, int64_t idx)
     return 0;
 }
 
-/* Whether one patch carrying both fid and pfid ran in one of them only. */
+/* Whether a function that ran version v ran with patch idx applied: its
+ * own version, or a newer patch's that stacks on idx (an atomic replace
+ * takes the older patches off). */
+static int applied(const struct carriers *c, int64_t idx, int64_t v)
+{
+    size_t i;
+
+    if (v == idx)
+        return 1;
+    if (v < idx)
+        return 0;
+    for (i = 0; i < c->nstack; i++)
+        if (c->stack[i] == v)
+            return 1;
+    return 0;
+}
+
+/* Whether one patch carrying both fid and pfid was applied for one of them only. */
 static int mixed(const struct carriers *c, int64_t fid, int64_t version, int64_t pfid, int64_t pversion)
 {
     size_t i;
 
     for (i = first_of(c, fid); i < c->n && c->fid[i] == fid; i++) {
         int64_t idx = c->idx[i];
-        if (carries(c, pfid, idx) && (pversion == idx) != (version == idx))
+        if (carries(c, pfid, idx) && applied(c, idx, pversion) != applied(c, idx, version))
             return 1;
     }
     return 0;
@@ -162,16 +181,17 @@ static int keep(struct task_state *t, uint64_t value, int64_t fid, int64_t versi
 }
 
 int emu_handover_find(const struct emu_event *ev, size_t n, const int64_t *cfid, const int64_t *cidx,
-                      size_t ncar, const struct emu_hregs *regs, size_t nregs, struct emu_handover *out,
-                      size_t cap, size_t *found)
+                      size_t ncar, const struct emu_hregs *regs, size_t nregs, const int64_t *stack,
+                      size_t nstack, struct emu_handover *out, size_t cap, size_t *found)
 {
-    struct carriers car = {cfid, cidx, ncar, regs, nregs};
+    struct carriers car = {cfid, cidx, ncar, regs, nregs, stack, nstack};
     struct tidmap map = {0};
     struct task_state *ts = NULL;
     size_t nts = 0, i;
     int rc = EMU_OK;
 
-    if (!found || (n && !ev) || (ncar && (!cfid || !cidx)) || (nregs && !regs) || (cap && !out))
+    if (!found || (n && !ev) || (ncar && (!cfid || !cidx)) || (nregs && !regs) || (nstack && !stack)
+        || (cap && !out))
         return EMU_EINVAL;
     *found = 0;
     for (i = 1; i < ncar; i++)

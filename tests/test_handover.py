@@ -231,12 +231,14 @@ def test_handover_finder_c_and_python_twins_agree(seed_copy):
         @given(st.lists(event, max_size=80), st.dictionaries(st.sampled_from(fids[:-2] + [fids[-2]]),
                                                              st.sets(st.integers(0, 3), min_size=1), max_size=4),
                st.dictionaries(st.tuples(st.sampled_from(fids), st.integers(0, 3)),
-                               st.frozensets(st.integers(0, 5)), max_size=6))
-        def check(trace, carry, regs):
+                               st.frozensets(st.integers(0, 5)), max_size=6),
+               st.sets(st.integers(-1, 4), max_size=4))
+        def check(trace, carry, regs, stacking):
             log = core.EventLog(trace)
             pairs = [(f, i) for f, s in carry.items() for i in s]
             masks = [(f, v, sum(1 << k for k in taken)) for (f, v), taken in regs.items()]
-            assert core.handover_find(log, pairs, masks) == handover.scan(log.records(), carry, regs)
+            assert core.handover_find(log, pairs, masks, stacking) == \
+                handover.scan(log.records(), carry, regs, stacking)
         check()
     finally:
         r.close()
@@ -362,3 +364,72 @@ def test_promise_oracle_c_and_python_twins_agree(seed_copy):
         for _, m, _, _ in runs:
             m.engine.close()
         r.close()
+
+
+STACKED_BASE = """
+#include "lpemu.h"
+volatile long zero;
+__attribute__((noinline)) long f(void) { return 0 + zero; }
+__attribute__((noinline)) long g(long record) { lpemu_observe(10, record); return 0; }
+long user_entry(long i) { g(f()); lpemu_sleep(2); return 0; }
+"""
+
+
+@pytest.mark.parametrize("replace", [False, True])
+def test_a_stacked_patch_hands_its_values_to_the_functions_of_the_patch_below(tmp_path, replace):
+    """p1 patches f and g (a new record format), p2 patches f again. With
+    p2 stacked on p1 (livepatch's func_stack), p2's f runs with p1 applied:
+    its records go to p1's g, the g of its own universe, and that is no
+    handover. With atomic replace p2 takes p1 off: p2's f and the original g
+    are one universe, and p1's g receiving p2's record would be one."""
+    from emu.runs import handover
+    (tmp_path / "base.c").write_text(STACKED_BASE)
+    (tmp_path / "p1.c").write_text(STACKED_BASE.replace("return 0 + zero", "return 1 + zero")
+                                   .replace("observe(10,", "observe(11,"))
+    (tmp_path / "p2.c").write_text(STACKED_BASE.replace("return 0 + zero", "return 2 + zero"))
+    (tmp_path / "s.toml").write_text(f"""
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+[[task]]
+name = "user"
+entry = "user_entry"
+args = [0]
+count = 2
+[[patch]]
+name = "p1"
+sources = ["p1.c"]
+functions = ["f", "g"]
+[[patch]]
+name = "p2"
+sources = ["p2.c"]
+functions = ["f"]
+replace = {'true' if replace else 'false'}
+[[action]]
+at = 20000
+do = "enable"
+patch = "p1"
+[[action]]
+at = 220000
+do = "enable"
+patch = "p2"
+[fuzz]
+horizon = 3.0
+""")
+    with Runner(scenario.build(scenario.load(tmp_path / "s.toml"))) as r:
+        res, m, model = r.execute(r.plan("livepatch", 0), keep=True)
+        try:
+            assert [t.result for t in model.transitions] == ["completed", "completed"]
+            late = [e for e in m.trace if e[1] == core.EV_OBSERVE and e[0] > model.transitions[1].completed_at]
+            assert late, "the tasks kept calling g"
+            found = handover.find(m, model.patches)
+            assert found == handover.find(m, model.patches, fast=False)
+            if replace:
+                # the original g gets p2's records: one universe, no handover
+                assert {e[3] for e in late} == {10}
+            else:
+                assert {(e[3], e[4]) for e in late} == {(11, 2)}      # p1's g gets p2's records
+            assert [h for h in found if h.produced_at > model.transitions[1].completed_at] == []
+        finally:
+            m.engine.close()

@@ -922,25 +922,29 @@ def _events(log: EventLog):
     return (ffi.from_buffer("struct emu_event[]", log._raw) if n else ffi.NULL), n
 
 
-def handover_find(log: EventLog, carriers, regs=()) -> list[tuple[int, int, int, int, int, int, int, int, int]]:
+def handover_find(log: EventLog, carriers, regs=(), stacking=()) \
+        -> list[tuple[int, int, int, int, int, int, int, int, int]]:
     """Every value handover of log (emu/runs/handover.py's rule, csrc/handover.c):
     (task, clock, fid, version, arg, value, producer fid, producer version,
     produced_at) tuples in trace order. carriers: (function id, patch index)
     pairs, each function with the index of every patch that carries it;
     regs: (function id, version, mask) triples, the argument registers
-    (bit k: register k) that version takes (others: all six)."""
+    (bit k: register k) that version takes (others: all six); stacking: the
+    indexes of the patches that stack on older ones (not atomic replace)."""
     pairs = sorted(set((int(f), int(i)) for f, i in carriers))
     masks = sorted({(int(f), int(v)): int(m) & 0x3F for f, v, m in regs}.items())
     cfid = ffi.new("int64_t[]", [f for f, _ in pairs] or [0])
     cidx = ffi.new("int64_t[]", [i for _, i in pairs] or [0])
     c_regs = ffi.new("struct emu_hregs[]", [(f, v, m) for (f, v), m in masks] or [(0, 0, 0)])
+    stack = sorted(set(int(i) for i in stacking))
+    c_stack = ffi.new("int64_t[]", stack or [0])
     ev, n = _events(log)
     found = ffi.new("size_t *")
     cap = 16
     while True:
         out = ffi.new("struct emu_handover[]", cap)
-        _check(lib.emu_handover_find(ev, n, cfid, cidx, len(pairs), c_regs, len(masks), out, cap, found),
-               "find handovers")
+        _check(lib.emu_handover_find(ev, n, cfid, cidx, len(pairs), c_regs, len(masks), c_stack, len(stack),
+                                     out, cap, found), "find handovers")
         if found[0] <= cap:
             break
         cap = found[0]

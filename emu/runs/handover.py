@@ -74,6 +74,19 @@ def carriers_of(patches: list[Patch]) -> dict[int, set[int]]:
     return carriers
 
 
+def stacking_of(patches: list[Patch]) -> set[int]:
+    """The indexes of the patches that stack on older ones: a version of
+    theirs runs with every older patch that carries the function applied
+    below it (livepatch's func_stack, kpatch's hash, kGraft's stacking).
+    An atomic replace takes the older patches off instead."""
+    return {p.index for p in patches if not p.replace}
+
+
+def applied(stacking, idx: int, version: int) -> bool:
+    """Whether a function that ran `version` ran with patch idx applied."""
+    return version == idx or (version > idx and version in stacking)
+
+
 def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, fast: bool = True) -> list[Handover]:
     """Every value handover of machine's finished run, in trace order: found
     by the C core (csrc/handover.c), or with fast=False by scan(), its twin.
@@ -89,11 +102,13 @@ def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, f
     taken = _Arity(machine, {} if arity is None else arity)
     # the registers each version that can run takes (any other version: all six)
     regs = {key: taken.of(fn) for key, fn in code.items()}
+    stacking = stacking_of(patches)
     if fast:
         found = core.handover_find(machine.trace, [(fid, idx) for fid, s in carriers.items() for idx in s],
-                                   [(fid, v, sum(1 << k for k in taken)) for (fid, v), taken in regs.items()])
+                                   [(fid, v, sum(1 << k for k in taken)) for (fid, v), taken in regs.items()],
+                                   stacking)
     else:
-        found = scan(machine.trace.records(), carriers, regs)
+        found = scan(machine.trace.records(), carriers, regs, stacking)
     names = {fid: machine.functions[fid].name for fid in carriers}
     tasks = machine.tasks
     return [Handover(tasks[task].name if 0 <= task < len(tasks) else str(task), names[fid], version, k, v,
@@ -101,13 +116,14 @@ def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, f
             for task, clock, fid, version, k, v, pfid, pver, pclock in found]
 
 
-def scan(records, carriers: dict[int, set[int]], regs: dict[tuple[int, int], frozenset]) \
+def scan(records, carriers: dict[int, set[int]], regs: dict[tuple[int, int], frozenset], stacking=()) \
         -> list[tuple[int, int, int, int, int, int, int, int, int]]:
     """The handovers of records ((clock, kind, task, a, b, c) tuples) as
     (task, clock, fid, version, arg, value, producer fid, producer version,
     produced_at), in trace order: the pure-Python twin of csrc/handover.c.
     carriers: carriers_of(patches); regs: (fid, version) -> the argument
-    registers (0-5) that version takes (a version not in it: all six)."""
+    registers (0-5) that version takes (a version not in it: all six);
+    stacking: stacking_of(patches)."""
     live: dict[int, dict[int, tuple[int, int, int]]] = {}    # task -> value -> (fid, version, clock)
     pending: dict[int, tuple[int, int, int, list[int]]] = {}  # task -> entry awaiting its arguments
     out: list[tuple] = []
@@ -125,7 +141,7 @@ def scan(records, carriers: dict[int, set[int]], regs: dict[tuple[int, int], fro
                 continue
             pfid, pver, pclock = hit
             shared = carriers[fid] & carriers[pfid]
-            if any((pver == idx) != (version == idx) for idx in shared):
+            if any(applied(stacking, idx, pver) != applied(stacking, idx, version) for idx in shared):
                 out.append((task, clock, fid, version, k, v, pfid, pver, pclock))
                 return
 
