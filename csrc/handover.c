@@ -216,17 +216,12 @@ int emu_handover_find(const struct emu_event *ev, size_t n, const int64_t *cfid,
             break;
         }
         if (fresh) {
-            if ((size_t)slot >= nts) {
-                size_t want = nts ? nts * 2 : 16;
-                struct task_state *p = realloc(ts, want * sizeof(*p));
-                if (!p) {
-                    rc = EMU_ENOMEM;
-                    break;
-                }
-                memset(p + nts, 0, (want - nts) * sizeof(*p));
-                ts = p;
-                nts = want;
+            void *grown = tidmap_room(ts, &nts, slot, sizeof(*ts));
+            if (!grown) {
+                rc = EMU_ENOMEM;
+                break;
             }
+            ts = grown;
         }
         t = &ts[slot];
         switch (e->kind) {

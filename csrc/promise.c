@@ -259,16 +259,13 @@ int emu_promise_scan(const struct emu_event *ev, size_t n, const struct emu_prom
                 rc = EMU_ENOMEM;
                 goto done;
             }
-            if (fresh && (size_t)slot >= nts) {
-                size_t want = nts ? nts * 2 : 16;
-                struct ptask *q = realloc(ts, want * sizeof(*q));
-                if (!q) {
+            if (fresh) {
+                void *grown = tidmap_room(ts, &nts, slot, sizeof(*ts));
+                if (!grown) {
                     rc = EMU_ENOMEM;
                     goto done;
                 }
-                memset(q + nts, 0, (want - nts) * sizeof(*q));
-                ts = q;
-                nts = want;
+                ts = grown;
             }
             t = &ts[slot];
             t->task = e->task;

@@ -1,6 +1,6 @@
 /*
  * tidmap.h - task id -> dense slot, for the passes over a finished trace
- * (handover.c, units.c). A trace's task ids are whatever its events say:
+ * (handover.c, units.c, promise.c), and the per-task arrays they index. A trace's task ids are whatever its events say:
  * the machine's tasks, the idle tasks' negative ids, or any int32 a
  * damaged trace holds, so they are hashed, never used as indexes.
  */
@@ -9,6 +9,7 @@
 
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct tidmap {
     int32_t *key;
@@ -78,6 +79,26 @@ static inline int32_t tidmap_get(struct tidmap *m, int32_t k, int *fresh)
     m->slot[j] = (int32_t)m->n++;
     *fresh = 1;
     return m->slot[j];
+}
+
+/* The per-task array arr (*n elements of elem bytes), grown to hold a
+ * slot that tidmap_get just gave: doubled, what it adds zeroed. NULL when
+ * memory ran out (arr is then as it was). */
+static inline void *tidmap_room(void *arr, size_t *n, int32_t slot, size_t elem)
+{
+    size_t want;
+    char *p;
+
+    if ((size_t)slot < *n)
+        return arr;
+    want = *n ? *n * 2 : 16;
+    while (want <= (size_t)slot)
+        want *= 2;
+    if (!(p = realloc(arr, want * elem)))
+        return NULL;
+    memset(p + *n * elem, 0, (want - *n) * elem);
+    *n = want;
+    return p;
 }
 
 #endif

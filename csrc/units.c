@@ -140,16 +140,13 @@ int emu_units_check(const struct emu_event *ev, size_t n, const int64_t *fids, s
             rc = EMU_ENOMEM;
             goto done;
         }
-        if (fresh && (size_t)slot >= nts) {
-            size_t want = nts ? nts * 2 : 16;
-            struct unit_task *p = realloc(ts, want * sizeof(*p));
-            if (!p) {
+        if (fresh) {
+            void *grown = tidmap_room(ts, &nts, slot, sizeof(*ts));
+            if (!grown) {
                 rc = EMU_ENOMEM;
                 goto done;
             }
-            memset(p + nts, 0, (want - nts) * sizeof(*p));
-            ts = p;
-            nts = want;
+            ts = grown;
         }
         t = &ts[slot];
         t->task = e->task;
