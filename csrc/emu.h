@@ -394,6 +394,7 @@ struct emu_sched_globals {
     int64_t live;         /* tasks not exited */
     int64_t jitter;       /* 1: a slice's length is drawn from jstate in 1..quantum */
     int64_t jstate;       /* the draw's generator (64-bit LCG), seeded by the run */
+    int64_t watch_hit;    /* a watched task left its CPU in this call: come back at the round step */
 };
 
 struct emu_sched_task {
@@ -409,6 +410,7 @@ struct emu_sched_task {
     int64_t since;          /* instructions since the last scheduling point */
     int64_t exit_code;
     int64_t exited;         /* exit code set */
+    int64_t watch;          /* its leaving a CPU brings the loop back (EMU_SR_SLICE) */
 };
 
 struct emu_sched_cpu {
@@ -416,6 +418,7 @@ struct emu_sched_cpu {
     int64_t slices;
     int64_t rqlen;          /* set with the queue (emu_sched_set_queue) */
     int64_t work;           /* a kernel thread waits for this CPU (EMU_SR_WORK when it gets it) */
+    int64_t goal;           /* > 0: come back once slices reaches it on every CPU with a goal */
 };
 
 /* Where the parts of the block lie. */
@@ -451,6 +454,7 @@ struct emu_sched {
 #define EMU_SG_LIVE        23
 #define EMU_SG_JITTER      24
 #define EMU_SG_JSTATE      25
+#define EMU_SG_WATCH_HIT   26
 
 #define EMU_TF_STATE          0
 #define EMU_TF_KIND           1
@@ -464,10 +468,12 @@ struct emu_sched {
 #define EMU_TF_SINCE          9
 #define EMU_TF_EXIT_CODE     10
 #define EMU_TF_EXITED        11
+#define EMU_TF_WATCH         12
 
 #define EMU_CF_CURRENT 0
 #define EMU_CF_SLICES  1
 #define EMU_CF_WORK    2
+#define EMU_CF_GOAL    3
 
 #define EMU_TS_RUNNABLE 0
 #define EMU_TS_SLEEPING 1
@@ -488,8 +494,8 @@ struct emu_sched {
 #define EMU_SR_LOCKUP       11   /* rtask ran too long without a scheduling point */
 #define EMU_SR_EVENTS       12   /* the event ring is full */
 #define EMU_SR_PICK         13   /* choose among rcpu's runnable tasks (not rtask) */
-#define EMU_SR_SLICE        14   /* a slice ended (each_slice) */
-#define EMU_SR_IDLE_ROUND   15   /* a round ran no guest code (each_slice): Python moves time */
+#define EMU_SR_SLICE        14   /* a slice ended (each_slice), a watched task left its CPU, or every goal was reached */
+#define EMU_SR_IDLE_ROUND   15   /* a round ran no guest code (each_slice or a goal): Python moves time */
 #define EMU_SR_HANG         16   /* every task asleep with nothing to wake it */
 #define EMU_SR_END          17   /* nothing can happen any more */
 #define EMU_SR_SM           18   /* stop_machine: Python's scheduler must run */

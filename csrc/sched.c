@@ -153,6 +153,7 @@ int emu_sched_set_global(struct emu_core *c, int field, int64_t v)
     case EMU_SG_LIVE:        if (!in(v, 0, nt + 1)) return EMU_EINVAL; g->live = v; break;
     case EMU_SG_JITTER:      if (!in(v, 0, 2)) return EMU_EINVAL; g->jitter = v; break;
     case EMU_SG_JSTATE:      g->jstate = v; break;
+    case EMU_SG_WATCH_HIT:   if (!in(v, 0, 2)) return EMU_EINVAL; g->watch_hit = v; break;
     default:                 return EMU_EINVAL;
     }
     return EMU_OK;
@@ -178,6 +179,7 @@ int emu_sched_set_task(struct emu_core *c, int tid, int field, int64_t v)
     case EMU_TF_SINCE:          if (v < 0) return EMU_EINVAL; t->since = v; break;
     case EMU_TF_EXIT_CODE:      t->exit_code = v; break;
     case EMU_TF_EXITED:         if (!in(v, 0, 2)) return EMU_EINVAL; t->exited = v; break;
+    case EMU_TF_WATCH:          if (!in(v, 0, 2)) return EMU_EINVAL; t->watch = v; break;
     default:                    return EMU_EINVAL;
     }
     return EMU_OK;
@@ -194,6 +196,7 @@ int emu_sched_set_cpu(struct emu_core *c, int cpu, int field, int64_t v)
     case EMU_CF_CURRENT: if (!in(v, -1, c->sched.g->ntasks)) return EMU_EINVAL; p->current = v; break;
     case EMU_CF_SLICES:  if (v < 0) return EMU_EINVAL; p->slices = v; break;
     case EMU_CF_WORK:    if (!in(v, 0, 2)) return EMU_EINVAL; p->work = v; break;
+    case EMU_CF_GOAL:    if (v < 0) return EMU_EINVAL; p->goal = v; break;
     default:             return EMU_EINVAL;
     }
     return EMU_OK;
@@ -237,6 +240,32 @@ static int runnable(const struct sched *s, int64_t tid)
     return T(tid, state) == EMU_TS_RUNNABLE;
 }
 
+/* CPU i's current task becomes tid (-1: none); a watched task leaving it
+ * brings the loop back at the round step. */
+static void set_current(struct sched *s, int i, int64_t tid)
+{
+    int64_t old = C(i, current);
+
+    if (old >= 0 && old != tid && T(old, watch))
+        G(watch_hit) = 1;
+    C(i, current) = tid;
+}
+
+/* 0: no CPU has a goal; 1: some goal is not reached; 2: every goal is. */
+static int goals(const struct sched *s)
+{
+    int i, any = 0;
+
+    for (i = 0; i < s->ncpus; i++) {
+        if (C(i, goal) <= 0)
+            continue;
+        if (C(i, slices) < C(i, goal))
+            return 1;
+        any = 1;
+    }
+    return any ? 2 : 0;
+}
+
 /* Take tid out of CPU i's queue (and, with again, put it back at the
  * tail). Nothing happens when it is not there. */
 static void unqueue(struct sched *s, int i, int64_t tid, int again)
@@ -264,7 +293,7 @@ static void schedule_out(struct sched *s, int i, int64_t tid, int preempted)
     T(tid, preempted) = preempted;
     T(tid, since) = 0;
     if (C(i, current) == tid) {
-        C(i, current) = -1;
+        set_current(s, i, -1);
         __emu_event(s->c, EMU_EV_SCHED_OUT, (int)tid, i, preempted, 0, now(s));
     }
     requeue(s, i, tid);
@@ -361,7 +390,7 @@ static int pick(struct sched *s, int i, int64_t *out)
         G(preemptions) += runnable(s, cur);
     }
     if (task != C(i, current)) {
-        C(i, current) = task;
+        set_current(s, i, task);
         emit(s, EMU_EV_SCHED_IN, (int)task, i);
     }
     T(task, need_resched) = 0;
@@ -381,7 +410,7 @@ static int grant(struct sched *s, int i)
         schedule_out(s, i, cur, T(cur, preempted));
         G(preemptions)++;
     }
-    C(i, current) = -1;
+    set_current(s, i, -1);
     C(i, work) = 0;
     G(round_ran) = 1;
     G(rcpu) = i;
@@ -614,7 +643,7 @@ static int state_ok(const struct sched *s)
 int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct emu_stop *stop)
 {
     struct sched st, *s = &st;
-    int rc;
+    int rc, goal;
 
     if (!c || !c->sched_mem || !stop || c->stop || c->ntasks != c->sched.g->ntasks)
         return EMU_EINVAL;
@@ -629,6 +658,7 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
     memset(stop, 0, sizeof(*stop));
     if (!state_ok(s))
         return EMU_EINVAL;
+    G(watch_hit) = 0;
     for (;;) {
         if (!G(inslice) && !G(after)) {
             int i = (int)G(rr);
@@ -656,7 +686,7 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
             else if ((rc = pick(s, i, &task)))
                 return rc;
             if (task < 0) {
-                C(i, current) = -1;
+                set_current(s, i, -1);
                 C(i, slices)++;
                 G(after) = 1;
                 if (T(s->ntasks + i, notify) || G(notify_all)) {
@@ -676,17 +706,20 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
         /* the round step */
         G(after) = 0;
         G(rr) = (G(rr) + 1) % s->ncpus;
+        goal = goals(s);
         if (G(rr) == 0) {
             int idle = !G(round_ran);
             G(round_ran) = 0;
             if (idle) {
-                if (G(each_slice))
+                if (G(each_slice) || goal)
                     return EMU_SR_IDLE_ROUND;
                 if ((rc = idle_jump(s, until, deadline)))
                     return rc;
             }
         }
-        if (G(each_slice))
+        if (G(each_slice) || G(watch_hit) || goal == 2) {
+            G(watch_hit) = 0;
             return EMU_SR_SLICE;
+        }
     }
 }

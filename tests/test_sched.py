@@ -110,6 +110,44 @@ def hostile_work(m, log, plan):
 
 def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, watcher, timers, until,
             stop_every, works=(), jitter=None):
+    m, log = mix_machine(image, sched, tasks=tasks, cpus=cpus, quantum=quantum, tick=tick, preempt=preempt,
+                         policy=policy, seed=seed, watcher=watcher, timers=timers, works=works, jitter=jitter)
+    out = None
+    try:
+        if stop_every == "watch":
+            # the fuzz observer's way: come back when a watched task (here
+            # every task but the last, from the first timer on) leaves its CPU
+            looks = []
+            m.run(until=until, stop_when=lambda: looks.append(m.now) and False,
+                  watch=lambda: [t.tid for t in m.tasks[:-1]] if m.now >= (timers[0][0] if timers else 0) else ())
+            log.append(("looks", len(looks)))
+        elif stop_every:
+            left = [stop_every]
+            while m.now < until and any(t.state is not RunState.EXITED for t in m.tasks):
+                before = m.now
+
+                def enough():
+                    left[0] -= 1
+                    return left[0] <= 0
+                left[0] = stop_every
+                m.run(until=until, stop_when=enough)
+                if m.now == before and left[0] > 0:
+                    break
+        else:
+            m.run(until=until)
+    except GuestFault as exc:
+        out = str(exc)
+    m.drain()
+    result = (m.trace.raw(), m.log, log, out, m.now, m.preemptions,
+              [(t.state, t.wake_at, t.kernel_entries, t.exit_code, t.preempted, t.need_resched)
+               for t in m.tasks], [(c.slices, c.current and c.current.tid) for c in m.cpus])
+    m.engine.close()
+    return result
+
+
+def mix_machine(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, watcher, timers,
+                works=(), jitter=None):
+    """A machine of a hostile mix, its timers and works set, and the log they write."""
     m = Machine(image, cpus=cpus, quantum=quantum, tick=tick, preempt=preempt, sched=sched,
                 lockup_ticks=50, policy=make_policy(policy, seed, len(tasks)))
     for k, (kind, tseed) in enumerate(tasks):
@@ -135,30 +173,7 @@ def run_mix(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, seed, 
         if k:       # stop_machine is one at a time (the kernel's callers queue; Works refuses nesting)
             plan = ["sync" if w == "stop" else w for w in plan]
         m.at(when, lambda plan=plan: m.spawn(hostile_work(m, log, plan)))
-    out = None
-    try:
-        if stop_every:
-            left = [stop_every]
-            while m.now < until and any(t.state is not RunState.EXITED for t in m.tasks):
-                before = m.now
-
-                def enough():
-                    left[0] -= 1
-                    return left[0] <= 0
-                left[0] = stop_every
-                m.run(until=until, stop_when=enough)
-                if m.now == before and left[0] > 0:
-                    break
-        else:
-            m.run(until=until)
-    except GuestFault as exc:
-        out = str(exc)
-    m.drain()
-    result = (m.trace.raw(), m.log, log, out, m.now, m.preemptions,
-              [(t.state, t.wake_at, t.kernel_entries, t.exit_code, t.preempted, t.need_resched)
-               for t in m.tasks], [(c.slices, c.current and c.current.tid) for c in m.cpus])
-    m.engine.close()
-    return result
+    return m, log
 
 
 @pytest.fixture(scope="module")
@@ -182,7 +197,7 @@ mixes = st.fixed_dictionaries({
     "timers": st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 5),
                                  st.sampled_from(["pend", "idle", "signal"])), max_size=6),
     "until": st.integers(1, 80_000),
-    "stop_every": st.sampled_from([0, 0, 3]),
+    "stop_every": st.sampled_from([0, 0, 3, "watch"]),
     "works": st.lists(st.tuples(st.integers(0, 60_000),
                                 st.lists(st.sampled_from([0, 1, 700, 5_000, "sync", "stop"]), max_size=4)),
                       max_size=3),
@@ -197,6 +212,48 @@ def test_c_scheduler_and_python_twin_agree_on_hostile_mixes(hostile, mix):
     py = run_mix(hostile, "python", **mix)
     assert c[0] == py[0]          # every event, packed
     assert c[1:] == py[1:]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mix=mixes, start=st.integers(0, 40_000), sched=st.sampled_from(["c", "python"]))
+def test_watching_who_leaves_a_cpu_meets_each_task_where_every_slice_does(hostile, mix, start, sched):
+    """The fuzz observer's cadence (Machine.run's watch): from `start` on,
+    each task is met the first time it is seen off its CPU, and it is
+    watched until then. Coming back only when a watched task left its CPU
+    meets every task in the same place (its stack) as looking after every
+    slice, and the run is the same run."""
+    mix = {k: v for k, v in mix.items() if k not in ("until", "stop_every")}
+    out = {}
+    for how in ("every slice", "watch"):
+        m, log = mix_machine(hostile, sched, **mix)
+        met: dict[int, tuple] = {}
+        started = []
+        # it starts at a timer, as a transition starts in a step of kernel
+        # work: Python is there to meet the tasks off their CPUs then
+        m.at(start, lambda: started.append(m.now))
+
+        def look():
+            if started:
+                on = {c.current.tid for c in m.cpus if c.current is not None}
+                for t in m.tasks:
+                    if t.tid not in met and t.tid not in on:
+                        met[t.tid] = (t.state, m.stack(t))
+            return False
+
+        def unmet():
+            return [t.tid for t in m.tasks if t.tid not in met] if started else ()
+        fault = None
+        try:
+            if how == "watch":
+                m.run(until=start + 40_000, stop_when=look, watch=unmet)
+            else:
+                m.run(until=start + 40_000, stop_when=look, every_slice=True)
+        except GuestFault as exc:
+            fault = str(exc)
+        m.drain()
+        out[how] = (met, m.trace.raw(), log, fault)
+        m.engine.close()
+    assert out["watch"] == out["every slice"]
 
 
 @pytest.mark.parametrize("model", demo.DEMO_MODELS)
@@ -331,6 +388,7 @@ BAD_FIELDS = [
     ("t2", "kind", 7), ("c0", "current", 1), ("c0", "current", -2), ("c1", "slices", -1),
     ("c0", "queue", [1]), ("c0", "queue", [-1]), ("c0", "queue", [0, 0]), ("c1", "queue", [0, 0, 0]),
     ("g", "quantum", "many"), ("c0", "work", 2), ("c1", "work", -1),
+    ("t1", "watch", 2), ("t0", "watch", -1), ("c0", "goal", -1), ("g", "watch_hit", 2),
 ]
 
 
@@ -364,14 +422,14 @@ def test_fixed_fields_of_the_scheduler_state_are_read_only(compile_c):
 
 _GLOBALS = ("quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all", "each_slice", "sm", "rr",
             "round_ran", "slice_left", "inslice", "stask", "remain", "pick", "next_wake", "check_sm", "after",
-            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate")
+            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate", "watch_hit")
 _TASK_FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
-                "kernel_entries", "since", "exit_code", "exited")
+                "kernel_entries", "since", "exit_code", "exited", "watch")
 _int64 = st.one_of(st.integers(-3, 5), st.integers(-(1 << 63), (1 << 63) - 1), st.integers(1 << 63, 1 << 80))
 _writes = st.lists(st.one_of(
     st.tuples(st.just("g"), st.sampled_from(_GLOBALS), _int64),
     st.tuples(st.sampled_from(["t0", "t1", "t2", "t3"]), st.sampled_from(_TASK_FIELDS), _int64),
-    st.tuples(st.sampled_from(["c0", "c1"]), st.sampled_from(["current", "slices", "work"]), _int64),
+    st.tuples(st.sampled_from(["c0", "c1"]), st.sampled_from(["current", "slices", "work", "goal"]), _int64),
     st.tuples(st.sampled_from(["c0", "c1"]), st.just("queue"), st.lists(st.integers(-2, 3), max_size=4))),
     max_size=12)
 

@@ -707,7 +707,7 @@ class TaskRecord:
 
     __slots__ = ("_engine", "_p", "_i", "_mem")
     FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
-              "kernel_entries", "since", "exit_code", "exited")
+              "kernel_entries", "since", "exit_code", "exited", "watch")
 
     def __init__(self, engine, p, i: int, mem):
         self._engine, self._p, self._i, self._mem = engine, p, i, mem
@@ -737,6 +737,7 @@ class CpuRecord:
     current = _field("current", lib.emu_sched_set_cpu, lib.EMU_CF_CURRENT)
     slices = _field("slices", lib.emu_sched_set_cpu, lib.EMU_CF_SLICES)
     work = _field("work", lib.emu_sched_set_cpu, lib.EMU_CF_WORK)
+    goal = _field("goal", lib.emu_sched_set_cpu, lib.EMU_CF_GOAL)
     rqlen = _field("rqlen", None, None)
 
     @property
@@ -765,7 +766,8 @@ class SchedState:
 
     GLOBALS = ("ntasks", "ncpus", "quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all",
                "each_slice", "sm", "rr", "round_ran", "slice_left", "inslice", "stask", "remain", "pick",
-               "next_wake", "check_sm", "after", "preemptions", "rtask", "rcpu", "live", "jitter", "jstate")
+               "next_wake", "check_sm", "after", "preemptions", "rtask", "rcpu", "live", "jitter", "jstate",
+               "watch_hit")
 
     def __init__(self, engine: Engine, mem, layout):
         self._engine = engine

@@ -69,6 +69,27 @@ class PyScheduler:
     def runnable(self, tid: int) -> bool:
         return self.task[tid].state == RUNNABLE
 
+    def set_current(self, i: int, tid: int) -> None:
+        """CPU i's current task becomes tid (-1: none); a watched task
+        leaving it brings the loop back at the round step."""
+        cpu = self.cpu[i]
+        old = cpu.current
+        if old >= 0 and old != tid and self.task[old].watch:
+            self.s.watch_hit = 1
+        cpu.current = tid
+
+    def goals(self) -> int:
+        """0: no CPU has a goal; 1: some goal is not reached; 2: every goal is."""
+        any_goal = False
+        for cpu in self.cpu:
+            goal = cpu.goal
+            if goal <= 0:
+                continue
+            if cpu.slices < goal:
+                return 1
+            any_goal = True
+        return 2 if any_goal else 0
+
     def requeue(self, i: int, tid: int) -> None:
         q = self.cpu[i].queue
         if tid in q:
@@ -87,7 +108,7 @@ class PyScheduler:
         t.preempted = int(preempted)
         t.since = 0
         if cpu.current == tid:
-            cpu.current = -1
+            self.set_current(i, -1)
             self.engine.push_event(core.EV_SCHED_OUT, tid, i, int(preempted), 0)
         self.requeue(i, tid)
 
@@ -134,7 +155,7 @@ class PyScheduler:
             self.requeue(i, cur)
             s.preemptions += self.runnable(cur)
         if task != cpu.current:
-            cpu.current = task
+            self.set_current(i, task)
             self.emit(core.EV_SCHED_IN, task, i)
         self.task[task].need_resched = 0
         return 0, task
@@ -149,7 +170,7 @@ class PyScheduler:
         if cur >= 0 and self.runnable(cur):
             self.schedule_out(i, cur, bool(self.task[cur].preempted))
             s.preemptions += 1
-        cpu.current = -1
+        self.set_current(i, -1)
         cpu.work = 0
         s.round_ran = 1
         s.rcpu, s.rtask = i, -1
@@ -353,6 +374,7 @@ class PyScheduler:
     # ---- the loop ----------------------------------------------------------------
     def run(self, until: int, deadline: int) -> int:
         s = self.s
+        s.watch_hit = 0
         while True:
             if not s.inslice and not s.after:
                 i = s.rr
@@ -377,7 +399,7 @@ class PyScheduler:
                         return rc
                     if task < 0:
                         cpu = self.cpu[i]
-                        cpu.current = -1
+                        self.set_current(i, -1)
                         cpu.slices += 1
                         s.after = 1
                         if self.task[self.ntasks + i].notify or s.notify_all:
@@ -391,16 +413,18 @@ class PyScheduler:
                     return rc
             s.after = 0
             s.rr = (s.rr + 1) % self.ncpus
+            goal = self.goals()
             if s.rr == 0:
                 idle = not s.round_ran
                 s.round_ran = 0
                 if idle:
-                    if s.each_slice:
+                    if s.each_slice or goal:
                         return SR.IDLE_ROUND
                     rc = self.idle_jump(until, deadline)
                     if rc:
                         return rc
-            if s.each_slice:
+            if s.each_slice or s.watch_hit or goal == 2:
+                s.watch_hit = 0
                 return SR.SLICE
 
 

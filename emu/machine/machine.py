@@ -431,18 +431,22 @@ class Machine:
         st = self.scheduling.state
         return 0 if st is None else st.preemptions
 
-    def run(self, until: int | None = None, *, stop_when=None, every_slice: bool = True) -> None:
+    def run(self, until: int | None = None, *, stop_when=None, every_slice: bool = True,
+            watch=None) -> None:
         """Run until virtual time `until`, until every task has exited, or until
         stop_when() is true. stop_when is checked between slices, or with
         every_slice=False only when the machine comes back to Python for
         kernel work (a timer or work item, a switch point a model watches, a
-        hypercall of its own), which lets the scheduler stay in C. Stopping
-        and running on gives the same run as running straight through.
+        hypercall of its own), which lets the scheduler stay in C. With
+        watch (a callable giving task ids, asked before each return to the
+        scheduler), it is also checked after a slice in which one of those
+        tasks left its CPU, instead of after every slice. Stopping and
+        running on gives the same run as running straight through.
         Raises GuestFault; EngineBusy when another thread is running the
         machine."""
         with self.engine.hold():
             self.start()
-            self.scheduling.run(until, stop_when, every_slice)
+            self.scheduling.run(until, stop_when, every_slice, watch)
 
     def wake(self, task: Task, *, early: bool) -> None:
         """Wake a sleeping task; its sleep returns the ticks it had left."""

@@ -56,12 +56,14 @@ class Scheduling:
     def _wake_due(self, tid: int) -> None:
         self.m.wake(self.m.tasks[tid], early=False)
 
-    def run(self, until: int | None, stop_when, every_slice: bool) -> None:
+    def run(self, until: int | None, stop_when, every_slice: bool, watch=None) -> None:
         m, st, works = self.m, self.state, self.m.works
         st.policy_rr = m.policy.name == "rr"
         st.notify_all = any(not getattr(lst, "pending_only", False) for lst in m.listeners)
-        each = stop_when is not None and every_slice
+        each = stop_when is not None and every_slice and watch is None
         until_c = -1 if until is None else until
+        goals: tuple | None = None          # the CPUs' goals as set (works.goals())
+        watched: set[int] = set()           # the tasks whose watch flag is set
         try:
             while True:
                 works.fire_due()
@@ -74,6 +76,11 @@ class Scheduling:
                 want = 1 if each or works.per_slice() else 0
                 if st.each_slice != want:
                     st.each_slice = want
+                want_goals = works.goals()
+                if want_goals != goals:
+                    goals = self._set_goals(goals, want_goals)
+                if watch is not None:
+                    watched = self._set_watch(watched, set(watch()))
                 deadline = works.next_timer
                 if works.stop is None and m.sched == "c":
                     reason = m.engine.sched_run(until_c, deadline)
@@ -82,7 +89,26 @@ class Scheduling:
                 if reason > SR.DONE and not self._returned(reason, until_c, deadline):
                     return
         finally:
+            self._set_goals(goals, None)
+            self._set_watch(watched, set())
             m.drain()
+
+    def _set_goals(self, old: tuple | None, new: tuple | None) -> tuple | None:
+        """Set the CPUs' slice goals (None: none) where they differ from old."""
+        zero = (0,) * len(self.state.cpus)
+        for cpu, a, b in zip(self.state.cpus, old or zero, new or zero):
+            if a != b:
+                cpu.goal = b
+        return new
+
+    def _set_watch(self, old: set[int], new: set[int]) -> set[int]:
+        """Set the watch flags of the tasks in new, clear those of the others in old."""
+        tasks = self.state.tasks
+        for tid in old - new:
+            tasks[tid].watch = 0
+        for tid in new - old:
+            tasks[tid].watch = 1
+        return new
 
     def _returned(self, reason: int, until: int, deadline: int) -> bool:
         """Do what the scheduler came back for; False when the run is over."""

@@ -131,8 +131,19 @@ class Works:
         return self.timers[0][0] if self.timers else -1
 
     def per_slice(self) -> bool:
-        """Whether a work waits for CPUs to end slices (the loop must come back after each)."""
-        return any(w.kind in ("sync", "stop") for w in self.items)
+        """Whether a work waits for stop_machine (the loop must come back after each slice)."""
+        return any(w.kind == "stop" for w in self.items)
+
+    def goals(self) -> tuple[int, ...] | None:
+        """Per CPU, the slice count at which a sync a work waits for can be
+        over (the scheduler comes back once every CPU reached it: the
+        earliest a waiting work can be ready), or None when none waits."""
+        goals = None
+        for w in self.items:
+            if w.kind == "sync":
+                g = tuple(s + 1 for s in w.arg)
+                goals = g if goals is None else tuple(map(min, goals, g))
+        return goals
 
     def any_ready(self) -> bool:
         return any(w.kind in ("sync", "stop") or w.ready(self.m) for w in self.items)

@@ -469,7 +469,15 @@ class Runner:
             for task, st in obs.observe(skip=res.met).items():
                 res.met[task] = st
             return len(res.met) >= want or settled()
-        m.run(until=end, stop_when=look, every_slice=True)
+
+        def unmet():
+            # a task not met yet is on a CPU (look() met the others): the
+            # loop comes back when it leaves it (its state changes only
+            # while it runs); nothing is watched before the transition starts
+            if not model.transitions or model.transitions[0].started_at is None:
+                return ()
+            return [t.tid for t in m.tasks if not t.is_idle and t.name not in res.met]
+        m.run(until=end, stop_when=look, watch=unmet)
 
     def _discard(self, m: Machine) -> None:
         for key, (pm, _) in list(self._pool.items()):
