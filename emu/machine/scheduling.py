@@ -64,26 +64,33 @@ class Scheduling:
         until_c = -1 if until is None else until
         goals: tuple | None = None          # the CPUs' goals as set (works.goals())
         watched: set[int] = set()           # the tasks whose watch flag is set
+        engine = m.engine
         try:
             while True:
-                works.fire_due()
+                if works.timers or works.items:
+                    works.fire_due()
                 if stop_when is not None and stop_when():
                     return
-                if until is not None and m.now >= until:
+                if until is not None and engine.clock >= until:
                     return
                 if st.live <= 0:
                     return
-                want = 1 if each or works.per_slice() else 0
+                if works.items:
+                    want = 1 if each or works.per_slice() else 0
+                    want_goals = works.goals()
+                else:
+                    want, want_goals = (1 if each else 0), None
                 if st.each_slice != want:
                     st.each_slice = want
-                want_goals = works.goals()
                 if want_goals != goals:
                     goals = self._set_goals(goals, want_goals)
                 if watch is not None:
-                    watched = self._set_watch(watched, set(watch()))
+                    tids = set(watch())
+                    if tids != watched:
+                        watched = self._set_watch(watched, tids)
                 deadline = works.next_timer
                 if works.stop is None and m.sched == "c":
-                    reason = m.engine.sched_run(until_c, deadline)
+                    reason = engine.sched_run(until_c, deadline)
                 else:
                     reason = self.twin.run(until_c, deadline)
                 if reason > SR.DONE and not self._returned(reason, until_c, deadline):

@@ -167,10 +167,12 @@ class Works:
             self._ask(w)
 
     def fire_due(self) -> None:
-        while self.timers and self.timers[0][0] <= self.m.now:
-            _, _, fn = heapq.heappop(self.timers)
+        timers = self.timers
+        while timers and timers[0][0] <= self.m.now:
+            _, _, fn = heapq.heappop(timers)
             fn()
-        self.advance()
+        if self.items:
+            self.advance()
 
     def advance(self) -> None:
         """Works whose wait is over ask for a CPU; inside a stop_machine
@@ -179,7 +181,7 @@ class Works:
         while progressed:
             progressed = False
             for w in list(self.items):
-                if w not in self.items or not w.ready(self.m):
+                if w.kind == "cpu" or w not in self.items or not w.ready(self.m):
                     continue
                 progressed = True
                 if w.kind == "stop" or (self.stop is not None and self.stop.work is w):
