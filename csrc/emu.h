@@ -395,6 +395,7 @@ struct emu_sched_globals {
     int64_t jitter;       /* 1: a slice's length is drawn from jstate in 1..quantum */
     int64_t jstate;       /* the draw's generator (64-bit LCG), seeded by the run */
     int64_t watch_hit;    /* a watched task left its CPU in this call: come back at the round step */
+    int64_t quiet;        /* the watchers' hooks would do nothing now: notify flags are not acted on */
 };
 
 struct emu_sched_task {
@@ -455,6 +456,7 @@ struct emu_sched {
 #define EMU_SG_JITTER      24
 #define EMU_SG_JSTATE      25
 #define EMU_SG_WATCH_HIT   26
+#define EMU_SG_QUIET       27
 
 #define EMU_TF_STATE          0
 #define EMU_TF_KIND           1

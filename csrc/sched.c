@@ -154,6 +154,7 @@ int emu_sched_set_global(struct emu_core *c, int field, int64_t v)
     case EMU_SG_JITTER:      if (!in(v, 0, 2)) return EMU_EINVAL; g->jitter = v; break;
     case EMU_SG_JSTATE:      g->jstate = v; break;
     case EMU_SG_WATCH_HIT:   if (!in(v, 0, 2)) return EMU_EINVAL; g->watch_hit = v; break;
+    case EMU_SG_QUIET:       if (!in(v, 0, 2)) return EMU_EINVAL; g->quiet = v; break;
     default:                 return EMU_EINVAL;
     }
     return EMU_OK;
@@ -238,6 +239,13 @@ static void emit(struct sched *s, int kind, int tid, int64_t a)
 static int runnable(const struct sched *s, int64_t tid)
 {
     return T(tid, state) == EMU_TS_RUNNABLE;
+}
+
+/* Whether Python's watchers want tid's switch points (or its idle slices,
+ * for a CPU's idle task). */
+static int notified(const struct sched *s, int64_t tid)
+{
+    return G(notify_all) || (T(tid, notify) && !G(quiet));
 }
 
 /* CPU i's current task becomes tid (-1: none); a watched task leaving it
@@ -433,7 +441,7 @@ static int switch_point(struct sched *s, int i, int64_t tid, int event, int reas
 {
     emit(s, event, (int)tid, 0);
     T(tid, preempted) = 0;
-    if (T(tid, notify) || G(notify_all)) {
+    if (notified(s, tid)) {
         G(rtask) = tid;
         G(rcpu) = i;
         return reason;
@@ -475,7 +483,7 @@ static int hypercall(struct sched *s, int i, int64_t tid)
         T(tid, preempted) = 0;
         T(tid, kernel_entries)++;
         emit(s, EMU_EV_SAFE_POINT, (int)tid, 0);
-        return T(tid, notify) || G(notify_all) ? EMU_SR_SAFE_POINT : 0;
+        return notified(s, tid) ? EMU_SR_SAFE_POINT : 0;
     case EMU_HC_EXIT:
         T(tid, state) = EMU_TS_EXITED;
         T(tid, exit_code) = a;
@@ -689,7 +697,7 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
                 set_current(s, i, -1);
                 C(i, slices)++;
                 G(after) = 1;
-                if (T(s->ntasks + i, notify) || G(notify_all)) {
+                if (notified(s, s->ntasks + i)) {
                     G(rcpu) = i;
                     return EMU_SR_IDLE;
                 }

@@ -60,8 +60,11 @@ class Watcher:
 
     def __init__(self, m, log):
         self.m, self.log = m, log
+        self.hooks_inert = False       # a "quiet" timer flips it: its hooks then do nothing
 
     def _hook(self, what, task):
+        if self.hooks_inert:
+            return
         self.log.append((self.m.now, what, task.tid))
         if (self.m.now + task.tid) % 3 == 0:
             task.pending = False
@@ -168,6 +171,9 @@ def mix_machine(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, se
                 m.cpus[task.tid % cpus].idle.pending = True
             elif what == "signal":
                 m.signal(task)
+            elif what == "quiet":
+                for lst in m.listeners:
+                    lst.hooks_inert = not lst.hooks_inert
         m.at(when, fire)
     for k, (when, plan) in enumerate(works):
         if k:       # stop_machine is one at a time (the kernel's callers queue; Works refuses nesting)
@@ -195,7 +201,7 @@ mixes = st.fixed_dictionaries({
     "seed": st.integers(0, 2**16),
     "watcher": st.sampled_from([None, "pending", "all"]),
     "timers": st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 5),
-                                 st.sampled_from(["pend", "idle", "signal"])), max_size=6),
+                                 st.sampled_from(["pend", "idle", "signal", "quiet"])), max_size=6),
     "until": st.integers(1, 80_000),
     "stop_every": st.sampled_from([0, 0, 3, "watch"]),
     "works": st.lists(st.tuples(st.integers(0, 60_000),
@@ -388,7 +394,7 @@ BAD_FIELDS = [
     ("t2", "kind", 7), ("c0", "current", 1), ("c0", "current", -2), ("c1", "slices", -1),
     ("c0", "queue", [1]), ("c0", "queue", [-1]), ("c0", "queue", [0, 0]), ("c1", "queue", [0, 0, 0]),
     ("g", "quantum", "many"), ("c0", "work", 2), ("c1", "work", -1),
-    ("t1", "watch", 2), ("t0", "watch", -1), ("c0", "goal", -1), ("g", "watch_hit", 2),
+    ("t1", "watch", 2), ("t0", "watch", -1), ("c0", "goal", -1), ("g", "watch_hit", 2), ("g", "quiet", -1),
 ]
 
 
@@ -422,7 +428,7 @@ def test_fixed_fields_of_the_scheduler_state_are_read_only(compile_c):
 
 _GLOBALS = ("quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all", "each_slice", "sm", "rr",
             "round_ran", "slice_left", "inslice", "stask", "remain", "pick", "next_wake", "check_sm", "after",
-            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate", "watch_hit")
+            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate", "watch_hit", "quiet")
 _TASK_FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
                 "kernel_entries", "since", "exit_code", "exited", "watch")
 _int64 = st.one_of(st.integers(-3, 5), st.integers(-(1 << 63), (1 << 63) - 1), st.integers(1 << 63, 1 << 80))

@@ -90,6 +90,12 @@ class PyScheduler:
             any_goal = True
         return 2 if any_goal else 0
 
+    def notified(self, tid: int) -> bool:
+        """Whether Python's watchers want tid's switch points (or its idle
+        slices, for a CPU's idle task)."""
+        s = self.s
+        return bool(s.notify_all or (self.task[tid].notify and not s.quiet))
+
     def requeue(self, i: int, tid: int) -> None:
         q = self.cpu[i].queue
         if tid in q:
@@ -187,7 +193,7 @@ class PyScheduler:
         s = self.s
         self.emit(event, tid)
         self.task[tid].preempted = 0
-        if self.task[tid].notify or s.notify_all:
+        if self.notified(tid):
             s.rtask, s.rcpu = tid, i
             return reason
         self.switch_tail(i, tid)
@@ -228,7 +234,7 @@ class PyScheduler:
             t.preempted = 0
             t.kernel_entries += 1
             self.emit(core.EV_SAFE_POINT, tid)
-            return SR.SAFE_POINT if t.notify or s.notify_all else 0
+            return SR.SAFE_POINT if self.notified(tid) else 0
         if nr == HC["EXIT"]:
             t.state = EXITED
             t.exit_code = a
@@ -402,7 +408,7 @@ class PyScheduler:
                         self.set_current(i, -1)
                         cpu.slices += 1
                         s.after = 1
-                        if self.task[self.ntasks + i].notify or s.notify_all:
+                        if self.notified(self.ntasks + i):
                             s.rcpu = i
                             return SR.IDLE
                     else:

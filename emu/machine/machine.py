@@ -17,7 +17,9 @@ Models hang off the machine through listeners (on_kernel_exit,
 on_safe_point, on_cond_resched, on_idle). A listener with `pending_only`
 set (the models) hears only of tasks whose `pending` flag is set
 (TIF_PATCH_PENDING), so a machine with no transition in progress runs in C
-from one timer to the next; the machine knows nothing else of them.
+from one timer to the next; one whose `hooks_inert` is true (kGraft while
+its code is being changed) is not called at all while it is, when every
+listener's is; the machine knows nothing else of them.
 
 snapshot() and restore() put a machine back to an earlier point: a fuzzing
 runner restores the prefix its runs share instead of building a machine.

@@ -64,7 +64,7 @@ class Scheduling:
         until_c = -1 if until is None else until
         goals: tuple | None = None          # the CPUs' goals as set (works.goals())
         watched: set[int] = set()           # the tasks whose watch flag is set
-        engine = m.engine
+        engine, listeners = m.engine, m.listeners
         try:
             while True:
                 if works.timers or works.items:
@@ -82,6 +82,9 @@ class Scheduling:
                     want, want_goals = (1 if each else 0), None
                 if st.each_slice != want:
                     st.each_slice = want
+                quiet = 1 if listeners and all(getattr(lst, "hooks_inert", False) for lst in listeners) else 0
+                if st.quiet != quiet:
+                    st.quiet = quiet
                 if want_goals != goals:
                     goals = self._set_goals(goals, want_goals)
                 if watch is not None:
@@ -96,6 +99,8 @@ class Scheduling:
                 if reason > SR.DONE and not self._returned(reason, until_c, deadline):
                     return
         finally:
+            if st.quiet:
+                st.quiet = 0
             self._set_goals(goals, None)
             self._set_watch(watched, set())
             m.drain()

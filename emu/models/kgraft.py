@@ -101,6 +101,12 @@ class KGraft(Model):
             task.pending = False
             self.m.set_patch_state(task, self.target, route)
 
+    @property
+    def hooks_inert(self) -> bool:
+        """While the code is being changed no task migrates: the switch
+        points need not come to Python (Machine: listeners)."""
+        return self.immutable
+
     def fork_target(self) -> int | None:
         return self.target if self.current is not None else None
 
