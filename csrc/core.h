@@ -37,6 +37,7 @@ struct emu_code {
 };
 
 struct emu_core;
+struct sched;           /* sched.c's loop */
 
 struct emu_site {
     struct emu_core *core;  /* hooks get the site as user data */
@@ -107,6 +108,8 @@ struct emu_core {
                              * clock settings left out); snapshots do not restore it */
     uint64_t budget;
     uint64_t executed;
+    uint64_t base;          /* executed when the scheduler last took a hypercall inline: the
+                             * run goes on from there as a new run would (its first block runs) */
     int precise;
     uint64_t blk_addr;
     uint32_t blk_size;
@@ -121,6 +124,7 @@ struct emu_core {
     void *sched_mem;
     size_t sched_bytes;
     struct emu_sched sched;
+    struct sched *in_sched; /* during emu_sched_run: its loop, for the hypercalls it takes inline */
 
     /* instructions the emulator answers or refuses (sysinsn.c) */
     uint64_t rng;                   /* rdrand/rdseed: splitmix64 state */
@@ -142,6 +146,9 @@ void __emu_fault(struct emu_core *c, int kind, uint64_t rip, uint64_t addr, int 
 
 /* slicer.c */
 int __emu_slicer_install(struct emu_core *c);
+
+/* sched.c */
+int __emu_sched_inline(struct emu_core *c, int64_t nr);
 
 /* redirect.c */
 int __emu_redirect_install(struct emu_core *c);

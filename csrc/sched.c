@@ -498,6 +498,56 @@ static int hypercall(struct sched *s, int i, int64_t tid)
     }
 }
 
+/* A hypercall of the task on CPU G(rr) that hypercall() would handle
+ * without a return to Python and without taking the task off its CPU (a
+ * kernel exit, a safe point or a cond_resched nobody watches, with no
+ * reschedule, stop_machine or kernel work due there), taken during the run
+ * (the slicer's syscall hook, emu_run): what hypercall() and the loop
+ * around it would do, without stopping the run. The budget of the run in
+ * progress stays right: the loop would give the next run what is left of
+ * it. 0: not taken here (the run stops and hypercall() takes it). */
+int __emu_sched_inline(struct emu_core *c, int64_t nr)
+{
+    struct sched *s = c->in_sched;
+    int64_t tid = c->cur;
+    int i = (int)G(rr), event;
+
+    if (!G(inslice) || G(stask) != tid || C(i, current) != tid || c->executed >= c->budget)
+        return 0;
+    if (c->ev_n + 1 + s->ntasks + 64 > c->ev_cap)
+        return 0;   /* the loop would return EMU_SR_EVENTS next: let it */
+    switch (nr) {
+    case EMU_HC_RETURN_TO_USER:
+        if (T(tid, kind) != EMU_TK_USER)
+            return 0;
+        event = EMU_EV_KERNEL_EXIT;
+        break;
+    case EMU_HC_YIELD:
+        event = EMU_EV_YIELD;
+        break;
+    case EMU_HC_SAFE_POINT:
+        event = EMU_EV_SAFE_POINT;
+        break;
+    default:
+        return 0;
+    }
+    if (notified(s, tid))
+        return 0;
+    if (event != EMU_EV_SAFE_POINT && (T(tid, need_resched) || G(sm) || C(i, work)))
+        return 0;
+    if (event == EMU_EV_SAFE_POINT && T(tid, since) + (int64_t)c->executed > G(lockup))
+        return 0;   /* the loop would report the lockup next */
+    if (event != EMU_EV_YIELD)
+        T(tid, kernel_entries)++;
+    __emu_event(c, event, (int)tid, 0, 0, 0, c->clock + c->executed);
+    T(tid, preempted) = 0;
+    /* since restarts here: the loop adds what the whole run executed */
+    if (event != EMU_EV_SAFE_POINT)
+        T(tid, since) = -(int64_t)c->executed;
+    c->base = c->executed;
+    return 1;
+}
+
 /* Mid-slice, time reached a wake-up or Python's deadline: wake the
  * sleepers, and come back for Python's timers (the slice goes on after
  * them, unless they started stop_machine). */
@@ -648,10 +698,12 @@ static int state_ok(const struct sched *s)
     return 1;
 }
 
+static int sched_loop(struct sched *s, int64_t until, int64_t deadline);
+
 int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct emu_stop *stop)
 {
     struct sched st, *s = &st;
-    int rc, goal;
+    int rc;
 
     if (!c || !c->sched_mem || !stop || c->stop || c->ntasks != c->sched.g->ntasks)
         return EMU_EINVAL;
@@ -667,6 +719,16 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
     if (!state_ok(s))
         return EMU_EINVAL;
     G(watch_hit) = 0;
+    c->in_sched = s;
+    rc = sched_loop(s, until, deadline);
+    c->in_sched = NULL;
+    return rc;
+}
+
+static int sched_loop(struct sched *s, int64_t until, int64_t deadline)
+{
+    int rc, goal;
+
     for (;;) {
         if (!G(inslice) && !G(after)) {
             int i = (int)G(rr);

@@ -67,7 +67,7 @@ static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
         n = __emu_block_icount(c, addr, size);
         /* Without precision the first block of a run always executes, so
          * that every run makes progress. */
-        if (c->executed + n > c->budget && (c->precise || c->executed)) {
+        if (c->executed + n > c->budget && (c->precise || c->executed != c->base)) {
             if (!c->stop->reason)
                 c->stop->reason = EMU_STOP_BUDGET;
             c->cut = 1;
@@ -112,6 +112,10 @@ static void hook_syscall(uc_engine *uc, void *ud)
     }
     uc_reg_read(uc, UC_X86_REG_RDX, &d);
     if (c->stop->reason)
+        return;
+    /* A switch point the scheduler loop would take and go on from, the
+     * task staying on its CPU, is taken here without stopping. */
+    if (c->in_sched && __emu_sched_inline(c, nr))
         return;
     c->stop->reason = EMU_STOP_HYPERCALL;
     c->stop->hc_nr = nr;
@@ -185,6 +189,7 @@ int emu_run(struct emu_core *c, uint64_t budget, int precise, struct emu_stop *s
     c->stop = stop;
     c->budget = budget;
     c->executed = 0;
+    c->base = 0;
     c->precise = precise;
     c->cut = 0;
     c->partial = 0;
