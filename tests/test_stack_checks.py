@@ -3,7 +3,7 @@ Machine.stack, task by task: one C call for every task, or the Python twin,
 must give each task the walk Machine.stack gives it and find the same
 first entry in the checked ranges, at whatever point the machine stopped."""
 import pytest
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, event, given, settings, strategies as st
 
 from emu.engine import core, unwind
 from emu.errors import CoreError
@@ -74,6 +74,32 @@ def test_one_call_for_every_task_agrees_with_machine_stack(image, preempt, quant
                 r = results[i]
                 assert (r.code, tuple(r.entries), r.hit) == per_task(m, task, ranges, kind, max_entries)
                 assert (i not in failing) == passed(r, reliable)
+    finally:
+        m.engine.close()
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(preempt=st.sampled_from(["none", "voluntary", "full"]), quantum=st.integers(50, 700),
+       until=st.integers(1, 60_000), depths=st.lists(st.integers(1, 9), min_size=1, max_size=5),
+       kind=st.sampled_from(["orc", "fp"]), max_entries=st.sampled_from([1, 3, 8, 99, 4096]))
+def test_a_walk_in_c_agrees_with_its_python_twin(image, preempt, quantum, until, depths, kind, max_entries):
+    """Machine.stack in one C call (registers from the task's saved context,
+    or the engine's for the loaded task) is the Python twin's walk, whichever
+    task the engine has loaded; and the C walk switches no task."""
+    m = Machine(image, cpus=2, quantum=quantum, preempt=preempt, tick=100)
+    try:
+        for i, d in enumerate(depths):
+            m.add_task(f"t{i}", "entry" if i % 2 == 0 else "kentry", (d,),
+                       kind="user" if i % 2 == 0 else "kthread")
+        m.run(until=until)
+        for task in m.tasks:
+            loaded = m.engine.current
+            c = m.stack(task, unwinder=kind, max_entries=max_entries)
+            assert m.engine.current == loaded
+            py = m.stack(task, unwinder=kind, max_entries=max_entries, accel="python")   # loads task
+            assert c == py
+            assert m.stack(task, unwinder=kind, max_entries=max_entries) == c
+            event(f"{kind}: {unwind.REASONS[c[0]]}, {'deep' if len(c[1]) > 3 else 'shallow'}")
     finally:
         m.engine.close()
 

@@ -532,7 +532,7 @@ def test_hostile_stack_scan_agree(data):
 
 from unicorn.x86_const import UC_X86_REG_RBP, UC_X86_REG_RIP, UC_X86_REG_RSP  # noqa: E402
 
-from emu.errors import CoreError  # noqa: E402
+from emu.errors import CoreError, EngineClosed  # noqa: E402
 
 ENGINE_STACKS = 0x7000_0000    # task i's stack: [ENGINE_STACKS + i * 0x3000, + 0x2000)
 STACK_BYTES = 0x2000
@@ -739,7 +739,66 @@ def test_hostile_built_chains_check_stacks_agree(chain_engine, scene, kind, data
                               scene.rbp, kind=kind, orc_ips=scene.ips, orc_entries=scene.entries,
                               check=check.ranges, **kw)
     assert res[0] == twin
+    walker = e.task_walker(kind, scene.text, orc=core.OrcArrays(scene.ips, scene.entries),
+                           max_entries=kw["max_entries"])
+    assert walker.walk(0, scene.lo, scene.hi, preempted=kw["preempted"], end_ret=kw["end_ret"],
+                       end_slot=kw["end_slot"]) == (twin.code, twin.entries)
     event(f"{kind}: {unwind.REASONS[twin.code]}{', hit' if twin.hit >= 0 else ''}")
+
+
+# ---- one task's walk in one C call (TaskWalker) == check_stack with nothing checked ---------
+
+@ENGINE_HOSTILE
+@given(engine_scenes().filter(lambda s: s[6] != "scan"), st.data())
+def test_hostile_task_walks_agree(four_stacks, scene, data):
+    """Each task's walk from its saved registers (or the engine's, for the
+    loaded task) is check_stack's on the same registers and memory, with
+    the empty and register-frame ranges; the walk switches no task."""
+    text, ips, entries, tasks, _, empty, kind, max_entries, current, _ = scene
+    ts = four_stacks
+    for i, (stack, rip, rsp, rbp, *_rest) in enumerate(tasks):
+        ts.fill(i, stack, rip, rsp, rbp)
+    if current >= 0:
+        ts.engine.switch(current)
+    loaded = ts.engine.current
+    regs = data.draw(st.one_of(st.just((0, 0)), st.sampled_from(text.ranges) if text.ranges else st.just((0, 0)),
+                               st.tuples(u64(0, TOP), u64(0, TOP))))
+    walker = ts.engine.task_walker(kind, text, orc=core.OrcArrays(ips, entries), empty=empty, regs=regs,
+                                   max_entries=max_entries)
+    for i, (_, _, _, _, pre, end_ret, end_slot) in enumerate(tasks):
+        lo = ts.lo(i)
+        twin = unwind.check_stack(bytes(ts.engine.view(lo, STACK_BYTES)), lo, lo + STACK_BYTES, text.ranges,
+                                  *ts.regs[i], kind=kind, orc_ips=ips, orc_entries=entries, preempted=pre,
+                                  max_entries=max_entries, end_ret=end_ret, end_slot=end_slot, empty=empty,
+                                  regs=regs)
+        got = walker.walk(i, lo, lo + STACK_BYTES, preempted=pre, end_ret=end_ret, end_slot=end_slot)
+        assert got == (twin.code, twin.entries)
+        assert type(got[1]) is tuple
+        event(f"{kind}: {unwind.REASONS[twin.code]}")
+    assert ts.engine.current == loaded
+
+
+def test_task_walker_refuses_bad_arguments():
+    ts = TaskStacks(1)
+    text = core.Ranges([(0x1000, 0x2000)])
+    orc = core.OrcArrays([], [])
+    for kind, kw in (("scan", {}), ("dwarf", {}), ("orc", {"orc": None}), ("fp", {"max_entries": 0}),
+                     ("fp", {"max_entries": 4097})):
+        with pytest.raises(ValueError):
+            ts.engine.task_walker(kind, text, **{"orc": orc, **kw})
+    walker = ts.engine.task_walker("fp", text, max_entries=10)
+    lo, hi = ts.lo(0), ts.lo(0) + STACK_BYTES
+    with pytest.raises(CoreError, match="task 5"):
+        walker.walk(5, lo, hi, preempted=False, end_ret=0, end_slot=0)
+    with pytest.raises(CoreError, match="not found"):       # a stack that is not mapped
+        walker.walk(0, 0x10000, 0x12000, preempted=False, end_ret=0, end_slot=0)
+    for tid, a, b in ((-1, lo, hi), (0, hi, lo), (0, -8, hi), (0, lo, 1 << 64)):
+        with pytest.raises(ValueError):
+            walker.walk(tid, a, b, preempted=False, end_ret=0, end_slot=0)
+    assert walker.walk(0, lo, hi, preempted=False, end_ret=-1, end_slot=1 << 70)[0] >= 0   # masked to 64 bits
+    ts.engine.close()
+    with pytest.raises(EngineClosed):
+        walker.walk(0, lo, hi, preempted=False, end_ret=0, end_slot=0)
 
 
 # ---- a call that ends its function (noreturn) -----------------------------------------------

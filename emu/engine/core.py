@@ -34,7 +34,8 @@ except ImportError as exc:  # pragma: no cover - depends on the build
 
 __all__ = ["Engine", "Stop", "Event", "EventLog", "Snapshot", "SchedState", "TaskRecord", "CpuRecord",
            "StopReason", "FaultKind", "EventKind", "TaskState", "TaskKind", "SchedReturn", "Poke",
-           "Ranges", "OrcArrays", "StackTasks", "StackChecker", "walk_fp", "walk_orc", "ranges_hit", "stack_scan",
+           "Ranges", "OrcArrays", "StackTasks", "StackChecker", "TaskWalker", "walk_fp", "walk_orc", "ranges_hit",
+           "stack_scan",
            "handover_find", "units_check", "promise_scan"]
 
 # ---- build checks ---------------------------------------------------------
@@ -664,6 +665,12 @@ class Engine:
         return StackChecker(self, kind, text, orc=orc, empty=empty, regs=regs, max_entries=max_entries,
                             reliable=reliable)
 
+    def task_walker(self, kind: str, text: "Ranges", *, orc: "OrcArrays | None" = None,
+                    empty: tuple[int, int] = (0, 0), regs: tuple[int, int] = (0, 0),
+                    max_entries: int = 100) -> "TaskWalker":
+        """A prepared walk of one task's stack at a time, in one C call (see TaskWalker)."""
+        return TaskWalker(self, kind, text, orc=orc, empty=empty, regs=regs, max_entries=max_entries)
+
 
 # ---- the scheduler's state (struct emu_sched) --------------------------------------
 
@@ -1209,6 +1216,29 @@ def _summary_struct(n: int) -> struct.Struct:
     return struct.Struct("<" + "i8xi32x" * n)
 
 
+def _stack_cfg(kind: str, text: Ranges, orc: OrcArrays | None, empty: tuple[int, int], regs: tuple[int, int],
+               max_entries: int, reliable: bool):
+    """A struct emu_stack_cfg (it points into text and orc: keep them).
+    Raises ValueError for bad arguments."""
+    if kind not in UNWINDERS:
+        raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
+    if kind == "orc" and orc is None:
+        raise ValueError("an ORC walk needs an ORC table")
+    if not (2 if kind == "scan" else 1) <= max_entries <= _WALK_OUT_MAX:
+        raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{_WALK_OUT_MAX}")
+    cfg = ffi.new("struct emu_stack_cfg *")
+    cfg.kind = UNWINDERS[kind]
+    cfg.max_entries = max_entries
+    cfg.text = text._c
+    cfg.ntext = len(text)
+    if orc is not None:
+        cfg.orc_ip, cfg.orc, cfg.norc = orc._ip, orc._e, orc.n
+    cfg.empty_lo, cfg.empty_hi = empty
+    cfg.regs_lo, cfg.regs_hi = regs
+    cfg.reliable = 1 if reliable else 0
+    return cfg
+
+
 class StackChecker:
     """Walk (or scan) many tasks' stacks and look for checked ranges on them,
     in one C call: emu_check_stacks. Each task's result equals
@@ -1226,28 +1256,12 @@ class StackChecker:
     def __init__(self, engine: Engine, kind: str, text: "Ranges", *, orc: "OrcArrays | None" = None,
                  empty: tuple[int, int] = (0, 0), regs: tuple[int, int] = (0, 0), max_entries: int = 100,
                  reliable: bool = True):
-        if kind not in UNWINDERS:
-            raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
-        if kind == "orc" and orc is None:
-            raise ValueError("an ORC walk needs an ORC table")
-        if not (2 if kind == "scan" else 1) <= max_entries <= _WALK_OUT_MAX:
-            raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{_WALK_OUT_MAX}")
         self.engine = engine
         self.kind = kind
         self.max_entries = max_entries
         self.reliable = reliable
         self._keep = (text, orc)          # the cfg points into them
-        cfg = ffi.new("struct emu_stack_cfg *")
-        cfg.kind = UNWINDERS[kind]
-        cfg.max_entries = max_entries
-        cfg.text = text._c
-        cfg.ntext = len(text)
-        if orc is not None:
-            cfg.orc_ip, cfg.orc, cfg.norc = orc._ip, orc._e, orc.n
-        cfg.empty_lo, cfg.empty_hi = empty
-        cfg.regs_lo, cfg.regs_hi = regs
-        cfg.reliable = 1 if reliable else 0
-        self._cfg = cfg
+        self._cfg = _stack_cfg(kind, text, orc, empty, regs, max_entries, reliable)
         self._last_check = None
         self._last_results = None     # weak reference to the results still reading our buffers
         self._cap = 0
@@ -1350,3 +1364,59 @@ class StackResults:
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
+
+
+class TaskWalker:
+    """One task's stack walk in one C call: emu_check_stacks of that task
+    alone, nothing checked. The task's rip/rsp/rbp come from its saved
+    context (the engine's own for the loaded task: nothing is switched), its
+    stack from host memory, its return stack from the core. The result is
+    what walk_fp/walk_orc give on those registers and that memory (with
+    preempted also when rip lies in regs), or (WALK_OK, (rip,)) when rip
+    lies in empty: emu.engine.unwind.check_stack() with nothing checked is
+    its twin. kind: "fp" or "orc" (needs orc); max_entries 1..4096. Raises
+    ValueError for bad arguments."""
+
+    __slots__ = ("engine", "kind", "max_entries", "_keep", "_cfg", "_task", "_ctask", "_entries", "_ebuf",
+                 "_out", "_obuf")
+
+    def __init__(self, engine: Engine, kind: str, text: Ranges, *, orc: OrcArrays | None = None,
+                 empty: tuple[int, int] = (0, 0), regs: tuple[int, int] = (0, 0), max_entries: int = 100):
+        if kind == "scan":
+            raise ValueError("a scan is no walk: use a StackChecker")
+        self.engine = engine
+        self.kind = kind
+        self.max_entries = max_entries
+        self._keep = (text, orc)          # the cfg points into them
+        self._cfg = _stack_cfg(kind, text, orc, empty, regs, max_entries, False)
+        self._task = bytearray(_STACK_TASK.size)
+        self._ctask = ffi.from_buffer("struct emu_stack_task[]", self._task)
+        self._entries = ffi.new("uint64_t[]", max_entries)
+        self._ebuf = ffi.buffer(self._entries)
+        self._out = ffi.new("struct emu_stack_result[]", 1)
+        self._obuf = ffi.buffer(self._out)
+
+    def walk(self, tid: int, lo: int, hi: int, *, preempted: bool, end_ret: int, end_slot: int) \
+            -> tuple[int, tuple[int, ...]]:
+        """Walk task tid's stack [lo, hi) -> (EMU_WALK_*, return addresses
+        with rip first). Raises CoreError for a tid that is not the core's
+        or a stack that is not one mapped region."""
+        if not (0 <= tid < 1 << 31 and 0 <= lo <= hi <= _MASK64):
+            raise ValueError(f"bad task {tid} or stack {lo:#x}-{hi:#x}")
+        _STACK_TASK.pack_into(self._task, 0, tid, 1 if preempted else 0, lo, hi, end_ret & _MASK64,
+                              end_slot & _MASK64)
+        engine = self.engine
+        if not engine._lock.acquire(False):
+            raise engine._busy("stack walk")
+        try:
+            rc = lib.emu_check_stacks(engine._core, self._cfg, self._ctask, 1, self._entries, self._out)
+        finally:
+            engine._lock.release()
+        engine._check(rc, "stack walk")
+        code, _, n = _WALKED.unpack_from(self._obuf)
+        if code < 0:
+            engine._check(code, f"stack walk of task {tid}")
+        return code, struct.unpack_from(f"<{n}Q", self._ebuf)
+
+
+_WALKED = struct.Struct("<iii")     # code, off, n of a struct emu_stack_result

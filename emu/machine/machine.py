@@ -121,6 +121,7 @@ class Machine:
         self.engine.add_code(RUNTIME_BASE, page_up(self.runtime.size), self.runtime.insn_starts)
         self.engine.set_trampoline(self.runtime.trampoline)
         self.symbols = Symbols(self.runtime)
+        self.walkers = stacks.Walkers(self)
         twin = None
         if accel == "python":
             from emu.engine.redirect import PyRedirect

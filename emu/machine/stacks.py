@@ -24,23 +24,23 @@ def walk(m, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
     runtime page the walk follows its unwind information (emu/machine/
     runtime.py): a task in the ftrace trampoline is at a register frame
     (unreliable to frame pointers), diverted return addresses are read
-    back from the task's return stack."""
+    back from the task's return stack. With accel "c" it is one C call
+    (Walkers); the Python twins of emu/engine/unwind.py otherwise."""
     if task.is_idle or task.state is RunState.EXITED:
         return unwind.WALK_OK, ()
+    kind = unwinder or m.unwinder
+    if (accel or m.accel) == "c":
+        return m.walkers.get(kind, max_entries).walk(task.tid, task.stack_lo, task.stack_hi,
+                                                     preempted=task.preempted, end_ret=task.end_ret,
+                                                     end_slot=task.end_slot)
     rip, rsp, rbp = regs(m, task)
     rt = m.runtime
     if rt.empty[0] <= rip < rt.empty[1]:
         return unwind.WALK_OK, (rip,)
-    kind = unwinder or m.unwinder
-    accel = accel or m.accel
     lo, hi = task.stack_lo, task.stack_hi
     sym = m.symbols
     preempted = task.preempted or rt.regs[0] <= rip < rt.regs[1]
     graph = m.engine.graph_of(task.tid)
-    if accel == "c":
-        return m.engine.walk(kind, lo, hi, sym.text_ranges, rip, rsp, rbp, preempted=preempted,
-                             max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot,
-                             orc=sym.orc_arrays, graph=graph)
     mem = bytes(m.engine.view(lo, hi - lo))
     text = list(sym.text_ranges.ranges)
     pygraph = (graph.ret, bytes(graph.data))
@@ -48,9 +48,31 @@ def walk(m, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
         return unwind.walk_fp(mem, lo, hi, text, rip, rsp, rbp, preempted=preempted,
                               max_entries=max_entries, end_ret=task.end_ret, end_slot=task.end_slot,
                               graph=pygraph)
+    if kind != "orc":
+        raise ValueError(f"unknown unwinder {kind!r}")
     return unwind.walk_orc(mem, lo, hi, text, sym.orc.ips, sym.orc.entries, rip, rsp, rbp,
                            preempted=preempted, max_entries=max_entries, end_ret=task.end_ret,
                            end_slot=task.end_slot, graph=pygraph)
+
+
+class Walkers:
+    """A machine's prepared C walks (core.TaskWalker: the task's registers
+    read in C, no switch), one per unwinder and depth, made again when a
+    module's load brings new text and ORC tables."""
+
+    def __init__(self, m):
+        self.m = m
+        self._made: dict[tuple[str, int], tuple] = {}   # (kind, max_entries) -> (text, orc, walker)
+
+    def get(self, kind: str, max_entries: int) -> core.TaskWalker:
+        sym = self.m.symbols
+        made = self._made.get((kind, max_entries))
+        if made is None or made[0] is not sym.text_ranges or made[1] is not sym.orc_arrays:
+            rt = self.m.runtime
+            walker = self.m.engine.task_walker(kind, sym.text_ranges, orc=sym.orc_arrays, empty=rt.empty,
+                                               regs=rt.regs, max_entries=max_entries)
+            made = self._made[(kind, max_entries)] = (sym.text_ranges, sym.orc_arrays, walker)
+        return made[2]
 
 
 def scan(m, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:

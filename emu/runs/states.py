@@ -118,10 +118,10 @@ class Observer:
         m = self.m
         m.drain()
         trace = m.trace
-        if len(trace) > self._seen:
+        if self._known and len(trace) > self._seen:     # (nothing known: nothing to forget)
             for ev in trace.of_kind(EV_SCHED_IN, self._seen):
                 self._known.pop(ev[2], None)
-            self._seen = len(trace)
+        self._seen = len(trace)
         for tid in self._was_on:
             self._known.pop(tid, None)
         on = self._was_on = running(m)
