@@ -202,11 +202,15 @@ def test_a_task_in_the_runtime_page_unwinds_to_its_entry_or_is_unreliable(compil
     the stack a real call leaves there: the trampoline (reached from a
     traced function's fentry call) walks into that function and on to the
     entry frame; the return trampoline and the stray ud2s are unreliable.
-    Frame pointers never vouch for the trampoline's register frame."""
+    Frame pointers never vouch for the trampoline's register frame, in the
+    models' checks of every task at once (livepatch's reliable walk) as in
+    a walk of one task."""
+    from emu.models.stacks import StackChecks
     image = compile_c(SRC)
     m = machine(image, "c", (2,), quantum=10_000)
     task = m.tasks[0]
     rt = m.runtime
+    checks = StackChecks(m)
     # a genuine state: the task inside leaf, called from rec(...)
     m.run(until=2000)
     code, entries = m.stack(task, unwinder="orc")
@@ -216,13 +220,22 @@ def test_a_task_in_the_runtime_page_unwinds_to_its_entry_or_is_unreliable(compil
         m.engine.switch(task.tid)
         rip, rsp, rbp = m.regs(task)
         m.engine.uc.reg_write(core_rip(), insn)
-        for unwinder in ("orc", "fp"):
+        # a task off its CPU there was preempted; at the trampoline, even
+        # without the flag, the register frame is what makes frame pointers
+        # give up on it, in both paths
+        flags = (1, 0) if insn == rt.trampoline else (1,)
+        for unwinder, preempted in [(u, p) for u in ("orc", "fp") for p in flags]:
+            m.sched_state.tasks[task.tid].preempted = preempted
             c = m.stack(task, unwinder=unwinder)
             py = m.stack(task, unwinder=unwinder, accel="python")
             assert c == py
             if c[0] == unwind.WALK_OK:
                 assert unwinder == "orc" and insn == rt.trampoline
                 assert c[1][-1] == task.end_ret
+            for accel in ("c", "python"):
+                each = checks.check((), kind=unwinder, max_entries=100, reliable=True, accel=accel)
+                assert each[0].code == c[0], (unwinder, accel, m.symbolize(insn))
+                assert (0 in each.failing()) == (c[0] != unwind.WALK_OK)
         m.engine.uc.reg_write(core_rip(), rip)
     m.engine.close()
 

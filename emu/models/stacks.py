@@ -80,7 +80,7 @@ class StackChecks:
             self._tasks = core.StackTasks([(t.tid, None, t.stack_lo, t.stack_hi, t.end_ret, t.end_slot)
                                            for t in m.tasks])
         checker = m.engine.stack_checker(kind, m.text_ranges, orc=m.orc_arrays, empty=self._empty(),
-                                         max_entries=max_entries, reliable=reliable)
+                                         regs=m.runtime.regs, max_entries=max_entries, reliable=reliable)
         prepared = self._checkers[(kind, max_entries, reliable)] = (m.text_ranges, checker, self._tasks)
         return prepared
 
@@ -104,8 +104,10 @@ class StackChecks:
         for t in m.tasks:
             rip, rsp, rbp = m.regs(t)
             mem = bytes(m.engine.view(t.stack_lo, t.stack_hi - t.stack_lo))
+            graph = m.engine.graph_of(t.tid)
             out.append(unwind.check_stack(mem, t.stack_lo, t.stack_hi, m.text_ranges.ranges, rip, rsp, rbp,
                                           kind=kind, orc_ips=m.orc.ips, orc_entries=m.orc.entries,
                                           preempted=t.preempted, max_entries=max_entries, end_ret=t.end_ret,
-                                          end_slot=t.end_slot, empty=empty, check=checked))
+                                          end_slot=t.end_slot, empty=empty, regs=m.runtime.regs,
+                                          check=checked, graph=(graph.ret, bytes(graph.data))))
         return TwinResults(out, reliable)
