@@ -262,6 +262,62 @@ def test_watching_who_leaves_a_cpu_meets_each_task_where_every_slice_does(hostil
     assert out["watch"] == out["every slice"]
 
 
+class Inert(Watcher):
+    """A listener whose hooks do nothing (kGraft's while its code changes),
+    saying so (hooks_inert) or not."""
+
+    def _hook(self, what, task):
+        pass
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(mix=mixes, sched=st.sampled_from(["c", "python"]))
+def test_coming_back_to_python_does_not_change_the_run(hostile, mix, sched):
+    """Machine.run: stopping and running on gives the run of running
+    straight through. So must coming back to Python after every slice, when
+    a watched task leaves its CPU, or for the hooks of a listener that does
+    nothing, even where a timer falls due at the instruction a sleeper wakes
+    (the wakes come first, wherever the loop is)."""
+    from emu.engine.core import EV_OBSERVE, EV_SLEEP
+    mix = {k: v for k, v in mix.items() if k not in ("until", "stop_every", "watcher")}
+    until = 40_000
+    m, _ = mix_machine(hostile, sched, watcher=None, **mix)
+    try:
+        m.run(until=until)
+    except GuestFault:
+        pass
+    m.drain()
+    wakes = sorted({ev[3] for ev in m.trace.of_kind(EV_SLEEP) if 0 <= ev[3] < until})[:6]
+    m.engine.close()
+    runs = {}
+    for how in ("straight", "every slice", "watch", "hooks called", "hooks inert"):
+        m, log = mix_machine(hostile, sched, watcher=None, **mix)
+        if how.startswith("hooks"):
+            lst = Inert(m, log)
+            lst.hooks_inert = how == "hooks inert"
+            m.listeners.append(lst)
+            for t in m.tasks:
+                m.at(0, lambda t=t: setattr(t, "pending", True))
+        for w in wakes:
+            m.at(w, lambda w=w: m.emit(EV_OBSERVE, -1, w))
+        fault = None
+        try:
+            if how == "every slice":
+                m.run(until=until, stop_when=lambda: False, every_slice=True)
+            elif how == "watch":
+                m.run(until=until, stop_when=lambda: False, watch=lambda: [t.tid for t in m.tasks])
+            else:
+                m.run(until=until)
+        except GuestFault as exc:
+            fault = str(exc)
+        m.drain()
+        runs[how] = (m.trace.raw(), fault, m.now)
+        m.engine.close()
+    assert runs["every slice"] == runs["straight"]
+    assert runs["watch"] == runs["straight"]
+    assert runs["hooks inert"] == runs["hooks called"]
+
+
 @pytest.mark.parametrize("model", demo.DEMO_MODELS)
 @pytest.mark.parametrize("strategy", ["exhaustive", "random", "pct"])
 def test_twins_agree_on_the_seed_under_every_model(model, strategy):

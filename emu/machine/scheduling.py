@@ -67,6 +67,11 @@ class Scheduling:
         engine, listeners = m.engine, m.listeners
         try:
             while True:
+                # sleepers due now wake before the timers due now, as in the
+                # C loop (and its twin): the order must not depend on
+                # whether the loop came back to Python at this clock
+                if 0 <= st.next_wake <= engine.clock:
+                    self.twin.fire_wakes()
                 if works.timers or works.items:
                     works.fire_due()
                 if stop_when is not None and stop_when():
