@@ -183,6 +183,7 @@ class Runner:
         self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
         self._arity: dict = {}      # which argument registers each function takes (handover.find)
+        self._by_key: tuple[dict, tuple] | None = None     # the assertions by observed key (_checks)
         self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
@@ -602,26 +603,51 @@ class Runner:
         self._assertions(m, res)
 
     def _assertions(self, m: Machine, res: Result) -> None:
-        checks = self.scn.assertions
-        if not checks:
+        if not self.scn.assertions:
             return
-        tasks = m.tasks
-        for clock, kind, task, key, value, _ in m.trace.of_kind(core.EV_OBSERVE):
-            t = tasks[task] if 0 <= task < len(tasks) else None
-            env = {"key": key, "value": value, "time": clock, "task": t.name if t else "?",
-                   "kind": t.kind.value if t else "?"}
-            for a in checks:
-                if a.key is not None and a.key != key:
-                    continue
-                try:
-                    ok, why = a.holds(env), None
-                except Exception as exc:      # the user's expression failed on this record
-                    ok, why = False, f"{type(exc).__name__}: {exc}"
-                if not ok:
-                    res.violation_count += 1
-                    if len(res.violations) < MAX_REPORTED:
-                        res.violations.append({"assert": a.text, "line": a.line, "task": env["task"],
-                                               "time": clock, "key": key, "value": value, "error": why})
+        by_key, unkeyed = self._checks()
+        # each task's name and kind, read once per run rather than per observation
+        who = [(t.name, t.kind.value) for t in m.tasks]
+        # an assertion's verdict is a function of the names it reads: observations
+        # repeat (the same task observing the same value), and those whose
+        # assertions do not read the time are judged once per run
+        judged: dict[tuple, list] = {}
+        for clock, _, task, key, value, _ in m.trace.of_kind(core.EV_OBSERVE):
+            checks, timeless = by_key.get(key, unkeyed)
+            if not checks:
+                continue
+            failed = judged.get((key, value, task)) if timeless else None
+            name, kind = who[task] if 0 <= task < len(who) else ("?", "?")
+            if failed is None:
+                env = {"key": key, "value": value, "time": clock, "task": name, "kind": kind}
+                failed = []
+                for a in checks:
+                    try:
+                        if not a.holds(env):
+                            failed.append((a, None))
+                    except Exception as exc:      # the user's expression failed on this record
+                        failed.append((a, f"{type(exc).__name__}: {exc}"))
+                if timeless:
+                    judged[key, value, task] = failed
+            for a, why in failed:
+                res.violation_count += 1
+                if len(res.violations) < MAX_REPORTED:
+                    res.violations.append({"assert": a.text, "line": a.line, "task": name,
+                                           "time": clock, "key": key, "value": value, "error": why})
+
+    def _checks(self) -> tuple[dict, tuple]:
+        """The scenario's assertions that apply to an observation, in their
+        order, each group with whether none of them reads the time:
+        (observed key -> the group of that key's and every key's assertions,
+        the group of every key's), made once per runner."""
+        if self._by_key is None:
+            def group(checks):
+                return tuple(checks), not any("time" in a.names for a in checks)
+            checks = self.scn.assertions
+            keys = {a.key for a in checks if a.key is not None}
+            self._by_key = ({k: group([a for a in checks if a.key in (None, k)]) for k in keys},
+                            group([a for a in checks if a.key is None]))
+        return self._by_key
 
 
 def _attempt_log(history) -> list[dict]:
