@@ -67,6 +67,7 @@ SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
 MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
+MAX_JUDGING = 256          # the judges' tables a runner keeps (Runner._judging) before it starts anew
 
 
 @dataclass(frozen=True)
@@ -184,6 +185,7 @@ class Runner:
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
         self._arity: dict = {}      # which argument registers each function takes (handover.find)
         self._by_key: tuple[dict, tuple] | None = None     # the assertions by observed key (_checks)
+        self._judging: dict = {}    # what the judges derive from a run's patches, for the next runs alike
         self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
@@ -591,13 +593,15 @@ class Runner:
         elif results:
             res.outcome = "completed"
         stats: dict = {}
-        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats)
+        if len(self._judging) > MAX_JUDGING:
+            self._judging.clear()
+        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats, cache=self._judging)
         res.units = stats["units"]
         if not res.units:
             res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
-        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity)
+        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity, cache=self._judging)
         res.promise_breaches, res.promise = checked.breaches, checked.promise
         res.handover_count, res.handovers = checked.handover_count, checked.handovers
         self._assertions(m, res)
