@@ -897,11 +897,14 @@ class EventLog(Sequence):
             return [r for r in self._list[start:] if r[1] == kind]
         if start == n:
             return []
-        idx, count = ffi.new("uint64_t[]", n - start), ffi.new("size_t *")
+        count = ffi.new("size_t *")
         ev = ffi.from_buffer("struct emu_event[]", self._raw) + start
-        _check(lib.emu_events_of_kind(ev, n - start, kind, idx, count), "select events")
-        raw, unpack, size = self._raw, _EVENT.unpack_from, _EVENT.size
-        return [unpack(raw, (start + i) * size) for i in idx[0:count[0]]]
+        _check(lib.emu_events_of_kind(ev, n - start, kind, ffi.NULL, 0, count), "select events")
+        if not count[0]:
+            return []
+        out = ffi.new("struct emu_event[]", count[0])
+        _check(lib.emu_events_of_kind(ev, n - start, kind, out, count[0], count), "select events")
+        return list(_EVENT.iter_unpack(ffi.buffer(out, count[0] * _EVENT.size)))
 
     def __getitem__(self, i):
         if isinstance(i, slice):
