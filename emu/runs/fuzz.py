@@ -620,23 +620,17 @@ class Runner:
             checks, timeless = by_key.get(key, unkeyed)
             if not checks:
                 continue
-            failed = judged.get((key, value, task)) if timeless else None
-            name, kind = who[task] if 0 <= task < len(who) else ("?", "?")
+            seen = (key, value, task)
+            failed = judged.get(seen) if timeless else None
             if failed is None:
-                env = {"key": key, "value": value, "time": clock, "task": name, "kind": kind}
-                failed = []
-                for a in checks:
-                    try:
-                        if not a.holds(env):
-                            failed.append((a, None))
-                    except Exception as exc:      # the user's expression failed on this record
-                        failed.append((a, f"{type(exc).__name__}: {exc}"))
+                failed = _failed(checks, key, value, clock, *(who[task] if 0 <= task < len(who) else ("?", "?")))
                 if timeless:
-                    judged[key, value, task] = failed
+                    judged[seen] = failed
             for a, why in failed:
                 res.violation_count += 1
                 if len(res.violations) < MAX_REPORTED:
-                    res.violations.append({"assert": a.text, "line": a.line, "task": name,
+                    res.violations.append({"assert": a.text, "line": a.line,
+                                           "task": who[task][0] if 0 <= task < len(who) else "?",
                                            "time": clock, "key": key, "value": value, "error": why})
 
     def _checks(self) -> tuple[dict, tuple]:
@@ -652,6 +646,20 @@ class Runner:
             self._by_key = ({k: group([a for a in checks if a.key in (None, k)]) for k in keys},
                             group([a for a in checks if a.key is None]))
         return self._by_key
+
+
+def _failed(checks, key: int, value: int, clock: int, task: str, kind: str) -> list[tuple]:
+    """The assertions of checks that fail on one observation, in order,
+    each with the error its expression raised (None: it was false)."""
+    env = {"key": key, "value": value, "time": clock, "task": task, "kind": kind}
+    failed = []
+    for a in checks:
+        try:
+            if not a.holds(env):
+                failed.append((a, None))
+        except Exception as exc:      # the user's expression failed on this record
+            failed.append((a, f"{type(exc).__name__}: {exc}"))
+    return failed
 
 
 def _attempt_log(history) -> list[dict]:
