@@ -47,7 +47,6 @@ action until every task has been seen off its CPU.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import asdict, dataclass, field, replace
 
@@ -696,7 +695,7 @@ def _rebind(m: Machine, patch) -> None:
 
 def trace_hash(m: Machine) -> str:
     """A digest of the run: every event (packed) and every kernel message."""
-    h = hashlib.sha256(m.trace.raw())
+    h = m.trace.sha256()
     for t, text in m.log:
         h.update(f"{t}:{text}\n".encode())
     return h.hexdigest()[:16]
