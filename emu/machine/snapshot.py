@@ -55,10 +55,11 @@ def _hashed(trace: core.EventLog) -> core.EventLog:
     return trace
 
 
-def restore(m, snap: Snapshot) -> None:
+def restore(m, snap: Snapshot, *, policy=None) -> None:
     """Put a snapshot of this machine back: the next run is the same, event
     for event, as the first run from that point. Listeners go (models are
-    made anew per run). RuntimeError when images were loaded since;
+    made anew per run). policy: the next run's scheduling policy (None: a
+    copy of the snapshot's). RuntimeError when images were loaded since;
     CoreError when the snapshot is of another machine's layout."""
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: not a machine snapshot: {type(snap).__name__}")
@@ -78,4 +79,4 @@ def restore(m, snap: Snapshot) -> None:
     works.items = []
     m.listeners = []
     works.last_stop_machine = snap.last_stop_machine
-    m.policy = copy.deepcopy(snap.policy)
+    m.policy = copy.deepcopy(snap.policy) if policy is None else policy

@@ -336,14 +336,13 @@ class Runner:
         if pooled and key in self._pool:
             m, snap = self._pool.pop(key)
             try:
-                m.restore(snap)
+                m.restore(snap, policy=self._policy(spec, len(m.tasks)))
             except RuntimeError:
                 # the last run left what a snapshot cannot take back (a
                 # stop_machine still in progress, ...): drop it, build anew
                 m.engine.close()
             else:
                 self._pool[key] = (m, snap)          # most recently used last
-                m.policy = self._policy(spec, len(m.tasks))
                 return m, None
         m = self.machine(spec)
         try:
