@@ -57,7 +57,7 @@ from emu.runs.verdicts import verdicts
 from emu.errors import Busy, EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
-from emu.kernel.patch import make_patch
+from emu.kernel.patch import definition, make_patch
 from emu.runs.scenario import Program
 from emu.machine.policy import make_policy
 from emu.machine.task import PATCHED, RunState
@@ -66,7 +66,7 @@ SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
 MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
-MAX_JUDGING = 256          # the judges' tables a runner keeps (Runner._judging) before it starts anew
+MAX_JUDGING = 256          # patch definitions, and tables for each, a runner keeps for its judges (Runner._tables)
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class Runner:
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
         self._arity: dict = {}      # which argument registers each function takes (handover.find)
         self._by_key: tuple[dict, tuple] | None = None     # the assertions by observed key (_checks)
-        self._judging: dict = {}    # what the judges derive from a run's patches, for the next runs alike
+        self._judging: dict = {}    # patch.definition -> the judges' cache for runs of those patches (_tables)
         self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
@@ -591,18 +591,29 @@ class Runner:
         elif results:
             res.outcome = "completed"
         stats: dict = {}
-        if len(self._judging) > MAX_JUDGING:
-            self._judging.clear()
-        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats, cache=self._judging)
+        tables = self._tables(patches)
+        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats, cache=tables)
         res.units = stats["units"]
         if not res.units:
             res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
-        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity, cache=self._judging)
+        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity, cache=tables)
         res.promise_breaches, res.promise = checked.breaches, checked.promise
         res.handover_count, res.handovers = checked.handover_count, checked.handovers
         self._assertions(m, res)
+
+    def _tables(self, patches) -> dict:
+        """The judges' cache for runs of patches made alike (each a dict in
+        which oracle.check, promise.check and handover.find keep what they
+        derive from the patches); at most MAX_JUDGING of them, with at most
+        MAX_JUDGING entries each, before they start anew."""
+        if len(self._judging) > MAX_JUDGING:
+            self._judging.clear()
+        tables = self._judging.setdefault(definition(patches), {})
+        if len(tables) > MAX_JUDGING:
+            tables.clear()
+        return tables
 
     def _assertions(self, m: Machine, res: Result) -> None:
         if not self.scn.assertions:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from emu.engine import core
 from emu.errors import BuildError
 from emu.images import argregs
-from emu.kernel.patch import Patch, definition
+from emu.kernel.patch import Patch
 from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 
 _MASK = (1 << 64) - 1
@@ -93,9 +93,10 @@ def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, f
     by the C core (csrc/handover.c), or with fast=False by scan(), its twin.
     arity caches which argument registers each function's code takes
     (keyed by image and address: valid for every machine of one program);
-    cache keeps what find derives from patches for the next run of patches
-    made alike (patch.definition), as arity, by whoever judges many runs."""
-    key = ("handover", definition(patches))
+    cache is where find keeps what it derives from patches for the next
+    run: a dict whoever judges many runs keeps for patches made alike (one
+    per patch.definition(patches))."""
+    key = "handover"
     tables = cache.get(key) if cache is not None else None
     if tables is None:
         tables = _Tables(machine, patches, {} if arity is None else arity)

@@ -26,7 +26,7 @@ from functools import cached_property
 
 from emu.engine import core
 from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
-from emu.kernel.patch import Patch, definition
+from emu.kernel.patch import Patch
 from emu.machine.task import PATCHED
 
 
@@ -107,11 +107,12 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     """Inconsistent units of a finished run (machine.trace). stats, when
     given, gets "units": how many units the run had (0: the check checked
     nothing). System-call units are judged by the C core (csrc/units.c), or
-    with fast=False by scan_syscall_units(), its twin. cache keeps what
-    check derives from the patches and transitions for the next run alike
-    (patch.definition; the transitions' patches, targets and completions),
-    by whoever judges many runs."""
-    key = ("units", definition(patches), tuple((t.patch, t.target, t.result == "completed") for t in transitions),
+    with fast=False by scan_syscall_units(), its twin. cache is where check
+    keeps what it derives from the patches and transitions for the next
+    run with the same transitions' patches, targets and completions: a
+    dict whoever judges many runs keeps for patches made alike (one per
+    patch.definition(patches))."""
+    key = ("units", tuple((t.patch, t.target, t.result == "completed") for t in transitions),
            None if functions is None else frozenset(functions))
     tables = cache.get(key) if cache is not None else None
     if tables is None:

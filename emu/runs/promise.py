@@ -69,7 +69,7 @@ from emu.machine.machine import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAF
                                  EV_TRANSITION, Machine)
 from emu.machine.task import PATCHED, ROUTES, UNDEFINED, UNPATCHED
 from emu.models.base import T_COMPLETE, T_START, T_SWITCH
-from emu.kernel.patch import Patch, definition
+from emu.kernel.patch import Patch
 
 #: the routes by which each model may switch a task (besides a transition's own init and completion)
 ALLOWED_ROUTES = {
@@ -117,9 +117,9 @@ def check(machine: Machine, patches: list[Patch], model: str, *, fast: bool = Tr
           cache: dict | None = None) -> list[Breach]:
     """Every breach of model's promise in machine's finished run, in trace
     order: found by the C core (csrc/promise.c), or with fast=False by
-    scan(), its pure-Python twin. cache keeps the C core's tables for the
-    next run of patches made alike (patch.definition), on the same tasks,
-    by whoever judges many runs."""
+    scan(), its pure-Python twin. cache is where check keeps the C core's
+    tables for the next run: a dict whoever judges many runs keeps for
+    patches made alike (one per patch.definition(patches))."""
     o = _Oracle(machine, patches, model)
     found = o.scan_fast(cache) if fast else o.scan(machine.trace.records())
     return [o.describe(r) for r in found]
@@ -218,7 +218,7 @@ class _Oracle:
         here and the pass is run again."""
         kinds = tuple(t.kind for t in self.m.tasks)
         bp_blind = self.model == "stop_machine" and self.m.unwinder == "fp"
-        key = ("promise", definition(self.patches), self.model, bp_blind, kinds)
+        key = ("promise", self.model, bp_blind, kinds)
         scanner = cache.get(key) if cache is not None else None
         if scanner is None:
             allowed = ALLOWED_ROUTES.get(self.model, ())

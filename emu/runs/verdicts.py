@@ -24,8 +24,9 @@ class Verdicts:
 def verdicts(m: Machine, patches: list[Patch], *, spec_model: str, arity: dict | None = None,
              cache: dict | None = None) -> Verdicts:
     """The promise breaches and value handovers of m's finished run under
-    spec_model (arity: handover.find's cache; cache: what promise.check and
-    handover.find derive from the patches; both kept by whoever runs many)."""
+    spec_model (arity: handover.find's cache; cache: promise.check's and
+    handover.find's, kept for patches made alike; both kept by whoever
+    judges many runs)."""
     bad = promise.check(m, patches, spec_model, cache=cache)
     handed = handover.find(m, patches, arity=arity, cache=cache)
     return Verdicts(len(bad), [b.to_json() | {"text": str(b)} for b in bad[:MAX_REPORTED]],
