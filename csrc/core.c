@@ -457,15 +457,19 @@ int emu_event_push(struct emu_core *c, int kind, int task, int64_t a, int64_t b,
     return __emu_event(c, kind, task, a, b, cval, clock);
 }
 
-int emu_events_of_kind(const struct emu_event *ev, size_t n, int32_t kind, uint64_t *idx, size_t *count)
+int emu_events_of_kind(const struct emu_event *ev, size_t n, int32_t kind, struct emu_event *out, size_t cap,
+                       size_t *count)
 {
     size_t i, k = 0;
 
-    if (!count || (n && (!ev || !idx)))
+    if (!count || (n && !ev) || (cap && !out))
         return EMU_EINVAL;
     for (i = 0; i < n; i++)
-        if (ev[i].kind == kind)
-            idx[k++] = i;
+        if (ev[i].kind == kind) {
+            if (k < cap)
+                out[k] = ev[i];
+            k++;
+        }
     *count = k;
     return EMU_OK;
 }

@@ -261,10 +261,12 @@ int emu_event_push(struct emu_core *core, int kind, int task, int64_t a, int64_t
                    uint64_t clock);
 int emu_events_take(struct emu_core *core, struct emu_event *out, int max);
 int emu_events_pending(struct emu_core *core);
-/* The indexes of the events of ev[0..n) whose kind is kind, into idx (room
- * for n), *count = how many: a drained trace read for one kind without
- * unpacking the others. */
-int emu_events_of_kind(const struct emu_event *ev, size_t n, int32_t kind, uint64_t *idx, size_t *count);
+/* The events of ev[0..n) whose kind is kind, in order: the first
+ * min(*count, cap) copied into out (NULL when cap is 0), *count = how many
+ * there are. A drained trace is read for one kind without unpacking the
+ * others, and the selected records unpack in one pass. */
+int emu_events_of_kind(const struct emu_event *ev, size_t n, int32_t kind, struct emu_event *out, size_t cap,
+                       size_t *count);
 
 /* Only events whose kind k (0..63) has bit k set in the mask are recorded
  * (kinds from 64 on always are); the others are only counted. Every kind is

@@ -161,6 +161,33 @@ def test_event_log_reads_like_a_list():
     e.close()
 
 
+_EVENTS = st.lists(st.tuples(st.integers(0, 2**64 - 1), st.integers(-2**31, 2**31 - 1),
+                            st.integers(-2**31, 2**31 - 1), st.integers(-2**63, 2**63 - 1),
+                            st.integers(-2**63, 2**63 - 1), st.integers(0, 2**64 - 1)), max_size=12)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["append", "extend", "raw", "hash", "copy"]), _EVENTS), max_size=12))
+def test_the_hash_of_a_log_is_the_hash_of_its_events_however_it_grew(steps):
+    """EventLog.sha256 keeps what it hashed (copies too): whatever was
+    added, hashed, copied in between, it is sha256 of the packed events."""
+    import hashlib
+    log = core.EventLog()
+    for what, events in steps:
+        if what == "append":
+            for e in events:
+                log.append(e)
+        elif what == "extend":
+            log.extend(events)
+        elif what == "raw":
+            log.extend_raw(core.EventLog(events).raw())
+        elif what == "hash":
+            h = log.sha256()
+            h.update(b"more")               # the caller's updates stay the caller's
+        else:
+            log = log.copy()
+        assert log.sha256().hexdigest() == hashlib.sha256(log.raw()).hexdigest()
+
+
 @given(st.lists(st.tuples(st.integers(0, 2**64 - 1), st.sampled_from(list(core.EventKind)),
                           st.integers(-2**31, 2**31 - 1), st.integers(-2**63, 2**63 - 1),
                           st.integers(-2**63, 2**63 - 1), st.integers(0, 2**64 - 1)), max_size=20))

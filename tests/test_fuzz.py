@@ -118,3 +118,28 @@ def test_cli_bad_scenario_exits_2_with_one_line(tmp_path, capsys):
     assert cli.main(["run", str(bad), "--model", "kgraft"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "bad.toml:2: program.sources: no such file: x.c" in err
+
+
+@pytest.mark.parametrize("example", ["stacked", "replace", "modules", "kthread-stall", "seed"])
+def test_a_runners_kept_judging_tables_judge_as_fresh_ones(example):
+    """The tables a Runner keeps for the judges of its runs (Runner._judging,
+    keyed by what they read) give every run the judgement the judges give
+    it from scratch: runs of every model, pooled and fresh machines, the
+    tables made by earlier runs of other models and seeds."""
+    from emu.runs import oracle
+    from emu.runs.verdicts import verdicts
+    path = SEED.parent.parent / example / "scenario.toml"
+    with Runner(scenario.build(scenario.load(path))) as r:
+        for seed in range(3):
+            for model in scenario.MODELS:
+                r.execute(r.plan(model, seed + 10))                 # pooled: tables made and kept
+                res, m, mdl = r.execute(r.plan(model, seed), keep=True)
+                patches = list(mdl.patches)
+                stats: dict = {}
+                bad = oracle.check(m, patches, mdl.transitions, unit=r.scn.unit, stats=stats)
+                fresh = verdicts(m, patches, spec_model=model)
+                m.engine.close()
+                assert (res.inconsistent_units, res.inconsistencies, res.units) == \
+                    (len(bad), [b.to_json() for b in bad[:20]], stats["units"]), (model, seed)
+                assert (res.promise_breaches, res.promise, res.handover_count, res.handovers) == \
+                    (fresh.breaches, fresh.promise, fresh.handover_count, fresh.handovers), (model, seed)

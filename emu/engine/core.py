@@ -842,11 +842,13 @@ class EventLog(Sequence):
     tuples. An iteration sees the events that were in the log when it
     started."""
 
-    __slots__ = ("_raw", "_list")
+    __slots__ = ("_raw", "_list", "_sha", "_hashed")
 
     def __init__(self, events=()):
         self._raw = bytearray()
         self._list: list = []      # the first len(_list) events, unpacked
+        self._sha = hashlib.sha256()
+        self._hashed = 0           # the first _hashed bytes of _raw are in _sha
         self.extend(events)
 
     def _sync(self) -> list:
@@ -859,11 +861,21 @@ class EventLog(Sequence):
         log = EventLog()
         log._raw = bytearray(self._raw)
         log._list = list(self._list)
+        log._sha, log._hashed = self._sha.copy(), self._hashed
         return log
 
     def raw(self) -> bytes:
         """Every event, packed."""
         return bytes(self._raw)
+
+    def sha256(self):
+        """A hashlib sha256 of raw(), for the caller to update further or
+        digest. The events it has hashed before (this log, or the log it
+        was copied from: a snapshot's) are not hashed again."""
+        if self._hashed < len(self._raw):
+            self._sha.update(memoryview(self._raw)[self._hashed:])
+            self._hashed = len(self._raw)
+        return self._sha.copy()
 
     def extend_raw(self, raw) -> None:
         """Append packed struct emu_event records."""
@@ -897,11 +909,14 @@ class EventLog(Sequence):
             return [r for r in self._list[start:] if r[1] == kind]
         if start == n:
             return []
-        idx, count = ffi.new("uint64_t[]", n - start), ffi.new("size_t *")
+        count = ffi.new("size_t *")
         ev = ffi.from_buffer("struct emu_event[]", self._raw) + start
-        _check(lib.emu_events_of_kind(ev, n - start, kind, idx, count), "select events")
-        raw, unpack, size = self._raw, _EVENT.unpack_from, _EVENT.size
-        return [unpack(raw, (start + i) * size) for i in idx[0:count[0]]]
+        _check(lib.emu_events_of_kind(ev, n - start, kind, ffi.NULL, 0, count), "select events")
+        if not count[0]:
+            return []
+        out = ffi.new("struct emu_event[]", count[0])
+        _check(lib.emu_events_of_kind(ev, n - start, kind, out, count[0], count), "select events")
+        return list(_EVENT.iter_unpack(ffi.buffer(out, count[0] * _EVENT.size)))
 
     def __getitem__(self, i):
         if isinstance(i, slice):
@@ -940,25 +955,37 @@ def handover_find(log: EventLog, carriers, regs=(), stacking=()) \
     regs: (function id, version, mask) triples, the argument registers
     (bit k: register k) that version takes (others: all six); stacking: the
     indexes of the patches that stack on older ones (not atomic replace)."""
-    pairs = sorted(set((int(f), int(i)) for f, i in carriers))
-    masks = sorted({(int(f), int(v)): int(m) & 0x3F for f, v, m in regs}.items())
-    cfid = ffi.new("int64_t[]", [f for f, _ in pairs] or [0])
-    cidx = ffi.new("int64_t[]", [i for _, i in pairs] or [0])
-    c_regs = ffi.new("struct emu_hregs[]", [(f, v, m) for (f, v), m in masks] or [(0, 0, 0)])
-    stack = sorted(set(int(i) for i in stacking))
-    c_stack = ffi.new("int64_t[]", stack or [0])
-    ev, n = _events(log)
-    found = ffi.new("size_t *")
-    cap = 16
-    while True:
-        out = ffi.new("struct emu_handover[]", cap)
-        _check(lib.emu_handover_find(ev, n, cfid, cidx, len(pairs), c_regs, len(masks), c_stack, len(stack),
-                                     out, cap, found), "find handovers")
-        if found[0] <= cap:
-            break
-        cap = found[0]
-    return [(h.task, h.clock, h.fid, h.version, h.arg, h.value, h.pfid, h.pversion, h.produced_at)
-            for h in out[0:found[0]]]
+    return HandoverFinder(carriers, regs, stacking).find(log)
+
+
+class HandoverFinder:
+    """handover_find's tables, prepared once for the C core: find(log) is
+    handover_find(log, carriers, regs, stacking)."""
+
+    def __init__(self, carriers, regs=(), stacking=()):
+        pairs = sorted(set((int(f), int(i)) for f, i in carriers))
+        masks = sorted({(int(f), int(v)): int(m) & 0x3F for f, v, m in regs}.items())
+        stack = sorted(set(int(i) for i in stacking))
+        self._cfid = ffi.new("int64_t[]", [f for f, _ in pairs] or [0])
+        self._cidx = ffi.new("int64_t[]", [i for _, i in pairs] or [0])
+        self._regs = ffi.new("struct emu_hregs[]", [(f, v, m) for (f, v), m in masks] or [(0, 0, 0)])
+        self._stack = ffi.new("int64_t[]", stack or [0])
+        self._sizes = (len(pairs), len(masks), len(stack))
+        self._found = ffi.new("size_t *")
+        self._out, self._cap = ffi.new("struct emu_handover[]", 16), 16
+
+    def find(self, log: EventLog) -> list[tuple[int, int, int, int, int, int, int, int, int]]:
+        ev, n = _events(log)
+        npairs, nmasks, nstack = self._sizes
+        found = self._found
+        while True:
+            _check(lib.emu_handover_find(ev, n, self._cfid, self._cidx, npairs, self._regs, nmasks, self._stack,
+                                         nstack, self._out, self._cap, found), "find handovers")
+            if found[0] <= self._cap:
+                break
+            self._out, self._cap = ffi.new("struct emu_handover[]", found[0]), found[0]
+        return [(h.task, h.clock, h.fid, h.version, h.arg, h.value, h.pfid, h.pversion, h.produced_at)
+                for h in self._out[0:found[0]]]
 
 
 def units_check(log: EventLog, functions, confs) -> tuple[int, list[tuple]]:
@@ -967,35 +994,47 @@ def units_check(log: EventLog, functions, confs) -> tuple[int, list[tuple]]:
     has, [(task, number, unfinished, start, end, [(clock, fid, version) of
     each entry]) in the order the oracle judges them]). functions: the
     checked function ids; confs: dicts function id -> version."""
-    fids = sorted(set(int(f) for f in functions))
-    cf, cv, off = [], [], [0]
-    for conf in confs:
-        for fid in sorted(conf):
-            cf.append(int(fid))
-            cv.append(int(conf[fid]))
-        off.append(len(cf))
-    ev, n = _events(log)
-    c_fids = ffi.new("int64_t[]", fids or [0])
-    c_cf, c_cv = ffi.new("int64_t[]", cf or [0]), ffi.new("int64_t[]", cv or [0])
-    c_off = ffi.new("size_t[]", off)
-    idx = ffi.new("uint64_t[]", max(1, n))
-    found, units = ffi.new("size_t *"), ffi.new("uint64_t *")
-    cap = 16
-    while True:
-        out = ffi.new("struct emu_unit[]", cap)
-        _check(lib.emu_units_check(ev, n, c_fids, len(fids), c_cf, c_cv, c_off, len(confs), out, cap, idx,
-                                   found, units), "check units")
-        if found[0] <= cap:
-            break
-        cap = found[0]
-    bad = []
-    for u in out[0:found[0]]:
-        entries = []
-        for i in idx[u.first:u.first + u.count]:
-            e = ev[i]
-            entries.append((e.clock, e.a, e.b))
-        bad.append((u.task, u.number, bool(u.unfinished), u.start, u.end, entries))
-    return units[0], bad
+    return UnitsChecker(functions, confs).check(log)
+
+
+class UnitsChecker:
+    """units_check's tables, prepared once for the C core: check(log) is
+    units_check(log, functions, confs)."""
+
+    def __init__(self, functions, confs):
+        fids = sorted(set(int(f) for f in functions))
+        cf, cv, off = [], [], [0]
+        for conf in confs:
+            for fid in sorted(conf):
+                cf.append(int(fid))
+                cv.append(int(conf[fid]))
+            off.append(len(cf))
+        self._fids, self._nfids = ffi.new("int64_t[]", fids or [0]), len(fids)
+        self._cf, self._cv = ffi.new("int64_t[]", cf or [0]), ffi.new("int64_t[]", cv or [0])
+        self._off, self._nconfs = ffi.new("size_t[]", off), len(confs)
+        self._found, self._units = ffi.new("size_t *"), ffi.new("uint64_t *")
+        self._out, self._cap = ffi.new("struct emu_unit[]", 16), 16
+        self._idx, self._nidx = ffi.new("uint64_t[]", 1), 1      # room for an index per event
+
+    def check(self, log: EventLog) -> tuple[int, list[tuple]]:
+        ev, n = _events(log)
+        if n > self._nidx:
+            self._idx, self._nidx = ffi.new("uint64_t[]", n), n
+        idx, found = self._idx, self._found
+        while True:
+            _check(lib.emu_units_check(ev, n, self._fids, self._nfids, self._cf, self._cv, self._off, self._nconfs,
+                                       self._out, self._cap, idx, found, self._units), "check units")
+            if found[0] <= self._cap:
+                break
+            self._out, self._cap = ffi.new("struct emu_unit[]", found[0]), found[0]
+        bad = []
+        for u in self._out[0:found[0]]:
+            entries = []
+            for i in idx[u.first:u.first + u.count]:
+                e = ev[i]
+                entries.append((e.clock, e.a, e.b))
+            bad.append((u.task, u.number, bool(u.unfinished), u.start, u.end, entries))
+        return self._units[0], bad
 
 
 #: csrc/emu.h's codes for the promise oracle: models, route flags, breaches (names without EMU_)
@@ -1015,34 +1054,52 @@ def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], c
     user, 1 kthread, else idle); bp_blind: at a stop_machine switch, a
     preempted task's innermost two frames are not seen (kpatch's
     frame-pointer check)."""
-    carried = sorted(set((int(i), int(f), 1 if force else 0) for i, f, force in carried))
-    replace = sorted((int(i), 1 if r else 0) for i, r in replace)
-    tail = sorted((int(f), int(v), 1 if t else 0) for (f, v), t in tails.items())
-    c_carry = ffi.new("struct emu_pcarry[]", carried or [(0, 0, 0)])
-    c_patch = ffi.new("struct emu_ppatch[]", replace or [(0, 0)])
-    c_tail = ffi.new("struct emu_ptail[]", tail or [(0, 0, 0)])
-    c_routes = ffi.new("uint8_t[]", [int(r) & 0xFF for r in routes] or [0])
-    c_kinds = ffi.new("uint8_t[]", [int(k) & 0xFF for k in kinds] or [0])
-    t_start, t_complete, t_switch = transitions
-    conf = ffi.new("struct emu_promise *", {
-        "model": model, "t_start": t_start, "t_complete": t_complete, "t_switch": t_switch,
-        "bp_blind": 1 if bp_blind else 0,
-        "carry": c_carry, "ncarry": len(carried), "patch": c_patch, "npatch": len(replace),
-        "routes": c_routes, "nroutes": len(routes), "kinds": c_kinds, "ntasks": len(kinds),
-        "tail": c_tail, "ntail": len(tail)})
-    ev, n = _events(log)
-    found, need = ffi.new("size_t *"), ffi.new("int64_t[2]")
-    cap = 16
-    while True:
-        out = ffi.new("struct emu_breach[]", cap)
-        rc = lib.emu_promise_scan(ev, n, conf, out, cap, found, need)
-        if rc == lib.EMU_ENOENT:
-            return [], (need[0], need[1])
-        _check(rc, "check the promise")
-        if found[0] <= cap:
-            break
-        cap = found[0]
-    return [(b.clock, b.code, b.task, b.fid, b.version, b.x, b.y) for b in out[0:found[0]]], None
+    return PromiseScanner(model, transitions, carried, replace, routes, kinds, bp_blind=bp_blind).scan(log, tails)
+
+
+class PromiseScanner:
+    """promise_scan's tables but the tails, prepared once for the C core:
+    scan(log, tails) is promise_scan(log, model, transitions, carried,
+    replace, routes, kinds, tails, bp_blind=bp_blind)."""
+
+    def __init__(self, model: int, transitions: tuple[int, int, int], carried, replace, routes, kinds, *,
+                 bp_blind: bool = False):
+        carried = sorted(set((int(i), int(f), 1 if force else 0) for i, f, force in carried))
+        replace = sorted((int(i), 1 if r else 0) for i, r in replace)
+        self._carry = ffi.new("struct emu_pcarry[]", carried or [(0, 0, 0)])
+        self._patch = ffi.new("struct emu_ppatch[]", replace or [(0, 0)])
+        self._routes = ffi.new("uint8_t[]", [int(r) & 0xFF for r in routes] or [0])
+        self._kinds = ffi.new("uint8_t[]", [int(k) & 0xFF for k in kinds] or [0])
+        self._no_tail = ffi.new("struct emu_ptail[]", [(0, 0, 0)])
+        t_start, t_complete, t_switch = transitions
+        self._conf = ffi.new("struct emu_promise *", {
+            "model": model, "t_start": t_start, "t_complete": t_complete, "t_switch": t_switch,
+            "bp_blind": 1 if bp_blind else 0,
+            "carry": self._carry, "ncarry": len(carried), "patch": self._patch, "npatch": len(replace),
+            "routes": self._routes, "nroutes": len(routes), "kinds": self._kinds, "ntasks": len(kinds),
+            "tail": self._no_tail, "ntail": 0})
+        self._found, self._need = ffi.new("size_t *"), ffi.new("int64_t[2]")
+        self._out, self._cap = ffi.new("struct emu_breach[]", 16), 16
+
+    def scan(self, log: EventLog, tails: dict) -> tuple[list[tuple], tuple[int, int] | None]:
+        conf = self._conf
+        tail = sorted((int(f), int(v), 1 if t else 0) for (f, v), t in tails.items())
+        c_tail = ffi.new("struct emu_ptail[]", tail) if tail else self._no_tail
+        conf.tail, conf.ntail = c_tail, len(tail)
+        try:
+            ev, n = _events(log)
+            found, need = self._found, self._need
+            while True:
+                rc = lib.emu_promise_scan(ev, n, conf, self._out, self._cap, found, need)
+                if rc == lib.EMU_ENOENT:
+                    return [], (need[0], need[1])
+                _check(rc, "check the promise")
+                if found[0] <= self._cap:
+                    break
+                self._out, self._cap = ffi.new("struct emu_breach[]", found[0]), found[0]
+            return [(b.clock, b.code, b.task, b.fid, b.version, b.x, b.y) for b in self._out[0:found[0]]], None
+        finally:
+            conf.tail, conf.ntail = self._no_tail, 0      # c_tail is freed with this call
 
 
 # ---- stack walks: C entry points for emu/engine/unwind.py's twins ----------------------

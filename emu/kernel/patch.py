@@ -82,6 +82,16 @@ class Patch:
         return f"<Patch {self.name}>"
 
 
+def definition(patches) -> tuple:
+    """What the judges of a finished run (emu/runs/) read of patches: each
+    patch's index, name and replace flag, and each function's old and new
+    versions and force flag. Hashable, and equal for patches made alike and
+    bound to the same functions: what a judge derives from patches can be
+    kept under it for the next run's."""
+    return tuple((p.index, p.name, p.replace, tuple((f.old, f.new, f.force) for _, f in p.funcs()))
+                 for p in patches)
+
+
 def make_patch(machine: Machine, name: str, image: Image | None, functions, *, replace: bool = False,
                callbacks: dict | None = None, states=(), force=(), new_names: dict | None = None) -> Patch:
     """A patch whose new functions are image's functions of the same names,

@@ -404,12 +404,13 @@ class Machine:
         C scheduler, no model listening, no kernel work and no stop_machine."""
         return snapshot.take(self)
 
-    def restore(self, snap: snapshot.Snapshot) -> None:
+    def restore(self, snap: snapshot.Snapshot, *, policy=None) -> None:
         """Put a snapshot of this machine back: the next run is the same, event
         for event, as the first run from that point. Listeners go (models are
-        made anew per run). RuntimeError when images were loaded since,
+        made anew per run). policy: the next run's scheduling policy (None:
+        the snapshot's). RuntimeError when images were loaded since,
         CoreError when it is a snapshot of another layout."""
-        snapshot.restore(self, snap)
+        snapshot.restore(self, snap, policy=policy)
 
     # ---- events and log ----------------------------------------------------------------
     def emit(self, kind: int, task: int, a: int = 0, b: int = 0, c: int = 0) -> None:

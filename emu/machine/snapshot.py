@@ -43,15 +43,23 @@ def take(m) -> Snapshot:
         core=m.engine.snapshot(), images=len(m.images), unloaded=set(m.symbols.unloaded),
         by_name=dict(m.symbols.by_name), sites=m.sites.state(),
         patch_states=[t.patch_state for t in everyone],
-        hypercalls=dict(m.hypercalls), trace=m.trace.copy(), log=list(m.log),
+        hypercalls=dict(m.hypercalls), trace=_hashed(m.trace.copy()), log=list(m.log),
         timers=list(works.timers), seq=works.seq, last_stop_machine=works.last_stop_machine,
         policy=copy.deepcopy(m.policy))
 
 
-def restore(m, snap: Snapshot) -> None:
+def _hashed(trace: core.EventLog) -> core.EventLog:
+    """trace, its events hashed now: every run restored from it then hashes
+    only its own events (EventLog.sha256; emu/runs/fuzz.py's trace_hash)."""
+    trace.sha256()
+    return trace
+
+
+def restore(m, snap: Snapshot, *, policy=None) -> None:
     """Put a snapshot of this machine back: the next run is the same, event
     for event, as the first run from that point. Listeners go (models are
-    made anew per run). RuntimeError when images were loaded since;
+    made anew per run). policy: the next run's scheduling policy (None: a
+    copy of the snapshot's). RuntimeError when images were loaded since;
     CoreError when the snapshot is of another machine's layout."""
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: not a machine snapshot: {type(snap).__name__}")
@@ -71,4 +79,4 @@ def restore(m, snap: Snapshot) -> None:
     works.items = []
     m.listeners = []
     works.last_stop_machine = snap.last_stop_machine
-    m.policy = copy.deepcopy(snap.policy)
+    m.policy = copy.deepcopy(snap.policy) if policy is None else policy

@@ -62,10 +62,13 @@ class Assertion:
     key: int | None = None             # None: every observation
     line: int = 0
     _fn: object = field(default=None, repr=False, compare=False)
+    #: the names (of NAMES) the expression reads: its value depends on nothing else
+    names: frozenset = field(default=frozenset(), init=False, repr=False, compare=False)
 
     def __post_init__(self):
         if self._fn is None:
             self._fn = compile_expression(self.text)
+        self.names = names_read(self.text)
 
     def __reduce__(self):              # closures do not pickle: parse again where it lands
         return (Assertion, (self.text, self.key, self.line))
@@ -91,6 +94,13 @@ def compile_expression(text: str):
         raise AssertionSyntax(f"{nodes} syntax nodes: an assertion has at most {MAX_NODES}")
     fn, _ = _compile(tree.body, 0)
     return fn
+
+
+def names_read(text: str) -> frozenset:
+    """The names of NAMES that text (an expression compile_expression
+    accepts) reads."""
+    tree = ast.parse(text.strip(), mode="eval")
+    return frozenset(n.id for n in ast.walk(tree) if isinstance(n, ast.Name) and n.id in NAMES)
 
 
 def _walk_bounded(node, depth=0):

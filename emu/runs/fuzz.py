@@ -47,7 +47,6 @@ action until every task has been seen off its CPU.
 """
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import asdict, dataclass, field, replace
 
@@ -58,7 +57,7 @@ from emu.runs.verdicts import verdicts
 from emu.errors import Busy, EmuError, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
-from emu.kernel.patch import make_patch
+from emu.kernel.patch import definition, make_patch
 from emu.runs.scenario import Program
 from emu.machine.policy import make_policy
 from emu.machine.task import PATCHED, RunState
@@ -67,6 +66,7 @@ SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
 MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
+MAX_JUDGING = 256          # patch definitions, and tables for each, a runner keeps for its judges (Runner._tables)
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,8 @@ class Runner:
         self._cover: list[int] | None = None
         self._pool: dict = {}       # prefix key -> (machine, snapshot), least recently used first
         self._arity: dict = {}      # which argument registers each function takes (handover.find)
+        self._by_key: tuple[dict, tuple] | None = None     # the assertions by observed key (_checks)
+        self._judging: dict = {}    # patch.definition -> the judges' cache for runs of those patches (_tables)
         self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
@@ -334,14 +336,13 @@ class Runner:
         if pooled and key in self._pool:
             m, snap = self._pool.pop(key)
             try:
-                m.restore(snap)
+                m.restore(snap, policy=self._policy(spec, len(m.tasks)))
             except RuntimeError:
                 # the last run left what a snapshot cannot take back (a
                 # stop_machine still in progress, ...): drop it, build anew
                 m.engine.close()
             else:
                 self._pool[key] = (m, snap)          # most recently used last
-                m.policy = self._policy(spec, len(m.tasks))
                 return m, None
         m = self.machine(spec)
         try:
@@ -590,38 +591,84 @@ class Runner:
         elif results:
             res.outcome = "completed"
         stats: dict = {}
-        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats)
+        tables = self._tables(patches)
+        bad = oracle.check(m, patches, model.transitions, unit=self.scn.unit, stats=stats, cache=tables)
         res.units = stats["units"]
         if not res.units:
             res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
-        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity)
+        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity, cache=tables)
         res.promise_breaches, res.promise = checked.breaches, checked.promise
         res.handover_count, res.handovers = checked.handover_count, checked.handovers
         self._assertions(m, res)
 
+    def _tables(self, patches) -> dict:
+        """The judges' cache for runs of patches made alike (each a dict in
+        which oracle.check, promise.check and handover.find keep what they
+        derive from the patches); at most MAX_JUDGING of them, with at most
+        MAX_JUDGING entries each, before they start anew."""
+        if len(self._judging) > MAX_JUDGING:
+            self._judging.clear()
+        tables = self._judging.setdefault(definition(patches), {})
+        if len(tables) > MAX_JUDGING:
+            tables.clear()
+        return tables
+
     def _assertions(self, m: Machine, res: Result) -> None:
-        checks = self.scn.assertions
-        if not checks:
+        if not self.scn.assertions:
             return
-        tasks = m.tasks
-        for clock, kind, task, key, value, _ in m.trace.of_kind(core.EV_OBSERVE):
-            t = tasks[task] if 0 <= task < len(tasks) else None
-            env = {"key": key, "value": value, "time": clock, "task": t.name if t else "?",
-                   "kind": t.kind.value if t else "?"}
-            for a in checks:
-                if a.key is not None and a.key != key:
-                    continue
-                try:
-                    ok, why = a.holds(env), None
-                except Exception as exc:      # the user's expression failed on this record
-                    ok, why = False, f"{type(exc).__name__}: {exc}"
-                if not ok:
-                    res.violation_count += 1
-                    if len(res.violations) < MAX_REPORTED:
-                        res.violations.append({"assert": a.text, "line": a.line, "task": env["task"],
-                                               "time": clock, "key": key, "value": value, "error": why})
+        by_key, unkeyed = self._checks()
+        # each task's name and kind, read once per run rather than per observation
+        who = [(t.name, t.kind.value) for t in m.tasks]
+        # an assertion's verdict is a function of the names it reads: observations
+        # repeat (the same task observing the same value), and those whose
+        # assertions do not read the time are judged once per run
+        judged: dict[tuple, list] = {}
+        for clock, _, task, key, value, _ in m.trace.of_kind(core.EV_OBSERVE):
+            checks, timeless = by_key.get(key, unkeyed)
+            if not checks:
+                continue
+            seen = (key, value, task)
+            failed = judged.get(seen) if timeless else None
+            if failed is None:
+                failed = _failed(checks, key, value, clock, *(who[task] if 0 <= task < len(who) else ("?", "?")))
+                if timeless:
+                    judged[seen] = failed
+            for a, why in failed:
+                res.violation_count += 1
+                if len(res.violations) < MAX_REPORTED:
+                    res.violations.append({"assert": a.text, "line": a.line,
+                                           "task": who[task][0] if 0 <= task < len(who) else "?",
+                                           "time": clock, "key": key, "value": value, "error": why})
+
+    def _checks(self) -> tuple[dict, tuple]:
+        """The scenario's assertions that apply to an observation, in their
+        order, each group with whether none of them reads the time:
+        (observed key -> the group of that key's and every key's assertions,
+        the group of every key's), made once per runner."""
+        if self._by_key is None:
+            def group(checks):
+                return tuple(checks), not any("time" in a.names for a in checks)
+            checks = self.scn.assertions
+            keys = {a.key for a in checks if a.key is not None}
+            self._by_key = ({k: group([a for a in checks if a.key in (None, k)]) for k in keys},
+                            group([a for a in checks if a.key is None]))
+        return self._by_key
+
+
+def _failed(checks, key: int, value: int, clock: int, task: str, kind: str) -> list[tuple]:
+    """The assertions of checks that fail on one observation, in order,
+    each with the error its expression raised (None: it was false)."""
+    env = {"key": key, "value": value, "time": clock, "task": task, "kind": kind}
+    failed = []
+    for a in checks:
+        try:
+            if not a.holds(env):
+                failed.append((a, None))
+        except Exception as exc:      # the user's expression failed on this record
+            failed.append((a, f"{type(exc).__name__}: {exc}"))
+    return failed
 
 
 def _attempt_log(history) -> list[dict]:
@@ -658,7 +705,7 @@ def _rebind(m: Machine, patch) -> None:
 
 def trace_hash(m: Machine) -> str:
     """A digest of the run: every event (packed) and every kernel message."""
-    h = hashlib.sha256(m.trace.raw())
+    h = m.trace.sha256()
     for t, text in m.log:
         h.update(f"{t}:{text}\n".encode())
     return h.hexdigest()[:16]

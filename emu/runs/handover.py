@@ -87,33 +87,54 @@ def applied(stacking, idx: int, version: int) -> bool:
     return version == idx or (version > idx and version in stacking)
 
 
-def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, fast: bool = True) -> list[Handover]:
+def find(machine: Machine, patches: list[Patch], *, arity: dict | None = None, fast: bool = True,
+         cache: dict | None = None) -> list[Handover]:
     """Every value handover of machine's finished run, in trace order: found
     by the C core (csrc/handover.c), or with fast=False by scan(), its twin.
     arity caches which argument registers each function's code takes
-    (keyed by image and address: valid for every machine of one program)."""
-    carriers = carriers_of(patches)
-    code: dict[tuple[int, int], object] = {}     # (function id, version) -> the FunctionRef that ran
-    for p in patches:
-        for _, f in p.funcs():
-            if f.old is not None and not f.nop:
-                code[(f.old.id, p.index)] = f.new
-                code[(f.old.id, 0)] = f.old
-    taken = _Arity(machine, {} if arity is None else arity)
-    # the registers each version that can run takes (any other version: all six)
-    regs = {key: taken.of(fn) for key, fn in code.items()}
-    stacking = stacking_of(patches)
+    (keyed by image and address: valid for every machine of one program);
+    cache is where find keeps what it derives from patches for the next
+    run: a dict whoever judges many runs keeps for patches made alike (one
+    per patch.definition(patches))."""
+    key = "handover"
+    tables = cache.get(key) if cache is not None else None
+    if tables is None:
+        tables = _Tables(machine, patches, {} if arity is None else arity)
+        if cache is not None:
+            cache[key] = tables
     if fast:
-        found = core.handover_find(machine.trace, [(fid, idx) for fid, s in carriers.items() for idx in s],
-                                   [(fid, v, sum(1 << k for k in taken)) for (fid, v), taken in regs.items()],
-                                   stacking)
+        found = tables.finder.find(machine.trace)
     else:
-        found = scan(machine.trace.records(), carriers, regs, stacking)
-    names = {fid: machine.functions[fid].name for fid in carriers}
-    tasks = machine.tasks
+        found = scan(machine.trace.records(), tables.carriers, tables.regs, tables.stacking)
+    if not found:
+        return []
+    names, tasks = tables.names, machine.tasks
     return [Handover(tasks[task].name if 0 <= task < len(tasks) else str(task), names[fid], version, k, v,
                      names[pfid], pver, pclock, clock)
             for task, clock, fid, version, k, v, pfid, pver, pclock in found]
+
+
+class _Tables:
+    """What find() derives from patches: which patches carry each function,
+    the argument registers each version that can run takes (any other
+    version: all six), the stacking patches, the carried functions' names,
+    and the C core's tables of them."""
+
+    def __init__(self, machine: Machine, patches: list[Patch], arity: dict):
+        self.carriers = carriers_of(patches)
+        code: dict[tuple[int, int], object] = {}     # (function id, version) -> the FunctionRef that ran
+        for p in patches:
+            for _, f in p.funcs():
+                if f.old is not None and not f.nop:
+                    code[(f.old.id, p.index)] = f.new
+                    code[(f.old.id, 0)] = f.old
+        taken = _Arity(machine, arity)
+        self.regs = {key: taken.of(fn) for key, fn in code.items()}
+        self.stacking = stacking_of(patches)
+        self.names = {fid: machine.functions[fid].name for fid in self.carriers}
+        self.finder = core.HandoverFinder([(fid, idx) for fid, s in self.carriers.items() for idx in s],
+                                          [(fid, v, sum(1 << k for k in regs)) for (fid, v), regs in self.regs.items()],
+                                          self.stacking)
 
 
 def scan(records, carriers: dict[int, set[int]], regs: dict[tuple[int, int], frozenset], stacking=()) \

@@ -22,6 +22,7 @@ exit or exit.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from emu.engine import core
 from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
@@ -101,15 +102,24 @@ def trace_units(machine: Machine, unit: str) -> None:
 
 
 def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "syscall",
-          functions: set[int] | None = None, stats: dict | None = None, fast: bool = True) -> list[Inconsistency]:
+          functions: set[int] | None = None, stats: dict | None = None, fast: bool = True,
+          cache: dict | None = None) -> list[Inconsistency]:
     """Inconsistent units of a finished run (machine.trace). stats, when
     given, gets "units": how many units the run had (0: the check checked
     nothing). System-call units are judged by the C core (csrc/units.c), or
-    with fast=False by scan_syscall_units(), its twin."""
-    if functions is None:
-        functions = {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
-    confs = configurations(patches, transitions)
-    names = {fid: machine.functions[fid].name for fid in functions}
+    with fast=False by scan_syscall_units(), its twin. cache is where check
+    keeps what it derives from the patches and transitions for the next
+    run with the same transitions' patches, targets and completions: a
+    dict whoever judges many runs keeps for patches made alike (one per
+    patch.definition(patches))."""
+    key = ("units", tuple((t.patch, t.target, t.result == "completed") for t in transitions),
+           None if functions is None else frozenset(functions))
+    tables = cache.get(key) if cache is not None else None
+    if tables is None:
+        tables = _Tables(machine, patches, transitions, functions)
+        if cache is not None:
+            cache[key] = tables
+    functions, confs, names = tables.functions, tables.confs, tables.names
     tasks = machine.tasks
     bad: list[Inconsistency] = []
     memo: dict[frozenset, bool] = {}     # units repeat: (function, version) sets judged once
@@ -126,7 +136,7 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
 
     if unit == "syscall":
         if fast:
-            units, found = core.units_check(machine.trace, functions, confs)
+            units, found = tables.checker.check(machine.trace)
         else:
             units, found = scan_syscall_units(machine.trace.records(), functions, confs)
         for task, n, unfinished, start, end, entries in found:
@@ -142,7 +152,7 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     target = next((f for f in machine.functions if f.name == fname and (not obj or f.image == obj)), None)
     if target is None:
         raise ValueError(f"check.unit: no function '{unit}'")
-    names.setdefault(target.id, target.name)
+    names = {**names, target.id: names.get(target.id, target.name)}
     traced = functions | {target.id}
     records = machine.trace.records()
     count: dict[int, int] = {}
@@ -158,6 +168,23 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
     if stats is not None:
         stats["units"] = sum(count.values())
     return bad
+
+
+class _Tables:
+    """What check() derives from the patches and transitions: the checked
+    functions, every configuration, the functions' names, and (made when
+    first needed) the C core's tables of them."""
+
+    def __init__(self, machine: Machine, patches: list[Patch], transitions, functions: set[int] | None):
+        if functions is None:
+            functions = {f.old.id for p in patches for _, f in p.funcs() if f.old is not None}
+        self.functions = functions
+        self.confs = configurations(patches, transitions)
+        self.names = {fid: machine.functions[fid].name for fid in functions}
+
+    @cached_property
+    def checker(self) -> core.UnitsChecker:
+        return core.UnitsChecker(self.functions, self.confs)
 
 
 def scan_syscall_units(records, functions: set[int], confs: list[dict[int, int]]) -> tuple[int, list[tuple]]:

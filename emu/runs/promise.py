@@ -59,6 +59,7 @@ is kpatch's, and shows as what it does to the units.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
@@ -112,26 +113,36 @@ _ROUTE_FLAGS = (("PR_INIT", ("init", "complete")), ("PR_FORCE", ("force",)), ("P
                 ("PR_STACK", ("stack",)), ("PR_CHECKED", tuple(CHECKED_ROUTES)))
 
 
-def check(machine: Machine, patches: list[Patch], model: str, *, fast: bool = True) -> list[Breach]:
+def check(machine: Machine, patches: list[Patch], model: str, *, fast: bool = True,
+          cache: dict | None = None) -> list[Breach]:
     """Every breach of model's promise in machine's finished run, in trace
     order: found by the C core (csrc/promise.c), or with fast=False by
-    scan(), its pure-Python twin."""
+    scan(), its pure-Python twin. cache is where check keeps the C core's
+    tables for the next run: a dict whoever judges many runs keeps for
+    patches made alike (one per patch.definition(patches))."""
     o = _Oracle(machine, patches, model)
-    found = o.scan_fast() if fast else o.scan(machine.trace.records())
+    found = o.scan_fast(cache) if fast else o.scan(machine.trace.records())
     return [o.describe(r) for r in found]
 
 
 class _Oracle:
     def __init__(self, m: Machine, patches: list[Patch], model: str):
         self.m, self.model = m, model
+        self.patches = patches
         self.by_index = {p.index: p for p in patches}
-        # patch index -> {function id: force flag} of the functions it carries (nops left out)
-        self.carries = {p.index: {f.old.id: bool(f.force) for _, f in p.funcs() if f.old is not None and not f.nop}
-                        for p in patches}
-        self.patched = set().union(*self.carries.values()) if self.carries else set()
         self.found: list[tuple] = []
         self._tails: dict[tuple[int, int], bool] = {}
         self.forced: set[int] = set()         # kGraft: tasks a force migrated inside their current unit
+
+    @cached_property
+    def carries(self) -> dict[int, dict[int, bool]]:
+        """Patch index -> {function id: force flag} of the functions it carries (nops left out)."""
+        return {p.index: {f.old.id: bool(f.force) for _, f in p.funcs() if f.old is not None and not f.nop}
+                for p in self.patches}
+
+    @cached_property
+    def patched(self) -> set[int]:
+        return set().union(*self.carries.values()) if self.carries else set()
 
     def name(self, tid: int) -> str:
         tasks = self.m.tasks
@@ -200,21 +211,28 @@ class _Oracle:
                 for i in _CS.disasm(code, lo))
         return self._tails[key]
 
-    def scan_fast(self) -> list[tuple]:
+    def scan_fast(self, cache: dict | None = None) -> list[tuple]:
         """scan() by the C core: the patches, routes and task kinds as
-        tables; the tail callers it asks for (rarely: only frames that a
-        check would find) are found here and the pass is run again."""
-        allowed = ALLOWED_ROUTES.get(self.model, ())
-        flags = [sum(_P[flag] for flag, names in _ROUTE_FLAGS if r in names) + (_P["PR_ALLOWED"] if r in allowed else 0)
-                 for r in ROUTES]
-        kinds = [{"user": 0, "kthread": 1}.get(t.kind.value, 2) for t in self.m.tasks]
-        carried = [(idx, fid, force) for idx, funcs in self.carries.items() for fid, force in funcs.items()]
-        replace = [(idx, bool(p.replace)) for idx, p in self.by_index.items()]
+        tables (kept in cache, when given, for runs alike); the tail callers
+        it asks for (rarely: only frames that a check would find) are found
+        here and the pass is run again."""
+        kinds = tuple(t.kind for t in self.m.tasks)
+        bp_blind = self.model == "stop_machine" and self.m.unwinder == "fp"
+        key = ("promise", self.model, bp_blind, kinds)
+        scanner = cache.get(key) if cache is not None else None
+        if scanner is None:
+            allowed = ALLOWED_ROUTES.get(self.model, ())
+            flags = [sum(_P[flag] for flag, names in _ROUTE_FLAGS if r in names) + (_P["PR_ALLOWED"] if r in allowed else 0)
+                     for r in ROUTES]
+            carried = [(idx, fid, force) for idx, funcs in self.carries.items() for fid, force in funcs.items()]
+            replace = [(idx, bool(p.replace)) for idx, p in self.by_index.items()]
+            scanner = core.PromiseScanner(MODEL_CODES.get(self.model, 0), (T_START, T_COMPLETE, T_SWITCH), carried,
+                                          replace, flags, [{"user": 0, "kthread": 1}.get(k.value, 2) for k in kinds],
+                                          bp_blind=bp_blind)
+            if cache is not None:
+                cache[key] = scanner
         while True:
-            found, need = core.promise_scan(self.m.trace, MODEL_CODES.get(self.model, 0),
-                                            (T_START, T_COMPLETE, T_SWITCH), carried, replace, flags, kinds,
-                                            self._tails,
-                                            bp_blind=self.model == "stop_machine" and self.m.unwinder == "fp")
+            found, need = scanner.scan(self.m.trace, self._tails)
             if need is None:
                 return found
             self.tail_caller(*need)
