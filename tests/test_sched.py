@@ -521,6 +521,21 @@ def test_whatever_python_writes_the_c_loop_never_leaves_its_state(compile_c, wri
     m.engine.close()
 
 
+def test_a_stop_machine_flag_nobody_holds_is_an_error_not_a_hang(compile_c):
+    """sm set by hand, with no stop_machine in progress (found by the
+    hostile writes above): the C loop hands stop_machine to the twin, which
+    runs only while one is in progress, so the run used to loop forever."""
+    from emu.errors import CoreError
+    img = compile_c("long user_entry(long x) { lpemu_sleep(1); lpemu_yield(); return 0; }")
+    m = Machine(img, cpus=2)
+    m.add_task("a", "user_entry")
+    m.run(until=500)
+    m.sched_state.sm = 1
+    with pytest.raises(CoreError, match="no stop_machine"):
+        m.run(until=m.now + 3000)
+    m.engine.close()
+
+
 def test_a_stop_machine_section_waits_out_its_delay_while_another_work_waits_for_a_cpu(hostile):
     """Regression: during stop_machine no CPU goes to a waiting work, so an
     idle machine must still move time to the section's own Delay."""

@@ -11,13 +11,19 @@ from unicorn.x86_const import UC_X86_REG_RAX
 
 from emu.engine.core import SchedReturn as SR
 from emu.engine.sched import PyScheduler
-from emu.errors import GuestFault
+from emu.errors import CoreError, GuestFault
 from emu.machine import faults
 from emu.machine.task import RunState
 
 PREEMPT_MODES = ("none", "voluntary", "full")
 
 _HOOKS = {SR.KERNEL_EXIT: "on_kernel_exit", SR.COND_RESCHED: "on_cond_resched", SR.SAFE_POINT: "on_safe_point"}
+# The reasons as ints: the loop compares with them at every return, and an
+# IntEnum member read from its class is a Python call.
+_DONE, _SLICE, _WORK, _IDLE, _PICK, _EVENTS, _IDLE_ROUND, _END, _HANG, _SAFE_POINT, _SM = (
+    int(r) for r in (SR.DONE, SR.SLICE, SR.WORK, SR.IDLE, SR.PICK, SR.EVENTS, SR.IDLE_ROUND, SR.END,
+                     SR.HANG, SR.SAFE_POINT, SR.SM))
+_TROUBLE = frozenset(int(r) for r in (SR.HYPERCALL, SR.FAULT, SR.KTHREAD_RET, SR.LOCKUP))
 
 
 class Scheduling:
@@ -87,7 +93,11 @@ class Scheduling:
                     want, want_goals = (1 if each else 0), None
                 if st.each_slice != want:
                     st.each_slice = want
-                quiet = 1 if listeners and all(getattr(lst, "hooks_inert", False) for lst in listeners) else 0
+                quiet = 1 if listeners else 0
+                for lst in listeners:
+                    if not getattr(lst, "hooks_inert", False):
+                        quiet = 0
+                        break
                 if st.quiet != quiet:
                     st.quiet = quiet
                 if want_goals != goals:
@@ -101,7 +111,7 @@ class Scheduling:
                     reason = engine.sched_run(until_c, deadline)
                 else:
                     reason = self.twin.run(until_c, deadline)
-                if reason > SR.DONE and not self._returned(reason, until_c, deadline):
+                if reason > _DONE and not self._returned(reason, until_c, deadline):
                     return
         finally:
             if st.quiet:
@@ -130,35 +140,41 @@ class Scheduling:
     def _returned(self, reason: int, until: int, deadline: int) -> bool:
         """Do what the scheduler came back for; False when the run is over."""
         m, st = self.m, self.state
+        if reason == _SLICE:
+            return True          # a slice ended: stop_when is asked at the loop's top
         if reason in _HOOKS:
             task = m.tasks[st.rtask]
             hook = _HOOKS[reason]
             for listener in m.listeners:
                 getattr(listener, hook)(task)
-            if reason != SR.SAFE_POINT:
+            if reason != _SAFE_POINT:
                 self.twin.switch_tail(st.rcpu, task.tid)
-        elif reason == SR.WORK:
+        elif reason == _WORK:
             m.works.granted(st.rcpu)
-        elif reason == SR.IDLE:
+        elif reason == _IDLE:
             cpu = m.cpus[st.rcpu]
             for listener in m.listeners:
                 listener.on_idle(cpu, cpu.idle)
-        elif reason == SR.PICK:
+        elif reason == _PICK:
             i = st.rcpu
             cpu, tasks = m.cpus[i], m.tasks
             cands = [tasks[tid] for tid in st.cpus[i].runnable(st.rtask)]
             st.pick = m.policy.pick(cpu, cands, m.now).tid
-        elif reason == SR.EVENTS:
+        elif reason == _EVENTS:
             m.drain()
-        elif reason == SR.IDLE_ROUND:
+        elif reason == _IDLE_ROUND:
             return self._idle_round(until, deadline)
-        elif reason == SR.END:
+        elif reason == _END:
             return False
-        elif reason == SR.HANG:
+        elif reason == _HANG:
             names = ", ".join(t.name for t in m.tasks if t.state is RunState.SLEEPING)
             raise GuestFault(f"every task is asleep with nothing to wake it: {names}", kind="hang")
-        elif reason in (SR.HYPERCALL, SR.FAULT, SR.KTHREAD_RET, SR.LOCKUP):
+        elif reason in _TROUBLE:
             self._trouble(reason)
+        elif reason == _SM and m.works.stop is None:
+            # the C loop hands stop_machine to the twin, which runs while
+            # works.stop is set: a flag set without it would loop forever
+            raise CoreError("scheduler: sm is set but no stop_machine is in progress")
         return True
 
     def _trouble(self, reason: int) -> None:
