@@ -21,9 +21,13 @@
   instructions.
 - campaign_scaling: runs per second of a real campaign
   (emu.runs.campaign.Campaign, no output directory) with two local worker
-  processes over one: the same plan (the four models, 500 seeds
+  processes over one: the same plan (the four models, 2,000 seeds
   each, quick: 25; the scenario's strategy), the runner's cycle and probe
-  computed once beforehand and given to both. One worker is what `lpemu
+  computed once beforehand and given to both. The plan is long enough
+  (8,000 runs, a few seconds) that what each worker pays once when it
+  starts (about 0.1 s: its runner's machines built and run to the first
+  action) does not decide the figure, as it does not in a campaign of
+  thousands of runs. One worker is what `lpemu
   fuzz --jobs 1` does: the runs in the campaign's own process. Two
   workers is the process pool of `--jobs 2`, batches of at most 64 runs,
   each worker with one runner for all its batches (made when the worker
@@ -137,7 +141,7 @@ def campaign_rate(program, known: dict, plan, jobs: int) -> tuple[float, float]:
 def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -> None:
     from emu.app import demo
     from emu.runs.campaign import Plan
-    seeds = 25 if ctx.quick else 500
+    seeds = 25 if ctx.quick else 2_000
     plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(seeds),
                 program.scenario.fuzz.strategy)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
