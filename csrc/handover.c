@@ -204,24 +204,18 @@ int emu_handover_find(const struct emu_event *ev, size_t n, const int64_t *cfid,
         const struct emu_event *e = &ev[i];
         struct task_state *t;
         int32_t slot;
-        int fresh;
+        void *arr;
 
         if (e->kind != EMU_EV_ENTRY && e->kind != EMU_EV_ARGS && e->kind != EMU_EV_ARGS_HI
             && e->kind != EMU_EV_RETURN && e->kind != EMU_EV_KERNEL_EXIT && e->kind != EMU_EV_SAFE_POINT
             && e->kind != EMU_EV_EXIT)
             continue;
-        slot = tidmap_get(&map, e->task, &fresh);
+        arr = ts;
+        slot = tidmap_task(&map, e->task, &arr, &nts, sizeof(*ts));
+        ts = arr;
         if (slot < 0) {
             rc = EMU_ENOMEM;
             break;
-        }
-        if (fresh) {
-            void *grown = tidmap_room(ts, &nts, slot, sizeof(*ts));
-            if (!grown) {
-                rc = EMU_ENOMEM;
-                break;
-            }
-            ts = grown;
         }
         t = &ts[slot];
         switch (e->kind) {

@@ -248,24 +248,19 @@ int emu_promise_scan(const struct emu_event *ev, size_t n, const struct emu_prom
         const struct emu_event *e = &ev[i];
         struct ptask *t = NULL;
         int32_t slot;
-        int fresh, force;
+        int force;
+        void *arr;
 
         switch (e->kind) {
         case EMU_EV_ENTRY: case EMU_EV_RETURN: case EMU_EV_UNWOUND: case EMU_EV_RET_UNTRACED:
         case EMU_EV_KERNEL_EXIT: case EMU_EV_EXIT: case EMU_EV_SAFE_POINT: case EMU_EV_SCHED_IN:
         case EMU_EV_SCHED_OUT: case EMU_EV_PATCH_STATE:
-            slot = tidmap_get(&map, e->task, &fresh);
+            arr = ts;
+            slot = tidmap_task(&map, e->task, &arr, &nts, sizeof(*ts));
+            ts = arr;
             if (slot < 0) {
                 rc = EMU_ENOMEM;
                 goto done;
-            }
-            if (fresh) {
-                void *grown = tidmap_room(ts, &nts, slot, sizeof(*ts));
-                if (!grown) {
-                    rc = EMU_ENOMEM;
-                    goto done;
-                }
-                ts = grown;
             }
             t = &ts[slot];
             t->task = e->task;

@@ -101,4 +101,22 @@ static inline void *tidmap_room(void *arr, size_t *n, int32_t slot, size_t elem)
     return p;
 }
 
+/* The slot of task k in m, with the per-task array *arr (*n elements of
+ * elem bytes) grown to hold it when it is new: what a pass over a trace
+ * does for each event of a task. -1 when memory ran out (*arr is then as
+ * it was, and still the caller's to free). */
+static inline int32_t tidmap_task(struct tidmap *m, int32_t k, void **arr, size_t *n, size_t elem)
+{
+    int fresh;
+    int32_t slot = tidmap_get(m, k, &fresh);
+    void *grown;
+
+    if (slot < 0 || !fresh)
+        return slot;
+    if (!(grown = tidmap_room(*arr, n, slot, elem)))
+        return -1;
+    *arr = grown;
+    return slot;
+}
+
 #endif

@@ -125,7 +125,8 @@ int emu_units_check(const struct emu_event *ev, size_t n, const int64_t *fids, s
         const struct emu_event *e = &ev[i];
         struct unit_task *t;
         int32_t slot;
-        int fresh, end = e->kind == EMU_EV_KERNEL_EXIT || e->kind == EMU_EV_SAFE_POINT || e->kind == EMU_EV_EXIT;
+        void *arr;
+        int end = e->kind == EMU_EV_KERNEL_EXIT || e->kind == EMU_EV_SAFE_POINT || e->kind == EMU_EV_EXIT;
         size_t at;
 
         if (e->kind == EMU_EV_ENTRY) {
@@ -135,18 +136,12 @@ int emu_units_check(const struct emu_event *ev, size_t n, const int64_t *fids, s
         } else if (!end || e->task < 0) {
             continue;
         }
-        slot = tidmap_get(&map, e->task, &fresh);
+        arr = ts;
+        slot = tidmap_task(&map, e->task, &arr, &nts, sizeof(*ts));
+        ts = arr;
         if (slot < 0) {
             rc = EMU_ENOMEM;
             goto done;
-        }
-        if (fresh) {
-            void *grown = tidmap_room(ts, &nts, slot, sizeof(*ts));
-            if (!grown) {
-                rc = EMU_ENOMEM;
-                goto done;
-            }
-            ts = grown;
         }
         t = &ts[slot];
         t->task = e->task;
