@@ -73,12 +73,14 @@ struct emu_core *emu_core_new(uintptr_t uch, int flags, int event_capacity)
      * it fills: a process running many runs grows by what it retranslates.
      * Guest programs here are small; a small buffer bounds that growth. */
     uc_ctl_set_tcg_buffer_size(c->uc, EMU_TCG_BUFFER);
+    /* Fast memory sees faults in its TLB fill; any memory hook would send
+     * every store down Unicorn's slow path (measured: 10x on a store loop). */
     if (flags & EMU_FLAG_FAST_MEMORY) {
         if (__emu_tlb_install(c))
             goto fail;
-    }
-    if (uc_hook_add(c->uc, &c->h_invalid, UC_HOOK_MEM_INVALID, (void *)hook_invalid, c, 1, 0))
+    } else if (uc_hook_add(c->uc, &c->h_invalid, UC_HOOK_MEM_INVALID, (void *)hook_invalid, c, 1, 0)) {
         goto fail;
+    }
     if (__emu_slicer_install(c) || __emu_redirect_install(c) || __emu_sysinsn_install(c))
         goto fail;
     return c;

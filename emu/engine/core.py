@@ -139,7 +139,7 @@ FAULT_INVALID_INSN = lib.EMU_FAULT_INVALID_INSN
 FAULT_PRIVILEGED = lib.EMU_FAULT_PRIVILEGED
 FAULT_STACK_OVERFLOW = lib.EMU_FAULT_STACK_OVERFLOW
 FAULT_NULL_CALL = lib.EMU_FAULT_NULL_CALL
-FAULT_UNMAPPED_FETCH = lib.EMU_FAULT_UNMAPPED_FETCH
+FETCH_FAULTS = frozenset({lib.EMU_FAULT_UNMAPPED_FETCH, lib.EMU_FAULT_PROT_FETCH})
 
 # instructions whose answer is not the guest's (csrc/sysinsn.c, emu/engine/sysinsn.py)
 SI_RDTSC, SI_RDTSCP, SI_RDRAND, SI_RDSEED = lib.EMU_SI_RDTSC, lib.EMU_SI_RDTSCP, lib.EMU_SI_RDRAND, lib.EMU_SI_RDSEED
@@ -257,10 +257,13 @@ class Engine:
     accel="python" leaves them to the pure-Python twins (emu/engine/redirect.py),
     which hook the same engine through the binding.
 
-    fast_memory=True selects Unicorn's virtual TLB with a C fill hook. With
-    this engine's host-mapped memory it measured no faster than the default
-    CPU TLB (111-114 vs 120-121 M instructions/s on a call- and store-heavy
-    loop), so it is off by default; the tests keep both modes equal.
+    fast_memory=True (the default) selects Unicorn's virtual TLB with a C
+    fill hook (csrc/tlb.c), which also reports every unmapped or protected
+    access: with no memory hook installed, guest stores to data pages take
+    Unicorn's fast path. With the CPU TLB, or with any memory hook, Unicorn
+    2.1.4 sends every store down its slow path (a store-heavy loop measured
+    about 10x slower). fast_memory=False keeps the CPU TLB and a
+    UC_HOOK_MEM_INVALID hook; the tests hold both modes to the same runs.
 
     Lifetimes: the guest memory and the scheduler state are Python-owned
     buffers the core works on; a view of them (map(), view(),
@@ -273,7 +276,7 @@ class Engine:
     (close() included) instead of racing the C core.
     """
 
-    def __init__(self, *, accel: str = "c", fast_memory: bool = False, event_capacity: int = 1 << 16):
+    def __init__(self, *, accel: str = "c", fast_memory: bool = True, event_capacity: int = 1 << 16):
         if accel not in ("c", "python"):
             raise ValueError(f"accel must be 'c' or 'python', not {accel!r}")
         self.accel = accel

@@ -82,6 +82,9 @@ def exact_address(uc, code: bytes, rip: int, reported: int) -> int:
             off = (reported - ea) & _M52
             if off < 64:        # the access may cross into the faulting page
                 return (ea + off) & _M64
+            # The fast-memory TLB fill sees only the page: the operand in it.
+            if not reported & 0xFFF and not (ea - reported) & _M52 & ~0xFFF:
+                return ea
     return reported
 
 
@@ -111,7 +114,10 @@ def describe(m, task, stop) -> tuple[str, str, int]:
         kind = "null-call"
     elif fk in core.DATA_FAULTS:
         addr = stop.addr
-        if fk == core.FAULT_UNMAPPED_FETCH and (rip & _M52) == (addr & _M52):
+        # A fetch fault at the instruction's start is at rip: reported as
+        # such, or as rip's page (the fast-memory TLB fill sees pages).
+        if fk in core.FETCH_FAULTS and ((rip & _M52) == (addr & _M52) or
+                                        (not addr & 0xFFF and not (rip - addr) & _M52 & ~0xFFF)):
             addr = rip
         else:
             try:

@@ -70,7 +70,7 @@ class Machine:
 
     def __init__(self, image: Image, *, cpus: int = 1, quantum: int = 1000, preempt: str = "voluntary",
                  tick: int = 1000, hz: int = 100, unwinder: str = "orc", accel: str = "c",
-                 fast_memory: bool = False, policy=None, lockup_ticks: int = 2000, name: str = "machine",
+                 fast_memory: bool = True, policy=None, lockup_ticks: int = 2000, name: str = "machine",
                  sched: str | None = None):
         if cpus < 1:
             raise UserError(f"machine.cpus must be at least 1, not {cpus}")

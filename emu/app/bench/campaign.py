@@ -16,9 +16,10 @@
   Uc, no hook, no patch, executing workloads.LOOP_C's bench_entry from a
   driver loop (throughput.raw_loop), sized to the instructions of 1 000
   runs, best of `repeats`, in this process. The loop is compiled C as the
-  seed's functions are; it runs from translated blocks that stay hot, so
-  the floor is the cheapest way Unicorn has to execute that many
-  instructions.
+  seed's functions are; it runs from translated blocks that stay hot, in
+  Unicorn as it comes (its CPU TLB, so every store takes Unicorn's slow
+  path). Unicorn's virtual TLB, the Machine's mode, runs such code several
+  times faster (throughput.raw_virtual_tlb).
 - campaign_scaling: runs per second of a real campaign
   (emu.runs.campaign.Campaign, no output directory) with two local worker
   processes over one: the same plan (the four models, 2,000 seeds
