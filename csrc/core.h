@@ -155,6 +155,10 @@ int __emu_redirect_install(struct emu_core *c);
 struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr);
 void __emu_redirect_free(struct emu_core *c);
 void __emu_graph_of(struct emu_core *c, int tid, struct emu_graph *g);
+/* The trampolines' work, for a task about to execute the first instruction
+ * of the ftrace trampoline (or of the return trampoline). */
+void __emu_tramp_enter(struct emu_core *c, uint64_t addr);
+void __emu_graph_return(struct emu_core *c, uint64_t addr);
 
 /* sysinsn.c */
 int __emu_sysinsn_install(struct emu_core *c);

@@ -169,9 +169,9 @@ static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t
         uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
 }
 
-static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+void __emu_tramp_enter(struct emu_core *c, uint64_t addr)
 {
-    struct emu_core *c = ud;
+    uc_engine *uc = c->uc;
     struct emu_site *s = NULL;
     uint64_t rsp = 0, ret = 0;
     uint8_t *p;
@@ -192,13 +192,18 @@ static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     enter(c, s, rsp + 8, emu_now(c, addr), 1);
 }
 
+static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    __emu_tramp_enter(ud, addr);
+}
+
 /* return_to_handler: the function whose return address was diverted to
  * slot (rsp - 8 now that its ret popped it) has returned. Records newer
  * than the slot belong to frames a stack switch left without returning:
  * they are dropped, each reported. No record for the slot is a fault. */
-static void hook_graph(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+void __emu_graph_return(struct emu_core *c, uint64_t addr)
 {
-    struct emu_core *c = ud;
+    uc_engine *uc = c->uc;
     uint8_t *g = c->cur >= 0 && c->cur < c->ntasks ? c->graph_host[c->cur] : NULL, *rec;
     uint64_t rsp = 0, rax = 0, slot, depth, cap, now = emu_now(c, addr), real;
 
@@ -235,6 +240,11 @@ static void hook_graph(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     if (c->graph_slot)
         memcpy(c->graph_slot, &c->graph_bad, 8);
     uc_emu_stop(uc);
+}
+
+static void hook_graph(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
+{
+    __emu_graph_return(ud, addr);
 }
 
 static inline int is_call_to(const uint8_t *p, uint64_t site, uint64_t target)
@@ -398,6 +408,12 @@ int emu_set_trampoline(struct emu_core *c, uint64_t addr)
         if (c->tramp_slot)
             memcpy(&c->tramp_bad, c->tramp_slot, 8);
     }
+    /* A trampoline that jumps through its slot is a block of its own, and
+     * no block runs into it: the block hook (slicer.c) does its work,
+     * which spares the dispatch of a code hook on every redirected call.
+     * Any other trampoline gets the code hook. */
+    if (c->tramp_slot)
+        return EMU_OK;
     err = uc_hook_add(c->uc, &c->h_tramp, UC_HOOK_CODE, (void *)hook_tramp, c, addr, addr);
     if (err) {
         c->last_err = err;
@@ -448,6 +464,8 @@ int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t str
     if (!(c->flags & EMU_FLAG_ACCEL_C))
         return EMU_OK;      /* the Python twin hooks the return trampoline */
     c->graph_slot = jump_slot(c, ret, &c->graph_bad);
+    if (c->graph_slot)
+        return EMU_OK;      /* the block hook does its work, as the trampoline's */
     err = uc_hook_add(c->uc, &c->h_graph, UC_HOOK_CODE, (void *)hook_graph, c, ret, ret);
     if (err) {
         c->last_err = err;
