@@ -430,3 +430,50 @@ user_entry:
         m.run(until=1000)
     assert err.value.rip == m.function("user_entry").start + 5
     assert "invalid instruction" in str(err.value).splitlines()[0]
+
+
+# Where a generated access may go: the heap (read-write), the text (read-
+# execute), the per-CPU areas, the guard page below a stack, unmapped and
+# non-canonical space; offsets near page ends, so accesses cross pages too.
+_ACCESS_BASES = [0x2000_0000, 0x2000_0000 + 0x10_0000 - 8, 0x400000, 0x400000 + 0x1000 - 4, 0x0, 0x1000,
+                 0xFFFF_FFFF_8100_0000, 0xDEAD_0000_0000_0100, 0x7FFF_FFFF_FFFF_FFFC, 0x3000_0000]
+_ACCESSES = {
+    "read": "mov rax, qword ptr [rax]",
+    "write": "mov qword ptr [rax], rcx",
+    "byte": "mov byte ptr [rax], cl",
+    "push": "mov rsp, rax\n    push rcx",
+    "call": "call rax",
+    "jmp": "jmp rax",
+    "string": "mov rdi, rax\n    mov ecx, 3\n    rep stosq",
+}
+
+
+@settings(max_examples=40, deadline=None)
+@given(base=st.sampled_from(_ACCESS_BASES), delta=st.integers(-16, 16),
+       access=st.sampled_from(sorted(_ACCESSES)))
+def test_both_memory_modes_report_a_wild_access_alike(base, delta, access):
+    """fast_memory (the virtual TLB, whose fill sees pages) and the CPU TLB
+    (Unicorn's invalid-memory hook) give the same outcome and the same
+    report, whatever the access and wherever it goes."""
+    addr = (base + delta) & (2**64 - 1)
+    text = f"""
+user_entry:
+    fentry
+    movabs rax, {addr:#x}
+    mov rcx, 0xc3
+    {_ACCESSES[access]}
+    ret
+"""
+    img = assemble(text, base=0x400000, name="base")
+    outcomes = []
+    for fast in (True, False):
+        m = Machine(img, cpus=1, fast_memory=fast)
+        m.add_task("t", "user_entry")
+        try:
+            m.run(until=2000)
+            outcomes.append(("ran", m.now))
+        except GuestFault as e:
+            outcomes.append((e.kind, e.rip, str(e).splitlines()[0]))
+        finally:
+            m.engine.close()
+    assert outcomes[0] == outcomes[1]
