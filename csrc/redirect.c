@@ -1,21 +1,28 @@
 /*
  * redirect.c - the ftrace-style redirect at fentry sites.
  *
- * An enabled site is `call <trampoline>`. A code hook on the trampoline plays
- * the part of ftrace_regs_caller plus klp_ftrace_handler: it finds the site
- * from the return address, picks the target from the site's stack of
- * entries, the transition flag and the current task's patch state, pops the
- * return address and sends the task to the target, so the chosen function
- * starts with the stack exactly as at the original's entry and returns
- * straight to the caller.
+ * An enabled site is `call <trampoline>`. __emu_tramp_enter plays the part of
+ * ftrace_regs_caller plus klp_ftrace_handler: it finds the site from the
+ * return address, picks the target from the site's stack of entries, the
+ * transition flag and the current task's patch state, pops the return
+ * address and sends the task to the target, so the chosen function starts
+ * with the stack exactly as at the original's entry and returns straight to
+ * the caller.
  *
  * How it sends the task there: when the trampoline instruction is
- * `jmp qword ptr [rip + d]` (emu/machine/runtime.py), the hook writes the target
+ * `jmp qword ptr [rip + d]` (emu/machine/runtime.py), it writes the target
  * into that slot and lets the jump run. Writing RIP from a hook instead
  * makes Unicorn leave its translated code and come back, which costs more
  * than the rest of the redirect together (measured on Unicorn 2.1.4: +52-64 ns a
  * call); it remains the way for the int3 of a text_poke_bp, for a run that
  * must stop inside the hook, and for any other trampoline.
+ *
+ * Who calls it: such a trampoline is a block of its own that no block runs
+ * into, so the block hook (slicer.c) calls it once it has decided that the
+ * block executes; Unicorn dispatches a code hook by walking every code hook
+ * of the engine, which the block hook spares each redirected call. The
+ * return trampoline's work (__emu_graph_return) is called the same way. A
+ * trampoline without a slot gets a code hook (hook_tramp, hook_graph).
  *
  * Every site also has a watch hook, which reports entries into functions
  * whose site is still a NOP (the original running untraced), and notices a
@@ -26,7 +33,7 @@
  * Function exits, the function-graph tracer's way: every entry these hooks
  * report also diverts the function's return address to the return
  * trampoline and keeps the real one on the task's return stack (graph_push);
- * the return trampoline's hook (hook_graph) pops it, records the exit with
+ * the return trampoline (__emu_graph_return) pops it, records the exit with
  * rax and lets its jump go to the real address, through a slot as the
  * trampoline does. Layout and rules in emu.h ("function exits").
  *
