@@ -80,3 +80,14 @@ def test_scale_figures_and_tables(quick):
     assert all(r["cpus"] == s.scaling_cpus for r in sc["by_tasks"])
     for r in sc["by_tasks"] + sc["by_cpus"]:
         assert r["livepatch_results"] == ["completed"] and r["stop_machine_results"] == ["completed"]
+
+
+def test_the_scaling_plan_grows_with_the_run_rate():
+    """campaign_scaling's plan keeps one worker busy SCALING_SECONDS at the
+    measured rate, and never shrinks below 2,000 seeds a model."""
+    from emu.app.bench.campaign import SCALING_SECONDS, scaling_seeds
+    assert scaling_seeds(True, 10_000, 4) == 25
+    assert scaling_seeds(False, None, 4) == 2_000
+    assert scaling_seeds(False, 1_000, 4) == 2_000
+    fast = scaling_seeds(False, 8_000, 4)
+    assert fast * 4 >= 8_000 * SCALING_SECONDS and (fast - 1) * 4 < 8_000 * SCALING_SECONDS

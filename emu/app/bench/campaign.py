@@ -23,12 +23,13 @@
 - campaign_scaling: runs per second of a real campaign
   (emu.runs.campaign.Campaign, no output directory) with two local worker
   processes over one: the same plan (the four models, 2,000 seeds
-  each, quick: 25; the scenario's strategy), the runner's cycle and probe
-  computed once beforehand and given to both. The plan is long enough
-  (8,000 runs, a few seconds) that what each worker pays once when it
-  starts (about 0.1 s: its runner's machines built and run to the first
-  action) does not decide the figure, as it does not in a campaign of
-  thousands of runs. One worker is what `lpemu
+  each or more, quick: 25; the scenario's strategy), the runner's cycle and
+  probe computed once beforehand and given to both. The plan is long enough
+  (at least 8,000 runs, and as many as one worker runs in SCALING_SECONDS at
+  the fuzz_runs_per_s just measured) that what each worker pays once when it
+  starts (about 0.1 s: its process, its runner's machines built and run to
+  the first action) does not decide the figure, as it does not in a
+  campaign of thousands of runs. One worker is what `lpemu
   fuzz --jobs 1` does: the runs in the campaign's own process. Two
   workers is the process pool of `--jobs 2`, batches of at most 64 runs,
   each worker with one runner for all its batches (made when the worker
@@ -139,10 +140,26 @@ def campaign_rate(program, known: dict, plan, jobs: int) -> tuple[float, float]:
     return len(camp.records) / host, cpu
 
 
+#: Seconds one worker should take on the campaign_scaling plan (at the rate
+#: fuzz_runs_per_s measured): long enough that what a worker pays once when
+#: it starts does not decide the figure, however fast the runs are.
+SCALING_SECONDS = 4.5
+
+
+def scaling_seeds(quick: bool, runs_per_s: float | None, models: int) -> int:
+    """Seeds per model of the campaign_scaling plan: 2,000 at least, more when
+    runs are fast enough that 2,000 would take less than SCALING_SECONDS."""
+    if quick:
+        return 25
+    if not runs_per_s:
+        return 2_000
+    return max(2_000, -(-round(runs_per_s * SCALING_SECONDS) // models))
+
+
 def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -> None:
     from emu.app import demo
     from emu.runs.campaign import Plan
-    seeds = 25 if ctx.quick else 2_000
+    seeds = scaling_seeds(ctx.quick, result.get("fuzz_runs_per_s"), len(demo.DEMO_MODELS))
     plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(seeds),
                 program.scenario.fuzz.strategy)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
