@@ -490,6 +490,21 @@ int emu_events_take(struct emu_core *c, struct emu_event *out, int max)
     return n;
 }
 
+const struct emu_event *emu_events_ring(struct emu_core *c)
+{
+    return c ? c->ev : NULL;
+}
+
+int emu_events_drop(struct emu_core *c, int n)
+{
+    if (!c || n < 0 || n > c->ev_n)
+        return EMU_EINVAL;
+    if (n < c->ev_n)
+        memmove(c->ev, c->ev + n, (size_t)(c->ev_n - n) * sizeof(*c->ev));
+    c->ev_n -= n;
+    return EMU_OK;
+}
+
 int emu_events_pending(struct emu_core *c)
 {
     return c ? c->ev_n : 0;

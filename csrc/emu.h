@@ -260,6 +260,11 @@ void emu_request_stop(struct emu_core *core);
 int emu_event_push(struct emu_core *core, int kind, int task, int64_t a, int64_t b, uint64_t c,
                    uint64_t clock);
 int emu_events_take(struct emu_core *core, struct emu_event *out, int max);
+/* The ring itself (its first emu_events_pending records are the pending
+ * events), and dropping its first n: a caller that keeps the records copies
+ * them straight from the ring, once. */
+const struct emu_event *emu_events_ring(struct emu_core *core);
+int emu_events_drop(struct emu_core *core, int n);
 int emu_events_pending(struct emu_core *core);
 /* The events of ev[0..n) whose kind is kind, in order: the first
  * min(*count, cap) copied into out (NULL when cap is 0), *count = how many

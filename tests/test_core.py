@@ -148,7 +148,7 @@ def test_event_log_reads_like_a_list():
     log = core.EventLog(events[:1])
     e = core.Engine()
     e.push_event(*events[1][1:], clock=events[1][0])
-    log.extend_raw(e.take_events_raw())
+    e.drain_into(log)
     assert len(log) == 2 and log == events and list(log) == events and log[-1] == events[1]
     assert log[1:] == events[1:] and log != events[:1] and log == core.EventLog(events)
     seen = []

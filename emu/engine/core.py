@@ -623,17 +623,16 @@ class Engine:
                             "tasks or CPUs)")
         self._check(rc, "restore")
 
-    def take_events_raw(self) -> bytes:
-        """Drain the ring as packed struct emu_event records (EventLog keeps
-        them so: the trace then costs a copy, not a tuple per event)."""
+    def drain_into(self, log: "EventLog") -> None:
+        """Drain the ring into log as packed struct emu_event records, copied
+        once, straight from the ring (EventLog keeps them so: the trace then
+        costs a copy, not a tuple per event; a long traced run drains
+        millions)."""
         n = lib.emu_events_pending(self._core)
         if n <= 0:
-            return b""
-        if n > self._ev_cap:
-            self._ev_cap = n
-            self._ev_buf = ffi.new("struct emu_event[]", n)
-        got = lib.emu_events_take(self._core, self._ev_buf, n)
-        return ffi.buffer(self._ev_buf, got * _EVENT.size)[:]
+            return
+        log.extend_raw(ffi.buffer(lib.emu_events_ring(self._core), n * _EVENT.size))
+        self._check(lib.emu_events_drop(self._core, n), "events")
 
     def take_events(self) -> list[Event]:
         """Drain the ring: Events in order."""
@@ -834,7 +833,7 @@ _make_event = Event._make
 class EventLog(Sequence):
     """A trace of Events (clock, kind, task, a, b, c), kept packed as the C
     core's struct emu_event records (extend_raw takes them as they come from
-    Engine.take_events_raw) and unpacked only when someone reads the trace,
+    Engine.drain_into) and unpacked only when someone reads the trace,
     once: a run whose trace nobody reads does not pay a tuple per event
     (150-200 ns each, more than a redirected call costs in C), and a hash of
     the trace is a hash of bytes (raw()). Reading it by index or iteration

@@ -423,7 +423,7 @@ class Machine:
     def drain(self) -> None:
         """Move the C core's events into self.trace (packed: no tuple is made
         until the trace is read)."""
-        self.trace.extend_raw(self.engine.take_events_raw())
+        self.engine.drain_into(self.trace)
 
     # ---- running (scheduling.py) -------------------------------------------------------
     def runnable(self, cpu: Cpu) -> list[Task]:
