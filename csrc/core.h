@@ -81,6 +81,7 @@ struct emu_core {
     uint64_t tramp;
     uint8_t *tramp_slot;    /* host address of the trampoline's jump slot, or NULL */
     uint64_t tramp_bad;     /* what the slot held at first: where a stray jump goes */
+    struct emu_site *last_site;     /* the site whose watch hook ran last (a lookup hint) */
 
     uc_hook h_block, h_syscall, h_intr, h_invalid, h_tramp, h_tlb;
 

@@ -187,7 +187,8 @@ void __emu_tramp_enter(struct emu_core *c, uint64_t addr)
     p = __emu_ptr(c, rsp, 8);
     if (p) {
         memcpy(&ret, p, 8);
-        s = __emu_site_at(c, ret - 5);
+        /* Most often the site whose watch hook ran last called it. */
+        s = c->last_site && c->last_site->addr == ret - 5 ? c->last_site : __emu_site_at(c, ret - 5);
     }
     if (!s) {
         __emu_fault(c, EMU_FAULT_BAD_TRAMPOLINE, addr, ret, 0);
@@ -271,6 +272,7 @@ static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     const uint8_t *p = s->code ? s->code : __emu_ptr(c, addr, 5);
     uint64_t rsp = 0;
 
+    c->last_site = s;
     if (!p)
         return;
     if (!memcmp(p, fentry_nop, 5)) {
@@ -335,6 +337,7 @@ void __emu_redirect_free(struct emu_core *c)
         free(c->sites[i]);
     }
     c->nsites = 0;
+    c->last_site = NULL;
 }
 
 int emu_site_add(struct emu_core *c, uint64_t addr, int func_id)
