@@ -2,7 +2,9 @@
 the C fast path against the Python twin (immediate model, patch switched,
 every entry traced as usual); and redirect_floor_ratio: the C path with
 its per-call events off (the redirect alone) against the floor an in-guest
-`jmp` trampoline gives. per_call is the measure the models section
+`jmp` trampoline gives in raw Unicorn; the same trampoline on a
+core.Engine (in_guest_trampoline.on_the_engine) shows what the engine's own
+block hook costs it. per_call is the measure the models section
 (models.py) shares.
 
 Host times here are CPU time (measure.cpu_time): the loops are short,
@@ -114,6 +116,7 @@ def bench_redirect(result: dict, ctx: Context) -> None:
     c_bare = per_call(ctx, s.redirect_calls_c, accel="c", model="immediate", blocker=False,
                       trace_calls=False)
     floor = in_guest_trampoline(ctx)
+    floor["on_the_engine"] = in_guest_trampoline(ctx, engine=True)
     result["redirect"] = {"c": c, "python": py, "c_untraced": c_quiet, "c_redirect_only": c_bare,
                           "in_guest_trampoline": floor}
     result["redirect_ratio"] = ratio(c["added_ns_per_call"], py["added_ns_per_call"])
@@ -124,11 +127,14 @@ def bench_redirect(result: dict, ctx: Context) -> None:
         result["redirect_floor_ratio"] = ratio(c_bare["added_ns_per_call"], floor["added_ns_per_call"])
 
 
-def in_guest_trampoline(ctx: Context) -> dict:
+def in_guest_trampoline(ctx: Context, *, engine: bool = False) -> dict:
     """The floor to approach: the site is `jmp stub`, and the stub reads the
     task's patch state from guest memory and jumps to the old or the new
     code. Raw Unicorn, no hooks at all (so no virtual time either); added ns
-    per call against the same loop with the NOP site."""
+    per call against the same loop with the NOP site. engine=True runs the
+    same code on a core.Engine instead (not the floor: its block hook counts
+    virtual time, its memory is the Machine's mode), which tells what a
+    redirect done in guest code would cost here."""
     from emu.images.asm import assemble
 
     base, patch_img, _ = ctx.work.get("calls")
@@ -153,12 +159,14 @@ driver:
     plain = jumped = math.inf
     # Raw runs are short (tens of ms) and their difference small: more
     # repeats than elsewhere keep one disturbed pair from setting the floor.
+    run = engine_stub_run if engine else raw_stub_run
     for _ in range(3 * ctx.sizes.repeats):
-        plain = min(plain, raw_stub_run(base, patch_img, stub, target.site, state_at, hlt, jump=False))
-        jumped = min(jumped, raw_stub_run(base, patch_img, stub, target.site, state_at, hlt, jump=True))
+        plain = min(plain, run(base, patch_img, stub, target.site, state_at, hlt, jump=False))
+        jumped = min(jumped, run(base, patch_img, stub, target.site, state_at, hlt, jump=True))
     return {"calls": n, "added_ns_per_call": round((jumped - plain) / n * 1e9, 2),
             "ns_per_call_plain": round(plain / n * 1e9, 2),
-            "what": "raw Unicorn: site `jmp stub`, the stub tests the task's patch state in guest memory"}
+            "what": ("core.Engine (its block hook, the virtual TLB)" if engine else "raw Unicorn") +
+                    ": site `jmp stub`, the stub tests the task's patch state in guest memory"}
 
 
 def raw_stub_run(base, patch_img, stub, site: int, state_at: int, hlt: int, *, jump: bool) -> float:
@@ -178,3 +186,35 @@ def raw_stub_run(base, patch_img, stub, site: int, state_at: int, hlt: int, *, j
         rel = stub.symbols["stub"] - (site + 5)
         uc.mem_write(site, b"\xe9" + rel.to_bytes(4, "little", signed=True))
     return timed(lambda: uc.emu_start(stub.symbols["driver"], hlt), cpu_time)
+
+
+def engine_stub_run(base, patch_img, stub, site: int, state_at: int, hlt: int, *, jump: bool) -> float:
+    """raw_stub_run on a core.Engine: one task, one emu_run up to the hlt."""
+    from unicorn.x86_const import UC_X86_REG_RIP, UC_X86_REG_RSP
+
+    from emu.images.image import PROT_R, PROT_W, PROT_X
+
+    e = core.Engine()
+    try:
+        for img in (base, patch_img, stub):
+            for seg in img.segments:
+                size = (len(seg.data) + 0xFFF) & ~0xFFF
+                e.map(seg.addr, size, seg.prot)[:len(seg.data)] = seg.data
+                if seg.prot & PROT_X:
+                    e.add_code(seg.addr, size, [a for a in img.insn_starts() if seg.addr <= a < seg.addr + size])
+        e.map(state_at, 0x1000, PROT_R | PROT_W)[0] = 1          # the task is PATCHED
+        e.map(0x7000_0000, 0x10000, PROT_R | PROT_W)
+        e.init_tasks(1)
+        e.switch(0)
+        e.uc.reg_write(UC_X86_REG_RSP, 0x7000_F000)
+        e.uc.reg_write(UC_X86_REG_RIP, stub.symbols["driver"])
+        if jump:
+            rel = stub.symbols["stub"] - (site + 5)
+            e.view(site, 5)[:] = b"\xe9" + rel.to_bytes(4, "little", signed=True)
+        stop = []
+        host = timed(lambda: stop.append(e.run(1 << 40)), cpu_time)
+        if stop[0].rip != hlt + 1:         # the hlt ran: the run came back after it
+            raise RuntimeError(f"the engine's stub loop stopped at {stop[0].rip:#x}, not after its hlt")
+        return host
+    finally:
+        e.close()
