@@ -545,3 +545,53 @@ def test_a_stop_machine_section_waits_out_its_delay_while_another_work_waits_for
     assert c == py
     steps = [e for e in c[2] if e[1] == "work"]
     assert len(steps) == 3
+
+
+def test_restore_puts_back_every_byte_written_since(compile_c):
+    """A restore checks a page the snapshot holds as zeros (most of the
+    heap) against a zero page and the others against the snapshot's copy:
+    whatever guest code or the host wrote since, on pages of either kind,
+    is put back byte for byte, and the runs after it are the same."""
+    from emu.machine.layout import HEAP_BASE, HEAP_SIZE, STACK_SIZE, stack_of
+    img = compile_c("""
+        static unsigned long s;
+        long user_entry(long base, long seed)
+        {
+            s = s * 6364136223846793005UL + 1442695040888963407UL + (unsigned long)seed;
+            *(volatile unsigned char *)(base + (long)((s >> 33) % 0x100000)) = (unsigned char)((s >> 20) | 1);
+            lpemu_sleep(1);
+            return 0;
+        }
+    """)
+    m = Machine(img, cpus=2, quantum=100)
+    for k in range(3):
+        m.add_task(f"t{k}", "user_entry", [HEAP_BASE, k])
+    m.heap[0x3000:0x3010] = bytes(range(1, 17))          # pages the snapshot holds as data ...
+    m.heap[HEAP_SIZE - 1] = 0xff                          # ... its last byte too
+    m.run(until=3_000)
+    snap = m.snapshot()
+    data = [(seg.addr, len(seg.data)) for seg in img.segments if seg.prot & 2]
+    stacks = [stack_of(t.tid) for t in m.tasks]
+
+    def memory():
+        return (bytes(m.heap), [bytes(m.engine.view(a, n)) for a, n in data],
+                [bytes(m.engine.view(lo, STACK_SIZE)) for lo, _ in stacks])
+    before = memory()
+    m.run(until=40_000)
+    after = (m.trace.raw(), m.now, memory())
+    m.restore(snap)
+    assert memory() == before
+
+    @settings(max_examples=40, deadline=None)
+    @given(writes=st.lists(st.tuples(st.integers(0, HEAP_SIZE - 1), st.integers(0, 255)), max_size=12),
+           length=st.integers(0, 40_000))
+    def check(writes, length):
+        for off, value in writes:
+            m.heap[off] = value
+        m.run(until=3_000 + length)
+        m.restore(snap)
+        assert memory() == before
+    check()
+    m.run(until=40_000)
+    assert (m.trace.raw(), m.now, memory()) == after
+    m.engine.close()
