@@ -221,35 +221,38 @@ def seed_program():
 
 @settings(max_examples=25, deadline=None)
 @given(picked=st.lists(st.sampled_from(POOL), min_size=1, max_size=6),
-       model=st.sampled_from(["immediate", "kgraft", "livepatch"]), seed=st.integers(0, 7))
-def test_a_run_checks_every_observation_against_every_assertion_of_its_key(seed_program, picked, model, seed):
+       model=st.sampled_from(["immediate", "kgraft", "livepatch"]),
+       seeds=st.lists(st.integers(0, 7), min_size=1, max_size=3))
+def test_a_run_checks_every_observation_against_every_assertion_of_its_key(seed_program, picked, model, seeds):
     """Result.violations: for each lpemu_observe() in trace order, each
     assertion of its key or of every key, in the scenario's order, that
-    fails or raises on it (read here from the trace, one by one)."""
+    fails or raises on it (read here from the trace, one by one); also for
+    the later runs of a runner, which keeps verdicts from run to run."""
     from dataclasses import replace
     from emu.engine import core
     from emu.runs.fuzz import MAX_REPORTED, Runner
     checks = [Assertion(text, key, line) for line, (text, key) in enumerate(picked, 1)]
     prog = replace(seed_program, scenario=replace(seed_program.scenario, assertions=checks))
     with Runner(prog) as runner:
-        res, m, _ = runner.execute(runner.plan(model, seed, strategy="exhaustive"), keep=True)
-        want = []
-        for clock, kind, task, key, value, _ in m.trace.records():
-            if kind != core.EV_OBSERVE:
-                continue
-            t = m.tasks[task]
-            env = {"key": key, "value": value, "time": clock, "task": t.name, "kind": t.kind.value}
-            for a in checks:
-                if a.key not in (None, key):
+        for seed in seeds:
+            res, m, _ = runner.execute(runner.plan(model, seed, strategy="exhaustive"), keep=True)
+            want = []
+            for clock, kind, task, key, value, _ in m.trace.records():
+                if kind != core.EV_OBSERVE:
                     continue
-                try:
-                    why = None if a.holds(env) else "fails"
-                except ArithmeticError as exc:
-                    why = f"{type(exc).__name__}: {exc}"
-                if why is not None:
-                    want.append({"assert": a.text, "line": a.line, "task": t.name, "time": clock, "key": key,
-                                 "value": value, "error": None if why == "fails" else why})
-        m.engine.close()
-    assert any(r[1] == core.EV_OBSERVE for r in m.trace.records())
-    assert res.violation_count == len(want)
-    assert res.violations == want[:MAX_REPORTED]
+                t = m.tasks[task]
+                env = {"key": key, "value": value, "time": clock, "task": t.name, "kind": t.kind.value}
+                for a in checks:
+                    if a.key not in (None, key):
+                        continue
+                    try:
+                        why = None if a.holds(env) else "fails"
+                    except ArithmeticError as exc:
+                        why = f"{type(exc).__name__}: {exc}"
+                    if why is not None:
+                        want.append({"assert": a.text, "line": a.line, "task": t.name, "time": clock, "key": key,
+                                     "value": value, "error": None if why == "fails" else why})
+            m.engine.close()
+            assert any(r[1] == core.EV_OBSERVE for r in m.trace.records())
+            assert res.violation_count == len(want)
+            assert res.violations == want[:MAX_REPORTED]

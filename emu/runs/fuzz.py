@@ -67,6 +67,7 @@ MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
 MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
 MAX_JUDGING = 256          # patch definitions, and tables for each, a runner keeps for its judges (Runner._tables)
+MAX_VERDICTS = 65536       # verdicts of timeless assertions a runner keeps (Runner._assertions)
 
 
 @dataclass(frozen=True)
@@ -185,6 +186,7 @@ class Runner:
         self._arity: dict = {}      # which argument registers each function takes (handover.find)
         self._by_key: tuple[dict, tuple] | None = None     # the assertions by observed key (_checks)
         self._judging: dict = {}    # patch.definition -> the judges' cache for runs of those patches (_tables)
+        self._verdicts: dict = {}   # (key, value, task, kind) -> the timeless assertions that fail (_assertions)
         self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
@@ -618,28 +620,48 @@ class Runner:
     def _assertions(self, m: Machine, res: Result) -> None:
         if not self.scn.assertions:
             return
+        obs = m.trace.of_kind(core.EV_OBSERVE)
+        if not obs:
+            return
         by_key, unkeyed = self._checks()
         # each task's name and kind, read once per run rather than per observation
         who = [(t.name, t.kind.value) for t in m.tasks]
-        # an assertion's verdict is a function of the names it reads: observations
-        # repeat (the same task observing the same value), and those whose
-        # assertions do not read the time are judged once per run
-        judged: dict[tuple, list] = {}
-        for clock, _, task, key, value, _ in m.trace.of_kind(core.EV_OBSERVE):
+        nobody = ("?", "?")
+        # an assertion's verdict is a function of the names it reads (Assertion.names):
+        # observations repeat (the same task observing the same value), and the
+        # verdicts of those whose assertions do not read the time are kept by the
+        # runner, by (key, value, task name, kind), for every run after
+        verdicts = self._verdicts
+        if len(verdicts) > MAX_VERDICTS:
+            verdicts.clear()
+        if unkeyed[1] and all(timeless for _, timeless in by_key.values()):
+            # the usual case: no observation fails; it is enough to judge each
+            # distinct observation once (a miss is judged below, in order)
+            for key, value, task in {(r[3], r[4], r[2]) for r in obs}:
+                checks, _ = by_key.get(key, unkeyed)
+                if checks:
+                    name, kind = who[task] if 0 <= task < len(who) else nobody
+                    failed = verdicts.get((key, value, name, kind))
+                    if failed is None:
+                        failed = verdicts[key, value, name, kind] = _failed(checks, key, value, 0, name, kind)
+                    if failed:
+                        break
+            else:
+                return
+        for clock, _, task, key, value, _ in obs:
             checks, timeless = by_key.get(key, unkeyed)
             if not checks:
                 continue
-            seen = (key, value, task)
-            failed = judged.get(seen) if timeless else None
+            name, kind = who[task] if 0 <= task < len(who) else nobody
+            failed = verdicts.get((key, value, name, kind)) if timeless else None
             if failed is None:
-                failed = _failed(checks, key, value, clock, *(who[task] if 0 <= task < len(who) else ("?", "?")))
+                failed = _failed(checks, key, value, clock, name, kind)
                 if timeless:
-                    judged[seen] = failed
+                    verdicts[key, value, name, kind] = failed
             for a, why in failed:
                 res.violation_count += 1
                 if len(res.violations) < MAX_REPORTED:
-                    res.violations.append({"assert": a.text, "line": a.line,
-                                           "task": who[task][0] if 0 <= task < len(who) else "?",
+                    res.violations.append({"assert": a.text, "line": a.line, "task": name,
                                            "time": clock, "key": key, "value": value, "error": why})
 
     def _checks(self) -> tuple[dict, tuple]:
