@@ -635,8 +635,9 @@ class Runner:
         if len(verdicts) > MAX_VERDICTS:
             verdicts.clear()
         if unkeyed[1] and all(timeless for _, timeless in by_key.values()):
-            # the usual case: no observation fails; it is enough to judge each
-            # distinct observation once (a miss is judged below, in order)
+            # the usual case: each distinct observation is judged once, and
+            # only the observations that fail are walked, in order
+            fails = {}
             for key, value, task in {(r[3], r[4], r[2]) for r in obs}:
                 checks, _ = by_key.get(key, unkeyed)
                 if checks:
@@ -645,9 +646,16 @@ class Runner:
                     if failed is None:
                         failed = verdicts[key, value, name, kind] = _failed(checks, key, value, 0, name, kind)
                     if failed:
-                        break
-            else:
-                return
+                        fails[key, value, task] = failed, name
+            if fails:
+                for clock, _, task, key, value, _ in [r for r in obs if (r[3], r[4], r[2]) in fails]:
+                    failed, name = fails[key, value, task]
+                    res.violation_count += len(failed)
+                    for a, why in failed:
+                        if len(res.violations) < MAX_REPORTED:
+                            res.violations.append({"assert": a.text, "line": a.line, "task": name,
+                                                   "time": clock, "key": key, "value": value, "error": why})
+            return
         for clock, _, task, key, value, _ in obs:
             checks, timeless = by_key.get(key, unkeyed)
             if not checks:
