@@ -519,6 +519,9 @@ int emu_sched_set_cpu(struct emu_core *core, int cpu, int field, int64_t value);
 /* CPU cpu's run queue: n distinct task ids (not idle tasks) in order. */
 int emu_sched_set_queue(struct emu_core *core, int cpu, const int64_t *tids, int n);
 int emu_sched_run(struct emu_core *core, int64_t until, int64_t deadline, struct emu_stop *stop);
+/* Between runs: wake the sleepers whose time has come, as a round's top
+ * does (EMU_EFULL, nothing done, when the ring may not hold them). */
+int emu_sched_fire_wakes(struct emu_core *core);
 
 /* ---- snapshots (snapshot.c) ------------------------------------------------
  * Memory, task contexts, patch states, scheduler state, clock and site

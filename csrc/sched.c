@@ -700,13 +700,12 @@ static int state_ok(const struct sched *s)
 
 static int sched_loop(struct sched *s, int64_t until, int64_t deadline);
 
-int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct emu_stop *stop)
+/* The loop's view of the core's scheduler state; 0 when there is none or
+ * the core is in a run (state_ok then checks the state). */
+static int sched_bind(struct sched *s, struct emu_core *c, struct emu_stop *stop)
 {
-    struct sched st, *s = &st;
-    int rc;
-
-    if (!c || !c->sched_mem || !stop || c->stop || c->ntasks != c->sched.g->ntasks)
-        return EMU_EINVAL;
+    if (!c || !c->sched_mem || c->stop || c->ntasks != c->sched.g->ntasks)
+        return 0;
     s->c = c;
     s->g = c->sched.g;
     s->ntasks = (int)s->g->ntasks;
@@ -715,6 +714,32 @@ int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct em
     s->cpu = c->sched.cpus;
     s->rq = c->sched.rq;
     s->stop = stop;
+    return 1;
+}
+
+/* Between two runs of the loop: wake the sleepers whose time has come, as
+ * the loop does at the top of a round. Python's loop calls it before it
+ * fires its own timers of the same clock (emu/machine/scheduling.py), so
+ * that the order of wakes and timers does not depend on where the loop
+ * was. EMU_EFULL (nothing done) when the ring may not hold the wakes. */
+int emu_sched_fire_wakes(struct emu_core *c)
+{
+    struct sched st, *s = &st;
+
+    if (!sched_bind(s, c, NULL) || !state_ok(s))
+        return EMU_EINVAL;
+    if (ring_full(s))
+        return EMU_EFULL;
+    return fire_wakes(s);
+}
+
+int emu_sched_run(struct emu_core *c, int64_t until, int64_t deadline, struct emu_stop *stop)
+{
+    struct sched st, *s = &st;
+    int rc;
+
+    if (!stop || !sched_bind(s, c, stop))
+        return EMU_EINVAL;
     memset(stop, 0, sizeof(*stop));
     if (!state_ok(s))
         return EMU_EINVAL;

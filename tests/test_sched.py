@@ -595,3 +595,53 @@ def test_restore_puts_back_every_byte_written_since(compile_c):
     m.run(until=40_000)
     assert (m.trace.raw(), m.now, memory()) == after
     m.engine.close()
+
+
+@pytest.fixture(scope="module")
+def sleepers_image(tmp_path_factory):
+    from emu.images.build import build_c
+    src = tmp_path_factory.mktemp("wakes") / "wakes.c"
+    src.write_text('#include "lpemu.h"\nlong user_entry(long n) { lpemu_sleep(n); return n; }\n')
+    return build_c([src], base=0x400000, name="base")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tasks=st.lists(st.tuples(st.sampled_from(["runnable", "sleeping", "exited"]), st.integers(-1, 400)),
+                      min_size=1, max_size=9),
+       ahead=st.integers(-50, 400), next_wake=st.integers(-1, 500))
+def test_wakes_in_c_are_the_twins_wakes(sleepers_image, tasks, ahead, next_wake):
+    """Scheduling.run wakes the sleepers due before it fires its timers: in
+    C (emu_sched_fire_wakes) with the C scheduler, by the twin's fire_wakes
+    otherwise. On any mix of task states, wake times and next_wake (a stale
+    one too), both wake the same tasks with the same events and registers
+    and leave the same next_wake."""
+    from unicorn.x86_const import UC_X86_REG_RAX
+    from emu.engine.core import TaskState
+    codes = {"runnable": TaskState.RUNNABLE, "sleeping": TaskState.SLEEPING, "exited": TaskState.EXITED}
+    m = Machine(sleepers_image, cpus=2, quantum=50)
+    for k in range(len(tasks)):
+        m.add_task(f"t{k}", "user_entry", [k + 1])
+    m.run(until=200)
+    m.drain()
+    st_ = m.sched_state
+    base = m.now
+    for tid, (state, wake) in enumerate(tasks):
+        st_.tasks[tid].state = int(codes[state])
+        st_.tasks[tid].wake_at = -1 if wake < 0 else base + wake
+    st_.next_wake = -1 if next_wake < 0 else base + next_wake
+    m.engine.clock = max(0, base + ahead)
+    snap = m.snapshot()
+
+    def outcome(fire):
+        m.restore(snap)
+        fire()
+        m.drain()
+        regs = []
+        for t in m.tasks:
+            m.engine.switch(t.tid)
+            regs.append(m.engine.uc.reg_read(UC_X86_REG_RAX))
+        return (m.trace.raw(), st_.next_wake, [(r.state, r.wake_at) for r in st_.tasks[:len(tasks)]], regs)
+    in_c = outcome(lambda: m.engine.sched_fire_wakes())
+    twin = outcome(lambda: m.scheduling.twin.fire_wakes())
+    assert in_c == twin
+    m.engine.close()

@@ -555,6 +555,22 @@ class Engine:
             self._check(rc, "scheduler")
         return rc
 
+    def sched_fire_wakes(self) -> bool:
+        """Between runs of the scheduler: wake the sleepers whose time has
+        come, as a round's top does (csrc/sched.c; the twin is
+        emu/engine/sched.py's fire_wakes). False (nothing done) when the
+        event ring may not hold the wakes: drain it and call again."""
+        if not self._lock.acquire(False):
+            raise self._busy("scheduler")
+        try:
+            rc = lib.emu_sched_fire_wakes(self._core)
+        finally:
+            self._lock.release()
+        if rc == lib.EMU_EFULL:
+            return False
+        self._check(rc, "scheduler: wakes")
+        return True
+
     def request_stop(self) -> None:
         lib.emu_request_stop(self._core)
 
