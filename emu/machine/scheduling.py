@@ -64,20 +64,27 @@ class Scheduling:
 
     def run(self, until: int | None, stop_when, every_slice: bool, watch=None) -> None:
         m, st, works = self.m, self.state, self.m.works
-        st.policy_rr = m.policy.name == "rr"
-        st.notify_all = any(not getattr(lst, "pending_only", False) for lst in m.listeners)
+        # (the checked setters cost a C call each: a flag already right is left alone)
+        rr = 1 if m.policy.name == "rr" else 0
+        if st.policy_rr != rr:
+            st.policy_rr = rr
+        notify_all = 1 if any(not getattr(lst, "pending_only", False) for lst in m.listeners) else 0
+        if st.notify_all != notify_all:
+            st.notify_all = notify_all
         each = stop_when is not None and every_slice and watch is None
         until_c = -1 if until is None else until
-        goals: tuple | None = None          # the CPUs' goals as set (works.goals())
+        goals: tuple | None = None          # the CPUs' goals as set (works.waits())
         watched: set[int] = set()           # the tasks whose watch flag is set
         engine, listeners = m.engine, m.listeners
+        in_c = m.sched == "c"
         try:
             while True:
                 # sleepers due now wake before the timers due now, as in the
                 # C loop (and its twin): the order must not depend on
                 # whether the loop came back to Python at this clock
-                if 0 <= st.next_wake <= engine.clock:
-                    self.twin.fire_wakes()
+                next_wake = st.next_wake
+                if next_wake >= 0 and next_wake <= engine.clock:
+                    self._fire_wakes()
                 if works.timers or works.items:
                     works.fire_due()
                 if stop_when is not None and stop_when():
@@ -87,8 +94,9 @@ class Scheduling:
                 if st.live <= 0:
                     return
                 if works.items:
-                    want = 1 if each or works.per_slice() else 0
-                    want_goals = works.goals()
+                    want, want_goals = works.waits()
+                    if each:
+                        want = 1
                 else:
                     want, want_goals = (1 if each else 0), None
                 if st.each_slice != want:
@@ -106,8 +114,9 @@ class Scheduling:
                     tids = set(watch())
                     if tids != watched:
                         watched = self._set_watch(watched, tids)
-                deadline = works.next_timer
-                if works.stop is None and m.sched == "c":
+                timers = works.timers
+                deadline = timers[0][0] if timers else -1
+                if in_c and works.stop is None:
                     reason = engine.sched_run(until_c, deadline)
                 else:
                     reason = self.twin.run(until_c, deadline)
@@ -116,9 +125,23 @@ class Scheduling:
         finally:
             if st.quiet:
                 st.quiet = 0
-            self._set_goals(goals, None)
-            self._set_watch(watched, set())
+            if goals is not None:
+                self._set_goals(goals, None)
+            if watched:
+                self._set_watch(watched, set())
             m.drain()
+
+    def _fire_wakes(self) -> None:
+        """Wake the sleepers due now: in C with the C scheduler (the twin's
+        fire_wakes is the same rule, and the tests hold the two to the same
+        runs), draining the event ring first when it may not hold them."""
+        m = self.m
+        if m.sched != "c":
+            self.twin.fire_wakes()
+        elif not m.engine.sched_fire_wakes():
+            m.drain()
+            if not m.engine.sched_fire_wakes():
+                raise CoreError("scheduler: the event ring cannot hold the wakes")
 
     def _set_goals(self, old: tuple | None, new: tuple | None) -> tuple | None:
         """Set the CPUs' slice goals (None: none) where they differ from old."""

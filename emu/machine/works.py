@@ -91,7 +91,10 @@ class Work:
         if self.kind == "time":
             return m.now >= self.arg
         if self.kind == "sync":
-            return all(c.slices > s for c, s in zip(m.cpus, self.arg))
+            for c, s in zip(m.cpus, self.arg):
+                if c.slices <= s:
+                    return False
+            return True
         if self.kind == "stop":
             return m.works.all_stopped
         return False
@@ -125,25 +128,22 @@ class Works:
         progress, or a stopper thread of the stop_machine section)."""
         return index == self.cpu or (self.stop is not None and index in self.stop.parked)
 
-    @property
-    def next_timer(self) -> int:
-        """When the first timer is due (-1: none)."""
-        return self.timers[0][0] if self.timers else -1
-
-    def per_slice(self) -> bool:
-        """Whether a work waits for stop_machine (the loop must come back after each slice)."""
-        return any(w.kind == "stop" for w in self.items)
-
-    def goals(self) -> tuple[int, ...] | None:
-        """Per CPU, the slice count at which a sync a work waits for can be
-        over (the scheduler comes back once every CPU reached it: the
-        earliest a waiting work can be ready), or None when none waits."""
-        goals = None
+    def waits(self) -> tuple[int, tuple[int, ...] | None]:
+        """What the works wait for, as the scheduler loop needs it: 1 when
+        one waits for stop_machine (the loop must come back after each
+        slice), else 0; and per CPU, the slice count at which a sync a work
+        waits for can be over (the scheduler comes back once every CPU
+        reached it: the earliest a waiting work can be ready), or None when
+        none waits for a sync."""
+        per_slice, goals = 0, None
         for w in self.items:
-            if w.kind == "sync":
+            kind = w.kind
+            if kind == "sync":
                 g = tuple(s + 1 for s in w.arg)
                 goals = g if goals is None else tuple(map(min, goals, g))
-        return goals
+            elif kind == "stop":
+                per_slice = 1
+        return per_slice, goals
 
     def any_ready(self) -> bool:
         return any(w.kind in ("sync", "stop") or w.ready(self.m) for w in self.items)
@@ -168,7 +168,8 @@ class Works:
 
     def fire_due(self) -> None:
         timers = self.timers
-        while timers and timers[0][0] <= self.m.now:
+        engine = self.m.engine
+        while timers and timers[0][0] <= engine.clock:
             _, _, fn = heapq.heappop(timers)
             fn()
         if self.items:

@@ -418,9 +418,18 @@ class Runner:
             end = last + m.seconds(scn.fuzz.horizon)
             until = scn.fuzz.until
 
+            engine, transitions = m.engine, model.transitions
+
             def settled():
-                return _bounded(m) or (until == "transitions" and m.now >= last
-                                       and all(t.result != "pending" for t in model.transitions))
+                # (asked at every return of the scheduler: _bounded(m), inline)
+                if len(m.trace) >= MAX_EVENTS:
+                    return True
+                if until != "transitions" or engine.clock < last:
+                    return False
+                for t in transitions:
+                    if t.result == "pending":
+                        return False
+                return True
 
             try:
                 # up to the first action; then slice by slice until every task
