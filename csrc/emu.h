@@ -196,7 +196,9 @@ void emu_core_free(struct emu_core *core);
 
 /* Host-backed guest memory, owned by the core (freed with it); or, with
  * emu_map_host, memory the caller owns (page aligned, size bytes, kept
- * alive until after emu_core_free: the core never frees it). */
+ * alive until after emu_core_free: the core never frees it). Either must
+ * be private anonymous memory (malloc'd or mapped so): a snapshot's
+ * restore may drop its pages with MADV_DONTNEED (csrc/snapshot.c). */
 int emu_map(struct emu_core *core, uint64_t addr, uint64_t size, int prot);
 int emu_map_host(struct emu_core *core, uint64_t addr, uint64_t size, int prot, uint8_t *host);
 uint8_t *emu_host_ptr(struct emu_core *core, uint64_t addr, uint64_t size);
