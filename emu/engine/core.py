@@ -451,7 +451,9 @@ class Engine:
         """Write guest code and drop its translations (C fast path; the
         twin is emu/engine/text.py)."""
         with self.hold():
-            self._check(lib.emu_text_write(self._core, addr, data, len(data)), f"text write at {addr:#x}")
+            rc = lib.emu_text_write(self._core, addr, data, len(data))
+        if rc:      # the message is only made on failure: the models write text at every step
+            self._check(rc, f"text write at {addr:#x}")
 
     # -- instructions whose answer is not the guest's (csrc/sysinsn.c) ----------
     def add_sysinsn(self, addr: int, size: int, kind: int, arg: int = 0) -> None:

@@ -58,6 +58,7 @@ from emu.machine.task import ROUTES, Cpu, Kind, RunState, Task
 from emu.machine.works import Delay, Release, StopMachine, Sync, Works  # noqa: F401 (what works yield)
 
 UNWINDERS = ("orc", "fp")
+_ROUTE_CODES = {route: i for i, route in enumerate(ROUTES)}     # EV_PATCH_STATE's b
 
 
 class Machine:
@@ -476,10 +477,13 @@ class Machine:
         of task.ROUTES) says how, in the trace."""
         if task.patch_state == state:
             return
+        code = _ROUTE_CODES.get(route)
+        if code is None:
+            raise ValueError(f"{route!r} is not one of task.ROUTES")
         task.patch_state = state
-        if not task.is_idle:
+        if task.kind is not Kind.IDLE:
             self.engine.set_task_state(task.tid, state)
-        self.emit(EV_PATCH_STATE, task.tid, state, ROUTES.index(route))
+        self.engine.push_event(EV_PATCH_STATE, task.tid, state, code, 0)
 
     # ---- stacks (stacks.py) ---------------------------------------------------------------
     def regs(self, task: Task) -> tuple[int, int, int]:
