@@ -57,12 +57,45 @@ def walk(m, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
 
 class Walkers:
     """A machine's prepared C walks (core.TaskWalker: the task's registers
-    read in C, no switch), one per unwinder and depth, made again when a
-    module's load brings new text and ORC tables."""
+    read in C, no switch), one per unwinder and depth, and its prepared
+    checks of every task's stack at once (core.StackChecker, the models'
+    batched checks: emu/models/stacks.py), made again when a module's load
+    brings new text and ORC tables. Kept by the machine, so that the models
+    made anew for each run of a pooled machine find them made."""
 
     def __init__(self, m):
         self.m = m
         self._made: dict[tuple[str, int], tuple] = {}   # (kind, max_entries) -> (text, orc, walker)
+        self._checkers: dict[tuple, tuple] = {}          # (kind, max_entries, reliable) -> (text, orc, checker)
+        self._tasks: core.StackTasks | None = None
+        self._ranges: dict[tuple, core.Ranges] = {}
+
+    def checker(self, kind: str, max_entries: int, reliable: bool) -> tuple[core.StackChecker, core.StackTasks]:
+        """The prepared check of every task's stack (kind "fp", "orc" or
+        "scan"), and the machine's tasks packed for it (machine.tasks order;
+        their preempted flags read from the scheduler's state at each check).
+        The machine must have started: its tasks have their stacks then."""
+        m, sym = self.m, self.m.symbols
+        if self._tasks is None:
+            self._tasks = core.StackTasks([(t.tid, None, t.stack_lo, t.stack_hi, t.end_ret, t.end_slot)
+                                           for t in m.tasks])
+        made = self._checkers.get((kind, max_entries, reliable))
+        if made is None or made[0] is not sym.text_ranges or made[1] is not sym.orc_arrays:
+            rt = m.runtime
+            checker = m.engine.stack_checker(kind, sym.text_ranges, orc=sym.orc_arrays, empty=rt.empty,
+                                             regs=rt.regs, max_entries=max_entries, reliable=reliable)
+            made = self._checkers[(kind, max_entries, reliable)] = (sym.text_ranges, sym.orc_arrays, checker)
+        return made[2], self._tasks
+
+    def ranges(self, ranges: tuple) -> core.Ranges:
+        """ranges ((start, end) pairs, a tuple) prepared for the checks (at
+        most 64 kept)."""
+        checked = self._ranges.get(ranges)
+        if checked is None:
+            if len(self._ranges) > 64:
+                self._ranges.clear()
+            checked = self._ranges[ranges] = core.Ranges(ranges)
+        return checked
 
     def get(self, kind: str, max_entries: int) -> core.TaskWalker:
         sym = self.m.symbols

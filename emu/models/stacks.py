@@ -48,13 +48,12 @@ def passed(check: unwind.StackCheck, reliable: bool) -> bool:
 
 class StackChecks:
     """The stack checks of one machine's tasks (the machine must have
-    started: its tasks have their stacks then)."""
+    started: its tasks have their stacks then). What stays the same from
+    check to check, and from run to run of a pooled machine, is prepared
+    once and kept by the machine (Machine.walkers)."""
 
     def __init__(self, machine):
         self.m = machine
-        self._tasks: core.StackTasks | None = None
-        self._checkers: dict[tuple, tuple] = {}      # (kind, max_entries, reliable) -> (text, checker)
-        self._ranges: dict[tuple, core.Ranges] = {}
 
     def check(self, ranges, *, kind: str, max_entries: int, reliable: bool, accel: str | None = None):
         """Check every task of the machine against ranges ((start, end)
@@ -65,30 +64,8 @@ class StackChecks:
         m = self.m
         if (accel or m.accel) == "python":
             return self._twin(ranges, kind, max_entries, reliable)
-        # The models check at every retry: what stays the same is prepared once.
-        prepared = self._checkers.get((kind, max_entries, reliable))
-        if prepared is None or prepared[0] is not m.text_ranges:    # a module was loaded: new text, new ORC
-            prepared = self._prepare(kind, max_entries, reliable)
-        checked = self._ranges.get(ranges)
-        if checked is None:
-            checked = self._checked(ranges)
-        return prepared[1].check(prepared[2], checked)
-
-    def _prepare(self, kind: str, max_entries: int, reliable: bool) -> tuple:
-        m = self.m
-        if self._tasks is None:
-            self._tasks = core.StackTasks([(t.tid, None, t.stack_lo, t.stack_hi, t.end_ret, t.end_slot)
-                                           for t in m.tasks])
-        checker = m.engine.stack_checker(kind, m.text_ranges, orc=m.orc_arrays, empty=self._empty(),
-                                         regs=m.runtime.regs, max_entries=max_entries, reliable=reliable)
-        prepared = self._checkers[(kind, max_entries, reliable)] = (m.text_ranges, checker, self._tasks)
-        return prepared
-
-    def _checked(self, ranges) -> core.Ranges:
-        if len(self._ranges) > 64:
-            self._ranges.clear()
-        checked = self._ranges[ranges] = core.Ranges(ranges)
-        return checked
+        checker, tasks = m.walkers.checker(kind, max_entries, reliable)
+        return checker.check(tasks, m.walkers.ranges(ranges))
 
     def _empty(self) -> tuple[int, int]:
         """The task loops of the runtime: a task there is between kernel
