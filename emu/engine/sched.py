@@ -189,6 +189,22 @@ class PyScheduler:
         cur = cpu.current
         return bool(cpu.work) and (cur < 0 or not self.runnable(cur) or self.s.preempt == 2)
 
+    def slice_ends_first(self) -> bool:
+        """Whether the loop, resumed now, first ends the slice in progress
+        (its task off the CPU or not runnable, its budget spent, stop_machine
+        or kernel work taking the CPU, a soft lockup) instead of going on
+        with it, where it wakes the sleepers due and stops for the timers
+        due before running more (run_slice, and csrc/sched.c's)."""
+        s = self.s
+        if not s.inslice:
+            return False
+        i, tid = s.rr, s.stask
+        if s.check_sm and (s.sm or self.grantable(i)):
+            return True
+        if self.task[tid].since > s.lockup:
+            return True
+        return not (s.remain > 0 and self.cpu[i].current == tid and self.runnable(tid))
+
     def switch_point(self, i: int, tid: int, event: int, reason: int) -> int:
         s = self.s
         self.emit(event, tid)

@@ -81,12 +81,21 @@ class Scheduling:
             while True:
                 # sleepers due now wake before the timers due now, as in the
                 # C loop (and its twin): the order must not depend on
-                # whether the loop came back to Python at this clock
-                next_wake = st.next_wake
-                if next_wake >= 0 and next_wake <= engine.clock:
-                    self._fire_wakes()
-                if works.timers or works.items:
-                    works.fire_due()
+                # whether the loop came back to Python at this clock. Nor
+                # may it depend on where in a slice it came back: when the
+                # loop's next act is to end the slice in progress (a hook's
+                # return at a switch point whose task has no budget left,
+                # ...), the wakes and timers due come after that, as in a
+                # run straight through (the loop stops for the timers)
+                if st.inslice and self.twin.slice_ends_first():
+                    if works.items:
+                        works.advance()
+                else:
+                    next_wake = st.next_wake
+                    if next_wake >= 0 and next_wake <= engine.clock:
+                        self._fire_wakes()
+                    if works.timers or works.items:
+                        works.fire_due()
                 if stop_when is not None and stop_when():
                     return
                 if until is not None and engine.clock >= until:
