@@ -445,26 +445,44 @@ _ACCESSES = {
     "call": "call rax",
     "jmp": "jmp rax",
     "string": "mov rdi, rax\n    mov ecx, 3\n    rep stosq",
+    # rsi (read) at the address, rdi (written) at the other one
+    "movs": "mov rsi, rax\n    mov rdi, rdx\n    movsq",
+    "rep movs": "mov rsi, rax\n    mov rdi, rdx\n    mov ecx, 5\n    rep movsb",
 }
 
 
-@settings(max_examples=40, deadline=None)
+def _at_text_end(text: str):
+    """An image of text (a PAD line first, the label `after` last) whose
+    last instruction ends exactly at the end of the text's first page."""
+    probe = assemble(text.replace("PAD", ""), base=0x400000, name="base")
+    pad = 0x401000 - probe.symbols["after"]
+    img = assemble(text.replace("PAD", f".skip {pad}, 0x90"), base=0x400000, name="base")
+    assert img.symbols["after"] == 0x401000
+    return img
+
+
+@settings(max_examples=60, deadline=None)
 @given(base=st.sampled_from(_ACCESS_BASES), delta=st.integers(-16, 16),
-       access=st.sampled_from(sorted(_ACCESSES)))
-def test_both_memory_modes_report_a_wild_access_alike(base, delta, access):
+       other=st.sampled_from(_ACCESS_BASES), access=st.sampled_from(sorted(_ACCESSES)),
+       at_end=st.booleans())
+def test_both_memory_modes_report_a_wild_access_alike(base, delta, other, access, at_end):
     """fast_memory (the virtual TLB, whose fill sees pages) and the CPU TLB
     (Unicorn's invalid-memory hook) give the same outcome and the same
-    report, whatever the access and wherever it goes."""
+    report, whatever the access, wherever it goes (a string move's read and
+    write to different places), and where the faulting instruction sits (in
+    the last bytes of the text: fewer than 16 bytes of code from it on)."""
     addr = (base + delta) & (2**64 - 1)
-    text = f"""
+    head = f"""
 user_entry:
     fentry
     movabs rax, {addr:#x}
+    movabs rdx, {other + 0x40:#x}
     mov rcx, 0xc3
-    {_ACCESSES[access]}
-    ret
 """
-    img = assemble(text, base=0x400000, name="base")
+    if at_end and access in ("read", "write", "byte"):
+        img = _at_text_end("    PAD\n" + head + "    " + _ACCESSES[access] + "\n    ret\nafter:\n")
+    else:
+        img = assemble(head + f"    {_ACCESSES[access]}\n    ret\n", base=0x400000, name="base")
     outcomes = []
     for fast in (True, False):
         m = Machine(img, cpus=1, fast_memory=fast)

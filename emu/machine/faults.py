@@ -44,9 +44,10 @@ def _reg(uc, md_insn, reg: int) -> int:
     return uc.reg_read(getattr(x86_const, f"UC_X86_REG_{name}"))
 
 
-def _candidates(uc, insn) -> list[int]:
-    """Addresses the instruction may access: its memory operands, then the
-    implicit ones (the stack, the string registers)."""
+def _candidates(uc, insn) -> list[tuple[int, int]]:
+    """Addresses the instruction may access, each with how (1 read, 2 write,
+    3 both): its memory operands, then the implicit ones (the stack, the
+    string registers)."""
     out = []
     for op in insn.operands:
         if op.type != X86_OP_MEM:
@@ -59,33 +60,51 @@ def _candidates(uc, insn) -> list[int]:
             ea += _reg(uc, insn, mem.base)
         if mem.index:
             ea += _reg(uc, insn, mem.index) * mem.scale
-        out.append(ea & _M64)
+        out.append((ea & _M64, op.access or 3))
     rsp = uc.reg_read(x86_const.UC_X86_REG_RSP)
     mnemonic = insn.mnemonic.split()[-1]
     if mnemonic in _PUSHES:
-        out.append((rsp - 8) & _M64)
+        out.append(((rsp - 8) & _M64, 2))
     if mnemonic in _POPS:
-        out.append(rsp)
+        out.append((rsp, 1))
     if mnemonic.startswith(_STRINGS):
-        out += [uc.reg_read(x86_const.UC_X86_REG_RDI), uc.reg_read(x86_const.UC_X86_REG_RSI)]
+        rdi = 2 if mnemonic.startswith(("movs", "stos", "ins")) else 1
+        out += [(uc.reg_read(x86_const.UC_X86_REG_RDI), rdi), (uc.reg_read(x86_const.UC_X86_REG_RSI), 1)]
     return out
 
 
-def exact_address(uc, code: bytes, rip: int, reported: int) -> int:
+def exact_address(uc, code: bytes, rip: int, reported: int, *, write: bool | None = None,
+                  page: bool = False) -> int:
     """The full address behind a fault Unicorn reported as `reported`, by
     the instruction at rip (its bytes in code); `reported` when no operand
-    of the instruction explains it."""
+    of the instruction explains it. write: whether the faulting access was
+    a write (None: unknown); operands that make such an access are tried
+    first. page: `reported` is only the page (the fast-memory TLB fill sees
+    no more), so an operand in that page explains it too."""
     md = Cs(CS_ARCH_X86, CS_MODE_64)
     md.detail = True
     for insn in md.disasm(code, rip, count=1):
-        for ea in _candidates(uc, insn):
+        cands = _candidates(uc, insn)
+        if write is not None:
+            want = 2 if write else 1
+            cands = [c for c in cands if c[1] & want] + [c for c in cands if not c[1] & want]
+        for ea, _ in cands:
+            if page and not reported & 0xFFF and not (ea - reported) & _M52 & ~0xFFF:
+                return ea
             off = (reported - ea) & _M52
             if off < 64:        # the access may cross into the faulting page
                 return (ea + off) & _M64
-            # The fast-memory TLB fill sees only the page: the operand in it.
-            if not reported & 0xFFF and not (ea - reported) & _M52 & ~0xFFF:
-                return ea
     return reported
+
+
+def _code_at(engine, rip: int) -> bytes:
+    """Up to 16 bytes of code at rip: as many as its region holds."""
+    for n in range(16, 0, -1):
+        try:
+            return bytes(engine.view(rip, n))
+        except Exception:  # noqa: BLE001 - past the region's end, or the code itself is gone
+            continue
+    return b""
 
 
 def describe(m, task, stop) -> tuple[str, str, int]:
@@ -120,12 +139,10 @@ def describe(m, task, stop) -> tuple[str, str, int]:
                                         (not addr & 0xFFF and not (rip - addr) & _M52 & ~0xFFF)):
             addr = rip
         else:
-            try:
-                code = bytes(m.engine.view(rip, 16))
-            except Exception:  # noqa: BLE001 - the code itself may be what is gone
-                code = b""
+            code = _code_at(m.engine, rip)
             m.engine.switch(task.tid)
-            addr = exact_address(m.engine.uc, code, rip, addr)
+            addr = exact_address(m.engine.uc, code, rip, addr, write=fk in core.WRITE_FAULTS,
+                                 page=m.engine.fast_memory)
         if not canonical(addr):
             what = f"general protection fault (#GP): non-canonical address {addr:#018x}"
             kind = "gp"
