@@ -148,7 +148,7 @@ def campaign_rate(program, known: dict, plan, jobs: int) -> tuple[float, float]:
 #: Seconds one worker should take on the campaign_scaling plan (at the rate
 #: fuzz_runs_per_s measured): long enough that what a worker pays once when
 #: it starts does not decide the figure, however fast the runs are.
-SCALING_SECONDS = 4.5
+SCALING_SECONDS = 8.0
 
 
 def scaling_seeds(quick: bool, runs_per_s: float | None, models: int) -> int:
@@ -170,7 +170,7 @@ def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
     rates: dict = {1: None, 2: None}
     cpus: dict = {1: None, 2: None}
-    for _ in range(1 if ctx.quick else 2):
+    for _ in range(1 if ctx.quick else 3):
         for jobs in (1, 2):
             ctx.say(f"campaign: {len(plan.runs())} runs on {jobs} worker{'s' if jobs > 1 else ''}")
             r, cpu = campaign_rate(program, known, plan, jobs)
