@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import fcntl
+import gc
 import hashlib
 import json
 import multiprocessing
@@ -359,6 +360,13 @@ class Campaign:
         """Run batches in one pool, at most inflight at a time. Returns (not
         started, lost with a dead worker: the first one lost first)."""
         lost: list = []
+        # The workers are forked: every object this process holds is theirs
+        # too, shared until written. Their collector walking all of it (and
+        # so writing it) made each copy what it touched; frozen, the objects
+        # that exist now are left out of every collection, here and there
+        # (measured, forked from a bench process of 400 MB: two workers took
+        # 10 % more CPU time than one for the same runs, 5 % frozen).
+        gc.freeze()
         ex = ProcessPoolExecutor(workers, mp_context=POOL_CONTEXT, initializer=_init_worker,
                                  initargs=(os.getpid(), self.program, known))
         pending = {}
@@ -386,6 +394,7 @@ class Campaign:
             return [], []
         finally:
             ex.shutdown(wait=not lost, cancel_futures=True)
+            gc.unfreeze()
 
     def close(self) -> None:
         """Close runs.jsonl and give the directory up (the lock)."""
