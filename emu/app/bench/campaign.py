@@ -21,8 +21,8 @@
   path). Unicorn's virtual TLB, the Machine's mode, runs such code several
   times faster (throughput.raw_virtual_tlb).
 - campaign_scaling: runs per second of a real campaign
-  (emu.runs.campaign.Campaign, no output directory) with two local worker
-  processes over one: the same plan (the four models, 2,000 seeds
+  (emu.runs.campaign.Campaign, no output directory), in a process of its own
+  (scaling_main) as a campaign is, with two local worker processes over one: the same plan (the four models, 2,000 seeds
   each or more, quick: 25; the scenario's strategy), the runner's cycle and
   probe computed once beforehand and given to both. The plan is long enough
   (at least 8,000 runs, and as many as one worker runs in SCALING_SECONDS at
@@ -41,8 +41,13 @@
 """
 from __future__ import annotations
 
+import json
 import os
+import pickle
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 from emu.app.bench.measure import Context, ratio, timed
 
@@ -104,7 +109,6 @@ def bench_campaign(result: dict, ctx: Context) -> None:
         elapsed = time.perf_counter() - t0
         rss_many = rss_kib()
         known = runner.known()
-        program = runner.program
     finally:
         runner.close()
     per_run = elapsed / many
@@ -123,7 +127,7 @@ def bench_campaign(result: dict, ctx: Context) -> None:
                           "instructions_per_run": round(per_run_insns, 1),
                           "floor_us_per_run": round(floor_per_run * 1e6, 3),
                           "raw_unicorn": raw}
-    bench_scaling_of_workers(result, ctx, program, known)
+    bench_scaling_of_workers(result, ctx, known)
 
 
 def campaign_rate(program, known: dict, plan, jobs: int) -> tuple[float, float]:
@@ -161,24 +165,27 @@ def scaling_seeds(quick: bool, runs_per_s: float | None, models: int) -> int:
     return max(2_000, -(-round(runs_per_s * SCALING_SECONDS) // models))
 
 
-def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -> None:
+def bench_scaling_of_workers(result: dict, ctx: Context, known: dict) -> None:
+    """campaign_scaling, measured in a process of its own (scaling_main), as
+    a campaign runs: forked from this one, the workers would share the
+    memory the bench's other sections left behind, which is no campaign's."""
     from emu.app import demo
-    from emu.runs.campaign import Plan
     seeds = scaling_seeds(ctx.quick, result.get("fuzz_runs_per_s"), len(demo.DEMO_MODELS))
-    plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(seeds),
-                program.scenario.fuzz.strategy)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-    rates: dict = {1: None, 2: None}
-    cpus: dict = {1: None, 2: None}
-    for _ in range(1 if ctx.quick else 3):
-        for jobs in (1, 2):
-            ctx.say(f"campaign: {len(plan.runs())} runs on {jobs} worker{'s' if jobs > 1 else ''}")
-            r, cpu = campaign_rate(program, known, plan, jobs)
-            if rates[jobs] is None or r > rates[jobs]:
-                rates[jobs], cpus[jobs] = r, cpu
+    ctx.say(f"campaign: {seeds * len(demo.DEMO_MODELS)} runs on 1 worker, then on 2, in a process of their own")
+    root = str(Path(__file__).resolve().parents[3])      # the directory that holds the emu package
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run([sys.executable, "-c", "from emu.app.bench.campaign import scaling_main; scaling_main()"],
+                          input=pickle.dumps({"seeds": seeds, "known": known, "repeats": 1 if ctx.quick else 3}),
+                          capture_output=True, env=env, check=False)
+    if proc.returncode:
+        raise RuntimeError(f"the campaign_scaling process failed: {proc.stderr.decode(errors='replace')[-2000:]}")
+    out = json.loads(proc.stdout)
+    rates = {int(k): v for k, v in out["rates"].items()}
+    cpus = {int(k): v for k, v in out["cpu_s"].items()}
     result["campaign_scaling"] = ratio(rates[2], rates[1])
     result["campaign"]["workers"] = {
-        "runs": len(plan.runs()), "strategy": plan.strategy,
+        "runs": out["runs"], "strategy": out["strategy"],
         "runs_per_s": {str(k): round(v, 1) for k, v in rates.items()},
         # CPU seconds (the process and its workers) of the runs behind each
         # rate: when the two workers get less than two cores, the rates say
@@ -186,3 +193,25 @@ def bench_scaling_of_workers(result: dict, ctx: Context, program, known: dict) -
         "cpu_s": {str(k): round(v, 2) for k, v in cpus.items()},
         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "load": round(load, 2) if load is not None else None}
+
+
+def scaling_main() -> None:
+    """campaign_scaling's measure, in a process of its own: reads the seeds a
+    model, what the runner learned (Runner.known) and the repeats (pickled,
+    on stdin); writes the best rate of 1 and of 2 workers over the repeats,
+    alternated, with the CPU seconds behind each (JSON, on stdout)."""
+    from emu.app import demo
+    from emu.runs import scenario
+    from emu.runs.campaign import Plan
+    args = pickle.load(sys.stdin.buffer)
+    program = scenario.build(scenario.load(demo.VARIANTS["bar+baz"]))
+    plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(args["seeds"]),
+                program.scenario.fuzz.strategy)
+    rates: dict = {}
+    cpus: dict = {}
+    for _ in range(args["repeats"]):
+        for jobs in (1, 2):
+            r, cpu = campaign_rate(program, args["known"], plan, jobs)
+            if jobs not in rates or r > rates[jobs]:
+                rates[jobs], cpus[jobs] = r, cpu
+    json.dump({"runs": len(plan.runs()), "strategy": plan.strategy, "rates": rates, "cpu_s": cpus}, sys.stdout)
