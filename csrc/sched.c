@@ -70,6 +70,11 @@ int emu_sched_init(struct emu_core *c, int ntasks, int ncpus, void *mem, size_t 
 
     if (!c || !n || !mem || size != n || (uintptr_t)mem & 7 || c->sched_mem)
         return EMU_EINVAL;
+    /* The loop keeps room in the event ring for a round of every task
+     * (ring_full): a ring without room for that and more would be full
+     * before anything ran, and the loop would come back for ever. */
+    if ((int64_t)ntasks + ncpus + 128 > c->ev_cap)
+        return EMU_ERANGE;
     memset(mem, 0, n);
     c->sched_mem = mem;
     c->sched_bytes = n;

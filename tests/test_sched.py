@@ -657,3 +657,21 @@ def test_wakes_in_c_are_the_twins_wakes(sleepers_image, tasks, ahead, next_wake)
     twin = outcome(lambda: m.scheduling.twin.fire_wakes())
     assert in_c == twin
     m.engine.close()
+
+
+def test_an_event_ring_without_room_for_a_round_is_refused():
+    """The loop keeps room in the ring for a round of every task: a ring
+    smaller than that would be full before anything ran, and the loop would
+    come back for ever. It is refused when the scheduler state is made."""
+    from emu.engine import core
+    small = core.Engine(event_capacity=64)
+    with pytest.raises(core.CoreError, match="no room for a round of 2 tasks"):
+        small.sched_init(2, 1)
+    small.close()
+    fits = core.Engine(event_capacity=1024)
+    fits.sched_init(1024 - 4 - 128, 4)
+    fits.close()
+    tight = core.Engine(event_capacity=1024)
+    with pytest.raises(core.CoreError, match="it needs more than 1024"):
+        tight.sched_init(1024 - 4 - 127, 4)
+    tight.close()

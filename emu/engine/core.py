@@ -537,6 +537,11 @@ class Engine:
         n = lib.emu_sched_bytes(ntasks, ncpus)
         if not n:
             raise CoreError(f"scheduler state: {ntasks} tasks on {ncpus} CPUs is out of range")
+        if ntasks + ncpus + 128 > self.event_capacity:
+            # as csrc/sched.c's emu_sched_init: the loop keeps room for a round of every task
+            raise CoreError(f"scheduler state: an event ring of {self.event_capacity} records has no room for "
+                            f"a round of {ntasks} tasks on {ncpus} CPUs (it needs more than "
+                            f"{ntasks + ncpus + 127})")
         mem = ffi.new("int64_t[]", n // 8)
         layout = ffi.new("struct emu_sched *")
         with self.hold():
