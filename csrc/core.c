@@ -101,7 +101,6 @@ void emu_core_free(struct emu_core *c)
     if (c->h_block) uc_hook_del(c->uc, c->h_block);
     if (c->h_syscall) uc_hook_del(c->uc, c->h_syscall);
     if (c->h_intr) uc_hook_del(c->uc, c->h_intr);
-    if (c->h_tramp) uc_hook_del(c->uc, c->h_tramp);
     if (c->h_tlb) uc_hook_del(c->uc, c->h_tlb);
     __emu_redirect_free(c);
     __emu_sysinsn_free(c);

@@ -83,7 +83,7 @@ struct emu_core {
     uint64_t tramp_bad;     /* what the slot held at first: where a stray jump goes */
     struct emu_site *last_site;     /* the site whose watch hook ran last (a lookup hint) */
 
-    uc_hook h_block, h_syscall, h_intr, h_invalid, h_tramp, h_tlb;
+    uc_hook h_block, h_syscall, h_intr, h_invalid, h_tlb;
 
     /* function exits (redirect.c): the return trampoline, its jump slot,
      * and each task's return stack (host address, stride bytes) */
@@ -92,7 +92,6 @@ struct emu_core {
     uint64_t graph_bad;
     uint64_t graph_stride;
     uint8_t **graph_host;
-    uc_hook h_graph;
 
     /* events */
     struct emu_event *ev;

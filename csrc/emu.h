@@ -217,10 +217,11 @@ int emu_task_set_state(struct emu_core *core, int tid, int state);
 int emu_site_add(struct emu_core *core, uint64_t addr, int func_id);
 int emu_site_set_entries(struct emu_core *core, int site, const struct emu_entry *entries, int n);
 int emu_site_set_poke(struct emu_core *core, int site, int poke);
-/* The trampoline every enabled site calls. When its instruction is
- * `jmp qword ptr [rip + d]` (mapped by emu_map), the redirect stores the
- * target in that slot and lets the jump run, far cheaper than writing RIP
- * from a hook (csrc/redirect.c); any other instruction is never run. */
+/* The trampoline every enabled site calls: its instruction must be
+ * `jmp qword ptr [rip + d]`, its slot in mapped memory (EMU_EINVAL
+ * otherwise, with accel C). The redirect stores the target in that slot and
+ * lets the jump run, far cheaper than writing RIP from a hook
+ * (csrc/redirect.c). */
 int emu_set_trampoline(struct emu_core *core, uint64_t addr);
 
 /* Writes to text also drop the translated code of that range. */
@@ -575,8 +576,9 @@ void emu_snapshot_free(struct emu_snapshot *snap);
 #define EMU_GRAPH_HEADER 16
 #define EMU_GRAPH_RECORD 32
 
-/* Turn exits on: ret is the return trampoline (its instruction a
- * `jmp qword ptr [rip + d]` in memory mapped by emu_map), the return stacks
+/* Turn exits on: ret is the return trampoline (its instruction must be a
+ * `jmp qword ptr [rip + d]`, its slot mapped: EMU_EINVAL otherwise, with
+ * accel C), the return stacks
  * are at base + tid * stride for every task of emu_tasks_init (mapped
  * already). Call once, after emu_tasks_init. */
 int emu_graph_init(struct emu_core *core, uint64_t ret, uint64_t base, uint64_t stride);

@@ -21,8 +21,9 @@
  * into, so the block hook (slicer.c) calls it once it has decided that the
  * block executes; Unicorn dispatches a code hook by walking every code hook
  * of the engine, which the block hook spares each redirected call. The
- * return trampoline's work (__emu_graph_return) is called the same way. A
- * trampoline without a slot gets a code hook (hook_tramp, hook_graph).
+ * return trampoline's work (__emu_graph_return) is called the same way.
+ * Both trampolines must jump through a slot (emu_set_trampoline and
+ * emu_graph_init refuse any other).
  *
  * Every site also has a watch hook, which reports entries into functions
  * whose site is still a NOP (the original running untraced), and notices a
@@ -200,11 +201,6 @@ void __emu_tramp_enter(struct emu_core *c, uint64_t addr)
     enter(c, s, rsp + 8, emu_now(c, addr), 1);
 }
 
-static void hook_tramp(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
-{
-    __emu_tramp_enter(ud, addr);
-}
-
 /* return_to_handler: the function whose return address was diverted to
  * slot (rsp - 8 now that its ret popped it) has returned. Records newer
  * than the slot belong to frames a stack switch left without returning:
@@ -248,11 +244,6 @@ void __emu_graph_return(struct emu_core *c, uint64_t addr)
     if (c->graph_slot)
         memcpy(c->graph_slot, &c->graph_bad, 8);
     uc_emu_stop(uc);
-}
-
-static void hook_graph(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
-{
-    __emu_graph_return(ud, addr);
 }
 
 static inline int is_call_to(const uint8_t *p, uint64_t site, uint64_t target)
@@ -396,43 +387,6 @@ int emu_site_set_poke(struct emu_core *c, int site, int poke)
     return EMU_OK;
 }
 
-int emu_set_trampoline(struct emu_core *c, uint64_t addr)
-{
-    uc_err err;
-
-    const uint8_t *p;
-    uint64_t slot;
-    int32_t disp;
-
-    if (!c || !addr || c->tramp)
-        return EMU_EINVAL;
-    c->tramp = addr;
-    if (!(c->flags & EMU_FLAG_ACCEL_C))
-        return EMU_OK;
-    /* jmp qword ptr [rip + disp32]: ff 25 disp32, the slot at addr + 6 + disp */
-    p = __emu_ptr(c, addr, 6);
-    if (p && p[0] == 0xff && p[1] == 0x25) {
-        memcpy(&disp, p + 2, 4);
-        slot = addr + 6 + (uint64_t)(int64_t)disp;
-        c->tramp_slot = __emu_ptr(c, slot, 8);
-        if (c->tramp_slot)
-            memcpy(&c->tramp_bad, c->tramp_slot, 8);
-    }
-    /* A trampoline that jumps through its slot is a block of its own, and
-     * no block runs into it: the block hook (slicer.c) does its work,
-     * which spares the dispatch of a code hook on every redirected call.
-     * Any other trampoline gets the code hook. */
-    if (c->tramp_slot)
-        return EMU_OK;
-    err = uc_hook_add(c->uc, &c->h_tramp, UC_HOOK_CODE, (void *)hook_tramp, c, addr, addr);
-    if (err) {
-        c->last_err = err;
-        return EMU_EUC;
-    }
-    uc_ctl_remove_cache(c->uc, addr, addr + 1);
-    return EMU_OK;
-}
-
 /* The jump slot of a `jmp qword ptr [rip + disp32]` at addr (ff 25 disp32,
  * the slot at addr + 6 + disp), or NULL; *bad gets what it holds. */
 static uint8_t *jump_slot(struct emu_core *c, uint64_t addr, uint64_t *bad)
@@ -450,13 +404,34 @@ static uint8_t *jump_slot(struct emu_core *c, uint64_t addr, uint64_t *bad)
     return slot;
 }
 
+int emu_set_trampoline(struct emu_core *c, uint64_t addr)
+{
+    if (!c || !addr || c->tramp)
+        return EMU_EINVAL;
+    if (c->flags & EMU_FLAG_ACCEL_C) {
+        /* A trampoline that jumps through its slot is a block of its own,
+         * and no block runs into it: the block hook (slicer.c) does its
+         * work, which spares the dispatch of a code hook on every
+         * redirected call. */
+        c->tramp_slot = jump_slot(c, addr, &c->tramp_bad);
+        if (!c->tramp_slot)
+            return EMU_EINVAL;
+    }
+    c->tramp = addr;
+    return EMU_OK;
+}
+
 int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t stride)
 {
-    uc_err err;
+    uint8_t *slot = NULL;
+    uint64_t bad = 0;
     int i;
 
     if (!c || !ret || c->graph_ret || c->ntasks <= 0 ||
         stride < EMU_GRAPH_HEADER + EMU_GRAPH_RECORD || stride > (1u << 20))
+        return EMU_EINVAL;
+    /* the block hook does its work, as the trampoline's */
+    if ((c->flags & EMU_FLAG_ACCEL_C) && !(slot = jump_slot(c, ret, &bad)))
         return EMU_EINVAL;
     c->graph_host = calloc((size_t)c->ntasks, sizeof(*c->graph_host));
     if (!c->graph_host)
@@ -471,16 +446,7 @@ int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t str
     }
     c->graph_ret = ret;
     c->graph_stride = stride;
-    if (!(c->flags & EMU_FLAG_ACCEL_C))
-        return EMU_OK;      /* the Python twin hooks the return trampoline */
-    c->graph_slot = jump_slot(c, ret, &c->graph_bad);
-    if (c->graph_slot)
-        return EMU_OK;      /* the block hook does its work, as the trampoline's */
-    err = uc_hook_add(c->uc, &c->h_graph, UC_HOOK_CODE, (void *)hook_graph, c, ret, ret);
-    if (err) {
-        c->last_err = err;
-        return EMU_EUC;
-    }
-    uc_ctl_remove_cache(c->uc, ret, ret + 1);
+    c->graph_slot = slot;       /* NULL for the Python twin, which hooks the return trampoline */
+    c->graph_bad = bad;
     return EMU_OK;
 }

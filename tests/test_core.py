@@ -214,3 +214,25 @@ def test_events_of_one_kind_are_the_records_of_that_kind(events, kind, unpacked,
     if unpacked:
         log.records()
     assert log.of_kind(kind, start) == [e for e in events[max(0, start):] if e[1] == kind]
+
+
+def test_trampolines_must_jump_through_a_slot():
+    """The C redirect stores the target in the trampoline's jump slot (and
+    the exit's in the return trampoline's): a trampoline whose instruction
+    is not `jmp qword ptr [rip + d]` with its slot mapped is refused, not
+    left unhooked."""
+    e = core.Engine()
+    page = e.map(0x10000, 0x1000, 5)
+    page[0:1] = b"\xc3"                                  # ret: no slot
+    page[0x10:0x16] = b"\xff\x25" + (0x100).to_bytes(4, "little")       # slot at 0x10116, mapped
+    page[0x20:0x26] = b"\xff\x25" + (0x10000).to_bytes(4, "little")     # slot at 0x20026, unmapped
+    e.init_tasks(1)
+    e.map(0x40000, 0x1000, 3)
+    for bad in (0x10000, 0x10020):
+        with pytest.raises(CoreError):
+            e.set_trampoline(bad)
+        with pytest.raises(CoreError):
+            e.graph_init(bad, 0x40000, 0x1000)
+    e.set_trampoline(0x10010)
+    e.graph_init(0x10010, 0x40000, 0x1000)
+    e.close()
