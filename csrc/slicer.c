@@ -82,12 +82,13 @@ static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     c->blk_addr = addr;
     c->blk_size = size;
     c->blk_n = n;
-    /* The block executes: a trampoline that jumps through its slot has
-     * its work done here (redirect.c), where a code hook would cost a
-     * dispatch through every code hook of the engine. */
-    if (addr == c->tramp && c->tramp_slot && (c->flags & EMU_FLAG_ACCEL_C))
+    /* The block executes: the trampolines have their work done here
+     * (redirect.c), where a code hook would cost a dispatch through every
+     * code hook of the engine. Their slots are set with accel C only (the
+     * Python twin hooks them itself). */
+    if (addr == c->tramp && c->tramp_slot)
         __emu_tramp_enter(c, addr);
-    else if (addr == c->graph_ret && c->graph_slot && (c->flags & EMU_FLAG_ACCEL_C))
+    else if (addr == c->graph_ret && c->graph_slot)
         __emu_graph_return(c, addr);
 }
 
