@@ -514,6 +514,10 @@ struct emu_sched {
 #define EMU_SR_WORK         19   /* rcpu is free for the kernel thread waiting for it */
 
 size_t emu_sched_bytes(int ntasks, int ncpus);   /* 0 for bad counts */
+/* Records the event ring must hold beyond one per task and CPU: the loop
+ * keeps room for a round of every task (EMU_ERANGE from emu_sched_init
+ * otherwise: a ring without it would be full before anything ran). */
+#define EMU_SCHED_RING_ROOM 128
 int emu_sched_init(struct emu_core *core, int ntasks, int ncpus, void *mem, size_t size);
 int emu_sched_layout(struct emu_core *core, struct emu_sched *out);
 int emu_sched_set_global(struct emu_core *core, int field, int64_t value);

@@ -14,8 +14,8 @@
  * into that slot and lets the jump run. Writing RIP from a hook instead
  * makes Unicorn leave its translated code and come back, which costs more
  * than the rest of the redirect together (measured on Unicorn 2.1.4: +52-64 ns a
- * call); it remains the way for the int3 of a text_poke_bp, for a run that
- * must stop inside the hook, and for any other trampoline.
+ * call); it remains the way for the int3 of a text_poke_bp and for a run
+ * that must stop inside the hook.
  *
  * Who calls it: such a trampoline is a block of its own that no block runs
  * into, so the block hook (slicer.c) calls it once it has decided that the

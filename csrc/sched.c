@@ -73,7 +73,7 @@ int emu_sched_init(struct emu_core *c, int ntasks, int ncpus, void *mem, size_t 
     /* The loop keeps room in the event ring for a round of every task
      * (ring_full): a ring without room for that and more would be full
      * before anything ran, and the loop would come back for ever. */
-    if ((int64_t)ntasks + ncpus + 128 > c->ev_cap)
+    if ((int64_t)ntasks + ncpus + EMU_SCHED_RING_ROOM > c->ev_cap)
         return EMU_ERANGE;
     memset(mem, 0, n);
     c->sched_mem = mem;

@@ -537,15 +537,15 @@ class Engine:
         n = lib.emu_sched_bytes(ntasks, ncpus)
         if not n:
             raise CoreError(f"scheduler state: {ntasks} tasks on {ncpus} CPUs is out of range")
-        if ntasks + ncpus + 128 > self.event_capacity:
-            # as csrc/sched.c's emu_sched_init: the loop keeps room for a round of every task
-            raise CoreError(f"scheduler state: an event ring of {self.event_capacity} records has no room for "
-                            f"a round of {ntasks} tasks on {ncpus} CPUs (it needs more than "
-                            f"{ntasks + ncpus + 127})")
         mem = ffi.new("int64_t[]", n // 8)
         layout = ffi.new("struct emu_sched *")
         with self.hold():
-            self._check(lib.emu_sched_init(self._core, ntasks, ncpus, mem, n), "scheduler state")
+            rc = lib.emu_sched_init(self._core, ntasks, ncpus, mem, n)
+            if rc == lib.EMU_ERANGE:
+                raise CoreError(f"scheduler state: an event ring of {self.event_capacity} records has no room "
+                                f"for a round of {ntasks} tasks on {ncpus} CPUs (it needs more than "
+                                f"{ntasks + ncpus + lib.EMU_SCHED_RING_ROOM - 1})")
+            self._check(rc, "scheduler state")
             self._memory.append(mem)
             self._check(lib.emu_sched_layout(self._core, layout), "scheduler state")
         return SchedState(self, mem, layout)

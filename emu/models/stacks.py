@@ -67,15 +67,12 @@ class StackChecks:
         checker, tasks = m.walkers.checker(kind, max_entries, reliable)
         return checker.check(tasks, m.walkers.ranges(ranges))
 
-    def _empty(self) -> tuple[int, int]:
-        """The task loops of the runtime: a task there is between kernel
-        entries. (Not the whole page: a task at the ftrace trampoline is in
-        a traced function's call, and its walk goes on from there.)"""
-        return self.m.runtime.empty
-
     def _twin(self, ranges, kind: str, max_entries: int, reliable: bool) -> TwinResults:
         m = self.m
-        empty = self._empty()
+        # the task loops of the runtime: a task there is between kernel entries
+        # (not the whole page: a task at the ftrace trampoline is in a traced
+        # function's call, and its walk goes on from there)
+        empty = m.runtime.empty
         checked = core.Ranges(ranges).ranges
         out = []
         for t in m.tasks:

@@ -421,8 +421,7 @@ class Runner:
             engine, transitions = m.engine, model.transitions
 
             def settled():
-                # (asked at every return of the scheduler: _bounded(m), inline)
-                if len(m.trace) >= MAX_EVENTS:
+                if _bounded(m):
                     return True
                 if until != "transitions" or engine.clock < last:
                     return False
@@ -659,11 +658,7 @@ class Runner:
             if fails:
                 for clock, _, task, key, value, _ in [r for r in obs if (r[3], r[4], r[2]) in fails]:
                     failed, name = fails[key, value, task]
-                    res.violation_count += len(failed)
-                    for a, why in failed:
-                        if len(res.violations) < MAX_REPORTED:
-                            res.violations.append({"assert": a.text, "line": a.line, "task": name,
-                                                   "time": clock, "key": key, "value": value, "error": why})
+                    _report(res, failed, name, clock, key, value)
             return
         for clock, _, task, key, value, _ in obs:
             checks, timeless = by_key.get(key, unkeyed)
@@ -675,11 +670,7 @@ class Runner:
                 failed = _failed(checks, key, value, clock, name, kind)
                 if timeless:
                     verdicts[key, value, name, kind] = failed
-            for a, why in failed:
-                res.violation_count += 1
-                if len(res.violations) < MAX_REPORTED:
-                    res.violations.append({"assert": a.text, "line": a.line, "task": name,
-                                           "time": clock, "key": key, "value": value, "error": why})
+            _report(res, failed, name, clock, key, value)
 
     def _checks(self) -> tuple[dict, tuple]:
         """The scenario's assertions that apply to an observation, in their
@@ -716,6 +707,16 @@ def _attempt_log(history) -> list[dict]:
     kept = history if len(history) <= MAX_REPORTED else [*history[:MAX_REPORTED - 1], history[-1]]
     return [{"attempt": a.attempt, "clock": a.clock,
              "blockers": [{"task": n, "stack": list(s)} for n, s in a.blockers]} for a in kept]
+
+
+def _report(res: Result, failed: list, task: str, clock: int, key: int, value: int) -> None:
+    """Count the failed assertions ((assertion, why) pairs) of one
+    observation in res, and keep the first MAX_REPORTED of a run."""
+    res.violation_count += len(failed)
+    for a, why in failed:
+        if len(res.violations) < MAX_REPORTED:
+            res.violations.append({"assert": a.text, "line": a.line, "task": task,
+                                   "time": clock, "key": key, "value": value, "error": why})
 
 
 def _bounded(m: Machine, *, raising: bool = False) -> bool:

@@ -57,12 +57,17 @@ def rss_kib() -> int:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") // 1024
 
 
-def seed_runner():
-    """The Runner of the seed scenario (bar+baz), its cycle known."""
+def seed_program():
+    """The seed scenario (bar+baz), built."""
     from emu.app import demo
     from emu.runs import scenario
+    return scenario.build(scenario.load(demo.VARIANTS["bar+baz"]))
+
+
+def seed_runner():
+    """The Runner of the seed scenario (bar+baz), its cycle known."""
     from emu.runs.fuzz import Runner
-    runner = Runner(scenario.build(scenario.load(demo.VARIANTS["bar+baz"])))
+    runner = Runner(seed_program())
     runner.cycle()
     return runner
 
@@ -201,10 +206,9 @@ def scaling_main() -> None:
     on stdin); writes the best rate of 1 and of 2 workers over the repeats,
     alternated, with the CPU seconds behind each (JSON, on stdout)."""
     from emu.app import demo
-    from emu.runs import scenario
     from emu.runs.campaign import Plan
     args = pickle.load(sys.stdin.buffer)
-    program = scenario.build(scenario.load(demo.VARIANTS["bar+baz"]))
+    program = seed_program()
     plan = Plan("emu/seed/scenario.toml", list(demo.DEMO_MODELS), range(args["seeds"]),
                 program.scenario.fuzz.strategy)
     rates: dict = {}
