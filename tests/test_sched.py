@@ -277,11 +277,23 @@ ENDS_FIRST = {"tasks": [("kthread", 0), ("user", 0), ("kthread", 0)], "cpus": 1,
               "preempt": "full", "policy": "rr", "seed": 0, "watcher": None, "timers": [], "until": 1,
               "stop_every": 0, "works": [], "jitter": None}
 
+# A hook's return at a yield that spends the slice's budget, at the clock a
+# work's Delay ends: the work asked for a CPU while the yielding task still
+# held CPU 0, and got CPU 1; a run straight through ends the slice first,
+# and the work gets CPU 0, idle by then.
+DELAY_ENDS = {"works": [(16384, [700, 5000, 5000]), (309, [5000, "sync", 700, 0]), (160, [700, 5000, 5000])],
+              "tasks": [("kthread", 1_304_609_206), ("user", 1), ("kthread", 458104), ("kthread", 11451),
+                        ("kthread", 8815303), ("kthread", 17346452)],
+              "preempt": "full", "timers": [(186, 0, "pend")], "jitter": 3220728, "quantum": 7, "seed": 28,
+              "policy": "random", "tick": 100, "cpus": 2, "watcher": None, "until": 1, "stop_every": 0}
+
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(mix=mixes, sched=st.sampled_from(["c", "python"]))
 @example(mix=ENDS_FIRST, sched="c")
 @example(mix=ENDS_FIRST, sched="python")
+@example(mix=DELAY_ENDS, sched="c")
+@example(mix=DELAY_ENDS, sched="python")
 def test_coming_back_to_python_does_not_change_the_run(hostile, mix, sched):
     """Machine.run: stopping and running on gives the run of running
     straight through. So must coming back to Python after every slice, when

@@ -86,11 +86,11 @@ class Scheduling:
                 # loop's next act is to end the slice in progress (a hook's
                 # return at a switch point whose task has no budget left,
                 # ...), the wakes and timers due come after that, as in a
-                # run straight through (the loop stops for the timers)
-                if st.inslice and self.twin.slice_ends_first():
-                    if works.items:
-                        works.advance()
-                else:
+                # run straight through (the loop stops for the timers). Nor
+                # do the works look at the clock before then: a Delay over
+                # now would ask for a CPU while the slice's task still holds
+                # its CPU, where the straight run asks once it has left.
+                if not (st.inslice and self.twin.slice_ends_first()):
                     next_wake = st.next_wake
                     if next_wake >= 0 and next_wake <= engine.clock:
                         self._fire_wakes()
