@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 CSRC   := $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: all install build demo test bench asan soak clean
+.PHONY: all install build demo test explore bench asan soak clean
 
 all: build
 
@@ -31,6 +31,18 @@ demo: build
 test: build
 	$(PY) -m pytest -q tests
 	$(MAKE) --no-print-directory asan
+
+# The generated tests (@given) with examples never drawn before: ROUNDS
+# rounds, each from a new random seed it prints (--hypothesis-seed=N
+# replays one). `make test` draws from seeds fixed per test (tests/conftest.py).
+ROUNDS    ?= 5
+GENERATED := $(shell grep -l '@given' tests/*.py)
+explore: build
+	for i in $$(seq $(ROUNDS)); do \
+	  seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); echo "round $$i: --hypothesis-seed=$$seed"; \
+	  $(PY) -m pytest -q -p no:cacheprovider --hypothesis-profile=explore --hypothesis-seed=$$seed \
+	    $(GENERATED) || exit 1; \
+	done
 
 bench: build
 	$(PY) -m pytest -q benchmarks --benchmark-only

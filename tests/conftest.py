@@ -1,11 +1,22 @@
-"""Shared helpers: tests build their own small programs from C text."""
+"""Shared helpers: tests build their own small programs from C text.
+
+The generated tests (@given) draw their examples from a seed fixed per test
+(profile "fixed", the default): `make test` checks the same examples on
+every machine, so a change lands or not on its own merits. `make explore`
+draws new ones (profile "explore", a new seed each round); whatever it
+finds becomes an @example of its test."""
 import shutil
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from emu.images.build import build_c
+
+settings.register_profile("fixed", derandomize=True)
+settings.register_profile("explore", derandomize=False, database=None)
+settings.load_profile("fixed")
 
 
 @pytest.fixture
