@@ -93,3 +93,27 @@ def test_the_replay_command_names_the_kernel(capsys):
     replays = [line for line in text.splitlines() if "replay:" in line]
     assert len(replays) == 2
     assert any("--kernel 6.8" in line for line in replays) and any("--kernel 4.18" in line for line in replays)
+
+
+def test_each_kernels_row_is_judged_by_that_kernels_expectations(compared):
+    code, summary, _ = compared
+    verdicts = {v["kernel"]: v for v in summary["verdicts"]}
+    # [expect.kernel."6.8"] on 6.8, [expect] on the others
+    assert verdicts["6.8"]["expected"] == ["safe", "completes"]
+    assert verdicts["4.18"]["expected"] == verdicts["6.19"]["expected"] == ["safe", "stalls"]
+    assert code == 0 and summary["ok"] and all(v["ok"] for v in verdicts.values())
+
+
+def test_a_kernel_whose_answer_is_not_its_expectation_fails_the_campaign_by_name(tmp_path, capsys):
+    import shutil
+    d = tmp_path / "kv"
+    shutil.copytree(EXAMPLE.parent, d)
+    text = (d / "scenario.toml").read_text()
+    (d / "scenario.toml").write_text(text + '\n[expect.kernel."6.19"]\nlivepatch = ["safe", "completes"]\n')
+    code = main(["fuzz", str(d / "scenario.toml"), "--kernel", "4.18", "--kernel", "6.19", "--runs", "1",
+                 "--jobs", "1", "--json", "--quiet"])
+    summary = json.loads(capsys.readouterr().out)
+    verdicts = {v["kernel"]: v for v in summary["verdicts"]}
+    assert code == 1 and not summary["ok"]
+    assert verdicts["4.18"]["ok"] and not verdicts["6.19"]["ok"]
+    assert verdicts["6.19"]["model"] == "livepatch" and verdicts["6.19"]["expected"] == ["safe", "completes"]

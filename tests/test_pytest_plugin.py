@@ -54,6 +54,17 @@ def test_scenarios_pass_and_fail_as_their_expect_tables_say(seed_dir):
     assert "replay: lpemu replay " in out and "wrong.toml --model livepatch --seed 0 --strategy exhaustive" in out
 
 
+def test_the_items_are_judged_by_the_expectations_of_the_scenarios_kernel(seed_dir):
+    # the seed scenario names no kernel: the newest (6.19), whose entry replaces [expect]'s;
+    # 4.18's entries are not this scenario's to meet
+    seed_dir.makefile(".lpemu.toml", k=scenario('livepatch = "safe"\n\n[expect.kernel."6.19"]\n'
+                                                 'livepatch = "unsafe"\n\n[expect.kernel."4.18"]\n'
+                                                 'kgraft = "unsafe"\n'))
+    result = seed_dir.runpytest("--lpemu-runs", "4", "-v")
+    result.assert_outcomes(passed=1)
+    result.stdout.fnmatch_lines(["*k.lpemu.toml::livepatch PASSED*"])
+
+
 def test_a_scenario_without_expect_fails_on_findings(seed_dir):
     seed_dir.makefile(".lpemu.toml", plain=SCENARIO.replace(
         'models = ["immediate", "stop_machine", "kgraft", "livepatch"]', 'models = ["kgraft", "livepatch"]'))

@@ -1,5 +1,6 @@
 """Scenario files: every mistake named by file, line and key; builds check names against the code."""
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -183,3 +184,59 @@ def test_every_number_is_read_in_its_range_or_refused_by_name(scn_dir, key, valu
         assert not ok, f"{key} = {value!r} is in range but refused: {exc}"
         return
     assert type(value) is int and lo <= value <= hi and got == value, (key, value, got)
+
+
+# ---- [expect] per kernel ---------------------------------------------------------------------------
+
+PER_KERNEL = GOOD + """
+[expect]
+livepatch = ["safe", "stalls"]
+kgraft = "safe"
+
+[expect.kernel."6.8"]
+livepatch = ["safe", "completes"]
+
+[expect.kernel.'4.18']
+immediate = "unsafe"
+"""
+
+
+def test_an_expectation_for_a_kernel_replaces_the_models_entry_there_and_nowhere_else(scn_dir):
+    scn = scenario.load(write(scn_dir, PER_KERNEL))
+    assert scn.expected("livepatch", "6.8") == ("safe", "completes")
+    # every other kernel, the scenario's own (the newest here) included
+    assert scn.expected("livepatch", "5.14") == scn.expected("livepatch") == ("safe", "stalls")
+    assert scn.expected("kgraft", "6.8") == ("safe",)
+    assert scn.expected("immediate", "4.18") == ("unsafe",) and scn.expected("immediate", "6.8") == ()
+    assert scn.expected_models("4.18") == ["livepatch", "kgraft", "immediate"]
+    assert scn.expected_models() == ["livepatch", "kgraft"]
+    # [machine] kernel decides which entries a campaign without --kernel meets
+    scn.machine["kernel"] = "6.8"
+    assert scn.expected("livepatch") == ("safe", "completes")
+
+
+def test_a_kernel_written_as_a_toml_inline_table_is_the_same(scn_dir):
+    text = GOOD + '\n[expect]\nlivepatch = "safe"\nkernel = { "6.8" = { livepatch = "completes" } }\n'
+    scn = scenario.load(write(scn_dir, text))
+    assert scn.expected("livepatch", "6.8") == ("completes",) and scn.expected("livepatch", "6.1") == ("safe",)
+
+
+@pytest.mark.parametrize("table,words,at", [
+    ('[expect.kernel."7.42"]\nlivepatch = "safe"', ['expect.kernel."7.42"', "not one this emulator knows"],
+     '[expect.kernel."7.42"]'),
+    ('[expect.kernel."six"]\nlivepatch = "safe"', ['expect.kernel."six"', "MAJOR.MINOR"], '[expect.kernel."six"]'),
+    ('[expect.kernel."6.8"]\nkpatch = "safe"', ['expect.kernel."6.8".kpatch', "unknown model"], 'kpatch = '),
+    ('[expect.kernel."6.8"]\nlivepatch = "quick"', ['expect.kernel."6.8".livepatch', "unknown expectation"],
+     'livepatch = "quick"'),
+    ('[expect.kernel."6.8"]\nlivepatch = ["safe", "unsafe"]', ["cannot be both safe and unsafe"], 'livepatch = '),
+    ('[expect.kernel."6.8"]\nlivepatch = "safe"\n[expect.kernel."6.08"]\nlivepatch = "safe"',
+     ['expect.kernel."6.08"', "kernel 6.8 has expectations already"], '[expect.kernel."6.08"]'),
+    ('[expect]\nkernel = "6.8"', ["expect.kernel", "must be a table", "string"], 'kernel = '),
+    ('[expect]\nkernel = { "6.8" = "safe" }', ["expect.kernel", '"6.8" must be a table of models'], 'kernel = '),
+])
+def test_a_mistake_in_a_kernels_expectations_names_the_kernel_and_its_line(scn_dir, table, words, at):
+    text = GOOD + "\n" + table + "\n"
+    msg = error_of(scn_dir, text)
+    for w in words:
+        assert w in msg, msg
+    assert f"s.toml:{line_of(text, at)}:" in msg, msg

@@ -381,7 +381,7 @@ def _fuzz(args) -> int:
     keys = set(plan.runs())
     by_model = {_label(k, mo): [r for key, r in camp.records.items() if key in keys and key[0] == mo
                                 and key[2:3] == ((k,) if k else ())] for k, mo in groups}
-    verdicts = [expect.judge(_label(k, mo), prog.scenario.expect.get(mo, ()), fail_on, by_model[_label(k, mo)])
+    verdicts = [expect.judge(_label(k, mo), prog.scenario.expected(mo, k), fail_on, by_model[_label(k, mo)])
                 for k, mo in groups]
     summary["interrupted"] = interrupted
     summary["fail_on"] = list(fail_on)

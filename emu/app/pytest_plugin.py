@@ -67,8 +67,9 @@ class ScenarioFile(pytest.File):
         except EmuError as exc:
             yield ScenarioItem.from_parent(self, name="load", model=None, expected=(), problem=str(exc))
             return
-        if scn.expect:
-            models = [(m, words) for m, words in scn.expect.items()]
+        expected = scn.expected_models()
+        if expected:
+            models = [(m, scn.expected(m)) for m in expected]
         else:
             models = [(m, ()) for m in scn.fuzz.models]
         for model, words in models:

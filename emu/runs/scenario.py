@@ -10,6 +10,7 @@
     [check]     unit, assert, observe
     [fuzz]      models, runs, strategy, seed, horizon, until, window, depth, probe
     [expect]    MODEL = "safe" | ["safe", "completes"] ...  (emu/runs/expect.py)
+    [expect.kernel."V"]  MODEL = ...  (on kernel V, in place of [expect]'s MODEL)
 
 Paths are relative to the scenario file. Every mistake is a ScenarioError
 naming the file, the line and the key; unknown keys are mistakes too.
@@ -148,11 +149,28 @@ class Scenario:
     assertions: list[Assertion] = field(default_factory=list)
     fuzz: FuzzSpec = field(default_factory=FuzzSpec)
     expect: dict[str, tuple[str, ...]] = field(default_factory=dict)    # model -> expectations
+    # kernel ("MAJOR.MINOR") -> model -> expectations on that kernel ([expect.kernel."V"])
+    expect_kernel: dict[str, dict[str, tuple[str, ...]]] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
         stem = self.path.name.removesuffix(".toml").removesuffix(".lpemu")
         return stem if stem != "scenario" else self.path.parent.name
+
+    def kernel(self, kernel: str | None = None) -> str:
+        """The kernel a run is on: kernel, else [machine] kernel, else the newest."""
+        return versions.kernel(kernel or self.machine.get("kernel")).name
+
+    def expected(self, model: str, kernel: str | None = None) -> tuple[str, ...]:
+        """What a campaign of model must show on kernel (None: the
+        scenario's, self.kernel()): [expect.kernel."V"]'s entry for the
+        model, else [expect]'s, else nothing (judged by --fail-on)."""
+        on = self.expect_kernel.get(self.kernel(kernel), {})
+        return on.get(model, self.expect.get(model, ()))
+
+    def expected_models(self, kernel: str | None = None) -> list[str]:
+        """The models with an expectation on kernel, [expect]'s first."""
+        return list(dict.fromkeys([*self.expect, *self.expect_kernel.get(self.kernel(kernel), {})]))
 
 
 # ---- reading --------------------------------------------------------------------------------
@@ -173,12 +191,14 @@ def _key_lines(text: str) -> dict[tuple, int]:
         if depth == 0:
             m = header.match(raw)
             if m:
-                name = m.group(2).replace('"', "").replace("'", "")
+                # a dotted name whose quoted parts may hold dots ([expect.kernel."6.8"])
+                parts = [q or b or w.strip()
+                         for q, b, w in re.findall(r'"([^"]*)"|\'([^\']*)\'|([^.]+)', m.group(2))]
+                name = ".".join(parts)
                 if m.group(1) == "[[":
                     counts[name] = counts.get(name, -1) + 1
                     table = (name, counts[name])
                 else:
-                    parts = name.split(".")
                     table = (parts[0], counts[parts[0]], *parts[1:]) if parts[0] in counts else tuple(parts)
                 lines.setdefault((table, None), no)
                 continue
@@ -503,7 +523,7 @@ def load(path) -> Scenario:
     f.probe = fz.number("probe", 0, MAX_TIME / second, f.probe, what=" seconds")
     fz.finish()
     scn.fuzz = f
-    scn.expect = _expectations(table("expect"))
+    scn.expect, scn.expect_kernel = _expectations(table("expect"))
     top.finish()
     return scn
 
@@ -589,10 +609,31 @@ def _template(r: _Reader, name: str, text: str, index: int) -> int:
     return value(tree.body)
 
 
-def _expectations(r: _Reader) -> dict[str, tuple[str, ...]]:
-    """[expect]: model = "word" or ["word", ...] (words of emu/runs/expect.py)."""
+def _expectations(r: _Reader) -> tuple[dict[str, tuple[str, ...]], dict[str, dict[str, tuple[str, ...]]]]:
+    """[expect]: model = "word" or ["word", ...] (words of emu/runs/expect.py)
+    on every kernel; [expect.kernel."V"] the same on kernel V, where its
+    entry for a model replaces [expect]'s. Returns (model -> words, kernel
+    name -> model -> words)."""
+    per_kernel: dict[str, dict[str, tuple[str, ...]]] = {}
+    for version, table in r.get("kernel", dict, {}).items():
+        sub = _Reader(r.path, r.lines, r.table + ("kernel", version), table, f'{r.label}.kernel."{version}"')
+        if not isinstance(table, dict):
+            raise r.error("kernel", f'"{version}" must be a table of models, not {_toml_type(table)} '
+                                    f'{_short(table)}')
+        try:
+            name = versions.kernel(version).name
+        except ValueError as exc:
+            raise sub.error(None, str(exc)) from None
+        if name in per_kernel:
+            raise sub.error(None, f"kernel {name} has expectations already")
+        per_kernel[name] = _model_words(sub)
+    return _model_words(r, skip="kernel"), per_kernel
+
+
+def _model_words(r: _Reader, skip: str | None = None) -> dict[str, tuple[str, ...]]:
+    """model = "word" or ["word", ...] for each key of r but skip."""
     out = {}
-    for model in list(r.data):
+    for model in [k for k in r.data if k != skip]:
         if model not in MODELS:
             raise r.error(model, f"unknown model '{model}' (one of {', '.join(MODELS)})")
         words = r.str_list(model)
