@@ -351,6 +351,50 @@ def test_atomic_replace_then_disable_leaves_every_task_on_the_original(model):
     assert not any(p["enabled"] for p in status["patches"])
 
 
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_stacked_patches_then_disable_the_older(model):
+    res, _, values, _ = run("stacked-disable-older/scenario.toml", model)
+    assert res.outcome == "completed" and not res.errors
+    sound(res)
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("kernel,refused", [("4.18", True), ("5.0", True), ("5.1", False), ("6.8", False)])
+def test_disabling_the_older_stacked_patch_per_kernel_version(kernel, refused):
+    """Before 5.1 "enforce stacking: only the last enabled patch can be
+    disabled" (-EBUSY); from 5.1 the older patch goes and f() stays p2's."""
+    res, _, values, status = run("stacked-disable-older/scenario.toml", "livepatch", kernel=kernel)
+    sound(res)
+    assert [e["action"] for e in res.errors] == (["disable p1"] if refused else [])
+    assert [p["name"] for p in status["patches"]] == (["p1", "p2"] if refused else ["p2"])
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+@pytest.mark.parametrize("seed", range(4))
+def test_atomic_replace_while_a_task_sleeps_in_a_function_it_drops(model, seed):
+    """The nop of f() checks p1's f() (the previous entry of its func_stack),
+    where the sleeper sleeps; kpatch's replace checks p1's functions too."""
+    res, _, values, _ = run("replace-nop-asleep/scenario.toml", model, seed)
+    sound(res)
+    if model != "immediate":
+        assert kernel_safe(res) and not res.handovers
+    if model in ("kgraft", "livepatch"):
+        assert res.outcome == "completed"
+    for task in ("busy0", "busy1", "busy2"):
+        assert collapse(values[(task, 1)]) in ([7, 1007, 7], [7, 1007], [7])
+
+
+def test_atomic_replace_is_refused_before_5_1():
+    res, _, _, status = run("replace-nop-asleep/scenario.toml", "livepatch", kernel="5.0")
+    sound(res)
+    assert [e["action"] for e in res.errors] == ["enable p2"]
+    assert "no atomic replace" in res.errors[0]["error"]
+    assert [p["name"] for p in status["patches"]] == ["p1"]
+
+
 KG = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
       "kgraft": "stalled", "livepatch": "completed"}
 

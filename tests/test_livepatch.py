@@ -1922,3 +1922,73 @@ def test_fake_signals_are_periodic_from_5_1_and_asked_for_before(compile_c, kern
     m.run(until=m.seconds(20))
     assert t.result == "completed"
     assert [h for _, who, _, h in lp.switches if who == "sleeper"] == ["kernel_exit"]
+
+
+# ---- what kernels before 5.1 and 5.5 did not have ---------------------------------------
+
+@pytest.mark.parametrize("kernel", ["4.18", "5.0", "5.1", "6.19"])
+def test_stacking_order_is_enforced_before_5_1(compile_c, kernel):
+    """Before 5.1, __klp_disable_patch() and __klp_enable_patch() "enforce
+    stacking" over klp_patches, which keeps registered patches that were
+    disabled: only the last enabled patch can be disabled, only the first
+    disabled one enabled (-EBUSY). The atomic replace series (5.1) removed
+    both rules: any patch may be disabled, and a disabled one is gone."""
+    old = versions.kernel(kernel).version < (5, 1)
+    m, lp, base = machine(compile_c, [("worker", "worker", (0,), "user")], kernel=kernel)
+    p1 = load_patch(compile_c, m, base, "p1", ["quick"])
+    p2 = load_patch(compile_c, m, base, "p2", ["quick"], source=PATCH3)
+    m.run(until=m.seconds(0.02))
+
+    def settle(_):
+        m.run(until=m.now + m.seconds(1.5))
+        assert lp.transitions[-1].result == "completed"
+
+    lp.enable(p1)
+    settle(m)
+    lp.enable(p2)
+    settle(m)
+    if old:
+        with pytest.raises(Busy, match="only the last enabled patch can be disabled"):
+            lp.disable(p1)
+        assert [p.name for p in lp.installed] == ["p1", "p2"]
+        lp.disable(p2)
+        settle(m)
+        lp.disable(p1)
+        settle(m)
+        # both still registered (their modules are loaded): p2 comes only after p1
+        with pytest.raises(Busy, match="only the first disabled patch can be enabled"):
+            lp.enable(p2)
+        lp.enable(p1)
+        settle(m)
+        lp.enable(p2)
+        settle(m)
+        assert [p.name for p in lp.installed] == ["p1", "p2"]
+    else:
+        lp.disable(p1)                 # the older one: allowed, p2's quick() stays on top
+        settle(m)
+        assert [p.name for p in lp.installed] == ["p2"]
+        since = m.now
+        m.run(until=m.now + m.seconds(0.5))
+        assert {v for _, v in observed(m, 3, since=since)} == {3}     # PATCH3's quick()
+
+
+@pytest.mark.parametrize("kernel,kw,refused", [
+    ("4.18", {"replace": True}, "atomic replace"), ("5.0", {"replace": True}, "atomic replace"),
+    ("5.1", {"replace": True}, None), ("5.4", {"states": [(1, 1)]}, "system states"),
+    ("5.5", {"states": [(1, 1)]}, None)])
+def test_a_patch_cannot_ask_for_what_its_kernel_lacks(compile_c, kernel, kw, refused):
+    """struct klp_patch got .replace in 5.1 and .states in 5.5: a patch
+    for an older kernel cannot have them. Refused (-EINVAL) before
+    anything is logged or patched."""
+    m, lp, base = machine(compile_c, [("worker", "worker", (0,), "user")], kernel=kernel)
+    p = load_patch(compile_c, m, base, "p", ["quick"], **kw)
+    m.run(until=m.seconds(0.02))
+    if refused:
+        with pytest.raises(PatchRefused, match=refused) as exc:
+            lp.enable(p)
+        assert exc.value.errno == errno.EINVAL
+        assert not lp.transitions and not lines(m) and not lp.installed
+    else:
+        lp.enable(p)
+        m.run(until=m.seconds(1.5))
+        assert lp.transitions[-1].result == "completed"

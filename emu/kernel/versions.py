@@ -11,6 +11,13 @@ the facts a patch author targeting a particular kernel depends on
 - from 6.16: the switch moved into __schedule() (klp_sched_try_switch) for
   a task going to a freezable sleep; a plain cond_resched() no longer
   switches;
+- before 5.1, patches were registered (klp_register_patch) and enabled
+  separately and kept a strict stacking order ("enforce stacking" in
+  __klp_enable_patch/__klp_disable_patch): only the last enabled patch can
+  be disabled, only the first disabled one enabled (-EBUSY otherwise); 5.1
+  (the atomic replace series) dropped the order and brought atomic replace
+  (klp_patch.replace, nops); a patch for an older kernel cannot ask for it;
+- 5.5 brought system states (klp_patch.states, kernel/livepatch/state.c);
 - 6.10 renamed KLP_UNDEFINED to KLP_TRANSITION_IDLE (names only);
 - fake signals: from 5.1 a transition sends them by itself (from the 15th
   retry on, every 15 retries); before, only the administrator did, by
@@ -57,6 +64,23 @@ class Kernel:
     def freezable_sleep_switch(self) -> bool:
         """__schedule() tries to switch a task going to a freezable sleep (6.16+)."""
         return self.version >= (6, 16)
+
+    @property
+    def stacking_order(self) -> bool:
+        """Only the last enabled patch may be disabled and only the first
+        disabled one enabled (before 5.1; the atomic replace series removed
+        the rule)."""
+        return self.version < (5, 1)
+
+    @property
+    def atomic_replace(self) -> bool:
+        """klp_patch.replace: atomic replace with nops (5.1)."""
+        return self.version >= (5, 1)
+
+    @property
+    def system_states(self) -> bool:
+        """klp_patch.states: system states (5.5)."""
+        return self.version >= (5, 5)
 
     @property
     def periodic_signals(self) -> bool:

@@ -52,6 +52,10 @@ class Livepatch(Model):
         super().__init__(machine, **kw)
         self.retry_period = retry_period
         self.installed: list[Patch] = []          # klp_patches: enabled or in transition, oldest first
+        # before 5.1 (versions.py stacking_order) klp_patches also kept the
+        # registered patches that were disabled: registration order, from a
+        # patch's first enable (its module's load) until remove() (rmmod)
+        self.registered: list[Patch] = []
         self.transition_patch: Patch | None = None
         self.target = UNDEFINED
         self.signals_cnt = 0
@@ -81,6 +85,7 @@ class Livepatch(Model):
             return
         if patch in self.installed:
             raise refusal(f"patch '{patch.name}' is already enabled", errno.EINVAL)
+        self._check_built(patch)
         self.add(patch)
         if not klp_state.is_patch_compatible(self.installed, patch):
             self.printk(f"{self.prefix}Livepatch patch ({patch.name}) is not compatible with the "
@@ -90,6 +95,7 @@ class Livepatch(Model):
         if self.transition_patch is not None:
             raise refusal(f"patch '{patch.name}': '{self.transition_patch.name}' is in transition",
                           errno.EBUSY)
+        self._check_stacking(patch, enabling=True)
         self._init_patch(patch)
         self.printk(f"{self.prefix}enabling patch '{patch.name}'")
         transition.init(self, patch, PATCHED)
@@ -114,6 +120,8 @@ class Livepatch(Model):
             self.free_patch(patch)
             raise refusal(f"patch '{patch.name}' could not be enabled", err)
         self._locked = bool(updates)       # the writer holds klp_mutex until its text is done
+        if self.kernel.stacking_order and patch not in self.registered:
+            self.registered.append(patch)  # klp_register_patch of its module (before 5.1)
         self.m.spawn(transition.work(self, self.gen, updates))
 
     def disable(self, patch: Patch) -> None:
@@ -131,6 +139,7 @@ class Livepatch(Model):
         if self.transition_patch is not None:
             raise refusal(f"patch '{patch.name}': '{self.transition_patch.name}' is in transition",
                           errno.EBUSY)
+        self._check_stacking(patch, enabling=False)
         transition.init(self, patch, UNPATCHED)
         for obj in patch.objects:
             if obj.patched:
@@ -180,6 +189,8 @@ class Livepatch(Model):
             raise Busy(f"Module {patch.name} is in use (the patch is enabled or in transition)")
         if patch.forced:
             raise Busy(f"Module {patch.name} is in use (the patch was forced: tasks may still run its code)")
+        if patch in self.registered:
+            self.registered.remove(patch)        # klp_unregister_patch in the module's exit
         if patch.image is not None and patch.image.name not in self.m.unloaded:
             self.m.unload(patch.image)
 
@@ -198,6 +209,44 @@ class Livepatch(Model):
         patch from it (klp_module_going), then unmap it by name."""
         self._check_unlocked(None)
         notifiers.module_going(self, image, exit)
+
+    # ---- what this kernel allows -----------------------------------------------------------
+    def _check_built(self, patch: Patch) -> None:
+        """A patch asking for what this kernel's struct klp_patch does not
+        have (atomic replace before 5.1, system states before 5.5) cannot
+        be built for it: refused (-EINVAL) before anything happens."""
+        k = self.kernel
+        if patch.replace and not k.atomic_replace:
+            raise refusal(f"patch '{patch.name}': kernel {k.name} has no atomic replace "
+                          f"(klp_patch.replace came in 5.1)", errno.EINVAL)
+        if patch.states and not k.system_states:
+            raise refusal(f"patch '{patch.name}': kernel {k.name} has no system states "
+                          f"(klp_patch.states came in 5.5)", errno.EINVAL)
+
+    def _check_stacking(self, patch: Patch, *, enabling: bool) -> None:
+        """Before 5.1 (versions.py stacking_order), __klp_enable_patch and
+        __klp_disable_patch "enforce stacking" over klp_patches, every
+        registered patch in registration order: only the first disabled
+        patch can be enabled, only the last enabled one disabled (-EBUSY).
+        A patch enabled for the first time is registered once its enable
+        succeeded (enable()): refused, its module fails to load and leaves
+        nothing registered."""
+        if not self.kernel.stacking_order:
+            return
+        reg = self.registered
+        if enabling:
+            prev = reg[reg.index(patch) - 1] if patch in reg and reg.index(patch) > 0 else (
+                reg[-1] if reg and patch not in reg else None)
+            if prev is not None and prev not in self.installed:
+                raise refusal(f"patch '{patch.name}': kernel {self.kernel.name} enforces stacking: "
+                              f"only the first disabled patch can be enabled ('{prev.name}' is "
+                              f"disabled)", errno.EBUSY)
+        else:
+            later = [p.name for p in self.installed[self.installed.index(patch) + 1:]]
+            if later:
+                raise refusal(f"patch '{patch.name}': kernel {self.kernel.name} enforces stacking: "
+                              f"only the last enabled patch can be disabled ('{later[-1]}' is "
+                              f"enabled)", errno.EBUSY)
 
     # ---- what callbacks may ask -----------------------------------------------------------
     def module_state(self, name: str) -> str | None:

@@ -1,0 +1,3 @@
+#include "lpemu.h"
+extern volatile long zero;
+__attribute__((noinline)) long f(void) { lpemu_observe(1, 1 + zero); return 0; }
