@@ -395,6 +395,22 @@ def test_atomic_replace_is_refused_before_5_1():
     assert [p["name"] for p in status["patches"]] == ["p1"]
 
 
+@pytest.mark.parametrize("model,final,outcome", [
+    ("livepatch", [0, 1, 0], "completed"), ("kgraft", [0, 1, 0], "completed"),
+    ("immediate", [0, 1, 0], "completed"), ("stop_machine", [0], "failed"), ("ksplice", [0], "failed")])
+def test_unpatching_while_a_task_sleeps_in_the_new_function(model, final, outcome):
+    """Unpatching checks this patch's new function (func->new_func): the
+    sleeper, back asleep in the new f() since 2 s, holds the disable until
+    its kernel exit at 4 s. kpatch never gets f() off the sleeper's stack."""
+    res, _, values, status = run("unpatch-asleep/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res) and res.outcome == outcome
+    assert collapse(values[("sleeper", 1)]) == final
+    if model in ("livepatch", "kgraft"):
+        unpatch = res.transitions[1]
+        assert unpatch["target"] == "unpatched" and unpatch["latency"] > 70_000    # held past 4 s
+
+
 KG = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
       "kgraft": "stalled", "livepatch": "completed"}
 
