@@ -1992,3 +1992,35 @@ def test_a_patch_cannot_ask_for_what_its_kernel_lacks(compile_c, kernel, kw, ref
         lp.enable(p)
         m.run(until=m.seconds(1.5))
         assert lp.transitions[-1].result == "completed"
+
+
+@pytest.mark.parametrize("kernel,older_removable", [("5.4", False), ("5.17", False), ("5.18", True),
+                                                    ("6.19", True)])
+def test_force_blocks_the_removal_of_every_patch_before_5_18(compile_c, kernel, older_removable):
+    """Until 5.17 klp_force_transition() set `forced` on every patch of
+    klp_patches, so no patch module could be removed after a force; 5.18
+    ("Don't block removal of patches that are safe to unload") marks only
+    the patches being removed. Forcing p2's patching transition leaves p2
+    forced nowhere, and p1 (untouched) removable from 5.18 on."""
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (3000,), "user"),
+                                      ("worker", "worker", (0,), "user")], kernel=kernel)
+    p1 = load_patch(compile_c, m, base, "p1", ["quick"])
+    p2 = load_patch(compile_c, m, base, "p2", ["slow"], source=PATCH3)
+    m.run(until=m.seconds(0.02))
+    lp.enable(p1)
+    m.run(until=m.seconds(1.5))
+    lp.enable(p2)                      # the sleeper sleeps in the original slow(): blocked
+    m.run(until=m.seconds(3))
+    assert lp.transitions[-1].result == "pending"
+    lp.force()
+    m.run(until=m.seconds(4.5))
+    assert lp.transitions[-1].result == "completed"
+    lp.disable(p1)
+    m.run(until=m.seconds(6))
+    assert lp.transitions[-1].result == "completed"
+    assert p1.forced == (not older_removable) and p2.forced == (not older_removable)
+    if older_removable:
+        lp.remove(p1)
+    else:
+        with pytest.raises(Busy, match="forced"):
+            lp.remove(p1)

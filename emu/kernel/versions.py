@@ -17,6 +17,10 @@ the facts a patch author targeting a particular kernel depends on
   be disabled, only the first disabled one enabled (-EBUSY otherwise); 5.1
   (the atomic replace series) dropped the order and brought atomic replace
   (klp_patch.replace, nops); a patch for an older kernel cannot ask for it;
+- force: until 5.17, klp_force_transition() marked every patch on
+  klp_patches forced (none of their modules could be removed again); 5.18
+  marks only the patches being removed (the one unpatched, or the ones an
+  atomic replace takes over);
 - 5.5 brought system states (klp_patch.states, kernel/livepatch/state.c);
 - 6.10 renamed KLP_UNDEFINED to KLP_TRANSITION_IDLE (names only);
 - fake signals: from 5.1 a transition sends them by itself (from the 15th
@@ -81,6 +85,13 @@ class Kernel:
     def system_states(self) -> bool:
         """klp_patch.states: system states (5.5)."""
         return self.version >= (5, 5)
+
+    @property
+    def force_marks_every_patch(self) -> bool:
+        """klp_force_transition() sets `forced` on every patch of
+        klp_patches (before 5.18); from 5.18 only on the patches being
+        removed."""
+        return self.version < (5, 18)
 
     @property
     def periodic_signals(self) -> bool:

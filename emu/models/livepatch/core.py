@@ -152,14 +152,20 @@ class Livepatch(Model):
         transition). The patches this removes (the patch itself when
         unpatching, the replaced ones with atomic replace) are marked
         forced: their modules can never be removed, since a task may still
-        run their code. PatchRefused (-EINVAL) when no such transition."""
+        run their code; before 5.18 every patch is marked, removed or not
+        (versions.py). PatchRefused (-EINVAL) when no such transition."""
         tp = self.transition_patch
         if tp is None or (patch is not None and patch is not tp):
             what = f"patch '{patch.name}' is" if patch is not None else "no patch is"
             raise refusal(f"{what} not in transition", errno.EINVAL)
         self._check_unlocked(tp)
         transition.force(self)
-        if self.target == UNPATCHED:
+        if self.kernel.force_marks_every_patch:
+            # before 5.18: klp_for_each_patch(patch) patch->forced = true
+            # (klp_patches held the disabled, registered ones too before 5.1)
+            for p in self.installed + [p for p in self.registered if p not in self.installed]:
+                p.forced = True
+        elif self.target == UNPATCHED:
             tp.forced = True
         elif tp.replace:
             for p in self.installed:
