@@ -176,7 +176,7 @@ class Selftest:
         return self.log()[n:]
 
     def does_sysfs_exist(self, mod: str, rel: str) -> bool:
-        return f"{mod}/{rel}" in self.lp.sysfs()
+        return f"{mod}/{rel}".rstrip("/") in self.lp.sysfs()
 
     def check_sysfs_rights(self, mod: str, rel: str, rights: str) -> None:
         entry = self.lp.sysfs()[f"{mod}/{rel}".rstrip("/")]
@@ -1186,8 +1186,13 @@ def test_sysfs(kernel):
     assert st.does_sysfs_exist(MOD_LIVEPATCH, "signal") == (k.version < (5, 1))
     assert st.does_sysfs_exist(MOD_LIVEPATCH, "vmlinux/cmdline_proc_show,1")
     st.disable_lp(lp1)
-    assert not st.does_sysfs_exist(MOD_LIVEPATCH, "")     # gone with the patch
+    # 5.1 on: gone with the patch; before, the patch stays registered, with
+    # its sysfs directory, until its module goes (klp_unregister_patch)
+    assert st.does_sysfs_exist(MOD_LIVEPATCH, "") == (k.version < (5, 1))
+    if k.version < (5, 1):
+        st.check_sysfs_value(MOD_LIVEPATCH, "enabled", "0")
     st.unload_lp(lp1)
+    assert not st.does_sysfs_exist(MOD_LIVEPATCH, "")
     assert st.since(n) == transcript("""
         % insmod test_modules/$MOD_LIVEPATCH.ko
         livepatch: enabling patch '$MOD_LIVEPATCH'

@@ -423,7 +423,8 @@ class Livepatch(Model):
         path relative to it, {"mode": what `stat --format %A` prints,
         "value": what `cat` reads, None for directories and write-only
         attributes}. A patch is there from its enable until it is freed
-        (disabled, replaced, or refused); each object has a directory,
+        (disabled, replaced, or refused; before 5.1, until its module is
+        removed: klp_unregister_patch); each object has a directory,
         loaded or not, and each function one named "<name>,<sympos>"."""
         k = self.kernel
         out: dict[str, dict] = {}
@@ -431,7 +432,7 @@ class Livepatch(Model):
         def put(path, mode, value=None):
             out[path] = {"mode": mode, "value": value}
 
-        for i, p in enumerate(self.installed):
+        for i, p in enumerate(self.listed()):
             put(p.name, DIR)
             put(f"{p.name}/enabled", RW, str(int(p.enabled)))
             put(f"{p.name}/transition", RO, str(int(p is self.transition_patch)))
@@ -450,6 +451,14 @@ class Livepatch(Model):
                 for f in obj.funcs:
                     put(f"{p.name}/{obj.name}/{f.name},1", DIR)
         return out
+
+    def listed(self) -> list[Patch]:
+        """klp_patches as sysfs shows it: the installed patches, and before
+        5.1 the registered ones that were disabled too, in registration
+        order."""
+        if not self.kernel.stacking_order:
+            return list(self.installed)
+        return self.registered + [p for p in self.installed if p not in self.registered]
 
     def status(self) -> dict:
         """The model's state: per installed patch its flags (enabled,
