@@ -411,6 +411,35 @@ def test_unpatching_while_a_task_sleeps_in_the_new_function(model, final, outcom
         assert unpatch["target"] == "unpatched" and unpatch["latency"] > 70_000    # held past 4 s
 
 
+def test_an_atomic_replace_reversed_mid_transition_falls_back_to_the_replaced_patch():
+    """Reversed, p2's nop and g() stay on top of the func_stacks in
+    transition: an UNPATCHED task takes the next entry, p1's, never the
+    original; p1 was never replaced and stays enabled."""
+    res, log, values, status = run("replace-reversed/scenario.toml", "livepatch")
+    sound(res)
+    assert kernel_safe(res) and res.outcome == "completed"
+    assert "livepatch: 'p2': reversing transition from patching to unpatching" in log
+    for task in ("busy0", "busy1"):
+        assert collapse(values[(task, 1)]) == [0, 1, 0, 1]
+        assert collapse(values[(task, 2)]) == [0, 1, 2, 1]
+    assert collapse(values[("sleeper", 2)]) == [0, 1]
+    assert [(p["name"], p["enabled"]) for p in status["patches"]] == [("p1", True)]
+
+
+@pytest.mark.parametrize("model,f,g", [("kgraft", 0, 2), ("immediate", 0, 0), ("stop_machine", None, None),
+                                       ("ksplice", None, None)])
+def test_an_atomic_replace_reversed_mid_transition_elsewhere(model, f, g):
+    """kGraft refuses the disable while p2 is not finalized, and p2 ends
+    replacing p1; immediate replaces and then removes at once; kpatch and
+    Ksplice refuse the disable during the attempts: never a mixed unit."""
+    res, _, values, _ = run("replace-reversed/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    if f is not None:
+        assert {values[(t, 1)][-1] for t in ("busy0", "busy1")} == {f}
+        assert {values[(t, 2)][-1] for t in ("busy0", "busy1")} == {g}
+
+
 KG = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
       "kgraft": "stalled", "livepatch": "completed"}
 
