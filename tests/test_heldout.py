@@ -440,6 +440,29 @@ def test_an_atomic_replace_reversed_mid_transition_elsewhere(model, f, g):
         assert {values[(t, 2)][-1] for t in ("busy0", "busy1")} == {g}
 
 
+MODULE_LOG = {
+    "livepatch": ["livepatch: applying patch 'fix' to loading module 'codec'",
+                  "livepatch: reverting patch 'fix' on unloading module 'codec'",
+                  "livepatch: applying patch 'fix' to loading module 'codec'"],
+    "stop_machine": ["kpatch: delaying patch of unloaded module 'codec'",
+                     "kpatch: loaded patch module 'fix'",
+                     "kpatch: patching newly loaded module 'codec'",
+                     "kpatch: patching newly loaded module 'codec'"],
+}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_patch_for_a_module_loaded_later_unloaded_and_loaded_again(model):
+    res, log, values, _ = run("module-after-patch/scenario.toml", model)
+    sound(res)
+    assert res.outcome == "completed" and kernel_safe(res)
+    for i in range(3):
+        assert set(values[(f"client{i}", 3)]) == {1}            # never the old encoder
+        assert collapse([v >= 0 for v in values[(f"client{i}", 1)]]) == [False, True, False, True]
+    if model in MODULE_LOG:
+        assert [line for line in log if "module" in line] == MODULE_LOG[model]
+
+
 KG = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
       "kgraft": "stalled", "livepatch": "completed"}
 

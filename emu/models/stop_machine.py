@@ -33,7 +33,7 @@ from emu.errors import Busy, EmuError
 from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel import callbacks
-from emu.kernel.patch import Patch, loaded_objects
+from emu.kernel.patch import VMLINUX, Patch, loaded_objects
 from emu.machine.task import PATCHED, UNPATCHED, RunState
 from emu.machine.machine import EV_TRANSITION
 from emu.models.base import T_SWITCH, Model, first_hit
@@ -124,6 +124,7 @@ class StopMachine(Model):
             # since the last attempt has its functions bound (Model.load_module)
             funcs = self.loaded_funcs(patch)
             if target == PATCHED:
+                self._link_report(patch)
                 try:
                     fresh = [self.ensure_ops(f) for f in funcs]
                 except Busy as exc:
@@ -192,6 +193,16 @@ class StopMachine(Model):
                 return
             self._unlock()
             yield Delay(m.seconds(self.retry_delay))
+
+    def _link_report(self, patch: Patch) -> None:
+        """kpatch_register() links each object before its stop_machine and
+        says so: a module not loaded yet waits for kpatch_module_notify()."""
+        loaded = loaded_objects(self.m)
+        for obj in patch.objects:
+            if obj.name not in loaded:
+                self.printk(f"{self.prefix}delaying patch of unloaded module '{obj.name}'")
+            elif obj.name != VMLINUX:
+                self.printk(f"{self.prefix}patching module '{obj.name}'")
 
     def _unlock(self) -> None:
         """The attempt releases kpatch_mutex: the modules that came meanwhile
