@@ -350,6 +350,38 @@ def test_workers_die_with_a_parent_killed_with_sigkill(tmp_path):
     assert not left
 
 
+def test_a_ctrl_c_that_lands_while_the_pool_forks_interrupts_the_campaign(tmp_path):
+    """The terminal sends Ctrl-C to every process of the group, the pool's
+    workers as they are forked too. Sent from each new worker the instant it
+    is forked (the worst moment), it must stop the campaign (exit 130 from
+    lpemu, KeyboardInterrupt here), never be lost (the campaign running on to
+    its end) nor leave a worker behind that the parent then waits for at exit."""
+    driver = ("import os, signal, sys\n"
+              "from emu.runs import campaign, scenario\n"
+              "prog = scenario.build(scenario.load(sys.argv[1]))\n"
+              "os.register_at_fork(after_in_child=lambda: os.killpg(os.getpgrp(), signal.SIGINT))\n"
+              "c = campaign.Campaign(prog, campaign.Plan(sys.argv[1], ['livepatch'], range(400), 'exhaustive'),\n"
+              "                      jobs=2, batch=4)\n"
+              "try:\n"
+              "    c.run()\n"
+              "except KeyboardInterrupt:\n"
+              "    print('interrupted', len(c.records), flush=True)\n"
+              "else:\n"
+              "    print('finished', len(c.records), flush=True)\n")
+    for _ in range(3):                        # it hung or lost the signal in most tries before
+        p = subprocess.Popen([sys.executable, "-c", driver, str(SEED)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, start_new_session=True)
+        try:
+            out, err = p.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            os.killpg(p.pid, signal.SIGKILL)
+            p.communicate()
+            pytest.fail("the campaign hung after a Ctrl-C that came while its pool forked")
+        assert p.returncode == 0, err
+        assert out.startswith("interrupted"), (out, err)
+        assert "Traceback" not in err, err
+
+
 def test_jobs_beyond_the_cores_are_capped_with_a_warning(capsys, tmp_path):
     assert cli.main(["fuzz", str(SEED), "--model", "kgraft", "--runs", "2", "--jobs", "4000", "--json"]) == 0
     err = capsys.readouterr().err

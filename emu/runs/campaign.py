@@ -117,6 +117,9 @@ def batch_size(todo: int, workers: int, batch: int | None = None) -> int:
 #: go to each worker once, as the initializer's arguments.
 POOL_CONTEXT = multiprocessing.get_context("fork")
 
+#: What stops a campaign (Campaign.run): held back while the pool forks.
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
 
 class _PoolWorker:
     """The runner of a local pool's worker process, made by _init_worker in
@@ -139,6 +142,7 @@ def _init_worker(parent: int, program: Program | None = None, known: dict | None
     if os.getppid() != parent:             # the parent died before prctl took effect
         os._exit(1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked across the fork (_pool)
     if program is not None:
         _PoolWorker.runner = Runner(program, **(known or {}))
 
@@ -375,7 +379,18 @@ class Campaign:
             while queue or pending:
                 while queue and len(pending) < inflight:
                     b = queue.pop(0)
-                    pending[ex.submit(run_pool_batch, self.plan.strategy, b)] = b
+                    # The pool forks its workers in a submit. A Ctrl-C that lands in
+                    # a fork (the terminal sends it to every process of the group)
+                    # raised in the parent's and the child's fork handlers, where it
+                    # was lost or left a worker holding a queue lock: the campaign
+                    # then hung at exit, joining it. Blocked here, it waits in the
+                    # parent until the submit is done and is raised there; the
+                    # worker ignores it before unblocking (_init_worker).
+                    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+                    try:
+                        pending[ex.submit(run_pool_batch, self.plan.strategy, b)] = b
+                    finally:
+                        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     b = pending.pop(fut)
