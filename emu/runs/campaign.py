@@ -30,6 +30,7 @@ A campaign directory belongs to one campaign at a time and to one program:
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -117,8 +118,27 @@ def batch_size(todo: int, workers: int, batch: int | None = None) -> int:
 #: go to each worker once, as the initializer's arguments.
 POOL_CONTEXT = multiprocessing.get_context("fork")
 
-#: What stops a campaign (Campaign.run): held back while the pool forks.
+#: What stops a campaign (Campaign.run): held back while the pool forks
+#: its workers and while it shuts down (_stop_signals_held).
 _STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+@contextlib.contextmanager
+def _stop_signals_held():
+    """Hold Ctrl-C and SIGTERM back for a step of the pool that must not be
+    cut: the submit that forks the workers and the shutdown. The terminal
+    sends Ctrl-C to every process of the group, the workers being forked
+    too; landing in a fork it was raised in the fork handlers of the parent
+    and of the new worker (before its initializer ignores it), where it was
+    lost (the campaign ran on to its end) or left a worker on a queue lock,
+    and a second one cut the shutdown short: either way the parent joined
+    a worker forever at exit. Held, it is raised in the parent once the
+    step is done; a worker ignores it before unblocking it (_init_worker)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class _PoolWorker:
@@ -379,18 +399,8 @@ class Campaign:
             while queue or pending:
                 while queue and len(pending) < inflight:
                     b = queue.pop(0)
-                    # The pool forks its workers in a submit. A Ctrl-C that lands in
-                    # a fork (the terminal sends it to every process of the group)
-                    # raised in the parent's and the child's fork handlers, where it
-                    # was lost or left a worker holding a queue lock: the campaign
-                    # then hung at exit, joining it. Blocked here, it waits in the
-                    # parent until the submit is done and is raised there; the
-                    # worker ignores it before unblocking (_init_worker).
-                    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
-                    try:
+                    with _stop_signals_held():      # the submit forks the workers
                         pending[ex.submit(run_pool_batch, self.plan.strategy, b)] = b
-                    finally:
-                        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     b = pending.pop(fut)
@@ -408,7 +418,8 @@ class Campaign:
                     return queue, lost
             return [], []
         finally:
-            ex.shutdown(wait=not lost, cancel_futures=True)
+            with _stop_signals_held():
+                ex.shutdown(wait=not lost, cancel_futures=True)
             gc.unfreeze()
 
     def close(self) -> None:
