@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from emu.app import cli
+from emu.kernel import versions
 from emu.runs import campaign
 from emu.runs import scenario
 
@@ -300,6 +301,28 @@ def test_resume_refuses_a_changed_program_and_says_what_changed(tmp_path, capsys
     capsys.readouterr()
     assert fuzz("--resume") == 0                             # and is the new program's campaign
     assert len(lines_of(out / "runs.jsonl")) == 3
+
+def test_resume_refuses_another_kernel_than_the_campaign_ran_on(tmp_path, capsys):
+    """One --kernel replaces [machine] kernel, which decides every livepatch
+    run: a campaign run on the newest kernel and resumed with --kernel 4.18
+    would count its old runs as 4.18's."""
+    out = tmp_path / "c"
+    newest = versions.kernel().name                          # the seed names no kernel
+
+    def fuzz(*extra):
+        return cli.main(["fuzz", str(SEED), "--model", "livepatch", "--runs", "3", "--jobs", "1", "--out", str(out),
+                         "--fail-on", "none", *extra])
+    assert fuzz() == 0
+    capsys.readouterr()
+    before = (out / "runs.jsonl").read_bytes()
+    assert fuzz("--resume", "--kernel", "4.18") == 2
+    err = capsys.readouterr().err
+    assert f"the kernel changed ({newest} -> 4.18)" in err and "--force" in err and "Traceback" not in err
+    assert (out / "runs.jsonl").read_bytes() == before
+    assert fuzz("--resume", "--kernel", newest) == 0         # the scenario's kernel (the newest): the same
+    assert fuzz("--force", "--kernel", "4.18") == 0
+    assert fuzz("--resume", "--kernel", "4.18") == 0
+    assert fuzz("--resume") == 2
 
 
 # ---- no orphans --------------------------------------------------------------------------------

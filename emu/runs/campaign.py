@@ -565,9 +565,12 @@ def _lock(path: Path) -> int:
 def fingerprint(program: Program) -> dict:
     """What decides the runs of program, as digests: the scenario text, each
     source file (program, modules, patches, lpemu.h), the compiler flags, the
-    compiler and linker versions, and the tool's version."""
+    compiler and linker versions, the tool's version, and the kernel the
+    runs take as theirs (`[machine] kernel`, or the one `--kernel` that
+    replaces it: not in the scenario's text)."""
     from emu import __version__
     from emu.images.toolchain import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
+    from emu.kernel import versions
     scn = program.scenario
     files = [*scn.sources, *(p for m in scn.modules for p in m.sources),
              *(p for pt in scn.patches for p in pt.sources)]
@@ -576,7 +579,8 @@ def fingerprint(program: Program) -> dict:
     sources["<lpemu.h>"] = _digest(Path(INCLUDE_DIR) / "lpemu.h")
     return {"scenario": _digest(scn.path), "sources": sources,
             "cflags": [*DEFAULT_CFLAGS, *scn.cflags, *REQUIRED_CFLAGS],
-            "compiler": _tool_version("gcc"), "linker": _tool_version("ld"), "version": __version__}
+            "compiler": _tool_version("gcc"), "linker": _tool_version("ld"), "version": __version__,
+            "kernel": versions.kernel(scn.machine.get("kernel")).name}
 
 
 def fingerprint_changes(old, new: dict) -> list[str]:
@@ -597,6 +601,9 @@ def fingerprint_changes(old, new: dict) -> list[str]:
                       ("version", "lpemu")):
         if old.get(key) != new[key]:
             out.append(f"{what} changed ({_short(old.get(key))} -> {_short(new[key])})")
+    # A campaign directory written before the kernel was recorded says nothing of it.
+    if "kernel" in old and old["kernel"] != new["kernel"]:
+        out.append(f"the kernel changed ({_short(old['kernel'])} -> {new['kernel']})")
     return out
 
 
