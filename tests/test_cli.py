@@ -114,6 +114,25 @@ def test_run_exit_status_follows_fail_on(capsys):
     capsys.readouterr()
 
 
+@pytest.mark.parametrize("argv, status", [
+    (["run", "--model", "kgraft", "--at", "20633"], 0),
+    (["run", "--model", "livepatch", "--at", "20633"], 1),
+    (["run", "--model", "livepatch", "--at", "20633", "--json"], 1),
+    (["fuzz", "--model", "kgraft", "--runs", "4", "--jobs", "1", "--quiet"], 0),
+    (["fuzz", "--model", "livepatch", "--runs", "4", "--jobs", "1", "--quiet"], 1),
+])
+def test_a_reader_that_leaves_early_does_not_change_the_exit_status(argv, status):
+    """`lpemu fuzz s.toml | head -1` under `set -o pipefail` fails on a
+    finding and passes without one: the output is cut, the verdict is not
+    (a closed pipe made `fuzz` exit 0 and `run` exit 1, whatever they found)."""
+    p = subprocess.Popen([sys.executable, "-m", "emu", argv[0], str(SEED / "scenario.toml"), *argv[1:]],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p.stdout.close()                          # the reader is gone before the first line
+    err = p.stderr.read()
+    assert p.wait(timeout=600) == status, err
+    assert "Traceback" not in err and "Broken pipe" not in err and "Exception ignored" not in err, err
+
+
 def test_bad_scenario_and_usage_errors_exit_2(tmp_path):
     bad = seed_scenario(tmp_path, expect_table='livepatch = "fast"\n')
     r = lpemu("fuzz", bad, "--runs", 2)

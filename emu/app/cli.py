@@ -728,8 +728,53 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stdout:
+    """sys.stdout while a command runs. A reader that leaves before the end
+    (`lpemu fuzz ... | head`) ends the output, not the verdict: the rest of
+    what the command prints is dropped (fd 1 goes to /dev/null, so nothing
+    flushed later fails either) and it exits with its own status, 1 for a
+    finding. Left to Python, the broken pipe ended `fuzz` with 0 and rich
+    ended `run` with 1, whatever the runs found."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            self._reader_gone()
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        import os
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            os.dup2(devnull, self._stream.fileno())
+        finally:
+            os.close(devnull)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (module docstring)."""
+    out = sys.stdout
+    sys.stdout = _Stdout(out)
+    try:
+        return _main(argv)
+    finally:
+        sys.stdout = out
+
+
+def _main(argv) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -749,8 +794,6 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("lpemu: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return EXIT_OK
 
 
 if __name__ == "__main__":  # pragma: no cover
