@@ -48,8 +48,11 @@ def test_replay_reproduces_the_failing_seed_and_shrink_makes_it_smaller(runner):
     first = runner.execute(spec)
     again = runner.execute(spec)
     assert again.inconsistencies == first.inconsistencies and again.trace_hash == first.trace_hash
-    small, res, tried = shrink(runner, spec, budget=80)
+    said = []                  # progress: one call per run, saying whether it failed
+    small, res, tried = shrink(runner, spec, budget=80, progress=said.append)
     assert res.inconsistent and tried <= 80
+    assert len(said) == tried and said[0] is True         # the run it starts from fails
+    assert True in said[1:] and False in said[1:]         # variants that still fail, and ones that pass
     assert small.start >= spec.start
     ntasks = lambda s: len(s.tasks) if s.tasks is not None else 3      # noqa: E731
     assert (ntasks(small), small.schedule == "rr", -small.start) < (ntasks(spec), spec.schedule == "rr", -spec.start)

@@ -258,7 +258,7 @@ def _run(args) -> int:
     shrunk = None
     if args.shrink:
         with _progress("shrinking", {spec.model: args.budget}, args) as bar:
-            small, _, tried = shrink(runner, spec, budget=args.budget, progress=lambda: bar.advance(spec.model))
+            small, _, tried = shrink(runner, spec, budget=args.budget, progress=lambda failed: bar.advance(spec.model, 1, int(failed)))
         shrunk = (spec, small, tried)
         spec = small
     res, m, model = runner.execute(spec, keep=True)

@@ -49,15 +49,17 @@ def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -
     """The smallest variant of a failing (or faulting) run: fewest tasks,
     the simplest schedule with the fewest preemptions, then the latest start
     point that still fails. Returns (spec, its result, runs tried). Raises
-    UserError when spec neither fails nor faults."""
+    UserError when spec neither fails nor faults. progress(failed) is
+    called after each run, failed saying whether it failed or faulted."""
     tried = 0
 
     def run(s: RunSpec) -> Result:
         nonlocal tried
         tried += 1
+        r = runner.execute(s)
         if progress:
-            progress()
-        return runner.execute(s)
+            progress(failure_kind(r) is not None)
+        return r
 
     best = run(spec)
     kind = failure_kind(best)
