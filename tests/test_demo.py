@@ -30,3 +30,13 @@ def test_bad_option_exits_2_without_traceback(capsys):
     assert cli.main(["demo", "--runs", "0"]) == 2
     err = capsys.readouterr().err
     assert "--runs" in err and "Traceback" not in err
+
+
+def test_the_readme_shows_what_make_demo_prints(capsys):
+    """The README opens with `make demo` and the output of a real run: the
+    same runs print the same text (a change of runs updates the README)."""
+    from pathlib import Path
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    shown = readme.split("From a real run (`make demo`", 1)[1].split("```\n", 2)[1]
+    assert cli.main(["demo", "--quiet"]) == 0
+    assert capsys.readouterr().out == shown
