@@ -148,6 +148,32 @@ def not_x86(d):
     return scn(d, SCENARIO.replace('["base.c"]', '["base.o"]'))
 
 
+def objects(d):
+    """base.o and patch.o of the seed's sources, as a kernel build compiles them."""
+    from emu.images.toolchain import INCLUDE_DIR
+    for name in ("base", "patch"):
+        subprocess.run(["gcc", "-c", "-O2", "-pg", "-mfentry", "-mrecord-mcount", "-ffunction-sections",
+                        "-fdata-sections", "-fno-PIE", "-o", str(d / f"{name}.o"), str(d / f"{name}.c"),
+                        "-I", str(INCLUDE_DIR)], check=True)
+
+
+def no_symtab(d):
+    """patch.o whose .symtab section is of type SHT_NULL: named a symbol table, holding none."""
+    import struct
+    objects(d)
+    data = bytearray((d / "patch.o").read_bytes())
+    shoff, shnum, shstrndx = struct.unpack_from("<Q", data, 0x28)[0], *struct.unpack_from("<HH", data, 0x3c)
+    names = shoff + shstrndx * 64
+    names = struct.unpack_from("<Q", data, names + 24)[0]
+    for i in range(shnum):
+        header = shoff + i * 64
+        start = names + struct.unpack_from("<I", data, header)[0]
+        if data[start:data.index(0, start)] == b".symtab":
+            struct.pack_into("<I", data, header + 4, 0)
+    (d / "patch.o").write_bytes(bytes(data))
+    return ["diff", d / "base.o", d / "patch.o"]
+
+
 def trace_exists(d):
     (d / "t.json").write_text("mine")
     return scn(d, SCENARIO, "--trace", d / "t.json")
@@ -265,6 +291,12 @@ ROWS = [
     ("an argument template with a name other than {i}",
      lambda d: scn(d, SCENARIO.replace("args = [0]", 'args = ["{n} * 2"]')),
      ["task[0].args: task 'user': '{n} * 2' is not an argument template (unknown placeholder {n}"]),
+    ("a source gcc does not compile (notes.txt)",
+     lambda d: ((d / "notes.txt").write_text("int x;"), scn(d, SCENARIO.replace('["base.c"]', '["notes.txt"]')))[1],
+     ["notes.txt: gcc made no object of it", "C (.c), assembly (.s, .S) or an x86-64 ELF object"]),
+    ("diff of an empty file named .o", lambda d: ((d / "e.o").write_bytes(b""), ["diff", d / "e.o", d / "e.o"])[1],
+     ["e.o: gcc made no object of it"]),
+    ("diff of an object whose .symtab is no symbol table", no_symtab, ["patch.o", "has no symbol table"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
 ]

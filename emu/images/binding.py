@@ -13,6 +13,7 @@ from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
+from emu.images.elf import symbol_table
 from emu.images.image import Image
 from emu.images.toolchain import run_tool
 
@@ -137,7 +138,7 @@ def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
     for obj, basename in zip(objs, basenames):
         data = bytearray(obj.read_bytes())
         elf = ELFFile(io.BytesIO(bytes(data)))
-        symtab = elf.get_section_by_name(".symtab")
+        symtab = symbol_table(elf)
         if symtab is None:
             raise PatchError(f"{basename}: the object has no symbol table")
         sections = list(elf.iter_sections())

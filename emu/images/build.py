@@ -17,7 +17,7 @@ from elftools.elf.elffile import ELFFile
 from emu.errors import BuildError, PatchError
 from emu.images import kobject
 from emu.images.binding import bind_to_base
-from emu.images.elf import ET_DYN, ET_EXEC, ET_REL, check_x86_64_elf, image_from_elf
+from emu.images.elf import ET_DYN, ET_EXEC, ET_REL, check_x86_64_elf, image_from_elf, symbol_table
 from emu.images.image import Image, check_base
 from emu.images.toolchain import compile_c, link, require_tools, safe_stem
 
@@ -69,7 +69,7 @@ def _prepare(obj: Path, label: str) -> kobject.KernelObject:
 def _defined(obj: Path) -> set[str]:
     """Global symbols obj defines."""
     with open(obj, "rb") as f:
-        symtab = ELFFile(f).get_section_by_name(".symtab")
+        symtab = symbol_table(ELFFile(f))
         return {s.name for s in (symtab.iter_symbols() if symtab else ())
                 if s.name and isinstance(s["st_shndx"], int) and s["st_info"]["bind"] != "STB_LOCAL"}
 

@@ -52,7 +52,7 @@ from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
 from emu.images import kernel_rules
-from emu.images.elf import ET_REL, check_x86_64_elf
+from emu.images.elf import ET_REL, check_x86_64_elf, symbol_table
 from emu.images.image import FENTRY_NOP
 from emu.images.toolchain import compile_c, require_tools, safe_stem
 
@@ -804,7 +804,7 @@ class _ObjectReader:
         self.file, self.index = file, index
         self.elf = ELFFile(io.BytesIO(data))
         self.sections = list(self.elf.iter_sections())
-        symtab = self.elf.get_section_by_name(".symtab")
+        symtab = symbol_table(self.elf)
         if symtab is None:
             raise BuildError(f"{file}: the compiled object has no symbol table")
         self.symtab = list(symtab.iter_symbols())

@@ -11,12 +11,13 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.elffile import ELFFile
+from elftools.elf.sections import SymbolTableSection
 
 from emu.errors import BuildError
 from emu.images.image import (FENTRY_NOP, PAGE, PROT_R, PROT_W, PROT_X, Function, Image, Segment,
                               page_up, read_segments)
 
-__all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "check_x86_64_elf", "image_from_elf"]
+__all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "check_x86_64_elf", "symbol_table", "image_from_elf"]
 
 _EM_X86_64 = 62
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
@@ -46,6 +47,13 @@ def check_x86_64_elf(data: bytes, path) -> int:
     if data[5] != 1:
         raise BuildError(f"{path}: big-endian ELF, not x86-64")
     return e_type
+
+
+def symbol_table(elf: ELFFile) -> SymbolTableSection | None:
+    """The object's symbol table, or None: a section named .symtab of another
+    type (a hostile or damaged file) is no symbol table."""
+    symtab = elf.get_section_by_name(".symtab")
+    return symtab if isinstance(symtab, SymbolTableSection) else None
 
 
 def _segments(elf: ELFFile) -> list[Segment]:
@@ -87,7 +95,7 @@ def image_from_elf(data: bytes, *, name: str, kind: str, sources: tuple[Path, ..
     global_symbols: dict[str, int] = {}
     statics: dict[str, list[tuple[str | None, int]]] = {}
     funcs: list[tuple[str, int, int]] = []
-    symtab = elf.get_section_by_name(".symtab")
+    symtab = symbol_table(elf)
     current_file = None  # locals follow the STT_FILE symbol of their object
     for sym in symtab.iter_symbols() if symtab else ():
         kind_ = sym["st_info"]["type"]

@@ -38,6 +38,7 @@ from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError
 from emu.images import percpu
+from emu.images.elf import symbol_table
 from emu.images.image import FENTRY_NOP, Segment
 from emu.images.kernel_rules import FENTRY_CALL_TARGETS, decode
 from emu.images.toolchain import run_tool
@@ -82,7 +83,7 @@ def prepare(path: Path, label: str) -> KernelObject:
     data = bytearray(path.read_bytes())
     elf = ELFFile(io.BytesIO(bytes(data)))
     sections = list(elf.iter_sections())
-    symtab = elf.get_section_by_name(".symtab")
+    symtab = symbol_table(elf)
     if symtab is None:
         raise BuildError(f"{label}: the object has no symbol table")
     syms = list(symtab.iter_symbols())

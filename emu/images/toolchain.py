@@ -71,12 +71,17 @@ def safe_stem(path: Path) -> str:
 
 def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
     """gcc -c src -o obj with DEFAULT_CFLAGS, cflags, REQUIRED_CFLAGS and lpemu.h's
-    folder on the include path; BuildError with gcc's output when it fails."""
+    folder on the include path; BuildError with gcc's output when it fails or
+    makes no object (a file gcc does not compile by its suffix)."""
     argv = ["gcc", "-c", *DEFAULT_CFLAGS, *cflags, *REQUIRED_CFLAGS, "-I", str(INCLUDE_DIR),
             str(src), "-o", str(obj)]
     r = run_tool(argv, tmp)
     if r.returncode != 0:
         raise BuildError(f"compiling {src} failed:\n{r.stderr.rstrip()}")
+    if not obj.is_file():      # gcc takes a file it cannot compile (by its suffix) as linker input
+        said = f":\n{r.stderr.rstrip()}" if r.stderr.strip() else ""
+        raise BuildError(f"{src}: gcc made no object of it: a source is C (.c), assembly (.s, .S) or an "
+                         f"x86-64 ELF object{said}")
 
 
 # -- linking ----------------------------------------------------------------------
