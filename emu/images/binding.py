@@ -200,7 +200,7 @@ def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
     if keep is not None:
         missing = sorted(set(keep) - defined_funcs)
         if missing:
-            raise PatchError(f"keep names {', '.join(missing)}, which the patch sources do not define")
+            raise PatchError(f"its sources define no function {', '.join(missing)}")
 
     # References to symbols no module object defines go to the base image's copy;
     # what the base does not have either is left for ld to report.

@@ -389,7 +389,7 @@ def load(path) -> Scenario:
     names: set[str] = set()
     for r in array("task"):
         name = r.get("name", str, required=True)
-        t = TaskSpec(name, r.get("entry", str, required=True), (),
+        t = TaskSpec(name, _function_name(r, "entry", r.get("entry", str, required=True)), (),
                      r.integer("count", 1, MAX_TASKS, 1), r.get("kind", str, "user"),
                      r.integer("cpu", 0, m.get("cpus", 1) - 1, what=f" (the machine has {m.get('cpus', 1)} CPUs)"),
                      r.line())
@@ -435,7 +435,9 @@ def load(path) -> Scenario:
         scn.modules.append(mod)
 
     for r in array("patch"):
-        p = PatchSpec(image_name(r, "patch"), files(r, "sources"), r.str_list("functions"),
+        functions = r.str_list("functions")
+        p = PatchSpec(image_name(r, "patch"), files(r, "sources"),
+                      None if functions is None else [_function_name(r, "functions", f) for f in functions],
                       r.get("replace", bool, False), line=r.line())
         if p.functions is not None and not p.functions:
             raise r.error("functions", "is empty (leave it out to patch every function that differs)")
@@ -446,7 +448,7 @@ def load(path) -> Scenario:
             p.states.append((sr.integer("id", 0, SEED_MAX, required=True),
                              sr.integer("version", 0, SEED_MAX, 0)))
             sr.finish()
-        p.force = r.str_list("force", [])
+        p.force = [_function_name(r, "force", f) for f in r.str_list("force", [])]
         r.finish()
         scn.patches.append(p)
     if len(scn.patches) + len(scn.modules) > MAX_IMAGES:
@@ -477,7 +479,7 @@ def load(path) -> Scenario:
                                 f"share a transition; use one patch, or replace = true)")
 
     chk = table("check")
-    scn.unit = chk.get("unit", str, "syscall")
+    scn.unit = _function_name(chk, "unit", chk.get("unit", str, "syscall"))
     for text in chk.str_list("assert", []):
         scn.assertions.append(_assertion(chk, "assert", text, None))
     observe = chk.get("observe", dict, {})
@@ -526,6 +528,16 @@ def load(path) -> Scenario:
     scn.expect, scn.expect_kernel = _expectations(table("expect"))
     top.finish()
     return scn
+
+
+def _function_name(r: _Reader, key: str, name: str) -> str:
+    """name, a function of the program ("f") or of a module ("module:f");
+    ScenarioError when either part is empty (":f", "m:")."""
+    obj, colon, fname = name.rpartition(":")
+    if colon and not (obj and fname):
+        raise r.error(key, f"{name!r} is not a function name (write f for the program's, module:f for a "
+                           f"module's)")
+    return name
 
 
 def _task_args(r: _Reader, name: str, raw: list, count: int) -> list[tuple[int, ...]]:
@@ -768,8 +780,11 @@ def build(scn: Scenario) -> Program:
             raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: {len(patched)} patched functions: at most "
                                 f"{MAX_SITES - 1} (the C core holds {MAX_SITES} fentry sites, one kept for "
                                 f"[check] unit)")
-        img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags, link_against=base, keep=keep,
-                      cpu_features=scn.cpu_features)
+        try:
+            img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags, link_against=base, keep=keep,
+                          cpu_features=scn.cpu_features)
+        except PatchError as exc:
+            raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
         fits(img, STACK_BASE, f"patch[{p.name}]")
         missing = sorted(name for name in functions if name.rpartition(":")[2] not in img.functions)
         if missing:
@@ -788,10 +803,23 @@ def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list
     PatchError when the patch changes existing data."""
     from emu.images.diff import diff_objects, patch_plan
 
+    def elf(f: Path) -> bool:
+        return f.read_bytes()[:4] == b"\x7fELF"
+    objects, program_objects = [f for f in p.sources if elf(f)], [f for f in scn.sources if elf(f)]
+    sources = [f for f in p.sources if not elf(f)]
+    why = None
+    if objects and sources:
+        why = "the patch mixes ELF objects and sources"
+    elif objects and not program_objects:
+        why = f"{objects[0].name} is an ELF object but the program is built from sources"
+    elif sources and program_objects:
+        why = f"{sources[0].name} is a source but the program is built from ELF objects ({program_objects[0].name})"
+    if why:
+        raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].sources: {why}: a patch of objects is "
+                            f"compared with the program's objects, a patch of sources with its sources")
     try:
-        objects = [f for f in p.sources if f.read_bytes()[:4] == b"\x7fELF"]
-        if objects and len(objects) == len(p.sources):   # kernel objects: compared with the program's
-            plan = diff_objects([f for f in scn.sources if f.read_bytes()[:4] == b"\x7fELF"], objects)
+        if objects:                                   # kernel objects: compared with the program's
+            plan = diff_objects(program_objects, objects)
         else:
             plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)
     except PatchError as exc:
