@@ -307,6 +307,19 @@ ROWS = [
      ["s.toml:9: patch[p].sources: patch.c is a source but the program is built from ELF objects (base.o)"]),
     ("entry with an empty module name", lambda d: scn(d, SCENARIO.replace('"user_entry"', '":user_entry"')),
      ["s.toml:6: task[0].entry: ':user_entry' is not a function name"]),
+    ("--trace and --timeline naming one file", lambda d: scn(d, SCENARIO, "--trace", d / "t.svg", "--timeline", d / "t.svg"),
+     ["--trace and --timeline name the same file"]),
+    ("--timeline of another suffix", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--timeline", d / "t.txt"),
+     ["timeline: cannot write '.txt' files", "use .png or .svg"]),
+    ("--junit naming a source file", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1", "--junit", d / "base.c",
+                                                   command="fuzz"),
+     ["--junit", "base.c: exists and is not a JUnit report"]),
+    ("first-failure --limit 10**30", lambda d: scn(d, SCENARIO, "--limit", str(10**30), command="first-failure", model=False),
+     ["argument --limit", "outside 1..1_000_000"]),
+    ("bench --plot of another suffix", lambda d: ["bench", "--quick", "--plot", d / "p.txt"],
+     ["--plot", "p.txt: the plot is written as .png or .svg"]),
+    ("bench --plot file exists", lambda d: ((d / "p.png").write_text("mine"), ["bench", "--quick", "--plot", d / "p.png"])[1],
+     ["--plot", "p.png: already exists", "--force"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
 ]
@@ -338,6 +351,31 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     assert code == 2 and (d / "t.json").read_text() == "mine"
     code, _, err = run_row(d, capsys, "out", out_exists)
     assert code == 2 and (d / "out" / "runs.jsonl").read_text() == "mine\n"
+    base = (d / "base.c").read_text()
+    code, _, err = run_row(d, capsys, "junit", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1",
+                                                             "--junit", d / "base.c", command="fuzz"))
+    assert code == 2 and (d / "base.c").read_text() == base
+    (d / "p.png").write_text("mine")
+    code, _, err = run_row(d, capsys, "plot", lambda d: ["bench", "--quick", "--plot", d / "p.png"])
+    assert code == 2 and (d / "p.png").read_text() == "mine"
+
+
+def test_output_paths_are_checked_before_the_run(d, capsys):
+    """A mistake in one output path is found before anything runs or is written:
+    the other output is not left behind."""
+    for second in (["--timeline", d / "t.txt"], ["--timeline", d / "t.json"]):
+        code, _, err = run_row(d, capsys, "trace", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", *second))
+        assert code == 2 and not (d / "t.json").exists(), err
+
+
+def test_a_junit_report_is_rewritten(d, capsys):
+    """--junit replaces a report it wrote before (a CI report is rewritten on every run)."""
+    argv = scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1", "--quiet", "--junit", d / "j.xml", command="fuzz")
+    assert cli.main([str(a) for a in argv]) in (0, 1)
+    assert "<testsuites" in (d / "j.xml").read_text()
+    (d / "j.xml").write_text((d / "j.xml").read_text().replace('name="kgraft"', 'name="old run"'))
+    assert cli.main([str(a) for a in argv]) in (0, 1)
+    assert "old run" not in (d / "j.xml").read_text() and 'name="kgraft"' in (d / "j.xml").read_text()
 
 
 def shorten(text: str, d: Path) -> str:

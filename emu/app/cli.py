@@ -252,6 +252,11 @@ def _run(args) -> int:
     for option in ("trace", "timeline"):
         if getattr(args, option):
             _output(f"--{option}", getattr(args, option), args.force)
+    if args.timeline:                  # before the run, as every other mistake in an output path
+        from emu.app import report
+        report.timeline_format(args.timeline)
+        if args.trace and Path(args.trace).resolve() == Path(args.timeline).resolve():
+            raise UserError(f"--trace and --timeline name the same file ({args.trace}): give each its own")
     prog = _load(args.scenario, args.kernel)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
@@ -322,6 +327,9 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force exclude each other")
     if (args.resume or args.force) and not args.out:
         raise UserError("--resume and --force need --out DIR")
+    if args.junit:
+        from emu.app import junit
+        junit.check_writable(args.junit)
     client = None
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
@@ -504,8 +512,6 @@ def _print_coverage(summary: dict, coverage) -> None:
 
 def _first_failure(args) -> int:
     from emu.runs import first_failure
-    if args.limit < 1:
-        raise UserError("--limit must be at least 1")
     for path in args.scenario:
         _load(path)                    # a bad scenario is a UserError before anything runs
     strategies = args.strategy or list(first_failure.STRATEGIES)
@@ -563,8 +569,10 @@ def _demo(args) -> int:
 
 def _bench(args) -> int:
     from emu.app import bench
-    if args.plot:
-        _output("--plot", args.plot, True)
+    if args.plot:                      # before the bench, which takes minutes
+        _output("--plot", args.plot, args.force)
+        if Path(args.plot).suffix.lower() not in bench.PLOT_SUFFIXES:
+            raise UserError(f"--plot {args.plot}: the plot is written as {' or '.join(bench.PLOT_SUFFIXES)}")
     result = bench.run_bench(quick=args.quick)
     if args.json:
         _emit_json(result)
@@ -708,13 +716,14 @@ def build_parser() -> argparse.ArgumentParser:
     ff.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     ff.add_argument("--strategy", action="append", choices=STRATEGIES,
                     help="strategy (repeatable; default: directed, exhaustive, random)")
-    ff.add_argument("--limit", type=int, default=200, help="runs tried per model and strategy (default: 200)")
+    ff.add_argument("--limit", type=_int_in(1, MAX_RUNS), default=200, help="runs tried per model and strategy (default: 200)")
     json_flag(ff)
     ff.set_defaults(func=_first_failure)
 
     b = command("bench", "what a patch switch costs, and what the emulator costs")
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--plot", metavar="FILE", help="write the scaling plot (.png or .svg)")
+    b.add_argument("--force", action="store_true", help="overwrite the --plot file")
     json_flag(b)
     b.set_defaults(func=_bench)
 

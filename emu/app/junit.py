@@ -54,6 +54,29 @@ def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
     return tree
 
 
+def check_writable(path) -> None:
+    """Before a campaign: path can take its report. A report is rewritten on
+    every run, so an existing JUnit report (an XML document whose root is
+    <testsuites> or <testsuite>) is replaced; any other file is the user's
+    and is kept. Raises UserError naming path."""
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"--junit {path}: is a directory")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise UserError(f"--junit {path}: no such directory: {parent}")
+    if not path.exists():
+        return
+    try:
+        _, root = next(ET.iterparse(path, events=("start",)))
+        report = root.tag in ("testsuites", "testsuite")
+    except (ET.ParseError, StopIteration, UnicodeError, OSError):
+        report = False
+    if not report:
+        raise UserError(f"--junit {path}: exists and is not a JUnit report; it is replaced only when it is one: "
+                        f"remove it or choose another file")
+
+
 def write(path, suites: dict[str, list[Case]]) -> Path:
     """Write document(suites) to path (replacing it: a CI report is rewritten
     on every run); returns the path. Raises UserError when it cannot be written."""

@@ -560,6 +560,16 @@ def parse_window(text: str, machine: Machine, marks: list[Mark]) -> tuple[int, i
     return start, end
 
 
+def timeline_format(path) -> str:
+    """The picture format of a timeline written to path, by its suffix ("png"
+    or "svg"). Raises UserError for another suffix."""
+    fmt = _FORMATS.get(Path(path).suffix.lower())
+    if fmt is None:
+        raise UserError(f"timeline: cannot write '{Path(path).suffix or '(no suffix)'}' files "
+                        f"({path}); use .png or .svg")
+    return fmt
+
+
 def timeline(machine: Machine, transitions: list[Transition], functions: set[int] | None, path, *,
              title: str | None = None, force: bool = False, marks: list[Mark] = (),
              window: tuple[int, int] | None = None, patch_names: dict[int, str] | None = None) -> Path:
@@ -579,10 +589,7 @@ def timeline(machine: Machine, transitions: list[Transition], functions: set[int
     whole run). The x axis is virtual time in seconds or milliseconds.
     Drawn on a Figure with the Agg canvas, no pyplot state. Raises
     UserError for another suffix, or if the file exists and force is False."""
-    fmt = _FORMATS.get(Path(path).suffix.lower())
-    if fmt is None:
-        raise UserError(f"timeline: cannot write '{Path(path).suffix or '(no suffix)'}' files "
-                        f"({path}); use .png or .svg")
+    fmt = timeline_format(path)
     path = _writable(path, force)
     fig = timeline_figure(machine, transitions, functions, title=title, marks=marks, window=window,
                           patch_names=patch_names)

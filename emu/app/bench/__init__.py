@@ -21,10 +21,10 @@ One concept per module:
 - plot.py        scaling_figure, write_scaling_plot
 """
 from emu.app.bench.measure import Context, Sizes
-from emu.app.bench.plot import scaling_figure, write_scaling_plot
+from emu.app.bench.plot import PLOT_SUFFIXES, scaling_figure, write_scaling_plot
 from emu.app.bench.run import SECTIONS, TARGETS, run_bench
 from emu.app.bench.table import format_bench
 from emu.app.bench.workloads import Workloads
 
-__all__ = ["run_bench", "format_bench", "write_scaling_plot", "scaling_figure", "TARGETS", "SECTIONS",
-           "Sizes", "Context", "Workloads"]
+__all__ = ["run_bench", "format_bench", "write_scaling_plot", "PLOT_SUFFIXES", "scaling_figure", "TARGETS",
+           "SECTIONS", "Sizes", "Context", "Workloads"]

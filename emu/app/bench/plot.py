@@ -6,12 +6,16 @@ import statistics
 from pathlib import Path
 
 
+#: the suffixes write_scaling_plot writes (its format is chosen by the suffix)
+PLOT_SUFFIXES = (".png", ".svg")
+
+
 def write_scaling_plot(result: dict, path) -> Path:
     """Draw the scaling tables (three panels: against tasks, CPUs, depth) to
     path; the suffix (.png or .svg) picks the format. Returns the path.
     Raises ValueError when the result has no scaling tables."""
     path = Path(path)
-    if path.suffix.lower() not in (".png", ".svg"):
+    if path.suffix.lower() not in PLOT_SUFFIXES:
         raise ValueError(f"{path}: the plot is written as .png or .svg")
     fig = scaling_figure(result)
     try:
