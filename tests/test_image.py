@@ -326,3 +326,14 @@ def test_load_elf_object_and_executable(seed, tmp_path):
         load_elf(exe, base=PATCH)
     with pytest.raises(BuildError, match="needs a base"):
         load_elf(obj)
+
+
+def test_an_image_base_is_a_page_aligned_64_bit_address():
+    """ld takes an address past 2**64 modulo 2**64: build_c refuses it instead
+    of linking the image at 0; a negative base is no address either."""
+    from emu.images.image import check_base
+    for base, words in ((1 << 64, "is not a 64-bit address"), (-PAGE, "is not a 64-bit address"),
+                        (0x400001, "is not page aligned")):
+        with pytest.raises(BuildError, match=words):
+            check_base(base)
+    check_base((1 << 64) - PAGE)

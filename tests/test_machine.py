@@ -201,6 +201,10 @@ def test_bad_configuration_is_a_user_error(compile_c):
     m = Machine(img)
     with pytest.raises(UserError, match="no function 'nope'"):
         m.add_task("t", "nope")
+    for wide in (1 << 64, -(1 << 63) - 1):         # a register holds neither: never cut silently
+        with pytest.raises(UserError, match=f"argument {wide} does not fit in a 64-bit register"):
+            m.add_task("t", "entry", (wide,))
+    assert m.add_task("t", "entry", ((1 << 64) - 1,)).args == ((1 << 64) - 1,)
 
 
 def test_orc_tables_of_built_images_agree_with_eh_frame(compile_c):

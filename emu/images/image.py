@@ -188,8 +188,11 @@ def page_up(n: int) -> int:
 
 
 def check_base(base: int) -> None:
-    """BuildError unless base is a page-aligned, non-negative address."""
-    if base < 0 or base % PAGE:
+    """BuildError unless base is a page-aligned 64-bit address (ld would
+    take one past 2**64 modulo 2**64, silently)."""
+    if not 0 <= base < 1 << 64:
+        raise BuildError(f"image base {base:#x} is not a 64-bit address")
+    if base % PAGE:
         raise BuildError(f"image base {base:#x} is not page aligned ({PAGE:#x})")
 
 

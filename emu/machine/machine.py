@@ -54,7 +54,7 @@ from emu.machine.scheduling import PREEMPT_MODES, Scheduling
 from emu.machine.sites import Sites
 from emu.machine.symbols import FunctionRef, Symbols
 from emu.machine.sysinsns import SysInsns
-from emu.machine.task import ROUTES, Cpu, Kind, RunState, Task
+from emu.machine.task import INT64, ROUTES, Cpu, Kind, RunState, Task
 from emu.machine.works import Delay, Release, StopMachine, Sync, Works  # noqa: F401 (what works yield)
 
 UNWINDERS = ("orc", "fp")
@@ -298,6 +298,9 @@ class Machine:
             raise UserError(f"task '{name}': kind must be 'user' or 'kthread', not {kind!r}")
         if len(args) > 6:
             raise UserError(f"task '{name}': at most 6 arguments")
+        wide = [a for a in args if not INT64[0] <= int(a) <= INT64[1]]
+        if wide:
+            raise UserError(f"task '{name}': argument {wide[0]} does not fit in a 64-bit register")
         fn = self.function(entry)
         if cpu is None:
             cpu = len(self.tasks) % len(self.cpus)

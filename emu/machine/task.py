@@ -23,6 +23,11 @@ ROUTES = ("init", "complete", "stack", "kernel_exit", "idle", "cond_resched", "f
           "safe_point", "freezable_sleep")
 
 
+#: The values a task's argument (a 64-bit register) can hold, signed or
+#: unsigned: what Machine.add_task and a scenario's args accept.
+INT64 = (-(1 << 63), (1 << 64) - 1)
+
+
 class Kind(str, Enum):
     USER = "user"
     KTHREAD = "kthread"

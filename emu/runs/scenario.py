@@ -29,6 +29,7 @@ from pathlib import Path
 from emu.errors import PatchError, ScenarioError
 from emu.kernel import versions
 from emu.kernel.patch import VMLINUX
+from emu.machine.task import INT64      # a register value (signed or unsigned)
 from emu.models import DEFAULT_MODELS, MODEL_NAMES
 from emu.runs.assertion import Assertion, AssertionSyntax
 from emu.runs.expect import EXPECTATIONS
@@ -63,7 +64,6 @@ MAX_IMAGES = 60                 # patches + modules: the C core holds 64 code re
                                 # EMU_MAX_CODE): the base, the runtime page, and one per image
 MAX_SITES = 4096                # distinct patched functions: csrc/core.h EMU_MAX_SITES
 MAX_IMAGE_BYTES = 256 << 20     # bytes an image maps (text, data, bss)
-INT64 = (-(1 << 63), (1 << 64) - 1)     # a register value (signed or unsigned)
 SEED_MAX = (1 << 63) - 1        # seeds, state ids and versions
 
 
