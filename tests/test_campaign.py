@@ -178,6 +178,11 @@ def clean(tmp_path_factory):
     return out
 
 
+def altered(line: bytes, **fields) -> bytes:
+    """line, a record, with fields replaced (a hostile or damaged record of the right kind)."""
+    return (json.dumps(json.loads(line) | fields) + "\n").encode()
+
+
 DAMAGE = {
     # name: (how the file is damaged, how many lines must be set aside)
     "torn last line": (lambda lines: lines[:-1] + [lines[-1][:len(lines[-1]) // 2].rstrip(b"\n")], 1),
@@ -185,6 +190,10 @@ DAMAGE = {
     "absurdly nested in the middle": (lambda lines: lines[:3] + [b"[" * 100_000 + b"]" * 100_000 + b"\n"] + lines[3:], 1),
     "a record cut in the middle": (lambda lines: lines[:1] + [lines[1][:40] + b"\n"] + lines[2:], 1),
     "JSON that is not a record": (lambda lines: [b'{"model": "kgraft", "seed": "3"}\n', b"[1, 2]\n"] + lines, 2),
+    "records whose fields have the wrong types":
+        (lambda lines: lines[:1] + [altered(lines[1], latency="x"), altered(lines[2], met={"user0": {"b": 1}}),
+                                    altered(lines[3], promise_breaches=1, promise=[]),
+                                    altered(lines[4], inconsistencies=[{"task": "user0"}])] + lines[5:], 4),
     "a record twice": (lambda lines: lines + lines[2:3], 0),
     "an endless line": (lambda lines: lines[:2] + [b"x" * (3 << 20) + b"\n"] + lines[2:], 1),
     "everything at once": (lambda lines: [b"\x00\x01\n"] + lines[:2] + lines[1:2] + [b"{" * 5000 + b"\n"]

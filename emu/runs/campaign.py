@@ -21,7 +21,8 @@ A campaign directory belongs to one campaign at a time and to one program:
   refused, naming what changed;
 - `--resume` reads runs.jsonl line by line: a torn last line (an interrupted
   write) and unreadable lines (not UTF-8, not JSON, nested beyond reason, not
-  a record) are moved to DIR/rejected.txt, whose header says what they are,
+  a record, a record whose fields have the wrong types: _RECORD_FIELDS) are
+  moved to DIR/rejected.txt, whose header says what they are,
   and their runs are run again; Campaign.notes says what was repaired;
 - a record is counted only once written whole: a failed write (a full disk)
   is cut back to the last whole line and stops the campaign with one message;
@@ -526,7 +527,48 @@ def _parse_record(raw: bytes):
     if not (isinstance(rec, dict) and isinstance(rec.get("model"), str) and type(rec.get("seed")) is int
             and isinstance(rec.get("outcome"), str) and isinstance(rec.get("kernel", ""), str)):
         return None, "not a run record (model, seed, outcome)"
+    wrong = _record_problem(rec)
+    if wrong:
+        return None, f"not a run record ({wrong})"
     return rec, None
+
+
+_NUMBER = (int, type(None))
+_TEXT = (str, type(None))
+#: What the summary, the verdicts and the reports read of a record (Result.to_json;
+#: error and crash records carry fewer fields): field -> its JSON types, and for a
+#: list or table, the type of each element (a list's elements: the keys each holds).
+_RECORD_FIELDS = {
+    "latency": (_NUMBER, None), "pause": (_NUMBER, None), "units": (int, None), "inconsistent": (bool, None),
+    "violation_count": (int, None), "handover_count": (int, None), "promise_breaches": (int, None),
+    "fault": (_TEXT, None), "error": (_TEXT, None), "warnings": (list, str), "met": (dict, str),
+    "promise": (list, ("text",)), "handovers": (list, ()),
+    "inconsistencies": (list, ("task", "unit", "start", "end", "entries")),
+    "violations": (list, ("assert", "key", "value", "task", "time")),
+}
+
+
+def _record_problem(rec: dict) -> str | None:
+    """What in a record of the right kind (model, seed, outcome) has the
+    wrong type for _RECORD_FIELDS, or None."""
+    for key, (kind, each) in _RECORD_FIELDS.items():
+        if key not in rec:
+            continue
+        value = rec[key]
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            return f"{key} is {type(value).__name__}"
+        items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+        if isinstance(each, tuple) and not all(isinstance(v, dict) and all(k in v for k in each) for v in items):
+            return f"{key} holds an element without {', '.join(each) or 'fields'}"
+        if each is str and not all(isinstance(v, str) for v in items):
+            return f"{key} holds a value that is not a string"
+    if rec.get("promise_breaches") and not rec.get("promise"):
+        return "promise_breaches without promise"
+    entries = [e for bad in rec.get("inconsistencies", ()) for e in (bad["entries"] if isinstance(bad["entries"], list)
+                                                                     else [None])]
+    if not all(isinstance(e, dict) and all(k in e for k in ("function", "version", "clock")) for e in entries):
+        return "inconsistencies holds an entry without function, version, clock"
+    return None
 
 
 def _write_atomic(path: Path, text: str) -> None:
