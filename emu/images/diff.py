@@ -823,7 +823,12 @@ class _ObjectReader:
                 self.by_section.setdefault(s["st_shndx"], []).append(
                     (s["st_value"], s["st_value"] + s["st_size"], s))
         self._insns: dict[int, list[tuple[int, int]]] = {}
-        self.dwarf = _read_dwarf(self.elf) if dwarf else _Dwarf()
+        try:
+            self.dwarf = _read_dwarf(self.elf) if dwarf else _Dwarf()
+        except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
+            # without it no data layout can be compared: refused, never skipped
+            raise BuildError(f"{file}: its debug information (-g) cannot be read ({exc}); a thread-local "
+                             f"variable's, for one") from None
         self.ignored_sections = self._named_by(kernel_rules.IGNORE_SECTIONS_SECTION, strings=True)
         self.ignored_functions = self._named_by(kernel_rules.IGNORE_FUNCTIONS_SECTION, strings=False)
         self.alternatives = self._alternatives()
