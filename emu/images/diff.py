@@ -806,7 +806,7 @@ class _ObjectReader:
         self.sections = list(self.elf.iter_sections())
         symtab = symbol_table(self.elf)
         if symtab is None:
-            raise BuildError(f"{file}: the compiled object has no symbol table")
+            raise BuildError(f"{file}: the object has no symbol table")
         self.symtab = list(symtab.iter_symbols())
         self.relocs: dict[int, list[tuple[int, int, int, int]]] = {}
         for sec in self.sections:
