@@ -324,6 +324,8 @@ ROWS = [
      ["--plot", "p.txt: the plot is written as .png or .svg"]),
     ("bench --plot file exists", lambda d: ((d / "p.png").write_text("mine"), ["bench", "--quick", "--plot", d / "p.png"])[1],
      ["--plot", "p.png: already exists", "--force"]),
+    ("task name with a comma", lambda d: scn(d, SCENARIO.replace('name = "user"', 'name = "a,b"')),
+     ["s.toml:5: task[0].name: 'a,b' is not a task name (non-empty, no ',')"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
 ]
@@ -486,3 +488,23 @@ def test_guest_faults_are_results_not_crashes(d, capsys):
 
 if __name__ == "__main__":
     sys.stdout.write(table())
+
+
+def test_the_reproduce_command_survives_spaces_in_paths_and_names(tmp_path, capsys):
+    """The printed command is one a shell runs as it is: the scenario's path
+    and the task names are quoted."""
+    import shlex
+    import shutil
+    d = tmp_path / "my scenarios"
+    d.mkdir()
+    for name in ("base.c", "patch.c"):
+        shutil.copy(SEED / name, d / name)
+    (d / "s.toml").write_text(SCENARIO.replace('name = "user"', 'name = "user one"'))
+    argv = ["run", str(d / "s.toml"), "--model", "livepatch", "--tasks", "user one", "--json"]
+    code = cli.main(argv)
+    import json
+    first = json.loads(capsys.readouterr().out)
+    again = shlex.split(first["command"])
+    assert again[0] == "lpemu" and str(d / "s.toml") in again and "user one" in again
+    assert cli.main(again[1:] + ["--json"]) == code
+    assert json.loads(capsys.readouterr().out)["trace_hash"] == first["trace_hash"]

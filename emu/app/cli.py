@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -130,7 +131,7 @@ def _command_line(args, spec) -> str:
         parts += ["--tasks", ",".join(spec.tasks)]
     if getattr(args, "kernel", None):
         parts += ["--kernel", args.kernel]
-    return " ".join(parts)
+    return shlex.join(parts)          # a path or a task name with spaces still reproduces
 
 
 def _outputs(args, machine, model, result) -> dict:
@@ -439,7 +440,7 @@ def _fuzz(args) -> int:
 
 def _replay_command(args, model: str, seed: int, strategy: str, kernel: str | None = None) -> str:
     kernel = kernel or (args.kernel[0] if getattr(args, "kernel", None) else None)
-    return (f"lpemu replay {args.scenario} --model {model} --seed {seed} --strategy {strategy}"
+    return (f"lpemu replay {shlex.quote(args.scenario)} --model {model} --seed {seed} --strategy {strategy}"
             f"{f' --kernel {kernel}' if kernel else ''} --shrink")
 
 

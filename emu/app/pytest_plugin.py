@@ -26,6 +26,7 @@ Fixtures for tests written in Python:
 """
 from __future__ import annotations
 
+import shlex
 import tomllib
 from pathlib import Path
 
@@ -124,7 +125,7 @@ class ScenarioItem(pytest.Item):
             if verdict.seed is not None:
                 first = camp.records[self.model, verdict.seed]
                 lines += [f"first failing seed: {verdict.seed} ({expect.summary_line(first)})",
-                          f"replay: lpemu replay {self.path} --model {self.model} --seed {verdict.seed} "
+                          f"replay: lpemu replay {shlex.quote(str(self.path))} --model {self.model} --seed {verdict.seed} "
                           f"--strategy {fz.strategy} --shrink"]
             raise ScenarioFailure("\n".join(lines))
 

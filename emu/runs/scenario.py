@@ -389,6 +389,8 @@ def load(path) -> Scenario:
     names: set[str] = set()
     for r in array("task"):
         name = r.get("name", str, required=True)
+        if not name or "," in name:     # `--tasks a,b` and the reproduce commands list names with commas
+            raise r.error("name", f"{name!r} is not a task name (non-empty, no ',')")
         t = TaskSpec(name, _function_name(r, "entry", r.get("entry", str, required=True)), (),
                      r.integer("count", 1, MAX_TASKS, 1), r.get("kind", str, "user"),
                      r.integer("cpu", 0, m.get("cpus", 1) - 1, what=f" (the machine has {m.get('cpus', 1)} CPUs)"),
