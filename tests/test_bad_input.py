@@ -326,6 +326,10 @@ ROWS = [
      ["--plot", "p.png: already exists", "--force"]),
     ("task name with a comma", lambda d: scn(d, SCENARIO.replace('name = "user"', 'name = "a,b"')),
      ["s.toml:5: task[0].name: 'a,b' is not a task name (non-empty, no ',')"]),
+    ("--window with a 400-digit end", lambda d: scn(d, SCENARIO, "--timeline", d / "t.svg", "--window", "0:" + "9" * 400),
+     ["--window '0:99999", "at most 100_000_000"]),
+    ("--window without --timeline", lambda d: scn(d, SCENARIO, "--window", "a:b"),
+     ["--window 'a:b': it chooses the span of --timeline"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
 ]

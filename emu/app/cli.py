@@ -253,9 +253,13 @@ def _run(args) -> int:
     for option in ("trace", "timeline"):
         if getattr(args, option):
             _output(f"--{option}", getattr(args, option), args.force)
+    if args.window is not None and not args.timeline:
+        raise UserError(f"--window {args.window[:40]!r}: it chooses the span of --timeline; give --timeline FILE too")
     if args.timeline:                  # before the run, as every other mistake in an output path
         from emu.app import report
         report.timeline_format(args.timeline)
+        if args.window is not None:
+            report.window_bounds(args.window)
         if args.trace and Path(args.trace).resolve() == Path(args.timeline).resolve():
             raise UserError(f"--trace and --timeline name the same file ({args.trace}): give each its own")
     prog = _load(args.scenario, args.kernel)

@@ -34,6 +34,7 @@ from emu.engine import core
 from emu.errors import UserError
 from emu.machine.machine import EV_EXIT, EV_PATCH_STATE, EV_SCHED_IN, EV_SLEEP, EV_TRANSITION, EV_WAKE, Machine
 from emu.runs import oracle
+from emu.runs.scenario import MAX_TIME
 from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
 
@@ -541,22 +542,35 @@ def default_window(machine: Machine, marks: list[Mark]) -> tuple[int, int]:
     return max(0, first.start - margin), min(max(machine.now, 1), first.end + margin)
 
 
+def window_bounds(text: str) -> tuple[int, int | None]:
+    """--window read without a run (so that a mistake is said before it):
+    'START:END' in instructions, either part empty (the run's start or end:
+    None), or 'all'. Raises UserError."""
+    start = end = None
+    lo, sep, hi = text.partition(":")
+    if text == "all":
+        start = 0
+    elif sep:
+        try:
+            start = int(lo) if lo.strip() else 0
+            end = int(hi) if hi.strip() else None
+        except ValueError:
+            start = None
+    if start is None or not 0 <= start <= MAX_TIME or (end is not None and not start < end <= MAX_TIME):
+        raise UserError(f"--window {text[:40]!r}: use START:END in instructions with START < END (e.g. "
+                        f"20000:30000), at most {MAX_TIME:_}, or 'all'")
+    return start, end
+
+
 def parse_window(text: str, machine: Machine, marks: list[Mark]) -> tuple[int, int]:
     """--window: 'START:END' in instructions (either may be empty: the run's
     start or end), 'all', or None for default_window. Raises UserError."""
     if text is None:
         return default_window(machine, marks)
-    if text == "all":
-        return 0, max(machine.now, 1)
-    lo, sep, hi = text.partition(":")
-    try:
-        start = int(lo) if lo.strip() else 0
-        end = int(hi) if hi.strip() else max(machine.now, 1)
-    except ValueError:
-        start = end = None
-    if not sep or start is None or not 0 <= start < end:
-        raise UserError(f"--window {text!r}: use START:END in instructions with START < END (e.g. 20000:30000), "
-                        f"or 'all'")
+    start, end = window_bounds(text)
+    end = max(machine.now, 1) if end is None else end
+    if not start < end:
+        raise UserError(f"--window {text[:40]!r}: starts at {start:_}, after the run's end at {end:_}")
     return start, end
 
 
