@@ -184,6 +184,14 @@ def test_version_and_help():
     assert "exit status: 0 no finding, 1 findings" in bare.stdout
 
 
+@pytest.mark.parametrize("command,findings", [("run", True), ("replay", True), ("fuzz", True), ("demo", True),
+                                              ("first-failure", False), ("diff", False), ("bench", False)])
+def test_each_commands_help_names_the_exit_statuses_it_can_return(command, findings):
+    text = cli.build_parser()._subparsers._group_actions[0].choices[command].epilog
+    assert ("1 findings" in text) == findings, text
+    assert "2 usage or input error" in text and "130 interrupted" in text
+
+
 def test_every_subcommand_and_option_has_help_and_each_command_an_example():
     parser = cli.build_parser()
     (sub,) = [a for a in parser._actions if a.dest == "command"]

@@ -623,6 +623,8 @@ EPILOGS = {
 }
 EXIT_HELP = ("exit status: 0 no finding, 1 findings (see --fail-on and [expect]), 2 usage or input error, "
              "130 interrupted")
+# the commands that judge nothing (diff, bench, first-failure: its table is the answer)
+EXIT_HELP_PLAIN = "exit status: 0 done, 2 usage or input error, 130 interrupted"
 FAIL_ON_HELP = (f"comma-separated finding kinds that fail the command: {', '.join(expect.FINDINGS)}, "
                 f"or all, or none (default: {','.join(expect.DEFAULT_FAIL_ON)})")
 
@@ -636,8 +638,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the version and exit")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(name, help_):
-        return sub.add_parser(name, help=help_, description=help_, epilog=f"{EPILOGS[name]}\n\n{EXIT_HELP}",
+    def command(name, help_, exits=EXIT_HELP):
+        return sub.add_parser(name, help=help_, description=help_, epilog=f"{EPILOGS[name]}\n\n{exits}",
                               formatter_class=fmt)
 
     def json_flag(sp):
@@ -716,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
     quiet_flag(f)
     f.set_defaults(func=_fuzz)
 
-    ff = command("first-failure", "runs to the first failure under each strategy (a table)")
+    ff = command("first-failure", "runs to the first failure under each strategy (a table)", EXIT_HELP_PLAIN)
     ff.add_argument("scenario", nargs="+", help="scenario files (TOML)")
     ff.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     ff.add_argument("--strategy", action="append", choices=STRATEGIES,
@@ -725,7 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     json_flag(ff)
     ff.set_defaults(func=_first_failure)
 
-    b = command("bench", "what a patch switch costs, and what the emulator costs")
+    b = command("bench", "what a patch switch costs, and what the emulator costs", EXIT_HELP_PLAIN)
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--plot", metavar="FILE", help="write the scaling plot (.png or .svg)")
     b.add_argument("--force", action="store_true", help="overwrite the --plot file")
@@ -733,7 +735,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.set_defaults(func=_bench)
 
     df = command("diff", "the functions a patch must carry (OLD.c -> NEW.c, or ORIG.o -> PATCHED.o "
-                 "as kpatch-build and klp-build compare them)")
+                 "as kpatch-build and klp-build compare them)", EXIT_HELP_PLAIN)
     df.add_argument("old", help="the original source or object file")
     df.add_argument("new", help="the patched source or object file")
     df.add_argument("--cflags", help="extra compiler flags (one string, split at spaces)")
