@@ -79,6 +79,8 @@ def line_of(text: str, needle: str) -> int:
 @pytest.mark.parametrize("old,new,words", [
     ("quantum = 500", "quantum = 500\nspeed = 3", ["machine.speed", "unknown key"]),
     ('entry = "user_entry"', 'entry = "user_entry"\nprio = 1', ["task[0].prio", "unknown key"]),
+    ('entry = "user_entry"', 'entry = "user_entry"\nsched.prio = 1', ["task[0].sched", "unknown key"]),
+    ("quantum = 500", 'quantum = 500\n"x.y" = 1', ["machine.x.y", "unknown key"]),
     ("cpus = 2", 'cpus = "two"', ["machine.cpus", "must be an integer", "string"]),
     ("count = 2", "count = 0", ["task[0].count", "at least 1"]),
     ('do = "enable"', 'do = "apply"', ["action[0].do", "enable, disable, force, load, unload"]),

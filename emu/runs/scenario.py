@@ -185,15 +185,14 @@ def _key_lines(text: str) -> dict[tuple, int]:
     counts: dict[str, int] = {}
     table: tuple = ()
     header = re.compile(r"^\s*(\[\[?)\s*([A-Za-z0-9_.\-\"' ]+?)\s*\]\]?\s*(#.*)?$")
-    keyline = re.compile(r"^\s*([A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')\s*=")
+    part = r"(?:[A-Za-z0-9_\-]+|\"[^\"]*\"|'[^']*')"
+    keyline = re.compile(rf"^\s*({part}(?:\s*\.\s*{part})*)\s*=")
     depth = 0
     for no, raw in enumerate(text.splitlines(), 1):
         if depth == 0:
             m = header.match(raw)
             if m:
-                # a dotted name whose quoted parts may hold dots ([expect.kernel."6.8"])
-                parts = [q or b or w.strip()
-                         for q, b, w in re.findall(r'"([^"]*)"|\'([^\']*)\'|([^.]+)', m.group(2))]
+                parts = _dotted(m.group(2))
                 name = ".".join(parts)
                 if m.group(1) == "[[":
                     counts[name] = counts.get(name, -1) + 1
@@ -204,10 +203,19 @@ def _key_lines(text: str) -> dict[tuple, int]:
                 continue
             m = keyline.match(raw)
             if m:
-                lines.setdefault((table, m.group(1).strip("\"'")), no)
+                # a dotted key (a.b = 1) is key a of this table and key b of table a
+                keys = _dotted(m.group(1))
+                for i, key in enumerate(keys):
+                    lines.setdefault((table + tuple(keys[:i]), key), no)
         depth += raw.count("[") - raw.count("]") if "=" in raw or depth else 0
         depth = max(depth, 0)
     return lines
+
+
+def _dotted(name: str) -> list[str]:
+    """The parts of a dotted TOML name, whose quoted parts may hold dots
+    ([expect.kernel."6.8"], a."b.c" = 1)."""
+    return [q or b or w.strip() for q, b, w in re.findall(r'"([^"]*)"|\'([^\']*)\'|([^.]+)', name)]
 
 
 class _Reader:
