@@ -146,3 +146,11 @@ def test_a_runners_kept_judging_tables_judge_as_fresh_ones(example):
                     (len(bad), [b.to_json() for b in bad[:20]], stats["units"]), (model, seed)
                 assert (res.promise_breaches, res.promise, res.handover_count, res.handovers) == \
                     (fresh.breaches, fresh.promise, fresh.handover_count, fresh.handovers), (model, seed)
+
+
+def test_a_runspec_naming_a_task_the_scenario_lacks_is_refused_by_name():
+    from emu.errors import UserError
+    with Runner(scenario.build(scenario.load(SEED))) as runner:
+        spec = replace(runner.plan("livepatch", 0), tasks=("user0", "nope"))
+        with pytest.raises(UserError, match=r"RunSpec.tasks: no task 'nope' in the scenario \(tasks: .*user0"):
+            runner.execute(spec)

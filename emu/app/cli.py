@@ -112,10 +112,7 @@ def _spec_from_args(runner, args):
         spec = replace(spec, preempt=args.preempt)
     if args.tasks:
         names = [n for n in args.tasks.split(",") if n]
-        known = {i for t in runner.scn.tasks for i in t.instances()}
-        unknown = [n for n in names if n not in known]
-        if unknown:
-            raise UserError(f"--tasks: no task '{unknown[0]}' in the scenario (tasks: {', '.join(sorted(known))})")
+        runner.check_tasks(names, "--tasks")
         spec = replace(spec, tasks=tuple(names))
     return spec
 

@@ -298,6 +298,14 @@ class Runner:
                        rng.randrange(2 ** 32), self.scn.fuzz.depth)
 
     # ---- one run ------------------------------------------------------------------------------
+    def check_tasks(self, names, what: str = "RunSpec.tasks") -> None:
+        """UserError naming the first of names that is no task instance of the
+        scenario (what: where the names came from)."""
+        known = {i for t in self.scn.tasks for i in t.instances()}
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise UserError(f"{what}: no task '{unknown[0]}' in the scenario (tasks: {', '.join(sorted(known))})")
+
     def machine(self, spec: RunSpec) -> Machine:
         scn, prog = self.scn, self.program
         opts = {k: v for k, v in scn.machine.items() if k not in ("policy", "kernel")}
@@ -305,6 +313,7 @@ class Runner:
             opts["preempt"] = spec.preempt
         names = [(t, inst, t.instance_args(i)) for t in scn.tasks for i, inst in enumerate(t.instances())]
         if spec.tasks is not None:
+            self.check_tasks(spec.tasks)
             names = [(t, inst, args) for t, inst, args in names if inst in spec.tasks]
         m = Machine(prog.base, policy=self._policy(spec, len(names)), name=scn.name, sched=self.sched, **opts)
         # modules loaded from the start come first: a task may start in one ("module:f")
