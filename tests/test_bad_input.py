@@ -185,6 +185,12 @@ def out_exists(d):
     return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "out", command="fuzz")
 
 
+def resume_not_a_campaign(d):
+    (d / "other").mkdir()
+    (d / "other" / "summary.json").write_text("mine\n")
+    return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "other", "--resume", command="fuzz")
+
+
 def symlink_loop(d):
     os.symlink("loop2.c", d / "loop1.c")
     os.symlink("loop1.c", d / "loop2.c")
@@ -238,6 +244,8 @@ ROWS = [
     ("--timeline into a missing directory", lambda d: scn(d, SCENARIO, "--timeline", d / "no" / "t.svg"),
      ["--timeline", "no such directory"]),
     ("--out directory exists", out_exists, ["the directory exists", "--resume", "--force"]),
+    ("--resume of a directory no campaign wrote", resume_not_a_campaign,
+     ["no campaign.json there", "another --out", "--force"]),
     ("--out where nothing can be written",
      lambda d: scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", "/sys/lpemu-c", command="fuzz"),
      ["--out /sys/lpemu-c"]),
@@ -361,6 +369,8 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     assert code == 2 and (d / "t.json").read_text() == "mine"
     code, _, err = run_row(d, capsys, "out", out_exists)
     assert code == 2 and (d / "out" / "runs.jsonl").read_text() == "mine\n"
+    code, _, err = run_row(d, capsys, "resume", resume_not_a_campaign)
+    assert code == 2 and (d / "other" / "summary.json").read_text() == "mine\n"
     base = (d / "base.c").read_text()
     code, _, err = run_row(d, capsys, "junit", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1",
                                                              "--junit", d / "base.c", command="fuzz"))

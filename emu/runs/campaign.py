@@ -232,9 +232,15 @@ class Campaign:
         try:
             if out.exists() and not out.is_dir():
                 raise UserError(f"--out {out}: exists and is not a directory")
-            if out.exists() and any(p.name != LOCK_FILE for p in out.iterdir()) and not (resume or force):
+            held = out.exists() and any(p.name != LOCK_FILE for p in out.iterdir())
+            if held and not (resume or force):
                 raise UserError(f"--out {out}: the directory exists; continue it with --resume or "
                                 f"replace its results with --force")
+            # every campaign writes campaign.json before its first run: a
+            # directory that holds files but not it is someone else's
+            if held and resume and not force and not (out / META_FILE).exists():
+                raise UserError(f"--resume {out}: no {META_FILE} there, so no campaign to continue; "
+                                f"choose another --out, or replace its results with --force")
             out.mkdir(parents=True, exist_ok=True)
             self._lock = _lock(out / LOCK_FILE)
             meta["fingerprint"] = fingerprint(self.program)
