@@ -36,7 +36,7 @@ test: build
 # rounds, each from a new random seed it prints (--hypothesis-seed=N
 # replays one). `make test` draws from seeds fixed per test (tests/conftest.py).
 ROUNDS    ?= 5
-GENERATED := $(shell grep -l '@given' tests/*.py)
+GENERATED := $(shell grep -l '^ *@given' tests/test_*.py)
 explore: build
 	for i in $$(seq $(ROUNDS)); do \
 	  seed=$$(od -An -N4 -tu4 /dev/urandom | tr -d ' '); echo "round $$i: --hypothesis-seed=$$seed"; \
