@@ -322,11 +322,15 @@ def test_disable_mid_transition_reverses_under_livepatch():
 @pytest.mark.parametrize("model,final", [("kgraft", 1), ("stop_machine", 0), ("ksplice", 0), ("immediate", 0)])
 def test_disable_mid_transition_elsewhere(model, final):
     """kGraft and kpatch refuse a second operation while one is in progress
-    (-EBUSY); kpatch's enable then fails its five attempts; immediate has
+    (kGraft: -EAGAIN, "another patching not yet finalized"; kpatch:
+    -EBUSY); kpatch's enable then fails its five attempts; immediate has
     no transition to be in."""
     res, _, values, _ = run("disable-mid-transition/scenario.toml", model)
     assert {vs[-1] for vs in values.values()} == {final}
     assert bool(res.errors) == (model != "immediate")
+    if model == "kgraft":
+        assert "another patching not yet finalized" in res.errors[0]["error"]
+        assert "-EAGAIN" in res.errors[0]["error"]
     sound(res)
 
 
@@ -353,8 +357,16 @@ def test_atomic_replace_then_disable_leaves_every_task_on_the_original(model):
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_stacked_patches_then_disable_the_older(model):
+    """kGraft refuses to revert p1 while p2, applied after it, holds a
+    reference to it (kgr_modify_kernel: patch->refs, -EBUSY); f() stays
+    p2's under every model."""
     res, _, values, _ = run("stacked-disable-older/scenario.toml", model)
-    assert res.outcome == "completed" and not res.errors
+    if model == "kgraft":
+        assert [e["action"] for e in res.errors] == ["disable p1"]
+        assert "this patch is still referenced" in res.errors[0]["error"]
+        assert "-EBUSY" in res.errors[0]["error"]
+    else:
+        assert res.outcome == "completed" and not res.errors
     sound(res)
     for i in range(3):
         assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2]

@@ -1,10 +1,13 @@
 """immediate, stop_machine (kpatch), ksplice and kgraft on the two cases
 that tell them apart: a task sleeping inside a patched function, and one
 that is not (upstream livepatch has its own selftests: test_livepatch.py)."""
+import errno
+
 import pytest
 
 from emu.engine import core
 from emu.errors import Busy
+from emu.models.refusals import PatchRefused
 from emu.machine.machine import Machine
 from emu.models import make_model
 from emu.kernel.patch import make_patch
@@ -124,11 +127,41 @@ def test_kgraft_stalls_on_a_kthread_that_never_reaches_a_safe_point(compile_c):
     assert model.status()["tasks"][0]["pending"] is True
 
 
-def test_one_transition_at_a_time(compile_c):
-    m, model, patch = setup(compile_c, "kgraft", sleep=100_000)
+@pytest.mark.parametrize("name,err", [("kgraft", errno.EAGAIN), ("stop_machine", errno.EBUSY)])
+def test_one_transition_at_a_time(compile_c, name, err):
+    """kgr_modify_kernel(): "kgr: can't patch, another patching not yet
+    finalized", -EAGAIN; kpatch and livepatch say -EBUSY."""
+    m, model, patch = setup(compile_c, name, sleep=100_000)
     model.enable(patch)
-    with pytest.raises(Busy):
+    with pytest.raises((Busy, PatchRefused)) as e:
         model.disable(patch)
+    assert e.value.errno == err
+
+
+def test_kgraft_reverts_only_the_newest_applied_patch(compile_c):
+    """kgr_refs_inc(): applying p2 gives every applied patch (p1) a
+    reference; kgr_modify_kernel() refuses to revert a referenced patch
+    (-EBUSY, "this patch is still referenced") until p2's revert is
+    finalized and kgr_refs_dec() took the reference back."""
+    m, model, p1 = setup(compile_c, "kgraft", sleep=10)
+    img = compile_c(PATCH.replace("2 + zero", "3 + zero"), name="patch2", base=m.module_base(),
+                    link_against=m.base, keep={"busy"})
+    m.load(img)
+    p2 = model.add(make_patch(m, "p2", img, ["busy"]))
+    model.enable(p1)
+    m.run(until=m.seconds(5))
+    model.enable(p2)
+    m.run(until=m.seconds(10))
+    assert [t.result for t in model.transitions] == ["completed", "completed"]
+    with pytest.raises(Busy, match="this patch is still referenced"):
+        model.disable(p1)
+    assert p1.enabled and len(model.transitions) == 2      # refused before anything changed
+    model.disable(p2)
+    m.run(until=m.seconds(15))
+    model.disable(p1)
+    m.run(until=m.seconds(20))
+    assert [t.result for t in model.transitions] == ["completed"] * 4
+    assert observed(m, 1)[-1] == 1
 
 
 def test_livepatch_stays_pending_while_the_sleeper_is_inside_and_force_finishes_it(compile_c):

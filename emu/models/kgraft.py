@@ -11,6 +11,13 @@ never crosses the boundary stalls the transition (visibly: pending tasks
 stay in status()) unless `wake_after` seconds of fake signals and kthread
 wake-ups are enabled.
 
+kgr_modify_kernel() refuses, in this order: a patch still referenced by
+a newer applied one (every applied patch gains a reference when a later
+one is applied and loses it when that one is reverted: only the newest
+applied patch can be reverted; -EBUSY "kgr: can't patch, this patch is
+still referenced"), then anything while a patching is not finalized
+(-EAGAIN "kgr: can't patch, another patching not yet finalized").
+
 kGraft's per-task flag is the machine's patch_state: a flagged task has the
 state opposite to the target, exactly as livepatch's init gives it
 (emu/models/livepatch/transition.py), so the redirect's choice
@@ -18,10 +25,13 @@ state opposite to the target, exactly as livepatch's init gives it
 """
 from __future__ import annotations
 
+import errno
+
 from emu.machine.machine import Delay
 from emu.kernel.patch import Patch, PatchFunc
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
 from emu.models.base import Model
+from emu.models.refusals import refusal
 
 
 class KGraft(Model):
@@ -35,6 +45,22 @@ class KGraft(Model):
         self.current: Patch | None = None
         self.immutable = False       # kgr_immutable: no migration while the code is being changed
         self.nops: dict[str, list[PatchFunc]] = {}   # a replace patch's nops, by patch name
+        self.applied: list[Patch] = []   # kgr_patches: the finalized applied patches, oldest first
+
+    def busy_check(self, patch: Patch) -> None:
+        t = self.transition
+        if t is not None:
+            raise refusal(f"patch '{patch.name}': kgr: can't patch, another patching not yet finalized "
+                          f"('{t.patch}' in progress)", errno.EAGAIN)
+
+    def disable_check(self, patch: Patch) -> None:
+        """kgr_modify_kernel(revert): a patch referenced by a newer applied
+        one is refused before anything else (patch->refs, -EBUSY)."""
+        if patch in self.applied and patch is not self.applied[-1]:
+            newer = self.applied[self.applied.index(patch) + 1:]
+            raise refusal(f"patch '{patch.name}': kgr: can't patch, this patch is still referenced "
+                          f"(by '{newer[0].name}')", errno.EBUSY)
+        super().disable_check(patch)
 
     def enable(self, patch: Patch) -> None:
         self.add(patch)
@@ -161,6 +187,8 @@ class KGraft(Model):
             gone = [(other, g) for other in replaced for g in self.loaded_funcs(other)]
             for other in replaced:
                 self.retire(other)
+                if other in self.applied:
+                    self.applied.remove(other)
             for update in [self.pop(other, g) for other, g in gone] + [self.pop(patch, f) for f in nops]:
                 yield from update
         for task in self.all_tasks():
@@ -168,6 +196,10 @@ class KGraft(Model):
             task.pending = False
         self.mark_objects(patch, target == PATCHED)
         patch.enabled = target == PATCHED
+        if patch in self.applied:
+            self.applied.remove(patch)
+        if target == PATCHED:
+            self.applied.append(patch)
         t.blockers = []
         self.current, self.target = None, UNDEFINED
         self.finish(t, "completed")
