@@ -372,6 +372,25 @@ def test_stacked_patches_then_disable_the_older(model):
         assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("model,result", [("stop_machine", "failed"), ("ksplice", "completed"),
+                                          ("livepatch", "completed")])
+def test_disabling_an_older_patch_checks_what_runs_now(model, result):
+    """kpatch_backtrace_address_verify() checks the active version of each
+    function of the patch being removed (kpatch_get_func: the newest, p2's
+    f()), where the tasks sleep: every attempt fails. livepatch and Ksplice
+    check p1's own f(), where nobody is. f() stays p2's throughout."""
+    res, log, values, _ = run("kpatch-unpatch-under-newer/scenario.toml", model)
+    sound(res)
+    assert [t["result"] for t in res.transitions] == ["completed", "completed", result]
+    if model == "stop_machine":
+        assert res.transitions[2]["attempts"] == 5
+        assert "kpatch: activeness safety check failed for f" in log
+        blocker = res.transitions[2]["attempt_log"][0]["blockers"][0]
+        assert blocker["stack"][0].startswith("f+0x")
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2]
+
+
 @pytest.mark.parametrize("kernel,refused", [("4.18", True), ("5.0", True), ("5.1", False), ("6.8", False)])
 def test_disabling_the_older_stacked_patch_per_kernel_version(kernel, refused):
     """Before 5.1 "enforce stacking: only the last enabled patch can be

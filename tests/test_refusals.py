@@ -3,6 +3,8 @@ that is not enabled cannot be disabled (livepatch's sysfs write of 0 to
 `enabled` returns -EINVAL; a kpatch, Ksplice or kGraft patch module that
 never loaded, or was already unloaded, cannot be unloaded), and nothing of
 the machine changes when it is refused."""
+import errno
+
 import pytest
 
 from emu.engine import core
@@ -77,6 +79,11 @@ def test_disabling_while_another_transition_runs_is_busy_or_a_reversal(compile_c
         model.disable(patch)              # livepatch reverses the transition in progress
         m.run(until=m.now + m.seconds(8))
         assert not patch.enabled
+    elif model_name == "kgraft":
+        # kgr_modify_kernel(): "another patching not yet finalized", -EAGAIN
+        with pytest.raises(PatchRefused) as e:
+            model.disable(patch)
+        assert e.value.errno == errno.EAGAIN
     else:
         with pytest.raises(Busy):
             model.disable(patch)

@@ -33,7 +33,7 @@ from emu.errors import Busy, EmuError
 from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel import callbacks
-from emu.kernel.patch import VMLINUX, Patch, loaded_objects
+from emu.kernel.patch import VMLINUX, Patch, PatchFunc, loaded_objects
 from emu.machine.task import PATCHED, UNPATCHED, RunState
 from emu.machine.machine import EV_TRANSITION
 from emu.models.base import T_SWITCH, Model, first_hit
@@ -47,6 +47,10 @@ class StopMachine(Model):
     retry_delay = 2.0          # seconds between attempts (the kpatch tool's)
     max_entries = 63           # kpatch's MAX_STACK_TRACE_DEPTH 64: a full trace fails
     prefix = "kpatch: "
+    # kpatch_backtrace_address_verify(): unpatching checks the active
+    # version of each function (kpatch_get_func(old_addr), the newest in
+    # the hash), not necessarily the one the patch being removed brought
+    unpatch_checks_active = True
 
     def __init__(self, machine, *, retries: int | None = None, retry_delay: float | None = None,
                  cost_per_task: int = 200, cost_per_frame: int = 20, **kw):
@@ -90,8 +94,13 @@ class StopMachine(Model):
         for f in funcs:
             if f.force:
                 continue
-            # patching: the original, or the version being repatched
-            lo, hi = self.replaced_range(f) if target == PATCHED else self.own_range(f)
+            # patching: the original, or the version being repatched;
+            # unpatching: what runs now (kpatch_get_func(): the newest
+            # entry, another patch's when a newer one is on top of f)
+            if target == PATCHED:
+                lo, hi = self.replaced_range(f)
+            else:
+                lo, hi = self.own_range(self.active(f) if self.unpatch_checks_active else f)
             out.append((lo, hi, f.name))
         if patch.replace and target == PATCHED:
             for other in self.replaced(patch):
@@ -99,6 +108,11 @@ class StopMachine(Model):
                     if not g.nop:
                         out.append((g.new.start, g.new.end, g.name))
         return out
+
+    def active(self, f: PatchFunc) -> PatchFunc:
+        """The newest entry on f's function (f when nothing is above it)."""
+        stack = self.stacks.get(f.old.id)
+        return stack[0][1] if stack else f
 
     def check_tasks(self, ranges):
         """The activeness check of every task in one call (see
@@ -311,6 +325,7 @@ class Ksplice(StopMachine):
     retries = 5
     retry_delay = 1.0
     prefix = "ksplice: "
+    unpatch_checks_active = False     # its reversal checks the update's own code
 
     def check_tasks(self, ranges):
         return self.stack_checks.check(tuple((lo, hi) for lo, hi, _ in ranges), kind="scan", max_entries=2,
