@@ -391,6 +391,23 @@ def test_disabling_an_older_patch_checks_what_runs_now(model, result):
         assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2]
 
 
+@pytest.mark.parametrize("model", ["kgraft", "livepatch"])
+def test_kgraft_wakes_every_kthread_when_it_starts(model):
+    """kgr_handle_processes() wakes every kthread: the napper's 30 s sleep
+    ends early and it migrates at the safe point after it, well within the
+    horizon. livepatch switches it asleep by the stack check and lets it
+    sleep (no fake signal before the 15th retry)."""
+    res, _, values, _ = run("kgraft-kthread-wakeup/scenario.toml", model)
+    sound(res)
+    assert res.outcome == "completed"
+    left = values.get(("napper", 2), [])
+    if model == "kgraft":
+        assert left and left[0] > 0             # woken with most of its sleep left
+        assert values[("napper", 1)][-1] == 1    # the next scan() is the new one
+    else:
+        assert not left or left[0] == 0
+
+
 @pytest.mark.parametrize("kernel,refused", [("4.18", True), ("5.0", True), ("5.1", False), ("6.8", False)])
 def test_disabling_the_older_stacked_patch_per_kernel_version(kernel, refused):
     """Before 5.1 "enforce stacking: only the last enabled patch can be

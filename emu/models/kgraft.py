@@ -3,7 +3,9 @@
 Every task starts flagged "old universe"; the handler sends a flagged task
 to the old code and the others to the new code (inverted when reverting).
 A task migrates at its kernel/user boundary, a kthread at its safe point
-(kGraft's try_to_freeze()), an idle task in its idle loop. There are no
+(kGraft's try_to_freeze()), an idle task in its idle loop. Once the code
+is changed every kthread is woken (kgr_handle_processes()), so a sleeping
+one reaches its safe point without waiting for its sleep to end. There are no
 stack checks at all: a whole system call runs in one universe, which is why
 the seed's mix of an old bar and a new baz cannot happen here. Completion is
 checked every `check_interval` seconds; a task that sleeps in the kernel and
@@ -157,6 +159,12 @@ class KGraft(Model):
         for update in updates:
             yield from update
         self.immutable = False
+        # kgr_handle_processes(): every kthread is woken (wake_up_process(),
+        # "they will clean the progress flag"): a sleeping one runs on to
+        # its next safe point instead of sleeping through the transition
+        for task in self.all_tasks():
+            if task.kind.value == "kthread" and task.pending:
+                self.m.signal(task)
         step = self.m.seconds(self.check_interval)
         while True:
             t.attempts += 1
