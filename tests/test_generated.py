@@ -2,11 +2,23 @@
 ends by its scenario's rules, repeats and the scheduler's Python twin give
 the same trace, and every model keeps its promise (emu/runs/soak.py). A
 bounded number here; `make soak` runs thousands."""
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emu.runs import campaign, scenario
+from emu.runs.fuzz import Runner
 from emu.runs.generate import generate
 from emu.runs.soak import check_scenario
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @settings(max_examples=12, deadline=None, derandomize=True,
@@ -18,6 +30,45 @@ def test_generated_scenarios_keep_every_promise(seed):
     assert result["breaches"] == []
 
 
+@settings(max_examples=3, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from(["directed", "random", "pct", "exhaustive"]))
+def test_a_generated_run_is_the_same_run_wherever_it_runs(seed, strategy):
+    """The same (scenario, model, seed) is the same run, event for event,
+    however it is run: on a fresh machine (what `lpemu replay` runs), on a
+    pooled machine restored from a snapshot after other runs of the same
+    runner (in any order), in a campaign of one worker or of two (forked
+    workers that keep their runner across batches), and in another process
+    with another hash seed (`lpemu replay --json`)."""
+    runs = [(model, s) for model in scenario.MODELS for s in (0, 1)]
+    with tempfile.TemporaryDirectory() as tmp:
+        path, _ = generate(seed, Path(tmp))
+        prog = scenario.build(scenario.load(path))
+        fresh = {}
+        with Runner(prog) as runner:
+            for model, s in runs:
+                res, m, _ = runner.execute(runner.plan(model, s, strategy=strategy), keep=True)
+                m.engine.close()
+                fresh[model, s] = res.trace_hash
+        with Runner(prog) as pooled:
+            order = runs * 2
+            random.Random(seed).shuffle(order)
+            for model, s in order:
+                assert pooled.execute(pooled.plan(model, s, strategy=strategy)).trace_hash == fresh[model, s], \
+                    (model, s, "pooled")
+        for jobs in (1, 2):
+            plan = campaign.Plan(str(path), list(scenario.MODELS), [0, 1], strategy)
+            c = campaign.Campaign(prog, plan, jobs=jobs, batch=3)
+            c.run()
+            assert {k: r.get("trace_hash", r.get("error")) for k, r in c.records.items()} == fresh, f"--jobs {jobs}"
+        model, s = runs[seed % len(runs)]
+        env = dict(os.environ, PYTHONHASHSEED=str(seed % 1000 + 1))
+        out = subprocess.run([sys.executable, "-m", "emu", "replay", str(path), "--model", model, "--seed", str(s),
+                              "--strategy", strategy, "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
+        assert out.returncode in (0, 1), out.stderr
+        assert json.loads(out.stdout)["trace_hash"] == fresh[model, s], (model, s, "lpemu replay")
+
+
 def test_the_generator_is_deterministic(tmp_path):
     a, shape_a = generate(7, tmp_path / "a")
     b, shape_b = generate(7, tmp_path / "b")
@@ -27,17 +78,32 @@ def test_the_generator_is_deterministic(tmp_path):
 
 def test_the_generator_varies_what_it_promises():
     shapes = []
-    import tempfile
-    from pathlib import Path
     with tempfile.TemporaryDirectory() as d:
         for seed in range(60):
             shapes.append(generate(seed, Path(d) / str(seed))[1])
     for knob, values in {"opt": {"-O0", "-O2"}, "preempt": {"none", "voluntary", "full"},
-                         "unwinder": {"orc", "fp"}, "cpus": {1, 2, 3, 4}, "patches": {1, 2},
+                         "unwinder": {"orc", "fp"}, "cpus": {1, 2, 3, 4, 5, 6, 7, 8}, "patches": {1, 2},
                          "recursion": {True, False}, "tail_calls": {True, False}}.items():
         assert {getattr(s, knob) for s in shapes} == values, knob
-    assert {a for s in shapes for a in s.actions} == {"enable", "disable", "force"}
+    assert {a for s in shapes for a in s.actions} == {"enable", "disable", "force", "load", "unload"}
     assert any(s.kthreads for s in shapes) and any(s.users >= 16 for s in shapes)
+    # the second generator's knobs: each at its default and not
+    assert {s.module for s in shapes} == {None, "hooked", "unloaded"}
+    assert {s.unit for s in shapes} == {"syscall", "f0"} and {s.shadow for s in shapes} == {True, False}
+    assert None in {s.kernel for s in shapes} and len({s.kernel for s in shapes}) > 5
+    assert None in {s.tick for s in shapes} and len({s.tick for s in shapes}) > 2
+    assert max(s.cpus for s in shapes) > 4
+
+
+def test_a_classic_scenario_has_none_of_the_second_generators_knobs(tmp_path):
+    """generate(extended=False) writes a seed's scenario as it was before
+    the second generator came (the regression tests below name those)."""
+    for seed in range(40):
+        _, shape = generate(seed, tmp_path / str(seed), extended=False)
+        assert (shape.kernel, shape.tick, shape.unit, shape.shadow, shape.module) == (None, None, "syscall", False, None)
+        assert shape.cpus <= 4
+        text = (tmp_path / str(seed) / "scenario.toml").read_text()
+        assert "kernel" not in text and "[[module]]" not in text and "tick" not in text
 
 
 # ---- what generated scenarios found, kept as plain regression tests ---------------------------
@@ -47,7 +113,7 @@ def test_a_stop_machine_run_left_pending_does_not_break_the_next_run():
     always in a patched function) and the run ends with the transition
     pending; the pooled machine must not poison the next run of the
     same spec (it raised 'images were loaded since the snapshot')."""
-    result = check_scenario(1080, twins=False)
+    result = check_scenario(1080, twins=False, extended=False)
     assert result["outcomes"]["stop_machine"] == "failed"
     assert result["breaches"] == []
 
@@ -55,7 +121,7 @@ def test_a_stop_machine_run_left_pending_does_not_break_the_next_run():
 def test_a_forced_kgraft_transition_is_not_held_to_one_universe_per_unit():
     """Generated seed 1167: a forced unmark switches tasks mid-syscall, so
     their units mix universes by the user's choice, not the model's fault."""
-    result = check_scenario(1167, twins=False)
+    result = check_scenario(1167, twins=False, extended=False)
     assert "force" in result["shape"]["actions"]
     assert result["breaches"] == []
 
@@ -64,7 +130,7 @@ def test_immediate_changes_a_patchs_sites_in_one_batch():
     """Generated seed 2: the immediate model wrote each function's site in
     its own text_poke_bp batch, so a task ran f2 v0 after another function
     of the patch had run its new version (the promise oracle's 'together')."""
-    result = check_scenario(2, twins=False)
+    result = check_scenario(2, twins=False, extended=False)
     assert result["breaches"] == []
 
 
@@ -74,7 +140,7 @@ def test_immediate_switches_a_stacked_patchs_functions_at_one_instant():
     to `enabled`, f0's site only when the work had a CPU, so a task ran p1's
     f1 and then the original f0 (the promise oracle's 'together')."""
     for seed in (282, 445):
-        result = check_scenario(seed, twins=False)
+        result = check_scenario(seed, twins=False, extended=False)
         assert result["breaches"] == [], seed
 
 
@@ -85,5 +151,5 @@ def test_a_task_preempted_at_the_trampoline_is_not_between_kernel_entries():
     page was taken for the task loops), so livepatch switched it with f0 on
     its stack. kpatch's frame-pointer check misses the same two frames in
     the kernel: the promise oracle holds stop_machine to what it can see."""
-    result = check_scenario(1369, twins=False)
+    result = check_scenario(1369, twins=False, extended=False)
     assert result["breaches"] == []

@@ -41,11 +41,12 @@ from emu.runs.generate import generate
 ALLOWED_FAULTS = ("soft lockup",)
 
 
-def check_scenario(seed: int, *, twins: bool = True, workdir: Path | None = None) -> dict:
-    """Generate scenario seed, run it under every model and return
+def check_scenario(seed: int, *, twins: bool = True, workdir: Path | None = None, extended: bool = True) -> dict:
+    """Generate scenario seed (extended: with the second generator's knobs,
+    emu/runs/generate.py), run it under every model and return
     {"seed", "shape", "runs", "outcomes", "breaches": [...]}."""
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
-        path, shape = generate(seed, Path(tmp))
+        path, shape = generate(seed, Path(tmp), extended=extended)
         breaches: list[dict] = []
         outcomes: dict[str, str] = {}
         runs = 0
@@ -107,6 +108,9 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0, help="the first scenario seed (default 0)")
     ap.add_argument("--jobs", type=int, default=1, help="worker processes (default 1)")
     ap.add_argument("--no-twins", action="store_true", help="skip the Python scheduler twin (3x faster)")
+    ap.add_argument("--classic", action="store_true",
+                    help="the scenarios as generated before the second generator's knobs (kernels, modules, "
+                         "shadow variables, ...) came: a seed's old scenario")
     ap.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = ap.parse_args(argv)
     if args.scenarios < 1 or args.jobs < 1:
@@ -115,7 +119,7 @@ def main(argv=None) -> int:
     t0 = time.monotonic()
     results = []
     with ProcessPoolExecutor(args.jobs, mp_context=POOL_CONTEXT) as pool:
-        futures = [pool.submit(check_scenario, s, twins=not args.no_twins) for s in seeds]
+        futures = [pool.submit(check_scenario, s, twins=not args.no_twins, extended=not args.classic) for s in seeds]
         for i, f in enumerate(futures, 1):
             results.append(f.result())
             if not args.json and (i % 50 == 0 or i == len(futures)):
@@ -134,8 +138,9 @@ def main(argv=None) -> int:
         print(f"{len(breaches)} breaches")
         for b in breaches:
             print(f"  seed {b['seed']} {b['model']} {b['what']}: {b['detail'][:300]}")
+            classic = ", extended=False" if args.classic else ""
             print(f"    regenerate: python -c 'from emu.runs.generate import generate; "
-                  f"generate({b['seed']}, \"gen-{b['seed']}\")'")
+                  f"generate({b['seed']}, \"gen-{b['seed']}\"{classic})'")
     return 1 if breaches else 0
 
 
