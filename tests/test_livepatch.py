@@ -1880,6 +1880,20 @@ def test_only_one_transition_at_a_time(compile_c):
     assert status["transition"]["patch"] == "p1" and status["transition"]["target"] == "patching"
 
 
+def test_force_and_signal_with_no_transition_say_so(compile_c):
+    """Writing `force` (or `signal`, before 5.1) when nothing is in
+    transition is refused with -EINVAL; the message says what is wrong
+    (a generated scenario's force after its transition had completed read
+    "no patch is not in transition")."""
+    m, lp, base = machine(compile_c, [("worker", "worker", (0,), "user")], kernel="5.0")
+    patch = lp.add(load_patch(compile_c, m, base, "p", ["quick"]))
+    for write in (lp.force, lp.signal):
+        with pytest.raises(PatchRefused, match=r"^no patch is in transition \(-EINVAL"):
+            write()
+        with pytest.raises(PatchRefused, match=r"^patch 'p' is not in transition \(-EINVAL"):
+            write(patch)
+
+
 def test_a_stack_of_max_stack_entries_is_unreliable(compile_c):
     # 3 entries besides deep()'s frames: the RIP, deep_kthread, the task's entry frame
     m, lp, base = machine(compile_c, [("deep96", "deep_kthread", (96,), "kthread"),

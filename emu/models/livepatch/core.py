@@ -156,8 +156,8 @@ class Livepatch(Model):
         (versions.py). PatchRefused (-EINVAL) when no such transition."""
         tp = self.transition_patch
         if tp is None or (patch is not None and patch is not tp):
-            what = f"patch '{patch.name}' is" if patch is not None else "no patch is"
-            raise refusal(f"{what} not in transition", errno.EINVAL)
+            why = f"patch '{patch.name}' is not in transition" if patch is not None else "no patch is in transition"
+            raise refusal(why, errno.EINVAL)
         self._check_unlocked(tp)
         transition.force(self)
         if self.kernel.force_marks_every_patch:
@@ -183,8 +183,8 @@ class Livepatch(Model):
                           f"signals by itself (5.1)", errno.EACCES)
         tp = self.transition_patch
         if tp is None or (patch is not None and patch is not tp):
-            what = f"patch '{patch.name}' is" if patch is not None else "no patch is"
-            raise refusal(f"{what} not in transition", errno.EINVAL)
+            why = f"patch '{patch.name}' is not in transition" if patch is not None else "no patch is in transition"
+            raise refusal(why, errno.EINVAL)
         self._check_unlocked(tp)
         transition.send_signals(self)
 
