@@ -93,6 +93,9 @@ def test_the_generator_varies_what_it_promises():
     assert None in {s.kernel for s in shapes} and len({s.kernel for s in shapes}) > 5
     assert None in {s.tick for s in shapes} and len({s.tick for s in shapes}) > 2
     assert max(s.cpus for s in shapes) > 4
+    # the third one's
+    for knob in ("exits", "pinned", "states"):
+        assert {getattr(s, knob) for s in shapes} == {True, False}, knob
 
 
 def test_a_classic_scenario_has_none_of_the_second_generators_knobs(tmp_path):
@@ -100,10 +103,11 @@ def test_a_classic_scenario_has_none_of_the_second_generators_knobs(tmp_path):
     the second generator came (the regression tests below name those)."""
     for seed in range(40):
         _, shape = generate(seed, tmp_path / str(seed), extended=False)
-        assert (shape.kernel, shape.tick, shape.unit, shape.shadow, shape.module) == (None, None, "syscall", False, None)
+        assert (shape.kernel, shape.tick, shape.unit, shape.shadow, shape.module, shape.exits, shape.pinned,
+                shape.states) == (None, None, "syscall", False, None, False, False, False)
         assert shape.cpus <= 4
         text = (tmp_path / str(seed) / "scenario.toml").read_text()
-        assert "kernel" not in text and "[[module]]" not in text and "tick" not in text
+        assert not any(key in text for key in ("kernel", "[[module]]", "tick", "states", "cpu ="))
 
 
 # ---- what generated scenarios found, kept as plain regression tests ---------------------------

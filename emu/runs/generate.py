@@ -25,7 +25,12 @@ What a generated scenario varies (each choice from one random.Random(seed)):
   function of the base calls; the patches may carry the module's function;
   a module whose function is never registered is unloaded again later:
   one that tasks may be running cannot be, as in the kernel without a
-  module reference).
+  module reference);
+- from a third one (random.Random(f"{seed}:late"), for the same reason):
+  user tasks that exit (lpemu_exit) after a number of calls of their
+  entry, kthreads pinned to a CPU, and system states on the patches
+  ([[patch]] states; the second patch's version of the state may be lower,
+  which the kernel refuses, or missing).
 
 The same seed writes the same files. Programs are well formed by
 construction: a run of one may only end by the scenario's own rules (a
@@ -70,6 +75,9 @@ class Shape:
     unit: str = "syscall"
     shadow: bool = False
     module: str | None = None       # None, "hooked" (loaded, called by the base) or "unloaded"
+    exits: bool = False             # user tasks exit after a number of calls
+    pinned: bool = False            # kthreads pinned to a CPU
+    states: bool = False            # system states on the patches
 
 
 def _program(rng: random.Random, n: int) -> list[Func]:
@@ -144,6 +152,9 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
     depth = rng.randint(0, 2)
     opt = rng.choice(["-O0", "-O2"])
     more = random.Random(f"{seed}:more") if extended else _Classic()
+    late = random.Random(f"{seed}:late") if extended else _Classic()
+    exits = late.random() < 0.12
+    exit_after = late.randint(20, 2_000) if exits else 0
     module = more.choice([None, None, None, "hooked", "unloaded"])
     hooked_by = more.randrange(n) if module == "hooked" else None
     if hooked_by is not None:
@@ -160,7 +171,8 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
         base += ["long (*volatile hook)(long x, long d);", ""]
     base += [_prototypes(n), ""]
     base += [_c_function(f, 1) + "\n" for f in funcs]
-    base += [f"long user_entry(long i)\n{{\n\treturn f0(i, {depth});\n}}\n",
+    exit_line = f"\tstatic long calls;\n\tif (++calls > {exit_after})\n\t\tlpemu_exit(0);\n" if exits else ""
+    base += [f"long user_entry(long i)\n{{\n{exit_line}\treturn f0(i, {depth});\n}}\n",
              "long kthread_entry(long i)\n{\n\tfor (;;) {\n"
              f"\t\tf0(i, {depth});\n" + "".join(f"\t\t{s}\n" for s in kthread_tail) + "\t}\n}\n"]
     (directory / "base.c").write_text("\n".join(base))
@@ -212,6 +224,11 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
     unit = "f0" if more.random() < 0.15 else "syscall"
     users = rng.choice([1, 2, 3, 4, 4, 16]) if rng.random() > 0.03 else 64
     kthreads = rng.choice([0, 0, 1, 2])
+    pinned = bool(kthreads) and late.random() < 0.3
+    pin = late.randrange(cpus) if pinned else None
+    # system states came with 5.5 (versions.py): a patch for an older kernel has none
+    states = late.random() < 0.2 and (kernel is None or tuple(map(int, kernel.split("."))) >= (5, 5))
+    state_versions = [late.randint(0, 2), late.choice([None, 0, 1, 2, 3])] if states else [None, None]
     preempt = rng.choice(["none", "voluntary", "full"])
     unwinder = rng.choice(["orc", "fp"])
     t = rng.randint(2_000, 40_000)
@@ -240,7 +257,7 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
             "[[task]]", 'name = "user"', 'entry = "user_entry"', "args = [0]", f"count = {users}", ""]
     if kthreads:
         toml += ["[[task]]", 'name = "kthread"', 'entry = "kthread_entry"', "args = [1]",
-                 f"count = {kthreads}", 'kind = "kthread"', ""]
+                 f"count = {kthreads}", 'kind = "kthread"'] + ([f"cpu = {pin}"] if pinned else []) + [""]
     if module:
         toml += ["[[module]]", 'name = "m0"', 'sources = ["m0.c"]', 'init = "m0_init"', 'exit = "m0_exit"', ""]
     for p, chosen in enumerate(patch_funcs):
@@ -249,6 +266,8 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
                  "functions = [" + ", ".join(names) + "]"]
         if p == 1 and replace:
             toml.append("replace = true")
+        if state_versions[p] is not None:
+            toml.append(f"states = [{{ id = 1, version = {state_versions[p]} }}]")
         toml.append("")
     for at, do, patch in actions:
         toml += ["[[action]]", f"at = {at}", f'do = "{do}"']
@@ -262,7 +281,8 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
     path.write_text("\n".join(toml))
     shape = Shape(seed, opt, n, users, kthreads, cpus, preempt, unwinder, npatch, replace,
                   tuple(do for _, do, _ in actions), any("d - 1" in s for f in funcs for s in f.body),
-                  any(f.tail.startswith("return f") for f in funcs), kernel, tick, unit, shadow, module)
+                  any(f.tail.startswith("return f") for f in funcs), kernel, tick, unit, shadow, module,
+                  exits, pinned, states)
     return path, shape
 
 
