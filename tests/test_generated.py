@@ -10,9 +10,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from emu.engine import unwind
+from emu.machine.machine import Machine
+from emu.machine.task import RunState
 from emu.runs import campaign, scenario
 from emu.runs.fuzz import Runner
 from emu.runs.generate import generate
@@ -156,4 +160,58 @@ def test_a_task_preempted_at_the_trampoline_is_not_between_kernel_entries():
     its stack. kpatch's frame-pointer check misses the same two frames in
     the kernel: the promise oracle holds stop_machine to what it can see."""
     result = check_scenario(1369, twins=False, extended=False)
+    assert result["breaches"] == []
+
+
+NAP = """
+long (*volatile hook)(long x);
+
+__attribute__((noinline, noclone)) long nap(long x)
+{
+	lpemu_sleep(1000);
+	long (*h)(long) = hook;
+	if (h)
+		x = h(x);
+	return x + 1;
+}
+
+__attribute__((noinline, noclone)) long outer(long x)
+{
+	x = nap(x);
+	return x * 3;
+}
+
+long entry(long i)
+{
+	return outer(i);
+}
+"""
+
+
+@pytest.mark.parametrize("unwinder", ["fp", "orc"])
+def test_a_task_asleep_where_its_function_has_no_frame_yet_keeps_its_caller(compile_c, unwinder):
+    """Generated seed 577000 (fp): nap() calls only on one path, so gcc set
+    up its frame on that path alone (shrink-wrapping) and the sleep
+    hypercall ran before it; the frame-pointer walk of a task asleep there
+    skipped outer(), and livepatch switched a task with a patched function
+    on its stack. A hypercall is a call into the kernel, and the frame is
+    set up before any call (lpemu.h: the kernel's ASM_CALL_CONSTRAINT):
+    both walks see nap() and outer()."""
+    base = compile_c(NAP)
+    m = Machine(base, cpus=1, unwinder=unwinder)
+    m.add_task("sleeper", "entry", (0,))
+    m.start()
+    m.run(until=m.seconds(1))
+    task = m.tasks[0]
+    assert task.state is RunState.SLEEPING
+    code, entries = m.stack(task)
+    names = [base.function_at(a).name if base.function_at(a) else None for a in entries]
+    assert code == unwind.WALK_OK and names[:2] == ["nap", "outer"], names
+
+
+def test_generated_seed_577000_keeps_every_promise():
+    """The scenario the test above was reduced from: livepatch and
+    stop_machine switched tasks with f0 on their stacks (fp unwinder)."""
+    result = check_scenario(577000, twins=False)
+    assert result["shape"]["unwinder"] == "fp"
     assert result["breaches"] == []

@@ -25,12 +25,23 @@
  * exit in its loader task) reports the function's result. Not for guest code. */
 #define LPEMU_HC_FUNCTION_DONE   12
 
+/*
+ * A hypercall is a call into the kernel (schedule(), klp_*): the stack walks
+ * of a task stopped at one must find the frame of the function it is in, as
+ * they find the frame of a function that called schedule(). gcc sets up a
+ * function's frame only on the paths that make calls (shrink-wrapping), and
+ * an asm statement is no call to it: "+r" on the stack pointer says the asm
+ * uses the stack, so the frame is set up before it (the kernel's
+ * ASM_CALL_CONSTRAINT, arch/x86/include/asm/asm.h, for inline asm that calls;
+ * objtool rejects a call made without the frame set up).
+ */
 static inline __attribute__((always_inline)) long
 __lpemu_hypercall(long nr, long a, long b, long c)
 {
+	register unsigned long sp __asm__("rsp");
 	long ret;
 	__asm__ volatile("syscall"
-			 : "=a"(ret)
+			 : "=a"(ret), "+r"(sp)
 			 : "a"(nr), "D"(a), "S"(b), "d"(c)
 			 : "rcx", "r11", "memory");
 	return ret;
