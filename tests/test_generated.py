@@ -215,3 +215,14 @@ def test_generated_seed_577000_keeps_every_promise():
     result = check_scenario(577000, twins=False)
     assert result["shape"]["unwinder"] == "fp"
     assert result["breaches"] == []
+
+
+def test_a_module_that_goes_during_kpatchs_retries_leaves_nothing_to_release():
+    """Generated seed 909056: p0 carries m0:mod_fn; m0 is loaded and then
+    unloaded while stop_machine retries p0's enable (-EBUSY); when the
+    retries gave up, releasing the ftrace ops of p0's functions read the
+    unbound m0 function (its going notifier had released its ops already)
+    and raised AttributeError."""
+    result = check_scenario(909056, twins=False)
+    assert result["breaches"] == []
+    assert result["outcomes"]["stop_machine"] in ("failed", "completed", "stalled")

@@ -184,7 +184,11 @@ class Model:
         return update
 
     def release_ops(self, func: PatchFunc):
-        """Unregister the ops of func's old function when its stack is empty."""
+        """Unregister the ops of func's old function when its stack is empty.
+        Nothing for a function of a module that went (module_going released
+        its ops and unbound it: func.old is None)."""
+        if func.old is None:
+            return iter(())
         fid = func.old.id
         if self.stacks.get(fid) or fid not in self.ops:
             return iter(())
