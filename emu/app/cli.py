@@ -331,7 +331,8 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force need --out DIR")
     if args.junit:
         from emu.app import junit
-        junit.check_writable(args.junit)
+        _output("--junit", args.junit, force=True)      # a directory that exists, writable
+        junit.check_replaceable(args.junit)
     client = None
     if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed

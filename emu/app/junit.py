@@ -54,22 +54,18 @@ def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
     return tree
 
 
-def check_writable(path) -> None:
-    """Before a campaign: path can take its report. A report is rewritten on
-    every run, so an existing JUnit report (an XML document whose root is
-    <testsuites> or <testsuite>) is replaced; any other file is the user's
-    and is kept. Raises UserError naming path."""
+def check_replaceable(path) -> None:
+    """Before a campaign: an existing file at path may take its report. A
+    report is rewritten on every run, so an existing JUnit report (an XML
+    document whose root is <testsuites> or <testsuite>) is replaced; any
+    other file is the user's and is kept. Raises UserError naming path.
+    (Whether the path can be written at all is the command line's check.)"""
     path = Path(path)
-    if path.is_dir():
-        raise UserError(f"--junit {path}: is a directory")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise UserError(f"--junit {path}: no such directory: {parent}")
     if not path.exists():
         return
     try:
-        _, root = next(ET.iterparse(path, events=("start",)))
-        report = root.tag in ("testsuites", "testsuite")
+        _, root = next(ET.iterparse(path, events=("start",))) if path.is_file() else (None, None)
+        report = root is not None and root.tag in ("testsuites", "testsuite")
     except (ET.ParseError, StopIteration, UnicodeError, OSError):
         report = False
     if not report:
