@@ -241,8 +241,9 @@ class Livepatch(Model):
             return
         reg = self.registered
         if enabling:
-            prev = reg[reg.index(patch) - 1] if patch in reg and reg.index(patch) > 0 else (
-                reg[-1] if reg and patch not in reg else None)
+            # the patch registered just before this one (a new one goes last)
+            at = reg.index(patch) if patch in reg else len(reg)
+            prev = reg[at - 1] if at > 0 else None
             if prev is not None and prev not in self.installed:
                 raise refusal(f"patch '{patch.name}': kernel {self.kernel.name} enforces stacking: "
                               f"only the first disabled patch can be enabled ('{prev.name}' is "
