@@ -104,7 +104,11 @@ class KGraft(Model):
         """kGraft's module hook: a coming module's functions of an applied
         patch are patched at once; during a transition they take the
         per-universe path like the patch's other functions (a task still
-        flagged runs the old code), and the transition's end settles them."""
+        flagged runs the old code), and the transition's end settles them.
+        That is kGraft's last form (kgr_patch_code_delayed: the slow stub
+        while the patch is in progress, so that a module's function and the
+        core functions it calls come from one universe); its first form put
+        them on the fast stub, the new code for every task."""
         in_transition = patch is self.current
         if not (patch.enabled or in_transition):
             return []
