@@ -10,8 +10,8 @@ in this list (tests/test_layers.py holds the tree to it):
 - errors       the exception hierarchy every layer raises
 - images       code to run: gcc/ld, ELF, assembly, ORC tables, the patch diff
 - engine       the one ffi module (core) and the Python twins of csrc/
-- machine      memory layout, CPUs, tasks, clock, scheduling, hypercalls
-- kernel       ftrace, patch objects, shadow variables, system states
+- machine      memory layout, CPUs, tasks, clock, scheduling, hypercalls, shadow variables
+- kernel       ftrace, patch objects, system states
 - models       the consistency models, one interface
 - runs         scenarios, the runner, the oracle, shrinking, campaigns
 - app          the lpemu command, demo, reports, benchmarks

@@ -1,4 +1,4 @@
-"""Shadow variables (emu/kernel/shadow.py): test-shadow-vars.sh's transcript, the
+"""Shadow variables (emu/machine/shadow.py): test-shadow-vars.sh's transcript, the
 API's edge cases, and patched guest code that keeps a new field in one."""
 from textwrap import dedent
 
@@ -8,7 +8,7 @@ from emu.engine import core
 from emu.machine.machine import HEAP_BASE, Machine
 from emu.models.livepatch import Livepatch
 from emu.kernel.patch import VMLINUX, make_patch
-from emu.kernel.shadow import Heap, ShadowVars
+from emu.machine.shadow import Heap
 
 MOD_TEST = "test_klp_shadow_vars"
 
@@ -23,7 +23,7 @@ def machine(compile_c):
 def test_shadow_vars_selftest_transcript(machine):
     """test_klp_shadow_vars.c's init, step by step, with its pointer ids."""
     m = machine
-    sv_api = ShadowVars(m)
+    sv_api = m.shadow
     ids: dict = {}
 
     def ptr_id(ptr):
@@ -181,7 +181,7 @@ def test_shadow_vars_selftest_transcript(machine):
 
 
 def test_alloc_of_an_existing_pair_warns_and_returns_null(machine):
-    sv = ShadowVars(machine)
+    sv = machine.shadow
     calls = []
     a = sv.alloc(0x1000, 7, 16, lambda obj, data, arg: calls.append(arg) or 0, "first")
     assert a and calls == ["first"]
@@ -195,7 +195,7 @@ def test_alloc_of_an_existing_pair_warns_and_returns_null(machine):
 
 
 def test_a_failing_constructor_attaches_nothing(machine):
-    sv = ShadowVars(machine)
+    sv = machine.shadow
     assert sv.alloc(0x1000, 1, 8, lambda *args: -12) == 0
     assert sv.get(0x1000, 1) == 0 and sv.heap.used == {}
     assert [text for _, text in machine.log] == \
@@ -204,7 +204,7 @@ def test_a_failing_constructor_attaches_nothing(machine):
 
 
 def test_free_calls_the_destructor_before_the_memory_goes(machine):
-    sv = ShadowVars(machine)
+    sv = machine.shadow
     data = sv.alloc(0x1000, 1, 8)
     sv.write_word(data, 0x5a5a)
     seen = []
@@ -296,3 +296,39 @@ def test_patched_guest_code_keeps_a_new_field_in_a_shadow_variable(compile_c):
     m.run(until=m.seconds(4))
     assert lp.transitions[1].result == "completed"
     assert lp.shadow.vars == {} and lp.shadow.heap.used == {}
+
+
+COUNTER = """
+long objs[2];
+long entry(long i)
+{
+	long *n = lpemu_shadow_get_or_alloc(&objs[i], 9, sizeof(long));
+	lpemu_observe(1, ++*n);
+	lpemu_sleep(1);
+	return 0;
+}
+"""
+
+
+def test_base_code_has_the_api_before_any_model_and_a_snapshot_keeps_it(compile_c):
+    """klp_shadow_* is vmlinux's: guest code of a machine without any model
+    uses it (it faulted, 'unknown hypercall 8', until a model registered
+    it). A snapshot takes the variables with the heap's memory: restored,
+    the machine holds exactly the variables it held then."""
+    m = Machine(compile_c(COUNTER), cpus=1)
+    m.add_task("a", "entry", (0,))
+    m.add_task("b", "entry", (1,))
+    m.start()
+    m.run(until=m.seconds(0.1))
+    objs = {obj for obj, sid in m.shadow.vars}
+    assert len(objs) == 2 and all(sid == 9 for _, sid in m.shadow.vars)
+    snap, before = m.snapshot(), m.shadow.state()
+    counts = {obj: m.shadow.read_word(m.shadow.get(obj, 9)) for obj in objs}
+    extra = m.shadow.alloc(0x1234, 1, 64)
+    m.shadow.free(min(objs), 9)
+    m.run(until=m.seconds(0.2))
+    m.restore(snap)
+    assert m.shadow.state() == before
+    assert m.shadow.get(0x1234, 1) == 0
+    assert {obj: m.shadow.read_word(m.shadow.get(obj, 9)) for obj in objs} == counts
+    assert m.shadow.alloc(0x1234, 1, 64) == extra             # the same heap, the same first fit

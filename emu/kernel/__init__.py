@@ -1,3 +1,3 @@
 """The kernel pieces the models share: ftrace (sites, ops, text_poke_bp, the
-ftrace_enabled sysctl), the function tracer, patch objects, shadow
-variables, system states and the facts of each kernel version."""
+ftrace_enabled sysctl), the function tracer, patch objects, system
+states and the facts of each kernel version."""

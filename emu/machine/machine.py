@@ -51,6 +51,7 @@ from emu.machine.layout import (BASE_IMAGE, GRAPH_BASE, GRAPH_STRIDE, GUARD, HEA
                                 HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
                                 PERCPU_BASE, RUNTIME_BASE, STACK_BASE, STACK_SIZE, align_up, in_guard, page_up, stack_of)
 from emu.machine.scheduling import PREEMPT_MODES, Scheduling
+from emu.machine.shadow import ShadowVars
 from emu.machine.sites import Sites
 from emu.machine.symbols import FunctionRef, Symbols
 from emu.machine.sysinsns import SysInsns
@@ -130,6 +131,9 @@ class Machine:
         self.sites = Sites(self.engine, twin)
         self.sysinsns = SysInsns(self.engine, self.tasks, twin)
         self.heap = self.engine.map(HEAP_BASE, HEAP_SIZE, PROT_R | PROT_W)
+        # klp_shadow_* is the kernel's own API, as the freezable sleep is:
+        # there before any model exists and the same under every model
+        self.shadow = ShadowVars(self)
         self.load(image)
         self.base = image
 

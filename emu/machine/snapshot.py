@@ -21,6 +21,7 @@ class Snapshot:
     sites: tuple
     patch_states: list
     hypercalls: dict
+    shadow: tuple
     trace: core.EventLog
     log: list
     timers: list
@@ -43,7 +44,7 @@ def take(m) -> Snapshot:
         core=m.engine.snapshot(), images=len(m.images), unloaded=set(m.symbols.unloaded),
         by_name=dict(m.symbols.by_name), sites=m.sites.state(),
         patch_states=[t.patch_state for t in everyone],
-        hypercalls=dict(m.hypercalls), trace=_hashed(m.trace.copy()), log=list(m.log),
+        hypercalls=dict(m.hypercalls), shadow=m.shadow.state(), trace=_hashed(m.trace.copy()), log=list(m.log),
         timers=list(works.timers), seq=works.seq, last_stop_machine=works.last_stop_machine,
         policy=copy.deepcopy(m.policy))
 
@@ -73,6 +74,7 @@ def restore(m, snap: Snapshot, *, policy=None) -> None:
     for t, ps in zip(m.tasks + [c.idle for c in m.cpus], snap.patch_states):
         t.patch_state = ps
     m.hypercalls = dict(snap.hypercalls)
+    m.shadow.set_state(snap.shadow)
     m.trace = snap.trace.copy()
     m.log = list(snap.log)
     works.timers, works.seq = list(snap.timers), snap.seq

@@ -23,7 +23,6 @@ from emu.kernel.ftrace import Ftrace, Ops
 from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.kernel import versions
-from emu.kernel.shadow import ShadowVars
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
 from emu.models.refusals import refusal
 from emu.models.stacks import StackChecks
@@ -95,8 +94,9 @@ class Model:
         self.unlock_waiters: list = []     # writers blocked on the mutex (after_unlock)
         self.stack_checks = StackChecks(machine)
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
-        # had the same idea as kpatch_shadow_*; upstream's semantics serve all
-        self.shadow = ShadowVars.for_machine(machine)
+        # had the same idea as kpatch_shadow_*; upstream's semantics serve
+        # all, and the machine has them whether or not a model exists
+        self.shadow = machine.shadow
         machine.listeners.append(self)
 
     # ---- patches ---------------------------------------------------------------

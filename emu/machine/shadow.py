@@ -1,6 +1,12 @@
 """Shadow variables (kernel/livepatch/shadow.c): data a patch attaches to an
 existing object without changing its layout, keyed by (object address, id).
 
+The API is the kernel's own (klp_shadow_* are functions of vmlinux, there
+whether or not a patch is loaded), so every machine has it from the start
+(Machine.shadow): guest code may call it before any model exists (the
+probe, a run's prefix) and under every model alike; a machine's snapshot
+takes its state with the heap's memory.
+
 - alloc() of a pair that exists warns "Duplicate shadow variable" and
   returns NULL (0); get_or_alloc() returns the existing data instead and
   does not call the constructor; a new variable's data is zeroed, then the
@@ -19,9 +25,13 @@ destructors `dtor(obj, data)`, with guest addresses.
 from __future__ import annotations
 
 from bisect import insort
+from typing import TYPE_CHECKING
 
 from emu.machine import hypercall
-from emu.machine.machine import HEAP_BASE, HEAP_SIZE, Machine
+from emu.machine.layout import HEAP_BASE, HEAP_SIZE
+
+if TYPE_CHECKING:
+    from emu.machine.machine import Machine
 
 ALIGN = 16
 
@@ -30,7 +40,7 @@ class Heap:
     """First-fit allocator over the machine's heap; blocks are zeroed when
     handed out (kzalloc). Returns 0 when no block is large enough."""
 
-    def __init__(self, machine: Machine, base: int = HEAP_BASE, size: int = HEAP_SIZE):
+    def __init__(self, machine: "Machine", base: int = HEAP_BASE, size: int = HEAP_SIZE):
         self.m = machine
         self.base = base
         self.size = size
@@ -73,10 +83,10 @@ class Heap:
 
 
 class ShadowVars:
-    """The shadow variables of one machine. Registers the guest's hypercalls
-    unless hypercalls=False. Use for_machine() to share one instance."""
+    """The shadow variables of one machine (Machine.shadow, made with the
+    machine). Registers the guest's hypercalls unless hypercalls=False."""
 
-    def __init__(self, machine: Machine, *, hypercalls: bool = True):
+    def __init__(self, machine: "Machine", *, hypercalls: bool = True):
         self.m = machine
         self.heap = Heap(machine)
         self.vars: dict[tuple[int, int], tuple[int, int]] = {}   # (obj, id) -> (data, size)
@@ -87,12 +97,15 @@ class ShadowVars:
             machine.hypercalls[hypercall.SHADOW_FREE] = self._hc_free
             machine.hypercalls[hypercall.SHADOW_FREE_ALL] = self._hc_free_all
 
-    @classmethod
-    def for_machine(cls, machine: Machine) -> "ShadowVars":
-        """The instance whose hypercalls the machine has, or a new one."""
-        handler = machine.hypercalls.get(hypercall.SHADOW_GET)
-        owner = getattr(handler, "__self__", None)
-        return owner if isinstance(owner, cls) else cls(machine)
+    # ---- snapshots (emu/machine/snapshot.py) ---------------------------------------------
+    def state(self) -> tuple:
+        """What a snapshot keeps: the variables and the heap's bookkeeping
+        (the heap's bytes are guest memory, which the C core's snapshot takes)."""
+        return dict(self.vars), list(self.heap.free_blocks), dict(self.heap.used)
+
+    def set_state(self, state: tuple) -> None:
+        variables, free_blocks, used = state
+        self.vars, self.heap.free_blocks, self.heap.used = dict(variables), list(free_blocks), dict(used)
 
     # ---- the API (klp_shadow_*) ----------------------------------------------------
     def get(self, obj: int, sid: int) -> int:
