@@ -705,3 +705,78 @@ def test_a_probe_that_never_saw_a_task_off_its_cpu_says_so(capsys):
               "--jobs", "1", "--quiet"])
     out = capsys.readouterr().out
     assert "probe: no task was ever seen off its CPU" in out and "raise [fuzz] probe" not in out
+
+
+# ---- fake signals: a user task and a kthread asleep in patched code ------------------------
+
+SIGNALS = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+           "kgraft": "stalled", "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_fake_signals_wake_a_user_task_and_a_kthread(model):
+    res, log, values, _ = run("fake-signals/scenario.toml", model)
+    assert res.outcome == SIGNALS[model] and kernel_safe(res)
+    sound(res)
+    if model == "livepatch":
+        # klp_send_signals at the 16th attempt (klp_signals_cnt == 15), said once;
+        # the kthread, woken (wake_up_state), is switched by the 17th attempt's check
+        assert log.count("livepatch: signaling remaining tasks") == 1
+        assert res.transitions[0]["attempts"] == 17
+        assert 15 * 100_000 < res.latency < 17 * 100_000
+        assert values[("sleeper", 3)][0] > 3000 and values[("poller", 4)][0] > 3000    # woken early
+
+
+@pytest.mark.parametrize("kernel,outcome", [("4.18", "stalled"), ("5.0", "stalled"), ("5.1", "completed"),
+                                            ("6.8", "completed"), ("6.19", "completed")])
+def test_fake_signals_per_kernel_version(kernel, outcome):
+    """Before 5.1 only the administrator's write of `signal` sends them."""
+    res, log, values, _ = run("fake-signals/scenario.toml", "livepatch", kernel=kernel)
+    assert res.outcome == outcome and kernel_safe(res)
+    sound(res)
+    assert ("livepatch: signaling remaining tasks" in log) == (outcome == "completed")
+    if outcome == "stalled":
+        assert {b["task"] for b in res.transitions[0]["blockers"]} == {"sleeper", "poller"}
+
+
+# ---- the shadow-variable API from guest code, with and without a patch ---------------------
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_the_shadow_variable_api_from_guest_code(model):
+    res, log, values, _ = run("shadow-api/scenario.toml", model)
+    assert res.outcome == "completed" and res.fault is None and res.violation_count == 0
+    sound(res)
+    for task in ("user0", "user1", "user2"):
+        for key in range(1, 6):                       # every answer the kernel's, once patched
+            assert collapse(values[(task, key)]) == [2, 1], (task, key)
+        counts = values[(task, 6)]                    # base code's counter: no gap, no restart
+        assert counts == list(range(1, len(counts) + 1))
+    patched_calls = sum(values[(t, 1)].count(1) for t in ("user0", "user1", "user2"))
+    assert sum(line.startswith("Duplicate shadow variable <") for line in log) == patched_calls
+
+
+@pytest.mark.parametrize("model", ["livepatch", "stop_machine"])
+def test_shadow_variables_in_base_code_before_any_model(model, capsys):
+    """klp_shadow_* is vmlinux's API: the probe and the prefix a campaign's
+    runs share (no model yet) call it too. It was registered by the first
+    model made, so they faulted with 'unknown hypercall 8'."""
+    rc = cli.main(["fuzz", str(HELD / "shadow-api/scenario.toml"), "--model", model, "--runs", "3",
+                   "--jobs", "1", "--strategy", "exhaustive", "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert rc == 0, out
+    (summary,) = out["models"]
+    assert summary["fault"] == 0 and summary["completed"] == 3 and summary["coverage"]["complete"]
+
+
+def test_a_pooled_run_restores_the_shadow_variables_of_its_prefix():
+    """A pooled machine goes back to the end of the prefix before each run:
+    the shadow variables (the base's counters, allocated in the prefix)
+    with the heap's memory; the run is the same run as on a fresh machine."""
+    r = Runner(scenario.build(scenario.load(HELD / "shadow-api/scenario.toml")))
+    spec = replace(r.plan("livepatch", 1, strategy="exhaustive"), schedule="rr")
+    fresh, m, _ = r.execute(spec, keep=True)
+    m.engine.close()
+    pooled = [r.execute(spec) for _ in range(3)]
+    assert r.pooled == 1
+    assert {p.trace_hash for p in pooled} == {fresh.trace_hash}
+    assert fresh.outcome == "completed" and fresh.fault is None
