@@ -614,6 +614,83 @@ def test_callbacks_module_coming_pre_patch_callback_enodev():
     assert st.lp.module_state(MOD_TARGET) is None      # refused: not loaded
 
 
+def test_callbacks_pre_patch_failing_on_a_later_object_unpatches_the_earlier_ones():
+    """__klp_enable_patch runs pre_patch and klp_patch_object object by
+    object; a refusal from the second one cancels (klp_cancel_transition ->
+    klp_complete_transition, target UNPATCHED): post_unpatch runs for each
+    loaded object whose pre_patch succeeded (post_unpatch_enabled), vmlinux
+    here, never for the refusing one."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    patch, cbs = demo_patch(st)
+    table = patch.object(MOD_TARGET).callbacks
+    refuse = table["pre_patch"]
+    table["pre_patch"] = lambda m, p, obj: refuse(m, p, obj) or -errno.ENODEV
+    st.load_mod(target)
+    exc = st.load_failing_lp(patch)
+    assert isinstance(exc, PatchRefused) and exc.errno == errno.ENODEV
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        livepatch: pre-patch callback failed for object '$MOD_TARGET'
+        livepatch: failed to enable patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': canceling patching transition, going to unpatch
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        modprobe: ERROR: could not insert '$MOD_LIVEPATCH': No such device
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.installed == [] and not st.lp.sysfs()
+    assert not any(o.patched for o in patch.objects)
+
+
+def test_callbacks_a_module_loaded_during_the_patching_transition():
+    """klp_module_coming runs pre_patch for the patch in transition but
+    not post_patch (patch == klp_transition_patch); klp_complete_transition
+    then runs post_patch for every loaded object, the new module too, now
+    LIVE."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    load_busy, _ = busy_module(st)
+    patch, _ = demo_patch(st)
+    load_busy(block=True)
+    st.load_lp(patch, wait=False)
+    st.run(2)
+    st.load_mod(target)
+    assert st.lp.transition_patch is patch
+    st.cmd(f"echo N > /sys/module/{MOD_TARGET_BUSY}/parameters/block_transition")
+    st.write(st.image(MOD_TARGET_BUSY), "block_transition", 0)
+    st.wait_transition()
+    assert st.log() == transcript("""
+        % modprobe $MOD_TARGET_BUSY block_transition=Y
+        $MOD_TARGET_BUSY: ${MOD_TARGET_BUSY}_init
+        $MOD_TARGET_BUSY: busymod_work_func enter
+        % modprobe $MOD_LIVEPATCH
+        livepatch: enabling patch '$MOD_LIVEPATCH'
+        livepatch: '$MOD_LIVEPATCH': initializing patching transition
+        $MOD_LIVEPATCH: pre_patch_callback: vmlinux
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': starting patching transition
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_TARGET: ${MOD_TARGET}_init
+        % echo N > /sys/module/$MOD_TARGET_BUSY/parameters/block_transition
+        $MOD_TARGET_BUSY: busymod_work_func exit
+        livepatch: '$MOD_LIVEPATCH': completing patching transition
+        $MOD_LIVEPATCH: post_patch_callback: vmlinux
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': patching complete
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.sysfs()[f"{MOD_DEMO}/{MOD_TARGET}/patched"]["value"] == "1"
+
+
 def test_callbacks_multiple_target_modules():
     st = Selftest()
     target = st.image(MOD_TARGET)
