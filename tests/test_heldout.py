@@ -780,3 +780,16 @@ def test_a_pooled_run_restores_the_shadow_variables_of_its_prefix():
     assert r.pooled == 1
     assert {p.trace_hash for p in pooled} == {fresh.trace_hash}
     assert fresh.outcome == "completed" and fresh.fault is None
+
+
+@pytest.mark.parametrize("kernel,outcome", [("4.18", "stalled"), ("6.4", "completed"), ("6.15", "completed"),
+                                            ("6.16", "stalled"), ("6.19", "stalled")])
+def test_cond_resched_switches_a_user_task_that_never_leaves_the_kernel_too(kernel, outcome):
+    """klp_cond_resched() (6.4 .. 6.15) is every task's switch point, not a
+    kthread's only; a fake signal cannot help a task that never reaches its
+    kernel exit."""
+    res, log, *_ = run("cond-resched-outside/scenario-user.toml", "livepatch", kernel=kernel)
+    assert res.outcome == outcome and kernel_safe(res)
+    sound(res)
+    if outcome == "stalled":
+        assert res.transitions[0]["blockers"][0]["stack"][-1] == "(running)"
