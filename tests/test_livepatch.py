@@ -2120,3 +2120,48 @@ def test_force_blocks_the_removal_of_every_patch_before_5_18(compile_c, kernel, 
     else:
         with pytest.raises(Busy, match="forced"):
             lp.remove(p1)
+
+
+@pytest.mark.parametrize("kernel", ["5.14", "6.19"])
+def test_sysfs_during_a_transition(compile_c, kernel):
+    """core.c's attributes while a transition is blocked: `transition` 1
+    (patch == klp_transition_patch), `enabled` already the target
+    (__klp_enable_patch sets it right after klp_start_transition,
+    __klp_disable_patch clears it), each object's `patched` 1 until
+    klp_complete_transition unpatches it; `force` of another patch is
+    -EINVAL (force_store: patch != klp_transition_patch)."""
+    m, lp, base = machine(compile_c, [("stuck", "stuck_kthread", (), "kthread"),
+                                      ("worker", "worker", (0,), "user")], kernel=kernel)
+    patch = load_patch(compile_c, m, base, "p", ["stuck", "quick"])
+    other = make_patch(m, "other", None, [])
+    has_patched = versions.kernel(kernel).sysfs_object_patched
+
+    def value(rel):
+        return lp.sysfs()[f"p/{rel}"]["value"]
+
+    m.at(m.seconds(0.1), lambda: lp.enable(patch))
+    m.run(until=m.seconds(2.5))
+    assert lp.transitions[0].result == "pending"
+    assert (value("transition"), value("enabled")) == ("1", "1")
+    assert lp.sysfs()["p/force"] == {"mode": "--w-------", "value": None}
+    if has_patched:
+        assert value("vmlinux/patched") == "1"
+    with pytest.raises(PatchRefused, match="EINVAL"):
+        lp.force(other)
+    lp.force(patch)
+    m.run(until=m.seconds(4))
+    assert lp.transitions[0].result == "completed"
+    assert (value("transition"), value("enabled")) == ("0", "1")
+    with pytest.raises(PatchRefused, match="EINVAL"):
+        lp.force(patch)                     # no longer in transition
+    m.wake(m.tasks[0], early=True)          # now asleep in the new stuck()
+    m.run(until=m.seconds(4.5))
+    lp.disable(patch)
+    m.run(until=m.seconds(7))
+    assert lp.transitions[-1].result == "pending"
+    assert (value("transition"), value("enabled")) == ("1", "0")
+    if has_patched:
+        assert value("vmlinux/patched") == "1"
+    lp.force(patch)
+    m.run(until=m.seconds(9))
+    assert lp.transitions[-1].result == "completed" and "p" not in lp.sysfs()
