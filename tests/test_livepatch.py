@@ -1883,7 +1883,9 @@ def test_stacked_patches_check_the_previous_patch_and_fall_back_to_it(compile_c)
     lp.enable(p2)
     m.run(until=m.seconds(4.6))
     t2 = lp.transitions[1]
-    assert t2.result == "pending" and [name for name, _ in t2.blockers] == ["late"]
+    # one attempt so far: the retry comes at a whole second, 4.5 s rounding
+    # up to 5 s (round_jiffies_relative)
+    assert t2.result == "pending" and t2.attempts == 1 and "late" in [name for name, _ in t2.blockers]
     p1_slow = m.function("p1:slow")
     _, entries = m.stack(m.tasks[2])
     assert any(p1_slow.start <= a < p1_slow.end for a in entries)
@@ -2112,7 +2114,7 @@ def test_force_blocks_the_removal_of_every_patch_before_5_18(compile_c, kernel, 
     m.run(until=m.seconds(4.5))
     assert lp.transitions[-1].result == "completed"
     lp.disable(p1)
-    m.run(until=m.seconds(6))
+    m.run(until=m.seconds(6.5))          # its retry: 4.5 s + 1 s rounds up to 6 s
     assert lp.transitions[-1].result == "completed"
     assert p1.forced == (not older_removable) and p2.forced == (not older_removable)
     if older_removable:
@@ -2165,3 +2167,27 @@ def test_sysfs_during_a_transition(compile_c, kernel):
     lp.force(patch)
     m.run(until=m.seconds(9))
     assert lp.transitions[-1].result == "completed" and "p" not in lp.sysfs()
+
+
+@pytest.mark.parametrize("hz", [100, 250])
+def test_retries_come_on_whole_seconds(compile_c, hz):
+    """klp_try_complete_transition queues its retry with
+    round_jiffies_relative(HZ): jiffies + HZ rounded to a whole second (down
+    when less than HZ/4 past one, else up), skewed by 3 jiffies per number
+    of the CPU that queues it. An enable at 0.1 s retries at 1 s, then at
+    every whole second; one at 2.6 s first retries at 4 s, not at 3.6 s."""
+    for start, first in [(0.1, 1), (2.6, 4)]:
+        m, lp, base = machine(compile_c, [("stuck", "stuck_kthread", (), "kthread"),
+                                          ("worker", "worker", (0,), "user")], hz=hz)
+        patch = load_patch(compile_c, m, base, "p", ["stuck"])
+        m.at(m.seconds(start), lambda: lp.enable(patch))
+        m.run(until=m.seconds(first + 4.5))
+        jiffy = m.tick
+        times = [a.clock for a in lp.transitions[0].history]
+        assert times[0] - m.seconds(start) < jiffy
+        retries = times[1:]
+        assert len(retries) == 5
+        for k, when in enumerate(retries):
+            second = m.seconds(first + k)
+            # at the whole second, less the CPU's skew (3 jiffies a CPU), plus the work's own cost
+            assert second - 3 * (len(m.cpus) - 1) * jiffy <= when < second + jiffy, (k, when, second)

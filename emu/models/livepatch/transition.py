@@ -5,7 +5,8 @@ to the target one. The ftrace handler sends a task to the new or the old
 code by its own patch_state while the patch's functions are in transition,
 so each task sees one consistent set of functions. A task switches
 - when the transition work finds its stack reliable and free of the
-  functions being replaced (try_complete: at once, then every retry period);
+  functions being replaced (try_complete: at once, then about every second,
+  on whole seconds: retry_delay);
 - when it returns to user space (update_patch_state at kernel exit), with
   no stack check: it holds no kernel frame then;
 - an idle task, in its idle loop;
@@ -124,7 +125,30 @@ def work(lp, gen: int, updates):
         done = yield from try_complete(lp)
         if done:
             return
-        yield Delay(lp.m.seconds(lp.retry_period))
+        yield Delay(retry_delay(lp))
+
+
+def retry_delay(lp) -> int:
+    """The instructions until the next attempt: klp_try_complete_transition
+    queues its delayed work with round_jiffies_relative(HZ)
+    (kernel/time/timer.c round_jiffies_common), so a retry comes at a whole
+    second of jiffies (boot is one), not a second after this attempt:
+    jiffies + HZ is rounded down when less than HZ/4 past a whole second,
+    else up, both skewed by 3 jiffies per number of the CPU that queues it
+    (this step's), and kept as it was if the rounding lands in the past.
+    The period is the model's retry_period (one second, HZ)."""
+    m = lp.m
+    hz = m.hz
+    now = m.now // m.tick                       # jiffies
+    skew = 3 * (m.works.cpu or 0)
+    j = original = now + max(1, round(lp.retry_period * hz))
+    j += skew
+    rem = j % hz
+    j = j - rem if rem < hz // 4 else j - rem + hz
+    j -= skew
+    if j <= now:
+        j = original
+    return j * m.tick - m.now
 
 
 def try_complete(lp):
