@@ -21,6 +21,7 @@ from emu.machine.machine import EV_KERNEL_EXIT
 EX = Path(__file__).resolve().parent.parent / "examples"
 SECOND = 100_000            # instructions in one virtual second (default tick 1000, 100 Hz)
 TICK = 1_000                # one jiffy
+PHASE = 4 * TICK            # a whole second of jiffies after one of the boot: INITIAL_JIFFIES at 100 Hz
 NOP5 = bytes.fromhex("0f1f440000")
 
 
@@ -160,9 +161,11 @@ def test_busy_force_completes_the_transition():
     soon = range(force_at, force_at + SECOND // 100)
     lp = execute(r, "livepatch")
     # force_store switches the tasks; the transition completes at the next
-    # retry, on the next whole second (round_jiffies_relative), 3 s, less
-    # its CPU's skew of 3 ticks a CPU
-    retry = range(3 * SECOND - 3 * TICK, 3 * SECOND + SECOND // 100)
+    # retry, on the next whole second of jiffies (round_jiffies_relative;
+    # 100 Hz: 4 ticks after the boot's, INITIAL_JIFFIES), 3 s, less its
+    # CPU's skew of 3 ticks a CPU
+    second = 3 * SECOND + PHASE
+    retry = range(second - 3 * TICK, second + SECOND // 100)
     assert lp.res.outcome == "completed" and lp.t[0]["completed_at"] in retry
     assert lp.logged("livepatch: forcing remaining tasks to the patched state")
     assert ("sleeper", force_at, "force") in {(n, time, h) for time, n, _, h in lp.switches}
@@ -180,7 +183,7 @@ def test_busy_livepatch_fake_signal_wakes_the_sleeper_and_kgraft_stays_stalled()
     signal_at = next(time for time, text in lp.log if "signaling remaining tasks" in text)
     # the 16th attempt: the 15th retry, on the 15th whole second (round_jiffies_relative,
     # less 3 ticks a CPU), plus the time it waited for a CPU
-    assert 15 * SECOND - 3 * TICK <= signal_at < 15 * SECOND + SECOND // 10
+    assert 15 * SECOND + PHASE - 3 * TICK <= signal_at < 15 * SECOND + PHASE + SECOND // 10
     assert signal_at <= lp.t[0]["completed_at"] <= signal_at + SECOND + SECOND // 100   # the next attempt
     left = lp.values["sleeper", 3][0]                            # the ticks its sleep had left
     assert 1000 < left < 3000

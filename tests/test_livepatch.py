@@ -2038,7 +2038,8 @@ def test_stacking_order_is_enforced_before_5_1(compile_c, kernel):
     m.run(until=m.seconds(0.02))
 
     def settle(_):
-        m.run(until=m.now + m.seconds(1.5))
+        # the retry after the first attempt comes 0.75 to 1.75 s later (round_jiffies_relative)
+        m.run(until=m.now + m.seconds(2))
         assert lp.transitions[-1].result == "completed"
 
     lp.enable(p1)
@@ -2169,25 +2170,29 @@ def test_sysfs_during_a_transition(compile_c, kernel):
     assert lp.transitions[-1].result == "completed" and "p" not in lp.sysfs()
 
 
-@pytest.mark.parametrize("hz", [100, 250])
-def test_retries_come_on_whole_seconds(compile_c, hz):
+@pytest.mark.parametrize("hz", [100, 250, 1000])
+def test_retries_come_on_whole_seconds_of_jiffies(compile_c, hz):
     """klp_try_complete_transition queues its retry with
     round_jiffies_relative(HZ): jiffies + HZ rounded to a whole second (down
     when less than HZ/4 past one, else up), skewed by 3 jiffies per number
-    of the CPU that queues it. An enable at 0.1 s retries at 1 s, then at
-    every whole second; one at 2.6 s first retries at 4 s, not at 3.6 s."""
+    of the CPU that queues it. Jiffies start at INITIAL_JIFFIES, (unsigned
+    int)(-300 * HZ), so a whole second of jiffies is `phase` jiffies after
+    one of the boot. The first retry of an enable 0.1 s (then 2.6 s) after
+    a whole second comes at the next one (the one after), then every
+    second."""
+    phase = -(2**32 - 300 * hz) % hz          # jiffies from a whole second of boot to one of jiffies
     for start, first in [(0.1, 1), (2.6, 4)]:
         m, lp, base = machine(compile_c, [("stuck", "stuck_kthread", (), "kthread"),
                                           ("worker", "worker", (0,), "user")], hz=hz)
-        patch = load_patch(compile_c, m, base, "p", ["stuck"])
-        m.at(m.seconds(start), lambda: lp.enable(patch))
-        m.run(until=m.seconds(first + 4.5))
         jiffy = m.tick
+        patch = load_patch(compile_c, m, base, "p", ["stuck"])
+        m.at(m.seconds(start) + phase * jiffy, lambda: lp.enable(patch))
+        m.run(until=m.seconds(first + 4.5) + phase * jiffy)
         times = [a.clock for a in lp.transitions[0].history]
-        assert times[0] - m.seconds(start) < jiffy
+        assert times[0] - m.seconds(start) - phase * jiffy < jiffy
         retries = times[1:]
         assert len(retries) == 5
         for k, when in enumerate(retries):
-            second = m.seconds(first + k)
+            second = m.seconds(first + k) + phase * jiffy
             # at the whole second, less the CPU's skew (3 jiffies a CPU), plus the work's own cost
             assert second - 3 * (len(m.cpus) - 1) * jiffy <= when < second + jiffy, (k, when, second)

@@ -131,15 +131,19 @@ def work(lp, gen: int, updates):
 def retry_delay(lp) -> int:
     """The instructions until the next attempt: klp_try_complete_transition
     queues its delayed work with round_jiffies_relative(HZ)
-    (kernel/time/timer.c round_jiffies_common), so a retry comes at a whole
-    second of jiffies (boot is one), not a second after this attempt:
-    jiffies + HZ is rounded down when less than HZ/4 past a whole second,
-    else up, both skewed by 3 jiffies per number of the CPU that queues it
-    (this step's), and kept as it was if the rounding lands in the past.
-    The period is the model's retry_period (one second, HZ)."""
+    (kernel/time/timer.c round_jiffies_common), so a retry comes on a whole
+    second of jiffies, not a second after this attempt: jiffies + HZ is
+    rounded down when less than HZ/4 past a whole second, else up, both
+    skewed by 3 jiffies per number of the CPU that queues it (this step's),
+    and kept as it was if the rounding lands in the past. Jiffies start at
+    INITIAL_JIFFIES (include/linux/jiffies.h: (unsigned int)(-300 * HZ), on
+    a 64-bit kernel), so the whole seconds are not the boot's: at 100 Hz
+    they fall 4 jiffies after it. The period is the model's retry_period
+    (one second, HZ)."""
     m = lp.m
     hz = m.hz
-    now = m.now // m.tick                       # jiffies
+    initial = 2**32 - 300 * hz
+    now = initial + m.now // m.tick             # jiffies
     skew = 3 * (m.works.cpu or 0)
     j = original = now + max(1, round(lp.retry_period * hz))
     j += skew
@@ -148,7 +152,7 @@ def retry_delay(lp) -> int:
     j -= skew
     if j <= now:
         j = original
-    return j * m.tick - m.now
+    return (j - initial) * m.tick - m.now
 
 
 def try_complete(lp):
