@@ -691,6 +691,42 @@ def test_callbacks_a_module_loaded_during_the_patching_transition():
     assert st.lp.sysfs()[f"{MOD_DEMO}/{MOD_TARGET}/patched"]["value"] == "1"
 
 
+def test_callbacks_a_module_loaded_during_the_unpatching_transition():
+    """A patch in its unpatching transition is still on klp_patches:
+    klp_module_coming applies it to the module (pre_patch, the functions
+    in transition; no post_patch, it is klp_transition_patch), and
+    klp_complete_transition unpatches the module with the rest and runs its
+    post_unpatch (its pre_patch enabled it)."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    load_busy, _ = busy_module(st)
+    patch, _ = demo_patch(st)
+    load_busy(block=True)
+    st.load_lp(patch, wait=False)
+    st.run(2)
+    n = len(st.log())
+    st.cmd(f"echo 0 > /sys/kernel/livepatch/{MOD_DEMO}/enabled")
+    st.lp.disable(patch)                   # reversed: now unpatching, until the next retry
+    st.load_mod(target)
+    assert st.lp.transition_patch is patch and patch.object(MOD_TARGET).patched
+    st.wait_transition()
+    assert st.since(n) == transcript("""
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': reversing transition from patching to unpatching
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_TARGET: ${MOD_TARGET}_init
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_LIVE] Normal state
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.installed == [] and not patch.object(MOD_TARGET).patched
+
+
 def test_callbacks_multiple_target_modules():
     st = Selftest()
     target = st.image(MOD_TARGET)
