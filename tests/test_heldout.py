@@ -435,6 +435,22 @@ def test_atomic_replace_while_a_task_sleeps_in_a_function_it_drops(model, seed):
         assert collapse(values[(task, 1)]) in ([7, 1007, 7], [7, 1007], [7])
 
 
+@pytest.mark.parametrize("model", ["stop_machine", "livepatch", "kgraft", "immediate"])
+@pytest.mark.parametrize("seed", range(2))
+def test_kpatch_replace_skips_the_force_functions_of_the_patches_it_replaces(model, seed):
+    """kpatch_backtrace_address_verify(): in the replace case it checks
+    every KPATCH_OP_UNPATCH func of the hash that is not force; p1's f()
+    is force, so the sleeper inside it does not block p2, which completes
+    at its first attempt (it failed 5 attempts when the replaced functions
+    were checked without their force flag)."""
+    res, log, _, _ = run("kpatch-replace-force/scenario.toml", model, seed)
+    sound(res)
+    assert [t["result"] for t in res.transitions] == ["completed", "completed"]
+    if model == "stop_machine":
+        assert [t["attempts"] for t in res.transitions] == [1, 1]
+        assert not any("activeness safety check failed" in line for line in log)
+
+
 def test_atomic_replace_is_refused_before_5_1():
     res, _, _, status = run("replace-nop-asleep/scenario.toml", "livepatch", kernel="5.0")
     sound(res)

@@ -9,7 +9,7 @@ compared with the ranges of the functions being replaced (the original when
 patching, the active version when repatching or unpatching, the replaced
 patches' functions too with replace). A hit fails the whole operation with
 -EBUSY; the kpatch tool retries up to 5 times, 2 s apart. Functions marked
-force are not checked. The handler sends the task to new_func + 5, past the
+force are not checked, the replaced patches' ones included. The handler sends the task to new_func + 5, past the
 new function's own fentry NOP.
 
 The pause is measured: the virtual time during which every CPU was stopped
@@ -103,9 +103,11 @@ class StopMachine(Model):
                 lo, hi = self.own_range(self.active(f) if self.unpatch_checks_active else f)
             out.append((lo, hi, f.name))
         if patch.replace and target == PATCHED:
+            # "in the replace case" every KPATCH_OP_UNPATCH func of the hash
+            # that is not force (kpatch_backtrace_address_verify)
             for other in self.replaced(patch):
                 for g in self.loaded_funcs(other):
-                    if not g.nop:
+                    if not g.nop and not g.force:
                         out.append((g.new.start, g.new.end, g.name))
         return out
 
