@@ -451,6 +451,27 @@ def test_kpatch_replace_skips_the_force_functions_of_the_patches_it_replaces(mod
         assert not any("activeness safety check failed" in line for line in log)
 
 
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_task_asleep_63_entries_deep_fills_kpatchs_trace(model):
+    """save_stack_trace_tsk() appends x86's ULONG_MAX end marker while there
+    is room: 63 addresses fill kpatch's 64 entries, and a full trace fails
+    every attempt ("more than 64 trace entries!"); kpatch passed until 64.
+    No other model limits the depth this way."""
+    res, log, _, _ = run("kpatch-deep-stack/scenario.toml", model)
+    sound(res)
+    if model == "stop_machine":
+        assert res.transitions[0]["result"] == "failed" and res.transitions[0]["attempts"] == 5
+        assert log.count("kpatch: more than 64 trace entries!") == 5
+    elif model != "kgraft":         # kGraft: the sleeper crosses no boundary (see the scenario)
+        assert res.outcome == "completed"
+
+
+def test_a_task_asleep_62_entries_deep_passes_kpatchs_check():
+    res, log, _, _ = run("kpatch-deep-stack/scenario.toml", "stop_machine", entry="shallow_entry")
+    sound(res)
+    assert res.transitions[0]["result"] == "completed" and res.transitions[0]["attempts"] == 1
+
+
 def test_atomic_replace_is_refused_before_5_1():
     res, _, _, status = run("replace-nop-asleep/scenario.toml", "livepatch", kernel="5.0")
     sound(res)

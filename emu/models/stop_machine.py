@@ -4,13 +4,14 @@ kpatch (kmod/core/core.c): the ftrace ops are registered first, with an
 empty function hash, so the handler finds nothing and the old code still
 runs; the switch itself is the insertion into that hash, done inside
 stop_machine after the activeness safety check: every task's stack (at most
-64 entries; a full trace counts as failure) and its interrupted RIP are
-compared with the ranges of the functions being replaced (the original when
-patching, the active version when repatching or unpatching, the replaced
-patches' functions too with replace). A hit fails the whole operation with
--EBUSY; the kpatch tool retries up to 5 times, 2 s apart. Functions marked
-force are not checked, the replaced patches' ones included. The handler sends the task to new_func + 5, past the
-new function's own fentry NOP.
+64 entries with x86's end marker; a full trace counts as failure, so 63
+addresses fail) and its interrupted RIP are compared with the ranges of the
+functions being replaced (the original when patching, the active version
+when repatching or unpatching, the replaced patches' functions too with
+replace). A hit fails the whole operation with -EBUSY; the kpatch tool
+retries up to 5 times, 2 s apart. Functions marked force are not checked,
+the replaced patches' ones included. The handler sends the task to
+new_func + 5, past the new function's own fentry NOP.
 
 The pause is measured: the virtual time during which every CPU was stopped
 (the check costs `cost_per_task` instructions per task plus
@@ -45,7 +46,12 @@ class StopMachine(Model):
     skip_fentry = True
     retries = 5
     retry_delay = 2.0          # seconds between attempts (the kpatch tool's)
-    max_entries = 63           # kpatch's MAX_STACK_TRACE_DEPTH 64: a full trace fails
+    trace_depth = 64           # kpatch's MAX_STACK_TRACE_DEPTH: a full trace fails
+    # the walk's entries that fit before the buffer is full: x86's
+    # __save_stack_trace() appends a ULONG_MAX end marker while there is
+    # room, so 63 addresses already fill the 64 entries (nr_entries >=
+    # max_entries); the walk fails when it would take one more than this
+    max_entries = trace_depth - 2
     prefix = "kpatch: "
     # kpatch_backtrace_address_verify(): unpatching checks the active
     # version of each function (kpatch_get_func(old_addr), the newest in
@@ -295,9 +301,8 @@ class StopMachine(Model):
     def _report(self, t, task, what, entries) -> None:
         stack = self.describe_stack(task, entries)
         t.block(self.m.now, [(task.name, stack)])
-        if what in unwind.REASONS.values():
-            self.printk(f"{self.prefix}more than {self.max_entries + 1} trace entries!"
-                        if "entries" in what else f"{self.prefix}stack of {task.name} unusable: {what}")
+        if what == unwind.REASONS[unwind.WALK_TOO_DEEP]:
+            self.printk(f"{self.prefix}more than {self.trace_depth} trace entries!")
         else:
             self.printk(f"{self.prefix}activeness safety check failed for {what}")
         self.printk(f"{self.prefix}  task {task.name} (tid {task.tid}):")
