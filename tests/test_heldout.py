@@ -4,6 +4,8 @@ model must give and why (kernel/livepatch/transition.c, core.c, shadow.c;
 kpatch's kmod/core/core.c; the kGraft series; Ksplice). The tests hold the
 emulator to those answers, and the regressions below are the places where it
 once gave another."""
+import re
+
 import pytest
 
 from emu.kernel.patch import make_patch
@@ -470,6 +472,45 @@ def test_a_task_asleep_62_entries_deep_passes_kpatchs_check():
     res, log, _, _ = run("kpatch-deep-stack/scenario.toml", "stop_machine", entry="shallow_entry")
     sound(res)
     assert res.transitions[0]["result"] == "completed" and res.transitions[0]["attempts"] == 1
+
+
+def test_ksplice_sleeps_after_its_last_attempt_and_prints_every_conflict_once():
+    """patch_action(): a 1 s sleep after each busy attempt, the 5th too,
+    then print_conflicts() of the last attempt (check_each_task() records
+    every task that fails) and the abort."""
+    r = runner("ksplice-gives-up/scenario.toml")
+    res, m, mod = r.execute(r.plan("ksplice", 0), keep=True)
+    try:
+        sound(res)
+        t = mod.transitions[0]
+        assert t.result == "failed" and t.attempts == 5
+        assert all([name for name, _ in a.blockers] == ["sleeper0", "sleeper1"] for a in t.history)
+        lines = [(clock, text) for clock, text in m.log if text.startswith("ksplice: ")]
+        assert len(lines) == 3
+        for (_, text), tid in zip(lines, range(2)):
+            found = re.fullmatch(rf"ksplice: stack check: pid {tid} \(sleeper{tid}\): ([0-9a-f]+) \[<-CONFLICT\]", text)
+            assert found and m.symbolize(int(found[1], 16)).startswith("f+")
+        assert lines[2][1] == "ksplice: Aborted gfix.  stack check: to-be-replaced code is busy."
+        last = t.history[-1].clock
+        assert m.seconds(1) <= lines[-1][0] - last < m.seconds(1.01)
+    finally:
+        m.engine.close()
+
+
+def test_kpatch_names_the_first_task_that_fails_with_its_trace():
+    """kpatch_verify_activeness_safety() stops at the first task that fails
+    and prints it as 'PID: %d Comm: %.20s' with its saved trace, one
+    '  [<%pK>] %pB' line per address; the tool gives up right after the 5th
+    attempt."""
+    res, log, _, _ = run("ksplice-gives-up/scenario.toml", "stop_machine")
+    sound(res)
+    t = res.transitions[0]
+    assert t["result"] == "failed" and t["attempts"] == 5
+    assert all([b["task"] for b in a["blockers"]] == ["sleeper0"] for a in t["attempt_log"])
+    i = log.index("kpatch: activeness safety check failed for f")
+    assert log[i + 1] == "kpatch: PID: 0 Comm: sleeper0"
+    assert re.fullmatch(r"kpatch:   \[<[0-9a-f]{16}>\] f\+0x[0-9a-f]+/0x[0-9a-f]+", log[i + 2])
+    assert re.fullmatch(r"kpatch:   \[<[0-9a-f]{16}>\] user_entry\+0x[0-9a-f]+/0x[0-9a-f]+", log[i + 3])
 
 
 def test_atomic_replace_is_refused_before_5_1():
