@@ -79,6 +79,22 @@ def test_stop_machine_fails_with_ebusy_after_its_retries_and_names_the_task(comp
     assert model.ftrace.site_bytes(patch.objects[0].funcs[0].old) == bytes.fromhex("0f1f440000")
 
 
+def test_stop_machine_leaves_the_sites_nops_between_its_attempts(compile_c):
+    """Each attempt is a new insmod by the kpatch tool: kpatch_register()
+    registers the ftrace ops, and a failed stop_machine unregisters them
+    again (kpatch_ftrace_remove_func), so between two attempts the
+    functions' sites are NOPs, and every attempt changes them twice."""
+    m, model, patch = setup(compile_c, "stop_machine", sleep=100_000)
+    enable_at(m, model, patch, 5_000)
+    sites = [f.old for f in patch.objects[0].funcs]
+    for attempts in (1, 2, 3):
+        m.run(until=m.seconds(1 + 2 * (attempts - 1)))
+        t = model.transitions[0]
+        assert t.attempts == attempts and t.result == "pending"
+        assert all(model.ftrace.site_bytes(fn) == bytes.fromhex("0f1f440000") for fn in sites)
+        assert model.ftrace.pokes == 2 * len(sites) * attempts
+
+
 def test_stop_machine_switches_when_no_task_is_inside(compile_c):
     m, model, patch = setup(compile_c, "stop_machine", entry="napper_entry", sleep=100_000)
     enable_at(m, model, patch, 5_000)

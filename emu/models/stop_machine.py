@@ -9,8 +9,10 @@ addresses fail) and its interrupted RIP are compared with the ranges of the
 functions being replaced (the original when patching, the active version
 when repatching or unpatching, the replaced patches' functions too with
 replace). A hit fails the whole operation with -EBUSY; the kpatch tool
-retries up to 5 times, 2 s apart. Functions marked force are not checked,
-the replaced patches' ones included. The handler sends the task to
+retries up to 5 times, 2 s apart, each time loading the patch module anew:
+a failed attempt unregisters the ftrace ops it registered, so the sites are
+NOPs again until the next one. Functions marked force are not checked, the
+replaced patches' ones included. The handler sends the task to
 new_func + 5, past the new function's own fentry NOP.
 
 The pause is measured: the virtual time during which every CPU was stopped
@@ -51,6 +53,10 @@ class StopMachine(Model):
     retry_delay = 2.0          # seconds between attempts (the kpatch tool's)
     # kpatch_verify_activeness_safety() stops at the first task that fails
     checks_every_task = False
+    # each attempt to patch is a new insmod by the kpatch tool: a failed
+    # kpatch_register() unregisters the ftrace ops it registered
+    # (kpatch_ftrace_remove_func), and the next attempt registers them again
+    reloads_per_attempt = True
     trace_depth = 64           # kpatch's MAX_STACK_TRACE_DEPTH: a full trace fails
     # the walk's entries that fit before the buffer is full: x86's
     # __save_stack_trace() appends a ULONG_MAX end marker while there is
@@ -210,6 +216,9 @@ class StopMachine(Model):
             self._report(t, blockers)
             yield Release()
             t.pauses.append((stopped, m.now))
+            if target == PATCHED and self.reloads_per_attempt:
+                for f in funcs:
+                    yield from self.release_ops(f)
             if t.attempts >= self.retries:
                 yield from self._give_up(t, patch, target, blockers)
                 if target == PATCHED:
@@ -354,6 +363,8 @@ class Ksplice(StopMachine):
     # check_each_task() goes on past a task that fails: every conflict of
     # the attempt is recorded (check_task() again, with rerun)
     checks_every_task = True
+    # patch_action() retries within one load of the update
+    reloads_per_attempt = False
 
     def _report(self, t, blockers) -> None:
         """A failed attempt only records its conflicts (update->conflicts);
