@@ -450,7 +450,23 @@ def test_kpatch_replace_skips_the_force_functions_of_the_patches_it_replaces(mod
     assert [t["result"] for t in res.transitions] == ["completed", "completed"]
     if model == "stop_machine":
         assert [t["attempts"] for t in res.transitions] == [1, 1]
-        assert not any("activeness safety check failed" in line for line in log)
+        assert [line for line in log if line.startswith("kpatch: ")] == [
+            "kpatch: loaded patch module 'p1'", "kpatch: unloaded patch module 'p1'",
+            "kpatch: loaded patch module 'p2'"]
+
+
+def test_kpatch_replace_takes_the_replaced_functions_out_of_ftrace():
+    """kpatch_register(), replace: after the stop every replaced func leaves
+    the hash and the ftrace filter (kpatch_ftrace_remove_func): f(), which
+    only p1 patched, has a NOP site again; k() keeps p2's call."""
+    r = runner("kpatch-replace-force/scenario.toml")
+    res, m, mod = r.execute(r.plan("stop_machine", 0), keep=True)
+    try:
+        assert res.outcome == "completed"
+        assert mod.ftrace.site_bytes(m.function("f")) == bytes.fromhex("0f1f440000")
+        assert mod.ftrace.site_bytes(m.function("k"))[:1] == b"\xe8"
+    finally:
+        m.engine.close()
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)

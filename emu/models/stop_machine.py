@@ -199,6 +199,8 @@ class StopMachine(Model):
                 if target == UNPATCHED:
                     self._each_loaded(patch, callbacks.pre_unpatch)
                 m.emit(EV_TRANSITION, -1, T_SWITCH, patch.index, int(self.forcing))
+                retired = self.replaced(patch) if target == PATCHED and patch.replace else []
+                gone = [g for other in retired for g in self.loaded_funcs(other)]
                 self._switch(patch, target, funcs)
                 self._each_loaded(patch, callbacks.post_patch if target == PATCHED else callbacks.post_unpatch)
                 yield Release()
@@ -206,6 +208,13 @@ class StopMachine(Model):
                 if target == UNPATCHED:
                     for f in funcs:
                         yield from self.release_ops(f)
+                # kpatch_register(), replace: the replaced funcs leave the
+                # ftrace filter too (a site nothing patches is a NOP again),
+                # and each replaced module is unloaded
+                for g in gone:
+                    yield from self.release_ops(g)
+                for other in retired:
+                    self.printk(f"{self.prefix}unloaded patch module '{other.name}'")
                 self.forcing = False
                 t.blockers = []         # earlier attempts' blockers are history now
                 self.printk(f"{self.prefix}{'loaded' if target == PATCHED else 'unloaded'} "
