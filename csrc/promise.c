@@ -153,8 +153,13 @@ static int checked(struct pass *s, int64_t idx, uint64_t target, const struct pt
         int force = 0, h, tl;
         if (carries(p, idx, fid, &force))
             h = !(forced_ok && force) && ((target == EMU_PATCHED) == (version != idx));
-        else
-            h = replace && target == EMU_PATCHED && version != 0 && version != idx && carried_by_any(p, fid);
+        else {
+            /* a replaced patch's version: kpatch skips it when that patch
+             * marked it force (kpatch_backtrace_address_verify) */
+            int vforce = 0;
+            h = replace && target == EMU_PATCHED && version != 0 && version != idx && carried_by_any(p, fid)
+                && !(forced_ok && carries(p, version, fid, &vforce) && vforce);
+        }
         if (!h)
             continue;
         tl = tail(p, fid, version);

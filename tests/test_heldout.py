@@ -4,6 +4,8 @@ model must give and why (kernel/livepatch/transition.c, core.c, shadow.c;
 kpatch's kmod/core/core.c; the kGraft series; Ksplice). The tests hold the
 emulator to those answers, and the regressions below are the places where it
 once gave another."""
+import re
+
 import pytest
 
 from emu.kernel.patch import make_patch
@@ -433,6 +435,98 @@ def test_atomic_replace_while_a_task_sleeps_in_a_function_it_drops(model, seed):
         assert res.outcome == "completed"
     for task in ("busy0", "busy1", "busy2"):
         assert collapse(values[(task, 1)]) in ([7, 1007, 7], [7, 1007], [7])
+
+
+@pytest.mark.parametrize("model", ["stop_machine", "livepatch", "kgraft", "immediate"])
+@pytest.mark.parametrize("seed", range(2))
+def test_kpatch_replace_skips_the_force_functions_of_the_patches_it_replaces(model, seed):
+    """kpatch_backtrace_address_verify(): in the replace case it checks
+    every KPATCH_OP_UNPATCH func of the hash that is not force; p1's f()
+    is force, so the sleeper inside it does not block p2, which completes
+    at its first attempt (it failed 5 attempts when the replaced functions
+    were checked without their force flag)."""
+    res, log, _, _ = run("kpatch-replace-force/scenario.toml", model, seed)
+    sound(res)
+    assert [t["result"] for t in res.transitions] == ["completed", "completed"]
+    if model == "stop_machine":
+        assert [t["attempts"] for t in res.transitions] == [1, 1]
+        assert [line for line in log if line.startswith("kpatch: ")] == [
+            "kpatch: loaded patch module 'p1'", "kpatch: unloaded patch module 'p1'",
+            "kpatch: loaded patch module 'p2'"]
+
+
+def test_kpatch_replace_takes_the_replaced_functions_out_of_ftrace():
+    """kpatch_register(), replace: after the stop every replaced func leaves
+    the hash and the ftrace filter (kpatch_ftrace_remove_func): f(), which
+    only p1 patched, has a NOP site again; k() keeps p2's call."""
+    r = runner("kpatch-replace-force/scenario.toml")
+    res, m, mod = r.execute(r.plan("stop_machine", 0), keep=True)
+    try:
+        assert res.outcome == "completed"
+        assert mod.ftrace.site_bytes(m.function("f")) == bytes.fromhex("0f1f440000")
+        assert mod.ftrace.site_bytes(m.function("k"))[:1] == b"\xe8"
+    finally:
+        m.engine.close()
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_task_asleep_63_entries_deep_fills_kpatchs_trace(model):
+    """save_stack_trace_tsk() appends x86's ULONG_MAX end marker while there
+    is room: 63 addresses fill kpatch's 64 entries, and a full trace fails
+    every attempt ("more than 64 trace entries!"); kpatch passed until 64.
+    No other model limits the depth this way."""
+    res, log, _, _ = run("kpatch-deep-stack/scenario.toml", model)
+    sound(res)
+    if model == "stop_machine":
+        assert res.transitions[0]["result"] == "failed" and res.transitions[0]["attempts"] == 5
+        assert log.count("kpatch: more than 64 trace entries!") == 5
+    elif model != "kgraft":         # kGraft: the sleeper crosses no boundary (see the scenario)
+        assert res.outcome == "completed"
+
+
+def test_a_task_asleep_62_entries_deep_passes_kpatchs_check():
+    res, log, _, _ = run("kpatch-deep-stack/scenario.toml", "stop_machine", entry="shallow_entry")
+    sound(res)
+    assert res.transitions[0]["result"] == "completed" and res.transitions[0]["attempts"] == 1
+
+
+def test_ksplice_sleeps_after_its_last_attempt_and_prints_every_conflict_once():
+    """patch_action(): a 1 s sleep after each busy attempt, the 5th too,
+    then print_conflicts() of the last attempt (check_each_task() records
+    every task that fails) and the abort."""
+    r = runner("ksplice-gives-up/scenario.toml")
+    res, m, mod = r.execute(r.plan("ksplice", 0), keep=True)
+    try:
+        sound(res)
+        t = mod.transitions[0]
+        assert t.result == "failed" and t.attempts == 5
+        assert all([name for name, _ in a.blockers] == ["sleeper0", "sleeper1"] for a in t.history)
+        lines = [(clock, text) for clock, text in m.log if text.startswith("ksplice: ")]
+        assert len(lines) == 3
+        for (_, text), tid in zip(lines, range(2)):
+            found = re.fullmatch(rf"ksplice: stack check: pid {tid} \(sleeper{tid}\): ([0-9a-f]+) \[<-CONFLICT\]", text)
+            assert found and m.symbolize(int(found[1], 16)).startswith("f+")
+        assert lines[2][1] == "ksplice: Aborted gfix.  stack check: to-be-replaced code is busy."
+        last = t.history[-1].clock
+        assert m.seconds(1) <= lines[-1][0] - last < m.seconds(1.01)
+    finally:
+        m.engine.close()
+
+
+def test_kpatch_names_the_first_task_that_fails_with_its_trace():
+    """kpatch_verify_activeness_safety() stops at the first task that fails
+    and prints it as 'PID: %d Comm: %.20s' with its saved trace, one
+    '  [<%pK>] %pB' line per address; the tool gives up right after the 5th
+    attempt."""
+    res, log, _, _ = run("ksplice-gives-up/scenario.toml", "stop_machine")
+    sound(res)
+    t = res.transitions[0]
+    assert t["result"] == "failed" and t["attempts"] == 5
+    assert all([b["task"] for b in a["blockers"]] == ["sleeper0"] for a in t["attempt_log"])
+    i = log.index("kpatch: activeness safety check failed for f")
+    assert log[i + 1] == "kpatch: PID: 0 Comm: sleeper0"
+    assert re.fullmatch(r"kpatch:   \[<[0-9a-f]{16}>\] f\+0x[0-9a-f]+/0x[0-9a-f]+", log[i + 2])
+    assert re.fullmatch(r"kpatch:   \[<[0-9a-f]{16}>\] user_entry\+0x[0-9a-f]+/0x[0-9a-f]+", log[i + 3])
 
 
 def test_atomic_replace_is_refused_before_5_1():

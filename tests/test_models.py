@@ -69,14 +69,30 @@ def test_stop_machine_fails_with_ebusy_after_its_retries_and_names_the_task(comp
     assert t.result == "failed" and t.error == "-EBUSY" and t.attempts == 5
     log = [text for _, text in m.log]
     assert log.count("kpatch: activeness safety check failed for busy") == 5
-    assert "kpatch:   task sleeper (tid 0):" in log
-    assert any(line.startswith("kpatch:     busy+0x") for line in log)
+    assert "kpatch: PID: 0 Comm: sleeper" in log      # kpatch_verify_activeness_safety()
+    assert any(line.startswith("kpatch:   [<") and "] busy+0x" in line for line in log)
     assert t.blockers[0][0] == "sleeper"
     assert len(t.pauses) == 5 and all(end > start for start, end in t.pauses)
     # 4 waits of 2 s between the 5 attempts
     assert t.pauses[-1][0] - t.pauses[0][0] >= m.seconds(8)
     assert observed(m, 3)[-1] == 10          # nothing was switched
     assert model.ftrace.site_bytes(patch.objects[0].funcs[0].old) == bytes.fromhex("0f1f440000")
+
+
+def test_stop_machine_leaves_the_sites_nops_between_its_attempts(compile_c):
+    """Each attempt is a new insmod by the kpatch tool: kpatch_register()
+    registers the ftrace ops, and a failed stop_machine unregisters them
+    again (kpatch_ftrace_remove_func), so between two attempts the
+    functions' sites are NOPs, and every attempt changes them twice."""
+    m, model, patch = setup(compile_c, "stop_machine", sleep=100_000)
+    enable_at(m, model, patch, 5_000)
+    sites = [f.old for f in patch.objects[0].funcs]
+    for attempts in (1, 2, 3):
+        m.run(until=m.seconds(1 + 2 * (attempts - 1)))
+        t = model.transitions[0]
+        assert t.attempts == attempts and t.result == "pending"
+        assert all(model.ftrace.site_bytes(fn) == bytes.fromhex("0f1f440000") for fn in sites)
+        assert model.ftrace.pokes == 2 * len(sites) * attempts
 
 
 def test_stop_machine_switches_when_no_task_is_inside(compile_c):
@@ -97,7 +113,10 @@ def test_ksplice_scan_also_refuses_a_sleeper_inside(compile_c):
     m.run(until=m.seconds(10))
     t = model.transitions[0]
     assert t.result == "failed" and t.attempts == 5
-    assert "ksplice: activeness safety check failed for busy" in [x for _, x in m.log]
+    # patch_action() prints the conflicts once, as it gives up
+    log = [x for _, x in m.log]
+    assert log[-1] == f"ksplice: Aborted {patch.name}.  stack check: to-be-replaced code is busy."
+    assert sum(line.startswith("ksplice: stack check: pid ") for line in log) == 1
 
 
 def test_kgraft_completes_once_the_sleeper_crosses_a_kernel_exit(compile_c):

@@ -207,6 +207,9 @@ class Machine:
     def symbolize(self, addr: int) -> str:
         return self.symbols.symbolize(addr)
 
+    def symbolize_pb(self, addr: int) -> str:
+        return self.symbols.symbolize_pb(addr)
+
     @property
     def text_ranges(self) -> core.Ranges:
         return self.symbols.text_ranges

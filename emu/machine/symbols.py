@@ -105,6 +105,16 @@ class Symbols:
             return self._by_start[i]
         return None
 
+    def symbolize_pb(self, addr: int) -> str:
+        """addr as the kernel's %pB prints a return address: name+offset/size,
+        with [image] after a module's (a patch's included); the runtime's
+        code and unknown addresses as symbolize() gives them."""
+        fn = self.function_at(addr)
+        if fn is None:
+            return self.symbolize(addr)
+        module = "" if self.images and fn.image == self.images[0].name else f" [{fn.image}]"
+        return f"{fn.name}+{addr - fn.start:#x}/{fn.end - fn.start:#x}{module}"
+
     def symbolize(self, addr: int) -> str:
         fn = self.function_at(addr)
         if fn:

@@ -4,22 +4,28 @@ kpatch (kmod/core/core.c): the ftrace ops are registered first, with an
 empty function hash, so the handler finds nothing and the old code still
 runs; the switch itself is the insertion into that hash, done inside
 stop_machine after the activeness safety check: every task's stack (at most
-64 entries; a full trace counts as failure) and its interrupted RIP are
-compared with the ranges of the functions being replaced (the original when
-patching, the active version when repatching or unpatching, the replaced
-patches' functions too with replace). A hit fails the whole operation with
--EBUSY; the kpatch tool retries up to 5 times, 2 s apart. Functions marked
-force are not checked. The handler sends the task to new_func + 5, past the
-new function's own fentry NOP.
+64 entries with x86's end marker; a full trace counts as failure, so 63
+addresses fail) and its interrupted RIP are compared with the ranges of the
+functions being replaced (the original when patching, the active version
+when repatching or unpatching, the replaced patches' functions too with
+replace). A hit fails the whole operation with -EBUSY; the kpatch tool
+retries up to 5 times, 2 s apart, each time loading the patch module anew:
+a failed attempt unregisters the ftrace ops it registered, so the sites are
+NOPs again until the next one. Functions marked force are not checked, the
+replaced patches' ones included. The handler sends the task to
+new_func + 5, past the new function's own fentry NOP.
 
 The pause is measured: the virtual time during which every CPU was stopped
 (the check costs `cost_per_task` instructions per task plus
 `cost_per_frame` per frame walked). Reaching the stop costs time too: a CPU
 stops at its next scheduling point unless the kernel is fully preemptible.
 
-Ksplice: up to 5 stop_machine attempts 1 s apart; its check scans every word
-of every kernel stack and each saved IP (a scan, not an unwind) against the
-replaced functions. Ksplice wrote a jmp over the old function's first bytes;
+Ksplice (ksplice.c, patch_action): up to 5 stop_machine attempts, each one
+that finds the code busy followed by a 1 s sleep (the last one too, before
+it gives up); its check scans every word of every kernel stack and each
+saved IP (a scan, not an unwind) against the replaced functions, and goes on
+through every task, recording each conflict; they are printed once, when it
+gives up. Ksplice wrote a jmp over the old function's first bytes;
 here it shares the ftrace redirect, which changes nothing the check sees.
 
 Both check every task in one call (emu/models/stacks.py); the pause they
@@ -45,7 +51,18 @@ class StopMachine(Model):
     skip_fentry = True
     retries = 5
     retry_delay = 2.0          # seconds between attempts (the kpatch tool's)
-    max_entries = 63           # kpatch's MAX_STACK_TRACE_DEPTH 64: a full trace fails
+    # kpatch_verify_activeness_safety() stops at the first task that fails
+    checks_every_task = False
+    # each attempt to patch is a new insmod by the kpatch tool: a failed
+    # kpatch_register() unregisters the ftrace ops it registered
+    # (kpatch_ftrace_remove_func), and the next attempt registers them again
+    reloads_per_attempt = True
+    trace_depth = 64           # kpatch's MAX_STACK_TRACE_DEPTH: a full trace fails
+    # the walk's entries that fit before the buffer is full: x86's
+    # __save_stack_trace() appends a ULONG_MAX end marker while there is
+    # room, so 63 addresses already fill the 64 entries (nr_entries >=
+    # max_entries); the walk fails when it would take one more than this
+    max_entries = trace_depth - 2
     prefix = "kpatch: "
     # kpatch_backtrace_address_verify(): unpatching checks the active
     # version of each function (kpatch_get_func(old_addr), the newest in
@@ -103,9 +120,11 @@ class StopMachine(Model):
                 lo, hi = self.own_range(self.active(f) if self.unpatch_checks_active else f)
             out.append((lo, hi, f.name))
         if patch.replace and target == PATCHED:
+            # "in the replace case" every KPATCH_OP_UNPATCH func of the hash
+            # that is not force (kpatch_backtrace_address_verify)
             for other in self.replaced(patch):
                 for g in self.loaded_funcs(other):
-                    if not g.nop:
+                    if not g.nop and not g.force:
                         out.append((g.new.start, g.new.end, g.name))
         return out
 
@@ -152,7 +171,7 @@ class StopMachine(Model):
                     yield from update
             yield _Stop()
             stopped = m.now
-            blocker = None
+            blockers = []
             cost = 0
             if not self.forcing:
                 ranges = self.ranges(patch, target, funcs)
@@ -163,10 +182,12 @@ class StopMachine(Model):
                     ok, what, entries, work = self.check_task(task, results[i], ranges)
                     cost += self.cost_per_task + self.cost_per_frame * work
                     if not ok:
-                        blocker = (task, what, entries)
-                        break
+                        blockers.append((task, what, entries))
+                        if not self.checks_every_task:
+                            break
+                        cost += self.cost_per_task + self.cost_per_frame * work   # checked again for the report
             yield Delay(cost)
-            if blocker is None and target == PATCHED and not self._pre_patch(patch):
+            if not blockers and target == PATCHED and not self._pre_patch(patch):
                 yield Release()
                 t.pauses.append((stopped, m.now))
                 for f in funcs:
@@ -174,10 +195,12 @@ class StopMachine(Model):
                 self.finish(t, "failed", "pre-patch callback")
                 self._unlock()
                 return
-            if blocker is None:
+            if not blockers:
                 if target == UNPATCHED:
                     self._each_loaded(patch, callbacks.pre_unpatch)
                 m.emit(EV_TRANSITION, -1, T_SWITCH, patch.index, int(self.forcing))
+                retired = self.replaced(patch) if target == PATCHED and patch.replace else []
+                gone = [g for other in retired for g in self.loaded_funcs(other)]
                 self._switch(patch, target, funcs)
                 self._each_loaded(patch, callbacks.post_patch if target == PATCHED else callbacks.post_unpatch)
                 yield Release()
@@ -185,6 +208,13 @@ class StopMachine(Model):
                 if target == UNPATCHED:
                     for f in funcs:
                         yield from self.release_ops(f)
+                # kpatch_register(), replace: the replaced funcs leave the
+                # ftrace filter too (a site nothing patches is a NOP again),
+                # and each replaced module is unloaded
+                for g in gone:
+                    yield from self.release_ops(g)
+                for other in retired:
+                    self.printk(f"{self.prefix}unloaded patch module '{other.name}'")
                 self.forcing = False
                 t.blockers = []         # earlier attempts' blockers are history now
                 self.printk(f"{self.prefix}{'loaded' if target == PATCHED else 'unloaded'} "
@@ -192,16 +222,17 @@ class StopMachine(Model):
                 self.finish(t, "completed")
                 self._unlock()
                 return
-            task, what, entries = blocker
-            self._report(t, task, what, entries)
+            self._report(t, blockers)
             yield Release()
             t.pauses.append((stopped, m.now))
+            if target == PATCHED and self.reloads_per_attempt:
+                for f in funcs:
+                    yield from self.release_ops(f)
             if t.attempts >= self.retries:
+                yield from self._give_up(t, patch, target, blockers)
                 if target == PATCHED:
                     for f in funcs:
                         yield from self.release_ops(f)
-                self.printk(f"{self.prefix}failed to {'load' if target == PATCHED else 'unload'} "
-                            f"patch module '{patch.name}' after {t.attempts} attempts (-16)")
                 self.finish(t, "failed", "-EBUSY")
                 self._unlock()
                 return
@@ -290,17 +321,29 @@ class StopMachine(Model):
         callbacks.post_unpatch(self.m, patch, obj)
         return updates
 
-    def _report(self, t, task, what, entries) -> None:
+    def _give_up(self, t, patch: Patch, target: int, blockers):
+        """The last attempt failed: what the kpatch tool says as it gives
+        up (a work: Ksplice waits first)."""
+        self.printk(f"{self.prefix}failed to {'load' if target == PATCHED else 'unload'} "
+                    f"patch module '{patch.name}' after {t.attempts} attempts (-16)")
+        return
+        yield
+
+    def _report(self, t, blockers) -> None:
+        """An attempt failed on blockers ([(task, what hit, entries)]; kpatch
+        stops at the first)."""
+        task, what, entries = blockers[0]
         stack = self.describe_stack(task, entries)
         t.block(self.m.now, [(task.name, stack)])
-        if what in unwind.REASONS.values():
-            self.printk(f"{self.prefix}more than {self.max_entries + 1} trace entries!"
-                        if "entries" in what else f"{self.prefix}stack of {task.name} unusable: {what}")
+        if what == unwind.REASONS[unwind.WALK_TOO_DEEP]:
+            self.printk(f"{self.prefix}more than {self.trace_depth} trace entries!")
         else:
             self.printk(f"{self.prefix}activeness safety check failed for {what}")
-        self.printk(f"{self.prefix}  task {task.name} (tid {task.tid}):")
-        for line in stack:
-            self.printk(f"{self.prefix}    {line}")
+        # kpatch_verify_activeness_safety(): the task, then its saved trace
+        # ("PID: %d Comm: %.20s", "  [<%pK>] %pB"); a comm holds 15 characters
+        self.printk(f"{self.prefix}PID: {task.tid} Comm: {task.name[:15]}")
+        for addr in entries:
+            self.printk(f"{self.prefix}  [<{addr:016x}>] {self.m.symbolize_pb(addr)}")
 
     def _switch(self, patch: Patch, target: int, funcs) -> None:
         """Inside stop_machine: insert into (or remove from) the handler's hash."""
@@ -326,6 +369,37 @@ class Ksplice(StopMachine):
     retry_delay = 1.0
     prefix = "ksplice: "
     unpatch_checks_active = False     # its reversal checks the update's own code
+    # check_each_task() goes on past a task that fails: every conflict of
+    # the attempt is recorded (check_task() again, with rerun)
+    checks_every_task = True
+    # patch_action() retries within one load of the update
+    reloads_per_attempt = False
+
+    def _report(self, t, blockers) -> None:
+        """A failed attempt only records its conflicts (update->conflicts);
+        patch_action() prints those of the last attempt when it gives up."""
+        t.block(self.m.now, [(task.name, self.describe_stack(task, entries)) for task, _, entries in blockers])
+
+    def _give_up(self, t, patch: Patch, target: int, blockers):
+        """patch_action(): after each attempt that found the code busy,
+        the 5th included, it sleeps 1 s (schedule_timeout); then
+        print_conflicts() and the abort. Ksplice's conflict line lists every
+        word it checked of the task, each conflicting one followed by
+        [<-CONFLICT]; here the line holds the conflicting ones (the rip, the
+        first stack word in a range)."""
+        yield Delay(self.m.seconds(self.retry_delay))
+        for task, what, entries in blockers:
+            words = " ".join(f"{a:x} [<-CONFLICT]" for a in self._conflicts(entries, what))
+            self.printk(f"{self.prefix}stack check: pid {task.tid} ({task.name[:15]}): {words}")
+        self.printk(f"{self.prefix}Aborted {patch.name}.  stack check: to-be-"
+                    f"{'replaced' if target == PATCHED else 'reversed'} code is busy.")
+
+    def _conflicts(self, entries, what) -> list[int]:
+        """Of a failed check's entries (the rip, then the word that hit),
+        the ones in the range named what."""
+        fn = self.m.symbols.function_at
+        hits = [a for a in entries if (f := fn(a)) is not None and f.name == what]
+        return hits or list(entries[-1:])
 
     def check_tasks(self, ranges):
         return self.stack_checks.check(tuple((lo, hi) for lo, hi, _ in ranges), kind="scan", max_entries=2,

@@ -38,7 +38,8 @@ The promises (rule names in brackets):
   migrated the task inside it (a forced unmark gives that up);
 - stop_machine and Ksplice [stopped]: at the switch instant every CPU is
   stopped; [stack]: no task has a checked function (P's unforced ones, as
-  above) on its stack, unless the switch was forced;
+  above, and with replace the replaced patches' unforced ones) on its
+  stack, unless the switch was forced;
 - immediate [together]: a patch's sites change together: once a task ran
   the new version of one of its functions, no task runs the old version of
   any of them.
@@ -246,7 +247,10 @@ class _Oracle:
             if fid in carried:
                 hit = not (forced_ok and carried[fid]) and (target == PATCHED) == (version != idx)
             else:
-                hit = replace and target == PATCHED and version != 0 and version != idx and fid in self.patched
+                # a replaced patch's version: kpatch skips it when that patch
+                # marked it force (kpatch_backtrace_address_verify)
+                hit = replace and target == PATCHED and version != 0 and version != idx and fid in self.patched \
+                    and not (forced_ok and self.carries.get(version, {}).get(fid, False))
             if hit and not self.tail_caller(fid, version):
                 return fid, version
         return None
