@@ -405,6 +405,7 @@ int emu_switch(struct emu_core *c, int tid)
         return EMU_EUC;
     }
     c->cur = tid;
+    __emu_slots_follow(c);
     return EMU_OK;
 }
 
@@ -418,6 +419,8 @@ int emu_task_set_state(struct emu_core *c, int tid, int state)
     if (!c || tid < 0 || tid >= c->ntasks || state < EMU_UNDEFINED || state > EMU_PATCHED)
         return EMU_EINVAL;
     c->state[tid] = (int8_t)state;
+    if (tid == c->cur)
+        __emu_slots_follow(c);
     return EMU_OK;
 }
 

@@ -43,6 +43,8 @@ struct emu_site {
     struct emu_core *core;  /* hooks get the site as user data */
     uint64_t addr;
     int32_t func_id;
+    int32_t idx;            /* its index: its own trampoline is stubs + idx * EMU_STUB_SIZE */
+    int32_t trans;          /* its index in core->trans, or -1 */
     int32_t n;              /* entries in use */
     int32_t poke;           /* EMU_POKE_*: the instruction a text_poke_bp is writing */
     const uint8_t *code;    /* host address of the site's 5 bytes (NULL: look it up) */
@@ -78,10 +80,14 @@ struct emu_core {
     struct emu_site *sites[EMU_MAX_SITES];
     struct emu_site *by_addr[EMU_MAX_SITES];
     int nsites;
-    uint64_t tramp;
-    uint8_t *tramp_slot;    /* host address of the trampoline's jump slot, or NULL */
-    uint64_t tramp_bad;     /* what the slot held at first: where a stray jump goes */
-    struct emu_site *last_site;     /* the site whose watch hook ran last (a lookup hint) */
+    /* each site's own trampoline (redirect.c): site i's at stubs + i *
+     * EMU_STUB_SIZE, in [stubs, stubs + stubs_size) (0: no trampolines);
+     * the sites whose choice depends on the loaded task (in transition),
+     * whose slots follow it */
+    uint64_t stubs, stubs_size;
+    uint8_t *stubs_host;
+    struct emu_site *trans[EMU_MAX_SITES];
+    int ntrans;
 
     uc_hook h_block, h_syscall, h_intr, h_invalid, h_tlb;
 
@@ -155,10 +161,16 @@ int __emu_redirect_install(struct emu_core *c);
 struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr);
 void __emu_redirect_free(struct emu_core *c);
 void __emu_graph_of(struct emu_core *c, int tid, struct emu_graph *g);
-/* The trampolines' work, for a task about to execute the first instruction
- * of the ftrace trampoline (or of the return trampoline). */
-void __emu_tramp_enter(struct emu_core *c, uint64_t addr);
+/* The trampolines' work, for a task about to execute a block of the sites'
+ * trampolines, or the return trampoline. */
+void __emu_stub_enter(struct emu_core *c, uint64_t addr);
+/* The loaded task or its patch state changed: the trampolines' slots that
+ * depend on it follow; after a restore, every slot. */
+void __emu_slots_follow(struct emu_core *c);
+void __emu_slots_reset(struct emu_core *c);
 void __emu_graph_return(struct emu_core *c, uint64_t addr);
+int __emu_site_rewatch(struct emu_core *c, struct emu_site *s);
+int __emu_sites_written(struct emu_core *c, uint64_t addr, uint64_t len);
 
 /* sysinsn.c */
 int __emu_sysinsn_install(struct emu_core *c);

@@ -47,7 +47,7 @@
 #define EMU_FAULT_PROT_FETCH      6
 #define EMU_FAULT_INVALID_INSN    7
 #define EMU_FAULT_INTERRUPT       8  /* an exception the guest raised (#DE, int3 off a site, ...) */
-#define EMU_FAULT_BAD_TRAMPOLINE  9  /* the trampoline was reached from no known site */
+#define EMU_FAULT_BAD_TRAMPOLINE  9  /* a site's trampoline not called from its site */
 #define EMU_FAULT_OTHER          10
 #define EMU_FAULT_PRIVILEGED     11  /* a privileged instruction (sysinsn.c); it did not run */
 #define EMU_FAULT_STACK_OVERFLOW 12  /* rsp left the task's stack at rip; addr = rsp */
@@ -124,6 +124,12 @@ struct emu_entry {
 
 #define EMU_ORC_TYPE_CALL      0
 #define EMU_ORC_TYPE_UNDEFINED 1
+/* The sites' trampolines (redirect.c), one entry for the whole region, as
+ * the kernel's ORC unwinder finds a dynamic ftrace trampoline's frame by
+ * rule (orc_ftrace_find): at each trampoline's first instruction (every
+ * EMU_STUB_SIZE bytes from the entry's ip) the frame is as the entry says;
+ * anywhere else it is undefined. */
+#define EMU_ORC_TYPE_TRAMPOLINES 2
 
 struct emu_range {
     uint64_t start;  /* inclusive */
@@ -217,12 +223,14 @@ int emu_task_set_state(struct emu_core *core, int tid, int state);
 int emu_site_add(struct emu_core *core, uint64_t addr, int func_id);
 int emu_site_set_entries(struct emu_core *core, int site, const struct emu_entry *entries, int n);
 int emu_site_set_poke(struct emu_core *core, int site, int poke);
-/* The trampoline every enabled site calls: its instruction must be
- * `jmp qword ptr [rip + d]`, its slot in mapped memory (EMU_EINVAL
- * otherwise, with accel C). The redirect stores the target in that slot and
- * lets the jump run, far cheaper than writing RIP from a hook
- * (csrc/redirect.c). */
-int emu_set_trampoline(struct emu_core *core, uint64_t addr);
+/* Each site's own trampoline: site i's at base + i * EMU_STUB_SIZE, in the
+ * mapped [base, base + size) (base aligned to EMU_STUB_SIZE). An enabled
+ * site is `call <its trampoline>`; the core writes it, and keeps the
+ * function it jumps to the one klp_ftrace_handler would choose for the
+ * loaded task (csrc/redirect.c). Once; sites beyond size are refused
+ * (EMU_EFULL). Without it, sites have no trampolines. */
+#define EMU_STUB_SIZE 32
+int emu_set_stubs(struct emu_core *core, uint64_t base, uint64_t size);
 
 /* Writes to text also drop the translated code of that range. */
 int emu_text_write(struct emu_core *core, uint64_t addr, const uint8_t *data, size_t len);
@@ -318,7 +326,7 @@ struct emu_stack_cfg {
     int32_t ncheck;
     int32_t reliable;                /* an unreliable walk fails the check too */
     uint64_t regs_lo;                /* a rip in [regs_lo, regs_hi) is at a register frame */
-    uint64_t regs_hi;                /* (the ftrace trampoline): fp walks are PREEMPTED there */
+    uint64_t regs_hi;                /* (the sites' trampolines): fp walks are PREEMPTED there */
 };
 
 struct emu_stack_result {

@@ -1,48 +1,53 @@
 /*
  * redirect.c - the ftrace-style redirect at fentry sites.
  *
- * An enabled site is `call <trampoline>`. __emu_tramp_enter plays the part of
- * ftrace_regs_caller plus klp_ftrace_handler: it finds the site from the
- * return address, picks the target from the site's stack of entries, the
- * transition flag and the current task's patch state, pops the return
- * address and sends the task to the target, so the chosen function starts
- * with the stack exactly as at the original's entry and returns straight to
- * the caller.
+ * Each site has its own trampoline in guest memory, as each ftrace_ops has
+ * (livepatch registers one per patched function): an enabled site is
+ * `call <its trampoline>`. The trampoline plays the part of the ops
+ * trampoline plus klp_ftrace_handler: it pops the fentry call's return
+ * address and jumps, through its slot, to the function klp_ftrace_handler
+ * would choose, so the chosen function starts with the stack exactly as at
+ * the original's entry and returns straight to the caller. The core keeps
+ * each slot the choice for the loaded task: it writes a site's slot when
+ * its entries change, and the slots of the sites in transition (where the
+ * choice depends on the task's patch state) when the loaded task or its
+ * state changes. So a redirected call never leaves Unicorn's translated
+ * code and no register is written (writing RIP from a hook costs more
+ * than the rest of the redirect together: +52-64 ns a call, measured on
+ * Unicorn 2.1.4), and a change of entries writes data, not code: nothing is
+ * translated again.
  *
- * How it sends the task there: when the trampoline instruction is
- * `jmp qword ptr [rip + d]` (emu/machine/runtime.py), it writes the target
- * into that slot and lets the jump run. Writing RIP from a hook instead
- * makes Unicorn leave its translated code and come back, which costs more
- * than the rest of the redirect together (measured on Unicorn 2.1.4: +52-64 ns a
- * call); it remains the way for the int3 of a text_poke_bp and for a run
- * that must stop inside the hook.
+ * The block hook (slicer.c) sees each call as the trampoline's block starts
+ * (__emu_stub_enter): it checks that the site called it, and records the
+ * entry (the chosen version, the arguments) unless no per-call event is
+ * recorded. The trampoline is one block and one instruction of virtual
+ * time, so no task stops inside it past its start.
  *
- * Who calls it: such a trampoline is a block of its own that no block runs
- * into, so the block hook (slicer.c) calls it once it has decided that the
- * block executes; Unicorn dispatches a code hook by walking every code hook
- * of the engine, which the block hook spares each redirected call. The
- * return trampoline's work (__emu_graph_return) is called the same way.
- * Both trampolines must jump through a slot (emu_set_trampoline and
- * emu_graph_init refuse any other).
- *
- * Every site also has a watch hook, which reports entries into functions
- * whose site is still a NOP (the original running untraced), and notices a
- * CPU executing a site whose five bytes are half written (a torn
- * instruction). A CPU that meets the int3 of a text_poke_bp is diverted by
- * the interrupt hook, which emulates the instruction being written.
+ * A site that is not `call <its trampoline>` has a watch hook, which
+ * reports entries into functions whose site is still a NOP (the original
+ * running untraced), and notices a CPU executing a site whose five bytes
+ * are half written (a torn instruction). An enabled site has none: there
+ * it would do nothing, and every code hook costs a dispatch on every
+ * instruction it watches (__emu_site_rewatch follows the site's bytes). A
+ * CPU that meets the int3 of a text_poke_bp is diverted by the interrupt
+ * hook, which emulates the instruction being written.
  *
  * Function exits, the function-graph tracer's way: every entry these hooks
  * report also diverts the function's return address to the return
  * trampoline and keeps the real one on the task's return stack (graph_push);
- * the return trampoline (__emu_graph_return) pops it, records the exit with
- * rax and lets its jump go to the real address, through a slot as the
- * trampoline does. Layout and rules in emu.h ("function exits").
+ * the return trampoline (__emu_graph_return, called from the block hook) pops
+ * it, records the exit with rax and lets its jump go to the real address
+ * through a slot. Layout and rules in emu.h ("function exits").
  *
- * emu/engine/redirect.py has the pure-Python twin of all four hooks.
+ * emu/engine/redirect.py has the pure-Python twin of these hooks.
  */
 #include <stdlib.h>
 #include <string.h>
 #include "core.h"
+
+static void stub_write(struct emu_core *c, struct emu_site *s);
+static void slot_set(struct emu_core *c, struct emu_site *s);
+static void trans_track(struct emu_core *c, struct emu_site *s);
 
 /* Must agree with emu/images/image.py FENTRY_NOP (tests/test_layers.py holds them). */
 static const uint8_t fentry_nop[5] = {0x0f, 0x1f, 0x44, 0x00, 0x00};
@@ -64,14 +69,15 @@ struct emu_site *__emu_site_at(struct emu_core *c, uint64_t addr)
     return NULL;
 }
 
-/* klp_ftrace_handler's choice; the original is the site + 5. */
-static uint64_t choose(struct emu_core *c, struct emu_site *s, int32_t *version)
+/* klp_ftrace_handler's choice for a task whose patch state is UNPATCHED or
+ * not; the original is the site + 5. */
+static uint64_t choose_as(const struct emu_site *s, int unpatched, int32_t *version)
 {
     int i = 0;
 
     if (s->n == 0)
         goto original;
-    if (s->entries[0].transition && c->cur >= 0 && c->state[c->cur] == EMU_UNPATCHED)
+    if (s->entries[0].transition && unpatched)
         i = 1;
     if (i >= s->n || s->entries[i].nop)
         goto original;
@@ -81,6 +87,21 @@ original:
     *version = 0;
     return s->addr + 5;
 }
+
+/* Site s's trampoline. */
+static inline uint64_t stub_of(const struct emu_core *c, const struct emu_site *s)
+{
+    return c->stubs + (uint64_t)s->idx * EMU_STUB_SIZE;
+}
+
+/* The choice for the loaded task. */
+static uint64_t choose(struct emu_core *c, struct emu_site *s, int32_t *version)
+{
+    return choose_as(s, c->cur >= 0 && c->state[c->cur] == EMU_UNPATCHED, version);
+}
+
+/* The per-call kinds: with none recorded, an entry is only counted. */
+#define CALL_EVENTS (1ull << EMU_EV_ENTRY | 1ull << EMU_EV_ARGS | 1ull << EMU_EV_ARGS_HI | 1ull << EMU_EV_RETURN)
 
 static inline uint64_t ld64(const uint8_t *p)
 {
@@ -146,6 +167,10 @@ static void entry_event(struct emu_core *c, int32_t func, int32_t version, uint6
     uint64_t v[6] = {0};
     void *vals[6] = {&v[0], &v[1], &v[2], &v[3], &v[4], &v[5]};
 
+    if (!(c->ev_mask & CALL_EVENTS)) {
+        c->ev_dropped += 3;         /* the three __emu_event would have counted */
+        return;
+    }
     __emu_event(c, EMU_EV_ENTRY, c->cur, func, version, rsp, clock);
     /* One call for the six (each register read costs tens of instructions
      * in Unicorn), and none when both kinds are masked: masked events are
@@ -158,47 +183,16 @@ static void entry_event(struct emu_core *c, int32_t func, int32_t version, uint6
 }
 
 /* Send the task at a site's entry to the chosen function, stack as at the
- * original's entry. by_slot: the task is at the trampoline's jump, which
- * may take the target from its slot. */
-static void enter(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t clock, int by_slot)
+ * original's entry (rsp), from a hook: the int3 of a text_poke_bp, or a
+ * trampoline's entry when the run must stop before it executes. */
+static void divert(struct emu_core *c, struct emu_site *s, uint64_t rsp, uint64_t clock)
 {
     int32_t version;
     uint64_t target = choose(c, s, &version);
 
     uc_reg_write(c->uc, UC_X86_REG_RSP, &rsp);
+    uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
     entry_event(c, s->func_id, version, rsp, clock);
-    /* A stop asked for in the hook (the event ring filling up) takes
-     * effect before the jump runs: RIP must then hold the target already,
-     * or the task would resume at the trampoline with its return address
-     * popped. */
-    if (by_slot && c->tramp_slot && !(c->stop && c->stop->reason))
-        memcpy(c->tramp_slot, &target, 8);
-    else
-        uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
-}
-
-void __emu_tramp_enter(struct emu_core *c, uint64_t addr)
-{
-    uc_engine *uc = c->uc;
-    struct emu_site *s = NULL;
-    uint64_t rsp = 0, ret = 0;
-    uint8_t *p;
-
-    uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
-    p = __emu_ptr(c, rsp, 8);
-    if (p) {
-        memcpy(&ret, p, 8);
-        /* Most often the site whose watch hook ran last called it. */
-        s = c->last_site && c->last_site->addr == ret - 5 ? c->last_site : __emu_site_at(c, ret - 5);
-    }
-    if (!s) {
-        __emu_fault(c, EMU_FAULT_BAD_TRAMPOLINE, addr, ret, 0);
-        if (c->tramp_slot)
-            memcpy(c->tramp_slot, &c->tramp_bad, 8);
-        uc_emu_stop(uc);
-        return;
-    }
-    enter(c, s, rsp + 8, emu_now(c, addr), 1);
 }
 
 /* return_to_handler: the function whose return address was diverted to
@@ -263,7 +257,6 @@ static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     const uint8_t *p = s->code ? s->code : __emu_ptr(c, addr, 5);
     uint64_t rsp = 0;
 
-    c->last_site = s;
     if (!p)
         return;
     if (!memcmp(p, fentry_nop, 5)) {
@@ -271,10 +264,10 @@ static void hook_watch(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
 
         uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
         entry_event(c, s->func_id, 0, rsp, now);
-    } else if (p[0] != 0xcc && !is_call_to(p, addr, c->tramp)) {
+    } else if (p[0] != 0xcc && !is_call_to(p, addr, stub_of(c, s))) {
         __emu_event(c, EMU_EV_TORN, c->cur, s->func_id, 0, addr, emu_now(c, addr));
     }
-    /* int3: the interrupt hook reports; call: the trampoline reports. */
+    /* int3: the interrupt hook reports. */
 }
 
 static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
@@ -291,7 +284,7 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
                 return;     /* the Python twin's hook handles it */
             uc_reg_read(uc, UC_X86_REG_RSP, &rsp);
             if (s->poke == EMU_POKE_TO_CALL) {
-                enter(c, s, rsp, emu_now(c, rip - 1), 0);
+                divert(c, s, rsp, emu_now(c, rip - 1));
             } else {
                 uint64_t next = s->addr + 5, now = emu_now(c, rip - 1);
                 uc_reg_write(uc, UC_X86_REG_RIP, &next);
@@ -328,7 +321,6 @@ void __emu_redirect_free(struct emu_core *c)
         free(c->sites[i]);
     }
     c->nsites = 0;
-    c->last_site = NULL;
 }
 
 int emu_site_add(struct emu_core *c, uint64_t addr, int func_id)
@@ -348,20 +340,20 @@ int emu_site_add(struct emu_core *c, uint64_t addr, int func_id)
     s->core = c;
     s->addr = addr;
     s->func_id = func_id;
+    s->idx = c->nsites;
     /* Regions never move their host memory: the watch hook reads the
      * site's bytes through this pointer without a lookup. */
     s->code = __emu_ptr(c, addr, 5);
-    if (c->flags & EMU_FLAG_ACCEL_C) {
-        uc_err err = uc_hook_add(c->uc, &s->watch, UC_HOOK_CODE, (void *)hook_watch, s, addr, addr);
-        if (err) {
-            free(s);
-            c->last_err = err;
-            return EMU_EUC;
-        }
-        /* A hook added after its code was translated does not fire until
-         * the translation is dropped. */
-        uc_ctl_remove_cache(c->uc, addr, addr + 1);
+    s->trans = -1;
+    if (c->stubs && (uint64_t)(s->idx + 1) * EMU_STUB_SIZE > c->stubs_size) {
+        free(s);
+        return EMU_EFULL;
     }
+    if (__emu_site_rewatch(c, s)) {
+        free(s);
+        return EMU_EUC;
+    }
+    stub_write(c, s);
     for (i = c->nsites; i > 0 && c->by_addr[i - 1]->addr > addr; i--)
         c->by_addr[i] = c->by_addr[i - 1];
     c->by_addr[i] = s;
@@ -371,11 +363,16 @@ int emu_site_add(struct emu_core *c, uint64_t addr, int func_id)
 
 int emu_site_set_entries(struct emu_core *c, int site, const struct emu_entry *entries, int n)
 {
+    struct emu_site *s;
+
     if (!c || site < 0 || site >= c->nsites || n < 0 || n > EMU_SITE_MAX_ENTRIES || (n && !entries))
         return EMU_EINVAL;
+    s = c->sites[site];
     if (n)
-        memcpy(c->sites[site]->entries, entries, (size_t)n * sizeof(*entries));
-    c->sites[site]->n = n;
+        memcpy(s->entries, entries, (size_t)n * sizeof(*entries));
+    s->n = n;
+    trans_track(c, s);
+    slot_set(c, s);
     return EMU_OK;
 }
 
@@ -404,23 +401,6 @@ static uint8_t *jump_slot(struct emu_core *c, uint64_t addr, uint64_t *bad)
     return slot;
 }
 
-int emu_set_trampoline(struct emu_core *c, uint64_t addr)
-{
-    if (!c || !addr || c->tramp)
-        return EMU_EINVAL;
-    if (c->flags & EMU_FLAG_ACCEL_C) {
-        /* A trampoline that jumps through its slot is a block of its own,
-         * and no block runs into it: the block hook (slicer.c) does its
-         * work, which spares the dispatch of a code hook on every
-         * redirected call. */
-        c->tramp_slot = jump_slot(c, addr, &c->tramp_bad);
-        if (!c->tramp_slot)
-            return EMU_EINVAL;
-    }
-    c->tramp = addr;
-    return EMU_OK;
-}
-
 int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t stride)
 {
     uint8_t *slot = NULL;
@@ -430,7 +410,8 @@ int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t str
     if (!c || !ret || c->graph_ret || c->ntasks <= 0 ||
         stride < EMU_GRAPH_HEADER + EMU_GRAPH_RECORD || stride > (1u << 20))
         return EMU_EINVAL;
-    /* the block hook does its work, as the trampoline's */
+    /* the block hook does its work (slicer.c), a code hook would cost a
+     * dispatch through every code hook of the engine */
     if ((c->flags & EMU_FLAG_ACCEL_C) && !(slot = jump_slot(c, ret, &bad)))
         return EMU_EINVAL;
     c->graph_host = calloc((size_t)c->ntasks, sizeof(*c->graph_host));
@@ -449,4 +430,196 @@ int emu_graph_init(struct emu_core *c, uint64_t ret, uint64_t base, uint64_t str
     c->graph_slot = slot;       /* NULL for the Python twin, which hooks the return trampoline */
     c->graph_bad = bad;
     return EMU_OK;
+}
+
+/* ---- each site's own trampoline ---------------------------------------- */
+
+/* A trampoline: `lea rsp, [rsp + 8]` (the fentry call's return popped),
+ * `jmp qword ptr [rip + 5]` through the slot at STUB_SLOT, which holds the
+ * choice for the loaded task; int3 elsewhere. Every instruction is checked
+ * by capstone in tests/test_trampolines.py. */
+enum { STUB_SLOT = 16 };
+static const uint8_t stub_code[11] = {0x48, 0x8d, 0x64, 0x24, 0x08, 0xff, 0x25, 0x05, 0x00, 0x00, 0x00};
+
+static inline uint8_t *slot_of(struct emu_core *c, const struct emu_site *s)
+{
+    return c->stubs_host + (uint64_t)s->idx * EMU_STUB_SIZE + STUB_SLOT;
+}
+
+/* Site s's slot: the choice for the loaded task. A write to guest memory
+ * Unicorn does not watch: the translated jump reads it as it runs. */
+static void slot_set(struct emu_core *c, struct emu_site *s)
+{
+    int32_t version;
+    uint64_t target;
+
+    if (!c->stubs_host)
+        return;
+    target = choose(c, s, &version);
+    memcpy(slot_of(c, s), &target, 8);
+}
+
+/* Keep c->trans (the sites whose choice depends on the loaded task: their
+ * newest entry is in transition) as site s's entries now say. */
+static void trans_track(struct emu_core *c, struct emu_site *s)
+{
+    int in = s->n > 0 && s->entries[0].transition;
+
+    if (in && s->trans < 0) {
+        s->trans = c->ntrans;
+        c->trans[c->ntrans++] = s;
+    } else if (!in && s->trans >= 0) {
+        c->trans[s->trans] = c->trans[--c->ntrans];
+        c->trans[s->trans]->trans = s->trans;
+        s->trans = -1;
+    }
+}
+
+/* The loaded task or its patch state changed: the slots that depend on it. */
+void __emu_slots_follow(struct emu_core *c)
+{
+    int i;
+
+    for (i = 0; i < c->ntrans; i++)
+        slot_set(c, c->trans[i]);
+}
+
+/* Every site's slot and the list of those in transition, from the sites'
+ * entries (after a snapshot restore). */
+void __emu_slots_reset(struct emu_core *c)
+{
+    int i;
+
+    c->ntrans = 0;
+    for (i = 0; i < c->nsites; i++) {
+        c->sites[i]->trans = -1;
+        trans_track(c, c->sites[i]);
+        slot_set(c, c->sites[i]);
+    }
+}
+
+/* Write site s's trampoline, and its slot. Its code is the same for every
+ * site and outlives the site (snapshot restores leave the trampolines
+ * alone, emu_snapshot_restore): a site added again finds it in place, and
+ * its translation too. */
+static void stub_write(struct emu_core *c, struct emu_site *s)
+{
+    uint8_t code[EMU_STUB_SIZE], *p;
+    uint64_t at = stub_of(c, s);
+
+    if (!c->stubs_host)
+        return;
+    p = c->stubs_host + (at - c->stubs);
+    memset(code, 0xcc, sizeof(code));
+    memcpy(code, stub_code, sizeof(stub_code));
+    memcpy(code + STUB_SLOT, p + STUB_SLOT, 8);     /* the slot: set below, data */
+    if (memcmp(p, code, sizeof(code))) {
+        memcpy(p, code, sizeof(code));
+        uc_ctl_remove_cache(c->uc, at, at + EMU_STUB_SIZE);
+    }
+    slot_set(c, s);
+}
+
+/* A task is about to execute the trampoline at addr: check that its site
+ * called it, and record the entry. Anything else in the trampolines is a
+ * stray jump, a fault (nothing of it runs). */
+void __emu_stub_enter(struct emu_core *c, uint64_t addr)
+{
+    uint64_t off = addr - c->stubs, rsp = 0, ret = 0, target;
+    struct emu_site *s = off / EMU_STUB_SIZE < (uint64_t)c->nsites ? c->sites[off / EMU_STUB_SIZE] : NULL;
+    int32_t version;
+    uint8_t *p;
+
+    if (s && off % EMU_STUB_SIZE == 0) {
+        uc_reg_read(c->uc, UC_X86_REG_RSP, &rsp);
+        p = __emu_ptr(c, rsp, 8);
+        if (p)
+            ret = ld64(p);
+    }
+    if (!s || off % EMU_STUB_SIZE || ret != s->addr + 5) {
+        __emu_fault(c, EMU_FAULT_BAD_TRAMPOLINE, addr, ret, 0);
+        uc_emu_stop(c->uc);
+        return;
+    }
+    target = choose(c, s, &version);
+    rsp += 8;
+    entry_event(c, s->func_id, version, rsp, emu_now(c, addr));
+    /* A stop asked for meanwhile (the event ring filling up) takes effect
+     * before the block runs: the task must resume at the target, the
+     * fentry return popped, or its entry would be recorded twice. */
+    if (c->stop && c->stop->reason) {
+        uc_reg_write(c->uc, UC_X86_REG_RSP, &rsp);
+        uc_reg_write(c->uc, UC_X86_REG_RIP, &target);
+    }
+}
+
+int emu_set_stubs(struct emu_core *c, uint64_t base, uint64_t size)
+{
+    int i;
+
+    if (!c || c->stubs || !base || size < EMU_STUB_SIZE || base % EMU_STUB_SIZE)
+        return EMU_EINVAL;
+    size = size / EMU_STUB_SIZE * EMU_STUB_SIZE;
+    if ((uint64_t)c->nsites * EMU_STUB_SIZE > size)
+        return EMU_EFULL;
+    c->stubs_host = __emu_ptr(c, base, size);
+    if (!c->stubs_host)
+        return EMU_ENOENT;
+    c->stubs = base;
+    c->stubs_size = size;
+    for (i = 0; i < c->nsites; i++) {
+        stub_write(c, c->sites[i]);
+        if (__emu_site_rewatch(c, c->sites[i]))
+            return EMU_EUC;
+    }
+    return EMU_OK;
+}
+
+/* A site's watch hook is needed unless the site holds exactly the call to
+ * its own trampoline, where it would do nothing (no entry to report, no
+ * torn instruction): it is added and removed as the site's bytes change,
+ * so that an enabled site costs no code-hook dispatch. */
+int __emu_site_rewatch(struct emu_core *c, struct emu_site *s)
+{
+    int armed;
+    uc_err err;
+
+    if (!(c->flags & EMU_FLAG_ACCEL_C))
+        return EMU_OK;
+    armed = !(s->code && c->stubs && is_call_to(s->code, s->addr, stub_of(c, s)));
+    if (armed && !s->watch) {
+        err = uc_hook_add(c->uc, &s->watch, UC_HOOK_CODE, (void *)hook_watch, s, s->addr, s->addr);
+        if (err) {
+            s->watch = 0;
+            c->last_err = err;
+            return EMU_EUC;
+        }
+    } else if (!armed && s->watch) {
+        uc_hook_del(c->uc, s->watch);
+        s->watch = 0;
+    } else {
+        return EMU_OK;
+    }
+    /* a hook added or removed after its code was translated is seen only
+     * once the translation is dropped */
+    uc_ctl_remove_cache(c->uc, s->addr, s->addr + 1);
+    return EMU_OK;
+}
+
+/* After a write to [addr, addr + len): the watch of every site it touched. */
+int __emu_sites_written(struct emu_core *c, uint64_t addr, uint64_t len)
+{
+    int lo = 0, hi = c->nsites, err = EMU_OK;
+
+    while (lo < hi) {       /* the first site whose 5 bytes end after addr */
+        int mid = (lo + hi) / 2;
+        if (c->by_addr[mid]->addr + 5 <= addr)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    for (; lo < c->nsites && c->by_addr[lo]->addr < addr + len; lo++)
+        if (__emu_site_rewatch(c, c->by_addr[lo]))
+            err = EMU_EUC;
+    return err;
 }

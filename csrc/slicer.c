@@ -64,7 +64,10 @@ static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
          * traced or not. */
         n = 0;
     } else {
-        n = __emu_block_icount(c, addr, size);
+        /* A site's trampoline is one instruction of virtual time, counted
+         * at its start, so that no task stops further in (redirect.c). */
+        n = addr - c->stubs < c->stubs_size ? (addr - c->stubs) % EMU_STUB_SIZE == 0
+                                             : __emu_block_icount(c, addr, size);
         /* Without precision the first block of a run always executes, so
          * that every run makes progress. */
         if (c->executed + n > c->budget && (c->precise || c->executed != c->base)) {
@@ -84,11 +87,12 @@ static void hook_block(uc_engine *uc, uint64_t addr, uint32_t size, void *ud)
     c->blk_n = n;
     /* The block executes: the trampolines have their work done here
      * (redirect.c), where a code hook would cost a dispatch through every
-     * code hook of the engine. Their slots are set with accel C only (the
-     * Python twin hooks them itself). */
-    if (addr == c->tramp && c->tramp_slot)
-        __emu_tramp_enter(c, addr);
-    else if (addr == c->graph_ret && c->graph_slot)
+     * code hook of the engine. With accel C only (the Python twin hooks
+     * them itself: the return trampoline's slot is set for C only). */
+    if (addr - c->stubs < c->stubs_size) {
+        if (c->flags & EMU_FLAG_ACCEL_C)
+            __emu_stub_enter(c, addr);
+    } else if (addr == c->graph_ret && c->graph_slot)
         __emu_graph_return(c, addr);
 }
 
@@ -201,6 +205,7 @@ int emu_run(struct emu_core *c, uint64_t budget, int precise, struct emu_stop *s
     c->precise = precise;
     c->cut = 0;
     c->partial = 0;
+    c->blk_addr = 0;
     c->blk_n = 0;
     if (budget == 0) {
         stop->reason = EMU_STOP_BUDGET;

@@ -287,6 +287,11 @@ int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
         return EMU_ERANGE;
     for (i = 0; i < c->nregions; i++) {
         struct emu_region *r = &c->regions[i];
+        /* The sites' trampolines are the same code whatever the run did
+         * (redirect.c): left alone, their translations survive; their
+         * slots are set again below. */
+        if (c->stubs_size && r->addr >= c->stubs && r->addr + r->size <= c->stubs + c->stubs_size)
+            continue;
         for (off = 0; off < r->size; off += PAGE) {
             uint64_t n = r->size - off < PAGE ? r->size - off : PAGE, dropped;
             if (s->zero[i][off / PAGE] && (dropped = drop_zeros(r, s->zero[i], off))) {
@@ -326,5 +331,11 @@ int emu_snapshot_restore(struct emu_core *c, const struct emu_snapshot *s)
     c->ev_mask = s->ev_mask;
     c->ev_dropped = s->ev_dropped;
     c->ev_n = 0;
+    /* the sites' bytes are back: so is the watch of each that is not the
+     * call to its trampoline, and each trampoline's choice (redirect.c) */
+    __emu_slots_reset(c);
+    for (i = 0; i < s->nsites; i++)
+        if (__emu_site_rewatch(c, c->sites[i]))
+            return EMU_EUC;
     return EMU_OK;
 }

@@ -109,7 +109,7 @@ static void check_one(struct emu_core *c, const struct emu_stack_cfg *g,
         in.rip = r[0];
         in.rsp = r[1];
         in.rbp = r[2];
-        /* A task at a register frame (the ftrace trampoline) may be
+        /* A task at a register frame (a site's trampoline) may be
          * anywhere in the frame it interrupted: frame pointers cannot
          * vouch for it (ORC has the trampoline's unwind hints). */
         in.preempted = (preempted || (r[0] >= g->regs_lo && r[0] < g->regs_hi)) ? 1 : 0;

@@ -31,5 +31,6 @@ int emu_text_write(struct emu_core *c, uint64_t addr, const uint8_t *data, size_
         c->last_err = err;
         return EMU_EUC;
     }
-    return EMU_OK;
+    /* an enabled site needs no watch, a site that is not needs one */
+    return __emu_sites_written(c, addr, len);
 }

@@ -248,7 +248,8 @@ int emu_walk_orc(const uint8_t *stack, uint64_t lo, uint64_t hi,
             EMU_END(EMU_WALK_NO_ORC);
         e = &orc[i];
         if (e->type == EMU_ORC_TYPE_UNDEFINED ||
-            (e->sp_reg != EMU_ORC_REG_SP && e->sp_reg != EMU_ORC_REG_BP))
+            (e->sp_reg != EMU_ORC_REG_SP && e->sp_reg != EMU_ORC_REG_BP) ||
+            (e->type == EMU_ORC_TYPE_TRAMPOLINES && (look - orc_ip[i]) % EMU_STUB_SIZE))
             EMU_END(EMU_WALK_NO_ORC);
 
         /* Offsets are signed; unsigned arithmetic wraps as intended and

@@ -127,10 +127,19 @@ def test_entry_events_off_changes_nothing_else(compile_c):
 
 
 @pytest.mark.parametrize("accel", ["c", "python"])
-def test_a_call_of_the_trampoline_from_no_site_is_a_fault(compile_c, accel):
-    img = compile_c("long entry(long t) { ((void (*)(void))t)(); return 0; }")
+@pytest.mark.parametrize("where", ["unused", "of_a_site", "past_its_start"])
+def test_a_trampoline_not_called_from_its_site_is_a_fault(compile_c, accel, where):
+    """A site's trampoline runs only from its site's fentry call: called
+    from elsewhere, or jumped into past its start (where its own jumps
+    lie), or one no site has, it is a fault and nothing of it runs."""
+    img = compile_c("long entry(long t) { ((void (*)(void))t)(); return 0; }\n"
+                    "long other(long x) { return x + 1; }")
     m = Machine(img, accel=accel)
-    m.add_task("stray", "entry", (m.runtime.trampoline,))
+    site = m.site(m.function("other"))
+    m.set_entries(m.function("other"), [(m.function("entry").start, 1, False, True)])   # a tested state
+    at = {"unused": m.runtime.trampoline(site + 1), "of_a_site": m.runtime.trampoline(site),
+          "past_its_start": m.runtime.trampoline(site) + 15}[where]
+    m.add_task("stray", "entry", (at,))
     with pytest.raises((GuestFault, CoreError), match="trampoline"):
         m.run(until=100_000)
     m.engine.close()
@@ -216,11 +225,10 @@ def test_events_of_one_kind_are_the_records_of_that_kind(events, kind, unpacked,
     assert log.of_kind(kind, start) == [e for e in events[max(0, start):] if e[1] == kind]
 
 
-def test_trampolines_must_jump_through_a_slot():
-    """The C redirect stores the target in the trampoline's jump slot (and
-    the exit's in the return trampoline's): a trampoline whose instruction
-    is not `jmp qword ptr [rip + d]` with its slot mapped is refused, not
-    left unhooked."""
+def test_the_return_trampoline_must_jump_through_a_slot():
+    """The C redirect stores the exit's target in the return trampoline's
+    jump slot: a trampoline whose instruction is not `jmp qword ptr
+    [rip + d]` with its slot mapped is refused, not left unhooked."""
     e = core.Engine()
     page = e.map(0x10000, 0x1000, 5)
     page[0:1] = b"\xc3"                                  # ret: no slot
@@ -230,9 +238,20 @@ def test_trampolines_must_jump_through_a_slot():
     e.map(0x40000, 0x1000, 3)
     for bad in (0x10000, 0x10020):
         with pytest.raises(CoreError):
-            e.set_trampoline(bad)
-        with pytest.raises(CoreError):
             e.graph_init(bad, 0x40000, 0x1000)
-    e.set_trampoline(0x10010)
     e.graph_init(0x10010, 0x40000, 0x1000)
+    e.close()
+
+
+def test_the_sites_trampolines_are_refused_where_they_cannot_work():
+    """emu_set_stubs: the region must be mapped and aligned, and hold the
+    sites there are already; once."""
+    e = core.Engine()
+    e.map(0x10000, 0x2000, 5)
+    for base, size in ((0x10010, 0x1000), (0x50000, 0x1000), (0x10000, 16)):
+        with pytest.raises(CoreError):
+            e.set_stubs(base, size)
+    e.set_stubs(0x10000, 0x2000)
+    with pytest.raises(CoreError):
+        e.set_stubs(0x10000, 0x2000)
     e.close()

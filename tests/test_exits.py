@@ -55,7 +55,7 @@ def machine(image, accel, depths, *, quantum=97, trampoline=("leaf",), exits=Tru
         m.watch(m.function(name))
     for name in trampoline:         # an enabled site: the trampoline path
         fn = m.function(name)
-        rel = m.runtime.trampoline - (fn.site + 5)
+        rel = m.runtime.trampoline(m.site(fn)) - (fn.site + 5)
         m.text_write(fn.site, b"\xe8" + rel.to_bytes(4, "little", signed=True))
     return m
 
@@ -167,7 +167,7 @@ def test_walks_agree_with_the_call_stack_the_exits_give(compile_c):
                 code_py, entries_py = m.stack(task, unwinder="orc", accel="python")
                 assert (code, entries) == (code_py, entries_py)
                 rip = entries[0] if entries else 0
-                if m.runtime.trampoline <= rip < m.runtime.regs[1]:
+                if m.runtime.trampoline_at(rip) is not None:
                     seen_tramp += 1
                 if code != unwind.WALK_OK or m.runtime.empty[0] <= rip < m.runtime.empty[1]:
                     continue
@@ -198,13 +198,14 @@ def test_walks_agree_with_the_call_stack_the_exits_give(compile_c):
 
 
 def test_a_task_in_the_runtime_page_unwinds_to_its_entry_or_is_unreliable(compile_c):
-    """Every instruction of the runtime page outside the task loops, with
-    the stack a real call leaves there: the trampoline (reached from a
-    traced function's fentry call) walks into that function and on to the
-    entry frame; the return trampoline and the stray ud2s are unreliable.
-    Frame pointers never vouch for the trampoline's register frame, in the
-    models' checks of every task at once (livepatch's reliable walk) as in
-    a walk of one task."""
+    """Every instruction of the runtime page outside the task loops, and a
+    site's trampoline, with the stack a real call leaves there: the
+    trampoline (reached from a traced function's fentry call) walks into
+    that function and on to the entry frame; the return trampoline and the
+    stray ud2s are unreliable, and so is any byte of a trampoline past its
+    first instruction. Frame pointers never vouch for the trampoline's
+    register frame, in the models' checks of every task at once
+    (livepatch's reliable walk) as in a walk of one task."""
     from emu.models.stacks import StackChecks
     image = compile_c(SRC)
     m = machine(image, "c", (2,), quantum=10_000)
@@ -214,7 +215,8 @@ def test_a_task_in_the_runtime_page_unwinds_to_its_entry_or_is_unreliable(compil
     # a genuine state: the task inside leaf, called from rec(...)
     m.run(until=2000)
     code, entries = m.stack(task, unwinder="orc")
-    for insn in rt.insn_starts:
+    tramp = rt.trampoline(m.site(m.function("leaf")))
+    for insn in rt.insn_starts + (tramp, tramp + 1, tramp + 15):
         if rt.empty[0] <= insn < rt.empty[1]:
             continue
         m.engine.switch(task.tid)
@@ -223,14 +225,14 @@ def test_a_task_in_the_runtime_page_unwinds_to_its_entry_or_is_unreliable(compil
         # a task off its CPU there was preempted; at the trampoline, even
         # without the flag, the register frame is what makes frame pointers
         # give up on it, in both paths
-        flags = (1, 0) if insn == rt.trampoline else (1,)
+        flags = (1, 0) if rt.trampoline_at(insn) is not None else (1,)
         for unwinder, preempted in [(u, p) for u in ("orc", "fp") for p in flags]:
             m.sched_state.tasks[task.tid].preempted = preempted
             c = m.stack(task, unwinder=unwinder)
             py = m.stack(task, unwinder=unwinder, accel="python")
             assert c == py
             if c[0] == unwind.WALK_OK:
-                assert unwinder == "orc" and insn == rt.trampoline
+                assert unwinder == "orc" and insn == tramp
                 assert c[1][-1] == task.end_ret
             for accel in ("c", "python"):
                 each = checks.check((), kind=unwinder, max_entries=100, reliable=True, accel=accel)

@@ -125,6 +125,20 @@ def test_the_c_fentry_nop_is_the_images_one():
     assert bytes(int(b, 16) for b in m.group(1).split(",")) == FENTRY_NOP
 
 
+def test_the_python_orc_constants_are_the_c_cores():
+    """emu/images/orc.py comes before the core, and emu/engine/unwind.py is
+    pure Python (the twin of csrc/unwind.c): their copies of the core's ORC
+    constants and trampoline size are held to csrc/emu.h here."""
+    from emu.engine import unwind
+    from emu.engine.core import lib
+    from emu.images import orc
+    assert (orc.REG_UNDEFINED, orc.REG_SP, orc.REG_BP) == \
+        (lib.EMU_ORC_REG_UNDEFINED, lib.EMU_ORC_REG_SP, lib.EMU_ORC_REG_BP)
+    assert (orc.TYPE_CALL, orc.TYPE_UNDEFINED, orc.TYPE_TRAMPOLINES) == \
+        (lib.EMU_ORC_TYPE_CALL, lib.EMU_ORC_TYPE_UNDEFINED, lib.EMU_ORC_TYPE_TRAMPOLINES)
+    assert unwind.STUB_SIZE == lib.EMU_STUB_SIZE
+
+
 def test_no_module_writes_the_fentry_nop_bytes_itself():
     """Every Python module takes the fentry NOP from emu/images/image.py."""
     copies = [str(p.relative_to(PKG)) for p in SOURCES

@@ -33,7 +33,7 @@ def run(image, accel, entries, states, site_bytes, trampoline_call):
     for task, state in zip(m.tasks, states):
         m.set_patch_state(task, state)
     if trampoline_call:
-        rel = m.runtime.trampoline - (hot.site + 5)
+        rel = m.runtime.trampoline(m.site(hot)) - (hot.site + 5)
         m.text_write(hot.site, b"\xe8" + rel.to_bytes(4, "little", signed=True))
     elif site_bytes is not None:
         m.text_write(hot.site, site_bytes)

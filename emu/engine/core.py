@@ -113,6 +113,7 @@ EV_ARGS = lib.EMU_EV_ARGS
 EV_ARGS_HI = lib.EMU_EV_ARGS_HI
 GRAPH_HEADER = lib.EMU_GRAPH_HEADER
 GRAPH_RECORD = lib.EMU_GRAPH_RECORD
+STUB_SIZE = lib.EMU_STUB_SIZE
 EV_KERNEL_EXIT = lib.EMU_EV_KERNEL_EXIT
 EV_SAFE_POINT = lib.EMU_EV_SAFE_POINT
 EV_SLEEP = lib.EMU_EV_SLEEP
@@ -300,7 +301,6 @@ class Engine:
         self._ev_cap = 4096
         self._ev_buf = ffi.new("struct emu_event[]", self._ev_cap)
         self._entry_buf = ffi.new("struct emu_entry[]", SITE_MAX_ENTRIES)
-        self.trampoline = 0
         self.graph = (0, 0, 0)        # (return trampoline, base, stride): see graph_init
         self._ev_mask = (1 << 64) - 1
 
@@ -429,9 +429,11 @@ class Engine:
     def set_site_poke(self, site: int, poke: int) -> None:
         self._check(lib.emu_site_set_poke(self._core, site, poke), "site poke")
 
-    def set_trampoline(self, addr: int) -> None:
-        self._check(lib.emu_set_trampoline(self._core, addr), "trampoline")
-        self.trampoline = addr
+
+    def set_stubs(self, base: int, size: int) -> None:
+        """Each site's own trampoline, at base + site * STUB_SIZE in the
+        mapped [base, base + size) (csrc/emu.h). Once."""
+        self._check(lib.emu_set_stubs(self._core, base, size), "site trampolines")
 
     def graph_init(self, ret: int, base: int, stride: int) -> None:
         """Trace function exits (csrc/emu.h, "function exits"): ret is the

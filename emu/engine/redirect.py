@@ -1,13 +1,16 @@
-"""The pure-Python twin of csrc/redirect.c: the same four hooks through the
-Unicorn binding (the trampoline, the site watch, the int3 of a text_poke_bp,
-the return trampoline of function exits), the same choice of target, the
-same return stacks (in guest memory, csrc/emu.h "function exits") and the
-same events.
+"""The pure-Python twin of csrc/redirect.c: the same hooks through the
+Unicorn binding (the sites' trampolines, the site watch, the int3 of a
+text_poke_bp, the return trampoline of function exits), the same choice of
+target, the same return stacks (in guest memory, csrc/emu.h "function
+exits") and the same events.
 
-It runs when a machine is built with accel="python". Where the C hook stores
-the target in the trampoline's jump slot and lets the jump run, this twin
-writes RIP through the binding (the jump never runs): the trampoline is one
-instruction of virtual time either way, so the traces are the same.
+It runs when a machine is built with accel="python". Where the C core lets
+a site's trampoline run (it pops the fentry return and jumps to the target
+the core wrote into it), this twin writes RSP and RIP through the binding
+at its first instruction (the trampoline's code never runs): it is one
+instruction of virtual time either way, so the traces are the same. The
+twin watches every site all the time; the C core only those that are not
+the call to their trampoline, where the watch does nothing.
 
 Exceptions never propagate out of a hook: the first one is kept, the run is
 stopped, and the machine raises it (the binding's own re-raise lives in
@@ -39,10 +42,10 @@ class PyRedirect:
         self.addr: dict[int, int] = {}         # site address -> site index
         self.func: dict[int, int] = {}         # site index -> function id
         self.error: BaseException | None = None
-        self._hooks = [self.uc.hook_add(UC_HOOK_CODE, self._tramp, None, machine.runtime.trampoline,
-                                        machine.runtime.trampoline),
+        lo, hi = machine.runtime.regs
+        self._hooks = [self.uc.hook_add(UC_HOOK_CODE, self._tramp, None, lo, hi - 1),
                        self.uc.hook_add(UC_HOOK_INTR, self._intr)]
-        self.uc.ctl_remove_cache(machine.runtime.trampoline, machine.runtime.trampoline + 1)
+        self.uc.ctl_remove_cache(lo, hi)
 
     def add_site(self, idx: int, addr: int, func_id: int) -> None:
         self.addr[addr] = idx
@@ -157,12 +160,16 @@ class PyRedirect:
         self._graph_push(func, version, rsp, clock)
 
     def _tramp(self, uc, addr, size, _):
+        """A site's trampoline, as __emu_stub_enter() in csrc/redirect.c
+        (its code never runs here, so only its start is ever reached)."""
         try:
+            rt = self.m.runtime
+            idx = rt.trampoline_at(addr)
             rsp = uc.reg_read(UC_X86_REG_RSP)
-            ret = int.from_bytes(uc.mem_read(rsp, 8), "little")
-            idx = self.addr.get(ret - 5)
-            if idx is None:
-                raise core.CoreError(f"the ftrace trampoline was called from {ret - 5:#x}, which is no fentry site")
+            ret = int.from_bytes(uc.mem_read(rsp, 8), "little") if addr == rt.trampoline(idx) else None
+            if idx not in self.func or ret != self.m.functions[self.func[idx]].site + 5:
+                raise core.CoreError(f"the ftrace trampoline at {addr:#x} was reached from no call at its "
+                                     f"fentry site")
             self._enter(idx, rsp + 8, self.engine.now(addr))
         except BaseException as exc:  # noqa: BLE001 - kept and re-raised by the machine
             self._fail(exc)
@@ -173,7 +180,7 @@ class PyRedirect:
             if code == FENTRY_NOP:
                 rsp, now = uc.reg_read(UC_X86_REG_RSP), self.engine.now(addr)
                 self._entry(self.func[idx], 0, rsp, now)
-            elif code[0] != 0xCC and not _is_call_to(code, addr, self.m.runtime.trampoline):
+            elif code[0] != 0xCC and not _is_call_to(code, addr, self.m.runtime.trampoline(idx)):
                 self.engine.push_event(core.EV_TORN, self.engine.current, self.func[idx], 0, addr,
                                        self.engine.now(addr))
         except BaseException as exc:  # noqa: BLE001

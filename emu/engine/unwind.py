@@ -16,6 +16,8 @@ import struct
 from bisect import bisect_right
 from typing import NamedTuple
 
+from emu.images.orc import REG_BP, REG_SP, REG_UNDEFINED, TYPE_TRAMPOLINES, TYPE_UNDEFINED
+
 __all__ = [
     "WALK_OK", "WALK_OFF_STACK", "WALK_BAD_RET", "WALK_TOO_DEEP", "WALK_PREEMPTED",
     "WALK_NO_END", "WALK_NO_ORC", "WALK_NOT_PROGRESSING", "REASONS",
@@ -38,9 +40,8 @@ REASONS = {
     WALK_NOT_PROGRESSING: "frame does not lie above the previous one",
 }
 
-# As EMU_ORC_REG_* and EMU_ORC_TYPE_* in csrc/emu.h (and emu/images/orc.py).
-_REG_UNDEFINED, _REG_SP, _REG_BP = 0, 1, 2
-_TYPE_UNDEFINED = 1
+#: EMU_STUB_SIZE (csrc/emu.h): the trampolines' ORC rule needs it (tests/test_layers.py holds them equal)
+STUB_SIZE = 32
 
 _MASK = (1 << 64) - 1
 _WORD = struct.Struct("<Q")
@@ -188,13 +189,15 @@ def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp:
     while True:
         # A return address points after its call, which may be the last
         # instruction of the function: look the call itself up.
-        i = bisect_right(orc_ips, ip if first else (ip - 1) & _MASK) - 1
+        look = ip if first else (ip - 1) & _MASK
+        i = bisect_right(orc_ips, look) - 1
         if i < 0:
             return end(WALK_NO_ORC)
         e = orc_entries[i]
-        if e.type == _TYPE_UNDEFINED or e.sp_reg not in (_REG_SP, _REG_BP):
+        if e.type == TYPE_UNDEFINED or e.sp_reg not in (REG_SP, REG_BP) or \
+                (e.type == TYPE_TRAMPOLINES and (look - orc_ips[i]) % STUB_SIZE):
             return end(WALK_NO_ORC)
-        cfa = ((sp if e.sp_reg == _REG_SP else bp) + e.sp_offset) & _MASK
+        cfa = ((sp if e.sp_reg == REG_SP else bp) + e.sp_offset) & _MASK
         slot = (cfa - 8) & _MASK
         ret = _word(stack, lo, hi, slot)
         if ret is None:
@@ -202,11 +205,11 @@ def walk_orc(stack, lo: int, hi: int, text, orc_ips, orc_entries, rip: int, rsp:
         ret = graph_ret_addr(graph, ret, slot)
         if cfa <= sp:
             return end(WALK_NOT_PROGRESSING)
-        if e.bp_reg == _REG_BP:
+        if e.bp_reg == REG_BP:
             bp = _word(stack, lo, hi, (cfa + e.bp_offset) & _MASK)
             if bp is None:
                 return end(WALK_OFF_STACK)
-        elif e.bp_reg != _REG_UNDEFINED:
+        elif e.bp_reg != REG_UNDEFINED:
             return end(WALK_NO_ORC)
         sp = cfa
         if ret == end_ret and slot == end_slot:

@@ -37,6 +37,7 @@ __all__ = [
 # As EMU_ORC_REG_* and EMU_ORC_TYPE_* in csrc/emu.h.
 REG_UNDEFINED, REG_SP, REG_BP = 0, 1, 2
 TYPE_CALL, TYPE_UNDEFINED = 0, 1
+TYPE_TRAMPOLINES = 2    # one entry for a region of trampolines (csrc/emu.h EMU_ORC_TYPE_TRAMPOLINES)
 
 
 @dataclass(frozen=True)

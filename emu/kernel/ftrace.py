@@ -76,7 +76,7 @@ class Ftrace:
         self.pokes = 0          # site updates done, for the benchmarks
 
     def call_bytes(self, fn: FunctionRef) -> bytes:
-        rel = self.m.runtime.trampoline - (fn.site + 5)
+        rel = self.m.runtime.trampoline(self.m.site(fn)) - (fn.site + 5)
         return b"\xe8" + rel.to_bytes(4, "little", signed=True)
 
     def owner(self, fn: FunctionRef) -> Ops | None:

@@ -1,10 +1,12 @@
-"""The machine's guest memory layout: where the runtime page, the base
-image, modules, task stacks, the heap and the tasks' return stacks lie. The images are linked at these
+"""The machine's guest memory layout: where the runtime page, the sites'
+trampolines, the base image, modules, task stacks, the heap and the tasks' return stacks lie. The images are linked at these
 addresses (emu/runs/scenario.py places modules with MODULE_BASE and
 MODULE_ALIGN), so they must agree with it."""
 from __future__ import annotations
 
 RUNTIME_BASE = 0x0010_0000
+FTRACE_STUBS = 0x0018_0000  # each fentry site's own trampoline (csrc/redirect.c)
+FTRACE_STUBS_SIZE = 0x2_0000  # room for 4096 sites
 BASE_IMAGE = 0x0040_0000
 MODULE_BASE = 0x0100_0000
 MODULE_ALIGN = 0x0010_0000

@@ -47,8 +47,8 @@ from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
 from emu.machine import faults, hypercall, runtime, snapshot, stacks
 from emu.machine.hypercall import FUNCTION_DONE
-from emu.machine.layout import (BASE_IMAGE, GRAPH_BASE, GRAPH_STRIDE, GUARD, HEAP_BASE,  # noqa: F401
-                                HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
+from emu.machine.layout import (BASE_IMAGE, FTRACE_STUBS, FTRACE_STUBS_SIZE,  # noqa: F401
+                                GRAPH_BASE, GRAPH_STRIDE, GUARD, HEAP_BASE, HEAP_SIZE, MODULE_ALIGN, MODULE_BASE,
                                 PERCPU_BASE, RUNTIME_BASE, STACK_BASE, STACK_SIZE, align_up, in_guard, page_up, stack_of)
 from emu.machine.scheduling import PREEMPT_MODES, Scheduling
 from emu.machine.shadow import ShadowVars
@@ -117,11 +117,12 @@ class Machine:
         self.next_module = MODULE_BASE
         self._done: dict[int, object] = {}     # tid -> done callback of a forked task (fork)
 
-        self.runtime = runtime.build(RUNTIME_BASE)
+        self.runtime = runtime.build(RUNTIME_BASE, (FTRACE_STUBS, FTRACE_STUBS_SIZE))
         self.engine.map(RUNTIME_BASE, page_up(self.runtime.size), PROT_R | PROT_X)[:self.runtime.size] = \
             self.runtime.code
         self.engine.add_code(RUNTIME_BASE, page_up(self.runtime.size), self.runtime.insn_starts)
-        self.engine.set_trampoline(self.runtime.trampoline)
+        self.engine.map(FTRACE_STUBS, FTRACE_STUBS_SIZE, PROT_R | PROT_X)
+        self.engine.set_stubs(FTRACE_STUBS, FTRACE_STUBS_SIZE)
         self.symbols = Symbols(self.runtime)
         self.walkers = stacks.Walkers(self)
         twin = None

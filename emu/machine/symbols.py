@@ -38,8 +38,8 @@ class Symbols:
         self.by_name: dict[str, FunctionRef] = {}
         self._starts: list[int] = []            # sorted function starts, for function_at
         self._by_start: list[FunctionRef] = []
-        self._orc_tables: list[OrcTable] = [runtime.orc]   # the runtime page's own
-        self._text: list[tuple[int, int]] = [(runtime.base, runtime.base + runtime.size)]
+        self._orc_tables: list[OrcTable] = [runtime.orc]   # the runtime page's own, and the trampolines'
+        self._text: list[tuple[int, int]] = [(runtime.base, runtime.base + runtime.size), runtime.regs]
         self.orc = OrcTable.merge(*self._orc_tables)
         self.orc_arrays = core.OrcArrays(self.orc.ips, self.orc.entries)
         self.text_ranges = core.Ranges(self._text)
@@ -120,9 +120,12 @@ class Symbols:
         if fn:
             return f"{fn.name}+{addr - fn.start:#x}"
         rt = self.runtime
+        site = rt.trampoline_at(addr)
+        if site is not None:
+            return f"ftrace_trampoline+{addr - rt.trampoline(site):#x}"
         if rt.contains(addr):
             names = [("task_user", rt.task_user), ("task_kthread", rt.task_kthread), ("task_once", rt.task_once),
-                     ("ftrace_trampoline", rt.trampoline), ("ftrace_return", rt.ret_trampoline)]
+                     ("ftrace_return", rt.ret_trampoline)]
             name, start = max((n for n in names if n[1] <= addr), key=lambda n: n[1])
             return f"{name}+{addr - start:#x}"
         return f"{addr:#x}"
