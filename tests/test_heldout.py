@@ -887,3 +887,40 @@ def test_cond_resched_switches_a_user_task_that_never_leaves_the_kernel_too(kern
     sound(res)
     if outcome == "stalled":
         assert res.transitions[0]["blockers"][0]["stack"][-1] == "(running)"
+
+
+# ---- kGraft's completion work: a check every KGR_TIMEOUT, a fake signal at each failed one ----
+
+KGR_SIGNAL = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+              "kgraft": "completed", "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_user_task_asleep_10_s_in_a_patched_function(model):
+    """kgr_modify_kernel() queues the first check KGR_TIMEOUT = 2 s after
+    the code is changed; kgr_work_fn() finds the sleeper in progress, says
+    so once, and kgr_send_fake_signal() wakes it: it migrates at its kernel
+    exit, and the second check finalizes. livepatch waits for the sleep to
+    end (10 s, before its fake signals of the 15th retry)."""
+    res, log, values, _ = run("kgraft-fake-signal/scenario.toml", model)
+    assert res.outcome == KGR_SIGNAL[model]
+    naps, tallies = values[("sleeper", 1)], values[("sleeper", 2)]
+    if model == "immediate":           # woken in the old nap(), it calls the new tally()
+        assert not kernel_safe(res)
+        assert (naps[0], tallies[0]) == (0, 1)
+        return
+    assert kernel_safe(res)
+    sound(res)
+    assert naps == tallies[:len(naps)]                  # one version per system call
+    if model == "kgraft":
+        assert log.count("kgr: still in progress after timeout, will keep trying every 2 seconds") == 1
+        assert log.count("kgr: patching succeeded") == 1
+        assert res.transitions[0]["attempts"] == 2
+        assert 4 * 100_000 <= res.latency < 4.5 * 100_000
+        assert values[("sleeper", 3)][0] > 700          # woken with about 8 s of its 10 s left
+        assert collapse(naps) == [0, 1]                 # the next nap() is the new one
+    elif model == "livepatch":
+        assert not any("signaling remaining tasks" in line for line in log)
+        assert 9.5 * 100_000 < res.latency < 11.5 * 100_000
+        assert values[("sleeper", 3)][0] == 0           # it slept the whole 10 s
+        assert collapse(naps) == [0, 1]
