@@ -7,11 +7,18 @@ A task migrates at its kernel/user boundary, a kthread at its safe point
 is changed every kthread is woken (kgr_handle_processes()), so a sleeping
 one reaches its safe point without waiting for its sleep to end. There are no
 stack checks at all: a whole system call runs in one universe, which is why
-the seed's mix of an old bar and a new baz cannot happen here. Completion is
-checked every `check_interval` seconds; a task that sleeps in the kernel and
-never crosses the boundary stalls the transition (visibly: pending tasks
-stay in status()) unless `wake_after` seconds of fake signals and kthread
-wake-ups are enabled.
+the seed's mix of an old bar and a new baz cannot happen here.
+
+Completion is kGraft's last form (kgr_work_fn()): the first check comes
+KGR_TIMEOUT seconds after the code is changed, and so does every next one.
+A check that finds a task still in progress says so, once per transition
+("kgr: still in progress after timeout, will keep trying every 2 seconds"),
+and kgr_send_fake_signal() wakes every task still in progress: a kthread
+(wake_up_process()) runs on to its safe point, a user task (signal_wake_up(),
+a fake signal) leaves an interruptible sleep and migrates at its kernel
+exit. A task that never reaches its boundary (a kthread with no safe point,
+a task busy or asleep uninterruptibly in the kernel) still stalls the
+transition, visibly: pending tasks stay in status().
 
 kgr_modify_kernel() refuses, in this order: a patch still referenced by
 a newer applied one (every applied patch gains a reference when a later
@@ -36,13 +43,17 @@ from emu.models.base import Model
 from emu.models.refusals import refusal
 
 
+#: include/linux/kgraft.h: seconds from the code change to the first
+#: completion check, and between two checks
+KGR_TIMEOUT = 2
+
+
 class KGraft(Model):
     name = "kgraft"
+    prefix = "kgr: "                 # kernel/kgraft.c's pr_fmt
 
-    def __init__(self, machine, *, check_interval: float = 1.0, wake_after: float | None = None, **kw):
+    def __init__(self, machine, **kw):
         super().__init__(machine, **kw)
-        self.check_interval = check_interval
-        self.wake_after = wake_after
         self.target = UNDEFINED
         self.current: Patch | None = None
         self.immutable = False       # kgr_immutable: no migration while the code is being changed
@@ -120,6 +131,7 @@ class KGraft(Model):
 
     def _start(self, patch: Patch, target: int, updates) -> None:
         t = self.record(patch, target)
+        self.printk(f"{self.prefix}{'apply' if target == PATCHED else 'revert'}ing patch '{patch.name}'")
         self.current, self.target = patch, target
         for task in self.all_tasks():
             if task.state is not RunState.EXITED:
@@ -163,14 +175,17 @@ class KGraft(Model):
         for update in updates:
             yield from update
         self.immutable = False
-        # kgr_handle_processes(): every kthread is woken (wake_up_process(),
+        # kgr_wakeup_kthreads(): every kthread is woken (wake_up_process(),
         # "they will clean the progress flag"): a sleeping one runs on to
         # its next safe point instead of sleeping through the transition
         for task in self.all_tasks():
             if task.kind.value == "kthread" and task.pending:
                 self.m.signal(task)
-        step = self.m.seconds(self.check_interval)
+        # queue_delayed_work(kgr_wq, &kgr_work, KGR_TIMEOUT * HZ): the checks
+        step = self.m.seconds(KGR_TIMEOUT)
+        printed = False
         while True:
+            yield Delay(step)
             t.attempts += 1
             # An idle task runs no patched code: it crosses its idle loop
             # as soon as its CPU idles, and a busy CPU is not running it.
@@ -180,11 +195,16 @@ class KGraft(Model):
             if not left:
                 break
             t.block(self.m.now, [(x.name, self.m.backtrace(x) if not x.is_idle else []) for x in left])
-            if self.wake_after is not None and self.m.now - t.started_at >= self.m.seconds(self.wake_after):
-                for x in left:
-                    if not x.is_idle:
-                        self.m.signal(x)
-            yield Delay(step)
+            if not printed:
+                self.printk(f"{self.prefix}still in progress after timeout, will keep trying every "
+                            f"{KGR_TIMEOUT} seconds")
+                printed = True
+            # kgr_send_fake_signal(): a kthread still in progress is woken,
+            # a user task gets a fake signal (the idle tasks are no threads
+            # of a process: their CPUs' idling migrates them)
+            for x in left:
+                if not x.is_idle:
+                    self.m.signal(x)
         nops = self.nops.pop(patch.name, []) if target == PATCHED else []
         for f in self.loaded_funcs(patch) + nops:
             f.transition = False
@@ -214,4 +234,5 @@ class KGraft(Model):
             self.applied.append(patch)
         t.blockers = []
         self.current, self.target = None, UNDEFINED
+        self.printk(f"{self.prefix}patching succeeded")
         self.finish(t, "completed")
