@@ -252,7 +252,7 @@ def test_64_tasks_on_4_cpus(model):
 
 
 SLEEP_USER = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
-              "kgraft": "stalled", "livepatch": "completed"}
+              "kgraft": "completed", "livepatch": "completed"}
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -263,6 +263,10 @@ def test_a_user_task_asleep_in_a_patched_function(model):
     if model == "livepatch":     # switched after the fake signal of the 15th retry
         assert any("signaling remaining tasks" in line for line in log)
         assert res.latency > 14 * 100_000
+    if model == "kgraft":        # the fake signal of the first check (2 s), finalized by the second
+        assert log.count("kgr: still in progress after timeout, will keep trying every 2 seconds") == 1
+        assert res.transitions[0]["attempts"] == 2
+        assert 4 * 100_000 <= res.latency < 4.5 * 100_000
 
 
 SLEEP_KTHREAD = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
@@ -274,8 +278,14 @@ def test_a_kthread_that_never_leaves_a_patched_function_needs_force(model):
     res, log, values, _ = run("sleep-in-patched/scenario-kthread.toml", model)
     assert res.outcome == SLEEP_KTHREAD[model] and kernel_safe(res)
     sound(res)
-    if model in ("kgraft", "livepatch"):
+    if model == "livepatch":
         assert 24 * 100_000 < res.latency < 26 * 100_000          # completed by the force at 25 s
+    if model == "kgraft":
+        # woken at every check (kgr_send_fake_signal), it goes on in poll_loop();
+        # the forced unmark at 25 s, then the next check, every KGR_TIMEOUT = 2 s
+        # from the code change: the 13th, 26 s after the enable
+        assert res.transitions[0]["attempts"] == 13
+        assert 26 * 100_000 <= res.latency < 26.5 * 100_000
     assert collapse(values[("poller", 2)]) == [0]                # it never left the old loop
 
 
@@ -447,6 +457,16 @@ def test_kpatch_replace_skips_the_force_functions_of_the_patches_it_replaces(mod
     were checked without their force flag)."""
     res, log, _, _ = run("kpatch-replace-force/scenario.toml", model, seed)
     sound(res)
+    if model == "kgraft":
+        # p1 is finalized by its second check, 4 s after its code change
+        # (KGR_TIMEOUT = 2 s; the first one signalled the sleeper): p2's
+        # enable at 4 s finds it in progress and is refused with -EAGAIN
+        assert [t["result"] for t in res.transitions] == ["completed"]
+        assert any("kgr: can't patch, another patching not yet finalized ('p1' in progress)" in line
+                   for line in log)
+        assert log.index("kgr: patching succeeded") > next(
+            i for i, line in enumerate(log) if "can't patch" in line)
+        return
     assert [t["result"] for t in res.transitions] == ["completed", "completed"]
     if model == "stop_machine":
         assert [t["attempts"] for t in res.transitions] == [1, 1]
@@ -804,7 +824,7 @@ def test_a_probe_that_never_saw_a_task_off_its_cpu_says_so(capsys):
 # ---- fake signals: a user task and a kthread asleep in patched code ------------------------
 
 SIGNALS = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
-           "kgraft": "stalled", "livepatch": "completed"}
+           "kgraft": "completed", "livepatch": "completed"}
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -819,6 +839,14 @@ def test_fake_signals_wake_a_user_task_and_a_kthread(model):
         assert res.transitions[0]["attempts"] == 17
         assert 15 * 100_000 < res.latency < 17 * 100_000
         assert values[("sleeper", 3)][0] > 3000 and values[("poller", 4)][0] > 3000    # woken early
+    if model == "kgraft":
+        # the kthread woken at the start (kgr_wakeup_kthreads), the user task by
+        # the fake signal of the first check, 2 s after the code change; the
+        # second check finalizes
+        assert log.count("kgr: still in progress after timeout, will keep trying every 2 seconds") == 1
+        assert res.transitions[0]["attempts"] == 2
+        assert 4 * 100_000 <= res.latency < 4.5 * 100_000
+        assert 4600 < values[("sleeper", 3)][0] < 4800 and values[("poller", 4)][0] > 4900
 
 
 @pytest.mark.parametrize("kernel,outcome", [("4.18", "stalled"), ("5.0", "stalled"), ("5.1", "completed"),
