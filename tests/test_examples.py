@@ -116,13 +116,22 @@ def test_busy_stop_machine_fails_with_ebusy_naming_the_sleeper(capsys):
     assert out["inconsistent_units"] == 0
 
 
-def test_busy_kgraft_completes_once_the_sleeper_crosses_a_kernel_exit():
+def test_busy_kgraft_wakes_the_sleeper_at_its_first_check_and_completes_at_the_second():
+    """kgr_modify_kernel() queues the first check KGR_TIMEOUT = 2 s after the
+    code change; kgr_work_fn() finds the sleeper in progress, says so once and
+    sends it a fake signal (kgr_send_fake_signal): its 5 s sleep ends early,
+    it migrates at its kernel exit, and the next check, 2 s later, finalizes."""
     run = execute(runner(BUSY), "kgraft")
     (t,) = run.t
-    assert run.res.outcome == "completed"
-    first_exit = min(x for x in run.exits["sleeper"] if x > ENABLE)      # the end of its 5 s sleep
-    assert first_exit > ENABLE + 4 * SECOND
-    assert first_exit <= t["completed_at"] <= first_exit + SECOND     # the next 1 s check
+    assert run.res.outcome == "completed" and t["attempts"] == 2
+    msg = "kgr: still in progress after timeout, will keep trying every 2 seconds"
+    (said,) = [time for time, line in run.log if line == msg]
+    assert ENABLE + 2 * SECOND <= said < ENABLE + 2 * SECOND + SECOND // 100
+    first_exit = min(x for x in run.exits["sleeper"] if x > ENABLE)      # woken by the signal
+    assert said <= first_exit < said + SECOND // 100
+    assert 200 < run.values["sleeper", 3][0] < 300                       # about 3 s of its 5 s left
+    assert said + 2 * SECOND <= t["completed_at"] < said + 2 * SECOND + SECOND // 100
+    assert run.logged("kgr: patching succeeded")
     assert run.seqs["sleeper", 1] == [0, 1]       # its next system call runs the new slow()
 
 
@@ -138,20 +147,25 @@ def test_busy_livepatch_is_pending_while_the_sleeper_is_inside():
     assert not run.logged("signaling remaining tasks")           # the horizon ends before 15 retries
 
 
-def test_busy_without_force_a_30s_sleeper_stalls_livepatch_and_kgraft():
+def test_busy_without_force_a_30s_sleeper_stalls_livepatch_and_kgraft_signals_it():
     scn = scenario.load(EX / "busy/scenario-force.toml")
     scn.actions = [a for a in scn.actions if a.do != "force"]
     r = Runner(scenario.build(scn))
-    for model in ("livepatch", "kgraft"):
-        run = execute(r, model)
-        (t,) = run.t
-        assert run.res.outcome == "stalled" and t["result"] == "pending", model
-        assert [b["task"] for b in t["blockers"]] == ["sleeper"], model
-        assert [x["name"] for x in run.status["tasks"] if x["pending"]] == ["sleeper"], model
-    assert run.t[0]["blockers"][0]["stack"][0].startswith("slow+")
     lp = execute(r, "livepatch")
-    assert lp.t[0]["blockers"][0]["stack"][-1] == "(sleeping on function slow)"
+    (t,) = lp.t
+    assert lp.res.outcome == "stalled" and t["result"] == "pending"
+    assert [b["task"] for b in t["blockers"]] == ["sleeper"]
+    assert [x["name"] for x in lp.status["tasks"] if x["pending"]] == ["sleeper"]
+    assert t["blockers"][0]["stack"][0].startswith("slow+")
+    assert t["blockers"][0]["stack"][-1] == "(sleeping on function slow)"
     assert not lp.logged("signaling remaining tasks")
+    # kGraft's first check (2 s) sends the sleeper a fake signal; the second finalizes
+    kg = execute(r, "kgraft")
+    (t,) = kg.t
+    assert kg.res.outcome == "completed" and t["attempts"] == 2
+    assert [[b["task"] for b in a["blockers"]] for a in t["attempt_log"]] == [["sleeper"]]
+    assert kg.values["sleeper", 3][0] > 2700                             # woken with most of its 30 s left
+    assert kg.seqs["sleeper", 1] == [0, 1]
 
 
 def test_busy_force_completes_the_transition():
@@ -176,7 +190,7 @@ def test_busy_force_completes_the_transition():
     assert sm.res.outcome == "completed" and sm.t[0]["attempts"] == 2
 
 
-def test_busy_livepatch_fake_signal_wakes_the_sleeper_and_kgraft_stays_stalled():
+def test_busy_fake_signals_wake_the_sleeper_livepatch_at_15_s_kgraft_at_2_s():
     r = runner("busy/scenario-signal.toml")
     lp = execute(r, "livepatch")
     assert lp.res.outcome == "completed"
@@ -188,9 +202,15 @@ def test_busy_livepatch_fake_signal_wakes_the_sleeper_and_kgraft_stays_stalled()
     left = lp.values["sleeper", 3][0]                            # the ticks its sleep had left
     assert 1000 < left < 3000
     assert [h for _, n, _, h in lp.switches if n == "sleeper"] == ["kernel_exit"]
+    # kgr_work_fn(): the first check, KGR_TIMEOUT = 2 s after the code change,
+    # says so once and sends the fake signal; the second one finalizes
     kg = execute(r, "kgraft")
-    assert kg.res.outcome == "stalled" and [b["task"] for b in kg.t[0]["blockers"]] == ["sleeper"]
-    assert ("sleeper", 3) not in kg.values                       # still asleep at the horizon
+    (t,) = kg.t
+    assert kg.res.outcome == "completed" and t["attempts"] == 2
+    said = [time for time, text in kg.log if "kgr: still in progress after timeout" in text]
+    assert len(said) == 1 and ENABLE + 2 * SECOND <= said[0] < ENABLE + 2 * SECOND + SECOND // 100
+    assert 2700 < kg.values["sleeper", 3][0] < 2800              # woken with about 28 s left
+    assert said[0] + 2 * SECOND <= t["completed_at"] < said[0] + 2 * SECOND + SECOND // 100
 
 
 # ---- kthread-stall: a kthread with cond_resched but no safe point -----------------------------

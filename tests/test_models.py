@@ -119,15 +119,46 @@ def test_ksplice_scan_also_refuses_a_sleeper_inside(compile_c):
     assert sum(line.startswith("ksplice: stack check: pid ") for line in log) == 1
 
 
-def test_kgraft_completes_once_the_sleeper_crosses_a_kernel_exit(compile_c):
+def test_kgraft_signals_the_sleeper_at_its_first_check_and_completes_at_the_next(compile_c):
+    """kgr_work_fn(), KGR_TIMEOUT = 2 s after the code change: the sleeper
+    is in progress, so kgr_send_fake_signal() wakes it; it migrates at its
+    kernel exit and the check 2 s later finalizes. Without the signal it
+    would sleep its whole 15 s in the old universe."""
     m, model, patch = setup(compile_c, "kgraft", sleep=1500)      # 15 s
     enable_at(m, model, patch, 5_000)
     m.run(until=m.seconds(40))
     t = model.transitions[0]
-    assert t.result == "completed"
-    assert m.seconds(14) < t.completed_at < m.seconds(18)
+    assert t.result == "completed" and t.attempts == 2
+    assert m.seconds(4) <= t.latency < m.seconds(4.1)
+    assert [line for _, line in m.log].count(
+        "kgr: still in progress after timeout, will keep trying every 2 seconds") == 1
     # the sleeper ran one whole old system call, then the new code
     assert observed(m, 1)[:1] == [1] and observed(m, 1)[-1] == 2
+
+
+def test_kgraft_says_it_is_still_in_progress_once_per_transition(compile_c):
+    """kgr_work_fn()'s message is printed at the first failed check of a
+    transition only (its `printed` is reset by kgr_finalize()): a kthread
+    that never reaches a safe point fails every check, one message; the
+    next transition says it again."""
+    base = compile_c(BASE + "long kt_entry(long x) { for (;;) { lpemu_observe(4, quick()); lpemu_yield(); } }")
+    m = Machine(base, cpus=1)
+    m.add_task("kt", "kt_entry", (0,), kind="kthread")
+    img = compile_c(PATCH, name="patch", base=m.module_base(), link_against=base, keep={"quick"})
+    m.load(img)
+    model = make_model("kgraft", m)
+    patch = model.add(make_patch(m, "p1", img, ["quick"]))
+    enable_at(m, model, patch, 2_000)
+    m.at(m.seconds(9), lambda: model.force())
+    m.at(m.seconds(12), lambda: model.disable(patch))
+    m.run(until=m.seconds(21))
+    msg = "kgr: still in progress after timeout, will keep trying every 2 seconds"
+    log = [line for _, line in m.log]
+    assert log == ["kgr: applying patch 'p1'", msg, "kgr: patching succeeded",
+                   "kgr: reverting patch 'p1'", msg]
+    first, second = model.transitions
+    assert first.result == "completed" and first.attempts == 5       # checks at 2, 4, 6, 8, 10 s
+    assert second.result == "pending" and second.attempts == 4       # 14, 16, 18, 20 s
 
 
 def test_kgraft_stalls_on_a_kthread_that_never_reaches_a_safe_point(compile_c):
