@@ -405,7 +405,7 @@ def test_disabling_an_older_patch_checks_what_runs_now(model, result):
 
 @pytest.mark.parametrize("model", ["kgraft", "livepatch"])
 def test_kgraft_wakes_every_kthread_when_it_starts(model):
-    """kgr_handle_processes() wakes every kthread: the napper's 30 s sleep
+    """kgr_wakeup_kthreads() wakes every kthread: the napper's 30 s sleep
     ends early and it migrates at the safe point after it, well within the
     horizon. livepatch switches it asleep by the stack check and lets it
     sleep (no fake signal before the 15th retry)."""

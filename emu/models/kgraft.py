@@ -4,7 +4,7 @@ Every task starts flagged "old universe"; the handler sends a flagged task
 to the old code and the others to the new code (inverted when reverting).
 A task migrates at its kernel/user boundary, a kthread at its safe point
 (kGraft's try_to_freeze()), an idle task in its idle loop. Once the code
-is changed every kthread is woken (kgr_handle_processes()), so a sleeping
+is changed every kthread is woken (kgr_wakeup_kthreads()), so a sleeping
 one reaches its safe point without waiting for its sleep to end. There are no
 stack checks at all: a whole system call runs in one universe, which is why
 the seed's mix of an old bar and a new baz cannot happen here.
@@ -17,8 +17,8 @@ and kgr_send_fake_signal() wakes every task still in progress: a kthread
 (wake_up_process()) runs on to its safe point, a user task (signal_wake_up(),
 a fake signal) leaves an interruptible sleep and migrates at its kernel
 exit. A task that never reaches its boundary (a kthread with no safe point,
-a task busy or asleep uninterruptibly in the kernel) still stalls the
-transition, visibly: pending tasks stay in status().
+a task that stays busy in the kernel) still stalls the transition,
+visibly: pending tasks stay in status().
 
 kgr_modify_kernel() refuses, in this order: a patch still referenced by
 a newer applied one (every applied patch gains a reference when a later
