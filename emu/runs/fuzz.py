@@ -712,7 +712,7 @@ def _failed(checks, key: int, value: int, clock: int, task: str, kind: str) -> l
 
 def _attempt_log(history) -> list[dict]:
     """Blocked attempts of a transition as JSON: the first MAX_REPORTED - 1
-    and the last (a kGraft check that runs every few ticks blocks often)."""
+    and the last (a transition retried for long blocks at many attempts)."""
     kept = history if len(history) <= MAX_REPORTED else [*history[:MAX_REPORTED - 1], history[-1]]
     return [{"attempt": a.attempt, "clock": a.clock,
              "blockers": [{"task": n, "stack": list(s)} for n, s in a.blockers]} for a in kept]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 from pathlib import Path
 
+from emu.models.kgraft import KGR_TIMEOUT
+
 
 #: the suffixes write_scaling_plot writes (its format is chosen by the suffix)
 PLOT_SUFFIXES = (".png", ".svg")
@@ -42,8 +44,9 @@ def median_spread(value) -> tuple[float, float, float] | None:
 def scaling_figure(result: dict):
     """The scaling plot as a matplotlib Figure (Agg canvas, no pyplot state).
     A figure given as a list of samples over start points is drawn as its
-    median with the 10-90% band shaded; one number as a point. The 1 s
-    retry period (livepatch's retry, kGraft's check) is a dashed line.
+    median with the 10-90% band shaded; one number as a point. The retry
+    periods (livepatch's retry, 1 s; kGraft's check, KGR_TIMEOUT) are dashed
+    lines.
     Raises ValueError when the result has no scaling tables."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -78,9 +81,10 @@ def scaling_figure(result: dict):
                 spread = True
                 ax.fill_between(x, [p[1][1] for p in pts], [p[1][2] for p in pts], color=colour, alpha=0.15,
                                 linewidth=0)
-        ax.axhline(second, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
-        ax.annotate("1 s: livepatch retry, kGraft check", (0, second), xycoords=("axes fraction", "data"),
-                    xytext=(3, 2), textcoords="offset points", fontsize=7, va="bottom")
+        for period, what in ((1, "livepatch retry"), (KGR_TIMEOUT, "kGraft check")):
+            ax.axhline(period * second, color="black", linestyle="--", linewidth=0.8, alpha=0.6)
+            ax.annotate(f"{period} s: {what}", (0, period * second), xycoords=("axes fraction", "data"),
+                        xytext=(3, 2), textcoords="offset points", fontsize=7, va="bottom")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(label)
