@@ -20,7 +20,8 @@ from emu.machine.task import RunState
 from emu.runs import campaign, scenario
 from emu.runs.fuzz import Runner
 from emu.runs.generate import generate
-from emu.runs.soak import check_scenario
+from emu.errors import EventBound
+from emu.runs.soak import BOUNDED, check_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -226,3 +227,33 @@ def test_a_module_that_goes_during_kpatchs_retries_leaves_nothing_to_release():
     result = check_scenario(909056, twins=False)
     assert result["breaches"] == []
     assert result["outcomes"]["stop_machine"] in ("failed", "completed", "stalled")
+
+
+def test_a_run_refused_at_the_event_bound_is_no_breach():
+    """Generated seed 909207 (livepatch, the newest kernel): every user task
+    has exited and the kthread, always inside f0 and on its CPU, holds the
+    transition for the whole 20 s horizon (tick 3000), well past the events
+    a run may keep. The runner refuses that input (EventBound, exit 2 in
+    lpemu); the soak counted the refusal as a breach of the emulator. It is
+    counted as the run's outcome instead, and must be the same refusal in
+    the repeat and in the scheduler's Python twin."""
+    result = check_scenario(909207)
+    assert result["outcomes"]["livepatch"] == BOUNDED
+    assert result["breaches"] == []
+
+
+def test_a_refusal_at_the_event_bound_that_a_repeat_does_not_give_is_a_breach(monkeypatch):
+    """Accepting the refusal must not hide a run that is not repeatable:
+    a repeat that stays within the bound is still a breach."""
+    refusals = []
+    real = Runner.execute
+
+    def first_refused(self, spec, **kw):
+        if spec.model == "livepatch" and not refusals:
+            refusals.append(spec)
+            raise EventBound("the run reached 1_000_000 events by t=1")
+        return real(self, spec, **kw)
+
+    monkeypatch.setattr(Runner, "execute", first_refused)
+    result = check_scenario(2, twins=False, extended=False)
+    assert [(b["model"], b["what"]) for b in result["breaches"]] == [("livepatch", "repeat")]
