@@ -268,3 +268,16 @@ def test_a_refusal_at_the_event_bound_that_a_repeat_does_not_give_is_a_breach(mo
     monkeypatch.setattr(Runner, "execute", first_refused)
     result = check_scenario(2, twins=False, extended=False)
     assert [(b["model"], b["what"]) for b in result["breaches"]] == [("livepatch", "repeat")]
+
+
+def test_a_module_going_during_a_stop_machine_attempt_waits_for_it():
+    """Generated seed 130201 (ksplice, 8 CPUs): p0 carries m0:mod_fn; m0's
+    rmmod finished while an attempt of p0's enable held the core's mutex
+    (waiting for every CPU to stop), its going notifier unbound mod_fn from
+    under the attempt, and the activeness check read the unbound function
+    (AttributeError). The going notifier waits for the attempt, as the
+    coming one does."""
+    result = check_scenario(130201, twins=False)
+    assert result["shape"]["module"] == "unloaded"
+    assert result["breaches"] == []
+    assert result["outcomes"]["ksplice"] in ("failed", "completed", "stalled")

@@ -273,6 +273,27 @@ class StopMachine(Model):
                 self.printk(f"{self.prefix}module '{image.name}': {exc}")
         self.unlock_waiters.append(coming)
 
+    def unload_module(self, image, *, exit=None) -> None:
+        """A module going while an attempt holds kpatch_mutex waits for it
+        too: its exit runs (delete_module calls it before the going
+        notifier), then the notifier blocks, and the module's functions
+        stay bound and mapped (its memory is freed after the notifier) until
+        the attempt released the mutex. The attempt checks and switches the
+        functions it linked at its start (kpatch_link_object took a
+        reference on the module); they must not go from under it."""
+        if not self.registering:
+            super().unload_module(image, exit=exit)
+            return
+        if exit is not None:
+            exit()
+
+        def going() -> None:
+            try:
+                super(StopMachine, self).unload_module(image)
+            except EmuError as exc:
+                self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.unlock_waiters.append(going)
+
     # ---- kpatch's callbacks: inside stop_machine, around the switch -------------------
     def _each_loaded(self, patch: Patch, callback) -> None:
         loaded = loaded_objects(self.m)
