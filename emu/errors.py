@@ -26,6 +26,12 @@ class ToolMissing(BuildError):
     """An external tool (gcc, ld) is not installed."""
 
 
+class EventBound(UserError):
+    """A run reached the bound on the events it keeps in memory
+    (emu/runs/fuzz.py MAX_EVENTS): the scenario asks for a longer or denser
+    run than one may hold. A refusal of the input, never a fault of the run."""
+
+
 class PatchError(UserError):
     """A patch cannot be built or applied (no fentry site, data change, ...)."""
 

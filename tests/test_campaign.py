@@ -389,8 +389,15 @@ def test_a_ctrl_c_that_lands_while_the_pool_forks_interrupts_the_campaign(tmp_pa
     lpemu, KeyboardInterrupt here), never be lost (the campaign running on to
     its end) nor leave a worker behind that the parent then waits for at exit;
     the worker forked second sends its own Ctrl-C while the first one stops
-    the campaign: the shutdown must not be cut short by it either."""
+    the campaign: the shutdown must not be cut short by it either.
+
+    The driver takes Ctrl-C as a terminal's foreground job does, whatever
+    this test run inherited: a test run started in the background of a
+    shell (`make test &` beside a soak) ignores SIGINT, its children
+    inherit that, Python then installs no KeyboardInterrupt for it, and the
+    campaign rightly ran on to its end ("finished 400")."""
     driver = ("import os, signal, sys\n"
+              "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
               "from emu.runs import campaign, scenario\n"
               "prog = scenario.build(scenario.load(sys.argv[1]))\n"
               "os.register_at_fork(after_in_child=lambda: os.killpg(os.getpgrp(), signal.SIGINT))\n"

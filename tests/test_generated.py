@@ -5,6 +5,7 @@ bounded number here; `make soak` runs thousands."""
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -20,12 +21,13 @@ from emu.machine.task import RunState
 from emu.runs import campaign, scenario
 from emu.runs.fuzz import Runner
 from emu.runs.generate import generate
-from emu.runs.soak import check_scenario
+from emu.errors import EventBound
+from emu.runs.soak import BOUNDED, check_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@settings(max_examples=12, deadline=None, derandomize=True,
+@settings(max_examples=12, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(min_value=0, max_value=2**32 - 1))
 def test_generated_scenarios_keep_every_promise(seed):
@@ -34,7 +36,7 @@ def test_generated_scenarios_keep_every_promise(seed):
     assert result["breaches"] == []
 
 
-@settings(max_examples=3, deadline=None, derandomize=True,
+@settings(max_examples=3, deadline=None,
           suppress_health_check=[HealthCheck.too_slow])
 @given(st.integers(min_value=0, max_value=2**32 - 1), st.sampled_from(["directed", "random", "pct", "exhaustive"]))
 def test_a_generated_run_is_the_same_run_wherever_it_runs(seed, strategy):
@@ -71,6 +73,16 @@ def test_a_generated_run_is_the_same_run_wherever_it_runs(seed, strategy):
                               "--strategy", strategy, "--json"], capture_output=True, text=True, env=env, cwd=ROOT)
         assert out.returncode in (0, 1), out.stderr
         assert json.loads(out.stdout)["trace_hash"] == fresh[model, s], (model, s, "lpemu replay")
+
+
+def test_make_explore_draws_new_examples_for_every_generated_test():
+    """The profiles (tests/conftest.py) decide whether a test's examples are
+    fixed (make test) or new (make explore): a test whose own @settings
+    fix derandomize is never explored (the two tests above were, until
+    they left it to the profile)."""
+    fixed = [f"{p.name}:{i}" for p in sorted((ROOT / "tests").glob("test_*.py"))
+             for i, line in enumerate(p.read_text().splitlines(), 1) if re.search(r"derandomize\s*=", line)]
+    assert fixed == []
 
 
 def test_the_generator_is_deterministic(tmp_path):
@@ -226,3 +238,46 @@ def test_a_module_that_goes_during_kpatchs_retries_leaves_nothing_to_release():
     result = check_scenario(909056, twins=False)
     assert result["breaches"] == []
     assert result["outcomes"]["stop_machine"] in ("failed", "completed", "stalled")
+
+
+def test_a_run_refused_at_the_event_bound_is_no_breach():
+    """Generated seed 909207 (livepatch, the newest kernel): every user task
+    has exited and the kthread, always inside f0 and on its CPU, holds the
+    transition for the whole 20 s horizon (tick 3000), well past the events
+    a run may keep. The runner refuses that input (EventBound, exit 2 in
+    lpemu); the soak counted the refusal as a breach of the emulator. It is
+    counted as the run's outcome instead, and must be the same refusal in
+    the repeat and in the scheduler's Python twin."""
+    result = check_scenario(909207)
+    assert result["outcomes"]["livepatch"] == BOUNDED
+    assert result["breaches"] == []
+
+
+def test_a_refusal_at_the_event_bound_that_a_repeat_does_not_give_is_a_breach(monkeypatch):
+    """Accepting the refusal must not hide a run that is not repeatable:
+    a repeat that stays within the bound is still a breach."""
+    refusals = []
+    real = Runner.execute
+
+    def first_refused(self, spec, **kw):
+        if spec.model == "livepatch" and not refusals:
+            refusals.append(spec)
+            raise EventBound("the run reached 1_000_000 events by t=1")
+        return real(self, spec, **kw)
+
+    monkeypatch.setattr(Runner, "execute", first_refused)
+    result = check_scenario(2, twins=False, extended=False)
+    assert [(b["model"], b["what"]) for b in result["breaches"]] == [("livepatch", "repeat")]
+
+
+def test_a_module_going_during_a_stop_machine_attempt_waits_for_it():
+    """Generated seed 130201 (ksplice, 8 CPUs): p0 carries m0:mod_fn; m0's
+    rmmod finished while an attempt of p0's enable held the core's mutex
+    (waiting for every CPU to stop), its going notifier unbound mod_fn from
+    under the attempt, and the activeness check read the unbound function
+    (AttributeError). The going notifier waits for the attempt, as the
+    coming one does."""
+    result = check_scenario(130201, twins=False)
+    assert result["shape"]["module"] == "unloaded"
+    assert result["breaches"] == []
+    assert result["outcomes"]["ksplice"] in ("failed", "completed", "stalled")

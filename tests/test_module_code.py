@@ -230,3 +230,25 @@ def test_an_unload_while_the_init_runs_is_refused(tmp_path):
     finally:
         m.engine.close()
         r.close()
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_module_going_at_the_enable_waits_for_the_work_that_links_it(tmp_path, model_name):
+    """rmmod at the instant of the write that enables a patch carrying the
+    module's function: the enable's work (immediate: its text change;
+    kpatch, Ksplice: the attempt, which holds kpatch_mutex from the write)
+    took the function when it began, and still waits for a CPU. The going
+    notifier waits for it (immediate's work linked the unbound function
+    and raised AttributeError; generated seed 130201 found the same under
+    ksplice); the module goes, unpatched, in every model."""
+    path = write(tmp_path, actions='[[action]]\nat = 10000\ndo = "load"\nmodule = "m"\n'
+                                   '[[action]]\nat = 20000\ndo = "unload"\nmodule = "m"')
+    r = Runner(scenario.build(scenario.load(path)))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.errors
+        assert "m" in m.unloaded and not model.patches[0].object("m").patched
+        assert {v for _, _, k, v in observations(m) if k == 1} == {-1}       # no init: hook stays NULL
+    finally:
+        m.engine.close()
+        r.close()

@@ -18,7 +18,7 @@ import errno
 from dataclasses import dataclass, field
 
 from emu.engine import unwind
-from emu.errors import Busy
+from emu.errors import Busy, EmuError
 from emu.kernel.ftrace import Ftrace, Ops
 from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
@@ -81,6 +81,8 @@ class Model:
     #: The machine calls the switch-point hooks only for tasks with `pending`
     #: set (TIF_PATCH_PENDING), so the scheduler stays in C otherwise.
     pending_only = True
+    #: what the model's own kernel messages start with
+    prefix = ""
 
     def __init__(self, machine: Machine, *, ftrace: Ftrace | None = None, kernel: str | None = None):
         self.m = machine
@@ -255,13 +257,36 @@ class Model:
         return [f for _, f in patch.funcs() if f.old is not None]
 
     # ---- modules coming and going ----------------------------------------------------------
+    def notifier_waits(self) -> bool:
+        """Whether a module's coming or going notifier blocks now on the
+        core's mutex, held by a work of the model that links, checks or
+        switches the functions loaded when it began (kpatch's attempts
+        hold kpatch_mutex): a module then neither comes nor goes under it.
+        Default: never."""
+        return False
+
     def load_module(self, image, *, init=None) -> None:
         """Load a module (mapping it unless it is mapped already) and link
         into it every patch that covers it, as the model's system does
         (module_coming); then call init() (its module_init): at once, or,
         when sites of the module must first be enabled, from a machine work
         once they are. PatchError (the module is then not loaded) when a
-        patch names a function the module lacks."""
+        patch names a function the module lacks. While the notifier waits
+        (notifier_waits), all of it comes when the mutex is released (its
+        init comes after the notifier), and a refusal is printed: the load
+        fails then, the run goes on."""
+        if not self.notifier_waits():
+            self._coming(image, init)
+            return
+
+        def coming() -> None:
+            try:
+                self._coming(image, init)
+            except EmuError as exc:
+                self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.unlock_waiters.append(coming)
+
+    def _coming(self, image, init) -> None:
         self.m.load(image)
         updates: list = []
         linked: list[tuple[Patch, PatchFunc]] = []
@@ -287,9 +312,25 @@ class Model:
 
     def unload_module(self, image, *, exit=None) -> None:
         """Unload a module: exit() (its module_exit), then take every patch
-        out of it (module_going), then unmap it by name."""
+        out of it (module_going), then unmap it by name. While the notifier
+        waits (notifier_waits), the exit runs (delete_module calls it before
+        the going notifier) and the rest comes when the mutex is released:
+        the module's functions stay bound and mapped until then (its memory
+        is freed after the notifier)."""
         if exit is not None:
             exit()
+        if not self.notifier_waits():
+            self._going(image)
+            return
+
+        def going() -> None:
+            try:
+                self._going(image)
+            except EmuError as exc:
+                self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.unlock_waiters.append(going)
+
+    def _going(self, image) -> None:
         updates = []
         for patch in self.module_patches():
             obj = patch.object(image.name)

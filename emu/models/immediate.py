@@ -13,6 +13,17 @@ from emu.models.base import Model
 class Immediate(Model):
     name = "immediate"
 
+    def __init__(self, machine, **kw):
+        super().__init__(machine, **kw)
+        self.working = False        # an enable's or disable's work is changing the sites
+
+    def notifier_waits(self) -> bool:
+        """A module coming or going while the work of an enable or disable
+        changes the sites waits for it (the module loader's ftrace calls
+        take ftrace_lock, which the text change holds): the work links the
+        functions loaded at the write, and changes their sites."""
+        return self.working
+
     def enable(self, patch: Patch) -> None:
         self.add(patch)
         self.busy_check(patch)
@@ -26,6 +37,7 @@ class Immediate(Model):
                 self.release_ops(f)
             raise
         t = self.record(patch, PATCHED)
+        self.working = True
         self.m.spawn(self._switch_in(t, patch, funcs, updates))
 
     def disable(self, patch: Patch) -> None:
@@ -34,6 +46,7 @@ class Immediate(Model):
         updates = [self.pop(patch, f) for f in self.loaded_funcs(patch)]
         self.mark_objects(patch, False)
         patch.enabled = False
+        self.working = True
         self.m.spawn(self._finish(t, updates))
 
     def force(self, patch: Patch | None = None) -> None:
@@ -57,10 +70,17 @@ class Immediate(Model):
         self.mark_objects(patch, True)
         patch.enabled = True
         yield from self.together(updates)
-        self.finish(t, "completed")
+        self._done(t)
 
     def _finish(self, t, updates):
         """A patch's sites change together: one batch, the same syncs."""
         t.started_at = self.m.now
         yield from self.together(updates)
+        self._done(t)
+
+    def _done(self, t) -> None:
+        """The work is done: the modules that came or went meanwhile go
+        through their notifiers now."""
         self.finish(t, "completed")
+        self.working = False
+        self.unlocked()

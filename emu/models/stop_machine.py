@@ -35,7 +35,7 @@ and the README's scaling table show.
 from __future__ import annotations
 
 from emu.engine import unwind
-from emu.errors import Busy, EmuError
+from emu.errors import Busy
 from emu.machine.machine import Delay, Release
 from emu.machine.machine import StopMachine as _Stop
 from emu.kernel import callbacks
@@ -256,22 +256,15 @@ class StopMachine(Model):
         self.registering = False
         self.unlocked()
 
-    def load_module(self, image, *, init=None) -> None:
-        """A module coming while an attempt holds kpatch_mutex waits for it
-        (its notifier blocks; so does its init, which comes after); else
-        Model.load_module. (Only the notifier waits: the mutex is not
-        `locked` for the scenario's other actions, which kpatch's sysfs
-        and the kpatch tool take between attempts.)"""
-        if not self.registering:
-            super().load_module(image, init=init)
-            return
-
-        def coming() -> None:
-            try:
-                super(StopMachine, self).load_module(image, init=init)
-            except EmuError as exc:            # refused by a patch: the load fails, the run goes on
-                self.printk(f"{self.prefix}module '{image.name}': {exc}")
-        self.unlock_waiters.append(coming)
+    def notifier_waits(self) -> bool:
+        """A module coming or going while an attempt holds kpatch_mutex
+        waits for it (kpatch_module_notify takes the mutex; the attempt
+        linked the objects loaded when it began, kpatch_link_object taking
+        a reference on each module): its notifier comes once the attempt
+        released it. (Only the notifier waits: the mutex is not `locked`
+        for the scenario's other actions, which kpatch's sysfs and the
+        kpatch tool take between attempts.)"""
+        return self.registering
 
     # ---- kpatch's callbacks: inside stop_machine, around the switch -------------------
     def _each_loaded(self, patch: Patch, callback) -> None:

@@ -54,7 +54,7 @@ from emu.engine import core
 from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
 from emu.runs.verdicts import verdicts
-from emu.errors import Busy, EmuError, GuestFault, UserError
+from emu.errors import Busy, EmuError, EventBound, GuestFault, UserError
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.models import make_model
 from emu.kernel.patch import definition, make_patch
@@ -731,11 +731,11 @@ def _report(res: Result, failed: list, task: str, clock: int, key: int, value: i
 def _bounded(m: Machine, *, raising: bool = False) -> bool:
     """Whether m's run has kept MAX_EVENTS events (checked whenever it comes
     back to Python, at the latest when the C core's event buffer is full).
-    With raising, a UserError that says which bound was hit."""
+    With raising, an EventBound that says which bound was hit."""
     if len(m.trace) < MAX_EVENTS:
         return False
     if raising:
-        raise UserError(f"the run reached {len(m.trace):_} events by t={m.now} (a run keeps at most "
+        raise EventBound(f"the run reached {len(m.trace):_} events by t={m.now} (a run keeps at most "
                         f"{MAX_EVENTS:_} events in memory): start the actions earlier or shorten "
                         f"[fuzz] horizon")
     return True

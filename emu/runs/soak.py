@@ -6,7 +6,10 @@ never a finding about a patch.
 For each scenario and model, one run of the scenario's default strategy:
 - it ends by the scenario's own rules: completed, failed (a refused
   action), stalled, idle, or a soft lockup of a task that never schedules;
-  any other fault of a well-formed program is a breach;
+  any other fault of a well-formed program is a breach; a run that reaches
+  the bound on the events a run keeps is refused (EventBound, exit 2 in
+  lpemu) and counted as such, not a breach, when repeat and twin refuse it
+  the same way;
 - the same RunSpec run again gives the same trace hash (determinism), and so
   does the scheduler's Python twin (emu/engine/sched.py against sched.c);
 - the model kept its own promise (emu/runs/promise.py, from the trace: no
@@ -31,7 +34,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from emu.errors import EmuError
+from emu.errors import EmuError, EventBound
 from emu.runs import scenario
 from emu.runs.campaign import POOL_CONTEXT
 from emu.runs.fuzz import Runner
@@ -39,6 +42,10 @@ from emu.runs.generate import generate
 
 #: a fault a well-formed generated program may legitimately end with
 ALLOWED_FAULTS = ("soft lockup",)
+#: the outcome of a run refused at the bound on a run's events (EventBound):
+#: a generated scenario cannot know beforehand how dense a model's run is
+#: (a stalled transition beside a CPU-bound kthread runs its whole horizon)
+BOUNDED = "refused at the event bound"
 
 
 def check_scenario(seed: int, *, twins: bool = True, workdir: Path | None = None, extended: bool = True) -> dict:
@@ -64,30 +71,47 @@ def check_scenario(seed: int, *, twins: bool = True, workdir: Path | None = None
             for model in scenario.MODELS:
                 spec = runner.plan(model, 0)
                 try:
-                    first = runner.execute(spec)
-                    again = runner.execute(spec)
+                    first = _run(runner, spec)
+                    again = _run(runner, spec)
+                    py = _run(twin, spec) if twin is not None else None
                 except Exception as exc:      # the runner itself broke: the worst breach
                     breach(model, "exception", f"{type(exc).__name__}: {exc}")
                     breaches[-1]["spec"] = spec.to_json()
                     continue
-                runs += 2
-                outcomes[model] = first.outcome
-                if first.fault and not any(a in first.fault for a in ALLOWED_FAULTS):
-                    breach(model, "fault", first.fault)
-                if again.trace_hash != first.trace_hash:
-                    breach(model, "repeat", f"{first.trace_hash} then {again.trace_hash}")
-                if twin is not None:
-                    py = twin.execute(spec)
-                    runs += 1
-                    if py.trace_hash != first.trace_hash:
-                        breach(model, "twin", f"C {first.trace_hash}, Python {py.trace_hash}")
-                if first.promise_breaches:
-                    breach(model, "promise", f"{first.promise_breaches} breaches of the model's promise: "
-                                             f"{first.promise[0]['text']}")
-                    breaches[-1]["rules"] = sorted({b["rule"] for b in first.promise})
+                runs += 2 if py is None else 3
+                bounded = isinstance(first, EventBound)
+                outcomes[model] = BOUNDED if bounded else first.outcome
+                if _same(again) != _same(first):
+                    breach(model, "repeat", f"{_same(first)} then {_same(again)}")
+                if py is not None and _same(py) != _same(first):
+                    breach(model, "twin", f"C {_same(first)}, Python {_same(py)}")
+                if not bounded:
+                    if first.fault and not any(a in first.fault for a in ALLOWED_FAULTS):
+                        breach(model, "fault", first.fault)
+                    if first.promise_breaches:
+                        breach(model, "promise", f"{first.promise_breaches} breaches of the model's promise: "
+                                                 f"{first.promise[0]['text']}")
+                        breaches[-1]["rules"] = sorted({b["rule"] for b in first.promise})
                 for b in breaches:
                     b.setdefault("spec", spec.to_json())
         return {"seed": seed, "shape": asdict(shape), "runs": runs, "outcomes": outcomes, "breaches": breaches}
+
+
+def _run(runner: Runner, spec):
+    """spec's run: its Result, or the EventBound that refused it (a run
+    that asks for more events than a run may keep: the input's refusal,
+    exit 2 in lpemu, not a fault of the emulator)."""
+    try:
+        return runner.execute(spec)
+    except EventBound as exc:
+        return exc
+
+
+def _same(run) -> str:
+    """What must be the same when a run is repeated (or run by the twin):
+    its trace hash, or the message of its refusal at the event bound (the
+    same count at the same time)."""
+    return str(run) if isinstance(run, EventBound) else run.trace_hash
 
 
 def _counted(results: list[dict]) -> dict:
