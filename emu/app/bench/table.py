@@ -40,8 +40,8 @@ def format_bench(result: dict, *, width: int = 110) -> str:
                                            f"{fmt(u['python_ns_per_stack'], 'ns')} per stack")(unw[unw["unwinder"]]),
         "throughput_ratio": thr and f"Machine {fmt(thr['machine']['instructions_per_s'] / 1e6)} M/s / raw "
                                     f"{fmt(thr['raw_instructions_per_s'] / 1e6)} M/s",
-        "redirect_floor_ratio": red and red.get("in_guest_trampoline") and
-        f"C {fmt(red['c']['added_ns_per_call'], 'ns')} / in-guest `jmp` trampoline "
+        "redirect_floor_ratio": red and red.get("in_guest_trampoline") and red.get("c_redirect_only") and
+        f"C, per-call events off {fmt(red['c_redirect_only']['added_ns_per_call'], 'ns')} / in-guest `jmp` trampoline "
         f"{fmt(red['in_guest_trampoline']['added_ns_per_call'], 'ns')} added per call",
         "scale_throughput_ratio": result.get("scale") and (lambda sc: (
             f"{sc['large']['tasks']:,} tasks {fmt(sc['large']['instructions_per_s'] / 1e6)} M/s / 8 tasks "
