@@ -136,11 +136,9 @@ def test_kgraft_signals_the_sleeper_at_its_first_check_and_completes_at_the_next
     assert observed(m, 1)[:1] == [1] and observed(m, 1)[-1] == 2
 
 
-def test_kgraft_says_it_is_still_in_progress_once_per_transition(compile_c):
-    """kgr_work_fn()'s message is printed at the first failed check of a
-    transition only (its `printed` is reset by kgr_finalize()): a kthread
-    that never reaches a safe point fails every check, one message; the
-    next transition says it again."""
+def kgraft_spinning_kthread(compile_c):
+    """A kthread that loops on quick() and never reaches a safe point, and
+    kGraft enabling a patch of quick() at 2,000: (machine, model, patch)."""
     base = compile_c(BASE + "long kt_entry(long x) { for (;;) { lpemu_observe(4, quick()); lpemu_yield(); } }")
     m = Machine(base, cpus=1)
     m.add_task("kt", "kt_entry", (0,), kind="kthread")
@@ -149,6 +147,15 @@ def test_kgraft_says_it_is_still_in_progress_once_per_transition(compile_c):
     model = make_model("kgraft", m)
     patch = model.add(make_patch(m, "p1", img, ["quick"]))
     enable_at(m, model, patch, 2_000)
+    return m, model, patch
+
+
+def test_kgraft_says_it_is_still_in_progress_once_per_transition(compile_c):
+    """kgr_work_fn()'s message is printed at the first failed check of a
+    transition only (its `printed` is reset by kgr_finalize()): a kthread
+    that never reaches a safe point fails every check, one message; the
+    next transition says it again."""
+    m, model, patch = kgraft_spinning_kthread(compile_c)
     m.at(m.seconds(9), lambda: model.force())
     m.at(m.seconds(12), lambda: model.disable(patch))
     m.run(until=m.seconds(21))
@@ -162,14 +169,7 @@ def test_kgraft_says_it_is_still_in_progress_once_per_transition(compile_c):
 
 
 def test_kgraft_stalls_on_a_kthread_that_never_reaches_a_safe_point(compile_c):
-    base = compile_c(BASE + "long kt_entry(long x) { for (;;) { lpemu_observe(4, quick()); lpemu_yield(); } }")
-    m = Machine(base, cpus=1)
-    m.add_task("kt", "kt_entry", (0,), kind="kthread")
-    img = compile_c(PATCH, name="patch", base=m.module_base(), link_against=base, keep={"quick"})
-    m.load(img)
-    model = make_model("kgraft", m)
-    patch = model.add(make_patch(m, "p1", img, ["quick"]))
-    enable_at(m, model, patch, 2_000)
+    m, model, patch = kgraft_spinning_kthread(compile_c)
     m.run(until=m.seconds(20))
     t = model.transitions[0]
     assert t.result == "pending" and t.blockers[0][0] == "kt"
