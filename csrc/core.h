@@ -121,8 +121,7 @@ struct emu_core {
     uint32_t blk_size;
     uint64_t blk_n;
     int cut;                /* the budget ran out at the entry of block blk_* */
-    int partial;            /* re-running a cut block: count partial_n, once */
-    uint64_t partial_n;
+    int stepping;           /* re-running a cut block under the trap flag (slicer.c) */
     struct emu_stop *stop;  /* where the stop reason goes during emu_run */
 
     /* scheduler state (sched.c), shared with Python: the block the caller
@@ -152,6 +151,7 @@ void __emu_fault(struct emu_core *c, int kind, uint64_t rip, uint64_t addr, int 
 
 /* slicer.c */
 int __emu_slicer_install(struct emu_core *c);
+void __emu_stepped(struct emu_core *c);
 
 /* sched.c */
 int __emu_sched_inline(struct emu_core *c, int64_t nr);

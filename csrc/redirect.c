@@ -276,6 +276,10 @@ static void hook_intr(uc_engine *uc, uint32_t intno, void *ud)
     uint64_t rip = 0, rsp = 0;
     struct emu_site *s;
 
+    if (intno == 1 && c->stepping) {
+        __emu_stepped(c);   /* the slicer's own single steps */
+        return;
+    }
     uc_reg_read(uc, UC_X86_REG_RIP, &rip);
     if (intno == 3) {
         s = __emu_site_at(c, rip - 1);
