@@ -112,6 +112,30 @@ def test_killing_a_worker_mid_campaign_loses_nothing(tmp_path, program, client):
     assert camp.summary() == local_summary(program, p)
 
 
+def test_losing_every_worker_that_held_the_program_loses_nothing(tmp_path, program, client):
+    """Scattered data is not recomputed: with both workers killed, the
+    program is gone from the cluster and the batches that need it are
+    cancelled; it is scattered again and they run again."""
+    p = plan(30)
+    pids = client.run(os.getpid)
+    killed = []
+
+    def progress(n):
+        if not killed:           # after the first batch: every worker at once
+            for pid in pids.values():
+                os.kill(pid, signal.SIGKILL)
+            killed.append(True)
+
+    camp = campaign.Campaign(program, p, out=tmp_path / "all", batch=2)
+    camp.run(progress=progress, client=client)
+    camp.close()
+    assert killed
+    recs = lines(tmp_path / "all")
+    assert sorted((r["model"], r["seed"]) for r in recs) == sorted(p.runs())     # each exactly once
+    assert not camp.crashes and all(r["outcome"] != "crash" for r in recs)
+    assert camp.summary() == local_summary(program, p)
+
+
 def test_scheduler_without_dask_says_how_to_install_it(tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "distributed", None)          # import distributed -> ImportError
     assert cli.main(["fuzz", str(SEED), "--runs", "2", "--scheduler", "tcp://127.0.0.1:1",

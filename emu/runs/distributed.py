@@ -10,7 +10,11 @@ The guarantees are the local ones: every finished batch is written to
 runs.jsonl as it completes (`distributed.as_completed`); Dask re-runs the
 tasks of a worker that is lost; a batch Dask gives up on (KilledWorker:
 it killed workers again and again) is re-run one seed at a time, and a seed
-that kills its worker again is recorded as a `crash`. `--resume` is
+that kills its worker again is recorded as a `crash`. Scattered data is
+not recomputed: when the workers that held the program are all lost (a
+worker that joined after the scatter fetches it from a peer, which may
+die), Dask cancels the batches that need it; the program is scattered
+again and those batches are submitted again (at most RESCATTERS times). `--resume` is
 file-based, so a campaign may be started locally and finished on a cluster.
 
 Dask is imported here only, and only when used.
@@ -22,6 +26,7 @@ from emu.errors import UserError
 INSTALL_HINT = "pip install 'livepatch-emu[dask]'"
 RETRIES = 2                        # re-runs of a batch whose task raised (on top of Dask's lost-worker re-runs)
 CONNECT_TIMEOUT = "10s"
+RESCATTERS = 5                     # times the program may be scattered again after the cluster lost it
 
 
 def _import():
@@ -56,11 +61,13 @@ def run(camp, client, todo, known: dict, progress) -> None:
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
     if not batches:
         return
-    program = client.scatter(camp.program, broadcast=True, hash=False)
+    cancelled = distributed.client.FutureCancelledError
+    program = [client.scatter(camp.program, broadcast=True, hash=False)]
+    rescatters = resubmits = 0
     strategy = camp.plan.strategy
 
     def submit(batch):
-        return client.submit(run_batch, program, known, strategy, batch,
+        return client.submit(run_batch, program[0], known, strategy, batch,
                              pure=False, retries=RETRIES)
 
     pending = {}
@@ -85,6 +92,22 @@ def run(camp, client, todo, known: dict, progress) -> None:
                     pending[f.key] = ([run_], f)
                     ac.add(f)
                 continue
+            except cancelled:
+                # the cluster lost the program (scattered data is not
+                # recomputed): scatter it again, once for every batch it cancelled
+                resubmits += 1
+                if resubmits > RESCATTERS * len(batches):
+                    raise
+                if program[0].status != "finished":
+                    if rescatters == RESCATTERS:
+                        raise
+                    rescatters += 1
+                    client.cancel([program[0]])
+                    program[0] = client.scatter(camp.program, broadcast=True, hash=False)
+                f = submit(batch)
+                pending[f.key] = (batch, f)
+                ac.add(f)
+                continue
             finally:
                 fut.release()
             for rec in recs:
@@ -94,4 +117,4 @@ def run(camp, client, todo, known: dict, progress) -> None:
     finally:
         if pending:                       # interrupted: stop what is left on the cluster
             client.cancel([f for _, f in pending.values()])
-        client.cancel([program])
+        client.cancel([program[0]])
