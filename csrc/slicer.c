@@ -19,7 +19,7 @@
  * did before, cost three translations a cut (about 130 a seed fuzz run
  * under kGraft), and an instruction the emulator answers (rdtsc) inside
  * the cut ended the run up to a block late. The guest never sees the flag:
- * a pushf's word loses it, a popf gets it back (__emu_stepped).
+ * a pushf's word loses it (__emu_stepped).
  */
 #include <string.h>
 #include "core.h"
@@ -183,28 +183,24 @@ static uint8_t opcode_of(const uint8_t *p)
 
 /* The #DB after one stepped instruction (csrc/redirect.c's interrupt hook
  * hands it here): the flags the guest saw stay its own. A pushf pushed the
- * trap flag, which is taken out of the word on the stack; a popf took it
- * from EFLAGS, which gets it back for the next step. */
+ * trap flag, which is taken out of the word on the stack. (A popf ends its
+ * block in Unicorn, so it is never among the instructions stepped, which
+ * come before the cut block's last.) */
 void __emu_stepped(struct emu_core *c)
 {
     const uint8_t *p = __emu_ptr(c, c->blk_addr, 15);
-    uint64_t rsp = 0, fl = 0;
+    uint64_t rsp = 0, word = 0;
     uint8_t *top;
 
-    if (!p)
+    if (!p || opcode_of(p) != 0x9c)     /* pushf */
         return;
-    switch (opcode_of(p)) {
-    case 0x9c:  /* pushf */
-        uc_reg_read(c->uc, UC_X86_REG_RSP, &rsp);
-        top = __emu_ptr(c, rsp, 8);
-        if (top)
-            top[1] &= (uint8_t)~(EFLAGS_TF >> 8);
-        break;
-    case 0x9d:  /* popf */
-        uc_reg_read(c->uc, UC_X86_REG_EFLAGS, &fl);
-        fl |= EFLAGS_TF;
-        uc_reg_write(c->uc, UC_X86_REG_EFLAGS, &fl);
-        break;
+    uc_reg_read(c->uc, UC_X86_REG_RSP, &rsp);
+    top = __emu_ptr(c, rsp, 8);
+    if (top) {
+        top[1] &= (uint8_t)~(EFLAGS_TF >> 8);
+    } else if (!uc_mem_read(c->uc, rsp, &word, 8)) {
+        word &= ~EFLAGS_TF;
+        uc_mem_write(c->uc, rsp, &word, 8);
     }
 }
 

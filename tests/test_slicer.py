@@ -116,3 +116,75 @@ def test_cutting_every_instruction_of_the_loop_in_turn():
             check(e, starts, adds_at, rdtsc, total)
     finally:
         e.close()
+
+
+# ---- against Unicorn's own count, on generated straight-line code -----------------
+
+_REGS = ("rax", "rbx", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11")
+_UNITS = (
+    "add {a}, {imm}", "sub {a}, {b}", "xor {a}, {b}", "imul {a}, {b}", "shl {a}, {n}", "adc {a}, 0",
+    "lea {a}, [{b} + {c}*4 + {imm}]", "push {a}\n pop {b}", "pushfq\n pop {a}",
+    "mov {a}, {b}\n and {a}, 0x8d5\n push {a}\n popfq", "mov qword ptr [rsp - 64], {a}",
+    "mov {a}, qword ptr [rsp - 64]", "cmp {a}, {b}\n setb {a8}",
+)
+_LOW8 = {"rax": "al", "rbx": "bl", "rcx": "cl", "rdx": "dl", "rsi": "sil", "rdi": "dil",
+         "r8": "r8b", "r9": "r9b", "r10": "r10b", "r11": "r11b"}
+
+
+@st.composite
+def straight_code(draw):
+    lines = []
+    for _ in range(draw(st.integers(1, 30))):
+        a, b, c = (draw(st.sampled_from(_REGS)) for _ in range(3))
+        unit = draw(st.sampled_from(_UNITS))
+        lines.append(" " + unit.format(a=a, b=b, c=c, a8=_LOW8[a], imm=draw(st.integers(-2**31, 2**31 - 1)),
+                                       n=draw(st.integers(0, 63))))
+    return "f:\n" + "\n".join(lines) + "\n jmp f\n"
+
+
+def _uc_regs():
+    import unicorn.x86_const as x
+    return [getattr(x, f"UC_X86_REG_{r.upper()}") for r in _REGS] + [x.UC_X86_REG_RSP, x.UC_X86_REG_RIP]
+
+
+@settings(max_examples=80, deadline=None)
+@given(code=straight_code(), seed=st.integers(0, 2**32 - 1),
+       budgets=st.lists(st.integers(1, 90), min_size=1, max_size=25))
+def test_precise_stops_match_unicorns_own_count(code, seed, budgets):
+    """Generated blocks of flag-reading and flag-writing instructions, cut at
+    random budgets: after every stop the registers, the arithmetic flags and
+    the stack are those of raw Unicorn stopped by its own instruction count
+    (which hooks every instruction), and the trap flag is nowhere."""
+    from unicorn import UC_ARCH_X86, UC_MODE_64, Uc
+    img = assemble(code, base=BASE, name="gen")
+    starts = sorted(img.insn_starts())
+    regs = _uc_regs()
+    init = [(seed * (i + 7) * 0x9E3779B97F4A7C15) & (2**64 - 1) for i in range(len(_REGS))]
+    e = core.Engine()
+    ref = Uc(UC_ARCH_X86, UC_MODE_64)
+    try:
+        for seg in img.segments:
+            size = (len(seg.data) + 0xFFF) & ~0xFFF
+            e.map(seg.addr, size, seg.prot | PROT_X)[:len(seg.data)] = seg.data
+            e.add_code(seg.addr, size, [a for a in starts if seg.addr <= a < seg.addr + size])
+            ref.mem_map(seg.addr, size)
+            ref.mem_write(seg.addr, seg.data)
+        e.map(STACK, 0x4000, PROT_R | PROT_W)
+        ref.mem_map(STACK, 0x4000)
+        e.init_tasks(1)
+        e.switch(0)
+        for uc in (e.uc, ref):
+            for r, v in zip(regs, init):
+                uc.reg_write(r, v)
+            uc.reg_write(UC_X86_REG_RSP, STACK + 0x3000)
+            uc.reg_write(UC_X86_REG_RIP, BASE)
+        for b in budgets:
+            assert e.run(b, precise=True).executed == b
+            ref.emu_start(ref.reg_read(UC_X86_REG_RIP), 0, count=b)
+            assert [e.uc.reg_read(r) for r in regs] == [ref.reg_read(r) for r in regs]
+            fl = e.uc.reg_read(UC_X86_REG_EFLAGS)
+            assert fl & 0x8d5 == ref.reg_read(UC_X86_REG_EFLAGS) & 0x8d5
+            assert not fl & TF
+            assert bytes(e.view(STACK + 0x2000, 0x1000)) == bytes(ref.mem_read(STACK + 0x2000, 0x1000))
+    finally:
+        e.close()
