@@ -12,6 +12,7 @@ from emu.kernel.patch import make_patch
 from emu.machine import hypercall
 from emu.machine.machine import Machine
 from emu.models import MODEL_NAMES, make_model
+from emu.models.refusals import PatchRefused
 
 BASE = """
 long (*mod_ops)(long);                 /* the module registers its function here */
@@ -109,8 +110,19 @@ def test_a_module_unloaded_and_loaded_again_is_patched_again(compile_c, model_na
 
     def unregister():
         m.engine.view(base.symbols["mod_ops"], 8)[:] = bytes(8)
+    if model_name == "stop_machine":
+        # kpatch holds a reference on the module it linked: in use until the
+        # patch is removed (kpatch_unregister unlinks it), its exit unrun
+        with pytest.raises(PatchRefused, match=r"Module mod is in use.*-EAGAIN"):
+            model.unload_module(mod, exit=lambda: pytest.fail("the exit of a module in use ran"))
+        assert patch.object("mod").patched and "mod" not in m.unloaded
+        model.disable(patch)
+        m.run(until=m.now + m.seconds(5))
+        assert model.transitions[1].result == "completed"
     model.unload_module(mod, exit=unregister)
     assert not patch.object("mod").patched
+    if model_name == "stop_machine":
+        model.enable(patch)             # a fresh insmod of the patch: the module is not loaded
     m.run(until=m.now + m.seconds(0.5))
     assert {v for _, v in values_after(m, m.now - m.seconds(0.2))} == {-1}
     model.load_module(mod, init=registrar(m, base, mod))
@@ -383,3 +395,42 @@ def test_run_json_shows_sysfs_as_the_kernel_has_it(tmp_path, capsys, kernel):
     # the module loaded mid-transition is patched; 5.14 has no file that says so
     assert sysfs.get("fix/mod/patched") == ({"mode": "-r--r--r--", "value": "1"} if new else None)
     assert ("fix/stack_order" in sysfs, "fix/replace" in sysfs) == (new, new)
+
+
+def test_kpatch_keeps_the_references_of_the_patches_a_replace_takes_over(compile_c):
+    """kpatch_register() with replace drops the replaced patches from its
+    list without unlinking their objects (no kpatch_unlink_object, so no
+    module_put): a module only they patched stays in use. Removing the
+    replacing patch does not release it either."""
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    model.load_module(mod, init=registrar(m, base, mod))
+    model.enable(patch)
+    m.run(until=m.seconds(3))
+    other = make_patch(m, "fix2", patch.image, ["slow"], replace=True)     # vmlinux only
+    model.enable(other)
+    m.run(until=m.now + m.seconds(3))
+    assert [t.result for t in model.transitions] == ["completed", "completed"]
+    assert not patch.enabled and other.enabled
+    model.disable(other)
+    m.run(until=m.now + m.seconds(3))
+    assert model.transitions[-1].result == "completed"
+    with pytest.raises(PatchRefused, match=r"Module mod is in use: kpatch holds a reference on it for 'fix'"):
+        model.unload_module(mod)
+
+
+def test_a_kpatch_load_that_gives_up_releases_the_module(compile_c):
+    """Each attempt links the module (a reference) and a failed one unlinks
+    it again (kpatch_register's error path): a module is in use while an
+    attempt holds it, and free to go once the kpatch tool gives up."""
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    m.add_task("kth", "kth", (3000,), kind="kthread")       # asleep in slow() for 30 s
+    model.load_module(mod, init=registrar(m, base, mod))
+    m.run(until=m.seconds(0.1))
+    model.enable(patch)
+    with pytest.raises(PatchRefused, match="Module mod is in use"):
+        model.unload_module(mod)                            # the first attempt holds it
+    m.run(until=m.now + m.seconds(15))
+    t = model.transitions[0]
+    assert t.result == "failed" and t.attempts == 5 and not patch.enabled
+    model.unload_module(mod)
+    assert "mod" in m.unloaded

@@ -265,8 +265,14 @@ class Model:
         Default: never."""
         return False
 
+    def check_load(self, image) -> None:
+        """load_module's check before anything else: a module of that name
+        loaded already is not loaded again (-EEXIST)."""
+        if image.name in loaded_objects(self.m):
+            raise refusal(f"module '{image.name}' is already loaded", errno.EEXIST)
+
     def load_module(self, image, *, init=None) -> None:
-        """Load a module (mapping it unless it is mapped already) and link
+        """Load a module (check_load first; mapping it unless it is mapped already) and link
         into it every patch that covers it, as the model's system does
         (module_coming); then call init() (its module_init): at once, or,
         when sites of the module must first be enabled, from a machine work
@@ -275,6 +281,7 @@ class Model:
         (notifier_waits), all of it comes when the mutex is released (its
         init comes after the notifier), and a refusal is printed: the load
         fails then, the run goes on."""
+        self.check_load(image)
         if not self.notifier_waits():
             self._coming(image, init)
             return
@@ -310,16 +317,30 @@ class Model:
         elif init is not None:
             init()
 
-    def unload_module(self, image, *, exit=None) -> None:
-        """Unload a module: exit() (its module_exit), then take every patch
-        out of it (module_going), then unmap it by name. While the notifier
-        waits (notifier_waits), the exit runs (delete_module calls it before
-        the going notifier) and the rest comes when the mutex is released:
-        the module's functions stay bound and mapped until then (its memory
-        is freed after the notifier)."""
+    def check_remove(self, image) -> None:
+        """delete_module's check before a module's exit runs (rmmod): raises
+        when the model's system holds a reference on the module, which is
+        then in use and stays. Default: no reference is held."""
+
+    def going_waits(self) -> bool:
+        """Whether a module's going notifier blocks now on the core's mutex.
+        Default: as the coming one (notifier_waits)."""
+        return self.notifier_waits()
+
+    def unload_module(self, image, *, exit=None, check: bool = True) -> None:
+        """Unload a module (rmmod): check_remove first (check=False: a
+        module whose exit ran already, or whose init failed and which goes
+        whatever holds it), then exit() (its module_exit), then take every
+        patch out of it (module_going), then unmap it by name. While the
+        going notifier waits (going_waits), the exit runs (delete_module
+        calls it before the going notifier) and the rest comes when the
+        mutex is released: the module's functions stay bound and mapped
+        until then (its memory is freed after the notifier)."""
+        if check:
+            self.check_remove(image)
         if exit is not None:
             exit()
-        if not self.notifier_waits():
+        if not self.going_waits():
             self._going(image)
             return
 

@@ -28,11 +28,26 @@ through every task, recording each conflict; they are printed once, when it
 gives up. Ksplice wrote a jmp over the old function's first bytes;
 here it shares the ftrace redirect, which changes nothing the check sees.
 
+kpatch holds a reference on every module it patches (kpatch_link_object's
+try_module_get, when an attempt links the objects loaded by then and when
+kpatch_module_notify links a coming one; kpatch_unlink_object's module_put
+when the attempt fails or the patch is removed). rmmod of such a module
+fails, its exit unrun: delete_module finds it in use (-EWOULDBLOCK). The
+patches an atomic replace takes over keep theirs: kpatch_register() drops
+them from its list without unlinking their objects. kpatch's notifier
+ignores a going module (it cannot be linked), so a going notifier never
+waits for an attempt; the going path here serves a module whose init
+failed, which the kernel frees whatever holds it. Ksplice's module
+references are not modelled: its modules go as the going notifier takes
+them, after the attempt in progress.
+
 Both check every task in one call (emu/models/stacks.py); the pause they
 report is what `lpemu bench`'s scaling section (emu/app/bench/scaling.py)
 and the README's scaling table show.
 """
 from __future__ import annotations
+
+import errno
 
 from emu.engine import unwind
 from emu.errors import Busy
@@ -43,6 +58,7 @@ from emu.kernel.patch import VMLINUX, Patch, PatchFunc, loaded_objects
 from emu.machine.task import PATCHED, UNPATCHED, RunState
 from emu.machine.machine import EV_TRANSITION
 from emu.models.base import T_SWITCH, Model, first_hit
+from emu.models.refusals import refusal
 from emu.models.stacks import passed
 
 
@@ -68,6 +84,8 @@ class StopMachine(Model):
     # version of each function (kpatch_get_func(old_addr), the newest in
     # the hash), not necessarily the one the patch being removed brought
     unpatch_checks_active = True
+    # kpatch_link_object takes a reference on each module it links
+    holds_module_refs = True
 
     def __init__(self, machine, *, retries: int | None = None, retry_delay: float | None = None,
                  cost_per_task: int = 200, cost_per_frame: int = 20, **kw):
@@ -83,6 +101,8 @@ class StopMachine(Model):
         # a module coming meanwhile waits in its notifier (kpatch_module_notify
         # takes the mutex) and sees the patch as the attempt left it
         self.registering = False
+        # module name -> the patches whose linked object holds a reference on it
+        self.module_refs: dict[str, set[str]] = {}
 
     # ---- operations ----------------------------------------------------------
     def enable(self, patch: Patch) -> None:
@@ -92,6 +112,7 @@ class StopMachine(Model):
         updates = [self.ensure_ops(f) for f in funcs]       # Busy on an IPMODIFY conflict
         t = self.record(patch, PATCHED)
         self.registering = True         # from the write on (kpatch_register)
+        self._take_refs(patch)
         self.m.spawn(self._run(t, patch, PATCHED, funcs, updates))
 
     def disable(self, patch: Patch) -> None:
@@ -158,12 +179,14 @@ class StopMachine(Model):
             funcs = self.loaded_funcs(patch)
             if target == PATCHED:
                 self._link_report(patch)
+                self._take_refs(patch)
                 try:
                     fresh = [self.ensure_ops(f) for f in funcs]
                 except Busy as exc:
                     self.printk(f"{self.prefix}failed to register ftrace handler: {exc}")
                     for f in funcs:
                         yield from self.release_ops(f)
+                    self._drop_refs(patch)
                     self.finish(t, "failed", "-EBUSY")
                     self._unlock()
                     return
@@ -192,6 +215,7 @@ class StopMachine(Model):
                 t.pauses.append((stopped, m.now))
                 for f in funcs:
                     yield from self.release_ops(f)
+                self._drop_refs(patch)
                 self.finish(t, "failed", "pre-patch callback")
                 self._unlock()
                 return
@@ -208,6 +232,7 @@ class StopMachine(Model):
                 if target == UNPATCHED:
                     for f in funcs:
                         yield from self.release_ops(f)
+                    self._drop_refs(patch)          # kpatch_unregister unlinks its objects
                 # kpatch_register(), replace: the replaced funcs leave the
                 # ftrace filter too (a site nothing patches is a NOP again),
                 # and each replaced module is unloaded
@@ -228,6 +253,8 @@ class StopMachine(Model):
             if target == PATCHED and self.reloads_per_attempt:
                 for f in funcs:
                     yield from self.release_ops(f)
+            if target == PATCHED:
+                self._drop_refs(patch)      # the failed kpatch_register unlinks what it linked
             if t.attempts >= self.retries:
                 yield from self._give_up(t, patch, target, blockers)
                 if target == PATCHED:
@@ -238,6 +265,37 @@ class StopMachine(Model):
                 return
             self._unlock()
             yield Delay(m.seconds(self.retry_delay))
+
+    # ---- kpatch's references on the modules it patches ----------------------------------------
+    def _take_refs(self, patch: Patch) -> None:
+        """kpatch_link_object: a reference on each loaded module patch has an object for."""
+        if not self.holds_module_refs:
+            return
+        loaded = loaded_objects(self.m)
+        for obj in patch.objects:
+            if obj.name != VMLINUX and obj.name in loaded:
+                self.module_refs.setdefault(obj.name, set()).add(patch.name)
+
+    def _drop_refs(self, patch: Patch, module: str | None = None) -> None:
+        """kpatch_unlink_object: patch's references (on module only, when given) go."""
+        for name in [module] if module is not None else list(self.module_refs):
+            holders = self.module_refs.get(name)
+            if holders is not None:
+                holders.discard(patch.name)
+                if not holders:
+                    del self.module_refs[name]
+
+    def check_remove(self, image) -> None:
+        """delete_module of a module kpatch holds a reference on: in use
+        (-EWOULDBLOCK), and it stays."""
+        holders = self.module_refs.get(image.name)
+        if holders:
+            raise refusal(f"Module {image.name} is in use: kpatch holds a reference on it for "
+                          f"{', '.join(repr(h) for h in sorted(holders))}", errno.EWOULDBLOCK)
+
+    def going_waits(self) -> bool:
+        """kpatch's module notifier returns at once for a going module."""
+        return False if self.holds_module_refs else self.notifier_waits()
 
     def _link_report(self, patch: Patch) -> None:
         """kpatch_register() links each object before its stop_machine and
@@ -300,6 +358,7 @@ class StopMachine(Model):
             self.printk(f"{self.prefix}pre-patch callback failed!")
             return []
         updates = self.push_all(patch, funcs)
+        self._take_refs(patch)
         self.printk(f"{self.prefix}patching newly loaded module '{obj.name}'")
         obj.patched = True
         callbacks.post_patch(self.m, patch, obj)
@@ -310,6 +369,7 @@ class StopMachine(Model):
         post_unpatch (only after a pre_patch that did not refuse)."""
         if obj.patched:
             callbacks.pre_unpatch(self.m, patch, obj)
+        self._drop_refs(patch, obj.name)
         updates = super().module_going(patch, obj)
         callbacks.post_unpatch(self.m, patch, obj)
         return updates
@@ -367,6 +427,8 @@ class Ksplice(StopMachine):
     checks_every_task = True
     # patch_action() retries within one load of the update
     reloads_per_attempt = False
+    # not modelled (module docstring): its modules go through the notifier
+    holds_module_refs = False
 
     def _report(self, t, blockers) -> None:
         """A failed attempt only records its conflicts (update->conflicts);

@@ -528,6 +528,7 @@ class Runner:
                 model.force(patches.get(a.target))
             elif a.do == "load":
                 img = prog.modules[a.target]
+                model.check_load(img)        # before its insmod task starts
                 model.load_module(img, init=self._loader(m, model, res, a, "init"))
                 oracle.trace_units(m, self.scn.unit)
                 for p in patches.values():
@@ -551,7 +552,9 @@ class Runner:
         module goes (the going notifier, as the kernel's failure path).
         exit: delete_module's call of the module's exit; the going notifier
         runs when it returns. Raises Busy when the loader is still running
-        (a module still coming cannot be removed: -EBUSY)."""
+        (a module still coming cannot be removed: -EBUSY), and what
+        Model.check_remove raises for a module in use (its exit then does
+        not run)."""
         spec = next(mo for mo in self.scn.modules if mo.name == a.target)
         fname = getattr(spec, key)
         if fname is None:
@@ -562,6 +565,8 @@ class Runner:
         if busy is not None:
             raise Busy(f"module '{spec.name}' is still {busy}: its {spec.loader('insmod' if busy == 'coming' else 'rmmod')} "
                        f"has not finished (-EBUSY)")
+        if key == "exit":
+            model.check_remove(img)     # delete_module: a module in use stays, its exit unrun
         self._coming_going[spec.name] = "coming" if key == "init" else "going"
         entry = img.functions[fname].start
         action = f"{'load' if key == 'init' else 'unload'} {spec.name}"
@@ -582,7 +587,7 @@ class Runner:
     @staticmethod
     def _going(m: Machine, model, img, res: Result, action: str) -> None:
         try:
-            model.unload_module(img)
+            model.unload_module(img, check=False)
         except EmuError as exc:
             res.errors.append({"time": m.now, "action": action, "error": str(exc)})
             m.printk(f"lpemu: {action}: {exc}")

@@ -208,11 +208,13 @@ class Livepatch(Model):
         then not run the machine itself). Raises Busy / PatchRefused when a
         patch refuses the module; it is then not loaded."""
         self._check_unlocked(None)
+        self.check_load(image)
         notifiers.module_coming(self, image, init)
 
-    def unload_module(self, image, *, exit=None) -> None:
+    def unload_module(self, image, *, exit=None, check: bool = True) -> None:
         """Unload a module: exit() (its module_exit), then revert every
-        patch from it (klp_module_going), then unmap it by name."""
+        patch from it (klp_module_going), then unmap it by name. livepatch
+        holds no reference on the modules it patches: nothing to check."""
         self._check_unlocked(None)
         notifiers.module_going(self, image, exit)
 
