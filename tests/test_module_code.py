@@ -146,6 +146,7 @@ __attribute__((noinline)) long m_wait(long t) { return lpemu_sleep(t); }
 long m_thread(long t) { for (;;) { lpemu_observe(2, m_work(t)); m_wait(t); lpemu_safe_point(); } }
 long m_init(void) { hook = m_work; return 0; }
 long m_init_fails(void) { return -12; }
+void m_exit(void) { hook = 0; }
 """
 PATCH = """
 #include "lpemu.h"
@@ -278,6 +279,49 @@ def test_a_module_going_at_the_enable_waits_for_the_work_that_links_it(tmp_path,
         assert res.fault is None and not res.errors
         assert "m" in m.unloaded and not model.patches[0].object("m").patched
         assert {v for _, _, k, v in observations(m) if k == 1} == {-1}       # no init: hook stays NULL
+    finally:
+        m.engine.close()
+        r.close()
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_an_unload_of_a_module_not_loaded_is_refused(tmp_path, model_name):
+    """rmmod of a module that is not loaded: delete_module finds no such
+    module (-ENOENT) before anything runs; its exit ran at an unmapped
+    address (a guest fault) before. The same for a second rmmod."""
+    unload = '[[action]]\nat = {at}\ndo = "unload"\nmodule = "m"\n'
+    actions = unload.format(at=5000) + LOAD + "\n" + unload.format(at=30000) + unload.format(at=60000)
+    r = Runner(scenario.build(scenario.load(write(tmp_path, module='exit = "m_exit"', actions=actions))))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None
+        refused = [(e["action"], e["time"]) for e in res.errors]
+        errnos = [e["error"].rsplit("(-", 1)[1].split(":")[0] for e in res.errors]
+        if model_name == "stop_machine":        # in use from its load on: kpatch holds it
+            assert refused == [("unload m", 5000), ("unload m", 30000), ("unload m", 60000)]
+            assert errnos == ["ENOENT", "EAGAIN", "EAGAIN"] and "m" not in m.unloaded
+        else:
+            assert refused == [("unload m", 5000), ("unload m", 60000)]
+            assert errnos == ["ENOENT", "ENOENT"] and "m" in m.unloaded
+    finally:
+        m.engine.close()
+        r.close()
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_load_of_a_module_loaded_already_is_refused(tmp_path, model_name):
+    """insmod of a module that is loaded: load_module finds it (-EEXIST)
+    before its coming notifier or init; the module runs on as it was."""
+    again = '[[action]]\nat = 30000\ndo = "load"\nmodule = "m"\n'
+    r = Runner(scenario.build(scenario.load(write(tmp_path, module='init = "m_init"', actions=LOAD + "\n" + again))))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None
+        assert [(e["action"], e["time"]) for e in res.errors] == [("load m", 30000)]
+        assert res.errors[0]["error"] == "module 'm' is already loaded (-EEXIST: File exists)"
+        inits = [t for t in m.tasks if t.name == "insmod-m"]
+        assert len(inits) == 1 and inits[0].exit_code == 0           # one init, the first load's
+        assert {v for _, _, k, v in observations(m) if k == 1} <= {-1, 11, 13}    # m_work, then v1
     finally:
         m.engine.close()
         r.close()

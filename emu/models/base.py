@@ -318,9 +318,12 @@ class Model:
             init()
 
     def check_remove(self, image) -> None:
-        """delete_module's check before a module's exit runs (rmmod): raises
-        when the model's system holds a reference on the module, which is
-        then in use and stays. Default: no reference is held."""
+        """delete_module's checks before a module's exit runs (rmmod): a
+        module that is not loaded cannot go (-ENOENT); a model whose system
+        holds a reference on the module refuses it too (in use), and the
+        module stays. Default: no reference is held."""
+        if image.name not in loaded_objects(self.m):
+            raise refusal(f"module '{image.name}' is not loaded", errno.ENOENT)
 
     def going_waits(self) -> bool:
         """Whether a module's going notifier blocks now on the core's mutex.

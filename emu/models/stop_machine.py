@@ -288,6 +288,7 @@ class StopMachine(Model):
     def check_remove(self, image) -> None:
         """delete_module of a module kpatch holds a reference on: in use
         (-EWOULDBLOCK), and it stays."""
+        super().check_remove(image)
         holders = self.module_refs.get(image.name)
         if holders:
             raise refusal(f"Module {image.name} is in use: kpatch holds a reference on it for "

@@ -213,9 +213,12 @@ class Livepatch(Model):
 
     def unload_module(self, image, *, exit=None, check: bool = True) -> None:
         """Unload a module: exit() (its module_exit), then revert every
-        patch from it (klp_module_going), then unmap it by name. livepatch
-        holds no reference on the modules it patches: nothing to check."""
+        patch from it (klp_module_going), then unmap it by name (check:
+        check_remove first; livepatch holds no reference on the modules it
+        patches)."""
         self._check_unlocked(None)
+        if check:
+            self.check_remove(image)
         notifiers.module_going(self, image, exit)
 
     # ---- what this kernel allows -----------------------------------------------------------
