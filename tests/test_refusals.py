@@ -1,5 +1,5 @@
 """What every model refuses, written from what each system does: a patch
-that is not enabled cannot be disabled (livepatch's sysfs write of 0 to
+that is enabled cannot be enabled again, one that is not enabled cannot be disabled (livepatch's sysfs write of 0 to
 `enabled` returns -EINVAL; a kpatch, Ksplice or kGraft patch module that
 never loaded, or was already unloaded, cannot be unloaded), and nothing of
 the machine changes when it is refused."""
@@ -66,6 +66,25 @@ def test_disabling_twice_is_refused_the_second_time(compile_c, model_name):
     assert len(model.transitions) == 2
     m.run(until=m.now + m.seconds(0.5))
     assert observed(m, m.now - m.seconds(0.3)) == {1, 2, 3}
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_enabling_twice_is_refused_the_second_time(compile_c, model_name):
+    """An enabled patch is not enabled again: kpatch_register() and
+    livepatch's sysfs write of 1 return -EINVAL; a kGraft patch is its
+    module, which a second insmod finds loaded (-EEXIST). Every model but
+    livepatch ran a second transition instead (kGraft's broke its own
+    promise)."""
+    m, model, patch = build(compile_c, model_name)
+    model.enable(patch)
+    m.run(until=m.seconds(8))
+    assert model.transitions[-1].result == "completed"
+    err = errno.EEXIST if model_name == "kgraft" else errno.EINVAL
+    with pytest.raises(PatchRefused, match=f"'fix' is already enabled.*{errno.errorcode[err]}"):
+        model.enable(patch)
+    assert len(model.transitions) == 1 and patch.enabled
+    m.run(until=m.now + m.seconds(3))
+    assert observed(m, m.now - m.seconds(0.3)) == {2, 3, 4}       # the patched f, still
 
 
 @pytest.mark.parametrize("model_name", [n for n in MODEL_NAMES if n != "immediate"])

@@ -425,6 +425,18 @@ class Model:
         if t is not None:
             raise Busy(f"patch '{patch.name}': another transition ('{t.patch}') is in progress (-EBUSY)")
 
+    #: what enabling a patch that is enabled already answers (enable_check)
+    enable_again_errno = errno.EINVAL
+
+    def enable_check(self, patch: Patch) -> None:
+        """What every model checks before enabling: no transition in
+        progress (Busy), and the patch not enabled already (PatchRefused,
+        enable_again_errno: kpatch_register() refuses an enabled patch
+        module with -EINVAL, as livepatch's sysfs write of 1 does)."""
+        self.busy_check(patch)
+        if patch.enabled:
+            raise refusal(f"patch '{patch.name}' is already enabled", self.enable_again_errno)
+
     def disable_check(self, patch: Patch) -> None:
         """What every model checks before disabling: no transition in
         progress (Busy), and the patch enabled (PatchRefused, -EINVAL: a

@@ -26,7 +26,7 @@ class Immediate(Model):
 
     def enable(self, patch: Patch) -> None:
         self.add(patch)
-        self.busy_check(patch)
+        self.enable_check(patch)
         funcs = self.loaded_funcs(patch)
         updates = []
         try:

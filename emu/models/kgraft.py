@@ -51,6 +51,9 @@ KGR_TIMEOUT = 2
 class KGraft(Model):
     name = "kgraft"
     prefix = "kgr: "                 # kernel/kgraft.c's pr_fmt
+    # a kGraft patch is applied by loading its module (kgr_patch_kernel in
+    # its init): loading it again finds it loaded
+    enable_again_errno = errno.EEXIST
 
     def __init__(self, machine, **kw):
         super().__init__(machine, **kw)
@@ -77,7 +80,7 @@ class KGraft(Model):
 
     def enable(self, patch: Patch) -> None:
         self.add(patch)
-        self.busy_check(patch)
+        self.enable_check(patch)
         funcs = self.loaded_funcs(patch) + self._replace_nops(patch)
         for f in funcs:
             f.transition = True

@@ -107,7 +107,7 @@ class StopMachine(Model):
     # ---- operations ----------------------------------------------------------
     def enable(self, patch: Patch) -> None:
         self.add(patch)
-        self.busy_check(patch)
+        self.enable_check(patch)
         funcs = self.loaded_funcs(patch)
         updates = [self.ensure_ops(f) for f in funcs]       # Busy on an IPMODIFY conflict
         t = self.record(patch, PATCHED)
