@@ -20,7 +20,9 @@
  * on to its next scheduling point (a yield, a kernel exit, a sleep, its
  * exit), which takes it off the CPU. Without full preemption a task never
  * leaves its CPU between two instructions: a slice end only sets
- * need_resched, which its next scheduling point acts on.
+ * need_resched, which its next scheduling point acts on. A CPU given to
+ * the work at the start of its turn keeps that turn for a task of its
+ * queue, which runs once the work's step is done.
  *
  * Every return leaves the state resumable: a slice interrupted by a return
  * goes on at the next call (inslice), an ended slice whose round step is
@@ -431,6 +433,18 @@ static int grant(struct sched *s, int i)
     return EMU_SR_WORK;
 }
 
+/* Whether CPU i's queue holds a runnable task. */
+static int queued_runnable(const struct sched *s, int i)
+{
+    const int64_t *q = RQ(i);
+    int64_t k, n = C(i, rqlen);
+
+    for (k = 0; k < n; k++)
+        if (runnable(s, q[k]))
+            return 1;
+    return 0;
+}
+
 /* Whether the kernel thread waiting for CPU i can have it now: the CPU has
  * no task on it, or full preemption lets it preempt the task anywhere. */
 static int grantable(struct sched *s, int i)
@@ -777,8 +791,14 @@ static int sched_loop(struct sched *s, int64_t until, int64_t deadline)
             if (G(sm))
                 return EMU_SR_SM;
             if (grantable(s, i)) {
+                /* The kernel thread runs its step, then sleeps; schedule()
+                 * picks the CPU's next runnable task at once, so a CPU with
+                 * one keeps its turn for it (the loop comes back here, not
+                 * to the round step). Ending the turn would leave that CPU
+                 * nothing but the work whenever the work wakes again within
+                 * a round of the other CPUs' slices. */
                 C(i, slices)++;
-                G(after) = 1;
+                G(after) = !queued_runnable(s, i);
                 return grant(s, i);
             }
             if (C(i, work))

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from emu.engine import core
 from emu.kernel.patch import make_patch
-from emu.machine.machine import Machine
+from emu.machine.machine import Delay, Machine
 from emu.machine.task import PATCHED
-from emu.models import make_model
+from emu.machine.works import WORK_COST
+from emu.models import kgraft, make_model
 from emu.models.livepatch import transition
 
 BASE = """
@@ -239,3 +240,53 @@ def test_kgraft_tasks_do_not_migrate_before_the_work_has_its_cpu(compile_c, pree
     assert len(units) > 20
     assert [u for u in units if len(set(u)) > 1] == []
     assert units[0] == [0, 0] and units[-1] == [patch.index, patch.index]
+
+
+def _ticker(period: int):
+    """A kernel thread woken by a timer every `period` instructions (a
+    delayed work that requeues itself), one step per wake-up."""
+    while True:
+        yield Delay(period)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(slack=st.integers(0, 400), per_cpu=st.integers(1, 3), cpus=st.integers(2, 3),
+       preempt=st.sampled_from(["none", "voluntary", "full"]), sched=st.sampled_from(["c", "python"]))
+def test_kernel_work_waking_often_leaves_its_cpu_to_the_tasks_between_its_runs(
+        compile_c, slack, per_cpu, cpus, preempt, sched):
+    """Generated: a kernel thread waking more often than once a quantum,
+    while every CPU has tasks; each run costs it WORK_COST, at most half of
+    its CPU's time (virtual time counts every CPU's instructions). When it
+    sleeps again, __schedule() (kernel/sched/core.c) picks the CPU's next
+    runnable task at once (pick_next_task: the idle class only when nothing
+    else is runnable), so the tasks of the CPU it runs on keep running
+    between its runs: every task goes on making system calls."""
+    period = 2 * WORK_COST * cpus + slack
+    base = compile_c(BASE)
+    m = Machine(base, cpus=cpus, quantum=1000, preempt=preempt, tick=1000, hz=100, sched=sched)
+    tasks = [m.add_task(f"looper{k}", "looper_entry", (120 + 37 * k,), cpu=k % cpus)
+             for k in range(cpus * per_cpu)]
+    m.run(until=20_000)
+    before = [t.kernel_entries for t in tasks]
+    m.spawn(_ticker(period))
+    m.run(until=m.now + m.seconds(0.6))
+    gained = {t.name: t.kernel_entries - b for t, b in zip(tasks, before)}
+    assert min(gained.values()) >= 2, gained
+
+
+@pytest.mark.parametrize("preempt", ["voluntary", "full"])
+def test_kgraft_completes_with_checks_more_often_than_a_round_of_slices(compile_c, monkeypatch, preempt):
+    """kGraft's check (a delayed work) every 0.005 s, shorter than the other
+    CPU's slice: the tasks on the CPU the check runs on still reach their
+    kernel exits between two checks, so every task migrates and the
+    transition completes (the loop used to give that CPU's every turn to
+    the check, and the transition stayed pending)."""
+    monkeypatch.setattr(kgraft, "KGR_TIMEOUT", 0.005)
+    m, img = machine(compile_c, preempt=preempt, cpus=2)
+    for k in range(4):
+        m.add_task(f"looper{k}", "looper_entry", (300,), cpu=k % 2)
+    mod, patch = add_patch(m, img, "kgraft")
+    m.at(20_000, lambda: mod.enable(patch))
+    m.run(until=m.seconds(3), stop_when=lambda: mod.transitions and mod.transitions[0].result != "pending")
+    t = mod.transitions[0]
+    assert t.result == "completed", [x.name for x in m.tasks if x.pending]

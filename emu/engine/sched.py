@@ -7,7 +7,9 @@ A CPU that kernel work waits for (cpu.work) goes to it (SR_WORK) when no
 task is on it, or at once with full preemption; otherwise its task runs on
 to its next scheduling point, which takes it off the CPU. Without full
 preemption a task never leaves its CPU between two instructions: a slice
-end only sets need_resched, which its next scheduling point acts on.
+end only sets need_resched, which its next scheduling point acts on. A CPU
+given to the work at the start of its turn keeps that turn for a task of
+its queue, which runs once the work's step is done.
 
 It also runs stop_machine sections, which the C loop hands back
 (SR_SM): a CPU parks at its next scheduling point (with full preemption at
@@ -412,8 +414,10 @@ class PyScheduler:
                 if s.sm:
                     self._park(i)
                 elif self.grantable(i):
+                    # the kernel thread's step, then schedule() picks the
+                    # CPU's next runnable task: a CPU with one keeps its turn
                     self.cpu[i].slices += 1
-                    s.after = 1
+                    s.after = int(not any(self.runnable(tid) for tid in self.cpu[i].queue))
                     return self.grant(i)
                 else:
                     rc, task = (0, self.cpu[i].current) if self.cpu[i].work else self.pick(i)

@@ -18,7 +18,10 @@ the work the write starts waits for a CPU like any other.)
   preempted where it stands); otherwise the task on it runs on until its
   next scheduling point (cond_resched, a sleep, a kernel exit, its exit),
   which takes it off the CPU. A task in a long kernel loop without one
-  keeps the work waiting, as it keeps a kworker waiting;
+  keeps the work waiting, as it keeps a kworker waiting. A CPU given to
+  the work at the start of its turn runs a task of its run queue after the
+  step in the same turn, as schedule() picks the next runnable task once
+  the kworker sleeps;
 - the step then runs with that CPU occupied (`cpu`): the task it displaced
   is off its CPU (not running), the tasks current on other CPUs are
   running (task_curr()), and the CPU's idle task is not running either.
