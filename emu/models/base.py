@@ -325,17 +325,12 @@ class Model:
         if image.name not in loaded_objects(self.m):
             raise refusal(f"module '{image.name}' is not loaded", errno.ENOENT)
 
-    def going_waits(self) -> bool:
-        """Whether a module's going notifier blocks now on the core's mutex.
-        Default: as the coming one (notifier_waits)."""
-        return self.notifier_waits()
-
     def unload_module(self, image, *, exit=None, check: bool = True) -> None:
         """Unload a module (rmmod): check_remove first (check=False: a
         module whose exit ran already, or whose init failed and which goes
         whatever holds it), then exit() (its module_exit), then take every
         patch out of it (module_going), then unmap it by name. While the
-        going notifier waits (going_waits), the exit runs (delete_module
+        going notifier waits (notifier_waits), the exit runs (delete_module
         calls it before the going notifier) and the rest comes when the
         mutex is released: the module's functions stay bound and mapped
         until then (its memory is freed after the notifier)."""
@@ -343,7 +338,7 @@ class Model:
             self.check_remove(image)
         if exit is not None:
             exit()
-        if not self.going_waits():
+        if not self.notifier_waits():
             self._going(image)
             return
 

@@ -34,12 +34,14 @@ kpatch_module_notify links a coming one; kpatch_unlink_object's module_put
 when the attempt fails or the patch is removed). rmmod of such a module
 fails, its exit unrun: delete_module finds it in use (-EWOULDBLOCK). The
 patches an atomic replace takes over keep theirs: kpatch_register() drops
-them from its list without unlinking their objects. kpatch's notifier
-ignores a going module (it cannot be linked), so a going notifier never
-waits for an attempt; the going path here serves a module whose init
-failed, which the kernel frees whatever holds it. Ksplice's module
-references are not modelled: its modules go as the going notifier takes
-them, after the attempt in progress.
+them from its list without unlinking their objects. What still goes
+through the going path here is a module no patch links, and one whose
+init failed (which the kernel frees whatever holds it). kpatch's notifier
+ignores a going module; here the going path still waits for an attempt
+in progress, as the coming one does, so that no attempt's check reads a
+function unbound under it (the kernel would free memory kpatch still
+uses). Ksplice's module references are not modelled: its modules go as
+the going notifier takes them, after the attempt in progress.
 
 Both check every task in one call (emu/models/stacks.py); the pause they
 report is what `lpemu bench`'s scaling section (emu/app/bench/scaling.py)
@@ -293,10 +295,6 @@ class StopMachine(Model):
         if holders:
             raise refusal(f"Module {image.name} is in use: kpatch holds a reference on it for "
                           f"{', '.join(repr(h) for h in sorted(holders))}", errno.EWOULDBLOCK)
-
-    def going_waits(self) -> bool:
-        """kpatch's module notifier returns at once for a going module."""
-        return False if self.holds_module_refs else self.notifier_waits()
 
     def _link_report(self, patch: Patch) -> None:
         """kpatch_register() links each object before its stop_machine and
