@@ -434,3 +434,20 @@ def test_a_kpatch_load_that_gives_up_releases_the_module(compile_c):
     assert t.result == "failed" and t.attempts == 5 and not patch.enabled
     model.unload_module(mod)
     assert "mod" in m.unloaded
+
+
+@pytest.mark.parametrize("model_name", ["immediate", "stop_machine", "ksplice"])
+def test_a_second_load_while_the_first_waits_in_its_notifier_is_refused(compile_c, model_name):
+    """The enable's work holds the core's mutex (kpatch_mutex, ftrace_lock):
+    a load waits in its coming notifier. A second load of the same module
+    then is the kernel's second insmod, which waits for the first and finds
+    the module loaded (-EEXIST); the first comes, once, and is patched."""
+    m, model, base, mod, patch = build(compile_c, model_name, kthread=False)
+    model.enable(patch)
+    model.load_module(mod, init=registrar(m, base, mod))
+    assert "mod" in model.loading
+    with pytest.raises(PatchRefused, match=r"module 'mod' is already loaded.*EEXIST"):
+        model.load_module(mod, init=lambda: pytest.fail("a second init ran"))
+    m.run(until=m.seconds(5))
+    assert not model.loading and patch.object("mod").patched
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.5))} == {i * 10 + 15 for i in range(3)}

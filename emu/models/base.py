@@ -94,6 +94,7 @@ class Model:
         self.ops: dict[int, Ops] = {}
         self.transitions: list[Transition] = []
         self.unlock_waiters: list = []     # writers blocked on the mutex (after_unlock)
+        self.loading: set[str] = set()     # modules whose coming notifier waits on the mutex
         self.stack_checks = StackChecks(machine)
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve
@@ -267,8 +268,10 @@ class Model:
 
     def check_load(self, image) -> None:
         """load_module's check before anything else: a module of that name
-        loaded already is not loaded again (-EEXIST)."""
-        if image.name in loaded_objects(self.m):
+        loaded already is not loaded again (-EEXIST); nor is one whose first
+        load still waits in its coming notifier (the kernel's second insmod
+        waits for the first to finish, then finds it loaded)."""
+        if image.name in loaded_objects(self.m) or image.name in self.loading:
             raise refusal(f"module '{image.name}' is already loaded", errno.EEXIST)
 
     def load_module(self, image, *, init=None) -> None:
@@ -287,10 +290,12 @@ class Model:
             return
 
         def coming() -> None:
+            self.loading.discard(image.name)
             try:
                 self._coming(image, init)
             except EmuError as exc:
                 self.printk(f"{self.prefix}module '{image.name}': {exc}")
+        self.loading.add(image.name)
         self.unlock_waiters.append(coming)
 
     def _coming(self, image, init) -> None:
