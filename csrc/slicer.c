@@ -166,19 +166,19 @@ static void start(struct emu_core *c, uint64_t from)
 
 #define EFLAGS_TF 0x100ULL
 
-/* The one-byte opcode of the instruction at p, past its legacy prefixes
- * and REX. */
-static uint8_t opcode_of(const uint8_t *p)
+/* The one-byte opcode of the n-byte instruction at p, past its legacy
+ * prefixes and REX (0 when there is none). */
+static uint8_t opcode_of(const uint8_t *p, uint32_t n)
 {
-    int k = 0;
+    uint32_t k = 0;
 
-    while (k < 14 && (p[k] == 0x66 || p[k] == 0x67 || p[k] == 0xf0 || p[k] == 0xf2 || p[k] == 0xf3 ||
-                      p[k] == 0x2e || p[k] == 0x36 || p[k] == 0x3e || p[k] == 0x26 || p[k] == 0x64 ||
-                      p[k] == 0x65))
+    while (k < n && (p[k] == 0x66 || p[k] == 0x67 || p[k] == 0xf0 || p[k] == 0xf2 || p[k] == 0xf3 ||
+                     p[k] == 0x2e || p[k] == 0x36 || p[k] == 0x3e || p[k] == 0x26 || p[k] == 0x64 ||
+                     p[k] == 0x65))
         k++;
-    if ((p[k] & 0xf0) == 0x40)
+    if (k < n && (p[k] & 0xf0) == 0x40)
         k++;
-    return p[k];
+    return k < n ? p[k] : 0;
 }
 
 /* The #DB after one stepped instruction (csrc/redirect.c's interrupt hook
@@ -188,11 +188,12 @@ static uint8_t opcode_of(const uint8_t *p)
  * come before the cut block's last.) */
 void __emu_stepped(struct emu_core *c)
 {
-    const uint8_t *p = __emu_ptr(c, c->blk_addr, 15);
+    /* stepping, a block is one instruction: blk_size is its length */
+    const uint8_t *p = __emu_ptr(c, c->blk_addr, c->blk_size);
     uint64_t rsp = 0, word = 0;
     uint8_t *top;
 
-    if (!p || opcode_of(p) != 0x9c)     /* pushf */
+    if (!p || opcode_of(p, c->blk_size) != 0x9c)     /* pushf */
         return;
     uc_reg_read(c->uc, UC_X86_REG_RSP, &rsp);
     top = __emu_ptr(c, rsp, 8);

@@ -66,16 +66,16 @@ def run(camp, client, todo, known: dict, progress) -> None:
     rescatters = resubmits = 0
     strategy = camp.plan.strategy
 
-    def submit(batch):
-        return client.submit(run_batch, program[0], known, strategy, batch,
-                             pure=False, retries=RETRIES)
-
     pending = {}
     ac = distributed.as_completed()
-    for b in batches:
-        fut = submit(b)
-        pending[fut.key] = (b, fut)
+
+    def submit(batch) -> None:
+        fut = client.submit(run_batch, program[0], known, strategy, batch, pure=False, retries=RETRIES)
+        pending[fut.key] = (batch, fut)
         ac.add(fut)
+
+    for b in batches:
+        submit(b)
     try:
         for fut in ac:
             batch, _ = pending.pop(fut.key)
@@ -88,13 +88,12 @@ def run(camp, client, todo, known: dict, progress) -> None:
                         progress(1)
                     continue
                 for run_ in batch:        # find the seed that kills workers: one seed per task
-                    f = submit([run_])
-                    pending[f.key] = ([run_], f)
-                    ac.add(f)
+                    submit([run_])
                 continue
             except cancelled:
                 # the cluster lost the program (scattered data is not
-                # recomputed): scatter it again, once for every batch it cancelled
+                # recomputed): scatter it again, once, and run each batch
+                # it cancelled again
                 resubmits += 1
                 if resubmits > RESCATTERS * len(batches):
                     raise
@@ -104,9 +103,7 @@ def run(camp, client, todo, known: dict, progress) -> None:
                     rescatters += 1
                     client.cancel([program[0]])
                     program[0] = client.scatter(camp.program, broadcast=True, hash=False)
-                f = submit(batch)
-                pending[f.key] = (batch, f)
-                ac.add(f)
+                submit(batch)
                 continue
             finally:
                 fut.release()
