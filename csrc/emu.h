@@ -602,6 +602,12 @@ int emu_graph_init(struct emu_core *core, uint64_t ret, uint64_t base, uint64_t 
 uint64_t emu_graph_ret_addr(const struct emu_graph *graph, uint64_t value, uint64_t slot);
 
 
+/* ---- a digest of bytes (digest.c) --------------------------------------- */
+/* A 64-bit digest of data[0..n) (a run's trace hash is made of it); the
+ * twin is emu/engine/digest.py. NULL data digests as no bytes. */
+uint64_t emu_digest(const void *data, size_t n, uint64_t seed);
+
+
 /* ---- judging a finished trace (handover.c, units.c) -------------------- */
 /* Passes over a run's events (struct emu_event, as drained) that judge it;
  * each is the fast path of a module of emu/runs with the same results,

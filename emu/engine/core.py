@@ -870,13 +870,11 @@ class EventLog(Sequence):
     tuples. An iteration sees the events that were in the log when it
     started."""
 
-    __slots__ = ("_raw", "_list", "_sha", "_hashed")
+    __slots__ = ("_raw", "_list")
 
     def __init__(self, events=()):
         self._raw = bytearray()
         self._list: list = []      # the first len(_list) events, unpacked
-        self._sha = hashlib.sha256()
-        self._hashed = 0           # the first _hashed bytes of _raw are in _sha
         self.extend(events)
 
     def _sync(self) -> list:
@@ -889,21 +887,15 @@ class EventLog(Sequence):
         log = EventLog()
         log._raw = bytearray(self._raw)
         log._list = list(self._list)
-        log._sha, log._hashed = self._sha.copy(), self._hashed
         return log
 
     def raw(self) -> bytes:
         """Every event, packed."""
         return bytes(self._raw)
 
-    def sha256(self):
-        """A hashlib sha256 of raw(), for the caller to update further or
-        digest. The events it has hashed before (this log, or the log it
-        was copied from: a snapshot's) are not hashed again."""
-        if self._hashed < len(self._raw):
-            self._sha.update(memoryview(self._raw)[self._hashed:])
-            self._hashed = len(self._raw)
-        return self._sha.copy()
+    def digest(self, seed: int = 0) -> int:
+        """digest(raw(), seed), without copying the events."""
+        return digest(self._raw, seed)
 
     def extend_raw(self, raw) -> None:
         """Append packed struct emu_event records."""
@@ -966,6 +958,15 @@ class EventLog(Sequence):
 
 
 # ---- judging a finished trace (csrc/handover.c) ---------------------------------------
+
+
+def digest(data, seed: int = 0) -> int:
+    """A 64-bit digest of bytes (csrc/digest.c; the twin is
+    emu/engine/digest.py). seed: 0 <= seed < 2**64."""
+    if not 0 <= seed < 1 << 64:
+        raise ValueError(f"digest: seed {seed} is not a 64-bit unsigned value")
+    buf = ffi.from_buffer(data) if len(data) else ffi.NULL
+    return lib.emu_digest(buf, len(data), seed)
 
 
 def _events(log: EventLog):

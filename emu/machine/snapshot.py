@@ -44,16 +44,9 @@ def take(m) -> Snapshot:
         core=m.engine.snapshot(), images=len(m.images), unloaded=set(m.symbols.unloaded),
         by_name=dict(m.symbols.by_name), sites=m.sites.state(),
         patch_states=[t.patch_state for t in everyone],
-        hypercalls=dict(m.hypercalls), shadow=m.shadow.state(), trace=_hashed(m.trace.copy()), log=list(m.log),
+        hypercalls=dict(m.hypercalls), shadow=m.shadow.state(), trace=m.trace.copy(), log=list(m.log),
         timers=list(works.timers), seq=works.seq, last_stop_machine=works.last_stop_machine,
         policy=copy.deepcopy(m.policy))
-
-
-def _hashed(trace: core.EventLog) -> core.EventLog:
-    """trace, its events hashed now: every run restored from it then hashes
-    only its own events (EventLog.sha256; emu/runs/fuzz.py's trace_hash)."""
-    trace.sha256()
-    return trace
 
 
 def restore(m, snap: Snapshot, *, policy=None) -> None:

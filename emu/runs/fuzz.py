@@ -758,8 +758,6 @@ def _rebind(m: Machine, patch) -> None:
 
 
 def trace_hash(m: Machine) -> str:
-    """A digest of the run: every event (packed) and every kernel message."""
-    h = m.trace.sha256()
-    for t, text in m.log:
-        h.update(f"{t}:{text}\n".encode())
-    return h.hexdigest()[:16]
+    """A digest of the run: every event (packed), then every kernel message."""
+    messages = "".join(f"{t}:{text}\n" for t, text in m.log).encode()
+    return f"{core.digest(messages, m.trace.digest()):016x}"
