@@ -46,3 +46,10 @@ def test_bad_seed_is_refused():
     for seed in (-1, 2**64):
         with pytest.raises(ValueError):
             core.digest(b"x", seed)
+
+
+def test_any_buffer_is_digested_whole():
+    """A buffer of wider items is digested by its bytes, not its item count."""
+    import array
+    words = array.array("I", range(100))
+    assert core.digest(words) == twin.digest(bytes(words)) == core.digest(bytes(words))

@@ -965,8 +965,8 @@ def digest(data, seed: int = 0) -> int:
     emu/engine/digest.py). seed: 0 <= seed < 2**64."""
     if not 0 <= seed < 1 << 64:
         raise ValueError(f"digest: seed {seed} is not a 64-bit unsigned value")
-    buf = ffi.from_buffer(data) if len(data) else ffi.NULL
-    return lib.emu_digest(buf, len(data), seed)
+    buf = ffi.from_buffer(data)          # TypeError for what is not a buffer
+    return lib.emu_digest(buf, len(buf), seed)
 
 
 def _events(log: EventLog):
