@@ -1,6 +1,6 @@
-"""`lpemu diff` on kernel objects: tests/kobj/driver.c compiled with the
-kernel's flags, original and patched (tests/kobj/cases.toml), compared the way
-create-diff-object compares them."""
+"""`lpemu diff` on kernel objects: tests/kobj/driver.c and tests/kobj/subsys.c
+compiled with the kernel's flags, original and patched (tests/kobj/cases.toml),
+compared the way create-diff-object compares them."""
 import json
 import shutil
 import tomllib
@@ -19,18 +19,20 @@ KOBJ = Path(__file__).parent / "kobj"
 CASES = tomllib.loads((KOBJ / "cases.toml").read_text())["case"]
 
 
-def build(tmp: Path, side: str, text: str, cflags=()) -> Path:
-    """driver.c as text, compiled as the kernel's build does, in tmp/side."""
+def build(tmp: Path, side: str, text: str, cflags=(), source: str = "driver.c") -> Path:
+    """source (a file of tests/kobj) as text, compiled as the kernel's build
+    does, in tmp/side."""
     d = tmp / side
     d.mkdir()
     shutil.copy(KOBJ / "kernel.h", d)
-    (d / "driver.c").write_text(text)
-    compile_kernel_object(Path("driver.c"), d / "driver.o", cflags, cwd=d)
-    return d / "driver.o"
+    (d / source).write_text(text)
+    obj = d / (Path(source).stem + ".o")
+    compile_kernel_object(Path(source), obj, cflags, cwd=d)
+    return obj
 
 
 def patched(case: dict) -> str:
-    text = (KOBJ / "driver.c").read_text()
+    text = (KOBJ / case.get("source", "driver.c")).read_text()
     text = text.replace('#include "kernel.h"\n', '#include "kernel.h"\n' + "\n" * case.get("shift", 0), 1)
     for find, replace in case.get("edits", []):
         assert text.count(find) == 1, f"{case['name']}: {find!r} occurs {text.count(find)} times"
@@ -40,8 +42,9 @@ def patched(case: dict) -> str:
 
 def pair(tmp_path, case) -> tuple[Path, Path]:
     cflags = case.get("cflags", [])
-    return (build(tmp_path, "orig", (KOBJ / "driver.c").read_text(), cflags),
-            build(tmp_path, "patched", patched(case), cflags))
+    source = case.get("source", "driver.c")
+    return (build(tmp_path, "orig", (KOBJ / source).read_text(), cflags, source),
+            build(tmp_path, "patched", patched(case), cflags, source))
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
