@@ -295,6 +295,7 @@ def _report_objects(pair: "_Pair") -> Diff:
     refusals = _data_problems(pair, lambda old, new: users.get(new.handle)
                               if kernel_rules.carries_changed_data(new.section) else None, diff) + refusals
     refusals += _lost_static_local_references(pair, ignored)
+    refusals += _grown_shared_data_sections(pair, users)
     if (not refusals and not diff.changed and not split_changes and not new_globals
             and not any(not new_funcs[h].local for h in carried if h in new_funcs)):
         refusals.append("no changed functions were found: the objects differ only in moved lines, "
@@ -343,6 +344,30 @@ def _lost_static_local_references(pair: "_Pair", ignored) -> list[str]:
                 problems.append(f"{old.file}: reference to static local variable {var.name} in {where} "
                                 "was removed: create-diff-object cannot correlate it; keep the reference "
                                 "or move the state to a shadow variable")
+    return problems
+
+
+def _grown_shared_data_sections(pair: "_Pair", users: dict) -> list[str]:
+    """A new data object in a section the original has and shares with other
+    data (not one of its own) changes that section: create-diff-object
+    refuses it unless a changed or carried function includes the section and
+    it is not .data*/.bss* (kpatch_verify_patchability); .rodata itself is
+    always included."""
+    problems = []
+    for new in pair.new.listed("data"):
+        section = new.section
+        if (pair.counterpart(new) is not None or section not in pair.old.section_names
+                or section == ".rodata" or kernel_rules.own_data_section(new.name, section)):
+            continue
+        included = new.handle in users or not new.local
+        if included and kernel_rules.carries_changed_data(section):
+            continue
+        if included:
+            problems.append(f"{new.file}: data section {section} selected for inclusion: the new "
+                            f"{new.label} shares it with the original's data, which a patch cannot change")
+        else:
+            problems.append(f"{new.file}: changed section {section} not selected for inclusion: the new "
+                            f"{new.label} is added to it and nothing the patch carries uses it")
     return problems
 
 
@@ -650,6 +675,7 @@ class _Side:
                    for i, (name, data) in enumerate(objects)]
         # KPATCH_IGNORE_FUNCTION: functions that are never compared
         self.ignored_functions = frozenset().union(*(r.ignored_functions for r in readers))
+        self.section_names = frozenset(sec.name for r in readers for sec in r.sections)
         for r in readers:
             for sym in r.symbols():
                 self.syms[sym.handle] = sym

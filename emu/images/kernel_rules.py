@@ -35,6 +35,9 @@ which, so that emu/images/diff.py compares what matters:
   changed function includes it and its section is not `.data*`/`.bss*`
   (kpatch_verify_patchability): changed read-only data travels with the
   changed function that uses it, as the patch's own copy.
+- A new data object in a section it shares with the original's data
+  (`__read_mostly`, per-CPU, ...) changes that section: refused unless a
+  changed function includes it and it is not `.data*`/`.bss*`.
 - Static locals are correlated by the functions that refer to them
   (kpatch_correlate_static_local_variables): a reference the original has
   and the patched object lost is refused.
@@ -52,6 +55,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 __all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "special_section_kind",
            "is_init_section", "is_ignored_section", "subsection", "line_macro_change_only",
            "decode", "is_prefix_function", "own_section", "is_switch_table", "carries_changed_data",
+           "own_data_section",
            "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
 
 FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
@@ -130,6 +134,15 @@ def is_switch_table(name: str) -> bool:
     """True for a table gcc made for a switch (CSWTCH.N): the kernel tools
     compare references to it by name, never by what it holds."""
     return bool(_SWITCH_TABLE.match(name))
+
+
+def own_data_section(name: str, section: str) -> bool:
+    """True when a data object has a section of its own (what -fdata-sections
+    gives: .data.NAME, .bss.NAME, .rodata.NAME, .data.rel[.ro].NAME;
+    create-diff-object's is_bundleable). Objects in a section they share
+    (.data..read_mostly, .data..percpu, ...) change that section when one is
+    added."""
+    return section in {f"{p}.{name}" for p in (".data", ".bss", ".rodata", ".data.rel", ".data.rel.ro")}
 
 
 def carries_changed_data(section: str) -> bool:

@@ -200,3 +200,11 @@ int sub_split(int v)
 	return v > 0 ? sub_split_part(v) : 0;
 }
 
+
+/* data in a section it shares with other data (not -fdata-sections' own) */
+int sub_mode __read_mostly = 1;
+
+int sub_get_mode(void)
+{
+	return sub_mode;
+}
