@@ -296,6 +296,10 @@ def _report_objects(pair: "_Pair") -> Diff:
                               if kernel_rules.carries_changed_data(new.section) else None, diff) + refusals
     refusals += _lost_static_local_references(pair, ignored)
     refusals += _grown_shared_data_sections(pair, users)
+    for name, table in sorted(pair.new.export_tables.items()):
+        if name in pair.old.export_tables and pair.old.export_tables[name] != table:
+            refusals.append(f"changed section {name} not selected for inclusion: the patch adds or removes "
+                            "an export (EXPORT_SYMBOL); a live patch cannot carry exports")
     if (not refusals and not diff.changed and not split_changes and not new_globals
             and not any(not new_funcs[h].local for h in carried if h in new_funcs)):
         refusals.append("no changed functions were found: the objects differ only in moved lines, "
@@ -676,6 +680,11 @@ class _Side:
         # KPATCH_IGNORE_FUNCTION: functions that are never compared
         self.ignored_functions = frozenset().union(*(r.ignored_functions for r in readers))
         self.section_names = frozenset(sec.name for r in readers for sec in r.sections)
+        # EXPORT_SYMBOL's tables, compared whole (kernel objects)
+        self.export_tables = {name: b"".join(sec.data() for r in readers for sec in r.sections
+                                             if sec.name == name and sec["sh_type"] != "SHT_NOBITS")
+                              for name in kernel_rules.EXPORT_TABLES
+                              if any(sec.name == name for r in readers for sec in r.sections)}
         for r in readers:
             for sym in r.symbols():
                 self.syms[sym.handle] = sym

@@ -38,6 +38,10 @@ which, so that emu/images/diff.py compares what matters:
 - A new data object in a section it shares with the original's data
   (`__read_mostly`, per-CPU, ...) changes that section: refused unless a
   changed function includes it and it is not `.data*`/`.bss*`.
+- The export tables (`__ksymtab_strings`, `.export_symbol` since 6.5) are
+  compared: an export added or removed while the file keeps others changes
+  them, and no function carries them ("changed section ... not selected for
+  inclusion").
 - Static locals are correlated by the functions that refer to them
   (kpatch_correlate_static_local_variables): a reference the original has
   and the patched object lost is refused.
@@ -56,7 +60,7 @@ __all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "spec
            "is_init_section", "is_ignored_section", "subsection", "line_macro_change_only",
            "decode", "is_prefix_function", "own_section", "is_switch_table", "carries_changed_data",
            "own_data_section",
-           "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
+           "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX", "EXPORT_TABLES"]
 
 FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
 
@@ -94,6 +98,8 @@ _SPECIAL_PREFIXES = (".discard", ".kpatch", "__ksymtab", "___ksymtab", ".initcal
                      ".con_initcall", ".debug_", ".rela", ".note", ".BTF", "__ex_table",
                      ".klp.", "__klp")
 ALTINSTR_AUX = ".altinstr_aux"
+# EXPORT_SYMBOL's tables: create-diff-object never includes them for a function
+EXPORT_TABLES = ("__ksymtab_strings", ".export_symbol")
 IGNORE_FUNCTIONS_SECTION = ".kpatch.ignore.functions"
 IGNORE_SECTIONS_SECTION = ".kpatch.ignore.sections"
 
