@@ -40,11 +40,38 @@ def patched(case: dict) -> str:
     return text
 
 
+def objtool_mnop(obj: Path) -> None:
+    """What the kernel's objtool --mcount --mnop does to an x86 object after
+    the compiler: every `call __fentry__` becomes the 5-byte NOP and its
+    relocation R_X86_64_NONE, still naming __fentry__."""
+    import struct
+    from elftools.elf.elffile import ELFFile
+    data = bytearray(obj.read_bytes())
+    with open(obj, "rb") as f:
+        elf = ELFFile(f)
+        syms = list(elf.get_section_by_name(".symtab").iter_symbols())
+        for rel in elf.iter_sections():
+            if rel["sh_type"] != "SHT_RELA":
+                continue
+            target = elf.get_section(rel["sh_info"])
+            for n, r in enumerate(rel.iter_relocations()):
+                at = target["sh_offset"] + r["r_offset"]
+                if syms[r["r_info_sym"]].name == "__fentry__" and data[at - 1] == 0xE8:
+                    data[at - 1:at + 4] = bytes.fromhex("0f1f440000")
+                    info = rel["sh_offset"] + n * rel["sh_entsize"] + 8
+                    data[info:info + 8] = struct.pack("<Q", r["r_info_sym"] << 32)
+    obj.write_bytes(bytes(data))
+
+
 def pair(tmp_path, case) -> tuple[Path, Path]:
     cflags = case.get("cflags", [])
     source = case.get("source", "driver.c")
-    return (build(tmp_path, "orig", (KOBJ / source).read_text(), cflags, source),
-            build(tmp_path, "patched", patched(case), cflags, source))
+    objects = (build(tmp_path, "orig", (KOBJ / source).read_text(), cflags, source),
+               build(tmp_path, "patched", patched(case), cflags, source))
+    if case.get("objtool_mnop"):
+        for obj in objects:
+            objtool_mnop(obj)
+    return objects
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
