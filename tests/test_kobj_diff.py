@@ -75,15 +75,22 @@ def pair(tmp_path, case) -> tuple[Path, Path]:
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_kernel_object_pairs_agree_with_create_diff_object(case, tmp_path):
+def test_kernel_object_pairs_agree_with_create_diff_object(case, tmp_path, capsys):
     old, new = pair(tmp_path, case)
     if "refused" in case:
         with pytest.raises(PatchError, match=case["refused"].replace("(", r"\(").replace(")", r"\)")):
             diff_objects(old, new)
+        # the command line says it once, exit 2, no traceback
+        assert cli.main(["diff", str(old), str(new), "--json"]) == 2
+        out, err = capsys.readouterr()
+        assert case["refused"] in err and "Traceback" not in err and not out
         return
     d = diff_objects(old, new)
     assert (d.changed, d.new) == (case.get("changed", []), case.get("new", []))
     assert set(d.reasons) == set(d.changed)
+    assert cli.main(["diff", str(old), str(new), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["changed"], out["new"]) == (d.changed, d.new)
 
 
 def test_the_line_rule_is_what_hides_moved_lines(tmp_path):
@@ -200,3 +207,20 @@ def test_a_corrupt_object_is_a_clear_error_never_a_traceback(driver_object, tmp_
         diff_objects(good, bad)
     except (BuildError, PatchError) as exc:
         assert str(exc)
+
+
+def test_what_the_kernel_tools_do_not_see_is_said(tmp_path, capsys):
+    # a changed .part child with its own fentry call: listed nowhere, warned about
+    case = next(c for c in CASES if c["name"] == "part_child_with_fentry_changes")
+    (tmp_path / "part").mkdir()
+    old, new = pair(tmp_path / "part", case)
+    assert cli.main(["diff", str(old), str(new), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["changed"] == [] and "warning: " in err and "sub_split.part.0 changed" in err
+    # a switch table that changed alone: refused as a no-op, with the table named
+    case = next(c for c in CASES if c["name"] == "switch_table_changes")
+    (tmp_path / "cswtch").mkdir()
+    old, new = pair(tmp_path / "cswtch", case)
+    assert cli.main(["diff", str(old), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert "switch table gcc made for dev_classify (CSWTCH) differs" in err
