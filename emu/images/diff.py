@@ -295,6 +295,7 @@ def _report_objects(pair: "_Pair") -> Diff:
     refusals = _data_problems(pair, lambda old, new: users.get(new.handle)
                               if kernel_rules.carries_changed_data(new.section) else None, diff) + refusals
     refusals += _lost_static_local_references(pair, ignored)
+    refusals += _mismatched_symbols(pair)
     refusals += _grown_shared_data_sections(pair, users)
     for name, table in sorted(pair.new.export_tables.items()):
         if name in pair.old.export_tables and pair.old.export_tables[name] != table:
@@ -372,6 +373,30 @@ def _grown_shared_data_sections(pair: "_Pair", users: dict) -> list[str]:
         else:
             problems.append(f"{new.file}: changed section {section} not selected for inclusion: the new "
                             f"{new.label} is added to it and nothing the patch carries uses it")
+    return problems
+
+
+def _mismatched_symbols(pair: "_Pair") -> list[str]:
+    """Correlated functions and data whose binding differs, or that moved to
+    another section (not between .text, .text.unlikely and .text.hot):
+    create-diff-object's kpatch_compare_correlated_symbol stops on them."""
+    problems = []
+    for new in pair.new.syms.values():
+        old = pair.counterpart(new)
+        if old is None:
+            continue
+        if old.bind != new.bind:
+            problems.append(f"{new.file}: symbol info mismatch: {old.name} is {old.bind} in the original, "
+                            f"{new.bind} in the patched object")
+            continue
+        moved = _NUMBERS.sub("", old.section) != _NUMBERS.sub("", new.section)
+        if not moved or (new.kind == "func" and kernel_rules.subsection(old.section)
+                         != kernel_rules.subsection(new.section)):
+            continue
+        if new.kind == "data" and _data_change(pair, old, new):
+            continue        # said already, in its own words
+        problems.append(f"{new.file}: symbol changed sections: {old.name} ({old.section} in the original, "
+                        f"{new.section} in the patched object)")
     return problems
 
 
@@ -664,6 +689,7 @@ class _Sym:
     children: list = field(default_factory=list)   # .cold and .part parts of a function
     parent: "_Sym | None" = None
     section: str = ""        # the ELF section that holds it
+    bind: str = ""           # STB_LOCAL, STB_GLOBAL or STB_WEAK
     fentry: bool = False     # starts with the fentry NOP or `call __fentry__`
     extras: tuple = ()       # alternatives that replace its instructions: ((offset, target), ...)
     tables: tuple = ()       # kernel objects: contents of the switch tables it uses (not compared)
@@ -1067,7 +1093,7 @@ class _ObjectReader:
         return _Sym(self._handle(s), self.index, s.name, self.file, local, kind, body, size, relocs,
                     writable=bool(flags & SH_FLAGS.SHF_WRITE), section=sec.name,
                     fentry=kind == "func" and self._has_fentry(body or b"", relocs), extras=extras,
-                    tables=tables)
+                    tables=tables, bind=s["st_info"]["bind"])
 
     def _switch_tables(self, shndx: int, start: int, end: int) -> tuple:
         """The contents of the switch tables (CSWTCH.N) the code in [start, end)

@@ -208,3 +208,14 @@ int sub_get_mode(void)
 {
 	return sub_mode;
 }
+
+/* a static helper gcc leaves whole (no clone) */
+static noinline __attribute__((__noipa__)) int sub_pick(int a)
+{
+	return a & 0xff;
+}
+
+int sub_pick_user(int a)
+{
+	return sub_pick(a) + 1;
+}
