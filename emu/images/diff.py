@@ -96,7 +96,10 @@ class Diff:
     foo.constprop.0); build_c and make_patch bind by exact name, so a changed
     or carried one of these needs care. warnings: what the lists cannot say
     (a changed function that has no fentry site, an inlined change the partial
-    patch does not carry, a renamed static local)."""
+    patch does not carry, a renamed static local). carried_data: existing
+    read-only data whose initial value changes and that the patch carries as
+    its own copy, with the changed function that uses it (kernel objects, as
+    create-diff-object carries it)."""
 
     changed: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
@@ -105,11 +108,13 @@ class Diff:
     new_data: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    carried_data: list[str] = field(default_factory=list)
 
     @property
     def carry(self) -> set[str]:
-        """The functions the patch module carries: build_c's keep."""
-        return set(self.changed) | set(self.new)
+        """What the patch module carries, build_c's keep: the changed and new
+        functions, and carried_data."""
+        return set(self.changed) | set(self.new) | set(self.carried_data)
 
     def to_json(self) -> dict:
         """{"changed": [...], "new": [...], "removed": [...], "reasons": {...}}"""
@@ -633,9 +638,11 @@ def _data_problems(pair: "_Pair", carried=None, diff: Diff | None = None) -> lis
         if carried is not None and old.size == new.size and why.startswith("changes its initial value"):
             user = carried(old, new)
             if user:
-                if diff is not None and user in diff.reasons:
-                    diff.reasons[user] += (f"; uses {new.label}, whose initial value changes "
-                                           "(read-only: the patch carries its own copy)")
+                if diff is not None:
+                    diff.carried_data.append(new.name)
+                    if user in diff.reasons:
+                        diff.reasons[user] += (f"; uses {new.label}, whose initial value changes "
+                                               "(read-only: the patch carries its own copy)")
                 continue
             problems.append(f"{new.file}: changed section {new.section} not selected for inclusion: "
                             f"{new.label} changes its initial value and no changed function uses it")
