@@ -1,6 +1,6 @@
-"""`lpemu diff` on kernel objects: tests/kobj/driver.c compiled with the
-kernel's flags, original and patched (tests/kobj/cases.toml), compared the way
-create-diff-object compares them."""
+"""`lpemu diff` on kernel objects: tests/kobj/driver.c and tests/kobj/subsys.c
+compiled with the kernel's flags, original and patched (tests/kobj/cases.toml),
+compared the way create-diff-object compares them."""
 import json
 import shutil
 import tomllib
@@ -19,18 +19,20 @@ KOBJ = Path(__file__).parent / "kobj"
 CASES = tomllib.loads((KOBJ / "cases.toml").read_text())["case"]
 
 
-def build(tmp: Path, side: str, text: str, cflags=()) -> Path:
-    """driver.c as text, compiled as the kernel's build does, in tmp/side."""
+def build(tmp: Path, side: str, text: str, cflags=(), source: str = "driver.c") -> Path:
+    """source (a file of tests/kobj) as text, compiled as the kernel's build
+    does, in tmp/side."""
     d = tmp / side
     d.mkdir()
     shutil.copy(KOBJ / "kernel.h", d)
-    (d / "driver.c").write_text(text)
-    compile_kernel_object(Path("driver.c"), d / "driver.o", cflags, cwd=d)
-    return d / "driver.o"
+    (d / source).write_text(text)
+    obj = d / (Path(source).stem + ".o")
+    compile_kernel_object(Path(source), obj, cflags, cwd=d)
+    return obj
 
 
 def patched(case: dict) -> str:
-    text = (KOBJ / "driver.c").read_text()
+    text = (KOBJ / case.get("source", "driver.c")).read_text()
     text = text.replace('#include "kernel.h"\n', '#include "kernel.h"\n' + "\n" * case.get("shift", 0), 1)
     for find, replace in case.get("edits", []):
         assert text.count(find) == 1, f"{case['name']}: {find!r} occurs {text.count(find)} times"
@@ -38,22 +40,57 @@ def patched(case: dict) -> str:
     return text
 
 
+def objtool_mnop(obj: Path) -> None:
+    """What the kernel's objtool --mcount --mnop does to an x86 object after
+    the compiler: every `call __fentry__` becomes the 5-byte NOP and its
+    relocation R_X86_64_NONE, still naming __fentry__."""
+    import struct
+    from elftools.elf.elffile import ELFFile
+    data = bytearray(obj.read_bytes())
+    with open(obj, "rb") as f:
+        elf = ELFFile(f)
+        syms = list(elf.get_section_by_name(".symtab").iter_symbols())
+        for rel in elf.iter_sections():
+            if rel["sh_type"] != "SHT_RELA":
+                continue
+            target = elf.get_section(rel["sh_info"])
+            for n, r in enumerate(rel.iter_relocations()):
+                at = target["sh_offset"] + r["r_offset"]
+                if syms[r["r_info_sym"]].name == "__fentry__" and data[at - 1] == 0xE8:
+                    data[at - 1:at + 4] = bytes.fromhex("0f1f440000")
+                    info = rel["sh_offset"] + n * rel["sh_entsize"] + 8
+                    data[info:info + 8] = struct.pack("<Q", r["r_info_sym"] << 32)
+    obj.write_bytes(bytes(data))
+
+
 def pair(tmp_path, case) -> tuple[Path, Path]:
     cflags = case.get("cflags", [])
-    return (build(tmp_path, "orig", (KOBJ / "driver.c").read_text(), cflags),
-            build(tmp_path, "patched", patched(case), cflags))
+    source = case.get("source", "driver.c")
+    objects = (build(tmp_path, "orig", (KOBJ / source).read_text(), cflags, source),
+               build(tmp_path, "patched", patched(case), cflags, source))
+    if case.get("objtool_mnop"):
+        for obj in objects:
+            objtool_mnop(obj)
+    return objects
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["name"] for c in CASES])
-def test_kernel_object_pairs_agree_with_create_diff_object(case, tmp_path):
+def test_kernel_object_pairs_agree_with_create_diff_object(case, tmp_path, capsys):
     old, new = pair(tmp_path, case)
     if "refused" in case:
         with pytest.raises(PatchError, match=case["refused"].replace("(", r"\(").replace(")", r"\)")):
             diff_objects(old, new)
+        # the command line says it once, exit 2, no traceback
+        assert cli.main(["diff", str(old), str(new), "--json"]) == 2
+        out, err = capsys.readouterr()
+        assert case["refused"] in err and "Traceback" not in err and not out
         return
     d = diff_objects(old, new)
     assert (d.changed, d.new) == (case.get("changed", []), case.get("new", []))
     assert set(d.reasons) == set(d.changed)
+    assert cli.main(["diff", str(old), str(new), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["changed"], out["new"]) == (d.changed, d.new)
 
 
 def test_the_line_rule_is_what_hides_moved_lines(tmp_path):
@@ -170,3 +207,20 @@ def test_a_corrupt_object_is_a_clear_error_never_a_traceback(driver_object, tmp_
         diff_objects(good, bad)
     except (BuildError, PatchError) as exc:
         assert str(exc)
+
+
+def test_what_the_kernel_tools_do_not_see_is_said(tmp_path, capsys):
+    # a changed .part child with its own fentry call: listed nowhere, warned about
+    case = next(c for c in CASES if c["name"] == "part_child_with_fentry_changes")
+    (tmp_path / "part").mkdir()
+    old, new = pair(tmp_path / "part", case)
+    assert cli.main(["diff", str(old), str(new), "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert json.loads(out)["changed"] == [] and "warning: " in err and "sub_split.part.0 changed" in err
+    # a switch table that changed alone: refused as a no-op, with the table named
+    case = next(c for c in CASES if c["name"] == "switch_table_changes")
+    (tmp_path / "cswtch").mkdir()
+    old, new = pair(tmp_path / "cswtch", case)
+    assert cli.main(["diff", str(old), str(new)]) == 2
+    err = capsys.readouterr().err
+    assert "switch table gcc made for dev_classify (CSWTCH) differs" in err

@@ -206,3 +206,47 @@ def test_a_corrupt_kernel_object_is_a_build_error(objects, tmp_path_factory, cut
         build_c([bad, KOBJ / "kstubs.c"], base=0x400000)
     except (BuildError, PatchError) as exc:
         assert str(exc)
+
+
+@pytest.fixture(scope="module")
+def table_objects(tmp_path_factory):
+    """subsys.c, and subsys.c with its const table and the function using it
+    changed (the pair const_table_changes_with_its_user of cases.toml)."""
+    import tomllib
+    case = next(c for c in tomllib.loads((KOBJ / "cases.toml").read_text())["case"]
+                if c["name"] == "const_table_changes_with_its_user")
+    tmp = tmp_path_factory.mktemp("table")
+    text = (KOBJ / "subsys.c").read_text()
+    sides = []
+    for side in ("orig", "patched"):
+        d = tmp / side
+        d.mkdir()
+        shutil.copy(KOBJ / "kernel.h", d)
+        (d / "subsys.c").write_text(text)
+        compile_kernel_object(Path("subsys.c"), d / "subsys.o", cwd=d)
+        sides.append(d / "subsys.o")
+        for find, replace in case["edits"]:
+            text = text.replace(find, replace)
+    return sides
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_a_changed_read_only_table_travels_with_the_function_that_uses_it(table_objects, model_name):
+    # create-diff-object carries changed read-only data with its changed user:
+    # the new sub_weight reads the patch's own copy of sub_weights
+    orig, new = table_objects
+    d = diff_objects(orig, new)
+    assert d.changed == ["sub_weight"] and d.new == []
+    base = build_c([orig, KOBJ / "subsys_tasks.c"], base=0x400000, name="vmlinux")
+    m = Machine(base, cpus=2, quantum=500)
+    m.add_task("user", "user_entry", (0,))
+    image = build_c([new], base=m.module_base(), name="patch", link_against=base, keep=d.carry)
+    m.load(image)
+    model = make_model(model_name, m)
+    patch = model.add(make_patch(m, "p1", image, d.changed))
+    m.at(20_000, lambda: model.enable(patch))
+    m.run(until=m.seconds(30))
+    assert model.transitions[0].result == "completed"
+    values = observed(m, 1)
+    # the old sub_weight(2) is sub_weights[2] = 4; the new one sub_weights[3], 16 in the new table
+    assert values[:2] == [4, 4] and values[-1] == 16 and set(values) == {4, 16}

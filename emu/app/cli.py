@@ -593,6 +593,8 @@ def _diff(args) -> int:
     from emu.images import diff
     d = diff.diff_files(args.old, args.new, cflags=args.cflags.split() if args.cflags else ())
     if args.json:
+        for warning in d.warnings:      # stdout stays the JSON document
+            print(f"warning: {warning}", file=sys.stderr)
         _emit_json(d.to_json())
         return 0
     for kind in ("changed", "new", "removed"):

@@ -113,8 +113,10 @@ def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
     """Rewrite objs so that what the module does not carry binds to base.
 
     A defined symbol binds to the base image when it is data that the base has
-    (a module never carries its own copy of existing state), or, when keep is
-    given, a function outside keep that the base has. Compiler clones
+    and keep does not name (a module never carries its own copy of existing
+    state; keep names only read-only data whose new contents a kernel patch
+    carries, as create-diff-object does), or, when keep is given, a function
+    outside keep that the base has. Compiler clones
     (foo.cold, foo.part.0, foo.isra.0, ...) are always carried: their calling
     convention is private to the compile that made them.
 
@@ -166,8 +168,8 @@ def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
 
         bound: dict[int, int] = {}  # symbol index -> base address
         for s in syms:
-            wanted = s.func and (keep is None or s.name in keep)
-            if s.func:
+            wanted = (keep is None or s.name in keep) if s.func else (keep is not None and s.name in keep)
+            if s.func or (keep is not None and s.name in keep):
                 defined_funcs.add(s.name)
             addr = None
             if not wanted and not (s.func and "." in s.name):

@@ -96,7 +96,10 @@ class Diff:
     foo.constprop.0); build_c and make_patch bind by exact name, so a changed
     or carried one of these needs care. warnings: what the lists cannot say
     (a changed function that has no fentry site, an inlined change the partial
-    patch does not carry, a renamed static local)."""
+    patch does not carry, a renamed static local). carried_data: existing
+    read-only data whose initial value changes and that the patch carries as
+    its own copy, with the changed function that uses it (kernel objects, as
+    create-diff-object carries it)."""
 
     changed: list[str] = field(default_factory=list)
     new: list[str] = field(default_factory=list)
@@ -105,11 +108,13 @@ class Diff:
     new_data: list[str] = field(default_factory=list)
     renamed: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    carried_data: list[str] = field(default_factory=list)
 
     @property
     def carry(self) -> set[str]:
-        """The functions the patch module carries: build_c's keep."""
-        return set(self.changed) | set(self.new)
+        """What the patch module carries, build_c's keep: the changed and new
+        functions, and carried_data."""
+        return set(self.changed) | set(self.new) | set(self.carried_data)
 
     def to_json(self) -> dict:
         """{"changed": [...], "new": [...], "removed": [...], "reasons": {...}}"""
@@ -183,27 +188,30 @@ def diff_objects(old, new) -> Diff:
 
     changed: functions of both whose code, relocations or alternatives differ
     by more than the kernel_rules allow (moved __LINE__ arguments, special
-    statics, tables the kernel tools rebuild), under the original object's
-    names (a renumbered clone keeps its old name); a .cold or .part child's
-    change is its parent's. new: functions only the patched object has that
-    the patch carries (global, or used by a changed or carried function).
-    removed: functions only the original has.
+    statics, switch tables, tables the kernel tools rebuild), under the
+    original object's names (a renumbered clone keeps its old name); a change
+    in a .cold child (no fentry call of its own) is its parent's, a changed
+    .part child with its own fentry call is listed nowhere (create-diff-object
+    carries it but patches no function for it: said in warnings). new:
+    functions only the patched object has that the patch carries (global, or
+    used by a changed or carried function). removed: functions only the
+    original has. A changed switch table (CSWTCH) that the kernel tools do not
+    see is said in warnings.
 
     Refused with PatchError (one line per problem, the kernel tools' reasons):
     changed init code; a changed function in a section shared with other code
     (.sched.text, .noinstr.text, .text); a changed function without an fentry
-    call (notrace);
-    changed existing data; no changed function at all (only moved lines or
-    renumbered ids: the patch would be empty). Functions named by
-    KPATCH_IGNORE_FUNCTION and sections named by KPATCH_IGNORE_SECTION are
-    not compared.
+    call (notrace); changed existing data, except read-only data (not .data*
+    or .bss*) that a changed function uses, which the patch carries as its own
+    copy; a reference to a static local that the patched object lost; no
+    changed function and no new global at all (only moved lines or renumbered
+    ids: the patch would be empty). Functions named by KPATCH_IGNORE_FUNCTION
+    and sections named by KPATCH_IGNORE_SECTION are not compared.
 
     Raises BuildError when a file is missing or not an x86-64 object."""
     old_side = _read_side(old, "old")
     new_side = _read_side(new, "new")
-    pair = _Pair(old_side, new_side)
-    _refuse_data_changes(pair)
-    return _report_objects(pair)
+    return _report_objects(_Pair(old_side, new_side))
 
 
 def _read_side(objects, side: str) -> "_Side":
@@ -211,7 +219,7 @@ def _read_side(objects, side: str) -> "_Side":
     corrupt) is a BuildError naming it."""
     objs = _read_objects(objects, side)
     try:
-        return _Side(objs, dwarf=False)
+        return _Side(objs, dwarf=False, kernel=True)
     except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
         names = ", ".join(name for name, _ in objs)
         raise BuildError(f"{names}: cannot read the {side} object: {exc}") from None
@@ -238,15 +246,24 @@ def _report_objects(pair: "_Pair") -> Diff:
     refusals = []
     ignored = pair.new.ignored_functions | pair.old.ignored_functions
     changed_syms = []
+    split_changes = []      # changed children with their own fentry call: no function lists them
     for sym in pair.new.listed("func"):
         old = pair.counterpart(sym)
         if old is None or sym.name in ignored or old.name in ignored:
             continue
-        if pair.differs(old, sym):
+        split = [n for o, n in pair.child_pairs(old, sym) if n.fentry and pair.differs(o, n)]
+        split_changes += split
+        if pair.own_differs(old, sym) or any(not n.fentry and pair.differs(o, n)
+                                             for o, n in pair.child_pairs(old, sym)) \
+                or len(old.children) != len(sym.children):
             why = "; ".join(_code_notes(pair, old, sym))
         elif kernel_rules.subsection(old.section) != kernel_rules.subsection(sym.section):
             why = f"moves from {old.section} to {sym.section}"
         else:
+            if old.tables != sym.tables:
+                diff.warnings.append(f"{sym.file}: the switch table gcc made for {old.name} (CSWTCH) differs; "
+                                     "create-diff-object and klp-diff compare such tables by name only, "
+                                     f"so the kernel tools would not patch {old.name}")
             continue
         if kernel_rules.is_init_section(old.section) or kernel_rules.is_init_section(sym.section):
             refusals.append(f"{sym.file}: changed function {old.name} is init code ({old.section}): "
@@ -263,8 +280,13 @@ def _report_objects(pair: "_Pair") -> Diff:
             changed_syms.append(sym)
             diff.changed.append(old.name)
             diff.reasons[old.name] = why
+    for child in split_changes:
+        diff.warnings.append(f"{child.file}: {child.name} changed; it has an fentry call of its own, so "
+                             f"create-diff-object carries it but lists and patches no function for it "
+                             f"({child.parent.name} is unchanged): patch {child.parent.name} to reach it")
     new_funcs = {s.handle: s for s in pair.new.listed("func") if pair.counterpart(s) is None
                  and not kernel_rules.is_init_section(s.section)}
+    new_globals = [s for s in pair.new.listed("data") if pair.counterpart(s) is None and not s.local]
     carried = _reached(changed_syms + [s for s in new_funcs.values() if not s.local], pair.new)
     diff.new = sorted({s.name for h, s in new_funcs.items() if h in carried})
     diff.removed = sorted(s.name for s in pair.old.listed("func") if s.ident not in pair.matched_old)
@@ -273,14 +295,119 @@ def _report_objects(pair: "_Pair") -> Diff:
         old = pair.counterpart(sym)
         if old is not None and old.name != sym.name and sym.parent is None:
             diff.renamed[sym.name] = old.name
-    if not refusals and not diff.changed and not any(not new_funcs[h].local for h in carried
-                                                       if h in new_funcs):
+    users = _direct_users([(s, pair.counterpart(s).name) for s in changed_syms]
+                          + [(s, s.name) for h, s in new_funcs.items() if h in carried])
+    refusals = _data_problems(pair, lambda old, new: users.get(new.handle)
+                              if kernel_rules.carries_changed_data(new.section) else None, diff) + refusals
+    refusals += _lost_static_local_references(pair, ignored)
+    refusals += _mismatched_symbols(pair)
+    refusals += _grown_shared_data_sections(pair, users)
+    for name, table in sorted(pair.new.export_tables.items()):
+        if name in pair.old.export_tables and pair.old.export_tables[name] != table:
+            refusals.append(f"changed section {name} not selected for inclusion: the patch adds or removes "
+                            "an export (EXPORT_SYMBOL); a live patch cannot carry exports")
+    if (not refusals and not diff.changed and not split_changes and not new_globals
+            and not any(not new_funcs[h].local for h in carried if h in new_funcs)):
         refusals.append("no changed functions were found: the objects differ only in moved lines, "
-                        "renumbered names or metadata; there is nothing to patch")
+                        "renumbered names or metadata; there is nothing to patch"
+                        + "".join(f"\nnote: {w}" for w in diff.warnings))
     if refusals:
         raise PatchError("\n".join(refusals))
     diff.changed.sort()
     return diff
+
+
+def _direct_users(funcs) -> dict:
+    """handle -> name of the first function of funcs ((sym, name to say), ...)
+    whose code (or a child's) refers to it."""
+    users = {}
+    for sym, name in funcs:
+        for part in [sym, *sym.children]:
+            for handle in _target_handles(part.relocs, part.extras):
+                users.setdefault(handle, name)
+    return users
+
+
+def _lost_static_local_references(pair: "_Pair", ignored) -> list[str]:
+    """create-diff-object correlates a static local (count.3) by the functions
+    and data that refer to it: each reference the original has must still be
+    there, from the same function (or its children) or object, to the
+    patched twin (kpatch_correlate_static_local_variables)."""
+    twins = {ident: pair.new.by_ident[new] for new, ident in pair.match.items()}
+    problems = []
+    for old in list(pair.old.listed("func")) + list(pair.old.listed("data")):
+        if old.name in ignored:
+            continue
+        used = [h for part in [old, *old.children] for h in _target_handles(part.relocs)]
+        statics = [pair.old.syms[h] for h in dict.fromkeys(used)
+                   if h in pair.old.syms and _is_normal_static_local(pair.old.syms[h]) and h != old.handle]
+        if not statics:
+            continue
+        new = twins.get(old.ident)
+        reached = set()
+        if new is not None:
+            reached = {h for part in [new, *new.children] for h in _target_handles(part.relocs)}
+        for var in statics:
+            twin = twins.get(var.ident)
+            if new is None or twin is None or twin.handle not in reached:
+                where = old.name if new is None else f"{old.name} (the patched {new.name} has none)"
+                problems.append(f"{old.file}: reference to static local variable {var.name} in {where} "
+                                "was removed: create-diff-object cannot correlate it; keep the reference "
+                                "or move the state to a shadow variable")
+    return problems
+
+
+def _grown_shared_data_sections(pair: "_Pair", users: dict) -> list[str]:
+    """A new data object in a section the original has and shares with other
+    data (not one of its own) changes that section: create-diff-object
+    refuses it unless a changed or carried function includes the section and
+    it is not .data*/.bss* (kpatch_verify_patchability); .rodata itself is
+    always included."""
+    problems = []
+    for new in pair.new.listed("data"):
+        section = new.section
+        if (pair.counterpart(new) is not None or section not in pair.old.section_names
+                or section == ".rodata" or kernel_rules.own_data_section(new.name, section)):
+            continue
+        included = new.handle in users or not new.local
+        if included and kernel_rules.carries_changed_data(section):
+            continue
+        if included:
+            problems.append(f"{new.file}: data section {section} selected for inclusion: the new "
+                            f"{new.label} shares it with the original's data, which a patch cannot change")
+        else:
+            problems.append(f"{new.file}: changed section {section} not selected for inclusion: the new "
+                            f"{new.label} is added to it and nothing the patch carries uses it")
+    return problems
+
+
+def _mismatched_symbols(pair: "_Pair") -> list[str]:
+    """Correlated functions and data whose binding differs, or that moved to
+    another section (not between .text, .text.unlikely and .text.hot):
+    create-diff-object's kpatch_compare_correlated_symbol stops on them."""
+    problems = []
+    for new in pair.new.syms.values():
+        old = pair.counterpart(new)
+        if old is None:
+            continue
+        if old.bind != new.bind:
+            problems.append(f"{new.file}: symbol info mismatch: {old.name} is {old.bind} in the original, "
+                            f"{new.bind} in the patched object")
+            continue
+        moved = _NUMBERS.sub("", old.section) != _NUMBERS.sub("", new.section)
+        if not moved or (new.kind == "func" and kernel_rules.subsection(old.section)
+                         != kernel_rules.subsection(new.section)):
+            continue
+        if new.kind == "data" and _data_change(pair, old, new):
+            continue        # said already, in its own words
+        problems.append(f"{new.file}: symbol changed sections: {old.name} ({old.section} in the original, "
+                        f"{new.section} in the patched object)")
+    return problems
+
+
+def _is_normal_static_local(sym: "_Sym") -> bool:
+    """A static local (name.N) that is not one of the special statics: kpatch_is_normal_static_local."""
+    return sym.kind == "data" and sym.local and "." in sym.name and not sym.name.startswith(".L")
 
 
 def _reached(roots, side: "_Side") -> set:
@@ -490,15 +617,38 @@ def _uncarried_inlines(pair: "_Pair", plain: "_Pair", diff: Diff) -> list[str]:
 
 
 def _refuse_data_changes(pair: "_Pair") -> None:
+    problems = _data_problems(pair)
+    if problems:
+        raise PatchError("\n".join(problems))
+
+
+def _data_problems(pair: "_Pair", carried=None, diff: Diff | None = None) -> list[str]:
+    """One line per existing data object whose size, layout, writability or
+    initial value changes. carried(old, new): True when a changed initial
+    value travels with the patch as its own copy (kernel objects: read-only
+    data a changed function uses); then the function's reason says so."""
     problems = []
     for new in pair.new.listed("data"):
         old = pair.counterpart(new)
-        if old is not None:
-            why = _data_change(pair, old, new)
-            if why:
-                problems.append(f"{new.file}: {new.label} {why}")
-    if problems:
-        raise PatchError("\n".join(problems))
+        if old is None:
+            continue
+        why = _data_change(pair, old, new)
+        if not why:
+            continue
+        if carried is not None and old.size == new.size and why.startswith("changes its initial value"):
+            user = carried(old, new)
+            if user:
+                if diff is not None:
+                    diff.carried_data.append(new.name)
+                    if user in diff.reasons:
+                        diff.reasons[user] += (f"; uses {new.label}, whose initial value changes "
+                                               "(read-only: the patch carries its own copy)")
+                continue
+            problems.append(f"{new.file}: changed section {new.section} not selected for inclusion: "
+                            f"{new.label} changes its initial value and no changed function uses it")
+            continue
+        problems.append(f"{new.file}: {new.label} {why}")
+    return problems
 
 
 def _data_change(pair: "_Pair", old: "_Sym", new: "_Sym") -> str | None:
@@ -546,19 +696,28 @@ class _Sym:
     children: list = field(default_factory=list)   # .cold and .part parts of a function
     parent: "_Sym | None" = None
     section: str = ""        # the ELF section that holds it
+    bind: str = ""           # STB_LOCAL, STB_GLOBAL or STB_WEAK
     fentry: bool = False     # starts with the fentry NOP or `call __fentry__`
     extras: tuple = ()       # alternatives that replace its instructions: ((offset, target), ...)
+    tables: tuple = ()       # kernel objects: contents of the switch tables it uses (not compared)
 
 
 class _Side:
     """The functions and data objects of one side's objects, with identities."""
 
-    def __init__(self, objects, *, dwarf: bool = True):
+    def __init__(self, objects, *, dwarf: bool = True, kernel: bool = False):
         self.syms: dict[tuple, _Sym] = {}
         self.dwarf = _Dwarf()
-        readers = [_ObjectReader(data, name, i, dwarf=dwarf) for i, (name, data) in enumerate(objects)]
+        readers = [_ObjectReader(data, name, i, dwarf=dwarf, kernel=kernel)
+                   for i, (name, data) in enumerate(objects)]
         # KPATCH_IGNORE_FUNCTION: functions that are never compared
         self.ignored_functions = frozenset().union(*(r.ignored_functions for r in readers))
+        self.section_names = frozenset(sec.name for r in readers for sec in r.sections)
+        # EXPORT_SYMBOL's tables, compared whole (kernel objects)
+        self.export_tables = {name: b"".join(sec.data() for r in readers for sec in r.sections
+                                             if sec.name == name and sec["sh_type"] != "SHT_NOBITS")
+                              for name in kernel_rules.EXPORT_TABLES
+                              if any(sec.name == name for r in readers for sec in r.sections)}
         for r in readers:
             for sym in r.symbols():
                 self.syms[sym.handle] = sym
@@ -713,6 +872,11 @@ class _Pair:
     def differs(self, old: _Sym, new: _Sym) -> bool:
         return self.own_differs(old, new) or self.children_differ(old, new)
 
+    def child_pairs(self, old: _Sym, new: _Sym) -> list[tuple[_Sym, _Sym]]:
+        """old's and new's .cold and .part children, paired by name without numbers."""
+        return list(zip(sorted(old.children, key=lambda c: c.loose),
+                        sorted(new.children, key=lambda c: c.loose)))
+
     def children_differ(self, old: _Sym, new: _Sym) -> bool:
         olds = sorted(old.children, key=lambda c: c.loose)
         news = sorted(new.children, key=lambda c: c.loose)
@@ -800,8 +964,10 @@ class _Pair:
 class _ObjectReader:
     """The functions and data objects of one relocatable object, with resolved relocations."""
 
-    def __init__(self, data: bytes, file: str, index: int, *, dwarf: bool = True):
+    def __init__(self, data: bytes, file: str, index: int, *, dwarf: bool = True, kernel: bool = False):
         self.file, self.index = file, index
+        # kernel: compare as the kernel tools do (a switch table by its name)
+        self.kernel = kernel
         self.elf = ELFFile(io.BytesIO(data))
         self.sections = list(self.elf.iter_sections())
         symtab = symbol_table(self.elf)
@@ -925,13 +1091,36 @@ class _ObjectReader:
         start = s["st_value"]
         body = None if sec["sh_type"] == "SHT_NOBITS" else sec.data()[start:start + size]
         relocs = self._relocs_in(shndx, start, start + size, frozenset({shndx}))
-        extras = ()
+        extras = tables = ()
         if kind == "func":
             extras = tuple(self._replacement(where - start, r, end)
                            for where, r, end in self.alternatives.get(shndx, ()) if start <= where < start + size)
+            if self.kernel:
+                tables = self._switch_tables(shndx, start, start + size)
         return _Sym(self._handle(s), self.index, s.name, self.file, local, kind, body, size, relocs,
                     writable=bool(flags & SH_FLAGS.SHF_WRITE), section=sec.name,
-                    fentry=kind == "func" and self._has_fentry(body or b"", relocs), extras=extras)
+                    fentry=kind == "func" and self._has_fentry(body or b"", relocs), extras=extras,
+                    tables=tables, bind=s["st_info"]["bind"])
+
+    def _switch_tables(self, shndx: int, start: int, end: int) -> tuple:
+        """The contents of the switch tables (CSWTCH.N) the code in [start, end)
+        refers to, in order: what the kernel tools leave uncompared."""
+        out = []
+        for off, typ, symidx, addend in self.relocs.get(shndx, ()):
+            if not start <= off < end:
+                continue
+            s = self.symtab[symidx]
+            target = s["st_shndx"]
+            if not isinstance(target, int):
+                continue
+            if s["st_info"]["type"] == "STT_SECTION":
+                s = self._covering(target, addend + self._pc_correction(shndx, off, typ))
+            if s is not None and kernel_rules.is_switch_table(s.name):
+                data = self.sections[target]
+                lo = s["st_value"]
+                raw = b"" if data["sh_type"] == "SHT_NOBITS" else data.data()[lo:lo + s["st_size"]]
+                out.append(raw)
+        return tuple(out)
 
     def _replacement(self, offset: int, lo: int, hi: int) -> tuple:
         """An alternative of the instruction at offset: its replacement's code and relocations."""
@@ -984,6 +1173,8 @@ class _ObjectReader:
         section = self.sections[shndx].name
         if section == kernel_rules.ALTINSTR_AUX:
             return ("special", section)
+        if self.kernel and kernel_rules.is_switch_table(name):
+            return ("special", "CSWTCH")
         kind = kernel_rules.special_static_kind(name, section)
         if kind is None and not self.sections[shndx]["sh_flags"] & SH_FLAGS.SHF_EXECINSTR:
             kind = kernel_rules.special_section_kind(section)

@@ -26,6 +26,25 @@ which, so that emu/images/diff.py compares what matters:
 - Both fentry forms: `call __fentry__` (with its relocation) as gcc emits it
   with -mrecord-mcount and without -mnop-mcount, and the 5-byte NOP the
   kernel turns it into at boot.
+- gcc's switch tables (`CSWTCH.N`) are special statics too: a reference to
+  one equals a reference to another whatever the tables hold
+  (create-diff-object's is_special_static and rela_equal, klp-diff's
+  is_uncorrelated_static_local). A function whose only change is the
+  contents of its table is not changed to the kernel tools.
+- Changed data: create-diff-object refuses a changed data object unless a
+  changed function includes it and its section is not `.data*`/`.bss*`
+  (kpatch_verify_patchability): changed read-only data travels with the
+  changed function that uses it, as the patch's own copy.
+- A new data object in a section it shares with the original's data
+  (`__read_mostly`, per-CPU, ...) changes that section: refused unless a
+  changed function includes it and it is not `.data*`/`.bss*`.
+- The export tables (`__ksymtab_strings`, `.export_symbol` since 6.5) are
+  compared: an export added or removed while the file keeps others changes
+  them, and no function carries them ("changed section ... not selected for
+  inclusion").
+- Static locals are correlated by the functions that refer to them
+  (kpatch_correlate_static_local_variables): a reference the original has
+  and the patched object lost is refused.
 - Init code (`.init.text`, `__init`) has run and been freed: a change to it
   cannot be patched. Functions named by KPATCH_IGNORE_FUNCTION and sections
   named by KPATCH_IGNORE_SECTION are not compared.
@@ -39,7 +58,9 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 __all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "special_section_kind",
            "is_init_section", "is_ignored_section", "subsection", "line_macro_change_only",
-           "decode", "is_prefix_function", "own_section", "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX"]
+           "decode", "is_prefix_function", "own_section", "is_switch_table", "carries_changed_data",
+           "own_data_section",
+           "IGNORE_FUNCTIONS_SECTION", "IGNORE_SECTIONS_SECTION", "ALTINSTR_AUX", "EXPORT_TABLES"]
 
 FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
 
@@ -77,6 +98,8 @@ _SPECIAL_PREFIXES = (".discard", ".kpatch", "__ksymtab", "___ksymtab", ".initcal
                      ".con_initcall", ".debug_", ".rela", ".note", ".BTF", "__ex_table",
                      ".klp.", "__klp")
 ALTINSTR_AUX = ".altinstr_aux"
+# EXPORT_SYMBOL's tables: create-diff-object never includes them for a function
+EXPORT_TABLES = ("__ksymtab_strings", ".export_symbol")
 IGNORE_FUNCTIONS_SECTION = ".kpatch.ignore.functions"
 IGNORE_SECTIONS_SECTION = ".kpatch.ignore.sections"
 
@@ -108,6 +131,34 @@ def special_static_kind(name: str, section: str) -> str | None:
         if last in _SPECIAL_STATICS:           # clang: function.__key
             return last
     return None
+
+
+_SWITCH_TABLE = re.compile(r"^CSWTCH\.\d+$")
+
+
+def is_switch_table(name: str) -> bool:
+    """True for a table gcc made for a switch (CSWTCH.N): the kernel tools
+    compare references to it by name, never by what it holds."""
+    return bool(_SWITCH_TABLE.match(name))
+
+
+def own_data_section(name: str, section: str) -> bool:
+    """True when a data object has a section of its own (what -fdata-sections
+    gives: .data.NAME, .bss.NAME, .rodata.NAME, .data.rel[.ro].NAME;
+    create-diff-object's is_bundleable). Objects in a section they share
+    (.data..read_mostly, .data..percpu, ...) change that section when one is
+    added."""
+    return section in {f"{p}.{name}" for p in (".data", ".bss", ".rodata", ".data.rel", ".data.rel.ro")}
+
+
+def carries_changed_data(section: str) -> bool:
+    """True when create-diff-object lets a changed object of this section
+    travel with a changed function that uses it: anything but .data* and
+    .bss* (kpatch_verify_patchability; .data.once and .data.unlikely hold
+    only WARN flags)."""
+    if section in (".data.once", ".data.unlikely"):
+        return True
+    return not section.startswith((".data", ".bss"))
 
 
 def special_section_kind(section: str) -> str | None:

@@ -14,6 +14,7 @@
 #define __sched __attribute__((__section__(".sched.text")))
 #define noinline __attribute__((__noinline__))
 #define __used __attribute__((__used__))
+#define __read_mostly __attribute__((__section__(".data..read_mostly")))
 #define likely(x) __builtin_expect(!!(x), 1)
 #define unlikely(x) __builtin_expect(!!(x), 0)
 #define __stringify_1(x) #x
