@@ -40,6 +40,25 @@ def observed(m, key):
     return [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
 
 
+def patched_run(orig, new, support, model_name, *, changed):
+    """orig (with support: the kernel's stubs and the tasks) as the base, live
+    patched from new's changed functions at 20,000 under model_name, run for
+    30 s; the transition completed. The machine."""
+    d = diff_objects(orig, new)
+    assert d.changed == changed and d.new == []
+    base = build_c([orig, support], base=0x400000, name="vmlinux")
+    m = Machine(base, cpus=2, quantum=500)
+    m.add_task("user", "user_entry", (0,))
+    image = build_c([new], base=m.module_base(), name="patch", link_against=base, keep=d.carry)
+    m.load(image)
+    model = make_model(model_name, m)
+    patch = model.add(make_patch(m, "p1", image, d.changed))
+    m.at(20_000, lambda: model.enable(patch))
+    m.run(until=m.seconds(30))
+    assert model.transitions[0].result == "completed"
+    return m
+
+
 def test_the_object_loads_with_stubs_and_fentry_nops(objects):
     orig, _ = objects
     raw = orig.read_bytes()
@@ -54,19 +73,7 @@ def test_the_object_loads_with_stubs_and_fentry_nops(objects):
 
 @pytest.mark.parametrize("model_name", sorted(MODELS))
 def test_a_kernel_object_is_live_patched_from_its_patched_object(objects, model_name):
-    orig, new = objects
-    d = diff_objects(orig, new)
-    assert d.changed == ["counter_next"] and d.new == []
-    base = build_c([orig, KOBJ / "kstubs.c"], base=0x400000, name="vmlinux")
-    m = Machine(base, cpus=2, quantum=500)
-    m.add_task("user", "user_entry", (0,))
-    image = build_c([new], base=m.module_base(), name="patch", link_against=base, keep=d.carry)
-    m.load(image)
-    model = make_model(model_name, m)
-    patch = model.add(make_patch(m, "p1", image, d.changed))
-    m.at(20_000, lambda: model.enable(patch))
-    m.run(until=m.seconds(30))
-    assert model.transitions[0].result == "completed"
+    m = patched_run(*objects, KOBJ / "kstubs.c", model_name, changed=["counter_next"])
     values = observed(m, 1)
     # the old counter_next returns the value before the increment, the new one after
     assert values[:3] == [0, 1, 2]
@@ -234,19 +241,7 @@ def table_objects(tmp_path_factory):
 def test_a_changed_read_only_table_travels_with_the_function_that_uses_it(table_objects, model_name):
     # create-diff-object carries changed read-only data with its changed user:
     # the new sub_weight reads the patch's own copy of sub_weights
-    orig, new = table_objects
-    d = diff_objects(orig, new)
-    assert d.changed == ["sub_weight"] and d.new == []
-    base = build_c([orig, KOBJ / "subsys_tasks.c"], base=0x400000, name="vmlinux")
-    m = Machine(base, cpus=2, quantum=500)
-    m.add_task("user", "user_entry", (0,))
-    image = build_c([new], base=m.module_base(), name="patch", link_against=base, keep=d.carry)
-    m.load(image)
-    model = make_model(model_name, m)
-    patch = model.add(make_patch(m, "p1", image, d.changed))
-    m.at(20_000, lambda: model.enable(patch))
-    m.run(until=m.seconds(30))
-    assert model.transitions[0].result == "completed"
+    m = patched_run(*table_objects, KOBJ / "subsys_tasks.c", model_name, changed=["sub_weight"])
     values = observed(m, 1)
     # the old sub_weight(2) is sub_weights[2] = 4; the new one sub_weights[3], 16 in the new table
     assert values[:2] == [4, 4] and values[-1] == 16 and set(values) == {4, 16}
