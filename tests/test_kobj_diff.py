@@ -148,7 +148,8 @@ def test_objects_and_sources_are_not_mixed_and_bad_files_are_named(tmp_path):
 
 _REG = st.sampled_from([b"\xba", b"\xbe", b"\x41\xba", b"\x41\xbe"])
 _WARN = st.sampled_from(["warn_slowpath_fmt", "__warn_printk", "__might_sleep", "__might_fault",
-                         "_printk", "printk", "lockdep_rcu_suspicious", "__might_resched"])
+                         "_printk", "printk", "lockdep_rcu_suspicious", "__might_resched",
+                         "__btrfs_abort_transaction", "__btrfs_handle_fs_error", "__btrfs_panic"])
 
 
 @settings(max_examples=200, deadline=None)

@@ -64,10 +64,12 @@ __all__ = ["FENTRY_CALL_TARGETS", "WARN_FUNCTIONS", "special_static_kind", "spec
 
 FENTRY_CALL_TARGETS = frozenset({"__fentry__", "mcount", "__mcount"})
 
-# Helpers whose arguments include __LINE__ (create-diff-object's list, with the
-# names newer kernels use: _printk since 5.15, __might_resched since 5.16).
+# Helpers whose arguments include __LINE__ (create-diff-object's list, with
+# the names newer kernels use: _printk since 5.15, __might_resched since 5.16;
+# kpatch added _printk and btrfs's three in its PR #1254).
 WARN_FUNCTIONS = frozenset({"__warn_printk", "__might_sleep", "___might_sleep", "__might_resched",
-                            "__might_fault", "printk", "_printk", "lockdep_rcu_suspicious"})
+                            "__might_fault", "printk", "_printk", "lockdep_rcu_suspicious",
+                            "__btrfs_abort_transaction", "__btrfs_handle_fs_error", "__btrfs_panic"})
 _WARN_PREFIX = "warn_slowpath_"
 
 # Static locals that are never correlated: name (gcc: "name.N", clang:
