@@ -333,6 +333,8 @@ def load(path) -> Scenario:
             raise r.error(key, "names no file")
         out = []
         for name in names:
+            if "\0" in name:                          # no path holds one (the OS refuses it)
+                raise r.error(key, f"{_short(name)}: a file name cannot hold a NUL character")
             try:
                 p = (here / name).resolve(strict=True)
             except FileNotFoundError:
@@ -368,6 +370,9 @@ def load(path) -> Scenario:
                                         for v in features):
         raise prog.error("cpu_features", "must be a list of integers (X86_FEATURE_* numbers)")
     scn.cpu_features = features
+    nul = [f for f in scn.cflags if "\0" in f]            # gcc's argv cannot hold one
+    if nul:
+        raise prog.error("cflags", f"{_short(nul[0])}: a flag cannot hold a NUL character")
     if sum(len(f) for f in scn.cflags) > MAX_CFLAGS:
         raise prog.error("cflags", f"{sum(len(f) for f in scn.cflags)} characters of flags (at most {MAX_CFLAGS})")
     prog.finish()
