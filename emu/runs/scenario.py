@@ -817,11 +817,10 @@ def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list
     sources define differently from the program (emu/images/diff.py). Raises
     PatchError when the patch changes existing data."""
     from emu.images.diff import diff_objects, patch_plan
+    from emu.images.elf import is_elf_file
 
-    def elf(f: Path) -> bool:
-        return f.read_bytes()[:4] == b"\x7fELF"
-    objects, program_objects = [f for f in p.sources if elf(f)], [f for f in scn.sources if elf(f)]
-    sources = [f for f in p.sources if not elf(f)]
+    objects, program_objects = [f for f in p.sources if is_elf_file(f)], [f for f in scn.sources if is_elf_file(f)]
+    sources = [f for f in p.sources if not is_elf_file(f)]
     why = None
     if objects and sources:
         why = "the patch mixes ELF objects and sources"
