@@ -119,7 +119,7 @@ def _spec_from_args(runner, args):
                        if args.sched_seed is not None else spec.sched_seed)
     if args.preempt:
         spec = replace(spec, preempt=args.preempt)
-    if args.tasks:
+    if args.tasks is not None:
         names = [n for n in args.tasks.split(",") if n]
         runner.check_tasks(names, "--tasks")
         spec = replace(spec, tasks=tuple(names))
