@@ -377,6 +377,8 @@ ROWS = [
     ("--trace ''", lambda d: scn(d, SCENARIO, "--trace", ""), ["argument --trace: an empty path names no file"]),
     ("--tasks naming no task (',')", lambda d: scn(d, SCENARIO, "--tasks", ","),
      ["--tasks: names no task (tasks: user; leave it out for all)"]),
+    ("check.unit naming no function", lambda d: scn(d, SCENARIO + '\n[check]\nunit = "nope"\n'),
+     ["s.toml:20: check.unit: no function 'nope' in the program"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
      ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
 ]

@@ -146,6 +146,7 @@ class Scenario:
     patches: list[PatchSpec] = field(default_factory=list)
     actions: list[ActionSpec] = field(default_factory=list)
     unit: str = "syscall"
+    unit_line: int = 0          # the line of [check] unit, for build()'s messages
     assertions: list[Assertion] = field(default_factory=list)
     fuzz: FuzzSpec = field(default_factory=FuzzSpec)
     expect: dict[str, tuple[str, ...]] = field(default_factory=dict)    # model -> expectations
@@ -495,6 +496,7 @@ def load(path) -> Scenario:
 
     chk = table("check")
     scn.unit = _function_name(chk, "unit", chk.get("unit", str, "syscall"))
+    scn.unit_line = chk.line("unit")
     for text in chk.str_list("assert", []):
         scn.assertions.append(_assertion(chk, "assert", text, None))
     observe = chk.get("observe", dict, {})
@@ -760,13 +762,13 @@ def build(scn: Scenario) -> Program:
             raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: no function '{fname}' "
                                 f"in {'module ' + obj if obj else 'the program'}")
     if scn.unit != "syscall" and scn.unit not in known:
-        raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
+        raise ScenarioError(f"{scn.path}:{scn.unit_line}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")
     if scn.unit != "syscall":
         obj, _, fname = scn.unit.rpartition(":")
         if (prog.modules[obj] if obj else base).functions[fname].site is None:
-            raise ScenarioError(f"{scn.path}: check.unit: '{scn.unit}' has no fentry site, so its units "
-                                f"cannot be traced (was it built with -mfentry, or is it notrace?)")
+            raise ScenarioError(f"{scn.path}:{scn.unit_line}: check.unit: '{scn.unit}' has no fentry site, so its "
+                                f"units cannot be traced (was it built with -mfentry, or is it notrace?)")
     patched: set[str] = set()
     for p in scn.patches:
         # the diff refuses data changes (PatchError) even when functions are listed
