@@ -379,6 +379,12 @@ ROWS = [
      ["--tasks: names no task (tasks: user; leave it out for all)"]),
     ("check.unit naming no function", lambda d: scn(d, SCENARIO + '\n[check]\nunit = "nope"\n'),
      ["s.toml:20: check.unit: no function 'nope' in the program"]),
+    ("a source named twice", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["base.c", "./base.c"]')),
+     ["s.toml:2: program.sources: ./base.c: named twice (a file is compiled and linked once)"]),
+    ("a stub that is also a source", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["base.c"]\nstubs = ["base.c"]')),
+     ["s.toml:3: program.stubs: base.c: named twice"]),
+    ("an empty cflag", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-O2", ""]')),
+     ["s.toml:3: program.cflags: holds an empty flag"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
      ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
 ]

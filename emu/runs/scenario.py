@@ -328,7 +328,9 @@ def load(path) -> Scenario:
     top = _Reader(path, lines, (), data, "scenario")
     here = path.parent
 
-    def files(r: _Reader, key: str, *, required: bool = True) -> list[Path]:
+    def files(r: _Reader, key: str, *, required: bool = True, besides: list[Path] = ()) -> list[Path]:
+        """The files key names, each a regular file named once (here or in
+        besides: a file compiled twice would define everything twice)."""
         names = r.str_list(key, required=required) or []
         if required and not names:
             raise r.error(key, "names no file")
@@ -344,6 +346,8 @@ def load(path) -> Scenario:
                 raise r.error(key, f"{name}: {getattr(exc, 'strerror', None) or exc}") from None
             if not p.is_file():
                 raise r.error(key, f"not a regular file: {name}")
+            if p in out or p in besides:
+                raise r.error(key, f"{name}: named twice (a file is compiled and linked once)")
             out.append(p)
         return out
 
@@ -362,7 +366,8 @@ def load(path) -> Scenario:
         raise ScenarioError(f"{path}: missing table [program]")
     # stubs: C implementations of kernel symbols that kernel objects in sources
     # call (emu/images/kobject.py stubs the rest); linked with the sources
-    scn = Scenario(path, files(prog, "sources") + files(prog, "stubs", required=False),
+    sources = files(prog, "sources")
+    scn = Scenario(path, sources + files(prog, "stubs", required=False, besides=sources),
                    prog.str_list("cflags", []))
     # cpu_features: X86_FEATURE_* numbers the CPU has; kernel objects' alternatives
     # are applied for them (absent: left original)
@@ -374,6 +379,8 @@ def load(path) -> Scenario:
     nul = [f for f in scn.cflags if "\0" in f]            # gcc's argv cannot hold one
     if nul:
         raise prog.error("cflags", f"{_short(nul[0])}: a flag cannot hold a NUL character")
+    if "" in scn.cflags:                                   # gcc would take it for a file name
+        raise prog.error("cflags", "holds an empty flag")
     if sum(len(f) for f in scn.cflags) > MAX_CFLAGS:
         raise prog.error("cflags", f"{sum(len(f) for f in scn.cflags)} characters of flags (at most {MAX_CFLAGS})")
     prog.finish()
