@@ -385,6 +385,8 @@ ROWS = [
      ["s.toml:3: program.stubs: base.c: named twice"]),
     ("an empty cflag", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-O2", ""]')),
      ["s.toml:3: program.cflags: holds an empty flag"]),
+    ("a patch name with a '/'", lambda d: scn(d, SCENARIO.replace('name = "p"', 'name = "../p"').replace('patch = "p"', 'patch = "../p"')),
+     ["s.toml:10: patch[0].name: '../p' is not a patch name (non-empty, no ':', '/' or NUL)"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
      ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
 ]

@@ -440,8 +440,10 @@ def load(path) -> Scenario:
 
     def image_name(r: _Reader, what: str) -> str:
         name = r.get("name", str, required=True)
-        if not name or ":" in name:
-            raise r.error("name", f"{name!r} is not a {what} name (non-empty, no ':')")
+        # the kernel's module name: a directory of /sys/kernel/livepatch and
+        # /sys/module (model.sysfs() paths), so no '/' and no NUL; ':' parts module:f
+        if not name or any(c in name for c in ":/\0"):
+            raise r.error("name", f"{_short(name)} is not a {what} name (non-empty, no ':', '/' or NUL)")
         if name in images:
             raise r.error("name", f"'{name}' is already the name of {images[name]}: the program, its "
                                   f"modules and its patches each need a name of their own")
