@@ -197,6 +197,31 @@ def symlink_loop(d):
     return scn(d, SCENARIO.replace('["base.c"]', '["loop1.c"]'))
 
 
+def section_past_2_63(d):
+    """patch.o whose .text.bar section starts at 2^64-1: an offset seek() cannot take."""
+    import struct
+    objects(d)
+    data = bytearray((d / "patch.o").read_bytes())
+    shoff, shnum, shstrndx = struct.unpack_from("<Q", data, 0x28)[0], *struct.unpack_from("<HH", data, 0x3c)
+    names = struct.unpack_from("<Q", data, shoff + shstrndx * 64 + 24)[0]
+    for i in range(shnum):
+        header = shoff + i * 64
+        start = names + struct.unpack_from("<I", data, header)[0]
+        if data[start:data.index(0, start)] == b".text.bar":
+            struct.pack_into("<Q", data, header + 24, (1 << 64) - 1)
+    (d / "patch.o").write_bytes(bytes(data))
+    return ["diff", d / "base.o", d / "patch.o"]
+
+
+def campaign_json_endless(d):
+    """A campaign whose campaign.json became a link to /dev/zero: --resume
+    must not read it to the end (there is none)."""
+    assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+    (d / "c" / "campaign.json").unlink()
+    (d / "c" / "campaign.json").symlink_to("/dev/zero")
+    return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
+
+
 def changed_program(d):
     assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "2", "--jobs", "1", "--out", str(d / "c")]) == 0
     edit(d, "base.c", "return 5 + zero;", "return 6 + zero;")
@@ -340,6 +365,30 @@ ROWS = [
      ["--window 'a:b': it chooses the span of --timeline"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
+    ("a source name holding a NUL", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["ba\\u0000se.c"]')),
+     ["s.toml:2: program.sources: 'ba\\x00se.c': a file name cannot hold a NUL character"]),
+    ("cflags holding a NUL", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-DX=\\u0000"]')),
+     ["s.toml:3: program.cflags: '-DX=\\x00': a flag cannot hold a NUL character"]),
+    ("diff of a file the system cannot read (/proc/self/mem)", lambda d: ["diff", "/proc/self/mem", d / "base.c"],
+     ["/proc/self/mem: cannot read it (Input/output error)"]),
+    ("diff of an object with a section at 2^64-1", section_past_2_63, ["patch.o: cannot read the new object"]),
+    ("--out ''", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--out", "", command="fuzz"),
+     ["argument --out: an empty path names no file"]),
+    ("--trace ''", lambda d: scn(d, SCENARIO, "--trace", ""), ["argument --trace: an empty path names no file"]),
+    ("--tasks naming no task (',')", lambda d: scn(d, SCENARIO, "--tasks", ","),
+     ["--tasks: names no task (tasks: user; leave it out for all)"]),
+    ("check.unit naming no function", lambda d: scn(d, SCENARIO + '\n[check]\nunit = "nope"\n'),
+     ["s.toml:20: check.unit: no function 'nope' in the program"]),
+    ("a source named twice", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["base.c", "./base.c"]')),
+     ["s.toml:2: program.sources: ./base.c: named twice (a file is compiled and linked once)"]),
+    ("a stub that is also a source", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["base.c"]\nstubs = ["base.c"]')),
+     ["s.toml:3: program.stubs: base.c: named twice"]),
+    ("an empty cflag", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-O2", ""]')),
+     ["s.toml:3: program.cflags: holds an empty flag"]),
+    ("a patch name with a '/'", lambda d: scn(d, SCENARIO.replace('name = "p"', 'name = "../p"').replace('patch = "p"', 'patch = "../p"')),
+     ["s.toml:10: patch[0].name: '../p' is not a patch name (non-empty, no ':', '/' or NUL)"]),
+    ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
+     ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
 ]
 
 
@@ -522,3 +571,10 @@ def test_the_reproduce_command_survives_spaces_in_paths_and_names(tmp_path, caps
     assert again[0] == "lpemu" and str(d / "s.toml") in again and "user one" in again
     assert cli.main(again[1:] + ["--json"]) == code
     assert json.loads(capsys.readouterr().out)["trace_hash"] == first["trace_hash"]
+
+
+def test_a_source_the_system_cannot_read_is_named(d, capsys):
+    """A scenario source that is a file whose reads fail (here a /proc file
+    that answers EIO) is one message naming it, not a traceback."""
+    code, _, err = run_row(d, capsys, "proc", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["/proc/self/mem"]')))
+    assert code == 2 and err.startswith("lpemu: error: /proc/") and "/mem: cannot read it (" in err, err

@@ -47,6 +47,15 @@ def _table(headers, rows) -> str:
     return format_table(headers, rows, width=width_of(sys.stdout))
 
 
+def _path(text: str) -> str:
+    """argparse type of a file or directory argument: an empty one is refused
+    (Path("") is the current directory: --out "" would write into it, and
+    --trace "" would silently write nothing)."""
+    if not text:
+        raise argparse.ArgumentTypeError("an empty path names no file")
+    return text
+
+
 def _int_in(lo: int, hi: int):
     """An argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
     def parse(text: str) -> int:
@@ -110,7 +119,7 @@ def _spec_from_args(runner, args):
                        if args.sched_seed is not None else spec.sched_seed)
     if args.preempt:
         spec = replace(spec, preempt=args.preempt)
-    if args.tasks:
+    if args.tasks is not None:
         names = [n for n in args.tasks.split(",") if n]
         runner.check_tasks(names, "--tasks")
         spec = replace(spec, tasks=tuple(names))
@@ -656,7 +665,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=_demo)
 
     def one_run(sp):
-        sp.add_argument("scenario", help="scenario file (TOML)")
+        sp.add_argument("scenario", type=_path, help="scenario file (TOML)")
         sp.add_argument("--model", required=True, choices=MODEL_NAMES, help="consistency model")
         sp.add_argument("--seed", type=_int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
                         "(default: 0)")
@@ -671,8 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--tasks", help="comma-separated task names that take part (default: all)")
         sp.add_argument("--kernel", metavar="VERSION", help="the kernel whose livepatch semantics apply, "
                         "4.18 to 6.19 (default: [machine] kernel, else the newest)")
-        sp.add_argument("--trace", metavar="FILE", help="write a Perfetto/Chrome trace (JSON) of the run")
-        sp.add_argument("--timeline", metavar="FILE", help="write a timeline picture (.png or .svg) of the run")
+        sp.add_argument("--trace", metavar="FILE", type=_path, help="write a Perfetto/Chrome trace (JSON) of the run")
+        sp.add_argument("--timeline", metavar="FILE", type=_path,
+                        help="write a timeline picture (.png or .svg) of the run")
         sp.add_argument("--window", metavar="START:END", help="the timeline's span of virtual time, in "
                         "instructions (default: around the first finding; 'all' for the whole run)")
         sp.add_argument("--force", action="store_true", help="overwrite --trace/--timeline files")
@@ -691,13 +701,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=_run)
 
     f = command("fuzz", "a transition-timing campaign; [expect] or --fail-on decides the exit status")
-    f.add_argument("scenario", help="scenario file (TOML)")
+    f.add_argument("scenario", type=_path, help="scenario file (TOML)")
     f.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     f.add_argument("--runs", type=_int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
     f.add_argument("--jobs", type=_int_in(1, 4096), help="worker processes (default: every core)")
     f.add_argument("--strategy", choices=STRATEGIES, help="how seeds pick runs (default: [fuzz] strategy)")
     f.add_argument("--seed", type=_int_in(0, SEED_MAX), help="first seed (default: [fuzz] seed)")
-    f.add_argument("--out", metavar="DIR", help="directory for runs.jsonl, summary.json, campaign.json "
+    f.add_argument("--out", metavar="DIR", type=_path, help="directory for runs.jsonl, summary.json, campaign.json "
                    "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
     f.add_argument("--force", action="store_true", help="replace the results in --out")
@@ -705,7 +715,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
     f.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP + "; a model with an [expect] entry is "
                    "judged by it instead")
-    f.add_argument("--junit", metavar="FILE", help="write JUnit XML: one test case per model (replaced "
+    f.add_argument("--junit", metavar="FILE", type=_path, help="write JUnit XML: one test case per model (replaced "
                    "if it exists)")
     f.add_argument("--kernel", metavar="VERSION", action="append",
                    help="the kernel whose livepatch semantics apply, 4.18 to 6.19 (default: [machine] kernel, "
@@ -719,7 +729,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(func=_fuzz)
 
     ff = command("first-failure", "runs to the first failure under each strategy (a table)", EXIT_HELP_PLAIN)
-    ff.add_argument("scenario", nargs="+", help="scenario files (TOML)")
+    ff.add_argument("scenario", nargs="+", type=_path, help="scenario files (TOML)")
     ff.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     ff.add_argument("--strategy", action="append", choices=STRATEGIES,
                     help="strategy (repeatable; default: directed, exhaustive, random)")
@@ -729,15 +739,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = command("bench", "what a patch switch costs, and what the emulator costs", EXIT_HELP_PLAIN)
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
-    b.add_argument("--plot", metavar="FILE", help="write the scaling plot (.png or .svg)")
+    b.add_argument("--plot", metavar="FILE", type=_path, help="write the scaling plot (.png or .svg)")
     b.add_argument("--force", action="store_true", help="overwrite the --plot file")
     json_flag(b)
     b.set_defaults(func=_bench)
 
     df = command("diff", "the functions a patch must carry (OLD.c -> NEW.c, or ORIG.o -> PATCHED.o "
                  "as kpatch-build and klp-build compare them)", EXIT_HELP_PLAIN)
-    df.add_argument("old", help="the original source or object file")
-    df.add_argument("new", help="the patched source or object file")
+    df.add_argument("old", type=_path, help="the original source or object file")
+    df.add_argument("new", type=_path, help="the patched source or object file")
     df.add_argument("--cflags", help="extra compiler flags (one string, split at spaces)")
     json_flag(df)
     df.set_defaults(func=_diff)

@@ -7,17 +7,16 @@ The public entry points: build_c and load_elf.
 from __future__ import annotations
 
 import shutil
-import struct
 import tempfile
 from pathlib import Path
 
-from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
 from emu.images import kobject
 from emu.images.binding import bind_to_base
-from emu.images.elf import ET_DYN, ET_EXEC, ET_REL, check_x86_64_elf, image_from_elf, symbol_table
+from emu.images.elf import (ET_DYN, ET_EXEC, ET_REL, PARSE_ERRORS, check_x86_64_elf, image_from_elf, is_elf_file,
+                            read_input, symbol_table)
 from emu.images.image import Image, check_base
 from emu.images.toolchain import compile_c, link, require_tools, safe_stem
 
@@ -62,7 +61,7 @@ def _prepare(obj: Path, label: str) -> kobject.KernelObject:
     """kobject.prepare, with an object pyelftools cannot parse as a BuildError naming it."""
     try:
         return kobject.prepare(obj, label)
-    except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
+    except PARSE_ERRORS as exc:
         raise BuildError(f"{label}: cannot read the object: {exc}") from None
 
 
@@ -101,8 +100,7 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
         objs, kernel = [], []
         for i, src in enumerate(paths):
             obj = tmp / f"{i}_{safe_stem(src)}.o"
-            head = src.read_bytes()[:4]
-            if head == b"\x7fELF":
+            if is_elf_file(src):
                 _check_object(src)
                 shutil.copyfile(src, obj)
                 kernel.append(i)
@@ -115,7 +113,7 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
 
 
 def _check_object(path: Path) -> None:
-    if check_x86_64_elf(path.read_bytes(), path) != ET_REL:
+    if check_x86_64_elf(read_input(path), path) != ET_REL:
         raise BuildError(f"{path}: not a relocatable object (.o); only objects can be linked")
 
 
@@ -132,7 +130,7 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
     path = Path(path)
     if not path.is_file():
         raise BuildError(f"{path}: no such file")
-    data = path.read_bytes()
+    data = read_input(path)
     e_type = check_x86_64_elf(data, path)
     name = name or path.stem
     if e_type == ET_REL:

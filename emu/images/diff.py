@@ -41,18 +41,16 @@ from __future__ import annotations
 
 import io
 import re
-import struct
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from elftools.elf.constants import SH_FLAGS
-from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError
 from emu.images import kernel_rules
-from emu.images.elf import ET_REL, check_x86_64_elf, symbol_table
+from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
 from emu.images.image import FENTRY_NOP
 from emu.images.toolchain import compile_c, require_tools, safe_stem
 
@@ -177,8 +175,7 @@ def _as_list(paths) -> list[Path]:
 def _is_elf(path: Path) -> bool:
     if not path.is_file():
         raise BuildError(f"{path}: no such file")
-    with open(path, "rb") as f:
-        return f.read(4) == b"\x7fELF"
+    return is_elf_file(path)
 
 
 def diff_objects(old, new) -> Diff:
@@ -220,7 +217,7 @@ def _read_side(objects, side: str) -> "_Side":
     objs = _read_objects(objects, side)
     try:
         return _Side(objs, dwarf=False, kernel=True)
-    except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
+    except PARSE_ERRORS as exc:
         names = ", ".join(name for name, _ in objs)
         raise BuildError(f"{names}: cannot read the {side} object: {exc}") from None
 
@@ -233,7 +230,7 @@ def _read_objects(objects, side: str) -> list[tuple[str, bytes]]:
     for p in paths:
         if not p.is_file():
             raise BuildError(f"{p}: no such file")
-        data = p.read_bytes()
+        data = read_input(p)
         if check_x86_64_elf(data, p) != ET_REL:
             raise BuildError(f"{p}: not a relocatable object (.o); the diff compares the objects "
                              "of the original and the patched build")
@@ -466,7 +463,7 @@ def _source_paths(sources, side: str) -> list[Path]:
     for p in paths:
         if not p.is_file():
             raise BuildError(f"{p}: no such file")
-        if p.read_bytes()[:4] == b"\x7fELF":
+        if is_elf_file(p):
             raise BuildError(f"{p}: an ELF file; compare objects with diff_objects (or "
                              "`lpemu diff ORIG.o PATCHED.o`), sources with diff_sources")
     return paths
@@ -991,7 +988,7 @@ class _ObjectReader:
         self._insns: dict[int, list[tuple[int, int]]] = {}
         try:
             self.dwarf = _read_dwarf(self.elf) if dwarf else _Dwarf()
-        except (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError) as exc:
+        except PARSE_ERRORS as exc:
             # without it no data layout can be compared: refused, never skipped
             raise BuildError(f"{file}: its debug information (-g) cannot be read ({exc}); a thread-local "
                              f"variable's, for one") from None

@@ -8,6 +8,7 @@ import io
 import struct
 from pathlib import Path
 
+from elftools.common.exceptions import ELFError, ELFParseError
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.enums import ENUM_E_MACHINE
 from elftools.elf.elffile import ELFFile
@@ -17,17 +18,38 @@ from emu.errors import BuildError
 from emu.images.image import (FENTRY_NOP, PAGE, PROT_R, PROT_W, PROT_X, Function, Image, Segment,
                               page_up, read_segments)
 
-__all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "check_x86_64_elf", "symbol_table", "image_from_elf"]
+__all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "PARSE_ERRORS", "read_input", "is_elf_file", "check_x86_64_elf",
+           "symbol_table", "image_from_elf"]
 
 _EM_X86_64 = 62
 ET_REL, ET_EXEC, ET_DYN = 1, 2, 3
 _PF_X, _PF_W, _PF_R = 1, 2, 4
+#: what pyelftools raises on a truncated or corrupt file (an offset past the
+#: end of the file, a count that runs past it, an offset beyond 2^63 that
+#: seek() cannot take): callers turn them into a BuildError naming the file
+PARSE_ERRORS = (ELFError, ELFParseError, struct.error, ValueError, KeyError, IndexError, OverflowError)
 _STT_SECTION, _STT_FILE = "STT_SECTION", "STT_FILE"
 
 
 _MACHINE_NAMES = {"EM_AARCH64": "AArch64", "EM_386": "i386", "EM_ARM": "ARM", "EM_RISCV": "RISC-V",
                   "EM_PPC64": "PowerPC64", "EM_PPC": "PowerPC", "EM_S390": "s390",
                   "EM_MIPS": "MIPS", "EM_SPARCV9": "SPARC V9", "EM_LOONGARCH": "LoongArch"}
+
+
+def read_input(path, size: int = -1) -> bytes:
+    """The bytes of a user's source or object file (its first size bytes when
+    size >= 0). Raises BuildError naming the file when the system cannot read
+    it (a device or /proc file that fails its reads, ...)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(size)
+    except OSError as exc:
+        raise BuildError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+
+
+def is_elf_file(path) -> bool:
+    """Whether path holds an ELF file (its magic); BuildError as read_input."""
+    return read_input(path, 4) == b"\x7fELF"
 
 
 def check_x86_64_elf(data: bytes, path) -> int:

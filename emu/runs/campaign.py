@@ -63,6 +63,7 @@ LOCK_FILE = "lock"
 REJECTED_FILE = "rejected.txt"
 MAX_LINE = 1 << 20         # bytes of one record; a longer line is damage, not a record
 MAX_NESTING = 64           # JSON nesting of a record (records are a few levels deep)
+MAX_META = 16 << 20        # bytes of campaign.json (a plan and a fingerprint: kilobytes)
 PR_SET_PDEATHSIG = 1       # prctl(2)
 
 
@@ -251,6 +252,8 @@ class Campaign:
                 for name in (RUNS_FILE, SUMMARY_FILE, REJECTED_FILE):
                     (out / name).unlink(missing_ok=True)
             elif runs.exists():
+                if not runs.is_file():          # a fifo or a device: its reads would block or never end
+                    raise UserError(f"--resume {out}: {RUNS_FILE} is not a regular file; start over with --force")
                 self.records = self._repair(runs)
             _write_atomic(out / META_FILE, json.dumps(meta, indent=1) + "\n")
             self._fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
@@ -262,7 +265,15 @@ class Campaign:
         """UserError unless campaign.json describes the campaign meta describes."""
         out = self.out
         try:
-            old = json.loads((out / META_FILE).read_text(encoding="utf-8"))
+            # a regular file, read to a bound: a fifo there would block the
+            # read, a link to /dev/zero would never end it
+            if not (out / META_FILE).is_file():
+                raise ValueError("not a regular file")
+            with open(out / META_FILE, "rb") as f:
+                raw = f.read(MAX_META + 1)
+            if len(raw) > MAX_META:
+                raise ValueError(f"larger than {MAX_META} bytes")
+            old = json.loads(raw.decode("utf-8"))
             if not isinstance(old, dict):
                 raise ValueError("not an object")
         except (ValueError, UnicodeDecodeError, RecursionError) as exc:

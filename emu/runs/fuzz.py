@@ -299,9 +299,11 @@ class Runner:
 
     # ---- one run ------------------------------------------------------------------------------
     def check_tasks(self, names, what: str = "RunSpec.tasks") -> None:
-        """UserError naming the first of names that is no task instance of the
-        scenario (what: where the names came from)."""
+        """UserError when names is empty or names something that is no task
+        instance of the scenario (what: where the names came from)."""
         known = {i for t in self.scn.tasks for i in t.instances()}
+        if not names:
+            raise UserError(f"{what}: names no task (tasks: {', '.join(sorted(known))}; leave it out for all)")
         unknown = [n for n in names if n not in known]
         if unknown:
             raise UserError(f"{what}: no task '{unknown[0]}' in the scenario (tasks: {', '.join(sorted(known))})")

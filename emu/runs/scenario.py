@@ -146,6 +146,7 @@ class Scenario:
     patches: list[PatchSpec] = field(default_factory=list)
     actions: list[ActionSpec] = field(default_factory=list)
     unit: str = "syscall"
+    unit_line: int = 0          # the line of [check] unit, for build()'s messages
     assertions: list[Assertion] = field(default_factory=list)
     fuzz: FuzzSpec = field(default_factory=FuzzSpec)
     expect: dict[str, tuple[str, ...]] = field(default_factory=dict)    # model -> expectations
@@ -327,12 +328,16 @@ def load(path) -> Scenario:
     top = _Reader(path, lines, (), data, "scenario")
     here = path.parent
 
-    def files(r: _Reader, key: str, *, required: bool = True) -> list[Path]:
+    def files(r: _Reader, key: str, *, required: bool = True, besides: list[Path] = ()) -> list[Path]:
+        """The files key names, each a regular file named once (here or in
+        besides: a file compiled twice would define everything twice)."""
         names = r.str_list(key, required=required) or []
         if required and not names:
             raise r.error(key, "names no file")
         out = []
         for name in names:
+            if "\0" in name:                          # no path holds one (the OS refuses it)
+                raise r.error(key, f"{_short(name)}: a file name cannot hold a NUL character")
             try:
                 p = (here / name).resolve(strict=True)
             except FileNotFoundError:
@@ -341,6 +346,8 @@ def load(path) -> Scenario:
                 raise r.error(key, f"{name}: {getattr(exc, 'strerror', None) or exc}") from None
             if not p.is_file():
                 raise r.error(key, f"not a regular file: {name}")
+            if p in out or p in besides:
+                raise r.error(key, f"{name}: named twice (a file is compiled and linked once)")
             out.append(p)
         return out
 
@@ -359,7 +366,8 @@ def load(path) -> Scenario:
         raise ScenarioError(f"{path}: missing table [program]")
     # stubs: C implementations of kernel symbols that kernel objects in sources
     # call (emu/images/kobject.py stubs the rest); linked with the sources
-    scn = Scenario(path, files(prog, "sources") + files(prog, "stubs", required=False),
+    sources = files(prog, "sources")
+    scn = Scenario(path, sources + files(prog, "stubs", required=False, besides=sources),
                    prog.str_list("cflags", []))
     # cpu_features: X86_FEATURE_* numbers the CPU has; kernel objects' alternatives
     # are applied for them (absent: left original)
@@ -368,6 +376,11 @@ def load(path) -> Scenario:
                                         for v in features):
         raise prog.error("cpu_features", "must be a list of integers (X86_FEATURE_* numbers)")
     scn.cpu_features = features
+    nul = [f for f in scn.cflags if "\0" in f]            # gcc's argv cannot hold one
+    if nul:
+        raise prog.error("cflags", f"{_short(nul[0])}: a flag cannot hold a NUL character")
+    if "" in scn.cflags:                                   # gcc would take it for a file name
+        raise prog.error("cflags", "holds an empty flag")
     if sum(len(f) for f in scn.cflags) > MAX_CFLAGS:
         raise prog.error("cflags", f"{sum(len(f) for f in scn.cflags)} characters of flags (at most {MAX_CFLAGS})")
     prog.finish()
@@ -427,8 +440,10 @@ def load(path) -> Scenario:
 
     def image_name(r: _Reader, what: str) -> str:
         name = r.get("name", str, required=True)
-        if not name or ":" in name:
-            raise r.error("name", f"{name!r} is not a {what} name (non-empty, no ':')")
+        # the kernel's module name: a directory of /sys/kernel/livepatch and
+        # /sys/module (model.sysfs() paths), so no '/' and no NUL; ':' parts module:f
+        if not name or any(c in name for c in ":/\0"):
+            raise r.error("name", f"{_short(name)} is not a {what} name (non-empty, no ':', '/' or NUL)")
         if name in images:
             raise r.error("name", f"'{name}' is already the name of {images[name]}: the program, its "
                                   f"modules and its patches each need a name of their own")
@@ -490,6 +505,7 @@ def load(path) -> Scenario:
 
     chk = table("check")
     scn.unit = _function_name(chk, "unit", chk.get("unit", str, "syscall"))
+    scn.unit_line = chk.line("unit")
     for text in chk.str_list("assert", []):
         scn.assertions.append(_assertion(chk, "assert", text, None))
     observe = chk.get("observe", dict, {})
@@ -755,13 +771,13 @@ def build(scn: Scenario) -> Program:
             raise ScenarioError(f"{scn.path}:{t.line}: task[{t.name}].entry: no function '{fname}' "
                                 f"in {'module ' + obj if obj else 'the program'}")
     if scn.unit != "syscall" and scn.unit not in known:
-        raise ScenarioError(f"{scn.path}: check.unit: no function '{scn.unit}' in the program "
+        raise ScenarioError(f"{scn.path}:{scn.unit_line}: check.unit: no function '{scn.unit}' in the program "
                             f"(use \"syscall\" or a function name)")
     if scn.unit != "syscall":
         obj, _, fname = scn.unit.rpartition(":")
         if (prog.modules[obj] if obj else base).functions[fname].site is None:
-            raise ScenarioError(f"{scn.path}: check.unit: '{scn.unit}' has no fentry site, so its units "
-                                f"cannot be traced (was it built with -mfentry, or is it notrace?)")
+            raise ScenarioError(f"{scn.path}:{scn.unit_line}: check.unit: '{scn.unit}' has no fentry site, so its "
+                                f"units cannot be traced (was it built with -mfentry, or is it notrace?)")
     patched: set[str] = set()
     for p in scn.patches:
         # the diff refuses data changes (PatchError) even when functions are listed
@@ -812,11 +828,10 @@ def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list
     sources define differently from the program (emu/images/diff.py). Raises
     PatchError when the patch changes existing data."""
     from emu.images.diff import diff_objects, patch_plan
+    from emu.images.elf import is_elf_file
 
-    def elf(f: Path) -> bool:
-        return f.read_bytes()[:4] == b"\x7fELF"
-    objects, program_objects = [f for f in p.sources if elf(f)], [f for f in scn.sources if elf(f)]
-    sources = [f for f in p.sources if not elf(f)]
+    objects, program_objects = [f for f in p.sources if is_elf_file(f)], [f for f in scn.sources if is_elf_file(f)]
+    sources = [f for f in p.sources if not is_elf_file(f)]
     why = None
     if objects and sources:
         why = "the patch mixes ELF objects and sources"
