@@ -48,7 +48,9 @@ __lpemu_hypercall(long nr, long a, long b, long c)
 }
 
 /* Sleep for `ticks` ticks of virtual time (interruptible: a fake signal ends
- * it early). Returns the ticks left, 0 when the whole sleep passed. */
+ * it early). Returns the ticks left, 0 when the whole sleep passed. A
+ * negative `ticks` sleeps until something wakes the task (a signal, a
+ * kthread wake-up), as schedule() with no timeout does. */
 static inline __attribute__((always_inline)) long lpemu_sleep(long ticks)
 { return __lpemu_hypercall(LPEMU_HC_SLEEP, ticks, 0, 0); }
 

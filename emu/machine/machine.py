@@ -459,7 +459,14 @@ class Machine:
         tasks left its CPU, instead of after every slice. Stopping and
         running on gives the same run as running straight through.
         Raises GuestFault; EngineBusy when another thread is running the
-        machine."""
+        machine; TypeError or ValueError for an until that is not a virtual
+        time (an int, 0 <= until < 2**63)."""
+        if until is not None:
+            if not isinstance(until, int) or isinstance(until, bool):
+                raise TypeError(f"run: until must be a virtual time (an int of instructions), "
+                                f"not {type(until).__name__}")
+            if not 0 <= until < 2**63:
+                raise ValueError(f"run: until = {until} is not a virtual time (0 <= until < 2**63)")
         with self.engine.hold():
             self.start()
             self.scheduling.run(until, stop_when, every_slice, watch)
