@@ -226,6 +226,22 @@ def test_ksplice_runs_post_hooks_after_stop_machine(compile_c):
     assert c <= t2.pauses[0][0] and d >= t2.pauses[0][1]
 
 
+def test_ksplice_holds_module_mutex_across_the_whole_update():
+    """ksplice.c stage_store() holds module_mutex across apply_update():
+    a reverse and another update's apply written during the attempts wait
+    for the first update to end (here: aborted after 5 busy attempts),
+    then go on: the reverse finds nothing applied (-EINVAL), p2 applies."""
+    res, log, values, _ = run("ksplice-module-mutex/scenario.toml", "ksplice", seed=0)
+    p1, p2 = res.transitions
+    assert (p1["patch"], p1["result"], p1["attempts"]) == ("p1", "failed", 5)
+    assert (p2["patch"], p2["result"]) == ("p2", "completed")
+    aborted = next(t for t, line in enumerate(log) if line.startswith("ksplice: Aborted p1."))
+    waited = [line for line in log[aborted:] if line.startswith("lpemu: disable p1")]
+    assert waited and "is not enabled (-EINVAL" in waited[0]
+    assert p2["requested_at"] > p1["requested_at"] + 5 * 100_000       # after the abort, not at +1.5 s
+    assert [e["action"] for e in res.errors] == ["disable p1"]
+
+
 def observed(m, key):
     return [(e.task, e.value) for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
 

@@ -470,6 +470,21 @@ class Ksplice(StopMachine):
                           f"(abort_cause target_not_loaded)", errno.ENOENT)
         super().enable(patch)
 
+    @property
+    def locked(self) -> bool:
+        """stage_store() holds module_mutex across the whole apply_update()
+        (or reverse_update()): its five attempts and the sleeps between
+        them. A write to another update's stage, an insmod or an rmmod
+        (load_module and delete_module take module_mutex) waits until the
+        update is done, applied or aborted. lpemu's force of the
+        stop_machine models (skip the check at the next attempt) waits too:
+        Ksplice had no such knob, so under it a force comes too late to
+        help the update in progress."""
+        return self.transition is not None
+
+    def notifier_waits(self) -> bool:
+        return self.locked or self.registering
+
     def module_coming(self, patch: Patch, obj, funcs) -> list:
         """Ksplice has no module notifier: a module loaded after an update
         was applied runs its code from disk, unpatched (a cold update; its
