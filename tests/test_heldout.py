@@ -242,6 +242,24 @@ def test_ksplice_holds_module_mutex_across_the_whole_update():
     assert [e["action"] for e in res.errors] == ["disable p1"]
 
 
+@pytest.mark.parametrize("model", ["immediate", "livepatch"])
+def test_a_disable_written_while_the_enable_changes_the_sites_waits(model):
+    """The writer of the disable blocks on klp_mutex while the enable
+    changes the sites (core.c enabled_store): under immediate it then
+    unpatches (it was refused with -EBUSY); under livepatch it reverses
+    the transition the enable started."""
+    res, log, values, _ = run("write-during-text-change/scenario.toml", model)
+    assert not res.errors and res.outcome == "completed"
+    if model == "immediate":
+        assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "completed"),
+                                                                         ("unpatched", "completed")]
+    else:
+        assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "reversed"),
+                                                                         ("unpatched", "completed")]
+        assert any("reversing transition from patching to unpatching" in line for line in log)
+    assert values[("worker", 2)][-1] == 1
+
+
 def observed(m, key):
     return [(e.task, e.value) for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
 
