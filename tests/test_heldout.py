@@ -207,6 +207,32 @@ def test_ksplice_a_failing_pre_hook_ends_the_update_before_any_attempt(compile_c
     assert not patch.enabled and set(v for _, v in observed(m, 2)) == {1}
 
 
+def test_ksplice_a_reversal_that_stays_busy_runs_its_fail_hooks(compile_c):
+    """patch_action(KS_REVERSE): pre_unpatch once before the attempts; a
+    task asleep in the new f() for 30 s makes all five busy, the update
+    stays applied, and the fail hooks run (here post_patch, which undoes
+    what pre_unpatch did)."""
+    base = compile_c(KS_BASE.replace("long sleeper(long t) {", "long sleeper(long t) { lpemu_sleep(50);"))
+    m = Machine(base, cpus=2, quantum=400)
+    m.add_task("sleeper", "sleeper", (3000,))
+    m.add_task("worker", "worker", (0,))
+    img = compile_c(KS_PATCH, name="p", base=m.module_base(), link_against=base, keep={"f"})
+    m.load(img)
+    ks = make_model("ksplice", m)
+    log: list = []
+    patch = ks.add(make_patch(m, "p", img, ["f"], callbacks=ks_callbacks(log)))
+    m.run(until=m.seconds(0.1))
+    ks.enable(patch)                     # the sleeper sleeps outside f until 0.5 s
+    m.run(until=m.seconds(1))
+    assert ks.transitions[0].result == "completed"
+    ks.disable(patch)                    # it sleeps in the new f now, for 30 s
+    m.run(until=m.seconds(9))
+    t = ks.transitions[1]
+    assert t.result == "failed" and t.attempts == 5 and patch.enabled
+    assert [n for n, *_ in log] == ["pre_patch", "post_patch", "pre_unpatch", "post_patch"]
+    assert log[2][2] < t.pauses[0][0] and log[3][2] >= t.pauses[-1][1]
+
+
 def test_ksplice_runs_post_hooks_after_stop_machine(compile_c):
     """patch_action(): post hooks after the successful stop_machine, outside
     it; reversing: pre_unpatch once before the attempts, post_unpatch after."""
