@@ -4,10 +4,12 @@ model must give and why (kernel/livepatch/transition.c, core.c, shadow.c;
 kpatch's kmod/core/core.c; the kGraft series; Ksplice). The tests hold the
 emulator to those answers, and the regressions below are the places where it
 once gave another."""
+import errno
 import re
 
 import pytest
 
+from emu.engine import core
 from emu.kernel.patch import make_patch
 from emu.machine.machine import Machine
 from emu.models import make_model
@@ -90,6 +92,204 @@ def test_kgraft_migrating_a_kthread_at_its_freezable_sleep_keeps_its_promise(com
     assert checked.breaches == 0, checked.promise
 
 
+KS_BASE = """
+volatile long zero;
+long (*mod_ops)(long);
+__attribute__((noinline)) long f(long t) { lpemu_sleep(t); return 1 + zero; }
+__attribute__((noinline)) long g(void) { return 1 + zero; }
+long sleeper(long t) { lpemu_observe(1, f(t)); return 0; }
+long worker(long x) { lpemu_observe(2, g()); if (mod_ops) lpemu_observe(3, mod_ops(x)); lpemu_sleep(1); return 0; }
+"""
+KS_MOD = """
+extern volatile long zero;
+__attribute__((noinline)) long mod_fn(long x) { return 10 + zero; }
+"""
+KS_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long f(long t) { lpemu_sleep(t); return 2 + zero; }
+__attribute__((noinline)) long g(void) { return 2 + zero; }
+__attribute__((noinline)) long mod_fn(long x) { return 20 + zero; }
+"""
+
+
+def ksplice_world(compile_c, model_name="ksplice", *, sleep=300):
+    base = compile_c(KS_BASE)
+    m = Machine(base, cpus=2, quantum=400)
+    m.add_task("sleeper", "sleeper", (sleep,))
+    m.add_task("worker", "worker", (0,))
+    mod = compile_c(KS_MOD, name="mod", base=m.module_base(), link_against=base)
+    img = compile_c(KS_PATCH, name="p", base=mod.hi + 0x10000 & ~0xfff, link_against=base,
+                    keep={"f", "g", "mod_fn"})
+    m.load(img)
+    return m, make_model(model_name, m), base, mod, img
+
+
+def test_ksplice_refuses_an_update_for_a_module_not_loaded(compile_c):
+    """kmodsrc/ksplice.c apply_update(): a change whose target module is
+    not loaded (find_module() finds none) aborts the update with
+    TARGET_NOT_LOADED before patch_action (the update is not partial):
+    nothing is patched. Applied, the update holds its target
+    (ref_module(new_code_mod, target)): the target's rmmod is refused
+    until the update is reversed. (kpatch instead delays the object until
+    the module loads: kpatch_link_object, kpatch_module_notify.)"""
+    from emu.models.refusals import PatchRefused
+    m, ks, base, mod, img = ksplice_world(compile_c)
+    patch = ks.add(make_patch(m, "p", img, ["g", "mod:mod_fn"]))
+    m.run(until=m.seconds(0.1))
+    with pytest.raises(PatchRefused, match="target module 'mod' is not loaded") as e:
+        ks.enable(patch)
+    assert e.value.errno == errno.ENOENT
+    assert not ks.transitions and not patch.enabled
+    m.run(until=m.seconds(0.5))
+    assert set(v for _, v in observed(m, 2)) == {1}             # g was never patched
+    ks.load_module(mod)
+    m.run(until=m.now + m.seconds(0.1))
+    ks.enable(patch)
+    m.run(until=m.now + m.seconds(1))
+    assert ks.transitions[-1].result == "completed" and patch.object("mod").patched
+    with pytest.raises(PatchRefused, match="in use") as e:
+        ks.unload_module(mod)
+    assert e.value.errno == errno.EWOULDBLOCK
+    ks.disable(patch)
+    m.run(until=m.now + m.seconds(1))
+    assert ks.transitions[-1].result == "completed"
+    ks.unload_module(mod)                                       # the reference went with the update
+
+
+def ks_callbacks(log, fail=0):
+    def mk(name):
+        def fn(m, patch, obj):
+            log.append((name, obj.name, m.now, m.stopped if hasattr(m, "stopped") else None))
+            return fail if name == "pre_patch" else 0
+        return fn
+    return {"vmlinux": {n: mk(n) for n in ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")}}
+
+
+@pytest.mark.parametrize("model_name", ["ksplice", "stop_machine"])
+def test_ksplice_runs_its_pre_hooks_once_before_its_attempts(compile_c, model_name):
+    """kmodsrc/ksplice.c patch_action(): the action's pre hooks run once,
+    in the writer's context, before the first of its 5 stop_machine
+    attempts; after the last attempt found the code busy, the fail hooks
+    (here: post_unpatch, which undoes pre_patch). kpatch runs pre_patch
+    inside stop_machine, after an activeness check that passed
+    (kpatch_apply_patch): five failed checks call nothing."""
+    m, model, base, mod, img = ksplice_world(compile_c, model_name, sleep=3000)
+    log: list = []
+    patch = model.add(make_patch(m, "p", img, ["f", "g"], callbacks=ks_callbacks(log)))
+    m.run(until=m.seconds(0.1))
+    enabled = m.now
+    model.enable(patch)
+    m.run(until=m.seconds(14))
+    t = model.transitions[0]
+    assert t.result == "failed" and t.attempts == 5
+    if model_name == "ksplice":
+        assert [(n, o) for n, o, _, _ in log] == [("pre_patch", "vmlinux"), ("post_unpatch", "vmlinux")]
+        assert log[0][2] < t.pauses[0][0]                        # before the first stop_machine
+        assert log[1][2] >= t.pauses[-1][1]                      # after the last
+        assert log[0][2] - enabled < m.seconds(0.01)
+    else:
+        assert log == []
+
+
+def test_ksplice_a_failing_pre_hook_ends_the_update_before_any_attempt(compile_c):
+    """patch_action(): a pre hook that fails is CALL_FAILED at once: no
+    stop_machine, the fail hooks run (post_unpatch only where pre_patch
+    succeeded: none here), nothing is patched."""
+    m, ks, base, mod, img = ksplice_world(compile_c, sleep=1)
+    log: list = []
+    patch = ks.add(make_patch(m, "p", img, ["g"], callbacks=ks_callbacks(log, fail=-errno.ENODEV)))
+    m.run(until=m.seconds(0.1))
+    ks.enable(patch)
+    m.run(until=m.seconds(1))
+    t = ks.transitions[0]
+    assert t.result == "failed" and t.attempts == 0 and t.pauses == []
+    assert [n for n, *_ in log] == ["pre_patch"]
+    assert not patch.enabled and set(v for _, v in observed(m, 2)) == {1}
+
+
+def test_ksplice_a_reversal_that_stays_busy_runs_its_fail_hooks(compile_c):
+    """patch_action(KS_REVERSE): pre_unpatch once before the attempts; a
+    task asleep in the new f() for 30 s makes all five busy, the update
+    stays applied, and the fail hooks run (here post_patch, which undoes
+    what pre_unpatch did)."""
+    base = compile_c(KS_BASE.replace("long sleeper(long t) {", "long sleeper(long t) { lpemu_sleep(50);"))
+    m = Machine(base, cpus=2, quantum=400)
+    m.add_task("sleeper", "sleeper", (3000,))
+    m.add_task("worker", "worker", (0,))
+    img = compile_c(KS_PATCH, name="p", base=m.module_base(), link_against=base, keep={"f"})
+    m.load(img)
+    ks = make_model("ksplice", m)
+    log: list = []
+    patch = ks.add(make_patch(m, "p", img, ["f"], callbacks=ks_callbacks(log)))
+    m.run(until=m.seconds(0.1))
+    ks.enable(patch)                     # the sleeper sleeps outside f until 0.5 s
+    m.run(until=m.seconds(1))
+    assert ks.transitions[0].result == "completed"
+    ks.disable(patch)                    # it sleeps in the new f now, for 30 s
+    m.run(until=m.seconds(9))
+    t = ks.transitions[1]
+    assert t.result == "failed" and t.attempts == 5 and patch.enabled
+    assert [n for n, *_ in log] == ["pre_patch", "post_patch", "pre_unpatch", "post_patch"]
+    assert log[2][2] < t.pauses[0][0] and log[3][2] >= t.pauses[-1][1]
+
+
+def test_ksplice_runs_post_hooks_after_stop_machine(compile_c):
+    """patch_action(): post hooks after the successful stop_machine, outside
+    it; reversing: pre_unpatch once before the attempts, post_unpatch after."""
+    m, ks, base, mod, img = ksplice_world(compile_c, sleep=1)
+    log: list = []
+    patch = ks.add(make_patch(m, "p", img, ["g"], callbacks=ks_callbacks(log)))
+    m.run(until=m.seconds(0.1))
+    ks.enable(patch)
+    m.run(until=m.seconds(1))
+    ks.disable(patch)
+    m.run(until=m.seconds(2))
+    t1, t2 = ks.transitions
+    assert t1.result == t2.result == "completed"
+    assert [n for n, *_ in log] == ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"]
+    (pre, _, a, _), (post, _, b, _), (pre_u, _, c, _), (post_u, _, d, _) = log
+    assert a <= t1.pauses[0][0] and b >= t1.pauses[0][1]
+    assert c <= t2.pauses[0][0] and d >= t2.pauses[0][1]
+
+
+def test_ksplice_holds_module_mutex_across_the_whole_update():
+    """ksplice.c stage_store() holds module_mutex across apply_update():
+    a reverse and another update's apply written during the attempts wait
+    for the first update to end (here: aborted after 5 busy attempts),
+    then go on: the reverse finds nothing applied (-EINVAL), p2 applies."""
+    res, log, values, _ = run("ksplice-module-mutex/scenario.toml", "ksplice", seed=0)
+    p1, p2 = res.transitions
+    assert (p1["patch"], p1["result"], p1["attempts"]) == ("p1", "failed", 5)
+    assert (p2["patch"], p2["result"]) == ("p2", "completed")
+    aborted = next(t for t, line in enumerate(log) if line.startswith("ksplice: Aborted p1."))
+    waited = [line for line in log[aborted:] if line.startswith("lpemu: disable p1")]
+    assert waited and "is not enabled (-EINVAL" in waited[0]
+    assert p2["requested_at"] > p1["requested_at"] + 5 * 100_000       # after the abort, not at +1.5 s
+    assert [e["action"] for e in res.errors] == ["disable p1"]
+
+
+@pytest.mark.parametrize("model", ["immediate", "livepatch"])
+def test_a_disable_written_while_the_enable_changes_the_sites_waits(model):
+    """The writer of the disable blocks on klp_mutex while the enable
+    changes the sites (core.c enabled_store): under immediate it then
+    unpatches (it was refused with -EBUSY); under livepatch it reverses
+    the transition the enable started."""
+    res, log, values, _ = run("write-during-text-change/scenario.toml", model)
+    assert not res.errors and res.outcome == "completed"
+    if model == "immediate":
+        assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "completed"),
+                                                                         ("unpatched", "completed")]
+    else:
+        assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "reversed"),
+                                                                         ("unpatched", "completed")]
+        assert any("reversing transition from patching to unpatching" in line for line in log)
+    assert values[("worker", 2)][-1] == 1
+
+
+def observed(m, key):
+    return [(e.task, e.value) for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key]
+
+
 # ---- the held-out scenarios, per model -------------------------------------------------
 
 import functools                                   # noqa: E402
@@ -98,6 +298,11 @@ from pathlib import Path                           # noqa: E402
 
 from emu.engine import core                        # noqa: E402
 from emu.models import MODEL_NAMES                 # noqa: E402
+
+# Ksplice refuses an update whose target module is not loaded (kmodsrc/ksplice.c
+# apply_update: TARGET_NOT_LOADED) and patches no module that loads later:
+# tests/test_heldout.py::test_ksplice_refuses_an_update_for_a_module_not_loaded
+MODULE_PATCH_MODELS = [n for n in MODEL_NAMES if n != "ksplice"]
 from emu.runs import scenario                      # noqa: E402
 from emu.runs.fuzz import Runner                   # noqa: E402
 
@@ -616,11 +821,21 @@ MODULE_LOG = {
 def test_a_patch_for_a_module_loaded_later_unloaded_and_loaded_again(model):
     """kpatch holds a reference on the module it links (kpatch_link_object's
     try_module_get): its rmmod fails, the module stays patched, and the
-    second insmod finds it loaded. Every other model lets it go and come."""
+    second insmod finds it loaded. Every other model lets it go and come.
+    Ksplice refuses the update itself: its target module is not loaded
+    (apply_update's TARGET_NOT_LOADED), and it patches no module later."""
     res, log, values, _ = run("module-after-patch/scenario.toml", model)
     sound(res)
-    assert kernel_safe(res)
     kpatch = model == "stop_machine"
+    if model == "ksplice":
+        assert [e["action"] for e in res.errors] == ["enable fix"]
+        assert "target module 'codec' is not loaded" in res.errors[0]["error"]
+        assert not res.transitions and res.outcome == "failed"
+        for i in range(3):
+            assert set(values[(f"client{i}", 3)]) == {0}        # only the old encoder
+            assert collapse([v >= 0 for v in values[(f"client{i}", 1)]]) == [False, True, False, True]
+        return
+    assert kernel_safe(res)
     for i in range(3):
         assert set(values[(f"client{i}", 3)]) == {1}            # never the old encoder
         assert collapse([v >= 0 for v in values[(f"client{i}", 1)]]) == \
@@ -719,7 +934,7 @@ def module_run(model_name: str):
     return model, patch, m, values, loaded
 
 
-@pytest.mark.parametrize("model_name", MODEL_NAMES)
+@pytest.mark.parametrize("model_name", MODULE_PATCH_MODELS)
 def test_a_module_loaded_mid_transition(model_name):
     from emu.runs import oracle
     from emu.runs.verdicts import verdicts

@@ -17,6 +17,15 @@ class Immediate(Model):
         super().__init__(machine, **kw)
         self.working = False        # an enable's or disable's work is changing the sites
 
+    @property
+    def locked(self) -> bool:
+        """The first kernel live patching (4.0 to 4.11) changed the sites
+        inside the sysfs write or the patch module's init, holding klp_mutex:
+        another enable or disable written meanwhile blocks on the mutex
+        and goes on once the sites are changed (a scenario's action waits;
+        the Python API raises Busy, as for livepatch's klp_mutex)."""
+        return self.working
+
     def notifier_waits(self) -> bool:
         """A module coming or going while the work of an enable or disable
         changes the sites waits for it (the module loader's ftrace calls

@@ -27,6 +27,10 @@ saved IP (a scan, not an unwind) against the replaced functions, and goes on
 through every task, recording each conflict; they are printed once, when it
 gives up. Ksplice wrote a jmp over the old function's first bytes;
 here it shares the ftrace redirect, which changes nothing the check sees.
+Its patch_action() runs the action's pre hooks once, before the attempts
+(a failing one ends the action with no attempt), and its post or fail
+hooks after them, outside stop_machine (Ksplice._pre_hooks); kpatch's run
+inside stop_machine around the switch.
 
 kpatch holds a reference on every module it patches (kpatch_link_object's
 try_module_get, when an attempt links the objects loaded by then and when
@@ -40,8 +44,10 @@ init failed (which the kernel frees whatever holds it). kpatch's notifier
 ignores a going module; here the going path still waits for an attempt
 in progress, as the coming one does, so that no attempt's check reads a
 function unbound under it (the kernel would free memory kpatch still
-uses). Ksplice's module references are not modelled: its modules go as
-the going notifier takes them, after the attempt in progress.
+uses). Ksplice's apply_update() refuses an update with a change for a
+module that is not loaded (TARGET_NOT_LOADED), takes a reference on each
+target module (ref_module) until the update is reversed or fails, and has
+no module notifier: a module loaded later is never patched.
 
 Both check every task in one call (emu/models/stacks.py); the pause they
 report is what `lpemu bench`'s scaling section (emu/app/bench/scaling.py)
@@ -88,6 +94,10 @@ class StopMachine(Model):
     unpatch_checks_active = True
     # kpatch_link_object takes a reference on each module it links
     holds_module_refs = True
+    # kpatch runs its callbacks inside stop_machine, around the switch;
+    # Ksplice's patch_action() runs its pre hooks once before the attempts
+    # and its post (or fail) hooks after them (Ksplice._pre_hooks)
+    callbacks_in_stop_machine = True
 
     def __init__(self, machine, *, retries: int | None = None, retry_delay: float | None = None,
                  cost_per_task: int = 200, cost_per_frame: int = 20, **kw):
@@ -173,6 +183,13 @@ class StopMachine(Model):
         t.started_at = m.now
         for update in updates:
             yield from update
+        if not self.callbacks_in_stop_machine and not self._pre_hooks(t, patch, target):
+            for f in funcs:
+                yield from self.release_ops(f)
+            self._drop_refs(patch)
+            self.finish(t, "failed", "pre-patch callback")
+            self._unlock()
+            return
         while True:
             t.attempts += 1
             self.registering = True
@@ -212,7 +229,7 @@ class StopMachine(Model):
                             break
                         cost += self.cost_per_task + self.cost_per_frame * work   # checked again for the report
             yield Delay(cost)
-            if not blockers and target == PATCHED and not self._pre_patch(patch):
+            if not blockers and target == PATCHED and self.callbacks_in_stop_machine and not self._pre_patch(patch):
                 yield Release()
                 t.pauses.append((stopped, m.now))
                 for f in funcs:
@@ -222,15 +239,19 @@ class StopMachine(Model):
                 self._unlock()
                 return
             if not blockers:
-                if target == UNPATCHED:
+                if target == UNPATCHED and self.callbacks_in_stop_machine:
                     self._each_loaded(patch, callbacks.pre_unpatch)
                 m.emit(EV_TRANSITION, -1, T_SWITCH, patch.index, int(self.forcing))
                 retired = self.replaced(patch) if target == PATCHED and patch.replace else []
                 gone = [g for other in retired for g in self.loaded_funcs(other)]
                 self._switch(patch, target, funcs)
-                self._each_loaded(patch, callbacks.post_patch if target == PATCHED else callbacks.post_unpatch)
+                post = callbacks.post_patch if target == PATCHED else callbacks.post_unpatch
+                if self.callbacks_in_stop_machine:
+                    self._each_loaded(patch, post)
                 yield Release()
                 t.pauses.append((stopped, m.now))
+                if not self.callbacks_in_stop_machine:
+                    self._each_loaded(patch, post)      # patch_action's post hooks, after stop_machine
                 if target == UNPATCHED:
                     for f in funcs:
                         yield from self.release_ops(f)
@@ -259,6 +280,8 @@ class StopMachine(Model):
                 self._drop_refs(patch)      # the failed kpatch_register unlinks what it linked
             if t.attempts >= self.retries:
                 yield from self._give_up(t, patch, target, blockers)
+                if not self.callbacks_in_stop_machine:
+                    self._fail_hooks(patch, target)
                 if target == PATCHED:
                     for f in funcs:
                         yield from self.release_ops(f)
@@ -426,8 +449,72 @@ class Ksplice(StopMachine):
     checks_every_task = True
     # patch_action() retries within one load of the update
     reloads_per_attempt = False
-    # not modelled (module docstring): its modules go through the notifier
-    holds_module_refs = False
+    # apply_update(): ref_module(new_code_mod, target) for each target
+    # module, held until the update's modules go (a failed or reversed
+    # update: ksplice-apply and ksplice-undo unload them)
+    holds_module_refs = True
+    callbacks_in_stop_machine = False
+
+    def enable(self, patch: Patch) -> None:
+        """apply_update(): an update with a change for a module that is not
+        loaded (find_module() finds none, or it is not live) aborts with
+        TARGET_NOT_LOADED before anything happens, unless the update is
+        partial (not modelled: ksplice-apply's default); Ksplice never
+        patches a module that loads later (a cold update)."""
+        self.add(patch)
+        loaded = loaded_objects(self.m)
+        missing = [o.name for o in patch.objects if o.name not in loaded]
+        if missing:
+            self.busy_check(patch)
+            raise refusal(f"patch '{patch.name}': ksplice: its target module '{missing[0]}' is not loaded "
+                          f"(abort_cause target_not_loaded)", errno.ENOENT)
+        super().enable(patch)
+
+    @property
+    def locked(self) -> bool:
+        """stage_store() holds module_mutex across the whole apply_update()
+        (or reverse_update()): its five attempts and the sleeps between
+        them. A write to another update's stage, an insmod or an rmmod
+        (load_module and delete_module take module_mutex) waits until the
+        update is done, applied or aborted. lpemu's force of the
+        stop_machine models (skip the check at the next attempt) waits too:
+        Ksplice had no such knob, so under it a force comes too late to
+        help the update in progress."""
+        return self.transition is not None
+
+    def notifier_waits(self) -> bool:
+        return self.locked or self.registering
+
+    def module_coming(self, patch: Patch, obj, funcs) -> list:
+        """Ksplice has no module notifier: a module loaded after an update
+        was applied runs its code from disk, unpatched (a cold update; its
+        reversal would then abort with COLD_UPDATE_LOADED)."""
+        return []
+
+    def _pre_hooks(self, t, patch: Patch, target: int) -> bool:
+        """patch_action(): the pre hooks of the action (pre_patch when
+        applying, pre_unpatch when reversing) run once, before the first
+        stop_machine attempt, in the writer's context; one that fails ends
+        the action at once (CALL_FAILED: no attempt), and the fail hooks
+        run (_fail_hooks). Ksplice prints nothing for it: the update's
+        abort_cause reads call_failed."""
+        if target == UNPATCHED:
+            self._each_loaded(patch, callbacks.pre_unpatch)
+            return True
+        loaded = loaded_objects(self.m)
+        for obj in patch.objects:
+            if obj.name in loaded and callbacks.pre_patch(self.m, patch, obj):
+                self._fail_hooks(patch, target)
+                return False
+        return True
+
+    def _fail_hooks(self, patch: Patch, target: int) -> None:
+        """patch_action()'s fail hooks, after an action that did not
+        happen: here the callbacks that undo the pre hook, post_unpatch of
+        each object whose pre_patch succeeded after a failed apply (as
+        livepatch and kpatch undo a refused patch), post_patch after a
+        failed reversal (the update stays applied)."""
+        self._each_loaded(patch, callbacks.post_unpatch if target == PATCHED else callbacks.post_patch)
 
     def _report(self, t, blockers) -> None:
         """A failed attempt only records its conflicts (update->conflicts);
