@@ -129,6 +129,16 @@ def test_timers_fire_at_exact_instruction_counts(compile_c):
     assert seen == [(t, t) for t in (1, 2, 3, 17, 1000, 1001, 33_333)]
 
 
+@pytest.mark.parametrize("until, error", [(-1, ValueError), (2**63, ValueError), (2**64, ValueError),
+                                          (1.5, TypeError), ("10", TypeError), (True, TypeError)])
+def test_run_until_must_be_a_virtual_time(compile_c, until, error):
+    m, _ = seed_machine(compile_c, tasks=1)
+    with pytest.raises(error, match="until"):
+        m.run(until=until)
+    m.run(until=1_000)                  # nothing was started or held by the refusal
+    assert m.now >= 1_000
+
+
 def test_sync_waits_for_every_cpu_to_end_a_slice(compile_c):
     m, _ = seed_machine(compile_c, cpus=2, tasks=4)
     marks = []
