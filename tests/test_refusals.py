@@ -92,6 +92,20 @@ def test_enabling_twice_is_refused_the_second_time(compile_c, model_name):
     assert observed(m, m.now - m.seconds(0.3)) == {2, 3, 4}       # the patched f, still
 
 
+@pytest.mark.parametrize("model_name", ["stop_machine", "ksplice"])
+def test_a_kpatch_module_that_patches_nothing_is_refused(compile_c, model_name):
+    """kpatch_register() returns -EINVAL for a patch module with no object
+    (list_empty(&kpmod->objects)); nothing changes, the original runs on."""
+    m, model, _ = build(compile_c, model_name)
+    empty = make_patch(m, "empty", m.images[-1], [])
+    m.run(until=m.seconds(0.1))
+    with pytest.raises(PatchRefused, match="'empty'.*patches no object.*EINVAL"):
+        model.enable(empty)
+    assert not model.transitions and not empty.enabled
+    m.run(until=m.now + m.seconds(0.5))
+    assert observed(m, m.now - m.seconds(0.3)) == {1, 2, 3}
+
+
 @pytest.mark.parametrize("model_name", [n for n in MODEL_NAMES if n != "immediate"])
 def test_disabling_while_another_transition_runs_is_busy_or_a_reversal(compile_c, model_name):
     m, model, patch = build(compile_c, model_name)

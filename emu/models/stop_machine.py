@@ -120,6 +120,9 @@ class StopMachine(Model):
     def enable(self, patch: Patch) -> None:
         self.add(patch)
         self.enable_check(patch)
+        if not patch.objects:
+            # kpatch_register: a patch module with no object to patch
+            raise refusal(f"patch '{patch.name}': {self.name}: it patches no object", errno.EINVAL)
         funcs = self.loaded_funcs(patch)
         updates = [self.ensure_ops(f) for f in funcs]       # Busy on an IPMODIFY conflict
         t = self.record(patch, PATCHED)
