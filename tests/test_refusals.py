@@ -92,15 +92,17 @@ def test_enabling_twice_is_refused_the_second_time(compile_c, model_name):
     assert observed(m, m.now - m.seconds(0.3)) == {2, 3, 4}       # the patched f, still
 
 
-@pytest.mark.parametrize("model_name", ["stop_machine", "ksplice"])
-def test_a_kpatch_module_that_patches_nothing_is_refused(compile_c, model_name):
+def test_a_kpatch_module_that_patches_nothing_is_refused(compile_c):
     """kpatch_register() returns -EINVAL for a patch module with no object
-    (list_empty(&kpmod->objects)); nothing changes, the original runs on."""
-    m, model, _ = build(compile_c, model_name)
+    (list_empty(&kpmod->objects)), before it takes kpatch_mutex or looks
+    at anything else; nothing changes, the original runs on."""
+    m, model, _ = build(compile_c, "stop_machine")
     empty = make_patch(m, "empty", m.images[-1], [])
     m.run(until=m.seconds(0.1))
     with pytest.raises(PatchRefused, match="'empty'.*patches no object.*EINVAL"):
         model.enable(empty)
+    with pytest.raises(PatchRefused, match="'empty'.*patches no object.*EINVAL"):
+        model.enable(empty)              # the same answer again: nothing was enabled
     assert not model.transitions and not empty.enabled
     m.run(until=m.now + m.seconds(0.5))
     assert observed(m, m.now - m.seconds(0.3)) == {1, 2, 3}
@@ -198,3 +200,42 @@ def test_a_module_load_while_the_core_changes_text_waits_and_is_patched(tmp_path
     finally:
         m.engine.close()
         r.close()
+
+
+KSPLICE_BASE = """
+__attribute__((noinline)) long f(long t) { lpemu_sleep(t); return 1; }
+long sleeper(long t) { lpemu_observe(1, f(t)); return 0; }
+"""
+KSPLICE_FIX = """
+__attribute__((noinline)) long f(long t) { lpemu_sleep(t); return 2; }
+"""
+KSPLICE_MOD = """
+__attribute__((noinline)) long mod_fn(long x) { return x + 1; }
+"""
+
+
+def test_a_module_going_during_a_ksplice_update_waits_for_its_end(compile_c):
+    """ksplice.c stage_store() holds module_mutex across the whole update:
+    a module going meanwhile (free_module takes module_mutex) stays until
+    the update ends, not until the end of one attempt. The update here
+    fails its five attempts (a task sleeps in f for 30 s)."""
+    base = compile_c(KSPLICE_BASE)
+    m = Machine(base, cpus=2, quantum=400)
+    m.add_task("sleeper", "sleeper", (3000,))
+    model = make_model("ksplice", m)
+    fix = compile_c(KSPLICE_FIX, name="fix", base=base.hi + 0x10000 & ~0xfff, link_against=base)
+    mod = compile_c(KSPLICE_MOD, name="extra", base=fix.hi + 0x10000 & ~0xfff, link_against=base)
+    m.load(fix)
+    patch = model.add(make_patch(m, "p1", fix, ["f"]))
+    model.load_module(mod)
+    m.run(until=m.seconds(0.1))
+    model.enable(patch)
+    m.run(until=m.now + m.seconds(0.3))
+    model.unload_module(mod)                 # its going path waits for module_mutex
+    m.run(until=m.now + m.seconds(2.5))      # two attempts ended meanwhile
+    t = model.transitions[0]
+    assert t.result == "pending" and t.attempts >= 2
+    assert "extra" not in m.unloaded
+    m.run(until=m.now + m.seconds(6))
+    assert (t.result, t.attempts) == ("failed", 5)
+    assert "extra" in m.unloaded

@@ -98,6 +98,9 @@ class StopMachine(Model):
     # Ksplice's patch_action() runs its pre hooks once before the attempts
     # and its post (or fail) hooks after them (Ksplice._pre_hooks)
     callbacks_in_stop_machine = True
+    # kpatch_register(): a patch module with no object is -EINVAL, before
+    # kpatch_mutex and the enabled check
+    refuses_empty_patch = True
 
     def __init__(self, machine, *, retries: int | None = None, retry_delay: float | None = None,
                  cost_per_task: int = 200, cost_per_frame: int = 20, **kw):
@@ -119,10 +122,9 @@ class StopMachine(Model):
     # ---- operations ----------------------------------------------------------
     def enable(self, patch: Patch) -> None:
         self.add(patch)
-        self.enable_check(patch)
-        if not patch.objects:
-            # kpatch_register: a patch module with no object to patch
+        if self.refuses_empty_patch and not patch.objects:
             raise refusal(f"patch '{patch.name}': {self.name}: it patches no object", errno.EINVAL)
+        self.enable_check(patch)
         funcs = self.loaded_funcs(patch)
         updates = [self.ensure_ops(f) for f in funcs]       # Busy on an IPMODIFY conflict
         t = self.record(patch, PATCHED)
@@ -319,7 +321,7 @@ class StopMachine(Model):
         super().check_remove(image)
         holders = self.module_refs.get(image.name)
         if holders:
-            raise refusal(f"Module {image.name} is in use: kpatch holds a reference on it for "
+            raise refusal(f"Module {image.name} is in use: {self.prefix.rstrip(': ')} holds a reference on it for "
                           f"{', '.join(repr(h) for h in sorted(holders))}", errno.EWOULDBLOCK)
 
     def _link_report(self, patch: Patch) -> None:
@@ -348,6 +350,15 @@ class StopMachine(Model):
         for the scenario's other actions, which kpatch's sysfs and the
         kpatch tool take between attempts.)"""
         return self.registering
+
+    def _pre_hooks(self, t, patch: Patch, target: int) -> bool:
+        """Hooks before the first attempt, outside stop_machine: none for
+        kpatch, whose callbacks run inside it (callbacks_in_stop_machine)."""
+        return True
+
+    def _fail_hooks(self, patch: Patch, target: int) -> None:
+        """Hooks after an action that failed: none for kpatch (a refused
+        pre_patch is undone inside stop_machine, _pre_patch)."""
 
     # ---- kpatch's callbacks: inside stop_machine, around the switch -------------------
     def _each_loaded(self, patch: Patch, callback) -> None:
@@ -457,6 +468,7 @@ class Ksplice(StopMachine):
     # update: ksplice-apply and ksplice-undo unload them)
     holds_module_refs = True
     callbacks_in_stop_machine = False
+    refuses_empty_patch = False
 
     def enable(self, patch: Patch) -> None:
         """apply_update(): an update with a change for a module that is not
@@ -469,8 +481,10 @@ class Ksplice(StopMachine):
         missing = [o.name for o in patch.objects if o.name not in loaded]
         if missing:
             self.busy_check(patch)
-            raise refusal(f"patch '{patch.name}': ksplice: its target module '{missing[0]}' is not loaded "
-                          f"(abort_cause target_not_loaded)", errno.ENOENT)
+            # the stage write itself succeeds; lpemu reports the abort as a refusal
+            raise refusal(f"patch '{patch.name}': ksplice: update aborted, its target module '{missing[0]}' "
+                          f"is not loaded (abort_cause target_not_loaded; the write to stage succeeds)",
+                          errno.ENOENT)
         super().enable(patch)
 
     @property
@@ -487,6 +501,21 @@ class Ksplice(StopMachine):
 
     def notifier_waits(self) -> bool:
         return self.locked or self.registering
+
+    def _unlock(self) -> None:
+        """Between attempts the update still holds module_mutex (locked):
+        a module coming or going meanwhile waits for the end of the whole
+        update, not for the end of the attempt."""
+        self.registering = False
+        if not self.locked:
+            self.unlocked()
+
+    def module_going(self, patch: Patch, obj) -> list:
+        """Ksplice has no module notifier: a going module (one whose init
+        failed: an applied update holds its targets) runs no callback; the
+        update's reference on it goes with it."""
+        self._drop_refs(patch, obj.name)
+        return Model.module_going(self, patch, obj)
 
     def module_coming(self, patch: Patch, obj, funcs) -> list:
         """Ksplice has no module notifier: a module loaded after an update
