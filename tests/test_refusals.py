@@ -239,3 +239,68 @@ def test_a_module_going_during_a_ksplice_update_waits_for_its_end(compile_c):
     m.run(until=m.now + m.seconds(6))
     assert (t.result, t.attempts) == ("failed", 5)
     assert "extra" in m.unloaded
+
+
+GOING_MOD = """
+long helper(long);
+__attribute__((noinline)) long mod_fn(long x) { return helper(x) * 10; }
+int mod_init(void) { return 0; }
+void mod_exit(void) { lpemu_sleep(50); }       /* half a second of module_exit */
+"""
+
+
+@pytest.mark.parametrize("model_name", ["ksplice", "stop_machine"])
+def test_a_ksplice_update_for_a_module_on_its_way_out_aborts(tmp_path, model_name):
+    """apply_update(): a target module that is not live (MODULE_STATE_GOING
+    from delete_module on, while its exit runs) aborts the update,
+    target_not_loaded. kpatch_register() links the objects of the modules
+    it finds instead, so kpatch is not refused for it."""
+    from emu.runs import scenario
+    from emu.runs.fuzz import Runner
+    for name, text in (("base.c", MOD_BASE), ("mod.c", GOING_MOD), ("fix.c", MOD_FIX)):
+        (tmp_path / name).write_text('#include "lpemu.h"\n' + text)
+    (tmp_path / "s.toml").write_text("""
+[program]
+sources = ["base.c"]
+[machine]
+cpus = 2
+quantum = 300
+[[task]]
+name = "user"
+entry = "user"
+args = [0]
+[[module]]
+name = "mod"
+sources = ["mod.c"]
+init = "mod_init"
+exit = "mod_exit"
+[[patch]]
+name = "fix"
+sources = ["fix.c"]
+functions = ["mod:mod_fn"]
+[[action]]
+at = 10000
+do = "load"
+module = "mod"
+[[action]]
+at = 30000
+do = "unload"
+module = "mod"
+[[action]]
+at = 40000
+do = "enable"
+patch = "fix"
+[fuzz]
+horizon = 3.0
+""")
+    r = Runner(scenario.build(scenario.load(tmp_path / "s.toml")))
+    try:
+        res = r.execute(r.plan(model_name, 0, strategy="exhaustive"))
+        refused = [e for e in res.errors if e["action"] == "enable fix"]
+        if model_name == "ksplice":
+            assert len(refused) == 1 and "target module 'mod' is not loaded" in refused[0]["error"]
+            assert not res.transitions
+        else:
+            assert not refused and res.transitions
+    finally:
+        r.close()

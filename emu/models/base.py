@@ -95,6 +95,10 @@ class Model:
         self.transitions: list[Transition] = []
         self.unlock_waiters: list = []     # writers blocked on the mutex (after_unlock)
         self.loading: set[str] = set()     # modules whose coming notifier waits on the mutex
+        # module -> "coming" or "going" while its loader task (insmod, rmmod)
+        # runs its init or exit (the module's state, MODULE_STATE_COMING or
+        # _GOING; emu/runs/fuzz.py's Runner runs the loaders)
+        self.loaders: dict[str, str] = {}
         self.stack_checks = StackChecks(machine)
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve

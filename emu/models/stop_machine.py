@@ -472,13 +472,14 @@ class Ksplice(StopMachine):
 
     def enable(self, patch: Patch) -> None:
         """apply_update(): an update with a change for a module that is not
-        loaded (find_module() finds none, or it is not live) aborts with
+        loaded (find_module() finds none, or it is not live: going, its
+        rmmod under way) aborts with
         TARGET_NOT_LOADED before anything happens, unless the update is
         partial (not modelled: ksplice-apply's default); Ksplice never
         patches a module that loads later (a cold update)."""
         self.add(patch)
         loaded = loaded_objects(self.m)
-        missing = [o.name for o in patch.objects if o.name not in loaded]
+        missing = [o.name for o in patch.objects if o.name not in loaded or self.loaders.get(o.name) == "going"]
         if missing:
             self.busy_check(patch)
             # the stage write itself succeeds; lpemu reports the abort as a refusal

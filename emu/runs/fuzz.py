@@ -187,7 +187,6 @@ class Runner:
         self._by_key: tuple[dict, tuple] | None = None     # the assertions by observed key (_checks)
         self._judging: dict = {}    # patch.definition -> the judges' cache for runs of those patches (_tables)
         self._verdicts: dict = {}   # (key, value, task, kind) -> the timeless assertions that fail (_assertions)
-        self._coming_going: dict[str, str] = {}
 
     # ---- planning -----------------------------------------------------------------------------
     @property
@@ -405,7 +404,6 @@ class Runner:
         to the runner's pool."""
         scn, prog = self.scn, self.program
         m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
-        self._coming_going: dict[str, str] = {}     # module -> "coming" or "going" while its loader runs
         # rdrand and rdseed draw from the run's seed from here on (pooled
         # and fresh machines alike: both are at the end of the prefix)
         m.seed_random(spec.seed)
@@ -563,27 +561,30 @@ class Runner:
             return None
         img = self.program.modules[spec.name]
         task = next(t for t in m.tasks if t.name == spec.loader("insmod" if key == "init" else "rmmod"))
-        busy = self._coming_going.get(spec.name)
+        busy = model.loaders.get(spec.name)
         if busy is not None:
             raise Busy(f"module '{spec.name}' is still {busy}: its {spec.loader('insmod' if busy == 'coming' else 'rmmod')} "
                        f"has not finished (-EBUSY)")
         if key == "exit":
             model.check_remove(img)     # delete_module: a module in use stays, its exit unrun
-        self._coming_going[spec.name] = "coming" if key == "init" else "going"
+        model.loaders[spec.name] = "coming" if key == "init" else "going"
         entry = img.functions[fname].start
         action = f"{'load' if key == 'init' else 'unload'} {spec.name}"
 
         def done(task, result: int) -> None:
             rc = (result & 0xffffffff) - ((result & 0x80000000) << 1)     # int (*init)(void)
-            self._coming_going.pop(spec.name, None)
             if key == "init" and rc != 0:
                 res.errors.append({"time": m.now, "action": action,
                                    "error": f"{fname}() returned {rc}: the module is unloaded"})
                 m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
             if key == "exit" or rc != 0:
                 # the going notifier, in the loader's context: it waits for
-                # the core's mutex as the rmmod does (Model.after_unlock)
+                # the core's mutex as the rmmod does (Model.after_unlock);
+                # the module stays going until it is freed
+                model.loaders[spec.name] = "going"
                 model.after_unlock(lambda: self._going(m, model, img, res, action))
+            else:
+                model.loaders.pop(spec.name, None)
         return lambda: m.fork(task, entry, done=done)
 
     @staticmethod
@@ -593,6 +594,8 @@ class Runner:
         except EmuError as exc:
             res.errors.append({"time": m.now, "action": action, "error": str(exc)})
             m.printk(f"lpemu: {action}: {exc}")
+        finally:
+            model.loaders.pop(img.name, None)
 
     def _judge(self, m: Machine, model, patches, res: Result) -> None:
         m.drain()
