@@ -4,6 +4,7 @@ that is enabled cannot be enabled again, one that is not enabled cannot be disab
 never loaded, or was already unloaded, cannot be unloaded), and nothing of
 the machine changes when it is refused."""
 import errno
+from pathlib import Path
 
 import pytest
 
@@ -148,8 +149,11 @@ __attribute__((noinline)) long helper(long x) { return x + 1; }
 """
 
 
-def module_scenario(tmp_path, load_at):
-    for name, text in (("base.c", MOD_BASE), ("mod.c", MOD), ("fix.c", MOD_FIX)):
+def module_files(tmp_path, mod: str, module_keys: str, actions: str, *, count: int = 1) -> Path:
+    """A scenario in tmp_path: MOD_BASE's user tasks (count of them), the
+    module mod (its [[module]] keys after name and sources), the patch fix
+    of helper and mod:mod_fn, the actions; its path."""
+    for name, text in (("base.c", MOD_BASE), ("mod.c", mod), ("fix.c", MOD_FIX)):
         (tmp_path / name).write_text('#include "lpemu.h"\n' + text)
     (tmp_path / "s.toml").write_text(f"""
 [program]
@@ -161,14 +165,22 @@ quantum = 300
 name = "user"
 entry = "user"
 args = [0]
-count = 3
+count = {count}
 [[module]]
 name = "mod"
 sources = ["mod.c"]
+{module_keys}
 [[patch]]
 name = "fix"
 sources = ["fix.c"]
 functions = ["helper", "mod:mod_fn"]
+{actions}
+""")
+    return tmp_path / "s.toml"
+
+
+def module_scenario(tmp_path, load_at):
+    return module_files(tmp_path, MOD, "", f"""
 [[action]]
 at = 20000
 do = "enable"
@@ -179,8 +191,7 @@ do = "load"
 module = "mod"
 [fuzz]
 horizon = 5.0
-""")
-    return tmp_path / "s.toml"
+""", count=3)
 
 
 @pytest.mark.parametrize("model_name", MODULE_PATCH_MODELS)
@@ -257,27 +268,7 @@ def test_a_ksplice_update_for_a_module_on_its_way_out_aborts(tmp_path, model_nam
     it finds instead, so kpatch is not refused for it."""
     from emu.runs import scenario
     from emu.runs.fuzz import Runner
-    for name, text in (("base.c", MOD_BASE), ("mod.c", GOING_MOD), ("fix.c", MOD_FIX)):
-        (tmp_path / name).write_text('#include "lpemu.h"\n' + text)
-    (tmp_path / "s.toml").write_text("""
-[program]
-sources = ["base.c"]
-[machine]
-cpus = 2
-quantum = 300
-[[task]]
-name = "user"
-entry = "user"
-args = [0]
-[[module]]
-name = "mod"
-sources = ["mod.c"]
-init = "mod_init"
-exit = "mod_exit"
-[[patch]]
-name = "fix"
-sources = ["fix.c"]
-functions = ["mod:mod_fn"]
+    path = module_files(tmp_path, GOING_MOD, 'init = "mod_init"\nexit = "mod_exit"', """
 [[action]]
 at = 10000
 do = "load"
@@ -293,7 +284,7 @@ patch = "fix"
 [fuzz]
 horizon = 3.0
 """)
-    r = Runner(scenario.build(scenario.load(tmp_path / "s.toml")))
+    r = Runner(scenario.build(scenario.load(path)))
     try:
         res = r.execute(r.plan(model_name, 0, strategy="exhaustive"))
         refused = [e for e in res.errors if e["action"] == "enable fix"]

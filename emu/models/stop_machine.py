@@ -189,11 +189,7 @@ class StopMachine(Model):
         for update in updates:
             yield from update
         if not self.callbacks_in_stop_machine and not self._pre_hooks(t, patch, target):
-            for f in funcs:
-                yield from self.release_ops(f)
-            self._drop_refs(patch)
-            self.finish(t, "failed", "pre-patch callback")
-            self._unlock()
+            yield from self._fail(t, patch, funcs, "pre-patch callback")
             return
         while True:
             t.attempts += 1
@@ -208,11 +204,7 @@ class StopMachine(Model):
                     fresh = [self.ensure_ops(f) for f in funcs]
                 except Busy as exc:
                     self.printk(f"{self.prefix}failed to register ftrace handler: {exc}")
-                    for f in funcs:
-                        yield from self.release_ops(f)
-                    self._drop_refs(patch)
-                    self.finish(t, "failed", "-EBUSY")
-                    self._unlock()
+                    yield from self._fail(t, patch, funcs, "-EBUSY")
                     return
                 for update in fresh:
                     yield from update
@@ -237,11 +229,7 @@ class StopMachine(Model):
             if not blockers and target == PATCHED and self.callbacks_in_stop_machine and not self._pre_patch(patch):
                 yield Release()
                 t.pauses.append((stopped, m.now))
-                for f in funcs:
-                    yield from self.release_ops(f)
-                self._drop_refs(patch)
-                self.finish(t, "failed", "pre-patch callback")
-                self._unlock()
+                yield from self._fail(t, patch, funcs, "pre-patch callback")
                 return
             if not blockers:
                 if target == UNPATCHED and self.callbacks_in_stop_machine:
@@ -295,6 +283,15 @@ class StopMachine(Model):
                 return
             self._unlock()
             yield Delay(m.seconds(self.retry_delay))
+
+    def _fail(self, t, patch: Patch, funcs, why: str):
+        """An enable that ends before its switch: its functions leave the
+        ftrace filter, its module references go, the mutex is released."""
+        for f in funcs:
+            yield from self.release_ops(f)
+        self._drop_refs(patch)
+        self.finish(t, "failed", why)
+        self._unlock()
 
     # ---- kpatch's references on the modules it patches ----------------------------------------
     def _take_refs(self, patch: Patch) -> None:
