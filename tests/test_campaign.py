@@ -1,5 +1,6 @@
 """Campaigns lose nothing: a killed campaign resumes to the same summary; a
 worker that dies is reported with its seed and the campaign goes on."""
+import gc
 import json
 import os
 import shutil
@@ -68,8 +69,10 @@ def test_a_worker_that_dies_is_reported_with_its_seed(tmp_path, monkeypatch):
     monkeypatch.setattr(campaign, "run_record", deadly)
     plan = campaign.Plan(str(SEED), ["kgraft"], list(range(12)), "random")
     camp = campaign.Campaign(prog, plan, jobs=2, out=tmp_path / "c", batch=4)
+    frozen = gc.get_freeze_count()
     camp.run()
     camp.close()
+    assert gc.get_freeze_count() == frozen      # what the pool froze (its records) is collectable again
     assert [c["seed"] for c in camp.crashes] == [5]
     summary = camp.summary()
     assert summary["models"][0]["runs"] == 12 and summary["models"][0]["crash"] == 1

@@ -429,6 +429,10 @@ class Campaign:
                         continue
                     for rec in recs:
                         self.record(rec)
+                    # kept records stay out of this process's collections
+                    # too (they hold no cycles): the collector scanning every
+                    # record kept so far cost the parent about 9 us a run
+                    gc.freeze()
                     if progress:
                         progress(len(recs))
                 if lost:
