@@ -108,8 +108,12 @@ class Symbols:
     def symbolize_pb(self, addr: int) -> str:
         """addr as the kernel's %pB prints a return address: name+offset/size,
         with [image] after a module's (a patch's included); the runtime's
-        code and unknown addresses as symbolize() gives them."""
-        fn = self.function_at(addr)
+        code and unknown addresses as symbolize() gives them. %pB
+        (sprint_backtrace, kernel/kallsyms.c) looks up the symbol of
+        addr - 1 and prints addr's offset from it: a call that is the last
+        instruction of its function (a call of a noreturn function) returns
+        past the function's end, and is still named after its caller."""
+        fn = self.function_at(addr - 1)
         if fn is None:
             return self.symbolize(addr)
         module = "" if self.images and fn.image == self.images[0].name else f" [{fn.image}]"
