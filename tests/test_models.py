@@ -316,12 +316,16 @@ __attribute__((noinline)) long crunch(long n)
 PREEMPTED = {"stop_machine": "failed", "ksplice": "failed", "livepatch": "pending", "kgraft": "pending"}
 
 
+@pytest.mark.parametrize("cpus", [1, 2])
 @pytest.mark.parametrize("unwinder", ["orc", "fp"])
 @pytest.mark.parametrize("model_name", sorted(PREEMPTED))
-def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unwinder):
-    """One CPU, full preemption, a kthread that never leaves crunch() (no
-    call, no scheduling point in it): the work (kworker, stopper) preempts
-    it there. Its interrupted IP is on its stack:
+def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unwinder, cpus):
+    """Full preemption, a kthread that never leaves crunch() (no call, no
+    scheduling point in it), alone on the last CPU: the work (kworker,
+    stopper) preempts it there, on its own CPU or, with two, on the CPU
+    stop_machine stops while another one runs the check (livepatch's
+    kworker takes the spare CPU, and the cruncher stays running). Its
+    interrupted IP is on its stack:
     - kpatch (stack_trace_save_tsk: the unwinders report regs->ip when they
       cross the interrupt frame, ORC and frame pointers alike) -> -EBUSY at
       each of its 5 attempts; Ksplice checks the saved IP first -> fails;
@@ -331,11 +335,11 @@ def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unw
       (a preempted kthread is no interruptible sleeper to wake);
     - kGraft: no safe point -> pending."""
     base = compile_c(SPIN)
-    m = Machine(base, cpus=1, quantum=500, preempt="full", unwinder=unwinder)
+    m = Machine(base, cpus=cpus, quantum=500, preempt="full", unwinder=unwinder)
     img = compile_c(SPIN_PATCH, name="p", base=m.module_base(), link_against=base, keep={"crunch"})
     m.load(img)
-    m.add_task("cruncher", "kthread_entry", (100,), kind="kthread")
-    m.add_task("sleeper", "sleeper_entry", (10,))
+    m.add_task("cruncher", "kthread_entry", (100,), kind="kthread", cpu=cpus - 1)
+    m.add_task("sleeper", "sleeper_entry", (10,), cpu=0)
     model = make_model(model_name, m)
     patch = model.add(make_patch(m, "p", img, ["crunch"]))
     m.at(m.seconds(0.2), lambda: model.enable(patch))
@@ -345,6 +349,11 @@ def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unw
     blockers = dict(t.blockers)
     assert "cruncher" in blockers
     stack = blockers["cruncher"]
+    if model_name == "livepatch" and cpus == 2:
+        # the kworker runs on the other CPU and never takes the cruncher's:
+        # it is task_curr() at every attempt (-EBUSY, "is running")
+        assert stack == ["(running)"]
+        return
     assert stack[0].startswith("crunch+")
     if model_name == "livepatch":
         why = "sleeping on function crunch" if unwinder == "orc" else "unreliable stack: preempted task"
