@@ -365,6 +365,9 @@ def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unw
         assert lines[i + 1] == "kpatch: PID: 0 Comm: cruncher"
         # %pB names a return address after the symbol of the byte before it:
         # the call of the noreturn crunch() ends kthread_entry, and its
-        # return address, just past the end, is kthread_entry+size/size
-        ret = re.fullmatch(r"kpatch:   \[<[0-9a-f]{16}>\] kthread_entry\+(0x[0-9a-f]+)/(0x[0-9a-f]+)", lines[i + 3])
-        assert ret and ret.group(1) == ret.group(2), lines[i + 3]
+        # return address, just past the end, is kthread_entry's; the size is
+        # kallsyms's, up to the next symbol (sleeper_entry), padding included
+        entry, after = m.function("kthread_entry"), m.function("sleeper_entry")
+        assert lines[i + 3].endswith(f"] kthread_entry+{entry.end - entry.start:#x}/{after.start - entry.start:#x}")
+        crunch = m.function("crunch")
+        assert lines[i + 2].endswith(f"/{entry.start - crunch.start:#x}") and "] crunch+" in lines[i + 2]
