@@ -1324,3 +1324,35 @@ def test_an_enable_and_a_disable_while_a_task_sleeps_in_a_patched_function(model
                                                                          ("unpatched", "completed")]
     if model == "kgraft":
         assert [e["action"] for e in res.errors] == ["disable nap_fix"] and units[-1] == (1, 1)
+
+
+# ---- kGraft: a kthread's safe point inside a patched function -----------------------------------
+
+SAFEPOINT_INSIDE = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+                    "kgraft": "completed", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_kthread_safe_point_inside_a_patched_function(model):
+    """kGraft checks no stack: the kthread migrates at the safe point it
+    passes inside the old work(), which then calls the new part_b(). Its
+    units run from one safe point to the next, so kGraft keeps its promise
+    and no such unit mixes; one work() activation does (scenario-work.toml),
+    as under immediate. livepatch never finds work() off the kthread's
+    stack."""
+    res, log, values, _ = run("kgraft-safepoint-inside/scenario.toml", model)
+    assert res.outcome == SAFEPOINT_INSIDE[model] and kernel_safe(res)
+    sound(res)
+    work, _, _, _ = run("kgraft-safepoint-inside/scenario-work.toml", model)
+    sound(work)
+    assert (work.inconsistent_units > 0) == (model in ("kgraft", "immediate"))
+    if model == "kgraft":
+        # the first work() after the enable: the old one's tail (key 3 = 0)
+        # calls the new part_b() (key 2 = 1)
+        tails, parts = values[("kworker", 3)], values[("kworker", 2)]
+        first_new = parts.index(1)
+        assert tails[first_new] == 0
+        assert res.transitions[0]["attempts"] == 1
+    if model == "livepatch":
+        assert res.transitions[0]["blockers"][0]["stack"][-1] == "(sleeping on function work)"
+        assert collapse(values[("kworker", 2)]) == [0]
