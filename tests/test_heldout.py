@@ -1178,3 +1178,181 @@ def test_a_user_task_asleep_10_s_in_a_patched_function(model):
         assert 9.5 * 100_000 < res.latency < 11.5 * 100_000
         assert values[("sleeper", 3)][0] == 0           # it slept the whole 10 s
         assert collapse(naps) == [0, 1]
+
+
+# ---- tasks that exit during a transition --------------------------------------------------
+
+EXIT_ATTEMPTS = {"stop_machine": 3, "ksplice": 4, "kgraft": 2, "livepatch": 4}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_tasks_that_exit_inside_a_patched_function_no_longer_block(model):
+    """A dead task is not checked: release_task() takes it off the thread
+    list every model walks, and a zombie's stack is "reliably empty"
+    (stack_trace_save_tsk_reliable(), kernel/stacktrace.c; kpatch's
+    unwind finds nothing either; Ksplice's check_task() skips TASK_DEAD),
+    even when it died with the patched nap() on its stack."""
+    res, log, values, status = run("exit-mid-transition/scenario.toml", model)
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+    assert collapse(values[("busy", 1)]) == [0, 1]
+    if model == "immediate":
+        return
+    t = res.transitions[0]
+    assert t["attempts"] == EXIT_ATTEMPTS[model]
+    # until the quitters exit (2.5 s, or a fake signal), every failed attempt
+    # finds them asleep in nap()
+    for attempt in t["attempt_log"]:
+        assert {b["task"] for b in attempt["blockers"]} - {"swapper/1"} <= {"quitter", "kquitter"}
+    if model == "livepatch":
+        # no fake signal: they slept their whole 2.5 s, and the first retry
+        # after they exit completes
+        assert not any("signaling remaining tasks" in line for line in log)
+        assert values[("quitter", 2)] == [0] and values[("kquitter", 2)] == [0]
+        assert 2.5 * 100_000 < t["completed_at"] < 3.5 * 100_000
+    if model == "kgraft":
+        # the kthread woken when the code changed, the user task by the
+        # first check's fake signal (2 s later): both exit early
+        assert values[("kquitter", 2)][0] > 200 and 0 < values[("quitter", 2)][0] < 50
+    assert {x["name"]: x["pending"] for x in status["tasks"]}.get("quitter") in (None, False)
+
+
+# ---- a reversal that finds one task switched and one not ---------------------------------------
+
+def test_a_reversal_waits_only_for_the_tasks_that_switched():
+    """klp_reverse_transition() clears every TIF_PATCH_PENDING and
+    klp_start_transition() sets it again only where patch_state differs
+    from the new target: the task that never switched (late, asleep in the
+    original nap()) is done at once; the one that switched (early) must
+    leave the new nap(), the checked range when unpatching
+    (klp_check_stack_func)."""
+    res, log, values, _ = run("reverse-half-switched/scenario.toml", "livepatch")
+    assert kernel_safe(res)
+    sound(res)
+    assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "reversed"),
+                                                                     ("unpatched", "completed")]
+    unpatching = res.transitions[1]
+    assert [[b["task"] for b in a["blockers"]] for a in unpatching["attempt_log"]] == [["early"]]
+    assert unpatching["completed_at"] < 5 * 100_000            # before late wakes
+    assert collapse(values[("early", 1)]) == [0, 1, 0]
+    assert "livepatch: 'nap_fix': reversing transition from patching to unpatching" in log
+    assert log[log.index("livepatch: 'nap_fix': reversing transition from patching to unpatching") + 1] == \
+        "livepatch: 'nap_fix': starting unpatching transition"
+    assert log[-1] == "livepatch: 'nap_fix': unpatching complete"
+
+
+def test_a_transition_reversed_twice_waits_for_the_other_task():
+    """enabled_store() reverses a transition in progress as often as it is
+    written: the second reversal makes early (PATCHED) done and late
+    (UNPATCHED, asleep in the original nap() until 5 s) pending again; it
+    switches at its kernel exit, before any fake signal."""
+    res, log, values, _ = run("reverse-half-switched/scenario-twice.toml", "livepatch")
+    assert kernel_safe(res)
+    sound(res)
+    assert [(t["target"], t["result"]) for t in res.transitions] == [
+        ("patched", "reversed"), ("unpatched", "reversed"), ("patched", "completed")]
+    last = res.transitions[2]
+    assert all([b["task"] for b in a["blockers"]] == ["late"] for a in last["attempt_log"])
+    assert 5 * 100_000 < last["completed_at"] < 6.5 * 100_000
+    reversals = [line for line in log if "reversing transition" in line]
+    assert reversals == ["livepatch: 'nap_fix': reversing transition from patching to unpatching",
+                         "livepatch: 'nap_fix': reversing transition from unpatching to patching"]
+    assert log[-1] == "livepatch: 'nap_fix': patching complete"
+    assert not any("signaling remaining tasks" in line for line in log)
+    assert collapse(values[("early", 1)]) == [0, 1] and values[("late", 1)][0] == 0
+
+
+@pytest.mark.parametrize("model", [m for m in MODEL_NAMES if m != "livepatch"])
+@pytest.mark.parametrize("rel", ["reverse-half-switched/scenario.toml", "reverse-half-switched/scenario-twice.toml"])
+def test_writes_during_a_transition_elsewhere_never_mix(model, rel):
+    res, log, values, _ = run(rel, model)
+    assert kernel_safe(res)
+    sound(res)
+    final = 1 if model == "kgraft" or (model == "immediate" and "twice" in rel) else 0
+    assert values[("early", 1)][-1] == final
+
+
+# ---- what counts as "on the stack": a patched function's address in a local -----------------
+
+CALLBACK = {"immediate": ("completed", 1), "stop_machine": ("completed", 1), "ksplice": ("failed", 0),
+            "kgraft": ("completed", 0), "livepatch": ("completed", 1)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_patched_functions_address_on_a_sleeping_stack(model):
+    """Ksplice's check_stack() compares every word from the saved SP up
+    with the replaced code; kpatch and livepatch compare the return
+    addresses of an unwind. A callback pointer to handler() kept in a
+    sleeping task's frame blocks Ksplice only."""
+    res, log, values, _ = run("callback-on-stack/scenario.toml", model)
+    outcome, version = CALLBACK[model]
+    assert res.outcome == outcome and kernel_safe(res)
+    sound(res)
+    assert values[("waiter", 1)] == [version]         # the call after the 10 s sleep
+    t = res.transitions[0]
+    if model == "ksplice":
+        assert t["attempts"] == 5
+        assert re.fullmatch(r"ksplice: stack check: pid 0 \(waiter\): [0-9a-f]+ \[<-CONFLICT\]", log[0])
+    if model == "stop_machine":
+        assert t["attempts"] == 1
+    if model == "livepatch":                          # switched by the first attempt's check
+        assert not any(b["task"] == "waiter" for a in t["attempt_log"] for b in a["blockers"])
+
+
+# ---- no consistency: old code returns into new, and new into old -------------------------------
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_an_enable_and_a_disable_while_a_task_sleeps_in_a_patched_function(model):
+    """Without a consistency model a task asleep in the old nap() comes back
+    to a caller that calls the new tally(), and one asleep in the new nap()
+    to one that calls the old tally(); livepatch keeps each system call on
+    one version, kGraft refuses the disable until its patching is
+    finalized, kpatch and Ksplice never find nap() off the sleeper's stack."""
+    res, log, values, _ = run("immediate-both-ways/scenario.toml", model)
+    units = list(zip(values[("sleeper", 1)], values[("sleeper", 2)]))
+    sound(res)
+    if model == "immediate":
+        # woken in the old nap(), it calls the new tally(); woken in the new
+        # nap(), the old tally()
+        assert not kernel_safe(res)
+        assert units[:3] == [(0, 1), (1, 0), (0, 0)]
+        return
+    assert kernel_safe(res) and all(a == b for a, b in units)
+    if model == "livepatch":
+        assert [u[0] for u in units] == [0, 1, 0, 0, 0][:len(units)]
+        assert [(t["target"], t["result"]) for t in res.transitions] == [("patched", "completed"),
+                                                                         ("unpatched", "completed")]
+    if model == "kgraft":
+        assert [e["action"] for e in res.errors] == ["disable nap_fix"] and units[-1] == (1, 1)
+
+
+# ---- kGraft: a kthread's safe point inside a patched function -----------------------------------
+
+SAFEPOINT_INSIDE = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+                    "kgraft": "completed", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_kthread_safe_point_inside_a_patched_function(model):
+    """kGraft checks no stack: the kthread migrates at the safe point it
+    passes inside the old work(), which then calls the new part_b(). Its
+    units run from one safe point to the next, so kGraft keeps its promise
+    and no such unit mixes; one work() activation does (scenario-work.toml),
+    as under immediate. livepatch never finds work() off the kthread's
+    stack."""
+    res, log, values, _ = run("kgraft-safepoint-inside/scenario.toml", model)
+    assert res.outcome == SAFEPOINT_INSIDE[model] and kernel_safe(res)
+    sound(res)
+    work, _, _, _ = run("kgraft-safepoint-inside/scenario-work.toml", model)
+    sound(work)
+    assert (work.inconsistent_units > 0) == (model in ("kgraft", "immediate"))
+    if model == "kgraft":
+        # the first work() after the enable: the old one's tail (key 3 = 0)
+        # calls the new part_b() (key 2 = 1)
+        tails, parts = values[("kworker", 3)], values[("kworker", 2)]
+        first_new = parts.index(1)
+        assert tails[first_new] == 0
+        assert res.transitions[0]["attempts"] == 1
+    if model == "livepatch":
+        assert res.transitions[0]["blockers"][0]["stack"][-1] == "(sleeping on function work)"
+        assert collapse(values[("kworker", 2)]) == [0]

@@ -290,3 +290,29 @@ def test_kgraft_completes_with_checks_more_often_than_a_round_of_slices(compile_
     m.run(until=m.seconds(3), stop_when=lambda: mod.transitions and mod.transitions[0].result != "pending")
     t = mod.transitions[0]
     assert t.result == "completed", [x.name for x in m.tasks if x.pending]
+
+
+@pytest.mark.parametrize("preempt", ["none", "voluntary", "full"])
+@pytest.mark.parametrize("kernel,switches", [("6.3", False), ("6.4", True), ("6.15", True), ("6.16", False)])
+def test_cond_resched_is_a_switch_point_in_every_preemption_mode_from_6_4_to_6_15(compile_c, preempt, kernel,
+                                                                                  switches):
+    """include/linux/sched.h (6.4 to 6.15): _cond_resched() calls
+    klp_sched_try_switch() whatever the preemption model: before
+    __cond_resched() without CONFIG_PREEMPTION, alone with it (where
+    cond_resched() schedules nothing), and through the cond_resched static
+    call that sched_dynamic_klp_enable() points at klp_cond_resched() with
+    PREEMPT_DYNAMIC, in every mode. A CPU-bound kthread on its own CPU (the
+    work runs on the spare one, never preempting it) switches itself there;
+    before 6.4 and from 6.16 nothing switches it."""
+    m, img = machine(compile_c, preempt=preempt, funcs=("work",))
+    m.add_task("cpubound", "cpubound_entry", (3_000,), kind="kthread", cpu=1)
+    mod, patch = add_patch(m, img, "livepatch", funcs=("work",), kernel=kernel)
+    m.at(m.seconds(0.2), lambda: mod.enable(patch))
+    m.run(until=m.seconds(3.5))
+    t = mod.transitions[0]
+    how = [h for _, name, _, h in mod.switches if name == "cpubound"]
+    if switches:
+        assert t.result == "completed" and how == ["cond_resched"]
+    else:
+        assert t.result == "pending" and how == []
+        assert dict(t.blockers)["cpubound"][-1] == "(running)"

@@ -2,6 +2,7 @@
 that tell them apart: a task sleeping inside a patched function, and one
 that is not (upstream livepatch has its own selftests: test_livepatch.py)."""
 import errno
+import re
 
 import pytest
 
@@ -281,3 +282,92 @@ def test_bytewise_writes_let_a_cpu_run_a_torn_instruction(compile_c):
         m, torn, fault = hammered(compile_c, "bytewise", seed)
         # a CPU met the site half written: the torn call jumps into nowhere
         assert len(torn) == 1 and isinstance(fault, GuestFault)
+
+
+# ---- a task preempted inside the patched function (full preemption) -------------------------
+
+SPIN = """
+volatile long sink;
+__attribute__((noinline)) long crunch(long n)
+{
+	long s = 0;
+	for (;;) {
+		for (long i = 0; i < n; i++)
+			s += i ^ sink;
+		sink = s;
+	}
+}
+/* crunch() never returns: the call is kthread_entry's last instruction */
+long kthread_entry(long n) { return crunch(n); }
+long sleeper_entry(long t) { for (;;) lpemu_sleep(t); }
+"""
+SPIN_PATCH = """
+extern volatile long sink;
+__attribute__((noinline)) long crunch(long n)
+{
+	long s = 1;
+	for (;;) {
+		for (long i = 0; i < n; i++)
+			s += i ^ sink;
+		sink = s;
+	}
+}
+"""
+PREEMPTED = {"stop_machine": "failed", "ksplice": "failed", "livepatch": "pending", "kgraft": "pending"}
+
+
+@pytest.mark.parametrize("cpus", [1, 2])
+@pytest.mark.parametrize("unwinder", ["orc", "fp"])
+@pytest.mark.parametrize("model_name", sorted(PREEMPTED))
+def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unwinder, cpus):
+    """Full preemption, a kthread that never leaves crunch() (no call, no
+    scheduling point in it), alone on the last CPU: the work (kworker,
+    stopper) preempts it there, on its own CPU or, with two, on the CPU
+    stop_machine stops while another one runs the check (livepatch's
+    kworker takes the spare CPU, and the cruncher stays running). Its
+    interrupted IP is on its stack:
+    - kpatch (stack_trace_save_tsk: the unwinders report regs->ip when they
+      cross the interrupt frame, ORC and frame pointers alike) -> -EBUSY at
+      each of its 5 attempts; Ksplice checks the saved IP first -> fails;
+    - livepatch (arch_stack_walk_reliable): ORC finds crunch() on the stack
+      ("sleeping on function"); with frame pointers, kernel-mode registers
+      on the stack make the trace unreliable; either way it stays pending
+      (a preempted kthread is no interruptible sleeper to wake);
+    - kGraft: no safe point -> pending."""
+    base = compile_c(SPIN)
+    m = Machine(base, cpus=cpus, quantum=500, preempt="full", unwinder=unwinder)
+    img = compile_c(SPIN_PATCH, name="p", base=m.module_base(), link_against=base, keep={"crunch"})
+    m.load(img)
+    m.add_task("cruncher", "kthread_entry", (100,), kind="kthread", cpu=cpus - 1)
+    m.add_task("sleeper", "sleeper_entry", (10,), cpu=0)
+    model = make_model(model_name, m)
+    patch = model.add(make_patch(m, "p", img, ["crunch"]))
+    m.at(m.seconds(0.2), lambda: model.enable(patch))
+    m.run(until=m.seconds(11))
+    t = model.transitions[0]
+    assert t.result == PREEMPTED[model_name]
+    blockers = dict(t.blockers)
+    assert "cruncher" in blockers
+    stack = blockers["cruncher"]
+    if model_name == "livepatch" and cpus == 2:
+        # the kworker runs on the other CPU and never takes the cruncher's:
+        # it is task_curr() at every attempt (-EBUSY, "is running")
+        assert stack == ["(running)"]
+        return
+    assert stack[0].startswith("crunch+")
+    if model_name == "livepatch":
+        why = "sleeping on function crunch" if unwinder == "orc" else "unreliable stack: preempted task"
+        assert stack[-1].startswith(f"({why}")
+    if model_name == "stop_machine":
+        assert t.attempts == 5
+        lines = [line for _, line in m.log]
+        i = lines.index("kpatch: activeness safety check failed for crunch")
+        assert lines[i + 1] == "kpatch: PID: 0 Comm: cruncher"
+        # %pB names a return address after the symbol of the byte before it:
+        # the call of the noreturn crunch() ends kthread_entry, and its
+        # return address, just past the end, is kthread_entry's; the size is
+        # kallsyms's, up to the next symbol (sleeper_entry), padding included
+        entry, after = m.function("kthread_entry"), m.function("sleeper_entry")
+        assert lines[i + 3].endswith(f"] kthread_entry+{entry.end - entry.start:#x}/{after.start - entry.start:#x}")
+        crunch = m.function("crunch")
+        assert lines[i + 2].endswith(f"/{entry.start - crunch.start:#x}") and "] crunch+" in lines[i + 2]

@@ -108,12 +108,23 @@ class Symbols:
     def symbolize_pb(self, addr: int) -> str:
         """addr as the kernel's %pB prints a return address: name+offset/size,
         with [image] after a module's (a patch's included); the runtime's
-        code and unknown addresses as symbolize() gives them."""
-        fn = self.function_at(addr)
+        code and unknown addresses as symbolize() gives them. %pB
+        (sprint_backtrace, kernel/kallsyms.c) looks up the symbol of
+        addr - 1 and prints addr's offset from it: a call that is the last
+        instruction of its function (a call of a noreturn function) returns
+        past the function's end, and is still named after its caller. The
+        size is kallsyms's, which keeps no sizes: up to the next symbol of
+        the image (get_symbol_pos; a module's nearest symbol above,
+        find_kallsyms_symbol), alignment padding included; the last
+        function of an image ends where its code does."""
+        fn = self.function_at(addr - 1)
         if fn is None:
             return self.symbolize(addr)
+        i = bisect_right(self._starts, fn.start)     # the next function, if fn's image has one
+        nxt = self._by_start[i] if i < len(self._by_start) and self._by_start[i].image == fn.image else None
+        size = (nxt.start if nxt is not None else fn.end) - fn.start
         module = "" if self.images and fn.image == self.images[0].name else f" [{fn.image}]"
-        return f"{fn.name}+{addr - fn.start:#x}/{fn.end - fn.start:#x}{module}"
+        return f"{fn.name}+{addr - fn.start:#x}/{size:#x}{module}"
 
     def symbolize(self, addr: int) -> str:
         fn = self.function_at(addr)

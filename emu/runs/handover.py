@@ -22,8 +22,15 @@ those live at its entry), so a stale copy of the value in a register it does
 not take is not an argument it received. What it may still see that is not
 there: two unrelated values can be equal; the lowest matching argument
 register is reported. Since the producer and the
-consumer run in one unit, a handover is always also an inconsistent unit
-(emu/runs/oracle.py); it says which value crossed.
+consumer run in one unit, a handover is also an inconsistent unit
+(emu/runs/oracle.py), which judges the entries of a unit, unless the
+producer was entered before the unit began (a kthread's safe point inside
+it: the old producer's tail then returns in a unit of new entries); it
+says which value crossed. What it also misses: a kthread's safe point ends
+the liveness of every value, though the frames above it survive it, so a
+value returned before a safe point inside a patched function and handed
+on after it (kGraft migrates the kthread there) is not followed
+(tests/data/heldout/kgraft-safepoint-inside).
 """
 from __future__ import annotations
 
