@@ -115,8 +115,14 @@ def _spec_from_args(runner, args):
     if args.at is not None:
         spec = replace(spec, start=args.at)
     if args.schedule:
-        spec = replace(spec, schedule=args.schedule, sched_seed=args.sched_seed
-                       if args.sched_seed is not None else spec.sched_seed)
+        spec = replace(spec, schedule=args.schedule)
+    if args.sched_seed is not None:
+        # the seed of the run's schedule, --schedule's or the seed's own; a
+        # round robin draws nothing: the option would change nothing
+        if spec.schedule == "rr":
+            raise UserError(f"--sched-seed {args.sched_seed}: the run's schedule is rr, which draws no random "
+                            f"numbers; give --schedule random or pct with it")
+        spec = replace(spec, sched_seed=args.sched_seed)
     if args.preempt:
         spec = replace(spec, preempt=args.preempt)
     if args.tasks is not None:
@@ -674,7 +680,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--at", type=_int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
         sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy (overrides "
                         "the seed's)")
-        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule")
+        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule, "
+                        "--schedule's or the seed's (default: the seed's)")
         sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
                         "(default: [machine] preempt)")
         sp.add_argument("--tasks", help="comma-separated task names that take part (default: all)")
