@@ -234,3 +234,12 @@ def test_the_scenario_table_names_every_key_the_loader_accepts(tmp_path, table, 
 def test_the_scenario_table_names_every_table_the_loader_accepts(tmp_path):
     tables = {t.strip("[]").split(".")[0] for t in _readme_keys()}
     assert _known_keys(tmp_path, "top") == tables
+
+
+def test_each_help_names_only_options_its_command_has():
+    """A command's help text (its options' and its epilog's) refers to no option it lacks."""
+    for name, parser in _subparsers().items():
+        options = {o for a in parser._actions for o in a.option_strings}
+        text = parser.format_help()
+        mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", text))
+        assert mentioned <= options, (name, mentioned - options)

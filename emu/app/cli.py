@@ -638,6 +638,9 @@ EPILOGS = {
 }
 EXIT_HELP = ("exit status: 0 no finding, 1 findings (see --fail-on and [expect]), 2 usage or input error, "
              "130 interrupted")
+# demo has no --fail-on or [expect]: the seed question's expected answers judge it
+EXIT_HELP_DEMO = ("exit status: 0 every model answered the seed question as expected, 1 findings (a model "
+                  "answered it otherwise), 2 usage or input error, 130 interrupted")
 # the commands that judge nothing (diff, bench, first-failure: its table is the answer)
 EXIT_HELP_PLAIN = "exit status: 0 done, 2 usage or input error, 130 interrupted"
 FAIL_ON_HELP = (f"comma-separated finding kinds that fail the command: {', '.join(expect.FINDINGS)}, "
@@ -663,7 +666,7 @@ def build_parser() -> argparse.ArgumentParser:
     def quiet_flag(sp):
         sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    d = command("demo", "run the seed scenario under every model and print the comparison")
+    d = command("demo", "run the seed scenario under every model and print the comparison", EXIT_HELP_DEMO)
     d.add_argument("--runs", type=_int_in(1, 100_000), default=24, help="transition start points per model and variant "
                    "(default: 24)")
     json_flag(d)
