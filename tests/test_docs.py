@@ -243,3 +243,46 @@ def test_each_help_names_only_options_its_command_has():
         text = parser.format_help()
         mentioned = set(re.findall(r"(?<![\w-])(--[a-z][a-z-]*)", text))
         assert mentioned <= options, (name, mentioned - options)
+
+
+# ---- the figures the example scenarios' headers report ------------------------------------------------
+def _header(path: Path) -> str:
+    """The scenario's header comment as one line of text."""
+    lines = []
+    for line in path.read_text().splitlines():
+        if not line.startswith("#"):
+            break
+        lines.append(line.lstrip("#").strip())
+    return " ".join(lines)
+
+
+def _campaign(capsys, path: Path, *options) -> dict:
+    """model -> its summary row, of `lpemu fuzz path options` (exhaustive, as the headers measured)."""
+    import json
+    assert cli.main(["fuzz", str(path), *options, "--jobs", "1", "--json", "--quiet"]) in (0, 1)
+    return {m["model"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+
+
+def test_the_example_headers_report_what_their_campaigns_print(capsys):
+    """The headers' "Measured" figures: each as the command they name prints it now."""
+    n = lambda v: f"{int(v)}"          # noqa: E731
+    ex = ROOT / "examples"
+    busy = _campaign(capsys, ex / "busy" / "scenario.toml", "--runs", "8")
+    text = _header(ex / "busy" / "scenario.toml")
+    assert (f"immediate 8 completed (latency {n(busy['immediate']['latency_median'])} to "
+            f"{n(busy['immediate']['latency_max'])} instructions") in text
+    assert "stop_machine 8 failed" in text and busy["stop_machine"]["failed"] == 8
+    assert f"kgraft 8 completed with a latency of {n(busy['kgraft']['latency_median'])} instructions" in text
+    assert f"livepatch 8 completed with a median latency of {n(busy['livepatch']['latency_median'])}" in text
+    assert all(s["inconsistent"] == 0 and s["runs"] == 8 for s in busy.values())
+
+    tail = _campaign(capsys, ex / "tailcall" / "scenario.toml", "--runs", "40")
+    assert (f"inconsistent runs immediate {tail['immediate']['inconsistent']}, stop_machine "
+            f"{tail['stop_machine']['inconsistent']}, livepatch {tail['livepatch']['inconsistent']}, kgraft "
+            f"{tail['kgraft']['inconsistent']}") in _header(ex / "tailcall" / "scenario.toml")
+
+    handler = _campaign(capsys, ex / "tailcall" / "scenario-handler.toml", "--runs", "40")
+    text = _header(ex / "tailcall" / "scenario-handler.toml")
+    assert all(handler[m]["inconsistent"] == 0 for m in ("stop_machine", "kgraft", "livepatch"))
+    assert f"immediate still has {handler['immediate']['inconsistent']}" in text
+    assert f"in {handler['stop_machine']['failed']} of the 40 runs" in text
