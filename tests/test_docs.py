@@ -286,3 +286,28 @@ def test_the_example_headers_report_what_their_campaigns_print(capsys):
     assert all(handler[m]["inconsistent"] == 0 for m in ("stop_machine", "kgraft", "livepatch"))
     assert f"immediate still has {handler['immediate']['inconsistent']}" in text
     assert f"in {handler['stop_machine']['failed']} of the 40 runs" in text
+
+
+# ---- what `lpemu run` prints is what the run says -------------------------------------------------------
+FAULTING = """#include "lpemu.h"
+long user_entry(long x) { lpemu_sleep(1); *(volatile long *)x = 1; return 0; }
+"""
+
+
+def test_run_prints_fault_reports_and_warnings_whole(tmp_path, capsys):
+    """A fault report names the instruction with its operands (docs/guest.md), and a
+    warning its key: text in brackets ("[r8]", "[fuzz]") is printed, not taken for markup."""
+    import json
+    (tmp_path / "base.c").write_text(FAULTING)
+    path = tmp_path / "s.toml"
+    path.write_text('[program]\nsources = ["base.c"]\n[[task]]\nname = "u"\nentry = "user_entry"\nargs = [16]\n'
+                    '[fuzz]\nuntil = "exit"\nhorizon = 0.5\n')
+    argv = ["run", str(path), "--model", "livepatch"]
+    assert cli.main(argv + ["--json"]) == 1
+    record = json.loads(capsys.readouterr().out)
+    assert cli.main(argv) == 1
+    printed = capsys.readouterr().out
+    rip = next(line for line in record["fault"].splitlines() if "RIP" in line)
+    assert "[" in rip and rip in printed
+    for warning in record["warnings"]:
+        assert warning in printed

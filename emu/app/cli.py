@@ -173,11 +173,12 @@ def _outputs(args, machine, model, result) -> dict:
 
 
 def _print_result(res, machine, model, *, title: str) -> None:
+    from rich.markup import escape as esc    # what the run says is text: "[r8]" is an operand, not markup
     con = _console()
     spec = res.spec
     verdict = ("[bold red]INCONSISTENT[/]" if res.inconsistent else
                "[bold red]ASSERTION FAILED[/]" if res.violations else "[green]consistent[/]")
-    con.print(f"[bold]{title}[/]: model {spec.model}, seed {spec.seed} ({spec.strategy}), "
+    con.print(f"[bold]{esc(title)}[/]: model {spec.model}, seed {spec.seed} ({spec.strategy}), "
               f"first action at {spec.start}, schedule {spec.schedule}"
               f"{'/' + str(spec.sched_seed) if spec.schedule != 'rr' else ''}: {verdict}, "
               f"transition {res.outcome}, ran to t={res.end}, {res.preemptions} preemptions, "
@@ -201,31 +202,31 @@ def _print_result(res, machine, model, *, title: str) -> None:
     for e in res.errors:
         con.print(f"  refused at t={e['time']}: {e['action']}: {e['error']}", markup=False)
     for warning in res.warnings:
-        con.print(f"[bold yellow]warning[/]: {warning}", markup=True)
+        con.print(f"[bold yellow]warning[/]: {esc(warning)}")
     if res.fault:
-        con.print(f"\n[bold red]guest fault[/]\n{res.fault}")
+        con.print(f"\n[bold red]guest fault[/]\n{esc(str(res.fault))}")
     for bad in res.inconsistencies:
         runs = ", ".join(f"{e['function']} {VERSION_NAMES.get(e['version'], 'v' + str(e['version']))}"
                          f" (v{e['version']}) at {e['clock']}" for e in bad["entries"])
-        con.print(f"\n[red]inconsistent[/]: task {bad['task']}, {bad['unit']} "
-                  f"(t={bad['start']}..{bad['end']}): {runs}")
+        con.print(f"\n[red]inconsistent[/]: task {esc(bad['task'])}, {esc(bad['unit'])} "
+                  f"(t={bad['start']}..{bad['end']}): {esc(runs)}")
     if res.inconsistent_units > len(res.inconsistencies):
         con.print(f"  ... {res.inconsistent_units - len(res.inconsistencies)} more inconsistent units")
     for v in res.violations:
-        con.print(f"\n[red]assertion failed[/]: {v['assert']!r} (line {v['line']}) on observe({v['key']}, "
-                  f"{v['value']}) by task {v['task']} at t={v['time']}" + (f": {v['error']}" if v["error"] else ""))
+        con.print(f"\n[red]assertion failed[/]: " + esc(f"{v['assert']!r} (line {v['line']}) on observe({v['key']}, "
+                  f"{v['value']}) by task {v['task']} at t={v['time']}" + (f": {v['error']}" if v["error"] else "")))
     for h in res.handovers:
-        con.print(f"\n[red]value handover[/]: {h['text']}", markup=True)
+        con.print(f"\n[red]value handover[/]: {esc(h['text'])}")
     if res.handover_count > len(res.handovers):
         con.print(f"  ... {res.handover_count - len(res.handovers)} more value handovers")
     for b in res.promise:
         con.print(f"\n[bold magenta]emulator error[/] (the model broke its own promise; this run says "
-                  f"nothing about the patch): {b['text']}")
+                  f"nothing about the patch): {esc(b['text'])}")
     if model is not None and res.transitions:
         st = model.status()
         pending = [t["name"] for t in st["tasks"] if t["pending"]]
         if pending:
-            con.print(f"\ntasks still pending: {', '.join(pending)}")
+            con.print(f"\ntasks still pending: {esc(', '.join(pending))}")
 
 
 def _print_attempts(t: dict) -> None:
