@@ -667,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     def quiet_flag(sp):
         sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    d = command("demo", "run the seed scenario under every model and print the comparison", EXIT_HELP_DEMO)
+    d = command("demo", "run the seed scenario under immediate, stop_machine, kgraft and livepatch and print "
+                "the comparison", EXIT_HELP_DEMO)
     d.add_argument("--runs", type=_int_in(1, 100_000), default=24, help="transition start points per model and variant "
                    "(default: 24)")
     json_flag(d)
