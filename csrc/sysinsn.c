@@ -80,7 +80,7 @@ void emu_cpuid(uint32_t leaf, uint32_t sub, uint32_t cpu, uint32_t out[4])
     case 0:
         out[0] = 7;
         out[1] = 0x6d65706c;    /* "lpem" */
-        out[3] = 0x3638782d;    /* "u-x8" */
+        out[3] = 0x38782d75;    /* "u-x8" */
         out[2] = 0x34362d36;    /* "6-64" */
         break;
     case 1:

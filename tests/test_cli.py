@@ -114,6 +114,30 @@ def test_run_exit_status_follows_fail_on(capsys):
     capsys.readouterr()
 
 
+def test_sched_seed_seeds_the_runs_schedule_or_is_refused(capsys):
+    """--sched-seed is the seed of the run's random or PCT schedule, whether
+    --schedule or the run seed chose it; under round robin it would change
+    nothing, so it is an input error, not silently dropped."""
+    base = ["run", str(SEED / "scenario.toml"), "--model", "livepatch", "--strategy", "random", "--seed", "1",
+            "--json"]
+
+    def spec(*extra):
+        assert cli.main(base + list(extra)) in (0, 1)
+        out = json.loads(capsys.readouterr().out)
+        return out["spec"], out["trace_hash"], out["command"]
+
+    own, _, _ = spec()
+    assert own["schedule"] == "random"
+    for value in (own["sched_seed"] + 1, own["sched_seed"] + 2):
+        alone, hashed, command = spec("--sched-seed", str(value))
+        assert alone["schedule"] == "random" and alone["sched_seed"] == value
+        assert f"--sched-seed {value}" in command
+        # the same run as with the schedule named too
+        assert spec("--schedule", "random", "--sched-seed", str(value))[:2] == (alone, hashed)
+    assert cli.main(["run", str(SEED / "scenario.toml"), "--model", "livepatch", "--sched-seed", "5"]) == 2
+    assert "--sched-seed 5: the run's schedule is rr" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("argv, status", [
     (["run", "--model", "kgraft", "--at", "20633"], 0),
     (["run", "--model", "livepatch", "--at", "20633"], 1),

@@ -186,6 +186,14 @@ def test_cpuid_model_is_the_same_in_c_and_python(leaf, sub, cpu):
     assert core.Engine.cpuid(leaf, sub, cpu) == sysinsn.cpuid(leaf, sub, cpu)
 
 
+@pytest.mark.parametrize("cpuid", [core.Engine.cpuid, sysinsn.cpuid], ids=["c", "python"])
+def test_cpuid_names_the_vendor_lpemu_x86_64(cpuid):
+    """Leaf 0's vendor string, as a kernel reads it (ebx, edx, ecx; docs/guest.md)."""
+    import struct
+    eax, ebx, ecx, edx = cpuid(0, 0, 0)
+    assert eax == 7 and struct.pack("<III", ebx, edx, ecx) == b"lpemu-x86-64"
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.lists(st.sampled_from([0x66, 0xf3, 0xf2, 0x2e, 0x3e, 0x64, 0x65]), max_size=3),
        st.integers(0x40, 0x4f) | st.none(), st.integers(0, 255))

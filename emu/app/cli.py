@@ -115,8 +115,14 @@ def _spec_from_args(runner, args):
     if args.at is not None:
         spec = replace(spec, start=args.at)
     if args.schedule:
-        spec = replace(spec, schedule=args.schedule, sched_seed=args.sched_seed
-                       if args.sched_seed is not None else spec.sched_seed)
+        spec = replace(spec, schedule=args.schedule)
+    if args.sched_seed is not None:
+        # the seed of the run's schedule, --schedule's or the seed's own; a
+        # round robin draws nothing: the option would change nothing
+        if spec.schedule == "rr":
+            raise UserError(f"--sched-seed {args.sched_seed}: the run's schedule is rr, which draws no random "
+                            f"numbers; give --schedule random or pct with it")
+        spec = replace(spec, sched_seed=args.sched_seed)
     if args.preempt:
         spec = replace(spec, preempt=args.preempt)
     if args.tasks is not None:
@@ -167,11 +173,12 @@ def _outputs(args, machine, model, result) -> dict:
 
 
 def _print_result(res, machine, model, *, title: str) -> None:
+    from rich.markup import escape as esc    # what the run says is text: "[r8]" is an operand, not markup
     con = _console()
     spec = res.spec
     verdict = ("[bold red]INCONSISTENT[/]" if res.inconsistent else
                "[bold red]ASSERTION FAILED[/]" if res.violations else "[green]consistent[/]")
-    con.print(f"[bold]{title}[/]: model {spec.model}, seed {spec.seed} ({spec.strategy}), "
+    con.print(f"[bold]{esc(title)}[/]: model {spec.model}, seed {spec.seed} ({spec.strategy}), "
               f"first action at {spec.start}, schedule {spec.schedule}"
               f"{'/' + str(spec.sched_seed) if spec.schedule != 'rr' else ''}: {verdict}, "
               f"transition {res.outcome}, ran to t={res.end}, {res.preemptions} preemptions, "
@@ -195,31 +202,31 @@ def _print_result(res, machine, model, *, title: str) -> None:
     for e in res.errors:
         con.print(f"  refused at t={e['time']}: {e['action']}: {e['error']}", markup=False)
     for warning in res.warnings:
-        con.print(f"[bold yellow]warning[/]: {warning}", markup=True)
+        con.print(f"[bold yellow]warning[/]: {esc(warning)}")
     if res.fault:
-        con.print(f"\n[bold red]guest fault[/]\n{res.fault}")
+        con.print(f"\n[bold red]guest fault[/]\n{esc(str(res.fault))}")
     for bad in res.inconsistencies:
         runs = ", ".join(f"{e['function']} {VERSION_NAMES.get(e['version'], 'v' + str(e['version']))}"
                          f" (v{e['version']}) at {e['clock']}" for e in bad["entries"])
-        con.print(f"\n[red]inconsistent[/]: task {bad['task']}, {bad['unit']} "
-                  f"(t={bad['start']}..{bad['end']}): {runs}")
+        con.print(f"\n[red]inconsistent[/]: task {esc(bad['task'])}, {esc(bad['unit'])} "
+                  f"(t={bad['start']}..{bad['end']}): {esc(runs)}")
     if res.inconsistent_units > len(res.inconsistencies):
         con.print(f"  ... {res.inconsistent_units - len(res.inconsistencies)} more inconsistent units")
     for v in res.violations:
-        con.print(f"\n[red]assertion failed[/]: {v['assert']!r} (line {v['line']}) on observe({v['key']}, "
-                  f"{v['value']}) by task {v['task']} at t={v['time']}" + (f": {v['error']}" if v["error"] else ""))
+        con.print(f"\n[red]assertion failed[/]: " + esc(f"{v['assert']!r} (line {v['line']}) on observe({v['key']}, "
+                  f"{v['value']}) by task {v['task']} at t={v['time']}" + (f": {v['error']}" if v["error"] else "")))
     for h in res.handovers:
-        con.print(f"\n[red]value handover[/]: {h['text']}", markup=True)
+        con.print(f"\n[red]value handover[/]: {esc(h['text'])}")
     if res.handover_count > len(res.handovers):
         con.print(f"  ... {res.handover_count - len(res.handovers)} more value handovers")
     for b in res.promise:
         con.print(f"\n[bold magenta]emulator error[/] (the model broke its own promise; this run says "
-                  f"nothing about the patch): {b['text']}")
+                  f"nothing about the patch): {esc(b['text'])}")
     if model is not None and res.transitions:
         st = model.status()
         pending = [t["name"] for t in st["tasks"] if t["pending"]]
         if pending:
-            con.print(f"\ntasks still pending: {', '.join(pending)}")
+            con.print(f"\ntasks still pending: {esc(', '.join(pending))}")
 
 
 def _print_attempts(t: dict) -> None:
@@ -632,6 +639,9 @@ EPILOGS = {
 }
 EXIT_HELP = ("exit status: 0 no finding, 1 findings (see --fail-on and [expect]), 2 usage or input error, "
              "130 interrupted")
+# demo has no --fail-on or [expect]: the seed question's expected answers judge it
+EXIT_HELP_DEMO = ("exit status: 0 every model answered the seed question as expected, 1 findings (a model "
+                  "answered it otherwise), 2 usage or input error, 130 interrupted")
 # the commands that judge nothing (diff, bench, first-failure: its table is the answer)
 EXIT_HELP_PLAIN = "exit status: 0 done, 2 usage or input error, 130 interrupted"
 FAIL_ON_HELP = (f"comma-separated finding kinds that fail the command: {', '.join(expect.FINDINGS)}, "
@@ -657,7 +667,8 @@ def build_parser() -> argparse.ArgumentParser:
     def quiet_flag(sp):
         sp.add_argument("--quiet", action="store_true", help="no progress on stderr")
 
-    d = command("demo", "run the seed scenario under every model and print the comparison")
+    d = command("demo", "run the seed scenario under immediate, stop_machine, kgraft and livepatch and print "
+                "the comparison", EXIT_HELP_DEMO)
     d.add_argument("--runs", type=_int_in(1, 100_000), default=24, help="transition start points per model and variant "
                    "(default: 24)")
     json_flag(d)
@@ -674,7 +685,8 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--at", type=_int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
         sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy (overrides "
                         "the seed's)")
-        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule")
+        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule, "
+                        "--schedule's or the seed's (default: the seed's)")
         sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
                         "(default: [machine] preempt)")
         sp.add_argument("--tasks", help="comma-separated task names that take part (default: all)")
@@ -715,8 +727,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
     f.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP + "; a model with an [expect] entry is "
                    "judged by it instead")
-    f.add_argument("--junit", metavar="FILE", type=_path, help="write JUnit XML: one test case per model (replaced "
-                   "if it exists)")
+    f.add_argument("--junit", metavar="FILE", type=_path, help="write JUnit XML: one test case per model (a report "
+                   "there is replaced; any other file is refused)")
     f.add_argument("--kernel", metavar="VERSION", action="append",
                    help="the kernel whose livepatch semantics apply, 4.18 to 6.19 (default: [machine] kernel, "
                         "else the newest); repeat it to compare kernels: every run on each, the summary per "

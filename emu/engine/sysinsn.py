@@ -153,7 +153,7 @@ def cpuid(leaf: int, sub: int, cpu: int) -> tuple[int, int, int, int]:
     csrc/sysinsn.c emu_cpuid (docs/guest.md lists the model)."""
     leaf &= 0xffffffff
     if leaf == 0:
-        return 7, 0x6d65706c, 0x34362d36, 0x3638782d          # "lpemu-x86-64"
+        return 7, 0x6d65706c, 0x34362d36, 0x38782d75          # "lpem" "6-64" "u-x8": "lpemu-x86-64"
     if leaf == 1:
         ecx = 1 << 0 | 1 << 13 | 1 << 30 | 1 << 31
         edx = 1 << 0 | 1 << 4 | 1 << 5 | 1 << 8 | 1 << 15 | 1 << 23 | 1 << 24 | 1 << 25 | 1 << 26

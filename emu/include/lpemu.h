@@ -3,8 +3,10 @@
  *
  * Every scenario compile has this header on its include path. A hypercall is a
  * `syscall` instruction with the call number in rax and arguments in rdi, rsi,
- * rdx; the result comes back in rax. The numbers must agree with
- * emu/machine/hypercall.py.
+ * rdx; the result comes back in rax. The numbers live here:
+ * emu/machine/hypercall.py reads them from this file, and csrc/emu.h keeps
+ * copies of the ones the C scheduler handles (tests/test_machine.py holds
+ * them to these).
  */
 #ifndef LPEMU_H
 #define LPEMU_H
