@@ -48,7 +48,7 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from emu.errors import BuildError, PatchError
+from emu.errors import BuildError, PatchError, check_type
 from emu.images import kernel_rules
 from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
 from emu.images.image import FENTRY_NOP
@@ -157,6 +157,7 @@ def diff_files(old, new, *, cflags=()) -> Diff:
     """diff_objects when old and new are ELF objects, diff_sources when they are
     C sources (what `lpemu diff` runs). Raises BuildError for a mix of the two
     or for cflags given with objects (they are already compiled)."""
+    cflags = _cflags(cflags)
     kinds = {_is_elf(p) for p in _as_list(old) + _as_list(new)}
     if kinds == {True}:
         if cflags:
@@ -441,10 +442,21 @@ def _handles_of(target: tuple):
 # -- driving the comparison ---------------------------------------------------------
 
 
+def _cflags(cflags) -> list[str]:
+    """cflags as a list of flags; TypeError for a string or a non-string flag."""
+    if isinstance(cflags, (str, bytes)) or not hasattr(cflags, "__iter__"):
+        raise TypeError(f"diff: cflags must be a list of flags (\"-O2\".split() gives one), "
+                        f"not {type(cflags).__name__}")
+    cflags = list(cflags)
+    for i, flag in enumerate(cflags):
+        check_type(flag, str, f"diff: cflags[{i}]")
+    return cflags
+
+
 def _diff(old, new, cflags, *, partial: bool) -> Diff:
+    cflags = _cflags(cflags)
     old_paths, new_paths = _source_paths(old, "old"), _source_paths(new, "new")
     require_tools("gcc", "as")
-    cflags = list(cflags)
     with tempfile.TemporaryDirectory(prefix="lpemu-diff-") as d:
         tmp = Path(d)
         old_side = _Side(_compile_all(old_paths, cflags, _COMPARE_FLAGS, tmp, "old"))

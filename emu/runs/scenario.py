@@ -726,7 +726,10 @@ class Program:
 
 def build(scn: Scenario) -> Program:
     """Compile the program, its modules and patches; check every name the
-    scenario uses against the code. Raises ScenarioError, BuildError, PatchError."""
+    scenario uses against the code. Raises ScenarioError, BuildError, PatchError;
+    TypeError when scn is not a Scenario (load gives one)."""
+    if not isinstance(scn, Scenario):
+        raise TypeError(f"build: scn must be a Scenario (emu.load_scenario gives one), not {type(scn).__name__}")
     from emu.images.build import build_c
     from emu.machine.layout import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, STACK_BASE, align_up
 
