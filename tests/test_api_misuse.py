@@ -633,3 +633,95 @@ def test_the_limits_the_machine_checks_are_the_c_cores(base):
         with pytest.raises(CoreError, match="out of range"):
             m.engine.sched_init(n, cpus)
     m.engine.close()
+
+
+# ---- campaigns, shadow variables, ftrace users -------------------------------------------------
+
+
+@pytest.mark.parametrize("kw,exc,words", [
+    (dict(models=None), TypeError, ["Plan.models"]), (dict(models="livepatch"), TypeError, ["Plan.models"]),
+    (dict(models=[]), ValueError, ["Plan.models", "no model"]), (dict(models=["nosuch"]), ValueError, ["nosuch"]),
+    (dict(seeds=None), TypeError, ["Plan.seeds"]), (dict(seeds=range(0)), ValueError, ["Plan.seeds"]),
+    (dict(seeds=[-1]), ValueError, ["Plan.seeds"]), (dict(seeds=["x"]), TypeError, ["Plan.seeds"]),
+    (dict(seeds=range(2**63, 2**63 + 2)), ValueError, ["Plan.seeds"]),
+    (dict(seeds=range(10**7)), ValueError, ["runs"]), (dict(strategy=None), ValueError, ["Plan.strategy"]),
+    (dict(kernels=["9.9"]), ValueError, ["9.9"]), (dict(kernels="6.1"), TypeError, ["Plan.kernels"]),
+    (dict(scenario=None), TypeError, ["Plan.scenario"]),
+])
+def test_a_campaign_plan_no_campaign_can_run_is_refused_when_made(kw, exc, words):
+    from emu.runs.campaign import Plan
+    args = dict(scenario="s.toml", models=["livepatch"], seeds=range(2), strategy="exhaustive")
+    args.update(kw)
+    with pytest.raises(exc) as info:
+        Plan(**args)
+    clear(info, *words)
+
+
+@pytest.mark.parametrize("kw,words", [
+    (dict(program=None), ["Campaign", "program"]), (dict(plan="plan"), ["Campaign", "plan"]),
+    (dict(jobs=None), ["jobs"]), (dict(jobs=0), ["jobs"]), (dict(jobs=2**64), ["jobs"]),
+    (dict(batch=0), ["batch"]), (dict(batch="x"), ["batch"]), (dict(out=5), ["out"]),
+    (dict(resume="yes"), ["resume"]), (dict(force=1), ["force"]), (dict(scheduler=5), ["scheduler"]),
+])
+def test_a_campaign_made_wrongly_names_the_argument_and_writes_nothing(runner, tmp_path, kw, words):
+    from emu.runs.campaign import Campaign, Plan
+    args = dict(program=runner.program, plan=Plan("s.toml", ["livepatch"], range(2), "exhaustive"),
+                out=tmp_path / "c")
+    args.update(kw)
+    with pytest.raises((TypeError, ValueError)) as info:
+        Campaign(args.pop("program"), args.pop("plan"), **args)
+    clear(info, *words)
+    assert not (tmp_path / "c").exists()
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda sh: sh.alloc(None, 1, 8), ["shadow alloc", "obj"]), (lambda sh: sh.alloc(0, None, 8), ["id"]),
+    (lambda sh: sh.alloc(0, 1, -1), ["size"]), (lambda sh: sh.alloc(0, 1, 2**64), ["size"]),
+    (lambda sh: sh.alloc(2**64, 1, 8), ["obj"]), (lambda sh: sh.alloc(0, 1, 8, ctor=5), ["ctor"]),
+    (lambda sh: sh.get_or_alloc(0, 1, "8"), ["get_or_alloc", "size"]), (lambda sh: sh.get(None, 1), ["get", "obj"]),
+    (lambda sh: sh.free(0, 2**64), ["free", "id"]), (lambda sh: sh.free(0, 1, dtor=5), ["dtor"]),
+    (lambda sh: sh.free_all(None), ["free_all", "id"]), (lambda sh: sh.read_word(None), ["addr"]),
+])
+def test_shadow_variables_called_wrongly_name_the_argument_and_change_nothing(shared, call, words):
+    m, _ = shared
+    before = (dict(m.shadow.vars), list(m.shadow.heap.free_blocks))
+    with pytest.raises((TypeError, ValueError)) as info:
+        call(m.shadow)
+    clear(info, *words)
+    assert (dict(m.shadow.vars), list(m.shadow.heap.free_blocks)) == before
+
+
+def test_a_shadow_size_too_large_for_the_heap_is_null_as_kzalloc_fails(shared):
+    """klp_shadow_alloc returns NULL when the allocation fails: a size of
+    2**64 - 1 (a guest's -1) or one past the heap is no variable."""
+    m, _ = shared
+    assert m.shadow.alloc(0x1234, 7, 2**64 - 1) == 0 and m.shadow.alloc(0x1234, 7, 2**40) == 0
+    assert m.shadow.get(0x1234, 7) == 0
+
+
+def test_ftrace_users_called_wrongly_name_the_argument(shared):
+    from emu.kernel.ftrace import Ftrace, Ops
+    from emu.kernel.tracer import FunctionTracer
+    m, _ = shared
+    ft = Ftrace(m)
+    for call, words in [(lambda: ft.register(None, [m.function("foo")]), ["register", "ops"]),
+                        (lambda: ft.register(Ops("x"), None), ["register", "functions"]),
+                        (lambda: ft.register(Ops("x"), ["foo"]), ["functions[0]", "Machine.function"]),
+                        (lambda: ft.unregister(None), ["unregister", "ops"]),
+                        (lambda: ft.set_enabled("no"), ["set_enabled"]), (lambda: Ops(None), ["Ops", "name"]),
+                        (lambda: Ops("x", ipmodify="yes"), ["ipmodify"]),
+                        (lambda: FunctionTracer(None, ft), ["FunctionTracer", "machine"]),
+                        (lambda: FunctionTracer(m, None), ["FunctionTracer", "ftrace"])]:
+        with pytest.raises(TypeError) as info:
+            call()
+        clear(info, *words)
+    assert ft.registered() == []
+    tracer = FunctionTracer(m, ft)
+    m.spawn(tracer.start([m.function("foo")]))
+    runs_on(m, 3000)
+    on = list(tracer.on)
+    with pytest.raises(StateError, match="current tracer already"):
+        tracer.start([m.function("foo")])
+    assert tracer.on == on and tracer.current_tracer == "function"      # still tracing, as it was
+    m.spawn(tracer.stop())
+    runs_on(m, 3000)
