@@ -196,6 +196,10 @@ MACHINE_ROWS = [
     ("engine rng None", lambda m: setattr(m.engine, "rng", None), TypeError, ["rng"]),
     ("engine event mask", lambda m: m.engine.set_event_mask(["x"]), TypeError, ["event mask"]),
     ("sched field 2**64", lambda m: setattr(m.sched_state, "pick", 2**64), CoreError, ["pick"]),
+    ("engine task stack lo -1", lambda m: m.engine.set_task_stack(0, -1, 0), ValueError, ["stack of task", "lo"]),
+    ("engine sysinsn addr 2**64", lambda m: m.engine.add_sysinsn(2**64, 1, 0), ValueError, ["instruction", "addr"]),
+    ("engine skip_insn None", lambda m: m.engine.skip_insn(None, 0), TypeError, ["skip instruction", "addr"]),
+    ("engine now addr -1", lambda m: m.engine.now(-1), ValueError, ["now", "addr"]),
 ]
 
 
@@ -253,6 +257,25 @@ def test_a_task_added_wrongly_is_not_added(base, args, kw, exc, words):
     m.add_task("t", "user_entry", (1,))
     m.run(until=1000)
     m.engine.close()
+
+
+def test_a_task_or_function_of_another_machine_is_refused(shared, base, sources):
+    """A Task's tid and a FunctionRef's id index this machine's tables:
+    another machine's would name (or walk) something else."""
+    m, _ = shared
+    other, _ = new_machine(base, sources, tasks=4)
+    third = Machine(build_c([sources / "mod.c"], base=0x400000, name="third"))
+    for call, words in [(lambda: m.stack(other.tasks[3]), ["stack", "user3", "not a task of this machine"]),
+                        (lambda: m.stack(other.tasks[0]), ["stack", "user0"]),
+                        (lambda: m.wake(other.cpus[0].idle, early=False), ["wake"]),
+                        (lambda: m.watch(third.function("mod_f")), ["watch", "not a function of this machine"])]:
+        with pytest.raises(ValueError) as info:
+            call()
+        clear(info, *words)
+    m.watch(other.function("p:bar"))      # the same function of a machine alike is this one's
+    third.engine.close()
+    other.engine.close()
+    runs_on(m)
 
 
 # ---- numbers at and past their ranges (hypothesis) ----------------------------------------

@@ -388,6 +388,16 @@ class Engine:
     def _busy(self, what: str) -> EngineBusy:
         return EngineBusy(f"{what}: another thread is using this engine")
 
+    def _call(self, what: str, func, **args) -> int:
+        """func(core, *args), for the calls made once or a few times: the
+        arguments cffi refuses are a TypeError or ValueError naming them
+        (_refused), a negative code is EngineClosed or CoreError (_check)."""
+        try:
+            rc = func(self._core, *args.values())
+        except (OverflowError, TypeError):
+            raise _refused(what, func, args) from None
+        return self._check(rc, what)
+
     def _check(self, rc: int, what: str) -> int:
         """_check, naming a closed engine as such."""
         if rc >= 0:
@@ -408,7 +418,10 @@ class Engine:
         if not self._lock.acquire(False):
             raise self._busy("map")
         try:
-            buf = ffi.new("uint8_t[]", size + _PAGE)
+            try:
+                buf = ffi.new("uint8_t[]", size + _PAGE)
+            except MemoryError:
+                raise CoreError(f"map {addr:#x}+{size:#x}: the host has no {size:_} bytes to give") from None
             pad = -int(ffi.cast("uintptr_t", buf)) & (_PAGE - 1)
             self._check(lib.emu_map_host(self._core, addr, size, prot, buf + pad), f"map {addr:#x}+{size:#x}")
             self._memory.append(buf)
@@ -514,14 +527,14 @@ class Engine:
     def set_stubs(self, base: int, size: int) -> None:
         """Each site's own trampoline, at base + site * STUB_SIZE in the
         mapped [base, base + size) (csrc/emu.h). Once."""
-        self._check(lib.emu_set_stubs(self._core, base, size), "site trampolines")
+        self._call("site trampolines", lib.emu_set_stubs, base=base, size=size)
 
     def graph_init(self, ret: int, base: int, stride: int) -> None:
         """Trace function exits (csrc/emu.h, "function exits"): ret is the
         return trampoline, every task's return stack is at base + tid *
         stride (mapped). After init_tasks; once."""
         with self.hold():
-            self._check(lib.emu_graph_init(self._core, ret, base, stride), "function exits")
+            self._call("function exits", lib.emu_graph_init, ret=ret, base=base, stride=stride)
         self.graph = (ret, base, stride)
 
     def graph_of(self, tid: int) -> "Graph":
@@ -547,11 +560,11 @@ class Engine:
     # -- instructions whose answer is not the guest's (csrc/sysinsn.c) ----------
     def add_sysinsn(self, addr: int, size: int, kind: int, arg: int = 0) -> None:
         """Hook the instruction at addr (core.SI_*; see csrc/emu.h)."""
-        _check(lib.emu_sysinsn_add(self._core, addr, size, kind, arg), f"instruction at {addr:#x}", self._core)
+        self._call(f"instruction at {addr!r}", lib.emu_sysinsn_add, addr=addr, size=size, kind=kind, arg=arg)
 
     def set_task_stack(self, tid: int, lo: int, hi: int) -> None:
         """Task tid's stack [lo, hi], for the stack checks."""
-        _check(lib.emu_task_set_stack(self._core, tid, lo, hi), f"stack of task {tid}")
+        self._call(f"stack of task {tid!r}", lib.emu_task_set_stack, tid=tid, lo=lo, hi=hi)
 
     @property
     def rng(self) -> int:
@@ -574,11 +587,11 @@ class Engine:
 
     def skip_insn(self, addr: int, next_addr: int) -> None:
         """In a hook during a run: the instruction at addr retired, go on at next_addr."""
-        _check(lib.emu_skip_insn(self._core, addr, next_addr), "skip instruction")
+        self._call("skip instruction", lib.emu_skip_insn, addr=addr, next_addr=next_addr)
 
     def report_fault(self, kind: int, rip: int, addr: int = 0) -> None:
         """In a hook during a run: record a fault (core.FAULT_*) and stop."""
-        _check(lib.emu_report_fault(self._core, kind, rip, addr), "report fault")
+        self._call("report fault", lib.emu_report_fault, kind=kind, rip=rip, addr=addr)
 
     # -- time and running -----------------------------------------------------
     @property
