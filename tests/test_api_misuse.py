@@ -748,3 +748,18 @@ def test_ftrace_users_called_wrongly_name_the_argument(shared):
     assert tracer.on == on and tracer.current_tracer == "function"      # still tracing, as it was
     m.spawn(tracer.stop())
     runs_on(m, 3000)
+
+
+@pytest.mark.parametrize("call,words", [
+    (lambda d: emu.load_scenario(None), ["load", "path"]), (lambda d: emu.load_scenario(5), ["load", "path"]),
+    (lambda d: build_c(None, base=0x400000), ["build_c", "sources"]),
+    (lambda d: build_c([d / "base.c", None], base=0x400000), ["build_c", "sources[1]"]),
+    (lambda d: diff.diff_files(None, d / "patch.c"), ["diff: old"]),
+    (lambda d: diff.diff_sources(d / "base.c", 5), ["diff: new"]),
+    (lambda d: diff.diff_objects([None], [None]), ["diff: old[0]"]),
+    (lambda d: diff.patch_plan(d / "base.c", [d / "patch.c", 5]), ["diff: new[1]"]),
+])
+def test_paths_that_are_no_paths_are_named(sources, call, words):
+    with pytest.raises(TypeError) as info:
+        call(sources)
+    clear(info, *words)

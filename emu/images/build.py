@@ -6,6 +6,7 @@ The public entry points: build_c and load_elf.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -114,7 +115,13 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
     check_type(name, str, "build_c: name")
     _check_arguments("build_c", name, cflags, link_against, keep, cpu_features)
     check_base(base)
-    paths = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not isinstance(sources, (list, tuple)):
+        raise TypeError(f"build_c: sources must be a path or a list of paths, not {type(sources).__name__}")
+    for i, src in enumerate(sources):
+        check_type(src, (str, os.PathLike), f"build_c: sources[{i}]")
+    paths = [Path(s) for s in sources]
     if not paths:
         raise BuildError(f"{name}: no sources")
     for p in paths:

@@ -40,6 +40,7 @@ when it loads (Diff.new_data). Data only the old side has is left alone.
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -158,7 +159,7 @@ def diff_files(old, new, *, cflags=()) -> Diff:
     C sources (what `lpemu diff` runs). Raises BuildError for a mix of the two
     or for cflags given with objects (they are already compiled)."""
     cflags = _cflags(cflags)
-    kinds = {_is_elf(p) for p in _as_list(old) + _as_list(new)}
+    kinds = {_is_elf(p) for p in _as_list(old, "diff: old") + _as_list(new, "diff: new")}
     if kinds == {True}:
         if cflags:
             raise BuildError("diff: --cflags applies to C sources; the objects are already compiled")
@@ -169,8 +170,15 @@ def diff_files(old, new, *, cflags=()) -> Diff:
                      "(the original and the patched build) or two sources")
 
 
-def _as_list(paths) -> list[Path]:
-    return [Path(s) for s in ([paths] if isinstance(paths, (str, Path)) else paths)]
+def _as_list(paths, what: str = "diff: a side") -> list[Path]:
+    """paths (a path or a list of them) as Paths; TypeError naming what otherwise."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    if not isinstance(paths, (list, tuple)):
+        raise TypeError(f"{what} must be a path or a list of paths, not {type(paths).__name__}")
+    for i, p in enumerate(paths):
+        check_type(p, (str, os.PathLike), f"{what}[{i}]")
+    return [Path(p) for p in paths]
 
 
 def _is_elf(path: Path) -> bool:
@@ -224,7 +232,7 @@ def _read_side(objects, side: str) -> "_Side":
 
 
 def _read_objects(objects, side: str) -> list[tuple[str, bytes]]:
-    paths = [Path(s) for s in ([objects] if isinstance(objects, (str, Path)) else objects)]
+    paths = _as_list(objects, f"diff: {side}")
     if not paths:
         raise BuildError(f"diff: no {side} objects")
     out = []
@@ -469,7 +477,7 @@ def _diff(old, new, cflags, *, partial: bool) -> Diff:
 
 
 def _source_paths(sources, side: str) -> list[Path]:
-    paths = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    paths = _as_list(sources, f"diff: {side}")
     if not paths:
         raise BuildError(f"diff: no {side} sources")
     for p in paths:
