@@ -258,13 +258,33 @@ class Machine:
         return self.sites.site(self._function(fn, "site: fn"))
 
     def set_entries(self, fn: FunctionRef, entries) -> None:
-        """fn's stack of replacements, newest first: (target, version, nop, transition)."""
-        self.sites.set_entries(self._function(fn, "set_entries: fn"), entries)
+        """fn's stack of replacements, newest first: (target, version, nop,
+        transition), at most core.SITE_MAX_ENTRIES; checked before fn's
+        site is registered (TypeError, ValueError or CoreError naming the
+        entry)."""
+        self._function(fn, "set_entries: fn")
+        if isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
+            raise TypeError(f"set_entries: entries must be a list of (target, version, nop, transition), "
+                            f"not {type(entries).__name__}")
+        entries = [tuple(check_type(e, (tuple, list), f"set_entries: entries[{i}]")) for i, e in enumerate(entries)]
+        if len(entries) > core.SITE_MAX_ENTRIES:
+            raise core.CoreError(f"set_entries: more than {core.SITE_MAX_ENTRIES} replacements stacked on one "
+                                 f"function")
+        for i, e in enumerate(entries):
+            if len(e) != 4:
+                raise ValueError(f"set_entries: entries[{i}] must be (target, version, nop, transition), not {e!r}")
+            check_int(e[0], f"set_entries: entries[{i}] target", 0, 2**64 - 1)
+            check_int(e[1], f"set_entries: entries[{i}] version", -2**31, 2**31 - 1)
+        self.sites.set_entries(fn, entries)
 
     def set_poke(self, fn: FunctionRef, poke: int) -> None:
-        """The instruction a text_poke_bp is writing at fn's site (core.Poke)."""
+        """The instruction a text_poke_bp is writing at fn's site (one of
+        core.POKE_*); checked before fn's site is registered."""
+        self._function(fn, "set_poke: fn")
         check_int(poke, "set_poke: poke")
-        self.sites.set_poke(self._function(fn, "set_poke: fn"), poke)
+        if poke not in (core.POKE_NONE, core.POKE_TO_CALL, core.POKE_TO_NOP):
+            raise ValueError(f"set_poke: poke = {poke} is none of core.POKE_NONE, POKE_TO_CALL, POKE_TO_NOP")
+        self.sites.set_poke(fn, poke)
 
     def text_write(self, addr: int, data: bytes) -> None:
         """The one way to change guest code: also drops stale translations.
