@@ -531,19 +531,25 @@ MODEL_ROWS = [
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
 def test_a_model_called_wrongly_raises_and_then_patches_as_it_would_have(base, sources, model_name):
-    m, pimg = new_machine(base, sources, start=False)
-    model = make_model(model_name, m)
-    patch = model.add(make_patch(m, "p", pimg, ["bar", "baz"]))
-    mod = build_c([sources / "mod.c"], base=m.module_base(), name="mod")
-    for label, call, words in MODEL_ROWS:
-        with pytest.raises(TypeError) as info:
-            call(model, patch, mod)
-        clear(info, model_name, *words)
-    assert model.transitions == [] and not patch.enabled and "mod" not in {i.name for i in m.images}
-    m.at(3000, lambda: model.enable(patch))
-    m.run(until=m.seconds(3))
-    assert patch.enabled and model.transitions[-1].result == "completed", model.transitions
-    m.engine.close()
+    """... event for event as a twin that was never called wrongly."""
+    traces = []
+    for wrongly in (True, False):
+        m, pimg = new_machine(base, sources, start=False)
+        model = make_model(model_name, m)
+        patch = model.add(make_patch(m, "p", pimg, ["bar", "baz"]))
+        mod = build_c([sources / "mod.c"], base=m.module_base(), name="mod")
+        for label, call, words in MODEL_ROWS if wrongly else ():
+            with pytest.raises(TypeError) as info:
+                call(model, patch, mod)
+            clear(info, model_name, *words)
+        assert model.transitions == [] and not patch.enabled and "mod" not in {i.name for i in m.images}
+        m.at(3000, lambda: model.enable(patch))
+        m.run(until=m.seconds(3))
+        assert patch.enabled and model.transitions[-1].result == "completed", model.transitions
+        m.drain()
+        traces.append((m.trace.raw(), m.log))
+        m.engine.close()
+    assert traces[0] == traces[1]
 
 
 @pytest.mark.parametrize("name,machine,words", [
