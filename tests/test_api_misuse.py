@@ -527,6 +527,11 @@ MODEL_ROWS = [
     ("unload_module None", lambda mo, p, img: mo.unload_module(None), ["unload_module", "image"]),
     ("unload_module exit", lambda mo, p, img: mo.unload_module(img, exit="x"), ["unload_module", "exit"]),
 ]
+# livepatch's own: the patch's signal and remove (rmmod) attributes
+LIVEPATCH_ROWS = [
+    ("signal a name", lambda mo, p, img: mo.signal("p"), ["signal", "patch"]),
+    ("remove None", lambda mo, p, img: mo.remove(None), ["remove", "patch"]),
+]
 
 
 @pytest.mark.parametrize("model_name", MODEL_NAMES)
@@ -538,7 +543,8 @@ def test_a_model_called_wrongly_raises_and_then_patches_as_it_would_have(base, s
         model = make_model(model_name, m)
         patch = model.add(make_patch(m, "p", pimg, ["bar", "baz"]))
         mod = build_c([sources / "mod.c"], base=m.module_base(), name="mod")
-        for label, call, words in MODEL_ROWS if wrongly else ():
+        rows = MODEL_ROWS + (LIVEPATCH_ROWS if model_name == "livepatch" else [])
+        for label, call, words in rows if wrongly else ():
             with pytest.raises(TypeError) as info:
                 call(model, patch, mod)
             clear(info, model_name, *words)

@@ -94,7 +94,8 @@ def _a_module(model, method: str, image, *args, init=None, exit=None, **kwargs) 
 
 
 ARGUMENT_CHECKS = {"add": _a_patch, "enable": _a_patch, "disable": _a_patch, "force": _a_patch_or_none,
-                   "load_module": _a_module, "unload_module": _a_module}
+                   "signal": _a_patch_or_none, "remove": _a_patch, "load_module": _a_module,
+                   "unload_module": _a_module}
 
 
 def _checked(cls) -> None:
