@@ -163,7 +163,7 @@ MACHINE_ROWS = [
     ("stack a tid", lambda m: m.stack(0), TypeError, ["stack", "task"]),
     ("stack accel", lambda m: m.stack(m.tasks[0], accel="x"), ValueError, ["stack", "accel"]),
     ("stack unwinder", lambda m: m.stack(m.tasks[0], unwinder="x"), ValueError, ["unwinder"]),
-    ("stack max_entries", lambda m: m.stack(m.tasks[0], max_entries=2**64), ValueError, ["max_entries"]),
+    ("stack max_entries", lambda m: m.stack(m.tasks[0], max_entries=2**64), ValueError, ["stack", "max_entries"]),
     ("regs None", lambda m: m.regs(None), TypeError, ["regs", "task"]),
     ("backtrace str", lambda m: m.backtrace("user0"), TypeError, ["backtrace", "task"]),
     ("scan_stack None", lambda m: m.scan_stack(None, []), TypeError, ["scan_stack", "task"]),
@@ -793,3 +793,29 @@ def test_paths_that_are_no_paths_are_named(sources, call, words):
     with pytest.raises(TypeError) as info:
         call(sources)
     clear(info, *words)
+
+
+def test_the_python_twins_machine_answers_the_rows_alike(base, sources):
+    """accel="python" (the redirect's and the text writes' Python twins)
+    answers every row above with the same exception."""
+    m = Machine(base, cpus=2, quantum=300, accel="python", sched="python")
+    for i in range(3):
+        m.add_task(f"user{i}", "user_entry", (i,))
+    m.load(build_c([sources / "patch.c"], base=m.module_base(), name="p", link_against=base, keep={"bar", "baz"}))
+    m.run(until=3000)
+    wrong = []
+    for label, call, exc, words in MACHINE_ROWS:
+        if label.startswith(("restore", "engine", "sched")):
+            continue        # (snapshots need the C scheduler; the engine is the same one)
+        try:
+            call(m)
+        except exc as err:
+            if not all(w in str(err) for w in words):
+                wrong.append((label, err))
+        except Exception as err:
+            wrong.append((label, err))
+        else:
+            wrong.append((label, "no exception"))
+    assert wrong == [], "\n".join(f"{l}: {e!r}" for l, e in wrong)
+    runs_on(m)
+    m.engine.close()

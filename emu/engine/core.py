@@ -1311,12 +1311,13 @@ class Graph:
 
 
 _NO_GRAPH = Graph()
-_WALK_OUT_MAX = 4096
+#: the most return addresses one walk gives (its output buffer)
+WALK_MAX_ENTRIES = 4096
 
 
 def _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc, graph=None):
-    if not 0 <= max_entries <= _WALK_OUT_MAX:
-        raise ValueError(f"max_entries must be within 0..{_WALK_OUT_MAX}")
+    if not 0 <= max_entries <= WALK_MAX_ENTRIES:
+        raise ValueError(f"max_entries must be within 0..{WALK_MAX_ENTRIES}")
     g = graph or _NO_GRAPH
     win = ffi.new("struct emu_walk_in *", {
         "rip": rip, "rsp": rsp, "rbp": rbp, "preempted": 1 if preempted else 0,
@@ -1435,8 +1436,8 @@ def _stack_cfg(kind: str, text: Ranges, orc: OrcArrays | None, empty: tuple[int,
         raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
     if kind == "orc" and orc is None:
         raise ValueError("an ORC walk needs an ORC table")
-    if not (2 if kind == "scan" else 1) <= max_entries <= _WALK_OUT_MAX:
-        raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{_WALK_OUT_MAX}")
+    if not (2 if kind == "scan" else 1) <= max_entries <= WALK_MAX_ENTRIES:
+        raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{WALK_MAX_ENTRIES}")
     cfg = ffi.new("struct emu_stack_cfg *")
     cfg.kind = UNWINDERS[kind]
     cfg.max_entries = max_entries

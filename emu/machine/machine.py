@@ -41,7 +41,7 @@ from emu.engine import core
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
 from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN,  # noqa: F401
                              EV_SLEEP, EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
-from emu.errors import EngineClosed, UserError, check_callable, check_int, check_number, check_type
+from emu.errors import CoreError, EngineClosed, UserError, check_callable, check_int, check_number, check_type
 from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
@@ -268,7 +268,7 @@ class Machine:
                             f"not {type(entries).__name__}")
         entries = [tuple(check_type(e, (tuple, list), f"set_entries: entries[{i}]")) for i, e in enumerate(entries)]
         if len(entries) > core.SITE_MAX_ENTRIES:
-            raise core.CoreError(f"set_entries: more than {core.SITE_MAX_ENTRIES} replacements stacked on one "
+            raise CoreError(f"set_entries: more than {core.SITE_MAX_ENTRIES} replacements stacked on one "
                                  f"function")
         for i, e in enumerate(entries):
             if len(e) != 4:
@@ -291,6 +291,8 @@ class Machine:
         data: bytes (or a bytearray or memoryview); TypeError or ValueError
         for an address that is not one, CoreError for one not mapped."""
         check_int(addr, "text_write: addr", 0, 2**64 - 1)
+        if not isinstance(data, bytes):
+            data = bytes(check_type(data, (bytes, bytearray, memoryview), "text_write: data"))
         self.sites.text_write(addr, data)
 
     def watch(self, fn: FunctionRef) -> None:
@@ -637,6 +639,7 @@ class Machine:
         self._task(task, "stack: task")
         if accel not in (None, "c", "python"):
             raise ValueError(f"stack: accel must be 'c' or 'python', not {accel!r}")
+        check_int(max_entries, "stack: max_entries", 1, core.WALK_MAX_ENTRIES)
         return stacks.walk(self, task, unwinder=unwinder, max_entries=max_entries, accel=accel)
 
     def scan_stack(self, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:
