@@ -503,6 +503,20 @@ def test_every_call_that_reaches_a_closed_engine_says_it_is_closed(base, sources
     m.engine.close()
 
 
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_model_of_a_closed_machine_refuses_before_it_changes(base, sources, model_name):
+    m, pimg = new_machine(base, sources)
+    model = make_model(model_name, m)
+    patch = model.add(make_patch(m, "p", pimg, ["bar", "baz"]))
+    mod = build_c([sources / "mod.c"], base=m.module_base(), name="mod")
+    m.engine.close()
+    for call in (lambda: model.enable(patch), lambda: model.disable(patch), lambda: model.force(),
+                 lambda: model.load_module(mod), lambda: model.unload_module(mod)):
+        with pytest.raises(EngineClosed, match=f"{model_name}.*closed"):
+            call()
+    assert model.transitions == [] and not patch.enabled and "mod" not in {i.name for i in m.images}
+
+
 def test_a_machine_closed_before_it_started_stays_unstarted(base, sources):
     m, _ = new_machine(base, sources, start=False)
     m.engine.close()

@@ -19,7 +19,7 @@ import functools
 from dataclasses import dataclass, field
 
 from emu.engine import unwind
-from emu.errors import Busy, EmuError, check_callable, check_type
+from emu.errors import Busy, EmuError, EngineClosed, check_callable, check_type
 from emu.kernel.ftrace import Ftrace, Ops
 from emu.images.image import Image
 from emu.machine.machine import EV_TRANSITION, Machine
@@ -106,6 +106,10 @@ def _checked(cls) -> None:
 
         def checked(self, *args, _fn=fn, _check=check, _method=method, **kwargs):
             _check(self, _method, *args, **kwargs)
+            if _method != "add" and self.m.engine.closed:
+                # before anything changes: a transition recorded, then the
+                # engine refusing its first event, is a model half-changed
+                raise EngineClosed(f"{self.name}.{_method}: the machine's engine is closed")
             return _fn(self, *args, **kwargs)
         functools.update_wrapper(checked, fn)
         checked.checks_arguments = True
