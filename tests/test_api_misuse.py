@@ -833,3 +833,16 @@ def test_the_python_twins_machine_answers_the_rows_alike(base, sources):
     assert wrong == [], "\n".join(f"{l}: {e!r}" for l, e in wrong)
     runs_on(m)
     m.engine.close()
+
+
+def test_a_shadow_variable_is_one_whether_its_obj_is_read_signed_or_not(shared):
+    """A guest's pointer arrives as a register's signed word; a Python
+    callback names it unsigned: the same <obj, id>, printed as the kernel
+    prints it."""
+    m, _ = shared
+    obj = 0xffff_8880_0000_1000
+    data = m.shadow.alloc(obj - 2**64, 3, 16)
+    assert data and m.shadow.get(obj, 3) == data and m.shadow.get(obj - 2**64, 3) == data
+    assert m.shadow.alloc(obj, 3, 16) == 0 and m.log[-1][1] == f"Duplicate shadow variable <{obj:016x}, 3>"
+    m.shadow.free(obj, 3)
+    assert m.shadow.get(obj - 2**64, 3) == 0

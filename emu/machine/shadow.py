@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from emu.machine.machine import Machine
 
 ALIGN = 16
+_WORD = (1 << 64) - 1
 
 
 class Heap:
@@ -110,44 +111,46 @@ class ShadowVars:
 
     # ---- the API (klp_shadow_*) ----------------------------------------------------
     # obj and id are guest words (a pointer, an unsigned long: signed or not,
-    # as a register holds them), a size one of size_t; TypeError or
-    # ValueError naming the one that is not, before anything changes.
+    # as a register holds them; one variable either way, kept unsigned), a
+    # size one of size_t; TypeError or ValueError naming the one that is
+    # not, before anything changes.
     @staticmethod
-    def _check(what: str, obj=0, sid=0, size=0, fns=()) -> None:
+    def _check(what: str, obj=0, sid=0, size=0, fns=()) -> tuple[int, int]:
         check_int(obj, f"shadow {what}: obj", -2**63, 2**64 - 1)
         check_int(sid, f"shadow {what}: id", -2**63, 2**64 - 1)
         check_int(size, f"shadow {what}: size", 0, 2**64 - 1)
         for key, fn in fns:
             if fn is not None:
                 check_callable(fn, f"shadow {what}: {key}")
+        return obj & _WORD, sid & _WORD
 
     def get(self, obj: int, sid: int) -> int:
         """The data address of <obj, sid>, or 0."""
-        self._check("get", obj, sid)
+        obj, sid = self._check("get", obj, sid)
         var = self.vars.get((obj, sid))
         return var[0] if var else 0
 
     def alloc(self, obj: int, sid: int, size: int, ctor=None, ctor_data=None) -> int:
         """Attach a new variable: its data address, or 0 when <obj, sid>
         exists (with a warning), memory is short or the constructor fails."""
-        self._check("alloc", obj, sid, size, (("ctor", ctor),))
+        obj, sid = self._check("alloc", obj, sid, size, (("ctor", ctor),))
         return self._get_or_alloc(obj, sid, size, ctor, ctor_data, warn_on_exist=True)
 
     def get_or_alloc(self, obj: int, sid: int, size: int, ctor=None, ctor_data=None) -> int:
         """The existing variable's data (the constructor is not called), or a
         new one as alloc(); 0 on failure."""
-        self._check("get_or_alloc", obj, sid, size, (("ctor", ctor),))
+        obj, sid = self._check("get_or_alloc", obj, sid, size, (("ctor", ctor),))
         return self._get_or_alloc(obj, sid, size, ctor, ctor_data, warn_on_exist=False)
 
     def free(self, obj: int, sid: int, dtor=None) -> None:
-        self._check("free", obj, sid, fns=(("dtor", dtor),))
+        obj, sid = self._check("free", obj, sid, fns=(("dtor", dtor),))
         var = self.vars.pop((obj, sid), None)
         if var is not None:
             self._release(obj, var, dtor)
 
     def free_all(self, sid: int, dtor=None) -> None:
         """Free every <*, sid> variable."""
-        self._check("free_all", sid=sid, fns=(("dtor", dtor),))
+        _, sid = self._check("free_all", sid=sid, fns=(("dtor", dtor),))
         for key in [k for k in self.vars if k[1] == sid]:
             self._release(key[0], self.vars.pop(key), dtor)
 
