@@ -846,3 +846,47 @@ def test_a_shadow_variable_is_one_whether_its_obj_is_read_signed_or_not(shared):
     assert m.shadow.alloc(obj, 3, 16) == 0 and m.log[-1][1] == f"Duplicate shadow variable <{obj:016x}, 3>"
     m.shadow.free(obj, 3)
     assert m.shadow.get(obj - 2**64, 3) == 0
+
+
+def test_a_snapshot_goes_back_only_into_its_own_machine(base, sources):
+    """Two machines alike (same layout, so the C core would take it): the
+    snapshot's hypercalls and shadow variables are bound to the machine it
+    was taken of, so the other refuses it and runs on untouched."""
+    a, _ = new_machine(base, sources)
+    b, _ = new_machine(base, sources)
+    snap = a.snapshot()
+    b.run(until=6000)
+    before = (b.now, b.trace.raw(), dict(b.hypercalls))
+    with pytest.raises(StateError, match="another machine"):
+        b.restore(snap)
+    assert (b.now, b.trace.raw(), dict(b.hypercalls)) == before
+    a.run(until=6000)
+    a.restore(snap)
+    assert a.now == 3000
+    for m in (a, b):
+        runs_on(m)
+        m.engine.close()
+
+
+@pytest.mark.parametrize("ret,exc", [("x", TypeError), ([1], TypeError), (1.5, TypeError), (True, TypeError),
+                                     (2**70, ValueError), (-2**70, ValueError)])
+def test_a_pre_patch_callback_returning_no_errno_is_named(base, sources, ret, exc):
+    m, pimg = new_machine(base, sources, start=False)
+    model = make_model("livepatch", m)
+    patch = model.add(make_patch(m, "p", pimg, ["bar"], callbacks={"vmlinux": {"pre_patch": lambda *a: ret}}))
+    m.at(3000, lambda: model.enable(patch))
+    with pytest.raises(exc) as info:
+        m.run(until=m.seconds(1))
+    clear(info, "patch 'p'", "vmlinux", "pre_patch")
+    m.engine.close()
+
+
+def test_a_shadow_constructor_that_fails_keeps_nothing(shared):
+    m, _ = shared
+    used = dict(m.shadow.heap.used)
+    with pytest.raises(ZeroDivisionError):
+        m.shadow.alloc(0x55, 9, 32, ctor=lambda obj, data, arg: 1 // 0)
+    with pytest.raises(TypeError, match="constructor"):
+        m.shadow.alloc(0x55, 9, 32, ctor=lambda obj, data, arg: "x")
+    assert m.shadow.alloc(0x55, 9, 32, ctor=lambda obj, data, arg: -12) == 0      # -ENOMEM: refused
+    assert m.shadow.get(0x55, 9) == 0 and m.shadow.heap.used == used

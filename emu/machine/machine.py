@@ -74,7 +74,7 @@ class Machine:
                  tick: int = 1000, hz: int = 100, unwinder: str = "orc", accel: str = "c",
                  fast_memory: bool = True, policy=None, lockup_ticks: int = 2000, name: str = "machine",
                  sched: str | None = None):
-        check_type(image, Image, "Machine: image", "build_c or Image.from_elf gives one")
+        check_type(image, Image, "Machine: image", "build_c or load_elf gives one")
         check_int(cpus, "Machine: cpus")
         for key, value in (("quantum", quantum), ("tick", tick), ("hz", hz), ("lockup_ticks", lockup_ticks)):
             check_int(value, f"Machine: {key}")
@@ -155,7 +155,7 @@ class Machine:
     def load(self, image: Image) -> None:
         """Map an image (the base image or a module) and index its functions.
         Loading a module that was unloaded makes its functions known again."""
-        check_type(image, Image, "load: image", "build_c or Image.from_elf gives one")
+        check_type(image, Image, "load: image", "build_c or load_elf gives one")
         if self.symbols.relist(image):
             return
         self.symbols.check_new(image)

@@ -173,7 +173,14 @@ class ShadowVars:
         if not data:
             return 0
         if ctor is not None:
-            err = ctor(obj, data, ctor_data)
+            try:
+                err = ctor(obj, data, ctor_data)
+                if err is not None:
+                    check_int(err, f"shadow <{obj:016x}, {sid:x}>: the constructor's return value (0 or -errno)",
+                              -2**31, 2**31 - 1)
+            except BaseException:
+                self.heap.free(data)        # nothing attached, nothing kept
+                raise
             if err:
                 self.heap.free(data)
                 self.m.printk(f"livepatch: Failed to construct shadow variable <{obj:016x}, {sid:x}> ({err})")

@@ -6,6 +6,7 @@ part that must agree with it."""
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 
 from emu.engine import core
@@ -29,6 +30,7 @@ class Snapshot:
     seq: int
     last_stop_machine: tuple | None
     policy: object
+    machine: weakref.ref            # the machine it was taken of (its hypercalls are bound to it)
 
 
 def take(m) -> Snapshot:
@@ -51,18 +53,22 @@ def take(m) -> Snapshot:
         patch_states=[t.patch_state for t in everyone],
         hypercalls=dict(m.hypercalls), shadow=m.shadow.state(), trace=m.trace.copy(), log=list(m.log),
         timers=list(works.timers), seq=works.seq, last_stop_machine=works.last_stop_machine,
-        policy=copy.deepcopy(m.policy))
+        policy=copy.deepcopy(m.policy), machine=weakref.ref(m))
 
 
 def restore(m, snap: Snapshot, *, policy=None) -> None:
     """Put a snapshot of this machine back: the next run is the same, event
     for event, as the first run from that point. Listeners go (models are
     made anew per run). policy: the next run's scheduling policy (None: a
-    copy of the snapshot's). StateError when images were loaded since or
-    stop_machine is in progress; CoreError when the snapshot is of another
-    machine's layout."""
+    copy of the snapshot's). StateError when images were loaded since,
+    stop_machine is in progress or the snapshot is another machine's (its
+    hypercalls, timers and shadow variables are bound to that one; the C
+    core refuses another layout with CoreError)."""
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: not a machine snapshot: {type(snap).__name__}")
+    if snap.machine() is not m:
+        raise StateError("restore: the snapshot is of another machine (a snapshot goes back into the "
+                         "machine it was taken of)")
     works = m.works
     if len(m.images) != snap.images:
         raise StateError("restore: images were loaded since the snapshot")
