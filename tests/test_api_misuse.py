@@ -890,3 +890,33 @@ def test_a_shadow_constructor_that_fails_keeps_nothing(shared):
         m.shadow.alloc(0x55, 9, 32, ctor=lambda obj, data, arg: "x")
     assert m.shadow.alloc(0x55, 9, 32, ctor=lambda obj, data, arg: -12) == 0      # -ENOMEM: refused
     assert m.shadow.get(0x55, 9) == 0 and m.shadow.heap.used == used
+
+
+#: per RunSpec field: what a run can have
+SPEC_FIELDS = {
+    "model": lambda v: v in MODEL_NAMES,
+    "seed": lambda v: type(v) is int and 0 <= v < 2**63,
+    "strategy": lambda v: v in ("directed", "exhaustive", "random", "pct"),
+    "start": lambda v: type(v) is int and 0 <= v <= 2 * 10**8,
+    "schedule": lambda v: v in ("rr", "random", "pct"),
+    "sched_seed": lambda v: type(v) is int and 0 <= v < 2**63,
+    "depth": lambda v: type(v) is int and 1 <= v <= 1000,
+    "preempt": lambda v: v is None or v in ("none", "voluntary", "full"),
+    "tasks": lambda v: v is None or (type(v) is tuple and all(type(t) is str for t in v)),
+    "kernel": lambda v: v is None or type(v) is str,
+}
+ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12),
+                st.sampled_from(["livepatch", "rr", "pct", "exhaustive", "full", "6.1"]),
+                st.tuples(st.text(max_size=4)), st.lists(st.integers(), max_size=2))
+
+
+@settings(max_examples=200, deadline=None)
+@given(field=st.sampled_from(sorted(SPEC_FIELDS)), value=st.one_of(ANY, wide(0, 2 * 10**8)))
+def test_a_runspec_is_a_run_or_a_clear_error_naming_its_field(field, value):
+    good = dict(model="livepatch", seed=0, strategy="exhaustive", start=20_000)
+    try:
+        RunSpec(**{**good, field: value})
+    except (TypeError, ValueError) as exc:
+        assert f"RunSpec.{field}" in str(exc) and not SPEC_FIELDS[field](value)
+    else:
+        assert SPEC_FIELDS[field](value), value
