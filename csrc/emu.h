@@ -521,6 +521,9 @@ struct emu_sched {
 #define EMU_SR_SM           18   /* stop_machine: Python's scheduler must run */
 #define EMU_SR_WORK         19   /* rcpu is free for the kernel thread waiting for it */
 
+/* The most tasks and CPUs a scheduler state holds (emu_sched_bytes). */
+#define EMU_SCHED_MAX_TASKS 1048576
+#define EMU_SCHED_MAX_CPUS  4096
 size_t emu_sched_bytes(int ntasks, int ncpus);   /* 0 for bad counts */
 /* Records the event ring must hold beyond one per task and CPU: the loop
  * keeps room for a round of every task (EMU_ERANGE from emu_sched_init

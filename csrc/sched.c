@@ -57,7 +57,7 @@ static size_t align8(size_t n)
 
 size_t emu_sched_bytes(int ntasks, int ncpus)
 {
-    if (ntasks <= 0 || ncpus <= 0 || ntasks > 1 << 20 || ncpus > 4096)
+    if (ntasks <= 0 || ncpus <= 0 || ntasks > EMU_SCHED_MAX_TASKS || ncpus > EMU_SCHED_MAX_CPUS)
         return 0;
     return align8(sizeof(struct emu_sched_globals))
            + (size_t)(ntasks + ncpus) * sizeof(struct emu_sched_task)

@@ -279,14 +279,14 @@ BIGGER = "char big[3 << 12];\nlong user_entry(long x) { big[x] = 1; lpemu_sleep(
 
 @pytest.mark.parametrize("src,tasks,cpus", [(BIGGER, 2, 2), (OTHER, 3, 2), (OTHER, 2, 3)])
 def test_a_snapshot_restored_into_another_layout_raises(compile_c, src, tasks, cpus):
-    from emu.errors import CoreError
+    from emu.errors import CoreError, StateError
     m = _other_machine(compile_c, OTHER)
     snap = m.snapshot()
     other = _other_machine(compile_c, src, tasks=tasks, cpus=cpus)
     before = (other.now, bytes(other.heap[:64]))
     with pytest.raises(CoreError, match="another layout"):
         other.engine.restore(snap.core)
-    with pytest.raises(CoreError, match="another layout"):
+    with pytest.raises(StateError, match="another machine"):   # the machine's snapshot names its machine
         other.restore(snap)
     assert (other.now, bytes(other.heap[:64])) == before
     other.run(until=6000)

@@ -23,7 +23,7 @@ import unicorn  # must come before the extension: one libunicorn for both
 from unicorn import Uc, UC_ARCH_X86, UC_MODE_64
 from unicorn.unicorn_py3 import unicorn as _binding
 
-from emu.errors import CoreError, EngineBusy, EngineClosed, StaleBuild
+from emu.errors import CoreError, EngineBusy, EngineClosed, StaleBuild, StateError, check_int, check_type
 from emu.engine import unwind
 from emu.engine.unwind import UNWINDERS, StackCheck
 
@@ -135,6 +135,9 @@ POKE_TO_CALL = lib.EMU_POKE_TO_CALL
 POKE_TO_NOP = lib.EMU_POKE_TO_NOP
 
 SITE_MAX_ENTRIES = lib.EMU_SITE_MAX_ENTRIES
+#: the most tasks and CPUs a machine's scheduler holds (csrc/sched.c, emu_sched_bytes)
+MAX_TASKS = lib.EMU_SCHED_MAX_TASKS
+MAX_CPUS = lib.EMU_SCHED_MAX_CPUS
 FAULT_INTERRUPT = lib.EMU_FAULT_INTERRUPT
 FAULT_INVALID_INSN = lib.EMU_FAULT_INVALID_INSN
 FAULT_PRIVILEGED = lib.EMU_FAULT_PRIVILEGED
@@ -197,6 +200,33 @@ def _check(rc: int, what: str, core=None) -> int:
     raise CoreError(f"{what}: {msg}")
 
 
+def _refused(what: str, func, args: dict) -> Exception:
+    """What a lib call raises when cffi refused its arguments (an
+    OverflowError or TypeError before any C ran): a TypeError or ValueError
+    naming the argument at fault and the range of its C type. args: the
+    call's arguments after the core, by name, in the order of func's C
+    parameters. The check runs only after a refusal: the calls that work
+    pay nothing for it."""
+    for (name, value), t in zip(args.items(), ffi.typeof(func).args[1:]):
+        if t.kind == "primitive" and t.cname not in ("float", "double", "_Bool"):
+            bits = 8 * ffi.sizeof(t)
+            signed = int(ffi.cast(t, -1)) < 0
+            lo, hi = (-(1 << bits - 1), (1 << bits - 1) - 1) if signed else (0, (1 << bits) - 1)
+            try:
+                check_int(value if not isinstance(value, bool) else int(value), f"{what}: {name}", lo, hi)
+            except (TypeError, ValueError) as exc:
+                return exc
+    return TypeError(f"{what}: the C core cannot take these arguments: "
+                     f"{', '.join(f'{k}={v!r}' for k, v in args.items())}")
+
+
+def _bytes(data, what: str) -> bytes:
+    """data as bytes (bytes, bytearray or memoryview); TypeError otherwise."""
+    if isinstance(data, bytes):
+        return data
+    return bytes(check_type(data, (bytes, bytearray, memoryview), what))
+
+
 _PAGE = 0x1000
 
 
@@ -208,18 +238,26 @@ def _hold(memory, _ptr) -> None:
 class _Hold:
     """Engine.hold(): the engine's lock, taken without waiting."""
 
-    __slots__ = ("_lock", "_engine")
+    __slots__ = ("_lock", "_engine", "_outermost")
 
-    def __init__(self, engine):
+    def __init__(self, engine, outermost):
         self._engine = engine
         self._lock = engine._lock
+        self._outermost = outermost
 
     def __enter__(self):
+        engine = self._engine
         if not self._lock.acquire(False):
-            raise self._engine._busy("machine")
-        return self._engine
+            raise engine._busy(self._outermost or "machine")
+        if self._outermost and engine._held:
+            self._lock.release()
+            raise EngineBusy(f"{self._outermost}: called from inside a run of this machine (an at() callback, "
+                             f"a work, a hook or stop_when); return from it and let that run go on")
+        engine._held += 1
+        return engine
 
     def __exit__(self, *exc):
+        self._engine._held -= 1
         self._lock.release()
         return False
 
@@ -293,6 +331,7 @@ class Engine:
         self._memory: list = []     # buffers the core works on (guest memory, scheduler state)
         self._keep = functools.partial(_hold, self._memory)
         self._lock = threading.RLock()
+        self._held = 0              # hold() sections this thread is inside (a run is one)
         # The core must go before the Uc it hooks, and the memory after both:
         # the finalizer holds all three.
         self._finalizer = weakref.finalize(self, Engine._free, core, self.uc, self._memory)
@@ -321,6 +360,9 @@ class Engine:
         if not self._lock.acquire(False):
             raise EngineBusy("close: another thread is running this engine")
         try:
+            if self._held:
+                raise EngineBusy("close: called from inside a run of this engine (an at() callback, a "
+                                 "work, a hook or stop_when); close it after run() returns")
             self._finalizer()
             self._core = ffi.NULL
             self.uc = None
@@ -331,13 +373,30 @@ class Engine:
     def closed(self) -> bool:
         return self._core == ffi.NULL
 
-    def hold(self):
+    def _closed(self, what: str) -> None:
+        if self._core == ffi.NULL:
+            raise EngineClosed(f"{what}: the engine is closed")
+
+    def hold(self, outermost: str | None = None):
         """A context in which this thread alone uses the engine: another
-        thread's call raises EngineBusy (Machine.run holds it)."""
-        return _Hold(self)
+        thread's call raises EngineBusy (Machine.run holds it). outermost:
+        the name of a call that must not come from inside another hold()
+        section of this thread (run() from a callback of a run): EngineBusy
+        naming it then."""
+        return _Hold(self, outermost)
 
     def _busy(self, what: str) -> EngineBusy:
         return EngineBusy(f"{what}: another thread is using this engine")
+
+    def _call(self, what: str, func, **args) -> int:
+        """func(core, *args), for the calls made once or a few times: the
+        arguments cffi refuses are a TypeError or ValueError naming them
+        (_refused), a negative code is EngineClosed or CoreError (_check)."""
+        try:
+            rc = func(self._core, *args.values())
+        except (OverflowError, TypeError):
+            raise _refused(what, func, args) from None
+        return self._check(rc, what)
 
     def _check(self, rc: int, what: str) -> int:
         """_check, naming a closed engine as such."""
@@ -351,12 +410,18 @@ class Engine:
     def map(self, addr: int, size: int, prot: int) -> memoryview:
         """Map guest memory [addr, addr+size), backed by a buffer this engine
         owns; return a writable view of it (which keeps the buffer alive)."""
+        check_int(addr, "map: addr", 0, (1 << 64) - 1)
+        check_int(prot, "map: prot", 0, 7)
         if not (isinstance(size, int) and 0 < size < 1 << 40 and size % _PAGE == 0):
-            raise CoreError(f"map {addr:#x}+{size:#x}: invalid argument")
+            raise CoreError(f"map {addr:#x}+{size!r}: invalid argument (size: a multiple of {_PAGE:#x} "
+                            f"below 2**40)")
         if not self._lock.acquire(False):
             raise self._busy("map")
         try:
-            buf = ffi.new("uint8_t[]", size + _PAGE)
+            try:
+                buf = ffi.new("uint8_t[]", size + _PAGE)
+            except MemoryError:
+                raise CoreError(f"map {addr:#x}+{size:#x}: the host has no {size:_} bytes to give") from None
             pad = -int(ffi.cast("uintptr_t", buf)) & (_PAGE - 1)
             self._check(lib.emu_map_host(self._core, addr, size, prot, buf + pad), f"map {addr:#x}+{size:#x}")
             self._memory.append(buf)
@@ -367,9 +432,11 @@ class Engine:
     def view(self, addr: int, size: int) -> memoryview:
         """A writable view of mapped guest memory [addr, addr+size) (it keeps
         the engine's memory alive)."""
-        if self._core == ffi.NULL:
-            raise EngineClosed(f"view of {addr:#x}+{size:#x}: the engine is closed")
-        ptr = lib.emu_host_ptr(self._core, addr, size)
+        self._closed("view")
+        try:
+            ptr = lib.emu_host_ptr(self._core, addr, size)
+        except (OverflowError, TypeError):
+            raise _refused("view", lib.emu_host_ptr, {"addr": addr, "size": size}) from None
         if ptr == ffi.NULL:
             raise CoreError(f"no host memory at {addr:#x}+{size:#x}")
         return memoryview(ffi.buffer(ffi.gc(ptr, self._keep), size))
@@ -381,12 +448,20 @@ class Engine:
             off = a - base
             if 0 <= off < size:
                 bitmap[off >> 3] |= 1 << (off & 7)
-        self._check(lib.emu_add_code(self._core, base, size, ffi.from_buffer(bitmap)), "add code")
+        try:
+            rc = lib.emu_add_code(self._core, base, size, ffi.from_buffer(bitmap))
+        except (OverflowError, TypeError):
+            raise _refused("add code", lib.emu_add_code, {"base": base, "size": size}) from None
+        self._check(rc, "add code")
 
     # -- tasks ----------------------------------------------------------------
     def init_tasks(self, n: int) -> None:
         with self.hold():
-            self._check(lib.emu_tasks_init(self._core, n), "init tasks")
+            try:
+                rc = lib.emu_tasks_init(self._core, n)
+            except (OverflowError, TypeError):
+                raise _refused("init tasks", lib.emu_tasks_init, {"n": n}) from None
+            self._check(rc, "init tasks")
 
     def switch(self, tid: int) -> None:
         """Save the loaded task's CPU context and load task tid's."""
@@ -394,6 +469,8 @@ class Engine:
             raise self._busy("switch")
         try:
             rc = lib.emu_switch(self._core, tid)
+        except (OverflowError, TypeError):
+            raise _refused("switch", lib.emu_switch, {"tid": tid}) from None
         finally:
             self._lock.release()
         if rc:      # the message is only made on failure: this runs once a slice
@@ -401,17 +478,25 @@ class Engine:
 
     @property
     def current(self) -> int:
+        self._closed("current task")
         return lib.emu_current(self._core)
 
     def set_task_state(self, tid: int, state: int) -> None:
-        rc = lib.emu_task_set_state(self._core, tid, state)
+        try:
+            rc = lib.emu_task_set_state(self._core, tid, state)
+        except (OverflowError, TypeError):
+            raise _refused("patch state", lib.emu_task_set_state, {"tid": tid, "state": state}) from None
         if rc:
             self._check(rc, f"patch state of task {tid}")
 
     # -- sites -------------------------------------------------------------------
     def add_site(self, addr: int, func_id: int) -> int:
         with self.hold():
-            return self._check(lib.emu_site_add(self._core, addr, func_id), f"site at {addr:#x}")
+            try:
+                rc = lib.emu_site_add(self._core, addr, func_id)
+            except (OverflowError, TypeError):
+                raise _refused("site", lib.emu_site_add, {"addr": addr, "func_id": func_id}) from None
+            return self._check(rc, f"site at {addr:#x}")
 
     def set_site_entries(self, site: int, entries) -> None:
         """entries: newest first, each (target, version, nop, transition)."""
@@ -419,28 +504,37 @@ class Engine:
             raise CoreError(f"more than {SITE_MAX_ENTRIES} replacements stacked on one function")
         buf = self._entry_buf
         for i, (target, version, nop, transition) in enumerate(entries):
-            buf[i].target = target
-            buf[i].version = version
+            try:
+                buf[i].target = target
+                buf[i].version = version
+            except (OverflowError, TypeError):
+                check_int(target, f"site entries: entry {i}: target", 0, (1 << 64) - 1)
+                check_int(version, f"site entries: entry {i}: version", -(1 << 31), (1 << 31) - 1)
+                raise
             buf[i].nop = 1 if nop else 0
             buf[i].transition = 1 if transition else 0
         with self.hold():
             self._check(lib.emu_site_set_entries(self._core, site, buf, len(entries)), "site entries")
 
     def set_site_poke(self, site: int, poke: int) -> None:
-        self._check(lib.emu_site_set_poke(self._core, site, poke), "site poke")
+        try:
+            rc = lib.emu_site_set_poke(self._core, site, poke)
+        except (OverflowError, TypeError):
+            raise _refused("site poke", lib.emu_site_set_poke, {"site": site, "poke": poke}) from None
+        self._check(rc, "site poke")
 
 
     def set_stubs(self, base: int, size: int) -> None:
         """Each site's own trampoline, at base + site * STUB_SIZE in the
         mapped [base, base + size) (csrc/emu.h). Once."""
-        self._check(lib.emu_set_stubs(self._core, base, size), "site trampolines")
+        self._call("site trampolines", lib.emu_set_stubs, base=base, size=size)
 
     def graph_init(self, ret: int, base: int, stride: int) -> None:
         """Trace function exits (csrc/emu.h, "function exits"): ret is the
         return trampoline, every task's return stack is at base + tid *
         stride (mapped). After init_tasks; once."""
         with self.hold():
-            self._check(lib.emu_graph_init(self._core, ret, base, stride), "function exits")
+            self._call("function exits", lib.emu_graph_init, ret=ret, base=base, stride=stride)
         self.graph = (ret, base, stride)
 
     def graph_of(self, tid: int) -> "Graph":
@@ -453,27 +547,35 @@ class Engine:
     def text_write(self, addr: int, data: bytes) -> None:
         """Write guest code and drop its translations (C fast path; the
         twin is emu/engine/text.py)."""
+        if not isinstance(data, bytes):
+            data = _bytes(data, f"text write at {addr!r}: data")
         with self.hold():
-            rc = lib.emu_text_write(self._core, addr, data, len(data))
+            try:
+                rc = lib.emu_text_write(self._core, addr, data, len(data))
+            except (OverflowError, TypeError):
+                raise _refused("text write", lib.emu_text_write, {"addr": addr}) from None
         if rc:      # the message is only made on failure: the models write text at every step
             self._check(rc, f"text write at {addr:#x}")
 
     # -- instructions whose answer is not the guest's (csrc/sysinsn.c) ----------
     def add_sysinsn(self, addr: int, size: int, kind: int, arg: int = 0) -> None:
         """Hook the instruction at addr (core.SI_*; see csrc/emu.h)."""
-        _check(lib.emu_sysinsn_add(self._core, addr, size, kind, arg), f"instruction at {addr:#x}", self._core)
+        self._call(f"instruction at {addr!r}", lib.emu_sysinsn_add, addr=addr, size=size, kind=kind, arg=arg)
 
     def set_task_stack(self, tid: int, lo: int, hi: int) -> None:
         """Task tid's stack [lo, hi], for the stack checks."""
-        _check(lib.emu_task_set_stack(self._core, tid, lo, hi), f"stack of task {tid}")
+        self._call(f"stack of task {tid!r}", lib.emu_task_set_stack, tid=tid, lo=lo, hi=hi)
 
     @property
     def rng(self) -> int:
         """The state rdrand and rdseed draw from (kept in snapshots)."""
+        self._closed("rng")
         return lib.emu_rng_state(self._core)
 
     @rng.setter
     def rng(self, value: int) -> None:
+        check_int(value, "rng")
+        self._closed("rng")
         lib.emu_rng_seed(self._core, value & _MASK64)
 
     @staticmethod
@@ -485,31 +587,42 @@ class Engine:
 
     def skip_insn(self, addr: int, next_addr: int) -> None:
         """In a hook during a run: the instruction at addr retired, go on at next_addr."""
-        _check(lib.emu_skip_insn(self._core, addr, next_addr), "skip instruction")
+        self._call("skip instruction", lib.emu_skip_insn, addr=addr, next_addr=next_addr)
 
     def report_fault(self, kind: int, rip: int, addr: int = 0) -> None:
         """In a hook during a run: record a fault (core.FAULT_*) and stop."""
-        _check(lib.emu_report_fault(self._core, kind, rip, addr), "report fault")
+        self._call("report fault", lib.emu_report_fault, kind=kind, rip=rip, addr=addr)
 
     # -- time and running -----------------------------------------------------
     @property
     def clock(self) -> int:
-        return lib.emu_clock(self._core)
+        clock = lib.emu_clock(self._core)
+        if not clock:           # (a closed engine's core answers 0)
+            self._closed("clock")
+        return clock
 
     @clock.setter
     def clock(self, value: int) -> None:
-        lib.emu_set_clock(self._core, value)
+        self._closed("clock")
+        try:
+            lib.emu_set_clock(self._core, value)
+        except (OverflowError, TypeError):
+            raise _refused("clock", lib.emu_set_clock, {"clock": value}) from None
 
     @property
     def retired(self) -> int:
         """Guest instructions every run of this engine executed so far: the
         clock without the idle time it jumped or was set over (a snapshot's
         restore does not take it back)."""
+        self._closed("retired")
         return lib.emu_retired(self._core)
 
     def now(self, addr: int) -> int:
         """The clock at instruction addr of the block being run."""
-        return lib.emu_now(self._core, addr)
+        try:
+            return lib.emu_now(self._core, addr)
+        except (OverflowError, TypeError):
+            raise _refused("now", lib.emu_now, {"addr": addr}) from None
 
     def run(self, budget: int, precise: bool = False) -> Stop:
         """Run the loaded task for at most budget instructions."""
@@ -517,6 +630,8 @@ class Engine:
             raise self._busy("run")
         try:
             rc = lib.emu_run(self._core, budget, 1 if precise else 0, self._stop)
+        except (OverflowError, TypeError):
+            raise _refused("run", lib.emu_run, {"budget": budget}) from None
         finally:
             self._lock.release()
         if rc:
@@ -536,7 +651,10 @@ class Engine:
     def sched_init(self, ntasks: int, ncpus: int) -> "SchedState":
         """Allocate the scheduler state (struct emu_sched, csrc/emu.h) and
         return it: fields read by name, changed through C's checked setters."""
-        n = lib.emu_sched_bytes(ntasks, ncpus)
+        try:
+            n = lib.emu_sched_bytes(ntasks, ncpus)
+        except (OverflowError, TypeError):
+            n = 0
         if not n:
             raise CoreError(f"scheduler state: {ntasks} tasks on {ncpus} CPUs is out of range")
         mem = ffi.new("int64_t[]", n // 8)
@@ -559,6 +677,8 @@ class Engine:
             raise self._busy("scheduler")
         try:
             rc = lib.emu_sched_run(self._core, until, deadline, self._stop)
+        except (OverflowError, TypeError):
+            raise _refused("scheduler", lib.emu_sched_run, {"until": until, "deadline": deadline}) from None
         finally:
             self._lock.release()
         if rc < 0:
@@ -582,6 +702,7 @@ class Engine:
         return True
 
     def request_stop(self) -> None:
+        self._closed("request stop")
         lib.emu_request_stop(self._core)
 
     # -- events -----------------------------------------------------------------
@@ -593,6 +714,9 @@ class Engine:
             raise self._busy("event push")
         try:
             rc = lib.emu_event_push(self._core, kind, task, a, b, c, clock)
+        except (OverflowError, TypeError):
+            raise _refused("event push", lib.emu_event_push,
+                           {"kind": kind, "task": task, "a": a, "b": b, "c": c, "clock": clock}) from None
         finally:
             self._lock.release()
         if rc:
@@ -607,7 +731,7 @@ class Engine:
         if kinds is not None:
             mask = 0
             for k in kinds:
-                if not 0 <= k < 64:
+                if not 0 <= check_int(k, "event mask: kind") < 64:
                     raise ValueError(f"event kind {k} is always recorded (only kinds 0..63 can be masked)")
                 mask |= 1 << k
         lib.emu_set_event_mask(self._core, mask)
@@ -630,7 +754,7 @@ class Engine:
         """Take the core's state (see csrc/snapshot.c); freed when collected."""
         if self._core == ffi.NULL:
             raise EngineClosed("snapshot: the engine is closed")
-        with self.hold():
+        with self.hold("snapshot"):
             snap = lib.emu_snapshot_take(self._core)
         if snap == ffi.NULL:
             raise CoreError("snapshot: out of memory or unicorn refused")
@@ -642,7 +766,8 @@ class Engine:
         machine's), TypeError when it is not a Snapshot."""
         if not isinstance(snap, Snapshot):
             raise TypeError(f"restore: not an engine snapshot: {type(snap).__name__}")
-        with self.hold():
+        self._closed("restore")
+        with self.hold("restore"):
             rc = lib.emu_snapshot_restore(self._core, snap._c)
         if rc == lib.EMU_ERANGE:
             raise CoreError("restore: the snapshot was taken of another layout (other memory regions, "
@@ -1186,12 +1311,13 @@ class Graph:
 
 
 _NO_GRAPH = Graph()
-_WALK_OUT_MAX = 4096
+#: the most return addresses one walk gives (its output buffer)
+WALK_MAX_ENTRIES = 4096
 
 
 def _walk(kind, ptr, lo, hi, text, rip, rsp, rbp, preempted, max_entries, end_ret, end_slot, orc, graph=None):
-    if not 0 <= max_entries <= _WALK_OUT_MAX:
-        raise ValueError(f"max_entries must be within 0..{_WALK_OUT_MAX}")
+    if not 0 <= max_entries <= WALK_MAX_ENTRIES:
+        raise ValueError(f"max_entries must be within 0..{WALK_MAX_ENTRIES}")
     g = graph or _NO_GRAPH
     win = ffi.new("struct emu_walk_in *", {
         "rip": rip, "rsp": rsp, "rbp": rbp, "preempted": 1 if preempted else 0,
@@ -1310,8 +1436,8 @@ def _stack_cfg(kind: str, text: Ranges, orc: OrcArrays | None, empty: tuple[int,
         raise ValueError(f"unknown unwinder {kind!r} (one of {', '.join(UNWINDERS)})")
     if kind == "orc" and orc is None:
         raise ValueError("an ORC walk needs an ORC table")
-    if not (2 if kind == "scan" else 1) <= max_entries <= _WALK_OUT_MAX:
-        raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{_WALK_OUT_MAX}")
+    if not (2 if kind == "scan" else 1) <= max_entries <= WALK_MAX_ENTRIES:
+        raise ValueError(f"max_entries must be within {2 if kind == 'scan' else 1}..{WALK_MAX_ENTRIES}")
     cfg = ffi.new("struct emu_stack_cfg *")
     cfg.kind = UNWINDERS[kind]
     cfg.max_entries = max_entries

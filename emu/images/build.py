@@ -6,13 +6,14 @@ The public entry points: build_c and load_elf.
 
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from emu.errors import BuildError, PatchError
+from emu.errors import BuildError, PatchError, check_int, check_type
 from emu.images import kobject
 from emu.images.binding import bind_to_base
 from emu.images.elf import (ET_DYN, ET_EXEC, ET_REL, PARSE_ERRORS, check_x86_64_elf, image_from_elf, is_elf_file,
@@ -73,6 +74,29 @@ def _defined(obj: Path) -> set[str]:
                 if s.name and isinstance(s["st_shndx"], int) and s["st_info"]["bind"] != "STB_LOCAL"}
 
 
+def _check_arguments(what: str, name, cflags, link_against, keep, cpu_features) -> None:
+    """build_c's and load_elf's arguments: TypeError naming the one of the wrong type."""
+    if name is not None:
+        check_type(name, str, f"{what}: name")
+    if isinstance(cflags, (str, bytes)) or not hasattr(cflags, "__iter__"):
+        raise TypeError(f"{what}: cflags must be a list of flags (\"-O2\".split() gives one), "
+                        f"not {type(cflags).__name__}")
+    for i, flag in enumerate(cflags):
+        check_type(flag, str, f"{what}: cflags[{i}]")
+    if link_against is not None:
+        check_type(link_against, Image, f"{what}: link_against")
+    if keep is not None:
+        if isinstance(keep, (str, bytes)) or not hasattr(keep, "__iter__"):
+            raise TypeError(f"{what}: keep must be a set of function names, not {type(keep).__name__}")
+        for k in keep:
+            check_type(k, str, f"{what}: keep: a name")
+    if cpu_features is not None:
+        if not hasattr(cpu_features, "__iter__"):
+            raise TypeError(f"{what}: cpu_features must be X86_FEATURE_* numbers, not {type(cpu_features).__name__}")
+        for f in cpu_features:
+            check_int(f, f"{what}: cpu_features: a feature", 0, 32 * 64 - 1)
+
+
 def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: Image | None = None,
             keep: set[str] | None = None, cpu_features=None) -> Image:
     """Compile C sources with gcc and link them at base with ld.
@@ -86,9 +110,18 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
     in the kernel's cpufeatures.h) or left original when it is None.
 
     Raises ToolMissing (no gcc/ld), BuildError (compile or link errors, with the
-    tools' own output), PatchError (keep/binding problems)."""
+    tools' own output), PatchError (keep/binding problems); TypeError for an
+    argument of the wrong type."""
+    check_type(name, str, "build_c: name")
+    _check_arguments("build_c", name, cflags, link_against, keep, cpu_features)
     check_base(base)
-    paths = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    if isinstance(sources, (str, os.PathLike)):
+        sources = [sources]
+    if not isinstance(sources, (list, tuple)):
+        raise TypeError(f"build_c: sources must be a path or a list of paths, not {type(sources).__name__}")
+    for i, src in enumerate(sources):
+        check_type(src, (str, os.PathLike), f"build_c: sources[{i}]")
+    paths = [Path(s) for s in sources]
     if not paths:
         raise BuildError(f"{name}: no sources")
     for p in paths:
@@ -127,6 +160,7 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
     addresses: base must be None or its lowest address.
 
     Raises BuildError naming the file and what it is when it is not ELF64 x86-64."""
+    _check_arguments("load_elf", name, (), link_against, keep, cpu_features)
     path = Path(path)
     if not path.is_file():
         raise BuildError(f"{path}: no such file")

@@ -40,6 +40,7 @@ when it loads (Diff.new_data). Data only the old side has is left alone.
 from __future__ import annotations
 
 import io
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -48,7 +49,7 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from emu.errors import BuildError, PatchError
+from emu.errors import BuildError, PatchError, check_type
 from emu.images import kernel_rules
 from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
 from emu.images.image import FENTRY_NOP
@@ -157,7 +158,8 @@ def diff_files(old, new, *, cflags=()) -> Diff:
     """diff_objects when old and new are ELF objects, diff_sources when they are
     C sources (what `lpemu diff` runs). Raises BuildError for a mix of the two
     or for cflags given with objects (they are already compiled)."""
-    kinds = {_is_elf(p) for p in _as_list(old) + _as_list(new)}
+    cflags = _cflags(cflags)
+    kinds = {_is_elf(p) for p in _as_list(old, "diff: old") + _as_list(new, "diff: new")}
     if kinds == {True}:
         if cflags:
             raise BuildError("diff: --cflags applies to C sources; the objects are already compiled")
@@ -168,8 +170,15 @@ def diff_files(old, new, *, cflags=()) -> Diff:
                      "(the original and the patched build) or two sources")
 
 
-def _as_list(paths) -> list[Path]:
-    return [Path(s) for s in ([paths] if isinstance(paths, (str, Path)) else paths)]
+def _as_list(paths, what: str = "diff: a side") -> list[Path]:
+    """paths (a path or a list of them) as Paths; TypeError naming what otherwise."""
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    if not isinstance(paths, (list, tuple)):
+        raise TypeError(f"{what} must be a path or a list of paths, not {type(paths).__name__}")
+    for i, p in enumerate(paths):
+        check_type(p, (str, os.PathLike), f"{what}[{i}]")
+    return [Path(p) for p in paths]
 
 
 def _is_elf(path: Path) -> bool:
@@ -223,7 +232,7 @@ def _read_side(objects, side: str) -> "_Side":
 
 
 def _read_objects(objects, side: str) -> list[tuple[str, bytes]]:
-    paths = [Path(s) for s in ([objects] if isinstance(objects, (str, Path)) else objects)]
+    paths = _as_list(objects, f"diff: {side}")
     if not paths:
         raise BuildError(f"diff: no {side} objects")
     out = []
@@ -441,10 +450,21 @@ def _handles_of(target: tuple):
 # -- driving the comparison ---------------------------------------------------------
 
 
+def _cflags(cflags) -> list[str]:
+    """cflags as a list of flags; TypeError for a string or a non-string flag."""
+    if isinstance(cflags, (str, bytes)) or not hasattr(cflags, "__iter__"):
+        raise TypeError(f"diff: cflags must be a list of flags (\"-O2\".split() gives one), "
+                        f"not {type(cflags).__name__}")
+    cflags = list(cflags)
+    for i, flag in enumerate(cflags):
+        check_type(flag, str, f"diff: cflags[{i}]")
+    return cflags
+
+
 def _diff(old, new, cflags, *, partial: bool) -> Diff:
+    cflags = _cflags(cflags)
     old_paths, new_paths = _source_paths(old, "old"), _source_paths(new, "new")
     require_tools("gcc", "as")
-    cflags = list(cflags)
     with tempfile.TemporaryDirectory(prefix="lpemu-diff-") as d:
         tmp = Path(d)
         old_side = _Side(_compile_all(old_paths, cflags, _COMPARE_FLAGS, tmp, "old"))
@@ -457,7 +477,7 @@ def _diff(old, new, cflags, *, partial: bool) -> Diff:
 
 
 def _source_paths(sources, side: str) -> list[Path]:
-    paths = [Path(s) for s in ([sources] if isinstance(sources, (str, Path)) else sources)]
+    paths = _as_list(sources, f"diff: {side}")
     if not paths:
         raise BuildError(f"diff: no {side} sources")
     for p in paths:

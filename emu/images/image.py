@@ -189,7 +189,10 @@ def page_up(n: int) -> int:
 
 def check_base(base: int) -> None:
     """BuildError unless base is a page-aligned 64-bit address (ld would
-    take one past 2**64 modulo 2**64, silently)."""
+    take one past 2**64 modulo 2**64, silently); TypeError for a base
+    that is not an int."""
+    if not isinstance(base, int) or isinstance(base, bool):
+        raise TypeError(f"image base must be an int (an address), not {type(base).__name__}")
     if not 0 <= base < 1 << 64:
         raise BuildError(f"image base {base:#x} is not a 64-bit address")
     if base % PAGE:

@@ -12,14 +12,19 @@ emu/models/stop_machine.py (inside stop_machine, around the switch).
 """
 from __future__ import annotations
 
+from emu.errors import check_int
 from emu.kernel.patch import Patch, PatchObject
 
 
 def pre_patch(machine, patch: Patch, obj: PatchObject) -> int:
-    """Run obj's pre_patch callback -> 0 or its -errno. post_unpatch runs
-    later only after a pre_patch that did not refuse."""
+    """Run obj's pre_patch callback -> 0 or its -errno (None counts as 0).
+    post_unpatch runs later only after a pre_patch that did not refuse.
+    TypeError or ValueError naming the callback when it returns anything
+    but a C int, as when it raises."""
     fn = obj.callbacks.get("pre_patch")
-    ret = int(fn(machine, patch, obj) or 0) if fn else 0
+    ret = fn(machine, patch, obj) if fn else 0
+    ret = 0 if ret is None else check_int(ret, f"patch '{patch.name}': {obj.name}: the pre_patch callback's "
+                                               f"return value (0 or -errno)", -2**31, 2**31 - 1)
     obj.callbacks_enabled = not ret
     return ret
 

@@ -32,11 +32,22 @@ says is being written, and the NOP is emu/images/image.py's FENTRY_NOP.
 from __future__ import annotations
 
 from emu.engine import core
-from emu.errors import Busy
+from emu.errors import Busy, check_type
 from emu.images.image import FENTRY_NOP
 from emu.machine.machine import FunctionRef, Machine, Sync
 
 PROTOCOLS = ("text_poke_bp", "bytewise")
+
+
+def _functions(functions, what: str) -> list[FunctionRef]:
+    """functions as a list of FunctionRefs; TypeError naming the one that is not."""
+    if not hasattr(functions, "__iter__") or isinstance(functions, (str, bytes)):
+        raise TypeError(f"{what}: functions must be a list of functions (Machine.function gives them), "
+                        f"not {type(functions).__name__}")
+    functions = list(functions)
+    for i, fn in enumerate(functions):
+        check_type(fn, FunctionRef, f"{what}: functions[{i}]", "Machine.function(name) gives one")
+    return functions
 
 
 class Ops:
@@ -46,6 +57,9 @@ class Ops:
     called its handler (end None: still calling)."""
 
     def __init__(self, name: str, *, ipmodify: bool = False, permanent: bool = False):
+        check_type(name, str, "Ops: name")
+        check_type(ipmodify, bool, "Ops: ipmodify")
+        check_type(permanent, bool, "Ops: permanent")
         self.name = name
         self.ipmodify = ipmodify
         self.permanent = permanent
@@ -98,8 +112,10 @@ class Ftrace:
         """Add ops to functions. Raises Busy (nothing changed) if one of them
         already has an IPMODIFY owner and ops modifies the IP too, or if ops
         is PERMANENT and ftrace_enabled is off. Returns the text-update
-        generator (nothing to change while ftrace_enabled is off)."""
-        functions = list(functions)
+        generator (nothing to change while ftrace_enabled is off).
+        TypeError for an ops or functions of the wrong type."""
+        check_type(ops, Ops, "ftrace register: ops")
+        functions = _functions(functions, "ftrace register")
         if ops.permanent and not self.enabled:
             raise Busy(f"{ops.name}: kernel.ftrace_enabled is 0, a permanent ftrace ops cannot register")
         for fn in functions:
@@ -123,7 +139,8 @@ class Ftrace:
     def unregister(self, ops: Ops, functions=None):
         """Remove ops from functions (all of its functions by default);
         returns the text-update generator."""
-        ids = set(ops.functions) if functions is None else {fn.id for fn in functions}
+        check_type(ops, Ops, "ftrace unregister: ops")
+        ids = set(ops.functions) if functions is None else {fn.id for fn in _functions(functions, "ftrace unregister")}
         stop = []
         for fid in sorted(ids):
             users = self.users.get(fid, [])
@@ -142,6 +159,7 @@ class Ftrace:
         ops is registered. Off: no handler is called from now on and every
         used site goes back to a NOP; on: they call the trampoline again.
         Returns the text-update generator."""
+        check_type(value, (bool, int), "ftrace set_enabled: value")
         value = bool(value)
         if value == self.enabled:
             return self._update([], on=value)

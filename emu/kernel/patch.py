@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emu.errors import PatchError
+from emu.errors import PatchError, check_callable, check_int, check_type
 from emu.images.image import Image
 from emu.machine.machine import FunctionRef, Machine
 
@@ -101,12 +101,19 @@ def make_patch(machine: Machine, name: str, image: Image | None, functions, *, r
 
     functions: names of old functions ("f" for the base image, "module:f" for a
     module's). callbacks: {object name: {callback name: fn(machine, patch, obj) -> int}}.
-    Raises PatchError naming what is missing."""
+    states: (id, version) pairs. Raises PatchError naming what is missing,
+    TypeError or ValueError for an argument of the wrong type."""
+    functions, force, states = _check_arguments(machine, name, image, functions, replace, callbacks, states, force,
+                                                new_names)
     objects: dict[str, PatchObject] = {}
     new_names = new_names or {}
+    seen: set[tuple[str, str]] = set()
     for spec in functions:
         obj_name, _, fname = spec.rpartition(":")
         obj_name = obj_name or VMLINUX
+        if (obj_name, fname) in seen:
+            raise PatchError(f"patch '{name}': function '{spec}' is listed twice")
+        seen.add((obj_name, fname))
         new_name = new_names.get(fname, fname)
         if image is None or new_name not in image.functions:
             raise PatchError(f"patch '{name}': no new version of '{fname}'"
@@ -123,9 +130,54 @@ def make_patch(machine: Machine, name: str, image: Image | None, functions, *, r
             if cb_name not in CALLBACKS:
                 raise PatchError(f"patch '{name}': unknown callback '{cb_name}' (one of {', '.join(CALLBACKS)})")
             obj.callbacks[cb_name] = fn
-    patch = Patch(name, list(objects.values()), image, replace, tuple(State(*s) for s in states))
+    patch = Patch(name, list(objects.values()), image, replace, states)
     resolve(machine, patch)
     return patch
+
+
+def _check_arguments(machine, name, image, functions, replace, callbacks, states, force, new_names):
+    """make_patch's arguments, checked: TypeError or ValueError naming the
+    one at fault. Returns functions, force and states as tuples (each is
+    read once more than an iterator allows)."""
+    check_type(machine, Machine, "make_patch: machine")
+    check_type(name, str, "make_patch: name")
+    if image is not None:
+        check_type(image, Image, f"make_patch: patch '{name}': image", "build_c gives one")
+    check_type(replace, bool, f"make_patch: patch '{name}': replace")
+
+    def names(value, key: str) -> tuple:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+            raise TypeError(f"make_patch: patch '{name}': {key} must be a list of function names, "
+                            f"not {type(value).__name__}")
+        value = tuple(value)
+        for i, v in enumerate(value):
+            check_type(v, str, f"make_patch: patch '{name}': {key}[{i}]")
+        return value
+    functions, force = names(functions, "functions"), names(force, "force")
+    if callbacks is not None:
+        check_type(callbacks, dict, f"make_patch: patch '{name}': callbacks")
+        for obj_name, cbs in callbacks.items():
+            check_type(obj_name, str, f"make_patch: patch '{name}': callbacks: an object name")
+            check_type(cbs, dict, f"make_patch: patch '{name}': callbacks['{obj_name}']")
+            for cb_name, fn in cbs.items():
+                check_callable(fn, f"make_patch: patch '{name}': callbacks['{obj_name}']['{cb_name}']")
+    if new_names is not None:
+        check_type(new_names, dict, f"make_patch: patch '{name}': new_names")
+        for old, new in new_names.items():
+            check_type(old, str, f"make_patch: patch '{name}': new_names: a name")
+            check_type(new, str, f"make_patch: patch '{name}': new_names['{old}']")
+    if not hasattr(states, "__iter__"):
+        raise TypeError(f"make_patch: patch '{name}': states must be (id, version) pairs, "
+                        f"not {type(states).__name__}")
+    states = tuple(states)
+    for i, st in enumerate(states):
+        if isinstance(st, State):
+            st = (st.id, st.version)
+        if not isinstance(st, (tuple, list)) or len(st) != 2:
+            raise TypeError(f"make_patch: patch '{name}': states[{i}] must be an (id, version) pair, not {st!r}")
+        check_int(st[0], f"make_patch: patch '{name}': states[{i}] id", 0, 2**63 - 1)
+        check_int(st[1], f"make_patch: patch '{name}': states[{i}] version", 0, 2**63 - 1)
+    return functions, force, tuple(s if isinstance(s, State) else State(*s) for s in states)
 
 
 def loaded_objects(machine: Machine) -> set[str]:

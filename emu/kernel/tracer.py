@@ -23,12 +23,15 @@ without its moment of tracing every function in between).
 from __future__ import annotations
 
 from emu.engine import core
+from emu.errors import StateError, check_type
 from emu.kernel.ftrace import Ftrace, Ops
 from emu.machine.machine import FunctionRef, Machine
 
 
 class FunctionTracer:
     def __init__(self, machine: Machine, ftrace: Ftrace):
+        check_type(machine, Machine, "FunctionTracer: machine")
+        check_type(ftrace, Ftrace, "FunctionTracer: ftrace")
         self.m = machine
         self.ftrace = ftrace
         self.ops: Ops | None = None
@@ -43,10 +46,11 @@ class FunctionTracer:
         """echo function > current_tracer (filtered on functions); echo 1 >
         tracing_on. Raises UserError/PatchError for a function without a
         fentry site (as set_ftrace_filter refuses it). Returns the
-        text-update generator."""
-        self.stop_tracing()
+        text-update generator. StateError (nothing changed) while it is the
+        current tracer already: stop() it first."""
         if self.ops is not None:
-            raise RuntimeError("the function tracer is already the current tracer")
+            raise StateError("function tracer start: it is the current tracer already (stop() it first)")
+        self.stop_tracing()
         ops = Ops("function")
         update = self.ftrace.register(ops, functions)
         self.ops = ops

@@ -41,7 +41,7 @@ from emu.engine import core
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
 from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN,  # noqa: F401
                              EV_SLEEP, EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
-from emu.errors import UserError
+from emu.errors import CoreError, EngineClosed, UserError, check_callable, check_int, check_number, check_type
 from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
 from emu.images.orc import OrcTable
@@ -74,10 +74,23 @@ class Machine:
                  tick: int = 1000, hz: int = 100, unwinder: str = "orc", accel: str = "c",
                  fast_memory: bool = True, policy=None, lockup_ticks: int = 2000, name: str = "machine",
                  sched: str | None = None):
+        check_type(image, Image, "Machine: image", "build_c or load_elf gives one")
+        check_int(cpus, "Machine: cpus")
+        for key, value in (("quantum", quantum), ("tick", tick), ("hz", hz), ("lockup_ticks", lockup_ticks)):
+            check_int(value, f"Machine: {key}")
         if cpus < 1:
             raise UserError(f"machine.cpus must be at least 1, not {cpus}")
         if quantum < 1 or tick < 1 or hz < 1:
             raise UserError("machine.quantum, machine.tick and hz must be positive")
+        check_int(cpus, "Machine: cpus", 1, core.MAX_CPUS)
+        check_int(quantum, "Machine: quantum", 1, 2**63 - 1)
+        check_int(tick * hz, "Machine: tick * hz (instructions a second)", 1, 2**63 - 1)
+        check_int(lockup_ticks * tick, "Machine: lockup_ticks * tick", 0, 2**63 - 1)
+        check_type(fast_memory, bool, "Machine: fast_memory")
+        check_type(name, str, "Machine: name")
+        if policy is not None and not callable(getattr(policy, "pick", None)):
+            raise TypeError(f"Machine: policy must have a pick(cpu, candidates, now) "
+                            f"(emu.machine.policy), not {type(policy).__name__}")
         if preempt not in PREEMPT_MODES:
             raise UserError(f"machine.preempt must be one of {', '.join(PREEMPT_MODES)}, not {preempt!r}")
         if unwinder not in UNWINDERS:
@@ -142,6 +155,7 @@ class Machine:
     def load(self, image: Image) -> None:
         """Map an image (the base image or a module) and index its functions.
         Loading a module that was unloaded makes its functions known again."""
+        check_type(image, Image, "load: image", "build_c or load_elf gives one")
         if self.symbols.relist(image):
             return
         self.symbols.check_new(image)
@@ -158,7 +172,7 @@ class Machine:
 
     def seed_random(self, seed: int) -> None:
         """Seed what rdrand and rdseed return from here on (a run's seed)."""
-        self.sysinsns.seed(seed)
+        self.sysinsns.seed(check_int(seed, "seed_random: seed"))
 
     def vary_slices(self, seed: int) -> None:
         """From here on, draw each slice's length in 1..quantum from seed
@@ -167,7 +181,10 @@ class Machine:
         stack check) then varies from run to run, as interrupts land
         anywhere, instead of being fixed by how the quantum aligns with
         the tasks' loops. Needs a started machine."""
+        check_int(seed, "vary_slices: seed")
         st = self.sched_state
+        if st is None:
+            raise UserError("vary_slices: the machine has not started (run it first)")
         mixed = (seed * 0x9E3779B97F4A7C15 + 1) & 0xFFFFFFFFFFFFFFFF
         st.jstate = mixed - (1 << 64) if mixed >= 1 << 63 else mixed
         st.jitter = 1
@@ -176,6 +193,9 @@ class Machine:
         """Mark a module gone: its functions can no longer be found by name
         (emu.kernel.patch.loaded_objects skips it). Its memory stays mapped, so a
         stale pointer into it does not fault the host."""
+        check_type(image, Image, "unload: image")
+        if image not in self.symbols.images[1:]:
+            raise ValueError(f"unload: image '{image.name}' is not a module loaded on this machine")
         self.symbols.unload(image)
 
     def module_base(self) -> int:
@@ -225,30 +245,69 @@ class Machine:
         return self.symbols.orc_arrays
 
     # ---- sites (sites.py; emu/kernel/ftrace.py drives them) --------------------------------
+    def _function(self, fn, what: str) -> FunctionRef:
+        """fn, a function of this machine; TypeError or ValueError naming `what`."""
+        check_type(fn, FunctionRef, what, "Machine.function(name) gives one")
+        fns = self.symbols.functions
+        if not (0 <= fn.id < len(fns) and fns[fn.id] == fn):
+            raise ValueError(f"{what}: '{fn.name}' is not a function of this machine")
+        return fn
+
     def site(self, fn: FunctionRef) -> int:
         """The C core's index of fn's fentry site, registering it on first use."""
-        return self.sites.site(fn)
+        return self.sites.site(self._function(fn, "site: fn"))
 
     def set_entries(self, fn: FunctionRef, entries) -> None:
-        """fn's stack of replacements, newest first: (target, version, nop, transition)."""
+        """fn's stack of replacements, newest first: (target, version, nop,
+        transition), at most core.SITE_MAX_ENTRIES; checked before fn's
+        site is registered (TypeError, ValueError or CoreError naming the
+        entry)."""
+        self._function(fn, "set_entries: fn")
+        if isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
+            raise TypeError(f"set_entries: entries must be a list of (target, version, nop, transition), "
+                            f"not {type(entries).__name__}")
+        entries = [tuple(check_type(e, (tuple, list), f"set_entries: entries[{i}]")) for i, e in enumerate(entries)]
+        if len(entries) > core.SITE_MAX_ENTRIES:
+            raise CoreError(f"set_entries: more than {core.SITE_MAX_ENTRIES} replacements stacked on one "
+                                 f"function")
+        for i, e in enumerate(entries):
+            if len(e) != 4:
+                raise ValueError(f"set_entries: entries[{i}] must be (target, version, nop, transition), not {e!r}")
+            check_int(e[0], f"set_entries: entries[{i}] target", 0, 2**64 - 1)
+            check_int(e[1], f"set_entries: entries[{i}] version", -2**31, 2**31 - 1)
         self.sites.set_entries(fn, entries)
 
     def set_poke(self, fn: FunctionRef, poke: int) -> None:
-        """The instruction a text_poke_bp is writing at fn's site (core.Poke)."""
+        """The instruction a text_poke_bp is writing at fn's site (one of
+        core.POKE_*); checked before fn's site is registered."""
+        self._function(fn, "set_poke: fn")
+        check_int(poke, "set_poke: poke")
+        if poke not in (core.POKE_NONE, core.POKE_TO_CALL, core.POKE_TO_NOP):
+            raise ValueError(f"set_poke: poke = {poke} is none of core.POKE_NONE, POKE_TO_CALL, POKE_TO_NOP")
         self.sites.set_poke(fn, poke)
 
     def text_write(self, addr: int, data: bytes) -> None:
-        """The one way to change guest code: also drops stale translations."""
+        """The one way to change guest code: also drops stale translations.
+        data: bytes (or a bytearray or memoryview); TypeError or ValueError
+        for an address that is not one, CoreError for one not mapped."""
+        check_int(addr, "text_write: addr", 0, 2**64 - 1)
+        if not isinstance(data, bytes):
+            data = bytes(check_type(data, (bytes, bytearray, memoryview), "text_write: data"))
         self.sites.text_write(addr, data)
 
     def watch(self, fn: FunctionRef) -> None:
         """Report every entry into fn (its site's watch hook) in the trace."""
-        self.sites.site(fn)
+        self.sites.site(self._function(fn, "watch: fn"))
 
     # ---- tasks -------------------------------------------------------------------
     def add_unborn(self, name: str, *, cpu: int | None = None) -> Task:
         """A user task that exists only from fork() on (a module's loader,
         insmod or rmmod): until then, and after each exit, it is exited."""
+        check_type(name, str, "add_unborn: name")
+        if cpu is not None:
+            check_int(cpu, f"add_unborn: task '{name}': cpu")
+        if len(self.tasks) >= core.MAX_TASKS:
+            raise UserError(f"add_unborn: a machine holds at most {core.MAX_TASKS} tasks")
         if self.started:
             raise UserError("tasks must be added before the machine starts")
         if cpu is None:
@@ -266,6 +325,14 @@ class Machine:
         done(task, result) is called (from the FUNCTION_DONE hypercall, in
         that task's context), and it returns to user and exits. The
         listeners' on_fork(task) give it its patch state first."""
+        self._task(task, "fork: task")
+        check_int(entry, "fork: entry", 0, 2**64 - 1)
+        if done is not None:
+            check_callable(done, "fork: done")
+        if len(args) > 6:
+            raise UserError(f"fork: task '{task.name}': at most 6 arguments")
+        for i, a in enumerate(args):
+            check_int(a, f"fork: args[{i}]", -2**63, 2**64 - 1)
         if not task.unborn or task.state is not RunState.EXITED:
             raise UserError(f"task '{task.name}' is not an unborn or exited loader task")
         self.start()
@@ -299,7 +366,32 @@ class Machine:
             done(task, value - (1 << 64) if value >> 63 else value)
         return 0
 
+    def _task(self, task, what: str) -> Task:
+        """task, a task of this machine (an idle one included); TypeError or
+        ValueError naming `what`."""
+        check_type(task, Task, what, "Machine.tasks holds them")
+        tid = task.tid
+        if not (task is (self.tasks[tid] if 0 <= tid < len(self.tasks) else
+                         self.cpus[-1 - tid].idle if -len(self.cpus) <= tid < 0 else None)):
+            raise ValueError(f"{what}: task '{task.name}' is not a task of this machine")
+        return task
+
     def add_task(self, name: str, entry: str, args=(), *, kind: str = "user", cpu: int | None = None) -> Task:
+        """A task that runs entry(*args) from the machine's start on (user:
+        in a loop, a kernel entry each time; kthread: once, never returning
+        to user). UserError for an unknown entry, a machine started
+        already, too many arguments or one that does not fit a register;
+        TypeError for arguments of the wrong type."""
+        check_type(name, str, "add_task: name")
+        check_type(entry, str, "add_task: entry", "a function's name")
+        if isinstance(args, (str, bytes)) or not hasattr(args, "__len__"):
+            raise TypeError(f"add_task: args must be a tuple of ints, not {type(args).__name__}")
+        for i, a in enumerate(args):
+            check_int(a, f"add_task: task '{name}': args[{i}]")
+        if cpu is not None:
+            check_int(cpu, f"add_task: task '{name}': cpu")
+        if len(self.tasks) >= core.MAX_TASKS:
+            raise UserError(f"add_task: a machine holds at most {core.MAX_TASKS} tasks")
         if self.started:
             raise UserError("tasks must be added before the machine starts")
         if kind not in ("user", "kthread"):
@@ -324,6 +416,8 @@ class Machine:
         scheduler state."""
         if self.started:
             return
+        if self.engine.closed:
+            raise EngineClosed("start: the engine is closed")
         if not self.tasks:
             raise UserError("the machine has no tasks")
         self.started = True
@@ -386,18 +480,32 @@ class Machine:
         return self.engine.clock
 
     def ticks(self, n: float) -> int:
-        return int(n * self.tick)
+        """Virtual instructions in n ticks (a virtual time: TypeError or
+        ValueError for n that is not a finite number >= 0, or one past 2**63 - 1
+        instructions)."""
+        check_number(n, "ticks: n", 0, (2**63 - 1) / self.tick)
+        return min(int(n * self.tick), 2**63 - 1)
 
     def seconds(self, s: float) -> int:
-        """Virtual instructions in s seconds (hz ticks a second)."""
-        return int(s * self.hz * self.tick)
+        """Virtual instructions in s seconds (hz ticks a second; a virtual
+        time: TypeError or ValueError for s that is not a finite number >= 0,
+        or one past 2**63 - 1 instructions)."""
+        check_number(s, "seconds: s", 0, (2**63 - 1) / (self.hz * self.tick))
+        return min(int(s * self.hz * self.tick), 2**63 - 1)
 
     def at(self, when: int, fn) -> None:
-        """Call fn() when the clock reaches `when` (in order of registration for ties)."""
+        """Call fn() when the clock reaches `when` (in order of registration
+        for ties; a time already past: at the next instruction boundary).
+        TypeError or ValueError for a when that is not a virtual time (an
+        int, 0 <= when < 2**63) or an fn that is not callable."""
+        check_int(when, "at: when", 0, 2**63 - 1)
+        check_callable(fn, "at: fn")
         self.works.at(when, fn)
 
     def spawn(self, work) -> None:
         """Start a kernel work (a generator); it runs now until its first wait."""
+        if not (hasattr(work, "send") and hasattr(work, "throw")):
+            raise TypeError(f"spawn: work must be a generator, not {type(work).__name__}")
         self.works.spawn(work)
 
     @property
@@ -420,12 +528,19 @@ class Machine:
         """Put a snapshot of this machine back: the next run is the same, event
         for event, as the first run from that point. Listeners go (models are
         made anew per run). policy: the next run's scheduling policy (None:
-        the snapshot's). RuntimeError when images were loaded since,
-        CoreError when it is a snapshot of another layout."""
+        the snapshot's). StateError when images were loaded since or a
+        stop_machine is in progress, CoreError when it is a snapshot of
+        another layout, EngineBusy from inside a run."""
+        if policy is not None and not callable(getattr(policy, "pick", None)):
+            raise TypeError(f"restore: policy must have a pick(cpu, candidates, now) "
+                            f"(emu.machine.policy), not {type(policy).__name__}")
         snapshot.restore(self, snap, policy=policy)
 
     # ---- events and log ----------------------------------------------------------------
     def emit(self, kind: int, task: int, a: int = 0, b: int = 0, c: int = 0) -> None:
+        """Append an event (kind, task, a, b, c) at the current time: kind and
+        task are C ints, a and b 64-bit signed, c unsigned (TypeError or
+        ValueError naming the one that is not)."""
         self.engine.push_event(kind, task, a, b, c)
 
     def printk(self, text: str) -> None:
@@ -467,12 +582,17 @@ class Machine:
                                 f"not {type(until).__name__}")
             if not 0 <= until < 2**63:
                 raise ValueError(f"run: until = {until} is not a virtual time (0 <= until < 2**63)")
-        with self.engine.hold():
+        if stop_when is not None:
+            check_callable(stop_when, "run: stop_when")
+        if watch is not None:
+            check_callable(watch, "run: watch")
+        with self.engine.hold("run"):
             self.start()
             self.scheduling.run(until, stop_when, every_slice, watch)
 
     def wake(self, task: Task, *, early: bool) -> None:
         """Wake a sleeping task; its sleep returns the ticks it had left."""
+        self._task(task, "wake: task")
         if task.state is not RunState.SLEEPING:
             return
         left = 0
@@ -487,12 +607,15 @@ class Machine:
     def signal(self, task: Task) -> None:
         """A fake signal: wakes an interruptible sleeper (it then runs to its
         kernel exit sooner). Running tasks pass a kernel exit anyway."""
+        self._task(task, "signal: task")
         if task.state is RunState.SLEEPING and task.interruptible:
             self.wake(task, early=True)
 
     def set_patch_state(self, task: Task, state: int, route: str = "init") -> None:
         """Set a task's patch state in Python and in the C core; route (one
         of task.ROUTES) says how, in the trace."""
+        self._task(task, "set_patch_state: task")
+        check_int(state, "set_patch_state: state", -(1 << 31), (1 << 31) - 1)
         if task.patch_state == state:
             return
         code = _ROUTE_CODES.get(route)
@@ -506,25 +629,32 @@ class Machine:
     # ---- stacks (stacks.py) ---------------------------------------------------------------
     def regs(self, task: Task) -> tuple[int, int, int]:
         """(rip, rsp, rbp) of a task that is not running."""
-        return stacks.regs(self, task)
+        return stacks.regs(self, self._task(task, "regs: task"))
 
     def stack(self, task: Task, *, unwinder: str | None = None, max_entries: int = 100,
               accel: str | None = None) -> tuple[int, tuple[int, ...]]:
         """Walk a task's stack: (unwind.WALK_* code, return addresses with the
         current RIP first). A task in its runtime loop (between kernel entries)
         has an empty kernel stack: reliable, just its RIP."""
+        self._task(task, "stack: task")
+        if accel not in (None, "c", "python"):
+            raise ValueError(f"stack: accel must be 'c' or 'python', not {accel!r}")
+        check_int(max_entries, "stack: max_entries", 1, core.WALK_MAX_ENTRIES)
         return stacks.walk(self, task, unwinder=unwinder, max_entries=max_entries, accel=accel)
 
     def scan_stack(self, task: Task, ranges) -> tuple[int, int, tuple[int, int] | None]:
         """Ksplice's conservative check: (rip, rsp, (address, value) of the
         first stack word above rsp that lies in one of ranges, or None)."""
-        return stacks.scan(self, task, ranges)
+        return stacks.scan(self, self._task(task, "scan_stack: task"), ranges)
 
     def backtrace(self, task: Task) -> list[str]:
-        return stacks.backtrace(self, task)
+        return stacks.backtrace(self, self._task(task, "backtrace: task"))
 
     # ---- faults (faults.py) ------------------------------------------------------------------
     def disassemble(self, addr: int) -> str:
+        check_int(addr, "disassemble: addr", 0, 2**64 - 1)
+        if self.engine.closed:
+            raise EngineClosed("disassemble: the engine is closed")
         return faults.disassemble(self.engine, addr)
 
     @staticmethod

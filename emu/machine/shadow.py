@@ -27,6 +27,7 @@ from __future__ import annotations
 from bisect import insort
 from typing import TYPE_CHECKING
 
+from emu.errors import check_callable, check_int
 from emu.machine import hypercall
 from emu.machine.layout import HEAP_BASE, HEAP_SIZE
 
@@ -34,6 +35,7 @@ if TYPE_CHECKING:
     from emu.machine.machine import Machine
 
 ALIGN = 16
+_WORD = (1 << 64) - 1
 
 
 class Heap:
@@ -108,28 +110,47 @@ class ShadowVars:
         self.vars, self.heap.free_blocks, self.heap.used = dict(variables), list(free_blocks), dict(used)
 
     # ---- the API (klp_shadow_*) ----------------------------------------------------
+    # obj and id are guest words (a pointer, an unsigned long: signed or not,
+    # as a register holds them; one variable either way, kept unsigned), a
+    # size one of size_t; TypeError or ValueError naming the one that is
+    # not, before anything changes.
+    @staticmethod
+    def _check(what: str, obj=0, sid=0, size=0, fns=()) -> tuple[int, int]:
+        check_int(obj, f"shadow {what}: obj", -2**63, 2**64 - 1)
+        check_int(sid, f"shadow {what}: id", -2**63, 2**64 - 1)
+        check_int(size, f"shadow {what}: size", 0, 2**64 - 1)
+        for key, fn in fns:
+            if fn is not None:
+                check_callable(fn, f"shadow {what}: {key}")
+        return obj & _WORD, sid & _WORD
+
     def get(self, obj: int, sid: int) -> int:
         """The data address of <obj, sid>, or 0."""
+        obj, sid = self._check("get", obj, sid)
         var = self.vars.get((obj, sid))
         return var[0] if var else 0
 
     def alloc(self, obj: int, sid: int, size: int, ctor=None, ctor_data=None) -> int:
         """Attach a new variable: its data address, or 0 when <obj, sid>
         exists (with a warning), memory is short or the constructor fails."""
+        obj, sid = self._check("alloc", obj, sid, size, (("ctor", ctor),))
         return self._get_or_alloc(obj, sid, size, ctor, ctor_data, warn_on_exist=True)
 
     def get_or_alloc(self, obj: int, sid: int, size: int, ctor=None, ctor_data=None) -> int:
         """The existing variable's data (the constructor is not called), or a
         new one as alloc(); 0 on failure."""
+        obj, sid = self._check("get_or_alloc", obj, sid, size, (("ctor", ctor),))
         return self._get_or_alloc(obj, sid, size, ctor, ctor_data, warn_on_exist=False)
 
     def free(self, obj: int, sid: int, dtor=None) -> None:
+        obj, sid = self._check("free", obj, sid, fns=(("dtor", dtor),))
         var = self.vars.pop((obj, sid), None)
         if var is not None:
             self._release(obj, var, dtor)
 
     def free_all(self, sid: int, dtor=None) -> None:
         """Free every <*, sid> variable."""
+        _, sid = self._check("free_all", sid=sid, fns=(("dtor", dtor),))
         for key in [k for k in self.vars if k[1] == sid]:
             self._release(key[0], self.vars.pop(key), dtor)
 
@@ -152,7 +173,14 @@ class ShadowVars:
         if not data:
             return 0
         if ctor is not None:
-            err = ctor(obj, data, ctor_data)
+            try:
+                err = ctor(obj, data, ctor_data)
+                if err is not None:
+                    check_int(err, f"shadow <{obj:016x}, {sid:x}>: the constructor's return value (0 or -errno)",
+                              -2**31, 2**31 - 1)
+            except BaseException:
+                self.heap.free(data)        # nothing attached, nothing kept
+                raise
             if err:
                 self.heap.free(data)
                 self.m.printk(f"livepatch: Failed to construct shadow variable <{obj:016x}, {sid:x}> ({err})")
@@ -166,16 +194,18 @@ class ShadowVars:
             dtor(obj, var[0])
         self.heap.free(var[0])
 
+    # a guest's size is a size_t: the register's bits, unsigned (a -1 from C
+    # asks for 2**64 - 1 bytes, which kzalloc refuses: the call returns NULL)
     def _hc_alloc(self, machine, task, args) -> int:
         obj, sid, size = args
-        return self.alloc(obj, sid, size)
+        return self.alloc(obj, sid, size & (2**64 - 1))
 
     def _hc_get(self, machine, task, args) -> int:
         return self.get(args[0], args[1])
 
     def _hc_get_or_alloc(self, machine, task, args) -> int:
         obj, sid, size = args
-        return self.get_or_alloc(obj, sid, size)
+        return self.get_or_alloc(obj, sid, size & (2**64 - 1))
 
     def _hc_free(self, machine, task, args) -> int:
         self.free(args[0], args[1])

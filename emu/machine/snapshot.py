@@ -6,9 +6,11 @@ part that must agree with it."""
 from __future__ import annotations
 
 import copy
+import weakref
 from dataclasses import dataclass
 
 from emu.engine import core
+from emu.errors import StateError
 
 
 @dataclass(eq=False)
@@ -28,16 +30,21 @@ class Snapshot:
     seq: int
     last_stop_machine: tuple | None
     policy: object
+    machine: weakref.ref            # the machine it was taken of (its hypercalls are bound to it)
 
 
 def take(m) -> Snapshot:
     """The machine's whole state. Only between runs of a started machine
     with the C scheduler, no model listening, no kernel work and no
-    stop_machine."""
+    stop_machine (StateError otherwise)."""
     works = m.works
     if not m.started or m.sched != "c" or m.listeners or works.items or works.stop is not None:
-        raise RuntimeError("snapshot: only of a started machine with the C scheduler, "
-                           "between runs, with no model, work or stop_machine")
+        why = ("the machine has not started (run it first)" if not m.started else
+               "the machine runs the Python scheduler" if m.sched != "c" else
+               "a model listens to it" if m.listeners else
+               "kernel work is in progress" if works.items else "stop_machine is in progress")
+        raise StateError(f"snapshot: {why}; a snapshot is of a started machine with the C scheduler, "
+                         f"between runs, with no model, work or stop_machine")
     m.drain()
     everyone = m.tasks + [c.idle for c in m.cpus]
     return Snapshot(
@@ -46,20 +53,27 @@ def take(m) -> Snapshot:
         patch_states=[t.patch_state for t in everyone],
         hypercalls=dict(m.hypercalls), shadow=m.shadow.state(), trace=m.trace.copy(), log=list(m.log),
         timers=list(works.timers), seq=works.seq, last_stop_machine=works.last_stop_machine,
-        policy=copy.deepcopy(m.policy))
+        policy=copy.deepcopy(m.policy), machine=weakref.ref(m))
 
 
 def restore(m, snap: Snapshot, *, policy=None) -> None:
     """Put a snapshot of this machine back: the next run is the same, event
     for event, as the first run from that point. Listeners go (models are
     made anew per run). policy: the next run's scheduling policy (None: a
-    copy of the snapshot's). RuntimeError when images were loaded since;
-    CoreError when the snapshot is of another machine's layout."""
+    copy of the snapshot's). StateError when images were loaded since,
+    stop_machine is in progress or the snapshot is another machine's (its
+    hypercalls, timers and shadow variables are bound to that one; the C
+    core refuses another layout with CoreError)."""
     if not isinstance(snap, Snapshot):
         raise TypeError(f"restore: not a machine snapshot: {type(snap).__name__}")
+    if snap.machine() is not m:
+        raise StateError("restore: the snapshot is of another machine (a snapshot goes back into the "
+                         "machine it was taken of)")
     works = m.works
-    if len(m.images) != snap.images or works.stop is not None:
-        raise RuntimeError("restore: images were loaded since the snapshot")
+    if len(m.images) != snap.images:
+        raise StateError("restore: images were loaded since the snapshot")
+    if works.stop is not None:
+        raise StateError("restore: stop_machine is in progress (the last run ended inside it)")
     m.engine.restore(snap.core)
     m.symbols.unloaded = set(snap.unloaded)
     m.symbols.by_name = dict(snap.by_name)

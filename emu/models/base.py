@@ -15,11 +15,13 @@ that emu/app/report.py reads.
 from __future__ import annotations
 
 import errno
+import functools
 from dataclasses import dataclass, field
 
 from emu.engine import unwind
-from emu.errors import Busy, EmuError
+from emu.errors import Busy, EmuError, EngineClosed, check_callable, check_type
 from emu.kernel.ftrace import Ftrace, Ops
+from emu.images.image import Image
 from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.kernel import versions
@@ -70,9 +72,55 @@ class Transition:
         return self.completed_at - self.requested_at
 
 
+# ---- what a caller hands the model's public methods --------------------------------------
+# Checked before the method runs (Model.__init_subclass__ wraps every
+# definition of these names, the base's and each model's), so that a wrong
+# argument is a TypeError naming it and the model is left as it was.
+
+def _a_patch(model, method: str, patch, *args, **kwargs) -> None:
+    check_type(patch, Patch, f"{model.name}.{method}: patch", "make_patch gives one")
+
+
+def _a_patch_or_none(model, method: str, patch=None, *args, **kwargs) -> None:
+    if patch is not None:
+        _a_patch(model, method, patch)
+
+
+def _a_module(model, method: str, image, *args, init=None, exit=None, **kwargs) -> None:
+    check_type(image, Image, f"{model.name}.{method}: image", "build_c gives one")
+    for key, fn in (("init", init), ("exit", exit)):
+        if fn is not None:
+            check_callable(fn, f"{model.name}.{method}: {key}")
+
+
+ARGUMENT_CHECKS = {"add": _a_patch, "enable": _a_patch, "disable": _a_patch, "force": _a_patch_or_none,
+                   "signal": _a_patch_or_none, "remove": _a_patch, "load_module": _a_module,
+                   "unload_module": _a_module}
+
+
+def _checked(cls) -> None:
+    for method, check in ARGUMENT_CHECKS.items():
+        fn = cls.__dict__.get(method)
+        if fn is None or getattr(fn, "checks_arguments", False):
+            continue
+
+        def checked(self, *args, _fn=fn, _check=check, _method=method, **kwargs):
+            _check(self, _method, *args, **kwargs)
+            if _method != "add" and self.m.engine.closed:
+                # before anything changes: a transition recorded, then the
+                # engine refusing its first event, is a model half-changed
+                raise EngineClosed(f"{self.name}.{_method}: the machine's engine is closed")
+            return _fn(self, *args, **kwargs)
+        functools.update_wrapper(checked, fn)
+        checked.checks_arguments = True
+        setattr(cls, method, checked)
+
+
 class Model:
     """Base class: override enable(patch), disable(patch) and force(patch=None)
-    (force acts on the transition in progress); call the helpers below."""
+    (force acts on the transition in progress); call the helpers below.
+    The public methods' arguments are checked before they run
+    (ARGUMENT_CHECKS)."""
     name = "base"
     #: kpatch's handler skips the new function's own fentry NOP
     skip_fentry = False
@@ -84,7 +132,14 @@ class Model:
     #: what the model's own kernel messages start with
     prefix = ""
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _checked(cls)
+
     def __init__(self, machine: Machine, *, ftrace: Ftrace | None = None, kernel: str | None = None):
+        check_type(machine, Machine, f"{self.name}: machine")
+        if ftrace is not None:
+            check_type(ftrace, Ftrace, f"{self.name}: ftrace")
         self.m = machine
         #: the kernel version whose livepatch semantics apply (emu/kernel/versions.py)
         self.kernel = versions.kernel(kernel)
@@ -539,6 +594,9 @@ class Model:
             "tasks": [{"name": x.name, "tid": x.tid, "patch_state": x.patch_state, "pending": x.pending}
                       for x in self.all_tasks()],
         }
+
+
+_checked(Model)
 
 
 def first_hit(code: int, entries, ranges) -> str | None:

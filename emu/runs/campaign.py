@@ -50,11 +50,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu.errors import EmuError, UserError
+from emu.errors import EmuError, UserError, check_int, check_type
 from emu.runs.expect import FINDINGS, findings
 from emu.runs import coverage
 from emu.runs.fuzz import Runner
-from emu.runs.scenario import Program
+from emu.kernel import versions
+from emu.models import MODEL_NAMES
+from emu.runs.scenario import MAX_RUNS, SEED_MAX, STRATEGIES, Program
 
 RUNS_FILE = "runs.jsonl"
 META_FILE = "campaign.json"
@@ -78,6 +80,34 @@ class Plan:
     seeds: Sequence[int]         # a range or a list
     strategy: str
     kernels: list[str] = field(default_factory=list)    # empty: the scenario's [machine] kernel
+
+    def __post_init__(self):
+        """TypeError or ValueError naming the field that no campaign can run."""
+        check_type(self.scenario, str, "Plan.scenario")
+        for key in ("models", "kernels"):
+            value = getattr(self, key)
+            if isinstance(value, (str, bytes)) or not isinstance(value, (list, tuple)):
+                raise TypeError(f"Plan.{key} must be a list of names, not {type(value).__name__}")
+        if not self.models:
+            raise ValueError("Plan.models names no model")
+        for name in self.models:
+            if name not in MODEL_NAMES:
+                raise ValueError(f"Plan.models: {name!r} is not a model (one of {', '.join(MODEL_NAMES)})")
+        for name in self.kernels:
+            versions.kernel(name)           # ValueError naming the version
+        if not isinstance(self.seeds, (range, list, tuple)):
+            raise TypeError(f"Plan.seeds must be a range or a list of ints, not {type(self.seeds).__name__}")
+        if not self.seeds:
+            raise ValueError("Plan.seeds holds no seed")
+        if len(self.seeds) * len(self.models) * max(1, len(self.kernels)) > MAX_RUNS:
+            raise ValueError(f"Plan: {len(self.seeds)} seeds x {len(self.models)} models"
+                             f"{f' x {len(self.kernels)} kernels' if self.kernels else ''} is more than "
+                             f"the {MAX_RUNS:_} runs a campaign may have")
+        seeds = (self.seeds[0], self.seeds[-1]) if isinstance(self.seeds, range) else self.seeds
+        for s in seeds:
+            check_int(s, "Plan.seeds: a seed", 0, SEED_MAX)
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"Plan.strategy must be one of {', '.join(STRATEGIES)}, not {self.strategy!r}")
 
     def runs(self) -> list[tuple]:
         if self.kernels:
@@ -209,6 +239,17 @@ class Campaign:
     def __init__(self, program: Program, plan: Plan, *, jobs: int = 1, out: Path | None = None,
                  resume: bool = False, force: bool = False, batch: int | None = None,
                  scheduler: str | None = None):
+        check_type(program, Program, "Campaign: program", "emu.build_scenario gives one")
+        check_type(plan, Plan, "Campaign: plan")
+        check_int(jobs, "Campaign: jobs", 1, 4096)
+        if batch is not None:
+            check_int(batch, "Campaign: batch", 1, MAX_RUNS)
+        if out is not None:
+            check_type(out, (str, os.PathLike), "Campaign: out")
+        check_type(resume, bool, "Campaign: resume")
+        check_type(force, bool, "Campaign: force")
+        if scheduler is not None:
+            check_type(scheduler, str, "Campaign: scheduler")
         self.program = program
         self.scheduler = scheduler     # a Dask scheduler address: run the batches there (emu.runs.distributed)
         self.plan = plan

@@ -54,12 +54,13 @@ from emu.engine import core
 from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
 from emu.runs.verdicts import verdicts
-from emu.errors import Busy, EmuError, EventBound, GuestFault, UserError
+from emu.errors import Busy, EmuError, EventBound, GuestFault, StateError, UserError, check_int, check_type
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
-from emu.models import make_model
+from emu.models import MODEL_NAMES, make_model
 from emu.kernel.patch import definition, make_patch
-from emu.runs.scenario import Program
+from emu.runs.scenario import MAX_TIME, SEED_MAX, STRATEGIES, Program
 from emu.machine.policy import make_policy
+from emu.machine.scheduling import PREEMPT_MODES
 from emu.machine.task import PATCHED, RunState
 
 SCHEDULES = ("rr", "random", "pct")
@@ -83,6 +84,29 @@ class RunSpec:
     tasks: tuple[str, ...] | None = None    # task instances that take part (None: all)
     kernel: str | None = None       # the kernel whose livepatch semantics apply (None: the scenario's)
 
+    def __post_init__(self):
+        """TypeError or ValueError naming the field that is not what a run
+        can be (a RunSpec made by hand, or read back from a record)."""
+        def one_of(key: str, value, names) -> None:
+            if value not in names:
+                raise ValueError(f"RunSpec.{key} must be one of {', '.join(names)}, not {value!r}")
+        one_of("model", self.model, MODEL_NAMES)
+        check_int(self.seed, "RunSpec.seed", 0, SEED_MAX)
+        one_of("strategy", self.strategy, STRATEGIES)
+        # the first action's latest time plus the widest window
+        check_int(self.start, "RunSpec.start", 0, 2 * MAX_TIME)
+        one_of("schedule", self.schedule, SCHEDULES)
+        check_int(self.sched_seed, "RunSpec.sched_seed", 0, SEED_MAX)
+        check_int(self.depth, "RunSpec.depth", 1, 1000)
+        if self.preempt is not None:
+            one_of("preempt", self.preempt, PREEMPT_MODES)
+        if self.tasks is not None:
+            check_type(self.tasks, tuple, "RunSpec.tasks")
+            for i, name in enumerate(self.tasks):
+                check_type(name, str, f"RunSpec.tasks[{i}]")
+        if self.kernel is not None:
+            check_type(self.kernel, str, "RunSpec.kernel")
+
     def to_json(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
@@ -92,8 +116,9 @@ class RunSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "RunSpec":
+        check_type(d, dict, "RunSpec.from_json: d")
         d = dict(d)
-        if d.get("tasks") is not None:
+        if isinstance(d.get("tasks"), list):
             d["tasks"] = tuple(d["tasks"])
         return cls(**d)
 
@@ -175,6 +200,13 @@ class Runner:
 
     def __init__(self, program: Program, *, cycle: int | None = None, probe: Probe | None = None,
                  sched: str = "c", stacks: states.StackSource | None = None):
+        check_type(program, Program, "Runner: program", "emu.build_scenario gives one")
+        if cycle is not None:
+            check_int(cycle, "Runner: cycle", 1, MAX_TIME)
+        if probe is not None:
+            check_type(probe, Probe, "Runner: probe")
+        if sched not in ("c", "python"):
+            raise ValueError(f"Runner: sched must be 'c' or 'python', not {sched!r}")
         self.program = program
         self.sched = sched          # "python": the scheduler's twin (no pool: snapshots need C's)
         self.scn = program.scenario
@@ -269,7 +301,14 @@ class Runner:
         """The RunSpec of (model, seed) under strategy (default: the
         scenario's), on kernel (default: the scenario's [machine] kernel).
         The start point and schedule do not depend on the kernel: the same
-        seed is the same timing on every kernel compared."""
+        seed is the same timing on every kernel compared. ValueError for a
+        model or strategy that is none, TypeError or ValueError for a seed
+        that is not one (0 <= seed < 2**63)."""
+        if model not in MODEL_NAMES:
+            raise ValueError(f"plan: model must be one of {', '.join(MODEL_NAMES)}, not {model!r}")
+        check_int(seed, "plan: seed", 0, SEED_MAX)
+        if strategy is not None and strategy not in STRATEGIES:
+            raise ValueError(f"plan: strategy must be one of {', '.join(STRATEGIES)}, not {strategy!r}")
         spec = self._plan(model, seed, strategy)
         return replace(spec, kernel=kernel) if kernel is not None else spec
 
@@ -349,7 +388,7 @@ class Runner:
             m, snap = self._pool.pop(key)
             try:
                 m.restore(snap, policy=self._policy(spec, len(m.tasks)))
-            except RuntimeError:
+            except StateError:
                 # the last run left what a snapshot cannot take back (a
                 # stop_machine still in progress, ...): drop it, build anew
                 m.engine.close()
@@ -402,6 +441,7 @@ class Runner:
         """Run one RunSpec. With keep, also return the machine and the model
         (the caller closes machine.engine); without, the machine goes back
         to the runner's pool."""
+        check_type(spec, RunSpec, "execute: spec", "Runner.plan gives one")
         scn, prog = self.scn, self.program
         m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
         # rdrand and rdseed draw from the run's seed from here on (pooled

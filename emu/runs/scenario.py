@@ -20,6 +20,7 @@ which functions each patch carries (emu/images/diff.py when `functions` is absen
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import tomllib
@@ -315,7 +316,10 @@ def _toml_type(value) -> str:
 
 
 def load(path) -> Scenario:
-    """Read and check a scenario file. Raises ScenarioError."""
+    """Read and check a scenario file. Raises ScenarioError; TypeError when
+    path is not a path."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"load: path must be a scenario file's path, not {type(path).__name__}")
     path = Path(path)
     text = _read(path)
     try:
@@ -726,7 +730,10 @@ class Program:
 
 def build(scn: Scenario) -> Program:
     """Compile the program, its modules and patches; check every name the
-    scenario uses against the code. Raises ScenarioError, BuildError, PatchError."""
+    scenario uses against the code. Raises ScenarioError, BuildError, PatchError;
+    TypeError when scn is not a Scenario (load gives one)."""
+    if not isinstance(scn, Scenario):
+        raise TypeError(f"build: scn must be a Scenario (emu.load_scenario gives one), not {type(scn).__name__}")
     from emu.images.build import build_c
     from emu.machine.layout import BASE_IMAGE, MODULE_ALIGN, MODULE_BASE, STACK_BASE, align_up
 
