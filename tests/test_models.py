@@ -371,3 +371,37 @@ def test_a_task_preempted_inside_the_patched_function(compile_c, model_name, unw
         assert lines[i + 3].endswith(f"] kthread_entry+{entry.end - entry.start:#x}/{after.start - entry.start:#x}")
         crunch = m.function("crunch")
         assert lines[i + 2].endswith(f"/{entry.start - crunch.start:#x}") and "] crunch+" in lines[i + 2]
+
+
+@pytest.mark.parametrize("name", ["stop_machine", "ksplice"])
+def test_a_force_between_transitions_does_not_reach_the_next_enable(compile_c, name):
+    """kpatch has no force at run time (a function's KPATCH_FORCE_UNSAFE is
+    fixed when the patch is built), Ksplice none at all: lpemu's force skips
+    the check of the transition in progress only. One written while nothing
+    is in transition leaves the next enable's activeness check as it is: the
+    sleeper inside busy() fails every attempt."""
+    m, model, patch = setup(compile_c, name, sleep=100_000)
+    m.at(2_000, lambda: model.force())
+    enable_at(m, model, patch, 5_000)
+    m.run(until=m.seconds(20))
+    t = model.transitions[0]
+    assert t.result == "failed" and t.attempts == model.retries
+    assert observed(m, 1) == []             # the sleeper never left the old busy()
+
+
+def test_a_force_ends_with_its_transition(compile_c):
+    """A force written during kpatch's last attempt, after its check found
+    the sleeper (inside the stop_machine pause), comes too late for it; the
+    transition fails and the force ends with it: the next enable checks
+    again."""
+    def run(force_at=None):
+        m, model, patch = setup(compile_c, "stop_machine", sleep=100_000, retries=1)
+        enable_at(m, model, patch, 5_000)
+        if force_at is not None:
+            m.at(force_at, lambda: model.force())
+            m.at(force_at + m.seconds(0.5), lambda: model.enable(patch))
+        m.run(until=m.seconds(3))
+        return model
+    (stopped, resumed), = run().transitions[0].pauses
+    model = run(force_at=resumed - 1)
+    assert [t.result for t in model.transitions] == ["failed", "failed"]

@@ -139,9 +139,17 @@ class StopMachine(Model):
         self.m.spawn(self._run(t, patch, UNPATCHED, self.loaded_funcs(patch), []))
 
     def force(self, patch: Patch | None = None) -> None:
-        """Skip the activeness check at the next attempt (as if every function
-        were marked force)."""
-        self.forcing = True
+        """Skip the activeness check at the next attempt of the transition in
+        progress (as if every function were marked force). kpatch has no
+        force at run time (KPATCH_FORCE_UNSAFE is the function's, at build
+        time): a force with no transition in progress does nothing, and a
+        force ends with its transition, so it never reaches a later enable."""
+        if self.transition is not None:
+            self.forcing = True
+
+    def finish(self, t, result: str, error: str | None = None) -> None:
+        self.forcing = False
+        super().finish(t, result, error)
 
     # ---- the check --------------------------------------------------------------
     def ranges(self, patch: Patch, target: int, funcs):
@@ -256,7 +264,6 @@ class StopMachine(Model):
                     yield from self.release_ops(g)
                 for other in retired:
                     self.printk(f"{self.prefix}unloaded patch module '{other.name}'")
-                self.forcing = False
                 t.blockers = []         # earlier attempts' blockers are history now
                 self.printk(f"{self.prefix}{'loaded' if target == PATCHED else 'unloaded'} "
                             f"patch module '{patch.name}'")
