@@ -88,6 +88,8 @@ class Busy(EmuError):
 def check_int(value, what: str, lo: int | None = None, hi: int | None = None) -> int:
     """value, an int (not a bool) in lo..hi (None: unbounded); TypeError or
     ValueError naming `what` ("function: parameter") otherwise."""
+    if type(value) is int and (lo is None or value >= lo) and (hi is None or value <= hi):
+        return value            # (the common case, first: the models call through checked methods)
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{what} must be an int, not {type(value).__name__}")
     if (lo is not None and value < lo) or (hi is not None and value > hi):

@@ -247,8 +247,10 @@ class Machine:
     # ---- sites (sites.py; emu/kernel/ftrace.py drives them) --------------------------------
     def _function(self, fn, what: str) -> FunctionRef:
         """fn, a function of this machine; TypeError or ValueError naming `what`."""
-        check_type(fn, FunctionRef, what, "Machine.function(name) gives one")
         fns = self.symbols.functions
+        if type(fn) is FunctionRef and fn.id < len(fns) and fns[fn.id] is fn:
+            return fn           # (the common case, first: no field-by-field comparison)
+        check_type(fn, FunctionRef, what, "Machine.function(name) gives one")
         if not (0 <= fn.id < len(fns) and fns[fn.id] == fn):
             raise ValueError(f"{what}: '{fn.name}' is not a function of this machine")
         return fn
@@ -263,6 +265,11 @@ class Machine:
         site is registered (TypeError, ValueError or CoreError naming the
         entry)."""
         self._function(fn, "set_entries: fn")
+        if type(entries) is list and len(entries) <= core.SITE_MAX_ENTRIES and all(
+                type(e) is tuple and len(e) == 4 and type(e[0]) is int and 0 <= e[0] < 2**64
+                and type(e[1]) is int and -2**31 <= e[1] < 2**31 for e in entries):
+            self.sites.set_entries(fn, entries)     # (the models' calls: nothing to name)
+            return
         if isinstance(entries, (str, bytes)) or not hasattr(entries, "__iter__"):
             raise TypeError(f"set_entries: entries must be a list of (target, version, nop, transition), "
                             f"not {type(entries).__name__}")
@@ -369,7 +376,8 @@ class Machine:
     def _task(self, task, what: str) -> Task:
         """task, a task of this machine (an idle one included); TypeError or
         ValueError naming `what`."""
-        check_type(task, Task, what, "Machine.tasks holds them")
+        if type(task) is not Task:
+            check_type(task, Task, what, "Machine.tasks holds them")
         tid = task.tid
         if not (task is (self.tasks[tid] if 0 <= tid < len(self.tasks) else
                          self.cpus[-1 - tid].idle if -len(self.cpus) <= tid < 0 else None)):
@@ -592,7 +600,9 @@ class Machine:
 
     def wake(self, task: Task, *, early: bool) -> None:
         """Wake a sleeping task; its sleep returns the ticks it had left."""
-        self._task(task, "wake: task")
+        tasks = self.tasks
+        if not (type(task) is Task and 0 <= task.tid < len(tasks) and tasks[task.tid] is task):
+            self._task(task, "wake: task")
         if task.state is not RunState.SLEEPING:
             return
         left = 0
@@ -614,8 +624,11 @@ class Machine:
     def set_patch_state(self, task: Task, state: int, route: str = "init") -> None:
         """Set a task's patch state in Python and in the C core; route (one
         of task.ROUTES) says how, in the trace."""
-        self._task(task, "set_patch_state: task")
-        check_int(state, "set_patch_state: state", -(1 << 31), (1 << 31) - 1)
+        tasks = self.tasks       # (the models' calls, a few per task and transition: checked inline)
+        if not (type(task) is Task and 0 <= task.tid < len(tasks) and tasks[task.tid] is task):
+            self._task(task, "set_patch_state: task")
+        if not (type(state) is int and -(1 << 31) <= state < 1 << 31):
+            check_int(state, "set_patch_state: state", -(1 << 31), (1 << 31) - 1)
         if task.patch_state == state:
             return
         code = _ROUTE_CODES.get(route)
