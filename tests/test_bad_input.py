@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -222,6 +223,29 @@ def campaign_json_endless(d):
     return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
 
 
+def campaign_file_linked(name):
+    """A campaign whose lock or rejected.txt became a link to a file of the
+    user's: --resume refuses it instead of writing through it."""
+    def setup(d):
+        assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+        (d / "mine.txt").write_text("mine")
+        (d / "c" / name).unlink(missing_ok=True)
+        (d / "c" / name).symlink_to(d / "mine.txt")
+        with open(d / "c" / "runs.jsonl", "a") as f:
+            f.write("a damaged line\n")          # so that --resume sets it aside in rejected.txt
+        return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
+    return setup
+
+
+def campaign_json_numbers(d):
+    """campaign.json edited so that its kernels list holds a null and a number."""
+    import json
+    assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+    meta = json.loads((d / "c" / "campaign.json").read_text())
+    (d / "c" / "campaign.json").write_text(json.dumps({**meta, "kernels": [None, 1]}))
+    return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
+
+
 def changed_program(d):
     assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "2", "--jobs", "1", "--out", str(d / "c")]) == 0
     edit(d, "base.c", "return 5 + zero;", "return 6 + zero;")
@@ -389,6 +413,15 @@ ROWS = [
      ["s.toml:10: patch[0].name: '../p' is not a patch name (non-empty, no ':', '/' or NUL)"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
      ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
+    ("--resume of a campaign whose lock links to a file of the user's",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("lock")(d))[1],
+     ["--out", "c: lock is a symbolic link; lpemu writes only files of its own there"]),
+    ("--resume of a campaign whose rejected.txt links to a file of the user's",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("rejected.txt")(d))[1],
+     ["--out", "c: rejected.txt is a symbolic link"]),
+    ("--resume of a campaign.json whose kernels hold null and 1",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_numbers(d))[1],
+     ["--resume", "it holds a different campaign (kernels 'None 1'"]),
 ]
 
 
@@ -427,6 +460,11 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     (d / "p.png").write_text("mine")
     code, _, err = run_row(d, capsys, "plot", lambda d: ["bench", "--quick", "--plot", d / "p.png"])
     assert code == 2 and (d / "p.png").read_text() == "mine"
+    for name in ("lock", "rejected.txt"):
+        shutil.rmtree(d / "c", ignore_errors=True)
+        scn(d, SCENARIO + FUZZ)
+        code, _, err = run_row(d, capsys, name, campaign_file_linked(name))
+        assert code == 2 and (d / "mine.txt").read_text() == "mine", err
 
 
 def test_output_paths_are_checked_before_the_run(d, capsys):

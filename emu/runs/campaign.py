@@ -337,7 +337,9 @@ class Campaign:
             return records
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         if bad or torn:
-            with open(self.out / REJECTED_FILE, "ab") as f:
+            # appended to, never followed: a link there (to a file of the
+            # user's) is refused, not written through (_open_own)
+            with os.fdopen(_open_own(self.out / REJECTED_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
                 f.write(f"# {when}: lines of {RUNS_FILE} that lpemu fuzz --resume could not read (cut short "
                         f"by an interruption, or damaged); their runs were run again. Raw bytes, one a "
                         f"line, as found:\n".encode())
@@ -648,10 +650,23 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _open_own(path: Path, flags: int) -> int:
+    """os.open of one of the campaign's own files (the lock, rejected.txt),
+    which it writes in place: a symbolic link there is refused (UserError),
+    not followed, so that no file of the user's it points at is written."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"--out {path.parent}: {path.name} is a symbolic link; lpemu writes only files of "
+                            f"its own there: remove it, or choose another --out") from None
+        raise
+
+
 def _lock(path: Path) -> int:
     """Take the campaign lock at path (fcntl; released when the process
     ends, however it ends). UserError naming the holder when it is taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _open_own(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -712,7 +727,8 @@ def fingerprint_changes(old, new: dict) -> list[str]:
 
 
 def _short(value) -> str:
-    text = " ".join(value) if isinstance(value, list) else str(value)
+    """value (from campaign.json: any JSON) in at most 60 characters."""
+    text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 
