@@ -130,6 +130,18 @@ def no_gcc(d):
         os.environ["PATH"] = old
 
 
+@contextlib.contextmanager
+def no_tmp(d):
+    """The temporary directory (TMPDIR, as tempfile has it) is gone."""
+    import tempfile
+    old = tempfile.tempdir
+    tempfile.tempdir = str(d / "gone")
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
+
+
 def missing_symbol(d):
     edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
     return scn(d, SCENARIO)
@@ -270,6 +282,10 @@ ROWS = [
     ("gcc missing", lambda d: scn(d, SCENARIO),
      ["gcc not found on PATH", "install"]),
     ("patch uses a symbol the base lacks", missing_symbol, ["linking failed", "nowhere"]),
+    ("no temporary directory", lambda d: scn(d, SCENARIO),
+     ["no temporary directory for the compiler's files (", ": No such file or directory); set TMPDIR"]),
+    ("diff with no temporary directory", lambda d: ["diff", d / "base.c", d / "patch.c"],
+     ["no temporary directory for the compiler's files"]),
     ("patch changes existing data", data_change,
      ["patch[p]", "'total' changes its initial value", "shadow variable"]),
     ("ELF that is not x86-64", not_x86, ["base.o", "not x86-64"]),
@@ -426,7 +442,7 @@ ROWS = [
 
 
 def run_row(d: Path, capsys, label, setup) -> tuple[int, str]:
-    ctx = no_gcc(d) if label == "gcc missing" else contextlib.nullcontext()
+    ctx = {"gcc missing": no_gcc, "no temporary directory": no_tmp, "diff with no temporary directory": no_tmp}.get(label, lambda d: contextlib.nullcontext())(d)
     argv = setup(d)
     capsys.readouterr()
     with ctx:

@@ -6,16 +6,18 @@ missing tool or a failed compile is one clear error with the tool's output.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from emu.errors import BuildError, ToolMissing
 from emu.images.image import PAGE
 
 __all__ = ["REQUIRED_CFLAGS", "DEFAULT_CFLAGS", "KERNEL_CFLAGS", "INCLUDE_DIR", "require_tools",
-           "run_tool", "safe_stem", "compile_c", "compile_kernel_object", "link"]
+           "work_dir", "run_tool", "safe_stem", "compile_c", "compile_kernel_object", "link"]
 
 # Flags that make the code patchable and the image linkable the way we link it:
 # fentry NOPs recorded in __mcount_loc, absolute (non-PIE) code, and one section
@@ -53,6 +55,21 @@ def require_tools(*tools: str) -> None:
         if shutil.which(tool) is None:
             raise ToolMissing(f"{tool} not found on PATH: building images needs gcc and "
                               f"binutils ({_INSTALL_HINT})")
+
+
+@contextlib.contextmanager
+def work_dir(prefix: str):
+    """A temporary directory for the tools' files (removed after). BuildError
+    when none can be made: TMPDIR and the system's directories all missing,
+    read-only or full (tempfile tries each, then gives up)."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    except OSError as exc:
+        why = f"{Path(exc.filename).parent}: {exc.strerror}" if exc.filename else exc.strerror or str(exc)
+        raise BuildError(f"no temporary directory for the compiler's files ({why}); set TMPDIR to a "
+                         f"writable directory with free space") from None
+    with tmp as d:
+        yield Path(d)
 
 
 def run_tool(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
