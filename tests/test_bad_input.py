@@ -142,6 +142,43 @@ def no_tmp(d):
         tempfile.tempdir = old
 
 
+@contextlib.contextmanager
+def trace_raced(d):
+    """Another run makes t.json while this one runs (after the check before
+    the run that it is absent, before the trace is written)."""
+    from emu.app import report
+    perfetto = report.perfetto
+
+    def racing(*a, **k):
+        (d / "t.json").write_text("theirs")
+        return perfetto(*a, **k)
+    report.perfetto = racing
+    try:
+        yield
+    finally:
+        report.perfetto = perfetto
+
+
+@contextlib.contextmanager
+def trace_disk_full(d):
+    """The file-size limit drops to 4 KiB as the trace is written (a disk
+    that fills up midway: the write fails with EFBIG after a part of it)."""
+    import resource
+    from emu.app import report
+    perfetto, limits = report.perfetto, resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def filling(*a, **k):
+        data = perfetto(*a, **k)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+        return data
+    report.perfetto = filling
+    try:
+        yield
+    finally:
+        report.perfetto = perfetto
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+
 def missing_symbol(d):
     edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
     return scn(d, SCENARIO)
@@ -299,6 +336,11 @@ ROWS = [
     ("scenario not UTF-8", lambda d: (d.joinpath("s.toml").write_bytes(b"[program]\nsources = [\"\xff\"]\n"),
                                       ["run", d / "s.toml", "--model", "kgraft"])[1], ["not UTF-8 text"]),
     ("--trace file exists", trace_exists, ["t.json: already exists", "--force"]),
+    ("--trace made by another run while this one ran", lambda d: scn(d, SCENARIO, "--trace", d / "t.json"),
+     ["--trace", "t.json: already exists (it was made while this run ran); remove it or pass --force"]),
+    ("--trace --force over a file, the disk filling up midway",
+     lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
+     ["--trace", "t.json: cannot write it (File too large)"]),
     ("--trace into a missing directory", lambda d: scn(d, SCENARIO, "--trace", d / "no" / "t.json"),
      ["--trace", "no such directory"]),
     ("--trace into a directory", lambda d: scn(d, SCENARIO, "--trace", d), ["--trace", "is a directory"]),
@@ -442,7 +484,10 @@ ROWS = [
 
 
 def run_row(d: Path, capsys, label, setup) -> tuple[int, str]:
-    ctx = {"gcc missing": no_gcc, "no temporary directory": no_tmp, "diff with no temporary directory": no_tmp}.get(label, lambda d: contextlib.nullcontext())(d)
+    ctx = {"gcc missing": no_gcc, "no temporary directory": no_tmp, "diff with no temporary directory": no_tmp,
+           "--trace made by another run while this one ran": trace_raced,
+           "--trace --force over a file, the disk filling up midway": trace_disk_full,
+           }.get(label, lambda d: contextlib.nullcontext())(d)
     argv = setup(d)
     capsys.readouterr()
     with ctx:
@@ -476,6 +521,12 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     (d / "p.png").write_text("mine")
     code, _, err = run_row(d, capsys, "plot", lambda d: ["bench", "--quick", "--plot", d / "p.png"])
     assert code == 2 and (d / "p.png").read_text() == "mine"
+    code, _, err = run_row(d, capsys, "--trace made by another run while this one ran",
+                           lambda d: ((d / "t.json").unlink(), scn(d, SCENARIO, "--trace", d / "t.json"))[1])
+    assert code == 2 and (d / "t.json").read_text() == "theirs", err
+    code, _, err = run_row(d, capsys, "--trace --force over a file, the disk filling up midway",
+                           lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1])
+    assert code == 2 and (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*")), err
     for name in ("lock", "rejected.txt"):
         shutil.rmtree(d / "c", ignore_errors=True)
         scn(d, SCENARIO + FUZZ)

@@ -167,6 +167,9 @@ def _outputs(args, machine, model, result) -> dict:
                             window=report.parse_window(args.window, machine, marks),
                             patch_names={p.index: p.name for p in model.patches})
             written["timeline"] = args.timeline
+    except FileExistsError:              # made by someone else while the run ran
+        raise UserError(f"{option} {getattr(args, option[2:])}: already exists (it was made while this run ran); "
+                        f"remove it or pass --force to overwrite it") from None
     except OSError as exc:
         raise UserError(f"{option} {getattr(args, option[2:])}: cannot write it ({exc.strerror or exc})") from None
     return written
@@ -599,7 +602,10 @@ def _bench(args) -> int:
         print(bench.format_bench(result))
     if args.plot:
         try:
-            bench.write_scaling_plot(result, args.plot)
+            bench.write_scaling_plot(result, args.plot, replace=args.force)
+        except FileExistsError:
+            raise UserError(f"--plot {args.plot}: already exists (it was made while the bench ran); "
+                            f"remove it or pass --force to overwrite it") from None
         except OSError as exc:
             raise UserError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc})") from None
     return 0

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.errors import UserError
+from emu.runs import output
 
 
 @dataclass
@@ -78,7 +79,8 @@ def write(path, suites: dict[str, list[Case]]) -> Path:
     on every run); returns the path. Raises UserError when it cannot be written."""
     path = Path(path)
     try:
-        document(suites).write(path, encoding="utf-8", xml_declaration=True)
+        with output.writing(path, replace=True, binary=True) as f:     # whole or not at all
+            document(suites).write(f, encoding="utf-8", xml_declaration=True)
     except OSError as exc:
         raise UserError(f"--junit {path}: cannot write it ({exc.strerror})") from None
     return path
