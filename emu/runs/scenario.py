@@ -19,6 +19,7 @@ which functions each patch carries (emu/images/diff.py when `functions` is absen
 """
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
@@ -305,14 +306,17 @@ def _kind_name(kind) -> str:
 
 
 def _short(value) -> str:
-    """repr(value), cut to a readable length."""
-    text = repr(value) if not isinstance(value, (list, dict)) else ("[...]" if isinstance(value, list) else "{...}")
+    """value as the scenario wrote it (repr; a date or time in TOML's own
+    form, not Python's), cut to a readable length."""
+    text = (("[...]" if isinstance(value, list) else "{...}") if isinstance(value, (list, dict))
+            else value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _toml_type(value) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table",
+            datetime.datetime: "date-time", datetime.date: "date", datetime.time: "time"}.get(
+                type(value), type(value).__name__)
 
 
 def load(path) -> Scenario:
