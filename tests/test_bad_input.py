@@ -687,3 +687,29 @@ def test_a_source_the_system_cannot_read_is_named(d, capsys):
     that answers EIO) is one message naming it, not a traceback."""
     code, _, err = run_row(d, capsys, "proc", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["/proc/self/mem"]')))
     assert code == 2 and err.startswith("lpemu: error: /proc/") and "/mem: cannot read it (" in err, err
+
+
+def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, capsys, monkeypatch):
+    """SIGTERM (a CI timeout, kill) while the trace is being written: exit
+    130 as for Ctrl-C, the user's old t.json intact, nothing left beside it."""
+    import signal
+    from emu.app import report
+    perfetto = report.perfetto
+
+    def killed_midway(*a, **k):
+        data = perfetto(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return data
+    monkeypatch.setattr(report, "perfetto", killed_midway)
+    (d / "t.json").write_text("mine")
+    missed = []              # the test's own handler: the signal reached it, not lpemu's (and pytest lives on)
+    def ours(signum, frame):
+        missed.append(signum)
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        code, _, err = run_row(d, capsys, "term", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--force"))
+        assert not missed and code == 130 and err == "lpemu: interrupted", err
+        assert (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*"))
+        assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
+    finally:
+        signal.signal(signal.SIGTERM, before)

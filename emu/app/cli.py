@@ -4,7 +4,7 @@ Exit status (EXIT_*): 0 no finding, 1 findings (run, replay: a finding of a
 kind --fail-on counts; fuzz: a model whose campaign breaks its [expect], or
 without one has a finding --fail-on counts; demo: a model that does not
 answer the seed question as expected, emu/app/demo.py EXPECTED), 2 usage or input
-error (one message on stderr, never a traceback), 130 interrupted.
+error (one message on stderr, never a traceback), 130 interrupted (Ctrl-C or SIGTERM).
 With --json a command prints one JSON object on stdout and nothing else there
 (progress and warnings go to stderr).
 """
@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -812,10 +813,26 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status (module docstring)."""
     out = sys.stdout
     sys.stdout = _Stdout(out)
+    old_term = _interrupt_on_sigterm()
     try:
         return _main(argv)
     finally:
         sys.stdout = out
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (kill, a CI job's timeout) stops a command as Ctrl-C does: the
+    outputs being written are left as they were (emu/runs/output.py) and the
+    exit status is 130. Returns the handler it replaced (None when not in the
+    main thread, where no handler can be set)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
 
 
 def _main(argv) -> int:
