@@ -21,7 +21,8 @@ A campaign directory belongs to one campaign at a time and to one program:
   refused, naming what changed;
 - `--resume` reads runs.jsonl line by line: a torn last line (an interrupted
   write) and unreadable lines (not UTF-8, not JSON, nested beyond reason, not
-  a record, a record whose fields have the wrong types: _RECORD_FIELDS) are
+  a record, a record whose fields have the wrong types: _RECORD_FIELDS, a
+  record of another strategy, which would stand for this one's run) are
   moved to DIR/rejected.txt, whose header says what they are,
   and their runs are run again; Campaign.notes says what was repaired;
 - a record is counted only once written whole: a failed write (a full disk)
@@ -332,7 +333,10 @@ class Campaign:
     def _repair(self, runs: Path) -> dict:
         """The records of runs.jsonl; damaged lines are moved to REJECTED_FILE
         and the file is rewritten without them (see the module doc)."""
-        records, bad, torn, dup = read_lines(runs)
+        strategy = self.plan.strategy
+        records, bad, torn, dup = read_lines(
+            runs, lambda rec: None if rec.get("strategy") == strategy else
+            f"a record of strategy {_short(rec.get('strategy'))!r}, not this campaign's {strategy}")
         if not (bad or torn or dup):
             return records
         when = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -521,10 +525,13 @@ def read_records(path: Path) -> dict[tuple, dict]:
     return read_lines(path)[0]
 
 
-def read_lines(path: Path):
+def read_lines(path: Path, foreign=None):
     """(records by run_key, bad lines, the torn last line or None,
     records seen twice) of a runs.jsonl. A bad line is (line number, raw
-    bytes, why); the torn line is a last line without its newline."""
+    bytes, why); the torn line is a last line without its newline.
+    foreign(record) -> why or None: a record it names is a bad line (a
+    record some other campaign wrote: another strategy's run of the same
+    seed is another run, and would take this one's place)."""
     records: dict = {}
     bad: list = []
     torn = None
@@ -549,6 +556,9 @@ def read_lines(path: Path):
                 torn = (no, raw, "cut short (no newline at its end)")
                 break
             rec, why = _parse_record(raw)
+            if rec is not None and foreign is not None:
+                why = foreign(rec)
+                rec = None if why else rec
             if rec is None:
                 bad.append((no, raw, why))
                 continue
