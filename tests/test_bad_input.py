@@ -179,6 +179,19 @@ def trace_disk_full(d):
         resource.setrlimit(resource.RLIMIT_FSIZE, limits)
 
 
+@contextlib.contextmanager
+def stdout_full(d):
+    """Standard output is /dev/full while the command runs (a full disk)."""
+    old = sys.stdout
+    sys.stdout = open("/dev/full", "w")
+    try:
+        yield
+    finally:
+        full, sys.stdout = sys.stdout, old
+        with contextlib.suppress(OSError):
+            full.close()
+
+
 def missing_symbol(d):
     edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
     return scn(d, SCENARIO)
@@ -341,6 +354,10 @@ ROWS = [
     ("--trace --force over a file, the disk filling up midway",
      lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
      ["--trace", "t.json: cannot write it (File too large)"]),
+    ("run > /dev/full", lambda d: scn(d, SCENARIO),
+     ["cannot write the output to standard output (No space left on device)"]),
+    ("diff > /dev/full", lambda d: ["diff", d / "base.c", d / "patch.c"],
+     ["cannot write the output to standard output (No space left on device)"]),
     ("--trace into a missing directory", lambda d: scn(d, SCENARIO, "--trace", d / "no" / "t.json"),
      ["--trace", "no such directory"]),
     ("--trace into a directory", lambda d: scn(d, SCENARIO, "--trace", d), ["--trace", "is a directory"]),
@@ -491,6 +508,7 @@ def run_row(d: Path, capsys, label, setup) -> tuple[int, str]:
     ctx = {"gcc missing": no_gcc, "no temporary directory": no_tmp, "diff with no temporary directory": no_tmp,
            "--trace made by another run while this one ran": trace_raced,
            "--trace --force over a file, the disk filling up midway": trace_disk_full,
+           "run > /dev/full": stdout_full, "diff > /dev/full": stdout_full,
            }.get(label, lambda d: contextlib.nullcontext())(d)
     argv = setup(d)
     capsys.readouterr()
@@ -713,3 +731,22 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
         assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
     finally:
         signal.signal(signal.SIGTERM, before)
+
+
+
+@pytest.mark.parametrize("redirect,argv,code,message", [
+    ("2>/dev/full", ["run", "absent.toml", "--model", "kgraft"], 2, ""),
+    ("2>&-", ["run", "absent.toml", "--model", "kgraft"], 2, ""),
+    (">&-", ["run", "s.toml", "--model", "kgraft", "--json"], 2,
+     "lpemu: error: cannot write the output: standard output is closed\n"),
+    (">/dev/full", ["diff", "base.c", "patch.c"], 2,
+     "lpemu: error: cannot write the output to standard output (No space left on device)\n"),
+], ids=["stderr full", "stderr closed", "stdout closed", "stdout full"])
+def test_standard_streams_that_cannot_be_written(d, redirect, argv, code, message):
+    """A full or closed stdout loses the command's output: exit 2 saying so.
+    A full or closed stderr loses the message, not the exit status (Python's
+    own failure to print it, or to flush at exit, said 1 or 120)."""
+    (d / "s.toml").write_text(SCENARIO)
+    r = subprocess.run(["bash", "-c", f'cd "$1" && shift && exec "$@" {redirect}', "-", str(d), sys.executable, "-m", "emu",
+                        *argv], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (code, message)

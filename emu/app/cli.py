@@ -779,23 +779,37 @@ class _Stdout:
     what the command prints is dropped (fd 1 goes to /dev/null, so nothing
     flushed later fails either) and it exits with its own status, 1 for a
     finding. Left to Python, the broken pipe ended `fuzz` with 0 and rich
-    ended `run` with 1, whatever the runs found."""
+    ended `run` with 1, whatever the runs found. Output that cannot be
+    written otherwise (a full disk, a descriptor closed or opened read-only)
+    is a UserError saying so: the command's product is lost, exit 2."""
 
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, text):
+        if self._stream is None:             # started with fd 1 closed (`>&-`)
+            raise UserError("cannot write the output: standard output is closed")
         try:
             return self._stream.write(text)
         except BrokenPipeError:
             self._reader_gone()
             return len(text)
+        except OSError as exc:
+            self._unwritable(exc)
 
     def flush(self):
+        if self._stream is None:
+            return
         try:
             self._stream.flush()
         except BrokenPipeError:
             self._reader_gone()
+        except OSError as exc:
+            self._unwritable(exc)
+
+    def _unwritable(self, exc: OSError):
+        self._reader_gone()                  # what is still buffered goes nowhere, not to a traceback at exit
+        raise UserError(f"cannot write the output to standard output ({exc.strerror or exc})") from None
 
     def _reader_gone(self) -> None:
         import os
@@ -809,15 +823,52 @@ class _Stdout:
         return getattr(self._stream, name)
 
 
+class _Stderr:
+    """sys.stderr while a command runs: messages and progress that cannot be
+    written (stderr closed, full, or a reader gone) are dropped; the exit
+    status still says what happened. Left to Python, the failed write of the
+    error message itself ended a bad input with 1 instead of 2."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return self._stream.write(text)
+        except (OSError, AttributeError, ValueError):     # AttributeError: stderr is None (closed)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def isatty(self):
+        try:
+            return self._stream.isatty()
+        except (OSError, AttributeError, ValueError):
+            return False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (module docstring)."""
-    out = sys.stdout
-    sys.stdout = _Stdout(out)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Stdout(out), _Stderr(err)
     old_term = _interrupt_on_sigterm()
     try:
-        return _main(argv)
+        code = _main(argv)
+        try:
+            sys.stdout.flush()               # a failure to write the output shows here, not at exit
+        except UserError as exc:
+            print(f"lpemu: error: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+        return code
     finally:
-        sys.stdout = out
+        sys.stdout, sys.stderr = out, err
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 
