@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from emu.app import cli
+from emu.runs.scenario import invisible
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed"
 
@@ -468,6 +469,16 @@ ROWS = [
      ["--window 'a:b': it chooses the span of --timeline"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
+    ("a task name holding an escape sequence", lambda d: scn(d, SCENARIO.replace('name = "user"', 'name = "us\\u001b[31mer"')),
+     ["s.toml:5: task[0].name: 'us\\x1b[31mer': a task name cannot hold the control character '\\x1b'"]),
+    ("a patch name holding a bidi override (U+202E)",
+     lambda d: scn(d, SCENARIO.replace('name = "p"', 'name = "p\\u202eq"').replace('patch = "p"', 'patch = "p\\u202eq"')),
+     ["s.toml:10: patch[0].name: 'p\\u202eq': a patch name cannot hold the control character '\\u202e'"]),
+    ("an entry holding a line break", lambda d: scn(d, SCENARIO.replace('"user_entry"', '"user\\nentry"')),
+     ["s.toml:6: task[0].entry: 'user\\nentry' is not a function name: it holds the control character '\\n'"]),
+    ("a missing source whose name holds an escape sequence",
+     lambda d: scn(d, SCENARIO.replace('["base.c"]', '["b\\u001b[2Jase.c"]')),
+     ["s.toml:2: program.sources: no such file: b\\x1b[2Jase.c"]),
     ("a source name holding a NUL", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["ba\\u0000se.c"]')),
      ["s.toml:2: program.sources: 'ba\\x00se.c': a file name cannot hold a NUL character"]),
     ("cflags holding a NUL", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-DX=\\u0000"]')),
@@ -525,6 +536,8 @@ def test_bad_input_rows(d, capsys, label, setup, words):
     assert "Traceback" not in err and out == ""
     for w in words:
         assert w in err, err
+    # nothing that a terminal would act on or hide (an escape sequence, a bidi override): escaped
+    assert invisible(err.replace("\n", "").replace("\t", "")) is None, repr(err)
     if not err.startswith("usage:"):           # argparse's own usage errors are two lines
         assert err.startswith("lpemu: error: ") and err.count("lpemu: error:") == 1, err
 

@@ -873,6 +873,18 @@ def main(argv=None) -> int:
             signal.signal(signal.SIGTERM, old_term)
 
 
+def _shown(message: str) -> str:
+    """message with what would not show as itself escaped (\\x1b, \\u202e): a
+    name quoted from the user's file, or a file name, may hold an escape
+    sequence or a bidi override that would rewrite the line on a terminal.
+    Line breaks stay (a compiler's output is quoted on lines of its own)."""
+    from emu.runs.scenario import invisible
+    if invisible(message.replace("\n", "").replace("\t", "")) is None:
+        return message
+    return "".join(c if c in "\n\t" or invisible(c) is None else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in message)
+
+
 def _interrupt_on_sigterm():
     """SIGTERM (kill, a CI job's timeout) stops a command as Ctrl-C does: the
     outputs being written are left as they were (emu/runs/output.py) and the
@@ -898,10 +910,10 @@ def _main(argv) -> int:
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"lpemu: error: {exc}", file=sys.stderr)
+        print(f"lpemu: error: {_shown(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except GuestFault as exc:
-        print(f"lpemu: {exc}", file=sys.stderr)
+        print(f"lpemu: {_shown(str(exc))}", file=sys.stderr)
         return EXIT_FINDINGS
     except KeyboardInterrupt:
         print("lpemu: interrupted", file=sys.stderr)
