@@ -763,3 +763,18 @@ def test_standard_streams_that_cannot_be_written(d, redirect, argv, code, messag
     r = subprocess.run(["bash", "-c", f'cd "$1" && shift && exec "$@" {redirect}', "-", str(d), sys.executable, "-m", "emu",
                         *argv], capture_output=True, text=True)
     assert (r.returncode, r.stderr) == (code, message)
+
+
+@pytest.mark.parametrize("stem,shown", [("e\x1bx", "e\\x1bx"), ("tab\there", "tab\there"),
+                                        (os.fsdecode(b"s\xff"), "s\\udcff")], ids=["escape", "tab", "not UTF-8"])
+def test_a_junit_report_is_xml_whatever_the_scenario_is_named(d, capsys, stem, shown):
+    """The scenario's name goes into the report: one holding a character XML
+    cannot hold (an escape, a byte that is not UTF-8) is written escaped, so
+    that CI can read the report and the next campaign rewrites it."""
+    import xml.etree.ElementTree as ET
+    (d / f"{stem}.toml").write_text(SCENARIO + FUZZ)
+    argv = ["fuzz", str(d / f"{stem}.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--junit", str(d / "j.xml")]
+    for _ in range(2):                  # the second campaign replaces the first's report
+        assert cli.main(argv) in (0, 1), capsys.readouterr().err
+        suite = ET.parse(d / "j.xml").getroot()[0]
+    assert suite.get("name") == shown

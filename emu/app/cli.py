@@ -790,7 +790,7 @@ class _Stdout:
         if self._stream is None:             # started with fd 1 closed (`>&-`)
             raise UserError("cannot write the output: standard output is closed")
         try:
-            return self._stream.write(text)
+            return _write_encodable(self._stream, text)
         except BrokenPipeError:
             self._reader_gone()
             return len(text)
@@ -823,6 +823,17 @@ class _Stdout:
         return getattr(self._stream, name)
 
 
+def _write_encodable(stream, text: str) -> int:
+    """stream.write(text); what the stream's encoding cannot take (a file name
+    that is not UTF-8 holds lone surrogates, which a UTF-8 locale's strict
+    stdout refuses) is written as \\udcff rather than failing the command."""
+    try:
+        return stream.write(text)
+    except UnicodeEncodeError:
+        enc = getattr(stream, "encoding", None) or "utf-8"
+        return stream.write(text.encode(enc, "backslashreplace").decode(enc))
+
+
 class _Stderr:
     """sys.stderr while a command runs: messages and progress that cannot be
     written (stderr closed, full, or a reader gone) are dropped; the exit
@@ -834,7 +845,7 @@ class _Stderr:
 
     def write(self, text):
         try:
-            return self._stream.write(text)
+            return _write_encodable(self._stream, text)
         except (OSError, AttributeError, ValueError):     # AttributeError: stderr is None (closed)
             return len(text)
 
