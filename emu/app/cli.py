@@ -54,6 +54,16 @@ def _path(text: str) -> str:
     --trace "" would silently write nothing)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path names no file")
+    import errno
+    import os
+    try:
+        os.lstat(text)
+    except OSError as exc:
+        # a name longer than the file system takes (ENAMETOOLONG) is refused
+        # here: left to each check, Path.exists() raised it as a traceback
+        if exc.errno == errno.ENAMETOOLONG:
+            raise argparse.ArgumentTypeError(f"{text[:40]}...: {exc.strerror} ({len(os.fsencode(text))} bytes; "
+                                             f"a name has at most 255, a path 4095)") from None
     return text
 
 
