@@ -238,6 +238,27 @@ def no_symtab(d):
     return ["diff", d / "base.o", d / "patch.o"]
 
 
+def section_symbol_of_no_section(d):
+    """patch.o whose section symbol, that a relocation of the code uses, has
+    st_shndx SHN_UNDEF (a damaged object: a section symbol of no section)."""
+    import struct
+    from elftools.elf.elffile import ELFFile
+    for name, text in (("base.c", "lpemu"), ("patch.c", "lpemu 2")):     # a string: a section symbol's relocation
+        (d / name).write_text((d / name).read_text() + f'\nconst char *label(void) {{ return "{text}"; }}\n')
+    objects(d)
+    data = bytearray((d / "patch.o").read_bytes())
+    with open(d / "patch.o", "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        index = next(r["r_info_sym"] for sec in elf.iter_sections() if sec.name.startswith(".rela.text")
+                     for r in sec.iter_relocations()
+                     if symtab.get_symbol(r["r_info_sym"])["st_info"]["type"] == "STT_SECTION")
+        entry = symtab["sh_offset"] + index * symtab["sh_entsize"]
+    struct.pack_into("<H", data, entry + 6, 0)
+    (d / "patch.o").write_bytes(bytes(data))
+    return ["diff", d / "base.o", d / "patch.o"]
+
+
 def trace_exists(d):
     (d / "t.json").write_text("mine")
     return scn(d, SCENARIO, "--trace", d / "t.json")
@@ -493,6 +514,8 @@ ROWS = [
     ("diff of a file the system cannot read (/proc/self/mem)", lambda d: ["diff", "/proc/self/mem", d / "base.c"],
      ["/proc/self/mem: cannot read it (Input/output error)"]),
     ("diff of an object with a section at 2^64-1", section_past_2_63, ["patch.o: cannot read the new object"]),
+    ("diff of an object whose section symbol names no section", section_symbol_of_no_section,
+     ["patch.o: a relocation refers to section symbol ", "which names no section (st_shndx SHN_UNDEF)"]),
     ("--out ''", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--out", "", command="fuzz"),
      ["argument --out: an empty path names no file"]),
     ("--trace ''", lambda d: scn(d, SCENARIO, "--trace", ""), ["argument --trace: an empty path names no file"]),

@@ -1202,6 +1202,11 @@ class _ObjectReader:
         if special is not None:
             return special
         if s["st_info"]["type"] == "STT_SECTION":
+            if not isinstance(shndx, int) or not 0 < shndx < len(self.sections):
+                # a section symbol of no section (SHN_UNDEF, SHN_ABS, an index
+                # past the table): pyelftools names the special ones with strings
+                raise BuildError(f"{self.file}: a relocation refers to section symbol {symidx}, which names no "
+                                 f"section (st_shndx {shndx})")
             return self._section_target(shndx, where, seen)
         if not isinstance(shndx, int) or not _GENERATED.match(s.name):
             return ("sym", self._handle(s), where)
