@@ -514,6 +514,9 @@ ROWS = [
     ("diff of a file the system cannot read (/proc/self/mem)", lambda d: ["diff", "/proc/self/mem", d / "base.c"],
      ["/proc/self/mem: cannot read it (Input/output error)"]),
     ("diff of an object with a section at 2^64-1", section_past_2_63, ["patch.o: cannot read the new object"]),
+    ("diff of a 2 GiB sparse object", lambda d: ((d / "big.o").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57)),
+                                                os.truncate(d / "big.o", 2 << 30), ["diff", d / "big.o", d / "big.o"])[2],
+     ["big.o: larger than 1_073_741_824 bytes, more than any object lpemu reads"]),
     ("diff of an object whose section symbol names no section", section_symbol_of_no_section,
      ["patch.o: a relocation refers to section symbol ", "which names no section (st_shndx SHN_UNDEF)"]),
     ("--out ''", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--out", "", command="fuzz"),
@@ -644,7 +647,7 @@ compiler's and linker's own output, argparse's usage line).
 
 FOOTER = """
 Limits (each keeps a run finite in memory and time; README, "Limits"): a scenario file of at most
-1 MiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
+1 MiB; an object file of at most 1 GiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
 virtual time (`at`, `window`, the last action plus `horizon`) up to 10^8 instructions; a run keeps at
 most 10^6 events (a run past it is an error record in a campaign, exit 2 for `lpemu run`); at most
 64 CPUs, 1,000 tasks, a tick of 100,000 instructions; at most 60 patches and modules together (the
