@@ -198,6 +198,17 @@ def missing_symbol(d):
     return scn(d, SCENARIO)
 
 
+def missing_symbol_not_utf8(d):
+    """The patch object calls a function the base lacks, whose name (in the
+    object's string table) holds a byte that is not UTF-8: ld quotes it."""
+    edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
+    objects(d)
+    data = (d / "patch.o").read_bytes()
+    assert data.count(b"nowhere") == 1
+    (d / "patch.o").write_bytes(data.replace(b"nowhere", b"now\x9bere"))
+    return scn(d, SCENARIO.replace('["base.c"]', '["base.o"]').replace('["patch.c"]', '["patch.o"]'))
+
+
 def data_change(d):
     edit(d, "patch.c", "extern long total;", "long total = 7;")
     return scn(d, SCENARIO)
@@ -354,6 +365,8 @@ ROWS = [
     ("gcc missing", lambda d: scn(d, SCENARIO),
      ["gcc not found on PATH", "install"]),
     ("patch uses a symbol the base lacks", missing_symbol, ["linking failed", "nowhere"]),
+    ("patch object using a symbol whose name is not UTF-8", missing_symbol_not_utf8,
+     ["linking failed", "undefined reference to `now\\x9bere'"]),
     ("no temporary directory", lambda d: scn(d, SCENARIO),
      ["no temporary directory for the compiler's files (", ": No such file or directory); set TMPDIR"]),
     ("diff with no temporary directory", lambda d: ["diff", d / "base.c", d / "patch.c"],

@@ -75,7 +75,9 @@ def work_dir(prefix: str):
 def run_tool(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run argv in cwd, output captured; ToolMissing when the tool is gone."""
     try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        # errors: the tools quote symbol names, which a damaged object may
+        # hold as bytes that are not UTF-8
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="backslashreplace")
     except FileNotFoundError:  # removed between the which() check and now
         raise ToolMissing(f"{argv[0]} not found: {_INSTALL_HINT}") from None
 
