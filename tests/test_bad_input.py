@@ -527,6 +527,9 @@ ROWS = [
     ("diff of a file the system cannot read (/proc/self/mem)", lambda d: ["diff", "/proc/self/mem", d / "base.c"],
      ["/proc/self/mem: cannot read it (Input/output error)"]),
     ("diff of an object with a section at 2^64-1", section_past_2_63, ["patch.o: cannot read the new object"]),
+    ("diff of a 2 GiB sparse source", lambda d: ((d / "big.c").write_text("int f(void) { return 1; }\n"),
+                                                os.truncate(d / "big.c", 2 << 30), ["diff", d / "big.c", d / "patch.c"])[2],
+     ["big.c: 2_147_483_648 bytes, larger than the 67_108_864 a source may be"]),
     ("diff of a 2 GiB sparse object", lambda d: ((d / "big.o").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57)),
                                                 os.truncate(d / "big.o", 2 << 30), ["diff", d / "big.o", d / "big.o"])[2],
      ["big.o: larger than 1_073_741_824 bytes, more than any object lpemu reads"]),
@@ -660,7 +663,7 @@ compiler's and linker's own output, argparse's usage line).
 
 FOOTER = """
 Limits (each keeps a run finite in memory and time; README, "Limits"): a scenario file of at most
-1 MiB; an object file of at most 1 GiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
+1 MiB; a C or assembly source of at most 64 MiB, an object file of at most 1 GiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
 virtual time (`at`, `window`, the last action plus `horizon`) up to 10^8 instructions; a run keeps at
 most 10^6 events (a run past it is an error record in a campaign, exit 2 for `lpemu run`); at most
 64 CPUs, 1,000 tasks, a tick of 100,000 instructions; at most 60 patches and modules together (the
