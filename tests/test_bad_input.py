@@ -803,7 +803,10 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
      "lpemu: error: cannot write the output: standard output is closed\n"),
     (">/dev/full", ["diff", "base.c", "patch.c"], 2,
      "lpemu: error: cannot write the output to standard output (No space left on device)\n"),
-], ids=["stderr full", "stderr closed", "stdout closed", "stdout full"])
+    (">&-", ["--help"], 2, "lpemu: error: cannot write the output: standard output is closed\n"),
+    (">/dev/full", ["run", "--help"], 2,
+     "lpemu: error: cannot write the output to standard output (No space left on device)\n"),
+], ids=["stderr full", "stderr closed", "stdout closed", "stdout full", "--help, stdout closed", "run --help, stdout full"])
 def test_standard_streams_that_cannot_be_written(d, redirect, argv, code, message):
     """A full or closed stdout loses the command's output: exit 2 saying so.
     A full or closed stderr loses the message, not the exit status (Python's

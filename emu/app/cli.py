@@ -925,6 +925,9 @@ def _main(argv) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:          # a usage error (argparse printed it: status 2) or --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except UserError as exc:           # --help or --version on a stdout that cannot be written
+        print(f"lpemu: error: {_shown(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_OK
