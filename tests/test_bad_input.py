@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import re
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from emu.app import cli
+from emu.runs.scenario import invisible
 
 SEED = Path(__file__).resolve().parent.parent / "examples" / "seed"
 
@@ -129,9 +131,82 @@ def no_gcc(d):
         os.environ["PATH"] = old
 
 
+@contextlib.contextmanager
+def no_tmp(d):
+    """The temporary directory (TMPDIR, as tempfile has it) is gone."""
+    import tempfile
+    old = tempfile.tempdir
+    tempfile.tempdir = str(d / "gone")
+    try:
+        yield
+    finally:
+        tempfile.tempdir = old
+
+
+@contextlib.contextmanager
+def trace_raced(d):
+    """Another run makes t.json while this one runs (after the check before
+    the run that it is absent, before the trace is written)."""
+    from emu.app import report
+    perfetto = report.perfetto
+
+    def racing(*a, **k):
+        (d / "t.json").write_text("theirs")
+        return perfetto(*a, **k)
+    report.perfetto = racing
+    try:
+        yield
+    finally:
+        report.perfetto = perfetto
+
+
+@contextlib.contextmanager
+def trace_disk_full(d):
+    """The file-size limit drops to 4 KiB as the trace is written (a disk
+    that fills up midway: the write fails with EFBIG after a part of it)."""
+    import resource
+    from emu.app import report
+    perfetto, limits = report.perfetto, resource.getrlimit(resource.RLIMIT_FSIZE)
+
+    def filling(*a, **k):
+        data = perfetto(*a, **k)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, limits[1]))
+        return data
+    report.perfetto = filling
+    try:
+        yield
+    finally:
+        report.perfetto = perfetto
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+
+@contextlib.contextmanager
+def stdout_full(d):
+    """Standard output is /dev/full while the command runs (a full disk)."""
+    old = sys.stdout
+    sys.stdout = open("/dev/full", "w")
+    try:
+        yield
+    finally:
+        full, sys.stdout = sys.stdout, old
+        with contextlib.suppress(OSError):
+            full.close()
+
+
 def missing_symbol(d):
     edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
     return scn(d, SCENARIO)
+
+
+def missing_symbol_not_utf8(d):
+    """The patch object calls a function the base lacks, whose name (in the
+    object's string table) holds a byte that is not UTF-8: ld quotes it."""
+    edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long nowhere(void); nowhere();")
+    objects(d)
+    data = (d / "patch.o").read_bytes()
+    assert data.count(b"nowhere") == 1
+    (d / "patch.o").write_bytes(data.replace(b"nowhere", b"now\x9bere"))
+    return scn(d, SCENARIO.replace('["base.c"]', '["base.o"]').replace('["patch.c"]', '["patch.o"]'))
 
 
 def data_change(d):
@@ -170,6 +245,27 @@ def no_symtab(d):
         start = names + struct.unpack_from("<I", data, header)[0]
         if data[start:data.index(0, start)] == b".symtab":
             struct.pack_into("<I", data, header + 4, 0)
+    (d / "patch.o").write_bytes(bytes(data))
+    return ["diff", d / "base.o", d / "patch.o"]
+
+
+def section_symbol_of_no_section(d):
+    """patch.o whose section symbol, that a relocation of the code uses, has
+    st_shndx SHN_UNDEF (a damaged object: a section symbol of no section)."""
+    import struct
+    from elftools.elf.elffile import ELFFile
+    for name, text in (("base.c", "lpemu"), ("patch.c", "lpemu 2")):     # a string: a section symbol's relocation
+        (d / name).write_text((d / name).read_text() + f'\nconst char *label(void) {{ return "{text}"; }}\n')
+    objects(d)
+    data = bytearray((d / "patch.o").read_bytes())
+    with open(d / "patch.o", "rb") as f:
+        elf = ELFFile(f)
+        symtab = elf.get_section_by_name(".symtab")
+        index = next(r["r_info_sym"] for sec in elf.iter_sections() if sec.name.startswith(".rela.text")
+                     for r in sec.iter_relocations()
+                     if symtab.get_symbol(r["r_info_sym"])["st_info"]["type"] == "STT_SECTION")
+        entry = symtab["sh_offset"] + index * symtab["sh_entsize"]
+    struct.pack_into("<H", data, entry + 6, 0)
     (d / "patch.o").write_bytes(bytes(data))
     return ["diff", d / "base.o", d / "patch.o"]
 
@@ -222,6 +318,29 @@ def campaign_json_endless(d):
     return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
 
 
+def campaign_file_linked(name):
+    """A campaign whose lock or rejected.txt became a link to a file of the
+    user's: --resume refuses it instead of writing through it."""
+    def setup(d):
+        assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+        (d / "mine.txt").write_text("mine")
+        (d / "c" / name).unlink(missing_ok=True)
+        (d / "c" / name).symlink_to(d / "mine.txt")
+        with open(d / "c" / "runs.jsonl", "a") as f:
+            f.write("a damaged line\n")          # so that --resume sets it aside in rejected.txt
+        return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
+    return setup
+
+
+def campaign_json_numbers(d):
+    """campaign.json edited so that its kernels list holds a null and a number."""
+    import json
+    assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+    meta = json.loads((d / "c" / "campaign.json").read_text())
+    (d / "c" / "campaign.json").write_text(json.dumps({**meta, "kernels": [None, 1]}))
+    return ["fuzz", d / "s.toml", "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
+
+
 def changed_program(d):
     assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "2", "--jobs", "1", "--out", str(d / "c")]) == 0
     edit(d, "base.c", "return 5 + zero;", "return 6 + zero;")
@@ -246,6 +365,12 @@ ROWS = [
     ("gcc missing", lambda d: scn(d, SCENARIO),
      ["gcc not found on PATH", "install"]),
     ("patch uses a symbol the base lacks", missing_symbol, ["linking failed", "nowhere"]),
+    ("patch object using a symbol whose name is not UTF-8", missing_symbol_not_utf8,
+     ["linking failed", "undefined reference to `now\\x9bere'"]),
+    ("no temporary directory", lambda d: scn(d, SCENARIO),
+     ["no temporary directory for the compiler's files (", ": No such file or directory); set TMPDIR"]),
+    ("diff with no temporary directory", lambda d: ["diff", d / "base.c", d / "patch.c"],
+     ["no temporary directory for the compiler's files"]),
     ("patch changes existing data", data_change,
      ["patch[p]", "'total' changes its initial value", "shadow variable"]),
     ("ELF that is not x86-64", not_x86, ["base.o", "not x86-64"]),
@@ -259,6 +384,22 @@ ROWS = [
     ("scenario not UTF-8", lambda d: (d.joinpath("s.toml").write_bytes(b"[program]\nsources = [\"\xff\"]\n"),
                                       ["run", d / "s.toml", "--model", "kgraft"])[1], ["not UTF-8 text"]),
     ("--trace file exists", trace_exists, ["t.json: already exists", "--force"]),
+    ("--trace made by another run while this one ran", lambda d: scn(d, SCENARIO, "--trace", d / "t.json"),
+     ["--trace", "t.json: already exists (it was made while this run ran); remove it or pass --force"]),
+    ("--trace --force over a file, the disk filling up midway",
+     lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
+     ["--trace", "t.json: cannot write it (File too large)"]),
+    ("run > /dev/full", lambda d: scn(d, SCENARIO),
+     ["cannot write the output to standard output (No space left on device)"]),
+    ("diff > /dev/full", lambda d: ["diff", d / "base.c", d / "patch.c"],
+     ["cannot write the output to standard output (No space left on device)"]),
+    ("--trace with a 300-character file name", lambda d: scn(d, SCENARIO, "--trace", d / ("x" * 300 + ".json")),
+     ["argument --trace: ", "...: File name too long (", "a name has at most 255, a path 4095)"]),
+    ("--junit with a 300-character file name", lambda d: scn(d, SCENARIO + FUZZ, "--junit", d / ("x" * 300 + ".xml"),
+                                                             command="fuzz"),
+     ["argument --junit: ", "...: File name too long ("]),
+    ("diff of a path longer than 4095 bytes", lambda d: ["diff", "/".join(["y" * 200] * 25) + "/a.c", d / "base.c"],
+     ["argument old: yyyy", "...: File name too long (5028 bytes; a name has at most 255, a path 4095)"]),
     ("--trace into a missing directory", lambda d: scn(d, SCENARIO, "--trace", d / "no" / "t.json"),
      ["--trace", "no such directory"]),
     ("--trace into a directory", lambda d: scn(d, SCENARIO, "--trace", d), ["--trace", "is a directory"]),
@@ -291,6 +432,10 @@ ROWS = [
      ["patch[0].states[0].version: must be an integer, not string 'x'"]),
     ("state version 1.9", lambda d: scn(d, SCENARIO.replace('functions = ["bar", "baz"]', 'functions = ["bar", "baz"]\nstates = [{id = 1, version = 1.9}]')),
      ["patch[0].states[0].version: must be an integer, not float 1.9"]),
+    ("at a TOML date (at = 1979-05-27)", lambda d: scn(d, SCENARIO.replace("at = 20000", "at = 1979-05-27")),
+     ["s.toml:15: action[0].at: must be an integer, not date 1979-05-27"]),
+    ("name a TOML date-time", lambda d: scn(d, SCENARIO.replace('name = "user"', "name = 1979-05-27T07:32:00+01:00")),
+     ["s.toml:5: task[0].name: must be a string, not date-time 1979-05-27T07:32:00+01:00"]),
     ("state id = true", lambda d: scn(d, SCENARIO.replace('functions = ["bar", "baz"]', 'functions = ["bar", "baz"]\nstates = [{id = true}]')),
      ["patch[0].states[0].id: must be an integer, not boolean True"]),
     ("10^5-deep array", lambda d: scn(d, SCENARIO + "\n[check]\nassert = " + "[" * 100_000 + "]" * 100_000 + "\n"),
@@ -365,6 +510,16 @@ ROWS = [
      ["--window 'a:b': it chooses the span of --timeline"]),
     ("until = \"never\"", lambda d: scn(d, SCENARIO + "\n[fuzz]\nuntil = \"never\"\n"),
      ["fuzz.until: must be one of transitions, horizon, exit, not 'never'"]),
+    ("a task name holding an escape sequence", lambda d: scn(d, SCENARIO.replace('name = "user"', 'name = "us\\u001b[31mer"')),
+     ["s.toml:5: task[0].name: 'us\\x1b[31mer': a task name cannot hold the control character '\\x1b'"]),
+    ("a patch name holding a bidi override (U+202E)",
+     lambda d: scn(d, SCENARIO.replace('name = "p"', 'name = "p\\u202eq"').replace('patch = "p"', 'patch = "p\\u202eq"')),
+     ["s.toml:10: patch[0].name: 'p\\u202eq': a patch name cannot hold the control character '\\u202e'"]),
+    ("an entry holding a line break", lambda d: scn(d, SCENARIO.replace('"user_entry"', '"user\\nentry"')),
+     ["s.toml:6: task[0].entry: 'user\\nentry' is not a function name: it holds the control character '\\n'"]),
+    ("a missing source whose name holds an escape sequence",
+     lambda d: scn(d, SCENARIO.replace('["base.c"]', '["b\\u001b[2Jase.c"]')),
+     ["s.toml:2: program.sources: no such file: b\\x1b[2Jase.c"]),
     ("a source name holding a NUL", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["ba\\u0000se.c"]')),
      ["s.toml:2: program.sources: 'ba\\x00se.c': a file name cannot hold a NUL character"]),
     ("cflags holding a NUL", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-DX=\\u0000"]')),
@@ -372,6 +527,14 @@ ROWS = [
     ("diff of a file the system cannot read (/proc/self/mem)", lambda d: ["diff", "/proc/self/mem", d / "base.c"],
      ["/proc/self/mem: cannot read it (Input/output error)"]),
     ("diff of an object with a section at 2^64-1", section_past_2_63, ["patch.o: cannot read the new object"]),
+    ("diff of a 2 GiB sparse source", lambda d: ((d / "big.c").write_text("int f(void) { return 1; }\n"),
+                                                os.truncate(d / "big.c", 2 << 30), ["diff", d / "big.c", d / "patch.c"])[2],
+     ["big.c: 2_147_483_648 bytes, larger than the 67_108_864 a source may be"]),
+    ("diff of a 2 GiB sparse object", lambda d: ((d / "big.o").write_bytes(b"\x7fELF\x02\x01\x01" + bytes(57)),
+                                                os.truncate(d / "big.o", 2 << 30), ["diff", d / "big.o", d / "big.o"])[2],
+     ["big.o: larger than 1_073_741_824 bytes, more than any object lpemu reads"]),
+    ("diff of an object whose section symbol names no section", section_symbol_of_no_section,
+     ["patch.o: a relocation refers to section symbol ", "which names no section (st_shndx SHN_UNDEF)"]),
     ("--out ''", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--out", "", command="fuzz"),
      ["argument --out: an empty path names no file"]),
     ("--trace ''", lambda d: scn(d, SCENARIO, "--trace", ""), ["argument --trace: an empty path names no file"]),
@@ -389,11 +552,24 @@ ROWS = [
      ["s.toml:10: patch[0].name: '../p' is not a patch name (non-empty, no ':', '/' or NUL)"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
      ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
+    ("--resume of a campaign whose lock links to a file of the user's",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("lock")(d))[1],
+     ["--out", "c: lock is a symbolic link; lpemu writes only files of its own there"]),
+    ("--resume of a campaign whose rejected.txt links to a file of the user's",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("rejected.txt")(d))[1],
+     ["--out", "c: rejected.txt is a symbolic link"]),
+    ("--resume of a campaign.json whose kernels hold null and 1",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_numbers(d))[1],
+     ["--resume", "it holds a different campaign (kernels 'None 1'"]),
 ]
 
 
 def run_row(d: Path, capsys, label, setup) -> tuple[int, str]:
-    ctx = no_gcc(d) if label == "gcc missing" else contextlib.nullcontext()
+    ctx = {"gcc missing": no_gcc, "no temporary directory": no_tmp, "diff with no temporary directory": no_tmp,
+           "--trace made by another run while this one ran": trace_raced,
+           "--trace --force over a file, the disk filling up midway": trace_disk_full,
+           "run > /dev/full": stdout_full, "diff > /dev/full": stdout_full,
+           }.get(label, lambda d: contextlib.nullcontext())(d)
     argv = setup(d)
     capsys.readouterr()
     with ctx:
@@ -409,6 +585,8 @@ def test_bad_input_rows(d, capsys, label, setup, words):
     assert "Traceback" not in err and out == ""
     for w in words:
         assert w in err, err
+    # nothing that a terminal would act on or hide (an escape sequence, a bidi override): escaped
+    assert invisible(err.replace("\n", "").replace("\t", "")) is None, repr(err)
     if not err.startswith("usage:"):           # argparse's own usage errors are two lines
         assert err.startswith("lpemu: error: ") and err.count("lpemu: error:") == 1, err
 
@@ -427,6 +605,17 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     (d / "p.png").write_text("mine")
     code, _, err = run_row(d, capsys, "plot", lambda d: ["bench", "--quick", "--plot", d / "p.png"])
     assert code == 2 and (d / "p.png").read_text() == "mine"
+    code, _, err = run_row(d, capsys, "--trace made by another run while this one ran",
+                           lambda d: ((d / "t.json").unlink(), scn(d, SCENARIO, "--trace", d / "t.json"))[1])
+    assert code == 2 and (d / "t.json").read_text() == "theirs", err
+    code, _, err = run_row(d, capsys, "--trace --force over a file, the disk filling up midway",
+                           lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1])
+    assert code == 2 and (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*")), err
+    for name in ("lock", "rejected.txt"):
+        shutil.rmtree(d / "c", ignore_errors=True)
+        scn(d, SCENARIO + FUZZ)
+        code, _, err = run_row(d, capsys, name, campaign_file_linked(name))
+        assert code == 2 and (d / "mine.txt").read_text() == "mine", err
 
 
 def test_output_paths_are_checked_before_the_run(d, capsys):
@@ -474,7 +663,7 @@ compiler's and linker's own output, argparse's usage line).
 
 FOOTER = """
 Limits (each keeps a run finite in memory and time; README, "Limits"): a scenario file of at most
-1 MiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
+1 MiB; a C or assembly source of at most 64 MiB, an object file of at most 1 GiB; strings of at most 4,096 characters and lists of at most 4,096 elements; 64 KiB of cflags;
 virtual time (`at`, `window`, the last action plus `horizon`) up to 10^8 instructions; a run keeps at
 most 10^6 events (a run past it is an error record in a campaign, exit 2 for `lpemu run`); at most
 64 CPUs, 1,000 tasks, a tick of 100,000 instructions; at most 60 patches and modules together (the
@@ -578,3 +767,66 @@ def test_a_source_the_system_cannot_read_is_named(d, capsys):
     that answers EIO) is one message naming it, not a traceback."""
     code, _, err = run_row(d, capsys, "proc", lambda d: scn(d, SCENARIO.replace('["base.c"]', '["/proc/self/mem"]')))
     assert code == 2 and err.startswith("lpemu: error: /proc/") and "/mem: cannot read it (" in err, err
+
+
+def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, capsys, monkeypatch):
+    """SIGTERM (a CI timeout, kill) while the trace is being written: exit
+    130 as for Ctrl-C, the user's old t.json intact, nothing left beside it."""
+    import signal
+    from emu.app import report
+    perfetto = report.perfetto
+
+    def killed_midway(*a, **k):
+        data = perfetto(*a, **k)
+        os.kill(os.getpid(), signal.SIGTERM)
+        return data
+    monkeypatch.setattr(report, "perfetto", killed_midway)
+    (d / "t.json").write_text("mine")
+    missed = []              # the test's own handler: the signal reached it, not lpemu's (and pytest lives on)
+    def ours(signum, frame):
+        missed.append(signum)
+    before = signal.signal(signal.SIGTERM, ours)
+    try:
+        code, _, err = run_row(d, capsys, "term", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--force"))
+        assert not missed and code == 130 and err == "lpemu: interrupted", err
+        assert (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*"))
+        assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
+    finally:
+        signal.signal(signal.SIGTERM, before)
+
+
+
+@pytest.mark.parametrize("redirect,argv,code,message", [
+    ("2>/dev/full", ["run", "absent.toml", "--model", "kgraft"], 2, ""),
+    ("2>&-", ["run", "absent.toml", "--model", "kgraft"], 2, ""),
+    (">&-", ["run", "s.toml", "--model", "kgraft", "--json"], 2,
+     "lpemu: error: cannot write the output: standard output is closed\n"),
+    (">/dev/full", ["diff", "base.c", "patch.c"], 2,
+     "lpemu: error: cannot write the output to standard output (No space left on device)\n"),
+    (">&-", ["--help"], 2, "lpemu: error: cannot write the output: standard output is closed\n"),
+    (">/dev/full", ["run", "--help"], 2,
+     "lpemu: error: cannot write the output to standard output (No space left on device)\n"),
+], ids=["stderr full", "stderr closed", "stdout closed", "stdout full", "--help, stdout closed", "run --help, stdout full"])
+def test_standard_streams_that_cannot_be_written(d, redirect, argv, code, message):
+    """A full or closed stdout loses the command's output: exit 2 saying so.
+    A full or closed stderr loses the message, not the exit status (Python's
+    own failure to print it, or to flush at exit, said 1 or 120)."""
+    (d / "s.toml").write_text(SCENARIO)
+    r = subprocess.run(["bash", "-c", f'cd "$1" && shift && exec "$@" {redirect}', "-", str(d), sys.executable, "-m", "emu",
+                        *argv], capture_output=True, text=True)
+    assert (r.returncode, r.stderr) == (code, message)
+
+
+@pytest.mark.parametrize("stem,shown", [("e\x1bx", "e\\x1bx"), ("tab\there", "tab\there"),
+                                        (os.fsdecode(b"s\xff"), "s\\udcff")], ids=["escape", "tab", "not UTF-8"])
+def test_a_junit_report_is_xml_whatever_the_scenario_is_named(d, capsys, stem, shown):
+    """The scenario's name goes into the report: one holding a character XML
+    cannot hold (an escape, a byte that is not UTF-8) is written escaped, so
+    that CI can read the report and the next campaign rewrites it."""
+    import xml.etree.ElementTree as ET
+    (d / f"{stem}.toml").write_text(SCENARIO + FUZZ)
+    argv = ["fuzz", str(d / f"{stem}.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--junit", str(d / "j.xml")]
+    for _ in range(2):                  # the second campaign replaces the first's report
+        assert cli.main(argv) in (0, 1), capsys.readouterr().err
+        suite = ET.parse(d / "j.xml").getroot()[0]
+    assert suite.get("name") == shown

@@ -198,6 +198,9 @@ DAMAGE = {
                                     altered(lines[3], promise_breaches=1, promise=[]),
                                     altered(lines[4], inconsistencies=[{"task": "user0"}])] + lines[5:], 4),
     "a record twice": (lambda lines: lines + lines[2:3], 0),
+    # another strategy's run of seed 2, appended: it would take the place of this campaign's
+    "a failed run of another strategy after its seed's record":
+        (lambda lines: lines + [altered(lines[2], strategy="pct", outcome="failed", inconsistent=True)], 1),
     "an endless line": (lambda lines: lines[:2] + [b"x" * (3 << 20) + b"\n"] + lines[2:], 1),
     "everything at once": (lambda lines: [b"\x00\x01\n"] + lines[:2] + lines[1:2] + [b"{" * 5000 + b"\n"]
                            + lines[3:-1] + [lines[-1][:10]], 3),

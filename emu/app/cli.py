@@ -4,7 +4,7 @@ Exit status (EXIT_*): 0 no finding, 1 findings (run, replay: a finding of a
 kind --fail-on counts; fuzz: a model whose campaign breaks its [expect], or
 without one has a finding --fail-on counts; demo: a model that does not
 answer the seed question as expected, emu/app/demo.py EXPECTED), 2 usage or input
-error (one message on stderr, never a traceback), 130 interrupted.
+error (one message on stderr, never a traceback), 130 interrupted (Ctrl-C or SIGTERM).
 With --json a command prints one JSON object on stdout and nothing else there
 (progress and warnings go to stderr).
 """
@@ -14,6 +14,7 @@ import argparse
 import itertools
 import json
 import shlex
+import signal
 import sys
 import time
 from pathlib import Path
@@ -53,6 +54,16 @@ def _path(text: str) -> str:
     --trace "" would silently write nothing)."""
     if not text:
         raise argparse.ArgumentTypeError("an empty path names no file")
+    import errno
+    import os
+    try:
+        os.lstat(text)
+    except OSError as exc:
+        # a name longer than the file system takes (ENAMETOOLONG) is refused
+        # here: left to each check, Path.exists() raised it as a traceback
+        if exc.errno == errno.ENAMETOOLONG:
+            raise argparse.ArgumentTypeError(f"{text[:40]}...: {exc.strerror} ({len(os.fsencode(text))} bytes; "
+                                             f"a name has at most 255, a path 4095)") from None
     return text
 
 
@@ -167,6 +178,9 @@ def _outputs(args, machine, model, result) -> dict:
                             window=report.parse_window(args.window, machine, marks),
                             patch_names={p.index: p.name for p in model.patches})
             written["timeline"] = args.timeline
+    except FileExistsError:              # made by someone else while the run ran
+        raise UserError(f"{option} {getattr(args, option[2:])}: already exists (it was made while this run ran); "
+                        f"remove it or pass --force to overwrite it") from None
     except OSError as exc:
         raise UserError(f"{option} {getattr(args, option[2:])}: cannot write it ({exc.strerror or exc})") from None
     return written
@@ -599,7 +613,10 @@ def _bench(args) -> int:
         print(bench.format_bench(result))
     if args.plot:
         try:
-            bench.write_scaling_plot(result, args.plot)
+            bench.write_scaling_plot(result, args.plot, replace=args.force)
+        except FileExistsError:
+            raise UserError(f"--plot {args.plot}: already exists (it was made while the bench ran); "
+                            f"remove it or pass --force to overwrite it") from None
         except OSError as exc:
             raise UserError(f"--plot {args.plot}: cannot write it ({exc.strerror or exc})") from None
     return 0
@@ -772,23 +789,37 @@ class _Stdout:
     what the command prints is dropped (fd 1 goes to /dev/null, so nothing
     flushed later fails either) and it exits with its own status, 1 for a
     finding. Left to Python, the broken pipe ended `fuzz` with 0 and rich
-    ended `run` with 1, whatever the runs found."""
+    ended `run` with 1, whatever the runs found. Output that cannot be
+    written otherwise (a full disk, a descriptor closed or opened read-only)
+    is a UserError saying so: the command's product is lost, exit 2."""
 
     def __init__(self, stream):
         self._stream = stream
 
     def write(self, text):
+        if self._stream is None:             # started with fd 1 closed (`>&-`)
+            raise UserError("cannot write the output: standard output is closed")
         try:
-            return self._stream.write(text)
+            return _write_encodable(self._stream, text)
         except BrokenPipeError:
             self._reader_gone()
             return len(text)
+        except OSError as exc:
+            self._unwritable(exc)
 
     def flush(self):
+        if self._stream is None:
+            return
         try:
             self._stream.flush()
         except BrokenPipeError:
             self._reader_gone()
+        except OSError as exc:
+            self._unwritable(exc)
+
+    def _unwritable(self, exc: OSError):
+        self._reader_gone()                  # what is still buffered goes nowhere, not to a traceback at exit
+        raise UserError(f"cannot write the output to standard output ({exc.strerror or exc})") from None
 
     def _reader_gone(self) -> None:
         import os
@@ -802,14 +833,90 @@ class _Stdout:
         return getattr(self._stream, name)
 
 
+def _write_encodable(stream, text: str) -> int:
+    """stream.write(text); what the stream's encoding cannot take (a file name
+    that is not UTF-8 holds lone surrogates, which a UTF-8 locale's strict
+    stdout refuses) is written as \\udcff rather than failing the command."""
+    try:
+        return stream.write(text)
+    except UnicodeEncodeError:
+        enc = getattr(stream, "encoding", None) or "utf-8"
+        return stream.write(text.encode(enc, "backslashreplace").decode(enc))
+
+
+class _Stderr:
+    """sys.stderr while a command runs: messages and progress that cannot be
+    written (stderr closed, full, or a reader gone) are dropped; the exit
+    status still says what happened. Left to Python, the failed write of the
+    error message itself ended a bad input with 1 instead of 2."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def write(self, text):
+        try:
+            return _write_encodable(self._stream, text)
+        except (OSError, AttributeError, ValueError):     # AttributeError: stderr is None (closed)
+            return len(text)
+
+    def flush(self):
+        try:
+            self._stream.flush()
+        except (OSError, AttributeError, ValueError):
+            pass
+
+    def isatty(self):
+        try:
+            return self._stream.isatty()
+        except (OSError, AttributeError, ValueError):
+            return False
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main(argv=None) -> int:
     """Run the command line; returns the exit status (module docstring)."""
-    out = sys.stdout
-    sys.stdout = _Stdout(out)
+    out, err = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = _Stdout(out), _Stderr(err)
+    old_term = _interrupt_on_sigterm()
     try:
-        return _main(argv)
+        code = _main(argv)
+        try:
+            sys.stdout.flush()               # a failure to write the output shows here, not at exit
+        except UserError as exc:
+            print(f"lpemu: error: {exc}", file=sys.stderr)
+            code = EXIT_USAGE
+        return code
     finally:
-        sys.stdout = out
+        sys.stdout, sys.stderr = out, err
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _shown(message: str) -> str:
+    """message with what would not show as itself escaped (\\x1b, \\u202e): a
+    name quoted from the user's file, or a file name, may hold an escape
+    sequence or a bidi override that would rewrite the line on a terminal.
+    Line breaks stay (a compiler's output is quoted on lines of its own)."""
+    from emu.runs.scenario import invisible
+    if invisible(message.replace("\n", "").replace("\t", "")) is None:
+        return message
+    return "".join(c if c in "\n\t" or invisible(c) is None else
+                   (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in message)
+
+
+def _interrupt_on_sigterm():
+    """SIGTERM (kill, a CI job's timeout) stops a command as Ctrl-C does: the
+    outputs being written are left as they were (emu/runs/output.py) and the
+    exit status is 130. Returns the handler it replaced (None when not in the
+    main thread, where no handler can be set)."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+    try:
+        return signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:
+        return None
 
 
 def _main(argv) -> int:
@@ -818,16 +925,19 @@ def _main(argv) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exc:          # a usage error (argparse printed it: status 2) or --help (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    except UserError as exc:           # --help or --version on a stdout that cannot be written
+        print(f"lpemu: error: {_shown(str(exc))}", file=sys.stderr)
+        return EXIT_USAGE
     if args.command is None:
         parser.print_help()
         return EXIT_OK
     try:
         return args.func(args)
     except UserError as exc:
-        print(f"lpemu: error: {exc}", file=sys.stderr)
+        print(f"lpemu: error: {_shown(str(exc))}", file=sys.stderr)
         return EXIT_USAGE
     except GuestFault as exc:
-        print(f"lpemu: {exc}", file=sys.stderr)
+        print(f"lpemu: {_shown(str(exc))}", file=sys.stderr)
         return EXIT_FINDINGS
     except KeyboardInterrupt:
         print("lpemu: interrupted", file=sys.stderr)

@@ -9,11 +9,13 @@ what that run found and the command that replays it.
 """
 from __future__ import annotations
 
+import re
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from emu.errors import UserError
+from emu.runs import output
 
 
 @dataclass
@@ -28,8 +30,22 @@ class Case:
     kind: str = "finding"          # failure type: finding, or surprise (an [expect] not met)
 
 
+#: what XML 1.0 cannot hold, even escaped (its Char production): most C0
+#: controls, lone surrogates (a file name that is not UTF-8), U+FFFE and U+FFFF
+_NOT_XML = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml(text: str) -> str:
+    """text with what XML cannot hold written as \\xNN or \\uNNNN: a scenario
+    whose file name holds an escape character made a report no CI could
+    read (and that the next campaign refused to replace)."""
+    return _NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
+
+
 def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
     """suites: scenario name -> its cases, as a JUnit XML tree."""
+    suites = {_xml(name): [Case(_xml(c.scenario), _xml(c.model), c.ok, _xml(c.message), [_xml(x) for x in c.details],
+                                c.seconds, _xml(c.kind)) for c in cases] for name, cases in suites.items()}
     root = ET.Element("testsuites", name="lpemu")
     totals = {"tests": 0, "failures": 0}
     for name, cases in suites.items():
@@ -78,7 +94,8 @@ def write(path, suites: dict[str, list[Case]]) -> Path:
     on every run); returns the path. Raises UserError when it cannot be written."""
     path = Path(path)
     try:
-        document(suites).write(path, encoding="utf-8", xml_declaration=True)
+        with output.writing(path, replace=True, binary=True) as f:     # whole or not at all
+            document(suites).write(f, encoding="utf-8", xml_declaration=True)
     except OSError as exc:
         raise UserError(f"--junit {path}: cannot write it ({exc.strerror})") from None
     return path

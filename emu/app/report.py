@@ -33,7 +33,7 @@ from pathlib import Path
 from emu.engine import core
 from emu.errors import UserError
 from emu.machine.machine import EV_EXIT, EV_PATCH_STATE, EV_SCHED_IN, EV_SLEEP, EV_TRANSITION, EV_WAKE, Machine
-from emu.runs import oracle
+from emu.runs import oracle, output
 from emu.runs.scenario import MAX_TIME
 from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED
@@ -349,10 +349,12 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
 def write_perfetto(path, machine: Machine, transitions: list[Transition], functions: set[int] | None, *,
                    force: bool = False, handovers=()) -> Path:
     """Write perfetto()'s object to path as JSON; returns the path.
-    Raises UserError if the file exists and force is False."""
+    Raises UserError if the file exists and force is False (FileExistsError
+    if it came to exist while the run ran), OSError if it cannot be written
+    (the file is then as it was)."""
     path = _writable(path, force)
     data = perfetto(machine, transitions, functions, handovers)
-    with path.open("w") as f:
+    with output.writing(path, replace=force) as f:     # whole or not at all (emu/runs/output.py)
         json.dump(data, f, separators=(",", ":"))
     return path
 
@@ -608,7 +610,8 @@ def timeline(machine: Machine, transitions: list[Transition], functions: set[int
     fig = timeline_figure(machine, transitions, functions, title=title, marks=marks, window=window,
                           patch_names=patch_names)
     try:
-        fig.savefig(path, format=fmt, dpi=110)
+        with output.writing(path, replace=force, binary=True) as f:
+            fig.savefig(f, format=fmt, dpi=110)
     finally:
         fig.clear()
     return path

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
@@ -19,7 +18,7 @@ from emu.images.binding import bind_to_base
 from emu.images.elf import (ET_DYN, ET_EXEC, ET_REL, PARSE_ERRORS, check_x86_64_elf, image_from_elf, is_elf_file,
                             read_input, symbol_table)
 from emu.images.image import Image, check_base
-from emu.images.toolchain import compile_c, link, require_tools, safe_stem
+from emu.images.toolchain import compile_c, link, require_tools, safe_stem, work_dir
 
 __all__ = ["build_c", "load_elf"]
 
@@ -128,8 +127,7 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
         if not p.is_file():
             raise BuildError(f"{p}: no such file")
     require_tools("gcc", "as", "ld")
-    with tempfile.TemporaryDirectory(prefix="lpemu-") as d:
-        tmp = Path(d)
+    with work_dir("lpemu-") as tmp:
         objs, kernel = [], []
         for i, src in enumerate(paths):
             obj = tmp / f"{i}_{safe_stem(src)}.o"
@@ -172,8 +170,7 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
             raise BuildError(f"{path}: an object file needs a base address to be linked at")
         check_base(base)
         require_tools("ld")
-        with tempfile.TemporaryDirectory(prefix="lpemu-") as d:
-            tmp = Path(d)
+        with work_dir("lpemu-") as tmp:
             obj = tmp / f"0_{safe_stem(path)}.o"
             obj.write_bytes(data)
             return _build_from_objects([obj], [path.name], tmp, base=base, name=name, kind="elf",

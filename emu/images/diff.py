@@ -42,7 +42,6 @@ from __future__ import annotations
 import io
 import os
 import re
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +52,7 @@ from emu.errors import BuildError, PatchError, check_type
 from emu.images import kernel_rules
 from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
 from emu.images.image import FENTRY_NOP
-from emu.images.toolchain import compile_c, require_tools, safe_stem
+from emu.images.toolchain import compile_c, require_tools, safe_stem, work_dir
 
 __all__ = ["Diff", "diff_sources", "diff_objects", "diff_files", "patch_plan"]
 
@@ -465,8 +464,7 @@ def _diff(old, new, cflags, *, partial: bool) -> Diff:
     cflags = _cflags(cflags)
     old_paths, new_paths = _source_paths(old, "old"), _source_paths(new, "new")
     require_tools("gcc", "as")
-    with tempfile.TemporaryDirectory(prefix="lpemu-diff-") as d:
-        tmp = Path(d)
+    with work_dir("lpemu-diff-") as tmp:
         old_side = _Side(_compile_all(old_paths, cflags, _COMPARE_FLAGS, tmp, "old"))
         new_side = _Side(_compile_all(new_paths, cflags, _COMPARE_FLAGS, tmp, "new"))
         plain = _Pair(_Side(_compile_all(old_paths, cflags, _NO_INLINE_FLAGS, tmp, "old_ni")),
@@ -1204,6 +1202,11 @@ class _ObjectReader:
         if special is not None:
             return special
         if s["st_info"]["type"] == "STT_SECTION":
+            if not isinstance(shndx, int) or not 0 < shndx < len(self.sections):
+                # a section symbol of no section (SHN_UNDEF, SHN_ABS, an index
+                # past the table): pyelftools names the special ones with strings
+                raise BuildError(f"{self.file}: a relocation refers to section symbol {symidx}, which names no "
+                                 f"section (st_shndx {shndx})")
             return self._section_target(shndx, where, seen)
         if not isinstance(shndx, int) or not _GENERATED.match(s.name):
             return ("sym", self._handle(s), where)

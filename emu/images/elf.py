@@ -5,6 +5,7 @@ fentry sites checked against __mcount_loc)."""
 from __future__ import annotations
 
 import io
+import os
 import struct
 from pathlib import Path
 
@@ -36,15 +37,28 @@ _MACHINE_NAMES = {"EM_AARCH64": "AArch64", "EM_386": "i386", "EM_ARM": "ARM", "E
                   "EM_MIPS": "MIPS", "EM_SPARCV9": "SPARC V9", "EM_LOONGARCH": "LoongArch"}
 
 
+#: bytes of an object file read whole: far above a kernel object's (a few
+#: MiB with its debug information), far below what a read may allocate
+MAX_INPUT = 1 << 30
+
+
 def read_input(path, size: int = -1) -> bytes:
     """The bytes of a user's source or object file (its first size bytes when
     size >= 0). Raises BuildError naming the file when the system cannot read
-    it (a device or /proc file that fails its reads, ...)."""
+    it (a device or /proc file that fails its reads, ...), or when it is
+    larger than MAX_INPUT (a sparse file of terabytes reads as zeros: read
+    whole, it was a MemoryError)."""
+    limit = MAX_INPUT if size < 0 else min(size, MAX_INPUT)
     try:
         with open(path, "rb") as f:
-            return f.read(size)
+            if size < 0 and os.fstat(f.fileno()).st_size > limit:
+                raise BuildError(f"{path}: larger than {MAX_INPUT:_} bytes, more than any object lpemu reads")
+            data = f.read(limit + (size < 0))
     except OSError as exc:
         raise BuildError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if len(data) > limit:
+        raise BuildError(f"{path}: larger than {MAX_INPUT:_} bytes, more than any object lpemu reads")
+    return data
 
 
 def is_elf_file(path) -> bool:

@@ -6,16 +6,18 @@ missing tool or a failed compile is one clear error with the tool's output.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 from emu.errors import BuildError, ToolMissing
 from emu.images.image import PAGE
 
 __all__ = ["REQUIRED_CFLAGS", "DEFAULT_CFLAGS", "KERNEL_CFLAGS", "INCLUDE_DIR", "require_tools",
-           "run_tool", "safe_stem", "compile_c", "compile_kernel_object", "link"]
+           "work_dir", "run_tool", "safe_stem", "compile_c", "compile_kernel_object", "link"]
 
 # Flags that make the code patchable and the image linkable the way we link it:
 # fentry NOPs recorded in __mcount_loc, absolute (non-PIE) code, and one section
@@ -55,10 +57,27 @@ def require_tools(*tools: str) -> None:
                               f"binutils ({_INSTALL_HINT})")
 
 
+@contextlib.contextmanager
+def work_dir(prefix: str):
+    """A temporary directory for the tools' files (removed after). BuildError
+    when none can be made: TMPDIR and the system's directories all missing,
+    read-only or full (tempfile tries each, then gives up)."""
+    try:
+        tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    except OSError as exc:
+        why = f"{Path(exc.filename).parent}: {exc.strerror}" if exc.filename else exc.strerror or str(exc)
+        raise BuildError(f"no temporary directory for the compiler's files ({why}); set TMPDIR to a "
+                         f"writable directory with free space") from None
+    with tmp as d:
+        yield Path(d)
+
+
 def run_tool(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """Run argv in cwd, output captured; ToolMissing when the tool is gone."""
     try:
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True)
+        # errors: the tools quote symbol names, which a damaged object may
+        # hold as bytes that are not UTF-8
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="backslashreplace")
     except FileNotFoundError:  # removed between the which() check and now
         raise ToolMissing(f"{argv[0]} not found: {_INSTALL_HINT}") from None
 
@@ -69,10 +88,24 @@ def safe_stem(path: Path) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", path.stem) or "src"
 
 
+#: bytes of a C or assembly source: far above what a source file holds, and
+#: bounded because gcc spends time on every byte, even NULs (a sparse file of
+#: 100 MiB took 27 s to compile here; one of 2 GiB made `lpemu diff` run for
+#: many minutes)
+MAX_SOURCE = 64 << 20
+
+
 def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
     """gcc -c src -o obj with DEFAULT_CFLAGS, cflags, REQUIRED_CFLAGS and lpemu.h's
     folder on the include path; BuildError with gcc's output when it fails or
-    makes no object (a file gcc does not compile by its suffix)."""
+    makes no object (a file gcc does not compile by its suffix), or naming
+    src when it is larger than MAX_SOURCE."""
+    try:
+        size = Path(src).stat().st_size
+    except OSError as exc:
+        raise BuildError(f"{src}: cannot read it ({exc.strerror or exc})") from None
+    if size > MAX_SOURCE:
+        raise BuildError(f"{src}: {size:_} bytes, larger than the {MAX_SOURCE:_} a source may be")
     argv = ["gcc", "-c", *DEFAULT_CFLAGS, *cflags, *REQUIRED_CFLAGS, "-I", str(INCLUDE_DIR),
             str(src), "-o", str(obj)]
     r = run_tool(argv, tmp)

@@ -21,7 +21,8 @@ A campaign directory belongs to one campaign at a time and to one program:
   refused, naming what changed;
 - `--resume` reads runs.jsonl line by line: a torn last line (an interrupted
   write) and unreadable lines (not UTF-8, not JSON, nested beyond reason, not
-  a record, a record whose fields have the wrong types: _RECORD_FIELDS) are
+  a record, a record whose fields have the wrong types: _RECORD_FIELDS, a
+  record of another strategy, which would stand for this one's run) are
   moved to DIR/rejected.txt, whose header says what they are,
   and their runs are run again; Campaign.notes says what was repaired;
 - a record is counted only once written whole: a failed write (a full disk)
@@ -332,12 +333,17 @@ class Campaign:
     def _repair(self, runs: Path) -> dict:
         """The records of runs.jsonl; damaged lines are moved to REJECTED_FILE
         and the file is rewritten without them (see the module doc)."""
-        records, bad, torn, dup = read_lines(runs)
+        strategy = self.plan.strategy
+        records, bad, torn, dup = read_lines(
+            runs, lambda rec: None if rec.get("strategy") == strategy else
+            f"a record of strategy {_short(rec.get('strategy'))!r}, not this campaign's {strategy}")
         if not (bad or torn or dup):
             return records
         when = time.strftime("%Y-%m-%d %H:%M:%S")
         if bad or torn:
-            with open(self.out / REJECTED_FILE, "ab") as f:
+            # appended to, never followed: a link there (to a file of the
+            # user's) is refused, not written through (_open_own)
+            with os.fdopen(_open_own(self.out / REJECTED_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
                 f.write(f"# {when}: lines of {RUNS_FILE} that lpemu fuzz --resume could not read (cut short "
                         f"by an interruption, or damaged); their runs were run again. Raw bytes, one a "
                         f"line, as found:\n".encode())
@@ -519,10 +525,13 @@ def read_records(path: Path) -> dict[tuple, dict]:
     return read_lines(path)[0]
 
 
-def read_lines(path: Path):
+def read_lines(path: Path, foreign=None):
     """(records by run_key, bad lines, the torn last line or None,
     records seen twice) of a runs.jsonl. A bad line is (line number, raw
-    bytes, why); the torn line is a last line without its newline."""
+    bytes, why); the torn line is a last line without its newline.
+    foreign(record) -> why or None: a record it names is a bad line (a
+    record some other campaign wrote: another strategy's run of the same
+    seed is another run, and would take this one's place)."""
     records: dict = {}
     bad: list = []
     torn = None
@@ -547,6 +556,9 @@ def read_lines(path: Path):
                 torn = (no, raw, "cut short (no newline at its end)")
                 break
             rec, why = _parse_record(raw)
+            if rec is not None and foreign is not None:
+                why = foreign(rec)
+                rec = None if why else rec
             if rec is None:
                 bad.append((no, raw, why))
                 continue
@@ -648,10 +660,23 @@ def _write_atomic(path: Path, text: str) -> None:
         raise
 
 
+def _open_own(path: Path, flags: int) -> int:
+    """os.open of one of the campaign's own files (the lock, rejected.txt),
+    which it writes in place: a symbolic link there is refused (UserError),
+    not followed, so that no file of the user's it points at is written."""
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UserError(f"--out {path.parent}: {path.name} is a symbolic link; lpemu writes only files of "
+                            f"its own there: remove it, or choose another --out") from None
+        raise
+
+
 def _lock(path: Path) -> int:
     """Take the campaign lock at path (fcntl; released when the process
     ends, however it ends). UserError naming the holder when it is taken."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    fd = _open_own(path, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:
@@ -712,7 +737,8 @@ def fingerprint_changes(old, new: dict) -> list[str]:
 
 
 def _short(value) -> str:
-    text = " ".join(value) if isinstance(value, list) else str(value)
+    """value (from campaign.json: any JSON) in at most 60 characters."""
+    text = " ".join(map(str, value)) if isinstance(value, list) else str(value)
     return text if len(text) <= 60 else text[:57] + "..."
 
 

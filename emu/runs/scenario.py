@@ -19,11 +19,13 @@ which functions each patch carries (emu/images/diff.py when `functions` is absen
 """
 from __future__ import annotations
 
+import datetime
 import math
 import os
 import re
 import sys
 import tomllib
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -305,14 +307,17 @@ def _kind_name(kind) -> str:
 
 
 def _short(value) -> str:
-    """repr(value), cut to a readable length."""
-    text = repr(value) if not isinstance(value, (list, dict)) else ("[...]" if isinstance(value, list) else "{...}")
+    """value as the scenario wrote it (repr; a date or time in TOML's own
+    form, not Python's), cut to a readable length."""
+    text = (("[...]" if isinstance(value, list) else "{...}") if isinstance(value, (list, dict))
+            else value.isoformat() if isinstance(value, (datetime.date, datetime.time)) else repr(value))
     return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _toml_type(value) -> str:
-    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array",
-            dict: "table"}.get(type(value), type(value).__name__)
+    return {bool: "boolean", int: "integer", float: "float", str: "string", list: "array", dict: "table",
+            datetime.datetime: "date-time", datetime.date: "date", datetime.time: "time"}.get(
+                type(value), type(value).__name__)
 
 
 def load(path) -> Scenario:
@@ -416,6 +421,7 @@ def load(path) -> Scenario:
         name = r.get("name", str, required=True)
         if not name or "," in name:     # `--tasks a,b` and the reproduce commands list names with commas
             raise r.error("name", f"{name!r} is not a task name (non-empty, no ',')")
+        _plain_name(r, "task", name)
         t = TaskSpec(name, _function_name(r, "entry", r.get("entry", str, required=True)), (),
                      r.integer("count", 1, MAX_TASKS, 1), r.get("kind", str, "user"),
                      r.integer("cpu", 0, m.get("cpus", 1) - 1, what=f" (the machine has {m.get('cpus', 1)} CPUs)"),
@@ -448,6 +454,7 @@ def load(path) -> Scenario:
         # /sys/module (model.sysfs() paths), so no '/' and no NUL; ':' parts module:f
         if not name or any(c in name for c in ":/\0"):
             raise r.error("name", f"{_short(name)} is not a {what} name (non-empty, no ':', '/' or NUL)")
+        _plain_name(r, what, name)
         if name in images:
             raise r.error("name", f"'{name}' is already the name of {images[name]}: the program, its "
                                   f"modules and its patches each need a name of their own")
@@ -560,9 +567,37 @@ def load(path) -> Scenario:
     return scn
 
 
+#: characters that change how the text around them shows, beside the C0/C1
+#: controls: the bidirectional embeddings, overrides and isolates (the
+#: "Trojan Source" ones) and the line and paragraph separators
+BIDI_AND_SEPARATORS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
+                                "\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+def invisible(text: str) -> str | None:
+    """The first character of text that a terminal or a report would not
+    show as itself (a control character, a bidirectional control, a line
+    separator), or None."""
+    return next((c for c in text if unicodedata.category(c) == "Cc" or c in BIDI_AND_SEPARATORS), None)
+
+
+def _plain_name(r: _Reader, what: str, name: str) -> None:
+    """ScenarioError when a task's, patch's or module's name holds a
+    character that does not show as itself: the name goes into tables,
+    reproduce commands, traces and JUnit XML (which cannot hold most
+    control characters), and an escape sequence or a bidi override there
+    would print as something else."""
+    c = invisible(name)
+    if c is not None:
+        raise r.error("name", f"{_short(name)}: a {what} name cannot hold the control character {_short(c)}")
+
+
 def _function_name(r: _Reader, key: str, name: str) -> str:
     """name, a function of the program ("f") or of a module ("module:f");
     ScenarioError when either part is empty (":f", "m:")."""
+    if invisible(name) is not None:          # no symbol holds one; a message quoting it would print it
+        raise r.error(key, f"{name!r} is not a function name: it holds the control character "
+                           f"{_short(invisible(name))}")
     obj, colon, fname = name.rpartition(":")
     if colon and not (obj and fname):
         raise r.error(key, f"{name!r} is not a function name (write f for the program's, module:f for a "

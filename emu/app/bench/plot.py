@@ -6,22 +6,26 @@ import statistics
 from pathlib import Path
 
 from emu.models.kgraft import KGR_TIMEOUT
+from emu.runs import output
 
 
 #: the suffixes write_scaling_plot writes (its format is chosen by the suffix)
 PLOT_SUFFIXES = (".png", ".svg")
 
 
-def write_scaling_plot(result: dict, path) -> Path:
+def write_scaling_plot(result: dict, path, *, replace: bool = True) -> Path:
     """Draw the scaling tables (three panels: against tasks, CPUs, depth) to
     path; the suffix (.png or .svg) picks the format. Returns the path.
-    Raises ValueError when the result has no scaling tables."""
+    Raises ValueError when the result has no scaling tables, FileExistsError
+    when path exists and replace is false, OSError when it cannot be written
+    (the file is then as it was)."""
     path = Path(path)
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise ValueError(f"{path}: the plot is written as .png or .svg")
     fig = scaling_figure(result)
     try:
-        fig.savefig(path)
+        with output.writing(path, replace=replace, binary=True) as f:     # whole or not at all
+            fig.savefig(f, format=path.suffix.lower()[1:])
     finally:
         fig.clear()
     return path

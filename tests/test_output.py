@@ -1,0 +1,66 @@
+"""emu/runs/output.py: a file lpemu writes for its user is written whole or
+not at all, and a new one never replaces a file made meanwhile."""
+import os
+import resource
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from emu.runs import output
+
+
+class Stop(Exception):
+    pass
+
+
+@settings(max_examples=30, deadline=None)
+@given(old=st.one_of(st.none(), st.binary(max_size=64)), new=st.binary(max_size=256),
+       cut=st.integers(0, 256), replace=st.booleans())
+def test_a_write_that_fails_leaves_the_file_as_it_was(tmp_path_factory, old, new, cut, replace):
+    d = tmp_path_factory.mktemp("w")
+    path = d / "out.json"
+    if old is not None:
+        path.write_bytes(old)
+    with pytest.raises((Stop, FileExistsError)):
+        with output.writing(path, replace=replace, binary=True) as f:
+            f.write(new[:cut])
+            raise Stop
+    assert (path.read_bytes() if path.exists() else None) == old
+    assert sorted(p.name for p in d.iterdir()) == (["out.json"] if old is not None else [])
+
+
+def test_a_full_disk_midway_leaves_the_old_file(tmp_path):
+    path = tmp_path / "t.json"
+    path.write_text("mine")
+    limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, limits[1]))
+    try:
+        with pytest.raises(OSError) as exc:
+            output.write_text(path, "x" * 100_000)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+    assert exc.value.strerror == "File too large"
+    assert path.read_text() == "mine" and os.listdir(tmp_path) == ["t.json"]
+
+
+def test_a_new_file_does_not_replace_one_made_meanwhile(tmp_path):
+    path = tmp_path / "t.json"
+    with pytest.raises(FileExistsError):
+        with output.writing(path, replace=False) as f:
+            f.write("ours")
+            path.write_text("theirs")          # another run, between our check and our write
+    assert path.read_text() == "theirs" and os.listdir(tmp_path) == ["t.json"]
+    with output.writing(path, replace=True) as f:
+        f.write("ours")
+    assert path.read_text() == "ours"
+
+
+def test_a_device_is_written_in_place_and_a_link_followed(tmp_path):
+    with output.writing("/dev/null", replace=True) as f:
+        f.write("x")
+    assert os.path.exists("/dev/null") and not os.path.isfile("/dev/null")
+    (tmp_path / "real.json").write_text("old")
+    (tmp_path / "link.json").symlink_to("real.json")
+    output.write_text(tmp_path / "link.json", "new")
+    assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
