@@ -39,9 +39,11 @@ def coverage(probe: Probe, records) -> dict:
 
 
 def line(cov: dict) -> str:
-    """One line: 'coverage 8/8 states (web 2/2, db 2/2, ...)'."""
+    """One line: 'coverage 8/8 states (web 2/2, db 2/2, ...)', and how
+    many states runs met that the probe never saw, when some did."""
     per = ", ".join(f"{t['task']} {t['met']}/{t['states']}" for t in cov["tasks"])
-    return f"coverage {cov['met']}/{cov['states']} states ({per})"
+    extra = f"; {cov['unforeseen']} more met that the probe never saw" if cov["unforeseen"] else ""
+    return f"coverage {cov['met']}/{cov['states']} states ({per}){extra}"
 
 
 def probe_line(cov: dict) -> str:

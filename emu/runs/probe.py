@@ -1,9 +1,12 @@
 """The probe: every state each task passes through, and when.
 
 A probe is a run without the patch (the patch images loaded, nothing
-enabled), round robin, from the first action on: exactly the prefix every
-round-robin run of the campaign shares, so a start point t of such a run
-meets at t what the probe saw at t. Between slices it observes every task
+enabled), round robin, from the first action on, drawing rdrand, rdseed and
+the slices' lengths from PROBE_DRAWS (emu/runs/fuzz.py): exactly the prefix
+of the directed strategy's first runs, which draw from the same seed, so a
+start point t of such a run meets at t what the probe saw at t. (A run
+drawing from its own seed follows another path wherever the tasks' code
+reads rdrand, or two tasks share a CPU.) Between slices it observes every task
 that is off its CPU (emu/runs/states.py) and keeps, per task, the distinct
 states in the order they first appeared and a timeline of runs of equal
 states.

@@ -1,0 +1,88 @@
+"""The directed strategy on rare paths of other shapes than examples/rare:
+periods of 50, 64 and 100 counted over all tasks, a path chosen by rdrand,
+the path in a kthread, the sleep three calls deep, a task preempted (full
+preemption) instead of asleep, the patched functions in a module loaded
+before the patch, and a rarely taken caller that is not in the patch (with
+its control, the caller in the patch). Each scenario's comment says, from
+the models' semantics, where the bug exists; every bug must be found within
+the campaign's 100 default runs with no window hint, and kGraft must never
+mix."""
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from emu.runs import first_failure, scenario
+from emu.runs.fuzz import PROBE_DRAWS, Runner, RunSpec
+
+RARE = Path(__file__).resolve().parent / "data" / "rare"
+BUGGY = ("immediate", "stop_machine", "ksplice", "livepatch")
+
+# scenario -> the models under which the rare bug exists
+CASES = {
+    "period/scenario-50.toml": BUGGY,
+    "period/scenario-64.toml": BUGGY,
+    "period/scenario-100.toml": BUGGY,
+    "rdrand/scenario.toml": BUGGY,
+    "kthread/scenario.toml": BUGGY,
+    "deep/scenario.toml": BUGGY,
+    "preempt/scenario.toml": BUGGY,
+    "module/scenario.toml": BUGGY,
+    "caller/scenario.toml": BUGGY,
+    # audit() carried by the patch: its sleeping tasks block every stack check
+    "caller/scenario-patched.toml": ("immediate",),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_rare_bug_is_found_within_100_directed_runs_where_it_exists(name):
+    prog = scenario.build(scenario.load(RARE / name))
+    assert prog.scenario.fuzz.window is None and prog.scenario.fuzz.runs == 100
+    with Runner(prog) as r:
+        points = r.cover_points()
+        # the rare path is rarer than the window a cycle gives: the probe saw it past one cycle
+        assert r.probe().last_new - r.first_at > r.window()
+        for model in BUGGY:
+            n = first_failure.runs_to_first_failure(r, model, "directed", 100 if model in CASES[name]
+                                                    else len(points) + 8)
+            if model in CASES[name]:
+                assert n is not None and n <= len(points) + 1, (model, n, len(points))
+            else:
+                assert n is None, model
+        # kGraft keeps a system call (a kthread's loop between safe points) in one universe
+        assert first_failure.runs_to_first_failure(r, "kgraft", "directed", len(points) + 8) is None
+
+
+def test_directed_runs_meet_the_rare_states_the_probe_saw_when_rdrand_chooses_the_path():
+    """rekey() is chosen by rdrand: a directed run meets at its start point
+    what the probe saw there only if it draws what the probe drew (a run
+    drawing from its own seed takes the rare path at other requests, and
+    the directed points met none of the rare sleeps)."""
+    prog = scenario.build(scenario.load(RARE / "rdrand" / "scenario.toml"))
+    rekey = "stopped: user_entry > lookup > rekey"
+    with Runner(prog) as r:
+        pr = r.probe()
+        hits = 0
+        for i, t in enumerate(r.cover_points()):
+            spec = r.plan("livepatch", prog.scenario.fuzz.seed + i, strategy="directed")
+            assert spec.start == t and spec.draws == PROBE_DRAWS
+            want = {task for task, s in pr.met_all(t).items() if s == rekey}
+            res = r.execute(spec)
+            assert want <= {task for task, s in res.met.items() if s == rekey}, (t, want, res.met)
+            hits += len(want)
+            if want:
+                assert res.failing
+        assert hits >= len(pr.states)          # every task's rare sleep was met
+        # the same start points drawing from the runs' own seeds: the prediction no longer holds
+        own = [r.execute(replace(r.plan("livepatch", i, strategy="directed"), draws=None))
+               for i in range(len(r.cover_points()))]
+        assert sum(s == rekey for res in own for s in res.met.values()) < hits
+
+
+def test_draws_default_to_the_seed_and_leave_old_records_alone():
+    spec = RunSpec("livepatch", 7, "directed", 100)
+    assert spec.draw_seed == 7 and "draws" not in spec.to_json()
+    assert RunSpec.from_json(spec.to_json()) == spec
+    drawn = replace(spec, draws=PROBE_DRAWS)
+    assert drawn.draw_seed == PROBE_DRAWS and drawn.to_json()["draws"] == PROBE_DRAWS
+    assert RunSpec.from_json(drawn.to_json()) == drawn
