@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from emu.runs import first_failure, scenario
+from emu.runs import coverage, first_failure, scenario
 from emu.runs.fuzz import PROBE_DRAWS, Runner, RunSpec
 
 RARE = Path(__file__).resolve().parent / "data" / "rare"
@@ -23,6 +23,7 @@ CASES = {
     "period/scenario-50.toml": BUGGY,
     "period/scenario-64.toml": BUGGY,
     "period/scenario-100.toml": BUGGY,
+    "period/scenario-150.toml": BUGGY,         # with [fuzz] quiet = 256
     "rdrand/scenario.toml": BUGGY,
     "kthread/scenario.toml": BUGGY,
     "deep/scenario.toml": BUGGY,
@@ -77,6 +78,28 @@ def test_directed_runs_meet_the_rare_states_the_probe_saw_when_rdrand_chooses_th
         own = [r.execute(replace(r.plan("livepatch", i, strategy="directed"), draws=None))
                for i in range(len(r.cover_points()))]
         assert sum(s == rekey for res in own for s in res.met.values()) < hits
+
+
+def test_a_path_rarer_than_the_probe_waits_is_unseen_and_the_probe_line_says_how_long_it_waited(tmp_path):
+    """Period 150, first taken about 135 requests after the enable: the
+    default rule (64 cycles without a new state) stops the probe before it;
+    the probe line says what its rule was and which key waits longer."""
+    src = RARE / "period"
+    for f in ("base.c", "patch.c"):
+        (tmp_path / f).write_text((src / f).read_text())
+    path = tmp_path / "s.toml"
+    path.write_text((src / "scenario-150.toml").read_text().replace("quiet = 256", ""))
+    prog = scenario.build(scenario.load(path))
+    assert prog.scenario.fuzz.quiet == 64
+    with Runner(prog) as r:
+        pr = r.probe()
+        assert pr.saturated and pr.states == {"solo": ["stopped: user_entry"]} and pr.quiet == 64
+        line = coverage.probe_line(coverage.coverage(pr, []))
+        assert "64 cycles of the tasks" in line and "raise [fuzz] quiet" in line
+    with Runner(scenario.build(scenario.load(src / "scenario-150.toml"))) as r:
+        pr = r.probe()
+        assert pr.quiet == 256 and "stopped: user_entry > serve > checkpoint" in pr.states["solo"]
+        assert pr.last_new - pr.first_at > 64 * r.cycle()      # past where the default rule stops
 
 
 def test_draws_default_to_the_seed_and_leave_old_records_alone():

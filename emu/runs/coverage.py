@@ -35,7 +35,7 @@ def coverage(probe: Probe, records) -> dict:
                       "unforeseen": unforeseen})
     return {"states": total, "met": hit, "complete": hit == total, "unforeseen": extra, "tasks": tasks,
             "probe": {"end": probe.end, "last_new": probe.last_new, "saturated": probe.saturated,
-                      "fault": probe.fault}}
+                      "fault": probe.fault, "quiet": probe.quiet}}
 
 
 def line(cov: dict) -> str:
@@ -54,6 +54,7 @@ def probe_line(cov: dict) -> str:
         # every task stayed on its CPU whenever the probe looked (a CPU-bound
         # kthread without a sleep): no state to cover, nothing to raise
         return "probe: no task was ever seen off its CPU up to t={end}: no state to cover".format(**p)
-    how = ("no new state after t={last_new} up to t={end}" if p["saturated"] else
+    how = ("no new state after t={last_new} up to t={end} (its rule: {quiet} cycles of the tasks without "
+           "one; a path taken less often may be unseen, raise [fuzz] quiet)" if p["saturated"] else
            "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe")
     return "probe: " + how.format(**p)

@@ -281,6 +281,7 @@ class Runner:
                 else:
                     self._probe = run_probe(m, first_at=self.first_at, cycle=self.cycle(),
                                             bound=m.seconds(self.scn.fuzz.probe), patched=patched,
+                                            quiet=self.scn.fuzz.quiet,
                                             stacks=self.stacks)
             finally:
                 m.engine.close()

@@ -1,11 +1,16 @@
 /*
  * A request reads a count with bar() and hands it to baz(); one request in
- * PERIOD (a cflag: 50, 64, 100) first writes a checkpoint, sleeping in
- * checkpoint() between the two. The period is counted by one counter all
+ * PERIOD (a cflag: 50, 64, 100, 150) first writes a checkpoint, sleeping
+ * CKPT ticks (a cflag, 3 unless given) in checkpoint() between the two.
+ * The period is counted by one counter all
  * the tasks share, so which task takes the rare path moves from task to
  * task as their requests interleave.
  */
 #include "lpemu.h"
+
+#ifndef CKPT
+#define CKPT 3
+#endif
 
 volatile long zero;
 long total;
@@ -25,7 +30,7 @@ __attribute__((noinline)) long baz(long f)
 
 __attribute__((noinline)) void checkpoint(void)
 {
-	lpemu_sleep(3);
+	lpemu_sleep(CKPT);
 }
 
 __attribute__((noinline)) long serve(void)
