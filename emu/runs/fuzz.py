@@ -551,7 +551,10 @@ class Runner:
 
         def look():
             if not model.transitions:
-                return True                   # the action was refused: nothing met anything
+                # no transition yet: a later action may start one (a module
+                # loaded first, an enable that waits for the core's mutex);
+                # once every action was made and none started one, none will
+                return settled()
             if model.transitions[0].started_at is None:
                 return settled()
             for task, st in obs.observe(skip=res.met).items():
