@@ -115,6 +115,8 @@ class RunSpec:
                 check_type(name, str, f"RunSpec.tasks[{i}]")
         if self.kernel is not None:
             check_type(self.kernel, str, "RunSpec.kernel")
+        if self.draws is not None:
+            check_int(self.draws, "RunSpec.draws", 0, SEED_MAX)
 
     def to_json(self) -> dict:
         d = asdict(self)
