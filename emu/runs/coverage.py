@@ -47,6 +47,7 @@ def line(cov: dict) -> str:
 
 
 def probe_line(cov: dict) -> str:
+    """What ended the probe, and where (one line, or two)."""
     p = cov["probe"]
     if p["fault"]:
         return f"probe: the unpatched run faulted at t={p['end']}; states seen up to there"
@@ -54,7 +55,8 @@ def probe_line(cov: dict) -> str:
         # every task stayed on its CPU whenever the probe looked (a CPU-bound
         # kthread without a sleep): no state to cover, nothing to raise
         return "probe: no task was ever seen off its CPU up to t={end}: no state to cover".format(**p)
-    how = ("no new state after t={last_new} up to t={end} (its rule: {quiet} cycles of the tasks without "
-           "one; a path taken less often may be unseen, raise [fuzz] quiet)" if p["saturated"] else
+    # (two lines: a summary fits 80 columns)
+    how = ("no new state after t={last_new} up to t={end}\n"
+           "  ({quiet} cycles with nothing new; a rarer path may be unseen: [fuzz] quiet)" if p["saturated"] else
            "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe")
     return "probe: " + how.format(**p)

@@ -33,8 +33,8 @@ What a generated scenario varies (each choice from one random.Random(seed)):
   which the kernel refuses, or missing);
 - from a fourth one (random.Random(f"{seed}:rare path")): a rare path, a
   sleep in one function taken on one call in 8 to 64 only, chosen by a
-  counter of the function's calls or by rdrand (the run's seeded
-  randomness): the states a transition can meet there come seldom, and the
+  count of its calls (a variable of the base, which the patched versions
+  count on with) or by rdrand (the run's seeded randomness): the states a transition can meet there come seldom, and the
   directed strategy's first runs must meet them where the probe saw them.
 
 The same seed writes the same files. Programs are well formed by
