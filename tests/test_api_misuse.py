@@ -620,7 +620,8 @@ def runner():
 SPEC_ROWS = [("model", None), ("model", "nosuch"), ("seed", -1), ("seed", 2**63), ("seed", "1"), ("strategy", "x"),
              ("strategy", None), ("start", -1), ("start", 10**12), ("start", 1.5), ("schedule", "x"),
              ("sched_seed", None), ("sched_seed", -1), ("depth", 0), ("depth", "x"), ("preempt", "x"),
-             ("tasks", "user0"), ("tasks", ["user0"]), ("tasks", (5,)), ("kernel", 5)]
+             ("tasks", "user0"), ("tasks", ["user0"]), ("tasks", (5,)), ("kernel", 5), ("draws", -1),
+             ("draws", "0"), ("draws", 2**63)]
 
 
 @pytest.mark.parametrize("field,value", SPEC_ROWS, ids=[f"{f}={v!r}" for f, v in SPEC_ROWS])
@@ -904,6 +905,7 @@ SPEC_FIELDS = {
     "preempt": lambda v: v is None or v in ("none", "voluntary", "full"),
     "tasks": lambda v: v is None or (type(v) is tuple and all(type(t) is str for t in v)),
     "kernel": lambda v: v is None or type(v) is str,
+    "draws": lambda v: v is None or (type(v) is int and 0 <= v < 2**63),
 }
 ANY = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=12),
                 st.sampled_from(["livepatch", "rr", "pct", "exhaustive", "full", "6.1"]),

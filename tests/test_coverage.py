@@ -84,7 +84,7 @@ def test_the_probe_sees_the_rare_sleep_of_every_task_and_says_where_it_stopped(r
     for task, seen in pr.states.items():
         assert any(s.endswith("handle > flush_log") for s in seen), (task, seen)
     assert pr.saturated and pr.first_at < pr.last_new < pr.end
-    # it ran at least STALE_CYCLES cycles and twice the time to the last new state past it
+    # it ran at least [fuzz] quiet (64) cycles and twice the time to the last new state past it
     assert pr.end - pr.last_new >= max(64 * rare.cycle(), 2 * (pr.last_new - pr.first_at))
     # the rare sleep is rarer than one cycle: a window of one cycle cannot meet it for every task
     assert pr.last_new - pr.first_at > 4 * rare.window()
@@ -268,6 +268,10 @@ def test_the_probe_key_is_checked(tmp_path):
     body = LOCKSTEP.replace("count = 64", "count = 1") + "[fuzz]\nprobe = -1\n"
     with pytest.raises(Exception, match="fuzz.probe"):
         scenario.load(_scenario(tmp_path, body))
+    for bad in ("quiet = 0", "quiet = 2.5", 'quiet = "long"'):
+        body = LOCKSTEP.replace("count = 64", "count = 1") + f"[fuzz]\n{bad}\n"
+        with pytest.raises(scenario.ScenarioError, match="fuzz.quiet"):
+            scenario.load(_scenario(tmp_path, body))
 
 
 # ---- the cover, on generated timelines ----------------------------------------------------------

@@ -112,6 +112,8 @@ def test_the_generator_varies_what_it_promises():
     # the third one's
     for knob in ("exits", "pinned", "states"):
         assert {getattr(s, knob) for s in shapes} == {True, False}, knob
+    # the fourth one's
+    assert {s.rare for s in shapes} == {None, "counter", "rdrand"}
 
 
 def test_a_classic_scenario_has_none_of_the_second_generators_knobs(tmp_path):
@@ -120,7 +122,7 @@ def test_a_classic_scenario_has_none_of_the_second_generators_knobs(tmp_path):
     for seed in range(40):
         _, shape = generate(seed, tmp_path / str(seed), extended=False)
         assert (shape.kernel, shape.tick, shape.unit, shape.shadow, shape.module, shape.exits, shape.pinned,
-                shape.states) == (None, None, "syscall", False, None, False, False, False)
+                shape.states, shape.rare) == (None, None, "syscall", False, None, False, False, False, None)
         assert shape.cpus <= 4
         text = (tmp_path / str(seed) / "scenario.toml").read_text()
         assert not any(key in text for key in ("kernel", "[[module]]", "tick", "states", "cpu ="))

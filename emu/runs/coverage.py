@@ -35,16 +35,19 @@ def coverage(probe: Probe, records) -> dict:
                       "unforeseen": unforeseen})
     return {"states": total, "met": hit, "complete": hit == total, "unforeseen": extra, "tasks": tasks,
             "probe": {"end": probe.end, "last_new": probe.last_new, "saturated": probe.saturated,
-                      "fault": probe.fault}}
+                      "fault": probe.fault, "quiet": probe.quiet}}
 
 
 def line(cov: dict) -> str:
-    """One line: 'coverage 8/8 states (web 2/2, db 2/2, ...)'."""
+    """One line: 'coverage 8/8 states (web 2/2, db 2/2, ...)', and how
+    many states runs met that the probe never saw, when some did."""
     per = ", ".join(f"{t['task']} {t['met']}/{t['states']}" for t in cov["tasks"])
-    return f"coverage {cov['met']}/{cov['states']} states ({per})"
+    extra = f"; {cov['unforeseen']} more met that the probe never saw" if cov["unforeseen"] else ""
+    return f"coverage {cov['met']}/{cov['states']} states ({per}){extra}"
 
 
 def probe_line(cov: dict) -> str:
+    """What ended the probe, and where (one line, or two)."""
     p = cov["probe"]
     if p["fault"]:
         return f"probe: the unpatched run faulted at t={p['end']}; states seen up to there"
@@ -52,6 +55,8 @@ def probe_line(cov: dict) -> str:
         # every task stayed on its CPU whenever the probe looked (a CPU-bound
         # kthread without a sleep): no state to cover, nothing to raise
         return "probe: no task was ever seen off its CPU up to t={end}: no state to cover".format(**p)
-    how = ("no new state after t={last_new} up to t={end}" if p["saturated"] else
+    # (two lines: a summary fits 80 columns)
+    how = ("no new state after t={last_new} up to t={end}\n"
+           "  ({quiet} cycles with nothing new; a rarer path may be unseen: [fuzz] quiet)" if p["saturated"] else
            "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe")
     return "probe: " + how.format(**p)

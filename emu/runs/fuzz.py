@@ -18,7 +18,8 @@ the RunSpec of (scenario, model, seed) for a strategy:
 - directed (the default): the first seeds start the transition at the
   points the probe (emu/runs/probe.py) chose so that every state it saw of
   every task is met by some run, the most new states first (round robin,
-  whose prefix is the probe's run); the seeds after them draw a start point
+  drawing rdrand and the slices' lengths from the probe's seed, PROBE_DRAWS:
+  each is the probe's run up to its start point); the seeds after them draw a start point
   from everything the probe ran through and alternate seeded random and
   PCT schedules.
 
@@ -68,6 +69,9 @@ MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
 MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
 MAX_JUDGING = 256          # patch definitions, and tables for each, a runner keeps for its judges (Runner._tables)
+#: the draws (RunSpec.draws) of the probe and of the directed strategy's
+#: first runs: those runs are the probe's run up to their start points
+PROBE_DRAWS = 0
 MAX_VERDICTS = 65536       # verdicts of timeless assertions a runner keeps (Runner._assertions)
 
 
@@ -83,6 +87,11 @@ class RunSpec:
     preempt: str | None = None      # None: the scenario's
     tasks: tuple[str, ...] | None = None    # task instances that take part (None: all)
     kernel: str | None = None       # the kernel whose livepatch semantics apply (None: the scenario's)
+    draws: int | None = None        # the seed rdrand, rdseed and the slices' lengths draw from (None: seed)
+
+    @property
+    def draw_seed(self) -> int:
+        return self.seed if self.draws is None else self.draws
 
     def __post_init__(self):
         """TypeError or ValueError naming the field that is not what a run
@@ -106,12 +115,16 @@ class RunSpec:
                 check_type(name, str, f"RunSpec.tasks[{i}]")
         if self.kernel is not None:
             check_type(self.kernel, str, "RunSpec.kernel")
+        if self.draws is not None:
+            check_int(self.draws, "RunSpec.draws", 0, SEED_MAX)
 
     def to_json(self) -> dict:
         d = asdict(self)
         d["tasks"] = list(self.tasks) if self.tasks is not None else None
         if self.kernel is None:
             del d["kernel"]         # a run of the scenario's own kernel: its record as it always was
+        if self.draws is None:
+            del d["draws"]          # a run drawing from its own seed: its record as it always was
         return d
 
     @classmethod
@@ -260,8 +273,8 @@ class Runner:
     def probe(self) -> Probe:
         """The states of every task, from an unpatched run (emu/runs/probe.py)."""
         if self._probe is None:
-            spec = RunSpec("immediate", 0, "directed", self.first_at)
-            m, fault = self.prepare(spec, pooled=False)
+            spec = RunSpec("immediate", 0, "directed", self.first_at, draws=PROBE_DRAWS)
+            m, fault = self.prefix(spec)
             try:
                 patched = sorted({f.rpartition(":")[2] for _, funcs in self.program.patches.values()
                                   for f in funcs})
@@ -270,6 +283,7 @@ class Runner:
                 else:
                     self._probe = run_probe(m, first_at=self.first_at, cycle=self.cycle(),
                                             bound=m.seconds(self.scn.fuzz.probe), patched=patched,
+                                            quiet=self.scn.fuzz.quiet,
                                             stacks=self.stacks)
             finally:
                 m.engine.close()
@@ -328,7 +342,8 @@ class Runner:
     def _directed(self, model: str, seed: int) -> RunSpec:
         points, i = self.cover_points(), seed - self.scn.fuzz.seed
         if 0 <= i < len(points):
-            return RunSpec(model, seed, "directed", points[i], "rr", 0)
+            # the probe's run up to points[i], its draws included
+            return RunSpec(model, seed, "directed", points[i], "rr", 0, draws=PROBE_DRAWS)
         rng = random.Random(f"{seed}:directed")
         span = max(self.window(), self.probe().end - self.first_at)
         schedule = "pct" if seed % 2 else "random"
@@ -437,6 +452,26 @@ class Runner:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def prefix(self, spec: RunSpec) -> tuple[Machine, str | None]:
+        """A fresh machine (not pooled) where a run of spec stands when its
+        own part begins: prepared (prepare()), and drawing from spec's draws
+        from there on. The probe and the shrinker's search for a state run
+        on from it, so that the start points they find are points of the
+        runs that use them. The caller closes machine.engine."""
+        m, fault = self.prepare(spec, pooled=False)
+        if fault is None:
+            self._draw(m, spec)
+        return m, fault
+
+    @staticmethod
+    def _draw(m: Machine, spec: RunSpec) -> None:
+        # rdrand and rdseed draw from the run's draws from here on (pooled
+        # and fresh machines alike: both are at the end of the prefix)
+        m.seed_random(spec.draw_seed)
+        # and so do the slices' lengths: which point of its loop each CPU
+        # is at when kernel work runs is the run's, not the quantum's
+        m.vary_slices(spec.draw_seed)
+
     def execute(self, spec: RunSpec, *, keep: bool = False) -> "Result | tuple[Result, Machine, object]":
         """Run one RunSpec. With keep, also return the machine and the model
         (the caller closes machine.engine); without, the machine goes back
@@ -444,12 +479,7 @@ class Runner:
         check_type(spec, RunSpec, "execute: spec", "Runner.plan gives one")
         scn, prog = self.scn, self.program
         m, fault = self.prepare(spec, pooled=not keep and self.sched == "c")
-        # rdrand and rdseed draw from the run's seed from here on (pooled
-        # and fresh machines alike: both are at the end of the prefix)
-        m.seed_random(spec.seed)
-        # and so do the slices' lengths: which point of its loop each CPU
-        # is at when kernel work runs is the run's, not the quantum's
-        m.vary_slices(spec.seed)
+        self._draw(m, spec)
         retired = m.engine.retired
         try:
             model = make_model(spec.model, m, kernel=spec.kernel or scn.machine.get("kernel"))
@@ -523,7 +553,10 @@ class Runner:
 
         def look():
             if not model.transitions:
-                return True                   # the action was refused: nothing met anything
+                # no transition yet: a later action may start one (a module
+                # loaded first, an enable that waits for the core's mutex);
+                # once every action was made and none started one, none will
+                return settled()
             if model.transitions[0].started_at is None:
                 return settled()
             for task, st in obs.observe(skip=res.met).items():

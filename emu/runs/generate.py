@@ -30,7 +30,12 @@ What a generated scenario varies (each choice from one random.Random(seed)):
   user tasks that exit (lpemu_exit) after a number of calls of their
   entry, kthreads pinned to a CPU, and system states on the patches
   ([[patch]] states; the second patch's version of the state may be lower,
-  which the kernel refuses, or missing).
+  which the kernel refuses, or missing);
+- from a fourth one (random.Random(f"{seed}:rare path")): a rare path, a
+  sleep in one function taken on one call in 8 to 64 only, chosen by a
+  count of its calls (a variable of the base, which the patched versions
+  count on with) or by rdrand (the run's seeded randomness): the states a transition can meet there come seldom, and the
+  directed strategy's first runs must meet them where the probe saw them.
 
 The same seed writes the same files. Programs are well formed by
 construction: a run of one may only end by the scenario's own rules (a
@@ -78,6 +83,7 @@ class Shape:
     exits: bool = False             # user tasks exit after a number of calls
     pinned: bool = False            # kthreads pinned to a CPU
     states: bool = False            # system states on the patches
+    rare: str | None = None         # None, "counter" or "rdrand": what chooses the rare sleep
 
 
 def _program(rng: random.Random, n: int) -> list[Func]:
@@ -153,6 +159,16 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
     opt = rng.choice(["-O0", "-O2"])
     more = random.Random(f"{seed}:more") if extended else _Classic()
     late = random.Random(f"{seed}:late") if extended else _Classic()
+    # (its name leaves the scenarios of the regression tests' seeds as they were)
+    rare = random.Random(f"{seed}:rare path") if extended else _Classic()
+    rare_path = rare.choice([None, None, None, "counter", "rdrand"])
+    if rare_path is not None:
+        f = funcs[rare.randrange(n)]
+        every, ticks = rare.randint(8, 64), rare.randint(1, 3)
+        # the counter is the base's (the patches' versions count on with it)
+        when = (f"if (++seldom % {every} == 0)" if rare_path == "counter" else
+                f'unsigned long r; __asm__ volatile("rdrand %0" : "=r"(r) : : "cc"); if (r % {every} == 0)')
+        f.body.insert(rare.randint(0, len(f.body)), f"{{ {when} lpemu_sleep({ticks}); }}")
     exits = late.random() < 0.12
     exit_after = late.randint(20, 2_000) if exits else 0
     module = more.choice([None, None, None, "hooked", "unloaded"])
@@ -167,6 +183,8 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
     if rng.random() < 0.5:
         kthread_tail.append(f"lpemu_sleep({rng.randint(1, 2)});")
     base = ["#include \"lpemu.h\"", "", "volatile long zero;", ""]
+    if rare_path == "counter":
+        base += ["long seldom;", ""]
     if module:
         base += ["long (*volatile hook)(long x, long d);", ""]
     base += [_prototypes(n), ""]
@@ -200,6 +218,8 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
         src = ["#include \"lpemu.h\"", "", "extern volatile long zero;", ""]
         if module:
             src += ["extern long (*volatile hook)(long x, long d);", ""]
+        if rare_path == "counter":
+            src += ["extern long seldom;", ""]
         src += [_prototypes(n), ""]
         for i in chosen:
             prologue = ()
@@ -282,7 +302,7 @@ def generate(seed: int, directory: Path, *, extended: bool = True) -> tuple[Path
     shape = Shape(seed, opt, n, users, kthreads, cpus, preempt, unwinder, npatch, replace,
                   tuple(do for _, do, _ in actions), any("d - 1" in s for f in funcs for s in f.body),
                   any(f.tail.startswith("return f") for f in funcs), kernel, tick, unit, shadow, module,
-                  exits, pinned, states)
+                  exits, pinned, states, rare_path)
     return path, shape
 
 

@@ -1,19 +1,25 @@
 """The probe: every state each task passes through, and when.
 
 A probe is a run without the patch (the patch images loaded, nothing
-enabled), round robin, from the first action on: exactly the prefix every
-round-robin run of the campaign shares, so a start point t of such a run
-meets at t what the probe saw at t. Between slices it observes every task
+enabled), round robin, from the first action on, drawing rdrand, rdseed and
+the slices' lengths from PROBE_DRAWS (emu/runs/fuzz.py): exactly the prefix
+of the directed strategy's first runs, which draw from the same seed, so a
+start point t of such a run meets at t what the probe saw at t. (A run
+drawing from its own seed follows another path wherever the tasks' code
+reads rdrand, or two tasks share a CPU.) Between slices it observes every task
 that is off its CPU (emu/runs/states.py) and keeps, per task, the distinct
 states in the order they first appeared and a timeline of runs of equal
 states.
 
 It runs until no new state has appeared for a long stretch: at least
-STALE_CYCLES cycles of the tasks and twice the time it took to see the last
-new state (a path taken once in n requests shows up within about n cycles;
-if the last one took that long, another as rare may be as far again), or
-until its bound (`[fuzz] probe`, seconds of virtual time). `saturated` says
-which of the two ended it.
+`quiet` cycles of the tasks (`[fuzz] quiet`, 64) and twice the time it took
+to see the last new state (a path taken once in n requests shows up within
+about n cycles; if the last one took that long, another as rare may be as
+far again), or until its bound (`[fuzz] probe`, seconds of virtual time).
+`saturated` says which of the two ended it. A path rarer than `quiet`
+cycles whose first time comes later than that is not seen: the probe line
+of a campaign says how long the probe waited, and `[fuzz] quiet` waits
+longer.
 
 cover() turns the timeline into start points: a transition started at t
 meets each task in the first state observed at or after t (off its CPU at t:
@@ -32,8 +38,6 @@ from dataclasses import dataclass, field
 from emu.errors import GuestFault
 from emu.runs import states
 
-STALE_CYCLES = 64
-
 
 @dataclass
 class Probe:
@@ -46,6 +50,7 @@ class Probe:
     # task -> [(last observation of a run of equal states, its first, index into states[task])]
     timeline: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     patched: list[str] = field(default_factory=list)               # the patched functions (by name)
+    quiet: int = 0                  # cycles without a new state after which it stops (its rule)
 
     @property
     def total(self) -> int:
@@ -95,17 +100,19 @@ class Probe:
     def to_json(self) -> dict:
         return {"first_at": self.first_at, "end": self.end, "last_new": self.last_new,
                 "saturated": self.saturated, "fault": self.fault, "states": self.states,
-                "patched": self.patched}
+                "patched": self.patched, "quiet": self.quiet}
 
 
-def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[str],
+def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[str], quiet: int,
               stacks: states.StackSource | None = None) -> Probe:
     """Probe a prepared machine (at first_at, nothing enabled) until
-    saturation or first_at + bound. The caller closes the machine."""
+    saturation (no new state for quiet cycles, and for twice the time
+    the last new state took) or first_at + bound. The caller closes the
+    machine."""
     stacks = stacks or states.UnwinderStacks()
-    pr = Probe(first_at, last_new=first_at, patched=sorted(patched))
+    pr = Probe(first_at, last_new=first_at, patched=sorted(patched), quiet=quiet)
     index: dict[str, dict[str, int]] = {}
-    stale = STALE_CYCLES * cycle
+    stale = quiet * cycle
     obs = states.Observer(machine, stacks)
 
     def look() -> bool:

@@ -8,7 +8,7 @@
     [[patch]]   name, sources, functions, replace, states, force
     [[action]]  at, do (enable|disable|force|load|unload), patch | module
     [check]     unit, assert, observe
-    [fuzz]      models, runs, strategy, seed, horizon, until, window, depth, probe
+    [fuzz]      models, runs, strategy, seed, horizon, until, window, depth, probe, quiet
     [expect]    MODEL = "safe" | ["safe", "completes"] ...  (emu/runs/expect.py)
     [expect.kernel."V"]  MODEL = ...  (on kernel V, in place of [expect]'s MODEL)
 
@@ -62,6 +62,7 @@ MAX_TICK = 10 ** 5              # instructions per tick (1 s = 100 ticks)
 MAX_QUANTUM = 10 ** 9
 MAX_CPUS = 64
 MAX_TASKS = 1000
+MAX_QUIET = 10 ** 6             # [fuzz] quiet: cycles (the probe's bound, [fuzz] probe, ends it anyway)
 MAX_RUNS = 10 ** 6              # runs of one campaign (runs x models)
 MAX_IMAGES = 60                 # patches + modules: the C core holds 64 code regions (csrc/core.h
                                 # EMU_MAX_CODE): the base, the runtime page, and one per image
@@ -135,6 +136,7 @@ class FuzzSpec:
     window: int | None = None   # instructions over which start points vary (None: one cycle of the tasks)
     depth: int = 3              # PCT: d-1 priority change points
     probe: float = 10.0         # seconds of virtual time the probe may run (emu/runs/probe.py)
+    quiet: int = 64             # cycles of the tasks without a new state after which the probe stops
 
 
 @dataclass
@@ -560,6 +562,7 @@ def load(path) -> Scenario:
     f.window = fz.integer("window", 1, MAX_TIME, None, what=" instructions")
     f.depth = fz.integer("depth", 1, 1000, f.depth)
     f.probe = fz.number("probe", 0, MAX_TIME / second, f.probe, what=" seconds")
+    f.quiet = fz.integer("quiet", 1, MAX_QUIET, f.quiet, what=" cycles")
     fz.finish()
     scn.fuzz = f
     scn.expect, scn.expect_kernel = _expectations(table("expect"))

@@ -82,7 +82,7 @@ def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -
         if state is None or tried >= budget:
             return None
         focus = {task} if task in cand.tasks else None
-        m, fault = runner.prepare(replace(cand, start=runner.first_at), pooled=False)
+        m, fault = runner.prefix(replace(cand, start=runner.first_at))
         try:
             if fault is not None:
                 return None
