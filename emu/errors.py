@@ -119,6 +119,18 @@ def check_type(value, cls, what: str, hint: str = ""):
     return value
 
 
+def check_items(value, cls, what: str, kind: str, hint: str = "") -> list:
+    """value, a collection (not a string) of instances of cls, as a list;
+    TypeError naming `what` (which must be `kind`, "a list of flags") or
+    the item at fault (what[i], and how to get one: hint) otherwise."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{what} must be {kind}, not {type(value).__name__}")
+    value = list(value)
+    for i, item in enumerate(value):
+        check_type(item, cls, f"{what}[{i}]", hint)
+    return value
+
+
 def check_callable(value, what: str):
     """value, a callable; TypeError naming `what` otherwise (raised when the
     callable is handed over, not when it is called later)."""

@@ -12,13 +12,13 @@ from pathlib import Path
 
 from elftools.elf.elffile import ELFFile
 
-from emu.errors import BuildError, PatchError, check_int, check_type
+from emu.errors import BuildError, PatchError, check_int, check_items, check_type
 from emu.images import kobject
 from emu.images.binding import bind_to_base
 from emu.images.elf import (ET_DYN, ET_EXEC, ET_REL, PARSE_ERRORS, check_x86_64_elf, image_from_elf, is_elf_file,
                             read_input, symbol_table)
 from emu.images.image import Image, check_base
-from emu.images.toolchain import compile_c, link, require_tools, safe_stem, work_dir
+from emu.images.toolchain import FLAGS, compile_c, link, require_tools, safe_stem, work_dir
 
 __all__ = ["build_c", "load_elf"]
 
@@ -73,15 +73,12 @@ def _defined(obj: Path) -> set[str]:
                 if s.name and isinstance(s["st_shndx"], int) and s["st_info"]["bind"] != "STB_LOCAL"}
 
 
+
 def _check_arguments(what: str, name, cflags, link_against, keep, cpu_features) -> None:
     """build_c's and load_elf's arguments: TypeError naming the one of the wrong type."""
     if name is not None:
         check_type(name, str, f"{what}: name")
-    if isinstance(cflags, (str, bytes)) or not hasattr(cflags, "__iter__"):
-        raise TypeError(f"{what}: cflags must be a list of flags (\"-O2\".split() gives one), "
-                        f"not {type(cflags).__name__}")
-    for i, flag in enumerate(cflags):
-        check_type(flag, str, f"{what}: cflags[{i}]")
+    check_items(cflags, str, f"{what}: cflags", FLAGS)
     if link_against is not None:
         check_type(link_against, Image, f"{what}: link_against")
     if keep is not None:

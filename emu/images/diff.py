@@ -48,11 +48,11 @@ from pathlib import Path
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from emu.errors import BuildError, PatchError, check_type
+from emu.errors import BuildError, PatchError, check_items, check_type
 from emu.images import kernel_rules
 from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
 from emu.images.image import FENTRY_NOP
-from emu.images.toolchain import compile_c, require_tools, safe_stem, work_dir
+from emu.images.toolchain import FLAGS, compile_c, require_tools, safe_stem, work_dir
 
 __all__ = ["Diff", "diff_sources", "diff_objects", "diff_files", "patch_plan"]
 
@@ -451,13 +451,7 @@ def _handles_of(target: tuple):
 
 def _cflags(cflags) -> list[str]:
     """cflags as a list of flags; TypeError for a string or a non-string flag."""
-    if isinstance(cflags, (str, bytes)) or not hasattr(cflags, "__iter__"):
-        raise TypeError(f"diff: cflags must be a list of flags (\"-O2\".split() gives one), "
-                        f"not {type(cflags).__name__}")
-    cflags = list(cflags)
-    for i, flag in enumerate(cflags):
-        check_type(flag, str, f"diff: cflags[{i}]")
-    return cflags
+    return check_items(cflags, str, "diff: cflags", FLAGS)
 
 
 def _diff(old, new, cflags, *, partial: bool) -> Diff:

@@ -43,6 +43,8 @@ KERNEL_CFLAGS = ["-O2", "-pg", "-mfentry", "-mrecord-mcount", "-ffunction-sectio
                  "-fno-asynchronous-unwind-tables"]
 
 # lpemu.h lives here; it is on the include path of every compile.
+#: what a cflags argument must be, as a wrong one is told
+FLAGS = "a list of flags (\"-O2\".split() gives one)"
 INCLUDE_DIR = Path(__file__).resolve().parent.parent / "include"
 
 _INSTALL_HINT = "apt-get install gcc binutils"

@@ -32,7 +32,7 @@ says is being written, and the NOP is emu/images/image.py's FENTRY_NOP.
 from __future__ import annotations
 
 from emu.engine import core
-from emu.errors import Busy, check_type
+from emu.errors import Busy, check_items, check_type
 from emu.images.image import FENTRY_NOP
 from emu.machine.machine import FunctionRef, Machine, Sync
 
@@ -41,13 +41,8 @@ PROTOCOLS = ("text_poke_bp", "bytewise")
 
 def _functions(functions, what: str) -> list[FunctionRef]:
     """functions as a list of FunctionRefs; TypeError naming the one that is not."""
-    if not hasattr(functions, "__iter__") or isinstance(functions, (str, bytes)):
-        raise TypeError(f"{what}: functions must be a list of functions (Machine.function gives them), "
-                        f"not {type(functions).__name__}")
-    functions = list(functions)
-    for i, fn in enumerate(functions):
-        check_type(fn, FunctionRef, f"{what}: functions[{i}]", "Machine.function(name) gives one")
-    return functions
+    return check_items(functions, FunctionRef, f"{what}: functions",
+                       "a list of functions (Machine.function gives them)", "Machine.function(name) gives one")
 
 
 class Ops:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from emu.errors import PatchError, check_callable, check_int, check_type
+from emu.errors import PatchError, check_callable, check_int, check_items, check_type
 from emu.images.image import Image
 from emu.machine.machine import FunctionRef, Machine
 
@@ -146,13 +146,7 @@ def _check_arguments(machine, name, image, functions, replace, callbacks, states
     check_type(replace, bool, f"make_patch: patch '{name}': replace")
 
     def names(value, key: str) -> tuple:
-        if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
-            raise TypeError(f"make_patch: patch '{name}': {key} must be a list of function names, "
-                            f"not {type(value).__name__}")
-        value = tuple(value)
-        for i, v in enumerate(value):
-            check_type(v, str, f"make_patch: patch '{name}': {key}[{i}]")
-        return value
+        return tuple(check_items(value, str, f"make_patch: patch '{name}': {key}", "a list of function names"))
     functions, force = names(functions, "functions"), names(force, "force")
     if callbacks is not None:
         check_type(callbacks, dict, f"make_patch: patch '{name}': callbacks")
