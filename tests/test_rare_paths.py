@@ -90,10 +90,11 @@ def test_a_path_rarer_than_the_probe_waits_is_unseen_and_the_probe_line_says_how
     default rule (64 cycles without a new state) stops the probe before it;
     the probe line says what its rule was and which key waits longer."""
     src = RARE / "period"
-    for f in ("base.c", "patch.c"):
-        (tmp_path / f).write_text((src / f).read_text())
+    (tmp_path / "base.c").write_text((src / "base.c").read_text())
+    (tmp_path / "patch.c").write_text((RARE / "patch.c").read_text())     # the scenarios' shared patch
     path = tmp_path / "s.toml"
-    path.write_text((src / "scenario-150.toml").read_text().replace("quiet = 256", ""))
+    path.write_text((src / "scenario-150.toml").read_text().replace("quiet = 256", "")
+                    .replace('"../patch.c"', '"patch.c"'))
     prog = scenario.build(scenario.load(path))
     assert prog.scenario.fuzz.quiet == 64
     with Runner(prog) as r:
@@ -112,10 +113,10 @@ def test_a_transition_requested_after_a_first_action_that_starts_none_records_wh
     recorded no state at all (the first look found no transition and took
     the enable for refused), so such a campaign covered nothing."""
     src = RARE / "period"
-    for f in ("base.c", "patch.c"):
-        (tmp_path / f).write_text((src / f).read_text())
+    (tmp_path / "base.c").write_text((src / "base.c").read_text())
+    (tmp_path / "patch.c").write_text((RARE / "patch.c").read_text())     # the scenarios' shared patch
     (tmp_path / "extra.c").write_text("long extra_answer(void) { return 42; }\n")
-    body = (src / "scenario-50.toml").read_text().replace("[[action]]\nat = 20000", (
+    body = (src / "scenario-50.toml").read_text().replace('"../patch.c"', '"patch.c"').replace("[[action]]\nat = 20000", (
         '[[module]]\nname = "extra"\nsources = ["extra.c"]\n\n'
         '[[action]]\nat = 20000\ndo = "load"\nmodule = "extra"\n\n[[action]]\nat = 21000'))
     (tmp_path / "s.toml").write_text(body)
