@@ -547,7 +547,10 @@ void __emu_stub_enter(struct emu_core *c, uint64_t addr)
     }
     target = choose(c, s, &version);
     rsp += 8;
-    entry_event(c, s->func_id, version, rsp, emu_now(c, addr));
+    if (c->ev_mask & CALL_EVENTS)
+        entry_event(c, s->func_id, version, rsp, emu_now(c, addr));
+    else
+        c->ev_dropped += 3;         /* as entry_event counts them */
     /* A stop asked for meanwhile (the event ring filling up) takes effect
      * before the block runs: the task must resume at the target, the
      * fentry return popped, or its entry would be recorded twice. */
