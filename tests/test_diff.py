@@ -63,6 +63,25 @@ def test_a_changed_string_literal_in_a_changed_function_is_accepted():
     assert d.reasons["warn"].startswith('string literal "value too big" becomes "value too large"')
 
 
+def test_a_changed_literal_is_quoted_as_c_writes_it(tmp_path):
+    # a format string's newline, tab, quote and backslash, and a byte that
+    # is not UTF-8: escaped, so the reason stays one line
+    src = '''#include "lpemu.h"
+__attribute__((noinline)) long warn(long v)
+{
+	lpemu_observe(7, (long)"%s");
+	return v;
+}
+'''
+    old, new = tmp_path / "old.c", tmp_path / "new.c"
+    old.write_text(src % r"bad \"value\"\n")
+    new.write_text(src % r"bad\tvalue \\ \xff\n")
+    d = diff_sources(old, new)
+    assert d.changed == ["warn"]
+    assert d.reasons["warn"].startswith(r'string literal "bad \"value\"\n" becomes "bad\tvalue \\ \xff\n"')
+    assert "\n" not in d.reasons["warn"] and "\t" not in d.reasons["warn"]
+
+
 def test_identical_sources_change_nothing():
     old, _ = pair("moved")
     d = diff_sources(old, old)

@@ -584,8 +584,23 @@ def _target_text(target: tuple) -> str:
     return "a compiler-made table"
 
 
+_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
 def _quote(raw: bytes) -> str:
-    return '"' + raw.decode("utf-8", "backslashreplace").replace('"', '\\"') + '"'
+    """A string literal's bytes as C writes the literal: escapes for quotes,
+    backslashes and what is not printable (a newline in a format string
+    must not break the report's line)."""
+    def one(ch: str) -> str:
+        code = ord(ch)
+        if 0xDC80 <= code <= 0xDCFF:            # a byte that is not UTF-8
+            return f"\\x{code - 0xDC00:02x}"
+        if ch in _ESCAPES:
+            return _ESCAPES[ch]
+        if ch.isprintable():
+            return ch
+        return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+    return '"' + "".join(map(one, raw.decode("utf-8", "surrogateescape"))) + '"'
 
 
 def _binding_hazards(pair: "_Pair", diff: Diff) -> list[str]:
