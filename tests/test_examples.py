@@ -387,3 +387,28 @@ def test_a_cpu_bound_kthread_stalls_where_cond_resched_is_no_switch_point(versio
     assert run.res.outcome == "stalled" and t["result"] == "pending"
     assert [b["task"] for b in t["blockers"]] == ["worker"]
     assert not [s for s in run.switches if s[1] == "worker"]
+
+
+# ---- seed, built for IBT -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("variant, mixing", [("scenario.toml", {"immediate", "stop_machine", "livepatch"}),
+                                             ("scenario-foo.toml", {"immediate"})])
+def test_the_seed_built_for_ibt_gives_the_founding_answers(capsys, tmp_path, variant, mixing):
+    """gcc -fcf-protection=branch (CONFIG_X86_KERNEL_IBT): every function
+    starts with endbr64 and its fentry site follows it. The founding
+    question has the same answers: the new baz() gets an old value under
+    stop_machine and livepatch, never under kGraft, and with foo() in the
+    patch only immediate mixes."""
+    for f in (EX / "seed").iterdir():
+        text = f.read_text()
+        if f.name == variant:
+            text = text.replace('sources = ["base.c"]\n', 'sources = ["base.c"]\ncflags = ["-fcf-protection=branch"]\n', 1)
+            assert "cflags" in text
+        (tmp_path / f.name).write_text(text)
+    out = cli_json(capsys, "fuzz", tmp_path / variant, "--runs", 8, "--jobs", 1)
+    s = {m["model"]: m for m in out["models"]}
+    for model in ("immediate", "stop_machine", "kgraft", "livepatch"):
+        if model in mixing:
+            assert s[model]["inconsistent"] > 0 and s[model]["bad_values"] > 0, model
+        else:
+            assert s[model]["inconsistent"] == 0 and s[model]["bad_values"] == 0, model

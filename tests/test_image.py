@@ -12,7 +12,7 @@ from elftools.elf.elffile import ELFFile
 
 from emu.errors import BuildError, PatchError, ToolMissing
 from emu.images.build import build_c, load_elf
-from emu.images.image import FENTRY_NOP, PAGE, PROT_R, PROT_W, PROT_X
+from emu.images.image import ENDBR64, FENTRY_NOP, PAGE, PROT_R, PROT_W, PROT_X, fentry_site
 from emu.images.toolchain import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
 
 C = Path(__file__).parent / "c"
@@ -94,6 +94,35 @@ def test_functions_sites_and_symbols_match_nm(seed, tmp_path):
         if sym["st_info"]["type"] == "STT_FUNC":
             f = seed.functions[sym.name]
             assert (f.start, f.end) == (sym["st_value"], sym["st_value"] + sym["st_size"])
+
+
+@pytest.mark.parametrize("head, site", [
+    (FENTRY_NOP + b"\x55", 0x1000),                       # the NOP first
+    (ENDBR64 + FENTRY_NOP, 0x1004),                      # IBT: right after the endbr64
+    (ENDBR64 + b"\x55" + FENTRY_NOP, None),              # the NOP elsewhere: notrace
+    (b"\x90" * 4 + FENTRY_NOP, None),                     # only an endbr64 comes before it
+    (ENDBR64 + FENTRY_NOP[:4], None),                    # cut short by the function's end
+    (FENTRY_NOP[:4], None),
+    (b"", None),
+])
+def test_the_fentry_site_is_first_or_after_an_endbr64(head, site):
+    assert fentry_site(0x1000, head) == site
+
+
+def test_code_built_for_ibt_has_its_sites_after_each_endbr64(tmp_path):
+    # gcc -fcf-protection=branch (the kernel's CONFIG_X86_KERNEL_IBT): every
+    # function starts with endbr64, its fentry NOP follows, and __mcount_loc
+    # records that NOP; ftrace_location() finds it there
+    img = build_c([C / "seed.c"], base=BASE, cflags=["-fcf-protection=branch"])
+    assert set(img.functions) == {"bar", "something_else", "baz", "foo", "helper", "entry"}
+    for f in img.functions.values():
+        if f.name == "helper":
+            # static and only called directly: no endbr64, the NOP first
+            assert f.site == f.start and img.read(f.site, 5) == FENTRY_NOP
+            continue
+        assert img.read(f.start, 4) == ENDBR64
+        assert f.site == f.start + 4 and img.read(f.site, 5) == FENTRY_NOP
+    assert img.require_site("foo") == img.functions["foo"]
 
 
 def test_tail_call(seed):

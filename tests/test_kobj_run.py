@@ -81,6 +81,34 @@ def test_a_kernel_object_is_live_patched_from_its_patched_object(objects, model_
     assert switch > 2 and all(v == i + 1 for i, v in enumerate(values[switch:], switch))
 
 
+#: IBT (CONFIG_X86_KERNEL_IBT), and IBT with the call padding of CALL_PADDING
+#: (16 NOPs before each function): `endbr64; call __fentry__` starts each function
+IBT_FLAGS = {"ibt": ["-fcf-protection=branch"],
+             "ibt+padding": ["-fcf-protection=branch", "-fpatchable-function-entry=16,16"]}
+
+
+@pytest.fixture(scope="module", params=sorted(IBT_FLAGS))
+def ibt_objects(request, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("kobj_ibt")
+    flags = IBT_FLAGS[request.param]
+    return (kernel_object(tmp, "orig", "counter.c", flags),
+            kernel_object(tmp, "patched", "counter_patched.c", flags))
+
+
+@pytest.mark.parametrize("model_name", sorted(MODELS))
+def test_a_kernel_object_built_for_ibt_is_live_patched_at_the_site_after_its_endbr64(ibt_objects, model_name):
+    orig, new = ibt_objects
+    base = build_c([orig, KOBJ / "kstubs.c"], base=0x400000)
+    f = base.require_site("counter_next")
+    assert base.read(f.start, 4) == bytes.fromhex("f30f1efa") and f.site == f.start + 4
+    assert base.read(f.site, 5) == FENTRY_NOP       # the call __fentry__ after it, made a NOP
+    m = patched_run(orig, new, KOBJ / "kstubs.c", model_name, changed=["counter_next"])
+    values = observed(m, 1)
+    assert values[:3] == [0, 1, 2]
+    switch = next(i for i, v in enumerate(values) if v != i)
+    assert switch > 2 and all(v == i + 1 for i, v in enumerate(values[switch:], switch))
+
+
 def test_code_that_reads_gs_elsewhere_is_refused_with_the_function_named(tmp_path):
     src = tmp_path / "gs.c"
     src.write_text("long percpu_read(void) { long v; asm(\"mov %%gs:0x30, %0\" : \"=r\"(v)); return v; }\n")

@@ -35,6 +35,8 @@ CONFIGS = {
     # gcc refuses -pg together with -fomit-frame-pointer, so this build has
     # no fentry NOPs; it is here for frames that stay rsp based.
     "O2-omit-fp": ["-O2", "-fomit-frame-pointer"],
+    # IBT (the kernel's CONFIG_X86_KERNEL_IBT): an endbr64 before each fentry NOP
+    "O2-ibt": ["-O2", "-fno-omit-frame-pointer", *FENTRY, "-fcf-protection=branch"],
 }
 
 SP8 = OrcEntry(REG_SP, 8, REG_UNDEFINED, 0)          # at entry and at ret
@@ -223,6 +225,8 @@ def compile_example(name, config, tmp_path):
     obj, elf = tmp_path / f"{name}.o", tmp_path / f"{name}.elf"
     subprocess.run(["gcc", "-c", *COMMON, *CONFIGS[config], "-o", obj, C_DIR / f"{name}.c"],
                    check=True, capture_output=True)
+    # (IBT's .note.gnu.property would overlap -Ttext's .text: it is no code)
+    subprocess.run(["objcopy", "-R", ".note.gnu.property", obj], check=True, capture_output=True)
     subprocess.run(["ld", "-nostdlib", "-o", elf, "-Ttext=0x400000", "-e", "0", obj],
                    check=True, capture_output=True)
     return elf.read_bytes()

@@ -25,7 +25,7 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 from keystone import KS_ARCH_X86, KS_MODE_64, Ks, KsError
 
 from emu.errors import BuildError
-from emu.images.image import FENTRY_NOP, PAGE, PROT_R, PROT_X, Function, Image, Segment
+from emu.images.image import FENTRY_NOP, PAGE, fentry_site, PROT_R, PROT_X, Function, Image, Segment
 
 __all__ = ["assemble"]
 
@@ -257,7 +257,7 @@ def assemble(text: str, *, base: int, name: str = "asm", source: str = "<asm>") 
     functions: dict[str, Function] = {}
     for (fname, start), end in zip(zip(tops, bounds), bounds[1:]):
         if end > start and any(start <= a < end for a in has_code):
-            site = start if code[start - base:start - base + 5] == FENTRY_NOP else None
+            site = fentry_site(start, code[start - base:min(end, start + 9) - base])
             functions[fname] = Function(fname, start, end, site, name)
 
     symbols = {n: a for n, a in where.items() if not n.startswith(".L")}

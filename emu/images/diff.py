@@ -51,7 +51,7 @@ from elftools.elf.elffile import ELFFile
 from emu.errors import BuildError, PatchError, check_items, check_type
 from emu.images import kernel_rules
 from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
-from emu.images.image import FENTRY_NOP
+from emu.images.image import ENDBR64, FENTRY_NOP, fentry_site
 from emu.images.toolchain import FLAGS, compile_c, require_tools, safe_stem, work_dir
 
 __all__ = ["Diff", "diff_sources", "diff_objects", "diff_files", "patch_plan"]
@@ -74,7 +74,6 @@ _NUMBERS = re.compile(r"\.\d+")
 _DW_OP_ADDR = 0x03
 _MEMBER_PLACE = ("DW_AT_data_member_location", "DW_AT_data_bit_offset", "DW_AT_bit_size")
 _CALL_OR_JMP = (0xE8, 0xE9)
-_ENDBR64 = bytes.fromhex("f30f1efa")
 
 _NO_DATA_CHANGE = "a live patch cannot change existing data; use a shadow variable"
 _NO_LAYOUT_CHANGE = ("a live patch cannot change the layout of existing data; "
@@ -502,7 +501,7 @@ def _report(pair: "_Pair", plain: "_Pair", *, partial: bool) -> Diff:
             diff.changed.append(sym.name)
             where = f" (the {sym.name} of {sym.file})" if sym.shared_name else ""
             diff.reasons[sym.name] = _reason(pair, plain, own_changes, old, sym) + where
-            if sym.body[:len(FENTRY_NOP)] != FENTRY_NOP:
+            if fentry_site(0, sym.body) is None:
                 diff.warnings.append(f"{sym.file}: {sym.name} changed but has no fentry site "
                                      "(notrace?): it cannot be patched; patch its callers")
     if not partial:
@@ -1155,7 +1154,7 @@ class _ObjectReader:
     def _has_fentry(body: bytes, relocs: tuple) -> bool:
         """The fentry NOP, or `call __fentry__`, first (after an endbr64)."""
         for at in (0, 4):
-            if at and body[:4] != _ENDBR64:
+            if at and body[:4] != ENDBR64:
                 break
             if body[at:at + len(FENTRY_NOP)] == FENTRY_NOP:
                 return True

@@ -16,7 +16,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from emu.errors import BuildError
-from emu.images.image import (FENTRY_NOP, PAGE, PROT_R, PROT_W, PROT_X, Function, Image, Segment,
+from emu.images.image import (FENTRY_NOP, fentry_site, PAGE, PROT_R, PROT_W, PROT_X, Function, Image, Segment,
                               page_up, read_segments)
 
 __all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "PARSE_ERRORS", "read_input", "is_elf_file", "check_x86_64_elf",
@@ -159,19 +159,18 @@ def image_from_elf(data: bytes, *, name: str, kind: str, sources: tuple[Path, ..
     if mcount is not None and mcount["sh_type"] != "SHT_NOBITS":
         raw = mcount.data()
         recorded = set(struct.unpack(f"<{len(raw) // 8}Q", raw[: len(raw) // 8 * 8]))
-    starts = {start for _, start, _ in funcs}
-    for site in sorted(recorded):
-        if site not in starts or read_segments(segments, site, 5, name) != FENTRY_NOP:
-            raise BuildError(f"{name}: __mcount_loc records {site:#x}, which is not a "
-                             f"{FENTRY_NOP.hex(' ')} NOP at the start of a function")
+    # A site is the NOP at the first byte, or right after an endbr64 (IBT),
+    # recorded or not (prebuilt code and patch modules have no __mcount_loc).
+    sites = {start: fentry_site(start, read_segments(segments, start, min(9, end - start), name))
+             for _, start, end in funcs if end - start >= 5}
+    for site in sorted(recorded.difference(sites.values())):
+        raise BuildError(f"{name}: __mcount_loc records {site:#x}, which is not a "
+                         f"{FENTRY_NOP.hex(' ')} NOP at the start of a function (or right after its endbr64)")
 
     functions: dict[str, Function] = {}
     shadowed = []
     for fname, start, end in funcs:
-        # A site is the NOP at the first byte, recorded or not (prebuilt code and
-        # patch modules have no __mcount_loc).
-        has_nop = end - start >= 5 and read_segments(segments, start, 5, name) == FENTRY_NOP
-        f = Function(fname, start, end, start if has_nop else None, name)
+        f = Function(fname, start, end, sites.get(start), name)
         if fname in functions:
             # A global name wins; otherwise the first static in link order keeps it.
             if fname in global_symbols and global_symbols[fname] == start:

@@ -2,7 +2,8 @@
 loadable module, as the machine maps it into guest memory.
 
 An Image is page-aligned segments, the symbols, the function ranges and the
-fentry sites (the 5-byte NOP at the start of a patchable function). Images are
+fentry sites (the 5-byte NOP at the start of a patchable function, or right
+after its endbr64: fentry_site). Images are
 made by emu/images/build.py (C and ELF objects: gcc and ld), emu/images/elf.py
 (reading a linked ELF) and emu/images/asm.py (assembly text).
 """
@@ -17,10 +18,25 @@ from capstone import CS_ARCH_X86, CS_MODE_64, Cs
 
 from emu.errors import BuildError, PatchError
 
-__all__ = ["FENTRY_NOP", "PROT_R", "PROT_W", "PROT_X", "PAGE", "Function", "Segment", "Image",
+__all__ = ["FENTRY_NOP", "ENDBR64", "fentry_site", "PROT_R", "PROT_W", "PROT_X", "PAGE", "Function", "Segment", "Image",
            "read_segments", "page_up", "check_base"]
 
 FENTRY_NOP = bytes.fromhex("0f1f440000")
+#: What code built for IBT (gcc -fcf-protection=branch, the kernel's
+#: CONFIG_X86_KERNEL_IBT) puts first in every function that may be called
+#: indirectly: its fentry call follows it.
+ENDBR64 = bytes.fromhex("f30f1efa")
+
+
+def fentry_site(start: int, head: bytes) -> int | None:
+    """The fentry site of the function at start whose first bytes are head:
+    the NOP first, or right after an endbr64, where the kernel's
+    ftrace_location() finds __fentry__ under IBT; None when it has none."""
+    if head[:5] == FENTRY_NOP:
+        return start
+    if head[:4] == ENDBR64 and head[4:9] == FENTRY_NOP:
+        return start + 4
+    return None
 PROT_R, PROT_W, PROT_X = 1, 2, 4
 PAGE = 4096
 
@@ -32,7 +48,7 @@ class Function:
     name: str
     start: int
     end: int
-    site: int | None  # == start when the function begins with FENTRY_NOP
+    site: int | None  # fentry_site(): start, or start + 4 after an endbr64
     image: str
 
     def __contains__(self, addr: int) -> bool:
@@ -112,7 +128,8 @@ class Image:
             raise PatchError(f"{self.name}: no function named {name!r}")
         if f.site is None:
             raise PatchError(f"{self.name}: function {name!r} has no fentry site "
-                             f"(it does not start with the 5-byte NOP {FENTRY_NOP.hex(' ')}), "
+                             f"(it does not start with the 5-byte NOP {FENTRY_NOP.hex(' ')}, "
+                             f"nor with endbr64 and that NOP), "
                              "so it cannot be patched")
         return f
 

@@ -224,8 +224,9 @@ class Model:
 
     # ---- the redirect: stacks of replacements per old function ------------------------
     def entries(self, fid: int):
-        skip = 5 if self.skip_fentry else 0
-        return [(0 if f.nop else f.new.start + skip, p.index, f.nop, f.transition)
+        skip = self.skip_fentry
+        return [(0 if f.nop else f.new.site + 5 if skip and f.new.site is not None else f.new.start,
+                 p.index, f.nop, f.transition)
                 for p, f in self.stacks.get(fid, [])]
 
     def sync(self, func: PatchFunc) -> None:
