@@ -84,7 +84,17 @@ def test_a_kernel_object_is_live_patched_from_its_patched_object(objects, model_
 #: IBT (CONFIG_X86_KERNEL_IBT), and IBT with the call padding of CALL_PADDING
 #: (16 NOPs before each function): `endbr64; call __fentry__` starts each function
 IBT_FLAGS = {"ibt": ["-fcf-protection=branch"],
-             "ibt+padding": ["-fcf-protection=branch", "-fpatchable-function-entry=16,16"]}
+             "ibt+padding": ["-fcf-protection=branch", "-fpatchable-function-entry=16,16"],
+             # and the rest a distribution's x86-64 kernel builds with (retpolines,
+             # return thunks, SLS, the stack protector's guard symbol, ...)
+             "distro": ["-fcf-protection=branch", "-fpatchable-function-entry=16,16", "-falign-functions=16",
+                        "-mindirect-branch=thunk-extern", "-mindirect-branch-register",
+                        "-mfunction-return=thunk-extern", "-mharden-sls=all", "-fno-jump-tables",
+                        "-fzero-call-used-regs=used-gpr", "-fstack-protector-strong",
+                        "-mstack-protector-guard-reg=gs", "-mstack-protector-guard-symbol=__ref_stack_chk_guard",
+                        "-mskip-rax-setup", "-mno-80387", "-mno-fp-ret-in-387", "-mpreferred-stack-boundary=3",
+                        "-fno-delete-null-pointer-checks", "-fno-strict-overflow", "-fconserve-stack",
+                        "-fno-stack-clash-protection", "-g", "-gdwarf-5"]}
 
 
 @pytest.fixture(scope="module", params=sorted(IBT_FLAGS))
