@@ -246,6 +246,49 @@ def test_patch_static_binding_by_file(tmp_path):
     assert rip_targets(p, "get_a") == [a_count] * len(rip_targets(p, "get_a"))
 
 
+def test_a_patch_binds_to_the_base_and_to_the_modules_it_is_given(tmp_path):
+    """link_against=(base, module, ...): what a patch uses and does not
+    carry binds to the base, else to the module that has it (a global), or
+    to the static of the file of the same name, whichever image holds it;
+    the same name in two images' files is ambiguous, named."""
+    (tmp_path / "base.c").write_text("long shared;\nstatic long count;\nlong base_get(void) { return count++ + shared; }\n")
+    base = build_c([tmp_path / "base.c"], base=BASE)
+    (tmp_path / "drv.c").write_text("long drv_total;\nstatic long count;\n"
+                                    "static __attribute__((noinline, noclone)) long bump(long by) { return count += by; }\n"
+                                    "long drv_work(void) { drv_total++; return bump(1); }\n")
+    mod = build_c([tmp_path / "drv.c"], base=BASE + 0x100000, name="drv", link_against=base)
+    # a module's static is its own, never the base's of the same name in another file
+    assert mod.lo <= dict(mod.statics["count"])["drv.c"] < mod.hi
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "drv.c").write_text(
+        "extern long drv_total, shared;\nstatic long count;\n"
+        "static __attribute__((noinline, noclone)) long bump(long by) { return count += by; }\n"
+        "long drv_work(void) { drv_total += 2; shared++; return bump(10); }\n")
+    p = build_c([tmp_path / "p" / "drv.c"], base=PATCH, name="p", link_against=[base, mod], keep={"drv_work"})
+    assert set(p.functions) == {"drv_work"}                  # bump() is the module's
+    assert p.imports["drv_total"] == mod.symbols["drv_total"] and p.imports["shared"] == base.symbols["shared"]
+    assert p.imports["count"] == dict(mod.statics["count"])["drv.c"]
+    assert mod.functions["bump"].start in call_targets(p, "drv_work")
+    # bound to the base alone, the module's symbols are not there to bind to
+    with pytest.raises(BuildError, match="drv_total"):
+        build_c([tmp_path / "p" / "drv.c"], base=PATCH, name="p", link_against=base, keep={"drv_work"})
+    # a file named as neither: `count` is the base's base.c's or the module's drv.c's
+    (tmp_path / "fix.c").write_text((tmp_path / "p" / "drv.c").read_text())
+    with pytest.raises(PatchError, match=r"'count' is ambiguous: the images it binds to \('base', 'drv'\) "
+                                         r"have 2 of them \(files: base.c, drv:drv.c\)"):
+        build_c([tmp_path / "fix.c"], base=PATCH, name="p", link_against=(base, mod), keep={"drv_work"})
+
+
+@pytest.mark.parametrize("link_against, error, words", [
+    ([], ValueError, r"build_c: link_against: no image \(give the base image first\)"),
+    ("vmlinux", TypeError, r"build_c: link_against must be an Image, or the base image and the modules"),
+    ([None], TypeError, r"build_c: link_against\[0\] must be an Image, not NoneType"),
+])
+def test_link_against_must_be_images(seed, link_against, error, words):
+    with pytest.raises(error, match=words):
+        build_c([C / "seed_patch.c"], base=PATCH, link_against=link_against, keep={"foo"})
+
+
 def test_patch_errors(seed, tmp_path):
     with pytest.raises(PatchError, match="nonexistent"):
         build_c([C / "seed_patch.c"], base=PATCH, link_against=seed, keep={"foo", "nonexistent"})

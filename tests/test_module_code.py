@@ -330,3 +330,92 @@ def test_a_load_of_a_module_loaded_already_is_refused(tmp_path, model_name):
     finally:
         m.engine.close()
         r.close()
+
+
+# ---- a patch that uses the module's own symbols (klp relocations) ---------------------------------
+
+STATEFUL_MODULE = """
+#include "lpemu.h"
+extern long (*hook)(long);
+long base_double(long x);
+static long calls;                  /* the module's own state */
+static __attribute__((noinline)) long m_bump(long by) { calls += by; return calls; }
+__attribute__((noinline)) long m_work(long x) { m_bump(1); return base_double(x) + 1; }
+__attribute__((noinline)) long m_count(void) { return calls; }
+__attribute__((noinline)) long m_wait(long t) { return lpemu_sleep(t); }
+long m_thread(long t) { for (;;) { lpemu_observe(2, m_work(t)); lpemu_observe(3, m_count()); m_wait(t); lpemu_safe_point(); } }
+long m_init(void) { hook = m_work; return 0; }
+void m_exit(void) { hook = 0; }
+"""
+# the patched m_work, in a file named as the module's (its statics bind by
+# file, as kpatch-build's and klp-build's do): it uses the module's static
+# `calls` and static m_bump(), which it does not carry
+STATEFUL_PATCH = """
+#include "lpemu.h"
+long base_double(long x);
+static long calls;
+static __attribute__((noinline)) long m_bump(long by) { calls += by; return calls; }
+__attribute__((noinline)) long m_work(long x) { m_bump(1000); return base_double(x) + 3; }
+"""
+
+
+def write_stateful(tmp_path, *, module="loaded = true", tasks=KTHREAD_IN_MODULE, actions=""):
+    path = write(tmp_path, tasks=tasks, module=module, actions=actions)
+    (tmp_path / "m.c").write_text(STATEFUL_MODULE)
+    (tmp_path / "patch").mkdir()
+    (tmp_path / "patch" / "m.c").write_text(STATEFUL_PATCH)
+    path.write_text(path.read_text().replace('sources = ["p.c"]', 'sources = ["patch/m.c"]'))
+    return path
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_patch_uses_the_module_s_own_statics_as_its_klp_relocations_bind_them(tmp_path, model_name):
+    """A module function's patch that uses the module's static data and a
+    static function it does not carry: they bind to the module's own (klp
+    relocations, `.klp.rela.m.*`, resolved when the module is loaded), never
+    a copy, so the module's unpatched code sees what the patched code did."""
+    prog = scenario.build(scenario.load(write_stateful(tmp_path)))
+    img, _ = prog.patches["p"]
+    mod = prog.modules["m"]
+    assert img.imports["calls"] == mod.statics["calls"][0][1]
+    assert "m_bump" not in img.functions and "calls" not in img.symbols
+    r = Runner(prog)
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.promise and res.outcome == "completed"
+        seen = [(v2, v3) for (_, n2, k2, v2), (_, _, _, v3) in zip(observations(m), observations(m)[1:])
+                if n2 == "k" and k2 == 2]
+        # m_work's result and the module's counter read by the unpatched
+        # m_count() right after: +1 a call before the switch, +1000 after
+        olds = [c for v, c in seen if v == 9]
+        news = [c for v, c in seen if v == 11]
+        assert olds and news and olds == list(range(1, len(olds) + 1))
+        assert news == [olds[-1] + 1000 * k for k in range(1, len(news) + 1)]
+    finally:
+        m.engine.close()
+        r.close()
+
+
+@pytest.mark.parametrize("model_name", MODULE_PATCH_MODELS)
+def test_a_module_loaded_after_the_patch_is_bound_when_it_comes(tmp_path, model_name):
+    """The module comes after the enable: its functions are patched when
+    it is loaded (klp_module_coming applies the patch's relocations then),
+    and the patched code uses the module's own state from its first call."""
+    path = write_stateful(tmp_path, module='init = "m_init"',
+                          tasks='[[task]]\nname = "u"\nentry = "user"\nargs = [5]', actions=LOAD)
+    r = Runner(scenario.build(scenario.load(path)))
+    res, m, model = r.execute(r.plan(model_name, 0), keep=True)
+    try:
+        assert res.fault is None and not res.promise and not res.errors
+        # user() calls the module's m_work through the hook: 2 * 5 + 3 once patched
+        values = [v for _, n, k, v in observations(m) if k == 1 and n == "u" and v != -1]
+        assert values and set(values) == {13}
+        # the module's own counter took each patched call's 1000 and nothing
+        # else (read at the run's end, the module loaded; a call may have
+        # been under way, its result not yet observed)
+        calls = r.program.modules["m"].statics["calls"][0][1]
+        assert "m" not in m.unloaded
+        assert int.from_bytes(m.engine.view(calls, 8), "little") in (1000 * len(values), 1000 * (len(values) + 1))
+    finally:
+        m.engine.close()
+        r.close()

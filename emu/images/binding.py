@@ -1,6 +1,9 @@
 """Binding a module to its base image, the way a kernel module resolves the
 running kernel's symbols: what the module does not carry binds to the base
-image's address (bind_to_base says how)."""
+image's address (bind_to_base says how). A live patch binds to the modules
+it patches too, as its klp relocations (`.klp.rela.<module>.*`) bind it to
+each module when it is loaded: modules are linked at fixed addresses, so
+the patch's references to a module's symbols hold whenever it is loaded."""
 
 from __future__ import annotations
 
@@ -28,25 +31,36 @@ _METADATA_SECTIONS = (".eh_frame", "__mcount_loc")
 # -- binding a module to its base image ------------------------------------------------
 
 
-def _resolve_in_base(base: Image, name: str, *, local: bool, basename: str | None) -> int | None:
-    """The base image's address for name as a module refers to it, or None.
+def _resolve_in_base(images: tuple[Image, ...], name: str, *, local: bool, basename: str | None) -> int | None:
+    """The address for name as a module refers to it in images (the base
+    image first, then the modules a patch binds to), or None.
 
-    A global binds to the base's global, as the linker would. A static binds to the
-    static of the file with the same basename, else to the only candidate; several
-    candidates are ambiguous (PatchError)."""
+    A global binds to the base's global, as the linker would, else to the
+    one module that has it. A static binds to the static of the file with
+    the same basename, else to the only candidate; several candidates are
+    ambiguous (PatchError)."""
+    base = images[0]
     glob = base.global_symbols.get(name)
     if not local and glob is not None:
         return glob
-    candidates = base.statics.get(name, ())
-    same_file = {addr for file, addr in candidates if file == basename}
+    if not local:
+        owners = [img for img in images[1:] if name in img.global_symbols]
+        if len(owners) > 1:
+            raise PatchError(f"symbol {name!r} is ambiguous: modules {', '.join(repr(i.name) for i in owners)} "
+                             f"each define it")
+        if owners:
+            return owners[0].global_symbols[name]
+    candidates = [(img, file, addr) for img in images for file, addr in img.statics.get(name, ())]
+    same_file = {addr for _, file, addr in candidates if file == basename}
     if len(same_file) == 1:
         return same_file.pop()
-    options = {addr for _, addr in candidates} | ({glob} if glob is not None else set())
+    options = {addr for _, _, addr in candidates} | ({glob} if glob is not None else set())
     if len(options) > 1:
-        files = ", ".join(sorted({str(f) for f, _ in candidates}))
-        raise PatchError(f"symbol {name!r} is ambiguous: the base image {base.name!r} has "
-                         f"{len(options)} of them (files: {files}); put the patch in a file "
-                         "with the same name as the one it changes")
+        files = ", ".join(sorted({f"{file}" if img is base else f"{img.name}:{file}" for img, file, _ in candidates}))
+        where = f"the base image {base.name!r} has" if len(images) == 1 else \
+            f"the images it binds to ({', '.join(repr(i.name) for i in images)}) have"
+        raise PatchError(f"symbol {name!r} is ambiguous: {where} {len(options)} of them (files: {files}); "
+                         "put the patch in a file with the same name as the one it changes")
     return options.pop() if options else None
 
 
@@ -108,13 +122,14 @@ def _repoint_section_relocs(elf: ELFFile, data: bytearray, syms: list[_ObjSymbol
             data[off: off + 8] = struct.pack("<Q", (retarget[sym] << 32) | r["r_info_type"])
 
 
-def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
+def bind_to_base(objs: list[Path], basenames: list[str], images: tuple[Image, ...],
                   keep: set[str] | None, tmp: Path):
-    """Rewrite objs so that what the module does not carry binds to base.
+    """Rewrite objs so that what the module does not carry binds to images:
+    the base image (images[0]) and the modules a patch binds to.
 
     A defined symbol binds to the base image when it is data that the base has
     and keep does not name (a module never carries its own copy of existing
-    state; keep names only read-only data whose new contents a kernel patch
+    state; a module built without keep keeps its statics, which are its own; keep names only read-only data whose new contents a kernel patch
     carries, as create-diff-object does), or, when keep is given, a function
     outside keep that the base has. Compiler clones
     (foo.cold, foo.part.0, foo.isra.0, ...) are always carried: their calling
@@ -172,8 +187,10 @@ def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
             if s.func or (keep is not None and s.name in keep):
                 defined_funcs.add(s.name)
             addr = None
-            if not wanted and not (s.func and "." in s.name):
-                addr = _resolve_in_base(base, s.name, local=s.local, basename=basename)
+            # a module's own statics are its own, whatever other files call
+            # theirs (only a patch, built with keep, stands in for a file)
+            if not wanted and not (s.func and "." in s.name) and not (s.local and keep is None):
+                addr = _resolve_in_base(images, s.name, local=s.local, basename=basename)
             if addr is not None:
                 bound[s.index] = addr
                 imports[s.name] = addr
@@ -207,7 +224,7 @@ def bind_to_base(objs: list[Path], basenames: list[str], base: Image,
     # References to symbols no module object defines go to the base image's copy;
     # what the base does not have either is left for ld to report.
     for name in sorted(undefined - carried_globals):
-        addr = _resolve_in_base(base, name, local=False, basename=None)
+        addr = _resolve_in_base(images, name, local=False, basename=None)
         if addr is not None:
             defsyms[name] = addr
             imports[name] = addr

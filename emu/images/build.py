@@ -1,5 +1,6 @@
 """Building images: C sources compiled with gcc, ELF objects and executables,
-linked at a base address; with link_against, as a module bound to a base image.
+linked at a base address; with link_against, as a module bound to a base image
+(and a live patch to the modules it patches as well).
 
 The public entry points: build_c and load_elf.
 """
@@ -24,7 +25,7 @@ __all__ = ["build_c", "load_elf"]
 
 
 def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, base: int, name: str,
-                        kind: str, sources: tuple[Path, ...], link_against: Image | None,
+                        kind: str, sources: tuple[Path, ...], link_against: tuple[Image, ...] | None,
                         keep: set[str] | None, kernel: list[int] = (),
                         cpu_features=None) -> Image:
     """Link objs; those at the indexes in kernel are kernel objects (kobject.prepare)."""
@@ -37,8 +38,8 @@ def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, ba
         for i, obj in enumerate(objs):
             if i not in kernel:
                 others |= _defined(obj)
-        if link_against is not None:
-            others |= set(link_against.global_symbols)
+        for img in link_against or ():
+            others |= set(img.global_symbols)
         stub_obj, stubs = kobject.write_stubs(found, others, tmp, safe_stem(Path(name)))
         if stub_obj is not None:
             objs = [*objs, stub_obj]
@@ -47,7 +48,7 @@ def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, ba
         image = image_from_elf(link(objs, tmp, base), name=name, kind=kind, sources=sources)
     else:
         require_tools("objcopy")
-        defsyms, roots, imports = bind_to_base(objs, basenames, link_against,
+        defsyms, roots, imports = bind_to_base(objs, basenames, tuple(link_against),
                                                set(keep) if keep is not None else None, tmp)
         elf = link(objs, tmp, base, defsyms=defsyms, roots=roots)
         image = image_from_elf(elf, name=name, kind=kind, sources=sources, imports=imports)
@@ -74,13 +75,19 @@ def _defined(obj: Path) -> set[str]:
 
 
 
-def _check_arguments(what: str, name, cflags, link_against, keep, cpu_features) -> None:
-    """build_c's and load_elf's arguments: TypeError naming the one of the wrong type."""
+def _check_arguments(what: str, name, cflags, link_against, keep, cpu_features) -> tuple[Image, ...] | None:
+    """build_c's and load_elf's arguments: TypeError naming the one of the
+    wrong type. Returns link_against as a tuple of images (base first)."""
     if name is not None:
         check_type(name, str, f"{what}: name")
     check_items(cflags, str, f"{what}: cflags", FLAGS)
-    if link_against is not None:
-        check_type(link_against, Image, f"{what}: link_against")
+    if isinstance(link_against, Image):
+        link_against = (link_against,)
+    elif link_against is not None:
+        link_against = tuple(check_items(link_against, Image, f"{what}: link_against",
+                                         "an Image, or the base image and the modules a patch binds to"))
+        if not link_against:
+            raise ValueError(f"{what}: link_against: no image (give the base image first)")
     if keep is not None:
         if isinstance(keep, (str, bytes)) or not hasattr(keep, "__iter__"):
             raise TypeError(f"{what}: keep must be a set of function names, not {type(keep).__name__}")
@@ -91,13 +98,15 @@ def _check_arguments(what: str, name, cflags, link_against, keep, cpu_features) 
             raise TypeError(f"{what}: cpu_features must be X86_FEATURE_* numbers, not {type(cpu_features).__name__}")
         for f in cpu_features:
             check_int(f, f"{what}: cpu_features: a feature", 0, 32 * 64 - 1)
+    return link_against
 
 
-def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: Image | None = None,
+def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against=None,
             keep: set[str] | None = None, cpu_features=None) -> Image:
     """Compile C sources with gcc and link them at base with ld.
 
-    cflags come after DEFAULT_CFLAGS and before REQUIRED_CFLAGS. With link_against,
+    cflags come after DEFAULT_CFLAGS and before REQUIRED_CFLAGS. With link_against
+    (an Image, or the base image followed by the modules a patch binds to),
     the image is a module: what it references but does not carry binds to
     link_against's addresses, existing data is never carried, and with keep only
     those functions (and new helpers they use) are carried. Sources that are
@@ -109,7 +118,7 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against: 
     tools' own output), PatchError (keep/binding problems); TypeError for an
     argument of the wrong type."""
     check_type(name, str, "build_c: name")
-    _check_arguments("build_c", name, cflags, link_against, keep, cpu_features)
+    link_against = _check_arguments("build_c", name, cflags, link_against, keep, cpu_features)
     check_base(base)
     if isinstance(sources, (str, os.PathLike)):
         sources = [sources]
@@ -146,7 +155,7 @@ def _check_object(path: Path) -> None:
 
 
 def load_elf(path, *, base: int | None = None, name: str | None = None,
-             link_against: Image | None = None, keep: set[str] | None = None,
+             link_against=None, keep: set[str] | None = None,
              cpu_features=None) -> Image:
     """An image from a prebuilt ELF64 x86-64 file.
 
@@ -155,7 +164,7 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
     addresses: base must be None or its lowest address.
 
     Raises BuildError naming the file and what it is when it is not ELF64 x86-64."""
-    _check_arguments("load_elf", name, (), link_against, keep, cpu_features)
+    link_against = _check_arguments("load_elf", name, (), link_against, keep, cpu_features)
     path = Path(path)
     if not path.is_file():
         raise BuildError(f"{path}: no such file")

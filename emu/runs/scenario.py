@@ -852,8 +852,10 @@ def build(scn: Scenario) -> Program:
                                 f"{MAX_SITES - 1} (the C core holds {MAX_SITES} fentry sites, one kept for "
                                 f"[check] unit)")
         try:
-            img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags, link_against=base, keep=keep,
-                          cpu_features=scn.cpu_features)
+            # bound to the modules too, as klp relocations bind a patch to each
+            # module when it loads (a module's address is fixed by the build)
+            img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags,
+                          link_against=(base, *prog.modules.values()), keep=keep, cpu_features=scn.cpu_features)
         except PatchError as exc:
             raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
         fits(img, STACK_BASE, f"patch[{p.name}]")
