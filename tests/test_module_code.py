@@ -339,8 +339,8 @@ STATEFUL_MODULE = """
 extern long (*hook)(long);
 long base_double(long x);
 static long calls;                  /* the module's own state */
-static __attribute__((noinline)) long m_bump(long by) { calls += by; return calls; }
-__attribute__((noinline)) long m_work(long x) { m_bump(1); return base_double(x) + 1; }
+static __attribute__((noinline, noclone)) long m_bump(long by) { calls += by; return calls; }
+__attribute__((noinline)) long m_work(long x) { m_bump(x); return base_double(x) + 1; }
 __attribute__((noinline)) long m_count(void) { return calls; }
 __attribute__((noinline)) long m_wait(long t) { return lpemu_sleep(t); }
 long m_thread(long t) { for (;;) { lpemu_observe(2, m_work(t)); lpemu_observe(3, m_count()); m_wait(t); lpemu_safe_point(); } }
@@ -354,8 +354,8 @@ STATEFUL_PATCH = """
 #include "lpemu.h"
 long base_double(long x);
 static long calls;
-static __attribute__((noinline)) long m_bump(long by) { calls += by; return calls; }
-__attribute__((noinline)) long m_work(long x) { m_bump(1000); return base_double(x) + 3; }
+static __attribute__((noinline, noclone)) long m_bump(long by) { calls += by; return calls; }
+__attribute__((noinline)) long m_work(long x) { m_bump(1000 * x); return base_double(x) + 3; }
 """
 
 
@@ -385,12 +385,12 @@ def test_a_patch_uses_the_module_s_own_statics_as_its_klp_relocations_bind_them(
         assert res.fault is None and not res.promise and res.outcome == "completed"
         seen = [(v2, v3) for (_, n2, k2, v2), (_, _, _, v3) in zip(observations(m), observations(m)[1:])
                 if n2 == "k" and k2 == 2]
-        # m_work's result and the module's counter read by the unpatched
-        # m_count() right after: +1 a call before the switch, +1000 after
+        # m_work(4)'s result and the module's counter read by the unpatched
+        # m_count() right after: +4 a call before the switch, +4000 after
         olds = [c for v, c in seen if v == 9]
         news = [c for v, c in seen if v == 11]
-        assert olds and news and olds == list(range(1, len(olds) + 1))
-        assert news == [olds[-1] + 1000 * k for k in range(1, len(news) + 1)]
+        assert olds and news and olds == [4 * k for k in range(1, len(olds) + 1)]
+        assert news == [olds[-1] + 4000 * k for k in range(1, len(news) + 1)]
     finally:
         m.engine.close()
         r.close()
@@ -410,12 +410,39 @@ def test_a_module_loaded_after_the_patch_is_bound_when_it_comes(tmp_path, model_
         # user() calls the module's m_work through the hook: 2 * 5 + 3 once patched
         values = [v for _, n, k, v in observations(m) if k == 1 and n == "u" and v != -1]
         assert values and set(values) == {13}
-        # the module's own counter took each patched call's 1000 and nothing
+        # the module's own counter took each patched call's 5000 and nothing
         # else (read at the run's end, the module loaded; a call may have
         # been under way, its result not yet observed)
         calls = r.program.modules["m"].statics["calls"][0][1]
         assert "m" not in m.unloaded
-        assert int.from_bytes(m.engine.view(calls, 8), "little") in (1000 * len(values), 1000 * (len(values) + 1))
+        assert int.from_bytes(m.engine.view(calls, 8), "little") in (5000 * len(values), 5000 * (len(values) + 1))
     finally:
         m.engine.close()
         r.close()
+
+
+def test_without_a_functions_list_a_module_s_source_is_compared_with_the_module(tmp_path):
+    """A patch written as a changed copy of a module's source (named as it,
+    as kpatch-build and klp-build compare object by object) carries the
+    module functions that changed, "m:f", and nothing of the module that did
+    not; a source named as the program's is compared with the program.
+    Each file is compared only with its own: the program's and the module's
+    statics of one name and different initial values refuse nothing."""
+    path = write_stateful(tmp_path)
+    (tmp_path / "base.c").write_text(BASE + "static long calls = 5;\nlong base_calls(void) { return calls++; }\n")
+    full = STATEFUL_MODULE.replace("{ m_bump(x); return base_double(x) + 1; }",
+                                   "{ m_bump(1000 * x); return base_double(x) + 3; }")
+    assert full != STATEFUL_MODULE
+    (tmp_path / "patch" / "m.c").write_text(full)
+    (tmp_path / "patch" / "base.c").write_text(BASE.replace("2 * x", "2 * x + 0") +
+                                               "static long calls = 5;\nlong base_calls(void) { return calls += 2; }\n")
+    text = path.read_text().replace('functions = ["m:m_work"]\n', "")
+    path.write_text(text.replace('sources = ["patch/m.c"]', 'sources = ["patch/m.c", "patch/base.c"]'))
+    prog = scenario.build(scenario.load(path))
+    img, functions = prog.patches["p"]
+    assert sorted(functions) == ["base_calls", "m:m_work"]
+    assert set(img.functions) == {"m_work", "base_calls"}         # m_thread, m_wait, ... stay the module's
+    # a changed initial value of the module's own data is refused, naming it
+    (tmp_path / "patch" / "m.c").write_text(full.replace("static long calls;", "static long calls = 3;"))
+    with pytest.raises(Exception, match=r"patch\[p\]: .*calls"):
+        scenario.build(scenario.load(path))

@@ -826,7 +826,7 @@ def build(scn: Scenario) -> Program:
     patched: set[str] = set()
     for p in scn.patches:
         # the diff refuses data changes (PatchError) even when functions are listed
-        functions, reasons = _differing(scn, p, base, listed=p.functions is not None)
+        functions, reasons = _differing(scn, p, prog, listed=p.functions is not None)
         if p.functions is not None:
             functions = p.functions
         for name in functions:
@@ -870,10 +870,13 @@ def build(scn: Scenario) -> Program:
     return prog
 
 
-def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list[str], dict]:
+def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) -> tuple[list[str], dict]:
     """The functions a patch without a `functions` list carries: those its
-    sources define differently from the program (emu/images/diff.py). Raises
-    PatchError when the patch changes existing data."""
+    sources define differently from the program (emu/images/diff.py), each
+    source compared with the object it stands for, as the kernel's patch
+    builders compare object by object: a source named as a module's source
+    with that module (its functions "module:f"), the others with the
+    program. Raises PatchError when the patch changes existing data."""
     from emu.images.diff import diff_objects, patch_plan
     from emu.images.elf import is_elf_file
 
@@ -889,19 +892,42 @@ def _differing(scn: Scenario, p: PatchSpec, base, *, listed: bool) -> tuple[list
     if why:
         raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].sources: {why}: a patch of objects is "
                             f"compared with the program's objects, a patch of sources with its sources")
+    # which object each source of the patch stands for: a module's when its
+    # file is named as one of that module's sources (and as none of the program's)
+    program_names = {f.name for f in scn.sources}
+    parts: dict[str | None, list[Path]] = {}
+    for src in sources:
+        owners = [mod for mod in scn.modules
+                  if src.name not in program_names and any(f.name == src.name for f in mod.sources)]
+        if len(owners) > 1:
+            raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].sources: {src.name} is named as a source "
+                                f"of modules {', '.join(m.name for m in owners)}: list the patch's functions "
+                                f"(\"module:f\")")
+        parts.setdefault(owners[0].name if owners else None, []).append(src)
+    base = prog.base
     try:
         if objects:                                   # kernel objects: compared with the program's
-            plan = diff_objects(program_objects, objects)
+            plans = {None: diff_objects(program_objects, objects)}
         else:
-            plan = patch_plan(scn.sources, p.sources, cflags=scn.cflags)
+            mods = {mod.name: mod for mod in scn.modules}
+            plans = {owner: patch_plan(scn.sources if owner is None else mods[owner].sources, srcs,
+                                       cflags=scn.cflags)
+                     for owner, srcs in parts.items()}
     except PatchError as exc:
         raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
-    functions = [f for f in plan.changed if f in base.functions]
-    for warning in plan.warnings:
-        print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {warning}", file=sys.stderr)
+    functions, reasons, new = [], {}, set()
+    for owner, plan in plans.items():
+        image = base if owner is None else prog.modules[owner]
+        for f in plan.changed:
+            if f in image.functions:
+                name = f if owner is None else f"{owner}:{f}"
+                functions.append(name)
+                reasons[name] = plan.reasons.get(f, "differs")
+        new |= plan.carry
+        for warning in plan.warnings:
+            print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {warning}", file=sys.stderr)
     if not functions and not listed:
         raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: its sources change no function "
-                            f"of the program")
-    reasons = {f: plan.reasons.get(f, "differs") for f in functions}
-    reasons["_new"] = list(plan.carry)
+                            f"of the program{' or its modules' if scn.modules else ''}")
+    reasons["_new"] = sorted(new)
     return functions, reasons
