@@ -771,7 +771,8 @@ def test_a_source_the_system_cannot_read_is_named(d, capsys):
 
 def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, capsys, monkeypatch):
     """SIGTERM (a CI timeout, kill) while the trace is being written: exit
-    130 as for Ctrl-C, the user's old t.json intact, nothing left beside it."""
+    143 (128 + SIGTERM, as a shell reports a process SIGTERM killed), the
+    user's old t.json intact, nothing left beside it."""
     import signal
     from emu.app import report
     perfetto = report.perfetto
@@ -788,7 +789,7 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
     before = signal.signal(signal.SIGTERM, ours)
     try:
         code, _, err = run_row(d, capsys, "term", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--force"))
-        assert not missed and code == 130 and err == "lpemu: interrupted", err
+        assert not missed and code == 143 and err == "lpemu: interrupted", err
         assert (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*"))
         assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
     finally:

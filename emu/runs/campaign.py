@@ -53,7 +53,7 @@ from pathlib import Path
 
 from emu.errors import EmuError, UserError, check_int, check_type
 from emu.runs.expect import FINDINGS, findings
-from emu.runs import coverage
+from emu.runs import coverage, interrupt
 from emu.runs.fuzz import Runner
 from emu.kernel import versions
 from emu.models import MODEL_NAMES
@@ -153,12 +153,12 @@ POOL_CONTEXT = multiprocessing.get_context("fork")
 
 #: What stops a campaign (Campaign.run): held back while the pool forks
 #: its workers and while it shuts down (_stop_signals_held).
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = interrupt.STOP_SIGNALS
 
 
 @contextlib.contextmanager
 def _stop_signals_held():
-    """Hold Ctrl-C and SIGTERM back for a step of the pool that must not be
+    """Hold the stop signals (Ctrl-C, SIGTERM, SIGHUP) back for a step of the pool that must not be
     cut: the submit that forks the workers and the shutdown. The terminal
     sends Ctrl-C to every process of the group, the workers being forked
     too; landing in a fork it was raised in the fork handlers of the parent
@@ -194,7 +194,10 @@ def _init_worker(parent: int, program: Program | None = None, known: dict | None
         pass
     if os.getppid() != parent:             # the parent died before prctl took effect
         os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+    # the parent decides when to stop: the terminal sends Ctrl-C and its
+    # hangup to every process of the group
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked across the fork (_pool)
     if program is not None:
         _PoolWorker.runner = Runner(program, **(known or {}))
@@ -402,10 +405,11 @@ class Campaign:
 
     def run(self, progress=None, *, client=None) -> None:
         """Run what is missing. progress(n) is called as runs finish. An
-        interrupt (Ctrl-C, SIGTERM) stops it with every finished run kept.
+        interrupt (Ctrl-C, SIGTERM, SIGHUP: emu/runs/interrupt.py) stops it
+        with every finished run kept.
         With client (a dask.distributed Client) or a scheduler address given
         to the Campaign, the batches run on that Dask cluster."""
-        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        old_handlers = interrupt.install()
         own = None
         runner = Runner(self.program, **(self.known or {}))
         try:
@@ -427,7 +431,7 @@ class Campaign:
                 self._parallel(todo, known, progress)
         finally:
             runner.close()
-            signal.signal(signal.SIGTERM, old_term)
+            interrupt.restore(old_handlers)
             if own is not None:
                 own.close()
 
@@ -514,10 +518,6 @@ class Campaign:
                 raise UserError(f"{self.out / SUMMARY_FILE}: cannot write ({exc.strerror or exc}); the runs "
                                 f"are kept in {self.out / RUNS_FILE}") from None
         return out
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def read_records(path: Path) -> dict[tuple, dict]:
