@@ -150,3 +150,64 @@ def test_an_ignored_hangup_stays_ignored(tmp_path):
             "sys.exit(cli.main(['demo', '--runs', '1', '--json']))\n")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode in (0, 1) and json.loads(r.stdout)["results"], r.stderr
+
+
+def test_a_model_an_interrupted_campaign_did_not_settle_is_no_pass(tmp_path, capsys, monkeypatch, guarded):
+    """SIGTERM as the fourth run starts (models run in turn, two runs each):
+    kgraft ran both runs without a finding (ok), stop_machine's first run
+    already has one (FAIL, with its seed), livepatch never ran: it reads as
+    not run, in the text, in the JSON (not ok, interrupted) and in the
+    JUnit report (skipped, not passed and not failed)."""
+    import xml.etree.ElementTree as ET
+    from emu.runs import campaign
+    shutil.copytree(SEED, tmp_path, dirs_exist_ok=True)
+    real, started = campaign.run_record, []
+
+    def record(*a, **k):
+        started.append(a)
+        if len(started) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real(*a, **k)
+    monkeypatch.setattr(campaign, "run_record", record)
+    argv = ["fuzz", str(tmp_path / "scenario.toml"), "--model", "kgraft", "--model", "stop_machine",
+            "--model", "livepatch", "--runs", "2", "--jobs", "1", "--junit", str(tmp_path / "j.xml")]
+    assert cli.main(argv) == 143
+    out = capsys.readouterr().out
+    lines = {line.split()[1].rstrip(":"): line for line in out.splitlines()
+             if line[:4] in ("ok  ", "FAIL", "----")}
+    assert lines["kgraft"].startswith("ok   kgraft: no findings in 2 runs"), out
+    assert lines["stop_machine"].startswith("FAIL stop_machine: 1 of 1 runs with findings"), out
+    assert lines["livepatch"] == "---- livepatch: not run (the campaign was interrupted before its first run)", out
+    assert "no findings in 0 runs" not in out
+
+    started.clear()
+    assert cli.main([*argv, "--json"]) == 143
+    summary = json.loads(capsys.readouterr().out)
+    verdicts = {v["model"]: v for v in summary["verdicts"]}
+    assert verdicts["kgraft"]["ok"] and not verdicts["kgraft"]["interrupted"]
+    assert not verdicts["stop_machine"]["ok"] and verdicts["stop_machine"]["first_failing_seed"] == 0
+    assert not verdicts["livepatch"]["ok"] and verdicts["livepatch"]["interrupted"]
+    assert summary["ok"] is False and summary["interrupted"] is True
+
+    suite = ET.parse(tmp_path / "j.xml").getroot().find("testsuite")
+    cases = {c.get("name"): c for c in suite.iter("testcase")}
+    assert cases["kgraft"].find("failure") is None and cases["kgraft"].find("skipped") is None
+    assert cases["stop_machine"].find("failure") is not None
+    assert cases["livepatch"].find("failure") is None and "not run" in cases["livepatch"].find("skipped").get("message")
+    assert (suite.get("tests"), suite.get("failures"), suite.get("skipped")) == ("3", "1", "1")
+
+
+def test_a_model_run_in_part_is_judged_only_by_what_settles_it():
+    """expect.judge with planned runs: a partial set without a failing run
+    is interrupted (an `unsafe` still unseen, no finding yet), one with a
+    run that breaks `safe` fails; a whole set is judged as ever."""
+    from emu.runs import expect
+    clean = [{"seed": s, "outcome": "completed"} for s in range(3)]
+    bad = [*clean, {"seed": 3, "outcome": "completed", "inconsistent": True}]
+    v = expect.judge("m", (), expect.DEFAULT_FAIL_ON, clean, 10)
+    assert not v.ok and v.interrupted and v.why == "m: interrupted after 3 of 10 runs, not judged (no findings in 3 runs)"
+    assert expect.judge("m", ("unsafe",), (), clean, 10).interrupted
+    v = expect.judge("m", ("safe",), (), bad, 10)
+    assert not v.ok and not v.interrupted and v.seed == 3
+    assert expect.judge("m", (), expect.DEFAULT_FAIL_ON, clean, 3).ok
+    assert expect.judge("m", (), expect.DEFAULT_FAIL_ON, [], 3).why.startswith("m: not run")

@@ -424,8 +424,11 @@ def _fuzz(args) -> int:
     keys = set(plan.runs())
     by_model = {_label(k, mo): [r for key, r in camp.records.items() if key in keys and key[0] == mo
                                 and key[2:3] == ((k,) if k else ())] for k, mo in groups}
-    verdicts = [expect.judge(_label(k, mo), prog.scenario.expected(mo, k), fail_on, by_model[_label(k, mo)])
-                for k, mo in groups]
+    # an interrupted campaign judges a model by what its runs so far settle (expect.judge)
+    planned = {(k, mo): sum(1 for key in keys if key[0] == mo and key[2:3] == ((k,) if k else ()))
+               for k, mo in groups} if interrupted is not None else {}
+    verdicts = [expect.judge(_label(k, mo), prog.scenario.expected(mo, k), fail_on, by_model[_label(k, mo)],
+                             planned.get((k, mo))) for k, mo in groups]
     summary["interrupted"] = interrupted is not None
     summary["fail_on"] = list(fail_on)
     summary["verdicts"] = [v.to_json() | ({"model": mo, "kernel": k} if k else {})
@@ -456,7 +459,7 @@ def _fuzz(args) -> int:
                       f"model broke its own promise; those runs say nothing about the patch): "
                       f"{s['first_emulator_error']}")
         for v in verdicts:
-            mark = "ok  " if v.ok else "FAIL"
+            mark = "ok  " if v.ok else "----" if v.interrupted else "FAIL"      # ----: not run, or not settled
             print(f"{mark} {v.why}")
             if v.model in replay:
                 print(f"     replay: {replay[v.model]}")
@@ -510,7 +513,7 @@ def _write_junit(path, prog, verdicts, by_model: dict, replay, seconds: float) -
                           f"{x['task']} at t={x['time']}" for x in first.get("violations", [])[:3]),
                         f"replay: {replay[v.model]}"]
         cases.append(junit.Case(name, v.model, v.ok, v.why, details, seconds * len(recs) / total,
-                                "surprise" if v.expected else "finding"))
+                                "surprise" if v.expected else "finding", skipped=v.interrupted))
     junit.write(path, {name: cases})
 
 
