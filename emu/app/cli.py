@@ -615,7 +615,8 @@ def _bench(args) -> int:
     if args.json:
         _emit_json(result)
     else:
-        print(bench.format_bench(result))
+        from emu.app.tables import width_of
+        print(bench.format_bench(result, width=width_of(sys.stdout)))
     if args.plot:
         try:
             bench.write_scaling_plot(result, args.plot, replace=args.force)
