@@ -58,6 +58,7 @@ from emu.runs.verdicts import verdicts
 from emu.errors import Busy, EmuError, EventBound, GuestFault, StateError, UserError, check_int, check_type
 from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, MAX_EVENTS, Machine
 from emu.models import MODEL_NAMES, make_model
+from emu.models.refusals import NothingToForce
 from emu.kernel.patch import definition, make_patch
 from emu.runs.scenario import MAX_TIME, SEED_MAX, STRATEGIES, Program
 from emu.machine.policy import make_policy
@@ -597,7 +598,13 @@ class Runner:
             elif a.do == "disable":
                 model.disable(patches[a.target])
             elif a.do == "force":
-                model.force(patches.get(a.target))
+                try:
+                    model.force(patches.get(a.target))
+                except NothingToForce as exc:
+                    # the write fails and changes nothing, as force_store's
+                    # -EINVAL: the transition ended (or never began) before
+                    # it; said in the log, and no refusal of the run's
+                    m.printk(f"lpemu: force{' ' + a.target if a.target else ''}: {exc}: nothing to force")
             elif a.do == "load":
                 img = prog.modules[a.target]
                 model.check_load(img)        # before its insmod task starts
