@@ -1,5 +1,5 @@
 import sys
 
-from emu.app.cli import main
+from emu.app.launch import main
 
 sys.exit(main())

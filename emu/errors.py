@@ -33,8 +33,9 @@ class ToolMissing(BuildError):
 
 class EventBound(UserError):
     """A run reached the bound on the events it keeps in memory
-    (emu/runs/fuzz.py MAX_EVENTS): the scenario asks for a longer or denser
-    run than one may hold. A refusal of the input, never a fault of the run."""
+    (emu/machine/machine.py MAX_EVENTS): the scenario asks for a longer or
+    denser run than one may hold, or Machine.run was given no until and the
+    tasks never exit. A refusal of the input, never a fault of the run."""
 
 
 class PatchError(UserError):

@@ -332,6 +332,19 @@ def campaign_file_linked(name):
     return setup
 
 
+def campaign_file_moved_and_linked(name):
+    """A campaign whose runs.jsonl, campaign.json or summary.json was moved
+    to a file of the user's, a link to it left in its place (the content
+    whole, so that nothing but the link stops --resume): --resume refuses
+    the link instead of writing the user's file through it."""
+    def setup(d):
+        assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+        (d / "c" / name).rename(d / "mine.txt")
+        (d / "c" / name).symlink_to(d / "mine.txt")
+        return ["fuzz", d / "s.toml", "--runs", "2", "--jobs", "1", "--quiet", "--out", d / "c", "--resume"]
+    return setup
+
+
 def campaign_json_numbers(d):
     """campaign.json edited so that its kernels list holds a null and a number."""
     import json
@@ -558,6 +571,12 @@ ROWS = [
     ("--resume of a campaign whose rejected.txt links to a file of the user's",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("rejected.txt")(d))[1],
      ["--out", "c: rejected.txt is a symbolic link"]),
+    ("--resume of a campaign whose runs.jsonl links to a file of the user's",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_moved_and_linked("runs.jsonl")(d))[1],
+     ["--out", "c: runs.jsonl is a symbolic link; lpemu writes only files of its own there"]),
+    ("--resume of a campaign whose campaign.json links to a file of the user's",
+     lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_moved_and_linked("campaign.json")(d))[1],
+     ["--out", "c: campaign.json is a symbolic link; lpemu writes only files of its own there"]),
     ("--resume of a campaign.json whose kernels hold null and 1",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_numbers(d))[1],
      ["--resume", "it holds a different campaign (kernels 'None 1'"]),
@@ -616,6 +635,25 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
         scn(d, SCENARIO + FUZZ)
         code, _, err = run_row(d, capsys, name, campaign_file_linked(name))
         assert code == 2 and (d / "mine.txt").read_text() == "mine", err
+    for name in ("runs.jsonl", "campaign.json", "summary.json"):
+        shutil.rmtree(d / "c", ignore_errors=True)
+        scn(d, SCENARIO + FUZZ)
+        setup = campaign_file_moved_and_linked(name)
+        argv = setup(d)
+        mine = (d / "mine.txt").read_bytes()
+        code, _, err = run_row(d, capsys, name, lambda d: argv)
+        assert code == 2 and f"{name} is a symbolic link" in err and (d / "mine.txt").read_bytes() == mine, err
+    # a link where the campaign writes a file's new content aside is not
+    # followed either (the new content goes to a new file of its own)
+    shutil.rmtree(d / "c", ignore_errors=True)
+    scn(d, SCENARIO + FUZZ)
+    assert cli.main(["fuzz", str(d / "s.toml"), "--runs", "1", "--jobs", "1", "--quiet", "--out", str(d / "c")]) == 0
+    (d / "mine.txt").write_text("mine")
+    for name in ("campaign.json.tmp", "summary.json.tmp", "runs.jsonl.tmp"):
+        (d / "c" / name).symlink_to(d / "mine.txt")
+    code = cli.main(["fuzz", str(d / "s.toml"), "--runs", "2", "--jobs", "1", "--quiet", "--out", str(d / "c"),
+                     "--resume"])
+    assert code == 0 and (d / "mine.txt").read_text() == "mine"
 
 
 def test_output_paths_are_checked_before_the_run(d, capsys):
@@ -771,7 +809,8 @@ def test_a_source_the_system_cannot_read_is_named(d, capsys):
 
 def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, capsys, monkeypatch):
     """SIGTERM (a CI timeout, kill) while the trace is being written: exit
-    130 as for Ctrl-C, the user's old t.json intact, nothing left beside it."""
+    143 (128 + SIGTERM, as a shell reports a process SIGTERM killed), the
+    user's old t.json intact, nothing left beside it."""
     import signal
     from emu.app import report
     perfetto = report.perfetto
@@ -788,7 +827,7 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
     before = signal.signal(signal.SIGTERM, ours)
     try:
         code, _, err = run_row(d, capsys, "term", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--force"))
-        assert not missed and code == 130 and err == "lpemu: interrupted", err
+        assert not missed and code == 143 and err == "lpemu: interrupted", err
         assert (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*"))
         assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
     finally:

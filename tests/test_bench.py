@@ -91,3 +91,29 @@ def test_the_scaling_plan_grows_with_the_run_rate():
     assert scaling_seeds(False, 1_000, 4) == 2_000
     fast = scaling_seeds(False, 8_000, 4)
     assert fast * 4 >= 8_000 * SCALING_SECONDS and (fast - 1) * 4 < 8_000 * SCALING_SECONDS
+
+
+HEADERS = ("figure", "value", "target", "met", "added instructions", "ns, entry events off", "stop_machine pause",
+           "wait for stop", "livepatch latency", "last switch", "kgraft latency", "last migration")
+
+
+def test_tables_piped_to_a_file_keep_their_headers_whole(quick, monkeypatch, capsys):
+    """Not on a terminal (a pipe, a file), `lpemu bench` prints its tables as
+    wide as their content: every header whole on its table's one header
+    line (they were cut to 'stop_machi…' at a fixed width). On a narrow
+    terminal the headers wrap at spaces and no number is cut."""
+    from emu.app import cli
+    monkeypatch.setattr(bench, "run_bench", lambda **kw: quick)
+    assert cli.main(["bench", "--quick"]) == 0
+    text = capsys.readouterr().out
+    lines = text.splitlines()
+    for head in HEADERS:
+        assert any(head in line for line in lines), head
+    assert "…" not in text and "~" not in text
+    heads = [lines[i - 1] for i, line in enumerate(lines) if line.startswith("-----")]
+    assert all(head in " ".join(heads) for head in HEADERS)
+    narrow = bench.format_bench(quick, width=60)
+    for row in quick["scaling"]["by_tasks"]:
+        assert bench.table.fmt(row["livepatch_latency"]) in narrow
+    assert all(len(line) <= 60 for line in narrow.splitlines() if not line.startswith(("  ", "Scaling", "redirect,",
+                                                                                         "throughput", "Redirect")))

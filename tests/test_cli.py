@@ -213,7 +213,7 @@ def test_version_and_help():
 def test_each_commands_help_names_the_exit_statuses_it_can_return(command, findings):
     text = cli.build_parser()._subparsers._group_actions[0].choices[command].epilog
     assert ("1 findings" in text) == findings, text
-    assert "2 usage or input error" in text and "130 interrupted" in text
+    assert "2 usage or input error" in text and "128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM" in text
 
 
 def test_every_subcommand_and_option_has_help_and_each_command_an_example():

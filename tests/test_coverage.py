@@ -157,6 +157,18 @@ def test_coverage_counts_met_states_and_names_the_missed_ones(rare):
     assert coverage.line(cov).startswith(f"coverage {cov['met']}/{cov['states']} states (web ")
 
 
+def test_coverage_of_a_probe_that_saw_no_state_says_so_in_words():
+    """A probe that never saw a task off its CPU lists no state: the line
+    says there was nothing to measure (it was 'coverage 0/0 states ()'),
+    and counts what the runs met all the same."""
+    probe = {"end": 20_000, "last_new": 0, "saturated": False, "fault": None, "quiet": 64}
+    for tasks in ([], [{"task": "looper", "states": 0, "met": 0, "missed": [], "unforeseen": []}]):
+        cov = {"states": 0, "met": 0, "complete": True, "unforeseen": 0, "tasks": tasks, "probe": probe}
+        assert coverage.line(cov) == "coverage: none to measure, the probe saw no state"
+    cov["unforeseen"] = 2
+    assert coverage.line(cov) == "coverage: none to measure, the probe saw no state; the runs met 2 states it never saw"
+
+
 def test_cli_until_covered_stops_when_every_state_was_met(capsys):
     assert cli.main(["fuzz", str(RARE), "--model", "kgraft", "--until-covered", "--jobs", "1", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)

@@ -1040,11 +1040,13 @@ def test_a_fault_is_a_finding(capsys):
 def test_a_probe_that_never_saw_a_task_off_its_cpu_says_so(capsys):
     """A CPU-bound kthread is on its CPU whenever the probe looks: the probe
     sees no state, and said 'a new state still appeared at t=20000: raise
-    [fuzz] probe' next to 'coverage 0/0 states'."""
+    [fuzz] probe' next to 'coverage 0/0 states ()': the coverage line says
+    in words that there was nothing to measure."""
     cli.main(["fuzz", str(HELD / "cond-resched-outside/scenario.toml"), "--model", "immediate", "--runs", "1",
               "--jobs", "1", "--quiet"])
     out = capsys.readouterr().out
     assert "probe: no task was ever seen off its CPU" in out and "raise [fuzz] probe" not in out
+    assert "immediate: coverage: none to measure, the probe saw no state" in out and "0/0" not in out, out
 
 
 # ---- fake signals: a user task and a kthread asleep in patched code ------------------------

@@ -6,9 +6,9 @@ import pytest
 
 from emu.engine import core
 from emu.machine import hypercall
-from emu.errors import GuestFault, UserError
+from emu.errors import EventBound, GuestFault, UserError
 from emu.kernel.ftrace import Ftrace, Ops
-from emu.machine.machine import EV_KERNEL_EXIT, Machine, Sync
+from emu.machine.machine import EV_KERNEL_EXIT, MAX_EVENTS, Machine, Sync
 
 SEED = """
 long counter;
@@ -137,6 +137,44 @@ def test_run_until_must_be_a_virtual_time(compile_c, until, error):
         m.run(until=until)
     m.run(until=1_000)                  # nothing was started or held by the refusal
     assert m.now >= 1_000
+
+
+@pytest.mark.parametrize("accel", ["c", "python"])
+@pytest.mark.parametrize("every_slice", [True, False])
+def test_a_run_given_no_until_stops_at_its_event_bound_and_says_what_to_pass(compile_c, accel, every_slice):
+    """A kthread that loops forever never lets a bare run() end: the run
+    stops once the trace holds max_events events (at most one event ring
+    beyond), raising EventBound that names until= and max_events; the
+    machine then runs on to a time, and another bare run refuses at once,
+    its trace as it was: what a bounded run keeps stays flat."""
+    base = compile_c(SEED)
+    bound = 20_000
+    m = Machine(base, cpus=2, quantum=300, accel=accel, max_events=bound)
+    m.add_task("kthread", "kthread_entry", (1,), kind="kthread")
+    m.add_task("user0", "user_entry", (0,))
+
+    def unbounded():                        # (the machine's own check comes first)
+        assert len(m.trace) <= 4 * bound + m.engine.event_capacity, "the run went on past its bound"
+        return False
+    with pytest.raises(EventBound, match=r"run given no until keeps at most 20_000 events.*pass until=.*max_events"):
+        m.run(stop_when=unbounded, every_slice=every_slice)
+    kept = len(m.trace)
+    assert bound <= kept <= bound + m.engine.event_capacity
+    with pytest.raises(EventBound):
+        m.run()
+    assert len(m.trace) == kept
+    now = m.now
+    m.run(until=now + 5_000)                  # a run to a time is not bounded by it
+    assert m.now >= now + 5_000 and len(m.trace) > kept
+
+
+def test_the_event_bound_has_one_home_and_is_the_default(compile_c):
+    from emu.runs import fuzz
+    m = Machine(compile_c(SEED))
+    assert m.max_events == MAX_EVENTS == fuzz.MAX_EVENTS == 1_000_000
+    for bad in (0, -1, 1.5, None):
+        with pytest.raises((TypeError, ValueError), match="max_events"):
+            Machine(compile_c(SEED), max_events=bad)
 
 
 def test_sync_waits_for_every_cpu_to_end_a_slice(compile_c):

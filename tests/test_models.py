@@ -8,9 +8,9 @@ import pytest
 
 from emu.engine import core
 from emu.errors import Busy
-from emu.models.refusals import PatchRefused
+from emu.models.refusals import NothingToForce, PatchRefused
 from emu.machine.machine import Machine
-from emu.models import make_model
+from emu.models import MODEL_NAMES, make_model
 from emu.kernel.patch import make_patch
 
 BASE = """
@@ -378,10 +378,12 @@ def test_a_force_between_transitions_does_not_reach_the_next_enable(compile_c, n
     """kpatch has no force at run time (a function's KPATCH_FORCE_UNSAFE is
     fixed when the patch is built), Ksplice none at all: lpemu's force skips
     the check of the transition in progress only. One written while nothing
-    is in transition leaves the next enable's activeness check as it is: the
-    sleeper inside busy() fails every attempt."""
+    is in transition is refused and leaves the next enable's activeness
+    check as it is: the sleeper inside busy() fails every attempt."""
     m, model, patch = setup(compile_c, name, sleep=100_000)
-    m.at(2_000, lambda: model.force())
+    m.run(until=2_000)
+    with pytest.raises(NothingToForce):
+        model.force()
     enable_at(m, model, patch, 5_000)
     m.run(until=m.seconds(20))
     t = model.transitions[0]
@@ -405,3 +407,49 @@ def test_a_force_ends_with_its_transition(compile_c):
     (stopped, resumed), = run().transitions[0].pauses
     model = run(force_at=resumed - 1)
     assert [t.result for t in model.transitions] == ["failed", "failed"]
+
+
+@pytest.mark.parametrize("name", MODEL_NAMES)
+def test_a_force_with_no_transition_in_progress_is_refused_under_every_model(compile_c, name):
+    """The kernel's force_store answers -EINVAL unless the patch is the one
+    in transition (kernel/livepatch/core.c), and changes nothing: every
+    model's force does the same, before the enable, after its transition
+    ended, and for a patch that is not the one in transition; during the
+    transition it is taken."""
+    m, model, patch = setup(compile_c, name, sleep=100_000)
+    m.run(until=2_000)
+    for call in (lambda: model.force(), lambda: model.force(patch)):
+        with pytest.raises(NothingToForce) as e:
+            call()
+        assert e.value.errno == errno.EINVAL and "in transition (-EINVAL: Invalid argument)" in str(e.value)
+    events, log = len(m.trace), list(m.log)
+    m.drain()
+    assert len(m.trace) == events and m.log == log and model.transitions == []
+    model.enable(patch)
+    other = model.add(make_patch(m, "p2", m.images[-1], ["quick"]))
+    with pytest.raises(NothingToForce, match="patch 'p2' is not in transition"):
+        model.force(other)
+    m.run(until=m.now + m.seconds(0.5))
+    if model.transition is not None:            # (immediate's is over by now)
+        model.force(patch)                      # the patch in transition: taken
+    m.run(until=m.seconds(30))
+    assert model.transitions[-1].result != "pending"
+    with pytest.raises(NothingToForce, match=r"no patch is in transition \(-EINVAL: Invalid argument\)"):
+        model.force()
+
+
+def test_a_scenario_force_with_nothing_to_force_is_said_and_fails_no_run():
+    """Scenarios run under every model: the busy example's force comes two
+    seconds after the enable, when immediate's transition is long over. The
+    write changes nothing (-EINVAL); the run says so in its kernel log and
+    is no refused action: the transition completed, the outcome too."""
+    from pathlib import Path
+    from emu.runs import scenario
+    from emu.runs.fuzz import Runner
+    path = Path(__file__).resolve().parent.parent / "examples" / "busy" / "scenario-force.toml"
+    with Runner(scenario.build(scenario.load(path))) as r:
+        res, m, _ = r.execute(r.plan("immediate", 0), keep=True)
+        log = [text for _, text in m.log]
+        m.engine.close()
+    assert res.outcome == "completed" and res.errors == []
+    assert "lpemu: force: no patch is in transition (-EINVAL: Invalid argument): nothing to force" in log

@@ -64,3 +64,30 @@ def test_a_device_is_written_in_place_and_a_link_followed(tmp_path):
     (tmp_path / "link.json").symlink_to("real.json")
     output.write_text(tmp_path / "link.json", "new")
     assert (tmp_path / "link.json").is_symlink() and (tmp_path / "real.json").read_text() == "new"
+
+
+def test_an_own_file_is_never_written_through_a_link_or_in_place(tmp_path):
+    """own=True (a campaign's files in the --out the user named): a link
+    there, or a fifo, is refused and left as it was, never followed (the
+    user named the directory, not where a link in it points); a regular
+    file is replaced whole, and a link planted beside it, where the new
+    content is written first, is not followed either."""
+    (tmp_path / "mine.txt").write_text("mine")
+    (tmp_path / "link.json").symlink_to(tmp_path / "mine.txt")
+    with pytest.raises(output.ForeignFile, match="a symbolic link") as e:
+        output.write_text(tmp_path / "link.json", "new", own=True)
+    assert isinstance(e.value, OSError)
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(output.ForeignFile, match="not a regular file"):
+        output.write_text(tmp_path / "fifo.json", "new", own=True)      # (opening it would block)
+    assert (tmp_path / "mine.txt").read_text() == "mine" and (tmp_path / "link.json").is_symlink()
+    (tmp_path / "own.json").write_text("old")
+    for name in ("own.json.tmp", f".own.json.{os.getpid()}.tmp"):
+        (tmp_path / name).symlink_to(tmp_path / "mine.txt")
+    with pytest.raises(FileExistsError):              # the name beside it is taken: nothing written
+        output.write_text(tmp_path / "own.json", "new", own=True)
+    (tmp_path / f".own.json.{os.getpid()}.tmp").unlink()
+    output.write_text(tmp_path / "own.json", "new", own=True)
+    assert (tmp_path / "own.json").read_text() == "new" and (tmp_path / "mine.txt").read_text() == "mine"
+    output.write_text(tmp_path / "fresh.json", "x", own=True)
+    assert (tmp_path / "fresh.json").read_text() == "x"

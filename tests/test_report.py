@@ -429,3 +429,43 @@ def test_timeline_marks_findings_and_opens_around_the_first(compile_c):
             assert any(s.function == t.get_text() and s.start * per <= x0 and x1 <= s.end * per for s in spans)
     finally:
         fig.clear()
+
+
+def test_a_scenario_at_a_path_that_is_not_utf8_traces_as_text_and_hashes_as_elsewhere(tmp_path, capsys):
+    """A directory name with a byte that is not UTF-8 (the seed copied to
+    b'seed\\xff'): the run's trace and timeline name it with the visible
+    escape \\udcff (as lpemu's messages do), the trace is UTF-8 JSON with
+    no lone surrogate in it, and the trace hash is the same as for the
+    same scenario anywhere else, run after run."""
+    import os
+    import shutil
+    from pathlib import Path
+    from emu.app import cli
+    seed = Path(__file__).resolve().parent.parent / "examples" / "seed"
+    odd = Path(os.fsdecode(bytes(tmp_path) + b"/seed\xff"))
+    shutil.copytree(seed, odd)
+    hashes = []
+    for where, extra in ((odd, ["--trace", str(tmp_path / "t.json"), "--timeline", str(tmp_path / "t.png")]),
+                         (odd, []), (seed, [])):
+        code = cli.main(["run", str(where / "scenario.toml"), "--model", "livepatch", "--seed", "1", "--json",
+                         "--force", *extra])
+        out, err = capsys.readouterr()
+        assert code == 1 and "Traceback" not in err, err
+        hashes.append(json.loads(out)["trace_hash"])
+    assert len(set(hashes)) == 1
+    raw = (tmp_path / "t.json").read_bytes().decode("utf-8")
+    trace = json.loads(raw)
+
+    def strings(x):
+        if isinstance(x, dict):
+            for k, v in x.items():
+                yield k
+                yield from strings(v)
+        elif isinstance(x, list):
+            for v in x:
+                yield from strings(v)
+        elif isinstance(x, str):
+            yield x
+    assert not any("\ud800" <= c <= "\udfff" for s in strings(trace) for c in s)
+    assert trace["otherData"]["machine"] == "seed\\udcff"
+    assert (tmp_path / "t.png").stat().st_size > 1000

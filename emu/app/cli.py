@@ -4,7 +4,10 @@ Exit status (EXIT_*): 0 no finding, 1 findings (run, replay: a finding of a
 kind --fail-on counts; fuzz: a model whose campaign breaks its [expect], or
 without one has a finding --fail-on counts; demo: a model that does not
 answer the seed question as expected, emu/app/demo.py EXPECTED), 2 usage or input
-error (one message on stderr, never a traceback), 130 interrupted (Ctrl-C or SIGTERM).
+error (one message on stderr, never a traceback), 128 + the signal when a
+signal stopped it, as a shell reports a process that signal killed (130
+Ctrl-C, 143 SIGTERM, 129 SIGHUP: emu/runs/interrupt.py); what was written
+by then is kept.
 With --json a command prints one JSON object on stdout and nothing else there
 (progress and warnings go to stderr).
 """
@@ -14,7 +17,6 @@ import argparse
 import itertools
 import json
 import shlex
-import signal
 import sys
 import time
 from pathlib import Path
@@ -22,10 +24,10 @@ from pathlib import Path
 from emu import __version__
 from emu.errors import GuestFault, UserError
 from emu.models import MODEL_NAMES
-from emu.runs import expect
+from emu.runs import expect, interrupt
 from emu.runs.scenario import MAX_RUNS, MAX_TIME, SEED_MAX, STRATEGIES
 
-EXIT_OK, EXIT_FINDINGS, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FINDINGS, EXIT_USAGE = 0, 1, 2
 
 VERSION_NAMES = {0: "old", 1: "new"}
 UNTIL_COVERED_RUNS = 1000     # --until-covered without --runs: at most this many runs per model
@@ -387,7 +389,7 @@ def _fuzz(args) -> int:
               for k, mo in groups}
     if args.until_covered:
         totals = {label: runs - (step - n) for label, n in totals.items()}
-    interrupted = False
+    interrupted = None          # the KeyboardInterrupt that stopped the campaign
     seen = len(camp.records)
     started = time.monotonic()
 
@@ -409,8 +411,8 @@ def _fuzz(args) -> int:
                     break
                 more = min(step, runs - len(plan.seeds))
                 plan.seeds.extend(range(plan.seeds[-1] + 1, plan.seeds[-1] + 1 + more))
-    except KeyboardInterrupt:
-        interrupted = True
+    except KeyboardInterrupt as exc:
+        interrupted = exc
     finally:
         if client is not None:
             client.close()
@@ -422,9 +424,12 @@ def _fuzz(args) -> int:
     keys = set(plan.runs())
     by_model = {_label(k, mo): [r for key, r in camp.records.items() if key in keys and key[0] == mo
                                 and key[2:3] == ((k,) if k else ())] for k, mo in groups}
-    verdicts = [expect.judge(_label(k, mo), prog.scenario.expected(mo, k), fail_on, by_model[_label(k, mo)])
-                for k, mo in groups]
-    summary["interrupted"] = interrupted
+    # an interrupted campaign judges a model by what its runs so far settle (expect.judge)
+    planned = {(k, mo): sum(1 for key in keys if key[0] == mo and key[2:3] == ((k,) if k else ()))
+               for k, mo in groups} if interrupted is not None else {}
+    verdicts = [expect.judge(_label(k, mo), prog.scenario.expected(mo, k), fail_on, by_model[_label(k, mo)],
+                             planned.get((k, mo))) for k, mo in groups]
+    summary["interrupted"] = interrupted is not None
     summary["fail_on"] = list(fail_on)
     summary["verdicts"] = [v.to_json() | ({"model": mo, "kernel": k} if k else {})
                            for v, (k, mo) in zip(verdicts, groups)]
@@ -454,7 +459,7 @@ def _fuzz(args) -> int:
                       f"model broke its own promise; those runs say nothing about the patch): "
                       f"{s['first_emulator_error']}")
         for v in verdicts:
-            mark = "ok  " if v.ok else "FAIL"
+            mark = "ok  " if v.ok else "----" if v.interrupted else "FAIL"      # ----: not run, or not settled
             print(f"{mark} {v.why}")
             if v.model in replay:
                 print(f"     replay: {replay[v.model]}")
@@ -465,8 +470,8 @@ def _fuzz(args) -> int:
                       + str(s["first_fault"]).replace("\n", "\n  "))
         if args.junit:
             print(f"junit: {args.junit}")
-    if interrupted:
-        return EXIT_INTERRUPTED
+    if interrupted is not None:
+        return interrupt.status(interrupted)
     return EXIT_OK if summary["ok"] else EXIT_FINDINGS
 
 
@@ -508,7 +513,7 @@ def _write_junit(path, prog, verdicts, by_model: dict, replay, seconds: float) -
                           f"{x['task']} at t={x['time']}" for x in first.get("violations", [])[:3]),
                         f"replay: {replay[v.model]}"]
         cases.append(junit.Case(name, v.model, v.ok, v.why, details, seconds * len(recs) / total,
-                                "surprise" if v.expected else "finding"))
+                                "surprise" if v.expected else "finding", skipped=v.interrupted))
     junit.write(path, {name: cases})
 
 
@@ -610,7 +615,8 @@ def _bench(args) -> int:
     if args.json:
         _emit_json(result)
     else:
-        print(bench.format_bench(result))
+        from emu.app.tables import width_of
+        print(bench.format_bench(result, width=width_of(sys.stdout)))
     if args.plot:
         try:
             bench.write_scaling_plot(result, args.plot, replace=args.force)
@@ -654,13 +660,14 @@ EPILOGS = {
     "bench": "example:\n  lpemu bench --quick --plot /tmp/scaling.png",
     "diff": "example:\n  lpemu diff tests/diff/inline/old.c tests/diff/inline/new.c",
 }
+INTERRUPTED_HELP = "128 + the signal when interrupted (130 Ctrl-C, 143 SIGTERM, 129 SIGHUP)"
 EXIT_HELP = ("exit status: 0 no finding, 1 findings (see --fail-on and [expect]), 2 usage or input error, "
-             "130 interrupted")
+             + INTERRUPTED_HELP)
 # demo has no --fail-on or [expect]: the seed question's expected answers judge it
 EXIT_HELP_DEMO = ("exit status: 0 every model answered the seed question as expected, 1 findings (a model "
-                  "answered it otherwise), 2 usage or input error, 130 interrupted")
+                  "answered it otherwise), 2 usage or input error, " + INTERRUPTED_HELP)
 # the commands that judge nothing (diff, bench, first-failure: its table is the answer)
-EXIT_HELP_PLAIN = "exit status: 0 done, 2 usage or input error, 130 interrupted"
+EXIT_HELP_PLAIN = "exit status: 0 done, 2 usage or input error, " + INTERRUPTED_HELP
 FAIL_ON_HELP = (f"comma-separated finding kinds that fail the command: {', '.join(expect.FINDINGS)}, "
                 f"or all, or none (default: {','.join(expect.DEFAULT_FAIL_ON)})")
 
@@ -879,7 +886,7 @@ def main(argv=None) -> int:
     """Run the command line; returns the exit status (module docstring)."""
     out, err = sys.stdout, sys.stderr
     sys.stdout, sys.stderr = _Stdout(out), _Stderr(err)
-    old_term = _interrupt_on_sigterm()
+    old_handlers = interrupt.install()
     try:
         code = _main(argv)
         try:
@@ -890,8 +897,7 @@ def main(argv=None) -> int:
         return code
     finally:
         sys.stdout, sys.stderr = out, err
-        if old_term is not None:
-            signal.signal(signal.SIGTERM, old_term)
+        interrupt.restore(old_handlers)
 
 
 def _shown(message: str) -> str:
@@ -904,19 +910,6 @@ def _shown(message: str) -> str:
         return message
     return "".join(c if c in "\n\t" or invisible(c) is None else
                    (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}") for c in message)
-
-
-def _interrupt_on_sigterm():
-    """SIGTERM (kill, a CI job's timeout) stops a command as Ctrl-C does: the
-    outputs being written are left as they were (emu/runs/output.py) and the
-    exit status is 130. Returns the handler it replaced (None when not in the
-    main thread, where no handler can be set)."""
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-    try:
-        return signal.signal(signal.SIGTERM, interrupt)
-    except ValueError:
-        return None
 
 
 def _main(argv) -> int:
@@ -939,9 +932,9 @@ def _main(argv) -> int:
     except GuestFault as exc:
         print(f"lpemu: {_shown(str(exc))}", file=sys.stderr)
         return EXIT_FINDINGS
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         print("lpemu: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return interrupt.status(exc)
 
 
 if __name__ == "__main__":  # pragma: no cover

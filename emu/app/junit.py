@@ -5,7 +5,9 @@ GitHub reporters follow): <testsuites> holding one <testsuite> per scenario
 with name, tests, failures, errors, skipped and time; each <testcase> has
 name (the model), classname (the scenario) and time, and a failed one holds
 one <failure message=... type=...> whose text gives the first failing seed,
-what that run found and the command that replays it.
+what that run found and the command that replays it. A model that an
+interrupted campaign did not run, or ran only in part without a run that
+settles it, holds <skipped message=...>: neither passed nor failed.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ class Case:
     details: list[str] = field(default_factory=list)
     seconds: float = 0.0
     kind: str = "finding"          # failure type: finding, or surprise (an [expect] not met)
+    skipped: bool = False          # not run, or not settled by its runs (an interrupted campaign)
 
 
 #: what XML 1.0 cannot hold, even escaped (its Char production): most C0
@@ -45,16 +48,19 @@ def _xml(text: str) -> str:
 def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
     """suites: scenario name -> its cases, as a JUnit XML tree."""
     suites = {_xml(name): [Case(_xml(c.scenario), _xml(c.model), c.ok, _xml(c.message), [_xml(x) for x in c.details],
-                                c.seconds, _xml(c.kind)) for c in cases] for name, cases in suites.items()}
+                                c.seconds, _xml(c.kind), c.skipped) for c in cases] for name, cases in suites.items()}
     root = ET.Element("testsuites", name="lpemu")
     totals = {"tests": 0, "failures": 0}
     for name, cases in suites.items():
-        failures = sum(not c.ok for c in cases)
+        failures = sum(not c.ok and not c.skipped for c in cases)
         suite = ET.SubElement(root, "testsuite", name=name, tests=str(len(cases)), failures=str(failures),
-                              errors="0", skipped="0", time=f"{sum(c.seconds for c in cases):.3f}")
+                              errors="0", skipped=str(sum(c.skipped for c in cases)),
+                              time=f"{sum(c.seconds for c in cases):.3f}")
         for c in cases:
             case = ET.SubElement(suite, "testcase", name=c.model, classname=c.scenario, time=f"{c.seconds:.3f}")
-            if not c.ok:
+            if c.skipped:
+                ET.SubElement(case, "skipped", message=c.message)
+            elif not c.ok:
                 failure = ET.SubElement(case, "failure", message=c.message, type=c.kind)
                 failure.text = "\n".join([c.message, *c.details])
             else:

@@ -59,6 +59,10 @@ from emu.machine.task import INT64, ROUTES, Cpu, Kind, RunState, Task
 from emu.machine.works import Delay, Release, StopMachine, Sync, Works  # noqa: F401 (what works yield)
 
 UNWINDERS = ("orc", "fp")
+#: The events a run keeps in memory (m.trace, 40 bytes each packed): the
+#: bound of a run given no until (Machine(max_events=) sets another), and of
+#: every run lpemu makes (emu/runs/fuzz.py).
+MAX_EVENTS = 1_000_000
 _ROUTE_CODES = {route: i for i, route in enumerate(ROUTES)}     # EV_PATCH_STATE's b
 
 
@@ -73,7 +77,7 @@ class Machine:
     def __init__(self, image: Image, *, cpus: int = 1, quantum: int = 1000, preempt: str = "voluntary",
                  tick: int = 1000, hz: int = 100, unwinder: str = "orc", accel: str = "c",
                  fast_memory: bool = True, policy=None, lockup_ticks: int = 2000, name: str = "machine",
-                 sched: str | None = None):
+                 sched: str | None = None, max_events: int = MAX_EVENTS):
         check_type(image, Image, "Machine: image", "build_c or load_elf gives one")
         check_int(cpus, "Machine: cpus")
         for key, value in (("quantum", quantum), ("tick", tick), ("hz", hz), ("lockup_ticks", lockup_ticks)):
@@ -86,6 +90,7 @@ class Machine:
         check_int(quantum, "Machine: quantum", 1, 2**63 - 1)
         check_int(tick * hz, "Machine: tick * hz (instructions a second)", 1, 2**63 - 1)
         check_int(lockup_ticks * tick, "Machine: lockup_ticks * tick", 0, 2**63 - 1)
+        check_int(max_events, "Machine: max_events", 1, 2**63 - 1)
         check_type(fast_memory, bool, "Machine: fast_memory")
         check_type(name, str, "Machine: name")
         if policy is not None and not callable(getattr(policy, "pick", None)):
@@ -109,6 +114,7 @@ class Machine:
         self.unwinder = unwinder
         self.accel = accel
         self.lockup = lockup_ticks * tick
+        self.max_events = max_events     # the bound of a run given no until (run())
         self.policy = policy or RoundRobin()
         self.engine = core.Engine(accel=accel, fast_memory=fast_memory)
         self.cpus = [Cpu(i, Task(-1 - i, f"swapper/{i}", Kind.IDLE, i)) for i in range(cpus)]
@@ -573,7 +579,13 @@ class Machine:
     def run(self, until: int | None = None, *, stop_when=None, every_slice: bool = True,
             watch=None) -> None:
         """Run until virtual time `until`, until every task has exited, or until
-        stop_when() is true. stop_when is checked between slices, or with
+        stop_when() is true. A run given no until is bounded by the events
+        it keeps (self.max_events, MAX_EVENTS unless the Machine was given
+        another): tasks that never exit would otherwise keep it going until
+        the host's memory is spent. It raises EventBound once the trace
+        holds that many (checked whenever the machine comes back to Python,
+        at the latest when the C core's event ring is full: at most one
+        ring beyond the bound); pass until to run to a time. stop_when is checked between slices, or with
         every_slice=False only when the machine comes back to Python for
         kernel work (a timer or work item, a switch point a model watches, a
         hypercall of its own), which lets the scheduler stay in C. With
@@ -581,7 +593,7 @@ class Machine:
         scheduler), it is also checked after a slice in which one of those
         tasks left its CPU, instead of after every slice. Stopping and
         running on gives the same run as running straight through.
-        Raises GuestFault; EngineBusy when another thread is running the
+        Raises GuestFault; EventBound (above); EngineBusy when another thread is running the
         machine; TypeError or ValueError for an until that is not a virtual
         time (an int, 0 <= until < 2**63)."""
         if until is not None:

@@ -11,7 +11,7 @@ from unicorn.x86_const import UC_X86_REG_RAX
 
 from emu.engine.core import SchedReturn as SR
 from emu.engine.sched import PyScheduler
-from emu.errors import CoreError, GuestFault
+from emu.errors import CoreError, EventBound, GuestFault
 from emu.machine import faults
 from emu.machine.task import RunState
 
@@ -73,6 +73,7 @@ class Scheduling:
             st.notify_all = notify_all
         each = stop_when is not None and every_slice and watch is None
         until_c = -1 if until is None else until
+        trace, bound = m.trace, m.max_events      # a run given no until stops at bound events (bounded)
         goals: tuple | None = None          # the CPUs' goals as set (works.waits())
         watched: set[int] = set()           # the tasks whose watch flag is set
         engine, listeners = m.engine, m.listeners
@@ -98,8 +99,11 @@ class Scheduling:
                         works.fire_due()
                 if stop_when is not None and stop_when():
                     return
-                if until is not None and engine.clock >= until:
-                    return
+                if until is not None:
+                    if engine.clock >= until:
+                        return
+                elif len(trace) >= bound:
+                    self._event_bound()
                 if st.live <= 0:
                     return
                 if works.items:
@@ -139,6 +143,17 @@ class Scheduling:
             if watched:
                 self._set_watch(watched, set())
             m.drain()
+
+    def _event_bound(self) -> None:
+        """EventBound: a run given no until reached the machine's bound on
+        the events it keeps, with tasks still running."""
+        m = self.m
+        running = [t.name for t in m.tasks if t.state is not RunState.EXITED]
+        raise EventBound(
+            f"run: the trace reached {len(m.trace):_} events at t={m.now} with {len(running)} tasks still running "
+            f"({', '.join(running[:3])}{', ...' if len(running) > 3 else ''}): a run given no until keeps at most "
+            f"{m.max_events:_} events (Machine max_events); pass until= (a virtual time: m.seconds(s), m.ticks(n)) "
+            f"to run to a time, or a larger Machine(max_events=)")
 
     def _fire_wakes(self) -> None:
         """Wake the sleepers due now: in C with the C scheduler (the twin's

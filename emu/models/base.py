@@ -26,7 +26,7 @@ from emu.machine.machine import EV_TRANSITION, Machine
 from emu.kernel.patch import Patch, PatchFunc, PatchObject, loaded_objects, resolve
 from emu.kernel import versions
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, RunState, Task
-from emu.models.refusals import refusal
+from emu.models.refusals import NothingToForce, refusal
 from emu.models.stacks import StackChecks
 
 # transition event codes (EV_TRANSITION's a)
@@ -118,7 +118,8 @@ def _checked(cls) -> None:
 
 class Model:
     """Base class: override enable(patch), disable(patch) and force(patch=None)
-    (force acts on the transition in progress); call the helpers below.
+    (force acts on the transition in progress, and with none refuses:
+    force_check); call the helpers below.
     The public methods' arguments are checked before they run
     (ARGUMENT_CHECKS)."""
     name = "base"
@@ -199,6 +200,20 @@ class Model:
     def transition(self) -> Transition | None:
         t = self.transitions[-1] if self.transitions else None
         return t if t is not None and t.result == "pending" else None
+
+    def force_check(self, patch: Patch | None, current: Patch | None) -> None:
+        """What every model's force checks first, as the kernel's force_store
+        does (kernel/livepatch/core.c): a force reaches only the transition
+        in progress, that of current (None: none is), and with patch named,
+        only if it is current. Raises NothingToForce (-EINVAL), having
+        changed nothing."""
+        if current is None or (patch is not None and patch is not current):
+            raise NothingToForce(patch.name if patch is not None else None)
+
+    def transition_patch_of(self) -> Patch | None:
+        """The patch of the transition in progress (None: none is)."""
+        t = self.transition
+        return None if t is None else next((p for p in self.patches if p.name == t.patch), None)
 
     def record(self, patch: Patch, target: int) -> Transition:
         self.m.start()      # tasks get their contexts (and patch states) now

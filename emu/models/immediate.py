@@ -59,7 +59,11 @@ class Immediate(Model):
         self.m.spawn(self._finish(t, updates))
 
     def force(self, patch: Patch | None = None) -> None:
-        """Nothing to force: there is no transition to wait for."""
+        """Nothing to wait for: every task runs the new code once the sites
+        change. A force while an enable's or disable's work is pending is
+        taken and changes nothing; with none pending it is refused
+        (NothingToForce, -EINVAL, force_check)."""
+        self.force_check(patch, self.transition_patch_of())
 
     def _switch_in(self, t, patch: Patch, funcs, updates):
         """A patch's functions change together, in the first step of its

@@ -110,7 +110,10 @@ class KGraft(Model):
         self._start(patch, UNPATCHED, [])
 
     def force(self, patch: Patch | None = None) -> None:
-        """kGraft's forced unmark: migrate every task now."""
+        """kGraft's forced unmark: migrate every task now. With no patch in
+        progress it is refused as livepatch's force_store refuses it
+        (NothingToForce, -EINVAL, force_check)."""
+        self.force_check(patch, self.current)
         for task in self.all_tasks():
             self._migrate(task, "force")
 

@@ -142,10 +142,12 @@ class StopMachine(Model):
         """Skip the activeness check at the next attempt of the transition in
         progress (as if every function were marked force). kpatch has no
         force at run time (KPATCH_FORCE_UNSAFE is the function's, at build
-        time): a force with no transition in progress does nothing, and a
-        force ends with its transition, so it never reaches a later enable."""
-        if self.transition is not None:
-            self.forcing = True
+        time): a force with no transition in progress is refused as
+        livepatch's force_store refuses it (NothingToForce, -EINVAL,
+        force_check), and a force ends with its transition, so it never
+        reaches a later enable."""
+        self.force_check(patch, self.transition_patch_of())
+        self.forcing = True
 
     def finish(self, t, result: str, error: str | None = None) -> None:
         self.forcing = False

@@ -53,7 +53,7 @@ from pathlib import Path
 
 from emu.errors import EmuError, UserError, check_int, check_type
 from emu.runs.expect import FINDINGS, findings
-from emu.runs import coverage
+from emu.runs import coverage, interrupt, output
 from emu.runs.fuzz import Runner
 from emu.kernel import versions
 from emu.models import MODEL_NAMES
@@ -153,12 +153,12 @@ POOL_CONTEXT = multiprocessing.get_context("fork")
 
 #: What stops a campaign (Campaign.run): held back while the pool forks
 #: its workers and while it shuts down (_stop_signals_held).
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = interrupt.STOP_SIGNALS
 
 
 @contextlib.contextmanager
 def _stop_signals_held():
-    """Hold Ctrl-C and SIGTERM back for a step of the pool that must not be
+    """Hold the stop signals (Ctrl-C, SIGTERM, SIGHUP) back for a step of the pool that must not be
     cut: the submit that forks the workers and the shutdown. The terminal
     sends Ctrl-C to every process of the group, the workers being forked
     too; landing in a fork it was raised in the fork handlers of the parent
@@ -194,7 +194,10 @@ def _init_worker(parent: int, program: Program | None = None, known: dict | None
         pass
     if os.getppid() != parent:             # the parent died before prctl took effect
         os._exit(1)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # the parent decides when to stop
+    # the parent decides when to stop: the terminal sends Ctrl-C and its
+    # hangup to every process of the group
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)   # blocked across the fork (_pool)
     if program is not None:
         _PoolWorker.runner = Runner(program, **(known or {}))
@@ -291,14 +294,14 @@ class Campaign:
                 self._check_same(meta)
             runs = out / RUNS_FILE
             if force and not resume:
-                for name in (RUNS_FILE, SUMMARY_FILE, REJECTED_FILE):
+                for name in (RUNS_FILE, SUMMARY_FILE, REJECTED_FILE, META_FILE):
                     (out / name).unlink(missing_ok=True)
             elif runs.exists():
                 if not runs.is_file():          # a fifo or a device: its reads would block or never end
                     raise UserError(f"--resume {out}: {RUNS_FILE} is not a regular file; start over with --force")
                 self.records = self._repair(runs)
-            _write_atomic(out / META_FILE, json.dumps(meta, indent=1) + "\n")
-            self._fd = os.open(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
+            _write_own(out / META_FILE, json.dumps(meta, indent=1) + "\n")
+            self._fd = _open_own(runs, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
         except OSError as exc:
             raise UserError(f"--out {out}: {exc.strerror or exc}"
                             f"{' (' + exc.filename + ')' if isinstance(exc.filename, str) else ''}") from None
@@ -350,7 +353,7 @@ class Campaign:
                 for no, raw, why in bad + ([torn] if torn else []):
                     f.write(f"# line {no}: {why}\n".encode() + raw.rstrip(b"\n") + b"\n")
         body = "".join(json.dumps(r, separators=(",", ":")) + "\n" for r in records.values())
-        _write_atomic(runs, body)
+        _write_own(runs, body)
         parts = []
         if torn:
             parts.append(f"a last line cut short (line {torn[0]})")
@@ -402,10 +405,11 @@ class Campaign:
 
     def run(self, progress=None, *, client=None) -> None:
         """Run what is missing. progress(n) is called as runs finish. An
-        interrupt (Ctrl-C, SIGTERM) stops it with every finished run kept.
+        interrupt (Ctrl-C, SIGTERM, SIGHUP: emu/runs/interrupt.py) stops it
+        with every finished run kept.
         With client (a dask.distributed Client) or a scheduler address given
         to the Campaign, the batches run on that Dask cluster."""
-        old_term = signal.signal(signal.SIGTERM, _raise_interrupt)
+        old_handlers = interrupt.install()
         own = None
         runner = Runner(self.program, **(self.known or {}))
         try:
@@ -427,7 +431,7 @@ class Campaign:
                 self._parallel(todo, known, progress)
         finally:
             runner.close()
-            signal.signal(signal.SIGTERM, old_term)
+            interrupt.restore(old_handlers)
             if own is not None:
                 own.close()
 
@@ -509,15 +513,11 @@ class Campaign:
         out = summarize(self.plan, self.records, probe=self.known["probe"])
         if self.out is not None:
             try:
-                _write_atomic(self.out / SUMMARY_FILE, json.dumps(out, indent=1) + "\n")
+                _write_own(self.out / SUMMARY_FILE, json.dumps(out, indent=1) + "\n")
             except OSError as exc:
                 raise UserError(f"{self.out / SUMMARY_FILE}: cannot write ({exc.strerror or exc}); the runs "
                                 f"are kept in {self.out / RUNS_FILE}") from None
         return out
-
-
-def _raise_interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def read_records(path: Path) -> dict[tuple, dict]:
@@ -645,32 +645,32 @@ def _record_problem(rec: dict) -> str | None:
     return None
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    """Replace path with text: written aside, then renamed, so that an
-    interruption or a full disk leaves the old file whole."""
-    tmp = path.with_name(path.name + ".tmp")
+def _write_own(path: Path, text: str) -> None:
+    """Replace one of the campaign's own files with text, whole or not at
+    all (emu/runs/output.py, own: a symbolic link there is refused, not
+    followed). UserError for a link or a file that is not a regular one."""
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+        output.write_text(path, text, own=True)
+    except output.ForeignFile as exc:
+        raise _foreign(path, exc.strerror) from None
 
 
 def _open_own(path: Path, flags: int) -> int:
-    """os.open of one of the campaign's own files (the lock, rejected.txt),
-    which it writes in place: a symbolic link there is refused (UserError),
-    not followed, so that no file of the user's it points at is written."""
+    """os.open of one of the campaign's own files (the lock, runs.jsonl,
+    rejected.txt), which it writes in place: a symbolic link there is
+    refused (UserError), not followed, so that no file of the user's it
+    points at is written."""
     try:
         return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise UserError(f"--out {path.parent}: {path.name} is a symbolic link; lpemu writes only files of "
-                            f"its own there: remove it, or choose another --out") from None
+            raise _foreign(path, "a symbolic link") from None
         raise
+
+
+def _foreign(path: Path, what: str) -> UserError:
+    return UserError(f"--out {path.parent}: {path.name} is {what}; lpemu writes only files of its own there: "
+                     f"remove it, or choose another --out")
 
 
 def _lock(path: Path) -> int:

@@ -40,9 +40,14 @@ def coverage(probe: Probe, records) -> dict:
 
 def line(cov: dict) -> str:
     """One line: 'coverage 8/8 states (web 2/2, db 2/2, ...)', and how
-    many states runs met that the probe never saw, when some did."""
-    per = ", ".join(f"{t['task']} {t['met']}/{t['states']}" for t in cov["tasks"])
+    many states runs met that the probe never saw, when some did. With no
+    state to cover (the probe saw none), it says so in words."""
+    if not cov["states"]:
+        met = cov["unforeseen"]
+        return "coverage: none to measure, the probe saw no state" + \
+            (f"; the runs met {met} state{'s' if met > 1 else ''} it never saw" if met else "")
     extra = f"; {cov['unforeseen']} more met that the probe never saw" if cov["unforeseen"] else ""
+    per = ", ".join(f"{t['task']} {t['met']}/{t['states']}" for t in cov["tasks"])
     return f"coverage {cov['met']}/{cov['states']} states ({per}){extra}"
 
 

@@ -30,6 +30,11 @@ that model in it):
 - faults:    at least one run faulted.
 
 A model may carry several (`livepatch = ["safe", "completes"]`): all must hold.
+
+A campaign interrupted before a model's last run judges that model only
+where its runs so far settle it (a run that breaks `safe` or `completes`, a
+finding that fails it): else the model is interrupted, not run or run in
+part, never ok (judge's planned).
 """
 from __future__ import annotations
 
@@ -89,16 +94,19 @@ def failing(record: dict, fail_on) -> list[str]:
 @dataclass
 class Verdict:
     """A model's campaign judged: ok, why (one line), and the first seed
-    whose run fails it (None when no single run shows it)."""
+    whose run fails it (None when no single run shows it). interrupted:
+    the campaign stopped before the model's runs could settle it (not ok,
+    and no failure either)."""
     model: str
     ok: bool
     why: str
     seed: int | None = None
     expected: tuple[str, ...] = ()
+    interrupted: bool = False
 
     def to_json(self) -> dict:
-        return {"model": self.model, "ok": self.ok, "why": self.why, "first_failing_seed": self.seed,
-                "expected": list(self.expected)}
+        return {"model": self.model, "ok": self.ok, "interrupted": self.interrupted, "why": self.why,
+                "first_failing_seed": self.seed, "expected": list(self.expected)}
 
 
 def _sorted(records) -> list[dict]:
@@ -145,7 +153,19 @@ def judge_fail_on(model: str, fail_on, records) -> Verdict:
     return Verdict(model, True, f"{model}: no findings in {len(records)} runs")
 
 
-def judge(model: str, expected, fail_on, records) -> Verdict:
+def judge(model: str, expected, fail_on, records, planned: int | None = None) -> Verdict:
     """A model's campaign: by its expectations when the scenario has some
-    for it, else by fail_on."""
-    return judge_expectations(model, expected, records) if expected else judge_fail_on(model, fail_on, records)
+    for it, else by fail_on. planned: the runs the campaign meant to make
+    of the model, when it was interrupted; with fewer records than that,
+    the verdict stands only if a run settles it (a failing seed), and is
+    otherwise interrupted."""
+    records = list(records)
+    verdict = judge_expectations(model, expected, records) if expected else judge_fail_on(model, fail_on, records)
+    if planned is None or len(records) >= planned or verdict.seed is not None:
+        return verdict
+    if not records:
+        why = f"{model}: not run (the campaign was interrupted before its first run)"
+    else:
+        why = (f"{model}: interrupted after {len(records)} of {planned} runs, not judged "
+               f"({verdict.why.removeprefix(model + ': ')})")
+    return Verdict(model, False, why, None, verdict.expected, interrupted=True)

@@ -56,8 +56,9 @@ from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
 from emu.runs.verdicts import verdicts
 from emu.errors import Busy, EmuError, EventBound, GuestFault, StateError, UserError, check_int, check_type
-from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
+from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, MAX_EVENTS, Machine
 from emu.models import MODEL_NAMES, make_model
+from emu.models.refusals import NothingToForce
 from emu.kernel.patch import definition, make_patch
 from emu.runs.scenario import MAX_TIME, SEED_MAX, STRATEGIES, Program
 from emu.machine.policy import make_policy
@@ -67,7 +68,6 @@ from emu.machine.task import PATCHED, RunState
 SCHEDULES = ("rr", "random", "pct")
 MAX_REPORTED = 20          # inconsistencies / violations kept per run
 POOL = 4                   # machines a runner keeps, each with its snapshot
-MAX_EVENTS = 1_000_000     # events a run keeps (40 bytes each packed): the bound on a run's memory
 MAX_JUDGING = 256          # patch definitions, and tables for each, a runner keeps for its judges (Runner._tables)
 #: the draws (RunSpec.draws) of the probe and of the directed strategy's
 #: first runs: those runs are the probe's run up to their start points
@@ -598,7 +598,13 @@ class Runner:
             elif a.do == "disable":
                 model.disable(patches[a.target])
             elif a.do == "force":
-                model.force(patches.get(a.target))
+                try:
+                    model.force(patches.get(a.target))
+                except NothingToForce as exc:
+                    # the write fails and changes nothing, as force_store's
+                    # -EINVAL: the transition ended (or never began) before
+                    # it; said in the log, and no refusal of the run's
+                    m.printk(f"lpemu: force{' ' + a.target if a.target else ''}: {exc}: nothing to force")
             elif a.do == "load":
                 img = prog.modules[a.target]
                 model.check_load(img)        # before its insmod task starts

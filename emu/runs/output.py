@@ -9,31 +9,59 @@ with link(), which fails if the name came to exist meanwhile: two runs
 writing the same new file do not overwrite each other's; the second gets
 FileExistsError.
 
-A target that exists and is not a regular file (a device such as /dev/null
-or /dev/stdout, a fifo) is written in place: renaming over it would remove
-the device node. A symbolic link is followed, as open() follows it: its
-target is the file written.
+A path the user named (--trace F) that exists and is not a regular file (a
+device such as /dev/null or /dev/stdout, a fifo) is written in place:
+renaming over it would remove the device node. A symbolic link there is
+followed, as open() follows it: its target is the file written.
+
+A file of lpemu's own in a directory the user named (own: a campaign's
+campaign.json, summary.json, runs.jsonl) is another matter: the user named
+the directory, not what a link in it points at. A symbolic link there, or
+anything but a regular file, is someone else's: it is refused (ForeignFile),
+never followed nor written in place. (The new content takes the name by a
+rename, which replaces a link that came meanwhile rather than writing
+through it; the file beside it is new, O_EXCL, so no link placed there is
+followed either.)
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import stat
 from pathlib import Path
 
 
+class ForeignFile(OSError):
+    """writing(own=True) found a symbolic link, or no regular file, where
+    lpemu's own file goes (errno ELOOP for a link, EEXIST otherwise)."""
+
+
 @contextlib.contextmanager
-def writing(path, *, replace: bool, binary: bool = False):
+def writing(path, *, replace: bool, binary: bool = False, own: bool = False):
     """A file object to write path's new content to (text in UTF-8, or
     binary). On leaving the block without an exception the content becomes
     path: replacing the file there when replace is true, else only if no
     file has the name by then (FileExistsError otherwise). On an exception,
-    path is left as it was. OSError when the file cannot be written."""
-    path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
-    try:
-        mode = os.stat(path).st_mode
-    except FileNotFoundError:
-        mode = None
+    path is left as it was. With own, path is one of lpemu's own files (see
+    the module doc): ForeignFile when a link or no regular file is there.
+    OSError when the file cannot be written."""
+    if own:
+        path = Path(path)
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            link = stat.S_ISLNK(mode)
+            raise ForeignFile(errno.ELOOP if link else errno.EEXIST,
+                              "a symbolic link" if link else "not a regular file", str(path))
+    else:
+        path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
+        try:
+            mode = os.stat(path).st_mode
+        except FileNotFoundError:
+            mode = None
     if mode is not None and not stat.S_ISREG(mode):
         with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
@@ -63,7 +91,7 @@ def writing(path, *, replace: bool, binary: bool = False):
             os.unlink(tmp)
 
 
-def write_text(path, text: str, *, replace: bool = True) -> None:
+def write_text(path, text: str, *, replace: bool = True, own: bool = False) -> None:
     """Write text to path whole or not at all (writing())."""
-    with writing(path, replace=replace) as f:
+    with writing(path, replace=replace, own=own) as f:
         f.write(text)

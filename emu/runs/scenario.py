@@ -160,8 +160,10 @@ class Scenario:
 
     @property
     def name(self) -> str:
+        """The scenario's name in traces, timelines and reports: its file's
+        stem, or its directory's for a scenario.toml, as text (readable)."""
         stem = self.path.name.removesuffix(".toml").removesuffix(".lpemu")
-        return stem if stem != "scenario" else self.path.parent.name
+        return readable(stem if stem != "scenario" else self.path.parent.name)
 
     def kernel(self, kernel: str | None = None) -> str:
         """The kernel a run is on: kernel, else [machine] kernel, else the newest."""
@@ -575,6 +577,18 @@ def load(path) -> Scenario:
 #: "Trojan Source" ones) and the line and paragraph separators
 BIDI_AND_SEPARATORS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e"
                                 "\u2066\u2067\u2068\u2069\u2028\u2029")
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def readable(name: str) -> str:
+    """A name from the file system as text: each byte of it that is not
+    UTF-8 (os.fsdecode's surrogate escape, U+DC80..U+DCFF) written as the
+    visible escape \\udcNN, as lpemu's messages write it. A trace, a
+    timeline or a report holding the escape itself was no valid UTF-8 (a
+    JSON reader took it for U+FFFD, matplotlib raised)."""
+    return name.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(name) else name
 
 
 def invisible(text: str) -> str | None:

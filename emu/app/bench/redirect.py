@@ -40,7 +40,10 @@ def calls_machine(ctx: Context, *, accel: str, model: str | None, blocker: bool,
     from emu.kernel.patch import make_patch
 
     base, patch_img, funcs = ctx.work.get("calls")
-    m = Machine(base, cpus=1, quantum=10_000_000, tick=1000, accel=accel, lockup_ticks=10**7)
+    # (the timed run goes until the caller exits: its bound on the events it
+    # keeps must hold every call's, 4 a call with the entries traced)
+    m = Machine(base, cpus=1, quantum=10_000_000, tick=1000, accel=accel, lockup_ticks=10**7,
+                max_events=8 * calls + 100_000)
     caller = m.add_task("caller", "calls_entry", (calls, SLEEP1, SLEEP2), kind="kthread")
     if blocker:
         m.add_task("blocker", "blocker_entry", (0,), kind="kthread")

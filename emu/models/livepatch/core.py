@@ -153,11 +153,10 @@ class Livepatch(Model):
         unpatching, the replaced ones with atomic replace) are marked
         forced: their modules can never be removed, since a task may still
         run their code; before 5.18 every patch is marked, removed or not
-        (versions.py). PatchRefused (-EINVAL) when no such transition."""
+        (versions.py). NothingToForce (-EINVAL) when no such transition
+        (force_check: force_store's check)."""
         tp = self.transition_patch
-        if tp is None or (patch is not None and patch is not tp):
-            why = f"patch '{patch.name}' is not in transition" if patch is not None else "no patch is in transition"
-            raise refusal(why, errno.EINVAL)
+        self.force_check(patch, tp)
         self._check_unlocked(tp)
         transition.force(self)
         if self.kernel.force_marks_every_patch:
