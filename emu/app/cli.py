@@ -99,6 +99,20 @@ def _output(option: str, path, force: bool) -> None:
         raise UserError(f"{option} {path}: not writable (permission denied or a read-only file system)")
 
 
+def _not_an_input(option: str, path, scn) -> None:
+    """UserError when path is a file the run reads (the scenario or one of
+    its sources): --force replaces an output, never an input."""
+    import os
+    for f in scn.inputs:
+        try:
+            same = os.path.samefile(path, f)
+        except OSError:                    # path or f absent: not the same file
+            continue
+        if same:
+            raise UserError(f"{option} {path}: is {'the scenario itself' if f == scn.path else f'a source of the scenario ({f})'}; "
+                            f"an output never replaces an input, even with --force: name another file")
+
+
 def _load(path: str, kernel: str | None = None):
     """Load and build a scenario; kernel (--kernel) replaces its [machine] kernel."""
     from emu.runs import scenario
@@ -292,6 +306,9 @@ def _run(args) -> int:
         if args.trace and Path(args.trace).resolve() == Path(args.timeline).resolve():
             raise UserError(f"--trace and --timeline name the same file ({args.trace}): give each its own")
     prog = _load(args.scenario, args.kernel)
+    for option in ("trace", "timeline"):
+        if getattr(args, option):
+            _not_an_input(f"--{option}", getattr(args, option), prog.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
@@ -349,6 +366,10 @@ def _fuzz(args) -> int:
     strategy = args.strategy or fz.strategy
     runs = args.runs or (UNTIL_COVERED_RUNS if args.until_covered else fz.runs)
     seed = fz.seed if args.seed is None else args.seed
+    if seed + runs - 1 > SEED_MAX:
+        raise UserError(f"{'--seed' if args.seed is not None else f'{prog.scenario.path}: [fuzz] seed'} {seed} "
+                        f"with {runs} runs: the last seed would be {seed + runs - 1}, past {SEED_MAX} "
+                        f"(2**63 - 1); start lower or run fewer")
     if runs * len(models) * max(1, len(kernels)) > MAX_RUNS:
         raise UserError(f"--runs {runs} under {len(models)} models{f' on {len(kernels)} kernels' if kernels else ''}: "
                         f"a campaign has at most {MAX_RUNS:_} runs (split it with --seed)")
@@ -366,7 +387,7 @@ def _fuzz(args) -> int:
         _output("--junit", args.junit, force=True)      # a directory that exists, writable
         junit.check_replaceable(args.junit)
     client = None
-    if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
+    if args.scheduler is not None:     # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
         client = distributed.connect(args.scheduler)
     # --until-covered: rounds of runs until every model met every state, at most `runs`

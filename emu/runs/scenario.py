@@ -165,6 +165,13 @@ class Scenario:
         stem = self.path.name.removesuffix(".toml").removesuffix(".lpemu")
         return readable(stem if stem != "scenario" else self.path.parent.name)
 
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file the runs read: this file and each source (program and
+        stubs, modules, patches), in that order."""
+        return [self.path, *self.sources, *(p for m in self.modules for p in m.sources),
+                *(p for pt in self.patches for p in pt.sources)]
+
     def kernel(self, kernel: str | None = None) -> str:
         """The kernel a run is on: kernel, else [machine] kernel, else the newest."""
         return versions.kernel(kernel or self.machine.get("kernel")).name
