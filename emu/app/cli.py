@@ -69,7 +69,11 @@ def _path(text: str) -> str:
     return text
 
 
-def _int_in(lo: int, hi: int):
+#: --jobs (and the pytest plugin's --lpemu-jobs): at most this many workers asked for
+MAX_JOBS = 4096
+
+
+def int_in(lo: int, hi: int):
     """An argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
     def parse(text: str) -> int:
         try:
@@ -714,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = command("demo", "run the seed scenario under immediate, stop_machine, kgraft and livepatch and print "
                 "the comparison", EXIT_HELP_DEMO)
-    d.add_argument("--runs", type=_int_in(1, 100_000), default=24, help="transition start points per model and variant "
+    d.add_argument("--runs", type=int_in(1, 100_000), default=24, help="transition start points per model and variant "
                    "(default: 24)")
     json_flag(d)
     quiet_flag(d)
@@ -723,14 +727,14 @@ def build_parser() -> argparse.ArgumentParser:
     def one_run(sp):
         sp.add_argument("scenario", type=_path, help="scenario file (TOML)")
         sp.add_argument("--model", required=True, choices=MODEL_NAMES, help="consistency model")
-        sp.add_argument("--seed", type=_int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
+        sp.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
                         "(default: 0)")
         sp.add_argument("--strategy", choices=STRATEGIES, help="how the seed picks the run (default: [fuzz] "
                         "strategy)")
-        sp.add_argument("--at", type=_int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
+        sp.add_argument("--at", type=int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
         sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy (overrides "
                         "the seed's)")
-        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule, "
+        sp.add_argument("--sched-seed", type=int_in(0, 2**32 - 1), help="seed of a random or pct schedule, "
                         "--schedule's or the seed's (default: the seed's)")
         sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
                         "(default: [machine] preempt)")
@@ -753,17 +757,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp = command("replay", "re-run one run of a campaign exactly; --shrink minimizes it")
     one_run(rp)
     rp.add_argument("--shrink", action="store_true", help="find the smallest failing variant")
-    rp.add_argument("--budget", type=_int_in(1, 100_000), default=200, help="runs the shrinker may spend (default: 200)")
+    rp.add_argument("--budget", type=int_in(1, 100_000), default=200, help="runs the shrinker may spend (default: 200)")
     quiet_flag(rp)
     rp.set_defaults(func=_run)
 
     f = command("fuzz", "a transition-timing campaign; [expect] or --fail-on decides the exit status")
     f.add_argument("scenario", type=_path, help="scenario file (TOML)")
     f.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
-    f.add_argument("--runs", type=_int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
-    f.add_argument("--jobs", type=_int_in(1, 4096), help="worker processes (default: every core)")
+    f.add_argument("--runs", type=int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
+    f.add_argument("--jobs", type=int_in(1, MAX_JOBS), help="worker processes (default: every core)")
     f.add_argument("--strategy", choices=STRATEGIES, help="how seeds pick runs (default: [fuzz] strategy)")
-    f.add_argument("--seed", type=_int_in(0, SEED_MAX), help="first seed (default: [fuzz] seed)")
+    f.add_argument("--seed", type=int_in(0, SEED_MAX), help="first seed (default: [fuzz] seed)")
     f.add_argument("--out", metavar="DIR", type=_path, help="directory for runs.jsonl, summary.json, campaign.json "
                    "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
@@ -790,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     ff.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     ff.add_argument("--strategy", action="append", choices=STRATEGIES,
                     help="strategy (repeatable; default: directed, exhaustive, random)")
-    ff.add_argument("--limit", type=_int_in(1, MAX_RUNS), default=200, help="runs tried per model and strategy (default: 200)")
+    ff.add_argument("--limit", type=int_in(1, MAX_RUNS), default=200, help="runs tried per model and strategy (default: 200)")
     json_flag(ff)
     ff.set_defaults(func=_first_failure)
 
