@@ -84,6 +84,8 @@ CASES = [
      ["s.toml:17: action[0].patch: no patch named 'p2' (known: p)"]),
     ("source file missing", lambda s: s.replace('["patch.c"]', '["patch2.c"]'),
      ["s.toml:11: patch[0].sources: no such file: patch2.c"]),
+    ("a patched function named twice", lambda s: s.replace('["bar", "baz"]', '["bar", "baz", "bar"]'),
+     ["s.toml:12: patch[0].functions: 'bar' is named twice"]),
 ]
 
 

@@ -488,6 +488,9 @@ def load(path) -> Scenario:
                       r.get("replace", bool, False), line=r.line())
         if p.functions is not None and not p.functions:
             raise r.error("functions", "is empty (leave it out to patch every function that differs)")
+        twice = next((f for i, f in enumerate(p.functions or ()) if f in p.functions[:i]), None)
+        if twice is not None:
+            raise r.error("functions", f"'{twice}' is named twice (a function is patched once)")
         for j, st in enumerate(r.get("states", list, [])):
             if not isinstance(st, dict):
                 raise r.error("states", f"each state is {{ id = N, version = V }}, not {_toml_type(st)} {_short(st)}")
