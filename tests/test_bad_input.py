@@ -84,6 +84,8 @@ CASES = [
      ["s.toml:17: action[0].patch: no patch named 'p2' (known: p)"]),
     ("source file missing", lambda s: s.replace('["patch.c"]', '["patch2.c"]'),
      ["s.toml:11: patch[0].sources: no such file: patch2.c"]),
+    ("a patched function named twice", lambda s: s.replace('["bar", "baz"]', '["bar", "baz", "bar"]'),
+     ["s.toml:12: patch[0].functions: 'bar' is named twice"]),
 ]
 
 
@@ -370,6 +372,16 @@ def patches(n):
                               for i in range(n))
 
 
+def lto_objects(d):
+    """base.o and patch.o built with -flto alone, as an LTO build makes them:
+    GIMPLE bytecode, no machine code."""
+    from emu.images.toolchain import INCLUDE_DIR
+    for name in ("base", "patch"):
+        subprocess.run(["gcc", "-c", "-O2", "-flto", "-fno-pic", "-pg", "-mfentry", "-mnop-mcount", "-I",
+                        str(INCLUDE_DIR), "-o", str(d / f"{name}.o"), str(d / f"{name}.c")], check=True)
+    return ["diff", d / "base.o", d / "patch.o"]
+
+
 FUZZ = '\n[fuzz]\nmodels = ["kgraft"]\n'
 ROWS = [
     ("patched function without a fentry site", no_fentry,
@@ -577,6 +589,22 @@ ROWS = [
     ("--resume of a campaign whose campaign.json links to a file of the user's",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_moved_and_linked("campaign.json")(d))[1],
      ["--out", "c: campaign.json is a symbolic link; lpemu writes only files of its own there"]),
+    ("--trace naming the scenario itself, with --force", lambda d: scn(d, SCENARIO, "--trace", d / "s.toml", "--force"),
+     ["--trace", "s.toml: is the scenario itself; an output never replaces an input, even with --force"]),
+    ("--timeline naming a link to a source, with --force",
+     lambda d: ((d / "t.svg").symlink_to("base.c"), scn(d, SCENARIO, "--timeline", d / "t.svg", "--force"))[1],
+     ["--timeline", "t.svg: is a source of the scenario", "base.c"]),
+    ("fuzz --seed whose last run's seed passes 2**63 - 1",
+     lambda d: scn(d, SCENARIO + FUZZ, "--seed", str(2 ** 63 - 2), "--runs", "3", "--jobs", "1", command="fuzz"),
+     ["--seed 9223372036854775806 with 3 runs: the last seed would be 9223372036854775808"]),
+    ("fuzz --scheduler ''", lambda d: scn(d, SCENARIO + FUZZ, "--scheduler", "", "--runs", "1", command="fuzz"),
+     ["--scheduler '': no address"]),
+    ("diff of LTO objects (-flto)", lto_objects,
+     ["base.o: an LTO object (built with -flto: GIMPLE bytecode, no machine code)"]),
+    ("an LTO object as a source", lambda d: (lto_objects(d), scn(d, SCENARIO.replace('["base.c"]', '["base.o"]')))[1],
+     ["base.o: an LTO object"]),
+    ("cflags -flto", lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-flto"]')),
+     ["base.c: compiled with -flto, gcc made an LTO object", "remove -flto"]),
     ("--resume of a campaign.json whose kernels hold null and 1",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_numbers(d))[1],
      ["--resume", "it holds a different campaign (kernels 'None 1'"]),
@@ -654,6 +682,21 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     code = cli.main(["fuzz", str(d / "s.toml"), "--runs", "2", "--jobs", "1", "--quiet", "--out", str(d / "c"),
                      "--resume"])
     assert code == 0 and (d / "mine.txt").read_text() == "mine"
+
+
+def test_an_output_never_replaces_an_input(d, capsys):
+    """--force replaces an output, never the scenario or a source, by its name,
+    a symbolic link or a hard link."""
+    before = {n: (d / n).read_bytes() for n in ("base.c", "patch.c")}
+    (d / "hard.json").unlink(missing_ok=True)
+    os.link(d / "patch.c", d / "hard.json")
+    (d / "soft.svg").symlink_to("base.c")
+    for option, path, culprit in [("--trace", d / "s.toml", "the scenario itself"),
+                                  ("--trace", d / "hard.json", "patch.c"), ("--timeline", d / "soft.svg", "base.c")]:
+        code, _, err = run_row(d, capsys, option, lambda d: scn(d, SCENARIO, option, path, "--force"))
+        assert code == 2 and culprit in err and "never replaces an input" in err, err
+        assert (d / "s.toml").read_text() == SCENARIO
+        assert {n: (d / n).read_bytes() for n in before} == before
 
 
 def test_output_paths_are_checked_before_the_run(d, capsys):

@@ -197,6 +197,11 @@ DAMAGE = {
         (lambda lines: lines[:1] + [altered(lines[1], latency="x"), altered(lines[2], met={"user0": {"b": 1}}),
                                     altered(lines[3], promise_breaches=1, promise=[]),
                                     altered(lines[4], inconsistencies=[{"task": "user0"}])] + lines[5:], 4),
+    # an outcome no run has (a hand edit, another version's word): counted under no
+    # outcome, it would pass as a run without findings
+    "records with outcomes no run has":
+        (lambda lines: lines[:1] + [altered(lines[1], outcome="maybe"), altered(lines[2], outcome="Completed")]
+         + lines[3:], 2),
     "a record twice": (lambda lines: lines + lines[2:3], 0),
     # another strategy's run of seed 2, appended: it would take the place of this campaign's
     "a failed run of another strategy after its seed's record":

@@ -2,6 +2,7 @@
 through lockstep: on the seed, on the rare-path example, and on scenarios
 built here."""
 import json
+import shutil
 from dataclasses import replace
 from pathlib import Path
 
@@ -187,6 +188,18 @@ def test_cli_first_failure_table(capsys):
     assert rows["kgraft"] == {"directed": None, "exhaustive": None, "random": None}
     assert rows["livepatch"]["directed"] <= 8 and rows["livepatch"]["exhaustive"] is None
     assert cli.main(["first-failure", str(RARE), "--limit", "0"]) == 2
+
+
+def test_first_failure_rows_of_scenarios_alike_in_name_say_which_is_which(tmp_path, capsys):
+    """x/seed/scenario.toml and y/seed/scenario.toml: each row names its own
+    file (both were 'seed/scenario.toml', which could not be told apart)."""
+    paths = []
+    for top in ("x", "y"):
+        shutil.copytree(RARE.parent, tmp_path / top / RARE.parent.name)
+        paths.append(tmp_path / top / RARE.parent.name / RARE.name)
+    assert cli.main(["first-failure", *map(str, paths), "--model", "kgraft", "--strategy", "random",
+                     "--limit", "1", "--json"]) == 0
+    assert [r["scenario"] for r in json.loads(capsys.readouterr().out)["rows"]] == [str(p) for p in paths]
 
 
 # ---- shrinking ----------------------------------------------------------------------------------

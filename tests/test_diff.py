@@ -88,6 +88,18 @@ def test_identical_sources_change_nothing():
     assert d.to_json() == {"changed": [], "new": [], "removed": [], "reasons": {}}
 
 
+def test_the_file_macro_of_one_file_in_two_folders_does_not_change(tmp_path):
+    """old/f.c and new/f.c, as a patch author keeps the two trees: __FILE__ is
+    the same file (kpatch-build builds both at one path); before, the folders
+    made `where` a changed function."""
+    text = 'const char *where(void) {{ return __FILE__; }}\nlong two(void) {{ return {}; }}\n'
+    for folder, value in (("old", 2), ("new", 3)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "f.c").write_text(text.format(value))
+    d = diff_sources(tmp_path / "old" / "f.c", tmp_path / "new" / "f.c")
+    assert d.changed == ["two"] and d.new == [] and d.removed == []
+
+
 def test_functions_that_only_move_do_not_change():
     # a jump table, a .cold part, strings, a static local and calls between them,
     # all at other offsets and in another section order

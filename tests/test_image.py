@@ -179,6 +179,37 @@ def test_cflags_order_and_include_path(tmp_path):
     assert "-pg" in REQUIRED_CFLAGS and "-O2" in DEFAULT_CFLAGS
 
 
+def test_an_image_is_the_same_wherever_its_source_lies(tmp_path):
+    """__FILE__ names the source by the folder it lies in, relative: a scenario
+    copied to a folder of another name builds the same bytes (and so the same runs)."""
+    text = ('#include "lpemu.h"\nconst char *where(void) { return __FILE__; }\n'
+            'long size(void) { return sizeof(__FILE__); }\n')
+    images = []
+    for folder in ("a", "a-much-longer-folder-name/and/deeper"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "where.c").write_text(text)
+        images.append(build_c([tmp_path / folder / "where.c"], base=BASE))
+    assert [s.data for s in images[0].segments] == [s.data for s in images[1].segments]
+    assert b"./where.c\0" in b"".join(s.data for s in images[0].segments)
+
+
+def test_the_compiler_reads_nothing_from_standard_input(tmp_path):
+    """A source that includes /dev/stdin gets nothing from the user's terminal
+    (here a pipe that stays open): the build does not wait on it."""
+    import sys
+    (tmp_path / "in.c").write_text('#include "/dev/stdin"\nlong one(void) { return 1; }\n')
+    code = (f"from emu.images.build import build_c; "
+            f"build_c([{str(tmp_path / 'in.c')!r}], base={BASE}); print('built')")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT)
+    try:
+        assert p.wait(timeout=120) == 0         # stdin stays open: never written, never closed
+    finally:
+        p.kill()
+        p.stdin.close()
+    assert p.stdout.read().strip().endswith(b"built")
+
+
 # -- patch modules ---------------------------------------------------------------------
 
 

@@ -74,6 +74,37 @@ def test_a_scenario_without_expect_fails_on_findings(seed_dir):
     assert "livepatch: 4 of 4 runs with findings" in result.stdout.str()
 
 
+@pytest.mark.parametrize("option,value", [("--lpemu-runs", "0"), ("--lpemu-runs", "-1"),
+                                          ("--lpemu-runs", "1000001"), ("--lpemu-jobs", "0"),
+                                          ("--lpemu-jobs", "-3"), ("--lpemu-jobs", "x")])
+def test_an_option_out_of_range_is_a_usage_error_naming_it(seed_dir, option, value):
+    """Not a traceback of the campaign's own check in every item (nor, for
+    --lpemu-runs 0, a silent fall back to [fuzz] runs)."""
+    seed_dir.makefile(".lpemu.toml", s=scenario('kgraft = "safe"\n'))
+    result = seed_dir.runpytest(option, value)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    assert f"argument {option}: " in result.stderr.str()
+
+
+def test_more_jobs_than_cores_start_one_worker_a_core(seed_dir, monkeypatch):
+    """--lpemu-jobs 4096 starts no more workers than the cores this process
+    may use, as `lpemu fuzz --jobs` (it forked thousands). One core here."""
+    from emu.runs import campaign
+    made = []
+    real = campaign.Campaign
+
+    class Counting(real):
+        def __init__(self, *a, jobs, **k):
+            made.append(jobs)
+            super().__init__(*a, jobs=jobs, **k)
+    monkeypatch.setattr(campaign, "Campaign", Counting)
+    monkeypatch.setattr(campaign, "default_jobs", lambda: 1)
+    seed_dir.makefile(".lpemu.toml", s=scenario('kgraft = "safe"\n', runs=2))
+    result = seed_dir.runpytest_inprocess("--lpemu-jobs", "4096")
+    result.assert_outcomes(passed=1)
+    assert made == [1]
+
+
 def test_a_bad_scenario_fails_with_its_own_message(seed_dir):
     seed_dir.makefile(".lpemu.toml", bad=scenario('livepatch = "fast"\n'))
     result = seed_dir.runpytest()

@@ -69,7 +69,11 @@ def _path(text: str) -> str:
     return text
 
 
-def _int_in(lo: int, hi: int):
+#: --jobs (and the pytest plugin's --lpemu-jobs): at most this many workers asked for
+MAX_JOBS = 4096
+
+
+def int_in(lo: int, hi: int):
     """An argparse type: an integer in [lo, hi] (argparse names the option in its message)."""
     def parse(text: str) -> int:
         try:
@@ -97,6 +101,20 @@ def _output(option: str, path, force: bool) -> None:
         raise UserError(f"{option} {path}: already exists; remove it or pass --force to overwrite it")
     if not os.access(p if p.exists() else parent, os.W_OK):
         raise UserError(f"{option} {path}: not writable (permission denied or a read-only file system)")
+
+
+def _not_an_input(option: str, path, scn) -> None:
+    """UserError when path is a file the run reads (the scenario or one of
+    its sources): --force replaces an output, never an input."""
+    import os
+    for f in scn.inputs:
+        try:
+            same = os.path.samefile(path, f)
+        except OSError:                    # path or f absent: not the same file
+            continue
+        if same:
+            raise UserError(f"{option} {path}: is {'the scenario itself' if f == scn.path else f'a source of the scenario ({f})'}; "
+                            f"an output never replaces an input, even with --force: name another file")
 
 
 def _load(path: str, kernel: str | None = None):
@@ -292,6 +310,9 @@ def _run(args) -> int:
         if args.trace and Path(args.trace).resolve() == Path(args.timeline).resolve():
             raise UserError(f"--trace and --timeline name the same file ({args.trace}): give each its own")
     prog = _load(args.scenario, args.kernel)
+    for option in ("trace", "timeline"):
+        if getattr(args, option):
+            _not_an_input(f"--{option}", getattr(args, option), prog.scenario)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
@@ -349,6 +370,10 @@ def _fuzz(args) -> int:
     strategy = args.strategy or fz.strategy
     runs = args.runs or (UNTIL_COVERED_RUNS if args.until_covered else fz.runs)
     seed = fz.seed if args.seed is None else args.seed
+    if seed + runs - 1 > SEED_MAX:
+        raise UserError(f"{'--seed' if args.seed is not None else f'{prog.scenario.path}: [fuzz] seed'} {seed} "
+                        f"with {runs} runs: the last seed would be {seed + runs - 1}, past {SEED_MAX} "
+                        f"(2**63 - 1); start lower or run fewer")
     if runs * len(models) * max(1, len(kernels)) > MAX_RUNS:
         raise UserError(f"--runs {runs} under {len(models)} models{f' on {len(kernels)} kernels' if kernels else ''}: "
                         f"a campaign has at most {MAX_RUNS:_} runs (split it with --seed)")
@@ -366,7 +391,7 @@ def _fuzz(args) -> int:
         _output("--junit", args.junit, force=True)      # a directory that exists, writable
         junit.check_replaceable(args.junit)
     client = None
-    if args.scheduler:                 # before anything is written: no Dask or no scheduler is a UserError
+    if args.scheduler is not None:     # before anything is written: no Dask or no scheduler is a UserError
         from emu.runs import distributed
         client = distributed.connect(args.scheduler)
     # --until-covered: rounds of runs until every model met every state, at most `runs`
@@ -693,7 +718,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = command("demo", "run the seed scenario under immediate, stop_machine, kgraft and livepatch and print "
                 "the comparison", EXIT_HELP_DEMO)
-    d.add_argument("--runs", type=_int_in(1, 100_000), default=24, help="transition start points per model and variant "
+    d.add_argument("--runs", type=int_in(1, 100_000), default=24, help="transition start points per model and variant "
                    "(default: 24)")
     json_flag(d)
     quiet_flag(d)
@@ -702,14 +727,14 @@ def build_parser() -> argparse.ArgumentParser:
     def one_run(sp):
         sp.add_argument("scenario", type=_path, help="scenario file (TOML)")
         sp.add_argument("--model", required=True, choices=MODEL_NAMES, help="consistency model")
-        sp.add_argument("--seed", type=_int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
+        sp.add_argument("--seed", type=int_in(0, SEED_MAX), default=0, help="run seed: picks the start point and schedule "
                         "(default: 0)")
         sp.add_argument("--strategy", choices=STRATEGIES, help="how the seed picks the run (default: [fuzz] "
                         "strategy)")
-        sp.add_argument("--at", type=_int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
+        sp.add_argument("--at", type=int_in(0, MAX_TIME), help="virtual time of the first action (overrides the seed's)")
         sp.add_argument("--schedule", choices=("rr", "random", "pct"), help="scheduling policy (overrides "
                         "the seed's)")
-        sp.add_argument("--sched-seed", type=_int_in(0, 2**32 - 1), help="seed of a random or pct schedule, "
+        sp.add_argument("--sched-seed", type=int_in(0, 2**32 - 1), help="seed of a random or pct schedule, "
                         "--schedule's or the seed's (default: the seed's)")
         sp.add_argument("--preempt", choices=("none", "voluntary", "full"), help="preemption mode "
                         "(default: [machine] preempt)")
@@ -732,17 +757,17 @@ def build_parser() -> argparse.ArgumentParser:
     rp = command("replay", "re-run one run of a campaign exactly; --shrink minimizes it")
     one_run(rp)
     rp.add_argument("--shrink", action="store_true", help="find the smallest failing variant")
-    rp.add_argument("--budget", type=_int_in(1, 100_000), default=200, help="runs the shrinker may spend (default: 200)")
+    rp.add_argument("--budget", type=int_in(1, 100_000), default=200, help="runs the shrinker may spend (default: 200)")
     quiet_flag(rp)
     rp.set_defaults(func=_run)
 
     f = command("fuzz", "a transition-timing campaign; [expect] or --fail-on decides the exit status")
     f.add_argument("scenario", type=_path, help="scenario file (TOML)")
     f.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
-    f.add_argument("--runs", type=_int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
-    f.add_argument("--jobs", type=_int_in(1, 4096), help="worker processes (default: every core)")
+    f.add_argument("--runs", type=int_in(1, MAX_RUNS), help="runs per model (default: [fuzz] runs)")
+    f.add_argument("--jobs", type=int_in(1, MAX_JOBS), help="worker processes (default: every core)")
     f.add_argument("--strategy", choices=STRATEGIES, help="how seeds pick runs (default: [fuzz] strategy)")
-    f.add_argument("--seed", type=_int_in(0, SEED_MAX), help="first seed (default: [fuzz] seed)")
+    f.add_argument("--seed", type=int_in(0, SEED_MAX), help="first seed (default: [fuzz] seed)")
     f.add_argument("--out", metavar="DIR", type=_path, help="directory for runs.jsonl, summary.json, campaign.json "
                    "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
@@ -769,7 +794,7 @@ def build_parser() -> argparse.ArgumentParser:
     ff.add_argument("--model", action="append", choices=MODEL_NAMES, help="model (repeatable; default: [fuzz] models)")
     ff.add_argument("--strategy", action="append", choices=STRATEGIES,
                     help="strategy (repeatable; default: directed, exhaustive, random)")
-    ff.add_argument("--limit", type=_int_in(1, MAX_RUNS), default=200, help="runs tried per model and strategy (default: 200)")
+    ff.add_argument("--limit", type=int_in(1, MAX_RUNS), default=200, help="runs tried per model and strategy (default: 200)")
     json_flag(ff)
     ff.set_defaults(func=_first_failure)
 

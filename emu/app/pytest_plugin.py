@@ -16,7 +16,7 @@ command. A scenario that does not load or build fails each of its items
 with the file's own message.
 
 Options: --lpemu-runs N (runs per model instead of [fuzz] runs),
---lpemu-jobs J (worker processes per campaign; default 1).
+--lpemu-jobs J (worker processes per campaign, at most one a core; default 1).
 
 Fixtures for tests written in Python:
 - lpemu_program(path): the scenario at path, loaded and built (a
@@ -38,11 +38,13 @@ SUFFIX = ".lpemu.toml"
 
 
 def pytest_addoption(parser) -> None:
+    from emu.app.cli import MAX_JOBS, int_in
+    from emu.runs.scenario import MAX_RUNS
     group = parser.getgroup("lpemu", "lpemu scenario files")
-    group.addoption("--lpemu-runs", type=int, default=None, metavar="N",
+    group.addoption("--lpemu-runs", type=int_in(1, MAX_RUNS), default=None, metavar="N",
                     help="runs per model of each scenario (default: its [fuzz] runs)")
-    group.addoption("--lpemu-jobs", type=int, default=1, metavar="J",
-                    help="worker processes per scenario campaign (default: 1)")
+    group.addoption("--lpemu-jobs", type=int_in(1, MAX_JOBS), default=1, metavar="J",
+                    help="worker processes per scenario campaign, at most one a core (default: 1)")
 
 
 def pytest_collect_file(file_path: Path, parent):
@@ -113,7 +115,9 @@ class ScenarioItem(pytest.Item):
         fz = prog.scenario.fuzz
         runs = self.config.getoption("lpemu_runs") or fz.runs
         plan = campaign.Plan(str(self.path), [self.model], list(range(fz.seed, fz.seed + runs)), fz.strategy)
-        camp = campaign.Campaign(prog, plan, jobs=self.config.getoption("lpemu_jobs"))
+        # as `lpemu fuzz --jobs`: no more workers than the cores this process may use
+        jobs = min(self.config.getoption("lpemu_jobs"), campaign.default_jobs())
+        camp = campaign.Campaign(prog, plan, jobs=jobs)
         try:
             camp.run()
         finally:

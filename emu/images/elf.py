@@ -19,7 +19,7 @@ from emu.errors import BuildError
 from emu.images.image import (FENTRY_NOP, fentry_site, PAGE, PROT_R, PROT_W, PROT_X, Function, Image, Segment,
                               page_up, read_segments)
 
-__all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "PARSE_ERRORS", "read_input", "is_elf_file", "check_x86_64_elf",
+__all__ = ["ET_REL", "ET_EXEC", "ET_DYN", "PARSE_ERRORS", "read_input", "is_elf_file", "check_x86_64_elf", "slim_lto",
            "symbol_table", "image_from_elf"]
 
 _EM_X86_64 = 62
@@ -82,7 +82,23 @@ def check_x86_64_elf(data: bytes, path) -> int:
         raise BuildError(f"{path}: 32-bit ELF (x32), not ELF64 x86-64")
     if data[5] != 1:
         raise BuildError(f"{path}: big-endian ELF, not x86-64")
+    if e_type == ET_REL and slim_lto(data):
+        raise BuildError(f"{path}: an LTO object (built with -flto: GIMPLE bytecode, no machine code); "
+                         f"build it without -flto, or with -ffat-lto-objects")
     return e_type
+
+
+def slim_lto(data: bytes) -> bool:
+    """Whether data is a GCC LTO object without machine code (-flto without
+    -ffat-lto-objects: its functions are GIMPLE bytecode in .gnu.lto_*
+    sections, and gcc marks it with the symbol __gnu_lto_slim)."""
+    if b"__gnu_lto_slim" not in data:          # the symbol's name is in the string table
+        return False
+    try:
+        symtab = symbol_table(ELFFile(io.BytesIO(data)))
+        return symtab is not None and any(s.name == "__gnu_lto_slim" for s in symtab.iter_symbols())
+    except PARSE_ERRORS:
+        return False
 
 
 def symbol_table(elf: ELFFile) -> SymbolTableSection | None:

@@ -14,6 +14,7 @@ import tempfile
 from pathlib import Path
 
 from emu.errors import BuildError, ToolMissing
+from emu.images.elf import slim_lto
 from emu.images.image import PAGE
 
 __all__ = ["REQUIRED_CFLAGS", "DEFAULT_CFLAGS", "KERNEL_CFLAGS", "INCLUDE_DIR", "require_tools",
@@ -79,7 +80,9 @@ def run_tool(argv: list[str], cwd: Path) -> subprocess.CompletedProcess:
     try:
         # errors: the tools quote symbol names, which a damaged object may
         # hold as bytes that are not UTF-8
-        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="backslashreplace")
+        # stdin: nothing (a source that includes /dev/stdin would wait on the user's terminal)
+        return subprocess.run(argv, cwd=cwd, capture_output=True, text=True, errors="backslashreplace",
+                              stdin=subprocess.DEVNULL)
     except FileNotFoundError:  # removed between the which() check and now
         raise ToolMissing(f"{argv[0]} not found: {_INSTALL_HINT}") from None
 
@@ -108,7 +111,10 @@ def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
         raise BuildError(f"{src}: cannot read it ({exc.strerror or exc})") from None
     if size > MAX_SOURCE:
         raise BuildError(f"{src}: {size:_} bytes, larger than the {MAX_SOURCE:_} a source may be")
-    argv = ["gcc", "-c", *DEFAULT_CFLAGS, *cflags, *REQUIRED_CFLAGS, "-I", str(INCLUDE_DIR),
+    # The folders of the source and of lpemu.h are named alike wherever they
+    # are (__FILE__, debug information): a scenario copied elsewhere is the same run.
+    prefix_maps = [f"-ffile-prefix-map={Path(src).parent}=.", f"-ffile-prefix-map={INCLUDE_DIR}=lpemu"]
+    argv = ["gcc", "-c", *prefix_maps, *DEFAULT_CFLAGS, *cflags, *REQUIRED_CFLAGS, "-I", str(INCLUDE_DIR),
             str(src), "-o", str(obj)]
     r = run_tool(argv, tmp)
     if r.returncode != 0:
@@ -117,6 +123,9 @@ def compile_c(src: Path, obj: Path, cflags, tmp: Path) -> None:
         said = f":\n{r.stderr.rstrip()}" if r.stderr.strip() else ""
         raise BuildError(f"{src}: gcc made no object of it: a source is C (.c), assembly (.s, .S) or an "
                          f"x86-64 ELF object{said}")
+    if slim_lto(obj.read_bytes()):
+        raise BuildError(f"{src}: compiled with -flto, gcc made an LTO object (GIMPLE bytecode, no machine "
+                         f"code) that only a link with LTO turns into code; remove -flto from the flags")
 
 
 # -- linking ----------------------------------------------------------------------

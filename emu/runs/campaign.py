@@ -601,12 +601,18 @@ def _parse_record(raw: bytes):
     if not (isinstance(rec, dict) and isinstance(rec.get("model"), str) and type(rec.get("seed")) is int
             and isinstance(rec.get("outcome"), str) and isinstance(rec.get("kernel", ""), str)):
         return None, "not a run record (model, seed, outcome)"
+    if rec["outcome"] not in RECORD_OUTCOMES:
+        return None, f"not a run record (outcome {_short(rec['outcome'])!r})"
     wrong = _record_problem(rec)
     if wrong:
         return None, f"not a run record ({wrong})"
     return rec, None
 
 
+#: The outcomes a record carries: a run's (Result.outcome), or the campaign's own
+#: for a run that raised (error) or whose worker died (crash). A record with any
+#: other would be counted as a run without findings.
+RECORD_OUTCOMES = ("completed", "failed", "stalled", "fault", "idle", "error", "crash")
 _NUMBER = (int, type(None))
 _TEXT = (str, type(None))
 #: What the summary, the verdicts and the reports read of a record (Result.to_json;
@@ -701,8 +707,7 @@ def fingerprint(program: Program) -> dict:
     from emu.images.toolchain import DEFAULT_CFLAGS, INCLUDE_DIR, REQUIRED_CFLAGS
     from emu.kernel import versions
     scn = program.scenario
-    files = [*scn.sources, *(p for m in scn.modules for p in m.sources),
-             *(p for pt in scn.patches for p in pt.sources)]
+    files = scn.inputs[1:]
     here = scn.path.resolve().parent
     sources = {os.path.relpath(p, here): _digest(Path(p)) for p in files}
     sources["<lpemu.h>"] = _digest(Path(INCLUDE_DIR) / "lpemu.h")

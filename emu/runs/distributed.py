@@ -39,6 +39,8 @@ def _import():
 
 def connect(address: str):
     """A Client of the scheduler at address (tcp://HOST:PORT)."""
+    if not address.strip():            # Client("") would start a local cluster of its own
+        raise UserError(f"--scheduler {address!r}: no address; give the scheduler's, tcp://HOST:PORT")
     distributed = _import()
     try:
         return distributed.Client(address, timeout=CONNECT_TIMEOUT)

@@ -39,10 +39,12 @@ def runs_to_first_failure(runner: Runner, model: str, strategy: str, limit: int)
 def compare(paths, *, models=None, strategies=STRATEGIES, limit: int = 200, progress=None) -> list[Row]:
     """One Row per (scenario, model); models default to each scenario's [fuzz] models."""
     rows = []
-    for path in paths:
-        path = Path(path)
+    paths = [Path(p) for p in paths]
+    short = [f"{p.parent.name}/{p.name}" for p in paths]
+    for path, name in zip(paths, short):
+        if short.count(name) > 1:          # x/seed/scenario.toml and y/seed/scenario.toml: as given
+            name = str(path)
         prog = scenario.build(scenario.load(path))
-        name = f"{path.parent.name}/{path.name}"
         with Runner(prog) as runner:
             for model in models or prog.scenario.fuzz.models:
                 row = Row(name, model, {})

@@ -165,6 +165,13 @@ class Scenario:
         stem = self.path.name.removesuffix(".toml").removesuffix(".lpemu")
         return readable(stem if stem != "scenario" else self.path.parent.name)
 
+    @property
+    def inputs(self) -> list[Path]:
+        """Every file the runs read: this file and each source (program and
+        stubs, modules, patches), in that order."""
+        return [self.path, *self.sources, *(p for m in self.modules for p in m.sources),
+                *(p for pt in self.patches for p in pt.sources)]
+
     def kernel(self, kernel: str | None = None) -> str:
         """The kernel a run is on: kernel, else [machine] kernel, else the newest."""
         return versions.kernel(kernel or self.machine.get("kernel")).name
@@ -481,6 +488,9 @@ def load(path) -> Scenario:
                       r.get("replace", bool, False), line=r.line())
         if p.functions is not None and not p.functions:
             raise r.error("functions", "is empty (leave it out to patch every function that differs)")
+        twice = next((f for i, f in enumerate(p.functions or ()) if f in p.functions[:i]), None)
+        if twice is not None:
+            raise r.error("functions", f"'{twice}' is named twice (a function is patched once)")
         for j, st in enumerate(r.get("states", list, [])):
             if not isinstance(st, dict):
                 raise r.error("states", f"each state is {{ id = N, version = V }}, not {_toml_type(st)} {_short(st)}")
