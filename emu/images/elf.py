@@ -180,8 +180,12 @@ def image_from_elf(data: bytes, *, name: str, kind: str, sources: tuple[Path, ..
     sites = {start: fentry_site(start, read_segments(segments, start, min(9, end - start), name))
              for _, start, end in funcs if end - start >= 5}
     for site in sorted(recorded.difference(sites.values())):
+        owner = next((f"{fname}+{site - start:#x}" for fname, start, end in funcs if start <= site < end), None)
+        why = (f" ({owner}: an fentry call that is not the function's first instruction; gcc puts it "
+               f"there under -fpatchable-function-entry=N with fewer than N NOPs before the function, "
+               f"which x86 kernels do not use)" if owner else "")
         raise BuildError(f"{name}: __mcount_loc records {site:#x}, which is not a "
-                         f"{FENTRY_NOP.hex(' ')} NOP at the start of a function (or right after its endbr64)")
+                         f"{FENTRY_NOP.hex(' ')} NOP at the start of a function (or right after its endbr64){why}")
 
     functions: dict[str, Function] = {}
     shadowed = []
