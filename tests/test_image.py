@@ -314,8 +314,11 @@ def test_a_patch_binds_to_the_base_and_to_the_modules_it_is_given(tmp_path):
     ([], ValueError, r"build_c: link_against: no image \(give the base image first\)"),
     ("vmlinux", TypeError, r"build_c: link_against must be an Image, or the base image and the modules"),
     ([None], TypeError, r"build_c: link_against\[0\] must be an Image, not NoneType"),
+    ("twice", ValueError, r"build_c: link_against: an image given twice"),
 ])
 def test_link_against_must_be_images(seed, link_against, error, words):
+    if link_against == "twice":
+        link_against = [seed, seed]
     with pytest.raises(error, match=words):
         build_c([C / "seed_patch.c"], base=PATCH, link_against=link_against, keep={"foo"})
 

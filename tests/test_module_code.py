@@ -446,3 +446,78 @@ def test_without_a_functions_list_a_module_s_source_is_compared_with_the_module(
     (tmp_path / "patch" / "m.c").write_text(full.replace("static long calls;", "static long calls = 3;"))
     with pytest.raises(Exception, match=r"patch\[p\]: .*calls"):
         scenario.build(scenario.load(path))
+
+
+def test_program_code_in_a_patch_cannot_use_a_module_s_symbols(tmp_path):
+    """A patched function of the program that calls a module's function
+    directly: vmlinux cannot link against a module, so kpatch-build and
+    klp-build never make such a patch; lpemu refuses it, naming the symbol
+    (it bound the call to the module's address, and every run faulted
+    before the module came)."""
+    from emu.errors import BuildError
+    path = write_stateful(tmp_path)
+    (tmp_path / "patch" / "base.c").write_text(BASE.replace("return 2 * x;", "return 2 * x + m_count();")
+                                               .replace("long (*hook)(long);", "long (*hook)(long);\nlong m_count(void);"))
+    text = path.read_text().replace('functions = ["m:m_work"]', 'functions = ["base_double"]')
+    path.write_text(text.replace('sources = ["patch/m.c"]', 'sources = ["patch/base.c"]'))
+    with pytest.raises(BuildError, match=r"m_count"):
+        scenario.build(scenario.load(path))
+
+
+def test_a_program_patch_binds_only_to_the_program_whatever_the_modules_call_their_statics(tmp_path):
+    """The program's util.c and the module's m/util.c each have a static
+    `count`; a patch of the program's function in a file named util.c binds
+    to the program's count, as its klp relocations name vmlinux."""
+    path = write_stateful(tmp_path)
+    text = path.read_text().replace('sources = ["base.c"]', 'sources = ["base.c", "util.c"]')
+    (tmp_path / "util.c").write_text("static long count;\n"
+                                     "__attribute__((noinline)) long scale(long v) { return v * 2 + count++; }\n")
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "util.c").write_text("static long count;\nlong m_util(void) { return count += 3; }\n")
+    text = text.replace('sources = ["m.c"]', 'sources = ["m.c", "m/util.c"]')
+    (tmp_path / "patch" / "util.c").write_text("static long count;\n"
+                                               "__attribute__((noinline)) long scale(long v) { return v * 3 + count++; }\n")
+    text = text.replace('functions = ["m:m_work"]', 'functions = ["scale"]').replace('sources = ["patch/m.c"]', 'sources = ["patch/util.c"]')
+    path.write_text(text)
+    prog = scenario.build(scenario.load(path))
+    img, _ = prog.patches["p"]
+    assert img.imports["count"] == dict(prog.base.statics["count"])["util.c"]
+
+
+def test_a_module_s_own_global_is_its_own(tmp_path):
+    """A module that defines a global the program defines too keeps its
+    own: the module loader resolves only what a module leaves undefined."""
+    from emu.images.build import build_c
+    (tmp_path / "base.c").write_text("long requests;\nlong base_get(void) { return requests; }\n")
+    base = build_c([tmp_path / "base.c"], base=0x400000)
+    (tmp_path / "mod.c").write_text("long requests;\nlong mod_bump(void) { return requests += 1000; }\n")
+    mod = build_c([tmp_path / "mod.c"], base=0x1000000, name="mod", link_against=base)
+    assert mod.lo <= mod.symbols["requests"] < mod.hi and "requests" not in mod.imports
+
+
+@pytest.mark.parametrize("layout, words", [
+    # a patch file named as a program source and a module source alike
+    ("both", r"patch\[p\]\.sources: util\.c is named as a source of the program and of module m"),
+    # two functions of one name from two objects in one patch
+    ("twice", r"patch\[p\]\.functions: two functions named 'm_wait' \(m and the program\)"),
+])
+def test_what_cannot_be_told_apart_is_refused(tmp_path, layout, words):
+    path = write_stateful(tmp_path)
+    text = path.read_text()
+    if layout == "both":
+        (tmp_path / "util.c").write_text("long util(long v) { return v; }\n")
+        (tmp_path / "m" ).mkdir()
+        (tmp_path / "m" / "util.c").write_text("long m_util(long v) { return v + 1; }\n")
+        (tmp_path / "patch" / "util.c").write_text("long m_util(long v) { return v + 2; }\n")
+        text = (text.replace('sources = ["base.c"]', 'sources = ["base.c", "util.c"]')
+                    .replace('sources = ["m.c"]', 'sources = ["m.c", "m/util.c"]')
+                    .replace('functions = ["m:m_work"]\n', "")
+                    .replace('sources = ["patch/m.c"]', 'sources = ["patch/util.c"]'))
+    else:
+        (tmp_path / "base.c").write_text(BASE + "__attribute__((noinline)) long m_wait(long t) { return t; }\n")
+        text = text.replace('functions = ["m:m_work"]', 'functions = ["m:m_wait", "m_wait"]')
+        (tmp_path / "patch" / "m.c").write_text("__attribute__((noinline)) long m_wait(long t) { return t + 1; }\n")
+    path.write_text(text)
+    from emu.errors import ScenarioError
+    with pytest.raises(ScenarioError, match=words):
+        scenario.build(scenario.load(path))

@@ -127,11 +127,13 @@ def bind_to_base(objs: list[Path], basenames: list[str], images: tuple[Image, ..
     """Rewrite objs so that what the module does not carry binds to images:
     the base image (images[0]) and the modules a patch binds to.
 
-    A defined symbol binds to the base image when it is data that the base has
-    and keep does not name (a module never carries its own copy of existing
-    state; a module built without keep keeps its statics, which are its own; keep names only read-only data whose new contents a kernel patch
-    carries, as create-diff-object does), or, when keep is given, a function
-    outside keep that the base has. Compiler clones
+    With keep (a patch), a defined symbol binds to the images when it is data
+    that they have and keep does not name (a patch never carries its own copy
+    of existing state; keep names only read-only data whose new contents a
+    kernel patch carries, as create-diff-object does), or a function outside
+    keep that they have. Without keep (a module) everything it defines is its
+    own, as the kernel's module loader resolves only what a module leaves
+    undefined. Compiler clones
     (foo.cold, foo.part.0, foo.isra.0, ...) are always carried: their calling
     convention is private to the compile that made them.
 
@@ -187,9 +189,11 @@ def bind_to_base(objs: list[Path], basenames: list[str], images: tuple[Image, ..
             if s.func or (keep is not None and s.name in keep):
                 defined_funcs.add(s.name)
             addr = None
-            # a module's own statics are its own, whatever other files call
-            # theirs (only a patch, built with keep, stands in for a file)
-            if not wanted and not (s.func and "." in s.name) and not (s.local and keep is None):
+            # what a module defines is its own, whatever the base calls its
+            # symbols (the module loader resolves only what a module leaves
+            # undefined); only a patch, built with keep, stands in for code
+            # that exists and binds what it defines to it
+            if not wanted and not (s.func and "." in s.name) and keep is not None:
                 addr = _resolve_in_base(images, s.name, local=s.local, basename=basename)
             if addr is not None:
                 bound[s.index] = addr

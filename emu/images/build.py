@@ -88,6 +88,8 @@ def _check_arguments(what: str, name, cflags, link_against, keep, cpu_features) 
                                          "an Image, or the base image and the modules a patch binds to"))
         if not link_against:
             raise ValueError(f"{what}: link_against: no image (give the base image first)")
+        if len({id(img) for img in link_against}) < len(link_against):
+            raise ValueError(f"{what}: link_against: an image given twice")
     if keep is not None:
         if isinstance(keep, (str, bytes)) or not hasattr(keep, "__iter__"):
             raise TypeError(f"{what}: keep must be a set of function names, not {type(keep).__name__}")
@@ -108,8 +110,10 @@ def build_c(sources, *, base: int, name: str = "base", cflags=(), link_against=N
     cflags come after DEFAULT_CFLAGS and before REQUIRED_CFLAGS. With link_against
     (an Image, or the base image followed by the modules a patch binds to),
     the image is a module: what it references but does not carry binds to
-    link_against's addresses, existing data is never carried, and with keep only
-    those functions (and new helpers they use) are carried. Sources that are
+    link_against's addresses. With keep it is a patch: only those functions
+    (and new helpers they use) are carried, and existing data and functions it
+    defines bind to the images' copies; without keep, what it defines is its
+    own. Sources that are
     already ELF objects are linked as kernel objects (emu/images/kobject.py):
     their alternatives are applied for cpu_features (X86_FEATURE_* numbers, as
     in the kernel's cpufeatures.h) or left original when it is None.

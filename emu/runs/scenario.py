@@ -865,6 +865,18 @@ def build(scn: Scenario) -> Program:
             if fn.site is None:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: '{fname}' has no "
                                     f"fentry site, so it cannot be patched (was it built with -mfentry?)")
+        # one name, one function: the patch image knows its functions by name
+        # (make_patch takes the new version by it), so two of one name from two
+        # objects cannot be told apart in one patch
+        owners_of: dict[str, list[str]] = {}
+        for name in functions:
+            obj, _, fname = name.rpartition(":")
+            owners_of.setdefault(fname, []).append(obj or "the program")
+        for fname, objs in owners_of.items():
+            if len(objs) > 1:
+                raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: two functions named "
+                                    f"'{fname}' ({' and '.join(objs)}): one patch carries one function of a "
+                                    f"name; put them in two patches")
         for f in p.force:
             if f not in functions:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].force: '{f}' is not one of "
@@ -876,10 +888,14 @@ def build(scn: Scenario) -> Program:
                                 f"{MAX_SITES - 1} (the C core holds {MAX_SITES} fentry sites, one kept for "
                                 f"[check] unit)")
         try:
-            # bound to the modules too, as klp relocations bind a patch to each
-            # module when it loads (a module's address is fixed by the build)
+            # bound to the modules whose functions it carries too, as klp
+            # relocations bind a patch to each such module when it loads (a
+            # module's address is fixed by the build); code of the program
+            # cannot use a module's symbols (vmlinux would not link)
+            mods = sorted({name.rpartition(":")[0] for name in functions} - {""})
             img = build_c(p.sources, base=at, name=p.name, cflags=scn.cflags,
-                          link_against=(base, *prog.modules.values()), keep=keep, cpu_features=scn.cpu_features)
+                          link_against=(base, *(prog.modules[m] for m in mods)), keep=keep,
+                          cpu_features=scn.cpu_features)
         except PatchError as exc:
             raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
         fits(img, STACK_BASE, f"patch[{p.name}]")
@@ -921,12 +937,14 @@ def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) ->
     program_names = {f.name for f in scn.sources}
     parts: dict[str | None, list[Path]] = {}
     for src in sources:
-        owners = [mod for mod in scn.modules
-                  if src.name not in program_names and any(f.name == src.name for f in mod.sources)]
-        if len(owners) > 1:
+        owners = [mod for mod in scn.modules if any(f.name == src.name for f in mod.sources)]
+        named = ([f"the program"] if src.name in program_names else []) + [f"module {m.name}" for m in owners]
+        if len(named) > 1 and not listed:
             raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].sources: {src.name} is named as a source "
-                                f"of modules {', '.join(m.name for m in owners)}: list the patch's functions "
-                                f"(\"module:f\")")
+                                f"of {' and of '.join(named)}: which one it changes cannot be told; list the "
+                                f"patch's functions (\"module:f\" for a module's)")
+        if src.name in program_names:
+            owners = []
         parts.setdefault(owners[0].name if owners else None, []).append(src)
     base = prog.base
     try:
