@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu.errors import PatchError, ScenarioError
+from emu.errors import BuildError, PatchError, ScenarioError
 from emu.kernel import versions
 from emu.kernel.patch import VMLINUX
 from emu.machine.task import INT64      # a register value (signed or unsigned)
@@ -898,6 +898,8 @@ def build(scn: Scenario) -> Program:
                           cpu_features=scn.cpu_features)
         except PatchError as exc:
             raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
+        except BuildError as exc:
+            raise _link_error(scn, p, exc) from None
         fits(img, STACK_BASE, f"patch[{p.name}]")
         missing = sorted(name for name in functions if name.rpartition(":")[2] not in img.functions)
         if missing:
@@ -908,6 +910,11 @@ def build(scn: Scenario) -> Program:
         prog.reasons[p.name] = reasons
         at = align_up(img.hi, MODULE_ALIGN)
     return prog
+
+
+def _link_error(scn: Scenario, p: PatchSpec, exc: BuildError) -> BuildError:
+    """A patch that does not link, said with the scenario's file, line and patch."""
+    return BuildError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}", undefined=exc.undefined)
 
 
 def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) -> tuple[list[str], dict]:
