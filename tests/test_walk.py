@@ -1,0 +1,140 @@
+"""Four patches a live-patch developer tries before booting a VM
+(tests/data/walk/), each scenario's header written from the kernel's
+semantics before it ran: a CVE-style bounds check in a system call's copy
+loop (cve-check), a lock taken by the old function and released by the new
+one (lock-split), a shadow variable on objects shared by tasks
+(shadow-reuse), and a patch of a module function with the module loaded
+after the patch (module-late).
+
+Their [expect] tables are judged by the pytest plugin (each file is
+collected as FILE::MODEL); the tests here hold what [expect] cannot say:
+which finding each model shows, what the kernel log says, and how the
+outputs name what they found."""
+from pathlib import Path
+
+import pytest
+
+from emu import Runner, build_scenario, load_scenario
+from emu.app import cli
+from emu.engine.core import EV_OBSERVE
+from emu.runs.campaign import Campaign, Plan
+
+WALK = Path(__file__).parent / "data" / "walk"
+
+
+def program(rel):
+    return build_scenario(load_scenario(WALK / rel))
+
+
+def campaign(rel, models, runs):
+    prog = program(rel)
+    plan = Plan(str(WALK / rel), list(models), range(runs), prog.scenario.fuzz.strategy)
+    camp = Campaign(prog, plan, jobs=1)
+    camp.run()
+    return {row["model"]: row for row in camp.summary()["models"]}
+
+
+def test_a_bounds_check_per_call_is_safe_and_completes_under_every_model():
+    """copy_item() never sleeps: no checked stack holds it, every model
+    completes at its first chance, and no fixed copy writes past its slot."""
+    rows = campaign("cve-check/scenario.toml", ["immediate", "stop_machine", "ksplice", "kgraft", "livepatch"], 8)
+    for model, row in rows.items():
+        assert (row["inconsistent"], row["bad_values"], row["completed"]) == (0, 0, 8), model
+
+
+def test_a_lock_released_by_the_new_version_shows_as_bad_unlocks_but_never_under_kgraft():
+    """dev_ioctl() is not in the patch: a holder asleep in wait_hw() is
+    switched by every stack-checking model and wakes into the new
+    dev_unlock(), which releases cfg_lock, never taken (observe 2 = 0).
+    kGraft keeps the whole system call in one universe."""
+    rows = campaign("lock-split/scenario.toml", ["stop_machine", "kgraft", "livepatch"], 8)
+    assert rows["kgraft"]["bad_values"] == 0 and rows["kgraft"]["inconsistent"] == 0
+    assert rows["stop_machine"]["bad_values"] > 0 and rows["livepatch"]["bad_values"] > 0
+
+
+def test_carrying_the_caller_makes_the_lock_split_safe_where_stacks_are_checked():
+    rows = campaign("lock-split/scenario-ioctl.toml", ["immediate", "stop_machine", "livepatch"], 8)
+    assert rows["immediate"]["bad_values"] > 0
+    assert rows["stop_machine"]["bad_values"] == 0 and rows["livepatch"]["bad_values"] == 0
+    assert rows["livepatch"]["completed"] == 8
+
+
+def test_a_kthreads_mixed_unit_is_named_a_safe_point_round_not_a_syscall(capsys):
+    """A kthread never enters the kernel from user mode: its unit runs from
+    safe point to safe point, and the report names it so."""
+    with Runner(program("lock-split/scenario.toml")) as r:
+        res = r.execute(r.plan("stop_machine", 0))
+    units = {(i["task"], i["unit"].split(" #")[0]) for i in res.inconsistencies}
+    assert ("watchdog", "safe-point round") in units, units
+    assert all(what == "syscall" for task, what in units if task != "watchdog")
+
+
+def test_the_shrink_summary_counts_in_the_singular(capsys):
+    code = cli.main(["replay", str(WALK / "lock-split/scenario.toml"), "--model", "stop_machine",
+                     "--seed", "0", "--shrink", "--quiet"])
+    out = capsys.readouterr().out
+    assert code == 1
+    line = next(s for s in out.splitlines() if s.startswith("shrunk in "))
+    assert ", 1 task (was 3)," in line and line.endswith(" 0 preemptions"), line
+
+
+def test_a_stale_shadow_is_met_under_kgraft_alone_through_the_python_api():
+    """kGraft keeps the collector in the old universe for a whole pass while
+    the users open connections with shadows: the old conn_free() leaves a
+    shadow behind, the next klp_shadow_alloc() of that slot finds it
+    ("Duplicate shadow variable") and conn_use() reads another generation.
+    Every other model switches the collector with the users (it sleeps in
+    conn_gc(), which no model checks): never a stale shadow, but passes that
+    mix versions."""
+    prog = program("shadow-reuse/scenario.toml")
+    stale, mixed = {}, {}
+    with Runner(prog) as r:
+        for model in ("stop_machine", "kgraft", "livepatch"):
+            for seed in range(8):
+                res, m, _ = r.execute(r.plan(model, seed), keep=True)
+                try:
+                    bad = [e.value for e in m.trace if e.kind == EV_OBSERVE and e.key == 2 and e.value != 0]
+                    if bad:
+                        assert any("Duplicate shadow variable" in text for _, text in m.log), m.log
+                    stale[model] = stale.get(model, 0) + bool(bad)
+                    mixed[model] = mixed.get(model, 0) + bool(res.inconsistencies)
+                    assert len(res.violations) == len(bad)
+                finally:
+                    m.engine.close()
+    assert stale["kgraft"] > 0 and mixed["kgraft"] == 0
+    assert stale["stop_machine"] == stale["livepatch"] == 0
+    assert mixed["stop_machine"] > 0 and mixed["livepatch"] > 0
+
+
+@pytest.mark.parametrize("model,line,key", [
+    ("livepatch", "livepatch: applying patch 'fix' to loading module 'nic'", 2),
+    ("stop_machine", "kpatch: patching newly loaded module 'nic'", 2),
+    ("kgraft", None, 2),
+    ("immediate", None, 2),
+    ("ksplice", "its target module 'nic' is not loaded", 1),
+])
+def test_a_module_loaded_after_its_patch_runs_the_new_version_from_its_first_call(model, line, key):
+    """Every model but Ksplice patches the coming module before its init
+    runs; Ksplice aborts an update whose module is not loaded, and the old
+    pair runs on."""
+    with Runner(program("module-late/scenario.toml")) as r:
+        res, m, _ = r.execute(r.plan(model, 0), keep=True)
+        try:
+            keys = {e.key for e in m.trace if e.kind == EV_OBSERVE}
+            log = [text for _, text in m.log]
+        finally:
+            m.engine.close()
+    assert keys == {key}
+    assert res.outcome == ("failed" if model == "ksplice" else "completed")
+    assert not res.violations and not res.inconsistencies
+    if line:
+        assert any(line in text for text in log), log
+
+
+def test_loader_tasks_are_no_state_before_they_are_forked():
+    """insmod-nic and rmmod-nic exist only while they load and unload the
+    module (a fork each): before the load, and with no unload at all, a
+    transition meets no such task, and coverage counts no state of it."""
+    with Runner(program("module-late/scenario.toml")) as r:
+        states = r.probe().states
+    assert set(states) == {"tx0", "tx1", "tx2"}, states
