@@ -138,3 +138,17 @@ def test_loader_tasks_are_no_state_before_they_are_forked():
     with Runner(program("module-late/scenario.toml")) as r:
         states = r.probe().states
     assert set(states) == {"tx0", "tx1", "tx2"}, states
+
+
+def test_shrinking_drops_a_task_that_could_only_go_at_the_later_start_point():
+    """The kthread flusher has nothing to do with user1's mixed system call
+    (livepatch switched user1 at a cond_resched() between two copies). At
+    the seed's start point every variant without it passes, at the latest
+    failing start point one does not: the shrinker tries again there."""
+    from emu.runs.shrink import shrink
+    with Runner(program("cve-check/scenario-syscall.toml")) as r:
+        spec = r.plan("livepatch", 10)
+        small, res, tried = shrink(r, spec, budget=200)
+        assert res.inconsistent and tried <= 200
+        assert small.tasks is not None and "flusher" not in small.tasks
+        assert r.execute(small).trace_hash == res.trace_hash
