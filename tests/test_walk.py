@@ -152,3 +152,52 @@ def test_shrinking_drops_a_task_that_could_only_go_at_the_later_start_point():
         assert res.inconsistent and tried <= 200
         assert small.tasks is not None and "flusher" not in small.tasks
         assert r.execute(small).trace_hash == res.trace_hash
+
+
+def _module_late_copy(tmp_path, old, new):
+    import shutil
+    d = tmp_path / "module-late"
+    shutil.copytree(WALK / "module-late", d)
+    text = (d / "scenario.toml").read_text()
+    assert old in text
+    (d / "scenario.toml").write_text(text.replace(old, new))
+    return d / "scenario.toml"
+
+
+def test_a_patch_without_a_function_list_carries_the_module_functions_it_changes(tmp_path, capsys):
+    """kpatch-build and klp-build diff every object, the modules' too: a
+    patch source named as the module's source (nic.c) is compared with the
+    module, and its nic_xmit() is a changed function of module nic. In a
+    file compared with the program it would be a new function of the patch
+    that nothing calls (the old driver would go on receiving eighths of a
+    byte): that is said."""
+    path = _module_late_copy(tmp_path, 'functions = ["skb_headroom", "nic:nic_xmit"]\n', "")
+    prog = build_scenario(load_scenario(path))
+    assert "nic_xmit is a function of module nic, but its source is compared with the program" in capsys.readouterr().err
+    assert prog.patches["fix"][1] == ["skb_headroom"]
+
+    d = path.parent
+    text = (d / "fix.c").read_text()
+    cut = text.index("__attribute__((noinline)) long nic_xmit")
+    (d / "fix").mkdir()
+    (d / "fix" / "headroom.c").write_text(text[:cut])
+    (d / "fix" / "nic.c").write_text(text[:text.index("__attribute__")] + text[cut:])
+    (d / "scenario.toml").write_text((d / "scenario.toml").read_text().replace('sources = ["fix.c"]',
+                                                                               'sources = ["fix/headroom.c", "fix/nic.c"]'))
+    prog = build_scenario(load_scenario(path))
+    assert "is a function of module" not in capsys.readouterr().err
+    assert sorted(prog.patches["fix"][1]) == ["nic:nic_xmit", "skb_headroom"]
+    with Runner(prog) as r:
+        res, m, _ = r.execute(r.plan("livepatch", 0), keep=True)
+        try:
+            keys = {e.key for e in m.trace if e.kind == EV_OBSERVE}
+        finally:
+            m.engine.close()
+    assert keys == {2} and not res.violations
+
+
+def test_a_module_function_named_without_its_module_is_refused_with_the_name_to_write(tmp_path, capsys):
+    path = _module_late_copy(tmp_path, '"nic:nic_xmit"', '"nic_xmit"')
+    assert cli.main(["run", str(path), "--model", "livepatch"]) == 2
+    err = capsys.readouterr().err
+    assert "patch[fix].functions: no function 'nic_xmit' in the program (module nic defines it: 'nic:nic_xmit')" in err

@@ -860,8 +860,10 @@ def build(scn: Scenario) -> Program:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: no module '{obj}'")
             fn = owner.functions.get(fname)
             if fn is None:
+                hint = "".join(f" (module {m} defines it: '{m}:{fname}')" for m, img in prog.modules.items()
+                               if not obj and fname in img.functions)
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: no function "
-                                    f"'{fname}' in {'module ' + obj if obj else 'the program'}")
+                                    f"'{fname}' in {'module ' + obj if obj else 'the program'}{hint}")
             if fn.site is None:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: '{fname}' has no "
                                     f"fentry site, so it cannot be patched (was it built with -mfentry?)")
@@ -975,6 +977,17 @@ def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) ->
         new |= plan.carry
         for warning in plan.warnings:
             print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {warning}", file=sys.stderr)
+    if not listed and None in plans:
+        # a function of a module in a source compared with the program is a
+        # new function of the patch that nothing calls: say so
+        for f in sorted(plans[None].carry):
+            for mod in scn.modules:
+                if f in prog.modules[mod.name].functions:
+                    print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {f} is a function of module "
+                          f"{mod.name}, but its source is compared with the program (it is named as none "
+                          f"of {mod.name}'s sources): it is carried as a new function that nothing calls, "
+                          f"and {mod.name}:{f} is not patched; put it in a file named as {mod.name}'s "
+                          f"source, or list '{mod.name}:{f}' in functions", file=sys.stderr)
     if not functions and not listed:
         raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: its sources change no function "
                             f"of the program{' or its modules' if scn.modules else ''}")
