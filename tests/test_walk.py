@@ -201,3 +201,33 @@ def test_a_module_function_named_without_its_module_is_refused_with_the_name_to_
     assert cli.main(["run", str(path), "--model", "livepatch"]) == 2
     err = capsys.readouterr().err
     assert "patch[fix].functions: no function 'nic_xmit' in the program (module nic defines it: 'nic:nic_xmit')" in err
+
+
+def test_the_module_patch_through_the_python_api(monkeypatch):
+    """module-late built and run with the Python API of the README: a
+    module built for a later load_module() needs addresses no loaded image
+    uses, and the message that refuses an overlap says how to get them."""
+    from emu import Machine, build_c, make_model, make_patch
+    from emu.errors import UserError
+    monkeypatch.chdir(WALK / "module-late")
+    base = build_c(["base.c"], base=0x400000)
+    m = Machine(base, cpus=2)
+    for i in range(3):
+        m.add_task(f"tx{i}", "user_entry", (i,))
+    insmod = m.add_unborn("insmod-nic")        # the loader task that runs the module's init
+    nic_early = build_c(["nic.c"], base=m.module_base(), name="nic", link_against=base)
+    fix = build_c(["fix.c"], base=m.module_base(), name="fix", link_against=base, keep={"skb_headroom", "nic_xmit"})
+    m.load(fix)
+    model = make_model("livepatch", m)
+    with pytest.raises(UserError, match="overlaps image 'fix' .*: link each image at addresses of its own "
+                                        r"\(Machine.module_base\(\) is past the images loaded so far"):
+        model.load_module(nic_early)
+    nic = build_c(["nic.c"], base=m.module_base(), name="nic", link_against=base)
+    patch = model.add(make_patch(m, "fix", fix, ["skb_headroom", "nic:nic_xmit"]))
+    m.at(20_000, lambda: model.enable(patch))
+    m.at(420_000, lambda: model.load_module(nic, init=lambda: m.fork(insmod, nic.symbols["nic_init"])))
+    m.run(until=m.seconds(5))
+    assert model.transitions[-1].result == "completed"
+    assert (420_000, "livepatch: applying patch 'fix' to loading module 'nic'") in m.log
+    keys = {e.key for e in m.trace if e.kind == EV_OBSERVE}
+    assert keys == {2}
