@@ -2,7 +2,8 @@
 (tests/data/walk/), each scenario's header written from the kernel's
 semantics before it ran: a CVE-style bounds check in a system call's copy
 loop (cve-check), a lock taken by the old function and released by the new
-one (lock-split), a shadow variable on objects shared by tasks
+one (lock-split), a struct field whose meaning changes between a writer and
+a reader that a sleep separates (field-meaning), a shadow variable on objects shared by tasks
 (shadow-reuse), and a patch of a module function with the module loaded
 after the patch (module-late).
 
@@ -231,3 +232,13 @@ def test_the_module_patch_through_the_python_api(monkeypatch):
     assert (420_000, "livepatch: applying patch 'fix' to loading module 'nic'") in m.log
     keys = {e.key for e in m.trace if e.kind == EV_OBSERVE}
     assert keys == {2}
+
+
+def test_a_field_that_changes_meaning_is_caught_by_the_assertion_not_as_a_handover():
+    """The timeout travels through struct req, where no register or stack
+    slot carries it from req_arm() to req_expire(): a value handover cannot
+    be claimed; the new reader's assertion sees ticks where it wants
+    milliseconds, wherever the kernel lets a sleeper in wait_queue() switch."""
+    rows = campaign("field-meaning/scenario.toml", ["kgraft", "livepatch"], 8)
+    assert rows["livepatch"]["bad_values"] > 0 and rows["livepatch"]["handovers"] == 0
+    assert rows["kgraft"]["bad_values"] == 0 and rows["kgraft"]["completed"] == 8
