@@ -242,3 +242,20 @@ def test_a_field_that_changes_meaning_is_caught_by_the_assertion_not_as_a_handov
     rows = campaign("field-meaning/scenario.toml", ["kgraft", "livepatch"], 8)
     assert rows["livepatch"]["bad_values"] > 0 and rows["livepatch"]["handovers"] == 0
     assert rows["kgraft"]["bad_values"] == 0 and rows["kgraft"]["completed"] == 8
+
+
+@pytest.mark.parametrize("model,key", [("livepatch", 2), ("ksplice", 1)])
+def test_a_run_goes_on_past_its_last_action_to_see_what_it_started(tmp_path, model, key):
+    """With the default [fuzz] until ("transitions"), a run whose transition
+    ended long before its last action (the module's load, 4 s later) ended
+    as that action fired: the module's init never ran, the driver was never
+    called, and every model passed a scenario that checked nothing. The run
+    now goes on two cycles of the tasks past the last action."""
+    path = _module_late_copy(tmp_path, 'until = "horizon"\nhorizon = 1.0\n', "")
+    with Runner(program(path)) as r:
+        res, m, _ = r.execute(r.plan(model, 0), keep=True)
+        try:
+            keys = {e.key for e in m.trace if e.kind == EV_OBSERVE}
+        finally:
+            m.engine.close()
+    assert keys == {key} and not res.violations
