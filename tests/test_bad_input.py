@@ -200,15 +200,6 @@ def missing_symbol(d):
     return scn(d, SCENARIO)
 
 
-def module_symbol(d):
-    """The patch uses a variable that a module of the scenario defines: in
-    the kernel a klp relocation, resolved as the module loads; here a patch
-    links against the program alone, and the message says whose symbol it is."""
-    (d / "drv.c").write_text("long drv_count;\nlong drv_poll(void) { return drv_count; }\n")
-    edit(d, "patch.c", "total += f / 1000;", "total += f / 1000; extern long drv_count; drv_count++;")
-    return scn(d, SCENARIO + '\n[[module]]\nname = "drv"\nsources = ["drv.c"]\n')
-
-
 def missing_symbol_not_utf8(d):
     """The patch object calls a function the base lacks, whose name (in the
     object's string table) holds a byte that is not UTF-8: ld quotes it."""
@@ -399,9 +390,6 @@ ROWS = [
     ("gcc missing", lambda d: scn(d, SCENARIO),
      ["gcc not found on PATH", "install"]),
     ("patch uses a symbol the base lacks", missing_symbol, ["s.toml:9: patch[p]: linking failed", "nowhere"]),
-    ("patch uses a symbol of a module", module_symbol,
-     ["s.toml:9: patch[p]: its sources use 'drv_count' of module 'drv'", "links against the program only",
-      "klp relocations"]),
     ("patch object using a symbol whose name is not UTF-8", missing_symbol_not_utf8,
      ["linking failed", "undefined reference to `now\\x9bere'"]),
     ("no temporary directory", lambda d: scn(d, SCENARIO),

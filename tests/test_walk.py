@@ -205,9 +205,11 @@ def test_a_module_function_named_without_its_module_is_refused_with_the_name_to_
 
 
 def test_the_module_patch_through_the_python_api(monkeypatch):
-    """module-late built and run with the Python API of the README: a
-    module built for a later load_module() needs addresses no loaded image
-    uses, and the message that refuses an overlap says how to get them."""
+    """module-late built and run with the Python API of the README: the
+    patch binds to the module's own symbols (link_against the base and the
+    module), the module is loaded later by load_module() with its C init run
+    in a loader task, and each image needs addresses of its own: the message
+    that refuses an overlap says how to get them."""
     from emu import Machine, build_c, make_model, make_patch
     from emu.errors import UserError
     monkeypatch.chdir(WALK / "module-late")
@@ -216,14 +218,24 @@ def test_the_module_patch_through_the_python_api(monkeypatch):
     for i in range(3):
         m.add_task(f"tx{i}", "user_entry", (i,))
     insmod = m.add_unborn("insmod-nic")        # the loader task that runs the module's init
-    nic_early = build_c(["nic.c"], base=m.module_base(), name="nic", link_against=base)
-    fix = build_c(["fix.c"], base=m.module_base(), name="fix", link_against=base, keep={"skb_headroom", "nic_xmit"})
-    m.load(fix)
+    nic = build_c(["nic.c"], base=m.module_base(), name="nic", link_against=base)
+    keep = {"skb_headroom", "nic_xmit"}
+    clash = build_c(["fix.c"], base=m.module_base(), name="fix", link_against=[base, nic], keep=keep)
+    m.load(clash)
     model = make_model("livepatch", m)
     with pytest.raises(UserError, match="overlaps image 'fix' .*: link each image at addresses of its own "
-                                        r"\(Machine.module_base\(\) is past the images loaded so far"):
-        model.load_module(nic_early)
+                                        r"\(Machine.module_base\(\) is past the images loaded so far, not past "
+                                        r"one built and not loaded yet: link the next image past that one's .hi\)"):
+        model.load_module(nic)
+
+    m = Machine(base, cpus=2)
+    for i in range(3):
+        m.add_task(f"tx{i}", "user_entry", (i,))
+    insmod = m.add_unborn("insmod-nic")
     nic = build_c(["nic.c"], base=m.module_base(), name="nic", link_against=base)
+    fix = build_c(["fix.c"], base=(nic.hi + 0xfff) & ~0xfff, name="fix", link_against=[base, nic], keep=keep)
+    m.load(fix)
+    model = make_model("livepatch", m)
     patch = model.add(make_patch(m, "fix", fix, ["skb_headroom", "nic:nic_xmit"]))
     m.at(20_000, lambda: model.enable(patch))
     m.at(420_000, lambda: model.load_module(nic, init=lambda: m.fork(insmod, nic.symbols["nic_init"])))

@@ -69,7 +69,8 @@ class Symbols:
                 raise UserError(f"image '{image.name}' ({image.lo:#x}-{image.hi:#x}) overlaps "
                                 f"image '{other.name}' ({other.lo:#x}-{other.hi:#x}): link each image at "
                                 f"addresses of its own (Machine.module_base() is past the images loaded so "
-                                f"far: it moves when an image is loaded, not when one is built)")
+                                f"far, not past one built and not loaded yet: link the next image past "
+                                f"that one's .hi)")
 
     def add(self, image: Image) -> None:
         """Index a new image's functions, code and ORC entries."""

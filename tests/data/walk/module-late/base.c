@@ -13,7 +13,6 @@ struct nic_ops {
 
 const struct nic_ops *nic;
 volatile long zero;
-long tx_bytes;                    /* bytes sent, counted by the driver */
 
 __attribute__((noinline)) long skb_headroom(long len)
 {
