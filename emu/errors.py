@@ -24,7 +24,12 @@ class ScenarioError(UserError):
 
 
 class BuildError(UserError):
-    """Compiling, assembling, linking or loading code failed."""
+    """Compiling, assembling, linking or loading code failed. undefined: the
+    symbols a failed link could not resolve (empty for other failures)."""
+
+    def __init__(self, *args, undefined=()):
+        super().__init__(*args)
+        self.undefined = tuple(undefined)
 
 
 class ToolMissing(BuildError):

@@ -389,7 +389,7 @@ ROWS = [
     ("compile error", compile_error, ["compiling", "patch.c", "error:"]),
     ("gcc missing", lambda d: scn(d, SCENARIO),
      ["gcc not found on PATH", "install"]),
-    ("patch uses a symbol the base lacks", missing_symbol, ["linking failed", "nowhere"]),
+    ("patch uses a symbol the base lacks", missing_symbol, ["s.toml:9: patch[p]: linking failed", "nowhere"]),
     ("patch object using a symbol whose name is not UTF-8", missing_symbol_not_utf8,
      ["linking failed", "undefined reference to `now\\x9bere'"]),
     ("no temporary directory", lambda d: scn(d, SCENARIO),

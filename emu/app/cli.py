@@ -215,7 +215,7 @@ def _print_result(res, machine, model, *, title: str) -> None:
     con.print(f"[bold]{esc(title)}[/]: model {spec.model}, seed {spec.seed} ({spec.strategy}), "
               f"first action at {spec.start}, schedule {spec.schedule}"
               f"{'/' + str(spec.sched_seed) if spec.schedule != 'rr' else ''}: {verdict}, "
-              f"transition {res.outcome}, ran to t={res.end}, {res.preemptions} preemptions, "
+              f"transition {res.outcome}, ran to t={res.end}, {_count(res.preemptions, 'preemption')}, "
               f"trace {res.trace_hash}")
     if machine is not None and machine.log:
         con.print("\n[bold]kernel log[/]")
@@ -340,10 +340,10 @@ def _run(args) -> int:
             if shrunk:
                 orig = shrunk[0]
                 ntasks = sum(t.count for t in runner.scn.tasks)
-                print(f"\nshrunk in {shrunk[2]} runs: first action at {spec.start} (was {orig.start}), "
-                      f"{len(spec.tasks) if spec.tasks is not None else ntasks} tasks (was "
+                print(f"\nshrunk in {_count(shrunk[2], 'run')}: first action at {spec.start} (was {orig.start}), "
+                      f"{_count(len(spec.tasks) if spec.tasks is not None else ntasks, 'task')} (was "
                       f"{len(orig.tasks) if orig.tasks is not None else ntasks}), schedule {spec.schedule} "
-                      f"(was {orig.schedule}), {res.preemptions} preemptions")
+                      f"(was {orig.schedule}), {_count(res.preemptions, 'preemption')}")
             print(f"\nreproduce: {_command_line(args, spec)}")
             for kind, path in written.items():
                 print(f"{kind}: {path}")
@@ -353,6 +353,11 @@ def _run(args) -> int:
         m.engine.close()
         runner.close()
     return EXIT_FINDINGS if failing else EXIT_OK
+
+
+def _count(n: int, noun: str) -> str:
+    """'1 task', '3 tasks'."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 def _fuzz(args) -> int:

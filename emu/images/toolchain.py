@@ -196,7 +196,7 @@ def link(objs: list[Path], tmp: Path, base: int, *, defsyms: dict[str, int] | No
     if r.returncode != 0:
         undefined = sorted(set(re.findall(r"undefined reference to `([^']+)'", r.stderr)))
         what = f" (undefined symbols: {', '.join(undefined)})" if undefined else ""
-        raise BuildError(f"linking failed{what}:\n{r.stderr.rstrip()}")
+        raise BuildError(f"linking failed{what}:\n{r.stderr.rstrip()}", undefined=undefined)
     return (tmp / "image.elf").read_bytes()
 
 

@@ -67,7 +67,10 @@ class Symbols:
                                 f"its patches each need a name of their own")
             if image.lo < other.hi and other.lo < image.hi:
                 raise UserError(f"image '{image.name}' ({image.lo:#x}-{image.hi:#x}) overlaps "
-                                f"image '{other.name}' ({other.lo:#x}-{other.hi:#x})")
+                                f"image '{other.name}' ({other.lo:#x}-{other.hi:#x}): link each image at "
+                                f"addresses of its own (Machine.module_base() is past the images loaded so "
+                                f"far, not past one built and not loaded yet: link the next image past "
+                                f"that one's .hi)")
 
     def add(self, image: Image) -> None:
         """Index a new image's functions, code and ORC entries."""

@@ -34,9 +34,10 @@ When a run ends ([fuzz] until; Runner.execute applies it):
   failed, reversed or cancelled) and two cycles of the tasks more, so that
   the units running across the switch finish; at the latest the horizon
   after the last action, where a transition still pending counts as
-  stalled; never before the last action. A run with no transition (no
-  patch action, or every action refused) ends two cycles after its last
-  action;
+  stalled; never before two cycles after the last action, so that what it
+  starts runs (a module's init and its first calls). A run with no
+  transition (no patch action, or every action refused) ends two cycles
+  after its last action too;
 - "horizon": the horizon after the last action, whatever happens;
 - "exit": when every task has exited, at the latest the horizon after the
   last action (the run then warns that tasks were still running).
@@ -521,8 +522,8 @@ class Runner:
                     self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
                     if until == "transitions":
-                        ends = [t.completed_at or t.requested_at for t in model.transitions] or [last]
-                        m.run(until=min(end, max(ends) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
+                        ends = [t.completed_at or t.requested_at for t in model.transitions]
+                        m.run(until=min(end, max(ends + [last]) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
                               every_slice=False)
                     _bounded(m, raising=True)
                     running = [t.name for t in m.tasks if t.state is not RunState.EXITED]

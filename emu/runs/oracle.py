@@ -27,7 +27,7 @@ from functools import cached_property
 from emu.engine import core
 from emu.machine.machine import EV_EXIT, EV_KERNEL_EXIT, EV_SAFE_POINT, Machine
 from emu.kernel.patch import Patch
-from emu.machine.task import PATCHED
+from emu.machine.task import PATCHED, Kind
 
 
 #: Events that end every unit of a task: its kernel exit, safe point, or exit.
@@ -51,7 +51,7 @@ class Entry:
 @dataclass
 class Inconsistency:
     task: str
-    unit: str                 # "syscall #n" or "foo #n"
+    unit: str                 # "syscall #n", a kthread's "safe-point round #n", or "foo #n"
     start: int
     end: int
     entries: list[Entry] = field(default_factory=list)
@@ -140,7 +140,10 @@ def check(machine: Machine, patches: list[Patch], transitions, *, unit: str = "s
         else:
             units, found = scan_syscall_units(machine.trace.records(), functions, confs)
         for task, n, unfinished, start, end, entries in found:
-            label = f"syscall #{n} (unfinished)" if unfinished else f"syscall #{n}"
+            # a kthread never enters or leaves the kernel: its unit runs from
+            # safe point to safe point, and is named so
+            what = "safe-point round" if tasks[task].kind is Kind.KTHREAD else "syscall"
+            label = f"{what} #{n} (unfinished)" if unfinished else f"{what} #{n}"
             bad.append(Inconsistency(tasks[task].name, label, start, end,
                                      [Entry(c, names[fid], v) for c, fid, v in entries]))
         if stats is not None:

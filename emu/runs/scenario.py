@@ -29,7 +29,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from emu.errors import PatchError, ScenarioError
+from emu.errors import BuildError, PatchError, ScenarioError
 from emu.kernel import versions
 from emu.kernel.patch import VMLINUX
 from emu.machine.task import INT64      # a register value (signed or unsigned)
@@ -860,8 +860,10 @@ def build(scn: Scenario) -> Program:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: no module '{obj}'")
             fn = owner.functions.get(fname)
             if fn is None:
+                hint = "".join(f" (module {m} defines it: '{m}:{fname}')" for m, img in prog.modules.items()
+                               if not obj and fname in img.functions)
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: no function "
-                                    f"'{fname}' in {'module ' + obj if obj else 'the program'}")
+                                    f"'{fname}' in {'module ' + obj if obj else 'the program'}{hint}")
             if fn.site is None:
                 raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].functions: '{fname}' has no "
                                     f"fentry site, so it cannot be patched (was it built with -mfentry?)")
@@ -898,6 +900,8 @@ def build(scn: Scenario) -> Program:
                           cpu_features=scn.cpu_features)
         except PatchError as exc:
             raise PatchError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}") from None
+        except BuildError as exc:
+            raise _link_error(scn, p, exc) from None
         fits(img, STACK_BASE, f"patch[{p.name}]")
         missing = sorted(name for name in functions if name.rpartition(":")[2] not in img.functions)
         if missing:
@@ -908,6 +912,11 @@ def build(scn: Scenario) -> Program:
         prog.reasons[p.name] = reasons
         at = align_up(img.hi, MODULE_ALIGN)
     return prog
+
+
+def _link_error(scn: Scenario, p: PatchSpec, exc: BuildError) -> BuildError:
+    """A patch that does not link, said with the scenario's file, line and patch."""
+    return BuildError(f"{scn.path}:{p.line}: patch[{p.name}]: {exc}", undefined=exc.undefined)
 
 
 def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) -> tuple[list[str], dict]:
@@ -968,6 +977,17 @@ def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) ->
         new |= plan.carry
         for warning in plan.warnings:
             print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {warning}", file=sys.stderr)
+    if not listed and None in plans:
+        # a function of a module in a source compared with the program is a
+        # new function of the patch that nothing calls: say so
+        for f in sorted(plans[None].carry):
+            for mod in scn.modules:
+                if f in prog.modules[mod.name].functions:
+                    print(f"lpemu: warning: {scn.path}: patch[{p.name}]: {f} is a function of module "
+                          f"{mod.name}, but its source is compared with the program (it is named as none "
+                          f"of {mod.name}'s sources): it is carried as a new function that nothing calls, "
+                          f"and {mod.name}:{f} is not patched; put it in a file named as {mod.name}'s "
+                          f"source, or list '{mod.name}:{f}' in functions", file=sys.stderr)
     if not functions and not listed:
         raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}]: its sources change no function "
                             f"of the program{' or its modules' if scn.modules else ''}")

@@ -13,7 +13,9 @@ order:
    first few points where a task meets that state. Identical tasks in
    lockstep, which no single start point shrinks, shrink this way;
 2. simpler schedules and fewer preemptions;
-3. the latest start point that still fails (gallop, then bisect).
+3. the latest start point that still fails (gallop, then bisect);
+4. when tasks are left and the start point moved, 1 again at the new start
+   point (a task that had to stay at the first may go there), then 3.
 """
 from __future__ import annotations
 
@@ -100,20 +102,46 @@ def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -
                 return moved, r
         return None
 
-    cur = spec
-    # 1. fewer tasks: complements of halves, quarters, ..., single tasks
-    names = list(cur.tasks or [i for t in runner.scn.tasks for i in t.instances()])
-    size = len(names) // 2
-    while size >= 1 and len(names) > 1 and tried < budget:
-        i = 0
-        while i < len(names) and len(names) > 1 and tried < budget:
-            keep = names[:i] + names[i + size:]
-            got = variant_fails(replace(cur, tasks=tuple(keep))) if keep else None
-            if got is not None:
-                (cur, best), names = got, keep
-            else:
-                i += size
-        size = min(size // 2, len(names) // 2)
+    def fewer_tasks(cur: RunSpec, best: Result):
+        """1. complements of halves, quarters, ..., single tasks."""
+        names = list(cur.tasks or [i for t in runner.scn.tasks for i in t.instances()])
+        size = len(names) // 2
+        while size >= 1 and len(names) > 1 and tried < budget:
+            i = 0
+            while i < len(names) and len(names) > 1 and tried < budget:
+                keep = names[:i] + names[i + size:]
+                got = variant_fails(replace(cur, tasks=tuple(keep))) if keep else None
+                if got is not None:
+                    (cur, best), names = got, keep
+                else:
+                    i += size
+            size = min(size // 2, len(names) // 2)
+        return cur, best
+
+    def latest_start(cur: RunSpec, best: Result):
+        """3. the latest start point that still fails: gallop, then bisect."""
+        lo, step, hi = cur.start, 1, None
+        limit = cur.start + runner.window()
+        while tried < budget and lo + step <= limit:
+            r = fails(replace(cur, start=lo + step))
+            if r is None:
+                hi = lo + step
+                break
+            lo, best, step = lo + step, r, step * 2
+        if hi is not None:
+            while hi - lo > 1 and tried < budget:
+                mid = (lo + hi) // 2
+                r = fails(replace(cur, start=mid))
+                if r is None:
+                    hi = mid
+                else:
+                    lo, best = mid, r
+        return replace(cur, start=lo), best
+
+    def ntasks(s: RunSpec) -> int:
+        return len(s.tasks) if s.tasks is not None else sum(t.count for t in runner.scn.tasks)
+
+    cur, best = fewer_tasks(spec, best)
     # 2. simpler schedules, fewer preemptions
     for simplify in _SIMPLIFY:
         cand = simplify(cur, runner.scn.machine.get("preempt", "voluntary"))
@@ -122,24 +150,14 @@ def shrink(runner: Runner, spec: RunSpec, *, budget: int = 200, progress=None) -
         r = fails(cand)
         if r is not None and r.preemptions <= best.preemptions:
             cur, best = cand, r
-    # 3. the latest start point that still fails: gallop, then bisect
-    lo, step, hi = cur.start, 1, None
-    limit = cur.start + runner.window()
-    while tried < budget and lo + step <= limit:
-        r = fails(replace(cur, start=lo + step))
-        if r is None:
-            hi = lo + step
-            break
-        lo, best, step = lo + step, r, step * 2
-    if hi is not None:
-        while hi - lo > 1 and tried < budget:
-            mid = (lo + hi) // 2
-            r = fails(replace(cur, start=mid))
-            if r is None:
-                hi = mid
-            else:
-                lo, best = mid, r
-    cur = replace(cur, start=lo)
+    cur, best = latest_start(cur, best)
+    # a task that could not go at the first start point may go at the last
+    # one (every other task stands elsewhere there): once more, then the
+    # latest start point of what is left
+    if ntasks(cur) > 1 and cur.start != spec.start and tried < budget:
+        fewer, fbest = fewer_tasks(cur, best)
+        if ntasks(fewer) < ntasks(cur):
+            cur, best = latest_start(fewer, fbest)
     return cur, best, tried
 
 

@@ -113,8 +113,9 @@ class Observer:
         self._was_on: set[int] = set()
 
     def observe(self, *, skip=frozenset()) -> dict[str, str]:
-        """Task name -> state, for every task (no idle task) that is off its
-        CPU and whose name is not in skip."""
+        """Task name -> state, for every task (no idle task, no loader task
+        of Machine.add_unborn outside its life) that is off its CPU and
+        whose name is not in skip."""
         m = self.m
         m.drain()
         trace = m.trace
@@ -129,6 +130,8 @@ class Observer:
         for t in m.tasks:
             if t.kind is Kind.IDLE or t.tid in on or t.name in skip:
                 continue
+            if t.unborn and t.state is RunState.EXITED:
+                continue        # a loader task not forked yet, or gone: no task a transition meets
             st = self._known.get(t.tid)
             if st is None:
                 st = self._known[t.tid] = state_of(m, t, self.stacks)
