@@ -1358,3 +1358,30 @@ def test_a_kthread_safe_point_inside_a_patched_function(model):
     if model == "livepatch":
         assert res.transitions[0]["blockers"][0]["stack"][-1] == "(sleeping on function work)"
         assert collapse(values[("kworker", 2)]) == [0]
+
+
+# ---- two patches of one module function, the module loaded after both ------------------
+
+TWO_MODULE_PATCHES = {"immediate": 2, "stop_machine": 1, "ksplice": 0, "kgraft": 2, "livepatch": 2}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_two_patches_for_a_module_that_loads_after_both(model):
+    """kpatch_module_notify_coming() (kmod/core/core.c) links the first
+    patch in kpmod_list with an unlinked object for the coming module and
+    stops there (goto done): p1's codec_encode runs, p2's object is never
+    linked. klp_module_coming() applies every patch (the newest, p2, on
+    top); kGraft's and the first live patching's module hooks do too.
+    Ksplice refuses both updates (TARGET_NOT_LOADED)."""
+    res, log, values, _ = run("kpatch-two-patches-module/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert set(values[(f"client{i}", 3)]) == {TWO_MODULE_PATCHES[model]}
+        assert collapse([v >= 0 for v in values[(f"client{i}", 1)]]) == [False, True]
+    if model == "stop_machine":
+        assert log.count("kpatch: patching newly loaded module 'codec'") == 1
+    if model == "livepatch":
+        assert [line for line in log if "loading module" in line] == [
+            "livepatch: applying patch 'p1' to loading module 'codec'",
+            "livepatch: applying patch 'p2' to loading module 'codec'"]

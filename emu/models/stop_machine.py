@@ -389,6 +389,23 @@ class StopMachine(Model):
             done.append(obj)
         return True
 
+    def coming_patches(self, name: str) -> list[Patch]:
+        """kpatch_module_notify_coming() walks kpmod_list (the applied
+        patches, oldest first) for the first object named after the module
+        that is not linked yet, and links that one alone (goto done): a
+        second applied patch with an object for the same module is never
+        linked at this load, and, since the first link holds a reference on
+        the module, at no later one either. A patch whose attempts are still
+        under way is not in kpmod_list between them: module_coming leaves it
+        to its next attempt (it is bound here all the same)."""
+        out, linked = [], False
+        for p in self.module_patches():
+            if p.object(name) is None or (p.enabled and linked):
+                continue
+            linked = linked or p.enabled
+            out.append(p)
+        return out
+
     def module_coming(self, patch: Patch, obj, funcs) -> list:
         """kpatch_module_notify: an applied patch's object for the coming
         module is linked, its pre_patch callback runs (a refusal leaves the
