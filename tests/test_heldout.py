@@ -1385,3 +1385,31 @@ def test_two_patches_for_a_module_that_loads_after_both(model):
         assert [line for line in log if "loading module" in line] == [
             "livepatch: applying patch 'p1' to loading module 'codec'",
             "livepatch: applying patch 'p2' to loading module 'codec'"]
+
+
+# ---- a module loaded while its patch is being removed ----------------------------------
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_loaded_during_the_unpatching_transition(model):
+    """klp_module_coming() applies the patch in its unpatching transition
+    with func->transition set: the clients, switched to UNPATCHED, never
+    run the new drv_fn. kpatch's unregister attempts leave the patch in
+    kpmod_list between them, so the coming module is linked and runs the
+    new drv_fn until the attempt that passes (kpatch_module_notify_coming,
+    kpatch_unregister). kGraft and immediate: the old drv_fn only. Ksplice
+    refused the update (drv not loaded)."""
+    res, log, values, _ = run("module-mid-unpatch/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == ([1, 0] if model == "stop_machine" else [0])
+    assert collapse(values[("waiter", 3)]) == ([0] if model == "ksplice" else [0, 1, 0])
+    if model == "ksplice":
+        assert [e["action"] for e in res.errors] == ["enable fix", "disable fix"]
+        return
+    assert res.outcome == "completed" and not res.errors
+    if model == "livepatch":
+        assert log.index("livepatch: applying patch 'fix' to loading module 'drv'") < \
+            log.index("livepatch: 'fix': completing unpatching transition")
+    if model == "stop_machine":
+        assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: unloaded patch module 'fix'")
