@@ -1413,3 +1413,30 @@ def test_a_module_loaded_during_the_unpatching_transition(model):
             log.index("livepatch: 'fix': completing unpatching transition")
     if model == "stop_machine":
         assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: unloaded patch module 'fix'")
+
+
+# ---- an atomic replace whose transition a module of the replaced patch comes into --------
+
+REPLACE_MODULE = {"immediate": [0], "stop_machine": [1, 0], "ksplice": [0], "kgraft": None, "livepatch": [0]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_the_replaced_patch_loaded_during_an_atomic_replace(model):
+    """klp_module_coming() applies the replaced p1 and then the replace
+    p2's nop (klp_add_nops made a dynamic object for drv) with
+    func->transition set: the switched clients take the nop, the original
+    drv_fn, never p1's; completion unpatches p1 and discards the nop.
+    kpatch links p1's drv between p2's attempts (p1 is in kpmod_list),
+    and the replace's switch takes every function of the hash out."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        seen = collapse(values[(f"client{i}", 2)])
+        assert seen == REPLACE_MODULE[model] if REPLACE_MODULE[model] else seen[-1] == 0
+    assert collapse(values[("waiter", 3)])[-1] == 2
+    if model == "livepatch":
+        assert [line for line in log if "loading module" in line] == [
+            "livepatch: applying patch 'p1' to loading module 'drv'",
+            "livepatch: applying patch 'p2' to loading module 'drv'"]
+        assert res.transitions[1]["completed_at"] > 660000
