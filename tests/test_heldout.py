@@ -1440,3 +1440,31 @@ def test_a_module_of_the_replaced_patch_loaded_during_an_atomic_replace(model):
             "livepatch: applying patch 'p1' to loading module 'drv'",
             "livepatch: applying patch 'p2' to loading module 'drv'"]
         assert res.transitions[1]["completed_at"] > 660000
+
+
+# ---- an atomic replace written during another patch's transition ------------------------
+
+REPLACE_DURING = {"immediate": (None, 2), "stop_machine": ("-EBUSY", 1), "ksplice": (None, 2),
+                  "kgraft": ("-EAGAIN", 1), "livepatch": ("-EBUSY", 1)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_an_atomic_replace_written_during_another_transition(model):
+    """__klp_enable_patch() refuses with -EBUSY while klp_transition_patch
+    is set; kgr_modify_kernel() with -EAGAIN while a patching is not
+    finalized; Ksplice's stage write waits for module_mutex (stage_store)
+    and applies the replace after p1's update; immediate has no transition
+    to wait for."""
+    res, log, values, _ = run("replace-during-transition/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    errno_name, final = REPLACE_DURING[model]
+    if errno_name is None:
+        assert not res.errors
+    else:
+        assert [e["action"] for e in res.errors] == ["enable p2"] and errno_name in res.errors[0]["error"]
+    assert collapse(values[("waiter", 3)]) == [0, final]
+    if model == "ksplice":
+        assert [line for line in log if "patch module" in line] == [
+            "ksplice: loaded patch module 'p1'", "ksplice: unloaded patch module 'p1'",
+            "ksplice: loaded patch module 'p2'"]
