@@ -133,6 +133,37 @@ class KGraft(Model):
             f.transition = in_transition
         updates = self.push_all(patch, funcs)
         obj.patched = True
+        return updates + self._coming_nops(patch, funcs)
+
+    def _coming_nops(self, patch: Patch, funcs) -> list:
+        """kgr_patch_code_delayed(): a coming module's function of a
+        finalized patch that the replace_all patch in progress does not
+        carry goes to KGR_PATCH_REVERT_SLOW with loc_old = loc_name, the
+        original: a migrated task runs the original, a task still in the
+        old universe the finalized patch's version, as for the functions
+        the replace reverted at its start (kgr_revert_replaced_funs). Here:
+        a nop of the replace on top, in transition, taken off with the
+        replaced patches when it is finalized. Returns text updates."""
+        cur = self.current
+        if cur is None or cur is patch or not cur.replace or self.target != PATCHED:
+            return []
+        nops = self.nops.setdefault(cur.name, [])
+        skip = {f.old.id for f in self.loaded_funcs(cur)} | {n.old.id for n in nops}
+        new = [PatchFunc(f.name, f.object, None, old=f.old, transition=True) for f in funcs if f.old.id not in skip]
+        nops += new
+        return self.push_all(cur, new)
+
+    def module_going(self, patch: Patch, obj) -> list:
+        """The patch's functions of a going module come off
+        (kgr_forced_code_patch_removal), and so do the nops the replace in
+        progress holds for them (__kgr_handle_going_module also walks the
+        patch in progress)."""
+        updates = super().module_going(patch, obj)
+        cur = self.current
+        if cur is not None and cur is not patch and cur.name in self.nops:
+            gone = [n for n in self.nops[cur.name] if n.object == obj.name]
+            self.nops[cur.name] = [n for n in self.nops[cur.name] if n.object != obj.name]
+            updates += [self.pop(cur, n) for n in gone if n.patched]
         return updates
 
     def _start(self, patch: Patch, target: int, updates) -> None:
