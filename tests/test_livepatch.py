@@ -727,6 +727,41 @@ def test_callbacks_a_module_loaded_during_the_unpatching_transition():
     assert st.lp.installed == [] and not patch.object(MOD_TARGET).patched
 
 
+def test_callbacks_a_module_going_during_the_unpatching_transition():
+    """klp_cleanup_module_patches_limited() skips pre_unpatch for
+    klp_transition_patch and runs post_unpatch (its pre_patch enabled it)
+    after "reverting patch"; klp_complete_transition() then runs
+    post_unpatch for the objects still loaded only (klp_is_object_loaded)."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    load_busy, _ = busy_module(st)
+    patch, _ = demo_patch(st)
+    st.load_mod(target)
+    load_busy(block=True)
+    st.load_lp(patch, wait=False)
+    st.run(2)
+    n = len(st.log())
+    st.cmd(f"echo 0 > /sys/kernel/livepatch/{MOD_DEMO}/enabled")
+    st.lp.disable(patch)                   # reversed: now unpatching, until the next retry
+    st.unload_mod(target)
+    assert st.lp.transition_patch is patch and not patch.object(MOD_TARGET).patched
+    st.wait_transition()
+    assert st.since(n) == transcript("""
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': reversing transition from patching to unpatching
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.installed == []
+
+
 def test_callbacks_multiple_target_modules():
     st = Selftest()
     target = st.image(MOD_TARGET)
