@@ -407,18 +407,24 @@ class StopMachine(Model):
         return out
 
     def module_coming(self, patch: Patch, obj, funcs) -> list:
-        """kpatch_module_notify: an applied patch's object for the coming
-        module is linked, its pre_patch callback runs (a refusal leaves the
-        module unpatched: a notifier cannot stop the load), its functions
-        go into the handler's hash, then post_patch."""
+        """kpatch_module_notify_coming: an applied patch's object for the
+        coming module is linked (a reference on the module taken), "patching
+        newly loaded module" said, its pre_patch callback runs (a refusal
+        leaves the functions out of the handler's hash, the object linked
+        and the module held: a notifier cannot stop the load, it WARNs),
+        its functions go into the hash, then post_patch."""
         if not patch.enabled:
             return []
-        if callbacks.pre_patch(self.m, patch, obj):
-            self.printk(f"{self.prefix}pre-patch callback failed!")
-            return []
-        updates = self.push_all(patch, funcs)
+        # kpatch_link_object first: the reference on the module is taken
+        # (and kept until the patch goes) whatever pre_patch answers
         self._take_refs(patch)
         self.printk(f"{self.prefix}patching newly loaded module '{obj.name}'")
+        err = callbacks.pre_patch(self.m, patch, obj)
+        if err:
+            self.printk(f"{self.prefix}pre-patch callback failed!")
+            self.printk(f"error ({err}) patching newly loaded module '{obj.name}'")     # the WARN
+            return []
+        updates = self.push_all(patch, funcs)
         obj.patched = True
         callbacks.post_patch(self.m, patch, obj)
         return updates
