@@ -1497,3 +1497,17 @@ def test_a_module_of_the_replaced_patch_going_and_coming_during_an_atomic_replac
         loaded = [v >= 0 for v in values[(f"client{i}", 1)]]
         assert collapse(loaded) == ([False, True, False, True] if model in ("immediate", "livepatch", "kgraft")
                                     else [False, True])
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_the_replaced_patch_loaded_after_an_atomic_replace(model):
+    """Once the replace is over the replaced patch is gone under every
+    model (klp_free_replaced_patches_async and klp_discard_nops; kpatch's
+    kpmod_list; kgr_finalize): drv loads unpatched and nothing holds it."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario-after.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == [0]
+    assert not any("loading module" in line or "newly loaded" in line for line in log)
+    assert [e["action"] for e in res.errors] == (["enable p1"] if model == "ksplice" else [])
