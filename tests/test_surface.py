@@ -262,6 +262,11 @@ def test_a_kpatch_pre_patch_refusal_in_the_module_notifier_keeps_the_module_held
         model.unload_module(mod)
     assert exc.value.errno == errno.EWOULDBLOCK
     assert calls == ["pre"]
+    # the patch's removal unlinks the object (kpatch_unlink_object): the module goes free
+    model.disable(patch)
+    m.run(until=m.now + m.seconds(3))
+    assert model.transitions[-1].result == "completed" and calls == ["pre"]
+    model.unload_module(mod)
 
 
 def test_a_kpatch_pre_patch_refusal_fails_the_load_and_undoes_the_others(compile_c):
