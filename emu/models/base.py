@@ -156,8 +156,9 @@ class Model:
         # _GOING; emu/runs/fuzz.py's Runner runs the loaders)
         self.loaders: dict[str, str] = {}
         # (patch index, module name): an enabled patch's object for a module
-        # that the coming notifier left unlinked when the module came
-        # (kpatch links one patch per load: StopMachine.coming_patches); the
+        # whose functions the coming notifier left out when the module came
+        # (kpatch links one patch per load, StopMachine.coming_patches, and
+        # keeps a refused pre_patch's functions out of its hash); the
         # promise oracle takes those functions as not carried by that patch
         self.unlinked: set[tuple[int, str]] = set()
         self.stack_checks = StackChecks(machine)

@@ -423,6 +423,7 @@ class StopMachine(Model):
         if err:
             self.printk(f"{self.prefix}pre-patch callback failed!")
             self.printk(f"error ({err}) patching newly loaded module '{obj.name}'")     # the WARN
+            self.unlinked.add((patch.index, obj.name))      # its functions never take effect
             return []
         updates = self.push_all(patch, funcs)
         obj.patched = True
