@@ -252,6 +252,7 @@ def test_a_kpatch_pre_patch_refusal_in_the_module_notifier_keeps_the_module_held
         "post_patch": lambda machine, p, obj: calls.append("post"),
         "post_unpatch": lambda machine, p, obj: calls.append("post_unpatch")}
     model.load_module(mod, init=registrar(m, base, mod))
+    m.watch(m.function("mod:mod_fn"))           # its entries in the trace, for the promise oracle
     log = [text for _, text in m.log]
     assert log[-3:] == ["kpatch: patching newly loaded module 'mod'", "kpatch: pre-patch callback failed!",
                         "error (-19) patching newly loaded module 'mod'"]
@@ -262,6 +263,11 @@ def test_a_kpatch_pre_patch_refusal_in_the_module_notifier_keeps_the_module_held
         model.unload_module(mod)
     assert exc.value.errno == errno.EWOULDBLOCK
     assert calls == ["pre"]
+    # the promise oracle takes the module's functions as not carried by the patch
+    from emu.runs.verdicts import verdicts
+    assert model.unlinked == {(patch.index, "mod")}
+    assert verdicts(m, [patch], spec_model="stop_machine", unlinked=model.unlinked).breaches == 0
+    assert verdicts(m, [patch], spec_model="stop_machine").breaches > 0
     # the patch's removal unlinks the object (kpatch_unlink_object): the module goes free
     model.disable(patch)
     m.run(until=m.now + m.seconds(3))
