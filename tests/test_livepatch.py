@@ -2200,6 +2200,44 @@ def test_force_blocks_the_removal_of_every_patch_before_5_18(compile_c, kernel, 
             lp.remove(p1)
 
 
+@pytest.mark.parametrize("kernel,forced", [("5.17", None), ("5.18", None), ("5.17", True), ("5.18", True)])
+def test_the_patches_an_atomic_replace_took_over_are_disabled_and_removable(compile_c, kernel, forced):
+    """klp_complete_transition() disables and unpatches the replaced p1
+    (klp_unpatch_replaced_patches) and klp_free_replaced_patches_async()
+    frees it: it is no longer enabled (a write to its `enabled` finds no
+    patch: -EINVAL here) and its module can go (klp_free_patch_finish's
+    module_put). A force of the replace marks it forced for good: from
+    5.18 only the replaced patches (klp_force_transition: the ones being
+    removed), before every patch, the replace p2 too."""
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (3000,), "user"),
+                                      ("worker", "worker", (0,), "user")], kernel=kernel)
+    p1 = load_patch(compile_c, m, base, "p1", ["quick"])
+    p2 = load_patch(compile_c, m, base, "p2", ["slow"], source=PATCH3, replace=True)
+    m.run(until=m.seconds(0.02))
+    lp.enable(p1)
+    m.run(until=m.seconds(1.5))
+    assert lp.transitions[-1].result == "completed"
+    lp.enable(p2)
+    m.run(until=m.seconds(3))
+    if forced:
+        assert lp.transitions[-1].result == "pending"     # the sleeper is in the original slow()
+        lp.force()
+    m.run(until=m.seconds(40))
+    assert lp.transitions[-1].result == "completed"
+    assert lp.installed == [p2] and not p1.enabled and p2.enabled
+    with pytest.raises(PatchRefused) as exc:
+        lp.disable(p1)
+    assert exc.value.errno == errno.EINVAL
+    assert p1.forced == bool(forced) and p2.forced == bool(forced and kernel == "5.17")
+    with pytest.raises(Busy, match="enabled"):
+        lp.remove(p2)
+    if forced:
+        with pytest.raises(Busy, match="forced"):
+            lp.remove(p1)
+    else:
+        lp.remove(p1)
+
+
 @pytest.mark.parametrize("kernel", ["5.14", "6.19"])
 def test_sysfs_during_a_transition(compile_c, kernel):
     """core.c's attributes while a transition is blocked: `transition` 1
