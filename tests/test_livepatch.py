@@ -2238,6 +2238,34 @@ def test_the_patches_an_atomic_replace_took_over_are_disabled_and_removable(comp
         lp.remove(p1)
 
 
+def test_a_reversal_starts_the_fake_signals_count_again(compile_c):
+    """klp_reverse_transition() ends in klp_start_transition(), which sets
+    klp_signals_cnt = 0: the reversed transition sends its first fake
+    signals 15 retries after the reversal ("signaling remaining tasks"
+    again), not 15 after the last round of the patching transition. The
+    stuck kthread blocks the patching for good (each wake-up puts it back
+    to sleep in the old stuck()); the first signals (~16 s) wake the
+    sleeper, which switches at its kernel exit and sleeps 30 s in the new
+    slow(); the disable at 20 s reverses the transition, which waits for
+    the sleeper until the signals 15 retries later wake it again."""
+    m, lp, base = machine(compile_c, [("stuckk", "stuck_kthread", (0,), "kthread"),
+                                      ("sleeper", "sleeper", (3000,), "user")])
+    p = load_patch(compile_c, m, base, "p", ["stuck", "slow"])
+    m.run(until=m.seconds(0.02))
+    lp.enable(p)
+    m.run(until=m.seconds(20))
+    assert lp.transitions[-1].result == "pending"
+    first = [t for t, text in m.log if text == "livepatch: signaling remaining tasks"]
+    assert len(first) == 1 and m.seconds(15) < first[0] < m.seconds(17.5)
+    assert any(name == "sleeper" and state == 1 for _, name, state, _ in lp.switches)   # PATCHED
+    lp.disable(p)                          # reversed: the sleeper is in the new slow() until ~46 s
+    m.run(until=m.seconds(45))
+    signals = [t for t, text in m.log if text == "livepatch: signaling remaining tasks"]
+    assert len(signals) == 2
+    assert signals[1] > m.seconds(20) + m.seconds(14.5)        # 15 retries after the reversal
+    assert lp.transitions[-1].result == "completed" and lp.transitions[-1].completed_at > signals[1]
+
+
 @pytest.mark.parametrize("kernel", ["5.14", "6.19"])
 def test_sysfs_during_a_transition(compile_c, kernel):
     """core.c's attributes while a transition is blocked: `transition` 1
