@@ -1511,3 +1511,23 @@ def test_a_module_of_the_replaced_patch_loaded_after_an_atomic_replace(model):
         assert collapse(values[(f"client{i}", 2)]) == [0]
     assert not any("loading module" in line or "newly loaded" in line for line in log)
     assert [e["action"] for e in res.errors] == (["enable p1"] if model == "ksplice" else [])
+
+
+TWO_REPLACED = {"immediate": [0], "stop_machine": [1, 0], "ksplice": [0], "kgraft": [0], "livepatch": [0]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_two_replaced_patches_loaded_during_an_atomic_replace(model):
+    """Two finalized patches of drv_fn, drv loaded during a replace that
+    leaves it out: livepatch's nop goes on top of both; kGraft reverts the
+    last finalized one for the migrated tasks (a regression: p1b's v3,
+    pushed after the nop made for p1's, ran until the replace was
+    finalized); kpatch links the first patch only (p1's v1)."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario-two.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == TWO_REPLACED[model]
+    if model == "livepatch":
+        assert [line for line in log if "loading module" in line] == [
+            f"livepatch: applying patch '{p}' to loading module 'drv'" for p in ("p1", "p1b", "p2")]

@@ -148,8 +148,15 @@ class KGraft(Model):
         if cur is None or cur is patch or not cur.replace or self.target != PATCHED:
             return []
         nops = self.nops.setdefault(cur.name, [])
-        skip = {f.old.id for f in self.loaded_funcs(cur)} | {n.old.id for n in nops}
-        new = [PatchFunc(f.name, f.object, None, old=f.old, transition=True) for f in funcs if f.old.id not in skip]
+        carried = {f.old.id for f in self.loaded_funcs(cur)}
+        for n in nops:       # an older patch's nop stays on top of this patch's version
+            if n.old.id in {f.old.id for f in funcs} and n.patched:
+                self.unlink(n)
+                n.transition = True
+                self.link(cur, n)
+        have = {n.old.id for n in nops}
+        new = [PatchFunc(f.name, f.object, None, old=f.old, transition=True) for f in funcs
+               if f.old.id not in carried | have]
         nops += new
         return self.push_all(cur, new)
 
