@@ -1531,3 +1531,28 @@ def test_a_module_of_two_replaced_patches_loaded_during_an_atomic_replace(model)
     if model == "livepatch":
         assert [line for line in log if "loading module" in line] == [
             f"livepatch: applying patch '{p}' to loading module 'drv'" for p in ("p1", "p1b", "p2")]
+
+
+# ---- kGraft's patch references ------------------------------------------------------------
+
+REFS_ERRORS = {"kgraft": [("disable p1", "-EBUSY"), ("disable p1", "-EBUSY"), ("disable p2", "-EINVAL")],
+               "livepatch": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_kgraft_references_from_the_write_and_kept_by_replaced_patches(model):
+    """kgr_modify_kernel(): kgr_refs_inc() at the write of a patch that is
+    not replace_all, so p1 is referenced while p2 is still in progress
+    (-EBUSY before -EAGAIN); kgr_remove_patches_fast() takes replaced
+    patches off kgr_patches with their references: p1 -EBUSY, p2 -EINVAL.
+    (The model refused with -EAGAIN, then -EINVAL: a regression.)"""
+    res, log, values, _ = run("kgraft-refs/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    want = REFS_ERRORS.get(model, [("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")])
+    assert [(e["action"], e["error"].split("(")[-1].split(":")[0]) for e in res.errors] == want
+    if model == "kgraft":
+        assert all("this patch is still referenced" in e["error"] for e in res.errors[:2])
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2, 0]
+        assert collapse(values[(f"user{i}", 2)]) == [0, 2, 0]
