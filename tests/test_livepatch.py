@@ -614,6 +614,43 @@ def test_callbacks_module_coming_pre_patch_callback_enodev():
     assert st.lp.module_state(MOD_TARGET) is None      # refused: not loaded
 
 
+def test_callbacks_module_coming_refused_by_the_second_patch_cleans_up_the_first():
+    """klp_module_coming() walks klp_patches: the first patch is applied to
+    the module (pre_patch, post_patch); the second's pre_patch refuses, so
+    klp_cleanup_module_patches_limited(mod, limit = the second) reverts the
+    first only (pre_unpatch: it is not the transition patch, "reverting",
+    post_unpatch) and the load fails; klp_module_going() is not called
+    (load_module's error path after prepare_coming_module)."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    first, _ = demo_patch(st)
+    second_cbs = Callbacks(st, "second")
+    second = st.patch("second", [], callbacks={VMLINUX: second_cbs.table(), MOD_TARGET: second_cbs.table()})
+    st.load_lp(first)
+    st.load_lp(second)
+    n = len(st.log())
+    st.cmd("echo -19 > /sys/module/second/parameters/pre_patch_ret")
+    second_cbs.pre_patch_ret = -errno.ENODEV
+    st.load_failing_mod(target)
+    assert st.since(n) == transcript("""
+        % echo -19 > /sys/module/second/parameters/pre_patch_ret
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: applying patch 'second' to loading module '$MOD_TARGET'
+        second: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: pre-patch callback failed for object '$MOD_TARGET'
+        livepatch: patch 'second' failed for module '$MOD_TARGET', refusing to load module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        modprobe: ERROR: could not insert '$MOD_TARGET': No such device
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.module_state(MOD_TARGET) is None
+    assert not first.object(MOD_TARGET).patched and not second.object(MOD_TARGET).patched
+
+
 def test_callbacks_pre_patch_failing_on_a_later_object_unpatches_the_earlier_ones():
     """__klp_enable_patch runs pre_patch and klp_patch_object object by
     object; a refusal from the second one cancels (klp_cancel_transition ->
