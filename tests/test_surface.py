@@ -275,6 +275,30 @@ def test_a_kpatch_pre_patch_refusal_in_the_module_notifier_keeps_the_module_held
     model.unload_module(mod)
 
 
+def test_a_module_whose_init_fails_goes_free_of_kpatchs_link(compile_c):
+    """A module whose init fails goes whatever holds it (do_init_module's
+    failure path runs the going notifiers and frees it): kpatch's going
+    notifier (kpatch_module_notify_going) runs pre_unpatch, takes the
+    functions out of the hash, runs post_unpatch and unlinks the object
+    (its module_put); the next load is linked again."""
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)
+    m.run(until=m.seconds(3))
+    calls = []
+    patch.object("mod").callbacks = {n: (lambda n: lambda machine, p, obj: calls.append(n) or 0)(n)
+                                     for n in ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")}
+    model.load_module(mod)                       # its init fails: the loader unloads it again
+    assert model.module_refs == {"mod": {"fix"}}
+    model.unload_module(mod, check=False)
+    assert calls == ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"]
+    assert model.module_refs == {} and not patch.object("mod").patched
+    model.load_module(mod, init=registrar(m, base, mod))
+    assert model.module_refs == {"mod": {"fix"}} and patch.object("mod").patched
+    m.run(until=m.now + m.seconds(0.5))
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.2))} == {i * 10 + 15 for i in range(3)}
+
+
 def test_a_kpatch_pre_patch_refusal_fails_the_load_and_undoes_the_others(compile_c):
     m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
     m.run(until=m.seconds(0.05))
