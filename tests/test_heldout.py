@@ -1556,3 +1556,24 @@ def test_kgraft_references_from_the_write_and_kept_by_replaced_patches(model):
     for i in range(3):
         assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2, 0]
         assert collapse(values[(f"user{i}", 2)]) == [0, 2, 0]
+
+
+# ---- a module loaded while a second patch of its function is in transition --------------
+
+STACKED_MODULE = {"immediate": [2], "stop_machine": [1, 2], "ksplice": [0], "kgraft": [2], "livepatch": [2]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_loaded_while_a_second_patch_of_its_function_is_in_transition(model):
+    """klp_module_coming() applies the finalized p1, then p2 in transition
+    on top (the switched clients run v2); kgr_patch_code_delayed() gives
+    p2 the slow stub over p1's version; kpatch links p1's object at the
+    load (p2 is between its attempts) and p2's next attempt links its own."""
+    res, log, values, _ = run("stacked-module-mid-transition/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == STACKED_MODULE[model]
+    assert collapse(values[("waiter", 3)]) == ([0] if model == "ksplice" else [0, 1, 2])
+    if model == "stop_machine":
+        assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: loaded patch module 'p2'")
