@@ -1358,3 +1358,222 @@ def test_a_kthread_safe_point_inside_a_patched_function(model):
     if model == "livepatch":
         assert res.transitions[0]["blockers"][0]["stack"][-1] == "(sleeping on function work)"
         assert collapse(values[("kworker", 2)]) == [0]
+
+
+# ---- two patches of one module function, the module loaded after both ------------------
+
+TWO_MODULE_PATCHES = {"immediate": 2, "stop_machine": 1, "ksplice": 0, "kgraft": 2, "livepatch": 2}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_two_patches_for_a_module_that_loads_after_both(model):
+    """kpatch_module_notify_coming() (kmod/core/core.c) links the first
+    patch in kpmod_list with an unlinked object for the coming module and
+    stops there (goto done): p1's codec_encode runs, p2's object is never
+    linked. klp_module_coming() applies every patch (the newest, p2, on
+    top); kGraft's and the first live patching's module hooks do too.
+    Ksplice refuses both updates (TARGET_NOT_LOADED)."""
+    res, log, values, _ = run("kpatch-two-patches-module/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert set(values[(f"client{i}", 3)]) == {TWO_MODULE_PATCHES[model]}
+        assert collapse([v >= 0 for v in values[(f"client{i}", 1)]]) == [False, True]
+    if model == "stop_machine":
+        assert log.count("kpatch: patching newly loaded module 'codec'") == 1
+    if model == "livepatch":
+        assert [line for line in log if "loading module" in line] == [
+            "livepatch: applying patch 'p1' to loading module 'codec'",
+            "livepatch: applying patch 'p2' to loading module 'codec'"]
+
+
+# ---- a module loaded while its patch is being removed ----------------------------------
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_loaded_during_the_unpatching_transition(model):
+    """klp_module_coming() applies the patch in its unpatching transition
+    with func->transition set: the clients, switched to UNPATCHED, never
+    run the new drv_fn. kpatch's unregister attempts leave the patch in
+    kpmod_list between them, so the coming module is linked and runs the
+    new drv_fn until the attempt that passes (kpatch_module_notify_coming,
+    kpatch_unregister). kGraft and immediate: the old drv_fn only. Ksplice
+    refused the update (drv not loaded)."""
+    res, log, values, _ = run("module-mid-unpatch/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == ([1, 0] if model == "stop_machine" else [0])
+    assert collapse(values[("waiter", 3)]) == ([0] if model == "ksplice" else [0, 1, 0])
+    if model == "ksplice":
+        assert [e["action"] for e in res.errors] == ["enable fix", "disable fix"]
+        return
+    assert res.outcome == "completed" and not res.errors
+    if model == "livepatch":
+        assert log.index("livepatch: applying patch 'fix' to loading module 'drv'") < \
+            log.index("livepatch: 'fix': completing unpatching transition")
+    if model == "stop_machine":
+        assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: unloaded patch module 'fix'")
+
+
+# ---- an atomic replace whose transition a module of the replaced patch comes into --------
+
+REPLACE_MODULE = {"immediate": [0], "stop_machine": [1, 0], "ksplice": [0], "kgraft": [0], "livepatch": [0]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_the_replaced_patch_loaded_during_an_atomic_replace(model):
+    """klp_module_coming() applies the replaced p1 and then the replace
+    p2's nop (klp_add_nops made a dynamic object for drv) with
+    func->transition set: the switched clients take the nop, the original
+    drv_fn, never p1's; completion unpatches p1 and discards the nop.
+    kpatch links p1's drv between p2's attempts (p1 is in kpmod_list),
+    and the replace's switch takes every function of the hash out.
+    kGraft's kgr_patch_code_delayed() puts p1's drv_fn, which the
+    replace_all p2 does not carry, to KGR_PATCH_REVERT_SLOW with loc_old =
+    loc_name: the migrated clients run the original (they ran p1's v1
+    until p2 was finalized: a regression)."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == REPLACE_MODULE[model]
+    assert collapse(values[("waiter", 3)])[-1] == 2
+    if model == "livepatch":
+        assert [line for line in log if "loading module" in line] == [
+            "livepatch: applying patch 'p1' to loading module 'drv'",
+            "livepatch: applying patch 'p2' to loading module 'drv'"]
+        assert res.transitions[1]["completed_at"] > 660000
+
+
+# ---- an atomic replace written during another patch's transition ------------------------
+
+REPLACE_DURING = {"immediate": (None, 2), "stop_machine": ("-EBUSY", 1), "ksplice": (None, 2),
+                  "kgraft": ("-EAGAIN", 1), "livepatch": ("-EBUSY", 1)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_an_atomic_replace_written_during_another_transition(model):
+    """__klp_enable_patch() refuses with -EBUSY while klp_transition_patch
+    is set; kgr_modify_kernel() with -EAGAIN while a patching is not
+    finalized; Ksplice's stage write waits for module_mutex (stage_store)
+    and applies the replace after p1's update; immediate has no transition
+    to wait for."""
+    res, log, values, _ = run("replace-during-transition/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    errno_name, final = REPLACE_DURING[model]
+    if errno_name is None:
+        assert not res.errors
+    else:
+        assert [e["action"] for e in res.errors] == ["enable p2"] and errno_name in res.errors[0]["error"]
+    assert collapse(values[("waiter", 3)]) == [0, final]
+    if model == "ksplice":
+        assert [line for line in log if "patch module" in line] == [
+            "ksplice: loaded patch module 'p1'", "ksplice: unloaded patch module 'p1'",
+            "ksplice: loaded patch module 'p2'"]
+
+
+GOING_ERRORS = {"immediate": [], "livepatch": [], "kgraft": [],
+                "stop_machine": [("unload drv", "-EAGAIN"), ("load drv", "-EEXIST")],
+                "ksplice": [("enable p1", "-ENOENT"), ("unload drv", "-EBUSY"), ("load drv", "-EEXIST")]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_the_replaced_patch_going_and_coming_during_an_atomic_replace(model):
+    """klp_module_going() reverts p1 and p2's nop from drv, the second
+    klp_module_coming() applies both again; kGraft's going module takes
+    the stubs of every patch off, the one in progress included
+    (__kgr_handle_going_module), and the second kgr_module_init() reverts
+    p1's drv_fn for the migrated tasks again (a regression: the replace's
+    stale stub for the first drv made the second run p1's v1). kpatch's
+    link holds drv: the rmmod and the second insmod are refused."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario-going.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    assert [(e["action"], e["error"].split("(")[-1].split(":")[0].rstrip(")")) for e in res.errors] == \
+        GOING_ERRORS[model]
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == REPLACE_MODULE[model]
+        loaded = [v >= 0 for v in values[(f"client{i}", 1)]]
+        assert collapse(loaded) == ([False, True, False, True] if model in ("immediate", "livepatch", "kgraft")
+                                    else [False, True])
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_the_replaced_patch_loaded_after_an_atomic_replace(model):
+    """Once the replace is over the replaced patch is gone under every
+    model (klp_free_replaced_patches_async and klp_discard_nops; kpatch's
+    kpmod_list; kgr_finalize): drv loads unpatched and nothing holds it."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario-after.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == [0]
+    assert not any("loading module" in line or "newly loaded" in line for line in log)
+    assert [e["action"] for e in res.errors] == (["enable p1"] if model == "ksplice" else [])
+
+
+TWO_REPLACED = {"immediate": [0], "stop_machine": [1, 0], "ksplice": [0], "kgraft": [0], "livepatch": [0]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_of_two_replaced_patches_loaded_during_an_atomic_replace(model):
+    """Two finalized patches of drv_fn, drv loaded during a replace that
+    leaves it out: livepatch's nop goes on top of both; kGraft reverts the
+    last finalized one for the migrated tasks (a regression: p1b's v3,
+    pushed after the nop made for p1's, ran until the replace was
+    finalized); kpatch links the first patch only (p1's v1)."""
+    res, log, values, _ = run("replace-module-mid-transition/scenario-two.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == TWO_REPLACED[model]
+    if model == "livepatch":
+        assert [line for line in log if "loading module" in line] == [
+            f"livepatch: applying patch '{p}' to loading module 'drv'" for p in ("p1", "p1b", "p2")]
+
+
+# ---- kGraft's patch references ------------------------------------------------------------
+
+REFS_ERRORS = {"kgraft": [("disable p1", "-EBUSY"), ("disable p1", "-EBUSY"), ("disable p2", "-EINVAL")],
+               "livepatch": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_kgraft_references_from_the_write_and_kept_by_replaced_patches(model):
+    """kgr_modify_kernel(): kgr_refs_inc() at the write of a patch that is
+    not replace_all, so p1 is referenced while p2 is still in progress
+    (-EBUSY before -EAGAIN); kgr_remove_patches_fast() takes replaced
+    patches off kgr_patches with their references: p1 -EBUSY, p2 -EINVAL.
+    (The model refused with -EAGAIN, then -EINVAL: a regression.)"""
+    res, log, values, _ = run("kgraft-refs/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    want = REFS_ERRORS.get(model, [("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")])
+    assert [(e["action"], e["error"].split("(")[-1].split(":")[0]) for e in res.errors] == want
+    if model == "kgraft":
+        assert all("this patch is still referenced" in e["error"] for e in res.errors[:2])
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == [0, 1, 2, 0]
+        assert collapse(values[(f"user{i}", 2)]) == [0, 2, 0]
+
+
+# ---- a module loaded while a second patch of its function is in transition --------------
+
+STACKED_MODULE = {"immediate": [2], "stop_machine": [1, 2], "ksplice": [0], "kgraft": [2], "livepatch": [2]}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_module_loaded_while_a_second_patch_of_its_function_is_in_transition(model):
+    """klp_module_coming() applies the finalized p1, then p2 in transition
+    on top (the switched clients run v2); kgr_patch_code_delayed() gives
+    p2 the slow stub over p1's version; kpatch links p1's object at the
+    load (p2 is between its attempts) and p2's next attempt links its own."""
+    res, log, values, _ = run("stacked-module-mid-transition/scenario.toml", model)
+    sound(res)
+    assert kernel_safe(res)
+    for i in range(2):
+        assert collapse(values[(f"client{i}", 2)]) == STACKED_MODULE[model]
+    assert collapse(values[("waiter", 3)]) == ([0] if model == "ksplice" else [0, 1, 2])
+    if model == "stop_machine":
+        assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: loaded patch module 'p2'")

@@ -614,6 +614,43 @@ def test_callbacks_module_coming_pre_patch_callback_enodev():
     assert st.lp.module_state(MOD_TARGET) is None      # refused: not loaded
 
 
+def test_callbacks_module_coming_refused_by_the_second_patch_cleans_up_the_first():
+    """klp_module_coming() walks klp_patches: the first patch is applied to
+    the module (pre_patch, post_patch); the second's pre_patch refuses, so
+    klp_cleanup_module_patches_limited(mod, limit = the second) reverts the
+    first only (pre_unpatch: it is not the transition patch, "reverting",
+    post_unpatch) and the load fails; klp_module_going() is not called
+    (load_module's error path after prepare_coming_module)."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    first, _ = demo_patch(st)
+    second_cbs = Callbacks(st, "second")
+    second = st.patch("second", [], callbacks={VMLINUX: second_cbs.table(), MOD_TARGET: second_cbs.table()})
+    st.load_lp(first)
+    st.load_lp(second)
+    n = len(st.log())
+    st.cmd("echo -19 > /sys/module/second/parameters/pre_patch_ret")
+    second_cbs.pre_patch_ret = -errno.ENODEV
+    st.load_failing_mod(target)
+    assert st.since(n) == transcript("""
+        % echo -19 > /sys/module/second/parameters/pre_patch_ret
+        % modprobe $MOD_TARGET
+        livepatch: applying patch '$MOD_LIVEPATCH' to loading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        $MOD_LIVEPATCH: post_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: applying patch 'second' to loading module '$MOD_TARGET'
+        second: pre_patch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: pre-patch callback failed for object '$MOD_TARGET'
+        livepatch: patch 'second' failed for module '$MOD_TARGET', refusing to load module '$MOD_TARGET'
+        $MOD_LIVEPATCH: pre_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_COMING] Full formed, running module_init
+        modprobe: ERROR: could not insert '$MOD_TARGET': No such device
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.module_state(MOD_TARGET) is None
+    assert not first.object(MOD_TARGET).patched and not second.object(MOD_TARGET).patched
+
+
 def test_callbacks_pre_patch_failing_on_a_later_object_unpatches_the_earlier_ones():
     """__klp_enable_patch runs pre_patch and klp_patch_object object by
     object; a refusal from the second one cancels (klp_cancel_transition ->
@@ -725,6 +762,41 @@ def test_callbacks_a_module_loaded_during_the_unpatching_transition():
         livepatch: '$MOD_LIVEPATCH': unpatching complete
         """, MOD_LIVEPATCH=MOD_DEMO)
     assert st.lp.installed == [] and not patch.object(MOD_TARGET).patched
+
+
+def test_callbacks_a_module_going_during_the_unpatching_transition():
+    """klp_cleanup_module_patches_limited() skips pre_unpatch for
+    klp_transition_patch and runs post_unpatch (its pre_patch enabled it)
+    after "reverting patch"; klp_complete_transition() then runs
+    post_unpatch for the objects still loaded only (klp_is_object_loaded)."""
+    st = Selftest()
+    target = st.image(MOD_TARGET)
+    load_busy, _ = busy_module(st)
+    patch, _ = demo_patch(st)
+    st.load_mod(target)
+    load_busy(block=True)
+    st.load_lp(patch, wait=False)
+    st.run(2)
+    n = len(st.log())
+    st.cmd(f"echo 0 > /sys/kernel/livepatch/{MOD_DEMO}/enabled")
+    st.lp.disable(patch)                   # reversed: now unpatching, until the next retry
+    st.unload_mod(target)
+    assert st.lp.transition_patch is patch and not patch.object(MOD_TARGET).patched
+    st.wait_transition()
+    assert st.since(n) == transcript("""
+        % echo 0 > /sys/kernel/livepatch/$MOD_LIVEPATCH/enabled
+        livepatch: '$MOD_LIVEPATCH': reversing transition from patching to unpatching
+        livepatch: '$MOD_LIVEPATCH': starting unpatching transition
+        % rmmod $MOD_TARGET
+        $MOD_TARGET: ${MOD_TARGET}_exit
+        livepatch: reverting patch '$MOD_LIVEPATCH' on unloading module '$MOD_TARGET'
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET -> [MODULE_STATE_GOING] Going away
+        livepatch: '$MOD_LIVEPATCH': completing unpatching transition
+        $MOD_LIVEPATCH: post_unpatch_callback: vmlinux
+        $MOD_LIVEPATCH: post_unpatch_callback: $MOD_TARGET_BUSY -> [MODULE_STATE_LIVE] Normal state
+        livepatch: '$MOD_LIVEPATCH': unpatching complete
+        """, MOD_LIVEPATCH=MOD_DEMO)
+    assert st.lp.installed == []
 
 
 def test_callbacks_multiple_target_modules():
@@ -2163,6 +2235,72 @@ def test_force_blocks_the_removal_of_every_patch_before_5_18(compile_c, kernel, 
     else:
         with pytest.raises(Busy, match="forced"):
             lp.remove(p1)
+
+
+@pytest.mark.parametrize("kernel,forced", [("5.17", None), ("5.18", None), ("5.17", True), ("5.18", True)])
+def test_the_patches_an_atomic_replace_took_over_are_disabled_and_removable(compile_c, kernel, forced):
+    """klp_complete_transition() disables and unpatches the replaced p1
+    (klp_unpatch_replaced_patches) and klp_free_replaced_patches_async()
+    frees it: it is no longer enabled (a write to its `enabled` finds no
+    patch: -EINVAL here) and its module can go (klp_free_patch_finish's
+    module_put). A force of the replace marks it forced for good: from
+    5.18 only the replaced patches (klp_force_transition: the ones being
+    removed), before every patch, the replace p2 too."""
+    m, lp, base = machine(compile_c, [("sleeper", "sleeper", (3000,), "user"),
+                                      ("worker", "worker", (0,), "user")], kernel=kernel)
+    p1 = load_patch(compile_c, m, base, "p1", ["quick"])
+    p2 = load_patch(compile_c, m, base, "p2", ["slow"], source=PATCH3, replace=True)
+    m.run(until=m.seconds(0.02))
+    lp.enable(p1)
+    m.run(until=m.seconds(1.5))
+    assert lp.transitions[-1].result == "completed"
+    lp.enable(p2)
+    m.run(until=m.seconds(3))
+    if forced:
+        assert lp.transitions[-1].result == "pending"     # the sleeper is in the original slow()
+        lp.force()
+    m.run(until=m.seconds(40))
+    assert lp.transitions[-1].result == "completed"
+    assert lp.installed == [p2] and not p1.enabled and p2.enabled
+    with pytest.raises(PatchRefused) as exc:
+        lp.disable(p1)
+    assert exc.value.errno == errno.EINVAL
+    assert p1.forced == bool(forced) and p2.forced == bool(forced and kernel == "5.17")
+    with pytest.raises(Busy, match="enabled"):
+        lp.remove(p2)
+    if forced:
+        with pytest.raises(Busy, match="forced"):
+            lp.remove(p1)
+    else:
+        lp.remove(p1)
+
+
+def test_a_reversal_starts_the_fake_signals_count_again(compile_c):
+    """klp_reverse_transition() ends in klp_start_transition(), which sets
+    klp_signals_cnt = 0: the reversed transition sends its first fake
+    signals 15 retries after the reversal ("signaling remaining tasks"
+    again), not 15 after the last round of the patching transition. The
+    stuck kthread blocks the patching for good (each wake-up puts it back
+    to sleep in the old stuck()); the first signals (~16 s) wake the
+    sleeper, which switches at its kernel exit and sleeps 30 s in the new
+    slow(); the disable at 20 s reverses the transition, which waits for
+    the sleeper until the signals 15 retries later wake it again."""
+    m, lp, base = machine(compile_c, [("stuckk", "stuck_kthread", (0,), "kthread"),
+                                      ("sleeper", "sleeper", (3000,), "user")])
+    p = load_patch(compile_c, m, base, "p", ["stuck", "slow"])
+    m.run(until=m.seconds(0.02))
+    lp.enable(p)
+    m.run(until=m.seconds(20))
+    assert lp.transitions[-1].result == "pending"
+    first = [t for t, text in m.log if text == "livepatch: signaling remaining tasks"]
+    assert len(first) == 1 and m.seconds(15) < first[0] < m.seconds(17.5)
+    assert any(name == "sleeper" and state == 1 for _, name, state, _ in lp.switches)   # PATCHED
+    lp.disable(p)                          # reversed: the sleeper is in the new slow() until ~46 s
+    m.run(until=m.seconds(45))
+    signals = [t for t, text in m.log if text == "livepatch: signaling remaining tasks"]
+    assert len(signals) == 2
+    assert signals[1] > m.seconds(20) + m.seconds(14.5)        # 15 retries after the reversal
+    assert lp.transitions[-1].result == "completed" and lp.transitions[-1].completed_at > signals[1]
 
 
 @pytest.mark.parametrize("kernel", ["5.14", "6.19"])

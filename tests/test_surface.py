@@ -5,6 +5,8 @@ retry that links every object loaded by then, kGraft's module hook,
 immediate at once), its functions are called by base code through an ops
 pointer the module registers, and module code calls base code; the shadow
 variable hypercalls of lpemu.h work whatever the model."""
+import errno
+
 import pytest
 
 from emu.engine import core
@@ -230,6 +232,71 @@ def test_kpatch_callbacks_run_inside_stop_machine_around_the_switch(compile_c):
     assert model.transitions[1].result == "completed"
     assert calls == [("pre_unpatch", "vmlinux", True, True), ("pre_unpatch", "mod", True, True),
                      ("post_unpatch", "vmlinux", True, False), ("post_unpatch", "mod", True, False)]
+
+
+def test_a_kpatch_pre_patch_refusal_in_the_module_notifier_keeps_the_module_held(compile_c):
+    """kpatch_module_notify_coming(): kpatch_link_object() (a reference on
+    the module), "patching newly loaded module", then pre_patch; a refusal
+    ends the notifier with the functions out of the hash and a WARN, the
+    module loaded (a notifier cannot stop it), unpatched and still held:
+    its rmmod is refused. No post_patch; no post_unpatch either later
+    (callbacks_enabled is false)."""
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)          # the module is not loaded yet
+    m.run(until=m.seconds(3))
+    assert model.transitions[0].result == "completed"
+    calls = []
+    patch.object("mod").callbacks = {
+        "pre_patch": lambda machine, p, obj: calls.append("pre") or -19,
+        "post_patch": lambda machine, p, obj: calls.append("post"),
+        "post_unpatch": lambda machine, p, obj: calls.append("post_unpatch")}
+    model.load_module(mod, init=registrar(m, base, mod))
+    m.watch(m.function("mod:mod_fn"))           # its entries in the trace, for the promise oracle
+    log = [text for _, text in m.log]
+    assert log[-3:] == ["kpatch: patching newly loaded module 'mod'", "kpatch: pre-patch callback failed!",
+                        "error (-19) patching newly loaded module 'mod'"]
+    assert calls == ["pre"] and not patch.object("mod").patched
+    m.run(until=m.now + m.seconds(0.5))
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.2))} == {i * 10 + 10 for i in range(3)}
+    with pytest.raises(PatchRefused, match="in use") as exc:
+        model.unload_module(mod)
+    assert exc.value.errno == errno.EWOULDBLOCK
+    assert calls == ["pre"]
+    # the promise oracle takes the module's functions as not carried by the patch
+    from emu.runs.verdicts import verdicts
+    assert model.unlinked == {(patch.index, "mod")}
+    assert verdicts(m, [patch], spec_model="stop_machine", unlinked=model.unlinked).breaches == 0
+    assert verdicts(m, [patch], spec_model="stop_machine").breaches > 0
+    # the patch's removal unlinks the object (kpatch_unlink_object): the module goes free
+    model.disable(patch)
+    m.run(until=m.now + m.seconds(3))
+    assert model.transitions[-1].result == "completed" and calls == ["pre"]
+    model.unload_module(mod)
+
+
+def test_a_module_whose_init_fails_goes_free_of_kpatchs_link(compile_c):
+    """A module whose init fails goes whatever holds it (do_init_module's
+    failure path runs the going notifiers and frees it): kpatch's going
+    notifier (kpatch_module_notify_going) runs pre_unpatch, takes the
+    functions out of the hash, runs post_unpatch and unlinks the object
+    (its module_put); the next load is linked again."""
+    m, model, base, mod, patch = build(compile_c, "stop_machine", kthread=False)
+    m.run(until=m.seconds(0.05))
+    model.enable(patch)
+    m.run(until=m.seconds(3))
+    calls = []
+    patch.object("mod").callbacks = {n: (lambda n: lambda machine, p, obj: calls.append(n) or 0)(n)
+                                     for n in ("pre_patch", "post_patch", "pre_unpatch", "post_unpatch")}
+    model.load_module(mod)                       # its init fails: the loader unloads it again
+    assert model.module_refs == {"mod": {"fix"}}
+    model.unload_module(mod, check=False)
+    assert calls == ["pre_patch", "post_patch", "pre_unpatch", "post_unpatch"]
+    assert model.module_refs == {} and not patch.object("mod").patched
+    model.load_module(mod, init=registrar(m, base, mod))
+    assert model.module_refs == {"mod": {"fix"}} and patch.object("mod").patched
+    m.run(until=m.now + m.seconds(0.5))
+    assert {v for _, v in values_after(m, m.now - m.seconds(0.2))} == {i * 10 + 15 for i in range(3)}
 
 
 def test_a_kpatch_pre_patch_refusal_fails_the_load_and_undoes_the_others(compile_c):

@@ -155,6 +155,12 @@ class Model:
         # runs its init or exit (the module's state, MODULE_STATE_COMING or
         # _GOING; emu/runs/fuzz.py's Runner runs the loaders)
         self.loaders: dict[str, str] = {}
+        # (patch index, module name): an enabled patch's object for a module
+        # whose functions the coming notifier left out when the module came
+        # (kpatch links one patch per load, StopMachine.coming_patches, and
+        # keeps a refused pre_patch's functions out of its hash); the
+        # promise oracle takes those functions as not carried by that patch
+        self.unlinked: set[tuple[int, str]] = set()
         self.stack_checks = StackChecks(machine)
         # klp_shadow_* (kernel/livepatch/shadow.c) under every model: kpatch
         # had the same idea as kpatch_shadow_*; upstream's semantics serve
@@ -377,11 +383,12 @@ class Model:
         self.m.load(image)
         updates: list = []
         linked: list[tuple[Patch, PatchFunc]] = []
+        coming = self.coming_patches(image.name)
+        self.unlinked |= {(p.index, image.name) for p in self.module_patches()
+                          if p.enabled and p.object(image.name) is not None and p not in coming}
         try:
-            for patch in self.module_patches():
+            for patch in coming:
                 obj = patch.object(image.name)
-                if obj is None:
-                    continue
                 resolve(self.m, patch)
                 funcs = [f for f in obj.funcs if f.old is not None]
                 updates += self.module_coming(patch, obj, funcs)
@@ -451,6 +458,12 @@ class Model:
         and the one in transition, oldest first."""
         t = self.transition
         return [p for p in self.patches if p.enabled or (t is not None and t.patch == p.name)]
+
+    def coming_patches(self, name: str) -> list[Patch]:
+        """The patches whose object for the coming module name the coming
+        notifier links, in its order. Default: every one of module_patches
+        that has such an object."""
+        return [p for p in self.module_patches() if p.object(name) is not None]
 
     def module_coming(self, patch: Patch, obj: PatchObject, funcs: list[PatchFunc]) -> list:
         """Link patch's funcs of a coming module (their old functions just

@@ -20,12 +20,19 @@ exit. A task that never reaches its boundary (a kthread with no safe point,
 a task that stays busy in the kernel) still stalls the transition,
 visibly: pending tasks stay in status().
 
-kgr_modify_kernel() refuses, in this order: a patch still referenced by
-a newer applied one (every applied patch gains a reference when a later
-one is applied and loses it when that one is reverted: only the newest
-applied patch can be reverted; -EBUSY "kgr: can't patch, this patch is
-still referenced"), then anything while a patching is not finalized
-(-EAGAIN "kgr: can't patch, another patching not yet finalized").
+kgr_modify_kernel() refuses, in this order: a patch still referenced
+(-EBUSY "kgr: can't patch, this patch is still referenced"), then
+anything while a patching is not finalized (-EAGAIN "kgr: can't patch,
+another patching not yet finalized"). The references are kgraft.c's
+patch->refs: every patch on kgr_patches (the finalized applied ones) gains
+one when another patch that is not replace_all starts to be applied
+(kgr_refs_inc, at the write, before the new one is finalized), and loses
+it when a patch's revert is finalized (kgr_refs_dec): only the newest
+applied patch can be reverted, and not even it while a newer one is being
+applied. A replace_all patch takes none, and the patches it replaces
+leave kgr_patches with the references they had (kgr_remove_patches_fast),
+so a replaced patch that still had one is refused -EBUSY, the others
+-EINVAL ("this one was already reverted").
 
 kGraft's per-task flag is the machine's patch_state: a flagged task has the
 state opposite to the target, exactly as livepatch's init gives it
@@ -62,6 +69,7 @@ class KGraft(Model):
         self.immutable = False       # kgr_immutable: no migration while the code is being changed
         self.nops: dict[str, list[PatchFunc]] = {}   # a replace patch's nops, by patch name
         self.applied: list[Patch] = []   # kgr_patches: the finalized applied patches, oldest first
+        self.refs: dict[str, int] = {}   # patch->refs, by patch name
 
     def busy_check(self, patch: Patch) -> None:
         t = self.transition
@@ -70,12 +78,12 @@ class KGraft(Model):
                           f"('{t.patch}' in progress)", errno.EAGAIN)
 
     def disable_check(self, patch: Patch) -> None:
-        """kgr_modify_kernel(revert): a patch referenced by a newer applied
-        one is refused before anything else (patch->refs, -EBUSY)."""
-        if patch in self.applied and patch is not self.applied[-1]:
-            newer = self.applied[self.applied.index(patch) + 1:]
+        """kgr_modify_kernel(revert): a patch still referenced is refused
+        before anything else (patch->refs, -EBUSY)."""
+        refs = self.refs.get(patch.name, 0)
+        if refs:
             raise refusal(f"patch '{patch.name}': kgr: can't patch, this patch is still referenced "
-                          f"(by '{newer[0].name}')", errno.EBUSY)
+                          f"({refs} reference{'s' if refs > 1 else ''})", errno.EBUSY)
         super().disable_check(patch)
 
     def enable(self, patch: Patch) -> None:
@@ -85,6 +93,10 @@ class KGraft(Model):
         for f in funcs:
             f.transition = True
         updates = self.push_all(patch, funcs)
+        if not patch.replace:
+            # kgr_refs_inc(): every patch on kgr_patches, once the code is in
+            for p in self.applied:
+                self.refs[p.name] = self.refs.get(p.name, 0) + 1
         self._start(patch, PATCHED, updates)
 
     def _replace_nops(self, patch: Patch) -> list[PatchFunc]:
@@ -133,6 +145,44 @@ class KGraft(Model):
             f.transition = in_transition
         updates = self.push_all(patch, funcs)
         obj.patched = True
+        return updates + self._coming_nops(patch, funcs)
+
+    def _coming_nops(self, patch: Patch, funcs) -> list:
+        """kgr_patch_code_delayed(): a coming module's function of a
+        finalized patch that the replace_all patch in progress does not
+        carry goes to KGR_PATCH_REVERT_SLOW with loc_old = loc_name, the
+        original: a migrated task runs the original, a task still in the
+        old universe the finalized patch's version, as for the functions
+        the replace reverted at its start (kgr_revert_replaced_funs). Here:
+        a nop of the replace on top, in transition, taken off with the
+        replaced patches when it is finalized. Returns text updates."""
+        cur = self.current
+        if cur is None or cur is patch or not cur.replace or self.target != PATCHED:
+            return []
+        nops = self.nops.setdefault(cur.name, [])
+        carried = {f.old.id for f in self.loaded_funcs(cur)}
+        for n in nops:       # an older patch's nop stays on top of this patch's version
+            if n.old.id in {f.old.id for f in funcs} and n.patched:
+                self.unlink(n)
+                n.transition = True
+                self.link(cur, n)
+        have = {n.old.id for n in nops}
+        new = [PatchFunc(f.name, f.object, None, old=f.old, transition=True) for f in funcs
+               if f.old.id not in carried | have]
+        nops += new
+        return self.push_all(cur, new)
+
+    def module_going(self, patch: Patch, obj) -> list:
+        """The patch's functions of a going module come off
+        (kgr_forced_code_patch_removal), and so do the nops the replace in
+        progress holds for them (__kgr_handle_going_module also walks the
+        patch in progress)."""
+        updates = super().module_going(patch, obj)
+        cur = self.current
+        if cur is not None and cur is not patch and cur.name in self.nops:
+            gone = [n for n in self.nops[cur.name] if n.object == obj.name]
+            self.nops[cur.name] = [n for n in self.nops[cur.name] if n.object != obj.name]
+            updates += [self.pop(cur, n) for n in gone if n.patched]
         return updates
 
     def _start(self, patch: Patch, target: int, updates) -> None:
@@ -238,6 +288,10 @@ class KGraft(Model):
             self.applied.remove(patch)
         if target == PATCHED:
             self.applied.append(patch)
+        else:
+            # kgr_refs_dec(): every patch left on kgr_patches
+            for p in self.applied:
+                self.refs[p.name] = self.refs.get(p.name, 0) - 1
         t.blockers = []
         self.current, self.target = None, UNDEFINED
         self.printk(f"{self.prefix}patching succeeded")

@@ -389,19 +389,43 @@ class StopMachine(Model):
             done.append(obj)
         return True
 
+    def coming_patches(self, name: str) -> list[Patch]:
+        """kpatch_module_notify_coming() walks kpmod_list (the applied
+        patches, oldest first) for the first object named after the module
+        that is not linked yet, and links that one alone (goto done): a
+        second applied patch with an object for the same module is never
+        linked at this load, and, since the first link holds a reference on
+        the module, at no later one either. A patch whose attempts are still
+        under way is not in kpmod_list between them: module_coming leaves it
+        to its next attempt (it is bound here all the same)."""
+        out, linked = [], False
+        for p in self.module_patches():
+            if p.object(name) is None or (p.enabled and linked):
+                continue
+            linked = linked or p.enabled
+            out.append(p)
+        return out
+
     def module_coming(self, patch: Patch, obj, funcs) -> list:
-        """kpatch_module_notify: an applied patch's object for the coming
-        module is linked, its pre_patch callback runs (a refusal leaves the
-        module unpatched: a notifier cannot stop the load), its functions
-        go into the handler's hash, then post_patch."""
+        """kpatch_module_notify_coming: an applied patch's object for the
+        coming module is linked (a reference on the module taken), "patching
+        newly loaded module" said, its pre_patch callback runs (a refusal
+        leaves the functions out of the handler's hash, the object linked
+        and the module held: a notifier cannot stop the load, it WARNs),
+        its functions go into the hash, then post_patch."""
         if not patch.enabled:
             return []
-        if callbacks.pre_patch(self.m, patch, obj):
-            self.printk(f"{self.prefix}pre-patch callback failed!")
-            return []
-        updates = self.push_all(patch, funcs)
+        # kpatch_link_object first: the reference on the module is taken
+        # (and kept until the patch goes) whatever pre_patch answers
         self._take_refs(patch)
         self.printk(f"{self.prefix}patching newly loaded module '{obj.name}'")
+        err = callbacks.pre_patch(self.m, patch, obj)
+        if err:
+            self.printk(f"{self.prefix}pre-patch callback failed!")
+            self.printk(f"error ({err}) patching newly loaded module '{obj.name}'")     # the WARN
+            self.unlinked.add((patch.index, obj.name))      # its functions never take effect
+            return []
+        updates = self.push_all(patch, funcs)
         obj.patched = True
         callbacks.post_patch(self.m, patch, obj)
         return updates

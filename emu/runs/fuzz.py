@@ -707,7 +707,8 @@ class Runner:
             res.warnings.append(no_units_warning(self.scn.unit))
         res.inconsistent_units = len(bad)
         res.inconsistencies = [b.to_json() for b in bad[:MAX_REPORTED]]
-        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity, cache=tables)
+        checked = verdicts(m, patches, spec_model=res.spec.model, arity=self._arity, cache=tables,
+                           unlinked=frozenset(model.unlinked))
         res.promise_breaches, res.promise = checked.breaches, checked.promise
         res.handover_count, res.handovers = checked.handover_count, checked.handovers
         self._assertions(m, res)

@@ -115,20 +115,25 @@ _ROUTE_FLAGS = (("PR_INIT", ("init", "complete")), ("PR_FORCE", ("force",)), ("P
 
 
 def check(machine: Machine, patches: list[Patch], model: str, *, fast: bool = True,
-          cache: dict | None = None) -> list[Breach]:
+          cache: dict | None = None, unlinked=frozenset()) -> list[Breach]:
     """Every breach of model's promise in machine's finished run, in trace
     order: found by the C core (csrc/promise.c), or with fast=False by
     scan(), its pure-Python twin. cache is where check keeps the C core's
     tables for the next run: a dict whoever judges many runs keeps for
-    patches made alike (one per patch.definition(patches))."""
-    o = _Oracle(machine, patches, model)
+    patches made alike (one per patch.definition(patches)). unlinked:
+    (patch index, module name) pairs whose functions that patch does not
+    carry although bound: the model's word that its system left the
+    object unlinked when the module came (Model.unlinked; kpatch links one
+    patch per load), which the trace cannot show."""
+    o = _Oracle(machine, patches, model, unlinked)
     found = o.scan_fast(cache) if fast else o.scan(machine.trace.records())
     return [o.describe(r) for r in found]
 
 
 class _Oracle:
-    def __init__(self, m: Machine, patches: list[Patch], model: str):
+    def __init__(self, m: Machine, patches: list[Patch], model: str, unlinked=frozenset()):
         self.m, self.model = m, model
+        self.unlinked = frozenset(unlinked)
         self.patches = patches
         self.by_index = {p.index: p for p in patches}
         self.found: list[tuple] = []
@@ -138,7 +143,8 @@ class _Oracle:
     @cached_property
     def carries(self) -> dict[int, dict[int, bool]]:
         """Patch index -> {function id: force flag} of the functions it carries (nops left out)."""
-        return {p.index: {f.old.id: bool(f.force) for _, f in p.funcs() if f.old is not None and not f.nop}
+        return {p.index: {f.old.id: bool(f.force) for o, f in p.funcs()
+                          if f.old is not None and not f.nop and (p.index, o.name) not in self.unlinked}
                 for p in self.patches}
 
     @cached_property
@@ -219,7 +225,7 @@ class _Oracle:
         here and the pass is run again."""
         kinds = tuple(t.kind for t in self.m.tasks)
         bp_blind = self.model == "stop_machine" and self.m.unwinder == "fp"
-        key = ("promise", self.model, bp_blind, kinds)
+        key = ("promise", self.model, bp_blind, kinds, self.unlinked)
         scanner = cache.get(key) if cache is not None else None
         if scanner is None:
             allowed = ALLOWED_ROUTES.get(self.model, ())

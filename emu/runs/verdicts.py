@@ -22,12 +22,12 @@ class Verdicts:
 
 
 def verdicts(m: Machine, patches: list[Patch], *, spec_model: str, arity: dict | None = None,
-             cache: dict | None = None) -> Verdicts:
+             cache: dict | None = None, unlinked=frozenset()) -> Verdicts:
     """The promise breaches and value handovers of m's finished run under
     spec_model (arity: handover.find's cache; cache: promise.check's and
     handover.find's, kept for patches made alike; both kept by whoever
-    judges many runs)."""
-    bad = promise.check(m, patches, spec_model, cache=cache)
+    judges many runs; unlinked: promise.check's)."""
+    bad = promise.check(m, patches, spec_model, cache=cache, unlinked=unlinked)
     handed = handover.find(m, patches, arity=arity, cache=cache)
     return Verdicts(len(bad), [b.to_json() | {"text": str(b)} for b in bad[:MAX_REPORTED]],
                     len(handed), [h.to_json() for h in handed[:MAX_REPORTED]])
