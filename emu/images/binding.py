@@ -31,7 +31,7 @@ _METADATA_SECTIONS = (".eh_frame", "__mcount_loc")
 # -- binding a module to its base image ------------------------------------------------
 
 
-def _resolve_in_base(images: tuple[Image, ...], name: str, *, local: bool, basename: str | None) -> int | None:
+def _resolve(images: tuple[Image, ...], name: str, *, local: bool, basename: str | None) -> int | None:
     """The address for name as a module refers to it in images (the base
     image first, then the modules a patch binds to), or None.
 
@@ -194,7 +194,7 @@ def bind_to_base(objs: list[Path], basenames: list[str], images: tuple[Image, ..
             # undefined); only a patch, built with keep, stands in for code
             # that exists and binds what it defines to it
             if not wanted and not (s.func and "." in s.name) and keep is not None:
-                addr = _resolve_in_base(images, s.name, local=s.local, basename=basename)
+                addr = _resolve(images, s.name, local=s.local, basename=basename)
             if addr is not None:
                 bound[s.index] = addr
                 imports[s.name] = addr
@@ -228,7 +228,7 @@ def bind_to_base(objs: list[Path], basenames: list[str], images: tuple[Image, ..
     # References to symbols no module object defines go to the base image's copy;
     # what the base does not have either is left for ld to report.
     for name in sorted(undefined - carried_globals):
-        addr = _resolve_in_base(images, name, local=False, basename=None)
+        addr = _resolve(images, name, local=False, basename=None)
         if addr is not None:
             defsyms[name] = addr
             imports[name] = addr

@@ -51,7 +51,7 @@ from elftools.elf.elffile import ELFFile
 from emu.errors import BuildError, PatchError, check_items, check_type
 from emu.images import kernel_rules
 from emu.images.elf import ET_REL, PARSE_ERRORS, check_x86_64_elf, is_elf_file, read_input, symbol_table
-from emu.images.image import ENDBR64, FENTRY_NOP, fentry_site
+from emu.images.image import ENDBR64, fentry_site
 from emu.images.toolchain import FLAGS, compile_c, require_tools, safe_stem, work_dir
 
 __all__ = ["Diff", "diff_sources", "diff_objects", "diff_files", "patch_plan"]
@@ -1153,16 +1153,11 @@ class _ObjectReader:
     @staticmethod
     def _has_fentry(body: bytes, relocs: tuple) -> bool:
         """The fentry NOP, or `call __fentry__`, first (after an endbr64)."""
-        for at in (0, 4):
-            if at and body[:4] != ENDBR64:
-                break
-            if body[at:at + len(FENTRY_NOP)] == FENTRY_NOP:
-                return True
-            if body[at:at + 1] == b"\xe8" and any(
-                    off == at + 1 and t[0] == "sym" and t[1][1] in kernel_rules.FENTRY_CALL_TARGETS
-                    for off, _, t in relocs):
-                return True
-        return False
+        if fentry_site(0, body) is not None:
+            return True
+        at = 4 if body[:4] == ENDBR64 else 0
+        return body[at:at + 1] == b"\xe8" and any(
+            off == at + 1 and t[0] == "sym" and t[1][1] in kernel_rules.FENTRY_CALL_TARGETS for off, _, t in relocs)
 
     def _relocs_in(self, shndx: int, start: int, end: int, seen: frozenset) -> tuple:
         """((offset from start, type, target), ...) for the relocations in [start, end)."""

@@ -179,7 +179,9 @@ def image_from_elf(data: bytes, *, name: str, kind: str, sources: tuple[Path, ..
     # recorded or not (prebuilt code and patch modules have no __mcount_loc).
     sites = {start: fentry_site(start, read_segments(segments, start, min(9, end - start), name))
              for _, start, end in funcs if end - start >= 5}
-    for site in sorted(recorded.difference(sites.values())):
+    stray = sorted(recorded.difference(sites.values()))
+    if stray:
+        site = stray[0]
         owner = next((f"{fname}+{site - start:#x}" for fname, start, end in funcs if start <= site < end), None)
         why = (f" ({owner}: an fentry call that is not the function's first instruction; gcc puts it "
                f"there under -fpatchable-function-entry=N with fewer than N NOPs before the function, "

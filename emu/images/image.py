@@ -27,6 +27,9 @@ FENTRY_NOP = bytes.fromhex("0f1f440000")
 #: indirectly: its fentry call follows it.
 ENDBR64 = bytes.fromhex("f30f1efa")
 
+PROT_R, PROT_W, PROT_X = 1, 2, 4
+PAGE = 4096
+
 
 def fentry_site(start: int, head: bytes) -> int | None:
     """The fentry site of the function at start whose first bytes are head:
@@ -37,8 +40,6 @@ def fentry_site(start: int, head: bytes) -> int | None:
     if head[:4] == ENDBR64 and head[4:9] == FENTRY_NOP:
         return start + 4
     return None
-PROT_R, PROT_W, PROT_X = 1, 2, 4
-PAGE = 4096
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,7 @@ class Image:
     elf: bytes | None = None  # the final linked ELF, for .eh_frame checks
     sources: tuple[Path, ...] = ()
     # Global symbols only, and local (static) ones by name -> ((file, addr), ...):
-    # what a module linked against this image may bind to (see _resolve_in_base).
+    # what a module linked against this image may bind to (see _resolve).
     global_symbols: dict[str, int] = field(default_factory=dict)
     statics: dict[str, tuple[tuple[str | None, int], ...]] = field(default_factory=dict)
     # Names a module binds to the image it was linked against -> that image's address

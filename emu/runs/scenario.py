@@ -946,15 +946,15 @@ def _differing(scn: Scenario, p: PatchSpec, prog: "Program", *, listed: bool) ->
     program_names = {f.name for f in scn.sources}
     parts: dict[str | None, list[Path]] = {}
     for src in sources:
-        owners = [mod for mod in scn.modules if any(f.name == src.name for f in mod.sources)]
-        named = ([f"the program"] if src.name in program_names else []) + [f"module {m.name}" for m in owners]
-        if len(named) > 1 and not listed:
-            raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].sources: {src.name} is named as a source "
-                                f"of {' and of '.join(named)}: which one it changes cannot be told; list the "
-                                f"patch's functions (\"module:f\" for a module's)")
+        owners = [mod.name for mod in scn.modules if any(f.name == src.name for f in mod.sources)]
         if src.name in program_names:
-            owners = []
-        parts.setdefault(owners[0].name if owners else None, []).append(src)
+            owners.insert(0, None)
+        if len(owners) > 1 and not listed:
+            named = " and of ".join("the program" if o is None else f"module {o}" for o in owners)
+            raise ScenarioError(f"{scn.path}:{p.line}: patch[{p.name}].sources: {src.name} is named as a source "
+                                f"of {named}: which one it changes cannot be told; list the "
+                                f"patch's functions (\"module:f\" for a module's)")
+        parts.setdefault(owners[0] if owners else None, []).append(src)
     base = prog.base
     try:
         if objects:                                   # kernel objects: compared with the program's
