@@ -414,6 +414,7 @@ struct emu_sched_globals {
     int64_t jstate;       /* the draw's generator (64-bit LCG), seeded by the run */
     int64_t watch_hit;    /* a watched task left its CPU in this call: come back at the round step */
     int64_t quiet;        /* the watchers' hooks would do nothing now: notify flags are not acted on */
+    int64_t notify_yield; /* every cond_resched goes to Python (the probe hears where tasks pass one) */
 };
 
 struct emu_sched_task {
@@ -475,6 +476,7 @@ struct emu_sched {
 #define EMU_SG_JSTATE      25
 #define EMU_SG_WATCH_HIT   26
 #define EMU_SG_QUIET       27
+#define EMU_SG_NOTIFY_YIELD 28
 
 #define EMU_TF_STATE          0
 #define EMU_TF_KIND           1

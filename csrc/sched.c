@@ -162,6 +162,7 @@ int emu_sched_set_global(struct emu_core *c, int field, int64_t v)
     case EMU_SG_JSTATE:      g->jstate = v; break;
     case EMU_SG_WATCH_HIT:   if (!in(v, 0, 2)) return EMU_EINVAL; g->watch_hit = v; break;
     case EMU_SG_QUIET:       if (!in(v, 0, 2)) return EMU_EINVAL; g->quiet = v; break;
+    case EMU_SG_NOTIFY_YIELD: if (!in(v, 0, 2)) return EMU_EINVAL; g->notify_yield = v; break;
     default:                 return EMU_EINVAL;
     }
     return EMU_OK;
@@ -455,12 +456,13 @@ static int grantable(struct sched *s, int i)
 }
 
 /* cond_resched() or a kernel exit. Without a watcher the switch tail runs
- * here; otherwise Python runs the hooks, then the tail. */
+ * here; otherwise Python runs the hooks, then the tail. notify_yield brings
+ * every cond_resched() back, and nothing else. */
 static int switch_point(struct sched *s, int i, int64_t tid, int event, int reason)
 {
     emit(s, event, (int)tid, 0);
     T(tid, preempted) = 0;
-    if (notified(s, tid)) {
+    if (notified(s, tid) || (reason == EMU_SR_COND_RESCHED && G(notify_yield))) {
         G(rtask) = tid;
         G(rcpu) = i;
         return reason;
@@ -550,7 +552,7 @@ int __emu_sched_inline(struct emu_core *c, int64_t nr)
     default:
         return 0;
     }
-    if (notified(s, tid))
+    if (notified(s, tid) || (event == EMU_EV_YIELD && G(notify_yield)))
         return 0;
     if (event != EMU_EV_SAFE_POINT && (T(tid, need_resched) || G(sm) || C(i, work)))
         return 0;

@@ -1037,16 +1037,23 @@ def test_a_fault_is_a_finding(capsys):
     assert rc == 1 and out["outcome"] == "fault" and "conn_account" in out["fault"]
 
 
-def test_a_probe_that_never_saw_a_task_off_its_cpu_says_so(capsys):
-    """A CPU-bound kthread is on its CPU whenever the probe looks: the probe
-    sees no state, and said 'a new state still appeared at t=20000: raise
-    [fuzz] probe' next to 'coverage 0/0 states ()': the coverage line says
-    in words that there was nothing to measure."""
-    cli.main(["fuzz", str(HELD / "cond-resched-outside/scenario.toml"), "--model", "immediate", "--runs", "1",
-              "--jobs", "1", "--quiet"])
+def test_a_probe_of_a_cpu_bound_kthread_sees_it_at_its_cond_resched(capsys):
+    """A CPU-bound kthread is on its CPU whenever the probe looks, and passes
+    a cond_resched() alone on it: the probe sees it there (it saw no state,
+    and its line said so). Its cycle is a second (no kernel exit, no safe
+    point), so the probe stops at its bound: the line says nothing new came
+    after the first state (it said 'a new state still appeared at t=20000:
+    raise [fuzz] probe'). stop_machine's stopper takes the kthread's CPU at
+    that cond_resched() and meets it there; immediate's transition never
+    does, and the line says why it may not."""
+    cli.main(["fuzz", str(HELD / "cond-resched-outside/scenario.toml"), "--model", "immediate",
+              "--model", "stop_machine", "--runs", "1", "--jobs", "1", "--quiet"])
     out = capsys.readouterr().out
-    assert "probe: no task was ever seen off its CPU" in out and "raise [fuzz] probe" not in out
-    assert "immediate: coverage: none to measure, the probe saw no state" in out and "0/0" not in out, out
+    assert "probe: stopped at its bound t=1020000, no new state after t=20154\n" in out, out
+    assert "raise [fuzz] probe" not in out and "still appeared" not in out
+    assert "immediate: coverage 0/1 states (cruncher 0/1)\n  never met: cruncher: stopped: kthread_entry " \
+        "(seen only passing cond_resched)" in out, out
+    assert "stop_machine: coverage 1/1 states (cruncher 1/1)" in out, out
 
 
 # ---- fake signals: a user task and a kthread asleep in patched code ------------------------

@@ -2,8 +2,9 @@
 periods of 50, 64 and 100 counted over all tasks, a path chosen by rdrand,
 the path in a kthread, the sleep three calls deep, a task preempted (full
 preemption) instead of asleep, the patched functions in a module loaded
-before the patch, and a rarely taken caller that is not in the patch (with
-its control, the caller in the patch). Each scenario's comment says, from
+before the patch, a rarely taken caller that is not in the patch (with
+its control, the caller in the patch), and a long loop of cond_resched()
+calls between bar() and baz() on a CPU of its own, never asleep there. Each scenario's comment says, from
 the models' semantics, where the bug exists; every bug must be found within
 the campaign's 100 default runs with no window hint, and kGraft must never
 mix."""
@@ -35,6 +36,8 @@ CASES = {
     "preempt/scenario.toml": BUGGY,
     "module/scenario.toml": BUGGY,
     "caller/scenario.toml": BUGGY,
+    # met only at a cond_resched() (the probe hears it pass there)
+    "resched/scenario-rare.toml": BUGGY,
     # audit() carried by the patch: its sleeping tasks block every stack check
     "caller/scenario-patched.toml": ("immediate",),
 }

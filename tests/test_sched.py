@@ -87,6 +87,12 @@ class Everything(Watcher):
     pending_only = False
 
 
+class Yields(Watcher):
+    """A listener that wants every task's cond_resched() (the probe's
+    Passes) and the pending tasks' other switch points."""
+    every_cond_resched = True
+
+
 def hostile_work(m, log, plan):
     """Kernel work with waits drawn by hypothesis; each step records the CPU
     it occupies and what every CPU runs, and checks the rules of where
@@ -159,7 +165,7 @@ def mix_machine(image, sched, *, tasks, cpus, quantum, tick, preempt, policy, se
     if jitter is not None:          # seeded slice lengths (Machine.vary_slices) from the first timer on
         m.at(0, lambda: m.vary_slices(jitter))
     if watcher:
-        m.listeners.append((Everything if watcher == "all" else Watcher)(m, log))
+        m.listeners.append({"all": Everything, "yields": Yields}.get(watcher, Watcher)(m, log))
     for when, k, what in timers:
         task = m.tasks[k % len(m.tasks)]
 
@@ -199,7 +205,7 @@ mixes = st.fixed_dictionaries({
     "preempt": st.sampled_from(["none", "voluntary", "full"]),
     "policy": st.sampled_from(["rr", "random", "pct"]),
     "seed": st.integers(0, 2**16),
-    "watcher": st.sampled_from([None, "pending", "all"]),
+    "watcher": st.sampled_from([None, "pending", "all", "yields"]),
     "timers": st.lists(st.tuples(st.integers(0, 60_000), st.integers(0, 5),
                                  st.sampled_from(["pend", "idle", "signal", "quiet"])), max_size=6),
     "until": st.integers(1, 80_000),
@@ -475,6 +481,7 @@ BAD_FIELDS = [
     ("c0", "queue", [1]), ("c0", "queue", [-1]), ("c0", "queue", [0, 0]), ("c1", "queue", [0, 0, 0]),
     ("g", "quantum", "many"), ("c0", "work", 2), ("c1", "work", -1),
     ("t1", "watch", 2), ("t0", "watch", -1), ("c0", "goal", -1), ("g", "watch_hit", 2), ("g", "quiet", -1),
+    ("g", "notify_yield", 2), ("g", "notify_yield", -1),
 ]
 
 
@@ -508,7 +515,7 @@ def test_fixed_fields_of_the_scheduler_state_are_read_only(compile_c):
 
 _GLOBALS = ("quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all", "each_slice", "sm", "rr",
             "round_ran", "slice_left", "inslice", "stask", "remain", "pick", "next_wake", "check_sm", "after",
-            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate", "watch_hit", "quiet")
+            "preemptions", "rtask", "rcpu", "live", "jitter", "jstate", "watch_hit", "quiet", "notify_yield")
 _TASK_FIELDS = ("state", "kind", "cpu", "wake_at", "interruptible", "preempted", "need_resched", "notify",
                 "kernel_entries", "since", "exit_code", "exited", "watch")
 _int64 = st.one_of(st.integers(-3, 5), st.integers(-(1 << 63), (1 << 63) - 1), st.integers(1 << 63, 1 << 80))

@@ -572,8 +572,10 @@ def _print_coverage(summary: dict, coverage) -> None:
         print(f"{_label(s.get('kernel'), s['model'])}: {coverage.line(cov)}")
         missed = [(t["task"], m) for t in cov["tasks"] for m in t["missed"]]
         for task, m in missed[:MISSED_SHOWN]:
-            opened = f" (patched open: {', '.join(m['open'])})" if m["open"] else ""
-            print(f"  never met: {task}: {m['state']}{opened}")
+            notes = ([f"patched open: {', '.join(m['open'])}"] if m["open"] else []) + \
+                (["seen only passing cond_resched"] if m.get("cond_resched") else [])
+            said = " (" + "; ".join(notes) + ")" if notes else ""
+            print(f"  never met: {task}: {m['state']}{said}")
         if len(missed) > MISSED_SHOWN:
             print(f"  ... {len(missed) - MISSED_SHOWN} more never met (--json lists them)")
 

@@ -927,7 +927,7 @@ class SchedState:
     GLOBALS = ("ntasks", "ncpus", "quantum", "preempt", "tick", "lockup", "policy_rr", "notify_all",
                "each_slice", "sm", "rr", "round_ran", "slice_left", "inslice", "stask", "remain", "pick",
                "next_wake", "check_sm", "after", "preemptions", "rtask", "rcpu", "live", "jitter", "jstate",
-               "watch_hit", "quiet")
+               "watch_hit", "quiet", "notify_yield")
 
     def __init__(self, engine: Engine, mem, layout):
         self._engine = engine

@@ -211,7 +211,7 @@ class PyScheduler:
         s = self.s
         self.emit(event, tid)
         self.task[tid].preempted = 0
-        if self.notified(tid):
+        if self.notified(tid) or (reason == SR.COND_RESCHED and s.notify_yield):
             s.rtask, s.rcpu = tid, i
             return reason
         self.switch_tail(i, tid)

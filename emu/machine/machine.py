@@ -19,7 +19,9 @@ set (the models) hears only of tasks whose `pending` flag is set
 (TIF_PATCH_PENDING), so a machine with no transition in progress runs in C
 from one timer to the next; one whose `hooks_inert` is true (kGraft while
 its code is being changed) is not called at all while it is, when every
-listener's is; the machine knows nothing else of them.
+listener's is; one with `every_cond_resched` set (the probe's
+emu/runs/states.Passes) brings every task's cond_resched() back to Python,
+and no other switch point; the machine knows nothing else of them.
 
 snapshot() and restore() put a machine back to an earlier point: a fuzzing
 runner restores the prefix its runs share instead of building a machine.

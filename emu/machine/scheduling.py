@@ -71,6 +71,9 @@ class Scheduling:
         notify_all = 1 if any(not getattr(lst, "pending_only", False) for lst in m.listeners) else 0
         if st.notify_all != notify_all:
             st.notify_all = notify_all
+        notify_yield = 1 if any(getattr(lst, "every_cond_resched", False) for lst in m.listeners) else 0
+        if st.notify_yield != notify_yield:
+            st.notify_yield = notify_yield
         each = stop_when is not None and every_slice and watch is None
         until_c = -1 if until is None else until
         trace, bound = m.trace, m.max_events      # a run given no until stops at bound events (bounded)

@@ -8,6 +8,14 @@ states some run met, and which were never met (as function stacks, with the
 patched functions open there). A run may also meet a state the probe did
 not see (the probe stopped before it, or the transition itself changed the
 schedule): those are counted apart, as `unforeseen`.
+
+The probe's states include those it saw only as a task passed a
+cond_resched() (Probe.passing): a transition meets the task there when its
+kernel work waits for that CPU then (a stopper thread, a kworker). They
+are states like the others, counted in the same total, so coverage is not
+complete while one was never met; a never-met one says so
+(`cond_resched`), since meeting it takes a transition whose work wants the
+task's CPU as it passes there.
 """
 from __future__ import annotations
 
@@ -25,17 +33,19 @@ def coverage(probe: Probe, records) -> dict:
     tasks, total, hit, extra = [], 0, 0, 0
     for task, seen in probe.states.items():
         got = met.get(task, set())
+        passing = set(probe.passing.get(task, ()))
         missed = [s for s in seen if s not in got]
         unforeseen = sorted(got - set(seen))
         total += len(seen)
         hit += len(seen) - len(missed)
         extra += len(unforeseen)
         tasks.append({"task": task, "states": len(seen), "met": len(seen) - len(missed),
-                      "missed": [{"state": s, "open": st.open_functions(s, patched)} for s in missed],
+                      "missed": [{"state": s, "open": st.open_functions(s, patched), "cond_resched": s in passing}
+                                 for s in missed],
                       "unforeseen": unforeseen})
     return {"states": total, "met": hit, "complete": hit == total, "unforeseen": extra, "tasks": tasks,
-            "probe": {"end": probe.end, "last_new": probe.last_new, "saturated": probe.saturated,
-                      "fault": probe.fault, "quiet": probe.quiet}}
+            "probe": {"first_at": probe.first_at, "end": probe.end, "last_new": probe.last_new,
+                      "saturated": probe.saturated, "fault": probe.fault, "quiet": probe.quiet}}
 
 
 def line(cov: dict) -> str:
@@ -57,11 +67,20 @@ def probe_line(cov: dict) -> str:
     if p["fault"]:
         return f"probe: the unpatched run faulted at t={p['end']}; states seen up to there"
     if not cov["states"]:
-        # every task stayed on its CPU whenever the probe looked (a CPU-bound
-        # kthread without a sleep): no state to cover, nothing to raise
+        # every task stayed on its CPU whenever the probe looked and passed
+        # no cond_resched() (a CPU-bound kthread with neither a sleep nor a
+        # cond_resched): no state to cover, nothing to raise
         return "probe: no task was ever seen off its CPU up to t={end}: no state to cover".format(**p)
     # (two lines: a summary fits 80 columns)
-    how = ("no new state after t={last_new} up to t={end}\n"
-           "  ({quiet} cycles with nothing new; a rarer path may be unseen: [fuzz] quiet)" if p["saturated"] else
-           "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe")
+    if p["saturated"]:
+        how = ("no new state after t={last_new} up to t={end}\n"
+               "  ({quiet} cycles with nothing new; a rarer path may be unseen: [fuzz] quiet)")
+    elif p["end"] - p["last_new"] >= 2 * (p["last_new"] - p["first_at"]):
+        # nothing new for most of the bound, but fewer than `quiet` cycles of
+        # the tasks (a task with no kernel exit or safe point has a cycle of
+        # a second): the bound, not a late state, ended it
+        how = ("stopped at its bound t={end}, no new state after t={last_new}\n"
+               "  (fewer than {quiet} cycles of the tasks; a rarer path may be unseen: [fuzz] probe)")
+    else:
+        how = "stopped at its bound t={end}, a new state still appeared at t={last_new}: raise [fuzz] probe"
     return "probe: " + how.format(**p)

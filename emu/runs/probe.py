@@ -11,6 +11,16 @@ that is off its CPU (emu/runs/states.py) and keeps, per task, the distinct
 states in the order they first appeared and a timeline of runs of equal
 states.
 
+It also hears every cond_resched() a task passes (states.Passes), where
+the task stays on its CPU when nothing else is runnable there, but a
+transition's stopper thread or kworker waiting for that CPU takes it
+(__cond_resched -> __schedule once need_resched is set): the task's state
+there is a state a transition can meet, and a new run of the timeline
+starts there just after the task's previous scheduling point (it came on
+its CPU, passed a kernel exit or another cond_resched): kernel work that
+asks for the CPU from then on finds the task at this cond_resched first.
+`passing` keeps the states seen only that way, never off the CPU.
+
 It runs until no new state has appeared for a long stretch: at least
 `quiet` cycles of the tasks (`[fuzz] quiet`, 64) and twice the time it took
 to see the last new state (a path taken once in n requests shows up within
@@ -24,7 +34,8 @@ longer.
 cover() turns the timeline into start points: a transition started at t
 meets each task in the first state observed at or after t (off its CPU at t:
 its state then; running: its state at its next stop, where stop_machine
-parks its CPU and livepatch first looks at it). Greedy set cover picks
+parks its CPU and livepatch first looks at it; a cond_resched it passes is
+such a stop when the transition's work waits for its CPU). Greedy set cover picks
 points until every (task, state) is met by one of them. A run records what
 its transition really met (Result.met, from the model's start on), and
 coverage is counted from that, not from this prediction.
@@ -50,6 +61,8 @@ class Probe:
     # task -> [(last observation of a run of equal states, its first, index into states[task])]
     timeline: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     patched: list[str] = field(default_factory=list)               # the patched functions (by name)
+    # task -> its states seen only as it passed a cond_resched, never off its CPU
+    passing: dict[str, list[str]] = field(default_factory=dict)
     quiet: int = 0                  # cycles without a new state after which it stops (its rule)
 
     @property
@@ -100,7 +113,8 @@ class Probe:
     def to_json(self) -> dict:
         return {"first_at": self.first_at, "end": self.end, "last_new": self.last_new,
                 "saturated": self.saturated, "fault": self.fault, "states": self.states,
-                "patched": self.patched, "quiet": self.quiet}
+                "passing": {t: v for t, v in self.passing.items() if v}, "patched": self.patched,
+                "quiet": self.quiet}
 
 
 def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[str], quiet: int,
@@ -115,56 +129,96 @@ def run_probe(machine, *, first_at: int, cycle: int, bound: int, patched: list[s
     stale = quiet * cycle
     obs = states.Observer(machine, stacks)
 
+    passes = states.Passes(machine, stacks)
+
+    def seen(task: str, st: str, now: int, since=None) -> None:
+        """task in state st at now: off its CPU (since None), or passing a
+        cond_resched (since: a callable that gives its previous scheduling
+        point, asked only when a new run of states begins there)."""
+        known = index.setdefault(task, {})
+        k = known.get(st)
+        if k is None:
+            k = known[st] = len(known)
+            pr.states.setdefault(task, []).append(st)
+            pr.last_new = now
+            if since is not None:
+                pr.passing.setdefault(task, []).append(st)
+        elif since is None and st in pr.passing.get(task, ()):
+            pr.passing[task].remove(st)        # seen off its CPU after all
+        tl = pr.timeline.setdefault(task, [])
+        if tl and tl[-1][2] == k:
+            tl[-1] = (now, tl[-1][1], k)
+        else:
+            # a run starts after the one before it ended (met() finds the
+            # first run not over at t)
+            first = now if since is None else since() + 1
+            tl.append((now, min(now, max(first, tl[-1][0] + 1 if tl else first_at)), k))
+
     def look() -> bool:
         now = machine.now
-        for task, st in obs.observe().items():
-            known = index.setdefault(task, {})
-            k = known.get(st)
-            if k is None:
-                k = known[st] = len(known)
-                pr.states.setdefault(task, []).append(st)
-                pr.last_new = now
-            tl = pr.timeline.setdefault(task, [])
-            if tl and tl[-1][2] == k:
-                tl[-1] = (now, tl[-1][1], k)
-            else:
-                tl.append((now, now, k))
+        heard = passes.take()
+        if heard:
+            # the scheduler came back for a cond_resched() (and look() runs
+            # at once): mid-slice, the others are looked at when it ends
+            for task, st, at in heard:
+                seen(task.name, st, at, lambda: passes.since(task, at))
+        else:
+            for task, st in obs.observe().items():
+                seen(task, st, now)
         quiet = now - pr.last_new
         if quiet >= max(stale, 2 * (pr.last_new - first_at)):
             pr.saturated = True
             return True
         return False
 
+    machine.listeners.append(passes)
     try:
         machine.run(until=first_at + bound, stop_when=look, every_slice=True)
     except GuestFault as exc:
         pr.fault = str(exc)
+    finally:
+        machine.listeners.remove(passes)
     pr.end = machine.now
     return pr
 
 
 def find_state(machine, state: str, *, tasks=None, until: int, count: int,
                stacks: states.StackSource | None = None) -> list[int]:
-    """First observations (times) of up to count runs in which one of tasks
-    (names; None: any) is off its CPU in state, from a prepared machine up
-    to until. The shrinker uses it to find where a smaller variant of a run
-    meets the state that failed. The caller closes the machine."""
+    """Start points of up to count runs in which one of tasks (names; None:
+    any) meets state, from a prepared machine up to until: the first
+    observation of a run of it off its CPU, or for a cond_resched passed
+    in it, just after the task's previous scheduling point (as the probe's
+    timeline has them). The shrinker uses it to find where a smaller variant
+    of a run meets the state that failed. The caller closes the machine."""
     stacks = stacks or states.UnwinderStacks()
     found: list[int] = []
     inside = False
     obs = states.Observer(machine, stacks)
+    passes = states.Passes(machine, stacks)
+    begin = machine.now
 
     def look() -> bool:
         nonlocal inside
-        seen = obs.observe()
-        hit = any(s == state for t, s in seen.items() if tasks is None or t in tasks)
-        if hit and not inside:
-            found.append(machine.now)
-        inside = hit
+        heard = passes.take()
+        if heard:
+            for task, st, at in heard:
+                if st == state and (tasks is None or task.name in tasks):
+                    if not inside:
+                        found.append(max(begin, passes.since(task, at) + 1))
+                    inside = True
+        else:
+            seen = obs.observe()
+            hit = any(s == state for t, s in seen.items() if tasks is None or t in tasks)
+            if hit and not inside:
+                found.append(machine.now)
+            inside = hit
         return len(found) >= count
 
+    machine.listeners.append(passes)
     try:
         machine.run(until=until, stop_when=look, every_slice=True)
     except GuestFault:
         pass
+    finally:
+        machine.listeners.remove(passes)
     return found

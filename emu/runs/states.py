@@ -23,13 +23,23 @@ a running task is met by a transition at its next stop, which is observed
 then. Observing reads registers and stack memory; it changes nothing in the
 run (the trace hash of an observed run is the hash of the same run
 unobserved; tests/test_coverage.py holds it to that).
+
+A task can also be met where it does not stop in a run without the patch:
+at a cond_resched() it passes while nothing else is runnable on its CPU.
+The kernel's cond_resched() schedules when need_resched is set, and a
+transition's stopper thread (stop_machine) or kworker waiting for that CPU
+sets it, so the task is off its CPU there in a run with the transition
+(kernel/sched/core.c: __cond_resched -> __schedule). Passes hears each such
+point (the scheduler's SR_COND_RESCHED) and names the task's state there:
+the state it has once it is off its CPU there, walked with the same
+StackSource.
 """
 from __future__ import annotations
 
 from typing import Protocol
 
 from emu.engine import unwind
-from emu.machine.machine import EV_SCHED_IN, Machine
+from emu.machine.machine import EV_KERNEL_EXIT, EV_SCHED_IN, Machine
 from emu.machine.task import Kind, RunState, Task
 
 STOPPED, PREEMPTED, USER, EXITED = "stopped", "preempted", "user", "exited"
@@ -137,3 +147,61 @@ class Observer:
                 st = self._known[t.tid] = state_of(m, t, self.stacks)
             out[t.name] = st
         return out
+
+
+class Passes:
+    """A machine listener (Machine.listeners) that hears every cond_resched()
+    a task passes on its CPU and keeps (task, state there, clock) in
+    `passed`, in order; the caller takes them (take()). The scheduler comes
+    back to Python at every cond_resched() for it (every_cond_resched:
+    csrc/sched.c's notify_yield) and at no other switch point. It changes
+    nothing in the run."""
+
+    pending_only = True          # no hook for the pending tasks' other switch points ...
+    every_cond_resched = True    # ... but every task's cond_resched()
+
+    def __init__(self, machine: Machine, stacks: StackSource):
+        self.m = machine
+        self.stacks = stacks
+        self.passed: list[tuple[Task, str, int]] = []
+        self._seen = 0                        # events of machine.trace already read
+        self._entered: dict[int, int] = {}    # tid -> its last sched-in or kernel exit
+        self._passes: dict[int, tuple[int, int]] = {}    # tid -> its last two passes (-1: none)
+
+    def take(self) -> list[tuple[Task, str, int]]:
+        """The passes heard since the last call, oldest first."""
+        out, self.passed = self.passed, []
+        return out
+
+    def since(self, task: Task, at: int) -> int:
+        """The task's last scheduling point before its pass at `at` (the
+        last one heard): when it came on its CPU, or passed a kernel exit
+        or a cond_resched; -1 if none since the listener came. Kernel work
+        that asks for the CPU after it finds the task at that pass first."""
+        m = self.m
+        m.drain()
+        entered, trace = self._entered, m.trace
+        # a kernel exit is a scheduling point too: kernel work that asked
+        # for the CPU before it took the task there, in user mode
+        for kind in (EV_SCHED_IN, EV_KERNEL_EXIT):
+            for ev in trace.of_kind(kind, self._seen):
+                if ev[0] > entered.get(ev[2], -1):
+                    entered[ev[2]] = ev[0]
+        self._seen = len(trace)
+        last, prev = self._passes.get(task.tid, (-1, -1))
+        return max(entered.get(task.tid, -1), prev if last >= at else last)
+
+    def on_cond_resched(self, task: Task) -> None:
+        m = self.m
+        now = m.now
+        self.passed.append((task, state_of(m, task, self.stacks), now))
+        self._passes[task.tid] = (now, self._passes.get(task.tid, (-1, -1))[0])
+
+    def on_kernel_exit(self, task: Task) -> None:
+        pass
+
+    def on_safe_point(self, task: Task) -> None:
+        pass
+
+    def on_idle(self, cpu, idle: Task) -> None:
+        pass
