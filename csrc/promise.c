@@ -139,19 +139,40 @@ static int tail(const struct emu_promise *p, int64_t fid, int64_t version)
     return -1;
 }
 
+/* The version of fid just below patch idx: the newest enabled patch but idx
+ * that carries it, 0 (the original) when none does. */
+static int64_t below(const struct pass *s, int64_t idx, int64_t fid)
+{
+    size_t i;
+    int force;
+
+    for (i = s->nlive; i-- > 0;)
+        if (s->live[i] != idx && carries(s->p, s->live[i], fid, &force))
+            return s->live[i];
+    return 0;
+}
+
 /* The first frame the transition of patch idx to target checks: 1 (in
- * *hit), 0 none, EMU_ENOENT a tail flag is missing (s->need). */
+ * *hit), 0 none, EMU_ENOENT a tail flag is missing (s->need). Livepatch,
+ * patching, checks one version of each function, the one just below idx's
+ * entry (klp_check_stack_func: the original function, or the next entry of
+ * its func_stack; a nop's too): after a force a task may hold an older one,
+ * which no check looks for. */
 static int checked(struct pass *s, int64_t idx, uint64_t target, const struct ptask *t, int forced_ok,
                    struct frame *hit)
 {
     const struct emu_promise *p = s->p;
     int replace = replaces(p, idx) == 1;
+    int one_below = p->model == EMU_PM_LIVEPATCH && target == EMU_PATCHED;
     size_t i;
 
     for (i = 0; i < t->nframes; i++) {
         int64_t fid = t->frames[i].fid, version = t->frames[i].version;
         int force = 0, h, tl;
-        if (carries(p, idx, fid, &force))
+        if (one_below)
+            h = version != idx && (carries(p, idx, fid, &force) || (replace && version != 0))
+                && version == below(s, idx, fid);
+        else if (carries(p, idx, fid, &force))
             h = !(forced_ok && force) && ((target == EMU_PATCHED) == (version != idx));
         else {
             /* a replaced patch's version: kpatch skips it when that patch

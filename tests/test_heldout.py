@@ -1577,3 +1577,32 @@ def test_a_module_loaded_while_a_second_patch_of_its_function_is_in_transition(m
     assert collapse(values[("waiter", 3)]) == ([0] if model == "ksplice" else [0, 1, 2])
     if model == "stop_machine":
         assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: loaded patch module 'p2'")
+
+
+# ---- a force, then a patch of the same function ----------------------------------------
+
+@pytest.mark.parametrize("rel,safe", [("nop-over-forced/scenario.toml", False),
+                                      ("nop-over-forced/scenario-stacked.toml", True)])
+def test_a_patch_checks_only_the_version_just_below_it_after_a_force(rel, safe):
+    """klp_check_stack_func() checks, patching, the next entry of the
+    func_stack (prev->new_func) or the original: after p2 was forced over a
+    task asleep in p1's f(), p3 (a nop of f(), or a plain stacked f())
+    switches that task at once. The promise oracle held livepatch to every
+    older version of f() and reported that switch as the model's breach."""
+    res, log, values, _ = run(rel, "livepatch")
+    assert res.outcome == "completed" and kernel_safe(res) == safe
+    sound(res)
+    assert [t["result"] for t in res.transitions] == ["completed"] * 3
+    assert res.transitions[2]["completed_at"] < 900_000           # long before the sleeper wakes (31 s)
+    assert values[("sleeper", 1)][:1] == [1]                      # it woke in p1's f()
+
+
+def test_the_promise_twins_agree_on_a_switch_with_an_older_forced_version_on_the_stack():
+    from emu.runs import promise
+    r = runner("nop-over-forced/scenario.toml")
+    res, m, mod = r.execute(r.plan("livepatch", 0), keep=True)
+    try:
+        assert promise.check(m, mod.patches, "livepatch") == promise.check(m, mod.patches, "livepatch",
+                                                                             fast=False) == []
+    finally:
+        m.engine.close()

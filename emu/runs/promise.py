@@ -28,8 +28,9 @@ The promises (rule names in brackets):
   (user tasks; a fake signal ends in one), its idle loop (idle tasks),
   cond_resched, or force; [stack]: at a stack-check, cond_resched or kernel
   exit switch no function the transition checks is on its stack (patching:
-  a version other than P's of a function P carries, and with atomic
-  replace any replaced patch's version; unpatching: P's version);
+  of each function P carries, and with atomic replace of each function a
+  nop covers, the version just below P's entry, the newest other enabled
+  patch's or the original; unpatching: P's version);
   [running]: a task switched by another CPU's stack check was not on a CPU
   (idle tasks: not followed, see below);
 - kGraft [route]: kernel exit, safe point (kthreads), idle loop or force;
@@ -246,11 +247,19 @@ class _Oracle:
 
     def checked(self, live: list[int], idx: int, target: int, frames, *, forced_ok: bool):
         """The first frame (fid, version) the transition of patch idx to
-        target checks, or None. Frames of tail callers are not judged."""
+        target checks, or None. Frames of tail callers are not judged.
+        Livepatch, patching, checks one version of each function, the one
+        just below idx's entry (klp_check_stack_func: the original function,
+        or the next entry of its func_stack; a nop's too): after a force a
+        task may hold an older one, which no check looks for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
+        one_below = self.model == "livepatch" and target == PATCHED
         for fid, version in frames:
-            if fid in carried:
+            if one_below:
+                hit = version != idx and (fid in carried or (replace and version != 0)) \
+                    and version == self.expected([i for i in live if i != idx], fid)
+            elif fid in carried:
                 hit = not (forced_ok and carried[fid]) and (target == PATCHED) == (version != idx)
             else:
                 # a replaced patch's version: kpatch skips it when that patch
