@@ -1848,3 +1848,28 @@ def test_an_atomic_replace_refused_by_its_pre_patch_leaves_the_older_patch_runni
             assert "kpatch: unloaded patch module 'p1'" not in log
     finally:
         m.engine.close()
+
+
+@pytest.mark.parametrize("model", ["stop_machine", "livepatch"])
+def test_kpatch_checks_the_active_version_after_a_forced_function(model):
+    """kpatch_backtrace_address_verify() checks the active func's new code
+    (kpatch_get_func) once a function is patched: p2's check looks at p1's
+    f(), not at the original f() that p1's force left the sleeper in, and
+    p2 loads at once. The promise oracle held kpatch to every version but
+    p2's and reported that load as the model's breach."""
+    from emu.runs import promise
+    r = runner("kpatch-force-stacked/scenario.toml")
+    res, m, mod = r.execute(r.plan(model, 0), keep=True)
+    try:
+        log = [line for _, line in m.log]
+        sound(res)
+        assert kernel_safe(res)
+        assert promise.check(m, mod.patches, model, fast=False) == []
+        if model == "stop_machine":
+            assert res.outcome == "completed" and [t["attempts"] for t in res.transitions] == [1, 1]
+            assert log == ["kpatch: loaded patch module 'p1'", "kpatch: loaded patch module 'p2'"]
+        else:
+            assert res.outcome == "failed" and [e["action"] for e in res.errors] == ["enable p2"]
+    finally:
+        m.engine.close()
+

@@ -38,9 +38,11 @@ The promises (rule names in brackets):
   points) runs each patch's functions in one universe, unless a force
   migrated the task inside it (a forced unmark gives that up);
 - stop_machine and Ksplice [stopped]: at the switch instant every CPU is
-  stopped; [stack]: no task has a checked function (P's unforced ones, as
-  above, and with replace the replaced patches' unforced ones) on its
-  stack, unless the switch was forced;
+  stopped; [stack]: no task has a checked function (patching: the active
+  version of each of P's unforced ones, the version just below P as
+  above, and with replace every unforced version of the replaced
+  patches; unpatching: P's version) on its stack, unless the switch was
+  forced;
 - immediate [together]: a patch's sites change together: once a task ran
   the new version of one of its functions, no task runs the old version of
   any of them.
@@ -248,24 +250,26 @@ class _Oracle:
     def checked(self, live: list[int], idx: int, target: int, frames, *, forced_ok: bool):
         """The first frame (fid, version) the transition of patch idx to
         target checks, or None. Frames of tail callers are not judged.
-        Livepatch, patching, checks one version of each function, the one
-        just below idx's entry (klp_check_stack_func: the original function,
-        or the next entry of its func_stack; a nop's too): after a force a
-        task may hold an older one, which no check looks for."""
+        Patching checks one version of each function idx carries, the one
+        just below idx (the newest other enabled patch's, else the
+        original): livepatch's klp_check_stack_func (the next entry of the
+        func_stack; a nop's too), kpatch's active func (kpatch_get_func);
+        kpatch skips a func marked force and, with replace, checks every
+        replaced version not marked force. After a force a task may hold an
+        older version, which no check looks for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
-        one_below = self.model == "livepatch" and target == PATCHED
         for fid, version in frames:
-            if one_below:
-                hit = version != idx and (fid in carried or (replace and version != 0)) \
-                    and version == self.expected([i for i in live if i != idx], fid)
-            elif fid in carried:
-                hit = not (forced_ok and carried[fid]) and (target == PATCHED) == (version != idx)
+            if target != PATCHED:
+                hit = fid in carried and not (forced_ok and carried[fid]) and version == idx
+            elif self.model == "livepatch":
+                hit = version == self.expected([i for i in live if i != idx], fid) \
+                    and (fid in carried or (replace and version != 0))
             else:
-                # a replaced patch's version: kpatch skips it when that patch
-                # marked it force (kpatch_backtrace_address_verify)
-                hit = replace and target == PATCHED and version != 0 and version != idx and fid in self.patched \
-                    and not (forced_ok and self.carries.get(version, {}).get(fid, False))
+                hit = (fid in carried and not (forced_ok and carried[fid])
+                       and version == self.expected([i for i in live if i != idx], fid)) \
+                    or (replace and version != 0 and version != idx and version in live
+                        and not (forced_ok and self.carries.get(version, {}).get(fid, False)))
             if hit and not self.tail_caller(fid, version):
                 return fid, version
         return None
