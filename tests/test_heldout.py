@@ -1873,3 +1873,24 @@ def test_kpatch_checks_the_active_version_after_a_forced_function(model):
     finally:
         m.engine.close()
 
+
+FORCE_FUNCTION = {"immediate": ("completed", False), "stop_machine": ("completed", False),
+                  "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_function_marked_force_is_skipped_by_kpatch_alone(model):
+    """kpatch_backtrace_address_verify() skips a func marked force; Ksplice's
+    check_address() compares every word with every safety record of the
+    update, with no exception (lpemu's Ksplice skipped the function too and
+    applied the update at once); livepatch and kGraft have no such flag."""
+    res, log, values, _ = run("force-function/scenario.toml", model)
+    outcome, safe = FORCE_FUNCTION[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    if model == "ksplice":
+        assert res.transitions[0]["attempts"] == 5
+        assert log[-1] == "ksplice: Aborted fix.  stack check: to-be-replaced code is busy."
+    if model == "stop_machine":
+        assert res.transitions[0]["attempts"] == 1 and values[("sleeper", 2)][0] == 1
+
