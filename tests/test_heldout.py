@@ -1468,9 +1468,9 @@ def test_an_atomic_replace_written_during_another_transition(model):
         assert [e["action"] for e in res.errors] == ["enable p2"] and errno_name in res.errors[0]["error"]
     assert collapse(values[("waiter", 3)]) == [0, final]
     if model == "ksplice":
-        assert [line for line in log if "patch module" in line] == [
-            "ksplice: loaded patch module 'p1'", "ksplice: unloaded patch module 'p1'",
-            "ksplice: loaded patch module 'p2'"]
+        assert [line for line in log if "successfully" in line] == [
+            "ksplice: Update p1 applied successfully", "ksplice: Update p1 reversed successfully",
+            "ksplice: Update p2 applied successfully"]
 
 
 GOING_ERRORS = {"immediate": [], "livepatch": [], "kgraft": [],
@@ -1894,3 +1894,12 @@ def test_a_function_marked_force_is_skipped_by_kpatch_alone(model):
     if model == "stop_machine":
         assert res.transitions[0]["attempts"] == 1 and values[("sleeper", 2)][0] == 1
 
+
+def test_ksplice_says_an_update_was_applied_and_reversed_as_ksplice_does():
+    """apply_update(): "ksplice: Update %s applied successfully";
+    reverse_update(): "ksplice: Update %s reversed successfully" (it said
+    kpatch's "loaded patch module" and "unloaded patch module")."""
+    res, log, _, _ = run("stacked-disable/scenario.toml", "ksplice")
+    assert [line for line in log if "successfully" in line or "patch module" in line] == [
+        "ksplice: Update p1 applied successfully", "ksplice: Update p2 applied successfully",
+        "ksplice: Update p2 reversed successfully"]
