@@ -139,8 +139,37 @@ static int tail(const struct emu_promise *p, int64_t fid, int64_t version)
     return -1;
 }
 
+/* The version of fid just below patch idx: the newest enabled patch but idx
+ * that carries it, 0 (the original) when none does. */
+static int64_t below(const struct pass *s, int64_t idx, int64_t fid)
+{
+    size_t i;
+    int force;
+
+    for (i = s->nlive; i-- > 0;)
+        if (s->live[i] != idx && carries(s->p, s->live[i], fid, &force))
+            return s->live[i];
+    return 0;
+}
+
+static int in_live(const struct pass *s, int64_t idx)
+{
+    size_t i;
+
+    for (i = 0; i < s->nlive; i++)
+        if (s->live[i] == idx)
+            return 1;
+    return 0;
+}
+
 /* The first frame the transition of patch idx to target checks: 1 (in
- * *hit), 0 none, EMU_ENOENT a tail flag is missing (s->need). */
+ * *hit), 0 none, EMU_ENOENT a tail flag is missing (s->need). Patching
+ * checks one version of each function idx carries, the one just below idx
+ * (below()): livepatch's klp_check_stack_func (the next entry of the
+ * func_stack; a nop's too), kpatch's active func (kpatch_get_func); kpatch
+ * skips a func marked force and, with replace, checks every replaced
+ * version not marked force. After a force a task may hold an older
+ * version, which no check looks for. */
 static int checked(struct pass *s, int64_t idx, uint64_t target, const struct ptask *t, int forced_ok,
                    struct frame *hit)
 {
@@ -150,16 +179,16 @@ static int checked(struct pass *s, int64_t idx, uint64_t target, const struct pt
 
     for (i = 0; i < t->nframes; i++) {
         int64_t fid = t->frames[i].fid, version = t->frames[i].version;
-        int force = 0, h, tl;
-        if (carries(p, idx, fid, &force))
-            h = !(forced_ok && force) && ((target == EMU_PATCHED) == (version != idx));
-        else {
-            /* a replaced patch's version: kpatch skips it when that patch
-             * marked it force (kpatch_backtrace_address_verify) */
-            int vforce = 0;
-            h = replace && target == EMU_PATCHED && version != 0 && version != idx && carried_by_any(p, fid)
-                && !(forced_ok && carries(p, version, fid, &vforce) && vforce);
-        }
+        int force = 0, vforce = 0, h, tl;
+        int carried = carries(p, idx, fid, &force);
+        if (target != EMU_PATCHED)
+            h = carried && !(forced_ok && force) && version == idx;
+        else if (p->model == EMU_PM_LIVEPATCH)
+            h = version == below(s, idx, fid) && (carried || (replace && version != 0));
+        else
+            h = (carried && !(forced_ok && force) && version == below(s, idx, fid))
+                || (replace && version != 0 && version != idx && in_live(s, version)
+                    && !(forced_ok && carries(p, version, fid, &vforce) && vforce));
         if (!h)
             continue;
         tl = tail(p, fid, version);

@@ -1475,9 +1475,9 @@ def test_an_atomic_replace_written_during_another_transition(model):
         assert [e["action"] for e in res.errors] == ["enable p2"] and errno_name in res.errors[0]["error"]
     assert collapse(values[("waiter", 3)]) == [0, final]
     if model == "ksplice":
-        assert [line for line in log if "patch module" in line] == [
-            "ksplice: loaded patch module 'p1'", "ksplice: unloaded patch module 'p1'",
-            "ksplice: loaded patch module 'p2'"]
+        assert [line for line in log if "successfully" in line] == [
+            "ksplice: Update p1 applied successfully", "ksplice: Update p1 reversed successfully",
+            "ksplice: Update p2 applied successfully"]
 
 
 GOING_ERRORS = {"immediate": [], "livepatch": [], "kgraft": [],
@@ -1584,3 +1584,329 @@ def test_a_module_loaded_while_a_second_patch_of_its_function_is_in_transition(m
     assert collapse(values[("waiter", 3)]) == ([0] if model == "ksplice" else [0, 1, 2])
     if model == "stop_machine":
         assert log.index("kpatch: patching newly loaded module 'drv'") < log.index("kpatch: loaded patch module 'p2'")
+
+
+# ---- a force, then a patch of the same function ----------------------------------------
+
+@pytest.mark.parametrize("rel,safe", [("nop-over-forced/scenario.toml", False),
+                                      ("nop-over-forced/scenario-stacked.toml", True)])
+def test_a_patch_checks_only_the_version_just_below_it_after_a_force(rel, safe):
+    """klp_check_stack_func() checks, patching, the next entry of the
+    func_stack (prev->new_func) or the original: after p2 was forced over a
+    task asleep in p1's f(), p3 (a nop of f(), or a plain stacked f())
+    switches that task at once. The promise oracle held livepatch to every
+    older version of f() and reported that switch as the model's breach."""
+    res, log, values, _ = run(rel, "livepatch")
+    assert res.outcome == "completed" and kernel_safe(res) == safe
+    sound(res)
+    assert [t["result"] for t in res.transitions] == ["completed"] * 3
+    assert res.transitions[2]["completed_at"] < 900_000           # long before the sleeper wakes (31 s)
+    assert values[("sleeper", 1)][:1] == [1]                      # it woke in p1's f()
+
+
+def test_the_promise_twins_agree_on_a_switch_with_an_older_forced_version_on_the_stack():
+    from emu.runs import promise
+    r = runner("nop-over-forced/scenario.toml")
+    res, m, mod = r.execute(r.plan("livepatch", 0), keep=True)
+    try:
+        assert promise.check(m, mod.patches, "livepatch") == promise.check(m, mod.patches, "livepatch",
+                                                                             fast=False) == []
+    finally:
+        m.engine.close()
+
+
+# ---- the eighth sweep ------------------------------------------------------------------
+
+def timed(rel: str, model: str, key: int, **variant):
+    """One run (seed 0): (result, log lines, {task: [(seconds, to 0.01 s; value), ...]} of key)."""
+    r = runner(rel, **variant)
+    res, m, _ = r.execute(r.plan(model, 0), keep=True)
+    try:
+        out: dict = {}
+        for clock, kind, task, k, value, _ in m.trace.records():
+            if kind == core.EV_OBSERVE and k == key:
+                out.setdefault(m.tasks[task].name, []).append((round(clock / m.seconds(1), 2), value))
+        return res, [line for _, line in m.log], out
+    finally:
+        m.engine.close()
+
+
+BYSTANDER = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed", "kgraft": "completed",
+             "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_fake_signals_go_only_to_the_tasks_still_pending(model):
+    """klp_send_signals() skips a task without TIF_PATCH_PENDING: the
+    bystander, switched by its stack at the first attempt, sleeps its whole
+    25 s while the blocker is woken at the 16th attempt. kGraft has no
+    stack check: both are in progress at its 2 s check and both are
+    signalled. The stop_machine models and immediate signal nobody."""
+    res, log, woke = timed("signal-bystander/scenario.toml", model, 3)
+    _, _, bystander = timed("signal-bystander/scenario.toml", model, 5)
+    assert res.outcome == BYSTANDER[model] and kernel_safe(res)
+    sound(res)
+    (t_block, left_block), = woke["blocker"][:1]
+    (t_by, left_by), = bystander["bystander"][:1]
+    if model == "livepatch":
+        assert 15 < t_block < 16 and left_block > 0 and (t_by, left_by) == (25.0, 0)
+        assert log.count("livepatch: signaling remaining tasks") == 1
+        assert 15 < res.latency / 100_000 < 17
+    elif model == "kgraft":
+        assert 2 < t_block < 2.5 and 2 < t_by < 2.5 and left_block > 2000 and left_by > 2000
+    else:
+        assert (t_block, left_block) == (t_by, left_by) == (25.0, 0)
+
+
+def test_before_5_1_no_task_is_signalled_and_the_blocker_sleeps_it_out():
+    res, log, woke = timed("signal-bystander/scenario.toml", "livepatch", 3, kernel="4.18")
+    assert res.outcome == "completed" and woke["blocker"][0] == (25.0, 0)
+    assert not any("signaling" in line for line in log)
+    sound(res)
+
+
+CADENCE = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed", "kgraft": "completed",
+           "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_fake_signals_come_every_15_attempts(model):
+    """klp_signals_cnt counts the attempts that left tasks behind; the
+    signals go out at 15, 30 and 45 (SIGNALS_TIMEOUT) and "signaling
+    remaining tasks" is printed at the first only. kGraft wakes a kthread
+    in progress at the code change and at each 2 s check."""
+    res, log, woke = timed("signal-cadence/scenario.toml", model, 2)
+    assert res.outcome == CADENCE[model] and kernel_safe(res)
+    sound(res)
+    times = [round(t, 1) for t, _ in woke.get("poller", [])]
+    assert all(v == 0 for _, v in woke.get("poller", []))     # it never re-entered poll_loop()
+    if model == "livepatch":
+        assert times == [15.0, 30.0, 45.0]
+        assert log.count("livepatch: signaling remaining tasks") == 1
+        assert "livepatch: forcing remaining tasks to the patched state" in log
+    elif model == "kgraft":
+        assert times[0] == 0.2 and 48 < times[-1] < 50.2 and all(1.9 < b - a < 2.1 for a, b in zip(times, times[1:]))
+    else:
+        assert times == []
+
+
+def test_before_5_1_the_kthread_is_never_woken_and_force_completes():
+    res, log, woke = timed("signal-cadence/scenario.toml", "livepatch", 2, kernel="4.18")
+    assert res.outcome == "completed" and "poller" not in woke
+    sound(res)
+
+
+def test_a_reversed_atomic_replace_holds_a_task_in_the_original_function_of_a_nop():
+    """klp_init_object_loaded() sets a nop's new_func to old_func, and an
+    unpatching check looks at func->new_func: reversing p2 holds the walker
+    while it sleeps in the original f() (reached through the nop), until
+    12.2 s, not at the first retry after the disable (10 s)."""
+    res, log, values, _ = run("replace-nop-reverse/scenario.toml", "livepatch")
+    assert res.outcome == "completed" and kernel_safe(res)
+    sound(res)
+    assert [(t["patch"], t["target"], t["result"]) for t in res.transitions] == [
+        ("p1", "patched", "completed"), ("p2", "patched", "reversed"), ("p2", "unpatched", "completed")]
+    assert 12.2 <= res.transitions[2]["completed_at"] / 100_000 < 13.1
+    assert [b["task"] for b in res.transitions[2]["attempt_log"][0]["blockers"]] == ["walker"]
+    assert values[("walker", 1)][:3] == [0, 1, 0]
+    assert collapse(values[("holder", 2)]) == [0]
+
+
+def test_a_patch_whose_state_an_unpatching_patch_carries_higher_is_refused_before_busy():
+    """klp_enable_patch() checks klp_is_patch_compatible() (-EINVAL) before
+    __klp_enable_patch() sees the transition (-EBUSY), and klp_patches
+    holds the patch being removed until its unpatching completes."""
+    res, log, values, _ = run("states-unpatching/scenario.toml", "livepatch")
+    sound(res)
+    assert kernel_safe(res) and res.outcome == "failed"
+    assert [t["result"] for t in res.transitions] == ["completed"] * 3
+    assert [(e["action"], e["error"].split("(")[-1].split(":")[0]) for e in res.errors] == [
+        ("enable p2", "-EINVAL"), ("enable p3", "-EBUSY")]
+    assert log.count("livepatch: Livepatch patch (p2) is not compatible with the already installed livepatches.") == 1
+    assert res.transitions[2]["patch"] == "p2" and res.transitions[2]["requested_at"] == 800_000
+
+
+STALE = {"immediate": "completed", "stop_machine": "completed", "ksplice": "failed", "kgraft": "completed",
+         "livepatch": "completed"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_stale_return_address_in_a_sleeping_frame_blocks_ksplice_alone(model):
+    """Ksplice scans every word of the stack, so the return address into
+    g() that leaf() left under nap()'s unwritten pad[] is a conflict; the
+    unwinders of kpatch and livepatch never see it."""
+    res, log, values, _ = run("ksplice-stale-word/scenario.toml", model)
+    assert res.outcome == STALE[model] and kernel_safe(res)
+    sound(res)
+    if model == "ksplice":
+        word = next(line for line in log if "stack check: pid" in line).split(": ")[-1].split()[0]
+        m = runner("ksplice-stale-word/scenario.toml").program.base
+        assert m.function_at(int(word, 16)).name == "g"
+        assert "ksplice: Aborted g_fix.  stack check: to-be-replaced code is busy." in log
+
+
+SHADOW = HELD / "shadow-replace"
+
+
+def shadow_machine(model_name: str, p2_pre_patch=None):
+    """shadow-replace/README: four tasks, p1 and p2 (replace) counting in
+    shadow variables, each freeing them all in its post_unpatch. Returns
+    (machine, model, p1, p2, callbacks that ran as (patch, callback))."""
+    from emu.images.build import build_c
+    from emu.kernel.patch import VMLINUX
+    base = build_c([SHADOW / "base.c"], name="base", base=0x400000)
+    m = Machine(base, cpus=2, quantum=300)
+    for i in range(4):
+        m.add_task(f"user{i}", "user_entry", (i,))
+    model = make_model(model_name, m)
+    ran = []
+
+    def callbacks(name, pre=None):
+        def post_unpatch(machine, p, obj):
+            ran.append((name, "post_unpatch"))
+            model.shadow.free_all(0x1234)
+
+        def note(what, ret=None):
+            return lambda machine, p, obj: ran.append((name, what)) or ret
+
+        return {VMLINUX: {"pre_patch": note("pre_patch", pre), "post_patch": note("post_patch"),
+                          "pre_unpatch": note("pre_unpatch"), "post_unpatch": post_unpatch}}
+
+    patches = []
+    for name, replace_all, pre in (("p1", False, None), ("p2", True, p2_pre_patch)):
+        img = build_c([SHADOW / f"{name}.c"], name=name, base=m.module_base(), link_against=base,
+                      keep={"account"})
+        m.load(img)
+        patches.append(model.add(make_patch(m, name, img, ["account"], replace=replace_all,
+                                            callbacks=callbacks(name, pre))))
+    return m, model, patches[0], patches[1], ran
+
+
+def counts(m, task: str, key: int) -> list[int]:
+    return [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.key == key and m.tasks[e.task].name == task]
+
+
+@pytest.mark.parametrize("model_name", ["livepatch", "stop_machine", "kgraft"])
+def test_shadow_variables_outlive_an_atomic_replace_whose_replaced_patch_would_free_them(model_name):
+    """klp_complete_transition() takes the replaced p1 off with no callback,
+    and kpatch_register() unloads it without them: p1's post_unpatch never
+    frees the counts, p2 goes on counting; p2's own post_unpatch frees
+    them at its disable. kGraft has no callbacks: they outlive p2 too."""
+    m, model, p1, p2, ran = shadow_machine(model_name)
+    try:
+        m.at(m.seconds(0.1), lambda: model.enable(p1))
+        m.at(m.seconds(3), lambda: model.enable(p2))
+        m.run(until=m.seconds(6))
+        assert [t.result for t in model.transitions] == ["completed", "completed"]
+        assert len(model.shadow.vars) == 4
+        m.at(m.seconds(6.1), lambda: model.disable(p2))
+        m.run(until=m.seconds(9))
+        assert [t.result for t in model.transitions][-1] == "completed"
+        for i in range(4):
+            assert collapse(counts(m, f"user{i}", 1)) == [0, 1, 2, 0]
+            n = counts(m, f"user{i}", 2)
+            assert n == list(range(1, len(n) + 1)) and len(n) > 50
+        assert ("p1", "post_unpatch") not in ran and ("p1", "pre_unpatch") not in ran
+        if model_name == "kgraft":
+            assert ran == [] and len(model.shadow.vars) == 4
+        else:
+            assert ran[-1] == ("p2", "post_unpatch") and model.shadow.vars == {}
+    finally:
+        m.engine.close()
+
+
+@pytest.mark.parametrize("model_name", ["livepatch", "stop_machine"])
+def test_an_atomic_replace_refused_by_its_pre_patch_leaves_the_older_patch_running(model_name):
+    """__klp_enable_patch(): the pre_patch failure cancels the transition
+    ("canceling patching transition, going to unpatch") before anything of
+    p1 is touched; kpatch_apply_patch() fails inside stop_machine and
+    kpatch_register() resets the replaced funcs' op. p1 keeps running with
+    its counts, no callback of p1 runs, and no post_unpatch of p2 (its
+    pre_patch did not pass)."""
+    m, model, p1, p2, ran = shadow_machine(model_name, p2_pre_patch=-errno.ENODEV)
+    refused = []
+
+    def enable_p2():
+        try:
+            model.enable(p2)
+        except Exception as exc:          # livepatch refuses the write itself
+            refused.append(exc)
+    try:
+        m.at(m.seconds(0.1), lambda: model.enable(p1))
+        m.at(m.seconds(3), enable_p2)
+        m.run(until=m.seconds(6))
+        log = [line for _, line in m.log]
+        assert ran == [("p1", "pre_patch"), ("p1", "post_patch"), ("p2", "pre_patch")]
+        assert model.transitions[0].result == "completed" and p1.enabled
+        for i in range(4):
+            assert collapse(counts(m, f"user{i}", 1)) == [0, 1]
+            n = counts(m, f"user{i}", 2)
+            assert n == list(range(1, len(n) + 1))
+        assert len(model.shadow.vars) == 4
+        if model_name == "livepatch":
+            assert len(refused) == 1 and "-ENODEV" in str(refused[0])
+            assert log[-5:] == ["livepatch: pre-patch callback failed for object 'vmlinux'",
+                                "livepatch: failed to enable patch 'p2'",
+                                "livepatch: 'p2': canceling patching transition, going to unpatch",
+                                "livepatch: 'p2': completing unpatching transition",
+                                "livepatch: 'p2': unpatching complete"]
+        else:
+            assert model.transitions[1].result == "failed" and "kpatch: pre-patch callback failed!" in log
+            assert "kpatch: unloaded patch module 'p1'" not in log
+    finally:
+        m.engine.close()
+
+
+@pytest.mark.parametrize("model", ["stop_machine", "livepatch"])
+def test_kpatch_checks_the_active_version_after_a_forced_function(model):
+    """kpatch_backtrace_address_verify() checks the active func's new code
+    (kpatch_get_func) once a function is patched: p2's check looks at p1's
+    f(), not at the original f() that p1's force left the sleeper in, and
+    p2 loads at once. The promise oracle held kpatch to every version but
+    p2's and reported that load as the model's breach."""
+    from emu.runs import promise
+    r = runner("kpatch-force-stacked/scenario.toml")
+    res, m, mod = r.execute(r.plan(model, 0), keep=True)
+    try:
+        log = [line for _, line in m.log]
+        sound(res)
+        assert kernel_safe(res)
+        assert promise.check(m, mod.patches, model, fast=False) == []
+        if model == "stop_machine":
+            assert res.outcome == "completed" and [t["attempts"] for t in res.transitions] == [1, 1]
+            assert log == ["kpatch: loaded patch module 'p1'", "kpatch: loaded patch module 'p2'"]
+        else:
+            assert res.outcome == "failed" and [e["action"] for e in res.errors] == ["enable p2"]
+    finally:
+        m.engine.close()
+
+
+FORCE_FUNCTION = {"immediate": ("completed", False), "stop_machine": ("completed", False),
+                  "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_function_marked_force_is_skipped_by_kpatch_alone(model):
+    """kpatch_backtrace_address_verify() skips a func marked force; Ksplice's
+    check_address() compares every word with every safety record of the
+    update, with no exception (lpemu's Ksplice skipped the function too and
+    applied the update at once); livepatch and kGraft have no such flag."""
+    res, log, values, _ = run("force-function/scenario.toml", model)
+    outcome, safe = FORCE_FUNCTION[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    if model == "ksplice":
+        assert res.transitions[0]["attempts"] == 5
+        assert log[-1] == "ksplice: Aborted fix.  stack check: to-be-replaced code is busy."
+    if model == "stop_machine":
+        assert res.transitions[0]["attempts"] == 1 and values[("sleeper", 2)][0] == 1
+
+
+def test_ksplice_says_an_update_was_applied_and_reversed_as_ksplice_does():
+    """apply_update(): "ksplice: Update %s applied successfully";
+    reverse_update(): "ksplice: Update %s reversed successfully" (it said
+    kpatch's "loaded patch module" and "unloaded patch module")."""
+    res, log, _, _ = run("stacked-disable/scenario.toml", "ksplice")
+    assert [line for line in log if "successfully" in line or "patch module" in line] == [
+        "ksplice: Update p1 applied successfully", "ksplice: Update p2 applied successfully",
+        "ksplice: Update p2 reversed successfully"]

@@ -88,6 +88,12 @@ class StopMachine(Model):
     # max_entries); the walk fails when it would take one more than this
     max_entries = trace_depth - 2
     prefix = "kpatch: "
+    # kpatch_backtrace_address_verify() skips a func marked force
+    # (KPATCH_FORCE_UNSAFE at build time); Ksplice has no such flag
+    honours_force = True
+    # what a switch that went through says, per target: kpatch_register()
+    # and kpatch_unregister()
+    done_text = {PATCHED: "loaded patch module '{}'", UNPATCHED: "unloaded patch module '{}'"}
     # kpatch_backtrace_address_verify(): unpatching checks the active
     # version of each function (kpatch_get_func(old_addr), the newest in
     # the hash), not necessarily the one the patch being removed brought
@@ -157,7 +163,7 @@ class StopMachine(Model):
     def ranges(self, patch: Patch, target: int, funcs):
         out = []
         for f in funcs:
-            if f.force:
+            if f.force and self.honours_force:
                 continue
             # patching: the original, or the version being repatched;
             # unpatching: what runs now (kpatch_get_func(): the newest
@@ -172,7 +178,7 @@ class StopMachine(Model):
             # that is not force (kpatch_backtrace_address_verify)
             for other in self.replaced(patch):
                 for g in self.loaded_funcs(other):
-                    if not g.nop and not g.force:
+                    if not g.nop and not (g.force and self.honours_force):
                         out.append((g.new.start, g.new.end, g.name))
         return out
 
@@ -265,10 +271,9 @@ class StopMachine(Model):
                 for g in gone:
                     yield from self.release_ops(g)
                 for other in retired:
-                    self.printk(f"{self.prefix}unloaded patch module '{other.name}'")
+                    self.printk(self.prefix + self.done_text[UNPATCHED].format(other.name))
                 t.blockers = []         # earlier attempts' blockers are history now
-                self.printk(f"{self.prefix}{'loaded' if target == PATCHED else 'unloaded'} "
-                            f"patch module '{patch.name}'")
+                self.printk(self.prefix + self.done_text[target].format(patch.name))
                 self.finish(t, "completed")
                 self._unlock()
                 return
@@ -488,6 +493,12 @@ class Ksplice(StopMachine):
     retry_delay = 1.0
     prefix = "ksplice: "
     unpatch_checks_active = False     # its reversal checks the update's own code
+    # check_address() compares each word with every safety record of the
+    # update: no function is left out (kpatch's force flag means nothing)
+    honours_force = False
+    # apply_update() and reverse_update() (a patch an atomic replace takes
+    # off is reversed: Ksplice itself had no atomic replace)
+    done_text = {PATCHED: "Update {} applied successfully", UNPATCHED: "Update {} reversed successfully"}
     # check_each_task() goes on past a task that fails: every conflict of
     # the attempt is recorded (check_task() again, with rerun)
     checks_every_task = True

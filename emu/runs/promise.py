@@ -28,8 +28,9 @@ The promises (rule names in brackets):
   (user tasks; a fake signal ends in one), its idle loop (idle tasks),
   cond_resched, or force; [stack]: at a stack-check, cond_resched or kernel
   exit switch no function the transition checks is on its stack (patching:
-  a version other than P's of a function P carries, and with atomic
-  replace any replaced patch's version; unpatching: P's version);
+  of each function P carries, and with atomic replace of each function a
+  nop covers, the version just below P's entry, the newest other enabled
+  patch's or the original; unpatching: P's version);
   [running]: a task switched by another CPU's stack check was not on a CPU
   (idle tasks: not followed, see below);
 - kGraft [route]: kernel exit, safe point (kthreads), idle loop or force;
@@ -37,9 +38,11 @@ The promises (rule names in brackets):
   points) runs each patch's functions in one universe, unless a force
   migrated the task inside it (a forced unmark gives that up);
 - stop_machine and Ksplice [stopped]: at the switch instant every CPU is
-  stopped; [stack]: no task has a checked function (P's unforced ones, as
-  above, and with replace the replaced patches' unforced ones) on its
-  stack, unless the switch was forced;
+  stopped; [stack]: no task has a checked function (patching: the active
+  version of each of P's unforced ones, the version just below P as
+  above, and with replace every unforced version of the replaced
+  patches; unpatching: P's version) on its stack, unless the switch was
+  forced;
 - immediate [together]: a patch's sites change together: once a task ran
   the new version of one of its functions, no task runs the old version of
   any of them.
@@ -77,6 +80,10 @@ ALLOWED_ROUTES = {
     "livepatch": {"stack", "kernel_exit", "idle", "cond_resched", "freezable_sleep", "force", "signal"},
     "kgraft": {"kernel_exit", "safe_point", "idle", "force"},
 }
+#: the models whose check skips a function its patch marks force: kpatch's
+#: KPATCH_FORCE_UNSAFE (kpatch_backtrace_address_verify); Ksplice's
+#: check_address() has no such exception, livepatch and kGraft no such flag
+FORCE_FLAG_MODELS = {"stop_machine"}
 #: routes after which the task's stack must hold no checked function
 CHECKED_ROUTES = {"stack", "cond_resched", "freezable_sleep", "kernel_exit"}
 STOP_MODELS = ("stop_machine", "ksplice")
@@ -142,8 +149,11 @@ class _Oracle:
 
     @cached_property
     def carries(self) -> dict[int, dict[int, bool]]:
-        """Patch index -> {function id: force flag} of the functions it carries (nops left out)."""
-        return {p.index: {f.old.id: bool(f.force) for o, f in p.funcs()
+        """Patch index -> {function id: force flag} of the functions it carries
+        (nops left out); the flag only under a model whose check skips such
+        a function (FORCE_FLAG_MODELS)."""
+        flags = self.model in FORCE_FLAG_MODELS
+        return {p.index: {f.old.id: flags and bool(f.force) for o, f in p.funcs()
                           if f.old is not None and not f.nop and (p.index, o.name) not in self.unlinked}
                 for p in self.patches}
 
@@ -246,17 +256,27 @@ class _Oracle:
 
     def checked(self, live: list[int], idx: int, target: int, frames, *, forced_ok: bool):
         """The first frame (fid, version) the transition of patch idx to
-        target checks, or None. Frames of tail callers are not judged."""
+        target checks, or None. Frames of tail callers are not judged.
+        Patching checks one version of each function idx carries, the one
+        just below idx (the newest other enabled patch's, else the
+        original): livepatch's klp_check_stack_func (the next entry of the
+        func_stack; a nop's too), kpatch's active func (kpatch_get_func);
+        kpatch skips a func marked force and, with replace, checks every
+        replaced version not marked force. After a force a task may hold an
+        older version, which no check looks for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
         for fid, version in frames:
-            if fid in carried:
-                hit = not (forced_ok and carried[fid]) and (target == PATCHED) == (version != idx)
+            if target != PATCHED:
+                hit = fid in carried and not (forced_ok and carried[fid]) and version == idx
+            elif self.model == "livepatch":
+                hit = version == self.expected([i for i in live if i != idx], fid) \
+                    and (fid in carried or (replace and version != 0))
             else:
-                # a replaced patch's version: kpatch skips it when that patch
-                # marked it force (kpatch_backtrace_address_verify)
-                hit = replace and target == PATCHED and version != 0 and version != idx and fid in self.patched \
-                    and not (forced_ok and self.carries.get(version, {}).get(fid, False))
+                hit = (fid in carried and not (forced_ok and carried[fid])
+                       and version == self.expected([i for i in live if i != idx], fid)) \
+                    or (replace and version != 0 and version != idx and version in live
+                        and not (forced_ok and self.carries.get(version, {}).get(fid, False)))
             if hit and not self.tail_caller(fid, version):
                 return fid, version
         return None

@@ -1,0 +1,13 @@
+#include "lpemu.h"
+extern volatile long zero;
+__attribute__((noinline)) long f(long nap)
+{
+	lpemu_sleep(nap);
+	lpemu_observe(1, 1 + zero);
+	return 0;
+}
+__attribute__((noinline)) long g(void)
+{
+	lpemu_observe(2, 1 + zero);
+	return 0;
+}
