@@ -68,7 +68,9 @@ def test_sections_can_be_chosen():
 
 
 def test_scale_figures_and_tables(quick):
-    assert isinstance(quick["redirect_floor_ratio"], float)
+    # a floor lost in the noise (a loaded machine, quick sizes) gives no ratio, as documented
+    floor = quick["redirect"]["in_guest_trampoline"]["added_ns_per_call"]
+    assert isinstance(quick["redirect_floor_ratio"], float) if floor > 0 else quick["redirect_floor_ratio"] is None
     assert quick["redirect"]["c_redirect_only"]["call_events"] == "off"
     assert quick["redirect"]["c_redirect_only"]["added_instructions_per_call"] == 2   # the events change no run
     s = bench.Sizes.quick()
