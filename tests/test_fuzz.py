@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from emu.engine import core
 from emu.runs import campaign
 from emu.app import cli
 from emu.runs import scenario
@@ -154,3 +155,40 @@ def test_a_runspec_naming_a_task_the_scenario_lacks_is_refused_by_name():
         spec = replace(runner.plan("livepatch", 0), tasks=("user0", "nope"))
         with pytest.raises(UserError, match=r"RunSpec.tasks: no task 'nope' in the scenario \(tasks: .*user0"):
             runner.execute(spec)
+
+
+def test_tasks_asleep_with_no_timeout_wait_for_the_first_action(tmp_path):
+    """Every task sleeps with no timeout before the first action: the run
+    shared up to that action is not a hang (the action is coming, and
+    livepatch's fake signal wakes a kthread asleep in the patched
+    function), as an idle kernel waits for its next event. The run reaches
+    the transition and the wake-ups; only when nothing can happen any more
+    is every task asleep forever (a guest fault, docs/bad-input.md)."""
+    (tmp_path / "base.c").write_text(
+        '#include "lpemu.h"\n'
+        "__attribute__((noinline)) long poll_loop(void) {\n"
+        "    for (;;) { lpemu_sleep(-1); lpemu_observe(2, 0); }\n"
+        "    return 0;\n"
+        "}\n"
+        "long kthread_entry(void) { return poll_loop(); }\n")
+    (tmp_path / "patch.c").write_text(
+        '#include "lpemu.h"\n'
+        "long poll_loop(void) { for (;;) { lpemu_sleep(-1); lpemu_observe(2, 1); } return 0; }\n")
+    (tmp_path / "scenario.toml").write_text(
+        '[program]\nsources = ["base.c"]\n'
+        '[machine]\ncpus = 2\nkernel = "6.8"\n'
+        '[[task]]\nname = "poller"\nentry = "kthread_entry"\nkind = "kthread"\n'
+        '[[patch]]\nname = "fix"\nsources = ["patch.c"]\nfunctions = ["poll_loop"]\n'
+        '[[action]]\nat = 20000\ndo = "enable"\npatch = "fix"\n'
+        '[fuzz]\nhorizon = 20.0\n')
+    scn = scenario.load(tmp_path / "scenario.toml")
+    with Runner(scenario.build(scn)) as r:
+        res, m, _ = r.execute(r.plan("livepatch", 0), keep=True)
+    try:
+        assert res.transitions and res.transitions[0]["requested_at"] == 20000
+        # klp_send_signals at the 16th attempt (about 15 s on) woke it in the old poll_loop
+        assert any("signaling remaining tasks" in text for _, text in m.log)
+        assert [(e.key, e.value) for e in m.trace if e.kind == core.EV_OBSERVE][:1] == [(2, 0)]
+        assert res.fault is None or "asleep" in res.fault and res.end > 15 * 100_000
+    finally:
+        m.engine.close()
