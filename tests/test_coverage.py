@@ -475,3 +475,24 @@ def test_the_shrinker_finds_a_state_at_a_cond_resched_in_a_variant(resched):
     for t in points:
         res = r.execute(replace(r.plan("stop_machine", 0), start=t))
         assert res.met == {"u": LOOP} and res.failing
+
+
+@pytest.mark.parametrize("kernel,met", [("6.8", True), ("6.16", False)])
+def test_livepatch_meets_a_pending_task_at_the_cond_resched_where_it_checks_it(kernel, met):
+    """A CPU-bound kthread that never leaves its CPU (a CPU to spare for the
+    kworker): from 6.4 to 6.15 klp_cond_resched() checks the pending task's
+    own stack at its cond_resched(), so the transition meets it there, in
+    the state the probe predicts for that pass; from 6.16 a plain
+    cond_resched() is no check, and nothing meets it."""
+    path = Path(__file__).parent / "data/heldout/cond-resched-outside/scenario.toml"
+    r = Runner(scenario.build(scenario.load(path)))
+    try:
+        predicted = {(t, s) for t, ss in r.probe().states.items() for s in ss}
+        res = r.execute(replace(r.plan("livepatch", 0), kernel=kernel))
+    finally:
+        r.close()
+    assert res.transitions[0]["result"] == ("completed" if met else "pending")
+    if met:
+        assert ("cruncher", res.met["cruncher"]) in predicted
+    else:
+        assert "cruncher" not in res.met

@@ -338,6 +338,13 @@ class Model:
     def loaded_funcs(self, patch: Patch) -> list[PatchFunc]:
         return [f for _, f in patch.funcs() if f.old is not None]
 
+    @property
+    def checks_at_cond_resched(self) -> bool:
+        """Whether a task pending in a transition is checked at a
+        cond_resched() it passes on its CPU (the transition meets it there
+        without its leaving the CPU). Default: never."""
+        return False
+
     # ---- modules coming and going ----------------------------------------------------------
     def notifier_waits(self) -> bool:
         """Whether a module's coming or going notifier blocks now on the

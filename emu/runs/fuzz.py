@@ -555,6 +555,14 @@ class Runner:
         want = sum(1 for t in m.tasks if not t.is_idle)
         obs = states.Observer(m, self.stacks)
 
+        def started():
+            return bool(model.transitions) and model.transitions[0].started_at is not None
+        # where the transition checks a pending task at its cond_resched()
+        # (livepatch 6.4 to 6.15), it meets the task there on its CPU
+        passes = states.CheckedPasses(m, self.stacks, started) if model.checks_at_cond_resched else None
+        if passes is not None:
+            m.listeners.insert(0, passes)
+
         def look():
             if not model.transitions:
                 # no transition yet: a later action may start one (a module
@@ -563,6 +571,9 @@ class Runner:
                 return settled()
             if model.transitions[0].started_at is None:
                 return settled()
+            if passes is not None:
+                for task, st in passes.met.items():
+                    res.met.setdefault(task, st)
             for task, st in obs.observe(skip=res.met).items():
                 res.met[task] = st
             return len(res.met) >= want or settled()
@@ -574,7 +585,11 @@ class Runner:
             if not model.transitions or model.transitions[0].started_at is None:
                 return ()
             return [t.tid for t in m.tasks if not t.is_idle and t.name not in res.met]
-        m.run(until=end, stop_when=look, watch=unmet)
+        try:
+            m.run(until=end, stop_when=look, watch=unmet)
+        finally:
+            if passes is not None:
+                m.listeners.remove(passes)
 
     def _discard(self, m: Machine) -> None:
         for key, (pm, _) in list(self._pool.items()):

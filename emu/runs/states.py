@@ -149,6 +149,36 @@ class Observer:
         return out
 
 
+class CheckedPasses:
+    """A machine listener (first in Machine.listeners, before the model's)
+    that keeps the state of each task at the first cond_resched() at which a
+    transition checks it on its CPU (a model whose checks_at_cond_resched:
+    the task is pending there, and `active()` says a transition has begun),
+    by task name in `met`. It hears only the hooks the scheduler brings
+    back for pending tasks: it changes nothing in the run."""
+
+    pending_only = True
+
+    def __init__(self, machine: Machine, stacks: StackSource, active):
+        self.m = machine
+        self.stacks = stacks
+        self.active = active
+        self.met: dict[str, str] = {}
+
+    def on_cond_resched(self, task: Task) -> None:
+        if task.pending and task.name not in self.met and self.active():
+            self.met[task.name] = state_of(self.m, task, self.stacks)
+
+    def on_kernel_exit(self, task: Task) -> None:
+        pass
+
+    def on_safe_point(self, task: Task) -> None:
+        pass
+
+    def on_idle(self, cpu, idle: Task) -> None:
+        pass
+
+
 class Passes:
     """A machine listener (Machine.listeners) that hears every cond_resched()
     a task passes on its CPU and keeps (task, state there, clock) in

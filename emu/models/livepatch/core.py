@@ -413,6 +413,11 @@ class Livepatch(Model):
     def on_idle(self, cpu, idle: Task) -> None:
         transition.update_patch_state(self, idle, "idle")
 
+    @property
+    def checks_at_cond_resched(self) -> bool:
+        """klp_cond_resched (6.4 to 6.15): a pending task checks its own stack there."""
+        return self.kernel.cond_resched_switch
+
     def on_cond_resched(self, task: Task) -> None:
         if self.kernel.cond_resched_switch:          # klp_cond_resched, 6.4 to 6.15
             transition.cond_resched(self, task, "cond_resched")
