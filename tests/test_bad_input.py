@@ -283,9 +283,15 @@ def out_exists(d):
     return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "out", command="fuzz")
 
 
+def out_holds_a_campaign(d):
+    argv = scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", command="fuzz")
+    assert cli.main([str(a) for a in argv]) == 0
+    return argv
+
+
 def resume_not_a_campaign(d):
     (d / "other").mkdir()
-    (d / "other" / "summary.json").write_text("mine\n")
+    (d / "other" / "notes.txt").write_text("mine\n")
     return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "other", "--resume", command="fuzz")
 
 
@@ -434,7 +440,18 @@ ROWS = [
      ["--trace /sys/t.json"]),
     ("--timeline into a missing directory", lambda d: scn(d, SCENARIO, "--timeline", d / "no" / "t.svg"),
      ["--timeline", "no such directory"]),
-    ("--out directory exists", out_exists, ["the directory exists", "--resume", "--force"]),
+    ("--out directory holding a runs.jsonl of the user's", out_exists,
+     ["--out", "runs.jsonl there is not a file a campaign wrote", "even with --force", "another --out"]),
+    ("--out directory holding a campaign", out_holds_a_campaign,
+     ["--out", "the directory holds a campaign; continue it with --resume or replace its results with --force"]),
+    ("--out directory of other files", lambda d: ((d / "other").mkdir(), (d / "other" / "notes.txt").write_text("x"),
+                                                  scn(d, SCENARIO, "--out", d / "other", command="fuzz"))[2],
+     ["the directory exists and holds no campaign (no campaign.json)", "another --out", "--force"]),
+    ("--out --force over a summary.json of the user's",
+     lambda d: ((d / "other").mkdir(), (d / "other" / "summary.json").write_text("mine\n"),
+                scn(d, SCENARIO, "--out", d / "other", "--force", command="fuzz"))[2],
+     ["summary.json there is not a file a campaign wrote (not the JSON summary lpemu fuzz writes",
+      "even with --force"]),
     ("--resume of a directory no campaign wrote", resume_not_a_campaign,
      ["no campaign.json there", "another --out", "--force"]),
     ("--out where nothing can be written",
@@ -576,7 +593,7 @@ ROWS = [
     ("a patch name with a '/'", lambda d: scn(d, SCENARIO.replace('name = "p"', 'name = "../p"').replace('patch = "p"', 'patch = "../p"')),
      ["s.toml:10: patch[0].name: '../p' is not a patch name (non-empty, no ':', '/' or NUL)"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
-     ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
+     ["--out", "c: campaign.json is a symbolic link; lpemu writes only files of its own there"]),
     ("--resume of a campaign whose lock links to a file of the user's",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("lock")(d))[1],
      ["--out", "c: lock is a symbolic link; lpemu writes only files of its own there"]),
@@ -648,7 +665,11 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     code, _, err = run_row(d, capsys, "out", out_exists)
     assert code == 2 and (d / "out" / "runs.jsonl").read_text() == "mine\n"
     code, _, err = run_row(d, capsys, "resume", resume_not_a_campaign)
-    assert code == 2 and (d / "other" / "summary.json").read_text() == "mine\n"
+    assert code == 2 and (d / "other" / "notes.txt").read_text() == "mine\n"
+    (d / "other" / "summary.json").write_text("mine\n")
+    for extra in ("--force", "--resume"):
+        code, _, err = run_row(d, capsys, "force", lambda d: scn(d, SCENARIO, "--out", d / "other", extra, command="fuzz"))
+        assert code == 2 and (d / "other" / "summary.json").read_text() == "mine\n", err
     base = (d / "base.c").read_text()
     code, _, err = run_row(d, capsys, "junit", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1",
                                                              "--junit", d / "base.c", command="fuzz"))

@@ -296,6 +296,61 @@ def test_a_second_campaign_in_a_directory_in_use_exits_2_naming_the_holder(tmp_p
     assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(6))
 
 
+# ---- --force replaces a campaign's files, never the user's ---------------------------------------
+@pytest.mark.parametrize("name,mine", [
+    ("summary.json", '{"my": "notes"}\n'),
+    ("runs.jsonl", "precious\n"),
+    ("campaign.json", '["my", "plan"]\n'),
+    ("rejected.txt", "my list of rejects\n"),
+    ("lock", "not a pid\n"),
+])
+def test_force_over_a_directory_no_campaign_wrote_keeps_the_users_files(tmp_path, capsys, name, mine):
+    """A file of the user's that has the name of one of a campaign's is
+    refused by name, with or without --force or --resume: --force replaces a
+    campaign's results, not what the user keeps under the same name."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text(mine)
+    (out / "notes.txt").write_text("kept\n")
+    for extra in ([], ["--force"], ["--resume"]):
+        assert small_campaign(out, *extra) == 2
+        err = capsys.readouterr().err
+        assert f"{name} there is not a file a campaign wrote" in err and "even with --force" in err, err
+        assert "Traceback" not in err and err.count("\n") == 1
+        assert sorted(p.name for p in out.iterdir()) == sorted([name, "notes.txt"])
+        assert (out / name).read_text() == mine and (out / "notes.txt").read_text() == "kept\n"
+
+
+def test_force_replaces_a_campaigns_own_files_and_leaves_the_rest(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert small_campaign(out) == 0
+    capsys.readouterr()
+    with open(out / "runs.jsonl", "a") as f:
+        f.write("a damaged line\n")              # a campaign's runs.jsonl, damaged: --resume sets it aside
+    assert small_campaign(out, "--resume") == 0
+    capsys.readouterr()
+    assert (out / "rejected.txt").exists()
+    (out / "notes.txt").write_text("kept\n")
+    assert small_campaign(out) == 2                  # the directory holds a campaign: say how to go on
+    assert "holds a campaign; continue it with --resume or replace its results with --force" in capsys.readouterr().err
+    assert small_campaign(out, "--force") == 0
+    capsys.readouterr()
+    assert not (out / "rejected.txt").exists() and (out / "notes.txt").read_text() == "kept\n"
+    assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(6))
+    # a runs.jsonl of records, campaign.json gone: still a campaign's, replaced
+    (out / "campaign.json").unlink()
+    assert small_campaign(out, "--force") == 0
+    capsys.readouterr()
+    # a directory of the user's own other files: --force writes the campaign beside them
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("kept\n")
+    assert small_campaign(other) == 2
+    assert "holds no campaign (no campaign.json)" in capsys.readouterr().err
+    assert small_campaign(other, "--force") == 0
+    assert (other / "notes.txt").read_text() == "kept\n" and (other / "summary.json").exists()
+
+
 # ---- a campaign is the program it started with -------------------------------------------------
 def test_resume_refuses_a_changed_program_and_says_what_changed(tmp_path, capsys, seed_copy):
     scn = seed_copy / "scenario.toml"
