@@ -510,3 +510,30 @@ def test_the_summary_names_the_first_fault_and_its_seed(tmp_path, seed_copy, cap
                             "fault": f"report {s}"} for s in range(4, 7)}
     row = campaign.summarize(plan, recs)["models"][0]
     assert row["first_fault_seed"] == 5 and row["first_fault"] == "report 5" and row["fault"] == 2
+
+
+# ---- medians of instructions are instructions ------------------------------------------------
+def test_latency_and_pause_medians_are_a_runs_whole_instructions():
+    """An even count of latencies has two middle ones: the median is the
+    lower (a latency a run had), never the x.5 between them."""
+    plan = campaign.Plan("s.toml", ["stop_machine"], range(4), "exhaustive")
+    recs = {("stop_machine", s): {"model": "stop_machine", "seed": s, "strategy": "exhaustive", "outcome": "completed",
+                                  "latency": lat, "pause": pause}
+            for s, lat, pause in [(0, 300, 7), (1, 101, 4), (2, 100, 5), (3, 900, None)]}
+    row = campaign.summarize(plan, recs)["models"][0]
+    assert (row["latency_median"], row["pause_median"]) == (101, 5)
+    assert type(row["latency_median"]) is int and type(row["pause_median"]) is int
+    assert campaign.median([]) is None and campaign.median([3]) == 3 and campaign.median([1, 2]) == 1
+
+
+def test_the_summary_prints_the_median_as_its_json_has_it(capsys):
+    argv = ["fuzz", str(SEED), "--model", "kgraft", "--model", "stop_machine", "--runs", "4", "--jobs", "1", "--quiet"]
+    cli.main(argv + ["--json"])
+    rows = {m["model"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    cli.main(argv)
+    text = capsys.readouterr().out
+    assert "median: the middle run's, the lower of the two middle ones for an even count" in text
+    for model, row in rows.items():
+        assert type(row["latency_median"]) is int, row
+        line = next(ln for ln in text.splitlines() if ln.startswith(model))
+        assert f" {row['latency_median']} " in f" {line} " and ".5 " not in f"{line} ", line

@@ -602,8 +602,9 @@ def _print_summary(summary: dict, *, title: str) -> None:
         rows.append([f(s.get(key)) for key, _ in columns])
     print(title)
     print(_table([head for _, head in columns], rows))
+    from emu.runs.campaign import MEDIAN_RULE
     print("times in virtual instructions (1 s = 100 ticks)\n"
-          "latency: from the request to completion; pause: every CPU stopped")
+          f"latency: from the request to completion; pause: every CPU stopped\n{MEDIAN_RULE}")
 
 
 def _demo(args) -> int:

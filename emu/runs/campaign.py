@@ -869,9 +869,22 @@ def _tool_version(tool: str) -> str:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
+#: How a campaign takes the median of latencies and pauses (median), said
+#: where it prints them
+MEDIAN_RULE = "median: the middle run's, the lower of the two middle ones for an even count"
+
+
+def median(values: list[int]) -> int | None:
+    """The lower median of values (None for none): the middle one, the lower
+    of the two middle ones for an even count. A latency or a pause is a
+    count of instructions; the median is one that a run had, a whole number,
+    never the x.5 halfway between two runs."""
+    return statistics.median_low(values) if values else None
+
+
 def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
     """Per model (per kernel and model when kernels are compared: each row
-    then names its kernel): counts, latencies, the first failing and
+    then names its kernel): counts, latencies (median: median()), the first failing and
     faulting seeds, and (given the probe) the states the runs met
     (emu/runs/coverage.py)."""
     models = []
@@ -897,8 +910,8 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
             "first_emulator_error": (f"seed {broken[0]['seed']}: {broken[0]['promise'][0]['text']}"
                                      if broken else None),
             **count,
-            "latency_median": statistics.median(lat) if lat else None, "latency_max": max(lat) if lat else None,
-            "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,
+            "latency_median": median(lat), "latency_max": max(lat) if lat else None,
+            "pause_median": median(pause), "pause_max": max(pause) if pause else None,
             "first_failing_seed": min(failing) if failing else None,
             "findings": {k: sum(k in findings(r) for r in recs) for k in FINDINGS},
             "first_fault_seed": faults[0]["seed"] if faults else None,
