@@ -537,3 +537,17 @@ def test_the_summary_prints_the_median_as_its_json_has_it(capsys):
         assert type(row["latency_median"]) is int, row
         line = next(ln for ln in text.splitlines() if ln.startswith(model))
         assert f" {row['latency_median']} " in f" {line} " and ".5 " not in f"{line} ", line
+
+
+def test_junit_never_takes_the_place_of_a_campaign_file(tmp_path, capsys):
+    """--junit naming runs.jsonl (or summary.json, by name or a hard link) in
+    --out replaced the campaign's records with the report."""
+    out = tmp_path / "c"
+    assert small_campaign(out) == 0
+    before = (out / "runs.jsonl").read_bytes()
+    os.link(out / "summary.json", tmp_path / "hard.xml")
+    for junit in (out / "runs.jsonl", out / "summary.json", tmp_path / "hard.xml", out / "lock"):
+        capsys.readouterr()
+        assert small_campaign(out, "--resume", "--junit", junit) == 2
+        assert "is the campaign's own" in capsys.readouterr().err
+    assert (out / "runs.jsonl").read_bytes() == before and json.loads((out / "summary.json").read_text())["models"]

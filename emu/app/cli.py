@@ -391,6 +391,9 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force exclude each other")
     if (args.resume or args.force) and not args.out:
         raise UserError("--resume and --force need --out DIR")
+    if args.junit and args.out and campaign.own_file(args.out, args.junit):
+        raise UserError(f"--junit {args.junit}: is the campaign's own {campaign.own_file(args.out, args.junit)} "
+                        f"in --out {args.out}; name another file")
     if args.junit:
         from emu.app import junit
         _output("--junit", args.junit, force=True)      # a directory that exists, writable

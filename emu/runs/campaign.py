@@ -690,6 +690,20 @@ def _foreign(path: Path, what: str) -> UserError:
                      f"remove it, or choose another --out")
 
 
+def own_file(out, path) -> str | None:
+    """The name of the campaign's own file in directory out (the lock,
+    OWN_FILES) that path names, by its name or as the same file; None when
+    it names none (another output must not take one's place)."""
+    path, out = Path(os.path.realpath(path)), Path(os.path.realpath(out))
+    for name in (LOCK_FILE, *OWN_FILES):
+        if path == out / name:
+            return name
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, out / name):
+                return name
+    return None
+
+
 def _check_own_files(out: Path) -> None:
     """UserError naming the first file in out that has the name of one of the
     campaign's own (the lock, OWN_FILES) but that no campaign wrote: the user
