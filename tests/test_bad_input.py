@@ -272,6 +272,10 @@ def section_symbol_of_no_section(d):
     return ["diff", d / "base.o", d / "patch.o"]
 
 
+#: a trace an earlier run wrote (report.perfetto's first and last fields, no events)
+EARLIER_TRACE = '{"traceEvents":[],"displayTimeUnit":"ms","otherData":{"machine":"s","instructions_per_second":100000}}'
+
+
 def trace_exists(d):
     (d / "t.json").write_text("mine")
     return scn(d, SCENARIO, "--trace", d / "t.json")
@@ -418,8 +422,17 @@ ROWS = [
     ("--trace made by another run while this one ran", lambda d: scn(d, SCENARIO, "--trace", d / "t.json"),
      ["--trace", "t.json: already exists (it was made while this run ran); remove it or pass --force"]),
     ("--trace --force over a file, the disk filling up midway",
-     lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
+     lambda d: ((d / "t.json").write_text(EARLIER_TRACE), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
      ["--trace", "t.json: cannot write it (File too large)"]),
+    ("--trace --force over a file of the user's",
+     lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
+     ["--trace", "t.json: exists and is not a trace lpemu wrote; --force replaces only such a file, never one of yours"]),
+    ("--timeline --force over a picture not lpemu's",
+     lambda d: ((d / "t.png").write_bytes(b"\x89PNG\r\n\x1a\nmine"), scn(d, SCENARIO, "--timeline", d / "t.png", "--force"))[1],
+     ["--timeline", "t.png: exists and is not a picture lpemu drew (a PNG or SVG by Matplotlib)"]),
+    ("bench --plot --force over a file of the user's",
+     lambda d: ((d / "p.svg").write_text("<svg>mine</svg>"), ["bench", "--quick", "--plot", d / "p.svg", "--force"])[1],
+     ["--plot", "p.svg: exists and is not a picture lpemu drew"]),
     ("run > /dev/full", lambda d: scn(d, SCENARIO),
      ["cannot write the output to standard output (No space left on device)"]),
     ("diff > /dev/full", lambda d: ["diff", d / "base.c", d / "patch.c"],
@@ -685,8 +698,17 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
                            lambda d: ((d / "t.json").unlink(), scn(d, SCENARIO, "--trace", d / "t.json"))[1])
     assert code == 2 and (d / "t.json").read_text() == "theirs", err
     code, _, err = run_row(d, capsys, "--trace --force over a file, the disk filling up midway",
-                           lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1])
-    assert code == 2 and (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*")), err
+                           lambda d: ((d / "t.json").write_text(EARLIER_TRACE), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1])
+    assert code == 2 and (d / "t.json").read_text() == EARLIER_TRACE and not list(d.glob(".t.json*")), err
+    # --force replaces an output of lpemu's, never a file of the user's under its name
+    for option, name, mine in (("--trace", "t.json", b"mine"), ("--timeline", "t.svg", b"<svg>mine</svg>"),
+                               ("--timeline", "t.png", b"\x89PNG\r\n\x1a\nmine")):
+        (d / name).write_bytes(mine)
+        code, _, err = run_row(d, capsys, "force", lambda d: scn(d, SCENARIO, option, d / name, "--force"))
+        assert code == 2 and (d / name).read_bytes() == mine and "never one of yours" in err, err
+    (d / "p.png").write_text("mine")
+    code, _, err = run_row(d, capsys, "plot", lambda d: ["bench", "--quick", "--plot", d / "p.png", "--force"])
+    assert code == 2 and (d / "p.png").read_text() == "mine"
     for name in ("lock", "rejected.txt"):
         shutil.rmtree(d / "c", ignore_errors=True)
         scn(d, SCENARIO + FUZZ)
@@ -892,7 +914,7 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
         os.kill(os.getpid(), signal.SIGTERM)
         return data
     monkeypatch.setattr(report, "perfetto", killed_midway)
-    (d / "t.json").write_text("mine")
+    (d / "t.json").write_text(EARLIER_TRACE)
     missed = []              # the test's own handler: the signal reached it, not lpemu's (and pytest lives on)
     def ours(signum, frame):
         missed.append(signum)
@@ -900,7 +922,7 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
     try:
         code, _, err = run_row(d, capsys, "term", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--force"))
         assert not missed and code == 143 and err == "lpemu: interrupted", err
-        assert (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*"))
+        assert (d / "t.json").read_text() == EARLIER_TRACE and not list(d.glob(".t.json*"))
         assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
     finally:
         signal.signal(signal.SIGTERM, before)

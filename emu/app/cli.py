@@ -103,6 +103,20 @@ def _output(option: str, path, force: bool) -> None:
         raise UserError(f"{option} {path}: not writable (permission denied or a read-only file system)")
 
 
+DRAWN = "a picture lpemu drew (a PNG or SVG by Matplotlib)"
+
+
+def _replaceable(option: str, path, ours, what: str) -> None:
+    """UserError when path is a regular file that --force would replace but
+    that ours(path) says lpemu did not write (emu/app/report.py is_trace,
+    is_drawn; what names the kind): --force replaces lpemu's output of an
+    earlier run, never a file of the user's under its name. A device or a
+    fifo (/dev/null) is written in place (emu/runs/output.py)."""
+    if Path(path).is_file() and not ours(path):
+        raise UserError(f"{option} {path}: exists and is not {what}; --force replaces only such a file, never "
+                        f"one of yours: remove it or choose another file")
+
+
 def _not_an_input(option: str, path, scn) -> None:
     """UserError when path is a file the run reads (the scenario or one of
     its sources): --force replaces an output, never an input."""
@@ -294,6 +308,7 @@ def _emit_json(obj) -> None:
 def _run(args) -> int:
     """`lpemu run` and `lpemu replay [--shrink]`: one run, printed. Exit 1
     when the run has a finding --fail-on counts."""
+    from emu.app import report
     from emu.runs.fuzz import Runner
     from emu.runs.shrink import shrink
     fail_on = _fail_on(args)
@@ -303,7 +318,6 @@ def _run(args) -> int:
     if args.window is not None and not args.timeline:
         raise UserError(f"--window {args.window[:40]!r}: it chooses the span of --timeline; give --timeline FILE too")
     if args.timeline:                  # before the run, as every other mistake in an output path
-        from emu.app import report
         report.timeline_format(args.timeline)
         if args.window is not None:
             report.window_bounds(args.window)
@@ -313,6 +327,10 @@ def _run(args) -> int:
     for option in ("trace", "timeline"):
         if getattr(args, option):
             _not_an_input(f"--{option}", getattr(args, option), prog.scenario)
+    if args.trace:
+        _replaceable("--trace", args.trace, report.is_trace, "a trace lpemu wrote")
+    if args.timeline:
+        _replaceable("--timeline", args.timeline, report.is_drawn, DRAWN)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
@@ -643,6 +661,8 @@ def _bench(args) -> int:
     from emu.app import bench
     if args.plot:                      # before the bench, which takes minutes
         _output("--plot", args.plot, args.force)
+        from emu.app import report
+        _replaceable("--plot", args.plot, report.is_drawn, DRAWN)
         if Path(args.plot).suffix.lower() not in bench.PLOT_SUFFIXES:
             raise UserError(f"--plot {args.plot}: the plot is written as {' or '.join(bench.PLOT_SUFFIXES)}")
     result = bench.run_bench(quick=args.quick)

@@ -27,6 +27,7 @@ task that was running there.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -852,6 +853,44 @@ def _decorate(ax, machine: Machine, versions: set[int], paused: bool, scale: flo
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     shown = "" if window == (0, max(machine.now, 1)) else f" (t={window[0]}..{window[1]} of {machine.now})"
     ax.set_title((title or f"lpemu {machine.name}") + shown, pad=8 + 11 * _LEVELS)
+
+
+# ---- what lpemu wrote --------------------------------------------------------------
+#: bytes read from each end of a file to tell what wrote it
+_PEEK = 4096
+
+
+def _ends(path) -> tuple[bytes, bytes]:
+    """The first and the last _PEEK bytes of the regular file at path
+    (b"", b"" when it cannot be read or is no regular file)."""
+    try:
+        with open(path, "rb") as f:
+            if not os.path.isfile(path):
+                return b"", b""
+            head = f.read(_PEEK)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _PEEK))
+            return head, f.read(_PEEK)
+    except OSError:
+        return b"", b""
+
+
+def is_trace(path) -> bool:
+    """Whether path holds a trace write_perfetto wrote: a JSON object that
+    starts with its traceEvents and ends with its otherData (the clock's
+    instructions per second). --trace --force replaces only such a file."""
+    head, tail = _ends(path)
+    return head.startswith(b'{"traceEvents":[') and b'"otherData":{' in tail and b'"instructions_per_second":' in tail
+
+
+def is_drawn(path) -> bool:
+    """Whether path holds a picture drawn as lpemu draws its timelines and
+    plots: a PNG whose Software text, or an SVG whose metadata, names
+    Matplotlib (its first _PEEK bytes). --timeline and --plot with --force
+    replace only such a file."""
+    head, _ = _ends(path)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"tEXtSoftware\x00Matplotlib" in head
+    return b"<svg" in head and b"Matplotlib" in head
 
 
 def _writable(path, force: bool) -> Path:
