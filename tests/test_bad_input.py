@@ -424,6 +424,8 @@ ROWS = [
     ("--trace --force over a file, the disk filling up midway",
      lambda d: ((d / "t.json").write_text(EARLIER_TRACE), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
      ["--trace", "t.json: cannot write it (File too large)"]),
+    ("--trace /dev/stdout with --json", lambda d: scn(d, SCENARIO, "--json", "--trace", "/dev/stdout", "--force"),
+     ["--trace /dev/stdout: is standard output, which holds the --json document alone: name a file"]),
     ("--trace --force over a file of the user's",
      lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
      ["--trace", "t.json: exists and is not a trace lpemu wrote; --force replaces only such a file, never one of yours"]),

@@ -111,3 +111,16 @@ def test_a_file_left_beside_by_a_killed_write_does_not_stop_the_next(tmp_path):
     with pytest.raises(OSError, match="names for its new content beside it are taken") as e:
         output.write_text(path, "newer")
     assert not isinstance(e.value, FileExistsError) and path.read_text() == "new True"
+
+
+def test_a_link_to_a_pipe_is_written_in_place_through_it():
+    """/dev/stdout piped is a link to /proc/self/fd/1, whose target pipe:[N]
+    is no path: followed to its name, the write failed (No such file or
+    directory); it is written through the link, in place."""
+    r, w = os.pipe()
+    try:
+        output.write_text(f"/proc/self/fd/{w}", "through the pipe")
+        assert os.read(r, 100) == b"through the pipe"
+    finally:
+        os.close(r)
+        os.close(w)

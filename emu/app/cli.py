@@ -87,11 +87,21 @@ def int_in(lo: int, hi: int):
     return parse
 
 
-def _output(option: str, path, force: bool) -> None:
+def _output(option: str, path, force: bool, json_out: bool = False) -> None:
     """Check before the run that path can be written: its directory exists and
-    is writable, and it is not a directory (an existing file needs --force)."""
+    is writable, and it is not a directory (an existing file needs --force);
+    with json_out (--json), that it is not standard output, which holds
+    the JSON document alone."""
     import os
     p = Path(path)
+    if json_out:
+        try:
+            same = os.path.samestat(os.stat(path), os.fstat(1))
+        except OSError:                    # path absent, or no standard output
+            same = False
+        if same:
+            raise UserError(f"{option} {path}: is standard output, which holds the --json document alone: "
+                            f"name a file")
     if p.is_dir():
         raise UserError(f"{option} {path}: is a directory")
     parent = p.parent if str(p.parent) else Path(".")
@@ -314,7 +324,7 @@ def _run(args) -> int:
     fail_on = _fail_on(args)
     for option in ("trace", "timeline"):
         if getattr(args, option):
-            _output(f"--{option}", getattr(args, option), args.force)
+            _output(f"--{option}", getattr(args, option), args.force, args.json)
     if args.window is not None and not args.timeline:
         raise UserError(f"--window {args.window[:40]!r}: it chooses the span of --timeline; give --timeline FILE too")
     if args.timeline:                  # before the run, as every other mistake in an output path
@@ -414,7 +424,7 @@ def _fuzz(args) -> int:
                         f"in --out {args.out}; name another file")
     if args.junit:
         from emu.app import junit
-        _output("--junit", args.junit, force=True)      # a directory that exists, writable
+        _output("--junit", args.junit, True, args.json)      # a directory that exists, writable
         junit.check_replaceable(args.junit)
     client = None
     if args.scheduler is not None:     # before anything is written: no Dask or no scheduler is a UserError
@@ -660,7 +670,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from emu.app import bench
     if args.plot:                      # before the bench, which takes minutes
-        _output("--plot", args.plot, args.force)
+        _output("--plot", args.plot, args.force, args.json)
         from emu.app import report
         _replaceable("--plot", args.plot, report.is_drawn, DRAWN)
         if Path(args.plot).suffix.lower() not in bench.PLOT_SUFFIXES:

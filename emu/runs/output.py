@@ -57,11 +57,14 @@ def writing(path, *, replace: bool, binary: bool = False, own: bool = False):
             raise ForeignFile(errno.ELOOP if link else errno.EEXIST,
                               "a symbolic link" if link else "not a regular file", str(path))
     else:
-        path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
             mode = None
+        # a link to a device or a pipe is written in place through the link:
+        # /dev/stdout's target, /proc/self/fd/1's pipe:[N], is no path
+        if mode is None or stat.S_ISREG(mode):
+            path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if mode is not None and not stat.S_ISREG(mode):
         with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
