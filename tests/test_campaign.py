@@ -551,3 +551,31 @@ def test_junit_never_takes_the_place_of_a_campaign_file(tmp_path, capsys):
         assert small_campaign(out, "--resume", "--junit", junit) == 2
         assert "is the campaign's own" in capsys.readouterr().err
     assert (out / "runs.jsonl").read_bytes() == before and json.loads((out / "summary.json").read_text())["models"]
+
+
+def test_resume_of_a_hard_linked_copy_leaves_the_other_copy_alone(tmp_path, capsys):
+    """A campaign copied with hard links (cp -al, a backup by hard links)
+    and resumed in the copy: appending runs.jsonl (and rejected.txt) in
+    place grew the other copy's too."""
+    out, backup = tmp_path / "c", tmp_path / "backup"
+    assert small_campaign(out) == 0
+    backup.mkdir()
+    for p in out.iterdir():
+        os.link(p, backup / p.name)
+    before = (backup / "runs.jsonl").read_bytes()
+
+    def resume(runs):
+        capsys.readouterr()
+        assert cli.main(["fuzz", str(SEED), "--model", "kgraft", "--runs", str(runs), "--jobs", "1", "--json",
+                         "--quiet", "--out", str(out), "--resume"]) == 0
+    resume(9)
+    assert (backup / "runs.jsonl").read_bytes() == before
+    assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(9))
+    (backup / "rejected.txt").write_text("# 2000-01-01: lines of runs.jsonl that lpemu fuzz --resume could not read\n")
+    os.link(backup / "rejected.txt", out / "rejected.txt")
+    saved = (backup / "rejected.txt").read_bytes()
+    with open(out / "runs.jsonl", "ab") as f:
+        f.write(b"a damaged line\n")
+    resume(9)
+    assert (backup / "rejected.txt").read_bytes() == saved
+    assert b"a damaged line" in (out / "rejected.txt").read_bytes()

@@ -676,13 +676,25 @@ def _open_own(path: Path, flags: int) -> int:
     """os.open of one of the campaign's own files (the lock, runs.jsonl,
     rejected.txt), which it writes in place: a symbolic link there is
     refused (UserError), not followed, so that no file of the user's it
-    points at is written."""
+    points at is written. One that is appended to (O_APPEND) and has
+    another name too (a hard link: a copy of the directory made with
+    `cp -al`, as backups by hard links are) is first made a file of its
+    own, the same bytes under this name alone: appending in place wrote
+    the other name's file as well."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _foreign(path, "a symbolic link") from None
         raise
+    if flags & os.O_APPEND and os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            data = f.read()
+        with output.writing(path, replace=True, binary=True, own=True) as f:      # a new file: the link is broken
+            f.write(data)
+        return _open_own(path, flags)
+    return fd
 
 
 def _foreign(path: Path, what: str) -> UserError:
