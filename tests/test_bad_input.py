@@ -768,6 +768,12 @@ def test_a_junit_report_is_rewritten(d, capsys):
     (d / "j.xml").write_text((d / "j.xml").read_text().replace('name="kgraft"', 'name="old run"'))
     assert cli.main([str(a) for a in argv]) in (0, 1)
     assert "old run" not in (d / "j.xml").read_text() and 'name="kgraft"' in (d / "j.xml").read_text()
+    # another tool's JUnit report (pytest's) is the user's: kept
+    for theirs in ('<?xml version="1.0"?><testsuites name="pytest tests"><testsuite name="pytest" tests="0"/></testsuites>',
+                   '<testsuite name="pytest" tests="1"><testcase name="t"/></testsuite>'):
+        (d / "j.xml").write_text(theirs)
+        code, _, err = run_row(d, capsys, "junit", lambda d: argv)
+        assert code == 2 and "not a JUnit report lpemu wrote" in err and (d / "j.xml").read_text() == theirs, err
 
 
 def shorten(text: str, d: Path) -> str:

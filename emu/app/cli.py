@@ -816,7 +816,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP + "; a model with an [expect] entry is "
                    "judged by it instead")
     f.add_argument("--junit", metavar="FILE", type=_path, help="write JUnit XML: one test case per model (a report "
-                   "there is replaced; any other file is refused)")
+                   "lpemu wrote there is replaced; any other file is refused)")
     f.add_argument("--kernel", metavar="VERSION", action="append",
                    help="the kernel whose livepatch semantics apply, 4.18 to 6.19 (default: [machine] kernel, "
                         "else the newest); repeat it to compare kernels: every run on each, the summary per "
