@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -864,8 +865,9 @@ def _ends(path) -> tuple[bytes, bytes]:
     """The first and the last _PEEK bytes of the regular file at path
     (b"", b"" when it cannot be read or is no regular file)."""
     try:
-        with open(path, "rb") as f:
-            if not os.path.isfile(path):
+        # O_NONBLOCK: a fifo that came meanwhile does not hold the open (nor is it read)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
                 return b"", b""
             head = f.read(_PEEK)
             f.seek(max(0, os.fstat(f.fileno()).st_size - _PEEK))

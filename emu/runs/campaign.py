@@ -754,8 +754,8 @@ def _read_json(path: Path):
 
 
 def _not_meta(path: Path) -> str | None:
-    """Why path is no campaign.json (Plan.to_json and a fingerprint), or None
-    (also when there is nothing at path)."""
+    """Why path is no campaign.json (Plan.to_json's fields), or None (also
+    when no regular file is there)."""
     if not os.path.isfile(path):
         return None
     meta = _read_json(path)
