@@ -785,7 +785,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a timeline picture (.png or .svg) of the run")
         sp.add_argument("--window", metavar="START:END", help="the timeline's span of virtual time, in "
                         "instructions (default: around the first finding; 'all' for the whole run)")
-        sp.add_argument("--force", action="store_true", help="overwrite --trace/--timeline files")
+        sp.add_argument("--force", action="store_true", help="replace --trace/--timeline files of an earlier run (never a file lpemu "
+                        "did not write)")
         sp.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP)
         json_flag(sp)
 
@@ -810,7 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", type=_path, help="directory for runs.jsonl, summary.json, campaign.json "
                    "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
-    f.add_argument("--force", action="store_true", help="replace the results in --out")
+    f.add_argument("--force", action="store_true", help="replace a campaign's results in --out (never a file it did not write)")
     f.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
     f.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP + "; a model with an [expect] entry is "
@@ -840,7 +841,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = command("bench", "what a patch switch costs, and what the emulator costs", EXIT_HELP_PLAIN)
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--plot", metavar="FILE", type=_path, help="write the scaling plot (.png or .svg)")
-    b.add_argument("--force", action="store_true", help="overwrite the --plot file")
+    b.add_argument("--force", action="store_true", help="replace a --plot picture of an earlier bench (never a file lpemu did "
+                   "not draw)")
     json_flag(b)
     b.set_defaults(func=_bench)
 
