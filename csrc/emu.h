@@ -374,6 +374,7 @@ int emu_check_stacks(struct emu_core *core, const struct emu_stack_cfg *cfg,
 #define EMU_EV_TRANSITION   24   /* a = transition event code, b = patch index */
 #define EMU_EV_STOP_MACHINE 25   /* a = 1 when every CPU stopped, 0 when released */
 #define EMU_EV_SCHED_OUT    26   /* a = cpu, b = 1 if preempted: the task left the CPU */
+#define EMU_EV_MODULE       27   /* a = what became of a module (emu/machine/machine.py MODULE_*), b = its image index */
 
 /* The hypercalls the C core handles. Their one home is the guest's
  * header emu/include/lpemu.h (LPEMU_HC_*); tests/test_machine.py holds

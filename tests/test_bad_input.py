@@ -272,6 +272,10 @@ def section_symbol_of_no_section(d):
     return ["diff", d / "base.o", d / "patch.o"]
 
 
+#: a trace an earlier run wrote (report.perfetto's first and last fields, no events)
+EARLIER_TRACE = '{"traceEvents":[],"displayTimeUnit":"ms","otherData":{"machine":"s","instructions_per_second":100000}}'
+
+
 def trace_exists(d):
     (d / "t.json").write_text("mine")
     return scn(d, SCENARIO, "--trace", d / "t.json")
@@ -283,9 +287,15 @@ def out_exists(d):
     return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "out", command="fuzz")
 
 
+def out_holds_a_campaign(d):
+    argv = scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1", "--quiet", "--out", d / "c", command="fuzz")
+    assert cli.main([str(a) for a in argv]) == 0
+    return argv
+
+
 def resume_not_a_campaign(d):
     (d / "other").mkdir()
-    (d / "other" / "summary.json").write_text("mine\n")
+    (d / "other" / "notes.txt").write_text("mine\n")
     return scn(d, SCENARIO, "--runs", "2", "--jobs", "1", "--out", d / "other", "--resume", command="fuzz")
 
 
@@ -412,8 +422,19 @@ ROWS = [
     ("--trace made by another run while this one ran", lambda d: scn(d, SCENARIO, "--trace", d / "t.json"),
      ["--trace", "t.json: already exists (it was made while this run ran); remove it or pass --force"]),
     ("--trace --force over a file, the disk filling up midway",
-     lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
+     lambda d: ((d / "t.json").write_text(EARLIER_TRACE), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
      ["--trace", "t.json: cannot write it (File too large)"]),
+    ("--trace /dev/stdout with --json", lambda d: scn(d, SCENARIO, "--json", "--trace", "/dev/stdout", "--force"),
+     ["--trace /dev/stdout: is standard output, which holds the --json document alone: name a file"]),
+    ("--trace --force over a file of the user's",
+     lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1],
+     ["--trace", "t.json: exists and is not a trace lpemu wrote; --force replaces only such a file, never one of yours"]),
+    ("--timeline --force over a picture not lpemu's",
+     lambda d: ((d / "t.png").write_bytes(b"\x89PNG\r\n\x1a\nmine"), scn(d, SCENARIO, "--timeline", d / "t.png", "--force"))[1],
+     ["--timeline", "t.png: exists and is not a picture lpemu drew (a PNG or SVG by Matplotlib)"]),
+    ("bench --plot --force over a file of the user's",
+     lambda d: ((d / "p.svg").write_text("<svg>mine</svg>"), ["bench", "--quick", "--plot", d / "p.svg", "--force"])[1],
+     ["--plot", "p.svg: exists and is not a picture lpemu drew"]),
     ("run > /dev/full", lambda d: scn(d, SCENARIO),
      ["cannot write the output to standard output (No space left on device)"]),
     ("diff > /dev/full", lambda d: ["diff", d / "base.c", d / "patch.c"],
@@ -434,7 +455,22 @@ ROWS = [
      ["--trace /sys/t.json"]),
     ("--timeline into a missing directory", lambda d: scn(d, SCENARIO, "--timeline", d / "no" / "t.svg"),
      ["--timeline", "no such directory"]),
-    ("--out directory exists", out_exists, ["the directory exists", "--resume", "--force"]),
+    ("--out directory holding a runs.jsonl of the user's", out_exists,
+     ["--out", "runs.jsonl there is not a file a campaign wrote", "even with --force", "another --out"]),
+    ("--out directory holding a campaign", out_holds_a_campaign,
+     ["--out", "the directory holds a campaign; continue it with --resume or replace its results with --force"]),
+    ("--out directory of other files", lambda d: ((d / "other").mkdir(), (d / "other" / "notes.txt").write_text("x"),
+                                                  scn(d, SCENARIO, "--out", d / "other", command="fuzz"))[2],
+     ["the directory exists and holds no campaign (no campaign.json)", "another --out", "--force"]),
+    ("--junit naming the campaign's own runs.jsonl",
+     lambda d: ((d / "c").mkdir(), scn(d, SCENARIO + FUZZ, "--runs", "1", "--out", d / "c", "--force", "--junit",
+                                       d / "c" / "runs.jsonl", command="fuzz"))[1],
+     ["--junit", "runs.jsonl: is the campaign's own runs.jsonl in --out", "name another file"]),
+    ("--out --force over a summary.json of the user's",
+     lambda d: ((d / "other").mkdir(), (d / "other" / "summary.json").write_text("mine\n"),
+                scn(d, SCENARIO, "--out", d / "other", "--force", command="fuzz"))[2],
+     ["summary.json there is not a file a campaign wrote (not the JSON summary lpemu fuzz writes",
+      "even with --force"]),
     ("--resume of a directory no campaign wrote", resume_not_a_campaign,
      ["no campaign.json there", "another --out", "--force"]),
     ("--out where nothing can be written",
@@ -576,7 +612,7 @@ ROWS = [
     ("a patch name with a '/'", lambda d: scn(d, SCENARIO.replace('name = "p"', 'name = "../p"').replace('patch = "p"', 'patch = "../p"')),
      ["s.toml:10: patch[0].name: '../p' is not a patch name (non-empty, no ':', '/' or NUL)"]),
     ("--resume of a campaign.json linked to /dev/zero", lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_endless(d))[1],
-     ["--resume", "campaign.json is unreadable (not a regular file)", "--force"]),
+     ["--out", "c: campaign.json is a symbolic link; lpemu writes only files of its own there"]),
     ("--resume of a campaign whose lock links to a file of the user's",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_file_linked("lock")(d))[1],
      ["--out", "c: lock is a symbolic link; lpemu writes only files of its own there"]),
@@ -648,7 +684,11 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
     code, _, err = run_row(d, capsys, "out", out_exists)
     assert code == 2 and (d / "out" / "runs.jsonl").read_text() == "mine\n"
     code, _, err = run_row(d, capsys, "resume", resume_not_a_campaign)
-    assert code == 2 and (d / "other" / "summary.json").read_text() == "mine\n"
+    assert code == 2 and (d / "other" / "notes.txt").read_text() == "mine\n"
+    (d / "other" / "summary.json").write_text("mine\n")
+    for extra in ("--force", "--resume"):
+        code, _, err = run_row(d, capsys, "force", lambda d: scn(d, SCENARIO, "--out", d / "other", extra, command="fuzz"))
+        assert code == 2 and (d / "other" / "summary.json").read_text() == "mine\n", err
     base = (d / "base.c").read_text()
     code, _, err = run_row(d, capsys, "junit", lambda d: scn(d, SCENARIO + FUZZ, "--runs", "1", "--jobs", "1",
                                                              "--junit", d / "base.c", command="fuzz"))
@@ -660,8 +700,17 @@ def test_an_existing_output_is_not_overwritten(d, capsys):
                            lambda d: ((d / "t.json").unlink(), scn(d, SCENARIO, "--trace", d / "t.json"))[1])
     assert code == 2 and (d / "t.json").read_text() == "theirs", err
     code, _, err = run_row(d, capsys, "--trace --force over a file, the disk filling up midway",
-                           lambda d: ((d / "t.json").write_text("mine"), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1])
-    assert code == 2 and (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*")), err
+                           lambda d: ((d / "t.json").write_text(EARLIER_TRACE), scn(d, SCENARIO, "--trace", d / "t.json", "--force"))[1])
+    assert code == 2 and (d / "t.json").read_text() == EARLIER_TRACE and not list(d.glob(".t.json*")), err
+    # --force replaces an output of lpemu's, never a file of the user's under its name
+    for option, name, mine in (("--trace", "t.json", b"mine"), ("--timeline", "t.svg", b"<svg>mine</svg>"),
+                               ("--timeline", "t.png", b"\x89PNG\r\n\x1a\nmine")):
+        (d / name).write_bytes(mine)
+        code, _, err = run_row(d, capsys, "force", lambda d: scn(d, SCENARIO, option, d / name, "--force"))
+        assert code == 2 and (d / name).read_bytes() == mine and "never one of yours" in err, err
+    (d / "p.png").write_text("mine")
+    code, _, err = run_row(d, capsys, "plot", lambda d: ["bench", "--quick", "--plot", d / "p.png", "--force"])
+    assert code == 2 and (d / "p.png").read_text() == "mine"
     for name in ("lock", "rejected.txt"):
         shutil.rmtree(d / "c", ignore_errors=True)
         scn(d, SCENARIO + FUZZ)
@@ -719,6 +768,12 @@ def test_a_junit_report_is_rewritten(d, capsys):
     (d / "j.xml").write_text((d / "j.xml").read_text().replace('name="kgraft"', 'name="old run"'))
     assert cli.main([str(a) for a in argv]) in (0, 1)
     assert "old run" not in (d / "j.xml").read_text() and 'name="kgraft"' in (d / "j.xml").read_text()
+    # another tool's JUnit report (pytest's) is the user's: kept
+    for theirs in ('<?xml version="1.0"?><testsuites name="pytest tests"><testsuite name="pytest" tests="0"/></testsuites>',
+                   '<testsuite name="pytest" tests="1"><testcase name="t"/></testsuite>'):
+        (d / "j.xml").write_text(theirs)
+        code, _, err = run_row(d, capsys, "junit", lambda d: argv)
+        assert code == 2 and "not a JUnit report lpemu wrote" in err and (d / "j.xml").read_text() == theirs, err
 
 
 def shorten(text: str, d: Path) -> str:
@@ -867,7 +922,7 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
         os.kill(os.getpid(), signal.SIGTERM)
         return data
     monkeypatch.setattr(report, "perfetto", killed_midway)
-    (d / "t.json").write_text("mine")
+    (d / "t.json").write_text(EARLIER_TRACE)
     missed = []              # the test's own handler: the signal reached it, not lpemu's (and pytest lives on)
     def ours(signum, frame):
         missed.append(signum)
@@ -875,7 +930,7 @@ def test_sigterm_midway_is_an_interrupt_that_leaves_the_outputs_as_they_were(d, 
     try:
         code, _, err = run_row(d, capsys, "term", lambda d: scn(d, SCENARIO, "--trace", d / "t.json", "--force"))
         assert not missed and code == 143 and err == "lpemu: interrupted", err
-        assert (d / "t.json").read_text() == "mine" and not list(d.glob(".t.json*"))
+        assert (d / "t.json").read_text() == EARLIER_TRACE and not list(d.glob(".t.json*"))
         assert signal.getsignal(signal.SIGTERM) is ours        # lpemu's handler is gone again
     finally:
         signal.signal(signal.SIGTERM, before)

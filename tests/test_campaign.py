@@ -296,6 +296,61 @@ def test_a_second_campaign_in_a_directory_in_use_exits_2_naming_the_holder(tmp_p
     assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(6))
 
 
+# ---- --force replaces a campaign's files, never the user's ---------------------------------------
+@pytest.mark.parametrize("name,mine", [
+    ("summary.json", '{"my": "notes"}\n'),
+    ("runs.jsonl", "precious\n"),
+    ("campaign.json", '["my", "plan"]\n'),
+    ("rejected.txt", "my list of rejects\n"),
+    ("lock", "not a pid\n"),
+])
+def test_force_over_a_directory_no_campaign_wrote_keeps_the_users_files(tmp_path, capsys, name, mine):
+    """A file of the user's that has the name of one of a campaign's is
+    refused by name, with or without --force or --resume: --force replaces a
+    campaign's results, not what the user keeps under the same name."""
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / name).write_text(mine)
+    (out / "notes.txt").write_text("kept\n")
+    for extra in ([], ["--force"], ["--resume"]):
+        assert small_campaign(out, *extra) == 2
+        err = capsys.readouterr().err
+        assert f"{name} there is not a file a campaign wrote" in err and "even with --force" in err, err
+        assert "Traceback" not in err and err.count("\n") == 1
+        assert sorted(p.name for p in out.iterdir()) == sorted([name, "notes.txt"])
+        assert (out / name).read_text() == mine and (out / "notes.txt").read_text() == "kept\n"
+
+
+def test_force_replaces_a_campaigns_own_files_and_leaves_the_rest(tmp_path, capsys):
+    out = tmp_path / "c"
+    assert small_campaign(out) == 0
+    capsys.readouterr()
+    with open(out / "runs.jsonl", "a") as f:
+        f.write("a damaged line\n")              # a campaign's runs.jsonl, damaged: --resume sets it aside
+    assert small_campaign(out, "--resume") == 0
+    capsys.readouterr()
+    assert (out / "rejected.txt").exists()
+    (out / "notes.txt").write_text("kept\n")
+    assert small_campaign(out) == 2                  # the directory holds a campaign: say how to go on
+    assert "holds a campaign; continue it with --resume or replace its results with --force" in capsys.readouterr().err
+    assert small_campaign(out, "--force") == 0
+    capsys.readouterr()
+    assert not (out / "rejected.txt").exists() and (out / "notes.txt").read_text() == "kept\n"
+    assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(6))
+    # a runs.jsonl of records, campaign.json gone: still a campaign's, replaced
+    (out / "campaign.json").unlink()
+    assert small_campaign(out, "--force") == 0
+    capsys.readouterr()
+    # a directory of the user's own other files: --force writes the campaign beside them
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("kept\n")
+    assert small_campaign(other) == 2
+    assert "holds no campaign (no campaign.json)" in capsys.readouterr().err
+    assert small_campaign(other, "--force") == 0
+    assert (other / "notes.txt").read_text() == "kept\n" and (other / "summary.json").exists()
+
+
 # ---- a campaign is the program it started with -------------------------------------------------
 def test_resume_refuses_a_changed_program_and_says_what_changed(tmp_path, capsys, seed_copy):
     scn = seed_copy / "scenario.toml"
@@ -455,3 +510,72 @@ def test_the_summary_names_the_first_fault_and_its_seed(tmp_path, seed_copy, cap
                             "fault": f"report {s}"} for s in range(4, 7)}
     row = campaign.summarize(plan, recs)["models"][0]
     assert row["first_fault_seed"] == 5 and row["first_fault"] == "report 5" and row["fault"] == 2
+
+
+# ---- medians of instructions are instructions ------------------------------------------------
+def test_latency_and_pause_medians_are_a_runs_whole_instructions():
+    """An even count of latencies has two middle ones: the median is the
+    lower (a latency a run had), never the x.5 between them."""
+    plan = campaign.Plan("s.toml", ["stop_machine"], range(4), "exhaustive")
+    recs = {("stop_machine", s): {"model": "stop_machine", "seed": s, "strategy": "exhaustive", "outcome": "completed",
+                                  "latency": lat, "pause": pause}
+            for s, lat, pause in [(0, 300, 7), (1, 101, 4), (2, 100, 5), (3, 900, None)]}
+    row = campaign.summarize(plan, recs)["models"][0]
+    assert (row["latency_median"], row["pause_median"]) == (101, 5)
+    assert type(row["latency_median"]) is int and type(row["pause_median"]) is int
+    assert campaign.median([]) is None and campaign.median([3]) == 3 and campaign.median([1, 2]) == 1
+
+
+def test_the_summary_prints_the_median_as_its_json_has_it(capsys):
+    argv = ["fuzz", str(SEED), "--model", "kgraft", "--model", "stop_machine", "--runs", "4", "--jobs", "1", "--quiet"]
+    cli.main(argv + ["--json"])
+    rows = {m["model"]: m for m in json.loads(capsys.readouterr().out)["models"]}
+    cli.main(argv)
+    text = capsys.readouterr().out
+    assert "median: the middle run's, the lower of the two middle ones for an even count" in text
+    for model, row in rows.items():
+        assert type(row["latency_median"]) is int, row
+        line = next(ln for ln in text.splitlines() if ln.startswith(model))
+        assert f" {row['latency_median']} " in f" {line} " and ".5 " not in f"{line} ", line
+
+
+def test_junit_never_takes_the_place_of_a_campaign_file(tmp_path, capsys):
+    """--junit naming runs.jsonl (or summary.json, by name or a hard link) in
+    --out replaced the campaign's records with the report."""
+    out = tmp_path / "c"
+    assert small_campaign(out) == 0
+    before = (out / "runs.jsonl").read_bytes()
+    os.link(out / "summary.json", tmp_path / "hard.xml")
+    for junit in (out / "runs.jsonl", out / "summary.json", tmp_path / "hard.xml", out / "lock"):
+        capsys.readouterr()
+        assert small_campaign(out, "--resume", "--junit", junit) == 2
+        assert "is the campaign's own" in capsys.readouterr().err
+    assert (out / "runs.jsonl").read_bytes() == before and json.loads((out / "summary.json").read_text())["models"]
+
+
+def test_resume_of_a_hard_linked_copy_leaves_the_other_copy_alone(tmp_path, capsys):
+    """A campaign copied with hard links (cp -al, a backup by hard links)
+    and resumed in the copy: appending runs.jsonl (and rejected.txt) in
+    place grew the other copy's too."""
+    out, backup = tmp_path / "c", tmp_path / "backup"
+    assert small_campaign(out) == 0
+    backup.mkdir()
+    for p in out.iterdir():
+        os.link(p, backup / p.name)
+    before = (backup / "runs.jsonl").read_bytes()
+
+    def resume(runs):
+        capsys.readouterr()
+        assert cli.main(["fuzz", str(SEED), "--model", "kgraft", "--runs", str(runs), "--jobs", "1", "--json",
+                         "--quiet", "--out", str(out), "--resume"]) == 0
+    resume(9)
+    assert (backup / "runs.jsonl").read_bytes() == before
+    assert sorted(r["seed"] for r in lines_of(out / "runs.jsonl")) == list(range(9))
+    (backup / "rejected.txt").write_text("# 2000-01-01: lines of runs.jsonl that lpemu fuzz --resume could not read\n")
+    os.link(backup / "rejected.txt", out / "rejected.txt")
+    saved = (backup / "rejected.txt").read_bytes()
+    with open(out / "runs.jsonl", "ab") as f:
+        f.write(b"a damaged line\n")
+    resume(9)
+    assert (backup / "rejected.txt").read_bytes() == saved
+    assert b"a damaged line" in (out / "rejected.txt").read_bytes()

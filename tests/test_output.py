@@ -84,10 +84,43 @@ def test_an_own_file_is_never_written_through_a_link_or_in_place(tmp_path):
     (tmp_path / "own.json").write_text("old")
     for name in ("own.json.tmp", f".own.json.{os.getpid()}.tmp"):
         (tmp_path / name).symlink_to(tmp_path / "mine.txt")
-    with pytest.raises(FileExistsError):              # the name beside it is taken: nothing written
-        output.write_text(tmp_path / "own.json", "new", own=True)
-    (tmp_path / f".own.json.{os.getpid()}.tmp").unlink()
-    output.write_text(tmp_path / "own.json", "new", own=True)
+    output.write_text(tmp_path / "own.json", "new", own=True)      # the name beside it taken: another one
     assert (tmp_path / "own.json").read_text() == "new" and (tmp_path / "mine.txt").read_text() == "mine"
+    assert (tmp_path / f".own.json.{os.getpid()}.tmp").is_symlink()
     output.write_text(tmp_path / "fresh.json", "x", own=True)
     assert (tmp_path / "fresh.json").read_text() == "x"
+
+
+def test_a_file_left_beside_by_a_killed_write_does_not_stop_the_next(tmp_path):
+    """A write killed (SIGKILL) leaves its new file beside the target; a later
+    process with the same pid (as in a container) writes beside it, under
+    another name, and leaves it alone."""
+    path = tmp_path / "t.json"
+    stale = tmp_path / f".t.json.{os.getpid()}.tmp"
+    stale.write_text("a killed write's")
+    (tmp_path / f".t.json.{os.getpid()}.1.tmp").symlink_to(tmp_path / "mine.txt")      # not followed
+    for replace in (False, True):
+        output.write_text(path, f"new {replace}", replace=replace)
+        assert path.read_text() == f"new {replace}"
+    assert stale.read_text() == "a killed write's" and not (tmp_path / "mine.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["t.json", stale.name, f".t.json.{os.getpid()}.1.tmp"])
+    for n in range(output.MAX_TRIES):
+        name = f".t.json.{os.getpid()}{f'.{n}' if n else ''}.tmp"
+        if not (tmp_path / name).exists() and not (tmp_path / name).is_symlink():
+            (tmp_path / name).write_text("taken")
+    with pytest.raises(OSError, match="names for its new content beside it are taken") as e:
+        output.write_text(path, "newer")
+    assert not isinstance(e.value, FileExistsError) and path.read_text() == "new True"
+
+
+def test_a_link_to_a_pipe_is_written_in_place_through_it():
+    """/dev/stdout piped is a link to /proc/self/fd/1, whose target pipe:[N]
+    is no path: followed to its name, the write failed (No such file or
+    directory); it is written through the link, in place."""
+    r, w = os.pipe()
+    try:
+        output.write_text(f"/proc/self/fd/{w}", "through the pipe")
+        assert os.read(r, 100) == b"through the pipe"
+    finally:
+        os.close(r)
+        os.close(w)

@@ -1,6 +1,7 @@
 """emu.app.report on real runs: activation spans, the Chrome trace-event file,
 the timeline picture."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -469,3 +470,53 @@ def test_a_scenario_at_a_path_that_is_not_utf8_traces_as_text_and_hashes_as_else
     assert not any("\ud800" <= c <= "\udfff" for s in strings(trace) for c in s)
     assert trace["otherData"]["machine"] == "seed\\udcff"
     assert (tmp_path / "t.png").stat().st_size > 1000
+
+
+MODULES = Path(__file__).resolve().parent.parent / "examples" / "modules" / "scenario.toml"
+
+
+def test_modules_coming_and_going_are_on_the_timeline_and_the_trace():
+    """insmod and rmmod of a module (its coming notifier, its init, its exit,
+    its going notifier) show beside the transitions, at the times the trace
+    has them; a module refused its rmmod (kpatch holds it) never goes."""
+    from emu.runs import scenario
+    from emu.runs.fuzz import Runner
+    from emu.machine.machine import EV_MODULE
+    with Runner(scenario.build(scenario.load(MODULES))) as runner:
+        res, m, model = runner.execute(runner.plan("livepatch", 0), keep=True)
+        try:
+            found = report.module_moments(m)
+            assert [(mo.module, mo.kind, mo.task) for mo in found] == [
+                ("codec", "coming", ""), ("codec", "live", "insmod-codec"), ("codec", "going", "rmmod-codec"),
+                ("codec", "gone", "")]
+            # the patch module, loaded before the run, did not come during it
+            log = dict((text, t) for t, text in m.log)
+            assert found[0].clock == log["livepatch: applying patch 'fix' to loading module 'codec'"]
+            assert found[3].clock == log["livepatch: reverting patch 'fix' on unloading module 'codec'"]
+            assert found[0].clock <= found[1].clock < found[2].clock <= found[3].clock
+            assert [mo.clock for mo in found] == [e.clock for e in m.trace if e.kind == EV_MODULE]
+            data = json.loads(json.dumps(report.perfetto(m, model.transitions, None)))
+            check_trace_event_format(data)
+            threads = {e["args"]["name"]: e["tid"] for e in data["traceEvents"] if e["name"] == "thread_name"
+                       and e["pid"] == report.PID}
+            instants = [(e["name"], e["args"]["clock"]) for e in data["traceEvents"]
+                        if e.get("cat") == "module" and e["tid"] == threads["modules"]]
+            assert instants == [(mo.label, mo.clock) for mo in found]
+            fig = report.timeline_figure(m, model.transitions, None, window=(0, m.now))
+            try:
+                ax = fig.axes[0]
+                assert len([ln for ln in ax.lines if ln.get_gid() == "module"]) == 4
+                labels = " ".join(t.get_text() for t in ax.texts if t.get_gid() == "moment")
+                assert "module codec: coming, live" in labels and "module codec: going, gone" in labels, labels
+                assert "fix: requested" in labels
+                assert "module coming/going" in [t.get_text() for t in ax.get_legend().get_texts()]
+            finally:
+                fig.clear()
+        finally:
+            m.engine.close()
+        res, m, model = runner.execute(runner.plan("stop_machine", 0), keep=True)
+        try:
+            assert [mo.kind for mo in report.module_moments(m)] == ["coming", "live"]
+            assert any("in use" in e["error"] for e in res.errors)
+        finally:
+            m.engine.close()

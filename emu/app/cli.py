@@ -87,11 +87,21 @@ def int_in(lo: int, hi: int):
     return parse
 
 
-def _output(option: str, path, force: bool) -> None:
+def _output(option: str, path, force: bool, json_out: bool = False) -> None:
     """Check before the run that path can be written: its directory exists and
-    is writable, and it is not a directory (an existing file needs --force)."""
+    is writable, and it is not a directory (an existing file needs --force);
+    with json_out (--json), that it is not standard output, which holds
+    the JSON document alone."""
     import os
     p = Path(path)
+    if json_out:
+        try:
+            same = os.path.samestat(os.stat(path), os.fstat(1))
+        except OSError:                    # path absent, or no standard output
+            same = False
+        if same:
+            raise UserError(f"{option} {path}: is standard output, which holds the --json document alone: "
+                            f"name a file")
     if p.is_dir():
         raise UserError(f"{option} {path}: is a directory")
     parent = p.parent if str(p.parent) else Path(".")
@@ -101,6 +111,20 @@ def _output(option: str, path, force: bool) -> None:
         raise UserError(f"{option} {path}: already exists; remove it or pass --force to overwrite it")
     if not os.access(p if p.exists() else parent, os.W_OK):
         raise UserError(f"{option} {path}: not writable (permission denied or a read-only file system)")
+
+
+DRAWN = "a picture lpemu drew (a PNG or SVG by Matplotlib)"
+
+
+def _replaceable(option: str, path, ours, what: str) -> None:
+    """UserError when path is a regular file that --force would replace but
+    that ours(path) says lpemu did not write (emu/app/report.py is_trace,
+    is_drawn; what names the kind): --force replaces lpemu's output of an
+    earlier run, never a file of the user's under its name. A device or a
+    fifo (/dev/null) is written in place (emu/runs/output.py)."""
+    if Path(path).is_file() and not ours(path):
+        raise UserError(f"{option} {path}: exists and is not {what}; --force replaces only such a file, never "
+                        f"one of yours: remove it or choose another file")
 
 
 def _not_an_input(option: str, path, scn) -> None:
@@ -294,16 +318,16 @@ def _emit_json(obj) -> None:
 def _run(args) -> int:
     """`lpemu run` and `lpemu replay [--shrink]`: one run, printed. Exit 1
     when the run has a finding --fail-on counts."""
+    from emu.app import report
     from emu.runs.fuzz import Runner
     from emu.runs.shrink import shrink
     fail_on = _fail_on(args)
     for option in ("trace", "timeline"):
         if getattr(args, option):
-            _output(f"--{option}", getattr(args, option), args.force)
+            _output(f"--{option}", getattr(args, option), args.force, args.json)
     if args.window is not None and not args.timeline:
         raise UserError(f"--window {args.window[:40]!r}: it chooses the span of --timeline; give --timeline FILE too")
     if args.timeline:                  # before the run, as every other mistake in an output path
-        from emu.app import report
         report.timeline_format(args.timeline)
         if args.window is not None:
             report.window_bounds(args.window)
@@ -313,6 +337,10 @@ def _run(args) -> int:
     for option in ("trace", "timeline"):
         if getattr(args, option):
             _not_an_input(f"--{option}", getattr(args, option), prog.scenario)
+    if args.trace:
+        _replaceable("--trace", args.trace, report.is_trace, "a trace lpemu wrote")
+    if args.timeline:
+        _replaceable("--timeline", args.timeline, report.is_drawn, DRAWN)
     runner = Runner(prog)
     spec = _spec_from_args(runner, args)
     shrunk = None
@@ -391,9 +419,12 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force exclude each other")
     if (args.resume or args.force) and not args.out:
         raise UserError("--resume and --force need --out DIR")
+    if args.junit and args.out and campaign.own_file(args.out, args.junit):
+        raise UserError(f"--junit {args.junit}: is the campaign's own {campaign.own_file(args.out, args.junit)} "
+                        f"in --out {args.out}; name another file")
     if args.junit:
         from emu.app import junit
-        _output("--junit", args.junit, force=True)      # a directory that exists, writable
+        _output("--junit", args.junit, True, args.json)      # a directory that exists, writable
         junit.check_replaceable(args.junit)
     client = None
     if args.scheduler is not None:     # before anything is written: no Dask or no scheduler is a UserError
@@ -604,8 +635,9 @@ def _print_summary(summary: dict, *, title: str) -> None:
         rows.append([f(s.get(key)) for key, _ in columns])
     print(title)
     print(_table([head for _, head in columns], rows))
+    from emu.runs.campaign import MEDIAN_RULE
     print("times in virtual instructions (1 s = 100 ticks)\n"
-          "latency: from the request to completion; pause: every CPU stopped")
+          f"latency: from the request to completion; pause: every CPU stopped\n{MEDIAN_RULE}")
 
 
 def _demo(args) -> int:
@@ -640,7 +672,9 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from emu.app import bench
     if args.plot:                      # before the bench, which takes minutes
-        _output("--plot", args.plot, args.force)
+        _output("--plot", args.plot, args.force, args.json)
+        from emu.app import report
+        _replaceable("--plot", args.plot, report.is_drawn, DRAWN)
         if Path(args.plot).suffix.lower() not in bench.PLOT_SUFFIXES:
             raise UserError(f"--plot {args.plot}: the plot is written as {' or '.join(bench.PLOT_SUFFIXES)}")
     result = bench.run_bench(quick=args.quick)
@@ -753,7 +787,8 @@ def build_parser() -> argparse.ArgumentParser:
                         help="write a timeline picture (.png or .svg) of the run")
         sp.add_argument("--window", metavar="START:END", help="the timeline's span of virtual time, in "
                         "instructions (default: around the first finding; 'all' for the whole run)")
-        sp.add_argument("--force", action="store_true", help="overwrite --trace/--timeline files")
+        sp.add_argument("--force", action="store_true", help="replace --trace/--timeline files of an earlier run (never a file lpemu "
+                        "did not write)")
         sp.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP)
         json_flag(sp)
 
@@ -778,13 +813,13 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--out", metavar="DIR", type=_path, help="directory for runs.jsonl, summary.json, campaign.json "
                    "(default: nothing written)")
     f.add_argument("--resume", action="store_true", help="continue the campaign in --out")
-    f.add_argument("--force", action="store_true", help="replace the results in --out")
+    f.add_argument("--force", action="store_true", help="replace a campaign's results in --out (never a file it did not write)")
     f.add_argument("--scheduler", metavar="ADDRESS",
                    help="run on the Dask cluster of this scheduler (tcp://HOST:PORT) instead of local processes")
     f.add_argument("--fail-on", metavar="KINDS", help=FAIL_ON_HELP + "; a model with an [expect] entry is "
                    "judged by it instead")
     f.add_argument("--junit", metavar="FILE", type=_path, help="write JUnit XML: one test case per model (a report "
-                   "there is replaced; any other file is refused)")
+                   "lpemu wrote there is replaced; any other file is refused)")
     f.add_argument("--kernel", metavar="VERSION", action="append",
                    help="the kernel whose livepatch semantics apply, 4.18 to 6.19 (default: [machine] kernel, "
                         "else the newest); repeat it to compare kernels: every run on each, the summary per "
@@ -808,7 +843,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = command("bench", "what a patch switch costs, and what the emulator costs", EXIT_HELP_PLAIN)
     b.add_argument("--quick", action="store_true", help="smaller sizes (a smoke test)")
     b.add_argument("--plot", metavar="FILE", type=_path, help="write the scaling plot (.png or .svg)")
-    b.add_argument("--force", action="store_true", help="overwrite the --plot file")
+    b.add_argument("--force", action="store_true", help="replace a --plot picture of an earlier bench (never a file lpemu did "
+                   "not draw)")
     json_flag(b)
     b.set_defaults(func=_bench)
 

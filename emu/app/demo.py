@@ -50,7 +50,7 @@ class Summary:
     stalled: int = 0
     bad_values: int = 0
     first_failing_seed: int | None = None
-    latency_median: float | None = None
+    latency_median: int | None = None        # campaign.median: a run's, in instructions
     latency_max: int | None = None
     example: str | None = None
     expected: tuple[str, ...] = ()

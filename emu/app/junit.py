@@ -45,11 +45,15 @@ def _xml(text: str) -> str:
     return _NOT_XML.sub(lambda m: f"\\x{ord(m[0]):02x}" if ord(m[0]) < 0x100 else f"\\u{ord(m[0]):04x}", text)
 
 
+#: the name of a report's root, by which check_replaceable knows lpemu's reports
+ROOT_NAME = "lpemu"
+
+
 def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
     """suites: scenario name -> its cases, as a JUnit XML tree."""
     suites = {_xml(name): [Case(_xml(c.scenario), _xml(c.model), c.ok, _xml(c.message), [_xml(x) for x in c.details],
                                 c.seconds, _xml(c.kind), c.skipped) for c in cases] for name, cases in suites.items()}
-    root = ET.Element("testsuites", name="lpemu")
+    root = ET.Element("testsuites", name=ROOT_NAME)
     totals = {"tests": 0, "failures": 0}
     for name, cases in suites.items():
         failures = sum(not c.ok and not c.skipped for c in cases)
@@ -78,21 +82,23 @@ def document(suites: dict[str, list[Case]]) -> ET.ElementTree:
 
 def check_replaceable(path) -> None:
     """Before a campaign: an existing file at path may take its report. A
-    report is rewritten on every run, so an existing JUnit report (an XML
-    document whose root is <testsuites> or <testsuite>) is replaced; any
-    other file is the user's and is kept. Raises UserError naming path.
+    report is rewritten on every run, so an existing report of lpemu's (an
+    XML document whose root is <testsuites name="lpemu">, as document()
+    makes it) is replaced; any other file is the user's and is kept, a
+    JUnit report of another tool's (pytest's, whose root is <testsuites>
+    or <testsuite> too) as well. Raises UserError naming path.
     (Whether the path can be written at all is the command line's check.)"""
     path = Path(path)
     if not path.exists():
         return
     try:
         _, root = next(ET.iterparse(path, events=("start",))) if path.is_file() else (None, None)
-        report = root is not None and root.tag in ("testsuites", "testsuite")
+        report = root is not None and root.tag == "testsuites" and root.get("name") == ROOT_NAME
     except (ET.ParseError, StopIteration, UnicodeError, OSError):
         report = False
     if not report:
-        raise UserError(f"--junit {path}: exists and is not a JUnit report; it is replaced only when it is one: "
-                        f"remove it or choose another file")
+        raise UserError(f"--junit {path}: exists and is not a JUnit report lpemu wrote; it is replaced only when it "
+                        f"is one: remove it or choose another file")
 
 
 def write(path, suites: dict[str, list[Case]]) -> Path:

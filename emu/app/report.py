@@ -27,12 +27,15 @@ task that was running there.
 from __future__ import annotations
 
 import json
+import os
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
 from emu.engine import core
 from emu.errors import UserError
-from emu.machine.machine import EV_EXIT, EV_PATCH_STATE, EV_SCHED_IN, EV_SLEEP, EV_TRANSITION, EV_WAKE, Machine
+from emu.machine.machine import (EV_EXIT, EV_MODULE, EV_PATCH_STATE, EV_SCHED_IN, EV_SLEEP, EV_TRANSITION, EV_WAKE,
+                                 MODULE_STATES, Machine)
 from emu.runs import oracle, output
 from emu.runs.scenario import MAX_TIME
 from emu.models.base import T_CANCEL, T_FAIL, T_REVERSE, Transition
@@ -47,12 +50,14 @@ _VERSION_CNAMES = ("rail_response", "rail_load", "rail_idle", "rail_animation", 
 _CNAME_RGB = {
     "rail_response": "#4387fd", "rail_load": "#0da861", "rail_idle": "#ee8e00",
     "rail_animation": "#f44a3f", "startup": "#e6e600", "good": "#007d00", "bad": "#b47d00",
-    "terrible": "#b40000", "grey": "#dddddd", "olive": "#646400", "yellow": "#ffff00",
+    "terrible": "#b40000", "grey": "#dddddd", "olive": "#646400", "black": "#000000", "yellow": "#ffff00",
     "generic_work": "#7d7d7d",
 }
 #: colour of each kind of transition moment (Chrome reserved names)
 MOMENT_CNAMES = {"requested": "generic_work", "started": "rail_response", "completed": "good",
                  "failed": "terrible", "reversed": "bad", "cancelled": "bad"}
+#: colour of a module's coming and going (insmod, rmmod, their notifiers)
+MODULE_CNAME = "black"
 SLEEP_CNAME = "grey"
 PAUSE_CNAME = "terrible"
 PATCH_STATE_CNAME = "olive"
@@ -127,6 +132,10 @@ class Moment:
     kind: str
     patch: str
     target: int
+
+    @property
+    def subject(self) -> str:
+        return self.patch
 
     @property
     def label(self) -> str:
@@ -293,6 +302,37 @@ def _per_transition(machine: Machine, transitions: list[Transition]) -> list[lis
 
 
 # ---- Chrome trace-event JSON (ui.perfetto.dev) ------------------------------------------
+@dataclass(frozen=True)
+class ModuleMoment:
+    """What became of a module at clock (an EV_MODULE event): kind is
+    coming, live, going or gone (emu/machine/machine.py MODULE_STATES);
+    task names the insmod or rmmod that did it ("" for the kernel's own
+    notifier work)."""
+    clock: int
+    kind: str
+    module: str
+    task: str
+
+    @property
+    def subject(self) -> str:
+        return f"module {self.module}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.subject}: {self.kind}"
+
+
+def module_moments(machine: Machine) -> list[ModuleMoment]:
+    """The modules that came and went during the run, by time, from the trace
+    (EV_MODULE): coming (mapped; the coming notifiers link the patches that
+    cover it), live (its init returned 0), going (rmmod called its exit, or
+    its init failed), gone (the going notifiers unlinked it)."""
+    images, tasks = machine.images, machine.tasks
+    return [ModuleMoment(clock, MODULE_STATES.get(a, str(a)), images[b].name if 0 <= b < len(images) else f"#{b}",
+                         tasks[task].name if 0 <= task < len(tasks) else "")
+            for clock, kind, task, a, b, *_ in machine.trace if kind == EV_MODULE]
+
+
 PID = 1
 
 
@@ -309,7 +349,8 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
     machine-wide instants for its moments, and one instant per blocked
     attempt naming its blockers, their stacks in args), a "stop_machine"
     track (the pauses), a "printk" track (kernel messages, lines printed at
-    one time grouped in one event) and a "pending tasks" counter.
+    one time grouped in one event), a "modules" track (machine-wide instants
+    as modules came and went: module_moments) and a "pending tasks" counter.
     Process 2, "CPUs": one thread per CPU with what ran there (the task's
     name, "stop_machine" for the kernel's stopper; gaps are idle).
     Kernel exits and other scheduling events are left out to keep the file
@@ -322,13 +363,14 @@ def perfetto(machine: Machine, transitions: list[Transition], functions: set[int
     their JSON) become flow arrows from the producer's return to the
     consumer's entry."""
     n = len(machine.tasks)
-    tracks = {"transitions": n + 1, "stop_machine": n + 2, "printk": n + 3}
+    tracks = {"transitions": n + 1, "stop_machine": n + 2, "printk": n + 3, "modules": n + 4}
     events = _metadata(machine, tracks)
     events += _activation_events(machine, functions)
     events += _task_events(machine)
     events += _transition_events(machine, transitions, tracks)
     events += _attempt_events(machine, transitions, tracks["transitions"])
     events += _log_events(machine, tracks["printk"])
+    events += _module_events(machine, tracks["modules"])
     events += _pending_events(machine, transitions)
     events += _cpu_events(machine, transitions)
     events += _handover_flows(machine, handovers)
@@ -486,6 +528,13 @@ def _transition_events(machine: Machine, transitions, tracks) -> list[dict]:
     return out
 
 
+def _module_events(machine: Machine, tid: int) -> list[dict]:
+    """Modules coming and going: machine-wide instants on the modules track."""
+    return [_instant(machine, mo.label, tid, mo.clock, MODULE_CNAME, "module",
+                     {"module": mo.module, "kind": mo.kind, "task": mo.task}, scope="g")
+            for mo in module_moments(machine)]
+
+
 def _log_events(machine: Machine, tid: int) -> list[dict]:
     """Kernel messages: one instant per time at which lines were printed."""
     grouped: dict[int, list[str]] = {}
@@ -499,6 +548,7 @@ def _log_events(machine: Machine, tid: int) -> list[dict]:
 _FORMATS = {".png": "png", ".svg": "svg"}
 _MOMENT_STYLE = {"requested": ":", "started": "--", "completed": "-", "failed": "-", "reversed": "-.",
                  "cancelled": "-."}
+_MODULE_STYLE = (0, (6, 2, 1, 2, 1, 2))       # dash-dot-dot: a module coming or going
 FINDING_COLOUR = "#d00000"
 
 
@@ -599,8 +649,10 @@ def timeline(machine: Machine, transitions: list[Transition], functions: set[int
     inconsistent unit as a hatched box around its stretch of the row, a
     failed assertion as a cross, each with its label; vertical lines for
     each transition moment (dotted: requested, dashed: started, solid green:
-    completed, solid red: failed, dash-dot: reversed/cancelled), moments too
-    close to label apart sharing one label; stop_machine pauses shaded red.
+    completed, solid red: failed, dash-dot: reversed/cancelled) and, black
+    dash-dot-dot, for each module moment (module_moments: "module m:
+    coming", live, going, gone), moments too close to label apart sharing
+    one label; stop_machine pauses shaded red.
     window (start, end) in instructions: the stretch shown (default: the
     whole run). The x axis is virtual time in seconds or milliseconds.
     Drawn on a Figure with the Agg canvas, no pyplot state. Raises
@@ -637,7 +689,8 @@ def timeline_figure(machine: Machine, transitions: list[Transition], functions: 
     _draw_marks(ax, marks, scale)
     groups = _draw_transitions(ax, machine, transitions, scale, (lo, hi))
     _decorate(ax, machine, {s.version for s in spans}, bool(pauses(transitions)), scale, unit, title,
-              (lo, hi), patch_names or {}, {mk.kind for mk in marks if mk.end >= lo and mk.start <= hi})
+              (lo, hi), patch_names or {}, {mk.kind for mk in marks if mk.end >= lo and mk.start <= hi}
+              | ({"module"} if any(lo <= mo.clock <= hi for mo in module_moments(machine)) else set()))
     fig.canvas.draw()           # sizes known: place only the labels that fit and do not collide
     _label_spans(ax, spans, scale, fig.canvas.get_renderer())
     _label_moments(ax, groups, scale, fig.canvas.get_renderer())
@@ -719,19 +772,24 @@ def _draw_marks(ax, marks: list[Mark], scale: float) -> None:
 
 def _draw_transitions(ax, machine: Machine, transitions, scale: float, window: tuple[int, int]) -> list:
     """Shaded stop_machine pauses, and one vertical line per transition
-    moment in the window. Returns the moments grouped for labels: those
-    closer than 2% of the window share one."""
+    moment and per module moment (module_moments) in the window. Returns
+    the moments grouped for labels: those closer than 2% of the window
+    share one."""
     for p in pauses(transitions):
         ax.axvspan(p.start * scale, p.end * scale, color=_CNAME_RGB[PAUSE_CNAME], alpha=0.25, linewidth=1,
                    zorder=0)
     lo, hi = window
     close = (hi - lo) * 0.02
     groups: list[list[Moment]] = []
-    for mo in moments(machine, transitions):
+    for mo in sorted([*moments(machine, transitions), *module_moments(machine)], key=lambda mo: mo.clock):
         if not lo <= mo.clock <= hi:
             continue
-        ax.axvline(mo.clock * scale, color=_CNAME_RGB[MOMENT_CNAMES[mo.kind]], linestyle=_MOMENT_STYLE[mo.kind],
-                   linewidth=1.2, zorder=8)
+        if isinstance(mo, ModuleMoment):
+            ax.axvline(mo.clock * scale, color=_CNAME_RGB[MODULE_CNAME], linestyle=_MODULE_STYLE, linewidth=1.2,
+                       zorder=8, gid="module")
+        else:
+            ax.axvline(mo.clock * scale, color=_CNAME_RGB[MOMENT_CNAMES[mo.kind]], linestyle=_MOMENT_STYLE[mo.kind],
+                       linewidth=1.2, zorder=8)
         if groups and mo.clock - groups[-1][0].clock <= close:
             groups[-1].append(mo)
         else:
@@ -760,11 +818,12 @@ def _label_moments(ax, groups: list[list[Moment]], scale: float, renderer) -> No
             text.remove()
 
 
-def _moment_label(items: list[Moment]) -> str:
-    """'p1: requested, started' (moments close together; '; ' between patches)."""
+def _moment_label(items: list) -> str:
+    """'p1: requested, started' (moments close together; '; ' between patches
+    and modules: 'p1: requested; module m: coming')."""
     kinds: dict[str, list[str]] = {}
     for mo in items:
-        kinds.setdefault(mo.patch, []).append(mo.kind)
+        kinds.setdefault(mo.subject, []).append(mo.kind)
     return "; ".join(f"{patch}: {', '.join(dict.fromkeys(k))}" for patch, k in kinds.items())
 
 
@@ -789,9 +848,51 @@ def _decorate(ax, machine: Machine, versions: set[int], paused: bool, scale: flo
         handles.append(LegendPatch(fill=False, hatch="///", edgecolor=FINDING_COLOUR, label="inconsistent unit"))
     if "assertion" in found:
         handles.append(Line2D([], [], marker="X", color=FINDING_COLOUR, linestyle="none", label="failed assertion"))
+    if "module" in found:
+        handles.append(Line2D([], [], color=_CNAME_RGB[MODULE_CNAME], linestyle=_MODULE_STYLE,
+                              label="module coming/going"))
     ax.legend(handles=handles, loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     shown = "" if window == (0, max(machine.now, 1)) else f" (t={window[0]}..{window[1]} of {machine.now})"
     ax.set_title((title or f"lpemu {machine.name}") + shown, pad=8 + 11 * _LEVELS)
+
+
+# ---- what lpemu wrote --------------------------------------------------------------
+#: bytes read from each end of a file to tell what wrote it
+_PEEK = 4096
+
+
+def _ends(path) -> tuple[bytes, bytes]:
+    """The first and the last _PEEK bytes of the regular file at path
+    (b"", b"" when it cannot be read or is no regular file)."""
+    try:
+        # O_NONBLOCK: a fifo that came meanwhile does not hold the open (nor is it read)
+        with open(os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC), "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                return b"", b""
+            head = f.read(_PEEK)
+            f.seek(max(0, os.fstat(f.fileno()).st_size - _PEEK))
+            return head, f.read(_PEEK)
+    except OSError:
+        return b"", b""
+
+
+def is_trace(path) -> bool:
+    """Whether path holds a trace write_perfetto wrote: a JSON object that
+    starts with its traceEvents and ends with its otherData (the clock's
+    instructions per second). --trace --force replaces only such a file."""
+    head, tail = _ends(path)
+    return head.startswith(b'{"traceEvents":[') and b'"otherData":{' in tail and b'"instructions_per_second":' in tail
+
+
+def is_drawn(path) -> bool:
+    """Whether path holds a picture drawn as lpemu draws its timelines and
+    plots: a PNG whose Software text, or an SVG whose metadata, names
+    Matplotlib (its first _PEEK bytes). --timeline and --plot with --force
+    replace only such a file."""
+    head, _ = _ends(path)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return b"tEXtSoftware\x00Matplotlib" in head
+    return b"<svg" in head and b"Matplotlib" in head
 
 
 def _writable(path, force: bool) -> Path:

@@ -125,6 +125,7 @@ EV_SCHED_IN = lib.EMU_EV_SCHED_IN
 EV_SCHED_OUT = lib.EMU_EV_SCHED_OUT
 EV_TRANSITION = lib.EMU_EV_TRANSITION
 EV_STOP_MACHINE = lib.EMU_EV_STOP_MACHINE
+EV_MODULE = lib.EMU_EV_MODULE
 
 # The hypercalls the C core handles itself (copies of emu/include/lpemu.h,
 # held to it by tests/test_machine.py).

@@ -41,8 +41,8 @@ from unicorn.x86_const import (UC_X86_REG_GS_BASE, UC_X86_REG_R12, UC_X86_REG_RA
 
 from emu.engine import core
 # events the machine adds to the C core's ring (csrc/emu.h; the core's own kinds are < 16)
-from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_SCHED_IN,  # noqa: F401
-                             EV_SLEEP, EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
+from emu.engine.core import (EV_EXIT, EV_KERNEL_EXIT, EV_MODULE, EV_PATCH_STATE, EV_SAFE_POINT,  # noqa: F401
+                             EV_SCHED_IN, EV_SLEEP, EV_STOP_MACHINE, EV_TRANSITION, EV_WAKE, EV_YIELD)
 from emu.errors import CoreError, EngineClosed, UserError, check_callable, check_int, check_number, check_type
 from emu.images import percpu
 from emu.images.image import PROT_R, PROT_W, PROT_X, Image
@@ -66,6 +66,14 @@ UNWINDERS = ("orc", "fp")
 #: every run lpemu makes (emu/runs/fuzz.py).
 MAX_EVENTS = 1_000_000
 _ROUTE_CODES = {route: i for i, route in enumerate(ROUTES)}     # EV_PATCH_STATE's b
+#: What became of a module (EV_MODULE's a; b is its index in Machine.images),
+#: in the order of the kernel's module states: coming, mapped and its
+#: functions known (load: the coming notifiers link patches to it then);
+#: live, its init returned 0 (do_init_module); going, rmmod called its exit
+#: or its init failed (delete_module, or the failure path); gone, its
+#: functions unknown (unload: the going notifiers have unlinked it).
+MODULE_COMING, MODULE_LIVE, MODULE_GOING, MODULE_GONE = 1, 2, 3, 4
+MODULE_STATES = {MODULE_COMING: "coming", MODULE_LIVE: "live", MODULE_GOING: "going", MODULE_GONE: "gone"}
 
 
 class Machine:
@@ -162,9 +170,13 @@ class Machine:
     # ---- images (symbols.py) ---------------------------------------------------------
     def load(self, image: Image) -> None:
         """Map an image (the base image or a module) and index its functions.
-        Loading a module that was unloaded makes its functions known again."""
+        Loading a module that was unloaded makes its functions known again.
+        Once the machine has started, a module's coming is traced (EV_MODULE)."""
         check_type(image, Image, "load: image", "build_c or load_elf gives one")
+        gone = image.name in self.symbols.unloaded
         if self.symbols.relist(image):
+            if gone and self.sched_state is not None:
+                self.module_event(image, MODULE_COMING)
             return
         self.symbols.check_new(image)
         for seg in image.segments:
@@ -177,6 +189,20 @@ class Machine:
         self.symbols.add(image)
         self.sysinsns.hook(image)
         self.next_module = max(self.next_module, align_up(image.hi, MODULE_ALIGN))
+        # a module loaded before the machine starts (a patch's, one loaded
+        # from the start) is there from the start: no event says it came
+        if image is not self.images[0] and self.sched_state is not None:
+            self.module_event(image, MODULE_COMING)
+
+    def module_event(self, image: Image, what: int, task: int = -1) -> None:
+        """Trace what became of a module (EV_MODULE: a MODULE_* of MODULE_STATES),
+        by task (its insmod or rmmod; -1: none). ValueError for an image
+        this machine never loaded."""
+        if what not in MODULE_STATES:
+            raise ValueError(f"module_event: {what!r} is not one of MODULE_STATES")
+        if image not in self.images[1:]:
+            raise ValueError(f"module_event: image '{image.name}' is not a module loaded on this machine")
+        self.emit(EV_MODULE, task, what, self.images.index(image))
 
     def seed_random(self, seed: int) -> None:
         """Seed what rdrand and rdseed return from here on (a run's seed)."""
@@ -198,13 +224,15 @@ class Machine:
         st.jitter = 1
 
     def unload(self, image: Image) -> None:
-        """Mark a module gone: its functions can no longer be found by name
+        """Mark a module gone (traced: EV_MODULE): its functions can no longer be found by name
         (emu.kernel.patch.loaded_objects skips it). Its memory stays mapped, so a
         stale pointer into it does not fault the host."""
         check_type(image, Image, "unload: image")
         if image not in self.symbols.images[1:]:
             raise ValueError(f"unload: image '{image.name}' is not a module loaded on this machine")
-        self.symbols.unload(image)
+        if image.name not in self.symbols.unloaded:
+            self.symbols.unload(image)
+            self.module_event(image, MODULE_GONE)
 
     def module_base(self) -> int:
         """Where the next module image should be linked."""

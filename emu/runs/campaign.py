@@ -42,6 +42,7 @@ import json
 import multiprocessing
 import os
 import signal
+import stat
 import statistics
 import subprocess
 import time
@@ -64,6 +65,11 @@ META_FILE = "campaign.json"
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = "lock"
 REJECTED_FILE = "rejected.txt"
+#: What a campaign writes in its directory besides the lock: --force
+#: replaces these, and only when a campaign wrote them (_check_own_files).
+OWN_FILES = (RUNS_FILE, SUMMARY_FILE, REJECTED_FILE, META_FILE)
+#: The first words of rejected.txt's header (Campaign._repair), by which it is known as the campaign's
+REJECTED_HEADER = f"lines of {RUNS_FILE} that lpemu fuzz --resume could not read"
 MAX_LINE = 1 << 20         # bytes of one record; a longer line is damage, not a record
 MAX_NESTING = 64           # JSON nesting of a record (records are a few levels deep)
 MAX_META = 16 << 20        # bytes of campaign.json (a plan and a fingerprint: kilobytes)
@@ -278,10 +284,15 @@ class Campaign:
         try:
             if out.exists() and not out.is_dir():
                 raise UserError(f"--out {out}: exists and is not a directory")
+            if out.exists():
+                _check_own_files(out)       # before anything there is read, locked, replaced or removed
             held = out.exists() and any(p.name != LOCK_FILE for p in out.iterdir())
             if held and not (resume or force):
-                raise UserError(f"--out {out}: the directory exists; continue it with --resume or "
-                                f"replace its results with --force")
+                if (out / META_FILE).exists():
+                    raise UserError(f"--out {out}: the directory holds a campaign; continue it with --resume or "
+                                    f"replace its results with --force")
+                raise UserError(f"--out {out}: the directory exists and holds no campaign (no {META_FILE}); "
+                                f"choose another --out, or write the campaign beside its files with --force")
             # every campaign writes campaign.json before its first run: a
             # directory that holds files but not it is someone else's
             if held and resume and not force and not (out / META_FILE).exists():
@@ -294,7 +305,7 @@ class Campaign:
                 self._check_same(meta)
             runs = out / RUNS_FILE
             if force and not resume:
-                for name in (RUNS_FILE, SUMMARY_FILE, REJECTED_FILE, META_FILE):
+                for name in OWN_FILES:          # the campaign's own (_check_own_files), nothing else
                     (out / name).unlink(missing_ok=True)
             elif runs.exists():
                 if not runs.is_file():          # a fifo or a device: its reads would block or never end
@@ -347,7 +358,7 @@ class Campaign:
             # appended to, never followed: a link there (to a file of the
             # user's) is refused, not written through (_open_own)
             with os.fdopen(_open_own(self.out / REJECTED_FILE, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "ab") as f:
-                f.write(f"# {when}: lines of {RUNS_FILE} that lpemu fuzz --resume could not read (cut short "
+                f.write(f"# {when}: {REJECTED_HEADER} (cut short "
                         f"by an interruption, or damaged); their runs were run again. Raw bytes, one a "
                         f"line, as found:\n".encode())
                 for no, raw, why in bad + ([torn] if torn else []):
@@ -665,18 +676,139 @@ def _open_own(path: Path, flags: int) -> int:
     """os.open of one of the campaign's own files (the lock, runs.jsonl,
     rejected.txt), which it writes in place: a symbolic link there is
     refused (UserError), not followed, so that no file of the user's it
-    points at is written."""
+    points at is written. One that is appended to (O_APPEND) and has
+    another name too (a hard link: a copy of the directory made with
+    `cp -al`, as backups by hard links are) is first made a file of its
+    own, the same bytes under this name alone: appending in place wrote
+    the other name's file as well."""
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _foreign(path, "a symbolic link") from None
         raise
+    if flags & os.O_APPEND and os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        with open(os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC), "rb") as f:
+            data = f.read()
+        with output.writing(path, replace=True, binary=True, own=True) as f:      # a new file: the link is broken
+            f.write(data)
+        return _open_own(path, flags)
+    return fd
 
 
 def _foreign(path: Path, what: str) -> UserError:
     return UserError(f"--out {path.parent}: {path.name} is {what}; lpemu writes only files of its own there: "
                      f"remove it, or choose another --out")
+
+
+def own_file(out, path) -> str | None:
+    """The name of the campaign's own file in directory out (the lock,
+    OWN_FILES) that path names, by its name or as the same file; None when
+    it names none (another output must not take one's place)."""
+    path, out = Path(os.path.realpath(path)), Path(os.path.realpath(out))
+    for name in (LOCK_FILE, *OWN_FILES):
+        if path == out / name:
+            return name
+        with contextlib.suppress(OSError):
+            if os.path.samefile(path, out / name):
+                return name
+    return None
+
+
+def _check_own_files(out: Path) -> None:
+    """UserError naming the first file in out that has the name of one of the
+    campaign's own (the lock, OWN_FILES) but that no campaign wrote: the user
+    named the directory, and what is already there stays theirs. --force
+    replaces a campaign's results, never a file of the user's that happens
+    to be called summary.json. A campaign's files are known by what they
+    hold: campaign.json and summary.json by their schema, runs.jsonl by a
+    campaign.json beside it or by lines that are all run records, rejected.txt
+    by its header, the lock by the process id it holds."""
+    meta = _not_meta(out / META_FILE)
+    campaign = meta is None and (out / META_FILE).is_file()      # a campaign wrote this directory
+    for name, why in ((LOCK_FILE, _not_lock), (META_FILE, lambda p: meta), (SUMMARY_FILE, _not_summary),
+                      (RUNS_FILE, lambda p: None if campaign else _not_runs(p)),
+                      (REJECTED_FILE, _not_rejected)):
+        path = out / name
+        try:
+            mode = os.lstat(path).st_mode
+        except FileNotFoundError:
+            continue
+        if not stat.S_ISREG(mode):
+            raise _foreign(path, "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file")
+        problem = why(path)
+        if problem:
+            raise UserError(f"--out {out}: {name} there is not a file a campaign wrote ({problem}); lpemu "
+                            f"replaces only its own files, even with --force: move it away, or choose another --out")
+
+
+def _read_json(path: Path):
+    """The JSON value in path (read to MAX_META bytes), or None."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(MAX_META + 1)
+        return None if len(raw) > MAX_META else json.loads(raw.decode("utf-8"))
+    except (OSError, ValueError, RecursionError):
+        return None
+
+
+def _not_meta(path: Path) -> str | None:
+    """Why path is no campaign.json (Plan.to_json's fields), or None (also
+    when no regular file is there)."""
+    if not os.path.isfile(path):
+        return None
+    meta = _read_json(path)
+    if not (isinstance(meta, dict) and isinstance(meta.get("scenario"), str) and isinstance(meta.get("models"), list)
+            and isinstance(meta.get("seeds"), list) and isinstance(meta.get("strategy"), str)):
+        return "not the JSON plan lpemu fuzz writes: scenario, models, seeds, strategy"
+    return None
+
+
+def _not_summary(path: Path) -> str | None:
+    summary = _read_json(path)
+    if not (isinstance(summary, dict) and isinstance(summary.get("scenario"), str)
+            and isinstance(summary.get("seeds"), list) and isinstance(summary.get("models"), list)
+            and all(isinstance(m, dict) and "model" in m for m in summary["models"])):
+        return "not the JSON summary lpemu fuzz writes: scenario, seeds, models"
+    return None
+
+
+def _not_runs(path: Path) -> str | None:
+    """Why path, a runs.jsonl without a campaign.json beside it, is not a
+    campaign's: a line that is not a run record (a last line cut short is an
+    interrupted campaign's)."""
+    try:
+        _, bad, _, _ = read_lines(path)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    if bad:
+        return f"no {META_FILE} beside it, and line {bad[0][0]} is not a run record"
+    return None
+
+
+def _not_rejected(path: Path) -> str | None:
+    try:
+        with open(path, "rb") as f:
+            first = f.readline(4096)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    if not (first.startswith(b"# ") and REJECTED_HEADER.encode() in first):
+        return f"it does not start with the header lpemu fuzz --resume writes ('# ...: {REJECTED_HEADER}')"
+    return None
+
+
+def _not_lock(path: Path) -> str | None:
+    """The lock holds its holder's process id, or nothing (truncated, not yet written)."""
+    try:
+        with open(path, "rb") as f:
+            raw = f.read(65)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    held = raw.strip()
+    if len(raw) > 64 or (held and not held.isdigit()):
+        return "the lock of lpemu fuzz holds a process id and nothing else"
+    return None
 
 
 def _lock(path: Path) -> int:
@@ -763,9 +895,22 @@ def _tool_version(tool: str) -> str:
     return out.splitlines()[0].strip() if out else "unknown"
 
 
+#: How a campaign takes the median of latencies and pauses (median), said
+#: where it prints them
+MEDIAN_RULE = "median: the middle run's, the lower of the two middle ones for an even count"
+
+
+def median(values: list[int]) -> int | None:
+    """The lower median of values (None for none): the middle one, the lower
+    of the two middle ones for an even count. A latency or a pause is a
+    count of instructions; the median is one that a run had, a whole number,
+    never the x.5 halfway between two runs."""
+    return statistics.median_low(values) if values else None
+
+
 def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
     """Per model (per kernel and model when kernels are compared: each row
-    then names its kernel): counts, latencies, the first failing and
+    then names its kernel): counts, latencies (median: median()), the first failing and
     faulting seeds, and (given the probe) the states the runs met
     (emu/runs/coverage.py)."""
     models = []
@@ -791,8 +936,8 @@ def summarize(plan: Plan, records: dict, *, probe=None) -> dict:
             "first_emulator_error": (f"seed {broken[0]['seed']}: {broken[0]['promise'][0]['text']}"
                                      if broken else None),
             **count,
-            "latency_median": statistics.median(lat) if lat else None, "latency_max": max(lat) if lat else None,
-            "pause_median": statistics.median(pause) if pause else None, "pause_max": max(pause) if pause else None,
+            "latency_median": median(lat), "latency_max": max(lat) if lat else None,
+            "pause_median": median(pause), "pause_max": max(pause) if pause else None,
             "first_failing_seed": min(failing) if failing else None,
             "findings": {k: sum(k in findings(r) for r in recs) for k in FINDINGS},
             "first_fault_seed": faults[0]["seed"] if faults else None,

@@ -57,7 +57,7 @@ from emu.runs import oracle, states
 from emu.runs.probe import Probe, run_probe
 from emu.runs.verdicts import verdicts
 from emu.errors import Busy, EmuError, EventBound, GuestFault, StateError, UserError, check_int, check_type
-from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, MAX_EVENTS, Machine
+from emu.machine.machine import EV_KERNEL_EXIT, EV_SAFE_POINT, MAX_EVENTS, MODULE_GOING, MODULE_LIVE, Machine
 from emu.models import MODEL_NAMES, make_model
 from emu.models.refusals import NothingToForce
 from emu.kernel.patch import definition, make_patch
@@ -635,6 +635,8 @@ class Runner:
                 img = prog.modules[a.target]
                 exit_ = self._loader(m, model, res, a, "exit")
                 if exit_ is None:
+                    model.check_remove(img)     # a module in use stays: it is not going
+                    m.module_event(img, MODULE_GOING)
                     model.unload_module(img)
                 else:
                     exit_()              # the module goes when its exit function returns
@@ -675,6 +677,8 @@ class Runner:
                 res.errors.append({"time": m.now, "action": action,
                                    "error": f"{fname}() returned {rc}: the module is unloaded"})
                 m.printk(f"lpemu: load {spec.name}: {fname}() returned {rc}")
+            if key == "init":
+                m.module_event(img, MODULE_LIVE if rc == 0 else MODULE_GOING, task.tid)
             if key == "exit" or rc != 0:
                 # the going notifier, in the loader's context: it waits for
                 # the core's mutex as the rmmod does (Model.after_unlock);
@@ -683,7 +687,11 @@ class Runner:
                 model.after_unlock(lambda: self._going(m, model, img, res, action))
             else:
                 model.loaders.pop(spec.name, None)
-        return lambda: m.fork(task, entry, done=done)
+        def start() -> None:
+            if key == "exit":           # delete_module: the module is going before its exit runs
+                m.module_event(img, MODULE_GOING, task.tid)
+            m.fork(task, entry, done=done)
+        return start
 
     @staticmethod
     def _going(m: Machine, model, img, res: Result, action: str) -> None:

@@ -1,8 +1,8 @@
 """Files lpemu writes for its user (a trace, a timeline, a JUnit report, a
 campaign's campaign.json and summary.json), written whole or not at all.
 
-The text goes to a new file beside the target first, and takes the target's
-name only once it is complete: a write that fails (a full disk, a file-size
+The text goes to a new file beside the target first (_new_beside), and takes
+the target's name only once it is complete: a write that fails (a full disk, a file-size
 limit, an interruption) leaves the target as it was, whether it was absent
 or a file the user had, never a torn one. Without replace, the name is taken
 with link(), which fails if the name came to exist meanwhile: two runs
@@ -57,19 +57,21 @@ def writing(path, *, replace: bool, binary: bool = False, own: bool = False):
             raise ForeignFile(errno.ELOOP if link else errno.EEXIST,
                               "a symbolic link" if link else "not a regular file", str(path))
     else:
-        path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
         try:
             mode = os.stat(path).st_mode
         except FileNotFoundError:
             mode = None
+        # a link to a device or a pipe is written in place through the link:
+        # /dev/stdout's target, /proc/self/fd/1's pipe:[N], is no path
+        if mode is None or stat.S_ISREG(mode):
+            path = Path(os.path.realpath(path)) if os.path.islink(path) else Path(path)
     if mode is not None and not stat.S_ISREG(mode):
         with open(path, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
         return
     if mode is not None and not replace:
         raise FileExistsError(17, "File exists", str(path))
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+    tmp, fd = _new_beside(path)
     try:
         with open(fd, "wb" if binary else "w", **({} if binary else {"encoding": "utf-8"})) as f:
             yield f
@@ -89,6 +91,29 @@ def writing(path, *, replace: bool, binary: bool = False, own: bool = False):
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+
+
+#: names _new_beside tries before it gives up (each one taken: by files of
+#: runs killed before they could remove theirs, or of other processes)
+MAX_TRIES = 100
+
+
+def _new_beside(path: Path) -> tuple[Path, int]:
+    """(name, descriptor) of a new file beside path, created here (O_EXCL:
+    no file or link there is opened): .NAME.PID.tmp, or .NAME.PID.N.tmp when
+    that is taken. A run killed (SIGKILL) while it wrote leaves its file
+    behind, and a process of the same pid (a container's, where every run
+    may have the same one) found its one name taken for good. What is
+    there is left alone: it may be another process's, writing now."""
+    for n in range(MAX_TRIES):
+        tmp = path.with_name(f".{path.name}.{os.getpid()}{f'.{n}' if n else ''}.tmp")
+        try:
+            return tmp, os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+    # not FileExistsError, which says that path itself came to exist
+    raise OSError(f"{MAX_TRIES} names for its new content beside it are taken (.{path.name}.{os.getpid()}*.tmp): "
+                  f"remove them")
 
 
 def write_text(path, text: str, *, replace: bool = True, own: bool = False) -> None:
