@@ -496,3 +496,31 @@ def test_livepatch_meets_a_pending_task_at_the_cond_resched_where_it_checks_it(k
         assert ("cruncher", res.met["cruncher"]) in predicted
     else:
         assert "cruncher" not in res.met
+
+
+@pytest.mark.parametrize("model", ["stop_machine", "ksplice"])
+@pytest.mark.parametrize("path", ["emu/seed/scenario.toml", "examples/rare/scenario.toml"])
+def test_stop_machine_meets_each_task_where_its_first_stop_finds_it(monkeypatch, model, path):
+    """The activeness check reads every task's stack once every CPU has
+    stopped: the state a run's transition met is each task's state at its
+    first stop, not where the task stood while the work registered its
+    ftrace handlers before asking for the stop (the tasks run on then)."""
+    from emu.models import stop_machine as sm
+    seen: list[dict] = []
+    for cls in (sm.StopMachine, sm.Ksplice):
+        real = cls.__dict__["check_tasks"]
+
+        def check_tasks(self, ranges, real=real):
+            if not seen[-1]:
+                seen[-1].update({t.name: states.state_of(self.m, t, r.stacks) for t in self.m.tasks
+                                 if not t.is_idle and not (t.unborn and t.state.name == "EXITED")})
+            return real(self, ranges)
+        monkeypatch.setattr(cls, "check_tasks", check_tasks)
+    r = Runner(scenario.build(scenario.load(Path(__file__).parent.parent / path)))
+    try:
+        for seed in range(24):
+            seen.append({})
+            res = r.execute(r.plan(model, seed, strategy="directed"))
+            assert res.met == seen[-1], seed
+    finally:
+        r.close()

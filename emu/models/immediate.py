@@ -73,7 +73,7 @@ class Immediate(Model):
         instant, a function whose site was already live (patched by a patch
         below) included; with atomic replace the replaced patches come off
         at that instant too. The rest of the text change is one batch."""
-        t.started_at = self.m.now
+        t.started_at = t.checked_at = self.m.now
         for f in funcs:
             self.link(patch, f)
         if patch.replace:
@@ -87,7 +87,7 @@ class Immediate(Model):
 
     def _finish(self, t, updates):
         """A patch's sites change together: one batch, the same syncs."""
-        t.started_at = self.m.now
+        t.started_at = t.checked_at = self.m.now
         yield from self.together(updates)
         self._done(t)
 

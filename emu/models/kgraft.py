@@ -226,7 +226,7 @@ class KGraft(Model):
             self._migrate(task, "safe_point")
 
     def _work(self, t, patch: Patch, target: int, updates):
-        t.started_at = self.m.now
+        t.started_at = t.checked_at = self.m.now
         self.immutable = True
         for update in updates:
             yield from update

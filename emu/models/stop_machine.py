@@ -226,6 +226,8 @@ class StopMachine(Model):
                     yield from update
             yield _Stop()
             stopped = m.now
+            if t.checked_at is None:
+                t.checked_at = stopped      # every task is where the stop found it
             blockers = []
             cost = 0
             if not self.forcing:

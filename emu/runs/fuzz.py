@@ -556,7 +556,7 @@ class Runner:
         obs = states.Observer(m, self.stacks)
 
         def started():
-            return bool(model.transitions) and model.transitions[0].started_at is not None
+            return bool(model.transitions) and model.transitions[0].checked_at is not None
         # where the transition checks a pending task at its cond_resched()
         # (livepatch 6.4 to 6.15), it meets the task there on its CPU
         passes = states.CheckedPasses(m, self.stacks, started) if model.checks_at_cond_resched else None
@@ -569,7 +569,7 @@ class Runner:
                 # loaded first, an enable that waits for the core's mutex);
                 # once every action was made and none started one, none will
                 return settled()
-            if model.transitions[0].started_at is None:
+            if model.transitions[0].checked_at is None:
                 return settled()
             if passes is not None:
                 for task, st in passes.met.items():
@@ -582,7 +582,7 @@ class Runner:
             # a task not met yet is on a CPU (look() met the others): the
             # loop comes back when it leaves it (its state changes only
             # while it runs); nothing is watched before the transition starts
-            if not model.transitions or model.transitions[0].started_at is None:
+            if not model.transitions or model.transitions[0].checked_at is None:
                 return ()
             return [t.tid for t in m.tasks if not t.is_idle and t.name not in res.met]
         try:

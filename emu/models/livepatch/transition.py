@@ -81,7 +81,7 @@ def start(lp) -> None:
         if task.patch_state != lp.target:
             task.pending = True
     lp.signals_cnt = 0
-    lp.transition.started_at = lp.m.now
+    lp.transition.started_at = lp.transition.checked_at = lp.m.now
 
 
 def reverse(lp) -> None:
