@@ -208,3 +208,53 @@ def test_random_damage_to_the_tables_never_escapes_as_a_traceback(pair, tmp_path
     if code == 2:
         # a refusal of the pair as a whole (no changed function) names no file
         assert str(bad) in err or "no changed functions" in err or "driver.o" in err, err
+
+
+@pytest.fixture(scope="module")
+def executable(tmp_path_factory):
+    """A linked x86-64 executable (load_elf takes one at its own addresses)."""
+    d = tmp_path_factory.mktemp("hostile_exec")
+    (d / "f.c").write_text("int f(int x) { return x + 1; }\n")
+    subprocess.run(["gcc", "-O2", "-nostdlib", "-static", "-no-pie", "-fno-pic", "-Wl,-e,f", "-o",
+                    str(d / "f"), str(d / "f.c")], check=True)
+    return d / "f"
+
+
+def _load_segment(data: bytearray) -> int:
+    """The offset of the first PT_LOAD's program header."""
+    phoff, = struct.unpack_from("<Q", data, 0x20)
+    phnum, = struct.unpack_from("<H", data, 0x38)
+    return next(phoff + i * 56 for i in range(phnum) if struct.unpack_from("<I", data, phoff + i * 56)[0] == 1)
+
+
+EXEC_ROWS = [
+    ("a segment of 2^64-1 bytes", lambda b: struct.pack_into("<Q", b, _load_segment(b) + 40, 2**64 - 1),
+     ["(PT_LOAD, 0xffffffffffffffff bytes at", "is no memory lpemu can map"]),
+    ("a segment of 1 TiB", lambda b: struct.pack_into("<Q", b, _load_segment(b) + 40, 1 << 40),
+     ["(PT_LOAD, 0x10000000000 bytes at", "is no memory lpemu can map"]),
+    ("a segment past the end of the file", lambda b: struct.pack_into("<Q", b, _load_segment(b) + 8, 2**63),
+     ["(PT_LOAD, ", "at file offset 0x8000000000000000) runs past the end of the file"]),
+    ("program headers past the end of the file", lambda b: struct.pack_into("<Q", b, 0x20, 2**63),
+     ["program headers at 0x8000000000000000 run past the end of the file"]),
+    ("program headers of no size", lambda b: struct.pack_into("<H", b, 0x36, 0),
+     ["program headers of 0 bytes (e_phentsize), not 56"]),
+]
+
+
+@pytest.mark.parametrize("what,damage,words", EXEC_ROWS, ids=[r[0] for r in EXEC_ROWS])
+def test_a_damaged_executable_is_refused_naming_the_segment(executable, tmp_path, what, damage, words):
+    """load_elf read it with pyelftools: an OverflowError, a MemoryError or
+    an ELFParseError came out of the API."""
+    from emu.images.build import load_elf
+    data = bytearray(executable.read_bytes())
+    damage(data)
+    bad = tmp_path / "f"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(BuildError) as exc:
+        load_elf(bad)
+    assert str(exc.value).startswith(f"{bad}: ") and all(w in str(exc.value) for w in words), exc.value
+
+
+def test_the_undamaged_executable_loads(executable):
+    from emu.images.build import load_elf
+    assert "f" in load_elf(executable).functions

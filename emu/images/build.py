@@ -194,7 +194,10 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
     if link_against is not None or keep is not None:
         raise PatchError(f"{path}: an executable is already linked; give its object file to "
                          "link it against another image")
-    image = image_from_elf(data, name=name, kind="elf", sources=(path,))
+    try:
+        image = image_from_elf(data, name=name, kind="elf", sources=(path,))
+    except PARSE_ERRORS as exc:
+        raise BuildError(f"{path}: cannot read the executable: {exc}") from None
     if base is not None and base != image.lo:
         raise BuildError(f"{path}: the executable is linked at {image.lo:#x}, not at {base:#x}")
     return image

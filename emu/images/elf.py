@@ -101,6 +101,9 @@ def check_x86_64_elf(data: bytes, path) -> int:
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
+_PHDR = struct.Struct("<IIQQQQQQ")
+_PT_LOAD = 1
+_USER_TOP = 1 << 47         # the canonical lower half: the addresses an image may have
 _RELA = struct.Struct("<QQq")
 _SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_NOBITS, _SHT_REL = 0, 2, 3, 4, 8, 9
 _SHN_UNDEF, _SHN_LORESERVE, _SHN_ABS, _SHN_COMMON, _SHN_XINDEX = 0, 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
@@ -131,7 +134,8 @@ def check_tables(data: bytes, path, e_type: int) -> None:
     size = len(data)
     if size < _EHDR.size:
         raise BuildError(f"{path}: truncated ELF header ({size} of {_EHDR.size} bytes)")
-    (_, _, _, _, _, _, shoff, _, ehsize, _, _, shentsize, shnum, shstrndx) = _EHDR.unpack_from(data)
+    (_, _, _, _, _, phoff, shoff, _, _, phentsize, phnum, shentsize, shnum, shstrndx) = _EHDR.unpack_from(data)
+    _check_segments(data, path, phoff, phentsize, phnum)
     if shoff == 0:
         if e_type == ET_REL:
             raise BuildError(f"{path}: an object without section headers (e_shoff 0)")
@@ -238,6 +242,31 @@ def check_tables(data: bytes, path, e_type: int) -> None:
             if r_offset > room or _RELOC_WIDTH.get(typ, 4 if typ < _RELOC_TYPES else 1) > room - r_offset:
                 raise BuildError(f"{path}: relocation {n} of {name(i)} (type {typ}) at {r_offset:#x} lies "
                                  f"outside {name(info)} ({room:#x} bytes)")
+
+
+def _check_segments(data: bytes, path, phoff: int, phentsize: int, phnum: int) -> None:
+    """BuildError naming the program header at fault: the table past the end
+    of the file, a PT_LOAD whose bytes lie past it, or larger than anything
+    lpemu maps (read whole, it was a MemoryError or an OverflowError)."""
+    if phnum == 0:
+        return
+    size = len(data)
+    if phentsize != _PHDR.size:
+        raise BuildError(f"{path}: program headers of {phentsize} bytes (e_phentsize), not {_PHDR.size}")
+    if phoff > size or phnum > (size - phoff) // _PHDR.size:
+        raise BuildError(f"{path}: {phnum} program headers at {phoff:#x} run past the end of the file "
+                         f"({size} bytes): truncated?")
+    for i in range(phnum):
+        p_type, _, offset, vaddr, _, filesz, memsz, _ = _PHDR.unpack_from(data, phoff + i * _PHDR.size)
+        if p_type != _PT_LOAD:
+            continue
+        if offset > size or filesz > size - offset:
+            raise BuildError(f"{path}: segment {i} (PT_LOAD, {filesz:#x} bytes at file offset {offset:#x}) "
+                             f"runs past the end of the file ({size} bytes): truncated?")
+        if filesz > memsz or memsz > MAX_INPUT or vaddr + memsz > _USER_TOP:
+            raise BuildError(f"{path}: segment {i} (PT_LOAD, {memsz:#x} bytes at {vaddr:#x}, {filesz:#x} of "
+                             f"them in the file) is no memory lpemu can map (at most {MAX_INPUT:_} bytes, "
+                             f"below {_USER_TOP:#x})")
 
 
 def slim_lto(data: bytes) -> bool:
