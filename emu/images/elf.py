@@ -223,7 +223,10 @@ def check_tables(data: bytes, path, e_type: int) -> None:
         if entsize != _RELA.size or rel_size % _RELA.size:
             raise BuildError(f"{path}: relocation section {name(i)} of {rel_size} bytes in entries of "
                              f"{entsize} (sh_entsize), not a whole number of {_RELA.size}-byte relocations")
-        if not symtabs or link != symtabs[0]:
+        if not symtabs:
+            raise BuildError(f"{path}: the object has no symbol table (its relocations in {name(i)} name "
+                             f"section {link}, which is none)")
+        if link != symtabs[0]:
             raise BuildError(f"{path}: relocation section {name(i)} names section {link} (sh_link) as its "
                              f"symbol table, which is none")
         if not 0 < info < shnum or info == i or secs[info][1] in (_SHT_NULL, _SHT_NOBITS):
