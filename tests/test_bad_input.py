@@ -655,7 +655,7 @@ ROWS = [
      ["base.c: compiled with -flto, gcc made an LTO object", "remove -flto"]),
     ("cflags -fpatchable-function-entry=5 (the fentry call inside the function)",
      lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-fpatchable-function-entry=5"]')),
-     ["vmlinux: __mcount_loc records 0x", "+0x5: an fentry call that is not the function's first instruction",
+     ["vmlinux (base.c): __mcount_loc records 0x", "+0x5: an fentry call that is not the function's first instruction",
       "-fpatchable-function-entry=N"]),
     ("--resume of a campaign.json whose kernels hold null and 1",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_numbers(d))[1],

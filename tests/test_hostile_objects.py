@@ -82,10 +82,12 @@ ROWS = [
      ["e_shstrndx 1 names no string table of section names"]),
     ("a section's name past the name table", lambda o: o.section(".text.dev_read", "name", 0xFFFFFF),
      ["'s name (sh_name 0xffffff) lies past the end of the section-name table"]),
+    ("a section named .symtab that is none", lambda o: o.section("__mcount_loc", "name", o.secs[o.index(".symtab")][0]),
+     ["is named .symtab but is of type 1, not a symbol table (SHT_SYMTAB); the object has no symbol table"]),
     ("a symbol table of partial entries", lambda o: o.section(".symtab", "entsize", 16),
      ["symbol table .symtab of", "in entries of 16 (sh_entsize)"]),
-    ("a second symbol table", lambda o: o.section(".strtab", "type", 2),
-     ["2 symbol tables (.symtab, .strtab)"]),
+    ("a second symbol table", lambda o: o.section("__mcount_loc", "type", 2),
+     ["2 symbol tables (__mcount_loc, .symtab)"]),
     ("a symbol's name past the string table", lambda o: o.symbol("dev_read", "name", 0xFFFFFFF0),
      ["'s name (st_name 0xfffffff0) lies past the end of the string table .strtab"]),
     ("a symbol in a section the file does not have", lambda o: o.symbol("dev_read", "shndx", 0xFF00 - 1),
@@ -258,3 +260,13 @@ def test_a_damaged_executable_is_refused_naming_the_segment(executable, tmp_path
 def test_the_undamaged_executable_loads(executable):
     from emu.images.build import load_elf
     assert "f" in load_elf(executable).functions
+
+
+def test_a_kernel_object_whose_mcount_records_miss_its_functions_is_named(pair, tmp_path):
+    """dev_write made 1 byte long: its __mcount_loc entry records no fentry
+    site; the refusal named the image ('base') and not the object it came from."""
+    bad = tmp_path / "driver.o"
+    bad.write_bytes(bytes(Obj(pair[0].read_bytes()).symbol("dev_write", "size", 1).data))
+    with pytest.raises(BuildError) as exc:
+        build_c([bad], base=0x400000)
+    assert str(exc.value).startswith("base (driver.o): __mcount_loc records 0x"), exc.value

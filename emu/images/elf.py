@@ -106,6 +106,9 @@ _PT_LOAD = 1
 _USER_TOP = 1 << 47         # the canonical lower half: the addresses an image may have
 _RELA = struct.Struct("<QQq")
 _SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_NOBITS, _SHT_REL = 0, 2, 3, 4, 8, 9
+#: sections found by their name, and the type each must have
+_RESERVED = {".symtab": (_SHT_SYMTAB, "a symbol table (SHT_SYMTAB)"), ".strtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)"),
+             ".shstrtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)")}
 _SHN_UNDEF, _SHN_LORESERVE, _SHN_ABS, _SHN_COMMON, _SHN_XINDEX = 0, 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
 _STT_OBJECT, _STT_FUNC = 1, 2
 #: bytes an x86-64 relocation writes, by type (the psABI's table): 4 unless
@@ -178,6 +181,12 @@ def check_tables(data: bytes, path, e_type: int) -> None:
             raise BuildError(f"{path}: section {name(i)} holds REL relocations, which x86-64 objects never "
                              f"use (they use RELA)")
 
+    for i, sec in enumerate(secs):
+        want = _RESERVED.get(name(i))
+        if want is not None and sec[1] != want[0]:
+            # the linker and pyelftools find these by name: a .symtab of another type is no symbol table
+            raise BuildError(f"{path}: section {i} is named {name(i)} but is of type {sec[1]}, not "
+                             f"{want[1]}{'; the object has no symbol table' if want[0] == _SHT_SYMTAB else ''}")
     symtabs = [i for i, s in enumerate(secs) if s[1] == _SHT_SYMTAB]
     if len(symtabs) > 1:
         raise BuildError(f"{path}: {len(symtabs)} symbol tables ({', '.join(name(i) for i in symtabs)}); "
@@ -370,7 +379,8 @@ def image_from_elf(data: bytes, *, name: str, kind: str, sources: tuple[Path, ..
         why = (f" ({owner}: an fentry call that is not the function's first instruction; gcc puts it "
                f"there under -fpatchable-function-entry=N with fewer than N NOPs before the function, "
                f"which x86 kernels do not use)" if owner else "")
-        raise BuildError(f"{name}: __mcount_loc records {site:#x}, which is not a "
+        built = f"{name} ({', '.join(Path(src).name for src in sources)})" if sources else name
+        raise BuildError(f"{built}: __mcount_loc records {site:#x}, which is not a "
                          f"{FENTRY_NOP.hex(' ')} NOP at the start of a function (or right after its endbr64){why}")
 
     functions: dict[str, Function] = {}
