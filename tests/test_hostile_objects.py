@@ -270,3 +270,21 @@ def test_a_kernel_object_whose_mcount_records_miss_its_functions_is_named(pair, 
     with pytest.raises(BuildError) as exc:
         build_c([bad], base=0x400000)
     assert str(exc.value).startswith("base (driver.o): __mcount_loc records 0x"), exc.value
+
+
+def test_an_alternative_whose_instructions_lie_outside_the_image_is_refused(pair, tmp_path):
+    """The first entry of .altinstructions aimed 2 GiB away (its relocation's
+    addend): applied, it was a struct.error out of build_c (the rel32 of its
+    replacement re-aimed past 32 bits), or silently not applied."""
+    o = Obj(pair[0].read_bytes())
+    rela = o.secs[o.index(".rela.altinstructions")][4]
+    struct.pack_into("<q", o.data, rela + 16, 2**31 - 1)
+    flags, = struct.unpack_from("<I", o.data, o.secs[o.index(".altinstructions")][4] + 8)
+    bad = tmp_path / "driver.o"
+    bad.write_bytes(bytes(o.data))
+    features = set() if flags & (1 << 16) else {flags & 0xFFFF}     # what applies entry 0
+    with pytest.raises(BuildError) as exc:
+        build_c([bad], base=0x400000, cpu_features=features)
+    assert str(exc.value).startswith("base: alternative 0 of .altinstructions (") and \
+        str(exc.value).endswith("outside the image: the table is damaged"), exc.value
+    build_c([bad], base=0x400000)      # left original, the table is not read
