@@ -40,7 +40,7 @@ class Obj:
         return self.names.index(name)
 
     def section(self, name: str, field: str, value: int) -> "Obj":
-        offset, fmt = {"name": (0, "<I"), "type": (4, "<I"), "offset": (24, "<Q"), "size": (32, "<Q"),
+        offset, fmt = {"name": (0, "<I"), "type": (4, "<I"), "flags": (8, "<Q"), "offset": (24, "<Q"), "size": (32, "<Q"),
                        "link": (40, "<I"), "info": (44, "<I"), "entsize": (56, "<Q")}[field]
         struct.pack_into(fmt, self.data, self.shoff + self.index(name) * 64 + offset, value)
         return self
@@ -111,7 +111,15 @@ ROWS = [
      lambda o: o.section(".rela.text.dev_write", "info", o.index(".text.dev_read")),
      ["relocation sections .rela.text.dev_read and .rela.text.dev_write both apply to .text.dev_read"]),
     ("a relocation section for section 0", lambda o: o.section(".rela.text.dev_read", "info", 0),
-     ["relocation section .rela.text.dev_read applies to section 0 (sh_info), which has no contents"]),
+     ["relocation section .rela.text.dev_read applies to section 0 (sh_info), which is not one relocations apply to"]),
+    ("a relocation section for the symbol table", lambda o: o.section(".rela.text.dev_read", "info", o.index(".symtab")),
+     ["relocation section .rela.text.dev_read applies to section", "which is not one relocations apply to"]),
+    ("a string table moved by a byte", lambda o: o.section(".strtab", "offset", o.secs[o.index(".strtab")][4] + 1),
+     ["the string table .strtab (", "bytes) does not start with a NUL byte: its offset or size is damaged"]),
+    ("a section-name table cut short", lambda o: o.section(".shstrtab", "size", o.size_of(".shstrtab") - 1),
+     ["the section-name table (", "bytes) does not end with a NUL byte"]),
+    ("a function in a section without code", lambda o: o.section(".text.dev_read", "flags", 2),
+     ["(dev_read) is a function in section .text.dev_read, which holds no code (no SHF_EXECINSTR)"]),
     ("a relocation section naming no symbol table", lambda o: o.section(".rela.text.dev_read", "link", 1),
      ["relocation section .rela.text.dev_read names section 1 (sh_link) as its symbol table, which is none"]),
     ("relocations of partial entries", lambda o: o.section(".rela.text.dev_read", "entsize", 16),

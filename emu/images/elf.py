@@ -109,6 +109,9 @@ _SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_NOBITS, _SHT_REL = 0, 2, 3,
 #: sections found by their name, and the type each must have
 _RESERVED = {".symtab": (_SHT_SYMTAB, "a symbol table (SHT_SYMTAB)"), ".strtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)"),
              ".shstrtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)")}
+_SHF_EXECINSTR = 0x4
+#: sections a relocation section cannot apply to: no contents, or ELF's own tables
+_NOT_RELOCATED = (_SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_NOBITS, _SHT_REL)
 _SHN_UNDEF, _SHN_LORESERVE, _SHN_ABS, _SHN_COMMON, _SHN_XINDEX = 0, 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
 _STT_OBJECT, _STT_FUNC = 1, 2
 #: bytes an x86-64 relocation writes, by type (the psABI's table): 4 unless
@@ -117,6 +120,14 @@ _STT_OBJECT, _STT_FUNC = 1, 2
 _RELOC_WIDTH = {0: 0, 1: 8, 12: 2, 13: 2, 14: 1, 15: 1, 16: 8, 17: 8, 18: 8, 24: 8, 25: 8, 26: 8, 27: 8,
                 28: 8, 29: 8, 33: 8, 38: 8}
 _RELOC_TYPES = 44
+
+
+def _check_strings(table: bytes, path, what: str) -> None:
+    """BuildError unless table, a string table, starts and ends with a NUL
+    (the gABI's rule: a table moved by a byte reads as other names)."""
+    if table and (table[0] or table[-1]):
+        raise BuildError(f"{path}: {what} ({len(table)} bytes) does not "
+                         f"{'start' if table[0] else 'end'} with a NUL byte: its offset or size is damaged")
 
 
 def _cstr(table: bytes, at: int) -> str:
@@ -166,6 +177,7 @@ def check_tables(data: bytes, path, e_type: int) -> None:
                          f"({shnum} sections)")
     names_at, names_size = secs[shstrndx][4], secs[shstrndx][5]
     names = data[names_at:names_at + names_size]
+    _check_strings(names, path, "the section-name table")
 
     def name(i: int) -> str:
         return _cstr(names, secs[i][0]) or f"section {i}"
@@ -202,6 +214,7 @@ def check_tables(data: bytes, path, e_type: int) -> None:
             raise BuildError(f"{path}: symbol table {name(st)} names section {link} (sh_link) as its "
                              f"string table, which is none")
         strings = data[secs[link][4]:secs[link][4] + secs[link][5]]
+        _check_strings(strings, path, f"the string table {name(link)}")
         nsyms = st_size // _SYM.size
         for k, (st_name, info, _, shndx, value, sym_size) in enumerate(_SYM.iter_unpack(data[offset:offset + st_size])):
             if st_name >= len(strings) and st_name:
@@ -219,6 +232,9 @@ def check_tables(data: bytes, path, e_type: int) -> None:
             sized = info & 0xF in (_STT_FUNC, _STT_OBJECT)
             if e_type != ET_REL and not sized:
                 continue    # the linker's own symbols (_end, __bss_start) may lie between sections
+            if e_type == ET_REL and info & 0xF == _STT_FUNC and not secs[shndx][2] & _SHF_EXECINSTR:
+                raise BuildError(f"{path}: {label} is a function in section {name(shndx)}, which holds no "
+                                 f"code (no SHF_EXECINSTR)")
             lo = 0 if e_type == ET_REL else secs[shndx][3]          # sh_addr: addresses in an executable
             length = sym_size if sized else 0
             if value < lo or value - lo > secs[shndx][5] or length > secs[shndx][5] - (value - lo):
@@ -238,9 +254,9 @@ def check_tables(data: bytes, path, e_type: int) -> None:
         if link != symtabs[0]:
             raise BuildError(f"{path}: relocation section {name(i)} names section {link} (sh_link) as its "
                              f"symbol table, which is none")
-        if not 0 < info < shnum or info == i or secs[info][1] in (_SHT_NULL, _SHT_NOBITS):
+        if not 0 < info < shnum or info == i or secs[info][1] in _NOT_RELOCATED:
             raise BuildError(f"{path}: relocation section {name(i)} applies to section {info} (sh_info), "
-                             f"which has no contents to relocate")
+                             f"which is not one relocations apply to (none, no contents, or a table of ELF's own)")
         if info in targets:
             raise BuildError(f"{path}: relocation sections {name(targets[info])} and {name(i)} both apply "
                              f"to {name(info)}")
