@@ -98,22 +98,24 @@ def check_x86_64_elf(data: bytes, path) -> int:
     return e_type
 
 
+# The ELF64 structures check_tables reads (little-endian) and the constants it needs
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
 _SHDR = struct.Struct("<IIQQQQIIQQ")
 _SYM = struct.Struct("<IBBHQQ")
-_PHDR = struct.Struct("<IIQQQQQQ")
-_PT_LOAD = 1
-_USER_TOP = 1 << 47         # the canonical lower half: the addresses an image may have
 _RELA = struct.Struct("<QQq")
+_PT_LOAD = 1
 _SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_NOBITS, _SHT_REL = 0, 2, 3, 4, 8, 9
-#: sections found by their name, and the type each must have
-_RESERVED = {".symtab": (_SHT_SYMTAB, "a symbol table (SHT_SYMTAB)"), ".strtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)"),
-             ".shstrtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)")}
 _SHF_EXECINSTR = 0x4
+_SHN_UNDEF, _SHN_ABS, _SHN_COMMON, _SHN_XINDEX = 0, 0xFFF1, 0xFFF2, 0xFFFF
+_STT_OBJECT, _STT_FUNC = 1, 2
+_USER_TOP = 1 << 47         # the canonical lower half: the addresses an image may have
+#: sections found by their name, and the type each must have
+_RESERVED = {".symtab": (_SHT_SYMTAB, "a symbol table (SHT_SYMTAB)"),
+             ".strtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)"),
+             ".shstrtab": (_SHT_STRTAB, "a string table (SHT_STRTAB)")}
 #: sections a relocation section cannot apply to: no contents, or ELF's own tables
 _NOT_RELOCATED = (_SHT_NULL, _SHT_SYMTAB, _SHT_STRTAB, _SHT_RELA, _SHT_NOBITS, _SHT_REL)
-_SHN_UNDEF, _SHN_LORESERVE, _SHN_ABS, _SHN_COMMON, _SHN_XINDEX = 0, 0xFF00, 0xFFF1, 0xFFF2, 0xFFFF
-_STT_OBJECT, _STT_FUNC = 1, 2
 #: bytes an x86-64 relocation writes, by type (the psABI's table): 4 unless
 #: listed here; a type past the table's (_RELOC_TYPES) is checked for its
 #: first byte only
@@ -136,15 +138,18 @@ def _cstr(table: bytes, at: int) -> str:
 
 
 def check_tables(data: bytes, path, e_type: int) -> None:
-    """BuildError naming the file and the section, symbol or relocation at
-    fault when the headers and tables of an ELF64 little-endian file do not
-    hold together: a header or section past the end of the file, a symbol
-    whose name or section is not in the file or that lies outside its
-    section, a relocation of a symbol the table does not have or at an
-    offset its section does not have, two relocation sections for one
-    section. pyelftools reads such a file without a word (a slice past the
-    end is short, an index wraps), and the diff or the image would then be
-    of an object the compiler never made."""
+    """BuildError naming the file and the segment, section, symbol or
+    relocation at fault when the headers and tables of an ELF64
+    little-endian file do not hold together: a header, segment or section
+    past the end of the file; a string table that does not start and end
+    with a NUL; .symtab, .strtab or .shstrtab of another type; a symbol
+    whose name or section is not in the file, that lies outside its
+    section, or a function in a section without code; a relocation of a
+    symbol the table does not have, at an offset its section does not have,
+    or in a second relocation section for one section. pyelftools reads
+    such a file without a word (a slice past the end is short, an index
+    wraps, the first section of a name wins), and the diff or the image
+    would then be of an object the compiler never made."""
     size = len(data)
     if size < _EHDR.size:
         raise BuildError(f"{path}: truncated ELF header ({size} of {_EHDR.size} bytes)")
