@@ -106,6 +106,12 @@ MACHINE_ROWS = [
     ("text_write data list", lambda m: m.text_write(_fn(m).start, [0x90]), TypeError, ["data"]),
     ("text_write data empty", lambda m: m.text_write(_fn(m).start, b""), CoreError, ["text write"]),
     ("text_write data 1 MiB", lambda m: m.text_write(_fn(m).start, bytes(1 << 20)), CoreError, ["text write"]),
+    # runnable, in_guard: a Cpu, a Task (AttributeError from inside before)
+    ("runnable None", lambda m: m.runnable(None), TypeError, ["runnable", "cpu", "Machine.cpus"]),
+    ("runnable index", lambda m: m.runnable(0), TypeError, ["runnable", "cpu"]),
+    ("in_guard task None", lambda m: m.in_guard(0x1000, None), TypeError, ["in_guard", "task", "Machine.tasks"]),
+    ("in_guard addr -1", lambda m: m.in_guard(-1, m.tasks[0]), ValueError, ["in_guard", "addr"]),
+    ("in_guard addr None", lambda m: m.in_guard(None, m.tasks[0]), TypeError, ["in_guard", "addr"]),
     # set_poke, watch, site, set_entries: a FunctionRef of this machine
     ("set_poke poke 2**63", lambda m: m.set_poke(_fn(m), 2**63), ValueError, ["set_poke", "poke"]),
     ("set_poke poke -2**64", lambda m: m.set_poke(_fn(m), -2**64), ValueError, ["poke"]),
@@ -289,6 +295,7 @@ def test_a_task_or_function_of_another_machine_is_refused(shared, base, sources)
     for call, words in [(lambda: m.stack(other.tasks[3]), ["stack", "user3", "not a task of this machine"]),
                         (lambda: m.stack(other.tasks[0]), ["stack", "user0"]),
                         (lambda: m.wake(other.cpus[0].idle, early=False), ["wake"]),
+                        (lambda: m.runnable(other.cpus[1]), ["runnable", "cpu 1 is not a CPU of this machine"]),
                         (lambda: m.watch(third.function("mod_f")), ["watch", "not a function of this machine"])]:
         with pytest.raises(ValueError) as info:
             call()

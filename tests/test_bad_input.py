@@ -321,6 +321,46 @@ def section_past_2_63(d):
     return ["diff", d / "base.o", d / "patch.o"]
 
 
+def _damage(d, what) -> list:
+    """base.o and patch.o, patch.o damaged by what(data, sections by name, symbol table header)."""
+    import struct
+    objects(d)
+    data = bytearray((d / "patch.o").read_bytes())
+    shoff, shnum, shstrndx = struct.unpack_from("<Q", data, 0x28)[0], *struct.unpack_from("<HH", data, 0x3c)
+    names = struct.unpack_from("<Q", data, shoff + shstrndx * 64 + 24)[0]
+    sections = {}
+    for i in range(shnum):
+        header = shoff + i * 64
+        start = names + struct.unpack_from("<I", data, header)[0]
+        sections[data[start:data.index(0, start)].decode()] = header
+    what(data, sections)
+    (d / "patch.o").write_bytes(bytes(data))
+    return ["diff", d / "base.o", d / "patch.o"]
+
+
+def function_past_its_section(d):
+    """patch.o whose function bar starts where its section ends."""
+    import struct
+
+    def damage(data, sections):
+        symtab = sections[".symtab"]
+        offset, size, link = struct.unpack_from("<QQI", data, symtab + 24)
+        strings = struct.unpack_from("<Q", data, sections[".strtab"] + 24)[0]
+        text_size = struct.unpack_from("<Q", data, sections[".text.bar"] + 32)[0]
+        for at in range(offset, offset + size, 24):
+            name = strings + struct.unpack_from("<I", data, at)[0]
+            if data[name:data.index(0, name)] == b"bar":
+                struct.pack_into("<Q", data, at + 8, text_size)
+    return _damage(d, damage)
+
+
+def relocation_past_its_section(d):
+    """patch.o whose first relocation of bar's code is at 0x1000, past the code."""
+    import struct
+    return _damage(d, lambda data, sections: struct.pack_into(
+        "<Q", data, struct.unpack_from("<Q", data, sections[".rela.text.bar"] + 24)[0], 0x1000))
+
+
 def campaign_json_endless(d):
     """A campaign whose campaign.json became a link to /dev/zero: --resume
     must not read it to the end (there is none)."""
@@ -587,7 +627,15 @@ ROWS = [
      ["s.toml:3: program.cflags: '-DX=\\x00': a flag cannot hold a NUL character"]),
     ("diff of a file the system cannot read (/proc/self/mem)", lambda d: ["diff", "/proc/self/mem", d / "base.c"],
      ["/proc/self/mem: cannot read it (Input/output error)"]),
-    ("diff of an object with a section at 2^64-1", section_past_2_63, ["patch.o: cannot read the new object"]),
+    ("diff of an object with a section at 2^64-1", section_past_2_63,
+     ["patch.o: section .text.bar (0x", "bytes at 0xffffffffffffffff) runs past the end of the file"]),
+    ("diff of an ar archive named .o", lambda d: (objects(d), subprocess.run(["ar", "rcs", str(d / "lib.o"), str(d / "patch.o")], check=True),
+                                                 ["diff", d / "base.o", d / "lib.o"])[2],
+     ["lib.o: an ar archive (a static library), not an object file; give the objects it holds (ar x)"]),
+    ("diff of an object with a function past its section", function_past_its_section,
+     ["patch.o: symbol ", "(bar) (0x", "lies outside its section .text.bar"]),
+    ("diff of an object with a relocation past its section", relocation_past_its_section,
+     ["patch.o: relocation 0 of .rela.text.bar (type ", "at 0x1000 lies outside .text.bar"]),
     ("diff of a 2 GiB sparse source", lambda d: ((d / "big.c").write_text("int f(void) { return 1; }\n"),
                                                 os.truncate(d / "big.c", 2 << 30), ["diff", d / "big.c", d / "patch.c"])[2],
      ["big.c: 2_147_483_648 bytes, larger than the 67_108_864 a source may be"]),
@@ -643,7 +691,7 @@ ROWS = [
      ["base.c: compiled with -flto, gcc made an LTO object", "remove -flto"]),
     ("cflags -fpatchable-function-entry=5 (the fentry call inside the function)",
      lambda d: scn(d, SCENARIO.replace('sources = ["base.c"]', 'sources = ["base.c"]\ncflags = ["-fpatchable-function-entry=5"]')),
-     ["vmlinux: __mcount_loc records 0x", "+0x5: an fentry call that is not the function's first instruction",
+     ["vmlinux (base.c): __mcount_loc records 0x", "+0x5: an fentry call that is not the function's first instruction",
       "-fpatchable-function-entry=N"]),
     ("--resume of a campaign.json whose kernels hold null and 1",
      lambda d: (scn(d, SCENARIO + FUZZ), campaign_json_numbers(d))[1],

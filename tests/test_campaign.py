@@ -197,6 +197,12 @@ DAMAGE = {
         (lambda lines: lines[:1] + [altered(lines[1], latency="x"), altered(lines[2], met={"user0": {"b": 1}}),
                                     altered(lines[3], promise_breaches=1, promise=[]),
                                     altered(lines[4], inconsistencies=[{"task": "user0"}])] + lines[5:], 4),
+    # counts and times that no run has: a latency of true (1), a negative count, summed
+    # and taken the median of
+    "records whose counts and times are no counts":
+        (lambda lines: lines[:1] + [altered(lines[1], latency=True), altered(lines[2], pause=-1),
+                                    altered(lines[3], violation_count=-1), altered(lines[4], units=False)]
+         + lines[5:], 4),
     # an outcome no run has (a hand edit, another version's word): counted under no
     # outcome, it would pass as a run without findings
     "records with outcomes no run has":

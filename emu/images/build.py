@@ -44,14 +44,19 @@ def _build_from_objects(objs: list[Path], basenames: list[str], tmp: Path, *, ba
         if stub_obj is not None:
             objs = [*objs, stub_obj]
             basenames = [*basenames, stub_obj.name]
+    imports = None
     if link_against is None:
-        image = image_from_elf(link(objs, tmp, base), name=name, kind=kind, sources=sources)
+        elf = link(objs, tmp, base)
     else:
         require_tools("objcopy")
         defsyms, roots, imports = bind_to_base(objs, basenames, tuple(link_against),
                                                set(keep) if keep is not None else None, tmp)
         elf = link(objs, tmp, base, defsyms=defsyms, roots=roots)
+    try:
         image = image_from_elf(elf, name=name, kind=kind, sources=sources, imports=imports)
+    except PARSE_ERRORS as exc:
+        # what ld made of objects it took but pyelftools cannot read (a damaged kernel object's)
+        raise BuildError(f"{name} ({', '.join(basenames)}): cannot read the linked image: {exc}") from None
     if kernel:
         image = kobject.apply_alternatives(image, cpu_features)
         image.stubs = stubs
@@ -194,7 +199,10 @@ def load_elf(path, *, base: int | None = None, name: str | None = None,
     if link_against is not None or keep is not None:
         raise PatchError(f"{path}: an executable is already linked; give its object file to "
                          "link it against another image")
-    image = image_from_elf(data, name=name, kind="elf", sources=(path,))
+    try:
+        image = image_from_elf(data, name=name, kind="elf", sources=(path,))
+    except PARSE_ERRORS as exc:
+        raise BuildError(f"{path}: cannot read the executable: {exc}") from None
     if base is not None and base != image.lo:
         raise BuildError(f"{path}: the executable is linked at {image.lo:#x}, not at {base:#x}")
     return image

@@ -235,27 +235,34 @@ def apply_alternatives(image, features):
         if repllen > instrlen:
             raise BuildError(f"{image.name}: the alternative at {instr:#x} is longer ({repllen} bytes) "
                              f"than the instructions it replaces ({instrlen})")
-        code = bytearray(image.read(repl, repllen))
-        _reaim(code, repl, instr)
+        what = f"{image.name}: alternative {i} of .altinstructions ({instrlen} bytes at {instr:#x}, " \
+               f"replaced by {repllen} at {repl:#x})"
+        try:
+            image.read(instr, instrlen)
+            code = bytearray(image.read(repl, repllen))
+        except BuildError:
+            raise BuildError(f"{what}: outside the image: the table is damaged") from None
+        if not _reaim(code, repl, instr):
+            raise BuildError(f"{what}: a call or jump of the replacement cannot reach its target from "
+                             f"{instr:#x} (a displacement past 32 bits): the table is damaged")
         code += _nops(instrlen - repllen)
         patches.append((instr, bytes(code)))
     segments = list(image.segments)
     for addr, code in patches:
-        for n, seg in enumerate(segments):
-            if seg.addr <= addr and addr + len(code) <= seg.end:
-                data = bytearray(seg.data)
-                data[addr - seg.addr: addr - seg.addr + len(code)] = code
-                segments[n] = Segment(seg.addr, bytes(data), seg.prot, seg.name)
-                break
+        n, seg = next((n, seg) for n, seg in enumerate(segments) if seg.addr <= addr and addr + len(code) <= seg.end)
+        data = bytearray(seg.data)
+        data[addr - seg.addr: addr - seg.addr + len(code)] = code
+        segments[n] = Segment(seg.addr, bytes(data), seg.prot, seg.name)
     image.segments = segments
     image.alternatives = (f"applied for features {sorted(features)}: "
                           f"{len(patches)} of {entries} alternatives")
     return image
 
 
-def _reaim(code: bytearray, src: int, dst: int) -> None:
+def _reaim(code: bytearray, src: int, dst: int) -> bool:
     """Re-aim the rel32 calls and jumps of code moved from src to dst at their
-    targets outside it (the kernel's apply_relocation)."""
+    targets outside it (the kernel's apply_relocation). False when one
+    cannot reach its target from dst (code is then partly re-aimed)."""
     for start, end in decode(bytes(code)):
         op = code[start]
         if op in (0xE8, 0xE9) and end - start == 5:
@@ -268,7 +275,11 @@ def _reaim(code: bytearray, src: int, dst: int) -> None:
         target = src + end + disp
         if src <= target < src + len(code):
             continue
-        struct.pack_into("<i", code, field, target - (dst + end))
+        disp = target - (dst + end)
+        if not -2**31 <= disp < 2**31:
+            return False
+        struct.pack_into("<i", code, field, disp)
+    return True
 
 
 def _nops(n: int) -> bytes:

@@ -598,6 +598,11 @@ class Machine:
 
     # ---- running (scheduling.py) -------------------------------------------------------
     def runnable(self, cpu: Cpu) -> list[Task]:
+        """The runnable tasks of cpu's run queue, a CPU of this machine
+        (TypeError or ValueError naming it otherwise)."""
+        check_type(cpu, Cpu, "runnable: cpu", "Machine.cpus holds them")
+        if not any(cpu is c for c in self.cpus):
+            raise ValueError(f"runnable: cpu {cpu.index} is not a CPU of this machine")
         return [t for t in cpu.runqueue if t.state is RunState.RUNNABLE]
 
     @property
@@ -714,7 +719,10 @@ class Machine:
 
     @staticmethod
     def in_guard(addr: int, task: Task) -> bool:
-        """Whether addr lies in the guard page below task's stack."""
+        """Whether addr lies in the guard page below task's stack; TypeError
+        or ValueError naming the argument of the wrong type or range."""
+        check_int(addr, "in_guard: addr", 0, 2**64 - 1)
+        check_type(task, Task, "in_guard: task", "Machine.tasks holds them")
         return in_guard(addr, task.stack_lo)
 
 

@@ -646,8 +646,11 @@ def _record_problem(rec: dict) -> str | None:
         if key not in rec:
             continue
         value = rec[key]
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        if not isinstance(value, kind) or (kind in (int, _NUMBER) and isinstance(value, bool)):
             return f"{key} is {type(value).__name__}"
+        if kind in (int, _NUMBER) and value is not None and value < 0:
+            # counts and virtual times: a negative one would be a median or a sum of the summary
+            return f"{key} is negative ({value})"
         items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
         if isinstance(each, tuple) and not all(isinstance(v, dict) and all(k in v for k in each) for v in items):
             return f"{key} holds an element without {', '.join(each) or 'fields'}"
