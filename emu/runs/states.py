@@ -149,7 +149,21 @@ class Observer:
         return out
 
 
-class CheckedPasses:
+class _CondReschedListener:
+    """A listener that hears only cond_resched() (Machine.listeners' other
+    hooks do nothing)."""
+
+    def on_kernel_exit(self, task: Task) -> None:
+        pass
+
+    def on_safe_point(self, task: Task) -> None:
+        pass
+
+    def on_idle(self, cpu, idle: Task) -> None:
+        pass
+
+
+class CheckedPasses(_CondReschedListener):
     """A machine listener (first in Machine.listeners, before the model's)
     that keeps the state of each task at the first cond_resched() at which a
     transition checks it on its CPU (a model whose checks_at_cond_resched:
@@ -169,17 +183,8 @@ class CheckedPasses:
         if task.pending and task.name not in self.met and self.active():
             self.met[task.name] = state_of(self.m, task, self.stacks)
 
-    def on_kernel_exit(self, task: Task) -> None:
-        pass
 
-    def on_safe_point(self, task: Task) -> None:
-        pass
-
-    def on_idle(self, cpu, idle: Task) -> None:
-        pass
-
-
-class Passes:
+class Passes(_CondReschedListener):
     """A machine listener (Machine.listeners) that hears every cond_resched()
     a task passes on its CPU and keeps (task, state there, clock) in
     `passed`, in order; the caller takes them (take()). The scheduler comes
@@ -226,12 +231,3 @@ class Passes:
         now = m.now
         self.passed.append((task, state_of(m, task, self.stacks), now))
         self._passes[task.tid] = (now, self._passes.get(task.tid, (-1, -1))[0])
-
-    def on_kernel_exit(self, task: Task) -> None:
-        pass
-
-    def on_safe_point(self, task: Task) -> None:
-        pass
-
-    def on_idle(self, cpu, idle: Task) -> None:
-        pass
