@@ -184,7 +184,7 @@ static int checked(struct pass *s, int64_t idx, uint64_t target, const struct pt
         if (target != EMU_PATCHED)
             h = carried && !(forced_ok && force) && version == idx;
         else if (p->model == EMU_PM_LIVEPATCH)
-            h = version == below(s, idx, fid) && (carried || (replace && version != 0));
+            h = (carried || (replace && version != 0)) && version == below(s, idx, fid);
         else
             h = (carried && !(forced_ok && force) && version == below(s, idx, fid))
                 || (replace && version != 0 && version != idx && in_live(s, version)

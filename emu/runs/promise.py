@@ -266,15 +266,15 @@ class _Oracle:
         older version, which no check looks for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
+        others = [i for i in live if i != idx]
         for fid, version in frames:
             if target != PATCHED:
                 hit = fid in carried and not (forced_ok and carried[fid]) and version == idx
             elif self.model == "livepatch":
-                hit = version == self.expected([i for i in live if i != idx], fid) \
-                    and (fid in carried or (replace and version != 0))
+                hit = (fid in carried or (replace and version != 0)) and version == self.expected(others, fid)
             else:
                 hit = (fid in carried and not (forced_ok and carried[fid])
-                       and version == self.expected([i for i in live if i != idx], fid)) \
+                       and version == self.expected(others, fid)) \
                     or (replace and version != 0 and version != idx and version in live
                         and not (forced_ok and self.carries.get(version, {}).get(fid, False)))
             if hit and not self.tail_caller(fid, version):
