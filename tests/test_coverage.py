@@ -524,3 +524,22 @@ def test_stop_machine_meets_each_task_where_its_first_stop_finds_it(monkeypatch,
             assert res.met == seen[-1], seed
     finally:
         r.close()
+
+
+def test_a_first_transition_that_failed_before_looking_leaves_the_next_one_observed(monkeypatch):
+    """Ksplice's first update fails in its pre hooks, before any stop (no
+    task looked at); the second update stops every CPU and checks them: the
+    run meets each task where that stop finds it. The observer waited on
+    the first transition alone and met nothing."""
+    from emu.models import stop_machine as sm
+    real = sm.Ksplice._pre_hooks
+    monkeypatch.setattr(sm.Ksplice, "_pre_hooks",
+                        lambda self, t, patch, target: patch.name != "p1" and real(self, t, patch, target))
+    path = Path(__file__).parent / "data/heldout/stacked-disable/scenario.toml"
+    r = Runner(scenario.build(scenario.load(path)))
+    try:
+        res = r.execute(r.plan("ksplice", 0))
+    finally:
+        r.close()
+    assert [t["result"] for t in res.transitions][:2] == ["failed", "completed"]
+    assert set(res.met) == {"user0", "user1", "user2"}        # the scenario's three users

@@ -556,7 +556,12 @@ class Runner:
         obs = states.Observer(m, self.stacks)
 
         def started():
-            return bool(model.transitions) and model.transitions[0].checked_at is not None
+            # the first transition that looked at the tasks (one that
+            # failed before its first stop or check looked at none)
+            for t in model.transitions:
+                if t.checked_at is not None:
+                    return True
+            return False
         # where the transition checks a pending task at its cond_resched()
         # (livepatch 6.4 to 6.15), it meets the task there on its CPU
         passes = states.CheckedPasses(m, self.stacks, started) if model.checks_at_cond_resched else None
@@ -564,12 +569,11 @@ class Runner:
             m.listeners.insert(0, passes)
 
         def look():
-            if not model.transitions:
-                # no transition yet: a later action may start one (a module
-                # loaded first, an enable that waits for the core's mutex);
+            if not started():
+                # no transition has looked at the tasks yet: a later action
+                # may start one (a module loaded first, an enable that waits
+                # for the core's mutex, one after an enable that failed);
                 # once every action was made and none started one, none will
-                return settled()
-            if model.transitions[0].checked_at is None:
                 return settled()
             if passes is not None:
                 for task, st in passes.met.items():
@@ -582,7 +586,7 @@ class Runner:
             # a task not met yet is on a CPU (look() met the others): the
             # loop comes back when it leaves it (its state changes only
             # while it runs); nothing is watched before the transition starts
-            if not model.transitions or model.transitions[0].checked_at is None:
+            if not started():
                 return ()
             return [t.tid for t in m.tasks if not t.is_idle and t.name not in res.met]
         try:
