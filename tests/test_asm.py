@@ -114,3 +114,96 @@ def test_a_displacement_keystone_misreads_is_refused(monkeypatch):
     with pytest.raises(BuildError, match=r"line 2: .*\[r12 \+ 40\].*another displacement"):
         assemble("f:\n    mov r8, qword ptr [r12 + 40]\n    ret\n", base=BASE)
     assemble("f:\n    mov r8, qword ptr [r12 + 0x40]\n    ret\n", base=BASE)     # hexadecimal was meant
+
+# ---- keystone's uninitialised radix --------------------------------------------------
+# keystone 0.9.2 never initialises its lexer's default radix unless ks_option is
+# called (which sets 16): an engine made over heap memory that last held a 16 reads
+# every decimal number as hexadecimal. Setting an option makes that deterministic.
+
+RADIX_TEXT = """\
+f:
+    fentry
+    mov eax, 12
+    add rsp, -8
+    .skip 20, 0x90
+after:
+    ret
+"""
+
+
+def _heap_of_sixteens():
+    """Leave the C heap's free chunks (16 bytes to 4 KiB) holding the int 16,
+    as a process that used such memory would: keystone's next engine then
+    reads decimal numbers as hexadecimal (reproduced every time)."""
+    import ctypes
+    import struct
+    libc = ctypes.CDLL(None)
+    libc.malloc.restype = ctypes.c_void_p
+    libc.malloc.argtypes = [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    chunks = []
+    for size in range(16, 4096, 16):
+        for _ in range(4):
+            p = libc.malloc(size)
+            ctypes.memmove(p, struct.pack("<I", 16) * (size // 4), size)
+            chunks.append(p)
+    for p in chunks:
+        libc.free(p)
+
+
+def _decimal_right(img) -> None:
+    code = img.read(img.symbols["f"], img.symbols["after"] + 1 - img.symbols["f"])
+    assert code[5:10] == bytes.fromhex("b8 0c 00 00 00")          # mov eax, 12
+    assert img.symbols["after"] - img.symbols["f"] == 5 + 5 + 4 + 20
+
+
+def test_decimal_numbers_stay_decimal_over_a_heap_of_sixteens():
+    for _ in range(5):
+        _heap_of_sixteens()
+        _decimal_right(assemble(RADIX_TEXT, base=BASE, name="radix"))
+
+
+class _HexEngine:
+    """A keystone engine whose radix is 16 (as garbage can make it)."""
+
+    def __new__(cls, arch, mode):
+        from keystone import KS_OPT_SYNTAX_INTEL, Ks
+        ks = Ks(arch, mode)
+        ks.syntax = KS_OPT_SYNTAX_INTEL        # ks_option sets the radix to 16
+        return ks
+
+
+def test_engines_that_read_decimal_as_hex_are_refused_by_name(monkeypatch):
+    import emu.images.asm as asm
+    monkeypatch.setattr(asm, "Ks", _HexEngine)
+    with pytest.raises(BuildError, match=r"^radix\.s: keystone read the decimal number .* as hexadecimal "
+                                         r"in each of \d+ engines"):
+        assemble(RADIX_TEXT, base=BASE, source="radix.s")
+
+
+def test_a_number_encoded_as_another_is_refused(monkeypatch):
+    """An engine that passes the radix test but then reads a number as hex
+    (or any other wrong immediate) is caught by the capstone check."""
+    import emu.images.asm as asm
+    from keystone import Ks
+
+    class LateHex:
+        def __init__(self, arch, mode):
+            self.good, self.bad = Ks(arch, mode), _HexEngine(arch, mode)
+            self.calls = 0
+
+        def asm(self, text, addr):
+            self.calls += 1
+            return (self.good if self.calls == 1 else self.bad).asm(text, addr)
+
+    monkeypatch.setattr(asm, "Ks", LateHex)
+    with pytest.raises(BuildError, match=r"^x\.s: line 3: 'mov eax, 12' was encoded as b8 12 00 00 00 "
+                                         r"\(mov eax, 0x12\): another immediate$"):
+        assemble(RADIX_TEXT, base=BASE, source="x.s")
+
+
+@pytest.mark.parametrize("line", ["mov eax, -1", "add rsp, -8", "and rsp, -16", "mov al, 255", "mov rcx, 0xc3",
+                                  "mov rax, 0x1122334455667788", "imul rax, rbx, 5", "imul rax, 5", "shl rax, 3",
+                                  "push 10", "mov word ptr [rax], 300", "cmp byte ptr [rdi], -1"])
+def test_immediates_at_their_width_agree(line):
+    assemble(f"f:\n    {line}\n    ret\n", base=BASE)

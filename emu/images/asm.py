@@ -3,7 +3,14 @@
 keystone 0.9.2 sometimes encodes an instruction as a different one without an
 error (`nop dword ptr [rax+rax*1+0]` comes out as `0f 18 24 00`, not the fentry
 NOP `0f 1f 44 00 00`), so every instruction is decoded again with capstone and
-matched one to one with the source line it came from.
+matched one to one with the source line it came from, immediates included.
+
+keystone 0.9.2 also leaves its lexer's default radix uninitialised
+(MCAsmInfo::Radix is set only by ks_option, and then to 16): an engine made
+over heap memory that last held a 16 reads every decimal number as
+hexadecimal, `mov eax, 12` as `mov eax, 0x12` and `.skip 4064` as 0x4064
+bytes, in instructions and directives alike. Each engine is therefore tried
+on a decimal number before it is used (`_engine`).
 
 The text, line by line:
 - `name:` at the start of a line begins a function unless name starts with `.`
@@ -138,8 +145,7 @@ _REGISTER = re.compile(r"^([re]?[a-d]x|[re]?[sd]il?|[re]?[sb]pl?|[a-d][lh]|r\d+[
 
 def _displacements_agree(ours: list[str], theirs: list[str]) -> bool:
     """The numbers inside [...] of each memory operand are the ones the source
-    wrote (when it wrote only registers and numbers there): keystone has been
-    seen to read decimal displacements as hexadecimal."""
+    wrote (when it wrote only registers and numbers there)."""
     for a, b in zip(ours, theirs):
         if "[" not in a or "[" not in b:
             continue
@@ -149,6 +155,33 @@ def _displacements_agree(ours: list[str], theirs: list[str]) -> bool:
         nums_a = sorted(n for n in (int(x, 0) for x in _NUMBER.findall(_SCALE.sub("", inner_a))) if n)
         nums_b = sorted(n for n in (int(x, 0) for x in _NUMBER.findall(_SCALE.sub("", inner_b))) if n)
         if nums_a != nums_b:
+            return False
+    return True
+
+
+_LITERAL = re.compile(r"^[+-]?(0x[0-9a-f]+|\d+)$")
+
+
+def _immediates_agree(ours: list[str], theirs: list[str]) -> bool:
+    """Each operand the source wrote as a plain number (an immediate, or a
+    jump's absolute target) is the number capstone decoded: capstone shows
+    an immediate at its operand's width (`-1` in a 32-bit operation is
+    0xffffffff), so the source's value is compared at that width. Operands
+    capstone adds (`imul rax, 5` is `imul rax, rax, 5`) are in front."""
+    if len(ours) != len(theirs):
+        ours, theirs = ours[::-1], theirs[::-1]
+    for a, b in zip(ours, theirs):
+        if not _LITERAL.match(a):
+            continue
+        if not _LITERAL.match(b):
+            return False
+        v, w = int(a, 0), int(b, 0)
+        if w < 0:
+            if (v - w) % 2**64:
+                return False
+            continue
+        width = next(k for k in (8, 16, 32, 64, w.bit_length()) if w < 2**k)
+        if v % 2**width != w:
             return False
     return True
 
@@ -178,6 +211,8 @@ def _check(stmt: _Stmt, insn, source: str) -> None:
         problem = "the 16-bit form; write pushfq/popfq"
     elif not _displacements_agree(our_ops, their_ops):
         problem = "another displacement"
+    elif not _immediates_agree(our_ops, their_ops):
+        problem = "another immediate"
     if problem:
         raise BuildError(f"{source}: line {stmt.line}: {stmt.source!r} was encoded as "
                          f"{bytes(insn.bytes).hex(' ')} ({insn.mnemonic} {insn.op_str}".rstrip()
@@ -188,6 +223,28 @@ def _asm_one(ks, stmt: _Stmt, addr: int, labels: list[str]) -> bytes:
     """stmt alone at addr; every label is defined (after it) so references assemble."""
     enc, _ = ks.asm("\n".join([stmt.text, *(f"{name}:" for name in labels)]), addr)
     return bytes(enc or b"")
+
+
+#: A decimal number and what it must assemble to: the test of an engine's radix.
+_RADIX_PROBE = ("mov eax, 10", bytes.fromhex("b8 0a 00 00 00"))
+#: Engines made before an assembly gives up on keystone's radix.
+ENGINE_TRIES = 64
+
+
+def _engine(source: str) -> Ks:
+    """A keystone engine that reads decimal numbers as decimal. One that
+    reads them as hexadecimal (its radix is heap garbage) is kept until an
+    engine that does not is found, so that the next one is made elsewhere."""
+    text, want = _RADIX_PROBE
+    held = []
+    for _ in range(ENGINE_TRIES):
+        ks = Ks(KS_ARCH_X86, KS_MODE_64)
+        enc, _ = ks.asm(text, 0)
+        if bytes(enc or b"") == want:
+            return ks
+        held.append(ks)
+    raise BuildError(f"{source}: keystone read the decimal number in {text!r} as hexadecimal in each of "
+                     f"{ENGINE_TRIES} engines (keystone 0.9.2 leaves its radix uninitialised): not assembled")
 
 
 def assemble(text: str, *, base: int, name: str = "asm", source: str = "<asm>") -> Image:
@@ -205,7 +262,7 @@ def assemble(text: str, *, base: int, name: str = "asm", source: str = "<asm>") 
 
     # Assemble the whole text at once so that keystone lays out labels and picks
     # short or near jumps itself.
-    ks = Ks(KS_ARCH_X86, KS_MODE_64)
+    ks = _engine(source)
     program = "\n".join(f"{i.name}:" if isinstance(i, _Label) else i.text for i in items)
     try:
         enc, _ = ks.asm(program, base)
