@@ -1,6 +1,7 @@
 """emu.app.report on real runs: activation spans, the Chrome trace-event file,
 the timeline picture."""
 import json
+import time
 from pathlib import Path
 
 import pytest
@@ -364,6 +365,19 @@ def test_timeline_writes_png_and_svg_and_guards_files(livepatch_run, tmp_path):
     with pytest.raises(UserError, match=r"\.txt"):
         report.timeline(m, model.transitions, functions, tmp_path / "run.txt")
     assert not (tmp_path / "run.txt").exists()
+
+
+def test_timelines_are_the_same_bytes_each_time_they_are_drawn(livepatch_run, tmp_path):
+    """The same run drawn twice gives the same file: an SVG names no date of
+    the host's and no random ids (Matplotlib's default), a PNG the same."""
+    m, model, functions = livepatch_run
+    for name in ("a.svg", "a.png"):
+        first = report.timeline(m, model.transitions, functions, tmp_path / name).read_bytes()
+        time.sleep(1.01)            # a date to the second would differ
+        again = report.timeline(m, model.transitions, functions, tmp_path / name, force=True).read_bytes()
+        assert first == again, name
+    svg = (tmp_path / "a.svg").read_text()
+    assert "<dc:date>" not in svg and "Matplotlib" in svg[:2000]
 
 
 def test_write_perfetto_refuses_to_overwrite(livepatch_run, tmp_path):

@@ -663,10 +663,19 @@ def timeline(machine: Machine, transitions: list[Transition], functions: set[int
                           patch_names=patch_names)
     try:
         with output.writing(path, replace=force, binary=True) as f:
-            fig.savefig(f, format=fmt, dpi=110)
+            save_figure(fig, f, fmt, dpi=110)
     finally:
         fig.clear()
     return path
+
+
+def save_figure(fig, f, fmt: str, **kwargs) -> None:
+    """fig.savefig to the open file f, as the same bytes for the same
+    figure: an SVG carries no date of the host's and names its clip paths
+    and markers from a fixed salt, not from random ids."""
+    from matplotlib import rc_context
+    with rc_context({"svg.hashsalt": "lpemu"}):
+        fig.savefig(f, format=fmt, metadata={"Date": None} if fmt == "svg" else None, **kwargs)
 
 
 def timeline_figure(machine: Machine, transitions: list[Transition], functions: set[int] | None, *,

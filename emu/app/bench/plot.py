@@ -6,6 +6,7 @@ import statistics
 from pathlib import Path
 
 from emu.models.kgraft import KGR_TIMEOUT
+from emu.app.report import save_figure
 from emu.runs import output
 
 
@@ -25,7 +26,7 @@ def write_scaling_plot(result: dict, path, *, replace: bool = True) -> Path:
     fig = scaling_figure(result)
     try:
         with output.writing(path, replace=replace, binary=True) as f:     # whole or not at all
-            fig.savefig(f, format=path.suffix.lower()[1:])
+            save_figure(fig, f, path.suffix.lower()[1:])
     finally:
         fig.clear()
     return path
