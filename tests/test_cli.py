@@ -167,6 +167,19 @@ def test_bad_scenario_and_usage_errors_exit_2(tmp_path):
 
 
 # ---- JUnit ----------------------------------------------------------------------------------------
+def test_junit_may_go_into_the_out_directory_the_campaign_makes(tmp_path):
+    """--junit DIR/FILE with --out DIR not made yet: the campaign makes DIR,
+    then writes the report there; a directory nothing makes is still refused."""
+    path = seed_scenario(tmp_path, models=["kgraft"])
+    out = tmp_path / "new"
+    r = lpemu("fuzz", path, "--runs", 2, "--jobs", 1, "--out", out, "--junit", out / "junit.xml")
+    assert r.returncode in (0, 1), r.stderr
+    assert ET.parse(out / "junit.xml").getroot().tag == "testsuites" and (out / "runs.jsonl").exists()
+    r = lpemu("fuzz", path, "--runs", 2, "--jobs", 1, "--out", tmp_path / "other", "--junit", tmp_path / "no" / "j.xml")
+    assert r.returncode == 2 and "--junit" in r.stderr and "no such directory" in r.stderr
+    assert not (tmp_path / "other").exists()
+
+
 def test_junit_has_one_testcase_per_model_and_replays_failures(tmp_path):
     path = seed_scenario(tmp_path, expect_table='kgraft = "safe"\nlivepatch = "safe"\n',
                          models=["kgraft", "livepatch"])

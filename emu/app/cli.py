@@ -87,11 +87,12 @@ def int_in(lo: int, hi: int):
     return parse
 
 
-def _output(option: str, path, force: bool, json_out: bool = False) -> None:
+def _output(option: str, path, force: bool, json_out: bool = False, made=None) -> None:
     """Check before the run that path can be written: its directory exists and
     is writable, and it is not a directory (an existing file needs --force);
     with json_out (--json), that it is not standard output, which holds
-    the JSON document alone."""
+    the JSON document alone. made: a directory the command creates before
+    it writes path (--out): path may be in it while it does not exist yet."""
     import os
     p = Path(path)
     if json_out:
@@ -106,6 +107,8 @@ def _output(option: str, path, force: bool, json_out: bool = False) -> None:
         raise UserError(f"{option} {path}: is a directory")
     parent = p.parent if str(p.parent) else Path(".")
     if not parent.is_dir():
+        if made is not None and parent.absolute() == Path(made).absolute():
+            return          # written once the command made it (and said so if it could not)
         raise UserError(f"{option} {path}: no such directory: {parent}")
     if p.exists() and not force:
         raise UserError(f"{option} {path}: already exists; remove it or pass --force to overwrite it")
@@ -424,7 +427,7 @@ def _fuzz(args) -> int:
                         f"in --out {args.out}; name another file")
     if args.junit:
         from emu.app import junit
-        _output("--junit", args.junit, True, args.json)      # a directory that exists, writable
+        _output("--junit", args.junit, True, args.json, made=args.out)     # a writable directory, or --out
         junit.check_replaceable(args.junit)
     client = None
     if args.scheduler is not None:     # before anything is written: no Dask or no scheduler is a UserError
