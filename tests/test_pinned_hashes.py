@@ -4,6 +4,8 @@ strategy, two seeds each. A change that is meant to keep results the same
 meant to change a run's events updates tests/data/trace_hashes.json in the
 same commit and says why (regenerate: python tests/test_pinned_hashes.py)."""
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -40,6 +42,25 @@ def test_trace_hashes_are_pinned(path):
     got = current_hashes([path])
     want = {k: v for k, v in pinned.items() if k.startswith(f"{path.parent.name}/{path.name}:")}
     assert got == want
+
+
+@pytest.mark.parametrize("perturb", ["165", "16"])
+def test_trace_hashes_do_not_depend_on_what_the_heap_held(perturb):
+    """glibc's MALLOC_PERTURB_ fills every allocation and every freed chunk
+    with a byte pattern: memory read before anything wrote it (in the C
+    core, Unicorn, keystone, capstone) then holds other values than on a
+    fresh heap, and a run that depended on it would change. Each process
+    builds its programs anew (the C compiler, keystone) and runs them."""
+    paths = [ROOT / "examples" / "seed" / "scenario.toml", ROOT / "examples" / "modules" / "scenario.toml"]
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); from pathlib import Path; "
+            "from test_pinned_hashes import current_hashes; "
+            "print(json.dumps(current_hashes([Path(p) for p in sys.argv[2:]])))")
+    run = subprocess.run([sys.executable, "-c", code, str(Path(__file__).parent), *map(str, paths)],
+                         env={**os.environ, "MALLOC_PERTURB_": perturb}, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    got = json.loads(run.stdout.splitlines()[-1])
+    pinned = json.loads(PINNED.read_text())
+    assert got == {k: pinned[k] for k in got} and len(got) == 2 * len(scenario.MODELS) * len(scenario.STRATEGIES) * len(SEEDS)
 
 
 if __name__ == "__main__":
