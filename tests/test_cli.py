@@ -434,3 +434,23 @@ def test_demo_exits_1_when_a_model_answers_the_seed_question_unexpectedly(capsys
     assert cli.main(["demo", "--runs", "4", "--quiet"]) == 1
     out = capsys.readouterr().out
     assert "FAIL bar+baz: livepatch: expected safe, but 4 of 4 runs were not (first: seed 0: inconsistent" in out
+
+
+def test_run_lists_what_became_of_each_module():
+    """lpemu run says when each module came, went live, went and was gone
+    (EV_MODULE), and which insmod or rmmod did it; in --json too. A run
+    with no module says nothing of modules."""
+    path = ROOT / "examples" / "modules" / "scenario.toml"
+    r = lpemu("run", path, "--model", "livepatch")
+    assert r.returncode == 0, r.stderr
+    section = r.stdout.split("\nmodules\n")[1].split("\n\n")[0].splitlines()
+    assert [line.split("] ")[1].split(" (")[0] for line in section] == \
+        ["codec: coming", "codec: live", "codec: going", "codec: gone"]
+    assert "(insmod-codec)" in section[1] and "(rmmod-codec)" in section[2]
+    moments = json.loads(lpemu("run", path, "--model", "livepatch", "--json").stdout)["modules"]
+    assert [(mo["module"], mo["became"]) for mo in moments] == [("codec", k) for k in ("coming", "live", "going", "gone")]
+    assert [mo["time"] for mo in moments] == sorted(mo["time"] for mo in moments)
+    plain = lpemu("run", ROOT / "examples" / "seed" / "scenario.toml", "--model", "livepatch")
+    assert "\nmodules\n" not in plain.stdout
+    assert json.loads(lpemu("run", ROOT / "examples" / "seed" / "scenario.toml", "--model", "livepatch",
+                            "--json").stdout)["modules"] == []

@@ -235,6 +235,7 @@ def _outputs(args, machine, model, result) -> dict:
 
 def _print_result(res, machine, model, *, title: str) -> None:
     from rich.markup import escape as esc    # what the run says is text: "[r8]" is an operand, not markup
+    from emu.app import report
     con = _console()
     spec = res.spec
     verdict = ("[bold red]INCONSISTENT[/]" if res.inconsistent else
@@ -248,6 +249,11 @@ def _print_result(res, machine, model, *, title: str) -> None:
         con.print("\n[bold]kernel log[/]")
         for t, text in machine.log:
             con.print(f"  [{t:>10}] {text}", markup=False)
+    moments = report.module_moments(machine) if machine is not None else []
+    if moments:
+        con.print("\n[bold]modules[/]")
+        for mo in moments:
+            con.print(f"  [{mo.clock:>10}] {mo.module}: {mo.kind}" + (f" ({mo.task})" if mo.task else ""), markup=False)
     if res.transitions:
         rows = []
         for t in res.transitions:
@@ -358,7 +364,10 @@ def _run(args) -> int:
         record = res.to_json()
         failing = expect.failing(record, fail_on)
         if args.json:
-            out = record | {"log": [[t, text] for t, text in m.log], "status": model.status(),
+            out = record | {"log": [[t, text] for t, text in m.log],
+                            "modules": [{"time": mo.clock, "module": mo.module, "became": mo.kind, "by": mo.task or None}
+                                        for mo in report.module_moments(m)],
+                            "status": model.status(),
                             "files": written, "findings": expect.findings(record), "fail_on": list(fail_on),
                             "failing": failing, "command": _command_line(args, spec)}
             if shrunk:
