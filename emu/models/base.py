@@ -136,6 +136,10 @@ class Model:
     pending_only = True
     #: what the model's own kernel messages start with
     prefix = ""
+    #: unpatching checks the active version of each function (a newer
+    #: patch's when one is on top) besides the patch's own (kpatch); the
+    #: promise oracle (emu/runs/promise.py) holds the model to it
+    unpatch_checks_active = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

@@ -41,8 +41,10 @@ The promises (rule names in brackets):
   stopped; [stack]: no task has a checked function (patching: the active
   version of each of P's unforced ones, the version just below P as
   above, and with replace every unforced version of the replaced
-  patches; unpatching: P's version) on its stack, unless the switch was
-  forced;
+  patches; unpatching: P's version of each of its unforced ones, and
+  under a model whose class says unpatch_checks_active (kpatch) the
+  active version too, a newer patch's when one is on top) on its stack,
+  unless the switch was forced;
 - immediate [together]: a patch's sites change together: once a task ran
   the new version of one of its functions, no task runs the old version of
   any of them.
@@ -72,6 +74,7 @@ from emu.errors import EmuError
 from emu.machine.machine import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_STOP_MACHINE,
                                  EV_TRANSITION, Machine)
 from emu.machine.task import PATCHED, ROUTES, UNDEFINED, UNPATCHED
+from emu.models import model_class
 from emu.models.base import T_COMPLETE, T_START, T_SWITCH
 from emu.kernel.patch import Patch
 
@@ -146,6 +149,9 @@ class _Oracle:
         self.found: list[tuple] = []
         self._tails: dict[tuple[int, int], bool] = {}
         self.forced: set[int] = set()         # kGraft: tasks a force migrated inside their current unit
+        # the model's word on which versions its unpatching checks: the
+        # active one besides the patch's own (kpatch), or the own alone
+        self.unpatch_active = _declared(model, "unpatch_checks_active")
 
     @cached_property
     def carries(self) -> dict[int, dict[int, bool]]:
@@ -235,7 +241,7 @@ class _Oracle:
         here and the pass is run again."""
         kinds = tuple(t.kind for t in self.m.tasks)
         bp_blind = self.model == "stop_machine" and self.m.unwinder == "fp"
-        key = ("promise", self.model, bp_blind, kinds, self.unlinked)
+        key = ("promise", self.model, bp_blind, self.unpatch_active, kinds, self.unlinked)
         scanner = cache.get(key) if cache is not None else None
         if scanner is None:
             allowed = ALLOWED_ROUTES.get(self.model, ())
@@ -245,7 +251,7 @@ class _Oracle:
             replace = [(idx, bool(p.replace)) for idx, p in self.by_index.items()]
             scanner = core.PromiseScanner(MODEL_CODES.get(self.model, 0), (T_START, T_COMPLETE, T_SWITCH), carried,
                                           replace, flags, [{"user": 0, "kthread": 1}.get(k.value, 2) for k in kinds],
-                                          bp_blind=bp_blind)
+                                          bp_blind=bp_blind, unpatch_active=self.unpatch_active)
             if cache is not None:
                 cache[key] = scanner
         while True:
@@ -262,14 +268,20 @@ class _Oracle:
         original): livepatch's klp_check_stack_func (the next entry of the
         func_stack; a nop's too), kpatch's active func (kpatch_get_func);
         kpatch skips a func marked force and, with replace, checks every
-        replaced version not marked force. After a force a task may hold an
-        older version, which no check looks for."""
+        replaced version not marked force. Unpatching checks idx's own
+        version of each function it carries and, under a model that says
+        unpatch_checks_active, the active one (kpatch_get_func: a newer
+        patch's when one is on top; kpatch_unregister marks idx's own
+        funcs KPATCH_OP_UNPATCH, which the walk of the hash checks). After
+        a force a task may hold an older version, which no check looks
+        for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
         others = [i for i in live if i != idx]
         for fid, version in frames:
             if target != PATCHED:
-                hit = fid in carried and not (forced_ok and carried[fid]) and version == idx
+                hit = fid in carried and not (forced_ok and carried[fid]) and (
+                    version == idx or (self.unpatch_active and version == self.expected(live, fid)))
             elif self.model == "livepatch":
                 hit = (fid in carried or (replace and version != 0)) and version == self.expected(others, fid)
             else:
@@ -435,6 +447,15 @@ class _Oracle:
                 self.breach(clock, B_STACK, tid, hit[0], hit[1], code)
         if route == "stack" and tid in cpu_of:
             self.breach(clock, B_RUNNING, tid, x=cpu_of[tid])
+
+
+def _declared(model: str, rule: str) -> bool:
+    """Whether model's class declares rule (a class flag of emu/models);
+    False for a model unknown."""
+    try:
+        return bool(getattr(model_class(model), rule, False))
+    except ValueError:
+        return False
 
 
 def _route(code: int) -> str:
