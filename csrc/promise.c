@@ -182,8 +182,11 @@ static int in_live(const struct pass *s, int64_t idx)
  * skips a func marked force and, with replace, checks every replaced
  * version not marked force. Unpatching checks idx's own version and, with
  * p->unpatch_active, the active one (expected(): kpatch's active func, a
- * newer patch's when one is on top). After a force a task may hold an
- * older version, which no check looks for. */
+ * newer patch's when one is on top); a livepatch replace's (reversed)
+ * the original of each function one of its nops covers (a nop's new_func
+ * is the original; it covers what another enabled patch carries and idx
+ * does not). After a force a task may hold an older version, which no
+ * check looks for. */
 static int checked(struct pass *s, int64_t idx, uint64_t target, const struct ptask *t, int forced_ok,
                    struct frame *hit)
 {
@@ -196,8 +199,9 @@ static int checked(struct pass *s, int64_t idx, uint64_t target, const struct pt
         int force = 0, vforce = 0, h, tl;
         int carried = carries(p, idx, fid, &force);
         if (target != EMU_PATCHED)
-            h = carried && !(forced_ok && force)
-                && (version == idx || (p->unpatch_active && version == expected(s, fid)));
+            h = (carried && !(forced_ok && force)
+                 && (version == idx || (p->unpatch_active && version == expected(s, fid))))
+                || (p->model == EMU_PM_LIVEPATCH && replace && version == 0 && !carried && below(s, idx, fid) != 0);
         else if (p->model == EMU_PM_LIVEPATCH)
             h = (carried || (replace && version != 0)) && version == below(s, idx, fid);
         else

@@ -66,3 +66,26 @@ def test_kpatch_unpatching_is_held_to_the_active_version_too(kept_run):
     own = [e if e[1] != core.EV_ENTRY else (7, core.EV_ENTRY, 0, f, p1, 0) for e in trace]
     for model in ("stop_machine", "ksplice"):
         assert judged(m, mod.patches, own, model)[-1] == f"[stack] sleeper: patch p1 switched with f v{p1} on the stack"
+
+
+def test_a_reversed_atomic_replace_is_held_to_its_nops_originals(kept_run):
+    """Reversed, an atomic replace's unpatching transition checks each nop's
+    new_func, which klp_init_object_loaded() set to the original function
+    (klp_check_stack_func, target UNPATCHED): in replace-nop-reverse p2's
+    nop covers f(), and the walker asleep in the original f() may not
+    switch back until it leaves it. The run keeps that promise; the same
+    trace with the walker switched by the stack check right after the
+    reversal started is a breach (the oracle checked p2's own functions
+    alone and let it pass)."""
+    res, m, mod = kept_run("replace-nop-reverse/scenario.toml", "livepatch")
+    assert [(t["patch"], t["result"]) for t in res.transitions][1:] == [("p2", "reversed"), ("p2", "completed")]
+    trace = list(m.trace.records())
+    assert judged(m, mod.patches, trace, "livepatch") == []
+    p2 = next(p.index for p in mod.patches if p.name == "p2")
+    walker = next(t.tid for t in m.tasks if t.name == "walker")
+    at = next(i for i, e in enumerate(trace)
+              if e[1] == core.EV_TRANSITION and e[3] == T_START and e[4] == p2 and e[5] == UNPATCHED)
+    clock = trace[at][0]
+    planted = trace[:at + 1] + [(clock, EV_PATCH_STATE, walker, UNPATCHED, ROUTES.index("stack"), 0)] + trace[at + 1:]
+    found = judged(m, mod.patches, planted, "livepatch")
+    assert found[:1] == ["[stack] walker: switched by stack with f v0 on its stack"]

@@ -30,7 +30,9 @@ The promises (rule names in brackets):
   exit switch no function the transition checks is on its stack (patching:
   of each function P carries, and with atomic replace of each function a
   nop covers, the version just below P's entry, the newest other enabled
-  patch's or the original; unpatching: P's version);
+  patch's or the original; unpatching: P's version, and with atomic
+  replace (a reversed one) the original of each function a nop covers:
+  a nop's new_func is the original);
   [running]: a task switched by another CPU's stack check was not on a CPU
   (idle tasks: not followed, see below);
 - kGraft [route]: kernel exit, safe point (kthreads), idle loop or force;
@@ -272,17 +274,23 @@ class _Oracle:
         version of each function it carries and, under a model that says
         unpatch_checks_active, the active one (kpatch_get_func: a newer
         patch's when one is on top; kpatch_unregister marks idx's own
-        funcs KPATCH_OP_UNPATCH, which the walk of the hash checks). After
-        a force a task may hold an older version, which no check looks
-        for."""
+        funcs KPATCH_OP_UNPATCH, which the walk of the hash checks); a
+        livepatch replace's (its transition reversed) checks each of its
+        nops' new_func too, which klp_init_object_loaded() set to the
+        original: the original of each function another enabled patch
+        carries and idx does not. After a force a task may hold an older
+        version, which no check looks for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
         others = [i for i in live if i != idx]
+        livepatch = self.model == "livepatch"
         for fid, version in frames:
             if target != PATCHED:
                 hit = fid in carried and not (forced_ok and carried[fid]) and (
-                    version == idx or (self.unpatch_active and version == self.expected(live, fid)))
-            elif self.model == "livepatch":
+                    version == idx or (self.unpatch_active and version == self.expected(live, fid))) \
+                    or (livepatch and replace and version == 0 and fid not in carried
+                        and self.expected(others, fid) != 0)
+            elif livepatch:
                 hit = (fid in carried or (replace and version != 0)) and version == self.expected(others, fid)
             else:
                 hit = (fid in carried and not (forced_ok and carried[fid])
