@@ -52,8 +52,9 @@ class Transition:
     requested_at: int
     started_at: int | None = None
     # when the model first looked at the tasks (a run's observer meets them
-    # from then on): livepatch's first check, stop_machine's first stop,
-    # kGraft's and immediate's start
+    # from then on): livepatch's first check, stop_machine's first stop
+    # that checked (a forced one looks at no task), kGraft's and
+    # immediate's start
     checked_at: int | None = None
     completed_at: int | None = None
     result: str = "pending"         # pending, completed, failed, reversed, cancelled

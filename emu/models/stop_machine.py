@@ -237,8 +237,10 @@ class StopMachine(Model):
                     yield from update
             yield _Stop()
             stopped = m.now
-            if t.checked_at is None:
-                t.checked_at = stopped      # every task is where the stop found it
+            if t.checked_at is None and not self.forcing:
+                # every task is where the stop found it; a forced stop
+                # skips the check and looks at none
+                t.checked_at = stopped
             blockers = []
             cost = 0
             if not self.forcing:
