@@ -137,9 +137,13 @@ class Model:
     pending_only = True
     #: what the model's own kernel messages start with
     prefix = ""
-    #: unpatching checks the active version of each function (a newer
-    #: patch's when one is on top) besides the patch's own (kpatch); the
-    #: promise oracle (emu/runs/promise.py) holds the model to it
+    #: the checks the promise oracle (emu/runs/promise.py) holds the model
+    #: to: a function its patch marks force is left out of the stack
+    #: checks (kpatch's KPATCH_FORCE_UNSAFE; Ksplice's check_address() has
+    #: no such exception, livepatch and kGraft no such flag) ...
+    honours_force = False
+    #: ... and unpatching checks the active version of each function (a
+    #: newer patch's when one is on top) besides the patch's own (kpatch)
     unpatch_checks_active = False
 
     def __init_subclass__(cls, **kwargs):

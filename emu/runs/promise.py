@@ -85,10 +85,6 @@ ALLOWED_ROUTES = {
     "livepatch": {"stack", "kernel_exit", "idle", "cond_resched", "freezable_sleep", "force", "signal"},
     "kgraft": {"kernel_exit", "safe_point", "idle", "force"},
 }
-#: the models whose check skips a function its patch marks force: kpatch's
-#: KPATCH_FORCE_UNSAFE (kpatch_backtrace_address_verify); Ksplice's
-#: check_address() has no such exception, livepatch and kGraft no such flag
-FORCE_FLAG_MODELS = {"stop_machine"}
 #: routes after which the task's stack must hold no checked function
 CHECKED_ROUTES = {"stack", "cond_resched", "freezable_sleep", "kernel_exit"}
 STOP_MODELS = ("stop_machine", "ksplice")
@@ -159,8 +155,9 @@ class _Oracle:
     def carries(self) -> dict[int, dict[int, bool]]:
         """Patch index -> {function id: force flag} of the functions it carries
         (nops left out); the flag only under a model whose check skips such
-        a function (FORCE_FLAG_MODELS)."""
-        flags = self.model in FORCE_FLAG_MODELS
+        a function (its class says honours_force: kpatch's
+        KPATCH_FORCE_UNSAFE)."""
+        flags = _declared(self.model, "honours_force")
         return {p.index: {f.old.id: flags and bool(f.force) for o, f in p.funcs()
                           if f.old is not None and not f.nop and (p.index, o.name) not in self.unlinked}
                 for p in self.patches}
