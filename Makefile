@@ -55,7 +55,7 @@ bench: build
 # machine used from two threads: tests/test_machine.py, tests/test_sched.py).
 ASAN_DIR   := build/asan
 ASAN_FLAGS := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer -g -O1
-ASAN_TESTS := tests/test_core.py tests/test_slicer.py tests/test_trampolines.py tests/test_unwind.py tests/test_stack_checks.py tests/test_redirect_hostile.py tests/test_machine.py tests/test_models.py tests/test_sched.py tests/test_guest.py tests/test_exits.py tests/test_handover.py tests/test_units.py tests/test_digest.py tests/test_api_misuse.py
+ASAN_TESTS := tests/test_core.py tests/test_slicer.py tests/test_trampolines.py tests/test_unwind.py tests/test_stack_checks.py tests/test_redirect_hostile.py tests/test_machine.py tests/test_models.py tests/test_sched.py tests/test_guest.py tests/test_exits.py tests/test_handover.py tests/test_promise.py tests/test_units.py tests/test_digest.py tests/test_api_misuse.py
 asan: $(STAMP)
 	rm -rf $(ASAN_DIR) && mkdir -p $(ASAN_DIR) && cp -r emu $(ASAN_DIR)/ && rm -f $(ASAN_DIR)/emu/_core_c* \
 	  && ln -s $(CURDIR)/csrc $(ASAN_DIR)/csrc

@@ -744,7 +744,7 @@ struct emu_promise {
     int32_t t_complete;
     int32_t t_switch;
     int32_t bp_blind;       /* kpatch's frame-pointer check: a preempted task's innermost two frames unseen */
-    int32_t pad;
+    int32_t unpatch_active; /* unpatching checks the active version of each function too (kpatch) */
     const struct emu_pcarry *carry;
     size_t ncarry;
     const struct emu_ppatch *patch;

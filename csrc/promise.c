@@ -152,6 +152,18 @@ static int64_t below(const struct pass *s, int64_t idx, int64_t fid)
     return 0;
 }
 
+/* The version fid resolves to with the enabled patches. */
+static int64_t expected(const struct pass *s, int64_t fid)
+{
+    size_t i;
+    int force;
+
+    for (i = s->nlive; i-- > 0;)
+        if (carries(s->p, s->live[i], fid, &force))
+            return s->live[i];
+    return 0;
+}
+
 static int in_live(const struct pass *s, int64_t idx)
 {
     size_t i;
@@ -168,8 +180,13 @@ static int in_live(const struct pass *s, int64_t idx)
  * (below()): livepatch's klp_check_stack_func (the next entry of the
  * func_stack; a nop's too), kpatch's active func (kpatch_get_func); kpatch
  * skips a func marked force and, with replace, checks every replaced
- * version not marked force. After a force a task may hold an older
- * version, which no check looks for. */
+ * version not marked force. Unpatching checks idx's own version and, with
+ * p->unpatch_active, the active one (expected(): kpatch's active func, a
+ * newer patch's when one is on top); a livepatch replace's (reversed)
+ * the original of each function one of its nops covers (a nop's new_func
+ * is the original; it covers what another enabled patch carries and idx
+ * does not). After a force a task may hold an older version, which no
+ * check looks for. */
 static int checked(struct pass *s, int64_t idx, uint64_t target, const struct ptask *t, int forced_ok,
                    struct frame *hit)
 {
@@ -182,7 +199,9 @@ static int checked(struct pass *s, int64_t idx, uint64_t target, const struct pt
         int force = 0, vforce = 0, h, tl;
         int carried = carries(p, idx, fid, &force);
         if (target != EMU_PATCHED)
-            h = carried && !(forced_ok && force) && version == idx;
+            h = (carried && !(forced_ok && force)
+                 && (version == idx || (p->unpatch_active && version == expected(s, fid))))
+                || (p->model == EMU_PM_LIVEPATCH && replace && version == 0 && !carried && below(s, idx, fid) != 0);
         else if (p->model == EMU_PM_LIVEPATCH)
             h = (carried || (replace && version != 0)) && version == below(s, idx, fid);
         else
@@ -229,17 +248,6 @@ static int apply(struct pass *s, int64_t idx, uint64_t target)
         return EMU_ENOMEM;
     s->live[s->nlive++] = idx;
     return EMU_OK;
-}
-
-static int64_t expected(const struct pass *s, int64_t fid)
-{
-    size_t i;
-    int force;
-
-    for (i = s->nlive; i-- > 0;)
-        if (carries(s->p, s->live[i], fid, &force))
-            return s->live[i];
-    return 0;
 }
 
 static int by_task(const void *a, const void *b)

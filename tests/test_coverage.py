@@ -543,3 +543,25 @@ def test_a_first_transition_that_failed_before_looking_leaves_the_next_one_obser
         r.close()
     assert [t["result"] for t in res.transitions][:2] == ["failed", "completed"]
     assert set(res.met) == {"user0", "user1", "user2"}        # the scenario's three users
+
+
+def test_a_stop_forced_before_its_check_looks_at_no_task(tmp_path):
+    """lpemu's force of kpatch, written before the first stop, skips the
+    activeness check: that transition looked at no task (checked_at stays
+    unset) and the run meets no state, where the same run unforced meets
+    each task at its stop. The stop counted as a look whether or not it
+    checked, and the run met every task after a switch that had looked at
+    none."""
+    base = SEED.read_text().replace('sources = ["base.c"]', f'sources = ["{EX / "seed" / "base.c"}"]') \
+        .replace('sources = ["patch.c"]', f'sources = ["{EX / "seed" / "patch.c"}"]')
+    force = '\n[[action]]\nat = 20001\ndo = "force"\npatch = "seed_patch"\n'
+    for forced in (False, True):
+        path = _scenario(tmp_path, base.replace("[check]", force + "\n[check]") if forced else base)
+        with Runner(scenario.build(scenario.load(path))) as r:
+            for seed in range(2):
+                res, m, model = r.execute(r.plan("stop_machine", seed), keep=True)
+                m.engine.close()
+                assert [(t["result"], t["attempts"]) for t in res.transitions] == [("completed", 1)]
+                assert not res.errors
+                assert (model.transitions[0].checked_at is None) == forced
+                assert (res.met == {}) == forced, res.met

@@ -1881,6 +1881,27 @@ def test_kpatch_checks_the_active_version_after_a_forced_function(model):
         m.engine.close()
 
 
+@pytest.mark.parametrize("model", ["stop_machine", "livepatch"])
+def test_kpatch_disabling_an_older_patch_checks_its_own_version_too(model):
+    """kpatch_unregister() marks p1's funcs KPATCH_OP_UNPATCH before its
+    check; kpatch_backtrace_address_verify() checks the active f() (p2's,
+    where nobody is) and, in its walk of the hash, p1's own f(), where the
+    sleeper sleeps since p2's force let it stay: each of the 5 attempts
+    fails. The model checked the active version alone and removed p1 under
+    the sleeper (which the promise oracle reported as its breach).
+    livepatch's p2 waits for the sleeper, so the disable finds it busy."""
+    res, log, _, _ = run("kpatch-disable-under-forced/scenario.toml", model)
+    sound(res)
+    if model == "stop_machine":
+        assert [(t["patch"], t["result"], t["attempts"]) for t in res.transitions] == [
+            ("p1", "completed", 1), ("p2", "completed", 1), ("p1", "failed", 5)]
+        assert log.count("kpatch: activeness safety check failed for f") == 5
+        assert "kpatch: unloaded patch module 'p1'" not in log
+        assert res.transitions[2]["attempt_log"][0]["blockers"][0]["stack"][0].startswith("f+0x")
+    else:
+        assert [e["action"] for e in res.errors] == ["disable p1"] and "-EBUSY" in res.errors[0]["error"]
+
+
 FORCE_FUNCTION = {"immediate": ("completed", False), "stop_machine": ("completed", False),
                   "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
 

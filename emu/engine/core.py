@@ -1197,7 +1197,8 @@ PROMISE = {k[len("EMU_"):]: getattr(lib, k) for k in dir(lib) if k.startswith(("
 
 
 def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], carried, replace, routes, kinds,
-                 tails: dict, *, bp_blind: bool = False) -> tuple[list[tuple], tuple[int, int] | None]:
+                 tails: dict, *, bp_blind: bool = False,
+                 unpatch_active: bool = False) -> tuple[list[tuple], tuple[int, int] | None]:
     """The promise oracle's pass over log (csrc/promise.c; emu/runs/promise.py
     has the rules and the twin): (breach records (clock, code, task, fid,
     version, x, y) in trace order, None), or ([], (fid, version)) when a
@@ -1208,17 +1209,20 @@ def promise_scan(log: EventLog, model: int, transitions: tuple[int, int, int], c
     pairs; routes: each route's EMU_PR_* flags; kinds: each task's kind (0
     user, 1 kthread, else idle); bp_blind: at a stop_machine switch, a
     preempted task's innermost two frames are not seen (kpatch's
-    frame-pointer check)."""
-    return PromiseScanner(model, transitions, carried, replace, routes, kinds, bp_blind=bp_blind).scan(log, tails)
+    frame-pointer check); unpatch_active: unpatching checks the active
+    version of each function besides the patch's own (kpatch)."""
+    return PromiseScanner(model, transitions, carried, replace, routes, kinds, bp_blind=bp_blind,
+                          unpatch_active=unpatch_active).scan(log, tails)
 
 
 class PromiseScanner:
     """promise_scan's tables but the tails, prepared once for the C core:
     scan(log, tails) is promise_scan(log, model, transitions, carried,
-    replace, routes, kinds, tails, bp_blind=bp_blind)."""
+    replace, routes, kinds, tails, bp_blind=bp_blind,
+    unpatch_active=unpatch_active)."""
 
     def __init__(self, model: int, transitions: tuple[int, int, int], carried, replace, routes, kinds, *,
-                 bp_blind: bool = False):
+                 bp_blind: bool = False, unpatch_active: bool = False):
         carried = sorted(set((int(i), int(f), 1 if force else 0) for i, f, force in carried))
         replace = sorted((int(i), 1 if r else 0) for i, r in replace)
         self._carry = ffi.new("struct emu_pcarry[]", carried or [(0, 0, 0)])
@@ -1229,7 +1233,7 @@ class PromiseScanner:
         t_start, t_complete, t_switch = transitions
         self._conf = ffi.new("struct emu_promise *", {
             "model": model, "t_start": t_start, "t_complete": t_complete, "t_switch": t_switch,
-            "bp_blind": 1 if bp_blind else 0,
+            "bp_blind": 1 if bp_blind else 0, "unpatch_active": 1 if unpatch_active else 0,
             "carry": self._carry, "ncarry": len(carried), "patch": self._patch, "npatch": len(replace),
             "routes": self._routes, "nroutes": len(routes), "kinds": self._kinds, "ntasks": len(kinds),
             "tail": self._no_tail, "ntail": 0})

@@ -52,8 +52,9 @@ class Transition:
     requested_at: int
     started_at: int | None = None
     # when the model first looked at the tasks (a run's observer meets them
-    # from then on): livepatch's first check, stop_machine's first stop,
-    # kGraft's and immediate's start
+    # from then on): livepatch's first check, stop_machine's first stop
+    # that checked (a forced one looks at no task), kGraft's and
+    # immediate's start
     checked_at: int | None = None
     completed_at: int | None = None
     result: str = "pending"         # pending, completed, failed, reversed, cancelled
@@ -136,6 +137,14 @@ class Model:
     pending_only = True
     #: what the model's own kernel messages start with
     prefix = ""
+    #: the checks the promise oracle (emu/runs/promise.py) holds the model
+    #: to: a function its patch marks force is left out of the stack
+    #: checks (kpatch's KPATCH_FORCE_UNSAFE; Ksplice's check_address() has
+    #: no such exception, livepatch and kGraft no such flag) ...
+    honours_force = False
+    #: ... and unpatching checks the active version of each function (a
+    #: newer patch's when one is on top) besides the patch's own (kpatch)
+    unpatch_checks_active = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

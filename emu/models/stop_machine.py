@@ -7,8 +7,8 @@ stop_machine after the activeness safety check: every task's stack (at most
 64 entries with x86's end marker; a full trace counts as failure, so 63
 addresses fail) and its interrupted RIP are compared with the ranges of the
 functions being replaced (the original when patching, the active version
-when repatching or unpatching, the replaced patches' functions too with
-replace). A hit fails the whole operation with -EBUSY; the kpatch tool
+when repatching or unpatching, and when unpatching the patch's own version
+too, the replaced patches' functions too with replace). A hit fails the whole operation with -EBUSY; the kpatch tool
 retries up to 5 times, 2 s apart, each time loading the patch module anew:
 a failed attempt unregisters the ftrace ops it registered, so the sites are
 NOPs again until the next one. Functions marked force are not checked, the
@@ -96,7 +96,10 @@ class StopMachine(Model):
     done_text = {PATCHED: "loaded patch module '{}'", UNPATCHED: "unloaded patch module '{}'"}
     # kpatch_backtrace_address_verify(): unpatching checks the active
     # version of each function (kpatch_get_func(old_addr), the newest in
-    # the hash), not necessarily the one the patch being removed brought
+    # the hash), not necessarily the one the patch being removed brought;
+    # and that one too: kpatch_unregister() marks the patch's funcs
+    # KPATCH_OP_UNPATCH, and the same check's walk of the hash compares
+    # every such func that is not force (ranges)
     unpatch_checks_active = True
     # kpatch_link_object takes a reference on each module it links
     holds_module_refs = True
@@ -161,18 +164,26 @@ class StopMachine(Model):
 
     # ---- the check --------------------------------------------------------------
     def ranges(self, patch: Patch, target: int, funcs):
-        out = []
+        out, own = [], []
         for f in funcs:
             if f.force and self.honours_force:
                 continue
             # patching: the original, or the version being repatched;
             # unpatching: what runs now (kpatch_get_func(): the newest
-            # entry, another patch's when a newer one is on top of f)
+            # entry, another patch's when a newer one is on top of f),
+            # then, in kpatch's walk of the hash, f's own code (its op is
+            # KPATCH_OP_UNPATCH): both, when a newer patch is on top of f
             if target == PATCHED:
                 lo, hi = self.replaced_range(f)
+            elif self.unpatch_checks_active:
+                active = self.active(f)
+                lo, hi = self.own_range(active)
+                if active is not f:
+                    own.append((*self.own_range(f), f.name))
             else:
-                lo, hi = self.own_range(self.active(f) if self.unpatch_checks_active else f)
+                lo, hi = self.own_range(f)
             out.append((lo, hi, f.name))
+        out += own
         if patch.replace and target == PATCHED:
             # "in the replace case" every KPATCH_OP_UNPATCH func of the hash
             # that is not force (kpatch_backtrace_address_verify)
@@ -226,8 +237,10 @@ class StopMachine(Model):
                     yield from update
             yield _Stop()
             stopped = m.now
-            if t.checked_at is None:
-                t.checked_at = stopped      # every task is where the stop found it
+            if t.checked_at is None and not self.forcing:
+                # every task is where the stop found it; a forced stop
+                # skips the check and looks at none
+                t.checked_at = stopped
             blockers = []
             cost = 0
             if not self.forcing:

@@ -30,7 +30,9 @@ The promises (rule names in brackets):
   exit switch no function the transition checks is on its stack (patching:
   of each function P carries, and with atomic replace of each function a
   nop covers, the version just below P's entry, the newest other enabled
-  patch's or the original; unpatching: P's version);
+  patch's or the original; unpatching: P's version, and with atomic
+  replace (a reversed one) the original of each function a nop covers:
+  a nop's new_func is the original);
   [running]: a task switched by another CPU's stack check was not on a CPU
   (idle tasks: not followed, see below);
 - kGraft [route]: kernel exit, safe point (kthreads), idle loop or force;
@@ -41,8 +43,10 @@ The promises (rule names in brackets):
   stopped; [stack]: no task has a checked function (patching: the active
   version of each of P's unforced ones, the version just below P as
   above, and with replace every unforced version of the replaced
-  patches; unpatching: P's version) on its stack, unless the switch was
-  forced;
+  patches; unpatching: P's version of each of its unforced ones, and
+  under a model whose class says unpatch_checks_active (kpatch) the
+  active version too, a newer patch's when one is on top) on its stack,
+  unless the switch was forced;
 - immediate [together]: a patch's sites change together: once a task ran
   the new version of one of its functions, no task runs the old version of
   any of them.
@@ -72,6 +76,7 @@ from emu.errors import EmuError
 from emu.machine.machine import (EV_EXIT, EV_KERNEL_EXIT, EV_PATCH_STATE, EV_SAFE_POINT, EV_STOP_MACHINE,
                                  EV_TRANSITION, Machine)
 from emu.machine.task import PATCHED, ROUTES, UNDEFINED, UNPATCHED
+from emu.models import model_class
 from emu.models.base import T_COMPLETE, T_START, T_SWITCH
 from emu.kernel.patch import Patch
 
@@ -80,10 +85,6 @@ ALLOWED_ROUTES = {
     "livepatch": {"stack", "kernel_exit", "idle", "cond_resched", "freezable_sleep", "force", "signal"},
     "kgraft": {"kernel_exit", "safe_point", "idle", "force"},
 }
-#: the models whose check skips a function its patch marks force: kpatch's
-#: KPATCH_FORCE_UNSAFE (kpatch_backtrace_address_verify); Ksplice's
-#: check_address() has no such exception, livepatch and kGraft no such flag
-FORCE_FLAG_MODELS = {"stop_machine"}
 #: routes after which the task's stack must hold no checked function
 CHECKED_ROUTES = {"stack", "cond_resched", "freezable_sleep", "kernel_exit"}
 STOP_MODELS = ("stop_machine", "ksplice")
@@ -146,13 +147,17 @@ class _Oracle:
         self.found: list[tuple] = []
         self._tails: dict[tuple[int, int], bool] = {}
         self.forced: set[int] = set()         # kGraft: tasks a force migrated inside their current unit
+        # the model's word on which versions its unpatching checks: the
+        # active one besides the patch's own (kpatch), or the own alone
+        self.unpatch_active = _declared(model, "unpatch_checks_active")
 
     @cached_property
     def carries(self) -> dict[int, dict[int, bool]]:
         """Patch index -> {function id: force flag} of the functions it carries
         (nops left out); the flag only under a model whose check skips such
-        a function (FORCE_FLAG_MODELS)."""
-        flags = self.model in FORCE_FLAG_MODELS
+        a function (its class says honours_force: kpatch's
+        KPATCH_FORCE_UNSAFE)."""
+        flags = _declared(self.model, "honours_force")
         return {p.index: {f.old.id: flags and bool(f.force) for o, f in p.funcs()
                           if f.old is not None and not f.nop and (p.index, o.name) not in self.unlinked}
                 for p in self.patches}
@@ -235,7 +240,7 @@ class _Oracle:
         here and the pass is run again."""
         kinds = tuple(t.kind for t in self.m.tasks)
         bp_blind = self.model == "stop_machine" and self.m.unwinder == "fp"
-        key = ("promise", self.model, bp_blind, kinds, self.unlinked)
+        key = ("promise", self.model, bp_blind, self.unpatch_active, kinds, self.unlinked)
         scanner = cache.get(key) if cache is not None else None
         if scanner is None:
             allowed = ALLOWED_ROUTES.get(self.model, ())
@@ -245,7 +250,7 @@ class _Oracle:
             replace = [(idx, bool(p.replace)) for idx, p in self.by_index.items()]
             scanner = core.PromiseScanner(MODEL_CODES.get(self.model, 0), (T_START, T_COMPLETE, T_SWITCH), carried,
                                           replace, flags, [{"user": 0, "kthread": 1}.get(k.value, 2) for k in kinds],
-                                          bp_blind=bp_blind)
+                                          bp_blind=bp_blind, unpatch_active=self.unpatch_active)
             if cache is not None:
                 cache[key] = scanner
         while True:
@@ -262,15 +267,27 @@ class _Oracle:
         original): livepatch's klp_check_stack_func (the next entry of the
         func_stack; a nop's too), kpatch's active func (kpatch_get_func);
         kpatch skips a func marked force and, with replace, checks every
-        replaced version not marked force. After a force a task may hold an
-        older version, which no check looks for."""
+        replaced version not marked force. Unpatching checks idx's own
+        version of each function it carries and, under a model that says
+        unpatch_checks_active, the active one (kpatch_get_func: a newer
+        patch's when one is on top; kpatch_unregister marks idx's own
+        funcs KPATCH_OP_UNPATCH, which the walk of the hash checks); a
+        livepatch replace's (its transition reversed) checks each of its
+        nops' new_func too, which klp_init_object_loaded() set to the
+        original: the original of each function another enabled patch
+        carries and idx does not. After a force a task may hold an older
+        version, which no check looks for."""
         carried = self.carries.get(idx, {})
         replace = self.by_index[idx].replace if idx in self.by_index else False
         others = [i for i in live if i != idx]
+        livepatch = self.model == "livepatch"
         for fid, version in frames:
             if target != PATCHED:
-                hit = fid in carried and not (forced_ok and carried[fid]) and version == idx
-            elif self.model == "livepatch":
+                hit = fid in carried and not (forced_ok and carried[fid]) and (
+                    version == idx or (self.unpatch_active and version == self.expected(live, fid))) \
+                    or (livepatch and replace and version == 0 and fid not in carried
+                        and self.expected(others, fid) != 0)
+            elif livepatch:
                 hit = (fid in carried or (replace and version != 0)) and version == self.expected(others, fid)
             else:
                 hit = (fid in carried and not (forced_ok and carried[fid])
@@ -435,6 +452,15 @@ class _Oracle:
                 self.breach(clock, B_STACK, tid, hit[0], hit[1], code)
         if route == "stack" and tid in cpu_of:
             self.breach(clock, B_RUNNING, tid, x=cpu_of[tid])
+
+
+def _declared(model: str, rule: str) -> bool:
+    """Whether model's class declares rule (a class flag of emu/models);
+    False for a model unknown."""
+    try:
+        return bool(getattr(model_class(model), rule, False))
+    except ValueError:
+        return False
 
 
 def _route(code: int) -> str:
