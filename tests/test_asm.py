@@ -173,6 +173,20 @@ class _HexEngine:
         return ks
 
 
+class _LateHexEngine:
+    """An engine that passes the radix test (its first assembly) and reads
+    decimal numbers as hexadecimal from then on."""
+
+    def __init__(self, arch, mode):
+        from keystone import Ks
+        self.good, self.bad = Ks(arch, mode), _HexEngine(arch, mode)
+        self.calls = 0
+
+    def asm(self, text, addr):
+        self.calls += 1
+        return (self.good if self.calls == 1 else self.bad).asm(text, addr)
+
+
 def test_engines_that_read_decimal_as_hex_are_refused_by_name(monkeypatch):
     import emu.images.asm as asm
     monkeypatch.setattr(asm, "Ks", _HexEngine)
@@ -185,21 +199,24 @@ def test_a_number_encoded_as_another_is_refused(monkeypatch):
     """An engine that passes the radix test but then reads a number as hex
     (or any other wrong immediate) is caught by the capstone check."""
     import emu.images.asm as asm
-    from keystone import Ks
-
-    class LateHex:
-        def __init__(self, arch, mode):
-            self.good, self.bad = Ks(arch, mode), _HexEngine(arch, mode)
-            self.calls = 0
-
-        def asm(self, text, addr):
-            self.calls += 1
-            return (self.good if self.calls == 1 else self.bad).asm(text, addr)
-
-    monkeypatch.setattr(asm, "Ks", LateHex)
+    monkeypatch.setattr(asm, "Ks", _LateHexEngine)
     with pytest.raises(BuildError, match=r"^x\.s: line 3: 'mov eax, 12' was encoded as b8 12 00 00 00 "
                                          r"\(mov eax, 0x12\): another immediate$"):
         assemble(RADIX_TEXT, base=BASE, source="x.s")
+
+
+@pytest.mark.parametrize("text,line", [("f:\n    ret\n    .skip 20, 0x90\n", 3),
+                                       ("f:\n    ret\n    .quad 10, -1\n", 3),
+                                       ("f:\n    ret\n    .byte 0x90\n    .long 16\n", 4)])
+def test_data_written_as_numbers_is_checked_too(monkeypatch, text, line):
+    """A data directive of literal numbers (.skip, .quad, .byte, ...) must
+    give the bytes it writes: an engine that reads a decimal number as hex
+    after the radix test is caught there as well."""
+    import emu.images.asm as asm
+    assemble(text, base=BASE, source="d.s")          # a sound engine: the same text is fine
+    monkeypatch.setattr(asm, "Ks", _LateHexEngine)
+    with pytest.raises(BuildError, match=rf"^d\.s: line {line}: '\.[a-z]+ [^']*' was assembled as \d+ bytes "):
+        assemble(text, base=BASE, source="d.s")
 
 
 @pytest.mark.parametrize("line", ["mov eax, -1", "add rsp, -8", "and rsp, -16", "mov al, 255", "mov rcx, 0xc3",

@@ -186,6 +186,32 @@ def _immediates_agree(ours: list[str], theirs: list[str]) -> bool:
     return True
 
 
+#: Data directives of literal numbers, and each number's width in bytes.
+_DATA_WIDTHS = {".byte": 1, ".word": 2, ".short": 2, ".value": 2, ".long": 4, ".int": 4, ".quad": 8}
+_SPACE = {".skip", ".space", ".zero"}
+
+
+def _expected_data(text: str) -> bytes | None:
+    """The bytes a data directive written with literal numbers only must
+    give (`.quad 1, -2`, `.skip 20, 0x90`), or None for any other form
+    (labels, expressions, strings, alignment: keystone's alone)."""
+    words = text.split(None, 1)
+    name, args = words[0].lower(), (words[1] if len(words) == 2 else "")
+    ops = [a.strip().lower() for a in args.split(",")] if args.strip() else []
+    if not ops or not all(_LITERAL.match(o) for o in ops):
+        return None
+    values = [int(o, 0) for o in ops]
+    if name in _DATA_WIDTHS:
+        width = _DATA_WIDTHS[name]
+        if any(not -2 ** (8 * width - 1) <= v < 2 ** (8 * width) for v in values):
+            return None                 # keystone's to refuse or truncate
+        return b"".join((v % 2 ** (8 * width)).to_bytes(width, "little") for v in values)
+    if name in _SPACE and len(values) <= 2 and 0 <= values[0] <= 1 << 24:
+        fill = values[1] if len(values) == 2 else 0
+        return bytes([fill % 256]) * values[0] if -128 <= fill < 256 else None
+    return None
+
+
 def _opcode(code: bytes) -> bytes:
     i = 0
     while i < len(code) and code[i] in _PREFIX_BYTES:
@@ -297,6 +323,11 @@ def assemble(text: str, *, base: int, name: str = "asm", source: str = "<asm>") 
             addr += insn.size
         else:
             size = len(_asm_one(ks, item, addr, labels))
+            want = _expected_data(item.text) if item.kind == "data" else None
+            if want is not None and code[off:off + size] != want:
+                got = code[off:off + min(size, 16)].hex(" ") + (" ..." if size > 16 else "")
+                raise BuildError(f"{source}: line {item.line}: {item.source!r} was assembled as {size} bytes "
+                                 f"({got}), not the {len(want)} it writes")
             if item.kind == "fentry":
                 if code[off:off + size] != FENTRY_NOP:
                     raise BuildError(f"{source}: line {item.line}: fentry was encoded as "
