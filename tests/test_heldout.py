@@ -1910,3 +1910,39 @@ def test_ksplice_says_an_update_was_applied_and_reversed_as_ksplice_does():
     assert [line for line in log if "successfully" in line or "patch module" in line] == [
         "ksplice: Update p1 applied successfully", "ksplice: Update p2 applied successfully",
         "ksplice: Update p2 reversed successfully"]
+
+
+# ---- a task asleep in a function reached by a tail call ----------------------------------
+
+TAIL_CALL = {"immediate": ("completed", False), "stop_machine": ("completed", False),
+             "ksplice": ("completed", False), "kgraft": ("completed", True), "livepatch": ("completed", False)}
+NO_SIBLING = {"immediate": ("completed", False), "stop_machine": ("failed", True),
+              "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_function_that_tail_called_its_way_off_the_stack_is_not_on_it(model):
+    """gcc -O2 ends foo() with `jmp nap`: asleep in nap(), the sleeper holds
+    no return address inside foo(), so every stack check passes (kpatch,
+    Ksplice at their first attempt, livepatch by its check) and the old
+    foo()'s value reaches the new tally(); kGraft keeps the whole system
+    call in one universe. Compiled without sibling calls, foo() stays on
+    the stack and the checking models wait or fail instead."""
+    res, log, values, _ = run("tail-call-asleep/scenario.toml", model)
+    outcome, safe = TAIL_CALL[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    if not safe:
+        assert [h["text"].split(" at t=")[0] for h in res.handovers] == [
+            "tally v1 received 10 in its 1st argument, returned by foo v0"]
+    if model in ("stop_machine", "ksplice"):
+        assert res.transitions[0]["attempts"] == 1
+    if model == "livepatch":
+        assert res.latency < 1.5 * 100_000                      # long before the sleeper wakes (3 s)
+    assert collapse(values[("sleeper", 2)]) == [10, 1010]
+    res, log, values, _ = run("tail-call-asleep/scenario-nosibling.toml", model)
+    outcome, safe = NO_SIBLING[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    if model == "livepatch":                                    # it switched at its kernel exit after 3 s
+        assert 2.5 * 100_000 < res.latency < 4 * 100_000
