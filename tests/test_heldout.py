@@ -575,12 +575,15 @@ def test_atomic_replace_then_disable_leaves_every_task_on_the_original(model):
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_stacked_patches_then_disable_the_older(model):
     """kGraft refuses to revert p1 while p2, applied after it, holds a
-    reference to it (kgr_modify_kernel: patch->refs, -EBUSY); f() stays
-    p2's under every model."""
+    reference to it (kgr_modify_kernel: patch->refs, -EBUSY); the first
+    livepatch (immediate) while p2, registered after it, is enabled
+    (__klp_disable_patch: "enforce stacking", -EBUSY); f() stays p2's
+    under every model."""
     res, _, values, _ = run("stacked-disable-older/scenario.toml", model)
-    if model == "kgraft":
+    if model in ("kgraft", "immediate"):
         assert [e["action"] for e in res.errors] == ["disable p1"]
-        assert "this patch is still referenced" in res.errors[0]["error"]
+        assert ("this patch is still referenced" if model == "kgraft" else
+                "only the last enabled patch can be disabled ('p2' is enabled)") in res.errors[0]["error"]
         assert "-EBUSY" in res.errors[0]["error"]
     else:
         assert res.outcome == "completed" and not res.errors
@@ -1543,7 +1546,8 @@ def test_a_module_of_two_replaced_patches_loaded_during_an_atomic_replace(model)
 # ---- kGraft's patch references ------------------------------------------------------------
 
 REFS_ERRORS = {"kgraft": [("disable p1", "-EBUSY"), ("disable p1", "-EBUSY"), ("disable p2", "-EINVAL")],
-               "livepatch": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")]}
+               "livepatch": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")],
+               "immediate": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")]}
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -1946,3 +1950,84 @@ def test_a_function_that_tail_called_its_way_off_the_stack_is_not_on_it(model):
     sound(res)
     if model == "livepatch":                                    # it switched at its kernel exit after 3 s
         assert 2.5 * 100_000 < res.latency < 4 * 100_000
+
+
+# ---- the stacking order of the first livepatch ------------------------------------------
+
+STACKING_OLD = ([0, 1, 2, 1, 0, 1, 2], [("disable p1", "-EBUSY"), ("enable p2", "-EBUSY")])
+STACKING = {"immediate": STACKING_OLD,
+            "stop_machine": ([0, 1, 2, 0, 2, 1], [("disable p1", "-EINVAL"), ("enable p2", "-EINVAL")]),
+            "ksplice": ([0, 1, 2, 0, 2, 1], [("disable p1", "-EINVAL"), ("enable p2", "-EINVAL")]),
+            "kgraft": ([0, 1, 2, 1, 0, 2, 1], [("disable p1", "-EBUSY"), ("enable p2", "-EEXIST")]),
+            "livepatch": ([0, 1, 2, 0, 2, 1], [("disable p1", "-EINVAL"), ("enable p2", "-EINVAL")])}
+
+
+@pytest.mark.parametrize("model,kernel", [(m, None) for m in MODEL_NAMES] + [("livepatch", "4.18")])
+def test_the_stacking_order_of_two_patches_of_one_function(model, kernel):
+    """Livepatch 4.0 to 5.0 "enforce stacking" both ways over every
+    registered patch (only the last enabled can be disabled, only the first
+    disabled enabled: -EBUSY), and so does the immediate model, the first
+    livepatch (4.0 to 4.11): it let both writes through. kpatch, Ksplice
+    and livepatch from 5.1 keep no order; kGraft's references refuse the
+    older patch's revert alone."""
+    res, log, values, _ = run("stacking-order/scenario.toml", model, kernel=kernel)
+    sound(res)
+    assert kernel_safe(res)
+    f, errors = STACKING_OLD if kernel == "4.18" else STACKING[model]
+    assert [(e["action"], e["error"].split("(")[-1].split(":")[0]) for e in res.errors] == errors
+    if model == "immediate":
+        assert "only the first disabled patch can be enabled ('p1' is disabled)" in res.errors[1]["error"]
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == f
+
+
+def test_the_first_livepatch_enforces_its_stacking_order(compile_c):
+    """__klp_disable_patch() and __klp_enable_patch() of 4.0 to 4.11 refuse
+    with -EBUSY what the order forbids, before anything changes; the
+    immediate model disabled the older of two stacked patches and enabled
+    a patch whose predecessor was disabled. A replaced patch leaves the
+    order (it cannot come back as anything but a new registration)."""
+    from emu.errors import Busy
+    base = compile_c(STACKING_BASE)
+    m = Machine(base, cpus=1)
+    m.add_task("user", "user_entry", (1,))
+    imgs = []
+    for i in (1, 2, 3):
+        at = imgs[-1].hi + 0x10000 & ~0xfff if imgs else m.module_base()
+        imgs.append(compile_c(STACKING_PATCH % i, name=f"p{i}", base=at, link_against=base, keep={"f"}))
+        m.load(imgs[-1])
+    im = make_model("immediate", m)
+    p1, p2, p3 = (im.add(make_patch(m, f"p{i}", img, ["f"], replace=i == 3)) for i, img in zip((1, 2, 3), imgs))
+
+    def settle():
+        m.run(until=m.now + m.seconds(0.2))
+    im.enable(p1)
+    settle()
+    im.enable(p2)
+    settle()
+    with pytest.raises(Busy, match="only the last enabled patch can be disabled"):
+        im.disable(p1)
+    assert p1.enabled and p2.enabled and len(im.transitions) == 2
+    im.disable(p2)
+    settle()
+    im.disable(p1)
+    settle()
+    with pytest.raises(Busy, match=r"only the first disabled patch can be enabled \('p1' is disabled\)"):
+        im.enable(p2)
+    im.enable(p1)
+    settle()
+    im.enable(p3)                            # a replace overrides even disabled patches
+    settle()
+    assert im.registered == [p2, p3] and not p1.enabled
+    assert observed(m, 1)[-1][1] == 3
+
+
+STACKING_BASE = """
+volatile long zero;
+__attribute__((noinline)) long f(void) { lpemu_observe(1, 0 + zero); return 0; }
+long user_entry(long t) { f(); lpemu_sleep(t); return 0; }
+"""
+STACKING_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long f(void) { lpemu_observe(1, %d + zero); return 0; }
+"""
