@@ -305,6 +305,7 @@ from emu.models import MODEL_NAMES                 # noqa: E402
 MODULE_PATCH_MODELS = [n for n in MODEL_NAMES if n != "ksplice"]
 from emu.runs import scenario                      # noqa: E402
 from emu.runs.fuzz import Runner                   # noqa: E402
+from emu.machine.task import RunState               # noqa: E402
 
 HELD = Path(__file__).resolve().parent / "data" / "heldout"
 
@@ -2031,3 +2032,49 @@ STACKING_PATCH = """
 extern volatile long zero;
 __attribute__((noinline)) long f(void) { lpemu_observe(1, %d + zero); return 0; }
 """
+
+
+# ---- a task forked during a transition --------------------------------------------------
+
+FORK = {"immediate": ("completed", False, [1]), "stop_machine": ("failed", True, [0]),
+        "ksplice": ("failed", True, [0]), "kgraft": ("completed", True, [1]),
+        "livepatch": ("completed", True, [1])}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_task_forked_during_a_transition(model):
+    """klp_copy_process() gives the module's loader its parent's state and
+    pending flag, and it passes the kernel exits of fork and exec before
+    init_module(): it runs the patched probe() while the sleeper still holds
+    the transition; kGraft's child migrates at the same exits. kpatch has
+    nothing per task (the loader runs what the sites say between attempts);
+    Ksplice's load waits for module_mutex until the update aborts."""
+    res, log, values, _ = run("fork-mid-transition/scenario.toml", model)
+    outcome, safe, init = FORK[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    assert values[("insmod-drv", 1)] == init
+    assert collapse(values[("sleeper", 1)])[:1] == ([1] if model == "immediate" else [0])
+    if model == "livepatch":
+        assert 9 * 100_000 < res.latency < 11 * 100_000            # the sleeper woke at 10 s
+    if model == "ksplice":
+        aborted = next(t for t, line in enumerate(log) if line.startswith("ksplice: Aborted fix."))
+        assert res.transitions[0]["attempts"] == 5 and aborted == len(log) - 1
+
+
+def test_a_run_goes_on_two_cycles_after_an_action_that_waited_for_a_mutex():
+    """A load written while Ksplice's update holds module_mutex runs when
+    the update aborts (5.3 s), three seconds after its time: the run ended
+    two cycles after the action's time and the transition's, so the
+    module's init never ran (until = "transitions", the default)."""
+    scn = scenario.load(HELD / "fork-mid-transition/scenario.toml")
+    scn.fuzz = replace(scn.fuzz, until="transitions", horizon=20.0)
+    r = Runner(scenario.build(scn))
+    res, m, _ = r.execute(r.plan("ksplice", 0), keep=True)
+    try:
+        assert res.outcome == "failed"
+        loader = next(t for t in m.tasks if t.name == "insmod-drv")
+        ran = [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.task == loader.tid]
+        assert ran == [0] and loader.state is RunState.EXITED
+    finally:
+        m.engine.close()
