@@ -2078,3 +2078,30 @@ def test_a_run_goes_on_two_cycles_after_an_action_that_waited_for_a_mutex():
         assert ran == [0] and loader.state is RunState.EXITED
     finally:
         m.engine.close()
+
+
+# ---- fake signals against uninterruptible sleeps ----------------------------------------
+
+UNINTERRUPTIBLE = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+                   "kgraft": "stalled", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_fake_signals_leave_an_uninterruptible_sleeper_asleep(model):
+    """klp_send_signals(): wake_up_state(TASK_INTERRUPTIBLE) for a kthread,
+    set_notify_signal() for a user task: neither ends a TASK_UNINTERRUPTIBLE
+    sleep, and the transition stalls where fake-signals completes. kGraft
+    wakes its kthreads with wake_up_process(), which does (the poller
+    migrates at its safe point); its user task's fake signal does not."""
+    res, log, values, _ = run("signal-uninterruptible/scenario.toml", model)
+    assert res.outcome == UNINTERRUPTIBLE[model] and kernel_safe(res)
+    sound(res)
+    assert ("sleeper", 3) not in values                         # no sleep of it ended within 30 s
+    if model == "livepatch":
+        assert "livepatch: signaling remaining tasks" in log
+        assert [b["task"] for b in res.transitions[0]["blockers"]] == ["sleeper", "poller"]
+    if model == "kgraft":
+        assert values[("poller", 4)][0] > 4900                  # woken at once, 49 s left
+        assert [b["task"] for b in res.transitions[0]["blockers"]] == ["sleeper"]
+    elif model != "immediate":
+        assert ("poller", 4) not in values
