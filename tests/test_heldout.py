@@ -2105,3 +2105,52 @@ def test_fake_signals_leave_an_uninterruptible_sleeper_asleep(model):
         assert [b["task"] for b in res.transitions[0]["blockers"]] == ["sleeper"]
     elif model != "immediate":
         assert ("poller", 4) not in values
+
+
+# ---- a pre_patch callback that refuses, under every model --------------------------------
+
+PRE_PATCH_REFUSED = {"livepatch": (1, 0), "stop_machine": (1, 1), "ksplice": (1, 0)}
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_pre_patch_callback_that_refuses(compile_c, model_name):
+    """pre_patch -ENODEV on a patch of g(), the worker calling g() all the
+    time, the sleeper asleep outside it. livepatch (__klp_enable_patch):
+    "pre-patch callback failed", klp_cancel_transition() ("canceling
+    patching transition, going to unpatch"), the write fails with -ENODEV,
+    nothing patched, no post_unpatch (post_unpatch_enabled stays false).
+    kpatch (kpatch_apply_patch): the check passes, pre_patch refuses inside
+    stop_machine, the load fails with -ENODEV; the kpatch tool retries only
+    a busy load (-EBUSY), so there is no second attempt. Ksplice: the pre
+    hook fails before any stop_machine. kGraft and immediate have no
+    callbacks: the patch applies. Every model: post_unpatch never runs."""
+    from emu.models.refusals import PatchRefused
+    m, model, base, mod, img = ksplice_world(compile_c, model_name, sleep=1)
+    log: list = []
+    patch = model.add(make_patch(m, "p", img, ["g"], callbacks=ks_callbacks(log, fail=-errno.ENODEV)))
+    m.run(until=m.seconds(0.1))
+    refused = []
+    try:
+        model.enable(patch)
+    except PatchRefused as exc:
+        refused.append(exc)
+    m.run(until=m.seconds(6))
+    lines = [line for _, line in m.log]
+    if model_name in ("kgraft", "immediate"):
+        assert not refused and log == [] and patch.enabled
+        assert model.transitions[0].result == "completed"
+        assert observed(m, 2)[-1][1] == 2
+        return
+    pre_calls, attempts = PRE_PATCH_REFUSED[model_name]
+    assert [n for n, *_ in log] == ["pre_patch"] * pre_calls
+    assert not patch.enabled and set(v for _, v in observed(m, 2)) == {1}
+    if model_name == "livepatch":
+        assert len(refused) == 1 and refused[0].errno == errno.ENODEV
+        assert lines[-5:] == ["livepatch: pre-patch callback failed for object 'vmlinux'",
+                              "livepatch: failed to enable patch 'p'",
+                              "livepatch: 'p': canceling patching transition, going to unpatch",
+                              "livepatch: 'p': completing unpatching transition",
+                              "livepatch: 'p': unpatching complete"]
+    else:
+        t = model.transitions[0]
+        assert t.result == "failed" and t.attempts == attempts
