@@ -2062,6 +2062,30 @@ def test_a_task_forked_during_a_transition(model):
         assert res.transitions[0]["attempts"] == 5 and aborted == len(log) - 1
 
 
+FORK_UNPATCH = {"immediate": ("completed", False), "stop_machine": ("failed", True),
+                "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_task_forked_during_an_unpatching_transition(model):
+    """Forked while the sleeper holds the unpatching transition asleep in
+    the new nap(), the loader passes its kernel exits into the target
+    state (UNPATCHED; kGraft: the old universe) and runs the original
+    probe(); under every model init runs the original."""
+    res, log, values, _ = run("fork-mid-transition/scenario-unpatch.toml", model)
+    outcome, safe = FORK_UNPATCH[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    assert values[("insmod-drv", 1)] == [0]
+    if model in ("livepatch", "kgraft"):
+        assert [t["result"] for t in res.transitions] == ["completed", "completed"]
+        assert collapse(values[("sleeper", 1)]) == [0, 1, 0]       # the new probe() after the new nap()
+    else:
+        assert [e["action"] for e in res.errors] == (["disable fix"] if model != "immediate" else [])
+    if model == "livepatch":                                      # the sleeper left the new nap() at 6 s
+        assert res.transitions[1]["completed_at"] > 6 * 100_000
+
+
 def test_a_run_goes_on_two_cycles_after_an_action_that_waited_for_a_mutex():
     """A load written while Ksplice's update holds module_mutex runs when
     the update aborts (5.3 s), three seconds after its time: the run ended
