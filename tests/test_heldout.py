@@ -2178,3 +2178,31 @@ def test_a_pre_patch_callback_that_refuses(compile_c, model_name):
     else:
         t = model.transitions[0]
         assert t.result == "failed" and t.attempts == attempts
+
+
+# ---- every CPU busy ----------------------------------------------------------------------
+
+ALL_BUSY = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
+            "kgraft": "stalled", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model,kernel", [(m, None) for m in MODEL_NAMES] + [("livepatch", "4.18"),
+                                                                             ("livepatch", "6.8")])
+def test_every_cpu_busy_with_a_cpu_bound_kthread(model, kernel):
+    """The kworker borrows a CPU at its cruncher's cond_resched() and
+    switches that one by its stack; its retries are queued on the same CPU,
+    where the other cruncher is never off its CPU ("is running") ->
+    stalls, except where cond_resched() is a switch point (6.4 to 6.15).
+    The stoppers take both CPUs at cond_resched(): kpatch and Ksplice
+    complete at once; kGraft has no safe point to migrate them."""
+    res, log, values, _ = run("all-cpus-busy/scenario.toml", model, kernel=kernel)
+    outcome = "completed" if kernel == "6.8" else ALL_BUSY[model]
+    assert res.outcome == outcome and kernel_safe(res)
+    sound(res)
+    if model == "livepatch" and outcome == "stalled":
+        t = res.transitions[0]
+        assert {tuple(b["task"] for b in a["blockers"]) for a in t["attempt_log"]} == {("cruncher1",)}
+        assert t["blockers"][0]["stack"][-1] == "(running)"
+        assert collapse(values[("cruncher0", 1)]) == [0, 1] and collapse(values[("cruncher1", 1)]) == [0]
+    if model in ("stop_machine", "ksplice"):
+        assert res.transitions[0]["attempts"] == 1
