@@ -486,7 +486,7 @@ static int hypercall(struct sched *s, int i, int64_t tid)
             wake_at = a > (FOREVER - t) / G(tick) ? FOREVER : t + a * G(tick);
         T(tid, state) = EMU_TS_SLEEPING;
         T(tid, wake_at) = wake_at;
-        T(tid, interruptible) = 1;
+        T(tid, interruptible) = s->stop->hc_args[1] == 0;   /* rsi: 1 for TASK_UNINTERRUPTIBLE */
         emit(s, EMU_EV_SLEEP, (int)tid, wake_at);
         schedule_out(s, i, tid, 0);
         if (wake_at >= 0)

@@ -305,6 +305,7 @@ from emu.models import MODEL_NAMES                 # noqa: E402
 MODULE_PATCH_MODELS = [n for n in MODEL_NAMES if n != "ksplice"]
 from emu.runs import scenario                      # noqa: E402
 from emu.runs.fuzz import Runner                   # noqa: E402
+from emu.machine.task import RunState               # noqa: E402
 
 HELD = Path(__file__).resolve().parent / "data" / "heldout"
 
@@ -575,12 +576,15 @@ def test_atomic_replace_then_disable_leaves_every_task_on_the_original(model):
 @pytest.mark.parametrize("model", MODEL_NAMES)
 def test_stacked_patches_then_disable_the_older(model):
     """kGraft refuses to revert p1 while p2, applied after it, holds a
-    reference to it (kgr_modify_kernel: patch->refs, -EBUSY); f() stays
-    p2's under every model."""
+    reference to it (kgr_modify_kernel: patch->refs, -EBUSY); the first
+    livepatch (immediate) while p2, registered after it, is enabled
+    (__klp_disable_patch: "enforce stacking", -EBUSY); f() stays p2's
+    under every model."""
     res, _, values, _ = run("stacked-disable-older/scenario.toml", model)
-    if model == "kgraft":
+    if model in ("kgraft", "immediate"):
         assert [e["action"] for e in res.errors] == ["disable p1"]
-        assert "this patch is still referenced" in res.errors[0]["error"]
+        assert ("this patch is still referenced" if model == "kgraft" else
+                "only the last enabled patch can be disabled ('p2' is enabled)") in res.errors[0]["error"]
         assert "-EBUSY" in res.errors[0]["error"]
     else:
         assert res.outcome == "completed" and not res.errors
@@ -1543,7 +1547,8 @@ def test_a_module_of_two_replaced_patches_loaded_during_an_atomic_replace(model)
 # ---- kGraft's patch references ------------------------------------------------------------
 
 REFS_ERRORS = {"kgraft": [("disable p1", "-EBUSY"), ("disable p1", "-EBUSY"), ("disable p2", "-EINVAL")],
-               "livepatch": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")]}
+               "livepatch": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")],
+               "immediate": [("disable p1", "-EBUSY"), ("disable p1", "-EINVAL"), ("disable p2", "-EINVAL")]}
 
 
 @pytest.mark.parametrize("model", MODEL_NAMES)
@@ -1931,3 +1936,294 @@ def test_ksplice_says_an_update_was_applied_and_reversed_as_ksplice_does():
     assert [line for line in log if "successfully" in line or "patch module" in line] == [
         "ksplice: Update p1 applied successfully", "ksplice: Update p2 applied successfully",
         "ksplice: Update p2 reversed successfully"]
+
+
+# ---- a task asleep in a function reached by a tail call ----------------------------------
+
+TAIL_CALL = {"immediate": ("completed", False), "stop_machine": ("completed", False),
+             "ksplice": ("completed", False), "kgraft": ("completed", True), "livepatch": ("completed", False)}
+NO_SIBLING = {"immediate": ("completed", False), "stop_machine": ("failed", True),
+              "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_function_that_tail_called_its_way_off_the_stack_is_not_on_it(model):
+    """gcc -O2 ends foo() with `jmp nap`: asleep in nap(), the sleeper holds
+    no return address inside foo(), so every stack check passes (kpatch,
+    Ksplice at their first attempt, livepatch by its check) and the old
+    foo()'s value reaches the new tally(); kGraft keeps the whole system
+    call in one universe. Compiled without sibling calls, foo() stays on
+    the stack and the checking models wait or fail instead."""
+    res, log, values, _ = run("tail-call-asleep/scenario.toml", model)
+    outcome, safe = TAIL_CALL[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    if not safe:
+        assert [h["text"].split(" at t=")[0] for h in res.handovers] == [
+            "tally v1 received 10 in its 1st argument, returned by foo v0"]
+    if model in ("stop_machine", "ksplice"):
+        assert res.transitions[0]["attempts"] == 1
+    if model == "livepatch":
+        assert res.latency < 1.5 * 100_000                      # long before the sleeper wakes (3 s)
+    assert collapse(values[("sleeper", 2)]) == [10, 1010]
+    res, log, values, _ = run("tail-call-asleep/scenario-nosibling.toml", model)
+    outcome, safe = NO_SIBLING[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    if model == "livepatch":                                    # it switched at its kernel exit after 3 s
+        assert 2.5 * 100_000 < res.latency < 4 * 100_000
+
+
+# ---- the stacking order of the first livepatch ------------------------------------------
+
+STACKING_OLD = ([0, 1, 2, 1, 0, 1, 2], [("disable p1", "-EBUSY"), ("enable p2", "-EBUSY")])
+STACKING = {"immediate": STACKING_OLD,
+            "stop_machine": ([0, 1, 2, 0, 2, 1], [("disable p1", "-EINVAL"), ("enable p2", "-EINVAL")]),
+            "ksplice": ([0, 1, 2, 0, 2, 1], [("disable p1", "-EINVAL"), ("enable p2", "-EINVAL")]),
+            "kgraft": ([0, 1, 2, 1, 0, 2, 1], [("disable p1", "-EBUSY"), ("enable p2", "-EEXIST")]),
+            "livepatch": ([0, 1, 2, 0, 2, 1], [("disable p1", "-EINVAL"), ("enable p2", "-EINVAL")])}
+
+
+@pytest.mark.parametrize("model,kernel", [(m, None) for m in MODEL_NAMES] + [("livepatch", "4.18")])
+def test_the_stacking_order_of_two_patches_of_one_function(model, kernel):
+    """Livepatch 4.0 to 5.0 "enforce stacking" both ways over every
+    registered patch (only the last enabled can be disabled, only the first
+    disabled enabled: -EBUSY), and so does the immediate model, the first
+    livepatch (4.0 to 4.11): it let both writes through. kpatch, Ksplice
+    and livepatch from 5.1 keep no order; kGraft's references refuse the
+    older patch's revert alone."""
+    res, log, values, _ = run("stacking-order/scenario.toml", model, kernel=kernel)
+    sound(res)
+    assert kernel_safe(res)
+    f, errors = STACKING_OLD if kernel == "4.18" else STACKING[model]
+    assert [(e["action"], e["error"].split("(")[-1].split(":")[0]) for e in res.errors] == errors
+    if model == "immediate":
+        assert "only the first disabled patch can be enabled ('p1' is disabled)" in res.errors[1]["error"]
+    for i in range(3):
+        assert collapse(values[(f"user{i}", 1)]) == f
+
+
+def test_the_first_livepatch_enforces_its_stacking_order(compile_c):
+    """__klp_disable_patch() and __klp_enable_patch() of 4.0 to 4.11 refuse
+    with -EBUSY what the order forbids, before anything changes; the
+    immediate model disabled the older of two stacked patches and enabled
+    a patch whose predecessor was disabled. A replaced patch leaves the
+    order (it cannot come back as anything but a new registration)."""
+    from emu.errors import Busy
+    base = compile_c(STACKING_BASE)
+    m = Machine(base, cpus=1)
+    m.add_task("user", "user_entry", (1,))
+    imgs = []
+    for i in (1, 2, 3):
+        at = imgs[-1].hi + 0x10000 & ~0xfff if imgs else m.module_base()
+        imgs.append(compile_c(STACKING_PATCH % i, name=f"p{i}", base=at, link_against=base, keep={"f"}))
+        m.load(imgs[-1])
+    im = make_model("immediate", m)
+    p1, p2, p3 = (im.add(make_patch(m, f"p{i}", img, ["f"], replace=i == 3)) for i, img in zip((1, 2, 3), imgs))
+
+    def settle():
+        m.run(until=m.now + m.seconds(0.2))
+    im.enable(p1)
+    settle()
+    im.enable(p2)
+    settle()
+    with pytest.raises(Busy, match="only the last enabled patch can be disabled"):
+        im.disable(p1)
+    assert p1.enabled and p2.enabled and len(im.transitions) == 2
+    im.disable(p2)
+    settle()
+    im.disable(p1)
+    settle()
+    with pytest.raises(Busy, match=r"only the first disabled patch can be enabled \('p1' is disabled\)"):
+        im.enable(p2)
+    im.enable(p1)
+    settle()
+    im.enable(p3)                            # a replace overrides even disabled patches
+    settle()
+    assert im.registered == [p2, p3] and not p1.enabled
+    assert observed(m, 1)[-1][1] == 3
+
+
+STACKING_BASE = """
+volatile long zero;
+__attribute__((noinline)) long f(void) { lpemu_observe(1, 0 + zero); return 0; }
+long user_entry(long t) { f(); lpemu_sleep(t); return 0; }
+"""
+STACKING_PATCH = """
+extern volatile long zero;
+__attribute__((noinline)) long f(void) { lpemu_observe(1, %d + zero); return 0; }
+"""
+
+
+# ---- a task forked during a transition --------------------------------------------------
+
+FORK = {"immediate": ("completed", False, [1]), "stop_machine": ("failed", True, [0]),
+        "ksplice": ("failed", True, [0]), "kgraft": ("completed", True, [1]),
+        "livepatch": ("completed", True, [1])}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_task_forked_during_a_transition(model):
+    """klp_copy_process() gives the module's loader its parent's state and
+    pending flag, and it passes the kernel exits of fork and exec before
+    init_module(): it runs the patched probe() while the sleeper still holds
+    the transition; kGraft's child migrates at the same exits. kpatch has
+    nothing per task (the loader runs what the sites say between attempts);
+    Ksplice's load waits for module_mutex until the update aborts."""
+    res, log, values, _ = run("fork-mid-transition/scenario.toml", model)
+    outcome, safe, init = FORK[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    assert values[("insmod-drv", 1)] == init
+    assert collapse(values[("sleeper", 1)])[:1] == ([1] if model == "immediate" else [0])
+    if model == "livepatch":
+        assert 9 * 100_000 < res.latency < 11 * 100_000            # the sleeper woke at 10 s
+    if model == "ksplice":
+        aborted = next(t for t, line in enumerate(log) if line.startswith("ksplice: Aborted fix."))
+        assert res.transitions[0]["attempts"] == 5 and aborted == len(log) - 1
+
+
+FORK_UNPATCH = {"immediate": ("completed", False), "stop_machine": ("failed", True),
+                "ksplice": ("failed", True), "kgraft": ("completed", True), "livepatch": ("completed", True)}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_a_task_forked_during_an_unpatching_transition(model):
+    """Forked while the sleeper holds the unpatching transition asleep in
+    the new nap(), the loader passes its kernel exits into the target
+    state (UNPATCHED; kGraft: the old universe) and runs the original
+    probe(); under every model init runs the original."""
+    res, log, values, _ = run("fork-mid-transition/scenario-unpatch.toml", model)
+    outcome, safe = FORK_UNPATCH[model]
+    assert res.outcome == outcome and kernel_safe(res) == safe
+    sound(res)
+    assert values[("insmod-drv", 1)] == [0]
+    if model in ("livepatch", "kgraft"):
+        assert [t["result"] for t in res.transitions] == ["completed", "completed"]
+        assert collapse(values[("sleeper", 1)]) == [0, 1, 0]       # the new probe() after the new nap()
+    else:
+        assert [e["action"] for e in res.errors] == (["disable fix"] if model != "immediate" else [])
+    if model == "livepatch":                                      # the sleeper left the new nap() at 6 s
+        assert res.transitions[1]["completed_at"] > 6 * 100_000
+
+
+def test_a_run_goes_on_two_cycles_after_an_action_that_waited_for_a_mutex():
+    """A load written while Ksplice's update holds module_mutex runs when
+    the update aborts (5.3 s), three seconds after its time: the run ended
+    two cycles after the action's time and the transition's, so the
+    module's init never ran (until = "transitions", the default)."""
+    scn = scenario.load(HELD / "fork-mid-transition/scenario.toml")
+    scn.fuzz = replace(scn.fuzz, until="transitions", horizon=20.0)
+    r = Runner(scenario.build(scn))
+    res, m, _ = r.execute(r.plan("ksplice", 0), keep=True)
+    try:
+        assert res.outcome == "failed"
+        loader = next(t for t in m.tasks if t.name == "insmod-drv")
+        ran = [e.value for e in m.trace if e.kind == core.EV_OBSERVE and e.task == loader.tid]
+        assert ran == [0] and loader.state is RunState.EXITED
+    finally:
+        m.engine.close()
+
+
+# ---- fake signals against uninterruptible sleeps ----------------------------------------
+
+UNINTERRUPTIBLE = {"immediate": "completed", "stop_machine": "failed", "ksplice": "failed",
+                   "kgraft": "stalled", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model", MODEL_NAMES)
+def test_fake_signals_leave_an_uninterruptible_sleeper_asleep(model):
+    """klp_send_signals(): wake_up_state(TASK_INTERRUPTIBLE) for a kthread,
+    set_notify_signal() for a user task: neither ends a TASK_UNINTERRUPTIBLE
+    sleep, and the transition stalls where fake-signals completes. kGraft
+    wakes its kthreads with wake_up_process(), which does (the poller
+    migrates at its safe point); its user task's fake signal does not."""
+    res, log, values, _ = run("signal-uninterruptible/scenario.toml", model)
+    assert res.outcome == UNINTERRUPTIBLE[model] and kernel_safe(res)
+    sound(res)
+    assert ("sleeper", 3) not in values                         # no sleep of it ended within 30 s
+    if model == "livepatch":
+        assert "livepatch: signaling remaining tasks" in log
+        assert [b["task"] for b in res.transitions[0]["blockers"]] == ["sleeper", "poller"]
+    if model == "kgraft":
+        assert values[("poller", 4)][0] > 4900                  # woken at once, 49 s left
+        assert [b["task"] for b in res.transitions[0]["blockers"]] == ["sleeper"]
+    elif model != "immediate":
+        assert ("poller", 4) not in values
+
+
+# ---- a pre_patch callback that refuses, under every model --------------------------------
+
+PRE_PATCH_REFUSED = {"livepatch": (1, 0), "stop_machine": (1, 1), "ksplice": (1, 0)}
+
+
+@pytest.mark.parametrize("model_name", MODEL_NAMES)
+def test_a_pre_patch_callback_that_refuses(compile_c, model_name):
+    """pre_patch -ENODEV on a patch of g(), the worker calling g() all the
+    time, the sleeper asleep outside it. livepatch (__klp_enable_patch):
+    "pre-patch callback failed", klp_cancel_transition() ("canceling
+    patching transition, going to unpatch"), the write fails with -ENODEV,
+    nothing patched, no post_unpatch (post_unpatch_enabled stays false).
+    kpatch (kpatch_apply_patch): the check passes, pre_patch refuses inside
+    stop_machine, the load fails with -ENODEV; the kpatch tool retries only
+    a busy load (-EBUSY), so there is no second attempt. Ksplice: the pre
+    hook fails before any stop_machine. kGraft and immediate have no
+    callbacks: the patch applies. Every model: post_unpatch never runs."""
+    from emu.models.refusals import PatchRefused
+    m, model, base, mod, img = ksplice_world(compile_c, model_name, sleep=1)
+    log: list = []
+    patch = model.add(make_patch(m, "p", img, ["g"], callbacks=ks_callbacks(log, fail=-errno.ENODEV)))
+    m.run(until=m.seconds(0.1))
+    refused = []
+    try:
+        model.enable(patch)
+    except PatchRefused as exc:
+        refused.append(exc)
+    m.run(until=m.seconds(6))
+    lines = [line for _, line in m.log]
+    if model_name in ("kgraft", "immediate"):
+        assert not refused and log == [] and patch.enabled
+        assert model.transitions[0].result == "completed"
+        assert observed(m, 2)[-1][1] == 2
+        return
+    pre_calls, attempts = PRE_PATCH_REFUSED[model_name]
+    assert [n for n, *_ in log] == ["pre_patch"] * pre_calls
+    assert not patch.enabled and set(v for _, v in observed(m, 2)) == {1}
+    if model_name == "livepatch":
+        assert len(refused) == 1 and refused[0].errno == errno.ENODEV
+        assert lines[-5:] == ["livepatch: pre-patch callback failed for object 'vmlinux'",
+                              "livepatch: failed to enable patch 'p'",
+                              "livepatch: 'p': canceling patching transition, going to unpatch",
+                              "livepatch: 'p': completing unpatching transition",
+                              "livepatch: 'p': unpatching complete"]
+    else:
+        t = model.transitions[0]
+        assert t.result == "failed" and t.attempts == attempts
+
+
+# ---- every CPU busy ----------------------------------------------------------------------
+
+ALL_BUSY = {"immediate": "completed", "stop_machine": "completed", "ksplice": "completed",
+            "kgraft": "stalled", "livepatch": "stalled"}
+
+
+@pytest.mark.parametrize("model,kernel", [(m, None) for m in MODEL_NAMES] + [("livepatch", "4.18"),
+                                                                             ("livepatch", "6.8")])
+def test_every_cpu_busy_with_a_cpu_bound_kthread(model, kernel):
+    """The kworker borrows a CPU at its cruncher's cond_resched() and
+    switches that one by its stack; its retries are queued on the same CPU,
+    where the other cruncher is never off its CPU ("is running") ->
+    stalls, except where cond_resched() is a switch point (6.4 to 6.15).
+    The stoppers take both CPUs at cond_resched(): kpatch and Ksplice
+    complete at once; kGraft has no safe point to migrate them."""
+    res, log, values, _ = run("all-cpus-busy/scenario.toml", model, kernel=kernel)
+    outcome = "completed" if kernel == "6.8" else ALL_BUSY[model]
+    assert res.outcome == outcome and kernel_safe(res)
+    sound(res)
+    if model == "livepatch" and outcome == "stalled":
+        t = res.transitions[0]
+        assert {tuple(b["task"] for b in a["blockers"]) for a in t["attempt_log"]} == {("cruncher1",)}
+        assert t["blockers"][0]["stack"][-1] == "(running)"
+        assert collapse(values[("cruncher0", 1)]) == [0, 1] and collapse(values[("cruncher1", 1)]) == [0]
+    if model in ("stop_machine", "ksplice"):
+        assert res.transitions[0]["attempts"] == 1

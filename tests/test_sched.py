@@ -15,7 +15,7 @@ from emu.machine.policy import make_policy
 from emu.machine.task import RunState
 
 # Each task follows a script drawn from its seed: sleeps of every length
-# (negative: until woken), yields, busy loops without a scheduling point,
+# (negative: until woken), interruptible or not, yields, busy loops without a scheduling point,
 # safe points, observations, a rare exit; sometimes a fault.
 HOSTILE = """
 volatile long sink;
@@ -25,7 +25,8 @@ __attribute__((noinline)) long step(unsigned long *s, long faults)
 {
     unsigned long r = next(s);
     switch (r % 8) {
-    case 0: return lpemu_sleep((long)(r >> 4) % 6 - 1);
+    case 0: return (r >> 12) & 1 ? lpemu_sleep_uninterruptible((long)(r >> 4) % 6 - 1)
+                             : lpemu_sleep((long)(r >> 4) % 6 - 1);
     case 1: lpemu_yield(); return 0;
     case 2: spin((long)(r >> 4) % 400); return 0;
     case 3: lpemu_safe_point(); return 0;
@@ -359,6 +360,21 @@ def test_twins_agree_on_the_seed_under_every_model(model, strategy):
                        for seed in range(3)]
         runner.close()
     assert runs["c"] == runs["python"]
+
+
+@pytest.mark.parametrize("model", ["kgraft", "livepatch"])
+def test_twins_agree_on_uninterruptible_sleeps(model):
+    """The sleep hypercall's second argument makes the sleep
+    uninterruptible, in C and in the twin: fake signals leave it, kGraft's
+    wake_up_process() of a kthread ends it (tests/data/heldout/signal-uninterruptible)."""
+    from pathlib import Path
+    prog = scenario.build(scenario.load(Path(__file__).parent / "data/heldout/signal-uninterruptible/scenario.toml"))
+    runs = {}
+    for sched in ("c", "python"):
+        runner = Runner(prog, sched=sched)
+        runs[sched] = runner.execute(runner.plan(model, 0)).to_json()
+        runner.close()
+    assert runs["c"] == runs["python"] and runs["c"]["outcome"] == "stalled"
 
 
 def test_pooled_runs_equal_fresh_runs():

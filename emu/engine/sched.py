@@ -235,7 +235,7 @@ class PyScheduler:
             wake_at = -1 if a < 0 else min(self.now() + a * s.tick, FOREVER)
             t.state = SLEEPING
             t.wake_at = wake_at
-            t.interruptible = 1
+            t.interruptible = 1 if stop.hc_args[1] == 0 else 0     # rsi: 1 for TASK_UNINTERRUPTIBLE
             self.emit(core.EV_SLEEP, tid, wake_at)
             self.schedule_out(i, tid, False)
             if wake_at >= 0:

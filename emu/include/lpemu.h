@@ -56,6 +56,14 @@ __lpemu_hypercall(long nr, long a, long b, long c)
 static inline __attribute__((always_inline)) long lpemu_sleep(long ticks)
 { return __lpemu_hypercall(LPEMU_HC_SLEEP, ticks, 0, 0); }
 
+/* An uninterruptible sleep (TASK_UNINTERRUPTIBLE: schedule_timeout_uninterruptible(),
+ * an I/O wait): as lpemu_sleep(), but a fake signal does not end it, nor
+ * livepatch's wake-up of a kthread (wake_up_state(TASK_INTERRUPTIBLE)); a
+ * plain wake_up_process() does (kGraft's kthread wake-ups). The second
+ * argument of the sleep hypercall says so. */
+static inline __attribute__((always_inline)) long lpemu_sleep_uninterruptible(long ticks)
+{ return __lpemu_hypercall(LPEMU_HC_SLEEP, ticks, 1, 0); }
+
 /* A freezable sleep (wait_event_freezable()): the scheduler sees the task
  * go to a TASK_FREEZABLE sleep (from Linux 6.16 a pending livepatch task
  * tries to switch there, checking its own stack; kGraft migrates a

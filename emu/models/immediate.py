@@ -1,12 +1,19 @@
 """No consistency: every task runs the new code as soon as the ftrace sites
 are enabled (the first version of kernel live patching, and what a naive
 ftrace redirect gives). The oracle (emu/runs/oracle.py) finds the mixes
-this allows; nothing else needs to agree with it."""
+this allows; nothing else needs to agree with it.
+
+Patches stack as that kernel stacked them: one ftrace ops per function
+(klp_ops) whose handler takes the newest entry of its func_stack, so the
+last enabled patch of a function runs; and its stacking order
+(emu/models/stacking.py): only the last enabled patch can be disabled,
+only the first disabled one enabled (-EBUSY)."""
 from __future__ import annotations
 
 from emu.errors import Busy
 from emu.kernel.patch import Patch
 from emu.machine.task import PATCHED, UNPATCHED
+from emu.models import stacking
 from emu.models.base import Model
 
 
@@ -16,6 +23,9 @@ class Immediate(Model):
     def __init__(self, machine, **kw):
         super().__init__(machine, **kw)
         self.working = False        # an enable's or disable's work is changing the sites
+        # klp_patches: registration order, from a patch's first enable (its
+        # module's load: klp_register_patch, then klp_enable_patch) on
+        self.registered: list[Patch] = []
 
     @property
     def locked(self) -> bool:
@@ -36,6 +46,7 @@ class Immediate(Model):
     def enable(self, patch: Patch) -> None:
         self.add(patch)
         self.enable_check(patch)
+        self._check_stacking(patch, enabling=True)
         funcs = self.loaded_funcs(patch)
         updates = []
         try:
@@ -45,18 +56,29 @@ class Immediate(Model):
             for f in funcs:
                 self.release_ops(f)
             raise
+        if patch not in self.registered:
+            self.registered.append(patch)
         t = self.record(patch, PATCHED)
         self.working = True
         self.m.spawn(self._switch_in(t, patch, funcs, updates))
 
     def disable(self, patch: Patch) -> None:
         self.disable_check(patch)
+        self._check_stacking(patch, enabling=False)
         t = self.record(patch, UNPATCHED)
         updates = [self.pop(patch, f) for f in self.loaded_funcs(patch)]
         self.mark_objects(patch, False)
         patch.enabled = False
         self.working = True
         self.m.spawn(self._finish(t, updates))
+
+    def _check_stacking(self, patch: Patch, *, enabling: bool) -> None:
+        """Busy (-EBUSY) where the first livepatch's stacking order forbids
+        the write (stacking.check); the patch being enabled is in the list
+        already, not enabled yet."""
+        installed = [p for p in self.registered if p.enabled]
+        stacking.check(patch, enabling=enabling, registered=self.registered, installed=installed,
+                       who="the first livepatch (4.0 to 4.11)")
 
     def force(self, patch: Patch | None = None) -> None:
         """Nothing to wait for: every task runs the new code once the sites
@@ -80,6 +102,7 @@ class Immediate(Model):
             for other in self.replaced(patch):
                 updates += [self.pop(other, g) for g in self.loaded_funcs(other)]
                 self.retire(other)
+                self.registered.remove(other)   # replaced patches leave klp_patches
         self.mark_objects(patch, True)
         patch.enabled = True
         yield from self.together(updates)

@@ -14,9 +14,9 @@ KGR_TIMEOUT seconds after the code is changed, and so does every next one.
 A check that finds a task still in progress says so, once per transition
 ("kgr: still in progress after timeout, will keep trying every 2 seconds"),
 and kgr_send_fake_signal() wakes every task still in progress: a kthread
-(wake_up_process()) runs on to its safe point, a user task (signal_wake_up(),
-a fake signal) leaves an interruptible sleep and migrates at its kernel
-exit. A task that never reaches its boundary (a kthread with no safe point,
+(wake_up_process(), which ends an uninterruptible sleep too) runs on to its
+safe point, a user task (signal_wake_up(), a fake signal) leaves an
+interruptible sleep and migrates at its kernel exit. A task that never reaches its boundary (a kthread with no safe point,
 a task that stays busy in the kernel) still stalls the transition,
 visibly: pending tasks stay in status().
 
@@ -233,10 +233,11 @@ class KGraft(Model):
         self.immutable = False
         # kgr_wakeup_kthreads(): every kthread is woken (wake_up_process(),
         # "they will clean the progress flag"): a sleeping one runs on to
-        # its next safe point instead of sleeping through the transition
+        # its next safe point instead of sleeping through the transition.
+        # wake_up_process() wakes TASK_NORMAL, an uninterruptible sleep too
         for task in self.all_tasks():
             if task.kind.value == "kthread" and task.pending:
-                self.m.signal(task)
+                self.m.wake(task, early=True)
         # queue_delayed_work(kgr_wq, &kgr_work, KGR_TIMEOUT * HZ): the checks
         step = self.m.seconds(KGR_TIMEOUT)
         printed = False
@@ -259,8 +260,10 @@ class KGraft(Model):
             # a user task gets a fake signal (the idle tasks are no threads
             # of a process: their CPUs' idling migrates them)
             for x in left:
-                if not x.is_idle:
-                    self.m.signal(x)
+                if x.kind.value == "kthread":
+                    self.m.wake(x, early=True)         # wake_up_process(): any sleep
+                elif not x.is_idle:
+                    self.m.signal(x)                   # signal_wake_up(): interruptible only
         nops = self.nops.pop(patch.name, []) if target == PATCHED else []
         for f in self.loaded_funcs(patch) + nops:
             f.transition = False

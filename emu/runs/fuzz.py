@@ -34,8 +34,9 @@ When a run ends ([fuzz] until; Runner.execute applies it):
   failed, reversed or cancelled) and two cycles of the tasks more, so that
   the units running across the switch finish; at the latest the horizon
   after the last action, where a transition still pending counts as
-  stalled; never before two cycles after the last action, so that what it
-  starts runs (a module's init and its first calls). A run with no
+  stalled; never before two cycles after the last action (after the moment
+  it ran, for a writer that waited for a mutex), so that what it starts
+  runs (a module's init and its first calls). A run with no
   transition (no patch action, or every action refused) ends two cycles
   after its last action too;
 - "horizon": the horizon after the last action, whatever happens;
@@ -495,8 +496,9 @@ class Runner:
             res = Result(spec, "idle")
             res.fault = fault
             shift = spec.start - self.first_at
+            acted: list[int] = []        # when each action ran (a writer blocked on a mutex runs late)
             for a in scn.actions:
-                m.at(a.at + shift, lambda a=a: self._act(m, model, patches, a, res))
+                m.at(a.at + shift, lambda a=a: self._act(m, model, patches, a, res, acted))
             last = (scn.actions[-1].at + shift) if scn.actions else spec.start
             end = last + m.seconds(scn.fuzz.horizon)
             until = scn.fuzz.until
@@ -525,8 +527,10 @@ class Runner:
                     self._observe(m, model, res, settled, end)
                     m.run(until=end, stop_when=settled, every_slice=False)
                     if until == "transitions":
+                        # two cycles after the last action too when it ran late (a load
+                        # that waited for Ksplice's module_mutex: its init runs then)
                         ends = [t.completed_at or t.requested_at for t in model.transitions]
-                        m.run(until=min(end, max(ends + [last]) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
+                        m.run(until=min(end, max(ends + acted + [last]) + 2 * self.cycle()), stop_when=lambda: _bounded(m),
                               every_slice=False)
                     _bounded(m, raising=True)
                     running = [t.name for t in m.tasks if t.state is not RunState.EXITED]
@@ -607,13 +611,15 @@ class Runner:
         return make_policy(spec.schedule, spec.sched_seed, n, depth=spec.depth) \
             if spec.schedule == "pct" else make_policy(spec.schedule, spec.sched_seed)
 
-    def _act(self, m: Machine, model, patches, a, res: Result) -> None:
+    def _act(self, m: Machine, model, patches, a, res: Result, acted: list[int]) -> None:
         """One action, as its writer makes it: a sysfs write, insmod or
         rmmod blocks on the core's mutex while the core changes text (the
-        kernel's mutex_lock(&klp_mutex)), and goes on once it is free."""
+        kernel's mutex_lock(&klp_mutex)), and goes on once it is free; the
+        time it goes on is appended to acted."""
         if model.locked:
-            model.after_unlock(lambda: self._act(m, model, patches, a, res))
+            model.after_unlock(lambda: self._act(m, model, patches, a, res, acted))
             return
+        acted.append(m.now)
         prog = self.program
         try:
             if a.do == "enable":

@@ -36,6 +36,7 @@ from emu.kernel.patch import VMLINUX, Patch, PatchFunc, PatchObject, loaded_obje
 from emu.machine.task import PATCHED, UNDEFINED, UNPATCHED, Task
 from emu.models.base import Model
 from emu.kernel import callbacks
+from emu.models import stacking
 from emu.models.livepatch import notifiers, transition
 from emu.models.livepatch.patch import patch_object, unpatch_object, unpatch_objects
 from emu.models.refusals import refusal
@@ -234,30 +235,11 @@ class Livepatch(Model):
                           f"(klp_patch.states came in 5.5)", errno.EINVAL)
 
     def _check_stacking(self, patch: Patch, *, enabling: bool) -> None:
-        """Before 5.1 (versions.py stacking_order), __klp_enable_patch and
-        __klp_disable_patch "enforce stacking" over klp_patches, every
-        registered patch in registration order: only the first disabled
-        patch can be enabled, only the last enabled one disabled (-EBUSY).
-        A patch enabled for the first time is registered once its enable
-        succeeded (enable()): refused, its module fails to load and leaves
-        nothing registered."""
-        if not self.kernel.stacking_order:
-            return
-        reg = self.registered
-        if enabling:
-            # the patch registered just before this one (a new one goes last)
-            at = reg.index(patch) if patch in reg else len(reg)
-            prev = reg[at - 1] if at > 0 else None
-            if prev is not None and prev not in self.installed:
-                raise refusal(f"patch '{patch.name}': kernel {self.kernel.name} enforces stacking: "
-                              f"only the first disabled patch can be enabled ('{prev.name}' is "
-                              f"disabled)", errno.EBUSY)
-        else:
-            later = [p.name for p in self.installed[self.installed.index(patch) + 1:]]
-            if later:
-                raise refusal(f"patch '{patch.name}': kernel {self.kernel.name} enforces stacking: "
-                              f"only the last enabled patch can be disabled ('{later[-1]}' is "
-                              f"enabled)", errno.EBUSY)
+        """Before 5.1 (versions.py stacking_order) the stacking order of
+        emu/models/stacking.py holds (Busy, -EBUSY)."""
+        if self.kernel.stacking_order:
+            stacking.check(patch, enabling=enabling, registered=self.registered, installed=self.installed,
+                           who=f"kernel {self.kernel.name}")
 
     # ---- what callbacks may ask -----------------------------------------------------------
     def module_state(self, name: str) -> str | None:
