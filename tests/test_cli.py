@@ -178,6 +178,8 @@ def test_junit_may_go_into_the_out_directory_the_campaign_makes(tmp_path):
     r = lpemu("fuzz", path, "--runs", 2, "--jobs", 1, "--out", tmp_path / "other", "--junit", tmp_path / "no" / "j.xml")
     assert r.returncode == 2 and "--junit" in r.stderr and "no such directory" in r.stderr
     assert not (tmp_path / "other").exists()
+    r = lpemu("fuzz", path, "--runs", 2, "--jobs", 1, "--out", tmp_path / "third", "--junit", tmp_path / "third")
+    assert r.returncode == 2 and "is the --out directory" in r.stderr and not (tmp_path / "third").exists()
 
 
 def test_junit_has_one_testcase_per_model_and_replays_failures(tmp_path):

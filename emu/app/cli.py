@@ -431,6 +431,8 @@ def _fuzz(args) -> int:
         raise UserError("--resume and --force exclude each other")
     if (args.resume or args.force) and not args.out:
         raise UserError("--resume and --force need --out DIR")
+    if args.junit and args.out and Path(args.junit).absolute() == Path(args.out).absolute():
+        raise UserError(f"--junit {args.junit}: is the --out directory; name a file (in it, or elsewhere)")
     if args.junit and args.out and campaign.own_file(args.out, args.junit):
         raise UserError(f"--junit {args.junit}: is the campaign's own {campaign.own_file(args.out, args.junit)} "
                         f"in --out {args.out}; name another file")
