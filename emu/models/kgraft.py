@@ -16,9 +16,10 @@ A check that finds a task still in progress says so, once per transition
 and kgr_send_fake_signal() wakes every task still in progress: a kthread
 (wake_up_process(), which ends an uninterruptible sleep too) runs on to its
 safe point, a user task (signal_wake_up(), a fake signal) leaves an
-interruptible sleep and migrates at its kernel exit. A task that never reaches its boundary (a kthread with no safe point,
-a task that stays busy in the kernel) still stalls the transition,
-visibly: pending tasks stay in status().
+interruptible sleep and migrates at its kernel exit. A task that never
+reaches its boundary (a kthread with no safe point, a task that stays busy
+in the kernel) still stalls the transition, visibly: pending tasks stay in
+status().
 
 kgr_modify_kernel() refuses, in this order: a patch still referenced
 (-EBUSY "kgr: can't patch, this patch is still referenced"), then

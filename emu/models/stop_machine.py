@@ -8,10 +8,11 @@ stop_machine after the activeness safety check: every task's stack (at most
 addresses fail) and its interrupted RIP are compared with the ranges of the
 functions being replaced (the original when patching, the active version
 when repatching or unpatching, and when unpatching the patch's own version
-too, the replaced patches' functions too with replace). A hit fails the whole operation with -EBUSY; the kpatch tool
-retries up to 5 times, 2 s apart, each time loading the patch module anew:
-a failed attempt unregisters the ftrace ops it registered, so the sites are
-NOPs again until the next one. Functions marked force are not checked, the
+too, the replaced patches' functions too with replace). A hit fails the
+whole operation with -EBUSY; the kpatch tool retries up to 5 times, 2 s
+apart, each time loading the patch module anew: a failed attempt
+unregisters the ftrace ops it registered, so the sites are NOPs again
+until the next one. Functions marked force are not checked, the
 replaced patches' ones included. The handler sends the task to
 new_func + 5, past the new function's own fentry NOP.
 
